@@ -1,0 +1,296 @@
+"""The ``appliance`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+
+import appliance
+from appliance.config import Settings
+from appliance.errors import ApplianceError
+
+log = logging.getLogger("appliance")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        settings = load_settings(args)
+        configure_logging(settings.logging.level)
+        return args.handler(settings, args) or 0
+    except ApplianceError as exc:
+        print(f"appliance: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    overrides = {}
+    if getattr(args, "host", None):
+        overrides["web.host"] = args.host
+    if getattr(args, "port", None):
+        overrides["web.port"] = args.port
+    return Settings.load(
+        data_dir=getattr(args, "data_dir", None),
+        config_file=getattr(args, "config", None),
+        overrides=overrides,
+    )
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # httpx logs full URLs at INFO; URLs may carry tokens.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", help="data directory (default: $APPLIANCE_DATA_DIR or ./data)")
+    common.add_argument("--config", help="config file (default: DATA_DIR/appliance.toml)")
+    listen = argparse.ArgumentParser(add_help=False)
+    listen.add_argument("--host", help="address of the web service (default 127.0.0.1)")
+    listen.add_argument("--port", type=int, help="port of the web service (default 8000)")
+
+    parser = argparse.ArgumentParser(
+        prog="appliance", description="A self-hosted private AI appliance."
+    )
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(name: str, handler: Callable, help: str, parents=(common,)):
+        p = sub.add_parser(name, help=help, description=help, parents=list(parents))
+        p.set_defaults(handler=handler)
+        return p
+
+    command("init", cmd_init, "Create the data dir, secrets and database; print the setup link.")
+    command("up", cmd_up, "Run web, inference and worker in the foreground.", (common, listen))
+    command("web", cmd_web, "Run the web service.", (common, listen))
+    command("inference", cmd_inference, "Run the inference service (loads the models).")
+    command("worker", cmd_worker, "Run the task-queue worker.")
+    command("doctor", cmd_doctor, "Check the install; non-zero exit if something is broken.")
+    command("version", cmd_version, "Print the version.", ())
+
+    models = command("models", None, "Manage installed models.")
+    msub = models.add_subparsers(title="models commands", metavar="ACTION")
+    models.set_defaults(handler=lambda s, a: models.print_help() or 2)
+
+    def model_command(name: str, handler: Callable, help: str):
+        p = msub.add_parser(name, help=help, description=help, parents=[common])
+        p.set_defaults(handler=handler)
+        return p
+
+    model_command("list", cmd_models_list, "List installed models.")
+    model_command(
+        "install-defaults", cmd_models_defaults, "Install the bundled models (offline)."
+    )
+    p = model_command("set-default", cmd_models_set_default, "Make a model the default.")
+    p.add_argument("model_id")
+    p = model_command("remove", cmd_models_remove, "Remove a model and its file.")
+    p.add_argument("model_id")
+    p = model_command("pull", cmd_models_pull, "Download a GGUF model (needs internet).")
+    p.add_argument("url", help="https URL of a .gguf file (e.g. a Hugging Face file URL)")
+    p.add_argument("--sha256", required=True, help="expected SHA-256 of the file")
+    p.add_argument("--id", dest="model_id", help="model id (default: from the file name)")
+    p.add_argument("--kind", choices=("chat", "embedding"), default="chat")
+    p.add_argument("--license", default="see the model card", help="license note")
+    p.add_argument("--default", action="store_true", help="make it the default of its kind")
+    return parser
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def cmd_version(settings: Settings, args: argparse.Namespace) -> int:
+    print(appliance.__version__)
+    return 0
+
+
+def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
+    initialise(settings)
+    print(f"data dir: {settings.paths.data_dir}")
+    print_setup_link(settings)
+    return 0
+
+
+def initialise(settings: Settings) -> None:
+    """Create the data dir layout, secrets and database. Safe to run again."""
+    from appliance import vault
+    from appliance.db import open_db
+    from appliance.errors import ConfigError
+
+    root = settings.paths.data_dir
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for path in (settings.paths.files, settings.paths.models, settings.paths.outbox):
+            path.mkdir(exist_ok=True)
+        probe = root / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"data dir {root} is not writable: {exc.strerror}") from None
+    vault.ensure_secrets(settings)
+    open_db(settings).close()
+
+
+def print_setup_link(settings: Settings) -> None:
+    from appliance import firstrun
+    from appliance.db import open_db
+
+    db = open_db(settings)
+    try:
+        token = firstrun.setup_token(settings, db)
+    finally:
+        db.close()
+    if token:
+        print("This appliance has not been set up yet. Open this one-time link to claim it:")
+        print(f"  {firstrun.setup_url(settings, token)}")
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.supervisor import supervise
+
+    initialise(settings)
+    env = dict(os.environ)
+    env["APPLIANCE_DATA_DIR"] = str(settings.paths.data_dir)
+    if settings.config_file:
+        env["APPLIANCE_CONFIG"] = str(settings.config_file)
+    env["APPLIANCE_WEB__HOST"] = settings.web.host
+    env["APPLIANCE_WEB__PORT"] = str(settings.web.port)
+    env["PYTHONUNBUFFERED"] = "1"
+    python = [sys.executable, "-m", "appliance"]
+    services = [
+        ("inference", [*python, "inference"]),
+        ("web", [*python, "web"]),
+        ("worker", [*python, "worker"]),
+    ]
+
+    def started() -> None:
+        print(f"appliance {appliance.__version__} is starting at {settings.public_url}")
+        print_setup_link(settings)
+        sys.stdout.flush()
+
+    return supervise(services, env=env, started=started)
+
+
+def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from appliance.web import create_app
+
+    app = create_app(settings)
+    log.info("web service listening on http://%s:%d", settings.web.host, settings.web.port)
+    uvicorn.run(
+        app,
+        host=settings.web.host,
+        port=settings.web.port,
+        access_log=False,  # the request log (path templates, no query strings) replaces it
+        log_config=None,
+        proxy_headers=bool(settings.web.trusted_proxies),
+        forwarded_allow_ips=list(settings.web.trusted_proxies) or None,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def cmd_inference(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.inference.server import run_server
+
+    run_server(settings)
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.worker import run_worker
+
+    run_worker(settings)
+    return 0
+
+
+def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.doctor import run_checks
+
+    checks = run_checks(settings)
+    width = max(len(c.name) for c in checks)
+    marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+    for check in checks:
+        print(f"{marks[check.status]}  {check.name:<{width}}  {check.detail}")
+    failed = [c for c in checks if c.status == "fail"]
+    print(f"\n{len(checks) - len(failed)} of {len(checks)} checks passed" + (
+        "" if not failed else f"; {len(failed)} failed"
+    ))
+    return 1 if failed else 0
+
+
+def cmd_models_list(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.inference import models
+
+    registry = models.load_registry(settings)
+    rows = []
+    for model in registry.models.values():
+        row = asdict(model)
+        row["default"] = model.id in (registry.default_chat, registry.default_embedding)
+        rows.append(row)
+    print(json.dumps(rows, indent=2))
+    return 0
+
+
+def cmd_models_defaults(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.inference import models
+
+    settings.paths.models.mkdir(parents=True, exist_ok=True)
+    installed = models.install_defaults(settings)
+    if not installed:
+        print("the bundled models are already installed")
+    for model in installed:
+        print(f"installed {model.kind} model {model.id} ({model.file})")
+    return 0
+
+
+def cmd_models_set_default(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.inference import models
+
+    model = models.set_default(settings, args.model_id)
+    print(f"{model.id} is now the default {model.kind} model; restart inference to load it")
+    return 0
+
+
+def cmd_models_remove(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.inference import models
+
+    model = models.remove(settings, args.model_id)
+    print(f"removed {model.id}")
+    return 0
+
+
+def cmd_models_pull(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.inference import pull
+
+    model = pull.pull(
+        settings,
+        args.url,
+        sha256=args.sha256,
+        model_id=args.model_id,
+        kind=args.kind,
+        license=args.license,
+        make_default=args.default,
+    )
+    print(f"installed {model.kind} model {model.id} ({model.file})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,503 @@
+"""Settings: every field declared once, with its default and help text.
+
+Sources, later ones winning: the defaults below, ``DATA_DIR/appliance.toml`` (or the file
+given with ``--config`` / ``APPLIANCE_CONFIG``), ``APPLIANCE_<SECTION>__<KEY>`` environment
+variables, then explicit overrides from the command line. This module is the only reader
+of ``os.environ`` in the package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import ConfigError
+
+ENV_PREFIX = "APPLIANCE_"
+CONFIG_FILE_NAME = "appliance.toml"
+DEFAULT_DATA_DIR = "./data"
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[Any, ...] | None = None,
+    min: float | None = None,
+    max: float | None = None,
+) -> Any:
+    """Declare one setting: its default, its help text and optional bounds."""
+    return field(
+        default=default,
+        metadata={"help": help, "choices": choices, "min": min, "max": max},
+    )
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    host: str = setting("127.0.0.1", "Address the web service listens on.")
+    port: int = setting(8000, "TCP port of the web service.", min=1, max=65535)
+    public_url: str = setting(
+        "",
+        "URL people use to reach the appliance (e.g. https://ai.example.lan), used in links "
+        "and emails. Empty: http://HOST:PORT.",
+    )
+    trusted_proxies: tuple[str, ...] = setting(
+        (),
+        "Addresses of reverse proxies whose X-Forwarded-For header is trusted. "
+        "Empty: the header is ignored.",
+    )
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    host: str = setting("127.0.0.1", "Address the inference service listens on (loopback).")
+    port: int = setting(8001, "TCP port of the inference service.", min=1, max=65535)
+    url: str = setting(
+        "",
+        "Base URL the web and worker use to reach inference (any OpenAI-compatible server). "
+        "Empty: http://HOST:PORT of the inference service above.",
+    )
+    chat_model: str = setting(
+        "",
+        "Id of the chat model to load (see `appliance models list`). Empty: the registry's "
+        "default chat model.",
+    )
+    embedding_model: str = setting(
+        "",
+        "Id of the embedding model to load. Empty: the registry's default embedding model.",
+    )
+    n_ctx: int = setting(
+        0,
+        "Context window of the chat model in tokens. 0: the model's trained context, "
+        "capped at 8192.",
+        min=0,
+        max=1_048_576,
+    )
+    n_gpu_layers: int = setting(
+        -1,
+        "Layers offloaded to the GPU: -1 means all of them on a CUDA build and none on a "
+        "CPU-only build; 0 forces the CPU.",
+        min=-1,
+    )
+    n_threads: int = setting(
+        0,
+        "CPU threads for llama.cpp. 0: the number of physical cores.",
+        min=0,
+        max=512,
+    )
+    flash_attn: bool = setting(False, "Use flash attention (GPU builds).")
+    kv_cache_type: str = setting(
+        "f16",
+        "Data type of the KV cache. q8_0 halves its memory at a small quality cost.",
+        choices=("f16", "q8_0", "q4_0"),
+    )
+    max_tokens: int = setting(
+        1024,
+        "Largest max_tokens a request may ask for.",
+        min=1,
+        max=1_048_576,
+    )
+    prefix_cache_mb: int = setting(
+        256,
+        "RAM kept for the KV cache of recent conversations, so the next turn does not "
+        "re-evaluate the whole history. 0 turns it off.",
+        min=0,
+    )
+    embedding_max_tokens: int = setting(
+        256,
+        "Texts are cut to this many tokens of the embedding model before embedding "
+        "(all-MiniLM-L6-v2 was trained on 256).",
+        min=8,
+        max=8192,
+    )
+    embedding_batch_tokens: int = setting(
+        512,
+        "Tokens evaluated in one embedding batch (several texts at once).",
+        min=64,
+        max=8192,
+    )
+    queue_size: int = setting(
+        32,
+        "Requests waiting for the model beyond which new ones get 503 with Retry-After.",
+        min=1,
+    )
+    per_account_queue: int = setting(
+        8,
+        "Requests one account may have waiting or running at once; more get 429.",
+        min=1,
+    )
+    request_timeout_seconds: float = setting(
+        300.0,
+        "How long the web and worker wait for one inference request before giving up.",
+        min=1,
+    )
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    busy_timeout_ms: int = setting(
+        10_000,
+        "How long a connection waits for another writer before 'database is locked'.",
+        min=5000,
+    )
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    workers: int = setting(2, "Threads of the task-queue consumer.", min=1, max=64)
+    heartbeat_stale_seconds: int = setting(
+        180,
+        "A worker heartbeat older than this counts as 'worker not running' in doctor and "
+        "on the admin page.",
+        min=60,
+    )
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = setting(
+        "info",
+        "Log level of every service.",
+        choices=("debug", "info", "warning", "error"),
+    )
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    """The placeholders of the privacy policy (``shared/PRIVACY.md``), as settings."""
+
+    company_legal_name: str = setting(
+        "Auxen, Inc.", "Legal name of the company operating the appliance."
+    )
+    contact_email: str = setting(
+        "privacy@example.com", "Where privacy questions and deletion requests go."
+    )
+    log_retention_days: int = setting(
+        30, "Days operational logs and the request log are kept, then purged.", min=1
+    )
+    erase_window_days: int = setting(
+        30,
+        "Days within which a deleted account's data and uploads are erased.",
+        min=0,
+    )
+    tax_retention_years: int = setting(
+        7, "Years billing records are kept for tax and audit.", min=0
+    )
+    response_window_business_days: int = setting(
+        7, "Business days within which an emailed deletion request is actioned.", min=1
+    )
+    minimum_age: int = setting(13, "Minimum age of users.", min=0, max=21)
+    operators: tuple[str, ...] = setting(
+        (), "Named people or roles with access to production systems."
+    )
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where things live inside the data dir."""
+
+    data_dir: Path
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "appliance.db"
+
+    @property
+    def queue(self) -> Path:
+        return self.data_dir / "queue.db"
+
+    @property
+    def files(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def models(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def outbox(self) -> Path:
+        return self.data_dir / "outbox"
+
+    @property
+    def secrets(self) -> Path:
+        return self.data_dir / "secrets"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = field(default=Path(DEFAULT_DATA_DIR))
+    config_file: Path | None = None
+    web: WebSettings = field(default_factory=WebSettings)
+    inference: InferenceSettings = field(default_factory=InferenceSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
+
+    @property
+    def paths(self) -> Paths:
+        return Paths(self.data_dir)
+
+    @property
+    def inference_url(self) -> str:
+        """Base URL of the inference service, without a trailing slash or ``/v1``."""
+        if self.inference.url:
+            return self.inference.url.rstrip("/").removesuffix("/v1")
+        return f"http://{_url_host(self.inference.host)}:{self.inference.port}"
+
+    @property
+    def public_url(self) -> str:
+        if self.web.public_url:
+            return self.web.public_url.rstrip("/")
+        host = "127.0.0.1" if self.web.host in ("0.0.0.0", "::") else self.web.host  # noqa: S104
+        return f"http://{_url_host(host)}:{self.web.port}"
+
+    def replace(self, **overrides: Any) -> Settings:
+        """A copy with ``"section.key"`` overrides applied and validated."""
+        raw: dict[str, dict[str, Any]] = {}
+        for dotted, value in overrides.items():
+            section, _, key = dotted.partition(".")
+            raw.setdefault(section, {})[key] = value
+        return _apply(self, raw, source="override")
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        data_dir: str | Path | None = None,
+        config_file: str | Path | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Read settings from the config file and the environment.
+
+        Args:
+            data_dir: ``--data-dir``; else ``APPLIANCE_DATA_DIR``; else ``./data``.
+            config_file: ``--config``; else ``APPLIANCE_CONFIG``; else
+                ``DATA_DIR/appliance.toml`` when it exists.
+            overrides: ``{"web.port": 9000}`` from command-line flags, applied last.
+            environ: the environment to read (default ``os.environ``).
+
+        Raises:
+            ConfigError: naming the bad key, file or variable.
+        """
+        env = os.environ if environ is None else environ
+        root = Path(data_dir or env.get(f"{ENV_PREFIX}DATA_DIR") or DEFAULT_DATA_DIR)
+        root = root.expanduser().absolute()
+        explicit = config_file or env.get(f"{ENV_PREFIX}CONFIG")
+        path = Path(explicit).expanduser().absolute() if explicit else root / CONFIG_FILE_NAME
+        settings = cls(data_dir=root, config_file=path if path.exists() else None)
+        if explicit and not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        if path.exists():
+            settings = _apply(settings, _read_toml(path), source=str(path))
+        settings = _apply(settings, _read_env(env), source="environment")
+        if overrides:
+            settings = settings.replace(**{k: v for k, v in overrides.items() if v is not None})
+        return settings
+
+
+def sections() -> dict[str, type]:
+    """Section name → dataclass, in declaration order."""
+    return {
+        f.name: f.default_factory  # type: ignore[misc]
+        for f in dataclasses.fields(Settings)
+        if f.default_factory is not dataclasses.MISSING
+    }
+
+
+def iter_settings() -> Iterator[tuple[str, dataclasses.Field]]:
+    """Every setting as ``("section.key", field)``: for docs and the docs test."""
+    for section, cls in sections().items():
+        for f in dataclasses.fields(cls):
+            yield f"{section}.{f.name}", f
+
+
+def env_name(dotted: str) -> str:
+    section, key = dotted.split(".")
+    return f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    for key, value in data.items():
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"unknown setting '{key}' in {path}: settings live in sections such as [web]"
+            )
+    return data
+
+
+def _read_env(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    raw: dict[str, dict[str, Any]] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].partition("__")
+        raw.setdefault(section.lower(), {})[key.lower()] = _EnvValue(name, value)
+    return raw
+
+
+@dataclass(frozen=True)
+class _EnvValue:
+    """A string from the environment, converted to the field's type when applied."""
+
+    name: str
+    text: str
+
+
+def _apply(settings: Settings, raw: dict[str, dict[str, Any]], source: str) -> Settings:
+    known = sections()
+    changes: dict[str, Any] = {}
+    for section, values in raw.items():
+        if section not in known:
+            where = _where(source, section, next(iter(values.values()), None))
+            raise ConfigError(f"unknown settings section '{section}' {where}")
+        cls = known[section]
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        updates = {}
+        for key, value in values.items():
+            where = _where(source, f"{section}.{key}", value)
+            if key not in fields:
+                raise ConfigError(f"unknown setting '{section}.{key}' {where}")
+            updates[key] = _convert(f"{section}.{key}", fields[key], value, where)
+        changes[section] = dataclasses.replace(getattr(settings, section), **updates)
+    return dataclasses.replace(settings, **changes)
+
+
+def _where(source: str, dotted: str, value: Any) -> str:
+    if isinstance(value, _EnvValue):
+        return f"(environment variable {value.name})"
+    if source == "override":
+        return "(command line)"
+    return f"(in {source})"
+
+
+def _field_type(f: dataclasses.Field) -> Any:
+    hints = typing.get_type_hints(_owner_of(f))
+    return hints[f.name]
+
+
+def _owner_of(f: dataclasses.Field) -> type:
+    for cls in sections().values():
+        if any(g is f for g in dataclasses.fields(cls)):
+            return cls
+    raise KeyError(f.name)
+
+
+def _convert(dotted: str, f: dataclasses.Field, value: Any, where: str) -> Any:
+    kind = _field_type(f)
+    is_env = isinstance(value, _EnvValue)
+    text = value.text if is_env else None
+    try:
+        if kind is bool:
+            if is_env:
+                lowered = text.strip().lower()
+                if lowered not in _BOOLS:
+                    raise ValueError
+                result: Any = _BOOLS[lowered]
+            elif isinstance(value, bool):
+                result = value
+            else:
+                raise ValueError
+        elif kind is int:
+            if is_env:
+                result = int(text.strip())
+            elif isinstance(value, int) and not isinstance(value, bool):
+                result = value
+            else:
+                raise ValueError
+        elif kind is float:
+            if is_env:
+                result = float(text.strip())
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                result = float(value)
+            else:
+                raise ValueError
+        elif kind is str:
+            if is_env:
+                result = text
+            elif isinstance(value, str):
+                result = value
+            else:
+                raise ValueError
+        elif typing.get_origin(kind) is tuple:
+            if is_env:
+                result = tuple(item.strip() for item in text.split(",") if item.strip())
+            elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+                result = tuple(value)
+            else:
+                raise ValueError
+        else:  # pragma: no cover - a new field type without a converter is a programming error
+            raise TypeError(f"no converter for {kind}")
+    except ValueError:
+        shown = text if is_env else value
+        raise ConfigError(
+            f"setting '{dotted}' {where} must be {_describe(kind)}, got {shown!r}"
+        ) from None
+    meta = f.metadata
+    if meta.get("choices") and result not in meta["choices"]:
+        options = ", ".join(map(str, meta["choices"]))
+        raise ConfigError(f"setting '{dotted}' {where} must be one of {options}, got {result!r}")
+    if meta.get("min") is not None and result < meta["min"]:
+        raise ConfigError(f"setting '{dotted}' {where} must be at least {meta['min']}")
+    if meta.get("max") is not None and result > meta["max"]:
+        raise ConfigError(f"setting '{dotted}' {where} must be at most {meta['max']}")
+    return result
+
+
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True}
+_BOOLS |= {"0": False, "false": False, "no": False, "off": False}
+
+
+def _describe(kind: Any) -> str:
+    if kind is bool:
+        return "true or false"
+    if kind is int:
+        return "an integer"
+    if kind is float:
+        return "a number"
+    if kind is str:
+        return "a string"
+    if typing.get_origin(kind) is tuple:
+        return "a list of strings"
+    return str(kind)
+
+
+def describe_default(f: dataclasses.Field) -> str:
+    """The default as it would be written in appliance.toml (for docs)."""
+    value = f.default
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(f'"{v}"' for v in value) + "]"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
+
+
+__all__ = [
+    "ConfigError",
+    "Settings",
+    "describe_default",
+    "env_name",
+    "iter_settings",
+    "sections",
+    "setting",
+]

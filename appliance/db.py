@@ -1,0 +1,128 @@
+"""The database: ``open_db(settings)`` is the only way to get a connection.
+
+Every connection runs in WAL mode with foreign keys on, a busy timeout of at least five
+seconds and ``secure_delete`` (deleted content is overwritten, not left in free pages),
+has sqlite-vec loaded, and sees a schema with every domain's migrations applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib
+from collections.abc import Iterator
+
+import sqlite_utils
+from sqlite_utils.utils import sqlite3  # pysqlite3 when installed, else the stdlib module
+
+from appliance.config import Settings
+from appliance.errors import DatabaseError
+
+#: Modules that expose a ``migrations`` attribute (one ``sqlite_utils.Migrations`` set each),
+#: applied in this order. Named as strings so that ``db`` does not import the domains.
+MIGRATION_MODULES = (
+    "appliance.firstrun",
+    "appliance.heartbeat",
+)
+
+_migrated: set[str] = set()
+
+
+def open_db(settings: Settings, *, migrate: bool = True) -> sqlite_utils.Database:
+    """Open the appliance database with the pragmas, sqlite-vec and migrations applied.
+
+    Raises:
+        DatabaseError: the file cannot be opened or sqlite-vec cannot be loaded.
+    """
+    path = settings.paths.database
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: no implicit transactions; writes use db.atomic() or
+        # write_transaction() so each one is exactly one explicit transaction.
+        conn = sqlite3.connect(
+            str(path),
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=settings.database.busy_timeout_ms / 1000,
+        )
+    except (OSError, sqlite3.Error) as exc:
+        raise DatabaseError(f"cannot open database {path}: {exc}") from None
+    try:
+        load_vec(conn)
+        conn.execute(f"PRAGMA busy_timeout = {int(settings.database.busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA secure_delete = ON")
+        db = sqlite_utils.Database(conn)
+        if migrate:
+            apply_migrations(db, settings)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise DatabaseError(f"cannot prepare database {path}: {exc}") from None
+    except BaseException:
+        conn.close()
+        raise
+    return db
+
+
+def load_vec(conn: sqlite3.Connection) -> str:
+    """Load sqlite-vec into ``conn``; returns its version.
+
+    Raises:
+        DatabaseError: with the reason and the fix.
+    """
+    try:
+        import sqlite_vec
+
+        conn.enable_load_extension(True)
+        sqlite_vec.load(conn)
+        conn.enable_load_extension(False)
+        return conn.execute("select vec_version()").fetchone()[0]
+    except AttributeError:
+        raise DatabaseError(
+            "this Python's sqlite3 cannot load extensions, so sqlite-vec cannot be loaded: "
+            "install pysqlite3-binary (pip install pysqlite3-binary)"
+        ) from None
+    except (ImportError, sqlite3.Error) as exc:
+        raise DatabaseError(f"sqlite-vec could not be loaded: {exc}") from None
+
+
+def apply_migrations(db: sqlite_utils.Database, settings: Settings) -> None:
+    """Apply every domain's pending migrations, one process at a time."""
+    key = str(settings.paths.database)
+    if key in _migrated:
+        return
+    lock_path = settings.paths.data_dir / ".migrations.lock"
+    # Web, worker and CLI may start together: a file lock keeps two of them from
+    # creating the same table at once.
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            for name in MIGRATION_MODULES:
+                importlib.import_module(name).migrations.apply(db)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _migrated.add(key)
+
+
+@contextlib.contextmanager
+def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``: for read-then-write sections other processes share.
+
+    Taking the write lock up front means two processes can never both read a value and
+    then both write based on it; the second waits (busy timeout) instead.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    else:
+        db.execute("COMMIT")
+
+
+def integrity_check(db: sqlite_utils.Database) -> str:
+    """``ok`` or the first problem SQLite reports."""
+    return db.execute("PRAGMA quick_check").fetchone()[0]

@@ -1,0 +1,168 @@
+"""``appliance doctor``: check an install and print one line per check."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from appliance import heartbeat, vault
+from appliance.config import Settings
+from appliance.db import integrity_check, open_db
+from appliance.errors import ApplianceError
+from appliance.inference import models
+from appliance.inference.client import InferenceClient
+from appliance.tasks import WORKER_SERVICE
+
+MIN_FREE_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # "ok", "warn" or "fail"
+    detail: str
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    checks = [_data_dir(settings), _secrets(settings)]
+    checks += _database(settings)
+    checks += _models(settings)
+    checks.append(_disk(settings))
+    checks.append(_gpu())
+    checks += _services(settings)
+    return checks
+
+
+def _data_dir(settings: Settings) -> Check:
+    root = settings.paths.data_dir
+    if not root.is_dir():
+        return Check("data dir", "fail", f"{root} does not exist: run `appliance init`")
+    if not os.access(root, os.W_OK):
+        return Check("data dir", "fail", f"{root} is not writable by this user")
+    return Check("data dir", "ok", str(root))
+
+
+def _secrets(settings: Settings) -> Check:
+    missing = [n for n in vault.SECRETS if not (settings.paths.secrets / n).exists()]
+    if missing:
+        return Check("secrets", "fail", f"missing {', '.join(missing)}: run `appliance init`")
+    loose = [
+        n for n in vault.SECRETS if (settings.paths.secrets / n).stat().st_mode & 0o077
+    ]
+    if loose:
+        return Check("secrets", "fail", f"{', '.join(loose)} readable by others (chmod 600)")
+    return Check("secrets", "ok", f"{len(vault.SECRETS)} present, mode 0600")
+
+
+def _database(settings: Settings) -> list[Check]:
+    try:
+        db = open_db(settings)
+    except ApplianceError as exc:
+        return [Check("database", "fail", str(exc))]
+    try:
+        result = integrity_check(db)
+        vec = db.execute("select vec_version()").fetchone()[0]
+        journal = db.execute("pragma journal_mode").fetchone()[0]
+        last = heartbeat.last_beat(db, WORKER_SERVICE)
+    finally:
+        db.close()
+    checks = [
+        Check(
+            "database",
+            "ok" if result == "ok" else "fail",
+            f"{settings.paths.database.name}: integrity {result}, journal {journal}",
+        ),
+        Check("sqlite-vec", "ok", vec),
+    ]
+    if last is None:
+        checks.append(Check("worker", "warn", "no heartbeat yet (worker never ran)"))
+    else:
+        age = (datetime.now(UTC) - last).total_seconds()
+        fresh = age <= settings.worker.heartbeat_stale_seconds
+        checks.append(
+            Check(
+                "worker",
+                "ok" if fresh else "warn",
+                f"last heartbeat {int(age)} s ago" + ("" if fresh else " (not running?)"),
+            )
+        )
+    return checks
+
+
+def _models(settings: Settings) -> list[Check]:
+    registry = models.load_registry(settings)
+    checks = []
+    for kind in ("chat", "embedding"):
+        try:
+            model = registry.resolve(kind, getattr(settings.inference, f"{kind}_model"))
+        except ApplianceError as exc:
+            checks.append(Check(f"{kind} model", "fail", str(exc)))
+            continue
+        path = registry.path(model)
+        if not path.exists():
+            checks.append(Check(f"{kind} model", "fail", f"{path} is missing"))
+        elif path.stat().st_size == 0:
+            checks.append(Check(f"{kind} model", "fail", f"{path} is empty"))
+        else:
+            size = path.stat().st_size / 1024**2
+            checks.append(Check(f"{kind} model", "ok", f"{model.id} ({size:.0f} MiB)"))
+    return checks
+
+
+def _disk(settings: Settings) -> Check:
+    usage = shutil.disk_usage(settings.paths.data_dir if settings.paths.data_dir.exists() else "/")
+    free = usage.free / 1024**3
+    status = "ok" if usage.free >= MIN_FREE_BYTES else "warn"
+    return Check("free disk", status, f"{free:.1f} GiB free")
+
+
+def _gpu() -> Check:
+    from appliance.inference.engine import gpu_offload_supported
+
+    try:
+        gpu = gpu_offload_supported()
+    except Exception as exc:  # llama-cpp-python missing or broken
+        return Check("llama.cpp", "fail", f"cannot load llama-cpp-python: {exc}")
+    if gpu:
+        return Check("llama.cpp", "ok", "built with GPU offload")
+    return Check("llama.cpp", "warn", "built WITHOUT GPU support: models run on the CPU")
+
+
+def _services(settings: Settings) -> list[Check]:
+    checks = []
+    try:
+        health = InferenceClient.from_settings(settings).health(timeout=2)
+        checks.append(
+            Check(
+                "inference",
+                "ok",
+                f"{health.get('chat_model')} on {health.get('device')}, "
+                f"{health.get('gpu_layers')}/{health.get('model_layers')} layers on GPU",
+            )
+        )
+    except ApplianceError:
+        checks.append(_port("inference", settings.inference.host, settings.inference.port))
+    checks.append(_port("web", settings.web.host, settings.web.port, probe_http=True))
+    return checks
+
+
+def _port(name: str, host: str, port: int, probe_http: bool = False) -> Check:
+    """A service that is not running is fine if its port is free for it to start on."""
+    if probe_http:
+        import httpx
+
+        try:
+            response = httpx.get(f"http://{host}:{port}/healthz", timeout=2)
+            if response.status_code == 200 and response.json().get("status") == "ok":
+                return Check(name, "ok", f"serving on {host}:{port}")
+        except (httpx.HTTPError, ValueError):
+            pass
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return Check(name, "fail", f"port {host}:{port} is taken by another program")
+    return Check(name, "warn", f"not running (port {host}:{port} is free)")

@@ -1,0 +1,38 @@
+"""Domain errors.
+
+Domains raise these; ``appliance.web.errors`` maps them to HTTP statuses in one place.
+Messages are shown to the user, so they never contain secrets or user content that the
+caller did not send themselves.
+"""
+
+
+class ApplianceError(Exception):
+    """Base class of every error the appliance raises on purpose."""
+
+
+class ConfigError(ApplianceError):
+    """A setting is unknown, of the wrong type or out of range, or the data dir is unusable."""
+
+
+class DatabaseError(ApplianceError):
+    """The database cannot be opened or prepared (e.g. sqlite-vec does not load)."""
+
+
+class NotFound(ApplianceError):
+    """The object does not exist, or belongs to someone else (never say which)."""
+
+
+class InvalidInput(ApplianceError):
+    """The request is well-formed but its content is not acceptable."""
+
+
+class Conflict(ApplianceError):
+    """The request conflicts with the current state (e.g. already done)."""
+
+
+class Unavailable(ApplianceError):
+    """A dependency (the inference service, the database) is not answering."""
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

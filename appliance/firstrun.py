@@ -1,0 +1,91 @@
+"""First-run setup: a one-time link that lets the first person claim the appliance.
+
+``appliance init`` (and ``up``) create a random setup token while nobody has claimed the
+install and print ``/setup?token=…``. The page checks the token in constant time and
+records the email of the first operator; the token is then destroyed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+from datetime import UTC, datetime
+
+import sqlite_utils
+from sqlite_utils import Migrations
+
+from appliance import vault
+from appliance.config import Settings
+from appliance.db import write_transaction
+from appliance.errors import Conflict, InvalidInput, NotFound
+
+TOKEN_NAME = "setup_token"
+EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,63}$")
+
+migrations = Migrations("firstrun")
+
+
+@migrations()
+def m001_create_setup_claims(db: sqlite_utils.Database) -> None:
+    db["setup_claims"].create(
+        {"id": int, "email": str, "claimed_at": str},
+        pk="id",
+    )
+
+
+def is_claimed(db: sqlite_utils.Database) -> bool:
+    return db["setup_claims"].count > 0
+
+
+def setup_token(settings: Settings, db: sqlite_utils.Database) -> str | None:
+    """The setup token while the install is unclaimed (created on first call), else None."""
+    if is_claimed(db):
+        vault.remove_secret(settings, TOKEN_NAME)
+        return None
+    path = settings.paths.secrets / TOKEN_NAME
+    vault.write_secret(path, secrets.token_urlsafe(24), overwrite=False)
+    return vault.read_secret(settings, TOKEN_NAME)
+
+
+def setup_url(settings: Settings, token: str) -> str:
+    return f"{settings.public_url}/setup?token={token}"
+
+
+def check_token(settings: Settings, db: sqlite_utils.Database, token: str) -> None:
+    """Raise NotFound unless ``token`` is the current setup token."""
+    expected = None if is_claimed(db) else _current_token(settings)
+    if not expected or not hmac.compare_digest(expected.encode(), token.encode()):
+        raise NotFound("This setup link is not valid (it may have been used already).")
+
+
+def claim(settings: Settings, db: sqlite_utils.Database, token: str, email: str) -> str:
+    """Record the first operator's email and destroy the token; returns the normalised email.
+
+    Raises:
+        NotFound: the token is wrong or already used.
+        InvalidInput: the email address is not plausible.
+        Conflict: someone claimed the install in the meantime.
+    """
+    check_token(settings, db, token)
+    email = normalise_email(email)
+    with write_transaction(db):
+        if is_claimed(db):
+            raise Conflict("This appliance has already been set up.")
+        db["setup_claims"].insert({"email": email, "claimed_at": datetime.now(UTC).isoformat()})
+    vault.remove_secret(settings, TOKEN_NAME)
+    return email
+
+
+def normalise_email(email: str) -> str:
+    email = (email or "").strip().lower()
+    if not EMAIL_RE.match(email):
+        raise InvalidInput("Please enter a valid email address.")
+    return email
+
+
+def _current_token(settings: Settings) -> str | None:
+    try:
+        return vault.read_secret(settings, TOKEN_NAME)
+    except Exception:
+        return None

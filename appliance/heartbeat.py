@@ -1,0 +1,42 @@
+"""Worker liveness: the worker writes a heartbeat row; ``doctor`` and the admin page read it."""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import UTC, datetime
+
+import sqlite_utils
+from sqlite_utils import Migrations
+
+from appliance.db import write_transaction
+
+migrations = Migrations("heartbeat")
+
+
+@migrations()
+def m001_create_heartbeats(db: sqlite_utils.Database) -> None:
+    db["heartbeats"].create(
+        {"service": str, "host": str, "pid": int, "beat_at": str},
+        pk="service",
+    )
+
+
+def beat(db: sqlite_utils.Database, service: str, now: datetime | None = None) -> None:
+    """Record that ``service`` is alive now."""
+    now = now or datetime.now(UTC)
+    with write_transaction(db):
+        db["heartbeats"].upsert(
+            {
+                "service": service,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "beat_at": now.isoformat(),
+            },
+            pk="service",
+        )
+
+
+def last_beat(db: sqlite_utils.Database, service: str) -> datetime | None:
+    row = db.execute("select beat_at from heartbeats where service = ?", [service]).fetchone()
+    return datetime.fromisoformat(row[0]) if row else None

@@ -1,0 +1,4 @@
+"""Inference: the model registry, the llama.cpp engine, the local server and its client.
+
+A leaf package: it never opens the appliance database.
+"""

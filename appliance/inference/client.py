@@ -1,0 +1,204 @@
+"""The one client the web and worker processes use to reach the inference service.
+
+Its base URL is a setting, so it may equally point at any OpenAI-compatible server the
+operator runs (llama.cpp's server, vLLM). The account id and priority travel in headers
+that only this client sets; the web process strips them from incoming requests.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+
+from appliance import vault
+from appliance.config import Settings
+from appliance.errors import ApplianceError, ConfigError, InvalidInput, Unavailable
+
+ACCOUNT_HEADER = "X-Appliance-Account"
+PRIORITY_HEADER = "X-Appliance-Priority"
+INTERNAL_HEADERS = (ACCOUNT_HEADER.lower(), PRIORITY_HEADER.lower())
+
+
+class InferenceError(ApplianceError):
+    """The inference service answered with an error."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class InferenceClient:
+    """Sync and async access to ``/v1/chat/completions``, ``/v1/embeddings`` and health."""
+
+    def __init__(self, base_url: str, api_key: str | None, *, timeout: float = 300.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = httpx.Timeout(timeout, connect=5.0)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InferenceClient:
+        try:
+            key: str | None = vault.read_secret(settings, "inference_key")
+        except ConfigError:
+            # Pointing at an external server that needs no key is allowed; our own
+            # service will answer 401 and the error says so.
+            key = None
+        return cls(
+            settings.inference_url, key, timeout=settings.inference.request_timeout_seconds
+        )
+
+    # -- sync ------------------------------------------------------------------------
+    def health(self, timeout: float = 3.0) -> dict[str, Any]:
+        """``GET /healthz``; raises Unavailable when the service does not answer."""
+        try:
+            response = httpx.get(f"{self.base_url}/healthz", timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise self._unavailable(exc) from None
+        return self._json(response)
+
+    def chat(self, body: dict[str, Any], *, account_id: str | None = None) -> dict[str, Any]:
+        """A non-streaming chat completion (OpenAI request and response shapes)."""
+        payload = {**body, "stream": False}
+        try:
+            with httpx.Client(timeout=self.timeout) as http:
+                response = http.post(
+                    self._url("/v1/chat/completions"),
+                    json=payload,
+                    headers=self._headers(account_id),
+                )
+        except httpx.HTTPError as exc:
+            raise self._unavailable(exc) from None
+        return self._json(response)
+
+    def stream_chat(
+        self, body: dict[str, Any], *, account_id: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Yield the chunks of a streaming chat completion, the usage chunk included."""
+        payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        try:
+            with (
+                httpx.Client(timeout=self.timeout) as http,
+                http.stream(
+                    "POST",
+                    self._url("/v1/chat/completions"),
+                    json=payload,
+                    headers=self._headers(account_id),
+                ) as response,
+            ):
+                if response.status_code >= 400:
+                    response.read()
+                    self._json(response)
+                for line in response.iter_lines():
+                    chunk = _sse_data(line)
+                    if chunk is not None:
+                        yield chunk
+        except httpx.HTTPError as exc:
+            raise self._unavailable(exc) from None
+
+    def embed(self, texts: list[str], *, account_id: str | None = None) -> list[list[float]]:
+        """Embeddings of ``texts``, in order, normalised by the service."""
+        try:
+            with httpx.Client(timeout=self.timeout) as http:
+                response = http.post(
+                    self._url("/v1/embeddings"),
+                    json={"input": texts},
+                    headers=self._headers(account_id),
+                )
+        except httpx.HTTPError as exc:
+            raise self._unavailable(exc) from None
+        data = self._json(response)["data"]
+        return [item["embedding"] for item in sorted(data, key=lambda item: item["index"])]
+
+    # -- async -----------------------------------------------------------------------
+    async def astream_chat(
+        self, body: dict[str, Any], *, account_id: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Async version of :meth:`stream_chat` for the web process."""
+        payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        try:
+            async with (
+                httpx.AsyncClient(timeout=self.timeout) as http,
+                http.stream(
+                    "POST",
+                    self._url("/v1/chat/completions"),
+                    json=payload,
+                    headers=self._headers(account_id),
+                ) as response,
+            ):
+                if response.status_code >= 400:
+                    await response.aread()
+                    self._json(response)
+                async for line in response.aiter_lines():
+                    chunk = _sse_data(line)
+                    if chunk is not None:
+                        yield chunk
+        except httpx.HTTPError as exc:
+            raise self._unavailable(exc) from None
+
+    async def achat(self, body: dict[str, Any], *, account_id: str | None = None) -> dict:
+        payload = {**body, "stream": False}
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout) as http:
+                response = await http.post(
+                    self._url("/v1/chat/completions"),
+                    json=payload,
+                    headers=self._headers(account_id),
+                )
+        except httpx.HTTPError as exc:
+            raise self._unavailable(exc) from None
+        return self._json(response)
+
+    async def ahealth(self, timeout: float = 3.0) -> dict[str, Any]:
+        try:
+            async with httpx.AsyncClient(timeout=timeout) as http:
+                response = await http.get(f"{self.base_url}/healthz")
+        except httpx.HTTPError as exc:
+            raise self._unavailable(exc) from None
+        return self._json(response)
+
+    # -- helpers ---------------------------------------------------------------------
+    def _url(self, path: str) -> str:
+        return f"{self.base_url}{path}"
+
+    def _headers(self, account_id: str | None) -> dict[str, str]:
+        headers = {}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        if account_id:
+            headers[ACCOUNT_HEADER] = account_id
+        return headers
+
+    def _unavailable(self, exc: httpx.HTTPError) -> Unavailable:
+        if isinstance(exc, httpx.TimeoutException):
+            return Unavailable(f"The inference service at {self.base_url} timed out.", 5)
+        return Unavailable(f"The inference service at {self.base_url} is not answering.", 5)
+
+    @staticmethod
+    def _json(response: httpx.Response) -> dict[str, Any]:
+        try:
+            data = response.json()
+        except ValueError:
+            data = {}
+        if response.status_code < 400:
+            return data
+        error = data.get("error") if isinstance(data, dict) else None
+        message = (error or {}).get("message") if isinstance(error, dict) else None
+        message = message or f"inference service answered {response.status_code}"
+        if response.status_code == 503:
+            retry = response.headers.get("retry-after")
+            raise Unavailable(message, int(retry) if retry and retry.isdigit() else 5)
+        if response.status_code == 400:
+            raise InvalidInput(message)
+        raise InferenceError(message, response.status_code)
+
+
+def _sse_data(line: str) -> dict[str, Any] | None:
+    if not line.startswith("data:"):
+        return None
+    data = line[5:].strip()
+    if not data or data == "[DONE]":
+        return None
+    return json.loads(data)

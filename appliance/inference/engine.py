@@ -1,0 +1,425 @@
+"""The llama.cpp engine: the chat model and the embedding model, loaded once per process.
+
+Only the inference service calls ``load_engine``. Every method here runs on the
+scheduler's threads (one for chat, one for embeddings), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import os
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from appliance.config import Settings
+from appliance.errors import ConfigError, InvalidInput, NotFound
+from appliance.inference import models
+
+log = logging.getLogger(__name__)
+
+KV_TYPES = {"f16": 1, "q4_0": 2, "q8_0": 8}  # ggml type ids
+
+
+class ContextOverflow(InvalidInput):
+    """The prompt does not fit the model's context window."""
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of generated text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The end of a generation, with exact token counts."""
+
+    reason: str  # "stop", "length" or "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the service reports at startup, in /healthz and to doctor."""
+
+    chat_model: str
+    embedding_model: str | None
+    n_ctx: int
+    gpu_offload_supported: bool
+    gpu_layers: int
+    model_layers: int
+    n_threads: int
+    embedding_dim: int | None = None
+
+    @property
+    def device(self) -> str:
+        if self.gpu_layers <= 0:
+            return "cpu"
+        return "gpu" if self.gpu_layers >= self.model_layers else "gpu (partial)"
+
+
+def physical_cores() -> int:
+    """Physical cores (not hyper-threads): llama.cpp decodes fastest with one thread each."""
+    try:
+        cores = set()
+        physical = core = None
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "physical id":
+                    physical = value.strip()
+                elif key == "core id":
+                    core = value.strip()
+                elif not key and core is not None:
+                    cores.add((physical, core))
+                    physical = core = None
+        if core is not None:
+            cores.add((physical, core))
+        if cores:
+            return len(cores)
+    except OSError:
+        pass
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def gpu_offload_supported() -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+class ChatEngine:
+    """One chat model in one llama.cpp context, generating one sequence at a time.
+
+    The KV cache of the last sequence stays in the context, and states of recent
+    sequences are kept in a RAM cache, so the next turn of a conversation only evaluates
+    the new tokens. A batched scheduler can replace the one-sequence ``generate`` without
+    the server or client changing.
+    """
+
+    def __init__(
+        self,
+        model: models.Model,
+        path: Path,
+        *,
+        n_ctx: int,
+        n_threads: int,
+        n_gpu_layers: int,
+        flash_attn: bool,
+        kv_cache_type: str,
+        prefix_cache_bytes: int,
+    ) -> None:
+        import llama_cpp
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self.model = model
+        self._llama_cpp = llama_cpp
+        self.llama = llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_batch=min(512, n_ctx),
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            n_gpu_layers=n_gpu_layers,
+            flash_attn=flash_attn,
+            type_k=KV_TYPES[kv_cache_type],
+            type_v=KV_TYPES[kv_cache_type],
+            seed=random.randrange(2**31),  # noqa: S311 - sampling, not security
+            verbose=False,
+        )
+        self.n_ctx = self.llama.n_ctx()
+        metadata = self.llama.metadata
+        template = metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ConfigError(f"model '{model.id}' has no chat template in its GGUF metadata")
+        eos_id = self.llama.token_eos()
+        bos_id = self.llama.token_bos()
+        piece = self.llama._model.token_get_text
+        self._formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=piece(eos_id) if eos_id >= 0 else "",
+            bos_token=piece(bos_id) if bos_id >= 0 else "",
+            stop_token_ids=[eos_id],
+        )
+        self._cache = llama_cpp.LlamaRAMCache(capacity_bytes=prefix_cache_bytes)
+        self.prefix_cache_enabled = prefix_cache_bytes > 0
+        self.layers = int(metadata.get(f"{metadata.get('general.architecture')}.block_count", 0))
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> tuple[list[int], tuple[str, ...]]:
+        """The chat template applied and tokenized, and the template's own stop strings.
+
+        Raises:
+            ContextOverflow: the prompt leaves no room for an answer.
+        """
+        formatted = self._formatter(messages=messages)
+        tokens = self.llama.tokenize(
+            formatted.prompt.encode("utf-8"),
+            add_bos=not getattr(formatted, "added_special", False),
+            special=True,
+        )
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflow(
+                f"The conversation is {len(tokens)} tokens long; this model's context window "
+                f"is {self.n_ctx} tokens. Shorten it or start a new one."
+            )
+        stop = formatted.stop
+        stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        return tokens, stops
+
+    def generate(
+        self,
+        messages: list[dict[str, str]],
+        params: GenerationParams,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> Iterator[Delta | Finish]:
+        """Generate an answer, yielding text as it is produced and a final ``Finish``."""
+        llama = self.llama
+        tokens, template_stops = self.prompt_tokens(messages)
+        cached = self._restore_prefix(tokens)
+        limit = min(params.max_tokens, self.n_ctx - len(tokens))
+        llama.set_seed(params.seed if params.seed is not None else random.randrange(2**31))  # noqa: S311
+        stops = tuple(s for s in (*params.stop, *template_stops) if s)
+        text = _StopScanner(stops)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        completion = 0
+        reason = "length"
+        vocab = llama._model.vocab
+        for token in llama.generate(
+            tokens,
+            temp=params.temperature,
+            top_p=params.top_p,
+            top_k=40,
+            min_p=0.05,
+            repeat_penalty=1.0,
+        ):
+            if self._llama_cpp.llama_vocab_is_eog(vocab, token):
+                reason = "stop"
+                break
+            completion += 1
+            ready, hit = text.feed(decoder.decode(llama.detokenize([token])))
+            if ready:
+                yield Delta(ready)
+            if hit:
+                reason = "stop"
+                break
+            if completion >= limit:
+                break
+            if cancelled():
+                reason = "cancelled"
+                break
+        if reason != "stop" or not text.hit:
+            tail = text.flush(decoder.decode(b"", final=True))
+            if tail:
+                yield Delta(tail)
+        self._remember()
+        yield Finish(reason, len(tokens), completion, cached)
+
+    def _restore_prefix(self, tokens: list[int]) -> int:
+        """Load the cached state sharing the longest prefix with ``tokens``; returns its length."""
+        llama = self.llama
+        live = llama.longest_token_prefix(llama._input_ids.tolist(), tokens)
+        if not self.prefix_cache_enabled:
+            return live
+        try:
+            state = self._cache[tokens]
+        except KeyError:
+            return live
+        stored = llama.longest_token_prefix(state.input_ids.tolist(), tokens)
+        if stored > live:
+            llama.load_state(state)
+            return stored
+        return live
+
+    def _remember(self) -> None:
+        if self.prefix_cache_enabled and self.llama.n_tokens > 0:
+            self._cache[self.llama._input_ids.tolist()] = self.llama.save_state()
+
+
+class _StopScanner:
+    """Holds back text that may be the start of a stop sequence."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.pending = ""
+        self.hit = False
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        self.pending += piece
+        for stop in self.stops:
+            index = self.pending.find(stop)
+            if index >= 0:
+                out, self.pending, self.hit = self.pending[:index], "", True
+                return out, True
+        keep = 0
+        for stop in self.stops:
+            for size in range(min(len(stop) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(stop[:size]):
+                    keep = max(keep, size)
+                    break
+        cut = len(self.pending) - keep
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self, piece: str) -> str:
+        out, self.pending = self.pending + piece, ""
+        return out
+
+
+class EmbeddingEngine:
+    """A BERT-style embedding model: batched, truncated to its limit, L2-normalised."""
+
+    def __init__(
+        self, model: models.Model, path: Path, *, n_threads: int, max_tokens: int, batch: int
+    ) -> None:
+        import llama_cpp
+
+        self.model = model
+        self._llama_cpp = llama_cpp
+        size = max(batch, max_tokens)
+        # n_ubatch must equal n_batch: llama.cpp aborts on encoder models otherwise.
+        self.llama = llama_cpp.Llama(
+            model_path=str(path),
+            embedding=True,
+            n_ctx=size,
+            n_batch=size,
+            n_ubatch=size,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            n_gpu_layers=0,
+            pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+            verbose=False,
+        )
+        self.max_tokens = min(max_tokens, model.context_length or max_tokens)
+        self.batch = size
+        self.dim = self.llama.n_embd()
+        self._n_seq_max = self.llama.context_params.n_seq_max
+
+    def tokenize(self, text: str) -> list[int]:
+        """Model tokens of ``text`` ([CLS] … [SEP]), cut to the model's limit."""
+        tokens = self.llama.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+        if len(tokens) > self.max_tokens:
+            tokens = [*tokens[: self.max_tokens - 1], tokens[-1]]
+        return tokens
+
+    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """Normalised embeddings of ``texts`` and the number of tokens evaluated."""
+        llama = self.llama
+        out: list[np.ndarray] = []
+        total = 0
+        group: list[list[int]] = []
+        used = 0
+        for tokens in (self.tokenize(text) for text in texts):
+            if group and (used + len(tokens) > self.batch or len(group) >= self._n_seq_max):
+                out.extend(self._decode(group))
+                group, used = [], 0
+            group.append(tokens)
+            used += len(tokens)
+            total += len(tokens)
+        if group:
+            out.extend(self._decode(group))
+        llama._ctx.kv_cache_clear()
+        return [vector.tolist() for vector in out], total
+
+    def _decode(self, group: list[list[int]]) -> list[np.ndarray]:
+        llama = self.llama
+        llama._batch.reset()
+        for seq_id, tokens in enumerate(group):
+            llama._batch.add_sequence(tokens, seq_id, True)
+        llama._ctx.kv_cache_clear()
+        llama._ctx.decode(llama._batch)
+        vectors = []
+        for seq_id in range(len(group)):
+            pointer = self._llama_cpp.llama_get_embeddings_seq(llama._ctx.ctx, seq_id)
+            vector = np.ctypeslib.as_array(pointer, shape=(self.dim,)).astype(np.float32)
+            norm = float(np.linalg.norm(vector))
+            vectors.append(vector / norm if norm > 0 else vector)
+        llama._batch.reset()
+        return vectors
+
+
+@dataclass
+class Engine:
+    chat: ChatEngine
+    embedding: EmbeddingEngine | None
+    info: EngineInfo
+    extra: dict = field(default_factory=dict)
+
+
+def load_engine(settings: Settings, *, with_embeddings: bool = True) -> Engine:
+    """Load the configured chat (and embedding) model.
+
+    Raises:
+        ConfigError: a model is missing or the settings do not fit this build.
+    """
+    cfg = settings.inference
+    registry = models.load_registry(settings)
+    try:
+        chat_model = registry.resolve("chat", cfg.chat_model)
+    except (InvalidInput, NotFound) as exc:
+        raise ConfigError(str(exc)) from None
+    chat_path = registry.path(chat_model)
+    if not chat_path.exists():
+        raise ConfigError(f"model file {chat_path} is missing: reinstall the model")
+    if cfg.kv_cache_type != "f16" and not cfg.flash_attn:
+        raise ConfigError("inference.kv_cache_type other than f16 needs inference.flash_attn")
+    gpu = gpu_offload_supported()
+    n_gpu_layers = (-1 if gpu else 0) if cfg.n_gpu_layers < 0 else cfg.n_gpu_layers
+    if n_gpu_layers and not gpu:
+        log.warning("inference.n_gpu_layers=%d but llama.cpp has no GPU support", n_gpu_layers)
+        n_gpu_layers = 0
+    n_threads = cfg.n_threads or physical_cores()
+    n_ctx = cfg.n_ctx or min(chat_model.context_length or 8192, 8192)
+    chat = ChatEngine(
+        chat_model,
+        chat_path,
+        n_ctx=n_ctx,
+        n_threads=n_threads,
+        n_gpu_layers=n_gpu_layers,
+        flash_attn=cfg.flash_attn,
+        kv_cache_type=cfg.kv_cache_type,
+        prefix_cache_bytes=cfg.prefix_cache_mb * 1024 * 1024,
+    )
+    embedding = None
+    if with_embeddings:
+        try:
+            embed_model = registry.resolve("embedding", cfg.embedding_model)
+        except (InvalidInput, NotFound) as exc:
+            raise ConfigError(str(exc)) from None
+        embedding = EmbeddingEngine(
+            embed_model,
+            registry.path(embed_model),
+            n_threads=n_threads,
+            max_tokens=cfg.embedding_max_tokens,
+            batch=cfg.embedding_batch_tokens,
+        )
+    layers = chat.layers + 1  # llama.cpp counts the output layer too
+    offloaded = 0 if n_gpu_layers == 0 else (layers if n_gpu_layers < 0 else min(n_gpu_layers, layers))
+    info = EngineInfo(
+        chat_model=chat_model.id,
+        embedding_model=embedding.model.id if embedding else None,
+        n_ctx=chat.n_ctx,
+        gpu_offload_supported=gpu,
+        gpu_layers=offloaded,
+        model_layers=layers,
+        n_threads=n_threads,
+        embedding_dim=embedding.dim if embedding else None,
+    )
+    return Engine(chat=chat, embedding=embedding, info=info)

@@ -1,0 +1,219 @@
+"""A bounded, fair queue in front of the engine.
+
+Requests wait in one FIFO per account; the worker thread serves accounts round-robin, so
+one account's burst cannot starve another's single question. ``interactive`` requests go
+before ``batch`` ones (document ingestion). The queue is bounded in total and per account.
+A running request is never interrupted by a new one; a cancelled one (client gone) is
+dropped from the queue or stopped at its next token, and frees its place at once.
+
+The worker runs a *runner*: a function from a job to an iterator of events. The chat
+runner generates one sequence at a time today; a batched runner can replace it without
+the server changing, because the server only sees ``submit``, ``cancel`` and events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.errors import ApplianceError, Unavailable
+
+log = logging.getLogger(__name__)
+
+PRIORITIES = ("interactive", "batch")
+_ids = itertools.count(1)
+
+
+class AccountBusy(ApplianceError):
+    """The account already has as many requests in flight as it may."""
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The job failed; ``message`` is safe to show to the caller."""
+
+    message: str
+    status: int = 500
+
+
+@dataclass(eq=False)
+class Job:
+    """One request: what to run, and where its events go."""
+
+    account: str
+    payload: Any
+    loop: asyncio.AbstractEventLoop
+    priority: str = "interactive"
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    id: int = field(default_factory=lambda: next(_ids))
+    queued_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None
+
+    def emit(self, event: Any) -> None:
+        """Hand an event to the waiting request (called from the worker thread)."""
+        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+
+#: Marks the end of a job's events.
+DONE = object()
+
+
+@dataclass
+class Stats:
+    submitted: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    failed: int = 0
+    rejected_full: int = 0
+    rejected_account: int = 0
+    tokens: int = 0
+    busy_seconds: float = 0.0
+
+
+class Scheduler:
+    """One worker thread serving a bounded, per-account round-robin queue."""
+
+    def __init__(
+        self,
+        name: str,
+        runner: Callable[[Job], Iterator[Any]],
+        *,
+        queue_size: int,
+        per_account: int,
+    ) -> None:
+        self.name = name
+        self.runner = runner
+        self.queue_size = queue_size
+        self.per_account = per_account
+        self.stats = Stats()
+        self.running: Job | None = None
+        self._queues: dict[str, OrderedDict[str, deque[Job]]] = {
+            priority: OrderedDict() for priority in PRIORITIES
+        }
+        self._in_flight: dict[str, int] = {}
+        self._waiting = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._work, name=f"{name}-scheduler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._stopping = True
+            if self.running:
+                self.running.cancelled.set()
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job``.
+
+        Raises:
+            Unavailable: the queue is full (503, retry later).
+            AccountBusy: this account has too many requests in flight (429).
+        """
+        priority = job.priority if job.priority in PRIORITIES else "interactive"
+        with self._cond:
+            if self._stopping:
+                raise Unavailable("The inference service is shutting down.", 5)
+            if self._waiting >= self.queue_size:
+                self.stats.rejected_full += 1
+                raise Unavailable("The model is busy: too many requests are waiting.", 2)
+            if self._in_flight.get(job.account, 0) >= self.per_account:
+                self.stats.rejected_account += 1
+                raise AccountBusy(
+                    f"Too many requests in flight for this account (limit {self.per_account})."
+                )
+            self._queues[priority].setdefault(job.account, deque()).append(job)
+            self._in_flight[job.account] = self._in_flight.get(job.account, 0) + 1
+            self._waiting += 1
+            self.stats.submitted += 1
+            self._cond.notify()
+
+    def cancel(self, job: Job) -> None:
+        """Stop ``job``: drop it if it waits, or stop it at its next token if it runs."""
+        job.cancelled.set()
+        with self._cond:
+            for queues in self._queues.values():
+                pending = queues.get(job.account)
+                if pending and job in pending:
+                    pending.remove(job)
+                    if not pending:
+                        del queues[job.account]
+                    self._waiting -= 1
+                    self._release(job.account)
+                    self.stats.cancelled += 1
+                    job.emit(DONE)
+                    return
+
+    def _release(self, account: str) -> None:
+        left = self._in_flight.get(account, 1) - 1
+        if left <= 0:
+            self._in_flight.pop(account, None)
+        else:
+            self._in_flight[account] = left
+
+    def _next(self) -> Job | None:
+        for priority in PRIORITIES:
+            queues = self._queues[priority]
+            if queues:
+                account, pending = next(iter(queues.items()))
+                job = pending.popleft()
+                del queues[account]
+                if pending:  # round-robin: the account goes to the back of the line
+                    queues[account] = pending
+                self._waiting -= 1
+                return job
+        return None
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                job = self._next()
+                while job is None and not self._stopping:
+                    self._cond.wait()
+                    job = self._next()
+                if job is None:
+                    return
+                self.running = job
+            self._run(job)
+            with self._cond:
+                self.running = None
+                self._release(job.account)
+
+    def _run(self, job: Job) -> None:
+        job.started_at = time.monotonic()
+        try:
+            for event in self.runner(job):
+                job.emit(event)
+                tokens = getattr(event, "completion_tokens", None)
+                if tokens:
+                    self.stats.tokens += tokens
+            if job.cancelled.is_set():
+                self.stats.cancelled += 1
+            else:
+                self.stats.completed += 1
+        except ApplianceError as exc:
+            self.stats.failed += 1
+            job.emit(Failed(str(exc), 400))
+        except Exception:
+            self.stats.failed += 1
+            log.exception("%s request failed", self.name)
+            job.emit(Failed("The model failed to answer this request."))
+        finally:
+            self.stats.busy_seconds += time.monotonic() - job.started_at
+            job.emit(DONE)

@@ -1,0 +1,543 @@
+"""The inference service: a local HTTP API shaped like OpenAI's, in front of the engine.
+
+Listens on loopback by default; every ``/v1`` call needs the internal bearer key from
+``DATA_DIR/secrets/inference_key``. The account id and priority come in headers set by
+``InferenceClient``; the web process strips them from anything users send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from litestar import Litestar, MediaType, Request, Response, get, post
+from litestar.exceptions import HTTPException
+from litestar.response import Stream
+
+import appliance
+from appliance import vault
+from appliance.config import Settings
+from appliance.errors import InvalidInput, Unavailable
+from appliance.inference.client import ACCOUNT_HEADER, PRIORITY_HEADER
+from appliance.inference.engine import Delta, Engine, Finish, GenerationParams, load_engine
+from appliance.inference.scheduler import DONE, AccountBusy, Failed, Job, Scheduler
+
+log = logging.getLogger("appliance.inference")
+
+ROLES = ("system", "user", "assistant", "developer")
+#: Fields accepted for OpenAI compatibility that change nothing here.
+IGNORED_CHAT_FIELDS = {"user", "n", "logprobs", "frequency_penalty", "presence_penalty"}
+CHAT_FIELDS = {
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "stream",
+    "stream_options",
+} | IGNORED_CHAT_FIELDS
+EMBEDDING_FIELDS = {"model", "input", "encoding_format", "user", "dimensions"}
+MAX_MESSAGES = 1000
+MAX_EMBED_INPUTS = 2048
+MAX_TEXT_CHARS = 1_000_000
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: list[dict[str, str]]
+    params: GenerationParams
+    stream: bool
+    include_usage: bool
+
+
+def api_error(status: int, message: str, kind: str, headers: dict | None = None) -> Response:
+    return Response(
+        {"error": {"message": message, "type": kind, "param": None, "code": None}},
+        status_code=status,
+        media_type=MediaType.JSON,
+        headers=headers or {},
+    )
+
+
+def parse_chat(body: Any, settings: Settings, model_id: str) -> ChatRequest:
+    """Validate a chat completion request; raises InvalidInput naming the bad field."""
+    if not isinstance(body, dict):
+        raise InvalidInput("The request body must be a JSON object.")
+    unknown = sorted(set(body) - CHAT_FIELDS)
+    if unknown:
+        raise InvalidInput(f"Unsupported parameter: '{unknown[0]}'.")
+    _check_model(body.get("model"), model_id)
+    if body.get("n", 1) != 1:
+        raise InvalidInput("'n' must be 1.")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidInput("'messages' must be a non-empty list.")
+    if len(messages) > MAX_MESSAGES:
+        raise InvalidInput(f"'messages' may hold at most {MAX_MESSAGES} messages.")
+    clean = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise InvalidInput(
+                f"messages[{index}] must be an object with a role of {', '.join(ROLES)}."
+            )
+        content = _text_content(message.get("content"), f"messages[{index}].content")
+        role = "system" if message["role"] == "developer" else message["role"]
+        clean.append({"role": role, "content": content})
+    cap = settings.inference.max_tokens
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    max_tokens = cap if max_tokens is None else _int(max_tokens, "max_tokens", 1, cap)
+    temperature = _number(body.get("temperature", 0.7), "temperature", 0.0, 2.0)
+    top_p = _number(body.get("top_p", 0.95), "top_p", 0.0, 1.0)
+    seed = body.get("seed")
+    if seed is not None:
+        seed = _int(seed, "seed", 0, 2**31 - 1)
+    stop = body.get("stop") or []
+    if isinstance(stop, str):
+        stop = [stop]
+    if (
+        not isinstance(stop, list)
+        or len(stop) > 4
+        or not all(isinstance(s, str) and 0 < len(s) <= 64 for s in stop)
+    ):
+        raise InvalidInput("'stop' must be a string or a list of up to 4 strings (≤ 64 chars).")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidInput("'stream' must be true or false.")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise InvalidInput("'stream_options' must be an object.")
+    return ChatRequest(
+        messages=clean,
+        params=GenerationParams(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p if top_p > 0 else 1e-6,
+            seed=seed,
+            stop=tuple(stop),
+        ),
+        stream=stream,
+        include_usage=bool(options.get("include_usage")),
+    )
+
+
+def parse_embeddings(body: Any, model_id: str) -> tuple[list[str], str]:
+    if not isinstance(body, dict):
+        raise InvalidInput("The request body must be a JSON object.")
+    unknown = sorted(set(body) - EMBEDDING_FIELDS)
+    if unknown:
+        raise InvalidInput(f"Unsupported parameter: '{unknown[0]}'.")
+    _check_model(body.get("model"), model_id)
+    texts = body.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts or len(texts) > MAX_EMBED_INPUTS:
+        raise InvalidInput(f"'input' must be a string or a list of 1 to {MAX_EMBED_INPUTS}.")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str) or not text or len(text) > MAX_TEXT_CHARS:
+            raise InvalidInput(f"input[{index}] must be a non-empty string.")
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise InvalidInput("'encoding_format' must be 'float' or 'base64'.")
+    return texts, encoding
+
+
+def _check_model(requested: Any, loaded: str) -> None:
+    if requested is not None and requested != loaded:
+        raise InvalidInput(f"The model '{requested}' is not served here; use '{loaded}'.")
+
+
+def _text_content(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        text = content
+    elif isinstance(content, list):
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise InvalidInput(f"{where} may only hold text parts.")
+            if not isinstance(part.get("text"), str):
+                raise InvalidInput(f"{where}: a text part needs a 'text' string.")
+            parts.append(part["text"])
+        text = "".join(parts)
+    else:
+        raise InvalidInput(f"{where} must be a string.")
+    if len(text) > MAX_TEXT_CHARS:
+        raise InvalidInput(f"{where} is too long.")
+    return text
+
+
+def _int(value: Any, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput(f"'{name}' must be an integer from {low} to {high}.")
+    return value
+
+
+def _number(value: Any, name: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise InvalidInput(f"'{name}' must be a number from {low} to {high}.")
+    return float(value)
+
+
+class InferenceService:
+    """The engine, its two schedulers, and the request handlers' shared state."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.key = vault.read_secret(settings, "inference_key")
+        cfg = settings.inference
+        self.chat = Scheduler(
+            "chat", self._run_chat, queue_size=cfg.queue_size, per_account=cfg.per_account_queue
+        )
+        self.embeddings = Scheduler(
+            "embeddings",
+            self._run_embeddings,
+            queue_size=cfg.queue_size,
+            per_account=cfg.per_account_queue,
+        )
+        self.started = time.time()
+
+    def _run_chat(self, job: Job):
+        request: ChatRequest = job.payload
+        yield from self.engine.chat.generate(
+            request.messages, request.params, job.cancelled.is_set
+        )
+
+    def _run_embeddings(self, job: Job):
+        if self.engine.embedding is None:
+            raise InvalidInput("No embedding model is loaded.")
+        yield self.engine.embedding.embed(job.payload)
+
+    def authorized(self, request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), self.key.encode())
+
+    def job(self, request: Request, payload: Any) -> Job:
+        return Job(
+            account=request.headers.get(ACCOUNT_HEADER, "") or "-",
+            payload=payload,
+            loop=asyncio.get_running_loop(),
+            priority=request.headers.get(PRIORITY_HEADER, "interactive"),
+        )
+
+
+def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
+    """The inference HTTP app around an already loaded engine."""
+    service = InferenceService(settings, engine)
+    model_id = engine.info.chat_model
+    embed_id = engine.info.embedding_model
+
+    async def read_json(request: Request) -> Any:
+        try:
+            return json.loads(await request.body())
+        except ValueError:
+            raise InvalidInput("The request body is not valid JSON.") from None
+
+    def guard(request: Request) -> Response | None:
+        if not service.authorized(request):
+            return api_error(401, "Missing or wrong inference key.", "authentication_error")
+        return None
+
+    @post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response | Stream:
+        denied = guard(request)
+        if denied:
+            return denied
+        chat = parse_chat(await read_json(request), settings, model_id)
+        job = service.job(request, chat)
+        service.chat.submit(job)
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        if chat.stream:
+            return Stream(
+                _sse(service, job, chat, completion_id, created, model_id),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        parts: list[str] = []
+        finish: Finish | None = None
+        async for event in _events_until_disconnect(service.chat, job, request):
+            if isinstance(event, Delta):
+                parts.append(event.text)
+            elif isinstance(event, Finish):
+                finish = event
+            elif isinstance(event, Failed):
+                return api_error(event.status, event.message, "invalid_request_error")
+        if finish is None:  # the client went away
+            return api_error(499, "Client closed the request.", "cancelled")
+        return Response(
+            {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model_id,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(parts)},
+                        "finish_reason": finish.reason,
+                        "logprobs": None,
+                    }
+                ],
+                "usage": _usage(finish),
+            }
+        )
+
+    @post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        denied = guard(request)
+        if denied:
+            return denied
+        texts, encoding = parse_embeddings(await read_json(request), embed_id or "")
+        job = service.job(request, texts)
+        service.embeddings.submit(job)
+        result = None
+        async for event in _events_until_disconnect(service.embeddings, job, request):
+            if isinstance(event, Failed):
+                return api_error(event.status, event.message, "invalid_request_error")
+            result = event
+        if result is None:
+            return api_error(499, "Client closed the request.", "cancelled")
+        vectors, tokens = result
+        data = []
+        for index, vector in enumerate(vectors):
+            if encoding == "base64":
+                value: Any = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+            else:
+                value = vector
+            data.append({"object": "embedding", "index": index, "embedding": value})
+        return Response(
+            {
+                "object": "list",
+                "data": data,
+                "model": embed_id,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+    @get("/v1/models")
+    async def list_models(request: Request) -> Response:
+        denied = guard(request)
+        if denied:
+            return denied
+        created = int(service.started)
+        ids = [model_id, *([embed_id] if embed_id else [])]
+        return Response(
+            {
+                "object": "list",
+                "data": [
+                    {"id": i, "object": "model", "created": created, "owned_by": "appliance"}
+                    for i in ids
+                ],
+            }
+        )
+
+    @get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        info = engine.info
+        return {
+            "status": "ok",
+            "version": appliance.__version__,
+            "chat_model": info.chat_model,
+            "embedding_model": info.embedding_model,
+            "n_ctx": info.n_ctx,
+            "device": info.device,
+            "gpu_offload_supported": info.gpu_offload_supported,
+            "gpu_layers": info.gpu_layers,
+            "model_layers": info.model_layers,
+            "queue": service.chat.waiting + service.embeddings.waiting,
+        }
+
+    @get("/metrics", media_type=MediaType.TEXT)
+    async def metrics() -> str:
+        return _prometheus(service)
+
+    def on_startup() -> None:
+        service.chat.start()
+        service.embeddings.start()
+
+    def on_shutdown() -> None:
+        service.chat.stop()
+        service.embeddings.stop()
+
+    def invalid(request: Request, exc: InvalidInput) -> Response:
+        return api_error(400, str(exc), "invalid_request_error")
+
+    def unavailable(request: Request, exc: Unavailable) -> Response:
+        retry = str(exc.retry_after or 2)
+        return api_error(503, str(exc), "server_busy", {"Retry-After": retry})
+
+    def busy(request: Request, exc: AccountBusy) -> Response:
+        return api_error(429, str(exc), "rate_limit_error", {"Retry-After": "2"})
+
+    def http_error(request: Request, exc: HTTPException) -> Response:
+        return api_error(exc.status_code, str(exc.detail), "invalid_request_error")
+
+    app = Litestar(
+        route_handlers=[chat_completions, embeddings, list_models, healthz, metrics],
+        on_startup=[on_startup],
+        on_shutdown=[on_shutdown],
+        exception_handlers={
+            InvalidInput: invalid,
+            Unavailable: unavailable,
+            AccountBusy: busy,
+            HTTPException: http_error,
+        },
+        request_max_body_size=16 * 1024 * 1024,
+        openapi_config=None,
+    )
+    app.state.service = service
+    return app
+
+
+async def _events_until_disconnect(
+    scheduler: Scheduler, job: Job, request: Request
+) -> AsyncIterator[Any]:
+    """The job's events; cancels the job if the client disconnects first."""
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                scheduler.cancel(job)
+                return
+
+    watcher = asyncio.create_task(watch())
+    try:
+        while True:
+            event = await job.events.get()
+            if event is DONE:
+                return
+            if job.cancelled.is_set():
+                continue
+            yield event
+    finally:
+        watcher.cancel()
+
+
+async def _sse(
+    service: InferenceService,
+    job: Job,
+    chat: ChatRequest,
+    completion_id: str,
+    created: int,
+    model_id: str,
+) -> AsyncIterator[str]:
+    def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
+        body: dict[str, Any] = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model_id,
+            "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        if usage:
+            body["usage"] = usage
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    finished = False
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while True:
+            event = await job.events.get()
+            if event is DONE:
+                break
+            if isinstance(event, Delta):
+                yield chunk({"content": event.text})
+            elif isinstance(event, Finish):
+                yield chunk({}, finish=event.reason)
+                if chat.include_usage:
+                    yield chunk({}, usage=_usage(event))
+            elif isinstance(event, Failed):
+                error = {"message": event.message, "type": "invalid_request_error"}
+                yield f"data: {json.dumps({'error': error})}\n\n"
+        yield "data: [DONE]\n\n"
+        finished = True
+    finally:
+        if not finished:
+            # The client went away (Litestar cancels the stream): free the slot now.
+            service.chat.cancel(job)
+
+
+def _usage(finish: Finish) -> dict[str, Any]:
+    return {
+        "prompt_tokens": finish.prompt_tokens,
+        "completion_tokens": finish.completion_tokens,
+        "total_tokens": finish.prompt_tokens + finish.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": finish.cached_tokens},
+    }
+
+
+def _prometheus(service: InferenceService) -> str:
+    lines = []
+    for scheduler in (service.chat, service.embeddings):
+        s = scheduler.stats
+        label = f'kind="{scheduler.name}"'
+        lines += [
+            f"appliance_inference_queue_length{{{label}}} {scheduler.waiting}",
+            f"appliance_inference_running{{{label}}} {1 if scheduler.running else 0}",
+            f'appliance_inference_requests_total{{{label},status="completed"}} {s.completed}',
+            f'appliance_inference_requests_total{{{label},status="cancelled"}} {s.cancelled}',
+            f'appliance_inference_requests_total{{{label},status="failed"}} {s.failed}',
+            f'appliance_inference_requests_total{{{label},status="rejected_full"}} '
+            f"{s.rejected_full}",
+            f'appliance_inference_requests_total{{{label},status="rejected_account"}} '
+            f"{s.rejected_account}",
+            f"appliance_inference_busy_seconds_total{{{label}}} {s.busy_seconds:.3f}",
+        ]
+    chat = service.chat.stats
+    rate = chat.tokens / chat.busy_seconds if chat.busy_seconds else 0.0
+    lines += [
+        f"appliance_inference_completion_tokens_total {chat.tokens}",
+        f"appliance_inference_tokens_per_second {rate:.2f}",
+    ]
+    header = [
+        "# HELP appliance_inference_queue_length Requests waiting for the model.",
+        "# TYPE appliance_inference_queue_length gauge",
+    ]
+    return "\n".join(header + lines) + "\n"
+
+
+def run_server(settings: Settings) -> None:
+    """Load the models and serve until SIGINT/SIGTERM (``appliance inference``)."""
+    import uvicorn
+
+    engine = load_engine(settings)
+    info = engine.info
+    if info.gpu_offload_supported:
+        log.info(
+            "llama.cpp has GPU support: %d of %d layers offloaded (%s)",
+            info.gpu_layers,
+            info.model_layers,
+            info.device,
+        )
+    else:
+        log.warning("llama.cpp was built WITHOUT GPU support: the model runs on the CPU")
+    log.info(
+        "chat model %s (context %d, %d threads), embedding model %s",
+        info.chat_model,
+        info.n_ctx,
+        info.n_threads,
+        info.embedding_model,
+    )
+    app = create_inference_app(settings, engine)
+    uvicorn.run(
+        app,
+        host=settings.inference.host,
+        port=settings.inference.port,
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=5,
+    )

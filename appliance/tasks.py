@@ -1,0 +1,59 @@
+"""The task queue: one SqliteHuey per process, in its own file under the data dir.
+
+``create_huey(settings)`` builds the queue and registers every task on it; tasks are
+looked up by name (``queue.tasks.heartbeat``). Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from huey import SqliteHuey, crontab
+from huey.api import TaskWrapper
+
+from appliance import heartbeat
+from appliance.config import Settings
+from appliance.db import open_db
+
+log = logging.getLogger(__name__)
+
+WORKER_SERVICE = "worker"
+
+
+@dataclass(frozen=True)
+class TaskQueue:
+    """The Huey instance and the task wrappers registered on it."""
+
+    huey: SqliteHuey
+    heartbeat: TaskWrapper
+
+
+def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
+    """Build the queue for ``settings``.
+
+    Args:
+        immediate: run tasks synchronously in the caller (unit tests).
+    """
+    settings.paths.data_dir.mkdir(parents=True, exist_ok=True)
+    huey = SqliteHuey(
+        name="appliance",
+        filename=str(settings.paths.queue),
+        immediate=immediate,
+        utc=True,
+        timeout=settings.database.busy_timeout_ms / 1000,
+    )
+
+    def record_heartbeat() -> None:
+        db = open_db(settings)
+        try:
+            heartbeat.beat(db, WORKER_SERVICE)
+        finally:
+            db.close()
+
+    @huey.on_startup()
+    def _beat_on_startup() -> None:
+        record_heartbeat()
+
+    beat_task = huey.periodic_task(crontab(minute="*"), name="heartbeat")(record_heartbeat)
+    return TaskQueue(huey=huey, heartbeat=beat_task)

@@ -1,0 +1,112 @@
+"""Domain errors → HTTP statuses, in one place.
+
+API routes (``/api``, ``/v1``) get an OpenAI-shaped JSON error; pages get the error page.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException
+from litestar.response import Template
+
+from appliance.errors import (
+    ApplianceError,
+    ConfigError,
+    Conflict,
+    DatabaseError,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    NotFound: (404, "not_found"),
+    InvalidInput: (400, "invalid_request_error"),
+    Conflict: (409, "conflict"),
+    Unavailable: (503, "unavailable"),
+    DatabaseError: (503, "unavailable"),
+    ConfigError: (500, "server_error"),
+}
+
+TITLES = {
+    400: "That didn't work",
+    403: "Not allowed",
+    404: "Not found",
+    405: "Not allowed",
+    409: "Already done",
+    413: "Too large",
+    429: "Slow down",
+    500: "Something went wrong",
+    503: "Temporarily unavailable",
+}
+
+
+def wants_json(request: Request) -> bool:
+    path = request.url.path
+    if path.startswith(("/api/", "/v1/")) or path in ("/healthz", "/readyz"):
+        return True
+    return "application/json" in request.headers.get("accept", "")
+
+
+def error_response(request: Request, status: int, message: str, kind: str) -> Response:
+    headers = {}
+    if status == 503:
+        headers["Retry-After"] = "5"
+    if wants_json(request):
+        return Response(
+            {"error": {"message": message, "type": kind, "code": status}},
+            status_code=status,
+            media_type=MediaType.JSON,
+            headers=headers,
+        )
+    return Template(
+        template_name="error.html",
+        context={"status": status, "title": TITLES.get(status, "Error"), "message": message},
+        status_code=status,
+        headers=headers,
+    )
+
+
+def handle_domain_error(request: Request, exc: ApplianceError) -> Response:
+    status, kind = next(
+        (value for cls, value in STATUS.items() if isinstance(exc, cls)),
+        (500, "server_error"),
+    )
+    message = str(exc) if status < 500 or isinstance(exc, Unavailable) else _generic(status)
+    response = error_response(request, status, message, kind)
+    if isinstance(exc, Unavailable) and exc.retry_after:
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+def handle_http_exception(request: Request, exc: HTTPException) -> Response:
+    status = exc.status_code
+    message = exc.detail if status < 500 else _generic(status)
+    kind = "invalid_request_error" if status == 400 else TITLES.get(status, "error").lower()
+    response = error_response(request, status, message, kind.replace(" ", "_"))
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def handle_unexpected(request: Request, exc: Exception) -> Response:
+    # The traceback goes to the log (without request bodies); the user gets no internals.
+    log.exception("unhandled error on %s %s", request.method, request.scope.get("path_template", "?"))
+    return error_response(request, 500, _generic(500), "server_error")
+
+
+def _generic(status: int) -> str:
+    if status == 503:
+        return "A part of the appliance is not available right now. Please try again shortly."
+    return "Something went wrong on our side. The error has been logged."
+
+
+EXCEPTION_HANDLERS = {
+    ApplianceError: handle_domain_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}
