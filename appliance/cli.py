@@ -60,7 +60,9 @@ def configure_logging(level: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", help="data directory (default: $APPLIANCE_DATA_DIR or ./data)")
+    common.add_argument(
+        "--data-dir", help="data directory (default: $APPLIANCE_DATA_DIR or ./data)"
+    )
     common.add_argument("--config", help="config file (default: DATA_DIR/appliance.toml)")
     listen = argparse.ArgumentParser(add_help=False)
     listen.add_argument("--host", help="address of the web service (default 127.0.0.1)")
@@ -94,9 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     model_command("list", cmd_models_list, "List installed models.")
-    model_command(
-        "install-defaults", cmd_models_defaults, "Install the bundled models (offline)."
-    )
+    model_command("install-defaults", cmd_models_defaults, "Install the bundled models (offline).")
     p = model_command("set-default", cmd_models_set_default, "Make a model the default.")
     p.add_argument("model_id")
     p = model_command("remove", cmd_models_remove, "Remove a model and its file.")
@@ -229,9 +229,10 @@ def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
     for check in checks:
         print(f"{marks[check.status]}  {check.name:<{width}}  {check.detail}")
     failed = [c for c in checks if c.status == "fail"]
-    print(f"\n{len(checks) - len(failed)} of {len(checks)} checks passed" + (
-        "" if not failed else f"; {len(failed)} failed"
-    ))
+    print(
+        f"\n{len(checks) - len(failed)} of {len(checks)} checks passed"
+        + ("" if not failed else f"; {len(failed)} failed")
+    )
     return 1 if failed else 0
 
 

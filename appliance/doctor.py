@@ -49,9 +49,7 @@ def _secrets(settings: Settings) -> Check:
     missing = [n for n in vault.SECRETS if not (settings.paths.secrets / n).exists()]
     if missing:
         return Check("secrets", "fail", f"missing {', '.join(missing)}: run `appliance init`")
-    loose = [
-        n for n in vault.SECRETS if (settings.paths.secrets / n).stat().st_mode & 0o077
-    ]
+    loose = [n for n in vault.SECRETS if (settings.paths.secrets / n).stat().st_mode & 0o077]
     if loose:
         return Check("secrets", "fail", f"{', '.join(loose)} readable by others (chmod 600)")
     return Check("secrets", "ok", f"{len(vault.SECRETS)} present, mode 0600")

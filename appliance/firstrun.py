@@ -20,7 +20,7 @@ from appliance.config import Settings
 from appliance.db import write_transaction
 from appliance.errors import Conflict, InvalidInput, NotFound
 
-TOKEN_NAME = "setup_token"
+TOKEN_NAME = "setup_token"  # noqa: S105 - a file name, not a secret
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,63}$")
 
 migrations = Migrations("firstrun")

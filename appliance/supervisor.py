@@ -6,6 +6,7 @@ if one dies on its own, the others are stopped and ``up`` exits non-zero naming 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -118,7 +119,5 @@ def _stop_all(children: list[Child]) -> None:
 
 
 def _signal_group(process: subprocess.Popen, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signum)
-    except ProcessLookupError:
-        pass

@@ -46,9 +46,7 @@ class InferenceClient:
             # Pointing at an external server that needs no key is allowed; our own
             # service will answer 401 and the error says so.
             key = None
-        return cls(
-            settings.inference_url, key, timeout=settings.inference.request_timeout_seconds
-        )
+        return cls(settings.inference_url, key, timeout=settings.inference.request_timeout_seconds)
 
     # -- sync ------------------------------------------------------------------------
     def health(self, timeout: float = 3.0) -> dict[str, Any]:

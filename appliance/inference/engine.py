@@ -411,7 +411,10 @@ def load_engine(settings: Settings, *, with_embeddings: bool = True) -> Engine:
             batch=cfg.embedding_batch_tokens,
         )
     layers = chat.layers + 1  # llama.cpp counts the output layer too
-    offloaded = 0 if n_gpu_layers == 0 else (layers if n_gpu_layers < 0 else min(n_gpu_layers, layers))
+    if n_gpu_layers == 0:
+        offloaded = 0
+    else:
+        offloaded = layers if n_gpu_layers < 0 else min(n_gpu_layers, layers)
     info = EngineInfo(
         chat_model=chat_model.id,
         embedding_model=embedding.model.id if embedding else None,

@@ -53,7 +53,9 @@ class Registry:
         try:
             return self.models[model_id]
         except KeyError:
-            raise NotFound(f"no model '{model_id}' is installed (see `appliance models list`)")
+            raise NotFound(
+                f"no model '{model_id}' is installed (see `appliance models list`)"
+            ) from None
 
     def path(self, model: Model) -> Path:
         return self.directory / model.file

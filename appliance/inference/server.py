@@ -210,9 +210,7 @@ class InferenceService:
 
     def _run_chat(self, job: Job):
         request: ChatRequest = job.payload
-        yield from self.engine.chat.generate(
-            request.messages, request.params, job.cancelled.is_set
-        )
+        yield from self.engine.chat.generate(request.messages, request.params, job.cancelled.is_set)
 
     def _run_embeddings(self, job: Job):
         if self.engine.embedding is None:

@@ -95,7 +95,8 @@ def handle_http_exception(request: Request, exc: HTTPException) -> Response:
 
 def handle_unexpected(request: Request, exc: Exception) -> Response:
     # The traceback goes to the log (without request bodies); the user gets no internals.
-    log.exception("unhandled error on %s %s", request.method, request.scope.get("path_template", "?"))
+    path = request.scope.get("path_template", "?")
+    log.exception("unhandled error on %s %s", request.method, path)
     return error_response(request, 500, _generic(500), "server_error")
 
 

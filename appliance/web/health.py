@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Controller, Response, get
+from litestar.di import NamedDependency
 
 import appliance
 from appliance.config import Settings
@@ -18,7 +19,9 @@ class HealthController(Controller):
         return {"status": "ok", "version": appliance.__version__}
 
     @get("/readyz")
-    async def readyz(self, settings: Settings, inference: InferenceClient) -> Response:
+    async def readyz(
+        self, settings: NamedDependency[Settings], inference: NamedDependency[InferenceClient]
+    ) -> Response:
         """200 when the database opens and the inference service answers, else 503."""
         checks: dict[str, str] = {}
         try:

@@ -6,8 +6,9 @@ from typing import Annotated
 
 import sqlite_utils
 from litestar import Controller, get, post
+from litestar.di import NamedDependency
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, Parameter
+from litestar.params import Body, FromQuery
 from litestar.response import Template
 
 from appliance import firstrun
@@ -19,16 +20,16 @@ class PagesController(Controller):
     include_in_schema = False
 
     @get("/", sync_to_thread=True)
-    def home(self, db: sqlite_utils.Database) -> Template:
+    def home(self, db: NamedDependency[sqlite_utils.Database]) -> Template:
         """The landing page: tells a new install how to finish setup."""
         return Template("home.html", context={"claimed": firstrun.is_claimed(db)})
 
     @get("/setup", sync_to_thread=True)
     def setup_form(
         self,
-        settings: Settings,
-        db: sqlite_utils.Database,
-        token: Annotated[str, Parameter(query="token", default="")],
+        settings: NamedDependency[Settings],
+        db: NamedDependency[sqlite_utils.Database],
+        token: FromQuery[str] = "",
     ) -> Template:
         """The one-time setup page; 404 unless the token is the current setup token."""
         firstrun.check_token(settings, db, token)
@@ -37,8 +38,8 @@ class PagesController(Controller):
     @post("/setup", sync_to_thread=True, status_code=200)
     def setup_submit(
         self,
-        settings: Settings,
-        db: sqlite_utils.Database,
+        settings: NamedDependency[Settings],
+        db: NamedDependency[sqlite_utils.Database],
         data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
     ) -> Template:
         """Record the first operator's email."""

@@ -23,30 +23,21 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CROSS_SITE_EXEMPT = ("/v1/",)
 
 
-def security_headers_middleware(app: ASGIApp) -> ASGIApp:
-    """Add the headers from SECURITY.md to every HTTP response."""
+async def add_security_headers(message: Message, scope: Scope) -> None:
+    """``before_send`` hook: the headers from SECURITY.md on every HTTP response.
 
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-        https = scope.get("scheme") == "https"
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableScopeHeaders.from_message(message)
-                headers["Content-Security-Policy"] = CSP
-                headers["X-Content-Type-Options"] = "nosniff"
-                headers["Referrer-Policy"] = "same-origin"
-                headers["X-Frame-Options"] = "DENY"
-                headers["Cross-Origin-Opener-Policy"] = "same-origin"
-                if https:
-                    headers["Strict-Transport-Security"] = HSTS
-            await send(message)
-
-        await app(scope, receive, send_with_headers)
-
-    return middleware
+    A hook rather than a middleware so that responses produced outside any route (an
+    unknown path's 404) get them too.
+    """
+    if scope["type"] == "http" and message["type"] == "http.response.start":
+        headers = MutableScopeHeaders.from_message(message)
+        headers["Content-Security-Policy"] = CSP
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers["Referrer-Policy"] = "same-origin"
+        headers["X-Frame-Options"] = "DENY"
+        headers["Cross-Origin-Opener-Policy"] = "same-origin"
+        if scope.get("scheme") == "https":
+            headers["Strict-Transport-Security"] = HSTS
 
 
 def cross_site_middleware(app: ASGIApp) -> ASGIApp:
@@ -89,8 +80,6 @@ async def _forbidden(send: Send) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                (b"content-security-policy", CSP.encode()),
-                (b"x-content-type-options", b"nosniff"),
             ],
         }
     )

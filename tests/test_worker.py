@@ -1,0 +1,49 @@
+"""The task queue and the worker service."""
+
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+from conftest import service_env, wait_until
+
+from appliance import heartbeat
+from appliance.db import open_db
+from appliance.tasks import WORKER_SERVICE, create_queue
+
+
+def test_heartbeat_task_records_a_row(settings, db):
+    queue = create_queue(settings, immediate=True)
+    assert heartbeat.last_beat(db, WORKER_SERVICE) is None
+    queue.heartbeat()
+    beat = heartbeat.last_beat(db, WORKER_SERVICE)
+    assert beat is not None
+    assert (datetime.now(UTC) - beat).total_seconds() < 5
+
+
+def test_real_consumer_beats_and_stops_cleanly(settings):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "worker"],
+        env=service_env(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+
+        def beaten():
+            db = open_db(settings)
+            try:
+                return heartbeat.last_beat(db, WORKER_SERVICE)
+            finally:
+                db.close()
+
+        wait_until(beaten, timeout=30, what="a worker heartbeat")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0
+        output = process.stdout.read()
+        assert "Traceback" not in output
+        assert "database is locked" not in output
+    finally:
+        if process.poll() is None:
+            process.kill()
