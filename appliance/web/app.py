@@ -23,7 +23,11 @@ from appliance.db import open_db
 from appliance.inference.client import InferenceClient
 from appliance.web import health, pages
 from appliance.web.errors import EXCEPTION_HANDLERS
-from appliance.web.security import add_security_headers, cross_site_middleware
+from appliance.web.security import (
+    add_security_headers,
+    cross_site_middleware,
+    strip_internal_headers_middleware,
+)
 
 WEBUI = Path(appliance.__file__).resolve().parent.parent / "webui"
 
@@ -78,7 +82,7 @@ def create_app(settings: Settings) -> Litestar:
             cookie_samesite="lax",
             exclude=["/v1/"],
         ),
-        middleware=[cross_site_middleware],
+        middleware=[strip_internal_headers_middleware, cross_site_middleware],
         before_send=[add_security_headers],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(

@@ -7,6 +7,8 @@ from urllib.parse import urlsplit
 from litestar.datastructures import MutableScopeHeaders
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from appliance.inference.client import INTERNAL_HEADERS
+
 CSP = "; ".join(
     [
         "default-src 'self'",
@@ -38,6 +40,24 @@ async def add_security_headers(message: Message, scope: Scope) -> None:
         headers["Cross-Origin-Opener-Policy"] = "same-origin"
         if scope.get("scheme") == "https":
             headers["Strict-Transport-Security"] = HSTS
+
+
+def strip_internal_headers_middleware(app: ASGIApp) -> ASGIApp:
+    """Drop the inference service's internal headers from anything a user sends.
+
+    The account id and priority reach the inference service only from our own client.
+    """
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope["headers"] = [
+                (name, value)
+                for name, value in scope["headers"]
+                if name.lower().decode("latin-1") not in INTERNAL_HEADERS
+            ]
+        await app(scope, receive, send)
+
+    return middleware
 
 
 def cross_site_middleware(app: ASGIApp) -> ASGIApp:

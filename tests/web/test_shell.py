@@ -2,8 +2,10 @@
 
 import pytest
 from conftest import make_settings
+from litestar import Request, get
+from litestar.testing import create_test_client
 
-from appliance.web.security import CSP
+from appliance.web.security import CSP, strip_internal_headers_middleware
 
 
 def test_healthz(client):
@@ -75,3 +77,19 @@ def test_static_assets_are_local(client):
     home = client.get("/").text
     assert "http://" not in home.replace("http://127.0.0.1", "")
     assert "https://" not in home
+
+
+@get("/echo", sync_to_thread=False)
+def echo_headers(request: Request) -> dict:
+    return dict(request.headers)
+
+
+def test_internal_inference_headers_are_stripped_from_requests():
+    """A user cannot pose as another account towards the inference service."""
+    with create_test_client([echo_headers], middleware=[strip_internal_headers_middleware]) as c:
+        headers = c.get(
+            "/echo",
+            headers={"X-Appliance-Account": "victim", "X-Appliance-Priority": "interactive"},
+        ).json()
+    assert "x-appliance-account" not in headers
+    assert "x-appliance-priority" not in headers
