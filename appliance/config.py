@@ -170,6 +170,81 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class MailSettings:
+    """Outgoing mail: sign-in codes and invitations."""
+
+    backends: tuple[str, ...] = setting(
+        ("file", "console"),
+        "Where outgoing mail goes, any of: `smtp` (the server below); `file` (one .eml "
+        "file per message in DATA_DIR/outbox/); `console` (prints each message to the "
+        "worker's stdout: for local installs only, since it shows sign-in codes).",
+    )
+    sender: str = setting(
+        "Private AI <appliance@localhost>",
+        "From address of outgoing mail; its domain is also used in Message-ID.",
+    )
+    smtp_host: str = setting("localhost", "SMTP server to send through.")
+    smtp_port: int = setting(587, "TCP port of the SMTP server.", min=1, max=65535)
+    smtp_security: str = setting(
+        "starttls",
+        "`starttls`: plain connection upgraded with STARTTLS (port 587); `tls`: TLS from "
+        "the start (port 465); `none`: unencrypted (only for a relay on the same host).",
+        choices=("starttls", "tls", "none"),
+    )
+    smtp_user: str = setting("", "SMTP user name. Empty: no login.")
+    # Not setting(): repr=False keeps the password out of any printed Settings.
+    smtp_password: str = field(
+        default="",
+        repr=False,
+        metadata={
+            "help": "SMTP password. Prefer the APPLIANCE_MAIL__SMTP_PASSWORD environment "
+            "variable (e.g. in appliance.env) over writing it in the TOML file.",
+            "choices": None,
+            "min": None,
+            "max": None,
+        },
+    )
+    smtp_timeout_seconds: float = setting(
+        20.0, "How long to wait for the SMTP server before giving up.", min=1
+    )
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Sign-in by emailed one-time code, sessions and throttles (see docs/security.md)."""
+
+    signup: str = setting(
+        "invite",
+        "Who may sign in: `invite` (members, invited addresses and the setup link) or "
+        "`open` (any address gets a new account of its own).",
+        choices=("invite", "open"),
+    )
+    code_ttl_minutes: int = setting(10, "Minutes a sign-in code stays valid.", min=1, max=10)
+    code_max_failures: int = setting(
+        5, "Wrong tries after which a sign-in code is void.", min=1, max=10
+    )
+    codes_per_address_per_hour: int = setting(
+        5, "Sign-in codes one address may request per hour.", min=1
+    )
+    codes_per_client_per_hour: int = setting(
+        30, "Sign-in codes one client address may request per hour.", min=1
+    )
+    account_lock_failures: int = setting(
+        100,
+        "Wrong codes for one address within an hour that lock its sign-in.",
+        min=5,
+    )
+    client_lock_failures: int = setting(
+        100, "Wrong codes from one client address within an hour that lock it out.", min=5
+    )
+    lock_minutes: int = setting(60, "How long such a lock lasts.", min=1)
+    session_idle_minutes: int = setting(30, "A session not used for this long ends.", min=1)
+    session_absolute_hours: int = setting(
+        12, "A session ends this long after sign-in, used or not.", min=1
+    )
+
+
+@dataclass(frozen=True)
 class PrivacySettings:
     """The placeholders of the privacy policy (``shared/PRIVACY.md``), as settings."""
 
@@ -239,6 +314,8 @@ class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    mail: MailSettings = field(default_factory=MailSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
 
     @property

@@ -23,6 +23,8 @@ from appliance.errors import DatabaseError
 MIGRATION_MODULES = (
     "appliance.firstrun",
     "appliance.heartbeat",
+    "appliance.accounts.migrations",
+    "appliance.auth.migrations",
 )
 
 _migrated: set[str] = set()
@@ -111,8 +113,13 @@ def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Databa
     """``BEGIN IMMEDIATE`` … ``COMMIT``: for read-then-write sections other processes share.
 
     Taking the write lock up front means two processes can never both read a value and
-    then both write based on it; the second waits (busy timeout) instead.
+    then both write based on it; the second waits (busy timeout) instead. Nested use
+    (one service calling another inside its transaction) becomes a savepoint.
     """
+    if db.conn.in_transaction:
+        with db.atomic():
+            yield db
+        return
     db.execute("BEGIN IMMEDIATE")
     try:
         yield db

@@ -30,6 +30,14 @@ class Conflict(ApplianceError):
     """The request conflicts with the current state (e.g. already done)."""
 
 
+class Throttled(ApplianceError):
+    """Too many requests; ``retry_after`` is in seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class Unavailable(ApplianceError):
     """A dependency (the inference service, the database) is not answering."""
 

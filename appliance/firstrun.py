@@ -8,7 +8,6 @@ records the email of the first operator; the token is then destroyed.
 from __future__ import annotations
 
 import hmac
-import re
 import secrets
 from datetime import UTC, datetime
 
@@ -16,12 +15,12 @@ import sqlite_utils
 from sqlite_utils import Migrations
 
 from appliance import vault
+from appliance.accounts import service as accounts
 from appliance.config import Settings
 from appliance.db import write_transaction
-from appliance.errors import Conflict, InvalidInput, NotFound
+from appliance.errors import Conflict, NotFound
 
 TOKEN_NAME = "setup_token"  # noqa: S105 - a file name, not a secret
-EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,63}$")
 
 migrations = Migrations("firstrun")
 
@@ -60,7 +59,9 @@ def check_token(settings: Settings, db: sqlite_utils.Database, token: str) -> No
 
 
 def claim(settings: Settings, db: sqlite_utils.Database, token: str, email: str) -> str:
-    """Record the first operator's email and destroy the token; returns the normalised email.
+    """Create the first operator and their account, and destroy the token.
+
+    Returns the normalised email, which can then sign in.
 
     Raises:
         NotFound: the token is wrong or already used.
@@ -68,19 +69,14 @@ def claim(settings: Settings, db: sqlite_utils.Database, token: str, email: str)
         Conflict: someone claimed the install in the meantime.
     """
     check_token(settings, db, token)
-    email = normalise_email(email)
+    email = accounts.normalise_email(email)
+    now = datetime.now(UTC)
     with write_transaction(db):
         if is_claimed(db):
             raise Conflict("This appliance has already been set up.")
-        db["setup_claims"].insert({"email": email, "claimed_at": datetime.now(UTC).isoformat()})
+        db["setup_claims"].insert({"email": email, "claimed_at": now.isoformat()})
+        accounts.create_user(db, email, now, role="owner", operator=True)
     vault.remove_secret(settings, TOKEN_NAME)
-    return email
-
-
-def normalise_email(email: str) -> str:
-    email = (email or "").strip().lower()
-    if not EMAIL_RE.match(email):
-        raise InvalidInput("Please enter a valid email address.")
     return email
 
 

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from huey import SqliteHuey, crontab
 from huey.api import TaskWrapper
 
-from appliance import heartbeat
+from appliance import heartbeat, mail
+from appliance.accounts import service as accounts
+from appliance.clock import utcnow
 from appliance.config import Settings
 from appliance.db import open_db
 
@@ -27,6 +29,8 @@ class TaskQueue:
 
     huey: SqliteHuey
     heartbeat: TaskWrapper
+    send_mail: TaskWrapper
+    send_signin_code: TaskWrapper
 
 
 def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
@@ -56,4 +60,29 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
         record_heartbeat()
 
     beat_task = huey.periodic_task(crontab(minute="*"), name="heartbeat")(record_heartbeat)
-    return TaskQueue(huey=huey, heartbeat=beat_task)
+
+    @huey.task(retries=3, retry_delay=30, name="send_mail")
+    def send_mail(template: str, to: str, context: dict) -> None:
+        mail.deliver(settings, mail.compose(settings, template, to, **context))
+
+    @huey.task(retries=3, retry_delay=30, name="send_signin_code")
+    def send_signin_code(email: str, code: str) -> None:
+        # Decided here, not in the request, so that known and unknown addresses take
+        # the same time to answer.
+        db = open_db(settings)
+        try:
+            allowed = accounts.may_sign_in(db, settings, email, utcnow())
+        finally:
+            db.close()
+        if allowed:
+            message = mail.compose(
+                settings, "signin_code", email, code=code, minutes=settings.auth.code_ttl_minutes
+            )
+            mail.deliver(settings, message)
+
+    return TaskQueue(
+        huey=huey,
+        heartbeat=beat_task,
+        send_mail=send_mail,
+        send_signin_code=send_signin_code,
+    )

@@ -1,5 +1,6 @@
 """The database: pragmas, sqlite-vec, migrations and write transactions."""
 
+import importlib
 import threading
 
 import pytest
@@ -30,7 +31,8 @@ def test_migrations_are_applied_once(settings, db):
         "select migration_set, count(*) from _sqlite_migrations group by migration_set"
     ).fetchall()
     sets = {name for name, _ in applied}
-    assert {module.rsplit(".", 1)[1] for module in MIGRATION_MODULES} <= sets
+    expected = {importlib.import_module(m).migrations.name for m in MIGRATION_MODULES}
+    assert expected <= sets
     before = db.execute("select count(*) from _sqlite_migrations").fetchone()[0]
     again = open_db(settings)
     assert again.execute("select count(*) from _sqlite_migrations").fetchone()[0] == before

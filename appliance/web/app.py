@@ -18,10 +18,12 @@ from litestar.template import TemplateConfig
 
 import appliance
 from appliance import vault
+from appliance.clock import Clock, utcnow
 from appliance.config import Settings
 from appliance.db import open_db
 from appliance.inference.client import InferenceClient
-from appliance.web import health, pages
+from appliance.tasks import TaskQueue, create_queue
+from appliance.web import health, identity, pages, signin, team
 from appliance.web.errors import EXCEPTION_HANDLERS
 from appliance.web.security import (
     add_security_headers,
@@ -42,8 +44,15 @@ NAV = (
 )
 
 
-def create_app(settings: Settings) -> Litestar:
-    """Build the web application for ``settings`` (opens nothing until a request comes)."""
+def create_app(
+    settings: Settings, *, clock: Clock = utcnow, queue: TaskQueue | None = None
+) -> Litestar:
+    """Build the web application for ``settings`` (opens nothing until a request comes).
+
+    Args:
+        clock: the time source (tests move it instead of sleeping).
+        queue: the task queue; default: the SqliteHuey queue in the data dir.
+    """
     if not (WEBUI / "templates").is_dir():
         raise RuntimeError(f"web assets not found in {WEBUI}: install the package editable")
     https = settings.public_url.startswith("https://")
@@ -61,7 +70,23 @@ def create_app(settings: Settings) -> Litestar:
     def provide_inference() -> InferenceClient:
         return InferenceClient.from_settings(settings)
 
-    controllers = [health.HealthController, pages.PagesController]
+    task_queue = queue or create_queue(settings)
+
+    def provide_queue() -> TaskQueue:
+        return task_queue
+
+    def provide_clock() -> Clock:
+        return clock
+
+    controllers = [
+        health.HealthController,
+        pages.PagesController,
+        signin.SignInApi,
+        signin.MeApi,
+        signin.SignInPages,
+        team.TeamApi,
+        team.TeamPages,
+    ]
     app = Litestar(
         route_handlers=[
             *controllers,
@@ -71,16 +96,23 @@ def create_app(settings: Settings) -> Litestar:
             "settings": Provide(provide_settings, sync_to_thread=False),
             "db": Provide(provide_db),
             "inference": Provide(provide_inference, sync_to_thread=False),
+            "queue": Provide(provide_queue, sync_to_thread=False),
+            "clock": Provide(provide_clock, sync_to_thread=False),
+            "identity": Provide(identity.provide_identity, sync_to_thread=False),
+            "me": Provide(identity.provide_me, sync_to_thread=False),
+            "manager": Provide(identity.provide_manager, sync_to_thread=False),
+            "api_key": Provide(identity.provide_api_key, sync_to_thread=False),
         },
         template_config=TemplateConfig(
             engine=JinjaTemplateEngine.from_environment(_jinja_env(settings)),
         ),
         csrf_config=CSRFConfig(
             secret=vault.read_secret(settings, "session_key"),
-            cookie_name="__Host-csrf" if https else "csrf",
+            cookie_name=identity.cookie_names(settings)["csrf"],
             cookie_secure=https,
             cookie_samesite="lax",
-            exclude=["/v1/"],
+            # /api checks the header itself (web/identity.py); /v1 takes bearer keys only.
+            exclude=["/v1/", "/api/"],
         ),
         middleware=[strip_internal_headers_middleware, cross_site_middleware],
         before_send=[add_security_headers],
@@ -109,6 +141,8 @@ def _jinja_env(settings: Settings) -> Environment:
     env.globals.update(
         version=appliance.__version__,
         company=settings.privacy.company_legal_name,
+        minimum_age=settings.privacy.minimum_age,
+        current=identity.current,
     )
     return env
 

@@ -9,7 +9,7 @@ import logging
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
-from litestar.response import Template
+from litestar.response import Redirect, Template
 
 from appliance.errors import (
     ApplianceError,
@@ -18,8 +18,10 @@ from appliance.errors import (
     DatabaseError,
     InvalidInput,
     NotFound,
+    Throttled,
     Unavailable,
 )
+from appliance.web.identity import LoginRequired
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ STATUS = {
     InvalidInput: (400, "invalid_request_error"),
     Conflict: (409, "conflict"),
     Unavailable: (503, "unavailable"),
+    Throttled: (429, "rate_limit_error"),
     DatabaseError: (503, "unavailable"),
     ConfigError: (500, "server_error"),
 }
@@ -78,7 +81,7 @@ def handle_domain_error(request: Request, exc: ApplianceError) -> Response:
     )
     message = str(exc) if status < 500 or isinstance(exc, Unavailable) else _generic(status)
     response = error_response(request, status, message, kind)
-    if isinstance(exc, Unavailable) and exc.retry_after:
+    if isinstance(exc, Unavailable | Throttled) and exc.retry_after:
         response.headers["Retry-After"] = str(exc.retry_after)
     return response
 
@@ -91,6 +94,10 @@ def handle_http_exception(request: Request, exc: HTTPException) -> Response:
     for name, value in (exc.headers or {}).items():
         response.headers[name] = value
     return response
+
+
+def handle_login_required(request: Request, exc: LoginRequired) -> Response:
+    return Redirect(exc.headers["Location"])
 
 
 def handle_unexpected(request: Request, exc: Exception) -> Response:
@@ -107,6 +114,7 @@ def _generic(status: int) -> str:
 
 
 EXCEPTION_HANDLERS = {
+    LoginRequired: handle_login_required,
     ApplianceError: handle_domain_error,
     HTTPException: handle_http_exception,
     Exception: handle_unexpected,

@@ -2,27 +2,47 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import sqlite_utils
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
-from litestar.enums import RequestEncodingType
-from litestar.params import Body, FromQuery
+from litestar.params import FromQuery, URLEncodedBody
 from litestar.response import Template
 
 from appliance import firstrun
+from appliance.accounts import service as accounts
+from appliance.auth import service as auth
+from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.errors import InvalidInput
+from appliance.web.identity import Identity
 
 
 class PagesController(Controller):
     include_in_schema = False
 
     @get("/", sync_to_thread=True)
-    def home(self, db: NamedDependency[sqlite_utils.Database]) -> Template:
-        """The landing page: tells a new install how to finish setup."""
-        return Template("home.html", context={"claimed": firstrun.is_claimed(db)})
+    def home(
+        self,
+        db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
+        identity: NamedDependency[Identity | None],
+        clock: NamedDependency[Clock],
+    ) -> Template:
+        """The dashboard when signed in; else how to finish setup or sign in."""
+        if identity is None:
+            return Template("home.html", context={"claimed": firstrun.is_claimed(db)})
+        account_id = identity.account.id
+        pending = identity.is_manager and accounts.profile(db, account_id, clock()).pending
+        return Template(
+            "dashboard.html",
+            context={
+                "me": identity,
+                "onboarding_pending": pending,
+                "member_count": len(accounts.members(db, account_id)),
+                "key_count": len(auth.list_keys(db, account_id)),
+                "endpoint": f"{settings.public_url}/v1",
+            },
+        )
 
     @get("/setup", sync_to_thread=True)
     def setup_form(
@@ -40,7 +60,7 @@ class PagesController(Controller):
         self,
         settings: NamedDependency[Settings],
         db: NamedDependency[sqlite_utils.Database],
-        data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
+        data: URLEncodedBody[dict[str, str]],
     ) -> Template:
         """Record the first operator's email."""
         token = data.get("token", "")

@@ -1,0 +1,1 @@
+"""Accounts (teams), users, memberships and roles, invites, and the onboarding profile."""

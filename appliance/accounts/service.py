@@ -1,0 +1,351 @@
+"""Rules for accounts, members, roles, invites and the onboarding profile.
+
+Every function takes the database and the acting user's role where it matters, and
+raises ``appliance.errors`` only. Objects of another account are ``NotFound``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+import sqlite_utils
+
+from appliance.accounts.models import MANAGERS, ROLES, Account, Invite, Member, Profile, User
+from appliance.accounts.store import AccountStore
+from appliance.clock import iso
+from appliance.config import Settings
+from appliance.db import write_transaction
+from appliance.errors import Conflict, InvalidInput, NotFound
+from appliance.ids import new_id
+
+EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s.]{2,63}$")
+INVITE_DAYS = 14
+PROFILE_FIELDS = ("business_name", "intended_use", "tone", "formality", "length", "language")
+PROFILE_LIMIT = 500
+
+
+class Forbidden(NotFound):
+    """The actor may not do this. Shown as 404 so it confirms nothing about the object."""
+
+
+def normalise_email(email: str) -> str:
+    email = (email or "").strip().lower()
+    if len(email) > 254 or not EMAIL_RE.match(email):
+        raise InvalidInput("Please enter a valid email address.")
+    return email
+
+
+def _check_role(role: str) -> str:
+    if role not in ROLES:
+        raise InvalidInput(f"The role must be one of {', '.join(ROLES)}.")
+    return role
+
+
+def create_account(db: sqlite_utils.Database, name: str, now: datetime) -> Account:
+    name = (name or "").strip()
+    if not name or len(name) > 100:
+        raise InvalidInput("The account name must be 1 to 100 characters.")
+    account = Account(id=new_id("acc"), name=name, status="active", created_at=iso(now))
+    with write_transaction(db):
+        AccountStore(db).insert_account(account)
+    return account
+
+
+def ensure_user(
+    db: sqlite_utils.Database, email: str, now: datetime, *, operator: bool = False
+) -> User:
+    """The user with this email, created if new; ``operator`` is only ever switched on."""
+    email = normalise_email(email)
+    store = AccountStore(db)
+    with write_transaction(db):
+        user = store.user_by_email(email)
+        if user is None:
+            user = User(new_id("usr"), email, operator, iso(now), None)
+            store.insert_user(user)
+        elif operator and not user.operator:
+            store.set_operator(user.id, True)
+            user = replace(user, operator=True)
+    return user
+
+
+def add_member(
+    db: sqlite_utils.Database, account_id: str, user_id: str, role: str, now: datetime
+) -> None:
+    with write_transaction(db):
+        AccountStore(db).upsert_membership(account_id, user_id, _check_role(role), iso(now))
+
+
+def create_user(
+    db: sqlite_utils.Database,
+    email: str,
+    now: datetime,
+    *,
+    account_name: str | None = None,
+    role: str = "owner",
+    operator: bool = False,
+) -> tuple[User, Account]:
+    """A user and their membership, creating the account when no account has that name."""
+    _check_role(role)
+    with write_transaction(db):
+        user = ensure_user(db, email, now, operator=operator)
+        name = account_name or f"{user.email.split('@', 1)[0]}'s team"
+        account = AccountStore(db).account_by_name(name) if account_name else None
+        if account is None:
+            account = create_account(db, name, now)
+        add_member(db, account.id, user.id, role, now)
+    return user, account
+
+
+def user(db: sqlite_utils.Database, user_id: str) -> User:
+    found = AccountStore(db).user(user_id)
+    if found is None:
+        raise NotFound("No such user.")
+    return found
+
+
+def user_by_email(db: sqlite_utils.Database, email: str) -> User | None:
+    try:
+        return AccountStore(db).user_by_email(normalise_email(email))
+    except InvalidInput:
+        return None
+
+
+def users(db: sqlite_utils.Database) -> list[User]:
+    return AccountStore(db).users()
+
+
+def accounts(db: sqlite_utils.Database) -> list[Account]:
+    return AccountStore(db).accounts()
+
+
+def account(db: sqlite_utils.Database, account_id: str) -> Account:
+    found = AccountStore(db).account(account_id)
+    if found is None or found.status == "deleted":
+        raise NotFound("No such account.")
+    return found
+
+
+def accounts_of(db: sqlite_utils.Database, user_id: str) -> list[tuple[Account, str]]:
+    """The active accounts the user belongs to, with their role in each."""
+    return AccountStore(db).accounts_of(user_id)
+
+
+def role_in(db: sqlite_utils.Database, account_id: str, user_id: str) -> str | None:
+    """The user's role in an *active* account, or None."""
+    store = AccountStore(db)
+    found = store.account(account_id)
+    if found is None or found.status != "active":
+        return None
+    return store.role(account_id, user_id)
+
+
+def may_sign_in(db: sqlite_utils.Database, settings: Settings, email: str, now: datetime) -> bool:
+    """Whether a code should be sent: a member, an invitee, or open sign-up."""
+    store = AccountStore(db)
+    found = store.user_by_email(email)
+    if found and (store.accounts_of(found.id) or found.operator):
+        return True
+    if store.open_invites_for(email, iso(now)):
+        return True
+    return settings.auth.signup == "open"
+
+
+def complete_sign_in(
+    db: sqlite_utils.Database, settings: Settings, email: str, now: datetime
+) -> tuple[User, Account | None]:
+    """After a correct code: create the user if new, accept invites, pick the account.
+
+    Raises:
+        NotFound: the address may not sign in (no account, no invite, sign-up closed).
+    """
+    if not may_sign_in(db, settings, email, now):
+        raise NotFound("This address cannot sign in here.")
+    store = AccountStore(db)
+    with write_transaction(db):
+        member = ensure_user(db, email, now)
+        for invite in store.open_invites_for(member.email, iso(now)):
+            store.upsert_membership(invite.account_id, member.id, invite.role, iso(now))
+            store.mark_invite(invite.id, "accepted_at", iso(now))
+        joined = store.accounts_of(member.id)
+        if not joined and settings.auth.signup == "open":
+            create_user(db, member.email, now, role="owner")
+            joined = store.accounts_of(member.id)
+        store.touch_sign_in(member.id, iso(now))
+    return member, (joined[-1][0] if joined else None)
+
+
+# -- members ----------------------------------------------------------------------------
+
+
+def members(db: sqlite_utils.Database, account_id: str) -> list[Member]:
+    return AccountStore(db).members(account_id)
+
+
+def _require_manager(actor_role: str) -> None:
+    if actor_role not in MANAGERS:
+        raise Forbidden("Only owners and admins can manage members.")
+
+
+def set_role(
+    db: sqlite_utils.Database, account_id: str, actor_role: str, user_id: str, role: str
+) -> Member:
+    _require_manager(actor_role)
+    _check_role(role)
+    store = AccountStore(db)
+    with write_transaction(db):
+        current = store.role(account_id, user_id)
+        if current is None:
+            raise NotFound("No such member.")
+        if "owner" in (role, current) and actor_role != "owner":
+            raise InvalidInput("Only an owner can make or unmake owners.")
+        if current == "owner" and role != "owner" and store.count_owners(account_id) <= 1:
+            raise Conflict("The account needs at least one owner: make someone else owner first.")
+        store.upsert_membership(account_id, user_id, role, "")
+    return next(m for m in store.members(account_id) if m.user_id == user_id)
+
+
+def remove_member(
+    db: sqlite_utils.Database, account_id: str, actor_role: str, actor_id: str, user_id: str
+) -> None:
+    """Remove a member (or leave, when ``user_id`` is the actor)."""
+    if user_id != actor_id:
+        _require_manager(actor_role)
+    store = AccountStore(db)
+    with write_transaction(db):
+        current = store.role(account_id, user_id)
+        if current is None:
+            raise NotFound("No such member.")
+        if current == "owner" and actor_role != "owner":
+            raise InvalidInput("Only an owner can remove an owner.")
+        if current == "owner" and store.count_owners(account_id) <= 1:
+            raise Conflict("The last owner cannot be removed.")
+        store.delete_membership(account_id, user_id)
+
+
+# -- invites ----------------------------------------------------------------------------
+
+
+def invite(
+    db: sqlite_utils.Database,
+    account_id: str,
+    actor_role: str,
+    actor_id: str,
+    email: str,
+    role: str,
+    now: datetime,
+) -> Invite:
+    _require_manager(actor_role)
+    email = normalise_email(email)
+    _check_role(role)
+    if role == "owner" and actor_role != "owner":
+        raise InvalidInput("Only an owner can invite an owner.")
+    store = AccountStore(db)
+    existing = store.user_by_email(email)
+    if existing and store.role(account_id, existing.id):
+        raise Conflict("This person is already a member.")
+    created = Invite(
+        id=new_id("inv"),
+        account_id=account_id,
+        email=email,
+        role=role,
+        created_at=iso(now),
+        expires_at=iso(now + timedelta(days=INVITE_DAYS)),
+        accepted_at=None,
+        revoked_at=None,
+    )
+    with write_transaction(db):
+        store.insert_invite(created, actor_id)
+    return created
+
+
+def invites(db: sqlite_utils.Database, account_id: str) -> list[Invite]:
+    return AccountStore(db).invites(account_id)
+
+
+def revoke_invite(
+    db: sqlite_utils.Database, account_id: str, actor_role: str, invite_id: str, now: datetime
+) -> None:
+    _require_manager(actor_role)
+    store = AccountStore(db)
+    with write_transaction(db):
+        found = store.invite(account_id, invite_id)
+        if found is None or found.accepted_at or found.revoked_at:
+            raise NotFound("No such invite.")
+        store.mark_invite(invite_id, "revoked_at", iso(now))
+
+
+# -- onboarding profile -----------------------------------------------------------------
+
+
+def profile(db: sqlite_utils.Database, account_id: str, now: datetime) -> Profile:
+    found = AccountStore(db).profile(account_id)
+    if found:
+        return found
+    return Profile(account_id, "", "", "", "", "", "", False, None, None, iso(now))
+
+
+def save_profile(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    account_id: str,
+    actor_role: str,
+    answers: dict,
+    now: datetime,
+) -> Profile:
+    """Record the onboarding answers (owners and admins).
+
+    Raises:
+        InvalidInput: a field is too long, unknown, or the minimum age is not confirmed.
+    """
+    _require_manager(actor_role)
+    unknown = sorted(set(answers) - {*PROFILE_FIELDS, "age_confirmed"})
+    if unknown:
+        raise InvalidInput(f"Unknown profile field: {unknown[0]}.")
+    clean = {}
+    for name in PROFILE_FIELDS:
+        value = answers.get(name, "")
+        if not isinstance(value, str) or len(value) > PROFILE_LIMIT:
+            raise InvalidInput(f"'{name}' must be text of at most {PROFILE_LIMIT} characters.")
+        clean[name] = value.strip()
+    if answers.get("age_confirmed") not in (True, "on", "true", "1", 1):
+        raise InvalidInput(
+            f"Please confirm that everyone using this account is at least "
+            f"{settings.privacy.minimum_age} years old."
+        )
+    current = profile(db, account_id, now)
+    saved = replace(
+        current,
+        **clean,
+        age_confirmed=True,
+        completed_at=current.completed_at or iso(now),
+        updated_at=iso(now),
+    )
+    with write_transaction(db):
+        AccountStore(db).save_profile(saved)
+    return saved
+
+
+def skip_onboarding(
+    db: sqlite_utils.Database, account_id: str, actor_role: str, now: datetime
+) -> Profile:
+    _require_manager(actor_role)
+    current = profile(db, account_id, now)
+    skipped = replace(current, skipped_at=current.skipped_at or iso(now), updated_at=iso(now))
+    with write_transaction(db):
+        AccountStore(db).save_profile(skipped)
+    return skipped
+
+
+def profile_summary(found: Profile) -> str:
+    """The short text the owner wrote, as it may be sent to generate a system prompt."""
+    lines = [
+        ("Business", found.business_name),
+        ("Intended use", found.intended_use),
+        ("Tone", found.tone),
+        ("Formality", found.formality),
+        ("Answer length", found.length),
+        ("Language", found.language),
+    ]
+    return "\n".join(f"{label}: {value}" for label, value in lines if value)

@@ -1,0 +1,1 @@
+"""Sign-in codes, sessions, API keys and the throttles that protect them."""

@@ -1,0 +1,58 @@
+"""Schema of the auth domain. Never edit a landed migration; add a new one."""
+
+import sqlite_utils
+from sqlite_utils import Migrations
+
+migrations = Migrations("auth")
+
+
+@migrations()
+def m001_create_auth(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        create table otp_codes (
+            id text primary key,
+            attempt_hash text not null,
+            email text not null,
+            code_mac text not null,
+            created_at text not null,
+            expires_at text not null,
+            used_at text,
+            voided_at text,
+            failures integer not null default 0
+        );
+        create index otp_codes_by_email on otp_codes(email, created_at);
+        create table sessions (
+            id_hash text primary key,
+            user_id text not null references users(id) on delete cascade,
+            account_id text not null references accounts(id) on delete cascade,
+            created_at text not null,
+            last_seen_at text not null,
+            expires_at text not null,
+            revoked_at text
+        );
+        create index sessions_by_user on sessions(user_id);
+        create table api_keys (
+            id text primary key,
+            prefix text not null,
+            key_hash text not null unique,
+            name text not null,
+            scope text not null check (scope in ('inference', 'manage')),
+            account_id text not null references accounts(id) on delete cascade,
+            user_id text not null references users(id) on delete cascade,
+            instance_id text,
+            created_at text not null,
+            expires_at text,
+            last_used_at text,
+            revoked_at text
+        );
+        create index api_keys_by_account on api_keys(account_id);
+        create table auth_events (
+            id integer primary key autoincrement,
+            kind text not null,
+            subject text not null,
+            at text not null
+        );
+        create index auth_events_by_subject on auth_events(kind, subject, at);
+        """
+    )

@@ -1,0 +1,399 @@
+"""One-time codes, sessions and API keys: the controls of SECURITY.md's sign-in table.
+
+- Codes: 6 digits from ``secrets``; only an HMAC-SHA256 (server key) is stored, bound to
+  the sign-in attempt (a random id kept in a cookie) and the address; valid
+  ``auth.code_ttl_minutes``; single use; a new code voids the old; void after
+  ``auth.code_max_failures`` wrong tries.
+- Throttles and locks count events in SQLite (shared by every process), keyed by an HMAC
+  of the address and of the client address, so neither is stored in clear.
+- Sessions: 256-bit random ids, stored as SHA-256; new id at every sign-in; idle and
+  absolute expiry; revocation takes effect on the next request.
+- API keys: ``apl_`` + 192 random bits, stored as SHA-256, shown once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlite_utils
+
+from appliance import vault
+from appliance.clock import iso, parse
+from appliance.config import Settings
+from appliance.db import write_transaction
+from appliance.errors import InvalidInput, NotFound, Throttled
+from appliance.ids import new_id
+
+KEY_PREFIX = "apl_"
+SCOPES = ("inference", "manage")
+GENERIC_CODE_ERROR = "That code is not valid. Check it, or ask for a new one."
+TOUCH_EVERY = timedelta(seconds=60)
+
+
+class InvalidCode(InvalidInput):
+    """Wrong, expired, used or locked: always the same message."""
+
+    def __init__(self) -> None:
+        super().__init__(GENERIC_CODE_ERROR)
+
+
+@dataclass(frozen=True)
+class CodeRequest:
+    attempt_id: str
+    code: str
+
+
+@dataclass(frozen=True)
+class Session:
+    id_hash: str
+    user_id: str
+    account_id: str
+    created_at: str
+    expires_at: str
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    prefix: str
+    name: str
+    scope: str
+    account_id: str
+    user_id: str
+    instance_id: str | None
+    created_at: str
+    expires_at: str | None
+    last_used_at: str | None
+    revoked_at: str | None
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _mac(settings: Settings, *parts: str) -> str:
+    key = vault.read_secret(settings, "otp_key").encode()
+    return hmac.new(key, "|".join(parts).encode(), hashlib.sha256).hexdigest()
+
+
+def _count(db: sqlite_utils.Database, kind: str, subject: str, since: datetime) -> int:
+    return db.execute(
+        "select count(*) from auth_events where kind = ? and subject = ? and at > ?",
+        [kind, subject, iso(since)],
+    ).fetchone()[0]
+
+
+def _event(db: sqlite_utils.Database, kind: str, subject: str, now: datetime) -> None:
+    db.execute(
+        "insert into auth_events (kind, subject, at) values (?, ?, ?)", [kind, subject, iso(now)]
+    )
+
+
+def _subjects(settings: Settings, email: str, client: str) -> tuple[str, str]:
+    return "email:" + _mac(settings, "email", email), "client:" + _mac(settings, "client", client)
+
+
+def _locked(db: sqlite_utils.Database, settings: Settings, subject: str, now: datetime) -> bool:
+    since = now - timedelta(minutes=settings.auth.lock_minutes)
+    return _count(db, "lock", subject, since) > 0
+
+
+# -- codes ------------------------------------------------------------------------------
+
+
+def request_code(
+    db: sqlite_utils.Database, settings: Settings, email: str, client: str, now: datetime
+) -> CodeRequest:
+    """Create a code for ``email`` (the caller mails it only if the address may sign in).
+
+    The same work is done for every address, known or not.
+
+    Raises:
+        Throttled: too many codes for this address or from this client in the last hour.
+    """
+    cfg = settings.auth
+    email_subject, client_subject = _subjects(settings, email, client)
+    hour_ago = now - timedelta(hours=1)
+    attempt_id = secrets.token_urlsafe(32)
+    code = f"{secrets.randbelow(10**6):06d}"
+    with write_transaction(db):
+        if _count(db, "code_sent", client_subject, hour_ago) >= cfg.codes_per_client_per_hour:
+            raise Throttled("Too many sign-in codes requested. Try again later.", 900)
+        if _count(db, "code_sent", email_subject, hour_ago) >= cfg.codes_per_address_per_hour:
+            raise Throttled("Too many sign-in codes requested. Try again later.", 900)
+        _event(db, "code_sent", client_subject, now)
+        _event(db, "code_sent", email_subject, now)
+        db.execute(
+            "update otp_codes set voided_at = ? where email = ? and used_at is null "
+            "and voided_at is null",
+            [iso(now), email],
+        )
+        attempt_hash = _sha256(attempt_id)
+        db.execute(
+            """insert into otp_codes (id, attempt_hash, email, code_mac, created_at, expires_at)
+               values (?, ?, ?, ?, ?, ?)""",
+            [
+                new_id("otp"),
+                attempt_hash,
+                email,
+                _mac(settings, attempt_hash, email, code),
+                iso(now),
+                iso(now + timedelta(minutes=cfg.code_ttl_minutes)),
+            ],
+        )
+    return CodeRequest(attempt_id, code)
+
+
+def verify_code(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    attempt_id: str,
+    email: str,
+    code: str,
+    client: str,
+    now: datetime,
+) -> None:
+    """Accept the code once, or raise ``InvalidCode`` (one message for every failure)."""
+    cfg = settings.auth
+    email_subject, client_subject = _subjects(settings, email, client)
+    code = (code or "").strip().replace(" ", "")
+    failed = False
+    with write_transaction(db):
+        if _locked(db, settings, email_subject, now) or _locked(db, settings, client_subject, now):
+            raise InvalidCode()
+        row = db.execute(
+            """select id, attempt_hash, code_mac, failures from otp_codes
+               where email = ? and used_at is null and voided_at is null and expires_at > ?
+               order by created_at desc limit 1""",
+            [email, iso(now)],
+        ).fetchone()
+        attempt_hash = _sha256(attempt_id or "")
+        if (
+            row is not None
+            and len(code) == 6
+            and code.isdigit()
+            and hmac.compare_digest(row[1], attempt_hash)
+            and hmac.compare_digest(row[2], _mac(settings, attempt_hash, email, code))
+        ):
+            db.execute("update otp_codes set used_at = ? where id = ?", [iso(now), row[0]])
+            return
+        failed = True
+        if row is not None:
+            failures = row[3] + 1
+            voided = iso(now) if failures >= cfg.code_max_failures else None
+            db.execute(
+                "update otp_codes set failures = ?, voided_at = ? where id = ?",
+                [failures, voided, row[0]],
+            )
+        hour_ago = now - timedelta(hours=1)
+        for subject, limit in (
+            (email_subject, cfg.account_lock_failures),
+            (client_subject, cfg.client_lock_failures),
+        ):
+            _event(db, "code_failed", subject, now)
+            if _count(db, "code_failed", subject, hour_ago) >= limit:
+                _event(db, "lock", subject, now)
+    if failed:
+        raise InvalidCode()
+
+
+# -- sessions ---------------------------------------------------------------------------
+
+
+def create_session(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    user_id: str,
+    account_id: str,
+    now: datetime,
+    *,
+    replaces: str | None = None,
+) -> str:
+    """A new session; returns the token for the cookie. ``replaces`` is revoked."""
+    token = secrets.token_urlsafe(32)
+    expires = now + timedelta(hours=settings.auth.session_absolute_hours)
+    with write_transaction(db):
+        if replaces:
+            revoke_session(db, replaces, now)
+        db.execute(
+            """insert into sessions (id_hash, user_id, account_id, created_at, last_seen_at,
+                                     expires_at)
+               values (?, ?, ?, ?, ?, ?)""",
+            [_sha256(token), user_id, account_id, iso(now), iso(now), iso(expires)],
+        )
+    return token
+
+
+def resolve_session(
+    db: sqlite_utils.Database, settings: Settings, token: str, now: datetime
+) -> Session | None:
+    """The live session for ``token``, touching its idle timer; None if ended."""
+    if not token:
+        return None
+    id_hash = _sha256(token)
+    row = db.execute(
+        """select user_id, account_id, created_at, last_seen_at, expires_at, revoked_at
+           from sessions where id_hash = ?""",
+        [id_hash],
+    ).fetchone()
+    if row is None or row[5] is not None:
+        return None
+    user_id, account_id, created_at, last_seen, expires_at, _ = row
+    idle = timedelta(minutes=settings.auth.session_idle_minutes)
+    if parse(expires_at) <= now or parse(last_seen) + idle <= now:
+        with write_transaction(db):
+            db.execute("update sessions set revoked_at = ? where id_hash = ?", [iso(now), id_hash])
+        return None
+    if now - parse(last_seen) >= TOUCH_EVERY:
+        with write_transaction(db):
+            db.execute(
+                "update sessions set last_seen_at = ? where id_hash = ?", [iso(now), id_hash]
+            )
+    return Session(id_hash, user_id, account_id, created_at, expires_at)
+
+
+def switch_account(db: sqlite_utils.Database, session: Session, account_id: str) -> None:
+    with write_transaction(db):
+        db.execute(
+            "update sessions set account_id = ? where id_hash = ?", [account_id, session.id_hash]
+        )
+
+
+def revoke_session(db: sqlite_utils.Database, token: str, now: datetime) -> None:
+    with write_transaction(db):
+        db.execute(
+            "update sessions set revoked_at = ? where id_hash = ? and revoked_at is null",
+            [iso(now), _sha256(token)],
+        )
+
+
+def revoke_member_access(
+    db: sqlite_utils.Database, account_id: str, user_id: str, now: datetime
+) -> None:
+    """End a user's sessions in an account and revoke their keys there."""
+    with write_transaction(db):
+        db.execute(
+            "update sessions set revoked_at = ? where user_id = ? and account_id = ? "
+            "and revoked_at is null",
+            [iso(now), user_id, account_id],
+        )
+        db.execute(
+            "update api_keys set revoked_at = ? where user_id = ? and account_id = ? "
+            "and revoked_at is null",
+            [iso(now), user_id, account_id],
+        )
+
+
+# -- API keys ---------------------------------------------------------------------------
+
+
+def create_key(
+    db: sqlite_utils.Database,
+    *,
+    user_id: str,
+    account_id: str,
+    name: str,
+    scope: str,
+    now: datetime,
+    instance_id: str | None = None,
+    expires_at: datetime | None = None,
+) -> tuple[ApiKey, str]:
+    """A new key; returns its record and the secret, which is never shown again."""
+    name = (name or "").strip()
+    if not name or len(name) > 100:
+        raise InvalidInput("The key name must be 1 to 100 characters.")
+    if scope not in SCOPES:
+        raise InvalidInput("The scope must be 'inference' or 'manage'.")
+    if expires_at is not None and expires_at <= now:
+        raise InvalidInput("The expiry must be in the future.")
+    secret = KEY_PREFIX + secrets.token_urlsafe(24)
+    key = ApiKey(
+        id=new_id("key"),
+        prefix=secret[:12],
+        name=name,
+        scope=scope,
+        account_id=account_id,
+        user_id=user_id,
+        instance_id=instance_id,
+        created_at=iso(now),
+        expires_at=iso(expires_at) if expires_at else None,
+        last_used_at=None,
+        revoked_at=None,
+    )
+    with write_transaction(db):
+        db.execute(
+            """insert into api_keys (id, prefix, key_hash, name, scope, account_id, user_id,
+                                     instance_id, created_at, expires_at)
+               values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            [
+                key.id,
+                key.prefix,
+                _sha256(secret),
+                key.name,
+                key.scope,
+                key.account_id,
+                key.user_id,
+                key.instance_id,
+                key.created_at,
+                key.expires_at,
+            ],
+        )
+    return key, secret
+
+
+_KEY_COLUMNS = (
+    "id, prefix, name, scope, account_id, user_id, instance_id, created_at, expires_at, "
+    "last_used_at, revoked_at"
+)
+
+
+def list_keys(
+    db: sqlite_utils.Database, account_id: str, user_id: str | None = None
+) -> list[ApiKey]:
+    """Live keys of the account (of one user when ``user_id`` is given), newest first."""
+    sql = f"select {_KEY_COLUMNS} from api_keys where account_id = ? and revoked_at is null"  # noqa: S608
+    params = [account_id]
+    if user_id:
+        sql += " and user_id = ?"
+        params.append(user_id)
+    return [ApiKey(*row) for row in db.execute(sql + " order by created_at desc", params)]
+
+
+def get_key(db: sqlite_utils.Database, account_id: str, key_id: str) -> ApiKey:
+    row = db.execute(
+        f"select {_KEY_COLUMNS} from api_keys where id = ? and account_id = ? "  # noqa: S608
+        "and revoked_at is null",
+        [key_id, account_id],
+    ).fetchone()
+    if row is None:
+        raise NotFound("No such key.")
+    return ApiKey(*row)
+
+
+def revoke_key(db: sqlite_utils.Database, account_id: str, key_id: str, now: datetime) -> None:
+    with write_transaction(db):
+        get_key(db, account_id, key_id)
+        db.execute("update api_keys set revoked_at = ? where id = ?", [iso(now), key_id])
+
+
+def authenticate_key(db: sqlite_utils.Database, secret: str, now: datetime) -> ApiKey | None:
+    """The live key for ``secret``, or None (unknown, revoked or expired)."""
+    if not secret.startswith(KEY_PREFIX) or len(secret) > 100:
+        return None
+    row = db.execute(
+        f"select {_KEY_COLUMNS} from api_keys where key_hash = ?",  # noqa: S608
+        [_sha256(secret)],
+    ).fetchone()
+    if row is None:
+        return None
+    key = ApiKey(*row)
+    if key.revoked_at or (key.expires_at and parse(key.expires_at) <= now):
+        return None
+    if not key.last_used_at or now - parse(key.last_used_at) >= TOUCH_EVERY:
+        with write_transaction(db):
+            db.execute("update api_keys set last_used_at = ? where id = ?", [iso(now), key.id])
+    return key

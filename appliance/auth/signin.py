@@ -1,0 +1,68 @@
+"""Sign-in from start to finish: the one flow behind both the JSON API and the pages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlite_utils
+
+from appliance.accounts import service as accounts
+from appliance.accounts.models import Account, User
+from appliance.auth import service as auth
+from appliance.config import Settings
+from appliance.errors import InvalidInput, NotFound
+from appliance.tasks import TaskQueue
+
+
+def start(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    queue: TaskQueue,
+    email: str,
+    client: str,
+    now: datetime,
+) -> str:
+    """Create a code and queue its mail; returns the attempt id for the cookie.
+
+    Known and unknown addresses take the same path: the worker's task decides whether
+    the address may sign in and only then sends the mail.
+
+    Raises:
+        InvalidInput: not an email address.
+        Throttled: too many codes requested.
+    """
+    email = accounts.normalise_email(email)
+    request = auth.request_code(db, settings, email, client, now)
+    queue.send_signin_code(email, request.code)
+    return request.attempt_id
+
+
+def finish(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    attempt_id: str,
+    email: str,
+    code: str,
+    client: str,
+    now: datetime,
+    *,
+    replaces: str | None = None,
+) -> tuple[str, User, Account]:
+    """Check the code and open a session; returns (session token, user, account).
+
+    Raises:
+        InvalidCode: wrong, expired, used, locked, or the address may not sign in.
+    """
+    try:
+        email = accounts.normalise_email(email)
+    except InvalidInput:
+        raise auth.InvalidCode() from None
+    auth.verify_code(db, settings, attempt_id, email, code, client, now)
+    try:
+        user, account = accounts.complete_sign_in(db, settings, email, now)
+    except NotFound:
+        raise auth.InvalidCode() from None
+    if account is None:
+        raise auth.InvalidCode()
+    token = auth.create_session(db, settings, user.id, account.id, now, replaces=replaces)
+    return token, user, account

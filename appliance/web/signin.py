@@ -1,0 +1,316 @@
+"""Sign-in by emailed one-time code: the JSON API and the /login pages, one flow."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import sqlite_utils
+from litestar import Controller, Request, Response, delete, get, post, put
+from litestar.di import NamedDependency
+from litestar.params import FromQuery, JSONBody, URLEncodedBody
+from litestar.response import Redirect, Template
+from litestar.status_codes import HTTP_202_ACCEPTED
+
+from appliance.accounts import service as accounts
+from appliance.auth import service as auth
+from appliance.auth import signin
+from appliance.clock import Clock
+from appliance.config import Settings
+from appliance.errors import InvalidInput, NotFound, Throttled
+from appliance.tasks import TaskQueue
+from appliance.web.identity import Identity, cookie_names
+
+SENT_MESSAGE = (
+    "If this address can sign in here, a code is on its way. It is valid for {m} minutes."
+)
+
+
+def client_address(request: Request) -> str:
+    # uvicorn has already replaced this with X-Forwarded-For when the peer is a trusted
+    # proxy (web.trusted_proxies); otherwise the header is ignored.
+    return request.client.host if request.client else "unknown"
+
+
+def _attempt_cookie(attempt_id: str, email: str) -> str:
+    return attempt_id + "." + base64.urlsafe_b64encode(email.encode()).decode().rstrip("=")
+
+
+def _read_attempt(request: Request, settings: Settings) -> tuple[str, str]:
+    value = request.cookies.get(cookie_names(settings)["signin"], "")
+    attempt_id, _, encoded = value.partition(".")
+    try:
+        email = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        email = ""
+    return attempt_id, email
+
+
+def _set_cookie(response: Response, settings: Settings, name: str, value: str, max_age: int):
+    response.set_cookie(
+        cookie_names(settings)[name],
+        value,
+        max_age=max_age,
+        path="/",
+        secure=settings.public_url.startswith("https://"),
+        httponly=True,
+        samesite="lax",
+    )
+
+
+def _clear_cookie(response: Response, settings: Settings, name: str) -> None:
+    response.delete_cookie(cookie_names(settings)[name], path="/")
+
+
+def _safe_next(target: str | None) -> str:
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/"
+
+
+def _landing(db, me_account_id: str, role: str, clock: Clock) -> str:
+    if role in ("owner", "admin") and accounts.profile(db, me_account_id, clock()).pending:
+        return "/onboarding"
+    return "/"
+
+
+class SignInApi(Controller):
+    path = "/api/auth"
+    tags = ["auth"]
+
+    @post("/code", status_code=HTTP_202_ACCEPTED, sync_to_thread=True)
+    def request_code(
+        self,
+        request: Request,
+        data: JSONBody[dict[str, Any]],
+        db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
+        queue: NamedDependency[TaskQueue],
+        clock: NamedDependency[Clock],
+    ) -> Response:
+        """Email a one-time sign-in code. 202 whether or not the address is known."""
+        email = data.get("email") if isinstance(data, dict) else None
+        if not isinstance(email, str):
+            raise InvalidInput('Send {"email": "you@example.com"}.')
+        attempt = signin.start(db, settings, queue, email, client_address(request), clock())
+        normalised = accounts.normalise_email(email)
+        message = SENT_MESSAGE.format(m=settings.auth.code_ttl_minutes)
+        response = Response({"status": "sent", "message": message}, status_code=202)
+        _set_cookie(
+            response,
+            settings,
+            "signin",
+            _attempt_cookie(attempt, normalised),
+            settings.auth.code_ttl_minutes * 60,
+        )
+        return response
+
+    @post("/session", status_code=200, sync_to_thread=True)
+    def create_session(
+        self,
+        request: Request,
+        data: JSONBody[dict[str, Any]],
+        db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
+        clock: NamedDependency[Clock],
+    ) -> Response:
+        """Exchange the emailed code for a session cookie (same client that asked for it)."""
+        if not isinstance(data, dict):
+            raise auth.InvalidCode()
+        attempt_id, _ = _read_attempt(request, settings)
+        names = cookie_names(settings)
+        token, user, account = signin.finish(
+            db,
+            settings,
+            attempt_id,
+            str(data.get("email", "")),
+            str(data.get("code", "")),
+            client_address(request),
+            clock(),
+            replaces=request.cookies.get(names["session"]),
+        )
+        response = Response(
+            {
+                "user": {"id": user.id, "email": user.email},
+                "account": {"id": account.id, "name": account.name},
+            }
+        )
+        _set_cookie(
+            response, settings, "session", token, settings.auth.session_absolute_hours * 3600
+        )
+        _clear_cookie(response, settings, "signin")
+        return response
+
+    @delete("/session", status_code=200, sync_to_thread=True)
+    def end_session(
+        self,
+        request: Request,
+        me: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
+        clock: NamedDependency[Clock],
+    ) -> Response:
+        """Sign out: the session is revoked on the server, not only forgotten."""
+        token = request.cookies.get(cookie_names(settings)["session"])
+        if token:
+            auth.revoke_session(db, token, clock())
+        response = Response({"status": "signed out"})
+        _clear_cookie(response, settings, "session")
+        return response
+
+
+class MeApi(Controller):
+    path = "/api/me"
+    tags = ["auth"]
+
+    @get("/", sync_to_thread=True)
+    def me(self, me: NamedDependency[Identity], db: NamedDependency[sqlite_utils.Database]) -> dict:
+        """The signed-in user, the current account and every account they belong to."""
+        return {
+            "user": {"id": me.user.id, "email": me.user.email, "operator": me.user.operator},
+            "account": {"id": me.account.id, "name": me.account.name, "role": me.role},
+            "accounts": [
+                {"id": account.id, "name": account.name, "role": role}
+                for account, role in accounts.accounts_of(db, me.user.id)
+            ],
+        }
+
+    @put("/account", sync_to_thread=True)
+    def switch(
+        self,
+        data: JSONBody[dict[str, Any]],
+        me: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+    ) -> dict:
+        """Switch the session to another account the user belongs to."""
+        account_id = data.get("account_id") if isinstance(data, dict) else None
+        switch_account(db, me, str(account_id or ""))
+        return {"account_id": account_id}
+
+
+def switch_account(db: sqlite_utils.Database, me: Identity, account_id: str) -> None:
+    if me.session is None:
+        raise InvalidInput("Only a browser session can switch accounts.")
+    if accounts.role_in(db, account_id, me.user.id) is None:
+        raise NotFound("No such account.")
+    auth.switch_account(db, me.session, account_id)
+
+
+class SignInPages(Controller):
+    include_in_schema = False
+
+    @get("/login", sync_to_thread=False)
+    def login_form(self, next: FromQuery[str] = "/") -> Template:
+        return Template("login.html", context={"next": _safe_next(next), "email": ""})
+
+    @post("/login", sync_to_thread=True)
+    def login_submit(
+        self,
+        request: Request,
+        data: URLEncodedBody[dict[str, str]],
+        db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
+        queue: NamedDependency[TaskQueue],
+        clock: NamedDependency[Clock],
+    ) -> Response:
+        email = data.get("email", "")
+        target = _safe_next(data.get("next"))
+        try:
+            attempt = signin.start(db, settings, queue, email, client_address(request), clock())
+        except (InvalidInput, Throttled) as exc:
+            return Template(
+                "login.html",
+                context={"next": target, "email": email, "flashes": [("error", str(exc))]},
+                status_code=429 if isinstance(exc, Throttled) else 400,
+            )
+        response = Redirect(f"/login/verify?next={target}")
+        _set_cookie(
+            response,
+            settings,
+            "signin",
+            _attempt_cookie(attempt, accounts.normalise_email(email)),
+            settings.auth.code_ttl_minutes * 60,
+        )
+        return response
+
+    @get("/login/verify", sync_to_thread=False)
+    def verify_form(
+        self, request: Request, settings: NamedDependency[Settings], next: FromQuery[str] = "/"
+    ) -> Response:
+        _, email = _read_attempt(request, settings)
+        if not email:
+            return Redirect("/login")
+        minutes = settings.auth.code_ttl_minutes
+        return Template(
+            "login_verify.html",
+            context={"email": email, "next": _safe_next(next), "minutes": minutes},
+        )
+
+    @post("/login/verify", sync_to_thread=True)
+    def verify_submit(
+        self,
+        request: Request,
+        data: URLEncodedBody[dict[str, str]],
+        db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
+        clock: NamedDependency[Clock],
+    ) -> Response:
+        attempt_id, email = _read_attempt(request, settings)
+        target = _safe_next(data.get("next"))
+        names = cookie_names(settings)
+        try:
+            token, user, account = signin.finish(
+                db,
+                settings,
+                attempt_id,
+                email,
+                data.get("code", ""),
+                client_address(request),
+                clock(),
+                replaces=request.cookies.get(names["session"]),
+            )
+        except auth.InvalidCode as exc:
+            return Template(
+                "login_verify.html",
+                context={
+                    "email": email,
+                    "next": target,
+                    "minutes": settings.auth.code_ttl_minutes,
+                    "flashes": [("error", str(exc))],
+                },
+                status_code=400,
+            )
+        role = accounts.role_in(db, account.id, user.id) or "member"
+        landing = _landing(db, account.id, role, clock)
+        response = Redirect(landing if target == "/" else target)
+        _set_cookie(
+            response, settings, "session", token, settings.auth.session_absolute_hours * 3600
+        )
+        _clear_cookie(response, settings, "signin")
+        return response
+
+    @post("/logout", sync_to_thread=True)
+    def logout(
+        self,
+        request: Request,
+        db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
+        clock: NamedDependency[Clock],
+    ) -> Response:
+        token = request.cookies.get(cookie_names(settings)["session"])
+        if token:
+            auth.revoke_session(db, token, clock())
+        response = Redirect("/login")
+        _clear_cookie(response, settings, "session")
+        return response
+
+    @post("/account/switch", sync_to_thread=True)
+    def switch(
+        self,
+        data: URLEncodedBody[dict[str, str]],
+        me: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+    ) -> Redirect:
+        switch_account(db, me, data.get("account_id", ""))
+        return Redirect("/")
