@@ -86,6 +86,37 @@ def build_parser() -> argparse.ArgumentParser:
     command("doctor", cmd_doctor, "Check the install; non-zero exit if something is broken.")
     command("version", cmd_version, "Print the version.", ())
 
+    users = command("users", None, "Manage users.")
+    usub = users.add_subparsers(title="users commands", metavar="ACTION")
+    users.set_defaults(handler=lambda s, a: users.print_help() or 2)
+    p = usub.add_parser(
+        "create", help="Create a user (and the account when new).", parents=[common]
+    )
+    p.add_argument("email")
+    p.add_argument("--account", help="account name (created when no account has it)")
+    p.add_argument("--role", choices=("owner", "admin", "member"), default="owner")
+    p.add_argument("--operator", action="store_true", help="make the user a server operator")
+    p.set_defaults(handler=cmd_users_create)
+    p = usub.add_parser("list", help="List users.", parents=[common])
+    p.set_defaults(handler=cmd_users_list)
+
+    accounts_cmd = command("accounts", None, "Manage accounts.")
+    asub = accounts_cmd.add_subparsers(title="accounts commands", metavar="ACTION")
+    accounts_cmd.set_defaults(handler=lambda s, a: accounts_cmd.print_help() or 2)
+    p = asub.add_parser("list", help="List accounts and their members.", parents=[common])
+    p.set_defaults(handler=cmd_accounts_list)
+
+    keys = command("keys", None, "Manage API keys.")
+    ksub = keys.add_subparsers(title="keys commands", metavar="ACTION")
+    keys.set_defaults(handler=lambda s, a: keys.print_help() or 2)
+    p = ksub.add_parser("create", help="Create an API key (printed once).", parents=[common])
+    p.add_argument("--email", required=True, help="the user the key acts as")
+    p.add_argument("--account", required=True, help="account id")
+    p.add_argument("--scope", choices=("inference", "manage"), required=True)
+    p.add_argument("--instance", help="instance id the key is bound to")
+    p.add_argument("--name", default="cli", help="a name to recognise the key by")
+    p.set_defaults(handler=cmd_keys_create)
+
     models = command("models", None, "Manage installed models.")
     msub = models.add_subparsers(title="models commands", metavar="ACTION")
     models.set_defaults(handler=lambda s, a: models.print_help() or 2)
@@ -112,6 +143,100 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- commands ----------------------------------------------------------------------------
+
+
+def _db(settings: Settings):
+    from appliance.db import open_db
+
+    initialise(settings)
+    return open_db(settings)
+
+
+def cmd_users_create(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.accounts import service as accounts
+    from appliance.clock import utcnow
+
+    db = _db(settings)
+    try:
+        user, account = accounts.create_user(
+            db,
+            args.email,
+            utcnow(),
+            account_name=args.account,
+            role=args.role,
+            operator=args.operator,
+        )
+    finally:
+        db.close()
+    print(json.dumps({"user_id": user.id, "email": user.email, "account_id": account.id}))
+    return 0
+
+
+def cmd_users_list(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.accounts import service as accounts
+
+    db = _db(settings)
+    try:
+        rows = [
+            {
+                **asdict(user),
+                "accounts": [
+                    {"id": account.id, "name": account.name, "role": role}
+                    for account, role in accounts.accounts_of(db, user.id)
+                ],
+            }
+            for user in accounts.users(db)
+        ]
+    finally:
+        db.close()
+    print(json.dumps(rows, indent=2))
+    return 0
+
+
+def cmd_accounts_list(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.accounts import service as accounts
+
+    db = _db(settings)
+    try:
+        rows = [
+            {
+                **asdict(account),
+                "members": [asdict(m) for m in accounts.members(db, account.id)],
+            }
+            for account in accounts.accounts(db)
+        ]
+    finally:
+        db.close()
+    print(json.dumps(rows, indent=2))
+    return 0
+
+
+def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.accounts import service as accounts
+    from appliance.auth import service as auth
+    from appliance.clock import utcnow
+    from appliance.errors import NotFound
+
+    db = _db(settings)
+    try:
+        user = accounts.user_by_email(db, args.email)
+        if user is None or accounts.role_in(db, args.account, user.id) is None:
+            raise NotFound(f"{args.email} is not a member of account {args.account}")
+        key, secret = auth.create_key(
+            db,
+            user_id=user.id,
+            account_id=args.account,
+            name=args.name,
+            scope=args.scope,
+            now=utcnow(),
+            instance_id=args.instance,
+        )
+    finally:
+        db.close()
+    print(
+        json.dumps({"id": key.id, "key": secret, "scope": key.scope, "account_id": key.account_id})
+    )
+    return 0
 
 
 def cmd_version(settings: Settings, args: argparse.Namespace) -> int:

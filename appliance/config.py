@@ -245,6 +245,50 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class PersonaSettings:
+    """The account's system prompt (optionally written by Claude) and voice-training samples."""
+
+    # Not setting(): repr=False keeps the key out of any printed Settings.
+    anthropic_api_key: str = field(
+        default="",
+        repr=False,
+        metadata={
+            "help": "Anthropic API key for writing system prompts with Claude. Only the short "
+            "onboarding summary is sent (see PRIVACY.md, section 5), and every call is "
+            "recorded in the egress log. Empty: Claude is off, a local template is used and "
+            "nothing leaves the box. Prefer the APPLIANCE_PERSONA__ANTHROPIC_API_KEY "
+            "environment variable over writing it in the TOML file.",
+            "choices": None,
+            "min": None,
+            "max": None,
+        },
+    )
+    anthropic_model: str = setting(
+        "claude-sonnet-5-5",
+        "Claude model that writes system prompts (claude-sonnet-4-5 reaches end-of-life on "
+        "2026-11-30).",
+    )
+    anthropic_base_url: str = setting(
+        "", "Base URL of the Anthropic API. Empty: Anthropic's own (https://api.anthropic.com)."
+    )
+    max_sample_bytes: int = setting(
+        1_000_000,
+        "Largest voice-training sample (.txt, .md or .docx) in bytes; larger uploads get 413. "
+        "At most 9 MB, below the web service's 10 MB request limit.",
+        min=1024,
+        max=9_000_000,
+    )
+    max_samples: int = setting(10, "Voice-training samples one account may keep.", min=1, max=100)
+    voice_token_budget: int = setting(
+        400,
+        "How much of the system prompt the voice excerpts may take, in tokens, estimated as "
+        "ceil(characters / 4). 0 leaves the voice excerpts out.",
+        min=0,
+        max=8192,
+    )
+
+
+@dataclass(frozen=True)
 class PrivacySettings:
     """The placeholders of the privacy policy (``shared/PRIVACY.md``), as settings."""
 
@@ -316,6 +360,7 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     mail: MailSettings = field(default_factory=MailSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    persona: PersonaSettings = field(default_factory=PersonaSettings)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
 
     @property

@@ -25,6 +25,7 @@ MIGRATION_MODULES = (
     "appliance.heartbeat",
     "appliance.accounts.migrations",
     "appliance.auth.migrations",
+    "appliance.persona.migrations",
 )
 
 _migrated: set[str] = set()

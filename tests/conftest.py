@@ -104,11 +104,41 @@ def db(settings):
     database.close()
 
 
+class MutableClock:
+    """An injected clock that tests move forward instead of sleeping."""
+
+    def __init__(self) -> None:
+        from datetime import UTC, datetime
+
+        self.now = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, **delta) -> None:
+        from datetime import timedelta
+
+        self.now += timedelta(**delta)
+
+
 @pytest.fixture
-def app(settings):
+def clock() -> MutableClock:
+    return MutableClock()
+
+
+@pytest.fixture
+def queue(settings):
+    """The task queue in immediate mode: tasks (mail) run inside the request."""
+    from appliance.tasks import create_queue
+
+    return create_queue(settings, immediate=True)
+
+
+@pytest.fixture
+def app(settings, clock, queue):
     from appliance.web import create_app
 
-    return create_app(settings)
+    return create_app(settings, clock=clock, queue=queue)
 
 
 @pytest.fixture

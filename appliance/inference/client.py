@@ -96,6 +96,15 @@ class InferenceClient:
         except httpx.HTTPError as exc:
             raise self._unavailable(exc) from None
 
+    async def amodels(self) -> list[dict[str, Any]]:
+        """The served models (``GET /v1/models``)."""
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout) as http:
+                response = await http.get(self._url("/v1/models"), headers=self._headers(None))
+        except httpx.HTTPError as exc:
+            raise self._unavailable(exc) from None
+        return self._json(response)["data"]
+
     def embed(self, texts: list[str], *, account_id: str | None = None) -> list[list[float]]:
         """Embeddings of ``texts``, in order, normalised by the service."""
         try:

@@ -215,7 +215,10 @@ def gguf_context_length(path: Path) -> int:
     """The trained context length from a GGUF file's metadata (0 if absent)."""
     from gguf import GGUFReader
 
-    reader = GGUFReader(str(path), "r")
+    try:
+        reader = GGUFReader(str(path), "r")
+    except (ValueError, OSError) as exc:
+        raise InvalidInput(f"{path.name} is not a GGUF model file: {exc}") from None
     arch_field = reader.get_field("general.architecture")
     if arch_field is None:
         raise InvalidInput(f"{path.name} is not a GGUF model (no general.architecture)")

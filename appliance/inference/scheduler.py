@@ -194,6 +194,9 @@ class Scheduler:
             with self._cond:
                 self.running = None
                 self._release(job.account)
+            # DONE only after the account's place is free: a caller that submits again
+            # as soon as it sees DONE must not be refused.
+            job.emit(DONE)
 
     def _run(self, job: Job) -> None:
         job.started_at = time.monotonic()
@@ -216,4 +219,3 @@ class Scheduler:
             job.emit(Failed("The model failed to answer this request."))
         finally:
             self.stats.busy_seconds += time.monotonic() - job.started_at
-            job.emit(DONE)

@@ -79,6 +79,8 @@ def parse_chat(body: Any, settings: Settings, model_id: str) -> ChatRequest:
     if unknown:
         raise InvalidInput(f"Unsupported parameter: '{unknown[0]}'.")
     _check_model(body.get("model"), model_id)
+    # OpenAI's clients may send null for any optional field: null means the default.
+    body = {key: value for key, value in body.items() if value is not None}
     if body.get("n", 1) != 1:
         raise InvalidInput("'n' must be 1.")
     messages = body.get("messages")
@@ -248,7 +250,7 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             return api_error(401, "Missing or wrong inference key.", "authentication_error")
         return None
 
-    @post("/v1/chat/completions")
+    @post("/v1/chat/completions", status_code=200)
     async def chat_completions(request: Request) -> Response | Stream:
         denied = guard(request)
         if denied:
@@ -293,7 +295,7 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             }
         )
 
-    @post("/v1/embeddings")
+    @post("/v1/embeddings", status_code=200)
     async def embeddings(request: Request) -> Response:
         denied = guard(request)
         if denied:

@@ -23,7 +23,7 @@ from appliance.config import Settings
 from appliance.db import open_db
 from appliance.inference.client import InferenceClient
 from appliance.tasks import TaskQueue, create_queue
-from appliance.web import health, identity, pages, signin, team
+from appliance.web import health, identity, pages, persona, signin, team, v1
 from appliance.web.errors import EXCEPTION_HANDLERS
 from appliance.web.security import (
     add_security_headers,
@@ -86,6 +86,9 @@ def create_app(
         signin.SignInPages,
         team.TeamApi,
         team.TeamPages,
+        persona.PersonaApi,
+        persona.PersonaPages,
+        v1.V1Api,
     ]
     app = Litestar(
         route_handlers=[

@@ -26,7 +26,7 @@ from appliance.accounts.models import MANAGERS, Account, User
 from appliance.auth import service as auth
 from appliance.clock import Clock
 from appliance.config import Settings
-from appliance.errors import NotFound
+from appliance.errors import InvalidInput, NotFound
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
@@ -71,6 +71,8 @@ def resolve(
 ) -> Identity | None:
     """The identity of the request, from its bearer key or else its session cookie."""
     now = clock()
+    if any(value.startswith(auth.KEY_PREFIX) for value in request.query_params.values()):
+        raise InvalidInput("API keys are only accepted in the Authorization header.")
     secret = bearer(request)
     if secret is not None:
         key = auth.authenticate_key(db, secret, now)

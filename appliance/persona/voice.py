@@ -1,0 +1,411 @@
+"""Voice-training samples: upload checks, text extraction, excerpts and the voice block.
+
+Samples never leave the box: only short excerpts chosen here go into the account's own
+system prompt (``voice_block``), which is used by the local model. Originals are stored
+under ``DATA_DIR/files/<account_id>/voice/<sample id>``; the uploaded name is metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import math
+import os
+import re
+import unicodedata
+import zipfile
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from xml.etree import ElementTree
+
+import sqlite_utils
+
+from appliance.accounts import service as accounts
+from appliance.accounts.models import MANAGERS
+from appliance.clock import iso
+from appliance.config import Settings
+from appliance.db import write_transaction
+from appliance.errors import Conflict, InvalidInput, NotFound
+from appliance.ids import new_id
+from appliance.persona.models import VoiceExcerpt, VoiceSample
+from appliance.persona.store import PersonaStore
+
+KINDS = {".txt": "txt", ".md": "md", ".markdown": "md", ".docx": "docx"}
+DOCX_MAX_ENTRIES = 200
+DOCX_MAX_UNCOMPRESSED = 20 * 1024 * 1024
+DOCUMENT_XML = "word/document.xml"
+EXCERPTS_PER_SAMPLE = 3
+EXCERPT_MIN, EXCERPT_MAX, EXCERPT_IDEAL = 60, 300, 160
+FILENAME_MAX = 200
+HEADER = "Examples of the team's writing style:"
+FOOTER = "Match this voice (word choice, sentence length, tone); do not reuse the content."
+
+_W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+_BINARY_MAGIC = (
+    b"\x89PNG",
+    b"%PDF",
+    b"PK\x03\x04",
+    b"GIF8",
+    b"\xff\xd8\xff",
+    b"\x7fELF",
+    b"\x1f\x8b",
+    b"\xd0\xcf\x11\xe0",
+)
+_BULLET = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)])\s+")
+_OPEN = "\"'\u201c\u2018("  # quotes and brackets that may open a sentence
+_CLOSE = "\"'\u201d\u2019)\\]"  # ... or close it after the full stop
+_START = rf"[{_OPEN}]?[A-Z0-9À-ÖØ-Þ]"
+# A sentence ends at . ! ? … (maybe closed by a quote) followed by space and a capital.
+_SENTENCE_BREAK = re.compile(rf"(?:(?<=[.!?…])|(?<=[.!?…][{_CLOSE}]))\s+(?={_START})")
+_COMPLETE = re.compile(rf"^{_START}.*[.!?…][{_CLOSE}]*$", re.DOTALL)
+_BOILERPLATE = re.compile(
+    r"(?i)https?://|www\.|\S@\S|©|\bunsubscribe\b|\ball rights reserved\b|\bcopyright\b"
+    r"|\bprivacy policy\b|\bterms (?:and|&) conditions\b|\bsent from my\b"
+    r"|\bconfidentiality notice\b|\bthis (?:e-?mail|message) (?:and any attachments )?"
+    r"(?:is|may be) (?:confidential|intended)"
+)
+
+
+class TooLarge(InvalidInput):
+    """The sample is larger than ``persona.max_sample_bytes`` (HTTP 413)."""
+
+
+def _require_manager(actor_role: str) -> None:
+    if actor_role not in MANAGERS:
+        raise accounts.Forbidden("Only owners and admins can manage voice samples.")
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens a text takes, estimated as ceil(characters / 4)."""
+    return math.ceil(len(text) / 4)
+
+
+def sample_path(settings: Settings, account_id: str, sample_id: str) -> Path:
+    return settings.paths.files / account_id / "voice" / sample_id
+
+
+# -- checking and extracting ------------------------------------------------------------
+
+
+def clean_filename(filename: str) -> str:
+    """The uploaded name as metadata: last path part, no control characters, bounded."""
+    name = PurePosixPath((filename or "").replace("\\", "/")).name
+    name = "".join(c for c in name if unicodedata.category(c)[0] != "C").strip()
+    return name[-FILENAME_MAX:] or "sample"
+
+
+def kind_of(filename: str) -> str:
+    suffix = PurePosixPath(filename.lower()).suffix
+    if suffix not in KINDS:
+        raise InvalidInput("Voice samples must be .txt, .md or .docx files.")
+    return KINDS[suffix]
+
+
+def _text_of_plain(content: bytes) -> str:
+    if content.startswith(_BINARY_MAGIC):
+        raise InvalidInput(
+            "This file is not text (its content looks like an image, PDF or archive): "
+            "upload a .txt or .md file with UTF-8 text."
+        )
+    if b"\x00" in content:
+        raise InvalidInput("This file contains NUL bytes, so it is not a text file.")
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidInput("Text samples must be UTF-8 encoded text.") from None
+    controls = sum(1 for c in text if unicodedata.category(c) == "Cc" and c not in "\t\n\r\f")
+    if controls > max(2, len(text) // 100):
+        raise InvalidInput("This file is mostly control characters, so it is not a text file.")
+    return text
+
+
+def _unsafe_member(name: str) -> bool:
+    return ".." in name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) is not None
+
+
+def _text_of_docx(content: bytes) -> str:
+    if not content.startswith(b"PK\x03\x04"):
+        raise InvalidInput("This .docx file is not a Word document (it is not a zip archive).")
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            entries = archive.infolist()
+            if len(entries) > DOCX_MAX_ENTRIES:
+                raise InvalidInput(
+                    f"This .docx file has more than {DOCX_MAX_ENTRIES} parts; refused."
+                )
+            if any(_unsafe_member(info.filename) for info in entries):
+                raise InvalidInput("This .docx file contains unsafe part names; refused.")
+            if sum(info.file_size for info in entries) > DOCX_MAX_UNCOMPRESSED:
+                raise InvalidInput(
+                    f"This .docx file unpacks to more than {DOCX_MAX_UNCOMPRESSED // 2**20} MB; "
+                    "refused."
+                )
+            try:
+                info = archive.getinfo(DOCUMENT_XML)
+            except KeyError:
+                raise InvalidInput(
+                    "This .docx file is not a Word document (word/document.xml is missing)."
+                ) from None
+            # The declared size was checked above; read with a hard cap anyway, since a
+            # crafted header can understate it.
+            with archive.open(info) as member:
+                xml = member.read(DOCX_MAX_UNCOMPRESSED + 1)
+            if len(xml) > DOCX_MAX_UNCOMPRESSED:
+                raise InvalidInput("This .docx file's text part is too large; refused.")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError):
+        raise InvalidInput("This .docx file is damaged or encrypted and cannot be read.") from None
+    return _document_text(xml)
+
+
+def _document_text(xml: bytes) -> str:
+    """Paragraphs (``w:p``) of runs (``w:t``) from word/document.xml, blank-line separated."""
+    if xml.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in xml:
+        raise InvalidInput("This .docx file's text part is not UTF-8 XML; refused.")
+    if b"<!DOCTYPE" in xml or b"<!ENTITY" in xml:
+        # Word never writes these; refusing them rules out entity-expansion tricks, which
+        # is what defusedxml would guard against (XML keywords are case-sensitive).
+        raise InvalidInput("This .docx file's text part declares entities; refused.")
+    paragraphs: list[str] = []
+    stack: list[list[str]] = []
+    try:
+        for event, element in ElementTree.iterparse(  # noqa: S314 - no DTD, checked above
+            io.BytesIO(xml), events=("start", "end")
+        ):
+            tag = element.tag
+            if tag == _W + "p":
+                if event == "start":
+                    stack.append([])
+                else:
+                    paragraphs.append("".join(stack.pop()))
+                    element.clear()
+            elif event == "end" and stack:
+                if tag == _W + "t":
+                    stack[-1].append(element.text or "")
+                elif tag == _W + "tab":
+                    stack[-1].append("\t")
+                elif tag in (_W + "br", _W + "cr"):
+                    stack[-1].append("\n")
+    except ElementTree.ParseError:
+        raise InvalidInput("This .docx file's text part is not valid XML.") from None
+    return "\n\n".join(p.strip() for p in paragraphs if p.strip())
+
+
+def extract_text(kind: str, content: bytes) -> str:
+    """The sample's text, after checking that the content really is of its kind.
+
+    Raises:
+        InvalidInput: the content is not what the extension says, or is unsafe.
+    """
+    text = _text_of_docx(content) if kind == "docx" else _text_of_plain(content)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.strip():
+        raise InvalidInput("No text found in this file.")
+    return text
+
+
+# -- excerpts ---------------------------------------------------------------------------
+
+
+def _paragraphs(text: str) -> list[str]:
+    """Blank-line separated blocks; hard-wrapped lines joined; list items kept apart."""
+    result = []
+    for block in re.split(r"\n\s*\n", text):
+        lines = [line.strip() for line in block.split("\n") if line.strip()]
+        current: list[str] = []
+        for line in lines:
+            if _BULLET.match(line) or line.startswith(("#", "|", ">")):
+                if current:
+                    result.append(" ".join(current))
+                    current = []
+                result.append(line)
+            else:
+                current.append(line)
+        if current:
+            result.append(" ".join(current))
+    return [re.sub(r"\s+", " ", p).strip() for p in result]
+
+
+def _usable(unit: str) -> bool:
+    """A complete sentence (or a few) of medium length that is not boilerplate."""
+    if not EXCERPT_MIN <= len(unit) <= EXCERPT_MAX or not _COMPLETE.match(unit):
+        return False
+    visible = [c for c in unit if not c.isspace()]
+    letters = sum(1 for c in visible if c.isalpha())
+    return letters >= 0.7 * len(visible) and not _BOILERPLATE.search(unit)
+
+
+def _candidates(text: str) -> list[str]:
+    units = []
+    for paragraph in _paragraphs(text):
+        if paragraph.startswith(("#", "|")):
+            continue  # markdown headings and tables
+        paragraph = _BULLET.sub("", paragraph.lstrip("> ")).strip()
+        if len(paragraph) <= EXCERPT_MAX:
+            units.append(paragraph)
+            continue
+        group = ""
+        for sentence in _SENTENCE_BREAK.split(paragraph):
+            # Close a group once it is of medium length, or when it would grow too long.
+            if group and (
+                len(group) >= EXCERPT_IDEAL or len(group) + 1 + len(sentence) > EXCERPT_MAX
+            ):
+                units.append(group)
+                group = ""
+            group = f"{group} {sentence}".strip()
+        if group:
+            units.append(group)
+    seen: set[str] = set()
+    result = []
+    for unit in units:
+        key = unit.casefold()
+        if _usable(unit) and key not in seen:
+            seen.add(key)
+            result.append(unit)
+    return result
+
+
+def select_excerpts(text: str, limit: int = EXCERPTS_PER_SAMPLE) -> list[str]:
+    """Up to ``limit`` excerpts, spread across the document, in document order.
+
+    Deterministic: the candidates are split into ``limit`` equal stretches and each
+    stretch gives its candidate closest to a medium length.
+    """
+    candidates = _candidates(text)
+    if len(candidates) <= limit:
+        return candidates
+    chosen = []
+    n = len(candidates)
+    for i in range(limit):
+        stretch = range(i * n // limit, (i + 1) * n // limit)
+        chosen.append(min(stretch, key=lambda j: (abs(len(candidates[j]) - EXCERPT_IDEAL), j)))
+    return [candidates[j] for j in chosen]
+
+
+# -- samples ----------------------------------------------------------------------------
+
+
+def add_sample(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    account_id: str,
+    actor_role: str,
+    filename: str,
+    content: bytes,
+    now: datetime,
+) -> VoiceSample:
+    """Check, store and excerpt one sample (owners and admins).
+
+    Raises:
+        TooLarge: more than ``persona.max_sample_bytes``.
+        InvalidInput: wrong type, content that does not match it, unsafe archive, no text.
+        Conflict: the account has ``persona.max_samples`` samples, or this very file.
+    """
+    _require_manager(actor_role)
+    limit = settings.persona.max_sample_bytes
+    if not content:
+        raise InvalidInput("The file is empty: choose a .txt, .md or .docx file with text.")
+    if len(content) > limit:
+        raise TooLarge(f"Voice samples can be at most {limit:,} bytes.")
+    name = clean_filename(filename)
+    kind = kind_of(name)
+    text = extract_text(kind, content)
+    sample = VoiceSample(
+        id=new_id("vsm"),
+        account_id=account_id,
+        filename=name,
+        kind=kind,
+        size=len(content),
+        sha256=hashlib.sha256(content).hexdigest(),
+        created_at=iso(now),
+    )
+    excerpts = [
+        VoiceExcerpt(new_id("vex"), sample.id, account_id, excerpt, position)
+        for position, excerpt in enumerate(select_excerpts(text))
+    ]
+    store = PersonaStore(db)
+    path = sample_path(settings, account_id, sample.id)
+    with write_transaction(db):
+        if store.count_samples(account_id) >= settings.persona.max_samples:
+            raise Conflict(
+                f"An account can keep at most {settings.persona.max_samples} voice samples: "
+                "delete one first."
+            )
+        if store.sample_by_hash(account_id, sample.sha256):
+            raise Conflict("This file has already been uploaded.")
+        _write_file(path, content)
+        try:
+            store.insert_sample(sample, excerpts)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+    return sample
+
+
+def _write_file(path: Path, content: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    with open(partial, "wb") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+
+
+def samples(db: sqlite_utils.Database, account_id: str, actor_role: str) -> list[VoiceSample]:
+    """The account's samples, oldest first (owners and admins)."""
+    _require_manager(actor_role)
+    return PersonaStore(db).samples(account_id)
+
+
+def excerpts(db: sqlite_utils.Database, account_id: str) -> list[VoiceExcerpt]:
+    """Every excerpt of the account, sample by sample."""
+    return PersonaStore(db).excerpts(account_id)
+
+
+def delete_sample(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    account_id: str,
+    actor_role: str,
+    sample_id: str,
+) -> None:
+    """Delete the row and its excerpts (one transaction), then the file.
+
+    Raises:
+        NotFound: no such sample in this account.
+    """
+    _require_manager(actor_role)
+    store = PersonaStore(db)
+    with write_transaction(db):
+        if store.sample(account_id, sample_id) is None:
+            raise NotFound("No such voice sample.")
+        store.delete_sample(account_id, sample_id)
+    # After the commit: a crash in between leaves an orphan file, never a row without one.
+    with contextlib.suppress(FileNotFoundError):
+        sample_path(settings, account_id, sample_id).unlink()
+
+
+def voice_block(db: sqlite_utils.Database, settings: Settings, account_id: str) -> str:
+    """The excerpts as a block for the system prompt, within ``persona.voice_token_budget``.
+
+    Samples take turns (first excerpt of each, then the second of each, ...) so one long
+    sample cannot crowd out the others; an excerpt that does not fit is skipped. Empty
+    when no excerpt fits.
+    """
+    budget = settings.persona.voice_token_budget
+    by_sample: dict[str, list[VoiceExcerpt]] = {}
+    for excerpt in PersonaStore(db).excerpts(account_id):
+        by_sample.setdefault(excerpt.sample_id, []).append(excerpt)
+    turns = max((len(v) for v in by_sample.values()), default=0)
+    ordered = [group[i] for i in range(turns) for group in by_sample.values() if i < len(group)]
+    lines: list[str] = []
+    for excerpt in ordered:
+        candidate = [*lines, f"- {excerpt.text}"]
+        if estimate_tokens(_block(candidate)) <= budget:
+            lines = candidate
+    return _block(lines) if lines else ""
+
+
+def _block(lines: list[str]) -> str:
+    return "\n".join([HEADER, *lines, FOOTER])
