@@ -263,3 +263,40 @@ def page(browser):
     page = context.new_page()
     yield page
     context.close()
+
+
+@pytest.fixture
+def live_app(settings) -> Iterator[Service]:
+    """The real web service and worker (mail goes out through the task queue)."""
+    from appliance import heartbeat
+    from appliance.tasks import WORKER_SERVICE
+
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "worker"],
+        env=service_env(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+    def worker_alive():
+        database = open_db(settings)
+        try:
+            return heartbeat.last_beat(database, WORKER_SERVICE)
+        finally:
+            database.close()
+
+    try:
+        wait_until(worker_alive, timeout=30, what="the worker's first heartbeat")
+        port = free_port()
+        web = start_service(["web", "--port", str(port)], settings, f"http://127.0.0.1:{port}")
+        try:
+            yield web
+        finally:
+            web.stop()
+    finally:
+        worker.send_signal(signal.SIGINT)
+        try:
+            worker.wait(15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
