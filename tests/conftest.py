@@ -243,8 +243,10 @@ def live_web(settings) -> Iterator[Service]:
     service.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Chromium for one test module: Playwright's sync API keeps an event loop running
+    while it is open, which would break asyncio.run() in later, unrelated tests."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it as root)")
     from playwright.sync_api import sync_playwright
