@@ -117,6 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="cli", help="a name to recognise the key by")
     p.set_defaults(handler=cmd_keys_create)
 
+    kb = command("kb", None, "Knowledge base maintenance.")
+    kbsub = kb.add_subparsers(title="kb commands", metavar="ACTION")
+    kb.set_defaults(handler=lambda s, a: kb.print_help() or 2)
+    p = kbsub.add_parser(
+        "audit", help="Report orphaned chunks, vectors and files (exit 1 if any).", parents=[common]
+    )
+    p.set_defaults(handler=cmd_kb_audit)
+    p = kbsub.add_parser(
+        "reindex",
+        help="Re-embed every document (after changing the embedding model).",
+        parents=[common],
+    )
+    p.set_defaults(handler=cmd_kb_reindex)
+
     models = command("models", None, "Manage installed models.")
     msub = models.add_subparsers(title="models commands", metavar="ACTION")
     models.set_defaults(handler=lambda s, a: models.print_help() or 2)
@@ -236,6 +250,36 @@ def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
     print(
         json.dumps({"id": key.id, "key": secret, "scope": key.scope, "account_id": key.account_id})
     )
+    return 0
+
+
+def cmd_kb_audit(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.knowledge import service as knowledge
+
+    db = _db(settings)
+    try:
+        problems = knowledge.audit(db, settings)
+    finally:
+        db.close()
+    for problem in problems:
+        print(problem)
+    print("knowledge base: " + ("clean" if not problems else f"{len(problems)} problem(s)"))
+    return 1 if problems else 0
+
+
+def cmd_kb_reindex(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.knowledge import service as knowledge
+    from appliance.tasks import create_queue
+
+    db = _db(settings)
+    try:
+        ids = knowledge.reindex(db)
+    finally:
+        db.close()
+    queue = create_queue(settings)
+    for document_id in ids:
+        queue.ingest_document(document_id)
+    print(f"queued {len(ids)} document(s) for re-embedding; the worker does the rest")
     return 0
 
 

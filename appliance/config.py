@@ -210,6 +210,35 @@ class MailSettings:
 
 
 @dataclass(frozen=True)
+class KnowledgeSettings:
+    """The knowledge base: uploads, ingestion and retrieval."""
+
+    max_upload_mb: int = setting(
+        50, "Largest file one upload may be, in MB; larger ones get 413.", min=1
+    )
+    quota_mb: int = setting(
+        2048, "Storage each account may use for uploaded documents, in MB.", min=1
+    )
+    chunk_tokens: int = setting(
+        200,
+        "Target size of a chunk in tokens of the embedding model (it must fit the "
+        "embedding model's limit, inference.embedding_max_tokens).",
+        min=16,
+        max=8192,
+    )
+    chunk_overlap_tokens: int = setting(
+        40, "Tokens repeated from the end of one chunk at the start of the next.", min=0
+    )
+    search_k: int = setting(8, "Passages a search returns by default.", min=1, max=50)
+    extract_timeout_seconds: int = setting(
+        120, "Wall-clock limit for extracting the text of one document.", min=5
+    )
+    extract_memory_mb: int = setting(
+        1024, "Memory limit of the child process that extracts a document's text.", min=128
+    )
+
+
+@dataclass(frozen=True)
 class AuthSettings:
     """Sign-in by emailed one-time code, sessions and throttles (see docs/security.md)."""
 
@@ -360,6 +389,7 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     mail: MailSettings = field(default_factory=MailSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    knowledge: KnowledgeSettings = field(default_factory=KnowledgeSettings)
     persona: PersonaSettings = field(default_factory=PersonaSettings)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
 

@@ -25,6 +25,7 @@ MIGRATION_MODULES = (
     "appliance.heartbeat",
     "appliance.accounts.migrations",
     "appliance.auth.migrations",
+    "appliance.knowledge.migrations",
     "appliance.persona.migrations",
 )
 

@@ -30,6 +30,10 @@ class Conflict(ApplianceError):
     """The request conflicts with the current state (e.g. already done)."""
 
 
+class TooLarge(ApplianceError):
+    """An upload is over a size limit or a quota (413)."""
+
+
 class Throttled(ApplianceError):
     """Too many requests; ``retry_after`` is in seconds."""
 

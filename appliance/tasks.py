@@ -7,6 +7,7 @@ looked up by name (``queue.tasks.heartbeat``). Nothing here runs at import time.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 from huey import SqliteHuey, crontab
@@ -17,6 +18,8 @@ from appliance.accounts import service as accounts
 from appliance.clock import utcnow
 from appliance.config import Settings
 from appliance.db import open_db
+from appliance.inference.client import InferenceClient
+from appliance.knowledge import service as knowledge
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,7 @@ class TaskQueue:
     heartbeat: TaskWrapper
     send_mail: TaskWrapper
     send_signin_code: TaskWrapper
+    ingest_document: TaskWrapper
 
 
 def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
@@ -55,9 +59,22 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
         finally:
             db.close()
 
+    resumed = threading.Event()
+
     @huey.on_startup()
-    def _beat_on_startup() -> None:
+    def _on_startup() -> None:
         record_heartbeat()
+        # Huey does not redeliver a task interrupted by a crash: documents left half-way
+        # are queued again here (once per process; this hook runs in every worker thread).
+        if not resumed.is_set():
+            resumed.set()
+            db = open_db(settings)
+            try:
+                pending = knowledge.unfinished(db)
+            finally:
+                db.close()
+            for doc in pending:
+                ingest_document(doc.id)
 
     beat_task = huey.periodic_task(crontab(minute="*"), name="heartbeat")(record_heartbeat)
 
@@ -80,9 +97,19 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
             )
             mail.deliver(settings, message)
 
+    @huey.task(retries=5, retry_delay=30, name="ingest_document")
+    def ingest_document(document_id: str) -> None:
+        with huey.lock_task(f"ingest-{document_id}"):
+            db = open_db(settings)
+            try:
+                knowledge.ingest(db, settings, InferenceClient.from_settings(settings), document_id)
+            finally:
+                db.close()
+
     return TaskQueue(
         huey=huey,
         heartbeat=beat_task,
         send_mail=send_mail,
         send_signin_code=send_signin_code,
+        ingest_document=ingest_document,
     )

@@ -270,6 +270,16 @@ def page(browser):
 @pytest.fixture
 def live_app(settings) -> Iterator[Service]:
     """The real web service and worker (mail goes out through the task queue)."""
+    yield from _live(settings)
+
+
+@pytest.fixture
+def live_kb(linked_settings) -> Iterator[Service]:
+    """The real web service and worker, with the shared inference service."""
+    yield from _live(linked_settings)
+
+
+def _live(settings: Settings) -> Iterator[Service]:
     from appliance import heartbeat
     from appliance.tasks import WORKER_SERVICE
 
@@ -302,3 +312,15 @@ def live_app(settings) -> Iterator[Service]:
             worker.wait(15)
         except subprocess.TimeoutExpired:
             worker.kill()
+
+
+@pytest.fixture
+def linked_settings(settings, inference_service) -> Settings:
+    """``settings`` pointed at the shared inference service (its key copied over), through
+    the data dir's appliance.toml so that child processes (web, worker) see it too."""
+    (settings.paths.secrets / "inference_key").write_text(
+        (inference_service.settings.paths.secrets / "inference_key").read_text()
+    )
+    config = settings.paths.data_dir / "appliance.toml"
+    config.write_text(f'[inference]\nurl = "{inference_service.url}"\n')
+    return make_settings(settings.paths.data_dir)

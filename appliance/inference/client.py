@@ -105,14 +105,31 @@ class InferenceClient:
             raise self._unavailable(exc) from None
         return self._json(response)["data"]
 
-    def embed(self, texts: list[str], *, account_id: str | None = None) -> list[list[float]]:
-        """Embeddings of ``texts``, in order, normalised by the service."""
+    def count_tokens(self, texts: list[str]) -> list[int] | None:
+        """Token counts in the embedding model's tokenizer; None if the server can't tell
+        (an external OpenAI-compatible server without our ``/tokenize``)."""
         try:
             with httpx.Client(timeout=self.timeout) as http:
                 response = http.post(
-                    self._url("/v1/embeddings"),
-                    json={"input": texts},
-                    headers=self._headers(account_id),
+                    self._url("/tokenize"), json={"input": texts}, headers=self._headers(None)
+                )
+        except httpx.HTTPError as exc:
+            raise self._unavailable(exc) from None
+        if response.status_code == 404:
+            return None
+        return self._json(response)["counts"]
+
+    def embed(
+        self, texts: list[str], *, account_id: str | None = None, priority: str | None = None
+    ) -> list[list[float]]:
+        """Embeddings of ``texts``, in order, normalised by the service."""
+        headers = self._headers(account_id)
+        if priority:
+            headers[PRIORITY_HEADER] = priority
+        try:
+            with httpx.Client(timeout=self.timeout) as http:
+                response = http.post(
+                    self._url("/v1/embeddings"), json={"input": texts}, headers=headers
                 )
         except httpx.HTTPError as exc:
             raise self._unavailable(exc) from None

@@ -23,6 +23,8 @@ from appliance.inference import models
 log = logging.getLogger(__name__)
 
 KV_TYPES = {"f16": 1, "q4_0": 2, "q8_0": 8}  # ggml type ids
+#: Shorter sequences are cheaper to re-evaluate than to save and restore.
+MIN_CACHED_TOKENS = 64
 
 
 class ContextOverflow(InvalidInput):
@@ -229,8 +231,9 @@ class ChatEngine:
             tail = text.flush(decoder.decode(b"", final=True))
             if tail:
                 yield Delta(tail)
-        self._remember()
+        # The caller has the answer before the state is saved for the next turn.
         yield Finish(reason, len(tokens), completion, cached)
+        self._remember()
 
     def _restore_prefix(self, tokens: list[int]) -> int:
         """Load the cached state sharing the longest prefix with ``tokens``; returns its length."""
@@ -249,8 +252,32 @@ class ChatEngine:
         return live
 
     def _remember(self) -> None:
-        if self.prefix_cache_enabled and self.llama.n_tokens > 0:
-            self._cache[self.llama._input_ids.tolist()] = self.llama.save_state()
+        llama = self.llama
+        if self.prefix_cache_enabled and llama.n_tokens >= MIN_CACHED_TOKENS:
+            self._cache[llama._input_ids.tolist()] = self._snapshot()
+
+    def _snapshot(self):
+        """``Llama.save_state`` without its copy of the logits buffer.
+
+        ``save_state`` copies ``n_batch x n_vocab`` floats (100 MB for a 49k vocabulary)
+        that the cache does not count and ``load_state`` does not need: a restored state
+        is re-evaluated from its last token before sampling. One row keeps the shape.
+        """
+        import ctypes
+
+        llama = self.llama
+        lib = self._llama_cpp
+        size = lib.llama_state_get_size(llama._ctx.ctx)
+        buffer = (ctypes.c_uint8 * int(size))()
+        written = int(lib.llama_state_get_data(llama._ctx.ctx, buffer, size))
+        return lib.llama.LlamaState(
+            input_ids=llama.input_ids.copy(),
+            scores=llama.scores[:1].copy(),
+            n_tokens=llama.n_tokens,
+            llama_state=ctypes.string_at(buffer, written),
+            llama_state_size=written,
+            seed=llama._seed,
+        )
 
 
 class _StopScanner:
@@ -318,6 +345,13 @@ class EmbeddingEngine:
         if len(tokens) > self.max_tokens:
             tokens = [*tokens[: self.max_tokens - 1], tokens[-1]]
         return tokens
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens of each text without [CLS]/[SEP] (uses only the vocabulary: thread-safe)."""
+        return [
+            len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+            for text in texts
+        ]
 
     def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
         """Normalised embeddings of ``texts`` and the number of tokens evaluated."""

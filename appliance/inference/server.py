@@ -327,6 +327,25 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             }
         )
 
+    @post("/tokenize", status_code=200)
+    async def tokenize(request: Request) -> Response:
+        """Token counts of texts in the embedding model's tokenizer (for chunk sizing)."""
+        denied = guard(request)
+        if denied:
+            return denied
+        body = await read_json(request)
+        texts = body.get("input") if isinstance(body, dict) else None
+        if (
+            not isinstance(texts, list)
+            or len(texts) > 100_000
+            or not all(isinstance(t, str) and len(t) <= MAX_TEXT_CHARS for t in texts)
+        ):
+            raise InvalidInput("'input' must be a list of strings.")
+        if engine.embedding is None:
+            raise InvalidInput("No embedding model is loaded.")
+        counts = await asyncio.to_thread(engine.embedding.count_tokens, texts)
+        return Response({"model": embed_id, "counts": counts})
+
     @get("/v1/models")
     async def list_models(request: Request) -> Response:
         denied = guard(request)
@@ -386,7 +405,7 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
         return api_error(exc.status_code, str(exc.detail), "invalid_request_error")
 
     app = Litestar(
-        route_handlers=[chat_completions, embeddings, list_models, healthz, metrics],
+        route_handlers=[chat_completions, embeddings, tokenize, list_models, healthz, metrics],
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
         exception_handlers={

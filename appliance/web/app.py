@@ -23,7 +23,7 @@ from appliance.config import Settings
 from appliance.db import open_db
 from appliance.inference.client import InferenceClient
 from appliance.tasks import TaskQueue, create_queue
-from appliance.web import health, identity, pages, persona, signin, team, v1
+from appliance.web import health, identity, knowledge, pages, persona, signin, team, v1
 from appliance.web.errors import EXCEPTION_HANDLERS
 from appliance.web.security import (
     add_security_headers,
@@ -88,6 +88,8 @@ def create_app(
         team.TeamPages,
         persona.PersonaApi,
         persona.PersonaPages,
+        knowledge.KnowledgeApi,
+        knowledge.KnowledgePages,
         v1.V1Api,
     ]
     app = Litestar(
@@ -146,6 +148,7 @@ def _jinja_env(settings: Settings) -> Environment:
         company=settings.privacy.company_legal_name,
         minimum_age=settings.privacy.minimum_age,
         current=identity.current,
+        csrf_cookie=identity.cookie_names(settings)["csrf"],
     )
     return env
 

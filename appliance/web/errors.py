@@ -19,6 +19,7 @@ from appliance.errors import (
     InvalidInput,
     NotFound,
     Throttled,
+    TooLarge,
     Unavailable,
 )
 from appliance.web.identity import LoginRequired
@@ -31,6 +32,7 @@ STATUS = {
     Conflict: (409, "conflict"),
     Unavailable: (503, "unavailable"),
     Throttled: (429, "rate_limit_error"),
+    TooLarge: (413, "too_large"),
     DatabaseError: (503, "unavailable"),
     ConfigError: (500, "server_error"),
 }

@@ -85,6 +85,7 @@ EMBED_BATCH = 32
 SEED = 1234
 OVERHEAD_TARGET = 0.05
 WARM_RATIO_TARGET = 0.30
+NOISY_SHARE = 0.05  # other processes' share of the CPUs above which a run is flagged noisy
 
 SYSTEM = "You are a helpful assistant. Answer in plain English."
 STORY_TOPICS = (
@@ -215,6 +216,28 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.partition(":")[2].strip()
     return platform.processor() or platform.machine()
+
+
+def code_version() -> str:
+    """The checkout's commit, and whether it has local changes (read-only git calls)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"{commit}" + (" with uncommitted changes" if dirty else "")
 
 
 def machine_info() -> dict[str, str]:
@@ -355,6 +378,10 @@ class StreamResult:
     tokens: int
     text: str
     usage: dict = field(default_factory=dict)
+    t0: float = 0.0
+    t_first: float = 0.0
+    t_last: float = 0.0
+    t_end: float = 0.0
 
 
 def _stream_result(
@@ -371,6 +398,10 @@ def _stream_result(
         tokens=tokens,
         text=text,
         usage=usage or {},
+        t0=t0,
+        t_first=t_first,
+        t_last=t_last,
+        t_end=t_end,
     )
 
 
@@ -496,6 +527,12 @@ def bench_chat(client: httpx.Client, llama, runs: int, max_tokens: int) -> dict[
             else:
                 results[path] = direct_stream(llama, messages, max_tokens)
         svc, dct = results["service"], results["direct"]
+        if svc.text == dct.text and svc.tokens != dct.tokens:
+            # Same greedy text from the same prompt: the same tokens. Re-tokenizing the
+            # direct path's text can merge pieces the model produced separately.
+            dct = _stream_result(
+                dct.t0, dct.t_first, dct.t_last, dct.t_end, svc.tokens, dct.text, None
+            )
         service.append(svc)
         direct.append(dct)
         same_text += svc.text == dct.text
@@ -581,7 +618,8 @@ def bench_concurrency(url: str, key: str, runs: int) -> dict[int, dict[str, Any]
             ends = [0.0] * streams
             args = (url, key, streams, run, barrier, results, starts, ends)
             threads = [
-                threading.Thread(target=_concurrent_stream, args=(i, *args)) for i in range(streams)
+                threading.Thread(target=_concurrent_stream, args=(i, *args), daemon=True)
+                for i in range(streams)
             ]
             for thread in threads:
                 thread.start()
@@ -619,19 +657,20 @@ def _concurrent_stream(
 ) -> None:
     """One of ``streams`` simultaneous streams, each from its own account."""
     messages = story_messages(f"Stream {streams}-{run + 1}-{index + 1}", index)
-    with httpx.Client(base_url=url, headers=auth(key), timeout=600) as client:
-        client.get("/healthz")  # open the connection before the clock starts
-        barrier.wait()
-        starts[index] = time.perf_counter()
-        try:
+    try:
+        with httpx.Client(base_url=url, headers=auth(key), timeout=600) as client:
+            client.get("/healthz")  # open the connection before the clock starts
+            barrier.wait(timeout=120)
+            starts[index] = time.perf_counter()
             results[index] = service_stream(
                 client,
                 chat_body(messages, CONCURRENT_MAX_TOKENS),
                 account=f"bench-{streams}-{run}-{index}",
             )
-        except BaseException as exc:  # reported by the caller
-            results[index] = exc
-        ends[index] = time.perf_counter()
+            ends[index] = time.perf_counter()
+    except BaseException as exc:  # reported by the caller
+        barrier.abort()
+        results[index] = exc
 
 
 def sentences(count: int) -> list[str]:
@@ -905,6 +944,9 @@ NOTES = [
     "from earlier ones in its first words, so neither path reuses a cached prefix "
     "(cold TTFT); one warm-up request per path is discarded. On a small CPU box the "
     "benchmark's own HTTP/SSE client shares the cores with the service.",
+    "Chat last token → end of stream: the time between the last content chunk and "
+    "`[DONE]`. At the time of writing it is mostly the engine saving the sequence's "
+    "state into the prefix RAM cache before it emits the finish chunk.",
     "Conversation: turns 1-9 go through the service first (16 tokens each), then turn 10 "
     "is timed (warm); cold is the same ten turns with a system prompt that differs at "
     "its first word. Cached tokens are `usage.prompt_tokens_details.cached_tokens` from "
@@ -1015,7 +1057,7 @@ def main(argv: list[str] | None = None) -> int:
                 engine = load_embedding_engine(settings)
                 emb = bench_embeddings(client, engine, args.runs)
                 del engine
-        except BaseException:
+        except Exception:
             print(f"\nservice log (tail):\n{service.log_tail()}", file=sys.stderr)
             raise
         finally:
@@ -1031,6 +1073,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = engine_cfg.get("n_threads", settings.inference.n_threads or physical_cores())
     setup = [
         ["Date", date],
+        ["Code", code_version()],
         ["Machine", f"{machine['cpu']}, {machine['cores']} cores, Python {machine['python']}"],
         [
             "llama-cpp-python",
@@ -1062,10 +1105,22 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(name) for name, _ in setup)
     print("\n".join(f"{name.ljust(width)}  {value}" for name, value in setup) + "\n")
     print(text_table(rows))
+    notes = list(NOTES)
+    if max(busy_before, others_share) > NOISY_SHARE:
+        warning = (
+            f"Other processes used {others_share:.0%} of the CPUs during this run "
+            f"({busy_before:.0%} just before it): these numbers are noisier than usual."
+        )
+        print(f"\nwarning: {warning}")
+        notes.insert(0, f"**{warning}**")
     if args.record:
-        record(setup, rows, args.runs, NOTES)
+        record(setup, rows, args.runs, notes)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # the service was stopped on the way out
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)

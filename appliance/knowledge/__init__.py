@@ -1,0 +1,1 @@
+"""The knowledge base: uploads, extraction, chunking, indexing, hybrid search, deletion."""

@@ -1,0 +1,53 @@
+"""Schema of the knowledge base. Never edit a landed migration; add a new one.
+
+The vector table (vec0) is created on first use, when the embedding dimension is known
+(see store.ensure_vectors).
+"""
+
+import sqlite_utils
+from sqlite_utils import Migrations
+
+migrations = Migrations("knowledge")
+
+
+@migrations()
+def m001_create_documents(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        create table documents (
+            id text primary key,
+            account_id text not null references accounts(id) on delete cascade,
+            uploaded_by text references users(id) on delete set null,
+            filename text not null,
+            kind text not null,
+            size integer not null,
+            sha256 text not null,
+            status text not null
+                check (status in ('queued', 'extracting', 'embedding', 'ready', 'failed')),
+            error text,
+            chunks_total integer not null default 0,
+            chunks_done integer not null default 0,
+            embedding_model text,
+            created_at text not null,
+            updated_at text not null,
+            unique (account_id, sha256)
+        );
+        create index documents_by_account on documents(account_id, created_at);
+        create table chunks (
+            id integer primary key,
+            document_id text not null references documents(id) on delete cascade,
+            account_id text not null,
+            position integer not null,
+            text text not null,
+            page integer,
+            heading text not null default '',
+            tokens integer not null default 0
+        );
+        create index chunks_by_document on chunks(document_id, position);
+        create virtual table chunks_fts using fts5(
+            text, content='chunks', content_rowid='id', tokenize='porter unicode61'
+        );
+        insert into chunks_fts(chunks_fts, rank) values ('secure-delete', 1);
+        create table kb_meta (key text primary key, value text not null);
+        """
+    )

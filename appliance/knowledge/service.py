@@ -1,0 +1,330 @@
+"""Rules of the knowledge base: upload, ingestion, status, retry and deletion.
+
+Uploaded originals live under ``DATA_DIR/files/<account>/<document id>``; the original
+name is only metadata. Ingestion runs in the worker (``ingest``), is idempotent, and a
+document interrupted half-way is started again from scratch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
+
+import sqlite_utils
+
+from appliance.clock import iso, utcnow
+from appliance.config import Settings
+from appliance.db import write_transaction
+from appliance.errors import ApplianceError, InvalidInput, NotFound, TooLarge, Unavailable
+from appliance.ids import new_id
+from appliance.inference.client import InferenceClient
+from appliance.knowledge import chunking, extract
+from appliance.knowledge.store import Document, KnowledgeStore
+
+log = logging.getLogger(__name__)
+EMBED_BATCH = 32
+HEAD_BYTES = 8192
+
+
+@dataclass(frozen=True)
+class Upload:
+    """The outcome for one file: a new queued document or an existing duplicate."""
+
+    document: Document
+    duplicate: bool
+
+
+def account_dir(settings: Settings, account_id: str) -> Path:
+    return settings.paths.files / account_id
+
+
+def document_path(settings: Settings, doc: Document) -> Path:
+    return account_dir(settings, doc.account_id) / doc.id
+
+
+def add_document(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    account_id: str,
+    user_id: str | None,
+    filename: str,
+    stream: BinaryIO,
+    now: datetime,
+) -> Upload:
+    """Store an upload and queue it for ingestion (the caller enqueues the task).
+
+    The content is hashed and size-checked while it is copied to a temporary file in the
+    account's directory; nothing is kept if a check fails.
+
+    Raises:
+        TooLarge: over ``knowledge.max_upload_mb`` or the account's remaining quota.
+        ExtractionError: the content is not a supported type, or does not match its name.
+    """
+    limit = settings.knowledge.max_upload_mb * 1024 * 1024
+    store = KnowledgeStore(db)
+    directory = account_dir(settings, account_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".upload-")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            head = b""
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                size += len(block)
+                if size > limit:
+                    raise TooLarge(
+                        f"{filename} is larger than {settings.knowledge.max_upload_mb} MB."
+                    )
+                if len(head) < HEAD_BYTES:
+                    head += block[: HEAD_BYTES - len(head)]
+                digest.update(block)
+                out.write(block)
+        kind = extract.detect_type(filename, head)
+        sha = digest.hexdigest()
+        with write_transaction(db):
+            existing = store.by_hash(account_id, sha)
+            if existing is not None:
+                return Upload(existing, duplicate=True)
+            quota = settings.knowledge.quota_mb * 1024 * 1024
+            used = store.used_bytes(account_id)
+            if used + size > quota:
+                left = max(0, quota - used) / (1024 * 1024)
+                raise TooLarge(
+                    f"Not enough storage left for {filename}: {left:.1f} MB of the "
+                    f"account's {settings.knowledge.quota_mb} MB remain."
+                )
+            doc = Document(
+                id=new_id("doc"),
+                account_id=account_id,
+                uploaded_by=user_id,
+                filename=filename[:255],
+                kind=kind,
+                size=size,
+                sha256=sha,
+                status="queued",
+                error=None,
+                chunks_total=0,
+                chunks_done=0,
+                embedding_model=None,
+                created_at=iso(now),
+                updated_at=iso(now),
+            )
+            store.insert_document(doc)
+            os.replace(tmp, document_path(settings, doc))
+        return Upload(doc, duplicate=False)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def documents(db: sqlite_utils.Database, account_id: str) -> list[Document]:
+    return KnowledgeStore(db).documents(account_id)
+
+
+def document(db: sqlite_utils.Database, account_id: str, document_id: str) -> Document:
+    found = KnowledgeStore(db).document(account_id, document_id)
+    if found is None:
+        raise NotFound("No such document.")
+    return found
+
+
+def delete_document(
+    db: sqlite_utils.Database, settings: Settings, account_id: str, document_id: str
+) -> None:
+    """Delete the document, its chunks, FTS5 rows and vectors in one transaction, then
+    its file. ``secure_delete`` overwrites the freed pages."""
+    store = KnowledgeStore(db)
+    with write_transaction(db):
+        doc = store.document(account_id, document_id)
+        if doc is None:
+            raise NotFound("No such document.")
+        store.delete_document(doc.id)
+    document_path(settings, doc).unlink(missing_ok=True)
+
+
+def retry(db: sqlite_utils.Database, account_id: str, document_id: str, now: datetime) -> Document:
+    """Queue a failed document again (the caller enqueues the task)."""
+    store = KnowledgeStore(db)
+    with write_transaction(db):
+        doc = store.document(account_id, document_id)
+        if doc is None:
+            raise NotFound("No such document.")
+        if doc.status != "failed":
+            raise InvalidInput("Only a failed document can be retried.")
+        store.set_status(doc.id, "queued", iso(now), error=None, chunks_done=0, chunks_total=0)
+    return document(db, account_id, document_id)
+
+
+def unfinished(db: sqlite_utils.Database) -> list[Document]:
+    return KnowledgeStore(db).unfinished()
+
+
+def ingest(
+    db: sqlite_utils.Database, settings: Settings, client: InferenceClient, document_id: str
+) -> None:
+    """Extract, chunk, embed and index one document; safe to run again at any point.
+
+    Raises:
+        Unavailable: the inference service is down (the task retries later; the document
+            stays in its current state and is resumed).
+    """
+    store = KnowledgeStore(db)
+    doc = store.document_any(document_id)
+    if doc is None or doc.status == "ready":
+        return
+    path = document_path(settings, doc)
+    _set(db, doc.id, "extracting", error=None, chunks_done=0, chunks_total=0)
+    try:
+        extracted = extract.extract(
+            path,
+            doc.kind,
+            timeout=settings.knowledge.extract_timeout_seconds,
+            memory_mb=settings.knowledge.extract_memory_mb,
+        )
+    except extract.ExtractionError as exc:
+        _set(db, doc.id, "failed", error=str(exc))
+        return
+    except FileNotFoundError:
+        if store.document_any(doc.id) is not None:
+            _set(db, doc.id, "failed", error="The uploaded file is missing; upload it again.")
+        return
+    cfg = settings.knowledge
+    chunks = chunking.chunk_sections(
+        extracted.sections,
+        _counter(client),
+        chunk_tokens=cfg.chunk_tokens,
+        overlap_tokens=cfg.chunk_overlap_tokens,
+    )
+    if not chunks:
+        _set(db, doc.id, "failed", error="No text was found in this document.")
+        return
+    with write_transaction(db):
+        if store.document_any(doc.id) is None:
+            return  # deleted while extracting
+        store.delete_chunks(doc.id)
+        store.set_status(doc.id, "embedding", _now(), chunks_total=len(chunks), chunks_done=0)
+    model = None
+    for start in range(0, len(chunks), EMBED_BATCH):
+        batch = chunks[start : start + EMBED_BATCH]
+        texts = [f"{c.heading}\n{c.text}" if c.heading else c.text for c in batch]
+        vectors = client.embed(texts, account_id=doc.account_id, priority="batch")
+        if model is None:
+            model = _model_name(client)
+            store.ensure_vectors(len(vectors[0]), model)
+        with write_transaction(db):
+            if store.document_any(doc.id) is None:
+                return  # deleted while embedding: nothing of it may remain
+            store.add_chunks(doc.id, doc.account_id, batch, vectors)
+            store.set_status(
+                doc.id, "embedding", _now(), chunks_done=start + len(batch), embedding_model=model
+            )
+    with write_transaction(db):
+        if store.document_any(doc.id) is not None:
+            store.set_status(doc.id, "ready", _now())
+
+
+def _counter(client: InferenceClient):
+    def count(texts: list[str]) -> list[int]:
+        try:
+            counts = client.count_tokens(texts)
+        except Unavailable:
+            raise
+        return counts if counts is not None else chunking.estimate_tokens(texts)
+
+    return count
+
+
+def _model_name(client: InferenceClient) -> str:
+    try:
+        health = client.health()
+        return str(health.get("embedding_model") or "unknown")
+    except ApplianceError:
+        return "unknown"
+
+
+def _now() -> str:
+    return iso(utcnow())
+
+
+def _set(db: sqlite_utils.Database, document_id: str, status: str, **fields) -> None:
+    with write_transaction(db):
+        KnowledgeStore(db).set_status(document_id, status, _now(), **fields)
+
+
+def audit(db: sqlite_utils.Database, settings: Settings) -> list[str]:
+    """Orphans anywhere in the knowledge base, as readable lines (empty: all clean)."""
+    problems = []
+    store = KnowledgeStore(db)
+    for (count,) in db.execute(
+        "select count(*) from chunks where document_id not in (select id from documents)"
+    ):
+        if count:
+            problems.append(f"{count} chunks without a document")
+    if store.has_vectors():
+        (count,) = db.execute(
+            "select count(*) from chunk_vectors where rowid not in (select id from chunks)"
+        ).fetchone()
+        if count:
+            problems.append(f"{count} vectors without a chunk")
+        (count,) = db.execute(
+            "select count(*) from chunks where id not in (select rowid from chunk_vectors)"
+        ).fetchone()
+        if count:
+            problems.append(f"{count} chunks without a vector")
+    try:
+        db.execute("insert into chunks_fts (chunks_fts, rank) values ('integrity-check', 1)")
+    except Exception as exc:  # the FTS index disagrees with the chunks table
+        problems.append(f"full-text index out of step with the chunks: {exc}")
+    rows = {(d.account_id, d.id) for d in _all_documents(db)}
+    files = set(_stored_files(settings))
+    for account_id, document_id in sorted(files - rows):
+        problems.append(f"file without a document: files/{account_id}/{document_id}")
+    for account_id, document_id in sorted(rows - files):
+        problems.append(f"document without a file: {document_id} (account {account_id})")
+    return problems
+
+
+def _all_documents(db: sqlite_utils.Database) -> Iterable[Document]:
+    from appliance.knowledge.store import _DOC_COLUMNS
+
+    return [Document(*row) for row in db.execute(f"select {_DOC_COLUMNS} from documents")]  # noqa: S608
+
+
+def _stored_files(settings: Settings) -> Iterable[tuple[str, str]]:
+    root = settings.paths.files
+    if not root.exists():
+        return []
+    found = []
+    for account in root.iterdir():
+        if not account.is_dir():
+            continue
+        for item in account.iterdir():
+            if item.is_file() and item.name.startswith("doc_"):
+                found.append((account.name, item.name))
+    return found
+
+
+def reindex(db: sqlite_utils.Database) -> list[str]:
+    """Drop every chunk, index row and vector and queue every document again.
+
+    For a change of embedding model (its vectors are not comparable, and may differ in
+    dimension). Returns the document ids to enqueue.
+    """
+    store = KnowledgeStore(db)
+    with write_transaction(db):
+        ids = [row[0] for row in db.execute("select id from documents")]
+        for document_id in ids:
+            store.delete_chunks(document_id)
+            store.set_status(document_id, "queued", _now(), chunks_done=0, chunks_total=0)
+        if store.has_vectors():
+            db.execute("drop table chunk_vectors")
+        db.execute("delete from kb_meta where key in ('embedding_dim', 'embedding_model')")
+    return ids

@@ -1,0 +1,227 @@
+"""All SQL for documents, chunks, the FTS5 index and the vectors.
+
+Virtual tables have no foreign keys: this store deletes a chunk's FTS5 and vector rows in
+the same transaction as the chunk. Every read of tenant data filters by account id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlite_utils
+from sqlite_vec import serialize_float32
+
+from appliance.db import write_transaction
+
+VECTOR_TABLE = "chunk_vectors"
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    account_id: str
+    uploaded_by: str | None
+    filename: str
+    kind: str
+    size: int
+    sha256: str
+    status: str
+    error: str | None
+    chunks_total: int
+    chunks_done: int
+    embedding_model: str | None
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class Chunk:
+    position: int
+    text: str
+    page: int | None
+    heading: str
+    tokens: int
+
+
+_DOC_COLUMNS = ", ".join(Document.__dataclass_fields__)
+
+
+class KnowledgeStore:
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    # documents
+    def insert_document(self, doc: Document) -> None:
+        values = [getattr(doc, name) for name in Document.__dataclass_fields__]
+        marks = ", ".join("?" for _ in values)
+        self.db.execute(f"insert into documents ({_DOC_COLUMNS}) values ({marks})", values)  # noqa: S608
+
+    def document(self, account_id: str, document_id: str) -> Document | None:
+        row = self.db.execute(
+            f"select {_DOC_COLUMNS} from documents where id = ? and account_id = ?",  # noqa: S608
+            [document_id, account_id],
+        ).fetchone()
+        return Document(*row) if row else None
+
+    def document_any(self, document_id: str) -> Document | None:
+        """For the worker only: the task carries the id, not the account."""
+        row = self.db.execute(
+            f"select {_DOC_COLUMNS} from documents where id = ?",  # noqa: S608
+            [document_id],
+        ).fetchone()
+        return Document(*row) if row else None
+
+    def documents(self, account_id: str) -> list[Document]:
+        rows = self.db.execute(
+            f"select {_DOC_COLUMNS} from documents where account_id = ? "  # noqa: S608
+            "order by created_at desc",
+            [account_id],
+        )
+        return [Document(*row) for row in rows]
+
+    def by_hash(self, account_id: str, sha256: str) -> Document | None:
+        row = self.db.execute(
+            f"select {_DOC_COLUMNS} from documents where account_id = ? and sha256 = ?",  # noqa: S608
+            [account_id, sha256],
+        ).fetchone()
+        return Document(*row) if row else None
+
+    def used_bytes(self, account_id: str) -> int:
+        return self.db.execute(
+            "select coalesce(sum(size), 0) from documents where account_id = ?", [account_id]
+        ).fetchone()[0]
+
+    def unfinished(self) -> list[Document]:
+        rows = self.db.execute(
+            f"select {_DOC_COLUMNS} from documents "  # noqa: S608
+            "where status in ('queued', 'extracting', 'embedding') order by created_at"
+        )
+        return [Document(*row) for row in rows]
+
+    def set_status(self, document_id: str, status: str, now: str, **fields) -> None:
+        allowed = {"error", "chunks_total", "chunks_done", "embedding_model"}
+        extra = {k: v for k, v in fields.items() if k in allowed}
+        assignments = ", ".join(f"{k} = ?" for k in extra)
+        # Column names come from the allow-list above, never from the caller's data.
+        sql = "update documents set status = ?, updated_at = ?" + (  # noqa: S608
+            f", {assignments}" if assignments else ""
+        )
+        self.db.execute(sql + " where id = ?", [status, now, *extra.values(), document_id])
+
+    # chunks, FTS and vectors
+    def ensure_vectors(self, dim: int, model: str) -> None:
+        """Create the vec0 table for ``dim``-dimensional vectors (once)."""
+        current = self.meta("embedding_dim")
+        if current is not None and int(current) != dim:
+            raise ValueError(
+                f"the vector index holds {current}-dimensional vectors, the model gives {dim}: "
+                "run `appliance kb reindex`"
+            )
+        if current is None:
+            with write_transaction(self.db):
+                self.db.execute(
+                    f"create virtual table if not exists {VECTOR_TABLE} using vec0("
+                    f"account_id text partition key, embedding float[{int(dim)}])"
+                )
+                self.set_meta("embedding_dim", str(dim))
+                self.set_meta("embedding_model", model)
+
+    def has_vectors(self) -> bool:
+        return self.meta("embedding_dim") is not None
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("select value from kb_meta where key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute(
+            "insert into kb_meta (key, value) values (?, ?) "
+            "on conflict (key) do update set value = excluded.value",
+            [key, value],
+        )
+
+    def add_chunks(
+        self,
+        document_id: str,
+        account_id: str,
+        chunks: Sequence[Chunk],
+        vectors: Sequence[Sequence[float]],
+    ) -> None:
+        """Insert chunks with their FTS5 rows and vectors (call inside a transaction)."""
+        for chunk, vector in zip(chunks, vectors, strict=True):
+            cursor = self.db.execute(
+                """insert into chunks (document_id, account_id, position, text, page, heading,
+                                       tokens)
+                   values (?, ?, ?, ?, ?, ?, ?)""",
+                [
+                    document_id,
+                    account_id,
+                    chunk.position,
+                    chunk.text,
+                    chunk.page,
+                    chunk.heading,
+                    chunk.tokens,
+                ],
+            )
+            chunk_id = cursor.lastrowid
+            self.db.execute(
+                "insert into chunks_fts (rowid, text) values (?, ?)", [chunk_id, chunk.text]
+            )
+            self.db.execute(
+                f"insert into {VECTOR_TABLE} (rowid, account_id, embedding) values (?, ?, ?)",  # noqa: S608
+                [chunk_id, account_id, serialize_float32(list(vector))],
+            )
+
+    def delete_chunks(self, document_id: str) -> int:
+        """Delete a document's chunks, FTS5 rows and vectors (call inside a transaction)."""
+        rows = self.db.execute(
+            "select id, text from chunks where document_id = ?", [document_id]
+        ).fetchall()
+        for chunk_id, text in rows:
+            # External-content FTS5: the index entry is removed with the original text.
+            self.db.execute(
+                "insert into chunks_fts (chunks_fts, rowid, text) values ('delete', ?, ?)",
+                [chunk_id, text],
+            )
+            if self.has_vectors():
+                self.db.execute(f"delete from {VECTOR_TABLE} where rowid = ?", [chunk_id])  # noqa: S608
+        self.db.execute("delete from chunks where document_id = ?", [document_id])
+        return len(rows)
+
+    def delete_document(self, document_id: str) -> None:
+        self.delete_chunks(document_id)
+        self.db.execute("delete from documents where id = ?", [document_id])
+
+    def chunk_rows(self, ids: Sequence[int], account_id: str) -> dict[int, dict]:
+        if not ids:
+            return {}
+        marks = ", ".join("?" for _ in ids)
+        cursor = self.db.execute(
+            f"""select c.id, c.document_id, c.text, c.page, c.heading, c.position, d.filename
+                from chunks c join documents d on d.id = c.document_id
+                where c.id in ({marks}) and c.account_id = ?""",  # noqa: S608
+            [*ids, account_id],
+        )
+        names = [c[0] for c in cursor.description]
+        return {row[0]: dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
+
+    def bm25(self, account_id: str, match: str, k: int) -> list[int]:
+        rows = self.db.execute(
+            """select c.id from chunks_fts f join chunks c on c.id = f.rowid
+               where chunks_fts match ? and c.account_id = ?
+               order by f.rank limit ?""",
+            [match, account_id, k],
+        )
+        return [row[0] for row in rows]
+
+    def nearest(self, account_id: str, vector: Sequence[float], k: int) -> list[int]:
+        if not self.has_vectors():
+            return []
+        rows = self.db.execute(
+            f"""select rowid from {VECTOR_TABLE}
+                where embedding match ? and k = ? and account_id = ?
+                order by distance""",  # noqa: S608
+            [serialize_float32(list(vector)), k, account_id],
+        )
+        return [row[0] for row in rows]
