@@ -8,7 +8,7 @@ import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from appliance import heartbeat, vault
+from appliance import heartbeat, mail, vault
 from appliance.config import Settings
 from appliance.db import integrity_check, open_db
 from appliance.errors import ApplianceError
@@ -27,7 +27,7 @@ class Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    checks = [_data_dir(settings), _secrets(settings)]
+    checks = [_data_dir(settings), _secrets(settings), _mail(settings)]
     checks += _database(settings)
     checks += _models(settings)
     checks.append(_disk(settings))
@@ -53,6 +53,17 @@ def _secrets(settings: Settings) -> Check:
     if loose:
         return Check("secrets", "fail", f"{', '.join(loose)} readable by others (chmod 600)")
     return Check("secrets", "ok", f"{len(vault.SECRETS)} present, mode 0600")
+
+
+def _mail(settings: Settings) -> Check:
+    try:
+        mail.check_settings(settings)
+    except ApplianceError as exc:
+        return Check("mail", "fail", str(exc))
+    backends = ", ".join(settings.mail.backends)
+    if "console" in settings.mail.backends:
+        return Check("mail", "warn", f"{backends} (console prints sign-in codes: local use only)")
+    return Check("mail", "ok", backends)
 
 
 def _database(settings: Settings) -> list[Check]:

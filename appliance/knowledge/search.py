@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 import sqlite_utils
+from sqlite_utils.utils import sqlite3
 
 from appliance.errors import ApplianceError, InvalidInput
 from appliance.inference.client import InferenceClient
@@ -73,7 +74,9 @@ def search(
         try:
             vector = client.embed([query], account_id=account_id)[0]
             ranked["vector"] = store.nearest(account_id, vector, depth)
-        except ApplianceError as exc:
+        except (ApplianceError, sqlite3.Error) as exc:
+            # Inference down, or vectors of another dimension (the model changed and the
+            # index was not rebuilt yet): the full-text leg still answers.
             log.warning("vector search skipped: %s", type(exc).__name__)
     scores: dict[int, float] = {}
     seen_in: dict[int, list[str]] = {}

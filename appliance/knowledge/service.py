@@ -218,7 +218,11 @@ def ingest(
         vectors = client.embed(texts, account_id=doc.account_id, priority="batch")
         if model is None:
             model = _model_name(client)
-            store.ensure_vectors(len(vectors[0]), model)
+            try:
+                store.ensure_vectors(len(vectors[0]), model)
+            except ValueError as exc:  # the embedding model changed under the index
+                _set(db, doc.id, "failed", error=str(exc))
+                return
         with write_transaction(db):
             if store.document_any(doc.id) is None:
                 return  # deleted while embedding: nothing of it may remain

@@ -113,6 +113,12 @@ class KnowledgeStore:
     def ensure_vectors(self, dim: int, model: str) -> None:
         """Create the vec0 table for ``dim``-dimensional vectors (once)."""
         current = self.meta("embedding_dim")
+        indexed = self.meta("embedding_model")
+        if indexed and indexed != model and "unknown" not in (indexed, model):
+            raise ValueError(
+                f"the index was built with the embedding model '{indexed}', the service now "
+                f"runs '{model}': run `appliance kb reindex`"
+            )
         if current is not None and int(current) != dim:
             raise ValueError(
                 f"the vector index holds {current}-dimensional vectors, the model gives {dim}: "
