@@ -86,6 +86,7 @@ SEED = 1234
 OVERHEAD_TARGET = 0.05
 WARM_RATIO_TARGET = 0.30
 NOISY_SHARE = 0.05  # other processes' share of the CPUs above which a run is flagged noisy
+UNUSABLE_SHARE = 0.25  # ... above which --record refuses to write it down
 
 SYSTEM = "You are a helpful assistant. Answer in plain English."
 STORY_TOPICS = (
@@ -983,6 +984,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
     parser.add_argument(
+        "--force-record",
+        action="store_true",
+        help="with --record, record even a run that other processes disturbed heavily",
+    )
+    parser.add_argument(
         "--wait-idle",
         type=float,
         default=0,
@@ -1113,7 +1119,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"\nwarning: {warning}")
         notes.insert(0, f"**{warning}**")
-    if args.record:
+    if args.record and others_share > UNUSABLE_SHARE and not args.force_record:
+        print(
+            f"not recording: other processes used {others_share:.0%} of the CPUs, which "
+            "distorts llama.cpp's timings far beyond the targets; rerun on a quiet machine "
+            "(--wait-idle helps) or pass --force-record"
+        )
+    elif args.record:
         record(setup, rows, args.runs, notes)
     return 0
 

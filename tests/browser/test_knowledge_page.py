@@ -11,7 +11,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.inference]
 
 FILES = {
     "espresso.md": b"# Espresso\n\nUse 18 grams of coffee for a double shot.\n",
-    "bicycle.html": b"<html><body><h1>Bicycle</h1><p>Oil the chain every 300 kilometres.</p></body></html>",
+    "bicycle.html": (
+        b"<html><body><h1>Bicycle</h1><p>Oil the chain every 300 kilometres.</p></body></html>"
+    ),
     "plants.txt": b"Water the fern twice a week and keep it out of direct sunlight.\n",
 }
 
