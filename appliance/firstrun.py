@@ -34,7 +34,10 @@ def m001_create_setup_claims(db: sqlite_utils.Database) -> None:
 
 
 def is_claimed(db: sqlite_utils.Database) -> bool:
-    return db["setup_claims"].count > 0
+    """Claimed through the setup link, or an operator was created with the CLI."""
+    if db["setup_claims"].count > 0:
+        return True
+    return any(user.operator for user in accounts.users(db))
 
 
 def setup_token(settings: Settings, db: sqlite_utils.Database) -> str | None:

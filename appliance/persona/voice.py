@@ -153,7 +153,7 @@ def _text_of_docx(content: bytes) -> str:
                 xml = member.read(DOCX_MAX_UNCOMPRESSED + 1)
             if len(xml) > DOCX_MAX_UNCOMPRESSED:
                 raise InvalidInput("This .docx file's text part is too large; refused.")
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError):
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, EOFError):
         raise InvalidInput("This .docx file is damaged or encrypted and cannot be read.") from None
     return _document_text(xml)
 

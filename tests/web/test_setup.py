@@ -81,3 +81,15 @@ def test_cross_site_post_is_refused_even_with_a_token(client, token, db):
     assert db.execute("select count(*) from setup_claims").fetchone()[0] == 0
     same = client.post("/setup", data=data, headers={"Origin": "http://127.0.0.1:8000"})
     assert same.status_code == 200
+
+
+def test_an_operator_created_with_the_cli_ends_the_setup_link(settings, db, clock):
+    from appliance.accounts import service as accounts
+
+    token = firstrun.setup_token(settings, db)
+    assert token
+    accounts.create_user(db, "ops@example.com", clock(), operator=True)
+    assert firstrun.is_claimed(db)
+    assert firstrun.setup_token(settings, db) is None
+    with pytest.raises(firstrun.NotFound):
+        firstrun.check_token(settings, db, token)
