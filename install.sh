@@ -26,7 +26,7 @@ System mode (a GPU server, as root):
 Environment:
   PYTHON           interpreter to build the venv with (default: python3, >= 3.11)
   CMAKE_ARGS       passed to the llama-cpp-python build; set automatically to
-                   -DGGML_CUDA=on when nvcc is found
+                   -DGGML_CUDA=on when nvcc is found and nvidia-smi sees a GPU
 
   -h, --help       show this help
 EOF
@@ -74,9 +74,12 @@ PY="$VENV/bin/python"
 
 step "installing the appliance (llama-cpp-python compiles the first time: ~9 minutes on 2 cores)"
 "$PY" -m pip install --quiet --upgrade pip
-if [ -z "${CMAKE_ARGS:-}" ] && command -v nvcc >/dev/null 2>&1; then
+# A CUDA build needs the toolkit (nvcc) and a GPU the driver can see: a toolkit alone (a CI
+# image, a build box) would produce a build that cannot link or cannot run.
+if [ -z "${CMAKE_ARGS:-}" ] && command -v nvcc >/dev/null 2>&1 \
+  && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   export CMAKE_ARGS="-DGGML_CUDA=on"
-  echo "CUDA toolkit found: building llama.cpp with GPU support"
+  echo "NVIDIA GPU and CUDA toolkit found: building llama.cpp with GPU support"
 fi
 if [ -n "${CMAKE_ARGS:-}" ] && ! "$PY" -c 'import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())' 2>/dev/null; then
   # A GPU build must not reuse a cached CPU-only wheel.
