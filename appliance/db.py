@@ -27,6 +27,7 @@ MIGRATION_MODULES = (
     "appliance.auth.migrations",
     "appliance.knowledge.migrations",
     "appliance.persona.migrations",
+    "appliance.instances.migrations",
 )
 
 _migrated: set[str] = set()

@@ -288,6 +288,18 @@ def revoke_member_access(
         )
 
 
+def revoke_instance_keys(
+    db: sqlite_utils.Database, account_id: str, instance_id: str, now: datetime
+) -> None:
+    """Revoke every key bound to an instance (when it is destroyed)."""
+    with write_transaction(db):
+        db.execute(
+            "update api_keys set revoked_at = ? where instance_id = ? and account_id = ? "
+            "and revoked_at is null",
+            [iso(now), instance_id, account_id],
+        )
+
+
 # -- API keys ---------------------------------------------------------------------------
 
 

@@ -105,13 +105,15 @@ class InferenceClient:
             raise self._unavailable(exc) from None
         return self._json(response)["data"]
 
-    def count_tokens(self, texts: list[str]) -> list[int] | None:
-        """Token counts in the embedding model's tokenizer; None if the server can't tell
-        (an external OpenAI-compatible server without our ``/tokenize``)."""
+    def count_tokens(self, texts: list[str], *, model: str = "embedding") -> list[int] | None:
+        """Token counts in the embedding (or ``model="chat"``) model's tokenizer; None if
+        the server can't tell (an external OpenAI-compatible server without ``/tokenize``)."""
         try:
             with httpx.Client(timeout=self.timeout) as http:
                 response = http.post(
-                    self._url("/tokenize"), json={"input": texts}, headers=self._headers(None)
+                    self._url("/tokenize"),
+                    json={"input": texts, "model": model},
+                    headers=self._headers(None),
                 )
         except httpx.HTTPError as exc:
             raise self._unavailable(exc) from None

@@ -165,6 +165,13 @@ class ChatEngine:
         self.prefix_cache_enabled = prefix_cache_bytes > 0
         self.layers = int(metadata.get(f"{metadata.get('general.architecture')}.block_count", 0))
 
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens of each text in the chat model's vocabulary (read-only: thread-safe)."""
+        return [
+            len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+            for text in texts
+        ]
+
     def prompt_tokens(self, messages: list[dict[str, str]]) -> tuple[list[int], tuple[str, ...]]:
         """The chat template applied and tokenized, and the template's own stop strings.
 

@@ -341,6 +341,9 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             or not all(isinstance(t, str) and len(t) <= MAX_TEXT_CHARS for t in texts)
         ):
             raise InvalidInput("'input' must be a list of strings.")
+        if body.get("model") == "chat":
+            counts = await asyncio.to_thread(engine.chat.count_tokens, texts)
+            return Response({"model": model_id, "counts": counts})
         if engine.embedding is None:
             raise InvalidInput("No embedding model is loaded.")
         counts = await asyncio.to_thread(engine.embedding.count_tokens, texts)

@@ -23,7 +23,17 @@ from appliance.config import Settings
 from appliance.db import open_db
 from appliance.inference.client import InferenceClient
 from appliance.tasks import TaskQueue, create_queue
-from appliance.web import health, identity, knowledge, pages, persona, signin, team, v1
+from appliance.web import (
+    health,
+    identity,
+    instances,
+    knowledge,
+    pages,
+    persona,
+    signin,
+    team,
+    v1,
+)
 from appliance.web.errors import EXCEPTION_HANDLERS
 from appliance.web.security import (
     add_security_headers,
@@ -90,6 +100,8 @@ def create_app(
         persona.PersonaPages,
         knowledge.KnowledgeApi,
         knowledge.KnowledgePages,
+        instances.InstancesApi,
+        instances.InstancesPages,
         v1.V1Api,
     ]
     app = Litestar(

@@ -1,24 +1,241 @@
 """The account's OpenAI-compatible endpoint (``/v1``): bearer keys with scope ``inference``.
 
-A session cookie alone never authorises these routes.
+``model`` is the name of one of the account's instances. The instance's system prompt
+(or the account's persona prompt with voice excerpts) and, when the instance has it on,
+passages from the account's knowledge base are added, unless the request brings its own
+system message or sets ``"appliance": {"knowledge": false}``. A key bound to an instance
+can use only that instance. A session cookie alone never authorises these routes.
 """
 
 from __future__ import annotations
 
-from litestar import Controller, get
-from litestar.di import NamedDependency
+import json
+from collections.abc import AsyncIterator
+from typing import Any
 
+import anyio
+import sqlite_utils
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
+from litestar.response import Stream
+
+from appliance.chat import prompt
+from appliance.clock import Clock
+from appliance.config import Settings
+from appliance.errors import ApplianceError, Conflict, InvalidInput, NotFound
 from appliance.inference.client import InferenceClient
+from appliance.instances import service as instances
+from appliance.knowledge import search as kb_search
+from appliance.persona import service as persona
 from appliance.web.identity import Identity
+
+#: Request fields passed on to the model (checked again by the inference service).
+FORWARDED = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "seed", "stop")
+ACCEPTED = {*FORWARDED, "model", "messages", "stream", "stream_options", "user", "n", "appliance"}
+
+
+def _instance(db, key: Identity, name: Any) -> instances.Instance:
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("'model' must be the name of one of your instances.")
+    instance = instances.by_name(db, key.account.id, name)
+    bound = key.key.instance_id if key.key else None
+    if bound and bound != instance.id:
+        raise NotFound(f"The model '{name}' does not exist.")
+    if instance.state != "running":
+        raise Conflict(f"The instance '{name}' is stopped; start it to use it.")
+    return instance
+
+
+def _retrieve(db, client, account_id: str, query: str, k: int) -> list[prompt.Passage]:
+    try:
+        result = kb_search.search(db, client, account_id, query[:2000], k)
+    except InvalidInput:
+        return []
+    return [
+        prompt.Passage(
+            number=i,
+            document_id=hit.document_id,
+            filename=hit.filename,
+            text=hit.text,
+            page=hit.page,
+            heading=hit.heading,
+        )
+        for i, hit in enumerate(result.hits, start=1)
+    ]
+
+
+def build_request(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    client: InferenceClient,
+    key: Identity,
+    body: Any,
+    now,
+) -> tuple[instances.Instance, dict[str, Any], list[prompt.Passage]]:
+    """The instance and the request for the inference service (prompt assembled)."""
+    if not isinstance(body, dict):
+        raise InvalidInput("The request body must be a JSON object.")
+    unknown = sorted(set(body) - ACCEPTED)
+    if unknown:
+        raise InvalidInput(f"Unsupported parameter: '{unknown[0]}'.")
+    instance = _instance(db, key, body.get("model"))
+    options = body.get("appliance") or {}
+    if not isinstance(options, dict):
+        raise InvalidInput("'appliance' must be an object.")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidInput("'messages' must be a non-empty list.")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise InvalidInput(f"messages[{index}] must have a string 'content'.")
+    own_system = [m for m in messages if m.get("role") in ("system", "developer")]
+    conversation = [m for m in messages if m.get("role") not in ("system", "developer")]
+    if own_system:
+        system = "\n\n".join(m["content"] for m in own_system)
+    elif instance.system_prompt:
+        system = instance.system_prompt
+    elif instance.voice:
+        system = persona.prompt_for_account(db, settings, key.account.id, now)
+    else:
+        system = persona.effective_prompt(db, key.account.id, now)
+    passages: list[prompt.Passage] = []
+    use_knowledge = instance.knowledge and options.get("knowledge", True) is not False
+    last_user = next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
+    if use_knowledge and last_user:
+        passages = _retrieve(db, client, key.account.id, last_user, instance.top_k)
+    requested = body.get("max_completion_tokens", body.get("max_tokens"))
+    max_tokens = instance.max_tokens if requested is None else requested
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise InvalidInput("'max_tokens' must be a positive integer.")
+    budget = instance.context_budget - min(max_tokens, instance.context_budget // 2)
+
+    def count(texts: list[str]) -> list[int]:
+        counts = client.count_tokens(texts, model="chat")
+        return counts if counts is not None else [max(1, len(t) // 4) for t in texts]
+
+    assembled = prompt.assemble(system, passages, conversation, budget=budget, count=count)
+    forwarded = {name: body[name] for name in FORWARDED if name in body}
+    forwarded.pop("max_completion_tokens", None)
+    request = {
+        "messages": assembled.messages,
+        "temperature": instance.temperature,
+        "top_p": instance.top_p,
+        **forwarded,
+        "max_tokens": max_tokens,
+    }
+    return instance, request, assembled.passages
 
 
 class V1Api(Controller):
     path = "/v1"
     tags = ["v1"]
 
-    @get("/models")
-    async def models(
-        self, api_key: NamedDependency[Identity], inference: NamedDependency[InferenceClient]
+    @get("/models", sync_to_thread=True)
+    def models(
+        self, api_key: NamedDependency[Identity], db: NamedDependency[sqlite_utils.Database]
     ) -> dict:
-        """The chat and embedding models this appliance serves (OpenAI's list shape)."""
-        return {"object": "list", "data": await inference.amodels()}
+        """The account's running instances, under their names (OpenAI's list shape)."""
+        bound = api_key.key.instance_id if api_key.key else None
+        data = [
+            {
+                "id": instance.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": api_key.account.name,
+            }
+            for instance in instances.list_instances(db, api_key.account.id)
+            if instance.state == "running" and (not bound or instance.id == bound)
+        ]
+        return {"object": "list", "data": data}
+
+    @post("/chat/completions", status_code=200)
+    async def chat_completions(
+        self,
+        request: Request,
+        api_key: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
+        inference: NamedDependency[InferenceClient],
+        clock: NamedDependency[Clock],
+    ) -> Response | Stream:
+        """A chat completion from one of the account's instances (streaming or not)."""
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            raise InvalidInput("The request body is not valid JSON.") from None
+        instance, payload, passages = await anyio.to_thread.run_sync(
+            lambda: build_request(db, settings, inference, api_key, body, clock())
+        )
+        account_id = api_key.account.id
+        if body.get("stream"):
+            if body.get("stream_options"):
+                payload["stream_options"] = body["stream_options"]
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return Stream(
+                _relay(inference, payload, account_id, instance.name, include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        answer = await inference.achat(payload, account_id=account_id)
+        answer["model"] = instance.name
+        if passages:
+            answer["appliance"] = {"passages": [_passage_json(p) for p in passages]}
+        return Response(answer)
+
+    @post("/embeddings", status_code=200, sync_to_thread=True)
+    def embeddings(
+        self,
+        data: JSONBody[dict[str, Any]],
+        api_key: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+        inference: NamedDependency[InferenceClient],
+    ) -> dict:
+        """Embeddings from the appliance's embedding model (``model``: an instance name)."""
+        instance = _instance(db, api_key, data.get("model"))
+        texts = data.get("input")
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not texts:
+            raise InvalidInput("'input' must be a string or a list of strings.")
+        vectors = inference.embed(texts, account_id=api_key.account.id)
+        return {
+            "object": "list",
+            "model": instance.name,
+            "data": [
+                {"object": "embedding", "index": i, "embedding": vector}
+                for i, vector in enumerate(vectors)
+            ],
+            "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        }
+
+
+def _passage_json(passage: prompt.Passage) -> dict[str, Any]:
+    return {
+        "number": passage.number,
+        "document_id": passage.document_id,
+        "filename": passage.filename,
+        "page": passage.page,
+        "heading": passage.heading,
+    }
+
+
+async def _relay(
+    client: InferenceClient,
+    payload: dict[str, Any],
+    account_id: str,
+    name: str,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    """Re-emit the inference service's SSE chunks under the instance's name."""
+    try:
+        async for chunk in client.astream_chat(payload, account_id=account_id):
+            if not chunk.get("choices") and "usage" in chunk and not include_usage:
+                continue  # our client always asks for usage; OpenAI sends it only on request
+            if "model" in chunk:
+                chunk["model"] = name
+            yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+    except ApplianceError as exc:
+        error = {"message": str(exc), "type": "server_error"}
+        yield f"data: {json.dumps({'error': error})}\n\n"
+    yield "data: [DONE]\n\n"

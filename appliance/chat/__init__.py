@@ -1,0 +1,1 @@
+"""Chat: prompt assembly (and, later, conversations and citations)."""

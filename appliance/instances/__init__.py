@@ -1,0 +1,1 @@
+"""Instances: an account's private model endpoints (model, settings, system prompt, state)."""

@@ -1,0 +1,246 @@
+"""Rules for instances: create, change, stop, start and destroy.
+
+An instance is an account's private model endpoint. Its name is what API clients pass as
+``model``; a destroyed instance is kept as a record (for billing history) but can never
+serve again, and its keys are revoked in the same transaction.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, fields, replace
+from datetime import datetime
+from typing import Any
+
+import sqlite_utils
+
+from appliance.accounts.models import MANAGERS
+from appliance.auth import service as auth
+from appliance.clock import iso
+from appliance.db import write_transaction
+from appliance.errors import Conflict, InvalidInput, NotFound
+from appliance.ids import new_id
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+STATES = ("running", "stopped", "destroyed")
+MAX_PROMPT_CHARS = 8000
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: str
+    account_id: str
+    name: str
+    model: str
+    temperature: float
+    top_p: float
+    max_tokens: int
+    context_budget: int
+    system_prompt: str | None
+    voice: bool
+    knowledge: bool
+    top_k: int
+    state: str
+    created_at: str
+    updated_at: str
+
+    def public(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("account_id")
+        return data
+
+
+_COLUMNS = ", ".join(f.name for f in fields(Instance))
+#: Fields a PATCH may change, with their checks: (type, low, high).
+EDITABLE = {
+    "name": (str, None, None),
+    "model": (str, None, None),
+    "temperature": (float, 0.0, 2.0),
+    "top_p": (float, 0.01, 1.0),
+    "max_tokens": (int, 1, 1_048_576),
+    "context_budget": (int, 256, 1_048_576),
+    "system_prompt": (str, None, None),
+    "voice": (bool, None, None),
+    "knowledge": (bool, None, None),
+    "top_k": (int, 1, 20),
+}
+
+
+def _row(row) -> Instance:
+    data = dict(zip([f.name for f in fields(Instance)], row, strict=True))
+    data["voice"] = bool(data["voice"])
+    data["knowledge"] = bool(data["knowledge"])
+    return Instance(**data)
+
+
+def _require_manager(role: str) -> None:
+    if role not in MANAGERS:
+        raise NotFound("Not found.")
+
+
+def _validate(changes: dict[str, Any], models: list[str], max_tokens_cap: int) -> dict:
+    unknown = sorted(set(changes) - set(EDITABLE))
+    if unknown:
+        raise InvalidInput(f"Unknown instance field: {unknown[0]}.")
+    clean: dict[str, Any] = {}
+    for key, value in changes.items():
+        kind, low, high = EDITABLE[key]
+        if key == "system_prompt" and value is None:
+            clean[key] = None  # back to the account's persona prompt
+            continue
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise InvalidInput(f"'{key}' has the wrong type.")
+        if low is not None and not low <= value <= high:
+            raise InvalidInput(f"'{key}' must be between {low} and {high}.")
+        clean[key] = value
+    if "name" in clean:
+        clean["name"] = clean["name"].strip().lower()
+        if not NAME_RE.match(clean["name"]):
+            raise InvalidInput(
+                "The name may use a-z, 0-9, '.', '_' and '-' (it is the API's model name)."
+            )
+    if "model" in clean and clean["model"] not in models:
+        raise InvalidInput(f"Unknown model '{clean['model']}'; installed: {', '.join(models)}.")
+    if "max_tokens" in clean and clean["max_tokens"] > max_tokens_cap:
+        raise InvalidInput(f"'max_tokens' may be at most {max_tokens_cap}.")
+    if clean.get("system_prompt") and len(clean["system_prompt"]) > MAX_PROMPT_CHARS:
+        raise InvalidInput(f"The system prompt may be at most {MAX_PROMPT_CHARS} characters.")
+    return clean
+
+
+def create(
+    db: sqlite_utils.Database,
+    account_id: str,
+    actor_role: str,
+    data: dict[str, Any],
+    *,
+    models: list[str],
+    max_tokens_cap: int,
+    now: datetime,
+) -> Instance:
+    """A new running instance; ``models`` are the chat models that may be chosen."""
+    _require_manager(actor_role)
+    if not models:
+        raise InvalidInput("No chat model is installed.")
+    defaults = {
+        "name": data.get("name", ""),
+        "model": models[0],
+        "temperature": 0.7,
+        "top_p": 0.95,
+        "max_tokens": min(512, max_tokens_cap),
+        "context_budget": 4096,
+        "voice": True,
+        "knowledge": True,
+        "top_k": 5,
+    }
+    clean = _validate({**defaults, **data}, models, max_tokens_cap)
+    instance = Instance(
+        id=new_id("ins"),
+        account_id=account_id,
+        system_prompt=clean.pop("system_prompt", None),
+        state="running",
+        created_at=iso(now),
+        updated_at=iso(now),
+        **clean,
+    )
+    with write_transaction(db):
+        _check_name_free(db, account_id, instance.name, None)
+        values = [getattr(instance, f.name) for f in fields(Instance)]
+        marks = ", ".join("?" for _ in values)
+        db.execute(f"insert into instances ({_COLUMNS}) values ({marks})", values)  # noqa: S608
+    return instance
+
+
+def _check_name_free(db, account_id: str, name: str, except_id: str | None) -> None:
+    row = db.execute(
+        "select id from instances where account_id = ? and name = ? and state != 'destroyed'",
+        [account_id, name],
+    ).fetchone()
+    if row and row[0] != except_id:
+        raise Conflict(f"An instance named '{name}' already exists.")
+
+
+def get(db: sqlite_utils.Database, account_id: str, instance_id: str) -> Instance:
+    row = db.execute(
+        f"select {_COLUMNS} from instances where id = ? and account_id = ?",  # noqa: S608
+        [instance_id, account_id],
+    ).fetchone()
+    if row is None:
+        raise NotFound("No such instance.")
+    return _row(row)
+
+
+def by_name(db: sqlite_utils.Database, account_id: str, name: str) -> Instance:
+    row = db.execute(
+        f"select {_COLUMNS} from instances where account_id = ? and name = ? "  # noqa: S608
+        "and state != 'destroyed'",
+        [account_id, name],
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"The model '{name}' does not exist.")
+    return _row(row)
+
+
+def list_instances(db: sqlite_utils.Database, account_id: str) -> list[Instance]:
+    rows = db.execute(
+        f"select {_COLUMNS} from instances where account_id = ? "  # noqa: S608
+        "and state != 'destroyed' order by created_at",
+        [account_id],
+    )
+    return [_row(row) for row in rows]
+
+
+def update(
+    db: sqlite_utils.Database,
+    account_id: str,
+    actor_role: str,
+    instance_id: str,
+    changes: dict[str, Any],
+    *,
+    models: list[str],
+    max_tokens_cap: int,
+    now: datetime,
+) -> Instance:
+    _require_manager(actor_role)
+    clean = _validate(changes, models, max_tokens_cap)
+    with write_transaction(db):
+        current = get(db, account_id, instance_id)
+        if current.state == "destroyed":
+            raise NotFound("No such instance.")
+        if "name" in clean:
+            _check_name_free(db, account_id, clean["name"], instance_id)
+        updated = replace(current, **clean, updated_at=iso(now))
+        assignments = ", ".join(f"{key} = ?" for key in [*clean, "updated_at"])
+        db.execute(
+            f"update instances set {assignments} where id = ?",  # noqa: S608 - allow-listed names
+            [*(getattr(updated, key) for key in [*clean, "updated_at"]), instance_id],
+        )
+    return updated
+
+
+def set_state(
+    db: sqlite_utils.Database,
+    account_id: str,
+    actor_role: str,
+    instance_id: str,
+    state: str,
+    now: datetime,
+) -> Instance:
+    """Stop, start or destroy. Destroying revokes the instance's keys in the same transaction
+    and cannot be undone."""
+    _require_manager(actor_role)
+    if state not in STATES:
+        raise InvalidInput("Unknown state.")
+    with write_transaction(db):
+        current = get(db, account_id, instance_id)
+        if current.state == "destroyed":
+            raise NotFound("No such instance.")
+        db.execute(
+            "update instances set state = ?, updated_at = ? where id = ?",
+            [state, iso(now), instance_id],
+        )
+        if state == "destroyed":
+            auth.revoke_instance_keys(db, account_id, instance_id, now)
+    return replace(current, state=state, updated_at=iso(now))

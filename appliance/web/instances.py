@@ -1,0 +1,182 @@
+"""Instances over HTTP: the JSON API and the Instances page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlite_utils
+from litestar import Controller, Response, get, patch, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, URLEncodedBody
+from litestar.response import Redirect, Template
+
+from appliance.auth import service as auth
+from appliance.clock import Clock
+from appliance.config import Settings
+from appliance.errors import ApplianceError, InvalidInput, NotFound
+from appliance.inference import models as model_registry
+from appliance.instances import service as instances
+from appliance.web.identity import Identity
+
+ACTIONS = {"stop": "stopped", "start": "running", "destroy": "destroyed"}
+
+
+def chat_models(settings: Settings) -> list[str]:
+    """Installed chat models, the default first."""
+    registry = model_registry.load_registry(settings)
+    ids = [m.id for m in registry.models.values() if m.kind == "chat"]
+    return sorted(ids, key=lambda i: i != registry.default_chat)
+
+
+def _limits(settings: Settings) -> dict[str, Any]:
+    return {"models": chat_models(settings), "max_tokens_cap": settings.inference.max_tokens}
+
+
+def _change_state(db, me: Identity, instance_id: str, action: str, data: dict, now):
+    if action not in ACTIONS:
+        raise InvalidInput("Unknown action.")
+    if action == "destroy" and data.get("confirm") not in (True, "true", "on", "yes"):
+        raise InvalidInput('Destroying cannot be undone: confirm it with {"confirm": true}.')
+    return instances.set_state(db, me.account.id, me.role, instance_id, ACTIONS[action], now)
+
+
+class InstancesApi(Controller):
+    path = "/api/instances"
+    tags = ["instances"]
+
+    @get("/", sync_to_thread=True)
+    def list_all(
+        self, me: NamedDependency[Identity], db: NamedDependency[sqlite_utils.Database]
+    ) -> list[dict]:
+        """The account's instances (destroyed ones are not listed)."""
+        return [i.public() for i in instances.list_instances(db, me.account.id)]
+
+    @post("/", status_code=201, sync_to_thread=True)
+    def create(
+        self,
+        data: JSONBody[dict[str, Any]],
+        manager: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
+        clock: NamedDependency[Clock],
+    ) -> dict:
+        """Create an instance: ``{"name", "model"?, "temperature"?, "top_p"?, "max_tokens"?,
+        "context_budget"?, "system_prompt"?, "voice"?, "knowledge"?, "top_k"?}``."""
+        created = instances.create(
+            db, manager.account.id, manager.role, data, now=clock(), **_limits(settings)
+        )
+        return created.public()
+
+    @get("/{instance_id:str}", sync_to_thread=True)
+    def read(
+        self,
+        instance_id: FromPath[str],
+        me: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+    ) -> dict:
+        """One instance."""
+        found = instances.get(db, me.account.id, instance_id)
+        if found.state == "destroyed":
+            raise NotFound("No such instance.")
+        return found.public()
+
+    @patch("/{instance_id:str}", sync_to_thread=True)
+    def change(
+        self,
+        instance_id: FromPath[str],
+        data: JSONBody[dict[str, Any]],
+        manager: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
+        clock: NamedDependency[Clock],
+    ) -> dict:
+        """Change settings (owners and admins)."""
+        return instances.update(
+            db,
+            manager.account.id,
+            manager.role,
+            instance_id,
+            data,
+            now=clock(),
+            **_limits(settings),
+        ).public()
+
+    @post("/{instance_id:str}/{action:str}", status_code=200, sync_to_thread=True)
+    def act(
+        self,
+        instance_id: FromPath[str],
+        action: FromPath[str],
+        manager: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+        clock: NamedDependency[Clock],
+        data: JSONBody[dict[str, Any] | None] = None,
+    ) -> dict:
+        """``stop`` (requests get 409), ``start``, or ``destroy`` (``{"confirm": true}``:
+        revokes the instance's keys at once and cannot be undone)."""
+        return _change_state(db, manager, instance_id, action, data or {}, clock()).public()
+
+
+class InstancesPages(Controller):
+    include_in_schema = False
+
+    @get("/instances", sync_to_thread=True)
+    def page(
+        self,
+        me: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
+    ) -> Template:
+        return Template("instances.html", context=_context(db, me, settings))
+
+    @post("/instances", sync_to_thread=True)
+    def create_form(
+        self,
+        data: URLEncodedBody[dict[str, str]],
+        manager: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
+        clock: NamedDependency[Clock],
+    ) -> Response:
+        try:
+            instances.create(
+                db,
+                manager.account.id,
+                manager.role,
+                {"name": data.get("name", "")},
+                now=clock(),
+                **_limits(settings),
+            )
+        except ApplianceError as exc:
+            context = _context(db, manager, settings)
+            context["flashes"] = [("error", str(exc))]
+            return Template("instances.html", context=context, status_code=400)
+        return Redirect("/instances")
+
+    @post("/instances/{instance_id:str}/{action:str}", sync_to_thread=True)
+    def act_form(
+        self,
+        instance_id: FromPath[str],
+        action: FromPath[str],
+        data: URLEncodedBody[dict[str, str]],
+        manager: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
+        clock: NamedDependency[Clock],
+    ) -> Response:
+        try:
+            _change_state(db, manager, instance_id, action, data, clock())
+        except InvalidInput as exc:
+            context = _context(db, manager, settings)
+            context["flashes"] = [("error", str(exc))]
+            return Template("instances.html", context=context, status_code=400)
+        return Redirect("/instances")
+
+
+def _context(db, me: Identity, settings: Settings) -> dict[str, Any]:
+    keys = auth.list_keys(db, me.account.id, None if me.is_manager else me.user.id)
+    return {
+        "me": me,
+        "instances": instances.list_instances(db, me.account.id),
+        "keys": keys,
+        "endpoint": f"{settings.public_url}/v1",
+    }

@@ -1,0 +1,75 @@
+"""Prompt assembly: the budget is respected to the token, in the documented order."""
+
+import pytest
+
+from appliance.chat.prompt import MESSAGE_OVERHEAD, PASSAGES_HEADER, Passage, assemble
+from appliance.errors import InvalidInput
+
+
+def words(texts):
+    return [len(text.split()) for text in texts]
+
+
+def turns(n, size=10):
+    return [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": " ".join([f"t{i}"] * size)}
+        for i in range(n)
+    ]
+
+
+def passages(n, size=20):
+    return [Passage(i + 1, f"doc{i}", f"f{i}.md", " ".join(["p"] * size)) for i in range(n)]
+
+
+def cost(assembled):
+    return sum(words([m["content"]])[0] + MESSAGE_OVERHEAD for m in assembled.messages)
+
+
+def test_everything_fits():
+    result = assemble("be brief", passages(2), turns(5), budget=10_000, count=words)
+    assert result.dropped_messages == 0 and result.dropped_passages == 0
+    assert result.messages[0]["role"] == "system"
+    assert PASSAGES_HEADER in result.messages[0]["content"]
+    assert "[2] (f1.md)" in result.messages[0]["content"]
+    assert [m["content"] for m in result.messages[1:]] == [t["content"] for t in turns(5)]
+
+
+def test_oldest_history_goes_first_and_the_budget_holds_to_the_token():
+    conversation = turns(20)
+    for budget in range(40, 400, 7):
+        result = assemble("sys", [], conversation, budget=budget, count=words)
+        assert result.tokens <= budget
+        assert result.messages[-1] == conversation[-1]
+        kept = result.messages[1:]
+        assert kept == conversation[-len(kept) :]  # a suffix: newest kept, oldest dropped
+        if result.dropped_messages:
+            # one more message would not have fitted
+            assert result.tokens + 10 + MESSAGE_OVERHEAD > budget
+
+
+def test_passages_before_history_and_best_first():
+    header = len(PASSAGES_HEADER.split()) + 2
+    # system + newest message + header + two passages of 30 words (+2 each), and 5 to spare
+    budget = (1 + MESSAGE_OVERHEAD) + (10 + MESSAGE_OVERHEAD) + header + 2 * 32 + 5
+    result = assemble("sys", passages(3, size=30), turns(6), budget=budget, count=words)
+    assert [p.number for p in result.passages] == [1, 2]
+    assert result.dropped_passages == 1
+    assert result.dropped_messages == 5  # no room left for older turns
+    assert result.tokens <= budget
+
+
+def test_follow_up_keeps_the_previous_answer():
+    conversation = [
+        {"role": "user", "content": "What is the code name?"},
+        {"role": "assistant", "content": "The code name is Bluebird."},
+        {"role": "user", "content": "Spell it backwards."},
+    ]
+    result = assemble("sys", [], conversation, budget=200, count=words)
+    assert "Bluebird" in " ".join(m["content"] for m in result.messages)
+
+
+def test_a_message_that_cannot_fit_is_refused_not_cut():
+    with pytest.raises(InvalidInput, match="too long"):
+        assemble("sys", [], turns(1, size=500), budget=100, count=words)
+    with pytest.raises(InvalidInput):
+        assemble("sys", [], [], budget=100, count=words)
