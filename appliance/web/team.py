@@ -18,6 +18,7 @@ from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.db import write_transaction
 from appliance.errors import InvalidInput
+from appliance.instances import service as instances
 from appliance.tasks import TaskQueue
 from appliance.web.identity import Identity
 
@@ -67,8 +68,10 @@ def create_key(db, me: Identity, data: dict, now: datetime) -> tuple[auth.ApiKey
     if scope == "manage" and not me.is_manager:
         raise InvalidInput("Only owners and admins can create keys with scope 'manage'.")
     instance_id = data.get("instance_id") or None
-    if instance_id is not None and not isinstance(instance_id, str):
-        raise InvalidInput("'instance_id' must be a string.")
+    if instance_id is not None:
+        if not isinstance(instance_id, str):
+            raise InvalidInput("'instance_id' must be a string.")
+        instances.get(db, me.account.id, instance_id)  # 404 for another account's instance
     return auth.create_key(
         db,
         user_id=me.user.id,
@@ -387,5 +390,6 @@ def settings_context(db, me: Identity, now: datetime) -> dict:
         "members": accounts.members(db, me.account.id),
         "invites": accounts.invites(db, me.account.id) if me.is_manager else [],
         "keys": visible_keys(db, me),
+        "instances": instances.list_instances(db, me.account.id),
         "roles": ("member", "admin", "owner"),
     }

@@ -191,3 +191,18 @@ def test_instances_api_validation_and_isolation(env):
         sdk(env, inference_key).chat.completions.create(
             model="assistant", messages=[{"role": "user", "content": "x"}]
         )
+
+
+def test_a_key_cannot_be_bound_to_another_accounts_instance(env):
+    db, clock = env["db"], env["clock"]
+    stranger, account = accounts.create_user(db, "c@example.org", clock(), account_name="C")
+    _, key = auth.create_key(
+        db, user_id=stranger.id, account_id=account.id, name="c", scope="manage", now=clock()
+    )
+    other = TestClient(env["app"])
+    other.headers["Authorization"] = f"Bearer {key}"
+    response = other.post(
+        "/api/keys",
+        json={"name": "x", "scope": "inference", "instance_id": env["instance"]["id"]},
+    )
+    assert response.status_code == 404
