@@ -118,8 +118,10 @@ class InferenceSettings:
         max=8192,
     )
     embedding_batch_tokens: int = setting(
-        512,
-        "Tokens evaluated in one embedding batch (several texts at once).",
+        256,
+        "Tokens evaluated in one embedding batch (several texts at once). On a CPU, small "
+        "batches are faster: the encoder attends over the whole batch (see "
+        "docs/benchmarks.md).",
         min=64,
         max=8192,
     )

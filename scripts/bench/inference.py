@@ -416,7 +416,7 @@ def service_stream(client: httpx.Client, body: dict, account: str | None = None)
     t_last = 0.0
     t0 = time.perf_counter()
     with client.stream("POST", "/v1/chat/completions", json=payload, headers=headers) as reply:
-        if not reply.is_success:  # the service answers 201 (Litestar POST default)
+        if not reply.is_success:
             reply.read()
             raise RuntimeError(f"chat request failed: {reply.status_code} {reply.text[:300]}")
         for line in reply.iter_lines():
