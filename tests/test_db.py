@@ -14,6 +14,7 @@ def test_pragmas(db):
     assert db.execute("pragma foreign_keys").fetchone()[0] == 1
     assert db.execute("pragma secure_delete").fetchone()[0] == 1
     assert db.execute("pragma busy_timeout").fetchone()[0] >= 5000
+    assert db.execute("pragma mmap_size").fetchone()[0] == 1 << 30
 
 
 def test_sqlite_vec_is_loaded_and_works(db):
