@@ -26,7 +26,7 @@ from appliance.config import Settings
 from appliance.db import open_db
 
 NOW = datetime.now(UTC).replace(microsecond=0)
-API_KEY = "sk-ant-test-0123456789"
+API_KEY = "test-anthropic-key-not-real"
 ANSWER = "You are the assistant of Example Bakery. Answer briefly and warmly."
 PROFILE = {
     "business_name": "Example Bakery",
