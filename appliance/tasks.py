@@ -59,15 +59,14 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
         finally:
             db.close()
 
-    resumed = threading.Event()
+    resume_once = threading.Lock()  # never released: only the first worker thread resumes
 
     @huey.on_startup()
     def _on_startup() -> None:
         record_heartbeat()
         # Huey does not redeliver a task interrupted by a crash: documents left half-way
         # are queued again here (once per process; this hook runs in every worker thread).
-        if not resumed.is_set():
-            resumed.set()
+        if resume_once.acquire(blocking=False):
             db = open_db(settings)
             try:
                 pending = knowledge.unfinished(db)
