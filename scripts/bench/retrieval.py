@@ -762,6 +762,7 @@ class TierResult:
     legs: dict[str, LegResult]
     queries: int
     diagnostics: list = field(default_factory=list)
+    mmap_bytes: int = 0  # open_db's PRAGMA mmap_size
 
 
 def db_size_mb(settings: Settings) -> float:
@@ -956,6 +957,7 @@ def run_tier(
             db_mb=db_mb,
             legs=legs,
             queries=len(queries),
+            mmap_bytes=db.execute("PRAGMA mmap_size").fetchone()[0],
         )
         if diagnose:
             result.diagnostics = diagnostics(
@@ -1041,34 +1043,37 @@ def diagnostics(
     engine,
     log: Callable[[str], None],
 ) -> list[Step]:
-    """Where the hybrid time goes, and what changes it (experiments on this DB only)."""
+    """Where the hybrid time goes, and what changes it (experiments on this DB only).
+
+    Three passes over the same queries, so that no connection's settings change between
+    two timed steps: the steps as ``open_db`` sets the connections up; vec0 with the
+    opposite mmap setting; and a projected hybrid with the fixes together.
+    """
     sample = queries[:DIAGNOSE_QUERIES]
     log(f"  diagnostics: {len(sample)} queries, each step alone, then experiments")
-    # A second connection, as a second thread would need; mmap only on this one.
-    db2 = open_db(settings)
+    db2 = open_db(settings)  # a second connection, as a second thread needs
     store2 = KnowledgeStore(db2)
+    product_mmap = db.execute("PRAGMA mmap_size").fetchone()[0]
     pool = ThreadPoolExecutor(2)
     order = sorted(ids, key=ids.get)
     chunk_ids = np.asarray([ids[p] for p in order])
     matrix = np.ascontiguousarray(emb.vectors[order])
     total_rows = db.execute("select count(*) from chunks").fetchone()[0]
-    steps = {
-        name: Step(name, [])
-        for name in (
-            "embed",
-            "bm25",
-            "fts_alone",
-            "knn",
-            "rows",
-            "nostop",
-            "rare_lookup",
-            "rare",
-            "knn_mmap",
-            "numpy",
-            "parallel",
-            "projected",
-        )
-    }
+    names = (
+        "embed",
+        "bm25",
+        "fts_alone",
+        "knn",
+        "rows",
+        "nostop",
+        "rare_lookup",
+        "rare",
+        "knn_other",
+        "numpy",
+        "parallel",
+        "projected",
+    )
+    steps = {name: Step(name, []) for name in names}
     matched, matched_nostop, matched_rare = [], [], []
     recall = {"bm25": 0, "nostop": 0, "rare": 0}
     common = CommonTermFilter(db, COMMON_SHARE)
@@ -1079,13 +1084,20 @@ def diagnostics(
         steps[name].times_ms.append((time.perf_counter() - t) * 1000)
         return out
 
-    def knn_mmap(vector):
-        return store2.nearest(account_id, vector, DEPTH)
+    def count(match: str) -> int:
+        sql = "select count(*) from chunks_fts where chunks_fts match ?"
+        return db.execute(sql, [match]).fetchone()[0]
+
+    def both_legs(match: str, vector) -> tuple[list[int], list[int]]:
+        legs = [
+            pool.submit(store.bm25, account_id, match, DEPTH),
+            pool.submit(store2.nearest, account_id, vector, DEPTH),
+        ]
+        bm, nn = (f.result() for f in legs)
+        return bm, nn
 
     try:
-        db2.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
-        for query in sample[:WARMUP]:
-            knn_mmap(emb.queries[query.text])
+        # 1. The steps as they are.
         for query in sample:
             vector = emb.queries[query.text]
             match = kb_search.fts_query(query.text)
@@ -1109,74 +1121,71 @@ def diagnostics(
             rare = timed("rare_lookup", lambda q=query: common.query(q.text))
             found = timed("rare", lambda m=rare: store.bm25(account_id, m, DEPTH))
             recall["rare"] += relevant in found[:5]
-            timed("knn_mmap", lambda v=vector: knn_mmap(v))
             timed(
                 "numpy",
                 lambda v=vector: chunk_ids[
                     np.argpartition(-(matrix @ np.asarray(v, dtype=np.float32)), DEPTH)[:DEPTH]
                 ],
             )
+            timed("parallel", lambda m=match, v=vector: both_legs(m, v))
+            matched.append(count(match))
+            matched_nostop.append(count(nostop))
+            matched_rare.append(count(rare))
+        # 2. vec0 with the other mmap setting (second connection, warmed up first).
+        other_mmap = 0 if product_mmap else MMAP_BYTES
+        db2.execute(f"PRAGMA mmap_size = {other_mmap}")
+        for query in sample[:WARMUP]:
+            store2.nearest(account_id, emb.queries[query.text], DEPTH)
+        for query in sample:
+            vector = emb.queries[query.text]
+            timed("knn_other", lambda v=vector: store2.nearest(account_id, v, DEPTH))
+        # 3. A projected hybrid: embedding, common words out, the legs in parallel with
+        #    vec0 on mmap, then the rows.
+        fixed_mmap = product_mmap or MMAP_BYTES
+        db2.execute(f"PRAGMA mmap_size = {fixed_mmap}")
+        for query in sample[:WARMUP]:
+            store2.nearest(account_id, emb.queries[query.text], DEPTH)
 
-            def parallel(m=match, v=vector):
-                legs = [
-                    pool.submit(store.bm25, account_id, m, DEPTH),
-                    pool.submit(store2.nearest, account_id, v, DEPTH),
-                ]
-                return [f.result() for f in legs]
+        def projected(q: Query) -> None:
+            vector = engine.embed([q.text])[0][0]
+            bm, nn = both_legs(common.query(q.text), vector)
+            store.chunk_rows(list(dict.fromkeys(bm[:K] + nn[:K]))[:K], account_id)
 
-            db2.execute("PRAGMA mmap_size = 0")
-            timed("parallel", parallel)
-            db2.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
-
-            def projected(q=query):
-                vec = engine.embed([q.text])[0][0]
-                m = common.query(q.text)
-                legs = [
-                    pool.submit(store.bm25, account_id, m, DEPTH),
-                    pool.submit(store2.nearest, account_id, vec, DEPTH),
-                ]
-                bm, nn = (f.result() for f in legs)
-                store.chunk_rows(list(dict.fromkeys(bm[:K] + nn[:K]))[:K], account_id)
-
-            timed("projected", projected)
-            matched.append(
-                db.execute(
-                    "select count(*) from chunks_fts where chunks_fts match ?", [match]
-                ).fetchone()[0]
-            )
-            for found, m in ((matched_nostop, nostop), (matched_rare, rare)):
-                found.append(
-                    db.execute(
-                        "select count(*) from chunks_fts where chunks_fts match ?", [m]
-                    ).fetchone()[0]
-                )
+        for query in sample:
+            timed("projected", lambda q=query: projected(q))
     finally:
         pool.shutdown()
         db2.close()
     n = len(sample)
     share = statistics.median(matched) / total_rows
+
+    def mmap_text(value: int) -> str:
+        return f"mmap_size {value >> 20} MiB" if value else "no mmap"
+
     notes = {
         "embed": "Query embedding, one text (in process)",
-        "bm25": f"BM25 leg as is: FTS5 OR query + join to chunks for the account "
+        "bm25": "BM25 leg as is: FTS5 OR query + join to chunks for the account "
         f"(recall@5 {recall['bm25'] / n:.3f} on these queries)",
-        "fts_alone": f"  the FTS5 query alone, no join: it matches a median "
+        "fts_alone": "  the FTS5 query alone, no join: it matches a median "
         f"{statistics.median(matched):,.0f} of the {total_rows:,} rows "
         f"({share:.0%}, both accounts), each scored before the sort",
-        "knn": f"Vector leg as is: vec0 brute-force KNN, k = {DEPTH}",
+        "knn": f"Vector leg as is: vec0 brute-force KNN, k = {DEPTH} "
+        f"(open_db's {mmap_text(product_mmap)})",
         "rows": "chunk_rows for the k hits",
-        "nostop": f"Experiment: BM25 leg with stop words left out of the OR query (matches "
-        f"{statistics.median(matched_nostop):,.0f} rows; recall@5 {recall['nostop'] / n:.3f})",
+        "nostop": "Experiment: BM25 leg with English stop words left out of the OR query "
+        f"(matches {statistics.median(matched_nostop):,.0f} rows; recall@5 "
+        f"{recall['nostop'] / n:.3f})",
         "rare_lookup": "  the look-ups for the next row: each word's stem and its document "
         "frequency (fts5vocab)",
         "rare": f"Experiment: BM25 leg with words whose stem is in over {COMMON_SHARE:.0%} of "
         f"the rows left out (matches {statistics.median(matched_rare):,.0f} rows; recall@5 "
         f"{recall['rare'] / n:.3f})",
-        "knn_mmap": f"Experiment: vec0 KNN with PRAGMA mmap_size = {MMAP_BYTES >> 30} GiB",
+        "knn_other": f"Experiment: the vector leg with {mmap_text(other_mmap)}",
         "numpy": "Reference: exact KNN in NumPy over the same vectors (float32 matmul, in RAM)",
         "parallel": "Experiment: the two legs as is, in parallel on two connections",
         "projected": "Experiment: embedding, common words out (look-ups included), then "
-        "that BM25 leg ∥ vec0 with mmap on two connections, then chunk_rows (a projected "
-        "hybrid)",
+        f"that BM25 leg ∥ the vector leg ({mmap_text(fixed_mmap)}) on two connections, then "
+        "chunk_rows (a projected hybrid)",
     }
     return [replace(steps[name], note=notes[name]) for name in notes]
 
@@ -1349,7 +1358,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--tiers takes comma-separated integers")
     if not tiers or tiers[0] <= args.queries:
         parser.error("every tier must be larger than --queries")
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+    def terminated(signum, frame):
+        print(f"\nstopped by signal {signum}", file=sys.stderr, flush=True)
+        sys.exit(128 + signum)  # the temporary data dirs are removed on the way out
+
+    signal.signal(signal.SIGTERM, terminated)
 
     def log(message: str) -> None:
         print(message, flush=True)
@@ -1424,7 +1438,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{cpu_model()}, {os.cpu_count()} logical / {physical_cores()} physical cores, "
             f"Python {sys.version.split()[0]}",
         ],
-        ["SQLite / sqlite-vec", sqlite_versions()],
+        [
+            "SQLite / sqlite-vec",
+            f"{sqlite_versions()}; open_db's PRAGMA mmap_size {results[-1].mmap_bytes >> 20} MiB",
+        ],
         [
             "Embedding model",
             f"{model_id} ({emb.vectors.shape[1]} dimensions), in process, "
@@ -1592,6 +1609,18 @@ def build_notes(results: list[TierResult], emb: Embedded, corpus: Corpus) -> lis
         def meets(value: float) -> str:
             return "meets" if value <= HYBRID_P50_TARGET_MS else "misses"
 
+        if large.mmap_bytes:
+            mmap_fix = (
+                f"(2) `open_db` already sets `PRAGMA mmap_size` ({large.mmap_bytes >> 20} MiB), "
+                f"without which vec0 takes {ms(p50(large, 'knn_other'))} ms, as it reads its "
+                "vector blobs through the page cache"
+            )
+        else:
+            mmap_fix = (
+                f"(2) `PRAGMA mmap_size` in `open_db`: vec0 {ms(p50(large, 'knn'))} → "
+                f"{ms(p50(large, 'knn_other'))} ms (it reads its vector blobs through the page "
+                "cache otherwise)"
+            )
         notes.append(
             f"Latency at {large.size:,} chunks: hybrid p50 {ms(hybrid)} ms {meets(hybrid)} the "
             f"{HYBRID_P50_TARGET_MS:.0f} ms target. search.py runs its steps one after "
@@ -1599,17 +1628,16 @@ def build_notes(results: list[TierResult], emb: Embedded, corpus: Corpus) -> lis
             f"{ms(p50(large, 'fts_alone'))} ms, so not the join: the OR of all the query's "
             "words, common ones included, matches a large share of all rows, B's too, and "
             "FTS5 scores every match before it sorts), the vector leg "
-            f"({ms(p50(large, 'knn'))} ms: sqlite-vec 0.1.x has no ANN index, reads every "
-            "vector of the account through SQLite's page cache, and the PyPI wheel's vec0.so "
-            f"has no AVX code; NumPy does the same exact KNN in {ms(p50(large, 'numpy'))} ms), "
-            f"and the query embedding ({ms(p50(large, 'embed'))} ms). Fixes measured on this "
-            "DB, product code unchanged (table above): (1) `fts_query` leaves out words whose "
+            f"({ms(p50(large, 'knn'))} ms: sqlite-vec 0.1.x has no ANN index and compares "
+            "the query with every vector of the account, and the PyPI wheel's vec0.so has no "
+            f"AVX code; NumPy does the same exact KNN in {ms(p50(large, 'numpy'))} ms), and "
+            f"the query embedding ({ms(p50(large, 'embed'))} ms). Fixes measured on this DB, "
+            "product code unchanged (table above): (1) `fts_query` leaves out words whose "
             f"stem is in over {COMMON_SHARE:.0%} of the rows (an `fts5vocab` table; look-ups "
             f"{ms(p50(large, 'rare_lookup'))} ms): BM25 leg {ms(p50(large, 'bm25'))} → "
             f"{ms(p50(large, 'rare'))} ms (a fixed English stop-word list: "
-            f"{ms(p50(large, 'nostop'))} ms); (2) `PRAGMA mmap_size` in `open_db`: vec0 "
-            f"{ms(p50(large, 'knn'))} → {ms(p50(large, 'knn_mmap'))} ms; (3) the two legs in "
-            "parallel on two connections (SQLite releases the GIL while it works): "
+            f"{ms(p50(large, 'nostop'))} ms); {mmap_fix}; (3) the two legs in parallel on two "
+            "connections (SQLite releases the GIL while it works): "
             f"{ms(p50(large, 'parallel'))} ms for both as they are. (1) + (2) + (3) with the "
             f"embedding: {ms(projected)} ms, which {meets(projected)} the target. Further: an "
             "AVX build of sqlite-vec (`SQLITE_VEC_ENABLE_AVX`), or an in-RAM float32 matrix "
