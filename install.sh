@@ -18,10 +18,26 @@ Local mode (default, no root needed):
   --data-dir DIR   where the database, files, models and secrets live
                    (default: $APPLIANCE_DATA_DIR or ./data)
 
-System mode (a GPU server, as root):
-  --system         install as systemd services under /opt/appliance with data in
-                   /var/lib/appliance. Not available in this version: the flag is
-                   reserved, and the command says so and exits without changes.
+System mode (a Debian/Ubuntu GPU server, as root):
+  --system         install as systemd services: code and venv in /opt/appliance,
+                   data in /var/lib/appliance (0750), settings in
+                   /etc/appliance/appliance.toml and appliance.env (0640), TLS on
+                   port 443; then start, wait for /readyz and print the URL and
+                   the one-time setup link. Re-running upgrades in place
+                   (services stop, code is replaced, migrations run, data kept).
+  --cpu            no NVIDIA GPU: build llama.cpp for the CPU
+  --model URL      also pull this GGUF chat model and make it the default
+  --sha256 HEX     its expected SHA-256 (required with --model)
+  --cert FILE      TLS certificate (PEM, full chain) to serve; with --key
+  --key FILE       its private key. Without them a self-signed certificate is
+                   generated for this host's names and addresses (kept on upgrade)
+  --hostname NAME  name in the public URL (default: hostname -f)
+  --http-redirect  also listen on port 80, redirecting everything to HTTPS
+  --uninstall      stop and remove the services, the code and the CLI wrapper;
+                   data and settings are kept
+  --purge-data     with --uninstall: also delete /var/lib/appliance,
+                   /etc/appliance and the appliance user
+  --dry-run        print every action without doing any of it (any user)
 
 Environment:
   PYTHON           interpreter to build the venv with (default: python3, >= 3.11)
@@ -35,10 +51,33 @@ EOF
 START=1
 SYSTEM=0
 DATA_DIR=${APPLIANCE_DATA_DIR:-}
+CPU=0
+DRY_RUN=0
+UNINSTALL=0
+PURGE_DATA=0
+HTTP_REDIRECT=0
+MODEL_URL=
+MODEL_SHA256=
+TLS_CERT=
+TLS_KEY=
+PUBLIC_HOST=
+need_value() {
+  [ "$2" -ge 2 ] || { echo "install.sh: $1 needs a value" >&2; exit 2; }
+}
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-start) START=0 ;;
     --system) SYSTEM=1 ;;
+    --cpu) CPU=1 ;;
+    --dry-run) DRY_RUN=1 ;;
+    --uninstall) UNINSTALL=1 ;;
+    --purge-data) PURGE_DATA=1 ;;
+    --http-redirect) HTTP_REDIRECT=1 ;;
+    --model) need_value "$1" $#; MODEL_URL=$2; shift ;;
+    --sha256) need_value "$1" $#; MODEL_SHA256=$2; shift ;;
+    --cert) need_value "$1" $#; TLS_CERT=$2; shift ;;
+    --key) need_value "$1" $#; TLS_KEY=$2; shift ;;
+    --hostname) need_value "$1" $#; PUBLIC_HOST=$2; shift ;;
     --data-dir)
       [ $# -ge 2 ] || { echo "install.sh: --data-dir needs a value" >&2; exit 2; }
       DATA_DIR=$2
@@ -51,9 +90,20 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-if [ "$SYSTEM" = 1 ]; then
-  echo "install.sh: --system (systemd services on a GPU server) is not available in this" >&2
-  echo "version yet. Use the local mode: ./install.sh" >&2
+if [ "$SYSTEM" = 1 ] || [ "$UNINSTALL" = 1 ]; then
+  # shellcheck source=scripts/install-system.sh
+  . scripts/install-system.sh
+  exit 0
+fi
+for flag in "$CPU:--cpu" "$DRY_RUN:--dry-run" "$PURGE_DATA:--purge-data" \
+  "$HTTP_REDIRECT:--http-redirect"; do
+  if [ "${flag%%:*}" = 1 ]; then
+    echo "install.sh: ${flag#*:} only applies to --system (see --help)" >&2
+    exit 2
+  fi
+done
+if [ -n "$MODEL_URL$MODEL_SHA256$TLS_CERT$TLS_KEY$PUBLIC_HOST" ]; then
+  echo "install.sh: --model, --sha256, --cert, --key and --hostname only apply to --system" >&2
   exit 2
 fi
 

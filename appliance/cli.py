@@ -356,22 +356,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
+    from appliance.web.serve import serve
 
-    from appliance.web import create_app
-
-    app = create_app(settings)
-    log.info("web service listening on http://%s:%d", settings.web.host, settings.web.port)
-    uvicorn.run(
-        app,
-        host=settings.web.host,
-        port=settings.web.port,
-        access_log=False,  # the request log (path templates, no query strings) replaces it
-        log_config=None,
-        proxy_headers=bool(settings.web.trusted_proxies),
-        forwarded_allow_ips=list(settings.web.trusted_proxies) or None,
-        timeout_graceful_shutdown=5,
-    )
+    serve(settings)
     return 0
 
 

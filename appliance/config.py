@@ -46,12 +46,25 @@ class WebSettings:
     public_url: str = setting(
         "",
         "URL people use to reach the appliance (e.g. https://ai.example.lan), used in links "
-        "and emails. Empty: http://HOST:PORT.",
+        "and emails. Empty: http://HOST:PORT (https:// when web.tls_cert is set).",
     )
     trusted_proxies: tuple[str, ...] = setting(
         (),
         "Addresses of reverse proxies whose X-Forwarded-For header is trusted. "
         "Empty: the header is ignored.",
+    )
+    tls_cert: str = setting(
+        "",
+        "PEM certificate (full chain) the web service serves HTTPS with, together with "
+        "web.tls_key. Empty: plain HTTP (a local install, or TLS ended by a proxy).",
+    )
+    tls_key: str = setting("", "PEM private key of web.tls_cert.")
+    redirect_port: int = setting(
+        0,
+        "With TLS on: also listen on this port (e.g. 80) with plain HTTP that only "
+        "redirects to the HTTPS URL. 0: no such listener.",
+        min=0,
+        max=65535,
     )
 
 
@@ -411,7 +424,8 @@ class Settings:
         if self.web.public_url:
             return self.web.public_url.rstrip("/")
         host = "127.0.0.1" if self.web.host in ("0.0.0.0", "::") else self.web.host  # noqa: S104
-        return f"http://{_url_host(host)}:{self.web.port}"
+        scheme = "https" if self.web.tls_cert else "http"
+        return f"{scheme}://{_url_host(host)}:{self.web.port}"
 
     def replace(self, **overrides: Any) -> Settings:
         """A copy with ``"section.key"`` overrides applied and validated."""

@@ -29,6 +29,22 @@ if [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 
+for tool in shellcheck:shellcheck systemd-analyze:systemd; do
+  if ! command -v "${tool%%:*}" >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "==> installing Debian's ${tool#*:} for ${tool%%:*}"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tool#*:}" >/dev/null
+    else
+      echo "warning: ${tool%%:*} is missing; its checks will be skipped" >&2
+    fi
+  fi
+done
+
+if command -v shellcheck >/dev/null; then
+  echo "==> shellcheck"
+  shellcheck install.sh scripts/*.sh
+fi
+
 echo "==> ruff"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .

@@ -1,0 +1,113 @@
+"""install.sh: the system mode's dry run prints the whole plan and changes nothing;
+shellcheck is clean; local-only and system-only flags are not mixed up."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def install(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(ROOT / "install.sh"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+def test_system_dry_run_prints_the_full_plan_and_changes_nothing():
+    before = {p: p.exists() for p in map(Path, ("/opt/appliance", "/etc/appliance"))}
+    result = install("--system", "--dry-run", "--http-redirect", "--hostname", "ai.example.lan")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for expected in (
+        "DRY RUN",
+        "==> checking this machine",
+        "useradd --system",
+        "install -d -m 0750 -o appliance -g appliance /var/lib/appliance",
+        "python3 -m venv /opt/appliance/venv",
+        "CMAKE_ARGS=-DGGML_CUDA=on",
+        "verify that llama.cpp has GPU offload",
+        "write /etc/appliance/appliance.env (mode 0640, owner root:appliance)",
+        "write /etc/appliance/appliance.toml (mode 0640, owner root:appliance)",
+        'public_url = "https://ai.example.lan"',
+        "redirect_port = 80",
+        "openssl req -x509",
+        "subjectAltName=DNS:ai.example.lan",
+        "appliance init",
+        "appliance models install-defaults",
+        "systemd/appliance-web.service /etc/systemd/system/appliance-web.service",
+        "systemctl enable appliance.target",
+        "systemctl restart appliance.target",
+        "/readyz",
+        "setup link",
+    ):
+        assert expected in out, f"missing from the plan: {expected}\n{out}"
+    assert {p: p.exists() for p in before} == before
+
+
+def test_dry_run_names_whats_missing_and_how_to_get_it():
+    out = install("--system", "--dry-run").stdout
+    if shutil.which("nvidia-smi") is None:
+        assert "no NVIDIA driver (nvidia-smi not found)" in out
+        assert "fix: Debian: apt-get install nvidia-driver" in out
+        assert "a real run stops here" in out
+
+
+def test_cpu_mode_skips_the_cuda_build():
+    out = install("--system", "--cpu", "--dry-run").stdout
+    assert "GPU: not used (--cpu)" in out
+    assert "GGML_CUDA" not in out
+    assert "no NVIDIA driver" not in out
+
+
+def test_model_pull_needs_a_checksum_and_is_planned_with_one():
+    bad = install("--system", "--dry-run", "--model", "https://example.com/m.gguf")
+    assert bad.returncode == 2
+    assert "--model needs --sha256" in bad.stderr
+    good = install(
+        "--system", "--dry-run", "--model", "https://example.com/m.gguf", "--sha256", "ab" * 32
+    )
+    assert good.returncode == 0
+    assert "models pull https://example.com/m.gguf --sha256 " + "ab" * 32 in good.stdout
+
+
+def test_given_certificate_is_installed_instead_of_a_generated_one(tmp_path):
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("cert")
+    key.write_text("key")
+    out = install("--system", "--dry-run", "--cert", str(cert), "--key", str(key)).stdout
+    assert f"install -m 0640 -o root -g appliance {key} /etc/appliance/tls/key.pem" in out
+    assert "openssl req" not in out
+    assert install("--system", "--dry-run", "--cert", str(cert)).returncode == 2
+
+
+def test_uninstall_keeps_data_unless_purged():
+    kept = install("--uninstall", "--dry-run")
+    assert kept.returncode == 0
+    assert "rm -rf /opt/appliance" in kept.stdout
+    assert "rm -rf /var/lib/appliance" not in kept.stdout
+    assert "Kept: the data in /var/lib/appliance" in kept.stdout
+    purged = install("--uninstall", "--purge-data", "--dry-run").stdout
+    assert "rm -rf /var/lib/appliance /etc/appliance" in purged
+    assert install("--system", "--purge-data", "--dry-run").returncode == 2
+
+
+def test_system_flags_are_refused_in_local_mode():
+    result = install("--cpu", "--no-start")
+    assert result.returncode == 2
+    assert "--cpu only applies to --system" in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_shellcheck_is_clean():
+    scripts = [str(ROOT / "install.sh"), *map(str, sorted((ROOT / "scripts").glob("*.sh")))]
+    result = subprocess.run(["shellcheck", *scripts], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
