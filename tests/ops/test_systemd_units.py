@@ -1,0 +1,137 @@
+"""The systemd units: parsed and checked for the hardening the operations issue asks for,
+and verified by systemd-analyze where it is installed."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+UNITS = ROOT / "systemd"
+SERVICES = ("appliance-web", "appliance-inference", "appliance-worker")
+EXEC = "/opt/appliance/venv/bin/appliance"
+
+
+def parse(path: Path) -> dict[str, dict[str, list[str]]]:
+    """Sections → key → every value (systemd keys may repeat)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current = None
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        assert current is not None, f"{path.name}: {line} outside a section"
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def service(name: str) -> dict[str, list[str]]:
+    return parse(UNITS / f"{name}.service")["Service"]
+
+
+def one(unit: dict[str, list[str]], key: str) -> str:
+    assert key in unit, f"{key} missing"
+    return unit[key][-1]
+
+
+def test_every_unit_exists_and_the_target_pulls_in_the_services():
+    target = parse(UNITS / "appliance.target")
+    wants = " ".join(target["Unit"]["Wants"]).split()
+    for name in SERVICES:
+        assert f"{name}.service" in wants
+        unit = parse(UNITS / f"{name}.service")
+        assert unit["Unit"]["PartOf"] == ["appliance.target"]
+        assert unit["Install"]["WantedBy"] == ["appliance.target"]
+    assert target["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_common_hardening(name):
+    unit = service(name)
+    assert one(unit, "Type") in ("exec", "notify")
+    assert one(unit, "Restart") == "on-failure"
+    assert one(unit, "User") == "appliance"
+    assert one(unit, "EnvironmentFile") == "/etc/appliance/appliance.env"
+    assert one(unit, "ExecStart") == f"{EXEC} {name.removeprefix('appliance-')}"
+    for key in (
+        "NoNewPrivileges",
+        "ProtectHome",
+        "PrivateTmp",
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectKernelLogs",
+        "ProtectControlGroups",
+        "LockPersonality",
+        "RestrictSUIDSGID",
+        "RestrictNamespaces",
+    ):
+        assert one(unit, key) == "yes", key
+    assert one(unit, "ProtectSystem") == "strict"
+    assert unit["ReadWritePaths"] == ["/var/lib/appliance"]
+    assert "@system-service" in unit["SystemCallFilter"]
+    families = set(one(unit, "RestrictAddressFamilies").split())
+    assert families <= {"AF_INET", "AF_INET6", "AF_UNIX"}
+    # Only the web service may bind to the privileged ports 443/80, and nothing more.
+    if name == "appliance-web":
+        assert one(unit, "CapabilityBoundingSet") == "CAP_NET_BIND_SERVICE"
+        assert one(unit, "AmbientCapabilities") == "CAP_NET_BIND_SERVICE"
+    else:
+        assert one(unit, "CapabilityBoundingSet") == ""
+        assert "AmbientCapabilities" not in unit
+
+
+@pytest.mark.parametrize("name", ["appliance-web", "appliance-worker"])
+def test_web_and_worker_deny_writable_executable_memory_and_devices(name):
+    unit = service(name)
+    assert one(unit, "MemoryDenyWriteExecute") == "yes"
+    assert one(unit, "PrivateDevices") == "yes"
+
+
+def test_inference_reaches_only_loopback_and_the_gpu():
+    unit = service("appliance-inference")
+    assert unit["IPAddressDeny"] == ["any"]
+    assert unit["IPAddressAllow"] == ["localhost"]
+    assert one(unit, "DevicePolicy") == "closed"
+    devices = [value.split()[0] for value in unit["DeviceAllow"]]
+    assert devices and all(
+        re.fullmatch(r"(/dev/nvidia[-\w]*|char-nvidia[-\w]*)", d) for d in devices
+    )
+    assert "/dev/nvidiactl" in devices and "/dev/nvidia-uvm" in devices
+    assert "PrivateDevices" not in unit  # it would hide the GPU
+
+
+def test_worker_stops_like_huey_and_waits_for_its_longest_task():
+    from appliance.config import Settings
+
+    unit = service("appliance-worker")
+    assert one(unit, "KillSignal") == "SIGINT"
+    stop = int(one(unit, "TimeoutStopSec"))
+    defaults = Settings()
+    longest = (
+        defaults.knowledge.extract_timeout_seconds + defaults.inference.request_timeout_seconds
+    )
+    assert stop > longest
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
+def test_systemd_analyze_verify(tmp_path):
+    # verify also checks that ExecStart exists: point it at this checkout's venv.
+    for unit in UNITS.iterdir():
+        text = unit.read_text().replace(EXEC, str(Path(sys.executable).parent / "appliance"))
+        (tmp_path / unit.name).write_text(text)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", *sorted(map(str, tmp_path.iterdir()))],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "appliance" not in result.stderr, result.stderr
