@@ -131,6 +131,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=cmd_kb_reindex)
 
+    p = command(
+        "backup",
+        cmd_backup,
+        "Back up the database, files and secrets to DEST (safe while serving), or with "
+        "--prune DIR delete backups older than the privacy erase window.",
+    )
+    p.add_argument("dest", nargs="?", help="a directory, or a .tar.gz path")
+    p.add_argument("--prune", metavar="DIR", help="delete expired backups in DIR")
+    p = command(
+        "restore",
+        cmd_restore,
+        "Restore a backup into this data dir (the services must be stopped).",
+    )
+    p.add_argument("src", help="a backup .tar.gz")
+    p.add_argument("--replace", action="store_true", help="overwrite the existing database")
+
     models = command("models", None, "Manage installed models.")
     msub = models.add_subparsers(title="models commands", metavar="ACTION")
     models.set_defaults(handler=lambda s, a: models.print_help() or 2)
@@ -280,6 +296,43 @@ def cmd_kb_reindex(settings: Settings, args: argparse.Namespace) -> int:
     for document_id in ids:
         queue.ingest_document(document_id)
     print(f"queued {len(ids)} document(s) for re-embedding; the worker does the rest")
+    return 0
+
+
+def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from appliance.clock import utcnow
+    from appliance.ops import backup
+
+    if bool(args.dest) == bool(args.prune):
+        print("appliance backup: give either DEST or --prune DIR", file=sys.stderr)
+        return 2
+    if args.prune:
+        removed = backup.prune(settings, Path(args.prune), utcnow())
+        for path in removed:
+            print(f"removed {path}")
+        window = settings.privacy.erase_window_days
+        print(f"{len(removed)} backup(s) older than {window} days removed")
+        return 0
+    initialise(settings)
+    info = backup.backup(settings, Path(args.dest), utcnow())
+    rows = sum(info.tables.values())
+    print(f"backup written to {info.path} ({info.files} files, {info.bytes} bytes, {rows} rows)")
+    return 0
+
+
+def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from appliance.ops import backup
+
+    manifest = backup.restore(settings, Path(args.src), replace=args.replace)
+    initialise(settings)  # migrations of this version; recreates any missing dirs
+    print(
+        f"restored the backup of {manifest['created_at']} "
+        f"({len(manifest['files'])} files) into {settings.paths.data_dir}"
+    )
     return 0
 
 

@@ -362,6 +362,88 @@ class PrivacySettings:
     )
 
 
+def _secret(help: str) -> Any:
+    """A secret setting: repr=False keeps it out of any printed Settings."""
+    return field(
+        default="",
+        repr=False,
+        metadata={"help": help, "choices": None, "min": None, "max": None},
+    )
+
+
+@dataclass(frozen=True)
+class BillingSettings:
+    """Prepaid credits: prices, top-up limits and notices (see docs/billing.md)."""
+
+    enabled: bool = setting(
+        False,
+        "Charge usage against the account's prepaid balance. Off (an internal team "
+        "appliance): usage is still metered and shown, nothing is charged, requests are "
+        "never refused for credit and no Stripe request is ever made.",
+    )
+    currency: str = setting("usd", "Currency of balances and top-ups.", choices=("usd",))
+    price_prompt_per_1k: float = setting(
+        0.0005, "Price of 1,000 prompt tokens, in USD.", min=0
+    )
+    price_completion_per_1k: float = setting(
+        0.0015, "Price of 1,000 completion tokens, in USD.", min=0
+    )
+    model_prices: tuple[str, ...] = setting(
+        (),
+        "Per-model prices that replace the two above, as `MODEL=PROMPT:COMPLETION` "
+        '(USD per 1,000 tokens), e.g. `["qwen2.5-7b=0.002:0.006"]`.',
+    )
+    price_instance_hour: float = setting(
+        0.0, "Price of one hour of a running instance, in USD (charged per minute).", min=0
+    )
+    price_storage_gb_month: float = setting(
+        0.0,
+        "Price of 1 GB of knowledge-base storage for a month, in USD (charged daily).",
+        min=0,
+    )
+    topup_min_usd: int = setting(5, "Smallest top-up, in USD.", min=1)
+    topup_max_usd: int = setting(1000, "Largest top-up, in USD.", min=1)
+    low_balance_usd: float = setting(
+        5.0,
+        "Owners and admins are emailed once each time the balance falls below this (USD). "
+        "0 turns the notice off.",
+        min=0,
+    )
+    auto_topup_threshold_usd: float = setting(
+        0.0,
+        "Top up automatically with the saved card when the balance falls below this (USD). "
+        "0: auto top-up is off.",
+        min=0,
+    )
+    auto_topup_amount_usd: int = setting(
+        20, "Amount of an automatic top-up, in USD.", min=1
+    )
+    hold_timeout_seconds: int = setting(
+        900,
+        "A reservation older than this (a request that never finished) is released by "
+        "the worker; longer than inference.request_timeout_seconds.",
+        min=60,
+    )
+
+
+@dataclass(frozen=True)
+class StripeSettings:
+    """Stripe, for top-ups: off until both keys are set (and billing.enabled)."""
+
+    secret_key: str = _secret(
+        "Stripe secret API key (sk_live_… or a restricted key). Prefer the "
+        "APPLIANCE_STRIPE__SECRET_KEY environment variable over the TOML file. Never "
+        "logged or shown."
+    )
+    webhook_secret: str = _secret(
+        "Signing secret of the webhook endpoint https://HOST/stripe/webhook (whsec_…). "
+        "Prefer the APPLIANCE_STRIPE__WEBHOOK_SECRET environment variable."
+    )
+    api_base: str = setting(
+        "https://api.stripe.com", "Base URL of the Stripe API (tests use a local stand-in)."
+    )
+
+
 @dataclass(frozen=True)
 class Paths:
     """Where things live inside the data dir."""
@@ -407,6 +489,8 @@ class Settings:
     knowledge: KnowledgeSettings = field(default_factory=KnowledgeSettings)
     persona: PersonaSettings = field(default_factory=PersonaSettings)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    billing: BillingSettings = field(default_factory=BillingSettings)
+    stripe: StripeSettings = field(default_factory=StripeSettings)
 
     @property
     def paths(self) -> Paths:

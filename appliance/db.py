@@ -28,6 +28,7 @@ MIGRATION_MODULES = (
     "appliance.knowledge.migrations",
     "appliance.persona.migrations",
     "appliance.instances.migrations",
+    "appliance.billing.migrations",
 )
 
 _migrated: set[str] = set()

@@ -30,6 +30,10 @@ class Conflict(ApplianceError):
     """The request conflicts with the current state (e.g. already done)."""
 
 
+class PaymentRequired(ApplianceError):
+    """Out of prepaid credit, or a monthly spend cap is reached (402)."""
+
+
 class TooLarge(ApplianceError):
     """An upload is over a size limit or a quota (413)."""
 

@@ -15,6 +15,7 @@ from huey.api import TaskWrapper
 
 from appliance import heartbeat, mail
 from appliance.accounts import service as accounts
+from appliance.billing import tasks as billing_tasks
 from appliance.clock import utcnow
 from appliance.config import Settings
 from appliance.db import open_db
@@ -35,6 +36,9 @@ class TaskQueue:
     send_mail: TaskWrapper
     send_signin_code: TaskWrapper
     ingest_document: TaskWrapper
+    billing_minute: TaskWrapper
+    billing_reconcile: TaskWrapper
+    billing_storage: TaskWrapper
 
 
 def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
@@ -105,10 +109,32 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
             finally:
                 db.close()
 
+    @huey.periodic_task(crontab(minute="*"), name="billing_minute")
+    def billing_minute() -> dict:
+        # Holds, instance time, low-balance notices, automatic top-ups: each catches up.
+        with huey.lock_task("billing_minute"):
+            return billing_tasks.every_minute(
+                settings, utcnow(), lambda template, to, context: send_mail(template, to, context)
+            )
+
+    @huey.periodic_task(crontab(minute="*/15"), name="billing_reconcile")
+    def billing_reconcile() -> int:
+        # Credits paid Checkout Sessions a lost webhook missed (no-op without Stripe).
+        with huey.lock_task("billing_reconcile"):
+            return billing_tasks.reconcile(settings, utcnow())
+
+    @huey.periodic_task(crontab(minute="5", hour="0"), name="billing_storage")
+    def billing_storage() -> int:
+        with huey.lock_task("billing_storage"):
+            return billing_tasks.charge_storage(settings, utcnow())
+
     return TaskQueue(
         huey=huey,
         heartbeat=beat_task,
         send_mail=send_mail,
         send_signin_code=send_signin_code,
         ingest_document=ingest_document,
+        billing_minute=billing_minute,
+        billing_reconcile=billing_reconcile,
+        billing_storage=billing_storage,
     )

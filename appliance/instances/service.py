@@ -16,6 +16,7 @@ import sqlite_utils
 
 from appliance.accounts.models import MANAGERS
 from appliance.auth import service as auth
+from appliance.billing import meter
 from appliance.clock import iso
 from appliance.db import write_transaction
 from appliance.errors import Conflict, InvalidInput, NotFound
@@ -183,6 +184,14 @@ def by_name(db: sqlite_utils.Database, account_id: str, name: str) -> Instance:
     return _row(row)
 
 
+def running(db: sqlite_utils.Database) -> list[tuple[str, str, str]]:
+    """``(id, account_id, created_at)`` of every running instance (for billing)."""
+    rows = db.execute(
+        "select id, account_id, created_at from instances where state = 'running'"
+    ).fetchall()
+    return [tuple(row) for row in rows]
+
+
 def list_instances(db: sqlite_utils.Database, account_id: str) -> list[Instance]:
     rows = db.execute(
         f"select {_COLUMNS} from instances where account_id = ? "  # noqa: S608
@@ -240,6 +249,16 @@ def set_state(
         db.execute(
             "update instances set state = ?, updated_at = ? where id = ?",
             [state, iso(now), instance_id],
+        )
+        # Stopping or destroying ends the instance's billing meter in this transaction.
+        meter.instance_state_changed(
+            db,
+            instance_id=instance_id,
+            account_id=account_id,
+            created_at=current.created_at,
+            old_state=current.state,
+            new_state=state,
+            now=now,
         )
         if state == "destroyed":
             auth.revoke_instance_keys(db, account_id, instance_id, now)

@@ -18,6 +18,7 @@ from appliance.errors import (
     DatabaseError,
     InvalidInput,
     NotFound,
+    PaymentRequired,
     Throttled,
     TooLarge,
     Unavailable,
@@ -30,6 +31,7 @@ STATUS = {
     NotFound: (404, "not_found"),
     InvalidInput: (400, "invalid_request_error"),
     Conflict: (409, "conflict"),
+    PaymentRequired: (402, "insufficient_quota"),
     Unavailable: (503, "unavailable"),
     Throttled: (429, "rate_limit_error"),
     TooLarge: (413, "too_large"),
@@ -39,6 +41,7 @@ STATUS = {
 
 TITLES = {
     400: "That didn't work",
+    402: "Out of credit",
     403: "Not allowed",
     404: "Not found",
     405: "Not allowed",
@@ -57,13 +60,15 @@ def wants_json(request: Request) -> bool:
     return "application/json" in request.headers.get("accept", "")
 
 
-def error_response(request: Request, status: int, message: str, kind: str) -> Response:
+def error_response(
+    request: Request, status: int, message: str, kind: str, code: int | str | None = None
+) -> Response:
     headers = {}
     if status == 503:
         headers["Retry-After"] = "5"
     if wants_json(request):
         return Response(
-            {"error": {"message": message, "type": kind, "code": status}},
+            {"error": {"message": message, "type": kind, "code": code or status}},
             status_code=status,
             media_type=MediaType.JSON,
             headers=headers,
@@ -82,7 +87,9 @@ def handle_domain_error(request: Request, exc: ApplianceError) -> Response:
         (500, "server_error"),
     )
     message = str(exc) if status < 500 or isinstance(exc, Unavailable) else _generic(status)
-    response = error_response(request, status, message, kind)
+    # OpenAI's clients recognise running out of credit by the code "insufficient_quota".
+    code = "insufficient_quota" if isinstance(exc, PaymentRequired) else None
+    response = error_response(request, status, message, kind, code)
     if isinstance(exc, Unavailable | Throttled) and exc.retry_after:
         response.headers["Retry-After"] = str(exc.retry_after)
     return response

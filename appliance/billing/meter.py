@@ -1,0 +1,418 @@
+"""Metering: reserve before inference, settle after; instance time; storage.
+
+Rules (docs/billing.md):
+
+- ``reserve`` holds the most a request can cost (its prompt tokens and its
+  ``max_tokens``, at the model's prices). A request runs only if the account's balance
+  minus its open holds covers the hold, so N parallel requests against a balance that
+  covers k → exactly k run; the rest get ``PaymentRequired`` (402). Monthly spend caps
+  per instance and per API key are checked the same way (settled usage this calendar
+  month, UTC, plus open holds).
+- ``settle`` charges the tokens actually used and closes the hold. It never charges more
+  than the balance left for it (balance minus the account's other holds); anything
+  beyond is recorded as the entry's ``shortfall_microusd``, so the balance never goes
+  negative. A hold the worker expired is settled the same way, so a late settle is still
+  charged exactly once.
+- ``release`` closes a hold and charges nothing: the request failed or was cancelled
+  before any token. A request cancelled after some tokens is settled with the tokens
+  produced.
+- With ``billing.enabled`` off, holds are of 0, nothing is ever refused and usage is
+  still recorded (amount 0) for the usage page.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import sqlite_utils
+
+from appliance.billing import ledger
+from appliance.clock import iso, parse
+from appliance.config import Settings
+from appliance.db import write_transaction
+from appliance.errors import ConfigError, PaymentRequired
+from appliance.ids import new_id
+
+
+@dataclass(frozen=True)
+class Prices:
+    """Micro-dollars per 1,000 tokens."""
+
+    prompt_per_1k: int
+    completion_per_1k: int
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """Micro-dollars for a request, rounded up to the next micro-dollar."""
+        total = prompt_tokens * self.prompt_per_1k + completion_tokens * self.completion_per_1k
+        return -(-total // 1000)
+
+
+@dataclass(frozen=True)
+class Hold:
+    id: str
+    account_id: str
+    instance_id: str | None
+    key_id: str | None
+    model: str | None
+    amount_microusd: int
+    created_at: str
+    expires_at: str
+
+
+def prices_for(settings: Settings, model: str | None) -> Prices:
+    """The model's prices from ``billing.model_prices``, else the default ones.
+
+    Raises:
+        ConfigError: an entry of ``billing.model_prices`` is malformed.
+    """
+    for item in settings.billing.model_prices:
+        name, sep, pair = item.partition("=")
+        prompt, sep2, completion = pair.partition(":")
+        if not sep or not sep2:
+            raise ConfigError(
+                f"billing.model_prices entry {item!r} must be MODEL=PROMPT:COMPLETION"
+            )
+        if name.strip() == model:
+            try:
+                return Prices(ledger.micro(prompt.strip()), ledger.micro(completion.strip()))
+            except Exception:
+                raise ConfigError(f"billing.model_prices entry {item!r}: bad price") from None
+    return Prices(
+        ledger.micro(settings.billing.price_prompt_per_1k),
+        ledger.micro(settings.billing.price_completion_per_1k),
+    )
+
+
+def month_start(now: datetime) -> datetime:
+    moment = now.astimezone(UTC)
+    return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def _cap(db, subject: str, subject_id: str | None) -> int | None:
+    if not subject_id:
+        return None
+    row = db.execute(
+        "select monthly_cap_microusd from spend_caps where subject = ? and subject_id = ?",
+        [subject, subject_id],
+    ).fetchone()
+    return row[0] if row else None
+
+
+def spent_this_month(
+    db: sqlite_utils.Database, account_ref: str, subject: str, subject_id: str, now: datetime
+) -> int:
+    """Micro-dollars of usage charged to the instance or key since the month began."""
+    column = "instance_id" if subject == "instance" else "key_id"
+    settled = db.execute(
+        f"select coalesce(-sum(amount_microusd), 0) from ledger_entries "  # noqa: S608
+        f"where account_ref = ? and kind = 'usage' and {column} = ? and created_at >= ?",
+        [account_ref, subject_id, iso(month_start(now))],
+    ).fetchone()[0]
+    holding = db.execute(
+        f"select coalesce(sum(amount_microusd), 0) from billing_holds "  # noqa: S608
+        f"where account_ref = ? and state = 'held' and {column} = ?",
+        [account_ref, subject_id],
+    ).fetchone()[0]
+    return settled + holding
+
+
+def reserve(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    *,
+    account_id: str,
+    instance_id: str | None,
+    key_id: str | None,
+    model: str | None,
+    prompt_tokens: int,
+    max_completion_tokens: int,
+    now: datetime,
+) -> Hold:
+    """Reserve the most the request can cost.
+
+    Raises:
+        PaymentRequired: the balance (less open holds) does not cover it, or the instance's
+            or key's monthly spend cap is reached.
+    """
+    enabled = settings.billing.enabled
+    amount = (
+        prices_for(settings, model).cost(prompt_tokens, max_completion_tokens) if enabled else 0
+    )
+    hold = Hold(
+        id=new_id("hold"),
+        account_id=account_id,
+        instance_id=instance_id,
+        key_id=key_id,
+        model=model,
+        amount_microusd=amount,
+        created_at=iso(now),
+        expires_at=iso(now + timedelta(seconds=settings.billing.hold_timeout_seconds)),
+    )
+    with write_transaction(db):
+        if enabled:
+            free = ledger.balance(db, account_id) - ledger.held(db, account_id)
+            if amount > free:
+                raise PaymentRequired(
+                    "Out of credit: your balance does not cover this request. Top up on "
+                    "the Billing page."
+                )
+            for subject, subject_id in (("instance", instance_id), ("key", key_id)):
+                cap = _cap(db, subject, subject_id)
+                if cap is None:
+                    continue
+                spent = spent_this_month(db, account_id, subject, subject_id, now)
+                if spent >= cap or spent + amount > cap:
+                    raise PaymentRequired(
+                        f"This {'instance' if subject == 'instance' else 'API key'} has "
+                        "reached its monthly spend cap."
+                    )
+        db.execute(
+            "insert into billing_holds (id, account_ref, instance_id, key_id, model, "
+            "amount_microusd, state, created_at, expires_at) "
+            "values (?, ?, ?, ?, ?, ?, 'held', ?, ?)",
+            [
+                hold.id,
+                account_id,
+                instance_id,
+                key_id,
+                model,
+                amount,
+                hold.created_at,
+                hold.expires_at,
+            ],
+        )
+    return hold
+
+
+def settle(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    hold: Hold,
+    *,
+    prompt_tokens: int,
+    completion_tokens: int,
+    now: datetime,
+) -> int:
+    """Charge the tokens used, write the usage entry and close the hold.
+
+    Returns the micro-dollars charged (0 when billing is off, or when this hold was
+    already settled).
+    """
+    cost = (
+        prices_for(settings, hold.model).cost(prompt_tokens, completion_tokens)
+        if settings.billing.enabled
+        else 0
+    )
+    with write_transaction(db):
+        row = db.execute(
+            "select state, account_ref from billing_holds where id = ?", [hold.id]
+        ).fetchone()
+        if row is None or row[0] == "settled":
+            return 0
+        account_ref = row[1]
+        # What this request may take: the balance, less what the account's other open
+        # requests have reserved (its own hold is part of the balance it may use).
+        available = ledger.balance(db, account_ref) - ledger.held(
+            db, account_ref, except_hold=hold.id
+        )
+        charged = min(cost, max(0, available))
+        ledger.post(
+            db,
+            account_ref,
+            "usage",
+            -charged,
+            now,
+            shortfall=cost - charged,
+            instance_id=hold.instance_id,
+            key_id=hold.key_id,
+            model=hold.model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+        db.execute(
+            "update billing_holds set state = 'settled', closed_at = ? where id = ?",
+            [iso(now), hold.id],
+        )
+    return charged
+
+
+def release(db: sqlite_utils.Database, hold: Hold, *, now: datetime | None = None) -> None:
+    """Close the hold without charging: the request failed or was cancelled before any
+    token was produced. (After some tokens, call ``settle`` with what was produced.)"""
+    with write_transaction(db):
+        db.execute(
+            "update billing_holds set state = 'released', closed_at = ? "
+            "where id = ? and state = 'held'",
+            [iso(now) if now else hold.created_at, hold.id],
+        )
+
+
+def expire_holds(db: sqlite_utils.Database, now: datetime) -> int:
+    """Release holds past their timeout (a request that never settled); returns how many.
+
+    A later ``settle`` of such a hold still charges the tokens once (see ``settle``)."""
+    with write_transaction(db):
+        cursor = db.execute(
+            "update billing_holds set state = 'expired', closed_at = ? "
+            "where state = 'held' and expires_at <= ?",
+            [iso(now), iso(now)],
+        )
+        return cursor.rowcount
+
+
+def _meter_row(db, instance_id: str):
+    return db.execute(
+        "select instance_id, account_ref, running_since, charged_until, pending_minutes, "
+        "minutes_total from instance_meter where instance_id = ?",
+        [instance_id],
+    ).fetchone()
+
+
+def _start_meter(db, instance_id: str, account_id: str, since: datetime) -> None:
+    db.execute(
+        "insert into instance_meter (instance_id, account_ref, running_since, charged_until) "
+        "values (?, ?, ?, ?) on conflict (instance_id) do update set "
+        "running_since = excluded.running_since, charged_until = excluded.charged_until",
+        [instance_id, account_id, iso(since), iso(since)],
+    )
+
+
+def _whole_minutes(since: str, until: datetime) -> int:
+    return max(0, int((until - parse(since)).total_seconds() // 60))
+
+
+def charge_instance_time(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    running: list[tuple[str, str, str]],
+    now: datetime,
+) -> int:
+    """Charge instance time up to the last whole minute (the worker, each minute); returns
+    the minutes charged.
+
+    Args:
+        running: ``(instance_id, account_id, created_at)`` of each instance now running
+            (those never started or stopped since creation have no meter yet).
+
+    Idempotent per instance-minute: each meter remembers up to when it was charged, so a
+    late run catches up and a repeated run charges nothing. Minutes an instance was
+    stopped are never charged: stopping moves the minutes run so far to
+    ``pending_minutes`` and ends the meter in the same transaction (see
+    ``instance_state_changed``); they are charged here.
+    """
+    for instance_id, account_id, created_at in running:
+        with write_transaction(db):
+            if _meter_row(db, instance_id) is None:
+                _start_meter(db, instance_id, account_id, parse(created_at))
+    per_hour = ledger.micro(settings.billing.price_instance_hour)
+    if not settings.billing.enabled:
+        per_hour = 0
+    ids = [
+        row[0]
+        for row in db.execute(
+            "select instance_id from instance_meter "
+            "where running_since is not null or pending_minutes > 0"
+        )
+    ]
+    charged = 0
+    for instance_id in ids:
+        with write_transaction(db):
+            row = _meter_row(db, instance_id)
+            _, account_ref, running_since, charged_until, pending, total = row
+            fresh = _whole_minutes(charged_until, now) if running_since else 0
+            minutes = pending + fresh
+            if minutes <= 0:
+                continue
+            # Priced on the running total so that rounding per minute never adds up to
+            # more (or less) than the hourly price.
+            cost = (total + minutes) * per_hour // 60 - total * per_hour // 60
+            ledger.post(
+                db,
+                account_ref,
+                "instance_time",
+                -cost,
+                now,
+                shortfall_ok=True,
+                instance_id=instance_id,
+                minutes=minutes,
+                period=iso(now),
+            )
+            db.execute(
+                "update instance_meter set charged_until = ?, pending_minutes = 0, "
+                "minutes_total = ? where instance_id = ?",
+                [
+                    iso(parse(charged_until) + timedelta(minutes=fresh)),
+                    total + minutes,
+                    instance_id,
+                ],
+            )
+            charged += minutes
+    return charged
+
+
+def instance_state_changed(
+    db: sqlite_utils.Database,
+    *,
+    instance_id: str,
+    account_id: str,
+    created_at: str,
+    old_state: str,
+    new_state: str,
+    now: datetime,
+) -> None:
+    """Start or stop the instance's meter; call inside the transaction that changes state.
+
+    Stopping or destroying ends the meter at once: the whole minutes run so far become
+    ``pending_minutes`` (charged by the worker's next run), and nothing after counts.
+    """
+    with write_transaction(db):
+        row = _meter_row(db, instance_id)
+        if old_state == "running" and row is None:
+            _start_meter(db, instance_id, account_id, parse(created_at))
+            row = _meter_row(db, instance_id)
+        running = row is not None and row[2] is not None
+        if new_state == "running":
+            if not running:
+                _start_meter(db, instance_id, account_id, now)
+            return
+        if not running:
+            return
+        minutes = _whole_minutes(row[3], now)
+        db.execute(
+            "update instance_meter set running_since = null, charged_until = ?, "
+            "pending_minutes = pending_minutes + ? where instance_id = ?",
+            [iso(parse(row[3]) + timedelta(minutes=minutes)), minutes, instance_id],
+        )
+
+
+def charge_storage(
+    db: sqlite_utils.Database, settings: Settings, used: dict[str, int], now: datetime
+) -> int:
+    """Charge one day of knowledge storage per account (the worker, daily); returns the
+    number of accounts charged. Idempotent per account and day. Nothing is written while
+    the price is 0 or billing is off (storage is shown on the Knowledge page)."""
+    per_gb_month = ledger.micro(settings.billing.price_storage_gb_month)
+    if not settings.billing.enabled or per_gb_month == 0:
+        return 0
+    day = now.astimezone(UTC).date()
+    next_month = (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+    days_in_month = (next_month - day.replace(day=1)).days
+    done = 0
+    for account_id, size in used.items():
+        if size <= 0:
+            continue
+        cost = -(-size * per_gb_month // (1_000_000_000 * days_in_month))
+        with write_transaction(db):
+            exists = db.execute(
+                "select 1 from ledger_entries where account_ref = ? and kind = 'storage' "
+                "and period = ?",
+                [account_id, day.isoformat()],
+            ).fetchone()
+            if exists:
+                continue
+            ledger.post(
+                db, account_id, "storage", -cost, now, shortfall_ok=True, period=day.isoformat()
+            )
+            done += 1
+    return done

@@ -1,0 +1,564 @@
+"""Stripe: Checkout top-ups, webhooks, reconciliation and automatic top-ups.
+
+Nothing here makes a request to Stripe unless ``billing.enabled`` is on and both Stripe
+keys are set (``configured``). Credits come only from Stripe's word: a Checkout Session
+with ``payment_status == "paid"`` (its ``amount_total``, never the client's figure), or
+a PaymentIntent that Stripe reports ``succeeded``; each top-up row credits at most once
+(a unique index on the ledger), and each webhook event id is processed once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import sqlite_utils
+import stripe
+
+from appliance.billing import ledger
+from appliance.clock import iso
+from appliance.config import Settings
+from appliance.db import write_transaction
+from appliance.errors import Conflict, InvalidInput, NotFound, Unavailable
+from appliance.ids import new_id
+
+log = logging.getLogger(__name__)
+
+#: Micro-dollars per cent (Stripe amounts are in the currency's smallest unit).
+PER_CENT = 10_000
+WEBHOOK_TOLERANCE_SECONDS = 300
+RECONCILE_DAYS = 3
+
+
+@dataclass(frozen=True)
+class Topup:
+    id: str
+    account_ref: str
+    kind: str
+    amount_microusd: int
+    currency: str
+    status: str
+    stripe_session_id: str | None
+    stripe_payment_intent_id: str | None
+    stripe_customer_id: str | None
+    requested_by: str | None
+    created_at: str
+    paid_at: str | None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "amount_microusd": self.amount_microusd,
+            "amount_usd": ledger.usd(self.amount_microusd),
+            "currency": self.currency,
+            "status": self.status,
+            "created_at": self.created_at,
+            "paid_at": self.paid_at,
+        }
+
+
+_TOPUP_COLUMNS = ", ".join(f.name for f in fields(Topup))
+
+
+def configured(settings: Settings) -> bool:
+    """Stripe may be used: billing is on and both keys are set."""
+    return bool(
+        settings.billing.enabled and settings.stripe.secret_key and settings.stripe.webhook_secret
+    )
+
+
+def client(settings: Settings) -> stripe.StripeClient:
+    if not configured(settings):
+        raise Conflict("Top-ups are not available: billing or Stripe is not configured.")
+    return stripe.StripeClient(
+        settings.stripe.secret_key,
+        base_addresses={"api": settings.stripe.api_base.rstrip("/")},
+        max_network_retries=2,
+    )
+
+
+def _unavailable(exc: stripe.StripeError) -> Unavailable:
+    # The message may quote the request; log only the class and Stripe's code.
+    log.warning("Stripe request failed: %s (%s)", type(exc).__name__, exc.code or "no code")
+    return Unavailable("Stripe is not answering right now. Please try again shortly.")
+
+
+def topup(db: sqlite_utils.Database, account_ref: str, topup_id: str) -> Topup:
+    row = db.execute(
+        f"select {_TOPUP_COLUMNS} from billing_topups where id = ? and account_ref = ?",  # noqa: S608
+        [topup_id, account_ref],
+    ).fetchone()
+    if row is None:
+        raise NotFound("No such top-up.")
+    return Topup(*row)
+
+
+def topups(db: sqlite_utils.Database, account_ref: str, limit: int = 100) -> list[Topup]:
+    rows = db.execute(
+        f"select {_TOPUP_COLUMNS} from billing_topups where account_ref = ? "  # noqa: S608
+        "order by created_at desc limit ?",
+        [account_ref, limit],
+    )
+    return [Topup(*row) for row in rows]
+
+
+def parse_amount(settings: Settings, value: Any) -> int:
+    """``amount_usd`` from the client → micro-dollars, within the top-up limits.
+
+    Raises:
+        InvalidInput: not a number with at most two decimals, or out of range.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InvalidInput("'amount_usd' must be an amount in USD, e.g. 20 or \"20.00\".")
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise InvalidInput("'amount_usd' must be an amount in USD, e.g. 20.") from None
+    if not amount.is_finite() or amount != amount.quantize(Decimal("0.01")):
+        raise InvalidInput("'amount_usd' may have at most two decimals.")
+    low, high = settings.billing.topup_min_usd, settings.billing.topup_max_usd
+    if not low <= amount <= high:
+        raise InvalidInput(f"A top-up must be between {low} and {high} USD.")
+    return ledger.micro(amount)
+
+
+def _customer(db, settings: Settings, account_ref: str, now: datetime) -> str:
+    """The account's Stripe Customer, created once (the idempotency key makes two
+    concurrent first top-ups get the same one)."""
+    row = db.execute(
+        "select stripe_customer_id from billing_accounts where account_ref = ?", [account_ref]
+    ).fetchone()
+    if row and row[0]:
+        return row[0]
+    try:
+        customer = client(settings).v1.customers.create(
+            {"metadata": {"account_ref": account_ref}},
+            {"idempotency_key": f"customer-{account_ref}"},
+        )
+    except stripe.StripeError as exc:
+        raise _unavailable(exc) from None
+    with write_transaction(db):
+        ledger.ensure_account(db, account_ref, now)
+        db.execute(
+            "update billing_accounts set stripe_customer_id = coalesce(stripe_customer_id, ?) "
+            "where account_ref = ?",
+            [customer.id, account_ref],
+        )
+    return customer.id
+
+
+def start_checkout(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    *,
+    account_id: str,
+    user_id: str,
+    amount_usd: Any,
+    now: datetime,
+) -> tuple[Topup, str]:
+    """A pending top-up and the URL of its Stripe Checkout page.
+
+    Raises:
+        InvalidInput: a bad amount. Conflict: Stripe is not configured.
+        Unavailable: Stripe did not answer.
+    """
+    amount = parse_amount(settings, amount_usd)
+    client(settings)  # Conflict before anything is written when Stripe is off
+    customer = _customer(db, settings, account_id, now)
+    row = Topup(
+        id=new_id("top"),
+        account_ref=account_id,
+        kind="checkout",
+        amount_microusd=amount,
+        currency=settings.billing.currency,
+        status="pending",
+        stripe_session_id=None,
+        stripe_payment_intent_id=None,
+        stripe_customer_id=customer,
+        requested_by=user_id,
+        created_at=iso(now),
+        paid_at=None,
+    )
+    _insert_topup(db, row)
+    base = settings.public_url
+    params = {
+        "mode": "payment",
+        "customer": customer,
+        "client_reference_id": row.id,
+        "metadata": {"topup_id": row.id},
+        "line_items": [
+            {
+                "quantity": 1,
+                "price_data": {
+                    "currency": row.currency,
+                    "unit_amount": amount // PER_CENT,
+                    "product_data": {"name": "Prepaid credit"},
+                },
+            }
+        ],
+        # Keeps the card on the Customer for automatic top-ups; Stripe stores it.
+        "payment_intent_data": {"setup_future_usage": "off_session"},
+        "success_url": f"{base}/billing?topup={row.id}",
+        "cancel_url": f"{base}/billing",
+    }
+    try:
+        session = client(settings).v1.checkout.sessions.create(
+            params, {"idempotency_key": f"topup-{row.id}"}
+        )
+    except stripe.StripeError as exc:
+        with write_transaction(db):
+            db.execute("update billing_topups set status = 'failed' where id = ?", [row.id])
+        raise _unavailable(exc) from None
+    with write_transaction(db):
+        db.execute(
+            "update billing_topups set stripe_session_id = ? where id = ?", [session.id, row.id]
+        )
+    return topup(db, account_id, row.id), session.url
+
+
+def _insert_topup(db, row: Topup) -> None:
+    names = [f.name for f in fields(Topup)]
+    with write_transaction(db):
+        ledger.ensure_account(db, row.account_ref, parse_time(row.created_at))
+        db.execute(
+            f"insert into billing_topups ({', '.join(names)}) "  # noqa: S608
+            f"values ({', '.join('?' for _ in names)})",
+            [getattr(row, n) for n in names],
+        )
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def verify_event(settings: Settings, payload: bytes, signature: str | None) -> dict[str, Any]:
+    """The event, if ``signature`` is Stripe's for this raw body (300 s tolerance).
+
+    Raises:
+        NotFound: Stripe is not configured (the endpoint does not exist).
+        InvalidInput: missing or wrong signature, tampered body, stale timestamp.
+    """
+    if not configured(settings):
+        raise NotFound("Not found.")
+    try:
+        stripe.Webhook.construct_event(
+            payload,
+            signature or "",
+            settings.stripe.webhook_secret,
+            tolerance=WEBHOOK_TOLERANCE_SECONDS,
+        )
+        event = json.loads(payload)
+    except (ValueError, stripe.SignatureVerificationError):
+        raise InvalidInput("Invalid Stripe signature.") from None
+    if not isinstance(event, dict) or not isinstance(event.get("id"), str):
+        raise InvalidInput("Not a Stripe event.")
+    return event
+
+
+def handle_event(
+    db: sqlite_utils.Database, settings: Settings, event: dict[str, Any], now: datetime
+) -> str:
+    """Process a verified event once; returns what happened (for the log and tests)."""
+    kind = str(event.get("type", ""))
+    obj = (event.get("data") or {}).get("object") or {}
+    with write_transaction(db):
+        seen = db.execute("select 1 from stripe_events where id = ?", [event["id"]]).fetchone()
+        if seen:
+            return "duplicate"
+        account_ref, outcome = None, "ignored"
+        if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
+            account_ref, outcome = _credit_session(db, obj, now)
+        elif kind == "checkout.session.async_payment_failed":
+            account_ref, outcome = _fail_session(db, obj)
+        elif kind == "charge.refunded":
+            account_ref, outcome = _refund(db, obj, now)
+        elif kind == "charge.dispute.created":
+            account_ref, outcome = _dispute(db, obj, now)
+        db.execute(
+            "insert into stripe_events (id, type, account_ref, outcome, received_at) "
+            "values (?, ?, ?, ?, ?)",
+            [event["id"], kind, account_ref, outcome, iso(now)],
+        )
+    if outcome == "credited" and kind.startswith("checkout.session"):
+        save_card(db, settings, account_ref, obj.get("payment_intent"), now)
+    return outcome
+
+
+def _topup_for_session(db, session: dict[str, Any]) -> Topup | None:
+    row = db.execute(
+        f"select {_TOPUP_COLUMNS} from billing_topups where stripe_session_id = ?",  # noqa: S608
+        [session.get("id")],
+    ).fetchone()
+    if row is None and session.get("client_reference_id"):
+        # The webhook can arrive before start_checkout stored the session id.
+        row = db.execute(
+            f"select {_TOPUP_COLUMNS} from billing_topups where id = ? "  # noqa: S608
+            "and stripe_session_id is null",
+            [session["client_reference_id"]],
+        ).fetchone()
+    return Topup(*row) if row else None
+
+
+def _credit_session(db, session: dict[str, Any], now: datetime) -> tuple[str | None, str]:
+    """Credit a paid Checkout Session once (inside the caller's transaction)."""
+    found = _topup_for_session(db, session)
+    if found is None:
+        return None, "unknown session"
+    if session.get("payment_status") != "paid":
+        return found.account_ref, "not paid"
+    if found.status == "paid":
+        return found.account_ref, "already credited"
+    if str(session.get("currency", "")).lower() != found.currency:
+        return found.account_ref, "wrong currency"
+    cents = session.get("amount_total")
+    if not isinstance(cents, int) or cents <= 0:
+        return found.account_ref, "no amount"
+    amount = cents * PER_CENT
+    ledger.post(
+        db,
+        found.account_ref,
+        "topup",
+        amount,
+        now,
+        topup_id=found.id,
+        stripe_ref=session.get("id"),
+    )
+    db.execute(
+        "update billing_topups set status = 'paid', paid_at = ?, amount_microusd = ?, "
+        "stripe_session_id = ?, stripe_payment_intent_id = ? where id = ?",
+        [iso(now), amount, session.get("id"), session.get("payment_intent"), found.id],
+    )
+    if session.get("customer"):
+        db.execute(
+            "update billing_accounts set stripe_customer_id = coalesce(stripe_customer_id, ?) "
+            "where account_ref = ?",
+            [session["customer"], found.account_ref],
+        )
+    return found.account_ref, "credited"
+
+
+def _fail_session(db, session: dict[str, Any]) -> tuple[str | None, str]:
+    found = _topup_for_session(db, session)
+    if found is None:
+        return None, "unknown session"
+    db.execute(
+        "update billing_topups set status = 'failed' where id = ? and status = 'pending'",
+        [found.id],
+    )
+    return found.account_ref, "failed"
+
+
+def _account_for_payment(db, payment_intent: Any, customer: Any) -> str | None:
+    if payment_intent:
+        row = db.execute(
+            "select account_ref from billing_topups where stripe_payment_intent_id = ?",
+            [payment_intent],
+        ).fetchone()
+        if row:
+            return row[0]
+    if customer:
+        row = db.execute(
+            "select account_ref from billing_accounts where stripe_customer_id = ?", [customer]
+        ).fetchone()
+        if row:
+            return row[0]
+    return None
+
+
+def _refund(db, charge: dict[str, Any], now: datetime) -> tuple[str | None, str]:
+    """Debit what was refunded. ``amount_refunded`` is cumulative, so only the part not
+    debited by an earlier event is taken. If the balance cannot cover it (the credit was
+    already spent), the balance goes to zero and the rest is recorded as a shortfall."""
+    account_ref = _account_for_payment(db, charge.get("payment_intent"), charge.get("customer"))
+    if account_ref is None:
+        return None, "unknown charge"
+    refunded = charge.get("amount_refunded")
+    if not isinstance(refunded, int) or refunded <= 0:
+        return account_ref, "no amount"
+    before = db.execute(
+        "select coalesce(sum(-amount_microusd + shortfall_microusd), 0) from ledger_entries "
+        "where kind = 'refund' and stripe_ref = ?",
+        [charge.get("id")],
+    ).fetchone()[0]
+    due = refunded * PER_CENT - before
+    if due <= 0:
+        return account_ref, "already debited"
+    ledger.post(
+        db, account_ref, "refund", -due, now, shortfall_ok=True, stripe_ref=charge.get("id")
+    )
+    return account_ref, "debited"
+
+
+def _dispute(db, dispute: dict[str, Any], now: datetime) -> tuple[str | None, str]:
+    """Debit a disputed amount once per dispute (to zero at most, as for refunds)."""
+    account_ref = _account_for_payment(db, dispute.get("payment_intent"), None)
+    if account_ref is None:
+        return None, "unknown charge"
+    amount = dispute.get("amount")
+    if not isinstance(amount, int) or amount <= 0:
+        return account_ref, "no amount"
+    exists = db.execute(
+        "select 1 from ledger_entries where kind = 'dispute' and stripe_ref = ?",
+        [dispute.get("id")],
+    ).fetchone()
+    if exists:
+        return account_ref, "already debited"
+    ledger.post(
+        db,
+        account_ref,
+        "dispute",
+        -amount * PER_CENT,
+        now,
+        shortfall_ok=True,
+        stripe_ref=dispute.get("id"),
+    )
+    return account_ref, "debited"
+
+
+def save_card(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    account_ref: str | None,
+    payment_intent_id: Any,
+    now: datetime,
+) -> None:
+    """Remember the saved payment method by brand and last four digits only (best effort:
+    a failure leaves the previous card shown and never undoes a credit)."""
+    if not account_ref or not isinstance(payment_intent_id, str) or not configured(settings):
+        return
+    try:
+        intent = client(settings).v1.payment_intents.retrieve(
+            payment_intent_id, {"expand": ["payment_method"]}
+        )
+    except stripe.StripeError as exc:
+        _unavailable(exc)
+        return
+    method = intent.get("payment_method")
+    card = method.get("card") if isinstance(method, stripe.StripeObject) else None
+    if not card:
+        return
+    with write_transaction(db):
+        db.execute(
+            "update billing_accounts set payment_method_id = ?, card_brand = ?, "
+            "card_last4 = ?, updated_at = ? where account_ref = ?",
+            [
+                method.id,
+                str(card.get("brand", "")),
+                str(card.get("last4", ""))[-4:],
+                iso(now),
+                account_ref,
+            ],
+        )
+
+
+def reconcile(db: sqlite_utils.Database, settings: Settings, now: datetime) -> int:
+    """Credit paid Checkout Sessions of the last days that no webhook reported; returns
+    how many were credited. Does nothing when Stripe is not configured."""
+    if not configured(settings):
+        return 0
+    since = int((now - timedelta(days=RECONCILE_DAYS)).timestamp())
+    try:
+        sessions = client(settings).v1.checkout.sessions.list(
+            {"created": {"gte": since}, "limit": 100}
+        )
+        paid = [
+            s.to_dict() for s in sessions.auto_paging_iter() if s.get("payment_status") == "paid"
+        ]
+    except stripe.StripeError as exc:
+        raise _unavailable(exc) from None
+    credited = 0
+    for session in paid:
+        with write_transaction(db):
+            account_ref, outcome = _credit_session(db, session, now)
+        if outcome == "credited":
+            credited += 1
+            log.info("reconciliation credited a top-up that no webhook reported")
+            save_card(db, settings, account_ref, session.get("payment_intent"), now)
+    return credited
+
+
+def auto_topup(
+    db: sqlite_utils.Database, settings: Settings, account_ref: str, now: datetime
+) -> str:
+    """Charge the saved card off-session when the balance is below the auto top-up
+    threshold; returns the outcome. At most one automatic top-up per account per hour."""
+    threshold = ledger.micro(settings.billing.auto_topup_threshold_usd)
+    if not configured(settings) or threshold == 0:
+        return "off"
+    row = db.execute(
+        "select stripe_customer_id, payment_method_id from billing_accounts where account_ref = ?",
+        [account_ref],
+    ).fetchone()
+    if not row or not row[0] or not row[1]:
+        return "no saved card"
+    if ledger.balance(db, account_ref) >= threshold:
+        return "not needed"
+    recent = db.execute(
+        "select 1 from billing_topups where account_ref = ? and kind = 'auto' and created_at > ?",
+        [account_ref, iso(now - timedelta(hours=1))],
+    ).fetchone()
+    if recent:
+        return "recently tried"
+    amount = ledger.micro(settings.billing.auto_topup_amount_usd)
+    pending = Topup(
+        id=new_id("top"),
+        account_ref=account_ref,
+        kind="auto",
+        amount_microusd=amount,
+        currency=settings.billing.currency,
+        status="pending",
+        stripe_session_id=None,
+        stripe_payment_intent_id=None,
+        stripe_customer_id=row[0],
+        requested_by=None,
+        created_at=iso(now),
+        paid_at=None,
+    )
+    _insert_topup(db, pending)
+    try:
+        intent = client(settings).v1.payment_intents.create(
+            {
+                "amount": amount // PER_CENT,
+                "currency": pending.currency,
+                "customer": row[0],
+                "payment_method": row[1],
+                "off_session": True,
+                "confirm": True,
+                "metadata": {"topup_id": pending.id},
+            },
+            {"idempotency_key": f"topup-{pending.id}"},
+        )
+    except stripe.StripeError as exc:
+        _unavailable(exc)
+        with write_transaction(db):
+            db.execute("update billing_topups set status = 'failed' where id = ?", [pending.id])
+        return "failed"
+    with write_transaction(db):
+        db.execute(
+            "update billing_topups set stripe_payment_intent_id = ? where id = ?",
+            [intent.id, pending.id],
+        )
+        received = intent.get("amount_received")
+        if intent.get("status") != "succeeded" or not isinstance(received, int) or received <= 0:
+            db.execute("update billing_topups set status = 'failed' where id = ?", [pending.id])
+            return "failed"
+        ledger.post(
+            db,
+            account_ref,
+            "topup",
+            received * PER_CENT,
+            now,
+            topup_id=pending.id,
+            stripe_ref=intent.id,
+        )
+        db.execute(
+            "update billing_topups set status = 'paid', paid_at = ?, amount_microusd = ? "
+            "where id = ?",
+            [iso(now), received * PER_CENT, pending.id],
+        )
+    return "credited"

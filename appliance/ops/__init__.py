@@ -1,0 +1,1 @@
+"""Operations: backups and restore, the operator overview."""

@@ -1,0 +1,359 @@
+"""Backups of the data dir: one ``.tar.gz`` with a manifest of SHA-256 checksums.
+
+What a backup holds, and why:
+
+- ``appliance.db``: a ``VACUUM INTO`` copy, which reads one consistent snapshot inside a
+  read transaction, so it is safe while web and worker are writing (WAL: they are not
+  blocked), and leaves no free pages behind. The copy must pass ``PRAGMA
+  integrity_check`` before it goes into the archive.
+- ``files/``: uploaded originals and voice samples.
+- ``secrets/`` (not the one-time setup token): without them a restored install would
+  sign everyone out and could not reach its own inference service. A backup is therefore
+  exactly as sensitive as the data dir; it is written with mode 0600.
+- ``appliance.toml`` of the data dir, when there is one.
+
+Left out: ``queue.db`` (pending tasks, including sign-in codes in mail tasks; interrupted
+ingestion is picked up from the documents table on the worker's start), ``outbox/``
+(sent mail, which carries sign-in codes), ``models/`` (large and reinstallable with
+``appliance models``).
+
+Retention: a backup must not keep erased data past the privacy policy's erase window,
+so :func:`prune` removes backups older than ``privacy.erase_window_days``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import appliance
+from appliance.config import Settings
+from appliance.errors import Conflict, InvalidInput, NotFound
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+PREFIX = "appliance-backup-"
+SUFFIX = ".tar.gz"
+NAME = re.compile(re.escape(PREFIX) + r"(\d{8}T\d{6}Z)" + re.escape(SUFFIX) + "$")
+SKIPPED_SECRETS = ("setup_token",)
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    path: Path
+    created_at: str
+    files: int
+    bytes: int
+    tables: dict[str, int]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _connect(path: Path):
+    from sqlite_utils.utils import sqlite3
+
+    from appliance.db import load_vec
+
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    load_vec(conn)
+    return conn
+
+
+def check_database(path: Path) -> dict[str, int]:
+    """Full ``integrity_check`` of a database file; returns rows per table.
+
+    Raises:
+        InvalidInput: the check reports a problem.
+    """
+    conn = _connect(path)
+    try:
+        result = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+        if result != ["ok"]:
+            raise InvalidInput(f"database copy failed integrity_check: {result[0]}")
+        names = [
+            row[0]
+            for row in conn.execute(
+                "select name from sqlite_master where type = 'table' and sql not like "
+                "'CREATE VIRTUAL TABLE%' and name not like 'sqlite_%' order by name"
+            )
+        ]
+        return {
+            name: conn.execute(f'select count(*) from "{name}"').fetchone()[0]  # noqa: S608
+            for name in names
+        }
+    finally:
+        conn.close()
+
+
+def _data_files(settings: Settings) -> Iterator[tuple[Path, str]]:
+    """(path on disk, name in the archive) of every file besides the database."""
+    root = settings.paths.data_dir
+    for directory in (settings.paths.files, settings.paths.secrets):
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.rglob("*")):
+            if path.is_symlink() or not path.is_file():
+                continue
+            if directory == settings.paths.secrets and path.name in SKIPPED_SECRETS:
+                continue
+            yield path, path.relative_to(root).as_posix()
+    config = root / "appliance.toml"
+    if config.is_file():
+        yield config, "appliance.toml"
+
+
+def backup(settings: Settings, dest: Path, now: datetime) -> BackupInfo:
+    """Write a backup into ``dest`` (a directory, or a ``.tar.gz`` path); safe while serving.
+
+    Returns where it went. A ``NAME.sha256`` file beside the archive records the archive's
+    own checksum.
+    """
+    from appliance.db import open_db
+
+    dest = Path(dest)
+    stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = dest if dest.name.endswith(SUFFIX) else dest / f"{PREFIX}{stamp}{SUFFIX}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        raise Conflict(f"{target} already exists")
+    work = Path(tempfile.mkdtemp(prefix=".backup-", dir=target.parent))
+    try:
+        copy = work / "appliance.db"
+        db = open_db(settings)
+        try:
+            db.execute("VACUUM INTO ?", [str(copy)])
+        finally:
+            db.close()
+        tables = check_database(copy)
+        entries = [(copy, "appliance.db"), *_data_files(settings)]
+        manifest = {
+            "format": FORMAT,
+            "appliance_version": appliance.__version__,
+            "created_at": now.astimezone(UTC).isoformat(),
+            "tables": tables,
+            "files": {},
+        }
+        partial = work / "archive.partial"
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        total = 0
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
+            for path, name in entries:
+                added = _add_file(tar, path, name)
+                if added is None:
+                    continue  # deleted meanwhile (a document removed while we ran)
+                manifest["files"][name] = added
+                total += added["size"]
+            _add(tar, MANIFEST, json.dumps(manifest, indent=2).encode(), 0o600)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(partial, target)
+        target.with_name(target.name + ".sha256").write_text(
+            f"{sha256_file(target)}  {target.name}\n"
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return BackupInfo(target, manifest["created_at"], len(entries), total, tables)
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = mode
+    info.mtime = int(datetime.now(UTC).timestamp())
+    tar.addfile(info, io.BytesIO(data))
+
+
+class _Hashing:
+    """A file wrapper that hashes what tarfile reads through it."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        block = self.handle.read(size)
+        self.digest.update(block)
+        return block
+
+
+def _add_file(tar: tarfile.TarFile, path: Path, name: str) -> dict | None:
+    """Stream one file into the archive; its checksum is of exactly the bytes added."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return None
+    with handle:
+        info = tarfile.TarInfo(name)
+        info.size = os.fstat(handle.fileno()).st_size
+        info.mode = 0o600
+        info.mtime = int(os.fstat(handle.fileno()).st_mtime)
+        reader = _Hashing(handle)
+        tar.addfile(info, reader)
+    return {"sha256": reader.digest.hexdigest(), "size": info.size}
+
+
+def verify(src: Path) -> dict:
+    """Check an archive without extracting it; returns its manifest.
+
+    Refuses (InvalidInput) an archive whose own checksum (``.sha256`` beside it) or any
+    member's checksum differs, that has members the manifest does not list (or lacks
+    listed ones), or members that are not plain files with safe relative names.
+    """
+    src = Path(src)
+    if not src.is_file():
+        raise NotFound(f"no backup at {src}")
+    sidecar = src.with_name(src.name + ".sha256")
+    if sidecar.exists():
+        expected = sidecar.read_text().split()[0]
+        if sha256_file(src) != expected:
+            raise InvalidInput(f"{src}: the archive's checksum does not match {sidecar.name}")
+    try:
+        with tarfile.open(src, mode="r:gz") as tar:
+            members = tar.getmembers()
+            by_name = {}
+            for member in members:
+                _check_member(member)
+                by_name[member.name] = member
+            if MANIFEST not in by_name:
+                raise InvalidInput(f"{src}: no {MANIFEST}: not an appliance backup")
+            manifest = json.loads(tar.extractfile(by_name[MANIFEST]).read())
+            listed = manifest.get("files", {})
+            if set(by_name) - {MANIFEST} != set(listed):
+                raise InvalidInput(f"{src}: the archive's files differ from its manifest")
+            for name, expected in listed.items():
+                digest = hashlib.sha256()
+                handle = tar.extractfile(by_name[name])
+                for block in iter(lambda h=handle: h.read(CHUNK), b""):
+                    digest.update(block)
+                if digest.hexdigest() != expected["sha256"]:
+                    raise InvalidInput(f"{src}: {name} does not match its checksum")
+    except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"{src}: not a readable backup archive ({exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise InvalidInput(f"{src}: backup format {manifest.get('format')} is not supported")
+    if "appliance.db" not in listed:
+        raise InvalidInput(f"{src}: the archive has no database")
+    return manifest
+
+
+def _check_member(member: tarfile.TarInfo) -> None:
+    name = member.name
+    parts = Path(name).parts
+    if not member.isfile() or name.startswith("/") or ".." in parts or not parts:
+        raise InvalidInput(f"unsafe or unexpected archive member: {name!r}")
+
+
+def processes_using(settings: Settings) -> list[int]:
+    """Pids of processes that have the database or the queue open (Linux /proc)."""
+    targets = {
+        str(p.resolve()) for p in (settings.paths.database, settings.paths.queue) if p.exists()
+    }
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in targets:
+                        found.append(int(proc.name))
+                        break
+    return found
+
+
+def restore(settings: Settings, src: Path, *, replace: bool = False) -> dict:
+    """Restore a verified backup into this data dir; the services must be stopped.
+
+    Raises:
+        Conflict: a process has the database open, or there is a database and ``replace``
+            is false.
+        InvalidInput: the archive fails verification (nothing is changed then).
+    """
+    busy = processes_using(settings)
+    if busy:
+        raise Conflict(
+            f"the appliance is running (pids {', '.join(map(str, busy))} have its database "
+            "open): stop it first (systemctl stop appliance.target)"
+        )
+    manifest = verify(src)
+    root = settings.paths.data_dir
+    if settings.paths.database.exists() and not replace:
+        raise Conflict(f"{settings.paths.database} exists: pass --replace to overwrite it")
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".restore-", dir=root))
+    try:
+        with tarfile.open(src, mode="r:gz") as tar:
+            for name, expected in manifest["files"].items():
+                out = staging / name
+                out.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(tar.getmember(name))
+                digest = hashlib.sha256()
+                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as handle:
+                    for block in iter(lambda s=source: s.read(CHUNK), b""):
+                        digest.update(block)
+                        handle.write(block)
+                # Checked again as written: the archive may have changed since verify().
+                if digest.hexdigest() != expected["sha256"]:
+                    raise InvalidInput(f"{src}: {name} does not match its checksum")
+        tables = check_database(staging / "appliance.db")
+        if tables != manifest["tables"]:
+            raise InvalidInput(f"{src}: the database's rows differ from the manifest")
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{settings.paths.database}{suffix}").unlink(missing_ok=True)
+        for directory in (settings.paths.files, settings.paths.secrets):
+            if directory.exists():
+                shutil.rmtree(directory)
+        for item in staging.iterdir():
+            os.replace(item, root / item.name)
+        if settings.paths.secrets.exists():
+            os.chmod(settings.paths.secrets, 0o700)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def created_at(path: Path) -> datetime:
+    """When a backup was taken: from its name, else its modification time."""
+    match = NAME.search(path.name)
+    if match:
+        return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+
+
+def prune(settings: Settings, directory: Path, now: datetime) -> list[Path]:
+    """Delete backups in ``directory`` older than the erase window; returns what went.
+
+    An account erased today may still be in a backup taken yesterday; once that backup is
+    older than ``privacy.erase_window_days`` it must be gone, so run this daily (see
+    docs/operations.md).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise NotFound(f"{directory} is not a directory")
+    cutoff = now - timedelta(days=settings.privacy.erase_window_days)
+    removed = []
+    for path in sorted(directory.glob(f"{PREFIX}*{SUFFIX}")):
+        if created_at(path) < cutoff:
+            path.unlink()
+            path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+            removed.append(path)
+    return removed
