@@ -25,7 +25,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         settings = load_settings(args)
-        configure_logging(settings.logging.level)
+        service = args.handler in (cmd_up, cmd_web, cmd_inference, cmd_worker)
+        # Services write JSON lines to stdout (journald); other commands keep stdout for
+        # their output and log to stderr.
+        configure_logging(settings.logging.level, sys.stdout if service else sys.stderr)
         return args.handler(settings, args) or 0
     except ApplianceError as exc:
         print(f"appliance: error: {exc}", file=sys.stderr)
@@ -47,15 +50,11 @@ def load_settings(args: argparse.Namespace) -> Settings:
     )
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # httpx logs full URLs at INFO; URLs may carry tokens.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+def configure_logging(level: str, stream=None) -> None:
+    """Every record of the process, redacted, as one JSON line (privacy/logs.py)."""
+    from appliance.privacy import logs
+
+    logs.configure(level, stream or sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +104,44 @@ def build_parser() -> argparse.ArgumentParser:
     accounts_cmd.set_defaults(handler=lambda s, a: accounts_cmd.print_help() or 2)
     p = asub.add_parser("list", help="List accounts and their members.", parents=[common])
     p.set_defaults(handler=cmd_accounts_list)
+    p = asub.add_parser(
+        "delete",
+        help="Delete an account (an emailed deletion request): locked now, erased by the "
+        "next purge, the owners emailed when it is done.",
+        parents=[common],
+    )
+    p.add_argument("account_id")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(handler=cmd_accounts_delete)
+
+    p = command("purge", cmd_purge, "Run the retention purges (the worker runs them hourly).")
+    p.add_argument("--now", action="store_true", required=True, help="run every purge now")
+
+    policy_cmd = command("policy", None, "The privacy policy.")
+    polsub = policy_cmd.add_subparsers(title="policy commands", metavar="ACTION")
+    policy_cmd.set_defaults(handler=lambda s, a: policy_cmd.print_help() or 2)
+    p = polsub.add_parser(
+        "publish",
+        help="Publish the current text as a new version and email every user about it.",
+        parents=[common],
+    )
+    p.add_argument(
+        "--effective", help="date it takes effect (default: today + privacy.policy_notice_days)"
+    )
+    p.add_argument("--summary", default="", help="one or two sentences on what changed")
+    p.set_defaults(handler=cmd_policy_publish)
+    p = polsub.add_parser("show", help="List the published versions.", parents=[common])
+    p.set_defaults(handler=cmd_policy_show)
+
+    privacy_cmd = command("privacy", None, "Privacy records.")
+    prsub = privacy_cmd.add_subparsers(title="privacy commands", metavar="ACTION")
+    privacy_cmd.set_defaults(handler=lambda s, a: privacy_cmd.print_help() or 2)
+    p = prsub.add_parser(
+        "verify-receipts",
+        help="Check the hash chain of deletion receipts (exit 1 if one is missing or edited).",
+        parents=[common],
+    )
+    p.set_defaults(handler=cmd_privacy_verify)
 
     keys = command("keys", None, "Manage API keys.")
     ksub = keys.add_subparsers(title="keys commands", metavar="ACTION")
@@ -130,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     p.set_defaults(handler=cmd_kb_reindex)
+
+    p = command("logs", cmd_logs, "Show the request log (newest first; content-free).")
+    p.add_argument("--since", help="ISO date/time or a duration such as 2h, 30m, 7d")
+    p.add_argument("--status", help="a status (404) or a class (5xx)")
+    p.add_argument("--path", help="route template prefix, e.g. /api/knowledge")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
 
     p = command(
         "backup",
@@ -296,6 +340,136 @@ def cmd_kb_reindex(settings: Settings, args: argparse.Namespace) -> int:
     for document_id in ids:
         queue.ingest_document(document_id)
     print(f"queued {len(ids)} document(s) for re-embedding; the worker does the rest")
+    return 0
+
+
+def cmd_accounts_delete(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.accounts import service as accounts
+    from appliance.clock import utcnow
+    from appliance.privacy import erasure
+
+    db = _db(settings)
+    try:
+        account = accounts.account(db, args.account_id)
+        if not args.yes:
+            answer = input(f"Delete account {account.id} and erase all its data? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing deleted")
+                return 1
+        owners = [m.email for m in accounts.members(db, account.id) if m.role == "owner"]
+        found = erasure.request_deletion(
+            db,
+            settings,
+            account.id,
+            requested_by="operator",
+            request="operator via CLI",
+            notify_email=owners[0] if owners else None,
+            now=utcnow(),
+        )
+    finally:
+        db.close()
+    print(
+        f"account {found.account_id} is locked; its data is erased by the next purge "
+        f"(by {found.due_at[:10]} at the latest; `appliance purge --now` to do it now)"
+    )
+    return 0
+
+
+def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.tasks import create_queue, run_purges
+
+    initialise(settings)
+    queue = create_queue(settings)
+    for result in run_purges(settings, queue.send_mail):
+        state = "done" if result.complete else "to be continued"
+        print(f"{result.job:<18} {result.deleted:>8} deleted  {state}")
+    return 0
+
+
+def cmd_policy_publish(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.clock import utcnow
+    from appliance.privacy import policy
+    from appliance.privacy.cli import parse_since
+    from appliance.tasks import create_queue
+
+    now = utcnow()
+    effective = parse_since(args.effective, now) if args.effective else None
+    db = _db(settings)
+    try:
+        version = policy.publish(db, settings, now, effective_at=effective, summary=args.summary)
+        recipients = policy.recipients(db)
+    finally:
+        db.close()
+    queue = create_queue(settings)
+    for email in recipients:
+        queue.send_mail(
+            "policy_changed",
+            email,
+            {
+                "version": version.version,
+                "effective": version.effective_at[:10],
+                "summary": version.summary,
+            },
+        )
+    print(
+        f"published version {version.version} (sha256 {version.text_sha256[:12]}), in effect "
+        f"from {version.effective_at[:10]}; {len(recipients)} user(s) will be emailed"
+    )
+    return 0
+
+
+def cmd_policy_show(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.privacy import policy
+
+    db = _db(settings)
+    try:
+        rows = [asdict(v) for v in policy.versions(db)]
+    finally:
+        db.close()
+    print(json.dumps(rows, indent=2))
+    return 0
+
+
+def cmd_privacy_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.privacy import receipts
+
+    db = _db(settings)
+    try:
+        problems = receipts.verify(db)
+        count = len(receipts.receipts(db))
+    finally:
+        db.close()
+    for problem in problems:
+        print(problem)
+    print(f"deletion receipts: {count}, " + ("chain intact" if not problems else "CHAIN BROKEN"))
+    return 1 if problems else 0
+
+
+def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.clock import utcnow
+    from appliance.privacy import requestlog
+    from appliance.privacy.cli import parse_since
+
+    db = _db(settings)
+    try:
+        rows = requestlog.entries(
+            db,
+            since=parse_since(args.since, utcnow()) if args.since else None,
+            status=args.status,
+            path=args.path,
+            limit=args.limit,
+        )
+    finally:
+        db.close()
+    for row in rows:
+        if args.json:
+            print(json.dumps(asdict(row)))
+        else:
+            extra = "  ".join(x for x in (row.instance_id or "", row.error or "") if x)
+            print(
+                f"{row.at}  {row.method:<6} {row.status}  {row.duration_ms:8.1f} ms  "
+                f"{row.path}  {extra}".rstrip()
+            )
     return 0
 
 

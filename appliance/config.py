@@ -360,6 +360,22 @@ class PrivacySettings:
     operators: tuple[str, ...] = setting(
         (), "Named people or roles with access to production systems."
     )
+    policy_notice_days: int = setting(
+        30,
+        "Days between publishing a changed privacy policy (`appliance policy publish`, "
+        "which emails every user) and the day it takes effect.",
+        min=0,
+    )
+    export_ttl_hours: int = setting(
+        24, "Hours a data export (Settings → My data) can be downloaded before it is purged.",
+        min=1,
+    )
+    purge_batch_size: int = setting(
+        500,
+        "Rows (or files) a retention purge deletes per transaction, so a purge never holds "
+        "the write lock for long.",
+        min=1,
+    )
 
 
 def _secret(help: str) -> Any:

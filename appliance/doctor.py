@@ -29,6 +29,7 @@ class Check:
 def run_checks(settings: Settings) -> list[Check]:
     checks = [_data_dir(settings), _secrets(settings), _mail(settings)]
     checks += _database(settings)
+    checks += _purges(settings)
     checks += _models(settings)
     checks.append(_disk(settings))
     checks.append(_gpu())
@@ -98,6 +99,36 @@ def _database(settings: Settings) -> list[Check]:
                 f"last heartbeat {int(age)} s ago" + ("" if fresh else " (not running?)"),
             )
         )
+    return checks
+
+
+def _purges(settings: Settings) -> list[Check]:
+    """When each retention purge last ran; warn when one is overdue (privacy/retention.py)."""
+    from appliance.privacy import retention
+
+    try:
+        db = open_db(settings)
+    except ApplianceError:
+        return []  # the database check above already failed
+    now = datetime.now(UTC)
+    try:
+        runs = retention.last_runs(db)
+        late = retention.overdue(db, now)
+    finally:
+        db.close()
+    checks = []
+    for run in runs:
+        if run.finished_at is None:
+            checks.append(Check(f"purge {run.job}", "warn", "never ran (is the worker running?)"))
+            continue
+        hours = (now - datetime.fromisoformat(run.finished_at)).total_seconds() / 3600
+        detail = f"last ran {hours:.1f} h ago, {run.deleted} deleted"
+        if not run.complete:
+            detail += ", unfinished"
+        checks.append(Check(f"purge {run.job}", "warn" if run.job in late else "ok", detail))
+    for item in late:
+        if item.startswith("erasure of"):
+            checks.append(Check("erasure", "warn", f"{item} is past its erase window"))
     return checks
 
 

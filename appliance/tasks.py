@@ -21,6 +21,7 @@ from appliance.config import Settings
 from appliance.db import open_db
 from appliance.inference.client import InferenceClient
 from appliance.knowledge import service as knowledge
+from appliance.privacy import erasure, export, retention
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ class TaskQueue:
     send_mail: TaskWrapper
     send_signin_code: TaskWrapper
     ingest_document: TaskWrapper
+    purge: TaskWrapper
+    build_export: TaskWrapper
     billing_minute: TaskWrapper
     billing_reconcile: TaskWrapper
     billing_storage: TaskWrapper
@@ -109,6 +112,26 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
             finally:
                 db.close()
 
+    @huey.periodic_task(crontab(minute="17"), name="purge")
+    def purge() -> None:
+        # Hourly; each job catches up on everything past its limit, so a missed run
+        # (downtime) only delays the work. The lock keeps two runs from overlapping.
+        with huey.lock_task("purge"):
+            run_purges(settings, send_mail)
+
+    @huey.task(retries=2, retry_delay=30, name="build_export")
+    def build_export(export_id: str) -> None:
+        with huey.lock_task(f"export-{export_id}"):
+            db = open_db(settings)
+            try:
+                try:
+                    export.build(db, settings, export_id, utcnow())
+                except Exception:
+                    export.fail(db, export_id)
+                    raise
+            finally:
+                db.close()
+
     @huey.periodic_task(crontab(minute="*"), name="billing_minute")
     def billing_minute() -> dict:
         # Holds, instance time, low-balance notices, automatic top-ups: each catches up.
@@ -134,7 +157,31 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
         send_mail=send_mail,
         send_signin_code=send_signin_code,
         ingest_document=ingest_document,
+        purge=purge,
+        build_export=build_export,
         billing_minute=billing_minute,
         billing_reconcile=billing_reconcile,
         billing_storage=billing_storage,
     )
+
+
+def run_purges(settings: Settings, send_mail: TaskWrapper, *, max_batches: int | None = None):
+    """Every retention job once, then the confirmation email of each completed erasure
+    (``appliance purge --now`` and the hourly task)."""
+    db = open_db(settings)
+    try:
+        results = retention.run_all(db, settings, utcnow(), max_batches=max_batches)
+        for account_id, email, receipt in erasure.confirmations_due(db):
+            send_mail(
+                "account_erased",
+                email,
+                {
+                    "erased_at": receipt.at[:10],
+                    "receipt_hash": receipt.hash,
+                    "tax_years": settings.privacy.tax_retention_years,
+                },
+            )
+            erasure.confirmation_sent(db, account_id)
+    finally:
+        db.close()
+    return results

@@ -30,6 +30,8 @@ from appliance.web import (
     knowledge,
     pages,
     persona,
+    privacy,
+    requestlog,
     signin,
     team,
     v1,
@@ -98,6 +100,9 @@ def create_app(
         team.TeamPages,
         persona.PersonaApi,
         persona.PersonaPages,
+        privacy.PrivacyPages,
+        privacy.PrivacyApi,
+        privacy.MyDataPages,
         knowledge.KnowledgeApi,
         knowledge.KnowledgePages,
         instances.InstancesApi,
@@ -131,8 +136,12 @@ def create_app(
             # /api checks the header itself (web/identity.py); /v1 takes bearer keys only.
             exclude=["/v1/", "/api/"],
         ),
-        middleware=[strip_internal_headers_middleware, cross_site_middleware],
-        before_send=[add_security_headers],
+        middleware=[
+            strip_internal_headers_middleware,
+            cross_site_middleware,
+            requestlog.timer_middleware,
+        ],
+        before_send=[add_security_headers, requestlog.recorder(settings, clock)],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(
             title="Appliance API",

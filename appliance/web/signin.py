@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from typing import Any
+from urllib.parse import quote
 
 import sqlite_utils
 from litestar import Controller, Request, Response, delete, get, post, put
@@ -19,6 +20,7 @@ from appliance.auth import signin
 from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.errors import InvalidInput, NotFound, Throttled
+from appliance.privacy import policy
 from appliance.tasks import TaskQueue
 from appliance.web.identity import Identity, cookie_names
 
@@ -283,7 +285,11 @@ class SignInPages(Controller):
             )
         role = accounts.role_in(db, account.id, user.id) or "member"
         landing = _landing(db, account.id, role, clock)
-        response = Redirect(landing if target == "/" else target)
+        landing = landing if target == "/" else target
+        if policy.pending(db, user.id, clock()) is not None:
+            # A changed privacy policy took effect: show it and record acceptance first.
+            landing = "/privacy/accept?next=" + quote(landing, safe="/")
+        response = Redirect(landing)
         _set_cookie(
             response, settings, "session", token, settings.auth.session_absolute_hours * 3600
         )

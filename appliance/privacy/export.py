@@ -1,0 +1,285 @@
+"""Data export: one ZIP with everything held about a person (and, for an owner, the
+account), built in the background with progress, downloadable until it expires.
+
+What goes in is driven by the registry: every table marked ``export`` contributes its
+rows (as JSON, secret hashes left out), so a table added to the registry is exported
+without touching this module. Originals of documents and voice samples are added as
+files, and each conversation also as Markdown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import sqlite_utils
+
+from appliance.clock import iso
+from appliance.config import Settings
+from appliance.db import write_transaction
+from appliance.errors import NotFound
+from appliance.ids import new_id
+from appliance.privacy.registry import TABLES, Table
+
+
+@dataclass(frozen=True)
+class Export:
+    id: str
+    account_id: str
+    user_id: str
+    status: str
+    progress: int
+    total: int
+    size: int
+    sha256: str | None
+    created_at: str
+    finished_at: str | None
+    expires_at: str
+
+    def public(self) -> dict:
+        return {
+            "id": self.id,
+            "status": self.status,
+            "progress": self.progress,
+            "total": self.total,
+            "size": self.size,
+            "sha256": self.sha256,
+            "created_at": self.created_at,
+            "finished_at": self.finished_at,
+            "expires_at": self.expires_at,
+            "download_url": f"/api/me/export/{self.id}/download"
+            if self.status == "ready"
+            else None,
+        }
+
+
+_COLUMNS = (
+    "id, account_id, user_id, status, progress, total, size, sha256, created_at, "
+    "finished_at, expires_at"
+)
+
+
+def export_dir(settings: Settings) -> Path:
+    return settings.paths.data_dir / "exports"
+
+
+def export_path(settings: Settings, export_id: str) -> Path:
+    return export_dir(settings) / f"{export_id}.zip"
+
+
+def start(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    account_id: str,
+    user_id: str,
+    now: datetime,
+) -> Export:
+    """Record a queued export (the caller enqueues ``build``)."""
+    expires = now + timedelta(hours=settings.privacy.export_ttl_hours)
+    export_id = new_id("exp")
+    with write_transaction(db):
+        db.execute(
+            "insert into exports (id, account_id, user_id, status, created_at, expires_at) "
+            "values (?, ?, ?, 'queued', ?, ?)",
+            [export_id, account_id, user_id, iso(now), iso(expires)],
+        )
+    return get(db, account_id, user_id, export_id)
+
+
+def get(db: sqlite_utils.Database, account_id: str, user_id: str, export_id: str) -> Export:
+    row = db.execute(
+        f"select {_COLUMNS} from exports where id = ? and account_id = ? and user_id = ?",  # noqa: S608
+        [export_id, account_id, user_id],
+    ).fetchone()
+    if row is None:
+        raise NotFound("No such export.")
+    return Export(*row)
+
+
+def latest(db: sqlite_utils.Database, account_id: str, user_id: str) -> Export | None:
+    row = db.execute(
+        f"select {_COLUMNS} from exports where account_id = ? and user_id = ? "  # noqa: S608
+        "order by created_at desc limit 1",
+        [account_id, user_id],
+    ).fetchone()
+    return Export(*row) if row else None
+
+
+def download_path(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    account_id: str,
+    user_id: str,
+    export_id: str,
+    now: datetime,
+) -> Path:
+    """The ZIP of a ready, unexpired export of this person.
+
+    Raises:
+        NotFound: unknown, someone else's, not ready or expired.
+    """
+    found = get(db, account_id, user_id, export_id)
+    path = export_path(settings, found.id)
+    if found.status != "ready" or found.expires_at <= iso(now) or not path.is_file():
+        raise NotFound("No such export (it may have expired: start a new one).")
+    return path
+
+
+def _set(db: sqlite_utils.Database, export_id: str, **fields) -> None:
+    names = ", ".join(f"{k} = ?" for k in fields)
+    with write_transaction(db):
+        db.execute(
+            f"update exports set {names} where id = ?",  # noqa: S608 - fixed names
+            [*fields.values(), export_id],
+        )
+
+
+def _exists(db: sqlite_utils.Database, name: str) -> bool:
+    return (
+        db.execute(
+            "select 1 from sqlite_master where name = ? and type = 'table'", [name]
+        ).fetchone()
+        is not None
+    )
+
+
+def _condition(table: Table, owner: bool) -> str | None:
+    parts = [table.user] + ([table.account] if owner else [])
+    parts = [p for p in parts if p]
+    return " or ".join(f"({p})" for p in parts) if parts else None
+
+
+def _rows(db: sqlite_utils.Database, table: Table, owner: bool, params: dict) -> list[dict]:
+    condition = _condition(table, owner)
+    if condition is None:
+        return []
+    cursor = db.execute(f"select * from {table.name} where {condition}", params)  # noqa: S608
+    names = [d[0] for d in cursor.description]
+    return [
+        {k: v for k, v in zip(names, row, strict=True) if k not in table.hidden}
+        for row in cursor.fetchall()
+    ]
+
+
+def build(db: sqlite_utils.Database, settings: Settings, export_id: str, now: datetime) -> Export:
+    """Write the ZIP for a queued export (idempotent: a rerun starts the file again)."""
+    row = db.execute(
+        f"select {_COLUMNS} from exports where id = ?",  # noqa: S608
+        [export_id],
+    ).fetchone()
+    if row is None:
+        raise NotFound("No such export.")
+    job = Export(*row)
+    if job.status == "ready":
+        return job
+    role = db.execute(
+        "select role from memberships where account_id = ? and user_id = ?",
+        [job.account_id, job.user_id],
+    ).fetchone()
+    owner = bool(role and role[0] == "owner")
+    params = {"account": job.account_id, "users": json.dumps([job.user_id])}
+    tables = [t for t in TABLES if t.export and _exists(db, t.name)]
+    data = {t.name: _rows(db, t, owner, params) for t in tables}
+    files = _files(settings, data)
+    total = len(tables) + len(files) + len(data.get("conversations", []))
+    _set(db, job.id, status="building", progress=0, total=total)
+    directory = export_dir(settings)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target = export_path(settings, job.id)
+    partial = target.with_suffix(".part")
+    done = 0
+    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        manifest = {
+            "export_id": job.id,
+            "created_at": iso(now),
+            "user_id": job.user_id,
+            "account_id": job.account_id,
+            "scope": "account and user" if owner else "user",
+            "tables": {name: len(rows) for name, rows in data.items()},
+            "files": [name for name, _ in files],
+        }
+        archive.writestr("manifest.json", json.dumps(manifest, indent=2))
+        archive.writestr("README.txt", README)
+        for name, rows in data.items():
+            archive.writestr(f"data/{name}.json", json.dumps(rows, indent=2, default=str))
+            done += 1
+            _set(db, job.id, progress=done)
+        for name, path in files:
+            if path.is_file():
+                archive.write(path, name)
+            done += 1
+            _set(db, job.id, progress=done)
+        for conversation in data.get("conversations", []):
+            messages = [
+                m for m in data.get("messages", []) if m["conversation_id"] == conversation["id"]
+            ]
+            archive.writestr(
+                f"conversations/{conversation['id']}.md",
+                conversation_markdown(conversation, messages),
+            )
+            done += 1
+            _set(db, job.id, progress=done)
+    os.chmod(partial, 0o600)
+    digest = hashlib.sha256(partial.read_bytes()).hexdigest()
+    os.replace(partial, target)
+    _set(
+        db,
+        job.id,
+        status="ready",
+        progress=total,
+        size=target.stat().st_size,
+        sha256=digest,
+        finished_at=iso(now),
+    )
+    return get(db, job.account_id, job.user_id, job.id)
+
+
+def fail(db: sqlite_utils.Database, export_id: str) -> None:
+    _set(db, export_id, status="failed")
+
+
+def _safe_name(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "._- " else "_" for c in name).strip(". ")
+    return cleaned[:120] or "file"
+
+
+def _files(settings: Settings, data: dict[str, list[dict]]) -> list[tuple[str, Path]]:
+    from appliance.knowledge import service as knowledge
+    from appliance.persona import voice
+
+    files = []
+    for doc in data.get("documents", []):
+        path = knowledge.account_dir(settings, doc["account_id"]) / doc["id"]
+        files.append((f"documents/{doc['id']}-{_safe_name(doc['filename'])}", path))
+    for sample in data.get("voice_samples", []):
+        path = voice.sample_path(settings, sample["account_id"], sample["id"])
+        files.append((f"voice_samples/{sample['id']}-{_safe_name(sample['filename'])}", path))
+    return files
+
+
+def conversation_markdown(conversation: dict, messages: list[dict]) -> str:
+    lines = [f"# {conversation.get('title') or 'Conversation'}", ""]
+    lines.append(f"- id: {conversation['id']}")
+    lines.append(f"- created: {conversation.get('created_at', '')}")
+    lines.append("")
+    for message in sorted(messages, key=lambda m: m.get("position", 0)):
+        who = "You" if message.get("role") == "user" else "Assistant"
+        lines += [f"## {who} ({message.get('created_at', '')})", "", message["content"], ""]
+    return "\n".join(lines)
+
+
+README = """Your data export
+================
+
+manifest.json      what this export holds (tables and row counts, files)
+data/*.json        every row held about you (and, for an owner, the account), one file
+                   per table; API keys are metadata only (the key itself is never stored)
+documents/         the original files you uploaded to the knowledge base
+voice_samples/     the voice-training files you uploaded
+conversations/     each conversation as Markdown (the JSON is in data/messages.json)
+"""

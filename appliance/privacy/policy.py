@@ -1,0 +1,215 @@
+"""The privacy policy: rendered from ``webui/templates/policy/privacy.md`` and settings,
+published in versions that every user is told about before they take effect.
+
+The text is the repository's template with the ``{{ placeholder }}`` values filled from
+``settings.privacy``; a version records the SHA-256 of that text, so publishing the same
+text twice is refused and any change of template or setting makes a new version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import sqlite_utils
+
+import appliance
+from appliance.clock import iso, parse
+from appliance.config import Settings
+from appliance.db import write_transaction
+from appliance.errors import Conflict, InvalidInput, NotFound
+
+TEMPLATE = Path(appliance.__file__).resolve().parent.parent / "webui/templates/policy/privacy.md"
+PRODUCT = "Private AI"
+_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+
+
+@dataclass(frozen=True)
+class PolicyVersion:
+    version: int
+    text_sha256: str
+    published_at: str
+    effective_at: str
+    summary: str
+
+
+@dataclass(frozen=True)
+class Block:
+    """One piece of the rendered policy: ``h2``, ``h3``, ``p`` or ``ul`` (``items``)."""
+
+    kind: str
+    text: str = ""
+    items: tuple[str, ...] = ()
+
+
+def values(settings: Settings) -> dict[str, str]:
+    p = settings.privacy
+    return {
+        "product": PRODUCT,
+        "company": p.company_legal_name,
+        "contact": p.contact_email,
+        "public_url": settings.public_url,
+        "log_days": str(p.log_retention_days),
+        "erase_days": str(p.erase_window_days),
+        "tax_years": str(p.tax_retention_years),
+        "response_days": str(p.response_window_business_days),
+        "minimum_age": str(p.minimum_age),
+        "operators": ", ".join(p.operators) or "the operators of this appliance",
+    }
+
+
+def render_text(settings: Settings) -> str:
+    """The policy as text, every placeholder filled (an unknown one is an error)."""
+    filled = values(settings)
+
+    def fill(match: re.Match) -> str:
+        return filled[match.group(1)]
+
+    return _PLACEHOLDER.sub(fill, TEMPLATE.read_text(encoding="utf-8"))
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def blocks(text: str) -> list[Block]:
+    """The small Markdown subset the template uses, as blocks the page renders (escaped)."""
+    out: list[Block] = []
+    items: list[str] = []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("- "):
+            items.append(line[2:].strip())
+            continue
+        if items:
+            out.append(Block("ul", items=tuple(items)))
+            items = []
+        if line.startswith("### "):
+            out.append(Block("h3", line[4:].strip()))
+        elif line.startswith("## "):
+            out.append(Block("h2", line[3:].strip()))
+        elif line.strip():
+            out.append(Block("p", line.strip()))
+    return out
+
+
+def _row(row) -> PolicyVersion:
+    return PolicyVersion(*row)
+
+
+def versions(db: sqlite_utils.Database) -> list[PolicyVersion]:
+    return [
+        _row(r)
+        for r in db.execute(
+            "select version, text_sha256, published_at, effective_at, summary "
+            "from policy_versions order by version"
+        )
+    ]
+
+
+def current(db: sqlite_utils.Database, now: datetime) -> PolicyVersion | None:
+    """The version in effect at ``now`` (None before the first one takes effect)."""
+    row = db.execute(
+        "select version, text_sha256, published_at, effective_at, summary from policy_versions "
+        "where effective_at <= ? order by version desc limit 1",
+        [iso(now)],
+    ).fetchone()
+    return _row(row) if row else None
+
+
+def publish(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    now: datetime,
+    *,
+    effective_at: datetime | None = None,
+    summary: str = "",
+) -> PolicyVersion:
+    """Record the current text as a new version, in effect from ``effective_at``.
+
+    Default effective date: ``privacy.policy_notice_days`` after ``now``. The caller emails
+    every user (``recipients``) so they hear of it before it takes effect.
+
+    Raises:
+        Conflict: the text is the same as the latest version's.
+        InvalidInput: the effective date is in the past, or sooner than the notice period
+            allows for a change to an already published policy.
+    """
+    notice = timedelta(days=settings.privacy.policy_notice_days)
+    effective = effective_at or now + notice
+    if effective < now:
+        raise InvalidInput("The effective date must not be in the past.")
+    digest = text_hash(render_text(settings))
+    with write_transaction(db):
+        published = versions(db)
+        if published and published[-1].text_sha256 == digest:
+            raise Conflict(f"The policy text is unchanged since version {published[-1].version}.")
+        if published and effective - now < notice:
+            raise InvalidInput(
+                f"A changed policy takes effect at least {notice.days} days after it is "
+                "published (privacy.policy_notice_days), so users hear of it first."
+            )
+        version = PolicyVersion(
+            version=(published[-1].version + 1) if published else 1,
+            text_sha256=digest,
+            published_at=iso(now),
+            effective_at=iso(effective),
+            summary=summary.strip()[:2000],
+        )
+        db.execute(
+            "insert into policy_versions (version, text_sha256, published_at, effective_at, "
+            "summary) values (?, ?, ?, ?, ?)",
+            [
+                version.version,
+                version.text_sha256,
+                version.published_at,
+                version.effective_at,
+                version.summary,
+            ],
+        )
+    return version
+
+
+def recipients(db: sqlite_utils.Database) -> list[str]:
+    """Every user who belongs to an active account (or runs the appliance)."""
+    return [
+        row[0]
+        for row in db.execute(
+            """select distinct u.email from users u
+               left join memberships m on m.user_id = u.id
+               left join accounts a on a.id = m.account_id
+               where u.operator = 1 or a.status = 'active' order by u.email"""
+        )
+    ]
+
+
+def pending(db: sqlite_utils.Database, user_id: str, now: datetime) -> PolicyVersion | None:
+    """The version in effect if this user has not accepted it yet, else None."""
+    version = current(db, now)
+    if version is None:
+        return None
+    accepted = db.execute(
+        "select 1 from policy_acceptances where user_id = ? and version = ?",
+        [user_id, version.version],
+    ).fetchone()
+    return None if accepted else version
+
+
+def accept(db: sqlite_utils.Database, user_id: str, version: int, now: datetime) -> None:
+    """Record that the user accepted ``version`` (which must be in effect)."""
+    with write_transaction(db):
+        in_effect = current(db, now)
+        if in_effect is None or in_effect.version != version:
+            raise NotFound("That policy version is not the one in effect.")
+        db.execute(
+            "insert or ignore into policy_acceptances (user_id, version, accepted_at) "
+            "values (?, ?, ?)",
+            [user_id, version, iso(now)],
+        )
+
+
+def last_updated(db: sqlite_utils.Database, now: datetime) -> str | None:
+    version = current(db, now)
+    return parse(version.effective_at).date().isoformat() if version else None

@@ -1,0 +1,104 @@
+"""Retention purges with an injected clock: limits to the second, idempotence, catch-up
+and resumption after an interrupted run."""
+
+from datetime import UTC, datetime, timedelta
+
+from conftest import make_settings
+
+from appliance.clock import iso
+from appliance.db import open_db
+from appliance.privacy import retention
+from appliance.privacy.requestlog import RequestEntry, record
+
+NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+
+
+def log_row(db, at):
+    record(db, RequestEntry(iso(at), "GET", "/api/me", 200, 1.0, None, None))
+
+
+def count(db, table):
+    return db.execute(f"select count(*) from {table}").fetchone()[0]  # noqa: S608
+
+
+def test_request_log_kept_to_the_second(settings, db):
+    days = settings.privacy.log_retention_days
+    log_row(db, NOW - timedelta(days=days, seconds=1))  # 30 days + 1 s: gone
+    log_row(db, NOW - timedelta(days=days) + timedelta(seconds=1))  # 30 days - 1 s: kept
+    result = retention.run_job(db, settings, "request_log", NOW)
+    assert result.deleted == 1 and result.complete
+    (kept,) = db.execute("select at from request_log").fetchone()
+    assert kept == iso(NOW - timedelta(days=days) + timedelta(seconds=1))
+
+
+def test_purge_twice_deletes_nothing_the_second_time(settings, db):
+    for days in (40, 50, 60):
+        log_row(db, NOW - timedelta(days=days))
+    db.execute(
+        "insert into auth_events (kind, subject, at) values ('code_sent', 'x', ?)",
+        [iso(NOW - timedelta(days=31))],
+    )
+    first = {r.job: r.deleted for r in retention.run_all(db, settings, NOW)}
+    assert first["request_log"] == 3 and first["auth_events"] == 1
+    second = retention.run_all(db, settings, NOW)
+    assert all(r.deleted == 0 and r.complete for r in second), second
+
+
+def test_interrupted_purge_completes_on_the_next_run(tmp_path):
+    settings = make_settings(tmp_path / "data", **{"privacy.purge_batch_size": 10})
+    db = open_db(settings)
+    for minute in range(35):
+        log_row(db, NOW - timedelta(days=90, minutes=minute))
+    # A run that stops after two batches (its budget) leaves the rest...
+    partial = retention.run_all(db, settings, NOW, max_batches=2)
+    by_job = {r.job: r for r in partial}
+    assert by_job["request_log"].deleted == 20 and not by_job["request_log"].complete
+    assert count(db, "request_log") == 15
+    # ...and doctor sees the unfinished run.
+    assert "request_log" in retention.overdue(db, NOW)
+    # The next run finishes it: catching up after downtime is the same thing.
+    later = {r.job: r for r in retention.run_all(db, settings, NOW + timedelta(hours=1))}
+    assert later["request_log"].deleted == 15 and later["request_log"].complete
+    assert count(db, "request_log") == 0
+    assert retention.overdue(db, NOW + timedelta(hours=1)) == []
+    db.close()
+
+
+def test_expired_codes_sessions_invites_are_purged(settings, db, clock):
+    from appliance.accounts import service as accounts
+    from appliance.auth import service as auth
+
+    user, account = accounts.create_user(db, "a@example.com", clock())
+    auth.request_code(db, settings, "a@example.com", "127.0.0.1", clock())
+    auth.create_session(db, settings, user.id, account.id, clock())
+    accounts.invite(db, account.id, "owner", user.id, "b@example.com", "member", clock())
+    later = clock() + timedelta(days=15)
+    results = {r.job: r.deleted for r in retention.run_all(db, settings, later)}
+    assert results["signin_codes"] == 1
+    assert results["sessions"] == 1
+    assert results["invites"] == 1
+    assert count(db, "otp_codes") == count(db, "sessions") == count(db, "invites") == 0
+
+
+def test_outbox_purged_after_log_retention(settings, db):
+    outbox = settings.paths.outbox
+    outbox.mkdir(exist_ok=True)
+    old = outbox / "20261001T080000000000Z-aaaaaa.eml"
+    new = outbox / "20261120T080000000000Z-bbbbbb.eml"
+    old.write_text("To: a@example.com\n\nold")
+    new.write_text("To: a@example.com\n\nnew")
+    result = retention.run_job(db, settings, "outbox", NOW)
+    assert result.deleted == 1
+    assert not old.exists() and new.exists()
+
+
+def test_doctor_reports_last_runs_and_overdue(settings, db):
+    assert set(retention.overdue(db, NOW)) >= set(retention.JOBS)
+    retention.run_all(db, settings, NOW)
+    assert retention.overdue(db, NOW + timedelta(hours=1)) == []
+    assert set(retention.overdue(db, NOW + timedelta(hours=26))) == set(retention.JOBS)
+    from appliance.doctor import _purges
+
+    checks = {c.name: c for c in _purges(settings)}
+    assert checks["purge request_log"].status in ("ok", "warn")
+    assert "last ran" in checks["purge request_log"].detail
