@@ -8,6 +8,8 @@ every test in the session that needs one.
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import shutil
 import signal
@@ -324,3 +326,23 @@ def linked_settings(settings, inference_service) -> Settings:
     config = settings.paths.data_dir / "appliance.toml"
     config.write_text(f'[inference]\nurl = "{inference_service.url}"\n')
     return make_settings(settings.paths.data_dir)
+
+
+@pytest.fixture
+def production_logs():
+    """Logging exactly as every service configures it (JSON lines, redaction), at DEBUG,
+    into a buffer the test reads; the previous configuration is restored afterwards."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    quiet = {name: logging.getLogger(name).level for name in ("httpx", "httpcore")}
+    buffer = io.StringIO()
+    from appliance.privacy import logs
+
+    handler = logs.configure("debug", buffer)
+    yield buffer
+    root.removeHandler(handler)
+    for old in saved[0]:
+        root.addHandler(old)
+    root.setLevel(saved[1])
+    for name, level in quiet.items():
+        logging.getLogger(name).setLevel(level)

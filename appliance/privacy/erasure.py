@@ -15,8 +15,6 @@ erased page survives in the write-ahead log.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,10 +22,12 @@ from datetime import datetime, timedelta
 import sqlite_utils
 
 from appliance.accounts import service as accounts
+from appliance.billing import service as billing
 from appliance.clock import iso
 from appliance.config import Settings
 from appliance.db import write_transaction
 from appliance.errors import Conflict, NotFound
+from appliance.ids import new_id
 from appliance.instances import service as instances
 from appliance.privacy import receipts
 from appliance.privacy.registry import DERIVED, ERASE, TABLES, Table
@@ -118,7 +118,11 @@ def request_deletion(
         )
         for instance in instances.list_instances(db, found.id):
             instances.set_state(db, found.id, "owner", instance.id, "destroyed", now)
-        _billing_call("stop_account", db, found.id, now)
+        # Billing stops now: the billing rows are pseudonymized at once (the saved card
+        # and the people who paid are cleared), so nothing is charged or sent any more.
+        reference = new_id("erased")
+        kept = billing.pseudonymize_account(db, found.id, reference)
+        progress = {"billing rows (pseudonymized)": kept, f"billing_ref:{reference}": 1}
         due = now + timedelta(days=settings.privacy.erase_window_days)
         db.execute(
             f"insert into account_deletions ({_COLUMNS}) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
@@ -129,7 +133,7 @@ def request_deletion(
                 request,
                 notify_email,
                 json.dumps(leaving),
-                "{}",
+                json.dumps(progress, sort_keys=True),
                 iso(due),
                 None,
             ],
@@ -137,16 +141,6 @@ def request_deletion(
     result = deletion(db, account_id)
     assert result is not None
     return result
-
-
-def _billing_call(name: str, *args) -> object:
-    """Call billing's function ``name`` when the billing domain is installed."""
-    try:
-        billing = importlib.import_module("appliance.billing.service")
-    except ModuleNotFoundError:
-        return None
-    function = getattr(billing, name, None)
-    return function(*args) if function else None
 
 
 def _params(deletion: Deletion) -> dict:
@@ -204,28 +198,22 @@ def erase_account(
     assert current is not None
     with write_transaction(db):
         db.execute("update accounts set name = ? where id = ?", [DELETED_NAME, account_id])
-        pseudonymized = _billing_call(
-            "pseudonymize_account", db, account_id, f"erased-{_short(account_id)}"
-        )
-        counts = {k: v for k, v in current.progress.items() if not k.startswith("file:")}
-        if isinstance(pseudonymized, dict):
-            counts.update({f"{k} (pseudonymized)": v for k, v in pseudonymized.items()})
+        counts = {k: v for k, v in current.progress.items() if ":" not in k}
+        references = [k.split(":", 1)[1] for k in current.progress if k.startswith("billing_ref:")]
         files = [
             {"kind": key.split(":")[1], "sha256": key.split(":")[2]}
             for key in current.progress
             if key.startswith("file:")
         ]
-        receipt = receipts.write(db, account_id, current.request, counts, files, now)
+        receipt = receipts.write(
+            db, account_id, current.request, counts, files, now, billing_reference=references[0]
+        )
         db.execute(
             "update account_deletions set erased_at = ? where account_id = ?",
             [iso(now), account_id],
         )
     checkpoint(db)
     return receipt
-
-
-def _short(account_id: str) -> str:
-    return hashlib.sha256(account_id.encode()).hexdigest()[:12]
 
 
 def _spend(budget: list) -> bool:

@@ -46,6 +46,8 @@ def write(
     counts: dict[str, int],
     files: list[dict[str, str]],
     now: datetime,
+    *,
+    billing_reference: str | None = None,
 ) -> Receipt:
     """Append a receipt (call inside the erasure's final transaction)."""
     last = db.execute("select hash from deletion_receipts order by seq desc limit 1").fetchone()
@@ -56,6 +58,8 @@ def write(
         "request": request,
         "counts": {k: int(v) for k, v in sorted(counts.items())},
         "files": sorted(files, key=lambda f: (f.get("kind", ""), f.get("sha256", ""))),
+        # The pseudonym billing records are kept under for the tax period (for an audit).
+        "billing_reference": billing_reference,
     }
     text = _canonical(body)
     digest = _digest(prev, text)

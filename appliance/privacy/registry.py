@@ -25,6 +25,8 @@ ACCOUNT_COLUMNS = frozenset(
         "invited_by",
         "requested_by",
         "notify_email",
+        "account_ref",
+        "actor_ref",
     }
 )
 
@@ -167,8 +169,26 @@ TABLES: tuple[Table, ...] = (
     Table("deletion_receipts", "account_id = :account", None, KEEP, True, note="no content"),
 )
 
-#: Billing's tables, pseudonymized by billing's own ``pseudonymize_account``.
-BILLING_TABLES: tuple[str, ...] = ()
+
+def _billing_tables() -> tuple[Table, ...]:
+    """Billing's tables (``billing.billing_tables()``): pseudonymized by billing's own
+    ``pseudonymize_account`` when the account is locked, kept for the tax period."""
+    from appliance.billing import service as billing
+
+    return tuple(
+        Table(
+            name,
+            f"{ref} = :account",
+            "requested_by in " + _USERS if name == "billing_topups" else None,
+            PSEUDONYMIZE,
+            True,
+            note="account reference replaced, card details and actors cleared",
+        )
+        for name, (ref, _) in billing.billing_tables().items()
+    )
+
+
+TABLES = TABLES + _billing_tables()
 
 
 def by_name() -> dict[str, Table]:

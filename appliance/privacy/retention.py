@@ -9,6 +9,7 @@ Jobs are idempotent (a second run finds nothing). Every run of every job is reco
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -169,7 +170,7 @@ def purge_exports(db, settings, now, budget, on_batch):
         with write_transaction(db):
             db.execute(
                 "delete from exports where id in (select value from json_each(?))",
-                [__import__("json").dumps(ids)],
+                [json.dumps(ids)],
             )
         total += len(ids)
         on_batch(len(ids))
@@ -221,18 +222,34 @@ def purge_deleted_accounts(db, settings, now, budget, on_batch):
 
 
 def purge_billing(db, settings, now, budget, on_batch):
-    """Pseudonymized billing records past ``privacy.tax_retention_years`` (billing's own
-    function does the deleting; without the billing domain there is nothing to do)."""
-    result = erasure._billing_call(
-        "purge_expired", db, now - _years(settings.privacy.tax_retention_years), now
-    )
-    deleted = int(result or 0)
-    on_batch(deleted)
-    return deleted, True
+    """Pseudonymized billing records (of erased accounts) past
+    ``privacy.tax_retention_years``, each by its own date; live accounts' are kept."""
+    from appliance.billing import service as billing
+
+    cutoff = iso(years_before(now, settings.privacy.tax_retention_years))
+    total = 0
+    for table, (ref, at) in billing.billing_tables().items():
+        deleted, complete = _batched(
+            db,
+            table,
+            f"{ref} like 'erased\\_%' escape '\\' and {at} < ?",
+            [cutoff],
+            settings.privacy.purge_batch_size,
+            budget,
+            on_batch,
+        )
+        total += deleted
+        if not complete:
+            return total, False
+    return total, True
 
 
-def _years(years: int) -> timedelta:
-    return timedelta(days=round(365.2425 * years))
+def years_before(now: datetime, years: int) -> datetime:
+    """The same calendar day ``years`` earlier (28 February for a 29th)."""
+    try:
+        return now.replace(year=now.year - years)
+    except ValueError:
+        return now.replace(year=now.year - years, day=28)
 
 
 Job = Callable[..., tuple[int, bool]]

@@ -7,7 +7,7 @@ from conftest import make_settings
 
 from appliance.clock import iso
 from appliance.db import open_db
-from appliance.privacy import retention
+from appliance.privacy import receipts, retention
 from appliance.privacy.requestlog import RequestEntry, record
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -102,3 +102,41 @@ def test_doctor_reports_last_runs_and_overdue(settings, db):
     checks = {c.name: c for c in _purges(settings)}
     assert checks["purge request_log"].status in ("ok", "warn")
     assert "last ran" in checks["purge request_log"].detail
+
+
+def test_billing_kept_pseudonymized_for_the_tax_period(settings, db):
+    from appliance.accounts import service as accounts
+    from appliance.billing import ledger
+    from appliance.privacy import erasure
+
+    years = settings.privacy.tax_retention_years
+    cutoff = retention.years_before(NOW, years)
+    _owner, account = accounts.create_user(db, "payer@example.com", NOW - timedelta(days=4000))
+    _other, kept_account = accounts.create_user(db, "stays@example.com", NOW)
+    with db.atomic():
+        ledger.post(db, account.id, "topup", 5_000_000, cutoff - timedelta(days=1))  # 7 y + 1 d
+        ledger.post(db, account.id, "topup", 7_000_000, cutoff + timedelta(days=1))  # 7 y - 1 d
+        ledger.post(db, kept_account.id, "topup", 1_000_000, cutoff - timedelta(days=400))
+    erasure.request_deletion(
+        db,
+        settings,
+        account.id,
+        requested_by="operator",
+        request="test",
+        notify_email=None,
+        now=NOW,
+    )
+    rows = db.execute("select account_ref, amount_microusd from ledger_entries").fetchall()
+    assert account.id not in {r[0] for r in rows}  # pseudonymized at once
+    retention.run_all(db, settings, NOW)
+    left = db.execute(
+        "select account_ref, amount_microusd from ledger_entries order by amount_microusd"
+    ).fetchall()
+    # The live account's old record stays; of the erased one, 7 years - 1 day is kept
+    # under its pseudonym and 7 years + 1 day is gone.
+    assert [a for _, a in left] == [1_000_000, 7_000_000]
+    assert left[0][0] == kept_account.id
+    assert left[1][0].startswith("erased_")
+    (receipt,) = receipts.receipts(db)
+    assert receipt.body["billing_reference"] == left[1][0]
+    assert retention.run_job(db, settings, "billing", NOW).deleted == 0
