@@ -27,6 +27,7 @@ import appliance
 from appliance import vault
 from appliance.config import Settings
 from appliance.errors import InvalidInput, Unavailable
+from appliance.inference.batching import BatchedChatEngine
 from appliance.inference.client import ACCOUNT_HEADER, PRIORITY_HEADER
 from appliance.inference.engine import Delta, Engine, Finish, GenerationParams, load_engine
 from appliance.inference.scheduler import DONE, AccountBusy, Failed, Job, Scheduler
@@ -199,8 +200,9 @@ class InferenceService:
         self.engine = engine
         self.key = vault.read_secret(settings, "inference_key")
         cfg = settings.inference
+        runner = engine.chat if isinstance(engine.chat, BatchedChatEngine) else self._run_chat
         self.chat = Scheduler(
-            "chat", self._run_chat, queue_size=cfg.queue_size, per_account=cfg.per_account_queue
+            "chat", runner, queue_size=cfg.queue_size, per_account=cfg.per_account_queue
         )
         self.embeddings = Scheduler(
             "embeddings",
@@ -380,6 +382,8 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             "gpu_layers": info.gpu_layers,
             "model_layers": info.model_layers,
             "queue": service.chat.waiting + service.embeddings.waiting,
+            "engine": info.engine,
+            "batching": _batching(service),
         }
 
     @get("/metrics", media_type=MediaType.TEXT)
@@ -509,7 +513,7 @@ def _prometheus(service: InferenceService) -> str:
         label = f'kind="{scheduler.name}"'
         lines += [
             f"appliance_inference_queue_length{{{label}}} {scheduler.waiting}",
-            f"appliance_inference_running{{{label}}} {1 if scheduler.running else 0}",
+            f"appliance_inference_running{{{label}}} {len(scheduler.active)}",
             f'appliance_inference_requests_total{{{label},status="completed"}} {s.completed}',
             f'appliance_inference_requests_total{{{label},status="cancelled"}} {s.cancelled}',
             f'appliance_inference_requests_total{{{label},status="failed"}} {s.failed}',
@@ -529,7 +533,48 @@ def _prometheus(service: InferenceService) -> str:
         "# HELP appliance_inference_queue_length Requests waiting for the model.",
         "# TYPE appliance_inference_queue_length gauge",
     ]
+    chat_engine = service.engine.chat
+    if isinstance(chat_engine, BatchedChatEngine):
+        m = chat_engine.metrics
+        lines += [
+            f"appliance_inference_slots {chat_engine.slots}",
+            f"appliance_inference_slots_in_use {chat_engine.slots_in_use}",
+            f"appliance_inference_batch_steps_total {m.steps}",
+            f"appliance_inference_batch_step_seconds_total {m.step_seconds:.6f}",
+            f"appliance_inference_batch_decode_seconds_total {m.decode_seconds:.6f}",
+            "appliance_inference_batch_overhead_seconds_total "
+            f"{m.step_seconds - m.decode_seconds:.6f}",
+            f"appliance_inference_batch_tokens_total {m.batch_tokens}",
+            f"appliance_inference_batch_sequences_total {m.batch_sequences}",
+            f"appliance_inference_prompt_tokens_evaluated_total {m.prompt_tokens}",
+            f"appliance_inference_prefix_cache_lookups_total {m.prefix_lookups}",
+            f"appliance_inference_prefix_cache_hits_total {m.prefix_hits}",
+            f"appliance_inference_prefix_cache_hit_rate {m.prefix_hit_rate:.4f}",
+            f"appliance_inference_prefix_cache_tokens_reused_total {m.prefix_tokens_reused}",
+            f"appliance_inference_prefix_cache_entries {chat_engine.prefix_entries}",
+            f"appliance_inference_kv_full_total {m.kv_full}",
+            f"appliance_inference_decode_errors_total {m.decode_errors}",
+        ]
     return "\n".join(header + lines) + "\n"
+
+
+def _batching(service: InferenceService) -> dict[str, Any] | None:
+    """The batched engine's state and recent step times (None for the sequential one)."""
+    chat = service.engine.chat
+    if not isinstance(chat, BatchedChatEngine):
+        return None
+    m = chat.metrics
+    return {
+        "slots": chat.slots,
+        "slots_in_use": chat.slots_in_use,
+        "prompt_chunk_tokens": chat.chunk,
+        "steps": m.steps,
+        **m.averages(),
+        "prefix_cache_entries": chat.prefix_entries,
+        "prefix_cache_hit_rate": round(m.prefix_hit_rate, 4),
+        "kv_full": m.kv_full,
+        "decode_errors": m.decode_errors,
+    }
 
 
 def run_server(settings: Settings) -> None:

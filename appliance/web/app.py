@@ -142,6 +142,7 @@ def create_app(
             requestlog.timer_middleware,
         ],
         before_send=[add_security_headers, requestlog.recorder(settings, clock)],
+        after_exception=[requestlog.note_exception],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(
             title="Appliance API",

@@ -1,9 +1,10 @@
 """The request log: every response is recorded, content-free (see privacy/requestlog.py).
 
-``RequestTimer`` (a middleware, so it runs once a route matched) notes the start time and
-the error class of anything the handler raised; the ``before_send`` hook writes the row
-and a JSON log line when the last body chunk goes out, so error responses, streamed
-answers and unknown paths are all recorded with their real status.
+``timer_middleware`` (it runs once a route matched) notes the start time and
+``note_exception`` (an ``after_exception`` hook) the error class of anything a handler
+raised; the ``before_send`` hook writes the row and a JSON log line when the last body
+chunk goes out, so error responses, streamed answers and unknown paths are all recorded
+with their real status.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import anyio.to_thread
+from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance.clock import Clock, iso
@@ -34,16 +36,16 @@ def timer_middleware(app: ASGIApp) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             scope[_START] = time.perf_counter()  # type: ignore[literal-required]
-        try:
-            await app(scope, receive, send)
-        except Exception as exc:
-            from litestar.exceptions import HTTPException
-
-            user_facing = isinstance(exc, ApplianceError | HTTPException)
-            scope[_ERROR] = requestlog.error_text(exc, user_facing=user_facing)  # type: ignore[literal-required]
-            raise
+        await app(scope, receive, send)
 
     return middleware
+
+
+async def note_exception(exc: Exception, scope: Scope) -> None:
+    """``after_exception`` hook: the error class (and, for unexpected errors only, the
+    redacted message) of whatever a handler raised, for the request-log row."""
+    user_facing = isinstance(exc, ApplianceError | HTTPException)
+    scope[_ERROR] = requestlog.error_text(exc, user_facing=user_facing)  # type: ignore[literal-required]
 
 
 def recorder(settings: Settings, clock: Clock) -> Callable[[Message, Scope], Awaitable[None]]:

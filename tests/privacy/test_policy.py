@@ -1,0 +1,137 @@
+"""The privacy policy: rendered from the repo's template and settings, linked from every
+page and email, published in versions users are emailed about and accept on sign-in."""
+
+import re
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+from conftest import make_settings
+from litestar.testing import TestClient
+from privacy_support import last_code
+
+from appliance import mail
+from appliance.accounts import service as accounts
+from appliance.cli import initialise
+from appliance.errors import Conflict, InvalidInput
+from appliance.privacy import policy
+from appliance.tasks import create_queue
+from appliance.web import create_app
+
+
+def test_policy_page_is_public_and_filled_from_settings(tmp_path, clock):
+    settings = make_settings(
+        tmp_path / "data",
+        **{
+            "privacy.company_legal_name": "Acme Widgets LLC",
+            "privacy.contact_email": "dpo@acme.example",
+            "privacy.log_retention_days": 14,
+            "privacy.erase_window_days": 10,
+            "privacy.tax_retention_years": 6,
+            "privacy.minimum_age": 16,
+            "privacy.operators": ("Jane Doe", "Ops team"),
+            "privacy.response_window_business_days": 5,
+        },
+    )
+    initialise(settings)
+    app = create_app(settings, clock=clock, queue=create_queue(settings, immediate=True))
+    with TestClient(app) as client:
+        page = client.get("/privacy")
+    assert page.status_code == 200
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.text))
+    assert "Acme Widgets LLC" in text and "dpo@acme.example" in text
+    assert "retained for 14 days" in text and "within 10 days" in text
+    assert "retained for 6 years" in text and "individuals under 16" in text
+    assert "limited to Jane Doe, Ops team" in text and "within 5 business days" in text
+    assert "{{" not in page.text and "[RETENTION" not in page.text
+
+
+def test_every_page_and_email_links_the_policy(settings, client):
+    for path in ("/", "/login", "/privacy"):
+        assert 'href="/privacy"' in client.get(path).text, path
+    message = mail.compose(settings, "signin_code", "a@example.com", code="123456", minutes=10)
+    assert f"{settings.public_url}/privacy" in message.text
+    assert f"{settings.public_url}/privacy" in message.html
+
+
+def test_publish_emails_everyone_before_it_takes_effect(settings, db, clock):
+    accounts.create_user(db, "one@example.com", clock())
+    accounts.create_user(db, "two@example.com", clock())
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "appliance",
+            "policy",
+            "publish",
+            "--data-dir",
+            str(settings.paths.data_dir),
+            "--summary",
+            "We now keep logs for 30 days.",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "published version 1" in result.stdout
+    (version,) = policy.versions(db)
+    assert version.text_sha256 == policy.text_hash(policy.render_text(settings))
+    notice = timedelta(days=settings.privacy.policy_notice_days)
+    assert version.effective_at > version.published_at
+    # The worker sends one email per user, naming the date it takes effect.
+    queued = [t for t in create_queue(settings).huey.pending() if t.name == "send_mail"]
+    assert sorted(t.args[1] for t in queued) == ["one@example.com", "two@example.com"]
+    assert all(t.args[0] == "policy_changed" for t in queued)
+    composed = mail.compose(settings, "policy_changed", "one@example.com", **queued[0].args[2])
+    assert version.effective_at[:10] in composed.subject
+    assert "keep logs for 30 days" in composed.text
+    # Publishing the same text again is refused; a changed text needs the notice period.
+    with pytest.raises(Conflict):
+        policy.publish(db, settings, clock())
+    changed = settings.replace(**{"privacy.log_retention_days": 14})
+    with pytest.raises(InvalidInput):
+        policy.publish(db, changed, clock(), effective_at=clock() + notice / 2)
+    assert policy.publish(db, changed, clock()).version == 2
+
+
+def test_sign_in_after_the_change_asks_for_acceptance(settings, db, clock, app):
+    user, _ = accounts.create_user(db, "reader@example.com", clock())
+    accounts.skip_onboarding(db, accounts.accounts_of(db, user.id)[0][0].id, "owner", clock())
+    policy.publish(db, settings, clock(), effective_at=clock() + timedelta(days=30))
+    with TestClient(app, base_url="http://127.0.0.1:8000") as browser:
+
+        def csrf(path):
+            html = browser.get(path).text
+            return re.search(r'name="_csrf_token" value="([^"]+)"', html).group(1)
+
+        def sign_in():
+            token = csrf("/login")
+            browser.post(
+                "/login", data={"email": "reader@example.com", "next": "/", "_csrf_token": token}
+            )
+            code = last_code(settings, "reader@example.com")
+            return browser.post(
+                "/login/verify",
+                data={"code": code, "next": "/", "_csrf_token": token},
+                follow_redirects=False,
+            )
+
+        # Before it takes effect: nothing to accept.
+        assert sign_in().headers["location"] == "/"
+        clock.advance(days=31)
+        landing = sign_in().headers["location"]
+        assert landing.startswith("/privacy/accept")
+        page = browser.get(landing)
+        assert page.status_code == 200 and "Our privacy policy changed" in page.text
+        token = re.search(r'name="_csrf_token" value="([^"]+)"', page.text).group(1)
+        accepted = browser.post(
+            "/privacy/accept",
+            data={"version": "1", "next": "/", "_csrf_token": token},
+            follow_redirects=False,
+        )
+        assert accepted.status_code in (302, 303), accepted.text
+        assert policy.pending(db, user.id, clock()) is None
+        assert sign_in().headers["location"] == "/"
+        assert browser.get("/api/me/policy").json()["acceptance_required"] is False
