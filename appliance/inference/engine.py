@@ -69,6 +69,8 @@ class EngineInfo:
     model_layers: int
     n_threads: int
     embedding_dim: int | None = None
+    engine: str = "sequential"
+    parallel: int = 1
 
     @property
     def device(self) -> str:
@@ -108,61 +110,55 @@ def gpu_offload_supported() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
-class ChatEngine:
-    """One chat model in one llama.cpp context, generating one sequence at a time.
+def chat_llama(
+    path: Path,
+    *,
+    n_ctx: int,
+    n_threads: int,
+    n_gpu_layers: int,
+    flash_attn: bool,
+    kv_cache_type: str,
+):
+    """The chat model loaded with the engine's settings, as a ``llama_cpp.Llama``."""
+    import llama_cpp
 
-    The KV cache of the last sequence stays in the context, and states of recent
-    sequences are kept in a RAM cache, so the next turn of a conversation only evaluates
-    the new tokens. A batched scheduler can replace the one-sequence ``generate`` without
-    the server or client changing.
-    """
+    return llama_cpp.Llama(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_batch=min(512, n_ctx),
+        n_threads=n_threads,
+        n_threads_batch=n_threads,
+        n_gpu_layers=n_gpu_layers,
+        flash_attn=flash_attn,
+        type_k=KV_TYPES[kv_cache_type],
+        type_v=KV_TYPES[kv_cache_type],
+        seed=random.randrange(2**31),  # noqa: S311 - sampling, not security
+        verbose=False,
+    )
 
-    def __init__(
-        self,
-        model: models.Model,
-        path: Path,
-        *,
-        n_ctx: int,
-        n_threads: int,
-        n_gpu_layers: int,
-        flash_attn: bool,
-        kv_cache_type: str,
-        prefix_cache_bytes: int,
-    ) -> None:
-        import llama_cpp
+
+class ChatModel:
+    """A loaded chat model's chat template and tokenizer, shared by both engines."""
+
+    def __init__(self, model: models.Model, llama, n_ctx: int) -> None:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self.model = model
-        self._llama_cpp = llama_cpp
-        self.llama = llama_cpp.Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            n_batch=min(512, n_ctx),
-            n_threads=n_threads,
-            n_threads_batch=n_threads,
-            n_gpu_layers=n_gpu_layers,
-            flash_attn=flash_attn,
-            type_k=KV_TYPES[kv_cache_type],
-            type_v=KV_TYPES[kv_cache_type],
-            seed=random.randrange(2**31),  # noqa: S311 - sampling, not security
-            verbose=False,
-        )
-        self.n_ctx = self.llama.n_ctx()
-        metadata = self.llama.metadata
+        self.llama = llama
+        self.n_ctx = n_ctx
+        metadata = llama.metadata
         template = metadata.get("tokenizer.chat_template")
         if not template:
             raise ConfigError(f"model '{model.id}' has no chat template in its GGUF metadata")
-        eos_id = self.llama.token_eos()
-        bos_id = self.llama.token_bos()
-        piece = self.llama._model.token_get_text
+        eos_id = llama.token_eos()
+        bos_id = llama.token_bos()
+        piece = llama._model.token_get_text
         self._formatter = Jinja2ChatFormatter(
             template=template,
             eos_token=piece(eos_id) if eos_id >= 0 else "",
             bos_token=piece(bos_id) if bos_id >= 0 else "",
             stop_token_ids=[eos_id],
         )
-        self._cache = llama_cpp.LlamaRAMCache(capacity_bytes=prefix_cache_bytes)
-        self.prefix_cache_enabled = prefix_cache_bytes > 0
         self.layers = int(metadata.get(f"{metadata.get('general.architecture')}.block_count", 0))
 
     def count_tokens(self, texts: list[str]) -> list[int]:
@@ -192,6 +188,43 @@ class ChatEngine:
         stop = formatted.stop
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         return tokens, stops
+
+
+class ChatEngine(ChatModel):
+    """One chat model in one llama.cpp context, generating one sequence at a time.
+
+    The KV cache of the last sequence stays in the context, and states of recent
+    sequences are kept in a RAM cache, so the next turn of a conversation only evaluates
+    the new tokens. ``inference.engine = "sequential"`` selects it; the batched engine
+    (appliance/inference/batching.py) serves several sequences at once.
+    """
+
+    def __init__(
+        self,
+        model: models.Model,
+        path: Path,
+        *,
+        n_ctx: int,
+        n_threads: int,
+        n_gpu_layers: int,
+        flash_attn: bool,
+        kv_cache_type: str,
+        prefix_cache_bytes: int,
+    ) -> None:
+        import llama_cpp
+
+        self._llama_cpp = llama_cpp
+        llama = chat_llama(
+            path,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_gpu_layers=n_gpu_layers,
+            flash_attn=flash_attn,
+            kv_cache_type=kv_cache_type,
+        )
+        super().__init__(model, llama, llama.n_ctx())
+        self._cache = llama_cpp.LlamaRAMCache(capacity_bytes=prefix_cache_bytes)
+        self.prefix_cache_enabled = prefix_cache_bytes > 0
 
     def generate(
         self,
@@ -398,7 +431,7 @@ class EmbeddingEngine:
 
 @dataclass
 class Engine:
-    chat: ChatEngine
+    chat: ChatModel
     embedding: EmbeddingEngine | None
     info: EngineInfo
     extra: dict = field(default_factory=dict)
@@ -428,16 +461,33 @@ def load_engine(settings: Settings, *, with_embeddings: bool = True) -> Engine:
         n_gpu_layers = 0
     n_threads = cfg.n_threads or physical_cores()
     n_ctx = cfg.n_ctx or min(chat_model.context_length or 8192, 8192)
-    chat = ChatEngine(
-        chat_model,
-        chat_path,
-        n_ctx=n_ctx,
-        n_threads=n_threads,
-        n_gpu_layers=n_gpu_layers,
-        flash_attn=cfg.flash_attn,
-        kv_cache_type=cfg.kv_cache_type,
-        prefix_cache_bytes=cfg.prefix_cache_mb * 1024 * 1024,
-    )
+    chat: ChatModel
+    if cfg.engine == "batched":
+        from appliance.inference.batching import BatchedChatEngine
+
+        chat = BatchedChatEngine(
+            chat_model,
+            chat_path,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_gpu_layers=n_gpu_layers,
+            flash_attn=cfg.flash_attn,
+            kv_cache_type=cfg.kv_cache_type,
+            parallel=cfg.parallel,
+            prompt_chunk_tokens=cfg.prompt_chunk_tokens,
+            prefix_cache_entries=cfg.prefix_cache_entries,
+        )
+    else:
+        chat = ChatEngine(
+            chat_model,
+            chat_path,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_gpu_layers=n_gpu_layers,
+            flash_attn=cfg.flash_attn,
+            kv_cache_type=cfg.kv_cache_type,
+            prefix_cache_bytes=cfg.prefix_cache_mb * 1024 * 1024,
+        )
     embedding = None
     if with_embeddings:
         try:
@@ -465,5 +515,7 @@ def load_engine(settings: Settings, *, with_embeddings: bool = True) -> Engine:
         model_layers=layers,
         n_threads=n_threads,
         embedding_dim=embedding.dim if embedding else None,
+        engine=cfg.engine,
+        parallel=cfg.parallel if cfg.engine == "batched" else 1,
     )
     return Engine(chat=chat, embedding=embedding, info=info)

@@ -6,9 +6,11 @@ before ``batch`` ones (document ingestion). The queue is bounded in total and pe
 A running request is never interrupted by a new one; a cancelled one (client gone) is
 dropped from the queue or stopped at its next token, and frees its place at once.
 
-The worker runs a *runner*: a function from a job to an iterator of events. The chat
-runner generates one sequence at a time today; a batched runner can replace it without
-the server changing, because the server only sees ``submit``, ``cancel`` and events.
+The worker runs a *runner*: either a function from a job to an iterator of events (one
+job at a time), or a ``BatchRunner`` that holds up to ``slots`` jobs and advances all of
+them one step at a time (continuous batching). The server only sees ``submit``,
+``cancel`` and events either way, and the queue's fairness and bounds are the same: a
+batch runner takes jobs from the same round-robin, as many as it has free slots.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from appliance.errors import ApplianceError, Unavailable
 
@@ -66,6 +68,30 @@ class Job:
 DONE = object()
 
 
+@runtime_checkable
+class BatchRunner(Protocol):
+    """Runs several jobs at once, one step at a time, on the scheduler's thread."""
+
+    #: Jobs it can hold at once.
+    slots: int
+
+    def admit(self, job: Job) -> None:
+        """Take ``job`` into a free slot; raise ``ApplianceError`` to refuse it (400)."""
+
+    def step(self) -> list[tuple[Job, Any]]:
+        """Advance every held job (emitting its events); return the jobs that ended.
+
+        Each ended job comes with its last event: a ``Finish`` or a ``Failed``. A job whose
+        ``cancelled`` flag is set must end (and free its slot) in the next step.
+        """
+
+    def idle(self) -> None:
+        """Called when the runner holds no job and none is waiting (housekeeping)."""
+
+    def reset(self) -> None:
+        """Forget every held job and free their slots (after ``step`` raised)."""
+
+
 @dataclass
 class Stats:
     submitted: int = 0
@@ -84,7 +110,7 @@ class Scheduler:
     def __init__(
         self,
         name: str,
-        runner: Callable[[Job], Iterator[Any]],
+        runner: Callable[[Job], Iterator[Any]] | BatchRunner,
         *,
         queue_size: int,
         per_account: int,
@@ -94,7 +120,8 @@ class Scheduler:
         self.queue_size = queue_size
         self.per_account = per_account
         self.stats = Stats()
-        self.running: Job | None = None
+        #: Jobs taken from the queue and not finished yet (at most one unless batched).
+        self.active: list[Job] = []
         self._queues: dict[str, OrderedDict[str, deque[Job]]] = {
             priority: OrderedDict() for priority in PRIORITIES
         }
@@ -102,7 +129,8 @@ class Scheduler:
         self._waiting = 0
         self._cond = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._work, name=f"{name}-scheduler", daemon=True)
+        target = self._work_batched if isinstance(runner, BatchRunner) else self._work
+        self._thread = threading.Thread(target=target, name=f"{name}-scheduler", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -110,14 +138,20 @@ class Scheduler:
     def stop(self, timeout: float = 5.0) -> None:
         with self._cond:
             self._stopping = True
-            if self.running:
-                self.running.cancelled.set()
+            for job in self.active:
+                job.cancelled.set()
             self._cond.notify_all()
         self._thread.join(timeout)
 
     @property
     def waiting(self) -> int:
         return self._waiting
+
+    @property
+    def running(self) -> Job | None:
+        """The oldest job being run, or None when the worker is idle."""
+        active = self.active
+        return active[0] if active else None
 
     def submit(self, job: Job) -> None:
         """Queue ``job``.
@@ -189,10 +223,10 @@ class Scheduler:
                     job = self._next()
                 if job is None:
                     return
-                self.running = job
+                self.active = [job]
             self._run(job)
             with self._cond:
-                self.running = None
+                self.active = []
                 self._release(job.account)
             # DONE only after the account's place is free: a caller that submits again
             # as soon as it sees DONE must not be refused.
@@ -219,3 +253,65 @@ class Scheduler:
             job.emit(Failed("The model failed to answer this request."))
         finally:
             self.stats.busy_seconds += time.monotonic() - job.started_at
+
+    def _work_batched(self) -> None:
+        """Admit jobs into free slots, in the queue's fair order, and step the batch."""
+        runner: BatchRunner = self.runner  # type: ignore[assignment]
+        while True:
+            admitted: list[Job] = []
+            with self._cond:
+                while not self.active and not self._waiting and not self._stopping:
+                    runner.idle()
+                    if not self._waiting and not self._stopping:
+                        self._cond.wait()
+                if self._stopping and not self.active:
+                    return
+                while not self._stopping and len(self.active) + len(admitted) < runner.slots:
+                    job = self._next()
+                    if job is None:
+                        break
+                    admitted.append(job)
+            for job in admitted:
+                job.started_at = time.monotonic()
+                try:
+                    runner.admit(job)
+                except ApplianceError as exc:
+                    self._end(job, Failed(str(exc), 400))
+                except Exception:
+                    log.exception("%s request could not start", self.name)
+                    self._end(job, Failed("The model failed to answer this request."))
+                else:
+                    with self._cond:
+                        self.active.append(job)
+            if not self.active:
+                continue
+            started = time.monotonic()
+            try:
+                ended = runner.step()
+            except Exception:
+                # The runner should fail requests one by one; if its step itself broke,
+                # fail what it held rather than the thread.
+                log.exception("%s batch step failed", self.name)
+                runner.reset()
+                failed = Failed("The model failed to answer this request.")
+                ended = [(job, failed) for job in list(self.active)]
+            self.stats.busy_seconds += time.monotonic() - started
+            for job, last in ended:
+                self._end(job, last)
+
+    def _end(self, job: Job, last: Any) -> None:
+        """Deliver a batched job's last event, count it, free its place, then DONE."""
+        job.emit(last)
+        if isinstance(last, Failed):
+            self.stats.failed += 1
+        else:
+            self.stats.tokens += getattr(last, "completion_tokens", 0) or 0
+            if job.cancelled.is_set():
+                self.stats.cancelled += 1
+            else:
+                self.stats.completed += 1
+        with self._cond:
+            if job in self.active:
+                self.active.remove(job)
+            self._release(job.account)
+        job.emit(DONE)

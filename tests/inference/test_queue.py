@@ -87,7 +87,9 @@ def small_service(tmp_path, models_dir) -> Iterator:
         settings = make_settings(tmp_path / f"data-{len(started)}")
         link_models(settings, models_dir)
         initialise(settings)
-        service = start_inference(settings, **env)
+        # One sequence slot, so that requests queue behind a running one (with more,
+        # the batched engine runs them at once: tests/inference/test_batching.py).
+        service = start_inference(settings, **{"APPLIANCE_INFERENCE__PARALLEL": "1", **env})
         started.append(service)
         return SmallService(service, vault.read_secret(settings, "inference_key"))
 

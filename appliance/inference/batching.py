@@ -1,0 +1,504 @@
+"""Continuous batching: many conversations decoded together in one llama.cpp context.
+
+``BatchedChatEngine`` is the chat scheduler's ``BatchRunner``. It owns one context with
+``inference.parallel`` sequence slots over one unified KV cache of ``inference.n_ctx``
+cells. Every step builds one ``llama_batch`` holding the next token of each running
+sequence and, within ``inference.prompt_chunk_tokens``, chunks of new prompts; calls
+``llama_decode`` once; and samples each sequence that has logits with its own sampler
+chain (temperature, top_p, seed). Text, stop strings and usage are handled per request
+exactly like the sequential engine does.
+
+Prefix reuse: a finished sequence's KV cells are kept under a spare sequence id (the
+cells are shared, not copied); a later prompt that starts with the same tokens gets them
+with ``llama_memory_seq_cp`` and only evaluates the rest. At most
+``inference.prefix_cache_entries`` are kept, least recently used dropped first, and all
+of them are dropped before a running request is failed for lack of KV cells.
+
+Errors stay with their request: a prompt longer than the context, a KV cache too full
+for the step, or a failed decode ends that request with a clear message; the others go
+on. Everything here runs on the chat scheduler's thread.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import random
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.inference import models
+from appliance.inference.engine import (
+    ChatModel,
+    Delta,
+    Finish,
+    GenerationParams,
+    _StopScanner,
+    chat_llama,
+)
+from appliance.inference.scheduler import Failed, Job
+
+log = logging.getLogger(__name__)
+
+#: Shorter common prefixes are not worth a cache lookup's bookkeeping.
+MIN_REUSED_TOKENS = 8
+#: Steps the averages in /healthz are taken over.
+WINDOW = 256
+
+KV_FULL = (
+    "The model's memory (KV cache of {n_ctx} tokens shared by all conversations) is full; "
+    "this request was stopped so the others can go on. Try again in a moment."
+)
+DECODE_FAILED = "The model failed to evaluate this request."
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """One request in a slot."""
+
+    job: Job
+    slot: int
+    prompt: list[int]
+    limit: int
+    sampler: Any
+    scanner: _StopScanner
+    order: int
+    cached: int = 0
+    #: Tokens in the KV cache, in order (the prompt, then the decoded answer tokens).
+    history: list[int] = field(default_factory=list)
+    #: A sampled token not yet in the KV cache (fed in the next step).
+    pending: int | None = None
+    completion: int = 0
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    #: Index of this sequence's logits in the current batch, if it is to be sampled.
+    out: int | None = None
+
+    @property
+    def n_past(self) -> int:
+        return len(self.history)
+
+    @property
+    def prefilling(self) -> bool:
+        return self.n_past < len(self.prompt)
+
+
+@dataclass
+class BatchMetrics:
+    """Counters since start (for /metrics) and a window of recent steps (for /healthz)."""
+
+    steps: int = 0
+    step_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    batch_tokens: int = 0
+    batch_sequences: int = 0
+    prompt_tokens: int = 0
+    prefix_lookups: int = 0
+    prefix_hits: int = 0
+    prefix_tokens_reused: int = 0
+    kv_full: int = 0
+    decode_errors: int = 0
+    recent: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, step: float, decode: float, tokens: int, sequences: int) -> None:
+        with self.lock:
+            self.steps += 1
+            self.step_seconds += step
+            self.decode_seconds += decode
+            self.batch_tokens += tokens
+            self.batch_sequences += sequences
+            self.recent.append((step, decode, tokens, sequences))
+
+    def averages(self) -> dict[str, float]:
+        """Means over the last ``WINDOW`` steps (zeros before the first step)."""
+        with self.lock:
+            recent = list(self.recent)
+        if not recent:
+            return {
+                "step_ms": 0.0,
+                "decode_ms": 0.0,
+                "overhead_ms": 0.0,
+                "batch_tokens": 0.0,
+                "batch_sequences": 0.0,
+            }
+        n = len(recent)
+        step = sum(r[0] for r in recent) / n
+        decode = sum(r[1] for r in recent) / n
+        return {
+            "step_ms": round(step * 1000, 3),
+            "decode_ms": round(decode * 1000, 3),
+            "overhead_ms": round((step - decode) * 1000, 3),
+            "batch_tokens": round(sum(r[2] for r in recent) / n, 2),
+            "batch_sequences": round(sum(r[3] for r in recent) / n, 2),
+        }
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        return self.prefix_hits / self.prefix_lookups if self.prefix_lookups else 0.0
+
+
+class BatchedChatEngine(ChatModel):
+    """The chat model decoding up to ``parallel`` sequences per step (a ``BatchRunner``)."""
+
+    def __init__(
+        self,
+        model: models.Model,
+        path: Path,
+        *,
+        n_ctx: int,
+        n_threads: int,
+        n_gpu_layers: int,
+        flash_attn: bool,
+        kv_cache_type: str,
+        parallel: int,
+        prompt_chunk_tokens: int,
+        prefix_cache_entries: int,
+    ) -> None:
+        import llama_cpp
+        from llama_cpp import _internals
+
+        self._lib = llama_cpp
+        # The Llama object supplies the weights, tokenizer and chat template; its own
+        # context is kept minimal because the batched context below does the work.
+        llama = chat_llama(
+            path,
+            n_ctx=64,
+            n_threads=n_threads,
+            n_gpu_layers=n_gpu_layers,
+            flash_attn=flash_attn,
+            kv_cache_type=kv_cache_type,
+        )
+        self.slots = parallel
+        self.chunk = prompt_chunk_tokens
+        self.capacity = parallel + prompt_chunk_tokens
+        self.cache_entries = prefix_cache_entries
+        params = llama_cpp.llama_context_params.from_buffer_copy(llama.context_params)
+        params.n_ctx = n_ctx
+        params.n_batch = self.capacity
+        params.n_ubatch = min(self.capacity, 512)
+        params.n_seq_max = parallel + prefix_cache_entries
+        params.kv_unified = True  # one pool of cells: shared prefixes are stored once
+        params.swa_full = True  # sliding-window models keep whole prefixes for reuse
+        self._context = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
+        self.ctx = self._context.ctx
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        super().__init__(model, llama, int(llama_cpp.llama_n_ctx(self.ctx)))
+        self.vocab = llama._model.vocab
+        self.batch = llama_cpp.llama_batch_init(self.capacity, 0, 1)
+        self.metrics = BatchMetrics()
+        self._running: dict[int, _Sequence] = {}
+        self._free = list(range(parallel - 1, -1, -1))
+        #: Prefix cache: spare sequence id -> the tokens its KV cells hold (LRU order).
+        self._prefixes: OrderedDict[int, list[int]] = OrderedDict()
+        self._spare = list(range(parallel + prefix_cache_entries - 1, parallel - 1, -1))
+        self._admitted = 0
+
+    # -- BatchRunner -------------------------------------------------------------------
+
+    def admit(self, job: Job) -> None:
+        """Take a job into a free slot, reusing a cached prefix of its prompt if one fits."""
+        messages, params = job.payload.messages, job.payload.params
+        tokens, template_stops = self.prompt_tokens(messages)  # ContextOverflow: 400
+        slot = self._free.pop()
+        stops = tuple(s for s in (*params.stop, *template_stops) if s)
+        seq = _Sequence(
+            job=job,
+            slot=slot,
+            prompt=tokens,
+            limit=min(params.max_tokens, self.n_ctx - len(tokens)),
+            sampler=self._sampler(params),
+            scanner=_StopScanner(stops),
+            order=self._admitted,
+        )
+        self._admitted += 1
+        self._lib.llama_memory_seq_rm(self.memory, slot, -1, -1)
+        seq.cached = self._reuse_prefix(seq)
+        self._running[slot] = seq
+
+    def step(self) -> list[tuple[Job, Any]]:
+        """One decode step over every running sequence; returns the ones that ended."""
+        started = time.perf_counter()
+        ended: list[tuple[Job, Any]] = []
+        for seq in list(self._running.values()):
+            if seq.job.cancelled.is_set():
+                ended.append((seq.job, self._end(seq, "cancelled")))
+        decoding = [s for s in self._running.values() if not s.prefilling]
+        prefilling = sorted(
+            (s for s in self._running.values() if s.prefilling), key=lambda s: s.order
+        )
+        plan = self._plan(decoding, prefilling)
+        if not plan:
+            return ended
+        decode_seconds, failures = self._decode(plan)
+        for seq, message in failures:
+            ended.append((seq.job, self._fail(seq, message)))
+        sampled = 0
+        for seq, _start, _count in plan:
+            if seq.slot not in self._running or self._running[seq.slot] is not seq:
+                continue
+            if seq.out is None:
+                continue
+            sampled += 1
+            last = self._sample(seq)
+            if last is not None:
+                ended.append((seq.job, last))
+        tokens = sum(count for _seq, _start, count in plan)
+        self.metrics.record(time.perf_counter() - started, decode_seconds, tokens, len(plan))
+        return ended
+
+    def idle(self) -> None:
+        """Nothing runs: nothing to tidy (prefix entries stay until they are needed)."""
+
+    def reset(self) -> None:
+        for seq in list(self._running.values()):
+            self._release(seq)
+
+    def slot_of(self, job: Job) -> int | None:
+        """The slot ``job`` runs in, or None once it ended (for the operator and tests)."""
+        for slot, seq in list(self._running.items()):
+            if seq.job is job:
+                return slot
+        return None
+
+    @property
+    def slots_in_use(self) -> int:
+        return len(self._running)
+
+    @property
+    def prefix_entries(self) -> int:
+        return len(self._prefixes)
+
+    # -- one step ----------------------------------------------------------------------
+
+    def _plan(
+        self, decoding: list[_Sequence], prefilling: list[_Sequence]
+    ) -> list[tuple[_Sequence, int, int]]:
+        """(sequence, first position, token count) for this step: every decode token, then
+        prompt chunks in admission order within the chunk budget."""
+        plan = [(seq, seq.n_past, 1) for seq in decoding]
+        budget = self.chunk
+        for seq in prefilling:
+            if budget <= 0:
+                break
+            count = min(budget, len(seq.prompt) - seq.n_past)
+            plan.append((seq, seq.n_past, count))
+            budget -= count
+        return plan
+
+    def _fill(self, plan: list[tuple[_Sequence, int, int]]) -> None:
+        batch = self.batch
+        token, pos, n_seq, seq_ids, logits = (
+            batch.token,
+            batch.pos,
+            batch.n_seq_id,
+            batch.seq_id,
+            batch.logits,
+        )
+        i = 0
+        for seq, start, count in plan:
+            if seq.prefilling:
+                source = seq.prompt
+                done = start + count == len(seq.prompt)
+            else:
+                source = None
+                done = True
+            for k in range(count):
+                token[i] = source[start + k] if source is not None else seq.pending
+                pos[i] = start + k
+                n_seq[i] = 1
+                seq_ids[i][0] = seq.slot
+                logits[i] = 0
+                i += 1
+            if done:
+                logits[i - 1] = 1
+                seq.out = i - 1
+            else:
+                seq.out = None
+        batch.n_tokens = i
+
+    def _decode(
+        self, plan: list[tuple[_Sequence, int, int]]
+    ) -> tuple[float, list[tuple[_Sequence, str]]]:
+        """Decode the plan; on failure retry without the request(s) at fault.
+
+        Returns the seconds spent in ``llama_decode`` and the sequences that failed (they
+        are removed from ``plan``), each with the message for its caller.
+        """
+        lib = self._lib
+        failures: list[tuple[_Sequence, str]] = []
+        seconds = 0.0
+        groups = [list(plan)]
+        plan.clear()
+        while groups:
+            group = groups.pop(0)
+            if not group:
+                continue
+            self._fill(group)
+            began = time.perf_counter()
+            rc = lib.llama_decode(self.ctx, self.batch)
+            seconds += time.perf_counter() - began
+            if rc == 0:
+                self._advance(group)
+                plan.extend(group)
+                continue
+            if rc == 1:  # no room in the KV cache; nothing was evaluated
+                if self._prefixes:
+                    self._drop_prefixes()
+                    groups.insert(0, group)
+                    continue
+                victim = max(group, key=lambda item: item[0].order)
+                self.metrics.kv_full += 1
+                log.warning("KV cache full: stopping the newest of %d requests", len(group))
+                failures.append((victim[0], KV_FULL.format(n_ctx=self.n_ctx)))
+                # Its cells are freed now, so that the retry below can use them.
+                lib.llama_memory_seq_rm(self.memory, victim[0].slot, -1, -1)
+                groups.insert(0, [item for item in group if item is not victim])
+                continue
+            # Any other error: undo what this step may have stored, then find the culprit
+            # by decoding each request on its own.
+            self.metrics.decode_errors += 1
+            log.error("llama_decode returned %d for a batch of %d requests", rc, len(group))
+            for seq, start, _count in group:
+                lib.llama_memory_seq_rm(self.memory, seq.slot, start, -1)
+            if len(group) == 1:
+                failures.append((group[0][0], DECODE_FAILED))
+            else:
+                groups[:0] = [[item] for item in group]
+        for seq, _message in failures:
+            seq.out = None
+        return seconds, failures
+
+    def _advance(self, group: list[tuple[_Sequence, int, int]]) -> None:
+        metrics = self.metrics
+        for seq, start, count in group:
+            if seq.prefilling:
+                seq.history.extend(seq.prompt[start : start + count])
+                metrics.prompt_tokens += count
+            else:
+                seq.history.append(seq.pending)
+                seq.pending = None
+
+    def _sample(self, seq: _Sequence) -> Finish | None:
+        """Sample the next token of ``seq``; returns its ``Finish`` if it ended."""
+        lib = self._lib
+        token = lib.llama_sampler_sample(seq.sampler, self.ctx, seq.out)
+        seq.out = None
+        if lib.llama_vocab_is_eog(self.vocab, token):
+            return self._end(seq, "stop")
+        seq.completion += 1
+        ready, hit = seq.scanner.feed(seq.decoder.decode(self.llama.detokenize([token])))
+        if ready:
+            seq.job.emit(Delta(ready))
+        if hit:
+            return self._end(seq, "stop")
+        if seq.completion >= seq.limit:
+            return self._end(seq, "length")
+        seq.pending = token
+        return None
+
+    def _end(self, seq: _Sequence, reason: str) -> Finish:
+        if reason != "stop" or not seq.scanner.hit:
+            tail = seq.scanner.flush(seq.decoder.decode(b"", final=True))
+            if tail and reason != "cancelled":
+                seq.job.emit(Delta(tail))
+        if reason != "cancelled":
+            self._remember(seq)
+        self._release(seq)
+        return Finish(reason, len(seq.prompt), seq.completion, seq.cached)
+
+    def _fail(self, seq: _Sequence, message: str) -> Failed:
+        self._release(seq)
+        return Failed(message, 503)
+
+    def _release(self, seq: _Sequence) -> None:
+        """Free the slot and its KV cells (cells shared with a cached prefix stay)."""
+        self._lib.llama_memory_seq_rm(self.memory, seq.slot, -1, -1)
+        self._lib.llama_sampler_free(seq.sampler)
+        seq.sampler = None
+        del self._running[seq.slot]
+        self._free.append(seq.slot)
+
+    def _sampler(self, params: GenerationParams):
+        """A sampler chain like ``Llama.generate``'s for the same parameters."""
+        lib = self._lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if params.temperature == 0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+        else:
+            seed = params.seed if params.seed is not None else random.randrange(2**31)  # noqa: S311
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(40))
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(params.top_p, 1))
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_min_p(0.05, 1))
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(params.temperature))
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
+        return chain
+
+    # -- prefix cache ------------------------------------------------------------------
+
+    def _reuse_prefix(self, seq: _Sequence) -> int:
+        """Copy the longest cached prefix of the prompt into the slot; returns its length."""
+        if not self.cache_entries:
+            return 0
+        self.metrics.prefix_lookups += 1
+        best, length = None, 0
+        for spare, tokens in self._prefixes.items():
+            common = _common_prefix(tokens, seq.prompt)
+            if common > length:
+                best, length = spare, common
+        # At least the prompt's last token is evaluated: its logits give the first token.
+        length = min(length, len(seq.prompt) - 1)
+        if best is None or length < MIN_REUSED_TOKENS:
+            return 0
+        self._lib.llama_memory_seq_cp(self.memory, best, seq.slot, 0, length)
+        self._prefixes.move_to_end(best)
+        seq.history = seq.prompt[:length]
+        self.metrics.prefix_hits += 1
+        self.metrics.prefix_tokens_reused += length
+        return length
+
+    def _remember(self, seq: _Sequence) -> None:
+        """Keep the finished sequence's cells under a spare id for later prompts."""
+        if not self.cache_entries or seq.n_past < MIN_REUSED_TOKENS:
+            return
+        tokens = seq.history
+        for spare, held in self._prefixes.items():
+            if _common_prefix(held, tokens) == len(tokens):  # already covered
+                self._prefixes.move_to_end(spare)
+                return
+        for spare, held in list(self._prefixes.items()):
+            if _common_prefix(held, tokens) == len(held):  # superseded by this one
+                self._forget(spare)
+        if not self._spare:
+            self._forget(next(iter(self._prefixes)))
+        spare = self._spare.pop()
+        self._lib.llama_memory_seq_cp(self.memory, seq.slot, spare, -1, -1)
+        self._prefixes[spare] = list(tokens)
+
+    def _forget(self, spare: int) -> None:
+        self._lib.llama_memory_seq_rm(self.memory, spare, -1, -1)
+        del self._prefixes[spare]
+        self._spare.append(spare)
+
+    def _drop_prefixes(self) -> None:
+        for spare in list(self._prefixes):
+            self._forget(spare)
+
+    def close(self) -> None:
+        for seq in list(self._running.values()):
+            self._release(seq)
+        if self.batch is not None:
+            self._lib.llama_batch_free(self.batch)
+            self.batch = None
+        self._context.close()
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -1,0 +1,509 @@
+"""Continuous batching: the batched engine with the real tiny model, in this process.
+
+The engine is driven through the real ``Scheduler`` (its batched loop on its own thread)
+with jobs whose events arrive on an asyncio queue, exactly as the service does; one test
+checks the service over HTTP. Generations are short so the module stays fast on 2 cores.
+
+Why batched text is compared with a bound and not for equality: in a batch, a sequence's
+activations go through the same matrix products as alone, but with other rows beside
+them and, with the unified KV cache, with other sequences' (masked) cells in the
+attention. llama.cpp's CPU kernels then sum in a different order and quantize
+activations to 8 bits per block of 32 values before each quantized matmul, so a
+rounding difference in a low bit can move a quantization step: logits differ by up to
+about one unit (on a scale of ~40) for this Q4 model. Greedy decoding amplifies such a
+difference only where two tokens are nearly tied, after which the texts go their own
+way. The test below therefore checks the per-position bound (teacher forcing: the same
+tokens decoded in a batch of 8 and alone) rather than whole texts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from conftest import make_settings, wait_until
+
+from appliance.errors import ApplianceError
+from appliance.inference import models
+from appliance.inference.batching import BatchedChatEngine
+from appliance.inference.engine import Delta, Finish, GenerationParams, physical_cores
+from appliance.inference.scheduler import DONE, Failed, Job, Scheduler
+from appliance.inference.server import ChatRequest
+
+pytestmark = pytest.mark.inference
+
+TIMEOUT = 120.0
+QUESTIONS = [
+    "What is the capital of France?",
+    "Tell me a story about a cat.",
+    "Count from 1 to 10, separated by commas.",
+    "Write a haiku about rain.",
+    "Why is the sky blue?",
+    "Name three fruits.",
+    "What is 2+2?",
+    "Describe a dog.",
+]
+LONG_STORY = "Write a very long story about a dragon and a knight."
+SUBJECTS = ["a dragon", "a cat", "the sea", "a robot", "a king", "a tree", "a ship", "a fox"]
+
+
+def async_test(function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(asyncio.wait_for(function(*args, **kwargs), 240))
+
+    return wrapper
+
+
+@pytest.fixture(scope="module")
+def chat_model(models_dir):
+    registry = models.load_registry(make_settings(models_dir.parent))
+    model = registry.resolve("chat")
+    return model, registry.path(model)
+
+
+@pytest.fixture(scope="module")
+def make_engine(chat_model) -> Iterator:
+    """Build batched engines on the bundled chat model; all closed after the module."""
+    built: list[BatchedChatEngine] = []
+    model, path = chat_model
+
+    def make(**options: Any) -> BatchedChatEngine:
+        settings = {
+            "n_ctx": 2048,
+            "parallel": 8,
+            "prompt_chunk_tokens": 64,
+            "prefix_cache_entries": 4,
+            **options,
+        }
+        engine = BatchedChatEngine(
+            model,
+            path,
+            n_threads=physical_cores(),
+            n_gpu_layers=0,
+            flash_attn=False,
+            kv_cache_type="f16",
+            **settings,
+        )
+        built.append(engine)
+        return engine
+
+    yield make
+    for engine in built:
+        engine.close()
+
+
+@pytest.fixture(scope="module")
+def engine(make_engine) -> BatchedChatEngine:
+    return make_engine()
+
+
+def request(question: str | list[dict[str, str]], **params: Any) -> ChatRequest:
+    messages = [{"role": "user", "content": question}] if isinstance(question, str) else question
+    generation = GenerationParams(**{"max_tokens": 24, "temperature": 0.0, **params})
+    return ChatRequest(messages=messages, params=generation, stream=True, include_usage=True)
+
+
+class Run:
+    """A started scheduler around an engine; ``submit`` returns the job, ``result`` its end."""
+
+    def __init__(self, engine: BatchedChatEngine) -> None:
+        self.engine = engine
+        self.scheduler = Scheduler("chat", engine, queue_size=32, per_account=8)
+        self.scheduler.start()
+        self.loop = asyncio.get_running_loop()
+        self._accounts = iter(range(10_000))
+
+    def submit(self, payload: ChatRequest, account: str | None = None) -> Job:
+        job = Job(
+            account=account or f"account-{next(self._accounts)}",
+            payload=payload,
+            loop=self.loop,
+        )
+        self.scheduler.submit(job)
+        return job
+
+    async def result(self, job: Job) -> tuple[str, Any, list[str]]:
+        """The job's text, its last event (Finish or Failed) and every piece of text."""
+        pieces: list[str] = []
+        last = None
+        while True:
+            event = await asyncio.wait_for(job.events.get(), TIMEOUT)
+            if event is DONE:
+                return "".join(pieces), last, pieces
+            if isinstance(event, Delta):
+                pieces.append(event.text)
+            else:
+                last = event
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+
+
+async def answer(engine: BatchedChatEngine, payloads: list[ChatRequest]) -> list[tuple]:
+    run = Run(engine)
+    try:
+        jobs = [run.submit(payload) for payload in payloads]
+        return [await run.result(job) for job in jobs]
+    finally:
+        run.stop()
+
+
+# -- correctness ---------------------------------------------------------------------
+
+
+def logits_of(engine: BatchedChatEngine, sequences: list[list[int]], last: int) -> list[np.ndarray]:
+    """The logits of each sequence's ``last`` positions, the sequences decoded in one batch."""
+    import llama_cpp as lib
+
+    assert engine.slots_in_use == 0
+    lib.llama_memory_clear(engine.memory, True)
+    engine._prefixes.clear()
+    engine._spare = list(range(engine.slots + engine.cache_entries - 1, engine.slots - 1, -1))
+    batch = engine.batch
+    i = 0
+    for seq_id, tokens in enumerate(sequences):
+        for position, token in enumerate(tokens):
+            batch.token[i] = token
+            batch.pos[i] = position
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq_id
+            batch.logits[i] = position >= len(tokens) - last
+            i += 1
+    batch.n_tokens = i
+    assert lib.llama_decode(engine.ctx, batch) == 0
+    vocab = engine.llama.n_vocab()
+    rows, i = [], 0
+    for tokens in sequences:
+        i += len(tokens)
+        pointers = [lib.llama_get_logits_ith(engine.ctx, k) for k in range(i - last, i)]
+        rows.append(np.array([np.ctypeslib.as_array(p, shape=(vocab,)) for p in pointers]))
+    lib.llama_memory_clear(engine.memory, True)
+    return rows
+
+
+def test_a_batch_of_8_gives_every_sequence_the_logits_it_gets_alone_within_a_bound(
+    make_engine,
+):
+    engine = make_engine(prompt_chunk_tokens=1024, prefix_cache_entries=0)
+    answer_tokens = engine.llama.tokenize(
+        b" The answer depends on many things, as we will see below in some detail.",
+        add_bos=False,
+    )
+    sequences = [engine.prompt_tokens([{"role": "user", "content": q}])[0] for q in QUESTIONS]
+    sequences = [tokens + answer_tokens for tokens in sequences]
+
+    # The positions that predict the answer, as if each token had been generated.
+    last = len(answer_tokens) + 1
+    together = logits_of(engine, sequences, last)
+    alone = [logits_of(engine, [tokens], last)[0] for tokens in sequences]
+
+    positions = last * len(sequences)
+    pairs = list(zip(alone, together, strict=True))
+    agree = sum(int((a.argmax(1) == b.argmax(1)).sum()) for a, b in pairs)
+    worst = max(float(np.abs(a - b).max()) for a, b in pairs)
+    scale = max(float(np.abs(a).max()) for a in alone)
+    # The greedy choice is the same at (nearly) every position, and no logit moves by
+    # more than a small fraction of the logits' range (see the module docstring).
+    assert agree / positions >= 0.97, (agree, positions)
+    assert worst <= 0.1 * scale, (worst, scale)
+
+
+@async_test
+async def test_a_batch_of_8_answers_every_request_with_exact_usage(engine):
+    payloads = [request(q, max_tokens=12 + 2 * i) for i, q in enumerate(QUESTIONS)]
+    steps_before = engine.metrics.steps
+
+    results = await answer(engine, payloads)
+
+    for (text, last, _pieces), payload in zip(results, payloads, strict=True):
+        assert isinstance(last, Finish), last
+        tokens, _stops = engine.prompt_tokens(payload.messages)
+        assert last.prompt_tokens == len(tokens)
+        assert 0 < last.completion_tokens <= payload.params.max_tokens
+        if last.reason == "length":
+            assert last.completion_tokens == payload.params.max_tokens
+        else:
+            assert last.reason == "stop"
+        assert text.strip()
+    steps = engine.metrics.steps - steps_before
+    generated = sum(last.completion_tokens for _t, last, _p in results)
+    # Decoded together: far fewer steps than tokens (one step per token when alone).
+    assert steps < generated / 3, (steps, generated)
+    assert engine.slots_in_use == 0
+
+
+@async_test
+async def test_the_same_requests_in_the_same_batch_are_reproducible(make_engine):
+    engine = make_engine(prefix_cache_entries=0)
+    payloads = [request(q, temperature=0.8, top_p=0.9, seed=7 + i) for i, q in enumerate(QUESTIONS)]
+
+    first = await answer(engine, payloads)
+    second = await answer(engine, payloads)
+
+    assert [r[0] for r in first] == [r[0] for r in second]
+    assert len({r[0] for r in first}) == len(QUESTIONS)
+
+
+@async_test
+async def test_stop_sequences_end_the_answer_and_are_never_part_of_the_text(engine):
+    plain = (await answer(engine, [request(QUESTIONS[2], max_tokens=30)]))[0][0]
+    assert ", 4" in plain
+
+    text, last, pieces = (await answer(engine, [request(QUESTIONS[2], stop=(", 4",))]))[0]
+
+    assert last.reason == "stop"
+    assert text == plain[: plain.index(", 4")]
+    assert ", 4" not in "".join(pieces)
+
+
+# -- mixed load, cancellation, slot reuse --------------------------------------------
+
+
+@async_test
+async def test_mixed_load_cancelled_slot_is_reused_by_a_late_long_prompt(engine):
+    run = Run(engine)
+    try:
+        lengths = [80, 24, 32, 40, 48, 56, 64, 72]
+        jobs = [
+            run.submit(request(f"Write a very long story about {subject}.", max_tokens=n))
+            for subject, n in zip(SUBJECTS, lengths, strict=True)
+        ]
+        victim = jobs[0]
+        await asyncio.to_thread(
+            wait_until, lambda: engine.slots_in_use == 8, TIMEOUT, 0.01, "8 running"
+        )
+        # A long prompt (several prompt chunks) arrives while every slot is taken.
+        long_prompt = "Summarise this text. " + "The knight rode on through the forest. " * 60
+        late = run.submit(request(long_prompt, max_tokens=16))
+        assert await asyncio.to_thread(
+            wait_until, lambda: run.scheduler.waiting == 1, TIMEOUT, 0.01, "late queued"
+        )
+        first = await asyncio.wait_for(victim.events.get(), TIMEOUT)
+        assert isinstance(first, Delta)  # the victim is streaming
+        slot = engine.slot_of(victim)
+        assert slot is not None
+        run.scheduler.cancel(victim)
+
+        def admitted() -> tuple[int] | None:
+            late_slot = engine.slot_of(late)
+            return None if late_slot is None else (late_slot,)
+
+        (late_slot,) = await asyncio.to_thread(
+            wait_until, admitted, TIMEOUT, 0.005, "late admitted"
+        )
+        assert late_slot == slot  # the cancelled request's slot, freed in its step
+        results = [await run.result(job) for job in jobs[1:]]
+        late_text, late_last, _ = await run.result(late)
+        _, victim_last, _ = await run.result(victim)
+    finally:
+        run.stop()
+
+    for (text, last, _pieces), n in zip(results, lengths[1:], strict=True):
+        assert isinstance(last, Finish), last
+        assert last.reason in ("length", "stop")
+        assert last.completion_tokens <= n
+        assert text
+    assert isinstance(victim_last, Finish)
+    assert victim_last.reason == "cancelled"
+    assert isinstance(late_last, Finish), late_last
+    assert late_last.prompt_tokens > 4 * engine.chunk
+    assert late_text
+    assert engine.slots_in_use == 0
+
+
+# -- errors stay with their request ----------------------------------------------------
+
+
+@async_test
+async def test_a_prompt_longer_than_the_context_fails_alone(engine):
+    too_long = "hello " * (engine.n_ctx + 50)
+
+    results = await answer(
+        engine, [request(QUESTIONS[0]), request(too_long), request(QUESTIONS[6])]
+    )
+
+    assert isinstance(results[1][1], Failed)
+    assert results[1][1].status == 400
+    assert "context window" in results[1][1].message
+    assert isinstance(results[0][1], Finish)
+    assert isinstance(results[2][1], Finish)
+
+
+@async_test
+async def test_a_full_kv_cache_stops_the_newest_request_and_the_others_go_on(make_engine):
+    # 256 KV cells for four prompts of about 50 tokens: room for ~14 answer tokens each.
+    engine = make_engine(n_ctx=256, parallel=4, prompt_chunk_tokens=128, prefix_cache_entries=2)
+    payloads = [
+        request(f"Count from 1 to 500, one number per line. Start with {i + 1}.", max_tokens=200)
+        for i in range(4)
+    ]
+
+    results = await answer(engine, payloads)
+
+    failed = [last for _t, last, _p in results if isinstance(last, Failed)]
+    finished = [last for _t, last, _p in results if isinstance(last, Finish)]
+    assert failed, [last for _t, last, _p in results]
+    assert finished
+    for last in failed:
+        assert last.status == 503
+        assert "memory" in last.message
+    assert engine.metrics.kv_full == len(failed)
+    # Freed cells are usable again: a request after the crunch is answered.
+    ((_text, last, _pieces),) = await answer(engine, [request(QUESTIONS[0], max_tokens=8)])
+    assert isinstance(last, Finish)
+
+
+# -- prefix reuse ----------------------------------------------------------------------
+
+
+@async_test
+async def test_a_shared_prefix_is_reused_and_the_cache_is_bounded(make_engine):
+    engine = make_engine(prefix_cache_entries=2)
+    system = {
+        "role": "system",
+        "content": "You are the assistant of a small bakery. " * 8,
+    }
+    first = [system, {"role": "user", "content": "When do you open?"}]
+    ((text, last, _),) = await answer(engine, [request(first)])
+    assert last.cached_tokens == 0
+
+    second = [system, {"role": "user", "content": "Do you sell bread?"}]
+    ((_t, again, _),) = await answer(engine, [request(second)])
+    system_tokens = len(engine.prompt_tokens([system])[0])
+    assert again.cached_tokens >= system_tokens - 6
+
+    # The next turn of the first conversation reuses its prompt and its answer.
+    turn = [*first, {"role": "assistant", "content": text}, {"role": "user", "content": "Why?"}]
+    ((_t, follow, _),) = await answer(engine, [request(turn)])
+    assert follow.cached_tokens >= last.prompt_tokens
+
+    others = [request(f"Question number {i}: what is {i} times {i}?") for i in range(5)]
+    await answer(engine, others)
+    assert engine.prefix_entries <= 2
+    assert engine.metrics.prefix_hits >= 2
+    assert 0 < engine.metrics.prefix_hit_rate < 1
+
+
+# -- the scheduler's queue in front of a batch runner ----------------------------------
+
+
+class FakeBatch:
+    """A batch runner with ``slots`` slots whose jobs end after ``steps`` steps."""
+
+    def __init__(self, slots: int, steps: int = 3) -> None:
+        self.slots = slots
+        self.steps = steps
+        self.held: dict[Job, int] = {}
+        self.admitted: list[Any] = []
+        self.most = 0
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def admit(self, job: Job) -> None:
+        if job.payload == "bad":
+            raise ApplianceError("refused")
+        self.held[job] = 0
+        self.admitted.append(job.payload)
+        self.most = max(self.most, len(self.held))
+
+    def step(self) -> list[tuple[Job, Any]]:
+        self.gate.wait(TIMEOUT)
+        ended = []
+        for job in list(self.held):
+            self.held[job] += 1
+            if job.cancelled.is_set() or self.held[job] >= self.steps:
+                del self.held[job]
+                reason = "cancelled" if job.cancelled.is_set() else "length"
+                ended.append((job, Finish(reason, 1, 2)))
+        return ended
+
+    def idle(self) -> None:
+        pass
+
+    def reset(self) -> None:
+        self.held.clear()
+
+
+@async_test
+async def test_a_batch_runner_takes_jobs_round_robin_up_to_its_slots():
+    runner = FakeBatch(slots=2)
+    runner.gate.clear()
+    scheduler = Scheduler("test", runner, queue_size=32, per_account=8)
+    loop = asyncio.get_running_loop()
+    jobs = [
+        Job(account=account, payload=name, loop=loop)
+        for name, account in [("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b"), ("bad", "c")]
+    ]
+    for job in jobs:
+        scheduler.submit(job)
+    scheduler.start()
+    try:
+        await asyncio.to_thread(
+            wait_until, lambda: len(scheduler.active) == 2, TIMEOUT, 0.01, "two running"
+        )
+        assert scheduler.waiting == 3
+        runner.gate.set()
+        ends = []
+        for job in jobs:
+            events = []
+            while (event := await asyncio.wait_for(job.events.get(), TIMEOUT)) is not DONE:
+                events.append(event)
+            ends.append(events[-1])
+    finally:
+        scheduler.stop()
+
+    assert runner.admitted == ["a1", "b1", "a2", "a3"]  # round-robin, "bad" refused
+    assert runner.most == 2
+    assert isinstance(ends[4], Failed) and ends[4].status == 400
+    assert all(isinstance(end, Finish) for end in ends[:4])
+    assert scheduler.stats.completed == 4
+    assert scheduler.stats.failed == 1
+    assert scheduler.stats.tokens == 8
+    assert not scheduler.active and scheduler.waiting == 0
+
+
+# -- the service ---------------------------------------------------------------------
+
+
+def test_the_service_batches_by_default_and_reports_its_steps(inference_service, inference_key):
+    headers = {"Authorization": f"Bearer {inference_key}"}
+    body = {"messages": [{"role": "user", "content": LONG_STORY}], "max_tokens": 16}
+    with httpx.Client(base_url=inference_service.url, headers=headers, timeout=120) as api:
+        threads = [
+            threading.Thread(target=api.post, args=("/v1/chat/completions",), kwargs={"json": body})
+            for _ in range(3)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        health = api.get("/healthz").json()
+        metrics = api.get("/metrics").text
+
+    assert health["engine"] == "batched"
+    batching = health["batching"]
+    assert batching["slots"] == 8
+    assert batching["steps"] > 0
+    assert batching["step_ms"] >= batching["decode_ms"] > 0
+    assert batching["overhead_ms"] >= 0
+    assert batching["batch_tokens"] >= 1
+    assert 0 <= batching["prefix_cache_hit_rate"] <= 1
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values["appliance_inference_slots"] == 8
+    assert values["appliance_inference_batch_steps_total"] > 0
+    assert values["appliance_inference_batch_decode_seconds_total"] > 0
+    assert values["appliance_inference_prefix_cache_lookups_total"] >= 3
+    assert "appliance_inference_prefix_cache_hit_rate" in values
+    json.dumps(health)  # plain JSON for the operator page
