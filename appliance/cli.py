@@ -380,10 +380,13 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
 
     initialise(settings)
     queue = create_queue(settings)
-    for result in run_purges(settings, queue.send_mail):
-        state = "done" if result.complete else "to be continued"
+    results = run_purges(settings, queue.send_mail)
+    for result in results:
+        state = f"FAILED ({result.error})" if result.error else "done"
+        if not result.error and not result.complete:
+            state = "to be continued"
         print(f"{result.job:<18} {result.deleted:>8} deleted  {state}")
-    return 0
+    return 1 if any(r.error for r in results) else 0
 
 
 def cmd_policy_publish(settings: Settings, args: argparse.Namespace) -> int:

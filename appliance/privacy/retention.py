@@ -34,6 +34,7 @@ class RunResult:
     job: str
     deleted: int
     complete: bool
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -287,7 +288,15 @@ def run_job(
                     "update purge_runs set deleted = deleted + ? where id = ?", [deleted, run_id]
                 )
 
-    deleted, complete = JOBS[name](db, settings, now, budget, on_batch)
+    try:
+        deleted, complete = JOBS[name](db, settings, now, budget, on_batch)
+    except Exception:
+        with write_transaction(db):
+            db.execute(
+                "update purge_runs set finished_at = ?, complete = 0 where id = ?",
+                [iso(now), run_id],
+            )
+        raise
     with write_transaction(db):
         db.execute(
             "update purge_runs set finished_at = ?, complete = ? where id = ?",
@@ -302,7 +311,15 @@ def run_all(
 ) -> list[RunResult]:
     """Every job once. ``max_batches`` bounds the whole run (the rest waits for the next)."""
     budget = Budget(max_batches)
-    results = [run_job(db, settings, name, now, budget) for name in JOBS]
+    results = []
+    for name in JOBS:
+        try:
+            results.append(run_job(db, settings, name, now, budget))
+        except Exception as exc:
+            # One failing job (a locked file, a full disk) must not stop the others; it
+            # stays unfinished, so doctor reports it and the next run tries again.
+            log.exception("purge %s failed", name)
+            results.append(RunResult(name, 0, False, error=type(exc).__name__))
     erasure.checkpoint(db)
     return results
 

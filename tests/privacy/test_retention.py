@@ -140,3 +140,16 @@ def test_billing_kept_pseudonymized_for_the_tax_period(settings, db):
     (receipt,) = receipts.receipts(db)
     assert receipt.body["billing_reference"] == left[1][0]
     assert retention.run_job(db, settings, "billing", NOW).deleted == 0
+
+
+def test_a_failing_job_does_not_stop_the_others(settings, db):
+    log_row(db, NOW - timedelta(days=90))
+    stuck = settings.paths.outbox / "20261001T080000000000Z-aaaaaa.eml"
+    stuck.mkdir(parents=True)  # not a file: removing it fails
+    results = {r.job: r for r in retention.run_all(db, settings, NOW)}
+    assert results["outbox"].error == "IsADirectoryError" and not results["outbox"].complete
+    assert results["request_log"].deleted == 1 and results["billing"].complete
+    assert "outbox" in retention.overdue(db, NOW)
+    stuck.rmdir()
+    assert {r.job: r for r in retention.run_all(db, settings, NOW)}["outbox"].complete
+    assert "outbox" not in retention.overdue(db, NOW)
