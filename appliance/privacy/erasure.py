@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import sqlite_utils
@@ -168,10 +168,12 @@ def erase_account(
     now: datetime,
     *,
     max_batches: int | None = None,
+    budget: Budget | None = None,
 ) -> receipts.Receipt | None:
     """Erase everything the registry lists for a deleted account; returns the receipt.
 
-    Returns None when ``max_batches`` ran out first (the next call continues).
+    Returns None when ``max_batches`` (or the shared ``budget`` of a purge run) ran out
+    first; the next call continues where this one stopped.
 
     Raises:
         NotFound: no deletion was requested for this account.
@@ -183,7 +185,9 @@ def erase_account(
     if found.erased_at:
         raise Conflict("This account has already been erased.")
     batch = settings.privacy.purge_batch_size
-    budget = [max_batches]
+    budget = budget or Budget(max_batches)
+    # Someone who joined another account since the request keeps their person rows.
+    found = replace(found, user_ids=[u for u in found.user_ids if _only_here(db, u, account_id)])
     params = _params(found)
     for table in TABLES:
         if table.on_delete not in (ERASE, DERIVED) or not _exists(db, table.name):
@@ -194,9 +198,11 @@ def erase_account(
         if not eraser(db, settings, found, table, params, batch, budget):
             return None
     _sweep_files(settings, account_id)
-    current = deletion(db, account_id)
-    assert current is not None
     with write_transaction(db):
+        current = deletion(db, account_id)
+        assert current is not None
+        if current.erased_at:  # another purge (CLI and worker at once) finished first
+            raise Conflict("This account has already been erased.")
         db.execute("update accounts set name = ? where id = ?", [DELETED_NAME, account_id])
         counts = {k: v for k, v in current.progress.items() if ":" not in k}
         references = [k.split(":", 1)[1] for k in current.progress if k.startswith("billing_ref:")]
@@ -216,14 +222,34 @@ def erase_account(
     return receipt
 
 
-def _spend(budget: list) -> bool:
-    """One batch of the run's budget; False when it is used up."""
-    if budget[0] is None:
+def _only_here(db: sqlite_utils.Database, user_id: str, account_id: str) -> bool:
+    return (
+        db.execute(
+            "select 1 from memberships m join accounts a on a.id = m.account_id "
+            "where m.user_id = ? and m.account_id != ? and a.status != 'deleted'",
+            [user_id, account_id],
+        ).fetchone()
+        is None
+    )
+
+
+class Budget:
+    """How many batches one run may still do (None: unlimited)."""
+
+    def __init__(self, batches: int | None) -> None:
+        self.left = batches
+
+    def spend(self) -> bool:
+        if self.left is None:
+            return True
+        if self.left <= 0:
+            return False
+        self.left -= 1
         return True
-    if budget[0] <= 0:
-        return False
-    budget[0] -= 1
-    return True
+
+
+def _spend(budget: Budget) -> bool:
+    return budget.spend()
 
 
 def _count(db: sqlite_utils.Database, account_id: str, key: str, n: int) -> None:

@@ -20,7 +20,9 @@ import sqlite_utils
 from appliance.clock import iso, parse
 from appliance.config import Settings
 from appliance.db import write_transaction
+from appliance.errors import Conflict
 from appliance.privacy import erasure, export
+from appliance.privacy.erasure import Budget
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +46,6 @@ class LastRun:
     finished_at: str | None
     deleted: int
     complete: bool
-
-
-class Budget:
-    """How many batches one run may do in all (None: unlimited)."""
-
-    def __init__(self, batches: int | None) -> None:
-        self.left = batches
-
-    def spend(self) -> bool:
-        if self.left is None:
-            return True
-        if self.left <= 0:
-            return False
-        self.left -= 1
-        return True
 
 
 def _log_cutoff(settings: Settings, now: datetime) -> str:
@@ -209,13 +196,12 @@ def purge_deleted_accounts(db, settings, now, budget, on_batch):
     within ``privacy.erase_window_days``)."""
     total = 0
     for found in erasure.pending(db):
-        left = budget.left
-        receipt = erasure.erase_account(db, settings, found.account_id, now, max_batches=left)
+        try:
+            receipt = erasure.erase_account(db, settings, found.account_id, now, budget=budget)
+        except Conflict:
+            continue  # a concurrent purge erased it meanwhile
         if receipt is None:
-            budget.left = 0
             return total, False
-        if left is not None:
-            budget.left = max(0, left - 1)
         erased = sum(v for k, v in receipt.body["counts"].items())
         total += erased
         on_batch(erased)

@@ -14,6 +14,7 @@ from pathlib import Path
 from appliance import mail
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth
+from appliance.billing import ledger
 from appliance.clock import iso
 from appliance.ids import new_id
 from appliance.instances import service as instances
@@ -100,6 +101,8 @@ def populate(db, settings, now, canary: str, *, owner_email="owner@example.com")
     )
     accounts.invite(db, account.id, "owner", owner.id, "invitee@example.com", "member", now)
     conversation_id = _conversation(db, account.id, owner.id, instance, canary, now)
+    with db.atomic():
+        ledger.post(db, account.id, "topup", 10_000_000, now)
     return World(
         owner, member, account, instance, upload.document.id, sample.id, conversation_id, owner_key
     )

@@ -13,6 +13,7 @@ from privacy_support import CSRF, files_containing, last_code, populate, sign_in
 from appliance import mail
 from appliance.accounts import service as accounts
 from appliance.db import open_db
+from appliance.errors import Conflict
 from appliance.inference.client import InferenceClient
 from appliance.knowledge import service as knowledge
 from appliance.privacy import erasure, receipts, retention
@@ -82,6 +83,11 @@ def test_operator_deletes_from_the_cli_and_purge_erases(settings, db, clock):
     for table in ("documents", "voice_samples", "profiles", "system_prompts", "messages"):
         assert count(db, table, "account_id = ?", [world.account.id]) == 0, table
     assert accounts.user(db, other.id).email == "other@example.org"  # others untouched
+    # Billing is kept for the tax period under a pseudonym, never under the account id.
+    refs = {r[0] for r in db.execute("select account_ref from ledger_entries")}
+    assert len(refs) == 1 and refs.pop().startswith("erased_")
+    (receipt,) = receipts.receipts(db)
+    assert receipt.body["counts"]["billing rows (pseudonymized)"] == 2
     verify = cli(settings, "privacy", "verify-receipts")
     assert verify.returncode == 0 and "chain intact" in verify.stdout
     # The worker emails the owner (queued once, no content); the address is then forgotten.
@@ -222,3 +228,24 @@ def test_erase_window_is_a_promise_doctor_checks(settings, db, clock):
     assert f"erasure of {world.account.id}" in retention.overdue(db, late)
     retention.run_all(db, settings, late)
     assert f"erasure of {world.account.id}" not in retention.overdue(db, late)
+
+
+def test_a_member_who_joined_another_account_meanwhile_is_kept(settings, db, clock):
+    world = populate(db, settings, clock(), "joinercanary")
+    erasure.request_deletion(
+        db,
+        settings,
+        world.account.id,
+        requested_by="operator",
+        request="test",
+        notify_email=None,
+        now=clock(),
+    )
+    _, elsewhere = accounts.create_user(db, "someone@example.org", clock(), account_name="New")
+    accounts.add_member(db, elsewhere.id, world.member.id, "member", clock())
+    receipt = erasure.erase_account(db, settings, world.account.id, clock())
+    assert receipt.body["counts"]["users"] == 1  # the owner only
+    assert accounts.user(db, world.member.id).email == "member@example.com"
+    assert accounts.role_in(db, elsewhere.id, world.member.id) == "member"
+    with pytest.raises(Conflict):
+        erasure.erase_account(db, settings, world.account.id, clock())

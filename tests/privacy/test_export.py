@@ -70,6 +70,8 @@ def test_owner_export_holds_every_item(settings, db, clock, app):
     assert data["accounts"][0]["id"] == world.account.id
     assert [c["id"] for c in data["conversations"]] == [world.conversation_id]
     assert [m["role"] for m in data["messages"]] == ["user", "assistant"]
+    assert [e["amount_microusd"] for e in data["ledger_entries"]] == [10_000_000]
+    assert data["billing_accounts"][0]["balance_microusd"] == 10_000_000
     # API keys: metadata only.
     assert data["api_keys"] and all("key_hash" not in k for k in data["api_keys"])
     assert "sessions" not in data and "otp_codes" not in data
