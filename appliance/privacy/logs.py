@@ -30,10 +30,12 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+"), "<email>"),
     (re.compile(r"(?<![\w-])(?:\d[ \-]?){12,18}\d(?![\w-])"), "<card-number>"),
     (re.compile(r"(?<![\w.:-])\d{6}(?![\w.:-])"), "<code>"),
-    # Session ids, setup tokens and the like: long random strings with letters and digits.
+    # Session ids, setup tokens and the like: long random strings with letters and digits
+    # (not UUIDs: task ids in the worker's log are no secret and operators need them).
     (
         re.compile(
-            r"(?<![\w-])(?=[A-Za-z0-9_\-]*\d)(?=[A-Za-z0-9_\-]*[A-Za-z])[A-Za-z0-9_\-]{32,}(?![\w-])"
+            r"(?<![\w-])(?![0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(?![\w-]))"
+            r"(?=[A-Za-z0-9_\-]*\d)(?=[A-Za-z0-9_\-]*[A-Za-z])[A-Za-z0-9_\-]{32,}(?![\w-])"
         ),
         "<token>",
     ),

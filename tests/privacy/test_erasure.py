@@ -191,8 +191,13 @@ def test_canary_is_nowhere_after_deletion_and_purge(linked_settings, clock, prod
             client.post("/api/me/deletion", json={"attempt_id": attempt, "code": code}).status_code
             == 200
         )
+    vectors = [row[0] for row in db.execute("select embedding from chunk_vectors")]
+    assert vectors
     run_purges(settings, queue.send_mail)
     db.close()
+    # Not even the embeddings (which can leak text) survive in the database file.
+    database = settings.paths.database.read_bytes()
+    assert not [v for v in vectors if v in database]
     # Nothing in the database files (WAL checkpointed), the data dir, the outbox...
     hits = files_containing(settings.paths.data_dir, canary)
     assert hits == [], hits

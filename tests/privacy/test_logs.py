@@ -38,6 +38,8 @@ def test_redaction_removes_secrets(line, secret):
 def test_redaction_keeps_what_operators_need():
     line = "GET /api/documents/{document_id:str} 404 in 3.2 ms on port 8000, pid 4123"
     assert redact(line) == line
+    task = "Executing appliance.tasks.send_mail: f34df725-7747-4432-b1a6-56086c03cd87"
+    assert redact(task) == task
 
 
 def test_every_record_is_redacted_json(production_logs):
