@@ -45,7 +45,10 @@ def test_chat_with_retrieval_and_ingestion_stay_on_the_box(
     link_models(settings, models_dir)
     audit_file = tmp_path / "inference-egress.txt"
     service = start_inference(
-        settings, PYTHONPATH=str(AUDIT_DIR), APPLIANCE_EGRESS_AUDIT=str(audit_file)
+        settings,
+        PYTHONPATH=str(AUDIT_DIR),
+        APPLIANCE_EGRESS_AUDIT=str(audit_file),
+        APPLIANCE_LOGGING__LEVEL="debug",
     )
     try:
         web_settings = settings.replace(**{"inference.url": service.url})
@@ -90,6 +93,10 @@ def test_chat_with_retrieval_and_ingestion_stay_on_the_box(
     child = audit_file.read_text().splitlines()
     assert child[0].startswith("hook installed")
     assert [line for line in child if line.startswith("OUTSIDE")] == []
-    # The question, the passage and the answer were logged nowhere, at any level.
+    # The question, the passage and the answer were logged nowhere, at any level: not in
+    # this process (web and worker code) and not by the inference service.
     assert CANARY not in production_logs.getvalue()
+    inference_log = service.log()
+    assert '"level": "debug"' in inference_log or '"level": "info"' in inference_log
+    assert CANARY not in inference_log and "Project Heron" not in inference_log
     assert '"path": "/v1/chat/completions"' in production_logs.getvalue()
