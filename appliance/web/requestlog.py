@@ -52,11 +52,16 @@ def recorder(settings: Settings, clock: Clock) -> Callable[[Message, Scope], Awa
     """The ``before_send`` hook that writes one request-log row per response."""
 
     def write(entry: RequestEntry) -> None:
-        db = open_db(settings)
+        # A request log that cannot be written (disk full, database locked too long) must
+        # not fail the response: the JSON log line above has the same fields.
         try:
-            requestlog.record(db, entry)
-        finally:
-            db.close()
+            db = open_db(settings)
+            try:
+                requestlog.record(db, entry)
+            finally:
+                db.close()
+        except Exception as exc:
+            log.warning("request log not written: %s", type(exc).__name__)
 
     async def hook(message: Message, scope: Scope) -> None:
         if scope["type"] != "http":
