@@ -98,6 +98,10 @@ def _instance_id(scope: Scope) -> str | None:
     value = params.get("instance_id")
     if isinstance(value, str):
         return value
-    identity = (scope.get("state") or {}).get("identity")
-    key = getattr(identity, "key", None)
+    state = scope.get("state") or {}
+    # A handler that picks the instance itself (/v1 by model name) sets
+    # ``request.state.instance_id``; otherwise a key bound to an instance names it.
+    if isinstance(state.get("instance_id"), str):
+        return state["instance_id"]
+    key = getattr(state.get("identity"), "key", None)
     return getattr(key, "instance_id", None)

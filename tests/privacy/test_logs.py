@@ -142,3 +142,13 @@ def test_filter_is_installed_once_per_process():
             root.addHandler(h)
         root.setLevel(saved[1])
         del handler
+
+
+def test_request_log_names_the_instance(settings, db, clock, app):
+    world = populate(db, settings, clock(), "instancecanary")
+    with TestClient(app) as client:
+        client.headers["Authorization"] = f"Bearer {world.owner_key}"
+        assert client.get(f"/api/instances/{world.instance.id}").status_code == 200
+    (row,) = [r for r in requestlog.entries(db) if r.path.startswith("/api/instances/")]
+    assert row.instance_id == world.instance.id
+    assert world.instance.id not in row.path
