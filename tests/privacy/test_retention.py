@@ -153,3 +153,17 @@ def test_a_failing_job_does_not_stop_the_others(settings, db):
     stuck.rmdir()
     assert {r.job: r for r in retention.run_all(db, settings, NOW)}["outbox"].complete
     assert "outbox" not in retention.overdue(db, NOW)
+
+
+def test_the_worker_runs_every_purge_hourly(settings, db):
+    from appliance.tasks import create_queue
+
+    queue = create_queue(settings, immediate=True)
+    task = queue.purge.task_class()
+    assert task.validate_datetime(datetime(2026, 11, 27, 3, 17))
+    assert not task.validate_datetime(datetime(2026, 11, 27, 3, 18))
+    log_row(db, datetime.now(UTC) - timedelta(days=60))
+    queue.purge()  # immediate mode: runs here, as the worker would
+    assert count(db, "request_log") == 0
+    jobs = {row[0] for row in db.execute("select job from purge_runs where complete = 1")}
+    assert jobs == set(retention.JOBS)
