@@ -79,3 +79,10 @@ def m001_create_privacy(db: sqlite_utils.Database) -> None:
         create index exports_by_account on exports(account_id, created_at);
         """
     )
+
+
+@migrations()
+def m002_policy_text(db: sqlite_utils.Database) -> None:
+    # The published text itself, so the page shows what is in effect (not whatever the
+    # settings say today) and an acceptance can be traced to the exact words.
+    db.execute("alter table policy_versions add column text text not null default ''")

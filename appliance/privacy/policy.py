@@ -141,7 +141,8 @@ def publish(
     effective = effective_at or now + notice
     if effective < now:
         raise InvalidInput("The effective date must not be in the past.")
-    digest = text_hash(render_text(settings))
+    text = render_text(settings)
+    digest = text_hash(text)
     with write_transaction(db):
         published = versions(db)
         if published and published[-1].text_sha256 == digest:
@@ -160,13 +161,14 @@ def publish(
         )
         db.execute(
             "insert into policy_versions (version, text_sha256, published_at, effective_at, "
-            "summary) values (?, ?, ?, ?, ?)",
+            "summary, text) values (?, ?, ?, ?, ?, ?)",
             [
                 version.version,
                 version.text_sha256,
                 version.published_at,
                 version.effective_at,
                 version.summary,
+                text,
             ],
         )
     return version
@@ -208,6 +210,30 @@ def accept(db: sqlite_utils.Database, user_id: str, version: int, now: datetime)
             "values (?, ?, ?)",
             [user_id, version, iso(now)],
         )
+
+
+def text_of(db: sqlite_utils.Database, version: int) -> str:
+    row = db.execute("select text from policy_versions where version = ?", [version]).fetchone()
+    if row is None:
+        raise NotFound("No such policy version.")
+    return row[0]
+
+
+def upcoming(db: sqlite_utils.Database, now: datetime) -> PolicyVersion | None:
+    """A published version that has not taken effect yet."""
+    row = db.execute(
+        "select version, text_sha256, published_at, effective_at, summary from policy_versions "
+        "where effective_at > ? order by version desc limit 1",
+        [iso(now)],
+    ).fetchone()
+    return _row(row) if row else None
+
+
+def shown_text(db: sqlite_utils.Database, settings: Settings, now: datetime) -> str:
+    """What /privacy shows: the text in effect, or, before the first version takes effect,
+    the text as the settings render it today."""
+    version = current(db, now)
+    return text_of(db, version.version) if version else render_text(settings)
 
 
 def last_updated(db: sqlite_utils.Database, now: datetime) -> str | None:

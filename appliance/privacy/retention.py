@@ -288,7 +288,8 @@ def run_job(
             "update purge_runs set finished_at = ?, complete = ? where id = ?",
             [iso(now), int(complete), run_id],
         )
-    log.info("purge %s: %d deleted%s", name, deleted, "" if complete else " (to be continued)")
+    level = logging.INFO if deleted or not complete else logging.DEBUG
+    log.log(level, "purge %s: %d deleted%s", name, deleted, "" if complete else " (unfinished)")
     return RunResult(name, deleted, complete)
 
 

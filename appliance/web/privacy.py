@@ -39,12 +39,32 @@ class PrivacyPages(Controller):
         identity: NamedDependency[Identity | None],
     ) -> Template:
         """The privacy policy, public, with this install's values filled in."""
+        now = clock()
         return Template(
             "privacy.html",
             context={
-                "blocks": policy.blocks(policy.render_text(settings)),
-                "updated": policy.last_updated(db, clock()),
-                "version": policy.current(db, clock()),
+                "blocks": policy.blocks(policy.shown_text(db, settings, now)),
+                "updated": policy.last_updated(db, now),
+                "version": policy.current(db, now),
+                "upcoming": policy.upcoming(db, now),
+            },
+        )
+
+    @get("/privacy/versions/{version:int}", sync_to_thread=True)
+    def privacy_version(
+        self, version: FromPath[int], db: NamedDependency[sqlite_utils.Database]
+    ) -> Template:
+        """A published version's exact text (the one coming, or an earlier one)."""
+        found = next((v for v in policy.versions(db) if v.version == version), None)
+        if found is None:
+            raise NotFound("No such policy version.")
+        return Template(
+            "privacy.html",
+            context={
+                "blocks": policy.blocks(policy.text_of(db, version)),
+                "updated": found.effective_at[:10],
+                "version": found,
+                "upcoming": None,
             },
         )
 
@@ -66,7 +86,7 @@ class PrivacyPages(Controller):
             context={
                 "version": version,
                 "next": _safe_next(next),
-                "blocks": policy.blocks(policy.render_text(settings)),
+                "blocks": policy.blocks(policy.text_of(db, version.version)),
             },
         )
 

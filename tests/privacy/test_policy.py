@@ -135,3 +135,19 @@ def test_sign_in_after_the_change_asks_for_acceptance(settings, db, clock, app):
         assert policy.pending(db, user.id, clock()) is None
         assert sign_in().headers["location"] == "/"
         assert browser.get("/api/me/policy").json()["acceptance_required"] is False
+
+
+def test_the_page_shows_the_text_in_effect_until_the_next_takes_effect(settings, db, clock):
+    policy.publish(db, settings, clock(), effective_at=clock())
+    changed = settings.replace(**{"privacy.log_retention_days": 21})
+    policy.publish(db, changed, clock(), summary="Logs are kept for 21 days.")
+    app = create_app(changed, clock=clock, queue=create_queue(changed, immediate=True))
+    with TestClient(app) as client:
+        page = client.get("/privacy").text
+        assert "retained for 30 days" in page and "retained for 21 days" not in page
+        assert "Logs are kept for 21 days." in page and "/privacy/versions/2" in page
+        assert "retained for 21 days" in client.get("/privacy/versions/2").text
+        assert client.get("/privacy/versions/9").status_code == 404
+        clock.advance(days=settings.privacy.policy_notice_days, seconds=1)
+        page = client.get("/privacy").text
+        assert "retained for 21 days" in page and "Version 2" in page
