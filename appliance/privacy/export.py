@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -154,20 +156,51 @@ def _condition(table: Table, owner: bool) -> str | None:
     return " or ".join(f"({p})" for p in parts) if parts else None
 
 
-def _rows(db: sqlite_utils.Database, table: Table, owner: bool, params: dict) -> list[dict]:
+def _select(db: sqlite_utils.Database, table: Table, owner: bool, params: dict):
+    """A cursor over the table's rows for this export, or None when it has none to give."""
     condition = _condition(table, owner)
     if condition is None:
-        return []
-    cursor = db.execute(f"select * from {table.name} where {condition}", params)  # noqa: S608
+        return None
+    return db.execute(f"select * from {table.name} where {condition}", params)  # noqa: S608
+
+
+def _rows(cursor, table: Table) -> Iterator[dict]:
     names = [d[0] for d in cursor.description]
-    return [
-        {k: v for k, v in zip(names, row, strict=True) if k not in table.hidden}
-        for row in cursor.fetchall()
-    ]
+    for row in cursor:
+        yield {k: v for k, v in zip(names, row, strict=True) if k not in table.hidden}
+
+
+def _write_rows(archive: zipfile.ZipFile, name: str, rows: Iterator[dict]) -> int:
+    """Stream rows into ``name`` as one JSON array (never all of them in memory)."""
+    count = 0
+    with archive.open(name, "w") as out:
+        out.write(b"[")
+        for row in rows:
+            out.write((b",\n" if count else b"\n") + json.dumps(row, default=str).encode())
+            count += 1
+        out.write(b"\n]\n")
+    return count
+
+
+class _Progress:
+    """Writes progress at most every half second (plus the last step)."""
+
+    def __init__(self, db: sqlite_utils.Database, export_id: str) -> None:
+        self.db, self.export_id, self.done, self.written_at = db, export_id, 0, 0.0
+
+    def step(self) -> None:
+        self.done += 1
+        if time.monotonic() - self.written_at >= 0.5:
+            _set(self.db, self.export_id, progress=self.done)
+            self.written_at = time.monotonic()
 
 
 def build(db: sqlite_utils.Database, settings: Settings, export_id: str, now: datetime) -> Export:
-    """Write the ZIP for a queued export (idempotent: a rerun starts the file again)."""
+    """Write the ZIP for a queued export (idempotent: a rerun starts the file again).
+
+    Rows are streamed from the database into the archive table by table, so a large
+    account's export does not need its content in memory.
+    """
     row = db.execute(
         f"select {_COLUMNS} from exports where id = ?",  # noqa: S608
         [export_id],
@@ -184,48 +217,53 @@ def build(db: sqlite_utils.Database, settings: Settings, export_id: str, now: da
     owner = bool(role and role[0] == "owner")
     params = {"account": job.account_id, "users": json.dumps([job.user_id])}
     tables = [t for t in TABLES if t.export and _exists(db, t.name)]
-    data = {t.name: _rows(db, t, owner, params) for t in tables}
-    files = _files(settings, data)
-    total = len(tables) + len(files) + len(data.get("conversations", []))
+    by_name = {t.name: t for t in tables}
+    files = _files(settings, db, by_name, owner, params)
+    conversations = _conversation_ids(db, by_name, owner, params)
+    total = len(tables) + len(files) + len(conversations)
     _set(db, job.id, status="building", progress=0, total=total)
     directory = export_dir(settings)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     target = export_path(settings, job.id)
     partial = target.with_suffix(".part")
-    done = 0
+    progress = _Progress(db, job.id)
+    counts: dict[str, int] = {}
     with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("README.txt", README)
+        for table in tables:
+            cursor = _select(db, table, owner, params)
+            counts[table.name] = (
+                _write_rows(archive, f"data/{table.name}.json", _rows(cursor, table))
+                if cursor is not None
+                else _write_rows(archive, f"data/{table.name}.json", iter(()))
+            )
+            progress.step()
+        for name, path in files:
+            if path.is_file():
+                archive.write(path, name)
+            progress.step()
+        for conversation_id in conversations:
+            conversation, messages = _conversation(db, conversation_id)
+            archive.writestr(
+                f"conversations/{conversation_id}.md",
+                conversation_markdown(conversation, messages),
+            )
+            progress.step()
         manifest = {
             "export_id": job.id,
             "created_at": iso(now),
             "user_id": job.user_id,
             "account_id": job.account_id,
             "scope": "account and user" if owner else "user",
-            "tables": {name: len(rows) for name, rows in data.items()},
+            "tables": counts,
             "files": [name for name, _ in files],
         }
         archive.writestr("manifest.json", json.dumps(manifest, indent=2))
-        archive.writestr("README.txt", README)
-        for name, rows in data.items():
-            archive.writestr(f"data/{name}.json", json.dumps(rows, indent=2, default=str))
-            done += 1
-            _set(db, job.id, progress=done)
-        for name, path in files:
-            if path.is_file():
-                archive.write(path, name)
-            done += 1
-            _set(db, job.id, progress=done)
-        for conversation in data.get("conversations", []):
-            messages = [
-                m for m in data.get("messages", []) if m["conversation_id"] == conversation["id"]
-            ]
-            archive.writestr(
-                f"conversations/{conversation['id']}.md",
-                conversation_markdown(conversation, messages),
-            )
-            done += 1
-            _set(db, job.id, progress=done)
     os.chmod(partial, 0o600)
-    digest = hashlib.sha256(partial.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with partial.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
     os.replace(partial, target)
     _set(
         db,
@@ -233,7 +271,7 @@ def build(db: sqlite_utils.Database, settings: Settings, export_id: str, now: da
         status="ready",
         progress=total,
         size=target.stat().st_size,
-        sha256=digest,
+        sha256=digest.hexdigest(),
         finished_at=iso(now),
     )
     return get(db, job.account_id, job.user_id, job.id)
@@ -248,18 +286,43 @@ def _safe_name(name: str) -> str:
     return cleaned[:120] or "file"
 
 
-def _files(settings: Settings, data: dict[str, list[dict]]) -> list[tuple[str, Path]]:
+def _files(
+    settings: Settings, db: sqlite_utils.Database, tables: dict, owner: bool, params: dict
+) -> list[tuple[str, Path]]:
+    """(name in the ZIP, path on disk) of the originals this export includes."""
     from appliance.knowledge import service as knowledge
     from appliance.persona import voice
 
     files = []
-    for doc in data.get("documents", []):
-        path = knowledge.account_dir(settings, doc["account_id"]) / doc["id"]
-        files.append((f"documents/{doc['id']}-{_safe_name(doc['filename'])}", path))
-    for sample in data.get("voice_samples", []):
-        path = voice.sample_path(settings, sample["account_id"], sample["id"])
-        files.append((f"voice_samples/{sample['id']}-{_safe_name(sample['filename'])}", path))
+    for kind, folder in (("documents", "documents"), ("voice_samples", "voice_samples")):
+        cursor = _select(db, tables[kind], owner, params) if kind in tables else None
+        for item in _rows(cursor, tables[kind]) if cursor is not None else ():
+            if kind == "documents":
+                path = knowledge.account_dir(settings, item["account_id"]) / item["id"]
+            else:
+                path = voice.sample_path(settings, item["account_id"], item["id"])
+            files.append((f"{folder}/{item['id']}-{_safe_name(item['filename'])}", path))
     return files
+
+
+def _conversation_ids(
+    db: sqlite_utils.Database, tables: dict, owner: bool, params: dict
+) -> list[str]:
+    if "conversations" not in tables:
+        return []
+    cursor = _select(db, tables["conversations"], owner, params)
+    return [row["id"] for row in _rows(cursor, tables["conversations"])] if cursor else []
+
+
+def _conversation(db: sqlite_utils.Database, conversation_id: str) -> tuple[dict, list[dict]]:
+    cursor = db.execute("select * from conversations where id = ?", [conversation_id])
+    names = [d[0] for d in cursor.description]
+    conversation = dict(zip(names, cursor.fetchone(), strict=True))
+    cursor = db.execute(
+        "select * from messages where conversation_id = ? order by position", [conversation_id]
+    )
+    names = [d[0] for d in cursor.description]
+    return conversation, [dict(zip(names, row, strict=True)) for row in cursor]
 
 
 def conversation_markdown(conversation: dict, messages: list[dict]) -> str:
