@@ -254,3 +254,37 @@ def test_a_member_who_joined_another_account_meanwhile_is_kept(settings, db, clo
     assert accounts.role_in(db, elsewhere.id, world.member.id) == "member"
     with pytest.raises(Conflict):
         erasure.erase_account(db, settings, world.account.id, clock())
+
+
+def test_cli_delete_asks_first(settings, db, clock):
+    world = populate(db, settings, clock(), "askfirstcanary")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "appliance",
+            "accounts",
+            "delete",
+            world.account.id,
+            "--data-dir",
+            str(settings.paths.data_dir),
+        ],
+        input="n\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1 and "nothing deleted" in result.stdout
+    assert accounts.account(db, world.account.id).status == "active"
+    missing = cli(settings, "accounts", "delete", "acc_doesnotexist", "--yes")
+    assert missing.returncode == 2 and "No such account" in missing.stderr
+
+
+def test_my_data_page_offers_deletion_to_owners_only(settings, db, clock, app):
+    populate(db, settings, clock(), "pagecanary")
+    with TestClient(app) as owner, TestClient(app) as member:
+        sign_in(owner, settings, "owner@example.com")
+        sign_in(member, settings, "member@example.com")
+        assert "Delete the account" in owner.get("/settings/data").text
+        page = member.get("/settings/data").text
+        assert "Export my data" in page and "Delete the account" not in page

@@ -151,3 +151,18 @@ def test_the_page_shows_the_text_in_effect_until_the_next_takes_effect(settings,
         clock.advance(days=settings.privacy.policy_notice_days, seconds=1)
         page = client.get("/privacy").text
         assert "retained for 21 days" in page and "Version 2" in page
+
+
+def test_api_clients_see_and_accept_the_policy(settings, db, clock, app):
+    from privacy_support import sign_in
+
+    accounts.create_user(db, "script@example.com", clock())
+    policy.publish(db, settings, clock(), effective_at=clock())
+    with TestClient(app) as client:
+        sign_in(client, settings, "script@example.com")
+        state = client.get("/api/me/policy").json()
+        assert state["version"] == 1 and state["acceptance_required"] is True
+        assert client.post("/api/me/policy/accept", json={"version": 2}).status_code == 404
+        assert client.post("/api/me/policy/accept", json={"version": "1"}).status_code == 400
+        assert client.post("/api/me/policy/accept", json={"version": 1}).status_code == 200
+        assert client.get("/api/me/policy").json()["acceptance_required"] is False
