@@ -438,16 +438,16 @@ def save_card(
     except stripe.StripeError as exc:
         _unavailable(exc)
         return
-    method = intent.get("payment_method")
-    card = method.get("card") if isinstance(method, stripe.StripeObject) else None
-    if not card:
+    method = intent.to_dict().get("payment_method")
+    card = method.get("card") if isinstance(method, dict) else None
+    if not isinstance(card, dict):
         return
     with write_transaction(db):
         db.execute(
             "update billing_accounts set payment_method_id = ?, card_brand = ?, "
             "card_last4 = ?, updated_at = ? where account_ref = ?",
             [
-                method.id,
+                method.get("id"),
                 str(card.get("brand", "")),
                 str(card.get("last4", ""))[-4:],
                 iso(now),
@@ -466,11 +466,10 @@ def reconcile(db: sqlite_utils.Database, settings: Settings, now: datetime) -> i
         sessions = client(settings).v1.checkout.sessions.list(
             {"created": {"gte": since}, "limit": 100}
         )
-        paid = [
-            s.to_dict() for s in sessions.auto_paging_iter() if s.get("payment_status") == "paid"
-        ]
+        listed = [s.to_dict() for s in sessions.auto_paging_iter()]
     except stripe.StripeError as exc:
         raise _unavailable(exc) from None
+    paid = [s for s in listed if s.get("payment_status") == "paid"]
     credited = 0
     for session in paid:
         with write_transaction(db):
@@ -538,10 +537,11 @@ def auto_topup(
         with write_transaction(db):
             db.execute("update billing_topups set status = 'failed' where id = ?", [pending.id])
         return "failed"
+    intent = intent.to_dict()
     with write_transaction(db):
         db.execute(
             "update billing_topups set stripe_payment_intent_id = ? where id = ?",
-            [intent.id, pending.id],
+            [intent["id"], pending.id],
         )
         received = intent.get("amount_received")
         if intent.get("status") != "succeeded" or not isinstance(received, int) or received <= 0:
@@ -554,7 +554,7 @@ def auto_topup(
             received * PER_CENT,
             now,
             topup_id=pending.id,
-            stripe_ref=intent.id,
+            stripe_ref=intent["id"],
         )
         db.execute(
             "update billing_topups set status = 'paid', paid_at = ?, amount_microusd = ? "

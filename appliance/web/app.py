@@ -24,6 +24,7 @@ from appliance.db import open_db
 from appliance.inference.client import InferenceClient
 from appliance.tasks import TaskQueue, create_queue
 from appliance.web import (
+    billing,
     health,
     identity,
     instances,
@@ -107,6 +108,9 @@ def create_app(
         knowledge.KnowledgePages,
         instances.InstancesApi,
         instances.InstancesPages,
+        billing.BillingApi,
+        billing.BillingPages,
+        billing.StripeWebhook,
         v1.V1Api,
     ]
     app = Litestar(
@@ -133,8 +137,9 @@ def create_app(
             cookie_name=identity.cookie_names(settings)["csrf"],
             cookie_secure=https,
             cookie_samesite="lax",
-            # /api checks the header itself (web/identity.py); /v1 takes bearer keys only.
-            exclude=["/v1/", "/api/"],
+            # /api checks the header itself (web/identity.py); /v1 takes bearer keys only;
+            # Stripe's webhook is authenticated by its signature (web/billing.py).
+            exclude=["/v1/", "/api/", "/stripe/webhook"],
         ),
         middleware=[
             strip_internal_headers_middleware,

@@ -28,6 +28,7 @@ from appliance.inference.client import InferenceClient
 from appliance.instances import service as instances
 from appliance.knowledge import search as kb_search
 from appliance.persona import service as persona
+from appliance.web.billing import Metered
 from appliance.web.identity import Identity
 
 #: Request fields passed on to the model (checked again by the inference service).
@@ -168,16 +169,29 @@ class V1Api(Controller):
             lambda: build_request(db, settings, inference, api_key, body, clock())
         )
         account_id = api_key.account.id
+        # Reserves the most this request can cost (402 when the credit does not cover it).
+        metered = await Metered.start(db, settings, inference, api_key, instance, payload, clock)
         if body.get("stream"):
             if body.get("stream_options"):
                 payload["stream_options"] = body["stream_options"]
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return Stream(
-                _relay(inference, payload, account_id, instance.name, include_usage),
+                _relay(
+                    metered.observe(inference),
+                    payload,
+                    account_id,
+                    instance.name,
+                    include_usage,
+                ),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        answer = await inference.achat(payload, account_id=account_id)
+        try:
+            answer = await inference.achat(payload, account_id=account_id)
+        except BaseException:
+            await metered.finish(None)
+            raise
+        await metered.finish(answer.get("usage"))
         answer["model"] = instance.name
         if passages:
             answer["appliance"] = {"passages": [_passage_json(p) for p in passages]}
