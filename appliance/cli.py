@@ -154,6 +154,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="cli", help="a name to recognise the key by")
     p.set_defaults(handler=cmd_keys_create)
 
+    billing_cmd = command("billing", None, "Prepaid credit: balances and adjustments.")
+    bsub = billing_cmd.add_subparsers(title="billing commands", metavar="ACTION")
+    billing_cmd.set_defaults(handler=lambda s, a: billing_cmd.print_help() or 2)
+    p = bsub.add_parser("show", help="An account's balance and latest entries.", parents=[common])
+    p.add_argument("--account", required=True, help="account id")
+    p.add_argument("--limit", type=int, default=20, help="ledger entries to show")
+    p.set_defaults(handler=cmd_billing_show)
+    p = bsub.add_parser(
+        "adjust",
+        help="Credit (or debit, down to zero at most) an account, with a reason.",
+        parents=[common],
+    )
+    p.add_argument("--account", required=True, help="account id")
+    p.add_argument("--amount", required=True, help="USD, e.g. 10 or -2.50")
+    p.add_argument("--reason", required=True, help="why (kept in the ledger)")
+    p.set_defaults(handler=cmd_billing_adjust)
+
     kb = command("kb", None, "Knowledge base maintenance.")
     kbsub = kb.add_subparsers(title="kb commands", metavar="ACTION")
     kb.set_defaults(handler=lambda s, a: kb.print_help() or 2)
@@ -309,6 +326,46 @@ def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
         db.close()
     print(
         json.dumps({"id": key.id, "key": secret, "scope": key.scope, "account_id": key.account_id})
+    )
+    return 0
+
+
+def cmd_billing_show(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.accounts import service as accounts
+    from appliance.billing import ledger
+
+    db = _db(settings)
+    try:
+        accounts.account(db, args.account)
+        balance = ledger.balance(db, args.account)
+        held = ledger.held(db, args.account)
+        entries = ledger.entries(db, args.account, limit=args.limit)
+    finally:
+        db.close()
+    print(f"balance {ledger.usd(balance)} USD ({balance} micro-USD), reserved {held} micro-USD")
+    for entry in entries:
+        print(
+            f"{entry.created_at}  {entry.kind:<13} {ledger.usd_precise(entry.amount_microusd):>12}"
+            f"  {entry.reason or entry.model or ''}"
+        )
+    return 0
+
+
+def cmd_billing_adjust(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.accounts import service as accounts
+    from appliance.billing import ledger
+    from appliance.billing import service as billing
+    from appliance.clock import utcnow
+
+    db = _db(settings)
+    try:
+        accounts.account(db, args.account)
+        entry = billing.adjust(db, args.account, args.amount, args.reason, utcnow(), actor="cli")
+    finally:
+        db.close()
+    print(
+        f"adjusted by {ledger.usd_precise(entry.amount_microusd)} USD; "
+        f"balance {ledger.usd(entry.balance_microusd)} USD"
     )
     return 0
 

@@ -30,6 +30,7 @@ def run_checks(settings: Settings) -> list[Check]:
     checks = [_data_dir(settings), _secrets(settings), _mail(settings)]
     checks += _database(settings)
     checks += _purges(settings)
+    checks += _billing(settings)
     checks += _models(settings)
     checks.append(_disk(settings))
     checks.append(_gpu())
@@ -129,6 +130,50 @@ def _purges(settings: Settings) -> list[Check]:
     for item in late:
         if item.startswith("erasure of"):
             checks.append(Check("erasure", "warn", f"{item} is past its erase window"))
+    return checks
+
+
+def _billing(settings: Settings) -> list[Check]:
+    """Billing and Stripe (the keys are only ever reported as configured or not)."""
+    from appliance.billing import meter, payments
+    from appliance.billing import service as billing
+
+    checks = []
+    try:
+        meter.prices_for(settings, None)
+        for item in settings.billing.model_prices:
+            meter.prices_for(settings, item.partition("=")[0].strip())
+    except ApplianceError as exc:
+        return [Check("billing", "fail", str(exc))]
+    if not settings.billing.enabled:
+        checks.append(Check("billing", "ok", "off: usage is metered, nothing is charged"))
+    elif payments.configured(settings):
+        checks.append(Check("billing", "ok", f"on; Stripe configured ({settings.stripe.api_base})"))
+    else:
+        missing = [
+            name for name in ("secret_key", "webhook_secret") if not getattr(settings.stripe, name)
+        ]
+        checks.append(
+            Check(
+                "billing",
+                "warn",
+                f"on, but stripe.{' and stripe.'.join(missing)} not set: top-ups are off",
+            )
+        )
+    try:
+        db = open_db(settings)
+    except ApplianceError:
+        return checks  # the database check reports it
+    try:
+        broken = billing.invariant_violations(db)
+    finally:
+        db.close()
+    if broken:
+        checks.append(
+            Check("ledger", "fail", f"{len(broken)} account(s) whose balance is not the ledger sum")
+        )
+    else:
+        checks.append(Check("ledger", "ok", "every balance equals its ledger sum"))
     return checks
 
 

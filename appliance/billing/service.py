@@ -244,8 +244,7 @@ def adjust(
     """An operator's adjustment (credit, or debit down to zero at most), with a reason.
 
     Raises:
-        InvalidInput: no reason, or not an amount. PaymentRequired: a debit beyond the
-            balance.
+        InvalidInput: no reason, not an amount, or a debit beyond the balance.
     """
     if not reason or not reason.strip():
         raise InvalidInput("An adjustment needs a reason.")
@@ -253,6 +252,11 @@ def adjust(
     if amount == 0:
         raise InvalidInput("An adjustment of zero changes nothing.")
     with write_transaction(db):
+        if ledger.balance(db, account_id) + amount < 0:
+            raise InvalidInput(
+                "A debit may not take the balance below zero (it is "
+                f"{ledger.usd(ledger.balance(db, account_id))} USD)."
+            )
         return ledger.post(
             db, account_id, "adjustment", amount, now, reason=reason.strip(), actor_ref=actor
         )
@@ -331,3 +335,13 @@ def pseudonymize_account(db: sqlite_utils.Database, account_id: str, reference: 
             [reference, account_id],
         ).rowcount
     return kept
+
+
+def invariant_violations(db: sqlite_utils.Database) -> list[str]:
+    """Accounts whose balance is not the sum of their ledger entries (should be none)."""
+    rows = db.execute(
+        "select b.account_ref from billing_accounts b left join (select account_ref, "
+        "sum(amount_microusd) as total from ledger_entries group by account_ref) l "
+        "on l.account_ref = b.account_ref where b.balance_microusd != coalesce(l.total, 0)"
+    ).fetchall()
+    return [row[0] for row in rows]

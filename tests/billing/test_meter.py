@@ -11,7 +11,7 @@ from conftest import make_settings
 from appliance.accounts import service as accounts
 from appliance.billing import billing_tables, ledger, meter, pseudonymize_account, service
 from appliance.db import open_db
-from appliance.errors import PaymentRequired
+from appliance.errors import InvalidInput, PaymentRequired
 from appliance.instances import service as instances
 
 # 1 µ$ per prompt token, 2 µ$ per completion token: easy to count.
@@ -234,7 +234,7 @@ def test_the_ledger_is_append_only(db, clock):
         db.execute("update ledger_entries set amount_microusd = 1000000")
     with pytest.raises(Exception, match="CHECK"):
         db.execute("update billing_accounts set balance_microusd = -1")
-    with pytest.raises(PaymentRequired):
+    with pytest.raises(InvalidInput, match="below zero"):
         service.adjust(db, "acc_1", "-0.01", "more than there is", clock())
     invariant(db)
 
