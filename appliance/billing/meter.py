@@ -99,22 +99,38 @@ def _cap(db, subject: str, subject_id: str | None) -> int | None:
     return row[0] if row else None
 
 
+def _month(now: datetime) -> str:
+    return now.astimezone(UTC).strftime("%Y-%m")
+
+
 def spent_this_month(
     db: sqlite_utils.Database, account_ref: str, subject: str, subject_id: str, now: datetime
 ) -> int:
-    """Micro-dollars of usage charged to the instance or key since the month began."""
+    """Micro-dollars of usage charged to the instance or key this calendar month (UTC),
+    plus its open holds."""
+    row = db.execute(
+        "select spent_microusd from spend_months where subject = ? and subject_id = ? "
+        "and month = ? and account_ref = ?",
+        [subject, subject_id, _month(now), account_ref],
+    ).fetchone()
     column = "instance_id" if subject == "instance" else "key_id"
-    settled = db.execute(
-        f"select coalesce(-sum(amount_microusd), 0) from ledger_entries "  # noqa: S608
-        f"where account_ref = ? and kind = 'usage' and {column} = ? and created_at >= ?",
-        [account_ref, subject_id, iso(month_start(now))],
-    ).fetchone()[0]
     holding = db.execute(
         f"select coalesce(sum(amount_microusd), 0) from billing_holds "  # noqa: S608
         f"where account_ref = ? and state = 'held' and {column} = ?",
         [account_ref, subject_id],
     ).fetchone()[0]
-    return settled + holding
+    return (row[0] if row else 0) + holding
+
+
+def _count_spending(db, hold: Hold, account_ref: str, charged: int, now: datetime) -> None:
+    for subject, subject_id in (("instance", hold.instance_id), ("key", hold.key_id)):
+        if subject_id and charged:
+            db.execute(
+                "insert into spend_months (subject, subject_id, month, account_ref, "
+                "spent_microusd) values (?, ?, ?, ?, ?) on conflict (subject, subject_id, "
+                "month) do update set spent_microusd = spent_microusd + excluded.spent_microusd",
+                [subject, subject_id, _month(now), account_ref, charged],
+            )
 
 
 def reserve(
@@ -230,6 +246,7 @@ def settle(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
         )
+        _count_spending(db, hold, account_ref, charged, now)
         db.execute(
             "update billing_holds set state = 'settled', closed_at = ? where id = ?",
             [iso(now), hold.id],
@@ -248,15 +265,25 @@ def release(db: sqlite_utils.Database, hold: Hold, *, now: datetime | None = Non
         )
 
 
+#: Closed holds are kept this long (a late settle of an expired hold still finds it),
+#: then deleted: the usage entry is the record.
+CLOSED_HOLD_DAYS = 2
+
+
 def expire_holds(db: sqlite_utils.Database, now: datetime) -> int:
     """Release holds past their timeout (a request that never settled); returns how many.
 
-    A later ``settle`` of such a hold still charges the tokens once (see ``settle``)."""
+    A later ``settle`` of such a hold still charges the tokens once (see ``settle``).
+    Holds closed more than ``CLOSED_HOLD_DAYS`` ago are deleted."""
     with write_transaction(db):
         cursor = db.execute(
             "update billing_holds set state = 'expired', closed_at = ? "
             "where state = 'held' and expires_at <= ?",
             [iso(now), iso(now)],
+        )
+        db.execute(
+            "delete from billing_holds where state != 'held' and closed_at < ?",
+            [iso(now - timedelta(days=CLOSED_HOLD_DAYS))],
         )
         return cursor.rowcount
 

@@ -133,3 +133,33 @@ def m001_create_billing(db: sqlite_utils.Database) -> None:
         );
         """
     )
+
+
+@migrations()
+def m002_spend_months(db: sqlite_utils.Database) -> None:
+    # Monthly usage per instance and per key, kept with each settle, so the spend-cap check
+    # is one row lookup instead of a sum over the month's ledger entries (17 ms at 100k
+    # entries, docs/benchmarks.md); closed holds are purged by closed_at.
+    db.executescript(
+        """
+        create table spend_months (
+            subject text not null check (subject in ('instance', 'key')),
+            subject_id text not null,
+            month text not null,
+            account_ref text not null,
+            spent_microusd integer not null default 0,
+            primary key (subject, subject_id, month)
+        );
+        create index spend_months_account on spend_months(account_ref);
+        insert into spend_months (subject, subject_id, month, account_ref, spent_microusd)
+            select 'instance', instance_id, substr(created_at, 1, 7), account_ref,
+                   -sum(amount_microusd)
+            from ledger_entries where kind = 'usage' and instance_id is not null
+            group by instance_id, substr(created_at, 1, 7), account_ref;
+        insert into spend_months (subject, subject_id, month, account_ref, spent_microusd)
+            select 'key', key_id, substr(created_at, 1, 7), account_ref, -sum(amount_microusd)
+            from ledger_entries where kind = 'usage' and key_id is not null
+            group by key_id, substr(created_at, 1, 7), account_ref;
+        create index billing_holds_closed on billing_holds(closed_at) where state != 'held';
+        """
+    )

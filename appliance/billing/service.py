@@ -35,6 +35,7 @@ TABLES = {
     "billing_holds": ("account_ref", "created_at"),
     "spend_caps": ("account_ref", "updated_at"),
     "instance_meter": ("account_ref", "charged_until"),
+    "spend_months": ("account_ref", "month"),
 }
 
 
@@ -307,7 +308,8 @@ def pseudonymize_account(db: sqlite_utils.Database, account_id: str, reference: 
     """Replace the account id in every billing row with ``reference`` and strip what
     names a person (who asked for a top-up or made an adjustment, the saved card's
     brand and digits), keeping amounts, dates and Stripe ids for the tax-retention period.
-    Open holds, spend caps and instance meters (no billing record) are deleted.
+    Holds, spend caps, monthly spending counters and instance meters (no billing
+    record) are deleted.
     Returns the number of rows kept under the reference.
     """
     if not reference or reference == account_id:
@@ -316,6 +318,7 @@ def pseudonymize_account(db: sqlite_utils.Database, account_id: str, reference: 
         db.execute("delete from billing_holds where account_ref = ?", [account_id])
         db.execute("delete from spend_caps where account_ref = ?", [account_id])
         db.execute("delete from instance_meter where account_ref = ?", [account_id])
+        db.execute("delete from spend_months where account_ref = ?", [account_id])
         kept = 0
         kept += db.execute(
             "update ledger_entries set account_ref = ?, actor_ref = null where account_ref = ?",
