@@ -308,8 +308,8 @@ def pseudonymize_account(db: sqlite_utils.Database, account_id: str, reference: 
     """Replace the account id in every billing row with ``reference`` and strip what
     names a person (who asked for a top-up or made an adjustment, the saved card's
     brand and digits), keeping amounts, dates and Stripe ids for the tax-retention period.
-    Holds, spend caps, monthly spending counters and instance meters (no billing
-    record) are deleted.
+    Holds, spend caps and monthly spending counters (no billing record) are deleted;
+    instance meters move to the reference, so minutes run before the deletion are charged.
     Returns the number of rows kept under the reference.
     """
     if not reference or reference == account_id:
@@ -317,7 +317,6 @@ def pseudonymize_account(db: sqlite_utils.Database, account_id: str, reference: 
     with write_transaction(db):
         db.execute("delete from billing_holds where account_ref = ?", [account_id])
         db.execute("delete from spend_caps where account_ref = ?", [account_id])
-        db.execute("delete from instance_meter where account_ref = ?", [account_id])
         db.execute("delete from spend_months where account_ref = ?", [account_id])
         kept = 0
         kept += db.execute(
@@ -328,6 +327,12 @@ def pseudonymize_account(db: sqlite_utils.Database, account_id: str, reference: 
             "update billing_topups set account_ref = ?, requested_by = null where account_ref = ?",
             [reference, account_id],
         ).rowcount
+        # Minutes a just-destroyed instance ran are still charged by the worker, under
+        # the reference.
+        db.execute(
+            "update instance_meter set account_ref = ? where account_ref = ?",
+            [reference, account_id],
+        )
         kept += db.execute(
             "update stripe_events set account_ref = ? where account_ref = ?",
             [reference, account_id],

@@ -262,3 +262,19 @@ def test_pseudonymize_keeps_amounts_and_stripe_ids_but_not_the_account(db, on, c
     ).fetchone()
     assert row == ("cs_1", None, 100)
     invariant(db, "ref_random")
+
+
+def test_minutes_before_an_erasure_are_charged_under_the_reference(settings, db, clock):
+    on = make_settings(
+        settings.paths.data_dir, **{"billing.enabled": True, "billing.price_instance_hour": 0.6}
+    )
+    account, created = make_instance(db, clock)
+    fund(db, account.id, 1_000_000, clock())
+    clock.advance(minutes=3)
+    instances.set_state(db, account.id, "owner", created.id, "destroyed", clock())
+    pseudonymize_account(db, account.id, "erased_ref")
+    clock.advance(minutes=5)
+    assert meter.charge_instance_time(db, on, instances.running(db), clock()) == 3
+    assert ledger.balance(db, "erased_ref") == 1_000_000 - 30_000
+    assert ledger.balance(db, account.id) == 0
+    invariant(db, "erased_ref")
