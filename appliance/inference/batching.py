@@ -182,6 +182,16 @@ class BatchedChatEngine(ChatModel):
         params.n_ubatch = min(self.capacity, 512)
         params.n_seq_max = parallel + prefix_cache_entries
         params.kv_unified = True  # one pool of cells: shared prefixes are stored once
+        # With one pool, every sequence's attention spans the cells of all of them (the
+        # others' masked). Flash attention skips masked cells; without it, a step costs
+        # in proportion to all cells in use, cached prefixes included (measured on the CPU:
+        # one stream beside 2000 idle cells decodes 2x slower without it, as fast with it).
+        # AUTO enables it wherever the backend supports it.
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if flash_attn
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+        )
         params.swa_full = True  # sliding-window models keep whole prefixes for reuse
         self._context = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
         self.ctx = self._context.ctx
@@ -236,13 +246,11 @@ class BatchedChatEngine(ChatModel):
         decode_seconds, failures = self._decode(plan)
         for seq, message in failures:
             ended.append((seq.job, self._fail(seq, message)))
-        sampled = 0
         for seq, _start, _count in plan:
             if seq.slot not in self._running or self._running[seq.slot] is not seq:
                 continue
             if seq.out is None:
                 continue
-            sampled += 1
             last = self._sample(seq)
             if last is not None:
                 ended.append((seq.job, last))
