@@ -344,8 +344,23 @@ class BillingPages(Controller):
         db: NamedDependency[sqlite_utils.Database],
         settings: NamedDependency[Settings],
         clock: NamedDependency[Clock],
+        topup: FromQuery[str | None] = None,
     ) -> Template:
-        return Template("billing.html", context=_context(db, settings, me, clock))
+        context = _context(db, settings, me, clock)
+        if topup and me.is_manager:
+            # Back from Stripe Checkout (its success_url names the top-up).
+            try:
+                found = payments.topup(db, me.account.id, topup)
+            except ApplianceError:
+                found = None
+            if found and found.status == "paid":
+                amount = ledger.usd(found.amount_microusd)
+                context["flashes"] = [("ok", f"Thank you: {amount} USD were added.")]
+            elif found and found.status == "pending":
+                context["flashes"] = [
+                    ("info", "Stripe is confirming the payment; the balance updates shortly.")
+                ]
+        return Template("billing.html", context=context)
 
     @get("/billing/usage.csv", sync_to_thread=True)
     def usage_csv(

@@ -191,3 +191,35 @@ def test_the_page_shows_balance_chart_and_out_of_credit(two, billed, db):  # noq
     html = client.get("/billing").text
     assert 'id="out-of-credit"' in html and 'href="#top-up"' in html
     assert client.get("/billing/usage.csv").status_code == 200
+
+
+def test_back_from_checkout_the_page_says_where_the_payment_is(two, billed, db, stripe_standin):  # noqa: F811
+    from billing_support import WEBHOOK_SECRET
+    from stripe_standin import event, sign
+
+    client = two["client"]
+    a = two["people"]["a"]
+    created = client.post(
+        "/api/billing/checkout", json={"amount_usd": 10}, headers=auth_for(two, "a")
+    )
+    topup_id = created.json()["topup"]["id"]
+    client.cookies.set(
+        "session", auth.create_session(db, billed, a["user"].id, a["account"].id, two["clock"]())
+    )
+    assert "Stripe is confirming the payment" in client.get(f"/billing?topup={topup_id}").text
+    paid = {
+        "id": "cs_test_1",
+        "client_reference_id": topup_id,
+        "payment_status": "paid",
+        "amount_total": 1000,
+        "currency": "usd",
+    }
+    payload = event("evt_1", "checkout.session.completed", paid)
+    response = client.post(
+        "/stripe/webhook",
+        content=payload,
+        headers={"Stripe-Signature": sign(payload, WEBHOOK_SECRET)},
+    )
+    assert response.status_code == 200
+    assert "10.00 USD were added" in client.get(f"/billing?topup={topup_id}").text
+    assert "were added" not in client.get("/billing?topup=top_not_mine").text
