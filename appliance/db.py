@@ -28,6 +28,7 @@ MIGRATION_MODULES = (
     "appliance.knowledge.migrations",
     "appliance.persona.migrations",
     "appliance.instances.migrations",
+    "appliance.chat.migrations",
     "appliance.privacy.migrations",
     "appliance.billing.migrations",
 )

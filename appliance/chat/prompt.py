@@ -34,6 +34,7 @@ class Passage:
     text: str
     page: int | None = None
     heading: str = ""
+    chunk_id: int | None = None
 
     def render(self) -> str:
         where = self.filename + (f", page {self.page}" if self.page else "")

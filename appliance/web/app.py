@@ -25,6 +25,7 @@ from appliance.inference.client import InferenceClient
 from appliance.tasks import TaskQueue, create_queue
 from appliance.web import (
     billing,
+    chat,
     health,
     identity,
     instances,
@@ -108,6 +109,8 @@ def create_app(
         knowledge.KnowledgePages,
         instances.InstancesApi,
         instances.InstancesPages,
+        chat.ChatApi,
+        chat.ChatPages,
         billing.BillingApi,
         billing.BillingPages,
         billing.StripeWebhook,

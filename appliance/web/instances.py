@@ -11,6 +11,7 @@ from litestar.params import FromPath, JSONBody, URLEncodedBody
 from litestar.response import Redirect, Template
 
 from appliance.auth import service as auth
+from appliance.chat import service as chat
 from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.errors import ApplianceError, InvalidInput, NotFound
@@ -37,7 +38,10 @@ def _change_state(db, me: Identity, instance_id: str, action: str, data: dict, n
         raise InvalidInput("Unknown action.")
     if action == "destroy" and data.get("confirm") not in (True, "true", "on", "yes"):
         raise InvalidInput('Destroying cannot be undone: confirm it with {"confirm": true}.')
-    return instances.set_state(db, me.account.id, me.role, instance_id, ACTIONS[action], now)
+    changed = instances.set_state(db, me.account.id, me.role, instance_id, ACTIONS[action], now)
+    if action == "destroy" and data.get("delete_conversations") in (True, "true", "on", "yes"):
+        chat.delete_for_instance(db, me.account.id, instance_id)
+    return changed
 
 
 class InstancesApi(Controller):
@@ -112,7 +116,8 @@ class InstancesApi(Controller):
         data: JSONBody[dict[str, Any] | None] = None,
     ) -> dict:
         """``stop`` (requests get 409), ``start``, or ``destroy`` (``{"confirm": true}``:
-        revokes the instance's keys at once and cannot be undone)."""
+        revokes the instance's keys at once and cannot be undone; with
+        ``"delete_conversations": true`` its conversations are deleted too)."""
         return _change_state(db, manager, instance_id, action, data or {}, clock()).public()
 
 

@@ -21,13 +21,13 @@ from litestar.params import JSONBody
 from litestar.response import Stream
 
 from appliance.chat import prompt
+from appliance.chat import service as chat
 from appliance.clock import Clock
 from appliance.config import Settings
+from appliance.db import open_db
 from appliance.errors import ApplianceError, Conflict, InvalidInput, NotFound
 from appliance.inference.client import InferenceClient
 from appliance.instances import service as instances
-from appliance.knowledge import search as kb_search
-from appliance.persona import service as persona
 from appliance.web.billing import Metered
 from appliance.web.identity import Identity
 
@@ -46,24 +46,6 @@ def _instance(db, key: Identity, name: Any) -> instances.Instance:
     if instance.state != "running":
         raise Conflict(f"The instance '{name}' is stopped; start it to use it.")
     return instance
-
-
-def _retrieve(db, client, account_id: str, query: str, k: int) -> list[prompt.Passage]:
-    try:
-        result = kb_search.search(db, client, account_id, query[:2000], k)
-    except InvalidInput:
-        return []
-    return [
-        prompt.Passage(
-            number=i,
-            document_id=hit.document_id,
-            filename=hit.filename,
-            text=hit.text,
-            page=hit.page,
-            heading=hit.heading,
-        )
-        for i, hit in enumerate(result.hits, start=1)
-    ]
 
 
 def build_request(
@@ -92,40 +74,23 @@ def build_request(
             raise InvalidInput(f"messages[{index}] must have a string 'content'.")
     own_system = [m for m in messages if m.get("role") in ("system", "developer")]
     conversation = [m for m in messages if m.get("role") not in ("system", "developer")]
-    if own_system:
-        system = "\n\n".join(m["content"] for m in own_system)
-    elif instance.system_prompt:
-        system = instance.system_prompt
-    elif instance.voice:
-        system = persona.prompt_for_account(db, settings, key.account.id, now)
-    else:
-        system = persona.effective_prompt(db, key.account.id, now)
-    passages: list[prompt.Passage] = []
-    use_knowledge = instance.knowledge and options.get("knowledge", True) is not False
-    last_user = next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
-    if use_knowledge and last_user:
-        passages = _retrieve(db, client, key.account.id, last_user, instance.top_k)
-    requested = body.get("max_completion_tokens", body.get("max_tokens"))
-    max_tokens = instance.max_tokens if requested is None else requested
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise InvalidInput("'max_tokens' must be a positive integer.")
-    budget = instance.context_budget - min(max_tokens, instance.context_budget // 2)
-
-    def count(texts: list[str]) -> list[int]:
-        counts = client.count_tokens(texts, model="chat")
-        return counts if counts is not None else [max(1, len(t) // 4) for t in texts]
-
-    assembled = prompt.assemble(system, passages, conversation, budget=budget, count=count)
     forwarded = {name: body[name] for name in FORWARDED if name in body}
     forwarded.pop("max_completion_tokens", None)
-    request = {
-        "messages": assembled.messages,
-        "temperature": instance.temperature,
-        "top_p": instance.top_p,
-        **forwarded,
-        "max_tokens": max_tokens,
-    }
-    return instance, request, assembled.passages
+    forwarded.pop("max_tokens", None)
+    composed = chat.compose(
+        db,
+        settings,
+        client,
+        key.account.id,
+        instance,
+        conversation,
+        now,
+        own_system="\n\n".join(m["content"] for m in own_system) if own_system else None,
+        knowledge=options.get("knowledge", True) is not False,
+        max_tokens=body.get("max_completion_tokens", body.get("max_tokens")),
+        overrides=forwarded,
+    )
+    return instance, composed.payload, composed.passages
 
 
 class V1Api(Controller):
@@ -168,6 +133,9 @@ class V1Api(Controller):
         instance, payload, passages = await anyio.to_thread.run_sync(
             lambda: build_request(db, settings, inference, api_key, body, clock())
         )
+        store = await anyio.to_thread.run_sync(
+            lambda: _store_target(db, settings, clock, api_key, instance, body)
+        )
         account_id = api_key.account.id
         # Reserves the most this request can cost (402 when the credit does not cover it).
         metered = await Metered.start(db, settings, inference, api_key, instance, payload, clock)
@@ -182,6 +150,8 @@ class V1Api(Controller):
                     account_id,
                     instance.name,
                     include_usage,
+                    store,
+                    passages,
                 ),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -193,8 +163,16 @@ class V1Api(Controller):
             raise
         await metered.finish(answer.get("usage"))
         answer["model"] = instance.name
+        extra: dict[str, Any] = {}
         if passages:
-            answer["appliance"] = {"passages": [_passage_json(p) for p in passages]}
+            extra["passages"] = [_passage_json(p) for p in passages]
+        if store is not None:
+            text = answer["choices"][0]["message"].get("content") or ""
+            extra["conversation_id"] = await anyio.to_thread.run_sync(
+                lambda: store.save(text, _usage_counts(answer.get("usage")), passages)
+            )
+        if extra:
+            answer["appliance"] = extra
         return Response(answer)
 
     @post("/embeddings", status_code=200, sync_to_thread=True)
@@ -234,16 +212,91 @@ def _passage_json(passage: prompt.Passage) -> dict[str, Any]:
     }
 
 
+class _StoreTarget:
+    """Where a ``"appliance": {"store": true}`` exchange is kept."""
+
+    def __init__(self, settings, api_key: Identity, instance, messages, conversation_id, clock):
+        self.settings = settings
+        self.api_key = api_key
+        self.instance = instance
+        self.messages = messages
+        self.conversation_id = conversation_id
+        self.clock = clock
+
+    def save(self, text: str, usage: dict[str, int], passages) -> str:
+        db = open_db(self.settings, migrate=False)
+        try:
+            return chat.store_exchange(
+                db,
+                self.api_key.account.id,
+                self.api_key.user.id,
+                self.instance,
+                self.messages,
+                text,
+                self.clock(),
+                conversation_id=self.conversation_id,
+                passages=passages,
+                usage=usage,
+            )
+        finally:
+            db.close()
+
+
+def _store_target(
+    db, settings: Settings, clock: Clock, api_key: Identity, instance, body: dict
+) -> _StoreTarget | None:
+    """Checked ``appliance.store`` / ``appliance.conversation_id`` of a request."""
+    options = body.get("appliance") or {}
+    store = options.get("store", False)
+    if not isinstance(store, bool):
+        raise InvalidInput("'appliance.store' must be true or false.")
+    conversation_id = options.get("conversation_id")
+    if conversation_id is not None and not isinstance(conversation_id, str):
+        raise InvalidInput("'appliance.conversation_id' must be a string.")
+    if not store:
+        return None
+    if conversation_id is not None:
+        found = chat.get(db, api_key.account.id, api_key.user.id, conversation_id)
+        if found.instance_id != instance.id:
+            raise NotFound("No such conversation on this instance.")
+    messages = [
+        {"role": m["role"], "content": m["content"]}
+        for m in body["messages"]
+        if m.get("role") in ("user", "assistant")
+    ]
+    return _StoreTarget(settings, api_key, instance, messages, conversation_id, clock)
+
+
+def _usage_counts(usage: dict[str, Any] | None) -> dict[str, int]:
+    usage = usage or {}
+    return {
+        "prompt_tokens": usage.get("prompt_tokens", 0),
+        "completion_tokens": usage.get("completion_tokens", 0),
+        "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
+    }
+
+
 async def _relay(
     client: InferenceClient,
     payload: dict[str, Any],
     account_id: str,
     name: str,
     include_usage: bool,
+    store: _StoreTarget | None = None,
+    passages: list[prompt.Passage] | None = None,
 ) -> AsyncIterator[str]:
-    """Re-emit the inference service's SSE chunks under the instance's name."""
+    """Re-emit the inference service's SSE chunks under the instance's name; keep the
+    exchange when asked to (a final chunk then carries ``appliance.conversation_id``)."""
+    parts: list[str] = []
+    usage: dict[str, Any] | None = None
+    last: dict[str, Any] = {}
     try:
         async for chunk in client.astream_chat(payload, account_id=account_id):
+            last = chunk
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            for choice in chunk.get("choices") or []:
+                parts.append((choice.get("delta") or {}).get("content") or "")
             if not chunk.get("choices") and "usage" in chunk and not include_usage:
                 continue  # our client always asks for usage; OpenAI sends it only on request
             if "model" in chunk:
@@ -252,4 +305,19 @@ async def _relay(
     except ApplianceError as exc:
         error = {"message": str(exc), "type": "server_error"}
         yield f"data: {json.dumps({'error': error})}\n\n"
+    else:
+        if store is not None:
+            text = "".join(parts)
+            conversation_id = await anyio.to_thread.run_sync(
+                lambda: store.save(text, _usage_counts(usage), passages or [])
+            )
+            final = {
+                "id": last.get("id", ""),
+                "object": "chat.completion.chunk",
+                "created": last.get("created", 0),
+                "model": name,
+                "choices": [],
+                "appliance": {"conversation_id": conversation_id},
+            }
+            yield f"data: {json.dumps(final)}\n\n"
     yield "data: [DONE]\n\n"
