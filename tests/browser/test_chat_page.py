@@ -1,0 +1,104 @@
+"""The Chat page in the real browser: ask about an uploaded fact, see the streamed answer
+and its source, follow up, stop a long answer, delete the conversation."""
+
+import pytest
+
+from appliance.accounts import service as accounts
+from appliance.auth import service as auth
+from appliance.chat import service as chat
+from appliance.clock import utcnow
+from appliance.db import open_db
+from appliance.inference.models import DEFAULT_CHAT
+from appliance.instances import service as instances
+
+pytestmark = [pytest.mark.browser, pytest.mark.inference]
+
+FACT = "# Project Zephyr\n\nThe launch code of Project Zephyr is PURPLE-OTTER-42.\n"
+
+
+def test_ask_follow_up_stop_and_delete(live_kb, page, linked_settings, tmp_path, models_dir):
+    from conftest import link_models
+
+    link_models(linked_settings, models_dir)
+    db = open_db(linked_settings)
+    user, account = accounts.create_user(db, "chat@example.com", utcnow(), account_name="Chat")
+    instances.create(
+        db,
+        account.id,
+        "owner",
+        {"name": "assistant", "max_tokens": 32, "temperature": 0.0},
+        now=utcnow(),
+        models=[DEFAULT_CHAT],
+        max_tokens_cap=4096,
+    )
+    token = auth.create_session(db, linked_settings, user.id, account.id, utcnow())
+    page.context.add_cookies([{"name": "session", "value": token, "url": live_kb.url}])
+    fact = tmp_path / "zephyr.md"
+    fact.write_text(FACT)
+
+    page.goto(live_kb.url + "/knowledge")
+    page.set_input_files("#upload-input", [str(fact)])
+    page.locator("#documents tbody tr", has_text="zephyr.md").locator(".status-ready").wait_for(
+        timeout=60_000
+    )
+
+    # Ask: the answer streams in, then shows the retrieved source with its exact passage.
+    page.goto(live_kb.url + "/chat")
+    page.get_by_label("Message").fill("What is the launch code of Project Zephyr?")
+    page.get_by_role("button", name="Start chat").click()
+    page.wait_for_url("**/chat/conv_*")
+    answer = page.locator("article.msg-assistant").first
+    answer.locator(".msg-meta").wait_for(timeout=60_000)
+    sources = answer.locator("details.sources")
+    if sources.get_attribute("open") is None:  # opened by itself only when [n] was cited
+        sources.locator("summary").click()
+    assert "zephyr.md" in sources.inner_text()
+    assert "PURPLE-OTTER-42" in sources.locator("blockquote").first.inner_text()
+    assert page.locator("#chat-title").inner_text().startswith("What is the launch code")
+
+    # Follow up: the page shows both turns, and the second request carried the first.
+    page.get_by_label("Message").fill("Repeat that code once more.")
+    page.get_by_label("Message").press("Enter")
+    page.locator("article.msg-assistant").nth(1).locator(".msg-meta").wait_for(timeout=60_000)
+    conversation_id = page.url.rsplit("/", 1)[1]
+    stored = chat.get(db, account.id, user.id, conversation_id)
+    assert [m.role for m in stored.messages] == ["user", "assistant"] * 2
+    assert stored.messages[3].prompt_tokens > stored.messages[1].prompt_tokens
+
+    # Stop a long answer: what was written is kept and marked as stopped.
+    instance = instances.by_name(db, account.id, "assistant")
+    instances.update(
+        db,
+        account.id,
+        "owner",
+        instance.id,
+        {"max_tokens": 1000, "knowledge": False},
+        now=utcnow(),
+        models=[DEFAULT_CHAT],
+        max_tokens_cap=4096,
+    )
+    page.get_by_label("Message").fill("Write a very long story about a lighthouse keeper.")
+    page.get_by_role("button", name="Send").click()
+    streaming = page.locator("article.pending .streaming-text")
+    page.wait_for_function(
+        "() => (document.querySelector('article.pending .streaming-text') || {}).textContent"
+        "?.length > 20",
+        timeout=60_000,
+    )
+    assert streaming.count() == 1
+    page.get_by_role("button", name="Stop").click()
+    stopped = page.locator("article.msg-assistant").nth(2).locator(".msg-meta")
+    stopped.wait_for(timeout=30_000)
+    assert "Stopped" in stopped.inner_text()
+    last = chat.get(db, account.id, user.id, conversation_id).messages[-1]
+    assert last.finish_reason == "cancelled"
+    assert 0 < last.completion_tokens < 1000
+
+    # Delete: confirmed, gone from the list and from the database.
+    page.get_by_text("Rename or delete").click()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete conversation").click()
+    page.wait_for_url(live_kb.url + "/chat")
+    assert "What is the launch code" not in page.locator(".conv-list").inner_text()
+    assert chat.list_for_user(db, account.id, user.id) == []
+    db.close()
