@@ -104,6 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
     accounts_cmd.set_defaults(handler=lambda s, a: accounts_cmd.print_help() or 2)
     p = asub.add_parser("list", help="List accounts and their members.", parents=[common])
     p.set_defaults(handler=cmd_accounts_list)
+    for action, text in (
+        ("suspend", "Suspend an account: its sessions end, its members and keys are refused."),
+        ("unsuspend", "Reactivate a suspended account."),
+    ):
+        p = asub.add_parser(action, help=text, description=text, parents=[common])
+        p.add_argument("account_id")
+        p.set_defaults(handler=cmd_accounts_suspend, suspend=action == "suspend")
+
+    admin = command("admin", None, "What the operator page shows.")
+    adsub = admin.add_subparsers(title="admin commands", metavar="ACTION")
+    admin.set_defaults(handler=lambda s, a: admin.print_help() or 2)
+    p = adsub.add_parser(
+        "status",
+        help="Accounts, inference and GPU, worker, purges, disk, recent errors, policy.",
+        parents=[common],
+    )
+    p.add_argument("--json", action="store_true", help="the whole overview as JSON")
+    p.set_defaults(handler=cmd_admin_status)
     p = asub.add_parser(
         "delete",
         help="Delete an account (an emailed deletion request): locked now, erased by the "
@@ -299,6 +317,39 @@ def cmd_accounts_list(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         db.close()
     print(json.dumps(rows, indent=2))
+    return 0
+
+
+def cmd_accounts_suspend(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.clock import utcnow
+    from appliance.ops import overview
+
+    db = _db(settings)
+    try:
+        if args.suspend:
+            row = overview.suspend(db, args.account_id, utcnow())
+        else:
+            row = overview.unsuspend(db, args.account_id)
+    finally:
+        db.close()
+    print(f"account {row.id} ({row.name}) is now {row.status}")
+    return 0
+
+
+def cmd_admin_status(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.clock import utcnow
+    from appliance.ops import overview
+
+    db = _db(settings)
+    try:
+        data = overview.overview(db, settings, utcnow())
+    finally:
+        db.close()
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    for line in overview.summary_lines(data):
+        print(line)
     return 0
 
 

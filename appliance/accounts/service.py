@@ -127,6 +127,26 @@ def account(db: sqlite_utils.Database, account_id: str) -> Account:
     return found
 
 
+def set_suspended(db: sqlite_utils.Database, account_id: str, suspended: bool) -> Account:
+    """Suspend an active account or reactivate a suspended one (operators only).
+
+    While suspended, its members' sessions and API keys are refused on every request
+    (``role_in`` only answers for active accounts), and its members cannot sign in to it.
+
+    Raises:
+        NotFound: no such account, or it is deleted.
+        Conflict: it is already in that state.
+    """
+    store = AccountStore(db)
+    with write_transaction(db):
+        found = account(db, account_id)
+        wanted = "suspended" if suspended else "active"
+        if found.status == wanted:
+            raise Conflict(f"The account is already {wanted}.")
+        store.set_status(found.id, wanted)
+    return replace(found, status=wanted)
+
+
 def accounts_of(db: sqlite_utils.Database, user_id: str) -> list[tuple[Account, str]]:
     """The active accounts the user belongs to, with their role in each."""
     return AccountStore(db).accounts_of(user_id)

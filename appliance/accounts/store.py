@@ -39,6 +39,9 @@ class AccountStore:
     def accounts(self) -> list[Account]:
         return [Account(**r) for r in self._all("select * from accounts order by created_at", [])]
 
+    def set_status(self, account_id: str, status: str) -> None:
+        self.db.execute("update accounts set status = ? where id = ?", [status, account_id])
+
     def account_by_name(self, name: str) -> Account | None:
         row = self._one(
             "select * from accounts where name = ? and status != 'deleted' order by created_at",

@@ -288,6 +288,28 @@ def revoke_member_access(
         )
 
 
+def revoke_account_sessions(db: sqlite_utils.Database, account_id: str, now: datetime) -> int:
+    """End every session in an account (its suspension); returns how many were live."""
+    with write_transaction(db):
+        cursor = db.execute(
+            "update sessions set revoked_at = ? where account_id = ? and revoked_at is null",
+            [iso(now), account_id],
+        )
+    return cursor.rowcount
+
+
+def last_activity(db: sqlite_utils.Database, account_id: str) -> str | None:
+    """When a session or an API key of the account was last used (ISO), or None."""
+    row = db.execute(
+        """select max(at) from (
+               select max(last_seen_at) as at from sessions where account_id = ?
+               union all
+               select max(last_used_at) from api_keys where account_id = ?)""",
+        [account_id, account_id],
+    ).fetchone()
+    return row[0] if row else None
+
+
 def revoke_instance_keys(
     db: sqlite_utils.Database, account_id: str, instance_id: str, now: datetime
 ) -> None:

@@ -57,6 +57,28 @@ class InferenceClient:
             raise self._unavailable(exc) from None
         return self._json(response)
 
+    def metrics(self, timeout: float = 3.0) -> dict[str, float]:
+        """``GET /metrics`` (Prometheus text) as ``{"name{labels}": value}``.
+
+        Raises:
+            Unavailable: the service does not answer, or has no such endpoint.
+        """
+        try:
+            response = httpx.get(f"{self.base_url}/metrics", timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise self._unavailable(exc) from None
+        if response.status_code != 200:
+            raise Unavailable(f"{self.base_url}/metrics answered {response.status_code}.", 5)
+        values = {}
+        for line in response.text.splitlines():
+            name, _, value = line.rpartition(" ")
+            if not line.startswith("#") and name:
+                try:
+                    values[name] = float(value)
+                except ValueError:
+                    continue
+        return values
+
     def chat(self, body: dict[str, Any], *, account_id: str | None = None) -> dict[str, Any]:
         """A non-streaming chat completion (OpenAI request and response shapes)."""
         payload = {**body, "stream": False}

@@ -28,6 +28,7 @@ from appliance import vault
 from appliance.config import Settings
 from appliance.errors import InvalidInput, Unavailable
 from appliance.inference.batching import BatchedChatEngine
+from appliance.inference import gpu
 from appliance.inference.client import ACCOUNT_HEADER, PRIORITY_HEADER
 from appliance.inference.engine import Delta, Engine, Finish, GenerationParams, load_engine
 from appliance.inference.scheduler import DONE, AccountBusy, Failed, Job, Scheduler
@@ -382,6 +383,7 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             "gpu_layers": info.gpu_layers,
             "model_layers": info.model_layers,
             "queue": service.chat.waiting + service.embeddings.waiting,
+            "gpus": await asyncio.to_thread(gpu.memory),
             "engine": info.engine,
             "batching": _batching(service),
         }

@@ -129,6 +129,11 @@ def documents(db: sqlite_utils.Database, account_id: str) -> list[Document]:
     return KnowledgeStore(db).documents(account_id)
 
 
+def used_bytes(db: sqlite_utils.Database, account_id: str) -> int:
+    """Bytes of the account's uploaded documents (what counts against its quota)."""
+    return KnowledgeStore(db).used_bytes(account_id)
+
+
 def document(db: sqlite_utils.Database, account_id: str, document_id: str) -> Document:
     found = KnowledgeStore(db).document(account_id, document_id)
     if found is None:

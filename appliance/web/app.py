@@ -24,6 +24,7 @@ from appliance.db import open_db
 from appliance.inference.client import InferenceClient
 from appliance.tasks import TaskQueue, create_queue
 from appliance.web import (
+    admin,
     billing,
     chat,
     health,
@@ -115,6 +116,8 @@ def create_app(
         billing.BillingPages,
         billing.StripeWebhook,
         v1.V1Api,
+        admin.AdminApi,
+        admin.AdminPages,
     ]
     app = Litestar(
         route_handlers=[
