@@ -157,6 +157,33 @@ class InstancesPages(Controller):
             return Template("instances.html", context=context, status_code=400)
         return Redirect("/instances")
 
+    @post("/instances/{instance_id:str}/settings", sync_to_thread=True)
+    def settings_form(
+        self,
+        instance_id: FromPath[str],
+        data: URLEncodedBody[dict[str, str]],
+        manager: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
+        clock: NamedDependency[Clock],
+    ) -> Response:
+        try:
+            changes = _form_changes(data)
+            instances.update(
+                db,
+                manager.account.id,
+                manager.role,
+                instance_id,
+                changes,
+                now=clock(),
+                **_limits(settings),
+            )
+        except InvalidInput as exc:
+            context = _context(db, manager, settings)
+            context["flashes"] = [("error", str(exc))]
+            return Template("instances.html", context=context, status_code=400)
+        return Redirect(f"/instances#{instance_id}")
+
     @post("/instances/{instance_id:str}/{action:str}", sync_to_thread=True)
     def act_form(
         self,
@@ -177,6 +204,31 @@ class InstancesPages(Controller):
         return Redirect("/instances")
 
 
+def _form_changes(data: dict[str, str]) -> dict[str, Any]:
+    """The settings form as a PATCH: numbers parsed, unchecked boxes are off, an empty
+    prompt goes back to the team's."""
+
+    def number(name: str, kind: type) -> int | float:
+        try:
+            return kind(data.get(name, ""))
+        except ValueError:
+            raise InvalidInput(f"'{name}' must be a number.") from None
+
+    prompt = (data.get("system_prompt") or "").strip()
+    return {
+        "name": data.get("name", ""),
+        "model": data.get("model", ""),
+        "temperature": number("temperature", float),
+        "top_p": number("top_p", float),
+        "max_tokens": number("max_tokens", int),
+        "context_budget": number("context_budget", int),
+        "top_k": number("top_k", int),
+        "knowledge": data.get("knowledge") == "on",
+        "voice": data.get("voice") == "on",
+        "system_prompt": prompt or None,
+    }
+
+
 def _context(db, me: Identity, settings: Settings) -> dict[str, Any]:
     keys = auth.list_keys(db, me.account.id, None if me.is_manager else me.user.id)
     return {
@@ -184,4 +236,5 @@ def _context(db, me: Identity, settings: Settings) -> dict[str, Any]:
         "instances": instances.list_instances(db, me.account.id),
         "keys": keys,
         "endpoint": f"{settings.public_url}/v1",
+        **_limits(settings),
     }

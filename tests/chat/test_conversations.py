@@ -354,3 +354,45 @@ def test_v1_store_keeps_the_exchange_only_when_asked(env):
             messages=[{"role": "user", "content": "x"}],
             extra_body={"appliance": {"store": "yes"}},
         )
+
+
+def test_instance_settings_form_and_the_no_javascript_chat(env):
+    import re
+
+    client = env["client"]
+    del client.headers["X-CSRFToken"]
+    client.cookies.delete("csrf")
+    page = client.get("/instances")
+    token = re.search(r'name="_csrf_token" value="([^"]+)"', page.text).group(1)
+    iid = env["instance"]["id"]
+    form = {
+        "_csrf_token": token,
+        "name": "helper",
+        "model": env["instance"]["model"],
+        "temperature": "0.2",
+        "top_p": "0.9",
+        "max_tokens": "16",
+        "context_budget": "2048",
+        "top_k": "3",
+        "voice": "on",
+        "system_prompt": "  You answer in one short sentence.  ",
+    }
+    saved = client.post(f"/instances/{iid}/settings", data=form, follow_redirects=False)
+    assert saved.status_code in (302, 303), saved.text
+    changed = client.get(f"/api/instances/{iid}", headers={"X-CSRFToken": token}).json()
+    assert changed["name"] == "helper" and changed["temperature"] == 0.2
+    assert changed["knowledge"] is False and changed["voice"] is True  # unchecked box: off
+    assert changed["system_prompt"] == "You answer in one short sentence."
+    refused = client.post(f"/instances/{iid}/settings", data={**form, "top_p": "7"})
+    assert refused.status_code == 400 and "top_p" in refused.text
+    refused = client.post(f"/instances/{iid}/settings", data={**form, "max_tokens": "many"})
+    assert refused.status_code == 400 and "must be a number" in refused.text
+    # Without JavaScript the chat forms answer in full and show the conversation.
+    started = client.post(
+        "/chat",
+        data={"_csrf_token": token, "instance_id": iid, "content": "Hello there"},
+        follow_redirects=False,
+    )
+    assert started.status_code in (302, 303)
+    shown = client.get(started.headers["location"])
+    assert "Hello there" in shown.text and "answer tokens" in shown.text
