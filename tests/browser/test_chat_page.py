@@ -55,6 +55,8 @@ def test_ask_follow_up_stop_and_delete(live_kb, page, linked_settings, tmp_path,
     assert "zephyr.md" in sources.inner_text()
     assert "PURPLE-OTTER-42" in sources.locator("blockquote").first.inner_text()
     assert page.locator("#chat-title").inner_text().startswith("What is the launch code")
+    assert "What is the launch code" in page.locator(".conv-list").inner_text()
+    assert page.get_by_role("button", name="Stop").is_hidden()  # only while streaming
 
     # Follow up: the page shows both turns, and the second request carried the first.
     page.get_by_label("Message").fill("Repeat that code once more.")

@@ -117,6 +117,20 @@
     messages.replaceChildren(...data.messages.map((m) => (m.role === "user" ? userNode(m) : assistantNode(m))));
     const title = document.getElementById("chat-title");
     if (title) title.textContent = data.title;
+    const listed = document.querySelector('.conv-list a[aria-current="page"]');
+    if (listed) listed.textContent = data.title;
+    else if (data.messages.length) {
+      // A conversation started on this page: add it to the list.
+      const list = document.querySelector(".conv-list");
+      const link = el("a", data.title);
+      link.href = "/chat/" + data.id;
+      link.setAttribute("aria-current", "page");
+      const item = el("li");
+      item.append(link);
+      const empty = list && list.querySelector("li.muted");
+      if (empty) empty.remove();
+      if (list) list.prepend(item);
+    }
     const last = data.messages[data.messages.length - 1];
     if (regenerate) {
       regenerate.parentElement.hidden = !last;
