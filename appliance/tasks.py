@@ -26,6 +26,8 @@ from appliance.privacy import erasure, export, retention
 log = logging.getLogger(__name__)
 
 WORKER_SERVICE = "worker"
+#: Huey lock held while a document is ingested (its name, formatted with the document id).
+INGEST_LOCK = "ingest-{}"
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
 
     @huey.task(retries=5, retry_delay=30, name="ingest_document")
     def ingest_document(document_id: str) -> None:
-        with huey.lock_task(f"ingest-{document_id}"):
+        with huey.lock_task(INGEST_LOCK.format(document_id)):
             db = open_db(settings)
             try:
                 knowledge.ingest(db, settings, InferenceClient.from_settings(settings), document_id)
