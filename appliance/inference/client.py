@@ -50,9 +50,17 @@ class InferenceClient:
 
     # -- sync ------------------------------------------------------------------------
     def health(self, timeout: float = 3.0) -> dict[str, Any]:
-        """``GET /healthz``; raises Unavailable when the service does not answer."""
+        """``GET /healthz``; raises Unavailable when the service does not answer.
+
+        An external OpenAI-compatible server (vLLM, llama.cpp's server) has no /healthz:
+        then ``GET /v1/models`` answering is what healthy means.
+        """
         try:
-            response = httpx.get(f"{self.base_url}/healthz", timeout=timeout)
+            with httpx.Client(timeout=timeout) as http:
+                response = http.get(f"{self.base_url}/healthz")
+                if response.status_code == 404:
+                    response = http.get(self._url("/v1/models"), headers=self._headers(None))
+                    return _external_health(self._json(response))
         except httpx.HTTPError as exc:
             raise self._unavailable(exc) from None
         return self._json(response)
@@ -139,9 +147,17 @@ class InferenceClient:
                 )
         except httpx.HTTPError as exc:
             raise self._unavailable(exc) from None
-        if response.status_code == 404:
+        if response.status_code in (401, 403, 429, 503):
+            self._json(response)  # raises: a wrong key or a busy service is not "can't tell"
+        # Anything but our own answer (llama.cpp's and vLLM's /tokenize take other bodies,
+        # other servers have none): the caller estimates instead.
+        try:
+            counts = response.json().get("counts") if response.status_code == 200 else None
+        except (ValueError, AttributeError):
+            counts = None
+        if not isinstance(counts, list) or len(counts) != len(texts):
             return None
-        return self._json(response)["counts"]
+        return counts
 
     def embed(
         self, texts: list[str], *, account_id: str | None = None, priority: str | None = None
@@ -200,9 +216,13 @@ class InferenceClient:
         return self._json(response)
 
     async def ahealth(self, timeout: float = 3.0) -> dict[str, Any]:
+        """Async version of :meth:`health`."""
         try:
             async with httpx.AsyncClient(timeout=timeout) as http:
                 response = await http.get(f"{self.base_url}/healthz")
+                if response.status_code == 404:
+                    response = await http.get(self._url("/v1/models"), headers=self._headers(None))
+                    return _external_health(self._json(response))
         except httpx.HTTPError as exc:
             raise self._unavailable(exc) from None
         return self._json(response)
@@ -241,6 +261,12 @@ class InferenceClient:
         if response.status_code == 400:
             raise InvalidInput(message)
         raise InferenceError(message, response.status_code)
+
+
+def _external_health(models: dict[str, Any]) -> dict[str, Any]:
+    """What /healthz would say, from an external server's ``/v1/models`` answer."""
+    served = [m.get("id") for m in models.get("data", []) if isinstance(m, dict)]
+    return {"status": "ok", "server": "external", "chat_model": ", ".join(map(str, served))}
 
 
 def _sse_data(line: str) -> dict[str, Any] | None:

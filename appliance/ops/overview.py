@@ -87,6 +87,7 @@ def inference_state(settings: Settings) -> dict[str, Any]:
         model_layers=health.get("model_layers"),
         queue=health.get("queue"),
         gpus=health.get("gpus"),
+        server=health.get("server", "appliance"),
     )
     try:
         metrics = client.metrics()
@@ -229,6 +230,8 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
     disk = data["disk"]
     if inference.get("status") == "unavailable":
         model = f"inference: NOT answering ({inference['error']})"
+    elif inference.get("server") == "external":
+        model = f"inference: external server {inference['url']} serving {inference['chat_model']}"
     else:
         gpus = inference.get("gpus") or []
         vram = ", ".join(f"{g['memory_used_mb']}/{g['memory_total_mb']} MiB" for g in gpus)
