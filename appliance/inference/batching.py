@@ -286,15 +286,23 @@ class BatchedChatEngine(ChatModel):
         self, decoding: list[_Sequence], prefilling: list[_Sequence]
     ) -> list[tuple[_Sequence, int, int]]:
         """(sequence, first position, token count) for this step: every decode token, then
-        prompt chunks in admission order within the chunk budget."""
+        prompt chunks in admission order within the chunk budget.
+
+        A prompt's last token is evaluated on its own, in the step after the rest, like a
+        decode token: its logits (the first answer token) then come out of the same
+        arithmetic whether the rest of the prompt was evaluated or reused from the prefix
+        cache, so a repeated request on an idle service gets the same greedy answer.
+        """
         plan = [(seq, seq.n_past, 1) for seq in decoding]
         budget = self.chunk
         for seq in prefilling:
-            if budget <= 0:
-                break
-            count = min(budget, len(seq.prompt) - seq.n_past)
-            plan.append((seq, seq.n_past, count))
-            budget -= count
+            remaining = len(seq.prompt) - seq.n_past
+            if remaining == 1:
+                plan.append((seq, seq.n_past, 1))
+            elif budget > 0:
+                count = min(budget, remaining - 1)
+                plan.append((seq, seq.n_past, count))
+                budget -= count
         return plan
 
     def _fill(self, plan: list[tuple[_Sequence, int, int]]) -> None:
