@@ -14,6 +14,7 @@ UNIT_DIR=/etc/systemd/system
 WRAPPER=/usr/local/bin/appliance
 SERVICES="appliance-inference.service appliance-web.service appliance-worker.service"
 TARGET=appliance.target
+BACKUP_UNITS="appliance-backup.service appliance-backup.timer"
 MIN_FREE_GB=20
 READY_TIMEOUT=300
 LLAMA_SPEC="llama-cpp-python>=0.3.8"
@@ -307,12 +308,14 @@ EOF
 install_units() {
   step "systemd units"
   local unit
-  for unit in $SERVICES $TARGET; do
+  for unit in $SERVICES $TARGET $BACKUP_UNITS; do
     run install -m 0644 -o root -g root "systemd/$unit" "$UNIT_DIR/$unit"
   done
   run systemctl daemon-reload
   # shellcheck disable=SC2086
   run systemctl enable $TARGET $SERVICES
+  # Nightly backup into $DATA_DIR_SYS/backups and the prune past the erase window.
+  run systemctl enable --now appliance-backup.timer
 }
 
 # "PUBLIC_URL PORT" from the installed settings (the config file may have been edited).
@@ -426,8 +429,8 @@ system_uninstall() {
   step "stopping and removing the services"
   local unit
   # shellcheck disable=SC2086
-  run systemctl disable --now $TARGET $SERVICES || true
-  for unit in $SERVICES $TARGET; do
+  run systemctl disable --now $TARGET $SERVICES $BACKUP_UNITS || true
+  for unit in $SERVICES $TARGET $BACKUP_UNITS; do
     run rm -f "$UNIT_DIR/$unit"
   done
   run systemctl daemon-reload || true

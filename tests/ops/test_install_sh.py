@@ -45,6 +45,7 @@ def test_system_dry_run_prints_the_full_plan_and_changes_nothing():
         "appliance models install-defaults",
         "systemd/appliance-web.service /etc/systemd/system/appliance-web.service",
         "systemctl enable appliance.target",
+        "systemctl enable --now appliance-backup.timer",
         "systemctl restart appliance.target",
         "/readyz",
         "setup link",

@@ -135,3 +135,18 @@ def test_systemd_analyze_verify(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "appliance" not in result.stderr, result.stderr
+
+
+def test_backup_runs_nightly_offline_and_prunes():
+    unit = service("appliance-backup")
+    assert one(unit, "Type") == "oneshot"
+    assert unit["ExecStart"] == [
+        f"{EXEC} backup /var/lib/appliance/backups",
+        f"{EXEC} backup --prune /var/lib/appliance/backups",
+    ]
+    assert one(unit, "PrivateNetwork") == "yes"
+    assert one(unit, "MemoryDenyWriteExecute") == "yes"
+    assert one(unit, "User") == "appliance"
+    assert one(unit, "ProtectSystem") == "strict"
+    timer = parse(UNITS / "appliance-backup.timer")
+    assert timer["Timer"]["OnCalendar"] and timer["Timer"]["Persistent"] == ["true"]
