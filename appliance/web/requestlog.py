@@ -10,6 +10,7 @@ with their real status.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -51,17 +52,23 @@ async def note_exception(exc: Exception, scope: Scope) -> None:
 def recorder(settings: Settings, clock: Clock) -> Callable[[Message, Scope], Awaitable[None]]:
     """The ``before_send`` hook that writes one request-log row per response."""
 
+    # One connection for the log, opened on first use and shared under a lock: opening a
+    # connection (sqlite-vec, pragmas) cost more than the insert itself (docs/benchmarks.md).
+    lock = threading.Lock()
+    held: list = []
+
     def write(entry: RequestEntry) -> None:
         # A request log that cannot be written (disk full, database locked too long) must
         # not fail the response: the JSON log line above has the same fields.
-        try:
-            db = open_db(settings)
+        with lock:
             try:
-                requestlog.record(db, entry)
-            finally:
-                db.close()
-        except Exception as exc:
-            log.warning("request log not written: %s", type(exc).__name__)
+                if not held:
+                    held.append(open_db(settings))
+                requestlog.record(held[0], entry)
+            except Exception as exc:
+                log.warning("request log not written: %s", type(exc).__name__)
+                if held:
+                    held.pop().close()
 
     async def hook(message: Message, scope: Scope) -> None:
         if scope["type"] != "http":
