@@ -9,6 +9,7 @@ from datetime import timedelta
 from litestar.testing import TestClient
 from privacy_support import populate, sign_in
 
+from appliance.accounts import service as accounts
 from appliance.knowledge import service as knowledge
 from appliance.persona import voice
 from appliance.privacy import retention
@@ -102,13 +103,16 @@ def test_member_export_is_their_own_data_only(settings, db, clock, app):
 
 def test_export_is_private_and_expires(settings, db, clock, app):
     populate(db, settings, clock(), CANARY)
-    with TestClient(app) as owner, TestClient(app) as member:
+    accounts.create_user(db, "stranger@example.org", clock(), account_name="Elsewhere")
+    with TestClient(app) as owner, TestClient(app) as member, TestClient(app) as stranger:
         sign_in(owner, settings, "owner@example.com")
         sign_in(member, settings, "member@example.com")
+        sign_in(stranger, settings, "stranger@example.org")
         owner.post("/api/me/export")
         status = owner.get("/api/me/export").json()
-        assert member.get(f"/api/me/export/{status['id']}").status_code == 404
-        assert member.get(status["download_url"]).status_code == 404
+        for other in (member, stranger):
+            assert other.get(f"/api/me/export/{status['id']}").status_code == 404
+            assert other.get(status["download_url"]).status_code == 404
         clock.advance(hours=settings.privacy.export_ttl_hours, seconds=1)
         sign_in(owner, settings, "owner@example.com")  # the old session has ended too
         assert owner.get(status["download_url"]).status_code == 404
