@@ -49,7 +49,8 @@ write_file() {
 
 # Run the appliance CLI as the service user, with the service's settings.
 as_appliance() {
-  run runuser -u "$APP_USER" -- env "APPLIANCE_DATA_DIR=$DATA_DIR_SYS" \
+  # From /: the checkout (e.g. under /root) may be unreadable for the service user.
+  run runuser -u "$APP_USER" -- env -C / "APPLIANCE_DATA_DIR=$DATA_DIR_SYS" \
     "APPLIANCE_CONFIG=$ETC_DIR/appliance.toml" "$VENV_DIR/bin/appliance" "$@"
 }
 
