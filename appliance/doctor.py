@@ -34,6 +34,7 @@ def run_checks(settings: Settings) -> list[Check]:
     checks += _models(settings)
     checks.append(_disk(settings))
     checks.append(_gpu())
+    checks += _tls(settings)
     checks += _services(settings)
     return checks
 
@@ -216,6 +217,30 @@ def _gpu() -> Check:
     return Check("llama.cpp", "warn", "built WITHOUT GPU support: models run on the CPU")
 
 
+def _tls(settings: Settings) -> list[Check]:
+    """The certificate the web service serves: readable, matching its key, not expiring."""
+    import ssl
+
+    cert, key = settings.web.tls_cert, settings.web.tls_key
+    if not cert and not key:
+        https = settings.public_url.startswith("https://")
+        detail = "ended by a proxy (public_url is https)" if https else "off: plain HTTP"
+        return [Check("tls", "ok" if https else "warn", detail)]
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        return [Check("tls", "fail", f"cannot use {cert} with {key}: {exc}")]
+    try:
+        # The stdlib's only certificate parser; private, hence the guard.
+        not_after = ssl._ssl._test_decode_cert(cert)["notAfter"]  # type: ignore[attr-defined]
+    except (AttributeError, KeyError, ssl.SSLError):
+        return [Check("tls", "ok", f"{cert} (expiry unknown)")]
+    expires = datetime.fromtimestamp(ssl.cert_time_to_seconds(not_after), UTC)
+    days = (expires - datetime.now(UTC)).days
+    status = "fail" if days < 0 else "warn" if days < 30 else "ok"
+    return [Check("tls", status, f"{cert} expires {expires:%Y-%m-%d} (in {days} days)")]
+
+
 def _services(settings: Settings) -> list[Check]:
     checks = []
     try:
@@ -230,17 +255,25 @@ def _services(settings: Settings) -> list[Check]:
         )
     except ApplianceError:
         checks.append(_port("inference", settings.inference.host, settings.inference.port))
-    checks.append(_port("web", settings.web.host, settings.web.port, probe_http=True))
+    scheme = "https" if settings.web.tls_cert else "http"
+    checks.append(_port("web", settings.web.host, settings.web.port, probe=scheme))
     return checks
 
 
-def _port(name: str, host: str, port: int, probe_http: bool = False) -> Check:
-    """A service that is not running is fine if its port is free for it to start on."""
-    if probe_http:
+def _port(name: str, host: str, port: int, probe: str | None = None) -> Check:
+    """A service that is not running is fine if its port is free for it to start on.
+
+    Args:
+        probe: ``http`` or ``https``: first ask the service's /healthz with that scheme.
+    """
+    if probe:
         import httpx
 
+        local = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+        url = f"{probe}://{local if ':' not in local else f'[{local}]'}:{port}/healthz"
         try:
-            response = httpx.get(f"http://{host}:{port}/healthz", timeout=2)
+            # Our own service on this machine: its certificate may be self-signed.
+            response = httpx.get(url, timeout=2, verify=False)  # noqa: S501
             if response.status_code == 200 and response.json().get("status") == "ok":
                 return Check(name, "ok", f"serving on {host}:{port}")
         except (httpx.HTTPError, ValueError):
@@ -248,6 +281,10 @@ def _port(name: str, host: str, port: int, probe_http: bool = False) -> Check:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         try:
             sock.bind((host, port))
+        except PermissionError:
+            return Check(
+                name, "warn", f"not running (port {port} needs privileges this user lacks)"
+            )
         except OSError:
             return Check(name, "fail", f"port {host}:{port} is taken by another program")
     return Check(name, "warn", f"not running (port {host}:{port} is free)")

@@ -76,12 +76,29 @@ def test_https_with_hsts_and_an_http_listener_that_only_redirects(settings, tmp_
             f"http://127.0.0.1:{redirect}/x", headers={"Host": "evil.example"}, timeout=5
         )
         assert evil.headers["location"] == f"{public}/x"
+        # doctor finds the HTTPS service serving, and the certificate valid for 2 days.
+        from appliance.doctor import run_checks
+
+        checks = {c.name: c for c in run_checks(make_settings(settings.paths.data_dir))}
+        assert checks["web"].status == "ok", checks["web"]
+        assert checks["tls"].status == "warn" and "(in 1 days)" in checks["tls"].detail
         # Plain HTTP on the TLS port gets no page either.
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).raise_for_status()
     finally:
         process.terminate()
         process.wait(15)
+
+
+def test_doctor_fails_a_key_that_does_not_match_the_certificate(tmp_path):
+    from appliance.doctor import _tls
+
+    cert, _ = self_signed(tmp_path)
+    (tmp_path / "other").mkdir()
+    _, other_key = self_signed(tmp_path / "other")
+    wrong = make_settings(tmp_path, **{"web.tls_cert": cert, "web.tls_key": other_key})
+    assert _tls(wrong)[0].status == "fail"
+    assert _tls(make_settings(tmp_path))[0].status == "warn"  # plain HTTP
 
 
 def test_tls_settings_are_checked(tmp_path):
