@@ -279,6 +279,22 @@ def processes_using(settings: Settings) -> list[int]:
     return found
 
 
+def web_answers(settings: Settings) -> bool:
+    """Whether the web service of these settings answers on its port (it may hold no
+    database connection between requests, so the /proc scan alone can miss it)."""
+    import httpx
+
+    host = settings.web.host
+    local = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+    scheme = "https" if settings.web.tls_cert else "http"
+    url = f"{scheme}://{local if ':' not in local else f'[{local}]'}:{settings.web.port}/healthz"
+    try:
+        # Our own service on this machine: its certificate may be self-signed.
+        return httpx.get(url, timeout=1, verify=False).status_code == 200  # noqa: S501
+    except httpx.HTTPError:
+        return False
+
+
 def restore(settings: Settings, src: Path, *, replace: bool = False) -> dict:
     """Restore a verified backup into this data dir; the services must be stopped.
 
@@ -292,6 +308,11 @@ def restore(settings: Settings, src: Path, *, replace: bool = False) -> dict:
         raise Conflict(
             f"the appliance is running (pids {', '.join(map(str, busy))} have its database "
             "open): stop it first (systemctl stop appliance.target)"
+        )
+    if web_answers(settings):
+        raise Conflict(
+            f"the appliance is running (its web service answers on port {settings.web.port}): "
+            "stop it first (systemctl stop appliance.target)"
         )
     manifest = verify(src)
     root = settings.paths.data_dir

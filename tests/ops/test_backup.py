@@ -222,3 +222,12 @@ def test_manifest_lists_checksums_and_leaves_out_transient_data(settings, db, tm
     assert manifest["tables"]["accounts"] >= 0
     assert all(len(entry["sha256"]) == 64 for entry in manifest["files"].values())
     assert json.loads(json.dumps(manifest)) == manifest
+
+
+def test_restore_refuses_while_the_web_service_answers(archive, live_web, settings):
+    live = settings.replace(**{"web.port": int(live_web.url.rsplit(":", 1)[1])})
+    assert backup.web_answers(live)
+    with pytest.raises(Conflict, match="is running"):
+        backup.restore(live, archive, replace=True)
+    live_web.stop()
+    assert not backup.web_answers(live)
