@@ -495,13 +495,13 @@ def compose_rows(composes: dict[int, dict[str, list[float]]]) -> list[list[str]]
             ("compose_on", "compose, knowledge on"),
             ("compose_off_shared", "what-if: compose, knowledge off, one SSL context"),
             ("compose_on_shared", "what-if: compose, knowledge on, one SSL context"),
-            ("embed", "  query embedding (HTTP /v1/embeddings)"),
-            ("bm25", "  FTS5 BM25 leg (store.bm25)"),
-            ("knn", "  vec0 KNN leg (store.nearest)"),
-            ("rows", "  chunk rows (store.chunk_rows)"),
-            ("tokenize_on", "  /tokenize, with passages (HTTP)"),
-            ("tokenize_off", "  /tokenize, without passages (HTTP)"),
-            ("assemble_on", "  prompt.assemble (counts given)"),
+            ("embed", "step: query embedding (HTTP /v1/embeddings)"),
+            ("bm25", "step: FTS5 BM25 leg (store.bm25)"),
+            ("knn", "step: vec0 KNN leg (store.nearest)"),
+            ("rows", "step: chunk rows (store.chunk_rows)"),
+            ("tokenize_on", "step: /tokenize, with passages (HTTP)"),
+            ("tokenize_off", "step: /tokenize, without passages (HTTP)"),
+            ("assemble_on", "step: prompt.assemble (counts given)"),
         ):
             values = times.get(name)
             if not values:
