@@ -243,17 +243,7 @@ class BatchedChatEngine(ChatModel):
         plan = self._plan(decoding, prefilling)
         if not plan:
             return ended
-        decode_seconds, failures = self._decode(plan)
-        for seq, message in failures:
-            ended.append((seq.job, self._fail(seq, message)))
-        for seq, _start, _count in plan:
-            if seq.slot not in self._running or self._running[seq.slot] is not seq:
-                continue
-            if seq.out is None:
-                continue
-            last = self._sample(seq)
-            if last is not None:
-                ended.append((seq.job, last))
+        decode_seconds = self._decode(plan, ended)
         tokens = sum(count for _seq, _start, count in plan)
         self.metrics.record(time.perf_counter() - started, decode_seconds, tokens, len(plan))
         return ended
@@ -337,12 +327,14 @@ class BatchedChatEngine(ChatModel):
         batch.n_tokens = i
 
     def _decode(
-        self, plan: list[tuple[_Sequence, int, int]]
-    ) -> tuple[float, list[tuple[_Sequence, str]]]:
-        """Decode the plan; on failure retry without the request(s) at fault.
+        self, plan: list[tuple[_Sequence, int, int]], ended: list[tuple[Job, Any]]
+    ) -> float:
+        """Decode the plan and sample; on failure retry without the request(s) at fault.
 
-        Returns the seconds spent in ``llama_decode`` and the sequences that failed (they
-        are removed from ``plan``), each with the message for its caller.
+        Sequences that end (finished or failed) are appended to ``ended``; ``plan`` is left
+        holding what was decoded. Returns the seconds spent in ``llama_decode``. Sampling
+        follows each successful ``llama_decode`` at once: the next call overwrites the
+        logits.
         """
         lib = self._lib
         failures: list[tuple[_Sequence, str]] = []
@@ -360,6 +352,11 @@ class BatchedChatEngine(ChatModel):
             if rc == 0:
                 self._advance(group)
                 plan.extend(group)
+                for seq, _start, _count in group:
+                    if seq.out is not None:
+                        last = self._sample(seq)
+                        if last is not None:
+                            ended.append((seq.job, last))
                 continue
             if rc == 1:  # no room in the KV cache; nothing was evaluated
                 if self._prefixes:
@@ -384,9 +381,10 @@ class BatchedChatEngine(ChatModel):
                 failures.append((group[0][0], DECODE_FAILED))
             else:
                 groups[:0] = [[item] for item in group]
-        for seq, _message in failures:
+        for seq, message in failures:
             seq.out = None
-        return seconds, failures
+            ended.append((seq.job, self._fail(seq, message)))
+        return seconds
 
     def _advance(self, group: list[tuple[_Sequence, int, int]]) -> None:
         metrics = self.metrics

@@ -29,8 +29,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import make_settings, wait_until
+from conftest import link_models, make_settings, start_inference, wait_until
 
+from appliance import vault
+from appliance.cli import initialise
 from appliance.errors import ApplianceError
 from appliance.inference import models
 from appliance.inference.batching import BatchedChatEngine
@@ -363,6 +365,55 @@ async def test_a_full_kv_cache_stops_the_newest_request_and_the_others_go_on(mak
     assert isinstance(last, Finish)
 
 
+class DecodeFailsFor:
+    """llama_cpp with a ``llama_decode`` that fails (-1) any batch holding one slot."""
+
+    def __init__(self, lib: Any, slot: int) -> None:
+        self.lib = lib
+        self.slot = slot
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.lib, name)
+
+    def llama_decode(self, ctx: Any, batch: Any) -> int:
+        if any(batch.seq_id[i][0] == self.slot for i in range(batch.n_tokens)):
+            self.refused += 1
+            return -1
+        return self.lib.llama_decode(ctx, batch)
+
+
+def test_a_failed_decode_fails_only_the_request_at_fault(make_engine, monkeypatch):
+    engine = make_engine(prefix_cache_entries=0)
+    loop = asyncio.new_event_loop()  # events are queued on it, never delivered
+    try:
+        jobs = [
+            Job(account=f"a{i}", payload=request(q, max_tokens=6), loop=loop)
+            for i, q in enumerate(QUESTIONS[:3])
+        ]
+        for job in jobs:
+            engine.admit(job)
+        failing = DecodeFailsFor(engine._lib, engine.slot_of(jobs[1]))
+        monkeypatch.setattr(engine, "_lib", failing)
+        ended: dict[Job, Any] = {}
+        for _ in range(200):
+            ended.update(engine.step())
+            if len(ended) == len(jobs):
+                break
+    finally:
+        loop.close()
+
+    # The batch of three failed, then each was decoded alone: only the culprit ends.
+    assert failing.refused == 2
+    assert isinstance(ended[jobs[1]], Failed)
+    assert ended[jobs[1]].message == "The model failed to evaluate this request."
+    for job in (jobs[0], jobs[2]):
+        assert isinstance(ended[job], Finish), ended[job]
+        assert ended[job].completion_tokens == 6
+    assert engine.metrics.decode_errors == 2
+    assert engine.slots_in_use == 0
+
+
 # -- prefix reuse ----------------------------------------------------------------------
 
 
@@ -392,6 +443,24 @@ async def test_a_shared_prefix_is_reused_and_the_cache_is_bounded(make_engine):
     assert engine.prefix_entries <= 2
     assert engine.metrics.prefix_hits >= 2
     assert 0 < engine.metrics.prefix_hit_rate < 1
+
+
+@async_test
+async def test_a_repeated_greedy_request_reuses_its_prefix_and_gets_the_same_answer(
+    make_engine,
+):
+    engine = make_engine(prefix_cache_entries=2)
+    messages = [
+        {"role": "system", "content": "You answer in one sentence. " * 6},
+        {"role": "user", "content": "Say hello."},
+    ]
+
+    ((first, finish, _),) = await answer(engine, [request(messages, max_tokens=16)])
+    ((again, repeat, _),) = await answer(engine, [request(messages, max_tokens=16)])
+
+    assert finish.cached_tokens == 0
+    assert repeat.cached_tokens == repeat.prompt_tokens - 1
+    assert again == first
 
 
 # -- the scheduler's queue in front of a batch runner ----------------------------------
@@ -475,21 +544,40 @@ async def test_a_batch_runner_takes_jobs_round_robin_up_to_its_slots():
 # -- the service ---------------------------------------------------------------------
 
 
-def test_the_service_batches_by_default_and_reports_its_steps(inference_service, inference_key):
-    headers = {"Authorization": f"Bearer {inference_key}"}
+@pytest.fixture(scope="module")
+def batched_service(tmp_path_factory, models_dir) -> Iterator:
+    """A service with the default (batched) engine; the session's shared one is sequential."""
+    settings = make_settings(tmp_path_factory.mktemp("batched-data"))
+    link_models(settings, models_dir)
+    initialise(settings)
+    service = start_inference(settings)
+    service.key = vault.read_secret(settings, "inference_key")
+    yield service
+    service.stop()
+
+
+def test_the_service_batches_by_default_and_reports_its_steps(batched_service):
+    headers = {"Authorization": f"Bearer {batched_service.key}"}
     body = {"messages": [{"role": "user", "content": LONG_STORY}], "max_tokens": 16}
-    with httpx.Client(base_url=inference_service.url, headers=headers, timeout=120) as api:
-        threads = [
-            threading.Thread(target=api.post, args=("/v1/chat/completions",), kwargs={"json": body})
-            for _ in range(3)
-        ]
+    answers: list[httpx.Response] = []
+    with httpx.Client(base_url=batched_service.url, headers=headers, timeout=120) as api:
+
+        def ask() -> None:
+            answers.append(api.post("/v1/chat/completions", json=body))
+
+        threads = [threading.Thread(target=ask) for _ in range(3)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(120)
+        with api.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as sse:
+            events = [line for line in sse.iter_lines() if line.startswith("data: ")]
         health = api.get("/healthz").json()
         metrics = api.get("/metrics").text
 
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert all(a.json()["usage"]["completion_tokens"] == 16 for a in answers)
+    assert events[-1] == "data: [DONE]"
     assert health["engine"] == "batched"
     batching = health["batching"]
     assert batching["slots"] == 8
@@ -506,6 +594,30 @@ def test_the_service_batches_by_default_and_reports_its_steps(inference_service,
     assert values["appliance_inference_slots"] == 8
     assert values["appliance_inference_batch_steps_total"] > 0
     assert values["appliance_inference_batch_decode_seconds_total"] > 0
-    assert values["appliance_inference_prefix_cache_lookups_total"] >= 3
+    assert (
+        values["appliance_inference_batch_sequences_total"]
+        > values["appliance_inference_batch_steps_total"]
+    )  # several sequences per step on average
+    assert values["appliance_inference_prefix_cache_lookups_total"] == 4
     assert "appliance_inference_prefix_cache_hit_rate" in values
     json.dumps(health)  # plain JSON for the operator page
+
+
+def test_the_sequential_engine_is_still_selectable(inference_service, inference_key):
+    # The session's shared service runs it (tests/conftest.py).
+    headers = {"Authorization": f"Bearer {inference_key}"}
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": QUESTIONS[0]},
+    ]
+    body = {"messages": messages, "max_tokens": 30, "temperature": 0}
+    with httpx.Client(base_url=inference_service.url, headers=headers, timeout=120) as api:
+        answer = api.post("/v1/chat/completions", json=body)
+        health = api.get("/healthz").json()
+        metrics = api.get("/metrics").text
+
+    assert answer.status_code == 200, answer.text
+    assert "Paris" in answer.json()["choices"][0]["message"]["content"]
+    assert health["engine"] == "sequential"
+    assert health["batching"] is None
+    assert "appliance_inference_batch_steps_total" not in metrics
