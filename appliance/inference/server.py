@@ -27,8 +27,8 @@ import appliance
 from appliance import vault
 from appliance.config import Settings
 from appliance.errors import InvalidInput, Unavailable
-from appliance.inference.batching import BatchedChatEngine
 from appliance.inference import gpu
+from appliance.inference.batching import BatchedChatEngine
 from appliance.inference.client import ACCOUNT_HEADER, PRIORITY_HEADER
 from appliance.inference.engine import Delta, Engine, Finish, GenerationParams, load_engine
 from appliance.inference.scheduler import DONE, AccountBusy, Failed, Job, Scheduler
