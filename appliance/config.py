@@ -398,7 +398,8 @@ class PrivacySettings:
         min=0,
     )
     export_ttl_hours: int = setting(
-        24, "Hours a data export (Settings → My data) can be downloaded before it is purged.",
+        24,
+        "Hours a data export (Settings → My data) can be downloaded before it is purged.",
         min=1,
     )
     purge_batch_size: int = setting(
@@ -429,9 +430,7 @@ class BillingSettings:
         "never refused for credit and no Stripe request is ever made.",
     )
     currency: str = setting("usd", "Currency of balances and top-ups.", choices=("usd",))
-    price_prompt_per_1k: float = setting(
-        0.0005, "Price of 1,000 prompt tokens, in USD.", min=0
-    )
+    price_prompt_per_1k: float = setting(0.0005, "Price of 1,000 prompt tokens, in USD.", min=0)
     price_completion_per_1k: float = setting(
         0.0015, "Price of 1,000 completion tokens, in USD.", min=0
     )
@@ -462,9 +461,7 @@ class BillingSettings:
         "0: auto top-up is off.",
         min=0,
     )
-    auto_topup_amount_usd: int = setting(
-        20, "Amount of an automatic top-up, in USD.", min=1
-    )
+    auto_topup_amount_usd: int = setting(20, "Amount of an automatic top-up, in USD.", min=1)
     hold_timeout_seconds: int = setting(
         900,
         "A reservation older than this (a request that never finished) is released by "
