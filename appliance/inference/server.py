@@ -425,6 +425,7 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
         },
         request_max_body_size=16 * 1024 * 1024,
         openapi_config=None,
+        logging_config=None,  # the CLI configured JSON lines (privacy/logs.py); keep them
     )
     app.state.service = service
     return app

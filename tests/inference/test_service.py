@@ -619,3 +619,12 @@ def test_template_render_matches_llama_cpp_formatter(vocab):
     assert vocab.tokenize(formatted.prompt.encode(), add_bos=False, special=True) == (
         templated_prompt_tokens(vocab, FRANCE)
     )
+
+
+def test_the_service_logs_json_lines_only(inference_service):
+    # Litestar's default logging config would replace the CLI's (privacy/logs.py) and
+    # print uvicorn's lines as plain text; every line is one JSON object.
+    lines = [line for line in inference_service.log().splitlines() if line.strip()]
+    assert any("Uvicorn running" in line for line in lines)
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line
