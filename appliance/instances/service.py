@@ -154,6 +154,33 @@ def create(
     return instance
 
 
+def ensure_first(
+    db: sqlite_utils.Database,
+    account_id: str,
+    actor_role: str,
+    *,
+    models: list[str],
+    max_tokens_cap: int,
+    now: datetime,
+) -> Instance | None:
+    """The account's first instance, ``assistant``, when it has none (onboarding makes
+    it, so a new team can chat at once); ``None`` when it already has one."""
+    if list_instances(db, account_id) or not models:
+        return None
+    try:
+        return create(
+            db,
+            account_id,
+            actor_role,
+            {"name": "assistant"},
+            models=models,
+            max_tokens_cap=max_tokens_cap,
+            now=now,
+        )
+    except Conflict:  # a concurrent onboarding made it first
+        return None
+
+
 def _check_name_free(db, account_id: str, name: str, except_id: str | None) -> None:
     row = db.execute(
         "select id from instances where account_id = ? and name = ? and state != 'destroyed'",

@@ -33,6 +33,11 @@ def _limits(settings: Settings) -> dict[str, Any]:
     return {"models": chat_models(settings), "max_tokens_cap": settings.inference.max_tokens}
 
 
+def ensure_first_instance(db, me: Identity, settings: Settings, now) -> None:
+    """Onboarding's last step: the team's first instance, if it has none."""
+    instances.ensure_first(db, me.account.id, me.role, now=now, **_limits(settings))
+
+
 def _change_state(db, me: Identity, instance_id: str, action: str, data: dict, now):
     if action not in ACTIONS:
         raise InvalidInput("Unknown action.")

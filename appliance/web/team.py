@@ -21,6 +21,7 @@ from appliance.errors import InvalidInput
 from appliance.instances import service as instances
 from appliance.tasks import TaskQueue
 from appliance.web.identity import Identity
+from appliance.web.instances import ensure_first_instance
 
 
 def _parse_expiry(value: Any) -> datetime | None:
@@ -222,10 +223,11 @@ class TeamApi(Controller):
         settings: NamedDependency[Settings],
         clock: NamedDependency[Clock],
     ) -> dict:
-        """Save the onboarding answers (owners and admins)."""
-        return asdict(
-            accounts.save_profile(db, settings, manager.account.id, manager.role, data, clock())
-        )
+        """Save the onboarding answers (owners and admins); the team's first instance,
+        ``assistant``, is created if it has none."""
+        saved = accounts.save_profile(db, settings, manager.account.id, manager.role, data, clock())
+        ensure_first_instance(db, manager, settings, clock())
+        return asdict(saved)
 
 
 class TeamPages(Controller):
@@ -252,10 +254,12 @@ class TeamPages(Controller):
     ) -> Response:
         if data.get("action") == "skip":
             accounts.skip_onboarding(db, manager.account.id, manager.role, clock())
+            ensure_first_instance(db, manager, settings, clock())
             return Redirect("/")
         answers = {k: v for k, v in data.items() if k not in ("_csrf_token", "action", "next")}
         try:
             accounts.save_profile(db, settings, manager.account.id, manager.role, answers, clock())
+            ensure_first_instance(db, manager, settings, clock())
         except InvalidInput as exc:
             profile = accounts.profile(db, manager.account.id, clock())
             return Template(

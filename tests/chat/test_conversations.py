@@ -396,3 +396,19 @@ def test_instance_settings_form_and_the_no_javascript_chat(env):
     assert started.status_code in (302, 303)
     shown = client.get(started.headers["location"])
     assert "Hello there" in shown.text and "answer tokens" in shown.text
+
+
+def test_onboarding_creates_the_first_instance_once(env):
+    fresh, _, _ = session_client(
+        env["app"], env["db"], env["settings"], env["clock"], "new@example.com", "New team"
+    )
+    assert fresh.get("/api/instances").json() == []
+    answers = {"business_name": "New team", "age_confirmed": True}
+    assert fresh.put("/api/profile", json=answers).status_code == 200
+    first = fresh.get("/api/instances").json()
+    assert [(i["name"], i["state"]) for i in first] == [("assistant", "running")]
+    assert fresh.put("/api/profile", json=answers).status_code == 200
+    assert len(fresh.get("/api/instances").json()) == 1
+    # The team can chat at once.
+    cid = new_conversation(fresh, first[0]["id"])
+    assert ask(fresh, cid, "Hello")[-1]["type"] == "done"
