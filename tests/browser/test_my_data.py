@@ -60,6 +60,8 @@ def test_export_my_data_then_delete_the_account(live_app, page, settings):
     page.get_by_role("link", name=re.compile("Export my data")).click()
     page.get_by_role("heading", name="My data", exact=True).wait_for()
     page.get_by_role("button", name="Export my data").click()
+    page.wait_for_url(base + "/settings/data#export")
+    page.locator("#export-status").wait_for()
 
     def ready():
         page.reload()
