@@ -83,6 +83,9 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
                 db.close()
             for doc in pending:
                 ingest_document(doc.id)
+            # Retention catches up at once after downtime (and a fresh install has a
+            # first run to show in doctor) instead of waiting for minute 17.
+            purge()
 
     beat_task = huey.periodic_task(crontab(minute="*"), name="heartbeat")(record_heartbeat)
 

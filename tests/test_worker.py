@@ -9,6 +9,7 @@ from conftest import service_env, wait_until
 
 from appliance import heartbeat
 from appliance.db import open_db
+from appliance.privacy import retention
 from appliance.tasks import WORKER_SERVICE, create_queue
 
 
@@ -39,6 +40,16 @@ def test_real_consumer_beats_and_stops_cleanly(settings):
                 db.close()
 
         wait_until(beaten, timeout=30, what="a worker heartbeat")
+
+        def purged():
+            db = open_db(settings)
+            try:
+                return all(run.complete for run in retention.last_runs(db))
+            finally:
+                db.close()
+
+        # Retention runs at start (catching up after downtime), not only at minute 17.
+        wait_until(purged, timeout=30, what="the purge run at the worker's start")
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
         output = process.stdout.read()
