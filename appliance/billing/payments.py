@@ -25,6 +25,8 @@ from appliance.config import Settings
 from appliance.db import write_transaction
 from appliance.errors import Conflict, InvalidInput, NotFound, Unavailable
 from appliance.ids import new_id
+from appliance.persona.models import EgressEntry
+from appliance.persona.store import PersonaStore
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 PER_CENT = 10_000
 WEBHOOK_TOLERANCE_SECONDS = 300
 RECONCILE_DAYS = 3
+#: What a call to Stripe carries: no names, emails or content (PRIVACY.md section 5).
+EGRESS_DATA = "account reference, top-up amount and currency, Stripe customer and card ids"
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,25 @@ def parse_amount(settings: Settings, value: Any) -> int:
     return ledger.micro(amount)
 
 
+def _egress(db, account_ref: str, purpose: str, params: dict, outcome: str, now) -> None:
+    """Record a call to Stripe in the account's egress log (PRIVACY.md: every outbound
+    connection that carries account data is listed). A pseudonymized account has no log."""
+    if db.execute("select 1 from accounts where id = ?", [account_ref]).fetchone() is None:
+        return
+    entry = EgressEntry(
+        id=new_id("egr"),
+        account_id=account_ref,
+        at=iso(now),
+        service="stripe",
+        purpose=purpose,
+        data_categories=EGRESS_DATA,
+        bytes_sent=len(json.dumps(params).encode()),
+        outcome=outcome,
+    )
+    with write_transaction(db):
+        PersonaStore(db).insert_egress(entry)
+
+
 def _customer(db, settings: Settings, account_ref: str, now: datetime) -> str:
     """The account's Stripe Customer, created once (the idempotency key makes two
     concurrent first top-ups get the same one)."""
@@ -135,13 +158,15 @@ def _customer(db, settings: Settings, account_ref: str, now: datetime) -> str:
     ).fetchone()
     if row and row[0]:
         return row[0]
+    params = {"metadata": {"account_ref": account_ref}}
     try:
         customer = client(settings).v1.customers.create(
-            {"metadata": {"account_ref": account_ref}},
-            {"idempotency_key": f"customer-{account_ref}"},
+            params, {"idempotency_key": f"customer-{account_ref}"}
         )
     except stripe.StripeError as exc:
+        _egress(db, account_ref, "create the Stripe customer", params, "error", now)
         raise _unavailable(exc) from None
+    _egress(db, account_ref, "create the Stripe customer", params, "ok", now)
     with write_transaction(db):
         ledger.ensure_account(db, account_ref, now)
         db.execute(
@@ -211,9 +236,11 @@ def start_checkout(
             params, {"idempotency_key": f"topup-{row.id}"}
         )
     except stripe.StripeError as exc:
+        _egress(db, account_id, "start a top-up (Checkout)", params, "error", now)
         with write_transaction(db):
             db.execute("update billing_topups set status = 'failed' where id = ?", [row.id])
         raise _unavailable(exc) from None
+    _egress(db, account_id, "start a top-up (Checkout)", params, "ok", now)
     with write_transaction(db):
         db.execute(
             "update billing_topups set stripe_session_id = ? where id = ?", [session.id, row.id]
@@ -519,24 +546,26 @@ def auto_topup(
         paid_at=None,
     )
     _insert_topup(db, pending)
+    params = {
+        "amount": amount // PER_CENT,
+        "currency": pending.currency,
+        "customer": row[0],
+        "payment_method": row[1],
+        "off_session": True,
+        "confirm": True,
+        "metadata": {"topup_id": pending.id},
+    }
     try:
         intent = client(settings).v1.payment_intents.create(
-            {
-                "amount": amount // PER_CENT,
-                "currency": pending.currency,
-                "customer": row[0],
-                "payment_method": row[1],
-                "off_session": True,
-                "confirm": True,
-                "metadata": {"topup_id": pending.id},
-            },
-            {"idempotency_key": f"topup-{pending.id}"},
+            params, {"idempotency_key": f"topup-{pending.id}"}
         )
     except stripe.StripeError as exc:
+        _egress(db, account_ref, "automatic top-up", params, "error", now)
         _unavailable(exc)
         with write_transaction(db):
             db.execute("update billing_topups set status = 'failed' where id = ?", [pending.id])
         return "failed"
+    _egress(db, account_ref, "automatic top-up", params, "ok", now)
     intent = intent.to_dict()
     with write_transaction(db):
         db.execute(

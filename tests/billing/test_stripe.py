@@ -109,6 +109,21 @@ def test_checkout_session_parameters(shop, stripe_standin):  # noqa: F811
     checkout(shop, 10)
     assert len(stripe_standin.calls("POST", "/v1/customers")) == 1
     assert balance(shop) == 0  # nothing is credited before Stripe says it was paid
+    # Every call to Stripe is in the account's egress log (one customer, two sessions).
+    egress = (
+        shop["db"]
+        .execute(
+            "select service, purpose, outcome, bytes_sent from egress_log where account_id = ?",
+            [shop["account"].id],
+        )
+        .fetchall()
+    )
+    assert sorted(row[1] for row in egress) == [
+        "create the Stripe customer",
+        "start a top-up (Checkout)",
+        "start a top-up (Checkout)",
+    ]
+    assert all(row[0] == "stripe" and row[2] == "ok" and row[3] > 0 for row in egress)
 
 
 def test_checkout_limits_and_roles(shop, stripe_standin):  # noqa: F811
@@ -154,16 +169,19 @@ def test_the_same_event_delivered_twice_at_once_credits_once(shop, stripe_standi
     barrier = threading.Barrier(2)
     outcomes = []
 
-    def post() -> None:
-        with TestClient(shop["app"]) as client:
+    # One client, one event loop (like the web service): the two requests run at once.
+    # (Two clients entering the app's lifespan from two threads could hang at shutdown.)
+    with TestClient(shop["app"]) as client:
+
+        def post() -> None:
             barrier.wait()
             outcomes.append(deliver(shop, payload, client=client).json()["outcome"])
 
-    threads = [threading.Thread(target=post) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+        threads = [threading.Thread(target=post) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     assert sorted(outcomes) == ["credited", "duplicate"]
     assert balance(shop) == 25_000_000
     invariant(shop)
