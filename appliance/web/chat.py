@@ -72,6 +72,16 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
+def _log_instance(request: Request, db, me: Identity, conversation_id: str) -> None:
+    """Name the conversation's instance in the request log (no content, just the id)."""
+    row = db.execute(
+        "select instance_id from conversations where id = ? and account_id = ? and user_id = ?",
+        [conversation_id, me.account.id, me.user.id],
+    ).fetchone()
+    if row:
+        request.state.instance_id = row[0]
+
+
 def _event(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
@@ -307,6 +317,7 @@ class ChatApi(Controller):
     ) -> Response | Stream:
         """Ask: ``{"content", "stream"?: true}``; the answer streams as SSE."""
         body = await _body(request)
+        _log_instance(request, db, me, conversation_id)
         return await _respond(
             body.get("stream", True),
             db,
@@ -331,6 +342,7 @@ class ChatApi(Controller):
     ) -> Response | Stream:
         """Answer the last question again (the previous answer is replaced)."""
         body = await _body(request)
+        _log_instance(request, db, me, conversation_id)
         return await _respond(
             body.get("stream", True), db, settings, inference, me, clock, conversation_id
         )
@@ -350,6 +362,7 @@ class ChatApi(Controller):
         """Replace an earlier question with ``{"content"}``; what followed it is dropped
         and the conversation continues from there."""
         body = await _body(request)
+        _log_instance(request, db, me, conversation_id)
         return await _respond(
             body.get("stream", True),
             db,

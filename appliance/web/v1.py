@@ -133,6 +133,7 @@ class V1Api(Controller):
         instance, payload, passages = await anyio.to_thread.run_sync(
             lambda: build_request(db, settings, inference, api_key, body, clock())
         )
+        request.state.instance_id = instance.id  # for the request log
         store = await anyio.to_thread.run_sync(
             lambda: _store_target(db, settings, clock, api_key, instance, body)
         )

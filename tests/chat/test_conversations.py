@@ -101,6 +101,16 @@ def test_streamed_answer_is_stored_with_usage_and_title(env):
     stored = client.get(f"/api/conversations/{cid}").json()
     assert [m["role"] for m in stored["messages"]] == ["user", "assistant"]
     assert stored["title"] == "Say hello to the team in one sentence."
+    # The request log names the instance (and never the conversation's words).
+    logged = (
+        env["db"]
+        .execute(
+            "select path, instance_id from request_log where method = 'POST' and path like ?",
+            ["/api/conversations/%"],
+        )
+        .fetchall()
+    )
+    assert ("/api/conversations/{conversation_id}/messages", env["instance"]["id"]) in logged
     assert stored["messages"][1]["usage"] == message["usage"]
 
 
@@ -334,6 +344,12 @@ def test_v1_store_keeps_the_exchange_only_when_asked(env):
         extra_body={"appliance": {"store": True}},
     )
     conversation_id = kept.model_extra["appliance"]["conversation_id"]
+    logged = (
+        env["db"]
+        .execute("select instance_id from request_log where path = '/v1/chat/completions'")
+        .fetchall()
+    )
+    assert logged and {row[0] for row in logged} == {env["instance"]["id"]}
     streamed = sdk.chat.completions.create(
         model="assistant",
         messages=[{"role": "user", "content": "And this follow-up."}],
