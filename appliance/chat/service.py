@@ -22,7 +22,7 @@ from typing import Any
 import sqlite_utils
 
 from appliance.chat import prompt
-from appliance.clock import iso, parse
+from appliance.clock import iso, parse, utcnow
 from appliance.config import Settings
 from appliance.db import write_transaction
 from appliance.errors import Conflict, InvalidInput, NotFound
@@ -31,6 +31,7 @@ from appliance.inference.client import InferenceClient
 from appliance.instances import service as instances
 from appliance.knowledge import search as kb_search
 from appliance.persona import service as persona
+from appliance.privacy import receipts
 
 MAX_MESSAGE_CHARS = 32_000
 MAX_TITLE_CHARS = 120
@@ -341,12 +342,26 @@ def rename(
     return get(db, account_id, user_id, conversation_id)
 
 
-def delete(db, account_id: str, user_id: str, conversation_id: str) -> None:
+def delete(
+    db, account_id: str, user_id: str, conversation_id: str, now: datetime | None = None
+) -> None:
     """Delete the conversation and its messages (FTS rows go with them: triggers);
-    ``secure_delete`` overwrites the freed pages."""
+    ``secure_delete`` overwrites the freed pages; a deletion receipt (counts, no content)
+    records it."""
     with write_transaction(db):
         get(db, account_id, user_id, conversation_id, with_messages=False)
+        messages = db.execute(
+            "select count(*) from messages where conversation_id = ?", [conversation_id]
+        ).fetchone()[0]
         db.execute("delete from conversations where id = ?", [conversation_id])
+        receipts.write(
+            db,
+            account_id,
+            f"conversation {conversation_id} deleted by its user",
+            {"conversations": 1, "messages": messages, "messages_fts": messages},
+            [],
+            now or utcnow(),
+        )
 
 
 def delete_for_instance(db, account_id: str, instance_id: str) -> int:

@@ -27,6 +27,7 @@ from appliance.ids import new_id
 from appliance.inference.client import InferenceClient
 from appliance.knowledge import chunking, extract
 from appliance.knowledge.store import Document, KnowledgeStore
+from appliance.privacy import receipts
 
 log = logging.getLogger(__name__)
 EMBED_BATCH = 32
@@ -142,16 +143,32 @@ def document(db: sqlite_utils.Database, account_id: str, document_id: str) -> Do
 
 
 def delete_document(
-    db: sqlite_utils.Database, settings: Settings, account_id: str, document_id: str
+    db: sqlite_utils.Database,
+    settings: Settings,
+    account_id: str,
+    document_id: str,
+    now: datetime | None = None,
 ) -> None:
     """Delete the document, its chunks, FTS5 rows and vectors in one transaction, then
-    its file. ``secure_delete`` overwrites the freed pages."""
+    its file. ``secure_delete`` overwrites the freed pages; a deletion receipt (counts
+    and the file's hash, no content) records it."""
     store = KnowledgeStore(db)
     with write_transaction(db):
         doc = store.document(account_id, document_id)
         if doc is None:
             raise NotFound("No such document.")
+        chunks = db.execute(
+            "select count(*) from chunks where document_id = ?", [doc.id]
+        ).fetchone()[0]
         store.delete_document(doc.id)
+        receipts.write(
+            db,
+            account_id,
+            f"document {doc.id} deleted by its account",
+            {"documents": 1, "chunks": chunks, "chunks_fts": chunks, "chunk_vectors": chunks},
+            [{"kind": "document", "sha256": doc.sha256}],
+            now or utcnow(),
+        )
     document_path(settings, doc).unlink(missing_ok=True)
 
 

@@ -300,9 +300,11 @@ class ChatApi(Controller):
         conversation_id: FromPath[str],
         me: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
+        clock: NamedDependency[Clock],
     ) -> None:
-        """Delete the conversation and every message in it, at once."""
-        chat.delete(db, me.account.id, me.user.id, conversation_id)
+        """Delete the conversation and every message in it, at once (a deletion receipt
+        records it)."""
+        chat.delete(db, me.account.id, me.user.id, conversation_id, clock())
 
     @post("/{conversation_id:str}/messages", status_code=200)
     async def send(
@@ -452,8 +454,9 @@ class ChatPages(Controller):
         conversation_id: FromPath[str],
         me: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
+        clock: NamedDependency[Clock],
     ) -> Response:
-        chat.delete(db, me.account.id, me.user.id, conversation_id)
+        chat.delete(db, me.account.id, me.user.id, conversation_id, clock())
         return Redirect("/chat")
 
 

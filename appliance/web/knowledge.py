@@ -122,9 +122,11 @@ class KnowledgeApi(Controller):
         me: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
         settings: NamedDependency[Settings],
+        clock: NamedDependency[Clock],
     ) -> None:
-        """Delete the document, its file, chunks, index rows and vectors."""
-        knowledge.delete_document(db, settings, me.account.id, document_id)
+        """Delete the document, its file, chunks, index rows and vectors (a deletion
+        receipt records it)."""
+        knowledge.delete_document(db, settings, me.account.id, document_id, clock())
 
     @post("/documents/{document_id:str}/retry", status_code=202, sync_to_thread=True)
     def retry_document(

@@ -244,6 +244,13 @@ def test_list_search_rename_and_delete_leaves_nothing_behind(env):
     assert client.get(f"/api/conversations/{first}").status_code == 404
     assert client.get("/api/conversations", params={"q": CANARY}).json() == []
     assert [c["id"] for c in client.get("/api/conversations").json()] == [second]
+    # The deletion is receipted: counts only, in the hash chain.
+    from appliance.privacy import receipts
+
+    (receipt,) = [r for r in receipts.receipts(db, env["account"].id) if first in r.request]
+    assert receipt.body["counts"] == {"conversations": 1, "messages": 2, "messages_fts": 2}
+    assert CANARY not in json.dumps(receipt.body)
+    assert receipts.verify(db) == []
     db.execute("pragma wal_checkpoint(TRUNCATE)")
     needle = CANARY.encode()
     for path in env["settings"].paths.data_dir.rglob("*"):

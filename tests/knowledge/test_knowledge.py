@@ -1,5 +1,6 @@
 """The knowledge base end to end: upload, ingestion with the real models, search, deletion."""
 
+import hashlib
 import io
 
 import pytest
@@ -165,6 +166,15 @@ def test_delete_leaves_nothing_behind(kb, db):
     assert kb.get(f"/api/documents/{doc['id']}").status_code == 404
     assert kb.get("/api/search", params={"q": CANARY}).json()["hits"] == []
     assert knowledge.audit(db, kb.settings) == []
+    # The deletion is receipted: counts and the file's hash, no content.
+    from appliance.privacy import receipts
+
+    (receipt,) = [r for r in receipts.receipts(db) if doc["id"] in r.request]
+    assert receipt.body["counts"]["documents"] == 1 and receipt.body["counts"]["chunks"] >= 1
+    assert receipt.body["files"] == [
+        {"kind": "document", "sha256": hashlib.sha256(secret_doc).hexdigest()}
+    ]
+    assert receipts.verify(db) == []
     db.execute("pragma wal_checkpoint(TRUNCATE)")
     needle = CANARY.encode()
     for path in kb.settings.paths.data_dir.rglob("*"):
