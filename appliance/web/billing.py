@@ -14,7 +14,7 @@ import sqlite_utils
 from litestar import Controller, Request, Response, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, URLEncodedBody
-from litestar.response import Template
+from litestar.response import Redirect, Template
 from markupsafe import Markup, escape
 
 from appliance.auth import service as auth
@@ -400,6 +400,30 @@ class BillingPages(Controller):
             context={"url": url, "amount_usd": ledger.usd(topup.amount_microusd)},
         )
 
+    @post("/billing/caps", sync_to_thread=True)
+    def set_cap_form(
+        self,
+        data: URLEncodedBody[dict[str, str]],
+        manager: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
+        clock: NamedDependency[Clock],
+    ) -> Response:
+        """The caps form: one instance or key per form; an empty amount removes the cap."""
+        subject = data.get("subject", "")
+        key = "instance_id" if subject == "instance" else "key_id" if subject == "key" else ""
+        try:
+            if not key:
+                raise InvalidInput("A cap is set on an instance or an API key.")
+            _check_subject(db, manager.account.id, {key: data.get("subject_id")})
+            amount = (data.get("monthly_usd") or "").strip() or None
+            service.set_cap(db, manager.account.id, subject, data["subject_id"], amount, clock())
+        except InvalidInput as exc:
+            context = _context(db, settings, manager, clock)
+            context["flashes"] = [("error", str(exc))]
+            return Template("billing.html", context=context, status_code=400)
+        return Redirect("/billing#caps")
+
 
 def _context(db, settings: Settings, me: Identity, clock: Clock) -> dict[str, Any]:
     now = clock()
@@ -419,4 +443,10 @@ def _context(db, settings: Settings, me: Identity, clock: Clock) -> dict[str, An
         "topups": payments.topups(db, me.account.id, 20) if me.is_manager else [],
         "usd": ledger.usd,
         "usd_precise": ledger.usd_precise,
+        "caps": {
+            (cap["subject"], cap["subject_id"]): cap
+            for cap in (service.caps(db, me.account.id, now) if me.is_manager else [])
+        },
+        "cap_subjects": [("instance", i, f"instance {n}") for i, n in names.items()]
+        + [("key", k, f"key {label}") for k, label in keys.items()],
     }

@@ -223,3 +223,42 @@ def test_back_from_checkout_the_page_says_where_the_payment_is(two, billed, db, 
     assert response.status_code == 200
     assert "10.00 USD were added" in client.get(f"/billing?topup={topup_id}").text
     assert "were added" not in client.get("/billing?topup=top_not_mine").text
+
+
+def test_caps_on_the_page(two, billed, db):  # noqa: F811
+    import re
+
+    client = two["client"]
+    a = two["people"]["a"]
+    token = auth.create_session(db, billed, a["user"].id, a["account"].id, two["clock"]())
+    client.cookies.set("session", token)
+    html = client.get("/billing").text
+    assert 'id="caps-table"' in html and "instance bot" in html and "key script" in html
+    csrf = re.search(r'name="_csrf_token" value="([^"]+)"', html).group(1)
+    form = {
+        "_csrf_token": csrf,
+        "subject": "instance",
+        "subject_id": two["instance"].id,
+        "monthly_usd": "5",
+    }
+    saved = client.post("/billing/caps", data=form, follow_redirects=False)
+    assert saved.status_code in (302, 303), saved.text
+    (cap,) = service.caps(db, a["account"].id, two["clock"]())
+    assert cap["monthly_cap_microusd"] == 5_000_000 and cap["subject_id"] == two["instance"].id
+    assert 'value="5.00"' in client.get("/billing").text
+    assert client.post("/billing/caps", data={**form, "monthly_usd": "-1"}).status_code == 400
+    # Another account's instance is not found; an empty amount removes the cap.
+    b = two["people"]["b"]
+    other = instances.create(
+        db,
+        b["account"].id,
+        "owner",
+        {"name": "x"},
+        models=["tiny"],
+        max_tokens_cap=64,
+        now=two["clock"](),
+    )
+    refused = client.post("/billing/caps", data={**form, "subject_id": other.id})
+    assert refused.status_code == 404
+    client.post("/billing/caps", data={**form, "monthly_usd": ""}, follow_redirects=False)
+    assert service.caps(db, a["account"].id, two["clock"]()) == []
