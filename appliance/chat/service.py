@@ -499,6 +499,33 @@ def check_citations(text: str, numbers: set[int]) -> tuple[str, list[int]]:
     return checked, cited
 
 
+def _sources(passages: list[prompt.Passage], cited: list[int]) -> list[dict[str, Any]]:
+    """What an answer keeps of its passages: references, not their text (a deleted
+    document's text must not live on in a conversation)."""
+    return [
+        {
+            "number": p.number,
+            "document_id": p.document_id,
+            "chunk_id": p.chunk_id,
+            "filename": p.filename,
+            "page": p.page,
+            "heading": p.heading,
+            "cited": p.number in cited,
+        }
+        for p in passages
+    ]
+
+
+def usage_counts(usage: dict[str, Any] | None) -> dict[str, int]:
+    """An OpenAI ``usage`` object as the counts a message stores."""
+    usage = usage or {}
+    return {
+        "prompt_tokens": usage.get("prompt_tokens", 0),
+        "completion_tokens": usage.get("completion_tokens", 0),
+        "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
+    }
+
+
 def finish_turn(
     db: sqlite_utils.Database,
     turn: Turn,
@@ -512,18 +539,7 @@ def finish_turn(
 ) -> Message | None:
     """Store the answer (checked citations, exact usage); nothing when it is empty."""
     checked, cited = check_citations(text, {p.number for p in turn.composed.passages})
-    sources = [
-        {
-            "number": p.number,
-            "document_id": p.document_id,
-            "chunk_id": p.chunk_id,
-            "filename": p.filename,
-            "page": p.page,
-            "heading": p.heading,
-            "cited": p.number in cited,
-        }
-        for p in turn.composed.passages
-    ]
+    sources = _sources(turn.composed.passages, cited)
     message_id = new_id("msg")
     with write_transaction(db):
         db.execute(
@@ -593,21 +609,8 @@ def store_exchange(
             raise NotFound("No such conversation on this instance.")
         last_user = next((m for m in reversed(messages) if m["role"] == "user"), None)
         to_store = [last_user] if last_user else []
-    sources = [
-        {
-            "number": p.number,
-            "document_id": p.document_id,
-            "chunk_id": p.chunk_id,
-            "filename": p.filename,
-            "page": p.page,
-            "heading": p.heading,
-            "cited": False,
-        }
-        for p in passages
-    ]
     _, cited = check_citations(answer, {p.number for p in passages})
-    for source in sources:
-        source["cited"] = source["number"] in cited
+    sources = _sources(passages, cited)
     stamp = iso(now)
     with write_transaction(db):
         top = db.execute(

@@ -72,16 +72,6 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _log_instance(request: Request, db, me: Identity, conversation_id: str) -> None:
-    """Name the conversation's instance in the request log (no content, just the id)."""
-    row = db.execute(
-        "select instance_id from conversations where id = ? and account_id = ? and user_id = ?",
-        [conversation_id, me.account.id, me.user.id],
-    ).fetchone()
-    if row:
-        request.state.instance_id = row[0]
-
-
 def _event(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
@@ -105,14 +95,7 @@ class _Answer:
         payload = self.turn.composed.payload
         async for chunk in self.client.astream_chat(payload, account_id=self.me.account.id):
             if chunk.get("usage"):
-                usage = chunk["usage"]
-                self.usage = {
-                    "prompt_tokens": usage.get("prompt_tokens", 0),
-                    "completion_tokens": usage.get("completion_tokens", 0),
-                    "cached_tokens": (usage.get("prompt_tokens_details") or {}).get(
-                        "cached_tokens", 0
-                    ),
-                }
+                self.usage = chat.usage_counts(chunk["usage"])
             for choice in chunk.get("choices") or []:
                 text = (choice.get("delta") or {}).get("content")
                 if text:
@@ -200,6 +183,7 @@ async def _respond(
     *,
     content: str | None = None,
     edit_message_id: str | None = None,
+    request: Request | None = None,
 ) -> Response | Stream:
     if not isinstance(stream, bool):
         raise InvalidInput("'stream' must be true or false.")
@@ -216,6 +200,8 @@ async def _respond(
             edit_message_id=edit_message_id,
         )
     )
+    if request is not None:
+        request.state.instance_id = turn.instance.id  # for the request log (no content)
     try:
         metered = await Metered.start(
             db, settings, client, me, turn.instance, turn.composed.payload, clock
@@ -319,7 +305,6 @@ class ChatApi(Controller):
     ) -> Response | Stream:
         """Ask: ``{"content", "stream"?: true}``; the answer streams as SSE."""
         body = await _body(request)
-        _log_instance(request, db, me, conversation_id)
         return await _respond(
             body.get("stream", True),
             db,
@@ -329,6 +314,7 @@ class ChatApi(Controller):
             clock,
             conversation_id,
             content=chat.clean_content(body.get("content")),
+            request=request,
         )
 
     @post("/{conversation_id:str}/regenerate", status_code=200)
@@ -344,9 +330,15 @@ class ChatApi(Controller):
     ) -> Response | Stream:
         """Answer the last question again (the previous answer is replaced)."""
         body = await _body(request)
-        _log_instance(request, db, me, conversation_id)
         return await _respond(
-            body.get("stream", True), db, settings, inference, me, clock, conversation_id
+            body.get("stream", True),
+            db,
+            settings,
+            inference,
+            me,
+            clock,
+            conversation_id,
+            request=request,
         )
 
     @post("/{conversation_id:str}/messages/{message_id:str}/edit", status_code=200)
@@ -364,7 +356,6 @@ class ChatApi(Controller):
         """Replace an earlier question with ``{"content"}``; what followed it is dropped
         and the conversation continues from there."""
         body = await _body(request)
-        _log_instance(request, db, me, conversation_id)
         return await _respond(
             body.get("stream", True),
             db,
@@ -375,6 +366,7 @@ class ChatApi(Controller):
             conversation_id,
             content=chat.clean_content(body.get("content")),
             edit_message_id=message_id,
+            request=request,
         )
 
 

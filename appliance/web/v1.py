@@ -170,7 +170,7 @@ class V1Api(Controller):
         if store is not None:
             text = answer["choices"][0]["message"].get("content") or ""
             extra["conversation_id"] = await anyio.to_thread.run_sync(
-                lambda: store.save(text, _usage_counts(answer.get("usage")), passages)
+                lambda: store.save(text, chat.usage_counts(answer.get("usage")), passages)
             )
         if extra:
             answer["appliance"] = extra
@@ -268,15 +268,6 @@ def _store_target(
     return _StoreTarget(settings, api_key, instance, messages, conversation_id, clock)
 
 
-def _usage_counts(usage: dict[str, Any] | None) -> dict[str, int]:
-    usage = usage or {}
-    return {
-        "prompt_tokens": usage.get("prompt_tokens", 0),
-        "completion_tokens": usage.get("completion_tokens", 0),
-        "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
-    }
-
-
 async def _relay(
     client: InferenceClient,
     payload: dict[str, Any],
@@ -310,7 +301,7 @@ async def _relay(
         if store is not None:
             text = "".join(parts)
             conversation_id = await anyio.to_thread.run_sync(
-                lambda: store.save(text, _usage_counts(usage), passages or [])
+                lambda: store.save(text, chat.usage_counts(usage), passages or [])
             )
             final = {
                 "id": last.get("id", ""),
