@@ -59,15 +59,22 @@ class Metered:
         instance: Any,
         payload: dict[str, Any],
         clock: Clock,
+        prompt_tokens: int | None = None,
     ) -> Metered:
+        """``prompt_tokens``: the prompt as counted when it was assembled (chat and /v1
+        already know it); counted here otherwise."""
+
         def reserve() -> Metered:
-            prompt_tokens = 0
-            if settings.billing.enabled:
+            if prompt_tokens is not None:
+                counted = prompt_tokens
+            elif not settings.billing.enabled:
+                counted = 0
+            else:
                 texts = [str(m.get("content") or "") for m in payload["messages"]]
                 counts = inference.count_tokens(texts, model="chat")
                 if counts is None:
                     counts = [len(t.encode()) // 2 + 1 for t in texts]
-                prompt_tokens = sum(counts) + TEMPLATE_TOKENS_PER_MESSAGE * (len(texts) + 1)
+                counted = sum(counts) + TEMPLATE_TOKENS_PER_MESSAGE * (len(texts) + 1)
             hold = meter.reserve(
                 db,
                 settings,
@@ -75,11 +82,11 @@ class Metered:
                 instance_id=instance.id,
                 key_id=identity.key.id if identity.key else None,
                 model=instance.model,
-                prompt_tokens=prompt_tokens,
+                prompt_tokens=counted,
                 max_completion_tokens=int(payload.get("max_tokens") or 0),
                 now=clock(),
             )
-            return cls(settings, hold, prompt_tokens, clock)
+            return cls(settings, hold, counted, clock)
 
         return await anyio.to_thread.run_sync(reserve)
 

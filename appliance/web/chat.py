@@ -204,7 +204,14 @@ async def _respond(
         request.state.instance_id = turn.instance.id  # for the request log (no content)
     try:
         metered = await Metered.start(
-            db, settings, client, me, turn.instance, turn.composed.payload, clock
+            db,
+            settings,
+            client,
+            me,
+            turn.instance,
+            turn.composed.payload,
+            clock,
+            prompt_tokens=turn.composed.prompt_tokens,
         )
     except BaseException:
         # Out of credit (402) or a spend cap: the question stays, "Answer again" retries it.

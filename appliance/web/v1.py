@@ -55,7 +55,7 @@ def build_request(
     key: Identity,
     body: Any,
     now,
-) -> tuple[instances.Instance, dict[str, Any], list[prompt.Passage]]:
+) -> tuple[instances.Instance, chat.Composed]:
     """The instance and the request for the inference service (prompt assembled)."""
     if not isinstance(body, dict):
         raise InvalidInput("The request body must be a JSON object.")
@@ -90,7 +90,7 @@ def build_request(
         max_tokens=body.get("max_completion_tokens", body.get("max_tokens")),
         overrides=forwarded,
     )
-    return instance, composed.payload, composed.passages
+    return instance, composed
 
 
 class V1Api(Controller):
@@ -130,16 +130,26 @@ class V1Api(Controller):
             body = json.loads(await request.body())
         except ValueError:
             raise InvalidInput("The request body is not valid JSON.") from None
-        instance, payload, passages = await anyio.to_thread.run_sync(
+        instance, composed = await anyio.to_thread.run_sync(
             lambda: build_request(db, settings, inference, api_key, body, clock())
         )
+        payload, passages = composed.payload, composed.passages
         request.state.instance_id = instance.id  # for the request log
         store = await anyio.to_thread.run_sync(
             lambda: _store_target(db, settings, clock, api_key, instance, body)
         )
         account_id = api_key.account.id
         # Reserves the most this request can cost (402 when the credit does not cover it).
-        metered = await Metered.start(db, settings, inference, api_key, instance, payload, clock)
+        metered = await Metered.start(
+            db,
+            settings,
+            inference,
+            api_key,
+            instance,
+            payload,
+            clock,
+            prompt_tokens=composed.prompt_tokens,
+        )
         if body.get("stream"):
             if body.get("stream_options"):
                 payload["stream_options"] = body["stream_options"]
