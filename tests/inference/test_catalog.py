@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
-from conftest import make_settings
+from conftest import make_settings, service_env, wait_until
 
 from appliance.accounts import service as accounts
 from appliance.cli import main
@@ -269,3 +270,77 @@ def test_set_default_embedding_explains_the_reindex_when_documents_are_indexed(
 
     main(["models", "set-default", "embed-a", "--data-dir", data_dir])
     assert "was built with embed-a: nothing to re-embed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("registered", "refused"), [("embed-b", True), ("all-minilm-l6-v2", False)]
+)
+def test_kb_reindex_refuses_while_inference_serves_another_embedding_model(
+    linked_settings, models_dir, capsys, registered, refused
+):
+    # The shared inference service serves all-minilm-l6-v2; this data dir's registry has
+    # its own embedding model, under the id the test gives it.
+    registry = models.load_registry(linked_settings)
+    registry.directory.mkdir(parents=True, exist_ok=True)
+    os.link(models_dir / "all-MiniLM-L6-v2.f32.gguf", registry.directory / "e.gguf")
+    models.register(
+        registry,
+        registered,
+        registry.directory / "e.gguf",
+        kind="embedding",
+        license="t",
+        source="t",
+    )
+
+    code = main(["kb", "reindex", "--wait", "--data-dir", str(linked_settings.paths.data_dir)])
+
+    captured = capsys.readouterr()
+    if refused:
+        assert code == 2
+        assert "still serves the embedding model 'all-minilm-l6-v2', not 'embed-b'" in captured.err
+        assert "restart it first" in captured.err
+        assert "queued" not in captured.out
+    else:
+        assert code == 0
+        assert "queued 0 document(s)" in captured.out
+
+
+def test_kb_reindex_wait_shows_progress_until_the_worker_is_done(live_kb, linked_settings, clock):
+    from appliance.auth import service as auth
+
+    db = open_db(linked_settings)
+    owner, account = accounts.create_user(db, "owner@example.com", clock(), account_name="A")
+    _, secret = auth.create_key(
+        db, user_id=owner.id, account_id=account.id, name="t", scope="manage", now=clock()
+    )
+    db.close()
+    headers = {"Authorization": f"Bearer {secret}"}
+    for name in ("a.md", "b.md"):
+        text = f"# {name}\n\nThe {name} notes say to water the plants on Tuesdays.\n"
+        response = httpx.post(
+            f"{live_kb.url}/api/documents",
+            files={"file": (name, text.encode())},
+            headers=headers,
+            timeout=30,
+        )
+        assert response.status_code == 202, response.text
+
+    def all_ready():
+        documents = httpx.get(f"{live_kb.url}/api/documents", headers=headers).json()
+        return all(d["status"] == "ready" for d in documents)
+
+    wait_until(all_ready, timeout=60, what="both documents indexed")
+
+    done = subprocess.run(
+        [sys.executable, "-m", "appliance", "kb", "reindex", "--wait"],
+        capture_output=True,
+        text=True,
+        env=service_env(linked_settings),
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "queued 2 document(s) for re-embedding; the worker does the rest"
+    assert lines[-1] == "re-embedded 2 of 2 document(s), 0 failed, 0 to go"
+    assert all_ready()
