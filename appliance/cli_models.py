@@ -132,7 +132,13 @@ def cmd_set_default(settings: Settings, args: argparse.Namespace) -> int:
         "restart: inference is the only process that loads a model, and the web reads the "
         "registry each time it lists models."
     )
-    if model.kind == "embedding":
+    if model.kind == "chat":
+        print(
+            "Existing instances keep the model id they were created with (it names their "
+            "prices in billing.model_prices and labels their answers): change it on each "
+            "instance's settings if that should follow."
+        )
+    else:
         _explain_reindex(settings, model.id)
     return 0
 
