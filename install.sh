@@ -26,8 +26,13 @@ System mode (a Debian/Ubuntu GPU server, as root):
                    the one-time setup link. Re-running upgrades in place
                    (services stop, code is replaced, migrations run, data kept).
   --cpu            no NVIDIA GPU: build llama.cpp for the CPU
-  --model URL      also pull this GGUF chat model and make it the default
-  --sha256 HEX     its expected SHA-256 (required with --model)
+  --model SPEC     also install a real chat model and make it the default:
+                   auto (the largest catalog model that fits this GPU, or this
+                   RAM and CPU: `appliance models recommend`), a catalog NAME
+                   (`appliance models list --catalog`), hf:OWNER/REPO/FILE.gguf,
+                   or a URL with --sha256. Without internet the bundled tiny
+                   models stay and the installer says how to pull later
+  --sha256 HEX     the expected SHA-256 (required with a URL --model)
   --cert FILE      TLS certificate (PEM, full chain) to serve; with --key
   --key FILE       its private key. Without them a self-signed certificate is
                    generated for this host's names and addresses (kept on upgrade)
@@ -56,7 +61,7 @@ DRY_RUN=0
 UNINSTALL=0
 PURGE_DATA=0
 HTTP_REDIRECT=0
-MODEL_URL=
+MODEL=
 MODEL_SHA256=
 TLS_CERT=
 TLS_KEY=
@@ -73,7 +78,7 @@ while [ $# -gt 0 ]; do
     --uninstall) UNINSTALL=1 ;;
     --purge-data) PURGE_DATA=1 ;;
     --http-redirect) HTTP_REDIRECT=1 ;;
-    --model) need_value "$1" $#; MODEL_URL=$2; shift ;;
+    --model) need_value "$1" $#; MODEL=$2; shift ;;
     --sha256) need_value "$1" $#; MODEL_SHA256=$2; shift ;;
     --cert) need_value "$1" $#; TLS_CERT=$2; shift ;;
     --key) need_value "$1" $#; TLS_KEY=$2; shift ;;
@@ -102,7 +107,7 @@ for flag in "$CPU:--cpu" "$DRY_RUN:--dry-run" "$PURGE_DATA:--purge-data" \
     exit 2
   fi
 done
-if [ -n "$MODEL_URL$MODEL_SHA256$TLS_CERT$TLS_KEY$PUBLIC_HOST" ]; then
+if [ -n "$MODEL$MODEL_SHA256$TLS_CERT$TLS_KEY$PUBLIC_HOST" ]; then
   echo "install.sh: --model, --sha256, --cert, --key and --hostname only apply to --system" >&2
   exit 2
 fi

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 import appliance
+from appliance import cli_models
 from appliance.config import Settings
 from appliance.errors import ApplianceError
 
@@ -201,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Re-embed every document (after changing the embedding model).",
         parents=[common],
     )
+    p.add_argument("--wait", action="store_true", help="show progress until the worker is done")
     p.set_defaults(handler=cmd_kb_reindex)
 
     p = command("logs", cmd_logs, "Show the request log (newest first; content-free).")
@@ -226,28 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="a backup .tar.gz")
     p.add_argument("--replace", action="store_true", help="overwrite the existing database")
 
-    models = command("models", None, "Manage installed models.")
-    msub = models.add_subparsers(title="models commands", metavar="ACTION")
-    models.set_defaults(handler=lambda s, a: models.print_help() or 2)
-
-    def model_command(name: str, handler: Callable, help: str):
-        p = msub.add_parser(name, help=help, description=help, parents=[common])
-        p.set_defaults(handler=handler)
-        return p
-
-    model_command("list", cmd_models_list, "List installed models.")
-    model_command("install-defaults", cmd_models_defaults, "Install the bundled models (offline).")
-    p = model_command("set-default", cmd_models_set_default, "Make a model the default.")
-    p.add_argument("model_id")
-    p = model_command("remove", cmd_models_remove, "Remove a model and its file.")
-    p.add_argument("model_id")
-    p = model_command("pull", cmd_models_pull, "Download a GGUF model (needs internet).")
-    p.add_argument("url", help="https URL of a .gguf file (e.g. a Hugging Face file URL)")
-    p.add_argument("--sha256", required=True, help="expected SHA-256 of the file")
-    p.add_argument("--id", dest="model_id", help="model id (default: from the file name)")
-    p.add_argument("--kind", choices=("chat", "embedding"), default="chat")
-    p.add_argument("--license", default="see the model card", help="license note")
-    p.add_argument("--default", action="store_true", help="make it the default of its kind")
+    cli_models.add_parser(sub, common)
     return parser
 
 
@@ -436,19 +417,61 @@ def cmd_kb_audit(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_kb_reindex(settings: Settings, args: argparse.Namespace) -> int:
+    import time
+
     from appliance.knowledge import service as knowledge
     from appliance.tasks import create_queue
 
+    _check_embedding_model_served(settings)
     db = _db(settings)
     try:
         ids = knowledge.reindex(db)
+        queue = create_queue(settings)
+        for document_id in ids:
+            queue.ingest_document(document_id)
+        print(f"queued {len(ids)} document(s) for re-embedding; the worker does the rest")
+        last = None
+        while args.wait and ids:
+            counts = knowledge.status_counts(db)
+            busy = sum(counts.get(s, 0) for s in ("queued", "extracting", "embedding"))
+            line = (
+                f"re-embedded {counts.get('ready', 0)} of {len(ids)} document(s), "
+                f"{counts.get('failed', 0)} failed, {busy} to go"
+            )
+            if line != last:
+                print(line, flush=True)
+                last = line
+            if not busy:
+                break
+            time.sleep(1)
     finally:
         db.close()
-    queue = create_queue(settings)
-    for document_id in ids:
-        queue.ingest_document(document_id)
-    print(f"queued {len(ids)} document(s) for re-embedding; the worker does the rest")
     return 0
+
+
+def _check_embedding_model_served(settings: Settings) -> None:
+    """Refuse to re-embed while inference still serves another model than the registry's
+    default (the worker would embed everything with the old one again)."""
+    from appliance.errors import Conflict, NotFound, Unavailable
+    from appliance.inference import models
+    from appliance.inference.client import InferenceClient
+
+    try:
+        wanted = models.load_registry(settings).resolve(
+            "embedding", settings.inference.embedding_model
+        )
+        served = InferenceClient.from_settings(settings).health().get("embedding_model")
+    except NotFound:
+        return  # no local registry: an external inference server decides
+    except Unavailable:
+        print("note: inference is not answering; the worker re-embeds once it is up")
+        return
+    if served and served != wanted.id:
+        raise Conflict(
+            f"the inference service still serves the embedding model '{served}', not "
+            f"'{wanted.id}': restart it first (sudo systemctl restart appliance-inference, "
+            "or restart `appliance up`), then run this again"
+        )
 
 
 def cmd_accounts_delete(settings: Settings, args: argparse.Namespace) -> int:
@@ -728,63 +751,6 @@ def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
         + ("" if not failed else f"; {len(failed)} failed")
     )
     return 1 if failed else 0
-
-
-def cmd_models_list(settings: Settings, args: argparse.Namespace) -> int:
-    from appliance.inference import models
-
-    registry = models.load_registry(settings)
-    rows = []
-    for model in registry.models.values():
-        row = asdict(model)
-        row["default"] = model.id in (registry.default_chat, registry.default_embedding)
-        rows.append(row)
-    print(json.dumps(rows, indent=2))
-    return 0
-
-
-def cmd_models_defaults(settings: Settings, args: argparse.Namespace) -> int:
-    from appliance.inference import models
-
-    settings.paths.models.mkdir(parents=True, exist_ok=True)
-    installed = models.install_defaults(settings)
-    if not installed:
-        print("the bundled models are already installed")
-    for model in installed:
-        print(f"installed {model.kind} model {model.id} ({model.file})")
-    return 0
-
-
-def cmd_models_set_default(settings: Settings, args: argparse.Namespace) -> int:
-    from appliance.inference import models
-
-    model = models.set_default(settings, args.model_id)
-    print(f"{model.id} is now the default {model.kind} model; restart inference to load it")
-    return 0
-
-
-def cmd_models_remove(settings: Settings, args: argparse.Namespace) -> int:
-    from appliance.inference import models
-
-    model = models.remove(settings, args.model_id)
-    print(f"removed {model.id}")
-    return 0
-
-
-def cmd_models_pull(settings: Settings, args: argparse.Namespace) -> int:
-    from appliance.inference import pull
-
-    model = pull.pull(
-        settings,
-        args.url,
-        sha256=args.sha256,
-        model_id=args.model_id,
-        kind=args.kind,
-        license=args.license,
-        make_default=args.default,
-    )
-    print(f"installed {model.kind} model {model.id} ({model.file})")
-    return 0
 
 
 if __name__ == "__main__":

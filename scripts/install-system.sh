@@ -54,6 +54,13 @@ as_appliance() {
     "APPLIANCE_CONFIG=$ETC_DIR/appliance.toml" "$VENV_DIR/bin/appliance" "$@"
 }
 
+# The CLI's output, for the script to use (not printed: the plan shows the command where
+# it is used).
+appliance_output() {
+  runuser -u "$APP_USER" -- env -C / "APPLIANCE_DATA_DIR=$DATA_DIR_SYS" \
+    "APPLIANCE_CONFIG=$ETC_DIR/appliance.toml" "$VENV_DIR/bin/appliance" "$@"
+}
+
 # -- checks -------------------------------------------------------------------------------
 
 PROBLEMS=()
@@ -306,6 +313,51 @@ exec $VENV_DIR/bin/appliance "\$@"
 EOF
 }
 
+# Whether the registry already holds what --model names (re-running the installer
+# upgrades in place and must not download again).
+model_installed() {
+  local key registry=$DATA_DIR_SYS/models/registry.json
+  case "$1" in
+    *://*) key=$MODEL_SHA256 ;;
+    hf:*) key="\"source\": \"${1%@*}@" ;;
+    *) key="\"id\": \"$1\"" ;;
+  esac
+  [ -r "$registry" ] && grep -qiF -- "$key" "$registry"
+}
+
+# --model auto|NAME|hf:...|URL: pull a real chat model and make it the default. Without
+# internet (or when the pull fails) the bundled tiny models stay and the installer says how
+# to pull later; the install goes on either way.
+install_model() {
+  [ -n "$MODEL" ] || return 0
+  step "chat model: $MODEL"
+  local spec=$MODEL
+  if [ "$MODEL" = auto ]; then
+    as_appliance models recommend || true
+    if [ "$DRY_RUN" = 1 ]; then
+      spec="<the recommended model>"
+    else
+      spec=$(appliance_output models recommend --name-only) || spec=
+    fi
+    if [ -z "$spec" ]; then
+      say "nothing in the catalog fits this machine: the bundled tiny model stays"
+      return 0
+    fi
+  fi
+  if [ "$DRY_RUN" = 0 ] && model_installed "$spec"; then
+    say "$spec is already installed"
+    return 0
+  fi
+  local args=(models pull "$spec" --default)
+  if [ -n "$MODEL_SHA256" ]; then args+=(--sha256 "$MODEL_SHA256"); fi
+  if ! as_appliance "${args[@]}"; then
+    echo "install.sh: could not pull $spec (no internet? the error is above)." >&2
+    echo "  The bundled tiny models stay in use. Pull it later with:" >&2
+    echo "    sudo appliance models pull $spec --default" >&2
+    echo "    sudo systemctl restart appliance-inference" >&2
+  fi
+}
+
 install_units() {
   step "systemd units"
   local unit
@@ -354,10 +406,14 @@ wait_ready() {
 }
 
 system_install() {
-  if [ -n "$MODEL_URL" ] && [ -z "$MODEL_SHA256" ]; then
-    echo "install.sh: --model needs --sha256 (the expected SHA-256 of the file)" >&2
-    exit 2
-  fi
+  case "$MODEL" in
+    *://*)
+      if [ -z "$MODEL_SHA256" ]; then
+        echo "install.sh: --model URL needs --sha256 (the expected SHA-256 of the file)" >&2
+        exit 2
+      fi
+      ;;
+  esac
   if [ -n "$TLS_CERT$TLS_KEY" ] && { [ -z "$TLS_CERT" ] || [ -z "$TLS_KEY" ]; }; then
     echo "install.sh: --cert and --key go together" >&2
     exit 2
@@ -395,13 +451,7 @@ system_install() {
   step "database (migrations), secrets and models"
   as_appliance init
   as_appliance models install-defaults
-  if [ -n "$MODEL_URL" ]; then
-    if grep -qi "$MODEL_SHA256" "$DATA_DIR_SYS/models/registry.json" 2>/dev/null; then
-      say "the model with SHA-256 $MODEL_SHA256 is already installed"
-    else
-      as_appliance models pull "$MODEL_URL" --sha256 "$MODEL_SHA256" --default
-    fi
-  fi
+  install_model
 
   install_units
   read -r PUBLIC_URL WEB_PORT <<<"$(installed_url_port)"

@@ -1,8 +1,10 @@
-"""``appliance models pull``: download a GGUF model on a server that has internet.
+"""``appliance models pull``: install a GGUF model on a server that has internet.
 
-Resumable (an interrupted download continues from its ``.partial`` file with an HTTP
-Range request), verified against the SHA-256 the operator gives, and it never
-overwrites an installed model.
+``install`` takes a catalog name, ``hf:OWNER/REPO/FILE.gguf[@REVISION]`` (both downloaded
+from the Hugging Face hub by ``hub.py``) or a URL. A URL download (``pull``) is resumable
+(an interrupted download continues from its ``.partial`` file with an HTTP Range request)
+and verified against the SHA-256 the operator gives. Nothing ever overwrites an installed
+model, and a download that does not match its checksum is deleted.
 """
 
 from __future__ import annotations
@@ -21,6 +23,80 @@ from appliance.inference import models
 CHUNK = 1 << 20
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
+HF_RE = re.compile(
+    r"^hf:(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)/(?P<file>[^@]+\.gguf)"
+    r"(?:@(?P<revision>[\w./-]+))?$"
+)
+
+
+def install(
+    settings: Settings,
+    spec: str,
+    *,
+    sha256: str = "",
+    model_id: str | None = None,
+    kind: models.Kind | None = None,
+    license: str | None = None,
+    make_default: bool = False,
+    progress: bool = True,
+) -> models.Model:
+    """Install the model ``spec`` names: a catalog name, ``hf:...`` or an http(s) URL."""
+    from appliance.inference import catalog, hub
+
+    sha256 = normalise_sha256(sha256) if sha256 else ""
+    if "://" in spec:
+        if not sha256:
+            raise InvalidInput(
+                "a URL outside the Hugging Face hub needs --sha256 (the file's expected "
+                "SHA-256); for a file on the hub use hf:OWNER/REPO/FILE.gguf"
+            )
+        return pull(
+            settings,
+            spec,
+            sha256=sha256,
+            model_id=model_id,
+            kind=kind or "chat",
+            license=license or "see the model card",
+            make_default=make_default,
+            progress=progress,
+        )
+    if spec.startswith("hf:"):
+        match = HF_RE.match(spec)
+        if not match or ".." in match["file"].split("/"):
+            raise InvalidInput(
+                f"'{spec}' is not a hub file: use hf:OWNER/REPO/FILE.gguf or "
+                "hf:OWNER/REPO/FILE.gguf@REVISION"
+            )
+        repo = match["repo"]
+        return hub.pull(
+            settings,
+            repo,
+            match["file"],
+            match["revision"] or "main",
+            sha256=sha256,
+            model_id=model_id,
+            kind=kind or "chat",
+            license=license or f"see the model card: https://huggingface.co/{repo}",
+            make_default=make_default,
+            progress=progress,
+        )
+    entry = catalog.get(settings, spec)
+    if kind and kind != entry.kind:
+        raise InvalidInput(f"'{entry.name}' is a {entry.kind} model, not a {kind} model")
+    if sha256 and entry.sha256 and sha256 != entry.sha256:
+        raise InvalidInput(f"--sha256 differs from the catalog's SHA-256 for '{entry.name}'")
+    return hub.pull(
+        settings,
+        entry.repo,
+        entry.file,
+        entry.revision,
+        sha256=sha256 or entry.sha256,
+        model_id=model_id or entry.name,
+        kind=entry.kind,
+        license=license or entry.license,
+        make_default=make_default,
+        progress=progress,
+    )
 
 
 def pull(
@@ -41,26 +117,14 @@ def pull(
         InvalidInput: bad URL, checksum format, or the download does not match.
         Conflict: a model with this id or file name is already installed.
     """
-    sha256 = sha256.strip().lower()
-    if not SHA256_RE.match(sha256):
-        raise InvalidInput("--sha256 must be 64 hexadecimal characters")
+    sha256 = normalise_sha256(sha256)
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.netloc:
         raise InvalidInput("the URL must be an http(s) URL of a .gguf file")
     name = Path(unquote(parts.path)).name
     if not name.endswith(".gguf") or name.startswith("."):
         raise InvalidInput("the URL must point at a .gguf file")
-    model_id = (model_id or name.removesuffix(".gguf")).lower()
-    if not ID_RE.match(model_id):
-        raise InvalidInput(f"model id '{model_id}' may use only a-z, 0-9, '.', '_' and '-'")
-
-    registry = models.load_registry(settings)
-    target = registry.directory / name
-    if model_id in registry.models:
-        raise Conflict(f"a model '{model_id}' is already installed; remove it first")
-    if target.exists():
-        raise Conflict(f"{target} already exists; remove the model that uses it first")
-    registry.directory.mkdir(parents=True, exist_ok=True)
+    registry, target, model_id = prepare(settings, name, model_id)
     partial = target.with_name(target.name + ".partial")
 
     own_client = client is None
@@ -70,14 +134,70 @@ def pull(
     finally:
         if own_client:
             http.close()
+    return finish(
+        registry,
+        partial,
+        target,
+        model_id,
+        expected=sha256,
+        kind=kind,
+        license=license,
+        source=url,
+        make_default=make_default,
+    )
 
-    digest = models.sha256_file(partial)
-    if digest != sha256:
-        partial.unlink()
+
+def normalise_sha256(sha256: str) -> str:
+    sha256 = sha256.strip().lower()
+    if not SHA256_RE.match(sha256):
+        raise InvalidInput("--sha256 must be 64 hexadecimal characters")
+    return sha256
+
+
+def prepare(
+    settings: Settings, file_name: str, model_id: str | None
+) -> tuple[models.Registry, Path, str]:
+    """The registry, the file's place in the models dir and the model id; refuses before
+    any download what would overwrite an installed model."""
+    model_id = (model_id or file_name.removesuffix(".gguf")).lower()
+    if not ID_RE.match(model_id):
+        raise InvalidInput(f"model id '{model_id}' may use only a-z, 0-9, '.', '_' and '-'")
+    registry = models.load_registry(settings)
+    target = registry.directory / file_name
+    if model_id in registry.models:
+        raise Conflict(f"a model '{model_id}' is already installed; remove it first")
+    if target.exists():
+        raise Conflict(f"{target} already exists; remove the model that uses it first")
+    registry.directory.mkdir(parents=True, exist_ok=True)
+    return registry, target, model_id
+
+
+def finish(
+    registry: models.Registry,
+    downloaded: Path,
+    target: Path,
+    model_id: str,
+    *,
+    expected: str,
+    kind: models.Kind,
+    license: str,
+    source: str,
+    make_default: bool,
+    mismatch: str = "",
+) -> models.Model:
+    """Check the download's SHA-256, move it into place and register it.
+
+    Raises:
+        InvalidInput: the checksum differs (the download is deleted) or the file is no GGUF.
+    """
+    digest = models.sha256_file(downloaded)
+    if digest != expected:
+        downloaded.unlink()
         raise InvalidInput(
-            f"checksum mismatch: expected {sha256}, got {digest}; the download was deleted"
+            f"checksum mismatch{mismatch}: expected {expected}, got {digest}; "
+            "the download was deleted"
         )
-    os.replace(partial, target)
+    os.replace(downloaded, target)
     try:
         return models.register(
             registry,
@@ -85,7 +205,7 @@ def pull(
             target,
             kind=kind,
             license=license,
-            source=url,
+            source=source,
             make_default=make_default,
         )
     except Exception:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import sqlite_utils
 
@@ -336,6 +336,24 @@ def _stored_files(settings: Settings) -> Iterable[tuple[str, str]]:
             if item.is_file() and item.name.startswith("doc_"):
                 found.append((account.name, item.name))
     return found
+
+
+def index_state(db: sqlite_utils.Database) -> dict[str, Any]:
+    """How many documents there are, and the embedding model and dimension of the vectors."""
+    store = KnowledgeStore(db)
+    count = next(db.query("select count(*) as n from documents"))["n"]
+    dimension = store.meta("embedding_dim")
+    return {
+        "documents": count,
+        "embedding_model": store.meta("embedding_model"),
+        "dimension": int(dimension) if dimension else None,
+    }
+
+
+def status_counts(db: sqlite_utils.Database) -> dict[str, int]:
+    """Documents by status (queued, extracting, embedding, ready, failed)."""
+    rows = db.query("select status, count(*) as n from documents group by status")
+    return {row["status"]: row["n"] for row in rows}
 
 
 def reindex(db: sqlite_utils.Database) -> list[str]:

@@ -72,12 +72,28 @@ def test_cpu_mode_skips_the_cuda_build():
 def test_model_pull_needs_a_checksum_and_is_planned_with_one():
     bad = install("--system", "--dry-run", "--model", "https://example.com/m.gguf")
     assert bad.returncode == 2
-    assert "--model needs --sha256" in bad.stderr
+    assert "--model URL needs --sha256" in bad.stderr
     good = install(
         "--system", "--dry-run", "--model", "https://example.com/m.gguf", "--sha256", "ab" * 32
     )
     assert good.returncode == 0
-    assert "models pull https://example.com/m.gguf --sha256 " + "ab" * 32 in good.stdout
+    assert "models pull https://example.com/m.gguf --default --sha256 " + "ab" * 32 in good.stdout
+
+
+def test_a_catalog_model_or_hub_file_needs_no_checksum():
+    for spec in ("qwen2.5-7b-instruct-q4_k_m", "hf:acme/x-GGUF/x.Q4_K_M.gguf"):
+        result = install("--system", "--dry-run", "--cpu", "--model", spec)
+        assert result.returncode == 0, result.stderr
+        assert f"==> chat model: {spec}" in result.stdout
+        assert f"appliance models pull {spec} --default\n" in result.stdout
+
+
+def test_model_auto_plans_the_recommendation_then_its_pull():
+    out = install("--system", "--dry-run", "--cpu", "--model", "auto").stdout
+    plan = out[out.index("==> chat model: auto") :]
+    recommend = plan.index("appliance models recommend")
+    pull = plan.index(r"appliance models pull \<the\ recommended\ model\> --default")
+    assert recommend < pull < plan.index("==> systemd units")
 
 
 def test_given_certificate_is_installed_instead_of_a_generated_one(tmp_path):
