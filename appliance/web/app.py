@@ -41,7 +41,9 @@ from appliance.web import (
 )
 from appliance.web.errors import EXCEPTION_HANDLERS
 from appliance.web.security import (
+    DEFAULT_BODY_LIMIT,
     add_security_headers,
+    body_limit_middleware,
     cross_site_middleware,
     strip_internal_headers_middleware,
 )
@@ -151,7 +153,9 @@ def create_app(
             strip_internal_headers_middleware,
             cross_site_middleware,
             requestlog.timer_middleware,
+            body_limit_middleware(settings),
         ],
+        request_max_body_size=DEFAULT_BODY_LIMIT,
         before_send=[add_security_headers, requestlog.recorder(settings, clock)],
         after_exception=[requestlog.note_exception],
         exception_handlers=EXCEPTION_HANDLERS,
