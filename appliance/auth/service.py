@@ -106,11 +106,19 @@ def _locked(db: sqlite_utils.Database, settings: Settings, subject: str, now: da
 
 
 def request_code(
-    db: sqlite_utils.Database, settings: Settings, email: str, client: str, now: datetime
+    db: sqlite_utils.Database,
+    settings: Settings,
+    email: str,
+    client: str,
+    now: datetime,
+    *,
+    replaces: str | None = None,
 ) -> CodeRequest:
     """Create a code for ``email`` (the caller mails it only if the address may sign in).
 
-    The same work is done for every address, known or not.
+    The same work is done for every address, known or not. ``replaces`` is the attempt the
+    browser held before: its code is void. Another browser's code stays valid, so asking
+    for a code for someone else's address does not cancel the code in their mailbox.
 
     Raises:
         Throttled: too many codes for this address or from this client in the last hour.
@@ -127,11 +135,12 @@ def request_code(
             raise Throttled("Too many sign-in codes requested. Try again later.", 900)
         _event(db, "code_sent", client_subject, now)
         _event(db, "code_sent", email_subject, now)
-        db.execute(
-            "update otp_codes set voided_at = ? where email = ? and used_at is null "
-            "and voided_at is null",
-            [iso(now), email],
-        )
+        if replaces:
+            db.execute(
+                "update otp_codes set voided_at = ? where attempt_hash = ? and used_at is null "
+                "and voided_at is null",
+                [iso(now), _sha256(replaces)],
+            )
         attempt_hash = _sha256(attempt_id)
         db.execute(
             """insert into otp_codes (id, attempt_hash, email, code_mac, created_at, expires_at)
@@ -157,48 +166,50 @@ def verify_code(
     client: str,
     now: datetime,
 ) -> None:
-    """Accept the code once, or raise ``InvalidCode`` (one message for every failure)."""
+    """Accept the code once, or raise ``InvalidCode`` (one message for every failure).
+
+    Every failure counts against the client address. It counts against the code and the
+    email address only when a live code was sent to this attempt (the browser's cookie):
+    someone who never received a code cannot void another person's code or lock their
+    address, only their own client.
+    """
     cfg = settings.auth
     email_subject, client_subject = _subjects(settings, email, client)
     code = (code or "").strip().replace(" ", "")
-    failed = False
+    attempt_hash = _sha256(attempt_id or "")
     with write_transaction(db):
         if _locked(db, settings, email_subject, now) or _locked(db, settings, client_subject, now):
             raise InvalidCode()
-        row = db.execute(
-            """select id, attempt_hash, code_mac, failures from otp_codes
-               where email = ? and used_at is null and voided_at is null and expires_at > ?
-               order by created_at desc limit 1""",
-            [email, iso(now)],
-        ).fetchone()
-        attempt_hash = _sha256(attempt_id or "")
+        row = next(
+            db.query(
+                """select id, code_mac, failures from otp_codes
+                   where email = ? and attempt_hash = ? and used_at is null
+                   and voided_at is null and expires_at > ?""",
+                [email, attempt_hash, iso(now)],
+            ),
+            None,
+        )
+        codes = db.table("otp_codes")
         if (
             row is not None
             and len(code) == 6
             and code.isdigit()
-            and hmac.compare_digest(row[1], attempt_hash)
-            and hmac.compare_digest(row[2], _mac(settings, attempt_hash, email, code))
+            and hmac.compare_digest(row["code_mac"], _mac(settings, attempt_hash, email, code))
         ):
-            db.execute("update otp_codes set used_at = ? where id = ?", [iso(now), row[0]])
+            codes.update(row["id"], {"used_at": iso(now)})
             return
-        failed = True
+        counted = [(client_subject, cfg.client_lock_failures)]
         if row is not None:
-            failures = row[3] + 1
+            failures = row["failures"] + 1
             voided = iso(now) if failures >= cfg.code_max_failures else None
-            db.execute(
-                "update otp_codes set failures = ?, voided_at = ? where id = ?",
-                [failures, voided, row[0]],
-            )
+            codes.update(row["id"], {"failures": failures, "voided_at": voided})
+            counted.append((email_subject, cfg.account_lock_failures))
         hour_ago = now - timedelta(hours=1)
-        for subject, limit in (
-            (email_subject, cfg.account_lock_failures),
-            (client_subject, cfg.client_lock_failures),
-        ):
+        for subject, limit in counted:
             _event(db, "code_failed", subject, now)
             if _count(db, "code_failed", subject, hour_ago) >= limit:
                 _event(db, "lock", subject, now)
-    if failed:
-        raise InvalidCode()
+    raise InvalidCode()
 
 
 # -- sessions ---------------------------------------------------------------------------
