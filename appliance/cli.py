@@ -167,7 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = ksub.add_parser("create", help="Create an API key (printed once).", parents=[common])
     p.add_argument("--email", required=True, help="the user the key acts as")
     p.add_argument("--account", required=True, help="account id")
-    p.add_argument("--scope", choices=("inference", "manage"), required=True)
+    p.add_argument(
+        "--scope",
+        choices=("inference", "manage", "admin"),
+        required=True,
+        help="admin: the operator API (/api/admin) only, for server operators",
+    )
     p.add_argument("--instance", help="instance id the key is bound to")
     p.add_argument("--name", default="cli", help="a name to recognise the key by")
     p.set_defaults(handler=cmd_keys_create)
@@ -357,22 +362,29 @@ def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
     from appliance.accounts import service as accounts
     from appliance.auth import service as auth
     from appliance.clock import utcnow
-    from appliance.errors import NotFound
+    from appliance.errors import InvalidInput, NotFound
 
     db = _db(settings)
     try:
         user = accounts.user_by_email(db, args.email)
         if user is None or accounts.role_in(db, args.account, user.id) is None:
             raise NotFound(f"{args.email} is not a member of account {args.account}")
-        key, secret = auth.create_key(
-            db,
-            user_id=user.id,
-            account_id=args.account,
-            name=args.name,
-            scope=args.scope,
-            now=utcnow(),
-            instance_id=args.instance,
-        )
+        if args.scope == auth.ADMIN_SCOPE:
+            if not user.operator:
+                raise InvalidInput(f"{args.email} is not a server operator")
+            key, secret = auth.create_admin_key(
+                db, user_id=user.id, account_id=args.account, name=args.name, now=utcnow()
+            )
+        else:
+            key, secret = auth.create_key(
+                db,
+                user_id=user.id,
+                account_id=args.account,
+                name=args.name,
+                scope=args.scope,
+                now=utcnow(),
+                instance_id=args.instance,
+            )
     finally:
         db.close()
     print(

@@ -29,7 +29,10 @@ from appliance.errors import InvalidInput, NotFound, Throttled
 from appliance.ids import new_id
 
 KEY_PREFIX = "apl_"
+#: Scopes anyone may create through the API. ``admin`` (operator actions) has its own
+#: function, ``create_admin_key``, which only the CLI calls.
 SCOPES = ("inference", "manage")
+ADMIN_SCOPE = "admin"
 GENERIC_CODE_ERROR = "That code is not valid. Check it, or ask for a new one."
 TOUCH_EVERY = timedelta(seconds=60)
 
@@ -348,11 +351,35 @@ def create_key(
     expires_at: datetime | None = None,
 ) -> tuple[ApiKey, str]:
     """A new key; returns its record and the secret, which is never shown again."""
+    if scope not in SCOPES:
+        raise InvalidInput("The scope must be 'inference' or 'manage'.")
+    return _new_key(db, user_id, account_id, name, scope, now, instance_id, expires_at)
+
+
+def create_admin_key(
+    db: sqlite_utils.Database, *, user_id: str, account_id: str, name: str, now: datetime
+) -> tuple[ApiKey, str]:
+    """A key for the operator API (``/api/admin``) and nothing else.
+
+    The caller (the CLI) checks that the user is a server operator: an operator's ordinary
+    ``manage`` keys carry no operator powers.
+    """
+    return _new_key(db, user_id, account_id, name, ADMIN_SCOPE, now, None, None)
+
+
+def _new_key(
+    db: sqlite_utils.Database,
+    user_id: str,
+    account_id: str,
+    name: str,
+    scope: str,
+    now: datetime,
+    instance_id: str | None,
+    expires_at: datetime | None,
+) -> tuple[ApiKey, str]:
     name = (name or "").strip()
     if not name or len(name) > 100:
         raise InvalidInput("The key name must be 1 to 100 characters.")
-    if scope not in SCOPES:
-        raise InvalidInput("The scope must be 'inference' or 'manage'.")
     if expires_at is not None and expires_at <= now:
         raise InvalidInput("The expiry must be in the future.")
     secret = KEY_PREFIX + secrets.token_urlsafe(24)
