@@ -18,6 +18,11 @@ log = logging.getLogger("appliance")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from appliance import permissions
+
+    # Before anything is created: the web, worker and inference services and every
+    # command run through here, and what they write is private to the service user.
+    permissions.restrict_umask()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
@@ -646,8 +651,9 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def initialise(settings: Settings) -> None:
-    """Create the data dir layout, secrets and database. Safe to run again."""
-    from appliance import vault
+    """Create the data dir layout, secrets and database, all private to this user. Safe to
+    run again."""
+    from appliance import permissions, vault
     from appliance.db import open_db
     from appliance.errors import ConfigError
 
@@ -663,6 +669,9 @@ def initialise(settings: Settings) -> None:
         raise ConfigError(f"data dir {root} is not writable: {exc.strerror}") from None
     vault.ensure_secrets(settings)
     open_db(settings).close()
+    # An install from before the data dir was private (0755 / 0644) becomes private here:
+    # the installer runs init on every upgrade.
+    permissions.make_private(root)
 
 
 def print_setup_link(settings: Settings) -> None:

@@ -75,6 +75,7 @@ def test_common_hardening(name):
         "RestrictNamespaces",
     ):
         assert one(unit, key) == "yes", key
+    assert one(unit, "UMask") == "0077"  # the data dir stays private (audit 2026-12)
     assert one(unit, "ProtectSystem") == "strict"
     assert unit["ReadWritePaths"] == ["/var/lib/appliance"]
     assert "@system-service" in unit["SystemCallFilter"]
