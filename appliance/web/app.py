@@ -41,6 +41,7 @@ from appliance.web import (
 )
 from appliance.web.errors import EXCEPTION_HANDLERS
 from appliance.web.security import (
+    CSRF_EXEMPT,
     DEFAULT_BODY_LIMIT,
     add_security_headers,
     body_limit_middleware,
@@ -145,9 +146,7 @@ def create_app(
             cookie_name=identity.cookie_names(settings)["csrf"],
             cookie_secure=https,
             cookie_samesite="lax",
-            # /api checks the header itself (web/identity.py); /v1 takes bearer keys only;
-            # Stripe's webhook is authenticated by its signature (web/billing.py).
-            exclude=["/v1/", "/api/", "/stripe/webhook"],
+            exclude=list(CSRF_EXEMPT),
         ),
         middleware=[
             strip_internal_headers_middleware,

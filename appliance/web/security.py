@@ -25,7 +25,13 @@ CSP = "; ".join(
 )
 HSTS = "max-age=31536000; includeSubDomains"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-#: Routes authenticated by something other than a browser cookie (bearer keys, signatures).
+#: The paths Litestar's CSRF middleware does not check: regexes, anchored at the start of
+#: the path. ``/api`` checks the ``X-CSRFToken`` header itself (web/identity.py); ``/v1``
+#: takes bearer keys only; Stripe's webhook is authenticated by its signature
+#: (web/billing.py).
+CSRF_EXEMPT = (r"^/api/", r"^/v1/", r"^/stripe/webhook$")
+#: Path prefixes the cross-site check skips: authenticated by bearer keys only, never a
+#: browser cookie.
 CROSS_SITE_EXEMPT = ("/v1/",)
 #: Largest body of a route without a limit of its own (JSON, forms), in bytes. Litestar
 #: enforces it on the bytes received, chunked or not.
