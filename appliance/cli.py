@@ -660,7 +660,10 @@ def initialise(settings: Settings) -> None:
     root = settings.paths.data_dir
     try:
         root.mkdir(parents=True, exist_ok=True)
-        for path in (settings.paths.files, settings.paths.models, settings.paths.outbox):
+        # Every directory a systemd unit names (ReadOnlyPaths=, InaccessiblePaths=) exists
+        # before the services start, so the unit's restriction applies to it.
+        paths = settings.paths
+        for path in (paths.files, paths.models, paths.outbox, paths.exports):
             path.mkdir(exist_ok=True)
         probe = root / ".write-test"
         probe.write_text("ok")

@@ -519,6 +519,10 @@ class Paths:
     def secrets(self) -> Path:
         return self.data_dir / "secrets"
 
+    @property
+    def exports(self) -> Path:
+        return self.data_dir / "exports"
+
 
 @dataclass(frozen=True)
 class Settings:

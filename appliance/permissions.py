@@ -49,15 +49,15 @@ def loose_paths(root: Path) -> list[tuple[Path, int]]:
 def make_private(root: Path) -> list[Path]:
     """Remove the group's and others' permissions from ``root`` and everything in it.
 
-    Returns the paths changed. A path this user may not change (another owner) is left
-    as it is, for ``appliance doctor`` to report.
+    Returns the paths changed. A path this user may not change (another owner, a
+    read-only mount) is left as it is, for ``appliance doctor`` to report.
     """
     changed = []
     for path, mode in _walk(root):
         if mode & 0o077:
             try:
                 os.chmod(path, stat.S_IMODE(mode) & ~0o077)
-            except PermissionError:
+            except OSError:  # another owner, or a read-only mount
                 continue
             changed.append(path)
     return changed
