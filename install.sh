@@ -20,7 +20,7 @@ Local mode (default, no root needed):
 
 System mode (a Debian/Ubuntu GPU server, as root):
   --system         install as systemd services: code and venv in /opt/appliance,
-                   data in /var/lib/appliance (0750), settings in
+                   data in /var/lib/appliance (0700), settings in
                    /etc/appliance/appliance.toml and appliance.env (0640), TLS on
                    port 443; then start, wait for /readyz and print the URL and
                    the one-time setup link. Re-running upgrades in place

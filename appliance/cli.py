@@ -19,6 +19,11 @@ log = logging.getLogger("appliance")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from appliance import permissions
+
+    # Before anything is created: the web, worker and inference services and every
+    # command run through here, and what they write is private to the service user.
+    permissions.restrict_umask()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
@@ -168,7 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = ksub.add_parser("create", help="Create an API key (printed once).", parents=[common])
     p.add_argument("--email", required=True, help="the user the key acts as")
     p.add_argument("--account", required=True, help="account id")
-    p.add_argument("--scope", choices=("inference", "manage"), required=True)
+    p.add_argument(
+        "--scope",
+        choices=("inference", "manage", "admin"),
+        required=True,
+        help="admin: the operator API (/api/admin) only, for server operators",
+    )
     p.add_argument("--instance", help="instance id the key is bound to")
     p.add_argument("--name", default="cli", help="a name to recognise the key by")
     p.set_defaults(handler=cmd_keys_create)
@@ -338,22 +348,29 @@ def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
     from appliance.accounts import service as accounts
     from appliance.auth import service as auth
     from appliance.clock import utcnow
-    from appliance.errors import NotFound
+    from appliance.errors import InvalidInput, NotFound
 
     db = _db(settings)
     try:
         user = accounts.user_by_email(db, args.email)
         if user is None or accounts.role_in(db, args.account, user.id) is None:
             raise NotFound(f"{args.email} is not a member of account {args.account}")
-        key, secret = auth.create_key(
-            db,
-            user_id=user.id,
-            account_id=args.account,
-            name=args.name,
-            scope=args.scope,
-            now=utcnow(),
-            instance_id=args.instance,
-        )
+        if args.scope == auth.ADMIN_SCOPE:
+            if not user.operator:
+                raise InvalidInput(f"{args.email} is not a server operator")
+            key, secret = auth.create_admin_key(
+                db, user_id=user.id, account_id=args.account, name=args.name, now=utcnow()
+            )
+        else:
+            key, secret = auth.create_key(
+                db,
+                user_id=user.id,
+                account_id=args.account,
+                name=args.name,
+                scope=args.scope,
+                now=utcnow(),
+                instance_id=args.instance,
+            )
     finally:
         db.close()
     print(
@@ -657,15 +674,19 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def initialise(settings: Settings) -> None:
-    """Create the data dir layout, secrets and database. Safe to run again."""
-    from appliance import vault
+    """Create the data dir layout, secrets and database, all private to this user. Safe to
+    run again."""
+    from appliance import permissions, vault
     from appliance.db import open_db
     from appliance.errors import ConfigError
 
     root = settings.paths.data_dir
     try:
         root.mkdir(parents=True, exist_ok=True)
-        for path in (settings.paths.files, settings.paths.models, settings.paths.outbox):
+        # Every directory a systemd unit names (ReadOnlyPaths=, InaccessiblePaths=) exists
+        # before the services start, so the unit's restriction applies to it.
+        paths = settings.paths
+        for path in (paths.files, paths.models, paths.outbox, paths.exports):
             path.mkdir(exist_ok=True)
         probe = root / ".write-test"
         probe.write_text("ok")
@@ -674,6 +695,9 @@ def initialise(settings: Settings) -> None:
         raise ConfigError(f"data dir {root} is not writable: {exc.strerror}") from None
     vault.ensure_secrets(settings)
     open_db(settings).close()
+    # An install from before the data dir was private (0755 / 0644) becomes private here:
+    # the installer runs init on every upgrade.
+    permissions.make_private(root)
 
 
 def print_setup_link(settings: Settings) -> None:

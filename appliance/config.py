@@ -306,7 +306,8 @@ class AuthSettings:
     )
     account_lock_failures: int = setting(
         100,
-        "Wrong codes for one address within an hour that lock its sign-in.",
+        "Wrong codes for one address within an hour that lock its sign-in (only tries with "
+        "the attempt cookie of a code that was sent count).",
         min=5,
     )
     client_lock_failures: int = setting(
@@ -517,6 +518,10 @@ class Paths:
     @property
     def secrets(self) -> Path:
         return self.data_dir / "secrets"
+
+    @property
+    def exports(self) -> Path:
+        return self.data_dir / "exports"
 
 
 @dataclass(frozen=True)

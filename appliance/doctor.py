@@ -8,7 +8,7 @@ import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from appliance import heartbeat, mail, vault
+from appliance import heartbeat, mail, permissions, vault
 from appliance.config import Settings
 from appliance.db import integrity_check, open_db
 from appliance.errors import ApplianceError
@@ -27,7 +27,7 @@ class Check:
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    checks = [_data_dir(settings), _secrets(settings), _mail(settings)]
+    checks = [_data_dir(settings), _permissions(settings), _secrets(settings), _mail(settings)]
     checks += _database(settings)
     checks += _purges(settings)
     checks += _billing(settings)
@@ -46,6 +46,21 @@ def _data_dir(settings: Settings) -> Check:
     if not os.access(root, os.W_OK):
         return Check("data dir", "fail", f"{root} is not writable by this user")
     return Check("data dir", "ok", str(root))
+
+
+def _permissions(settings: Settings) -> Check:
+    root = settings.paths.data_dir
+    loose = permissions.loose_paths(root)
+    if loose:
+        shown = ", ".join(f"{path.relative_to(root.parent)} {mode:04o}" for path, mode in loose[:3])
+        more = f" and {len(loose) - 3} more" if len(loose) > 3 else ""
+        return Check(
+            "permissions",
+            "fail",
+            f"readable by other users: {shown}{more} (run `appliance init` as the data "
+            "dir's owner to make them private)",
+        )
+    return Check("permissions", "ok", "the data dir is private (directories 0700, files 0600)")
 
 
 def _secrets(settings: Settings) -> Check:

@@ -221,15 +221,15 @@ def _build(settings: Settings, mail: Mail) -> EmailMessage:
 
 def _send_file(settings: Settings, mail: Mail, message: EmailMessage) -> None:
     outbox = settings.paths.outbox
-    outbox.mkdir(mode=0o750, parents=True, exist_ok=True)
+    outbox.mkdir(mode=0o700, parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     name = f"{stamp}-{secrets.token_hex(6)}.eml"
     # A dot-name without .eml: readers never see a half-written message.
     temp = outbox / f".{name}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o640)  # whatever the umask
+            os.fchmod(handle.fileno(), 0o600)  # whatever the umask: it holds sign-in codes
             handle.write(message.as_bytes())
             handle.flush()
             os.fsync(handle.fileno())

@@ -440,7 +440,7 @@ system_install() {
     run useradd --system --user-group --home-dir "$DATA_DIR_SYS" --no-create-home \
       --shell /usr/sbin/nologin --comment "private AI appliance" "$APP_USER"
   fi
-  run install -d -m 0750 -o "$APP_USER" -g "$APP_USER" "$DATA_DIR_SYS"
+  run install -d -m 0700 -o "$APP_USER" -g "$APP_USER" "$DATA_DIR_SYS" "$DATA_DIR_SYS/backups"
 
   install_code
   write_settings

@@ -151,7 +151,7 @@ def test_file_backend_writes_a_parseable_eml(settings):
     assert len(files) == 1
     path = files[0]
     assert path.suffix == ".eml"
-    assert path.stat().st_mode & 0o777 == 0o640
+    assert path.stat().st_mode & 0o777 == 0o600
     assert CODE.encode() in path.read_bytes()  # readable on disk, not base64
 
     [message] = mail.outbox_messages(settings)

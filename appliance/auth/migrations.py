@@ -56,3 +56,34 @@ def m001_create_auth(db: sqlite_utils.Database) -> None:
         create index auth_events_by_subject on auth_events(kind, subject, at);
         """
     )
+
+
+@migrations()
+def m002_admin_key_scope(db: sqlite_utils.Database) -> None:
+    """Keys may have scope ``admin`` (operator actions; created by the CLI only).
+
+    SQLite cannot change a CHECK constraint, so the table is rebuilt with the same rows.
+    """
+    db.executescript(
+        """
+        create table api_keys_new (
+            id text primary key,
+            prefix text not null,
+            key_hash text not null unique,
+            name text not null,
+            scope text not null check (scope in ('inference', 'manage', 'admin')),
+            account_id text not null references accounts(id) on delete cascade,
+            user_id text not null references users(id) on delete cascade,
+            instance_id text,
+            created_at text not null,
+            expires_at text,
+            last_used_at text,
+            revoked_at text
+        );
+        insert into api_keys_new select id, prefix, key_hash, name, scope, account_id, user_id,
+            instance_id, created_at, expires_at, last_used_at, revoked_at from api_keys;
+        drop table api_keys;
+        alter table api_keys_new rename to api_keys;
+        create index api_keys_by_account on api_keys(account_id);
+        """
+    )

@@ -29,7 +29,10 @@ from appliance.errors import InvalidInput, NotFound, Throttled
 from appliance.ids import new_id
 
 KEY_PREFIX = "apl_"
+#: Scopes anyone may create through the API. ``admin`` (operator actions) has its own
+#: function, ``create_admin_key``, which only the CLI calls.
 SCOPES = ("inference", "manage")
+ADMIN_SCOPE = "admin"
 GENERIC_CODE_ERROR = "That code is not valid. Check it, or ask for a new one."
 TOUCH_EVERY = timedelta(seconds=60)
 
@@ -106,11 +109,19 @@ def _locked(db: sqlite_utils.Database, settings: Settings, subject: str, now: da
 
 
 def request_code(
-    db: sqlite_utils.Database, settings: Settings, email: str, client: str, now: datetime
+    db: sqlite_utils.Database,
+    settings: Settings,
+    email: str,
+    client: str,
+    now: datetime,
+    *,
+    replaces: str | None = None,
 ) -> CodeRequest:
     """Create a code for ``email`` (the caller mails it only if the address may sign in).
 
-    The same work is done for every address, known or not.
+    The same work is done for every address, known or not. ``replaces`` is the attempt the
+    browser held before: its code is void. Another browser's code stays valid, so asking
+    for a code for someone else's address does not cancel the code in their mailbox.
 
     Raises:
         Throttled: too many codes for this address or from this client in the last hour.
@@ -127,11 +138,12 @@ def request_code(
             raise Throttled("Too many sign-in codes requested. Try again later.", 900)
         _event(db, "code_sent", client_subject, now)
         _event(db, "code_sent", email_subject, now)
-        db.execute(
-            "update otp_codes set voided_at = ? where email = ? and used_at is null "
-            "and voided_at is null",
-            [iso(now), email],
-        )
+        if replaces:
+            db.execute(
+                "update otp_codes set voided_at = ? where attempt_hash = ? and used_at is null "
+                "and voided_at is null",
+                [iso(now), _sha256(replaces)],
+            )
         attempt_hash = _sha256(attempt_id)
         db.execute(
             """insert into otp_codes (id, attempt_hash, email, code_mac, created_at, expires_at)
@@ -157,48 +169,50 @@ def verify_code(
     client: str,
     now: datetime,
 ) -> None:
-    """Accept the code once, or raise ``InvalidCode`` (one message for every failure)."""
+    """Accept the code once, or raise ``InvalidCode`` (one message for every failure).
+
+    Every failure counts against the client address. It counts against the code and the
+    email address only when a live code was sent to this attempt (the browser's cookie):
+    someone who never received a code cannot void another person's code or lock their
+    address, only their own client.
+    """
     cfg = settings.auth
     email_subject, client_subject = _subjects(settings, email, client)
     code = (code or "").strip().replace(" ", "")
-    failed = False
+    attempt_hash = _sha256(attempt_id or "")
     with write_transaction(db):
         if _locked(db, settings, email_subject, now) or _locked(db, settings, client_subject, now):
             raise InvalidCode()
-        row = db.execute(
-            """select id, attempt_hash, code_mac, failures from otp_codes
-               where email = ? and used_at is null and voided_at is null and expires_at > ?
-               order by created_at desc limit 1""",
-            [email, iso(now)],
-        ).fetchone()
-        attempt_hash = _sha256(attempt_id or "")
+        row = next(
+            db.query(
+                """select id, code_mac, failures from otp_codes
+                   where email = ? and attempt_hash = ? and used_at is null
+                   and voided_at is null and expires_at > ?""",
+                [email, attempt_hash, iso(now)],
+            ),
+            None,
+        )
+        codes = db.table("otp_codes")
         if (
             row is not None
             and len(code) == 6
             and code.isdigit()
-            and hmac.compare_digest(row[1], attempt_hash)
-            and hmac.compare_digest(row[2], _mac(settings, attempt_hash, email, code))
+            and hmac.compare_digest(row["code_mac"], _mac(settings, attempt_hash, email, code))
         ):
-            db.execute("update otp_codes set used_at = ? where id = ?", [iso(now), row[0]])
+            codes.update(row["id"], {"used_at": iso(now)})
             return
-        failed = True
+        counted = [(client_subject, cfg.client_lock_failures)]
         if row is not None:
-            failures = row[3] + 1
+            failures = row["failures"] + 1
             voided = iso(now) if failures >= cfg.code_max_failures else None
-            db.execute(
-                "update otp_codes set failures = ?, voided_at = ? where id = ?",
-                [failures, voided, row[0]],
-            )
+            codes.update(row["id"], {"failures": failures, "voided_at": voided})
+            counted.append((email_subject, cfg.account_lock_failures))
         hour_ago = now - timedelta(hours=1)
-        for subject, limit in (
-            (email_subject, cfg.account_lock_failures),
-            (client_subject, cfg.client_lock_failures),
-        ):
+        for subject, limit in counted:
             _event(db, "code_failed", subject, now)
             if _count(db, "code_failed", subject, hour_ago) >= limit:
                 _event(db, "lock", subject, now)
-    if failed:
-        raise InvalidCode()
+    raise InvalidCode()
 
 
 # -- sessions ---------------------------------------------------------------------------
@@ -337,11 +351,35 @@ def create_key(
     expires_at: datetime | None = None,
 ) -> tuple[ApiKey, str]:
     """A new key; returns its record and the secret, which is never shown again."""
+    if scope not in SCOPES:
+        raise InvalidInput("The scope must be 'inference' or 'manage'.")
+    return _new_key(db, user_id, account_id, name, scope, now, instance_id, expires_at)
+
+
+def create_admin_key(
+    db: sqlite_utils.Database, *, user_id: str, account_id: str, name: str, now: datetime
+) -> tuple[ApiKey, str]:
+    """A key for the operator API (``/api/admin``) and nothing else.
+
+    The caller (the CLI) checks that the user is a server operator: an operator's ordinary
+    ``manage`` keys carry no operator powers.
+    """
+    return _new_key(db, user_id, account_id, name, ADMIN_SCOPE, now, None, None)
+
+
+def _new_key(
+    db: sqlite_utils.Database,
+    user_id: str,
+    account_id: str,
+    name: str,
+    scope: str,
+    now: datetime,
+    instance_id: str | None,
+    expires_at: datetime | None,
+) -> tuple[ApiKey, str]:
     name = (name or "").strip()
     if not name or len(name) > 100:
         raise InvalidInput("The key name must be 1 to 100 characters.")
-    if scope not in SCOPES:
-        raise InvalidInput("The scope must be 'inference' or 'manage'.")
     if expires_at is not None and expires_at <= now:
         raise InvalidInput("The expiry must be in the future.")
     secret = KEY_PREFIX + secrets.token_urlsafe(24)

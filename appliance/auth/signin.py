@@ -21,18 +21,21 @@ def start(
     email: str,
     client: str,
     now: datetime,
+    *,
+    replaces: str | None = None,
 ) -> str:
     """Create a code and queue its mail; returns the attempt id for the cookie.
 
     Known and unknown addresses take the same path: the worker's task decides whether
-    the address may sign in and only then sends the mail.
+    the address may sign in and only then sends the mail. ``replaces``: the attempt id
+    the browser held before (its code is void).
 
     Raises:
         InvalidInput: not an email address.
         Throttled: too many codes requested.
     """
     email = accounts.normalise_email(email)
-    request = auth.request_code(db, settings, email, client, now)
+    request = auth.request_code(db, settings, email, client, now, replaces=replaces)
     queue.send_signin_code(email, request.code)
     return request.attempt_id
 

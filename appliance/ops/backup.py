@@ -17,6 +17,10 @@ ingestion is picked up from the documents table on the worker's start), ``outbox
 (sent mail, which carries sign-in codes), ``models/`` (large and reinstallable with
 ``appliance models``).
 
+Restore accepts exactly the names a backup writes (``MEMBERS``), each with the SHA-256
+its manifest lists, and checks both before it writes anything: a crafted archive cannot
+plant ``queue.db`` (whose task payloads the worker unpickles) or anything else.
+
 Retention: a backup must not keep erased data past the privacy policy's erase window,
 so :func:`prune` removes backups older than ``privacy.erase_window_days``.
 """
@@ -38,6 +42,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import appliance
+from appliance import vault
 from appliance.config import Settings
 from appliance.errors import Conflict, InvalidInput, NotFound
 
@@ -46,8 +51,16 @@ MANIFEST = "manifest.json"
 PREFIX = "appliance-backup-"
 SUFFIX = ".tar.gz"
 NAME = re.compile(re.escape(PREFIX) + r"(\d{8}T\d{6}Z)" + re.escape(SUFFIX) + "$")
-SKIPPED_SECRETS = ("setup_token",)
 CHUNK = 1 << 20
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"  # no hidden or temporary files (.upload-…)
+#: Every name a backup writes, besides the manifest: the database, the data dir's
+#: settings, the generated secrets (not the one-time setup token) and the uploads
+#: (``files/<account>/<id>``, ``files/<account>/voice/<id>``).
+MEMBERS = re.compile(
+    r"appliance\.db|appliance\.toml"
+    rf"|secrets/(?:{'|'.join(vault.SECRETS)})"
+    rf"|files/{_NAME}/(?:voice/)?{_NAME}"
+)
 
 
 @dataclass(frozen=True)
@@ -112,9 +125,9 @@ def _data_files(settings: Settings) -> Iterator[tuple[Path, str]]:
         for path in sorted(directory.rglob("*")):
             if path.is_symlink() or not path.is_file():
                 continue
-            if directory == settings.paths.secrets and path.name in SKIPPED_SECRETS:
-                continue
-            yield path, path.relative_to(root).as_posix()
+            name = path.relative_to(root).as_posix()
+            if MEMBERS.fullmatch(name):
+                yield path, name
     config = root / "appliance.toml"
     if config.is_file():
         yield config, "appliance.toml"
@@ -215,7 +228,8 @@ def verify(src: Path) -> dict:
 
     Refuses (InvalidInput) an archive whose own checksum (``.sha256`` beside it) or any
     member's checksum differs, that has members the manifest does not list (or lacks
-    listed ones), or members that are not plain files with safe relative names.
+    listed ones), members that are not plain files with safe relative names, or names a
+    backup never writes (``MEMBERS``).
     """
     src = Path(src)
     if not src.is_file():
@@ -231,6 +245,8 @@ def verify(src: Path) -> dict:
             by_name = {}
             for member in members:
                 _check_member(member)
+                if member.name != MANIFEST and not MEMBERS.fullmatch(member.name):
+                    raise InvalidInput(f"{src}: {member.name!r} is not part of a backup")
                 by_name[member.name] = member
             if MANIFEST not in by_name:
                 raise InvalidInput(f"{src}: no {MANIFEST}: not an appliance backup")

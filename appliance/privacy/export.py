@@ -67,7 +67,7 @@ _COLUMNS = (
 
 
 def export_dir(settings: Settings) -> Path:
-    return settings.paths.data_dir / "exports"
+    return settings.paths.exports
 
 
 def export_path(settings: Settings, export_id: str) -> Path:

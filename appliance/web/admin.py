@@ -1,7 +1,8 @@
 """The operator page (``/admin``) and its JSON API (``/api/admin/...``).
 
-Only server operators (``users.operator``) see them; everyone else, signed in or not,
-gets 404, so the page's existence is confirmed to no one else. Each action here also
+Only server operators (``users.operator``) see them, signed in or with a key of scope
+``admin`` (``appliance keys create --scope admin``); everyone else, signed in or not, and
+any other key gets 404, so the page's existence is confirmed to no one else. Each action here also
 exists in the CLI (``appliance accounts suspend|unsuspend|delete``, ``appliance admin
 status``).
 """
@@ -17,6 +18,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, URLEncodedBody
 from litestar.response import Redirect, Template
 
+from appliance.auth import service as auth
 from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.errors import ApplianceError, InvalidInput, NotFound
@@ -32,10 +34,15 @@ def provide_operator(
     identity: NamedDependency[Identity | None],
     settings: NamedDependency[Settings],
 ) -> Identity:
-    """The signed-in operator; 404 for anyone else (anonymous included)."""
+    """The operator, signed in or with an ``admin`` key; 404 for anyone else (anonymous,
+    and an operator's ordinary keys, included)."""
     if identity is None or not identity.user.operator:
         raise NotFound("Not found.")
-    # The usual checks of a signed-in request: key scope, and CSRF on unsafe /api calls.
+    if identity.key is not None:
+        if identity.key.scope != auth.ADMIN_SCOPE:
+            raise NotFound("Not found.")
+        return identity
+    # A session: the usual checks of a signed-in request (CSRF on unsafe /api calls).
     return identities.provide_me(request, identity, settings)
 
 

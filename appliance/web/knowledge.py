@@ -22,6 +22,7 @@ from appliance.knowledge import service as knowledge
 from appliance.knowledge.store import Document
 from appliance.tasks import TaskQueue
 from appliance.web.identity import Identity
+from appliance.web.security import BODY_LIMIT, MULTIPART_OVERHEAD
 
 MAX_FILES = 20
 
@@ -33,17 +34,10 @@ def document_json(doc: Document) -> dict[str, Any]:
     return data
 
 
-def refuse_oversized(request: Request) -> None:
-    """413 from the Content-Length header, before any of the body is read or stored."""
-    settings: Settings = request.app.state.settings
-    limit = settings.knowledge.max_upload_mb * 1024 * 1024 * MAX_FILES
-    length = request.headers.get("content-length")
-    single = settings.knowledge.max_upload_mb * 1024 * 1024
-    if length and length.isdigit() and int(length) > min(limit, single + 1024 * 1024):
-        raise HTTPException(
-            status_code=413,
-            detail=f"Files may be at most {settings.knowledge.max_upload_mb} MB each.",
-        )
+def upload_limit(settings: Settings) -> tuple[int, str]:
+    """One upload request: a file of ``max_upload_mb`` (several files share it) + framing."""
+    mb = settings.knowledge.max_upload_mb
+    return mb * 1024 * 1024 + MULTIPART_OVERHEAD, f"Files may be at most {mb} MB each."
 
 
 class KnowledgeApi(Controller):
@@ -53,7 +47,7 @@ class KnowledgeApi(Controller):
     @post(
         "/documents",
         status_code=202,
-        before_request=refuse_oversized,
+        opt={BODY_LIMIT: upload_limit},
         request_max_body_size=None,
     )
     async def upload(

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlite_utils
-from litestar import Controller, Request, Response, delete, get, post, put
+from litestar import Controller, Response, delete, get, post, put
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
@@ -27,9 +27,8 @@ from appliance.persona import service as persona
 from appliance.persona import voice
 from appliance.persona.models import Generated, SystemPrompt, VoiceSample
 from appliance.web.identity import Identity
+from appliance.web.security import BODY_LIMIT, MULTIPART_OVERHEAD
 
-#: Room for the multipart framing around the file (boundaries, part headers, the CSRF field).
-MULTIPART_OVERHEAD = 64 * 1024
 PAGE = "/settings/persona"
 DONE = {
     "saved": "Saved as a new version.",
@@ -39,16 +38,10 @@ DONE = {
 }
 
 
-async def refuse_oversized(request: Request) -> None:
-    """413 from the declared length, before the handler reads the upload."""
-    settings: Settings = request.app.state.settings
-    declared = request.headers.get("content-length", "")
-    limit = settings.persona.max_sample_bytes + MULTIPART_OVERHEAD
-    if declared.isdigit() and int(declared) > limit:
-        raise HTTPException(
-            status_code=413,
-            detail=f"Voice samples can be at most {settings.persona.max_sample_bytes:,} bytes.",
-        )
+def sample_limit(settings: Settings) -> tuple[int, str]:
+    """One voice-sample upload: the file + its multipart framing."""
+    limit = settings.persona.max_sample_bytes
+    return limit + MULTIPART_OVERHEAD, f"Voice samples can be at most {limit:,} bytes."
 
 
 def read_upload(data: dict[str, Any], settings: Settings) -> tuple[str, bytes]:
@@ -192,7 +185,7 @@ class PersonaApi(Controller):
         "/voice-samples",
         status_code=201,
         sync_to_thread=True,
-        before_request=refuse_oversized,
+        opt={BODY_LIMIT: sample_limit},
     )
     def upload_sample(
         self,
@@ -327,7 +320,7 @@ class PersonaPages(Controller):
         )
         return _regenerated(db, settings, manager, now, generated)
 
-    @post(f"{PAGE}/samples", sync_to_thread=True, before_request=refuse_oversized)
+    @post(f"{PAGE}/samples", sync_to_thread=True, opt={BODY_LIMIT: sample_limit})
     def upload_form(
         self,
         data: MultipartBody[dict[str, Any]],

@@ -1,12 +1,16 @@
-"""Security headers on every response, and the cross-site check on state-changing routes."""
+"""Security headers on every response, the cross-site check on state-changing routes, and
+request body limits enforced while the body streams."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from litestar.datastructures import MutableScopeHeaders
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from appliance.config import Settings
 from appliance.inference.client import INTERNAL_HEADERS
 
 CSP = "; ".join(
@@ -21,8 +25,24 @@ CSP = "; ".join(
 )
 HSTS = "max-age=31536000; includeSubDomains"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-#: Routes authenticated by something other than a browser cookie (bearer keys, signatures).
+#: The paths Litestar's CSRF middleware does not check: regexes, anchored at the start of
+#: the path. ``/api`` checks the ``X-CSRFToken`` header itself (web/identity.py); ``/v1``
+#: takes bearer keys only; Stripe's webhook is authenticated by its signature
+#: (web/billing.py).
+CSRF_EXEMPT = (r"^/api/", r"^/v1/", r"^/stripe/webhook$")
+#: Path prefixes the cross-site check skips: authenticated by bearer keys only, never a
+#: browser cookie.
 CROSS_SITE_EXEMPT = ("/v1/",)
+#: Largest body of a route without a limit of its own (JSON, forms), in bytes. Litestar
+#: enforces it on the bytes received, chunked or not.
+DEFAULT_BODY_LIMIT = 10_000_000
+#: Room for the multipart framing around an uploaded file (boundaries, part headers, the
+#: CSRF field).
+MULTIPART_OVERHEAD = 64 * 1024
+#: A route handler's ``opt`` key for a body limit that depends on the settings: a function
+#: ``settings -> (bytes, message)``. The handler sets ``request_max_body_size=None`` when
+#: its limit may be larger than ``DEFAULT_BODY_LIMIT``.
+BODY_LIMIT = "body_limit"
 
 
 async def add_security_headers(message: Message, scope: Scope) -> None:
@@ -58,6 +78,44 @@ def strip_internal_headers_middleware(app: ASGIApp) -> ASGIApp:
         await app(scope, receive, send)
 
     return middleware
+
+
+def body_limit_middleware(settings: Settings) -> Callable[[ASGIApp], ASGIApp]:
+    """Cut a body at its route's ``BODY_LIMIT`` + 1 byte and answer 413.
+
+    A declared ``Content-Length`` over the limit is refused before anything is read; a
+    chunked body is counted as it arrives, so nothing past the limit is read, spooled to
+    a temporary file or stored. Outside Litestar's CSRF middleware, which may read a form
+    body itself.
+    """
+
+    def factory(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            handler = scope.get("route_handler")
+            limit_of = handler.opt.get(BODY_LIMIT) if scope["type"] == "http" else None
+            if limit_of is None:
+                await app(scope, receive, send)
+                return
+            limit, message = limit_of(settings)
+            declared = MutableScopeHeaders(scope).get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise RequestEntityTooLarge(detail=message)
+            received = 0
+
+            async def limited_receive() -> Message:
+                nonlocal received
+                event = await receive()
+                if event["type"] == "http.request":
+                    received += len(event.get("body", b""))
+                    if received > limit:
+                        raise RequestEntityTooLarge(detail=message)
+                return event
+
+            await app(scope, limited_receive, send)
+
+        return middleware
+
+    return factory
 
 
 def cross_site_middleware(app: ASGIApp) -> ASGIApp:

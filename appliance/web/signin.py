@@ -95,7 +95,15 @@ class SignInApi(Controller):
         email = data.get("email") if isinstance(data, dict) else None
         if not isinstance(email, str):
             raise InvalidInput('Send {"email": "you@example.com"}.')
-        attempt = signin.start(db, settings, queue, email, client_address(request), clock())
+        attempt = signin.start(
+            db,
+            settings,
+            queue,
+            email,
+            client_address(request),
+            clock(),
+            replaces=_read_attempt(request, settings)[0],
+        )
         normalised = accounts.normalise_email(email)
         message = SENT_MESSAGE.format(m=settings.auth.code_ttl_minutes)
         response = Response({"status": "sent", "message": message}, status_code=202)
@@ -219,7 +227,15 @@ class SignInPages(Controller):
         email = data.get("email", "")
         target = _safe_next(data.get("next"))
         try:
-            attempt = signin.start(db, settings, queue, email, client_address(request), clock())
+            attempt = signin.start(
+                db,
+                settings,
+                queue,
+                email,
+                client_address(request),
+                clock(),
+                replaces=_read_attempt(request, settings)[0],
+            )
         except (InvalidInput, Throttled) as exc:
             return Template(
                 "login.html",

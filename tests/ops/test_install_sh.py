@@ -31,7 +31,7 @@ def test_system_dry_run_prints_the_full_plan_and_changes_nothing():
         "DRY RUN",
         "==> checking this machine",
         "useradd --system",
-        "install -d -m 0750 -o appliance -g appliance /var/lib/appliance",
+        "install -d -m 0700 -o appliance -g appliance /var/lib/appliance",
         "python3 -m venv /opt/appliance/venv",
         "CMAKE_ARGS=-DGGML_CUDA=on",
         "verify that llama.cpp has GPU offload",

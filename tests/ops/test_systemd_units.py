@@ -15,6 +15,36 @@ ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "systemd"
 SERVICES = ("appliance-web", "appliance-inference", "appliance-worker")
 EXEC = "/opt/appliance/venv/bin/appliance"
+DATA = "/var/lib/appliance"
+#: What each service may do in the data dir (audit 2026-12; docs/operations.md, "What each
+#: service may touch"): write, only read, or not see at all. The data dir itself is
+#: writable for web and worker because SQLite creates the -wal/-shm files beside each
+#: database.
+ACCESS = {
+    "appliance-web": {
+        "ReadWritePaths": [DATA],
+        "ReadOnlyPaths": [f"-{DATA}/models", f"-{DATA}/exports"],
+        "InaccessiblePaths": [f"-{DATA}/outbox", f"-{DATA}/backups"],
+    },
+    "appliance-worker": {
+        "ReadWritePaths": [DATA],
+        "ReadOnlyPaths": [f"{DATA}/secrets"],
+        "InaccessiblePaths": [f"-{DATA}/models", f"-{DATA}/backups"],
+    },
+    "appliance-inference": {
+        "TemporaryFileSystem": [f"{DATA}:ro"],
+        "BindReadOnlyPaths": [f"{DATA}/models", f"{DATA}/secrets/inference_key"],
+        "BindReadOnlyPaths?": [f"-{DATA}/appliance.toml"],
+    },
+}
+SANDBOX_KEYS = (
+    "ReadWritePaths",
+    "ReadOnlyPaths",
+    "InaccessiblePaths",
+    "TemporaryFileSystem",
+    "BindReadOnlyPaths",
+    "BindPaths",
+)
 
 
 def parse(path: Path) -> dict[str, dict[str, list[str]]]:
@@ -75,8 +105,8 @@ def test_common_hardening(name):
         "RestrictNamespaces",
     ):
         assert one(unit, key) == "yes", key
+    assert one(unit, "UMask") == "0077"  # the data dir stays private (audit 2026-12)
     assert one(unit, "ProtectSystem") == "strict"
-    assert unit["ReadWritePaths"] == ["/var/lib/appliance"]
     assert "@system-service" in unit["SystemCallFilter"]
     families = set(one(unit, "RestrictAddressFamilies").split())
     assert families <= {"AF_INET", "AF_INET6", "AF_UNIX"}
@@ -150,3 +180,38 @@ def test_backup_runs_nightly_offline_and_prunes():
     assert one(unit, "ProtectSystem") == "strict"
     timer = parse(UNITS / "appliance-backup.timer")
     assert timer["Timer"]["OnCalendar"] and timer["Timer"]["Persistent"] == ["true"]
+
+
+def paths_of(unit: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The unit's file-system options, each key's values split into single paths."""
+    return {
+        key: [path for value in unit[key] for path in value.split()]
+        for key in SANDBOX_KEYS
+        if key in unit
+    }
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_each_service_writes_only_what_it_needs(name):
+    expected = {key.rstrip("?"): [] for key in ACCESS[name]}
+    for key, paths in ACCESS[name].items():
+        expected[key.rstrip("?")] += paths
+    assert paths_of(service(name)) == expected
+
+
+def test_inference_has_no_database_and_writes_nothing_in_the_data_dir():
+    unit = paths_of(service("appliance-inference"))
+    assert "ReadWritePaths" not in unit
+    assert unit["TemporaryFileSystem"] == [f"{DATA}:ro"]
+    visible = {path.lstrip("-") for path in unit["BindReadOnlyPaths"]}
+    assert not any(path.endswith(".db") for path in visible)
+    assert visible == {f"{DATA}/models", f"{DATA}/secrets/inference_key", f"{DATA}/appliance.toml"}
+
+
+def test_the_access_table_is_in_the_operations_guide():
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    section = guide.split("### What each service may touch", 1)[1].split("\n## ", 1)[0]
+    for name in SERVICES:
+        assert f"`{name}`" in section
+    for key in ("ReadWritePaths", "ReadOnlyPaths", "InaccessiblePaths", "TemporaryFileSystem"):
+        assert key in section
