@@ -518,6 +518,11 @@ class Paths:
     def secrets(self) -> Path:
         return self.data_dir / "secrets"
 
+    @property
+    def run(self) -> Path:
+        """State of the running services (``appliance up`` writes it; nothing secret)."""
+        return self.data_dir / "run"
+
 
 @dataclass(frozen=True)
 class Settings:
