@@ -83,6 +83,7 @@ class _Output:
             prefix = f"{COLORS.get(child.name, '')}{prefix}\033[0m"
         for raw in iter(process.stdout.readline, b""):
             self.write(f"{prefix} {raw.decode('utf-8', errors='replace').rstrip()}")
+        process.stdout.close()  # one pipe per start: a restarted child must not leak it
 
     def write(self, line: str) -> None:
         with self.lock:
@@ -91,6 +92,8 @@ class _Output:
 
 
 class Supervisor:
+    """The children of one ``up``: started, watched, restarted, recorded, stopped."""
+
     def __init__(
         self,
         services: Sequence[tuple[str, list[str]]],
