@@ -29,6 +29,7 @@ from appliance.auth import service as auth
 from appliance.billing import ledger
 from appliance.billing import service as billing
 from appliance.chat import service as chat
+from appliance.cli import main
 from appliance.clock import utcnow
 from appliance.db import open_db
 from appliance.instances import service as instances
@@ -191,7 +192,7 @@ def box(settings, models_dir, tmp_path):
         running.stop()
 
 
-def test_inference_sigsegv_mid_stream_and_worker_sigkill_mid_ingestion(box):
+def test_inference_sigsegv_mid_stream_and_worker_sigkill_mid_ingestion(box, capsys):
     started = time.monotonic()
     watch = HealthWatch(box.url)
     watch.start()
@@ -324,26 +325,16 @@ def test_inference_sigsegv_mid_stream_and_worker_sigkill_mid_ingestion(box):
     assert held == 0 and "held" not in holds and charged == 1
 
     # The restarts, with the signals, in doctor and `appliance admin status`.
-    env = service_env(box.settings)
-    doctor = subprocess.run(
-        [sys.executable, "-m", "appliance", "doctor"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    lines = {line.split()[1]: line for line in doctor.stdout.splitlines() if "restarts" in line}
-    assert "2 restarts (last died: signal SIGSEGV at " in lines["inference"], doctor.stdout
-    assert "1 restart (last died: signal SIGKILL at " in lines["worker"], doctor.stdout
+    data_dir = ["--data-dir", str(box.settings.paths.data_dir)]
+    main(["doctor", *data_dir])
+    doctor = capsys.readouterr().out
+    lines = {line.split()[1]: line for line in doctor.splitlines() if "restarts" in line}
+    assert "2 restarts (last died: signal SIGSEGV at " in lines["inference"], doctor
+    assert "1 restart (last died: signal SIGKILL at " in lines["worker"], doctor
     assert lines["web"].startswith("ok") and "0 restarts" in lines["web"]
-    status = subprocess.run(
-        [sys.executable, "-m", "appliance", "admin", "status"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert "  inference: running, 2 restarts (last died: signal SIGSEGV at " in status.stdout
+    assert main(["admin", "status", *data_dir]) == 0
+    status = capsys.readouterr().out
+    assert "  inference: running, 2 restarts (last died: signal SIGSEGV at " in status
 
     watch.stopped.set()
     watch.join(10)
@@ -362,4 +353,7 @@ def test_inference_sigsegv_mid_stream_and_worker_sigkill_mid_ingestion(box):
     ]
     assert "lighthouse" not in box.output()
     assert box.stop() == 0
-    print(f"crash test: {time.monotonic() - started:.1f} s after ready, {watch.checks} checks")
+    with capsys.disabled():
+        print(
+            f"\ncrash test: {time.monotonic() - started:.1f} s after ready, {watch.checks} checks"
+        )
