@@ -1,5 +1,6 @@
 """`appliance up`: three children in the foreground, stopped together."""
 
+import contextlib
 import json
 import os
 import signal
@@ -36,8 +37,16 @@ def up(settings, models_dir):
         yield process
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            # Ctrl-C: `up` stops its children (a bare kill would leave them running).
+            leftovers = children_of(process.pid)
+            process.send_signal(signal.SIGINT)
+            try:
+                process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                for child in [*leftovers, psutil.Process(process.pid)]:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        child.kill()
+                process.wait()
 
 
 def children_of(pid):
