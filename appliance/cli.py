@@ -84,7 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     command("init", cmd_init, "Create the data dir, secrets and database; print the setup link.")
-    command("up", cmd_up, "Run web, inference and worker in the foreground.", (common, listen))
+    command(
+        "up",
+        cmd_up,
+        "Run web, inference and worker in the foreground; a service that dies is restarted.",
+        (common, listen),
+    )
     command("web", cmd_web, "Run the web service.", (common, listen))
     command("inference", cmd_inference, "Run the inference service (loads the models).")
     command("worker", cmd_worker, "Run the task-queue worker.")
@@ -715,6 +720,7 @@ def print_setup_link(settings: Settings) -> None:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.ops.services import state_path
     from appliance.supervisor import supervise
 
     initialise(settings)
@@ -737,7 +743,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         print_setup_link(settings)
         sys.stdout.flush()
 
-    return supervise(services, env=env, started=started)
+    return supervise(services, env=env, started=started, state_file=state_path(settings))
 
 
 def cmd_web(settings: Settings, args: argparse.Namespace) -> int:

@@ -523,6 +523,11 @@ class Paths:
     def exports(self) -> Path:
         return self.data_dir / "exports"
 
+    @property
+    def run(self) -> Path:
+        """State of the running services (``appliance up`` writes it; nothing secret)."""
+        return self.data_dir / "run"
+
 
 @dataclass(frozen=True)
 class Settings:

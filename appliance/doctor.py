@@ -36,6 +36,7 @@ def run_checks(settings: Settings) -> list[Check]:
     checks.append(_gpu())
     checks += _tls(settings)
     checks += _services(settings)
+    checks += _restarts(settings)
     return checks
 
 
@@ -273,6 +274,24 @@ def _services(settings: Settings) -> list[Check]:
     scheme = "https" if settings.web.tls_cert else "http"
     checks.append(_port("web", settings.web.host, settings.web.port, probe=scheme))
     return checks
+
+
+def _restarts(settings: Settings) -> list[Check]:
+    """How often each service died (``appliance up``'s record, or systemd's count)."""
+    from appliance.ops import services
+
+    found = services.service_states(settings)
+    if found is None:
+        return []
+    where = "" if found.running else " (appliance up is not running: its last record)"
+    return [
+        Check(
+            f"{s.name} restarts",
+            "warn" if s.restarts or s.last_exit else "ok",
+            services.describe(s) + where,
+        )
+        for s in found.services
+    ]
 
 
 def _port(name: str, host: str, port: int, probe: str | None = None) -> Check:

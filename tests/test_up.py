@@ -1,5 +1,7 @@
 """`appliance up`: three children in the foreground, stopped together."""
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -35,8 +37,16 @@ def up(settings, models_dir):
         yield process
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            # Ctrl-C: `up` stops its children (a bare kill would leave them running).
+            leftovers = children_of(process.pid)
+            process.send_signal(signal.SIGINT)
+            try:
+                process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                for child in [*leftovers, psutil.Process(process.pid)]:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        child.kill()
+                process.wait()
 
 
 def children_of(pid):
@@ -44,6 +54,14 @@ def children_of(pid):
         return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+
+
+def command(process: psutil.Process) -> str | None:
+    """The last word of its command line (None for a zombie: dead, not yet reaped)."""
+    try:
+        return process.cmdline()[-1]
+    except (psutil.ZombieProcess, psutil.NoSuchProcess, IndexError):
+        return None
 
 
 def test_ctrl_c_stops_everything(up):
@@ -58,12 +76,34 @@ def test_ctrl_c_stops_everything(up):
     assert "web      |" in output and "worker   |" in output and "inference|" in output
 
 
-def test_a_dying_child_stops_the_others(up):
+def test_a_dying_child_is_restarted_and_the_restart_is_reported(up, settings):
     children = {p.pid: p for p in children_of(up.pid)}
     worker = next(p for p in children.values() if p.cmdline()[-1:] == ["worker"])
     os.kill(worker.pid, signal.SIGKILL)
-    assert up.wait(30) == 1
+
+    def new_worker():
+        assert up.poll() is None
+        return next(
+            (p for p in children_of(up.pid) if p.pid != worker.pid and command(p) == "worker"),
+            None,
+        )
+
+    wait_until(new_worker, timeout=30, what="the worker to be restarted")
+    status = subprocess.run(
+        [sys.executable, "-m", "appliance", "admin", "status"],
+        env=service_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "worker: running, 1 restart (last died: signal SIGKILL at " in status.stdout
+    assert "web: running, 0 restarts" in status.stdout
+
+    up.send_signal(signal.SIGINT)
+    assert up.wait(30) == 0
     output = up.stdout.read()
-    assert "worker exited with code -9; stopped the other services" in output
-    _gone, alive = psutil.wait_procs(list(children.values()), timeout=10)
-    assert alive == []
+    died = [json.loads(line) for line in output.splitlines() if '"appliance.supervisor"' in line]
+    assert [(d["service"], d["signal"], d["restarts"], d["next_delay_s"]) for d in died] == [
+        ("worker", "SIGKILL", 0, 1.0)
+    ]
+    assert died[0]["msg"] == "worker died (signal SIGKILL); restarting it in 1 s (restart 1)"

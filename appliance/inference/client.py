@@ -191,6 +191,7 @@ class InferenceClient:
     ) -> AsyncIterator[dict[str, Any]]:
         """Async version of :meth:`stream_chat` for the web process."""
         payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        answering = False
         try:
             async with (
                 httpx.AsyncClient(timeout=self.timeout, verify=_tls()) as http,
@@ -201,6 +202,7 @@ class InferenceClient:
                     headers=self._headers(account_id),
                 ) as response,
             ):
+                answering = True
                 if response.status_code >= 400:
                     await response.aread()
                     self._json(response)
@@ -209,7 +211,7 @@ class InferenceClient:
                     if chunk is not None:
                         yield chunk
         except httpx.HTTPError as exc:
-            raise self._unavailable(exc) from None
+            raise self._unavailable(exc, cut=answering) from None
 
     async def achat(self, body: dict[str, Any], *, account_id: str | None = None) -> dict:
         payload = {**body, "stream": False}
@@ -248,10 +250,22 @@ class InferenceClient:
             headers[ACCOUNT_HEADER] = account_id
         return headers
 
-    def _unavailable(self, exc: httpx.HTTPError) -> Unavailable:
+    def _unavailable(self, exc: httpx.HTTPError, *, cut: bool = False) -> Unavailable:
+        """What the person waiting is told (operators find the service's URL in doctor and
+        on /admin); ``cut``: the service went away in the middle of its answer."""
         if isinstance(exc, httpx.TimeoutException):
-            return Unavailable(f"The inference service at {self.base_url} timed out.", 5)
-        return Unavailable(f"The inference service at {self.base_url} is not answering.", 5)
+            return Unavailable("The model took too long to answer. Please try again.", 5)
+        if cut:
+            return Unavailable(
+                "The model stopped in the middle of this answer (it is being restarted). "
+                "Please try again in a few seconds.",
+                5,
+            )
+        return Unavailable(
+            "The model is not answering right now (it may be restarting). "
+            "Please try again in a few seconds.",
+            5,
+        )
 
     @staticmethod
     def _json(response: httpx.Response) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Both legs filter by account inside the query (the FTS join, and the vec0 partition key),
 so an account always gets its own top-k. Either leg alone still answers; the result
-says which legs ran.
+says which legs ran, and whether the vector leg could not because the query could not be
+embedded (the inference service is down or restarting).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Hit:
 class SearchResult:
     hits: list[Hit]
     legs: list[str]
+    vector_unavailable: bool = False  # the model could not embed the query: full-text only
 
 
 def fts_query(text: str) -> str:
@@ -67,6 +69,7 @@ def search(
     store = KnowledgeStore(db)
     depth = max(k * 4, 20)
     ranked: dict[str, list[int]] = {}
+    vector_unavailable = False
     match = fts_query(query)
     if match:
         ranked["bm25"] = store.bm25(account_id, match, depth)
@@ -78,6 +81,7 @@ def search(
             # Inference down, or vectors of another dimension (the model changed and the
             # index was not rebuilt yet): the full-text leg still answers.
             log.warning("vector search skipped: %s", type(exc).__name__)
+            vector_unavailable = isinstance(exc, ApplianceError)
     scores: dict[int, float] = {}
     seen_in: dict[int, list[str]] = {}
     for leg, ids in ranked.items():
@@ -100,4 +104,4 @@ def search(
         for cid in best
         if cid in rows
     ]
-    return SearchResult(hits=hits, legs=list(ranked))
+    return SearchResult(hits=hits, legs=list(ranked), vector_unavailable=vector_unavailable)

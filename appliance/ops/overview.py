@@ -2,9 +2,10 @@
 
 Read-only, assembled from each domain's service: accounts (members, balance, storage,
 last activity), the inference service's /healthz and /metrics, the worker heartbeat,
-the last retention purges, disk use, recent server errors from the request log, and the
-published policy versions. The actions (suspend, unsuspend, delete) are here too, so
-that the web page and the CLI do the same thing.
+each service's restarts (``ops/services.py``), the last retention purges, disk use,
+recent server errors from the request log, and the published policy versions. The
+actions (suspend, unsuspend, delete) are here too, so that the web page and the CLI do
+the same thing.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from appliance.config import Settings
 from appliance.errors import ApplianceError, InvalidInput
 from appliance.inference.client import InferenceClient
 from appliance.knowledge import service as knowledge
+from appliance.ops import services
 from appliance.tasks import WORKER_SERVICE
 
 RECENT_ERRORS = 20
@@ -112,6 +114,12 @@ def worker_state(db: sqlite_utils.Database, settings: Settings, now: datetime) -
     }
 
 
+def services_state(settings: Settings) -> dict[str, Any] | None:
+    """Restarts per service with the last exit, from ``appliance up`` or systemd."""
+    found = services.service_states(settings)
+    return found.public() if found else None
+
+
 def purge_state(db: sqlite_utils.Database, now: datetime) -> dict[str, Any] | None:
     if not _has_table(db, "purge_runs"):
         return None
@@ -169,6 +177,7 @@ def overview(db: sqlite_utils.Database, settings: Settings, now: datetime) -> di
         "accounts": [asdict(row) for row in account_rows(db)],
         "inference": inference_state(settings),
         "worker": worker_state(db, settings, now),
+        "services": services_state(settings),
         "purges": purge_state(db, now),
         "disk": disk_state(settings),
         "recent_errors": recent_errors(db),
@@ -253,6 +262,12 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
         f"GB; database {disk['database_bytes'] / 2**20:.1f} MB, files "
         f"{disk['files_bytes'] / 2**20:.1f} MB",
     ]
+    restarts = data.get("services")
+    if restarts is not None:
+        found = services.Restarts.from_public(restarts)
+        watcher = "systemd" if found.source == "systemd" else "appliance up"
+        lines.append(f"services ({watcher}{'' if found.running else ', not running now'}):")
+        lines += [f"  {line}" for line in services.summary(found)]
     purges = data.get("purges")
     if purges is not None:
         lines.append(

@@ -128,7 +128,10 @@ class Metered:
 
     def observe(self, inference: InferenceClient) -> _ObservedClient:
         """``inference`` for a streaming relay: the stream's usage chunk (or the count of
-        chunks with content, if it ends early) settles the hold when the stream ends."""
+        chunks with content, if the client hangs up early) settles the hold when the
+        stream ends. A stream the inference service itself breaks off (it crashed, or
+        answered with an error) is an answer the client did not get: the hold is released
+        and nothing is charged."""
         return _ObservedClient(inference, self)
 
 
@@ -148,6 +151,9 @@ class _ObservedClient:
                     if (choice.get("delta") or {}).get("content"):
                         produced += 1
                 yield chunk
+        except ApplianceError:
+            usage, produced = None, 0
+            raise
         finally:
             await self.metered.finish(usage, produced)
 

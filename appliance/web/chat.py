@@ -5,7 +5,9 @@ Sending a message (or regenerating, or editing an earlier one) answers with
 stored question, ``{"type": "delta", "text"}`` per piece of the answer, then
 ``{"type": "done", "message"}`` with the stored answer (checked citations, usage, and
 its sanitized HTML) or ``{"type": "error", "message"}``. A client that disconnects (the
-page's Stop button) stops the generation; what was written so far is kept. With
+page's Stop button) stops the generation; what was written so far is kept. An answer the
+inference service breaks off (it crashed and is being restarted) ends with the error
+event and is neither kept nor charged; the question stays for "Answer again". With
 ``"stream": false`` the same routes answer with the stored message as JSON.
 """
 
@@ -146,11 +148,10 @@ class _Answer:
             async for text in self.deltas():
                 yield _event({"type": "delta", "text": text})
         except ApplianceError as exc:
-            if self.parts:
-                await self.finish()
-            else:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self.fail)
+            # The inference service broke the answer off (it crashed, or refused): what
+            # it wrote is dropped with its charge (web/billing.py); the question stays.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.fail)
             yield _event({"type": "error", "message": str(exc)})
             return
         except BaseException:

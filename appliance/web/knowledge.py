@@ -146,9 +146,14 @@ class KnowledgeApi(Controller):
         q: FromQuery[str] = "",
         k: FromQuery[int | None] = None,
     ) -> dict:
-        """Hybrid search over the account's knowledge base."""
+        """Hybrid search over the account's knowledge base; ``vector_unavailable``: the
+        model could not embed the query (restarting?), so the hits are full-text only."""
         result = kb_search.search(db, inference, me.account.id, q, k or settings.knowledge.search_k)
-        return {"hits": [asdict(hit) for hit in result.hits], "legs": result.legs}
+        return {
+            "hits": [asdict(hit) for hit in result.hits],
+            "legs": result.legs,
+            "vector_unavailable": result.vector_unavailable,
+        }
 
 
 def _collect(form) -> list[UploadFile]:

@@ -1,11 +1,15 @@
 """``Metered`` (what /v1 and the chat page use): a stream abandoned after some tokens is
-charged for what it produced; a request that fails before any token is charged nothing."""
+charged for what it produced; a request that fails before any token, or a stream the
+inference service breaks off (it crashed), is charged nothing."""
 
 from __future__ import annotations
 
+import os
+import signal
+
 import anyio
 import pytest
-from conftest import free_port, make_settings
+from conftest import free_port, link_models, make_settings, start_inference
 
 from appliance.billing import ledger, service
 from appliance.db import open_db
@@ -90,3 +94,42 @@ def test_a_request_that_fails_before_any_token_is_not_charged(settings, db, cloc
     conn.close()
     assert states == [("released",)]
     assert ledger.entries(db, who.account.id) == []
+
+
+@pytest.mark.inference
+def test_a_stream_cut_by_an_inference_crash_is_not_charged(settings, models_dir, db, clock):
+    link_models(settings, models_dir)
+    own = start_inference(settings, APPLIANCE_INFERENCE__ENGINE="sequential")  # to kill
+    try:
+        billed = make_settings(settings.paths.data_dir, **PRICES, **{"inference.url": own.url})
+        who = identity(db, clock)
+        service.adjust(db, who.account.id, "1", "credit", clock())
+        client = InferenceClient.from_settings(billed)
+        story = {
+            "messages": [
+                {"role": "user", "content": "Write a very long story about a lighthouse."}
+            ],
+            "max_tokens": 400,
+            "temperature": 0,
+        }
+
+        async def run() -> int:
+            metered = await Metered.start(db, billed, client, who, Instance(), story, clock)
+            seen = 0
+            stream = metered.observe(client).astream_chat(story, account_id=who.account.id)
+            async for chunk in stream:
+                if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                    seen += 1
+                if seen == 3:
+                    os.kill(own.process.pid, signal.SIGSEGV)  # the model's process crashes
+            return seen
+
+        with pytest.raises(Unavailable, match="stopped in the middle of this answer"):
+            anyio.run(run)
+        assert own.process.wait(30) == -signal.SIGSEGV
+    finally:
+        own.stop()
+    assert ledger.held(db, who.account.id) == 0
+    assert ledger.entries(db, who.account.id, kinds=("usage",)) == []
+    states = [row["state"] for row in db.query("select state from billing_holds")]
+    assert states == ["released"]

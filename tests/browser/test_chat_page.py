@@ -104,3 +104,47 @@ def test_ask_follow_up_stop_and_delete(live_kb, page, linked_settings, tmp_path,
     assert "What is the launch code" not in page.locator(".conv-list").inner_text()
     assert chat.list_for_user(db, account.id, user.id) == []
     db.close()
+
+
+def test_while_the_model_is_down_the_question_stays_with_answer_again(page, settings):
+    """The inference service is down (crashed, restarting): the page says so in words, the
+    question is kept, and "Answer again" is offered."""
+    from conftest import free_port, make_settings, start_service
+
+    (settings.paths.data_dir / "appliance.toml").write_text(
+        f'[inference]\nurl = "http://127.0.0.1:{free_port()}"\n'
+    )
+    down = make_settings(settings.paths.data_dir)
+    db = open_db(down)
+    user, account = accounts.create_user(db, "down@example.com", utcnow(), account_name="Down")
+    instance = instances.create(
+        db,
+        account.id,
+        "owner",
+        {"name": "assistant", "max_tokens": 16},
+        now=utcnow(),
+        models=[DEFAULT_CHAT],
+        max_tokens_cap=4096,
+    )
+    conversation = chat.create(db, account.id, user.id, instance.id, utcnow())
+    token = auth.create_session(db, down, user.id, account.id, utcnow())
+    db.close()
+    port = free_port()
+    web = start_service(["web", "--port", str(port)], down, f"http://127.0.0.1:{port}")
+    try:
+        page.context.add_cookies([{"name": "session", "value": token, "url": web.url}])
+        page.goto(f"{web.url}/chat/{conversation.id}")
+        page.get_by_label("Message").fill("Where is the spare kettle?")
+        page.get_by_role("button", name="Send").click()
+        error = page.locator("#chat-error")
+        error.wait_for(state="visible", timeout=30_000)
+        assert "not answering right now" in error.inner_text()
+        assert "127.0.0.1" not in error.inner_text()
+        page.get_by_role("button", name="Answer again").wait_for(timeout=10_000)
+        assert (
+            page.locator("article.msg-user").inner_text().startswith("Where is the spare kettle?")
+        )
+        assert page.locator("article.msg-assistant").count() == 0
+        assert page.get_by_role("button", name="Send").is_enabled()
+    finally:
+        web.stop()

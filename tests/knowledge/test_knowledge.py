@@ -72,7 +72,7 @@ def test_upload_ingest_search(kb):
     assert doc["chunks_total"] == doc["chunks_done"] > 0
     assert doc["kind"] == "md"
     result = kb.get("/api/search", params={"q": "how long should extraction take"}).json()
-    assert result["legs"] == ["bm25", "vector"]
+    assert result["legs"] == ["bm25", "vector"] and result["vector_unavailable"] is False
     assert "25 to 30 seconds" in result["hits"][0]["text"]
     assert result["hits"][0]["heading"] == "Espresso guide > Brewing"
     assert result["hits"][0]["document_id"] == body["id"]
@@ -229,6 +229,7 @@ def test_search_falls_back_to_bm25_when_inference_is_down(kb, db, clock):
         c.headers.update(kb.headers)
         result = c.get("/api/search", params={"q": "burr grinder"}).json()
     assert result["legs"] == ["bm25"]
+    assert result["vector_unavailable"] is True  # says so, for the page and API clients
     assert "burr grinder" in result["hits"][0]["text"]
 
 

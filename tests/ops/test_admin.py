@@ -189,3 +189,45 @@ def test_cli_suspend_unsuspend_and_status(world, settings, capsys, db):
     assert main(["admin", "status", *args]) == 0
     out = capsys.readouterr().out
     assert "worker: NOT running" in out and team in out
+
+
+def test_service_restarts_on_the_page_the_api_and_the_cli(world, settings, capsys):
+    """What ``appliance up`` recorded (tests/ops/test_supervisor.py writes it for real)."""
+    import os
+
+    from appliance.ops import services
+
+    ops = world["clients"]["operator"]
+    assert ops.get("/api/admin/overview").json()["services"] is None
+    assert "No record: the services run neither" in ops.get("/admin").text
+    services.write_state(
+        services.state_path(settings),
+        {
+            "pid": os.getpid(),
+            "updated_at": "2026-11-27T09:00:05+00:00",
+            "services": {
+                "inference": {
+                    "state": "running",
+                    "restarts": 2,
+                    "last_exit": "signal SIGSEGV",
+                    "last_exit_at": "2026-11-27T09:00:01+00:00",
+                },
+                "web": {"state": "running", "restarts": 0},
+            },
+        },
+    )
+    data = ops.get("/api/admin/overview").json()["services"]
+    assert data["source"] == "up" and data["running"] is True
+    inference = next(s for s in data["services"] if s["name"] == "inference")
+    assert (inference["restarts"], inference["last_exit"]) == (2, "signal SIGSEGV")
+    page = ops.get("/admin").text
+    row = page[page.index('<tr data-service="inference">') :].split("</tr>")[0]
+    assert "<td>2</td>" in row and "signal SIGSEGV" in row and "2026-11-27 09:00:01" in row
+    assert main(["admin", "status", "--data-dir", str(settings.paths.data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "services (appliance up):" in out
+    assert (
+        "  inference: running, 2 restarts (last died: signal SIGSEGV at 2026-11-27T09:00:01+00:00)"
+        in out
+    )
+    assert "  web: running, 0 restarts" in out

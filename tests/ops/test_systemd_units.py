@@ -119,6 +119,22 @@ def test_common_hardening(name):
         assert "AmbientCapabilities" not in unit
 
 
+@pytest.mark.parametrize("name", SERVICES)
+def test_restarts_agree_with_appliance_up(name):
+    """systemd restarts a dead service as `appliance up` does (appliance/supervisor.py):
+    soon, and it gives up on a service that died as often in as short a time."""
+    from appliance.supervisor import RestartPolicy
+
+    policy = RestartPolicy()
+    unit = parse(UNITS / f"{name}.service")
+    assert one(unit["Service"], "Restart") == "on-failure"
+    assert policy.first_delay <= int(one(unit["Service"], "RestartSec")) <= policy.max_delay
+    # StartLimitBurst counts the first start too: the 5th death is the one not restarted,
+    # as in `up` (max_deaths).
+    assert int(one(unit["Unit"], "StartLimitBurst")) == policy.max_deaths
+    assert int(one(unit["Unit"], "StartLimitIntervalSec")) == policy.window
+
+
 @pytest.mark.parametrize("name", ["appliance-web", "appliance-worker"])
 def test_web_and_worker_deny_writable_executable_memory_and_devices(name):
     unit = service(name)

@@ -162,7 +162,8 @@
     hits.replaceChildren();
     try {
       const result = await api("GET", "/api/search?q=" + encodeURIComponent(q));
-      legs.textContent = result.hits.length + " passages · searched with " + result.legs.join(" + ");
+      legs.textContent = result.hits.length + " passages · searched with " + result.legs.join(" + ") +
+        (result.vector_unavailable ? " (the model is not answering right now: words only, not meaning)" : "");
       for (const hit of result.hits) {
         const li = el("li");
         const where = hit.filename + (hit.page ? ", page " + hit.page : "") + (hit.heading ? " · " + hit.heading : "");
