@@ -52,6 +52,9 @@ class Table:
         hidden: columns never exported (secret hashes).
         eraser: name of a function in ``privacy.erasure`` that erases the rows (and their
             files, index rows) instead of a plain batched delete.
+        personal: the rows belong to the person ``user`` selects, not to the team (their
+            conversations, their exports): only that person's export holds them; an
+            owner's export counts the other members' rows (docs/privacy.md).
     """
 
     name: str
@@ -62,6 +65,7 @@ class Table:
     hidden: tuple[str, ...] = ()
     eraser: str | None = None
     note: str = ""
+    personal: bool = False
 
 
 #: In erasure order: children before parents, content before the people.
@@ -73,6 +77,7 @@ TABLES: tuple[Table, ...] = (
         ERASE,
         True,
         note="chat; its FTS rows follow by trigger",
+        personal=True,
     ),
     Table(
         "conversations",
@@ -80,6 +85,7 @@ TABLES: tuple[Table, ...] = (
         f"user_id in {_USERS}",
         ERASE,
         True,
+        personal=True,
     ),
     Table("chunks", "account_id = :account", None, DERIVED, False, note="erased with documents"),
     Table("chunk_vectors", "account_id = :account", None, DERIVED, False, note="with documents"),
@@ -114,6 +120,7 @@ TABLES: tuple[Table, ...] = (
         True,
         eraser="erase_exports",
         note="ZIP files on disk",
+        personal=True,
     ),
     Table("instances", "account_id = :account", None, ERASE, True),
     Table(
