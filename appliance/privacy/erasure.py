@@ -148,8 +148,10 @@ def _params(deletion: Deletion) -> dict:
 
 
 def _condition(table: Table) -> str:
-    parts = [c for c in (table.account, table.user) if c]
-    return " or ".join(f"({c})" for c in parts)
+    """The account's rows, and the departing people's own rows in any account, except
+    what they contributed to another team (registry ``contributed``): that stays."""
+    parts = [table.account, None if table.contributed else table.user]
+    return " or ".join(f"({c})" for c in parts if c)
 
 
 def _exists(db: sqlite_utils.Database, name: str) -> bool:

@@ -55,6 +55,10 @@ class Table:
         personal: the rows belong to the person ``user`` selects, not to the team (their
             conversations, their exports): only that person's export holds them; an
             owner's export counts the other members' rows (docs/privacy.md).
+        contributed: the rows are what a person gave a team (documents they uploaded,
+            prompts they wrote). Erasing that person's own account leaves the ones in
+            other teams' accounts there, attributed to nobody (the column is set null
+            with the user row): erasure takes ``user`` rows only from other tables.
     """
 
     name: str
@@ -66,6 +70,7 @@ class Table:
     eraser: str | None = None
     note: str = ""
     personal: bool = False
+    contributed: bool = False
 
 
 #: In erasure order: children before parents, content before the people.
@@ -97,6 +102,7 @@ TABLES: tuple[Table, ...] = (
         True,
         eraser="erase_documents",
         note="originals on disk, chunks, FTS rows and vectors",
+        contributed=True,
     ),
     Table("voice_excerpts", "account_id = :account", None, DERIVED, False),
     Table(
@@ -108,7 +114,14 @@ TABLES: tuple[Table, ...] = (
         eraser="erase_voice_samples",
         note="files on disk",
     ),
-    Table("system_prompts", "account_id = :account", f"created_by in {_USERS}", ERASE, True),
+    Table(
+        "system_prompts",
+        "account_id = :account",
+        f"created_by in {_USERS}",
+        ERASE,
+        True,
+        contributed=True,
+    ),
     Table("egress_log", "account_id = :account", None, ERASE, True),
     Table("profiles", "account_id = :account", None, ERASE, True, note="onboarding answers"),
     Table("invites", "account_id = :account", None, ERASE, True),
