@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import sqlite_utils
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
@@ -24,6 +25,13 @@ def _safe_next(target: str | None) -> str:
     if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
         return target
     return "/"
+
+
+class Acceptance(msgspec.Struct):
+    """The acceptance form: the policy version shown, and where to go next."""
+
+    version: int
+    next: str = "/"
 
 
 class PrivacyPages(Controller):
@@ -93,13 +101,14 @@ class PrivacyPages(Controller):
     @post("/privacy/accept", sync_to_thread=True)
     def accept(
         self,
-        data: URLEncodedBody[dict[str, str]],
+        data: URLEncodedBody[Acceptance],
         me: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
         clock: NamedDependency[Clock],
     ) -> Redirect:
-        policy.accept(db, me.user.id, int(data.get("version") or 0), clock())
-        return Redirect(_safe_next(data.get("next")))
+        """Record acceptance of the version in effect (400 when ``version`` is no number)."""
+        policy.accept(db, me.user.id, data.version, clock())
+        return Redirect(_safe_next(data.next))
 
 
 def _client(request: Request) -> str:
