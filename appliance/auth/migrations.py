@@ -56,3 +56,24 @@ def m001_create_auth(db: sqlite_utils.Database) -> None:
         create index auth_events_by_subject on auth_events(kind, subject, at);
         """
     )
+
+
+@migrations()
+def m002_sessions_before_an_account(db: sqlite_utils.Database) -> None:
+    """A session may have no account yet: someone invited who has not accepted (or
+    declined) any invite. SQLite cannot drop a NOT NULL, so the table is rebuilt."""
+    db.execute(
+        """create table sessions_new (
+            id_hash text primary key,
+            user_id text not null references users(id) on delete cascade,
+            account_id text references accounts(id) on delete cascade,
+            created_at text not null,
+            last_seen_at text not null,
+            expires_at text not null,
+            revoked_at text
+        )"""
+    )
+    db.execute("insert into sessions_new select * from sessions")
+    db.execute("drop table sessions")
+    db.execute("alter table sessions_new rename to sessions")
+    db.execute("create index sessions_by_user on sessions(user_id)")

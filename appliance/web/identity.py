@@ -7,7 +7,10 @@ Handlers declare what they need as a dependency:
   API answers 401). A cookie-authenticated unsafe ``/api`` request must also carry the
   CSRF cookie's value in the ``X-CSRFToken`` header; a bearer key needs scope ``manage``;
 - ``manager``: ``me`` with the owner or admin role (others get 404);
-- ``api_key``: a bearer key with scope ``inference`` (``/v1``; a cookie alone never works).
+- ``api_key``: a bearer key with scope ``inference`` (``/v1``; a cookie alone never works);
+- ``person``: a signed-in browser session, in an account or not yet in any (someone with
+  only open invites: ``/invites`` is all such a session reaches; other pages send it
+  there). Same CSRF rule as ``me``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,14 @@ class Identity:
     @property
     def is_owner(self) -> bool:
         return self.role == "owner"
+
+
+@dataclass(frozen=True)
+class Person:
+    """Whoever a browser session belongs to, whether or not it is in an account yet."""
+
+    user: User
+    session: auth.Session
 
 
 class LoginRequired(HTTPException):
@@ -127,25 +138,71 @@ def current(request: Request) -> SimpleNamespace | None:
     return SimpleNamespace(identity=identity, accounts=request.state.accounts)
 
 
+def _waiting(
+    request: Request, db: sqlite_utils.Database, settings: Settings, clock: Clock
+) -> Person | None:
+    """The person of a live session that is in no account yet (only open invites)."""
+    token = request.cookies.get(cookie_names(settings)["session"])
+    session = auth.resolve_session(db, settings, token, clock()) if token else None
+    if session is None or session.account_id is not None:
+        return None
+    try:
+        return Person(accounts.user(db, session.user_id), session)
+    except NotFound:
+        return None
+
+
+def _check_csrf(request: Request, settings: Settings) -> None:
+    """A cookie-authenticated unsafe ``/api`` call must echo the CSRF cookie in a header."""
+    if request.url.path.startswith("/api/") and request.method not in SAFE_METHODS:
+        expected = request.cookies.get(cookie_names(settings)["csrf"], "")
+        sent = request.headers.get("x-csrftoken", "")
+        if not expected or not hmac.compare_digest(expected, sent):
+            raise HTTPException(status_code=403, detail="CSRF token missing or wrong.")
+
+
 def provide_me(
     request: Request,
     identity: NamedDependency[Identity | None],
+    db: NamedDependency[sqlite_utils.Database],
     settings: NamedDependency[Settings],
+    clock: NamedDependency[Clock],
 ) -> Identity:
     path = request.url.path
     is_api = path.startswith("/api/")
     if identity is None:
         if is_api or path.startswith("/v1/"):
             raise NotAuthorizedException("Sign in, or send an API key with scope 'manage'.")
+        if _waiting(request, db, settings, clock) is not None:
+            raise LoginRequired(headers={"Location": "/invites"})
         raise LoginRequired(headers={"Location": "/login?next=" + _local(path)})
     if identity.key is not None and identity.key.scope != "manage":
         raise NotAuthorizedException("This API key's scope does not allow this.")
-    if identity.session is not None and is_api and request.method not in SAFE_METHODS:
-        expected = request.cookies.get(cookie_names(settings)["csrf"], "")
-        sent = request.headers.get("x-csrftoken", "")
-        if not expected or not hmac.compare_digest(expected, sent):
-            raise HTTPException(status_code=403, detail="CSRF token missing or wrong.")
+    if identity.session is not None:
+        _check_csrf(request, settings)
     return identity
+
+
+def provide_person(
+    request: Request,
+    identity: NamedDependency[Identity | None],
+    db: NamedDependency[sqlite_utils.Database],
+    settings: NamedDependency[Settings],
+    clock: NamedDependency[Clock],
+) -> Person:
+    if identity is not None and identity.session is not None:
+        person: Person | None = Person(identity.user, identity.session)
+    elif identity is None and bearer(request) is None:
+        person = _waiting(request, db, settings, clock)
+    else:
+        person = None  # an API key: invites are answered by the person, signed in
+    if person is None:
+        if request.url.path.startswith("/api/"):
+            raise NotAuthorizedException("Sign in first (invites are answered in a browser).")
+        raise LoginRequired(headers={"Location": "/login?next=" + _local(request.url.path)})
+    _check_csrf(request, settings)
+    request.state.person = person  # for the base layout's header
+    return person
 
 
 def provide_manager(me: NamedDependency[Identity]) -> Identity:

@@ -18,7 +18,7 @@ from appliance.config import Settings
 from appliance.errors import InvalidInput, NotFound
 from appliance.privacy import erasure, export, policy
 from appliance.tasks import TaskQueue
-from appliance.web.identity import Identity, cookie_names
+from appliance.web.identity import Identity, Person, cookie_names
 
 
 def _safe_next(target: str | None) -> str:
@@ -79,19 +79,20 @@ class PrivacyPages(Controller):
     @get("/privacy/accept", sync_to_thread=True)
     def accept_form(
         self,
-        me: NamedDependency[Identity],
+        person: NamedDependency[Person],
         db: NamedDependency[sqlite_utils.Database],
         settings: NamedDependency[Settings],
         clock: NamedDependency[Clock],
         next: FromQuery[str] = "/",
     ) -> Response:
         """What changed in the policy now in effect, and a button to accept it."""
-        version = policy.pending(db, me.user.id, clock())
+        version = policy.pending(db, person.user.id, clock())
         if version is None:
             return Redirect(_safe_next(next))
         return Template(
             "privacy_accept.html",
             context={
+                "person": person,
                 "version": version,
                 "next": _safe_next(next),
                 "blocks": policy.blocks(policy.text_of(db, version.version)),
@@ -102,12 +103,12 @@ class PrivacyPages(Controller):
     def accept(
         self,
         data: URLEncodedBody[Acceptance],
-        me: NamedDependency[Identity],
+        person: NamedDependency[Person],
         db: NamedDependency[sqlite_utils.Database],
         clock: NamedDependency[Clock],
     ) -> Redirect:
         """Record acceptance of the version in effect (400 when ``version`` is no number)."""
-        policy.accept(db, me.user.id, data.version, clock())
+        policy.accept(db, person.user.id, data.version, clock())
         return Redirect(_safe_next(data.next))
 
 
