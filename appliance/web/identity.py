@@ -96,6 +96,9 @@ def resolve(
     session = auth.resolve_session(db, settings, token, now)
     if session is None:
         return None
+    if session.account_id is None:
+        request.state.waiting = session  # signed in, in no account yet: invites only
+        return None
     return _member(db, session.user_id, session.account_id, session=session)
 
 
@@ -138,13 +141,10 @@ def current(request: Request) -> SimpleNamespace | None:
     return SimpleNamespace(identity=identity, accounts=request.state.accounts)
 
 
-def _waiting(
-    request: Request, db: sqlite_utils.Database, settings: Settings, clock: Clock
-) -> Person | None:
+def _waiting(request: Request, db: sqlite_utils.Database) -> Person | None:
     """The person of a live session that is in no account yet (only open invites)."""
-    token = request.cookies.get(cookie_names(settings)["session"])
-    session = auth.resolve_session(db, settings, token, clock()) if token else None
-    if session is None or session.account_id is not None:
+    session = getattr(request.state, "waiting", None)
+    if session is None:
         return None
     try:
         return Person(accounts.user(db, session.user_id), session)
@@ -164,16 +164,14 @@ def _check_csrf(request: Request, settings: Settings) -> None:
 def provide_me(
     request: Request,
     identity: NamedDependency[Identity | None],
-    db: NamedDependency[sqlite_utils.Database],
     settings: NamedDependency[Settings],
-    clock: NamedDependency[Clock],
 ) -> Identity:
     path = request.url.path
     is_api = path.startswith("/api/")
     if identity is None:
         if is_api or path.startswith("/v1/"):
             raise NotAuthorizedException("Sign in, or send an API key with scope 'manage'.")
-        if _waiting(request, db, settings, clock) is not None:
+        if getattr(request.state, "waiting", None) is not None:
             raise LoginRequired(headers={"Location": "/invites"})
         raise LoginRequired(headers={"Location": "/login?next=" + _local(path)})
     if identity.key is not None and identity.key.scope != "manage":
@@ -188,14 +186,11 @@ def provide_person(
     identity: NamedDependency[Identity | None],
     db: NamedDependency[sqlite_utils.Database],
     settings: NamedDependency[Settings],
-    clock: NamedDependency[Clock],
 ) -> Person:
     if identity is not None and identity.session is not None:
         person: Person | None = Person(identity.user, identity.session)
-    elif identity is None and bearer(request) is None:
-        person = _waiting(request, db, settings, clock)
-    else:
-        person = None  # an API key: invites are answered by the person, signed in
+    else:  # an API key cannot answer invites: the person does, signed in
+        person = _waiting(request, db) if identity is None else None
     if person is None:
         if request.url.path.startswith("/api/"):
             raise NotAuthorizedException("Sign in first (invites are answered in a browser).")
