@@ -185,6 +185,11 @@ def forget(settings: Settings, addresses: list[str]) -> int:
     wanted = {address.lower() for address in addresses if address}
     if not wanted or not outbox.is_dir():
         return 0
+    # Whole addresses only: bob@example.com is not named by a mail to jimbob@example.com.
+    naming = re.compile(
+        r"(?<![\w.%+-])(?:" + "|".join(map(re.escape, sorted(wanted))) + r")(?![\w-]|\.\w)",
+        re.IGNORECASE,
+    )
     parser = email.parser.BytesParser(policy=email.policy.default)
     removed = 0
     for path in sorted(outbox.glob("*.eml")):
@@ -193,8 +198,8 @@ def forget(settings: Settings, addresses: list[str]) -> int:
         _, to = email.utils.parseaddr(str(message["To"] or ""))
         text = " ".join(
             part.get_content() for part in message.walk() if part.get_content_maintype() == "text"
-        ).lower()
-        if to.lower() in wanted or any(address in text for address in wanted):
+        )
+        if to.lower() in wanted or naming.search(text):
             path.unlink(missing_ok=True)
             removed += 1
     return removed
