@@ -46,7 +46,8 @@ def test_the_pages_show_the_invite_and_only_a_choice_joins(settings, db, clock, 
     with TestClient(app, base_url="http://127.0.0.1:8000") as browser:
         assert page_sign_in(browser, settings, NEWCOMER).headers["location"] == "/invites"
         # Any other page sends a session without an account back to its invites.
-        assert browser.get("/chat", follow_redirects=False).headers["location"] == "/invites"
+        for path in ("/", "/chat"):
+            assert browser.get(path, follow_redirects=False).headers["location"] == "/invites"
         page = browser.get("/invites")
         assert page.status_code == 200 and "Acme" in page.text
         user = accounts.user_by_email(db, NEWCOMER)
