@@ -440,6 +440,12 @@ class BillingSettings:
         "Per-model prices that replace the two above, as `MODEL=PROMPT:COMPLETION` "
         '(USD per 1,000 tokens), e.g. `["qwen2.5-7b=0.002:0.006"]`.',
     )
+    price_embedding_per_1k: float = setting(
+        0.0,
+        "Price of 1,000 input tokens of `/v1/embeddings`, in USD (0: metered and counted "
+        "against spend caps, not charged).",
+        min=0,
+    )
     price_instance_hour: float = setting(
         0.0, "Price of one hour of a running instance, in USD (charged per minute).", min=0
     )

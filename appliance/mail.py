@@ -178,6 +178,33 @@ def outbox_messages(settings: Settings) -> list[EmailMessage]:
     return messages  # type: ignore[return-value]  # policy.default makes EmailMessage
 
 
+def forget(settings: Settings, addresses: list[str]) -> int:
+    """Delete every message in the outbox sent to, or naming, one of ``addresses`` (an
+    erased person: the outbox is a delivery spool, not a record); returns how many."""
+    outbox = settings.paths.outbox
+    wanted = {address.lower() for address in addresses if address}
+    if not wanted or not outbox.is_dir():
+        return 0
+    # Whole addresses only: bob@example.com is not named by a mail to jimbob@example.com.
+    naming = re.compile(
+        r"(?<![\w.%+-])(?:" + "|".join(map(re.escape, sorted(wanted))) + r")(?![\w-]|\.\w)",
+        re.IGNORECASE,
+    )
+    parser = email.parser.BytesParser(policy=email.policy.default)
+    removed = 0
+    for path in sorted(outbox.glob("*.eml")):
+        with path.open("rb") as handle:
+            message = parser.parse(handle)
+        _, to = email.utils.parseaddr(str(message["To"] or ""))
+        text = " ".join(
+            part.get_content() for part in message.walk() if part.get_content_maintype() == "text"
+        )
+        if to.lower() in wanted or naming.search(text):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 @functools.cache
 def _environment() -> Environment:
     return Environment(
@@ -296,6 +323,7 @@ __all__ = [
     "check_settings",
     "compose",
     "deliver",
+    "forget",
     "outbox_messages",
     "recipient_ref",
 ]

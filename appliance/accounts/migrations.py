@@ -59,3 +59,14 @@ def m001_create_accounts(db: sqlite_utils.Database) -> None:
         );
         """
     )
+
+
+@migrations()
+def m002_invite_choices(db: sqlite_utils.Database) -> None:
+    """Invites are accepted or declined by the invited person (no longer at sign-in), and
+    sign-in lands in the account the user used last."""
+    db.execute("alter table invites add column declined_at text")
+    db.execute(
+        "alter table users add column last_account_id text "
+        "references accounts(id) on delete set null"
+    )

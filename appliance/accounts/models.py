@@ -21,6 +21,7 @@ class User:
     operator: bool
     created_at: str
     last_sign_in_at: str | None
+    last_account_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,19 @@ class Invite:
     expires_at: str
     accepted_at: str | None
     revoked_at: str | None
+    declined_at: str | None = None
+
+
+@dataclass(frozen=True)
+class Offer:
+    """An open invite as the invited person sees it."""
+
+    id: str
+    account_id: str
+    account_name: str
+    role: str
+    invited_by: str | None  # the inviter's email, while they have an account here
+    expires_at: str
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,16 @@ from datetime import datetime, timedelta
 
 import sqlite_utils
 
-from appliance.accounts.models import MANAGERS, ROLES, Account, Invite, Member, Profile, User
+from appliance.accounts.models import (
+    MANAGERS,
+    ROLES,
+    Account,
+    Invite,
+    Member,
+    Offer,
+    Profile,
+    User,
+)
 from appliance.accounts.store import AccountStore
 from appliance.clock import iso
 from appliance.config import Settings
@@ -175,7 +184,13 @@ def may_sign_in(db: sqlite_utils.Database, settings: Settings, email: str, now: 
 def complete_sign_in(
     db: sqlite_utils.Database, settings: Settings, email: str, now: datetime
 ) -> tuple[User, Account | None]:
-    """After a correct code: create the user if new, accept invites, pick the account.
+    """After a correct code: create the user if new and pick the account to land in.
+
+    Open invites are left for the person to accept or decline (``accept_invite``,
+    ``decline_invite``): signing in never makes anyone a member. The account is the one
+    the user used last, else the newest they joined; None when they belong to none yet
+    (only open invites). With ``auth.signup = "open"``, someone with neither gets an
+    account of their own.
 
     Raises:
         NotFound: the address may not sign in (no account, no invite, sign-up closed).
@@ -185,15 +200,66 @@ def complete_sign_in(
     store = AccountStore(db)
     with write_transaction(db):
         member = ensure_user(db, email, now)
-        for invite in store.open_invites_for(member.email, iso(now)):
-            store.upsert_membership(invite.account_id, member.id, invite.role, iso(now))
-            store.mark_invite(invite.id, "accepted_at", iso(now))
         joined = store.accounts_of(member.id)
-        if not joined and settings.auth.signup == "open":
+        if not joined and settings.auth.signup == "open" and not invited(db, member, now):
             create_user(db, member.email, now, role="owner")
             joined = store.accounts_of(member.id)
         store.touch_sign_in(member.id, iso(now))
-    return member, (joined[-1][0] if joined else None)
+    last = next((a for a, _ in joined if a.id == member.last_account_id), None)
+    return member, last or (joined[-1][0] if joined else None)
+
+
+def used_account(db: sqlite_utils.Database, user_id: str, account_id: str) -> None:
+    """Remember the account the user works in now (sign-in lands there next time)."""
+    with write_transaction(db):
+        AccountStore(db).set_last_account(user_id, account_id)
+
+
+# -- invites, as the invited person sees them -------------------------------------------
+
+
+def invited(db: sqlite_utils.Database, member: User, now: datetime) -> list[Offer]:
+    """The person's open invites (unexpired, to active accounts), oldest first."""
+    return AccountStore(db).offers_for(member.email, iso(now))
+
+
+def _offer(db: sqlite_utils.Database, member: User, invite_id: str, now: datetime) -> Offer:
+    found = next((o for o in invited(db, member, now) if o.id == invite_id), None)
+    if found is None:
+        raise NotFound("No such invitation (it may have been withdrawn or have expired).")
+    return found
+
+
+def accept_invite(
+    db: sqlite_utils.Database, user_id: str, invite_id: str, now: datetime
+) -> Account:
+    """Join the account of one of the person's open invites, with its role (someone who
+    is a member already keeps their role); returns the account.
+
+    Raises:
+        NotFound: not an open invite of this person.
+    """
+    store = AccountStore(db)
+    with write_transaction(db):
+        member = user(db, user_id)
+        offer = _offer(db, member, invite_id, now)
+        if store.role(offer.account_id, member.id) is None:
+            store.upsert_membership(offer.account_id, member.id, offer.role, iso(now))
+        store.mark_invite(offer.id, "accepted_at", iso(now))
+        store.set_last_account(member.id, offer.account_id)
+    return account(db, offer.account_id)
+
+
+def decline_invite(db: sqlite_utils.Database, user_id: str, invite_id: str, now: datetime) -> None:
+    """Say no to one of the person's open invites (the inviting account sees it no more).
+
+    Raises:
+        NotFound: not an open invite of this person.
+    """
+    store = AccountStore(db)
+    with write_transaction(db):
+        offer = _offer(db, user(db, user_id), invite_id, now)
+        store.mark_invite(offer.id, "declined_at", iso(now))
 
 
 # -- members ----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from typing import Any
 
 import sqlite_utils
 
-from appliance.accounts.models import Account, Invite, Member, Profile, User
+from appliance.accounts.models import Account, Invite, Member, Offer, Profile, User
 
 
 class AccountStore:
@@ -72,6 +72,9 @@ class AccountStore:
 
     def touch_sign_in(self, user_id: str, at: str) -> None:
         self.db.execute("update users set last_sign_in_at = ? where id = ?", [at, user_id])
+
+    def set_last_account(self, user_id: str, account_id: str) -> None:
+        self.db.execute("update users set last_account_id = ? where id = ?", [account_id, user_id])
 
     # memberships
     def upsert_membership(self, account_id: str, user_id: str, role: str, at: str) -> None:
@@ -144,7 +147,7 @@ class AccountStore:
     def invites(self, account_id: str) -> list[Invite]:
         rows = self._all(
             """select * from invites where account_id = ? and accepted_at is null
-               and revoked_at is null order by created_at""",
+               and revoked_at is null and declined_at is null order by created_at""",
             [account_id],
         )
         return [_invite(r) for r in rows]
@@ -153,13 +156,28 @@ class AccountStore:
         rows = self._all(
             """select i.* from invites i join accounts a on a.id = i.account_id
                where i.email = ? and i.accepted_at is null and i.revoked_at is null
-               and i.expires_at > ? and a.status = 'active' order by i.created_at""",
+               and i.declined_at is null and i.expires_at > ? and a.status = 'active'
+               order by i.created_at""",
             [email, now],
         )
         return [_invite(r) for r in rows]
 
+    def offers_for(self, email: str, now: str) -> list[Offer]:
+        """The open invites of ``email``, with the account's name and the inviter."""
+        rows = self._all(
+            """select i.id, i.account_id, a.name as account_name, i.role,
+                      u.email as invited_by, i.expires_at
+               from invites i join accounts a on a.id = i.account_id
+               left join users u on u.id = i.invited_by
+               where i.email = ? and i.accepted_at is null and i.revoked_at is null
+               and i.declined_at is null and i.expires_at > ? and a.status = 'active'
+               order by i.created_at""",
+            [email, now],
+        )
+        return [Offer(**r) for r in rows]
+
     def mark_invite(self, invite_id: str, column: str, at: str) -> None:
-        if column not in ("accepted_at", "revoked_at"):
+        if column not in ("accepted_at", "revoked_at", "declined_at"):
             raise ValueError(column)
         self.db.execute(f"update invites set {column} = ? where id = ?", [at, invite_id])  # noqa: S608
 

@@ -87,3 +87,24 @@ def m002_admin_key_scope(db: sqlite_utils.Database) -> None:
         create index api_keys_by_account on api_keys(account_id);
         """
     )
+
+
+@migrations()
+def m003_sessions_before_an_account(db: sqlite_utils.Database) -> None:
+    """A session may have no account yet: someone invited who has not accepted (or
+    declined) any invite. SQLite cannot drop a NOT NULL, so the table is rebuilt."""
+    db.execute(
+        """create table sessions_new (
+            id_hash text primary key,
+            user_id text not null references users(id) on delete cascade,
+            account_id text references accounts(id) on delete cascade,
+            created_at text not null,
+            last_seen_at text not null,
+            expires_at text not null,
+            revoked_at text
+        )"""
+    )
+    db.execute("insert into sessions_new select * from sessions")
+    db.execute("drop table sessions")
+    db.execute("alter table sessions_new rename to sessions")
+    db.execute("create index sessions_by_user on sessions(user_id)")

@@ -54,7 +54,7 @@ class CodeRequest:
 class Session:
     id_hash: str
     user_id: str
-    account_id: str
+    account_id: str | None  # None: signed in, not a member of any account yet (invites)
     created_at: str
     expires_at: str
 
@@ -222,12 +222,13 @@ def create_session(
     db: sqlite_utils.Database,
     settings: Settings,
     user_id: str,
-    account_id: str,
+    account_id: str | None,
     now: datetime,
     *,
     replaces: str | None = None,
 ) -> str:
-    """A new session; returns the token for the cookie. ``replaces`` is revoked."""
+    """A new session; returns the token for the cookie. ``replaces`` is revoked.
+    ``account_id`` None: the person has only open invites to answer so far."""
     token = secrets.token_urlsafe(32)
     expires = now + timedelta(hours=settings.auth.session_absolute_hours)
     with write_transaction(db):

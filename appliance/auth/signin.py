@@ -50,8 +50,12 @@ def finish(
     now: datetime,
     *,
     replaces: str | None = None,
-) -> tuple[str, User, Account]:
+) -> tuple[str, User, Account | None]:
     """Check the code and open a session; returns (session token, user, account).
+
+    The session is in the account the user used last; open invites are not accepted
+    (the person answers them on /invites). Someone with only invites gets a session
+    without an account (``account`` None), good for answering them and nothing else.
 
     Raises:
         InvalidCode: wrong, expired, used, locked, or the address may not sign in.
@@ -65,7 +69,10 @@ def finish(
         user, account = accounts.complete_sign_in(db, settings, email, now)
     except NotFound:
         raise auth.InvalidCode() from None
-    if account is None:
+    if account is None and not accounts.invited(db, user, now):
         raise auth.InvalidCode()
-    token = auth.create_session(db, settings, user.id, account.id, now, replaces=replaces)
+    account_id = account.id if account else None
+    token = auth.create_session(db, settings, user.id, account_id, now, replaces=replaces)
+    if account_id:
+        accounts.used_account(db, user.id, account_id)
     return token, user, account

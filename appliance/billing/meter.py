@@ -18,6 +18,9 @@ Rules (docs/billing.md):
   produced.
 - With ``billing.enabled`` off, holds are of 0, nothing is ever refused and usage is
   still recorded (amount 0) for the usage page.
+- ``/v1/embeddings`` goes through the same hold and settle under the model name
+  ``EMBEDDINGS``, priced at ``billing.price_embedding_per_1k`` per 1,000 input tokens
+  (unless ``billing.model_prices`` names it), and counts against the same caps.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from appliance.config import Settings
 from appliance.db import write_transaction
 from appliance.errors import ConfigError, PaymentRequired
 from appliance.ids import new_id
+
+#: The model name embedding requests are metered under (the ledger's ``model``).
+EMBEDDINGS = "embeddings"
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,8 @@ class Hold:
 
 
 def prices_for(settings: Settings, model: str | None) -> Prices:
-    """The model's prices from ``billing.model_prices``, else the default ones.
+    """The model's prices from ``billing.model_prices``, else the default ones (for
+    ``EMBEDDINGS``: ``billing.price_embedding_per_1k``).
 
     Raises:
         ConfigError: an entry of ``billing.model_prices`` is malformed.
@@ -78,6 +85,8 @@ def prices_for(settings: Settings, model: str | None) -> Prices:
                 return Prices(ledger.micro(prompt.strip()), ledger.micro(completion.strip()))
             except Exception:
                 raise ConfigError(f"billing.model_prices entry {item!r}: bad price") from None
+    if model == EMBEDDINGS:
+        return Prices(ledger.micro(settings.billing.price_embedding_per_1k), 0)
     return Prices(
         ledger.micro(settings.billing.price_prompt_per_1k),
         ledger.micro(settings.billing.price_completion_per_1k),

@@ -172,6 +172,13 @@ class InferenceClient:
         self, texts: list[str], *, account_id: str | None = None, priority: str | None = None
     ) -> list[list[float]]:
         """Embeddings of ``texts``, in order, normalised by the service."""
+        return self.embed_counted(texts, account_id=account_id, priority=priority)[0]
+
+    def embed_counted(
+        self, texts: list[str], *, account_id: str | None = None, priority: str | None = None
+    ) -> tuple[list[list[float]], int | None]:
+        """Embeddings of ``texts`` and the input tokens the service counted (None when it
+        does not say: an external server without ``usage``)."""
         headers = self._headers(account_id)
         if priority:
             headers[PRIORITY_HEADER] = priority
@@ -182,8 +189,10 @@ class InferenceClient:
                 )
         except httpx.HTTPError as exc:
             raise self._unavailable(exc) from None
-        data = self._json(response)["data"]
-        return [item["embedding"] for item in sorted(data, key=lambda item: item["index"])]
+        body = self._json(response)
+        vectors = [item["embedding"] for item in sorted(body["data"], key=lambda i: i["index"])]
+        tokens = (body.get("usage") or {}).get("prompt_tokens")
+        return vectors, tokens if isinstance(tokens, int) else None
 
     # -- async -----------------------------------------------------------------------
     async def astream_chat(

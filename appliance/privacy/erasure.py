@@ -7,9 +7,10 @@ instances destroyed, billing stopped. ``erase_account`` (run by the retention ta
 its next run and never later than ``privacy.erase_window_days``) then removes every row
 the registry lists for the account, batch by batch, each batch in its own transaction and
 counted in ``account_deletions.progress``, so an interrupted erasure resumes where it
-stopped; files go with their rows. The last transaction overwrites the account's name,
-writes the deletion receipt and marks the request done; a WAL checkpoint follows so no
-erased page survives in the write-ahead log.
+stopped; files go with their rows, and the departing people's mails leave the outbox
+(``mail.forget``). The last transaction overwrites the account's name, writes the
+deletion receipt and marks the request done; a WAL checkpoint follows so no erased page
+survives in the write-ahead log.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from datetime import datetime, timedelta
 
 import sqlite_utils
 
+from appliance import mail
 from appliance.accounts import service as accounts
 from appliance.billing import service as billing
 from appliance.clock import iso
@@ -148,8 +150,10 @@ def _params(deletion: Deletion) -> dict:
 
 
 def _condition(table: Table) -> str:
-    parts = [c for c in (table.account, table.user) if c]
-    return " or ".join(f"({c})" for c in parts)
+    """The account's rows, and the departing people's own rows in any account, except
+    what they contributed to another team (registry ``contributed``): that stays."""
+    parts = [table.account, None if table.contributed else table.user]
+    return " or ".join(f"({c})" for c in parts if c)
 
 
 def _exists(db: sqlite_utils.Database, name: str) -> bool:
@@ -189,6 +193,7 @@ def erase_account(
     # Someone who joined another account since the request keeps their person rows.
     found = replace(found, user_ids=[u for u in found.user_ids if _only_here(db, u, account_id)])
     params = _params(found)
+    _forget_mail(db, settings, found)
     for table in TABLES:
         if table.on_delete not in (ERASE, DERIVED) or not _exists(db, table.name):
             continue
@@ -220,6 +225,19 @@ def erase_account(
         )
     checkpoint(db)
     return receipt
+
+
+def _forget_mail(db: sqlite_utils.Database, settings: Settings, found: Deletion) -> None:
+    """Take the departing people's mails (addresses, codes) out of the outbox first, while
+    their user rows still say who they are."""
+    addresses = []
+    for user_id in found.user_ids:
+        with contextlib.suppress(NotFound):  # a resumed erasure has erased them already
+            addresses.append(accounts.user(db, user_id).email)
+    removed = mail.forget(settings, addresses)
+    if removed:
+        with write_transaction(db):
+            _count(db, found.account_id, "outbox", removed)
 
 
 def _only_here(db: sqlite_utils.Database, user_id: str, account_id: str) -> bool:

@@ -5,6 +5,10 @@ What goes in is driven by the registry: every table marked ``export`` contribute
 rows (as JSON, secret hashes left out), so a table added to the registry is exported
 without touching this module. Originals of documents and voice samples are added as
 files, and each conversation also as Markdown.
+
+Rows the registry marks ``personal`` (conversations and their messages, exports) belong
+to one person: they are in that person's export only, also when the person asking is
+the account's owner, whose manifest counts the other members' rows instead.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from pathlib import Path
 
 import sqlite_utils
 
+from appliance.accounts import service as accounts
+from appliance.chat import service as chat
 from appliance.clock import iso
 from appliance.config import Settings
 from appliance.db import write_transaction
@@ -151,9 +157,22 @@ def _exists(db: sqlite_utils.Database, name: str) -> bool:
 
 
 def _condition(table: Table, owner: bool) -> str | None:
-    parts = [table.user] + ([table.account] if owner else [])
+    parts = [table.user] + ([table.account] if owner and not table.personal else [])
     parts = [p for p in parts if p]
     return " or ".join(f"({p})" for p in parts) if parts else None
+
+
+def _others(db: sqlite_utils.Database, tables: list[Table], params: dict) -> dict[str, int]:
+    """For an owner's manifest: how many personal rows of the other members exist."""
+    counts = {}
+    for table in tables:
+        if table.personal and table.account and table.user:
+            counts[table.name] = db.execute(
+                f"select count(*) from {table.name} "  # noqa: S608 - registry names
+                f"where ({table.account}) and not ({table.user})",
+                params,
+            ).fetchone()[0]
+    return counts
 
 
 def _select(db: sqlite_utils.Database, table: Table, owner: bool, params: dict):
@@ -210,11 +229,7 @@ def build(db: sqlite_utils.Database, settings: Settings, export_id: str, now: da
     job = Export(*row)
     if job.status == "ready":
         return job
-    role = db.execute(
-        "select role from memberships where account_id = ? and user_id = ?",
-        [job.account_id, job.user_id],
-    ).fetchone()
-    owner = bool(role and role[0] == "owner")
+    owner = accounts.role_in(db, job.account_id, job.user_id) == "owner"
     params = {"account": job.account_id, "users": json.dumps([job.user_id])}
     tables = [t for t in TABLES if t.export and _exists(db, t.name)]
     by_name = {t.name: t for t in tables}
@@ -243,10 +258,9 @@ def build(db: sqlite_utils.Database, settings: Settings, export_id: str, now: da
                 archive.write(path, name)
             progress.step()
         for conversation_id in conversations:
-            conversation, messages = _conversation(db, conversation_id)
+            conversation = chat.get(db, job.account_id, job.user_id, conversation_id)
             archive.writestr(
-                f"conversations/{conversation_id}.md",
-                conversation_markdown(conversation, messages),
+                f"conversations/{conversation_id}.md", conversation_markdown(conversation)
             )
             progress.step()
         manifest = {
@@ -258,6 +272,8 @@ def build(db: sqlite_utils.Database, settings: Settings, export_id: str, now: da
             "tables": counts,
             "files": [name for name, _ in files],
         }
+        if owner:
+            manifest["other_members"] = _others(db, tables, params)
         archive.writestr("manifest.json", json.dumps(manifest, indent=2))
     os.chmod(partial, 0o600)
     digest = hashlib.sha256()
@@ -314,25 +330,14 @@ def _conversation_ids(
     return [row["id"] for row in _rows(cursor, tables["conversations"])] if cursor else []
 
 
-def _conversation(db: sqlite_utils.Database, conversation_id: str) -> tuple[dict, list[dict]]:
-    cursor = db.execute("select * from conversations where id = ?", [conversation_id])
-    names = [d[0] for d in cursor.description]
-    conversation = dict(zip(names, cursor.fetchone(), strict=True))
-    cursor = db.execute(
-        "select * from messages where conversation_id = ? order by position", [conversation_id]
-    )
-    names = [d[0] for d in cursor.description]
-    return conversation, [dict(zip(names, row, strict=True)) for row in cursor]
-
-
-def conversation_markdown(conversation: dict, messages: list[dict]) -> str:
-    lines = [f"# {conversation.get('title') or 'Conversation'}", ""]
-    lines.append(f"- id: {conversation['id']}")
-    lines.append(f"- created: {conversation.get('created_at', '')}")
+def conversation_markdown(conversation: chat.Conversation) -> str:
+    lines = [f"# {conversation.title or 'Conversation'}", ""]
+    lines.append(f"- id: {conversation.id}")
+    lines.append(f"- created: {conversation.created_at}")
     lines.append("")
-    for message in sorted(messages, key=lambda m: m.get("position", 0)):
-        who = "You" if message.get("role") == "user" else "Assistant"
-        lines += [f"## {who} ({message.get('created_at', '')})", "", message["content"], ""]
+    for message in conversation.messages:
+        who = "You" if message.role == "user" else "Assistant"
+        lines += [f"## {who} ({message.created_at})", "", message.content, ""]
     return "\n".join(lines)
 
 
@@ -344,5 +349,9 @@ data/*.json        every row held about you (and, for an owner, the account), on
                    per table; API keys are metadata only (the key itself is never stored)
 documents/         the original files you uploaded to the knowledge base
 voice_samples/     the voice-training files you uploaded
-conversations/     each conversation as Markdown (the JSON is in data/messages.json)
+conversations/     each of your conversations as Markdown (the JSON is in
+                   data/messages.json)
+
+Conversations belong to the person who had them: another member's conversations are
+only in their own export. An owner's manifest counts them ("other_members").
 """

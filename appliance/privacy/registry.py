@@ -52,6 +52,13 @@ class Table:
         hidden: columns never exported (secret hashes).
         eraser: name of a function in ``privacy.erasure`` that erases the rows (and their
             files, index rows) instead of a plain batched delete.
+        personal: the rows belong to the person ``user`` selects, not to the team (their
+            conversations, their exports): only that person's export holds them; an
+            owner's export counts the other members' rows (docs/privacy.md).
+        contributed: the rows are what a person gave a team (documents they uploaded,
+            prompts they wrote). Erasing that person's own account leaves the ones in
+            other teams' accounts there, attributed to nobody (the column is set null
+            with the user row): erasure takes ``user`` rows only from other tables.
     """
 
     name: str
@@ -62,6 +69,8 @@ class Table:
     hidden: tuple[str, ...] = ()
     eraser: str | None = None
     note: str = ""
+    personal: bool = False
+    contributed: bool = False
 
 
 #: In erasure order: children before parents, content before the people.
@@ -73,6 +82,7 @@ TABLES: tuple[Table, ...] = (
         ERASE,
         True,
         note="chat; its FTS rows follow by trigger",
+        personal=True,
     ),
     Table(
         "conversations",
@@ -80,6 +90,7 @@ TABLES: tuple[Table, ...] = (
         f"user_id in {_USERS}",
         ERASE,
         True,
+        personal=True,
     ),
     Table("chunks", "account_id = :account", None, DERIVED, False, note="erased with documents"),
     Table("chunk_vectors", "account_id = :account", None, DERIVED, False, note="with documents"),
@@ -91,6 +102,7 @@ TABLES: tuple[Table, ...] = (
         True,
         eraser="erase_documents",
         note="originals on disk, chunks, FTS rows and vectors",
+        contributed=True,
     ),
     Table("voice_excerpts", "account_id = :account", None, DERIVED, False),
     Table(
@@ -102,7 +114,14 @@ TABLES: tuple[Table, ...] = (
         eraser="erase_voice_samples",
         note="files on disk",
     ),
-    Table("system_prompts", "account_id = :account", f"created_by in {_USERS}", ERASE, True),
+    Table(
+        "system_prompts",
+        "account_id = :account",
+        f"created_by in {_USERS}",
+        ERASE,
+        True,
+        contributed=True,
+    ),
     Table("egress_log", "account_id = :account", None, ERASE, True),
     Table("profiles", "account_id = :account", None, ERASE, True, note="onboarding answers"),
     Table("invites", "account_id = :account", None, ERASE, True),
@@ -114,6 +133,7 @@ TABLES: tuple[Table, ...] = (
         True,
         eraser="erase_exports",
         note="ZIP files on disk",
+        personal=True,
     ),
     Table("instances", "account_id = :account", None, ERASE, True),
     Table(

@@ -3,22 +3,25 @@
 A row holds the time, the method, the route *template* (``/api/knowledge/{document_id}``,
 never the concrete path or its query string), the status, the duration, the instance id
 when the request was bound to one, and for failures the error class (plus, for
-unexpected errors only, the redacted message: domain errors may echo what the user sent,
-such as a file name).
+unexpected errors, where in the code it was raised). Never an error's message: messages
+quote what the client sent (a file name, a "number" that was not one).
 """
 
 from __future__ import annotations
 
+import os
+import traceback
 from dataclasses import dataclass
 from datetime import datetime
 
 import sqlite_utils
 
+import appliance
 from appliance.clock import iso
 from appliance.db import write_transaction
-from appliance.privacy.logs import redact
 
 MAX_ERROR = 300
+_PACKAGE = os.path.dirname(os.path.abspath(appliance.__file__)) + os.sep
 
 
 @dataclass(frozen=True)
@@ -33,12 +36,20 @@ class RequestEntry:
 
 
 def error_text(exc: BaseException, *, user_facing: bool) -> str:
-    """``Class`` for errors shown to users (they may quote input), else ``Class: message``."""
+    """``Class`` for errors shown to users, ``Class at web/x.py:12`` for unexpected ones."""
     name = type(exc).__name__
-    if user_facing:
-        return name
-    message = redact(str(exc))[:MAX_ERROR]
-    return f"{name}: {message}" if message else name
+    where = None if user_facing else raised_at(exc)
+    return f"{name} at {where}" if where else name
+
+
+def raised_at(exc: BaseException) -> str | None:
+    """``module/file.py:line`` of the innermost frame of our code that the error passed."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if f.filename.startswith(_PACKAGE)] or frames
+    if not ours:
+        return None
+    path = ours[-1].filename.removeprefix(_PACKAGE)
+    return f"{path}:{ours[-1].lineno}"[:MAX_ERROR]
 
 
 def record(db: sqlite_utils.Database, entry: RequestEntry) -> None:

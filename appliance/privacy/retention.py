@@ -131,7 +131,7 @@ def purge_invites(db, settings, now, budget, on_batch):
     return _batched(
         db,
         "invites",
-        "expires_at < ? or revoked_at is not null",
+        "expires_at < ? or revoked_at is not null or declined_at is not null",
         [iso(now)],
         settings.privacy.purge_batch_size,
         budget,

@@ -71,9 +71,7 @@ class Metered:
                 counted = 0
             else:
                 texts = [str(m.get("content") or "") for m in payload["messages"]]
-                counts = inference.count_tokens(texts, model="chat")
-                if counts is None:
-                    counts = [len(t.encode()) // 2 + 1 for t in texts]
+                counts = _token_counts(inference, texts, "chat")
                 counted = sum(counts) + TEMPLATE_TOKENS_PER_MESSAGE * (len(texts) + 1)
             hold = meter.reserve(
                 db,
@@ -133,6 +131,49 @@ class Metered:
         answered with an error) is an answer the client did not get: the hold is released
         and nothing is charged."""
         return _ObservedClient(inference, self)
+
+
+def _token_counts(inference: InferenceClient, texts: list[str], model: str) -> list[int]:
+    """Token counts in the model's tokenizer, or an estimate where the server can't tell."""
+    counts = inference.count_tokens(texts, model=model)
+    return counts if counts is not None else [len(t.encode()) // 2 + 1 for t in texts]
+
+
+def embed_metered(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    inference: InferenceClient,
+    identity: Identity,
+    instance: Any,
+    texts: list[str],
+    clock: Clock,
+) -> tuple[list[list[float]], int]:
+    """``/v1/embeddings`` under the same hold and settle as chat (``meter.EMBEDDINGS``):
+    402 when the credit or the instance's or key's spend cap does not cover the input.
+    Returns the vectors and the input tokens charged."""
+    counted = 0
+    if settings.billing.enabled:
+        limit = settings.inference.embedding_max_tokens  # longer texts are cut to this
+        counted = sum(min(n, limit) for n in _token_counts(inference, texts, "embedding"))
+    hold = meter.reserve(
+        db,
+        settings,
+        account_id=identity.account.id,
+        instance_id=instance.id,
+        key_id=identity.key.id if identity.key else None,
+        model=meter.EMBEDDINGS,
+        prompt_tokens=counted,
+        max_completion_tokens=0,
+        now=clock(),
+    )
+    try:
+        vectors, tokens = inference.embed_counted(texts, account_id=identity.account.id)
+    except BaseException:
+        meter.release(db, hold, now=clock())
+        raise
+    used = tokens if tokens is not None else counted
+    meter.settle(db, settings, hold, prompt_tokens=used, completion_tokens=0, now=clock())
+    return vectors, used
 
 
 class _ObservedClient:

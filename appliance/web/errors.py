@@ -6,6 +6,7 @@ API routes (``/api``, ``/v1``) get an OpenAI-shaped JSON error; pages get the er
 from __future__ import annotations
 
 import logging
+import traceback
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
@@ -110,9 +111,11 @@ def handle_login_required(request: Request, exc: LoginRequired) -> Response:
 
 
 def handle_unexpected(request: Request, exc: Exception) -> Response:
-    # The traceback goes to the log (without request bodies); the user gets no internals.
+    # The stack goes to the log, without the error's message (it may quote what the
+    # client sent) or request bodies; the user gets no internals.
     path = request.scope.get("path_template", "?")
-    log.exception("unhandled error on %s %s", request.method, path)
+    stack = "".join(traceback.format_tb(exc.__traceback__)).rstrip()
+    log.error("unhandled %s on %s %s\n%s", type(exc).__name__, request.method, path, stack)
     return error_response(request, 500, _generic(500), "server_error")
 
 

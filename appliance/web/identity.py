@@ -7,7 +7,10 @@ Handlers declare what they need as a dependency:
   API answers 401). A cookie-authenticated unsafe ``/api`` request must also carry the
   CSRF cookie's value in the ``X-CSRFToken`` header; a bearer key needs scope ``manage``;
 - ``manager``: ``me`` with the owner or admin role (others get 404);
-- ``api_key``: a bearer key with scope ``inference`` (``/v1``; a cookie alone never works).
+- ``api_key``: a bearer key with scope ``inference`` (``/v1``; a cookie alone never works);
+- ``person``: a signed-in browser session, in an account or not yet in any (someone with
+  only open invites: ``/invites`` is all such a session reaches; other pages send it
+  there). Same CSRF rule as ``me``.
 """
 
 from __future__ import annotations
@@ -48,6 +51,14 @@ class Identity:
         return self.role == "owner"
 
 
+@dataclass(frozen=True)
+class Person:
+    """Whoever a browser session belongs to, whether or not it is in an account yet."""
+
+    user: User
+    session: auth.Session
+
+
 class LoginRequired(HTTPException):
     """A page needs a signed-in user: redirect to /login."""
 
@@ -84,6 +95,9 @@ def resolve(
         return None
     session = auth.resolve_session(db, settings, token, now)
     if session is None:
+        return None
+    if session.account_id is None:
+        request.state.waiting = session  # signed in, in no account yet: invites only
         return None
     return _member(db, session.user_id, session.account_id, session=session)
 
@@ -127,6 +141,26 @@ def current(request: Request) -> SimpleNamespace | None:
     return SimpleNamespace(identity=identity, accounts=request.state.accounts)
 
 
+def _waiting(request: Request, db: sqlite_utils.Database) -> Person | None:
+    """The person of a live session that is in no account yet (only open invites)."""
+    session = getattr(request.state, "waiting", None)
+    if session is None:
+        return None
+    try:
+        return Person(accounts.user(db, session.user_id), session)
+    except NotFound:
+        return None
+
+
+def _check_csrf(request: Request, settings: Settings) -> None:
+    """A cookie-authenticated unsafe ``/api`` call must echo the CSRF cookie in a header."""
+    if request.url.path.startswith("/api/") and request.method not in SAFE_METHODS:
+        expected = request.cookies.get(cookie_names(settings)["csrf"], "")
+        sent = request.headers.get("x-csrftoken", "")
+        if not expected or not hmac.compare_digest(expected, sent):
+            raise HTTPException(status_code=403, detail="CSRF token missing or wrong.")
+
+
 def provide_me(
     request: Request,
     identity: NamedDependency[Identity | None],
@@ -137,15 +171,33 @@ def provide_me(
     if identity is None:
         if is_api or path.startswith("/v1/"):
             raise NotAuthorizedException("Sign in, or send an API key with scope 'manage'.")
+        if getattr(request.state, "waiting", None) is not None:
+            raise LoginRequired(headers={"Location": "/invites"})
         raise LoginRequired(headers={"Location": "/login?next=" + _local(path)})
     if identity.key is not None and identity.key.scope != "manage":
         raise NotAuthorizedException("This API key's scope does not allow this.")
-    if identity.session is not None and is_api and request.method not in SAFE_METHODS:
-        expected = request.cookies.get(cookie_names(settings)["csrf"], "")
-        sent = request.headers.get("x-csrftoken", "")
-        if not expected or not hmac.compare_digest(expected, sent):
-            raise HTTPException(status_code=403, detail="CSRF token missing or wrong.")
+    if identity.session is not None:
+        _check_csrf(request, settings)
     return identity
+
+
+def provide_person(
+    request: Request,
+    identity: NamedDependency[Identity | None],
+    db: NamedDependency[sqlite_utils.Database],
+    settings: NamedDependency[Settings],
+) -> Person:
+    if identity is not None and identity.session is not None:
+        person: Person | None = Person(identity.user, identity.session)
+    else:  # an API key cannot answer invites: the person does, signed in
+        person = _waiting(request, db) if identity is None else None
+    if person is None:
+        if request.url.path.startswith("/api/"):
+            raise NotAuthorizedException("Sign in first (invites are answered in a browser).")
+        raise LoginRequired(headers={"Location": "/login?next=" + _local(request.url.path)})
+    _check_csrf(request, settings)
+    request.state.person = person  # for the base layout's header
+    return person
 
 
 def provide_manager(me: NamedDependency[Identity]) -> Identity:

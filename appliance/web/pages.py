@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sqlite_utils
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromQuery, URLEncodedBody
-from litestar.response import Template
+from litestar.response import Redirect, Template
 
 from appliance import firstrun
 from appliance.accounts import service as accounts
@@ -23,12 +23,16 @@ class PagesController(Controller):
     @get("/", sync_to_thread=True)
     def home(
         self,
+        request: Request,
         db: NamedDependency[sqlite_utils.Database],
         settings: NamedDependency[Settings],
         identity: NamedDependency[Identity | None],
         clock: NamedDependency[Clock],
-    ) -> Template:
-        """The dashboard when signed in; else how to finish setup or sign in."""
+    ) -> Template | Redirect:
+        """The dashboard when signed in; else how to finish setup or sign in (or, signed
+        in with only open invites, those)."""
+        if identity is None and getattr(request.state, "waiting", None) is not None:
+            return Redirect("/invites")
         if identity is None:
             return Template("home.html", context={"claimed": firstrun.is_claimed(db)})
         account_id = identity.account.id

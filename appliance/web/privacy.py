@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import sqlite_utils
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
@@ -17,13 +18,20 @@ from appliance.config import Settings
 from appliance.errors import InvalidInput, NotFound
 from appliance.privacy import erasure, export, policy
 from appliance.tasks import TaskQueue
-from appliance.web.identity import Identity, cookie_names
+from appliance.web.identity import Identity, Person, cookie_names
 
 
 def _safe_next(target: str | None) -> str:
     if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
         return target
     return "/"
+
+
+class Acceptance(msgspec.Struct):
+    """The acceptance form: the policy version shown, and where to go next."""
+
+    version: int
+    next: str = "/"
 
 
 class PrivacyPages(Controller):
@@ -71,19 +79,20 @@ class PrivacyPages(Controller):
     @get("/privacy/accept", sync_to_thread=True)
     def accept_form(
         self,
-        me: NamedDependency[Identity],
+        person: NamedDependency[Person],
         db: NamedDependency[sqlite_utils.Database],
         settings: NamedDependency[Settings],
         clock: NamedDependency[Clock],
         next: FromQuery[str] = "/",
     ) -> Response:
         """What changed in the policy now in effect, and a button to accept it."""
-        version = policy.pending(db, me.user.id, clock())
+        version = policy.pending(db, person.user.id, clock())
         if version is None:
             return Redirect(_safe_next(next))
         return Template(
             "privacy_accept.html",
             context={
+                "person": person,
                 "version": version,
                 "next": _safe_next(next),
                 "blocks": policy.blocks(policy.text_of(db, version.version)),
@@ -93,13 +102,14 @@ class PrivacyPages(Controller):
     @post("/privacy/accept", sync_to_thread=True)
     def accept(
         self,
-        data: URLEncodedBody[dict[str, str]],
-        me: NamedDependency[Identity],
+        data: URLEncodedBody[Acceptance],
+        person: NamedDependency[Person],
         db: NamedDependency[sqlite_utils.Database],
         clock: NamedDependency[Clock],
     ) -> Redirect:
-        policy.accept(db, me.user.id, int(data.get("version") or 0), clock())
-        return Redirect(_safe_next(data.get("next")))
+        """Record acceptance of the version in effect (400 when ``version`` is no number)."""
+        policy.accept(db, person.user.id, data.version, clock())
+        return Redirect(_safe_next(data.next))
 
 
 def _client(request: Request) -> str:

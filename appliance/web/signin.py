@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import asdict
 from typing import Any
 from urllib.parse import quote
 
@@ -125,7 +126,10 @@ class SignInApi(Controller):
         settings: NamedDependency[Settings],
         clock: NamedDependency[Clock],
     ) -> Response:
-        """Exchange the emailed code for a session cookie (same client that asked for it)."""
+        """Exchange the emailed code for a session cookie (same client that asked for it).
+
+        The session is in the account the user used last. Open invites are listed, never
+        accepted: the person accepts or declines each at ``/api/me/invites``."""
         if not isinstance(data, dict):
             raise auth.InvalidCode()
         attempt_id, _ = _read_attempt(request, settings)
@@ -143,7 +147,9 @@ class SignInApi(Controller):
         response = Response(
             {
                 "user": {"id": user.id, "email": user.email},
-                "account": {"id": account.id, "name": account.name},
+                # None: only open invites so far (answer them at /api/me/invites).
+                "account": {"id": account.id, "name": account.name} if account else None,
+                "invites": [asdict(o) for o in accounts.invited(db, user, clock())],
             }
         )
         _set_cookie(
@@ -175,8 +181,14 @@ class MeApi(Controller):
     tags = ["auth"]
 
     @get("/", sync_to_thread=True)
-    def me(self, me: NamedDependency[Identity], db: NamedDependency[sqlite_utils.Database]) -> dict:
-        """The signed-in user, the current account and every account they belong to."""
+    def me(
+        self,
+        me: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+        clock: NamedDependency[Clock],
+    ) -> dict:
+        """The signed-in user, the current account, every account they belong to and
+        their open invites."""
         return {
             "user": {"id": me.user.id, "email": me.user.email, "operator": me.user.operator},
             "account": {"id": me.account.id, "name": me.account.name, "role": me.role},
@@ -184,6 +196,7 @@ class MeApi(Controller):
                 {"id": account.id, "name": account.name, "role": role}
                 for account, role in accounts.accounts_of(db, me.user.id)
             ],
+            "invites": [asdict(o) for o in accounts.invited(db, me.user, clock())],
         }
 
     @put("/account", sync_to_thread=True)
@@ -205,6 +218,7 @@ def switch_account(db: sqlite_utils.Database, me: Identity, account_id: str) -> 
     if accounts.role_in(db, account_id, me.user.id) is None:
         raise NotFound("No such account.")
     auth.switch_account(db, me.session, account_id)
+    accounts.used_account(db, me.user.id, account_id)
 
 
 class SignInPages(Controller):
@@ -299,8 +313,11 @@ class SignInPages(Controller):
                 },
                 status_code=400,
             )
-        role = accounts.role_in(db, account.id, user.id) or "member"
-        landing = _landing(db, account.id, role, clock)
+        if account is None or accounts.invited(db, user, clock()):
+            landing = "/invites"  # the person answers their invites first
+        else:
+            role = accounts.role_in(db, account.id, user.id) or "member"
+            landing = _landing(db, account.id, role, clock)
         landing = landing if target == "/" else target
         if policy.pending(db, user.id, clock()) is not None:
             # A changed privacy policy took effect: show it and record acceptance first.

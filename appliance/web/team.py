@@ -53,7 +53,7 @@ def _invite_mail(queue: TaskQueue, settings: Settings, me: Identity, invite) -> 
         {
             "account_name": me.account.name,
             "inviter_email": me.user.email,
-            "link": f"{settings.public_url}/login",
+            "link": f"{settings.public_url}/invites",
         },
     )
 

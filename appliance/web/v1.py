@@ -28,7 +28,7 @@ from appliance.db import open_db
 from appliance.errors import ApplianceError, Conflict, InvalidInput, NotFound
 from appliance.inference.client import InferenceClient
 from appliance.instances import service as instances
-from appliance.web.billing import Metered
+from appliance.web.billing import Metered, embed_metered
 from appliance.web.identity import Identity
 
 #: Request fields passed on to the model (checked again by the inference service).
@@ -189,19 +189,24 @@ class V1Api(Controller):
     @post("/embeddings", status_code=200, sync_to_thread=True)
     def embeddings(
         self,
+        request: Request,
         data: JSONBody[dict[str, Any]],
         api_key: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
         inference: NamedDependency[InferenceClient],
+        clock: NamedDependency[Clock],
     ) -> dict:
-        """Embeddings from the appliance's embedding model (``model``: an instance name)."""
+        """Embeddings from the appliance's embedding model (``model``: an instance name),
+        metered like chat (402 past the credit or a spend cap)."""
         instance = _instance(db, api_key, data.get("model"))
+        request.state.instance_id = instance.id  # for the request log
         texts = data.get("input")
         if isinstance(texts, str):
             texts = [texts]
-        if not isinstance(texts, list) or not texts:
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise InvalidInput("'input' must be a string or a list of strings.")
-        vectors = inference.embed(texts, account_id=api_key.account.id)
+        vectors, tokens = embed_metered(db, settings, inference, api_key, instance, texts, clock)
         return {
             "object": "list",
             "model": instance.name,
@@ -209,7 +214,7 @@ class V1Api(Controller):
                 {"object": "embedding", "index": i, "embedding": vector}
                 for i, vector in enumerate(vectors)
             ],
-            "usage": {"prompt_tokens": 0, "total_tokens": 0},
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
 
 

@@ -192,6 +192,10 @@ def test_invite_leads_to_membership(signed_in, owner_client, app, settings, team
     assert mails_to(settings, "new@example.com") == 1  # the invite
     assert [i["email"] for i in owner_client.get("/api/invites").json()] == ["new@example.com"]
     newcomer = signed_in("new@example.com")
+    (offer,) = newcomer.get("/api/me/invites").json()
+    assert offer["account_name"] == "Acme" and offer["invited_by"] == OWNER
+    accepted = newcomer.post(f"/api/me/invites/{offer['id']}/accept")
+    assert accepted.status_code == 200, accepted.text
     me = newcomer.get("/api/me").json()
     assert me["account"]["id"] == team["account"].id and me["account"]["role"] == "member"
     assert owner_client.get("/api/invites").json() == []
