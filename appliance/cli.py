@@ -237,8 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     model_command("list", cmd_models_list, "List installed models.")
     model_command("install-defaults", cmd_models_defaults, "Install the bundled models (offline).")
-    p = model_command("set-default", cmd_models_set_default, "Make a model the default.")
+    p = model_command(
+        "set-default",
+        cmd_models_set_default,
+        "Make a model the default, after it passed the self-test in a child process.",
+    )
     p.add_argument("model_id")
+    model_command(
+        "self-test",
+        cmd_models_self_test,
+        "Run the default models in a child process; non-zero exit if they fail or crash.",
+    )
     p = model_command("remove", cmd_models_remove, "Remove a model and its file.")
     p.add_argument("model_id")
     p = model_command("pull", cmd_models_pull, "Download a GGUF model (needs internet).")
@@ -758,9 +767,35 @@ def cmd_models_defaults(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_models_set_default(settings: Settings, args: argparse.Namespace) -> int:
     from appliance.inference import models
 
+    model = models.load_registry(settings).get(args.model_id)
+    if not _self_test(settings, **{f"{model.kind}_model": model.id}):
+        print(f"{model.id} was NOT made the default", file=sys.stderr)
+        return 1
     model = models.set_default(settings, args.model_id)
     print(f"{model.id} is now the default {model.kind} model; restart inference to load it")
     return 0
+
+
+def cmd_models_self_test(settings: Settings, args: argparse.Namespace) -> int:
+    return 0 if _self_test(settings) else 1
+
+
+def _self_test(settings: Settings, chat_model: str = "", embedding_model: str = "") -> bool:
+    """Run the self-test (appliance/inference/selftest.py) and print its verdict."""
+    from appliance.inference import selftest
+
+    verdict, why = selftest.check(settings, chat_model=chat_model, embedding_model=embedding_model)
+    if verdict.crashed:
+        print(f"self-test FAILED: {selftest.crash_message(verdict)}", file=sys.stderr)
+    elif not verdict.ok:
+        print(f"self-test FAILED ({verdict.outcome}): {verdict.detail}", file=sys.stderr)
+    else:
+        print(
+            f"self-test passed: {verdict.chat_model} and {verdict.embedding_model}: "
+            f"{verdict.detail} ({verdict.seconds:.1f} s); "
+            f"CPU repacking {'on' if verdict.repack else 'off'} ({why})"
+        )
+    return verdict.ok
 
 
 def cmd_models_remove(settings: Settings, args: argparse.Namespace) -> int:
