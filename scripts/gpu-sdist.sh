@@ -114,7 +114,8 @@ cp "$TRIMMED" "$STAGE/"
 part=1
 used=0
 limit=$((PART_MIB * 1024 * 1024))
-for file in "$STAGE"/*; do
+# The wheel parts first, then the small sdist: it goes into the last part's room.
+for file in "$STAGE"/wheels.tar.part-* "$STAGE/$(basename "$TRIMMED")"; do
   bytes=$(stat -c %s "$file")
   if [ $((used + bytes)) -gt "$limit" ] && [ "$used" -gt 0 ]; then
     part=$((part + 1))

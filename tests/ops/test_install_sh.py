@@ -169,3 +169,19 @@ def test_a_venv_built_on_another_cpu_is_rebuilt_without_the_other_cpus_wheel(tmp
     cuda = llama_build("--cuda", "--dry-run", str(python), env=home)
     assert "building llama-cpp-python" in cuda.stdout
     assert "-DGGML_CUDA=ON" in cuda.stdout
+
+
+def test_the_gpu_check_stops_at_once_and_says_why_without_a_gpu(tmp_path):
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has nvidia-smi")
+    out = tmp_path / "results"
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu-check.sh")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "OUT": str(out)},
+    )
+    assert result.returncode == 2
+    assert "no NVIDIA GPU here (nvidia-smi not found); nothing was run" in result.stderr
+    assert "nvidia-smi not found" in (out / "summary.txt").read_text()
