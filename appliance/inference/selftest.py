@@ -13,12 +13,11 @@ only if that child survived. The inference service refuses to start when the ver
 what it would load is a crash (``choose_repack``); ``appliance doctor``, ``appliance models
 self-test``, ``install.sh`` and ``appliance models set-default`` run it afresh (``check``).
 
-Run as ``python -m appliance.inference.selftest ...`` it is the child itself.
+The child is ``python -m appliance.inference.selftest_child``.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import importlib.metadata
@@ -37,12 +36,11 @@ from pathlib import Path
 from appliance.config import Settings
 from appliance.errors import ConfigError, InvalidInput, NotFound
 from appliance.inference import models
+from appliance.inference.selftest_child import RESULT_PREFIX
 
 log = logging.getLogger(__name__)
 
 VERDICTS_FILE = "selftest.json"
-PROMPT_TOKENS = 16
-ANSWER_TOKENS = 4
 #: Loading a large model from a cold disk and evaluating it on a CPU takes a while.
 TIMEOUT_SECONDS = 300.0
 #: CPU features whose kernels llama.cpp picks at build or run time (x86, then Arm).
@@ -50,11 +48,6 @@ NOTABLE_FLAGS = re.compile(
     r"amx_\w+|avx512\w*|avx_vnni\w*|avx2|fma|f16c|sve\d*|sme\d*|i8mm|asimddp"
 )
 BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "llama-build.sh"
-PROMPT = (
-    "The quick brown fox jumps over the lazy dog while the five boxing wizards jump "
-    "quickly and a sphinx of black quartz judges my vow."
-)
-RESULT_PREFIX = "SELFTEST "
 
 
 class SelfTestCrashed(ConfigError):
@@ -244,7 +237,7 @@ def run(
     argv = [
         sys.executable,
         "-m",
-        "appliance.inference.selftest",
+        "appliance.inference.selftest_child",
         "--chat",
         str(registry.path(chat)),
         "--embedding",
@@ -385,102 +378,3 @@ def choose_repack(settings: Settings) -> bool:
         log.warning("model self-test could not run (%s): %s", verdict.outcome, verdict.detail)
     log.info("CPU repacking %s (%s)", "on" if repack else "off", why)
     return repack
-
-
-# -- the child -----------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The child: load both models, a 16-token prompt, 4 tokens out, one embedding."""
-    parser = argparse.ArgumentParser(prog="python -m appliance.inference.selftest")
-    parser.add_argument("--chat", type=Path, required=True)
-    parser.add_argument("--embedding", type=Path, required=True)
-    parser.add_argument("--repack", choices=("on", "off"), required=True)
-    parser.add_argument("--n-threads", type=int, default=0)
-    parser.add_argument("--n-gpu-layers", type=int, default=-1)
-    parser.add_argument("--kv-cache-type", default="f16")
-    parser.add_argument("--embedding-max-tokens", type=int, default=256)
-    parser.add_argument("--flash-attn", action="store_true")
-    args = parser.parse_args(argv)
-
-    import ctypes
-
-    import llama_cpp
-    from llama_cpp import _logger
-
-    buffers: list[str] = []
-
-    @llama_cpp.llama_log_callback
-    def keep_buffer_sizes(level, text, user_data):  # llama.cpp's log: only the buffers
-        line = text.decode("utf-8", "replace")
-        if "model buffer size" in line:
-            name, _, size = line.partition(":")[2].partition("model buffer size =")
-            buffers.append(f"{name.strip()} {size.strip()}")
-
-    llama_cpp.llama_log_set(keep_buffer_sizes, ctypes.c_void_p(0))
-    try:
-        summary = _exercise(args, buffers)
-    except Exception as exc:  # a failure, as opposed to a crash: said in one line
-        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        # llama-cpp-python's own callback lives as long as the interpreter; this one not.
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-    print(RESULT_PREFIX + summary, flush=True)
-    return 0
-
-
-def _exercise(args: argparse.Namespace, buffers: list[str]) -> str:
-    import numpy as np
-
-    from appliance.inference.embedding import EmbeddingEngine
-    from appliance.inference.engine import chat_llama, gpu_layers, physical_cores
-
-    repack = args.repack == "on"
-    n_threads = args.n_threads or physical_cores()
-    started = time.monotonic()
-    llama = chat_llama(
-        args.chat,
-        n_ctx=512,
-        n_threads=n_threads,
-        n_gpu_layers=gpu_layers(args.n_gpu_layers),
-        flash_attn=args.flash_attn,
-        kv_cache_type=args.kv_cache_type,
-        extra_bufts=repack,
-    )
-    try:
-        tokens = llama.tokenize(PROMPT.encode(), add_bos=True, special=False)
-        prompt = (tokens * PROMPT_TOKENS)[:PROMPT_TOKENS]
-        answer = []
-        for token in llama.generate(prompt, temp=0.0, top_k=1):
-            answer.append(token)
-            if len(answer) >= ANSWER_TOKENS:
-                break
-    finally:
-        llama.close()
-    chat_seconds = time.monotonic() - started
-    model = models.Model("self-test", args.embedding.name, "embedding", 0, "", "", "", "")
-    embedder = EmbeddingEngine(
-        model,
-        args.embedding,
-        n_threads=n_threads,
-        max_tokens=args.embedding_max_tokens,
-        batch=args.embedding_max_tokens,
-        extra_bufts=repack,
-    )
-    try:
-        vector = np.asarray(embedder.embed([PROMPT])[0][0])
-    finally:
-        embedder.llama.close()
-    if not np.isfinite(vector).all() or not vector.any():
-        raise ValueError("the embedding model returned a vector that is not finite or all zeros")
-    # CPU_Mapped/CUDA0 hold weights as stored; CPU_REPACK, AMX, ... hold repacked ones.
-    repacked = [b for b in buffers if not b.startswith(("CPU_Mapped", "CPU ", "CUDA"))]
-    return (
-        f"{len(prompt)}-token prompt and {len(answer)} tokens out in {chat_seconds:.2f} s, "
-        f"one {embedder.dim}-dim embedding; weights repacked: {', '.join(repacked) or 'none'}"
-    )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,7 +13,7 @@ and Q4_K_M, the types of most published GGUFs, and measures each model with repa
 off and on, both loaded in this process, alternating which runs first:
 
 - prompt eval tok/s: one 128-token prompt evaluated from an empty cache (chat models);
-- decode tok/s: 64 single-token evaluations after it (chat models);
+- decode tok/s: 32 single-token evaluations after it (chat models);
 - embeddings texts/s: 32 texts of ~26 tokens in one call (embedding models).
 
 The repacked size is what llama.cpp reports for its repacked buffer (the self-test
@@ -47,7 +47,7 @@ from appliance.inference.engine import chat_llama, physical_cores  # noqa: E402
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## CPU weight repacking and the model self-test (scripts/bench/repack.py)"
 PROMPT_TOKENS = 128
-DECODE_TOKENS = 64
+DECODE_TOKENS = 32
 TEXTS = [
     f"Sentence {i} about the quarterly report, the budget and the customers of region {i % 7}."
     for i in range(32)
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, help="data dir with the models installed")
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--idle-wait", type=float, default=30.0)
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
