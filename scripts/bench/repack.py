@@ -3,7 +3,8 @@ and how long the model self-test takes.
 
 Usage::
 
-    .venv/bin/python scripts/bench/repack.py [--data-dir DIR] [--runs N] [--record]
+    .venv/bin/python scripts/bench/repack.py [--data-dir DIR] [--runs N] [--threads N]
+        [--record]
 
 Repacking applies per quantisation type and CPU (ggml-cpu/repack.cpp, amx/): on x86 with
 AVX2 it repacks Q4_0, Q4_K, IQ4_NL and MXFP4 (Q2_K with AVX-512); Intel AMX also takes
@@ -123,7 +124,15 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, help="data dir with the models installed")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="llama.cpp threads (default 1: repacking changes the speed of each thread's "
+        "kernels, and on a shared box the threads of a multi-threaded run spin at barriers, "
+        "so a busy neighbour distorts its timings many times over; 0: physical cores)",
+    )
     parser.add_argument("--idle-wait", type=float, default=30.0)
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
@@ -153,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     for chat_id, embed_id in zip(chats, [*embeds, embeds[0]], strict=True):
         repacked[chat_id], repacked[embed_id] = repacked_size(settings, chat_id, embed_id)
 
-    n_threads = physical_cores()
+    n_threads = args.threads or physical_cores()
     info = machine()
     started = datetime.now(UTC)
     busy = wait_until_idle(args.idle_wait)
