@@ -87,13 +87,18 @@ fi
 SETUP=$OUT/setup.log
 PY=${PYTHON:-python3}
 VENV=$WORK/venv
-# The machine's own Python packages (numpy, build tools) are visible in the venv.
-step "venv" "$SETUP" 120 "$PY" -m venv --system-site-packages "$VENV" || exit 1
+step "venv" "$SETUP" 120 "$PY" -m venv "$VENV" || exit 1
+# The packages of the Python it was made from (numpy, the build tools) stay visible, after
+# the venv's own: a .pth file, because that Python may itself be a venv (whose packages
+# --system-site-packages would not show).
+"$PY" -c 'import site; print("\n".join(site.getsitepackages()))' \
+  >"$("$VENV/bin/python" -c 'import site; print(site.getsitepackages()[0])')/zz-base.pth"
 mapfile -t parts < <(find build/gpu -name 'wheels.tar.part-*' 2>/dev/null | awk -F/ '{print $NF " " $0}' | sort | cut -d' ' -f2-)
 if [ ${#parts[@]} -gt 0 ]; then
   mkdir -p "$WORK/wheels"
   cat "${parts[@]}" | tar -xf - -C "$WORK/wheels"
-  export PIP_NO_INDEX=1 PIP_FIND_LINKS=$WORK/wheels PIP_NO_BUILD_ISOLATION=1
+  # PIP_NO_BUILD_ISOLATION=0 is how pip spells --no-build-isolation in the environment.
+  export PIP_NO_INDEX=1 PIP_FIND_LINKS=$WORK/wheels PIP_NO_BUILD_ISOLATION=0
   say "offline: $(find "$WORK/wheels" -name '*.whl' | wc -l) wheels from ${#parts[@]} part(s)"
 fi
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
