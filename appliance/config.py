@@ -105,6 +105,15 @@ class InferenceSettings:
         min=0,
         max=512,
     )
+    cpu_repack: str = setting(
+        "auto",
+        "Let llama.cpp repack model weights for its fastest CPU kernels (extra buffer "
+        "types: AVX2/AVX-512 repacking, Intel AMX). 'off' never; 'on' always; 'auto' runs "
+        "the models once with repacking in a child process and uses it only if that child "
+        "survives, remembered per machine, llama.cpp build and model (a crash there "
+        'costs nothing; see docs/operations.md, "CPU features").',
+        choices=("off", "auto", "on"),
+    )
     flash_attn: bool = setting(False, "Use flash attention (GPU builds).")
     kv_cache_type: str = setting(
         "f16",

@@ -32,6 +32,7 @@ def run_checks(settings: Settings) -> list[Check]:
     checks += _purges(settings)
     checks += _billing(settings)
     checks += _models(settings)
+    checks.append(_selftest(settings))
     checks.append(_disk(settings))
     checks.append(_gpu())
     checks += _tls(settings)
@@ -212,6 +213,27 @@ def _models(settings: Settings) -> list[Check]:
             size = path.stat().st_size / 1024**2
             checks.append(Check(f"{kind} model", "ok", f"{model.id} ({size:.0f} MiB)"))
     return checks
+
+
+def _selftest(settings: Settings) -> Check:
+    """The chat and embedding models run in a child process (appliance/inference/selftest.py)."""
+    from appliance.inference import selftest
+
+    try:
+        verdict, why = selftest.check(settings)
+    except ApplianceError as exc:
+        return Check("model self-test", "fail", f"not run: {exc}")
+    if verdict.crashed:
+        return Check("model self-test", "fail", selftest.crash_message(verdict))
+    if not verdict.ok:
+        return Check("model self-test", "fail", f"{verdict.outcome}: {verdict.detail}")
+    repack = "on" if verdict.repack else "off"
+    return Check(
+        "model self-test",
+        "ok",
+        f"{verdict.detail} ({verdict.seconds:.1f} s in a child process); "
+        f"CPU repacking {repack} ({why})",
+    )
 
 
 def _disk(settings: Settings) -> Check:

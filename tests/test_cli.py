@@ -95,7 +95,15 @@ def test_doctor_passes_on_a_healthy_install(settings, models_dir):
     link_models(settings, models_dir)
     result = run_cli("doctor", "--data-dir", str(settings.paths.data_dir))
     assert result.returncode == 0, result.stdout + result.stderr
-    for name in ("data dir", "secrets", "database", "sqlite-vec", "chat model", "llama.cpp"):
+    for name in (
+        "data dir",
+        "secrets",
+        "database",
+        "sqlite-vec",
+        "chat model",
+        "model self-test",
+        "llama.cpp",
+    ):
         assert name in result.stdout
     assert "FAIL" not in result.stdout
 

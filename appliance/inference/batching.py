@@ -157,6 +157,7 @@ class BatchedChatEngine(ChatModel):
         parallel: int,
         prompt_chunk_tokens: int,
         prefix_cache_entries: int,
+        extra_bufts: bool = False,
     ) -> None:
         import llama_cpp
         from llama_cpp import _internals
@@ -171,6 +172,7 @@ class BatchedChatEngine(ChatModel):
             n_gpu_layers=n_gpu_layers,
             flash_attn=flash_attn,
             kv_cache_type=kv_cache_type,
+            extra_bufts=extra_bufts,
         )
         self.slots = parallel
         self.chunk = prompt_chunk_tokens

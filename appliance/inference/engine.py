@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from appliance.config import Settings
 from appliance.errors import ConfigError, InvalidInput, NotFound
 from appliance.inference import models
+from appliance.inference.embedding import EmbeddingEngine
+from appliance.inference.loader import load_llama
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class EngineInfo:
     embedding_dim: int | None = None
     engine: str = "sequential"
     parallel: int = 1
+    cpu_repack: bool = False
 
     @property
     def device(self) -> str:
@@ -110,6 +111,16 @@ def gpu_offload_supported() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
+def gpu_layers(requested: int) -> int:
+    """``inference.n_gpu_layers`` for this build: -1 (all) or 0 without GPU support."""
+    gpu = gpu_offload_supported()
+    n_gpu_layers = (-1 if gpu else 0) if requested < 0 else requested
+    if n_gpu_layers and not gpu:
+        log.warning("inference.n_gpu_layers=%d but llama.cpp has no GPU support", n_gpu_layers)
+        n_gpu_layers = 0
+    return n_gpu_layers
+
+
 def chat_llama(
     path: Path,
     *,
@@ -118,12 +129,12 @@ def chat_llama(
     n_gpu_layers: int,
     flash_attn: bool,
     kv_cache_type: str,
+    extra_bufts: bool = False,
 ):
     """The chat model loaded with the engine's settings, as a ``llama_cpp.Llama``."""
-    import llama_cpp
-
-    return llama_cpp.Llama(
-        model_path=str(path),
+    return load_llama(
+        path,
+        extra_bufts=extra_bufts,
         n_ctx=n_ctx,
         n_batch=min(512, n_ctx),
         n_threads=n_threads,
@@ -210,6 +221,7 @@ class ChatEngine(ChatModel):
         flash_attn: bool,
         kv_cache_type: str,
         prefix_cache_bytes: int,
+        extra_bufts: bool = False,
     ) -> None:
         import llama_cpp
 
@@ -221,6 +233,7 @@ class ChatEngine(ChatModel):
             n_gpu_layers=n_gpu_layers,
             flash_attn=flash_attn,
             kv_cache_type=kv_cache_type,
+            extra_bufts=extra_bufts,
         )
         super().__init__(model, llama, llama.n_ctx())
         self._cache = llama_cpp.LlamaRAMCache(capacity_bytes=prefix_cache_bytes)
@@ -350,85 +363,6 @@ class _StopScanner:
         return out
 
 
-class EmbeddingEngine:
-    """A BERT-style embedding model: batched, truncated to its limit, L2-normalised."""
-
-    def __init__(
-        self, model: models.Model, path: Path, *, n_threads: int, max_tokens: int, batch: int
-    ) -> None:
-        import llama_cpp
-
-        self.model = model
-        self._llama_cpp = llama_cpp
-        size = max(batch, max_tokens)
-        # n_ubatch must equal n_batch: llama.cpp aborts on encoder models otherwise.
-        self.llama = llama_cpp.Llama(
-            model_path=str(path),
-            embedding=True,
-            n_ctx=size,
-            n_batch=size,
-            n_ubatch=size,
-            n_threads=n_threads,
-            n_threads_batch=n_threads,
-            n_gpu_layers=0,
-            pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-            verbose=False,
-        )
-        self.max_tokens = min(max_tokens, model.context_length or max_tokens)
-        self.batch = size
-        self.dim = self.llama.n_embd()
-        self._n_seq_max = self.llama.context_params.n_seq_max
-
-    def tokenize(self, text: str) -> list[int]:
-        """Model tokens of ``text`` ([CLS] … [SEP]), cut to the model's limit."""
-        tokens = self.llama.tokenize(text.encode("utf-8"), add_bos=True, special=False)
-        if len(tokens) > self.max_tokens:
-            tokens = [*tokens[: self.max_tokens - 1], tokens[-1]]
-        return tokens
-
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        """Tokens of each text without [CLS]/[SEP] (uses only the vocabulary: thread-safe)."""
-        return [
-            len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
-            for text in texts
-        ]
-
-    def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
-        """Normalised embeddings of ``texts`` and the number of tokens evaluated."""
-        llama = self.llama
-        out: list[np.ndarray] = []
-        total = 0
-        group: list[list[int]] = []
-        used = 0
-        for tokens in (self.tokenize(text) for text in texts):
-            if group and (used + len(tokens) > self.batch or len(group) >= self._n_seq_max):
-                out.extend(self._decode(group))
-                group, used = [], 0
-            group.append(tokens)
-            used += len(tokens)
-            total += len(tokens)
-        if group:
-            out.extend(self._decode(group))
-        llama._ctx.kv_cache_clear()
-        return [vector.tolist() for vector in out], total
-
-    def _decode(self, group: list[list[int]]) -> list[np.ndarray]:
-        llama = self.llama
-        llama._batch.reset()
-        for seq_id, tokens in enumerate(group):
-            llama._batch.add_sequence(tokens, seq_id, True)
-        llama._ctx.kv_cache_clear()
-        llama._ctx.decode(llama._batch)
-        vectors = []
-        for seq_id in range(len(group)):
-            pointer = self._llama_cpp.llama_get_embeddings_seq(llama._ctx.ctx, seq_id)
-            vector = np.ctypeslib.as_array(pointer, shape=(self.dim,)).astype(np.float32)
-            norm = float(np.linalg.norm(vector))
-            vectors.append(vector / norm if norm > 0 else vector)
-        llama._batch.reset()
-        return vectors
-
-
 @dataclass
 class Engine:
     chat: ChatModel
@@ -437,8 +371,15 @@ class Engine:
     extra: dict = field(default_factory=dict)
 
 
-def load_engine(settings: Settings, *, with_embeddings: bool = True) -> Engine:
+def load_engine(
+    settings: Settings, *, with_embeddings: bool = True, extra_bufts: bool | None = None
+) -> Engine:
     """Load the configured chat (and embedding) model.
+
+    Args:
+        extra_bufts: let llama.cpp repack weights for its CPU kernels. None: only when
+            ``inference.cpu_repack`` is "on" (the service decides "auto" with a probe,
+            appliance/inference/selftest.py).
 
     Raises:
         ConfigError: a model is missing or the settings do not fit this build.
@@ -454,11 +395,10 @@ def load_engine(settings: Settings, *, with_embeddings: bool = True) -> Engine:
         raise ConfigError(f"model file {chat_path} is missing: reinstall the model")
     if cfg.kv_cache_type != "f16" and not cfg.flash_attn:
         raise ConfigError("inference.kv_cache_type other than f16 needs inference.flash_attn")
+    if extra_bufts is None:
+        extra_bufts = cfg.cpu_repack == "on"
     gpu = gpu_offload_supported()
-    n_gpu_layers = (-1 if gpu else 0) if cfg.n_gpu_layers < 0 else cfg.n_gpu_layers
-    if n_gpu_layers and not gpu:
-        log.warning("inference.n_gpu_layers=%d but llama.cpp has no GPU support", n_gpu_layers)
-        n_gpu_layers = 0
+    n_gpu_layers = gpu_layers(cfg.n_gpu_layers)
     n_threads = cfg.n_threads or physical_cores()
     n_ctx = cfg.n_ctx or min(chat_model.context_length or 8192, 8192)
     chat: ChatModel
@@ -476,6 +416,7 @@ def load_engine(settings: Settings, *, with_embeddings: bool = True) -> Engine:
             parallel=cfg.parallel,
             prompt_chunk_tokens=cfg.prompt_chunk_tokens,
             prefix_cache_entries=cfg.prefix_cache_entries,
+            extra_bufts=extra_bufts,
         )
     else:
         chat = ChatEngine(
@@ -487,6 +428,7 @@ def load_engine(settings: Settings, *, with_embeddings: bool = True) -> Engine:
             flash_attn=cfg.flash_attn,
             kv_cache_type=cfg.kv_cache_type,
             prefix_cache_bytes=cfg.prefix_cache_mb * 1024 * 1024,
+            extra_bufts=extra_bufts,
         )
     embedding = None
     if with_embeddings:
@@ -500,6 +442,7 @@ def load_engine(settings: Settings, *, with_embeddings: bool = True) -> Engine:
             n_threads=n_threads,
             max_tokens=cfg.embedding_max_tokens,
             batch=cfg.embedding_batch_tokens,
+            extra_bufts=extra_bufts,
         )
     layers = chat.layers + 1  # llama.cpp counts the output layer too
     if n_gpu_layers == 0:
@@ -517,5 +460,6 @@ def load_engine(settings: Settings, *, with_embeddings: bool = True) -> Engine:
         embedding_dim=embedding.dim if embedding else None,
         engine=cfg.engine,
         parallel=cfg.parallel if cfg.engine == "batched" else 1,
+        cpu_repack=extra_bufts,
     )
     return Engine(chat=chat, embedding=embedding, info=info)

@@ -382,6 +382,7 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             "gpu_offload_supported": info.gpu_offload_supported,
             "gpu_layers": info.gpu_layers,
             "model_layers": info.model_layers,
+            "cpu_repack": info.cpu_repack,
             "queue": service.chat.waiting + service.embeddings.waiting,
             "gpus": await asyncio.to_thread(gpu.memory),
             "engine": info.engine,
@@ -584,7 +585,14 @@ def run_server(settings: Settings) -> None:
     """Load the models and serve until SIGINT/SIGTERM (``appliance inference``)."""
     import uvicorn
 
-    engine = load_engine(settings)
+    from appliance.inference import selftest
+
+    try:
+        extra_bufts = selftest.choose_repack(settings)
+    except selftest.SelfTestCrashed as exc:
+        log.error("refusing to start: %s", exc)
+        raise SystemExit(2) from None
+    engine = load_engine(settings, extra_bufts=extra_bufts)
     info = engine.info
     if info.gpu_offload_supported:
         log.info(

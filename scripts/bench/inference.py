@@ -58,9 +58,9 @@ from appliance.cli import initialise  # noqa: E402
 from appliance.config import Settings  # noqa: E402
 from appliance.inference import models  # noqa: E402
 from appliance.inference.client import ACCOUNT_HEADER  # noqa: E402
+from appliance.inference.embedding import EmbeddingEngine  # noqa: E402
 from appliance.inference.engine import (  # noqa: E402
     KV_TYPES,
-    EmbeddingEngine,
     gpu_offload_supported,
     physical_cores,
 )

@@ -3,8 +3,11 @@ shellcheck is clean; local-only and system-only flags are not mixed up."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,7 +36,7 @@ def test_system_dry_run_prints_the_full_plan_and_changes_nothing():
         "useradd --system",
         "install -d -m 0700 -o appliance -g appliance /var/lib/appliance",
         "python3 -m venv /opt/appliance/venv",
-        "CMAKE_ARGS=-DGGML_CUDA=on",
+        'building llama-cpp-python (not installed): CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_CUDA=ON"',
         "verify that llama.cpp has GPU offload",
         "write /etc/appliance/appliance.env (mode 0640, owner root:appliance)",
         "write /etc/appliance/appliance.toml (mode 0640, owner root:appliance)",
@@ -43,6 +46,7 @@ def test_system_dry_run_prints_the_full_plan_and_changes_nothing():
         "subjectAltName=DNS:ai.example.lan",
         "appliance init",
         "appliance models install-defaults",
+        "appliance models self-test",
         "systemd/appliance-web.service /etc/systemd/system/appliance-web.service",
         "systemctl enable appliance.target",
         "systemctl enable --now appliance-backup.timer",
@@ -128,3 +132,72 @@ def test_shellcheck_is_clean():
     scripts = [str(ROOT / "install.sh"), *map(str, sorted((ROOT / "scripts").glob("*.sh")))]
     result = subprocess.run(["shellcheck", *scripts], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def llama_build(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / "llama-build.sh"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_the_build_flags_are_native_for_the_cpu_and_add_cuda_for_a_gpu():
+    assert llama_build("--print-args", "--cpu").stdout.strip() == "-DGGML_NATIVE=ON"
+    assert llama_build("--print-args", "--cuda").stdout.strip() == "-DGGML_NATIVE=ON -DGGML_CUDA=ON"
+    custom = llama_build("--print-args", "--cpu", env={"CMAKE_ARGS": "-DGGML_NATIVE=OFF"})
+    assert custom.stdout.strip() == "-DGGML_NATIVE=OFF"
+
+
+def test_a_venv_built_on_another_cpu_is_rebuilt_without_the_other_cpus_wheel(tmp_path):
+    """The record of the CPU it was built for lives in the venv; pip's own cache is not
+    used (it keys wheels by source, not by CPU): a cache of this machine's builds is."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    version = importlib.metadata.version("llama_cpp_python")
+    home = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "CMAKE_ARGS": ""}
+
+    first = llama_build("--cpu", str(python), env=home)
+    assert first.returncode == 0, first.stderr
+    assert "no build record; taken as built on this machine" in first.stdout
+    marker = venv / "llama-cpp-build"
+    fingerprint = marker.read_text().strip()
+    assert len(fingerprint) == 16
+    again = llama_build("--cpu", str(python), env=home)
+    assert f"llama-cpp-python {version}: built on this machine (cpu" in again.stdout
+
+    marker.write_text("0123456789abcdef\n")  # the disk moved here from another machine
+    moved = llama_build("--cpu", "--dry-run", str(python), env=home)
+    assert moved.returncode == 0, moved.stderr
+    assert "built on another machine" in moved.stdout
+    assert f"fingerprint 0123456789abcdef, this one {fingerprint}" in moved.stdout
+    cache = tmp_path / "cache" / "appliance" / f"llama-cpp-{fingerprint}"
+    assert f"--cache-dir {cache} --force-reinstall --no-deps llama-cpp-python=={version}" in (
+        moved.stdout
+    )
+    assert "CMAKE_ARGS=-DGGML_NATIVE=ON" in moved.stdout
+    # A CUDA build is another build: it does not take the CPU build's record.
+    cuda = llama_build("--cuda", "--dry-run", str(python), env=home)
+    assert "building llama-cpp-python" in cuda.stdout
+    assert "-DGGML_CUDA=ON" in cuda.stdout
+
+
+def test_the_gpu_check_stops_at_once_and_says_why_without_a_gpu(tmp_path):
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has nvidia-smi")
+    out = tmp_path / "results"
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu-check.sh")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "OUT": str(out)},
+    )
+    assert result.returncode == 2
+    assert "no NVIDIA GPU here (nvidia-smi not found); nothing was run" in result.stderr
+    assert "nvidia-smi not found" in (out / "summary.txt").read_text()

