@@ -51,3 +51,10 @@ def m001_create_documents(db: sqlite_utils.Database) -> None:
         create table kb_meta (key text primary key, value text not null);
         """
     )
+
+
+@migrations()
+def m002_create_chunks_vocab(db: sqlite_utils.Database) -> None:
+    """Document frequencies of the full-text index's terms (no storage of its own): the
+    search leaves the query's common words out of its BM25 leg."""
+    db.execute("create virtual table chunks_vocab using fts5vocab(chunks_fts, 'row')")

@@ -15,6 +15,9 @@ from sqlite_vec import serialize_float32
 from appliance.db import write_transaction
 
 VECTOR_TABLE = "chunk_vectors"
+#: Porter stems of query words already seen (the tokenizer never changes): word -> stem.
+_stems: dict[str, str] = {}
+_MAX_STEMS = 100_000
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,44 @@ class KnowledgeStore:
             [match, account_id, k],
         )
         return [row[0] for row in rows]
+
+    def indexed_rows(self) -> int:
+        """About how many chunks the full-text index holds, all accounts together (the
+        largest chunk id: exact until chunks are deleted, then a little above)."""
+        return self.db.execute("select coalesce(max(id), 0) from chunks").fetchone()[0]
+
+    def document_frequencies(self, words: Sequence[str]) -> dict[str, int]:
+        """How many chunks (all accounts) hold each word, as the index stems it.
+
+        The stems come from a TEMP FTS5 table with the index's tokenizer (the vocabulary
+        of its one row maps each word to its stem); the counts from ``chunks_vocab``.
+        """
+        missing = [word for word in words if word not in _stems]
+        if missing:
+            self.db.execute(
+                "create virtual table if not exists temp.kb_query_words "
+                "using fts5(word, tokenize='porter unicode61')"
+            )
+            self.db.execute(
+                "create virtual table if not exists temp.kb_query_stems "
+                "using fts5vocab(temp, kb_query_words, 'instance')"
+            )
+            self.db.execute("delete from temp.kb_query_words")
+            self.db.conn.executemany(
+                "insert into temp.kb_query_words (rowid, word) values (?, ?)",
+                list(enumerate(missing)),
+            )
+            if len(_stems) > _MAX_STEMS:
+                _stems.clear()
+            for row in self.db.query("select doc, term from temp.kb_query_stems"):
+                _stems[missing[row["doc"]]] = row["term"]
+        counts = {}
+        for word in words:
+            row = self.db.execute(
+                "select doc from chunks_vocab where term = ?", [_stems.get(word, word)]
+            ).fetchone()
+            counts[word] = row[0] if row else 0
+        return counts
 
     def nearest(self, account_id: str, vector: Sequence[float], k: int) -> list[int]:
         if not self.has_vectors():
