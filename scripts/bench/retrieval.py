@@ -91,6 +91,7 @@ from appliance.knowledge.store import Chunk, Document, KnowledgeStore  # noqa: E
 
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Retrieval (scripts/bench/retrieval.py)"
+COLLECTION_SECTION = "## Retrieval on a test collection (scripts/bench/retrieval.py --collection)"
 
 SEED = 20240611
 TIERS = (1_000, 10_000, 100_000)
@@ -1305,9 +1306,11 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def record(setup, tables: list[tuple[str, list[str], list[list[str]]]], notes) -> None:
+def record(
+    setup, tables: list[tuple[str, list[str], list[list[str]]]], notes, title: str = SECTION
+) -> None:
     existing = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
-    section = [SECTION, "", markdown_table(["Setup", ""], setup), ""]
+    section = [title, "", markdown_table(["Setup", ""], setup), ""]
     for title, header, rows in tables:
         section += [title, "", markdown_table(header, rows), ""]
     section += ["Notes:", "", *[f"- {note}" for note in notes], ""]
@@ -1345,6 +1348,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
     parser.add_argument(
+        "--collection",
+        choices=("cranfield",),
+        help="measure quality on a public test collection instead (scripts/bench/collection.py)",
+    )
+    parser.add_argument("--collection-dir", type=Path, help="where the collection's files are")
+    parser.add_argument("--work-dir", type=Path, help="data dir for the collection run")
+    parser.add_argument(
+        "--reuse", action="store_true", help="search the documents a previous run ingested"
+    )
+    parser.add_argument("--embedding-model", default="", help="embedding model id to serve")
+    parser.add_argument(
+        "--inference-threads",
+        type=int,
+        default=0,
+        help="inference.n_threads for the service (1 on a box shared with other work: "
+        "llama.cpp's threads spin-wait for each other and slow down when oversubscribed)",
+    )
+    parser.add_argument(
         "--wait-idle",
         type=float,
         default=0,
@@ -1352,6 +1373,8 @@ def main(argv: list[str] | None = None) -> int:
         help="first wait up to SECONDS for other processes to leave the CPUs (shared boxes)",
     )
     args = parser.parse_args(argv)
+    if args.collection:
+        return collection_main(args)
     try:
         tiers = sorted({int(t.replace("_", "")) for t in args.tiers.split(",") if t.strip()})
     except ValueError:
@@ -1499,6 +1522,21 @@ def main(argv: list[str] | None = None) -> int:
         notes.insert(0, f"**{warning}**")
     if args.record:
         record(setup, tables, notes)
+    return 0
+
+
+def collection_main(args) -> int:
+    import collection  # scripts/bench/collection.py
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+
+    setup, tables, notes = collection.run(args, log)
+    for title, header, rows in tables:
+        print(f"\n{title}\n")
+        print(text_table(header, rows))
+    if args.record:
+        record(setup, tables, notes, COLLECTION_SECTION)
     return 0
 
 
