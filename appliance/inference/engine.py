@@ -19,6 +19,7 @@ import numpy as np
 from appliance.config import Settings
 from appliance.errors import ConfigError, InvalidInput, NotFound
 from appliance.inference import models
+from appliance.inference.rerank import RerankEngine
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class EngineInfo:
     embedding_dim: int | None = None
     engine: str = "sequential"
     parallel: int = 1
+    rerank_model: str | None = None
 
     @property
     def device(self) -> str:
@@ -435,6 +437,7 @@ class Engine:
     embedding: EmbeddingEngine | None
     info: EngineInfo
     extra: dict = field(default_factory=dict)
+    rerank: RerankEngine | None = None
 
 
 def load_engine(settings: Settings, *, with_embeddings: bool = True) -> Engine:
@@ -501,6 +504,18 @@ def load_engine(settings: Settings, *, with_embeddings: bool = True) -> Engine:
             max_tokens=cfg.embedding_max_tokens,
             batch=cfg.embedding_batch_tokens,
         )
+    rerank = None
+    if with_embeddings and cfg.rerank_model:
+        try:
+            rerank_model = registry.resolve("reranker", cfg.rerank_model)
+        except (InvalidInput, NotFound) as exc:
+            raise ConfigError(str(exc)) from None
+        rerank = RerankEngine(
+            rerank_model,
+            registry.path(rerank_model),
+            n_threads=n_threads,
+            batch=cfg.embedding_batch_tokens,
+        )
     layers = chat.layers + 1  # llama.cpp counts the output layer too
     if n_gpu_layers == 0:
         offloaded = 0
@@ -517,5 +532,6 @@ def load_engine(settings: Settings, *, with_embeddings: bool = True) -> Engine:
         embedding_dim=embedding.dim if embedding else None,
         engine=cfg.engine,
         parallel=cfg.parallel if cfg.engine == "batched" else 1,
+        rerank_model=rerank.model.id if rerank else None,
     )
-    return Engine(chat=chat, embedding=embedding, info=info)
+    return Engine(chat=chat, embedding=embedding, info=info, rerank=rerank)

@@ -1,4 +1,4 @@
-"""Hybrid retrieval: FTS5 BM25 and vector KNN, fused, neighbouring chunks merged.
+"""Hybrid retrieval: FTS5 BM25 and vector KNN, fused, neighbours merged, then reranked.
 
 Both legs filter by account inside the query (the FTS join, and the vec0 partition key),
 so an account always gets its own top-k. Either leg alone still answers; the result
@@ -10,7 +10,9 @@ the GIL while it works), then fuses the two rankings by weighted reciprocal rank
 The BM25 leg leaves out the query's common words (those in more than
 ``Tuning.common_share`` of all chunks): scoring their long posting lists is most of
 its time and adds little to the ranking; a rare word is never left out.
-Hits that are neighbouring chunks of one document become one passage.
+Hits that are neighbouring chunks of one document become one passage. When the inference
+service serves a reranker (``knowledge.rerank``), a cross-encoder re-scores the top
+``knowledge.rerank_candidates`` passages and its order stands.
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ import logging
 import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sqlite_utils
 from sqlite_utils.utils import sqlite3
 
+from appliance.config import KnowledgeSettings
 from appliance.db import open_reader
 from appliance.errors import ApplianceError, InvalidInput
-from appliance.inference.client import InferenceClient
+from appliance.inference.client import InferenceClient, InferenceError
 from appliance.knowledge.store import KnowledgeStore
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,11 @@ class Tuning:
     rrf_k: int = 60
     common_share: float = 0.05  # 0: every query word goes to BM25
     merge_neighbours: bool = True
+    rerank_candidates: int = 0  # 0: the fused order stands
+
+    @classmethod
+    def from_settings(cls, knowledge: KnowledgeSettings) -> Tuning:
+        return cls(rerank_candidates=knowledge.rerank_candidates if knowledge.rerank else 0)
 
 
 @dataclass(frozen=True)
@@ -146,10 +154,13 @@ def search(
             scores[chunk_id] = scores.get(chunk_id, 0.0) + score
             seen_in.setdefault(chunk_id, []).append(leg)
     order = sorted(scores, key=lambda cid: scores[cid], reverse=True)
+    wanted = max(k, tuning.rerank_candidates)
     # Merging shortens the list: read a few more rows than hits are wanted.
-    rows = store.chunk_rows(order[: k * 2 if tuning.merge_neighbours else k], account_id)
-    hits = _passages(order, rows, scores, seen_in, tuning.merge_neighbours, k)
-    return SearchResult(hits=hits, legs=list(ranked))
+    rows = store.chunk_rows(order[: wanted * 2 if tuning.merge_neighbours else wanted], account_id)
+    hits = _passages(order, rows, scores, seen_in, tuning.merge_neighbours, wanted)
+    if tuning.rerank_candidates and client is not None and len(hits) > 1:
+        hits = _rerank(client, account_id, query, hits)
+    return SearchResult(hits=hits[:k], legs=list(ranked))
 
 
 def _start_vector_leg(
@@ -260,3 +271,15 @@ def _join_overlapping(first: str, second: str) -> str:
             return first[:start] + second
         start = first.find(second[:1], start + 1)
     return f"{first} {second}"
+
+
+def _rerank(client: InferenceClient, account_id: str, query: str, hits: list[Hit]) -> list[Hit]:
+    """``hits`` in the reranker's order; the fused order when it cannot answer."""
+    try:
+        scores = client.rerank(query, [hit.text for hit in hits], account_id=account_id)
+    except ApplianceError as exc:
+        if not (isinstance(exc, InferenceError) and exc.status == 501):  # 501: none loaded
+            log.warning("rerank skipped: %s", type(exc).__name__)
+        return hits
+    rescored = [replace(hit, score=round(s, 6)) for hit, s in zip(hits, scores, strict=True)]
+    return sorted(rescored, key=lambda hit: hit.score, reverse=True)

@@ -153,7 +153,14 @@ class KnowledgeApi(Controller):
         k: FromQuery[int | None] = None,
     ) -> dict:
         """Hybrid search over the account's knowledge base."""
-        result = kb_search.search(db, inference, me.account.id, q, k or settings.knowledge.search_k)
+        result = kb_search.search(
+            db,
+            inference,
+            me.account.id,
+            q,
+            k or settings.knowledge.search_k,
+            kb_search.Tuning.from_settings(settings.knowledge),
+        )
         return {"hits": [asdict(hit) for hit in result.hits], "legs": result.legs}
 
 
