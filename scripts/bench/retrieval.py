@@ -1357,7 +1357,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reuse", action="store_true", help="search the documents a previous run ingested"
     )
+    parser.add_argument(
+        "--tune", action="store_true", help="also search fusion settings on half the queries"
+    )
     parser.add_argument("--embedding-model", default="", help="embedding model id to serve")
+    parser.add_argument(
+        "--rerank-model", default="", help="reranker id to serve (adds the rerank stage)"
+    )
     parser.add_argument(
         "--inference-threads",
         type=int,
