@@ -22,15 +22,15 @@ import sqlite_utils
 from appliance.clock import iso, utcnow
 from appliance.config import Settings
 from appliance.db import write_transaction
-from appliance.errors import ApplianceError, InvalidInput, NotFound, TooLarge, Unavailable
+from appliance.errors import InvalidInput, NotFound, TooLarge
 from appliance.ids import new_id
 from appliance.inference.client import InferenceClient
-from appliance.knowledge import chunking, extract
+from appliance.knowledge import extract
+from appliance.knowledge.ingest import ingest_documents
 from appliance.knowledge.store import Document, KnowledgeStore
 from appliance.privacy import receipts
 
 log = logging.getLogger(__name__)
-EMBED_BATCH = 32
 HEAD_BYTES = 8192
 
 
@@ -190,99 +190,26 @@ def unfinished(db: sqlite_utils.Database) -> list[Document]:
 
 
 def ingest(
-    db: sqlite_utils.Database, settings: Settings, client: InferenceClient, document_id: str
+    db: sqlite_utils.Database,
+    settings: Settings,
+    client: InferenceClient,
+    document_ids: str | list[str],
 ) -> None:
-    """Extract, chunk, embed and index one document; safe to run again at any point.
+    """Extract, chunk, embed and index documents; safe to run again at any point.
+
+    Several documents are embedded and written together (see ``knowledge/ingest.py``).
 
     Raises:
-        Unavailable: the inference service is down (the task retries later; the document
-            stays in its current state and is resumed).
+        Unavailable: the inference service is down (the task retries later; the
+            documents stay in their current state and are resumed).
     """
-    store = KnowledgeStore(db)
-    doc = store.document_any(document_id)
-    if doc is None or doc.status == "ready":
-        return
-    path = document_path(settings, doc)
-    _set(db, doc.id, "extracting", error=None, chunks_done=0, chunks_total=0)
-    try:
-        extracted = extract.extract(
-            path,
-            doc.kind,
-            timeout=settings.knowledge.extract_timeout_seconds,
-            memory_mb=settings.knowledge.extract_memory_mb,
-        )
-    except extract.ExtractionError as exc:
-        _set(db, doc.id, "failed", error=str(exc))
-        return
-    except FileNotFoundError:
-        if store.document_any(doc.id) is not None:
-            _set(db, doc.id, "failed", error="The uploaded file is missing; upload it again.")
-        return
-    cfg = settings.knowledge
-    chunks = chunking.chunk_sections(
-        extracted.sections,
-        _counter(client),
-        chunk_tokens=cfg.chunk_tokens,
-        overlap_tokens=cfg.chunk_overlap_tokens,
-    )
-    if not chunks:
-        _set(db, doc.id, "failed", error="No text was found in this document.")
-        return
-    with write_transaction(db):
-        if store.document_any(doc.id) is None:
-            return  # deleted while extracting
-        store.delete_chunks(doc.id)
-        store.set_status(doc.id, "embedding", _now(), chunks_total=len(chunks), chunks_done=0)
-    model = None
-    for start in range(0, len(chunks), EMBED_BATCH):
-        batch = chunks[start : start + EMBED_BATCH]
-        texts = [f"{c.heading}\n{c.text}" if c.heading else c.text for c in batch]
-        vectors = client.embed(texts, account_id=doc.account_id, priority="batch")
-        if model is None:
-            model = _model_name(client)
-            try:
-                store.ensure_vectors(len(vectors[0]), model)
-            except ValueError as exc:  # the embedding model changed under the index
-                _set(db, doc.id, "failed", error=str(exc))
-                return
-        with write_transaction(db):
-            if store.document_any(doc.id) is None:
-                return  # deleted while embedding: nothing of it may remain
-            store.add_chunks(doc.id, doc.account_id, batch, vectors)
-            store.set_status(
-                doc.id, "embedding", _now(), chunks_done=start + len(batch), embedding_model=model
-            )
-    with write_transaction(db):
-        if store.document_any(doc.id) is not None:
-            store.set_status(doc.id, "ready", _now())
+    ids = [document_ids] if isinstance(document_ids, str) else list(document_ids)
+    ingest_documents(db, settings, client, ids, document_path)
 
 
-def _counter(client: InferenceClient):
-    def count(texts: list[str]) -> list[int]:
-        try:
-            counts = client.count_tokens(texts)
-        except Unavailable:
-            raise
-        return counts if counts is not None else chunking.estimate_tokens(texts)
-
-    return count
-
-
-def _model_name(client: InferenceClient) -> str:
-    try:
-        health = client.health()
-        return str(health.get("embedding_model") or "unknown")
-    except ApplianceError:
-        return "unknown"
-
-
-def _now() -> str:
-    return iso(utcnow())
-
-
-def _set(db: sqlite_utils.Database, document_id: str, status: str, **fields) -> None:
-    with write_transaction(db):
-        KnowledgeStore(db).set_status(document_id, status, _now(), **fields)
+def queued(db: sqlite_utils.Database, limit: int) -> list[str]:
+    """Ids of the oldest queued documents (for the worker to take several at once)."""
+    return KnowledgeStore(db).queued(limit)
 
 
 def audit(db: sqlite_utils.Database, settings: Settings) -> list[str]:
@@ -349,7 +276,7 @@ def reindex(db: sqlite_utils.Database) -> list[str]:
         ids = [row[0] for row in db.execute("select id from documents")]
         for document_id in ids:
             store.delete_chunks(document_id)
-            store.set_status(document_id, "queued", _now(), chunks_done=0, chunks_total=0)
+            store.set_status(document_id, "queued", iso(utcnow()), chunks_done=0, chunks_total=0)
         if store.has_vectors():
             db.execute("drop table chunk_vectors")
         db.execute("delete from kb_meta where key in ('embedding_dim', 'embedding_model')")

@@ -102,6 +102,15 @@ class KnowledgeStore:
         )
         return [Document(*row) for row in rows]
 
+    def queued(self, limit: int) -> list[str]:
+        return [
+            row["id"]
+            for row in self.db.query(
+                "select id from documents where status = 'queued' order by created_at limit ?",
+                [limit],
+            )
+        ]
+
     def set_status(self, document_id: str, status: str, now: str, **fields) -> None:
         allowed = {"error", "chunks_total", "chunks_done", "embedding_model"}
         extra = {k: v for k, v in fields.items() if k in allowed}

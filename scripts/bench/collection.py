@@ -210,13 +210,15 @@ def reused(db) -> Ingested:
 
 def _ingest_all(db, settings, client, document_ids: list[str], log) -> None:
     from appliance.knowledge import service as knowledge
+    from appliance.tasks import INGEST_BATCH
 
     last = time.perf_counter()
-    for n, document_id in enumerate(document_ids, 1):
-        knowledge.ingest(db, settings, client, document_id)
+    for start in range(0, len(document_ids), INGEST_BATCH):
+        # What one worker task does when it drains the queue.
+        knowledge.ingest(db, settings, client, document_ids[start : start + INGEST_BATCH])
         if time.perf_counter() - last > 30:
             last = time.perf_counter()
-            log(f"  {n}/{len(document_ids)} documents ready")
+            log(f"  {start + INGEST_BATCH}/{len(document_ids)} documents ready")
 
 
 # -- evaluation -------------------------------------------------------------------------------
