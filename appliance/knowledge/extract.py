@@ -3,11 +3,11 @@
 ``detect_type`` decides what an upload is from its first bytes *and* its name, and refuses
 anything whose content does not match. ``extract`` reads plain text and Markdown in this
 process (decoding and splitting at most ``MAX_TEXT_BYTES`` of text: nothing in them can
-make that take long or grow), and every other format in a separate Python process
-(``python -I -m appliance.knowledge.extract``) with an address-space limit, a CPU limit
-and a wall-clock timeout, so a parser bomb (a PDF that decompresses to gigabytes, a
-file that sends a parser into a loop) kills only that process. The child answers on its
-stdout with one JSON object; the parent caps how much it reads.
+make that take long or grow), and every other format in the sandboxed extraction worker
+(``sandbox.py``: a child interpreter, reused for many documents, with an address-space
+limit, a CPU limit per document and a wall-clock timeout), so a parser bomb (a PDF that
+decompresses to gigabytes, a file that sends a parser into a loop) kills only that
+process, which is then replaced.
 
 DOCX files are zip archives: the parent checks the archive's directory (entry count,
 unpacked size, compression ratio, member names) before a child is started, and the child
@@ -21,17 +21,9 @@ from __future__ import annotations
 
 import codecs
 import io
-import json
-import logging
-import math
 import os
 import re
-import selectors
-import signal
 import struct
-import subprocess
-import sys
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -50,8 +42,7 @@ from appliance.knowledge.readers import (
     Sink,
     mostly_printable,
 )
-
-log = logging.getLogger(__name__)
+from appliance.knowledge.sandbox import Sandbox
 
 SUPPORTED = ("txt", "md", "html", "pdf", "docx", "csv", "json")
 HEAD_BYTES = 8192
@@ -61,9 +52,6 @@ MAX_ZIP_DIRECTORY_BYTES = 1024 * 1024  # bounds what zipfile parses in the paren
 MAX_ZIP_RATIO = 200
 RATIO_EXEMPT_BYTES = 1024 * 1024  # tiny members may compress >200:1 and are harmless
 
-# JSON escaping at most doubles the (control-character-free) text; plus per-section overhead.
-_MAX_RESULT_BYTES = 2 * MAX_TEXT_BYTES + 64 * MAX_SECTIONS
-_CHILD_MODULE = "appliance.knowledge.extract"
 #: Read without a sandbox: text decoded and split, within MAX_TEXT_BYTES.
 IN_PROCESS = ("txt", "md")
 _ALIASES = {"htm": "html", "markdown": "md"}
@@ -283,7 +271,7 @@ def extract(path: Path, kind: str, *, timeout: float = 60, memory_mb: int = 512)
     if kind in IN_PROCESS:
         payload = _read_here(path, kind)
     else:
-        payload = _run_child(path, kind, timeout, memory_mb)
+        payload = Sandbox.for_thread(memory_mb).extract(kind, path, timeout)
     if payload.get("ok") is not True:
         reason = str(payload.get("error"))
         try:
@@ -323,74 +311,6 @@ def _read_here(path: Path, kind: str) -> dict:
     except Refused as refused:
         return {"ok": False, "error": refused.reason}
     return {"ok": True, "pages": None, "sections": sink.sections}
-
-
-def _run_child(path: Path, kind: str, timeout: float, memory_mb: int) -> dict:
-    cpu_seconds = max(1, math.ceil(timeout))
-    command = [
-        sys.executable,
-        "-I",  # ignore PYTHON* variables, user site-packages and the working directory
-        "-m",
-        _CHILD_MODULE,
-        kind,
-        str(path),
-        str(memory_mb),
-        str(cpu_seconds),
-    ]
-    deadline = time.monotonic() + timeout
-    output = bytearray()
-    outcome = "done"
-    proc = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,  # tracebacks could quote document text
-        env={"PATH": os.defpath},  # the parser needs none of the service's settings
-        close_fds=True,
-    )
-    try:
-        assert proc.stdout is not None
-        fd = proc.stdout.fileno()
-        with selectors.DefaultSelector() as selector:
-            selector.register(fd, selectors.EVENT_READ)
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    outcome = "timeout"
-                    break
-                if not selector.select(left):
-                    continue
-                chunk = os.read(fd, 1 << 20)
-                if not chunk:
-                    break
-                output += chunk
-                if len(output) > _MAX_RESULT_BYTES:
-                    outcome = "too_much_text"
-                    break
-        if outcome == "done":
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()) + 0.5)
-            except subprocess.TimeoutExpired:
-                outcome = "timeout"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-    if outcome == "done" and proc.returncode == -signal.SIGXCPU:
-        outcome = "timeout"
-    if outcome != "done":
-        log.info("extraction of a %s stopped: %s", kind, outcome)
-        return {"ok": False, "error": outcome}
-    try:
-        payload = json.loads(bytes(output))
-    except ValueError:
-        payload = None
-    if proc.returncode != 0 or not isinstance(payload, dict):
-        log.warning("extraction of a %s failed: child exit status %s", kind, proc.returncode)
-        return {"ok": False, "error": "crashed"}
-    return payload
 
 
 def _message(reason: str, kind: str, timeout: float, memory_mb: int) -> str:
@@ -513,57 +433,3 @@ def _check_zip_directory(path: Path) -> None:
             "was refused as a possible zip bomb.",
             "zip_bomb",
         )
-
-
-# --- the child --------------------------------------------------------------------------
-
-
-def _child_main(argv: list[str]) -> None:
-    kind, path, memory_mb, cpu_seconds = argv[0], Path(argv[1]), int(argv[2]), int(argv[3])
-    # The result goes to the original stdout; anything a library prints goes to stderr.
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    sys.dont_write_bytecode = True
-    _limit_resources(memory_mb, cpu_seconds)
-    reserve = bytearray(1 << 20)  # freed on MemoryError, so the answer can still be sent
-    sink = Sink()
-    try:
-        pages = READERS[kind](path, sink)
-        if not sink.sections:
-            raise Refused("no_text")
-        result: dict[str, Any] = {"ok": True, "pages": pages, "sections": sink.sections}
-    except Refused as refused:
-        result = {"ok": False, "error": refused.reason}
-    except MemoryError:
-        del reserve
-        sink.sections = []
-        result = {"ok": False, "error": "memory"}
-    except Exception:  # a parser's exception on hostile input: report, never show it
-        result = {"ok": False, "error": "malformed"}
-    try:
-        answer = json.dumps(result, ensure_ascii=False).encode("utf-8")
-    except MemoryError:
-        result = sink = None  # type: ignore[assignment]
-        answer = b'{"ok": false, "error": "memory"}'
-    out.write(answer)
-    out.flush()
-
-
-def _limit_resources(memory_mb: int, cpu_seconds: int) -> None:
-    import resource
-
-    def cap(which: int, soft: int, hard: int) -> None:
-        current = resource.getrlimit(which)[1]
-        if current != resource.RLIM_INFINITY:
-            soft, hard = min(soft, current), min(hard, current)
-        resource.setrlimit(which, (soft, hard))
-
-    memory = memory_mb * 1024 * 1024
-    cap(resource.RLIMIT_AS, memory, memory)
-    cap(resource.RLIMIT_CPU, cpu_seconds, cpu_seconds + 1)  # SIGXCPU, then SIGKILL
-    cap(resource.RLIMIT_CORE, 0, 0)
-
-
-if __name__ == "__main__":
-    _child_main(sys.argv[1:])
