@@ -118,7 +118,10 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
         # holds is left to it): their chunks are embedded and written together. Their own
         # tasks find them ready, or wait for the lock and retry.
         with contextlib.ExitStack() as locks:
-            locks.enter_context(huey.lock_task(INGEST_LOCK.format(document_id)))
+            try:
+                locks.enter_context(huey.lock_task(INGEST_LOCK.format(document_id)))
+            except TaskLockedException:
+                return  # another task took it along with its own and is on it
             db = open_db(settings)
             locks.callback(db.close)
             batch = [document_id]

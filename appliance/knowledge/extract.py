@@ -352,17 +352,30 @@ _SCANNED = " It may contain only scanned images; text recognition is not support
 
 def _check_docx(path: Path) -> None:
     """Refuse zip bombs and zip-slip names before any child parses the archive."""
+    names = {info.filename for info in check_archive(path)}
+    if "word/document.xml" not in names:
+        raise ExtractionError(_NOT_DOCX, "not_docx")
+
+
+def check_archive(path: Path, what: str = "This Word document") -> list[zipfile.ZipInfo]:
+    """The members of the zip archive at ``path``, once it passed the caps every archive
+    meets (DOCX files, and ZIP uploads of many documents): entry count, directory size,
+    unpacked size, compression ratio, member names, no encryption.
+
+    Raises:
+        ExtractionError: naming ``what`` ("This Word document", "This ZIP archive").
+    """
     bomb = "; it was refused as a possible zip bomb."
-    _check_zip_directory(path)
+    malformed = f"{what} could not be read. It may be damaged."
+    _check_zip_directory(path, what)
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
     except (zipfile.BadZipFile, EOFError, ValueError, struct.error, OSError):
-        raise ExtractionError(_message("malformed", "docx", 0, 0), "malformed") from None
+        raise ExtractionError(malformed, "malformed") from None
     if len(infos) > MAX_ZIP_ENTRIES:
         raise ExtractionError(
-            f"This Word document contains too many files (more than {MAX_ZIP_ENTRIES}){bomb}",
-            "zip_bomb",
+            f"{what} contains too many files (more than {MAX_ZIP_ENTRIES}){bomb}", "zip_bomb"
         )
     names: set[str] = set()
     total = 0
@@ -376,17 +389,16 @@ def _check_docx(path: Path) -> None:
             or "\x00" in name
         ):
             raise ExtractionError(
-                "This Word document contains a file with an unsafe path (such as ../ or an "
-                "absolute path); it was refused.",
+                f"{what} contains a file with an unsafe path (such as ../ or an absolute "
+                "path); it was refused.",
                 "unsafe_path",
             )
         if name in names:
-            raise ExtractionError(_message("malformed", "docx", 0, 0), "malformed")
+            raise ExtractionError(malformed, "malformed")
         names.add(name)
         if info.flag_bits & 0x1:
             raise ExtractionError(
-                "This Word document is password-protected. Remove the password and upload "
-                "it again.",
+                f"{what} is password-protected. Remove the password and upload it again.",
                 "encrypted",
             )
         total += info.file_size
@@ -394,20 +406,18 @@ def _check_docx(path: Path) -> None:
             info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1)
         ):
             raise ExtractionError(
-                f"This Word document contains a part compressed more than {MAX_ZIP_RATIO}:1{bomb}",
+                f"{what} contains a part compressed more than {MAX_ZIP_RATIO}:1{bomb}",
                 "zip_bomb",
             )
     if total > MAX_ZIP_UNPACKED:
         raise ExtractionError(
-            "This Word document would unpack to more than "
-            f"{MAX_ZIP_UNPACKED // (1024 * 1024)} MB{bomb}",
+            f"{what} would unpack to more than {MAX_ZIP_UNPACKED // (1024 * 1024)} MB{bomb}",
             "zip_bomb",
         )
-    if "word/document.xml" not in names:
-        raise ExtractionError(_NOT_DOCX, "not_docx")
+    return infos
 
 
-def _check_zip_directory(path: Path) -> None:
+def _check_zip_directory(path: Path, what: str) -> None:
     """Read the end-of-central-directory record the way ``zipfile`` does, and refuse a
     directory too big to parse (``zipfile`` builds one object per entry, in the parent)."""
     with path.open("rb") as f:
@@ -420,7 +430,7 @@ def _check_zip_directory(path: Path) -> None:
     else:
         at = tail.rfind(b"PK\x05\x06")
     if at < 0 or len(tail) - at < 22:
-        raise ExtractionError(_message("malformed", "docx", 0, 0), "malformed")
+        raise ExtractionError(f"{what} could not be read. It may be damaged.", "malformed")
     entries, directory_size, directory_offset = struct.unpack("<2xHLL", tail[at + 8 : at + 20])
     if (
         (at >= 20 and tail[at - 20 : at - 16] == b"PK\x06\x07")  # ZIP64: Word never needs it
@@ -429,7 +439,7 @@ def _check_zip_directory(path: Path) -> None:
         or directory_offset == 0xFFFFFFFF
     ):
         raise ExtractionError(
-            f"This Word document contains too many files (more than {MAX_ZIP_ENTRIES}); it "
+            f"{what} contains too many files (more than {MAX_ZIP_ENTRIES}); it "
             "was refused as a possible zip bomb.",
             "zip_bomb",
         )

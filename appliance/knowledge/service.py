@@ -11,10 +11,11 @@ import hashlib
 import logging
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 import sqlite_utils
@@ -124,6 +125,63 @@ def add_document(
         return Upload(doc, duplicate=False)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A file of an archive or folder that was not added, and why (for the user)."""
+
+    filename: str
+    error: str
+
+
+def is_archive(filename: str) -> bool:
+    return filename.lower().endswith(".zip")
+
+
+def add_archive(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    account_id: str,
+    user_id: str | None,
+    filename: str,
+    stream: BinaryIO,
+    now: datetime,
+) -> list[Upload | Refusal]:
+    """Add every document in a ZIP archive (folders flattened; each member checked as an
+    upload of its own). The archive meets the caps a DOCX does before any member is read;
+    a member that cannot be added is reported and the rest go on.
+
+    Raises:
+        TooLarge: the archive is over ``knowledge.max_upload_mb``.
+        ExtractionError: the archive is not a ZIP, or fails a cap.
+    """
+    limit = settings.knowledge.max_upload_mb * 1024 * 1024
+    directory = account_dir(settings, account_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".archive-") as copy:
+        size = 0
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            size += len(block)
+            if size > limit:
+                raise TooLarge(f"{filename} is larger than {settings.knowledge.max_upload_mb} MB.")
+            copy.write(block)
+        copy.flush()
+        infos = extract.check_archive(Path(copy.name), "This ZIP archive")
+        outcomes: list[Upload | Refusal] = []
+        with zipfile.ZipFile(copy) as archive:
+            for info in infos:
+                name = PurePosixPath(info.filename.replace("\\", "/")).name
+                if info.is_dir() or not name or name.startswith(".") or "__MACOSX" in info.filename:
+                    continue
+                try:
+                    with archive.open(info) as member:
+                        outcomes.append(
+                            add_document(db, settings, account_id, user_id, name, member, now)
+                        )
+                except (InvalidInput, TooLarge) as exc:
+                    outcomes.append(Refusal(name, str(exc)))
+    return outcomes
 
 
 def documents(db: sqlite_utils.Database, account_id: str) -> list[Document]:
