@@ -13,6 +13,7 @@ import sqlite_utils
 from sqlite_vec import serialize_float32
 
 from appliance.db import write_transaction
+from appliance.knowledge import codes
 
 VECTOR_TABLE = "chunk_vectors"
 #: Porter stems of query words already seen (the tokenizer never changes): word -> stem.
@@ -170,8 +171,8 @@ class KnowledgeStore:
         for chunk, vector in zip(chunks, vectors, strict=True):
             cursor = self.db.execute(
                 """insert into chunks (document_id, account_id, position, text, page, heading,
-                                       tokens)
-                   values (?, ?, ?, ?, ?, ?, ?)""",
+                                       tokens, code)
+                   values (?, ?, ?, ?, ?, ?, ?, ?)""",
                 [
                     document_id,
                     account_id,
@@ -180,6 +181,7 @@ class KnowledgeStore:
                     chunk.page,
                     chunk.heading,
                     chunk.tokens,
+                    codes.code(vector),
                 ],
             )
             chunk_id = cursor.lastrowid
@@ -205,6 +207,8 @@ class KnowledgeStore:
             if self.has_vectors():
                 self.db.execute(f"delete from {VECTOR_TABLE} where rowid = ?", [chunk_id])  # noqa: S608
         self.db.execute("delete from chunks where document_id = ?", [document_id])
+        if rows:  # the in-RAM codes of searches (codes.py) reload from scratch
+            self.set_meta("deletions", str(int(self.meta("deletions") or 0) + 1))
         return len(rows)
 
     def delete_document(self, document_id: str) -> None:
@@ -271,9 +275,35 @@ class KnowledgeStore:
             counts[word] = row[0] if row else 0
         return counts
 
+    def codes(self, account_id: str, after: int) -> tuple[list[int], list[bytes]]:
+        """The account's chunk ids above ``after`` with their vectors' sign bits."""
+        rows = self.db.execute(
+            "select id, code from chunks where account_id = ? and id > ? and code is not null "
+            "order by id",
+            [account_id, after],
+        ).fetchall()
+        return [row[0] for row in rows], [row[1] for row in rows]
+
+    def vectors(self, ids: Sequence[int]) -> dict[int, bytes]:
+        """The stored float32 vectors of chunks ``ids`` (raw bytes), by id."""
+        found = {}
+        for chunk_id in ids:
+            row = self.db.execute(
+                "select embedding from chunk_vectors where rowid = ?", [chunk_id]
+            ).fetchone()
+            if row is not None:
+                found[chunk_id] = row[0]
+        return found
+
     def nearest(self, account_id: str, vector: Sequence[float], k: int) -> list[int]:
         if not self.has_vectors():
             return []
+        if self.indexed_rows() >= codes.QUANTIZED_ABOVE:
+            path = self.db.execute(
+                "select file from pragma_database_list where name = 'main'"
+            ).fetchone()[0]
+            if codes.size(self, path, account_id) >= codes.QUANTIZED_ABOVE:
+                return codes.nearest(self, path, account_id, vector, k)
         rows = self.db.execute(
             f"""select rowid from {VECTOR_TABLE}
                 where embedding match ? and k = ? and account_id = ?
