@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("url", help="https URL of a .gguf file (e.g. a Hugging Face file URL)")
     p.add_argument("--sha256", required=True, help="expected SHA-256 of the file")
     p.add_argument("--id", dest="model_id", help="model id (default: from the file name)")
-    p.add_argument("--kind", choices=("chat", "embedding"), default="chat")
+    p.add_argument("--kind", choices=("chat", "embedding", "reranker"), default="chat")
     p.add_argument("--license", default="see the model card", help="license note")
     p.add_argument("--default", action="store_true", help="make it the default of its kind")
     return parser
