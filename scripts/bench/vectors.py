@@ -95,8 +95,10 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--real", type=int, default=2000, help="passages embedded for real")
     parser.add_argument("--data-dir", type=Path, help="data dir with the models installed")
+    parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: cores)")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
+    threads = {"inference.n_threads": args.threads} if args.threads else None
     sizes = sorted(int(s) for s in args.sizes.split(","))
 
     def log(message: str) -> None:
@@ -105,9 +107,11 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-vectors-"))
     try:
         if args.data_dir:
-            model_settings = Settings.load(data_dir=args.data_dir.absolute(), environ={})
+            model_settings = Settings.load(
+                data_dir=args.data_dir.absolute(), environ={}, overrides=threads
+            )
         else:
-            model_settings = Settings.load(data_dir=work / "models", environ={})
+            model_settings = Settings.load(data_dir=work / "models", environ={}, overrides=threads)
             initialise(model_settings)
             models.install_defaults(model_settings, log=lambda m: log(f"  {m}"))
         engine = load_engine(model_settings).embedding
