@@ -98,3 +98,14 @@ def test_chunks_of_other_sections_are_not_merged(db, account):
     add_document(db, account, "doc_a", texts, ["Guide > Grinding", "Guide > Brewing"])
     result = search.search(db, None, account, "espresso", 5)
     assert sorted(hit.heading for hit in result.hits) == ["Guide > Brewing", "Guide > Grinding"]
+
+
+def test_the_bm25_leg_starts_from_the_full_text_index(big_index, account):
+    """Not from the chunks of the account (chunks_by_account): that plan runs the FTS5
+    match once per chunk, seconds at a few thousand chunks."""
+    from appliance.knowledge.store import BM25_SQL
+
+    plan = big_index.execute("explain query plan " + BM25_SQL, ['"pump"', account, 10])
+    steps = [row[3] for row in plan.fetchall()]
+    assert "VIRTUAL TABLE" in steps[0], steps
+    assert not any("chunks_by_account" in step for step in steps), steps
