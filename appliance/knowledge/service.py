@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -181,6 +182,9 @@ def add_archive(
                         )
                 except (InvalidInput, TooLarge) as exc:
                     outcomes.append(Refusal(name, str(exc)))
+                except (zipfile.BadZipFile, zlib.error, EOFError):  # its data is not what
+                    # the archive's directory says (size, checksum)
+                    outcomes.append(Refusal(name, "This file is damaged in the ZIP archive."))
     return outcomes
 
 

@@ -141,3 +141,16 @@ def test_kb_import_reads_a_folder_into_one_account(linked_settings, db, clock, t
         queue.huey.execute(task)
     assert {d.status for d in knowledge.documents(db, account_a.id)} == {"ready"}
     assert knowledge.audit(db, linked_settings) == []
+
+
+def test_a_damaged_member_is_reported_and_the_rest_added(linked_settings, db, clock):
+    members = {"good.txt": b"The lift was serviced.", "bad.txt": b"x" * 5000}
+    data = bytearray(archive(members, zipfile.ZIP_STORED))
+    at = data.find(b"x" * 100)  # bad.txt's data (stored): its checksum no longer matches
+    data[at : at + 100] = b"y" * 100
+    with client_for(linked_settings, db, clock, "a@example.com", "A") as a:
+        results = upload(a, "mixed.zip", bytes(data)).json()
+    assert [r["filename"] for r in results if "id" in r] == ["good.txt"]
+    assert [r for r in results if "error" in r] == [
+        {"filename": "bad.txt", "error": "This file is damaged in the ZIP archive."}
+    ]
