@@ -15,7 +15,11 @@ stores them (``knowledge.add_document``) and queued as the upload handler queues
 the first upload to the last document ``ready``.
 
 ``--code-root`` runs the worker from another checkout (e.g. a ``git worktree`` of the
-commit before) on the same data, for a before/after on the same machine and hour.
+commit before) on the same data, for a before/after on the same machine and hour. The
+sandboxed extraction child runs ``python -I`` (no PYTHONPATH), so give ``--python`` an
+interpreter whose site-packages find that checkout first, e.g. a venv made with
+``python -m venv --without-pip`` whose ``.pth`` file lists the checkout, then this
+checkout's ``.venv/lib/python3.11/site-packages``.
 """
 
 from __future__ import annotations
@@ -148,7 +152,7 @@ def run(files: list[tuple[str, bytes]], args, log) -> dict:
     if args.code_root:
         worker_env["PYTHONPATH"] = str(args.code_root.absolute())
     worker = subprocess.Popen(
-        [sys.executable, "-m", "appliance", "worker"],
+        [str(args.python or sys.executable), "-m", "appliance", "worker"],
         env=worker_env,
         cwd=args.code_root or ROOT,
         stdout=subprocess.DEVNULL,
@@ -201,6 +205,7 @@ def main() -> int:
     parser.add_argument("--pages", type=int, default=300)
     parser.add_argument("--data-dir", type=Path, required=True, help="with the models installed")
     parser.add_argument("--code-root", type=Path, help="run the worker from this checkout")
+    parser.add_argument("--python", type=Path, help="interpreter for the worker (see above)")
     parser.add_argument("--inference-threads", type=int, default=0)
     parser.add_argument("--limit", type=float, default=1800, help="seconds to wait at most")
     parser.add_argument("--record", action="store_true")
@@ -244,7 +249,7 @@ def main() -> int:
         setup = [
             ["Date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")],
             ["Machine", f"{cpu_model()}, {os.cpu_count()} CPUs; load average at the end {load}"],
-            ["Worker code", code],
+            ["Worker code", code + (f" (interpreter {args.python})" if args.python else "")],
             [
                 "Inference",
                 f"bundled models, n_threads {args.inference_threads or 'default'}",
