@@ -18,8 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Accounts with at least this many chunks use the binary first pass.
-QUANTIZED_ABOVE = 100_000
+#: Accounts with at least this many chunks use the binary first pass. It is lossy: on the
+#: benchmark's near-duplicate-heavy vectors it keeps 85% of exact KNN's top 10 at 100k
+#: chunks and 48% at 1M (docs/benchmarks.md), so below this size exact KNN stays.
+QUANTIZED_ABOVE = 250_000
 #: Candidates of the first pass rescored exactly.
 RESCORE = 400
 #: Accounts whose codes one process keeps (least recently searched dropped first).
