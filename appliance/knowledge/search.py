@@ -33,6 +33,7 @@ from appliance.inference.client import InferenceClient, InferenceError
 from appliance.knowledge.store import KnowledgeStore
 
 log = logging.getLogger(__name__)
+RRF_K = 60
 MAX_QUERY_CHARS = 2000
 MAX_K = 50
 MAX_QUERY_WORDS = 64
@@ -59,7 +60,7 @@ class Tuning:
     vector_depth: int = 40
     bm25_weight: float = 1.0
     vector_weight: float = 1.0
-    rrf_k: int = 60
+    rrf_k: int = RRF_K
     common_share: float = 0.05  # 0: every query word goes to BM25
     merge_neighbours: bool = True
     rerank_candidates: int = 0  # 0: the fused order stands
