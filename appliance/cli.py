@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import pathlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -219,6 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--wait", action="store_true", help="show progress until the worker is done")
     p.set_defaults(handler=cmd_kb_reindex)
+    p = kbsub.add_parser(
+        "import",
+        help="Add every document in a folder (and the ZIP archives in it) to an account's "
+        "knowledge base; the worker indexes them.",
+        parents=[common],
+    )
+    p.add_argument("directory", type=pathlib.Path, help="folder to read, subfolders included")
+    p.add_argument("--account", required=True, help="account id")
+    p.set_defaults(handler=cmd_kb_import)
 
     p = command("logs", cmd_logs, "Show the request log (newest first; content-free).")
     p.add_argument("--since", help="ISO date/time or a duration such as 2h, 30m, 7d")
@@ -494,6 +504,53 @@ def _check_embedding_model_served(settings: Settings) -> None:
             f"'{wanted.id}': restart it first (sudo systemctl restart appliance-inference, "
             "or restart `appliance up`), then run this again"
         )
+
+
+def cmd_kb_import(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.accounts import service as accounts
+    from appliance.clock import utcnow
+    from appliance.errors import InvalidInput, TooLarge
+    from appliance.knowledge import service as knowledge
+    from appliance.tasks import create_queue
+
+    if not args.directory.is_dir():
+        print(f"{args.directory} is not a folder", file=sys.stderr)
+        return 2
+    db = _db(settings)
+    queue = create_queue(settings)
+    added = duplicates = 0
+    refused: list[tuple[str, str]] = []
+    try:
+        account = accounts.account(db, args.account)
+        for path in sorted(args.directory.rglob("*")):
+            relative = path.relative_to(args.directory)
+            if not path.is_file() or any(part.startswith(".") for part in relative.parts):
+                continue
+            archive = knowledge.is_archive(path.name)
+            add = knowledge.add_archive if archive else knowledge.add_document
+            try:
+                with path.open("rb") as stream:
+                    outcome = add(db, settings, account.id, None, path.name, stream, utcnow())
+            except (InvalidInput, TooLarge, OSError) as exc:
+                refused.append((str(relative), str(exc)))
+                continue
+            for one in outcome if isinstance(outcome, list) else [outcome]:
+                if isinstance(one, knowledge.Refusal):
+                    refused.append((f"{relative}: {one.filename}", one.error))
+                elif one.duplicate:
+                    duplicates += 1
+                else:
+                    added += 1
+                    queue.ingest_document(one.document.id)
+    finally:
+        db.close()
+    for name, error in refused:
+        print(f"not added: {name}: {error}", file=sys.stderr)
+    print(
+        f"queued {added} document(s) for indexing ({duplicates} already there, "
+        f"{len(refused)} not added); the worker does the rest"
+    )
+    return 1 if refused else 0
 
 
 def cmd_accounts_delete(settings: Settings, args: argparse.Namespace) -> int:

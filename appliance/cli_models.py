@@ -76,7 +76,11 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--sha256", default="", help="expected SHA-256 (required for a URL)")
     p.add_argument("--id", dest="model_id", help="model id (default: the catalog name or file)")
-    p.add_argument("--kind", choices=("chat", "embedding"), help="default: chat (or the catalog's)")
+    p.add_argument(
+        "--kind",
+        choices=("chat", "embedding", "reranker"),
+        help="default: chat (or the catalog's)",
+    )
     p.add_argument("--license", help="license note (default: the catalog's or the model card)")
     p.add_argument("--default", action="store_true", help="make it the default of its kind")
     p = action(

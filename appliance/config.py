@@ -86,6 +86,12 @@ class InferenceSettings:
         "",
         "Id of the embedding model to load. Empty: the registry's default embedding model.",
     )
+    rerank_model: str = setting(
+        "",
+        "Id of a cross-encoder reranker to load for POST /v1/rerank (a GGUF installed with "
+        "`appliance models pull --kind reranker`). Empty: none, and searches keep the "
+        "fused order.",
+    )
     n_ctx: int = setting(
         0,
         "Context window of the chat model in tokens. 0: the model's trained context, "
@@ -285,6 +291,18 @@ class KnowledgeSettings:
         40, "Tokens repeated from the end of one chunk at the start of the next.", min=0
     )
     search_k: int = setting(8, "Passages a search returns by default.", min=1, max=50)
+    rerank: bool = setting(
+        True,
+        "Re-score the fused search candidates with the inference service's reranker when "
+        "it serves one (inference.rerank_model); off: the fused order stands.",
+    )
+    rerank_candidates: int = setting(
+        20,
+        "Fused candidates the reranker re-scores per search. Each is one cross-encoder "
+        "pass over the query and the passage, so on a CPU this is the search's main cost.",
+        min=2,
+        max=100,
+    )
     extract_timeout_seconds: int = setting(
         120, "Wall-clock limit for extracting the text of one document.", min=5
     )

@@ -46,19 +46,40 @@ def open_db(settings: Settings, *, migrate: bool = True) -> sqlite_utils.Databas
     path = settings.paths.database
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatabaseError(f"cannot open database {path}: {exc}") from None
+    db = _connect(str(path), settings.database.busy_timeout_ms)
+    try:
+        if migrate:
+            apply_migrations(db, settings)
+    except sqlite3.Error as exc:
+        db.close()
+        raise DatabaseError(f"cannot prepare database {path}: {exc}") from None
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def open_reader(path: str, busy_timeout_ms: int = 5000) -> sqlite_utils.Database:
+    """A second connection to an already opened and migrated database file, with the same
+    pragmas (for a search leg that runs on another thread while the first connection is
+    busy). It only reads: the caller never writes through it."""
+    return _connect(path, busy_timeout_ms)
+
+
+def _connect(path: str, busy_timeout_ms: int) -> sqlite_utils.Database:
+    try:
         # isolation_level=None: no implicit transactions; writes use db.atomic() or
         # write_transaction() so each one is exactly one explicit transaction.
         conn = sqlite3.connect(
-            str(path),
-            isolation_level=None,
-            check_same_thread=False,
-            timeout=settings.database.busy_timeout_ms / 1000,
+            path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
         )
     except (OSError, sqlite3.Error) as exc:
         raise DatabaseError(f"cannot open database {path}: {exc}") from None
     try:
         load_vec(conn)
-        conn.execute(f"PRAGMA busy_timeout = {int(settings.database.busy_timeout_ms)}")
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
@@ -66,16 +87,13 @@ def open_db(settings: Settings, *, migrate: bool = True) -> sqlite_utils.Databas
         # Reads through mmap instead of the page cache: sqlite-vec's brute-force KNN scans
         # every vector blob (49 → 29 ms at 100k chunks, docs/benchmarks.md).
         conn.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
-        db = sqlite_utils.Database(conn)
-        if migrate:
-            apply_migrations(db, settings)
     except sqlite3.Error as exc:
         conn.close()
         raise DatabaseError(f"cannot prepare database {path}: {exc}") from None
     except BaseException:
         conn.close()
         raise
-    return db
+    return sqlite_utils.Database(conn)
 
 
 def load_vec(conn: sqlite3.Connection) -> str:

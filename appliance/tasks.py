@@ -6,12 +6,14 @@ looked up by name (``queue.tasks.heartbeat``). Nothing here runs at import time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass
 
 from huey import SqliteHuey, crontab
 from huey.api import TaskWrapper
+from huey.exceptions import TaskLockedException
 
 from appliance import heartbeat, mail
 from appliance.accounts import service as accounts
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 WORKER_SERVICE = "worker"
 #: Huey lock held while a document is ingested (its name, formatted with the document id).
 INGEST_LOCK = "ingest-{}"
+#: Queued documents one ingestion task takes at most (it embeds their chunks together).
+INGEST_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -110,12 +114,26 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
 
     @huey.task(retries=5, retry_delay=30, name="ingest_document")
     def ingest_document(document_id: str) -> None:
-        with huey.lock_task(INGEST_LOCK.format(document_id)):
-            db = open_db(settings)
+        # Other queued documents come along (each under its own lock; one another task
+        # holds is left to it): their chunks are embedded and written together. Their own
+        # tasks find them ready, or wait for the lock and retry.
+        with contextlib.ExitStack() as locks:
             try:
-                knowledge.ingest(db, settings, InferenceClient.from_settings(settings), document_id)
-            finally:
-                db.close()
+                locks.enter_context(huey.lock_task(INGEST_LOCK.format(document_id)))
+            except TaskLockedException:
+                return  # another task took it along with its own and is on it
+            db = open_db(settings)
+            locks.callback(db.close)
+            batch = [document_id]
+            for other in knowledge.queued(db, INGEST_BATCH):
+                if other == document_id or len(batch) >= INGEST_BATCH:
+                    continue
+                try:
+                    locks.enter_context(huey.lock_task(INGEST_LOCK.format(other)))
+                except TaskLockedException:
+                    continue
+                batch.append(other)
+            knowledge.ingest(db, settings, InferenceClient.from_settings(settings), batch)
 
     @huey.periodic_task(crontab(minute="17"), name="purge")
     def purge() -> None:

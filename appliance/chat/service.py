@@ -63,11 +63,18 @@ def system_prompt(db, settings: Settings, account_id: str, instance, now: dateti
 
 
 def retrieve(
-    db, client: InferenceClient, account_id: str, query: str, k: int
+    db, settings: Settings, client: InferenceClient, account_id: str, query: str, k: int
 ) -> list[prompt.Passage]:
     """The account's best passages for ``query``, numbered from 1."""
     try:
-        result = kb_search.search(db, client, account_id, query[: kb_search.MAX_QUERY_CHARS], k)
+        result = kb_search.search(
+            db,
+            client,
+            account_id,
+            query[: kb_search.MAX_QUERY_CHARS],
+            k,
+            kb_search.Tuning.from_settings(settings.knowledge),
+        )
     except InvalidInput:
         return []
     return [
@@ -107,7 +114,7 @@ def compose(
     passages: list[prompt.Passage] = []
     last_user = next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
     if instance.knowledge and knowledge and last_user:
-        passages = retrieve(db, client, account_id, last_user, instance.top_k)
+        passages = retrieve(db, settings, client, account_id, last_user, instance.top_k)
     max_tokens = instance.max_tokens if max_tokens is None else max_tokens
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise InvalidInput("'max_tokens' must be a positive integer.")

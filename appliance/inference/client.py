@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import ssl
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -22,6 +23,9 @@ from appliance.errors import ApplianceError, ConfigError, InvalidInput, Unavaila
 ACCOUNT_HEADER = "X-Appliance-Account"
 PRIORITY_HEADER = "X-Appliance-Priority"
 INTERNAL_HEADERS = (ACCOUNT_HEADER.lower(), PRIORITY_HEADER.lower())
+#: A server that said it has no reranker is not asked again for this long.
+NO_RERANKER_RECHECK_SECONDS = 60.0
+_no_reranker: dict[str, float] = {}  # base URL -> monotonic time to ask again
 
 
 @functools.cache
@@ -193,6 +197,33 @@ class InferenceClient:
         vectors = [item["embedding"] for item in sorted(body["data"], key=lambda i: i["index"])]
         tokens = (body.get("usage") or {}).get("prompt_tokens")
         return vectors, tokens if isinstance(tokens, int) else None
+
+    def rerank(
+        self, query: str, documents: list[str], *, account_id: str | None = None
+    ) -> list[float]:
+        """Relevance of each document to ``query`` (``POST /v1/rerank``), in input order.
+
+        Raises:
+            Unavailable: the service is down or busy.
+            InferenceError: it serves no reranker (501; not asked again for a minute).
+        """
+        if time.monotonic() < _no_reranker.get(self.base_url, 0.0):
+            raise InferenceError("The inference service serves no reranker.", 501)
+        try:
+            with httpx.Client(timeout=self.timeout, verify=_tls()) as http:
+                response = http.post(
+                    self._url("/v1/rerank"),
+                    json={"query": query, "documents": documents, "top_n": len(documents)},
+                    headers=self._headers(account_id),
+                )
+        except httpx.HTTPError as exc:
+            raise self._unavailable(exc) from None
+        if response.status_code in (404, 501):  # ours without a reranker, or another server
+            _no_reranker[self.base_url] = time.monotonic() + NO_RERANKER_RECHECK_SECONDS
+        scores = [0.0] * len(documents)
+        for result in self._json(response)["results"]:
+            scores[result["index"]] = float(result["relevance_score"])
+        return scores
 
     # -- async -----------------------------------------------------------------------
     async def astream_chat(

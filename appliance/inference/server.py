@@ -27,7 +27,7 @@ import appliance
 from appliance import vault
 from appliance.config import Settings
 from appliance.errors import InvalidInput, Unavailable
-from appliance.inference import gpu
+from appliance.inference import gpu, rerank
 from appliance.inference.batching import BatchedChatEngine
 from appliance.inference.client import ACCOUNT_HEADER, PRIORITY_HEADER
 from appliance.inference.engine import Delta, Engine, Finish, GenerationParams, load_engine
@@ -218,6 +218,12 @@ class InferenceService:
         yield from self.engine.chat.generate(request.messages, request.params, job.cancelled.is_set)
 
     def _run_embeddings(self, job: Job):
+        # Reranks share the embeddings' queue and thread: both are encoder passes on the
+        # same cores, and a search waits for the one before the other anyway.
+        if isinstance(job.payload, rerank.RerankRequest):
+            assert self.engine.rerank is not None
+            yield self.engine.rerank.score(job.payload.query, job.payload.documents)
+            return
         if self.engine.embedding is None:
             raise InvalidInput("No embedding model is loaded.")
         yield self.engine.embedding.embed(job.payload)
@@ -330,6 +336,30 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             }
         )
 
+    @post("/v1/rerank", status_code=200)
+    async def rerank_documents(request: Request) -> Response:
+        """Relevance of each document to the query, best first (llama-server's shape)."""
+        denied = guard(request)
+        if denied:
+            return denied
+        if engine.rerank is None:
+            return api_error(
+                501, "No reranker is loaded (inference.rerank_model).", "not_implemented"
+            )
+        rerank_id = engine.rerank.model.id
+        parsed = rerank.parse_rerank(await read_json(request), rerank_id)
+        job = service.job(request, parsed)
+        service.embeddings.submit(job)
+        result = None
+        async for event in _events_until_disconnect(service.embeddings, job, request):
+            if isinstance(event, Failed):
+                return api_error(event.status, event.message, "invalid_request_error")
+            result = event
+        if result is None:
+            return api_error(499, "Client closed the request.", "cancelled")
+        scores, tokens = result
+        return Response(rerank.response(parsed, scores, tokens, rerank_id))
+
     @post("/tokenize", status_code=200)
     async def tokenize(request: Request) -> Response:
         """Token counts of texts in the embedding model's tokenizer (for chunk sizing)."""
@@ -358,7 +388,8 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
         if denied:
             return denied
         created = int(service.started)
-        ids = [model_id, *([embed_id] if embed_id else [])]
+        rerank_id = engine.info.rerank_model
+        ids = [model_id, *([embed_id] if embed_id else []), *([rerank_id] if rerank_id else [])]
         return Response(
             {
                 "object": "list",
@@ -377,6 +408,7 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             "version": appliance.__version__,
             "chat_model": info.chat_model,
             "embedding_model": info.embedding_model,
+            "rerank_model": info.rerank_model,
             "n_ctx": info.n_ctx,
             "device": info.device,
             "gpu_offload_supported": info.gpu_offload_supported,
@@ -415,7 +447,15 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
         return api_error(exc.status_code, str(exc.detail), "invalid_request_error")
 
     app = Litestar(
-        route_handlers=[chat_completions, embeddings, tokenize, list_models, healthz, metrics],
+        route_handlers=[
+            chat_completions,
+            embeddings,
+            rerank_documents,
+            tokenize,
+            list_models,
+            healthz,
+            metrics,
+        ],
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
         exception_handlers={

@@ -1,11 +1,13 @@
 """Safe text extraction from uploaded documents.
 
 ``detect_type`` decides what an upload is from its first bytes *and* its name, and refuses
-anything whose content does not match. ``extract`` reads the text in a separate Python
-process (``python -I -m appliance.knowledge.extract``) with an address-space limit, a CPU
-limit and a wall-clock timeout, so a parser bomb (a PDF that decompresses to gigabytes, a
-file that sends a parser into a loop) kills only that process. The child answers on its
-stdout with one JSON object; the parent caps how much it reads.
+anything whose content does not match. ``extract`` reads plain text and Markdown in this
+process (decoding and splitting at most ``MAX_TEXT_BYTES`` of text: nothing in them can
+make that take long or grow), and every other format in the sandboxed extraction worker
+(``sandbox.py``: a child interpreter, reused for many documents, with an address-space
+limit, a CPU limit per document and a wall-clock timeout), so a parser bomb (a PDF that
+decompresses to gigabytes, a file that sends a parser into a loop) kills only that
+process, which is then replaced.
 
 DOCX files are zip archives: the parent checks the archive's directory (entry count,
 unpacked size, compression ratio, member names) before a child is started, and the child
@@ -18,48 +20,40 @@ words and never contains document text or internals.
 from __future__ import annotations
 
 import codecs
-import csv
 import io
-import json
-import logging
-import math
 import os
 import re
-import selectors
-import signal
 import struct
-import subprocess
-import sys
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from appliance.errors import InvalidInput
-
-log = logging.getLogger(__name__)
+from appliance.knowledge.readers import (
+    MAX_CSV_ROWS,
+    MAX_JSON_DEPTH,
+    MAX_PDF_PAGES,
+    MAX_SECTIONS,
+    MAX_TEXT_BYTES,
+    MAX_ZIP_UNPACKED,
+    READERS,
+    Refused,
+    Sink,
+    mostly_printable,
+)
+from appliance.knowledge.sandbox import Sandbox
 
 SUPPORTED = ("txt", "md", "html", "pdf", "docx", "csv", "json")
 HEAD_BYTES = 8192
 
-MAX_TEXT_BYTES = 20 * 1024 * 1024  # extracted text (UTF-8) per document
-MAX_SECTIONS = 200_000
-MAX_PDF_PAGES = 2000
-MAX_CSV_ROWS = 200_000
-MAX_JSON_BYTES = 20 * 1024 * 1024
-MAX_JSON_DEPTH = 100
-MAX_MARKUP_BYTES = 100 * 1024 * 1024  # an HTML file (markup included)
 MAX_ZIP_ENTRIES = 1000
 MAX_ZIP_DIRECTORY_BYTES = 1024 * 1024  # bounds what zipfile parses in the parent
-MAX_ZIP_UNPACKED = 100 * 1024 * 1024
 MAX_ZIP_RATIO = 200
 RATIO_EXEMPT_BYTES = 1024 * 1024  # tiny members may compress >200:1 and are harmless
-GROUP_ROWS = 20  # CSV rows / JSON lines per section
 
-# JSON escaping at most doubles the (control-character-free) text; plus per-section overhead.
-_MAX_RESULT_BYTES = 2 * MAX_TEXT_BYTES + 64 * MAX_SECTIONS
-_CHILD_MODULE = "appliance.knowledge.extract"
+#: Read without a sandbox: text decoded and split, within MAX_TEXT_BYTES.
+IN_PROCESS = ("txt", "md")
 _ALIASES = {"htm": "html", "markdown": "md"}
 _LABELS = {
     "txt": "text file",
@@ -70,8 +64,6 @@ _LABELS = {
     "csv": "CSV file",
     "json": "JSON file",
 }
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")  # keeps \t \n \f \r
-_MAX_CONTROL_RATIO = 0.05
 
 
 class ExtractionError(InvalidInput):
@@ -219,12 +211,7 @@ def _decode_head(head: bytes) -> str:
 
 
 def _looks_like_text(head: bytes) -> bool:
-    return b"\x00" not in head and _mostly_printable(_decode_head(head))
-
-
-def _mostly_printable(text: str) -> bool:
-    controls = _CONTROL.subn("", text)[1]
-    return controls <= len(text) * _MAX_CONTROL_RATIO
+    return b"\x00" not in head and mostly_printable(_decode_head(head))
 
 
 def _check_small_docx(head: bytes) -> None:
@@ -281,7 +268,10 @@ def extract(path: Path, kind: str, *, timeout: float = 60, memory_mb: int = 512)
         raise ExtractionError("The file is empty.", "empty")
     if kind == "docx":
         _check_docx(path)
-    payload = _run_child(path, kind, timeout, memory_mb)
+    if kind in IN_PROCESS:
+        payload = _read_here(path, kind)
+    else:
+        payload = Sandbox.for_thread(memory_mb).extract(kind, path, timeout)
     if payload.get("ok") is not True:
         reason = str(payload.get("error"))
         try:
@@ -314,72 +304,13 @@ def _section(item: Any) -> Section:
     return Section(text=text, kind=kind, level=level, page=page)
 
 
-def _run_child(path: Path, kind: str, timeout: float, memory_mb: int) -> dict:
-    cpu_seconds = max(1, math.ceil(timeout))
-    command = [
-        sys.executable,
-        "-I",  # ignore PYTHON* variables, user site-packages and the working directory
-        "-m",
-        _CHILD_MODULE,
-        kind,
-        str(path),
-        str(memory_mb),
-        str(cpu_seconds),
-    ]
-    deadline = time.monotonic() + timeout
-    output = bytearray()
-    outcome = "done"
-    proc = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,  # tracebacks could quote document text
-        env={"PATH": os.defpath},  # the parser needs none of the service's settings
-        close_fds=True,
-    )
+def _read_here(path: Path, kind: str) -> dict:
+    sink = Sink()
     try:
-        assert proc.stdout is not None
-        fd = proc.stdout.fileno()
-        with selectors.DefaultSelector() as selector:
-            selector.register(fd, selectors.EVENT_READ)
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    outcome = "timeout"
-                    break
-                if not selector.select(left):
-                    continue
-                chunk = os.read(fd, 1 << 20)
-                if not chunk:
-                    break
-                output += chunk
-                if len(output) > _MAX_RESULT_BYTES:
-                    outcome = "too_much_text"
-                    break
-        if outcome == "done":
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()) + 0.5)
-            except subprocess.TimeoutExpired:
-                outcome = "timeout"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-    if outcome == "done" and proc.returncode == -signal.SIGXCPU:
-        outcome = "timeout"
-    if outcome != "done":
-        log.info("extraction of a %s stopped: %s", kind, outcome)
-        return {"ok": False, "error": outcome}
-    try:
-        payload = json.loads(bytes(output))
-    except ValueError:
-        payload = None
-    if proc.returncode != 0 or not isinstance(payload, dict):
-        log.warning("extraction of a %s failed: child exit status %s", kind, proc.returncode)
-        return {"ok": False, "error": "crashed"}
-    return payload
+        READERS[kind](path, sink)
+    except Refused as refused:
+        return {"ok": False, "error": refused.reason}
+    return {"ok": True, "pages": None, "sections": sink.sections}
 
 
 def _message(reason: str, kind: str, timeout: float, memory_mb: int) -> str:
@@ -421,17 +352,30 @@ _SCANNED = " It may contain only scanned images; text recognition is not support
 
 def _check_docx(path: Path) -> None:
     """Refuse zip bombs and zip-slip names before any child parses the archive."""
+    names = {info.filename for info in check_archive(path)}
+    if "word/document.xml" not in names:
+        raise ExtractionError(_NOT_DOCX, "not_docx")
+
+
+def check_archive(path: Path, what: str = "This Word document") -> list[zipfile.ZipInfo]:
+    """The members of the zip archive at ``path``, once it passed the caps every archive
+    meets (DOCX files, and ZIP uploads of many documents): entry count, directory size,
+    unpacked size, compression ratio, member names, no encryption.
+
+    Raises:
+        ExtractionError: naming ``what`` ("This Word document", "This ZIP archive").
+    """
     bomb = "; it was refused as a possible zip bomb."
-    _check_zip_directory(path)
+    malformed = f"{what} could not be read. It may be damaged."
+    _check_zip_directory(path, what)
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
     except (zipfile.BadZipFile, EOFError, ValueError, struct.error, OSError):
-        raise ExtractionError(_message("malformed", "docx", 0, 0), "malformed") from None
+        raise ExtractionError(malformed, "malformed") from None
     if len(infos) > MAX_ZIP_ENTRIES:
         raise ExtractionError(
-            f"This Word document contains too many files (more than {MAX_ZIP_ENTRIES}){bomb}",
-            "zip_bomb",
+            f"{what} contains too many files (more than {MAX_ZIP_ENTRIES}){bomb}", "zip_bomb"
         )
     names: set[str] = set()
     total = 0
@@ -445,17 +389,16 @@ def _check_docx(path: Path) -> None:
             or "\x00" in name
         ):
             raise ExtractionError(
-                "This Word document contains a file with an unsafe path (such as ../ or an "
-                "absolute path); it was refused.",
+                f"{what} contains a file with an unsafe path (such as ../ or an absolute "
+                "path); it was refused.",
                 "unsafe_path",
             )
         if name in names:
-            raise ExtractionError(_message("malformed", "docx", 0, 0), "malformed")
+            raise ExtractionError(malformed, "malformed")
         names.add(name)
         if info.flag_bits & 0x1:
             raise ExtractionError(
-                "This Word document is password-protected. Remove the password and upload "
-                "it again.",
+                f"{what} is password-protected. Remove the password and upload it again.",
                 "encrypted",
             )
         total += info.file_size
@@ -463,20 +406,18 @@ def _check_docx(path: Path) -> None:
             info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1)
         ):
             raise ExtractionError(
-                f"This Word document contains a part compressed more than {MAX_ZIP_RATIO}:1{bomb}",
+                f"{what} contains a part compressed more than {MAX_ZIP_RATIO}:1{bomb}",
                 "zip_bomb",
             )
     if total > MAX_ZIP_UNPACKED:
         raise ExtractionError(
-            "This Word document would unpack to more than "
-            f"{MAX_ZIP_UNPACKED // (1024 * 1024)} MB{bomb}",
+            f"{what} would unpack to more than {MAX_ZIP_UNPACKED // (1024 * 1024)} MB{bomb}",
             "zip_bomb",
         )
-    if "word/document.xml" not in names:
-        raise ExtractionError(_NOT_DOCX, "not_docx")
+    return infos
 
 
-def _check_zip_directory(path: Path) -> None:
+def _check_zip_directory(path: Path, what: str) -> None:
     """Read the end-of-central-directory record the way ``zipfile`` does, and refuse a
     directory too big to parse (``zipfile`` builds one object per entry, in the parent)."""
     with path.open("rb") as f:
@@ -489,7 +430,7 @@ def _check_zip_directory(path: Path) -> None:
     else:
         at = tail.rfind(b"PK\x05\x06")
     if at < 0 or len(tail) - at < 22:
-        raise ExtractionError(_message("malformed", "docx", 0, 0), "malformed")
+        raise ExtractionError(f"{what} could not be read. It may be damaged.", "malformed")
     entries, directory_size, directory_offset = struct.unpack("<2xHLL", tail[at + 8 : at + 20])
     if (
         (at >= 20 and tail[at - 20 : at - 16] == b"PK\x06\x07")  # ZIP64: Word never needs it
@@ -498,523 +439,7 @@ def _check_zip_directory(path: Path) -> None:
         or directory_offset == 0xFFFFFFFF
     ):
         raise ExtractionError(
-            f"This Word document contains too many files (more than {MAX_ZIP_ENTRIES}); it "
+            f"{what} contains too many files (more than {MAX_ZIP_ENTRIES}); it "
             "was refused as a possible zip bomb.",
             "zip_bomb",
         )
-
-
-# --- the child --------------------------------------------------------------------------
-
-
-class _Refused(Exception):
-    """Stops the child with a reason code; the parent turns it into the user's message."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class _Sink:
-    """The sections found so far, capped in size."""
-
-    def __init__(self) -> None:
-        self.sections: list[list[Any]] = []
-        self.size = 0
-
-    def add(self, text: str, kind: str = "paragraph", level: int = 0, page: int | None = None):
-        text = _clean(text)
-        if not text:
-            return
-        self.size += len(text.encode("utf-8"))
-        if self.size > MAX_TEXT_BYTES:
-            raise _Refused("too_much_text")
-        if len(self.sections) >= MAX_SECTIONS:
-            raise _Refused("too_many_sections")
-        self.sections.append([text, kind, level, page])
-
-
-def _clean(text: str) -> str:
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\f", "\n")
-    text = _CONTROL.sub("", text)
-    return re.sub(r"[ \t]+\n", "\n", text).strip()
-
-
-def _child_main(argv: list[str]) -> None:
-    kind, path, memory_mb, cpu_seconds = argv[0], Path(argv[1]), int(argv[2]), int(argv[3])
-    # The result goes to the original stdout; anything a library prints goes to stderr.
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    sys.dont_write_bytecode = True
-    _limit_resources(memory_mb, cpu_seconds)
-    reserve = bytearray(1 << 20)  # freed on MemoryError, so the answer can still be sent
-    sink = _Sink()
-    try:
-        pages = _READERS[kind](path, sink)
-        if not sink.sections:
-            raise _Refused("no_text")
-        result: dict[str, Any] = {"ok": True, "pages": pages, "sections": sink.sections}
-    except _Refused as refused:
-        result = {"ok": False, "error": refused.reason}
-    except MemoryError:
-        del reserve
-        sink.sections = []
-        result = {"ok": False, "error": "memory"}
-    except Exception:  # a parser's exception on hostile input: report, never show it
-        result = {"ok": False, "error": "malformed"}
-    try:
-        answer = json.dumps(result, ensure_ascii=False).encode("utf-8")
-    except MemoryError:
-        result = sink = None  # type: ignore[assignment]
-        answer = b'{"ok": false, "error": "memory"}'
-    out.write(answer)
-    out.flush()
-
-
-def _limit_resources(memory_mb: int, cpu_seconds: int) -> None:
-    import resource
-
-    def cap(which: int, soft: int, hard: int) -> None:
-        current = resource.getrlimit(which)[1]
-        if current != resource.RLIM_INFINITY:
-            soft, hard = min(soft, current), min(hard, current)
-        resource.setrlimit(which, (soft, hard))
-
-    memory = memory_mb * 1024 * 1024
-    cap(resource.RLIMIT_AS, memory, memory)
-    cap(resource.RLIMIT_CPU, cpu_seconds, cpu_seconds + 1)  # SIGXCPU, then SIGKILL
-    cap(resource.RLIMIT_CORE, 0, 0)
-
-
-def _read_limited(path: Path, limit: int, reason: str) -> bytes:
-    with path.open("rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise _Refused(reason)
-    return data
-
-
-def _decode(data: bytes) -> str:
-    """UTF-8 (BOM allowed), else cp1252/latin-1 if mostly printable; never binary."""
-    if b"\x00" in data:
-        raise _Refused("binary")
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[3:]
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        try:
-            text = data.decode("cp1252")
-        except UnicodeDecodeError:
-            text = data.decode("latin-1")
-    if not _mostly_printable(text):
-        raise _Refused("binary")
-    return text
-
-
-def _read_txt(path: Path, sink: _Sink) -> None:
-    text = _decode(_read_limited(path, MAX_TEXT_BYTES, "too_much_text"))
-    for block in re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n").replace("\r", "\n")):
-        sink.add(block)
-
-
-_ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-_SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
-_RULE = re.compile(r"^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
-_LIST_ITEM = re.compile(r"^ {0,3}(?:[-*+]|\d{1,9}[.)])(?:[ \t]|$)")
-
-
-def _read_md(path: Path, sink: _Sink) -> None:
-    text = _decode(_read_limited(path, MAX_TEXT_BYTES, "too_much_text"))
-    block: list[str] = []
-    fence = ""
-
-    def flush() -> None:
-        sink.add("\n".join(block))
-        block.clear()
-
-    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
-        if fence:  # inside a fenced code block: everything is text, blank lines too
-            stripped = line.strip()
-            if stripped.startswith(fence) and set(stripped) == {fence[0]}:
-                fence = ""
-                flush()
-            else:
-                block.append(line)
-            continue
-        if m := _FENCE.match(line):
-            flush()
-            fence = m.group(1)
-        elif not line.strip():
-            flush()
-        elif m := _ATX.match(line):
-            flush()
-            sink.add(m.group(2) or "", "heading", len(m.group(1)))
-        elif (m := _SETEXT.match(line)) and block and not _LIST_ITEM.match(block[-1]):
-            sink.add(
-                " ".join(s.strip() for s in block), "heading", 1 if line.strip()[0] == "=" else 2
-            )
-            block.clear()
-        elif _RULE.match(line):  # a thematic break ends the block and is not text
-            flush()
-        else:
-            block.append(line)
-    flush()
-
-
-_SKIP_TAGS = frozenset(
-    {"script", "style", "noscript", "template", "title", "svg", "iframe", "object", "canvas"}
-)
-_BLOCK_TAGS = frozenset(
-    {
-        "p", "div", "li", "ul", "ol", "pre", "blockquote", "section", "article", "header",
-        "footer", "main", "nav", "aside", "table", "thead", "tbody", "tfoot", "dl", "dt", "dd",
-        "figure", "figcaption", "caption", "address", "hr", "form", "fieldset", "details",
-        "summary", "body", "html",
-    }
-)  # fmt: skip
-_HEADING_TAGS = {f"h{n}": n for n in range(1, 7)}
-
-
-def _read_html(path: Path, sink: _Sink) -> None:
-    from html.parser import HTMLParser
-
-    class Text(HTMLParser):
-        def __init__(self) -> None:
-            super().__init__(convert_charrefs=True)  # entities decoded; nothing is run
-            self.buffer: list[str] = []
-            self.row: list[str] = []
-            self.skip = self.pre = self.cell = self.heading = 0
-
-        def handle_starttag(self, tag: str, attrs: Any) -> None:
-            if tag in _SKIP_TAGS:
-                self.skip += 1
-            elif self.skip:
-                return
-            elif tag == "br":
-                self.buffer.append("\n")
-            elif tag in _HEADING_TAGS:
-                self.flush()
-                self.heading = _HEADING_TAGS[tag]
-            elif tag in ("td", "th"):
-                self.cell += 1
-                self.buffer_cell()
-            elif tag == "tr":
-                self.flush_row()
-            elif tag in _BLOCK_TAGS:
-                self.block_boundary()
-                self.pre += tag == "pre"
-
-        def handle_endtag(self, tag: str) -> None:
-            if tag in _SKIP_TAGS:
-                self.skip = max(0, self.skip - 1)
-            elif self.skip:
-                return
-            elif tag in _HEADING_TAGS and self.heading:
-                sink.add(" ".join("".join(self.buffer).split()), "heading", self.heading)
-                self.buffer.clear()
-                self.heading = 0
-            elif tag in ("td", "th"):
-                self.cell = max(0, self.cell - 1)
-                self.buffer_cell()
-            elif tag in ("tr", "table"):
-                self.flush_row()
-            elif tag in _BLOCK_TAGS:
-                self.block_boundary()
-                self.pre = max(0, self.pre - (tag == "pre"))
-
-        def handle_data(self, data: str) -> None:
-            if not self.skip:
-                self.buffer.append(data if self.pre else re.sub(r"\s+", " ", data))
-
-        def block_boundary(self) -> None:
-            if self.cell or self.heading:
-                self.buffer.append("\n")
-            else:
-                self.flush()
-
-        def buffer_cell(self) -> None:
-            text = " ".join("".join(self.buffer).split())
-            if text:
-                self.row.append(text)
-            self.buffer.clear()
-
-        def flush_row(self) -> None:
-            self.buffer_cell()
-            sink.add(" | ".join(self.row))
-            self.row.clear()
-
-        def flush(self) -> None:
-            text = "".join(self.buffer)
-            self.buffer.clear()
-            if not self.pre:
-                text = "\n".join(" ".join(line.split()) for line in text.split("\n"))
-            sink.add(text)
-
-    parser = Text()
-    parser.feed(_decode(_read_limited(path, MAX_MARKUP_BYTES, "too_large")))
-    parser.close()
-    parser.flush_row()
-    parser.flush()
-
-
-def _read_csv(path: Path, sink: _Sink) -> None:
-    text = _decode(_read_limited(path, MAX_TEXT_BYTES, "too_much_text"))
-    sample = text[:16384]
-    if len(text) > len(sample) and "\n" in sample:
-        sample = sample[: sample.rindex("\n")]
-    try:
-        dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t|")
-    except csv.Error:
-        dialect = csv.excel
-    header: list[str] | None = None
-    group: list[str] = []
-    rows = 0
-    for row in csv.reader(io.StringIO(text, newline=""), dialect):
-        if not any(cell.strip() for cell in row):
-            continue
-        if header is None:
-            header = [cell.strip() or f"column {i + 1}" for i, cell in enumerate(row)]
-            continue
-        rows += 1
-        if rows > MAX_CSV_ROWS:
-            raise _Refused("too_many_rows")
-        pairs = [
-            f"{header[i] if i < len(header) else f'column {i + 1}'}: {cell.strip()}"
-            for i, cell in enumerate(row)
-            if cell.strip()
-        ]
-        group.append("; ".join(pairs))
-        if len(group) >= GROUP_ROWS:
-            sink.add("\n".join(group))
-            group = []
-    sink.add("\n".join(group))
-    if header is not None and rows == 0:
-        sink.add("Columns: " + ", ".join(header))
-
-
-def _read_json(path: Path, sink: _Sink) -> None:
-    text = _decode(_read_limited(path, MAX_JSON_BYTES, "too_large"))
-    try:
-        value = json.loads(text)
-    except RecursionError:  # the C decoder stops deep nesting with RecursionError
-        raise _Refused("too_deep") from None
-    except ValueError:
-        raise _Refused("malformed") from None
-    del text
-    lines: list[str] = []
-    stack: list[tuple[str, Any, int]] = [("", value, 0)]
-    while stack:  # iterative: no recursion on hostile nesting
-        where, item, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            raise _Refused("too_deep")
-        if isinstance(item, dict) and item:
-            for key, child in reversed(list(item.items())):
-                stack.append((f"{where}.{key}" if where else str(key), child, depth + 1))
-            continue
-        if isinstance(item, list) and item:
-            for i in range(len(item) - 1, -1, -1):
-                stack.append((f"{where}[{i}]", item[i], depth + 1))
-            continue
-        # strings with whitespace collapsed; numbers, true/false/null, {} and [] as JSON
-        rendered = " ".join(item.split()) if isinstance(item, str) else json.dumps(item)
-        lines.append(f"{where}: {rendered}" if where else rendered)
-        if len(lines) >= GROUP_ROWS:
-            sink.add("\n".join(lines))
-            lines = []
-    sink.add("\n".join(lines))
-
-
-_W_NAMESPACES = (
-    "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}",
-    "{http://purl.oclc.org/ooxml/wordprocessingml/main}",  # Strict OOXML
-)
-_DTD = re.compile(rb"<!\s*(?:DOCTYPE|ENTITY)", re.IGNORECASE)
-_XML_ENCODING = re.compile(rb"""^\s*<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
-_HEADING_STYLE = re.compile(r"(?i)heading\s*([1-6])")
-
-
-def _local(tag: str) -> str | None:
-    for namespace in _W_NAMESPACES:
-        if tag.startswith(namespace):
-            return tag[len(namespace) :]
-    return None
-
-
-def _w_val(attrib: dict[str, str]) -> str:
-    for namespace in _W_NAMESPACES:
-        if namespace + "val" in attrib:
-            return attrib[namespace + "val"]
-    return ""
-
-
-class _XmlTarget:
-    """Shared by the DOCX targets: the element stack, and DOCTYPE refused (a backstop)."""
-
-    def __init__(self) -> None:
-        self.stack: list[str | None] = []
-
-    def doctype(self, name: str, pubid: str, system: str) -> None:
-        raise _Refused("doctype")
-
-    def close(self) -> None:
-        return None
-
-    def data(self, text: str) -> None:
-        return None
-
-
-class _StyleNames(_XmlTarget):
-    """``word/styles.xml``: style id -> style name (ids are localised, names are not)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: dict[str, str] = {}
-        self.style_id = ""
-
-    def start(self, tag: str, attrib: dict[str, str]) -> None:
-        name = _local(tag)
-        if name == "style":
-            self.style_id = next((v for k, v in attrib.items() if k.endswith("}styleId")), "")
-        elif name == "name" and self.stack and self.stack[-1] == "style" and self.style_id:
-            self.names[self.style_id] = _w_val(attrib)
-        self.stack.append(name)
-
-    def end(self, tag: str) -> None:
-        self.stack.pop()
-
-
-class _DocumentText(_XmlTarget):
-    """``word/document.xml``: one section per ``w:p``; nested paragraphs come out first."""
-
-    def __init__(self, sink: _Sink, style_names: dict[str, str]) -> None:
-        super().__init__()
-        self.sink = sink
-        self.style_names = style_names
-        self.paragraphs: list[tuple[list[str], list[str]]] = []  # (text parts, [style])
-        self.in_text = 0
-        self.pending = 0
-
-    def start(self, tag: str, attrib: dict[str, str]) -> None:
-        name = _local(tag)
-        parent = self.stack[-1] if self.stack else None
-        self.stack.append(name)
-        if name == "p":
-            self.paragraphs.append(([], []))
-        elif not self.paragraphs:
-            return
-        elif parent == "r" and name == "t":
-            self.in_text += 1
-        elif parent == "r" and name == "tab":
-            self.paragraphs[-1][0].append("\t")
-        elif parent == "r" and name in ("br", "cr"):
-            self.paragraphs[-1][0].append("\n")
-        elif parent == "pPr" and name == "pStyle":
-            self.paragraphs[-1][1].append(_w_val(attrib))
-
-    def end(self, tag: str) -> None:
-        name = self.stack.pop()
-        if name == "t" and self.stack and self.stack[-1] == "r" and self.in_text:
-            self.in_text -= 1
-        elif name == "p" and self.paragraphs:
-            parts, style = self.paragraphs.pop()
-            self.pending -= sum(len(part) for part in parts)
-            level = self.heading_level(style[0] if style else "")
-            self.sink.add("".join(parts), "heading" if level else "paragraph", level)
-
-    def data(self, text: str) -> None:
-        if self.in_text and self.paragraphs:
-            self.pending += len(text)
-            if self.pending > MAX_TEXT_BYTES:
-                raise _Refused("too_much_text")
-            self.paragraphs[-1][0].append(text)
-
-    def heading_level(self, style_id: str) -> int:
-        for name in (style_id, self.style_names.get(style_id, "")):
-            if name.lower() == "title":
-                return 1
-            if m := _HEADING_STYLE.fullmatch(name.strip()):
-                return int(m.group(1))
-        return 0
-
-
-def _parse_member(zf: zipfile.ZipFile, name: str, target: _XmlTarget) -> None:
-    """Stream one XML member into ``target``.
-
-    Each chunk is searched for a DOCTYPE or ENTITY declaration *before* the parser sees it,
-    and encodings in which that search could miss one (UTF-16/32, EBCDIC...) are refused;
-    so no entity is ever declared and none can expand (XXE, billion laughs). The target's
-    ``doctype`` refuses too, as a second line.
-    """
-    import xml.etree.ElementTree as ET
-
-    parser = ET.XMLParser(target=target)  # noqa: S314 - see above
-    tail = b""
-    total = 0
-    first = True
-    with zf.open(name) as member:
-        while chunk := member.read(1 << 16):
-            total += len(chunk)
-            if total > MAX_ZIP_UNPACKED:
-                raise _Refused("too_large")
-            if first:
-                first = False
-                body = chunk.removeprefix(codecs.BOM_UTF8)
-                m = _XML_ENCODING.match(body)
-                encoding = m.group(1).lower() if m else b"utf-8"
-                if encoding not in (b"utf-8", b"utf8", b"us-ascii", b"ascii", b"iso-8859-1"):
-                    raise _Refused("encoding")
-            if b"\x00" in chunk:
-                raise _Refused("encoding")
-            window = tail + chunk
-            if _DTD.search(window):
-                raise _Refused("doctype")
-            tail = window[-16:]
-            parser.feed(chunk)
-    parser.close()
-
-
-def _read_docx(path: Path, sink: _Sink) -> None:
-    with zipfile.ZipFile(path) as zf:
-        names = set(zf.namelist())
-        styles = _StyleNames()
-        if "word/styles.xml" in names:
-            _parse_member(zf, "word/styles.xml", styles)
-        _parse_member(zf, "word/document.xml", _DocumentText(sink, styles.names))
-
-
-def _read_pdf(path: Path, sink: _Sink) -> int:
-    from pypdf import PdfReader
-
-    reader = PdfReader(path)
-    if reader.is_encrypted:
-        try:
-            opened = reader.decrypt("")  # "encrypted" with an empty password: readable
-        except Exception:
-            opened = 0
-        if not opened:
-            raise _Refused("encrypted")
-    pages = len(reader.pages)
-    if pages > MAX_PDF_PAGES:
-        raise _Refused("too_many_pages")
-    for number, page in enumerate(reader.pages, start=1):
-        for block in re.split(r"\n[ \t]*\n", page.extract_text() or ""):
-            sink.add(block, page=number)
-    return pages
-
-
-_READERS: dict[str, Any] = {
-    "txt": _read_txt,
-    "md": _read_md,
-    "html": _read_html,
-    "csv": _read_csv,
-    "json": _read_json,
-    "docx": _read_docx,
-    "pdf": _read_pdf,
-}
-
-
-if __name__ == "__main__":
-    _child_main(sys.argv[1:])

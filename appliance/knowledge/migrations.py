@@ -51,3 +51,36 @@ def m001_create_documents(db: sqlite_utils.Database) -> None:
         create table kb_meta (key text primary key, value text not null);
         """
     )
+
+
+@migrations()
+def m002_create_chunks_vocab(db: sqlite_utils.Database) -> None:
+    """Document frequencies of the full-text index's terms (no storage of its own): the
+    search leaves the query's common words out of its BM25 leg."""
+    db.execute("create virtual table chunks_vocab using fts5vocab(chunks_fts, 'row')")
+
+
+@migrations()
+def m003_add_chunk_codes(db: sqlite_utils.Database) -> None:
+    """The sign bits of each chunk's vector (the vector leg's binary first pass for large
+    accounts, knowledge/codes.py), filled in for the vectors already there."""
+    import numpy as np
+
+    db.executescript(
+        """
+        alter table chunks add column code blob;
+        create index chunks_by_account on chunks(account_id, id);
+        """
+    )
+    exists = db.execute(
+        "select 1 from sqlite_master where name = 'chunk_vectors' and type = 'table'"
+    ).fetchone()
+    if not exists:
+        return
+    rows = db.execute("select rowid, embedding from chunk_vectors")
+    while batch := rows.fetchmany(10_000):
+        db.conn.executemany(
+            "update chunks set code = ? where id = ?",
+            [(np.packbits(np.frombuffer(blob, np.float32) > 0).tobytes(), rowid)
+             for rowid, blob in batch],
+        )  # fmt: skip

@@ -11,10 +11,12 @@ import hashlib
 import logging
 import os
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 import sqlite_utils
@@ -22,15 +24,15 @@ import sqlite_utils
 from appliance.clock import iso, utcnow
 from appliance.config import Settings
 from appliance.db import write_transaction
-from appliance.errors import ApplianceError, InvalidInput, NotFound, TooLarge, Unavailable
+from appliance.errors import InvalidInput, NotFound, TooLarge
 from appliance.ids import new_id
 from appliance.inference.client import InferenceClient
-from appliance.knowledge import chunking, extract
+from appliance.knowledge import extract
+from appliance.knowledge.ingest import ingest_documents
 from appliance.knowledge.store import Document, KnowledgeStore
 from appliance.privacy import receipts
 
 log = logging.getLogger(__name__)
-EMBED_BATCH = 32
 HEAD_BYTES = 8192
 
 
@@ -126,6 +128,66 @@ def add_document(
         tmp.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A file of an archive or folder that was not added, and why (for the user)."""
+
+    filename: str
+    error: str
+
+
+def is_archive(filename: str) -> bool:
+    return filename.lower().endswith(".zip")
+
+
+def add_archive(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    account_id: str,
+    user_id: str | None,
+    filename: str,
+    stream: BinaryIO,
+    now: datetime,
+) -> list[Upload | Refusal]:
+    """Add every document in a ZIP archive (folders flattened; each member checked as an
+    upload of its own). The archive meets the caps a DOCX does before any member is read;
+    a member that cannot be added is reported and the rest go on.
+
+    Raises:
+        TooLarge: the archive is over ``knowledge.max_upload_mb``.
+        ExtractionError: the archive is not a ZIP, or fails a cap.
+    """
+    limit = settings.knowledge.max_upload_mb * 1024 * 1024
+    directory = account_dir(settings, account_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".archive-") as copy:
+        size = 0
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            size += len(block)
+            if size > limit:
+                raise TooLarge(f"{filename} is larger than {settings.knowledge.max_upload_mb} MB.")
+            copy.write(block)
+        copy.flush()
+        infos = extract.check_archive(Path(copy.name), "This ZIP archive")
+        outcomes: list[Upload | Refusal] = []
+        with zipfile.ZipFile(copy) as archive:
+            for info in infos:
+                name = PurePosixPath(info.filename.replace("\\", "/")).name
+                if info.is_dir() or not name or name.startswith(".") or "__MACOSX" in info.filename:
+                    continue
+                try:
+                    with archive.open(info) as member:
+                        outcomes.append(
+                            add_document(db, settings, account_id, user_id, name, member, now)
+                        )
+                except (InvalidInput, TooLarge) as exc:
+                    outcomes.append(Refusal(name, str(exc)))
+                except (zipfile.BadZipFile, zlib.error, EOFError):  # its data is not what
+                    # the archive's directory says (size, checksum)
+                    outcomes.append(Refusal(name, "This file is damaged in the ZIP archive."))
+    return outcomes
+
+
 def documents(db: sqlite_utils.Database, account_id: str) -> list[Document]:
     return KnowledgeStore(db).documents(account_id)
 
@@ -190,99 +252,26 @@ def unfinished(db: sqlite_utils.Database) -> list[Document]:
 
 
 def ingest(
-    db: sqlite_utils.Database, settings: Settings, client: InferenceClient, document_id: str
+    db: sqlite_utils.Database,
+    settings: Settings,
+    client: InferenceClient,
+    document_ids: str | list[str],
 ) -> None:
-    """Extract, chunk, embed and index one document; safe to run again at any point.
+    """Extract, chunk, embed and index documents; safe to run again at any point.
+
+    Several documents are embedded and written together (see ``knowledge/ingest.py``).
 
     Raises:
-        Unavailable: the inference service is down (the task retries later; the document
-            stays in its current state and is resumed).
+        Unavailable: the inference service is down (the task retries later; the
+            documents stay in their current state and are resumed).
     """
-    store = KnowledgeStore(db)
-    doc = store.document_any(document_id)
-    if doc is None or doc.status == "ready":
-        return
-    path = document_path(settings, doc)
-    _set(db, doc.id, "extracting", error=None, chunks_done=0, chunks_total=0)
-    try:
-        extracted = extract.extract(
-            path,
-            doc.kind,
-            timeout=settings.knowledge.extract_timeout_seconds,
-            memory_mb=settings.knowledge.extract_memory_mb,
-        )
-    except extract.ExtractionError as exc:
-        _set(db, doc.id, "failed", error=str(exc))
-        return
-    except FileNotFoundError:
-        if store.document_any(doc.id) is not None:
-            _set(db, doc.id, "failed", error="The uploaded file is missing; upload it again.")
-        return
-    cfg = settings.knowledge
-    chunks = chunking.chunk_sections(
-        extracted.sections,
-        _counter(client),
-        chunk_tokens=cfg.chunk_tokens,
-        overlap_tokens=cfg.chunk_overlap_tokens,
-    )
-    if not chunks:
-        _set(db, doc.id, "failed", error="No text was found in this document.")
-        return
-    with write_transaction(db):
-        if store.document_any(doc.id) is None:
-            return  # deleted while extracting
-        store.delete_chunks(doc.id)
-        store.set_status(doc.id, "embedding", _now(), chunks_total=len(chunks), chunks_done=0)
-    model = None
-    for start in range(0, len(chunks), EMBED_BATCH):
-        batch = chunks[start : start + EMBED_BATCH]
-        texts = [f"{c.heading}\n{c.text}" if c.heading else c.text for c in batch]
-        vectors = client.embed(texts, account_id=doc.account_id, priority="batch")
-        if model is None:
-            model = _model_name(client)
-            try:
-                store.ensure_vectors(len(vectors[0]), model)
-            except ValueError as exc:  # the embedding model changed under the index
-                _set(db, doc.id, "failed", error=str(exc))
-                return
-        with write_transaction(db):
-            if store.document_any(doc.id) is None:
-                return  # deleted while embedding: nothing of it may remain
-            store.add_chunks(doc.id, doc.account_id, batch, vectors)
-            store.set_status(
-                doc.id, "embedding", _now(), chunks_done=start + len(batch), embedding_model=model
-            )
-    with write_transaction(db):
-        if store.document_any(doc.id) is not None:
-            store.set_status(doc.id, "ready", _now())
+    ids = [document_ids] if isinstance(document_ids, str) else list(document_ids)
+    ingest_documents(db, settings, client, ids, document_path)
 
 
-def _counter(client: InferenceClient):
-    def count(texts: list[str]) -> list[int]:
-        try:
-            counts = client.count_tokens(texts)
-        except Unavailable:
-            raise
-        return counts if counts is not None else chunking.estimate_tokens(texts)
-
-    return count
-
-
-def _model_name(client: InferenceClient) -> str:
-    try:
-        health = client.health()
-        return str(health.get("embedding_model") or "unknown")
-    except ApplianceError:
-        return "unknown"
-
-
-def _now() -> str:
-    return iso(utcnow())
-
-
-def _set(db: sqlite_utils.Database, document_id: str, status: str, **fields) -> None:
-    with write_transaction(db):
-        KnowledgeStore(db).set_status(document_id, status, _now(), **fields)
+def queued(db: sqlite_utils.Database, limit: int) -> list[str]:
+    """Ids of the oldest queued documents (for the worker to take several at once)."""
+    return KnowledgeStore(db).queued(limit)
 
 
 def audit(db: sqlite_utils.Database, settings: Settings) -> list[str]:
@@ -367,7 +356,7 @@ def reindex(db: sqlite_utils.Database) -> list[str]:
         ids = [row[0] for row in db.execute("select id from documents")]
         for document_id in ids:
             store.delete_chunks(document_id)
-            store.set_status(document_id, "queued", _now(), chunks_done=0, chunks_total=0)
+            store.set_status(document_id, "queued", iso(utcnow()), chunks_done=0, chunks_total=0)
         if store.has_vectors():
             db.execute("drop table chunk_vectors")
         db.execute("delete from kb_meta where key in ('embedding_dim', 'embedding_model')")

@@ -13,8 +13,12 @@ import sqlite_utils
 from sqlite_vec import serialize_float32
 
 from appliance.db import write_transaction
+from appliance.knowledge import codes
 
 VECTOR_TABLE = "chunk_vectors"
+#: Porter stems of query words already seen (the tokenizer never changes): word -> stem.
+_stems: dict[str, str] = {}
+_MAX_STEMS = 100_000
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,11 @@ class Chunk:
 
 
 _DOC_COLUMNS = ", ".join(Document.__dataclass_fields__)
+#: The full-text leg. The unary + keeps SQLite from driving the join with the
+#: chunks_by_account index, which would run the FTS5 match once per chunk of the account.
+BM25_SQL = """select c.id from chunks_fts f join chunks c on c.id = f.rowid
+              where chunks_fts match ? and +c.account_id = ?
+              order by f.rank limit ?"""
 
 
 class KnowledgeStore:
@@ -98,6 +107,15 @@ class KnowledgeStore:
             "where status in ('queued', 'extracting', 'embedding') order by created_at"
         )
         return [Document(*row) for row in rows]
+
+    def queued(self, limit: int) -> list[str]:
+        return [
+            row["id"]
+            for row in self.db.query(
+                "select id from documents where status = 'queued' order by created_at limit ?",
+                [limit],
+            )
+        ]
 
     def set_status(self, document_id: str, status: str, now: str, **fields) -> None:
         allowed = {"error", "chunks_total", "chunks_done", "embedding_model"}
@@ -158,8 +176,8 @@ class KnowledgeStore:
         for chunk, vector in zip(chunks, vectors, strict=True):
             cursor = self.db.execute(
                 """insert into chunks (document_id, account_id, position, text, page, heading,
-                                       tokens)
-                   values (?, ?, ?, ?, ?, ?, ?)""",
+                                       tokens, code)
+                   values (?, ?, ?, ?, ?, ?, ?, ?)""",
                 [
                     document_id,
                     account_id,
@@ -168,6 +186,7 @@ class KnowledgeStore:
                     chunk.page,
                     chunk.heading,
                     chunk.tokens,
+                    codes.code(vector),
                 ],
             )
             chunk_id = cursor.lastrowid
@@ -193,6 +212,8 @@ class KnowledgeStore:
             if self.has_vectors():
                 self.db.execute(f"delete from {VECTOR_TABLE} where rowid = ?", [chunk_id])  # noqa: S608
         self.db.execute("delete from chunks where document_id = ?", [document_id])
+        if rows:  # the in-RAM codes of searches (codes.py) reload from scratch
+            self.set_meta("deletions", str(int(self.meta("deletions") or 0) + 1))
         return len(rows)
 
     def delete_document(self, document_id: str) -> None:
@@ -213,17 +234,76 @@ class KnowledgeStore:
         return {row[0]: dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
 
     def bm25(self, account_id: str, match: str, k: int) -> list[int]:
-        rows = self.db.execute(
-            """select c.id from chunks_fts f join chunks c on c.id = f.rowid
-               where chunks_fts match ? and c.account_id = ?
-               order by f.rank limit ?""",
-            [match, account_id, k],
-        )
+        rows = self.db.execute(BM25_SQL, [match, account_id, k])
         return [row[0] for row in rows]
+
+    def indexed_rows(self) -> int:
+        """About how many chunks the full-text index holds, all accounts together (the
+        largest chunk id: exact until chunks are deleted, then a little above)."""
+        return self.db.execute("select coalesce(max(id), 0) from chunks").fetchone()[0]
+
+    def document_frequencies(self, words: Sequence[str]) -> dict[str, int]:
+        """How many chunks (all accounts) hold each word, as the index stems it.
+
+        The stems come from a TEMP FTS5 table with the index's tokenizer (the vocabulary
+        of its one row maps each word to its stem); the counts from ``chunks_vocab``.
+        """
+        missing = [word for word in words if word not in _stems]
+        if missing:
+            self.db.execute(
+                "create virtual table if not exists temp.kb_query_words "
+                "using fts5(word, tokenize='porter unicode61')"
+            )
+            self.db.execute(
+                "create virtual table if not exists temp.kb_query_stems "
+                "using fts5vocab(temp, kb_query_words, 'instance')"
+            )
+            self.db.execute("delete from temp.kb_query_words")
+            self.db.conn.executemany(
+                "insert into temp.kb_query_words (rowid, word) values (?, ?)",
+                list(enumerate(missing)),
+            )
+            if len(_stems) > _MAX_STEMS:
+                _stems.clear()
+            for row in self.db.query("select doc, term from temp.kb_query_stems"):
+                _stems[missing[row["doc"]]] = row["term"]
+        counts = {}
+        for word in words:
+            row = self.db.execute(
+                "select doc from chunks_vocab where term = ?", [_stems.get(word, word)]
+            ).fetchone()
+            counts[word] = row[0] if row else 0
+        return counts
+
+    def codes(self, account_id: str, after: int) -> tuple[list[int], list[bytes]]:
+        """The account's chunk ids above ``after`` with their vectors' sign bits."""
+        rows = self.db.execute(
+            "select id, code from chunks where account_id = ? and id > ? and code is not null "
+            "order by id",
+            [account_id, after],
+        ).fetchall()
+        return [row[0] for row in rows], [row[1] for row in rows]
+
+    def vectors(self, ids: Sequence[int]) -> dict[int, bytes]:
+        """The stored float32 vectors of chunks ``ids`` (raw bytes), by id."""
+        found = {}
+        for chunk_id in ids:
+            row = self.db.execute(
+                "select embedding from chunk_vectors where rowid = ?", [chunk_id]
+            ).fetchone()
+            if row is not None:
+                found[chunk_id] = row[0]
+        return found
 
     def nearest(self, account_id: str, vector: Sequence[float], k: int) -> list[int]:
         if not self.has_vectors():
             return []
+        if self.indexed_rows() >= codes.QUANTIZED_ABOVE:
+            path = self.db.execute(
+                "select file from pragma_database_list where name = 'main'"
+            ).fetchone()[0]
+            if codes.size(self, path, account_id) >= codes.QUANTIZED_ABOVE:
+                return codes.nearest(self, path, account_id, vector, k)
         rows = self.db.execute(
             f"""select rowid from {VECTOR_TABLE}
                 where embedding match ? and k = ? and account_id = ?

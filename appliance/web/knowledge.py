@@ -59,38 +59,44 @@ class KnowledgeApi(Controller):
         queue: NamedDependency[TaskQueue],
         clock: NamedDependency[Clock],
     ) -> Response:
-        """Upload one or more files (multipart field ``file`` or ``files``).
+        """Upload one or more files (multipart field ``file`` or ``files``); a ``.zip``
+        adds every document inside it.
 
         202 with ``{"id", "status": "queued"}`` per file (a list for several files); a file
-        already in the account is reported with ``"duplicate": true`` and not indexed twice.
+        already in the account is reported with ``"duplicate": true`` and not indexed twice;
+        a file of an archive that cannot be added comes back as ``{"filename", "error"}``.
         """
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise HTTPException(status_code=400, detail="Send the files as multipart/form-data.")
         files = _collect(await request.form())
         results = []
         for upload in files:
+            name = upload.filename or "upload"
+            add = knowledge.add_archive if knowledge.is_archive(name) else knowledge.add_document
             outcome = await anyio.to_thread.run_sync(
-                lambda upload=upload: knowledge.add_document(
-                    db,
-                    settings,
-                    me.account.id,
-                    me.user.id,
-                    upload.filename or "upload",
-                    upload.file,
-                    clock(),
+                lambda upload=upload, name=name, add=add: add(
+                    db, settings, me.account.id, me.user.id, name, upload.file, clock()
                 )
             )
-            if not outcome.duplicate:
-                queue.ingest_document(outcome.document.id)
-            results.append(
-                {
-                    "id": outcome.document.id,
-                    "filename": outcome.document.filename,
-                    "status": outcome.document.status,
-                    "duplicate": outcome.duplicate,
-                }
-            )
-        return Response(results[0] if len(results) == 1 else results, status_code=202)
+            outcomes = outcome if isinstance(outcome, list) else [outcome]
+            for one in outcomes:
+                if isinstance(one, knowledge.Refusal):
+                    results.append({"filename": one.filename, "error": one.error})
+                    continue
+                if not one.duplicate:
+                    queue.ingest_document(one.document.id)
+                results.append(
+                    {
+                        "id": one.document.id,
+                        "filename": one.document.filename,
+                        "status": one.document.status,
+                        "duplicate": one.duplicate,
+                    }
+                )
+        single = len(files) == 1 and not knowledge.is_archive(files[0].filename or "")
+        if single and len(results) == 1:
+            return Response(results[0], status_code=202)
+        return Response(results, status_code=202)
 
     @get("/documents", sync_to_thread=True)
     def list_documents(
@@ -148,7 +154,14 @@ class KnowledgeApi(Controller):
     ) -> dict:
         """Hybrid search over the account's knowledge base; ``vector_unavailable``: the
         model could not embed the query (restarting?), so the hits are full-text only."""
-        result = kb_search.search(db, inference, me.account.id, q, k or settings.knowledge.search_k)
+        result = kb_search.search(
+            db,
+            inference,
+            me.account.id,
+            q,
+            k or settings.knowledge.search_k,
+            kb_search.Tuning.from_settings(settings.knowledge),
+        )
         return {
             "hits": [asdict(hit) for hit in result.hits],
             "legs": result.legs,

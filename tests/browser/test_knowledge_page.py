@@ -54,3 +54,34 @@ def test_upload_search_and_remove(live_kb, page, linked_settings, tmp_path):
     )
     assert "bicycle.html" not in page.locator("#search-hits").inner_text()
     assert rows.count() == 2
+
+
+def test_a_folder_goes_up_with_one_overall_progress_bar(live_kb, page, linked_settings, tmp_path):
+    import io
+    import zipfile
+
+    db = open_db(linked_settings)
+    user, account = accounts.create_user(db, "bulk@example.com", utcnow(), account_name="Bulk")
+    token = auth.create_session(db, linked_settings, user.id, account.id, utcnow())
+    db.close()
+    page.context.add_cookies([{"name": "session", "value": token, "url": live_kb.url}])
+    folder = tmp_path / "team-drive"
+    (folder / "policies").mkdir(parents=True)
+    for name, data in FILES.items():
+        (folder / name).write_bytes(data)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("leave.md", b"# Leave\n\nStaff get 25 days of annual leave.")
+        zf.writestr("sick.txt", b"Report sick leave to your manager before 9am.")
+    (folder / "policies" / "hr.zip").write_bytes(buffer.getvalue())
+    (folder / "clip.mp4").write_bytes(b"\0\0\0\x18ftypmp42")
+
+    page.goto(live_kb.url + "/knowledge")
+    page.set_input_files("#folder-input", folder)
+    page.locator("#bulk-note", has_text="5 of 5 documents indexed").wait_for(timeout=90_000)
+    bar = page.locator("#bulk-bar")
+    assert bar.get_attribute("value") == bar.get_attribute("max")
+    assert "clip.mp4: not a supported type" in page.locator("#bulk-refused").inner_text()
+    rows = page.locator("#documents tbody tr")
+    for name in ("espresso.md", "bicycle.html", "plants.txt", "leave.md", "sick.txt"):
+        rows.filter(has_text=name).locator(".status-ready").wait_for()

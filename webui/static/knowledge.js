@@ -82,7 +82,107 @@
     xhr.send(data);
   }
 
-  input.addEventListener("change", () => { for (const f of input.files) upload(f); input.value = ""; });
+  // -- many files (a folder, a selection, a drop): one overall progress bar -------------
+  // Files go up in requests of at most 20 (the server's limit per request); the bar
+  // counts each document twice: once uploaded, once ready (indexed).
+  const SUPPORTED = /\.(txt|md|markdown|html?|pdf|docx|csv|json|zip)$/i;
+  const PER_REQUEST = 20;
+  const bulk = document.getElementById("bulk");
+  const bar = document.getElementById("bulk-bar");
+  const bulkNote = document.getElementById("bulk-note");
+  const refusedList = document.getElementById("bulk-refused");
+
+  function refuse(name, why) {
+    refusedList.append(el("li", name + ": " + why, "failed"));
+  }
+
+  function send(files) {
+    return new Promise((resolve) => {
+      const data = new FormData();
+      for (const f of files) data.append("files", f, f.name);
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", "/api/documents");
+      xhr.setRequestHeader("X-CSRFToken", csrf());
+      xhr.setRequestHeader("Accept", "application/json");
+      xhr.onload = () => {
+        let body = null;
+        try { body = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
+        if (xhr.status === 202) {
+          resolve(Array.isArray(body) ? body : [body]);
+        } else {
+          const why = body && body.error ? body.error.message : "upload failed (" + xhr.status + ")";
+          for (const f of files) refuse(f.name, why);
+          resolve([]);
+        }
+      };
+      xhr.onerror = () => { for (const f of files) refuse(f.name, "network error"); resolve([]); };
+      xhr.send(data);
+    });
+  }
+
+  async function uploadMany(all) {
+    const files = all.filter((f) => !f.name.startsWith("."));
+    const wanted = files.filter((f) => SUPPORTED.test(f.name) && f.size <= maxBytes);
+    bulk.hidden = false;
+    refusedList.replaceChildren();
+    for (const f of files) {
+      if (!SUPPORTED.test(f.name)) refuse(f.name, "not a supported type");
+      else if (f.size > maxBytes) refuse(f.name, "too large");
+    }
+    const ids = new Set();
+    let sent = 0;
+    let duplicates = 0;
+    bar.max = Math.max(1, wanted.length * 2);
+    bar.value = 0;
+    for (let i = 0; i < wanted.length; i += PER_REQUEST) {
+      const batch = wanted.slice(i, i + PER_REQUEST);
+      bulkNote.textContent = "Uploading " + (i + 1) + "–" + (i + batch.length) + " of " + wanted.length + "…";
+      for (const result of await send(batch)) {
+        if (result.error) refuse(result.filename, result.error);
+        else if (result.duplicate) duplicates += 1;
+        else ids.add(result.id);
+      }
+      sent += batch.length;
+      bar.value = sent;
+    }
+    // A ZIP counts as one file going up and as its documents once indexed.
+    bar.max = wanted.length + Math.max(1, ids.size);
+    refresh();
+    const watch = async () => {
+      const docs = await api("GET", "/api/documents");
+      const mine = docs.filter((d) => ids.has(d.id));
+      const done = mine.filter((d) => d.status === "ready" || d.status === "failed").length;
+      bar.value = wanted.length + done;
+      bulkNote.textContent = done + " of " + ids.size + " documents indexed" +
+        (duplicates ? " · " + duplicates + " already there" : "") +
+        (refusedList.children.length ? " · " + refusedList.children.length + " not added" : "");
+      if (done < ids.size) setTimeout(watch, 1500);
+    };
+    await watch();
+  }
+
+  function pick(files) {
+    const list = Array.from(files);
+    if (list.length === 1 && !/\.zip$/i.test(list[0].name)) upload(list[0]);
+    else if (list.length) uploadMany(list);
+  }
+
+  // A dropped folder arrives as a directory entry: read it (and its subfolders) for files.
+  async function filesOf(entry) {
+    if (entry.isFile) return [await new Promise((ok, fail) => entry.file(ok, fail))];
+    const reader = entry.createReader();
+    const found = [];
+    for (;;) {
+      const batch = await new Promise((ok, fail) => reader.readEntries(ok, fail));
+      if (!batch.length) break;
+      for (const child of batch) found.push(...(await filesOf(child)));
+    }
+    return found;
+  }
+
+  input.addEventListener("change", () => { pick(input.files); input.value = ""; });
+  const folderInput = document.getElementById("folder-input");
+  folderInput.addEventListener("change", () => { uploadMany(Array.from(folderInput.files)); folderInput.value = ""; });
   form.addEventListener("submit", (event) => event.preventDefault());
   for (const type of ["dragenter", "dragover"]) {
     form.addEventListener(type, (event) => { event.preventDefault(); form.classList.add("over"); });
@@ -90,9 +190,18 @@
   for (const type of ["dragleave", "drop"]) {
     form.addEventListener(type, () => form.classList.remove("over"));
   }
-  form.addEventListener("drop", (event) => {
+  form.addEventListener("drop", async (event) => {
     event.preventDefault();
-    for (const f of event.dataTransfer.files) upload(f);
+    const entries = Array.from(event.dataTransfer.items || [])
+      .map((item) => (item.webkitGetAsEntry ? item.webkitGetAsEntry() : null))
+      .filter(Boolean);
+    if (entries.some((entry) => entry.isDirectory)) {
+      const files = [];
+      for (const entry of entries) files.push(...(await filesOf(entry)));
+      uploadMany(files);
+    } else {
+      pick(event.dataTransfer.files);
+    }
   });
 
   // -- the documents table, refreshed while something is in progress ------------------

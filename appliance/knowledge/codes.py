@@ -1,0 +1,99 @@
+"""The vector leg for large accounts: a binary first pass in RAM, then exact rescoring.
+
+sqlite-vec compares a query with every vector of the account (no ANN index), which takes
+too long past a few hundred thousand chunks on a small CPU, and its ``bit`` vectors are no
+faster there (docs/benchmarks.md). So each chunk row also keeps its vector's sign bits
+(``chunks.code``, 48 bytes for 384 dimensions); for an account with more than
+``QUANTIZED_ABOVE`` chunks the search loads them once into a NumPy array (kept per
+process, refreshed from the rows added since), ranks them by Hamming distance to the
+query's bits, and rescores the ``RESCORE`` closest with their exact vectors from vec0.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Accounts with at least this many chunks use the binary first pass. It is lossy: on the
+#: benchmark's near-duplicate-heavy vectors it keeps 85% of exact KNN's top 10 at 100k
+#: chunks and 48% at 1M (docs/benchmarks.md), so below this size exact KNN stays.
+QUANTIZED_ABOVE = 250_000
+#: Candidates of the first pass rescored exactly.
+RESCORE = 400
+#: Accounts whose codes one process keeps (least recently searched dropped first).
+CACHED_ACCOUNTS = 16
+
+_lock = threading.Lock()
+_cache: OrderedDict[tuple[str, str], _Codes] = OrderedDict()
+
+
+@dataclass
+class _Codes:
+    ids: np.ndarray  # int64, chunk ids
+    bits: np.ndarray  # uint64, (chunks, words)
+    last_id: int
+    deletions: str | None  # the kb_meta 'deletions' value when loaded
+
+
+def code(vector: Sequence[float]) -> bytes:
+    """The sign bits of ``vector``, packed (what ``chunks.code`` holds)."""
+    return np.packbits(np.asarray(vector, dtype=np.float32) > 0).tobytes()
+
+
+def nearest(store, path: str, account_id: str, vector: Sequence[float], k: int) -> list[int]:
+    """The ``k`` chunks closest to ``vector`` (cosine), through the binary first pass."""
+    codes = _codes(store, path, account_id)
+    query = np.frombuffer(code(vector), dtype=np.uint8)
+    query = np.pad(query, (0, codes.bits.shape[1] * 8 - len(query))).view(np.uint64)
+    distance = np.bitwise_count(codes.bits ^ query).sum(axis=1, dtype=np.int32)
+    take = min(RESCORE, len(distance))
+    candidates = codes.ids[np.argpartition(distance, take - 1)[:take]]
+    found = store.vectors(candidates.tolist())
+    ids = np.fromiter(found, dtype=np.int64, count=len(found))
+    matrix = np.frombuffer(b"".join(found.values()), dtype=np.float32).reshape(len(found), -1)
+    scores = matrix @ np.asarray(vector, dtype=np.float32)
+    return ids[np.argsort(-scores, kind="stable")[:k]].tolist()
+
+
+def size(store, path: str, account_id: str) -> int:
+    """How many coded chunks the account has (loads or refreshes its codes)."""
+    return len(_codes(store, path, account_id).ids)
+
+
+def _codes(store, path: str, account_id: str) -> _Codes:
+    key = (path, account_id)
+    deletions = store.meta("deletions")
+    with _lock:
+        codes = _cache.get(key)
+        if codes is None or codes.deletions != deletions:
+            codes = _load(store, account_id, 0, deletions)
+        else:
+            newer = _load(store, account_id, codes.last_id, deletions)
+            if len(newer.ids) and not len(codes.ids):
+                codes = newer
+            elif len(newer.ids):
+                codes = _Codes(
+                    np.concatenate([codes.ids, newer.ids]),
+                    np.concatenate([codes.bits, newer.bits]),
+                    newer.last_id,
+                    deletions,
+                )
+        _cache[key] = codes
+        _cache.move_to_end(key)
+        while len(_cache) > CACHED_ACCOUNTS:
+            _cache.popitem(last=False)
+        return codes
+
+
+def _load(store, account_id: str, after: int, deletions: str | None) -> _Codes:
+    ids, blobs = store.codes(account_id, after)
+    if not blobs:
+        return _Codes(np.zeros(0, np.int64), np.zeros((0, 1), np.uint64), after, deletions)
+    width = -(-len(blobs[0]) // 8) * 8  # whole 64-bit words
+    raw = np.frombuffer(b"".join(b.ljust(width, b"\0") for b in blobs), dtype=np.uint8)
+    bits = raw.reshape(len(blobs), width).view(np.uint64)
+    return _Codes(np.asarray(ids, dtype=np.int64), bits, max(ids), deletions)

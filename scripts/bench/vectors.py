@@ -1,0 +1,202 @@
+"""Benchmark the vector leg at scale: vec0's exact KNN against the binary first pass.
+
+Usage::
+
+    .venv/bin/python scripts/bench/vectors.py [--sizes 100000,1000000] [--queries 100] [--record]
+
+Vectors as in scripts/bench/retrieval.py: ``--real`` passages of its labelled corpus
+embedded for real with the bundled all-MiniLM-L6-v2 (in process), the rest calibrated
+near-duplicate variants of them (the original's vector plus Gaussian noise, re-normalised,
+the noise matched to real variants' cosine); the queries are the corpus's real query
+embeddings. Every chunk goes in through ``KnowledgeStore.add_chunks`` (chunk row with its
+code, FTS5 row, vec0 row), 1,000 a transaction, for one account. Measured per size: the
+exact vec0 KNN (what ``store.nearest`` did before) and ``store.nearest`` as it is (the
+binary first pass in RAM and exact rescoring of ``codes.RESCORE`` candidates above
+``codes.QUANTIZED_ABOVE`` chunks), interleaved query by query; recall@10 is the share of
+the exact top 10 the first pass returns. The first search of a size also loads the
+account's codes into RAM: that time is reported apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from retrieval import (  # noqa: E402  (scripts/bench/retrieval.py)
+    DOC,
+    SEED,
+    build_corpus,
+    cpu_model,
+    embed_corpus,
+    markdown_table,
+    text_table,
+)
+
+from appliance.accounts import service as accounts  # noqa: E402
+from appliance.cli import initialise  # noqa: E402
+from appliance.config import Settings  # noqa: E402
+from appliance.db import open_db, write_transaction  # noqa: E402
+from appliance.inference import models  # noqa: E402
+from appliance.inference.engine import load_engine  # noqa: E402
+from appliance.knowledge import codes  # noqa: E402
+from appliance.knowledge.store import Chunk, Document, KnowledgeStore  # noqa: E402
+
+SECTION = "## Vector leg at scale (scripts/bench/vectors.py)"
+PER_DOC = 1000
+
+
+def exact(db, account_id: str, vector: list[float], k: int) -> list[int]:
+    from sqlite_vec import serialize_float32
+
+    rows = db.execute(
+        "select rowid from chunk_vectors where embedding match ? and k = ? and account_id = ? "
+        "order by distance",
+        [serialize_float32(vector), k, account_id],
+    )
+    return [row[0] for row in rows]
+
+
+def fill(db, account_id: str, vectors: np.ndarray, log) -> float:
+    store = KnowledgeStore(db)
+    store.ensure_vectors(vectors.shape[1], "bench")
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    started = time.perf_counter()
+    for d, start in enumerate(range(0, len(vectors), PER_DOC)):
+        rows = vectors[start : start + PER_DOC]
+        doc_id = f"doc_v{d:07d}"
+        chunks = [Chunk(i, f"passage {start + i}", None, "", 4) for i in range(len(rows))]
+        with write_transaction(db):
+            store.insert_document(
+                Document(doc_id, account_id, None, f"{doc_id}.txt", "txt", 1, doc_id, "ready",
+                         None, len(rows), len(rows), "bench", now, now)
+            )  # fmt: skip
+            store.add_chunks(doc_id, account_id, chunks, rows.tolist())
+        if d % 100 == 99:
+            log(f"    {start + len(rows):,} chunks written")
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--real", type=int, default=2000, help="passages embedded for real")
+    parser.add_argument("--data-dir", type=Path, help="data dir with the models installed")
+    parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: cores)")
+    parser.add_argument("--record", action="store_true")
+    args = parser.parse_args()
+    threads = {"inference.n_threads": args.threads} if args.threads else None
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+
+    work = Path(tempfile.mkdtemp(prefix="bench-vectors-"))
+    try:
+        if args.data_dir:
+            model_settings = Settings.load(
+                data_dir=args.data_dir.absolute(), environ={}, overrides=threads
+            )
+        else:
+            model_settings = Settings.load(data_dir=work / "models", environ={}, overrides=threads)
+            initialise(model_settings)
+            models.install_defaults(model_settings, log=lambda m: log(f"  {m}"))
+        engine = load_engine(model_settings).embedding
+        corpus = build_corpus(SEED, sizes[-1], args.queries, args.real)
+        log(f"embedding {args.real} passages and {args.queries} queries, deriving the rest")
+        emb = embed_corpus(corpus, engine, SEED, log)
+        del engine
+        queries = [emb.queries[q.text] for q in corpus.queries]
+        rows = []
+        for size in sizes:
+            settings = Settings.load(data_dir=work / f"size-{size}", environ={})
+            initialise(settings)
+            db = open_db(settings)
+            try:
+                _, account = accounts.create_user(db, "a@bench.example", datetime.now(UTC))
+                log(f"size {size:,}: writing")
+                seconds = fill(db, account.id, emb.vectors[:size], log)
+                store = KnowledgeStore(db)
+                t = time.perf_counter()
+                store.nearest(account.id, queries[0], 10)
+                first = (time.perf_counter() - t) * 1000
+                quantized = size >= codes.QUANTIZED_ABOVE
+                times = {"exact": [], "nearest": []}
+                recall = []
+                for vector in queries:
+                    t = time.perf_counter()
+                    truth = exact(db, account.id, vector, 10)
+                    times["exact"].append((time.perf_counter() - t) * 1000)
+                    t = time.perf_counter()
+                    found = store.nearest(account.id, vector, 10)
+                    times["nearest"].append((time.perf_counter() - t) * 1000)
+                    recall.append(len(set(found) & set(truth)) / 10)
+                row = [
+                    f"{size:,}",
+                    f"{size / seconds:,.0f}",
+                    f"{statistics.median(times['exact']):.1f}",
+                    f"{np.percentile(times['exact'], 95):.1f}",
+                    "binary first pass + rescoring" if quantized else "exact (vec0)",
+                    f"{statistics.median(times['nearest']):.1f}",
+                    f"{np.percentile(times['nearest'], 95):.1f}",
+                    f"{statistics.fmean(recall):.3f}",
+                    f"{first:.0f}",
+                ]
+                rows.append(row)
+                log("  " + " | ".join(row))
+            finally:
+                db.close()
+                shutil.rmtree(settings.paths.data_dir, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    header = [
+        "Chunks (one account)",
+        "Write chunks/s",
+        "Exact vec0 p50 ms",
+        "Exact p95 ms",
+        "store.nearest path",
+        "store.nearest p50 ms",
+        "p95 ms",
+        "recall@10 of exact",
+        "first search ms (loads codes)",
+    ]
+    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    setup = [
+        ["Date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")],
+        ["Machine", f"{cpu_model()}, {os.cpu_count()} CPUs; load average at the end {load}"],
+        [
+            "Vectors",
+            f"{args.real:,} real all-MiniLM-L6-v2 passages, the rest calibrated variants "
+            f"(cosine to their original {emb.derived_cosine:.3f}, real variants "
+            f"{emb.variant_cosine:.3f}); {args.queries} real query embeddings",
+        ],
+        [
+            "Settings",
+            f"codes.QUANTIZED_ABOVE {codes.QUANTIZED_ABOVE:,}, codes.RESCORE {codes.RESCORE}",
+        ],
+    ]
+    print()
+    print(text_table(header, rows))
+    if args.record:
+        section = [SECTION, "", markdown_table(["Setup", ""], setup), ""]
+        section += [markdown_table(header, rows), ""]
+        DOC.write_text(DOC.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + "\n".join(section))
+        print(f"appended to {DOC.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
