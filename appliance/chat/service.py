@@ -21,6 +21,7 @@ from typing import Any
 
 import sqlite_utils
 
+from appliance import receipts
 from appliance.chat import prompt
 from appliance.clock import iso, parse, utcnow
 from appliance.config import Settings
@@ -31,7 +32,6 @@ from appliance.inference.client import InferenceClient
 from appliance.instances import service as instances
 from appliance.knowledge import search as kb_search
 from appliance.persona import service as persona
-from appliance.privacy import receipts
 
 MAX_MESSAGE_CHARS = 32_000
 MAX_TITLE_CHARS = 120

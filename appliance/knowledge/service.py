@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 
 import sqlite_utils
 
+from appliance import receipts
 from appliance.clock import iso, utcnow
 from appliance.config import Settings
 from appliance.db import write_transaction
@@ -27,7 +28,6 @@ from appliance.ids import new_id
 from appliance.inference.client import InferenceClient
 from appliance.knowledge import chunking, extract
 from appliance.knowledge.store import Document, KnowledgeStore
-from appliance.privacy import receipts
 
 log = logging.getLogger(__name__)
 EMBED_BATCH = 32

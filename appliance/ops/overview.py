@@ -27,7 +27,6 @@ from appliance.errors import ApplianceError, InvalidInput
 from appliance.inference.client import InferenceClient
 from appliance.knowledge import service as knowledge
 from appliance.ops import services
-from appliance.tasks import WORKER_SERVICE
 
 RECENT_ERRORS = 20
 
@@ -104,7 +103,7 @@ def inference_state(settings: Settings) -> dict[str, Any]:
 
 
 def worker_state(db: sqlite_utils.Database, settings: Settings, now: datetime) -> dict[str, Any]:
-    beat = heartbeat.last_beat(db, WORKER_SERVICE)
+    beat = heartbeat.last_beat(db, heartbeat.WORKER_SERVICE)
     age = (now - beat).total_seconds() if beat else None
     alive = age is not None and age <= settings.worker.heartbeat_stale_seconds
     return {

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 import sqlite_utils
 
-from appliance import mail
+from appliance import mail, receipts
 from appliance.accounts import service as accounts
 from appliance.billing import service as billing
 from appliance.clock import iso
@@ -31,7 +31,6 @@ from appliance.db import write_transaction
 from appliance.errors import Conflict, NotFound
 from appliance.ids import new_id
 from appliance.instances import service as instances
-from appliance.privacy import receipts
 from appliance.privacy.registry import DERIVED, ERASE, TABLES, Table
 
 DELETED_NAME = "deleted account"
