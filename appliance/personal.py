@@ -242,8 +242,9 @@ class Erasure:
 
 def _delete_batch(db: sqlite_utils.Database, table: str, where: str, params, batch: int) -> int:
     """Delete up to ``batch`` of the rows ``where`` selects, in the caller's transaction."""
-    selected = db[table].rows_where(where, params, select="rowid", limit=batch)
-    found = [row["rowid"] for row in selected]
+    # "as": a table whose integer primary key is an alias of rowid names it after itself.
+    selected = db[table].rows_where(where, params, select="rowid as row_id", limit=batch)
+    found = [row["row_id"] for row in selected]
     if found:
         db[table].delete_where("rowid in (select value from json_each(?))", [json.dumps(found)])
     return len(found)

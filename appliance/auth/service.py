@@ -313,6 +313,17 @@ def revoke_account_sessions(db: sqlite_utils.Database, account_id: str, now: dat
     return cursor.rowcount
 
 
+def revoke_account_access(db: sqlite_utils.Database, account_id: str, now: datetime) -> None:
+    """End every session and revoke every key of an account (its erasure was requested)."""
+    with write_transaction(db):
+        revoke_account_sessions(db, account_id, now)
+        db.execute(
+            "update api_keys set revoked_at = :now where account_id = :account "
+            "and revoked_at is null",
+            {"now": iso(now), "account": account_id},
+        )
+
+
 def last_activity(db: sqlite_utils.Database, account_id: str) -> str | None:
     """When a session or an API key of the account was last used (ISO), or None."""
     row = db.execute(

@@ -19,14 +19,14 @@ from typing import Any
 import sqlite_utils
 import stripe
 
+from appliance.accounts import service as accounts
 from appliance.billing import ledger
 from appliance.clock import iso
 from appliance.config import Settings
 from appliance.db import write_transaction
 from appliance.errors import Conflict, InvalidInput, NotFound, Unavailable
 from appliance.ids import new_id
-from appliance.persona.models import EgressEntry
-from appliance.persona.store import PersonaStore
+from appliance.persona import service as persona
 
 log = logging.getLogger(__name__)
 
@@ -134,20 +134,20 @@ def parse_amount(settings: Settings, value: Any) -> int:
 def _egress(db, account_ref: str, purpose: str, params: dict, outcome: str, now) -> None:
     """Record a call to Stripe in the account's egress log (PRIVACY.md: every outbound
     connection that carries account data is listed). A pseudonymized account has no log."""
-    if db.execute("select 1 from accounts where id = ?", [account_ref]).fetchone() is None:
+    try:
+        accounts.account(db, account_ref)
+    except NotFound:
         return
-    entry = EgressEntry(
-        id=new_id("egr"),
-        account_id=account_ref,
-        at=iso(now),
+    persona.log_egress(
+        db,
+        account_ref,
         service="stripe",
         purpose=purpose,
         data_categories=EGRESS_DATA,
         bytes_sent=len(json.dumps(params).encode()),
         outcome=outcome,
+        now=now,
     )
-    with write_transaction(db):
-        PersonaStore(db).insert_egress(entry)
 
 
 def _customer(db, settings: Settings, account_ref: str, now: datetime) -> str:

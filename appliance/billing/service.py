@@ -25,25 +25,6 @@ from appliance.errors import InvalidInput, NotFound
 
 USAGE_DAYS = 90
 
-#: Billing tables: name → (column holding the account reference, column holding the
-#: row's time). Kept for the tax-retention period after an account is deleted.
-TABLES = {
-    "ledger_entries": ("account_ref", "created_at"),
-    "billing_topups": ("account_ref", "created_at"),
-    "stripe_events": ("account_ref", "received_at"),
-    "billing_accounts": ("account_ref", "updated_at"),
-    "billing_holds": ("account_ref", "created_at"),
-    "spend_caps": ("account_ref", "updated_at"),
-    "instance_meter": ("account_ref", "charged_until"),
-    "spend_months": ("account_ref", "month"),
-}
-
-
-def billing_tables() -> dict[str, tuple[str, str]]:
-    """Every billing table with its account-reference and time columns (for the privacy
-    domain's export, pseudonymization and retention purge)."""
-    return dict(TABLES)
-
 
 def summary(
     db: sqlite_utils.Database, settings: Settings, account_id: str, role: str

@@ -647,15 +647,3 @@ def store_exchange(
             [title, stamp, conversation.id],
         )
     return conversation.id
-
-
-def passage_texts(db: sqlite_utils.Database, account_id: str, chunk_ids: list[int]) -> dict:
-    """The current text of cited passages (a deleted document's are gone)."""
-    if not chunk_ids:
-        return {}
-    marks = ",".join("?" * len(chunk_ids))
-    rows = db.execute(
-        f"select id, text from chunks where account_id = ? and id in ({marks})",  # noqa: S608
-        [account_id, *chunk_ids],
-    ).fetchall()
-    return dict(rows)

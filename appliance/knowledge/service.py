@@ -172,6 +172,15 @@ def delete_document(
     document_path(settings, doc).unlink(missing_ok=True)
 
 
+def passage_texts(
+    db: sqlite_utils.Database, account_id: str, chunk_ids: list[int]
+) -> dict[int, str]:
+    """The current text of cited passages (a deleted document's are gone)."""
+    return {
+        i: row["text"] for i, row in KnowledgeStore(db).chunk_rows(chunk_ids, account_id).items()
+    }
+
+
 def retry(db: sqlite_utils.Database, account_id: str, document_id: str, now: datetime) -> Document:
     """Queue a failed document again (the caller enqueues the task)."""
     store = KnowledgeStore(db)
