@@ -44,10 +44,6 @@ class AccountRow:
     last_activity: str | None
 
 
-def _has_table(db: sqlite_utils.Database, name: str) -> bool:
-    return db[name].exists()
-
-
 def account_rows(db: sqlite_utils.Database) -> list[AccountRow]:
     """Every account that is not deleted, oldest first."""
     rows = []
@@ -119,9 +115,7 @@ def services_state(settings: Settings) -> dict[str, Any] | None:
     return found.public() if found else None
 
 
-def purge_state(db: sqlite_utils.Database, now: datetime) -> dict[str, Any] | None:
-    if not _has_table(db, "purge_runs"):
-        return None
+def purge_state(db: sqlite_utils.Database, now: datetime) -> dict[str, Any]:
     from appliance.privacy import retention
 
     return {
@@ -130,17 +124,13 @@ def purge_state(db: sqlite_utils.Database, now: datetime) -> dict[str, Any] | No
     }
 
 
-def recent_errors(db: sqlite_utils.Database) -> list[dict[str, Any]] | None:
-    if not _has_table(db, "request_log"):
-        return None
+def recent_errors(db: sqlite_utils.Database) -> list[dict[str, Any]]:
     from appliance.privacy import requestlog
 
     return [asdict(e) for e in requestlog.entries(db, status="5xx", limit=RECENT_ERRORS)]
 
 
-def policy_state(db: sqlite_utils.Database) -> list[dict[str, Any]] | None:
-    if not _has_table(db, "policy_versions"):
-        return None
+def policy_state(db: sqlite_utils.Database) -> list[dict[str, Any]]:
     from appliance.privacy import policy
 
     return [asdict(v) for v in policy.versions(db)]
