@@ -98,9 +98,4 @@ TABLES = (
 PURGES: dict[str, personal.Purge] = {}
 
 
-def export(db: sqlite_utils.Database, settings: Settings, scope: personal.Scope) -> personal.Held:
-    return personal.held(db, TABLES, scope)
-
-
-def erase(db: sqlite_utils.Database, settings: Settings, job: personal.Erasure) -> bool:
-    return personal.erase_tables(db, TABLES, job)
+export, erase = personal.plain(TABLES)

@@ -187,6 +187,19 @@ def held(db: sqlite_utils.Database, own: tuple[Table, ...], scope: Scope) -> Hel
     return out
 
 
+def plain(own: tuple[Table, ...]) -> tuple[Callable, Callable]:
+    """``export`` and ``erase`` for a part whose tables need nothing but their rows: the
+    exported tables' rows; the ``ERASE`` tables' rows, in order."""
+
+    def export(db: sqlite_utils.Database, settings: Settings, scope: Scope) -> Held:
+        return held(db, own, scope)
+
+    def erase(db: sqlite_utils.Database, settings: Settings, job: Erasure) -> bool:
+        return erase_tables(db, own, job)
+
+    return export, erase
+
+
 def safe_name(name: str) -> str:
     """A file name as it may appear in the ZIP."""
     cleaned = "".join(c if c.isalnum() or c in "._- " else "_" for c in name).strip(". ")

@@ -22,7 +22,6 @@ from sqlite_utils import Migrations
 
 from appliance import personal
 from appliance.clock import iso
-from appliance.config import Settings
 
 GENESIS = "0" * 64
 TABLE = "deletion_receipts"
@@ -149,9 +148,5 @@ TABLES = (
 PURGES: dict[str, personal.Purge] = {}
 
 
-def export(db: sqlite_utils.Database, settings: Settings, scope: personal.Scope) -> personal.Held:
-    return personal.held(db, TABLES, scope)
-
-
-def erase(db: sqlite_utils.Database, settings: Settings, job: personal.Erasure) -> bool:
-    return True  # a receipt is the record of the erasure itself
+# Receipts are exported; none is erased (KEEP: the record of the erasure itself).
+export, erase = personal.plain(TABLES)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-import sqlite_utils
-
 from appliance import personal
 from appliance.clock import iso
 from appliance.config import Settings
@@ -40,12 +38,7 @@ TABLES = (
 )
 
 
-def export(db: sqlite_utils.Database, settings: Settings, scope: personal.Scope) -> personal.Held:
-    return personal.held(db, TABLES, scope)
-
-
-def erase(db: sqlite_utils.Database, settings: Settings, job: personal.Erasure) -> bool:
-    return personal.erase_tables(db, TABLES, job)
+export, erase = personal.plain(TABLES)
 
 
 def purge_auth_events(db, settings: Settings, now: datetime, budget, on_batch):

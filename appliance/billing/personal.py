@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import sqlite_utils
-
 from appliance import personal
 from appliance.clock import iso, years_before
 from appliance.config import Settings
@@ -42,12 +40,8 @@ TABLES = tuple(
 )
 
 
-def export(db: sqlite_utils.Database, settings: Settings, scope: personal.Scope) -> personal.Held:
-    return personal.held(db, TABLES, scope)
-
-
-def erase(db: sqlite_utils.Database, settings: Settings, job: personal.Erasure) -> bool:
-    return True  # pseudonymized when the account was locked
+# Rows are exported; none is erased (all PSEUDONYMIZE: see above).
+export, erase = personal.plain(TABLES)
 
 
 def purge_billing(db, settings: Settings, now: datetime, budget, on_batch):
