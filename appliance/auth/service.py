@@ -450,10 +450,17 @@ def authenticate_key(db: sqlite_utils.Database, secret: str, now: datetime) -> A
     """The live key for ``secret``, or None (unknown, revoked or expired)."""
     if not secret.startswith(KEY_PREFIX) or len(secret) > 100:
         return None
-    found = _keys(db, "key_hash = ?", [_sha256(secret)])
-    if not found:
+    row = next(
+        db.query(
+            "select id, prefix, name, scope, account_id, user_id, instance_id, created_at, "
+            "expires_at, last_used_at, revoked_at from api_keys where key_hash = :hash",
+            {"hash": _sha256(secret)},
+        ),
+        None,
+    )
+    if row is None:
         return None
-    key = found[0]
+    key = ApiKey(**row)
     if key.revoked_at or (key.expires_at and parse(key.expires_at) <= now):
         return None
     if not key.last_used_at or now - parse(key.last_used_at) >= TOUCH_EVERY:

@@ -10,7 +10,7 @@ based on.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
@@ -151,7 +151,19 @@ def post(
         created_at=iso(now),
         **details,
     )
-    db["ledger_entries"].insert(asdict(entry))
+    # Written out rather than table.insert: one statement on the metering path (sqlite-utils'
+    # table API looks the table up in sqlite_master first).
+    db.execute(
+        """insert into ledger_entries (id, account_ref, kind, amount_microusd,
+               balance_microusd, shortfall_microusd, created_at, instance_id, key_id, model,
+               prompt_tokens, completion_tokens, minutes, period, topup_id, stripe_ref, reason,
+               actor_ref)
+           values (:id, :account_ref, :kind, :amount_microusd, :balance_microusd,
+               :shortfall_microusd, :created_at, :instance_id, :key_id, :model, :prompt_tokens,
+               :completion_tokens, :minutes, :period, :topup_id, :stripe_ref, :reason,
+               :actor_ref)""",
+        vars(entry),
+    )
     db.execute(
         "update billing_accounts set balance_microusd = :balance, updated_at = :now "
         "where account_ref = :ref",

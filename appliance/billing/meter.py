@@ -25,7 +25,7 @@ Rules (docs/billing.md):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import sqlite_utils
@@ -101,8 +101,9 @@ def month_start(now: datetime) -> datetime:
 def _cap(db, subject: str, subject_id: str | None) -> int | None:
     if not subject_id:
         return None
-    found = db["spend_caps"].rows_where(
-        "subject = ? and subject_id = ?", [subject, subject_id], select="monthly_cap_microusd"
+    found = db.query(
+        "select monthly_cap_microusd from spend_caps where subject = :subject and subject_id = :id",
+        {"subject": subject, "id": subject_id},
     )
     row = next(found, None)
     return row["monthly_cap_microusd"] if row else None
@@ -205,9 +206,12 @@ def reserve(
                         f"This {'instance' if subject == 'instance' else 'API key'} has "
                         "reached its monthly spend cap."
                     )
-        row = asdict(hold)
-        row["account_ref"] = row.pop("account_id")
-        db["billing_holds"].insert({**row, "state": "held"})
+        db.execute(
+            "insert into billing_holds (id, account_ref, instance_id, key_id, model, "
+            "amount_microusd, state, created_at, expires_at) values (:id, :account_id, "
+            ":instance_id, :key_id, :model, :amount_microusd, 'held', :created_at, :expires_at)",
+            vars(hold),
+        )
     return hold
 
 
@@ -231,7 +235,7 @@ def settle(
         else 0
     )
     with write_transaction(db):
-        row = next(db["billing_holds"].rows_where("id = ?", [hold.id]), None)
+        row = next(db.query("select * from billing_holds where id = :id", {"id": hold.id}), None)
         if row is None or row["state"] == "settled":
             return 0
         account_ref = row["account_ref"]
@@ -255,7 +259,10 @@ def settle(
             completion_tokens=completion_tokens,
         )
         _count_spending(db, hold, account_ref, charged, now)
-        db["billing_holds"].update(hold.id, {"state": "settled", "closed_at": iso(now)})
+        db.execute(
+            "update billing_holds set state = 'settled', closed_at = :now where id = :id",
+            {"now": iso(now), "id": hold.id},
+        )
     return charged
 
 

@@ -9,12 +9,18 @@ import sqlite_utils
 
 from appliance.chat.models import Conversation, Message
 
-_MESSAGE = ", ".join(f.name for f in fields(Message))
-_CONVERSATION = ", ".join(f.name for f in fields(Conversation) if f.name != "messages")
+_MESSAGE = [f.name for f in fields(Message)]
+_CONVERSATION = [f.name for f in fields(Conversation) if f.name != "messages"]
 
 
 def _message(row: dict) -> Message:
-    return Message(**{**row, "sources": json.loads(row["sources"] or "[]")})
+    return Message(
+        **{k: row[k] for k in _MESSAGE} | {"sources": json.loads(row["sources"] or "[]")}
+    )
+
+
+def _conversation(row: dict) -> Conversation:
+    return Conversation(**{k: row[k] for k in _CONVERSATION})
 
 
 class ChatStore:
@@ -30,32 +36,28 @@ class ChatStore:
     def conversation(self, account_id: str, user_id: str, conversation_id: str):
         """The user's own conversation (without its messages), or None."""
         row = next(
-            self.db["conversations"].rows_where(
-                "id = ? and account_id = ? and user_id = ?",
-                [conversation_id, account_id, user_id],
-                select=_CONVERSATION,
+            self.db.query(
+                "select * from conversations where id = :id and account_id = :account "
+                "and user_id = :user",
+                {"id": conversation_id, "account": account_id, "user": user_id},
             ),
             None,
         )
-        return Conversation(**row) if row else None
+        return _conversation(row) if row else None
 
     def recent(self, account_id: str, user_id: str, limit: int) -> list[Conversation]:
-        rows = self.db["conversations"].rows_where(
-            "account_id = ? and user_id = ?",
-            [account_id, user_id],
-            select=_CONVERSATION,
-            order_by="updated_at desc",
-            limit=limit,
+        rows = self.db.query(
+            "select * from conversations where account_id = :account and user_id = :user "
+            "order by updated_at desc limit :limit",
+            {"account": account_id, "user": user_id, "limit": limit},
         )
-        return [Conversation(**row) for row in rows]
+        return [_conversation(row) for row in rows]
 
     def search(self, account_id: str, user_id: str, match: str) -> list[tuple[Conversation, str]]:
         """The user's conversations whose messages match (best match first, one entry per
         matching message), each with a snippet."""
         rows = self.db.query(
-            """select c.id, c.account_id, c.user_id, c.instance_id, c.title, c.source,
-                      c.generating_since, c.created_at, c.updated_at,
-                      snippet(messages_fts, 0, '', '', '…', 12) as snippet
+            """select c.*, snippet(messages_fts, 0, '', '', '…', 12) as snippet
                from messages_fts f
                join messages m on m.seq = f.rowid
                join conversations c on c.id = m.conversation_id
@@ -64,10 +66,7 @@ class ChatStore:
                order by f.rank""",
             {"match": match, "account": account_id, "user": user_id},
         )
-        return [
-            (Conversation(**{k: v for k, v in r.items() if k != "snippet"}), r["snippet"])
-            for r in rows
-        ]
+        return [(_conversation(row), row["snippet"]) for row in rows]
 
     def set_conversation(self, conversation_id: str, **changes: str | None) -> None:
         self.db["conversations"].update(conversation_id, changes)
@@ -93,8 +92,9 @@ class ChatStore:
 
     # messages
     def messages(self, conversation_id: str) -> list[Message]:
-        rows = self.db["messages"].rows_where(
-            "conversation_id = ?", [conversation_id], select=_MESSAGE, order_by="position"
+        rows = self.db.query(
+            "select * from messages where conversation_id = :conversation order by position",
+            {"conversation": conversation_id},
         )
         return [_message(row) for row in rows]
 
@@ -123,6 +123,7 @@ class ChatStore:
 
     def delete_messages_from(self, conversation_id: str, position: int) -> None:
         """Drop the message at ``position`` and every later one."""
-        self.db["messages"].delete_where(
-            "conversation_id = ? and position >= ?", [conversation_id, position]
+        self.db.execute(
+            "delete from messages where conversation_id = :conversation and position >= :position",
+            {"conversation": conversation_id, "position": position},
         )
