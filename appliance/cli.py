@@ -644,7 +644,7 @@ def cmd_policy_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_privacy_verify(settings: Settings, args: argparse.Namespace) -> int:
-    from appliance.privacy import receipts
+    from appliance import receipts
 
     db = _db(settings)
     try:

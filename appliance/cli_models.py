@@ -162,10 +162,10 @@ def cmd_set_default(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _explain_reindex(settings: Settings, model_id: str) -> None:
-    from appliance.cli import _db
+    from appliance.db import open_db
     from appliance.knowledge import service as knowledge
 
-    db = _db(settings)
+    db = open_db(settings)
     try:
         state = knowledge.index_state(db)
     finally:

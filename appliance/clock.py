@@ -17,3 +17,11 @@ def iso(moment: datetime) -> str:
 
 def parse(text: str) -> datetime:
     return datetime.fromisoformat(text)
+
+
+def years_before(now: datetime, years: int) -> datetime:
+    """The same calendar day ``years`` earlier (28 February for a 29th)."""
+    try:
+        return now.replace(year=now.year - years)
+    except ValueError:
+        return now.replace(year=now.year - years, day=28)

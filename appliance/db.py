@@ -23,6 +23,7 @@ from appliance.errors import DatabaseError
 MIGRATION_MODULES = (
     "appliance.firstrun",
     "appliance.heartbeat",
+    "appliance.receipts",
     "appliance.accounts.migrations",
     "appliance.auth.migrations",
     "appliance.knowledge.migrations",

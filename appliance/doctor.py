@@ -14,7 +14,6 @@ from appliance.db import integrity_check, open_db
 from appliance.errors import ApplianceError
 from appliance.inference import models
 from appliance.inference.client import InferenceClient
-from appliance.tasks import WORKER_SERVICE
 
 MIN_FREE_BYTES = 2 * 1024**3
 
@@ -95,7 +94,7 @@ def _database(settings: Settings) -> list[Check]:
         result = integrity_check(db)
         vec = db.execute("select vec_version()").fetchone()[0]
         journal = db.execute("pragma journal_mode").fetchone()[0]
-        last = heartbeat.last_beat(db, WORKER_SERVICE)
+        last = heartbeat.last_beat(db, heartbeat.WORKER_SERVICE)
     finally:
         db.close()
     checks = [

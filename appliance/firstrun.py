@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import sqlite_utils
 from sqlite_utils import Migrations
 
-from appliance import vault
+from appliance import personal, vault
 from appliance.accounts import service as accounts
 from appliance.config import Settings
 from appliance.db import write_transaction
@@ -88,3 +88,14 @@ def _current_token(settings: Settings) -> str | None:
         return vault.read_secret(settings, TOKEN_NAME)
     except Exception:
         return None
+
+
+# -- personal data (appliance.personal) -------------------------------------------------
+
+TABLES = (
+    personal.Table("setup_claims", None, f"email in {personal.EMAILS}", personal.ERASE, True),
+)
+PURGES: dict[str, personal.Purge] = {}
+
+
+export, erase = personal.plain(TABLES)

@@ -11,6 +11,9 @@ from sqlite_utils import Migrations
 
 from appliance.db import write_transaction
 
+#: The worker's name in ``heartbeats``.
+WORKER_SERVICE = "worker"
+
 migrations = Migrations("heartbeat")
 
 
@@ -38,5 +41,5 @@ def beat(db: sqlite_utils.Database, service: str, now: datetime | None = None) -
 
 
 def last_beat(db: sqlite_utils.Database, service: str) -> datetime | None:
-    row = db.execute("select beat_at from heartbeats where service = ?", [service]).fetchone()
-    return datetime.fromisoformat(row[0]) if row else None
+    row = next(db["heartbeats"].rows_where("service = ?", [service]), None)
+    return datetime.fromisoformat(row["beat_at"]) if row else None

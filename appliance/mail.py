@@ -29,9 +29,11 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import sqlite_utils
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 import appliance
+from appliance import personal
 from appliance.config import Settings
 from appliance.errors import ApplianceError, ConfigError
 
@@ -203,6 +205,54 @@ def forget(settings: Settings, addresses: list[str]) -> int:
             path.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+# -- personal data (appliance.personal) -------------------------------------------------
+
+#: The outbox is a delivery spool, not a record: no table, nothing exported.
+TABLES: tuple[personal.Table, ...] = ()
+
+
+def export(db: sqlite_utils.Database, settings: Settings, scope: personal.Scope) -> personal.Held:
+    return personal.Held()
+
+
+def erase(db: sqlite_utils.Database, settings: Settings, job: personal.Erasure) -> bool:
+    """The departing people's mails (addresses, codes) leave the outbox."""
+    removed = forget(settings, job.emails)
+    if removed:
+        job.count("outbox", removed)
+    return True
+
+
+def purge_outbox(db, settings: Settings, now: datetime, budget, on_batch):
+    """Mail the file backend wrote (it holds addresses and codes) past the log retention."""
+    outbox = settings.paths.outbox
+    if not outbox.is_dir():
+        return 0, True
+    cutoff = personal.log_cutoff(settings, now)
+    old = [p for p in sorted(outbox.glob("*.eml")) if _written_at(p) < cutoff]
+    batch = settings.privacy.purge_batch_size
+    total = 0
+    for start in range(0, len(old), batch):
+        if not budget.spend():
+            return total, False
+        for path in old[start : start + batch]:
+            path.unlink(missing_ok=True)
+        total += len(old[start : start + batch])
+        on_batch(len(old[start : start + batch]))
+    return total, True
+
+
+def _written_at(path: Path) -> datetime:
+    # The file backend names messages by their UTC time: 20261127T091500123456Z-….eml
+    try:
+        return datetime.strptime(path.name.split("-", 1)[0], "%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+
+
+PURGES: dict[str, personal.Purge] = {"outbox": purge_outbox}
 
 
 @functools.cache

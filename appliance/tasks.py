@@ -21,13 +21,14 @@ from appliance.billing import tasks as billing_tasks
 from appliance.clock import utcnow
 from appliance.config import Settings
 from appliance.db import open_db
+from appliance.heartbeat import WORKER_SERVICE
 from appliance.inference.client import InferenceClient
+from appliance.instances import service as instances
 from appliance.knowledge import service as knowledge
 from appliance.privacy import erasure, export, retention
 
 log = logging.getLogger(__name__)
 
-WORKER_SERVICE = "worker"
 #: Huey lock held while a document is ingested (its name, formatted with the document id).
 INGEST_LOCK = "ingest-{}"
 #: Queued documents one ingestion task takes at most (it embeds their chunks together).
@@ -160,7 +161,10 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
         # Holds, instance time, low-balance notices, automatic top-ups: each catches up.
         with huey.lock_task("billing_minute"):
             return billing_tasks.every_minute(
-                settings, utcnow(), lambda template, to, context: send_mail(template, to, context)
+                settings,
+                utcnow(),
+                lambda template, to, context: send_mail(template, to, context),
+                instances.running,
             )
 
     @huey.periodic_task(crontab(minute="*/15"), name="billing_reconcile")

@@ -33,6 +33,8 @@ EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s.]{2,63}$")
 INVITE_DAYS = 14
 PROFILE_FIELDS = ("business_name", "intended_use", "tone", "formality", "length", "language")
 PROFILE_LIMIT = 500
+#: The name an erased account keeps.
+DELETED_NAME = "deleted account"
 
 
 class Forbidden(NotFound):
@@ -74,7 +76,7 @@ def ensure_user(
             user = User(new_id("usr"), email, operator, iso(now), None)
             store.insert_user(user)
         elif operator and not user.operator:
-            store.set_operator(user.id, True)
+            store.set_user(user.id, operator=1)
             user = replace(user, operator=True)
     return user
 
@@ -152,7 +154,7 @@ def set_suspended(db: sqlite_utils.Database, account_id: str, suspended: bool) -
         wanted = "suspended" if suspended else "active"
         if found.status == wanted:
             raise Conflict(f"The account is already {wanted}.")
-        store.set_status(found.id, wanted)
+        store.set_account(found.id, status=wanted)
     return replace(found, status=wanted)
 
 
@@ -170,13 +172,48 @@ def role_in(db: sqlite_utils.Database, account_id: str, user_id: str) -> str | N
     return store.role(account_id, user_id)
 
 
+def lock(db: sqlite_utils.Database, account_id: str) -> Account:
+    """Mark the account deleted (its erasure was requested): from now on no session, key
+    or sign-in works for it (``role_in`` only answers for active accounts).
+
+    Raises:
+        NotFound: no such account, or it is deleted already.
+    """
+    with write_transaction(db):
+        found = account(db, account_id)
+        AccountStore(db).set_account(found.id, status="deleted")
+    return replace(found, status="deleted")
+
+
+def tombstone(db: sqlite_utils.Database, account_id: str) -> None:
+    """Overwrite the name of an erased account (the row stays, naming nobody)."""
+    with write_transaction(db):
+        AccountStore(db).set_account(account_id, name=DELETED_NAME)
+
+
+def member_elsewhere(db: sqlite_utils.Database, user_id: str, account_id: str) -> bool:
+    """Whether the user belongs to another account that is not deleted."""
+    return AccountStore(db).member_elsewhere(user_id, account_id)
+
+
+def emails(db: sqlite_utils.Database, user_ids: list[str]) -> list[str]:
+    """The addresses of those of ``user_ids`` that still exist."""
+    store = AccountStore(db)
+    return [found.email for found in map(store.user, user_ids) if found]
+
+
+def active_people(db: sqlite_utils.Database) -> list[str]:
+    """The email of every user who belongs to an active account or runs the appliance."""
+    return AccountStore(db).active_people()
+
+
 def may_sign_in(db: sqlite_utils.Database, settings: Settings, email: str, now: datetime) -> bool:
     """Whether a code should be sent: a member, an invitee, or open sign-up."""
     store = AccountStore(db)
     found = store.user_by_email(email)
     if found and (store.accounts_of(found.id) or found.operator):
         return True
-    if store.open_invites_for(email, iso(now)):
+    if store.offers_for(email, iso(now)):
         return True
     return settings.auth.signup == "open"
 
@@ -204,7 +241,7 @@ def complete_sign_in(
         if not joined and settings.auth.signup == "open" and not invited(db, member, now):
             create_user(db, member.email, now, role="owner")
             joined = store.accounts_of(member.id)
-        store.touch_sign_in(member.id, iso(now))
+        store.set_user(member.id, last_sign_in_at=iso(now))
     last = next((a for a, _ in joined if a.id == member.last_account_id), None)
     return member, last or (joined[-1][0] if joined else None)
 
@@ -212,7 +249,7 @@ def complete_sign_in(
 def used_account(db: sqlite_utils.Database, user_id: str, account_id: str) -> None:
     """Remember the account the user works in now (sign-in lands there next time)."""
     with write_transaction(db):
-        AccountStore(db).set_last_account(user_id, account_id)
+        AccountStore(db).set_user(user_id, last_account_id=account_id)
 
 
 # -- invites, as the invited person sees them -------------------------------------------
@@ -246,7 +283,7 @@ def accept_invite(
         if store.role(offer.account_id, member.id) is None:
             store.upsert_membership(offer.account_id, member.id, offer.role, iso(now))
         store.mark_invite(offer.id, "accepted_at", iso(now))
-        store.set_last_account(member.id, offer.account_id)
+        store.set_user(member.id, last_account_id=offer.account_id)
     return account(db, offer.account_id)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 
 import sqlite_utils
@@ -84,16 +84,13 @@ def _mac(settings: Settings, *parts: str) -> str:
 
 
 def _count(db: sqlite_utils.Database, kind: str, subject: str, since: datetime) -> int:
-    return db.execute(
-        "select count(*) from auth_events where kind = ? and subject = ? and at > ?",
-        [kind, subject, iso(since)],
-    ).fetchone()[0]
+    return db["auth_events"].count_where(
+        "kind = ? and subject = ? and at > ?", [kind, subject, iso(since)]
+    )
 
 
 def _event(db: sqlite_utils.Database, kind: str, subject: str, now: datetime) -> None:
-    db.execute(
-        "insert into auth_events (kind, subject, at) values (?, ?, ?)", [kind, subject, iso(now)]
-    )
+    db["auth_events"].insert({"kind": kind, "subject": subject, "at": iso(now)})
 
 
 def _subjects(settings: Settings, email: str, client: str) -> tuple[str, str]:
@@ -140,22 +137,20 @@ def request_code(
         _event(db, "code_sent", email_subject, now)
         if replaces:
             db.execute(
-                "update otp_codes set voided_at = ? where attempt_hash = ? and used_at is null "
-                "and voided_at is null",
-                [iso(now), _sha256(replaces)],
+                "update otp_codes set voided_at = :now where attempt_hash = :attempt "
+                "and used_at is null and voided_at is null",
+                {"now": iso(now), "attempt": _sha256(replaces)},
             )
         attempt_hash = _sha256(attempt_id)
-        db.execute(
-            """insert into otp_codes (id, attempt_hash, email, code_mac, created_at, expires_at)
-               values (?, ?, ?, ?, ?, ?)""",
-            [
-                new_id("otp"),
-                attempt_hash,
-                email,
-                _mac(settings, attempt_hash, email, code),
-                iso(now),
-                iso(now + timedelta(minutes=cfg.code_ttl_minutes)),
-            ],
+        db["otp_codes"].insert(
+            {
+                "id": new_id("otp"),
+                "attempt_hash": attempt_hash,
+                "email": email,
+                "code_mac": _mac(settings, attempt_hash, email, code),
+                "created_at": iso(now),
+                "expires_at": iso(now + timedelta(minutes=cfg.code_ttl_minutes)),
+            }
         )
     return CodeRequest(attempt_id, code)
 
@@ -186,9 +181,9 @@ def verify_code(
         row = next(
             db.query(
                 """select id, code_mac, failures from otp_codes
-                   where email = ? and attempt_hash = ? and used_at is null
-                   and voided_at is null and expires_at > ?""",
-                [email, attempt_hash, iso(now)],
+                   where email = :email and attempt_hash = :attempt and used_at is null
+                   and voided_at is null and expires_at > :now""",
+                {"email": email, "attempt": attempt_hash, "now": iso(now)},
             ),
             None,
         )
@@ -234,11 +229,15 @@ def create_session(
     with write_transaction(db):
         if replaces:
             revoke_session(db, replaces, now)
-        db.execute(
-            """insert into sessions (id_hash, user_id, account_id, created_at, last_seen_at,
-                                     expires_at)
-               values (?, ?, ?, ?, ?, ?)""",
-            [_sha256(token), user_id, account_id, iso(now), iso(now), iso(expires)],
+        db["sessions"].insert(
+            {
+                "id_hash": _sha256(token),
+                "user_id": user_id,
+                "account_id": account_id,
+                "created_at": iso(now),
+                "last_seen_at": iso(now),
+                "expires_at": iso(expires),
+            }
         )
     return token
 
@@ -250,39 +249,36 @@ def resolve_session(
     if not token:
         return None
     id_hash = _sha256(token)
-    row = db.execute(
-        """select user_id, account_id, created_at, last_seen_at, expires_at, revoked_at
-           from sessions where id_hash = ?""",
-        [id_hash],
-    ).fetchone()
-    if row is None or row[5] is not None:
+    row = next(db.query("select * from sessions where id_hash = :id", {"id": id_hash}), None)
+    if row is None or row["revoked_at"] is not None:
         return None
-    user_id, account_id, created_at, last_seen, expires_at, _ = row
+    last_seen = parse(row["last_seen_at"])
     idle = timedelta(minutes=settings.auth.session_idle_minutes)
-    if parse(expires_at) <= now or parse(last_seen) + idle <= now:
-        with write_transaction(db):
-            db.execute("update sessions set revoked_at = ? where id_hash = ?", [iso(now), id_hash])
+    if parse(row["expires_at"]) <= now or last_seen + idle <= now:
+        _set_session(db, id_hash, revoked_at=iso(now))
         return None
-    if now - parse(last_seen) >= TOUCH_EVERY:
-        with write_transaction(db):
-            db.execute(
-                "update sessions set last_seen_at = ? where id_hash = ?", [iso(now), id_hash]
-            )
-    return Session(id_hash, user_id, account_id, created_at, expires_at)
+    if now - last_seen >= TOUCH_EVERY:
+        _set_session(db, id_hash, last_seen_at=iso(now))
+    return Session(**{k: row[k] for k in _SESSION_FIELDS})
+
+
+_SESSION_FIELDS = ("id_hash", "user_id", "account_id", "created_at", "expires_at")
+
+
+def _set_session(db: sqlite_utils.Database, id_hash: str, **changes: str) -> None:
+    with write_transaction(db):
+        db["sessions"].update(id_hash, changes)
 
 
 def switch_account(db: sqlite_utils.Database, session: Session, account_id: str) -> None:
-    with write_transaction(db):
-        db.execute(
-            "update sessions set account_id = ? where id_hash = ?", [account_id, session.id_hash]
-        )
+    _set_session(db, session.id_hash, account_id=account_id)
 
 
 def revoke_session(db: sqlite_utils.Database, token: str, now: datetime) -> None:
     with write_transaction(db):
         db.execute(
-            "update sessions set revoked_at = ? where id_hash = ? and revoked_at is null",
-            [iso(now), _sha256(token)],
+            "update sessions set revoked_at = :now where id_hash = :id and revoked_at is null",
+            {"now": iso(now), "id": _sha256(token)},
         )
 
 
@@ -290,16 +286,17 @@ def revoke_member_access(
     db: sqlite_utils.Database, account_id: str, user_id: str, now: datetime
 ) -> None:
     """End a user's sessions in an account and revoke their keys there."""
+    params = {"now": iso(now), "user": user_id, "account": account_id}
     with write_transaction(db):
         db.execute(
-            "update sessions set revoked_at = ? where user_id = ? and account_id = ? "
-            "and revoked_at is null",
-            [iso(now), user_id, account_id],
+            "update sessions set revoked_at = :now where user_id = :user "
+            "and account_id = :account and revoked_at is null",
+            params,
         )
         db.execute(
-            "update api_keys set revoked_at = ? where user_id = ? and account_id = ? "
-            "and revoked_at is null",
-            [iso(now), user_id, account_id],
+            "update api_keys set revoked_at = :now where user_id = :user "
+            "and account_id = :account and revoked_at is null",
+            params,
         )
 
 
@@ -307,22 +304,36 @@ def revoke_account_sessions(db: sqlite_utils.Database, account_id: str, now: dat
     """End every session in an account (its suspension); returns how many were live."""
     with write_transaction(db):
         cursor = db.execute(
-            "update sessions set revoked_at = ? where account_id = ? and revoked_at is null",
-            [iso(now), account_id],
+            "update sessions set revoked_at = :now where account_id = :account "
+            "and revoked_at is null",
+            {"now": iso(now), "account": account_id},
         )
     return cursor.rowcount
 
 
+def revoke_account_access(db: sqlite_utils.Database, account_id: str, now: datetime) -> None:
+    """End every session and revoke every key of an account (its erasure was requested)."""
+    with write_transaction(db):
+        revoke_account_sessions(db, account_id, now)
+        db.execute(
+            "update api_keys set revoked_at = :now where account_id = :account "
+            "and revoked_at is null",
+            {"now": iso(now), "account": account_id},
+        )
+
+
 def last_activity(db: sqlite_utils.Database, account_id: str) -> str | None:
     """When a session or an API key of the account was last used (ISO), or None."""
-    row = db.execute(
-        """select max(at) from (
-               select max(last_seen_at) as at from sessions where account_id = ?
-               union all
-               select max(last_used_at) from api_keys where account_id = ?)""",
-        [account_id, account_id],
-    ).fetchone()
-    return row[0] if row else None
+    row = next(
+        db.query(
+            """select max(at) as at from (
+                   select max(last_seen_at) as at from sessions where account_id = :account
+                   union all
+                   select max(last_used_at) from api_keys where account_id = :account)""",
+            {"account": account_id},
+        )
+    )
+    return row["at"]
 
 
 def revoke_instance_keys(
@@ -331,9 +342,9 @@ def revoke_instance_keys(
     """Revoke every key bound to an instance (when it is destroyed)."""
     with write_transaction(db):
         db.execute(
-            "update api_keys set revoked_at = ? where instance_id = ? and account_id = ? "
-            "and revoked_at is null",
-            [iso(now), instance_id, account_id],
+            "update api_keys set revoked_at = :now where instance_id = :instance "
+            "and account_id = :account and revoked_at is null",
+            {"now": iso(now), "instance": instance_id, "account": account_id},
         )
 
 
@@ -398,75 +409,61 @@ def _new_key(
         revoked_at=None,
     )
     with write_transaction(db):
-        db.execute(
-            """insert into api_keys (id, prefix, key_hash, name, scope, account_id, user_id,
-                                     instance_id, created_at, expires_at)
-               values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            [
-                key.id,
-                key.prefix,
-                _sha256(secret),
-                key.name,
-                key.scope,
-                key.account_id,
-                key.user_id,
-                key.instance_id,
-                key.created_at,
-                key.expires_at,
-            ],
-        )
+        db["api_keys"].insert({**asdict(key), "key_hash": _sha256(secret)})
     return key, secret
 
 
-_KEY_COLUMNS = (
-    "id, prefix, name, scope, account_id, user_id, instance_id, created_at, expires_at, "
-    "last_used_at, revoked_at"
-)
+#: What a key's record holds (its hash stays in the table).
+_KEY_COLUMNS = ", ".join(f.name for f in fields(ApiKey))
+
+
+def _keys(db: sqlite_utils.Database, where: str, params: list) -> list[ApiKey]:
+    rows = db["api_keys"].rows_where(where, params, select=_KEY_COLUMNS, order_by="created_at desc")
+    return [ApiKey(**row) for row in rows]
 
 
 def list_keys(
     db: sqlite_utils.Database, account_id: str, user_id: str | None = None
 ) -> list[ApiKey]:
     """Live keys of the account (of one user when ``user_id`` is given), newest first."""
-    sql = f"select {_KEY_COLUMNS} from api_keys where account_id = ? and revoked_at is null"  # noqa: S608
-    params = [account_id]
     if user_id:
-        sql += " and user_id = ?"
-        params.append(user_id)
-    return [ApiKey(*row) for row in db.execute(sql + " order by created_at desc", params)]
+        return _keys(
+            db, "account_id = ? and revoked_at is null and user_id = ?", [account_id, user_id]
+        )
+    return _keys(db, "account_id = ? and revoked_at is null", [account_id])
 
 
 def get_key(db: sqlite_utils.Database, account_id: str, key_id: str) -> ApiKey:
-    row = db.execute(
-        f"select {_KEY_COLUMNS} from api_keys where id = ? and account_id = ? "  # noqa: S608
-        "and revoked_at is null",
-        [key_id, account_id],
-    ).fetchone()
-    if row is None:
+    found = _keys(db, "id = ? and account_id = ? and revoked_at is null", [key_id, account_id])
+    if not found:
         raise NotFound("No such key.")
-    return ApiKey(*row)
+    return found[0]
 
 
 def revoke_key(db: sqlite_utils.Database, account_id: str, key_id: str, now: datetime) -> None:
     with write_transaction(db):
         get_key(db, account_id, key_id)
-        db.execute("update api_keys set revoked_at = ? where id = ?", [iso(now), key_id])
+        db["api_keys"].update(key_id, {"revoked_at": iso(now)})
 
 
 def authenticate_key(db: sqlite_utils.Database, secret: str, now: datetime) -> ApiKey | None:
     """The live key for ``secret``, or None (unknown, revoked or expired)."""
     if not secret.startswith(KEY_PREFIX) or len(secret) > 100:
         return None
-    row = db.execute(
-        f"select {_KEY_COLUMNS} from api_keys where key_hash = ?",  # noqa: S608
-        [_sha256(secret)],
-    ).fetchone()
+    row = next(
+        db.query(
+            "select id, prefix, name, scope, account_id, user_id, instance_id, created_at, "
+            "expires_at, last_used_at, revoked_at from api_keys where key_hash = :hash",
+            {"hash": _sha256(secret)},
+        ),
+        None,
+    )
     if row is None:
         return None
-    key = ApiKey(*row)
+    key = ApiKey(**row)
     if key.revoked_at or (key.expires_at and parse(key.expires_at) <= now):
         return None
     if not key.last_used_at or now - parse(key.last_used_at) >= TOUCH_EVERY:
         with write_transaction(db):
-            db.execute("update api_keys set last_used_at = ? where id = ?", [iso(now), key.id])
+            db["api_keys"].update(key.id, {"last_used_at": iso(now)})
     return key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 import sqlite_utils
@@ -11,13 +12,12 @@ from appliance.accounts.models import Account, User
 from appliance.auth import service as auth
 from appliance.config import Settings
 from appliance.errors import InvalidInput, NotFound
-from appliance.tasks import TaskQueue
 
 
 def start(
     db: sqlite_utils.Database,
     settings: Settings,
-    queue: TaskQueue,
+    send_code: Callable[[str, str], object],
     email: str,
     client: str,
     now: datetime,
@@ -26,8 +26,9 @@ def start(
 ) -> str:
     """Create a code and queue its mail; returns the attempt id for the cookie.
 
-    Known and unknown addresses take the same path: the worker's task decides whether
-    the address may sign in and only then sends the mail. ``replaces``: the attempt id
+    Known and unknown addresses take the same path: ``send_code(email, code)`` (the
+    worker's ``send_signin_code`` task) decides whether the address may sign in and only
+    then sends the mail. ``replaces``: the attempt id
     the browser held before (its code is void).
 
     Raises:
@@ -36,7 +37,7 @@ def start(
     """
     email = accounts.normalise_email(email)
     request = auth.request_code(db, settings, email, client, now, replaces=replaces)
-    queue.send_signin_code(email, request.code)
+    send_code(email, request.code)
     return request.attempt_id
 
 

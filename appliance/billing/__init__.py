@@ -3,9 +3,6 @@
 - ``ledger``: the append-only ledger and the balance;
 - ``meter``: reserve / settle / release for requests, instance time, storage;
 - ``payments``: Stripe Checkout, webhooks, reconciliation, automatic top-ups;
-- ``service``: reports, spend caps, adjustments, notices, pseudonymization.
+- ``service``: reports, spend caps, adjustments, notices, pseudonymization;
+- ``personal``: what billing holds of an account, for export, erasure and retention.
 """
-
-from appliance.billing.service import billing_tables, pseudonymize_account
-
-__all__ = ["billing_tables", "pseudonymize_account"]

@@ -9,6 +9,7 @@ based on.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -52,8 +53,7 @@ class Entry:
         return data
 
 
-COLUMNS = tuple(f.name for f in fields(Entry))
-_SELECT = ", ".join(COLUMNS)
+_COLUMNS = ", ".join(f.name for f in fields(Entry))
 
 
 def micro(value: float | int | str | Decimal) -> int:
@@ -83,27 +83,34 @@ def usd_precise(microusd: int) -> str:
 
 def ensure_account(db: sqlite_utils.Database, account_ref: str, now: datetime) -> None:
     db.execute(
-        "insert into billing_accounts (account_ref, updated_at) values (?, ?) "
+        "insert into billing_accounts (account_ref, updated_at) values (:ref, :now) "
         "on conflict (account_ref) do nothing",
-        [account_ref, iso(now)],
+        {"ref": account_ref, "now": iso(now)},
     )
 
 
+def billing_account(db: sqlite_utils.Database, account_ref: str) -> dict:
+    """The account's ``billing_accounts`` row (empty before its first entry)."""
+    found = db.query(
+        "select * from billing_accounts where account_ref = :ref", {"ref": account_ref}
+    )
+    return next(found, {})
+
+
 def balance(db: sqlite_utils.Database, account_ref: str) -> int:
-    row = db.execute(
-        "select balance_microusd from billing_accounts where account_ref = ?", [account_ref]
-    ).fetchone()
-    return row[0] if row else 0
+    return billing_account(db, account_ref).get("balance_microusd", 0)
 
 
 def held(db: sqlite_utils.Database, account_ref: str, *, except_hold: str | None = None) -> int:
     """Micro-dollars reserved by the account's open holds."""
-    row = db.execute(
-        "select coalesce(sum(amount_microusd), 0) from billing_holds "
-        "where account_ref = ? and state = 'held' and id != ?",
-        [account_ref, except_hold or ""],
-    ).fetchone()
-    return row[0]
+    row = next(
+        db.query(
+            "select coalesce(sum(amount_microusd), 0) as held from billing_holds "
+            "where account_ref = :ref and state = 'held' and id != :hold",
+            {"ref": account_ref, "hold": except_hold or ""},
+        )
+    )
+    return row["held"]
 
 
 def post(
@@ -144,14 +151,23 @@ def post(
         created_at=iso(now),
         **details,
     )
-    marks = ", ".join("?" for _ in COLUMNS)
+    # Written out rather than table.insert: one statement on the metering path (sqlite-utils'
+    # table API looks the table up in sqlite_master first).
     db.execute(
-        f"insert into ledger_entries ({_SELECT}) values ({marks})",  # noqa: S608
-        [getattr(entry, c) for c in COLUMNS],
+        """insert into ledger_entries (id, account_ref, kind, amount_microusd,
+               balance_microusd, shortfall_microusd, created_at, instance_id, key_id, model,
+               prompt_tokens, completion_tokens, minutes, period, topup_id, stripe_ref, reason,
+               actor_ref)
+           values (:id, :account_ref, :kind, :amount_microusd, :balance_microusd,
+               :shortfall_microusd, :created_at, :instance_id, :key_id, :model, :prompt_tokens,
+               :completion_tokens, :minutes, :period, :topup_id, :stripe_ref, :reason,
+               :actor_ref)""",
+        vars(entry),
     )
     db.execute(
-        "update billing_accounts set balance_microusd = ?, updated_at = ? where account_ref = ?",
-        [entry.balance_microusd, iso(now), account_ref],
+        "update billing_accounts set balance_microusd = :balance, updated_at = :now "
+        "where account_ref = :ref",
+        {"balance": entry.balance_microusd, "now": iso(now), "ref": account_ref},
     )
     return entry
 
@@ -164,21 +180,23 @@ def entries(
     since: str = "",
     limit: int | None = None,
 ) -> list[Entry]:
-    marks = ", ".join("?" for _ in kinds)
-    sql = (
-        f"select {_SELECT} from ledger_entries where account_ref = ? "  # noqa: S608
-        f"and kind in ({marks}) and created_at >= ? order by created_at desc, rowid desc"
+    rows = db["ledger_entries"].rows_where(
+        "account_ref = ? and kind in (select value from json_each(?)) and created_at >= ?",
+        [account_ref, json.dumps(kinds), since],
+        select=_COLUMNS,
+        order_by="created_at desc, rowid desc",
+        limit=limit,
     )
-    params: list = [account_ref, *kinds, since]
-    if limit is not None:
-        sql += " limit ?"
-        params.append(limit)
-    return [Entry(*row) for row in db.execute(sql, params)]
+    return [Entry(**row) for row in rows]
 
 
 def ledger_sum(db: sqlite_utils.Database, account_ref: str) -> int:
     """The sum of the account's entries (equal to its balance: the invariant)."""
-    return db.execute(
-        "select coalesce(sum(amount_microusd), 0) from ledger_entries where account_ref = ?",
-        [account_ref],
-    ).fetchone()[0]
+    row = next(
+        db.query(
+            "select coalesce(sum(amount_microusd), 0) as total from ledger_entries "
+            "where account_ref = :ref",
+            {"ref": account_ref},
+        )
+    )
+    return row["total"]

@@ -101,11 +101,12 @@ def month_start(now: datetime) -> datetime:
 def _cap(db, subject: str, subject_id: str | None) -> int | None:
     if not subject_id:
         return None
-    row = db.execute(
-        "select monthly_cap_microusd from spend_caps where subject = ? and subject_id = ?",
-        [subject, subject_id],
-    ).fetchone()
-    return row[0] if row else None
+    found = db.query(
+        "select monthly_cap_microusd from spend_caps where subject = :subject and subject_id = :id",
+        {"subject": subject, "id": subject_id},
+    )
+    row = next(found, None)
+    return row["monthly_cap_microusd"] if row else None
 
 
 def _month(now: datetime) -> str:
@@ -117,18 +118,24 @@ def spent_this_month(
 ) -> int:
     """Micro-dollars of usage charged to the instance or key this calendar month (UTC),
     plus its open holds."""
-    row = db.execute(
-        "select spent_microusd from spend_months where subject = ? and subject_id = ? "
-        "and month = ? and account_ref = ?",
-        [subject, subject_id, _month(now), account_ref],
-    ).fetchone()
-    column = "instance_id" if subject == "instance" else "key_id"
-    holding = db.execute(
-        f"select coalesce(sum(amount_microusd), 0) from billing_holds "  # noqa: S608
-        f"where account_ref = ? and state = 'held' and {column} = ?",
-        [account_ref, subject_id],
-    ).fetchone()[0]
-    return (row[0] if row else 0) + holding
+    params = {"subject": subject, "id": subject_id, "month": _month(now), "ref": account_ref}
+    row = next(
+        db.query(
+            "select spent_microusd from spend_months where subject = :subject "
+            "and subject_id = :id and month = :month and account_ref = :ref",
+            params,
+        ),
+        {"spent_microusd": 0},
+    )
+    holding = next(
+        db.query(
+            "select coalesce(sum(amount_microusd), 0) as held from billing_holds "
+            "where account_ref = :ref and state = 'held' and (case :subject "
+            "when 'instance' then instance_id else key_id end) = :id",
+            params,
+        )
+    )
+    return row["spent_microusd"] + holding["held"]
 
 
 def _count_spending(db, hold: Hold, account_ref: str, charged: int, now: datetime) -> None:
@@ -136,9 +143,16 @@ def _count_spending(db, hold: Hold, account_ref: str, charged: int, now: datetim
         if subject_id and charged:
             db.execute(
                 "insert into spend_months (subject, subject_id, month, account_ref, "
-                "spent_microusd) values (?, ?, ?, ?, ?) on conflict (subject, subject_id, "
-                "month) do update set spent_microusd = spent_microusd + excluded.spent_microusd",
-                [subject, subject_id, _month(now), account_ref, charged],
+                "spent_microusd) values (:subject, :id, :month, :ref, :charged) "
+                "on conflict (subject, subject_id, month) do update "
+                "set spent_microusd = spent_microusd + excluded.spent_microusd",
+                {
+                    "subject": subject,
+                    "id": subject_id,
+                    "month": _month(now),
+                    "ref": account_ref,
+                    "charged": charged,
+                },
             )
 
 
@@ -194,18 +208,9 @@ def reserve(
                     )
         db.execute(
             "insert into billing_holds (id, account_ref, instance_id, key_id, model, "
-            "amount_microusd, state, created_at, expires_at) "
-            "values (?, ?, ?, ?, ?, ?, 'held', ?, ?)",
-            [
-                hold.id,
-                account_id,
-                instance_id,
-                key_id,
-                model,
-                amount,
-                hold.created_at,
-                hold.expires_at,
-            ],
+            "amount_microusd, state, created_at, expires_at) values (:id, :account_id, "
+            ":instance_id, :key_id, :model, :amount_microusd, 'held', :created_at, :expires_at)",
+            vars(hold),
         )
     return hold
 
@@ -230,12 +235,10 @@ def settle(
         else 0
     )
     with write_transaction(db):
-        row = db.execute(
-            "select state, account_ref from billing_holds where id = ?", [hold.id]
-        ).fetchone()
-        if row is None or row[0] == "settled":
+        row = next(db.query("select * from billing_holds where id = :id", {"id": hold.id}), None)
+        if row is None or row["state"] == "settled":
             return 0
-        account_ref = row[1]
+        account_ref = row["account_ref"]
         # What this request may take: the balance, less what the account's other open
         # requests have reserved (its own hold is part of the balance it may use).
         available = ledger.balance(db, account_ref) - ledger.held(
@@ -257,8 +260,8 @@ def settle(
         )
         _count_spending(db, hold, account_ref, charged, now)
         db.execute(
-            "update billing_holds set state = 'settled', closed_at = ? where id = ?",
-            [iso(now), hold.id],
+            "update billing_holds set state = 'settled', closed_at = :now where id = :id",
+            {"now": iso(now), "id": hold.id},
         )
     return charged
 
@@ -268,9 +271,9 @@ def release(db: sqlite_utils.Database, hold: Hold, *, now: datetime | None = Non
     token was produced. (After some tokens, call ``settle`` with what was produced.)"""
     with write_transaction(db):
         db.execute(
-            "update billing_holds set state = 'released', closed_at = ? "
-            "where id = ? and state = 'held'",
-            [iso(now) if now else hold.created_at, hold.id],
+            "update billing_holds set state = 'released', closed_at = :at "
+            "where id = :id and state = 'held'",
+            {"at": iso(now) if now else hold.created_at, "id": hold.id},
         )
 
 
@@ -286,31 +289,26 @@ def expire_holds(db: sqlite_utils.Database, now: datetime) -> int:
     Holds closed more than ``CLOSED_HOLD_DAYS`` ago are deleted."""
     with write_transaction(db):
         cursor = db.execute(
-            "update billing_holds set state = 'expired', closed_at = ? "
-            "where state = 'held' and expires_at <= ?",
-            [iso(now), iso(now)],
+            "update billing_holds set state = 'expired', closed_at = :now "
+            "where state = 'held' and expires_at <= :now",
+            {"now": iso(now)},
         )
-        db.execute(
-            "delete from billing_holds where state != 'held' and closed_at < ?",
-            [iso(now - timedelta(days=CLOSED_HOLD_DAYS))],
+        db["billing_holds"].delete_where(
+            "state != 'held' and closed_at < ?", [iso(now - timedelta(days=CLOSED_HOLD_DAYS))]
         )
         return cursor.rowcount
 
 
-def _meter_row(db, instance_id: str):
-    return db.execute(
-        "select instance_id, account_ref, running_since, charged_until, pending_minutes, "
-        "minutes_total from instance_meter where instance_id = ?",
-        [instance_id],
-    ).fetchone()
+def _meter(db, instance_id: str) -> dict | None:
+    return next(db["instance_meter"].rows_where("instance_id = ?", [instance_id]), None)
 
 
 def _start_meter(db, instance_id: str, account_id: str, since: datetime) -> None:
     db.execute(
         "insert into instance_meter (instance_id, account_ref, running_since, charged_until) "
-        "values (?, ?, ?, ?) on conflict (instance_id) do update set "
+        "values (:id, :ref, :since, :since) on conflict (instance_id) do update set "
         "running_since = excluded.running_since, charged_until = excluded.charged_until",
-        [instance_id, account_id, iso(since), iso(since)],
+        {"id": instance_id, "ref": account_id, "since": iso(since)},
     )
 
 
@@ -339,25 +337,21 @@ def charge_instance_time(
     """
     for instance_id, account_id, created_at in running:
         with write_transaction(db):
-            if _meter_row(db, instance_id) is None:
+            if _meter(db, instance_id) is None:
                 _start_meter(db, instance_id, account_id, parse(created_at))
     per_hour = ledger.micro(settings.billing.price_instance_hour)
     if not settings.billing.enabled:
         per_hour = 0
-    ids = [
-        row[0]
-        for row in db.execute(
-            "select instance_id from instance_meter "
-            "where running_since is not null or pending_minutes > 0"
-        )
-    ]
+    found = db["instance_meter"].rows_where(
+        "running_since is not null or pending_minutes > 0", select="instance_id"
+    )
     charged = 0
-    for instance_id in ids:
+    for instance_id in [row["instance_id"] for row in found]:
         with write_transaction(db):
-            row = _meter_row(db, instance_id)
-            _, account_ref, running_since, charged_until, pending, total = row
-            fresh = _whole_minutes(charged_until, now) if running_since else 0
-            minutes = pending + fresh
+            meter = _meter(db, instance_id)
+            charged_until, total = meter["charged_until"], meter["minutes_total"]
+            fresh = _whole_minutes(charged_until, now) if meter["running_since"] else 0
+            minutes = meter["pending_minutes"] + fresh
             if minutes <= 0:
                 continue
             # Priced on the running total so that rounding per minute never adds up to
@@ -365,7 +359,7 @@ def charge_instance_time(
             cost = (total + minutes) * per_hour // 60 - total * per_hour // 60
             ledger.post(
                 db,
-                account_ref,
+                meter["account_ref"],
                 "instance_time",
                 -cost,
                 now,
@@ -374,14 +368,13 @@ def charge_instance_time(
                 minutes=minutes,
                 period=iso(now),
             )
-            db.execute(
-                "update instance_meter set charged_until = ?, pending_minutes = 0, "
-                "minutes_total = ? where instance_id = ?",
-                [
-                    iso(parse(charged_until) + timedelta(minutes=fresh)),
-                    total + minutes,
-                    instance_id,
-                ],
+            db["instance_meter"].update(
+                instance_id,
+                {
+                    "charged_until": iso(parse(charged_until) + timedelta(minutes=fresh)),
+                    "pending_minutes": 0,
+                    "minutes_total": total + minutes,
+                },
             )
             charged += minutes
     return charged
@@ -403,22 +396,26 @@ def instance_state_changed(
     ``pending_minutes`` (charged by the worker's next run), and nothing after counts.
     """
     with write_transaction(db):
-        row = _meter_row(db, instance_id)
-        if old_state == "running" and row is None:
+        meter = _meter(db, instance_id)
+        if old_state == "running" and meter is None:
             _start_meter(db, instance_id, account_id, parse(created_at))
-            row = _meter_row(db, instance_id)
-        running = row is not None and row[2] is not None
+            meter = _meter(db, instance_id)
+        running = meter is not None and meter["running_since"] is not None
         if new_state == "running":
             if not running:
                 _start_meter(db, instance_id, account_id, now)
             return
         if not running:
             return
-        minutes = _whole_minutes(row[3], now)
-        db.execute(
-            "update instance_meter set running_since = null, charged_until = ?, "
-            "pending_minutes = pending_minutes + ? where instance_id = ?",
-            [iso(parse(row[3]) + timedelta(minutes=minutes)), minutes, instance_id],
+        minutes = _whole_minutes(meter["charged_until"], now)
+        until = parse(meter["charged_until"]) + timedelta(minutes=minutes)
+        db["instance_meter"].update(
+            instance_id,
+            {
+                "running_since": None,
+                "charged_until": iso(until),
+                "pending_minutes": meter["pending_minutes"] + minutes,
+            },
         )
 
 
@@ -440,11 +437,9 @@ def charge_storage(
             continue
         cost = -(-size * per_gb_month // (1_000_000_000 * days_in_month))
         with write_transaction(db):
-            exists = db.execute(
-                "select 1 from ledger_entries where account_ref = ? and kind = 'storage' "
-                "and period = ?",
-                [account_id, day.isoformat()],
-            ).fetchone()
+            exists = db["ledger_entries"].count_where(
+                "account_ref = ? and kind = 'storage' and period = ?", [account_id, day.isoformat()]
+            )
             if exists:
                 continue
             ledger.post(

@@ -2,7 +2,7 @@
 
 Billing rows carry ``account_ref`` rather than a foreign key to ``accounts``: they must
 survive the account's deletion for the tax-retention period, pseudonymized (the account
-id replaced by a random reference, see ``appliance.billing.pseudonymize_account``).
+id replaced by a random reference, see ``appliance.billing.service.pseudonymize_account``).
 """
 
 import sqlite_utils

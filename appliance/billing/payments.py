@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -19,14 +19,14 @@ from typing import Any
 import sqlite_utils
 import stripe
 
+from appliance.accounts import service as accounts
 from appliance.billing import ledger
 from appliance.clock import iso
 from appliance.config import Settings
 from appliance.db import write_transaction
 from appliance.errors import Conflict, InvalidInput, NotFound, Unavailable
 from appliance.ids import new_id
-from appliance.persona.models import EgressEntry
-from appliance.persona.store import PersonaStore
+from appliance.persona import service as persona
 
 log = logging.getLogger(__name__)
 
@@ -92,23 +92,34 @@ def _unavailable(exc: stripe.StripeError) -> Unavailable:
     return Unavailable("Stripe is not answering right now. Please try again shortly.")
 
 
+def _topups(db, where: str, params: list, limit: int | None = None) -> list[Topup]:
+    rows = db["billing_topups"].rows_where(
+        where, params, select=_TOPUP_COLUMNS, order_by="created_at desc", limit=limit
+    )
+    return [Topup(**row) for row in rows]
+
+
 def topup(db: sqlite_utils.Database, account_ref: str, topup_id: str) -> Topup:
-    row = db.execute(
-        f"select {_TOPUP_COLUMNS} from billing_topups where id = ? and account_ref = ?",  # noqa: S608
-        [topup_id, account_ref],
-    ).fetchone()
-    if row is None:
+    found = _topups(db, "id = ? and account_ref = ?", [topup_id, account_ref])
+    if not found:
         raise NotFound("No such top-up.")
-    return Topup(*row)
+    return found[0]
 
 
 def topups(db: sqlite_utils.Database, account_ref: str, limit: int = 100) -> list[Topup]:
-    rows = db.execute(
-        f"select {_TOPUP_COLUMNS} from billing_topups where account_ref = ? "  # noqa: S608
-        "order by created_at desc limit ?",
-        [account_ref, limit],
+    return _topups(db, "account_ref = ?", [account_ref], limit)
+
+
+def _set_topup(db, topup_id: str, **changes: Any) -> None:
+    db["billing_topups"].update(topup_id, changes)
+
+
+def _remember_customer(db, account_ref: str, customer_id: str) -> None:
+    db.execute(
+        "update billing_accounts set stripe_customer_id = coalesce(stripe_customer_id, :id) "
+        "where account_ref = :ref",
+        {"id": customer_id, "ref": account_ref},
     )
-    return [Topup(*row) for row in rows]
 
 
 def parse_amount(settings: Settings, value: Any) -> int:
@@ -134,30 +145,28 @@ def parse_amount(settings: Settings, value: Any) -> int:
 def _egress(db, account_ref: str, purpose: str, params: dict, outcome: str, now) -> None:
     """Record a call to Stripe in the account's egress log (PRIVACY.md: every outbound
     connection that carries account data is listed). A pseudonymized account has no log."""
-    if db.execute("select 1 from accounts where id = ?", [account_ref]).fetchone() is None:
+    try:
+        accounts.account(db, account_ref)
+    except NotFound:
         return
-    entry = EgressEntry(
-        id=new_id("egr"),
-        account_id=account_ref,
-        at=iso(now),
+    persona.log_egress(
+        db,
+        account_ref,
         service="stripe",
         purpose=purpose,
         data_categories=EGRESS_DATA,
         bytes_sent=len(json.dumps(params).encode()),
         outcome=outcome,
+        now=now,
     )
-    with write_transaction(db):
-        PersonaStore(db).insert_egress(entry)
 
 
 def _customer(db, settings: Settings, account_ref: str, now: datetime) -> str:
     """The account's Stripe Customer, created once (the idempotency key makes two
     concurrent first top-ups get the same one)."""
-    row = db.execute(
-        "select stripe_customer_id from billing_accounts where account_ref = ?", [account_ref]
-    ).fetchone()
-    if row and row[0]:
-        return row[0]
+    known = ledger.billing_account(db, account_ref).get("stripe_customer_id")
+    if known:
+        return known
     params = {"metadata": {"account_ref": account_ref}}
     try:
         customer = client(settings).v1.customers.create(
@@ -169,11 +178,7 @@ def _customer(db, settings: Settings, account_ref: str, now: datetime) -> str:
     _egress(db, account_ref, "create the Stripe customer", params, "ok", now)
     with write_transaction(db):
         ledger.ensure_account(db, account_ref, now)
-        db.execute(
-            "update billing_accounts set stripe_customer_id = coalesce(stripe_customer_id, ?) "
-            "where account_ref = ?",
-            [customer.id, account_ref],
-        )
+        _remember_customer(db, account_ref, customer.id)
     return customer.id
 
 
@@ -238,25 +243,18 @@ def start_checkout(
     except stripe.StripeError as exc:
         _egress(db, account_id, "start a top-up (Checkout)", params, "error", now)
         with write_transaction(db):
-            db.execute("update billing_topups set status = 'failed' where id = ?", [row.id])
+            _set_topup(db, row.id, status="failed")
         raise _unavailable(exc) from None
     _egress(db, account_id, "start a top-up (Checkout)", params, "ok", now)
     with write_transaction(db):
-        db.execute(
-            "update billing_topups set stripe_session_id = ? where id = ?", [session.id, row.id]
-        )
+        _set_topup(db, row.id, stripe_session_id=session.id)
     return topup(db, account_id, row.id), session.url
 
 
 def _insert_topup(db, row: Topup) -> None:
-    names = [f.name for f in fields(Topup)]
     with write_transaction(db):
         ledger.ensure_account(db, row.account_ref, parse_time(row.created_at))
-        db.execute(
-            f"insert into billing_topups ({', '.join(names)}) "  # noqa: S608
-            f"values ({', '.join('?' for _ in names)})",
-            [getattr(row, n) for n in names],
-        )
+        db["billing_topups"].insert(asdict(row))
 
 
 def parse_time(text: str) -> datetime:
@@ -294,8 +292,7 @@ def handle_event(
     kind = str(event.get("type", ""))
     obj = (event.get("data") or {}).get("object") or {}
     with write_transaction(db):
-        seen = db.execute("select 1 from stripe_events where id = ?", [event["id"]]).fetchone()
-        if seen:
+        if db["stripe_events"].count_where("id = ?", [event["id"]]):
             return "duplicate"
         account_ref, outcome = None, "ignored"
         if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
@@ -306,10 +303,14 @@ def handle_event(
             account_ref, outcome = _refund(db, obj, now)
         elif kind == "charge.dispute.created":
             account_ref, outcome = _dispute(db, obj, now)
-        db.execute(
-            "insert into stripe_events (id, type, account_ref, outcome, received_at) "
-            "values (?, ?, ?, ?, ?)",
-            [event["id"], kind, account_ref, outcome, iso(now)],
+        db["stripe_events"].insert(
+            {
+                "id": event["id"],
+                "type": kind,
+                "account_ref": account_ref,
+                "outcome": outcome,
+                "received_at": iso(now),
+            }
         )
     if outcome == "credited" and kind.startswith("checkout.session"):
         save_card(db, settings, account_ref, obj.get("payment_intent"), now)
@@ -317,18 +318,13 @@ def handle_event(
 
 
 def _topup_for_session(db, session: dict[str, Any]) -> Topup | None:
-    row = db.execute(
-        f"select {_TOPUP_COLUMNS} from billing_topups where stripe_session_id = ?",  # noqa: S608
-        [session.get("id")],
-    ).fetchone()
-    if row is None and session.get("client_reference_id"):
+    found = _topups(db, "stripe_session_id = ?", [session.get("id")])
+    if not found and session.get("client_reference_id"):
         # The webhook can arrive before start_checkout stored the session id.
-        row = db.execute(
-            f"select {_TOPUP_COLUMNS} from billing_topups where id = ? "  # noqa: S608
-            "and stripe_session_id is null",
-            [session["client_reference_id"]],
-        ).fetchone()
-    return Topup(*row) if row else None
+        found = _topups(
+            db, "id = ? and stripe_session_id is null", [session["client_reference_id"]]
+        )
+    return found[0] if found else None
 
 
 def _credit_session(db, session: dict[str, Any], now: datetime) -> tuple[str | None, str]:
@@ -355,17 +351,17 @@ def _credit_session(db, session: dict[str, Any], now: datetime) -> tuple[str | N
         topup_id=found.id,
         stripe_ref=session.get("id"),
     )
-    db.execute(
-        "update billing_topups set status = 'paid', paid_at = ?, amount_microusd = ?, "
-        "stripe_session_id = ?, stripe_payment_intent_id = ? where id = ?",
-        [iso(now), amount, session.get("id"), session.get("payment_intent"), found.id],
+    _set_topup(
+        db,
+        found.id,
+        status="paid",
+        paid_at=iso(now),
+        amount_microusd=amount,
+        stripe_session_id=session.get("id"),
+        stripe_payment_intent_id=session.get("payment_intent"),
     )
     if session.get("customer"):
-        db.execute(
-            "update billing_accounts set stripe_customer_id = coalesce(stripe_customer_id, ?) "
-            "where account_ref = ?",
-            [session["customer"], found.account_ref],
-        )
+        _remember_customer(db, found.account_ref, session["customer"])
     return found.account_ref, "credited"
 
 
@@ -374,26 +370,21 @@ def _fail_session(db, session: dict[str, Any]) -> tuple[str | None, str]:
     if found is None:
         return None, "unknown session"
     db.execute(
-        "update billing_topups set status = 'failed' where id = ? and status = 'pending'",
-        [found.id],
+        "update billing_topups set status = 'failed' where id = :id and status = 'pending'",
+        {"id": found.id},
     )
     return found.account_ref, "failed"
 
 
 def _account_for_payment(db, payment_intent: Any, customer: Any) -> str | None:
-    if payment_intent:
-        row = db.execute(
-            "select account_ref from billing_topups where stripe_payment_intent_id = ?",
-            [payment_intent],
-        ).fetchone()
+    for table, where, value in (
+        ("billing_topups", "stripe_payment_intent_id = ?", payment_intent),
+        ("billing_accounts", "stripe_customer_id = ?", customer),
+    ):
+        found = db[table].rows_where(where, [value], select="account_ref") if value else ()
+        row = next(iter(found), None)
         if row:
-            return row[0]
-    if customer:
-        row = db.execute(
-            "select account_ref from billing_accounts where stripe_customer_id = ?", [customer]
-        ).fetchone()
-        if row:
-            return row[0]
+            return row["account_ref"]
     return None
 
 
@@ -407,12 +398,14 @@ def _refund(db, charge: dict[str, Any], now: datetime) -> tuple[str | None, str]
     refunded = charge.get("amount_refunded")
     if not isinstance(refunded, int) or refunded <= 0:
         return account_ref, "no amount"
-    before = db.execute(
-        "select coalesce(sum(-amount_microusd + shortfall_microusd), 0) from ledger_entries "
-        "where kind = 'refund' and stripe_ref = ?",
-        [charge.get("id")],
-    ).fetchone()[0]
-    due = refunded * PER_CENT - before
+    before = next(
+        db.query(
+            "select coalesce(sum(-amount_microusd + shortfall_microusd), 0) as debited "
+            "from ledger_entries where kind = 'refund' and stripe_ref = :charge",
+            {"charge": charge.get("id")},
+        )
+    )
+    due = refunded * PER_CENT - before["debited"]
     if due <= 0:
         return account_ref, "already debited"
     ledger.post(
@@ -429,10 +422,9 @@ def _dispute(db, dispute: dict[str, Any], now: datetime) -> tuple[str | None, st
     amount = dispute.get("amount")
     if not isinstance(amount, int) or amount <= 0:
         return account_ref, "no amount"
-    exists = db.execute(
-        "select 1 from ledger_entries where kind = 'dispute' and stripe_ref = ?",
-        [dispute.get("id")],
-    ).fetchone()
+    exists = db["ledger_entries"].count_where(
+        "kind = 'dispute' and stripe_ref = ?", [dispute.get("id")]
+    )
     if exists:
         return account_ref, "already debited"
     ledger.post(
@@ -471,15 +463,15 @@ def save_card(
         return
     with write_transaction(db):
         db.execute(
-            "update billing_accounts set payment_method_id = ?, card_brand = ?, "
-            "card_last4 = ?, updated_at = ? where account_ref = ?",
-            [
-                method.get("id"),
-                str(card.get("brand", "")),
-                str(card.get("last4", ""))[-4:],
-                iso(now),
-                account_ref,
-            ],
+            "update billing_accounts set payment_method_id = :method, card_brand = :brand, "
+            "card_last4 = :last4, updated_at = :now where account_ref = :ref",
+            {
+                "method": method.get("id"),
+                "brand": str(card.get("brand", "")),
+                "last4": str(card.get("last4", ""))[-4:],
+                "now": iso(now),
+                "ref": account_ref,
+            },
         )
 
 
@@ -516,18 +508,16 @@ def auto_topup(
     threshold = ledger.micro(settings.billing.auto_topup_threshold_usd)
     if not configured(settings) or threshold == 0:
         return "off"
-    row = db.execute(
-        "select stripe_customer_id, payment_method_id from billing_accounts where account_ref = ?",
-        [account_ref],
-    ).fetchone()
-    if not row or not row[0] or not row[1]:
+    saved = ledger.billing_account(db, account_ref)
+    customer, method = saved.get("stripe_customer_id"), saved.get("payment_method_id")
+    if not customer or not method:
         return "no saved card"
     if ledger.balance(db, account_ref) >= threshold:
         return "not needed"
-    recent = db.execute(
-        "select 1 from billing_topups where account_ref = ? and kind = 'auto' and created_at > ?",
+    recent = db["billing_topups"].count_where(
+        "account_ref = ? and kind = 'auto' and created_at > ?",
         [account_ref, iso(now - timedelta(hours=1))],
-    ).fetchone()
+    )
     if recent:
         return "recently tried"
     amount = ledger.micro(settings.billing.auto_topup_amount_usd)
@@ -540,7 +530,7 @@ def auto_topup(
         status="pending",
         stripe_session_id=None,
         stripe_payment_intent_id=None,
-        stripe_customer_id=row[0],
+        stripe_customer_id=customer,
         requested_by=None,
         created_at=iso(now),
         paid_at=None,
@@ -549,8 +539,8 @@ def auto_topup(
     params = {
         "amount": amount // PER_CENT,
         "currency": pending.currency,
-        "customer": row[0],
-        "payment_method": row[1],
+        "customer": customer,
+        "payment_method": method,
         "off_session": True,
         "confirm": True,
         "metadata": {"topup_id": pending.id},
@@ -563,18 +553,15 @@ def auto_topup(
         _egress(db, account_ref, "automatic top-up", params, "error", now)
         _unavailable(exc)
         with write_transaction(db):
-            db.execute("update billing_topups set status = 'failed' where id = ?", [pending.id])
+            _set_topup(db, pending.id, status="failed")
         return "failed"
     _egress(db, account_ref, "automatic top-up", params, "ok", now)
     intent = intent.to_dict()
     with write_transaction(db):
-        db.execute(
-            "update billing_topups set stripe_payment_intent_id = ? where id = ?",
-            [intent["id"], pending.id],
-        )
+        _set_topup(db, pending.id, stripe_payment_intent_id=intent["id"])
         received = intent.get("amount_received")
         if intent.get("status") != "succeeded" or not isinstance(received, int) or received <= 0:
-            db.execute("update billing_topups set status = 'failed' where id = ?", [pending.id])
+            _set_topup(db, pending.id, status="failed")
             return "failed"
         ledger.post(
             db,
@@ -585,9 +572,7 @@ def auto_topup(
             topup_id=pending.id,
             stripe_ref=intent["id"],
         )
-        db.execute(
-            "update billing_topups set status = 'paid', paid_at = ?, amount_microusd = ? "
-            "where id = ?",
-            [iso(now), received * PER_CENT, pending.id],
+        _set_topup(
+            db, pending.id, status="paid", paid_at=iso(now), amount_microusd=received * PER_CENT
         )
     return "credited"

@@ -25,25 +25,6 @@ from appliance.errors import InvalidInput, NotFound
 
 USAGE_DAYS = 90
 
-#: Billing tables: name → (column holding the account reference, column holding the
-#: row's time). Kept for the tax-retention period after an account is deleted.
-TABLES = {
-    "ledger_entries": ("account_ref", "created_at"),
-    "billing_topups": ("account_ref", "created_at"),
-    "stripe_events": ("account_ref", "received_at"),
-    "billing_accounts": ("account_ref", "updated_at"),
-    "billing_holds": ("account_ref", "created_at"),
-    "spend_caps": ("account_ref", "updated_at"),
-    "instance_meter": ("account_ref", "charged_until"),
-    "spend_months": ("account_ref", "month"),
-}
-
-
-def billing_tables() -> dict[str, tuple[str, str]]:
-    """Every billing table with its account-reference and time columns (for the privacy
-    domain's export, pseudonymization and retention purge)."""
-    return dict(TABLES)
-
 
 def summary(
     db: sqlite_utils.Database, settings: Settings, account_id: str, role: str
@@ -72,13 +53,9 @@ def summary(
         },
     }
     if role in MANAGERS:
-        row = db.execute(
-            "select card_brand, card_last4 from billing_accounts where account_ref = ?",
-            [account_id],
-        ).fetchone()
-        data["saved_card"] = (
-            {"brand": row[0], "last4": row[1]} if row and row[0] and row[1] else None
-        )
+        saved = ledger.billing_account(db, account_id)
+        brand, last4 = saved.get("card_brand"), saved.get("card_last4")
+        data["saved_card"] = {"brand": brand, "last4": last4} if brand and last4 else None
     return data
 
 
@@ -105,16 +82,27 @@ class UsageRow:
 _USAGE_KINDS = ("usage", "instance_time", "storage")
 
 
+#: What usage is grouped by: the day, the instance, the API key.
+_GROUPS = {
+    "day": "substr(created_at, 1, 10)",
+    "instance": "instance_id",
+    "key": "key_id",
+}
+
+
 def _grouped(db, account_id: str, group: str, since: str) -> list[UsageRow]:
-    rows = db.execute(
-        f"select {group} as g, coalesce(sum(prompt_tokens), 0), "  # noqa: S608 - fixed names
-        "coalesce(sum(completion_tokens), 0), coalesce(sum(minutes), 0), "
-        "coalesce(-sum(amount_microusd), 0), coalesce(sum(shortfall_microusd), 0) "
-        "from ledger_entries where account_ref = ? and kind in (?, ?, ?) "
-        "and created_at >= ? group by g order by g",
+    rows = db["ledger_entries"].rows_where(
+        "account_ref = ? and kind in (?, ?, ?) and created_at >= ? group by key",
         [account_id, *_USAGE_KINDS, since],
+        select=f"coalesce({_GROUPS[group]}, '') as key, "
+        "coalesce(sum(prompt_tokens), 0) as prompt_tokens, "
+        "coalesce(sum(completion_tokens), 0) as completion_tokens, "
+        "coalesce(sum(minutes), 0) as minutes, "
+        "coalesce(-sum(amount_microusd), 0) as cost_microusd, "
+        "coalesce(sum(shortfall_microusd), 0) as shortfall_microusd",
+        order_by="key",
     )
-    return [UsageRow(row[0] or "", *row[1:]) for row in rows]
+    return [UsageRow(**row) for row in rows]
 
 
 def usage(
@@ -126,7 +114,7 @@ def usage(
         raise InvalidInput("'days' must be between 1 and 366.")
     first = now.astimezone(UTC).date() - timedelta(days=days - 1)
     since = iso(datetime(first.year, first.month, first.day, tzinfo=UTC))
-    per_day = {r.key: r for r in _grouped(db, account_id, "substr(created_at, 1, 10)", since)}
+    per_day = {r.key: r for r in _grouped(db, account_id, "day", since)}
     day_rows = []
     for offset in range(days):
         day = (first + timedelta(days=offset)).isoformat()
@@ -136,9 +124,9 @@ def usage(
         "since": since,
         "days": day_rows,
         "instances": [
-            r.public("instance_id") for r in _grouped(db, account_id, "instance_id", since) if r.key
+            r.public("instance_id") for r in _grouped(db, account_id, "instance", since) if r.key
         ],
-        "keys": [r.public("key_id") for r in _grouped(db, account_id, "key_id", since) if r.key],
+        "keys": [r.public("key_id") for r in _grouped(db, account_id, "key", since) if r.key],
     }
 
 
@@ -175,22 +163,21 @@ def history(db: sqlite_utils.Database, account_id: str, limit: int = 200) -> lis
 
 
 def caps(db: sqlite_utils.Database, account_id: str, now: datetime) -> list[dict[str, Any]]:
-    rows = db.execute(
-        "select subject, subject_id, monthly_cap_microusd from spend_caps "
-        "where account_ref = ? order by subject, subject_id",
+    rows = db["spend_caps"].rows_where(
+        "account_ref = ?",
         [account_id],
-    ).fetchall()
+        select="subject, subject_id, monthly_cap_microusd",
+        order_by="subject, subject_id",
+    )
     return [
         {
-            "subject": subject,
-            "subject_id": subject_id,
-            "monthly_cap_microusd": cap,
-            "monthly_cap_usd": ledger.usd(cap),
+            **row,
+            "monthly_cap_usd": ledger.usd(row["monthly_cap_microusd"]),
             "spent_this_month_microusd": meter.spent_this_month(
-                db, account_id, subject, subject_id, now
+                db, account_id, row["subject"], row["subject_id"], now
             ),
         }
-        for subject, subject_id, cap in rows
+        for row in rows
     ]
 
 
@@ -208,8 +195,8 @@ def set_cap(
         raise InvalidInput("A cap is set on an 'instance' or a 'key'.")
     with write_transaction(db):
         if monthly_usd is None:
-            db.execute(
-                "delete from spend_caps where subject = ? and subject_id = ? and account_ref = ?",
+            db["spend_caps"].delete_where(
+                "subject = ? and subject_id = ? and account_ref = ?",
                 [subject, subject_id, account_id],
             )
             return
@@ -218,18 +205,21 @@ def set_cap(
         cap = ledger.micro(monthly_usd)
         if cap < 0:
             raise InvalidInput("'monthly_usd' may not be negative.")
-        owner = db.execute(
-            "select account_ref from spend_caps where subject = ? and subject_id = ?",
-            [subject, subject_id],
-        ).fetchone()
-        if owner and owner[0] != account_id:
+        others = db["spend_caps"].count_where(
+            "subject = ? and subject_id = ? and account_ref != ?",
+            [subject, subject_id, account_id],
+        )
+        if others:
             raise NotFound("Not found.")
-        db.execute(
-            "insert into spend_caps (subject, subject_id, account_ref, monthly_cap_microusd, "
-            "updated_at) values (?, ?, ?, ?, ?) on conflict (subject, subject_id) do update "
-            "set monthly_cap_microusd = excluded.monthly_cap_microusd, "
-            "updated_at = excluded.updated_at",
-            [subject, subject_id, account_id, cap, iso(now)],
+        db["spend_caps"].upsert(
+            {
+                "subject": subject,
+                "subject_id": subject_id,
+                "account_ref": account_id,
+                "monthly_cap_microusd": cap,
+                "updated_at": iso(now),
+            },
+            pk=("subject", "subject_id"),
         )
 
 
@@ -272,36 +262,34 @@ def low_balance_accounts(db: sqlite_utils.Database, settings: Settings, now: dat
     with write_transaction(db):
         db.execute(
             "update billing_accounts set low_balance_notified_at = null "
-            "where low_balance_notified_at is not null and balance_microusd >= ?",
-            [threshold],
+            "where low_balance_notified_at is not null and balance_microusd >= :threshold",
+            {"threshold": threshold},
         )
         # Only accounts that have had credit at all: a fresh account is not "low".
-        rows = db.execute(
-            "select account_ref from billing_accounts where balance_microusd < ? "
-            "and low_balance_notified_at is null and exists (select 1 from ledger_entries "
-            "where ledger_entries.account_ref = billing_accounts.account_ref "
-            "and kind in ('topup', 'adjustment') and amount_microusd > 0)",
+        found = _refs(
+            db,
+            "balance_microusd < ? and low_balance_notified_at is null and exists ("
+            "select 1 from ledger_entries where ledger_entries.account_ref = "
+            "billing_accounts.account_ref and kind in ('topup', 'adjustment') "
+            "and amount_microusd > 0)",
             [threshold],
-        ).fetchall()
-        found = [row[0] for row in rows]
+        )
         for account_ref in found:
-            db.execute(
-                "update billing_accounts set low_balance_notified_at = ? where account_ref = ?",
-                [iso(now), account_ref],
-            )
+            db["billing_accounts"].update(account_ref, {"low_balance_notified_at": iso(now)})
     return found
+
+
+def _refs(db: sqlite_utils.Database, where: str, params: list) -> list[str]:
+    """The account references of the billing accounts ``where`` selects."""
+    rows = db["billing_accounts"].rows_where(where, params, select="account_ref")
+    return [row["account_ref"] for row in rows]
 
 
 def auto_topup_candidates(db: sqlite_utils.Database, settings: Settings) -> list[str]:
     threshold = ledger.micro(settings.billing.auto_topup_threshold_usd)
     if not payments.configured(settings) or threshold == 0:
         return []
-    rows = db.execute(
-        "select account_ref from billing_accounts where balance_microusd < ? "
-        "and payment_method_id is not null",
-        [threshold],
-    )
-    return [row[0] for row in rows]
+    return _refs(db, "balance_microusd < ? and payment_method_id is not null", [threshold])
 
 
 def pseudonymize_account(db: sqlite_utils.Database, account_id: str, reference: str) -> int:
@@ -315,41 +303,42 @@ def pseudonymize_account(db: sqlite_utils.Database, account_id: str, reference: 
     if not reference or reference == account_id:
         raise InvalidInput("The reference must be new and not the account id.")
     with write_transaction(db):
-        db.execute("delete from billing_holds where account_ref = ?", [account_id])
-        db.execute("delete from spend_caps where account_ref = ?", [account_id])
-        db.execute("delete from spend_months where account_ref = ?", [account_id])
+        for table in ("billing_holds", "spend_caps", "spend_months"):
+            db[table].delete_where("account_ref = ?", [account_id])
+        params = {"ref": reference, "account": account_id}
         kept = 0
         kept += db.execute(
-            "update ledger_entries set account_ref = ?, actor_ref = null where account_ref = ?",
-            [reference, account_id],
+            "update ledger_entries set account_ref = :ref, actor_ref = null "
+            "where account_ref = :account",
+            params,
         ).rowcount
         kept += db.execute(
-            "update billing_topups set account_ref = ?, requested_by = null where account_ref = ?",
-            [reference, account_id],
+            "update billing_topups set account_ref = :ref, requested_by = null "
+            "where account_ref = :account",
+            params,
         ).rowcount
         # Minutes a just-destroyed instance ran are still charged by the worker, under
         # the reference.
         db.execute(
-            "update instance_meter set account_ref = ? where account_ref = ?",
-            [reference, account_id],
+            "update instance_meter set account_ref = :ref where account_ref = :account", params
         )
         kept += db.execute(
-            "update stripe_events set account_ref = ? where account_ref = ?",
-            [reference, account_id],
+            "update stripe_events set account_ref = :ref where account_ref = :account", params
         ).rowcount
         kept += db.execute(
-            "update billing_accounts set account_ref = ?, card_brand = null, card_last4 = null, "
-            "payment_method_id = null, low_balance_notified_at = null where account_ref = ?",
-            [reference, account_id],
+            "update billing_accounts set account_ref = :ref, card_brand = null, "
+            "card_last4 = null, payment_method_id = null, low_balance_notified_at = null "
+            "where account_ref = :account",
+            params,
         ).rowcount
     return kept
 
 
 def invariant_violations(db: sqlite_utils.Database) -> list[str]:
     """Accounts whose balance is not the sum of their ledger entries (should be none)."""
-    rows = db.execute(
+    rows = db.query(
         "select b.account_ref from billing_accounts b left join (select account_ref, "
         "sum(amount_microusd) as total from ledger_entries group by account_ref) l "
         "on l.account_ref = b.account_ref where b.balance_microusd != coalesce(l.total, 0)"
-    ).fetchall()
-    return [row[0] for row in rows]
+    )
+    return [row["account_ref"] for row in rows]

@@ -6,28 +6,34 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
+import sqlite_utils
+
 from appliance.accounts import service as accounts
 from appliance.accounts.models import MANAGERS
 from appliance.billing import ledger, meter, payments, service
 from appliance.config import Settings
 from appliance.db import open_db
 from appliance.errors import ApplianceError
-from appliance.instances import service as instances
 from appliance.knowledge import service as knowledge
 
 log = logging.getLogger(__name__)
 
 #: ``send(template, to, context)``: queues one email.
 SendMail = Callable[[str, str, dict], None]
+#: ``running(db)``: ``(instance_id, account_id, created_at)`` of every running instance
+#: (``instances.service.running``; instances sit above billing, which meters them).
+Running = Callable[[sqlite_utils.Database], list[tuple[str, str, str]]]
 
 
-def every_minute(settings: Settings, now: datetime, send: SendMail) -> dict[str, int]:
+def every_minute(
+    settings: Settings, now: datetime, send: SendMail, running: Running
+) -> dict[str, int]:
     """Expire stale holds, charge instance time, send low-balance notices and make
     automatic top-ups. Each step is idempotent, so a late or repeated run is harmless."""
     db = open_db(settings)
     try:
         expired = meter.expire_holds(db, now)
-        minutes = meter.charge_instance_time(db, settings, instances.running(db), now)
+        minutes = meter.charge_instance_time(db, settings, running(db), now)
         notices = 0
         for account_ref in service.low_balance_accounts(db, settings, now):
             notices += _notify_low_balance(db, settings, account_ref, send)

@@ -7,21 +7,25 @@ prepared (user message stored, prompt composed) before anything is generated, an
 finished (answer stored with its checked citations and exact token usage) after, so a
 failed or stopped generation never loses the question.
 
-``compose`` is shared with ``/v1``: the instance's system prompt (or the account's persona
-prompt and voice excerpts), retrieved passages, and as much history as fits the budget.
+``compose`` (``compose.py``) is shared with ``/v1``: the instance's system prompt (or the
+account's persona prompt and voice excerpts), retrieved passages, and as much history as
+fits the budget. SQL is in ``store.py``.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlite_utils
 
+from appliance import receipts
 from appliance.chat import prompt
+from appliance.chat.compose import Composed, compose
+from appliance.chat.models import Conversation, Message
+from appliance.chat.store import ChatStore
 from appliance.clock import iso, parse, utcnow
 from appliance.config import Settings
 from appliance.db import write_transaction
@@ -30,8 +34,6 @@ from appliance.ids import new_id
 from appliance.inference.client import InferenceClient
 from appliance.instances import service as instances
 from appliance.knowledge import search as kb_search
-from appliance.persona import service as persona
-from appliance.privacy import receipts
 
 MAX_MESSAGE_CHARS = 32_000
 MAX_TITLE_CHARS = 120
@@ -41,178 +43,7 @@ STALE_TURN = timedelta(minutes=15)
 CITATION = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\](?!\()")
 
 
-# -- prompt composition (shared with /v1) ---------------------------------------------
-
-
-@dataclass(frozen=True)
-class Composed:
-    """What goes to the inference service, and what it was built from."""
-
-    payload: dict[str, Any]
-    passages: list[prompt.Passage]
-    prompt_tokens: int
-    dropped_messages: int
-
-
-def system_prompt(db, settings: Settings, account_id: str, instance, now: datetime) -> str:
-    if instance.system_prompt:
-        return instance.system_prompt
-    if instance.voice:
-        return persona.prompt_for_account(db, settings, account_id, now)
-    return persona.effective_prompt(db, account_id, now)
-
-
-def retrieve(
-    db, settings: Settings, client: InferenceClient, account_id: str, query: str, k: int
-) -> list[prompt.Passage]:
-    """The account's best passages for ``query``, numbered from 1."""
-    try:
-        result = kb_search.search(
-            db,
-            client,
-            account_id,
-            query[: kb_search.MAX_QUERY_CHARS],
-            k,
-            kb_search.Tuning.from_settings(settings.knowledge),
-        )
-    except InvalidInput:
-        return []
-    return [
-        prompt.Passage(
-            number=i,
-            document_id=hit.document_id,
-            filename=hit.filename,
-            text=hit.text,
-            page=hit.page,
-            heading=hit.heading,
-            chunk_id=hit.chunk_id,
-        )
-        for i, hit in enumerate(result.hits, start=1)
-    ]
-
-
-def compose(
-    db: sqlite_utils.Database,
-    settings: Settings,
-    client: InferenceClient,
-    account_id: str,
-    instance: instances.Instance,
-    conversation: list[dict[str, str]],
-    now: datetime,
-    *,
-    own_system: str | None = None,
-    knowledge: bool = True,
-    max_tokens: int | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> Composed:
-    """Assemble the request for ``conversation`` (oldest first) on ``instance``."""
-    system = (
-        own_system
-        if own_system is not None
-        else system_prompt(db, settings, account_id, instance, now)
-    )
-    passages: list[prompt.Passage] = []
-    last_user = next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
-    if instance.knowledge and knowledge and last_user:
-        passages = retrieve(db, settings, client, account_id, last_user, instance.top_k)
-    max_tokens = instance.max_tokens if max_tokens is None else max_tokens
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise InvalidInput("'max_tokens' must be a positive integer.")
-    budget = instance.context_budget - min(max_tokens, instance.context_budget // 2)
-
-    def count(texts: list[str]) -> list[int]:
-        counts = client.count_tokens(texts, model="chat")
-        return counts if counts is not None else [max(1, len(t) // 4) for t in texts]
-
-    assembled = prompt.assemble(system, passages, conversation, budget=budget, count=count)
-    payload = {
-        "messages": assembled.messages,
-        "temperature": instance.temperature,
-        "top_p": instance.top_p,
-        **(overrides or {}),
-        "max_tokens": max_tokens,
-    }
-    return Composed(payload, assembled.passages, assembled.tokens, assembled.dropped_messages)
-
-
 # -- conversations --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Message:
-    id: str
-    conversation_id: str
-    position: int
-    role: str
-    content: str
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    sources: list[dict[str, Any]]
-    model: str | None
-    created_at: str
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "role": self.role,
-            "content": self.content,
-            "finish_reason": self.finish_reason,
-            "usage": {
-                "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "cached_tokens": self.cached_tokens,
-            },
-            "sources": self.sources,
-            "model": self.model,
-            "created_at": self.created_at,
-        }
-
-
-@dataclass(frozen=True)
-class Conversation:
-    id: str
-    account_id: str
-    user_id: str
-    instance_id: str
-    title: str
-    source: str
-    generating_since: str | None
-    created_at: str
-    updated_at: str
-    messages: list[Message] = field(default_factory=list)
-
-    def public(self, *, with_messages: bool = False) -> dict[str, Any]:
-        data = {
-            "id": self.id,
-            "instance_id": self.instance_id,
-            "title": self.title,
-            "source": self.source,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-        }
-        if with_messages:
-            data["messages"] = [m.public() for m in self.messages]
-        return data
-
-
-_CONVERSATION_COLUMNS = (
-    "id, account_id, user_id, instance_id, title, source, generating_since, created_at, updated_at"
-)
-_MESSAGE_COLUMNS = (
-    "id, conversation_id, position, role, content, finish_reason, prompt_tokens, "
-    "completion_tokens, cached_tokens, sources, model, created_at"
-)
-
-
-_INSERT_COLUMNS = f"account_id, {_MESSAGE_COLUMNS}"
-
-
-def _message(row) -> Message:
-    values = list(row)
-    values[9] = json.loads(values[9] or "[]")
-    return Message(*values)
 
 
 def title_from(text: str) -> str:
@@ -239,6 +70,24 @@ def clean_content(content: Any) -> str:
     return content.strip()
 
 
+def _new_message(
+    conversation_id: str, position: int, role: str, content: str, now: datetime, **details: Any
+) -> Message:
+    """A message to store; ``details``: finish reason, token counts, sources, model."""
+    fields_: dict[str, Any] = {
+        "finish_reason": None,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "cached_tokens": 0,
+        "sources": [],
+        "model": None,
+        **details,
+    }
+    return Message(
+        new_id("msg"), conversation_id, position, role, content, created_at=iso(now), **fields_
+    )
+
+
 def create(
     db: sqlite_utils.Database,
     account_id: str,
@@ -252,24 +101,20 @@ def create(
     instance = instances.get(db, account_id, instance_id)  # NotFound for other accounts
     if instance.state == "destroyed":
         raise NotFound("No such instance.")
-    conversation_id = new_id("conv")
-    stamp = iso(now)
+    conversation = Conversation(
+        id=new_id("conv"),
+        account_id=account_id,
+        user_id=user_id,
+        instance_id=instance.id,
+        title=_clean_title(title) if title is not None else "New chat",
+        source=source,
+        generating_since=None,
+        created_at=iso(now),
+        updated_at=iso(now),
+    )
     with write_transaction(db):
-        db.execute(
-            f"insert into conversations ({_CONVERSATION_COLUMNS}) "  # noqa: S608
-            "values (?, ?, ?, ?, ?, ?, null, ?, ?)",
-            [
-                conversation_id,
-                account_id,
-                user_id,
-                instance.id,
-                _clean_title(title) if title is not None else "New chat",
-                source,
-                stamp,
-                stamp,
-            ],
-        )
-    return get(db, account_id, user_id, conversation_id)
+        ChatStore(db).insert_conversation(conversation)
+    return conversation
 
 
 def get(
@@ -281,22 +126,13 @@ def get(
     with_messages: bool = True,
 ) -> Conversation:
     """The user's own conversation; anyone else's is ``NotFound``."""
-    row = db.execute(
-        f"select {_CONVERSATION_COLUMNS} from conversations "  # noqa: S608
-        "where id = ? and account_id = ? and user_id = ?",
-        [conversation_id, account_id, user_id],
-    ).fetchone()
-    if row is None:
+    store = ChatStore(db)
+    conversation = store.conversation(account_id, user_id, conversation_id)
+    if conversation is None:
         raise NotFound("No such conversation.")
-    conversation = Conversation(*row)
     if not with_messages:
         return conversation
-    rows = db.execute(
-        f"select {_MESSAGE_COLUMNS} from messages where conversation_id = ? "  # noqa: S608
-        "order by position",
-        [conversation_id],
-    ).fetchall()
-    return Conversation(*row, messages=[_message(r) for r in rows])
+    return replace(conversation, messages=store.messages(conversation_id))
 
 
 def list_for_user(
@@ -313,27 +149,12 @@ def list_for_user(
         match = kb_search.fts_query(query)
         if not match:
             return []
-        rows = db.execute(
-            f"""select {", ".join("c." + c.strip() for c in _CONVERSATION_COLUMNS.split(","))},
-                   snippet(messages_fts, 0, '', '', '…', 12) as snippet
-               from messages_fts f
-               join messages m on m.seq = f.rowid
-               join conversations c on c.id = m.conversation_id
-               where messages_fts match ? and c.account_id = ? and c.user_id = ?
-               order by f.rank""",  # noqa: S608
-            [match, account_id, user_id],
-        ).fetchall()
         seen: dict[str, dict[str, Any]] = {}
-        for row in rows:
-            if row[0] not in seen:
-                seen[row[0]] = {**Conversation(*row[:-1]).public(), "snippet": row[-1]}
+        for conversation, snippet in ChatStore(db).search(account_id, user_id, match):
+            if conversation.id not in seen:
+                seen[conversation.id] = {**conversation.public(), "snippet": snippet}
         return list(seen.values())[:limit]
-    rows = db.execute(
-        f"select {_CONVERSATION_COLUMNS} from conversations "  # noqa: S608
-        "where account_id = ? and user_id = ? order by updated_at desc limit ?",
-        [account_id, user_id, limit],
-    ).fetchall()
-    return [Conversation(*row).public() for row in rows]
+    return [c.public() for c in ChatStore(db).recent(account_id, user_id, limit)]
 
 
 def rename(
@@ -342,10 +163,7 @@ def rename(
     title = _clean_title(title)
     with write_transaction(db):
         get(db, account_id, user_id, conversation_id, with_messages=False)
-        db.execute(
-            "update conversations set title = ?, updated_at = ? where id = ?",
-            [title, iso(now), conversation_id],
-        )
+        ChatStore(db).set_conversation(conversation_id, title=title, updated_at=iso(now))
     return get(db, account_id, user_id, conversation_id)
 
 
@@ -355,12 +173,11 @@ def delete(
     """Delete the conversation and its messages (FTS rows go with them: triggers);
     ``secure_delete`` overwrites the freed pages; a deletion receipt (counts, no content)
     records it."""
+    store = ChatStore(db)
     with write_transaction(db):
         get(db, account_id, user_id, conversation_id, with_messages=False)
-        messages = db.execute(
-            "select count(*) from messages where conversation_id = ?", [conversation_id]
-        ).fetchone()[0]
-        db.execute("delete from conversations where id = ?", [conversation_id])
+        messages = store.count_messages(conversation_id)
+        store.delete_conversation(conversation_id)
         receipts.write(
             db,
             account_id,
@@ -374,11 +191,7 @@ def delete(
 def delete_for_instance(db, account_id: str, instance_id: str) -> int:
     """Delete every conversation held on an instance (when it is destroyed with them)."""
     with write_transaction(db):
-        cursor = db.execute(
-            "delete from conversations where account_id = ? and instance_id = ?",
-            [account_id, instance_id],
-        )
-    return cursor.rowcount
+        return ChatStore(db).delete_for_instance(account_id, instance_id)
 
 
 # -- turns ----------------------------------------------------------------------------
@@ -447,28 +260,20 @@ def prepare_turn(
             if last_user is None:
                 raise InvalidInput("There is no question to answer again.")
             keep_below = last_user.position + 1
-        db.execute(
-            "delete from messages where conversation_id = ? and position >= ?",
-            [conversation_id, keep_below],
-        )
+        store = ChatStore(db)
+        store.delete_messages_from(conversation_id, keep_below)
         if content is not None:
-            db.execute(
-                f"insert into messages ({_INSERT_COLUMNS}) "  # noqa: S608
-                "values (?, ?, ?, ?, 'user', ?, null, 0, 0, 0, '[]', null, ?)",
-                [account_id, new_id("msg"), conversation_id, keep_below, content, iso(now)],
+            store.insert_message(
+                account_id,
+                _new_message(conversation_id, keep_below, "user", content, now),
             )
             position = keep_below + 1
         else:
             position = keep_below
-        fields_ = ["generating_since = ?", "updated_at = ?"]
-        values: list[Any] = [iso(now), iso(now)]
+        changes = {"generating_since": iso(now), "updated_at": iso(now)}
         if conversation.title == "New chat" and content is not None and keep_below == 0:
-            fields_.append("title = ?")
-            values.append(title_from(content))
-        db.execute(
-            f"update conversations set {', '.join(fields_)} where id = ?",  # noqa: S608
-            [*values, conversation_id],
-        )
+            changes["title"] = title_from(content)
+        store.set_conversation(conversation_id, **changes)
         conversation = get(db, account_id, user_id, conversation_id)
     history = [{"role": m.role, "content": m.content} for m in conversation.messages]
     try:
@@ -482,9 +287,7 @@ def prepare_turn(
 def end_turn(db: sqlite_utils.Database, conversation_id: str) -> None:
     """Mark the conversation free for its next turn (the answer failed or was stored)."""
     with write_transaction(db):
-        db.execute(
-            "update conversations set generating_since = null where id = ?", [conversation_id]
-        )
+        ChatStore(db).end_generating(conversation_id)
 
 
 def check_citations(text: str, numbers: set[int]) -> tuple[str, list[int]]:
@@ -547,46 +350,27 @@ def finish_turn(
     """Store the answer (checked citations, exact usage); nothing when it is empty."""
     checked, cited = check_citations(text, {p.number for p in turn.composed.passages})
     sources = _sources(turn.composed.passages, cited)
-    message_id = new_id("msg")
+    answer = _new_message(
+        turn.conversation.id,
+        turn.position,
+        "assistant",
+        checked,
+        now,
+        finish_reason=finish_reason,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cached_tokens=cached_tokens,
+        sources=sources,
+        model=turn.instance.model,
+    )
+    store = ChatStore(db)
     with write_transaction(db):
-        db.execute(
-            "update conversations set generating_since = null, updated_at = ? where id = ?",
-            [iso(now), turn.conversation.id],
-        )
-        if not checked.strip():
+        exists = store.end_generating(turn.conversation.id, iso(now))
+        if not checked.strip() or not exists:  # or deleted while the answer was written
             return None
-        exists = db.execute(
-            "select 1 from conversations where id = ?", [turn.conversation.id]
-        ).fetchone()
-        if exists is None:  # deleted while the answer was being written
-            return None
-        db.execute(
-            "delete from messages where conversation_id = ? and position >= ?",
-            [turn.conversation.id, turn.position],
-        )
-        db.execute(
-            f"insert into messages ({_INSERT_COLUMNS}) "  # noqa: S608
-            "values (?, ?, ?, ?, 'assistant', ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                turn.conversation.account_id,
-                message_id,
-                turn.conversation.id,
-                turn.position,
-                checked,
-                finish_reason,
-                prompt_tokens,
-                completion_tokens,
-                cached_tokens,
-                json.dumps(sources),
-                turn.instance.model,
-                iso(now),
-            ],
-        )
-    row = db.execute(
-        f"select {_MESSAGE_COLUMNS} from messages where id = ?",  # noqa: S608
-        [message_id],
-    ).fetchone()
-    return _message(row)
+        store.delete_messages_from(turn.conversation.id, turn.position)
+        store.insert_message(turn.conversation.account_id, answer)
+    return answer
 
 
 def store_exchange(
@@ -618,51 +402,29 @@ def store_exchange(
         to_store = [last_user] if last_user else []
     _, cited = check_citations(answer, {p.number for p in passages})
     sources = _sources(passages, cited)
-    stamp = iso(now)
+    counts = {k: usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens", "cached_tokens")}
+    store = ChatStore(db)
     with write_transaction(db):
-        top = db.execute(
-            "select coalesce(max(position), -1) from messages where conversation_id = ?",
-            [conversation.id],
-        ).fetchone()[0]
-        rows = [(m["role"], m["content"], None, {}, "[]") for m in to_store]
-        rows.append(("assistant", answer, "stop", usage, json.dumps(sources)))
-        for offset, (role, content, finish, counts, source_json) in enumerate(rows, start=1):
-            db.execute(
-                f"insert into messages ({_INSERT_COLUMNS}) "  # noqa: S608
-                "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    account_id,
-                    new_id("msg"),
-                    conversation.id,
-                    top + offset,
-                    role,
-                    content,
-                    finish,
-                    counts.get("prompt_tokens", 0),
-                    counts.get("completion_tokens", 0),
-                    counts.get("cached_tokens", 0),
-                    source_json,
-                    instance.model if role == "assistant" else None,
-                    stamp,
-                ],
+        top = store.last_position(conversation.id)
+        for offset, message in enumerate(to_store, start=1):
+            question = _new_message(
+                conversation.id, top + offset, message["role"], message["content"], now
             )
+            store.insert_message(account_id, question)
+        reply = _new_message(
+            conversation.id,
+            top + len(to_store) + 1,
+            "assistant",
+            answer,
+            now,
+            finish_reason="stop",
+            sources=sources,
+            model=instance.model,
+            **counts,
+        )
+        store.insert_message(account_id, reply)
         title = conversation.title
         if title == "New chat" and to_store:
             title = title_from(next((m["content"] for m in to_store if m["role"] == "user"), ""))
-        db.execute(
-            "update conversations set title = ?, updated_at = ? where id = ?",
-            [title, stamp, conversation.id],
-        )
+        store.set_conversation(conversation.id, title=title, updated_at=iso(now))
     return conversation.id
-
-
-def passage_texts(db: sqlite_utils.Database, account_id: str, chunk_ids: list[int]) -> dict:
-    """The current text of cited passages (a deleted document's are gone)."""
-    if not chunk_ids:
-        return {}
-    marks = ",".join("?" * len(chunk_ids))
-    rows = db.execute(
-        f"select id, text from chunks where account_id = ? and id in ({marks})",  # noqa: S608
-        [account_id, *chunk_ids],
-    ).fetchall()
-    return dict(rows)

@@ -8,7 +8,7 @@ serve again, and its keys are revoked in the same transaction.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -51,7 +51,6 @@ class Instance:
         return data
 
 
-_COLUMNS = ", ".join(f.name for f in fields(Instance))
 #: Fields a PATCH may change, with their checks: (type, low, high).
 EDITABLE = {
     "name": (str, None, None),
@@ -67,11 +66,13 @@ EDITABLE = {
 }
 
 
-def _row(row) -> Instance:
-    data = dict(zip([f.name for f in fields(Instance)], row, strict=True))
-    data["voice"] = bool(data["voice"])
-    data["knowledge"] = bool(data["knowledge"])
-    return Instance(**data)
+def _instance(row: dict) -> Instance:
+    return Instance(**{**row, "voice": bool(row["voice"]), "knowledge": bool(row["knowledge"])})
+
+
+def _instances(db: sqlite_utils.Database, where: str, params: list) -> list[Instance]:
+    rows = db["instances"].rows_where(where, params, order_by="created_at")
+    return [_instance(row) for row in rows]
 
 
 def _require_manager(role: str) -> None:
@@ -148,9 +149,7 @@ def create(
     )
     with write_transaction(db):
         _check_name_free(db, account_id, instance.name, None)
-        values = [getattr(instance, f.name) for f in fields(Instance)]
-        marks = ", ".join("?" for _ in values)
-        db.execute(f"insert into instances ({_COLUMNS}) values ({marks})", values)  # noqa: S608
+        db["instances"].insert(asdict(instance))
     return instance
 
 
@@ -181,51 +180,35 @@ def ensure_first(
         return None
 
 
+_LIVE = "account_id = ? and name = ? and state != 'destroyed'"
+
+
 def _check_name_free(db, account_id: str, name: str, except_id: str | None) -> None:
-    row = db.execute(
-        "select id from instances where account_id = ? and name = ? and state != 'destroyed'",
-        [account_id, name],
-    ).fetchone()
-    if row and row[0] != except_id:
+    if any(found.id != except_id for found in _instances(db, _LIVE, [account_id, name])):
         raise Conflict(f"An instance named '{name}' already exists.")
 
 
 def get(db: sqlite_utils.Database, account_id: str, instance_id: str) -> Instance:
-    row = db.execute(
-        f"select {_COLUMNS} from instances where id = ? and account_id = ?",  # noqa: S608
-        [instance_id, account_id],
-    ).fetchone()
-    if row is None:
+    found = _instances(db, "id = ? and account_id = ?", [instance_id, account_id])
+    if not found:
         raise NotFound("No such instance.")
-    return _row(row)
+    return found[0]
 
 
 def by_name(db: sqlite_utils.Database, account_id: str, name: str) -> Instance:
-    row = db.execute(
-        f"select {_COLUMNS} from instances where account_id = ? and name = ? "  # noqa: S608
-        "and state != 'destroyed'",
-        [account_id, name],
-    ).fetchone()
-    if row is None:
+    found = _instances(db, _LIVE, [account_id, name])
+    if not found:
         raise NotFound(f"The model '{name}' does not exist.")
-    return _row(row)
+    return found[0]
 
 
 def running(db: sqlite_utils.Database) -> list[tuple[str, str, str]]:
     """``(id, account_id, created_at)`` of every running instance (for billing)."""
-    rows = db.execute(
-        "select id, account_id, created_at from instances where state = 'running'"
-    ).fetchall()
-    return [tuple(row) for row in rows]
+    return [(i.id, i.account_id, i.created_at) for i in _instances(db, "state = 'running'", [])]
 
 
 def list_instances(db: sqlite_utils.Database, account_id: str) -> list[Instance]:
-    rows = db.execute(
-        f"select {_COLUMNS} from instances where account_id = ? "  # noqa: S608
-        "and state != 'destroyed' order by created_at",
-        [account_id],
-    )
-    return [_row(row) for row in rows]
+    return _instances(db, "account_id = ? and state != 'destroyed'", [account_id])
 
 
 def update(
@@ -248,11 +231,7 @@ def update(
         if "name" in clean:
             _check_name_free(db, account_id, clean["name"], instance_id)
         updated = replace(current, **clean, updated_at=iso(now))
-        assignments = ", ".join(f"{key} = ?" for key in [*clean, "updated_at"])
-        db.execute(
-            f"update instances set {assignments} where id = ?",  # noqa: S608 - allow-listed names
-            [*(getattr(updated, key) for key in [*clean, "updated_at"]), instance_id],
-        )
+        db["instances"].update(instance_id, {**clean, "updated_at": updated.updated_at})
     return updated
 
 
@@ -273,10 +252,7 @@ def set_state(
         current = get(db, account_id, instance_id)
         if current.state == "destroyed":
             raise NotFound("No such instance.")
-        db.execute(
-            "update instances set state = ?, updated_at = ? where id = ?",
-            [state, iso(now), instance_id],
-        )
+        db["instances"].update(instance_id, {"state": state, "updated_at": iso(now)})
         # Stopping or destroying ends the instance's billing meter in this transaction.
         meter.instance_state_changed(
             db,

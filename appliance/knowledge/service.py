@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 
 import sqlite_utils
 
+from appliance import receipts
 from appliance.clock import iso, utcnow
 from appliance.config import Settings
 from appliance.db import write_transaction
@@ -30,7 +31,6 @@ from appliance.inference.client import InferenceClient
 from appliance.knowledge import extract
 from appliance.knowledge.ingest import ingest_documents
 from appliance.knowledge.store import Document, KnowledgeStore
-from appliance.privacy import receipts
 
 log = logging.getLogger(__name__)
 HEAD_BYTES = 8192
@@ -232,6 +232,15 @@ def delete_document(
             now or utcnow(),
         )
     document_path(settings, doc).unlink(missing_ok=True)
+
+
+def passage_texts(
+    db: sqlite_utils.Database, account_id: str, chunk_ids: list[int]
+) -> dict[int, str]:
+    """The current text of cited passages (a deleted document's are gone)."""
+    return {
+        i: row["text"] for i, row in KnowledgeStore(db).chunk_rows(chunk_ids, account_id).items()
+    }
 
 
 def retry(db: sqlite_utils.Database, account_id: str, document_id: str, now: datetime) -> Document:

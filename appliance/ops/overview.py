@@ -27,7 +27,6 @@ from appliance.errors import ApplianceError, InvalidInput
 from appliance.inference.client import InferenceClient
 from appliance.knowledge import service as knowledge
 from appliance.ops import services
-from appliance.tasks import WORKER_SERVICE
 
 RECENT_ERRORS = 20
 
@@ -43,10 +42,6 @@ class AccountRow:
     balance_usd: str
     storage_bytes: int
     last_activity: str | None
-
-
-def _has_table(db: sqlite_utils.Database, name: str) -> bool:
-    return db[name].exists()
 
 
 def account_rows(db: sqlite_utils.Database) -> list[AccountRow]:
@@ -104,7 +99,7 @@ def inference_state(settings: Settings) -> dict[str, Any]:
 
 
 def worker_state(db: sqlite_utils.Database, settings: Settings, now: datetime) -> dict[str, Any]:
-    beat = heartbeat.last_beat(db, WORKER_SERVICE)
+    beat = heartbeat.last_beat(db, heartbeat.WORKER_SERVICE)
     age = (now - beat).total_seconds() if beat else None
     alive = age is not None and age <= settings.worker.heartbeat_stale_seconds
     return {
@@ -120,9 +115,7 @@ def services_state(settings: Settings) -> dict[str, Any] | None:
     return found.public() if found else None
 
 
-def purge_state(db: sqlite_utils.Database, now: datetime) -> dict[str, Any] | None:
-    if not _has_table(db, "purge_runs"):
-        return None
+def purge_state(db: sqlite_utils.Database, now: datetime) -> dict[str, Any]:
     from appliance.privacy import retention
 
     return {
@@ -131,17 +124,13 @@ def purge_state(db: sqlite_utils.Database, now: datetime) -> dict[str, Any] | No
     }
 
 
-def recent_errors(db: sqlite_utils.Database) -> list[dict[str, Any]] | None:
-    if not _has_table(db, "request_log"):
-        return None
+def recent_errors(db: sqlite_utils.Database) -> list[dict[str, Any]]:
     from appliance.privacy import requestlog
 
     return [asdict(e) for e in requestlog.entries(db, status="5xx", limit=RECENT_ERRORS)]
 
 
-def policy_state(db: sqlite_utils.Database) -> list[dict[str, Any]] | None:
-    if not _has_table(db, "policy_versions"):
-        return None
+def policy_state(db: sqlite_utils.Database) -> list[dict[str, Any]]:
     from appliance.privacy import policy
 
     return [asdict(v) for v in policy.versions(db)]

@@ -119,23 +119,40 @@ def _store_version(
     return prompt, before
 
 
+def log_egress(
+    db: sqlite_utils.Database,
+    account_id: str,
+    *,
+    service: str,
+    purpose: str,
+    data_categories: str,
+    bytes_sent: int,
+    outcome: str,
+    now: datetime,
+) -> None:
+    """Record one request that carried the account's data out of the box (PRIVACY.md:
+    every outbound connection that carries account data is listed, in the egress log)."""
+    entry = EgressEntry(
+        new_id("egr"), account_id, iso(now), service, purpose, data_categories, bytes_sent, outcome
+    )
+    with write_transaction(db):
+        PersonaStore(db).insert_egress(entry)
+
+
 def _record_egress(
     db: sqlite_utils.Database, account_id: str, calls: list[Call], now: datetime
 ) -> None:
-    store = PersonaStore(db)
     with write_transaction(db):
         for call in calls:
-            store.insert_egress(
-                EgressEntry(
-                    id=new_id("egr"),
-                    account_id=account_id,
-                    at=iso(now),
-                    service=EGRESS_SERVICE,
-                    purpose=EGRESS_PURPOSE,
-                    data_categories=EGRESS_DATA,
-                    bytes_sent=call.bytes_sent,
-                    outcome=call.outcome,
-                )
+            log_egress(
+                db,
+                account_id,
+                service=EGRESS_SERVICE,
+                purpose=EGRESS_PURPOSE,
+                data_categories=EGRESS_DATA,
+                bytes_sent=call.bytes_sent,
+                outcome=call.outcome,
+                now=now,
             )
 
 

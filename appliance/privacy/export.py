@@ -1,14 +1,14 @@
 """Data export: one ZIP with everything held about a person (and, for an owner, the
 account), built in the background with progress, downloadable until it expires.
 
-What goes in is driven by the registry: every table marked ``export`` contributes its
-rows (as JSON, secret hashes left out), so a table added to the registry is exported
-without touching this module. Originals of documents and voice samples are added as
-files, and each conversation also as Markdown.
+What goes in is what every part of ``appliance.personal`` holds: each table it marks
+``export`` (rows as JSON, secret hashes left out), the originals of documents and voice
+samples, and each conversation also as Markdown. A table a domain registers is exported
+without touching this module.
 
-Rows the registry marks ``personal`` (conversations and their messages, exports) belong
-to one person: they are in that person's export only, also when the person asking is
-the account's owner, whose manifest counts the other members' rows instead.
+Rows marked ``personal`` (conversations and their messages, exports) belong to one
+person: they are in that person's export only, also when the person asking is the
+account's owner, whose manifest counts the other members' rows instead.
 """
 
 from __future__ import annotations
@@ -25,14 +25,13 @@ from pathlib import Path
 
 import sqlite_utils
 
+from appliance import personal
 from appliance.accounts import service as accounts
-from appliance.chat import service as chat
 from appliance.clock import iso
 from appliance.config import Settings
 from appliance.db import write_transaction
 from appliance.errors import NotFound
 from appliance.ids import new_id
-from appliance.privacy.registry import TABLES, Table
 
 
 @dataclass(frozen=True)
@@ -66,12 +65,6 @@ class Export:
         }
 
 
-_COLUMNS = (
-    "id, account_id, user_id, status, progress, total, size, sha256, created_at, "
-    "finished_at, expires_at"
-)
-
-
 def export_dir(settings: Settings) -> Path:
     return settings.paths.exports
 
@@ -91,31 +84,33 @@ def start(
     expires = now + timedelta(hours=settings.privacy.export_ttl_hours)
     export_id = new_id("exp")
     with write_transaction(db):
-        db.execute(
-            "insert into exports (id, account_id, user_id, status, created_at, expires_at) "
-            "values (?, ?, ?, 'queued', ?, ?)",
-            [export_id, account_id, user_id, iso(now), iso(expires)],
+        db["exports"].insert(
+            {
+                "id": export_id,
+                "account_id": account_id,
+                "user_id": user_id,
+                "status": "queued",
+                "created_at": iso(now),
+                "expires_at": iso(expires),
+            }
         )
     return get(db, account_id, user_id, export_id)
 
 
+def _one(db: sqlite_utils.Database, where: str, params: list) -> Export | None:
+    row = next(db["exports"].rows_where(where, params, order_by="created_at desc", limit=1), None)
+    return Export(**row) if row else None
+
+
 def get(db: sqlite_utils.Database, account_id: str, user_id: str, export_id: str) -> Export:
-    row = db.execute(
-        f"select {_COLUMNS} from exports where id = ? and account_id = ? and user_id = ?",  # noqa: S608
-        [export_id, account_id, user_id],
-    ).fetchone()
-    if row is None:
+    found = _one(db, "id = ? and account_id = ? and user_id = ?", [export_id, account_id, user_id])
+    if found is None:
         raise NotFound("No such export.")
-    return Export(*row)
+    return found
 
 
 def latest(db: sqlite_utils.Database, account_id: str, user_id: str) -> Export | None:
-    row = db.execute(
-        f"select {_COLUMNS} from exports where account_id = ? and user_id = ? "  # noqa: S608
-        "order by created_at desc limit 1",
-        [account_id, user_id],
-    ).fetchone()
-    return Export(*row) if row else None
+    return _one(db, "account_id = ? and user_id = ?", [account_id, user_id])
 
 
 def download_path(
@@ -139,54 +134,8 @@ def download_path(
 
 
 def _set(db: sqlite_utils.Database, export_id: str, **fields) -> None:
-    names = ", ".join(f"{k} = ?" for k in fields)
     with write_transaction(db):
-        db.execute(
-            f"update exports set {names} where id = ?",  # noqa: S608 - fixed names
-            [*fields.values(), export_id],
-        )
-
-
-def _exists(db: sqlite_utils.Database, name: str) -> bool:
-    return (
-        db.execute(
-            "select 1 from sqlite_master where name = ? and type = 'table'", [name]
-        ).fetchone()
-        is not None
-    )
-
-
-def _condition(table: Table, owner: bool) -> str | None:
-    parts = [table.user] + ([table.account] if owner and not table.personal else [])
-    parts = [p for p in parts if p]
-    return " or ".join(f"({p})" for p in parts) if parts else None
-
-
-def _others(db: sqlite_utils.Database, tables: list[Table], params: dict) -> dict[str, int]:
-    """For an owner's manifest: how many personal rows of the other members exist."""
-    counts = {}
-    for table in tables:
-        if table.personal and table.account and table.user:
-            counts[table.name] = db.execute(
-                f"select count(*) from {table.name} "  # noqa: S608 - registry names
-                f"where ({table.account}) and not ({table.user})",
-                params,
-            ).fetchone()[0]
-    return counts
-
-
-def _select(db: sqlite_utils.Database, table: Table, owner: bool, params: dict):
-    """A cursor over the table's rows for this export, or None when it has none to give."""
-    condition = _condition(table, owner)
-    if condition is None:
-        return None
-    return db.execute(f"select * from {table.name} where {condition}", params)  # noqa: S608
-
-
-def _rows(cursor, table: Table) -> Iterator[dict]:
-    names = [d[0] for d in cursor.description]
-    for row in cursor:
-        yield {k: v for k, v in zip(names, row, strict=True) if k not in table.hidden}
+        db["exports"].update(export_id, fields)
 
 
 def _write_rows(archive: zipfile.ZipFile, name: str, rows: Iterator[dict]) -> int:
@@ -220,22 +169,22 @@ def build(db: sqlite_utils.Database, settings: Settings, export_id: str, now: da
     Rows are streamed from the database into the archive table by table, so a large
     account's export does not need its content in memory.
     """
-    row = db.execute(
-        f"select {_COLUMNS} from exports where id = ?",  # noqa: S608
-        [export_id],
-    ).fetchone()
-    if row is None:
+    job = _one(db, "id = ?", [export_id])
+    if job is None:
         raise NotFound("No such export.")
-    job = Export(*row)
     if job.status == "ready":
         return job
-    owner = accounts.role_in(db, job.account_id, job.user_id) == "owner"
-    params = {"account": job.account_id, "users": json.dumps([job.user_id])}
-    tables = [t for t in TABLES if t.export and _exists(db, t.name)]
-    by_name = {t.name: t for t in tables}
-    files = _files(settings, db, by_name, owner, params)
-    conversations = _conversation_ids(db, by_name, owner, params)
-    total = len(tables) + len(files) + len(conversations)
+    scope = personal.Scope(
+        account_id=job.account_id,
+        user_id=job.user_id,
+        email=accounts.user(db, job.user_id).email,
+        owner=accounts.role_in(db, job.account_id, job.user_id) == "owner",
+    )
+    held = [part.export(db, settings, scope) for part in personal.parts()]
+    tables = {name: rows for h in held for name, rows in h.tables.items()}
+    files = [file for h in held for file in h.files]
+    texts = [text for h in held for text in h.texts]
+    total = len(tables) + len(files) + len(texts)
     _set(db, job.id, status="building", progress=0, total=total)
     directory = export_dir(settings)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -245,35 +194,27 @@ def build(db: sqlite_utils.Database, settings: Settings, export_id: str, now: da
     counts: dict[str, int] = {}
     with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("README.txt", README)
-        for table in tables:
-            cursor = _select(db, table, owner, params)
-            counts[table.name] = (
-                _write_rows(archive, f"data/{table.name}.json", _rows(cursor, table))
-                if cursor is not None
-                else _write_rows(archive, f"data/{table.name}.json", iter(()))
-            )
+        for name, rows in tables.items():
+            counts[name] = _write_rows(archive, f"data/{name}.json", rows())
             progress.step()
         for name, path in files:
             if path.is_file():
                 archive.write(path, name)
             progress.step()
-        for conversation_id in conversations:
-            conversation = chat.get(db, job.account_id, job.user_id, conversation_id)
-            archive.writestr(
-                f"conversations/{conversation_id}.md", conversation_markdown(conversation)
-            )
+        for name, text in texts:
+            archive.writestr(name, text())
             progress.step()
         manifest = {
             "export_id": job.id,
             "created_at": iso(now),
             "user_id": job.user_id,
             "account_id": job.account_id,
-            "scope": "account and user" if owner else "user",
+            "scope": "account and user" if scope.owner else "user",
             "tables": counts,
             "files": [name for name, _ in files],
         }
-        if owner:
-            manifest["other_members"] = _others(db, tables, params)
+        if scope.owner:
+            manifest["other_members"] = {k: v for h in held for k, v in h.others.items()}
         archive.writestr("manifest.json", json.dumps(manifest, indent=2))
     os.chmod(partial, 0o600)
     digest = hashlib.sha256()
@@ -295,50 +236,6 @@ def build(db: sqlite_utils.Database, settings: Settings, export_id: str, now: da
 
 def fail(db: sqlite_utils.Database, export_id: str) -> None:
     _set(db, export_id, status="failed")
-
-
-def _safe_name(name: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c in "._- " else "_" for c in name).strip(". ")
-    return cleaned[:120] or "file"
-
-
-def _files(
-    settings: Settings, db: sqlite_utils.Database, tables: dict, owner: bool, params: dict
-) -> list[tuple[str, Path]]:
-    """(name in the ZIP, path on disk) of the originals this export includes."""
-    from appliance.knowledge import service as knowledge
-    from appliance.persona import voice
-
-    files = []
-    for kind, folder in (("documents", "documents"), ("voice_samples", "voice_samples")):
-        cursor = _select(db, tables[kind], owner, params) if kind in tables else None
-        for item in _rows(cursor, tables[kind]) if cursor is not None else ():
-            if kind == "documents":
-                path = knowledge.account_dir(settings, item["account_id"]) / item["id"]
-            else:
-                path = voice.sample_path(settings, item["account_id"], item["id"])
-            files.append((f"{folder}/{item['id']}-{_safe_name(item['filename'])}", path))
-    return files
-
-
-def _conversation_ids(
-    db: sqlite_utils.Database, tables: dict, owner: bool, params: dict
-) -> list[str]:
-    if "conversations" not in tables:
-        return []
-    cursor = _select(db, tables["conversations"], owner, params)
-    return [row["id"] for row in _rows(cursor, tables["conversations"])] if cursor else []
-
-
-def conversation_markdown(conversation: chat.Conversation) -> str:
-    lines = [f"# {conversation.title or 'Conversation'}", ""]
-    lines.append(f"- id: {conversation.id}")
-    lines.append(f"- created: {conversation.created_at}")
-    lines.append("")
-    for message in conversation.messages:
-        who = "You" if message.role == "user" else "Assistant"
-        lines += [f"## {who} ({message.created_at})", "", message.content, ""]
-    return "\n".join(lines)
 
 
 README = """Your data export

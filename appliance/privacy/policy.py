@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import sqlite_utils
 
 import appliance
+from appliance.accounts import service as accounts
 from appliance.clock import iso, parse
 from appliance.config import Settings
 from appliance.db import write_transaction
@@ -95,28 +96,25 @@ def blocks(text: str) -> list[Block]:
     return out
 
 
-def _row(row) -> PolicyVersion:
-    return PolicyVersion(*row)
+_VERSION = "version, text_sha256, published_at, effective_at, summary"
+
+
+def _version(db: sqlite_utils.Database, where: str, now: datetime) -> PolicyVersion | None:
+    found = db["policy_versions"].rows_where(
+        where, [iso(now)], select=_VERSION, order_by="version desc", limit=1
+    )
+    row = next(found, None)
+    return PolicyVersion(**row) if row else None
 
 
 def versions(db: sqlite_utils.Database) -> list[PolicyVersion]:
-    return [
-        _row(r)
-        for r in db.execute(
-            "select version, text_sha256, published_at, effective_at, summary "
-            "from policy_versions order by version"
-        )
-    ]
+    rows = db["policy_versions"].rows_where(select=_VERSION, order_by="version")
+    return [PolicyVersion(**row) for row in rows]
 
 
 def current(db: sqlite_utils.Database, now: datetime) -> PolicyVersion | None:
     """The version in effect at ``now`` (None before the first one takes effect)."""
-    row = db.execute(
-        "select version, text_sha256, published_at, effective_at, summary from policy_versions "
-        "where effective_at <= ? order by version desc limit 1",
-        [iso(now)],
-    ).fetchone()
-    return _row(row) if row else None
+    return _version(db, "effective_at <= ?", now)
 
 
 def publish(
@@ -159,32 +157,13 @@ def publish(
             effective_at=iso(effective),
             summary=summary.strip()[:2000],
         )
-        db.execute(
-            "insert into policy_versions (version, text_sha256, published_at, effective_at, "
-            "summary, text) values (?, ?, ?, ?, ?, ?)",
-            [
-                version.version,
-                version.text_sha256,
-                version.published_at,
-                version.effective_at,
-                version.summary,
-                text,
-            ],
-        )
+        db["policy_versions"].insert({**asdict(version), "text": text})
     return version
 
 
 def recipients(db: sqlite_utils.Database) -> list[str]:
     """Every user who belongs to an active account (or runs the appliance)."""
-    return [
-        row[0]
-        for row in db.execute(
-            """select distinct u.email from users u
-               left join memberships m on m.user_id = u.id
-               left join accounts a on a.id = m.account_id
-               where u.operator = 1 or a.status = 'active' order by u.email"""
-        )
-    ]
+    return accounts.active_people(db)
 
 
 def pending(db: sqlite_utils.Database, user_id: str, now: datetime) -> PolicyVersion | None:
@@ -192,10 +171,9 @@ def pending(db: sqlite_utils.Database, user_id: str, now: datetime) -> PolicyVer
     version = current(db, now)
     if version is None:
         return None
-    accepted = db.execute(
-        "select 1 from policy_acceptances where user_id = ? and version = ?",
-        [user_id, version.version],
-    ).fetchone()
+    accepted = db["policy_acceptances"].count_where(
+        "user_id = ? and version = ?", [user_id, version.version]
+    )
     return None if accepted else version
 
 
@@ -205,28 +183,21 @@ def accept(db: sqlite_utils.Database, user_id: str, version: int, now: datetime)
         in_effect = current(db, now)
         if in_effect is None or in_effect.version != version:
             raise NotFound("That policy version is not the one in effect.")
-        db.execute(
-            "insert or ignore into policy_acceptances (user_id, version, accepted_at) "
-            "values (?, ?, ?)",
-            [user_id, version, iso(now)],
+        db["policy_acceptances"].insert(
+            {"user_id": user_id, "version": version, "accepted_at": iso(now)}, ignore=True
         )
 
 
 def text_of(db: sqlite_utils.Database, version: int) -> str:
-    row = db.execute("select text from policy_versions where version = ?", [version]).fetchone()
+    row = next(db["policy_versions"].rows_where("version = ?", [version], select="text"), None)
     if row is None:
         raise NotFound("No such policy version.")
-    return row[0]
+    return row["text"]
 
 
 def upcoming(db: sqlite_utils.Database, now: datetime) -> PolicyVersion | None:
     """A published version that has not taken effect yet."""
-    row = db.execute(
-        "select version, text_sha256, published_at, effective_at, summary from policy_versions "
-        "where effective_at > ? order by version desc limit 1",
-        [iso(now)],
-    ).fetchone()
-    return _row(row) if row else None
+    return _version(db, "effective_at > ?", now)
 
 
 def shown_text(db: sqlite_utils.Database, settings: Settings, now: datetime) -> str:

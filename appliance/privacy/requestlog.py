@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 
 import sqlite_utils
@@ -56,16 +56,9 @@ def record(db: sqlite_utils.Database, entry: RequestEntry) -> None:
     with write_transaction(db):
         db.execute(
             """insert into request_log (at, method, path, status, duration_ms, instance_id,
-                                        error) values (?, ?, ?, ?, ?, ?, ?)""",
-            [
-                entry.at,
-                entry.method,
-                entry.path,
-                entry.status,
-                round(entry.duration_ms, 3),
-                entry.instance_id,
-                entry.error,
-            ],
+                                        error)
+               values (:at, :method, :path, :status, :duration_ms, :instance_id, :error)""",
+            {**asdict(entry), "duration_ms": round(entry.duration_ms, 3)},
         )
 
 
@@ -78,25 +71,27 @@ def entries(
     limit: int = 200,
 ) -> list[RequestEntry]:
     """Newest first. ``status`` is ``404`` or a class such as ``5xx``; ``path`` a prefix."""
-    sql = (
-        "select at, method, path, status, duration_ms, instance_id, error "
-        "from request_log where 1 = 1"
-    )
+    where = ["1 = 1"]
     params: list = []
     if since is not None:
-        sql += " and at >= ?"
+        where.append("at >= ?")
         params.append(iso(since))
     if status:
         if len(status) == 3 and status.endswith("xx") and status[0].isdigit():
             low = int(status[0]) * 100
-            sql += " and status >= ? and status < ?"
+            where.append("status >= ? and status < ?")
             params += [low, low + 100]
         else:
-            sql += " and status = ?"
+            where.append("status = ?")
             params.append(int(status))
     if path:
-        sql += " and path like ? escape '\\'"
+        where.append("path like ? escape '\\'")
         params.append(path.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
-    sql += " order by at desc, id desc limit ?"
-    params.append(limit)
-    return [RequestEntry(*row) for row in db.execute(sql, params)]
+    rows = db["request_log"].rows_where(
+        " and ".join(where),
+        params,
+        select=", ".join(f.name for f in fields(RequestEntry)),
+        order_by="at desc, id desc",
+        limit=limit,
+    )
+    return [RequestEntry(**row) for row in rows]

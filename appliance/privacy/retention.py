@@ -1,28 +1,31 @@
 """Retention: the purges that make the policy's time limits true.
 
-Each job deletes what is past its limit in batches (``privacy.purge_batch_size`` rows per
-transaction) until nothing is left, so a run after downtime catches up in one go and an
-interrupted run loses at most one batch of work: the next run simply finds the rest.
+Each domain purges its own tables (the ``PURGES`` of its part of ``appliance.personal``:
+sessions and codes in auth, invites in accounts, billing records in billing, the outbox
+in mail, the request log and exports here); this module runs them all, plus the erasure
+of deleted accounts. Each job deletes what is past its limit in batches
+(``privacy.purge_batch_size`` rows per transaction) until nothing is left, so a run after
+downtime catches up in one go and an interrupted run loses at most one batch of work: the
+next run simply finds the rest.
 Jobs are idempotent (a second run finds nothing). Every run of every job is recorded in
 ``purge_runs``; ``doctor`` reads it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import sqlite_utils
 
+from appliance import personal
 from appliance.clock import iso, parse
 from appliance.config import Settings
 from appliance.db import write_transaction
 from appliance.errors import Conflict
-from appliance.privacy import erasure, export
-from appliance.privacy.erasure import Budget
+from appliance.personal import Budget, Purge
+from appliance.privacy import erasure
 
 log = logging.getLogger(__name__)
 
@@ -48,149 +51,6 @@ class LastRun:
     complete: bool
 
 
-def _log_cutoff(settings: Settings, now: datetime) -> str:
-    return iso(now - timedelta(days=settings.privacy.log_retention_days))
-
-
-def _batched(
-    db: sqlite_utils.Database,
-    table: str,
-    where: str,
-    params: list,
-    batch: int,
-    budget: Budget,
-    on_batch=None,
-) -> tuple[int, bool]:
-    total = 0
-    while True:
-        if not budget.spend():
-            return total, False
-        with write_transaction(db):
-            deleted = db.execute(
-                f"delete from {table} where rowid in "  # noqa: S608 - fixed names
-                f"(select rowid from {table} where {where} limit ?)",
-                [*params, batch],
-            ).rowcount
-        total += deleted
-        if on_batch:
-            on_batch(deleted)
-        if deleted < batch:
-            return total, True
-
-
-def purge_request_log(db, settings, now, budget, on_batch):
-    return _batched(
-        db,
-        "request_log",
-        "at < ?",
-        [_log_cutoff(settings, now)],
-        settings.privacy.purge_batch_size,
-        budget,
-        on_batch,
-    )
-
-
-def purge_auth_events(db, settings, now, budget, on_batch):
-    return _batched(
-        db,
-        "auth_events",
-        "at < ?",
-        [_log_cutoff(settings, now)],
-        settings.privacy.purge_batch_size,
-        budget,
-        on_batch,
-    )
-
-
-def purge_signin_codes(db, settings, now, budget, on_batch):
-    return _batched(
-        db,
-        "otp_codes",
-        "expires_at < ?",
-        [iso(now)],
-        settings.privacy.purge_batch_size,
-        budget,
-        on_batch,
-    )
-
-
-def purge_sessions(db, settings, now, budget, on_batch):
-    idle = now - timedelta(minutes=settings.auth.session_idle_minutes)
-    return _batched(
-        db,
-        "sessions",
-        "expires_at < ? or revoked_at is not null or last_seen_at < ?",
-        [iso(now), iso(idle)],
-        settings.privacy.purge_batch_size,
-        budget,
-        on_batch,
-    )
-
-
-def purge_invites(db, settings, now, budget, on_batch):
-    return _batched(
-        db,
-        "invites",
-        "expires_at < ? or revoked_at is not null or declined_at is not null",
-        [iso(now)],
-        settings.privacy.purge_batch_size,
-        budget,
-        on_batch,
-    )
-
-
-def purge_exports(db, settings, now, budget, on_batch):
-    total = 0
-    batch = settings.privacy.purge_batch_size
-    while True:
-        ids = [
-            r[0]
-            for r in db.execute(
-                "select id from exports where expires_at < ? limit ?", [iso(now), batch]
-            )
-        ]
-        if not ids:
-            return total, True
-        if not budget.spend():
-            return total, False
-        for export_id in ids:
-            export.export_path(settings, export_id).unlink(missing_ok=True)
-        with write_transaction(db):
-            db.execute(
-                "delete from exports where id in (select value from json_each(?))",
-                [json.dumps(ids)],
-            )
-        total += len(ids)
-        on_batch(len(ids))
-
-
-def purge_outbox(db, settings, now, budget, on_batch):
-    """Mail the file backend wrote (it holds addresses and codes) past the log retention."""
-    outbox = settings.paths.outbox
-    if not outbox.is_dir():
-        return 0, True
-    cutoff = now - timedelta(days=settings.privacy.log_retention_days)
-    old = [p for p in sorted(outbox.glob("*.eml")) if _written_at(p) < cutoff]
-    batch = settings.privacy.purge_batch_size
-    total = 0
-    for start in range(0, len(old), batch):
-        if not budget.spend():
-            return total, False
-        for path in old[start : start + batch]:
-            path.unlink(missing_ok=True)
-        total += len(old[start : start + batch])
-        on_batch(len(old[start : start + batch]))
-    return total, True
-
-
-def _written_at(path) -> datetime:
-    # The file backend names messages by their UTC time: 20261127T091500123456Z-….eml
-    try:
-        return datetime.strptime(path.name.split("-", 1)[0], "%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
-    except ValueError:
-        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
-
-
 def purge_deleted_accounts(db, settings, now, budget, on_batch):
     """Erase every account whose deletion was requested (at the next run, so always
     within ``privacy.erase_window_days``)."""
@@ -208,49 +68,10 @@ def purge_deleted_accounts(db, settings, now, budget, on_batch):
     return total, True
 
 
-def purge_billing(db, settings, now, budget, on_batch):
-    """Pseudonymized billing records (of erased accounts) past
-    ``privacy.tax_retention_years``, each by its own date; live accounts' are kept."""
-    from appliance.billing import service as billing
-
-    cutoff = iso(years_before(now, settings.privacy.tax_retention_years))
-    total = 0
-    for table, (ref, at) in billing.billing_tables().items():
-        deleted, complete = _batched(
-            db,
-            table,
-            f"{ref} like 'erased\\_%' escape '\\' and {at} < ?",
-            [cutoff],
-            settings.privacy.purge_batch_size,
-            budget,
-            on_batch,
-        )
-        total += deleted
-        if not complete:
-            return total, False
-    return total, True
-
-
-def years_before(now: datetime, years: int) -> datetime:
-    """The same calendar day ``years`` earlier (28 February for a 29th)."""
-    try:
-        return now.replace(year=now.year - years)
-    except ValueError:
-        return now.replace(year=now.year - years, day=28)
-
-
-Job = Callable[..., tuple[int, bool]]
-
-JOBS: dict[str, Job] = {
-    "request_log": purge_request_log,
-    "auth_events": purge_auth_events,
-    "signin_codes": purge_signin_codes,
-    "sessions": purge_sessions,
-    "invites": purge_invites,
-    "exports": purge_exports,
-    "outbox": purge_outbox,
+#: Every part's purges (``appliance.personal``), then the erasure of deleted accounts.
+JOBS: dict[str, Purge] = {
+    **{name: job for part in personal.parts() for name, job in part.PURGES.items()},
     "deleted_accounts": purge_deleted_accounts,
-    "billing": purge_billing,
 }
 
 
@@ -262,32 +83,23 @@ def run_job(
     budget: Budget | None = None,
 ) -> RunResult:
     budget = budget or Budget(None)
+    runs = db["purge_runs"]
     with write_transaction(db):
-        run_id = db.execute(
-            "insert into purge_runs (job, started_at) values (?, ?)", [name, iso(now)]
-        ).lastrowid
+        run_id = runs.insert({"job": name, "started_at": iso(now)}).last_rowid
 
     def on_batch(deleted: int) -> None:
         if deleted:
             with write_transaction(db):
-                db.execute(
-                    "update purge_runs set deleted = deleted + ? where id = ?", [deleted, run_id]
-                )
+                runs.update(run_id, {"deleted": runs.get(run_id)["deleted"] + deleted})
 
     try:
         deleted, complete = JOBS[name](db, settings, now, budget, on_batch)
     except Exception:
         with write_transaction(db):
-            db.execute(
-                "update purge_runs set finished_at = ?, complete = 0 where id = ?",
-                [iso(now), run_id],
-            )
+            runs.update(run_id, {"finished_at": iso(now), "complete": 0})
         raise
     with write_transaction(db):
-        db.execute(
-            "update purge_runs set finished_at = ?, complete = ? where id = ?",
-            [iso(now), int(complete), run_id],
-        )
+        runs.update(run_id, {"finished_at": iso(now), "complete": int(complete)})
     level = logging.INFO if deleted or not complete else logging.DEBUG
     log.log(level, "purge %s: %d deleted%s", name, deleted, "" if complete else " (unfinished)")
     return RunResult(name, deleted, complete)
@@ -315,12 +127,15 @@ def last_runs(db: sqlite_utils.Database) -> list[LastRun]:
     """For each job: its last complete run (or last attempt when none completed)."""
     out = []
     for name in JOBS:
-        row = db.execute(
-            "select started_at, finished_at, deleted, complete from purge_runs where job = ? "
-            "order by complete desc, id desc limit 1",
+        found = db["purge_runs"].rows_where(
+            "job = ?",
             [name],
-        ).fetchone()
-        out.append(LastRun(name, *(row[:3] if row else (None, None, 0)), bool(row and row[3])))
+            select="started_at, finished_at, deleted, complete",
+            order_by="complete desc, id desc",
+            limit=1,
+        )
+        row = next(found, None) or {"started_at": None, "finished_at": None, "deleted": 0}
+        out.append(LastRun(name, **{**row, "complete": bool(row.get("complete"))}))
     return out
 
 

@@ -33,6 +33,7 @@ from appliance.db import open_db
 from appliance.errors import ApplianceError, InvalidInput
 from appliance.inference.client import InferenceClient
 from appliance.instances import service as instances
+from appliance.knowledge import service as knowledge
 from appliance.web.billing import Metered
 from appliance.web.identity import Identity
 
@@ -44,7 +45,7 @@ def message_json(db, account_id: str, message: chat.Message) -> dict[str, Any]:
     """A message for the API and the page, with its rendered HTML."""
     data = message.public()
     if message.role == "assistant":
-        texts = chat.passage_texts(
+        texts = knowledge.passage_texts(
             db, account_id, [s["chunk_id"] for s in message.sources if s.get("chunk_id")]
         )
         data["html"] = render.render(

@@ -99,7 +99,7 @@ class SignInApi(Controller):
         attempt = signin.start(
             db,
             settings,
-            queue,
+            queue.send_signin_code,
             email,
             client_address(request),
             clock(),
@@ -244,7 +244,7 @@ class SignInPages(Controller):
             attempt = signin.start(
                 db,
                 settings,
-                queue,
+                queue.send_signin_code,
                 email,
                 client_address(request),
                 clock(),

@@ -17,6 +17,7 @@ from appliance.accounts import service as accounts
 from appliance.auth import service as auth
 from appliance.billing import ledger, payments, service
 from appliance.billing import tasks as billing_tasks
+from appliance.instances import service as instances
 from appliance.tasks import create_queue
 from appliance.web import create_app
 
@@ -301,7 +302,8 @@ def test_auto_topup_and_the_low_balance_mail(shop, stripe_standin, billed, clock
         billed.paths.data_dir,
         **{"billing.auto_topup_threshold_usd": 5.0, "billing.auto_topup_amount_usd": 20},
     )
-    assert billing_tasks.every_minute(auto, clock(), lambda *args: None)["topups"] == 1
+    minute = billing_tasks.every_minute(auto, clock(), lambda *args: None, instances.running)
+    assert minute["topups"] == 1
     (intent,) = stripe_standin.calls("POST", "/v1/payment_intents")
     assert intent.params["amount"] == "2000" and intent.params["off_session"] == "true"
     assert intent.params["confirm"] == "true" and intent.params["customer"] == "cus_test_1"
@@ -309,7 +311,8 @@ def test_auto_topup_and_the_low_balance_mail(shop, stripe_standin, billed, clock
     assert intent.headers["idempotency-key"].startswith("topup-top_")
     assert balance(shop) == 23_000_000
     # Above the threshold now: no second charge.
-    assert billing_tasks.every_minute(auto, clock(), lambda *args: None)["topups"] == 0
+    minute = billing_tasks.every_minute(auto, clock(), lambda *args: None, instances.running)
+    assert minute["topups"] == 0
     invariant(shop)
 
 
@@ -334,7 +337,7 @@ def test_billing_off_makes_no_stripe_request(settings, stripe_standin, db, clock
         signed = {"Stripe-Signature": sign(payload, WEBHOOK_SECRET)}
         assert client.post("/stripe/webhook", content=payload, headers=signed).status_code == 404
     assert payments.reconcile(db, off, clock()) == 0
-    billing_tasks.every_minute(off, clock(), lambda *args: None)
+    billing_tasks.every_minute(off, clock(), lambda *args: None, instances.running)
     assert stripe_standin.requests == []
 
 

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 from conftest import make_settings
 
-from appliance.clock import iso
+from appliance.clock import iso, years_before
 from appliance.db import open_db
 from appliance.privacy import receipts, retention
 from appliance.privacy.requestlog import RequestEntry, record
@@ -110,7 +110,7 @@ def test_billing_kept_pseudonymized_for_the_tax_period(settings, db):
     from appliance.privacy import erasure
 
     years = settings.privacy.tax_retention_years
-    cutoff = retention.years_before(NOW, years)
+    cutoff = years_before(NOW, years)
     _owner, account = accounts.create_user(db, "payer@example.com", NOW - timedelta(days=4000))
     _other, kept_account = accounts.create_user(db, "stays@example.com", NOW)
     with db.atomic():

@@ -1,6 +1,10 @@
 """Deletion receipts: what an erasure removed (counts per table, file hashes, no content),
 when, and by which request; hash-chained so a missing or edited receipt shows.
 
+A domain of its own, below the ones that delete (knowledge and chat write a receipt in
+the transaction that deletes a document or a conversation; privacy writes one when it
+erases an account).
+
 Each receipt's ``hash`` is SHA-256 over the previous receipt's hash and its own canonical
 JSON body; ``seq`` comes from AUTOINCREMENT, whose counter (``sqlite_sequence``) remembers
 the highest number ever used, so removing the newest receipt is detected too.
@@ -14,10 +18,32 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlite_utils
+from sqlite_utils import Migrations
 
+from appliance import personal
 from appliance.clock import iso
 
 GENESIS = "0" * 64
+TABLE = "deletion_receipts"
+
+migrations = Migrations("receipts")
+
+
+@migrations()
+def m001_create_deletion_receipts(db: sqlite_utils.Database) -> None:
+    """Moved here from privacy's first migration (which created it until receipts became a
+    domain of their own): databases made before already have the table."""
+    db.execute(
+        """create table if not exists deletion_receipts (
+            seq integer primary key autoincrement,
+            at text not null,
+            account_id text not null,
+            request text not null,
+            body text not null,
+            prev_hash text not null,
+            hash text not null unique
+        )"""
+    )
 
 
 @dataclass(frozen=True)
@@ -49,9 +75,9 @@ def write(
     *,
     billing_reference: str | None = None,
 ) -> Receipt:
-    """Append a receipt (call inside the erasure's final transaction)."""
-    last = db.execute("select hash from deletion_receipts order by seq desc limit 1").fetchone()
-    prev = last[0] if last else GENESIS
+    """Append a receipt (call inside the transaction of the deletion it records)."""
+    last = next(db[TABLE].rows_where(select="hash", order_by="seq desc", limit=1), None)
+    prev = last["hash"] if last else GENESIS
     body = {
         "account_id": account_id,
         "at": iso(now),
@@ -63,24 +89,22 @@ def write(
     }
     text = _canonical(body)
     digest = _digest(prev, text)
-    cursor = db.execute(
-        "insert into deletion_receipts (at, account_id, request, body, prev_hash, hash) "
-        "values (?, ?, ?, ?, ?, ?)",
-        [body["at"], account_id, request, text, prev, digest],
-    )
-    return Receipt(cursor.lastrowid, body["at"], account_id, request, body, prev, digest)
+    row = {
+        "at": body["at"],
+        "account_id": account_id,
+        "request": request,
+        "body": text,
+        "prev_hash": prev,
+        "hash": digest,
+    }
+    seq = db[TABLE].insert(row).last_rowid
+    return Receipt(seq, body["at"], account_id, request, body, prev, digest)
 
 
 def receipts(db: sqlite_utils.Database, account_id: str | None = None) -> list[Receipt]:
-    sql = "select seq, at, account_id, request, body, prev_hash, hash from deletion_receipts"
-    params: list = []
-    if account_id:
-        sql += " where account_id = ?"
-        params.append(account_id)
-    return [
-        Receipt(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6])
-        for row in db.execute(sql + " order by seq", params)
-    ]
+    where = "account_id = ?" if account_id else None
+    found = db[TABLE].rows_where(where, [account_id] if account_id else None, order_by="seq")
+    return [Receipt(**{**row, "body": json.loads(row["body"])}) for row in found]
 
 
 def verify(db: sqlite_utils.Database) -> list[str]:
@@ -88,10 +112,9 @@ def verify(db: sqlite_utils.Database) -> list[str]:
     problems: list[str] = []
     prev = GENESIS
     expected_seq = 1
-    for seq, at, account_id, request, body_text, prev_hash, digest in db.execute(
-        "select seq, at, account_id, request, body, prev_hash, hash from deletion_receipts "
-        "order by seq"
-    ):
+    for row in db[TABLE].rows_where(order_by="seq"):
+        seq, at, account_id, request = row["seq"], row["at"], row["account_id"], row["request"]
+        body_text, prev_hash, digest = row["body"], row["prev_hash"], row["hash"]
         if seq != expected_seq:
             problems.append(f"receipt(s) {expected_seq}..{seq - 1} missing")
         expected_seq = seq + 1
@@ -111,8 +134,19 @@ def verify(db: sqlite_utils.Database) -> list[str]:
         ):
             problems.append(f"receipt {seq}: edited (columns differ from the hashed body)")
         prev = digest
-    row = db.execute("select seq from sqlite_sequence where name = 'deletion_receipts'")
-    highest = row.fetchone()
-    if highest and highest[0] >= expected_seq:
-        problems.append(f"receipt(s) {expected_seq}..{highest[0]} missing (the newest)")
+    highest = next(db["sqlite_sequence"].rows_where("name = ?", [TABLE], select="seq"), None)
+    if highest and highest["seq"] >= expected_seq:
+        problems.append(f"receipt(s) {expected_seq}..{highest['seq']} missing (the newest)")
     return problems
+
+
+# -- personal data (appliance.personal) -------------------------------------------------
+
+TABLES = (
+    personal.Table(TABLE, "account_id = :account", None, personal.KEEP, True, note="no content"),
+)
+PURGES: dict[str, personal.Purge] = {}
+
+
+# Receipts are exported; none is erased (KEEP: the record of the erasure itself).
+export, erase = personal.plain(TABLES)

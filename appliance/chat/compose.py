@@ -1,0 +1,110 @@
+"""Prompt composition, shared by chat turns and ``/v1``: the instance's system prompt (or
+the account's persona prompt and voice excerpts), retrieved passages, and as much history
+as fits the instance's context budget (``prompt.assemble``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlite_utils
+
+from appliance.chat import prompt
+from appliance.config import Settings
+from appliance.errors import InvalidInput
+from appliance.inference.client import InferenceClient
+from appliance.instances import service as instances
+from appliance.knowledge import search as kb_search
+from appliance.persona import service as persona
+
+
+@dataclass(frozen=True)
+class Composed:
+    """What goes to the inference service, and what it was built from."""
+
+    payload: dict[str, Any]
+    passages: list[prompt.Passage]
+    prompt_tokens: int
+    dropped_messages: int
+
+
+def system_prompt(db, settings: Settings, account_id: str, instance, now: datetime) -> str:
+    if instance.system_prompt:
+        return instance.system_prompt
+    if instance.voice:
+        return persona.prompt_for_account(db, settings, account_id, now)
+    return persona.effective_prompt(db, account_id, now)
+
+
+def retrieve(
+    db, settings: Settings, client: InferenceClient, account_id: str, query: str, k: int
+) -> list[prompt.Passage]:
+    """The account's best passages for ``query``, numbered from 1."""
+    try:
+        result = kb_search.search(
+            db,
+            client,
+            account_id,
+            query[: kb_search.MAX_QUERY_CHARS],
+            k,
+            kb_search.Tuning.from_settings(settings.knowledge),
+        )
+    except InvalidInput:
+        return []
+    return [
+        prompt.Passage(
+            number=i,
+            document_id=hit.document_id,
+            filename=hit.filename,
+            text=hit.text,
+            page=hit.page,
+            heading=hit.heading,
+            chunk_id=hit.chunk_id,
+        )
+        for i, hit in enumerate(result.hits, start=1)
+    ]
+
+
+def compose(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    client: InferenceClient,
+    account_id: str,
+    instance: instances.Instance,
+    conversation: list[dict[str, str]],
+    now: datetime,
+    *,
+    own_system: str | None = None,
+    knowledge: bool = True,
+    max_tokens: int | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Composed:
+    """Assemble the request for ``conversation`` (oldest first) on ``instance``."""
+    system = (
+        own_system
+        if own_system is not None
+        else system_prompt(db, settings, account_id, instance, now)
+    )
+    passages: list[prompt.Passage] = []
+    last_user = next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
+    if instance.knowledge and knowledge and last_user:
+        passages = retrieve(db, settings, client, account_id, last_user, instance.top_k)
+    max_tokens = instance.max_tokens if max_tokens is None else max_tokens
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise InvalidInput("'max_tokens' must be a positive integer.")
+    budget = instance.context_budget - min(max_tokens, instance.context_budget // 2)
+
+    def count(texts: list[str]) -> list[int]:
+        counts = client.count_tokens(texts, model="chat")
+        return counts if counts is not None else [max(1, len(t) // 4) for t in texts]
+
+    assembled = prompt.assemble(system, passages, conversation, budget=budget, count=count)
+    payload = {
+        "messages": assembled.messages,
+        "temperature": instance.temperature,
+        "top_p": instance.top_p,
+        **(overrides or {}),
+        "max_tokens": max_tokens,
+    }
+    return Composed(payload, assembled.passages, assembled.tokens, assembled.dropped_messages)

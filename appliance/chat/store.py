@@ -1,0 +1,129 @@
+"""All SQL for conversations and messages (``messages_fts`` follows by trigger)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+
+import sqlite_utils
+
+from appliance.chat.models import Conversation, Message
+
+_MESSAGE = [f.name for f in fields(Message)]
+_CONVERSATION = [f.name for f in fields(Conversation) if f.name != "messages"]
+
+
+def _message(row: dict) -> Message:
+    return Message(
+        **{k: row[k] for k in _MESSAGE} | {"sources": json.loads(row["sources"] or "[]")}
+    )
+
+
+def _conversation(row: dict) -> Conversation:
+    return Conversation(**{k: row[k] for k in _CONVERSATION})
+
+
+class ChatStore:
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    # conversations
+    def insert_conversation(self, conversation: Conversation) -> None:
+        row = asdict(conversation)
+        del row["messages"]
+        self.db["conversations"].insert(row)
+
+    def conversation(self, account_id: str, user_id: str, conversation_id: str):
+        """The user's own conversation (without its messages), or None."""
+        row = next(
+            self.db.query(
+                "select * from conversations where id = :id and account_id = :account "
+                "and user_id = :user",
+                {"id": conversation_id, "account": account_id, "user": user_id},
+            ),
+            None,
+        )
+        return _conversation(row) if row else None
+
+    def recent(self, account_id: str, user_id: str, limit: int) -> list[Conversation]:
+        rows = self.db.query(
+            "select * from conversations where account_id = :account and user_id = :user "
+            "order by updated_at desc limit :limit",
+            {"account": account_id, "user": user_id, "limit": limit},
+        )
+        return [_conversation(row) for row in rows]
+
+    def search(self, account_id: str, user_id: str, match: str) -> list[tuple[Conversation, str]]:
+        """The user's conversations whose messages match (best match first, one entry per
+        matching message), each with a snippet."""
+        rows = self.db.query(
+            """select c.*, snippet(messages_fts, 0, '', '', '…', 12) as snippet
+               from messages_fts f
+               join messages m on m.seq = f.rowid
+               join conversations c on c.id = m.conversation_id
+               where messages_fts match :match and c.account_id = :account
+               and c.user_id = :user
+               order by f.rank""",
+            {"match": match, "account": account_id, "user": user_id},
+        )
+        return [(_conversation(row), row["snippet"]) for row in rows]
+
+    def set_conversation(self, conversation_id: str, **changes: str | None) -> None:
+        self.db["conversations"].update(conversation_id, changes)
+
+    def end_generating(self, conversation_id: str, updated_at: str | None = None) -> bool:
+        """Free the conversation for its next turn; False when it no longer exists."""
+        return bool(
+            self.db.execute(
+                "update conversations set generating_since = null, "
+                "updated_at = coalesce(:at, updated_at) where id = :id",
+                {"at": updated_at, "id": conversation_id},
+            ).rowcount
+        )
+
+    def delete_conversation(self, conversation_id: str) -> None:
+        self.db["conversations"].delete(conversation_id)  # its messages by cascade
+
+    def delete_for_instance(self, account_id: str, instance_id: str) -> int:
+        return self.db.execute(
+            "delete from conversations where account_id = :account and instance_id = :instance",
+            {"account": account_id, "instance": instance_id},
+        ).rowcount
+
+    # messages
+    def messages(self, conversation_id: str) -> list[Message]:
+        rows = self.db.query(
+            "select * from messages where conversation_id = :conversation order by position",
+            {"conversation": conversation_id},
+        )
+        return [_message(row) for row in rows]
+
+    def message(self, message_id: str) -> Message:
+        return _message(
+            next(self.db["messages"].rows_where("id = ?", [message_id], select=_MESSAGE))
+        )
+
+    def count_messages(self, conversation_id: str) -> int:
+        return self.db["messages"].count_where("conversation_id = ?", [conversation_id])
+
+    def last_position(self, conversation_id: str) -> int:
+        """The position of the conversation's last message; -1 when it has none."""
+        row = next(
+            self.db.query(
+                "select coalesce(max(position), -1) as top from messages "
+                "where conversation_id = :conversation",
+                {"conversation": conversation_id},
+            )
+        )
+        return row["top"]
+
+    def insert_message(self, account_id: str, message: Message) -> None:
+        row = {**asdict(message), "sources": json.dumps(message.sources)}
+        self.db["messages"].insert({"account_id": account_id, **row})
+
+    def delete_messages_from(self, conversation_id: str, position: int) -> None:
+        """Drop the message at ``position`` and every later one."""
+        self.db.execute(
+            "delete from messages where conversation_id = :conversation and position >= :position",
+            {"conversation": conversation_id, "position": position},
+        )

@@ -1,0 +1,12 @@
+"""What the instances domain holds of an account (``appliance.personal``)."""
+
+from __future__ import annotations
+
+from appliance import personal
+from appliance.personal import ERASE, Table
+
+TABLES = (Table("instances", "account_id = :account", None, ERASE, True),)
+PURGES: dict[str, personal.Purge] = {}
+
+
+export, erase = personal.plain(TABLES)
