@@ -1,7 +1,7 @@
 """Outgoing mail: compose a message from templates, deliver it through the configured backends.
 
 ``compose(settings, "signin_code", to, code=..., minutes=...)`` renders
-``webui/templates/mail/signin_code.{subject.txt,txt,html}``; ``deliver(settings, mail)`` sends
+``appliance/webui/templates/mail/signin_code.{subject.txt,txt,html}``; ``deliver(settings, mail)`` sends
 it through every backend in ``mail.backends`` (``smtp``, ``file``, ``console``). Mail goes
 out from the worker (the ``send_mail`` task), never from a web request.
 
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("smtp", "file", "console")
 PRODUCT = "Private AI"
-TEMPLATES = Path(appliance.__file__).resolve().parent.parent / "webui" / "templates" / "mail"
+TEMPLATES = Path(appliance.__file__).resolve().parent / "webui" / "templates" / "mail"
 
 #: Longest failure reason kept per backend in a ``MailError`` (server replies can be long).
 _MAX_REASON = 300
@@ -98,7 +98,7 @@ def check_settings(settings: Settings) -> None:
 
 
 def compose(settings: Settings, template: str, to: str, **context: Any) -> Mail:
-    """Render ``webui/templates/mail/<template>.*`` into a ``Mail`` to ``to``.
+    """Render ``appliance/webui/templates/mail/<template>.*`` into a ``Mail`` to ``to``.
 
     ``<template>.subject.txt`` and ``<template>.txt`` are required, ``<template>.html`` is
     optional. Besides ``context``, templates see ``product``, ``company``, ``public_url``

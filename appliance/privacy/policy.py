@@ -1,4 +1,4 @@
-"""The privacy policy: rendered from ``webui/templates/policy/privacy.md`` and settings,
+"""The privacy policy: rendered from ``appliance/webui/templates/policy/privacy.md`` and settings,
 published in versions that every user is told about before they take effect.
 
 The text is the repository's template with the ``{{ placeholder }}`` values filled from
@@ -23,7 +23,7 @@ from appliance.config import Settings
 from appliance.db import write_transaction
 from appliance.errors import Conflict, InvalidInput, NotFound
 
-TEMPLATE = Path(appliance.__file__).resolve().parent.parent / "webui/templates/policy/privacy.md"
+TEMPLATE = Path(appliance.__file__).resolve().parent / "webui/templates/policy/privacy.md"
 PRODUCT = "Private AI"
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 

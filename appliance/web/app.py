@@ -50,7 +50,7 @@ from appliance.web.security import (
     strip_internal_headers_middleware,
 )
 
-WEBUI = Path(appliance.__file__).resolve().parent.parent / "webui"
+WEBUI = Path(appliance.__file__).resolve().parent / "webui"
 
 #: Navigation of the base layout, in order. An entry is shown once its page exists.
 NAV = (
