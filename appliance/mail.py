@@ -1,9 +1,10 @@
 """Outgoing mail: compose a message from templates, deliver it through the configured backends.
 
 ``compose(settings, "signin_code", to, code=..., minutes=...)`` renders
-``appliance/webui/templates/mail/signin_code.{subject.txt,txt,html}``; ``deliver(settings, mail)`` sends
-it through every backend in ``mail.backends`` (``smtp``, ``file``, ``console``). Mail goes
-out from the worker (the ``send_mail`` task), never from a web request.
+``appliance/webui/templates/mail/signin_code.{subject.txt,txt,html}``;
+``deliver(settings, mail)`` sends it through every backend in ``mail.backends`` (``smtp``,
+``file``, ``console``). Mail goes out from the worker (the ``send_mail`` task), never from a
+web request.
 
 Logs name the backends and a hash of the recipient only: never the address, the subject or
 the body (they carry sign-in codes).

@@ -4,6 +4,7 @@ serves the sign-in page and the stylesheet."""
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -30,14 +31,15 @@ print(page.status_code, css.status_code, "Sign in" in page.text)
 
 @pytest.mark.timeout(600)
 def test_wheel_renders_login_outside_the_checkout(tmp_path):
-    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent
+    dist = tmp_path / "dist"
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", tmp_path / "dist", root],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", dist, root],
         capture_output=True,
         text=True,
     )
     assert build.returncode == 0, build.stderr
-    (wheel,) = (tmp_path / "dist").glob("appliance-*.whl")
+    (wheel,) = dist.glob("appliance-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "appliance/webui/templates/login.html" in names
     assert "appliance/webui/static/app.css" in names
