@@ -132,13 +132,6 @@ class InferenceSettings:
         min=1,
         max=1_048_576,
     )
-    prefix_cache_mb: int = setting(
-        256,
-        "RAM kept for the KV cache of recent conversations, so the next turn does not "
-        "re-evaluate the whole history (sequential engine; the batched engine keeps "
-        "inference.prefix_cache_entries in its KV cache instead). 0 turns it off.",
-        min=0,
-    )
     embedding_max_tokens: int = setting(
         256,
         "Texts are cut to this many tokens of the embedding model before embedding "
@@ -169,23 +162,17 @@ class InferenceSettings:
         "How long the web and worker wait for one inference request before giving up.",
         min=1,
     )
-    engine: str = setting(
-        "batched",
-        "How the chat model serves concurrent requests: 'batched' decodes up to "
-        "inference.parallel conversations in one step (continuous batching); 'sequential' "
-        "answers one at a time (kept for comparison, see docs/benchmarks.md).",
-        choices=("batched", "sequential"),
-    )
     parallel: int = setting(
         8,
-        "Conversations the batched engine decodes at once (sequence slots). They share "
-        "the KV cache of inference.n_ctx tokens; more wait in the queue.",
+        "Conversations the chat engine decodes at once (sequence slots; 1 answers one "
+        "at a time). They share the KV cache of inference.n_ctx tokens; more wait in the "
+        "queue.",
         min=1,
         max=128,
     )
     prompt_chunk_tokens: int = setting(
         128,
-        "Prompt tokens the batched engine evaluates per step, next to the running "
+        "Prompt tokens the chat engine evaluates per step, next to the running "
         "conversations' tokens, so a long prompt does not stall everyone's answers "
         "(a step with 128 prompt tokens takes ~0.25 s on 2 CPU cores; a GPU can take 512).",
         min=16,
@@ -193,7 +180,7 @@ class InferenceSettings:
     )
     prefix_cache_entries: int = setting(
         8,
-        "Prompts (with their answers) whose KV cache the batched engine keeps for reuse "
+        "Prompts (with their answers) whose KV cache the chat engine keeps for reuse "
         "by later requests that start the same way, least recently used dropped first. "
         "0 turns prefix reuse off.",
         min=0,

@@ -243,7 +243,7 @@ def _disk(settings: Settings) -> Check:
 
 
 def _gpu() -> Check:
-    from appliance.inference.engine import gpu_offload_supported
+    from appliance.inference.base import gpu_offload_supported
 
     try:
         gpu = gpu_offload_supported()

@@ -5,8 +5,7 @@
 cells. Every step builds one ``llama_batch`` holding the next token of each running
 sequence and, within ``inference.prompt_chunk_tokens``, chunks of new prompts; calls
 ``llama_decode`` once; and samples each sequence that has logits with its own sampler
-chain (temperature, top_p, seed). Text, stop strings and usage are handled per request
-exactly like the sequential engine does.
+chain (temperature, top_p, seed). With ``parallel = 1`` it answers one request at a time.
 
 Prefix reuse: a finished sequence's KV cells are kept under a spare sequence id (the
 cells are shared, not copied); a later prompt that starts with the same tokens gets them
@@ -32,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from appliance.inference import models
-from appliance.inference.engine import (
+from appliance.inference.base import (
     ChatModel,
     Delta,
     Finish,
     GenerationParams,
-    _StopScanner,
+    StopScanner,
     chat_llama,
 )
 from appliance.inference.scheduler import Failed, Job
@@ -65,7 +64,7 @@ class _Sequence:
     prompt: list[int]
     limit: int
     sampler: Any
-    scanner: _StopScanner
+    scanner: StopScanner
     order: int
     cached: int = 0
     #: Tokens in the KV cache, in order (the prompt, then the decoded answer tokens).
@@ -223,7 +222,7 @@ class BatchedChatEngine(ChatModel):
             prompt=tokens,
             limit=min(params.max_tokens, self.n_ctx - len(tokens)),
             sampler=self._sampler(params),
-            scanner=_StopScanner(stops),
+            scanner=StopScanner(stops),
             order=self._admitted,
         )
         self._admitted += 1

@@ -137,7 +137,7 @@ class Machine:
 
 def this_machine() -> Machine:
     from appliance.inference import gpu
-    from appliance.inference.engine import physical_cores
+    from appliance.inference.base import physical_cores
 
     return Machine(
         gpus=gpu.memory(), ram_available_bytes=_ram_available(), cpu_cores=physical_cores()

@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 def _exercise(args: argparse.Namespace, buffers: list[str]) -> str:
     import numpy as np
 
+    from appliance.inference.base import chat_llama, gpu_layers, physical_cores
     from appliance.inference.embedding import EmbeddingEngine
-    from appliance.inference.engine import chat_llama, gpu_layers, physical_cores
 
     repack = args.repack == "on"
     n_threads = args.n_threads or physical_cores()

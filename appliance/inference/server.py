@@ -28,9 +28,9 @@ from appliance import vault
 from appliance.config import Settings
 from appliance.errors import InvalidInput, Unavailable
 from appliance.inference import gpu, rerank
-from appliance.inference.batching import BatchedChatEngine
+from appliance.inference.base import Delta, Finish, GenerationParams
 from appliance.inference.client import ACCOUNT_HEADER, PRIORITY_HEADER
-from appliance.inference.engine import Delta, Engine, Finish, GenerationParams, load_engine
+from appliance.inference.engine import Engine, load_engine
 from appliance.inference.scheduler import DONE, AccountBusy, Failed, Job, Scheduler
 
 log = logging.getLogger("appliance.inference")
@@ -201,9 +201,8 @@ class InferenceService:
         self.engine = engine
         self.key = vault.read_secret(settings, "inference_key")
         cfg = settings.inference
-        runner = engine.chat if isinstance(engine.chat, BatchedChatEngine) else self._run_chat
         self.chat = Scheduler(
-            "chat", runner, queue_size=cfg.queue_size, per_account=cfg.per_account_queue
+            "chat", engine.chat, queue_size=cfg.queue_size, per_account=cfg.per_account_queue
         )
         self.embeddings = Scheduler(
             "embeddings",
@@ -212,10 +211,6 @@ class InferenceService:
             per_account=cfg.per_account_queue,
         )
         self.started = time.time()
-
-    def _run_chat(self, job: Job):
-        request: ChatRequest = job.payload
-        yield from self.engine.chat.generate(request.messages, request.params, job.cancelled.is_set)
 
     def _run_embeddings(self, job: Job):
         # Reranks share the embeddings' queue and thread: both are encoder passes on the
@@ -417,7 +412,6 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             "cpu_repack": info.cpu_repack,
             "queue": service.chat.waiting + service.embeddings.waiting,
             "gpus": await asyncio.to_thread(gpu.memory),
-            "engine": info.engine,
             "batching": _batching(service),
         }
 
@@ -578,35 +572,31 @@ def _prometheus(service: InferenceService) -> str:
         "# TYPE appliance_inference_queue_length gauge",
     ]
     chat_engine = service.engine.chat
-    if isinstance(chat_engine, BatchedChatEngine):
-        m = chat_engine.metrics
-        lines += [
-            f"appliance_inference_slots {chat_engine.slots}",
-            f"appliance_inference_slots_in_use {chat_engine.slots_in_use}",
-            f"appliance_inference_batch_steps_total {m.steps}",
-            f"appliance_inference_batch_step_seconds_total {m.step_seconds:.6f}",
-            f"appliance_inference_batch_decode_seconds_total {m.decode_seconds:.6f}",
-            "appliance_inference_batch_overhead_seconds_total "
-            f"{m.step_seconds - m.decode_seconds:.6f}",
-            f"appliance_inference_batch_tokens_total {m.batch_tokens}",
-            f"appliance_inference_batch_sequences_total {m.batch_sequences}",
-            f"appliance_inference_prompt_tokens_evaluated_total {m.prompt_tokens}",
-            f"appliance_inference_prefix_cache_lookups_total {m.prefix_lookups}",
-            f"appliance_inference_prefix_cache_hits_total {m.prefix_hits}",
-            f"appliance_inference_prefix_cache_hit_rate {m.prefix_hit_rate:.4f}",
-            f"appliance_inference_prefix_cache_tokens_reused_total {m.prefix_tokens_reused}",
-            f"appliance_inference_prefix_cache_entries {chat_engine.prefix_entries}",
-            f"appliance_inference_kv_full_total {m.kv_full}",
-            f"appliance_inference_decode_errors_total {m.decode_errors}",
-        ]
+    m = chat_engine.metrics
+    lines += [
+        f"appliance_inference_slots {chat_engine.slots}",
+        f"appliance_inference_slots_in_use {chat_engine.slots_in_use}",
+        f"appliance_inference_batch_steps_total {m.steps}",
+        f"appliance_inference_batch_step_seconds_total {m.step_seconds:.6f}",
+        f"appliance_inference_batch_decode_seconds_total {m.decode_seconds:.6f}",
+        f"appliance_inference_batch_overhead_seconds_total {m.step_seconds - m.decode_seconds:.6f}",
+        f"appliance_inference_batch_tokens_total {m.batch_tokens}",
+        f"appliance_inference_batch_sequences_total {m.batch_sequences}",
+        f"appliance_inference_prompt_tokens_evaluated_total {m.prompt_tokens}",
+        f"appliance_inference_prefix_cache_lookups_total {m.prefix_lookups}",
+        f"appliance_inference_prefix_cache_hits_total {m.prefix_hits}",
+        f"appliance_inference_prefix_cache_hit_rate {m.prefix_hit_rate:.4f}",
+        f"appliance_inference_prefix_cache_tokens_reused_total {m.prefix_tokens_reused}",
+        f"appliance_inference_prefix_cache_entries {chat_engine.prefix_entries}",
+        f"appliance_inference_kv_full_total {m.kv_full}",
+        f"appliance_inference_decode_errors_total {m.decode_errors}",
+    ]
     return "\n".join(header + lines) + "\n"
 
 
-def _batching(service: InferenceService) -> dict[str, Any] | None:
-    """The batched engine's state and recent step times (None for the sequential one)."""
+def _batching(service: InferenceService) -> dict[str, Any]:
+    """The chat engine's slots and recent step times."""
     chat = service.engine.chat
-    if not isinstance(chat, BatchedChatEngine):
-        return None
     m = chat.metrics
     return {
         "slots": chat.slots,

@@ -1,14 +1,14 @@
-"""Benchmark continuous batching against the one-at-a-time engine, in one process.
+"""Benchmark continuous batching against answering one request at a time, in one process.
 
 Usage::
 
     .venv/bin/python scripts/bench/batching.py [--data-dir DIR] [--streams 1,2,4,8,16]
         [--max-tokens N] [--parallel N] [--runs N] [--record]
 
-Loads the configured chat model twice in this process, as the sequential ``ChatEngine``
-and as the ``BatchedChatEngine`` (``--parallel`` slots), each behind the service's real
-``Scheduler`` (fair queue, its own thread, events on an asyncio queue), and for each
-number of concurrent streams measures, alternating the two engines:
+Loads the configured chat model twice in this process as the ``BatchedChatEngine``, with
+one slot ("sequential": ``inference.parallel = 1``) and with ``--parallel`` slots, each
+behind the service's real ``Scheduler`` (fair queue, its own thread, events on an asyncio
+queue), and for each number of concurrent streams measures, alternating the two:
 
 - aggregate completion tokens/s: all streams' tokens / (first submit -> last finish);
 - per-stream inter-token latency p50/p95: gaps between a stream's consecutive pieces of
@@ -52,15 +52,14 @@ if str(ROOT) not in sys.path:  # run as a plain script from a checkout
 
 from appliance.config import Settings  # noqa: E402
 from appliance.inference import models  # noqa: E402
-from appliance.inference.batching import BatchedChatEngine  # noqa: E402
-from appliance.inference.engine import (  # noqa: E402
-    ChatEngine,
+from appliance.inference.base import (  # noqa: E402
     Delta,
     Finish,
     GenerationParams,
     gpu_offload_supported,
     physical_cores,
 )
+from appliance.inference.batching import BatchedChatEngine  # noqa: E402
 from appliance.inference.scheduler import DONE, Failed, Job, Scheduler  # noqa: E402
 from appliance.inference.server import ChatRequest  # noqa: E402
 
@@ -227,16 +226,16 @@ def load_engines(settings: Settings, parallel: int, chunk: int):
         "flash_attn": cfg.flash_attn,
         "kv_cache_type": cfg.kv_cache_type,
     }
-    sequential = ChatEngine(
-        model, path, prefix_cache_bytes=cfg.prefix_cache_mb * 1024 * 1024, **common
-    )
-    batched = BatchedChatEngine(
-        model,
-        path,
-        parallel=parallel,
-        prompt_chunk_tokens=chunk,
-        prefix_cache_entries=cfg.prefix_cache_entries,
-        **common,
+    sequential, batched = (
+        BatchedChatEngine(
+            model,
+            path,
+            parallel=slots,
+            prompt_chunk_tokens=chunk,
+            prefix_cache_entries=cfg.prefix_cache_entries,
+            **common,
+        )
+        for slots in (1, parallel)
     )
     return model, common, sequential, batched
 
@@ -303,12 +302,10 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds == seconds else "-"
 
 
-async def bench(args, sequential: ChatEngine, batched: BatchedChatEngine) -> tuple[dict, dict]:
+async def bench(args, sequential, batched: BatchedChatEngine) -> tuple[dict, dict]:
     """Throughput and latency per number of streams, then the late arrival's TTFT."""
     schedulers = {
-        "sequential": Scheduler(
-            "sequential", lambda job: run_sequential(sequential, job), queue_size=64, per_account=8
-        ),
+        "sequential": Scheduler("sequential", sequential, queue_size=64, per_account=8),
         "batched": Scheduler("batched", batched, queue_size=64, per_account=8),
     }
     for scheduler in schedulers.values():
@@ -345,11 +342,6 @@ async def bench(args, sequential: ChatEngine, batched: BatchedChatEngine) -> tup
         for scheduler in schedulers.values():
             scheduler.stop()
     return results, late
-
-
-def run_sequential(engine: ChatEngine, job: Job):
-    request: ChatRequest = job.payload
-    yield from engine.generate(request.messages, request.params, job.cancelled.is_set)
 
 
 def summarise(results: dict) -> tuple[list[str], list[list[str]], dict[int, float]]:

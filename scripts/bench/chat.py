@@ -602,7 +602,7 @@ NOTES = [
     "Same run, same process: each round asks one question (the retrieval benchmark's "
     "labelled queries, a new one every round) in all four modes, in an order that rotates "
     f"every round; {WARMUP} warm-up rounds are discarded. The inference service runs with "
-    "prefix reuse off (`inference.prefix_cache_entries = 0`, `prefix_cache_mb = 0`) so "
+    "prefix reuse off (`inference.prefix_cache_entries = 0`) so "
     "that no mode finds another's identical prompt cached: every prompt is prefilled in "
     "full (cold TTFT). Streaming through the official `openai` client with "
     "`stream_options.include_usage`, temperature 0. TTFT is `create()` called -> first "
@@ -710,7 +710,6 @@ def main(argv: list[str] | None = None) -> int:
         service = start_service(
             settings,
             APPLIANCE_INFERENCE__PREFIX_CACHE_ENTRIES="0",
-            APPLIANCE_INFERENCE__PREFIX_CACHE_MB="0",
         )
         stack.callback(service.stop)
         # The web finds the inference service through the data dir's appliance.toml.

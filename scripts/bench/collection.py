@@ -393,7 +393,7 @@ def run(args, log: Callable[[str], None]) -> tuple[list, list, list]:
         )
     else:
         models.install_defaults(settings, log=lambda message: log(f"  {message}"))
-    env = {"APPLIANCE_INFERENCE__ENGINE": "sequential"}
+    env: dict[str, str] = {}
     if args.embedding_model:
         env["APPLIANCE_INFERENCE__EMBEDDING_MODEL"] = args.embedding_model
     if args.rerank_model:

@@ -57,13 +57,13 @@ from appliance import vault  # noqa: E402
 from appliance.cli import initialise  # noqa: E402
 from appliance.config import Settings  # noqa: E402
 from appliance.inference import models  # noqa: E402
-from appliance.inference.client import ACCOUNT_HEADER  # noqa: E402
-from appliance.inference.embedding import EmbeddingEngine  # noqa: E402
-from appliance.inference.engine import (  # noqa: E402
+from appliance.inference.base import (  # noqa: E402
     KV_TYPES,
     gpu_offload_supported,
     physical_cores,
 )
+from appliance.inference.client import ACCOUNT_HEADER  # noqa: E402
+from appliance.inference.embedding import EmbeddingEngine  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Inference (scripts/bench/inference.py)"

@@ -141,7 +141,7 @@ def run(files: list[tuple[str, bytes]], args, log) -> dict:
         Settings.load(data_dir=args.data_dir.absolute(), environ={}).paths.models,
         target_is_directory=True,
     )
-    env = {"APPLIANCE_INFERENCE__ENGINE": "sequential"}
+    env: dict[str, str] = {}
     if args.inference_threads:
         env["APPLIANCE_INFERENCE__N_THREADS"] = str(args.inference_threads)
     service = start_service(settings, **env)

@@ -42,8 +42,8 @@ from batching import load_average, machine, markdown_table, text_table, wait_unt
 
 from appliance.config import Settings  # noqa: E402
 from appliance.inference import models, selftest  # noqa: E402
+from appliance.inference.base import chat_llama, physical_cores  # noqa: E402
 from appliance.inference.embedding import EmbeddingEngine  # noqa: E402
-from appliance.inference.engine import chat_llama, physical_cores  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## CPU weight repacking and the model self-test (scripts/bench/repack.py)"

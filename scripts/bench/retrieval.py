@@ -84,7 +84,8 @@ from appliance.cli import initialise  # noqa: E402
 from appliance.config import Settings  # noqa: E402
 from appliance.db import open_db, write_transaction  # noqa: E402
 from appliance.inference import models  # noqa: E402
-from appliance.inference.engine import load_engine, physical_cores  # noqa: E402
+from appliance.inference.base import physical_cores  # noqa: E402
+from appliance.inference.engine import load_engine  # noqa: E402
 from appliance.knowledge import chunking  # noqa: E402
 from appliance.knowledge import search as kb_search  # noqa: E402
 from appliance.knowledge.store import Chunk, Document, KnowledgeStore  # noqa: E402

@@ -29,14 +29,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import link_models, make_settings, start_inference, wait_until
+from conftest import make_settings, wait_until
 
-from appliance import vault
-from appliance.cli import initialise
 from appliance.errors import ApplianceError
 from appliance.inference import models
+from appliance.inference.base import Delta, Finish, GenerationParams, physical_cores
 from appliance.inference.batching import BatchedChatEngine
-from appliance.inference.engine import Delta, Finish, GenerationParams, physical_cores
 from appliance.inference.scheduler import DONE, Failed, Job, Scheduler
 from appliance.inference.server import ChatRequest
 
@@ -544,23 +542,20 @@ async def test_a_batch_runner_takes_jobs_round_robin_up_to_its_slots():
 # -- the service ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def batched_service(tmp_path_factory, models_dir) -> Iterator:
-    """A service with the default (batched) engine; the session's shared one is sequential."""
-    settings = make_settings(tmp_path_factory.mktemp("batched-data"))
-    link_models(settings, models_dir)
-    initialise(settings)
-    service = start_inference(settings)
-    service.key = vault.read_secret(settings, "inference_key")
-    yield service
-    service.stop()
+def metric_values(text: str) -> dict[str, float]:
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
 
 
-def test_the_service_batches_by_default_and_reports_its_steps(batched_service):
-    headers = {"Authorization": f"Bearer {batched_service.key}"}
+def test_the_service_batches_and_reports_its_steps(inference_service, inference_key):
+    headers = {"Authorization": f"Bearer {inference_key}"}
     body = {"messages": [{"role": "user", "content": LONG_STORY}], "max_tokens": 16}
     answers: list[httpx.Response] = []
-    with httpx.Client(base_url=batched_service.url, headers=headers, timeout=120) as api:
+    with httpx.Client(base_url=inference_service.url, headers=headers, timeout=120) as api:
+        before = metric_values(api.get("/metrics").text)
 
         def ask() -> None:
             answers.append(api.post("/v1/chat/completions", json=body))
@@ -578,7 +573,6 @@ def test_the_service_batches_by_default_and_reports_its_steps(batched_service):
     assert [a.status_code for a in answers] == [200, 200, 200]
     assert all(a.json()["usage"]["completion_tokens"] == 16 for a in answers)
     assert events[-1] == "data: [DONE]"
-    assert health["engine"] == "batched"
     batching = health["batching"]
     assert batching["slots"] == 8
     assert batching["steps"] > 0
@@ -586,38 +580,15 @@ def test_the_service_batches_by_default_and_reports_its_steps(batched_service):
     assert batching["overhead_ms"] >= 0
     assert batching["batch_tokens"] >= 1
     assert 0 <= batching["prefix_cache_hit_rate"] <= 1
-    values = {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line and not line.startswith("#")
-    }
-    assert values["appliance_inference_slots"] == 8
-    assert values["appliance_inference_batch_steps_total"] > 0
-    assert values["appliance_inference_batch_decode_seconds_total"] > 0
+    after = metric_values(metrics)
+    added = {name: after[name] - before.get(name, 0.0) for name in after}
+    assert after["appliance_inference_slots"] == 8
+    assert added["appliance_inference_batch_steps_total"] > 0
+    assert added["appliance_inference_batch_decode_seconds_total"] > 0
     assert (
-        values["appliance_inference_batch_sequences_total"]
-        > values["appliance_inference_batch_steps_total"]
+        added["appliance_inference_batch_sequences_total"]
+        > added["appliance_inference_batch_steps_total"]
     )  # several sequences per step on average
-    assert values["appliance_inference_prefix_cache_lookups_total"] == 4
-    assert "appliance_inference_prefix_cache_hit_rate" in values
+    assert added["appliance_inference_prefix_cache_lookups_total"] == 4
+    assert "appliance_inference_prefix_cache_hit_rate" in after
     json.dumps(health)  # plain JSON for the operator page
-
-
-def test_the_sequential_engine_is_still_selectable(inference_service, inference_key):
-    # The session's shared service runs it (tests/conftest.py).
-    headers = {"Authorization": f"Bearer {inference_key}"}
-    messages = [
-        {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": QUESTIONS[0]},
-    ]
-    body = {"messages": messages, "max_tokens": 30, "temperature": 0}
-    with httpx.Client(base_url=inference_service.url, headers=headers, timeout=120) as api:
-        answer = api.post("/v1/chat/completions", json=body)
-        health = api.get("/healthz").json()
-        metrics = api.get("/metrics").text
-
-    assert answer.status_code == 200, answer.text
-    assert "Paris" in answer.json()["choices"][0]["message"]["content"]
-    assert health["engine"] == "sequential"
-    assert health["batching"] is None
-    assert "appliance_inference_batch_steps_total" not in metrics

@@ -76,7 +76,6 @@ def rerank_service(tmp_path_factory, models_dir, cross_encoder):
     )  # fmt: skip
     service = start_inference(
         settings,
-        APPLIANCE_INFERENCE__ENGINE="sequential",
         APPLIANCE_INFERENCE__RERANK_MODEL="tiny-ce",
     )
     yield service

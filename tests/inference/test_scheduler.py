@@ -16,7 +16,7 @@ import pytest
 from conftest import wait_until
 
 from appliance.errors import InvalidInput, Unavailable
-from appliance.inference.engine import Delta, Finish
+from appliance.inference.base import Delta, Finish
 from appliance.inference.scheduler import DONE, AccountBusy, Failed, Job, Scheduler
 
 pytestmark = pytest.mark.inference

@@ -141,7 +141,6 @@ def sandboxed(settings, models_dir, db, clock, tmp_path):
     env = {
         "APPLIANCE_INFERENCE__PORT": str(inference_port),
         "APPLIANCE_INFERENCE__URL": f"http://127.0.0.1:{inference_port}",
-        "APPLIANCE_INFERENCE__ENGINE": "sequential",
     }
     started = {}
     try:

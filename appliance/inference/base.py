@@ -1,0 +1,226 @@
+"""What the inference engine and its callers share: request and event types, the chat
+model's template and tokenizer, stop-string scanning and how llama.cpp is loaded.
+
+``engine.py`` assembles the engine from these and ``batching.py``'s chat engine; both
+import this module and not each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.errors import ConfigError, InvalidInput
+from appliance.inference import models
+from appliance.inference.loader import load_llama
+
+log = logging.getLogger(__name__)
+
+KV_TYPES = {"f16": 1, "q4_0": 2, "q8_0": 8}  # ggml type ids
+
+
+class ContextOverflow(InvalidInput):
+    """The prompt does not fit the model's context window."""
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of generated text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The end of a generation, with exact token counts."""
+
+    reason: str  # "stop", "length" or "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the service reports at startup, in /healthz and to doctor."""
+
+    chat_model: str
+    embedding_model: str | None
+    n_ctx: int
+    gpu_offload_supported: bool
+    gpu_layers: int
+    model_layers: int
+    n_threads: int
+    embedding_dim: int | None = None
+    parallel: int = 1
+    cpu_repack: bool = False
+    rerank_model: str | None = None
+
+    @property
+    def device(self) -> str:
+        if self.gpu_layers <= 0:
+            return "cpu"
+        return "gpu" if self.gpu_layers >= self.model_layers else "gpu (partial)"
+
+
+def physical_cores() -> int:
+    """Physical cores (not hyper-threads): llama.cpp decodes fastest with one thread each."""
+    try:
+        cores = set()
+        physical = core = None
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "physical id":
+                    physical = value.strip()
+                elif key == "core id":
+                    core = value.strip()
+                elif not key and core is not None:
+                    cores.add((physical, core))
+                    physical = core = None
+        if core is not None:
+            cores.add((physical, core))
+        if cores:
+            return len(cores)
+    except OSError:
+        pass
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def gpu_offload_supported() -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def gpu_layers(requested: int) -> int:
+    """``inference.n_gpu_layers`` for this build: -1 (all) or 0 without GPU support."""
+    gpu = gpu_offload_supported()
+    n_gpu_layers = (-1 if gpu else 0) if requested < 0 else requested
+    if n_gpu_layers and not gpu:
+        log.warning("inference.n_gpu_layers=%d but llama.cpp has no GPU support", n_gpu_layers)
+        n_gpu_layers = 0
+    return n_gpu_layers
+
+
+def chat_llama(
+    path: Path,
+    *,
+    n_ctx: int,
+    n_threads: int,
+    n_gpu_layers: int,
+    flash_attn: bool,
+    kv_cache_type: str,
+    extra_bufts: bool = False,
+):
+    """The chat model loaded with the engine's settings, as a ``llama_cpp.Llama``."""
+    return load_llama(
+        path,
+        extra_bufts=extra_bufts,
+        n_ctx=n_ctx,
+        n_batch=min(512, n_ctx),
+        n_threads=n_threads,
+        n_threads_batch=n_threads,
+        n_gpu_layers=n_gpu_layers,
+        flash_attn=flash_attn,
+        type_k=KV_TYPES[kv_cache_type],
+        type_v=KV_TYPES[kv_cache_type],
+        seed=random.randrange(2**31),  # noqa: S311 - sampling, not security
+        verbose=False,
+    )
+
+
+class ChatModel:
+    """A loaded chat model's chat template and tokenizer (the engine's base class)."""
+
+    def __init__(self, model: models.Model, llama, n_ctx: int) -> None:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self.model = model
+        self.llama = llama
+        self.n_ctx = n_ctx
+        metadata = llama.metadata
+        template = metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ConfigError(f"model '{model.id}' has no chat template in its GGUF metadata")
+        eos_id = llama.token_eos()
+        bos_id = llama.token_bos()
+        piece = llama._model.token_get_text
+        self._formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=piece(eos_id) if eos_id >= 0 else "",
+            bos_token=piece(bos_id) if bos_id >= 0 else "",
+            stop_token_ids=[eos_id],
+        )
+        self.layers = int(metadata.get(f"{metadata.get('general.architecture')}.block_count", 0))
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens of each text in the chat model's vocabulary (read-only: thread-safe)."""
+        return [
+            len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+            for text in texts
+        ]
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> tuple[list[int], tuple[str, ...]]:
+        """The chat template applied and tokenized, and the template's own stop strings.
+
+        Raises:
+            ContextOverflow: the prompt leaves no room for an answer.
+        """
+        formatted = self._formatter(messages=messages)
+        tokens = self.llama.tokenize(
+            formatted.prompt.encode("utf-8"),
+            add_bos=not getattr(formatted, "added_special", False),
+            special=True,
+        )
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflow(
+                f"The conversation is {len(tokens)} tokens long; this model's context window "
+                f"is {self.n_ctx} tokens. Shorten it or start a new one."
+            )
+        stop = formatted.stop
+        stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        return tokens, stops
+
+
+class StopScanner:
+    """Holds back text that may be the start of a stop sequence."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.pending = ""
+        self.hit = False
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        self.pending += piece
+        for stop in self.stops:
+            index = self.pending.find(stop)
+            if index >= 0:
+                out, self.pending, self.hit = self.pending[:index], "", True
+                return out, True
+        keep = 0
+        for stop in self.stops:
+            for size in range(min(len(stop) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(stop[:size]):
+                    keep = max(keep, size)
+                    break
+        cut = len(self.pending) - keep
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self, piece: str) -> str:
+        out, self.pending = self.pending + piece, ""
+        return out
