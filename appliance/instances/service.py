@@ -8,6 +8,7 @@ serve again, and its keys are revoked in the same transaction.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -18,9 +19,11 @@ from appliance.accounts.models import MANAGERS
 from appliance.auth import service as auth
 from appliance.billing import meter
 from appliance.clock import iso
+from appliance.config import Settings
 from appliance.db import write_transaction
 from appliance.errors import Conflict, InvalidInput, NotFound
 from appliance.ids import new_id
+from appliance.inference import models as model_registry
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 STATES = ("running", "stopped", "destroyed")
@@ -153,6 +156,19 @@ def create(
     return instance
 
 
+def chat_models(settings: Settings) -> list[str]:
+    """Installed chat models, the default first."""
+    registry = model_registry.load_registry(settings)
+    ids = [m.id for m in registry.models.values() if m.kind == "chat"]
+    return sorted(ids, key=lambda i: i != registry.default_chat)
+
+
+def limits(settings: Settings) -> dict[str, Any]:
+    """What ``create``, ``update`` and ``ensure_first`` check against: the chat models that
+    may be chosen and the largest ``max_tokens``."""
+    return {"models": chat_models(settings), "max_tokens_cap": settings.inference.max_tokens}
+
+
 def ensure_first(
     db: sqlite_utils.Database,
     account_id: str,
@@ -242,9 +258,11 @@ def set_state(
     instance_id: str,
     state: str,
     now: datetime,
+    also: Callable[[], object] | None = None,
 ) -> Instance:
     """Stop, start or destroy. Destroying revokes the instance's keys in the same transaction
-    and cannot be undone."""
+    and cannot be undone. ``also`` runs in that transaction too (the chat domain deleting
+    the instance's conversations, say): if it fails, nothing changes."""
     _require_manager(actor_role)
     if state not in STATES:
         raise InvalidInput("Unknown state.")
@@ -265,4 +283,6 @@ def set_state(
         )
         if state == "destroyed":
             auth.revoke_instance_keys(db, account_id, instance_id, now)
+        if also is not None:
+            also()
     return replace(current, state=state, updated_at=iso(now))

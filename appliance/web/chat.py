@@ -25,6 +25,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, URLEncodedBody
 from litestar.response import Redirect, Stream, Template
 
+from appliance.billing.metering import Metered
 from appliance.chat import render
 from appliance.chat import service as chat
 from appliance.clock import Clock
@@ -34,7 +35,6 @@ from appliance.errors import ApplianceError, InvalidInput
 from appliance.inference.client import InferenceClient
 from appliance.instances import service as instances
 from appliance.knowledge import service as knowledge
-from appliance.web.billing import Metered
 from appliance.web.identity import Identity
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class _Answer:
         self, settings: Settings, client: InferenceClient, me: Identity, turn: chat.Turn, clock
     ) -> None:
         self.settings = settings
-        self.client = client  # metered: settles the hold when the stream ends (web/billing.py)
+        self.client = client  # metered: settles the hold when the stream ends (billing/metering.py)
         self.me = me
         self.turn = turn
         self.clock = clock
@@ -150,7 +150,7 @@ class _Answer:
                 yield _event({"type": "delta", "text": text})
         except ApplianceError as exc:
             # The inference service broke the answer off (it crashed, or refused): what
-            # it wrote is dropped with its charge (web/billing.py); the question stays.
+            # it wrote is dropped with its charge (billing/metering.py); the question stays.
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.fail)
             yield _event({"type": "error", "message": str(exc)})
@@ -209,7 +209,8 @@ async def _respond(
             db,
             settings,
             client,
-            me,
+            me.account.id,
+            me.key.id if me.key else None,
             turn.instance,
             turn.composed.payload,
             clock,

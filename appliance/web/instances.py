@@ -15,27 +15,10 @@ from appliance.chat import service as chat
 from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.errors import ApplianceError, InvalidInput, NotFound
-from appliance.inference import models as model_registry
 from appliance.instances import service as instances
 from appliance.web.identity import Identity
 
 ACTIONS = {"stop": "stopped", "start": "running", "destroy": "destroyed"}
-
-
-def chat_models(settings: Settings) -> list[str]:
-    """Installed chat models, the default first."""
-    registry = model_registry.load_registry(settings)
-    ids = [m.id for m in registry.models.values() if m.kind == "chat"]
-    return sorted(ids, key=lambda i: i != registry.default_chat)
-
-
-def _limits(settings: Settings) -> dict[str, Any]:
-    return {"models": chat_models(settings), "max_tokens_cap": settings.inference.max_tokens}
-
-
-def ensure_first_instance(db, me: Identity, settings: Settings, now) -> None:
-    """Onboarding's last step: the team's first instance, if it has none."""
-    instances.ensure_first(db, me.account.id, me.role, now=now, **_limits(settings))
 
 
 def _change_state(db, me: Identity, instance_id: str, action: str, data: dict, now):
@@ -43,10 +26,17 @@ def _change_state(db, me: Identity, instance_id: str, action: str, data: dict, n
         raise InvalidInput("Unknown action.")
     if action == "destroy" and data.get("confirm") not in (True, "true", "on", "yes"):
         raise InvalidInput('Destroying cannot be undone: confirm it with {"confirm": true}.')
-    changed = instances.set_state(db, me.account.id, me.role, instance_id, ACTIONS[action], now)
-    if action == "destroy" and data.get("delete_conversations") in (True, "true", "on", "yes"):
-        chat.delete_for_instance(db, me.account.id, instance_id)
-    return changed
+    # Deleting its conversations (chat's) happens in the transaction that destroys it.
+    delete = action == "destroy" and data.get("delete_conversations") in (True, "true", "on", "yes")
+    return instances.set_state(
+        db,
+        me.account.id,
+        me.role,
+        instance_id,
+        ACTIONS[action],
+        now,
+        also=(lambda: chat.delete_for_instance(db, me.account.id, instance_id)) if delete else None,
+    )
 
 
 class InstancesApi(Controller):
@@ -72,7 +62,7 @@ class InstancesApi(Controller):
         """Create an instance: ``{"name", "model"?, "temperature"?, "top_p"?, "max_tokens"?,
         "context_budget"?, "system_prompt"?, "voice"?, "knowledge"?, "top_k"?}``."""
         created = instances.create(
-            db, manager.account.id, manager.role, data, now=clock(), **_limits(settings)
+            db, manager.account.id, manager.role, data, now=clock(), **instances.limits(settings)
         )
         return created.public()
 
@@ -107,7 +97,7 @@ class InstancesApi(Controller):
             instance_id,
             data,
             now=clock(),
-            **_limits(settings),
+            **instances.limits(settings),
         ).public()
 
     @post("/{instance_id:str}/{action:str}", status_code=200, sync_to_thread=True)
@@ -154,7 +144,7 @@ class InstancesPages(Controller):
                 manager.role,
                 {"name": data.get("name", "")},
                 now=clock(),
-                **_limits(settings),
+                **instances.limits(settings),
             )
         except ApplianceError as exc:
             context = _context(db, manager, settings)
@@ -181,7 +171,7 @@ class InstancesPages(Controller):
                 instance_id,
                 changes,
                 now=clock(),
-                **_limits(settings),
+                **instances.limits(settings),
             )
         except InvalidInput as exc:
             context = _context(db, manager, settings)
@@ -241,5 +231,5 @@ def _context(db, me: Identity, settings: Settings) -> dict[str, Any]:
         "instances": instances.list_instances(db, me.account.id),
         "keys": keys,
         "endpoint": f"{settings.public_url}/v1",
-        **_limits(settings),
+        **instances.limits(settings),
     }

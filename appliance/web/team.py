@@ -18,10 +18,10 @@ from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.db import write_transaction
 from appliance.errors import InvalidInput
+from appliance.instances import onboarding
 from appliance.instances import service as instances
 from appliance.tasks import TaskQueue
 from appliance.web.identity import Identity
-from appliance.web.instances import ensure_first_instance
 
 
 def _parse_expiry(value: Any) -> datetime | None:
@@ -225,8 +225,7 @@ class TeamApi(Controller):
     ) -> dict:
         """Save the onboarding answers (owners and admins); the team's first instance,
         ``assistant``, is created if it has none."""
-        saved = accounts.save_profile(db, settings, manager.account.id, manager.role, data, clock())
-        ensure_first_instance(db, manager, settings, clock())
+        saved = onboarding.save(db, settings, manager.account.id, manager.role, data, clock())
         return asdict(saved)
 
 
@@ -253,13 +252,11 @@ class TeamPages(Controller):
         clock: NamedDependency[Clock],
     ) -> Response:
         if data.get("action") == "skip":
-            accounts.skip_onboarding(db, manager.account.id, manager.role, clock())
-            ensure_first_instance(db, manager, settings, clock())
+            onboarding.skip(db, settings, manager.account.id, manager.role, clock())
             return Redirect("/")
         answers = {k: v for k, v in data.items() if k not in ("_csrf_token", "action", "next")}
         try:
-            accounts.save_profile(db, settings, manager.account.id, manager.role, answers, clock())
-            ensure_first_instance(db, manager, settings, clock())
+            onboarding.save(db, settings, manager.account.id, manager.role, answers, clock())
         except InvalidInput as exc:
             profile = accounts.profile(db, manager.account.id, clock())
             return Template(

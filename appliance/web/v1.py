@@ -20,6 +20,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.response import Stream
 
+from appliance.billing.metering import Metered, embed_metered
 from appliance.chat import prompt
 from appliance.chat import service as chat
 from appliance.clock import Clock
@@ -28,7 +29,6 @@ from appliance.db import open_db
 from appliance.errors import ApplianceError, Conflict, InvalidInput, NotFound
 from appliance.inference.client import InferenceClient
 from appliance.instances import service as instances
-from appliance.web.billing import Metered, embed_metered
 from appliance.web.identity import Identity
 
 #: Request fields passed on to the model (checked again by the inference service).
@@ -144,7 +144,8 @@ class V1Api(Controller):
             db,
             settings,
             inference,
-            api_key,
+            api_key.account.id,
+            api_key.key.id if api_key.key else None,
             instance,
             payload,
             clock,
@@ -167,12 +168,9 @@ class V1Api(Controller):
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        try:
+        async with metered:
             answer = await inference.achat(payload, account_id=account_id)
-        except BaseException:
-            await metered.finish(None)
-            raise
-        await metered.finish(answer.get("usage"))
+            metered.usage = answer.get("usage")
         answer["model"] = instance.name
         extra: dict[str, Any] = {}
         if passages:
@@ -206,7 +204,16 @@ class V1Api(Controller):
             texts = [texts]
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise InvalidInput("'input' must be a string or a list of strings.")
-        vectors, tokens = embed_metered(db, settings, inference, api_key, instance, texts, clock)
+        vectors, tokens = embed_metered(
+            db,
+            settings,
+            inference,
+            api_key.account.id,
+            api_key.key.id if api_key.key else None,
+            instance,
+            texts,
+            clock,
+        )
         return {
             "object": "list",
             "model": instance.name,

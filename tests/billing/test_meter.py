@@ -280,3 +280,20 @@ def test_minutes_before_an_erasure_are_charged_under_the_reference(settings, db,
     assert ledger.balance(db, "erased_ref") == 1_000_000 - 30_000
     assert ledger.balance(db, account.id) == 0
     invariant(db, "erased_ref")
+
+
+def test_destroying_runs_what_goes_with_it_in_the_same_transaction(db, clock):
+    account, created = make_instance(db, clock)
+
+    def fails() -> None:
+        raise InvalidInput("the conversations could not be deleted")
+
+    with pytest.raises(InvalidInput):
+        instances.set_state(db, account.id, "owner", created.id, "destroyed", clock(), also=fails)
+    assert instances.get(db, account.id, created.id).state == "running"  # nothing changed
+    ran = []
+    instances.set_state(
+        db, account.id, "owner", created.id, "destroyed", clock(), also=lambda: ran.append(1)
+    )
+    assert ran == [1]
+    assert instances.get(db, account.id, created.id).state == "destroyed"

@@ -12,10 +12,10 @@ import pytest
 from conftest import free_port, link_models, make_settings, start_inference
 
 from appliance.billing import ledger, service
+from appliance.billing.metering import Metered
 from appliance.db import open_db
 from appliance.errors import Unavailable
 from appliance.inference.client import InferenceClient
-from appliance.web.billing import Metered
 from appliance.web.identity import Identity
 
 PRICES = {
@@ -53,7 +53,9 @@ def test_an_abandoned_stream_is_charged_for_the_tokens_it_produced(linked_settin
     client = InferenceClient.from_settings(settings)
 
     async def run() -> int:
-        metered = await Metered.start(db, settings, client, who, Instance(), payload(32), clock)
+        metered = await Metered.start(
+            db, settings, client, who.account.id, None, Instance(), payload(32), clock
+        )
         assert ledger.held(db, who.account.id) == 32_000
         seen = 0
         stream = metered.observe(client).astream_chat(payload(32), account_id=who.account.id)
@@ -80,7 +82,9 @@ def test_a_request_that_fails_before_any_token_is_not_charged(settings, db, cloc
     client = InferenceClient.from_settings(dead)
 
     async def run() -> None:
-        metered = await Metered.start(db, dead, client, who, Instance(), payload(8), clock)
+        metered = await Metered.start(
+            db, dead, client, who.account.id, None, Instance(), payload(8), clock
+        )
         try:
             await client.achat(payload(8), account_id=who.account.id)
         except Exception:
@@ -99,7 +103,7 @@ def test_a_request_that_fails_before_any_token_is_not_charged(settings, db, cloc
 @pytest.mark.inference
 def test_a_stream_cut_by_an_inference_crash_is_not_charged(settings, models_dir, db, clock):
     link_models(settings, models_dir)
-    own = start_inference(settings, APPLIANCE_INFERENCE__ENGINE="sequential")  # to kill
+    own = start_inference(settings)  # to kill
     try:
         billed = make_settings(settings.paths.data_dir, **PRICES, **{"inference.url": own.url})
         who = identity(db, clock)
@@ -114,7 +118,9 @@ def test_a_stream_cut_by_an_inference_crash_is_not_charged(settings, models_dir,
         }
 
         async def run() -> int:
-            metered = await Metered.start(db, billed, client, who, Instance(), story, clock)
+            metered = await Metered.start(
+                db, billed, client, who.account.id, None, Instance(), story, clock
+            )
             seen = 0
             stream = metered.observe(client).astream_chat(story, account_id=who.account.id)
             async for chunk in stream:

@@ -33,8 +33,8 @@ from appliance.cli import main
 from appliance.clock import utcnow
 from appliance.db import open_db
 from appliance.instances import service as instances
+from appliance.instances.service import chat_models
 from appliance.knowledge import service as knowledge
-from appliance.web.instances import chat_models
 
 pytestmark = [pytest.mark.inference, pytest.mark.timeout(240)]
 

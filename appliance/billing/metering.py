@@ -1,0 +1,198 @@
+"""One inference request under a hold: what /v1 and the chat page run the model through.
+
+``Metered.start`` reserves before the model runs (402 when the credit or a spend cap does
+not cover it). Used as an async context manager, leaving the block settles what the
+request used (``metered.usage``, or ``metered.produced`` completion tokens when it ended
+without a usage object) and releases the hold when nothing was produced or the block
+raised. A streaming relay gets the same through ``observe``. Settling runs shielded from
+cancellation on its own connection, so a client that hangs up is still charged for what
+it got; a hold that is never finished is released by the worker after
+``billing.hold_timeout_seconds`` (the rules are in billing/meter.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import sqlite_utils
+
+from appliance.billing import meter
+from appliance.clock import Clock
+from appliance.config import Settings
+from appliance.db import open_db
+from appliance.errors import ApplianceError
+from appliance.inference.client import InferenceClient
+
+#: Tokens a chat template adds per message, on top of the content (an upper bound).
+TEMPLATE_TOKENS_PER_MESSAGE = 8
+
+
+class Metered:
+    """One inference request's hold (see the module's docstring)."""
+
+    def __init__(self, settings: Settings, hold: meter.Hold, prompt_tokens: int, clock: Clock):
+        self.settings = settings
+        self.hold = hold
+        self.prompt_tokens = prompt_tokens
+        self.clock = clock
+        self.finished = False
+        #: OpenAI's usage object of the answer, once it is known.
+        self.usage: dict[str, Any] | None = None
+        #: Completion tokens produced so far (chunks with content, for a stream cut short).
+        self.produced = 0
+
+    @classmethod
+    async def start(
+        cls,
+        db: sqlite_utils.Database,
+        settings: Settings,
+        inference: InferenceClient,
+        account_id: str,
+        key_id: str | None,
+        instance: Any,
+        payload: dict[str, Any],
+        clock: Clock,
+        prompt_tokens: int | None = None,
+    ) -> Metered:
+        """``prompt_tokens``: the prompt as counted when it was assembled (chat and /v1
+        already know it); counted here otherwise."""
+
+        def reserve() -> Metered:
+            if prompt_tokens is not None:
+                counted = prompt_tokens
+            elif not settings.billing.enabled:
+                counted = 0
+            else:
+                texts = [str(m.get("content") or "") for m in payload["messages"]]
+                counts = token_counts(inference, texts, "chat")
+                counted = sum(counts) + TEMPLATE_TOKENS_PER_MESSAGE * (len(texts) + 1)
+            hold = meter.reserve(
+                db,
+                settings,
+                account_id=account_id,
+                instance_id=instance.id,
+                key_id=key_id,
+                model=instance.model,
+                prompt_tokens=counted,
+                max_completion_tokens=int(payload.get("max_tokens") or 0),
+                now=clock(),
+            )
+            return cls(settings, hold, counted, clock)
+
+        return await anyio.to_thread.run_sync(reserve)
+
+    async def __aenter__(self) -> Metered:
+        return self
+
+    async def __aexit__(self, kind, error, traceback) -> None:
+        if error is not None:
+            self.usage, self.produced = None, 0
+        await self.finish(self.usage, self.produced)
+
+    async def finish(self, usage: dict[str, Any] | None, produced: int = 0) -> None:
+        """Settle ``usage`` (OpenAI's usage object), or ``produced`` completion tokens
+        when the request ended without one; release when nothing was produced."""
+        if self.finished:
+            return
+        self.finished = True
+
+        if usage:
+            used = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        else:
+            used = (self.prompt_tokens, produced) if produced else None
+
+        def close() -> None:
+            db = open_db(self.settings)
+            try:
+                if used:
+                    prompt, completion = used
+                    meter.settle(
+                        db,
+                        self.settings,
+                        self.hold,
+                        prompt_tokens=prompt,
+                        completion_tokens=completion,
+                        now=self.clock(),
+                    )
+                else:
+                    meter.release(db, self.hold, now=self.clock())
+            finally:
+                db.close()
+
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(close)
+
+    def observe(self, inference: InferenceClient) -> _ObservedClient:
+        """``inference`` for a streaming relay: the stream's usage chunk (or the count of
+        chunks with content, if the client hangs up early) settles the hold when the
+        stream ends. A stream the inference service itself breaks off (it crashed, or
+        answered with an error) is an answer the client did not get: the hold is released
+        and nothing is charged."""
+        return _ObservedClient(inference, self)
+
+
+class _ObservedClient:
+    def __init__(self, inner: InferenceClient, metered: Metered):
+        self.inner = inner
+        self.metered = metered
+
+    async def astream_chat(self, body: dict[str, Any], **kwargs: Any):
+        metered = self.metered
+        try:
+            async for chunk in self.inner.astream_chat(body, **kwargs):
+                if chunk.get("usage"):
+                    metered.usage = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    if (choice.get("delta") or {}).get("content"):
+                        metered.produced += 1
+                yield chunk
+        except ApplianceError:
+            metered.usage, metered.produced = None, 0
+            raise
+        finally:
+            await metered.finish(metered.usage, metered.produced)
+
+
+def token_counts(inference: InferenceClient, texts: list[str], model: str) -> list[int]:
+    """Token counts in the model's tokenizer, or an estimate where the server can't tell."""
+    counts = inference.count_tokens(texts, model=model)
+    return counts if counts is not None else [len(t.encode()) // 2 + 1 for t in texts]
+
+
+def embed_metered(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    inference: InferenceClient,
+    account_id: str,
+    key_id: str | None,
+    instance: Any,
+    texts: list[str],
+    clock: Clock,
+) -> tuple[list[list[float]], int]:
+    """``/v1/embeddings`` under the same hold and settle as chat (``meter.EMBEDDINGS``):
+    402 when the credit or the instance's or key's spend cap does not cover the input.
+    Returns the vectors and the input tokens charged."""
+    counted = 0
+    if settings.billing.enabled:
+        limit = settings.inference.embedding_max_tokens  # longer texts are cut to this
+        counted = sum(min(n, limit) for n in token_counts(inference, texts, "embedding"))
+    hold = meter.reserve(
+        db,
+        settings,
+        account_id=account_id,
+        instance_id=instance.id,
+        key_id=key_id,
+        model=meter.EMBEDDINGS,
+        prompt_tokens=counted,
+        max_completion_tokens=0,
+        now=clock(),
+    )
+    try:
+        vectors, tokens = inference.embed_counted(texts, account_id=account_id)
+    except BaseException:
+        meter.release(db, hold, now=clock())
+        raise
+    used = tokens if tokens is not None else counted
+    meter.settle(db, settings, hold, prompt_tokens=used, completion_tokens=0, now=clock())
+    return vectors, used

@@ -1,0 +1,47 @@
+"""Onboarding: the team's answers (accounts' profile) and its first instance.
+
+Saving or skipping the onboarding questions creates the team's first instance,
+``assistant``, if it has none, so a new team can chat at once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlite_utils
+
+from appliance.accounts import service as accounts
+from appliance.accounts.models import Profile
+from appliance.config import Settings
+from appliance.instances import service as instances
+
+
+def save(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    account_id: str,
+    actor_role: str,
+    answers: dict[str, Any],
+    now: datetime,
+) -> Profile:
+    """Save the answers (owners and admins), then make the first instance."""
+    saved = accounts.save_profile(db, settings, account_id, actor_role, answers, now)
+    first_instance(db, settings, account_id, actor_role, now)
+    return saved
+
+
+def skip(
+    db: sqlite_utils.Database, settings: Settings, account_id: str, actor_role: str, now: datetime
+) -> Profile:
+    """Skip the questions (owners and admins), then make the first instance."""
+    skipped = accounts.skip_onboarding(db, account_id, actor_role, now)
+    first_instance(db, settings, account_id, actor_role, now)
+    return skipped
+
+
+def first_instance(
+    db: sqlite_utils.Database, settings: Settings, account_id: str, actor_role: str, now: datetime
+) -> instances.Instance | None:
+    """The team's first instance, if it has none (``None`` otherwise)."""
+    return instances.ensure_first(db, account_id, actor_role, now=now, **instances.limits(settings))
