@@ -32,8 +32,6 @@ log = logging.getLogger(__name__)
 
 #: Micro-dollars per cent (Stripe amounts are in the currency's smallest unit).
 PER_CENT = 10_000
-WEBHOOK_TOLERANCE_SECONDS = 300
-RECONCILE_DAYS = 3
 #: What a call to Stripe carries: no names, emails or content (PRIVACY.md section 5).
 EGRESS_DATA = "account reference, top-up amount and currency, Stripe customer and card ids"
 
@@ -86,13 +84,13 @@ def client(settings: Settings) -> stripe.StripeClient:
     )
 
 
-def _unavailable(exc: stripe.StripeError) -> Unavailable:
+def unavailable(exc: stripe.StripeError) -> Unavailable:
     # The message may quote the request; log only the class and Stripe's code.
     log.warning("Stripe request failed: %s (%s)", type(exc).__name__, exc.code or "no code")
     return Unavailable("Stripe is not answering right now. Please try again shortly.")
 
 
-def _topups(db, where: str, params: list, limit: int | None = None) -> list[Topup]:
+def topups_where(db, where: str, params: list, limit: int | None = None) -> list[Topup]:
     rows = db["billing_topups"].rows_where(
         where, params, select=_TOPUP_COLUMNS, order_by="created_at desc", limit=limit
     )
@@ -100,21 +98,21 @@ def _topups(db, where: str, params: list, limit: int | None = None) -> list[Topu
 
 
 def topup(db: sqlite_utils.Database, account_ref: str, topup_id: str) -> Topup:
-    found = _topups(db, "id = ? and account_ref = ?", [topup_id, account_ref])
+    found = topups_where(db, "id = ? and account_ref = ?", [topup_id, account_ref])
     if not found:
         raise NotFound("No such top-up.")
     return found[0]
 
 
 def topups(db: sqlite_utils.Database, account_ref: str, limit: int = 100) -> list[Topup]:
-    return _topups(db, "account_ref = ?", [account_ref], limit)
+    return topups_where(db, "account_ref = ?", [account_ref], limit)
 
 
-def _set_topup(db, topup_id: str, **changes: Any) -> None:
+def set_topup(db, topup_id: str, **changes: Any) -> None:
     db["billing_topups"].update(topup_id, changes)
 
 
-def _remember_customer(db, account_ref: str, customer_id: str) -> None:
+def remember_customer(db, account_ref: str, customer_id: str) -> None:
     db.execute(
         "update billing_accounts set stripe_customer_id = coalesce(stripe_customer_id, :id) "
         "where account_ref = :ref",
@@ -174,11 +172,11 @@ def _customer(db, settings: Settings, account_ref: str, now: datetime) -> str:
         )
     except stripe.StripeError as exc:
         _egress(db, account_ref, "create the Stripe customer", params, "error", now)
-        raise _unavailable(exc) from None
+        raise unavailable(exc) from None
     _egress(db, account_ref, "create the Stripe customer", params, "ok", now)
     with write_transaction(db):
         ledger.ensure_account(db, account_ref, now)
-        _remember_customer(db, account_ref, customer.id)
+        remember_customer(db, account_ref, customer.id)
     return customer.id
 
 
@@ -243,11 +241,11 @@ def start_checkout(
     except stripe.StripeError as exc:
         _egress(db, account_id, "start a top-up (Checkout)", params, "error", now)
         with write_transaction(db):
-            _set_topup(db, row.id, status="failed")
-        raise _unavailable(exc) from None
+            set_topup(db, row.id, status="failed")
+        raise unavailable(exc) from None
     _egress(db, account_id, "start a top-up (Checkout)", params, "ok", now)
     with write_transaction(db):
-        _set_topup(db, row.id, stripe_session_id=session.id)
+        set_topup(db, row.id, stripe_session_id=session.id)
     return topup(db, account_id, row.id), session.url
 
 
@@ -259,184 +257,6 @@ def _insert_topup(db, row: Topup) -> None:
 
 def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text)
-
-
-def verify_event(settings: Settings, payload: bytes, signature: str | None) -> dict[str, Any]:
-    """The event, if ``signature`` is Stripe's for this raw body (300 s tolerance).
-
-    Raises:
-        NotFound: Stripe is not configured (the endpoint does not exist).
-        InvalidInput: missing or wrong signature, tampered body, stale timestamp.
-    """
-    if not configured(settings):
-        raise NotFound("Not found.")
-    try:
-        stripe.Webhook.construct_event(
-            payload,
-            signature or "",
-            settings.stripe.webhook_secret,
-            tolerance=WEBHOOK_TOLERANCE_SECONDS,
-        )
-        event = json.loads(payload)
-    except (ValueError, stripe.SignatureVerificationError):
-        raise InvalidInput("Invalid Stripe signature.") from None
-    if not isinstance(event, dict) or not isinstance(event.get("id"), str):
-        raise InvalidInput("Not a Stripe event.")
-    return event
-
-
-def handle_event(
-    db: sqlite_utils.Database, settings: Settings, event: dict[str, Any], now: datetime
-) -> str:
-    """Process a verified event once; returns what happened (for the log and tests)."""
-    kind = str(event.get("type", ""))
-    obj = (event.get("data") or {}).get("object") or {}
-    with write_transaction(db):
-        if db["stripe_events"].count_where("id = ?", [event["id"]]):
-            return "duplicate"
-        account_ref, outcome = None, "ignored"
-        if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
-            account_ref, outcome = _credit_session(db, obj, now)
-        elif kind == "checkout.session.async_payment_failed":
-            account_ref, outcome = _fail_session(db, obj)
-        elif kind == "charge.refunded":
-            account_ref, outcome = _refund(db, obj, now)
-        elif kind == "charge.dispute.created":
-            account_ref, outcome = _dispute(db, obj, now)
-        db["stripe_events"].insert(
-            {
-                "id": event["id"],
-                "type": kind,
-                "account_ref": account_ref,
-                "outcome": outcome,
-                "received_at": iso(now),
-            }
-        )
-    if outcome == "credited" and kind.startswith("checkout.session"):
-        save_card(db, settings, account_ref, obj.get("payment_intent"), now)
-    return outcome
-
-
-def _topup_for_session(db, session: dict[str, Any]) -> Topup | None:
-    found = _topups(db, "stripe_session_id = ?", [session.get("id")])
-    if not found and session.get("client_reference_id"):
-        # The webhook can arrive before start_checkout stored the session id.
-        found = _topups(
-            db, "id = ? and stripe_session_id is null", [session["client_reference_id"]]
-        )
-    return found[0] if found else None
-
-
-def _credit_session(db, session: dict[str, Any], now: datetime) -> tuple[str | None, str]:
-    """Credit a paid Checkout Session once (inside the caller's transaction)."""
-    found = _topup_for_session(db, session)
-    if found is None:
-        return None, "unknown session"
-    if session.get("payment_status") != "paid":
-        return found.account_ref, "not paid"
-    if found.status == "paid":
-        return found.account_ref, "already credited"
-    if str(session.get("currency", "")).lower() != found.currency:
-        return found.account_ref, "wrong currency"
-    cents = session.get("amount_total")
-    if not isinstance(cents, int) or cents <= 0:
-        return found.account_ref, "no amount"
-    amount = cents * PER_CENT
-    ledger.post(
-        db,
-        found.account_ref,
-        "topup",
-        amount,
-        now,
-        topup_id=found.id,
-        stripe_ref=session.get("id"),
-    )
-    _set_topup(
-        db,
-        found.id,
-        status="paid",
-        paid_at=iso(now),
-        amount_microusd=amount,
-        stripe_session_id=session.get("id"),
-        stripe_payment_intent_id=session.get("payment_intent"),
-    )
-    if session.get("customer"):
-        _remember_customer(db, found.account_ref, session["customer"])
-    return found.account_ref, "credited"
-
-
-def _fail_session(db, session: dict[str, Any]) -> tuple[str | None, str]:
-    found = _topup_for_session(db, session)
-    if found is None:
-        return None, "unknown session"
-    db.execute(
-        "update billing_topups set status = 'failed' where id = :id and status = 'pending'",
-        {"id": found.id},
-    )
-    return found.account_ref, "failed"
-
-
-def _account_for_payment(db, payment_intent: Any, customer: Any) -> str | None:
-    for table, where, value in (
-        ("billing_topups", "stripe_payment_intent_id = ?", payment_intent),
-        ("billing_accounts", "stripe_customer_id = ?", customer),
-    ):
-        found = db[table].rows_where(where, [value], select="account_ref") if value else ()
-        row = next(iter(found), None)
-        if row:
-            return row["account_ref"]
-    return None
-
-
-def _refund(db, charge: dict[str, Any], now: datetime) -> tuple[str | None, str]:
-    """Debit what was refunded. ``amount_refunded`` is cumulative, so only the part not
-    debited by an earlier event is taken. If the balance cannot cover it (the credit was
-    already spent), the balance goes to zero and the rest is recorded as a shortfall."""
-    account_ref = _account_for_payment(db, charge.get("payment_intent"), charge.get("customer"))
-    if account_ref is None:
-        return None, "unknown charge"
-    refunded = charge.get("amount_refunded")
-    if not isinstance(refunded, int) or refunded <= 0:
-        return account_ref, "no amount"
-    before = next(
-        db.query(
-            "select coalesce(sum(-amount_microusd + shortfall_microusd), 0) as debited "
-            "from ledger_entries where kind = 'refund' and stripe_ref = :charge",
-            {"charge": charge.get("id")},
-        )
-    )
-    due = refunded * PER_CENT - before["debited"]
-    if due <= 0:
-        return account_ref, "already debited"
-    ledger.post(
-        db, account_ref, "refund", -due, now, shortfall_ok=True, stripe_ref=charge.get("id")
-    )
-    return account_ref, "debited"
-
-
-def _dispute(db, dispute: dict[str, Any], now: datetime) -> tuple[str | None, str]:
-    """Debit a disputed amount once per dispute (to zero at most, as for refunds)."""
-    account_ref = _account_for_payment(db, dispute.get("payment_intent"), None)
-    if account_ref is None:
-        return None, "unknown charge"
-    amount = dispute.get("amount")
-    if not isinstance(amount, int) or amount <= 0:
-        return account_ref, "no amount"
-    exists = db["ledger_entries"].count_where(
-        "kind = 'dispute' and stripe_ref = ?", [dispute.get("id")]
-    )
-    if exists:
-        return account_ref, "already debited"
-    ledger.post(
-        db,
-        account_ref,
-        "dispute",
-        -amount * PER_CENT,
-        now,
-        shortfall_ok=True,
-        stripe_ref=dispute.get("id"),
-    )
-    return account_ref, "debited"
 
 
 def save_card(
@@ -455,7 +275,7 @@ def save_card(
             payment_intent_id, {"expand": ["payment_method"]}
         )
     except stripe.StripeError as exc:
-        _unavailable(exc)
+        unavailable(exc)
         return
     method = intent.to_dict().get("payment_method")
     card = method.get("card") if isinstance(method, dict) else None
@@ -473,31 +293,6 @@ def save_card(
                 "ref": account_ref,
             },
         )
-
-
-def reconcile(db: sqlite_utils.Database, settings: Settings, now: datetime) -> int:
-    """Credit paid Checkout Sessions of the last days that no webhook reported; returns
-    how many were credited. Does nothing when Stripe is not configured."""
-    if not configured(settings):
-        return 0
-    since = int((now - timedelta(days=RECONCILE_DAYS)).timestamp())
-    try:
-        sessions = client(settings).v1.checkout.sessions.list(
-            {"created": {"gte": since}, "limit": 100}
-        )
-        listed = [s.to_dict() for s in sessions.auto_paging_iter()]
-    except stripe.StripeError as exc:
-        raise _unavailable(exc) from None
-    paid = [s for s in listed if s.get("payment_status") == "paid"]
-    credited = 0
-    for session in paid:
-        with write_transaction(db):
-            account_ref, outcome = _credit_session(db, session, now)
-        if outcome == "credited":
-            credited += 1
-            log.info("reconciliation credited a top-up that no webhook reported")
-            save_card(db, settings, account_ref, session.get("payment_intent"), now)
-    return credited
 
 
 def auto_topup(
@@ -551,17 +346,17 @@ def auto_topup(
         )
     except stripe.StripeError as exc:
         _egress(db, account_ref, "automatic top-up", params, "error", now)
-        _unavailable(exc)
+        unavailable(exc)
         with write_transaction(db):
-            _set_topup(db, pending.id, status="failed")
+            set_topup(db, pending.id, status="failed")
         return "failed"
     _egress(db, account_ref, "automatic top-up", params, "ok", now)
     intent = intent.to_dict()
     with write_transaction(db):
-        _set_topup(db, pending.id, stripe_payment_intent_id=intent["id"])
+        set_topup(db, pending.id, stripe_payment_intent_id=intent["id"])
         received = intent.get("amount_received")
         if intent.get("status") != "succeeded" or not isinstance(received, int) or received <= 0:
-            _set_topup(db, pending.id, status="failed")
+            set_topup(db, pending.id, status="failed")
             return "failed"
         ledger.post(
             db,
@@ -572,7 +367,7 @@ def auto_topup(
             topup_id=pending.id,
             stripe_ref=intent["id"],
         )
-        _set_topup(
+        set_topup(
             db, pending.id, status="paid", paid_at=iso(now), amount_microusd=received * PER_CENT
         )
     return "credited"

@@ -10,7 +10,7 @@ import sqlite_utils
 
 from appliance.accounts import service as accounts
 from appliance.accounts.models import MANAGERS
-from appliance.billing import ledger, meter, payments, service
+from appliance.billing import ledger, meter, payments, service, webhooks
 from appliance.config import Settings
 from appliance.db import open_db
 from appliance.errors import ApplianceError
@@ -69,7 +69,7 @@ def _notify_low_balance(db, settings: Settings, account_ref: str, send: SendMail
 def reconcile(settings: Settings, now: datetime) -> int:
     db = open_db(settings)
     try:
-        return payments.reconcile(db, settings, now)
+        return webhooks.reconcile(db, settings, now)
     finally:
         db.close()
 

@@ -17,7 +17,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, URLEncodedBody
 from litestar.response import Redirect, Template
 
 from appliance.auth import service as auth
-from appliance.billing import ledger, payments, service
+from appliance.billing import ledger, payments, service, webhooks
 from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.db import open_db
@@ -170,10 +170,10 @@ class StripeWebhook(Controller):
         signature = request.headers.get("stripe-signature")
 
         def process() -> str:
-            event = payments.verify_event(settings, payload, signature)
+            event = webhooks.verify_event(settings, payload, signature)
             db = open_db(settings)
             try:
-                return payments.handle_event(db, settings, event, clock())
+                return webhooks.handle_event(db, settings, event, clock())
             finally:
                 db.close()
 

@@ -15,7 +15,7 @@ from stripe_standin import event, sign
 from appliance import mail
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth
-from appliance.billing import ledger, payments, service
+from appliance.billing import ledger, service, webhooks
 from appliance.billing import tasks as billing_tasks
 from appliance.instances import service as instances
 from appliance.tasks import create_queue
@@ -268,8 +268,8 @@ def test_reconciliation_credits_a_session_no_webhook_reported(shop, stripe_stand
         session_object("top_someone_else", "cs_other"),
         session_object(topup["id"], "cs_test_1", paid=False) | {"id": "cs_unpaid"},
     ]
-    assert payments.reconcile(shop["db"], billed, clock()) == 1
-    assert payments.reconcile(shop["db"], billed, clock()) == 0
+    assert webhooks.reconcile(shop["db"], billed, clock()) == 1
+    assert webhooks.reconcile(shop["db"], billed, clock()) == 0
     assert balance(shop) == 25_000_000
     (listing,) = stripe_standin.calls("GET", "/v1/checkout/sessions")[:1]
     assert int(listing.params["created[gte]"]) == int(clock().timestamp()) - 3 * 86400
@@ -336,7 +336,7 @@ def test_billing_off_makes_no_stripe_request(settings, stripe_standin, db, clock
         payload = event("evt_x", "checkout.session.completed", {"id": "cs_1"})
         signed = {"Stripe-Signature": sign(payload, WEBHOOK_SECRET)}
         assert client.post("/stripe/webhook", content=payload, headers=signed).status_code == 404
-    assert payments.reconcile(db, off, clock()) == 0
+    assert webhooks.reconcile(db, off, clock()) == 0
     billing_tasks.every_minute(off, clock(), lambda *args: None, instances.running)
     assert stripe_standin.requests == []
 
