@@ -33,11 +33,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,8 +44,18 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # run as a plain script from a checkout
-    sys.path.insert(0, str(ROOT))
+for path in (ROOT, ROOT / "scripts" / "bench"):
+    if str(path) not in sys.path:  # run as a plain script from a checkout
+        sys.path.insert(0, str(path))
+
+from common import (  # noqa: E402  (scripts/bench/common.py)
+    code_version,
+    cpu_model,
+    load_average,
+    markdown_table,
+    text_table,
+    wait_until_idle,
+)
 
 from appliance.config import Settings  # noqa: E402
 from appliance.inference import models  # noqa: E402
@@ -243,59 +250,13 @@ def load_engines(settings: Settings, parallel: int, chunk: int):
 def machine() -> dict[str, str]:
     import llama_cpp
 
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                cpu = line.partition(":")[2].strip()
-                break
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": f"{os.cpu_count()} logical, {physical_cores()} physical",
         "llama_cpp": llama_cpp.__version__,
         "gpu_offload": "yes" if gpu_offload_supported() else "no",
-        "commit": commit,
+        "commit": code_version(),
     }
-
-
-def cpu_busy_seconds() -> float:
-    """CPU-seconds the whole machine spent busy since boot (all CPUs; steal counts)."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def busy_fraction(seconds: float) -> float:
-    """Share of all CPUs busy over ``seconds`` (this process sleeps meanwhile)."""
-    before = cpu_busy_seconds()
-    time.sleep(seconds)
-    return (cpu_busy_seconds() - before) / (seconds * (os.cpu_count() or 1))
-
-
-def wait_until_idle(limit: float, threshold: float = 0.15) -> float:
-    """Wait up to ``limit`` seconds for other processes to use under ``threshold`` of the
-    CPUs (llama.cpp's threads spin on barriers: a busy neighbour slows them many times)."""
-    deadline = time.monotonic() + limit
-    busy = busy_fraction(1.0)
-    while busy > threshold and time.monotonic() < deadline:
-        busy = busy_fraction(2.0)
-    return busy
-
-
-def load_average() -> str:
-    with contextlib.suppress(OSError):
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    return "unknown"
 
 
 def ms(seconds: float) -> str:
@@ -389,20 +350,6 @@ def summarise_late(late: dict, streams: int) -> tuple[list[str], list[list[str]]
         med = medians(late[name])
         rows.append([name, ms(med["late_ttft"]), f"{med['busy']:.0%}"])
     return header, rows
-
-
-def text_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,19 +65,22 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from inference import (  # noqa: E402  (scripts/bench/inference.py: shared helpers)
-    DOC_HEADER,
+from common import (  # noqa: E402  (scripts/bench/common.py)
     busy_fraction,
     code_version,
     cpu_busy_seconds,
+    markdown_table,
+    text_table,
+    wait_until_idle,
+)
+from inference import (  # noqa: E402  (scripts/bench/inference.py: shared helpers)
+    DOC_HEADER,
     free_port,
     machine_info,
-    markdown_table,
     own_cpu_seconds,
     percentile,
     prepare_data_dir,
     start_service,
-    wait_until_idle,
 )
 from retrieval import build_corpus, embed_corpus, ingest_tier  # noqa: E402
 
@@ -90,9 +93,9 @@ from appliance.db import open_db  # noqa: E402
 from appliance.inference.client import ACCOUNT_HEADER, InferenceClient  # noqa: E402
 from appliance.inference.engine import load_engine  # noqa: E402
 from appliance.instances import service as instances  # noqa: E402
+from appliance.instances.service import chat_models  # noqa: E402
 from appliance.knowledge import search as kb_search  # noqa: E402
 from appliance.knowledge.store import KnowledgeStore  # noqa: E402
-from appliance.web.instances import chat_models  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Chat (end to end) (scripts/bench/chat.py)"
@@ -576,14 +579,6 @@ def target_rows(
 
 
 TARGET_HEADER = ["Measurement", "Measured", "Target", "Result"]
-
-
-def text_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
 
 
 def record(setup, tables, notes) -> None:

@@ -360,7 +360,8 @@ def run(args, log: Callable[[str], None]) -> tuple[list, list, list]:
     """Ingest the collection, run every stage; returns (setup rows, tables, notes)."""
     import shutil
 
-    from inference import cpu_model, start_service  # scripts/bench/inference.py
+    from common import cpu_model  # scripts/bench/common.py
+    from inference import start_service  # scripts/bench/inference.py
 
     from appliance import vault
     from appliance.accounts import service as accounts

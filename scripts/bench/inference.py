@@ -53,6 +53,16 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(ROOT))
 
+from common import (  # noqa: E402  (scripts/bench/common.py)
+    busy_fraction,
+    code_version,
+    cpu_busy_seconds,
+    cpu_model,
+    markdown_table,
+    text_table,
+    wait_until_idle,
+)
+
 from appliance import vault  # noqa: E402
 from appliance.cli import initialise  # noqa: E402
 from appliance.config import Settings  # noqa: E402
@@ -211,36 +221,6 @@ WORDS = WORDS_TEXT.split()
 # -- machine and setup ---------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or platform.machine()
-
-
-def code_version() -> str:
-    """The checkout's commit, and whether it has local changes (read-only git calls)."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return f"{commit}" + (" with uncommitted changes" if dirty else "")
-
-
 def machine_info() -> dict[str, str]:
     import llama_cpp
 
@@ -253,34 +233,10 @@ def machine_info() -> dict[str, str]:
     }
 
 
-def cpu_busy_seconds() -> float:
-    """CPU-seconds the whole machine spent busy since boot (all CPUs; steal counts as busy)."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
 def own_cpu_seconds() -> float:
     """CPU-seconds of this process and its reaped children (the service, once stopped)."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
-
-
-def busy_fraction(seconds: float = 2.0) -> float:
-    """Share of all CPUs busy over ``seconds``, as a fraction (this process is idle meanwhile)."""
-    before = cpu_busy_seconds()
-    time.sleep(seconds)
-    return (cpu_busy_seconds() - before) / (seconds * (os.cpu_count() or 1))
-
-
-def wait_until_idle(limit: float, threshold: float = 0.15) -> float:
-    """Wait (up to ``limit`` seconds) until other processes use under ``threshold`` of the CPUs."""
-    deadline = time.monotonic() + limit
-    busy = busy_fraction()
-    while busy > threshold and time.monotonic() < deadline:
-        print(f"  machine {busy:.0%} busy; waiting for it to calm down")
-        busy = busy_fraction(5.0)
-    return busy
 
 
 def rss_mb(pid: int) -> float | None:
@@ -897,20 +853,6 @@ def build_rows(chat: dict, conv: dict, conc: dict, emb: dict) -> list[list[str]]
 HEADER = ["Measurement", "Service", "Baseline", "Ratio / overhead", "Target", "Result"]
 
 
-def text_table(rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [HEADER, *rows]) for i in range(len(HEADER))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(HEADER, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def record(setup: list[list[str]], rows: list[list[str]], runs: int, notes: list[str]) -> None:
     DOC.parent.mkdir(parents=True, exist_ok=True)
     existing = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
@@ -1110,7 +1052,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nResults (medians of {args.runs} runs; {date}; {elapsed:.0f} s in all)\n")
     width = max(len(name) for name, _ in setup)
     print("\n".join(f"{name.ljust(width)}  {value}" for name, value in setup) + "\n")
-    print(text_table(rows))
+    print(text_table(HEADER, rows))
     notes = list(NOTES)
     if max(busy_before, others_share) > NOISY_SHARE:
         warning = (

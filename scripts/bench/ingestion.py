@@ -40,8 +40,13 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from inference import cpu_model, start_service  # noqa: E402  (scripts/bench/inference.py)
-from retrieval import DOC, markdown_table, text_table  # noqa: E402
+from common import (  # noqa: E402
+    cpu_model,
+    markdown_table,
+    text_table,
+)
+from inference import start_service  # noqa: E402  (scripts/bench/inference.py)
+from retrieval import DOC  # noqa: E402
 
 from appliance.accounts import service as accounts  # noqa: E402
 from appliance.cli import initialise  # noqa: E402

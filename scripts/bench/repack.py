@@ -38,7 +38,8 @@ for path in (ROOT, ROOT / "scripts" / "bench"):
     if str(path) not in sys.path:  # run as a plain script from a checkout
         sys.path.insert(0, str(path))
 
-from batching import load_average, machine, markdown_table, text_table, wait_until_idle  # noqa: E402
+from batching import machine  # noqa: E402
+from common import load_average, markdown_table, text_table, wait_until_idle  # noqa: E402
 
 from appliance.config import Settings  # noqa: E402
 from appliance.inference import models, selftest  # noqa: E402

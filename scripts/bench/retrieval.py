@@ -68,15 +68,18 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from inference import (  # noqa: E402  (scripts/bench/inference.py: shared helpers)
-    DOC_HEADER,
+from common import (  # noqa: E402  (scripts/bench/common.py)
     busy_fraction,
     code_version,
     cpu_busy_seconds,
     cpu_model,
     markdown_table,
-    own_cpu_seconds,
+    text_table,
     wait_until_idle,
+)
+from inference import (  # noqa: E402  (scripts/bench/inference.py: shared helpers)
+    DOC_HEADER,
+    own_cpu_seconds,
 )
 
 from appliance.accounts import service as accounts  # noqa: E402
@@ -1316,14 +1319,6 @@ def target_rows(results: list[TierResult]) -> list[list[str]]:
                 ]
             )
     return rows
-
-
-def text_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines)
 
 
 def record(

@@ -35,14 +35,16 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from common import (  # noqa: E402  (scripts/bench/common.py)
+    cpu_model,
+    markdown_table,
+    text_table,
+)
 from retrieval import (  # noqa: E402  (scripts/bench/retrieval.py)
     DOC,
     SEED,
     build_corpus,
-    cpu_model,
     embed_corpus,
-    markdown_table,
-    text_table,
 )
 
 from appliance.accounts import service as accounts  # noqa: E402
