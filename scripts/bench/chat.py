@@ -66,16 +66,18 @@ if str(ROOT) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(ROOT))
 
 from common import (  # noqa: E402  (scripts/bench/common.py)
+    Service,
     busy_fraction,
     code_version,
     cpu_busy_seconds,
+    flag_noise,
+    free_port,
     markdown_table,
     text_table,
     wait_until_idle,
 )
 from inference import (  # noqa: E402  (scripts/bench/inference.py: shared helpers)
     DOC_HEADER,
-    free_port,
     machine_info,
     own_cpu_seconds,
     percentile,
@@ -110,7 +112,6 @@ MAX_TOKENS = 32
 COMPOSE_RUNS = 100  # compose calls per mode and knowledge base
 TOP_K = 5
 TARGET_MS = 50.0
-NOISY_SHARE = 0.05
 SYSTEM_PROMPT = (
     "You are the assistant of a small business. Answer briefly and in plain English, "
     "using the team's documents when they are relevant."
@@ -127,28 +128,7 @@ MODE_NAMES = {
 # -- services and data ---------------------------------------------------------------------
 
 
-@dataclass
-class Web:
-    process: subprocess.Popen
-    url: str
-    log_path: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def log_tail(self, lines: int = 40) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-
-def start_web(data_dir: Path) -> Web:
+def start_web(data_dir: Path) -> Service:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
     env.update(APPLIANCE_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
@@ -162,7 +142,7 @@ def start_web(data_dir: Path) -> Web:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    web = Web(process, f"http://127.0.0.1:{port}", log_path)
+    web = Service(process, f"http://127.0.0.1:{port}", log_path)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -817,13 +797,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{title}\n")
         print(text_table(header, rows))
     notes = list(NOTES)
-    if max(busy_before, others_share) > NOISY_SHARE:
-        warning = (
-            f"Other processes used {others_share:.0%} of the CPUs during this run "
-            f"({busy_before:.0%} just before it): these numbers are noisier than usual."
-        )
-        print(f"\nwarning: {warning}")
-        notes.insert(0, f"**{warning}**")
+    flag_noise(notes, busy_before, others_share)
     if args.record:
         record(setup, tables, notes)
     return 0

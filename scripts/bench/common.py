@@ -6,11 +6,16 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import signal
+import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+#: Other processes' share of the CPUs above which a run is flagged noisy.
+NOISY_SHARE = 0.05
 
 
 def text_table(header: list[str], rows: list[list]) -> str:
@@ -53,6 +58,18 @@ def wait_until_idle(limit: float, threshold: float = 0.15) -> float:
     return busy
 
 
+def flag_noise(notes: list[str], busy_before: float, others_share: float) -> None:
+    """Warn (and put the warning first in ``notes``) when other processes used more than
+    ``NOISY_SHARE`` of the CPUs just before or during the run."""
+    if max(busy_before, others_share) > NOISY_SHARE:
+        warning = (
+            f"Other processes used {others_share:.0%} of the CPUs during this run "
+            f"({busy_before:.0%} just before it): these numbers are noisier than usual."
+        )
+        print(f"\nwarning: {warning}")
+        notes.insert(0, f"**{warning}**")
+
+
 def load_average() -> str:
     with contextlib.suppress(OSError):
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -88,3 +105,32 @@ def code_version() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return f"{commit}" + (" with uncommitted changes" if dirty else "")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Service:
+    """A running ``python -m appliance ...`` child (inference or web)."""
+
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""

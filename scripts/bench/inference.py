@@ -33,7 +33,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,10 +53,13 @@ if str(ROOT) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(ROOT))
 
 from common import (  # noqa: E402  (scripts/bench/common.py)
+    Service,
     busy_fraction,
     code_version,
     cpu_busy_seconds,
     cpu_model,
+    flag_noise,
+    free_port,
     markdown_table,
     text_table,
     wait_until_idle,
@@ -95,7 +97,6 @@ EMBED_BATCH = 32
 SEED = 1234
 OVERHEAD_TARGET = 0.05
 WARM_RATIO_TARGET = 0.30
-NOISY_SHARE = 0.05  # other processes' share of the CPUs above which a run is flagged noisy
 UNUSABLE_SHARE = 0.25  # ... above which --record refuses to write it down
 
 SYSTEM = "You are a helpful assistant. Answer in plain English."
@@ -256,35 +257,6 @@ def prepare_data_dir(data_dir: Path, *, fresh: bool) -> Settings:
     if fresh or not (registry.default_chat and registry.default_embedding):
         models.install_defaults(settings, log=lambda message: print(f"  {message}"))
     return settings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Service:
-    """A running ``python -m appliance inference`` child."""
-
-    process: subprocess.Popen
-    url: str
-    log_path: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def log_tail(self, lines: int = 40) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
 
 
 def start_service(settings: Settings, **extra_env: str) -> Service:
@@ -1054,13 +1026,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(f"{name.ljust(width)}  {value}" for name, value in setup) + "\n")
     print(text_table(HEADER, rows))
     notes = list(NOTES)
-    if max(busy_before, others_share) > NOISY_SHARE:
-        warning = (
-            f"Other processes used {others_share:.0%} of the CPUs during this run "
-            f"({busy_before:.0%} just before it): these numbers are noisier than usual."
-        )
-        print(f"\nwarning: {warning}")
-        notes.insert(0, f"**{warning}**")
+    flag_noise(notes, busy_before, others_share)
     if args.record and others_share > UNUSABLE_SHARE and not args.force_record:
         print(
             f"not recording: other processes used {others_share:.0%} of the CPUs, which "

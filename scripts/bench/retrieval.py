@@ -73,6 +73,7 @@ from common import (  # noqa: E402  (scripts/bench/common.py)
     code_version,
     cpu_busy_seconds,
     cpu_model,
+    flag_noise,
     markdown_table,
     text_table,
     wait_until_idle,
@@ -114,7 +115,6 @@ QUALITY_SLACK = 0.01
 DIAGNOSE_QUERIES = 100
 MMAP_BYTES = 4 << 30
 COMMON_SHARE = 0.05  # the FTS5 experiment drops words in more than this share of rows
-NOISY_SHARE = 0.05
 
 # -- the labelled corpus -----------------------------------------------------------------
 
@@ -1535,13 +1535,7 @@ def main(argv: list[str] | None = None) -> int:
         print(text_table(header, rows))
     notes = build_notes(results, emb, corpus)
     print("\nNotes:\n" + "\n".join(f"- {note}" for note in notes))
-    if max(busy_before, others_share) > NOISY_SHARE:
-        warning = (
-            f"Other processes used {others_share:.0%} of the CPUs during this run "
-            f"({busy_before:.0%} just before it): these numbers are noisier than usual."
-        )
-        print(f"\nwarning: {warning}")
-        notes.insert(0, f"**{warning}**")
+    flag_noise(notes, busy_before, others_share)
     if args.record:
         record(setup, tables, notes)
     return 0
