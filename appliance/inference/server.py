@@ -620,6 +620,7 @@ def _prometheus(service: InferenceService) -> str:
             f"appliance_inference_prefix_cache_tokens_reused_total {m.prefix_tokens_reused}",
             f"appliance_inference_prefix_cache_entries {chat_engine.prefix_entries}",
             f"appliance_inference_kv_full_total {m.kv_full}",
+            f"appliance_inference_kv_waits_total {m.kv_waits}",
             f"appliance_inference_decode_errors_total {m.decode_errors}",
         ]
     return "\n".join(header + lines) + "\n"
@@ -640,6 +641,7 @@ def _batching(service: InferenceService) -> dict[str, Any] | None:
         "prefix_cache_entries": chat.prefix_entries,
         "prefix_cache_hit_rate": round(m.prefix_hit_rate, 4),
         "kv_full": m.kv_full,
+        "kv_waits": m.kv_waits,
         "decode_errors": m.decode_errors,
     }
 
