@@ -276,7 +276,6 @@ class BatchedChatEngine(ChatModel):
     def prefix_entries(self) -> int:
         return len(self.prefixes)
 
-
     # -- one step ----------------------------------------------------------------------
 
     def _plan(self, running: list[_Sequence]) -> list[tuple[_Sequence, int, int]]:

@@ -113,7 +113,7 @@ def stream_error(exc: ApplianceError) -> dict:
         "status": status,
         "retry_after": retry_after_of(exc),
         "message": str(exc) if status < 500 or isinstance(exc, Unavailable) else _generic(status),
-        "type": kind,
+        "type": "server_error" if status >= 500 else kind,  # OpenAI's type for 5xx
         "code": CODES.get(status, status),
     }
 
