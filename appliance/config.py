@@ -154,8 +154,16 @@ class InferenceSettings:
     )
     per_account_queue: int = setting(
         8,
-        "Requests one account may have waiting or running at once; more get 429.",
+        "Requests one account may have waiting or running at once; more wait for one of "
+        "these places (inference.account_wait_seconds), then get 429.",
         min=1,
+    )
+    account_wait_seconds: float = setting(
+        30.0,
+        "How long a request beyond its account's inference.per_account_queue waits for a "
+        "place before it gets 429 with Retry-After (0: refused at once). Other accounts' "
+        "requests do not wait behind it.",
+        min=0,
     )
     request_timeout_seconds: float = setting(
         300.0,

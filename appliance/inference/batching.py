@@ -7,15 +7,17 @@ sequence and, within ``inference.prompt_chunk_tokens``, chunks of new prompts; c
 ``llama_decode`` once; and samples each sequence that has logits with its own sampler
 chain (temperature, top_p, seed). With ``parallel = 1`` it answers one request at a time.
 
-Prefix reuse: a finished sequence's KV cells are kept under a spare sequence id (the
-cells are shared, not copied); a later prompt that starts with the same tokens gets them
-with ``llama_memory_seq_cp`` and only evaluates the rest. At most
-``inference.prefix_cache_entries`` are kept, least recently used dropped first, and all
-of them are dropped before a running request is failed for lack of KV cells.
+Prefix reuse (``inference/prefixes.py``): a finished sequence's KV cells are kept for
+later prompts that start the same way, at most ``inference.prefix_cache_entries``.
 
-Errors stay with their request: a prompt longer than the context, a KV cache too full
-for the step, or a failed decode ends that request with a clear message; the others go
-on. Everything here runs on the chat scheduler's thread.
+KV pressure: when a step finds no room in the KV cache, cached prefixes are dropped, least
+recently used first; if that is not enough, the newest request of the step *waits*: its
+cells are freed and it sits out (holding its slot) until a running request ends, then
+evaluates again what it had (its prompt and the answer so far) and goes on where it
+stopped. Only a request that cannot fit even alone fails (400, naming its tokens and the
+limit). Other errors stay with their request: a prompt longer than the context or a failed
+decode ends that request with a clear message; the others go on. Everything here runs on
+the chat scheduler's thread.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import logging
 import random
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,18 +41,18 @@ from appliance.inference.base import (
     StopScanner,
     chat_llama,
 )
+from appliance.inference.prefixes import PrefixCache
 from appliance.inference.scheduler import Failed, Job
 
 log = logging.getLogger(__name__)
 
-#: Shorter common prefixes are not worth a cache lookup's bookkeeping.
-MIN_REUSED_TOKENS = 8
 #: Steps the averages in /healthz are taken over.
 WINDOW = 256
 
-KV_FULL = (
-    "The model's memory (KV cache of {n_ctx} tokens shared by all conversations) is full; "
-    "this request was stopped so the others can go on. Try again in a moment."
+TOO_LARGE = (
+    "This request needs {tokens} tokens of the model's memory (its prompt and answer so "
+    "far), more than the KV cache of {n_ctx} tokens can hold; ask for fewer max_tokens or "
+    "shorten the conversation."
 )
 DECODE_FAILED = "The model failed to evaluate this request."
 
@@ -66,11 +68,14 @@ class _Sequence:
     sampler: Any
     scanner: StopScanner
     order: int
+    #: The prompt, then every sampled answer token: what the KV cache is to hold. All but
+    #: the last are evaluated in prompt-sized chunks; the last alone, with its logits.
+    tokens: list[int] = field(default_factory=list)
     cached: int = 0
-    #: Tokens in the KV cache, in order (the prompt, then the decoded answer tokens).
+    #: Tokens in the KV cache, in order (a prefix of ``tokens``).
     history: list[int] = field(default_factory=list)
-    #: A sampled token not yet in the KV cache (fed in the next step).
-    pending: int | None = None
+    #: Waiting for KV room: holds no cells and sits out steps until a request ends.
+    parked: bool = False
     completion: int = 0
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     #: Index of this sequence's logits in the current batch, if it is to be sampled.
@@ -79,10 +84,6 @@ class _Sequence:
     @property
     def n_past(self) -> int:
         return len(self.history)
-
-    @property
-    def prefilling(self) -> bool:
-        return self.n_past < len(self.prompt)
 
 
 @dataclass
@@ -99,6 +100,7 @@ class BatchMetrics:
     prefix_hits: int = 0
     prefix_tokens_reused: int = 0
     kv_full: int = 0
+    kv_waits: int = 0
     decode_errors: int = 0
     recent: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -176,7 +178,6 @@ class BatchedChatEngine(ChatModel):
         self.slots = parallel
         self.chunk = prompt_chunk_tokens
         self.capacity = parallel + prompt_chunk_tokens
-        self.cache_entries = prefix_cache_entries
         params = llama_cpp.llama_context_params.from_buffer_copy(llama.context_params)
         params.n_ctx = n_ctx
         params.n_batch = self.capacity
@@ -203,9 +204,13 @@ class BatchedChatEngine(ChatModel):
         self.metrics = BatchMetrics()
         self._running: dict[int, _Sequence] = {}
         self._free = list(range(parallel - 1, -1, -1))
-        #: Prefix cache: spare sequence id -> the tokens its KV cells hold (LRU order).
-        self._prefixes: OrderedDict[int, list[int]] = OrderedDict()
-        self._spare = list(range(parallel + prefix_cache_entries - 1, parallel - 1, -1))
+        self.prefixes = PrefixCache(
+            llama_cpp,
+            self.memory,
+            first=parallel,
+            entries=prefix_cache_entries,
+            metrics=self.metrics,
+        )
         self._admitted = 0
 
     # -- BatchRunner -------------------------------------------------------------------
@@ -220,6 +225,7 @@ class BatchedChatEngine(ChatModel):
             job=job,
             slot=slot,
             prompt=tokens,
+            tokens=list(tokens),
             limit=min(params.max_tokens, self.n_ctx - len(tokens)),
             sampler=self._sampler(params),
             scanner=StopScanner(stops),
@@ -227,7 +233,7 @@ class BatchedChatEngine(ChatModel):
         )
         self._admitted += 1
         self._lib.llama_memory_seq_rm(self.memory, slot, -1, -1)
-        seq.cached = self._reuse_prefix(seq)
+        self._reuse_prefix(seq)
         self._running[slot] = seq
 
     def step(self) -> list[tuple[Job, Any]]:
@@ -237,11 +243,9 @@ class BatchedChatEngine(ChatModel):
         for seq in list(self._running.values()):
             if seq.job.cancelled.is_set():
                 ended.append((seq.job, self._end(seq, "cancelled")))
-        decoding = [s for s in self._running.values() if not s.prefilling]
-        prefilling = sorted(
-            (s for s in self._running.values() if s.prefilling), key=lambda s: s.order
-        )
-        plan = self._plan(decoding, prefilling)
+        if self._running and all(s.parked for s in self._running.values()):
+            self._unpark()  # nothing holds cells that could be waited for
+        plan = self._plan(sorted(self._running.values(), key=lambda s: s.order))
         if not plan:
             return ended
         decode_seconds = self._decode(plan, ended)
@@ -269,28 +273,26 @@ class BatchedChatEngine(ChatModel):
 
     @property
     def prefix_entries(self) -> int:
-        return len(self._prefixes)
+        return len(self.prefixes)
 
     # -- one step ----------------------------------------------------------------------
 
-    def _plan(
-        self, decoding: list[_Sequence], prefilling: list[_Sequence]
-    ) -> list[tuple[_Sequence, int, int]]:
-        """(sequence, first position, token count) for this step: every decode token, then
-        prompt chunks in admission order within the chunk budget.
+    def _plan(self, running: list[_Sequence]) -> list[tuple[_Sequence, int, int]]:
+        """(sequence, first position, token count) for this step: the last token of every
+        sequence that has only that one left (the next decode token, with logits), then
+        chunks of the others' tokens in admission order within the chunk budget.
 
         A prompt's last token is evaluated on its own, in the step after the rest, like a
         decode token: its logits (the first answer token) then come out of the same
         arithmetic whether the rest of the prompt was evaluated or reused from the prefix
         cache, so a repeated request on an idle service gets the same greedy answer.
         """
-        plan = [(seq, seq.n_past, 1) for seq in decoding]
+        active = [seq for seq in running if not seq.parked]
+        plan = [(seq, seq.n_past, 1) for seq in active if len(seq.tokens) - seq.n_past == 1]
         budget = self.chunk
-        for seq in prefilling:
-            remaining = len(seq.prompt) - seq.n_past
-            if remaining == 1:
-                plan.append((seq, seq.n_past, 1))
-            elif budget > 0:
+        for seq in active:
+            remaining = len(seq.tokens) - seq.n_past
+            if remaining > 1 and budget > 0:
                 count = min(budget, remaining - 1)
                 plan.append((seq, seq.n_past, count))
                 budget -= count
@@ -307,20 +309,14 @@ class BatchedChatEngine(ChatModel):
         )
         i = 0
         for seq, start, count in plan:
-            if seq.prefilling:
-                source = seq.prompt
-                done = start + count == len(seq.prompt)
-            else:
-                source = None
-                done = True
             for k in range(count):
-                token[i] = source[start + k] if source is not None else seq.pending
+                token[i] = seq.tokens[start + k]
                 pos[i] = start + k
                 n_seq[i] = 1
                 seq_ids[i][0] = seq.slot
                 logits[i] = 0
                 i += 1
-            if done:
+            if start + count == len(seq.tokens):
                 logits[i - 1] = 1
                 seq.out = i - 1
             else:
@@ -338,7 +334,7 @@ class BatchedChatEngine(ChatModel):
         logits.
         """
         lib = self._lib
-        failures: list[tuple[_Sequence, str]] = []
+        failures: list[tuple[_Sequence, str, int]] = []
         seconds = 0.0
         groups = [list(plan)]
         plan.clear()
@@ -360,17 +356,19 @@ class BatchedChatEngine(ChatModel):
                             ended.append((seq.job, last))
                 continue
             if rc == 1:  # no room in the KV cache; nothing was evaluated
-                if self._prefixes:
-                    self._drop_prefixes()
+                if self.prefixes.evict_lru():
                     groups.insert(0, group)
                     continue
-                victim = max(group, key=lambda item: item[0].order)
-                self.metrics.kv_full += 1
-                log.warning("KV cache full: stopping the newest of %d requests", len(group))
-                failures.append((victim[0], KV_FULL.format(n_ctx=self.n_ctx)))
-                # Its cells are freed now, so that the retry below can use them.
-                lib.llama_memory_seq_rm(self.memory, victim[0].slot, -1, -1)
-                groups.insert(0, [item for item in group if item is not victim])
+                seq = max(group, key=lambda item: item[0].order)[0]
+                others = (o for o in self._running.values() if o is not seq)
+                if len(group) > 1 or any(other.n_past for other in others):
+                    self._park(seq)  # until a running request ends and frees its cells
+                else:  # alone in the cache, and still no room: it can never fit
+                    self.metrics.kv_full += 1
+                    message = TOO_LARGE.format(tokens=len(seq.tokens), n_ctx=self.n_ctx)
+                    failures.append((seq, message, 400))
+                    lib.llama_memory_seq_rm(self.memory, seq.slot, -1, -1)
+                groups.insert(0, [item for item in group if item[0] is not seq])
                 continue
             # Any other error: undo what this step may have stored, then find the culprit
             # by decoding each request on its own.
@@ -379,23 +377,34 @@ class BatchedChatEngine(ChatModel):
             for seq, start, _count in group:
                 lib.llama_memory_seq_rm(self.memory, seq.slot, start, -1)
             if len(group) == 1:
-                failures.append((group[0][0], DECODE_FAILED))
+                failures.append((group[0][0], DECODE_FAILED, 503))
             else:
                 groups[:0] = [[item] for item in group]
-        for seq, message in failures:
+        for seq, message, status in failures:
             seq.out = None
-            ended.append((seq.job, self._fail(seq, message)))
+            ended.append((seq.job, self._fail(seq, message, status)))
         return seconds
 
+    def _park(self, seq: _Sequence) -> None:
+        """Free ``seq``'s cells; it waits (in its slot) until a running request ends."""
+        self.metrics.kv_waits += 1
+        log.info("KV cache full: a request waits for a running one to end")
+        self._lib.llama_memory_seq_rm(self.memory, seq.slot, -1, -1)
+        seq.history = []
+        seq.parked = True
+
+    def _unpark(self) -> None:
+        """Let waiting requests try again: each first reuses what the prefix cache holds."""
+        for seq in self._running.values():
+            if seq.parked:
+                seq.parked = False
+                self._reuse_prefix(seq)
+
     def _advance(self, group: list[tuple[_Sequence, int, int]]) -> None:
-        metrics = self.metrics
         for seq, start, count in group:
-            if seq.prefilling:
-                seq.history.extend(seq.prompt[start : start + count])
-                metrics.prompt_tokens += count
-            else:
-                seq.history.append(seq.pending)
-                seq.pending = None
+            seq.history.extend(seq.tokens[start : start + count])
+            # Prompt tokens evaluated (again, for a request that waited for KV room).
+            self.metrics.prompt_tokens += max(0, min(start + count, len(seq.prompt)) - start)
 
     def _sample(self, seq: _Sequence) -> Finish | None:
         """Sample the next token of ``seq``; returns its ``Finish`` if it ended."""
@@ -412,7 +421,7 @@ class BatchedChatEngine(ChatModel):
             return self._end(seq, "stop")
         if seq.completion >= seq.limit:
             return self._end(seq, "length")
-        seq.pending = token
+        seq.tokens.append(token)
         return None
 
     def _end(self, seq: _Sequence, reason: str) -> Finish:
@@ -425,9 +434,9 @@ class BatchedChatEngine(ChatModel):
         self._release(seq)
         return Finish(reason, len(seq.prompt), seq.completion, seq.cached)
 
-    def _fail(self, seq: _Sequence, message: str) -> Failed:
+    def _fail(self, seq: _Sequence, message: str, status: int) -> Failed:
         self._release(seq)
-        return Failed(message, 503)
+        return Failed(message, status, 2 if status == 503 else None)
 
     def _release(self, seq: _Sequence) -> None:
         """Free the slot and its KV cells (cells shared with a cached prefix stay)."""
@@ -436,6 +445,7 @@ class BatchedChatEngine(ChatModel):
         seq.sampler = None
         del self._running[seq.slot]
         self._free.append(seq.slot)
+        self._unpark()  # its cells are free: requests waiting for KV room try again
 
     def _sampler(self, params: GenerationParams):
         """A sampler chain like ``Llama.generate``'s for the same parameters."""
@@ -454,53 +464,15 @@ class BatchedChatEngine(ChatModel):
 
     # -- prefix cache ------------------------------------------------------------------
 
-    def _reuse_prefix(self, seq: _Sequence) -> int:
-        """Copy the longest cached prefix of the prompt into the slot; returns its length."""
-        if not self.cache_entries:
-            return 0
-        self.metrics.prefix_lookups += 1
-        best, length = None, 0
-        for spare, tokens in self._prefixes.items():
-            common = _common_prefix(tokens, seq.prompt)
-            if common > length:
-                best, length = spare, common
-        # At least the prompt's last token is evaluated: its logits give the first token.
-        length = min(length, len(seq.prompt) - 1)
-        if best is None or length < MIN_REUSED_TOKENS:
-            return 0
-        self._lib.llama_memory_seq_cp(self.memory, best, seq.slot, 0, length)
-        self._prefixes.move_to_end(best)
-        seq.history = seq.prompt[:length]
-        self.metrics.prefix_hits += 1
-        self.metrics.prefix_tokens_reused += length
-        return length
+    def _reuse_prefix(self, seq: _Sequence) -> None:
+        """Start ``seq`` from the longest cached prefix of its tokens (if any)."""
+        length = self.prefixes.reuse(seq.tokens, seq.slot)
+        seq.history = seq.tokens[:length]
+        seq.cached = min(length, len(seq.prompt))
 
     def _remember(self, seq: _Sequence) -> None:
-        """Keep the finished sequence's cells under a spare id for later prompts."""
-        if not self.cache_entries or seq.n_past < MIN_REUSED_TOKENS:
-            return
-        tokens = seq.history
-        for spare, held in self._prefixes.items():
-            if _common_prefix(held, tokens) == len(tokens):  # already covered
-                self._prefixes.move_to_end(spare)
-                return
-        for spare, held in list(self._prefixes.items()):
-            if _common_prefix(held, tokens) == len(held):  # superseded by this one
-                self._forget(spare)
-        if not self._spare:
-            self._forget(next(iter(self._prefixes)))
-        spare = self._spare.pop()
-        self._lib.llama_memory_seq_cp(self.memory, seq.slot, spare, -1, -1)
-        self._prefixes[spare] = list(tokens)
-
-    def _forget(self, spare: int) -> None:
-        self._lib.llama_memory_seq_rm(self.memory, spare, -1, -1)
-        del self._prefixes[spare]
-        self._spare.append(spare)
-
-    def _drop_prefixes(self) -> None:
-        for spare in list(self._prefixes):
-            self._forget(spare)
+        """Keep the finished sequence's cells for later prompts that start the same way."""
+        self.prefixes.remember(seq.slot, seq.history)
 
     def close(self) -> None:
         for seq in list(self._running.values()):
@@ -509,11 +481,3 @@ class BatchedChatEngine(ChatModel):
             self._lib.llama_batch_free(self.batch)
             self.batch = None
         self._context.close()
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i

@@ -18,7 +18,7 @@ import httpx
 
 from appliance import vault
 from appliance.config import Settings
-from appliance.errors import ApplianceError, ConfigError, InvalidInput, Unavailable
+from appliance.errors import ApplianceError, ConfigError, InvalidInput, Throttled, Unavailable
 
 ACCOUNT_HEADER = "X-Appliance-Account"
 PRIORITY_HEADER = "X-Appliance-Priority"
@@ -317,13 +317,47 @@ class InferenceClient:
             return data
         error = data.get("error") if isinstance(data, dict) else None
         message = (error or {}).get("message") if isinstance(error, dict) else None
-        message = message or f"inference service answered {response.status_code}"
-        if response.status_code == 503:
-            retry = response.headers.get("retry-after")
-            raise Unavailable(message, int(retry) if retry and retry.isdigit() else 5)
-        if response.status_code == 400:
-            raise InvalidInput(message)
-        raise InferenceError(message, response.status_code)
+        raise _error(response.status_code, message, response.headers.get("retry-after"))
+
+
+def _error(status: int, message: str | None, retry_after: Any) -> ApplianceError:
+    """The service's error answer as the exception the caller maps to a status.
+
+    A refusal stays a refusal (429 or 503 with Retry-After) all the way to the caller's
+    own client: it means "busy, try again", not a fault.
+    """
+    message = message or f"inference service answered {status}"
+    retry = str(retry_after or "")
+    if status == 429:
+        return Throttled(message, int(retry) if retry.isdigit() else 2)
+    if status == 503:
+        return Unavailable(message, int(retry) if retry.isdigit() else 5)
+    if status == 400:
+        return InvalidInput(message)
+    return InferenceError(message, status)
+
+
+async def started(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """``chunks`` once the first one arrived: a refusal (429, 503) or an error raises here,
+    while the caller can still answer with its status, rather than inside a stream that
+    already answered 200. Our service sends its first chunk once the request is admitted.
+    """
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        first = None
+
+    async def relay() -> AsyncIterator[dict[str, Any]]:
+        if first is None:
+            return
+        try:
+            yield first
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+
+    return relay()
 
 
 def _external_health(models: dict[str, Any]) -> dict[str, Any]:
@@ -333,9 +367,14 @@ def _external_health(models: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sse_data(line: str) -> dict[str, Any] | None:
+    """A chunk of the stream; an error event (the request failed after it began) raises."""
     if not line.startswith("data:"):
         return None
     data = line[5:].strip()
     if not data or data == "[DONE]":
         return None
-    return json.loads(data)
+    chunk = json.loads(data)
+    error = chunk.get("error") if isinstance(chunk, dict) else None
+    if isinstance(error, dict):
+        raise _error(error.get("status") or 500, error.get("message"), error.get("retry_after"))
+    return chunk

@@ -2,7 +2,11 @@
 
 Requests wait in one FIFO per account; the worker thread serves accounts round-robin, so
 one account's burst cannot starve another's single question. ``interactive`` requests go
-before ``batch`` ones (document ingestion). The queue is bounded in total and per account.
+before ``batch`` ones (document ingestion). The queue is bounded in total and per account;
+a request beyond its account's share waits in that account's own line, outside the fair
+queue, up to ``account_wait`` seconds for one of the account's places before it is
+refused (429), so a burst is answered later rather than refused and other accounts see
+the same queue as before.
 A running request is never interrupted by a new one; a cancelled one (client gone) is
 dropped from the queue or stopped at its next token, and frees its place at once.
 
@@ -25,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from appliance.errors import ApplianceError, Unavailable
+from appliance.errors import ApplianceError, Throttled, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +37,18 @@ PRIORITIES = ("interactive", "batch")
 _ids = itertools.count(1)
 
 
-class AccountBusy(ApplianceError):
-    """The account already has as many requests in flight as it may."""
+class AccountBusy(Throttled):
+    """The account already has as many requests in flight as it may (429)."""
 
 
 @dataclass(frozen=True)
 class Failed:
-    """The job failed; ``message`` is safe to show to the caller."""
+    """The job failed; ``message`` is safe to show to the caller. A 429 or 503 is a
+    refusal: the caller may try again after ``retry_after`` seconds."""
 
     message: str
     status: int = 500
+    retry_after: int | None = None
 
 
 @dataclass(eq=False)
@@ -66,6 +72,20 @@ class Job:
 
 #: Marks the end of a job's events.
 DONE = object()
+
+
+def _shutting_down() -> Unavailable:
+    return Unavailable("The inference service is shutting down.", 5)
+
+
+def _settle(admitted: asyncio.Future, error: BaseException | None) -> None:
+    """Wake a held request (on its event loop): queued, or refused with ``error``."""
+    if admitted.done():  # it gave up waiting (timeout, client gone)
+        return
+    if error is None:
+        admitted.set_result(None)
+    else:
+        admitted.set_exception(error)
 
 
 @runtime_checkable
@@ -100,6 +120,8 @@ class Stats:
     failed: int = 0
     rejected_full: int = 0
     rejected_account: int = 0
+    #: Requests that waited for a place in their account's share (then ran or got 429).
+    held: int = 0
     tokens: int = 0
     busy_seconds: float = 0.0
 
@@ -114,11 +136,13 @@ class Scheduler:
         *,
         queue_size: int,
         per_account: int,
+        account_wait: float = 0.0,
     ) -> None:
         self.name = name
         self.runner = runner
         self.queue_size = queue_size
         self.per_account = per_account
+        self.account_wait = account_wait
         self.stats = Stats()
         #: Jobs taken from the queue and not finished yet (at most one unless batched).
         self.active: list[Job] = []
@@ -126,6 +150,9 @@ class Scheduler:
             priority: OrderedDict() for priority in PRIORITIES
         }
         self._in_flight: dict[str, int] = {}
+        #: Requests past their account's share, waiting for a place: account -> line.
+        self._held: OrderedDict[str, deque[tuple[Job, asyncio.Future]]] = OrderedDict()
+        self._held_total = 0
         self._waiting = 0
         self._cond = threading.Condition()
         self._stopping = False
@@ -140,6 +167,9 @@ class Scheduler:
             self._stopping = True
             for job in self.active:
                 job.cancelled.set()
+            for line in self._held.values():
+                for job, admitted in line:
+                    job.loop.call_soon_threadsafe(_settle, admitted, _shutting_down())
             self._cond.notify_all()
         self._thread.join(timeout)
 
@@ -154,29 +184,101 @@ class Scheduler:
         return active[0] if active else None
 
     def submit(self, job: Job) -> None:
-        """Queue ``job``.
+        """Queue ``job`` now, or refuse it.
 
         Raises:
             Unavailable: the queue is full (503, retry later).
             AccountBusy: this account has too many requests in flight (429).
         """
-        priority = job.priority if job.priority in PRIORITIES else "interactive"
         with self._cond:
-            if self._stopping:
-                raise Unavailable("The inference service is shutting down.", 5)
-            if self._waiting >= self.queue_size:
-                self.stats.rejected_full += 1
-                raise Unavailable("The model is busy: too many requests are waiting.", 2)
-            if self._in_flight.get(job.account, 0) >= self.per_account:
-                self.stats.rejected_account += 1
-                raise AccountBusy(
-                    f"Too many requests in flight for this account (limit {self.per_account})."
-                )
-            self._queues[priority].setdefault(job.account, deque()).append(job)
-            self._in_flight[job.account] = self._in_flight.get(job.account, 0) + 1
-            self._waiting += 1
-            self.stats.submitted += 1
-            self._cond.notify()
+            self._check()
+            if not self._has_room(job.account):
+                self._refuse(job.account)
+            self._queue(job)
+
+    async def enter(self, job: Job) -> None:
+        """Queue ``job``; past its account's share, wait up to ``account_wait`` seconds
+        for one of the account's places first (in the account's own line, in order).
+
+        Raises:
+            Unavailable: the queue is full, or the service is stopping (503).
+            AccountBusy: no place came free in time, or too many wait already (429).
+        """
+        with self._cond:
+            self._check()
+            if self._has_room(job.account):
+                self._queue(job)
+                return
+            if self.account_wait <= 0 or self._held_total >= self.queue_size:
+                self._refuse(job.account)
+            admitted = job.loop.create_future()
+            self._held.setdefault(job.account, deque()).append((job, admitted))
+            self._held_total += 1
+            self.stats.held += 1
+        try:
+            await asyncio.wait_for(admitted, self.account_wait)
+        except TimeoutError:
+            with self._cond:
+                if self._unhold(job):
+                    self._refuse(job.account)
+            # Else it was queued at the last moment: go on.
+        except asyncio.CancelledError:
+            with self._cond:
+                held = self._unhold(job)
+            if not held:
+                self.cancel(job)
+            raise
+
+    def _check(self) -> None:
+        if self._stopping:
+            raise _shutting_down()
+        if self._waiting >= self.queue_size:
+            self.stats.rejected_full += 1
+            raise Unavailable("The model is busy: too many requests are waiting.", 2)
+
+    def _has_room(self, account: str) -> bool:
+        return self._in_flight.get(account, 0) < self.per_account
+
+    def _refuse(self, account: str) -> None:
+        self.stats.rejected_account += 1
+        waited = f" after waiting {self.account_wait:g} s" if self.account_wait > 0 else ""
+        raise AccountBusy(
+            f"Too many requests in flight for this account (limit {self.per_account})"
+            f"{waited}. Try again shortly.",
+            2,
+        )
+
+    def _queue(self, job: Job) -> None:
+        priority = job.priority if job.priority in PRIORITIES else "interactive"
+        self._queues[priority].setdefault(job.account, deque()).append(job)
+        self._in_flight[job.account] = self._in_flight.get(job.account, 0) + 1
+        self._waiting += 1
+        self.stats.submitted += 1
+        self._cond.notify()
+
+    def _unhold(self, job: Job) -> bool:
+        """Take ``job`` out of its account's line; False if it is not there (queued)."""
+        line = self._held.get(job.account)
+        for entry in line or ():
+            if entry[0] is job:
+                line.remove(entry)
+                if not line:
+                    del self._held[job.account]
+                self._held_total -= 1
+                return True
+        return False
+
+    def _promote(self) -> None:
+        """Queue held requests whose account has a place again (under the lock)."""
+        for account in list(self._held):
+            line = self._held[account]
+            while line and self._has_room(account) and self._waiting < self.queue_size:
+                job, admitted = line.popleft()
+                self._held_total -= 1
+                self._queue(job)
+                job.loop.call_soon_threadsafe(_settle, admitted, None)
+            if not line:
+                del self._held[account]
 
     def cancel(self, job: Job) -> None:
         """Stop ``job``: drop it if it waits, or stop it at its next token if it runs."""
@@ -200,6 +302,8 @@ class Scheduler:
             self._in_flight.pop(account, None)
         else:
             self._in_flight[account] = left
+        if self._held:
+            self._promote()
 
     def _next(self) -> Job | None:
         for priority in PRIORITIES:
@@ -211,6 +315,8 @@ class Scheduler:
                 if pending:  # round-robin: the account goes to the back of the line
                     queues[account] = pending
                 self._waiting -= 1
+                if self._held:  # a place in the queue came free
+                    self._promote()
                 return job
         return None
 

@@ -64,13 +64,39 @@ class ChatRequest:
     include_usage: bool
 
 
-def api_error(status: int, message: str, kind: str, headers: dict | None = None) -> Response:
+#: OpenAI's error codes for refusals (its SDKs retry 429 and 503 after ``Retry-After``).
+CODES = {429: "rate_limit_exceeded", 503: "service_unavailable"}
+
+
+#: OpenAI's error codes for refusals (its SDKs retry 429 and 503 after ``Retry-After``).
+CODES = {429: "rate_limit_exceeded", 503: "service_unavailable"}
+KINDS = {429: "rate_limit_error", 503: "server_busy"}
+
+
+def error_body(status: int, message: str, kind: str) -> dict[str, Any]:
+    return {"message": message, "type": kind, "param": None, "code": CODES.get(status)}
+
+
+def api_error(status: int, message: str, kind: str, retry_after: int | None = None) -> Response:
+    headers = {"Retry-After": str(retry_after or 2)} if status in CODES else {}
     return Response(
-        {"error": {"message": message, "type": kind, "param": None, "code": None}},
+        {"error": error_body(status, message, kind)},
         status_code=status,
         media_type=MediaType.JSON,
-        headers=headers or {},
+        headers=headers,
     )
+
+
+def failed_error(event: Failed) -> Response:
+    kind = KINDS.get(event.status, "invalid_request_error")
+    return api_error(event.status, event.message, kind, event.retry_after)
+
+
+def failed_chunk(event: Failed) -> str:
+    """A stream's error event: the status and Retry-After the request would have got."""
+    error = error_body(event.status, event.message, KINDS.get(event.status, "server_error"))
+    error.update(status=event.status, retry_after=event.retry_after)
+    return f"data: {json.dumps({'error': error})}\n\n"
 
 
 def parse_chat(body: Any, settings: Settings, model_id: str) -> ChatRequest:
@@ -201,15 +227,13 @@ class InferenceService:
         self.engine = engine
         self.key = vault.read_secret(settings, "inference_key")
         cfg = settings.inference
-        self.chat = Scheduler(
-            "chat", engine.chat, queue_size=cfg.queue_size, per_account=cfg.per_account_queue
-        )
-        self.embeddings = Scheduler(
-            "embeddings",
-            self._run_embeddings,
-            queue_size=cfg.queue_size,
-            per_account=cfg.per_account_queue,
-        )
+        bounds = {
+            "queue_size": cfg.queue_size,
+            "per_account": cfg.per_account_queue,
+            "account_wait": cfg.account_wait_seconds,
+        }
+        self.chat = Scheduler("chat", engine.chat, **bounds)
+        self.embeddings = Scheduler("embeddings", self._run_embeddings, **bounds)
         self.started = time.time()
 
     def _run_embeddings(self, job: Job):
@@ -261,7 +285,7 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             return denied
         chat = parse_chat(await read_json(request), settings, model_id)
         job = service.job(request, chat)
-        service.chat.submit(job)
+        await service.chat.enter(job)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if chat.stream:
@@ -278,7 +302,7 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             elif isinstance(event, Finish):
                 finish = event
             elif isinstance(event, Failed):
-                return api_error(event.status, event.message, "invalid_request_error")
+                return failed_error(event)
         if finish is None:  # the client went away
             return api_error(499, "Client closed the request.", "cancelled")
         return Response(
@@ -306,11 +330,11 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             return denied
         texts, encoding = parse_embeddings(await read_json(request), embed_id or "")
         job = service.job(request, texts)
-        service.embeddings.submit(job)
+        await service.embeddings.enter(job)
         result = None
         async for event in _events_until_disconnect(service.embeddings, job, request):
             if isinstance(event, Failed):
-                return api_error(event.status, event.message, "invalid_request_error")
+                return failed_error(event)
             result = event
         if result is None:
             return api_error(499, "Client closed the request.", "cancelled")
@@ -344,11 +368,11 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
         rerank_id = engine.rerank.model.id
         parsed = rerank.parse_rerank(await read_json(request), rerank_id)
         job = service.job(request, parsed)
-        service.embeddings.submit(job)
+        await service.embeddings.enter(job)
         result = None
         async for event in _events_until_disconnect(service.embeddings, job, request):
             if isinstance(event, Failed):
-                return api_error(event.status, event.message, "invalid_request_error")
+                return failed_error(event)
             result = event
         if result is None:
             return api_error(499, "Client closed the request.", "cancelled")
@@ -431,11 +455,10 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
         return api_error(400, str(exc), "invalid_request_error")
 
     def unavailable(request: Request, exc: Unavailable) -> Response:
-        retry = str(exc.retry_after or 2)
-        return api_error(503, str(exc), "server_busy", {"Retry-After": retry})
+        return api_error(503, str(exc), "server_busy", exc.retry_after)
 
     def busy(request: Request, exc: AccountBusy) -> Response:
-        return api_error(429, str(exc), "rate_limit_error", {"Retry-After": "2"})
+        return api_error(429, str(exc), "rate_limit_error", exc.retry_after)
 
     def http_error(request: Request, exc: HTTPException) -> Response:
         return api_error(exc.status_code, str(exc.detail), "invalid_request_error")
@@ -525,8 +548,7 @@ async def _sse(
                 if chat.include_usage:
                     yield chunk({}, usage=_usage(event))
             elif isinstance(event, Failed):
-                error = {"message": event.message, "type": "invalid_request_error"}
-                yield f"data: {json.dumps({'error': error})}\n\n"
+                yield failed_chunk(event)
         yield "data: [DONE]\n\n"
         finished = True
     finally:
@@ -559,6 +581,7 @@ def _prometheus(service: InferenceService) -> str:
             f"{s.rejected_full}",
             f'appliance_inference_requests_total{{{label},status="rejected_account"}} '
             f"{s.rejected_account}",
+            f"appliance_inference_account_waits_total{{{label}}} {s.held}",
             f"appliance_inference_busy_seconds_total{{{label}}} {s.busy_seconds:.3f}",
         ]
     chat = service.chat.stats
@@ -589,6 +612,7 @@ def _prometheus(service: InferenceService) -> str:
         f"appliance_inference_prefix_cache_tokens_reused_total {m.prefix_tokens_reused}",
         f"appliance_inference_prefix_cache_entries {chat_engine.prefix_entries}",
         f"appliance_inference_kv_full_total {m.kv_full}",
+        f"appliance_inference_kv_waits_total {m.kv_waits}",
         f"appliance_inference_decode_errors_total {m.decode_errors}",
     ]
     return "\n".join(header + lines) + "\n"
@@ -607,6 +631,7 @@ def _batching(service: InferenceService) -> dict[str, Any]:
         "prefix_cache_entries": chat.prefix_entries,
         "prefix_cache_hit_rate": round(m.prefix_hit_rate, 4),
         "kv_full": m.kv_full,
+        "kv_waits": m.kv_waits,
         "decode_errors": m.decode_errors,
     }
 

@@ -4,11 +4,13 @@ Sending a message (or regenerating, or editing an earlier one) answers with
 ``text/event-stream``: one ``data:`` JSON event per step — ``{"type": "user"}`` with the
 stored question, ``{"type": "delta", "text"}`` per piece of the answer, then
 ``{"type": "done", "message"}`` with the stored answer (checked citations, usage, and
-its sanitized HTML) or ``{"type": "error", "message"}``. A client that disconnects (the
-page's Stop button) stops the generation; what was written so far is kept. An answer the
-inference service breaks off (it crashed and is being restarted) ends with the error
-event and is neither kept nor charged; the question stays for "Answer again". With
-``"stream": false`` the same routes answer with the stored message as JSON.
+its sanitized HTML) or ``{"type": "error", "status", "retry_after", "message", "code"}``
+(``web.errors.stream_error``: 429/503 and the seconds to wait when the model is busy).
+A client that disconnects (the page's Stop button) stops the generation; what was written
+so far is kept. An answer the inference service refuses or breaks off (it crashed and is
+being restarted) ends with the error event and is neither kept nor charged; the question
+stays for "Answer again". With ``"stream": false`` the same routes answer with the stored
+message as JSON, or with the refusal's status and ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from appliance.errors import ApplianceError, InvalidInput
 from appliance.inference.client import InferenceClient
 from appliance.instances import service as instances
 from appliance.knowledge import service as knowledge
+from appliance.web.errors import stream_error
 from appliance.web.identity import Identity
 
 log = logging.getLogger(__name__)
@@ -153,7 +156,7 @@ class _Answer:
             # it wrote is dropped with its charge (billing/metering.py); the question stays.
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.fail)
-            yield _event({"type": "error", "message": str(exc)})
+            yield _event({**stream_error(exc), "type": "error"})
             return
         except BaseException:
             # The client went away (Stop) or the server is stopping: keep what was written.

@@ -28,6 +28,10 @@ from appliance.web.identity import LoginRequired
 
 log = logging.getLogger(__name__)
 
+#: OpenAI's error codes for refusals: its SDKs back off and retry on 429 and 503, waiting
+#: what ``Retry-After`` says.
+CODES = {429: "rate_limit_exceeded", 402: "insufficient_quota", 503: "service_unavailable"}
+
 STATUS = {
     NotFound: (404, "not_found"),
     InvalidInput: (400, "invalid_request_error"),
@@ -65,7 +69,7 @@ def error_response(
     request: Request, status: int, message: str, kind: str, code: int | str | None = None
 ) -> Response:
     headers = {}
-    if status == 503:
+    if status in (429, 503):
         headers["Retry-After"] = "5"
     if wants_json(request):
         return Response(
@@ -83,17 +87,42 @@ def error_response(
 
 
 def handle_domain_error(request: Request, exc: ApplianceError) -> Response:
-    status, kind = next(
+    status, kind = status_of(exc)
+    message = str(exc) if status < 500 or isinstance(exc, Unavailable) else _generic(status)
+    response = error_response(request, status, message, kind, CODES.get(status))
+    retry_after = retry_after_of(exc)
+    if retry_after:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def retry_after_of(exc: ApplianceError) -> int | None:
+    """Seconds after which a refused request may be sent again (None: not a refusal)."""
+    if isinstance(exc, Throttled):
+        return exc.retry_after or 1
+    if isinstance(exc, Unavailable | DatabaseError):
+        return getattr(exc, "retry_after", None) or 5
+    return None
+
+
+def stream_error(exc: ApplianceError) -> dict:
+    """What a stream that already answered 200 says when it is refused or broken off:
+    the status and ``Retry-After`` the request would have got, and the message."""
+    status, kind = status_of(exc)
+    return {
+        "status": status,
+        "retry_after": retry_after_of(exc),
+        "message": str(exc) if status < 500 or isinstance(exc, Unavailable) else _generic(status),
+        "type": "server_error" if status >= 500 else kind,  # OpenAI's type for 5xx
+        "code": CODES.get(status, status),
+    }
+
+
+def status_of(exc: ApplianceError) -> tuple[int, str]:
+    return next(
         (value for cls, value in STATUS.items() if isinstance(exc, cls)),
         (500, "server_error"),
     )
-    message = str(exc) if status < 500 or isinstance(exc, Unavailable) else _generic(status)
-    # OpenAI's clients recognise running out of credit by the code "insufficient_quota".
-    code = "insufficient_quota" if isinstance(exc, PaymentRequired) else None
-    response = error_response(request, status, message, kind, code)
-    if isinstance(exc, Unavailable | Throttled) and exc.retry_after:
-        response.headers["Retry-After"] = str(exc.retry_after)
-    return response
 
 
 def handle_http_exception(request: Request, exc: HTTPException) -> Response:

@@ -27,8 +27,9 @@ from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.db import open_db
 from appliance.errors import ApplianceError, Conflict, InvalidInput, NotFound
-from appliance.inference.client import InferenceClient
+from appliance.inference.client import InferenceClient, started
 from appliance.instances import service as instances
+from appliance.web.errors import stream_error
 from appliance.web.identity import Identity
 
 #: Request fields passed on to the model (checked again by the inference service).
@@ -155,11 +156,13 @@ class V1Api(Controller):
             if body.get("stream_options"):
                 payload["stream_options"] = body["stream_options"]
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            # Refused (429, 503)? Then with that status and Retry-After, not in a 200 stream.
+            chunks = await started(
+                metered.observe(inference).astream_chat(payload, account_id=account_id)
+            )
             return Stream(
                 _relay(
-                    metered.observe(inference),
-                    payload,
-                    account_id,
+                    chunks,
                     instance.name,
                     include_usage,
                     store,
@@ -291,9 +294,7 @@ def _store_target(
 
 
 async def _relay(
-    client: InferenceClient,
-    payload: dict[str, Any],
-    account_id: str,
+    chunks: AsyncIterator[dict[str, Any]],
     name: str,
     include_usage: bool,
     store: _StoreTarget | None = None,
@@ -305,7 +306,7 @@ async def _relay(
     usage: dict[str, Any] | None = None
     last: dict[str, Any] = {}
     try:
-        async for chunk in client.astream_chat(payload, account_id=account_id):
+        async for chunk in chunks:
             last = chunk
             if chunk.get("usage"):
                 usage = chunk["usage"]
@@ -317,8 +318,7 @@ async def _relay(
                 chunk["model"] = name
             yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
     except ApplianceError as exc:
-        error = {"message": str(exc), "type": "server_error"}
-        yield f"data: {json.dumps({'error': error})}\n\n"
+        yield f"data: {json.dumps({'error': stream_error(exc)})}\n\n"
     else:
         if store is not None:
             text = "".join(parts)

@@ -131,6 +131,7 @@ def assert_retry_error(response: httpx.Response, status: int, kind: str) -> None
     assert re.fullmatch(r"[1-9][0-9]*", response.headers["Retry-After"])
     error = response.json()["error"]
     assert error["type"] == kind
+    assert error["code"] == {429: "rate_limit_exceeded", 503: "service_unavailable"}[status]
     assert error["message"]
 
 
@@ -171,7 +172,9 @@ def test_a_full_queue_answers_503_with_retry_after(small_service):
 
 def test_an_account_over_its_limit_gets_429_with_retry_after(small_service):
     service = small_service(
-        APPLIANCE_INFERENCE__QUEUE_SIZE="1", APPLIANCE_INFERENCE__PER_ACCOUNT_QUEUE="1"
+        APPLIANCE_INFERENCE__QUEUE_SIZE="1",
+        APPLIANCE_INFERENCE__PER_ACCOUNT_QUEUE="1",
+        APPLIANCE_INFERENCE__ACCOUNT_WAIT_SECONDS="0.5",
     )
     running = OpenStream(service, {**LONG, "max_tokens": 400}, account="alice")
     other = None
@@ -182,7 +185,7 @@ def test_an_account_over_its_limit_gets_429_with_retry_after(small_service):
         with service.client("alice") as alice:
             refused = alice.post(CHAT, json=SHORT)
         assert_retry_error(refused, 429, "rate_limit_error")
-        assert "limit 1" in refused.json()["error"]["message"]
+        assert "limit 1) after waiting 0.5 s" in refused.json()["error"]["message"]
         assert service.metric("appliance_inference_requests_total", status="rejected_account") == 1
 
         # Another account is still let in (it waits for the model).

@@ -81,8 +81,21 @@ def schedulers():
     """Build schedulers that are always stopped at the end of the test."""
     made: list[Scheduler] = []
 
-    def build(runner, *, queue_size: int = 32, per_account: int = 8, start: bool = True):
-        scheduler = Scheduler("test", runner, queue_size=queue_size, per_account=per_account)
+    def build(
+        runner,
+        *,
+        queue_size: int = 32,
+        per_account: int = 8,
+        account_wait: float = 0.0,
+        start: bool = True,
+    ):
+        scheduler = Scheduler(
+            "test",
+            runner,
+            queue_size=queue_size,
+            per_account=per_account,
+            account_wait=account_wait,
+        )
         made.append(scheduler)
         if start:
             scheduler.start()
@@ -331,3 +344,72 @@ async def test_stop_cancels_the_running_job_and_refuses_new_ones(schedulers):
     with pytest.raises(Unavailable, match="shutting down") as caught:
         scheduler.submit(make_job("b", "late"))
     assert caught.value.retry_after == 5
+
+
+@async_test
+async def test_past_its_share_a_request_waits_for_its_accounts_place_not_before_others(
+    schedulers,
+):
+    runner = Runner("long")
+    scheduler = schedulers(runner, per_account=2, account_wait=TIMEOUT)
+    long = make_job("a", "long")
+    await scheduler.enter(long)
+    await runner.wait_entered("long")
+    second = make_job("a", "a2")
+    await scheduler.enter(second)
+    third = make_job("a", "a3")
+    entering = asyncio.create_task(scheduler.enter(third))
+    await asyncio.sleep(0.05)
+
+    assert not entering.done()  # held in the account's own line, not in the queue
+    assert scheduler.waiting == 1 and scheduler.stats.held == 1
+    other = make_job("b", "b1")
+    await scheduler.enter(other)  # another account does not wait behind it
+
+    runner.gates["long"].set()
+    await asyncio.wait_for(entering, TIMEOUT)  # queued once "long" freed a place
+    for job in (long, second, other, third):
+        assert (await events_of(job))[-1] == Finish("stop", 3, 2)
+    assert runner.started == ["long", "a2", "b1", "a3"]
+    assert scheduler.stats.rejected_account == 0
+
+
+@async_test
+async def test_a_held_request_is_refused_with_retry_after_once_its_wait_is_over(schedulers):
+    runner = Runner("long")
+    scheduler = schedulers(runner, per_account=1, account_wait=0.2)
+    long = make_job("a", "long")
+    await scheduler.enter(long)
+    await runner.wait_entered("long")
+
+    with pytest.raises(AccountBusy, match=r"limit 1\) after waiting 0.2 s") as caught:
+        await scheduler.enter(make_job("a", "a2"))
+    assert caught.value.retry_after == 2
+    assert scheduler.stats.rejected_account == 1
+    assert scheduler._held_total == 0 and scheduler.waiting == 0
+
+    runner.gates["long"].set()
+    await events_of(long)
+    late = make_job("a", "a3")
+    await scheduler.enter(late)  # the place is free again
+    assert (await events_of(late))[-1] == Finish("stop", 3, 2)
+
+
+@async_test
+async def test_a_burst_of_12_from_one_account_is_answered_not_refused(schedulers):
+    runner = Runner("a0")
+    scheduler = schedulers(runner, per_account=8, account_wait=TIMEOUT)
+    jobs = [make_job("a", f"a{n}") for n in range(12)]
+
+    entering = asyncio.gather(*(scheduler.enter(job) for job in jobs))
+    await runner.wait_entered("a0")
+    await asyncio.sleep(0.05)
+    assert scheduler.stats.held == 4 and scheduler.waiting == 7
+    runner.gates["a0"].set()
+    await entering
+
+    for job in jobs:
+        assert (await events_of(job))[-1] == Finish("stop", 3, 2)
+    assert scheduler.stats.completed == 12
+    assert scheduler.stats.rejected_account == 0
+    assert runner.started == [job.payload for job in jobs]  # in the order they came
