@@ -132,6 +132,13 @@ class InferenceSettings:
         min=1,
         max=1_048_576,
     )
+    max_choices: int = setting(
+        4,
+        "Largest 'n' (choices per chat completion) a request may ask for; each choice is "
+        "generated and metered.",
+        min=1,
+        max=16,
+    )
     prefix_cache_mb: int = setting(
         256,
         "RAM kept for the KV cache of recent conversations, so the next turn does not "

@@ -13,10 +13,11 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from appliance.config import Settings
 from appliance.errors import ConfigError, InvalidInput, NotFound
-from appliance.inference import models
+from appliance.inference import models, structured
 from appliance.inference.embedding import EmbeddingEngine
 from appliance.inference.loader import load_llama
 from appliance.inference.rerank import RerankEngine
@@ -39,6 +40,11 @@ class GenerationParams:
     top_p: float = 0.95
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    #: A GBNF grammar the answer must match (structured output, forced tool calls).
+    grammar: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,7 @@ class ChatModel:
             bos_token=piece(bos_id) if bos_id >= 0 else "",
             stop_token_ids=[eos_id],
         )
+        self.knows_tools = "tools" in template
         self.layers = int(metadata.get(f"{metadata.get('general.architecture')}.block_count", 0))
 
     def count_tokens(self, texts: list[str]) -> list[int]:
@@ -181,13 +188,23 @@ class ChatModel:
             for text in texts
         ]
 
-    def prompt_tokens(self, messages: list[dict[str, str]]) -> tuple[list[int], tuple[str, ...]]:
-        """The chat template applied and tokenized, and the template's own stop strings.
+    def prompt_tokens(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> tuple[list[int], tuple[str, ...]]:
+        """The chat template applied (with ``tools``, OpenAI's shape) and tokenized, and the
+        template's own stop strings. A template that does not render tools gets them, and
+        earlier tool calls, as text (appliance/inference/structured.py).
 
         Raises:
             ContextOverflow: the prompt leaves no room for an answer.
         """
-        formatted = self._formatter(messages=messages)
+        if not self.knows_tools:
+            messages = structured.plain_messages(messages, tools)
+            tools = None
+        try:
+            formatted = self._formatter(messages=messages, tools=tools)
+        except ValueError as exc:  # the template's raise_exception: it refuses these roles
+            raise InvalidInput(f"The model's chat template refused the messages: {exc}") from None
         tokens = self.llama.tokenize(
             formatted.prompt.encode("utf-8"),
             add_bos=not getattr(formatted, "added_special", False),
@@ -243,16 +260,20 @@ class ChatEngine(ChatModel):
 
     def generate(
         self,
-        messages: list[dict[str, str]],
+        messages: list[dict[str, Any]],
         params: GenerationParams,
         cancelled: Callable[[], bool] = lambda: False,
+        tools: list[dict[str, Any]] | None = None,
     ) -> Iterator[Delta | Finish]:
         """Generate an answer, yielding text as it is produced and a final ``Finish``."""
         llama = self.llama
-        tokens, template_stops = self.prompt_tokens(messages)
+        tokens, template_stops = self.prompt_tokens(messages, tools)
         cached = self._restore_prefix(tokens)
         limit = min(params.max_tokens, self.n_ctx - len(tokens))
         llama.set_seed(params.seed if params.seed is not None else random.randrange(2**31))  # noqa: S311
+        grammar = None
+        if params.grammar:
+            grammar = self._llama_cpp.LlamaGrammar.from_string(params.grammar, verbose=False)
         stops = tuple(s for s in (*params.stop, *template_stops) if s)
         text = _StopScanner(stops)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -266,6 +287,10 @@ class ChatEngine(ChatModel):
             top_k=40,
             min_p=0.05,
             repeat_penalty=1.0,
+            presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty,
+            logits_processor=_biased(params.logit_bias),
+            grammar=grammar,
         ):
             if self._llama_cpp.llama_vocab_is_eog(vocab, token):
                 reason = "stop"
@@ -333,6 +358,22 @@ class ChatEngine(ChatModel):
             llama_state_size=written,
             seed=llama._seed,
         )
+
+
+def _biased(bias: tuple[tuple[int, float], ...]):
+    """``logit_bias`` as a logits processor for ``Llama.generate`` (None without one)."""
+    if not bias:
+        return None
+    import llama_cpp
+
+    ids = [token for token, _ in bias]
+    values = [value for _, value in bias]
+
+    def add(_input_ids, scores):
+        scores[ids] += values
+        return scores
+
+    return llama_cpp.LogitsProcessorList([add])
 
 
 class _StopScanner:
