@@ -10,7 +10,6 @@ text or calls arrive in one delta after its generation.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
 import uuid
@@ -19,15 +18,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import msgspec
-import numpy as np
 
 from appliance.config import Settings
 from appliance.inference import openai_schema as schema
 from appliance.inference import structured
 from appliance.inference.engine import Delta, Finish, GenerationParams
 from appliance.inference.scheduler import DONE, Failed, Job
-
-MAX_EMBED_INPUTS = 2048
 
 
 @dataclass(frozen=True)
@@ -87,7 +83,7 @@ def parse_chat(body: Any, settings: Settings, model_id: str, n_vocab: int) -> Ch
     )
     options = request.stream_options
     return ChatRequest(
-        messages=messages,
+        messages=structured.template_messages(messages),
         params=params,
         stream=bool(request.stream),
         include_usage=bool(options and options.include_usage),
@@ -233,48 +229,5 @@ async def stream(
 def parse_embeddings(body: Any, model_id: str) -> schema.EmbeddingRequest:
     request = schema.decode(body, schema.EmbeddingRequest)
     check_model(request.model, model_id)
-    texts = embedding_texts(request)
+    texts = schema.embedding_texts(request)
     return msgspec.structs.replace(request, input=texts)
-
-
-def embedding_texts(request: schema.EmbeddingRequest) -> list[str]:
-    """The texts to embed; token-ID input is refused (see docs/api.md)."""
-    texts: Any = request.input
-    if isinstance(texts, str):
-        texts = [texts]
-    if not texts or len(texts) > MAX_EMBED_INPUTS:
-        raise schema.InvalidParam(f"'input' must hold 1 to {MAX_EMBED_INPUTS} items.", "input")
-    if not all(isinstance(t, str) for t in texts):
-        raise schema.InvalidParam(
-            "'input' as token ids is not supported: clients tokenize with OpenAI's tokenizer "
-            "(tiktoken), whose ids mean other words in this model; send the text (in "
-            "langchain-openai: check_embedding_ctx_length=False).",
-            "input",
-        )
-    for index, text in enumerate(texts):
-        if not text or len(text) > schema.MAX_TEXT_CHARS:
-            raise schema.InvalidParam(f"input[{index}] must be a non-empty string.", "input")
-    return texts
-
-
-def embedding_data(
-    vectors: list[list[float]], request: schema.EmbeddingRequest
-) -> list[dict[str, Any]]:
-    """OpenAI's ``data``: ``dimensions`` kept (renormalised), floats or base64."""
-    out = []
-    for index, vector in enumerate(vectors):
-        array = np.asarray(vector, dtype="<f4")
-        if request.dimensions is not None:
-            if not 1 <= request.dimensions <= len(array):
-                raise schema.InvalidParam(
-                    f"'dimensions' must be from 1 to {len(array)} for this model.", "dimensions"
-                )
-            array = array[: request.dimensions]
-            norm = float(np.linalg.norm(array))
-            array = (array / norm if norm else array).astype("<f4")
-        if request.encoding_format == "base64":
-            value: Any = base64.b64encode(array.tobytes()).decode()
-        else:
-            value = array.tolist()
-        out.append({"object": "embedding", "index": index, "embedding": value})
-    return out

@@ -9,11 +9,13 @@ does by default; docs/api.md lists the common ones.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from typing import Any, Literal
 
 import msgspec
+import numpy as np
 
 from appliance.errors import InvalidInput
 
@@ -21,6 +23,7 @@ MAX_MESSAGES = 1000
 MAX_TEXT_CHARS = 1_000_000
 MAX_STOP = 4
 MAX_TOOLS = 128
+MAX_EMBED_INPUTS = 2048
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
@@ -235,7 +238,7 @@ def clean_messages(messages: list[Message]) -> list[dict[str, Any]]:
                     f"{where}: only assistant messages have 'tool_calls'.", f"{where}.tool_calls"
                 )
             out["tool_calls"] = [
-                _call_json(call, f"{where}.tool_calls") for call in message.tool_calls
+                _call_json(call) for call in message.tool_calls
             ]
         if message.role == "tool":
             if not message.tool_call_id:
@@ -247,16 +250,9 @@ def clean_messages(messages: list[Message]) -> list[dict[str, Any]]:
     return clean
 
 
-def _call_json(call: ToolCall, where: str) -> dict[str, Any]:
-    try:
-        arguments = json.loads(call.function.arguments or "{}")
-    except ValueError:
-        arguments = call.function.arguments
-    return {
-        "id": call.id,
-        "type": "function",
-        "function": {"name": call.function.name, "arguments": arguments},
-    }
+def _call_json(call: ToolCall) -> dict[str, Any]:
+    function = {"name": call.function.name, "arguments": call.function.arguments}
+    return {"id": call.id, "type": "function", "function": function}
 
 
 def check_chat(request: ChatCompletionRequest, *, max_n: int) -> None:
@@ -342,3 +338,46 @@ def max_tokens_of(request: ChatCompletionRequest) -> int | None:
     if request.max_completion_tokens is not None:
         return request.max_completion_tokens
     return request.max_tokens
+
+
+def embedding_texts(request: EmbeddingRequest) -> list[str]:
+    """The texts to embed; token-ID input is refused (see docs/api.md)."""
+    texts: Any = request.input
+    if isinstance(texts, str):
+        texts = [texts]
+    if not texts or len(texts) > MAX_EMBED_INPUTS:
+        raise InvalidParam(f"'input' must hold 1 to {MAX_EMBED_INPUTS} items.", "input")
+    if not all(isinstance(t, str) for t in texts):
+        raise InvalidParam(
+            "'input' as token ids is not supported: clients tokenize with OpenAI's tokenizer "
+            "(tiktoken), whose ids mean other words in this model; send the text (in "
+            "langchain-openai: check_embedding_ctx_length=False).",
+            "input",
+        )
+    for index, text in enumerate(texts):
+        if not text or len(text) > MAX_TEXT_CHARS:
+            raise InvalidParam(f"input[{index}] must be a non-empty string.", "input")
+    return texts
+
+
+def embedding_data(
+    vectors: list[list[float]], request: EmbeddingRequest
+) -> list[dict[str, Any]]:
+    """OpenAI's ``data``: ``dimensions`` kept (renormalised), floats or base64."""
+    out = []
+    for index, vector in enumerate(vectors):
+        array = np.asarray(vector, dtype="<f4")
+        if request.dimensions is not None:
+            if not 1 <= request.dimensions <= len(array):
+                raise InvalidParam(
+                    f"'dimensions' must be from 1 to {len(array)} for this model.", "dimensions"
+                )
+            array = array[: request.dimensions]
+            norm = float(np.linalg.norm(array))
+            array = (array / norm if norm else array).astype("<f4")
+        if request.encoding_format == "base64":
+            value: Any = base64.b64encode(array.tobytes()).decode()
+        else:
+            value = array.tolist()
+        out.append({"object": "embedding", "index": index, "embedding": value})
+    return out

@@ -172,7 +172,7 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
         return Response(
             {
                 "object": "list",
-                "data": chat_api.embedding_data(vectors, parsed),
+                "data": schema.embedding_data(vectors, parsed),
                 "model": embed_id,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }

@@ -115,6 +115,21 @@ def tool_dicts(request: ChatCompletionRequest) -> list[dict[str, Any]] | None:
     ]
 
 
+def template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tool calls' arguments as objects, as chat templates render them (``tojson``)."""
+    out = []
+    for message in messages:
+        if message.get("tool_calls"):
+            calls = []
+            for call in message["tool_calls"]:
+                arguments = _json(call["function"]["arguments"])
+                function = {**call["function"], "arguments": arguments or {}}
+                calls.append({**call, "function": function})
+            message = {**message, "tool_calls": calls}
+        out.append(message)
+    return out
+
+
 def plain_messages(
     messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
 ) -> list[dict[str, Any]]:
