@@ -10,7 +10,6 @@ does by default; docs/api.md lists the common ones.
 from __future__ import annotations
 
 import base64
-import json
 import re
 from typing import Any, Literal
 
