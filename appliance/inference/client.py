@@ -18,7 +18,8 @@ import httpx
 
 from appliance import vault
 from appliance.config import Settings
-from appliance.errors import ApplianceError, ConfigError, InvalidInput, Unavailable
+from appliance.errors import ApplianceError, ConfigError, Unavailable
+from appliance.inference.openai_schema import InvalidParam
 
 ACCOUNT_HEADER = "X-Appliance-Account"
 PRIORITY_HEADER = "X-Appliance-Priority"
@@ -322,7 +323,8 @@ class InferenceClient:
             retry = response.headers.get("retry-after")
             raise Unavailable(message, int(retry) if retry and retry.isdigit() else 5)
         if response.status_code == 400:
-            raise InvalidInput(message)
+            error = error if isinstance(error, dict) else {}
+            raise InvalidParam(message, error.get("param"), error.get("code"))
         raise InferenceError(message, response.status_code)
 
 

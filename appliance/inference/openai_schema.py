@@ -236,9 +236,7 @@ def clean_messages(messages: list[Message]) -> list[dict[str, Any]]:
                 raise InvalidParam(
                     f"{where}: only assistant messages have 'tool_calls'.", f"{where}.tool_calls"
                 )
-            out["tool_calls"] = [
-                _call_json(call) for call in message.tool_calls
-            ]
+            out["tool_calls"] = [_call_json(call) for call in message.tool_calls]
         if message.role == "tool":
             if not message.tool_call_id:
                 raise InvalidParam(
@@ -359,9 +357,7 @@ def embedding_texts(request: EmbeddingRequest) -> list[str]:
     return texts
 
 
-def embedding_data(
-    vectors: list[list[float]], request: EmbeddingRequest
-) -> list[dict[str, Any]]:
+def embedding_data(vectors: list[list[float]], request: EmbeddingRequest) -> list[dict[str, Any]]:
     """OpenAI's ``data``: ``dimensions`` kept (renormalised), floats or base64."""
     out = []
     for index, vector in enumerate(vectors):
