@@ -59,6 +59,11 @@ class WebSettings:
         "web.tls_key. Empty: plain HTTP (a local install, or TLS ended by a proxy).",
     )
     tls_key: str = setting("", "PEM private key of web.tls_cert.")
+    cors_origins: tuple[str, ...] = setting(
+        (),
+        "Origins (e.g. https://app.example.lan) whose browser pages may call /v1 with an "
+        "API key (CORS, with preflight). '*' allows any. Empty: CORS is off.",
+    )
     redirect_port: int = setting(
         0,
         "With TLS on: also listen on this port (e.g. 80) with plain HTTP that only "
@@ -131,6 +136,13 @@ class InferenceSettings:
         "Largest max_tokens a request may ask for.",
         min=1,
         max=1_048_576,
+    )
+    max_choices: int = setting(
+        4,
+        "Largest 'n' (choices per chat completion) a request may ask for; each choice is "
+        "generated and metered.",
+        min=1,
+        max=16,
     )
     embedding_max_tokens: int = setting(
         256,

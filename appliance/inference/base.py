@@ -12,9 +12,10 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from appliance.errors import ConfigError, InvalidInput
-from appliance.inference import models
+from appliance.inference import models, structured
 from appliance.inference.loader import load_llama
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,11 @@ class GenerationParams:
     top_p: float = 0.95
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    #: A GBNF grammar the answer must match (structured output, forced tool calls).
+    grammar: str | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +171,7 @@ class ChatModel:
             bos_token=piece(bos_id) if bos_id >= 0 else "",
             stop_token_ids=[eos_id],
         )
+        self.knows_tools = "tools" in template
         self.layers = int(metadata.get(f"{metadata.get('general.architecture')}.block_count", 0))
 
     def count_tokens(self, texts: list[str]) -> list[int]:
@@ -174,13 +181,23 @@ class ChatModel:
             for text in texts
         ]
 
-    def prompt_tokens(self, messages: list[dict[str, str]]) -> tuple[list[int], tuple[str, ...]]:
-        """The chat template applied and tokenized, and the template's own stop strings.
+    def prompt_tokens(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> tuple[list[int], tuple[str, ...]]:
+        """The chat template applied (with ``tools``, OpenAI's shape) and tokenized, and the
+        template's own stop strings. A template that does not render tools gets them, and
+        earlier tool calls, as text (appliance/inference/structured.py).
 
         Raises:
             ContextOverflow: the prompt leaves no room for an answer.
         """
-        formatted = self._formatter(messages=messages)
+        if not self.knows_tools:
+            messages = structured.plain_messages(messages, tools)
+            tools = None
+        try:
+            formatted = self._formatter(messages=messages, tools=tools)
+        except ValueError as exc:  # the template's raise_exception: it refuses these roles
+            raise InvalidInput(f"The model's chat template refused the messages: {exc}") from None
         tokens = self.llama.tokenize(
             formatted.prompt.encode("utf-8"),
             add_bos=not getattr(formatted, "added_special", False),

@@ -218,7 +218,7 @@ class BatchedChatEngine(ChatModel):
     def admit(self, job: Job) -> None:
         """Take a job into a free slot, reusing a cached prefix of its prompt if one fits."""
         messages, params = job.payload.messages, job.payload.params
-        tokens, template_stops = self.prompt_tokens(messages)  # ContextOverflow: 400
+        tokens, template_stops = self.prompt_tokens(messages, job.payload.tools)  # 400s
         slot = self._free.pop()
         stops = tuple(s for s in (*params.stop, *template_stops) if s)
         seq = _Sequence(
@@ -451,6 +451,22 @@ class BatchedChatEngine(ChatModel):
         """A sampler chain like ``Llama.generate``'s for the same parameters."""
         lib = self._lib
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        n_vocab = lib.llama_vocab_n_tokens(self.vocab)
+        if params.logit_bias:
+            biases = (lib.llama_logit_bias * len(params.logit_bias))(
+                *(lib.llama_logit_bias(token, bias) for token, bias in params.logit_bias)
+            )
+            bias = lib.llama_sampler_init_logit_bias(n_vocab, len(params.logit_bias), biases)
+            lib.llama_sampler_chain_add(chain, bias)
+        if params.presence_penalty or params.frequency_penalty:
+            # As Llama.generate does for the sequential engine: the last 64 tokens.
+            penalties = lib.llama_sampler_init_penalties(
+                n_vocab, 64, 1.0, params.frequency_penalty, params.presence_penalty
+            )
+            lib.llama_sampler_chain_add(chain, penalties)
+        if params.grammar:
+            grammar = lib.llama_sampler_init_grammar(self.vocab, params.grammar.encode(), b"root")
+            lib.llama_sampler_chain_add(chain, grammar)
         if params.temperature == 0:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
         else:

@@ -18,7 +18,8 @@ import httpx
 
 from appliance import vault
 from appliance.config import Settings
-from appliance.errors import ApplianceError, ConfigError, InvalidInput, Throttled, Unavailable
+from appliance.errors import ApplianceError, ConfigError, Throttled, Unavailable
+from appliance.inference.openai_schema import InvalidParam
 
 ACCOUNT_HEADER = "X-Appliance-Account"
 PRIORITY_HEADER = "X-Appliance-Priority"
@@ -317,10 +318,10 @@ class InferenceClient:
             return data
         error = data.get("error") if isinstance(data, dict) else None
         message = (error or {}).get("message") if isinstance(error, dict) else None
-        raise _error(response.status_code, message, response.headers.get("retry-after"))
+        raise _error(response.status_code, error, message, response.headers.get("retry-after"))
 
 
-def _error(status: int, message: str | None, retry_after: Any) -> ApplianceError:
+def _error(status: int, error: Any, message: str | None, retry_after: Any) -> ApplianceError:
     """The service's error answer as the exception the caller maps to a status.
 
     A refusal stays a refusal (429 or 503 with Retry-After) all the way to the caller's
@@ -333,7 +334,8 @@ def _error(status: int, message: str | None, retry_after: Any) -> ApplianceError
     if status == 503:
         return Unavailable(message, int(retry) if retry.isdigit() else 5)
     if status == 400:
-        return InvalidInput(message)
+        error = error if isinstance(error, dict) else {}
+        return InvalidParam(message, error.get("param"), error.get("code"))
     return InferenceError(message, status)
 
 

@@ -8,17 +8,13 @@ Listens on loopback by default; every ``/v1`` call needs the internal bearer key
 from __future__ import annotations
 
 import asyncio
-import base64
 import hmac
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.response import Stream
@@ -27,60 +23,30 @@ import appliance
 from appliance import vault
 from appliance.config import Settings
 from appliance.errors import InvalidInput, Unavailable
-from appliance.inference import gpu, rerank
-from appliance.inference.base import Delta, Finish, GenerationParams
+from appliance.inference import chat_api, gpu, rerank
+from appliance.inference import openai_schema as schema
+from appliance.inference.base import ContextOverflow, Delta, Finish
+from appliance.inference.chat_api import ChatRequest
 from appliance.inference.client import ACCOUNT_HEADER, PRIORITY_HEADER
 from appliance.inference.engine import Engine, load_engine
-from appliance.inference.scheduler import DONE, AccountBusy, Failed, Job, Scheduler
+from appliance.inference.scheduler import AccountBusy, Failed, Job, Scheduler
 
 log = logging.getLogger("appliance.inference")
 
-ROLES = ("system", "user", "assistant", "developer")
-#: Fields accepted for OpenAI compatibility that change nothing here.
-IGNORED_CHAT_FIELDS = {"user", "n", "logprobs", "frequency_penalty", "presence_penalty"}
-CHAT_FIELDS = {
-    "model",
-    "messages",
-    "max_tokens",
-    "max_completion_tokens",
-    "temperature",
-    "top_p",
-    "seed",
-    "stop",
-    "stream",
-    "stream_options",
-} | IGNORED_CHAT_FIELDS
-EMBEDDING_FIELDS = {"model", "input", "encoding_format", "user", "dimensions"}
-MAX_MESSAGES = 1000
-MAX_EMBED_INPUTS = 2048
-MAX_TEXT_CHARS = 1_000_000
 
-
-@dataclass(frozen=True)
-class ChatRequest:
-    messages: list[dict[str, str]]
-    params: GenerationParams
-    stream: bool
-    include_usage: bool
-
-
-#: OpenAI's error codes for refusals (its SDKs retry 429 and 503 after ``Retry-After``).
-CODES = {429: "rate_limit_exceeded", 503: "service_unavailable"}
-
-
-#: OpenAI's error codes for refusals (its SDKs retry 429 and 503 after ``Retry-After``).
-CODES = {429: "rate_limit_exceeded", 503: "service_unavailable"}
-KINDS = {429: "rate_limit_error", 503: "server_busy"}
-
-
-def error_body(status: int, message: str, kind: str) -> dict[str, Any]:
-    return {"message": message, "type": kind, "param": None, "code": CODES.get(status)}
-
-
-def api_error(status: int, message: str, kind: str, retry_after: int | None = None) -> Response:
-    headers = {"Retry-After": str(retry_after or 2)} if status in CODES else {}
+def api_error(
+    status: int,
+    message: str,
+    kind: str,
+    *,
+    retry_after: int | None = None,
+    param: str | None = None,
+    code: str | None = None,
+) -> Response:
+    """OpenAI's error envelope; a refusal (429, 503) says when to retry."""
+    headers = {"Retry-After": str(retry_after or 2)} if status in chat_api.CODES else {}
     return Response(
-        {"error": error_body(status, message, kind)},
+        {"error": chat_api.error_body(status, message, kind, param=param, code=code)},
         status_code=status,
         media_type=MediaType.JSON,
         headers=headers,
@@ -88,135 +54,8 @@ def api_error(status: int, message: str, kind: str, retry_after: int | None = No
 
 
 def failed_error(event: Failed) -> Response:
-    kind = KINDS.get(event.status, "invalid_request_error")
-    return api_error(event.status, event.message, kind, event.retry_after)
-
-
-def failed_chunk(event: Failed) -> str:
-    """A stream's error event: the status and Retry-After the request would have got."""
-    error = error_body(event.status, event.message, KINDS.get(event.status, "server_error"))
-    error.update(status=event.status, retry_after=event.retry_after)
-    return f"data: {json.dumps({'error': error})}\n\n"
-
-
-def parse_chat(body: Any, settings: Settings, model_id: str) -> ChatRequest:
-    """Validate a chat completion request; raises InvalidInput naming the bad field."""
-    if not isinstance(body, dict):
-        raise InvalidInput("The request body must be a JSON object.")
-    unknown = sorted(set(body) - CHAT_FIELDS)
-    if unknown:
-        raise InvalidInput(f"Unsupported parameter: '{unknown[0]}'.")
-    _check_model(body.get("model"), model_id)
-    # OpenAI's clients may send null for any optional field: null means the default.
-    body = {key: value for key, value in body.items() if value is not None}
-    if body.get("n", 1) != 1:
-        raise InvalidInput("'n' must be 1.")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidInput("'messages' must be a non-empty list.")
-    if len(messages) > MAX_MESSAGES:
-        raise InvalidInput(f"'messages' may hold at most {MAX_MESSAGES} messages.")
-    clean = []
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise InvalidInput(
-                f"messages[{index}] must be an object with a role of {', '.join(ROLES)}."
-            )
-        content = _text_content(message.get("content"), f"messages[{index}].content")
-        role = "system" if message["role"] == "developer" else message["role"]
-        clean.append({"role": role, "content": content})
-    cap = settings.inference.max_tokens
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    max_tokens = cap if max_tokens is None else _int(max_tokens, "max_tokens", 1, cap)
-    temperature = _number(body.get("temperature", 0.7), "temperature", 0.0, 2.0)
-    top_p = _number(body.get("top_p", 0.95), "top_p", 0.0, 1.0)
-    seed = body.get("seed")
-    if seed is not None:
-        seed = _int(seed, "seed", 0, 2**31 - 1)
-    stop = body.get("stop") or []
-    if isinstance(stop, str):
-        stop = [stop]
-    if (
-        not isinstance(stop, list)
-        or len(stop) > 4
-        or not all(isinstance(s, str) and 0 < len(s) <= 64 for s in stop)
-    ):
-        raise InvalidInput("'stop' must be a string or a list of up to 4 strings (≤ 64 chars).")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise InvalidInput("'stream' must be true or false.")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise InvalidInput("'stream_options' must be an object.")
-    return ChatRequest(
-        messages=clean,
-        params=GenerationParams(
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p if top_p > 0 else 1e-6,
-            seed=seed,
-            stop=tuple(stop),
-        ),
-        stream=stream,
-        include_usage=bool(options.get("include_usage")),
-    )
-
-
-def parse_embeddings(body: Any, model_id: str) -> tuple[list[str], str]:
-    if not isinstance(body, dict):
-        raise InvalidInput("The request body must be a JSON object.")
-    unknown = sorted(set(body) - EMBEDDING_FIELDS)
-    if unknown:
-        raise InvalidInput(f"Unsupported parameter: '{unknown[0]}'.")
-    _check_model(body.get("model"), model_id)
-    texts = body.get("input")
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, list) or not texts or len(texts) > MAX_EMBED_INPUTS:
-        raise InvalidInput(f"'input' must be a string or a list of 1 to {MAX_EMBED_INPUTS}.")
-    for index, text in enumerate(texts):
-        if not isinstance(text, str) or not text or len(text) > MAX_TEXT_CHARS:
-            raise InvalidInput(f"input[{index}] must be a non-empty string.")
-    encoding = body.get("encoding_format", "float")
-    if encoding not in ("float", "base64"):
-        raise InvalidInput("'encoding_format' must be 'float' or 'base64'.")
-    return texts, encoding
-
-
-def _check_model(requested: Any, loaded: str) -> None:
-    if requested is not None and requested != loaded:
-        raise InvalidInput(f"The model '{requested}' is not served here; use '{loaded}'.")
-
-
-def _text_content(content: Any, where: str) -> str:
-    if isinstance(content, str):
-        text = content
-    elif isinstance(content, list):
-        parts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text":
-                raise InvalidInput(f"{where} may only hold text parts.")
-            if not isinstance(part.get("text"), str):
-                raise InvalidInput(f"{where}: a text part needs a 'text' string.")
-            parts.append(part["text"])
-        text = "".join(parts)
-    else:
-        raise InvalidInput(f"{where} must be a string.")
-    if len(text) > MAX_TEXT_CHARS:
-        raise InvalidInput(f"{where} is too long.")
-    return text
-
-
-def _int(value: Any, name: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidInput(f"'{name}' must be an integer from {low} to {high}.")
-    return value
-
-
-def _number(value: Any, name: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise InvalidInput(f"'{name}' must be a number from {low} to {high}.")
-    return float(value)
+    kind = chat_api.KINDS.get(event.status, "invalid_request_error")
+    return api_error(event.status, event.message, kind, retry_after=event.retry_after)
 
 
 class InferenceService:
@@ -275,7 +114,12 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
 
     def guard(request: Request) -> Response | None:
         if not service.authorized(request):
-            return api_error(401, "Missing or wrong inference key.", "authentication_error")
+            return api_error(
+                401,
+                "Missing or wrong inference key.",
+                "authentication_error",
+                code="invalid_api_key",
+            )
         return None
 
     @post("/v1/chat/completions", status_code=200)
@@ -283,73 +127,51 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
         denied = guard(request)
         if denied:
             return denied
-        chat = parse_chat(await read_json(request), settings, model_id)
-        job = service.job(request, chat)
-        await service.chat.enter(job)
-        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        created = int(time.time())
+        n_vocab = engine.chat.llama.n_vocab()
+        chat = chat_api.parse_chat(await read_json(request), settings, model_id, n_vocab)
+        jobs = [service.job(request, choice) for choice in chat.choices()]
+        for job in jobs:
+            await service.chat.enter(job)
         if chat.stream:
             return Stream(
-                _sse(service, job, chat, completion_id, created, model_id),
+                _sse(service, chat, jobs, model_id),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        parts: list[str] = []
-        finish: Finish | None = None
-        async for event in _events_until_disconnect(service.chat, job, request):
+        choices = [chat_api.Choice(i, []) for i in range(len(jobs))]
+        async for index, event in _events_until_disconnect(service.chat, jobs, request):
             if isinstance(event, Delta):
-                parts.append(event.text)
+                choices[index].parts.append(event.text)
             elif isinstance(event, Finish):
-                finish = event
+                choices[index].finish = event
             elif isinstance(event, Failed):
+                for job in jobs:
+                    service.chat.cancel(job)
                 return failed_error(event)
-        if finish is None:  # the client went away
+        if any(choice.finish is None for choice in choices):  # the client went away
             return api_error(499, "Client closed the request.", "cancelled")
-        return Response(
-            {
-                "id": completion_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": model_id,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": "".join(parts)},
-                        "finish_reason": finish.reason,
-                        "logprobs": None,
-                    }
-                ],
-                "usage": _usage(finish),
-            }
-        )
+        return Response(chat_api.completion(chat, choices, model_id))
 
     @post("/v1/embeddings", status_code=200)
     async def embeddings(request: Request) -> Response:
         denied = guard(request)
         if denied:
             return denied
-        texts, encoding = parse_embeddings(await read_json(request), embed_id or "")
-        job = service.job(request, texts)
+        parsed = chat_api.parse_embeddings(await read_json(request), embed_id or "")
+        job = service.job(request, parsed.input)
         await service.embeddings.enter(job)
         result = None
-        async for event in _events_until_disconnect(service.embeddings, job, request):
+        async for _, event in _events_until_disconnect(service.embeddings, [job], request):
             if isinstance(event, Failed):
                 return failed_error(event)
             result = event
         if result is None:
             return api_error(499, "Client closed the request.", "cancelled")
         vectors, tokens = result
-        data = []
-        for index, vector in enumerate(vectors):
-            if encoding == "base64":
-                value: Any = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
-            else:
-                value = vector
-            data.append({"object": "embedding", "index": index, "embedding": value})
         return Response(
             {
                 "object": "list",
-                "data": data,
+                "data": schema.embedding_data(vectors, parsed),
                 "model": embed_id,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
@@ -370,7 +192,7 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
         job = service.job(request, parsed)
         await service.embeddings.enter(job)
         result = None
-        async for event in _events_until_disconnect(service.embeddings, job, request):
+        async for _, event in _events_until_disconnect(service.embeddings, [job], request):
             if isinstance(event, Failed):
                 return failed_error(event)
             result = event
@@ -390,7 +212,7 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
         if (
             not isinstance(texts, list)
             or len(texts) > 100_000
-            or not all(isinstance(t, str) and len(t) <= MAX_TEXT_CHARS for t in texts)
+            or not all(isinstance(t, str) and len(t) <= schema.MAX_TEXT_CHARS for t in texts)
         ):
             raise InvalidInput("'input' must be a list of strings.")
         if body.get("model") == "chat":
@@ -452,13 +274,16 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
         service.embeddings.stop()
 
     def invalid(request: Request, exc: InvalidInput) -> Response:
-        return api_error(400, str(exc), "invalid_request_error")
+        param, code = getattr(exc, "param", None), getattr(exc, "code", None)
+        if isinstance(exc, ContextOverflow):
+            param, code = "messages", "context_length_exceeded"
+        return api_error(400, str(exc), "invalid_request_error", param=param, code=code)
 
     def unavailable(request: Request, exc: Unavailable) -> Response:
-        return api_error(503, str(exc), "server_busy", exc.retry_after)
+        return api_error(503, str(exc), "server_busy", retry_after=exc.retry_after)
 
     def busy(request: Request, exc: AccountBusy) -> Response:
-        return api_error(429, str(exc), "rate_limit_error", exc.retry_after)
+        return api_error(429, str(exc), "rate_limit_error", retry_after=exc.retry_after)
 
     def http_error(request: Request, exc: HTTPException) -> Response:
         return api_error(exc.status_code, str(exc.detail), "invalid_request_error")
@@ -490,80 +315,39 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
 
 
 async def _events_until_disconnect(
-    scheduler: Scheduler, job: Job, request: Request
-) -> AsyncIterator[Any]:
-    """The job's events; cancels the job if the client disconnects first."""
+    scheduler: Scheduler, jobs: list[Job], request: Request
+) -> AsyncIterator[tuple[int, Any]]:
+    """The jobs' events (with the job's index); cancels them if the client disconnects."""
 
     async def watch() -> None:
         while True:
             message = await request.receive()
             if message["type"] == "http.disconnect":
-                scheduler.cancel(job)
+                for job in jobs:
+                    scheduler.cancel(job)
                 return
 
     watcher = asyncio.create_task(watch())
     try:
-        while True:
-            event = await job.events.get()
-            if event is DONE:
-                return
-            if job.cancelled.is_set():
-                continue
-            yield event
+        async for index, event in chat_api.merged(jobs):
+            yield index, event
     finally:
         watcher.cancel()
 
 
 async def _sse(
-    service: InferenceService,
-    job: Job,
-    chat: ChatRequest,
-    completion_id: str,
-    created: int,
-    model_id: str,
+    service: InferenceService, chat: ChatRequest, jobs: list[Job], model_id: str
 ) -> AsyncIterator[str]:
-    def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
-        body: dict[str, Any] = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model_id,
-            "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }
-        if usage:
-            body["usage"] = usage
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-
     finished = False
     try:
-        yield chunk({"role": "assistant", "content": ""})
-        while True:
-            event = await job.events.get()
-            if event is DONE:
-                break
-            if isinstance(event, Delta):
-                yield chunk({"content": event.text})
-            elif isinstance(event, Finish):
-                yield chunk({}, finish=event.reason)
-                if chat.include_usage:
-                    yield chunk({}, usage=_usage(event))
-            elif isinstance(event, Failed):
-                yield failed_chunk(event)
-        yield "data: [DONE]\n\n"
+        async for line in chat_api.stream(chat, jobs, model_id):
+            yield line
         finished = True
     finally:
         if not finished:
-            # The client went away (Litestar cancels the stream): free the slot now.
-            service.chat.cancel(job)
-
-
-def _usage(finish: Finish) -> dict[str, Any]:
-    return {
-        "prompt_tokens": finish.prompt_tokens,
-        "completion_tokens": finish.completion_tokens,
-        "total_tokens": finish.prompt_tokens + finish.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": finish.cached_tokens},
-    }
+            # The client went away (Litestar cancels the stream): free the slots now.
+            for job in jobs:
+                service.chat.cancel(job)
 
 
 def _prometheus(service: InferenceService) -> str:

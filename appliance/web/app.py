@@ -40,6 +40,7 @@ from appliance.web import (
     team,
     v1,
 )
+from appliance.web.cors import cors_middleware
 from appliance.web.errors import EXCEPTION_HANDLERS
 from appliance.web.security import (
     CSRF_EXEMPT,
@@ -153,6 +154,7 @@ def create_app(
             exclude=list(CSRF_EXEMPT),
         ),
         middleware=[
+            cors_middleware(settings),
             strip_internal_headers_middleware,
             cross_site_middleware,
             requestlog.timer_middleware,

@@ -17,7 +17,8 @@ import anyio
 import sqlite_utils
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody
+from litestar.exceptions import HTTPException
+from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
 from appliance.billing.metering import Metered, embed_metered
@@ -26,27 +27,51 @@ from appliance.chat import service as chat
 from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.db import open_db
-from appliance.errors import ApplianceError, Conflict, InvalidInput, NotFound
+from appliance.errors import ApplianceError, Conflict, NotFound
+from appliance.inference import openai_schema as schema
 from appliance.inference.client import InferenceClient, started
 from appliance.instances import service as instances
-from appliance.web.errors import stream_error
+from appliance.web import errors
+from appliance.web.errors import (
+    handle_domain_error,
+    handle_http_exception,
+    handle_unexpected,
+    stream_error,
+)
 from appliance.web.identity import Identity
 
-#: Request fields passed on to the model (checked again by the inference service).
-FORWARDED = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "seed", "stop")
-ACCEPTED = {*FORWARDED, "model", "messages", "stream", "stream_options", "user", "n", "appliance"}
+#: Request fields the web process handles itself; the rest go to the inference service,
+#: which checks them again with the same schema.
+OWN_FIELDS = {"model", "messages", "stream", "stream_options", "appliance"}
+OWN_FIELDS |= {"max_tokens", "max_completion_tokens"}
+#: OpenAI's error codes for our statuses (``param`` and ``code`` of InvalidParam win).
+CODES = {**errors.CODES, 401: "invalid_api_key"}
 
 
 def _instance(db, key: Identity, name: Any) -> instances.Instance:
     if not isinstance(name, str) or not name:
-        raise InvalidInput("'model' must be the name of one of your instances.")
-    instance = instances.by_name(db, key.account.id, name)
+        raise schema.InvalidParam(
+            "'model' must be the name of one of your instances.", "model", "model_not_found"
+        )
+    try:
+        instance = instances.by_name(db, key.account.id, name)
+    except NotFound:
+        raise _no_model(name) from None
     bound = key.key.instance_id if key.key else None
     if bound and bound != instance.id:
-        raise NotFound(f"The model '{name}' does not exist.")
+        raise _no_model(name)
     if instance.state != "running":
         raise Conflict(f"The instance '{name}' is stopped; start it to use it.")
     return instance
+
+
+class _ModelNotFound(NotFound):
+    param = "model"
+    code = "model_not_found"
+
+
+def _no_model(name: str) -> NotFound:
+    return _ModelNotFound(f"The model '{name}' does not exist.")
 
 
 def build_request(
@@ -56,28 +81,21 @@ def build_request(
     key: Identity,
     body: Any,
     now,
-) -> tuple[instances.Instance, chat.Composed]:
-    """The instance and the request for the inference service (prompt assembled)."""
-    if not isinstance(body, dict):
-        raise InvalidInput("The request body must be a JSON object.")
-    unknown = sorted(set(body) - ACCEPTED)
-    if unknown:
-        raise InvalidInput(f"Unsupported parameter: '{unknown[0]}'.")
-    instance = _instance(db, key, body.get("model"))
+) -> tuple[instances.Instance, chat.Composed, schema.ChatCompletionRequest]:
+    """The instance, the request for the inference service (prompt assembled) and the
+    checked request. Errors name the client's fields (``messages[i]`` as it sent them)."""
+    request = schema.decode(body, schema.ChatCompletionRequest)
+    schema.check_chat(request, max_n=settings.inference.max_choices)
+    messages = schema.clean_messages(request.messages)
+    instance = _instance(db, key, request.model)
     options = body.get("appliance") or {}
     if not isinstance(options, dict):
-        raise InvalidInput("'appliance' must be an object.")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidInput("'messages' must be a non-empty list.")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise InvalidInput(f"messages[{index}] must have a string 'content'.")
-    own_system = [m for m in messages if m.get("role") in ("system", "developer")]
-    conversation = [m for m in messages if m.get("role") not in ("system", "developer")]
-    forwarded = {name: body[name] for name in FORWARDED if name in body}
-    forwarded.pop("max_completion_tokens", None)
-    forwarded.pop("max_tokens", None)
+        raise schema.InvalidParam("'appliance' must be an object.", "appliance")
+    own_system = [m["content"] for m in messages if m["role"] == "system"]
+    conversation = [m for m in messages if m["role"] != "system"]
+    if not conversation:
+        raise schema.InvalidParam("There is no message to answer.", "messages")
+    forwarded = {k: v for k, v in body.items() if k not in OWN_FIELDS and v is not None}
     composed = chat.compose(
         db,
         settings,
@@ -86,17 +104,33 @@ def build_request(
         instance,
         conversation,
         now,
-        own_system="\n\n".join(m["content"] for m in own_system) if own_system else None,
+        own_system="\n\n".join(own_system) if own_system else None,
         knowledge=options.get("knowledge", True) is not False,
-        max_tokens=body.get("max_completion_tokens", body.get("max_tokens")),
+        max_tokens=schema.max_tokens_of(request),
         overrides=forwarded,
     )
-    return instance, composed
+    return instance, composed, request
+
+
+def _error(request: Request, exc: Exception) -> Response:
+    """OpenAI's error shape for every ``/v1`` error: message, type, param, code."""
+    if isinstance(exc, HTTPException):
+        response = handle_http_exception(request, exc)
+    elif isinstance(exc, ApplianceError):
+        response = handle_domain_error(request, exc)
+    else:
+        response = handle_unexpected(request, exc)
+    error = dict(response.content["error"])
+    error["param"] = getattr(exc, "param", None)
+    error["code"] = getattr(exc, "code", None) or CODES.get(response.status_code)
+    response.content = {"error": error}
+    return response
 
 
 class V1Api(Controller):
     path = "/v1"
     tags = ["v1"]
+    exception_handlers = {ApplianceError: _error, HTTPException: _error, Exception: _error}
 
     @get("/models", sync_to_thread=True)
     def models(
@@ -105,16 +139,25 @@ class V1Api(Controller):
         """The account's running instances, under their names (OpenAI's list shape)."""
         bound = api_key.key.instance_id if api_key.key else None
         data = [
-            {
-                "id": instance.name,
-                "object": "model",
-                "created": 0,
-                "owned_by": api_key.account.name,
-            }
+            _model_json(instance, api_key)
             for instance in instances.list_instances(db, api_key.account.id)
             if instance.state == "running" and (not bound or instance.id == bound)
         ]
         return {"object": "list", "data": data}
+
+    @get("/models/{model_id:str}", sync_to_thread=True)
+    def model(
+        self,
+        model_id: FromPath[str],
+        api_key: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+    ) -> dict:
+        """One running instance (404 ``model_not_found`` otherwise, or for a bound key's
+        other instances)."""
+        try:
+            return _model_json(_instance(db, api_key, model_id), api_key)
+        except Conflict:
+            raise _no_model(model_id) from None
 
     @post("/chat/completions", status_code=200)
     async def chat_completions(
@@ -127,20 +170,19 @@ class V1Api(Controller):
         clock: NamedDependency[Clock],
     ) -> Response | Stream:
         """A chat completion from one of the account's instances (streaming or not)."""
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            raise InvalidInput("The request body is not valid JSON.") from None
-        instance, composed = await anyio.to_thread.run_sync(
+        body = await _json_body(request)
+        instance, composed, checked = await anyio.to_thread.run_sync(
             lambda: build_request(db, settings, inference, api_key, body, clock())
         )
+        n = checked.n or 1
         payload, passages = composed.payload, composed.passages
         request.state.instance_id = instance.id  # for the request log
         store = await anyio.to_thread.run_sync(
             lambda: _store_target(db, settings, clock, api_key, instance, body)
         )
         account_id = api_key.account.id
-        # Reserves the most this request can cost (402 when the credit does not cover it).
+        # Reserves the most this request can cost, every choice's answer included (402 when
+        # the credit does not cover it).
         metered = await Metered.start(
             db,
             settings,
@@ -148,14 +190,12 @@ class V1Api(Controller):
             api_key.account.id,
             api_key.key.id if api_key.key else None,
             instance,
-            payload,
+            {**payload, "max_tokens": payload["max_tokens"] * n},
             clock,
             prompt_tokens=composed.prompt_tokens,
         )
-        if body.get("stream"):
-            if body.get("stream_options"):
-                payload["stream_options"] = body["stream_options"]
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if checked.stream:
+            include_usage = bool(checked.stream_options and checked.stream_options.include_usage)
             # Refused (429, 503)? Then with that status and Retry-After, not in a 200 stream.
             chunks = await started(
                 metered.observe(inference).astream_chat(payload, account_id=account_id)
@@ -191,7 +231,7 @@ class V1Api(Controller):
     def embeddings(
         self,
         request: Request,
-        data: JSONBody[dict[str, Any]],
+        data: JSONBody[Any],
         api_key: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
         settings: NamedDependency[Settings],
@@ -199,14 +239,15 @@ class V1Api(Controller):
         clock: NamedDependency[Clock],
     ) -> dict:
         """Embeddings from the appliance's embedding model (``model``: an instance name),
-        metered like chat (402 past the credit or a spend cap)."""
-        instance = _instance(db, api_key, data.get("model"))
+        metered like chat (402 past the credit or a spend cap). ``encoding_format``
+        ``base64`` is little-endian float32, as OpenAI's; ``dimensions`` keeps the first
+        ones, renormalised."""
+        parsed = schema.decode(data, schema.EmbeddingRequest)
+        texts = schema.embedding_texts(parsed)
+        instance = _instance(db, api_key, parsed.model)
         request.state.instance_id = instance.id  # for the request log
-        texts = data.get("input")
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-            raise InvalidInput("'input' must be a string or a list of strings.")
+        if parsed.dimensions is not None and parsed.dimensions < 1:
+            raise schema.InvalidParam("'dimensions' must be at least 1.", "dimensions")
         vectors, tokens = embed_metered(
             db,
             settings,
@@ -220,12 +261,20 @@ class V1Api(Controller):
         return {
             "object": "list",
             "model": instance.name,
-            "data": [
-                {"object": "embedding", "index": i, "embedding": vector}
-                for i, vector in enumerate(vectors)
-            ],
+            "data": schema.embedding_data(vectors, parsed),
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+
+
+def _model_json(instance: instances.Instance, api_key: Identity) -> dict[str, Any]:
+    return {"id": instance.name, "object": "model", "created": 0, "owned_by": api_key.account.name}
+
+
+async def _json_body(request: Request) -> Any:
+    try:
+        return json.loads(await request.body())
+    except ValueError:
+        raise schema.InvalidParam("The request body is not valid JSON.") from None
 
 
 def _passage_json(passage: prompt.Passage) -> dict[str, Any]:
@@ -275,10 +324,12 @@ def _store_target(
     options = body.get("appliance") or {}
     store = options.get("store", False)
     if not isinstance(store, bool):
-        raise InvalidInput("'appliance.store' must be true or false.")
+        raise schema.InvalidParam("'appliance.store' must be true or false.", "appliance.store")
     conversation_id = options.get("conversation_id")
     if conversation_id is not None and not isinstance(conversation_id, str):
-        raise InvalidInput("'appliance.conversation_id' must be a string.")
+        raise schema.InvalidParam(
+            "'appliance.conversation_id' must be a string.", "appliance.conversation_id"
+        )
     if not store:
         return None
     if conversation_id is not None:
@@ -287,7 +338,7 @@ def _store_target(
             raise NotFound("No such conversation on this instance.")
     messages = [
         {"role": m["role"], "content": m["content"]}
-        for m in body["messages"]
+        for m in schema.clean_messages(schema.decode(body, schema.ChatCompletionRequest).messages)
         if m.get("role") in ("user", "assistant")
     ]
     return _StoreTarget(settings, api_key, instance, messages, conversation_id, clock)
@@ -311,7 +362,8 @@ async def _relay(
             if chunk.get("usage"):
                 usage = chunk["usage"]
             for choice in chunk.get("choices") or []:
-                parts.append((choice.get("delta") or {}).get("content") or "")
+                if choice.get("index", 0) == 0:
+                    parts.append((choice.get("delta") or {}).get("content") or "")
             if not chunk.get("choices") and "usage" in chunk and not include_usage:
                 continue  # our client always asks for usage; OpenAI sends it only on request
             if "model" in chunk:

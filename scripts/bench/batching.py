@@ -67,8 +67,8 @@ from appliance.inference.base import (  # noqa: E402
     physical_cores,
 )
 from appliance.inference.batching import BatchedChatEngine  # noqa: E402
+from appliance.inference.chat_api import ChatRequest  # noqa: E402
 from appliance.inference.scheduler import DONE, Failed, Job, Scheduler  # noqa: E402
-from appliance.inference.server import ChatRequest  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Continuous batching (scripts/bench/batching.py)"

@@ -1,8 +1,10 @@
 """Instances and the account's OpenAI-compatible endpoint, with the official openai client."""
 
 import io
+import json
 
 import openai
+import pydantic
 import pytest
 from litestar.testing import TestClient
 
@@ -205,3 +207,175 @@ def test_a_key_cannot_be_bound_to_another_accounts_instance(env):
         json={"name": "x", "scope": "inference", "instance_id": env["instance"]["id"]},
     )
     assert response.status_code == 404
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            "required": ["city", "days"],
+        },
+    },
+}
+ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris for 3 days?"}]
+
+
+def test_a_required_tool_call_is_valid_by_construction_also_streamed(env):
+    client = sdk(env, env["bound"])
+    answer = client.chat.completions.create(
+        model="assistant",
+        messages=ASK_WEATHER,
+        tools=[WEATHER],
+        tool_choice="required",
+        max_tokens=40,
+        temperature=0,
+    )
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    call = choice.message.tool_calls[0]
+    arguments = json.loads(call.function.arguments)
+    assert call.function.name == "get_weather" and call.id
+    assert isinstance(arguments["city"], str) and isinstance(arguments["days"], int)
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    chunks = list(
+        client.chat.completions.create(
+            model="assistant",
+            messages=ASK_WEATHER,
+            tools=[WEATHER],
+            tool_choice=named,
+            max_tokens=40,
+            temperature=0,
+            stream=True,
+        )
+    )
+    deltas = [d for c in chunks for d in (c.choices[0].delta.tool_calls or [])]
+    assert [d.function.name for d in deltas] == ["get_weather"]
+    assert json.loads("".join(d.function.arguments for d in deltas)).keys() == {"city", "days"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    # The call and its result go back in the next turn: content null, role "tool".
+    follow_up = client.chat.completions.create(
+        model="assistant",
+        messages=[
+            *ASK_WEATHER,
+            {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+            {"role": "tool", "tool_call_id": call.id, "content": '{"forecast": "sunny"}'},
+        ],
+        tools=[WEATHER],
+        max_tokens=8,
+        temperature=0,
+    )
+    assert follow_up.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+def test_structured_output_parses_into_a_pydantic_model(env):
+    class City(pydantic.BaseModel):
+        name: str
+        population: int
+
+    parsed = (
+        sdk(env, env["bound"])
+        .chat.completions.parse(
+            model="assistant",
+            messages=[{"role": "user", "content": "Describe Paris."}],
+            response_format=City,
+            max_tokens=48,
+            temperature=0,
+        )
+        .choices[0]
+        .message.parsed
+    )
+    assert isinstance(parsed, City) and parsed.name
+
+
+def test_n_choices_are_generated_and_counted(env):
+    answer = sdk(env, env["bound"]).chat.completions.create(
+        model="assistant",
+        messages=[{"role": "user", "content": "Count from one to twenty."}],
+        n=3,
+        max_tokens=4,
+        seed=7,
+    )
+    assert [c.index for c in answer.choices] == [0, 1, 2]
+    assert all(c.finish_reason == "length" and c.message.content for c in answer.choices)
+    assert answer.usage.completion_tokens == 12
+
+
+def test_chat_fields_real_clients_send_are_accepted(env):
+    answer = sdk(env, env["bound"]).chat.completions.create(
+        model="assistant",
+        messages=[
+            {"role": "developer", "content": "Answer briefly."},
+            {"role": "user", "name": "ann", "content": [{"type": "text", "text": "Say hi."}]},
+        ],
+        presence_penalty=0.5,
+        frequency_penalty=0.5,
+        logit_bias={"28": -100},
+        seed=1,
+        stop=["\n\n"],
+        metadata={"team": "a"},
+        store=False,
+        parallel_tool_calls=True,
+        max_completion_tokens=6,
+        extra_body={"top_k": 20, "repetition_penalty": 1.1},  # other vendors': ignored
+    )
+    assert answer.choices[0].message.content
+
+
+def test_refused_fields_are_named_with_the_clients_indexes(env):
+    client = sdk(env, env["bound"])
+    system = {"role": "system", "content": "Be brief."}
+    cases = [
+        ({"logprobs": True}, ASK_WEATHER, "logprobs"),
+        ({"store": True}, ASK_WEATHER, "store"),
+        ({"n": 9}, ASK_WEATHER, "n"),
+        ({}, [system, *ASK_WEATHER, {"role": "wizard", "content": "x"}], "messages[2].role"),
+        (
+            {},
+            [
+                system,
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+            ],
+            "messages[1].content[0].type",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"not": {}}},
+                }
+            },
+            ASK_WEATHER,
+            "response_format.json_schema",
+        ),
+    ]
+    for extra, messages, param in cases:
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model="assistant", messages=messages, **extra)
+        assert refused.value.param == param, refused.value.body
+    with pytest.raises(openai.AuthenticationError) as denied:
+        sdk(env, "sk-wrong").models.list()
+    assert denied.value.code == "invalid_api_key"
+
+
+def test_models_can_be_retrieved_by_name(env):
+    assert sdk(env, env["free"]).models.retrieve("other").id == "other"
+    with pytest.raises(openai.NotFoundError) as hidden:
+        sdk(env, env["bound"]).models.retrieve("other")
+    assert hidden.value.code == "model_not_found"
+
+
+def test_base64_embeddings_equal_the_float_ones_and_dimensions_shorten(env):
+    client = sdk(env, env["free"])
+    floats = client.embeddings.create(model="assistant", input="hello", encoding_format="float")
+    packed = client.embeddings.create(model="assistant", input="hello")  # the SDK asks base64
+    assert packed.data[0].embedding == pytest.approx(floats.data[0].embedding, abs=1e-6)
+    short = client.embeddings.create(model="assistant", input="hello", dimensions=64)
+    vector = short.data[0].embedding
+    assert len(vector) == 64 and sum(v * v for v in vector) == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.embeddings.create(model="assistant", input=[[1, 2, 3]])
+    assert refused.value.param == "input"

@@ -35,8 +35,8 @@ from appliance.errors import ApplianceError
 from appliance.inference import models
 from appliance.inference.base import Delta, Finish, GenerationParams, physical_cores
 from appliance.inference.batching import BatchedChatEngine
+from appliance.inference.chat_api import ChatRequest
 from appliance.inference.scheduler import DONE, Failed, Job, Scheduler
-from appliance.inference.server import ChatRequest
 
 pytestmark = pytest.mark.inference
 

@@ -445,15 +445,23 @@ BAD_CHAT_REQUESTS = {
     "content not text": ({"messages": [{"role": "user", "content": 5}]}, "content"),
     "image part": (
         {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
-        "text parts",
+        "reads text only",
     ),
-    "unknown parameter": ({"messages": M, "tools": []}, "'tools'"),
+    "a refused parameter": ({"messages": M, "functions": []}, "'functions'"),
+    "a tool call to no tool": (
+        {
+            "messages": M,
+            "tools": [],
+            "tool_choice": {"type": "function", "function": {"name": "f"}},
+        },
+        "'f'",
+    ),
     "max_tokens 0": ({"messages": M, "max_tokens": 0}, "max_tokens"),
     "max_tokens above the cap": ({"messages": M, "max_tokens": 1025}, "1024"),
     "max_tokens not an integer": ({"messages": M, "max_tokens": "10"}, "max_tokens"),
     "temperature 5": ({"messages": M, "temperature": 5}, "temperature"),
     "top_p 2": ({"messages": M, "top_p": 2}, "top_p"),
-    "n 2": ({"messages": M, "n": 2}, "'n'"),
+    "n above inference.max_choices": ({"messages": M, "n": 5}, "'n'"),
     "too many stops": ({"messages": M, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     "stream not a bool": ({"messages": M, "stream": "yes"}, "stream"),
     "another model": ({"messages": M, "model": "gpt-4o"}, CHAT_ID),
@@ -479,9 +487,9 @@ BAD_EMBEDDING_REQUESTS = {
     "input missing": ({}, "'input'"),
     "input empty": ({"input": []}, "'input'"),
     "empty string": ({"input": ["ok", ""]}, "input[1]"),
-    "not a string": ({"input": [1, 2]}, "input[0]"),
+    "token ids": ({"input": [1, 2]}, "token ids"),
     "bad encoding": ({"input": "x", "encoding_format": "int8"}, "encoding_format"),
-    "unknown parameter": ({"input": "x", "truncate": True}, "'truncate'"),
+    "more dimensions than the model's": ({"input": "x", "dimensions": 385}, "384"),
     "another model": ({"input": "x", "model": "text-embedding-3-small"}, EMBED_ID),
 }
 
