@@ -281,7 +281,7 @@ def measure(
 ) -> Room:
     """How ``content`` measures against the instance's context budget (the page's counter)."""
     instance = instances.get(db, account_id, instance_id)
-    return room(db, settings, client, account_id, instance, content, now)
+    return room(db, settings, client, account_id, instance, content.strip(), now)
 
 
 def prepare_turn(

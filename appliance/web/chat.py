@@ -230,7 +230,11 @@ class ChatApi(Controller):
             request=request,
         )
 
-    @post("/{conversation_id:str}/messages/{message_id:str}/select", sync_to_thread=True)
+    @post(
+        "/{conversation_id:str}/messages/{message_id:str}/select",
+        status_code=200,
+        sync_to_thread=True,
+    )
     def select(
         self,
         conversation_id: FromPath[str],

@@ -90,6 +90,8 @@ def test_streamed_answer_is_stored_with_usage_and_title(env):
     got = ask(client, cid, "Say hello to the team in one sentence.")
     assert got[0]["type"] == "user"
     assert got[0]["message"]["content"] == "Say hello to the team in one sentence."
+    # Before the first token the page is told what is happening (no documents here).
+    assert got[1] == {"type": "status", "text": "Writing the answer…"}
     deltas = [e["text"] for e in got if e["type"] == "delta"]
     assert len(deltas) > 1  # token by token, not one blob
     done = got[-1]
@@ -383,6 +385,11 @@ def test_answer_cites_the_uploaded_document(env):
     got = ask(client, cid, "What is the launch code of Project Zephyr?")
     message = got[-1]["message"]
     assert message["sources"], "the passage was retrieved"
+    n = len(message["sources"])
+    assert got[1] == {
+        "type": "status",
+        "text": f"Reading {n} passage{'' if n == 1 else 's'} from your documents…",
+    }
     source = message["sources"][0]
     assert source["filename"] == "zephyr.md"
     assert "PURPLE-OTTER-42" in source["text"]
