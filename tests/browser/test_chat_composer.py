@@ -111,11 +111,11 @@ def test_chat_feels_like_chat(live_kb, page, linked_settings, models_dir):
 
     # A paste too long for the instance is counted, refused before it is stored, and the
     # refusal and the text are still there after a reload.
-    paste = "Every line of the annual report goes into this one message. " * 700  # 42,700
+    paste = "Every line of the annual report goes into this one message. " * 712
     box.fill(paste)
     counter = page.locator("#counter")
     page.wait_for_function("() => document.querySelector('#counter').textContent.includes('of')")
-    assert "42,700 characters" in counter.inner_text()
+    assert f"{len(paste):,} characters" in counter.inner_text()  # 42,720: all of it
     assert "too long to send" in counter.inner_text()
     assert "context budget of 4,096 tokens" in counter.inner_text()
     box.press("Enter")
