@@ -70,7 +70,9 @@ def _event(data: dict[str, Any]) -> str:
 def _error_event(exc: ApplianceError) -> dict[str, Any]:
     """The error as the page needs it: words, the HTTP status it stands for, and when
     trying again can help, after how many seconds."""
-    status = next((code for cls, (code, _) in STATUS.items() if isinstance(exc, cls)), 500)
+    status = getattr(exc, "status", None) or next(
+        (code for cls, (code, _) in STATUS.items() if isinstance(exc, cls)), 500
+    )
     event: dict[str, Any] = {"type": "error", "message": str(exc), "status": status}
     retry_after = getattr(exc, "retry_after", None)
     if retry_after:
@@ -81,8 +83,8 @@ def _error_event(exc: ApplianceError) -> dict[str, Any]:
 def _status_text(passages: int, waiting: int) -> str:
     """What happens before the first token, in words."""
     if waiting:
-        ahead = "1 request is" if waiting == 1 else f"{waiting} requests are"
-        return f"The model is busy: {ahead} ahead of yours."
+        others = "1 other request is" if waiting == 1 else f"{waiting} other requests are"
+        return f"The model is busy: {others} waiting."
     if passages:
         return f"Reading {passages} passage{'' if passages == 1 else 's'} from your documents…"
     return "Writing the answer…"
@@ -163,8 +165,8 @@ class _Answer:
         if self.service is None:
             return 0
         try:
-            with anyio.fail_after(1):
-                health = await self.service.ahealth(timeout=1.0)
+            with anyio.fail_after(0.5):
+                health = await self.service.ahealth(timeout=0.5)
         except (ApplianceError, TimeoutError):
             return 0
         queue = health.get("queue")

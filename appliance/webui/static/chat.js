@@ -306,7 +306,9 @@
             } else if (event.type === "error") {
               finished = true;
               pending.remove();
-              if (event.retry_after) retry = { seconds: Math.min(event.retry_after, 60), message: event.message };
+              // 429 (this account has too many requests waiting) clears in moments.
+              const seconds = event.retry_after || (event.status === 429 ? 2 : 0);
+              if (seconds) retry = { seconds: Math.min(seconds, 60), message: event.message };
               else showError(event.message, event.status === 402);
             }
             if (follow) toBottom();
