@@ -109,6 +109,22 @@ def test_chat_feels_like_chat(live_kb, page, linked_settings, models_dir):
     assert page.locator("article.msg-assistant").get_attribute("data-id") == first_answer.id
     assert page.get_by_role("button", name="Next version").is_enabled()
 
+    # Editing the question (Enter saves) makes a second version of it; the first one,
+    # with its two answers, is one click away.
+    page.locator("article.msg-user").get_by_role("button", name="Edit").click()
+    editing = page.get_by_label("Edit message")
+    editing.fill("Say hello.")
+    editing.press("Enter")
+    page.locator("article.msg-user .version-count").wait_for(timeout=60_000)
+    page.locator("article.msg-assistant .msg-meta").wait_for(timeout=60_000)
+    assert page.locator("article.msg-user .version-count").inner_text() == "2/2"
+    assert page.locator("article.msg-user .user-text").inner_text() == "Say hello."
+    page.locator("article.msg-user").get_by_role("button", name="Previous version").click()
+    page.wait_for_function(
+        f"() => document.querySelector('article.msg-assistant')?.dataset.id === '{first_answer.id}'"
+    )
+    assert page.locator("article.msg-user .user-text").inner_text() == "Say hi.\nJust hi."
+
     # A paste too long for the instance is counted, refused before it is stored, and the
     # refusal and the text are still there after a reload.
     paste = "Every line of the annual report goes into this one message. " * 712
@@ -122,7 +138,7 @@ def test_chat_feels_like_chat(live_kb, page, linked_settings, models_dir):
     error = page.locator("#chat-error")
     error.wait_for(state="visible", timeout=30_000)
     assert "too long for the instance" in error.inner_text()
-    assert len(chat.get(db, account.id, user.id, new_id).messages) == 2
+    assert len(chat.every_message(db, new_id)) == 5  # nothing stored
     page.reload()
     assert "too long for the instance" in page.locator("#chat-error").inner_text()
     assert len(page.get_by_label("Message").input_value()) == len(paste)

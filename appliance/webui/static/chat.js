@@ -372,6 +372,8 @@
         form.action = "/chat/" + created.id + "/" + form.dataset.path;
       }
       tools.hidden = false;
+      const hint = document.querySelector(".chat-hint");
+      if (hint) hint.hidden = true;
     }
     return stream("/api/conversations/" + conversation + "/messages", { content });
   }
