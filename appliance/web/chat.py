@@ -8,11 +8,11 @@ the server is doing: reading the passages it found, waiting behind other request
 "message"}`` with the stored answer (checked citations, usage, and its sanitized HTML) or
 ``{"type": "error", "message", "status", "retry_after"}`` (``retry_after``: seconds,
 when trying again later can work: the model is busy or restarting). A client that
-disconnects (the
-page's Stop button) stops the generation; what was written so far is kept. An answer the
-inference service breaks off (it crashed and is being restarted) ends with the error
-event and is neither kept nor charged; the question stays for "Answer again". With
-``"stream": false`` the same routes answer with the stored message as JSON.
+disconnects (the page's Stop button) stops the generation; what was written so far is
+kept. An answer the inference service breaks off (it crashed and is being restarted) ends
+with the error event and is neither kept nor charged; the question stays for "Answer
+again". With ``"stream": false`` the same routes answer with the stored message as JSON.
+Generating, relaying and storing an answer is ``web/chat_answer.py``.
 """
 
 from __future__ import annotations

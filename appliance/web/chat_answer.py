@@ -4,7 +4,6 @@ stored; the events are described in ``web/chat.py``."""
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,7 +23,6 @@ from appliance.web.billing import Metered
 from appliance.web.errors import STATUS
 from appliance.web.identity import Identity
 
-log = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 

@@ -151,4 +151,7 @@ def test_chat_feels_like_chat(live_kb, page, linked_settings, models_dir):
     assert page.locator(".conv-list").is_hidden()
     page.get_by_role("button", name="Conversations").click()
     assert page.locator(".conv-list").is_visible()
+    page.goto(f"{live_kb.url}/chat")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert page.evaluate(IN_VIEW, "#instance") and page.evaluate(IN_VIEW, "#message")
     db.close()
