@@ -65,7 +65,7 @@ def _event(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def _error_event(exc: ApplianceError) -> dict[str, Any]:
+def error_event(exc: ApplianceError) -> dict[str, Any]:
     """The error as the page needs it: words, the HTTP status it stands for, and when
     trying again can help, after how many seconds."""
     status = getattr(exc, "status", None) or next(
@@ -78,7 +78,7 @@ def _error_event(exc: ApplianceError) -> dict[str, Any]:
     return event
 
 
-def _status_text(passages: int, waiting: int) -> str:
+def status_text(passages: int, waiting: int) -> str:
     """What happens before the first token, in words."""
     if waiting:
         others = "1 other request is" if waiting == 1 else f"{waiting} other requests are"
@@ -174,7 +174,7 @@ class _Answer:
         if user is not None:
             yield _event({"type": "user", "message": user})
         passages = len(self.turn.composed.passages)
-        yield _event({"type": "status", "text": _status_text(passages, await self.waiting())})
+        yield _event({"type": "status", "text": status_text(passages, await self.waiting())})
         try:
             async for text in self.deltas():
                 yield _event({"type": "delta", "text": text})
@@ -183,7 +183,7 @@ class _Answer:
             # it wrote is dropped with its charge (web/billing.py); the question stays.
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.fail)
-            yield _event(_error_event(exc))
+            yield _event(error_event(exc))
             return
         except BaseException:
             # The client went away (Stop) or the server is stopping: keep what was written.
