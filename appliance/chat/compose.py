@@ -66,6 +66,58 @@ def retrieve(
     ]
 
 
+def answer_reserve(instance) -> int:
+    """Tokens of the context budget kept free for the answer."""
+    return min(instance.max_tokens, instance.context_budget // 2)
+
+
+def count_tokens(client: InferenceClient, texts: list[str]) -> list[int]:
+    """Counts in the chat model's tokenizer (an estimate where the server cannot tell)."""
+    counts = client.count_tokens(texts, model="chat")
+    return counts if counts is not None else [max(1, len(t) // 4) for t in texts]
+
+
+@dataclass(frozen=True)
+class Room:
+    """How a message measures against an instance's context budget."""
+
+    tokens: int  # the message, with its share of the chat template
+    limit: int  # the most a message may take: the budget less the answer and system prompt
+    context_budget: int  # as the Instances page shows it
+    answer_reserve: int
+    system_tokens: int
+
+    @property
+    def fits(self) -> bool:
+        return self.tokens <= self.limit
+
+    def refusal(self) -> str:
+        return (
+            f"This message is too long for the instance: it is {self.tokens:,} tokens, and "
+            f"there is room for {self.limit:,} (the context budget of "
+            f"{self.context_budget:,} tokens, less {self.answer_reserve:,} kept for the answer "
+            f"and {self.system_tokens:,} for the instructions). Shorten it or split it; it "
+            "was not sent."
+        )
+
+
+def room(
+    db, settings: Settings, client: InferenceClient, account_id: str, instance, text: str, now
+) -> Room:
+    """Measure ``text`` as the newest message, as ``prompt.assemble`` will."""
+    system = system_prompt(db, settings, account_id, instance, now)
+    system_count, text_count = count_tokens(client, [system, text])
+    system_tokens = system_count + prompt.MESSAGE_OVERHEAD if system else 0
+    reserve = answer_reserve(instance)
+    return Room(
+        tokens=text_count + prompt.MESSAGE_OVERHEAD,
+        limit=instance.context_budget - reserve - system_tokens,
+        context_budget=instance.context_budget,
+        answer_reserve=reserve,
+        system_tokens=system_tokens,
+    )
+
+
 def compose(
     db: sqlite_utils.Database,
     settings: Settings,
@@ -94,12 +146,9 @@ def compose(
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise InvalidInput("'max_tokens' must be a positive integer.")
     budget = instance.context_budget - min(max_tokens, instance.context_budget // 2)
-
-    def count(texts: list[str]) -> list[int]:
-        counts = client.count_tokens(texts, model="chat")
-        return counts if counts is not None else [max(1, len(t) // 4) for t in texts]
-
-    assembled = prompt.assemble(system, passages, conversation, budget=budget, count=count)
+    assembled = prompt.assemble(
+        system, passages, conversation, budget=budget, count=lambda t: count_tokens(client, t)
+    )
     payload = {
         "messages": assembled.messages,
         "temperature": instance.temperature,

@@ -20,6 +20,8 @@ class Message:
     sources: list[dict[str, Any]]
     model: str | None
     created_at: str
+    parent_id: str | None = None  # the message this one follows; None for the first
+    selected: int = 1  # the version on the conversation's current line among its siblings
 
     def public(self) -> dict[str, Any]:
         return {
@@ -49,7 +51,10 @@ class Conversation:
     generating_since: str | None
     created_at: str
     updated_at: str
+    #: The current line: from the first message, the selected version at each step.
     messages: list[Message] = field(default_factory=list)
+    #: For each message on the line that has other versions: all of them, oldest first.
+    versions: dict[str, list[str]] = field(default_factory=dict)
 
     def public(self, *, with_messages: bool = False) -> dict[str, Any]:
         data = {

@@ -44,20 +44,34 @@ def export(db: sqlite_utils.Database, settings: Settings, scope: personal.Scope)
 def _markdown(db: sqlite_utils.Database, scope: personal.Scope, conversation_id: str):
     def text() -> str:
         found = service.get(db, scope.account_id, scope.user_id, conversation_id)
-        return conversation_markdown(found)
+        return conversation_markdown(found, service.every_message(db, conversation_id))
 
     return text
 
 
-def conversation_markdown(conversation: service.Conversation) -> str:
+def conversation_markdown(
+    conversation: service.Conversation, every: list[service.Message] | None = None
+) -> str:
+    """The current line, then the earlier versions (regenerated answers, edited questions
+    and what followed them) that ``every`` holds besides it."""
     lines = [f"# {conversation.title or 'Conversation'}", ""]
     lines.append(f"- id: {conversation.id}")
     lines.append(f"- created: {conversation.created_at}")
     lines.append("")
     for message in conversation.messages:
-        who = "You" if message.role == "user" else "Assistant"
-        lines += [f"## {who} ({message.created_at})", "", message.content, ""]
+        lines += _message_lines(message, "##")
+    shown = {m.id for m in conversation.messages}
+    others = [m for m in every or [] if m.id not in shown]
+    if others:
+        lines += ["## Earlier versions", ""]
+        for message in others:
+            lines += _message_lines(message, "###")
     return "\n".join(lines)
+
+
+def _message_lines(message: service.Message, level: str) -> list[str]:
+    who = "You" if message.role == "user" else "Assistant"
+    return [f"{level} {who} ({message.created_at}, id {message.id})", "", message.content, ""]
 
 
 def erase(db: sqlite_utils.Database, settings: Settings, job: personal.Erasure) -> bool:

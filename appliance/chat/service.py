@@ -1,11 +1,13 @@
 """Conversations and the turns of a conversation.
 
 A conversation belongs to one user (teammates do not see each other's chats) and one
-instance. Its messages are a single line: editing an earlier user message drops what
-came after it and continues from there; regenerating replaces the last answer. A turn is
-prepared (user message stored, prompt composed) before anything is generated, and
-finished (answer stored with its checked citations and exact token usage) after, so a
-failed or stopped generation never loses the question.
+instance. Its messages form a tree: editing an earlier question or regenerating an answer
+adds a new version beside the old one (and what followed the old one stays with it); the
+conversation shows its current line, the selected version at each step, and ``select``
+switches. A question that cannot fit the instance's context budget is refused before it
+is stored. A turn is prepared (user message stored, prompt composed) before anything is
+generated, and finished (answer stored with its checked citations and exact token usage)
+after, so a failed or stopped generation never loses the question.
 
 ``compose`` (``compose.py``) is shared with ``/v1``: the instance's system prompt (or the
 account's persona prompt and voice excerpts), retrieved passages, and as much history as
@@ -14,7 +16,6 @@ fits the budget. SQL is in ``store.py``.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,24 +24,28 @@ import sqlite_utils
 
 from appliance import receipts
 from appliance.chat import prompt
-from appliance.chat.compose import Composed, compose
+from appliance.chat.citations import CITATION as CITATION  # re-exported for callers
+from appliance.chat.citations import check_citations, cited_sources
+from appliance.chat.citations import usage_counts as usage_counts
+from appliance.chat.compose import Composed, Room, compose, room
 from appliance.chat.models import Conversation, Message
 from appliance.chat.store import ChatStore
 from appliance.clock import iso, parse, utcnow
 from appliance.config import Settings
 from appliance.db import write_transaction
-from appliance.errors import Conflict, InvalidInput, NotFound
+from appliance.errors import Conflict, InvalidInput, NotFound, Unavailable
 from appliance.ids import new_id
 from appliance.inference.client import InferenceClient
 from appliance.instances import service as instances
 from appliance.knowledge import search as kb_search
 
-MAX_MESSAGE_CHARS = 32_000
+#: A sanity limit on the request; what really bounds a message is the instance's context
+#: budget (``measure``), checked before the message is stored.
+MAX_MESSAGE_CHARS = 1_000_000
 MAX_TITLE_CHARS = 120
 #: A turn whose answer has not been stored after this long is taken to have died with
 #: its process; the conversation accepts a new turn.
 STALE_TURN = timedelta(minutes=15)
-CITATION = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\](?!\()")
 
 
 # -- conversations --------------------------------------------------------------------
@@ -66,7 +71,7 @@ def clean_content(content: Any) -> str:
     if not isinstance(content, str) or not content.strip():
         raise InvalidInput("Type a message first: 'content' must be a non-empty string.")
     if len(content) > MAX_MESSAGE_CHARS:
-        raise InvalidInput(f"A message may be at most {MAX_MESSAGE_CHARS} characters.")
+        raise InvalidInput(f"A message may be at most {MAX_MESSAGE_CHARS:,} characters.")
     return content.strip()
 
 
@@ -132,7 +137,51 @@ def get(
         raise NotFound("No such conversation.")
     if not with_messages:
         return conversation
-    return replace(conversation, messages=store.messages(conversation_id))
+    line, versions = current_line(store.messages(conversation_id))
+    return replace(conversation, messages=line, versions=versions)
+
+
+def current_line(messages: list[Message]) -> tuple[list[Message], dict[str, list[str]]]:
+    """From every message of a conversation (oldest first): its current line, and the
+    versions of each message on it that has siblings."""
+    children: dict[str | None, list[Message]] = {}
+    for message in messages:
+        children.setdefault(message.parent_id, []).append(message)
+    line: list[Message] = []
+    versions: dict[str, list[str]] = {}
+    parent: str | None = None
+    while kids := children.get(parent):
+        chosen = next((m for m in reversed(kids) if m.selected), kids[-1])
+        if len(kids) > 1:
+            versions[chosen.id] = [m.id for m in kids]
+        line.append(chosen)
+        parent = chosen.id
+    return line, versions
+
+
+def every_message(db: sqlite_utils.Database, conversation_id: str) -> list[Message]:
+    """All messages of a conversation, earlier versions included (for the export)."""
+    return ChatStore(db).messages(conversation_id)
+
+
+def select_version(
+    db: sqlite_utils.Database,
+    account_id: str,
+    user_id: str,
+    conversation_id: str,
+    message_id: str,
+    now: datetime,
+) -> Conversation:
+    """Show ``message_id`` (and the line that followed it) instead of its siblings."""
+    store = ChatStore(db)
+    with write_transaction(db):
+        conversation = get(db, account_id, user_id, conversation_id, with_messages=False)
+        _check_free(conversation, now)
+        target = next((m for m in store.messages(conversation_id) if m.id == message_id), None)
+        if target is None:
+            raise NotFound("No such message.")
+        store.select(conversation_id, target.parent_id, target.id)
+    return get(db, account_id, user_id, conversation_id)
 
 
 def list_for_user(
@@ -203,9 +252,36 @@ class Turn:
 
     conversation: Conversation
     instance: instances.Instance
-    user_message: Message
+    user_message: Message  # the question the answer follows
     position: int  # where the answer goes
     composed: Composed
+
+
+def _check_free(conversation: Conversation, now: datetime) -> None:
+    if conversation.generating_since and now - parse(conversation.generating_since) < (STALE_TURN):
+        raise Conflict("An answer is still being written in this conversation.")
+
+
+def _check_running(instance: instances.Instance) -> None:
+    if instance.state != "running":
+        raise Conflict(
+            f"The instance '{instance.name}' is {instance.state}; "
+            + ("start it to continue." if instance.state == "stopped" else "it cannot answer.")
+        )
+
+
+def measure(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    client: InferenceClient,
+    account_id: str,
+    instance_id: str,
+    content: str,
+    now: datetime,
+) -> Room:
+    """How ``content`` measures against the instance's context budget (the page's counter)."""
+    instance = instances.get(db, account_id, instance_id)
+    return room(db, settings, client, account_id, instance, content.strip(), now)
 
 
 def prepare_turn(
@@ -222,118 +298,76 @@ def prepare_turn(
 ) -> Turn:
     """Store the question and compose the request.
 
-    ``content`` alone appends a question; with ``edit_message_id`` it replaces that user
-    message and drops everything after it; with neither, the last answer is regenerated
-    (dropped, and the last question answered again).
+    ``content`` alone asks after the current line's last message; with
+    ``edit_message_id`` it becomes a new version of that question (the old one and what
+    followed it are kept as the other version); with neither, the last question is
+    answered again (a new version of its answer once that is written).
 
     Raises:
         NotFound: not the user's conversation, or no such message.
         Conflict: the instance is stopped, or an answer is being generated right now.
-        InvalidInput: empty or oversized message; nothing to regenerate.
+        InvalidInput: empty message, or one that cannot fit the instance's context budget
+            (refused before it is stored); nothing to regenerate.
     """
     if content is not None:
         content = clean_content(content)
+    conversation = get(db, account_id, user_id, conversation_id)
+    instance = instances.get(db, account_id, conversation.instance_id)
+    _check_running(instance)
+    _check_free(conversation, now)
+    line = conversation.messages
+    if edit_message_id is not None:
+        target = next((m for m in line if m.id == edit_message_id), None)
+        if target is None or target.role != "user":
+            raise NotFound("No such message to edit.")
+        if content is None:
+            raise InvalidInput("Type the new text of the message.")
+        parent_id, position = target.parent_id, target.position
+    elif content is not None:
+        parent_id = line[-1].id if line else None
+        position = line[-1].position + 1 if line else 0
+    else:
+        last_user = next((m for m in reversed(line) if m.role == "user"), None)
+        if last_user is None:
+            raise InvalidInput("There is no question to answer again.")
+        parent_id, position = last_user.id, last_user.position + 1
+    if content is not None:
+        try:
+            measured = room(db, settings, client, account_id, instance, content, now)
+        except Unavailable:
+            measured = None  # no tokenizer now: the turn fails below, the question kept
+        if measured is not None and not measured.fits:
+            raise InvalidInput(measured.refusal())
+    store = ChatStore(db)
     with write_transaction(db):
-        conversation = get(db, account_id, user_id, conversation_id)
-        instance = instances.get(db, account_id, conversation.instance_id)
-        if instance.state != "running":
-            raise Conflict(
-                f"The instance '{instance.name}' is {instance.state}; "
-                + ("start it to continue." if instance.state == "stopped" else "it cannot answer.")
-            )
-        if conversation.generating_since and now - parse(conversation.generating_since) < (
-            STALE_TURN
-        ):
-            raise Conflict("An answer is still being written in this conversation.")
-        messages = conversation.messages
-        if edit_message_id is not None:
-            target = next((m for m in messages if m.id == edit_message_id), None)
-            if target is None or target.role != "user":
-                raise NotFound("No such message to edit.")
-            if content is None:
-                raise InvalidInput("Type the new text of the message.")
-            keep_below = target.position
-        elif content is not None:
-            keep_below = messages[-1].position + 1 if messages else 0
-        else:
-            last_user = next((m for m in reversed(messages) if m.role == "user"), None)
-            if last_user is None:
-                raise InvalidInput("There is no question to answer again.")
-            keep_below = last_user.position + 1
-        store = ChatStore(db)
-        store.delete_messages_from(conversation_id, keep_below)
+        conversation = get(db, account_id, user_id, conversation_id, with_messages=False)
+        _check_free(conversation, now)
         if content is not None:
-            store.insert_message(
-                account_id,
-                _new_message(conversation_id, keep_below, "user", content, now),
+            question = _new_message(
+                conversation_id, position, "user", content, now, parent_id=parent_id
             )
-            position = keep_below + 1
-        else:
-            position = keep_below
+            store.insert_message(account_id, question)
+            parent_id, position = question.id, position + 1
         changes = {"generating_since": iso(now), "updated_at": iso(now)}
-        if conversation.title == "New chat" and content is not None and keep_below == 0:
+        if conversation.title == "New chat" and content is not None and position == 1:
             changes["title"] = title_from(content)
         store.set_conversation(conversation_id, **changes)
         conversation = get(db, account_id, user_id, conversation_id)
-    history = [{"role": m.role, "content": m.content} for m in conversation.messages]
+    line = conversation.messages
+    asked = next(i for i, m in enumerate(line) if m.id == parent_id)
+    history = [{"role": m.role, "content": m.content} for m in line[: asked + 1]]
     try:
         composed = compose(db, settings, client, account_id, instance, history, now)
     except BaseException:
         end_turn(db, conversation_id)
         raise
-    return Turn(conversation, instance, conversation.messages[-1], position, composed)
+    return Turn(conversation, instance, line[asked], position, composed)
 
 
 def end_turn(db: sqlite_utils.Database, conversation_id: str) -> None:
     """Mark the conversation free for its next turn (the answer failed or was stored)."""
     with write_transaction(db):
         ChatStore(db).end_generating(conversation_id)
-
-
-def check_citations(text: str, numbers: set[int]) -> tuple[str, list[int]]:
-    """Drop markers whose number was not retrieved; ``[1, 3]`` becomes ``[1][3]``.
-
-    Returns the checked text and the cited numbers in order of first use.
-    """
-    cited: list[int] = []
-
-    def fix(match: re.Match) -> str:
-        kept = [int(n) for n in re.findall(r"\d+", match.group(1)) if int(n) in numbers]
-        for n in kept:
-            if n not in cited:
-                cited.append(n)
-        return "".join(f"[{n}]" for n in kept)
-
-    checked = CITATION.sub(fix, text)
-    checked = re.sub(r"[ \t]+([.,;:!?])", r"\1", checked) if checked != text else checked
-    return checked, cited
-
-
-def _sources(passages: list[prompt.Passage], cited: list[int]) -> list[dict[str, Any]]:
-    """What an answer keeps of its passages: references, not their text (a deleted
-    document's text must not live on in a conversation)."""
-    return [
-        {
-            "number": p.number,
-            "document_id": p.document_id,
-            "chunk_id": p.chunk_id,
-            "filename": p.filename,
-            "page": p.page,
-            "heading": p.heading,
-            "cited": p.number in cited,
-        }
-        for p in passages
-    ]
-
-
-def usage_counts(usage: dict[str, Any] | None) -> dict[str, int]:
-    """An OpenAI ``usage`` object as the counts a message stores."""
-    usage = usage or {}
-    return {
-        "prompt_tokens": usage.get("prompt_tokens", 0),
-        "completion_tokens": usage.get("completion_tokens", 0),
-        "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
-    }
 
 
 def finish_turn(
@@ -349,7 +383,7 @@ def finish_turn(
 ) -> Message | None:
     """Store the answer (checked citations, exact usage); nothing when it is empty."""
     checked, cited = check_citations(text, {p.number for p in turn.composed.passages})
-    sources = _sources(turn.composed.passages, cited)
+    sources = cited_sources(turn.composed.passages, cited)
     answer = _new_message(
         turn.conversation.id,
         turn.position,
@@ -362,13 +396,13 @@ def finish_turn(
         cached_tokens=cached_tokens,
         sources=sources,
         model=turn.instance.model,
+        parent_id=turn.user_message.id,
     )
     store = ChatStore(db)
     with write_transaction(db):
         exists = store.end_generating(turn.conversation.id, iso(now))
         if not checked.strip() or not exists:  # or deleted while the answer was written
             return None
-        store.delete_messages_from(turn.conversation.id, turn.position)
         store.insert_message(turn.conversation.account_id, answer)
     return answer
 
@@ -401,16 +435,24 @@ def store_exchange(
         last_user = next((m for m in reversed(messages) if m["role"] == "user"), None)
         to_store = [last_user] if last_user else []
     _, cited = check_citations(answer, {p.number for p in passages})
-    sources = _sources(passages, cited)
+    sources = cited_sources(passages, cited)
     counts = {k: usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens", "cached_tokens")}
     store = ChatStore(db)
     with write_transaction(db):
-        top = store.last_position(conversation.id)
+        line, _ = current_line(store.messages(conversation.id))
+        top = line[-1].position if line else -1
+        parent_id = line[-1].id if line else None
         for offset, message in enumerate(to_store, start=1):
             question = _new_message(
-                conversation.id, top + offset, message["role"], message["content"], now
+                conversation.id,
+                top + offset,
+                message["role"],
+                message["content"],
+                now,
+                parent_id=parent_id,
             )
             store.insert_message(account_id, question)
+            parent_id = question.id
         reply = _new_message(
             conversation.id,
             top + len(to_store) + 1,
@@ -420,6 +462,7 @@ def store_exchange(
             finish_reason="stop",
             sources=sources,
             model=instance.model,
+            parent_id=parent_id,
             **counts,
         )
         store.insert_message(account_id, reply)

@@ -10,7 +10,7 @@ import sqlite_utils
 from appliance.chat.models import Conversation, Message
 
 _MESSAGE = [f.name for f in fields(Message)]
-_CONVERSATION = [f.name for f in fields(Conversation) if f.name != "messages"]
+_CONVERSATION = [f.name for f in fields(Conversation) if f.name not in ("messages", "versions")]
 
 
 def _message(row: dict) -> Message:
@@ -30,7 +30,7 @@ class ChatStore:
     # conversations
     def insert_conversation(self, conversation: Conversation) -> None:
         row = asdict(conversation)
-        del row["messages"]
+        del row["messages"], row["versions"]
         self.db["conversations"].insert(row)
 
     def conversation(self, account_id: str, user_id: str, conversation_id: str):
@@ -92,8 +92,9 @@ class ChatStore:
 
     # messages
     def messages(self, conversation_id: str) -> list[Message]:
+        """Every message of the conversation, all versions, in the order they were written."""
         rows = self.db.query(
-            "select * from messages where conversation_id = :conversation order by position",
+            "select * from messages where conversation_id = :conversation order by position, seq",
             {"conversation": conversation_id},
         )
         return [_message(row) for row in rows]
@@ -106,24 +107,17 @@ class ChatStore:
     def count_messages(self, conversation_id: str) -> int:
         return self.db["messages"].count_where("conversation_id = ?", [conversation_id])
 
-    def last_position(self, conversation_id: str) -> int:
-        """The position of the conversation's last message; -1 when it has none."""
-        row = next(
-            self.db.query(
-                "select coalesce(max(position), -1) as top from messages "
-                "where conversation_id = :conversation",
-                {"conversation": conversation_id},
-            )
-        )
-        return row["top"]
-
     def insert_message(self, account_id: str, message: Message) -> None:
-        row = {**asdict(message), "sources": json.dumps(message.sources)}
+        """Store ``message`` as the selected version among its siblings."""
+        self.select(message.conversation_id, message.parent_id, None)
+        row = {**asdict(message), "sources": json.dumps(message.sources), "selected": 1}
         self.db["messages"].insert({"account_id": account_id, **row})
 
-    def delete_messages_from(self, conversation_id: str, position: int) -> None:
-        """Drop the message at ``position`` and every later one."""
+    def select(self, conversation_id: str, parent_id: str | None, message_id: str | None) -> None:
+        """Make ``message_id`` the selected one of the messages that follow ``parent_id``
+        (None: none of them)."""
         self.db.execute(
-            "delete from messages where conversation_id = :conversation and position >= :position",
-            {"conversation": conversation_id, "position": position},
+            "update messages set selected = (id is :id) where conversation_id = :conversation "
+            "and parent_id is :parent",
+            {"id": message_id, "conversation": conversation_id, "parent": parent_id},
         )

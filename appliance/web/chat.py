@@ -2,22 +2,22 @@
 
 Sending a message (or regenerating, or editing an earlier one) answers with
 ``text/event-stream``: one ``data:`` JSON event per step — ``{"type": "user"}`` with the
-stored question, ``{"type": "delta", "text"}`` per piece of the answer, then
-``{"type": "done", "message"}`` with the stored answer (checked citations, usage, and
-its sanitized HTML) or ``{"type": "error", "status", "retry_after", "message", "code"}``
+stored question, ``{"type": "status", "text"}`` while the answer has not started (what
+the server is doing: reading the passages it found, waiting behind other requests),
+``{"type": "delta", "text"}`` per piece of the answer, then ``{"type": "done",
+"message"}`` with the stored answer (checked citations, usage, and its sanitized HTML) or
+``{"type": "error", "status", "retry_after", "message", "code"}``
 (``web.errors.stream_error``: 429/503 and the seconds to wait when the model is busy).
-A client that disconnects (the page's Stop button) stops the generation; what was written
-so far is kept. An answer the inference service refuses or breaks off (it crashed and is
-being restarted) ends with the error event and is neither kept nor charged; the question
-stays for "Answer again". With ``"stream": false`` the same routes answer with the stored
-message as JSON, or with the refusal's status and ``Retry-After``.
+A client that disconnects (the page's Stop button) stops the generation; what was
+written so far is kept. An answer the inference service breaks off (it crashed and is being restarted) ends
+with the error event and is neither kept nor charged; the question stays for "Answer
+again". With ``"stream": false`` the same routes answer with the stored message as JSON.
+Generating, relaying and storing an answer is ``web/chat_answer.py``.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -27,42 +27,14 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, URLEncodedBody
 from litestar.response import Redirect, Stream, Template
 
-from appliance.billing.metering import Metered
-from appliance.chat import render
 from appliance.chat import service as chat
 from appliance.clock import Clock
 from appliance.config import Settings
-from appliance.db import open_db
-from appliance.errors import ApplianceError, InvalidInput
+from appliance.errors import InvalidInput
 from appliance.inference.client import InferenceClient
 from appliance.instances import service as instances
-from appliance.knowledge import service as knowledge
-from appliance.web.errors import stream_error
+from appliance.web.chat_answer import conversation_json, respond
 from appliance.web.identity import Identity
-
-log = logging.getLogger(__name__)
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def message_json(db, account_id: str, message: chat.Message) -> dict[str, Any]:
-    """A message for the API and the page, with its rendered HTML."""
-    data = message.public()
-    if message.role == "assistant":
-        texts = knowledge.passage_texts(
-            db, account_id, [s["chunk_id"] for s in message.sources if s.get("chunk_id")]
-        )
-        data["html"] = render.render(
-            message.content, message.sources, texts, prefix=f"{message.id}-src"
-        )
-        for source in data["sources"]:
-            source["text"] = texts.get(source.get("chunk_id"))
-    return data
-
-
-def conversation_json(db, account_id: str, conversation: chat.Conversation) -> dict[str, Any]:
-    data = conversation.public()
-    data["messages"] = [message_json(db, account_id, m) for m in conversation.messages]
-    return data
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -76,159 +48,6 @@ async def _body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidInput("The request body must be a JSON object.")
     return body
-
-
-def _event(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-
-class _Answer:
-    """Generates, relays and stores one answer; the same code streams or returns JSON."""
-
-    def __init__(
-        self, settings: Settings, client: InferenceClient, me: Identity, turn: chat.Turn, clock
-    ) -> None:
-        self.settings = settings
-        self.client = client  # metered: settles the hold when the stream ends (billing/metering.py)
-        self.me = me
-        self.turn = turn
-        self.clock = clock
-        self.parts: list[str] = []
-        self.usage: dict[str, int] = {}
-        self.finish_reason = "cancelled"
-
-    async def deltas(self) -> AsyncIterator[str]:
-        payload = self.turn.composed.payload
-        async for chunk in self.client.astream_chat(payload, account_id=self.me.account.id):
-            if chunk.get("usage"):
-                self.usage = chat.usage_counts(chunk["usage"])
-            for choice in chunk.get("choices") or []:
-                text = (choice.get("delta") or {}).get("content")
-                if text:
-                    self.parts.append(text)
-                    yield text
-                if choice.get("finish_reason"):
-                    self.finish_reason = choice["finish_reason"]
-
-    def store(self) -> dict[str, Any] | None:
-        """Keep what was written (also when stopped); free the conversation."""
-        db = open_db(self.settings, migrate=False)
-        try:
-            text = "".join(self.parts)
-            usage = self.usage or {
-                # Stopped before the final usage chunk: the prompt as counted when it was
-                # composed, one token per streamed piece (the service sends one per token).
-                "prompt_tokens": self.turn.composed.prompt_tokens,
-                "completion_tokens": len(self.parts),
-                "cached_tokens": 0,
-            }
-            message = chat.finish_turn(
-                db,
-                self.turn,
-                text,
-                self.clock(),
-                finish_reason=self.finish_reason,
-                **usage,
-            )
-            return message_json(db, self.me.account.id, message) if message else None
-        finally:
-            db.close()
-
-    def fail(self) -> None:
-        db = open_db(self.settings, migrate=False)
-        try:
-            chat.end_turn(db, self.turn.conversation.id)
-        finally:
-            db.close()
-
-    async def finish(self) -> dict[str, Any] | None:
-        with anyio.CancelScope(shield=True):
-            return await anyio.to_thread.run_sync(self.store)
-
-    async def events(self, user: dict[str, Any] | None) -> AsyncIterator[str]:
-        if user is not None:
-            yield _event({"type": "user", "message": user})
-        try:
-            async for text in self.deltas():
-                yield _event({"type": "delta", "text": text})
-        except ApplianceError as exc:
-            # The inference service broke the answer off (it crashed, or refused): what
-            # it wrote is dropped with its charge (billing/metering.py); the question stays.
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self.fail)
-            yield _event({**stream_error(exc), "type": "error"})
-            return
-        except BaseException:
-            # The client went away (Stop) or the server is stopping: keep what was written.
-            await self.finish()
-            raise
-        message = await self.finish()
-        yield _event({"type": "done", "message": message})
-
-    async def complete(self) -> dict[str, Any]:
-        try:
-            async for _ in self.deltas():
-                pass
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self.fail)
-            raise
-        message = await self.finish()
-        return {"message": message}
-
-
-async def _respond(
-    stream: Any,
-    db,
-    settings: Settings,
-    client: InferenceClient,
-    me: Identity,
-    clock: Clock,
-    conversation_id: str,
-    *,
-    content: str | None = None,
-    edit_message_id: str | None = None,
-    request: Request | None = None,
-) -> Response | Stream:
-    if not isinstance(stream, bool):
-        raise InvalidInput("'stream' must be true or false.")
-    turn = await anyio.to_thread.run_sync(
-        lambda: chat.prepare_turn(
-            db,
-            settings,
-            client,
-            me.account.id,
-            me.user.id,
-            conversation_id,
-            clock(),
-            content=content,
-            edit_message_id=edit_message_id,
-        )
-    )
-    if request is not None:
-        request.state.instance_id = turn.instance.id  # for the request log (no content)
-    try:
-        metered = await Metered.start(
-            db,
-            settings,
-            client,
-            me.account.id,
-            me.key.id if me.key else None,
-            turn.instance,
-            turn.composed.payload,
-            clock,
-            prompt_tokens=turn.composed.prompt_tokens,
-        )
-    except BaseException:
-        # Out of credit (402) or a spend cap: the question stays, "Answer again" retries it.
-        await anyio.to_thread.run_sync(lambda: chat.end_turn(db, turn.conversation.id))
-        raise
-    answer = _Answer(settings, metered.observe(client), me, turn, clock)
-    user = message_json(db, me.account.id, turn.user_message) if content is not None else None
-    if not stream:
-        result = await answer.complete()
-        return Response({"user": user, **result})
-    return Stream(answer.events(user), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 class ChatApi(Controller):
@@ -263,6 +82,34 @@ class ChatApi(Controller):
             db, me.account.id, me.user.id, instance_id, clock(), title=data.get("title")
         )
         return created.public(with_messages=True)
+
+    @post("/measure", status_code=200, sync_to_thread=True)
+    def measure(
+        self,
+        data: JSONBody[dict[str, Any]],
+        me: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
+        inference: NamedDependency[InferenceClient],
+        clock: NamedDependency[Clock],
+    ) -> dict:
+        """How ``{"instance_id", "content"}`` measures against the instance's context
+        budget: ``{"tokens", "limit", "fits", "context_budget", "answer_reserve",
+        "system_tokens"}`` (the page's counter; nothing is stored)."""
+        instance_id, content = data.get("instance_id"), data.get("content")
+        if not isinstance(instance_id, str) or not isinstance(content, str):
+            raise InvalidInput("Send 'instance_id' and 'content' as strings.")
+        if len(content) > chat.MAX_MESSAGE_CHARS:
+            raise InvalidInput(f"A message may be at most {chat.MAX_MESSAGE_CHARS:,} characters.")
+        room = chat.measure(db, settings, inference, me.account.id, instance_id, content, clock())
+        return {
+            "tokens": room.tokens,
+            "limit": room.limit,
+            "fits": room.fits,
+            "context_budget": room.context_budget,
+            "answer_reserve": room.answer_reserve,
+            "system_tokens": room.system_tokens,
+        }
 
     @get("/{conversation_id:str}", sync_to_thread=True)
     def read(
@@ -318,7 +165,7 @@ class ChatApi(Controller):
     ) -> Response | Stream:
         """Ask: ``{"content", "stream"?: true}``; the answer streams as SSE."""
         body = await _body(request)
-        return await _respond(
+        return await respond(
             body.get("stream", True),
             db,
             settings,
@@ -341,9 +188,9 @@ class ChatApi(Controller):
         inference: NamedDependency[InferenceClient],
         clock: NamedDependency[Clock],
     ) -> Response | Stream:
-        """Answer the last question again (the previous answer is replaced)."""
+        """Answer the last question again (the previous answer is kept as a version)."""
         body = await _body(request)
-        return await _respond(
+        return await respond(
             body.get("stream", True),
             db,
             settings,
@@ -366,10 +213,11 @@ class ChatApi(Controller):
         inference: NamedDependency[InferenceClient],
         clock: NamedDependency[Clock],
     ) -> Response | Stream:
-        """Replace an earlier question with ``{"content"}``; what followed it is dropped
-        and the conversation continues from there."""
+        """Ask ``{"content"}`` as a new version of an earlier question; the old one and what
+        followed it are kept as the other version, and the conversation continues from
+        the new one."""
         body = await _body(request)
-        return await _respond(
+        return await respond(
             body.get("stream", True),
             db,
             settings,
@@ -381,6 +229,26 @@ class ChatApi(Controller):
             edit_message_id=message_id,
             request=request,
         )
+
+    @post(
+        "/{conversation_id:str}/messages/{message_id:str}/select",
+        status_code=200,
+        sync_to_thread=True,
+    )
+    def select(
+        self,
+        conversation_id: FromPath[str],
+        message_id: FromPath[str],
+        me: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+        clock: NamedDependency[Clock],
+    ) -> dict:
+        """Show this version of a message (and what followed it) instead of its others;
+        answers with the conversation."""
+        found = chat.select_version(
+            db, me.account.id, me.user.id, conversation_id, message_id, clock()
+        )
+        return conversation_json(db, me.account.id, found)
 
 
 class ChatPages(Controller):
@@ -420,7 +288,7 @@ class ChatPages(Controller):
             lambda: chat.create(db, me.account.id, me.user.id, data.get("instance_id", ""), clock())
         )
         if data.get("content", "").strip():
-            await _respond(
+            await respond(
                 False, db, settings, inference, me, clock, created.id, content=data["content"]
             )
         return Redirect(f"/chat/{created.id}")
@@ -438,7 +306,7 @@ class ChatPages(Controller):
     ) -> Response:
         """Without JavaScript: answer in full, then show the conversation."""
         content = chat.clean_content(data.get("content"))
-        await _respond(False, db, settings, inference, me, clock, conversation_id, content=content)
+        await respond(False, db, settings, inference, me, clock, conversation_id, content=content)
         return Redirect(f"/chat/{conversation_id}")
 
     @post("/chat/{conversation_id:str}/rename", sync_to_thread=True)

@@ -45,7 +45,7 @@ def test_ask_follow_up_stop_and_delete(live_kb, page, linked_settings, tmp_path,
     # Ask: the answer streams in, then shows the retrieved source with its exact passage.
     page.goto(live_kb.url + "/chat")
     page.get_by_label("Message").fill("What is the launch code of Project Zephyr?")
-    page.get_by_role("button", name="Start chat").click()
+    page.get_by_role("button", name="Send").click()
     page.wait_for_url("**/chat/conv_*")
     answer = page.locator("article.msg-assistant").first
     answer.locator(".msg-meta").wait_for(timeout=60_000)
@@ -107,8 +107,9 @@ def test_ask_follow_up_stop_and_delete(live_kb, page, linked_settings, tmp_path,
 
 
 def test_while_the_model_is_down_the_question_stays_with_answer_again(page, settings):
-    """The inference service is down (crashed, restarting): the page says so in words, the
-    question is kept, and "Answer again" is offered."""
+    """The inference service is down (crashed, restarting): the page retries by itself
+    while the server says to (Retry-After), then says so in words; the question is kept
+    (once), and "Answer again" is offered."""
     from conftest import free_port, make_settings, start_service
 
     (settings.paths.data_dir / "appliance.toml").write_text(
@@ -136,8 +137,13 @@ def test_while_the_model_is_down_the_question_stays_with_answer_again(page, sett
         page.goto(f"{web.url}/chat/{conversation.id}")
         page.get_by_label("Message").fill("Where is the spare kettle?")
         page.get_by_role("button", name="Send").click()
+        # 503 with Retry-After: the page says it is retrying, and does (twice), by itself.
+        retrying = page.locator("#chat-retry")
+        retrying.wait_for(state="visible", timeout=30_000)
+        assert "Busy, retrying in" in retrying.inner_text()
         error = page.locator("#chat-error")
-        error.wait_for(state="visible", timeout=30_000)
+        error.wait_for(state="visible", timeout=40_000)
+        assert retrying.is_hidden()
         assert "not answering right now" in error.inner_text()
         assert "127.0.0.1" not in error.inner_text()
         page.get_by_role("button", name="Answer again").wait_for(timeout=10_000)
@@ -145,6 +151,7 @@ def test_while_the_model_is_down_the_question_stays_with_answer_again(page, sett
             page.locator("article.msg-user").inner_text().startswith("Where is the spare kettle?")
         )
         assert page.locator("article.msg-assistant").count() == 0
+        assert page.locator("article.msg-user").count() == 1  # retried, not asked again
         assert page.get_by_role("button", name="Send").is_enabled()
     finally:
         web.stop()

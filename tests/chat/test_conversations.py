@@ -10,6 +10,7 @@ from litestar.testing import TestClient
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth
 from appliance.chat import service as chat
+from appliance.chat.personal import conversation_markdown
 from appliance.tasks import create_queue
 from appliance.web import create_app
 
@@ -89,6 +90,8 @@ def test_streamed_answer_is_stored_with_usage_and_title(env):
     got = ask(client, cid, "Say hello to the team in one sentence.")
     assert got[0]["type"] == "user"
     assert got[0]["message"]["content"] == "Say hello to the team in one sentence."
+    # Before the first token the page is told what is happening (no documents here).
+    assert got[1] == {"type": "status", "text": "Writing the answer…"}
     deltas = [e["text"] for e in got if e["type"] == "delta"]
     assert len(deltas) > 1  # token by token, not one blob
     done = got[-1]
@@ -162,30 +165,93 @@ def test_follow_up_sends_history_and_long_chats_are_trimmed(env):
     assert turn.composed.prompt_tokens <= 1024
 
 
-def test_regenerate_replaces_the_last_answer_and_edit_continues_from_there(env):
+def test_regenerate_and_edit_keep_the_earlier_versions(env):
     client = env["client"]
     cid = new_conversation(client, env["instance"]["id"])
     ask(client, cid, "Name a colour.")
     ask(client, cid, "Name a fruit.")
     before = client.get(f"/api/conversations/{cid}").json()["messages"]
-    assert len(before) == 4
+    assert len(before) == 4 and all("versions" not in m for m in before)
     got = ask(client, cid, None, path="regenerate")
     assert got[0]["type"] != "user" and got[-1]["type"] == "done"
     after = client.get(f"/api/conversations/{cid}").json()["messages"]
     assert len(after) == 4
     assert [m["id"] for m in after[:3]] == [m["id"] for m in before[:3]]
     assert after[3]["id"] != before[3]["id"]
+    assert after[3]["versions"] == {
+        "index": 2,
+        "count": 2,
+        "previous": before[3]["id"],
+        "next": None,
+    }
+    # "Previous version" goes back to the first answer.
+    back = client.post(f"/api/conversations/{cid}/messages/{before[3]['id']}/select")
+    assert back.status_code == 200, back.text
+    assert back.json()["messages"][3]["id"] == before[3]["id"]
+    assert back.json()["messages"][3]["versions"]["index"] == 1
+
+    # Editing the first question starts a new line; the old one (4 messages) is kept.
     first_question = after[0]["id"]
     got = ask(client, cid, "Name an animal.", path=f"messages/{first_question}/edit")
     assert got[0]["message"]["content"] == "Name an animal."
     edited = client.get(f"/api/conversations/{cid}").json()["messages"]
     assert [m["role"] for m in edited] == ["user", "assistant"]
     assert edited[0]["content"] == "Name an animal."
+    assert edited[0]["versions"]["count"] == 2
+    assert edited[0]["versions"]["previous"] == first_question
+    old = client.post(f"/api/conversations/{cid}/messages/{first_question}/select").json()
+    assert [m["id"] for m in old["messages"]] == [m["id"] for m in before]
+    # Every version is in the user's export, and in the full-text search.
+    db = env["db"]
+    conversation = chat.get(db, env["account"].id, env["user"].id, cid)
+    markdown = conversation_markdown(conversation, chat.every_message(db, cid))
+    for text in ("Name a colour.", "Name a fruit.", "Name an animal.", "## Earlier versions"):
+        assert text in markdown
+    assert len(chat.every_message(db, cid)) == 7
+    assert [
+        c["id"] for c in chat.list_for_user(db, env["account"].id, env["user"].id, query="animal")
+    ] == [cid]
     # Editing an answer, or a message that is not there, is refused.
     bad = client.post(
         f"/api/conversations/{cid}/messages/{edited[1]['id']}/edit", json={"content": "x"}
     )
     assert bad.status_code == 404
+    missing = client.post(f"/api/conversations/{cid}/messages/msg_nope/select")
+    assert missing.status_code == 404
+
+
+def test_a_message_that_cannot_fit_is_refused_before_it_is_stored(env):
+    client = env["client"]
+    cid = new_conversation(client, env["instance"]["id"])
+    paste = "The quarterly report lists every invoice of the year. " * 4000  # 216k chars
+    measured = client.post(
+        "/api/conversations/measure",
+        json={"instance_id": env["instance"]["id"], "content": paste},
+    ).json()
+    instance = client.get(f"/api/instances/{env['instance']['id']}").json()
+    assert measured["context_budget"] == instance["context_budget"] == 4096
+    assert measured["answer_reserve"] == instance["max_tokens"] == 24
+    assert measured["limit"] == 4096 - 24 - measured["system_tokens"]
+    assert measured["tokens"] > measured["limit"] and measured["fits"] is False
+    refused = client.post(f"/api/conversations/{cid}/messages", json={"content": paste})
+    assert refused.status_code == 400
+    message = refused.json()["error"]["message"]
+    assert f"{measured['tokens']:,} tokens" in message and "4,096" in message
+    assert client.get(f"/api/conversations/{cid}").json()["messages"] == []
+    short = client.post(
+        "/api/conversations/measure",
+        json={"instance_id": env["instance"]["id"], "content": "Hello there"},
+    ).json()
+    assert short["fits"] is True and 2 < short["tokens"] < 12
+    # Past 32,000 characters nothing is cut: the whole text is measured.
+    counts = [
+        client.post(
+            "/api/conversations/measure",
+            json={"instance_id": env["instance"]["id"], "content": "Plain words. " * n},
+        ).json()["tokens"]
+        for n in (1500, 3000)  # 19,500 and 39,000 characters
+    ]
+    assert counts[1] > 1.9 * counts[0]
 
 
 def test_non_streaming_bad_input_and_busy_conversation(env):
@@ -200,8 +266,8 @@ def test_non_streaming_bad_input_and_busy_conversation(env):
         refused = client.post(f"/api/conversations/{cid}/messages", json=body)
         assert refused.status_code == 400
         assert refused.json()["error"]["message"]
-    too_long = client.post(f"/api/conversations/{cid}/messages", json={"content": "x" * 40_000})
-    assert too_long.status_code == 400
+    over = client.post(f"/api/conversations/{cid}/messages", json={"content": "x" * 1_000_001})
+    assert over.status_code == 400
     assert client.post("/api/conversations", json={"instance_id": "inst_nope"}).status_code == 404
     assert client.patch(f"/api/conversations/{cid}", json={"title": ""}).status_code == 400
     # A turn in progress (another tab) makes a second one wait its turn.
@@ -319,6 +385,11 @@ def test_answer_cites_the_uploaded_document(env):
     got = ask(client, cid, "What is the launch code of Project Zephyr?")
     message = got[-1]["message"]
     assert message["sources"], "the passage was retrieved"
+    n = len(message["sources"])
+    assert got[1] == {
+        "type": "status",
+        "text": f"Reading {n} passage{'' if n == 1 else 's'} from your documents…",
+    }
     source = message["sources"][0]
     assert source["filename"] == "zephyr.md"
     assert "PURPLE-OTTER-42" in source["text"]

@@ -2,8 +2,8 @@
 
 import pytest
 
+from appliance.chat.citations import check_citations
 from appliance.chat.render import render
-from appliance.chat.service import check_citations
 
 SOURCES = [
     {"number": 1, "filename": "zephyr.md", "page": 2, "heading": "Launch", "chunk_id": 7},

@@ -209,9 +209,9 @@ def test_inference_sigsegv_mid_stream_and_worker_sigkill_mid_ingestion(box, caps
         assert response.status_code == 200
         for data in sse(response):
             events.append(json.loads(data))
-            if events[-1]["type"] == "delta" and len(events) == 2:
+            if events[-1]["type"] == "delta" and len(events) == 3:
                 os.kill(inference.pid, signal.SIGSEGV)
-    assert [e["type"] for e in events[:2]] == ["user", "delta"]
+    assert [e["type"] for e in events[:3]] == ["user", "status", "delta"]
     assert events[-1]["type"] == "error", events[-3:]
     assert "stopped in the middle of this answer" in events[-1]["message"]
     assert "done" not in {e["type"] for e in events}

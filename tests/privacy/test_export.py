@@ -10,10 +10,12 @@ from litestar.testing import TestClient
 from privacy_support import populate, sign_in
 
 from appliance.accounts import service as accounts
+from appliance.chat import service as chat
+from appliance.chat.compose import Composed
 from appliance.knowledge import service as knowledge
 from appliance.persona import voice
 from appliance.personal import ACCOUNT_COLUMNS, tables
-from appliance.privacy import retention
+from appliance.privacy import erasure, retention
 
 CANARY = "exportcanary4417"
 
@@ -121,3 +123,43 @@ def test_export_is_private_and_expires(settings, db, clock, app):
     assert path.exists()
     result = retention.run_job(db, settings, "exports", clock() + timedelta(seconds=1))
     assert result.deleted == 1 and not path.exists()
+
+
+def test_every_version_of_a_message_is_exported_and_erased(settings, db, clock, app):
+    """Regenerating keeps the earlier answer as a version: the export holds both (rows and
+    Markdown), and erasing the account leaves neither."""
+    world = populate(db, settings, clock(), CANARY)
+    owner = world.owner.id
+    conversation = chat.get(db, world.account.id, owner, world.conversation_id)
+    question, first = conversation.messages
+    turn = chat.Turn(conversation, world.instance, question, 1, Composed({}, [], 0, 0))
+    second = f"Another answer about {CANARY}."
+    chat.finish_turn(
+        db, turn, second, clock(), finish_reason="stop", prompt_tokens=5, completion_tokens=4
+    )
+    shown = chat.get(db, world.account.id, owner, world.conversation_id)
+    assert [m.content for m in shown.messages] == [question.content, second]
+    assert shown.versions[shown.messages[1].id] == [first.id, shown.messages[1].id]
+    with TestClient(app) as client:
+        sign_in(client, settings, "owner@example.com")
+        archive = export_zip(client)
+    rows = json.loads(archive.read("data/messages.json"))
+    assert sorted(m["content"] for m in rows) == sorted([question.content, first.content, second])
+    markdown = archive.read(f"conversations/{world.conversation_id}.md").decode()
+    assert markdown.index(second) < markdown.index("## Earlier versions")
+    assert markdown.index("## Earlier versions") < markdown.index(first.content)
+    # Erasure takes every version (the messages of the person's conversations, all of them).
+    erasure.request_deletion(
+        db,
+        settings,
+        world.account.id,
+        requested_by="operator",
+        request="test",
+        notify_email=None,
+        now=clock(),
+    )
+    receipt = erasure.erase_account(db, settings, world.account.id, clock())
+    assert receipt.body["counts"]["messages"] == 3
+    assert db.execute("select count(*) from messages").fetchone()[0] == 0
+    found = db.execute("select count(*) from messages_fts where messages_fts match ?", [CANARY])
+    assert found.fetchone()[0] == 0

@@ -1,4 +1,5 @@
-// The Chat page: streamed answers (SSE over fetch), Stop, regenerate, edit, citations, copy.
+// The Chat page: streamed answers (SSE over fetch), Stop, regenerate, edit, versions,
+// citations, copy, a token counter, and retrying by itself while the model is busy.
 // No framework and no build step. Text from the model is inserted as text while it streams;
 // the finished answer is the server's sanitized HTML (appliance/chat/render.py).
 (function () {
@@ -9,14 +10,21 @@
   let conversation = root.dataset.conversation;
   const messages = document.getElementById("messages");
   const composer = document.getElementById("composer");
-  const start = document.getElementById("start");
   const input = document.getElementById("message");
+  const picker = document.getElementById("instance");
+  const counter = document.getElementById("counter");
   const sendButton = document.getElementById("send");
   const stopButton = document.getElementById("stop");
   const regenerate = document.getElementById("regenerate");
   const errorBox = document.getElementById("chat-error");
+  const retryBox = document.getElementById("chat-retry");
   let controller = null;
-  const PENDING = "appliance-pending-";
+  let retryTimer = null;
+  const MAX_RETRIES = 2;
+  const LAST_INSTANCE = "appliance-chat-instance";
+  // Per tab and per conversation ("new" before it exists): the unsent text and the last
+  // error, so that a reload shows both (a refused message is never stored).
+  const key = (what) => "appliance-chat-" + what + "-" + (conversation || "new");
 
   function csrf() {
     const prefix = csrfName + "=";
@@ -32,6 +40,8 @@
     if (cls) node.className = cls;
     return node;
   }
+
+  const number = (n) => Number(n).toLocaleString("en");
 
   async function api(method, url, body) {
     const response = await fetch(url, {
@@ -59,30 +69,68 @@
       errorBox.append(" ", link);
     }
     errorBox.hidden = !message;
+    if (message) sessionStorage.setItem(key("error"), message);
+    else sessionStorage.removeItem(key("error"));
   }
 
+  // -- scrolling: open at the latest message, follow the stream --------------------------
+  function nearBottom() {
+    const page = document.documentElement;
+    return page.scrollHeight - (window.scrollY + window.innerHeight) < 160;
+  }
+  function toBottom() { window.scrollTo(0, document.documentElement.scrollHeight); }
+
   // -- rendering (mirrors chat.html's render_message) ---------------------------------
+  function actions(m) {
+    const row = el("div", undefined, "msg-actions");
+    if (m.versions) {
+      const versions = el("span", undefined, "versions");
+      for (const [label, id, name] of [["‹", m.versions.previous, "Previous version"], [null], ["›", m.versions.next, "Next version"]]) {
+        if (label === null) {
+          versions.append(el("span", m.versions.index + "/" + m.versions.count, "version-count"));
+          continue;
+        }
+        const button = el("button", label, "link");
+        button.type = "button";
+        button.dataset.select = id || "";
+        button.disabled = !id;
+        button.setAttribute("aria-label", name);
+        versions.append(button);
+      }
+      row.append(versions);
+    }
+    const copy = el("button", "Copy", "link");
+    copy.type = "button";
+    copy.dataset.copyMessage = "";
+    row.append(copy);
+    if (m.role === "user") {
+      const edit = el("button", "Edit", "link");
+      edit.type = "button";
+      edit.dataset.edit = m.id;
+      row.append(edit);
+    }
+    return row;
+  }
+
+  function article(m) {
+    const node = el("article", undefined, "msg msg-" + m.role);
+    node.dataset.id = m.id;
+    node.dataset.role = m.role;
+    node.dataset.raw = m.content;
+    return node;
+  }
+
   function userNode(m) {
-    const article = el("article", undefined, "msg msg-user");
-    article.dataset.id = m.id;
-    article.dataset.role = "user";
-    article.append(el("div", m.content, "msg-body user-text"));
-    const actions = el("div", undefined, "msg-actions");
-    const edit = el("button", "Edit", "link");
-    edit.type = "button";
-    edit.dataset.edit = m.id;
-    actions.append(edit);
-    article.append(actions);
-    return article;
+    const node = article(m);
+    node.append(el("div", m.content, "msg-body user-text"), actions(m));
+    return node;
   }
 
   function assistantNode(m) {
-    const article = el("article", undefined, "msg msg-assistant");
-    article.dataset.id = m.id;
-    article.dataset.role = "assistant";
+    const node = article(m);
     const body = el("div", undefined, "msg-body answer");
     body.innerHTML = m.html; // sanitized on the server: no raw HTML, no remote images
-    article.append(body);
+    node.append(body);
     if (m.sources && m.sources.length) {
       const cited = m.sources.filter((s) => s.cited).length;
       const details = el("details", undefined, "sources");
@@ -103,17 +151,18 @@
         list.append(item);
       }
       details.append(list);
-      article.append(details);
+      node.append(details);
     }
     let meta = "";
     if (m.finish_reason === "cancelled") meta = "Stopped · ";
     else if (m.finish_reason === "length") meta = "Cut off at the length limit · ";
     meta += m.usage.prompt_tokens + " prompt + " + m.usage.completion_tokens + " answer tokens";
-    article.append(el("p", meta, "msg-meta muted"));
-    return article;
+    node.append(el("p", meta, "msg-meta muted"), actions(m));
+    return node;
   }
 
   function render(data) {
+    const follow = nearBottom();
     messages.replaceChildren(...data.messages.map((m) => (m.role === "user" ? userNode(m) : assistantNode(m))));
     const title = document.getElementById("chat-title");
     if (title) title.textContent = data.title;
@@ -136,6 +185,7 @@
       regenerate.parentElement.hidden = !last;
       regenerate.textContent = last && last.role === "user" ? "Answer again" : "Regenerate answer";
     }
+    if (follow) toBottom();
   }
 
   async function refresh() {
@@ -150,18 +200,59 @@
     root.classList.toggle("streaming", on);
   }
 
-  async function stream(url, body) {
+  function knowledgeOn() {
+    if (!conversation && picker) {
+      const chosen = picker.selectedOptions[0];
+      return Boolean(chosen && chosen.dataset.knowledge === "1");
+    }
+    return root.dataset.knowledge === "1";
+  }
+
+  // How long the server asks us to wait (429/503), from its JSON or its Retry-After.
+  function retryAfter(response, data) {
+    const fromBody = data && (data.retry_after || (data.error && data.error.retry_after));
+    const seconds = Number(fromBody || response.headers.get("Retry-After"));
+    return seconds > 0 ? Math.min(seconds, 60) : 0;
+  }
+
+  // "Busy, retrying in N s": counts down, then resolves true (false when Stop is pressed).
+  function countdown(seconds, reason) {
+    return new Promise((resolve) => {
+      let left = seconds;
+      let timer = null;
+      busy(true);
+      const end = (go) => {
+        clearTimeout(timer);
+        retryTimer = null;
+        retryBox.hidden = true;
+        busy(false);
+        resolve(go);
+      };
+      retryTimer = { cancel: () => end(false) };
+      const tick = () => {
+        if (left <= 0) { end(true); return; }
+        retryBox.textContent = (reason ? reason + " " : "") + "Busy, retrying in " + left + " s.";
+        retryBox.hidden = false;
+        left -= 1;
+        timer = setTimeout(tick, 1000);
+      };
+      tick();
+    });
+  }
+
+  async function stream(url, body, attempt) {
+    attempt = attempt || 0;
     showError("");
     busy(true);
     controller = new AbortController();
     const pending = el("article", undefined, "msg msg-assistant pending");
+    const status = el("p", knowledgeOn() ? "Searching your documents…" : "Sending your question…", "msg-status");
     const text = el("div", undefined, "msg-body answer streaming-text");
-    pending.append(text);
-    let placed = false;
-    function place() {
-      if (!placed) { messages.append(pending); placed = true; }
-    }
+    pending.append(status, text);
+    messages.append(pending);
+    toBottom();
     let finished = false;
+    let retry = null;
     try {
       const response = await fetch(url, {
         method: "POST",
@@ -171,39 +262,56 @@
         signal: controller.signal,
       });
       if (!response.ok) {
-        let message = "Request failed (" + response.status + ")";
-        try { const data = await response.json(); message = data.error.message; } catch (_) { /* not JSON */ }
-        const error = new Error(message);
-        error.status = response.status;
-        throw error;
-      }
-      const reader = response.body.getReader();
-      const decoder = new TextDecoder();
-      let buffer = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buffer += decoder.decode(value, { stream: true });
-        let cut;
-        while ((cut = buffer.indexOf("\n\n")) >= 0) {
-          const line = buffer.slice(0, cut);
-          buffer = buffer.slice(cut + 2);
-          if (!line.startsWith("data: ")) continue;
-          const event = JSON.parse(line.slice(6));
-          if (event.type === "user") {
-            messages.append(userNode(event.message));
-            place();
-          } else if (event.type === "delta") {
-            place();
-            text.textContent += event.text;
-          } else if (event.type === "done") {
-            finished = true;
-            if (event.message) pending.replaceWith(assistantNode(event.message));
-            else pending.remove();
-          } else if (event.type === "error") {
-            finished = true;
-            pending.remove();
-            showError(event.message);
+        let data = null;
+        try { data = await response.json(); } catch (_) { /* not JSON */ }
+        const message = (data && (data.message || (data.error && data.error.message))) || "Request failed (" + response.status + ")";
+        const seconds = retryAfter(response, data);
+        if ((response.status === 429 || response.status === 503) && seconds) {
+          retry = { seconds, message };
+        } else {
+          const error = new Error(message);
+          error.status = response.status;
+          throw error;
+        }
+      } else {
+        const reader = response.body.getReader();
+        const decoder = new TextDecoder();
+        let buffer = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buffer += decoder.decode(value, { stream: true });
+          let cut;
+          while ((cut = buffer.indexOf("\n\n")) >= 0) {
+            const line = buffer.slice(0, cut);
+            buffer = buffer.slice(cut + 2);
+            if (!line.startsWith("data: ")) continue;
+            const event = JSON.parse(line.slice(6));
+            const follow = nearBottom();
+            if (event.type === "user") {
+              // The question is stored: the draft is no longer needed.
+              sessionStorage.removeItem(key("draft"));
+              if (input.value.trim() === event.message.content) input.value = "";
+              updateCounter();
+              messages.insertBefore(userNode(event.message), pending);
+            } else if (event.type === "status") {
+              status.textContent = event.text;
+            } else if (event.type === "delta") {
+              status.remove();
+              text.textContent += event.text;
+            } else if (event.type === "done") {
+              finished = true;
+              if (event.message) pending.replaceWith(assistantNode(event.message));
+              else pending.remove();
+            } else if (event.type === "error") {
+              finished = true;
+              pending.remove();
+              // 429 (this account has too many requests waiting) clears in moments.
+              const seconds = event.retry_after || (event.status === 429 ? 2 : 0);
+              if (seconds) retry = { seconds: Math.min(seconds, 60), message: event.message };
+              else showError(event.message, event.status === 402);
+            }
+            if (follow) toBottom();
           }
         }
       }
@@ -211,25 +319,102 @@
       if (err.name !== "AbortError") showError(err.message, err.status === 402);
     } finally {
       controller = null;
+      pending.remove();
       busy(false);
     }
-    if (!finished) {
+    if (!finished && !retry) {
       // Stopped: the server keeps what was written; show the stored state.
       await new Promise((resolve) => setTimeout(resolve, 400));
     }
-    try { await refresh(); } catch (err) { showError(err.message); }
+    if (conversation) {
+      try { await refresh(); } catch (err) { showError(err.message); }
+    }
+    if (retry) {
+      if (attempt >= MAX_RETRIES) {
+        showError(retry.message);
+      } else if (await countdown(retry.seconds, retry.message)) {
+        // A question the server already stored is answered again, not asked twice.
+        const last = messages.lastElementChild;
+        if (last && last.dataset.role === "user") {
+          await stream("/api/conversations/" + conversation + "/regenerate", {}, attempt + 1);
+        } else {
+          await stream(url, body, attempt + 1);
+        }
+        return;
+      }
+    }
+    if (document.activeElement === document.body || document.activeElement === sendButton) input.focus();
   }
 
-  function send(content) {
+  async function send(content) {
+    if (!conversation) {
+      // A new chat starts by typing: create it on the chosen instance, then ask.
+      let created;
+      try {
+        created = await api("POST", "/api/conversations", { instance_id: picker.value });
+      } catch (err) {
+        showError(err.message);
+        return;
+      }
+      const draft = sessionStorage.getItem(key("draft"));
+      sessionStorage.removeItem(key("draft"));
+      root.dataset.knowledge = knowledgeOn() ? "1" : "0";
+      conversation = created.id;
+      root.dataset.conversation = created.id;
+      root.dataset.instance = picker.value;
+      if (draft) sessionStorage.setItem(key("draft"), draft);
+      history.replaceState(null, "", "/chat/" + created.id);
+      composer.action = "/chat/" + created.id + "/send";
+      picker.hidden = true; // the conversation stays on this instance
+      document.getElementById("chat-instance").textContent = picker.selectedOptions[0].textContent;
+      const tools = document.querySelector(".chat-tools");
+      for (const form of tools.querySelectorAll("form[data-path]")) {
+        form.action = "/chat/" + created.id + "/" + form.dataset.path;
+      }
+      tools.hidden = false;
+      const hint = document.querySelector(".chat-hint");
+      if (hint) hint.hidden = true;
+    }
     return stream("/api/conversations/" + conversation + "/messages", { content });
   }
 
-  if (composer && conversation) {
+  // -- the counter: characters now, tokens against the instance's budget shortly after --
+  let measureTimer = null;
+  let measured = 0;
+  function instanceId() { return conversation ? root.dataset.instance : picker.value; }
+  function updateCounter() {
+    if (!counter) return;
+    const value = input.value;
+    clearTimeout(measureTimer);
+    counter.classList.remove("over");
+    counter.title = "";
+    if (!value.trim()) { counter.textContent = ""; return; }
+    const chars = number(value.length) + " characters";
+    counter.textContent = chars;
+    const seq = ++measured;
+    measureTimer = setTimeout(async () => {
+      let room;
+      try {
+        room = await api("POST", "/api/conversations/measure", { instance_id: instanceId(), content: value });
+      } catch (_) { return; } // the counter stays at characters
+      if (seq !== measured) return;
+      const why = "Room for one message: the instance's context budget of " + number(room.context_budget) +
+        " tokens (as on the Instances page), less " + number(room.answer_reserve) +
+        " kept for the answer and " + number(room.system_tokens) + " for its instructions.";
+      counter.title = why;
+      counter.textContent = chars + " · " + number(room.tokens) + " of " + number(room.limit) + " tokens";
+      if (!room.fits) {
+        counter.classList.add("over");
+        counter.textContent += ": too long to send. " + why;
+      }
+    }, 350);
+  }
+
+  if (composer) {
     composer.addEventListener("submit", (event) => {
       event.preventDefault();
       const content = input.value.trim();
-      if (!content || controller) return;
-      input.value = "";
+      if (!content || controller || retryTimer) return;
       send(content);
     });
     input.addEventListener("keydown", (event) => {
@@ -238,52 +423,71 @@
         composer.requestSubmit();
       }
     });
-    const pendingKey = PENDING + conversation;
-    const waiting = sessionStorage.getItem(pendingKey);
-    if (waiting) {
-      sessionStorage.removeItem(pendingKey);
-      send(waiting);
-    }
-  }
-
-  if (start) {
-    start.addEventListener("submit", async (event) => {
-      event.preventDefault();
-      const content = input.value.trim();
-      if (!content) return;
-      sendButton.disabled = true;
-      try {
-        const created = await api("POST", "/api/conversations", { instance_id: start.elements.instance_id.value });
-        sessionStorage.setItem(PENDING + created.id, content);
-        window.location.assign("/chat/" + created.id);
-      } catch (err) {
-        sendButton.disabled = false;
-        alert(err.message);
-      }
+    input.addEventListener("input", () => {
+      if (input.value) sessionStorage.setItem(key("draft"), input.value);
+      else sessionStorage.removeItem(key("draft"));
+      updateCounter();
     });
+    if (picker) {
+      const remembered = localStorage.getItem(LAST_INSTANCE);
+      if (remembered && [...picker.options].some((o) => o.value === remembered)) picker.value = remembered;
+      picker.addEventListener("change", () => {
+        localStorage.setItem(LAST_INSTANCE, picker.value);
+        updateCounter();
+      });
+    }
+    // What was typed (or refused) before a reload is still there.
+    const draft = sessionStorage.getItem(key("draft"));
+    if (draft && !input.value) input.value = draft;
+    const error = sessionStorage.getItem(key("error"));
+    if (error) showError(error);
+    updateCounter();
+    input.focus();
   }
+  toBottom();
 
   if (stopButton) {
-    stopButton.addEventListener("click", () => { if (controller) controller.abort(); });
+    stopButton.addEventListener("click", () => {
+      if (controller) controller.abort();
+      else if (retryTimer) retryTimer.cancel();
+    });
   }
 
   if (regenerate) {
     regenerate.addEventListener("click", () => {
-      if (controller) return;
+      if (controller || retryTimer || !conversation) return;
       const last = messages.lastElementChild;
       if (last && last.dataset.role === "assistant") last.remove();
       stream("/api/conversations/" + conversation + "/regenerate", {});
     });
   }
 
-  // -- edit an earlier question, copy code, open a cited source, confirm deletes --------
+  async function copyText(value, node) {
+    try {
+      await navigator.clipboard.writeText(value);
+    } catch (_) {
+      const range = document.createRange();
+      range.selectNodeContents(node);
+      const selection = window.getSelection();
+      selection.removeAllRanges();
+      selection.addRange(range);
+      document.execCommand("copy");
+    }
+  }
+
+  function copied(button, label) {
+    button.textContent = "Copied";
+    setTimeout(() => { button.textContent = label; }, 1500);
+  }
+
+  // -- edit, versions, copy, cited sources, confirm deletes -----------------------------
   document.addEventListener("click", async (event) => {
     const target = event.target;
     if (!(target instanceof Element)) return;
     const edit = target.closest("[data-edit]");
-    if (edit && !controller) {
-      const article = edit.closest("article");
-      const body = article.querySelector(".user-text");
+    if (edit && !controller && !retryTimer) {
+      const node = edit.closest("article");
+      const body = node.querySelector(".user-text");
       const form = el("form", undefined, "edit-form");
       const area = el("textarea");
       area.value = body.textContent;
@@ -299,33 +503,46 @@
       body.replaceWith(form);
       edit.hidden = true;
       area.focus();
+      area.addEventListener("keydown", (keyEvent) => {
+        if (keyEvent.key === "Enter" && !keyEvent.shiftKey && !keyEvent.isComposing) {
+          keyEvent.preventDefault();
+          form.requestSubmit();
+        }
+      });
       cancel.addEventListener("click", () => { form.replaceWith(body); edit.hidden = false; });
       form.addEventListener("submit", (submitEvent) => {
         submitEvent.preventDefault();
         const content = area.value.trim();
         if (!content) return;
-        while (article.nextElementSibling) article.nextElementSibling.remove();
-        article.remove();
-        stream("/api/conversations/" + conversation + "/messages/" + article.dataset.id + "/edit", { content });
+        // The new version replaces this question and what followed it on the page; the
+        // old ones stay, one click away (‹ 1/2 ›).
+        while (node.nextElementSibling) node.nextElementSibling.remove();
+        node.remove();
+        stream("/api/conversations/" + conversation + "/messages/" + node.dataset.id + "/edit", { content });
       });
+      return;
+    }
+    const select = target.closest("[data-select]");
+    if (select && select.dataset.select && !controller && !retryTimer) {
+      try {
+        render(await api("POST", "/api/conversations/" + conversation + "/messages/" + select.dataset.select + "/select"));
+      } catch (err) {
+        showError(err.message);
+      }
+      return;
+    }
+    const copyMessage = target.closest("[data-copy-message]");
+    if (copyMessage) {
+      const node = copyMessage.closest("article");
+      await copyText(node.dataset.raw, node.querySelector(".msg-body"));
+      copied(copyMessage, "Copy");
       return;
     }
     const copy = target.closest("[data-copy]");
     if (copy) {
       const code = copy.parentElement.querySelector("code");
-      const value = code ? code.textContent : "";
-      try {
-        await navigator.clipboard.writeText(value);
-      } catch (_) {
-        const range = document.createRange();
-        range.selectNodeContents(code);
-        const selection = window.getSelection();
-        selection.removeAllRanges();
-        selection.addRange(range);
-        document.execCommand("copy");
-      }
-      copy.textContent = "Copied";
-      setTimeout(() => { copy.textContent = "Copy"; }, 1500);
+      await copyText(code ? code.textContent : "", code);
+      copied(copy, "Copy");
       return;
     }
     const cite = target.closest("a.cite");
@@ -338,6 +555,13 @@
         source.classList.add("flash-source");
         setTimeout(() => source.classList.remove("flash-source"), 1500);
       }
+    }
+    const toggle = target.closest(".conv-toggle");
+    if (toggle) {
+      const side = document.getElementById(toggle.getAttribute("aria-controls"));
+      const open = !side.classList.contains("open");
+      side.classList.toggle("open", open);
+      toggle.setAttribute("aria-expanded", String(open));
     }
   });
 
