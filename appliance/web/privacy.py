@@ -348,9 +348,10 @@ class MyDataPages(Controller):
         settings: NamedDependency[Settings],
         queue: NamedDependency[TaskQueue],
         clock: NamedDependency[Clock],
-    ) -> Template:
+    ) -> Redirect:
         attempt_id = send_deletion_code(request, me, db, settings, queue, clock())
-        return self._page(me, db, settings, clock, attempt_id=attempt_id)
+        message = f"We emailed a one-time code to {me.user.email}."
+        return flash.redirect(request, "/settings/data#delete", message, attempt_id=attempt_id)
 
     @post("/settings/data/delete", sync_to_thread=True)
     def delete_form(
