@@ -29,6 +29,14 @@ MAX_AGE_SECONDS = 60
 _SHOWN = "appliance.flash_shown"
 
 
+def _name(settings: Settings) -> str:
+    return ("__Host-" if _https(settings) else "") + NAME
+
+
+def _https(settings: Settings) -> bool:
+    return settings.public_url.startswith("https://")
+
+
 def _key(settings: Settings) -> bytes:
     return hashlib.sha256(b"flash:" + vault.read_secret(settings, "session_key").encode()).digest()
 
@@ -60,11 +68,11 @@ def redirect(request: Request, url: str, message: str, level: str = "ok", **extr
         status_code=303,
         cookies=[
             Cookie(
-                key=NAME,
+                key=_name(settings),
                 value=_sign(settings, payload),
                 max_age=MAX_AGE_SECONDS,
                 path="/",
-                secure=settings.public_url.startswith("https://"),
+                secure=_https(settings),
                 httponly=True,
                 samesite="lax",
             )
@@ -77,8 +85,9 @@ def flash(request: Request) -> dict[str, Any]:
     cached = getattr(request.state, "flash", None)
     if cached is not None:
         return cached
-    value = request.cookies.get(NAME)
-    payload = _verify(request.app.state.settings, value) if value else None
+    settings: Settings = request.app.state.settings
+    value = request.cookies.get(_name(settings))
+    payload = _verify(settings, value) if value else None
     request.state.flash = payload or {}
     if value:
         request.scope[_SHOWN] = True  # type: ignore[literal-required]
@@ -88,5 +97,9 @@ def flash(request: Request) -> dict[str, Any]:
 async def clear_shown(message: Message, scope: Scope) -> None:
     """``before_send`` hook: the page that showed the cookie's message deletes it."""
     if message["type"] == "http.response.start" and scope.get(_SHOWN):
+        settings: Settings = scope["app"].state.settings
+        secure = "; Secure" if _https(settings) else ""
         headers = MutableScopeHeaders.from_message(message)
-        headers.add("set-cookie", f"{NAME}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax")
+        headers.add(
+            "set-cookie", f"{_name(settings)}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax{secure}"
+        )

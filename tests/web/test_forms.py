@@ -88,3 +88,29 @@ def test_dashboard_lists_next_steps_until_done(client, db, owner, settings, cloc
 def test_footer_shows_the_version_on_every_page(client, owner):
     for path in ("/", "/settings", "/privacy", "/login"):
         assert f"Appliance {appliance.__version__}</span>" in client.get(path).text, path
+
+
+def test_over_https_the_message_cookie_is_secure_and_host_prefixed(tmp_path, clock):
+    from conftest import make_settings
+    from litestar.testing import TestClient
+
+    from appliance.cli import initialise
+    from appliance.db import open_db
+    from appliance.web import create_app
+
+    settings = make_settings(tmp_path / "data", **{"web.public_url": "https://appliance.test"})
+    initialise(settings)
+    db = open_db(settings)
+    user, team = accounts.create_user(db, "owner@example.com", clock(), account_name="Acme")
+    session = auth.create_session(db, settings, user.id, team.id, clock())
+    db.close()
+    app = create_app(settings, clock=clock)
+    with TestClient(app, base_url="https://appliance.test") as client:
+        client.cookies.set("__Host-session", session)
+        created = post_form(client, "/settings/keys", {"name": "ci", "scope": "inference"})
+        cookie = created.headers["set-cookie"]
+        assert cookie.startswith("__Host-flash=") and "Secure" in cookie and "HttpOnly" in cookie
+        shown = client.get("/settings")
+        assert 'id="new-key">apl_' in shown.text
+        assert "__Host-flash=;" in shown.headers["set-cookie"]
+        assert "Secure" in shown.headers["set-cookie"]
