@@ -39,6 +39,20 @@ function setUpDrawers() {
   });
 }
 
+// On phones a table shows one card per row (app.css): each cell is labelled with its
+// column's heading.
+function labelTableCells() {
+  document.querySelectorAll("table").forEach((table) => {
+    const headings = [...table.querySelectorAll("thead th")].map((th) => th.textContent.trim());
+    if (!headings.length) return;
+    table.querySelectorAll("tbody tr").forEach((row) => {
+      [...row.children].forEach((cell, index) => {
+        if (headings[index] && !cell.dataset.label) cell.dataset.label = headings[index];
+      });
+    });
+  });
+}
+
 // <button data-copy="element-id">: copies that element's text.
 function setUpCopy() {
   document.querySelectorAll("[data-copy]").forEach((button) => {
@@ -89,6 +103,7 @@ function setUpExportPoll() {
 document.addEventListener("DOMContentLoaded", () => {
   setUpMenu();
   setUpDrawers();
+  labelTableCells();
   setUpCopy();
   setUpExportPoll();
 });
