@@ -123,8 +123,12 @@ def test_phone_header_is_one_row_with_a_menu_and_chat_has_a_drawer(live_web, bro
     conversations = page.get_by_role("link", name="Opening hours")
     assert not conversations.is_visible()
     assert page.locator(".msg-assistant").first.is_visible()  # the messages come first
-    page.get_by_role("button", name="Conversations").click()
+    drawer = page.get_by_role("button", name="Conversations")
+    drawer.click()
     assert conversations.is_visible()
+    assert drawer.get_attribute("aria-expanded") == "true"
+    page.keyboard.press("Escape")
+    assert not conversations.is_visible()
 
     # At desktop width nothing is hidden behind buttons.
     page.set_viewport_size({"width": 1280, "height": 800})

@@ -23,8 +23,9 @@ function setUpMenu() {
   });
 }
 
-// A side panel (the chat's conversation list) becomes a drawer on small screens, opened
-// by a button placed before it.
+// A side panel (the chat's conversation list) becomes a drawer on small screens: it slides
+// over the page from the left, opened by a button placed before it, closed by that button,
+// Escape or a click outside it.
 function setUpDrawers() {
   document.querySelectorAll("[data-drawer], .chat-side").forEach((panel, index) => {
     if (!panel.id) panel.id = "drawer-" + index;
@@ -36,6 +37,18 @@ function setUpDrawers() {
     button.setAttribute("aria-controls", panel.id);
     button.addEventListener("click", () => toggle(button, panel));
     panel.parentElement.insertBefore(button, panel);
+    document.addEventListener("click", (event) => {
+      const open = panel.classList.contains("open");
+      if (open && !panel.contains(event.target) && !button.contains(event.target)) {
+        toggle(button, panel, false);
+      }
+    });
+    document.addEventListener("keydown", (event) => {
+      if (event.key === "Escape" && panel.classList.contains("open")) {
+        toggle(button, panel, false);
+        button.focus();
+      }
+    });
   });
 }
 
