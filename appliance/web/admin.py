@@ -16,13 +16,14 @@ import sqlite_utils
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, URLEncodedBody
-from litestar.response import Redirect, Template
+from litestar.response import Template
 
 from appliance.auth import service as auth
 from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.errors import ApplianceError, InvalidInput, NotFound
 from appliance.ops import overview
+from appliance.web import flash
 from appliance.web import identity as identities
 from appliance.web.identity import Identity
 
@@ -119,6 +120,7 @@ class AdminPages(Controller):
     @post("/admin/accounts/{account_id:str}/{action:str}", sync_to_thread=True)
     def act_form(
         self,
+        request: Request,
         account_id: FromPath[str],
         action: FromPath[str],
         data: URLEncodedBody[dict[str, str]],
@@ -135,7 +137,8 @@ class AdminPages(Controller):
             context = _context(db, settings, clock)
             context["flashes"] = [("error", str(exc))]
             return Template("admin.html", context=context, status_code=400)
-        return Redirect("/admin")
+        done = {"suspend": "suspended", "unsuspend": "unsuspended", "delete": "deleted"}
+        return flash.redirect(request, "/admin", f"Account {done[action]}.")
 
 
 def _context(db, settings: Settings, clock: Clock) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from appliance.web import (
     admin,
     billing,
     chat,
+    flash,
     health,
     identity,
     instances,
@@ -161,7 +162,7 @@ def create_app(
             body_limit_middleware(settings),
         ],
         request_max_body_size=DEFAULT_BODY_LIMIT,
-        before_send=[add_security_headers, requestlog.recorder(settings, clock)],
+        before_send=[add_security_headers, flash.clear_shown, requestlog.recorder(settings, clock)],
         after_exception=[requestlog.note_exception],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(
@@ -173,6 +174,7 @@ def create_app(
         logging_config=None,  # the CLI configures logging once for every service
     )
     app.state.settings = settings
+    app.state.inference_probe = health.InferenceProbe()
     app.state.nav = [item for item in NAV if _has_route(app, item[1])]
     app.template_engine.engine.globals["nav"] = app.state.nav
     return app
@@ -186,7 +188,9 @@ def _jinja_env(settings: Settings) -> Environment:
         lstrip_blocks=True,
     )
     env.globals.update(
-        version=appliance.__version__,
+        app_version=appliance.__version__,
+        flash=flash.flash,
+        public_url=settings.public_url,
         company=settings.privacy.company_legal_name,
         minimum_age=settings.privacy.minimum_age,
         current=identity.current,

@@ -2,14 +2,58 @@
 
 from __future__ import annotations
 
-from litestar import Controller, Response, get
+import asyncio
+from datetime import datetime, timedelta
+
+from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency
 
 import appliance
+from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.db import open_db
 from appliance.errors import ApplianceError
 from appliance.inference.client import InferenceClient
+
+#: How long a probe's answer stands: ``/readyz`` asks the model for one token at most this
+#: often, however often load balancers poll.
+PROBE_SECONDS = 10
+#: The probe's one-token request (any loaded chat model can answer it).
+PROBE_REQUEST = {"messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1}
+PROBE_TIMEOUT_SECONDS = 10.0
+
+
+class InferenceProbe:
+    """The model answered a one-token request within the last ``PROBE_SECONDS``: "ok",
+    else why not. A health endpoint answering is not enough: a service whose model is
+    wedged or crashing still answers ``/healthz``."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._at: datetime | None = None
+        self._result = ""
+
+    async def check(self, inference: InferenceClient, now: datetime) -> str:
+        async with self._lock:  # concurrent polls share one probe
+            if self._at is None or not (
+                self._at <= now < self._at + timedelta(seconds=PROBE_SECONDS)
+            ):
+                self._result = await self._probe(inference)
+                self._at = now
+            return self._result
+
+    @staticmethod
+    async def _probe(inference: InferenceClient) -> str:
+        probe = InferenceClient(
+            inference.base_url, inference.api_key, timeout=PROBE_TIMEOUT_SECONDS
+        )
+        try:
+            answer = await probe.achat(PROBE_REQUEST)
+        except ApplianceError as exc:
+            return str(exc)
+        if not answer.get("choices"):
+            return "the model's answer had no choices"
+        return "ok"
 
 
 class HealthController(Controller):
@@ -20,9 +64,14 @@ class HealthController(Controller):
 
     @get("/readyz")
     async def readyz(
-        self, settings: NamedDependency[Settings], inference: NamedDependency[InferenceClient]
+        self,
+        request: Request,
+        settings: NamedDependency[Settings],
+        inference: NamedDependency[InferenceClient],
+        clock: NamedDependency[Clock],
     ) -> Response:
-        """200 when the database opens and the inference service answers, else 503."""
+        """200 when the database opens and the model answered a one-token request in the
+        last ``PROBE_SECONDS``, else 503."""
         checks: dict[str, str] = {}
         try:
             db = open_db(settings)
@@ -33,11 +82,7 @@ class HealthController(Controller):
             checks["database"] = "ok"
         except ApplianceError as exc:
             checks["database"] = str(exc)
-        try:
-            await inference.ahealth()
-            checks["inference"] = "ok"
-        except ApplianceError as exc:
-            checks["inference"] = str(exc)
+        checks["inference"] = await request.app.state.inference_probe.check(inference, clock())
         ready = all(value == "ok" for value in checks.values())
         return Response(
             {"status": "ready" if ready else "not ready", "checks": checks},

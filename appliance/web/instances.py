@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import sqlite_utils
-from litestar import Controller, Response, get, patch, post
+from litestar import Controller, Request, Response, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, URLEncodedBody
-from litestar.response import Redirect, Template
+from litestar.response import Template
 
 from appliance.auth import service as auth
 from appliance.chat import service as chat
@@ -16,6 +16,7 @@ from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.errors import ApplianceError, InvalidInput, NotFound
 from appliance.instances import service as instances
+from appliance.web import flash
 from appliance.web.identity import Identity
 
 ACTIONS = {"stop": "stopped", "start": "running", "destroy": "destroyed"}
@@ -131,6 +132,7 @@ class InstancesPages(Controller):
     @post("/instances", sync_to_thread=True)
     def create_form(
         self,
+        request: Request,
         data: URLEncodedBody[dict[str, str]],
         manager: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
@@ -150,11 +152,12 @@ class InstancesPages(Controller):
             context = _context(db, manager, settings)
             context["flashes"] = [("error", str(exc))]
             return Template("instances.html", context=context, status_code=400)
-        return Redirect("/instances")
+        return flash.redirect(request, "/instances", "Instance created.")
 
     @post("/instances/{instance_id:str}/settings", sync_to_thread=True)
     def settings_form(
         self,
+        request: Request,
         instance_id: FromPath[str],
         data: URLEncodedBody[dict[str, str]],
         manager: NamedDependency[Identity],
@@ -177,11 +180,12 @@ class InstancesPages(Controller):
             context = _context(db, manager, settings)
             context["flashes"] = [("error", str(exc))]
             return Template("instances.html", context=context, status_code=400)
-        return Redirect(f"/instances#{instance_id}")
+        return flash.redirect(request, f"/instances#{instance_id}", "Instance settings saved.")
 
     @post("/instances/{instance_id:str}/{action:str}", sync_to_thread=True)
     def act_form(
         self,
+        request: Request,
         instance_id: FromPath[str],
         action: FromPath[str],
         data: URLEncodedBody[dict[str, str]],
@@ -196,7 +200,7 @@ class InstancesPages(Controller):
             context = _context(db, manager, settings)
             context["flashes"] = [("error", str(exc))]
             return Template("instances.html", context=context, status_code=400)
-        return Redirect("/instances")
+        return flash.redirect(request, "/instances", f"Instance {ACTIONS[action]}.")
 
 
 def _form_changes(data: dict[str, str]) -> dict[str, Any]:

@@ -6,15 +6,38 @@ import sqlite_utils
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromQuery, URLEncodedBody
-from litestar.response import Redirect, Template
+from litestar.response import Redirect, Response, Template
 
 from appliance import firstrun
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth
+from appliance.chat import service as chat
 from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.errors import InvalidInput
+from appliance.knowledge import service as knowledge
+from appliance.privacy import policy
+from appliance.web import flash
 from appliance.web.identity import Identity
+from appliance.web.signin import set_session_cookie
+
+
+def next_steps(db: sqlite_utils.Database, identity: Identity, members: int, keys: int) -> list:
+    """The dashboard's first steps, each with whether it is done: (label, link, done)."""
+    account_id = identity.account.id
+    steps = [
+        ("Upload documents", "/knowledge", bool(knowledge.documents(db, account_id))),
+        (
+            "Ask a question",
+            "/chat",
+            bool(chat.list_for_user(db, account_id, identity.user.id, limit=1)),
+        ),
+    ]
+    if identity.is_manager:
+        invited = members > 1 or bool(accounts.invites(db, account_id))
+        steps.append(("Invite someone", "/settings#members", invited))
+    steps.append(("Create an API key", "/settings#keys", keys > 0))
+    return steps
 
 
 class PagesController(Controller):
@@ -37,14 +60,17 @@ class PagesController(Controller):
             return Template("home.html", context={"claimed": firstrun.is_claimed(db)})
         account_id = identity.account.id
         pending = identity.is_manager and accounts.profile(db, account_id, clock()).pending
+        members = len(accounts.members(db, account_id))
+        keys = len(auth.list_keys(db, account_id))
         return Template(
             "dashboard.html",
             context={
                 "me": identity,
                 "onboarding_pending": pending,
-                "member_count": len(accounts.members(db, account_id)),
-                "key_count": len(auth.list_keys(db, account_id)),
+                "member_count": members,
+                "key_count": keys,
                 "endpoint": f"{settings.public_url}/v1",
+                "steps": next_steps(db, identity, members, keys),
             },
         )
 
@@ -59,14 +85,17 @@ class PagesController(Controller):
         firstrun.check_token(settings, db, token)
         return Template("setup.html", context={"token": token, "email": "", "flashes": []})
 
-    @post("/setup", sync_to_thread=True, status_code=200)
+    @post("/setup", sync_to_thread=True)
     def setup_submit(
         self,
+        request: Request,
         settings: NamedDependency[Settings],
         db: NamedDependency[sqlite_utils.Database],
+        clock: NamedDependency[Clock],
         data: URLEncodedBody[dict[str, str]],
-    ) -> Template:
-        """Record the first operator's email."""
+    ) -> Response:
+        """Record the first operator's email and sign them in: whoever holds the setup
+        link is the operator, so no emailed code is needed this once."""
         token = data.get("token", "")
         email = data.get("email", "")
         try:
@@ -78,4 +107,16 @@ class PagesController(Controller):
                 context={"token": token, "email": email, "flashes": flashes},
                 status_code=400,
             )
-        return Template("setup_done.html", context={"email": claimed})
+        user = accounts.user_by_email(db, claimed)
+        (account, _), *_ = accounts.accounts_of(db, user.id)
+        session = auth.create_session(db, settings, user.id, account.id, clock())
+        landing = "/onboarding"
+        if policy.pending(db, user.id, clock()) is not None:
+            landing = "/privacy/accept?next=/onboarding"
+        response = flash.redirect(
+            request,
+            landing,
+            f"This appliance is yours: {claimed} is its operator and the owner of a new team.",
+        )
+        set_session_cookie(response, settings, session)
+        return response

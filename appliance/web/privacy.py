@@ -18,6 +18,7 @@ from appliance.config import Settings
 from appliance.errors import InvalidInput, NotFound
 from appliance.privacy import erasure, export, policy
 from appliance.tasks import TaskQueue
+from appliance.web import flash
 from appliance.web.identity import Identity, Person, cookie_names
 
 
@@ -328,6 +329,7 @@ class MyDataPages(Controller):
     @post("/settings/data/export", sync_to_thread=True)
     def export_form(
         self,
+        request: Request,
         me: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
         settings: NamedDependency[Settings],
@@ -335,7 +337,7 @@ class MyDataPages(Controller):
         clock: NamedDependency[Clock],
     ) -> Redirect:
         start_export(me, db, settings, queue, clock())
-        return Redirect("/settings/data#export")
+        return flash.redirect(request, "/settings/data#export", "Export started.")
 
     @post("/settings/data/delete/code", sync_to_thread=True)
     def delete_code_form(
@@ -346,9 +348,10 @@ class MyDataPages(Controller):
         settings: NamedDependency[Settings],
         queue: NamedDependency[TaskQueue],
         clock: NamedDependency[Clock],
-    ) -> Template:
+    ) -> Redirect:
         attempt_id = send_deletion_code(request, me, db, settings, queue, clock())
-        return self._page(me, db, settings, clock, attempt_id=attempt_id)
+        message = f"We emailed a one-time code to {me.user.email}."
+        return flash.redirect(request, "/settings/data#delete", message, attempt_id=attempt_id)
 
     @post("/settings/data/delete", sync_to_thread=True)
     def delete_form(

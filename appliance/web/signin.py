@@ -62,6 +62,11 @@ def _set_cookie(response: Response, settings: Settings, name: str, value: str, m
     )
 
 
+def set_session_cookie(response: Response, settings: Settings, token: str) -> None:
+    """Sign the browser in with session ``token``."""
+    _set_cookie(response, settings, "session", token, settings.auth.session_absolute_hours * 3600)
+
+
 def _clear_cookie(response: Response, settings: Settings, name: str) -> None:
     response.delete_cookie(cookie_names(settings)[name], path="/")
 

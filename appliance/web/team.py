@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlite_utils
-from litestar import Controller, Response, delete, get, patch, post, put
+from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, URLEncodedBody
 from litestar.response import Redirect, Template
@@ -21,6 +21,7 @@ from appliance.errors import InvalidInput
 from appliance.instances import onboarding
 from appliance.instances import service as instances
 from appliance.tasks import TaskQueue
+from appliance.web import flash
 from appliance.web.identity import Identity
 
 
@@ -245,6 +246,7 @@ class TeamPages(Controller):
     @post("/onboarding", sync_to_thread=True)
     def onboarding_submit(
         self,
+        request: Request,
         data: URLEncodedBody[dict[str, str]],
         manager: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
@@ -269,7 +271,8 @@ class TeamPages(Controller):
                 },
                 status_code=400,
             )
-        return Redirect(data.get("next") if data.get("next") == "/settings" else "/")
+        target = data.get("next") if data.get("next") == "/settings" else "/"
+        return flash.redirect(request, target, "Team profile saved.")
 
     @get("/settings", sync_to_thread=True)
     def settings_page(
@@ -283,38 +286,43 @@ class TeamPages(Controller):
     @post("/settings/keys", sync_to_thread=True)
     def create_key_form(
         self,
+        request: Request,
         data: URLEncodedBody[dict[str, str]],
         me: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
         clock: NamedDependency[Clock],
-    ) -> Template:
-        context_flashes: list = []
-        new_key = None
+    ) -> Response:
+        """Create a key, then redirect: the secret is shown once by the next page, and a
+        reload of that page creates nothing."""
         try:
             key, secret = create_key(db, me, data, clock())
-            new_key = {"name": key.name, "secret": secret}
         except InvalidInput as exc:
-            context_flashes = [("error", str(exc))]
-        context = settings_context(db, me, clock())
-        context.update(new_key=new_key, flashes=context_flashes)
-        return Template(
-            "settings.html", context=context, status_code=400 if context_flashes else 201
+            context = settings_context(db, me, clock())
+            context["flashes"] = [("error", str(exc))]
+            return Template("settings.html", context=context, status_code=400)
+        return flash.redirect(
+            request,
+            "/settings#keys",
+            f"API key “{key.name}” created.",
+            new_key={"secret": secret, "scope": key.scope, "instance_id": key.instance_id},
         )
 
     @post("/settings/keys/{key_id:str}/revoke", sync_to_thread=True)
     def revoke_key_form(
         self,
+        request: Request,
         key_id: FromPath[str],
         me: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
         clock: NamedDependency[Clock],
     ) -> Redirect:
         revoke_key(db, me, key_id, clock())
-        return Redirect("/settings#keys")
+        return flash.redirect(request, "/settings#keys", "API key revoked: it no longer works.")
 
     @post("/settings/invites", sync_to_thread=True)
     def invite_form(
         self,
+        request: Request,
         data: URLEncodedBody[dict[str, str]],
         manager: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
@@ -337,22 +345,26 @@ class TeamPages(Controller):
             context["flashes"] = [("error", str(exc))]
             return Template("settings.html", context=context, status_code=400)
         _invite_mail(queue, settings, manager, invite)
-        return Redirect("/settings#members")
+        return flash.redirect(
+            request, "/settings#members", f"Invite sent to {invite.email} ({invite.role})."
+        )
 
     @post("/settings/invites/{invite_id:str}/revoke", sync_to_thread=True)
     def revoke_invite_form(
         self,
+        request: Request,
         invite_id: FromPath[str],
         manager: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
         clock: NamedDependency[Clock],
     ) -> Redirect:
         accounts.revoke_invite(db, manager.account.id, manager.role, invite_id, clock())
-        return Redirect("/settings#members")
+        return flash.redirect(request, "/settings#members", "Invite withdrawn.")
 
     @post("/settings/members/{user_id:str}/role", sync_to_thread=True)
     def role_form(
         self,
+        request: Request,
         user_id: FromPath[str],
         data: URLEncodedBody[dict[str, str]],
         manager: NamedDependency[Identity],
@@ -365,11 +377,12 @@ class TeamPages(Controller):
             context = settings_context(db, manager, clock())
             context["flashes"] = [("error", str(exc))]
             return Template("settings.html", context=context, status_code=400)
-        return Redirect("/settings#members")
+        return flash.redirect(request, "/settings#members", "Role changed.")
 
     @post("/settings/members/{user_id:str}/remove", sync_to_thread=True)
     def remove_form(
         self,
+        request: Request,
         user_id: FromPath[str],
         me: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
@@ -381,7 +394,9 @@ class TeamPages(Controller):
             context = settings_context(db, me, clock())
             context["flashes"] = [("error", str(exc))]
             return Template("settings.html", context=context, status_code=400)
-        return Redirect("/" if user_id == me.user.id else "/settings#members")
+        if user_id == me.user.id:
+            return flash.redirect(request, "/", f"You left {me.account.name}.")
+        return flash.redirect(request, "/settings#members", "Member removed.")
 
 
 def settings_context(db, me: Identity, now: datetime) -> dict:

@@ -20,8 +20,8 @@ def test_setup_flow(live_web, page, settings):
     page.goto(f"{live_web.url}/setup?token={token}")
     page.get_by_label("Email address").fill("owner@example.com")
     page.get_by_role("button", name="Claim this appliance").click()
-    page.get_by_role("heading", name="Setup done").wait_for()
-    assert "owner@example.com" in page.content()
+    page.get_by_role("heading", name="Tell us about your team").wait_for()
+    assert "owner@example.com" in page.inner_text(".flashes")
     assert db.execute("select email from setup_claims").fetchall() == [("owner@example.com",)]
     db.close()
     page.goto(f"{live_web.url}/setup?token={token}")

@@ -30,10 +30,19 @@ def test_claim_records_the_email_and_burns_the_token(client, token, db, settings
     assert form.status_code == 200
     csrf = csrf_from(form.text)
     response = client.post(
-        "/setup", data={"token": token, "email": " Ada@Example.COM ", "_csrf_token": csrf}
+        "/setup",
+        data={"token": token, "email": " Ada@Example.COM ", "_csrf_token": csrf},
+        follow_redirects=False,
     )
-    assert response.status_code == 200
-    assert "ada@example.com" in response.text
+    # Claiming signs the operator in and lands on onboarding, with a one-time message.
+    assert response.status_code == 303 and response.headers["location"] == "/onboarding"
+    landing = client.get("/onboarding")
+    assert landing.status_code == 200
+    assert "This appliance is yours: ada@example.com" in landing.text
+    assert "This appliance is yours" not in client.get("/onboarding").text
+    me = client.get("/api/me").json()
+    assert me["user"] == {"id": me["user"]["id"], "email": "ada@example.com", "operator": True}
+    assert me["account"]["role"] == "owner"
     assert db.execute("select email from setup_claims").fetchall() == [("ada@example.com",)]
     assert not (settings.paths.secrets / firstrun.TOKEN_NAME).exists()
     assert client.get(f"/setup?token={token}").status_code == 404
@@ -79,8 +88,10 @@ def test_cross_site_post_is_refused_even_with_a_token(client, token, db):
     fetched = client.post("/setup", data=data, headers={"Sec-Fetch-Site": "cross-site"})
     assert fetched.status_code == 403
     assert db.execute("select count(*) from setup_claims").fetchone()[0] == 0
-    same = client.post("/setup", data=data, headers={"Origin": "http://127.0.0.1:8000"})
-    assert same.status_code == 200
+    same = client.post(
+        "/setup", data=data, headers={"Origin": "http://127.0.0.1:8000"}, follow_redirects=False
+    )
+    assert same.status_code == 303
 
 
 def test_an_operator_created_with_the_cli_ends_the_setup_link(settings, db, clock):

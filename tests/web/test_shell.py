@@ -31,6 +31,10 @@ def test_readyz_ready_when_inference_answers(tmp_path, inference_service):
 
     settings = make_settings(tmp_path / "data", **{"inference.url": inference_service.url})
     initialise(settings)
+    # The probe asks the model for a token, which takes the shared service's key.
+    (settings.paths.secrets / "inference_key").write_text(
+        (inference_service.settings.paths.secrets / "inference_key").read_text()
+    )
     with TestClient(create_app(settings)) as client:
         response = client.get("/readyz")
     assert response.status_code == 200

@@ -1,0 +1,116 @@
+"""Forms answer with a redirect (POST-redirect-GET) and a one-time message on the page
+they land on; a new API key is shown once, by the page after the redirect."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import appliance
+from appliance.accounts import service as accounts
+from appliance.auth import service as auth
+from appliance.web import flash
+
+
+def csrf_from(html: str) -> str:
+    return re.search(r'name="_csrf_token" value="([^"]+)"', html)[1]
+
+
+@pytest.fixture
+def owner(client, db, settings, clock):
+    user, team = accounts.create_user(db, "owner@example.com", clock(), account_name="Acme")
+    client.cookies.set("session", auth.create_session(db, settings, user.id, team.id, clock()))
+    return user, team
+
+
+def post_form(client, path: str, data: dict, page: str = "/settings"):
+    token = csrf_from(client.get(page).text)
+    return client.post(path, data={**data, "_csrf_token": token}, follow_redirects=False)
+
+
+def test_a_new_key_is_shown_once_with_examples_and_a_reload_creates_none(client, db, owner, clock):
+    _, team = owner
+    created = post_form(client, "/settings/keys", {"name": "laptop", "scope": "inference"})
+    assert created.status_code == 303 and created.headers["location"] == "/settings#keys"
+    page = client.get("/settings").text
+    (key,) = auth.list_keys(db, team.id)
+    secret = re.search(r'<code class="secret" id="new-key">(apl_[^<]+)</code>', page)[1]
+    assert auth.authenticate_key(db, secret, clock()).id == key.id
+    assert "API key “laptop” created." in page
+    assert 'data-copy="new-key"' in page and 'data-copy="example-python"' in page
+    assert f'-H "Authorization: Bearer {secret}"' in page
+    assert 'base_url="http://127.0.0.1:8000/v1"' in page
+    # A reload (GET) shows the list without the secret and creates nothing.
+    again = client.get("/settings").text
+    assert secret not in again and "created." not in again
+    assert len(auth.list_keys(db, team.id)) == 1
+
+
+def test_an_invite_is_confirmed_once(client, db, owner):
+    sent = post_form(client, "/settings/invites", {"email": "new@example.com", "role": "member"})
+    assert sent.status_code == 303 and sent.headers["location"] == "/settings#members"
+    assert "Invite sent to new@example.com (member)." in client.get("/settings").text
+    assert "Invite sent" not in client.get("/settings").text
+
+
+def test_a_forged_or_tampered_message_is_ignored(client, owner, settings):
+    client.cookies.set(flash.NAME, "eyJmbGFzaGVzIjpbWyJvayIsIkhpIl1dfQ==.00")
+    assert "Hi" not in client.get("/settings").text.split("<main", 1)[1].split("</main>")[0]
+
+
+def test_a_failed_form_explains_on_the_same_page(client, owner):
+    refused = post_form(client, "/settings/invites", {"email": "nope", "role": "member"})
+    assert refused.status_code == 400 and "email" in refused.text
+
+
+def test_dashboard_lists_next_steps_until_done(client, db, owner, settings, clock):
+    user, team = owner
+    page = client.get("/").text
+    steps = re.search(r'<ol class="next-steps">(.*?)</ol>', page, re.S)[1]
+    for label, href in [
+        ("Upload documents", "/knowledge"),
+        ("Ask a question", "/chat"),
+        ("Invite someone", "/settings#members"),
+        ("Create an API key", "/settings#keys"),
+    ]:
+        assert f'<a href="{href}">{label}</a>' in steps
+    auth.create_key(
+        db, user_id=user.id, account_id=team.id, name="k", scope="inference", now=clock()
+    )
+    accounts.invite(db, team.id, "owner", user.id, "b@example.com", "member", clock())
+    steps = re.search(r'<ol class="next-steps">(.*?)</ol>', client.get("/").text, re.S)[1]
+    assert '<li class="done">Create an API key' in steps
+    assert '<li class="done">Invite someone' in steps
+    assert '<a href="/chat">Ask a question</a>' in steps
+
+
+def test_footer_shows_the_version_on_every_page(client, owner):
+    for path in ("/", "/settings", "/privacy", "/login"):
+        assert f"Appliance {appliance.__version__}</span>" in client.get(path).text, path
+
+
+def test_over_https_the_message_cookie_is_secure_and_host_prefixed(tmp_path, clock):
+    from conftest import make_settings
+    from litestar.testing import TestClient
+
+    from appliance.cli import initialise
+    from appliance.db import open_db
+    from appliance.web import create_app
+
+    settings = make_settings(tmp_path / "data", **{"web.public_url": "https://appliance.test"})
+    initialise(settings)
+    db = open_db(settings)
+    user, team = accounts.create_user(db, "owner@example.com", clock(), account_name="Acme")
+    session = auth.create_session(db, settings, user.id, team.id, clock())
+    db.close()
+    app = create_app(settings, clock=clock)
+    with TestClient(app, base_url="https://appliance.test") as client:
+        client.cookies.set("__Host-session", session)
+        created = post_form(client, "/settings/keys", {"name": "ci", "scope": "inference"})
+        cookie = created.headers["set-cookie"]
+        assert cookie.startswith("__Host-flash=") and "Secure" in cookie and "HttpOnly" in cookie
+        shown = client.get("/settings")
+        assert 'id="new-key">apl_' in shown.text
+        assert "__Host-flash=;" in shown.headers["set-cookie"]
+        assert "Secure" in shown.headers["set-cookie"]

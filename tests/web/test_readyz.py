@@ -1,0 +1,81 @@
+"""``/readyz`` is ready only when the model answered a one-token request recently: a
+service that answers ``/healthz`` while its model fails (wedged, crashing) is not ready.
+The probe's answer stands for ``PROBE_SECONDS`` (the injected clock moves past it)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from conftest import make_settings
+from litestar.testing import TestClient
+
+from appliance.cli import initialise
+from appliance.web import create_app
+from appliance.web.health import PROBE_SECONDS
+
+
+class Model(BaseHTTPRequestHandler):
+    """An inference service whose /healthz is always fine; chat works when ``answering``."""
+
+    answering = False
+    chats: list[dict] = []
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _send(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._send(200, {"status": "ok"})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).chats.append(body)
+        if not self.answering:
+            self._send(500, {"error": {"message": "llama_decode failed"}})
+            return
+        message = {"role": "assistant", "content": "OK"}
+        choice = {"index": 0, "message": message, "finish_reason": "length"}
+        self._send(200, {"choices": [choice], "usage": {"completion_tokens": 1}})
+
+
+@pytest.fixture
+def model():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Model)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Model.answering, Model.chats = False, []
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_ready_only_after_the_model_answers_one_token(tmp_path, model, clock):
+    settings = make_settings(tmp_path / "data", **{"inference.url": model})
+    initialise(settings)
+    with TestClient(create_app(settings, clock=clock)) as client:
+        down = client.get("/readyz")
+        assert down.status_code == 503
+        assert down.json()["checks"] == {"database": "ok", "inference": "llama_decode failed"}
+        assert Model.chats == [
+            {"messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1, "stream": False}
+        ]
+        Model.answering = True
+        # Within the window the last probe stands: no new request to the model.
+        clock.advance(seconds=PROBE_SECONDS - 1)
+        assert client.get("/readyz").status_code == 503
+        assert len(Model.chats) == 1
+        clock.advance(seconds=2)
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"]["inference"] == "ok"
+        assert client.get("/readyz").status_code == 200
+        assert len(Model.chats) == 2
