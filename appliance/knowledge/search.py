@@ -123,8 +123,10 @@ def search(
     query: str,
     k: int = 8,
     tuning: Tuning | None = None,
+    collections: list[str] | None = None,
 ) -> SearchResult:
-    """The account's top-``k`` passages for ``query``."""
+    """The account's top-``k`` passages for ``query``; with ``collections``, only from
+    documents in those collections (an empty list finds nothing)."""
     query = (query or "").strip()
     if not query:
         raise InvalidInput("Type something to search for.")
@@ -160,6 +162,8 @@ def search(
             scores[chunk_id] = scores.get(chunk_id, 0.0) + score
             seen_in.setdefault(chunk_id, []).append(leg)
     order = sorted(scores, key=lambda cid: scores[cid], reverse=True)
+    if collections is not None:
+        order = store.in_collections(order, account_id, collections)
     wanted = max(k, tuning.rerank_candidates)
     # Merging shortens the list: read a few more rows than hits are wanted.
     rows = store.chunk_rows(order[: wanted * 2 if tuning.merge_neighbours else wanted], account_id)

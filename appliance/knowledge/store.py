@@ -6,6 +6,7 @@ the same transaction as the chunk. Every read of tenant data filters by account 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,6 +47,14 @@ class Chunk:
     page: int | None
     heading: str
     tokens: int
+
+
+@dataclass(frozen=True)
+class Collection:
+    id: str
+    name: str
+    created_at: str
+    documents: int = 0
 
 
 _DOC_COLUMNS = ", ".join(Document.__dataclass_fields__)
@@ -126,6 +135,84 @@ class KnowledgeStore:
             f", {assignments}" if assignments else ""
         )
         self.db.execute(sql + " where id = ?", [status, now, *extra.values(), document_id])
+
+    # collections
+    def insert_collection(self, account_id: str, collection: Collection) -> None:
+        self.db.execute(
+            "insert into collections (id, account_id, name, created_at) values (?, ?, ?, ?)",
+            [collection.id, account_id, collection.name, collection.created_at],
+        )
+
+    def collections(self, account_id: str) -> list[Collection]:
+        rows = self.db.execute(
+            """select c.id, c.name, c.created_at, count(m.document_id)
+               from collections c left join collection_documents m on m.collection_id = c.id
+               where c.account_id = ? group by c.id order by c.name collate nocase""",
+            [account_id],
+        )
+        return [Collection(*row) for row in rows]
+
+    def collection_by_name(self, account_id: str, name: str) -> Collection | None:
+        row = self.db.execute(
+            "select id, name, created_at from collections where account_id = ? and name = ?",
+            [account_id, name],
+        ).fetchone()
+        return Collection(*row) if row else None
+
+    def rename_collection(self, account_id: str, collection_id: str, name: str) -> int:
+        return self.db.execute(
+            "update collections set name = ? where id = ? and account_id = ?",
+            [name, collection_id, account_id],
+        ).rowcount
+
+    def delete_collection(self, account_id: str, collection_id: str) -> int:
+        """Delete a collection (its documents stay, in their other collections)."""
+        return self.db.execute(
+            "delete from collections where id = ? and account_id = ?", [collection_id, account_id]
+        ).rowcount
+
+    def memberships(self, account_id: str) -> dict[str, list[str]]:
+        """Each document's collection ids."""
+        found: dict[str, list[str]] = {}
+        for document_id, collection_id in self.db.execute(
+            "select document_id, collection_id from collection_documents where account_id = ?",
+            [account_id],
+        ):
+            found.setdefault(document_id, []).append(collection_id)
+        return found
+
+    def set_memberships(
+        self, account_id: str, document_id: str, collection_ids: Sequence[str]
+    ) -> None:
+        """Put a document in exactly ``collection_ids`` (call inside a transaction)."""
+        self.db.execute("delete from collection_documents where document_id = ?", [document_id])
+        self.add_memberships(account_id, [document_id], collection_ids)
+
+    def add_memberships(
+        self, account_id: str, document_ids: Sequence[str], collection_ids: Sequence[str]
+    ) -> None:
+        self.db.conn.executemany(
+            "insert or ignore into collection_documents (collection_id, document_id, account_id) "
+            "values (?, ?, ?)",
+            [(c, d, account_id) for d in document_ids for c in collection_ids],
+        )
+
+    def in_collections(
+        self, chunk_ids: Sequence[int], account_id: str, collection_ids: Sequence[str]
+    ) -> list[int]:
+        """Those of ``chunk_ids`` (in their order) whose document is in one of
+        ``collection_ids``."""
+        if not chunk_ids or not collection_ids:
+            return []
+        rows = self.db.execute(
+            """select c.id from chunks c where c.account_id = ?
+               and c.id in (select value from json_each(?))
+               and c.document_id in (select document_id from collection_documents
+                                     where collection_id in (select value from json_each(?)))""",
+            [account_id, json.dumps(list(chunk_ids)), json.dumps(list(collection_ids))],
+        )
+        kept = {row[0] for row in rows}
+        return [chunk_id for chunk_id in chunk_ids if chunk_id in kept]
 
     # chunks, FTS and vectors
     def ensure_vectors(self, dim: int, model: str) -> None:

@@ -18,6 +18,7 @@ from appliance.errors import (
     Conflict,
     DatabaseError,
     InvalidInput,
+    NotAllowed,
     NotFound,
     PaymentRequired,
     Throttled,
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 STATUS = {
     NotFound: (404, "not_found"),
+    NotAllowed: (403, "permission_error"),
     InvalidInput: (400, "invalid_request_error"),
     Conflict: (409, "conflict"),
     PaymentRequired: (402, "insufficient_quota"),
