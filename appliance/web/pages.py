@@ -11,9 +11,10 @@ from litestar.response import Redirect, Template
 from appliance import firstrun
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth
-from appliance.clock import Clock
+from appliance.clock import Clock, utcnow
 from appliance.config import Settings
 from appliance.errors import InvalidInput
+from appliance.privacy import policy
 from appliance.web.identity import Identity
 
 
@@ -57,7 +58,7 @@ class PagesController(Controller):
     ) -> Template:
         """The one-time setup page; 404 unless the token is the current setup token."""
         firstrun.check_token(settings, db, token)
-        return Template("setup.html", context={"token": token, "email": "", "flashes": []})
+        return Template("setup.html", context={"token": token, "data": {}, "flashes": []})
 
     @post("/setup", sync_to_thread=True, status_code=200)
     def setup_submit(
@@ -66,16 +67,22 @@ class PagesController(Controller):
         db: NamedDependency[sqlite_utils.Database],
         data: URLEncodedBody[dict[str, str]],
     ) -> Template:
-        """Record the first operator's email."""
+        """Record the first operator's email, and who runs the appliance (for the privacy
+        policy; optional here, editable on /admin)."""
         token = data.get("token", "")
         email = data.get("email", "")
+        name = data.get("operator_name", "").strip()
         try:
+            if name:
+                operator = policy.check_operator(name, data.get("contact") or email)
             claimed = firstrun.claim(settings, db, token, email)
+            if name:
+                policy.set_operator(db, *operator, utcnow())
         except InvalidInput as exc:
             flashes = [("error", str(exc))]
             return Template(
                 "setup.html",
-                context={"token": token, "email": email, "flashes": flashes},
+                context={"token": token, "data": data, "flashes": flashes},
                 status_code=400,
             )
         return Template("setup_done.html", context={"email": claimed})
