@@ -126,6 +126,12 @@ def test_the_policy_names_a_remote_model_server_and_the_mail_server(tmp_path, cl
     assert "No third party receives your data" not in text
 
 
+def test_billing_without_stripe_keys_names_no_payment_processor(tmp_path, clock):
+    text = policy_text(tmp_path, clock, **{"billing.enabled": True})
+    assert "prepaid credit balance" in text and "Card payments are not set up" in text
+    assert "Stripe" not in text and "No third party receives your data" in text
+
+
 def test_operator_details_from_setup_and_admin(tmp_path, clock):
     """Unset, the policy names the operator generically and the first operator's email;
     the first-run setup and /admin set them; publishing from /admin emails every user."""
