@@ -202,3 +202,22 @@ def test_instances_page_shows_the_collections_searched(team, db, clock):
     page = team["as_owner"].get("/instances").text
     assert "from HR" in page
     assert f'name="collection:{hr.id}" value="on" checked' in page
+
+
+def test_instance_settings_form_reads_the_collections_chosen():
+    from appliance.web.instances import _form_changes
+
+    form = {
+        "name": "bot",
+        "model": "m",
+        "temperature": "0.7",
+        "top_p": "0.9",
+        "max_tokens": "64",
+        "context_budget": "2048",
+        "top_k": "5",
+    }
+    assert _form_changes(form)["collections"] is None
+    chosen = {**form, "collections": "chosen", "collection:col_a": "on", "collection:col_b": "on"}
+    assert _form_changes(chosen)["collections"] == ["col_a", "col_b"]
+    assert _form_changes({**form, "collections": "chosen"})["collections"] == []
+    assert _form_changes({**chosen, "collections": "all"})["collections"] is None
