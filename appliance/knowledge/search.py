@@ -140,11 +140,13 @@ def search(
     vector_unavailable = False
     vector_leg: Future | None = None
     if "vector" in tuning.legs and client is not None and store.has_vectors():
-        vector_leg = _start_vector_leg(db, client, account_id, query, tuning.vector_depth)
+        vector_leg = _start_vector_leg(
+            db, client, account_id, query, tuning.vector_depth, collections
+        )
     if "bm25" in tuning.legs:
         match = bm25_query(store, query, tuning.common_share)
         if match:
-            ranked["bm25"] = store.bm25(account_id, match, tuning.bm25_depth)
+            ranked["bm25"] = store.bm25(account_id, match, tuning.bm25_depth, collections)
     if vector_leg is not None:
         try:
             ranked["vector"] = vector_leg.result()
@@ -162,8 +164,6 @@ def search(
             scores[chunk_id] = scores.get(chunk_id, 0.0) + score
             seen_in.setdefault(chunk_id, []).append(leg)
     order = sorted(scores, key=lambda cid: scores[cid], reverse=True)
-    if collections is not None:
-        order = store.in_collections(order, account_id, collections)
     wanted = max(k, tuning.rerank_candidates)
     # Merging shortens the list: read a few more rows than hits are wanted.
     rows = store.chunk_rows(order[: wanted * 2 if tuning.merge_neighbours else wanted], account_id)
@@ -174,13 +174,19 @@ def search(
 
 
 def _start_vector_leg(
-    db: sqlite_utils.Database, client: InferenceClient, account_id: str, query: str, depth: int
+    db: sqlite_utils.Database,
+    client: InferenceClient,
+    account_id: str,
+    query: str,
+    depth: int,
+    collections: list[str] | None = None,
 ) -> Future:
     path = db.execute("select file from pragma_database_list where name = 'main'").fetchone()[0]
 
     def run() -> list[int]:
         vector = client.embed([query], account_id=account_id)[0]
-        return KnowledgeStore(_reader(path) if path else db).nearest(account_id, vector, depth)
+        store = KnowledgeStore(_reader(path) if path else db)
+        return store.nearest(account_id, vector, depth, collections)
 
     if not path:  # an in-memory database has no second connection: run it here
         future: Future = Future()

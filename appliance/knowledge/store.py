@@ -63,6 +63,10 @@ _DOC_COLUMNS = ", ".join(Document.__dataclass_fields__)
 BM25_SQL = """select c.id from chunks_fts f join chunks c on c.id = f.rowid
               where chunks_fts match ? and +c.account_id = ?
               order by f.rank limit ?"""
+#: Chunks of documents in the collections of a JSON array of ids (an instance's choice).
+IN_COLLECTIONS = """c.document_id in (select document_id from collection_documents
+                    where collection_id in (select value from json_each(?)))"""
+BM25_IN_COLLECTIONS_SQL = BM25_SQL.replace("order by", f"and {IN_COLLECTIONS} order by")
 
 
 class KnowledgeStore:
@@ -197,23 +201,6 @@ class KnowledgeStore:
             [(c, d, account_id) for d in document_ids for c in collection_ids],
         )
 
-    def in_collections(
-        self, chunk_ids: Sequence[int], account_id: str, collection_ids: Sequence[str]
-    ) -> list[int]:
-        """Those of ``chunk_ids`` (in their order) whose document is in one of
-        ``collection_ids``."""
-        if not chunk_ids or not collection_ids:
-            return []
-        rows = self.db.execute(
-            """select c.id from chunks c where c.account_id = ?
-               and c.id in (select value from json_each(?))
-               and c.document_id in (select document_id from collection_documents
-                                     where collection_id in (select value from json_each(?)))""",
-            [account_id, json.dumps(list(chunk_ids)), json.dumps(list(collection_ids))],
-        )
-        kept = {row[0] for row in rows}
-        return [chunk_id for chunk_id in chunk_ids if chunk_id in kept]
-
     # chunks, FTS and vectors
     def ensure_vectors(self, dim: int, model: str) -> None:
         """Create the vec0 table for ``dim``-dimensional vectors (once)."""
@@ -320,8 +307,17 @@ class KnowledgeStore:
         names = [c[0] for c in cursor.description]
         return {row[0]: dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
 
-    def bm25(self, account_id: str, match: str, k: int) -> list[int]:
-        rows = self.db.execute(BM25_SQL, [match, account_id, k])
+    def bm25(
+        self, account_id: str, match: str, k: int, collections: Sequence[str] | None = None
+    ) -> list[int]:
+        """The top ``k`` chunk ids for ``match``; with ``collections``, only those of
+        documents in them."""
+        if collections is None:
+            rows = self.db.execute(BM25_SQL, [match, account_id, k])
+        else:
+            rows = self.db.execute(
+                BM25_IN_COLLECTIONS_SQL, [match, account_id, json.dumps(list(collections)), k]
+            )
         return [row[0] for row in rows]
 
     def indexed_rows(self) -> int:
@@ -382,9 +378,33 @@ class KnowledgeStore:
                 found[chunk_id] = row[0]
         return found
 
-    def nearest(self, account_id: str, vector: Sequence[float], k: int) -> list[int]:
+    def nearest(
+        self,
+        account_id: str,
+        vector: Sequence[float],
+        k: int,
+        collections: Sequence[str] | None = None,
+    ) -> list[int]:
+        """The ``k`` nearest chunk ids; with ``collections``, only those of documents in
+        them (vec0's exact search over that subset)."""
         if not self.has_vectors():
             return []
+        if collections is not None:
+            rows = self.db.execute(
+                f"""select rowid from {VECTOR_TABLE}
+                    where embedding match ? and k = ? and account_id = ?
+                    and rowid in (select c.id from chunks c
+                                  where c.account_id = ? and {IN_COLLECTIONS})
+                    order by distance""",  # noqa: S608
+                [
+                    serialize_float32(list(vector)),
+                    k,
+                    account_id,
+                    account_id,
+                    json.dumps(list(collections)),
+                ],
+            )
+            return [row[0] for row in rows]
         if self.indexed_rows() >= codes.QUANTIZED_ABOVE:
             path = self.db.execute(
                 "select file from pragma_database_list where name = 'main'"

@@ -27,7 +27,7 @@ def session_client(app, db, settings, clock, user, account):
     return client
 
 
-def add(db, settings, clock, account, user, name, text):
+def add(db, settings, clock, account, user, name, text, vector=(0.1, 0.2, 0.3, 0.4)):
     """A document indexed as ingestion would leave it (one chunk, a 4-d vector)."""
     doc = knowledge.add_document(
         db, settings, account.id, user.id, name, io.BytesIO(text.encode()), clock()
@@ -35,7 +35,7 @@ def add(db, settings, clock, account, user, name, text):
     store = KnowledgeStore(db)
     store.ensure_vectors(4, "test")
     with db.conn:
-        store.add_chunks(doc.id, account.id, [Chunk(0, text, None, "", 10)], [[0.1, 0.2, 0.3, 0.4]])
+        store.add_chunks(doc.id, account.id, [Chunk(0, text, None, "", 10)], [list(vector)])
         store.set_status(
             doc.id, "ready", "2026-11-27T09:00:00+00:00", chunks_total=1, chunks_done=1
         )
@@ -175,6 +175,32 @@ def test_an_instance_limited_to_a_collection_never_retrieves_another(team, db, s
     kb_collections.delete(db, account.id, "owner", hr.id)
     kb_collections.delete(db, account.id, "owner", sales.id)
     assert cited(instances.get(db, account.id, assistant.id)) == set()
+
+
+def test_both_legs_search_inside_the_collections(team, db, settings, clock):
+    """The filter is in each leg's query, not applied to its top hits afterwards: a
+    collection's document is found even when many better matches lie outside it."""
+    account, owner = team["account"], team["owner"]
+    hr = kb_collections.create(db, account.id, "owner", "HR", clock())
+    for n in range(45):  # each closer to the query, by words and by vector
+        add(db, settings, clock, account, owner, f"promo{n}.md",
+            f"holiday allowance holiday allowance offer {n}", (1.0, 0.0, 0.0, n / 100))  # fmt: skip
+    text = "the holiday allowance is 25 days and more text here"
+    leave = add(db, settings, clock, account, owner, "leave.md", text, (0.0, 1.0, 0.0, 0.0))
+    kb_collections.file_document(db, account.id, owner.id, "owner", leave.id, [hr.id])
+    store = KnowledgeStore(db)
+    match = '"holiday" OR "allowance"'
+    assert leave.id not in {
+        store.chunk_rows([c], account.id)[c]["document_id"]
+        for c in store.bm25(account.id, match, 40)
+    }
+    (only,) = store.bm25(account.id, match, 40, [hr.id])
+    (near,) = store.nearest(account.id, [1.0, 0.0, 0.0, 0.0], 10, [hr.id])
+    assert only == near and store.chunk_rows([only], account.id)[only]["document_id"] == leave.id
+    assert len(store.nearest(account.id, [1.0, 0.0, 0.0, 0.0], 10)) == 10
+    assert store.nearest(account.id, [1.0, 0.0, 0.0, 0.0], 10, []) == []
+    passages = compose.retrieve(db, settings, None, account.id, "holiday allowance", 5, [hr.id])
+    assert [p.document_id for p in passages] == [leave.id]
 
 
 def test_another_accounts_collections_are_invisible(team, db, settings, clock):
