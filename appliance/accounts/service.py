@@ -307,12 +307,7 @@ def decline_invite(db: sqlite_utils.Database, user_id: str, invite_id: str, now:
 def rename_account(
     db: sqlite_utils.Database, account_id: str, actor_role: str, name: str
 ) -> Account:
-    """Rename the team (owners only); invites and mails carry the new name.
-
-    Raises:
-        NotAllowed: the actor is not an owner.
-        InvalidInput: the name is empty or over 100 characters.
-    """
+    """Rename the team (owners only: else ``NotAllowed``); invites carry the new name."""
     if actor_role != "owner":
         raise NotAllowed("Only an owner can rename the team.")
     name = _clean_name(name)
