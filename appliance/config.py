@@ -400,13 +400,18 @@ class PersonaSettings:
 
 @dataclass(frozen=True)
 class PrivacySettings:
-    """The placeholders of the privacy policy (``shared/PRIVACY.md``), as settings."""
+    """What the privacy policy (``/privacy``) states beside the configuration itself."""
 
     company_legal_name: str = setting(
-        "Auxen, Inc.", "Legal name of the company operating the appliance."
+        "",
+        "Name of the person or organisation running the appliance, shown in the privacy "
+        "policy and in page and mail footers. The name given in the first-run setup or on "
+        '/admin takes precedence in the policy. Empty: "the operator of this appliance".',
     )
     contact_email: str = setting(
-        "privacy@example.com", "Where privacy questions and deletion requests go."
+        "",
+        "Where privacy questions and deletion requests go. The contact given in the "
+        "first-run setup or on /admin takes precedence. Empty: the first operator's email.",
     )
     log_retention_days: int = setting(
         30, "Days operational logs and the request log are kept, then purged.", min=1

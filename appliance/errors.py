@@ -22,6 +22,11 @@ class NotFound(ApplianceError):
     """The object does not exist, or belongs to someone else (never say which)."""
 
 
+class NotAllowed(ApplianceError):
+    """The object is visible to the actor, but this action on it is not theirs to take
+    (403); the message says who may."""
+
+
 class InvalidInput(ApplianceError):
     """The request is well-formed but its content is not acceptable."""
 

@@ -71,7 +71,7 @@ def test_signin_code_renders_text_and_html(settings):
     assert CODE in message.html
     assert message.html.lstrip().startswith("<!doctype html>")
     assert 'href="http://127.0.0.1:8000/privacy"' in message.html
-    assert "Auxen, Inc." in message.html
+    assert "Privacy policy</a>" in message.html
     assert "Privacy policy: http://127.0.0.1:8000/privacy" in message.text
 
 

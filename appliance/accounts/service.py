@@ -26,7 +26,7 @@ from appliance.accounts.store import AccountStore
 from appliance.clock import iso
 from appliance.config import Settings
 from appliance.db import write_transaction
-from appliance.errors import Conflict, InvalidInput, NotFound
+from appliance.errors import Conflict, InvalidInput, NotAllowed, NotFound
 from appliance.ids import new_id
 
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s.]{2,63}$")
@@ -54,10 +54,15 @@ def _check_role(role: str) -> str:
     return role
 
 
-def create_account(db: sqlite_utils.Database, name: str, now: datetime) -> Account:
-    name = (name or "").strip()
+def _clean_name(name: str) -> str:
+    name = (name or "").strip() if isinstance(name, str) else ""
     if not name or len(name) > 100:
-        raise InvalidInput("The account name must be 1 to 100 characters.")
+        raise InvalidInput("The team name must be 1 to 100 characters.")
+    return name
+
+
+def create_account(db: sqlite_utils.Database, name: str, now: datetime) -> Account:
+    name = _clean_name(name)
     account = Account(id=new_id("acc"), name=name, status="active", created_at=iso(now))
     with write_transaction(db):
         AccountStore(db).insert_account(account)
@@ -299,6 +304,18 @@ def decline_invite(db: sqlite_utils.Database, user_id: str, invite_id: str, now:
         store.mark_invite(offer.id, "declined_at", iso(now))
 
 
+def rename_account(
+    db: sqlite_utils.Database, account_id: str, actor_role: str, name: str
+) -> Account:
+    """Rename the team (owners only: else ``NotAllowed``); invites carry the new name."""
+    if actor_role != "owner":
+        raise NotAllowed("Only an owner can rename the team.")
+    name = _clean_name(name)
+    with write_transaction(db):
+        AccountStore(db).set_account(account_id, name=name)
+    return account(db, account_id)
+
+
 # -- members ----------------------------------------------------------------------------
 
 
@@ -445,8 +462,13 @@ def save_profile(
         completed_at=current.completed_at or iso(now),
         updated_at=iso(now),
     )
+    store = AccountStore(db)
     with write_transaction(db):
-        AccountStore(db).save_profile(saved)
+        store.save_profile(saved)
+        if saved.business_name and saved.business_name != current.business_name:
+            # The team is called what onboarding was told (a later rename stands until
+            # the business name changes again).
+            store.set_account(account_id, name=saved.business_name[:100])
     return saved
 
 

@@ -38,9 +38,16 @@ def system_prompt(db, settings: Settings, account_id: str, instance, now: dateti
 
 
 def retrieve(
-    db, settings: Settings, client: InferenceClient, account_id: str, query: str, k: int
+    db,
+    settings: Settings,
+    client: InferenceClient,
+    account_id: str,
+    query: str,
+    k: int,
+    collections: list[str] | None = None,
 ) -> list[prompt.Passage]:
-    """The account's best passages for ``query``, numbered from 1."""
+    """The account's best passages for ``query`` (from ``collections`` only, when given),
+    numbered from 1."""
     try:
         result = kb_search.search(
             db,
@@ -49,6 +56,7 @@ def retrieve(
             query[: kb_search.MAX_QUERY_CHARS],
             k,
             kb_search.Tuning.from_settings(settings.knowledge),
+            collections,
         )
     except InvalidInput:
         return []
@@ -141,7 +149,9 @@ def compose(
     passages: list[prompt.Passage] = []
     last_user = next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
     if instance.knowledge and knowledge and last_user:
-        passages = retrieve(db, settings, client, account_id, last_user, instance.top_k)
+        passages = retrieve(
+            db, settings, client, account_id, last_user, instance.top_k, instance.collections
+        )
     max_tokens = instance.max_tokens if max_tokens is None else max_tokens
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise InvalidInput("'max_tokens' must be a positive integer.")

@@ -31,3 +31,10 @@ def m001_create_instances(db: sqlite_utils.Database) -> None:
             where state != 'destroyed';
         """
     )
+
+
+@migrations()
+def m002_add_collections(db: sqlite_utils.Database) -> None:
+    """The knowledge collections an instance searches: a JSON array of collection ids,
+    null for every document of the account."""
+    db.execute("alter table instances add column collections text")

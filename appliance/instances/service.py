@@ -7,6 +7,7 @@ serve again, and its keys are revoked in the same transaction.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -24,6 +25,7 @@ from appliance.db import write_transaction
 from appliance.errors import Conflict, InvalidInput, NotFound
 from appliance.ids import new_id
 from appliance.inference import models as model_registry
+from appliance.knowledge import collections as kb_collections
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 STATES = ("running", "stopped", "destroyed")
@@ -47,6 +49,8 @@ class Instance:
     state: str
     created_at: str
     updated_at: str
+    #: The knowledge collections it searches (ids); ``None``: every document.
+    collections: list[str] | None = None
 
     def public(self) -> dict[str, Any]:
         data = asdict(self)
@@ -66,11 +70,26 @@ EDITABLE = {
     "voice": (bool, None, None),
     "knowledge": (bool, None, None),
     "top_k": (int, 1, 20),
+    "collections": (list, None, None),
 }
 
 
 def _instance(row: dict) -> Instance:
-    return Instance(**{**row, "voice": bool(row["voice"]), "knowledge": bool(row["knowledge"])})
+    chosen = row.get("collections")
+    return Instance(
+        **{
+            **row,
+            "voice": bool(row["voice"]),
+            "knowledge": bool(row["knowledge"]),
+            "collections": json.loads(chosen) if chosen is not None else None,
+        }
+    )
+
+
+def _check_collections(db, account_id: str, clean: dict[str, Any]) -> None:
+    """The chosen collections must be the account's own."""
+    if clean.get("collections") is not None:
+        clean["collections"] = kb_collections.check(db, account_id, clean["collections"])
 
 
 def _instances(db: sqlite_utils.Database, where: str, params: list) -> list[Instance]:
@@ -90,8 +109,8 @@ def _validate(changes: dict[str, Any], models: list[str], max_tokens_cap: int) -
     clean: dict[str, Any] = {}
     for key, value in changes.items():
         kind, low, high = EDITABLE[key]
-        if key == "system_prompt" and value is None:
-            clean[key] = None  # back to the account's persona prompt
+        if key in ("system_prompt", "collections") and value is None:
+            clean[key] = None  # back to the persona prompt; every document
             continue
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -141,6 +160,7 @@ def create(
         "top_k": 5,
     }
     clean = _validate({**defaults, **data}, models, max_tokens_cap)
+    _check_collections(db, account_id, clean)
     instance = Instance(
         id=new_id("ins"),
         account_id=account_id,
@@ -240,6 +260,7 @@ def update(
 ) -> Instance:
     _require_manager(actor_role)
     clean = _validate(changes, models, max_tokens_cap)
+    _check_collections(db, account_id, clean)
     with write_transaction(db):
         current = get(db, account_id, instance_id)
         if current.state == "destroyed":

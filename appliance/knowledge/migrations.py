@@ -84,3 +84,27 @@ def m003_add_chunk_codes(db: sqlite_utils.Database) -> None:
             [(np.packbits(np.frombuffer(blob, np.float32) > 0).tobytes(), rowid)
              for rowid, blob in batch],
         )  # fmt: skip
+
+
+@migrations()
+def m004_create_collections(db: sqlite_utils.Database) -> None:
+    """Collections: named groups of an account's documents (a document may be in several);
+    an instance may be limited to some of them (``instances.collections``)."""
+    db.executescript(
+        """
+        create table collections (
+            id text primary key,
+            account_id text not null references accounts(id) on delete cascade,
+            name text not null,
+            created_at text not null
+        );
+        create unique index collections_name on collections(account_id, name);
+        create table collection_documents (
+            collection_id text not null references collections(id) on delete cascade,
+            document_id text not null references documents(id) on delete cascade,
+            account_id text not null,
+            primary key (collection_id, document_id)
+        );
+        create index collection_documents_by_document on collection_documents(document_id);
+        """
+    )

@@ -1,5 +1,6 @@
 """What the knowledge domain holds about people (``appliance.personal``): documents and
-their originals; chunks and vectors are their index and go with them."""
+their originals; chunks and vectors are their index and go with them; collections and
+which documents each holds."""
 
 from __future__ import annotations
 
@@ -25,14 +26,17 @@ TABLES = (
         note="originals on disk, chunks, FTS rows and vectors",
         contributed=True,
     ),
+    Table("collection_documents", "account_id = :account", None, ERASE, True),
+    Table("collections", "account_id = :account", None, ERASE, True),
 )
+DOCUMENTS = TABLES[2]
 PURGES: dict[str, personal.Purge] = {}
 
 
 def export(db: sqlite_utils.Database, settings: Settings, scope: personal.Scope) -> personal.Held:
     """The rows, and the original of each document."""
     held = personal.held(db, TABLES, scope)
-    for row in personal.rows(db, TABLES[2], scope):
+    for row in personal.rows(db, DOCUMENTS, scope):
         path = service.account_dir(settings, row["account_id"]) / row["id"]
         held.files.append((f"documents/{row['id']}-{personal.safe_name(row['filename'])}", path))
     return held
@@ -46,4 +50,6 @@ def erase(db: sqlite_utils.Database, settings: Settings, job: personal.Erasure) 
         store.delete_document(row["id"])  # chunks, FTS rows and vectors with it
         return service.document_path(settings, doc)
 
-    return personal.erase_with_files(db, TABLES[2], job, delete_one, kind="document")
+    if not personal.erase_tables(db, TABLES[3:], job):
+        return False
+    return personal.erase_with_files(db, DOCUMENTS, job, delete_one, kind="document")

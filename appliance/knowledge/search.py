@@ -123,8 +123,10 @@ def search(
     query: str,
     k: int = 8,
     tuning: Tuning | None = None,
+    collections: list[str] | None = None,
 ) -> SearchResult:
-    """The account's top-``k`` passages for ``query``."""
+    """The account's top-``k`` passages for ``query``; with ``collections``, only from
+    documents in those collections (an empty list finds nothing)."""
     query = (query or "").strip()
     if not query:
         raise InvalidInput("Type something to search for.")
@@ -138,11 +140,13 @@ def search(
     vector_unavailable = False
     vector_leg: Future | None = None
     if "vector" in tuning.legs and client is not None and store.has_vectors():
-        vector_leg = _start_vector_leg(db, client, account_id, query, tuning.vector_depth)
+        vector_leg = _start_vector_leg(
+            db, client, account_id, query, tuning.vector_depth, collections
+        )
     if "bm25" in tuning.legs:
         match = bm25_query(store, query, tuning.common_share)
         if match:
-            ranked["bm25"] = store.bm25(account_id, match, tuning.bm25_depth)
+            ranked["bm25"] = store.bm25(account_id, match, tuning.bm25_depth, collections)
     if vector_leg is not None:
         try:
             ranked["vector"] = vector_leg.result()
@@ -170,13 +174,19 @@ def search(
 
 
 def _start_vector_leg(
-    db: sqlite_utils.Database, client: InferenceClient, account_id: str, query: str, depth: int
+    db: sqlite_utils.Database,
+    client: InferenceClient,
+    account_id: str,
+    query: str,
+    depth: int,
+    collections: list[str] | None = None,
 ) -> Future:
     path = db.execute("select file from pragma_database_list where name = 'main'").fetchone()[0]
 
     def run() -> list[int]:
         vector = client.embed([query], account_id=account_id)[0]
-        return KnowledgeStore(_reader(path) if path else db).nearest(account_id, vector, depth)
+        store = KnowledgeStore(_reader(path) if path else db)
+        return store.nearest(account_id, vector, depth, collections)
 
     if not path:  # an in-memory database has no second connection: run it here
         future: Future = Future()

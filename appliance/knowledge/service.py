@@ -22,10 +22,11 @@ from typing import Any, BinaryIO
 import sqlite_utils
 
 from appliance import receipts
+from appliance.accounts.models import MANAGERS
 from appliance.clock import iso, utcnow
 from appliance.config import Settings
 from appliance.db import write_transaction
-from appliance.errors import InvalidInput, NotFound, TooLarge
+from appliance.errors import InvalidInput, NotAllowed, NotFound, TooLarge
 from appliance.ids import new_id
 from appliance.inference.client import InferenceClient
 from appliance.knowledge import extract
@@ -204,21 +205,43 @@ def document(db: sqlite_utils.Database, account_id: str, document_id: str) -> Do
     return found
 
 
+def may_change(doc: Document, actor_id: str | None, actor_role: str) -> bool:
+    """Owners and admins may delete or file any document of the team; a member only
+    those they uploaded."""
+    return actor_role in MANAGERS or (actor_id is not None and doc.uploaded_by == actor_id)
+
+
+def require_may_change(doc: Document, actor_id: str | None, actor_role: str) -> None:
+    if not may_change(doc, actor_id, actor_role):
+        raise NotAllowed(
+            "Only the person who uploaded this document, or an owner or admin of the team, "
+            "can change or delete it."
+        )
+
+
 def delete_document(
     db: sqlite_utils.Database,
     settings: Settings,
     account_id: str,
     document_id: str,
     now: datetime | None = None,
+    *,
+    actor_id: str | None,
+    actor_role: str,
 ) -> None:
     """Delete the document, its chunks, FTS5 rows and vectors in one transaction, then
     its file. ``secure_delete`` overwrites the freed pages; a deletion receipt (counts
-    and the file's hash, no content) records it."""
+    and the file's hash, no content) records it.
+
+    Raises:
+        NotAllowed: a member deleting someone else's upload.
+    """
     store = KnowledgeStore(db)
     with write_transaction(db):
         doc = store.document(account_id, document_id)
         if doc is None:
             raise NotFound("No such document.")
+        require_may_change(doc, actor_id, actor_role)
         chunks = db.execute(
             "select count(*) from chunks where document_id = ?", [doc.id]
         ).fetchone()[0]

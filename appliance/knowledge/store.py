@@ -6,6 +6,7 @@ the same transaction as the chunk. Every read of tenant data filters by account 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,12 +49,24 @@ class Chunk:
     tokens: int
 
 
+@dataclass(frozen=True)
+class Collection:
+    id: str
+    name: str
+    created_at: str
+    documents: int = 0
+
+
 _DOC_COLUMNS = ", ".join(Document.__dataclass_fields__)
 #: The full-text leg. The unary + keeps SQLite from driving the join with the
 #: chunks_by_account index, which would run the FTS5 match once per chunk of the account.
 BM25_SQL = """select c.id from chunks_fts f join chunks c on c.id = f.rowid
               where chunks_fts match ? and +c.account_id = ?
               order by f.rank limit ?"""
+#: Chunks of documents in the collections of a JSON array of ids (an instance's choice).
+IN_COLLECTIONS = """c.document_id in (select document_id from collection_documents
+                    where collection_id in (select value from json_each(?)))"""
+BM25_IN_COLLECTIONS_SQL = BM25_SQL.replace("order by", f"and {IN_COLLECTIONS} order by")
 
 
 class KnowledgeStore:
@@ -126,6 +139,67 @@ class KnowledgeStore:
             f", {assignments}" if assignments else ""
         )
         self.db.execute(sql + " where id = ?", [status, now, *extra.values(), document_id])
+
+    # collections
+    def insert_collection(self, account_id: str, collection: Collection) -> None:
+        self.db.execute(
+            "insert into collections (id, account_id, name, created_at) values (?, ?, ?, ?)",
+            [collection.id, account_id, collection.name, collection.created_at],
+        )
+
+    def collections(self, account_id: str) -> list[Collection]:
+        rows = self.db.execute(
+            """select c.id, c.name, c.created_at, count(m.document_id)
+               from collections c left join collection_documents m on m.collection_id = c.id
+               where c.account_id = ? group by c.id order by c.name collate nocase""",
+            [account_id],
+        )
+        return [Collection(*row) for row in rows]
+
+    def collection_by_name(self, account_id: str, name: str) -> Collection | None:
+        row = self.db.execute(
+            "select id, name, created_at from collections where account_id = ? and name = ?",
+            [account_id, name],
+        ).fetchone()
+        return Collection(*row) if row else None
+
+    def rename_collection(self, account_id: str, collection_id: str, name: str) -> int:
+        return self.db.execute(
+            "update collections set name = ? where id = ? and account_id = ?",
+            [name, collection_id, account_id],
+        ).rowcount
+
+    def delete_collection(self, account_id: str, collection_id: str) -> int:
+        """Delete a collection (its documents stay, in their other collections)."""
+        return self.db.execute(
+            "delete from collections where id = ? and account_id = ?", [collection_id, account_id]
+        ).rowcount
+
+    def memberships(self, account_id: str) -> dict[str, list[str]]:
+        """Each document's collection ids."""
+        found: dict[str, list[str]] = {}
+        for document_id, collection_id in self.db.execute(
+            "select document_id, collection_id from collection_documents where account_id = ?",
+            [account_id],
+        ):
+            found.setdefault(document_id, []).append(collection_id)
+        return found
+
+    def set_memberships(
+        self, account_id: str, document_id: str, collection_ids: Sequence[str]
+    ) -> None:
+        """Put a document in exactly ``collection_ids`` (call inside a transaction)."""
+        self.db.execute("delete from collection_documents where document_id = ?", [document_id])
+        self.add_memberships(account_id, [document_id], collection_ids)
+
+    def add_memberships(
+        self, account_id: str, document_ids: Sequence[str], collection_ids: Sequence[str]
+    ) -> None:
+        self.db.conn.executemany(
+            "insert or ignore into collection_documents (collection_id, document_id, account_id) "
+            "values (?, ?, ?)",
+            [(c, d, account_id) for d in document_ids for c in collection_ids],
+        )
 
     # chunks, FTS and vectors
     def ensure_vectors(self, dim: int, model: str) -> None:
@@ -233,8 +307,17 @@ class KnowledgeStore:
         names = [c[0] for c in cursor.description]
         return {row[0]: dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
 
-    def bm25(self, account_id: str, match: str, k: int) -> list[int]:
-        rows = self.db.execute(BM25_SQL, [match, account_id, k])
+    def bm25(
+        self, account_id: str, match: str, k: int, collections: Sequence[str] | None = None
+    ) -> list[int]:
+        """The top ``k`` chunk ids for ``match``; with ``collections``, only those of
+        documents in them."""
+        if collections is None:
+            rows = self.db.execute(BM25_SQL, [match, account_id, k])
+        else:
+            rows = self.db.execute(
+                BM25_IN_COLLECTIONS_SQL, [match, account_id, json.dumps(list(collections)), k]
+            )
         return [row[0] for row in rows]
 
     def indexed_rows(self) -> int:
@@ -295,9 +378,33 @@ class KnowledgeStore:
                 found[chunk_id] = row[0]
         return found
 
-    def nearest(self, account_id: str, vector: Sequence[float], k: int) -> list[int]:
+    def nearest(
+        self,
+        account_id: str,
+        vector: Sequence[float],
+        k: int,
+        collections: Sequence[str] | None = None,
+    ) -> list[int]:
+        """The ``k`` nearest chunk ids; with ``collections``, only those of documents in
+        them (vec0's exact search over that subset)."""
         if not self.has_vectors():
             return []
+        if collections is not None:
+            rows = self.db.execute(
+                f"""select rowid from {VECTOR_TABLE}
+                    where embedding match ? and k = ? and account_id = ?
+                    and rowid in (select c.id from chunks c
+                                  where c.account_id = ? and {IN_COLLECTIONS})
+                    order by distance""",  # noqa: S608
+                [
+                    serialize_float32(list(vector)),
+                    k,
+                    account_id,
+                    account_id,
+                    json.dumps(list(collections)),
+                ],
+            )
+            return [row[0] for row in rows]
         if self.indexed_rows() >= codes.QUANTIZED_ABOVE:
             path = self.db.execute(
                 "select file from pragma_database_list where name = 'main'"

@@ -82,3 +82,17 @@ def m002_policy_text(db: sqlite_utils.Database) -> None:
     # The published text itself, so the page shows what is in effect (not whatever the
     # settings say today) and an acceptance can be traced to the exact words.
     db.execute("alter table policy_versions add column text text not null default ''")
+
+
+@migrations()
+def m003_policy_operator(db: sqlite_utils.Database) -> None:
+    """Who runs the appliance, as the privacy policy names them (first-run setup, /admin):
+    one row."""
+    db.execute(
+        """create table policy_operator (
+               id integer primary key check (id = 1),
+               name text not null,
+               contact text not null,
+               updated_at text not null
+           )"""
+    )

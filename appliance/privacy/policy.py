@@ -1,23 +1,30 @@
-"""The privacy policy: rendered from ``appliance/webui/templates/policy/privacy.md`` and settings,
-published in versions that every user is told about before they take effect.
+"""The privacy policy: rendered from ``appliance/webui/templates/policy/privacy.md``, this
+appliance's configuration and its operator's details, published in versions that every
+user is told about before they take effect.
 
-The text is the repository's template with the ``{{ placeholder }}`` values filled from
-``settings.privacy``; a version records the SHA-256 of that text, so publishing the same
-text twice is refused and any change of template or setting makes a new version.
+The template (Jinja) states only what this appliance does: HTTPS only when it serves
+HTTPS, Claude only when a key is set, Stripe only when billing and its keys are, the mail
+server only when mail goes out by SMTP, "no third party" when none of them is on, the
+retention windows of ``settings.privacy``. ``facts`` is the one place that reads those
+settings; docs/privacy.md maps each statement to its fact. A version records the SHA-256 of
+the text, so publishing the same text twice is refused and any change of template,
+setting or operator details makes a new version.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import jinja2
 import sqlite_utils
 
 import appliance
 from appliance.accounts import service as accounts
+from appliance.billing import payments
 from appliance.clock import iso, parse
 from appliance.config import Settings
 from appliance.db import write_transaction
@@ -25,7 +32,17 @@ from appliance.errors import Conflict, InvalidInput, NotFound
 
 TEMPLATE = Path(appliance.__file__).resolve().parent / "webui/templates/policy/privacy.md"
 PRODUCT = "Private AI"
-_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+MAX_OPERATOR_NAME = 100
+
+
+@dataclass(frozen=True)
+class Operator:
+    """Who runs the appliance, as the policy names them."""
+
+    name: str
+    contact: str
+    updated_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -46,30 +63,96 @@ class Block:
     items: tuple[str, ...] = ()
 
 
-def values(settings: Settings) -> dict[str, str]:
+def operator(db: sqlite_utils.Database, settings: Settings) -> Operator:
+    """The operator's name and privacy contact: as given in the first-run setup or on
+    /admin, else ``privacy.company_legal_name`` and ``privacy.contact_email``; no name
+    (the policy says "the operator"), and the first operator's email address."""
+    row = next(db["policy_operator"].rows_where("id = 1"), None)
+    name = (row and row["name"]) or settings.privacy.company_legal_name
+    contact = (row and row["contact"]) or settings.privacy.contact_email
+    if not contact:
+        contact = next((u.email for u in accounts.users(db) if u.operator), "")
+    return Operator(
+        name, contact or "the operator of this appliance", row["updated_at"] if row else None
+    )
+
+
+def check_operator(name: str, contact: str) -> tuple[str, str]:
+    """The operator's name and contact, cleaned (``InvalidInput`` if not acceptable)."""
+    name = (name or "").strip()
+    if not name or len(name) > MAX_OPERATOR_NAME:
+        raise InvalidInput(
+            f"The operator's name (a person or an organisation) must be 1 to "
+            f"{MAX_OPERATOR_NAME} characters."
+        )
+    try:
+        contact = accounts.normalise_email(contact)
+    except InvalidInput:
+        raise InvalidInput("The privacy contact must be an email address.") from None
+    return name, contact
+
+
+def set_operator(db: sqlite_utils.Database, name: str, contact: str, now: datetime) -> Operator:
+    """Record who runs the appliance (first-run setup, /admin). The policy in effect does
+    not change until a new version is published.
+
+    Raises:
+        InvalidInput: the name is empty or too long, or the contact is not an email address.
+    """
+    name, contact = check_operator(name, contact)
+    with write_transaction(db):
+        db["policy_operator"].upsert(
+            {"id": 1, "name": name, "contact": contact, "updated_at": iso(now)}, pk="id"
+        )
+    return Operator(name, contact, iso(now))
+
+
+def facts(db: sqlite_utils.Database, settings: Settings) -> dict[str, object]:
+    """Everything the policy's text depends on: this appliance's configuration, the
+    operator's details and the retention windows in effect."""
     p = settings.privacy
+    who = operator(db, settings)
+    inference = urlsplit(settings.inference.url)
+    claude = bool(settings.persona.anthropic_api_key)
+    stripe = payments.configured(settings)
+    smtp = "smtp" in settings.mail.backends
     return {
         "product": PRODUCT,
-        "company": p.company_legal_name,
-        "contact": p.contact_email,
+        "operator": who.name,
+        "contact": who.contact,
         "public_url": settings.public_url,
-        "log_days": str(p.log_retention_days),
-        "erase_days": str(p.erase_window_days),
-        "tax_years": str(p.tax_retention_years),
-        "response_days": str(p.response_window_business_days),
-        "minimum_age": str(p.minimum_age),
+        "tls": settings.public_url.startswith("https://"),
+        "claude": claude,
+        "billing": settings.billing.enabled,
+        "stripe": stripe,
+        "smtp": smtp,
+        "smtp_host": settings.mail.smtp_host,
+        "third_parties": claude or stripe or smtp,
+        "local_inference": not settings.inference.url or inference.hostname in LOOPBACK,
+        "inference_host": inference.hostname or "",
+        "log_days": p.log_retention_days,
+        "erase_days": p.erase_window_days,
+        "tax_years": p.tax_retention_years,
+        "response_days": p.response_window_business_days,
+        "minimum_age": p.minimum_age,
         "operators": ", ".join(p.operators) or "the operators of this appliance",
     }
 
 
-def render_text(settings: Settings) -> str:
-    """The policy as text, every placeholder filled (an unknown one is an error)."""
-    filled = values(settings)
+_ENVIRONMENT = jinja2.Environment(
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    autoescape=False,  # noqa: S701 - Markdown text, not HTML: the page escapes each block
+)
 
-    def fill(match: re.Match) -> str:
-        return filled[match.group(1)]
 
-    return _PLACEHOLDER.sub(fill, TEMPLATE.read_text(encoding="utf-8"))
+def render_text(db: sqlite_utils.Database, settings: Settings) -> str:
+    """The policy as text for this appliance as it is configured now (an unknown value in
+    the template is an error)."""
+    template = _ENVIRONMENT.from_string(TEMPLATE.read_text(encoding="utf-8"))
+    return template.render(facts(db, settings))
 
 
 def text_hash(text: str) -> str:
@@ -139,7 +222,7 @@ def publish(
     effective = effective_at or now + notice
     if effective < now:
         raise InvalidInput("The effective date must not be in the past.")
-    text = render_text(settings)
+    text = render_text(db, settings)
     digest = text_hash(text)
     with write_transaction(db):
         published = versions(db)
@@ -204,7 +287,7 @@ def shown_text(db: sqlite_utils.Database, settings: Settings, now: datetime) -> 
     """What /privacy shows: the text in effect, or, before the first version takes effect,
     the text as the settings render it today."""
     version = current(db, now)
-    return text_of(db, version.version) if version else render_text(settings)
+    return text_of(db, version.version) if version else render_text(db, settings)
 
 
 def last_updated(db: sqlite_utils.Database, now: datetime) -> str | None:

@@ -4,12 +4,13 @@ Only server operators (``users.operator``) see them, signed in or with a key of 
 ``admin`` (``appliance keys create --scope admin``); everyone else, signed in or not, and
 any other key gets 404, so the page's existence is confirmed to no one else. Each action here also
 exists in the CLI (``appliance accounts suspend|unsuspend|delete``, ``appliance admin
-status``).
+status``, ``appliance policy publish``).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlite_utils
@@ -21,8 +22,10 @@ from litestar.response import Template
 from appliance.auth import service as auth
 from appliance.clock import Clock
 from appliance.config import Settings
-from appliance.errors import ApplianceError, InvalidInput, NotFound
+from appliance.errors import ApplianceError, Conflict, InvalidInput, NotFound
 from appliance.ops import overview
+from appliance.privacy import policy
+from appliance.tasks import TaskQueue
 from appliance.web import flash
 from appliance.web import identity as identities
 from appliance.web.identity import Identity
@@ -142,4 +145,112 @@ class AdminPages(Controller):
 
 
 def _context(db, settings: Settings, clock: Clock) -> dict[str, Any]:
-    return {"o": overview.overview(db, settings, clock()), "settings": settings}
+    return {
+        "o": overview.overview(db, settings, clock()),
+        "settings": settings,
+        **policy_context(db, settings, clock()),
+    }
+
+
+# -- the privacy policy -----------------------------------------------------------------
+
+
+def policy_context(db: sqlite_utils.Database, settings: Settings, now: datetime) -> dict[str, Any]:
+    """What the admin page shows of the policy: the operator's details, and the text the
+    configuration gives now, with whether it differs from the latest version."""
+    draft = policy.render_text(db, settings)
+    published = policy.versions(db)
+    return {
+        "policy_operator": policy.operator(db, settings),
+        "policy_draft": policy.blocks(draft),
+        "policy_changed": not published or published[-1].text_sha256 != policy.text_hash(draft),
+        "policy_notice_days": settings.privacy.policy_notice_days,
+    }
+
+
+def announce(queue: TaskQueue, db: sqlite_utils.Database, version: policy.PolicyVersion) -> int:
+    """Email every user about a published version; how many were emailed."""
+    recipients = policy.recipients(db)
+    for email in recipients:
+        queue.send_mail(
+            "policy_changed",
+            email,
+            {
+                "version": version.version,
+                "effective": version.effective_at[:10],
+                "summary": version.summary,
+            },
+        )
+    return len(recipients)
+
+
+def _effective(value: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    except ValueError:
+        raise InvalidInput("The effective date must be a date (YYYY-MM-DD).") from None
+
+
+class PolicyAdminPages(Controller):
+    """The privacy policy's part of the page: who runs the appliance, the text this
+    configuration gives, and publishing it as a new version (as ``appliance policy
+    publish`` does: every user is emailed before it takes effect)."""
+
+    include_in_schema = False
+    dependencies = OPERATOR
+    path = "/admin/policy"
+
+    @post("/operator", sync_to_thread=True)
+    def operator_form(
+        self,
+        request: Request,
+        data: URLEncodedBody[dict[str, str]],
+        operator: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
+        clock: NamedDependency[Clock],
+    ) -> Response:
+        """Set who runs the appliance and the privacy contact (shown once published)."""
+        try:
+            policy.set_operator(db, data.get("operator_name", ""), data.get("contact", ""), clock())
+        except InvalidInput as exc:
+            return _failed(db, settings, clock, exc)
+        return flash.redirect(request, "/admin#policy", "Operator and privacy contact saved.")
+
+    @post("/publish", sync_to_thread=True)
+    def publish_form(
+        self,
+        request: Request,
+        data: URLEncodedBody[dict[str, str]],
+        operator: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
+        queue: NamedDependency[TaskQueue],
+        clock: NamedDependency[Clock],
+    ) -> Response:
+        """Publish the text as the configuration gives it now; every user is emailed."""
+        now = clock()
+        try:
+            version = policy.publish(
+                db,
+                settings,
+                now,
+                effective_at=_effective(data.get("effective", "")),
+                summary=data.get("summary", ""),
+            )
+        except (InvalidInput, Conflict) as exc:
+            return _failed(db, settings, clock, exc)
+        announce(queue, db, version)
+        return flash.redirect(
+            request,
+            "/admin#policy",
+            f"Policy version {version.version} published; every user is emailed.",
+        )
+
+
+def _failed(db, settings: Settings, clock: Clock, exc: Exception) -> Template:
+    page = _context(db, settings, clock)
+    page["flashes"] = [("error", str(exc))]
+    return Template("admin.html", context=page, status_code=400)

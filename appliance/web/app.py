@@ -126,6 +126,7 @@ def create_app(
         v1.V1Api,
         admin.AdminApi,
         admin.AdminPages,
+        admin.PolicyAdminPages,
     ]
     app = Litestar(
         route_handlers=[

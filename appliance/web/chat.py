@@ -9,10 +9,10 @@ the server is doing: reading the passages it found, waiting behind other request
 ``{"type": "error", "status", "retry_after", "message", "code"}``
 (``web.errors.stream_error``: 429/503 and the seconds to wait when the model is busy).
 A client that disconnects (the page's Stop button) stops the generation; what was
-written so far is kept. An answer the inference service breaks off (it crashed and is being restarted) ends
-with the error event and is neither kept nor charged; the question stays for "Answer
-again". With ``"stream": false`` the same routes answer with the stored message as JSON.
-Generating, relaying and storing an answer is ``web/chat_answer.py``.
+written so far is kept. An answer the inference service breaks off (it crashed and is
+being restarted) ends with the error event and is neither kept nor charged; the question
+stays for "Answer again". With ``"stream": false`` the same routes answer with the stored
+message as JSON. Generating, relaying and storing an answer is ``web/chat_answer.py``.
 """
 
 from __future__ import annotations

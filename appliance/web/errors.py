@@ -18,6 +18,7 @@ from appliance.errors import (
     Conflict,
     DatabaseError,
     InvalidInput,
+    NotAllowed,
     NotFound,
     PaymentRequired,
     Throttled,
@@ -34,6 +35,7 @@ CODES = {429: "rate_limit_exceeded", 402: "insufficient_quota", 503: "service_un
 
 STATUS = {
     NotFound: (404, "not_found"),
+    NotAllowed: (403, "permission_error"),
     InvalidInput: (400, "invalid_request_error"),
     Conflict: (409, "conflict"),
     PaymentRequired: (402, "insufficient_quota"),

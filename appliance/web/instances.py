@@ -16,6 +16,7 @@ from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.errors import ApplianceError, InvalidInput, NotFound
 from appliance.instances import service as instances
+from appliance.knowledge import collections as kb_collections
 from appliance.web import flash
 from appliance.web.identity import Identity
 
@@ -61,7 +62,9 @@ class InstancesApi(Controller):
         clock: NamedDependency[Clock],
     ) -> dict:
         """Create an instance: ``{"name", "model"?, "temperature"?, "top_p"?, "max_tokens"?,
-        "context_budget"?, "system_prompt"?, "voice"?, "knowledge"?, "top_k"?}``."""
+        "context_budget"?, "system_prompt"?, "voice"?, "knowledge"?, "top_k"?,
+        "collections"?}`` (``collections``: the knowledge collection ids it searches; null
+        or absent: every document)."""
         created = instances.create(
             db, manager.account.id, manager.role, data, now=clock(), **instances.limits(settings)
         )
@@ -205,7 +208,8 @@ class InstancesPages(Controller):
 
 def _form_changes(data: dict[str, str]) -> dict[str, Any]:
     """The settings form as a PATCH: numbers parsed, unchecked boxes are off, an empty
-    prompt goes back to the team's."""
+    prompt goes back to the team's; the collections searched are the ticked
+    ``collection:<id>`` boxes, unless ``collections`` is ``all``."""
 
     def number(name: str, kind: type) -> int | float:
         try:
@@ -225,6 +229,9 @@ def _form_changes(data: dict[str, str]) -> dict[str, Any]:
         "knowledge": data.get("knowledge") == "on",
         "voice": data.get("voice") == "on",
         "system_prompt": prompt or None,
+        "collections": None
+        if data.get("collections", "all") == "all"
+        else [key.removeprefix("collection:") for key in data if key.startswith("collection:")],
     }
 
 
@@ -233,6 +240,7 @@ def _context(db, me: Identity, settings: Settings) -> dict[str, Any]:
     return {
         "me": me,
         "instances": instances.list_instances(db, me.account.id),
+        "collections": kb_collections.collections(db, me.account.id),
         "keys": keys,
         "endpoint": f"{settings.public_url}/v1",
         **instances.limits(settings),

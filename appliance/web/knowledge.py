@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import anyio
 import sqlite_utils
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import Template
 
+from appliance.accounts import service as accounts
 from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.inference.client import InferenceClient
+from appliance.knowledge import collections as kb_collections
 from appliance.knowledge import search as kb_search
 from appliance.knowledge import service as knowledge
 from appliance.knowledge.store import Document
@@ -27,11 +29,37 @@ from appliance.web.security import BODY_LIMIT, MULTIPART_OVERHEAD
 MAX_FILES = 20
 
 
-def document_json(doc: Document) -> dict[str, Any]:
+def document_json(doc: Document, view: Listing) -> dict[str, Any]:
     data = asdict(doc)
     for internal in ("sha256", "account_id"):
         data.pop(internal)
+    data["uploader"] = view.uploaders.get(doc.uploaded_by or "")
+    data["collections"] = view.memberships.get(doc.id, [])
+    data["can_delete"] = knowledge.may_change(doc, view.me.user.id, view.me.role)
     return data
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What a document list shows beside each document: who uploaded it (their email, while
+    they are a member), its collections, and whether the viewer may change it."""
+
+    me: Identity
+    uploaders: dict[str, str]
+    memberships: dict[str, list[str]]
+
+    @classmethod
+    def of(cls, db: sqlite_utils.Database, me: Identity) -> Listing:
+        return cls(
+            me,
+            {m.user_id: m.email for m in accounts.members(db, me.account.id)},
+            kb_collections.memberships(db, me.account.id),
+        )
+
+
+def chosen_collections(db: sqlite_utils.Database, me: Identity, values: list[str]) -> list[str]:
+    """The upload form's ``collection`` fields, checked (400 for an unknown id)."""
+    return kb_collections.check(db, me.account.id, [v for v in values if v])
 
 
 def upload_limit(settings: Settings) -> tuple[int, str]:
@@ -68,7 +96,11 @@ class KnowledgeApi(Controller):
         """
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise HTTPException(status_code=400, detail="Send the files as multipart/form-data.")
-        files = _collect(await request.form())
+        form = await request.form()
+        files = _collect(form)
+        chosen = await anyio.to_thread.run_sync(
+            lambda: chosen_collections(db, me, [str(v) for v in form.getall("collection", [])])
+        )
         results = []
         for upload in files:
             name = upload.filename or "upload"
@@ -93,6 +125,11 @@ class KnowledgeApi(Controller):
                         "duplicate": one.duplicate,
                     }
                 )
+        await anyio.to_thread.run_sync(
+            lambda: kb_collections.add_documents(
+                db, me.account.id, [r["id"] for r in results if "id" in r], chosen
+            )
+        )
         single = len(files) == 1 and not knowledge.is_archive(files[0].filename or "")
         if single and len(results) == 1:
             return Response(results[0], status_code=202)
@@ -102,8 +139,10 @@ class KnowledgeApi(Controller):
     def list_documents(
         self, me: NamedDependency[Identity], db: NamedDependency[sqlite_utils.Database]
     ) -> list[dict]:
-        """The account's documents with status and progress, newest first."""
-        return [document_json(d) for d in knowledge.documents(db, me.account.id)]
+        """The account's documents with status and progress, newest first; each with its
+        uploader's email, its collection ids and whether you may delete it."""
+        view = Listing.of(db, me)
+        return [document_json(d, view) for d in knowledge.documents(db, me.account.id)]
 
     @get("/documents/{document_id:str}", sync_to_thread=True)
     def get_document(
@@ -113,7 +152,7 @@ class KnowledgeApi(Controller):
         db: NamedDependency[sqlite_utils.Database],
     ) -> dict:
         """One document: status (queued, extracting, embedding, ready, failed), progress."""
-        return document_json(knowledge.document(db, me.account.id, document_id))
+        return document_json(knowledge.document(db, me.account.id, document_id), Listing.of(db, me))
 
     @delete("/documents/{document_id:str}", status_code=204, sync_to_thread=True)
     def delete_document(
@@ -125,8 +164,16 @@ class KnowledgeApi(Controller):
         clock: NamedDependency[Clock],
     ) -> None:
         """Delete the document, its file, chunks, index rows and vectors (a deletion
-        receipt records it)."""
-        knowledge.delete_document(db, settings, me.account.id, document_id, clock())
+        receipt records it). Members delete their own uploads only (403 otherwise)."""
+        knowledge.delete_document(
+            db,
+            settings,
+            me.account.id,
+            document_id,
+            clock(),
+            actor_id=me.user.id,
+            actor_role=me.role,
+        )
 
     @post("/documents/{document_id:str}/retry", status_code=202, sync_to_thread=True)
     def retry_document(
@@ -140,7 +187,63 @@ class KnowledgeApi(Controller):
         """Queue a failed document again."""
         doc = knowledge.retry(db, me.account.id, document_id, clock())
         queue.ingest_document(doc.id)
-        return document_json(doc)
+        return document_json(doc, Listing.of(db, me))
+
+    @put("/documents/{document_id:str}/collections", sync_to_thread=True)
+    def file_document(
+        self,
+        document_id: FromPath[str],
+        data: JSONBody[dict[str, Any]],
+        me: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+    ) -> dict:
+        """Put a document in exactly these collections (``{"collections": [ids]}``); its
+        uploader, owners and admins."""
+        kb_collections.file_document(
+            db, me.account.id, me.user.id, me.role, document_id, data.get("collections")
+        )
+        return document_json(knowledge.document(db, me.account.id, document_id), Listing.of(db, me))
+
+    @get("/collections", sync_to_thread=True)
+    def list_collections(
+        self, me: NamedDependency[Identity], db: NamedDependency[sqlite_utils.Database]
+    ) -> list[dict]:
+        """The team's collections, by name, with how many documents each holds."""
+        return [asdict(c) for c in kb_collections.collections(db, me.account.id)]
+
+    @post("/collections", status_code=201, sync_to_thread=True)
+    def create_collection(
+        self,
+        data: JSONBody[dict[str, Any]],
+        me: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+        clock: NamedDependency[Clock],
+    ) -> dict:
+        """Create a collection (``{"name"}``; owners and admins)."""
+        return asdict(kb_collections.create(db, me.account.id, me.role, data.get("name"), clock()))
+
+    @patch("/collections/{collection_id:str}", sync_to_thread=True)
+    def rename_collection(
+        self,
+        collection_id: FromPath[str],
+        data: JSONBody[dict[str, Any]],
+        me: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+    ) -> dict:
+        """Rename a collection (owners and admins)."""
+        return asdict(
+            kb_collections.rename(db, me.account.id, me.role, collection_id, data.get("name"))
+        )
+
+    @delete("/collections/{collection_id:str}", status_code=204, sync_to_thread=True)
+    def delete_collection(
+        self,
+        collection_id: FromPath[str],
+        me: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+    ) -> None:
+        """Delete a collection; its documents stay (owners and admins)."""
+        kb_collections.delete(db, me.account.id, me.role, collection_id)
 
     @get("/search", sync_to_thread=True)
     def search(
@@ -151,9 +254,11 @@ class KnowledgeApi(Controller):
         settings: NamedDependency[Settings],
         q: FromQuery[str] = "",
         k: FromQuery[int | None] = None,
+        collection: FromQuery[list[str] | None] = None,
     ) -> dict:
-        """Hybrid search over the account's knowledge base; ``vector_unavailable``: the
-        model could not embed the query (restarting?), so the hits are full-text only."""
+        """Hybrid search over the account's knowledge base (``collection``, repeatable:
+        only those collections); ``vector_unavailable``: the model could not embed the
+        query (restarting?), so the hits are full-text only."""
         result = kb_search.search(
             db,
             inference,
@@ -161,6 +266,7 @@ class KnowledgeApi(Controller):
             q,
             k or settings.knowledge.search_k,
             kb_search.Tuning.from_settings(settings.knowledge),
+            kb_collections.check(db, me.account.id, collection) if collection else None,
         )
         return {
             "hits": [asdict(hit) for hit in result.hits],
@@ -191,11 +297,16 @@ class KnowledgePages(Controller):
         db: NamedDependency[sqlite_utils.Database],
         settings: NamedDependency[Settings],
     ) -> Template:
+        collections = kb_collections.collections(db, me.account.id)
         return Template(
             "knowledge.html",
             context={
                 "me": me,
                 "documents": knowledge.documents(db, me.account.id),
+                "collections": collections,
+                "collection_names": {c.id: c.name for c in collections},
+                "view": Listing.of(db, me),
+                "may_change": knowledge.may_change,
                 "max_upload_mb": settings.knowledge.max_upload_mb,
             },
         )

@@ -12,7 +12,7 @@ from appliance import firstrun
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth
 from appliance.chat import service as chat
-from appliance.clock import Clock
+from appliance.clock import Clock, utcnow
 from appliance.config import Settings
 from appliance.errors import InvalidInput
 from appliance.knowledge import service as knowledge
@@ -83,7 +83,7 @@ class PagesController(Controller):
     ) -> Template:
         """The one-time setup page; 404 unless the token is the current setup token."""
         firstrun.check_token(settings, db, token)
-        return Template("setup.html", context={"token": token, "email": "", "flashes": []})
+        return Template("setup.html", context={"token": token, "data": {}, "flashes": []})
 
     @post("/setup", sync_to_thread=True)
     def setup_submit(
@@ -94,17 +94,23 @@ class PagesController(Controller):
         clock: NamedDependency[Clock],
         data: URLEncodedBody[dict[str, str]],
     ) -> Response:
-        """Record the first operator's email and sign them in: whoever holds the setup
-        link is the operator, so no emailed code is needed this once."""
+        """Record the first operator's email, and who runs the appliance (for the privacy
+        policy; optional here, editable on /admin), and sign them in: whoever holds the
+        setup link is the operator, so no emailed code is needed this once."""
         token = data.get("token", "")
         email = data.get("email", "")
+        name = data.get("operator_name", "").strip()
         try:
+            if name:
+                operator = policy.check_operator(name, data.get("contact") or email)
             claimed = firstrun.claim(settings, db, token, email)
+            if name:
+                policy.set_operator(db, *operator, utcnow())
         except InvalidInput as exc:
             flashes = [("error", str(exc))]
             return Template(
                 "setup.html",
-                context={"token": token, "email": email, "flashes": flashes},
+                context={"token": token, "data": data, "flashes": flashes},
                 status_code=400,
             )
         user = accounts.user_by_email(db, claimed)

@@ -54,7 +54,7 @@ class PrivacyPages(Controller):
             context={
                 "blocks": policy.blocks(policy.shown_text(db, settings, now)),
                 "updated": policy.last_updated(db, now),
-                "version": policy.current(db, now),
+                "policy_version": policy.current(db, now),
                 "upcoming": policy.upcoming(db, now),
             },
         )
@@ -72,7 +72,7 @@ class PrivacyPages(Controller):
             context={
                 "blocks": policy.blocks(policy.text_of(db, version)),
                 "updated": found.effective_at[:10],
-                "version": found,
+                "policy_version": found,
                 "upcoming": None,
             },
         )
@@ -94,7 +94,7 @@ class PrivacyPages(Controller):
             "privacy_accept.html",
             context={
                 "person": person,
-                "version": version,
+                "policy_version": version,
                 "next": _safe_next(next),
                 "blocks": policy.blocks(policy.text_of(db, version.version)),
             },

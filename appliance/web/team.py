@@ -102,6 +102,22 @@ class TeamApi(Controller):
     path = "/api"
     tags = ["team"]
 
+    @get("/team", sync_to_thread=True)
+    def get_team(self, me: NamedDependency[Identity]) -> dict:
+        """The current team: id, name, status, and your role in it."""
+        return {**asdict(me.account), "role": me.role}
+
+    @patch("/team", sync_to_thread=True)
+    def rename_team(
+        self,
+        data: JSONBody[dict[str, Any]],
+        me: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+    ) -> dict:
+        """Rename the team (``{"name": ...}``, owners only: 403 for anyone else)."""
+        account = accounts.rename_account(db, me.account.id, me.role, data.get("name", ""))
+        return {**asdict(account), "role": me.role}
+
     @get("/members", sync_to_thread=True)
     def list_members(
         self, me: NamedDependency[Identity], db: NamedDependency[sqlite_utils.Database]
@@ -282,6 +298,22 @@ class TeamPages(Controller):
         clock: NamedDependency[Clock],
     ) -> Template:
         return Template("settings.html", context=settings_context(db, me, clock()))
+
+    @post("/settings/team", sync_to_thread=True)
+    def rename_team_form(
+        self,
+        data: URLEncodedBody[dict[str, str]],
+        me: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+        clock: NamedDependency[Clock],
+    ) -> Response:
+        try:
+            accounts.rename_account(db, me.account.id, me.role, data.get("name", ""))
+        except InvalidInput as exc:
+            context = settings_context(db, me, clock())
+            context["flashes"] = [("error", str(exc))]
+            return Template("settings.html", context=context, status_code=400)
+        return Redirect("/settings#team")
 
     @post("/settings/keys", sync_to_thread=True)
     def create_key_form(

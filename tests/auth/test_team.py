@@ -1,6 +1,7 @@
 """API keys, members, invites, roles, onboarding, and isolation between accounts."""
 
 import hashlib
+import re
 
 import pytest
 from auth_helpers import mails_to, sign_in
@@ -253,6 +254,46 @@ def test_onboarding_profile(owner_client, settings):
     )
     too_long = owner_client.put("/api/profile", json={"tone": "x" * 501, "age_confirmed": True})
     assert too_long.status_code == 400
+
+
+def test_team_is_named_after_the_business_and_an_owner_renames_it(
+    signed_in, owner_client, settings, team
+):
+    answers = {"business_name": "Brightside Bakery", "age_confirmed": True}
+    assert owner_client.put("/api/profile", json=answers).status_code == 200
+    assert owner_client.get("/api/team").json()["name"] == "Brightside Bakery"
+    renamed = owner_client.patch("/api/team", json={"name": "Brightside"})
+    assert renamed.status_code == 200 and renamed.json()["name"] == "Brightside"
+    # Saving the profile again with the same business name keeps the rename.
+    assert owner_client.put("/api/profile", json=answers).status_code == 200
+    assert owner_client.get("/api/team").json()["name"] == "Brightside"
+    assert owner_client.patch("/api/team", json={"name": " "}).status_code == 400
+    member = signed_in(MEMBER)
+    refused = member.patch("/api/team", json={"name": "Mine now"})
+    assert refused.status_code == 403
+    assert "Only an owner" in refused.json()["error"]["message"]
+    assert member.get("/api/team").json()["name"] == "Brightside"
+    # Invites carry the team's current name, in the mail and in the offer.
+    owner_client.post("/api/invites", json={"email": "new@example.com", "role": "member"})
+    (offer,) = signed_in("new@example.com").get("/api/me/invites").json()
+    assert offer["account_name"] == "Brightside"
+    from appliance import mail
+
+    first_mail = next(m for m in mail.outbox_messages(settings) if m["To"] == "new@example.com")
+    assert "Brightside" in first_mail.get_body(preferencelist=("plain",)).get_content()
+
+
+def test_settings_page_renames_the_team(owner_client, team):
+    del owner_client.headers["X-CSRFToken"]  # a form posts the page's token
+    owner_client.cookies.delete("csrf")
+    page = owner_client.get("/settings")
+    assert 'action="/settings/team"' in page.text and 'value="Acme"' in page.text
+    token = re.search(r'name="_csrf_token" value="([^"]+)"', page.text).group(1)
+    renamed = owner_client.post(
+        "/settings/team", data={"name": "Acme Ltd", "_csrf_token": token}, follow_redirects=False
+    )
+    assert renamed.status_code in (302, 303), renamed.text
+    assert 'value="Acme Ltd"' in owner_client.get("/settings").text
 
 
 # -- isolation --------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from appliance.billing import ledger
 from appliance.clock import iso
 from appliance.ids import new_id
 from appliance.instances import service as instances
+from appliance.knowledge import collections
 from appliance.knowledge import service as knowledge
 from appliance.persona import service as persona
 from appliance.persona import voice
@@ -93,6 +94,8 @@ def populate(db, settings, now, canary: str, *, owner_email="owner@example.com")
         io.BytesIO(f"# Notes\n\nThe secret ingredient is {canary} in every loaf.\n".encode()),
         now,
     )
+    shelf = collections.create(db, account.id, "owner", f"Recipes {canary}", now)
+    collections.file_document(db, account.id, owner.id, "owner", upload.document.id, [shelf.id])
     instance = instances.create(
         db, account.id, "owner", {"name": "main"}, models=["tiny"], max_tokens_cap=256, now=now
     )

@@ -80,7 +80,15 @@ def test_operator_deletes_from_the_cli_and_purge_erases(settings, db, clock):
     assert purged.returncode == 0, purged.stderr
     assert "deleted_accounts" in purged.stdout
     assert erasure.deletion(db, world.account.id).erased_at is not None
-    for table in ("documents", "voice_samples", "profiles", "system_prompts", "messages"):
+    for table in (
+        "documents",
+        "collections",
+        "collection_documents",
+        "voice_samples",
+        "profiles",
+        "system_prompts",
+        "messages",
+    ):
         assert count(db, table, "account_id = ?", [world.account.id]) == 0, table
     assert accounts.user(db, other.id).email == "other@example.org"  # others untouched
     # Billing is kept for the tax period under a pseudonym, never under the account id.

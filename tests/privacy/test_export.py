@@ -66,6 +66,8 @@ def test_owner_export_holds_every_item(settings, db, clock, app):
     assert data["profiles"][0]["business_name"] == f"Bakery {CANARY}"
     assert len(data["system_prompts"]) == 1 and data["egress_log"][0]["service"] == "anthropic"
     assert [d["id"] for d in data["documents"]] == [world.document_id]
+    assert [c["name"] for c in data["collections"]] == [f"Recipes {CANARY}"]
+    assert [m["document_id"] for m in data["collection_documents"]] == [world.document_id]
     assert [s["id"] for s in data["voice_samples"]] == [world.sample_id]
     assert [i["id"] for i in data["instances"]] == [world.instance.id]
     assert [i["email"] for i in data["invites"]] == ["invitee@example.com"]

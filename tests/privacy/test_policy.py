@@ -9,11 +9,12 @@ from datetime import timedelta
 import pytest
 from conftest import make_settings
 from litestar.testing import TestClient
-from privacy_support import last_code
+from privacy_support import last_code, sign_in
 
-from appliance import mail
+from appliance import firstrun, mail
 from appliance.accounts import service as accounts
 from appliance.cli import initialise
+from appliance.db import open_db
 from appliance.errors import Conflict, InvalidInput
 from appliance.privacy import policy
 from appliance.tasks import create_queue
@@ -41,10 +42,168 @@ def test_policy_page_is_public_and_filled_from_settings(tmp_path, clock):
     assert page.status_code == 200
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.text))
     assert "Acme Widgets LLC" in text and "dpo@acme.example" in text
-    assert "retained for 14 days" in text and "within 10 days" in text
-    assert "retained for 6 years" in text and "individuals under 16" in text
+    assert "kept for 14 days" in text and "erased within 10 days" in text
+    assert "kept for 6 years" in text and "anyone under 16" in text
     assert "limited to Jane Doe, Ops team" in text and "within 5 business days" in text
-    assert "{{" not in page.text and "[RETENTION" not in page.text
+    assert "{{" not in page.text and "{%" not in page.text
+
+
+def policy_text(tmp_path, clock, **overrides) -> str:
+    """/privacy as a visitor reads it, for an appliance configured with ``overrides``."""
+    settings = make_settings(tmp_path / "data", **overrides)
+    initialise(settings)
+    app = create_app(settings, clock=clock, queue=create_queue(settings, immediate=True))
+    with TestClient(app) as client:
+        page = client.get("/privacy")
+    assert page.status_code == 200
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.text))
+
+
+#: What the seed policy said for a hosted service, and no self-hosted box does.
+SAAS_ONLY = (
+    "Auxen",
+    "privacy@example.com",
+    "GPU instance",
+    "GPU compute providers",
+    "marketing site",
+    "United States",
+    "Dashboard",
+    "Model Settings",
+)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+@pytest.mark.parametrize("claude", [False, True], ids=["no-claude", "claude"])
+@pytest.mark.parametrize("billing", [False, True], ids=["no-billing", "billing"])
+def test_the_policy_states_what_this_configuration_does(tmp_path, clock, tls, claude, billing):
+    overrides: dict = {"privacy.log_retention_days": 21, "privacy.erase_window_days": 9}
+    if tls:
+        for name in ("cert", "key"):
+            (tmp_path / f"{name}.pem").write_text("not read: the page only needs the setting")
+        overrides |= {
+            "web.tls_cert": str(tmp_path / "cert.pem"),
+            "web.tls_key": str(tmp_path / "key.pem"),
+        }
+    if claude:
+        overrides["persona.anthropic_api_key"] = "sk-ant-test"
+    if billing:
+        overrides |= {
+            "billing.enabled": True,
+            "stripe.secret_key": "sk_test_x",
+            "stripe.webhook_secret": "whsec_x",
+        }
+    text = policy_text(tmp_path, clock, **overrides)
+    # Each statement appears exactly when the setting behind it is on (docs/privacy.md).
+    assert ("All traffic to this appliance is encrypted (HTTPS)" in text) is tls
+    assert ("serves plain HTTP: it does not encrypt traffic" in text) is not tls
+    assert ("Anthropic (Claude)" in text) is claude
+    assert ("Stripe: payment processing" in text) is billing
+    assert ("prepaid credit balance" in text) is billing
+    assert (
+        "Usage (tokens per request) is metered and shown to your team. Nothing is charged" in text
+    ) is not billing
+    assert ("No third party receives your data" in text) is (not claude and not billing)
+    assert "The language model runs on this appliance" in text
+    assert "kept for 21 days" in text and "erased within 9 days" in text
+    for seed in SAAS_ONLY:
+        assert seed not in text, seed
+    assert "None" not in text  # the footer's version was once shadowed by the policy's
+
+
+def test_the_policy_names_a_remote_model_server_and_the_mail_server(tmp_path, clock):
+    text = policy_text(
+        tmp_path,
+        clock,
+        **{
+            "inference.url": "http://gpu-box.lan:8080",
+            "mail.backends": ("smtp",),
+            "mail.smtp_host": "mail.example.lan",
+        },
+    )
+    assert "runs on a server the operators run at gpu-box.lan" in text
+    assert "The language model runs on this appliance" not in text
+    assert "The mail server mail.example.lan" in text
+    assert "No third party receives your data" not in text
+
+
+def test_billing_without_stripe_keys_names_no_payment_processor(tmp_path, clock):
+    text = policy_text(tmp_path, clock, **{"billing.enabled": True})
+    assert "prepaid credit balance" in text and "Card payments are not set up" in text
+    assert "Stripe" not in text and "No third party receives your data" in text
+
+
+def test_operator_details_from_setup_and_admin(tmp_path, clock):
+    """Unset, the policy names the operator generically and the first operator's email;
+    the first-run setup and /admin set them; publishing from /admin emails every user."""
+    settings = make_settings(tmp_path / "data")
+    initialise(settings)
+    app = create_app(settings, clock=clock, queue=create_queue(settings, immediate=True))
+    with TestClient(app) as client:
+        token = firstrun.setup_token(settings, open_db(settings))
+        page = client.get(f"/setup?token={token}")
+        csrf = re.search(r'name="_csrf_token" value="([^"]+)"', page.text).group(1)
+        claimed = client.post(
+            "/setup",
+            data={
+                "token": token,
+                "email": "ada@example.org",
+                "operator_name": "Lovelace Analytics",
+                "contact": "privacy@lovelace.example",
+                "_csrf_token": csrf,
+            },
+        )
+        assert claimed.status_code == 200, claimed.text
+        text = re.sub(r"<[^>]+>", " ", client.get("/privacy").text)
+        assert "Lovelace Analytics operates this appliance" in text
+        assert "privacy@lovelace.example" in text
+        sign_in(client, settings, "ada@example.org")
+        del client.headers["X-CSRFToken"]  # forms post the page's token
+        client.cookies.delete("csrf")
+        admin_page = client.get("/admin")
+        assert 'action="/admin/policy/publish"' in admin_page.text
+        csrf = re.search(r'name="_csrf_token" value="([^"]+)"', admin_page.text).group(1)
+        saved = client.post(
+            "/admin/policy/operator",
+            data={
+                "operator_name": "Lovelace Ltd",
+                "contact": "dpo@lovelace.example",
+                "_csrf_token": csrf,
+            },
+            follow_redirects=False,
+        )
+        assert saved.status_code in (302, 303), saved.text
+        bad = client.post(
+            "/admin/policy/operator",
+            data={"operator_name": "", "contact": "x", "_csrf_token": csrf},
+        )
+        assert bad.status_code == 400
+        published = client.post(
+            "/admin/policy/publish",
+            data={"summary": "Our new name", "effective": "", "_csrf_token": csrf},
+            follow_redirects=False,
+        )
+        assert published.status_code in (302, 303), published.text
+        again = client.post("/admin/policy/publish", data={"summary": "", "_csrf_token": csrf})
+        assert again.status_code == 400 and "unchanged" in again.text
+    db = open_db(settings)
+    (version,) = policy.versions(db)
+    assert "Lovelace Ltd operates this appliance" in policy.text_of(db, version.version)
+    assert "dpo@lovelace.example" in policy.text_of(db, version.version)
+    assert any(
+        m["To"] == "ada@example.org"
+        and "Our new name" in m.get_body(preferencelist=("plain",)).get_content()
+        for m in mail.outbox_messages(settings)
+    )
+
+
+def test_without_operator_details_the_policy_names_the_first_operator(tmp_path, clock):
+    settings = make_settings(tmp_path / "data")
+    initialise(settings)
+    db = open_db(settings)
+    accounts.create_user(db, "root@example.org", clock(), operator=True)
+    text = policy.render_text(db, settings)
+    assert "The operator of this appliance runs it" in text
+    assert "Questions and requests about your data: root@example.org" in text
 
 
 def test_every_page_and_email_links_the_policy(settings, client):
@@ -77,7 +236,7 @@ def test_publish_emails_everyone_before_it_takes_effect(settings, db, clock):
     assert result.returncode == 0, result.stderr
     assert "published version 1" in result.stdout
     (version,) = policy.versions(db)
-    assert version.text_sha256 == policy.text_hash(policy.render_text(settings))
+    assert version.text_sha256 == policy.text_hash(policy.render_text(db, settings))
     notice = timedelta(days=settings.privacy.policy_notice_days)
     assert version.effective_at > version.published_at
     # The worker sends one email per user, naming the date it takes effect.
@@ -144,13 +303,15 @@ def test_the_page_shows_the_text_in_effect_until_the_next_takes_effect(settings,
     app = create_app(changed, clock=clock, queue=create_queue(changed, immediate=True))
     with TestClient(app) as client:
         page = client.get("/privacy").text
-        assert "retained for 30 days" in page and "retained for 21 days" not in page
+        assert (
+            "kept for 30 days, then purged" in page and "kept for 21 days, then purged" not in page
+        )
         assert "Logs are kept for 21 days." in page and "/privacy/versions/2" in page
-        assert "retained for 21 days" in client.get("/privacy/versions/2").text
+        assert "kept for 21 days, then purged" in client.get("/privacy/versions/2").text
         assert client.get("/privacy/versions/9").status_code == 404
         clock.advance(days=settings.privacy.policy_notice_days, seconds=1)
         page = client.get("/privacy").text
-        assert "retained for 21 days" in page and "Version 2" in page
+        assert "kept for 21 days, then purged" in page and "Version 2" in page
 
 
 def test_api_clients_see_and_accept_the_policy(settings, db, clock, app):

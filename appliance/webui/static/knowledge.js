@@ -23,9 +23,11 @@
   }
 
   async function api(method, url, body) {
+    const headers = { "X-CSRFToken": csrf(), Accept: "application/json" };
+    if (typeof body === "string") headers["Content-Type"] = "application/json";
     const response = await fetch(url, {
       method,
-      headers: { "X-CSRFToken": csrf(), Accept: "application/json" },
+      headers,
       body,
       credentials: "same-origin",
     });
@@ -42,6 +44,7 @@
   const input = document.getElementById("upload-input");
   const form = document.getElementById("upload-form");
   const list = document.getElementById("uploads");
+  const uploadCollection = document.getElementById("upload-collection");
 
   function upload(file) {
     const item = el("li");
@@ -59,6 +62,7 @@
     }
     const data = new FormData();
     data.append("file", file, file.name);
+    if (uploadCollection.value) data.append("collection", uploadCollection.value);
     const xhr = new XMLHttpRequest();
     xhr.open("POST", "/api/documents");
     xhr.setRequestHeader("X-CSRFToken", csrf());
@@ -100,6 +104,7 @@
     return new Promise((resolve) => {
       const data = new FormData();
       for (const f of files) data.append("files", f, f.name);
+      if (uploadCollection.value) data.append("collection", uploadCollection.value);
       const xhr = new XMLHttpRequest();
       xhr.open("POST", "/api/documents");
       xhr.setRequestHeader("X-CSRFToken", csrf());
@@ -209,15 +214,41 @@
   const empty = document.getElementById("empty");
   let timer = null;
 
+  // The collections a document is in: names, and for who may change it a list of
+  // checkboxes (each change saved at once).
+  function collectionsCell(doc) {
+    const cell = el("td");
+    const names = doc.collections.map((id) => (known.get(id) || {}).name).filter(Boolean);
+    if (!doc.can_delete || !known.size) {
+      cell.textContent = names.join(", ") || "—";
+      return cell;
+    }
+    const details = el("details", undefined, "collection-picker");
+    details.append(el("summary", names.join(", ") || "—"));
+    for (const [id, c] of known) {
+      const label = el("label");
+      const box = el("input");
+      box.type = "checkbox";
+      box.value = id;
+      box.checked = doc.collections.includes(id);
+      box.dataset.file = doc.id;
+      label.append(box, " " + c.name);
+      details.append(label);
+    }
+    cell.append(details);
+    return cell;
+  }
+
   function row(doc) {
     const tr = el("tr");
     tr.dataset.id = doc.id;
     const status = doc.status + (doc.error ? ": " + doc.error : "");
     tr.append(
       el("td", doc.filename),
+      collectionsCell(doc),
       el("td", status, "status status-" + doc.status),
       el("td", doc.chunks_done + " / " + doc.chunks_total),
-      el("td", doc.created_at.slice(0, 16).replace("T", " ")),
+      el("td", (doc.uploader || "a former member") + ", " + doc.created_at.slice(0, 16).replace("T", " ")),
     );
     const cell = el("td");
     if (doc.status === "failed") {
@@ -226,18 +257,24 @@
       retry.dataset.retry = doc.id;
       cell.append(retry);
     }
-    const remove = el("button", "Remove", "danger");
-    remove.type = "button";
-    remove.dataset.delete = doc.id;
-    cell.append(remove);
+    if (doc.can_delete) {
+      const remove = el("button", "Remove", "danger");
+      remove.type = "button";
+      remove.dataset.delete = doc.id;
+      cell.append(remove);
+    }
     tr.append(cell);
     return tr;
   }
 
   async function refresh() {
     clearTimeout(timer);
+    const open = new Set(Array.from(tbody.querySelectorAll("details[open]")).map((d) => d.closest("tr").dataset.id));
     const docs = await api("GET", "/api/documents");
     tbody.replaceChildren(...docs.map(row));
+    for (const details of tbody.querySelectorAll("details")) {
+      if (open.has(details.closest("tr").dataset.id)) details.open = true;
+    }
     empty.hidden = docs.length > 0;
     if (docs.some((d) => ["queued", "extracting", "embedding"].includes(d.status))) {
       timer = setTimeout(refresh, 1500);
@@ -258,6 +295,97 @@
       }
     } catch (error) {
       window.alert(error.message);
+    }
+  });
+
+  tbody.addEventListener("change", async (event) => {
+    const box = event.target;
+    if (!box.dataset.file) return;
+    const chosen = Array.from(box.closest("details").querySelectorAll("input:checked")).map((b) => b.value);
+    try {
+      await api("PUT", "/api/documents/" + encodeURIComponent(box.dataset.file) + "/collections",
+        JSON.stringify({ collections: chosen }));
+      await Promise.all([refresh(), loadCollections()]);
+    } catch (error) {
+      window.alert(error.message);
+    }
+  });
+
+  // -- collections -----------------------------------------------------------------------
+  const known = new Map();
+  const collectionList = document.getElementById("collections");
+  const noCollections = document.getElementById("no-collections");
+  const collectionForm = document.getElementById("collection-form");
+  const collectionError = document.getElementById("collection-error");
+  const manager = Boolean(root.dataset.manager);
+
+  async function loadCollections() {
+    const found = await api("GET", "/api/collections");
+    known.clear();
+    for (const c of found) known.set(c.id, c);
+    collectionList.replaceChildren(...found.map((c) => {
+      const li = el("li");
+      li.dataset.id = c.id;
+      li.append(c.name + " ", el("span", "(" + c.documents + ")", "muted"));
+      if (manager) {
+        const rename = el("button", "Rename");
+        rename.type = "button";
+        rename.dataset.rename = c.id;
+        const remove = el("button", "Delete", "danger");
+        remove.type = "button";
+        remove.dataset.remove = c.id;
+        li.append(" ", rename, " ", remove);
+      }
+      return li;
+    }));
+    noCollections.hidden = found.length > 0;
+    const current = uploadCollection.value;
+    uploadCollection.replaceChildren(el("option", "none"), ...found.map((c) => {
+      const option = el("option", c.name);
+      option.value = c.id;
+      return option;
+    }));
+    uploadCollection.firstChild.value = "";
+    uploadCollection.value = known.has(current) ? current : "";
+  }
+
+  async function changeCollections(work) {
+    if (collectionError) collectionError.hidden = true;
+    try {
+      await work();
+      await loadCollections();
+      await refresh();
+    } catch (error) {
+      if (collectionError) {
+        collectionError.textContent = error.message;
+        collectionError.hidden = false;
+      } else {
+        window.alert(error.message);
+      }
+    }
+  }
+
+  if (collectionForm) {
+    collectionForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const name = document.getElementById("collection-name");
+      changeCollections(async () => {
+        await api("POST", "/api/collections", JSON.stringify({ name: name.value }));
+        name.value = "";
+      });
+    });
+  }
+  collectionList.addEventListener("click", (event) => {
+    const target = event.target;
+    if (target.dataset.remove) {
+      const name = known.get(target.dataset.remove).name;
+      if (!window.confirm("Delete the collection " + name + "? Its documents stay.")) return;
+      changeCollections(() => api("DELETE", "/api/collections/" + encodeURIComponent(target.dataset.remove)));
+    } else if (target.dataset.rename) {
+      const name = window.prompt("New name", known.get(target.dataset.rename).name);
+      if (!name) return;
+      changeCollections(() => api("PATCH", "/api/collections/" + encodeURIComponent(target.dataset.rename),
+        JSON.stringify({ name })));
     }
   });
 
@@ -284,5 +412,5 @@
     }
   });
 
-  refresh();
+  loadCollections().then(refresh);
 })();
