@@ -24,6 +24,7 @@ from appliance.config import Settings
 from appliance.errors import ApplianceError, InvalidInput, NotFound
 from appliance.ops import overview
 from appliance.web import identity as identities
+from appliance.web.errors import form_error
 from appliance.web.identity import Identity
 
 CONFIRMED = (True, "true", "on", "yes")
@@ -132,9 +133,7 @@ class AdminPages(Controller):
         except ApplianceError as exc:
             if isinstance(exc, NotFound) and action not in ("suspend", "unsuspend", "delete"):
                 raise
-            context = _context(db, settings, clock)
-            context["flashes"] = [("error", str(exc))]
-            return Template("admin.html", context=context, status_code=400)
+            return form_error("admin.html", _context(db, settings, clock), exc)
         return Redirect("/admin")
 
 

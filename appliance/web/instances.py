@@ -16,6 +16,7 @@ from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.errors import ApplianceError, InvalidInput, NotFound
 from appliance.instances import service as instances
+from appliance.web.errors import form_error
 from appliance.web.identity import Identity
 
 ACTIONS = {"stop": "stopped", "start": "running", "destroy": "destroyed"}
@@ -147,9 +148,7 @@ class InstancesPages(Controller):
                 **instances.limits(settings),
             )
         except ApplianceError as exc:
-            context = _context(db, manager, settings)
-            context["flashes"] = [("error", str(exc))]
-            return Template("instances.html", context=context, status_code=400)
+            return form_error("instances.html", _context(db, manager, settings), exc)
         return Redirect("/instances")
 
     @post("/instances/{instance_id:str}/settings", sync_to_thread=True)
@@ -174,9 +173,7 @@ class InstancesPages(Controller):
                 **instances.limits(settings),
             )
         except InvalidInput as exc:
-            context = _context(db, manager, settings)
-            context["flashes"] = [("error", str(exc))]
-            return Template("instances.html", context=context, status_code=400)
+            return form_error("instances.html", _context(db, manager, settings), exc)
         return Redirect(f"/instances#{instance_id}")
 
     @post("/instances/{instance_id:str}/{action:str}", sync_to_thread=True)
@@ -193,9 +190,7 @@ class InstancesPages(Controller):
         try:
             _change_state(db, manager, instance_id, action, data, clock())
         except InvalidInput as exc:
-            context = _context(db, manager, settings)
-            context["flashes"] = [("error", str(exc))]
-            return Template("instances.html", context=context, status_code=400)
+            return form_error("instances.html", _context(db, manager, settings), exc)
         return Redirect("/instances")
 
 

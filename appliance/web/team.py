@@ -21,6 +21,7 @@ from appliance.errors import InvalidInput
 from appliance.instances import onboarding
 from appliance.instances import service as instances
 from appliance.tasks import TaskQueue
+from appliance.web.errors import form_error
 from appliance.web.identity import Identity
 
 
@@ -333,9 +334,7 @@ class TeamPages(Controller):
                 clock(),
             )
         except (InvalidInput, accounts.Conflict) as exc:
-            context = settings_context(db, manager, clock())
-            context["flashes"] = [("error", str(exc))]
-            return Template("settings.html", context=context, status_code=400)
+            return form_error("settings.html", settings_context(db, manager, clock()), exc)
         _invite_mail(queue, settings, manager, invite)
         return Redirect("/settings#members")
 
@@ -362,9 +361,7 @@ class TeamPages(Controller):
         try:
             accounts.set_role(db, manager.account.id, manager.role, user_id, data.get("role", ""))
         except (InvalidInput, accounts.Conflict) as exc:
-            context = settings_context(db, manager, clock())
-            context["flashes"] = [("error", str(exc))]
-            return Template("settings.html", context=context, status_code=400)
+            return form_error("settings.html", settings_context(db, manager, clock()), exc)
         return Redirect("/settings#members")
 
     @post("/settings/members/{user_id:str}/remove", sync_to_thread=True)
@@ -378,9 +375,7 @@ class TeamPages(Controller):
         try:
             remove_member(db, me, user_id, clock())
         except (InvalidInput, accounts.Conflict) as exc:
-            context = settings_context(db, me, clock())
-            context["flashes"] = [("error", str(exc))]
-            return Template("settings.html", context=context, status_code=400)
+            return form_error("settings.html", settings_context(db, me, clock()), exc)
         return Redirect("/" if user_id == me.user.id else "/settings#members")
 
 
