@@ -28,6 +28,7 @@ from appliance.privacy import policy
 from appliance.tasks import TaskQueue
 from appliance.web import flash
 from appliance.web import identity as identities
+from appliance.web.errors import form_error
 from appliance.web.identity import Identity
 
 CONFIRMED = (True, "true", "on", "yes")
@@ -137,9 +138,7 @@ class AdminPages(Controller):
         except ApplianceError as exc:
             if isinstance(exc, NotFound) and action not in ("suspend", "unsuspend", "delete"):
                 raise
-            context = _context(db, settings, clock)
-            context["flashes"] = [("error", str(exc))]
-            return Template("admin.html", context=context, status_code=400)
+            return form_error("admin.html", _context(db, settings, clock), exc)
         done = {"suspend": "suspended", "unsuspend": "unsuspended", "delete": "deleted"}
         return flash.redirect(request, "/admin", f"Account {done[action]}.")
 

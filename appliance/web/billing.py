@@ -23,6 +23,7 @@ from appliance.config import Settings
 from appliance.db import open_db
 from appliance.errors import ApplianceError, InvalidInput
 from appliance.instances import service as instances
+from appliance.web.errors import form_error
 from appliance.web.identity import Identity
 
 log = logging.getLogger(__name__)
@@ -238,9 +239,7 @@ class BillingPages(Controller):
                 now=clock(),
             )
         except ApplianceError as exc:
-            context = _context(db, settings, manager, clock)
-            context["flashes"] = [("error", str(exc))]
-            return Template("billing.html", context=context, status_code=400)
+            return form_error("billing.html", _context(db, settings, manager, clock), exc)
         # A page that moves on to Stripe rather than a redirect: the CSP's form-action
         # 'self' also covers redirects after a form is sent, and must stay as strict.
         return Template(
@@ -267,9 +266,7 @@ class BillingPages(Controller):
             amount = (data.get("monthly_usd") or "").strip() or None
             service.set_cap(db, manager.account.id, subject, data["subject_id"], amount, clock())
         except InvalidInput as exc:
-            context = _context(db, settings, manager, clock)
-            context["flashes"] = [("error", str(exc))]
-            return Template("billing.html", context=context, status_code=400)
+            return form_error("billing.html", _context(db, settings, manager, clock), exc)
         return Redirect("/billing#caps")
 
 

@@ -60,6 +60,13 @@ TITLES = {
 }
 
 
+def form_error(template: str, context: dict, error: Exception) -> Template:
+    """A form's page again, with the domain's message about what was wrong (400)."""
+    return Template(
+        template, context={**context, "flashes": [("error", str(error))]}, status_code=400
+    )
+
+
 def wants_json(request: Request) -> bool:
     path = request.url.path
     if path.startswith(("/api/", "/v1/")) or path in ("/healthz", "/readyz"):

@@ -18,6 +18,7 @@ from appliance.errors import ApplianceError, InvalidInput, NotFound
 from appliance.instances import service as instances
 from appliance.knowledge import collections as kb_collections
 from appliance.web import flash
+from appliance.web.errors import form_error
 from appliance.web.identity import Identity
 
 ACTIONS = {"stop": "stopped", "start": "running", "destroy": "destroyed"}
@@ -152,9 +153,7 @@ class InstancesPages(Controller):
                 **instances.limits(settings),
             )
         except ApplianceError as exc:
-            context = _context(db, manager, settings)
-            context["flashes"] = [("error", str(exc))]
-            return Template("instances.html", context=context, status_code=400)
+            return form_error("instances.html", _context(db, manager, settings), exc)
         return flash.redirect(request, "/instances", "Instance created.")
 
     @post("/instances/{instance_id:str}/settings", sync_to_thread=True)
@@ -180,9 +179,7 @@ class InstancesPages(Controller):
                 **instances.limits(settings),
             )
         except InvalidInput as exc:
-            context = _context(db, manager, settings)
-            context["flashes"] = [("error", str(exc))]
-            return Template("instances.html", context=context, status_code=400)
+            return form_error("instances.html", _context(db, manager, settings), exc)
         return flash.redirect(request, f"/instances#{instance_id}", "Instance settings saved.")
 
     @post("/instances/{instance_id:str}/{action:str}", sync_to_thread=True)
@@ -200,9 +197,7 @@ class InstancesPages(Controller):
         try:
             _change_state(db, manager, instance_id, action, data, clock())
         except InvalidInput as exc:
-            context = _context(db, manager, settings)
-            context["flashes"] = [("error", str(exc))]
-            return Template("instances.html", context=context, status_code=400)
+            return form_error("instances.html", _context(db, manager, settings), exc)
         return flash.redirect(request, "/instances", f"Instance {ACTIONS[action]}.")
 
 

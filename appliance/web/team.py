@@ -22,6 +22,7 @@ from appliance.instances import onboarding
 from appliance.instances import service as instances
 from appliance.tasks import TaskQueue
 from appliance.web import flash
+from appliance.web.errors import form_error
 from appliance.web.identity import Identity
 
 
@@ -302,6 +303,7 @@ class TeamPages(Controller):
     @post("/settings/team", sync_to_thread=True)
     def rename_team_form(
         self,
+        request: Request,
         data: URLEncodedBody[dict[str, str]],
         me: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
@@ -310,10 +312,8 @@ class TeamPages(Controller):
         try:
             accounts.rename_account(db, me.account.id, me.role, data.get("name", ""))
         except InvalidInput as exc:
-            context = settings_context(db, me, clock())
-            context["flashes"] = [("error", str(exc))]
-            return Template("settings.html", context=context, status_code=400)
-        return Redirect("/settings#team")
+            return form_error("settings.html", settings_context(db, me, clock()), exc)
+        return flash.redirect(request, "/settings#team", "Team renamed.")
 
     @post("/settings/keys", sync_to_thread=True)
     def create_key_form(
@@ -329,9 +329,7 @@ class TeamPages(Controller):
         try:
             key, secret = create_key(db, me, data, clock())
         except InvalidInput as exc:
-            context = settings_context(db, me, clock())
-            context["flashes"] = [("error", str(exc))]
-            return Template("settings.html", context=context, status_code=400)
+            return form_error("settings.html", settings_context(db, me, clock()), exc)
         return flash.redirect(
             request,
             "/settings#keys",
@@ -373,9 +371,7 @@ class TeamPages(Controller):
                 clock(),
             )
         except (InvalidInput, accounts.Conflict) as exc:
-            context = settings_context(db, manager, clock())
-            context["flashes"] = [("error", str(exc))]
-            return Template("settings.html", context=context, status_code=400)
+            return form_error("settings.html", settings_context(db, manager, clock()), exc)
         _invite_mail(queue, settings, manager, invite)
         return flash.redirect(
             request, "/settings#members", f"Invite sent to {invite.email} ({invite.role})."
@@ -406,9 +402,7 @@ class TeamPages(Controller):
         try:
             accounts.set_role(db, manager.account.id, manager.role, user_id, data.get("role", ""))
         except (InvalidInput, accounts.Conflict) as exc:
-            context = settings_context(db, manager, clock())
-            context["flashes"] = [("error", str(exc))]
-            return Template("settings.html", context=context, status_code=400)
+            return form_error("settings.html", settings_context(db, manager, clock()), exc)
         return flash.redirect(request, "/settings#members", "Role changed.")
 
     @post("/settings/members/{user_id:str}/remove", sync_to_thread=True)
@@ -423,9 +417,7 @@ class TeamPages(Controller):
         try:
             remove_member(db, me, user_id, clock())
         except (InvalidInput, accounts.Conflict) as exc:
-            context = settings_context(db, me, clock())
-            context["flashes"] = [("error", str(exc))]
-            return Template("settings.html", context=context, status_code=400)
+            return form_error("settings.html", settings_context(db, me, clock()), exc)
         if user_id == me.user.id:
             return flash.redirect(request, "/", f"You left {me.account.name}.")
         return flash.redirect(request, "/settings#members", "Member removed.")

@@ -3,8 +3,8 @@
 import hashlib
 
 import pytest
-from auth_helpers import last_code, mails_to, sign_in
 from litestar.testing import TestClient
+from signin_support import last_code, mails_to, sign_in
 
 from appliance.accounts import service as accounts
 from appliance.web import create_app

@@ -4,8 +4,8 @@ import hashlib
 import re
 
 import pytest
-from auth_helpers import mails_to, sign_in
 from litestar.testing import TestClient
+from signin_support import mails_to, sign_in
 
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth

@@ -7,11 +7,9 @@ Imported by the test modules beside it (pytest puts this folder on ``sys.path``)
 from __future__ import annotations
 
 import io
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance import mail
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth
 from appliance.billing import ledger
@@ -24,8 +22,6 @@ from appliance.persona import service as persona
 from appliance.persona import voice
 from appliance.persona.models import EgressEntry
 from appliance.persona.store import PersonaStore
-
-CSRF = "test-csrf-token-value"
 
 
 @dataclass
@@ -126,26 +122,6 @@ def _conversation(db, account_id, user_id, instance, canary, now) -> str:
         passages=[],
         usage={"prompt_tokens": 5, "completion_tokens": 5},
     )
-
-
-def sign_in(client, settings, email: str) -> None:
-    """The whole sign-in flow through the JSON API; leaves cookie and CSRF header set."""
-    assert client.post("/api/auth/code", json={"email": email}).status_code == 202
-    code = last_code(settings, email)
-    response = client.post("/api/auth/session", json={"email": email, "code": code})
-    assert response.status_code == 200, response.text
-    client.cookies.set("csrf", CSRF)
-    client.headers["X-CSRFToken"] = CSRF
-
-
-def last_code(settings, to: str) -> str:
-    for message in reversed(mail.outbox_messages(settings)):
-        if message["To"] == to:
-            text = message.get_body(preferencelist=("plain",)).get_content()
-            found = re.search(r"^\s*(\d{6})\s*$", text, re.M)
-            if found:
-                return found.group(1)
-    raise AssertionError(f"no code mailed to {to}")
 
 
 def files_containing(root: Path, needle: str) -> list[Path]:

@@ -8,7 +8,8 @@ from datetime import timedelta
 
 import pytest
 from litestar.testing import TestClient
-from privacy_support import CSRF, files_containing, last_code, populate, sign_in
+from privacy_support import files_containing, populate
+from signin_support import CSRF, last_code, sign_in
 
 from appliance import mail
 from appliance.accounts import service as accounts

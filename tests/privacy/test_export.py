@@ -7,7 +7,8 @@ import zipfile
 from datetime import timedelta
 
 from litestar.testing import TestClient
-from privacy_support import populate, sign_in
+from privacy_support import populate
+from signin_support import sign_in
 
 from appliance.accounts import service as accounts
 from appliance.chat import service as chat

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 from litestar.testing import TestClient
-from privacy_support import populate, sign_in
+from privacy_support import populate
+from signin_support import sign_in
 
 from appliance.privacy import logs, requestlog
 from appliance.privacy.logs import redact

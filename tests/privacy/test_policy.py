@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from conftest import make_settings
 from litestar.testing import TestClient
-from privacy_support import last_code, sign_in
+from signin_support import last_code, sign_in
 
 from appliance import firstrun, mail
 from appliance.accounts import service as accounts
@@ -315,7 +315,7 @@ def test_the_page_shows_the_text_in_effect_until_the_next_takes_effect(settings,
 
 
 def test_api_clients_see_and_accept_the_policy(settings, db, clock, app):
-    from privacy_support import sign_in
+    from signin_support import sign_in
 
     accounts.create_user(db, "script@example.com", clock())
     policy.publish(db, settings, clock(), effective_at=clock())

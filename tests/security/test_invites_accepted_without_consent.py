@@ -5,7 +5,7 @@ the user in the newest account. An invite is now a choice the invited person mak
 import re
 
 from litestar.testing import TestClient
-from people import CSRF, last_code, sign_in
+from signin_support import CSRF, last_code, sign_in
 
 from appliance.accounts import service as accounts
 

@@ -5,7 +5,7 @@ for the whole log window. Erasure removes them; other people's mails stay."""
 import re
 
 from litestar.testing import TestClient
-from people import sign_in
+from signin_support import sign_in
 
 from appliance import mail
 from appliance.accounts import service as accounts

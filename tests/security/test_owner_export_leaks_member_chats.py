@@ -7,7 +7,8 @@ the owner's only as counts.
 import json
 
 from litestar.testing import TestClient
-from people import export_zip, sign_in
+from people import export_zip
+from signin_support import sign_in
 
 from appliance.accounts import service as accounts
 from appliance.chat import service as chat

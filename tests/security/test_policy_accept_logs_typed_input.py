@@ -5,7 +5,7 @@ nothing the client typed reaches the request log or the service log."""
 import re
 
 from litestar.testing import TestClient
-from people import sign_in
+from signin_support import sign_in
 
 from appliance.accounts import service as accounts
 from appliance.privacy import requestlog

@@ -1,4 +1,10 @@
-"""Helpers for the auth tests: sign in through the real API, read codes from the outbox."""
+"""Signing in through the real API in tests: codes read from the file backend's outbox.
+
+Imported by test modules anywhere under tests/ (pytest puts this folder on ``sys.path``
+for tests/conftest.py).
+"""
+
+from __future__ import annotations
 
 import re
 
@@ -8,11 +14,14 @@ CSRF = "test-csrf-token-value"
 
 
 def last_code(settings, to: str) -> str:
+    """The newest sign-in code mailed to ``to``."""
     for message in reversed(mail.outbox_messages(settings)):
         if message["To"] == to:
             text = message.get_body(preferencelist=("plain",)).get_content()
-            return re.search(r"^\s*(\d{6})\s*$", text, re.M).group(1)
-    raise AssertionError(f"no mail to {to}")
+            found = re.search(r"^\s*(\d{6})\s*$", text, re.M)
+            if found:
+                return found.group(1)
+    raise AssertionError(f"no code mailed to {to}")
 
 
 def mails_to(settings, to: str) -> int:
@@ -20,7 +29,7 @@ def mails_to(settings, to: str) -> int:
 
 
 def sign_in(client, settings, email: str) -> dict:
-    """The whole flow through the JSON API; leaves the session cookie on the client."""
+    """The whole sign-in flow through the JSON API; leaves cookie and CSRF header set."""
     assert client.post("/api/auth/code", json={"email": email}).status_code == 202
     code = last_code(settings, email)
     response = client.post("/api/auth/session", json={"email": email, "code": code})
