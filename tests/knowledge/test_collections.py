@@ -131,6 +131,16 @@ def test_upload_into_a_collection(team, db):
     assert response.status_code == 202, response.text
     (doc,) = owner.get("/api/documents").json()
     assert doc["collections"] == [hr["id"]]
+    # The same content again is a duplicate: it stays in its collections (filing someone
+    # else's upload is not the uploader's to do).
+    sales = owner.post("/api/collections", json={"name": "Sales"}).json()
+    again = team["as_member"].post(
+        "/api/documents",
+        files={"file": ("copy.md", io.BytesIO(b"# Leave\n\nTwenty days a year."))},
+        data={"collection": sales["id"]},
+    )
+    assert again.status_code == 202 and again.json()["duplicate"] is True
+    assert owner.get("/api/documents").json()[0]["collections"] == [hr["id"]]
     refused = owner.post(
         "/api/documents",
         files={"file": ("x.md", io.BytesIO(b"# X\n\nsomething"))},
