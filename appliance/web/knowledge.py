@@ -127,7 +127,10 @@ class KnowledgeApi(Controller):
                 )
         await anyio.to_thread.run_sync(
             lambda: kb_collections.add_documents(
-                db, me.account.id, [r["id"] for r in results if "id" in r], chosen
+                db,
+                me.account.id,
+                [r["id"] for r in results if "id" in r and not r["duplicate"]],
+                chosen,
             )
         )
         single = len(files) == 1 and not knowledge.is_archive(files[0].filename or "")

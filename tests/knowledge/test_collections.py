@@ -131,6 +131,16 @@ def test_upload_into_a_collection(team, db):
     assert response.status_code == 202, response.text
     (doc,) = owner.get("/api/documents").json()
     assert doc["collections"] == [hr["id"]]
+    # The same content again is a duplicate: it stays in its collections (filing someone
+    # else's upload is not the uploader's to do).
+    sales = owner.post("/api/collections", json={"name": "Sales"}).json()
+    again = team["as_member"].post(
+        "/api/documents",
+        files={"file": ("copy.md", io.BytesIO(b"# Leave\n\nTwenty days a year."))},
+        data={"collection": sales["id"]},
+    )
+    assert again.status_code == 202 and again.json()["duplicate"] is True
+    assert owner.get("/api/documents").json()[0]["collections"] == [hr["id"]]
     refused = owner.post(
         "/api/documents",
         files={"file": ("x.md", io.BytesIO(b"# X\n\nsomething"))},
@@ -247,3 +257,63 @@ def test_instance_settings_form_reads_the_collections_chosen():
     assert _form_changes(chosen)["collections"] == ["col_a", "col_b"]
     assert _form_changes({**form, "collections": "chosen"})["collections"] == []
     assert _form_changes({**chosen, "collections": "all"})["collections"] is None
+
+
+@pytest.mark.inference
+def test_v1_on_an_instance_limited_to_a_collection_cites_only_it(
+    linked_settings, models_dir, db, clock
+):
+    """End to end with the real models: ingestion, the instance's choice over the API, and
+    the passages /v1 answered from."""
+    from conftest import link_models
+
+    from appliance.tasks import create_queue
+    from appliance.web import create_app
+
+    link_models(linked_settings, models_dir)
+    app = create_app(
+        linked_settings, clock=clock, queue=create_queue(linked_settings, immediate=True)
+    )
+    owner, account = accounts.create_user(db, "owner@example.com", clock(), account_name="A")
+    _, manage = auth.create_key(
+        db, user_id=owner.id, account_id=account.id, name="m", scope="manage", now=clock()
+    )
+    _, inference = auth.create_key(
+        db, user_id=owner.id, account_id=account.id, name="i", scope="inference", now=clock()
+    )
+    with TestClient(app) as client:
+        client.headers["Authorization"] = f"Bearer {manage}"
+        hr = client.post("/api/collections", json={"name": "HR"}).json()
+        files = {
+            "zephyr.md": b"# Project Zephyr\n\nThe launch code of Zephyr is PURPLE-OTTER-42.\n",
+            "leave.md": b"# Leave\n\nThe launch code for annual leave requests is form L-7.\n",
+        }
+        for name, data in files.items():
+            fields = {"collection": hr["id"]} if name == "leave.md" else {}
+            sent = client.post(
+                "/api/documents", files={"file": (name, io.BytesIO(data))}, data=fields
+            )
+            assert sent.status_code == 202, sent.text
+        assert {d["status"] for d in client.get("/api/documents").json()} == {"ready"}
+        for name, chosen in (("hr", [hr["id"]]), ("everything", None)):
+            made = client.post(
+                "/api/instances", json={"name": name, "max_tokens": 4, "collections": chosen}
+            )
+            assert made.status_code == 201, made.text
+            assert made.json()["collections"] == chosen
+
+        def cited(model):
+            response = client.post(
+                "/v1/chat/completions",
+                json={
+                    "model": model,
+                    "messages": [{"role": "user", "content": "What is the launch code?"}],
+                    "max_tokens": 4,
+                },
+                headers={"Authorization": f"Bearer {inference}"},
+            )
+            assert response.status_code == 200, response.text
+            return {p["filename"] for p in response.json()["appliance"]["passages"]}
+
+        assert cited("hr") == {"leave.md"}
+        assert cited("everything") == {"leave.md", "zephyr.md"}
