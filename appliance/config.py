@@ -9,6 +9,7 @@ of ``os.environ`` in the package.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tomllib
 import typing
@@ -22,6 +23,16 @@ from appliance.errors import ConfigError
 ENV_PREFIX = "APPLIANCE_"
 CONFIG_FILE_NAME = "appliance.toml"
 DEFAULT_DATA_DIR = "./data"
+
+log = logging.getLogger(__name__)
+
+# Settings that existed once and were removed, with why. A config file or environment that
+# still sets one is accepted with one warning (the value is ignored), so that an upgrade does
+# not stop a working install; any other unknown setting still stops every command.
+RETIRED_SETTINGS: dict[str, str] = {
+    "inference.engine": "there is one chat engine now (the batched one)",
+    "inference.prefix_cache_mb": "the prefix cache is sized by inference.prefix_cache_entries",
+}
 
 
 def setting(
@@ -725,6 +736,12 @@ def _apply(settings: Settings, raw: dict[str, dict[str, Any]], source: str) -> S
         updates = {}
         for key, value in values.items():
             where = _where(source, f"{section}.{key}", value)
+            if f"{section}.{key}" in RETIRED_SETTINGS and key not in fields:
+                reason = RETIRED_SETTINGS[f"{section}.{key}"]
+                log.warning(
+                    "setting '%s.%s' %s is gone and ignored: %s", section, key, where, reason
+                )
+                continue
             if key not in fields:
                 raise ConfigError(f"unknown setting '{section}.{key}' {where}")
             updates[key] = _convert(f"{section}.{key}", fields[key], value, where)
@@ -844,6 +861,7 @@ def describe_default(f: dataclasses.Field) -> str:
 
 
 __all__ = [
+    "RETIRED_SETTINGS",
     "ConfigError",
     "Settings",
     "describe_default",

@@ -5,7 +5,7 @@ Usage: .venv/bin/python scripts/config_docs.py > docs/configuration.md
 
 import dataclasses
 
-from appliance.config import describe_default, env_name, sections
+from appliance.config import RETIRED_SETTINGS, describe_default, env_name, sections
 
 HEADER = """# Configuration
 
@@ -34,7 +34,8 @@ Settings are read, later sources winning, from:
 4. command-line flags (`--host`, `--port`).
 
 An unknown key, a value of the wrong type or out of range stops every command with one
-line naming the key and where it came from, and a non-zero exit.
+line naming the key and where it came from, and a non-zero exit. A retired setting (listed
+at the end of this page) is the exception: it is ignored with one logged warning.
 
 `APPLIANCE_DATA_DIR` (or `--data-dir`; default `./data` for a local install,
 `/var/lib/appliance` for a system install) holds the database (`appliance.db`), the task
@@ -61,6 +62,15 @@ def main() -> None:
             default = describe_default(field).replace("|", "\\|")
             print(f"| `{name}` | `{env_name(name)}` | `{default}` | {help_text} |")
         print()
+    print("## Retired settings\n")
+    print(
+        "These settings were removed. A config file or environment that still sets one is "
+        "accepted\nwith one logged warning and the value is ignored; delete the line at leisure.\n"
+    )
+    print("| setting | why |")
+    print("| --- | --- |")
+    for name, reason in RETIRED_SETTINGS.items():
+        print(f"| `{name}` | {reason}. |")
 
 
 if __name__ == "__main__":

@@ -124,3 +124,28 @@ def test_every_setting_has_help_and_an_env_name():
     for name, field in iter_settings():
         assert field.metadata["help"].strip(), name
         assert env_name(name).startswith("APPLIANCE_")
+
+
+def test_retired_settings_warn_once_and_are_ignored(tmp_path, caplog):
+    (tmp_path / "appliance.toml").write_text(
+        '[inference]\nengine = "batched"\nprefix_cache_mb = 256\nport = 18002\n'
+    )
+    with caplog.at_level("WARNING", logger="appliance.config"):
+        settings = Settings.load(data_dir=tmp_path, environ={})
+    assert settings.inference.port == 18002
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2
+    assert "'inference.engine'" in warnings[0] and "gone and ignored" in warnings[0]
+    assert "'inference.prefix_cache_mb'" in warnings[1]
+
+
+def test_retired_setting_from_the_environment_is_ignored(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="appliance.config"):
+        Settings.load(data_dir=tmp_path, environ={"APPLIANCE_INFERENCE__ENGINE": "simple"})
+    assert ["APPLIANCE_INFERENCE__ENGINE" in r.getMessage() for r in caplog.records] == [True]
+
+
+def test_other_unknown_settings_still_fail(tmp_path):
+    (tmp_path / "appliance.toml").write_text("[inference]\nengines = 1\n")
+    with pytest.raises(ConfigError, match=r"unknown setting 'inference\.engines'"):
+        Settings.load(data_dir=tmp_path, environ={})
