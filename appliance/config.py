@@ -2,29 +2,22 @@
 
 Sources, later ones winning: the defaults below, ``DATA_DIR/appliance.toml`` (or the file
 given with ``--config`` / ``APPLIANCE_CONFIG``), ``APPLIANCE_<SECTION>__<KEY>`` environment
-variables, then explicit overrides from the command line. This module is the only reader
-of ``os.environ`` in the package.
+variables, then explicit overrides from the command line. How they are read and checked
+lives in ``config_loader.py``; this module only declares them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-import os
-import tomllib
-import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance import config_loader
+from appliance.config_loader import DEFAULT_DATA_DIR, Paths, describe_default, env_name, setting
+from appliance.config_loader import secret as _secret
 from appliance.errors import ConfigError
-
-ENV_PREFIX = "APPLIANCE_"
-CONFIG_FILE_NAME = "appliance.toml"
-DEFAULT_DATA_DIR = "./data"
-
-log = logging.getLogger(__name__)
 
 # Settings that existed once and were removed, with why. A config file or environment that
 # still sets one is accepted with one warning (the value is ignored), so that an upgrade does
@@ -33,21 +26,6 @@ RETIRED_SETTINGS: dict[str, str] = {
     "inference.engine": "there is one chat engine now (the batched one)",
     "inference.prefix_cache_mb": "the prefix cache is sized by inference.prefix_cache_entries",
 }
-
-
-def setting(
-    default: Any,
-    help: str,
-    *,
-    choices: tuple[Any, ...] | None = None,
-    min: float | None = None,
-    max: float | None = None,
-) -> Any:
-    """Declare one setting: its default, its help text and optional bounds."""
-    return field(
-        default=default,
-        metadata={"help": help, "choices": choices, "min": min, "max": max},
-    )
 
 
 @dataclass(frozen=True)
@@ -271,17 +249,9 @@ class MailSettings:
         choices=("starttls", "tls", "none"),
     )
     smtp_user: str = setting("", "SMTP user name. Empty: no login.")
-    # Not setting(): repr=False keeps the password out of any printed Settings.
-    smtp_password: str = field(
-        default="",
-        repr=False,
-        metadata={
-            "help": "SMTP password. Prefer the APPLIANCE_MAIL__SMTP_PASSWORD environment "
-            "variable (e.g. in appliance.env) over writing it in the TOML file.",
-            "choices": None,
-            "min": None,
-            "max": None,
-        },
+    smtp_password: str = _secret(
+        "SMTP password. Prefer the APPLIANCE_MAIL__SMTP_PASSWORD environment "
+        "variable (e.g. in appliance.env) over writing it in the TOML file."
     )
     smtp_timeout_seconds: float = setting(
         20.0, "How long to wait for the SMTP server before giving up.", min=1
@@ -369,20 +339,12 @@ class AuthSettings:
 class PersonaSettings:
     """The account's system prompt (optionally written by Claude) and voice-training samples."""
 
-    # Not setting(): repr=False keeps the key out of any printed Settings.
-    anthropic_api_key: str = field(
-        default="",
-        repr=False,
-        metadata={
-            "help": "Anthropic API key for writing system prompts with Claude. Only the short "
-            "onboarding summary is sent (see PRIVACY.md, section 5), and every call is "
-            "recorded in the egress log. Empty: Claude is off, a local template is used and "
-            "nothing leaves the box. Prefer the APPLIANCE_PERSONA__ANTHROPIC_API_KEY "
-            "environment variable over writing it in the TOML file.",
-            "choices": None,
-            "min": None,
-            "max": None,
-        },
+    anthropic_api_key: str = _secret(
+        "Anthropic API key for writing system prompts with Claude. Only the short "
+        "onboarding summary is sent (see PRIVACY.md, section 5), and every call is "
+        "recorded in the egress log. Empty: Claude is off, a local template is used and "
+        "nothing leaves the box. Prefer the APPLIANCE_PERSONA__ANTHROPIC_API_KEY "
+        "environment variable over writing it in the TOML file."
     )
     anthropic_model: str = setting(
         "claude-sonnet-5-5",
@@ -458,15 +420,6 @@ class PrivacySettings:
         "Rows (or files) a retention purge deletes per transaction, so a purge never holds "
         "the write lock for long.",
         min=1,
-    )
-
-
-def _secret(help: str) -> Any:
-    """A secret setting: repr=False keeps it out of any printed Settings."""
-    return field(
-        default="",
-        repr=False,
-        metadata={"help": help, "choices": None, "min": None, "max": None},
     )
 
 
@@ -546,46 +499,6 @@ class StripeSettings:
 
 
 @dataclass(frozen=True)
-class Paths:
-    """Where things live inside the data dir."""
-
-    data_dir: Path
-
-    @property
-    def database(self) -> Path:
-        return self.data_dir / "appliance.db"
-
-    @property
-    def queue(self) -> Path:
-        return self.data_dir / "queue.db"
-
-    @property
-    def files(self) -> Path:
-        return self.data_dir / "files"
-
-    @property
-    def models(self) -> Path:
-        return self.data_dir / "models"
-
-    @property
-    def outbox(self) -> Path:
-        return self.data_dir / "outbox"
-
-    @property
-    def secrets(self) -> Path:
-        return self.data_dir / "secrets"
-
-    @property
-    def exports(self) -> Path:
-        return self.data_dir / "exports"
-
-    @property
-    def run(self) -> Path:
-        """State of the running services (``appliance up`` writes it; nothing secret)."""
-        return self.data_dir / "run"
-
-
-@dataclass(frozen=True)
 class Settings:
     data_dir: Path = field(default=Path(DEFAULT_DATA_DIR))
     config_file: Path | None = None
@@ -611,7 +524,7 @@ class Settings:
         """Base URL of the inference service, without a trailing slash or ``/v1``."""
         if self.inference.url:
             return self.inference.url.rstrip("/").removesuffix("/v1")
-        return f"http://{_url_host(self.inference.host)}:{self.inference.port}"
+        return f"http://{config_loader.url_host(self.inference.host)}:{self.inference.port}"
 
     @property
     def public_url(self) -> str:
@@ -619,15 +532,12 @@ class Settings:
             return self.web.public_url.rstrip("/")
         host = "127.0.0.1" if self.web.host in ("0.0.0.0", "::") else self.web.host  # noqa: S104
         scheme = "https" if self.web.tls_cert else "http"
-        return f"{scheme}://{_url_host(host)}:{self.web.port}"
+        return f"{scheme}://{config_loader.url_host(host)}:{self.web.port}"
 
     def replace(self, **overrides: Any) -> Settings:
         """A copy with ``"section.key"`` overrides applied and validated."""
-        raw: dict[str, dict[str, Any]] = {}
-        for dotted, value in overrides.items():
-            section, _, key = dotted.partition(".")
-            raw.setdefault(section, {})[key] = value
-        return _apply(self, raw, source="override")
+        raw = config_loader.split_overrides(overrides)
+        return config_loader.apply(self, raw, "override", RETIRED_SETTINGS)
 
     @classmethod
     def load(
@@ -650,214 +560,24 @@ class Settings:
         Raises:
             ConfigError: naming the bad key, file or variable.
         """
-        env = os.environ if environ is None else environ
-        root = Path(data_dir or env.get(f"{ENV_PREFIX}DATA_DIR") or DEFAULT_DATA_DIR)
-        root = root.expanduser().absolute()
-        explicit = config_file or env.get(f"{ENV_PREFIX}CONFIG")
-        path = Path(explicit).expanduser().absolute() if explicit else root / CONFIG_FILE_NAME
-        settings = cls(data_dir=root, config_file=path if path.exists() else None)
-        if explicit and not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        if path.exists():
-            settings = _apply(settings, _read_toml(path), source=str(path))
-        settings = _apply(settings, _read_env(env), source="environment")
-        if overrides:
-            settings = settings.replace(**{k: v for k, v in overrides.items() if v is not None})
-        return settings
+        return config_loader.load(
+            cls,
+            RETIRED_SETTINGS,
+            data_dir=data_dir,
+            config_file=config_file,
+            overrides=overrides,
+            environ=environ,
+        )
 
 
 def sections() -> dict[str, type]:
     """Section name → dataclass, in declaration order."""
-    return {
-        f.name: f.default_factory  # type: ignore[misc]
-        for f in dataclasses.fields(Settings)
-        if f.default_factory is not dataclasses.MISSING
-    }
+    return config_loader.sections(Settings)
 
 
 def iter_settings() -> Iterator[tuple[str, dataclasses.Field]]:
     """Every setting as ``("section.key", field)``: for docs and the docs test."""
-    for section, cls in sections().items():
-        for f in dataclasses.fields(cls):
-            yield f"{section}.{f.name}", f
-
-
-def env_name(dotted: str) -> str:
-    section, key = dotted.split(".")
-    return f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    for key, value in data.items():
-        if not isinstance(value, dict):
-            raise ConfigError(
-                f"unknown setting '{key}' in {path}: settings live in sections such as [web]"
-            )
-    return data
-
-
-def _read_env(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    raw: dict[str, dict[str, Any]] = {}
-    for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
-            continue
-        section, _, key = name[len(ENV_PREFIX) :].partition("__")
-        raw.setdefault(section.lower(), {})[key.lower()] = _EnvValue(name, value)
-    return raw
-
-
-@dataclass(frozen=True)
-class _EnvValue:
-    """A string from the environment, converted to the field's type when applied."""
-
-    name: str
-    text: str
-
-
-def _apply(settings: Settings, raw: dict[str, dict[str, Any]], source: str) -> Settings:
-    known = sections()
-    changes: dict[str, Any] = {}
-    for section, values in raw.items():
-        if section not in known:
-            where = _where(source, section, next(iter(values.values()), None))
-            raise ConfigError(f"unknown settings section '{section}' {where}")
-        cls = known[section]
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        updates = {}
-        for key, value in values.items():
-            where = _where(source, f"{section}.{key}", value)
-            if f"{section}.{key}" in RETIRED_SETTINGS and key not in fields:
-                reason = RETIRED_SETTINGS[f"{section}.{key}"]
-                log.warning(
-                    "setting '%s.%s' %s is gone and ignored: %s", section, key, where, reason
-                )
-                continue
-            if key not in fields:
-                raise ConfigError(f"unknown setting '{section}.{key}' {where}")
-            updates[key] = _convert(f"{section}.{key}", fields[key], value, where)
-        changes[section] = dataclasses.replace(getattr(settings, section), **updates)
-    return dataclasses.replace(settings, **changes)
-
-
-def _where(source: str, dotted: str, value: Any) -> str:
-    if isinstance(value, _EnvValue):
-        return f"(environment variable {value.name})"
-    if source == "override":
-        return "(command line)"
-    return f"(in {source})"
-
-
-def _field_type(f: dataclasses.Field) -> Any:
-    hints = typing.get_type_hints(_owner_of(f))
-    return hints[f.name]
-
-
-def _owner_of(f: dataclasses.Field) -> type:
-    for cls in sections().values():
-        if any(g is f for g in dataclasses.fields(cls)):
-            return cls
-    raise KeyError(f.name)
-
-
-def _convert(dotted: str, f: dataclasses.Field, value: Any, where: str) -> Any:
-    kind = _field_type(f)
-    is_env = isinstance(value, _EnvValue)
-    text = value.text if is_env else None
-    try:
-        if kind is bool:
-            if is_env:
-                lowered = text.strip().lower()
-                if lowered not in _BOOLS:
-                    raise ValueError
-                result: Any = _BOOLS[lowered]
-            elif isinstance(value, bool):
-                result = value
-            else:
-                raise ValueError
-        elif kind is int:
-            if is_env:
-                result = int(text.strip())
-            elif isinstance(value, int) and not isinstance(value, bool):
-                result = value
-            else:
-                raise ValueError
-        elif kind is float:
-            if is_env:
-                result = float(text.strip())
-            elif isinstance(value, int | float) and not isinstance(value, bool):
-                result = float(value)
-            else:
-                raise ValueError
-        elif kind is str:
-            if is_env:
-                result = text
-            elif isinstance(value, str):
-                result = value
-            else:
-                raise ValueError
-        elif typing.get_origin(kind) is tuple:
-            if is_env:
-                result = tuple(item.strip() for item in text.split(",") if item.strip())
-            elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-                result = tuple(value)
-            else:
-                raise ValueError
-        else:  # pragma: no cover - a new field type without a converter is a programming error
-            raise TypeError(f"no converter for {kind}")
-    except ValueError:
-        shown = text if is_env else value
-        raise ConfigError(
-            f"setting '{dotted}' {where} must be {_describe(kind)}, got {shown!r}"
-        ) from None
-    meta = f.metadata
-    if meta.get("choices") and result not in meta["choices"]:
-        options = ", ".join(map(str, meta["choices"]))
-        raise ConfigError(f"setting '{dotted}' {where} must be one of {options}, got {result!r}")
-    if meta.get("min") is not None and result < meta["min"]:
-        raise ConfigError(f"setting '{dotted}' {where} must be at least {meta['min']}")
-    if meta.get("max") is not None and result > meta["max"]:
-        raise ConfigError(f"setting '{dotted}' {where} must be at most {meta['max']}")
-    return result
-
-
-_BOOLS = {"1": True, "true": True, "yes": True, "on": True}
-_BOOLS |= {"0": False, "false": False, "no": False, "off": False}
-
-
-def _describe(kind: Any) -> str:
-    if kind is bool:
-        return "true or false"
-    if kind is int:
-        return "an integer"
-    if kind is float:
-        return "a number"
-    if kind is str:
-        return "a string"
-    if typing.get_origin(kind) is tuple:
-        return "a list of strings"
-    return str(kind)
-
-
-def describe_default(f: dataclasses.Field) -> str:
-    """The default as it would be written in appliance.toml (for docs)."""
-    value = f.default
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, tuple):
-        return "[" + ", ".join(f'"{v}"' for v in value) + "]"
-    if isinstance(value, str):
-        return f'"{value}"'
-    return str(value)
+    return config_loader.iter_settings(Settings)
 
 
 __all__ = [

@@ -1,0 +1,314 @@
+"""How settings are declared, read and checked: the machinery behind ``appliance.config``.
+
+``config.py`` keeps the settings classes (one place to add a setting); this module turns a
+TOML file, ``APPLIANCE_<SECTION>__<KEY>`` environment variables and command-line overrides
+into them, and describes them for the generated docs. It is the only reader of
+``os.environ`` in the package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tomllib
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import ConfigError
+
+ENV_PREFIX = "APPLIANCE_"
+CONFIG_FILE_NAME = "appliance.toml"
+DEFAULT_DATA_DIR = "./data"
+
+log = logging.getLogger("appliance.config")
+
+
+def setting(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[Any, ...] | None = None,
+    min: float | None = None,
+    max: float | None = None,
+) -> Any:
+    """Declare one setting: its default, its help text and optional bounds."""
+    return field(
+        default=default,
+        metadata={"help": help, "choices": choices, "min": min, "max": max},
+    )
+
+
+def secret(help: str) -> Any:
+    """A secret setting: repr=False keeps it out of any printed Settings."""
+    return field(
+        default="",
+        repr=False,
+        metadata={"help": help, "choices": None, "min": None, "max": None},
+    )
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where things live inside the data dir."""
+
+    data_dir: Path
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "appliance.db"
+
+    @property
+    def queue(self) -> Path:
+        return self.data_dir / "queue.db"
+
+    @property
+    def files(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def models(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def outbox(self) -> Path:
+        return self.data_dir / "outbox"
+
+    @property
+    def secrets(self) -> Path:
+        return self.data_dir / "secrets"
+
+    @property
+    def exports(self) -> Path:
+        return self.data_dir / "exports"
+
+    @property
+    def run(self) -> Path:
+        """State of the running services (``appliance up`` writes it; nothing secret)."""
+        return self.data_dir / "run"
+
+
+def load(
+    root: type,
+    retired: Mapping[str, str],
+    *,
+    data_dir: str | Path | None,
+    config_file: str | Path | None,
+    overrides: Mapping[str, Any] | None,
+    environ: Mapping[str, str] | None,
+) -> Any:
+    """An instance of the settings class ``root``: see ``Settings.load``."""
+    env = os.environ if environ is None else environ
+    data = Path(data_dir or env.get(f"{ENV_PREFIX}DATA_DIR") or DEFAULT_DATA_DIR)
+    data = data.expanduser().absolute()
+    explicit = config_file or env.get(f"{ENV_PREFIX}CONFIG")
+    path = Path(explicit).expanduser().absolute() if explicit else data / CONFIG_FILE_NAME
+    settings = root(data_dir=data, config_file=path if path.exists() else None)
+    if explicit and not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.exists():
+        settings = apply(settings, read_toml(path), str(path), retired)
+    settings = apply(settings, read_env(env), "environment", retired)
+    if overrides:
+        settings = settings.replace(**{k: v for k, v in overrides.items() if v is not None})
+    return settings
+
+
+def split_overrides(overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{"web.port": 9000}`` as ``{"web": {"port": 9000}}``."""
+    raw: dict[str, dict[str, Any]] = {}
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        raw.setdefault(section, {})[key] = value
+    return raw
+
+
+def sections(root: type) -> dict[str, type]:
+    """Section name → dataclass of the settings class ``root``, in declaration order."""
+    return {
+        f.name: f.default_factory  # type: ignore[misc]
+        for f in dataclasses.fields(root)
+        if f.default_factory is not dataclasses.MISSING
+    }
+
+
+def iter_settings(root: type) -> Iterator[tuple[str, dataclasses.Field]]:
+    """Every setting as ``("section.key", field)``: for docs and the docs test."""
+    for section, cls in sections(root).items():
+        for f in dataclasses.fields(cls):
+            yield f"{section}.{f.name}", f
+
+
+def env_name(dotted: str) -> str:
+    section, key = dotted.split(".")
+    return f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
+
+
+def url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def read_toml(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    for key, value in data.items():
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"unknown setting '{key}' in {path}: settings live in sections such as [web]"
+            )
+    return data
+
+
+def read_env(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    raw: dict[str, dict[str, Any]] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].partition("__")
+        raw.setdefault(section.lower(), {})[key.lower()] = _EnvValue(name, value)
+    return raw
+
+
+@dataclass(frozen=True)
+class _EnvValue:
+    """A string from the environment, converted to the field's type when applied."""
+
+    name: str
+    text: str
+
+
+def apply(
+    settings: Any, raw: dict[str, dict[str, Any]], source: str, retired: Mapping[str, str]
+) -> Any:
+    """``settings`` with ``raw`` (section → key → value from ``source``) converted and checked.
+
+    A key in ``retired`` (``"section.key"`` → why it went) is ignored with one warning.
+    """
+    known = sections(type(settings))
+    changes: dict[str, Any] = {}
+    for section, values in raw.items():
+        if section not in known:
+            where = _where(source, section, next(iter(values.values()), None))
+            raise ConfigError(f"unknown settings section '{section}' {where}")
+        cls = known[section]
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        updates = {}
+        for key, value in values.items():
+            where = _where(source, f"{section}.{key}", value)
+            if f"{section}.{key}" in retired and key not in fields:
+                reason = retired[f"{section}.{key}"]
+                log.warning(
+                    "setting '%s.%s' %s is gone and ignored: %s", section, key, where, reason
+                )
+                continue
+            if key not in fields:
+                raise ConfigError(f"unknown setting '{section}.{key}' {where}")
+            updates[key] = _convert(f"{section}.{key}", cls, fields[key], value, where)
+        changes[section] = dataclasses.replace(getattr(settings, section), **updates)
+    return dataclasses.replace(settings, **changes)
+
+
+def _where(source: str, dotted: str, value: Any) -> str:
+    if isinstance(value, _EnvValue):
+        return f"(environment variable {value.name})"
+    if source == "override":
+        return "(command line)"
+    return f"(in {source})"
+
+
+def _convert(dotted: str, owner: type, f: dataclasses.Field, value: Any, where: str) -> Any:
+    kind = typing.get_type_hints(owner)[f.name]
+    is_env = isinstance(value, _EnvValue)
+    text = value.text if is_env else None
+    try:
+        if kind is bool:
+            if is_env:
+                lowered = text.strip().lower()
+                if lowered not in _BOOLS:
+                    raise ValueError
+                result: Any = _BOOLS[lowered]
+            elif isinstance(value, bool):
+                result = value
+            else:
+                raise ValueError
+        elif kind is int:
+            if is_env:
+                result = int(text.strip())
+            elif isinstance(value, int) and not isinstance(value, bool):
+                result = value
+            else:
+                raise ValueError
+        elif kind is float:
+            if is_env:
+                result = float(text.strip())
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                result = float(value)
+            else:
+                raise ValueError
+        elif kind is str:
+            if is_env:
+                result = text
+            elif isinstance(value, str):
+                result = value
+            else:
+                raise ValueError
+        elif typing.get_origin(kind) is tuple:
+            if is_env:
+                result = tuple(item.strip() for item in text.split(",") if item.strip())
+            elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+                result = tuple(value)
+            else:
+                raise ValueError
+        else:  # pragma: no cover - a new field type without a converter is a programming error
+            raise TypeError(f"no converter for {kind}")
+    except ValueError:
+        shown = text if is_env else value
+        raise ConfigError(
+            f"setting '{dotted}' {where} must be {_describe(kind)}, got {shown!r}"
+        ) from None
+    meta = f.metadata
+    if meta.get("choices") and result not in meta["choices"]:
+        options = ", ".join(map(str, meta["choices"]))
+        raise ConfigError(f"setting '{dotted}' {where} must be one of {options}, got {result!r}")
+    if meta.get("min") is not None and result < meta["min"]:
+        raise ConfigError(f"setting '{dotted}' {where} must be at least {meta['min']}")
+    if meta.get("max") is not None and result > meta["max"]:
+        raise ConfigError(f"setting '{dotted}' {where} must be at most {meta['max']}")
+    return result
+
+
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True}
+_BOOLS |= {"0": False, "false": False, "no": False, "off": False}
+
+
+def _describe(kind: Any) -> str:
+    if kind is bool:
+        return "true or false"
+    if kind is int:
+        return "an integer"
+    if kind is float:
+        return "a number"
+    if kind is str:
+        return "a string"
+    if typing.get_origin(kind) is tuple:
+        return "a list of strings"
+    return str(kind)
+
+
+def describe_default(f: dataclasses.Field) -> str:
+    """The default as it would be written in appliance.toml (for docs)."""
+    value = f.default
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(f'"{v}"' for v in value) + "]"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
