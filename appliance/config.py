@@ -160,7 +160,7 @@ class InferenceSettings:
         min=1,
     )
     account_wait_seconds: float = setting(
-        30.0,
+        60.0,
         "How long a request beyond its account's inference.per_account_queue waits for a "
         "place before it gets 429 with Retry-After (0: refused at once). Other accounts' "
         "requests do not wait behind it.",
