@@ -1,11 +1,10 @@
 """Ingestion: extract, chunk, embed and index documents, many at a time.
 
 The worker hands over a batch of queued documents (``tasks.ingest_document`` drains the
-queue); each is extracted on its own, their sentences are counted in the embedding
-model's tokens together (for chunk sizes), then the chunks of all of them are embedded
-together, ``EMBED_BATCH`` texts a request, and written together: a request's chunks,
-FTS5 rows and vectors in one transaction. So a stream of small documents costs a few
-requests and transactions per batch instead of several per document. Safe to run
+queue); each is extracted and chunked on its own, then the chunks of all of them are
+embedded together, ``EMBED_BATCH`` texts a request, and written together: a request's
+chunks, FTS5 rows and vectors in one transaction. So a stream of small documents costs a
+few requests and transactions per batch instead of several per document. Safe to run
 again at any point: a document not finished is started again from scratch.
 """
 
@@ -27,8 +26,6 @@ from appliance.knowledge.store import Chunk, Document, KnowledgeStore
 log = logging.getLogger(__name__)
 #: Texts per embedding request (chunks of one document or several).
 EMBED_BATCH = 32
-#: Sentences per token-counting request (the service takes up to 100,000).
-COUNT_BATCH = 10_000
 
 
 @dataclass
@@ -56,15 +53,14 @@ def ingest_documents(
             not finished are started again then).
     """
     store = KnowledgeStore(db)
-    extracted: list[tuple[Document, extract.Extracted]] = []
+    pending: list[_Pending] = []
     for document_id in document_ids:
         doc = store.document_any(document_id)
         if doc is None or doc.status == "ready":
             continue
-        found = _extract(db, settings, doc, document_path(settings, doc))
-        if found is not None:
-            extracted.append((doc, found))
-    pending = [_Pending(doc, chunks) for doc, chunks in _chunk(db, settings, client, extracted)]
+        chunks = _extract_and_chunk(db, settings, client, doc, document_path(settings, doc))
+        if chunks:
+            pending.append(_Pending(doc, chunks))
     if not pending:
         return
     with write_transaction(db):
@@ -122,11 +118,12 @@ def _write(db, store: KnowledgeStore, batch, vectors, model: str) -> None:
             )
 
 
-def _extract(db, settings: Settings, doc: Document, path) -> extract.Extracted | None:
-    """The document's text; on failure the document is marked failed and None returned."""
+def _extract_and_chunk(db, settings: Settings, client, doc: Document, path) -> list[Chunk]:
+    """The document's chunks; on failure the document is marked failed and [] returned."""
+    store = KnowledgeStore(db)
     _set(db, doc.id, "extracting", error=None, chunks_done=0, chunks_total=0)
     try:
-        return extract.extract(
+        extracted = extract.extract(
             path,
             doc.kind,
             timeout=settings.knowledge.extract_timeout_seconds,
@@ -134,54 +131,21 @@ def _extract(db, settings: Settings, doc: Document, path) -> extract.Extracted |
         )
     except extract.ExtractionError as exc:
         _set(db, doc.id, "failed", error=str(exc))
+        return []
     except FileNotFoundError:
-        if KnowledgeStore(db).document_any(doc.id) is not None:
+        if store.document_any(doc.id) is not None:
             _set(db, doc.id, "failed", error="The uploaded file is missing; upload it again.")
-    return None
-
-
-def _chunk(db, settings: Settings, client, extracted) -> list[tuple[Document, list[Chunk]]]:
-    """Each document's chunks, its sentences counted in the model's tokens together with
-    the other documents' (a few requests for the batch, not one per document); a
-    document without text is marked failed and left out."""
+        return []
     cfg = settings.knowledge
-    sentences: list[str] = []
-
-    def learn(texts: list[str]) -> list[int]:  # a first pass only learns the sentences
-        sentences.extend(texts)
-        return chunking.estimate_tokens(texts)
-
-    for _, found in extracted:
-        chunking.chunk_sections(
-            found.sections,
-            learn,
-            chunk_tokens=cfg.chunk_tokens,
-            overlap_tokens=cfg.chunk_overlap_tokens,
-        )
-    unique = list(dict.fromkeys(sentences))
-    count = _counter(client)
-    known = {
-        text: tokens
-        for start in range(0, len(unique), COUNT_BATCH)
-        for text, tokens in zip(
-            unique[start : start + COUNT_BATCH],
-            count(unique[start : start + COUNT_BATCH]),
-            strict=True,
-        )
-    }
-    result = []
-    for doc, found in extracted:
-        chunks = chunking.chunk_sections(
-            found.sections,
-            lambda texts: [known[text] for text in texts],
-            chunk_tokens=cfg.chunk_tokens,
-            overlap_tokens=cfg.chunk_overlap_tokens,
-        )
-        if chunks:
-            result.append((doc, chunks))
-        else:
-            _set(db, doc.id, "failed", error="No text was found in this document.")
-    return result
+    chunks = chunking.chunk_sections(
+        extracted.sections,
+        _counter(client),
+        chunk_tokens=cfg.chunk_tokens,
+        overlap_tokens=cfg.chunk_overlap_tokens,
+    )
+    if not chunks:
+        _set(db, doc.id, "failed", error="No text was found in this document.")
+    return chunks
 
 
 def _counter(client: InferenceClient):

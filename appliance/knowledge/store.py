@@ -334,14 +334,16 @@ class KnowledgeStore:
             )
         ]
 
-    def account_vectors(self, account_id: str) -> tuple[list[int], bytes, int]:
+    def account_vectors(self, account_id: str) -> tuple[list[int], bytearray, int]:
         """All the account's vectors: chunk ids, the float32 rows joined, dimensions."""
-        rows = self.db.execute(
+        ids, rows = [], bytearray()
+        for rowid, blob in self.db.execute(
             f"select rowid, embedding from {VECTOR_TABLE} where account_id = ?",  # noqa: S608
             [account_id],
-        ).fetchall()
-        dim = int(self.meta("embedding_dim") or 0)
-        return [row[0] for row in rows], b"".join(row[1] for row in rows), dim
+        ):
+            ids.append(rowid)
+            rows += blob
+        return ids, rows, int(self.meta("embedding_dim") or 0)
 
     def nearest(self, account_id: str, vector: Sequence[float], k: int) -> list[int]:
         """Exact KNN (vec0, or its in-RAM copy, matrix.py), or for the largest accounts
