@@ -346,23 +346,17 @@ class KnowledgeStore:
         return ids, rows, int(self.meta("embedding_dim") or 0)
 
     def nearest(self, account_id: str, vector: Sequence[float], k: int) -> list[int]:
-        """Exact KNN (vec0, or its in-RAM copy, matrix.py), or for the largest accounts
-        the binary first pass and rescoring (codes.py)."""
         if not self.has_vectors():
             return []
-        rows = self.indexed_rows()
-        if rows >= matrix.IN_RAM_FROM:
+        if self.indexed_rows() >= codes.QUANTIZED_ABOVE:
             path = self.db.execute(
                 "select file from pragma_database_list where name = 'main'"
             ).fetchone()[0]
-            if (
-                rows >= codes.QUANTIZED_ABOVE
-                and codes.size(self, path, account_id) >= codes.QUANTIZED_ABOVE
-            ):
+            if codes.size(self, path, account_id) >= codes.QUANTIZED_ABOVE:
                 return codes.nearest(self, path, account_id, vector, k)
-            found = matrix.nearest(self, path, account_id, vector, k) if path else None
-            if found is not None:
-                return found
+        found = self._nearest_in_ram(account_id, vector, k)
+        if found is not None:
+            return found
         rows = self.db.execute(
             f"""select rowid from {VECTOR_TABLE}
                 where embedding match ? and k = ? and account_id = ?
@@ -370,3 +364,12 @@ class KnowledgeStore:
             [serialize_float32(list(vector)), k, account_id],
         )
         return [row[0] for row in rows]
+
+    def _nearest_in_ram(self, account_id: str, vector: Sequence[float], k: int) -> list[int] | None:
+        """vec0's exact KNN, from the in-RAM copy of a large account's vectors
+        (matrix.py); None when there is none (yet)."""
+        if self.indexed_rows() < matrix.IN_RAM_FROM:
+            return None
+        path = self.db.execute("select file from pragma_database_list where name = 'main'")
+        path = path.fetchone()[0]
+        return matrix.nearest(self, path, account_id, vector, k) if path else None
