@@ -299,26 +299,6 @@ class KnowledgeStore:
                 counts[stem] = row[0] if row else 0
         return {word: counts[_stems.get(word, word)] for word in words}
 
-    def codes(self, account_id: str, after: int) -> tuple[list[int], list[bytes]]:
-        """The account's chunk ids above ``after`` with their vectors' sign bits."""
-        rows = self.db.execute(
-            "select id, code from chunks where account_id = ? and id > ? and code is not null "
-            "order by id",
-            [account_id, after],
-        ).fetchall()
-        return [row[0] for row in rows], [row[1] for row in rows]
-
-    def vectors(self, ids: Sequence[int]) -> dict[int, bytes]:
-        """The stored float32 vectors of chunks ``ids`` (raw bytes), by id."""
-        found = {}
-        for chunk_id in ids:
-            row = self.db.execute(
-                "select embedding from chunk_vectors where rowid = ?", [chunk_id]
-            ).fetchone()
-            if row is not None:
-                found[chunk_id] = row[0]
-        return found
-
     def account_chunks(self, account_id: str) -> int:
         return self.db.execute(
             "select count(*) from chunks where account_id = ?", [account_id]
@@ -344,6 +324,26 @@ class KnowledgeStore:
             ids.append(rowid)
             rows += blob
         return ids, rows, int(self.meta("embedding_dim") or 0)
+
+    def codes(self, account_id: str, after: int) -> tuple[list[int], list[bytes]]:
+        """The account's chunk ids above ``after`` with their vectors' sign bits."""
+        rows = self.db.execute(
+            "select id, code from chunks where account_id = ? and id > ? and code is not null "
+            "order by id",
+            [account_id, after],
+        ).fetchall()
+        return [row[0] for row in rows], [row[1] for row in rows]
+
+    def vectors(self, ids: Sequence[int]) -> dict[int, bytes]:
+        """The stored float32 vectors of chunks ``ids`` (raw bytes), by id."""
+        found = {}
+        for chunk_id in ids:
+            row = self.db.execute(
+                "select embedding from chunk_vectors where rowid = ?", [chunk_id]
+            ).fetchone()
+            if row is not None:
+                found[chunk_id] = row[0]
+        return found
 
     def nearest(self, account_id: str, vector: Sequence[float], k: int) -> list[int]:
         if not self.has_vectors():
