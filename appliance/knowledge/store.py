@@ -14,12 +14,18 @@ import sqlite_utils
 from sqlite_vec import serialize_float32
 
 from appliance.db import write_transaction
-from appliance.knowledge import codes
+from appliance.knowledge import codes, matrix
 
 VECTOR_TABLE = "chunk_vectors"
 #: Porter stems of query words already seen (the tokenizer never changes): word -> stem.
 _stems: dict[str, str] = {}
 _MAX_STEMS = 100_000
+#: Per database file: (chunks when counted, the kb_meta 'deletions' value, stem -> count).
+#: A count is read once from the index (reading a common word's whole posting list) and
+#: kept until a deletion or until the index has grown by ``_RECOUNT_GROWTH``: until then a
+#: kept count can only be below the true one, so a rare word is never taken for common.
+_frequencies: dict[str, tuple[int, str | None, dict[str, int]]] = {}
+_RECOUNT_GROWTH = 0.05
 
 
 @dataclass(frozen=True)
@@ -329,7 +335,8 @@ class KnowledgeStore:
         """How many chunks (all accounts) hold each word, as the index stems it.
 
         The stems come from a TEMP FTS5 table with the index's tokenizer (the vocabulary
-        of its one row maps each word to its stem); the counts from ``chunks_vocab``.
+        of its one row maps each word to its stem); the counts from ``chunks_vocab``,
+        kept per process as ``_frequencies`` says.
         """
         missing = [word for word in words if word not in _stems]
         if missing:
@@ -350,13 +357,56 @@ class KnowledgeStore:
                 _stems.clear()
             for row in self.db.query("select doc, term from temp.kb_query_stems"):
                 _stems[missing[row["doc"]]] = row["term"]
-        counts = {}
+        path = self.db.execute(
+            "select file from pragma_database_list where name = 'main'"
+        ).fetchone()[0]
+        rows, deletions = self.indexed_rows(), self.meta("deletions")
+        known = _frequencies.get(path)
+        if (
+            not path  # in memory: nothing to key the counts by
+            or known is None
+            or known[1] != deletions
+            or rows > known[0] * (1 + _RECOUNT_GROWTH)
+            or len(known[2]) > _MAX_STEMS
+        ):
+            known = (rows, deletions, {})
+            if path:
+                _frequencies[path] = known
+        counts = known[2]
         for word in words:
-            row = self.db.execute(
-                "select doc from chunks_vocab where term = ?", [_stems.get(word, word)]
-            ).fetchone()
-            counts[word] = row[0] if row else 0
-        return counts
+            stem = _stems.get(word, word)
+            if stem not in counts:
+                row = self.db.execute(
+                    "select doc from chunks_vocab where term = ?", [stem]
+                ).fetchone()
+                counts[stem] = row[0] if row else 0
+        return {word: counts[_stems.get(word, word)] for word in words}
+
+    def account_chunks(self, account_id: str) -> int:
+        return self.db.execute(
+            "select count(*) from chunks where account_id = ?", [account_id]
+        ).fetchone()[0]
+
+    def chunk_ids(self, account_id: str, after: int) -> list[int]:
+        """The account's chunk ids above ``after``, in order."""
+        return [
+            row[0]
+            for row in self.db.execute(
+                "select id from chunks where account_id = ? and id > ? order by id",
+                [account_id, after],
+            )
+        ]
+
+    def account_vectors(self, account_id: str) -> tuple[list[int], bytearray, int]:
+        """All the account's vectors: chunk ids, the float32 rows joined, dimensions."""
+        ids, rows = [], bytearray()
+        for rowid, blob in self.db.execute(
+            f"select rowid, embedding from {VECTOR_TABLE} where account_id = ?",  # noqa: S608
+            [account_id],
+        ):
+            ids.append(rowid)
+            rows += blob
+        return ids, rows, int(self.meta("embedding_dim") or 0)
 
     def codes(self, account_id: str, after: int) -> tuple[list[int], list[bytes]]:
         """The account's chunk ids above ``after`` with their vectors' sign bits."""
@@ -411,6 +461,9 @@ class KnowledgeStore:
             ).fetchone()[0]
             if codes.size(self, path, account_id) >= codes.QUANTIZED_ABOVE:
                 return codes.nearest(self, path, account_id, vector, k)
+        found = self._nearest_in_ram(account_id, vector, k)
+        if found is not None:
+            return found
         rows = self.db.execute(
             f"""select rowid from {VECTOR_TABLE}
                 where embedding match ? and k = ? and account_id = ?
@@ -418,3 +471,12 @@ class KnowledgeStore:
             [serialize_float32(list(vector)), k, account_id],
         )
         return [row[0] for row in rows]
+
+    def _nearest_in_ram(self, account_id: str, vector: Sequence[float], k: int) -> list[int] | None:
+        """vec0's exact KNN, from the in-RAM copy of a large account's vectors
+        (matrix.py); None when there is none (yet)."""
+        if self.indexed_rows() < matrix.IN_RAM_FROM:
+            return None
+        path = self.db.execute("select file from pragma_database_list where name = 'main'")
+        path = path.fetchone()[0]
+        return matrix.nearest(self, path, account_id, vector, k) if path else None
