@@ -58,7 +58,6 @@ def seed(settings) -> dict[str, str]:
     from appliance.db import open_db
     from appliance.instances import service as instances
     from appliance.knowledge import service as knowledge
-    from appliance.web.instances import chat_models
 
     now = datetime.now(UTC)
     db = open_db(settings)
@@ -84,13 +83,12 @@ def seed(settings) -> dict[str, str]:
             person = accounts.ensure_user(db, email, now)
             accounts.add_member(db, team.id, person.id, role, now)
             people[role] = person
-        models = chat_models(settings) or [settings.inference.chat_model]
         assistant = instances.create(
             db,
             team.id,
             "owner",
             {"name": "assistant"},
-            models=models,
+            models=[settings.inference.chat_model],
             max_tokens_cap=settings.inference.max_tokens,
             now=now,
         )

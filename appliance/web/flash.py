@@ -14,6 +14,7 @@ import base64
 import hashlib
 import hmac
 import json
+import time
 from typing import Any
 
 from litestar import Request
@@ -56,13 +57,16 @@ def _verify(settings: Settings, value: str) -> dict[str, Any] | None:
         payload = json.loads(base64.urlsafe_b64decode(body))
     except (ValueError, UnicodeDecodeError):
         return None
-    return payload if isinstance(payload, dict) else None
+    if not isinstance(payload, dict) or not isinstance(payload.get("at"), int):
+        return None
+    # The browser drops the cookie after a minute; a copy replayed later is refused too.
+    return payload if 0 <= time.time() - payload["at"] <= MAX_AGE_SECONDS else None
 
 
 def redirect(request: Request, url: str, message: str, level: str = "ok", **extra: Any) -> Redirect:
     """A 303 to ``url`` that shows ``message`` once on the page it lands on."""
     settings: Settings = request.app.state.settings
-    payload = {"flashes": [[level, message]], **extra}
+    payload = {"flashes": [[level, message]], "at": int(time.time()), **extra}
     return Redirect(
         url,
         status_code=303,

@@ -63,7 +63,7 @@ def test_setup_sign_in_onboarding_sign_out_and_back(live_app, page, settings):
 
     page.goto(base + "/settings")
     assert "Founders &amp; Co" in page.content() or "Founders & Co" in page.inner_text("body")
-    page.get_by_label("Name").fill("laptop")
+    page.get_by_label("Name", exact=True).fill("laptop")
     page.get_by_role("button", name="Create key").click()
     secret = page.locator("#new-key").inner_text()
     assert secret.startswith("apl_")

@@ -3,11 +3,17 @@ they land on; a new API key is shown once, by the page after the redirect."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import re
+import time
 
 import pytest
 
 import appliance
+from appliance import vault
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth
 from appliance.web import flash
@@ -54,9 +60,23 @@ def test_an_invite_is_confirmed_once(client, db, owner):
     assert "Invite sent" not in client.get("/settings").text
 
 
-def test_a_forged_or_tampered_message_is_ignored(client, owner, settings):
-    client.cookies.set(flash.NAME, "eyJmbGFzaGVzIjpbWyJvayIsIkhpIl1dfQ==.00")
-    assert "Hi" not in client.get("/settings").text.split("<main", 1)[1].split("</main>")[0]
+def test_a_forged_tampered_or_stale_message_is_ignored(client, owner, settings):
+    def main(page: str) -> str:
+        return page.split("<main", 1)[1].split("</main>")[0]
+
+    def signed(payload: dict) -> str:
+        body = base64.urlsafe_b64encode(json.dumps(payload).encode())
+        key = hashlib.sha256(b"flash:" + vault.read_secret(settings, "session_key").encode())
+        return body.decode() + "." + hmac.new(key.digest(), body, hashlib.sha256).hexdigest()
+
+    now = int(time.time())
+    client.cookies.set(flash.NAME, signed({"flashes": [["ok", "Fresh"]], "at": now}))
+    assert "Fresh" in main(client.get("/settings").text)  # the helper signs as the app does
+    forged = signed({"flashes": [["ok", "Forged"]], "at": now})[:-2] + "00"
+    client.cookies.set(flash.NAME, forged)
+    assert "Forged" not in main(client.get("/settings").text)
+    client.cookies.set(flash.NAME, signed({"flashes": [["ok", "Stale"]], "at": now - 120}))
+    assert "Stale" not in main(client.get("/settings").text)
 
 
 def test_a_failed_form_explains_on_the_same_page(client, owner):

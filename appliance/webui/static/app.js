@@ -24,19 +24,23 @@ function setUpMenu() {
 }
 
 // A side panel (the chat's conversation list) becomes a drawer on small screens: it slides
-// over the page from the left, opened by a button placed before it, closed by that button,
-// Escape or a click outside it.
+// over the page from the left, opened by its toggle button (the page's own, the one whose
+// aria-controls names it, else one placed before it), closed by that button, Escape or a
+// click outside it.
 function setUpDrawers() {
   document.querySelectorAll("[data-drawer], .chat-side").forEach((panel, index) => {
     if (!panel.id) panel.id = "drawer-" + index;
-    const button = document.createElement("button");
-    button.type = "button";
-    button.className = "drawer-toggle";
-    button.textContent = panel.dataset.drawer || "Conversations";
-    button.setAttribute("aria-expanded", "false");
-    button.setAttribute("aria-controls", panel.id);
-    button.addEventListener("click", () => toggle(button, panel));
-    panel.parentElement.insertBefore(button, panel);
+    let button = document.querySelector(`[aria-controls="${panel.id}"]`);
+    if (!button) {
+      button = document.createElement("button");
+      button.type = "button";
+      button.className = "drawer-toggle";
+      button.textContent = panel.dataset.drawer || "Conversations";
+      button.setAttribute("aria-expanded", "false");
+      button.setAttribute("aria-controls", panel.id);
+      button.addEventListener("click", () => toggle(button, panel));
+      panel.parentElement.insertBefore(button, panel);
+    }
     document.addEventListener("click", (event) => {
       const open = panel.classList.contains("open");
       if (open && !panel.contains(event.target) && !button.contains(event.target)) {
