@@ -111,7 +111,7 @@ def setup_account(settings: Settings, index: int) -> dict[str, str]:
         now = datetime.now(UTC)
         stamp = time.time_ns()
         user, account = accounts.create_user(
-            db, f"load-{index}-{stamp}@bench.invalid", now, account_name=f"Load {index}"
+            db, f"load-{index}-{stamp}@bench.invalid", now, account_name=f"Load {index}-{stamp}"
         )
         instances.create(
             db,
