@@ -20,7 +20,8 @@ from appliance.inference.client import InferenceClient
 PROBE_SECONDS = 10
 #: The probe's one-token request (any loaded chat model can answer it).
 PROBE_REQUEST = {"messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 1}
-PROBE_TIMEOUT_SECONDS = 10.0
+#: A loaded CPU box may take seconds for the first token; longer than this is not ready.
+PROBE_TIMEOUT_SECONDS = 30.0
 
 
 class InferenceProbe:

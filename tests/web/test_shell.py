@@ -37,7 +37,7 @@ def test_readyz_ready_when_inference_answers(tmp_path, inference_service):
     )
     with TestClient(create_app(settings)) as client:
         response = client.get("/readyz")
-    assert response.status_code == 200
+    assert response.status_code == 200, response.text
     assert response.json() == {"status": "ready", "checks": {"database": "ok", "inference": "ok"}}
 
 
