@@ -72,15 +72,23 @@ class ChatApi(Controller):
         data: JSONBody[dict[str, Any]],
         me: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
+        inference: NamedDependency[InferenceClient],
         clock: NamedDependency[Clock],
     ) -> dict:
-        """Start a conversation: ``{"instance_id", "title"?}``."""
+        """Start a conversation: ``{"instance_id", "title"?, "content"?}``. With
+        ``content`` (the first message, sent next to ``/messages``) nothing is created when
+        that message is empty or cannot fit the instance's context budget (400)."""
         instance_id = data.get("instance_id")
         if not isinstance(instance_id, str):
             raise InvalidInput("'instance_id' must be the id of one of your instances.")
-        created = chat.create(
-            db, me.account.id, me.user.id, instance_id, clock(), title=data.get("title")
-        )
+        ids = (me.account.id, me.user.id, instance_id)
+        if "content" in data:
+            created = chat.start(
+                db, settings, inference, *ids, data["content"], clock(), title=data.get("title")
+            )
+        else:
+            created = chat.create(db, *ids, clock(), title=data.get("title"))
         return created.public(with_messages=True)
 
     @post("/measure", status_code=200, sync_to_thread=True)
@@ -283,14 +291,19 @@ class ChatPages(Controller):
         inference: NamedDependency[InferenceClient],
         clock: NamedDependency[Clock],
     ) -> Response:
-        """Without JavaScript: start a conversation and answer its first message."""
+        """Without JavaScript: start a conversation and answer its first message (one that
+        is refused leaves no conversation behind)."""
+        ids = (me.account.id, me.user.id, data.get("instance_id", ""))
+        content = data.get("content", "")
         created = await anyio.to_thread.run_sync(
-            lambda: chat.create(db, me.account.id, me.user.id, data.get("instance_id", ""), clock())
-        )
-        if data.get("content", "").strip():
-            await respond(
-                False, db, settings, inference, me, clock, created.id, content=data["content"]
+            lambda: (
+                chat.start(db, settings, inference, *ids, content, clock())
+                if content.strip()
+                else chat.create(db, *ids, clock())
             )
+        )
+        if content.strip():
+            await respond(False, db, settings, inference, me, clock, created.id, content=content)
         return Redirect(f"/chat/{created.id}")
 
     @post("/chat/{conversation_id:str}/send")
