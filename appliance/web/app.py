@@ -187,6 +187,8 @@ def _operator_name(settings: Settings) -> str:
     """The page footer's name: the operator as named at setup or on /admin, else
     ``privacy.company_legal_name`` (also when the database cannot be read, as on an error
     page about it)."""
+    if not settings.paths.database.exists():
+        return settings.privacy.company_legal_name
     try:
         db = open_reader(str(settings.paths.database))
         try:
