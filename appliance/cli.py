@@ -183,23 +183,12 @@ def cmd_policy_publish(settings: Settings, args: argparse.Namespace) -> int:
     db = open_initialised(settings)
     try:
         version = policy.publish(db, settings, now, effective_at=effective, summary=args.summary)
-        recipients = policy.recipients(db)
+        emailed = policy.announce(db, version, create_queue(settings).send_mail)
     finally:
         db.close()
-    queue = create_queue(settings)
-    for email in recipients:
-        queue.send_mail(
-            "policy_changed",
-            email,
-            {
-                "version": version.version,
-                "effective": version.effective_at[:10],
-                "summary": version.summary,
-            },
-        )
     print(
         f"published version {version.version} (sha256 {version.text_sha256[:12]}), in effect "
-        f"from {version.effective_at[:10]}; {len(recipients)} user(s) will be emailed"
+        f"from {version.effective_at[:10]}; {emailed} user(s) will be emailed"
     )
     return 0
 

@@ -98,12 +98,15 @@ def check_settings(settings: Settings) -> None:
     _sender_domain(settings)
 
 
-def compose(settings: Settings, template: str, to: str, **context: Any) -> Mail:
+def compose(
+    settings: Settings, template: str, to: str, *, company: str | None = None, **context: Any
+) -> Mail:
     """Render ``appliance/webui/templates/mail/<template>.*`` into a ``Mail`` to ``to``.
 
     ``<template>.subject.txt`` and ``<template>.txt`` are required, ``<template>.html`` is
-    optional. Besides ``context``, templates see ``product``, ``company``, ``public_url``
-    and ``privacy_url``.
+    optional. Besides ``context``, templates see ``product``, ``company`` (the footer's
+    operator name: ``company``, else ``privacy.company_legal_name``), ``public_url`` and
+    ``privacy_url``.
 
     Raises:
         jinja2.TemplateNotFound: no such template.
@@ -113,7 +116,7 @@ def compose(settings: Settings, template: str, to: str, **context: Any) -> Mail:
     values = {
         **context,
         "product": PRODUCT,
-        "company": settings.privacy.company_legal_name,
+        "company": settings.privacy.company_legal_name if company is None else company,
         "public_url": settings.public_url,
         "privacy_url": settings.public_url + "/privacy",
     }

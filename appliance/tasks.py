@@ -25,7 +25,7 @@ from appliance.heartbeat import WORKER_SERVICE
 from appliance.inference.client import InferenceClient
 from appliance.instances import service as instances
 from appliance.knowledge import service as knowledge
-from appliance.privacy import erasure, export, retention
+from appliance.privacy import erasure, export, policy, retention
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,18 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
 
     beat_task = huey.periodic_task(crontab(minute="*"), name="heartbeat")(record_heartbeat)
 
+    def operator_name() -> str:
+        """The mail footer's name (set at setup or on /admin, else the configured one)."""
+        db = open_db(settings)
+        try:
+            return policy.operator_name(db, settings)
+        finally:
+            db.close()
+
     @huey.task(retries=3, retry_delay=30, name="send_mail")
     def send_mail(template: str, to: str, context: dict) -> None:
-        mail.deliver(settings, mail.compose(settings, template, to, **context))
+        message = mail.compose(settings, template, to, company=operator_name(), **context)
+        mail.deliver(settings, message)
 
     @huey.task(retries=3, retry_delay=30, name="send_signin_code")
     def send_signin_code(email: str, code: str) -> None:
@@ -109,7 +118,12 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
             db.close()
         if allowed:
             message = mail.compose(
-                settings, "signin_code", email, code=code, minutes=settings.auth.code_ttl_minutes
+                settings,
+                "signin_code",
+                email,
+                company=operator_name(),
+                code=code,
+                minutes=settings.auth.code_ttl_minutes,
             )
             mail.deliver(settings, message)
 

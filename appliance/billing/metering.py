@@ -157,6 +157,9 @@ class _ObservedClient:
 def token_counts(inference: InferenceClient, texts: list[str], model: str) -> list[int]:
     """Token counts in the model's tokenizer, or an estimate where the server can't tell."""
     counts = inference.count_tokens(texts, model=model)
+    # Not tokens.estimate_tokens: what is charged must not be undercounted, so this one is
+    # deliberately high (two bytes of UTF-8 a token, which covers code and non-Latin text
+    # that take far more tokens per character than prose).
     return counts if counts is not None else [len(t.encode()) // 2 + 1 for t in texts]
 
 

@@ -17,6 +17,7 @@ from appliance.inference.client import InferenceClient
 from appliance.instances import service as instances
 from appliance.knowledge import search as kb_search
 from appliance.persona import service as persona
+from appliance.tokens import estimate_tokens
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def answer_reserve(instance) -> int:
 def count_tokens(client: InferenceClient, texts: list[str]) -> list[int]:
     """Counts in the chat model's tokenizer (an estimate where the server cannot tell)."""
     counts = client.count_tokens(texts, model="chat")
-    return counts if counts is not None else [max(1, len(t) // 4) for t in texts]
+    return counts if counts is not None else [estimate_tokens(t) for t in texts]
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,26 @@ def create(
     return conversation
 
 
+def start(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    client: InferenceClient,
+    account_id: str,
+    user_id: str,
+    instance_id: str,
+    content: Any,
+    now: datetime,
+    *,
+    title: str | None = None,
+) -> Conversation:
+    """A new conversation for the first message ``content``, created only once the message
+    is accepted: one that is empty or cannot fit the instance's context budget raises
+    InvalidInput and leaves nothing behind. ``prepare_turn`` then asks it."""
+    instance = instances.get(db, account_id, instance_id)  # NotFound for other accounts
+    _check_fits(db, settings, client, account_id, instance, clean_content(content), now)
+    return create(db, account_id, user_id, instance_id, now, title=title)
+
+
 def get(
     db: sqlite_utils.Database,
     account_id: str,
@@ -270,6 +290,15 @@ def _check_running(instance: instances.Instance) -> None:
         )
 
 
+def _check_fits(db, settings, client, account_id, instance, content: str, now) -> None:
+    try:
+        measured = room(db, settings, client, account_id, instance, content, now)
+    except Unavailable:
+        return  # no tokenizer now: the turn fails later, the question kept
+    if not measured.fits:
+        raise InvalidInput(measured.refusal())
+
+
 def measure(
     db: sqlite_utils.Database,
     settings: Settings,
@@ -332,12 +361,7 @@ def prepare_turn(
             raise InvalidInput("There is no question to answer again.")
         parent_id, position = last_user.id, last_user.position + 1
     if content is not None:
-        try:
-            measured = room(db, settings, client, account_id, instance, content, now)
-        except Unavailable:
-            measured = None  # no tokenizer now: the turn fails below, the question kept
-        if measured is not None and not measured.fits:
-            raise InvalidInput(measured.refusal())
+        _check_fits(db, settings, client, account_id, instance, content, now)
     store = ChatStore(db)
     with write_transaction(db):
         conversation = get(db, account_id, user_id, conversation_id, with_messages=False)

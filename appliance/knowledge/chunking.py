@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from appliance import tokens
 from appliance.knowledge.extract import Section
 from appliance.knowledge.store import Chunk
 
@@ -28,7 +29,7 @@ class _Unit:
 
 def estimate_tokens(texts: list[str]) -> list[int]:
     """A fallback counter (about four characters a token) for servers without /tokenize."""
-    return [max(1, (len(text) + 3) // 4) for text in texts]
+    return [tokens.estimate_tokens(text) for text in texts]
 
 
 def split_sentences(text: str) -> list[str]:

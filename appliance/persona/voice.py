@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import math
 import os
 import re
 import unicodedata
@@ -30,6 +29,7 @@ from appliance.errors import Conflict, InvalidInput, NotFound
 from appliance.ids import new_id
 from appliance.persona.models import VoiceExcerpt, VoiceSample
 from appliance.persona.store import PersonaStore
+from appliance.tokens import estimate_tokens
 
 KINDS = {".txt": "txt", ".md": "md", ".markdown": "md", ".docx": "docx"}
 DOCX_MAX_ENTRIES = 200
@@ -74,11 +74,6 @@ class TooLarge(InvalidInput):
 def _require_manager(actor_role: str) -> None:
     if actor_role not in MANAGERS:
         raise accounts.Forbidden("Only owners and admins can manage voice samples.")
-
-
-def estimate_tokens(text: str) -> int:
-    """Tokens a text takes, estimated as ceil(characters / 4)."""
-    return math.ceil(len(text) / 4)
 
 
 def sample_path(settings: Settings, account_id: str, sample_id: str) -> Path:

@@ -14,6 +14,7 @@ setting or operator details makes a new version.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -68,13 +69,21 @@ def operator(db: sqlite_utils.Database, settings: Settings) -> Operator:
     /admin, else ``privacy.company_legal_name`` and ``privacy.contact_email``; no name
     (the policy says "the operator"), and the first operator's email address."""
     row = next(db["policy_operator"].rows_where("id = 1"), None)
-    name = (row and row["name"]) or settings.privacy.company_legal_name
+    name = operator_name(db, settings, row)
     contact = (row and row["contact"]) or settings.privacy.contact_email
     if not contact:
         contact = next((u.email for u in accounts.users(db) if u.operator), "")
     return Operator(
         name, contact or "the operator of this appliance", row["updated_at"] if row else None
     )
+
+
+def operator_name(db: sqlite_utils.Database, settings: Settings, row: dict | None = None) -> str:
+    """The name the page and mail footers show: the operator as named at the first-run setup
+    or on /admin, else ``privacy.company_legal_name`` (empty: no name is shown)."""
+    if row is None:
+        row = next(db["policy_operator"].rows_where("id = 1", select="name"), None)
+    return (row and row["name"]) or settings.privacy.company_legal_name
 
 
 def check_operator(name: str, contact: str) -> tuple[str, str]:
@@ -247,6 +256,22 @@ def publish(
 def recipients(db: sqlite_utils.Database) -> list[str]:
     """Every user who belongs to an active account (or runs the appliance)."""
     return accounts.active_people(db)
+
+
+def announce(
+    db: sqlite_utils.Database, version: PolicyVersion, send_mail: Callable[[str, str, dict], object]
+) -> int:
+    """Email every user about a published version through ``send_mail(template, to,
+    context)`` (the queue's task); how many were emailed."""
+    context = {
+        "version": version.version,
+        "effective": version.effective_at[:10],
+        "summary": version.summary,
+    }
+    emails = recipients(db)
+    for email in emails:
+        send_mail("policy_changed", email, context)
+    return len(emails)
 
 
 def pending(db: sqlite_utils.Database, user_id: str, now: datetime) -> PolicyVersion | None:

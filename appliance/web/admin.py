@@ -167,22 +167,6 @@ def policy_context(db: sqlite_utils.Database, settings: Settings, now: datetime)
     }
 
 
-def announce(queue: TaskQueue, db: sqlite_utils.Database, version: policy.PolicyVersion) -> int:
-    """Email every user about a published version; how many were emailed."""
-    recipients = policy.recipients(db)
-    for email in recipients:
-        queue.send_mail(
-            "policy_changed",
-            email,
-            {
-                "version": version.version,
-                "effective": version.effective_at[:10],
-                "summary": version.summary,
-            },
-        )
-    return len(recipients)
-
-
 def _effective(value: str) -> datetime | None:
     if not value:
         return None
@@ -241,7 +225,7 @@ class PolicyAdminPages(Controller):
             )
         except (InvalidInput, Conflict) as exc:
             return _failed(db, settings, clock, exc)
-        announce(queue, db, version)
+        policy.announce(db, version, queue.send_mail)
         return flash.redirect(
             request,
             "/admin#policy",

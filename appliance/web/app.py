@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +21,9 @@ import appliance
 from appliance import vault
 from appliance.clock import Clock, utcnow
 from appliance.config import Settings
-from appliance.db import open_db
+from appliance.db import open_db, open_reader
 from appliance.inference.client import InferenceClient
+from appliance.privacy import policy
 from appliance.tasks import TaskQueue, create_queue
 from appliance.web import (
     admin,
@@ -181,6 +183,22 @@ def create_app(
     return app
 
 
+def _operator_name(settings: Settings) -> str:
+    """The page footer's name: the operator as named at setup or on /admin, else
+    ``privacy.company_legal_name`` (also when the database cannot be read, as on an error
+    page about it)."""
+    if not settings.paths.database.exists():
+        return settings.privacy.company_legal_name
+    try:
+        db = open_reader(str(settings.paths.database))
+        try:
+            return policy.operator_name(db, settings)
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return settings.privacy.company_legal_name
+
+
 def _jinja_env(settings: Settings) -> Environment:
     env = Environment(
         loader=FileSystemLoader(WEBUI / "templates"),
@@ -192,7 +210,7 @@ def _jinja_env(settings: Settings) -> Environment:
         app_version=appliance.__version__,
         flash=flash.flash,
         public_url=settings.public_url,
-        company=settings.privacy.company_legal_name,
+        company=lambda: _operator_name(settings),
         minimum_age=settings.privacy.minimum_age,
         current=identity.current,
         csrf_cookie=identity.cookie_names(settings)["csrf"],

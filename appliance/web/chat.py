@@ -18,12 +18,13 @@ message as JSON. Generating, relaying and storing an answer is ``web/chat_answer
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import sqlite_utils
 from litestar import Controller, Request, Response, delete, get, patch, post
-from litestar.di import NamedDependency
+from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, JSONBody, URLEncodedBody
 from litestar.response import Redirect, Stream, Template
 
@@ -50,9 +51,47 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
+@dataclass(frozen=True)
+class Asker:
+    """What a chat request needs (the database, settings, inference, the caller and the
+    clock) as one dependency; calling it answers a turn (``respond``)."""
+
+    db: sqlite_utils.Database
+    settings: Settings
+    inference: InferenceClient
+    me: Identity
+    clock: Clock
+
+    async def __call__(self, stream: Any, conversation_id: str, **turn: Any) -> Response | Stream:
+        return await respond(
+            stream,
+            self.db,
+            self.settings,
+            self.inference,
+            self.me,
+            self.clock,
+            conversation_id,
+            **turn,
+        )
+
+
+def provide_asker(
+    db: NamedDependency[sqlite_utils.Database],
+    settings: NamedDependency[Settings],
+    inference: NamedDependency[InferenceClient],
+    me: NamedDependency[Identity],
+    clock: NamedDependency[Clock],
+) -> Asker:
+    return Asker(db, settings, inference, me, clock)
+
+
+ASKER = {"ask": Provide(provide_asker, sync_to_thread=False)}
+
+
 class ChatApi(Controller):
     path = "/api/conversations"
     tags = ["chat"]
+    dependencies = ASKER
 
     @get("/", sync_to_thread=True)
     def list_all(
@@ -70,28 +109,29 @@ class ChatApi(Controller):
     def create(
         self,
         data: JSONBody[dict[str, Any]],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
+        ask: NamedDependency[Asker],
     ) -> dict:
-        """Start a conversation: ``{"instance_id", "title"?}``."""
+        """Start a conversation: ``{"instance_id", "title"?, "content"?}``. With
+        ``content`` (the first message, sent next to ``/messages``) nothing is created when
+        that message is empty or cannot fit the instance's context budget (400)."""
         instance_id = data.get("instance_id")
         if not isinstance(instance_id, str):
             raise InvalidInput("'instance_id' must be the id of one of your instances.")
-        created = chat.create(
-            db, me.account.id, me.user.id, instance_id, clock(), title=data.get("title")
-        )
+        ids, title = (ask.me.account.id, ask.me.user.id, instance_id), data.get("title")
+        if "content" in data:
+            content = data["content"]
+            created = chat.start(
+                ask.db, ask.settings, ask.inference, *ids, content, ask.clock(), title=title
+            )
+        else:
+            created = chat.create(ask.db, *ids, ask.clock(), title=title)
         return created.public(with_messages=True)
 
     @post("/measure", status_code=200, sync_to_thread=True)
     def measure(
         self,
         data: JSONBody[dict[str, Any]],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        inference: NamedDependency[InferenceClient],
-        clock: NamedDependency[Clock],
+        ask: NamedDependency[Asker],
     ) -> dict:
         """How ``{"instance_id", "content"}`` measures against the instance's context
         budget: ``{"tokens", "limit", "fits", "context_budget", "answer_reserve",
@@ -101,7 +141,15 @@ class ChatApi(Controller):
             raise InvalidInput("Send 'instance_id' and 'content' as strings.")
         if len(content) > chat.MAX_MESSAGE_CHARS:
             raise InvalidInput(f"A message may be at most {chat.MAX_MESSAGE_CHARS:,} characters.")
-        room = chat.measure(db, settings, inference, me.account.id, instance_id, content, clock())
+        room = chat.measure(
+            ask.db,
+            ask.settings,
+            ask.inference,
+            ask.me.account.id,
+            instance_id,
+            content,
+            ask.clock(),
+        )
         return {
             "tokens": room.tokens,
             "limit": room.limit,
@@ -157,24 +205,13 @@ class ChatApi(Controller):
         self,
         request: Request,
         conversation_id: FromPath[str],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        inference: NamedDependency[InferenceClient],
-        clock: NamedDependency[Clock],
+        ask: NamedDependency[Asker],
     ) -> Response | Stream:
         """Ask: ``{"content", "stream"?: true}``; the answer streams as SSE."""
         body = await _body(request)
-        return await respond(
-            body.get("stream", True),
-            db,
-            settings,
-            inference,
-            me,
-            clock,
-            conversation_id,
-            content=chat.clean_content(body.get("content")),
-            request=request,
+        content = chat.clean_content(body.get("content"))
+        return await ask(
+            body.get("stream", True), conversation_id, content=content, request=request
         )
 
     @post("/{conversation_id:str}/regenerate", status_code=200)
@@ -182,24 +219,11 @@ class ChatApi(Controller):
         self,
         request: Request,
         conversation_id: FromPath[str],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        inference: NamedDependency[InferenceClient],
-        clock: NamedDependency[Clock],
+        ask: NamedDependency[Asker],
     ) -> Response | Stream:
         """Answer the last question again (the previous answer is kept as a version)."""
         body = await _body(request)
-        return await respond(
-            body.get("stream", True),
-            db,
-            settings,
-            inference,
-            me,
-            clock,
-            conversation_id,
-            request=request,
-        )
+        return await ask(body.get("stream", True), conversation_id, request=request)
 
     @post("/{conversation_id:str}/messages/{message_id:str}/edit", status_code=200)
     async def edit(
@@ -207,25 +231,17 @@ class ChatApi(Controller):
         request: Request,
         conversation_id: FromPath[str],
         message_id: FromPath[str],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        inference: NamedDependency[InferenceClient],
-        clock: NamedDependency[Clock],
+        ask: NamedDependency[Asker],
     ) -> Response | Stream:
         """Ask ``{"content"}`` as a new version of an earlier question; the old one and what
         followed it are kept as the other version, and the conversation continues from
         the new one."""
         body = await _body(request)
-        return await respond(
+        content = chat.clean_content(body.get("content"))
+        return await ask(
             body.get("stream", True),
-            db,
-            settings,
-            inference,
-            me,
-            clock,
             conversation_id,
-            content=chat.clean_content(body.get("content")),
+            content=content,
             edit_message_id=message_id,
             request=request,
         )
@@ -253,6 +269,7 @@ class ChatApi(Controller):
 
 class ChatPages(Controller):
     include_in_schema = False
+    dependencies = ASKER
 
     @get("/chat", sync_to_thread=True)
     def index(
@@ -277,20 +294,22 @@ class ChatPages(Controller):
     async def start(
         self,
         data: URLEncodedBody[dict[str, str]],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        inference: NamedDependency[InferenceClient],
-        clock: NamedDependency[Clock],
+        ask: NamedDependency[Asker],
     ) -> Response:
-        """Without JavaScript: start a conversation and answer its first message."""
+        """Without JavaScript: start a conversation and answer its first message (one that
+        is refused leaves no conversation behind)."""
+        db, me, now = ask.db, ask.me, ask.clock()
+        ids = (me.account.id, me.user.id, data.get("instance_id", ""))
+        content = data.get("content", "")
         created = await anyio.to_thread.run_sync(
-            lambda: chat.create(db, me.account.id, me.user.id, data.get("instance_id", ""), clock())
-        )
-        if data.get("content", "").strip():
-            await respond(
-                False, db, settings, inference, me, clock, created.id, content=data["content"]
+            lambda: (
+                chat.start(db, ask.settings, ask.inference, *ids, content, now)
+                if content.strip()
+                else chat.create(db, *ids, now)
             )
+        )
+        if content.strip():
+            await ask(False, created.id, content=content)
         return Redirect(f"/chat/{created.id}")
 
     @post("/chat/{conversation_id:str}/send")
@@ -298,15 +317,10 @@ class ChatPages(Controller):
         self,
         conversation_id: FromPath[str],
         data: URLEncodedBody[dict[str, str]],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        inference: NamedDependency[InferenceClient],
-        clock: NamedDependency[Clock],
+        ask: NamedDependency[Asker],
     ) -> Response:
         """Without JavaScript: answer in full, then show the conversation."""
-        content = chat.clean_content(data.get("content"))
-        await respond(False, db, settings, inference, me, clock, conversation_id, content=content)
+        await ask(False, conversation_id, content=chat.clean_content(data.get("content")))
         return Redirect(f"/chat/{conversation_id}")
 
     @post("/chat/{conversation_id:str}/rename", sync_to_thread=True)

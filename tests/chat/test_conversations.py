@@ -2,6 +2,7 @@
 regenerate, edit, search, rename, delete (canary), isolation, and /v1 ``store``."""
 
 import json
+import re
 
 import openai
 import pytest
@@ -218,6 +219,27 @@ def test_regenerate_and_edit_keep_the_earlier_versions(env):
     assert bad.status_code == 404
     missing = client.post(f"/api/conversations/{cid}/messages/msg_nope/select")
     assert missing.status_code == 404
+
+
+def test_a_new_chat_whose_first_message_cannot_fit_leaves_no_conversation(env):
+    client, instance_id = env["client"], env["instance"]["id"]
+    paste = "The quarterly report lists every invoice of the year. " * 4000
+    before = client.get("/api/conversations").json()
+    refused = client.post("/api/conversations", json={"instance_id": instance_id, "content": paste})
+    assert refused.status_code == 400
+    assert "too long for the instance" in refused.json()["error"]["message"]
+    accepted = client.post(
+        "/api/conversations", json={"instance_id": instance_id, "content": "Hello there"}
+    )
+    assert accepted.status_code == 201 and accepted.json()["messages"] == []
+    client.delete(f"/api/conversations/{accepted.json()['id']}")
+    # Without JavaScript (a form post, with the form's CSRF token) likewise.
+    del client.headers["X-CSRFToken"]
+    client.cookies.delete("csrf")
+    token = re.search(r'name="_csrf_token" value="([^"]+)"', client.get("/chat").text)[1]
+    form = {"_csrf_token": token, "instance_id": instance_id, "content": paste}
+    assert client.post("/chat", data=form, follow_redirects=False).status_code == 400
+    assert client.get("/api/conversations").json() == before
 
 
 def test_a_message_that_cannot_fit_is_refused_before_it_is_stored(env):

@@ -10,6 +10,7 @@ from appliance.accounts import service as accounts
 from appliance.errors import Conflict, InvalidInput, NotFound
 from appliance.persona import service as persona
 from appliance.persona import voice
+from appliance.tokens import estimate_tokens
 
 LETTER = """Dear customers,
 
@@ -272,7 +273,7 @@ def test_voice_block_respects_the_token_budget(tmp_path):
     block = voice.voice_block(db, settings, account.id)
     assert block.startswith("Examples of the team's writing style:\n- ")
     assert block.endswith(voice.FOOTER)
-    assert voice.estimate_tokens(block) <= 90
+    assert estimate_tokens(block) <= 90
     excerpts = voice.excerpts(db, account.id)
     assert 0 < sum(e.text in block for e in excerpts) < len(excerpts)
 
@@ -295,4 +296,4 @@ def test_prompt_for_account_has_the_active_prompt_and_the_excerpts(settings, db,
     full = persona.prompt_for_account(db, settings, account.id, NOW)
     assert full.startswith("You are Crumb, the bakery's helper.\n\nExamples of the team's writing")
     assert voice.excerpts(db, account.id)[0].text in full
-    assert voice.estimate_tokens(full.split("\n\n", 1)[1]) <= settings.persona.voice_token_budget
+    assert estimate_tokens(full.split("\n\n", 1)[1]) <= settings.persona.voice_token_budget

@@ -22,6 +22,7 @@ from appliance.persona import service as persona
 from appliance.persona import voice
 from appliance.persona.models import EgressEntry
 from appliance.persona.store import PersonaStore
+from appliance.privacy import erasure
 
 
 @dataclass
@@ -134,3 +135,16 @@ def files_containing(root: Path, needle: str) -> list[Path]:
             if any(p in data for p in patterns):
                 hits.append(path)
     return hits
+
+
+def request_erasure(db, settings, account_id: str, now):
+    """The operator asks for the account's erasure (no notice email); the request."""
+    return erasure.request_deletion(
+        db,
+        settings,
+        account_id,
+        requested_by="operator",
+        request="test",
+        notify_email=None,
+        now=now,
+    )

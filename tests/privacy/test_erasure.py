@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 from litestar.testing import TestClient
-from privacy_support import files_containing, populate
+from privacy_support import files_containing, populate, request_erasure
 from signin_support import CSRF, last_code, sign_in
 
 from appliance import mail
@@ -112,15 +112,7 @@ def test_receipts_are_hash_chained(settings, db, clock):
         _owner, account = accounts.create_user(
             db, f"o{n}@example.com", clock(), account_name=f"T{n}"
         )
-        erasure.request_deletion(
-            db,
-            settings,
-            account.id,
-            requested_by="operator",
-            request="test",
-            notify_email=None,
-            now=clock(),
-        )
+        request_erasure(db, settings, account.id, clock())
         ids.append(account.id)
     retention.run_all(db, settings, clock())
     chain = receipts.receipts(db)
@@ -155,15 +147,7 @@ def test_interrupted_erasure_resumes_with_exact_counts(tmp_path, clock):
     initialise(settings)
     db = open_db(settings)
     world = populate(db, settings, clock(), "resumecanary")
-    erasure.request_deletion(
-        db,
-        settings,
-        world.account.id,
-        requested_by="operator",
-        request="test",
-        notify_email=None,
-        now=clock(),
-    )
+    request_erasure(db, settings, world.account.id, clock())
     assert erasure.erase_account(db, settings, world.account.id, clock(), max_batches=3) is None
     assert erasure.deletion(db, world.account.id).erased_at is None
     receipt = erasure.erase_account(db, settings, world.account.id, clock())
@@ -228,15 +212,7 @@ def test_canary_is_nowhere_after_deletion_and_purge(linked_settings, clock, prod
 
 def test_erase_window_is_a_promise_doctor_checks(settings, db, clock):
     world = populate(db, settings, clock(), "windowcanary")
-    found = erasure.request_deletion(
-        db,
-        settings,
-        world.account.id,
-        requested_by="operator",
-        request="test",
-        notify_email=None,
-        now=clock(),
-    )
+    found = request_erasure(db, settings, world.account.id, clock())
     assert found.due_at[:10] == (clock() + timedelta(days=30)).date().isoformat()
     late = clock() + timedelta(days=31)
     assert f"erasure of {world.account.id}" in retention.overdue(db, late)
@@ -246,15 +222,7 @@ def test_erase_window_is_a_promise_doctor_checks(settings, db, clock):
 
 def test_a_member_who_joined_another_account_meanwhile_is_kept(settings, db, clock):
     world = populate(db, settings, clock(), "joinercanary")
-    erasure.request_deletion(
-        db,
-        settings,
-        world.account.id,
-        requested_by="operator",
-        request="test",
-        notify_email=None,
-        now=clock(),
-    )
+    request_erasure(db, settings, world.account.id, clock())
     _, elsewhere = accounts.create_user(db, "someone@example.org", clock(), account_name="New")
     accounts.add_member(db, elsewhere.id, world.member.id, "member", clock())
     receipt = erasure.erase_account(db, settings, world.account.id, clock())

@@ -7,7 +7,7 @@ import zipfile
 from datetime import timedelta
 
 from litestar.testing import TestClient
-from privacy_support import populate
+from privacy_support import populate, request_erasure
 from signin_support import sign_in
 
 from appliance.accounts import service as accounts
@@ -152,15 +152,7 @@ def test_every_version_of_a_message_is_exported_and_erased(settings, db, clock, 
     assert markdown.index(second) < markdown.index("## Earlier versions")
     assert markdown.index("## Earlier versions") < markdown.index(first.content)
     # Erasure takes every version (the messages of the person's conversations, all of them).
-    erasure.request_deletion(
-        db,
-        settings,
-        world.account.id,
-        requested_by="operator",
-        request="test",
-        notify_email=None,
-        now=clock(),
-    )
+    request_erasure(db, settings, world.account.id, clock())
     receipt = erasure.erase_account(db, settings, world.account.id, clock())
     assert receipt.body["counts"]["messages"] == 3
     assert db.execute("select count(*) from messages").fetchone()[0] == 0

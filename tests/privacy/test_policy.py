@@ -156,6 +156,7 @@ def test_operator_details_from_setup_and_admin(tmp_path, clock):
         text = re.sub(r"<[^>]+>", " ", client.get("/privacy").text)
         assert "Lovelace Analytics operates this appliance" in text
         assert "privacy@lovelace.example" in text
+        assert "<span>Lovelace Analytics</span>" in client.get("/login").text  # the footer
         sign_in(client, settings, "ada@example.org")
         del client.headers["X-CSRFToken"]  # forms post the page's token
         client.cookies.delete("csrf")
@@ -185,15 +186,17 @@ def test_operator_details_from_setup_and_admin(tmp_path, clock):
         assert published.status_code in (302, 303), published.text
         again = client.post("/admin/policy/publish", data={"summary": "", "_csrf_token": csrf})
         assert again.status_code == 400 and "unchanged" in again.text
+        assert "<span>Lovelace Ltd</span>" in client.get("/privacy").text
     db = open_db(settings)
     (version,) = policy.versions(db)
     assert "Lovelace Ltd operates this appliance" in policy.text_of(db, version.version)
     assert "dpo@lovelace.example" in policy.text_of(db, version.version)
-    assert any(
-        m["To"] == "ada@example.org"
-        and "Our new name" in m.get_body(preferencelist=("plain",)).get_content()
+    (announced,) = [
+        m.get_body(preferencelist=("plain",)).get_content()
         for m in mail.outbox_messages(settings)
-    )
+        if m["To"] == "ada@example.org" and "Our new name" in m.as_string()
+    ]
+    assert "Lovelace Ltd · Privacy policy" in announced  # the mail footer names the operator
 
 
 def test_without_operator_details_the_policy_names_the_first_operator(tmp_path, clock):

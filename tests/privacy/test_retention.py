@@ -4,6 +4,7 @@ and resumption after an interrupted run."""
 from datetime import UTC, datetime, timedelta
 
 from conftest import make_settings
+from privacy_support import request_erasure
 
 from appliance.clock import iso, years_before
 from appliance.db import open_db
@@ -107,7 +108,6 @@ def test_doctor_reports_last_runs_and_overdue(settings, db):
 def test_billing_kept_pseudonymized_for_the_tax_period(settings, db):
     from appliance.accounts import service as accounts
     from appliance.billing import ledger
-    from appliance.privacy import erasure
 
     years = settings.privacy.tax_retention_years
     cutoff = years_before(NOW, years)
@@ -117,15 +117,7 @@ def test_billing_kept_pseudonymized_for_the_tax_period(settings, db):
         ledger.post(db, account.id, "topup", 5_000_000, cutoff - timedelta(days=1))  # 7 y + 1 d
         ledger.post(db, account.id, "topup", 7_000_000, cutoff + timedelta(days=1))  # 7 y - 1 d
         ledger.post(db, kept_account.id, "topup", 1_000_000, cutoff - timedelta(days=400))
-    erasure.request_deletion(
-        db,
-        settings,
-        account.id,
-        requested_by="operator",
-        request="test",
-        notify_email=None,
-        now=NOW,
-    )
+    request_erasure(db, settings, account.id, NOW)
     rows = db.execute("select account_ref, amount_microusd from ledger_entries").fetchall()
     assert account.id not in {r[0] for r in rows}  # pseudonymized at once
     retention.run_all(db, settings, NOW)

@@ -351,7 +351,8 @@
       // A new chat starts by typing: create it on the chosen instance, then ask.
       let created;
       try {
-        created = await api("POST", "/api/conversations", { instance_id: picker.value });
+        // With the first message, so that one too long to send creates nothing.
+        created = await api("POST", "/api/conversations", { instance_id: picker.value, content });
       } catch (err) {
         showError(err.message);
         return;
