@@ -30,6 +30,7 @@ from appliance.errors import ApplianceError, Conflict, NotFound
 from appliance.inference import openai_schema as schema
 from appliance.inference.client import InferenceClient
 from appliance.instances import service as instances
+from appliance.web import responses
 from appliance.web.billing import Metered, embed_metered
 from appliance.web.errors import handle_domain_error, handle_http_exception, handle_unexpected
 from appliance.web.identity import Identity
@@ -38,6 +39,8 @@ from appliance.web.identity import Identity
 #: which checks them again with the same schema.
 OWN_FIELDS = {"model", "messages", "stream", "stream_options", "appliance"}
 OWN_FIELDS |= {"max_tokens", "max_completion_tokens"}
+#: The inference service's route for legacy completions.
+LEGACY = "/v1/completions"
 #: OpenAI's error codes for our statuses (``param`` and ``code`` of InvalidParam win).
 CODES = {401: "invalid_api_key", 402: "insufficient_quota", 429: "rate_limit_exceeded"}
 
@@ -221,6 +224,98 @@ class V1Api(Controller):
             answer["appliance"] = extra
         return Response(answer)
 
+    @post("/responses", status_code=200)
+    async def responses(
+        self,
+        request: Request,
+        api_key: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
+        inference: NamedDependency[InferenceClient],
+        clock: NamedDependency[Clock],
+    ) -> Response | Stream:
+        """OpenAI's Responses API, stateless (appliance/web/responses.py): answered as a
+        chat completion (system prompt, knowledge base, metering and all)."""
+        body = await _json_body(request)
+        converted = responses.chat_body(body)
+        instance, composed, checked = await anyio.to_thread.run_sync(
+            lambda: build_request(db, settings, inference, api_key, converted, clock())
+        )
+        request.state.instance_id = instance.id  # for the request log
+        payload = composed.payload
+        metered = await Metered.start(
+            db, settings, inference, api_key, instance, payload, clock, composed.prompt_tokens
+        )
+        response_id = responses.new_id()
+        account_id = api_key.account.id
+        if checked.stream:
+            chunks = metered.observe(inference).astream_chat(payload, account_id=account_id)
+            return Stream(
+                responses.events(body, chunks, response_id, instance.name),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        try:
+            answer = await inference.achat(payload, account_id=account_id)
+        except BaseException:
+            await metered.finish(None)
+            raise
+        await metered.finish(answer.get("usage"))
+        answer["model"] = instance.name
+        return Response(responses.response(body, answer, response_id))
+
+    @post("/completions", status_code=200)
+    async def completions(
+        self,
+        request: Request,
+        api_key: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
+        inference: NamedDependency[InferenceClient],
+        clock: NamedDependency[Clock],
+    ) -> Response | Stream:
+        """A legacy completion (``prompt`` in, text out) from one of the account's instances:
+        the prompt as it is, without the instance's system prompt or knowledge base;
+        metered like chat."""
+        body = await _json_body(request)
+        checked = schema.decode(body, schema.CompletionRequest)
+        prompt = schema.completion_prompt(checked)
+        instance = await anyio.to_thread.run_sync(lambda: _instance(db, api_key, checked.model))
+        request.state.instance_id = instance.id  # for the request log
+        payload = {k: v for k, v in body.items() if k != "model" and v is not None}
+        payload = {"temperature": instance.temperature, "top_p": instance.top_p, **payload}
+        payload.setdefault("max_tokens", 16)  # OpenAI's default for this endpoint
+        counts = await anyio.to_thread.run_sync(
+            lambda: inference.count_tokens([prompt], model="chat")
+        )
+        metered = await Metered.start(
+            db,
+            settings,
+            inference,
+            api_key,
+            instance,
+            {**payload, "max_tokens": payload["max_tokens"] * (checked.n or 1)},
+            clock,
+            prompt_tokens=counts[0] if counts else len(prompt.encode()) // 2 + 1,
+        )
+        account_id = api_key.account.id
+        if checked.stream:
+            usage = bool(checked.stream_options and checked.stream_options.include_usage)
+            observed = metered.observe(inference)
+            return Stream(
+                _relay(observed, payload, account_id, instance.name, usage, path=LEGACY),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        try:
+            answer = await inference.achat(payload, account_id=account_id, path=LEGACY)
+        except BaseException:
+            await metered.finish(None)
+            raise
+        await metered.finish(answer.get("usage"))
+        answer["model"] = instance.name
+        return Response(answer)
+
     @post("/embeddings", status_code=200, sync_to_thread=True)
     def embeddings(
         self,
@@ -337,6 +432,7 @@ async def _relay(
     include_usage: bool,
     store: _StoreTarget | None = None,
     passages: list[prompt.Passage] | None = None,
+    path: str = "/v1/chat/completions",
 ) -> AsyncIterator[str]:
     """Re-emit the inference service's SSE chunks under the instance's name; keep the
     exchange when asked to (a final chunk then carries ``appliance.conversation_id``)."""
@@ -344,7 +440,7 @@ async def _relay(
     usage: dict[str, Any] | None = None
     last: dict[str, Any] = {}
     try:
-        async for chunk in client.astream_chat(payload, account_id=account_id):
+        async for chunk in client.astream_chat(payload, account_id=account_id, path=path):
             last = chunk
             if chunk.get("usage"):
                 usage = chunk["usage"]
