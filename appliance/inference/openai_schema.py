@@ -35,7 +35,7 @@ class InvalidParam(InvalidInput):
         self.code = code
 
 
-class Part(msgspec.Struct, forbid_unknown_fields=False):
+class Part(msgspec.Struct):
     type: str
     text: str | None = None
 

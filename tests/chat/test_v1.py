@@ -402,6 +402,20 @@ def test_legacy_completions_plain_and_streamed(env):
     assert refused.value.param == "echo"
 
 
+def test_a_bound_key_reaches_no_other_instance_on_any_route(env):
+    client = sdk(env, env["bound"])
+    calls = [
+        lambda: client.completions.create(model="other", prompt="x"),
+        lambda: client.responses.create(model="other", input="x"),
+        lambda: client.embeddings.create(model="other", input="x"),
+        lambda: client.chat.completions.create(model="other", messages=ASK_WEATHER),
+    ]
+    for call in calls:
+        with pytest.raises(openai.NotFoundError) as hidden:
+            call()
+        assert hidden.value.code == "model_not_found"
+
+
 def test_a_stateless_response_with_a_function_tool_also_streamed(env):
     client = sdk(env, env["bound"])
     tool = {"type": "function", **WEATHER["function"]}
