@@ -1,6 +1,6 @@
 """Grammar-constrained answers on the batched engine (the product default), in this
 process: JSON-schema output and forced tool calls always parse and match their schema,
-side by side with a free answer, and penalties and logit_bias change the sampling."""
+side by side, and penalties and logit_bias change the sampling."""
 
 from __future__ import annotations
 
@@ -24,9 +24,8 @@ CITY = {
     "properties": {
         "name": {"type": "string"},
         "population": {"type": "integer"},
-        "rivers": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
     },
-    "required": ["name", "population", "rivers"],
+    "required": ["name", "population"],
 }
 WEATHER = {
     "type": "function",
@@ -106,7 +105,7 @@ def user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-def test_schema_output_and_forced_calls_are_valid_beside_a_free_answer(engine):
+def test_schema_output_and_forced_calls_are_valid_side_by_side(engine):
     city = {
         "messages": user("Describe Paris."),
         "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": CITY}},
@@ -117,22 +116,19 @@ def test_schema_output_and_forced_calls_are_valid_beside_a_free_answer(engine):
         "tools": [WEATHER],
         "tool_choice": "required",
     }
-    free = {"messages": user("Describe Paris.")}
-    answers = asyncio.run(run(engine, [chat_request(b) for b in (city, sampled, call, free)]))
+    answers = asyncio.run(run(engine, [chat_request(b, 48) for b in (city, sampled, call)]))
     for text, finish in answers[:2]:
         assert finish.reason == "stop", text
         value = json.loads(text)
         assert isinstance(value["name"], str) and isinstance(value["population"], int)
-        assert isinstance(value["rivers"], list) and len(value["rivers"]) <= 3
     text, finish = answers[2]
     _, calls = structured.tool_calls(text, ["get_weather"], forced=True)
     arguments = json.loads(calls[0]["function"]["arguments"])
     assert isinstance(arguments["city"], str) and isinstance(arguments["days"], int)
-    assert not answers[3][0].lstrip().startswith("{")  # the free answer is prose
 
 
 def test_logit_bias_and_penalties_change_the_answer(engine):
-    plain = {"messages": user("Repeat the word 'hello' ten times.")}
+    plain = {"messages": user("Write the word cat twenty times.")}
     ((text, _),) = asyncio.run(run(engine, [chat_request(plain, 24)]))
     banned = engine.llama.tokenize(text.split()[0].encode(), add_bos=False, special=False)[0]
     biased = {**plain, "logit_bias": {str(banned): -100}}
@@ -141,4 +137,4 @@ def test_logit_bias_and_penalties_change_the_answer(engine):
         run(engine, [chat_request(biased, 24), chat_request(penalised, 24)])
     )
     assert banned not in engine.llama.tokenize(other.encode(), add_bos=False, special=False)
-    assert varied != text
+    assert varied.lower().count("cat") < text.lower().count("cat") - 2
