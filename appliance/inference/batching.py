@@ -35,7 +35,6 @@ from appliance.inference.engine import (
     ChatModel,
     Delta,
     Finish,
-    _StopScanner,
     chat_llama,
 )
 from appliance.inference.scheduler import Failed, Job
@@ -63,7 +62,7 @@ class _Sequence:
     prompt: list[int]
     limit: int
     sampler: Any
-    scanner: _StopScanner
+    scanner: sampling.StopScanner
     order: int
     cached: int = 0
     #: Tokens in the KV cache, in order (the prompt, then the decoded answer tokens).
@@ -224,7 +223,7 @@ class BatchedChatEngine(ChatModel):
             limit=min(params.max_tokens, self.n_ctx - len(tokens)),
             sampler=sampling.chain(self._lib, self.vocab, params),
             grammar=sampling.grammar(self._lib, self.vocab, params),
-            scanner=_StopScanner(stops),
+            scanner=sampling.StopScanner(stops),
             order=self._admitted,
         )
         self._admitted += 1

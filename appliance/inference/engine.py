@@ -275,6 +275,8 @@ class ChatEngine(ChatModel):
         tools: list[dict[str, Any]] | None = None,
     ) -> Iterator[Delta | Finish]:
         """Generate an answer, yielding text as it is produced and a final ``Finish``."""
+        from appliance.inference import sampling  # it builds on GenerationParams
+
         llama = self.llama
         tokens, template_stops = self.prompt_tokens(messages, tools)
         cached = self._restore_prefix(tokens)
@@ -284,7 +286,7 @@ class ChatEngine(ChatModel):
         if params.grammar:
             grammar = self._llama_cpp.LlamaGrammar.from_string(params.grammar, verbose=False)
         stops = tuple(s for s in (*params.stop, *template_stops) if s)
-        text = _StopScanner(stops)
+        text = sampling.StopScanner(stops)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         completion = 0
         reason = "length"
@@ -298,7 +300,7 @@ class ChatEngine(ChatModel):
             repeat_penalty=1.0,
             presence_penalty=params.presence_penalty,
             frequency_penalty=params.frequency_penalty,
-            logits_processor=_biased(params.logit_bias),
+            logits_processor=sampling.logits_processor(params.logit_bias),
             grammar=grammar,
         ):
             if self._llama_cpp.llama_vocab_is_eog(vocab, token):
@@ -367,52 +369,6 @@ class ChatEngine(ChatModel):
             llama_state_size=written,
             seed=llama._seed,
         )
-
-
-def _biased(bias: tuple[tuple[int, float], ...]):
-    """``logit_bias`` as a logits processor for ``Llama.generate`` (None without one)."""
-    if not bias:
-        return None
-    import llama_cpp
-
-    ids = [token for token, _ in bias]
-    values = [value for _, value in bias]
-
-    def add(_input_ids, scores):
-        scores[ids] += values
-        return scores
-
-    return llama_cpp.LogitsProcessorList([add])
-
-
-class _StopScanner:
-    """Holds back text that may be the start of a stop sequence."""
-
-    def __init__(self, stops: tuple[str, ...]) -> None:
-        self.stops = stops
-        self.pending = ""
-        self.hit = False
-
-    def feed(self, piece: str) -> tuple[str, bool]:
-        self.pending += piece
-        for stop in self.stops:
-            index = self.pending.find(stop)
-            if index >= 0:
-                out, self.pending, self.hit = self.pending[:index], "", True
-                return out, True
-        keep = 0
-        for stop in self.stops:
-            for size in range(min(len(stop) - 1, len(self.pending)), 0, -1):
-                if self.pending.endswith(stop[:size]):
-                    keep = max(keep, size)
-                    break
-        cut = len(self.pending) - keep
-        out, self.pending = self.pending[:cut], self.pending[cut:]
-        return out, False
-
-    def flush(self, piece: str) -> str:
-        out, self.pending = self.pending + piece, ""
-        return out
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""llama.cpp sampler chains for the batched engine: temperature, top_p, seed, penalties,
-``logit_bias``, and grammars (structured output, forced tool calls).
+"""Sampling: llama.cpp sampler chains for the batched engine (temperature, top_p, seed,
+penalties, ``logit_bias``, grammars for structured output and forced tool calls), the
+sequential engine's ``logit_bias``, and stop strings for both.
 
 The grammar is kept out of the chain, as llama.cpp's common sampler does: the token the
 chain picks is checked against the grammar, and only when the grammar refuses it is the
@@ -83,3 +84,49 @@ def constrained(
     lib.llama_sampler_apply(grammar_sampler, ctypes.byref(candidates))
     lib.llama_sampler_apply(sampler, ctypes.byref(candidates))
     return int(candidates.data[candidates.selected].id)
+
+
+def logits_processor(bias: tuple[tuple[int, float], ...]):
+    """``logit_bias`` as a logits processor for ``Llama.generate`` (None without one)."""
+    if not bias:
+        return None
+    import llama_cpp
+
+    ids = [token for token, _ in bias]
+    values = [value for _, value in bias]
+
+    def add(_input_ids, scores):
+        scores[ids] += values
+        return scores
+
+    return llama_cpp.LogitsProcessorList([add])
+
+
+class StopScanner:
+    """Holds back text that may be the start of a stop sequence."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.pending = ""
+        self.hit = False
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        self.pending += piece
+        for stop in self.stops:
+            index = self.pending.find(stop)
+            if index >= 0:
+                out, self.pending, self.hit = self.pending[:index], "", True
+                return out, True
+        keep = 0
+        for stop in self.stops:
+            for size in range(min(len(stop) - 1, len(self.pending)), 0, -1):
+                if self.pending.endswith(stop[:size]):
+                    keep = max(keep, size)
+                    break
+        cut = len(self.pending) - keep
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self, piece: str) -> str:
+        out, self.pending = self.pending + piece, ""
+        return out
