@@ -17,10 +17,11 @@ from typing import Any
 
 from appliance.config import Settings
 from appliance.errors import ConfigError, InvalidInput, NotFound
-from appliance.inference import models, structured
+from appliance.inference import models, sampling, structured
 from appliance.inference.embedding import EmbeddingEngine
 from appliance.inference.loader import load_llama
 from appliance.inference.rerank import RerankEngine
+from appliance.inference.sampling import GenerationParams
 
 log = logging.getLogger(__name__)
 
@@ -31,20 +32,6 @@ MIN_CACHED_TOKENS = 64
 
 class ContextOverflow(InvalidInput):
     """The prompt does not fit the model's context window."""
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    max_tokens: int
-    temperature: float = 0.7
-    top_p: float = 0.95
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: tuple[tuple[int, float], ...] = ()
-    #: A GBNF grammar the answer must match (structured output, forced tool calls).
-    grammar: str | None = None
 
 
 @dataclass(frozen=True)
@@ -275,8 +262,6 @@ class ChatEngine(ChatModel):
         tools: list[dict[str, Any]] | None = None,
     ) -> Iterator[Delta | Finish]:
         """Generate an answer, yielding text as it is produced and a final ``Finish``."""
-        from appliance.inference import sampling  # it builds on GenerationParams
-
         llama = self.llama
         tokens, template_stops = self.prompt_tokens(messages, tools)
         cached = self._restore_prefix(tokens)

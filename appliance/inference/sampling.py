@@ -13,12 +13,27 @@ from __future__ import annotations
 
 import ctypes
 import random
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from appliance.errors import InvalidInput
-from appliance.inference.engine import GenerationParams
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    #: A GBNF grammar the answer must match (structured output, forced tool calls).
+    grammar: str | None = None
+
 
 #: Tokens the presence and frequency penalties look back over (as ``Llama.generate``).
 PENALTY_LAST_N = 64
