@@ -28,20 +28,6 @@ class ContextOverflow(InvalidInput):
 
 
 @dataclass(frozen=True)
-class GenerationParams:
-    max_tokens: int
-    temperature: float = 0.7
-    top_p: float = 0.95
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: tuple[tuple[int, float], ...] = ()
-    #: A GBNF grammar the answer must match (structured output, forced tool calls).
-    grammar: str | None = None
-
-
-@dataclass(frozen=True)
 class Delta:
     """A piece of generated text."""
 
@@ -211,33 +197,3 @@ class ChatModel:
         stop = formatted.stop
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         return tokens, stops
-
-
-class StopScanner:
-    """Holds back text that may be the start of a stop sequence."""
-
-    def __init__(self, stops: tuple[str, ...]) -> None:
-        self.stops = stops
-        self.pending = ""
-        self.hit = False
-
-    def feed(self, piece: str) -> tuple[str, bool]:
-        self.pending += piece
-        for stop in self.stops:
-            index = self.pending.find(stop)
-            if index >= 0:
-                out, self.pending, self.hit = self.pending[:index], "", True
-                return out, True
-        keep = 0
-        for stop in self.stops:
-            for size in range(min(len(stop) - 1, len(self.pending)), 0, -1):
-                if self.pending.endswith(stop[:size]):
-                    keep = max(keep, size)
-                    break
-        cut = len(self.pending) - keep
-        out, self.pending = self.pending[:cut], self.pending[cut:]
-        return out, False
-
-    def flush(self, piece: str) -> str:
-        out, self.pending = self.pending + piece, ""
-        return out

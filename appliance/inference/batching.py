@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import codecs
 import logging
-import random
 import threading
 import time
 from collections import deque
@@ -32,13 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.inference import models
+from appliance.inference import models, sampling
 from appliance.inference.base import (
     ChatModel,
     Delta,
     Finish,
-    GenerationParams,
-    StopScanner,
     chat_llama,
 )
 from appliance.inference.prefixes import PrefixCache
@@ -66,7 +63,7 @@ class _Sequence:
     prompt: list[int]
     limit: int
     sampler: Any
-    scanner: StopScanner
+    scanner: sampling.StopScanner
     order: int
     #: The prompt, then every sampled answer token: what the KV cache is to hold. All but
     #: the last are evaluated in prompt-sized chunks; the last alone, with its logits.
@@ -80,6 +77,8 @@ class _Sequence:
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     #: Index of this sequence's logits in the current batch, if it is to be sampled.
     out: int | None = None
+    #: The grammar sampler of a constrained answer (kept out of the chain, see _sample).
+    grammar: Any = None
 
     @property
     def n_past(self) -> int:
@@ -227,8 +226,9 @@ class BatchedChatEngine(ChatModel):
             prompt=tokens,
             tokens=list(tokens),
             limit=min(params.max_tokens, self.n_ctx - len(tokens)),
-            sampler=self._sampler(params),
-            scanner=StopScanner(stops),
+            sampler=sampling.chain(self._lib, self.vocab, params),
+            grammar=sampling.grammar(self._lib, self.vocab, params),
+            scanner=sampling.StopScanner(stops),
             order=self._admitted,
         )
         self._admitted += 1
@@ -410,6 +410,15 @@ class BatchedChatEngine(ChatModel):
         """Sample the next token of ``seq``; returns its ``Finish`` if it ended."""
         lib = self._lib
         token = lib.llama_sampler_sample(seq.sampler, self.ctx, seq.out)
+        if seq.grammar is not None:
+            # As llama.cpp's common sampler does: check the freely sampled token against the
+            # grammar, and only when it is refused apply the grammar to the whole vocabulary
+            # and sample again (measured in scripts/bench/structured.py).
+            if not sampling.allowed(lib, seq.grammar, token):
+                token = sampling.constrained(
+                    lib, self.vocab, self.ctx, seq.out, seq.grammar, seq.sampler
+                )
+            lib.llama_sampler_accept(seq.grammar, token)
         seq.out = None
         if lib.llama_vocab_is_eog(self.vocab, token):
             return self._end(seq, "stop")
@@ -443,40 +452,12 @@ class BatchedChatEngine(ChatModel):
         self._lib.llama_memory_seq_rm(self.memory, seq.slot, -1, -1)
         self._lib.llama_sampler_free(seq.sampler)
         seq.sampler = None
+        if seq.grammar is not None:
+            self._lib.llama_sampler_free(seq.grammar)
+            seq.grammar = None
         del self._running[seq.slot]
         self._free.append(seq.slot)
         self._unpark()  # its cells are free: requests waiting for KV room try again
-
-    def _sampler(self, params: GenerationParams):
-        """A sampler chain like ``Llama.generate``'s for the same parameters."""
-        lib = self._lib
-        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        n_vocab = lib.llama_vocab_n_tokens(self.vocab)
-        if params.logit_bias:
-            biases = (lib.llama_logit_bias * len(params.logit_bias))(
-                *(lib.llama_logit_bias(token, bias) for token, bias in params.logit_bias)
-            )
-            bias = lib.llama_sampler_init_logit_bias(n_vocab, len(params.logit_bias), biases)
-            lib.llama_sampler_chain_add(chain, bias)
-        if params.presence_penalty or params.frequency_penalty:
-            # As Llama.generate does for the sequential engine: the last 64 tokens.
-            penalties = lib.llama_sampler_init_penalties(
-                n_vocab, 64, 1.0, params.frequency_penalty, params.presence_penalty
-            )
-            lib.llama_sampler_chain_add(chain, penalties)
-        if params.grammar:
-            grammar = lib.llama_sampler_init_grammar(self.vocab, params.grammar.encode(), b"root")
-            lib.llama_sampler_chain_add(chain, grammar)
-        if params.temperature == 0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
-        else:
-            seed = params.seed if params.seed is not None else random.randrange(2**31)  # noqa: S311
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(40))
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(params.top_p, 1))
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_min_p(0.05, 1))
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(params.temperature))
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
-        return chain
 
     # -- prefix cache ------------------------------------------------------------------
 

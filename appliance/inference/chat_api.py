@@ -22,7 +22,8 @@ import msgspec
 from appliance.config import Settings
 from appliance.inference import openai_schema as schema
 from appliance.inference import structured
-from appliance.inference.base import Delta, Finish, GenerationParams
+from appliance.inference.base import Delta, Finish
+from appliance.inference.sampling import GenerationParams
 from appliance.inference.scheduler import DONE, Failed, Job
 
 #: OpenAI's error codes for refusals (its SDKs retry 429 and 503 after ``Retry-After``).
@@ -46,7 +47,8 @@ def failed_chunk(event: Failed) -> str:
 
 @dataclass(frozen=True)
 class ChatRequest:
-    messages: list[dict[str, Any]]
+    #: The chat's messages, or a legacy completion's prompt (no chat template).
+    messages: list[dict[str, Any]] | str
     params: GenerationParams
     stream: bool = False
     include_usage: bool = False
@@ -76,10 +78,38 @@ def check_model(requested: Any, loaded: str) -> None:
 def parse_chat(body: Any, settings: Settings, model_id: str, n_vocab: int) -> ChatRequest:
     """Validate a chat completion request; raises InvalidParam naming the bad field."""
     request = schema.decode(body, schema.ChatCompletionRequest)
+    messages = schema.clean_messages(request.messages)
+    return _checked(request, structured.template_messages(messages), settings, model_id, n_vocab)
+
+
+#: Fields a legacy completion shares with a chat completion.
+SHARED = (
+    *("model", "frequency_penalty", "logit_bias", "max_tokens", "n", "presence_penalty"),
+    *("seed", "stop", "stream", "stream_options", "temperature", "top_p", "user"),
+)
+
+
+def parse_completion(body: Any, settings: Settings, model_id: str, n_vocab: int) -> ChatRequest:
+    """A legacy completion (``prompt`` in, text out, no chat template) as a ChatRequest."""
+    legacy = schema.decode(body, schema.CompletionRequest)
+    prompt = schema.completion_prompt(legacy)
+    shared = {name: getattr(legacy, name) for name in SHARED}
+    if shared["max_tokens"] is None:
+        shared["max_tokens"] = 16  # OpenAI's default for this endpoint
+    request = schema.ChatCompletionRequest(messages=[], **shared)
+    return _checked(request, prompt, settings, model_id, n_vocab)
+
+
+def _checked(
+    request: schema.ChatCompletionRequest,
+    messages: list[dict[str, Any]] | str,
+    settings: Settings,
+    model_id: str,
+    n_vocab: int,
+) -> ChatRequest:
     check_model(request.model, model_id)
     cfg = settings.inference
     schema.check_chat(request, max_n=cfg.max_choices)
-    messages = schema.clean_messages(request.messages)
     cap = cfg.max_tokens
     max_tokens = schema.max_tokens_of(request)
     if max_tokens is not None and not 1 <= max_tokens <= cap:
@@ -101,7 +131,7 @@ def parse_chat(body: Any, settings: Settings, model_id: str, n_vocab: int) -> Ch
     )
     options = request.stream_options
     return ChatRequest(
-        messages=structured.template_messages(messages),
+        messages=messages,
         params=params,
         stream=bool(request.stream),
         include_usage=bool(options and options.include_usage),
@@ -170,16 +200,16 @@ async def merged(jobs: list[Job]) -> AsyncIterator[tuple[int, Any]]:
 
 
 def completion(chat: ChatRequest, choices: list[Choice], model_id: str) -> dict[str, Any]:
-    """The non-streaming answer."""
+    """The non-streaming answer (``text_completion`` for a legacy prompt)."""
+    legacy = isinstance(chat.messages, str)
     out = []
     for choice in choices:
         message, reason = choice.message(chat)
-        out.append(
-            {"index": choice.index, "message": message, "finish_reason": reason, "logprobs": None}
-        )
+        body = {"text": message["content"]} if legacy else {"message": message}
+        out.append({"index": choice.index, **body, "finish_reason": reason, "logprobs": None})
     return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
+        "id": f"{'cmpl' if legacy else 'chatcmpl'}-{uuid.uuid4().hex}",
+        "object": "text_completion" if legacy else "chat.completion",
         "created": int(time.time()),
         "model": model_id,
         "choices": out,
@@ -189,13 +219,14 @@ def completion(chat: ChatRequest, choices: list[Choice], model_id: str) -> dict[
 
 async def stream(chat: ChatRequest, jobs: list[Job], model_id: str) -> AsyncIterator[str]:
     """The completion's SSE chunks (OpenAI's), ending with ``[DONE]``."""
-    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    legacy = isinstance(chat.messages, str)
+    completion_id = f"{'cmpl' if legacy else 'chatcmpl'}-{uuid.uuid4().hex}"
     created = int(time.time())
 
     def chunk(choices: list[dict[str, Any]], usage_: dict | None = None) -> str:
         body: dict[str, Any] = {
             "id": completion_id,
-            "object": "chat.completion.chunk",
+            "object": "text_completion" if legacy else "chat.completion.chunk",
             "created": created,
             "model": model_id,
             "choices": choices,
@@ -204,25 +235,24 @@ async def stream(chat: ChatRequest, jobs: list[Job], model_id: str) -> AsyncIter
             body["usage"] = usage_
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
+    def piece(index: int, delta: dict[str, Any], finish: str | None = None) -> str:
+        if legacy:
+            text = delta.get("content") or ""
+            return chunk(
+                [{"index": index, "text": text, "finish_reason": finish, "logprobs": None}]
+            )
+        return chunk([{"index": index, "delta": delta, "finish_reason": finish}])
+
     choices = [Choice(i, []) for i in range(len(jobs))]
-    for choice in choices:
-        yield chunk(
-            [
-                {
-                    "index": choice.index,
-                    "delta": {"role": "assistant", "content": ""},
-                    "finish_reason": None,
-                }
-            ]
-        )
+    if not legacy:
+        for choice in choices:
+            yield piece(choice.index, {"role": "assistant", "content": ""})
     async for index, event in merged(jobs):
         choice = choices[index]
         if isinstance(event, Delta):
             choice.parts.append(event.text)
             if not chat.tools:
-                yield chunk(
-                    [{"index": index, "delta": {"content": event.text}, "finish_reason": None}]
-                )
+                yield piece(index, {"content": event.text})
         elif isinstance(event, Finish):
             choice.finish = event
             message, reason = choice.message(chat)
@@ -232,8 +262,8 @@ async def stream(chat: ChatRequest, jobs: list[Job], model_id: str) -> AsyncIter
                     delta["tool_calls"] = [
                         {"index": i, **call} for i, call in enumerate(message["tool_calls"])
                     ]
-                yield chunk([{"index": index, "delta": delta, "finish_reason": None}])
-            yield chunk([{"index": index, "delta": {}, "finish_reason": reason}])
+                yield piece(index, delta)
+            yield piece(index, {}, reason)
         elif isinstance(event, Failed):
             yield failed_chunk(event)
     if chat.include_usage:

@@ -228,19 +228,21 @@ class InferenceClient:
 
     # -- async -----------------------------------------------------------------------
     async def astream_chat(
-        self, body: dict[str, Any], *, account_id: str | None = None
+        self,
+        body: dict[str, Any],
+        *,
+        account_id: str | None = None,
+        path: str = "/v1/chat/completions",
     ) -> AsyncIterator[dict[str, Any]]:
-        """Async version of :meth:`stream_chat` for the web process."""
+        """Async version of :meth:`stream_chat` for the web process (``path``:
+        ``/v1/completions`` for a legacy completion)."""
         payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
         answering = False
         try:
             async with (
                 httpx.AsyncClient(timeout=self.timeout, verify=_tls()) as http,
                 http.stream(
-                    "POST",
-                    self._url("/v1/chat/completions"),
-                    json=payload,
-                    headers=self._headers(account_id),
+                    "POST", self._url(path), json=payload, headers=self._headers(account_id)
                 ) as response,
             ):
                 answering = True
@@ -254,12 +256,18 @@ class InferenceClient:
         except httpx.HTTPError as exc:
             raise self._unavailable(exc, cut=answering) from None
 
-    async def achat(self, body: dict[str, Any], *, account_id: str | None = None) -> dict:
+    async def achat(
+        self,
+        body: dict[str, Any],
+        *,
+        account_id: str | None = None,
+        path: str = "/v1/chat/completions",
+    ) -> dict:
         payload = {**body, "stream": False}
         try:
             async with httpx.AsyncClient(timeout=self.timeout, verify=_tls()) as http:
                 response = await http.post(
-                    self._url("/v1/chat/completions"),
+                    self._url(path),
                     json=payload,
                     headers=self._headers(account_id),
                 )

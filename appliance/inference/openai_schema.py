@@ -35,7 +35,7 @@ class InvalidParam(InvalidInput):
         self.code = code
 
 
-class Part(msgspec.Struct, forbid_unknown_fields=False):
+class Part(msgspec.Struct):
     type: str
     text: str | None = None
 
@@ -137,6 +137,55 @@ class ChatCompletionRequest(msgspec.Struct):
     user: str | None = None
     verbosity: str | None = None
     web_search_options: Any = None
+
+
+class CompletionRequest(msgspec.Struct):
+    """OpenAI's legacy ``POST /v1/completions`` body."""
+
+    prompt: str | list[Any]
+    model: str | None = None
+    best_of: int | None = None
+    echo: bool | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: int | None = None
+    max_tokens: int | None = None
+    n: int | None = None
+    presence_penalty: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    suffix: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    user: str | None = None
+
+
+def completion_prompt(request: CompletionRequest) -> str:
+    """The one text prompt of a legacy completion; a 400 naming what is not supported."""
+    refused = {
+        "echo": "echoing the prompt is not supported",
+        "suffix": "insertion (suffix) is not supported",
+        "logprobs": "log probabilities are not returned by this service yet",
+    }
+    for name, reason in refused.items():
+        if getattr(request, name):
+            raise InvalidParam(f"'{name}' is not supported: {reason}.", name)
+    if request.best_of not in (None, 1, request.n):
+        raise InvalidParam("'best_of' other than 'n' is not supported.", "best_of")
+    prompt = request.prompt
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise InvalidParam(
+            "'prompt' must be one non-empty string (token ids and several prompts are not "
+            "supported; use 'n' for several answers).",
+            "prompt",
+        )
+    if len(prompt) > MAX_TEXT_CHARS:
+        raise InvalidParam("'prompt' is too long.", "prompt")
+    return prompt
 
 
 class EmbeddingRequest(msgspec.Struct):

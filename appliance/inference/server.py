@@ -129,6 +129,19 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             return denied
         n_vocab = engine.chat.llama.n_vocab()
         chat = chat_api.parse_chat(await read_json(request), settings, model_id, n_vocab)
+        return await generate(request, chat)
+
+    @post("/v1/completions", status_code=200)
+    async def completions(request: Request) -> Response | Stream:
+        """A legacy completion: the prompt as it is, without the chat template."""
+        denied = guard(request)
+        if denied:
+            return denied
+        n_vocab = engine.chat.llama.n_vocab()
+        chat = chat_api.parse_completion(await read_json(request), settings, model_id, n_vocab)
+        return await generate(request, chat)
+
+    async def generate(request: Request, chat: ChatRequest) -> Response | Stream:
         jobs = [service.job(request, choice) for choice in chat.choices()]
         for job in jobs:
             await service.chat.enter(job)
@@ -291,6 +304,7 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
     app = Litestar(
         route_handlers=[
             chat_completions,
+            completions,
             embeddings,
             rerank_documents,
             tokenize,

@@ -31,7 +31,7 @@ from appliance.errors import ApplianceError, Conflict, NotFound
 from appliance.inference import openai_schema as schema
 from appliance.inference.client import InferenceClient, started
 from appliance.instances import service as instances
-from appliance.web import errors
+from appliance.web import errors, responses
 from appliance.web.errors import (
     handle_domain_error,
     handle_http_exception,
@@ -44,6 +44,8 @@ from appliance.web.identity import Identity
 #: which checks them again with the same schema.
 OWN_FIELDS = {"model", "messages", "stream", "stream_options", "appliance"}
 OWN_FIELDS |= {"max_tokens", "max_completion_tokens"}
+#: The inference service's route for legacy completions.
+LEGACY = "/v1/completions"
 #: OpenAI's error codes for our statuses (``param`` and ``code`` of InvalidParam win).
 CODES = {**errors.CODES, 401: "invalid_api_key"}
 
@@ -225,6 +227,106 @@ class V1Api(Controller):
             )
         if extra:
             answer["appliance"] = extra
+        return Response(answer)
+
+    @post("/responses", status_code=200)
+    async def responses(
+        self,
+        request: Request,
+        api_key: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
+        inference: NamedDependency[InferenceClient],
+        clock: NamedDependency[Clock],
+    ) -> Response | Stream:
+        """OpenAI's Responses API, stateless (appliance/web/responses.py): answered as a
+        chat completion (system prompt, knowledge base, metering and all)."""
+        body = await _json_body(request)
+        converted = responses.chat_body(body)
+        instance, composed, checked = await anyio.to_thread.run_sync(
+            lambda: build_request(db, settings, inference, api_key, converted, clock())
+        )
+        request.state.instance_id = instance.id  # for the request log
+        payload = composed.payload
+        account_id = api_key.account.id
+        metered = await Metered.start(
+            db,
+            settings,
+            inference,
+            account_id,
+            api_key.key.id if api_key.key else None,
+            instance,
+            payload,
+            clock,
+            prompt_tokens=composed.prompt_tokens,
+        )
+        response_id = responses.new_id()
+        if checked.stream:
+            # Refused (429, 503)? Then with that status and Retry-After, not in a 200 stream.
+            chunks = await started(
+                metered.observe(inference).astream_chat(payload, account_id=account_id)
+            )
+            return Stream(
+                responses.events(body, chunks, response_id, instance.name),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        async with metered:
+            answer = await inference.achat(payload, account_id=account_id)
+            metered.usage = answer.get("usage")
+        answer["model"] = instance.name
+        return Response(responses.response(body, answer, response_id))
+
+    @post("/completions", status_code=200)
+    async def completions(
+        self,
+        request: Request,
+        api_key: NamedDependency[Identity],
+        db: NamedDependency[sqlite_utils.Database],
+        settings: NamedDependency[Settings],
+        inference: NamedDependency[InferenceClient],
+        clock: NamedDependency[Clock],
+    ) -> Response | Stream:
+        """A legacy completion (``prompt`` in, text out) from one of the account's instances:
+        the prompt as it is, without the instance's system prompt or knowledge base;
+        metered like chat."""
+        body = await _json_body(request)
+        checked = schema.decode(body, schema.CompletionRequest)
+        prompt = schema.completion_prompt(checked)
+        instance = await anyio.to_thread.run_sync(lambda: _instance(db, api_key, checked.model))
+        request.state.instance_id = instance.id  # for the request log
+        payload = {k: v for k, v in body.items() if k != "model" and v is not None}
+        payload = {"temperature": instance.temperature, "top_p": instance.top_p, **payload}
+        payload.setdefault("max_tokens", 16)  # OpenAI's default for this endpoint
+        counts = await anyio.to_thread.run_sync(
+            lambda: inference.count_tokens([prompt], model="chat")
+        )
+        account_id = api_key.account.id
+        metered = await Metered.start(
+            db,
+            settings,
+            inference,
+            account_id,
+            api_key.key.id if api_key.key else None,
+            instance,
+            {**payload, "max_tokens": payload["max_tokens"] * (checked.n or 1)},
+            clock,
+            prompt_tokens=counts[0] if counts else len(prompt.encode()) // 2 + 1,
+        )
+        if checked.stream:
+            usage = bool(checked.stream_options and checked.stream_options.include_usage)
+            chunks = await started(
+                metered.observe(inference).astream_chat(payload, account_id=account_id, path=LEGACY)
+            )
+            return Stream(
+                _relay(chunks, instance.name, usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        async with metered:
+            answer = await inference.achat(payload, account_id=account_id, path=LEGACY)
+            metered.usage = answer.get("usage")
+        answer["model"] = instance.name
         return Response(answer)
 
     @post("/embeddings", status_code=200, sync_to_thread=True)

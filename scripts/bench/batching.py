@@ -62,12 +62,12 @@ from appliance.inference import models  # noqa: E402
 from appliance.inference.base import (  # noqa: E402
     Delta,
     Finish,
-    GenerationParams,
     gpu_offload_supported,
     physical_cores,
 )
 from appliance.inference.batching import BatchedChatEngine  # noqa: E402
 from appliance.inference.chat_api import ChatRequest  # noqa: E402
+from appliance.inference.sampling import GenerationParams  # noqa: E402
 from appliance.inference.scheduler import DONE, Failed, Job, Scheduler  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"

@@ -379,3 +379,82 @@ def test_base64_embeddings_equal_the_float_ones_and_dimensions_shorten(env):
     with pytest.raises(openai.BadRequestError) as refused:
         client.embeddings.create(model="assistant", input=[[1, 2, 3]])
     assert refused.value.param == "input"
+
+
+def test_legacy_completions_plain_and_streamed(env):
+    client = sdk(env, env["bound"])
+    answer = client.completions.create(
+        model="assistant", prompt="The capital of France is", max_tokens=6, temperature=0
+    )
+    assert answer.object == "text_completion" and answer.model == "assistant"
+    assert answer.choices[0].text and 0 < answer.usage.completion_tokens <= 6
+    chunks = client.completions.create(
+        model="assistant",
+        prompt="The capital of France is",
+        max_tokens=6,
+        temperature=0,
+        stream=True,
+    )
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == answer.choices[0].text
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(model="assistant", prompt="x", echo=True)
+    assert refused.value.param == "echo"
+
+
+def test_a_bound_key_reaches_no_other_instance_on_any_route(env):
+    client = sdk(env, env["bound"])
+    calls = [
+        lambda: client.completions.create(model="other", prompt="x"),
+        lambda: client.responses.create(model="other", input="x"),
+        lambda: client.embeddings.create(model="other", input="x"),
+        lambda: client.chat.completions.create(model="other", messages=ASK_WEATHER),
+    ]
+    for call in calls:
+        with pytest.raises(openai.NotFoundError) as hidden:
+            call()
+        assert hidden.value.code == "model_not_found"
+
+
+def test_a_stateless_response_with_a_function_tool_also_streamed(env):
+    client = sdk(env, env["bound"])
+    tool = {"type": "function", **WEATHER["function"]}
+    answer = client.responses.create(
+        model="assistant",
+        input=ASK_WEATHER[0]["content"],
+        instructions="Use the tools.",
+        tools=[tool],
+        tool_choice="required",
+        max_output_tokens=40,
+        temperature=0,
+    )
+    call = next(item for item in answer.output if item.type == "function_call")
+    assert call.name == "get_weather" and json.loads(call.arguments)["city"]
+    assert answer.usage.input_tokens > 0 and answer.usage.output_tokens > 0
+    follow_up = client.responses.create(
+        model="assistant",
+        input=[
+            ASK_WEATHER[0],
+            {
+                "type": "function_call",
+                "call_id": call.call_id,
+                "name": call.name,
+                "arguments": call.arguments,
+            },
+            {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"},
+        ],
+        max_output_tokens=8,
+        temperature=0,
+    )
+    assert follow_up.output_text
+    events = list(
+        client.responses.create(
+            model="assistant", input="Say hello.", max_output_tokens=8, temperature=0, stream=True
+        )
+    )
+    assert events[0].type == "response.created"
+    assert events[-1].type in ("response.completed", "response.incomplete")
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text and text == events[-1].response.output_text
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model="assistant", input="x", previous_response_id="resp_1")
+    assert refused.value.param == "previous_response_id"

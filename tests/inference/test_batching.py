@@ -33,9 +33,10 @@ from conftest import make_settings, wait_until
 
 from appliance.errors import ApplianceError
 from appliance.inference import models
-from appliance.inference.base import Delta, Finish, GenerationParams, physical_cores
+from appliance.inference.base import Delta, Finish, physical_cores
 from appliance.inference.batching import BatchedChatEngine
 from appliance.inference.chat_api import ChatRequest
+from appliance.inference.sampling import GenerationParams
 from appliance.inference.scheduler import DONE, Failed, Job, Scheduler
 
 pytestmark = pytest.mark.inference

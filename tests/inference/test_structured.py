@@ -1,0 +1,141 @@
+"""Grammar-constrained answers on the batched engine (the product default), in this
+process: JSON-schema output and forced tool calls always parse and match their schema,
+side by side, and penalties and logit_bias change the sampling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from conftest import make_settings
+
+from appliance.inference import models, structured
+from appliance.inference import openai_schema as schema
+from appliance.inference.base import Delta, Finish, physical_cores
+from appliance.inference.batching import BatchedChatEngine
+from appliance.inference.chat_api import ChatRequest
+from appliance.inference.sampling import GenerationParams
+from appliance.inference.scheduler import DONE, Job, Scheduler
+
+pytestmark = pytest.mark.inference
+
+CITY = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "population": {"type": "integer"},
+    },
+    "required": ["name", "population"],
+}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            "required": ["city", "days"],
+        },
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def engine(models_dir):
+    registry = models.load_registry(make_settings(models_dir.parent))
+    model = registry.resolve("chat")
+    built = BatchedChatEngine(
+        model,
+        registry.path(model),
+        n_ctx=2048,
+        n_threads=physical_cores(),
+        n_gpu_layers=0,
+        flash_attn=False,
+        kv_cache_type="f16",
+        parallel=4,
+        prompt_chunk_tokens=64,
+        prefix_cache_entries=2,
+    )
+    yield built
+    built.close()
+
+
+def chat_request(body: dict, max_tokens: int = 80) -> ChatRequest:
+    request = schema.decode(body, schema.ChatCompletionRequest)
+    params = GenerationParams(
+        max_tokens=max_tokens,
+        temperature=body.get("temperature", 0.0),
+        seed=body.get("seed"),
+        presence_penalty=body.get("presence_penalty", 0.0),
+        frequency_penalty=body.get("frequency_penalty", 0.0),
+        logit_bias=tuple((int(k), v) for k, v in (body.get("logit_bias") or {}).items()),
+        grammar=structured.grammar(request),
+    )
+    return ChatRequest(
+        messages=structured.template_messages(schema.clean_messages(request.messages)),
+        params=params,
+        tools=structured.tool_dicts(request),
+        forced=bool(structured.forced_tools(request)),
+    )
+
+
+async def run(engine: BatchedChatEngine, requests: list[ChatRequest]) -> list[tuple[str, Finish]]:
+    scheduler = Scheduler("chat", engine, queue_size=8, per_account=8)
+    scheduler.start()
+    loop = asyncio.get_running_loop()
+    try:
+        jobs = [Job(account=f"a{i}", payload=r, loop=loop) for i, r in enumerate(requests)]
+        for job in jobs:
+            scheduler.submit(job)
+        out = []
+        for job in jobs:
+            parts, finish = [], None
+            while (event := await asyncio.wait_for(job.events.get(), 240)) is not DONE:
+                if isinstance(event, Delta):
+                    parts.append(event.text)
+                elif isinstance(event, Finish):
+                    finish = event
+            out.append(("".join(parts), finish))
+        return out
+    finally:
+        scheduler.stop()
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def test_schema_output_and_forced_calls_are_valid_side_by_side(engine):
+    city = {
+        "messages": user("Describe Paris."),
+        "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": CITY}},
+    }
+    sampled = {**city, "temperature": 0.9, "seed": 3}
+    call = {
+        "messages": user("Weather in Oslo for 2 days?"),
+        "tools": [WEATHER],
+        "tool_choice": "required",
+    }
+    answers = asyncio.run(run(engine, [chat_request(b, 48) for b in (city, sampled, call)]))
+    for text, finish in answers[:2]:
+        assert finish.reason == "stop", text
+        value = json.loads(text)
+        assert isinstance(value["name"], str) and isinstance(value["population"], int)
+    text, finish = answers[2]
+    _, calls = structured.tool_calls(text, ["get_weather"], forced=True)
+    arguments = json.loads(calls[0]["function"]["arguments"])
+    assert isinstance(arguments["city"], str) and isinstance(arguments["days"], int)
+
+
+def test_logit_bias_and_penalties_change_the_answer(engine):
+    plain = {"messages": user("Write the word cat twenty times.")}
+    ((text, _),) = asyncio.run(run(engine, [chat_request(plain, 24)]))
+    banned = engine.llama.tokenize(text.split()[0].encode(), add_bos=False, special=False)[0]
+    biased = {**plain, "logit_bias": {str(banned): -100}}
+    penalised = {**plain, "frequency_penalty": 2.0, "presence_penalty": 2.0}
+    (other, _), (varied, _) = asyncio.run(
+        run(engine, [chat_request(biased, 24), chat_request(penalised, 24)])
+    )
+    assert banned not in engine.llama.tokenize(other.encode(), add_bos=False, special=False)
+    assert varied.lower().count("cat") < text.lower().count("cat") - 2
