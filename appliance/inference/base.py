@@ -160,6 +160,13 @@ class ChatModel:
         self.knows_tools = "tools" in template
         self.layers = int(metadata.get(f"{metadata.get('general.architecture')}.block_count", 0))
 
+    def _check_fits(self, tokens: list[int]) -> None:
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflow(
+                f"The conversation is {len(tokens)} tokens long; this model's context window "
+                f"is {self.n_ctx} tokens. Shorten it or start a new one."
+            )
+
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens of each text in the chat model's vocabulary (read-only: thread-safe)."""
         return [
@@ -168,15 +175,21 @@ class ChatModel:
         ]
 
     def prompt_tokens(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+        self, messages: list[dict[str, Any]] | str, tools: list[dict[str, Any]] | None = None
     ) -> tuple[list[int], tuple[str, ...]]:
         """The chat template applied (with ``tools``, OpenAI's shape) and tokenized, and the
         template's own stop strings. A template that does not render tools gets them, and
         earlier tool calls, as text (appliance/inference/structured.py).
 
+        A string instead of messages is a raw prompt (legacy completions): no template.
+
         Raises:
             ContextOverflow: the prompt leaves no room for an answer.
         """
+        if isinstance(messages, str):
+            tokens = self.llama.tokenize(messages.encode("utf-8"), add_bos=True, special=False)
+            self._check_fits(tokens)
+            return tokens, ()
         if not self.knows_tools:
             messages = structured.plain_messages(messages, tools)
             tools = None
@@ -189,11 +202,7 @@ class ChatModel:
             add_bos=not getattr(formatted, "added_special", False),
             special=True,
         )
-        if len(tokens) >= self.n_ctx:
-            raise ContextOverflow(
-                f"The conversation is {len(tokens)} tokens long; this model's context window "
-                f"is {self.n_ctx} tokens. Shorten it or start a new one."
-            )
+        self._check_fits(tokens)
         stop = formatted.stop
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         return tokens, stops
