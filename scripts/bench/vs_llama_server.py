@@ -120,6 +120,7 @@ def stream(
         messages=messages,
         max_tokens=max_tokens,
         temperature=temperature,
+        top_p=0.95,  # both servers' samplers otherwise use their own defaults
         seed=seed,
         stream=True,
         stream_options={"include_usage": True},
