@@ -38,6 +38,7 @@ from appliance.inference.base import (
     Finish,
     chat_llama,
 )
+from appliance.inference.outbox import Outbox
 from appliance.inference.prefixes import PrefixCache
 from appliance.inference.scheduler import Failed, Job
 
@@ -118,13 +119,8 @@ class BatchMetrics:
         with self.lock:
             recent = list(self.recent)
         if not recent:
-            return {
-                "step_ms": 0.0,
-                "decode_ms": 0.0,
-                "overhead_ms": 0.0,
-                "batch_tokens": 0.0,
-                "batch_sequences": 0.0,
-            }
+            keys = ("step_ms", "decode_ms", "overhead_ms", "batch_tokens", "batch_sequences")
+            return dict.fromkeys(keys, 0.0)
         n = len(recent)
         step = sum(r[0] for r in recent) / n
         decode = sum(r[1] for r in recent) / n
@@ -211,6 +207,7 @@ class BatchedChatEngine(ChatModel):
             metrics=self.metrics,
         )
         self._admitted = 0
+        self.outbox = Outbox()
 
     # -- BatchRunner -------------------------------------------------------------------
 
@@ -246,17 +243,22 @@ class BatchedChatEngine(ChatModel):
         if self._running and all(s.parked for s in self._running.values()):
             self._unpark()  # nothing holds cells that could be waited for
         plan = self._plan(sorted(self._running.values(), key=lambda s: s.order))
-        if not plan:
-            return ended
-        decode_seconds = self._decode(plan, ended)
-        tokens = sum(count for _seq, _start, count in plan)
-        self.metrics.record(time.perf_counter() - started, decode_seconds, tokens, len(plan))
+        decode_seconds = self._decode(plan, ended) if plan else 0.0
+        # Ended requests' text is handed over now, before the scheduler's last events.
+        if ended:
+            self.outbox.drain()
+        else:
+            self.outbox.flush()
+        if plan:
+            tokens = sum(count for _seq, _start, count in plan)
+            self.metrics.record(time.perf_counter() - started, decode_seconds, tokens, len(plan))
         return ended
 
     def idle(self) -> None:
         """Nothing runs: nothing to tidy (prefix entries stay until they are needed)."""
 
     def reset(self) -> None:
+        self.outbox.drain()  # before the scheduler fails what is running
         for seq in list(self._running.values()):
             self._release(seq)
 
@@ -300,13 +302,8 @@ class BatchedChatEngine(ChatModel):
 
     def _fill(self, plan: list[tuple[_Sequence, int, int]]) -> None:
         batch = self.batch
-        token, pos, n_seq, seq_ids, logits = (
-            batch.token,
-            batch.pos,
-            batch.n_seq_id,
-            batch.seq_id,
-            batch.logits,
-        )
+        token, pos, n_seq, seq_ids = batch.token, batch.pos, batch.n_seq_id, batch.seq_id
+        logits = batch.logits
         i = 0
         for seq, start, count in plan:
             for k in range(count):
@@ -425,7 +422,7 @@ class BatchedChatEngine(ChatModel):
         seq.completion += 1
         ready, hit = seq.scanner.feed(seq.decoder.decode(self.llama.detokenize([token])))
         if ready:
-            seq.job.emit(Delta(ready))
+            self.outbox.put(seq.job, Delta(ready))
         if hit:
             return self._end(seq, "stop")
         if seq.completion >= seq.limit:
@@ -437,7 +434,7 @@ class BatchedChatEngine(ChatModel):
         if reason != "stop" or not seq.scanner.hit:
             tail = seq.scanner.flush(seq.decoder.decode(b"", final=True))
             if tail and reason != "cancelled":
-                seq.job.emit(Delta(tail))
+                self.outbox.put(seq.job, Delta(tail))
         if reason != "cancelled":
             self._remember(seq)
         self._release(seq)
@@ -477,4 +474,5 @@ class BatchedChatEngine(ChatModel):
         if self.batch is not None:
             self._lib.llama_batch_free(self.batch)
             self.batch = None
+        self.outbox.close()
         self._context.close()

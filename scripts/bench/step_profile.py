@@ -1,0 +1,144 @@
+"""Where a step of the batched chat engine spends its time, in this process.
+
+Usage::
+
+    .venv/bin/python scripts/bench/step_profile.py [--data-dir DIR] [--threads N]
+        [--max-tokens N] [--runs N]
+
+Loads the configured chat model as the ``BatchedChatEngine`` (8 slots) behind the real
+``Scheduler`` and times, with ``time.perf_counter`` wrappers, each step and its parts:
+``llama_decode``, ``_plan``, ``_fill``, ``_sample`` and within it ``llama_sampler_sample``,
+the detokenizer and handing events to the event loop. For 1 and 8 streams it alternates
+the engine as it is (events through ``Outbox``, one wake-up per step) with events emitted
+inline, one ``Job.emit`` per token (the engine before commit 45e9688), and prints the
+milliseconds per call of each part. ``--data-dir`` is a data dir with the models installed
+(default: a temporary one, set up here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+for path in (ROOT, ROOT / "scripts" / "bench"):
+    if str(path) not in sys.path:  # run as a plain script from a checkout
+        sys.path.insert(0, str(path))
+
+from batching import Stream, chat_request, consume, messages  # noqa: E402
+from common import cpu_model, load_average, text_table  # noqa: E402
+from inference import prepare_data_dir  # noqa: E402
+
+from appliance.inference import models, scheduler  # noqa: E402
+from appliance.inference.batching import BatchedChatEngine  # noqa: E402
+
+PARTS = ("step", "llama_decode", "_plan", "_fill", "_sample", "sampler", "detokenize", "emit")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--runs", type=int, default=2, help="alternations per stream count")
+    args = parser.parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        if args.data_dir:
+            data_dir, fresh = args.data_dir.expanduser().absolute(), False
+        else:
+            data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
+            fresh = True
+        settings = prepare_data_dir(data_dir, fresh=fresh)
+        registry = models.load_registry(settings)
+        model = registry.resolve("chat", settings.inference.chat_model)
+        engine = BatchedChatEngine(
+            model,
+            registry.path(model),
+            n_ctx=8192,
+            n_threads=args.threads,
+            n_gpu_layers=0,
+            flash_attn=False,
+            kv_cache_type="f16",
+            parallel=8,
+            prompt_chunk_tokens=settings.inference.prompt_chunk_tokens,
+            prefix_cache_entries=8,
+        )
+        stack.callback(engine.close)
+        seconds: collections.Counter = collections.Counter()
+        calls: collections.Counter = collections.Counter()
+
+        def timed(owner, name: str, key: str) -> None:
+            original = getattr(owner, name)
+
+            def wrapper(*a, **k):
+                began = time.perf_counter()
+                try:
+                    return original(*a, **k)
+                finally:
+                    seconds[key] += time.perf_counter() - began
+                    calls[key] += 1
+
+            setattr(owner, name, wrapper)
+
+        for name in ("step", "_plan", "_fill", "_sample"):
+            timed(engine, name, name)
+        timed(engine._lib, "llama_decode", "llama_decode")
+        timed(engine._lib, "llama_sampler_sample", "sampler")
+        timed(engine.llama, "detokenize", "detokenize")
+        timed(scheduler.Job, "emit", "emit")
+        outbox_put = engine.outbox.put
+
+        def inline_put(job, event) -> None:
+            job.emit(event)
+
+        chat = scheduler.Scheduler("chat", engine, queue_size=64, per_account=8)
+        chat.start()
+        stack.callback(chat.stop)
+
+        async def run(n: int, tag: int) -> list[Stream]:
+            loop = asyncio.get_running_loop()
+            streams = []
+            for i in range(n):
+                payload = chat_request(messages(i, tag, n), args.max_tokens, seed=i)
+                job = scheduler.Job(account=f"profile-{i}", payload=payload, loop=loop)
+                chat.submit(job)
+                streams.append(Stream(job, time.perf_counter()))
+            await asyncio.gather(*(consume(s) for s in streams))
+            return streams
+
+        rows = []
+        tag = int(time.time()) % 1000 * 100
+        for n in (1, 8):
+            for attempt in range(args.runs * 2):
+                inline = attempt % 2 == 0
+                engine.outbox.put = inline_put if inline else outbox_put
+                seconds.clear()
+                calls.clear()
+                began = time.perf_counter()
+                streams = asyncio.run(run(n, tag))
+                tag += 1
+                elapsed = time.perf_counter() - began
+                tokens = sum(s.finish.completion_tokens for s in streams)
+                step = seconds["step"] / calls["step"]
+                decode = seconds["llama_decode"] / calls["llama_decode"]
+                row = [n, "inline emit" if inline else "outbox", f"{tokens / elapsed:.1f}"]
+                row += [f"{(step - decode) * 1000:.2f}"]
+                row += [f"{seconds[p] / calls[p] * 1000:.2f}" if calls[p] else "-" for p in PARTS]
+                rows.append(row)
+                print(text_table(HEADER, rows[-1:]).splitlines()[-1])
+        print()
+        print(f"{cpu_model()}, {args.threads} thread(s), load average {load_average()}")
+        print(text_table(HEADER, rows))
+    return 0
+
+
+HEADER = ["streams", "events", "tok/s", "step - decode ms", *(f"{p} ms" for p in PARTS)]
+
+if __name__ == "__main__":
+    sys.exit(main())

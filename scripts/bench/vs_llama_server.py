@@ -1,0 +1,405 @@
+"""Benchmark the inference service side by side with llama.cpp's own ``llama-server``.
+
+Usage::
+
+    .venv/bin/python scripts/bench/vs_llama_server.py [--data-dir DIR] [--runs N]
+        [--max-tokens N] [--streams N] [--record]
+
+Starts ``python -m appliance inference`` and ``llama-server`` (built by llama_server.py from
+the installed llama-cpp-python's vendored llama.cpp) on the same GGUF with the same n_ctx,
+slots (``inference.parallel``), threads and weight repacking, and measures both through the
+official ``openai`` client, streaming, alternating which goes first in each run:
+
+- one stream (greedy, ``--max-tokens``): TTFT, decode tok/s, inter-token gap p50/p95;
+- ``--streams`` concurrent streams (temperature 0.7, one seed each, each from its own
+  account): aggregate completion tok/s (all tokens / first request -> last end) and TTFT
+  p50/p95;
+- a late arrival: a ~250-token prompt sent once ``--streams`` - 1 running streams have each
+  produced a quarter of their tokens (so a slot is free in both servers): its TTFT;
+- prefill: one ~2000-token prompt, ``max_tokens`` 1: prompt tokens / TTFT;
+- RSS of each process at the end.
+
+Every request starts with a tag no other request has, so no prefix cache helps either
+side. Ratios are service / llama-server (above 1 is slower for times, faster for rates).
+The machine's load before and during the run is reported: on a shared box the numbers are
+noisy, the ratios less so because the two alternate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+for path in (ROOT, ROOT / "scripts" / "bench"):
+    if str(path) not in sys.path:  # run as a plain script from a checkout
+        sys.path.insert(0, str(path))
+
+import httpx  # noqa: E402
+import llama_server  # noqa: E402  (scripts/bench/llama_server.py)
+import openai  # noqa: E402
+from common import (  # noqa: E402
+    busy_fraction,
+    code_version,
+    cpu_busy_seconds,
+    cpu_model,
+    load_average,
+    markdown_table,
+    text_table,
+)
+from inference import prepare_data_dir, start_service  # noqa: E402
+
+from appliance import vault  # noqa: E402
+from appliance.inference import models  # noqa: E402
+from appliance.inference.client import ACCOUNT_HEADER  # noqa: E402
+
+DOC = ROOT / "docs" / "benchmarks.md"
+SECTION = "## vs llama-server (scripts/bench/vs_llama_server.py)"
+LATE_PROMPT = "Summarise this text in one sentence. " + (
+    "The committee met on Monday to review the budget, the contracts and the customer "
+    "reports, and decided to postpone the decision until the next meeting. " * 8
+)
+LONG_PROMPT = "Summarise this report in one sentence. " + " ".join(
+    f"Item {i}: the warehouse in district {i % 17} shipped {i * 13 % 97} crates of "
+    f"apples, pears and plums to the market on day {i % 30}."
+    for i in range(60)
+)
+
+
+@dataclass
+class Result:
+    ttft: float
+    tokens: int
+    gaps: list[float] = field(default_factory=list)
+    start: float = 0.0
+    end: float = 0.0
+    prompt_tokens: int = 0
+
+    @property
+    def decode_tps(self) -> float:
+        span = sum(self.gaps)
+        return len(self.gaps) / span if span > 0 else float("nan")
+
+
+@dataclass
+class Target:
+    name: str
+    client: openai.OpenAI
+    model: str
+    pid: int
+
+
+def stream(
+    target: Target,
+    messages: list[dict],
+    *,
+    max_tokens: int,
+    temperature: float = 0.0,
+    seed: int = 1,
+    account: str = "bench",
+    progress: threading.Event | None = None,
+    quarter: int = 0,
+) -> Result:
+    """One streaming chat completion, timed on the client side."""
+    start = time.perf_counter()
+    first = last = None
+    gaps: list[float] = []
+    chunks = 0
+    usage = None
+    reply = target.client.chat.completions.create(
+        model=target.model,
+        messages=messages,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=0.95,  # both servers' samplers otherwise use their own defaults
+        seed=seed,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers={ACCOUNT_HEADER: account},
+    )
+    for chunk in reply:
+        if chunk.usage:
+            usage = chunk.usage
+        if chunk.choices and chunk.choices[0].delta.content:
+            now = time.perf_counter()
+            if first is None:
+                first = now
+            else:
+                gaps.append(now - last)
+            last = now
+            chunks += 1
+            if progress is not None and chunks == quarter:
+                progress.set()
+    end = time.perf_counter()
+    if first is None:
+        raise RuntimeError(f"{target.name}: the stream produced no text")
+    return Result(
+        ttft=first - start,
+        tokens=usage.completion_tokens if usage else chunks,
+        gaps=gaps,
+        start=start,
+        end=end,
+        prompt_tokens=usage.prompt_tokens if usage else 0,
+    )
+
+
+def story(tag: str, index: int) -> list[dict]:
+    return [
+        {"role": "system", "content": f"{tag} You are a storyteller."},
+        {"role": "user", "content": f"Write a long story about creature number {index}."},
+    ]
+
+
+def one_stream(target: Target, tag: str, max_tokens: int) -> dict:
+    r = stream(target, story(tag, 0), max_tokens=max_tokens)
+    return {"ttft": r.ttft, "tps": r.decode_tps, "gaps": r.gaps}
+
+
+def concurrent(target: Target, tag: str, streams: int, max_tokens: int) -> dict:
+    with ThreadPoolExecutor(streams) as pool:
+        futures = [
+            pool.submit(
+                stream,
+                target,
+                story(f"{tag}.{i}", i),
+                max_tokens=max_tokens,
+                temperature=0.7,
+                seed=i + 1,
+                account=f"bench-{i}",
+            )
+            for i in range(streams)
+        ]
+        results = [f.result() for f in futures]
+    span = max(r.end for r in results) - min(r.start for r in results)
+    return {
+        "agg": sum(r.tokens for r in results) / span,
+        "ttfts": [r.ttft for r in results],
+    }
+
+
+def late_arrival(target: Target, tag: str, streams: int, max_tokens: int) -> float:
+    running = streams - 1
+    events = [threading.Event() for _ in range(running)]
+    with ThreadPoolExecutor(streams) as pool:
+        futures = [
+            pool.submit(
+                stream,
+                target,
+                story(f"{tag}.{i}", i),
+                max_tokens=max_tokens,
+                temperature=0.7,
+                seed=i + 1,
+                account=f"bench-{i}",
+                progress=events[i],
+                quarter=max_tokens // 4,
+            )
+            for i in range(running)
+        ]
+        for event in events:
+            event.wait(120)
+        late = stream(
+            target,
+            [{"role": "user", "content": f"{tag} late. {LATE_PROMPT}"}],
+            max_tokens=8,
+            account="bench-late",
+        )
+        for f in futures:
+            f.result()
+    return late.ttft
+
+
+def prefill(target: Target, tag: str) -> tuple[float, int]:
+    r = stream(target, [{"role": "user", "content": f"{tag} {LONG_PROMPT}"}], max_tokens=1)
+    return r.prompt_tokens / r.ttft, r.prompt_tokens
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, help="data dir with the models installed")
+    parser.add_argument("--runs", type=int, default=3, help="runs per measurement (median)")
+    parser.add_argument("--max-tokens", type=int, default=128, help="tokens per answer")
+    parser.add_argument("--streams", type=int, default=8, help="concurrent streams")
+    parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra APPLIANCE_* setting for the service (repeatable)",
+    )
+    args = parser.parse_args(argv)
+
+    busy_before = busy_fraction(2.0)
+    with contextlib.ExitStack() as stack:
+        if args.data_dir:
+            data_dir, fresh = args.data_dir.expanduser().absolute(), False
+        else:
+            data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
+            fresh = True
+        settings = prepare_data_dir(data_dir, fresh=fresh)
+        key = vault.read_secret(settings, "inference_key")
+        extra = dict(item.split("=", 1) for item in args.env)
+        service = start_service(settings, APPLIANCE_INFERENCE__QUEUE_SIZE="64", **extra)
+        stack.callback(service.stop)
+        health = httpx.get(service.url + "/healthz", timeout=10).json()
+        registry = models.load_registry(settings)
+        model = registry.resolve("chat", settings.inference.chat_model)
+        slots = int(extra.get("APPLIANCE_INFERENCE__PARALLEL", settings.inference.parallel))
+        threads = (
+            int(extra.get("APPLIANCE_INFERENCE__N_THREADS", 0))
+            or settings.inference.n_threads
+            or _physical_cores()
+        )
+        repack = bool(health.get("cpu_repack") in (True, "on"))
+        peer = llama_server.start(
+            registry.path(model),
+            n_ctx=health["n_ctx"],
+            slots=slots,
+            threads=threads,
+            repack=repack,
+            log_path=data_dir / "llama-server.log",
+        )
+        stack.callback(peer.stop)
+        targets = [
+            Target(
+                "service",
+                openai.OpenAI(base_url=service.url + "/v1", api_key=key, timeout=600),
+                health["chat_model"],
+                service.process.pid,
+            ),
+            Target(
+                "llama-server",
+                openai.OpenAI(base_url=peer.url + "/v1", api_key="none", timeout=600),
+                "model",
+                peer.process.pid,
+            ),
+        ]
+        setup = (
+            f"{cpu_model()}; {model.id}; n_ctx {health['n_ctx']}, {slots} slots, "
+            f"{threads} threads, repack {'on' if repack else 'off'}; llama-server "
+            f"{llama_server.installed_version()} ({' '.join(llama_server.cmake_args()[:1])})"
+        )
+        print(setup)
+        results: dict[str, dict[str, list]] = {t.name: {} for t in targets}
+        for target in targets:  # warm-up, discarded
+            stream(target, story(f"warm {target.name}", 0), max_tokens=8)
+        busy0, t0 = cpu_busy_seconds(), time.monotonic()
+        stamp = time.time_ns() % 10**8
+        for run in range(args.runs):
+            order = targets if run % 2 == 0 else targets[::-1]
+            for target in order:
+                tag = f"[{stamp}.{run}.{target.name}]"
+                acc = results[target.name]
+                one = one_stream(target, f"{tag} one", args.max_tokens)
+                acc.setdefault("ttft1", []).append(one["ttft"])
+                acc.setdefault("tps1", []).append(one["tps"])
+                acc.setdefault("gaps", []).extend(one["gaps"])
+                many = concurrent(target, f"{tag} many", args.streams, args.max_tokens)
+                acc.setdefault("agg", []).append(many["agg"])
+                acc.setdefault("ttftN", []).extend(many["ttfts"])
+                acc.setdefault("late", []).append(
+                    late_arrival(target, f"{tag} late", args.streams, args.max_tokens)
+                )
+                rate, prompt_tokens = prefill(target, f"{tag} long")
+                acc.setdefault("prefill", []).append(rate)
+                acc["prompt_tokens"] = [prompt_tokens]
+                print(
+                    f"run {run + 1} {target.name}: {one['tps']:.1f} tok/s one, "
+                    f"{many['agg']:.1f} agg, prefill {rate:.0f} tok/s"
+                )
+        elapsed = time.monotonic() - t0
+        load = (cpu_busy_seconds() - busy0) / elapsed / 2
+        rss = {t.name: llama_server.rss_bytes(t.pid) / 2**20 for t in targets}
+
+    med = statistics.median
+    s, p = results["service"], results["llama-server"]
+    rows = []
+
+    def row(name: str, a: float, b: float, fmt: str, unit: str) -> None:
+        rows.append([name, f"{a:{fmt}} {unit}", f"{b:{fmt}} {unit}", f"{a / b:.2f}"])
+
+    row("one stream TTFT", med(s["ttft1"]) * 1000, med(p["ttft1"]) * 1000, ".1f", "ms")
+    row("one stream decode", med(s["tps1"]), med(p["tps1"]), ".1f", "tok/s")
+    row(
+        "one stream inter-token p50",
+        pct(s["gaps"], 0.5) * 1000,
+        pct(p["gaps"], 0.5) * 1000,
+        ".1f",
+        "ms",
+    )
+    row(
+        "one stream inter-token p95",
+        pct(s["gaps"], 0.95) * 1000,
+        pct(p["gaps"], 0.95) * 1000,
+        ".1f",
+        "ms",
+    )
+    n = args.streams
+    row(f"{n} streams aggregate", med(s["agg"]), med(p["agg"]), ".1f", "tok/s")
+    row(
+        f"{n} streams TTFT p50",
+        pct(s["ttftN"], 0.5) * 1000,
+        pct(p["ttftN"], 0.5) * 1000,
+        ".1f",
+        "ms",
+    )
+    row(
+        f"{n} streams TTFT p95",
+        pct(s["ttftN"], 0.95) * 1000,
+        pct(p["ttftN"], 0.95) * 1000,
+        ".1f",
+        "ms",
+    )
+    row(
+        f"late arrival TTFT ({n - 1} running)",
+        med(s["late"]) * 1000,
+        med(p["late"]) * 1000,
+        ".1f",
+        "ms",
+    )
+    row(
+        f"prefill, {s['prompt_tokens'][0]}-token prompt",
+        med(s["prefill"]),
+        med(p["prefill"]),
+        ".0f",
+        "tok/s",
+    )
+    row("RSS at the end", rss["service"], rss["llama-server"], ".0f", "MiB")
+    header = ["measurement", "inference service", "llama-server", "ratio"]
+    print()
+    print(text_table(header, rows))
+    notes = (
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, code {code_version()}, medians of "
+        f"{args.runs} runs (percentiles over all), {args.max_tokens} tokens per answer. "
+        f"{setup}. Machine {busy_before:.0%} busy before, {load:.0%} during "
+        f"(both servers' work included; load average {load_average()})."
+    )
+    print(notes)
+    if args.record:
+        with DOC.open("a") as doc:
+            doc.write(f"\n{SECTION}\n\n{notes}\n\n{markdown_table(header, rows)}\n")
+    return 0
+
+
+def _physical_cores() -> int:
+    from appliance.inference.base import physical_cores
+
+    return physical_cores()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
