@@ -25,9 +25,9 @@ PROBE_TIMEOUT_SECONDS = 30.0
 
 
 class InferenceProbe:
-    """The model answered a one-token request within the last ``PROBE_SECONDS``: "ok",
-    else why not. A health endpoint answering is not enough: a service whose model is
-    wedged or crashing still answers ``/healthz``."""
+    """The model answered a one-token request within the last ``PROBE_SECONDS`` and the
+    service answers its ``/healthz`` now: "ok", else why not. A health endpoint answering is
+    not enough: a service whose model is wedged or crashing still answers ``/healthz``."""
 
     def __init__(self) -> None:
         self._lock = asyncio.Lock()
@@ -36,6 +36,11 @@ class InferenceProbe:
 
     async def check(self, inference: InferenceClient, now: datetime) -> str:
         async with self._lock:  # concurrent polls share one probe
+            try:  # cheap, every poll: a cached "ok" must not outlive the process it came from
+                await inference.ahealth()
+            except ApplianceError as exc:
+                self._at = None
+                return str(exc)
             if self._at is None or not (
                 self._at <= now < self._at + timedelta(seconds=PROBE_SECONDS)
             ):

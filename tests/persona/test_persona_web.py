@@ -41,6 +41,7 @@ def site(tmp_path):
 def owner_key(db, settings, email="owner@example.com", account_name=None):
     user, account = accounts.create_user(db, email, NOW, role="owner", account_name=account_name)
     accounts.save_profile(db, settings, account.id, "owner", PROFILE, NOW)
+    account = accounts.account(db, account.id)  # onboarding names the team after the business
     return user, account, bearer(db, user, account)
 
 

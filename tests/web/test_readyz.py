@@ -18,9 +18,11 @@ from appliance.web.health import PROBE_SECONDS
 
 
 class Model(BaseHTTPRequestHandler):
-    """An inference service whose /healthz is always fine; chat works when ``answering``."""
+    """An inference service whose /healthz is fine when ``healthy``; chat works when
+    ``answering``."""
 
     answering = False
+    healthy = True
     chats: list[dict] = []
 
     def log_message(self, *args) -> None:
@@ -35,7 +37,10 @@ class Model(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:
-        self._send(200, {"status": "ok"})
+        if self.healthy:
+            self._send(200, {"status": "ok"})
+        else:
+            self._send(503, {"error": {"message": "the model is loading"}})
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -52,7 +57,7 @@ class Model(BaseHTTPRequestHandler):
 def model():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Model)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    Model.answering, Model.chats = False, []
+    Model.answering, Model.healthy, Model.chats = False, True, []
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
@@ -79,3 +84,12 @@ def test_ready_only_after_the_model_answers_one_token(tmp_path, model, clock):
         assert ready.json()["checks"]["inference"] == "ok"
         assert client.get("/readyz").status_code == 200
         assert len(Model.chats) == 2
+
+        # A cached "ok" does not outlive the service it came from: /healthz is asked on
+        # every poll (a restarted service that is still loading is not ready).
+        Model.healthy = False
+        gone = client.get("/readyz")
+        assert gone.status_code == 503 and "loading" in gone.json()["checks"]["inference"]
+        Model.healthy = True
+        assert client.get("/readyz").status_code == 200
+        assert len(Model.chats) == 3  # probed afresh, not the old answer
