@@ -209,7 +209,7 @@ def test_page_shows_the_prompt_and_saves_the_edit_form(site):
         follow_redirects=False,
     )
     assert saved.status_code in (302, 303)
-    assert saved.headers["location"].startswith("/settings/persona?done=saved")
+    assert saved.headers["location"] == "/settings/persona#prompt"
     assert "Saved as a new version." in client.get(saved.headers["location"]).text
     api = client.get("/api/persona").json()
     assert api["text"] == "You are Crumb,\nthe bakery's helper."
