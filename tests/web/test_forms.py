@@ -99,6 +99,23 @@ def test_renaming_and_deleting_a_conversation_confirm_once(client, db, owner, cl
     assert "Conversation deleted." not in client.get("/chat").text
 
 
+def test_skipping_onboarding_switching_teams_and_signing_out_confirm_once(client, db, owner, clock):
+    user, _ = owner
+    skipped = post_form(client, "/onboarding", {"action": "skip"}, page="/onboarding")
+    assert skipped.status_code == 303 and skipped.headers["location"] == "/"
+    assert "Onboarding skipped" in client.get("/").text
+    assert "Onboarding skipped" not in client.get("/").text
+    _, other = accounts.create_user(db, user.email, clock(), account_name="Side project")
+    switched = post_form(client, "/account/switch", {"account_id": other.id})
+    assert switched.status_code == 303 and switched.headers["location"] == "/"
+    assert "You are now working in Side project." in client.get("/").text
+    assert "now working in" not in client.get("/").text
+    out = post_form(client, "/logout", {})
+    assert out.status_code == 303 and out.headers["location"] == "/login"
+    assert "You are signed out." in client.get("/login").text
+    assert "signed out" not in client.get("/login").text
+
+
 def test_a_forged_tampered_or_stale_message_is_ignored(client, owner, settings):
     def main(page: str) -> str:
         return page.split("<main", 1)[1].split("</main>")[0]
