@@ -249,12 +249,22 @@ class PersonaPages(Controller):
     @get(PAGE, sync_to_thread=True)
     def persona_page(
         self,
+        request: Request,
         manager: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
         settings: NamedDependency[Settings],
         clock: NamedDependency[Clock],
     ) -> Template:
-        return page(db, settings, manager, clock())
+        """After a version was generated, the redirect's message names it and the page
+        shows what it changed (once: a reload shows the page without it)."""
+        now = clock()
+        version = flash.flash(request).get("generated")
+        generated = (
+            persona.changes(db, manager.account.id, manager.role, version, now)
+            if isinstance(version, int)
+            else None
+        )
+        return page(db, settings, manager, now, generated=generated)
 
     @post(PAGE, sync_to_thread=True)
     def save_form(
@@ -282,14 +292,15 @@ class PersonaPages(Controller):
         )
         return flash.redirect(request, f"{PAGE}#prompt", message)
 
-    @post(f"{PAGE}/generate", status_code=200, sync_to_thread=True)
+    @post(f"{PAGE}/generate", sync_to_thread=True)
     def generate_form(
         self,
+        request: Request,
         manager: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
         settings: NamedDependency[Settings],
         clock: NamedDependency[Clock],
-    ) -> Template:
+    ) -> Response:
         now = clock()
         try:
             generated = persona.generate(
@@ -303,21 +314,22 @@ class PersonaPages(Controller):
             return page(
                 db, settings, manager, now, 503, flashes=[("error", str(exc))], offer_local=True
             )
-        return _regenerated(db, settings, manager, now, generated)
+        return _regenerated(request, generated)
 
-    @post(f"{PAGE}/local", status_code=200, sync_to_thread=True)
+    @post(f"{PAGE}/local", sync_to_thread=True)
     def local_form(
         self,
+        request: Request,
         manager: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
         settings: NamedDependency[Settings],
         clock: NamedDependency[Clock],
-    ) -> Template:
+    ) -> Response:
         now = clock()
         generated = persona.use_local(
             db, settings, manager.account.id, manager.role, manager.user.id, now
         )
-        return _regenerated(db, settings, manager, now, generated)
+        return _regenerated(request, generated)
 
     @post(f"{PAGE}/samples", sync_to_thread=True, opt={BODY_LIMIT: sample_limit})
     def upload_form(
@@ -355,7 +367,7 @@ class PersonaPages(Controller):
         return flash.redirect(request, f"{PAGE}#voice", message)
 
 
-def _regenerated(db, settings: Settings, me: Identity, now: datetime, generated: Generated):
+def _regenerated(request: Request, generated: Generated) -> Response:
     source = "Claude" if generated.prompt.source == "claude" else "the local template"
     message = f"Version {generated.prompt.version} written by {source}."
-    return page(db, settings, me, now, flashes=[("ok", message)], generated=generated)
+    return flash.redirect(request, f"{PAGE}#changes", message, generated=generated.prompt.version)
