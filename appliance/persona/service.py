@@ -87,6 +87,18 @@ def history(db: sqlite_utils.Database, account_id: str, actor_role: str) -> list
     return PersonaStore(db).prompts(account_id, HISTORY_LIMIT)
 
 
+def changes(
+    db: sqlite_utils.Database, account_id: str, actor_role: str, version: int, now: datetime
+) -> Generated | None:
+    """What version ``version`` changed, for the page shown after generating it."""
+    _require_manager(actor_role)
+    pair = PersonaStore(db).prompt_pair(account_id, version)
+    if not pair or pair[0].version != version:
+        return None
+    before = pair[1].text if len(pair) > 1 else local_prompt(accounts.profile(db, account_id, now))
+    return Generated(pair[0], before, diff(before, pair[0].text))
+
+
 def egress_log(db: sqlite_utils.Database, account_id: str, actor_role: str) -> list[EgressEntry]:
     """What left the box for this account, newest first (owners and admins)."""
     _require_manager(actor_role)

@@ -24,6 +24,15 @@ class PersonaStore:
         )
         return [SystemPrompt(**r) for r in rows]
 
+    def prompt_pair(self, account_id: str, version: int) -> list[SystemPrompt]:
+        """Version ``version`` and the one before it (if any), newest first."""
+        rows = self.db["system_prompts"].rows_where(
+            "account_id = ? and version in (?, ?)",
+            [account_id, version, version - 1],
+            order_by="version desc",
+        )
+        return [SystemPrompt(**r) for r in rows]
+
     def next_version(self, account_id: str) -> int:
         row = next(
             self.db.query(

@@ -14,7 +14,7 @@ import sqlite_utils
 from litestar import Controller, Request, Response, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, URLEncodedBody
-from litestar.response import Redirect, Template
+from litestar.response import Template
 
 from appliance.auth import service as auth
 from appliance.billing import ledger, payments, service, webhooks
@@ -23,6 +23,7 @@ from appliance.config import Settings
 from appliance.db import open_db
 from appliance.errors import ApplianceError, InvalidInput
 from appliance.instances import service as instances
+from appliance.web import flash
 from appliance.web.errors import form_error
 from appliance.web.identity import Identity
 
@@ -250,6 +251,7 @@ class BillingPages(Controller):
     @post("/billing/caps", sync_to_thread=True)
     def set_cap_form(
         self,
+        request: Request,
         data: URLEncodedBody[dict[str, str]],
         manager: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
@@ -267,7 +269,8 @@ class BillingPages(Controller):
             service.set_cap(db, manager.account.id, subject, data["subject_id"], amount, clock())
         except InvalidInput as exc:
             return form_error("billing.html", _context(db, settings, manager, clock), exc)
-        return Redirect("/billing#caps")
+        message = f"Monthly cap set to {amount} USD." if amount else "Monthly cap removed."
+        return flash.redirect(request, "/billing#caps", message)
 
 
 def _context(db, settings: Settings, me: Identity, clock: Clock) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from appliance.config import Settings
 from appliance.errors import InvalidInput
 from appliance.inference.client import InferenceClient
 from appliance.instances import service as instances
+from appliance.web import flash
 from appliance.web.chat_answer import conversation_json, respond
 from appliance.web.identity import Identity
 
@@ -326,6 +327,7 @@ class ChatPages(Controller):
     @post("/chat/{conversation_id:str}/rename", sync_to_thread=True)
     def rename_form(
         self,
+        request: Request,
         conversation_id: FromPath[str],
         data: URLEncodedBody[dict[str, str]],
         me: NamedDependency[Identity],
@@ -333,18 +335,19 @@ class ChatPages(Controller):
         clock: NamedDependency[Clock],
     ) -> Response:
         chat.rename(db, me.account.id, me.user.id, conversation_id, data.get("title"), clock())
-        return Redirect(f"/chat/{conversation_id}")
+        return flash.redirect(request, f"/chat/{conversation_id}", "Conversation renamed.")
 
     @post("/chat/{conversation_id:str}/delete", sync_to_thread=True)
     def delete_form(
         self,
+        request: Request,
         conversation_id: FromPath[str],
         me: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
         clock: NamedDependency[Clock],
     ) -> Response:
         chat.delete(db, me.account.id, me.user.id, conversation_id, clock())
-        return Redirect("/chat")
+        return flash.redirect(request, "/chat", "Conversation deleted.")
 
 
 def _context(db, me: Identity, conversation: chat.Conversation | None, q: str | None) -> dict:

@@ -11,15 +11,16 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import sqlite_utils
-from litestar import Controller, Response, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
-from litestar.response import Redirect, Template
+from litestar.response import Template
 
 from appliance.accounts import service as accounts
 from appliance.accounts.models import Account
 from appliance.auth import service as auth
 from appliance.clock import Clock
+from appliance.web import flash
 from appliance.web.identity import Person
 
 
@@ -90,21 +91,23 @@ class InvitesPages(Controller):
     @post("/invites/{invite_id:str}/accept", sync_to_thread=True)
     def accept_form(
         self,
+        request: Request,
         invite_id: FromPath[str],
         person: NamedDependency[Person],
         db: NamedDependency[sqlite_utils.Database],
         clock: NamedDependency[Clock],
     ) -> Response:
-        _accept(db, person, invite_id, clock)
-        return Redirect("/")
+        joined = _accept(db, person, invite_id, clock)
+        return flash.redirect(request, "/", f"You joined {joined.name}.")
 
     @post("/invites/{invite_id:str}/decline", sync_to_thread=True)
     def decline_form(
         self,
+        request: Request,
         invite_id: FromPath[str],
         person: NamedDependency[Person],
         db: NamedDependency[sqlite_utils.Database],
         clock: NamedDependency[Clock],
     ) -> Response:
         accounts.decline_invite(db, person.user.id, invite_id, clock())
-        return Redirect("/invites")
+        return flash.redirect(request, "/invites", "Invite declined.")

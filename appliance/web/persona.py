@@ -12,11 +12,11 @@ from datetime import datetime
 from typing import Any
 
 import sqlite_utils
-from litestar import Controller, Response, delete, get, post, put
+from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
-from litestar.params import FromPath, FromQuery, JSONBody, MultipartBody, URLEncodedBody
+from litestar.params import FromPath, JSONBody, MultipartBody, URLEncodedBody
 from litestar.response import Redirect, Template
 
 from appliance.accounts import service as accounts
@@ -26,16 +26,11 @@ from appliance.errors import Conflict, InvalidInput, Unavailable
 from appliance.persona import service as persona
 from appliance.persona import voice
 from appliance.persona.models import Generated, SystemPrompt, VoiceSample
+from appliance.web import flash
 from appliance.web.identity import Identity
 from appliance.web.security import BODY_LIMIT, MULTIPART_OVERHEAD
 
 PAGE = "/settings/persona"
-DONE = {
-    "saved": "Saved as a new version.",
-    "unchanged": "The text is unchanged, so no new version was made.",
-    "uploaded": "Voice sample added.",
-    "deleted": "Voice sample deleted, with its excerpts and its file.",
-}
 
 
 def sample_limit(settings: Settings) -> tuple[int, str]:
@@ -254,18 +249,27 @@ class PersonaPages(Controller):
     @get(PAGE, sync_to_thread=True)
     def persona_page(
         self,
+        request: Request,
         manager: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
         settings: NamedDependency[Settings],
         clock: NamedDependency[Clock],
-        done: FromQuery[str] = "",
     ) -> Template:
-        flashes = [("ok", DONE[done])] if done in DONE else []
-        return page(db, settings, manager, clock(), flashes=flashes)
+        """After a version was generated, the redirect's message names it and the page
+        shows what it changed (once: a reload shows the page without it)."""
+        now = clock()
+        version = flash.flash(request).get("generated")
+        generated = (
+            persona.changes(db, manager.account.id, manager.role, version, now)
+            if isinstance(version, int)
+            else None
+        )
+        return page(db, settings, manager, now, generated=generated)
 
     @post(PAGE, sync_to_thread=True)
     def save_form(
         self,
+        request: Request,
         data: URLEncodedBody[dict[str, str]],
         manager: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
@@ -281,16 +285,22 @@ class PersonaPages(Controller):
         except InvalidInput as exc:
             return page(db, settings, manager, now, 400, flashes=[("error", str(exc))])
         unchanged = before is not None and saved.id == before.id
-        return Redirect(f"{PAGE}?done={'unchanged' if unchanged else 'saved'}#prompt")
+        message = (
+            "The text is unchanged, so no new version was made."
+            if unchanged
+            else "Saved as a new version."
+        )
+        return flash.redirect(request, f"{PAGE}#prompt", message)
 
-    @post(f"{PAGE}/generate", status_code=200, sync_to_thread=True)
+    @post(f"{PAGE}/generate", sync_to_thread=True)
     def generate_form(
         self,
+        request: Request,
         manager: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
         settings: NamedDependency[Settings],
         clock: NamedDependency[Clock],
-    ) -> Template:
+    ) -> Response:
         now = clock()
         try:
             generated = persona.generate(
@@ -304,25 +314,27 @@ class PersonaPages(Controller):
             return page(
                 db, settings, manager, now, 503, flashes=[("error", str(exc))], offer_local=True
             )
-        return _regenerated(db, settings, manager, now, generated)
+        return _regenerated(request, generated)
 
-    @post(f"{PAGE}/local", status_code=200, sync_to_thread=True)
+    @post(f"{PAGE}/local", sync_to_thread=True)
     def local_form(
         self,
+        request: Request,
         manager: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
         settings: NamedDependency[Settings],
         clock: NamedDependency[Clock],
-    ) -> Template:
+    ) -> Response:
         now = clock()
         generated = persona.use_local(
             db, settings, manager.account.id, manager.role, manager.user.id, now
         )
-        return _regenerated(db, settings, manager, now, generated)
+        return _regenerated(request, generated)
 
     @post(f"{PAGE}/samples", sync_to_thread=True, opt={BODY_LIMIT: sample_limit})
     def upload_form(
         self,
+        request: Request,
         data: MultipartBody[dict[str, Any]],
         manager: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
@@ -339,21 +351,23 @@ class PersonaPages(Controller):
         except (InvalidInput, Conflict) as exc:
             status = 409 if isinstance(exc, Conflict) else 400
             return page(db, settings, manager, now, status, flashes=[("error", str(exc))])
-        return Redirect(f"{PAGE}?done=uploaded#voice")
+        return flash.redirect(request, f"{PAGE}#voice", "Voice sample added.")
 
     @post(f"{PAGE}/samples/{{sample_id:str}}/delete", sync_to_thread=True)
     def delete_form(
         self,
+        request: Request,
         sample_id: FromPath[str],
         manager: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
         settings: NamedDependency[Settings],
     ) -> Redirect:
         voice.delete_sample(db, settings, manager.account.id, manager.role, sample_id)
-        return Redirect(f"{PAGE}?done=deleted#voice")
+        message = "Voice sample deleted, with its excerpts and its file."
+        return flash.redirect(request, f"{PAGE}#voice", message)
 
 
-def _regenerated(db, settings: Settings, me: Identity, now: datetime, generated: Generated):
+def _regenerated(request: Request, generated: Generated) -> Response:
     source = "Claude" if generated.prompt.source == "claude" else "the local template"
     message = f"Version {generated.prompt.version} written by {source}."
-    return page(db, settings, me, now, flashes=[("ok", message)], generated=generated)
+    return flash.redirect(request, f"{PAGE}#changes", message, generated=generated.prompt.version)

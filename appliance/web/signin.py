@@ -23,6 +23,7 @@ from appliance.config import Settings
 from appliance.errors import InvalidInput, NotFound, Throttled
 from appliance.privacy import policy
 from appliance.tasks import TaskQueue
+from appliance.web import flash
 from appliance.web.identity import Identity, cookie_names
 
 SENT_MESSAGE = (
@@ -345,16 +346,19 @@ class SignInPages(Controller):
         token = request.cookies.get(cookie_names(settings)["session"])
         if token:
             auth.revoke_session(db, token, clock())
-        response = Redirect("/login")
+        response = flash.redirect(request, "/login", "You are signed out.")
         _clear_cookie(response, settings, "session")
         return response
 
     @post("/account/switch", sync_to_thread=True)
     def switch(
         self,
+        request: Request,
         data: URLEncodedBody[dict[str, str]],
         me: NamedDependency[Identity],
         db: NamedDependency[sqlite_utils.Database],
     ) -> Redirect:
-        switch_account(db, me, data.get("account_id", ""))
-        return Redirect("/")
+        account_id = data.get("account_id", "")
+        switch_account(db, me, account_id)
+        name = accounts.account(db, account_id).name
+        return flash.redirect(request, "/", f"You are now working in {name}.")

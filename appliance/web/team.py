@@ -272,7 +272,8 @@ class TeamPages(Controller):
     ) -> Response:
         if data.get("action") == "skip":
             onboarding.skip(db, settings, manager.account.id, manager.role, clock())
-            return Redirect("/")
+            message = "Onboarding skipped: you can fill in the team profile in Settings."
+            return flash.redirect(request, "/", message)
         answers = {k: v for k, v in data.items() if k not in ("_csrf_token", "action", "next")}
         try:
             onboarding.save(db, settings, manager.account.id, manager.role, answers, clock())

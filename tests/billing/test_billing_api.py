@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 import pytest
 from billing_support import billed, stripe_standin  # noqa: F401 - fixtures
@@ -226,8 +227,6 @@ def test_back_from_checkout_the_page_says_where_the_payment_is(two, billed, db, 
 
 
 def test_caps_on_the_page(two, billed, db):  # noqa: F811
-    import re
-
     client = two["client"]
     a = two["people"]["a"]
     token = auth.create_session(db, billed, a["user"].id, a["account"].id, two["clock"]())
@@ -261,4 +260,22 @@ def test_caps_on_the_page(two, billed, db):  # noqa: F811
     refused = client.post("/billing/caps", data={**form, "subject_id": other.id})
     assert refused.status_code == 404
     client.post("/billing/caps", data={**form, "monthly_usd": ""}, follow_redirects=False)
+    assert service.caps(db, a["account"].id, two["clock"]()) == []
+
+
+def test_the_caps_form_confirms_once_and_a_reload_changes_nothing(two, billed, db):  # noqa: F811
+    client = two["client"]
+    a = two["people"]["a"]
+    client.cookies.set(
+        "session", auth.create_session(db, billed, a["user"].id, a["account"].id, two["clock"]())
+    )
+    token = re.search(r'name="_csrf_token" value="([^"]+)"', client.get("/billing").text)[1]
+    form = {"subject": "instance", "subject_id": two["instance"].id, "_csrf_token": token}
+    capped = client.post("/billing/caps", data={**form, "monthly_usd": "5"}, follow_redirects=False)
+    assert capped.status_code == 303 and capped.headers["location"] == "/billing#caps"
+    assert "Monthly cap set to 5 USD." in client.get("/billing").text
+    assert "Monthly cap set" not in client.get("/billing").text
+    assert len(service.caps(db, a["account"].id, two["clock"]())) == 1
+    removed = client.post("/billing/caps", data={**form, "monthly_usd": ""})
+    assert "Monthly cap removed." in removed.text
     assert service.caps(db, a["account"].id, two["clock"]()) == []

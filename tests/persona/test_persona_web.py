@@ -210,7 +210,7 @@ def test_page_shows_the_prompt_and_saves_the_edit_form(site):
         follow_redirects=False,
     )
     assert saved.status_code in (302, 303)
-    assert saved.headers["location"].startswith("/settings/persona?done=saved")
+    assert saved.headers["location"] == "/settings/persona#prompt"
     assert "Saved as a new version." in client.get(saved.headers["location"]).text
     api = client.get("/api/persona").json()
     assert api["text"] == "You are Crumb,\nthe bakery's helper."
@@ -235,6 +235,11 @@ def test_page_regeneration_shows_an_escaped_diff(site):
     assert "<ins>+ You are the private AI assistant of a small team." in page.text
     assert "<script>alert" not in page.text
     assert "Version 2 written by the local template." in page.text
+    # The POST answered with a redirect: a reload shows the page once more without the
+    # message or the diff, and makes no third version.
+    again = client.get("/settings/persona").text
+    assert "What changed" not in again and "Version 2 written" not in again
+    assert client.get("/api/persona").json()["version"] == 2
 
 
 def test_page_upload_and_delete_forms(site):

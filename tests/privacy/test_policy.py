@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from conftest import make_settings
 from litestar.testing import TestClient
+from policy_support import SAAS_ONLY, configuration, statements
 from signin_support import last_code, sign_in
 
 from appliance import firstrun, mail
@@ -59,52 +60,15 @@ def policy_text(tmp_path, clock, **overrides) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.text))
 
 
-#: What the seed policy said for a hosted service, and no self-hosted box does.
-SAAS_ONLY = (
-    "Auxen",
-    "privacy@example.com",
-    "GPU instance",
-    "GPU compute providers",
-    "marketing site",
-    "United States",
-    "Dashboard",
-    "Model Settings",
-)
-
-
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
 @pytest.mark.parametrize("claude", [False, True], ids=["no-claude", "claude"])
 @pytest.mark.parametrize("billing", [False, True], ids=["no-billing", "billing"])
 def test_the_policy_states_what_this_configuration_does(tmp_path, clock, tls, claude, billing):
-    overrides: dict = {"privacy.log_retention_days": 21, "privacy.erase_window_days": 9}
-    if tls:
-        for name in ("cert", "key"):
-            (tmp_path / f"{name}.pem").write_text("not read: the page only needs the setting")
-        overrides |= {
-            "web.tls_cert": str(tmp_path / "cert.pem"),
-            "web.tls_key": str(tmp_path / "key.pem"),
-        }
-    if claude:
-        overrides["persona.anthropic_api_key"] = "sk-ant-test"
-    if billing:
-        overrides |= {
-            "billing.enabled": True,
-            "stripe.secret_key": "sk_test_x",
-            "stripe.webhook_secret": "whsec_x",
-        }
-    text = policy_text(tmp_path, clock, **overrides)
+    switches = {"tls": tls, "claude": claude, "billing": billing}
+    text = policy_text(tmp_path, clock, **configuration(tmp_path, **switches))
     # Each statement appears exactly when the setting behind it is on (docs/privacy.md).
-    assert ("All traffic to this appliance is encrypted (HTTPS)" in text) is tls
-    assert ("serves plain HTTP: it does not encrypt traffic" in text) is not tls
-    assert ("Anthropic (Claude)" in text) is claude
-    assert ("Stripe: payment processing" in text) is billing
-    assert ("prepaid credit balance" in text) is billing
-    assert (
-        "Usage (tokens per request) is metered and shown to your team. Nothing is charged" in text
-    ) is not billing
-    assert ("No third party receives your data" in text) is (not claude and not billing)
-    assert "The language model runs on this appliance" in text
-    assert "kept for 21 days" in text and "erased within 9 days" in text
+    for statement, shown in statements(**switches).items():
+        assert (statement in text) is shown, statement
     for seed in SAAS_ONLY:
         assert seed not in text, seed
     assert "None" not in text  # the footer's version was once shadowed by the policy's

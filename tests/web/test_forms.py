@@ -16,6 +16,8 @@ import appliance
 from appliance import vault
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth
+from appliance.chat import service as chat
+from appliance.instances import service as instances
 from appliance.web import flash
 
 
@@ -58,6 +60,60 @@ def test_an_invite_is_confirmed_once(client, db, owner):
     assert sent.status_code == 303 and sent.headers["location"] == "/settings#members"
     assert "Invite sent to new@example.com (member)." in client.get("/settings").text
     assert "Invite sent" not in client.get("/settings").text
+
+
+def test_accepting_and_declining_an_invite_confirm_once(client, db, owner, settings, clock):
+    user, team = owner
+    boss, other = accounts.create_user(db, "boss@example.com", clock(), account_name="Other")
+    offers = [
+        accounts.invite(db, account.id, "owner", actor.id, "new@example.com", "member", clock())
+        for actor, account in ((user, team), (boss, other))
+    ]
+    newcomer = accounts.ensure_user(db, "new@example.com", clock())
+    client.cookies.set("session", auth.create_session(db, settings, newcomer.id, None, clock()))
+    declined = post_form(client, f"/invites/{offers[1].id}/decline", {}, page="/invites")
+    assert declined.status_code == 303 and declined.headers["location"] == "/invites"
+    assert "Invite declined." in client.get("/invites").text
+    assert "Invite declined." not in client.get("/invites").text
+    joined = post_form(client, f"/invites/{offers[0].id}/accept", {}, page="/invites")
+    assert joined.status_code == 303 and joined.headers["location"] == "/"
+    assert "You joined Acme." in client.get("/").text
+    assert "You joined" not in client.get("/").text
+    assert [a.id for a, _ in accounts.accounts_of(db, newcomer.id)] == [team.id]
+
+
+def test_renaming_and_deleting_a_conversation_confirm_once(client, db, owner, clock):
+    user, team = owner
+    bot = instances.create(
+        db, team.id, "owner", {"name": "bot"}, models=["tiny"], max_tokens_cap=64, now=clock()
+    )
+    talk = chat.create(db, team.id, user.id, bot.id, clock())
+    page = f"/chat/{talk.id}"
+    renamed = post_form(client, f"{page}/rename", {"title": "Flour"}, page=page)
+    assert renamed.status_code == 303 and renamed.headers["location"] == page
+    assert "Conversation renamed." in client.get(page).text
+    assert "Conversation renamed." not in client.get(page).text
+    deleted = post_form(client, f"{page}/delete", {}, page=page)
+    assert deleted.status_code == 303 and deleted.headers["location"] == "/chat"
+    assert "Conversation deleted." in client.get("/chat").text
+    assert "Conversation deleted." not in client.get("/chat").text
+
+
+def test_skipping_onboarding_switching_teams_and_signing_out_confirm_once(client, db, owner, clock):
+    user, _ = owner
+    skipped = post_form(client, "/onboarding", {"action": "skip"}, page="/onboarding")
+    assert skipped.status_code == 303 and skipped.headers["location"] == "/"
+    assert "Onboarding skipped" in client.get("/").text
+    assert "Onboarding skipped" not in client.get("/").text
+    _, other = accounts.create_user(db, user.email, clock(), account_name="Side project")
+    switched = post_form(client, "/account/switch", {"account_id": other.id})
+    assert switched.status_code == 303 and switched.headers["location"] == "/"
+    assert "You are now working in Side project." in client.get("/").text
+    assert "now working in" not in client.get("/").text
+    out = post_form(client, "/logout", {})
+    assert out.status_code == 303 and out.headers["location"] == "/login"
+    assert "You are signed out." in client.get("/login").text
+    assert "signed out" not in client.get("/login").text
 
 
 def test_a_forged_tampered_or_stale_message_is_ignored(client, owner, settings):
