@@ -29,9 +29,11 @@ class ContextOverflow(InvalidInput):
 
 @dataclass(frozen=True)
 class Delta:
-    """A piece of generated text."""
+    """A piece of generated text, with its tokens' log probabilities if they were asked for
+    (OpenAI's ``logprobs.content`` entries)."""
 
     text: str
+    logprobs: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)

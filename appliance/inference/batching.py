@@ -80,6 +80,8 @@ class _Sequence:
     out: int | None = None
     #: The grammar sampler of a constrained answer (kept out of the chain, see _sample).
     grammar: Any = None
+    #: Log probabilities (``logprobs.content`` entries) of tokens whose text is not out yet.
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def n_past(self) -> int:
@@ -416,13 +418,20 @@ class BatchedChatEngine(ChatModel):
                     lib, self.vocab, self.ctx, seq.out, seq.grammar, seq.sampler
                 )
             lib.llama_sampler_accept(seq.grammar, token)
-        seq.out = None
+        out, seq.out = seq.out, None
         if lib.llama_vocab_is_eog(self.vocab, token):
             return self._end(seq, "stop")
         seq.completion += 1
-        ready, hit = seq.scanner.feed(seq.decoder.decode(self.llama.detokenize([token])))
+        piece = self.llama.detokenize([token])
+        top = seq.job.payload.params.top_logprobs
+        if top is not None:  # only sequences that asked pay for the log-softmax
+            detokenize = self.llama.detokenize
+            entry = sampling.logprobs(lib, self.vocab, self.ctx, out, token, top, detokenize)
+            seq.logprobs.append(entry)
+        ready, hit = seq.scanner.feed(seq.decoder.decode(piece))
         if ready:
-            self.outbox.put(seq.job, Delta(ready))
+            self.outbox.put(seq.job, Delta(ready, tuple(seq.logprobs)))
+            seq.logprobs.clear()
         if hit:
             return self._end(seq, "stop")
         if seq.completion >= seq.limit:
@@ -434,7 +443,7 @@ class BatchedChatEngine(ChatModel):
         if reason != "stop" or not seq.scanner.hit:
             tail = seq.scanner.flush(seq.decoder.decode(b"", final=True))
             if tail and reason != "cancelled":
-                self.outbox.put(seq.job, Delta(tail))
+                self.outbox.put(seq.job, Delta(tail, tuple(seq.logprobs)))
         if reason != "cancelled":
             self._remember(seq)
         self._release(seq)

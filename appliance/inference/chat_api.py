@@ -14,7 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgspec
@@ -128,6 +128,7 @@ def _checked(
         frequency_penalty=request.frequency_penalty or 0.0,
         logit_bias=bias,
         grammar=structured.grammar(request),
+        top_logprobs=(request.top_logprobs or 0) if request.logprobs else None,
     )
     options = request.stream_options
     return ChatRequest(
@@ -148,6 +149,11 @@ class Choice:
     index: int
     parts: list[str]
     finish: Finish | None = None
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, delta: Delta) -> None:
+        self.parts.append(delta.text)
+        self.logprobs.extend(delta.logprobs)
 
     def message(self, chat: ChatRequest) -> tuple[dict[str, Any], str]:
         """The assistant message and the finish reason."""
@@ -199,6 +205,13 @@ async def merged(jobs: list[Job]) -> AsyncIterator[tuple[int, Any]]:
             task.cancel()
 
 
+def _logprobs(chat: ChatRequest, entries: Any) -> dict[str, Any] | None:
+    """A choice's (or chunk's) ``logprobs``: null unless they were asked for."""
+    if chat.params.top_logprobs is None:
+        return None
+    return {"content": list(entries), "refusal": None}
+
+
 def completion(chat: ChatRequest, choices: list[Choice], model_id: str) -> dict[str, Any]:
     """The non-streaming answer (``text_completion`` for a legacy prompt)."""
     legacy = isinstance(chat.messages, str)
@@ -206,7 +219,8 @@ def completion(chat: ChatRequest, choices: list[Choice], model_id: str) -> dict[
     for choice in choices:
         message, reason = choice.message(chat)
         body = {"text": message["content"]} if legacy else {"message": message}
-        out.append({"index": choice.index, **body, "finish_reason": reason, "logprobs": None})
+        logprobs = _logprobs(chat, choice.logprobs)
+        out.append({"index": choice.index, **body, "finish_reason": reason, "logprobs": logprobs})
     return {
         "id": f"{'cmpl' if legacy else 'chatcmpl'}-{uuid.uuid4().hex}",
         "object": "text_completion" if legacy else "chat.completion",
@@ -235,13 +249,18 @@ async def stream(chat: ChatRequest, jobs: list[Job], model_id: str) -> AsyncIter
             body["usage"] = usage_
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
-    def piece(index: int, delta: dict[str, Any], finish: str | None = None) -> str:
+    def piece(
+        index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = ()
+    ) -> str:
         if legacy:
             text = delta.get("content") or ""
             return chunk(
                 [{"index": index, "text": text, "finish_reason": finish, "logprobs": None}]
             )
-        return chunk([{"index": index, "delta": delta, "finish_reason": finish}])
+        body = {"index": index, "delta": delta, "finish_reason": finish}
+        if logprobs:
+            body["logprobs"] = _logprobs(chat, logprobs)
+        return chunk([body])
 
     choices = [Choice(i, []) for i in range(len(jobs))]
     if not legacy:
@@ -250,9 +269,9 @@ async def stream(chat: ChatRequest, jobs: list[Job], model_id: str) -> AsyncIter
     async for index, event in merged(jobs):
         choice = choices[index]
         if isinstance(event, Delta):
-            choice.parts.append(event.text)
+            choice.add(event)
             if not chat.tools:
-                yield piece(index, {"content": event.text})
+                yield piece(index, {"content": event.text}, logprobs=event.logprobs)
         elif isinstance(event, Finish):
             choice.finish = event
             message, reason = choice.message(chat)
@@ -262,7 +281,7 @@ async def stream(chat: ChatRequest, jobs: list[Job], model_id: str) -> AsyncIter
                     delta["tool_calls"] = [
                         {"index": i, **call} for i, call in enumerate(message["tool_calls"])
                     ]
-                yield piece(index, delta)
+                yield piece(index, delta, logprobs=choice.logprobs)
             yield piece(index, {}, reason)
         elif isinstance(event, Failed):
             yield failed_chunk(event)

@@ -167,7 +167,7 @@ def completion_prompt(request: CompletionRequest) -> str:
     refused = {
         "echo": "echoing the prompt is not supported",
         "suffix": "insertion (suffix) is not supported",
-        "logprobs": "log probabilities are not returned by this service yet",
+        "logprobs": "log probabilities are returned by chat completions only",
     }
     for name, reason in refused.items():
         if getattr(request, name):
@@ -198,6 +198,9 @@ class EmbeddingRequest(msgspec.Struct):
     user: str | None = None
 
 
+#: The most alternatives ``top_logprobs`` may ask for per token (OpenAI's limit).
+MAX_TOP_LOGPROBS = 20
+
 #: Fields refused whenever they are set (not null), and why.
 REFUSED = {
     "audio": "audio output is not supported: the models here produce text only",
@@ -205,8 +208,6 @@ REFUSED = {
     "function_call": "the deprecated 'function_call' is not supported; use 'tool_choice'",
     "prediction": "predicted outputs are not supported",
     "web_search_options": "web search is not available: the appliance does not reach the internet",
-    "logprobs": "log probabilities are not returned by this service yet",
-    "top_logprobs": "log probabilities are not returned by this service yet",
     "reasoning_effort": "the models here are not reasoning models",
     "verbosity": "'verbosity' is not supported; say how long the answer should be instead",
 }
@@ -322,6 +323,12 @@ def check_chat(request: ChatCompletionRequest, *, max_n: int) -> None:
         or any(len(k) > 64 or len(v) > 512 for k, v in request.metadata.items())
     ):
         raise InvalidParam("'metadata' may hold 16 pairs (keys ≤ 64, values ≤ 512).", "metadata")
+    if request.top_logprobs is not None and not 0 <= request.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise InvalidParam(
+            f"'top_logprobs' must be an integer from 0 to {MAX_TOP_LOGPROBS}.", "top_logprobs"
+        )
+    if request.top_logprobs and not request.logprobs:
+        raise InvalidParam("'logprobs' must be true when 'top_logprobs' is set.", "logprobs")
     n = 1 if request.n is None else request.n
     if not 1 <= n <= max_n:
         raise InvalidParam(f"'n' must be from 1 to {max_n} (inference.max_choices).", "n")

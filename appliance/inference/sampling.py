@@ -33,6 +33,8 @@ class GenerationParams:
     logit_bias: tuple[tuple[int, float], ...] = ()
     #: A GBNF grammar the answer must match (structured output, forced tool calls).
     grammar: str | None = None
+    #: How many alternatives to return with each token's log probability; None: none at all.
+    top_logprobs: int | None = None
 
 
 #: Tokens the presence and frequency penalties look back over (as ``Llama.generate``).
@@ -129,3 +131,31 @@ class StopScanner:
     def flush(self, piece: str) -> str:
         out, self.pending = self.pending + piece, ""
         return out
+
+
+def logprobs(
+    lib: Any, vocab: Any, ctx: Any, out: int, token: int, top: int, detokenize: Any
+) -> dict[str, Any]:
+    """OpenAI's ``logprobs.content`` entry of ``token`` from the logits at batch index
+    ``out``: its log probability under the model's distribution (the raw logits, before
+    temperature, penalties and grammar) and the ``top`` most likely tokens'.
+    ``detokenize([token])`` is a token's bytes."""
+    n_vocab = lib.llama_vocab_n_tokens(vocab)
+    logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, out), shape=(n_vocab,))
+    x = logits.astype(np.float64)
+    peak = x.max()
+    lp = x - (peak + np.log(np.exp(x - peak).sum()))
+
+    def entry(t: int) -> dict[str, Any]:
+        raw = detokenize([t])
+        return {
+            "token": raw.decode("utf-8", "replace"),
+            "logprob": float(lp[t]),
+            "bytes": list(raw),
+        }
+
+    best: list[int] = []
+    if top:
+        part = np.argpartition(-lp, top - 1)[:top]
+        best = [int(t) for t in part[np.argsort(-lp[part], kind="stable")]]
+    return {**entry(token), "top_logprobs": [entry(t) for t in best]}

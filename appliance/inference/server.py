@@ -154,7 +154,7 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
         choices = [chat_api.Choice(i, []) for i in range(len(jobs))]
         async for index, event in _events_until_disconnect(service.chat, jobs, request):
             if isinstance(event, Delta):
-                choices[index].parts.append(event.text)
+                choices[index].add(event)
             elif isinstance(event, Finish):
                 choices[index].finish = event
             elif isinstance(event, Failed):

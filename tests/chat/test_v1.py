@@ -304,6 +304,34 @@ def test_n_choices_are_generated_and_counted(env):
     assert answer.usage.completion_tokens == 12
 
 
+def test_log_probabilities_of_each_token_also_streamed(env):
+    client = sdk(env, env["bound"])
+    ask = {"model": "assistant", "messages": [{"role": "user", "content": "Say hello."}]}
+    answer = client.chat.completions.create(
+        **ask, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3
+    )
+    content = answer.choices[0].logprobs.content
+    assert len(content) == answer.usage.completion_tokens
+    assert "".join(t.token for t in content) == answer.choices[0].message.content
+    for token in content:
+        assert token.logprob <= 0 and bytes(token.bytes).decode() == token.token
+        tops = [t.logprob for t in token.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True)
+        assert token.top_logprobs[0].token == token.token  # greedy: the likeliest one
+    plain = client.chat.completions.create(**ask, max_tokens=2, logprobs=False)
+    assert plain.choices[0].logprobs is None
+    stream = client.chat.completions.create(
+        **ask, max_tokens=6, temperature=0, logprobs=True, stream=True
+    )
+    streamed = [
+        t
+        for c in stream
+        if c.choices and c.choices[0].logprobs
+        for t in c.choices[0].logprobs.content
+    ]
+    assert [(t.token, t.top_logprobs) for t in streamed] == [(t.token, []) for t in content]
+
+
 def test_chat_fields_real_clients_send_are_accepted(env):
     answer = sdk(env, env["bound"]).chat.completions.create(
         model="assistant",
@@ -329,7 +357,8 @@ def test_refused_fields_are_named_with_the_clients_indexes(env):
     client = sdk(env, env["bound"])
     system = {"role": "system", "content": "Be brief."}
     cases = [
-        ({"logprobs": True}, ASK_WEATHER, "logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, ASK_WEATHER, "top_logprobs"),
+        ({"top_logprobs": 2}, ASK_WEATHER, "logprobs"),
         ({"store": True}, ASK_WEATHER, "store"),
         ({"n": 9}, ASK_WEATHER, "n"),
         ({}, [system, *ASK_WEATHER, {"role": "wizard", "content": "x"}], "messages[2].role"),
