@@ -4,9 +4,10 @@ Usage::
 
     .venv/bin/python scripts/bench/structured.py [--runs N] [--tokens N] [--record]
 
-Loads the bundled models into the inference service's app in this process, once per
-engine (sequential, batched), and streams the same question answered freely and with
-``response_format`` ``json_schema`` (temperature 0), alternating the order each run. For
+Loads the bundled models into the inference service's app in this process, once with one
+slot (``inference.parallel`` = 1) and once with the default slots, and streams the same
+question answered freely and with ``response_format`` ``json_schema`` (temperature 0),
+alternating the order each run. For
 each answer it takes the tokens/s from the request to its last chunk, and the process's
 CPU seconds per token over the same span, which a busy neighbour on a shared machine
 distorts less. Target: JSON ≥ 80 % of free text.
@@ -95,11 +96,9 @@ def main() -> int:
     args = parser.parse_args()
 
     rows = []
-    for engine_kind in ("sequential", "batched"):
+    for slots, environ in (("1", {"APPLIANCE_INFERENCE__PARALLEL": "1"}), ("default", {})):
         data_dir = Path(tempfile.gettempdir()) / "appliance-bench-structured"
-        settings = Settings.load(
-            data_dir=data_dir, environ={"APPLIANCE_INFERENCE__ENGINE": engine_kind}
-        )
+        settings = Settings.load(data_dir=data_dir, environ=environ)
         if not models.load_registry(settings).default_chat:
             models.install_defaults(settings, log=lambda message: print(f"  {message}"))
         initialise(settings)
@@ -117,7 +116,7 @@ def main() -> int:
         cpu_ratio = free[1] / json_[1]
         rows.append(
             [
-                engine_kind,
+                f"{slots} ({settings.inference.parallel})",
                 f"{free[0]:.1f}",
                 f"{json_[0]:.1f}",
                 f"{speed_ratio:.0%}",
@@ -127,7 +126,7 @@ def main() -> int:
             ]
         )
     header = [
-        "Engine",
+        "Slots",
         "Free text tok/s",
         "JSON schema tok/s",
         "JSON / free",
