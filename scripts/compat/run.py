@@ -11,9 +11,11 @@ Usage::
 account with an instance ``compat`` (256 tokens, knowledge off) and an inference key,
 and stops it at the end.
 
-The clients are pip-installed into a throw-away venv (``--venv``, default
-/tmp/appliance-compat; ``--no-install`` reuses it); one that does not install is noted.
-Each (client, feature) probe is a small program run in that venv with a time limit; the
+The clients are pip-installed into throw-away venvs, one per client as its users would
+have it (their pins differ: litellm's holds back the ``openai`` that pydantic-ai needs),
+under ``--venv`` (default /tmp/appliance-compat; ``--no-install`` reuses them); one that
+does not install is noted. Each (client, feature) probe is a small program run in the
+client's venv with a time limit; the
 table shows ``ok``, ``FAIL`` (the last line of its error below the table) or ``-``
 where the client has no such call. Features: plain chat, streaming, a tool call (forced
 where the client can force one), structured output (the client's own way: ``parse``,
@@ -283,13 +285,13 @@ PROBES: dict[str, dict[str, str]] = {
 }
 
 
-def install(env_dir: Path, clients: list[str]) -> dict[str, str]:
-    """Create the venv and install each client into it; returns the failures by client."""
-    if not (env_dir / "bin" / "python").exists():
-        venv.create(env_dir, with_pip=True)
+def install(root: Path, clients: list[str]) -> dict[str, str]:
+    """A venv per client under ROOT with the client installed; returns the failures."""
     failed = {}
     for client in clients:
-        pip = [str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q"]
+        if not (root / client / "bin" / "python").exists():
+            venv.create(root / client, with_pip=True)
+        pip = [str(root / client / "bin" / "python"), "-m", "pip", "install", "-q"]
         done = subprocess.run([*pip, *PACKAGES[client]], capture_output=True, text=True)
         if done.returncode:
             failed[client] = (done.stderr.strip().splitlines() or ["pip failed"])[-1]
@@ -382,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
                 elif feature not in PROBES[client]:
                     cells.append("-")
                 else:
-                    result = probe(args.venv / "bin" / "python", client, feature, env, args.timeout)
+                    python = args.venv / client / "bin" / "python"
+                    result = probe(python, client, feature, env, args.timeout)
                     cells.append("ok" if result == "ok" else "FAIL")
                     if result != "ok":
                         notes.append(f"- {client} / {feature}: {result}")
