@@ -266,6 +266,25 @@ def passage_texts(
     }
 
 
+def read_document(settings: Settings, path: Path, filename: str) -> extract.Extracted:
+    """The text of the file at ``path`` read as an upload called ``filename`` is read: its
+    type from its content and name, then extracted within the ``knowledge.extract_*``
+    limits (everything but plain text and Markdown in the sandboxed worker). Voice
+    samples are read this way.
+
+    Raises:
+        ExtractionError: unsupported, not what its name says, unreadable, or no text.
+    """
+    with path.open("rb") as f:
+        kind = extract.detect_type(filename, f.read(HEAD_BYTES))
+    return extract.extract(
+        path,
+        kind,
+        timeout=settings.knowledge.extract_timeout_seconds,
+        memory_mb=settings.knowledge.extract_memory_mb,
+    )
+
+
 def retry(db: sqlite_utils.Database, account_id: str, document_id: str, now: datetime) -> Document:
     """Queue a failed document again (the caller enqueues the task)."""
     store = KnowledgeStore(db)

@@ -1,6 +1,6 @@
 """Voice-training samples: upload checks, excerpts and the voice block.
 
-A sample's text is read as the knowledge base reads a document (``knowledge.extract``:
+A sample's text is read as the knowledge base reads a document (``knowledge.read_document``:
 the content must match the name, a .docx is read in the sandboxed extraction worker).
 
 Samples never leave the box: only short excerpts chosen here go into the account's own
@@ -27,7 +27,7 @@ from appliance.config import Settings
 from appliance.db import write_transaction
 from appliance.errors import Conflict, InvalidInput, NotFound
 from appliance.ids import new_id
-from appliance.knowledge import extract
+from appliance.knowledge import service as knowledge
 from appliance.persona.models import VoiceExcerpt, VoiceSample
 from appliance.persona.store import PersonaStore
 from appliance.tokens import estimate_tokens
@@ -77,29 +77,21 @@ def clean_filename(filename: str) -> str:
     return name[-FILENAME_MAX:] or "sample"
 
 
-def kind_of(filename: str, content: bytes) -> str:
-    """``txt``, ``md`` or ``docx``, once the content matches the name (``detect_type``)."""
-    if PurePosixPath(filename.lower()).suffix not in SUFFIXES:
-        raise InvalidInput("Voice samples must be .txt, .md or .docx files.")
-    return extract.detect_type(filename, content[: extract.HEAD_BYTES])
-
-
-def read_text(settings: Settings, path: Path, kind: str) -> str:
-    """The sample's text, read by the knowledge base's extractor (a .docx in its sandbox,
-    with its limits); headings come back as Markdown headings, which excerpts skip.
+def read_sample(settings: Settings, path: Path, filename: str) -> tuple[str, str]:
+    """The sample's kind (``txt``, ``md``, ``docx``) and text, read as the knowledge base
+    reads a document (``knowledge.read_document``); headings come back as Markdown
+    headings, which excerpts skip.
 
     Raises:
-        ExtractionError: the file cannot be read (damaged, unsafe, no text); a 400.
+        InvalidInput: another type; ExtractionError: not what its name says, unreadable.
     """
-    extracted = extract.extract(
-        path,
-        kind,
-        timeout=settings.knowledge.extract_timeout_seconds,
-        memory_mb=settings.knowledge.extract_memory_mb,
-    )
-    return "\n\n".join(
+    if PurePosixPath(filename.lower()).suffix not in SUFFIXES:
+        raise InvalidInput("Voice samples must be .txt, .md or .docx files.")
+    extracted = knowledge.read_document(settings, path, filename)
+    text = "\n\n".join(
         f"{'#' * s.level} {s.text}" if s.kind == "heading" else s.text for s in extracted.sections
     )
+    return extracted.kind, text
 
 
 # -- excerpts ---------------------------------------------------------------------------
@@ -206,24 +198,25 @@ def add_sample(
     if len(content) > limit:
         raise TooLarge(f"Voice samples can be at most {limit:,} bytes.")
     name = clean_filename(filename)
-    kind = kind_of(name, content)
-    sample = VoiceSample(
-        id=new_id("vsm"),
-        account_id=account_id,
-        filename=name,
-        kind=kind,
-        size=len(content),
-        sha256=hashlib.sha256(content).hexdigest(),
-        created_at=iso(now),
-    )
+    sample_id = new_id("vsm")
     store = PersonaStore(db)
-    path = sample_path(settings, account_id, sample.id)
+    path = sample_path(settings, account_id, sample_id)
     partial = path.with_name(path.name + ".part")
     try:
         _write_file(partial, content)  # the extractor reads a file
+        kind, text = read_sample(settings, partial, name)
+        sample = VoiceSample(
+            id=sample_id,
+            account_id=account_id,
+            filename=name,
+            kind=kind,
+            size=len(content),
+            sha256=hashlib.sha256(content).hexdigest(),
+            created_at=iso(now),
+        )
         excerpts = [
-            VoiceExcerpt(new_id("vex"), sample.id, account_id, excerpt, position)
-            for position, excerpt in enumerate(select_excerpts(read_text(settings, partial, kind)))
+            VoiceExcerpt(new_id("vex"), sample_id, account_id, excerpt, position)
+            for position, excerpt in enumerate(select_excerpts(text))
         ]
         with write_transaction(db):
             if store.count_samples(account_id) >= settings.persona.max_samples:

@@ -100,10 +100,11 @@ def test_docx_text_is_extracted_from_runs_and_paragraphs(settings, db, owner):
     sample = add(db, settings, account, "Newsletter.docx", document)
     assert sample.kind == "docx"
     path = voice.sample_path(settings, account.id, sample.id)
-    assert voice.read_text(settings, path, "docx") == (
+    assert voice.read_sample(settings, path, "Newsletter.docx") == (
+        "docx",
         "Hello there,\n\n"
         "Our new sourdough is finally here, and we think it is the best loaf we have made.\n\n"
-        "Come by on Saturday for a free tasting & a chat with the bakers themselves."
+        "Come by on Saturday for a free tasting & a chat with the bakers themselves.",
     )
     assert len(voice.excerpts(db, account.id)) == 2
 
@@ -118,7 +119,7 @@ def test_docx_runs_tabs_and_breaks(settings, tmp_path):
     ).encode()
     path = tmp_path / "sample.docx"
     path.write_bytes(docx_bytes(document=xml))
-    assert voice.read_text(settings, path, "docx") == "One run\ttab\nline\n\nTwo"
+    assert voice.read_sample(settings, path, "sample.docx") == ("docx", "One run\ttab\nline\n\nTwo")
 
 
 def refused(db, settings, account, name, content, match):
@@ -187,7 +188,7 @@ def test_windows_1252_text_is_read_as_the_knowledge_base_reads_it(settings, db, 
     text = "Our café serves crème brûlée every Friday, made by hand in the morning. " * 2
     sample = add(db, settings, account, "cp1252.txt", text.encode("cp1252"))
     path = voice.sample_path(settings, account.id, sample.id)
-    assert voice.read_text(settings, path, "txt") == text.strip()
+    assert voice.read_sample(settings, path, "cp1252.txt") == ("txt", text.strip())
 
 
 def test_text_with_nul_bytes_is_refused(settings, db, owner):
