@@ -171,15 +171,9 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
         if denied:
             return denied
         parsed = chat_api.parse_embeddings(await read_json(request), embed_id or "")
-        job = service.job(request, parsed.input)
-        await service.embeddings.enter(job)
-        result = None
-        async for _, event in _events_until_disconnect(service.embeddings, [job], request):
-            if isinstance(event, Failed):
-                return failed_error(event)
-            result = event
-        if result is None:
-            return api_error(499, "Client closed the request.", "cancelled")
+        result = await _encoded(service, request, parsed.input)
+        if isinstance(result, Response):
+            return result
         vectors, tokens = result
         return Response(
             {
@@ -202,15 +196,9 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             )
         rerank_id = engine.rerank.model.id
         parsed = rerank.parse_rerank(await read_json(request), rerank_id)
-        job = service.job(request, parsed)
-        await service.embeddings.enter(job)
-        result = None
-        async for _, event in _events_until_disconnect(service.embeddings, [job], request):
-            if isinstance(event, Failed):
-                return failed_error(event)
-            result = event
-        if result is None:
-            return api_error(499, "Client closed the request.", "cancelled")
+        result = await _encoded(service, request, parsed)
+        if isinstance(result, Response):
+            return result
         scores, tokens = result
         return Response(rerank.response(parsed, scores, tokens, rerank_id))
 
@@ -326,6 +314,21 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
     )
     app.state.service = service
     return app
+
+
+async def _encoded(service: InferenceService, request: Request, payload: Any) -> Any:
+    """The embeddings queue's answer to ``payload`` (vectors or scores, and the tokens), or
+    the error response: the job failed, or the client went away (499)."""
+    job = service.job(request, payload)
+    await service.embeddings.enter(job)
+    result = None
+    async for _, event in _events_until_disconnect(service.embeddings, [job], request):
+        if isinstance(event, Failed):
+            return failed_error(event)
+        result = event
+    if result is None:
+        return api_error(499, "Client closed the request.", "cancelled")
+    return result
 
 
 async def _events_until_disconnect(
