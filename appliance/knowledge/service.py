@@ -34,7 +34,6 @@ from appliance.knowledge.ingest import ingest_documents
 from appliance.knowledge.store import Document, KnowledgeStore
 
 log = logging.getLogger(__name__)
-HEAD_BYTES = 8192
 
 
 @dataclass(frozen=True)
@@ -88,8 +87,8 @@ def add_document(
                     raise TooLarge(
                         f"{filename} is larger than {settings.knowledge.max_upload_mb} MB."
                     )
-                if len(head) < HEAD_BYTES:
-                    head += block[: HEAD_BYTES - len(head)]
+                if len(head) < extract.HEAD_BYTES:
+                    head += block[: extract.HEAD_BYTES - len(head)]
                 digest.update(block)
                 out.write(block)
         kind = extract.detect_type(filename, head)
@@ -276,7 +275,7 @@ def read_document(settings: Settings, path: Path, filename: str) -> extract.Extr
         ExtractionError: unsupported, not what its name says, unreadable, or no text.
     """
     with path.open("rb") as f:
-        kind = extract.detect_type(filename, f.read(HEAD_BYTES))
+        kind = extract.detect_type(filename, f.read(extract.HEAD_BYTES))
     return extract.extract(
         path,
         kind,
