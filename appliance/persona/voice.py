@@ -201,7 +201,7 @@ def add_sample(
     sample_id = new_id("vsm")
     store = PersonaStore(db)
     path = sample_path(settings, account_id, sample_id)
-    partial = path.with_name(path.name + ".part")
+    partial = path.with_name(f".{path.name}.part")  # hidden: backups skip it
     try:
         _write_file(partial, content)  # the extractor reads a file
         kind, text = read_sample(settings, partial, name)
