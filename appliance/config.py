@@ -292,10 +292,12 @@ class KnowledgeSettings:
         max=100,
     )
     extract_timeout_seconds: int = setting(
-        120, "Wall-clock limit for extracting the text of one document.", min=5
+        120, "Wall-clock limit for extracting the text of one document (or voice sample).", min=5
     )
     extract_memory_mb: int = setting(
-        1024, "Memory limit of the child process that extracts a document's text.", min=128
+        1024,
+        "Memory limit of the child that extracts a document's (or voice sample's) text.",
+        min=128,
     )
 
 

@@ -104,16 +104,7 @@ class InferenceClient:
     def chat(self, body: dict[str, Any], *, account_id: str | None = None) -> dict[str, Any]:
         """A non-streaming chat completion (OpenAI request and response shapes)."""
         payload = {**body, "stream": False}
-        try:
-            with httpx.Client(timeout=self.timeout, verify=_tls()) as http:
-                response = http.post(
-                    self._url("/v1/chat/completions"),
-                    json=payload,
-                    headers=self._headers(account_id),
-                )
-        except httpx.HTTPError as exc:
-            raise self._unavailable(exc) from None
-        return self._json(response)
+        return self._json(self._post("/v1/chat/completions", payload, self._headers(account_id)))
 
     def stream_chat(
         self, body: dict[str, Any], *, account_id: str | None = None
@@ -152,15 +143,7 @@ class InferenceClient:
     def count_tokens(self, texts: list[str], *, model: str = "embedding") -> list[int] | None:
         """Token counts in the embedding (or ``model="chat"``) model's tokenizer; None if
         the server can't tell (an external OpenAI-compatible server without ``/tokenize``)."""
-        try:
-            with httpx.Client(timeout=self.timeout, verify=_tls()) as http:
-                response = http.post(
-                    self._url("/tokenize"),
-                    json={"input": texts, "model": model},
-                    headers=self._headers(None),
-                )
-        except httpx.HTTPError as exc:
-            raise self._unavailable(exc) from None
+        response = self._post("/tokenize", {"input": texts, "model": model}, self._headers(None))
         if response.status_code in (401, 403, 429, 503):
             self._json(response)  # raises: a wrong key or a busy service is not "can't tell"
         # Anything but our own answer (llama.cpp's and vLLM's /tokenize take other bodies,
@@ -187,14 +170,7 @@ class InferenceClient:
         headers = self._headers(account_id)
         if priority:
             headers[PRIORITY_HEADER] = priority
-        try:
-            with httpx.Client(timeout=self.timeout, verify=_tls()) as http:
-                response = http.post(
-                    self._url("/v1/embeddings"), json={"input": texts}, headers=headers
-                )
-        except httpx.HTTPError as exc:
-            raise self._unavailable(exc) from None
-        body = self._json(response)
+        body = self._json(self._post("/v1/embeddings", {"input": texts}, headers))
         vectors = [item["embedding"] for item in sorted(body["data"], key=lambda i: i["index"])]
         tokens = (body.get("usage") or {}).get("prompt_tokens")
         return vectors, tokens if isinstance(tokens, int) else None
@@ -210,15 +186,8 @@ class InferenceClient:
         """
         if time.monotonic() < _no_reranker.get(self.base_url, 0.0):
             raise InferenceError("The inference service serves no reranker.", 501)
-        try:
-            with httpx.Client(timeout=self.timeout, verify=_tls()) as http:
-                response = http.post(
-                    self._url("/v1/rerank"),
-                    json={"query": query, "documents": documents, "top_n": len(documents)},
-                    headers=self._headers(account_id),
-                )
-        except httpx.HTTPError as exc:
-            raise self._unavailable(exc) from None
+        body = {"query": query, "documents": documents, "top_n": len(documents)}
+        response = self._post("/v1/rerank", body, self._headers(account_id))
         if response.status_code in (404, 501):  # ours without a reranker, or another server
             _no_reranker[self.base_url] = time.monotonic() + NO_RERANKER_RECHECK_SECONDS
         scores = [0.0] * len(documents)
@@ -288,6 +257,14 @@ class InferenceClient:
         return self._json(response)
 
     # -- helpers ---------------------------------------------------------------------
+    def _post(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
+        """``POST`` a JSON body to the service; Unavailable when it does not answer."""
+        try:
+            with httpx.Client(timeout=self.timeout, verify=_tls()) as http:
+                return http.post(self._url(path), json=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise self._unavailable(exc) from None
+
     def _url(self, path: str) -> str:
         return f"{self.base_url}{path}"
 

@@ -10,6 +10,7 @@ embeddings and reranking), never on the event loop.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from appliance.config import Settings
 from appliance.errors import ConfigError, InvalidInput, NotFound
@@ -44,11 +45,7 @@ def load_engine(
     """
     cfg = settings.inference
     registry = models.load_registry(settings)
-    try:
-        chat_model = registry.resolve("chat", cfg.chat_model)
-    except (InvalidInput, NotFound) as exc:
-        raise ConfigError(str(exc)) from None
-    chat_path = registry.path(chat_model)
+    chat_model, chat_path = _configured(registry, "chat", cfg.chat_model)
     if not chat_path.exists():
         raise ConfigError(f"model file {chat_path} is missing: reinstall the model")
     if cfg.kv_cache_type != "f16" and not cfg.flash_attn:
@@ -74,13 +71,8 @@ def load_engine(
     )
     embedding = None
     if with_embeddings:
-        try:
-            embed_model = registry.resolve("embedding", cfg.embedding_model)
-        except (InvalidInput, NotFound) as exc:
-            raise ConfigError(str(exc)) from None
         embedding = EmbeddingEngine(
-            embed_model,
-            registry.path(embed_model),
+            *_configured(registry, "embedding", cfg.embedding_model),
             n_threads=n_threads,
             max_tokens=cfg.embedding_max_tokens,
             batch=cfg.embedding_batch_tokens,
@@ -88,13 +80,8 @@ def load_engine(
         )
     rerank = None
     if with_embeddings and cfg.rerank_model:
-        try:
-            rerank_model = registry.resolve("reranker", cfg.rerank_model)
-        except (InvalidInput, NotFound) as exc:
-            raise ConfigError(str(exc)) from None
         rerank = RerankEngine(
-            rerank_model,
-            registry.path(rerank_model),
+            *_configured(registry, "reranker", cfg.rerank_model),
             n_threads=n_threads,
             batch=cfg.embedding_batch_tokens,
             extra_bufts=extra_bufts,
@@ -118,3 +105,14 @@ def load_engine(
         rerank_model=rerank.model.id if rerank else None,
     )
     return Engine(chat=chat, embedding=embedding, info=info, rerank=rerank)
+
+
+def _configured(
+    registry: models.Registry, kind: models.Kind, model_id: str
+) -> tuple[models.Model, Path]:
+    """The model a setting names, and its file; a ConfigError when there is none."""
+    try:
+        model = registry.resolve(kind, model_id)
+    except (InvalidInput, NotFound) as exc:
+        raise ConfigError(str(exc)) from None
+    return model, registry.path(model)

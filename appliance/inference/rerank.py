@@ -14,11 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from appliance.errors import InvalidInput
 from appliance.inference import models
-from appliance.inference.loader import load_llama
+from appliance.inference.encoder import Encoder
 
 RERANK_FIELDS = {"model", "query", "documents", "top_n", "return_documents"}
 MAX_DOCUMENTS = 1000
@@ -82,7 +80,7 @@ def response(request: RerankRequest, scores: list[float], tokens: int, model_id:
     }
 
 
-class RerankEngine:
+class RerankEngine(Encoder):
     """A cross-encoder GGUF (rank pooling): one score per (query, passage) pair, batched."""
 
     def __init__(
@@ -94,28 +92,16 @@ class RerankEngine:
         batch: int,
         extra_bufts: bool = False,
     ) -> None:
-        import llama_cpp
-
-        self.model = model
-        self._llama_cpp = llama_cpp
-        self.max_tokens = min(MAX_PAIR_TOKENS, model.context_length or MAX_PAIR_TOKENS)
-        size = max(batch, self.max_tokens)
-        # n_ubatch must equal n_batch: llama.cpp aborts on encoder models otherwise.
-        self.llama = load_llama(
+        max_tokens = min(MAX_PAIR_TOKENS, model.context_length or MAX_PAIR_TOKENS)
+        super().__init__(
+            model,
             path,
-            extra_bufts=extra_bufts,
-            embedding=True,
-            n_ctx=size,
-            n_batch=size,
-            n_ubatch=size,
+            pooling="rank",
+            size=max(batch, max_tokens),
             n_threads=n_threads,
-            n_threads_batch=n_threads,
-            n_gpu_layers=0,
-            pooling_type=llama_cpp.LLAMA_POOLING_TYPE_RANK,
-            verbose=False,
+            extra_bufts=extra_bufts,
         )
-        self.batch = size
-        self._n_seq_max = self.llama.context_params.n_seq_max
+        self.max_tokens = max_tokens
 
     def pair(self, query: str, document: str) -> list[int]:
         """``[CLS] query [SEP] document [SEP]``, the document cut to fit ``max_tokens``."""
@@ -128,31 +114,5 @@ class RerankEngine:
 
     def score(self, query: str, documents: list[str]) -> tuple[list[float], int]:
         """The relevance of each document to ``query``, and the tokens evaluated."""
-        scores: list[float] = []
-        group: list[list[int]] = []
-        used = total = 0
-        for tokens in (self.pair(query, document) for document in documents):
-            if group and (used + len(tokens) > self.batch or len(group) >= self._n_seq_max):
-                scores.extend(self._decode(group))
-                group, used = [], 0
-            group.append(tokens)
-            used += len(tokens)
-            total += len(tokens)
-        if group:
-            scores.extend(self._decode(group))
-        return scores, total
-
-    def _decode(self, group: list[list[int]]) -> list[float]:
-        llama = self.llama
-        llama._batch.reset()
-        for seq_id, tokens in enumerate(group):
-            llama._batch.add_sequence(tokens, seq_id, True)
-        llama._ctx.kv_cache_clear()
-        llama._ctx.decode(llama._batch)
-        scores = []
-        for seq_id in range(len(group)):
-            pointer = self._llama_cpp.llama_get_embeddings_seq(llama._ctx.ctx, seq_id)
-            scores.append(float(np.ctypeslib.as_array(pointer, shape=(1,))[0]))
-        llama._batch.reset()
-        llama._ctx.kv_cache_clear()
-        return scores
+        outputs, total = self.encode((self.pair(query, document) for document in documents), 1)
+        return [float(output[0]) for output in outputs], total

@@ -15,8 +15,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import Litestar, MediaType, Request, Response, get, post
-from litestar.exceptions import HTTPException
+from litestar import Litestar, MediaType, Request, Response, Router, get, post
+from litestar.connection import ASGIConnection
+from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.handlers import BaseRouteHandler
 from litestar.response import Stream
 
 import appliance
@@ -86,8 +88,8 @@ class InferenceService:
             raise InvalidInput("No embedding model is loaded.")
         yield self.engine.embedding.embed(job.payload)
 
-    def authorized(self, request: Request) -> bool:
-        header = request.headers.get("authorization", "")
+    def authorized(self, connection: ASGIConnection) -> bool:
+        header = connection.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), self.key.encode())
 
@@ -112,21 +114,12 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
         except ValueError:
             raise InvalidInput("The request body is not valid JSON.") from None
 
-    def guard(request: Request) -> Response | None:
-        if not service.authorized(request):
-            return api_error(
-                401,
-                "Missing or wrong inference key.",
-                "authentication_error",
-                code="invalid_api_key",
-            )
-        return None
+    def require_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        if not service.authorized(connection):
+            raise NotAuthorizedException("Missing or wrong inference key.")
 
     @post("/v1/chat/completions", status_code=200)
     async def chat_completions(request: Request) -> Response | Stream:
-        denied = guard(request)
-        if denied:
-            return denied
         n_vocab = engine.chat.llama.n_vocab()
         chat = chat_api.parse_chat(await read_json(request), settings, model_id, n_vocab)
         return await generate(request, chat)
@@ -134,9 +127,6 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
     @post("/v1/completions", status_code=200)
     async def completions(request: Request) -> Response | Stream:
         """A legacy completion: the prompt as it is, without the chat template."""
-        denied = guard(request)
-        if denied:
-            return denied
         n_vocab = engine.chat.llama.n_vocab()
         chat = chat_api.parse_completion(await read_json(request), settings, model_id, n_vocab)
         return await generate(request, chat)
@@ -167,19 +157,10 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
 
     @post("/v1/embeddings", status_code=200)
     async def embeddings(request: Request) -> Response:
-        denied = guard(request)
-        if denied:
-            return denied
         parsed = chat_api.parse_embeddings(await read_json(request), embed_id or "")
-        job = service.job(request, parsed.input)
-        await service.embeddings.enter(job)
-        result = None
-        async for _, event in _events_until_disconnect(service.embeddings, [job], request):
-            if isinstance(event, Failed):
-                return failed_error(event)
-            result = event
-        if result is None:
-            return api_error(499, "Client closed the request.", "cancelled")
+        result = await _encoded(service, request, parsed.input)
+        if isinstance(result, Response):
+            return result
         vectors, tokens = result
         return Response(
             {
@@ -193,33 +174,21 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
     @post("/v1/rerank", status_code=200)
     async def rerank_documents(request: Request) -> Response:
         """Relevance of each document to the query, best first (llama-server's shape)."""
-        denied = guard(request)
-        if denied:
-            return denied
         if engine.rerank is None:
             return api_error(
                 501, "No reranker is loaded (inference.rerank_model).", "not_implemented"
             )
         rerank_id = engine.rerank.model.id
         parsed = rerank.parse_rerank(await read_json(request), rerank_id)
-        job = service.job(request, parsed)
-        await service.embeddings.enter(job)
-        result = None
-        async for _, event in _events_until_disconnect(service.embeddings, [job], request):
-            if isinstance(event, Failed):
-                return failed_error(event)
-            result = event
-        if result is None:
-            return api_error(499, "Client closed the request.", "cancelled")
+        result = await _encoded(service, request, parsed)
+        if isinstance(result, Response):
+            return result
         scores, tokens = result
         return Response(rerank.response(parsed, scores, tokens, rerank_id))
 
     @post("/tokenize", status_code=200)
     async def tokenize(request: Request) -> Response:
         """Token counts of texts in the embedding model's tokenizer (for chunk sizing)."""
-        denied = guard(request)
-        if denied:
-            return denied
         body = await read_json(request)
         texts = body.get("input") if isinstance(body, dict) else None
         if (
@@ -238,9 +207,6 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
 
     @get("/v1/models")
     async def list_models(request: Request) -> Response:
-        denied = guard(request)
-        if denied:
-            return denied
         created = int(service.started)
         rerank_id = engine.info.rerank_model
         ids = [model_id, *([embed_id] if embed_id else []), *([rerank_id] if rerank_id else [])]
@@ -298,17 +264,26 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
     def busy(request: Request, exc: AccountBusy) -> Response:
         return api_error(429, str(exc), "rate_limit_error", retry_after=exc.retry_after)
 
+    def unauthorized(request: Request, exc: NotAuthorizedException) -> Response:
+        return api_error(401, str(exc.detail), "authentication_error", code="invalid_api_key")
+
     def http_error(request: Request, exc: HTTPException) -> Response:
         return api_error(exc.status_code, str(exc.detail), "invalid_request_error")
 
     app = Litestar(
         route_handlers=[
-            chat_completions,
-            completions,
-            embeddings,
-            rerank_documents,
-            tokenize,
-            list_models,
+            Router(
+                "/",
+                guards=[require_key],
+                route_handlers=[
+                    chat_completions,
+                    completions,
+                    embeddings,
+                    rerank_documents,
+                    tokenize,
+                    list_models,
+                ],
+            ),
             healthz,
             metrics,
         ],
@@ -318,6 +293,7 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             InvalidInput: invalid,
             Unavailable: unavailable,
             AccountBusy: busy,
+            NotAuthorizedException: unauthorized,
             HTTPException: http_error,
         },
         request_max_body_size=16 * 1024 * 1024,
@@ -326,6 +302,21 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
     )
     app.state.service = service
     return app
+
+
+async def _encoded(service: InferenceService, request: Request, payload: Any) -> Any:
+    """The embeddings queue's answer to ``payload`` (vectors or scores, and the tokens), or
+    the error response: the job failed, or the client went away (499)."""
+    job = service.job(request, payload)
+    await service.embeddings.enter(job)
+    result = None
+    async for _, event in _events_until_disconnect(service.embeddings, [job], request):
+        if isinstance(event, Failed):
+            return failed_error(event)
+        result = event
+    if result is None:
+        return api_error(499, "Client closed the request.", "cancelled")
+    return result
 
 
 async def _events_until_disconnect(

@@ -31,10 +31,14 @@ def _require_manager(actor_role: str) -> None:
         raise NotAllowed("Only owners and admins can create, rename or delete collections.")
 
 
-def _clean_name(name: Any) -> str:
+def _free_name(store: KnowledgeStore, account_id: str, name: Any, collection_id: str = "") -> str:
+    """``name`` cleaned, once no other collection of the account has it."""
     name = name.strip() if isinstance(name, str) else ""
     if not name or len(name) > MAX_NAME:
         raise InvalidInput(f"A collection's name must be 1 to {MAX_NAME} characters.")
+    same = store.collection_by_name(account_id, name)
+    if same and same.id != collection_id:
+        raise Conflict(f"There is already a collection called '{name}'.")
     return name
 
 
@@ -70,11 +74,9 @@ def create(
     db: sqlite_utils.Database, account_id: str, actor_role: str, name: Any, now: datetime
 ) -> Collection:
     _require_manager(actor_role)
-    name = _clean_name(name)
     store = KnowledgeStore(db)
     with write_transaction(db):
-        if store.collection_by_name(account_id, name):
-            raise Conflict(f"There is already a collection called '{name}'.")
+        name = _free_name(store, account_id, name)
         if len(store.collections(account_id)) >= MAX_COLLECTIONS:
             raise InvalidInput(f"An account may have at most {MAX_COLLECTIONS} collections.")
         created = Collection(new_id("col"), name, iso(now))
@@ -86,12 +88,9 @@ def rename(
     db: sqlite_utils.Database, account_id: str, actor_role: str, collection_id: str, name: Any
 ) -> Collection:
     _require_manager(actor_role)
-    name = _clean_name(name)
     store = KnowledgeStore(db)
     with write_transaction(db):
-        same = store.collection_by_name(account_id, name)
-        if same and same.id != collection_id:
-            raise Conflict(f"There is already a collection called '{name}'.")
+        name = _free_name(store, account_id, name, collection_id)
         if not store.rename_collection(account_id, collection_id, name):
             raise NotFound("No such collection.")
     return next(c for c in store.collections(account_id) if c.id == collection_id)

@@ -34,7 +34,6 @@ from appliance.knowledge.ingest import ingest_documents
 from appliance.knowledge.store import Document, KnowledgeStore
 
 log = logging.getLogger(__name__)
-HEAD_BYTES = 8192
 
 
 @dataclass(frozen=True)
@@ -88,8 +87,8 @@ def add_document(
                     raise TooLarge(
                         f"{filename} is larger than {settings.knowledge.max_upload_mb} MB."
                     )
-                if len(head) < HEAD_BYTES:
-                    head += block[: HEAD_BYTES - len(head)]
+                if len(head) < extract.HEAD_BYTES:
+                    head += block[: extract.HEAD_BYTES - len(head)]
                 digest.update(block)
                 out.write(block)
         kind = extract.detect_type(filename, head)
@@ -264,6 +263,25 @@ def passage_texts(
     return {
         i: row["text"] for i, row in KnowledgeStore(db).chunk_rows(chunk_ids, account_id).items()
     }
+
+
+def read_document(settings: Settings, path: Path, filename: str) -> extract.Extracted:
+    """The text of the file at ``path`` read as an upload called ``filename`` is read: its
+    type from its content and name, then extracted within the ``knowledge.extract_*``
+    limits (everything but plain text and Markdown in the sandboxed worker). Voice
+    samples are read this way.
+
+    Raises:
+        ExtractionError: unsupported, not what its name says, unreadable, or no text.
+    """
+    with path.open("rb") as f:
+        kind = extract.detect_type(filename, f.read(extract.HEAD_BYTES))
+    return extract.extract(
+        path,
+        kind,
+        timeout=settings.knowledge.extract_timeout_seconds,
+        memory_mb=settings.knowledge.extract_memory_mb,
+    )
 
 
 def retry(db: sqlite_utils.Database, account_id: str, document_id: str, now: datetime) -> Document:

@@ -1,4 +1,7 @@
-"""Voice-training samples: upload checks, text extraction, excerpts and the voice block.
+"""Voice-training samples: upload checks, excerpts and the voice block.
+
+A sample's text is read as the knowledge base reads a document (``knowledge.read_document``:
+the content must match the name, a .docx is read in the sandboxed extraction worker).
 
 Samples never leave the box: only short excerpts chosen here go into the account's own
 system prompt (``voice_block``), which is used by the local model. Originals are stored
@@ -9,14 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import re
 import unicodedata
-import zipfile
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from xml.etree import ElementTree
 
 import sqlite_utils
 
@@ -27,31 +27,18 @@ from appliance.config import Settings
 from appliance.db import write_transaction
 from appliance.errors import Conflict, InvalidInput, NotFound
 from appliance.ids import new_id
+from appliance.knowledge import service as knowledge
 from appliance.persona.models import VoiceExcerpt, VoiceSample
 from appliance.persona.store import PersonaStore
 from appliance.tokens import estimate_tokens
 
-KINDS = {".txt": "txt", ".md": "md", ".markdown": "md", ".docx": "docx"}
-DOCX_MAX_ENTRIES = 200
-DOCX_MAX_UNCOMPRESSED = 20 * 1024 * 1024
-DOCUMENT_XML = "word/document.xml"
+SUFFIXES = (".txt", ".md", ".markdown", ".docx")
 EXCERPTS_PER_SAMPLE = 3
 EXCERPT_MIN, EXCERPT_MAX, EXCERPT_IDEAL = 60, 300, 160
 FILENAME_MAX = 200
 HEADER = "Examples of the team's writing style:"
 FOOTER = "Match this voice (word choice, sentence length, tone); do not reuse the content."
 
-_W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
-_BINARY_MAGIC = (
-    b"\x89PNG",
-    b"%PDF",
-    b"PK\x03\x04",
-    b"GIF8",
-    b"\xff\xd8\xff",
-    b"\x7fELF",
-    b"\x1f\x8b",
-    b"\xd0\xcf\x11\xe0",
-)
 _BULLET = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)])\s+")
 _OPEN = "\"'\u201c\u2018("  # quotes and brackets that may open a sentence
 _CLOSE = "\"'\u201d\u2019)\\]"  # ... or close it after the full stop
@@ -90,113 +77,21 @@ def clean_filename(filename: str) -> str:
     return name[-FILENAME_MAX:] or "sample"
 
 
-def kind_of(filename: str) -> str:
-    suffix = PurePosixPath(filename.lower()).suffix
-    if suffix not in KINDS:
-        raise InvalidInput("Voice samples must be .txt, .md or .docx files.")
-    return KINDS[suffix]
-
-
-def _text_of_plain(content: bytes) -> str:
-    if content.startswith(_BINARY_MAGIC):
-        raise InvalidInput(
-            "This file is not text (its content looks like an image, PDF or archive): "
-            "upload a .txt or .md file with UTF-8 text."
-        )
-    if b"\x00" in content:
-        raise InvalidInput("This file contains NUL bytes, so it is not a text file.")
-    try:
-        text = content.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InvalidInput("Text samples must be UTF-8 encoded text.") from None
-    controls = sum(1 for c in text if unicodedata.category(c) == "Cc" and c not in "\t\n\r\f")
-    if controls > max(2, len(text) // 100):
-        raise InvalidInput("This file is mostly control characters, so it is not a text file.")
-    return text
-
-
-def _unsafe_member(name: str) -> bool:
-    return ".." in name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) is not None
-
-
-def _text_of_docx(content: bytes) -> str:
-    if not content.startswith(b"PK\x03\x04"):
-        raise InvalidInput("This .docx file is not a Word document (it is not a zip archive).")
-    try:
-        with zipfile.ZipFile(io.BytesIO(content)) as archive:
-            entries = archive.infolist()
-            if len(entries) > DOCX_MAX_ENTRIES:
-                raise InvalidInput(
-                    f"This .docx file has more than {DOCX_MAX_ENTRIES} parts; refused."
-                )
-            if any(_unsafe_member(info.filename) for info in entries):
-                raise InvalidInput("This .docx file contains unsafe part names; refused.")
-            if sum(info.file_size for info in entries) > DOCX_MAX_UNCOMPRESSED:
-                raise InvalidInput(
-                    f"This .docx file unpacks to more than {DOCX_MAX_UNCOMPRESSED // 2**20} MB; "
-                    "refused."
-                )
-            try:
-                info = archive.getinfo(DOCUMENT_XML)
-            except KeyError:
-                raise InvalidInput(
-                    "This .docx file is not a Word document (word/document.xml is missing)."
-                ) from None
-            # The declared size was checked above; read with a hard cap anyway, since a
-            # crafted header can understate it.
-            with archive.open(info) as member:
-                xml = member.read(DOCX_MAX_UNCOMPRESSED + 1)
-            if len(xml) > DOCX_MAX_UNCOMPRESSED:
-                raise InvalidInput("This .docx file's text part is too large; refused.")
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, EOFError):
-        raise InvalidInput("This .docx file is damaged or encrypted and cannot be read.") from None
-    return _document_text(xml)
-
-
-def _document_text(xml: bytes) -> str:
-    """Paragraphs (``w:p``) of runs (``w:t``) from word/document.xml, blank-line separated."""
-    if xml.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in xml:
-        raise InvalidInput("This .docx file's text part is not UTF-8 XML; refused.")
-    if b"<!DOCTYPE" in xml or b"<!ENTITY" in xml:
-        # Word never writes these; refusing them rules out entity-expansion tricks, which
-        # is what defusedxml would guard against (XML keywords are case-sensitive).
-        raise InvalidInput("This .docx file's text part declares entities; refused.")
-    paragraphs: list[str] = []
-    stack: list[list[str]] = []
-    try:
-        for event, element in ElementTree.iterparse(  # noqa: S314 - no DTD, checked above
-            io.BytesIO(xml), events=("start", "end")
-        ):
-            tag = element.tag
-            if tag == _W + "p":
-                if event == "start":
-                    stack.append([])
-                else:
-                    paragraphs.append("".join(stack.pop()))
-                    element.clear()
-            elif event == "end" and stack:
-                if tag == _W + "t":
-                    stack[-1].append(element.text or "")
-                elif tag == _W + "tab":
-                    stack[-1].append("\t")
-                elif tag in (_W + "br", _W + "cr"):
-                    stack[-1].append("\n")
-    except ElementTree.ParseError:
-        raise InvalidInput("This .docx file's text part is not valid XML.") from None
-    return "\n\n".join(p.strip() for p in paragraphs if p.strip())
-
-
-def extract_text(kind: str, content: bytes) -> str:
-    """The sample's text, after checking that the content really is of its kind.
+def read_sample(settings: Settings, path: Path, filename: str) -> tuple[str, str]:
+    """The sample's kind (``txt``, ``md``, ``docx``) and text, read as the knowledge base
+    reads a document (``knowledge.read_document``); headings come back as Markdown
+    headings, which excerpts skip.
 
     Raises:
-        InvalidInput: the content is not what the extension says, or is unsafe.
+        InvalidInput: another type; ExtractionError: not what its name says, unreadable.
     """
-    text = _text_of_docx(content) if kind == "docx" else _text_of_plain(content)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if not text.strip():
-        raise InvalidInput("No text found in this file.")
-    return text
+    if PurePosixPath(filename.lower()).suffix not in SUFFIXES:
+        raise InvalidInput("Voice samples must be .txt, .md or .docx files.")
+    extracted = knowledge.read_document(settings, path, filename)
+    text = "\n\n".join(
+        f"{'#' * s.level} {s.text}" if s.kind == "heading" else s.text for s in extracted.sections
+    )
+    return extracted.kind, text
 
 
 # -- excerpts ---------------------------------------------------------------------------
@@ -303,48 +198,51 @@ def add_sample(
     if len(content) > limit:
         raise TooLarge(f"Voice samples can be at most {limit:,} bytes.")
     name = clean_filename(filename)
-    kind = kind_of(name)
-    text = extract_text(kind, content)
-    sample = VoiceSample(
-        id=new_id("vsm"),
-        account_id=account_id,
-        filename=name,
-        kind=kind,
-        size=len(content),
-        sha256=hashlib.sha256(content).hexdigest(),
-        created_at=iso(now),
-    )
-    excerpts = [
-        VoiceExcerpt(new_id("vex"), sample.id, account_id, excerpt, position)
-        for position, excerpt in enumerate(select_excerpts(text))
-    ]
+    sample_id = new_id("vsm")
     store = PersonaStore(db)
-    path = sample_path(settings, account_id, sample.id)
-    with write_transaction(db):
-        if store.count_samples(account_id) >= settings.persona.max_samples:
-            raise Conflict(
-                f"An account can keep at most {settings.persona.max_samples} voice samples: "
-                "delete one first."
-            )
-        if store.sample_by_hash(account_id, sample.sha256):
-            raise Conflict("This file has already been uploaded.")
-        _write_file(path, content)
-        try:
-            store.insert_sample(sample, excerpts)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
+    path = sample_path(settings, account_id, sample_id)
+    partial = path.with_name(f".{path.name}.part")  # hidden: backups skip it
+    try:
+        _write_file(partial, content)  # the extractor reads a file
+        kind, text = read_sample(settings, partial, name)
+        sample = VoiceSample(
+            id=sample_id,
+            account_id=account_id,
+            filename=name,
+            kind=kind,
+            size=len(content),
+            sha256=hashlib.sha256(content).hexdigest(),
+            created_at=iso(now),
+        )
+        excerpts = [
+            VoiceExcerpt(new_id("vex"), sample_id, account_id, excerpt, position)
+            for position, excerpt in enumerate(select_excerpts(text))
+        ]
+        with write_transaction(db):
+            if store.count_samples(account_id) >= settings.persona.max_samples:
+                raise Conflict(
+                    f"An account can keep at most {settings.persona.max_samples} voice "
+                    "samples: delete one first."
+                )
+            if store.sample_by_hash(account_id, sample.sha256):
+                raise Conflict("This file has already been uploaded.")
+            os.replace(partial, path)
+            try:
+                store.insert_sample(sample, excerpts)
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+    finally:
+        partial.unlink(missing_ok=True)
     return sample
 
 
 def _write_file(path: Path, content: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    with open(partial, "wb") as handle:
+    with open(path, "wb") as handle:
         handle.write(content)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(partial, path)
 
 
 def samples(db: sqlite_utils.Database, account_id: str, actor_role: str) -> list[VoiceSample]:

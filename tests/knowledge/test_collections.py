@@ -114,6 +114,10 @@ def test_collections_over_the_api(team, db, settings, clock):
     assert counts == {"HR": 2, "Sales": 1}
     renamed = owner.patch(f"/api/collections/{sales['id']}", json={"name": "Sales team"})
     assert renamed.status_code == 200 and renamed.json()["name"] == "Sales team"
+    taken = owner.patch(f"/api/collections/{sales['id']}", json={"name": " HR "})
+    assert taken.status_code == 409  # another collection's name
+    same = owner.patch(f"/api/collections/{sales['id']}", json={"name": "Sales team"})
+    assert same.status_code == 200  # its own name is no conflict
     assert owner.delete(f"/api/collections/{sales['id']}").status_code == 204
     assert [c["name"] for c in owner.get("/api/collections").json()] == ["HR"]
     assert len(owner.get("/api/documents").json()) == 2  # documents stay

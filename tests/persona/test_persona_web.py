@@ -173,7 +173,7 @@ def test_upload_api(tmp_path):
             files={"file": ("cat.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")},
             headers=auth,
         )
-        assert png.status_code == 400 and "not text" in png.json()["error"]["message"]
+        assert png.status_code == 400 and "a PNG image" in png.json()["error"]["message"]
         pdf = client.post(
             "/api/voice-samples", files={"file": ("a.pdf", b"%PDF-1.7")}, headers=auth
         )
@@ -265,7 +265,7 @@ def test_page_upload_and_delete_forms(site):
         data={"_csrf_token": token},
         files={"file": ("nul.txt", b"a\x00b")},
     )
-    assert bad.status_code == 400 and "NUL bytes" in bad.text
+    assert bad.status_code == 400 and "not text" in bad.text
 
     [sample] = voice.samples(db, account.id, "owner")
     deleted = client.post(
