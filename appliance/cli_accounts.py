@@ -221,7 +221,7 @@ def cmd_billing_adjust(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_accounts_delete(settings: Settings, args: argparse.Namespace) -> int:
     from appliance.accounts import service as accounts
     from appliance.clock import utcnow
-    from appliance.privacy import erasure
+    from appliance.ops import overview
 
     with open_initialised(settings) as db:
         account = accounts.account(db, args.account_id)
@@ -230,18 +230,9 @@ def cmd_accounts_delete(settings: Settings, args: argparse.Namespace) -> int:
             if answer.strip().lower() not in ("y", "yes"):
                 print("nothing deleted")
                 return 1
-        owners = [m.email for m in accounts.members(db, account.id) if m.role == "owner"]
-        found = erasure.request_deletion(
-            db,
-            settings,
-            account.id,
-            requested_by="operator",
-            request="operator via CLI",
-            notify_email=owners[0] if owners else None,
-            now=utcnow(),
-        )
+        found = overview.delete(db, settings, account.id, utcnow(), "operator via CLI")
     print(
-        f"account {found.account_id} is locked; its data is erased by the next purge "
-        f"(by {found.due_at[:10]} at the latest; `appliance purge --now` to do it now)"
+        f"account {found['account_id']} is locked; its data is erased by the next purge "
+        f"(by {found['due_at'][:10]} at the latest; `appliance purge --now` to do it now)"
     )
     return 0

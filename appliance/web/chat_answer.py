@@ -23,7 +23,11 @@ from appliance.knowledge import service as knowledge
 from appliance.web.errors import stream_error
 from appliance.web.identity import Identity
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+def event_stream(events: AsyncIterator[str]) -> Stream:
+    """Server-sent events, passed through proxies unbuffered and uncached."""
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return Stream(events, media_type="text/event-stream", headers=headers)
 
 
 def message_json(
@@ -227,7 +231,7 @@ async def respond(
             settings,
             client,
             me.account.id,
-            me.key.id if me.key else None,
+            me.key_id,
             turn.instance,
             turn.composed.payload,
             clock,
@@ -242,4 +246,4 @@ async def respond(
     if not stream:
         result = await answer.complete()
         return Response({"user": user, **result})
-    return Stream(answer.events(user), media_type="text/event-stream", headers=SSE_HEADERS)
+    return event_stream(answer.events(user))

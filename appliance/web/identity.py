@@ -43,6 +43,11 @@ class Identity:
     key: auth.ApiKey | None = None
 
     @property
+    def key_id(self) -> str | None:
+        """The API key the request came with (None for a browser session)."""
+        return self.key.id if self.key else None
+
+    @property
     def is_manager(self) -> bool:
         return self.role in MANAGERS
 

@@ -32,6 +32,7 @@ from appliance.inference import openai_schema as schema
 from appliance.inference.client import InferenceClient, started
 from appliance.instances import service as instances
 from appliance.web import errors, responses
+from appliance.web.chat_answer import event_stream
 from appliance.web.errors import (
     handle_domain_error,
     handle_http_exception,
@@ -182,41 +183,14 @@ class V1Api(Controller):
         store = await anyio.to_thread.run_sync(
             lambda: _store_target(db, settings, clock, api_key, instance, body)
         )
-        account_id = api_key.account.id
-        # Reserves the most this request can cost, every choice's answer included (402 when
-        # the credit does not cover it).
-        metered = await Metered.start(
-            db,
-            settings,
-            inference,
-            api_key.account.id,
-            api_key.key.id if api_key.key else None,
-            instance,
-            {**payload, "max_tokens": payload["max_tokens"] * n},
-            clock,
-            prompt_tokens=composed.prompt_tokens,
+        run = await _Run.start(
+            db, settings, inference, api_key, instance, payload, clock, composed.prompt_tokens, n
         )
         if checked.stream:
             include_usage = bool(checked.stream_options and checked.stream_options.include_usage)
-            # Refused (429, 503)? Then with that status and Retry-After, not in a 200 stream.
-            chunks = await started(
-                metered.observe(inference).astream_chat(payload, account_id=account_id)
-            )
-            return Stream(
-                _relay(
-                    chunks,
-                    instance.name,
-                    include_usage,
-                    store,
-                    passages,
-                ),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        async with metered:
-            answer = await inference.achat(payload, account_id=account_id)
-            metered.usage = answer.get("usage")
-        answer["model"] = instance.name
+            chunks = await run.chunks()
+            return event_stream(_relay(chunks, instance.name, include_usage, store, passages))
+        answer = await run.answer()
         extra: dict[str, Any] = {}
         if passages:
             extra["passages"] = [_passage_json(p) for p in passages]
@@ -247,35 +221,13 @@ class V1Api(Controller):
             lambda: build_request(db, settings, inference, api_key, converted, clock())
         )
         request.state.instance_id = instance.id  # for the request log
-        payload = composed.payload
-        account_id = api_key.account.id
-        metered = await Metered.start(
-            db,
-            settings,
-            inference,
-            account_id,
-            api_key.key.id if api_key.key else None,
-            instance,
-            payload,
-            clock,
-            prompt_tokens=composed.prompt_tokens,
-        )
+        payload, tokens = composed.payload, composed.prompt_tokens
+        run = await _Run.start(db, settings, inference, api_key, instance, payload, clock, tokens)
         response_id = responses.new_id()
         if checked.stream:
-            # Refused (429, 503)? Then with that status and Retry-After, not in a 200 stream.
-            chunks = await started(
-                metered.observe(inference).astream_chat(payload, account_id=account_id)
-            )
-            return Stream(
-                responses.events(body, chunks, response_id, instance.name),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        async with metered:
-            answer = await inference.achat(payload, account_id=account_id)
-            metered.usage = answer.get("usage")
-        answer["model"] = instance.name
-        return Response(responses.response(body, answer, response_id))
+            chunks = await run.chunks()
+            return event_stream(responses.events(body, chunks, response_id, instance.name))
+        return Response(responses.response(body, await run.answer(), response_id))
 
     @post("/completions", status_code=200)
     async def completions(
@@ -301,33 +253,14 @@ class V1Api(Controller):
         counts = await anyio.to_thread.run_sync(
             lambda: inference.count_tokens([prompt], model="chat")
         )
-        account_id = api_key.account.id
-        metered = await Metered.start(
-            db,
-            settings,
-            inference,
-            account_id,
-            api_key.key.id if api_key.key else None,
-            instance,
-            {**payload, "max_tokens": payload["max_tokens"] * (checked.n or 1)},
-            clock,
-            prompt_tokens=counts[0] if counts else len(prompt.encode()) // 2 + 1,
+        tokens = counts[0] if counts else len(prompt.encode()) // 2 + 1
+        run = await _Run.start(
+            db, settings, inference, api_key, instance, payload, clock, tokens, checked.n or 1
         )
         if checked.stream:
             usage = bool(checked.stream_options and checked.stream_options.include_usage)
-            chunks = await started(
-                metered.observe(inference).astream_chat(payload, account_id=account_id, path=LEGACY)
-            )
-            return Stream(
-                _relay(chunks, instance.name, usage),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        async with metered:
-            answer = await inference.achat(payload, account_id=account_id, path=LEGACY)
-            metered.usage = answer.get("usage")
-        answer["model"] = instance.name
-        return Response(answer)
+            return event_stream(_relay(await run.chunks(path=LEGACY), instance.name, usage))
+        return Response(await run.answer(path=LEGACY))
 
     @post("/embeddings", status_code=200, sync_to_thread=True)
     def embeddings(
@@ -355,7 +288,7 @@ class V1Api(Controller):
             settings,
             inference,
             api_key.account.id,
-            api_key.key.id if api_key.key else None,
+            api_key.key_id,
             instance,
             texts,
             clock,
@@ -366,6 +299,61 @@ class V1Api(Controller):
             "data": schema.embedding_data(vectors, parsed),
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+
+
+class _Run:
+    """One request to the model under a hold: streamed or answered whole."""
+
+    def __init__(self, metered: Metered, inference: InferenceClient, payload, account_id, name):
+        self.metered = metered
+        self.inference = inference
+        self.payload = payload
+        self.account_id = account_id
+        self.name = name
+
+    @classmethod
+    async def start(
+        cls,
+        db,
+        settings: Settings,
+        inference: InferenceClient,
+        api_key: Identity,
+        instance,
+        payload: dict[str, Any],
+        clock: Clock,
+        prompt_tokens: int,
+        choices: int = 1,
+    ) -> _Run:
+        """Reserve the most the request can cost, every choice's answer included (402 when
+        the credit or a spend cap does not cover it)."""
+        metered = await Metered.start(
+            db,
+            settings,
+            inference,
+            api_key.account.id,
+            api_key.key_id,
+            instance,
+            {**payload, "max_tokens": payload["max_tokens"] * choices},
+            clock,
+            prompt_tokens=prompt_tokens,
+        )
+        return cls(metered, inference, payload, api_key.account.id, instance.name)
+
+    async def chunks(self, **options: Any) -> AsyncIterator[dict[str, Any]]:
+        """The answer's chunks, once the model has started (refused with 429 or 503 and
+        Retry-After before that, not inside a 200 stream)."""
+        relayed = self.metered.observe(self.inference)
+        return await started(
+            relayed.astream_chat(self.payload, account_id=self.account_id, **options)
+        )
+
+    async def answer(self, **options: Any) -> dict[str, Any]:
+        """The whole answer, under the instance's name; what it used is settled."""
+        async with self.metered:
+            answer = await self.inference.achat(self.payload, account_id=self.account_id, **options)
+            self.metered.usage = answer.get("usage")
+        answer["model"] = self.name
+        return answer
 
 
 def _model_json(instance: instances.Instance, api_key: Identity) -> dict[str, Any]:
