@@ -24,17 +24,11 @@ from appliance.errors import InvalidInput, NotFound, Throttled
 from appliance.privacy import policy
 from appliance.tasks import TaskQueue
 from appliance.web import flash
-from appliance.web.identity import Identity, cookie_names
+from appliance.web.identity import Identity, client_address, cookie_names, local_path
 
 SENT_MESSAGE = (
     "If this address can sign in here, a code is on its way. It is valid for {m} minutes."
 )
-
-
-def client_address(request: Request) -> str:
-    # uvicorn has already replaced this with X-Forwarded-For when the peer is a trusted
-    # proxy (web.trusted_proxies); otherwise the header is ignored.
-    return request.client.host if request.client else "unknown"
 
 
 def _attempt_cookie(attempt_id: str, email: str) -> str:
@@ -121,12 +115,6 @@ def _sign_out(request: Request, db, settings: Settings, clock: Clock, response: 
         auth.revoke_session(db, token, clock())
     _clear_cookie(response, settings, "session")
     return response
-
-
-def _safe_next(target: str | None) -> str:
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return "/"
 
 
 def _landing(db, me_account_id: str, role: str, clock: Clock) -> str:
@@ -248,7 +236,7 @@ class SignInPages(Controller):
 
     @get("/login", sync_to_thread=False)
     def login_form(self, next: FromQuery[str] = "/") -> Template:
-        return Template("login.html", context={"next": _safe_next(next), "email": ""})
+        return Template("login.html", context={"next": local_path(next), "email": ""})
 
     @post("/login", sync_to_thread=True)
     def login_submit(
@@ -261,7 +249,7 @@ class SignInPages(Controller):
         clock: NamedDependency[Clock],
     ) -> Response:
         email = data.get("email", "")
-        target = _safe_next(data.get("next"))
+        target = local_path(data.get("next"))
         try:
             attempt = _start(request, db, settings, queue, clock, email)
         except (InvalidInput, Throttled) as exc:
@@ -282,7 +270,7 @@ class SignInPages(Controller):
         minutes = settings.auth.code_ttl_minutes
         return Template(
             "login_verify.html",
-            context={"email": email, "next": _safe_next(next), "minutes": minutes},
+            context={"email": email, "next": local_path(next), "minutes": minutes},
         )
 
     @post("/login/verify", sync_to_thread=True)
@@ -295,7 +283,7 @@ class SignInPages(Controller):
         clock: NamedDependency[Clock],
     ) -> Response:
         _, email = _read_attempt(request, settings)
-        target = _safe_next(data.get("next"))
+        target = local_path(data.get("next"))
         try:
             token, user, account = _finish(
                 request, db, settings, clock, email, data.get("code", "")

@@ -32,7 +32,6 @@ from appliance.inference import openai_schema as schema
 from appliance.inference.client import InferenceClient, started
 from appliance.instances import service as instances
 from appliance.web import errors, responses
-from appliance.web.chat_answer import event_stream
 from appliance.web.errors import (
     handle_domain_error,
     handle_http_exception,
@@ -40,6 +39,7 @@ from appliance.web.errors import (
     stream_error,
 )
 from appliance.web.identity import Identity
+from appliance.web.sse import event_stream, sse
 
 #: Request fields the web process handles itself; the rest go to the inference service,
 #: which checks them again with the same schema.
@@ -458,9 +458,9 @@ async def _relay(
                 continue  # our client always asks for usage; OpenAI sends it only on request
             if "model" in chunk:
                 chunk["model"] = name
-            yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+            yield sse(chunk)
     except ApplianceError as exc:
-        yield f"data: {json.dumps({'error': stream_error(exc)})}\n\n"
+        yield sse({"error": stream_error(exc)})
     else:
         if store is not None:
             text = "".join(parts)
@@ -475,5 +475,5 @@ async def _relay(
                 "choices": [],
                 "appliance": {"conversation_id": conversation_id},
             }
-            yield f"data: {json.dumps(final)}\n\n"
-    yield "data: [DONE]\n\n"
+            yield sse(final)
+    yield sse("[DONE]")
