@@ -19,7 +19,8 @@ from appliance.errors import InvalidInput, NotFound
 from appliance.privacy import erasure, export, policy
 from appliance.tasks import TaskQueue
 from appliance.web import flash
-from appliance.web.identity import Identity, Person, client_address, cookie_names, local_path
+from appliance.web.identity import Identity, Person, client_address, local_path
+from appliance.web.signin import clear_session_cookie
 
 
 class Acceptance(msgspec.Struct):
@@ -287,8 +288,7 @@ class PrivacyApi(Controller):
         response = Response(
             {"status": "deleted", "erase_by": found.due_at, "account_id": found.account_id}
         )
-        response.delete_cookie(cookie_names(settings)["session"], path="/")
-        return response
+        return clear_session_cookie(response, settings)
 
 
 class MyDataPages(Controller):
@@ -368,9 +368,5 @@ class MyDataPages(Controller):
                 flashes=[("error", str(exc))],
                 status=400,
             )
-        response = Template(
-            "account_deleted.html",
-            context={"erase_by": found.due_at[:10]},
-        )
-        response.delete_cookie(cookie_names(settings)["session"], path="/")
-        return response
+        response = Template("account_deleted.html", context={"erase_by": found.due_at[:10]})
+        return clear_session_cookie(response, settings)

@@ -66,6 +66,12 @@ def _clear_cookie(response: Response, settings: Settings, name: str) -> None:
     response.delete_cookie(cookie_names(settings)[name], path="/")
 
 
+def clear_session_cookie(response: Response, settings: Settings) -> Response:
+    """Forget the browser's session (revoking it on the server is the caller's part)."""
+    _clear_cookie(response, settings, "session")
+    return response
+
+
 def _start(
     request: Request, db, settings: Settings, queue: TaskQueue, clock: Clock, email: str
 ) -> str:
@@ -113,8 +119,7 @@ def _sign_out(request: Request, db, settings: Settings, clock: Clock, response: 
     token = request.cookies.get(cookie_names(settings)["session"])
     if token:
         auth.revoke_session(db, token, clock())
-    _clear_cookie(response, settings, "session")
-    return response
+    return clear_session_cookie(response, settings)
 
 
 def _landing(db, me_account_id: str, role: str, clock: Clock) -> str:
