@@ -12,6 +12,7 @@ from dataclasses import asdict
 
 import appliance
 from appliance import cli_accounts, cli_kb, cli_models
+from appliance.cli_parser import Group
 from appliance.config import Settings
 from appliance.datadir import initialise, open_initialised
 from appliance.errors import ApplianceError
@@ -101,31 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("purge", cmd_purge, "Run the retention purges (the worker runs them hourly).")
     p.add_argument("--now", action="store_true", required=True, help="run every purge now")
 
-    policy_cmd = command("policy", None, "The privacy policy.")
-    polsub = policy_cmd.add_subparsers(title="policy commands", metavar="ACTION")
-    policy_cmd.set_defaults(handler=lambda s, a: policy_cmd.print_help() or 2)
-    p = polsub.add_parser(
+    policy_cmd = Group(sub, common, "policy", "The privacy policy.")
+    p = policy_cmd.action(
         "publish",
-        help="Publish the current text as a new version and email every user about it.",
-        parents=[common],
+        cmd_policy_publish,
+        "Publish the current text as a new version and email every user about it.",
     )
     p.add_argument(
         "--effective", help="date it takes effect (default: today + privacy.policy_notice_days)"
     )
     p.add_argument("--summary", default="", help="one or two sentences on what changed")
-    p.set_defaults(handler=cmd_policy_publish)
-    p = polsub.add_parser("show", help="List the published versions.", parents=[common])
-    p.set_defaults(handler=cmd_policy_show)
+    policy_cmd.action("show", cmd_policy_show, "List the published versions.")
 
-    privacy_cmd = command("privacy", None, "Privacy records.")
-    prsub = privacy_cmd.add_subparsers(title="privacy commands", metavar="ACTION")
-    privacy_cmd.set_defaults(handler=lambda s, a: privacy_cmd.print_help() or 2)
-    p = prsub.add_parser(
+    Group(sub, common, "privacy", "Privacy records.").action(
         "verify-receipts",
-        help="Check the hash chain of deletion receipts (exit 1 if one is missing or edited).",
-        parents=[common],
+        cmd_privacy_verify,
+        "Check the hash chain of deletion receipts (exit 1 if one is missing or edited).",
     )
-    p.set_defaults(handler=cmd_privacy_verify)
 
     cli_kb.add_parser(sub, common)
     p = command("logs", cmd_logs, "Show the request log (newest first; content-free).")
@@ -180,12 +173,9 @@ def cmd_policy_publish(settings: Settings, args: argparse.Namespace) -> int:
 
     now = utcnow()
     effective = parse_since(args.effective, now) if args.effective else None
-    db = open_initialised(settings)
-    try:
+    with open_initialised(settings) as db:
         version = policy.publish(db, settings, now, effective_at=effective, summary=args.summary)
         emailed = policy.announce(db, version, create_queue(settings).send_mail)
-    finally:
-        db.close()
     print(
         f"published version {version.version} (sha256 {version.text_sha256[:12]}), in effect "
         f"from {version.effective_at[:10]}; {emailed} user(s) will be emailed"
@@ -196,11 +186,8 @@ def cmd_policy_publish(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_policy_show(settings: Settings, args: argparse.Namespace) -> int:
     from appliance.privacy import policy
 
-    db = open_initialised(settings)
-    try:
+    with open_initialised(settings) as db:
         rows = [asdict(v) for v in policy.versions(db)]
-    finally:
-        db.close()
     print(json.dumps(rows, indent=2))
     return 0
 
@@ -208,12 +195,9 @@ def cmd_policy_show(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_privacy_verify(settings: Settings, args: argparse.Namespace) -> int:
     from appliance import receipts
 
-    db = open_initialised(settings)
-    try:
+    with open_initialised(settings) as db:
         problems = receipts.verify(db)
         count = len(receipts.receipts(db))
-    finally:
-        db.close()
     for problem in problems:
         print(problem)
     print(f"deletion receipts: {count}, " + ("chain intact" if not problems else "CHAIN BROKEN"))
@@ -225,8 +209,7 @@ def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
     from appliance.privacy import requestlog
     from appliance.privacy.cli import parse_since
 
-    db = open_initialised(settings)
-    try:
+    with open_initialised(settings) as db:
         rows = requestlog.entries(
             db,
             since=parse_since(args.since, utcnow()) if args.since else None,
@@ -234,8 +217,6 @@ def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
             path=args.path,
             limit=args.limit,
         )
-    finally:
-        db.close()
     for row in rows:
         if args.json:
             print(json.dumps(asdict(row)))
@@ -301,11 +282,8 @@ def print_setup_link(settings: Settings) -> None:
     from appliance import firstrun
     from appliance.db import open_db
 
-    db = open_db(settings)
-    try:
+    with open_db(settings) as db:
         token = firstrun.setup_token(settings, db)
-    finally:
-        db.close()
     if token:
         print("This appliance has not been set up yet. Open this one-time link to claim it:")
         print(f"  {firstrun.setup_url(settings, token)}")

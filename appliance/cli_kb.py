@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-from collections.abc import Callable
 
+from appliance.cli_parser import Group
 from appliance.config import Settings
 from appliance.datadir import open_initialised
 
@@ -14,44 +14,27 @@ from appliance.datadir import open_initialised
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
     """The ``kb`` command and its actions, on the top-level subparsers ``sub``."""
 
-    def command(name: str, handler: Callable | None, help: str):
-        p = sub.add_parser(name, help=help, description=help, parents=[common])
-        p.set_defaults(handler=handler)
-        return p
-
-    kb = command("kb", None, "Knowledge base maintenance.")
-    kbsub = kb.add_subparsers(title="kb commands", metavar="ACTION")
-    kb.set_defaults(handler=lambda s, a: kb.print_help() or 2)
-    p = kbsub.add_parser(
-        "audit", help="Report orphaned chunks, vectors and files (exit 1 if any).", parents=[common]
-    )
-    p.set_defaults(handler=cmd_kb_audit)
-    p = kbsub.add_parser(
-        "reindex",
-        help="Re-embed every document (after changing the embedding model).",
-        parents=[common],
+    kb = Group(sub, common, "kb", "Knowledge base maintenance.")
+    kb.action("audit", cmd_kb_audit, "Report orphaned chunks, vectors and files (exit 1 if any).")
+    p = kb.action(
+        "reindex", cmd_kb_reindex, "Re-embed every document (after changing the embedding model)."
     )
     p.add_argument("--wait", action="store_true", help="show progress until the worker is done")
-    p.set_defaults(handler=cmd_kb_reindex)
-    p = kbsub.add_parser(
+    p = kb.action(
         "import",
-        help="Add every document in a folder (and the ZIP archives in it) to an account's "
+        cmd_kb_import,
+        "Add every document in a folder (and the ZIP archives in it) to an account's "
         "knowledge base; the worker indexes them.",
-        parents=[common],
     )
     p.add_argument("directory", type=pathlib.Path, help="folder to read, subfolders included")
     p.add_argument("--account", required=True, help="account id")
-    p.set_defaults(handler=cmd_kb_import)
 
 
 def cmd_kb_audit(settings: Settings, args: argparse.Namespace) -> int:
     from appliance.knowledge import service as knowledge
 
-    db = open_initialised(settings)
-    try:
+    with open_initialised(settings) as db:
         problems = knowledge.audit(db, settings)
-    finally:
-        db.close()
     for problem in problems:
         print(problem)
     print("knowledge base: " + ("clean" if not problems else f"{len(problems)} problem(s)"))
@@ -65,8 +48,7 @@ def cmd_kb_reindex(settings: Settings, args: argparse.Namespace) -> int:
     from appliance.tasks import create_queue
 
     _check_embedding_model_served(settings)
-    db = open_initialised(settings)
-    try:
+    with open_initialised(settings) as db:
         ids = knowledge.reindex(db)
         queue = create_queue(settings)
         for document_id in ids:
@@ -86,8 +68,6 @@ def cmd_kb_reindex(settings: Settings, args: argparse.Namespace) -> int:
             if not busy:
                 break
             time.sleep(1)
-    finally:
-        db.close()
     return 0
 
 
@@ -126,11 +106,10 @@ def cmd_kb_import(settings: Settings, args: argparse.Namespace) -> int:
     if not args.directory.is_dir():
         print(f"{args.directory} is not a folder", file=sys.stderr)
         return 2
-    db = open_initialised(settings)
-    queue = create_queue(settings)
     added = duplicates = 0
     refused: list[tuple[str, str]] = []
-    try:
+    with open_initialised(settings) as db:
+        queue = create_queue(settings)
         account = accounts.account(db, args.account)
         for path in sorted(args.directory.rglob("*")):
             relative = path.relative_to(args.directory)
@@ -152,8 +131,6 @@ def cmd_kb_import(settings: Settings, args: argparse.Namespace) -> int:
                 else:
                     added += 1
                     queue.ingest_document(one.document.id)
-    finally:
-        db.close()
     for name, error in refused:
         print(f"not added: {name}: {error}", file=sys.stderr)
     print(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from dataclasses import asdict
 
+from appliance.cli_parser import Group
 from appliance.config import Settings
 
 PULL_HELP = """\
@@ -34,20 +34,7 @@ examples:
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
     """The ``models`` command and its actions, on the top-level subparsers ``sub``."""
-    models = sub.add_parser(
-        "models",
-        help="Manage installed models.",
-        description="Manage installed models.",
-        parents=[common],
-    )
-    msub = models.add_subparsers(title="models commands", metavar="ACTION")
-    models.set_defaults(handler=lambda s, a: models.print_help() or 2)
-
-    def action(name: str, handler: Callable, help: str, **kwargs):
-        p = msub.add_parser(name, help=help, description=help, parents=[common], **kwargs)
-        p.set_defaults(handler=handler)
-        return p
-
+    action = Group(sub, common, "models", "Manage installed models.").action
     p = action("list", cmd_list, "List installed models (or the catalog).")
     p.add_argument("--catalog", action="store_true", help="list the catalog instead")
     action("install-defaults", cmd_defaults, "Install the bundled models (offline).")
@@ -165,11 +152,8 @@ def _explain_reindex(settings: Settings, model_id: str) -> None:
     from appliance.db import open_db
     from appliance.knowledge import service as knowledge
 
-    db = open_db(settings)
-    try:
+    with open_db(settings) as db:
         state = knowledge.index_state(db)
-    finally:
-        db.close()
     built_with = state["embedding_model"]
     if not state["documents"] or not built_with:
         print("The knowledge index holds no embedded document yet: nothing to re-embed.")

@@ -11,7 +11,8 @@ from appliance.errors import ConfigError
 
 
 def open_initialised(settings: Settings) -> sqlite_utils.Database:
-    """The database, after ``initialise`` (what every command that reads or writes uses)."""
+    """The database, after ``initialise`` (what every command that reads or writes uses;
+    ``with open_initialised(settings) as db:`` closes it)."""
     initialise(settings)
     return open_db(settings)
 

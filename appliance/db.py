@@ -50,16 +50,25 @@ def open_db(settings: Settings, *, migrate: bool = True) -> sqlite_utils.Databas
     except OSError as exc:
         raise DatabaseError(f"cannot open database {path}: {exc}") from None
     db = _connect(str(path), settings.database.busy_timeout_ms)
-    try:
-        if migrate:
+    if migrate:
+        with _closed_on_error(db, path):
             apply_migrations(db, settings)
+    return db
+
+
+@contextlib.contextmanager
+def _closed_on_error(
+    connection: sqlite3.Connection | sqlite_utils.Database, path
+) -> Iterator[None]:
+    """Close ``connection`` when the block fails; SQLite's errors become ``DatabaseError``."""
+    try:
+        yield
     except sqlite3.Error as exc:
-        db.close()
+        connection.close()
         raise DatabaseError(f"cannot prepare database {path}: {exc}") from None
     except BaseException:
-        db.close()
+        connection.close()
         raise
-    return db
 
 
 def open_reader(path: str, busy_timeout_ms: int = 5000) -> sqlite_utils.Database:
@@ -78,7 +87,7 @@ def _connect(path: str, busy_timeout_ms: int) -> sqlite_utils.Database:
         )
     except (OSError, sqlite3.Error) as exc:
         raise DatabaseError(f"cannot open database {path}: {exc}") from None
-    try:
+    with _closed_on_error(conn, path):
         load_vec(conn)
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode = WAL")
@@ -88,12 +97,6 @@ def _connect(path: str, busy_timeout_ms: int) -> sqlite_utils.Database:
         # Reads through mmap instead of the page cache: sqlite-vec's brute-force KNN scans
         # every vector blob (49 → 29 ms at 100k chunks, docs/benchmarks.md).
         conn.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
-    except sqlite3.Error as exc:
-        conn.close()
-        raise DatabaseError(f"cannot prepare database {path}: {exc}") from None
-    except BaseException:
-        conn.close()
-        raise
     return sqlite_utils.Database(conn)
 
 

@@ -328,6 +328,13 @@ def _require_manager(actor_role: str) -> None:
         raise Forbidden("Only owners and admins can manage members.")
 
 
+def _member_role(store: AccountStore, account_id: str, user_id: str) -> str:
+    role = store.role(account_id, user_id)
+    if role is None:
+        raise NotFound("No such member.")
+    return role
+
+
 def set_role(
     db: sqlite_utils.Database, account_id: str, actor_role: str, user_id: str, role: str
 ) -> Member:
@@ -335,9 +342,7 @@ def set_role(
     _check_role(role)
     store = AccountStore(db)
     with write_transaction(db):
-        current = store.role(account_id, user_id)
-        if current is None:
-            raise NotFound("No such member.")
+        current = _member_role(store, account_id, user_id)
         if "owner" in (role, current) and actor_role != "owner":
             raise InvalidInput("Only an owner can make or unmake owners.")
         if current == "owner" and role != "owner" and store.count_owners(account_id) <= 1:
@@ -354,9 +359,7 @@ def remove_member(
         _require_manager(actor_role)
     store = AccountStore(db)
     with write_transaction(db):
-        current = store.role(account_id, user_id)
-        if current is None:
-            raise NotFound("No such member.")
+        current = _member_role(store, account_id, user_id)
         if current == "owner" and actor_role != "owner":
             raise InvalidInput("Only an owner can remove an owner.")
         if current == "owner" and store.count_owners(account_id) <= 1:

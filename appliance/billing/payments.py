@@ -198,21 +198,7 @@ def start_checkout(
     amount = parse_amount(settings, amount_usd)
     client(settings)  # Conflict before anything is written when Stripe is off
     customer = _customer(db, settings, account_id, now)
-    row = Topup(
-        id=new_id("top"),
-        account_ref=account_id,
-        kind="checkout",
-        amount_microusd=amount,
-        currency=settings.billing.currency,
-        status="pending",
-        stripe_session_id=None,
-        stripe_payment_intent_id=None,
-        stripe_customer_id=customer,
-        requested_by=user_id,
-        created_at=iso(now),
-        paid_at=None,
-    )
-    _insert_topup(db, row)
+    row = _add_pending_topup(db, settings, account_id, "checkout", amount, customer, user_id, now)
     base = settings.public_url
     params = {
         "mode": "payment",
@@ -249,14 +235,34 @@ def start_checkout(
     return topup(db, account_id, row.id), session.url
 
 
-def _insert_topup(db, row: Topup) -> None:
+def _add_pending_topup(
+    db: sqlite_utils.Database,
+    settings: Settings,
+    account_ref: str,
+    kind: str,
+    amount: int,
+    customer: str,
+    requested_by: str | None,
+    now: datetime,
+) -> Topup:
+    row = Topup(
+        id=new_id("top"),
+        account_ref=account_ref,
+        kind=kind,
+        amount_microusd=amount,
+        currency=settings.billing.currency,
+        status="pending",
+        stripe_session_id=None,
+        stripe_payment_intent_id=None,
+        stripe_customer_id=customer,
+        requested_by=requested_by,
+        created_at=iso(now),
+        paid_at=None,
+    )
     with write_transaction(db):
-        ledger.ensure_account(db, row.account_ref, parse_time(row.created_at))
+        ledger.ensure_account(db, account_ref, now)
         db["billing_topups"].insert(asdict(row))
-
-
-def parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text)
+    return row
 
 
 def save_card(
@@ -316,21 +322,7 @@ def auto_topup(
     if recent:
         return "recently tried"
     amount = ledger.micro(settings.billing.auto_topup_amount_usd)
-    pending = Topup(
-        id=new_id("top"),
-        account_ref=account_ref,
-        kind="auto",
-        amount_microusd=amount,
-        currency=settings.billing.currency,
-        status="pending",
-        stripe_session_id=None,
-        stripe_payment_intent_id=None,
-        stripe_customer_id=customer,
-        requested_by=None,
-        created_at=iso(now),
-        paid_at=None,
-    )
-    _insert_topup(db, pending)
+    pending = _add_pending_topup(db, settings, account_ref, "auto", amount, customer, None, now)
     params = {
         "amount": amount // PER_CENT,
         "currency": pending.currency,

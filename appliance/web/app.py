@@ -215,7 +215,13 @@ def _jinja_env(settings: Settings) -> Environment:
         current=identity.current,
         csrf_cookie=identity.cookie_names(settings)["csrf"],
     )
+    env.filters["minute"] = _minute
     return env
+
+
+def _minute(stamp: str | None) -> str:
+    """A stored timestamp as the pages show it, to the minute: ``2026-01-31 09:05``."""
+    return stamp[:16].replace("T", " ") if stamp else ""
 
 
 def _has_route(app: Litestar, path: str) -> bool:

@@ -3,7 +3,6 @@ stored; the events are described in ``web/chat.py``."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,8 +21,7 @@ from appliance.inference.client import InferenceClient
 from appliance.knowledge import service as knowledge
 from appliance.web.errors import stream_error
 from appliance.web.identity import Identity
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+from appliance.web.sse import event_stream, sse
 
 
 def message_json(
@@ -59,10 +57,6 @@ def conversation_json(db, account_id: str, conversation: chat.Conversation) -> d
         for m in conversation.messages
     ]
     return data
-
-
-def _event(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
 def status_text(passages: int, waiting: int) -> str:
@@ -159,25 +153,25 @@ class _Answer:
 
     async def events(self, user: dict[str, Any] | None) -> AsyncIterator[str]:
         if user is not None:
-            yield _event({"type": "user", "message": user})
+            yield sse({"type": "user", "message": user})
         passages = len(self.turn.composed.passages)
-        yield _event({"type": "status", "text": status_text(passages, await self.waiting())})
+        yield sse({"type": "status", "text": status_text(passages, await self.waiting())})
         try:
             async for text in self.deltas():
-                yield _event({"type": "delta", "text": text})
+                yield sse({"type": "delta", "text": text})
         except ApplianceError as exc:
             # The inference service broke the answer off (it crashed, or refused): what
             # it wrote is dropped with its charge (web/billing.py); the question stays.
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.fail)
-            yield _event({**stream_error(exc), "type": "error"})
+            yield sse({**stream_error(exc), "type": "error"})
             return
         except BaseException:
             # The client went away (Stop) or the server is stopping: keep what was written.
             await self.finish()
             raise
         message = await self.finish()
-        yield _event({"type": "done", "message": message})
+        yield sse({"type": "done", "message": message})
 
     async def complete(self) -> dict[str, Any]:
         try:
@@ -227,7 +221,7 @@ async def respond(
             settings,
             client,
             me.account.id,
-            me.key.id if me.key else None,
+            me.key_id,
             turn.instance,
             turn.composed.payload,
             clock,
@@ -242,4 +236,4 @@ async def respond(
     if not stream:
         result = await answer.complete()
         return Response({"user": user, **result})
-    return Stream(answer.events(user), media_type="text/event-stream", headers=SSE_HEADERS)
+    return event_stream(answer.events(user))

@@ -43,6 +43,11 @@ class Identity:
     key: auth.ApiKey | None = None
 
     @property
+    def key_id(self) -> str | None:
+        """The API key the request came with (None for a browser session)."""
+        return self.key.id if self.key else None
+
+    @property
     def is_manager(self) -> bool:
         return self.role in MANAGERS
 
@@ -173,7 +178,7 @@ def provide_me(
             raise NotAuthorizedException("Sign in, or send an API key with scope 'manage'.")
         if getattr(request.state, "waiting", None) is not None:
             raise LoginRequired(headers={"Location": "/invites"})
-        raise LoginRequired(headers={"Location": "/login?next=" + _local(path)})
+        raise LoginRequired(headers={"Location": "/login?next=" + local_path(path)})
     if identity.key is not None and identity.key.scope != "manage":
         raise NotAuthorizedException("This API key's scope does not allow this.")
     if identity.session is not None:
@@ -194,7 +199,7 @@ def provide_person(
     if person is None:
         if request.url.path.startswith("/api/"):
             raise NotAuthorizedException("Sign in first (invites are answered in a browser).")
-        raise LoginRequired(headers={"Location": "/login?next=" + _local(request.url.path)})
+        raise LoginRequired(headers={"Location": "/login?next=" + local_path(request.url.path)})
     _check_csrf(request, settings)
     request.state.person = person  # for the base layout's header
     return person
@@ -212,5 +217,14 @@ def provide_api_key(identity: NamedDependency[Identity | None]) -> Identity:
     return identity
 
 
-def _local(path: str) -> str:
-    return path if path.startswith("/") and not path.startswith("//") else "/"
+def local_path(target: str | None) -> str:
+    """``target`` when it is a path on this site (a redirect there stays here), else ``/``."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/"
+
+
+def client_address(request: Request) -> str:
+    # uvicorn has already replaced this with X-Forwarded-For when the peer is a trusted
+    # proxy (web.trusted_proxies); otherwise the header is ignored.
+    return request.client.host if request.client else "unknown"

@@ -19,13 +19,8 @@ from appliance.errors import InvalidInput, NotFound
 from appliance.privacy import erasure, export, policy
 from appliance.tasks import TaskQueue
 from appliance.web import flash
-from appliance.web.identity import Identity, Person, cookie_names
-
-
-def _safe_next(target: str | None) -> str:
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return "/"
+from appliance.web.identity import Identity, Person, client_address, local_path
+from appliance.web.signin import clear_session_cookie
 
 
 class Acceptance(msgspec.Struct):
@@ -89,13 +84,13 @@ class PrivacyPages(Controller):
         """What changed in the policy now in effect, and a button to accept it."""
         version = policy.pending(db, person.user.id, clock())
         if version is None:
-            return Redirect(_safe_next(next))
+            return Redirect(local_path(next))
         return Template(
             "privacy_accept.html",
             context={
                 "person": person,
                 "policy_version": version,
-                "next": _safe_next(next),
+                "next": local_path(next),
                 "blocks": policy.blocks(policy.text_of(db, version.version)),
             },
         )
@@ -110,11 +105,7 @@ class PrivacyPages(Controller):
     ) -> Redirect:
         """Record acceptance of the version in effect (400 when ``version`` is no number)."""
         policy.accept(db, person.user.id, data.version, clock())
-        return Redirect(_safe_next(data.next))
-
-
-def _client(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+        return Redirect(local_path(data.next))
 
 
 def send_deletion_code(
@@ -128,7 +119,7 @@ def send_deletion_code(
     """Email the owner a fresh one-time code that confirms deleting the account."""
     if not me.is_owner:
         raise NotFound("Only an owner can delete the account.")
-    attempt = auth.request_code(db, settings, me.user.email, _client(request), now)
+    attempt = auth.request_code(db, settings, me.user.email, client_address(request), now)
     queue.send_mail(
         "deletion_code",
         me.user.email,
@@ -149,7 +140,7 @@ def delete_account(
     """Check the code, then lock the account (erased by the next purge)."""
     if not me.is_owner:
         raise NotFound("Only an owner can delete the account.")
-    auth.verify_code(db, settings, attempt_id, me.user.email, code, _client(request), now)
+    auth.verify_code(db, settings, attempt_id, me.user.email, code, client_address(request), now)
     return erasure.request_deletion(
         db,
         settings,
@@ -297,8 +288,7 @@ class PrivacyApi(Controller):
         response = Response(
             {"status": "deleted", "erase_by": found.due_at, "account_id": found.account_id}
         )
-        response.delete_cookie(cookie_names(settings)["session"], path="/")
-        return response
+        return clear_session_cookie(response, settings)
 
 
 class MyDataPages(Controller):
@@ -378,9 +368,5 @@ class MyDataPages(Controller):
                 flashes=[("error", str(exc))],
                 status=400,
             )
-        response = Template(
-            "account_deleted.html",
-            context={"erase_by": found.due_at[:10]},
-        )
-        response.delete_cookie(cookie_names(settings)["session"], path="/")
-        return response
+        response = Template("account_deleted.html", context={"erase_by": found.due_at[:10]})
+        return clear_session_cookie(response, settings)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from appliance.inference.openai_schema import InvalidParam
+from appliance.web.sse import sse
 
 #: Fields refused whenever set, and why.
 REFUSED = {
@@ -216,7 +217,7 @@ async def events(
         nonlocal sequence
         sequence += 1
         payload = {"type": kind, "sequence_number": sequence, **data}
-        return f"event: {kind}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n"
+        return sse(payload, kind)
 
     started = _response(body, response_id, "", [], None, None, model)
     started.update(status="in_progress", output=[])

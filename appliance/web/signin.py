@@ -24,17 +24,11 @@ from appliance.errors import InvalidInput, NotFound, Throttled
 from appliance.privacy import policy
 from appliance.tasks import TaskQueue
 from appliance.web import flash
-from appliance.web.identity import Identity, cookie_names
+from appliance.web.identity import Identity, client_address, cookie_names, local_path
 
 SENT_MESSAGE = (
     "If this address can sign in here, a code is on its way. It is valid for {m} minutes."
 )
-
-
-def client_address(request: Request) -> str:
-    # uvicorn has already replaced this with X-Forwarded-For when the peer is a trusted
-    # proxy (web.trusted_proxies); otherwise the header is ignored.
-    return request.client.host if request.client else "unknown"
 
 
 def _attempt_cookie(attempt_id: str, email: str) -> str:
@@ -72,10 +66,60 @@ def _clear_cookie(response: Response, settings: Settings, name: str) -> None:
     response.delete_cookie(cookie_names(settings)[name], path="/")
 
 
-def _safe_next(target: str | None) -> str:
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return "/"
+def clear_session_cookie(response: Response, settings: Settings) -> Response:
+    """Forget the browser's session (revoking it on the server is the caller's part)."""
+    _clear_cookie(response, settings, "session")
+    return response
+
+
+def _start(
+    request: Request, db, settings: Settings, queue: TaskQueue, clock: Clock, email: str
+) -> str:
+    """Send a code to ``email``; returns the value of the attempt's cookie (the browser
+    that asked is the one that may answer)."""
+    attempt = signin.start(
+        db,
+        settings,
+        queue.send_signin_code,
+        email,
+        client_address(request),
+        clock(),
+        replaces=_read_attempt(request, settings)[0],
+    )
+    return _attempt_cookie(attempt, accounts.normalise_email(email))
+
+
+def _with_attempt(response: Response, settings: Settings, attempt: str) -> Response:
+    _set_cookie(response, settings, "signin", attempt, settings.auth.code_ttl_minutes * 60)
+    return response
+
+
+def _finish(request: Request, db, settings: Settings, clock: Clock, email: str, code: str):
+    """Check the code of the browser's attempt; returns (session token, user, account)."""
+    return signin.finish(
+        db,
+        settings,
+        _read_attempt(request, settings)[0],
+        email,
+        code,
+        client_address(request),
+        clock(),
+        replaces=request.cookies.get(cookie_names(settings)["session"]),
+    )
+
+
+def _signed_in(response: Response, settings: Settings, token: str) -> Response:
+    set_session_cookie(response, settings, token)
+    _clear_cookie(response, settings, "signin")
+    return response
+
+
+def _sign_out(request: Request, db, settings: Settings, clock: Clock, response: Response):
+    """Revoke the browser's session on the server, not only forget it."""
+    token = request.cookies.get(cookie_names(settings)["session"])
+    if token:
+        auth.revoke_session(db, token, clock())
+    return clear_session_cookie(response, settings)
 
 
 def _landing(db, me_account_id: str, role: str, clock: Clock) -> str:
@@ -102,26 +146,10 @@ class SignInApi(Controller):
         email = data.get("email") if isinstance(data, dict) else None
         if not isinstance(email, str):
             raise InvalidInput('Send {"email": "you@example.com"}.')
-        attempt = signin.start(
-            db,
-            settings,
-            queue.send_signin_code,
-            email,
-            client_address(request),
-            clock(),
-            replaces=_read_attempt(request, settings)[0],
-        )
-        normalised = accounts.normalise_email(email)
+        attempt = _start(request, db, settings, queue, clock, email)
         message = SENT_MESSAGE.format(m=settings.auth.code_ttl_minutes)
         response = Response({"status": "sent", "message": message}, status_code=202)
-        _set_cookie(
-            response,
-            settings,
-            "signin",
-            _attempt_cookie(attempt, normalised),
-            settings.auth.code_ttl_minutes * 60,
-        )
-        return response
+        return _with_attempt(response, settings, attempt)
 
     @post("/session", status_code=200, sync_to_thread=True)
     def create_session(
@@ -138,18 +166,8 @@ class SignInApi(Controller):
         accepted: the person accepts or declines each at ``/api/me/invites``."""
         if not isinstance(data, dict):
             raise auth.InvalidCode()
-        attempt_id, _ = _read_attempt(request, settings)
-        names = cookie_names(settings)
-        token, user, account = signin.finish(
-            db,
-            settings,
-            attempt_id,
-            str(data.get("email", "")),
-            str(data.get("code", "")),
-            client_address(request),
-            clock(),
-            replaces=request.cookies.get(names["session"]),
-        )
+        email, code = str(data.get("email", "")), str(data.get("code", ""))
+        token, user, account = _finish(request, db, settings, clock, email, code)
         response = Response(
             {
                 "user": {"id": user.id, "email": user.email},
@@ -158,11 +176,7 @@ class SignInApi(Controller):
                 "invites": [asdict(o) for o in accounts.invited(db, user, clock())],
             }
         )
-        _set_cookie(
-            response, settings, "session", token, settings.auth.session_absolute_hours * 3600
-        )
-        _clear_cookie(response, settings, "signin")
-        return response
+        return _signed_in(response, settings, token)
 
     @delete("/session", status_code=200, sync_to_thread=True)
     def end_session(
@@ -174,12 +188,7 @@ class SignInApi(Controller):
         clock: NamedDependency[Clock],
     ) -> Response:
         """Sign out: the session is revoked on the server, not only forgotten."""
-        token = request.cookies.get(cookie_names(settings)["session"])
-        if token:
-            auth.revoke_session(db, token, clock())
-        response = Response({"status": "signed out"})
-        _clear_cookie(response, settings, "session")
-        return response
+        return _sign_out(request, db, settings, clock, Response({"status": "signed out"}))
 
 
 class MeApi(Controller):
@@ -232,7 +241,7 @@ class SignInPages(Controller):
 
     @get("/login", sync_to_thread=False)
     def login_form(self, next: FromQuery[str] = "/") -> Template:
-        return Template("login.html", context={"next": _safe_next(next), "email": ""})
+        return Template("login.html", context={"next": local_path(next), "email": ""})
 
     @post("/login", sync_to_thread=True)
     def login_submit(
@@ -245,32 +254,16 @@ class SignInPages(Controller):
         clock: NamedDependency[Clock],
     ) -> Response:
         email = data.get("email", "")
-        target = _safe_next(data.get("next"))
+        target = local_path(data.get("next"))
         try:
-            attempt = signin.start(
-                db,
-                settings,
-                queue.send_signin_code,
-                email,
-                client_address(request),
-                clock(),
-                replaces=_read_attempt(request, settings)[0],
-            )
+            attempt = _start(request, db, settings, queue, clock, email)
         except (InvalidInput, Throttled) as exc:
             return Template(
                 "login.html",
                 context={"next": target, "email": email, "flashes": [("error", str(exc))]},
                 status_code=429 if isinstance(exc, Throttled) else 400,
             )
-        response = Redirect(f"/login/verify?next={target}")
-        _set_cookie(
-            response,
-            settings,
-            "signin",
-            _attempt_cookie(attempt, accounts.normalise_email(email)),
-            settings.auth.code_ttl_minutes * 60,
-        )
-        return response
+        return _with_attempt(Redirect(f"/login/verify?next={target}"), settings, attempt)
 
     @get("/login/verify", sync_to_thread=False)
     def verify_form(
@@ -282,7 +275,7 @@ class SignInPages(Controller):
         minutes = settings.auth.code_ttl_minutes
         return Template(
             "login_verify.html",
-            context={"email": email, "next": _safe_next(next), "minutes": minutes},
+            context={"email": email, "next": local_path(next), "minutes": minutes},
         )
 
     @post("/login/verify", sync_to_thread=True)
@@ -294,19 +287,11 @@ class SignInPages(Controller):
         settings: NamedDependency[Settings],
         clock: NamedDependency[Clock],
     ) -> Response:
-        attempt_id, email = _read_attempt(request, settings)
-        target = _safe_next(data.get("next"))
-        names = cookie_names(settings)
+        _, email = _read_attempt(request, settings)
+        target = local_path(data.get("next"))
         try:
-            token, user, account = signin.finish(
-                db,
-                settings,
-                attempt_id,
-                email,
-                data.get("code", ""),
-                client_address(request),
-                clock(),
-                replaces=request.cookies.get(names["session"]),
+            token, user, account = _finish(
+                request, db, settings, clock, email, data.get("code", "")
             )
         except auth.InvalidCode as exc:
             return Template(
@@ -328,12 +313,7 @@ class SignInPages(Controller):
         if policy.pending(db, user.id, clock()) is not None:
             # A changed privacy policy took effect: show it and record acceptance first.
             landing = "/privacy/accept?next=" + quote(landing, safe="/")
-        response = Redirect(landing)
-        _set_cookie(
-            response, settings, "session", token, settings.auth.session_absolute_hours * 3600
-        )
-        _clear_cookie(response, settings, "signin")
-        return response
+        return _signed_in(Redirect(landing), settings, token)
 
     @post("/logout", sync_to_thread=True)
     def logout(
@@ -343,12 +323,8 @@ class SignInPages(Controller):
         settings: NamedDependency[Settings],
         clock: NamedDependency[Clock],
     ) -> Response:
-        token = request.cookies.get(cookie_names(settings)["session"])
-        if token:
-            auth.revoke_session(db, token, clock())
         response = flash.redirect(request, "/login", "You are signed out.")
-        _clear_cookie(response, settings, "session")
-        return response
+        return _sign_out(request, db, settings, clock, response)
 
     @post("/account/switch", sync_to_thread=True)
     def switch(

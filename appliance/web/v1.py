@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import sqlite_utils
 from litestar import Controller, Request, Response, get, post
-from litestar.di import NamedDependency
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
@@ -39,6 +40,7 @@ from appliance.web.errors import (
     stream_error,
 )
 from appliance.web.identity import Identity
+from appliance.web.sse import event_stream, sse
 
 #: Request fields the web process handles itself; the rest go to the inference service,
 #: which checks them again with the same schema.
@@ -77,15 +79,11 @@ def _no_model(name: str) -> NotFound:
 
 
 def build_request(
-    db: sqlite_utils.Database,
-    settings: Settings,
-    client: InferenceClient,
-    key: Identity,
-    body: Any,
-    now,
+    caller: Caller, body: Any
 ) -> tuple[instances.Instance, chat.Composed, schema.ChatCompletionRequest]:
     """The instance, the request for the inference service (prompt assembled) and the
     checked request. Errors name the client's fields (``messages[i]`` as it sent them)."""
+    db, settings, key = caller.db, caller.settings, caller.api_key
     request = schema.decode(body, schema.ChatCompletionRequest)
     schema.check_chat(request, max_n=settings.inference.max_choices)
     messages = schema.clean_messages(request.messages)
@@ -101,11 +99,11 @@ def build_request(
     composed = chat.compose(
         db,
         settings,
-        client,
+        caller.inference,
         key.account.id,
         instance,
         conversation,
-        now,
+        caller.clock(),
         own_system="\n\n".join(own_system) if own_system else None,
         knowledge=options.get("knowledge", True) is not False,
         max_tokens=schema.max_tokens_of(request),
@@ -129,10 +127,51 @@ def _error(request: Request, exc: Exception) -> Response:
     return response
 
 
+@dataclass(frozen=True)
+class Caller:
+    """What a request to the model needs (the database, settings, inference, the API key's
+    identity and the clock) as one dependency of the controller."""
+
+    db: sqlite_utils.Database
+    settings: Settings
+    inference: InferenceClient
+    api_key: Identity
+    clock: Clock
+
+    async def run(
+        self, instance, payload: dict[str, Any], prompt_tokens: int, choices: int = 1
+    ) -> _Run:
+        """Reserve the most the request can cost, every choice's answer included (402 when
+        the credit or a spend cap does not cover it)."""
+        metered = await Metered.start(
+            self.db,
+            self.settings,
+            self.inference,
+            self.api_key.account.id,
+            self.api_key.key_id,
+            instance,
+            {**payload, "max_tokens": payload["max_tokens"] * choices},
+            self.clock,
+            prompt_tokens=prompt_tokens,
+        )
+        return _Run(metered, self.inference, payload, self.api_key.account.id, instance.name)
+
+
+def provide_caller(
+    db: NamedDependency[sqlite_utils.Database],
+    settings: NamedDependency[Settings],
+    inference: NamedDependency[InferenceClient],
+    api_key: NamedDependency[Identity],
+    clock: NamedDependency[Clock],
+) -> Caller:
+    return Caller(db, settings, inference, api_key, clock)
+
+
 class V1Api(Controller):
     path = "/v1"
     tags = ["v1"]
     exception_handlers = {ApplianceError: _error, HTTPException: _error, Exception: _error}
+    dependencies = {"caller": Provide(provide_caller, sync_to_thread=False)}
 
     @get("/models", sync_to_thread=True)
     def models(
@@ -163,60 +202,22 @@ class V1Api(Controller):
 
     @post("/chat/completions", status_code=200)
     async def chat_completions(
-        self,
-        request: Request,
-        api_key: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        inference: NamedDependency[InferenceClient],
-        clock: NamedDependency[Clock],
+        self, request: Request, caller: NamedDependency[Caller]
     ) -> Response | Stream:
         """A chat completion from one of the account's instances (streaming or not)."""
         body = await _json_body(request)
         instance, composed, checked = await anyio.to_thread.run_sync(
-            lambda: build_request(db, settings, inference, api_key, body, clock())
+            lambda: build_request(caller, body)
         )
-        n = checked.n or 1
-        payload, passages = composed.payload, composed.passages
+        passages = composed.passages
         request.state.instance_id = instance.id  # for the request log
-        store = await anyio.to_thread.run_sync(
-            lambda: _store_target(db, settings, clock, api_key, instance, body)
-        )
-        account_id = api_key.account.id
-        # Reserves the most this request can cost, every choice's answer included (402 when
-        # the credit does not cover it).
-        metered = await Metered.start(
-            db,
-            settings,
-            inference,
-            api_key.account.id,
-            api_key.key.id if api_key.key else None,
-            instance,
-            {**payload, "max_tokens": payload["max_tokens"] * n},
-            clock,
-            prompt_tokens=composed.prompt_tokens,
-        )
+        store = await anyio.to_thread.run_sync(lambda: _store_target(caller, instance, body))
+        run = await caller.run(instance, composed.payload, composed.prompt_tokens, checked.n or 1)
         if checked.stream:
             include_usage = bool(checked.stream_options and checked.stream_options.include_usage)
-            # Refused (429, 503)? Then with that status and Retry-After, not in a 200 stream.
-            chunks = await started(
-                metered.observe(inference).astream_chat(payload, account_id=account_id)
-            )
-            return Stream(
-                _relay(
-                    chunks,
-                    instance.name,
-                    include_usage,
-                    store,
-                    passages,
-                ),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        async with metered:
-            answer = await inference.achat(payload, account_id=account_id)
-            metered.usage = answer.get("usage")
-        answer["model"] = instance.name
+            chunks = await run.chunks()
+            return event_stream(_relay(chunks, instance.name, include_usage, store, passages))
+        answer = await run.answer()
         extra: dict[str, Any] = {}
         if passages:
             extra["passages"] = [_passage_json(p) for p in passages]
@@ -231,61 +232,26 @@ class V1Api(Controller):
 
     @post("/responses", status_code=200)
     async def responses(
-        self,
-        request: Request,
-        api_key: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        inference: NamedDependency[InferenceClient],
-        clock: NamedDependency[Clock],
+        self, request: Request, caller: NamedDependency[Caller]
     ) -> Response | Stream:
         """OpenAI's Responses API, stateless (appliance/web/responses.py): answered as a
         chat completion (system prompt, knowledge base, metering and all)."""
         body = await _json_body(request)
         converted = responses.chat_body(body)
         instance, composed, checked = await anyio.to_thread.run_sync(
-            lambda: build_request(db, settings, inference, api_key, converted, clock())
+            lambda: build_request(caller, converted)
         )
         request.state.instance_id = instance.id  # for the request log
-        payload = composed.payload
-        account_id = api_key.account.id
-        metered = await Metered.start(
-            db,
-            settings,
-            inference,
-            account_id,
-            api_key.key.id if api_key.key else None,
-            instance,
-            payload,
-            clock,
-            prompt_tokens=composed.prompt_tokens,
-        )
+        run = await caller.run(instance, composed.payload, composed.prompt_tokens)
         response_id = responses.new_id()
         if checked.stream:
-            # Refused (429, 503)? Then with that status and Retry-After, not in a 200 stream.
-            chunks = await started(
-                metered.observe(inference).astream_chat(payload, account_id=account_id)
-            )
-            return Stream(
-                responses.events(body, chunks, response_id, instance.name),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        async with metered:
-            answer = await inference.achat(payload, account_id=account_id)
-            metered.usage = answer.get("usage")
-        answer["model"] = instance.name
-        return Response(responses.response(body, answer, response_id))
+            chunks = await run.chunks()
+            return event_stream(responses.events(body, chunks, response_id, instance.name))
+        return Response(responses.response(body, await run.answer(), response_id))
 
     @post("/completions", status_code=200)
     async def completions(
-        self,
-        request: Request,
-        api_key: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        inference: NamedDependency[InferenceClient],
-        clock: NamedDependency[Clock],
+        self, request: Request, caller: NamedDependency[Caller]
     ) -> Response | Stream:
         """A legacy completion (``prompt`` in, text out) from one of the account's instances:
         the prompt as it is, without the instance's system prompt or knowledge base;
@@ -293,52 +259,26 @@ class V1Api(Controller):
         body = await _json_body(request)
         checked = schema.decode(body, schema.CompletionRequest)
         prompt = schema.completion_prompt(checked)
-        instance = await anyio.to_thread.run_sync(lambda: _instance(db, api_key, checked.model))
+        instance = await anyio.to_thread.run_sync(
+            lambda: _instance(caller.db, caller.api_key, checked.model)
+        )
         request.state.instance_id = instance.id  # for the request log
         payload = {k: v for k, v in body.items() if k != "model" and v is not None}
         payload = {"temperature": instance.temperature, "top_p": instance.top_p, **payload}
         payload.setdefault("max_tokens", 16)  # OpenAI's default for this endpoint
         counts = await anyio.to_thread.run_sync(
-            lambda: inference.count_tokens([prompt], model="chat")
+            lambda: caller.inference.count_tokens([prompt], model="chat")
         )
-        account_id = api_key.account.id
-        metered = await Metered.start(
-            db,
-            settings,
-            inference,
-            account_id,
-            api_key.key.id if api_key.key else None,
-            instance,
-            {**payload, "max_tokens": payload["max_tokens"] * (checked.n or 1)},
-            clock,
-            prompt_tokens=counts[0] if counts else len(prompt.encode()) // 2 + 1,
-        )
+        tokens = counts[0] if counts else len(prompt.encode()) // 2 + 1
+        run = await caller.run(instance, payload, tokens, checked.n or 1)
         if checked.stream:
             usage = bool(checked.stream_options and checked.stream_options.include_usage)
-            chunks = await started(
-                metered.observe(inference).astream_chat(payload, account_id=account_id, path=LEGACY)
-            )
-            return Stream(
-                _relay(chunks, instance.name, usage),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        async with metered:
-            answer = await inference.achat(payload, account_id=account_id, path=LEGACY)
-            metered.usage = answer.get("usage")
-        answer["model"] = instance.name
-        return Response(answer)
+            return event_stream(_relay(await run.chunks(path=LEGACY), instance.name, usage))
+        return Response(await run.answer(path=LEGACY))
 
     @post("/embeddings", status_code=200, sync_to_thread=True)
     def embeddings(
-        self,
-        request: Request,
-        data: JSONBody[Any],
-        api_key: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        inference: NamedDependency[InferenceClient],
-        clock: NamedDependency[Clock],
+        self, request: Request, data: JSONBody[Any], caller: NamedDependency[Caller]
     ) -> dict:
         """Embeddings from the appliance's embedding model (``model``: an instance name),
         metered like chat (402 past the credit or a spend cap). ``encoding_format``
@@ -346,19 +286,19 @@ class V1Api(Controller):
         ones, renormalised."""
         parsed = schema.decode(data, schema.EmbeddingRequest)
         texts = schema.embedding_texts(parsed)
-        instance = _instance(db, api_key, parsed.model)
+        instance = _instance(caller.db, caller.api_key, parsed.model)
         request.state.instance_id = instance.id  # for the request log
         if parsed.dimensions is not None and parsed.dimensions < 1:
             raise schema.InvalidParam("'dimensions' must be at least 1.", "dimensions")
         vectors, tokens = embed_metered(
-            db,
-            settings,
-            inference,
-            api_key.account.id,
-            api_key.key.id if api_key.key else None,
+            caller.db,
+            caller.settings,
+            caller.inference,
+            caller.api_key.account.id,
+            caller.api_key.key_id,
             instance,
             texts,
-            clock,
+            caller.clock,
         )
         return {
             "object": "list",
@@ -366,6 +306,33 @@ class V1Api(Controller):
             "data": schema.embedding_data(vectors, parsed),
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+
+
+class _Run:
+    """One request to the model under a hold: streamed or answered whole."""
+
+    def __init__(self, metered: Metered, inference: InferenceClient, payload, account_id, name):
+        self.metered = metered
+        self.inference = inference
+        self.payload = payload
+        self.account_id = account_id
+        self.name = name
+
+    async def chunks(self, **options: Any) -> AsyncIterator[dict[str, Any]]:
+        """The answer's chunks, once the model has started (refused with 429 or 503 and
+        Retry-After before that, not inside a 200 stream)."""
+        relayed = self.metered.observe(self.inference)
+        return await started(
+            relayed.astream_chat(self.payload, account_id=self.account_id, **options)
+        )
+
+    async def answer(self, **options: Any) -> dict[str, Any]:
+        """The whole answer, under the instance's name; what it used is settled."""
+        async with self.metered:
+            answer = await self.inference.achat(self.payload, account_id=self.account_id, **options)
+            self.metered.usage = answer.get("usage")
+        answer["model"] = self.name
+        return answer
 
 
 def _model_json(instance: instances.Instance, api_key: Identity) -> dict[str, Any]:
@@ -419,9 +386,7 @@ class _StoreTarget:
             db.close()
 
 
-def _store_target(
-    db, settings: Settings, clock: Clock, api_key: Identity, instance, body: dict
-) -> _StoreTarget | None:
+def _store_target(caller: Caller, instance, body: dict) -> _StoreTarget | None:
     """Checked ``appliance.store`` / ``appliance.conversation_id`` of a request."""
     options = body.get("appliance") or {}
     store = options.get("store", False)
@@ -434,8 +399,9 @@ def _store_target(
         )
     if not store:
         return None
+    api_key = caller.api_key
     if conversation_id is not None:
-        found = chat.get(db, api_key.account.id, api_key.user.id, conversation_id)
+        found = chat.get(caller.db, api_key.account.id, api_key.user.id, conversation_id)
         if found.instance_id != instance.id:
             raise NotFound("No such conversation on this instance.")
     messages = [
@@ -443,7 +409,7 @@ def _store_target(
         for m in schema.clean_messages(schema.decode(body, schema.ChatCompletionRequest).messages)
         if m.get("role") in ("user", "assistant")
     ]
-    return _StoreTarget(settings, api_key, instance, messages, conversation_id, clock)
+    return _StoreTarget(caller.settings, api_key, instance, messages, conversation_id, caller.clock)
 
 
 async def _relay(
@@ -470,9 +436,9 @@ async def _relay(
                 continue  # our client always asks for usage; OpenAI sends it only on request
             if "model" in chunk:
                 chunk["model"] = name
-            yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+            yield sse(chunk)
     except ApplianceError as exc:
-        yield f"data: {json.dumps({'error': stream_error(exc)})}\n\n"
+        yield sse({"error": stream_error(exc)})
     else:
         if store is not None:
             text = "".join(parts)
@@ -487,5 +453,5 @@ async def _relay(
                 "choices": [],
                 "appliance": {"conversation_id": conversation_id},
             }
-            yield f"data: {json.dumps(final)}\n\n"
-    yield "data: [DONE]\n\n"
+            yield sse(final)
+    yield sse("[DONE]")

@@ -117,6 +117,41 @@ function setUpExportPoll() {
   setTimeout(poll, 500);
 }
 
+// -- for the page scripts (chat.js, knowledge.js); the CSRF cookie's name is on their root
+// element (data-csrf-cookie).
+
+function csrfToken(cookieName) {
+  const prefix = cookieName + "=";
+  for (const part of document.cookie.split("; ")) {
+    if (part.startsWith(prefix)) return decodeURIComponent(part.slice(prefix.length));
+  }
+  return "";
+}
+
+// An element with text (inserted as text, never as HTML) and a class.
+function el(tag, text, cls) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = text;
+  if (cls) node.className = cls;
+  return node;
+}
+
+// A JSON API call (``body``: an object, or none); throws the API's error message.
+async function apiCall(cookieName, method, url, body) {
+  const response = await fetch(url, {
+    method,
+    headers: { "X-CSRFToken": csrfToken(cookieName), Accept: "application/json", "Content-Type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+    credentials: "same-origin",
+  });
+  let data = null;
+  try { data = await response.json(); } catch (_) { /* empty body */ }
+  if (!response.ok) {
+    throw new Error(data && data.error ? data.error.message : "Request failed (" + response.status + ")");
+  }
+  return data;
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   setUpMenu();
   setUpDrawers();

@@ -26,37 +26,9 @@
   // error, so that a reload shows both (a refused message is never stored).
   const key = (what) => "appliance-chat-" + what + "-" + (conversation || "new");
 
-  function csrf() {
-    const prefix = csrfName + "=";
-    for (const part of document.cookie.split("; ")) {
-      if (part.startsWith(prefix)) return decodeURIComponent(part.slice(prefix.length));
-    }
-    return "";
-  }
-
-  function el(tag, text, cls) {
-    const node = document.createElement(tag);
-    if (text !== undefined && text !== null) node.textContent = text;
-    if (cls) node.className = cls;
-    return node;
-  }
-
+  const csrf = () => csrfToken(csrfName);
+  const api = (method, url, body) => apiCall(csrfName, method, url, body);
   const number = (n) => Number(n).toLocaleString("en");
-
-  async function api(method, url, body) {
-    const response = await fetch(url, {
-      method,
-      headers: { "X-CSRFToken": csrf(), Accept: "application/json", "Content-Type": "application/json" },
-      body: body === undefined ? undefined : JSON.stringify(body),
-      credentials: "same-origin",
-    });
-    let data = null;
-    try { data = await response.json(); } catch (_) { /* empty body */ }
-    if (!response.ok) {
-      throw new Error(data && data.error ? data.error.message : "Request failed (" + response.status + ")");
-    }
-    return data;
-  }
 
   function showError(message, outOfCredit) {
     if (!errorBox) return;

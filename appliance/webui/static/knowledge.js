@@ -7,38 +7,8 @@
   const csrfName = root.dataset.csrfCookie;
   const maxBytes = Number(root.dataset.maxMb) * 1024 * 1024;
 
-  function csrf() {
-    const prefix = csrfName + "=";
-    for (const part of document.cookie.split("; ")) {
-      if (part.startsWith(prefix)) return decodeURIComponent(part.slice(prefix.length));
-    }
-    return "";
-  }
-
-  function el(tag, text, cls) {
-    const node = document.createElement(tag);
-    if (text !== undefined) node.textContent = text;
-    if (cls) node.className = cls;
-    return node;
-  }
-
-  async function api(method, url, body) {
-    const headers = { "X-CSRFToken": csrf(), Accept: "application/json" };
-    if (typeof body === "string") headers["Content-Type"] = "application/json";
-    const response = await fetch(url, {
-      method,
-      headers,
-      body,
-      credentials: "same-origin",
-    });
-    let data = null;
-    try { data = await response.json(); } catch (_) { /* empty body */ }
-    if (!response.ok) {
-      const message = data && data.error ? data.error.message : "Request failed (" + response.status + ")";
-      throw new Error(message);
-    }
-    return data;
-  }
+  const csrf = () => csrfToken(csrfName);
+  const api = (method, url, body) => apiCall(csrfName, method, url, body);
 
   // -- uploads -------------------------------------------------------------------------
   const input = document.getElementById("upload-input");
@@ -304,7 +274,7 @@
     const chosen = Array.from(box.closest("details").querySelectorAll("input:checked")).map((b) => b.value);
     try {
       await api("PUT", "/api/documents/" + encodeURIComponent(box.dataset.file) + "/collections",
-        JSON.stringify({ collections: chosen }));
+        { collections: chosen });
       await Promise.all([refresh(), loadCollections()]);
     } catch (error) {
       window.alert(error.message);
@@ -370,7 +340,7 @@
       event.preventDefault();
       const name = document.getElementById("collection-name");
       changeCollections(async () => {
-        await api("POST", "/api/collections", JSON.stringify({ name: name.value }));
+        await api("POST", "/api/collections", { name: name.value });
         name.value = "";
       });
     });
@@ -385,7 +355,7 @@
       const name = window.prompt("New name", known.get(target.dataset.rename).name);
       if (!name) return;
       changeCollections(() => api("PATCH", "/api/collections/" + encodeURIComponent(target.dataset.rename),
-        JSON.stringify({ name })));
+        { name }));
     }
   });
 
