@@ -43,7 +43,6 @@ target is missed; PASS/FAIL is in the table.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import math
@@ -63,38 +62,30 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # run as a plain script from a checkout
-    sys.path.insert(0, str(ROOT))
-
-from common import (  # noqa: E402  (scripts/bench/common.py)
+from common import (
+    bench_parser,
     busy_fraction,
     code_version,
     cpu_busy_seconds,
     cpu_model,
     flag_noise,
-    markdown_table,
+    own_cpu_seconds,
+    record_tables,
     text_table,
     wait_until_idle,
 )
-from inference import (  # noqa: E402  (scripts/bench/inference.py: shared helpers)
-    DOC_HEADER,
-    own_cpu_seconds,
-)
 
-from appliance.accounts import service as accounts  # noqa: E402
-from appliance.cli import initialise  # noqa: E402
-from appliance.config import Settings  # noqa: E402
-from appliance.db import open_db, write_transaction  # noqa: E402
-from appliance.inference import models  # noqa: E402
-from appliance.inference.base import physical_cores  # noqa: E402
-from appliance.inference.engine import load_engine  # noqa: E402
-from appliance.knowledge import chunking  # noqa: E402
-from appliance.knowledge import search as kb_search  # noqa: E402
-from appliance.knowledge.store import Chunk, Document, KnowledgeStore  # noqa: E402
+from appliance.accounts import service as accounts
+from appliance.cli import initialise
+from appliance.config import Settings
+from appliance.db import open_db, write_transaction
+from appliance.inference import models
+from appliance.inference.base import physical_cores
+from appliance.inference.engine import load_engine
+from appliance.knowledge import chunking
+from appliance.knowledge import search as kb_search
+from appliance.knowledge.store import Chunk, Document, KnowledgeStore
 
-DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Retrieval (scripts/bench/retrieval.py)"
 COLLECTION_SECTION = "## Retrieval on a test collection (scripts/bench/retrieval.py --collection)"
 
@@ -1321,27 +1312,11 @@ def target_rows(results: list[TierResult]) -> list[list[str]]:
     return rows
 
 
-def record(
-    setup, tables: list[tuple[str, list[str], list[list[str]]]], notes, title: str = SECTION
-) -> None:
-    existing = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
-    section = [title, "", markdown_table(["Setup", ""], setup), ""]
-    for title, header, rows in tables:
-        section += [title, "", markdown_table(header, rows), ""]
-    section += ["Notes:", "", *[f"- {note}" for note in notes], ""]
-    text = existing if existing else DOC_HEADER
-    if not text.endswith("\n"):
-        text += "\n"
-    text += "\n" + "\n".join(section)
-    DOC.write_text(text, encoding="utf-8")
-    print(f"\nappended to {DOC.relative_to(ROOT)}")
-
-
 # -- main --------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument(
         "--tiers",
         default=",".join(str(t) for t in TIERS),
@@ -1361,7 +1336,6 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="data dir with the models installed (default: a temporary one, set up here)",
     )
-    parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
     parser.add_argument(
         "--collection",
         choices=("cranfield",),
@@ -1537,7 +1511,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nNotes:\n" + "\n".join(f"- {note}" for note in notes))
     flag_noise(notes, busy_before, others_share)
     if args.record:
-        record(setup, tables, notes)
+        record_tables(SECTION, setup, tables, notes)
     return 0
 
 
@@ -1552,7 +1526,7 @@ def collection_main(args) -> int:
         print(f"\n{title}\n")
         print(text_table(header, rows))
     if args.record:
-        record(setup, tables, notes, COLLECTION_SECTION)
+        record_tables(COLLECTION_SECTION, setup, tables, notes)
     return 0
 
 
