@@ -72,6 +72,15 @@ def install_models(settings: Settings) -> None:
         models.install_defaults(settings, log=lambda message: print(f"  {message}"))
 
 
+def kept_data_dir(given: Path | None, name: str) -> Settings:
+    """Settings for the data dir given, else for one kept in the temporary directory
+    (``appliance-bench-NAME``: later runs reuse its models); with the bundled models."""
+    data_dir = given or Path(tempfile.gettempdir()) / f"appliance-bench-{name}"
+    settings = Settings.load(data_dir=data_dir, environ={})
+    install_models(settings)
+    return settings
+
+
 def prepare_data_dir(data_dir: Path) -> Settings:
     """Settings for ``data_dir``, initialised (once) and with the bundled models."""
     settings = Settings.load(data_dir=data_dir, environ={})
@@ -223,6 +232,7 @@ def machine_info() -> dict[str, str]:
         "python": platform.python_version(),
         "llama_cpp": llama_cpp.__version__,
         "gpu_offload": "yes" if gpu_offload_supported() else "no",
+        "commit": code_version(),
     }
 
 
