@@ -15,16 +15,15 @@ appends the table to docs/benchmarks.md.
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-from datetime import UTC, datetime
 from pathlib import Path
+
+from common import append_to_doc, bench_parser, markdown_table, run_stamp
 
 from appliance.cli import initialise
 from appliance.clock import utcnow
@@ -32,7 +31,6 @@ from appliance.config import Settings
 from appliance.db import open_db
 from appliance.ops import backup
 
-ROOT = Path(__file__).resolve().parents[2]
 WRITER = textwrap.dedent(
     """
     import sys, time
@@ -51,10 +49,9 @@ WRITER = textwrap.dedent(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--files-mb", type=int, default=50)
-    parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bench-backup-"))
@@ -103,21 +100,14 @@ def main() -> None:
         ("Writer commits/s, during the backup", f"{during:,.0f}"),
         ("Restore time (verify, extract, integrity_check)", f"{restore_took:.2f} s"),
     ]  # fmt: skip
-    lines = [
-        "",
+    blocks = (
         "## Backup under write load (scripts/bench/backup.py)",
-        "",
-        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.processor() or 'x86_64'}, "
-        f"{os.cpu_count()} logical cores, Python {platform.python_version()}.",
-        "",
-        "| Measurement | Value |",
-        "| --- | --- |",
-        *[f"| {name} | {value} |" for name, value in rows],
-    ]
-    print("\n".join(lines))
+        f"Run {run_stamp()}.",
+        markdown_table(["Measurement", "Value"], rows),
+    )
+    print("\n\n".join(blocks))
     if args.record:
-        with (ROOT / "docs" / "benchmarks.md").open("a") as out:
-            out.write("\n".join(lines) + "\n")
+        append_to_doc(*blocks)
 
 
 if __name__ == "__main__":

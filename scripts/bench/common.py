@@ -244,6 +244,15 @@ def run_stamp() -> str:
     )
 
 
+def date_and_machine() -> list[list[str]]:
+    """The first rows of a setup table, taken at the end of a run."""
+    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    return [
+        ["Date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")],
+        ["Machine", f"{cpu_model()}, {os.cpu_count()} CPUs; load average at the end {load}"],
+    ]
+
+
 def append_to_doc(*blocks: str) -> None:
     """Append a section to docs/benchmarks.md (started with its header if missing): the
     non-empty ``blocks`` (a heading, a paragraph, a table) separated by blank lines."""
@@ -362,3 +371,18 @@ def start_web(data_dir: Path) -> Service:
     """The web service on ``data_dir``, on a free port."""
     port = free_port()
     return start_appliance(data_dir, ["web", "--port", str(port)], port=port)
+
+
+def start_up(data_dir: Path) -> Service:
+    """``appliance up`` (web, worker, inference) on ``data_dir``, set up here with the
+    bundled models, the web and the inference service on free ports."""
+    prepare_data_dir(data_dir)
+    port = free_port()
+    return start_appliance(
+        data_dir,
+        ["up", "--port", str(port)],
+        port=port,
+        ready="/readyz",
+        limit=180,
+        APPLIANCE_INFERENCE__PORT=str(free_port()),
+    )

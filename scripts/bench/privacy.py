@@ -16,18 +16,23 @@ Prints one table; ``--record`` appends it to docs/benchmarks.md with the machine
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from common import (
+    append_to_doc,
+    bench_parser,
+    code_version,
+    cpu_model,
+    markdown_table,
+    setup_table,
+)
 from litestar.testing import TestClient
 from sqlite_utils.utils import sqlite3
 
@@ -54,10 +59,9 @@ def timed(fn):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = bench_parser(__doc__)
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--log-rows", type=int, default=100_000)
-    parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-privacy-"))
     settings = Settings.load(data_dir=root / "data", environ={})
@@ -193,46 +197,27 @@ def main() -> None:
     )
     db.close()
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    commit += " with uncommitted changes" if dirty else ""
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.machine(),
-    )
-    section = [
-        "## Privacy (scripts/bench/privacy.py)",
-        "",
-        "| Setup |  |",
-        "|---|---|",
-        f"| Date | {datetime.now(UTC):%Y-%m-%d %H:%M} UTC |",
-        f"| Code | {commit} |",
-        f"| Machine | {cpu}, {os.cpu_count()} logical cores, Python {sys.version.split()[0]}, "
-        f"SQLite {sqlite3.sqlite_version} |",
-        f"| Settings | privacy.purge_batch_size {settings.privacy.purge_batch_size}, "
-        "secure_delete on, WAL |",
-        "",
-        "| Measurement | Result |",
-        "|---|---|",
-        *[f"| {name} | {value} |" for name, value in rows],
-        "",
+    setup = [
+        ["Date", f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"],
+        ["Code", code_version()],
+        [
+            "Machine",
+            f"{cpu_model()}, {os.cpu_count()} logical cores, Python {sys.version.split()[0]}, "
+            f"SQLite {sqlite3.sqlite_version}",
+        ],
+        [
+            "Settings",
+            f"privacy.purge_batch_size {settings.privacy.purge_batch_size}, secure_delete on, WAL",
+        ],
     ]
-    print("\n".join(section))
+    blocks = (
+        "## Privacy (scripts/bench/privacy.py)",
+        setup_table(setup),
+        markdown_table(["Measurement", "Result"], rows),
+    )
+    print("\n\n".join(blocks))
     if args.record:
-        target = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
-        with target.open("a") as out:
-            out.write("\n" + "\n".join(section))
+        append_to_doc(*blocks)
 
 
 if __name__ == "__main__":

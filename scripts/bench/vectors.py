@@ -19,8 +19,6 @@ account's codes into RAM: that time is reported apart.
 
 from __future__ import annotations
 
-import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -30,31 +28,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from common import (  # noqa: E402  (scripts/bench/common.py)
-    cpu_model,
+from common import (
+    append_to_doc,
+    bench_parser,
+    date_and_machine,
     markdown_table,
+    setup_table,
     text_table,
 )
-from retrieval import (  # noqa: E402  (scripts/bench/retrieval.py)
-    DOC,
-    SEED,
-    build_corpus,
-    embed_corpus,
-)
+from retrieval import SEED, build_corpus, embed_corpus
 
-from appliance.accounts import service as accounts  # noqa: E402
-from appliance.cli import initialise  # noqa: E402
-from appliance.config import Settings  # noqa: E402
-from appliance.db import open_db, write_transaction  # noqa: E402
-from appliance.inference import models  # noqa: E402
-from appliance.inference.engine import load_engine  # noqa: E402
-from appliance.knowledge import codes  # noqa: E402
-from appliance.knowledge.store import Chunk, Document, KnowledgeStore  # noqa: E402
+from appliance.accounts import service as accounts
+from appliance.cli import initialise
+from appliance.config import Settings
+from appliance.db import open_db, write_transaction
+from appliance.inference import models
+from appliance.inference.engine import load_engine
+from appliance.knowledge import codes
+from appliance.knowledge.store import Chunk, Document, KnowledgeStore
 
 SECTION = "## Vector leg at scale (scripts/bench/vectors.py)"
 PER_DOC = 1000
@@ -92,13 +83,12 @@ def fill(db, account_id: str, vectors: np.ndarray, log) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--real", type=int, default=2000, help="passages embedded for real")
     parser.add_argument("--data-dir", type=Path, help="data dir with the models installed")
     parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: cores)")
-    parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     threads = {"inference.n_threads": args.threads} if args.threads else None
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -175,10 +165,8 @@ def main() -> int:
         "recall@10 of exact",
         "first search ms (loads codes)",
     ]
-    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     setup = [
-        ["Date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")],
-        ["Machine", f"{cpu_model()}, {os.cpu_count()} CPUs; load average at the end {load}"],
+        *date_and_machine(),
         [
             "Vectors",
             f"{args.real:,} real all-MiniLM-L6-v2 passages, the rest calibrated variants "
@@ -193,10 +181,7 @@ def main() -> int:
     print()
     print(text_table(header, rows))
     if args.record:
-        section = [SECTION, "", markdown_table(["Setup", ""], setup), ""]
-        section += [markdown_table(header, rows), ""]
-        DOC.write_text(DOC.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + "\n".join(section))
-        print(f"appended to {DOC.relative_to(ROOT)}")
+        append_to_doc(SECTION, setup_table(setup), markdown_table(header, rows))
     return 0
 
 
