@@ -181,6 +181,33 @@ def client(app):
         yield test_client
 
 
+def run_appliance(settings: Settings, *args: str, **popen) -> subprocess.Popen:
+    """``python -m appliance ARGS`` on ``settings``' data dir, in a session of its own, its
+    output discarded unless ``popen`` says otherwise."""
+    options = {
+        "stdout": subprocess.DEVNULL,
+        "stderr": subprocess.DEVNULL,
+        "start_new_session": True,
+        **popen,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "appliance", *args], env=service_env(settings), **options
+    )
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 15) -> int:
+    """SIGINT (the services' clean stop), SIGKILL if it still runs after ``timeout``
+    seconds; returns its exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 @dataclass
 class Service:
     """A running ``appliance`` child process."""
@@ -191,14 +218,7 @@ class Service:
     log_path: Path
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -318,13 +338,7 @@ def _live(settings: Settings) -> Iterator[Service]:
     from appliance import heartbeat
     from appliance.tasks import WORKER_SERVICE
 
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "appliance", "worker"],
-        env=service_env(settings),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    worker = run_appliance(settings, "worker")
 
     def worker_alive():
         database = open_db(settings)
@@ -342,11 +356,7 @@ def _live(settings: Settings) -> Iterator[Service]:
         finally:
             web.stop()
     finally:
-        worker.send_signal(signal.SIGINT)
-        try:
-            worker.wait(15)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop_process(worker)
 
 
 @pytest.fixture

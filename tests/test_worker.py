@@ -2,10 +2,9 @@
 
 import signal
 import subprocess
-import sys
 from datetime import UTC, datetime
 
-from conftest import service_env, wait_until
+from conftest import run_appliance, wait_until
 
 from appliance import heartbeat
 from appliance.db import open_db
@@ -23,12 +22,13 @@ def test_heartbeat_task_records_a_row(settings, db):
 
 
 def test_real_consumer_beats_and_stops_cleanly(settings):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "appliance", "worker"],
-        env=service_env(settings),
+    process = run_appliance(
+        settings,
+        "worker",
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=False,
     )
     try:
 
