@@ -208,6 +208,36 @@ def stop_process(process: subprocess.Popen, timeout: float = 15) -> int:
     return process.returncode
 
 
+def manage_client(settings: Settings, db, clock, email: str, name: str):
+    """A test client of a new web app (tasks run at once) that sends the manage key of a
+    new account ``name``'s owner ``email``; the account's id is ``client.account_id``."""
+    from litestar.testing import TestClient
+
+    from appliance.accounts import service as accounts
+    from appliance.auth import service as auth
+    from appliance.tasks import create_queue
+    from appliance.web import create_app
+
+    owner, account = accounts.create_user(db, email, clock(), account_name=name)
+    _, manage = auth.create_key(
+        db, user_id=owner.id, account_id=account.id, name="m", scope="manage", now=clock()
+    )
+    app = create_app(settings, clock=clock, queue=create_queue(settings, immediate=True))
+    client = TestClient(app)
+    client.headers["Authorization"] = f"Bearer {manage}"
+    client.account_id = account.id
+    return client
+
+
+@contextlib.contextmanager
+def managed_app(settings: Settings, models_dir: Path, db, clock) -> Iterator[tuple]:
+    """``manage_client`` for account "A" on ``settings`` with the models linked, open:
+    yields (app, account id, client)."""
+    link_models(settings, models_dir)
+    with manage_client(settings, db, clock, "owner@example.com", "A") as client:
+        yield client.app, client.account_id, client
+
+
 @dataclass
 class Service:
     """A running ``appliance`` child process."""

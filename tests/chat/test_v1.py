@@ -6,12 +6,11 @@ import json
 import openai
 import pydantic
 import pytest
+from conftest import managed_app
 from litestar.testing import TestClient
 
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth
-from appliance.tasks import create_queue
-from appliance.web import create_app
 
 pytestmark = pytest.mark.inference
 
@@ -20,17 +19,8 @@ FACT = b"# Project Zephyr\n\nThe launch code of Project Zephyr is PURPLE-OTTER-4
 
 @pytest.fixture
 def env(linked_settings, models_dir, db, clock):
-    from conftest import link_models
-
-    settings = linked_settings
-    link_models(settings, models_dir)  # the web reads the model registry it shares
-    app = create_app(settings, clock=clock, queue=create_queue(settings, immediate=True))
-    owner, account = accounts.create_user(db, "owner@example.com", clock(), account_name="A")
-    _, manage = auth.create_key(
-        db, user_id=owner.id, account_id=account.id, name="m", scope="manage", now=clock()
-    )
-    with TestClient(app) as client:
-        client.headers["Authorization"] = f"Bearer {manage}"
+    # The web reads the model registry it shares with the inference service.
+    with managed_app(linked_settings, models_dir, db, clock) as (app, _, client):
         created = client.post("/api/instances", json={"name": "assistant", "max_tokens": 48})
         assert created.status_code == 201, created.text
         other = client.post("/api/instances", json={"name": "other"}).json()
