@@ -238,6 +238,42 @@ def managed_app(settings: Settings, models_dir: Path, db, clock) -> Iterator[tup
         yield client.app, client.account_id, client
 
 
+def indexed_document(db, settings, clock, account, user, name, text, vector=(0.1, 0.2, 0.3, 0.4)):
+    """A document uploaded and indexed as ingestion would leave it (one chunk, a 4-d
+    vector; no model runs)."""
+    from appliance.knowledge import service as knowledge
+    from appliance.knowledge.store import Chunk, KnowledgeStore
+
+    doc = knowledge.add_document(
+        db, settings, account.id, user.id, name, io.BytesIO(text.encode()), clock()
+    ).document
+    store = KnowledgeStore(db)
+    store.ensure_vectors(4, "test")
+    with db.conn:
+        store.add_chunks(doc.id, account.id, [Chunk(0, text, None, "", 10)], [list(vector)])
+        store.set_status(
+            doc.id, "ready", "2026-11-27T09:00:00+00:00", chunks_total=1, chunks_done=1
+        )
+    return doc
+
+
+def stored_document(db, account_id: str, doc_id: str, chunks: list, vectors: list) -> None:
+    """A ready document with these chunks and vectors, written straight into the
+    knowledge store (no file, no ingestion)."""
+    from appliance.db import write_transaction
+    from appliance.knowledge.store import Document, KnowledgeStore
+
+    store = KnowledgeStore(db)
+    store.ensure_vectors(len(vectors[0]), "test")
+    now = "2026-11-27T09:00:00+00:00"
+    with write_transaction(db):
+        store.insert_document(
+            Document(doc_id, account_id, None, f"{doc_id}.txt", "txt", 1, doc_id, "ready",
+                     None, len(chunks), len(chunks), "test", now, now)
+        )  # fmt: skip
+        store.add_chunks(doc_id, account_id, chunks, vectors)
+
+
 @dataclass
 class Service:
     """A running ``appliance`` child process."""

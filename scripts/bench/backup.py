@@ -18,14 +18,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from pathlib import Path
 
-from common import append_to_doc, bench_parser, markdown_table, run_stamp
+from common import append_to_doc, bench_parser, fresh_settings, markdown_table, run_stamp
 
-from appliance.cli import initialise
 from appliance.clock import utcnow
 from appliance.config import Settings
 from appliance.db import open_db
@@ -54,9 +51,8 @@ def main() -> None:
     parser.add_argument("--files-mb", type=int, default=50)
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="bench-backup-"))
-    settings = Settings.load(data_dir=root / "data", environ={})
-    initialise(settings)
+    settings = fresh_settings("backup")
+    root = settings.paths.data_dir.parent
     db = open_db(settings)
     with db.atomic():
         db.conn.executemany(

@@ -59,18 +59,17 @@ import openai
 from common import (
     bench_data_dir,
     bench_parser,
-    busy_fraction,
+    busy_at_start,
     code_version,
     cpu_busy_seconds,
     flag_noise,
     machine_info,
     own_cpu_seconds,
     percentile,
+    print_tables,
     record_tables,
     start_inference,
     start_web,
-    text_table,
-    wait_until_idle,
 )
 from retrieval import build_corpus, embed_corpus, ingest_tier
 
@@ -553,7 +552,7 @@ NOTES = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = bench_parser(__doc__)
+    parser = bench_parser(__doc__, wait_idle=True)
     parser.add_argument("--chunks", type=int, default=CHUNKS, help="chunks in the main KB")
     parser.add_argument(
         "--small-chunks", type=int, default=SMALL_CHUNKS, help="chunks in the compose-only KB"
@@ -561,13 +560,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real", type=int, default=REAL, help="passages embedded for real")
     parser.add_argument("--requests", type=int, default=REQUESTS, help="timed requests a mode")
     parser.add_argument("--compose-runs", type=int, default=COMPOSE_RUNS)
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=0,
-        metavar="SECONDS",
-        help="first wait up to SECONDS for other processes to leave the CPUs (shared boxes)",
-    )
     args = parser.parse_args(argv)
     questions_needed = WARMUP + args.requests
     if args.small_chunks and args.small_chunks <= questions_needed:
@@ -580,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, flush=True)
 
-    busy_before = wait_until_idle(args.wait_idle) if args.wait_idle > 0 else busy_fraction(1.0)
+    busy_before = busy_at_start(args)
     load_before = os.getloadavg()
     started = time.perf_counter()
     machine_busy0, own0 = cpu_busy_seconds(), own_cpu_seconds()
@@ -735,9 +727,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nResults ({date}; {elapsed:.0f} s in all)\n")
     width = max(len(name) for name, _ in setup)
     print("\n".join(f"{name.ljust(width)}  {value}" for name, value in setup))
-    for title, header, rows in tables:
-        print(f"\n{title}\n")
-        print(text_table(header, rows))
+    print_tables(tables)
     notes = list(NOTES)
     flag_noise(notes, busy_before, others_share)
     if args.record:

@@ -50,10 +50,18 @@ NOISY_SHARE = 0.05
 # -- command line and data dir ---------------------------------------------------------------
 
 
-def bench_parser(doc: str, *, data_dir: bool = False, record: bool = True):
+def bench_parser(doc: str, *, data_dir: bool = False, record: bool = True, wait_idle: bool = False):
     """An ``ArgumentParser`` described by the first paragraph of the script's docstring,
-    with ``--data-dir`` and ``--record`` where the script takes them."""
+    with ``--data-dir``, ``--record`` and ``--wait-idle`` where the script takes them."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    if wait_idle:
+        parser.add_argument(
+            "--wait-idle",
+            type=float,
+            default=0,
+            metavar="SECONDS",
+            help="first wait up to SECONDS for other processes to leave the CPUs (shared boxes)",
+        )
     if data_dir:
         parser.add_argument(
             "--data-dir",
@@ -78,6 +86,15 @@ def kept_data_dir(given: Path | None, name: str) -> Settings:
     data_dir = given or Path(tempfile.gettempdir()) / f"appliance-bench-{name}"
     settings = Settings.load(data_dir=data_dir, environ={})
     install_models(settings)
+    return settings
+
+
+def fresh_settings(name: str) -> Settings:
+    """Settings for a new, initialised data dir ``data`` in a new temporary directory
+    ``bench-NAME-*`` (left for the script to use and remove)."""
+    root = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    settings = Settings.load(data_dir=root / "data", environ={})
+    initialise(settings)
     return settings
 
 
@@ -171,6 +188,12 @@ def wait_until_idle(limit: float, threshold: float = 0.15) -> float:
     return busy
 
 
+def busy_at_start(args: argparse.Namespace) -> float:
+    """Share of the CPUs busy before the run: after waiting ``--wait-idle`` seconds at most
+    for other processes to calm down, if it was given."""
+    return wait_until_idle(args.wait_idle) if args.wait_idle > 0 else busy_fraction(1.0)
+
+
 def flag_noise(notes: list[str], busy_before: float, others_share: float) -> None:
     """Warn (and put the warning first in ``notes``) when other processes used more than
     ``NOISY_SHARE`` of the CPUs just before or during the run."""
@@ -203,21 +226,14 @@ def cpu_model() -> str:
 
 def code_version() -> str:
     """The checkout's commit, and whether it has local changes (read-only git calls)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return f"{commit}" + (" with uncommitted changes" if dirty else "")
@@ -262,12 +278,22 @@ def append_to_doc(*blocks: str) -> None:
     print(f"\nappended to {DOC.relative_to(ROOT)}")
 
 
+def print_tables(tables: list[tuple[str, list[str], list[list]]]) -> None:
+    """Each (caption, header, rows) table as text, under its caption."""
+    for caption, header, rows in tables:
+        print(f"\n{caption}\n" if caption else "")
+        print(text_table(header, rows))
+
+
 def record_tables(
     title: str, setup: list[list], tables: list[tuple[str, list[str], list[list]]], notes=()
 ) -> None:
     """Append a section: ``title``, the setup table, each (caption, header, rows) table
     under its caption, and the notes."""
-    captioned = (f"{caption}\n\n{markdown_table(header, rows)}" for caption, header, rows in tables)
+    captioned = (
+        f"{caption}\n\n{markdown_table(header, rows)}" if caption else markdown_table(header, rows)
+        for caption, header, rows in tables
+    )
     append_to_doc(title, setup_table(setup), *captioned, notes_block(notes) if notes else "")
 
 

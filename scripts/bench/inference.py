@@ -35,7 +35,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -46,7 +46,7 @@ from common import (
     append_to_doc,
     bench_data_dir,
     bench_parser,
-    busy_fraction,
+    busy_at_start,
     code_version,
     cpu_busy_seconds,
     flag_noise,
@@ -59,7 +59,6 @@ from common import (
     setup_table,
     start_inference,
     text_table,
-    wait_until_idle,
 )
 
 from appliance import vault
@@ -241,58 +240,63 @@ def _stream_result(
     )
 
 
-def service_stream(client: httpx.Client, body: dict, account: str | None = None) -> StreamResult:
-    """One streaming chat completion through the service, timed on the client side."""
-    payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
-    headers = {ACCOUNT_HEADER: account} if account else {}
-    parts: list[str] = []
-    usage = None
-    t_first = None
-    t_last = 0.0
-    t0 = time.perf_counter()
-    with client.stream("POST", "/v1/chat/completions", json=payload, headers=headers) as reply:
-        if not reply.is_success:
-            reply.read()
-            raise RuntimeError(f"chat request failed: {reply.status_code} {reply.text[:300]}")
-        for line in reply.iter_lines():
-            if not line.startswith("data: "):
-                continue
-            data = line[6:]
-            if data == "[DONE]":
-                break
-            chunk = json.loads(data)
-            if "error" in chunk:
-                raise RuntimeError(f"chat stream failed: {chunk['error']}")
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            for choice in chunk.get("choices", ()):
-                content = choice.get("delta", {}).get("content")
-                if content:
-                    now = time.perf_counter()
-                    t_first = now if t_first is None else t_first
-                    t_last = now
-                    parts.append(content)
-    t_end = time.perf_counter()
-    tokens = (usage or {}).get("completion_tokens", len(parts))
-    return _stream_result(t0, t_first, t_last, t_end, tokens, "".join(parts), usage)
-
-
-def direct_stream(llama, messages: list[dict], max_tokens: int) -> StreamResult:
-    """The same request through ``llama_cpp.Llama.create_chat_completion`` in-process."""
+def _timed_text(
+    contents: Iterable[str | None],
+) -> tuple[float, float | None, float, float, list[str]]:
+    """Consume ``contents`` (empty for chunks without text), timed: when it started, when
+    the first and the last text came, when it ended, and the texts."""
     parts: list[str] = []
     t_first = None
     t_last = 0.0
     t0 = time.perf_counter()
-    for chunk in llama.create_chat_completion(
-        messages=messages, temperature=0.0, max_tokens=max_tokens, seed=SEED, stream=True
-    ):
-        content = chunk["choices"][0]["delta"].get("content")
+    for content in contents:
         if content:
             now = time.perf_counter()
             t_first = now if t_first is None else t_first
             t_last = now
             parts.append(content)
-    t_end = time.perf_counter()
+    return t0, t_first, t_last, time.perf_counter(), parts
+
+
+def service_stream(client: httpx.Client, body: dict, account: str | None = None) -> StreamResult:
+    """One streaming chat completion through the service, timed on the client side."""
+    payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    headers = {ACCOUNT_HEADER: account} if account else {}
+    usage: dict = {}
+
+    def contents() -> Iterator[str | None]:
+        with client.stream("POST", "/v1/chat/completions", json=payload, headers=headers) as reply:
+            if not reply.is_success:
+                reply.read()
+                raise RuntimeError(f"chat request failed: {reply.status_code} {reply.text[:300]}")
+            for line in reply.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[6:]
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    raise RuntimeError(f"chat stream failed: {chunk['error']}")
+                usage.update(chunk.get("usage") or {})
+                for choice in chunk.get("choices", ()):
+                    yield choice.get("delta", {}).get("content")
+
+    t0, t_first, t_last, t_end, parts = _timed_text(contents())
+    tokens = usage.get("completion_tokens", len(parts))
+    return _stream_result(t0, t_first, t_last, t_end, tokens, "".join(parts), usage)
+
+
+def direct_stream(llama, messages: list[dict], max_tokens: int) -> StreamResult:
+    """The same request through ``llama_cpp.Llama.create_chat_completion`` in-process."""
+
+    def contents() -> Iterator[str | None]:  # the request starts inside the timing
+        for chunk in llama.create_chat_completion(
+            messages=messages, temperature=0.0, max_tokens=max_tokens, seed=SEED, stream=True
+        ):
+            yield chunk["choices"][0]["delta"].get("content")
+
+    t0, t_first, t_last, t_end, parts = _timed_text(contents())
     text = "".join(parts)
     # llama-cpp-python's stream carries no usage: count the tokens of the answer.
     tokens = len(llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
@@ -763,7 +767,7 @@ NOTES = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = bench_parser(__doc__, data_dir=True)
+    parser = bench_parser(__doc__, data_dir=True, wait_idle=True)
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement (median)")
     parser.add_argument(
         "--max-tokens", type=int, default=CHAT_MAX_TOKENS, help="tokens per chat answer"
@@ -778,13 +782,6 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --record, record even a run that other processes disturbed heavily",
     )
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=0,
-        metavar="SECONDS",
-        help="first wait up to SECONDS for other processes to leave the CPUs (shared boxes)",
-    )
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -796,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
     # A SIGTERM must still run the finally blocks that stop the child service.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
-    busy_before = wait_until_idle(args.wait_idle) if args.wait_idle > 0 else busy_fraction(1.0)
+    busy_before = busy_at_start(args)
     if busy_before > 0.15:
         print(f"warning: the machine is {busy_before:.0%} busy before the start: noisy numbers")
     started = time.perf_counter()

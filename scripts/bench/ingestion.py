@@ -37,13 +37,11 @@ from pathlib import Path
 
 from common import (
     ROOT,
-    append_to_doc,
     bench_parser,
     date_and_machine,
-    markdown_table,
-    setup_table,
+    print_tables,
+    record_tables,
     start_inference,
-    text_table,
 )
 
 from appliance.accounts import service as accounts
@@ -248,18 +246,15 @@ def main() -> int:
                 f"{pdf['chunks'] / pdf['seconds']:.0f}",
             ]
         )
-    print()
-    print(text_table(header, rows))
+    tables = [("", header, rows)]
+    print_tables(tables)
     if args.record:
         setup = [
             *date_and_machine(),
             ["Worker code", code + (f" (interpreter {args.python})" if args.python else "")],
-            [
-                "Inference",
-                f"bundled models, n_threads {args.inference_threads or 'default'}",
-            ],
+            ["Inference", f"bundled models, n_threads {args.inference_threads or 'default'}"],
         ]
-        append_to_doc(SECTION, setup_table(setup), markdown_table(header, rows))
+        record_tables(SECTION, setup, tables)
     return 0
 
 

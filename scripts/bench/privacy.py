@@ -20,16 +20,15 @@ import io
 import os
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from common import (
     append_to_doc,
     bench_parser,
     code_version,
     cpu_model,
+    fresh_settings,
     markdown_table,
     setup_table,
 )
@@ -37,9 +36,7 @@ from litestar.testing import TestClient
 from sqlite_utils.utils import sqlite3
 
 from appliance.accounts import service as accounts
-from appliance.cli import initialise
 from appliance.clock import iso
-from appliance.config import Settings
 from appliance.db import open_db, write_transaction
 from appliance.ids import new_id
 from appliance.knowledge import service as knowledge
@@ -63,9 +60,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--log-rows", type=int, default=100_000)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="bench-privacy-"))
-    settings = Settings.load(data_dir=root / "data", environ={})
-    initialise(settings)
+    settings = fresh_settings("privacy")
     rows = []
 
     # Request log: one row on a fresh connection, and a whole request through the app.

@@ -64,15 +64,14 @@ from pathlib import Path
 import numpy as np
 from common import (
     bench_parser,
-    busy_fraction,
+    busy_at_start,
     code_version,
     cpu_busy_seconds,
     cpu_model,
     flag_noise,
     own_cpu_seconds,
+    print_tables,
     record_tables,
-    text_table,
-    wait_until_idle,
 )
 
 from appliance.accounts import service as accounts
@@ -1316,7 +1315,7 @@ def target_rows(results: list[TierResult]) -> list[list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = bench_parser(__doc__)
+    parser = bench_parser(__doc__, wait_idle=True)
     parser.add_argument(
         "--tiers",
         default=",".join(str(t) for t in TIERS),
@@ -1360,13 +1359,6 @@ def main(argv: list[str] | None = None) -> int:
         help="inference.n_threads for the service (1 on a box shared with other work: "
         "llama.cpp's threads spin-wait for each other and slow down when oversubscribed)",
     )
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=0,
-        metavar="SECONDS",
-        help="first wait up to SECONDS for other processes to leave the CPUs (shared boxes)",
-    )
     args = parser.parse_args(argv)
     if args.collection:
         return collection_main(args)
@@ -1387,7 +1379,7 @@ def main(argv: list[str] | None = None) -> int:
         print(message, flush=True)
 
     threads = {"inference.n_threads": args.inference_threads} if args.inference_threads else None
-    busy_before = wait_until_idle(args.wait_idle) if args.wait_idle > 0 else busy_fraction(1.0)
+    busy_before = busy_at_start(args)
     if busy_before > 0.15:
         log(f"warning: the machine is {busy_before:.0%} busy before the start: noisy numbers")
     started = time.perf_counter()
@@ -1504,9 +1496,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nResults ({date}; {elapsed:.0f} s in all)\n")
     width = max(len(name) for name, _ in setup)
     print("\n".join(f"{name.ljust(width)}  {value}" for name, value in setup))
-    for title, header, rows in tables:
-        print(f"\n{title}\n")
-        print(text_table(header, rows))
+    print_tables(tables)
     notes = build_notes(results, emb, corpus)
     print("\nNotes:\n" + "\n".join(f"- {note}" for note in notes))
     flag_noise(notes, busy_before, others_share)
@@ -1522,9 +1512,7 @@ def collection_main(args) -> int:
         print(message, flush=True)
 
     setup, tables, notes = collection.run(args, log)
-    for title, header, rows in tables:
-        print(f"\n{title}\n")
-        print(text_table(header, rows))
+    print_tables(tables)
     if args.record:
         record_tables(COLLECTION_SECTION, setup, tables, notes)
     return 0

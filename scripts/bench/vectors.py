@@ -29,12 +29,10 @@ from pathlib import Path
 
 import numpy as np
 from common import (
-    append_to_doc,
     bench_parser,
     date_and_machine,
-    markdown_table,
-    setup_table,
-    text_table,
+    print_tables,
+    record_tables,
 )
 from retrieval import SEED, build_corpus, embed_corpus
 
@@ -178,10 +176,10 @@ def main() -> int:
             f"codes.QUANTIZED_ABOVE {codes.QUANTIZED_ABOVE:,}, codes.RESCORE {codes.RESCORE}",
         ],
     ]
-    print()
-    print(text_table(header, rows))
+    tables = [("", header, rows)]
+    print_tables(tables)
     if args.record:
-        append_to_doc(SECTION, setup_table(setup), markdown_table(header, rows))
+        record_tables(SECTION, setup, tables)
     return 0
 
 

@@ -28,7 +28,6 @@ noisy, the ratios less so because the two alternate.
 from __future__ import annotations
 
 import contextlib
-import statistics
 import sys
 import threading
 import time
@@ -319,59 +318,34 @@ def main(argv: list[str] | None = None) -> int:
         load = (cpu_busy_seconds() - busy0) / elapsed / 2
         rss = {t.name: llama_server.rss_bytes(t.pid) / 2**20 for t in targets}
 
-    med = statistics.median
-    s, p = results["service"], results["llama-server"]
+    n = args.streams
+    # (measurement, key in the results, statistic, scale, format, unit)
+    measures = [
+        ("one stream TTFT", "ttft1", 50, 1000, ".1f", "ms"),
+        ("one stream decode", "tps1", 50, 1, ".1f", "tok/s"),
+        ("one stream inter-token p50", "gaps", 50, 1000, ".1f", "ms"),
+        ("one stream inter-token p95", "gaps", 95, 1000, ".1f", "ms"),
+        (f"{n} streams aggregate", "agg", 50, 1, ".1f", "tok/s"),
+        (f"{n} streams TTFT p50", "ttftN", 50, 1000, ".1f", "ms"),
+        (f"{n} streams TTFT p95", "ttftN", 95, 1000, ".1f", "ms"),
+        (f"late arrival TTFT ({n - 1} running)", "late", 50, 1000, ".1f", "ms"),
+        (
+            f"prefill, {results['service']['prompt_tokens'][0]}-token prompt",
+            "prefill",
+            50,
+            1,
+            ".0f",
+            "tok/s",
+        ),
+    ]
     rows = []
 
     def row(name: str, a: float, b: float, fmt: str, unit: str) -> None:
         rows.append([name, f"{a:{fmt}} {unit}", f"{b:{fmt}} {unit}", f"{a / b:.2f}"])
 
-    row("one stream TTFT", med(s["ttft1"]) * 1000, med(p["ttft1"]) * 1000, ".1f", "ms")
-    row("one stream decode", med(s["tps1"]), med(p["tps1"]), ".1f", "tok/s")
-    row(
-        "one stream inter-token p50",
-        percentile(s["gaps"], 50) * 1000,
-        percentile(p["gaps"], 50) * 1000,
-        ".1f",
-        "ms",
-    )
-    row(
-        "one stream inter-token p95",
-        percentile(s["gaps"], 95) * 1000,
-        percentile(p["gaps"], 95) * 1000,
-        ".1f",
-        "ms",
-    )
-    n = args.streams
-    row(f"{n} streams aggregate", med(s["agg"]), med(p["agg"]), ".1f", "tok/s")
-    row(
-        f"{n} streams TTFT p50",
-        percentile(s["ttftN"], 50) * 1000,
-        percentile(p["ttftN"], 50) * 1000,
-        ".1f",
-        "ms",
-    )
-    row(
-        f"{n} streams TTFT p95",
-        percentile(s["ttftN"], 95) * 1000,
-        percentile(p["ttftN"], 95) * 1000,
-        ".1f",
-        "ms",
-    )
-    row(
-        f"late arrival TTFT ({n - 1} running)",
-        med(s["late"]) * 1000,
-        med(p["late"]) * 1000,
-        ".1f",
-        "ms",
-    )
-    row(
-        f"prefill, {s['prompt_tokens'][0]}-token prompt",
-        med(s["prefill"]),
-        med(p["prefill"]),
-        ".0f",
-        "tok/s",
-    )
+    for name, key, q, scale, fmt, unit in measures:
+        ours, theirs = (percentile(results[t][key], q) * scale for t in ("service", "llama-server"))
+        row(name, ours, theirs, fmt, unit)
     row("RSS at the end", rss["service"], rss["llama-server"], ".0f", "MiB")
     header = ["measurement", "inference service", "llama-server", "ratio"]
     print()
