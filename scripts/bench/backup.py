@@ -21,7 +21,13 @@ import sys
 import textwrap
 import time
 
-from common import append_to_doc, bench_parser, fresh_settings, markdown_table, run_stamp
+from common import (
+    bench_parser,
+    fresh_settings,
+    markdown_table,
+    print_and_record,
+    run_stamp,
+)
 
 from appliance.clock import utcnow
 from appliance.config import Settings
@@ -101,9 +107,7 @@ def main() -> None:
         f"Run {run_stamp()}.",
         markdown_table(["Measurement", "Value"], rows),
     )
-    print("\n\n".join(blocks))
-    if args.record:
-        append_to_doc(*blocks)
+    print_and_record(args.record, *blocks)
 
 
 if __name__ == "__main__":

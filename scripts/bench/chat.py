@@ -68,6 +68,7 @@ from common import (
     percentile,
     print_tables,
     record_tables,
+    run_main,
     start_inference,
     start_web,
 )
@@ -736,8 +737,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

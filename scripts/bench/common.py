@@ -73,6 +73,16 @@ def bench_parser(doc: str, *, data_dir: bool = False, record: bool = True, wait_
     return parser
 
 
+def run_main(main) -> None:
+    """Exit with what ``main()`` returns; on Ctrl-C with 130, once its ``finally`` blocks
+    have stopped the child services."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
+
+
 def install_models(settings: Settings) -> None:
     """Install the bundled models into ``settings``' data dir unless they are there."""
     registry = models.load_registry(settings)
@@ -258,6 +268,13 @@ def run_stamp() -> str:
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, code {code_version()}, {cpu_model()}, "
         f"{os.cpu_count()} logical cores, Python {platform.python_version()}"
     )
+
+
+def print_and_record(record: bool, *blocks: str) -> None:
+    """Print the section's ``blocks``; append them to docs/benchmarks.md if ``record``."""
+    print("\n\n".join(block for block in blocks if block))
+    if record:
+        append_to_doc(*blocks)
 
 
 def date_and_machine() -> list[list[str]]:

@@ -56,6 +56,7 @@ from common import (
     own_cpu_seconds,
     percentile,
     rss_mb,
+    run_main,
     setup_table,
     start_inference,
     text_table,
@@ -906,8 +907,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # the service was stopped on the way out
-        print("\ninterrupted", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

@@ -24,12 +24,12 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from common import (
-    append_to_doc,
     bench_parser,
     code_version,
     cpu_model,
     fresh_settings,
     markdown_table,
+    print_and_record,
     setup_table,
 )
 from litestar.testing import TestClient
@@ -210,9 +210,7 @@ def main() -> None:
         setup_table(setup),
         markdown_table(["Measurement", "Result"], rows),
     )
-    print("\n\n".join(blocks))
-    if args.record:
-        append_to_doc(*blocks)
+    print_and_record(args.record, *blocks)
 
 
 if __name__ == "__main__":

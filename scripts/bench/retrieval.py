@@ -72,6 +72,7 @@ from common import (
     own_cpu_seconds,
     print_tables,
     record_tables,
+    run_main,
 )
 
 from appliance.accounts import service as accounts
@@ -1664,8 +1665,4 @@ def build_notes(results: list[TierResult], emb: Embedded, corpus: Corpus) -> lis
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)
