@@ -87,6 +87,16 @@ def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
         server.server_close()
 
 
+def read_db(settings: Settings, read):
+    """``read(db)`` on a connection of its own, closed after (for polling what another
+    process writes)."""
+    db = open_db(settings)
+    try:
+        return read(db)
+    finally:
+        db.close()
+
+
 def make_settings(data_dir: Path, **overrides) -> Settings:
     """Settings for ``data_dir``, isolated from the developer's environment."""
     return Settings.load(data_dir=data_dir, environ={}, overrides=overrides)
@@ -407,11 +417,7 @@ def _live(settings: Settings) -> Iterator[Service]:
     worker = run_appliance(settings, "worker")
 
     def worker_alive():
-        database = open_db(settings)
-        try:
-            return heartbeat.last_beat(database, WORKER_SERVICE)
-        finally:
-            database.close()
+        return read_db(settings, lambda db: heartbeat.last_beat(db, WORKER_SERVICE))
 
     try:
         wait_until(worker_alive, timeout=30, what="the worker's first heartbeat")

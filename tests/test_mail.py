@@ -75,14 +75,20 @@ def test_signin_code_renders_text_and_html(settings):
     assert "Privacy policy: http://127.0.0.1:8000/privacy" in message.text
 
 
-def test_invite_escapes_html_but_not_text(settings):
-    message = mail.compose(
+def invite(settings, account_name: str, inviter_email: str, link: str):
+    return mail.compose(
         settings,
         "invite",
         ADDRESS,
-        account_name="<b>x</b>",
-        inviter_email="grace@example.com",
-        link="http://127.0.0.1:8000/signin?invite=abc",
+        account_name=account_name,
+        inviter_email=inviter_email,
+        link=link,
+    )
+
+
+def test_invite_escapes_html_but_not_text(settings):
+    message = invite(
+        settings, "<b>x</b>", "grace@example.com", "http://127.0.0.1:8000/signin?invite=abc"
     )
     assert "&lt;b&gt;x&lt;/b&gt;" in message.html
     assert "<b>x</b>" not in message.html
@@ -93,21 +99,12 @@ def test_invite_escapes_html_but_not_text(settings):
 
 
 def test_invite_without_inviter(settings):
-    message = mail.compose(
-        settings, "invite", ADDRESS, account_name="Acme", inviter_email="", link="http://x/"
-    )
+    message = invite(settings, "Acme", "", "http://x/")
     assert 'You have been invited to join the team "Acme"' in message.text
 
 
 def test_subject_is_one_line_even_with_newlines_in_values(settings):
-    message = mail.compose(
-        settings,
-        "invite",
-        ADDRESS,
-        account_name="Acme\r\nBcc: eve@example.com",
-        inviter_email="",
-        link="http://127.0.0.1:8000/signin",
-    )
+    message = invite(settings, "Acme\r\nBcc: eve@example.com", "", "http://127.0.0.1:8000/signin")
     assert "\n" not in message.subject and "\r" not in message.subject
     assert message.subject == message.subject.strip()
     assert message.subject == "You're invited to join Acme Bcc: eve@example.com on Private AI"

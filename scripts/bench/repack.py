@@ -32,14 +32,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from common import (
-    append_to_doc,
     bench_parser,
     kept_data_dir,
     load_average,
     machine_info,
-    markdown_table,
-    setup_table,
-    text_table,
+    print_tables,
+    record_tables,
     wait_until_idle,
 )
 
@@ -226,10 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{statistics.median(timings):.1f} s wall (median of 3; min {min(timings):.1f} s, "
         f"max {max(timings):.1f} s), bundled models, repacking off"
     )
-    print()
-    print(text_table(header, rows))
-    print()
-    print(text_table(embed_header, embed_rows))
+    tables = [("", header, rows), ("", embed_header, embed_rows)]
+    print_tables(tables)
     print(f"\nself-test: {self_test}\nload average after: {load_after}")
     if args.record:
         setup = [
@@ -248,13 +244,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{busy:.0%} / {load_before}, {load_after}",
             ],
         ]
-        append_to_doc(
-            SECTION,
-            setup_table(setup),
-            markdown_table(header, rows),
-            markdown_table(embed_header, embed_rows),
-            f"Model self-test (`appliance models self-test`, a child process): {self_test}.",
-        )
+        notes = [f"Model self-test (`appliance models self-test`, a child process): {self_test}."]
+        record_tables(SECTION, setup, tables, notes)
     return 0
 
 

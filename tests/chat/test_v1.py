@@ -97,30 +97,15 @@ def test_knowledge_is_retrieved_and_cited(env):
     upload = manage.post("/api/documents", files={"file": ("zephyr.md", io.BytesIO(FACT))})
     assert upload.status_code == 202
     http = TestClient(env["app"])
-    response = http.post(
-        "/v1/chat/completions",
-        json={
-            "model": "assistant",
-            "messages": [{"role": "user", "content": "What is the launch code of Project Zephyr?"}],
-            "max_tokens": 24,
-            "temperature": 0,
-        },
-        headers={"Authorization": f"Bearer {env['free']}"},
-    )
+    http.headers["Authorization"] = f"Bearer {env['free']}"
+    question = [{"role": "user", "content": "What is the launch code of Project Zephyr?"}]
+    on = {"model": "assistant", "messages": question, "max_tokens": 24, "temperature": 0}
+    response = http.post("/v1/chat/completions", json=on)
     assert response.status_code == 200, response.text
     passages = response.json()["appliance"]["passages"]
     assert passages[0]["filename"] == "zephyr.md"
-    off = http.post(
-        "/v1/chat/completions",
-        json={
-            "model": "assistant",
-            "messages": [{"role": "user", "content": "What is the launch code of Project Zephyr?"}],
-            "max_tokens": 4,
-            "appliance": {"knowledge": False},
-        },
-        headers={"Authorization": f"Bearer {env['free']}"},
-    )
-    assert "appliance" not in off.json()
+    off = {**on, "max_tokens": 4, "appliance": {"knowledge": False}}
+    assert "appliance" not in http.post("/v1/chat/completions", json=off).json()
 
 
 def test_errors_are_openai_shaped(env):
