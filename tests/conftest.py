@@ -87,6 +87,15 @@ def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
         server.server_close()
 
 
+def in_threads(targets: list, timeout: float | None = None) -> None:
+    """Call each of ``targets`` in a thread of its own, all at once; wait for them all."""
+    threads = [threading.Thread(target=target) for target in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+
+
 def read_db(settings: Settings, read):
     """``read(db)`` on a connection of its own, closed after (for polling what another
     process writes)."""

@@ -6,7 +6,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import make_settings
+from conftest import in_threads, make_settings
 
 from appliance.accounts import service as accounts
 from appliance.billing import ledger, meter, service
@@ -109,11 +109,7 @@ def test_parallel_reservations_pass_exactly_as_many_as_covered(settings, on, clo
         finally:
             conn.close()
 
-    threads = [threading.Thread(target=one) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    in_threads([one] * 20)
     assert results.count("ok") == 5 and results.count("402") == 15
 
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 from billing_support import billing_config, stripe_standin  # noqa: F401 - fixture
-from conftest import make_settings, managed_app
+from conftest import in_threads, make_settings, managed_app
 from litestar.testing import TestClient
 
 from appliance.billing import ledger, service
@@ -63,11 +63,7 @@ def test_parallel_requests_against_a_balance_for_five(v1_app, stripe_standin, db
             barrier.wait()
             responses.append(ask(app, key["key"], http))
 
-        threads = [threading.Thread(target=one) for _ in range(20)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        in_threads([one] * 20)
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200] * 5 + [402] * 15, [r.text for r in responses if r.status_code != 402]
     refused = next(r for r in responses if r.status_code == 402).json()

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import make_settings, wait_until
+from conftest import in_threads, make_settings, wait_until
 
 from appliance.errors import ApplianceError
 from appliance.inference import models
@@ -610,11 +610,7 @@ def test_the_service_batches_and_reports_its_steps(inference_service, inference_
         def ask() -> None:
             answers.append(api.post("/v1/chat/completions", json=body))
 
-        threads = [threading.Thread(target=ask) for _ in range(3)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
+        in_threads([ask] * 3, 120)
         with api.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as sse:
             events = [line for line in sse.iter_lines() if line.startswith("data: ")]
         health = api.get("/healthz").json()
