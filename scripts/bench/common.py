@@ -108,6 +108,20 @@ def fresh_settings(name: str) -> Settings:
     return settings
 
 
+def models_settings(given: Path | None, scratch: Path, overrides: dict | None = None) -> Settings:
+    """Settings (with ``overrides``) for the data dir given, whose models are installed,
+    else for a new one in ``scratch`` that gets the bundled models here."""
+    if given:
+        return Settings.load(
+            data_dir=given.expanduser().absolute(), environ={}, overrides=overrides
+        )
+    settings = Settings.load(data_dir=scratch / "models", environ={}, overrides=overrides)
+    print(f"data dir {settings.paths.data_dir} (temporary: installing the models)")
+    initialise(settings)
+    install_models(settings)
+    return settings
+
+
 def prepare_data_dir(data_dir: Path) -> Settings:
     """Settings for ``data_dir``, initialised (once) and with the bundled models."""
     settings = Settings.load(data_dir=data_dir, environ={})
@@ -312,6 +326,13 @@ def record_tables(
         for caption, header, rows in tables
     )
     append_to_doc(title, setup_table(setup), *captioned, notes_block(notes) if notes else "")
+
+
+def report_tables(record: bool, title: str, setup: list[list], tables, notes=()) -> None:
+    """Print the tables; with ``record``, append them as a section (``record_tables``)."""
+    print_tables(tables)
+    if record:
+        record_tables(title, setup, tables, notes)
 
 
 def setup_table(rows: list[list]) -> str:

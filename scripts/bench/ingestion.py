@@ -39,8 +39,7 @@ from common import (
     ROOT,
     bench_parser,
     date_and_machine,
-    print_tables,
-    record_tables,
+    report_tables,
     start_inference,
 )
 
@@ -246,15 +245,12 @@ def main() -> int:
                 f"{pdf['chunks'] / pdf['seconds']:.0f}",
             ]
         )
-    tables = [("", header, rows)]
-    print_tables(tables)
-    if args.record:
-        setup = [
-            *date_and_machine(),
-            ["Worker code", code + (f" (interpreter {args.python})" if args.python else "")],
-            ["Inference", f"bundled models, n_threads {args.inference_threads or 'default'}"],
-        ]
-        record_tables(SECTION, setup, tables)
+    setup = [
+        *date_and_machine(),
+        ["Worker code", code + (f" (interpreter {args.python})" if args.python else "")],
+        ["Inference", f"bundled models, n_threads {args.inference_threads or 'default'}"],
+    ]
+    report_tables(args.record, SECTION, setup, [("", header, rows)])
     return 0
 
 

@@ -69,9 +69,11 @@ from common import (
     cpu_busy_seconds,
     cpu_model,
     flag_noise,
+    models_settings,
     own_cpu_seconds,
     print_tables,
     record_tables,
+    report_tables,
     run_main,
 )
 
@@ -79,7 +81,6 @@ from appliance.accounts import service as accounts
 from appliance.cli import initialise
 from appliance.config import Settings
 from appliance.db import open_db, write_transaction
-from appliance.inference import models
 from appliance.inference.base import physical_cores
 from appliance.inference.engine import load_engine
 from appliance.knowledge import chunking
@@ -1388,14 +1389,7 @@ def main(argv: list[str] | None = None) -> int:
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-retrieval-")))
-        if args.data_dir:
-            model_dir = args.data_dir.expanduser().absolute()
-            settings = Settings.load(data_dir=model_dir, environ={}, overrides=threads)
-        else:
-            settings = Settings.load(data_dir=work / "models", environ={}, overrides=threads)
-            log(f"data dir {settings.paths.data_dir} (temporary: installing the models)")
-            initialise(settings)
-            models.install_defaults(settings, log=lambda message: log(f"  {message}"))
+        settings = models_settings(args.data_dir, work, threads)
         engine = load_engine(settings).embedding
         model_id = engine.model.id
 
@@ -1513,9 +1507,7 @@ def collection_main(args) -> int:
         print(message, flush=True)
 
     setup, tables, notes = collection.run(args, log)
-    print_tables(tables)
-    if args.record:
-        record_tables(COLLECTION_SECTION, setup, tables, notes)
+    report_tables(args.record, COLLECTION_SECTION, setup, tables, notes)
     return 0
 
 

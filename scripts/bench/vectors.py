@@ -31,8 +31,8 @@ import numpy as np
 from common import (
     bench_parser,
     date_and_machine,
-    print_tables,
-    record_tables,
+    models_settings,
+    report_tables,
 )
 from retrieval import SEED, build_corpus, embed_corpus
 
@@ -40,7 +40,6 @@ from appliance.accounts import service as accounts
 from appliance.cli import initialise
 from appliance.config import Settings
 from appliance.db import open_db, write_transaction
-from appliance.inference import models
 from appliance.inference.engine import load_engine
 from appliance.knowledge import codes
 from appliance.knowledge.store import Chunk, Document, KnowledgeStore
@@ -96,14 +95,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench-vectors-"))
     try:
-        if args.data_dir:
-            model_settings = Settings.load(
-                data_dir=args.data_dir.absolute(), environ={}, overrides=threads
-            )
-        else:
-            model_settings = Settings.load(data_dir=work / "models", environ={}, overrides=threads)
-            initialise(model_settings)
-            models.install_defaults(model_settings, log=lambda m: log(f"  {m}"))
+        model_settings = models_settings(args.data_dir, work, threads)
         engine = load_engine(model_settings).embedding
         corpus = build_corpus(SEED, sizes[-1], args.queries, args.real)
         log(f"embedding {args.real} passages and {args.queries} queries, deriving the rest")
@@ -176,10 +168,7 @@ def main() -> int:
             f"codes.QUANTIZED_ABOVE {codes.QUANTIZED_ABOVE:,}, codes.RESCORE {codes.RESCORE}",
         ],
     ]
-    tables = [("", header, rows)]
-    print_tables(tables)
-    if args.record:
-        record_tables(SECTION, setup, tables)
+    report_tables(args.record, SECTION, setup, [("", header, rows)])
     return 0
 
 
