@@ -383,6 +383,29 @@ def live_web(settings) -> Iterator[Service]:
     service.stop()
 
 
+def browser_sign_in(context, db, settings: Settings, user_id: str, account_id: str, url: str):
+    """Give the browser ``context`` a session of ``user_id`` in ``account_id`` at ``url``."""
+    from appliance.auth import service as auth
+    from appliance.clock import utcnow
+
+    token = auth.create_session(db, settings, user_id, account_id, utcnow())
+    context.add_cookies([{"name": "session", "value": token, "url": url}])
+
+
+def ask_with_sources(page, url: str, question: str):
+    """Ask ``question`` in a new chat at ``url``; once answered, its sources (opened)."""
+    page.goto(url + "/chat")
+    page.get_by_label("Message").fill(question)
+    page.get_by_role("button", name="Send").click()
+    page.wait_for_url("**/chat/conv_*")
+    answer = page.locator("article.msg-assistant").first
+    answer.locator(".msg-meta").wait_for(timeout=60_000)
+    sources = answer.locator("details.sources")
+    if sources.get_attribute("open") is None:  # opened by itself only when [n] was cited
+        sources.locator("summary").click()
+    return sources
+
+
 @pytest.fixture(scope="module")
 def browser():
     """Chromium for one test module: Playwright's sync API keeps an event loop running

@@ -2,10 +2,9 @@
 remove only their own uploads, and collections (create, file a document)."""
 
 import pytest
-from conftest import indexed_document
+from conftest import browser_sign_in, indexed_document
 
 from appliance.accounts import service as accounts
-from appliance.auth import service as auth
 from appliance.clock import utcnow
 from appliance.db import open_db
 from appliance.knowledge import service as knowledge
@@ -15,8 +14,7 @@ pytestmark = pytest.mark.browser
 
 def signed_in(browser, service, settings, db, user, account):
     context = browser.new_context()
-    token = auth.create_session(db, settings, user.id, account.id, utcnow())
-    context.add_cookies([{"name": "session", "value": token, "url": service.url}])
+    browser_sign_in(context, db, settings, user.id, account.id, service.url)
     return context.new_page()
 
 
