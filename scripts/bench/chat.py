@@ -57,14 +57,13 @@ from unittest import mock
 import httpx
 import openai
 from common import (
+    OthersLoad,
     bench_data_dir,
     bench_parser,
     busy_at_start,
     code_version,
-    cpu_busy_seconds,
     flag_noise,
     machine_info,
-    own_cpu_seconds,
     percentile,
     print_tables,
     record_tables,
@@ -575,8 +574,7 @@ def main(argv: list[str] | None = None) -> int:
 
     busy_before = busy_at_start(args)
     load_before = os.getloadavg()
-    started = time.perf_counter()
-    machine_busy0, own0 = cpu_busy_seconds(), own_cpu_seconds()
+    others = OthersLoad()
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     with contextlib.ExitStack() as stack:
         settings = bench_data_dir(stack, None)
@@ -678,9 +676,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             via_web.close()
             direct.close()
-    elapsed = time.perf_counter() - started
-    others = (cpu_busy_seconds() - machine_busy0) - (own_cpu_seconds() - own0)
-    others_share = max(0.0, others) / (elapsed * (os.cpu_count() or 1))
+    elapsed, others_share = others.elapsed(), others.share()
     load_after = os.getloadavg()
 
     setup = [

@@ -186,6 +186,23 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+class OthersLoad:
+    """Started now: how long ago, and what share of all CPUs other processes have used
+    since (beyond this process and its reaped children, e.g. a stopped service)."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self._machine = cpu_busy_seconds()
+        self._own = own_cpu_seconds()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def share(self) -> float:
+        others = (cpu_busy_seconds() - self._machine) - (own_cpu_seconds() - self._own)
+        return max(0.0, others) / (self.elapsed() * (os.cpu_count() or 1))
+
+
 def cpu_busy_seconds() -> float:
     """CPU-seconds the whole machine spent busy since boot (all CPUs; steal counts as busy)."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]

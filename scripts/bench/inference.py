@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import signal
 import statistics
@@ -43,17 +42,16 @@ from typing import Any
 import httpx
 import numpy as np
 from common import (
+    OthersLoad,
     append_to_doc,
     bench_data_dir,
     bench_parser,
     busy_at_start,
     code_version,
-    cpu_busy_seconds,
     flag_noise,
     machine_info,
     markdown_table,
     notes_block,
-    own_cpu_seconds,
     percentile,
     rss_mb,
     run_main,
@@ -797,8 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     busy_before = busy_at_start(args)
     if busy_before > 0.15:
         print(f"warning: the machine is {busy_before:.0%} busy before the start: noisy numbers")
-    started = time.perf_counter()
-    machine_busy0, own0 = cpu_busy_seconds(), own_cpu_seconds()
+    others = OthersLoad()
     with contextlib.ExitStack() as stack:
         settings = bench_data_dir(stack, args.data_dir)
         key = vault.read_secret(settings, "inference_key")
@@ -853,10 +850,8 @@ def main(argv: list[str] | None = None) -> int:
             client.close()
             service.stop()
 
-    elapsed = time.perf_counter() - started
     # Whatever the CPUs did beyond this process and the service: other tenants' noise.
-    others = (cpu_busy_seconds() - machine_busy0) - (own_cpu_seconds() - own0)
-    others_share = max(0.0, others) / (elapsed * (os.cpu_count() or 1))
+    elapsed, others_share = others.elapsed(), others.share()
     rows = build_rows(chat, conv, conc, emb)
     threads = engine_cfg.get("n_threads", settings.inference.n_threads or physical_cores())
     setup = [

@@ -63,14 +63,13 @@ from pathlib import Path
 
 import numpy as np
 from common import (
+    OthersLoad,
     bench_parser,
     busy_at_start,
     code_version,
-    cpu_busy_seconds,
     cpu_model,
     flag_noise,
     models_settings,
-    own_cpu_seconds,
     print_tables,
     record_tables,
     report_tables,
@@ -1384,8 +1383,7 @@ def main(argv: list[str] | None = None) -> int:
     busy_before = busy_at_start(args)
     if busy_before > 0.15:
         log(f"warning: the machine is {busy_before:.0%} busy before the start: noisy numbers")
-    started = time.perf_counter()
-    machine_busy0, own0 = cpu_busy_seconds(), own_cpu_seconds()
+    others = OthersLoad()
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-retrieval-")))
@@ -1432,9 +1430,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         del engine
 
-    elapsed = time.perf_counter() - started
-    others = (cpu_busy_seconds() - machine_busy0) - (own_cpu_seconds() - own0)
-    others_share = max(0.0, others) / (elapsed * (os.cpu_count() or 1))
+    elapsed, others_share = others.elapsed(), others.share()
     kinds = {k: sum(q.kind == k for q in corpus.queries) for k, _ in QUERY_KINDS}
     setup = [
         ["Date", date],
