@@ -26,6 +26,12 @@ def only(settings: Settings, *backends: str, **overrides) -> Settings:
     return settings.replace(**{"mail.backends": backends}, **overrides)
 
 
+def to_local_smtp(settings: Settings, *backends: str, port: int, **overrides) -> Settings:
+    """``only`` these backends, SMTP going to ``port`` on the loopback, unencrypted."""
+    local = {"mail.smtp_host": "127.0.0.1", "mail.smtp_port": port, "mail.smtp_security": "none"}
+    return only(settings, *backends, **local, **overrides)
+
+
 class RecordingHandler:
     """An aiosmtpd handler that keeps every envelope, optionally refusing recipients."""
 
@@ -218,15 +224,8 @@ def test_console_backend_prints_the_message(settings, capsys):
 
 def test_smtp_backend_sends_to_a_real_server(settings, smtp_server):
     controller, handler = smtp_server
-    settings = only(
-        settings,
-        "smtp",
-        **{
-            "mail.smtp_host": "127.0.0.1",
-            "mail.smtp_port": controller.port,
-            "mail.smtp_security": "none",
-            "mail.smtp_timeout_seconds": 5.0,
-        },
+    settings = to_local_smtp(
+        settings, "smtp", port=controller.port, **{"mail.smtp_timeout_seconds": 5.0}
     )
     assert mail.deliver(settings, signin_mail(settings)) == ["smtp"]
     assert len(handler.envelopes) == 1
@@ -239,14 +238,12 @@ def test_smtp_backend_sends_to_a_real_server(settings, smtp_server):
 
 
 def test_unreachable_smtp_fails_but_file_still_delivers(settings):
-    settings = only(
+    settings = to_local_smtp(
         settings,
         "smtp",
         "file",
+        port=free_port(),  # nothing listens there
         **{
-            "mail.smtp_host": "127.0.0.1",
-            "mail.smtp_port": free_port(),  # nothing listens there
-            "mail.smtp_security": "none",
             "mail.smtp_user": "ada",
             "mail.smtp_password": "hunter2-secret",
             "mail.smtp_timeout_seconds": 5.0,
@@ -271,15 +268,7 @@ def test_refused_recipient_is_not_named_in_the_error(settings):
     controller = Controller(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
     try:
-        settings = only(
-            settings,
-            "smtp",
-            **{
-                "mail.smtp_host": "127.0.0.1",
-                "mail.smtp_port": controller.port,
-                "mail.smtp_security": "none",
-            },
-        )
+        settings = to_local_smtp(settings, "smtp", port=controller.port)
         with pytest.raises(mail.MailError) as caught:
             mail.deliver(settings, signin_mail(settings))
     finally:
@@ -292,16 +281,7 @@ def test_refused_recipient_is_not_named_in_the_error(settings):
 
 def test_failed_backends_can_be_retried_alone(settings, smtp_server):
     controller, handler = smtp_server
-    settings = only(
-        settings,
-        "file",
-        "smtp",
-        **{
-            "mail.smtp_host": "127.0.0.1",
-            "mail.smtp_port": controller.port,
-            "mail.smtp_security": "none",
-        },
-    )
+    settings = to_local_smtp(settings, "file", "smtp", port=controller.port)
     assert mail.deliver(settings, signin_mail(settings), backends=["smtp"]) == ["smtp"]
     assert len(handler.envelopes) == 1
     assert mail.outbox_messages(settings) == []
