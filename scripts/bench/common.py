@@ -90,6 +90,16 @@ def install_models(settings: Settings) -> None:
         models.install_defaults(settings, log=lambda message: print(f"  {message}"))
 
 
+def share_models(settings: Settings, models_data_dir: Path) -> None:
+    """Point ``settings``' (empty) models directory at the models of another data dir."""
+    if settings.paths.models.is_dir():
+        settings.paths.models.rmdir()  # initialise made it empty
+    settings.paths.models.symlink_to(
+        Settings.load(data_dir=models_data_dir.absolute(), environ={}).paths.models,
+        target_is_directory=True,
+    )
+
+
 def kept_data_dir(given: Path | None, name: str) -> Settings:
     """Settings for the data dir given, else for one kept in the temporary directory
     (``appliance-bench-NAME``: later runs reuse its models); with the bundled models."""

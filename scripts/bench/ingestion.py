@@ -40,6 +40,7 @@ from common import (
     bench_parser,
     date_and_machine,
     report_tables,
+    share_models,
     start_inference,
 )
 
@@ -136,11 +137,7 @@ def run(files: list[tuple[str, bytes]], args, log) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench-ingestion-"))
     settings = Settings.load(data_dir=work, environ={})
     initialise(settings)
-    settings.paths.models.rmdir()
-    settings.paths.models.symlink_to(
-        Settings.load(data_dir=args.data_dir.absolute(), environ={}).paths.models,
-        target_is_directory=True,
-    )
+    share_models(settings, args.data_dir)
     env: dict[str, str] = {}
     if args.inference_threads:
         env["APPLIANCE_INFERENCE__N_THREADS"] = str(args.inference_threads)
