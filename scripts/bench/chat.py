@@ -61,7 +61,7 @@ from common import (
     bench_data_dir,
     bench_parser,
     busy_at_start,
-    code_version,
+    date_code_machine,
     flag_noise,
     machine_info,
     percentile,
@@ -680,9 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()
 
     setup = [
-        ["Date", date],
-        ["Code", code_version()],
-        ["Machine", f"{machine['cpu']}, {machine['cores']} cores, Python {machine['python']}"],
+        *date_code_machine(date, machine),
         [
             "Load",
             f"uptime load average {load_before[0]:.2f} / {load_before[1]:.2f} / "

@@ -303,6 +303,15 @@ def machine_info() -> dict[str, str]:
     }
 
 
+def date_code_machine(date: str, machine: dict[str, str]) -> list[list[str]]:
+    """The first rows of a setup table: the date, the code and ``machine_info()``."""
+    return [
+        ["Date", date],
+        ["Code", code_version()],
+        ["Machine", f"{machine['cpu']}, {machine['cores']} cores, Python {machine['python']}"],
+    ]
+
+
 def run_stamp() -> str:
     """When, on which code and on what machine: the first line of a recorded section."""
     return (

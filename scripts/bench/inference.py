@@ -47,7 +47,7 @@ from common import (
     bench_data_dir,
     bench_parser,
     busy_at_start,
-    code_version,
+    date_code_machine,
     flag_noise,
     machine_info,
     markdown_table,
@@ -855,9 +855,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = build_rows(chat, conv, conc, emb)
     threads = engine_cfg.get("n_threads", settings.inference.n_threads or physical_cores())
     setup = [
-        ["Date", date],
-        ["Code", code_version()],
-        ["Machine", f"{machine['cpu']}, {machine['cores']} cores, Python {machine['python']}"],
+        *date_code_machine(date, machine),
         [
             "llama-cpp-python",
             f"{machine['llama_cpp']}, GPU offload supported: {machine['gpu_offload']} "
