@@ -16,17 +16,10 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
-
-import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -122,40 +115,12 @@ def seed(settings) -> dict[str, str]:
     return {**tokens, "conversation": conversation_id}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start_web(settings) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-    env["APPLIANCE_DATA_DIR"] = str(settings.paths.data_dir)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "appliance", "web", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit("the web service exited early")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    process.kill()
-    raise SystemExit("the web service did not start within 60 s")
-
-
 def take(out: Path) -> list[Path]:
     """Seed a throwaway data dir, serve it and write the PNGs into ``out``."""
     from playwright.sync_api import sync_playwright
+
+    sys.path.insert(0, str(ROOT / "scripts" / "bench"))
+    from common import start_web  # scripts/bench/common.py
 
     from appliance.cli import initialise
     from appliance.config import Settings
@@ -166,7 +131,8 @@ def take(out: Path) -> list[Path]:
         settings = Settings.load(data_dir=Path(tmp) / "data", environ={}, overrides={})
         initialise(settings)
         seeded = seed(settings)
-        process, url = _start_web(settings)
+        web = start_web(settings.paths.data_dir)
+        url = web.url
         try:
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(
@@ -190,11 +156,7 @@ def take(out: Path) -> list[Path]:
                     context.close()
                 browser.close()
         finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            web.stop()
     return written
 
 

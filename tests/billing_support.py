@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import make_settings
-from stripe_standin import start
+from stripe_standin import running
 
 WEBHOOK_SECRET = "whsec_test_standin"
 SECRET_KEY = "sk_test_standin"
@@ -12,10 +12,8 @@ SECRET_KEY = "sk_test_standin"
 
 @pytest.fixture
 def stripe_standin():
-    state, server = start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    with running() as state:
+        yield state
 
 
 def billing_config(stripe_url: str, *, enabled: bool = True, **billing) -> str:

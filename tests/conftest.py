@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import shutil
@@ -16,9 +17,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -55,6 +58,52 @@ def wait_until(predicate, timeout: float = 60.0, interval: float = 0.1, what: st
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+class JSONHandler(BaseHTTPRequestHandler):
+    """The base of the tests' stand-in HTTP servers: no access log, JSON answers."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def send_json(self, body: dict, status: int = 200) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@contextlib.contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``handler`` served on a free loopback port by a thread; yields the server's URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def in_threads(targets: list, timeout: float | None = None) -> None:
+    """Call each of ``targets`` in a thread of its own, all at once; wait for them all."""
+    threads = [threading.Thread(target=target) for target in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+
+
+def read_db(settings: Settings, read):
+    """``read(db)`` on a connection of its own, closed after (for polling what another
+    process writes)."""
+    db = open_db(settings)
+    try:
+        return read(db)
+    finally:
+        db.close()
 
 
 def make_settings(data_dir: Path, **overrides) -> Settings:
@@ -151,6 +200,99 @@ def client(app):
         yield test_client
 
 
+def run_appliance(settings: Settings, *args: str, **popen) -> subprocess.Popen:
+    """``python -m appliance ARGS`` on ``settings``' data dir, in a session of its own, its
+    output discarded unless ``popen`` says otherwise."""
+    options = {
+        "stdout": subprocess.DEVNULL,
+        "stderr": subprocess.DEVNULL,
+        "start_new_session": True,
+        **popen,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "appliance", *args], env=service_env(settings), **options
+    )
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 15) -> int:
+    """SIGINT (the services' clean stop), SIGKILL if it still runs after ``timeout``
+    seconds; returns its exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def manage_client(settings: Settings, db, clock, email: str, name: str):
+    """A test client of a new web app (tasks run at once) that sends the manage key of a
+    new account ``name``'s owner ``email``; the account's id is ``client.account_id``."""
+    from litestar.testing import TestClient
+
+    from appliance.accounts import service as accounts
+    from appliance.auth import service as auth
+    from appliance.tasks import create_queue
+    from appliance.web import create_app
+
+    owner, account = accounts.create_user(db, email, clock(), account_name=name)
+    _, manage = auth.create_key(
+        db, user_id=owner.id, account_id=account.id, name="m", scope="manage", now=clock()
+    )
+    app = create_app(settings, clock=clock, queue=create_queue(settings, immediate=True))
+    client = TestClient(app)
+    client.headers["Authorization"] = f"Bearer {manage}"
+    client.account_id = account.id
+    return client
+
+
+@contextlib.contextmanager
+def managed_app(settings: Settings, models_dir: Path, db, clock) -> Iterator[tuple]:
+    """``manage_client`` for account "A" on ``settings`` with the models linked, open:
+    yields (app, account id, client)."""
+    link_models(settings, models_dir)
+    with manage_client(settings, db, clock, "owner@example.com", "A") as client:
+        yield client.app, client.account_id, client
+
+
+def indexed_document(db, settings, clock, account, user, name, text, vector=(0.1, 0.2, 0.3, 0.4)):
+    """A document uploaded and indexed as ingestion would leave it (one chunk, a 4-d
+    vector; no model runs)."""
+    from appliance.knowledge import service as knowledge
+    from appliance.knowledge.store import Chunk, KnowledgeStore
+
+    doc = knowledge.add_document(
+        db, settings, account.id, user.id, name, io.BytesIO(text.encode()), clock()
+    ).document
+    store = KnowledgeStore(db)
+    store.ensure_vectors(4, "test")
+    with db.conn:
+        store.add_chunks(doc.id, account.id, [Chunk(0, text, None, "", 10)], [list(vector)])
+        store.set_status(
+            doc.id, "ready", "2026-11-27T09:00:00+00:00", chunks_total=1, chunks_done=1
+        )
+    return doc
+
+
+def stored_document(db, account_id: str, doc_id: str, chunks: list, vectors: list) -> None:
+    """A ready document with these chunks and vectors, written straight into the
+    knowledge store (no file, no ingestion)."""
+    from appliance.db import write_transaction
+    from appliance.knowledge.store import Document, KnowledgeStore
+
+    store = KnowledgeStore(db)
+    store.ensure_vectors(len(vectors[0]), "test")
+    now = "2026-11-27T09:00:00+00:00"
+    with write_transaction(db):
+        store.insert_document(
+            Document(doc_id, account_id, None, f"{doc_id}.txt", "txt", 1, doc_id, "ready",
+                     None, len(chunks), len(chunks), "test", now, now)
+        )  # fmt: skip
+        store.add_chunks(doc_id, account_id, chunks, vectors)
+
+
 @dataclass
 class Service:
     """A running ``appliance`` child process."""
@@ -161,14 +303,7 @@ class Service:
     log_path: Path
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -248,6 +383,29 @@ def live_web(settings) -> Iterator[Service]:
     service.stop()
 
 
+def browser_sign_in(context, db, settings: Settings, user_id: str, account_id: str, url: str):
+    """Give the browser ``context`` a session of ``user_id`` in ``account_id`` at ``url``."""
+    from appliance.auth import service as auth
+    from appliance.clock import utcnow
+
+    token = auth.create_session(db, settings, user_id, account_id, utcnow())
+    context.add_cookies([{"name": "session", "value": token, "url": url}])
+
+
+def ask_with_sources(page, url: str, question: str):
+    """Ask ``question`` in a new chat at ``url``; once answered, its sources (opened)."""
+    page.goto(url + "/chat")
+    page.get_by_label("Message").fill(question)
+    page.get_by_role("button", name="Send").click()
+    page.wait_for_url("**/chat/conv_*")
+    answer = page.locator("article.msg-assistant").first
+    answer.locator(".msg-meta").wait_for(timeout=60_000)
+    sources = answer.locator("details.sources")
+    if sources.get_attribute("open") is None:  # opened by itself only when [n] was cited
+        sources.locator("summary").click()
+    return sources
+
+
 @pytest.fixture(scope="module")
 def browser():
     """Chromium for one test module: Playwright's sync API keeps an event loop running
@@ -288,20 +446,10 @@ def _live(settings: Settings) -> Iterator[Service]:
     from appliance import heartbeat
     from appliance.tasks import WORKER_SERVICE
 
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "appliance", "worker"],
-        env=service_env(settings),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    worker = run_appliance(settings, "worker")
 
     def worker_alive():
-        database = open_db(settings)
-        try:
-            return heartbeat.last_beat(database, WORKER_SERVICE)
-        finally:
-            database.close()
+        return read_db(settings, lambda db: heartbeat.last_beat(db, WORKER_SERVICE))
 
     try:
         wait_until(worker_alive, timeout=30, what="the worker's first heartbeat")
@@ -312,11 +460,7 @@ def _live(settings: Settings) -> Iterator[Service]:
         finally:
             web.stop()
     finally:
-        worker.send_signal(signal.SIGINT)
-        try:
-            worker.wait(15)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop_process(worker)
 
 
 @pytest.fixture

@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
+
+from conftest import JSONHandler, serving
 
 
 @dataclass
@@ -41,10 +44,7 @@ class StripeStandIn:
 
 
 def _handler(state: StripeStandIn):
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:  # quiet
-            pass
-
+    class Handler(JSONHandler):
         def _record(self) -> Recorded:
             parts = urlsplit(self.path)
             length = int(self.headers.get("content-length") or 0)
@@ -55,14 +55,6 @@ def _handler(state: StripeStandIn):
             )
             state.requests.append(recorded)
             return recorded
-
-        def _json(self, data: dict, status: int = 200) -> None:
-            raw = json.dumps(data).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
 
         def do_GET(self) -> None:
             recorded = self._record()
@@ -75,7 +67,7 @@ def _handler(state: StripeStandIn):
                 self.end_headers()
                 self.wfile.write(raw)
             elif path == "/v1/checkout/sessions":
-                self._json(
+                self.send_json(
                     {
                         "object": "list",
                         "url": "/v1/checkout/sessions",
@@ -84,7 +76,7 @@ def _handler(state: StripeStandIn):
                     }
                 )
             elif path.startswith("/v1/payment_intents/"):
-                self._json(
+                self.send_json(
                     {
                         "id": path.rsplit("/", 1)[1],
                         "object": "payment_intent",
@@ -96,16 +88,16 @@ def _handler(state: StripeStandIn):
                     }
                 )
             else:
-                self._json({"error": {"message": "unknown"}}, 404)
+                self.send_json({"error": {"message": "unknown"}}, 404)
 
         def do_POST(self) -> None:
             recorded = self._record()
             path, params = recorded.path, recorded.params
             if path == "/v1/customers":
-                self._json({"id": "cus_test_1", "object": "customer"})
+                self.send_json({"id": "cus_test_1", "object": "customer"})
             elif path == "/v1/checkout/sessions":
                 session_id = state.next_id("cs")
-                self._json(
+                self.send_json(
                     {
                         "id": session_id,
                         "object": "checkout.session",
@@ -121,7 +113,7 @@ def _handler(state: StripeStandIn):
             elif path == "/v1/payment_intents":
                 amount = int(params["amount"])
                 succeeded = state.payment_intent_status == "succeeded"
-                self._json(
+                self.send_json(
                     {
                         "id": state.next_id("pi"),
                         "object": "payment_intent",
@@ -131,17 +123,17 @@ def _handler(state: StripeStandIn):
                     }
                 )
             else:
-                self._json({"error": {"message": "unknown"}}, 404)
+                self.send_json({"error": {"message": "unknown"}}, 404)
 
     return Handler
 
 
-def start() -> tuple[StripeStandIn, ThreadingHTTPServer]:
+@contextlib.contextmanager
+def running() -> Iterator[StripeStandIn]:
+    """The stand-in, served until the block ends."""
     state = StripeStandIn()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return state, server
+    with serving(_handler(state)) as state.url:
+        yield state
 
 
 def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:

@@ -1,9 +1,9 @@
 """The database: pragmas, sqlite-vec, migrations and write transactions."""
 
 import importlib
-import threading
 
 import pytest
+from conftest import in_threads
 from sqlite_utils.utils import sqlite3
 
 from appliance.db import MIGRATION_MODULES, open_db, write_transaction
@@ -69,11 +69,7 @@ def test_concurrent_read_then_write_never_reports_locked(settings, db):
         finally:
             conn.close()
 
-    threads = [threading.Thread(target=bump) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    in_threads([bump] * 8)
     assert errors == []
     assert db.execute("select n from counter").fetchone()[0] == 200
 

@@ -26,6 +26,12 @@ def only(settings: Settings, *backends: str, **overrides) -> Settings:
     return settings.replace(**{"mail.backends": backends}, **overrides)
 
 
+def to_local_smtp(settings: Settings, *backends: str, port: int, **overrides) -> Settings:
+    """``only`` these backends, SMTP going to ``port`` on the loopback, unencrypted."""
+    local = {"mail.smtp_host": "127.0.0.1", "mail.smtp_port": port, "mail.smtp_security": "none"}
+    return only(settings, *backends, **local, **overrides)
+
+
 class RecordingHandler:
     """An aiosmtpd handler that keeps every envelope, optionally refusing recipients."""
 
@@ -75,14 +81,20 @@ def test_signin_code_renders_text_and_html(settings):
     assert "Privacy policy: http://127.0.0.1:8000/privacy" in message.text
 
 
-def test_invite_escapes_html_but_not_text(settings):
-    message = mail.compose(
+def invite(settings, account_name: str, inviter_email: str, link: str):
+    return mail.compose(
         settings,
         "invite",
         ADDRESS,
-        account_name="<b>x</b>",
-        inviter_email="grace@example.com",
-        link="http://127.0.0.1:8000/signin?invite=abc",
+        account_name=account_name,
+        inviter_email=inviter_email,
+        link=link,
+    )
+
+
+def test_invite_escapes_html_but_not_text(settings):
+    message = invite(
+        settings, "<b>x</b>", "grace@example.com", "http://127.0.0.1:8000/signin?invite=abc"
     )
     assert "&lt;b&gt;x&lt;/b&gt;" in message.html
     assert "<b>x</b>" not in message.html
@@ -93,21 +105,12 @@ def test_invite_escapes_html_but_not_text(settings):
 
 
 def test_invite_without_inviter(settings):
-    message = mail.compose(
-        settings, "invite", ADDRESS, account_name="Acme", inviter_email="", link="http://x/"
-    )
+    message = invite(settings, "Acme", "", "http://x/")
     assert 'You have been invited to join the team "Acme"' in message.text
 
 
 def test_subject_is_one_line_even_with_newlines_in_values(settings):
-    message = mail.compose(
-        settings,
-        "invite",
-        ADDRESS,
-        account_name="Acme\r\nBcc: eve@example.com",
-        inviter_email="",
-        link="http://127.0.0.1:8000/signin",
-    )
+    message = invite(settings, "Acme\r\nBcc: eve@example.com", "", "http://127.0.0.1:8000/signin")
     assert "\n" not in message.subject and "\r" not in message.subject
     assert message.subject == message.subject.strip()
     assert message.subject == "You're invited to join Acme Bcc: eve@example.com on Private AI"
@@ -221,15 +224,8 @@ def test_console_backend_prints_the_message(settings, capsys):
 
 def test_smtp_backend_sends_to_a_real_server(settings, smtp_server):
     controller, handler = smtp_server
-    settings = only(
-        settings,
-        "smtp",
-        **{
-            "mail.smtp_host": "127.0.0.1",
-            "mail.smtp_port": controller.port,
-            "mail.smtp_security": "none",
-            "mail.smtp_timeout_seconds": 5.0,
-        },
+    settings = to_local_smtp(
+        settings, "smtp", port=controller.port, **{"mail.smtp_timeout_seconds": 5.0}
     )
     assert mail.deliver(settings, signin_mail(settings)) == ["smtp"]
     assert len(handler.envelopes) == 1
@@ -242,14 +238,12 @@ def test_smtp_backend_sends_to_a_real_server(settings, smtp_server):
 
 
 def test_unreachable_smtp_fails_but_file_still_delivers(settings):
-    settings = only(
+    settings = to_local_smtp(
         settings,
         "smtp",
         "file",
+        port=free_port(),  # nothing listens there
         **{
-            "mail.smtp_host": "127.0.0.1",
-            "mail.smtp_port": free_port(),  # nothing listens there
-            "mail.smtp_security": "none",
             "mail.smtp_user": "ada",
             "mail.smtp_password": "hunter2-secret",
             "mail.smtp_timeout_seconds": 5.0,
@@ -274,15 +268,7 @@ def test_refused_recipient_is_not_named_in_the_error(settings):
     controller = Controller(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
     try:
-        settings = only(
-            settings,
-            "smtp",
-            **{
-                "mail.smtp_host": "127.0.0.1",
-                "mail.smtp_port": controller.port,
-                "mail.smtp_security": "none",
-            },
-        )
+        settings = to_local_smtp(settings, "smtp", port=controller.port)
         with pytest.raises(mail.MailError) as caught:
             mail.deliver(settings, signin_mail(settings))
     finally:
@@ -295,16 +281,7 @@ def test_refused_recipient_is_not_named_in_the_error(settings):
 
 def test_failed_backends_can_be_retried_alone(settings, smtp_server):
     controller, handler = smtp_server
-    settings = only(
-        settings,
-        "file",
-        "smtp",
-        **{
-            "mail.smtp_host": "127.0.0.1",
-            "mail.smtp_port": controller.port,
-            "mail.smtp_security": "none",
-        },
-    )
+    settings = to_local_smtp(settings, "file", "smtp", port=controller.port)
     assert mail.deliver(settings, signin_mail(settings), backends=["smtp"]) == ["smtp"]
     assert len(handler.envelopes) == 1
     assert mail.outbox_messages(settings) == []

@@ -2,13 +2,11 @@
 
 import signal
 import subprocess
-import sys
 from datetime import UTC, datetime
 
-from conftest import service_env, wait_until
+from conftest import read_db, run_appliance, wait_until
 
 from appliance import heartbeat
-from appliance.db import open_db
 from appliance.privacy import retention
 from appliance.tasks import WORKER_SERVICE, create_queue
 
@@ -23,30 +21,23 @@ def test_heartbeat_task_records_a_row(settings, db):
 
 
 def test_real_consumer_beats_and_stops_cleanly(settings):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "appliance", "worker"],
-        env=service_env(settings),
+    process = run_appliance(
+        settings,
+        "worker",
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=False,
     )
     try:
 
         def beaten():
-            db = open_db(settings)
-            try:
-                return heartbeat.last_beat(db, WORKER_SERVICE)
-            finally:
-                db.close()
+            return read_db(settings, lambda db: heartbeat.last_beat(db, WORKER_SERVICE))
 
         wait_until(beaten, timeout=30, what="a worker heartbeat")
 
         def purged():
-            db = open_db(settings)
-            try:
-                return all(run.complete for run in retention.last_runs(db))
-            finally:
-                db.close()
+            return read_db(settings, lambda db: all(r.complete for r in retention.last_runs(db)))
 
         # Retention runs at start (catching up after downtime), not only at minute 17.
         wait_until(purged, timeout=30, what="the purge run at the worker's start")

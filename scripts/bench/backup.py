@@ -15,24 +15,25 @@ appends the table to docs/benchmarks.md.
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from datetime import UTC, datetime
-from pathlib import Path
 
-from appliance.cli import initialise
+from common import (
+    bench_parser,
+    fresh_settings,
+    markdown_table,
+    print_and_record,
+    run_stamp,
+)
+
 from appliance.clock import utcnow
 from appliance.config import Settings
 from appliance.db import open_db
 from appliance.ops import backup
 
-ROOT = Path(__file__).resolve().parents[2]
 WRITER = textwrap.dedent(
     """
     import sys, time
@@ -51,15 +52,13 @@ WRITER = textwrap.dedent(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--files-mb", type=int, default=50)
-    parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="bench-backup-"))
-    settings = Settings.load(data_dir=root / "data", environ={})
-    initialise(settings)
+    settings = fresh_settings("backup")
+    root = settings.paths.data_dir.parent
     db = open_db(settings)
     with db.atomic():
         db.conn.executemany(
@@ -103,21 +102,12 @@ def main() -> None:
         ("Writer commits/s, during the backup", f"{during:,.0f}"),
         ("Restore time (verify, extract, integrity_check)", f"{restore_took:.2f} s"),
     ]  # fmt: skip
-    lines = [
-        "",
+    blocks = (
         "## Backup under write load (scripts/bench/backup.py)",
-        "",
-        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.processor() or 'x86_64'}, "
-        f"{os.cpu_count()} logical cores, Python {platform.python_version()}.",
-        "",
-        "| Measurement | Value |",
-        "| --- | --- |",
-        *[f"| {name} | {value} |" for name, value in rows],
-    ]
-    print("\n".join(lines))
-    if args.record:
-        with (ROOT / "docs" / "benchmarks.md").open("a") as out:
-            out.write("\n".join(lines) + "\n")
+        f"Run {run_stamp()}.",
+        markdown_table(["Measurement", "Value"], rows),
+    )
+    print_and_record(args.record, *blocks)
 
 
 if __name__ == "__main__":

@@ -31,46 +31,40 @@ PASS/FAIL is in the table.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-for path in (ROOT, ROOT / "scripts" / "bench"):
-    if str(path) not in sys.path:  # run as a plain script from a checkout
-        sys.path.insert(0, str(path))
-
-from common import (  # noqa: E402  (scripts/bench/common.py)
-    code_version,
-    cpu_model,
+from common import (
+    append_to_doc,
+    bench_parser,
+    kept_data_dir,
     load_average,
+    machine_info,
     markdown_table,
+    percentile,
+    setup_table,
     text_table,
     wait_until_idle,
 )
 
-from appliance.config import Settings  # noqa: E402
-from appliance.inference import models  # noqa: E402
-from appliance.inference.base import (  # noqa: E402
+from appliance.config import Settings
+from appliance.inference import models
+from appliance.inference.base import (
     Delta,
     Finish,
     gpu_offload_supported,
     physical_cores,
 )
-from appliance.inference.batching import BatchedChatEngine  # noqa: E402
-from appliance.inference.chat_api import ChatRequest  # noqa: E402
-from appliance.inference.sampling import GenerationParams  # noqa: E402
-from appliance.inference.scheduler import DONE, Failed, Job, Scheduler  # noqa: E402
+from appliance.inference.batching import BatchedChatEngine
+from appliance.inference.chat_api import ChatRequest
+from appliance.inference.sampling import GenerationParams
+from appliance.inference.scheduler import DONE, Failed, Job, Scheduler
 
-DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Continuous batching (scripts/bench/batching.py)"
 WORDS = [
     "Amber",
@@ -212,14 +206,6 @@ async def measure(
     }
 
 
-def percentile(values: list[float], pct: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
 def load_engines(settings: Settings, parallel: int, chunk: int):
     cfg = settings.inference
     registry = models.load_registry(settings)
@@ -245,18 +231,6 @@ def load_engines(settings: Settings, parallel: int, chunk: int):
         for slots in (1, parallel)
     )
     return model, common, sequential, batched
-
-
-def machine() -> dict[str, str]:
-    import llama_cpp
-
-    return {
-        "cpu": cpu_model(),
-        "cores": f"{os.cpu_count()} logical, {physical_cores()} physical",
-        "llama_cpp": llama_cpp.__version__,
-        "gpu_offload": "yes" if gpu_offload_supported() else "no",
-        "commit": code_version(),
-    }
 
 
 def ms(seconds: float) -> str:
@@ -353,8 +327,7 @@ def summarise_late(late: dict, streams: int) -> tuple[list[str], list[list[str]]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, help="data dir with the models installed")
+    parser = bench_parser(__doc__, data_dir=True)
     parser.add_argument("--streams", default="1,2,4,8,16")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--parallel", type=int, default=16, help="slots of the batched engine")
@@ -366,16 +339,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--idle-wait", type=float, default=60.0, help="seconds to wait for a quiet machine"
     )
-    parser.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
     args.streams = [int(s) for s in args.streams.split(",")]
 
-    data_dir = args.data_dir or Path(tempfile.gettempdir()) / "appliance-bench-batching"
-    settings = Settings.load(data_dir=data_dir, environ={})
-    if not models.load_registry(settings).default_chat:
-        models.install_defaults(settings, log=lambda message: print(f"  {message}"))
+    settings = kept_data_dir(args.data_dir, "batching")
     chunk = args.chunk or settings.inference.prompt_chunk_tokens
-    info = machine()
+    info = machine_info()
     load_before = load_average()
     started = datetime.now(UTC)
     print(f"machine: {info}\nload average before: {load_before}")
@@ -409,22 +378,13 @@ def main(argv: list[str] | None = None) -> int:
             ["Streams", f"max_tokens {args.max_tokens}, temperature 0.7, {args.runs} run(s)"],
             ["Load average before / after", f"{load_before} / {load_after}"],
         ]
-        section = [
-            "",
+        append_to_doc(
             SECTION,
-            "",
-            markdown_table(["Setup", ""], setup),
-            "",
+            setup_table(setup),
             markdown_table(header, rows),
-            "",
             markdown_table(late_header, late_rows),
-            "",
             f"{verdict}." if verdict else "",
-            "",
-        ]
-        text = DOC.read_text(encoding="utf-8")
-        DOC.write_text(text.rstrip("\n") + "\n" + "\n".join(section), encoding="utf-8")
-        print(f"appended to {DOC.relative_to(ROOT)}")
+        )
     batched.close()
     return 0
 

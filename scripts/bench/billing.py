@@ -18,17 +18,14 @@ Prints one table;
 
 from __future__ import annotations
 
-import argparse
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+
+from common import append_to_doc, bench_parser, markdown_table, run_stamp
 
 from appliance.billing import ledger, meter, service
 from appliance.cli import initialise
@@ -38,7 +35,6 @@ from appliance.db import open_db, write_transaction
 from appliance.ids import new_id
 
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def pair(db, settings, account: str) -> None:
@@ -122,9 +118,8 @@ def parallel(settings, account: str, threads: int = 8, each: int = 50) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--entries", type=int, default=100_000)
-    parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings.load(data_dir=tmp, environ={}, overrides={"billing.enabled": True})
@@ -160,25 +155,11 @@ def main() -> int:
 
 
 def record(rows) -> None:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
-    cpu = platform.processor() or platform.machine()
-    lines = [
-        "",
+    append_to_doc(
         "## Billing metering (scripts/bench/billing.py)",
-        "",
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, code {commit}, {cpu}, "
-        f"{os.cpu_count()} logical cores, Python {sys.version.split()[0]}; other engineers' "
-        "tests were sharing the CPUs.",
-        "",
-        "| Measurement | Result |",
-        "| --- | --- |",
-        *[f"| {name} | {value} |" for name, value in rows],
-        "",
-    ]
-    with open(ROOT / "docs" / "benchmarks.md", "a", encoding="utf-8") as handle:
-        handle.write("\n".join(lines))
+        f"{run_stamp()}; other engineers' tests were sharing the CPUs.",
+        markdown_table(["Measurement", "Result"], rows),
+    )
 
 
 if __name__ == "__main__":

@@ -43,63 +43,49 @@ Exit status is 0 even when the target is missed; PASS/FAIL is in the table.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import gc
 import os
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from unittest import mock
 
 import httpx
 import openai
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # run as a plain script from a checkout
-    sys.path.insert(0, str(ROOT))
-
-from common import (  # noqa: E402  (scripts/bench/common.py)
-    Service,
-    busy_fraction,
-    code_version,
-    cpu_busy_seconds,
+from common import (
+    OthersLoad,
+    bench_data_dir,
+    bench_parser,
+    busy_at_start,
+    date_code_machine,
     flag_noise,
-    free_port,
-    markdown_table,
-    text_table,
-    wait_until_idle,
-)
-from inference import (  # noqa: E402  (scripts/bench/inference.py: shared helpers)
-    DOC_HEADER,
     machine_info,
-    own_cpu_seconds,
     percentile,
-    prepare_data_dir,
-    start_service,
+    print_tables,
+    record_tables,
+    run_main,
+    start_inference,
+    start_web,
 )
-from retrieval import build_corpus, embed_corpus, ingest_tier  # noqa: E402
+from retrieval import build_corpus, embed_corpus, ingest_tier
 
-from appliance import vault  # noqa: E402
-from appliance.accounts import service as accounts  # noqa: E402
-from appliance.auth import service as auth  # noqa: E402
-from appliance.chat import prompt  # noqa: E402
-from appliance.chat import service as chat  # noqa: E402
-from appliance.db import open_db  # noqa: E402
-from appliance.inference.client import ACCOUNT_HEADER, InferenceClient  # noqa: E402
-from appliance.inference.engine import load_engine  # noqa: E402
-from appliance.instances import service as instances  # noqa: E402
-from appliance.instances.service import chat_models  # noqa: E402
-from appliance.knowledge import search as kb_search  # noqa: E402
-from appliance.knowledge.store import KnowledgeStore  # noqa: E402
+from appliance import vault
+from appliance.accounts import service as accounts
+from appliance.auth import service as auth
+from appliance.chat import prompt
+from appliance.chat import service as chat
+from appliance.db import open_db
+from appliance.inference.client import ACCOUNT_HEADER, InferenceClient
+from appliance.inference.engine import load_engine
+from appliance.instances import service as instances
+from appliance.instances.service import chat_models
+from appliance.knowledge import search as kb_search
+from appliance.knowledge.store import KnowledgeStore
 
-DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Chat (end to end) (scripts/bench/chat.py)"
 
 SEED = 20240611
@@ -126,37 +112,6 @@ MODE_NAMES = {
 
 
 # -- services and data ---------------------------------------------------------------------
-
-
-def start_web(data_dir: Path) -> Service:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-    env.update(APPLIANCE_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
-    log_path = data_dir / f"bench-web-{time.monotonic_ns()}.log"
-    with open(log_path, "wb") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "web", "--port", str(port)],
-            env=env,
-            cwd=ROOT,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    web = Service(process, f"http://127.0.0.1:{port}", log_path)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the web service exited early:\n{web.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(web.url + "/healthz", timeout=1).status_code == 200:
-                    return web
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the web service did not start:\n{web.log_tail()}")
-            time.sleep(0.2)
-    except BaseException:
-        web.stop()
-        raise
 
 
 @dataclass
@@ -431,10 +386,6 @@ def bench_compose_shared_ssl(
 # -- report --------------------------------------------------------------------------------
 
 
-def p(values: list[float], q: float) -> float:
-    return percentile(values, q)
-
-
 def fmt_ms(value: float) -> str:
     return f"{value:.1f}"
 
@@ -449,11 +400,11 @@ def e2e_rows(results: dict[str, list[Stream]]) -> list[list[str]]:
             [
                 MODE_NAMES[mode],
                 str(len(runs)),
-                f"{p([r.prompt_tokens for r in runs], 50):.0f}",
-                fmt_ms(p(ttft, 50)),
-                fmt_ms(p(ttft, 95)),
-                f"{p(tps, 50):.1f}" if tps else "n/a",
-                f"{p([r.tokens for r in runs], 50):.0f}",
+                f"{percentile([r.prompt_tokens for r in runs], 50):.0f}",
+                fmt_ms(percentile(ttft, 50)),
+                fmt_ms(percentile(ttft, 95)),
+                f"{percentile(tps, 50):.1f}" if tps else "n/a",
+                f"{percentile([r.tokens for r in runs], 50):.0f}",
             ]
         )
     return rows
@@ -489,7 +440,14 @@ def compose_rows(composes: dict[int, dict[str, list[float]]]) -> list[list[str]]
             values = times.get(name)
             if not values:
                 continue
-            rows.append([f"{chunks:,}", label, fmt_ms(p(values, 50)), fmt_ms(p(values, 95))])
+            rows.append(
+                [
+                    f"{chunks:,}",
+                    label,
+                    fmt_ms(percentile(values, 50)),
+                    fmt_ms(percentile(values, 95)),
+                ]
+            )
     return rows
 
 
@@ -500,13 +458,13 @@ def target_rows(
     results: dict[str, list[Stream]], composes: dict[int, dict[str, list[float]]], chunks: int
 ) -> list[list[str]]:
     times = composes[chunks]
-    on50 = p(times["compose_on"], 50)
-    added = on50 - p(times["compose_off"], 50)
+    on50 = percentile(times["compose_on"], 50)
+    added = on50 - percentile(times["compose_off"], 50)
 
     def paired(mode: str, baseline: str) -> float:
         """Median over questions of mode's TTFT minus baseline's (same question), ms."""
         pairs = zip(results[mode], results[baseline], strict=True)
-        return p([(a.ttft - b.ttft) * 1000 for a, b in pairs], 50)
+        return percentile([(a.ttft - b.ttft) * 1000 for a, b in pairs], 50)
 
     web_on_over = paired("web_on", "direct_rag")
     rows = [
@@ -546,7 +504,7 @@ def target_rows(
         ],
     ]
     if "compose_on_shared" in times:
-        shared = p(times["compose_on_shared"], 50)
+        shared = percentile(times["compose_on_shared"], 50)
         rows.append(
             [
                 "what-if: compose with knowledge on, HTTP clients sharing one SSL context, p50",
@@ -559,18 +517,6 @@ def target_rows(
 
 
 TARGET_HEADER = ["Measurement", "Measured", "Target", "Result"]
-
-
-def record(setup, tables, notes) -> None:
-    existing = DOC.read_text(encoding="utf-8") if DOC.exists() else DOC_HEADER
-    if not existing.endswith("\n"):
-        existing += "\n"
-    parts = [SECTION, "", markdown_table(["Setup", ""], setup), ""]
-    for title, header, rows in tables:
-        parts += [title, "", markdown_table(header, rows), ""]
-    parts += ["Notes:", "", *[f"- {note}" for note in notes], ""]
-    DOC.write_text(existing + "\n" + "\n".join(parts), encoding="utf-8")
-    print(f"\nappended to {DOC.relative_to(ROOT)}")
 
 
 NOTES = [
@@ -606,7 +552,7 @@ NOTES = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__, wait_idle=True)
     parser.add_argument("--chunks", type=int, default=CHUNKS, help="chunks in the main KB")
     parser.add_argument(
         "--small-chunks", type=int, default=SMALL_CHUNKS, help="chunks in the compose-only KB"
@@ -614,14 +560,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real", type=int, default=REAL, help="passages embedded for real")
     parser.add_argument("--requests", type=int, default=REQUESTS, help="timed requests a mode")
     parser.add_argument("--compose-runs", type=int, default=COMPOSE_RUNS)
-    parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=0,
-        metavar="SECONDS",
-        help="first wait up to SECONDS for other processes to leave the CPUs (shared boxes)",
-    )
     args = parser.parse_args(argv)
     questions_needed = WARMUP + args.requests
     if args.small_chunks and args.small_chunks <= questions_needed:
@@ -634,15 +572,13 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, flush=True)
 
-    busy_before = wait_until_idle(args.wait_idle) if args.wait_idle > 0 else busy_fraction(1.0)
+    busy_before = busy_at_start(args)
     load_before = os.getloadavg()
-    started = time.perf_counter()
-    machine_busy0, own0 = cpu_busy_seconds(), own_cpu_seconds()
+    others = OthersLoad()
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     with contextlib.ExitStack() as stack:
-        data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-chat-")))
-        log(f"data dir {data_dir} (temporary: installing the models)")
-        settings = prepare_data_dir(data_dir, fresh=True)
+        settings = bench_data_dir(stack, None)
+        data_dir = settings.paths.data_dir
         machine = machine_info()
 
         log(f"\n[1/5] corpus: {args.chunks} passages, {questions_needed} questions")
@@ -682,10 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         log("\n[3/5] services")
         # No prefix reuse: every request is cold, so the four modes can ask the same
         # question (paired comparisons) without one finding another's prompt cached.
-        service = start_service(
-            settings,
-            APPLIANCE_INFERENCE__PREFIX_CACHE_ENTRIES="0",
-        )
+        service = start_inference(settings, APPLIANCE_INFERENCE__PREFIX_CACHE_ENTRIES="0")
         stack.callback(service.stop)
         # The web finds the inference service through the data dir's appliance.toml.
         (data_dir / "appliance.toml").write_text(f'[inference]\nurl = "{service.url}"\n')
@@ -743,15 +676,11 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             via_web.close()
             direct.close()
-    elapsed = time.perf_counter() - started
-    others = (cpu_busy_seconds() - machine_busy0) - (own_cpu_seconds() - own0)
-    others_share = max(0.0, others) / (elapsed * (os.cpu_count() or 1))
+    elapsed, others_share = others.elapsed(), others.share()
     load_after = os.getloadavg()
 
     setup = [
-        ["Date", date],
-        ["Code", code_version()],
-        ["Machine", f"{machine['cpu']}, {machine['cores']} cores, Python {machine['python']}"],
+        *date_code_machine(date, machine),
         [
             "Load",
             f"uptime load average {load_before[0]:.2f} / {load_before[1]:.2f} / "
@@ -793,19 +722,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nResults ({date}; {elapsed:.0f} s in all)\n")
     width = max(len(name) for name, _ in setup)
     print("\n".join(f"{name.ljust(width)}  {value}" for name, value in setup))
-    for title, header, rows in tables:
-        print(f"\n{title}\n")
-        print(text_table(header, rows))
+    print_tables(tables)
     notes = list(NOTES)
     flag_noise(notes, busy_before, others_share)
     if args.record:
-        record(setup, tables, notes)
+        record_tables(SECTION, setup, tables, notes)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

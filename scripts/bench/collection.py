@@ -360,15 +360,18 @@ def run(args, log: Callable[[str], None]) -> tuple[list, list, list]:
     """Ingest the collection, run every stage; returns (setup rows, tables, notes)."""
     import shutil
 
-    from common import cpu_model  # scripts/bench/common.py
-    from inference import start_service  # scripts/bench/inference.py
+    from common import (  # scripts/bench/common.py
+        cpu_model,
+        install_models,
+        share_models,
+        start_inference,
+    )
 
     from appliance import vault
     from appliance.accounts import service as accounts
     from appliance.cli import initialise
     from appliance.config import Settings
     from appliance.db import open_db
-    from appliance.inference import models
     from appliance.inference.client import InferenceClient
 
     collection = load_cranfield(args.collection_dir or DATA / "cranfield")
@@ -386,14 +389,9 @@ def run(args, log: Callable[[str], None]) -> tuple[list, list, list]:
     if reuse:
         log(f"  reusing the documents ingested in {work}")
     elif args.data_dir:
-        if settings.paths.models.is_dir():
-            settings.paths.models.rmdir()  # initialise made it empty
-        settings.paths.models.symlink_to(
-            Settings.load(data_dir=args.data_dir.absolute(), environ={}).paths.models,
-            target_is_directory=True,
-        )
+        share_models(settings, args.data_dir)
     else:
-        models.install_defaults(settings, log=lambda message: log(f"  {message}"))
+        install_models(settings)
     env: dict[str, str] = {}
     if args.embedding_model:
         env["APPLIANCE_INFERENCE__EMBEDDING_MODEL"] = args.embedding_model
@@ -401,7 +399,7 @@ def run(args, log: Callable[[str], None]) -> tuple[list, list, list]:
         env["APPLIANCE_INFERENCE__RERANK_MODEL"] = args.rerank_model
     if args.inference_threads:
         env["APPLIANCE_INFERENCE__N_THREADS"] = str(args.inference_threads)
-    service = start_service(settings, **env)
+    service = start_inference(settings, **env)
     db = open_db(settings)
     try:
         client = InferenceClient(service.url, vault.read_secret(settings, "inference_key"))

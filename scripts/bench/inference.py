@@ -26,67 +26,48 @@ target is missed; PASS/FAIL is in the table.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import os
-import platform
 import random
 import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # run as a plain script from a checkout
-    sys.path.insert(0, str(ROOT))
-
-from common import (  # noqa: E402  (scripts/bench/common.py)
-    Service,
-    busy_fraction,
-    code_version,
-    cpu_busy_seconds,
-    cpu_model,
+from common import (
+    OthersLoad,
+    append_to_doc,
+    bench_data_dir,
+    bench_parser,
+    busy_at_start,
+    date_code_machine,
     flag_noise,
-    free_port,
+    machine_info,
     markdown_table,
+    notes_block,
+    percentile,
+    rss_mb,
+    run_main,
+    setup_table,
+    start_inference,
     text_table,
-    wait_until_idle,
 )
 
-from appliance import vault  # noqa: E402
-from appliance.cli import initialise  # noqa: E402
-from appliance.config import Settings  # noqa: E402
-from appliance.inference import models  # noqa: E402
-from appliance.inference.base import (  # noqa: E402
-    KV_TYPES,
-    gpu_offload_supported,
-    physical_cores,
-)
-from appliance.inference.client import ACCOUNT_HEADER  # noqa: E402
-from appliance.inference.embedding import EmbeddingEngine  # noqa: E402
+from appliance import vault
+from appliance.config import Settings
+from appliance.inference import models
+from appliance.inference.base import KV_TYPES, gpu_offload_supported, physical_cores
+from appliance.inference.client import ACCOUNT_HEADER
+from appliance.inference.embedding import EmbeddingEngine
 
-DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Inference (scripts/bench/inference.py)"
-DOC_HEADER = """# Benchmarks
-
-Each section below is produced by a script in `scripts/bench/` (run it with `--record` to
-append a new section; older sections stay for comparison). Numbers are medians over the
-script's runs. Ratios and overheads are against a baseline measured in the same process,
-interleaved with the measured path, because the benchmark machine is shared and noisy:
-compare ratios across sections, not absolute numbers from different machines or days.
-"""
 
 CHAT_MAX_TOKENS = 128
 CHAT_PAIRS = 3  # service/direct pairs per run: cheap, and the box is noisy
@@ -219,82 +200,6 @@ WORDS_TEXT = (
 WORDS = WORDS_TEXT.split()
 
 
-# -- machine and setup ---------------------------------------------------------------------
-
-
-def machine_info() -> dict[str, str]:
-    import llama_cpp
-
-    return {
-        "cpu": cpu_model(),
-        "cores": f"{os.cpu_count()} logical, {physical_cores()} physical",
-        "python": platform.python_version(),
-        "llama_cpp": llama_cpp.__version__,
-        "gpu_offload": "yes" if gpu_offload_supported() else "no",
-    }
-
-
-def own_cpu_seconds() -> float:
-    """CPU-seconds of this process and its reaped children (the service, once stopped)."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-def rss_mb(pid: int) -> float | None:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return None
-
-
-def prepare_data_dir(data_dir: Path, *, fresh: bool) -> Settings:
-    settings = Settings.load(data_dir=data_dir, environ={})
-    key = settings.paths.secrets / "inference_key"
-    registry = models.load_registry(settings)
-    if fresh or not key.exists():
-        initialise(settings)
-    if fresh or not (registry.default_chat and registry.default_embedding):
-        models.install_defaults(settings, log=lambda message: print(f"  {message}"))
-    return settings
-
-
-def start_service(settings: Settings, **extra_env: str) -> Service:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-    env.update(
-        APPLIANCE_DATA_DIR=str(settings.paths.data_dir),
-        APPLIANCE_INFERENCE__PORT=str(port),
-        PYTHONUNBUFFERED="1",
-        **extra_env,
-    )
-    log_path = settings.paths.data_dir / f"bench-inference-{time.monotonic_ns()}.log"
-    with open(log_path, "wb") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "inference"],
-            env=env,
-            cwd=ROOT,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a Ctrl-C reaches us; we stop the child ourselves
-        )
-    service = Service(process, f"http://127.0.0.1:{port}", log_path)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the inference service exited early:\n{service.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(service.url + "/healthz", timeout=1).status_code == 200:
-                    return service
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the inference service did not start:\n{service.log_tail()}")
-            time.sleep(0.2)
-    except BaseException:
-        service.stop()
-        raise
-
-
 # -- measurements --------------------------------------------------------------------------
 
 
@@ -334,58 +239,63 @@ def _stream_result(
     )
 
 
-def service_stream(client: httpx.Client, body: dict, account: str | None = None) -> StreamResult:
-    """One streaming chat completion through the service, timed on the client side."""
-    payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
-    headers = {ACCOUNT_HEADER: account} if account else {}
-    parts: list[str] = []
-    usage = None
-    t_first = None
-    t_last = 0.0
-    t0 = time.perf_counter()
-    with client.stream("POST", "/v1/chat/completions", json=payload, headers=headers) as reply:
-        if not reply.is_success:
-            reply.read()
-            raise RuntimeError(f"chat request failed: {reply.status_code} {reply.text[:300]}")
-        for line in reply.iter_lines():
-            if not line.startswith("data: "):
-                continue
-            data = line[6:]
-            if data == "[DONE]":
-                break
-            chunk = json.loads(data)
-            if "error" in chunk:
-                raise RuntimeError(f"chat stream failed: {chunk['error']}")
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            for choice in chunk.get("choices", ()):
-                content = choice.get("delta", {}).get("content")
-                if content:
-                    now = time.perf_counter()
-                    t_first = now if t_first is None else t_first
-                    t_last = now
-                    parts.append(content)
-    t_end = time.perf_counter()
-    tokens = (usage or {}).get("completion_tokens", len(parts))
-    return _stream_result(t0, t_first, t_last, t_end, tokens, "".join(parts), usage)
-
-
-def direct_stream(llama, messages: list[dict], max_tokens: int) -> StreamResult:
-    """The same request through ``llama_cpp.Llama.create_chat_completion`` in-process."""
+def _timed_text(
+    contents: Iterable[str | None],
+) -> tuple[float, float | None, float, float, list[str]]:
+    """Consume ``contents`` (empty for chunks without text), timed: when it started, when
+    the first and the last text came, when it ended, and the texts."""
     parts: list[str] = []
     t_first = None
     t_last = 0.0
     t0 = time.perf_counter()
-    for chunk in llama.create_chat_completion(
-        messages=messages, temperature=0.0, max_tokens=max_tokens, seed=SEED, stream=True
-    ):
-        content = chunk["choices"][0]["delta"].get("content")
+    for content in contents:
         if content:
             now = time.perf_counter()
             t_first = now if t_first is None else t_first
             t_last = now
             parts.append(content)
-    t_end = time.perf_counter()
+    return t0, t_first, t_last, time.perf_counter(), parts
+
+
+def service_stream(client: httpx.Client, body: dict, account: str | None = None) -> StreamResult:
+    """One streaming chat completion through the service, timed on the client side."""
+    payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    headers = {ACCOUNT_HEADER: account} if account else {}
+    usage: dict = {}
+
+    def contents() -> Iterator[str | None]:
+        with client.stream("POST", "/v1/chat/completions", json=payload, headers=headers) as reply:
+            if not reply.is_success:
+                reply.read()
+                raise RuntimeError(f"chat request failed: {reply.status_code} {reply.text[:300]}")
+            for line in reply.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[6:]
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    raise RuntimeError(f"chat stream failed: {chunk['error']}")
+                usage.update(chunk.get("usage") or {})
+                for choice in chunk.get("choices", ()):
+                    yield choice.get("delta", {}).get("content")
+
+    t0, t_first, t_last, t_end, parts = _timed_text(contents())
+    tokens = usage.get("completion_tokens", len(parts))
+    return _stream_result(t0, t_first, t_last, t_end, tokens, "".join(parts), usage)
+
+
+def direct_stream(llama, messages: list[dict], max_tokens: int) -> StreamResult:
+    """The same request through ``llama_cpp.Llama.create_chat_completion`` in-process."""
+
+    def contents() -> Iterator[str | None]:  # the request starts inside the timing
+        for chunk in llama.create_chat_completion(
+            messages=messages, temperature=0.0, max_tokens=max_tokens, seed=SEED, stream=True
+        ):
+            yield chunk["choices"][0]["delta"].get("content")
+
+    t0, t_first, t_last, t_end, parts = _timed_text(contents())
     text = "".join(parts)
     # llama-cpp-python's stream carries no usage: count the tokens of the answer.
     tokens = len(llama.tokenize(text.encode("utf-8"), add_bos=False, special=True))
@@ -687,16 +597,6 @@ def median(values: Iterator[float] | list[float]) -> float:
     return statistics.median(list(values))
 
 
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    position = (len(ordered) - 1) * pct / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
@@ -826,28 +726,13 @@ HEADER = ["Measurement", "Service", "Baseline", "Ratio / overhead", "Target", "R
 
 
 def record(setup: list[list[str]], rows: list[list[str]], runs: int, notes: list[str]) -> None:
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    existing = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
-    section = [
+    append_to_doc(
         SECTION,
-        "",
-        markdown_table(["Setup", ""], setup),
-        "",
+        setup_table(setup),
         f'Medians of {runs} runs; "Baseline" is what the ratio compares against.',
-        "",
         markdown_table(HEADER, rows),
-        "",
-        "Notes:",
-        "",
-        *[f"- {note}" for note in notes],
-        "",
-    ]
-    text = existing if existing else DOC_HEADER
-    if not text.endswith("\n"):
-        text += "\n"
-    text += "\n" + "\n".join(section)
-    DOC.write_text(text, encoding="utf-8")
-    print(f"\nappended to {DOC.relative_to(ROOT)}")
+        notes_block(notes),
+    )
 
 
 NOTES = [
@@ -881,12 +766,7 @@ NOTES = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        help="data dir with the models installed (default: a temporary one, set up here)",
-    )
+    parser = bench_parser(__doc__, data_dir=True, wait_idle=True)
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement (median)")
     parser.add_argument(
         "--max-tokens", type=int, default=CHAT_MAX_TOKENS, help="tokens per chat answer"
@@ -896,18 +776,10 @@ def main(argv: list[str] | None = None) -> int:
         default="chat,conversation,concurrency,embeddings",
         help="comma-separated subset of: chat, conversation, concurrency, embeddings",
     )
-    parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
     parser.add_argument(
         "--force-record",
         action="store_true",
         help="with --record, record even a run that other processes disturbed heavily",
-    )
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=0,
-        metavar="SECONDS",
-        help="first wait up to SECONDS for other processes to leave the CPUs (shared boxes)",
     )
     args = parser.parse_args(argv)
     if args.runs < 1:
@@ -920,24 +792,17 @@ def main(argv: list[str] | None = None) -> int:
     # A SIGTERM must still run the finally blocks that stop the child service.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
-    busy_before = wait_until_idle(args.wait_idle) if args.wait_idle > 0 else busy_fraction(1.0)
+    busy_before = busy_at_start(args)
     if busy_before > 0.15:
         print(f"warning: the machine is {busy_before:.0%} busy before the start: noisy numbers")
-    started = time.perf_counter()
-    machine_busy0, own0 = cpu_busy_seconds(), own_cpu_seconds()
+    others = OthersLoad()
     with contextlib.ExitStack() as stack:
-        if args.data_dir:
-            data_dir, fresh = args.data_dir.expanduser().absolute(), False
-        else:
-            data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
-            fresh = True
-        print(f"data dir {data_dir}" + (" (temporary: installing the models)" if fresh else ""))
-        settings = prepare_data_dir(data_dir, fresh=fresh)
+        settings = bench_data_dir(stack, args.data_dir)
         key = vault.read_secret(settings, "inference_key")
         machine = machine_info()
         date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
-        service = start_service(settings, APPLIANCE_INFERENCE__QUEUE_SIZE="64")
+        service = start_inference(settings, APPLIANCE_INFERENCE__QUEUE_SIZE="64")
         stack.callback(service.stop)  # runs before the temporary dir is removed
         client = stack.enter_context(
             httpx.Client(base_url=service.url, headers=auth(key), timeout=600)
@@ -985,16 +850,12 @@ def main(argv: list[str] | None = None) -> int:
             client.close()
             service.stop()
 
-    elapsed = time.perf_counter() - started
     # Whatever the CPUs did beyond this process and the service: other tenants' noise.
-    others = (cpu_busy_seconds() - machine_busy0) - (own_cpu_seconds() - own0)
-    others_share = max(0.0, others) / (elapsed * (os.cpu_count() or 1))
+    elapsed, others_share = others.elapsed(), others.share()
     rows = build_rows(chat, conv, conc, emb)
     threads = engine_cfg.get("n_threads", settings.inference.n_threads or physical_cores())
     setup = [
-        ["Date", date],
-        ["Code", code_version()],
-        ["Machine", f"{machine['cpu']}, {machine['cores']} cores, Python {machine['python']}"],
+        *date_code_machine(date, machine),
         [
             "llama-cpp-python",
             f"{machine['llama_cpp']}, GPU offload supported: {machine['gpu_offload']} "
@@ -1039,8 +900,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # the service was stopped on the way out
-        print("\ninterrupted", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

@@ -24,7 +24,6 @@ checkout's ``.venv/lib/python3.11/site-packages``.
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import random
@@ -36,25 +35,22 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from common import (  # noqa: E402
-    cpu_model,
-    markdown_table,
-    text_table,
+from common import (
+    ROOT,
+    bench_parser,
+    date_and_machine,
+    report_tables,
+    share_models,
+    start_inference,
 )
-from inference import start_service  # noqa: E402  (scripts/bench/inference.py)
-from retrieval import DOC  # noqa: E402
 
-from appliance.accounts import service as accounts  # noqa: E402
-from appliance.cli import initialise  # noqa: E402
-from appliance.config import Settings  # noqa: E402
-from appliance.db import open_db  # noqa: E402
-from appliance.inference import models  # noqa: E402
-from appliance.knowledge import service as knowledge  # noqa: E402
-from appliance.tasks import create_queue  # noqa: E402
+from appliance.accounts import service as accounts
+from appliance.cli import initialise
+from appliance.config import Settings
+from appliance.db import open_db
+from appliance.inference import models
+from appliance.knowledge import service as knowledge
+from appliance.tasks import create_queue
 
 SECTION = "## Ingestion, upload to ready (scripts/bench/ingestion.py)"
 WORDS = [
@@ -141,15 +137,11 @@ def run(files: list[tuple[str, bytes]], args, log) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench-ingestion-"))
     settings = Settings.load(data_dir=work, environ={})
     initialise(settings)
-    settings.paths.models.rmdir()
-    settings.paths.models.symlink_to(
-        Settings.load(data_dir=args.data_dir.absolute(), environ={}).paths.models,
-        target_is_directory=True,
-    )
+    share_models(settings, args.data_dir)
     env: dict[str, str] = {}
     if args.inference_threads:
         env["APPLIANCE_INFERENCE__N_THREADS"] = str(args.inference_threads)
-    service = start_service(settings, **env)
+    service = start_inference(settings, **env)
     (settings.paths.data_dir / "appliance.toml").write_text(f'[inference]\nurl = "{service.url}"\n')
     settings = Settings.load(data_dir=work, environ={})
     worker_env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
@@ -205,7 +197,7 @@ def run(files: list[tuple[str, bytes]], args, log) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--docs", type=int, default=1000)
     parser.add_argument("--pages", type=int, default=300, help="0: no PDF workload")
     parser.add_argument("--data-dir", type=Path, required=True, help="with the models installed")
@@ -213,7 +205,6 @@ def main() -> int:
     parser.add_argument("--python", type=Path, help="interpreter for the worker (see above)")
     parser.add_argument("--inference-threads", type=int, default=0)
     parser.add_argument("--limit", type=float, default=1800, help="seconds to wait at most")
-    parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     models.load_registry(Settings.load(data_dir=args.data_dir, environ={})).default("embedding")
 
@@ -251,23 +242,12 @@ def main() -> int:
                 f"{pdf['chunks'] / pdf['seconds']:.0f}",
             ]
         )
-    print()
-    print(text_table(header, rows))
-    if args.record:
-        load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
-        setup = [
-            ["Date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")],
-            ["Machine", f"{cpu_model()}, {os.cpu_count()} CPUs; load average at the end {load}"],
-            ["Worker code", code + (f" (interpreter {args.python})" if args.python else "")],
-            [
-                "Inference",
-                f"bundled models, n_threads {args.inference_threads or 'default'}",
-            ],
-        ]
-        section = [SECTION, "", markdown_table(["Setup", ""], setup), ""]
-        section += [markdown_table(header, rows), ""]
-        DOC.write_text(DOC.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + "\n".join(section))
-        print(f"appended to {DOC.relative_to(ROOT)}")
+    setup = [
+        *date_and_machine(),
+        ["Worker code", code + (f" (interpreter {args.python})" if args.python else "")],
+        ["Inference", f"bundled models, n_threads {args.inference_threads or 'default'}"],
+    ]
+    report_tables(args.record, SECTION, setup, [("", header, rows)])
     return 0
 
 

@@ -25,26 +25,21 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import retrieval  # scripts/bench/retrieval.py
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts" / "bench")]
-
-import retrieval  # noqa: E402
-
-from appliance.accounts import service as accounts  # noqa: E402
-from appliance.cli import initialise  # noqa: E402
-from appliance.config import Settings  # noqa: E402
-from appliance.db import open_db  # noqa: E402
-from appliance.knowledge import matrix  # noqa: E402
-from appliance.knowledge import search as kb_search  # noqa: E402
-from appliance.knowledge import store as kb_store  # noqa: E402
-from appliance.knowledge.store import KnowledgeStore  # noqa: E402
+from appliance.accounts import service as accounts
+from appliance.cli import initialise
+from appliance.config import Settings
+from appliance.db import open_db
+from appliance.knowledge import matrix
+from appliance.knowledge import search as kb_search
+from appliance.knowledge import store as kb_store
+from appliance.knowledge.store import KnowledgeStore
 
 MODEL = "all-minilm-l6-v2"
 REAL = 3000

@@ -28,7 +28,6 @@ with ``--start``: ``appliance kb audit`` and SQLite's ``integrity_check``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import random
@@ -44,31 +43,24 @@ from pathlib import Path
 
 import httpx
 import openai
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-if str(ROOT) not in sys.path:  # run as a plain script from a checkout
-    sys.path.insert(0, str(ROOT))
-
-from batching import load_average  # noqa: E402  (scripts/bench/batching.py)
-from inference import (  # noqa: E402  (scripts/bench/inference.py: shared helpers)
-    DOC_HEADER,
+from common import (
+    append_to_doc,
+    bench_parser,
     code_version,
-    free_port,
+    load_average,
     machine_info,
     markdown_table,
     percentile,
-    prepare_data_dir,
+    start_up,
 )
 
-from appliance.accounts import service as accounts  # noqa: E402
-from appliance.auth import service as auth  # noqa: E402
-from appliance.config import Settings  # noqa: E402
-from appliance.db import open_db  # noqa: E402
-from appliance.inference.models import DEFAULT_CHAT  # noqa: E402
-from appliance.instances import service as instances  # noqa: E402
+from appliance.accounts import service as accounts
+from appliance.auth import service as auth
+from appliance.config import Settings
+from appliance.db import open_db
+from appliance.inference.models import DEFAULT_CHAT
+from appliance.instances import service as instances
 
-DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Load: the issue 21 mix (scripts/bench/load.py)"
 KINDS = ("search", "list documents", "upload", "chat (`/v1`)")
 WEIGHTS = (0.6, 0.2, 0.1, 0.1)
@@ -241,37 +233,6 @@ def verdicts(tally: Tally) -> list[str]:
     ]
 
 
-def start_appliance(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    prepare_data_dir(data_dir, fresh=True)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
-    env.update(
-        APPLIANCE_DATA_DIR=str(data_dir),
-        APPLIANCE_INFERENCE__PORT=str(free_port()),
-        PYTHONUNBUFFERED="1",
-    )
-    log = open(data_dir / "bench-up.log", "wb")  # noqa: SIM115 - closed with the process
-    process = subprocess.Popen(
-        [sys.executable, "-m", "appliance", "up", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"appliance up exited early; see {data_dir}/bench-up.log")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return process, url
-        time.sleep(0.5)
-    process.terminate()
-    raise RuntimeError(f"appliance up did not get ready; see {data_dir}/bench-up.log")
-
-
 def checks_after(data_dir: Path) -> list[str]:
     audit = subprocess.run(
         [sys.executable, "-m", "appliance", "kb", "audit"],
@@ -292,24 +253,23 @@ def checks_after(data_dir: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--url", help="the running appliance's web URL")
     parser.add_argument("--data-dir", type=Path, help="its data dir (to add bench accounts)")
     parser.add_argument("--start", action="store_true", help="start a fresh appliance")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--variants", default="1,2", help="accounts per variant")
-    parser.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
     if not args.start and not (args.url and args.data_dir):
         parser.error("give --url and --data-dir of a running appliance, or --start")
-    process = None
     with contextlib.ExitStack() as stack:
         if args.start:
             args.data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "data"
             print(f"starting appliance up on {args.data_dir} …", flush=True)
-            process, args.url = start_appliance(args.data_dir)
-            stack.callback(lambda: (process.terminate(), process.wait(30)))
+            appliance = start_up(args.data_dir)
+            stack.callback(appliance.stop, 30)
+            args.url = appliance.url
         settings = Settings.load(data_dir=args.data_dir, environ={})
         sections = []
         for count in (int(v) for v in args.variants.split(",")):
@@ -333,11 +293,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def record(args, sections, after: list[str]) -> None:
     machine = machine_info()
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else DOC_HEADER
     out = [
-        "",
-        SECTION,
-        "",
         f"{datetime.now(UTC):%Y-%m-%d}, {code_version()}, {machine.get('cpu', '?')} "
         f"({machine.get('cores', '?')}); {'a fresh `appliance up`' if args.start else args.url}"
         f" with its defaults; {args.clients} clients for {args.seconds:.0f} s per variant.",
@@ -348,8 +304,7 @@ def record(args, sections, after: list[str]) -> None:
         out += [f"- {line}" for line in lines]
     if after:
         out += ["", "Afterwards: " + "; ".join(after) + "."]
-    DOC.write_text(text.rstrip("\n") + "\n" + "\n".join(out) + "\n", encoding="utf-8")
-    print(f"\nappended to {DOC.relative_to(ROOT)}")
+    append_to_doc(SECTION, "\n".join(out))
 
 
 if __name__ == "__main__":

@@ -16,25 +16,27 @@ Prints one table; ``--record`` appends it to docs/benchmarks.md with the machine
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
-import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
+from common import (
+    bench_parser,
+    code_version,
+    cpu_model,
+    fresh_settings,
+    markdown_table,
+    print_and_record,
+    setup_table,
+)
 from litestar.testing import TestClient
 from sqlite_utils.utils import sqlite3
 
 from appliance.accounts import service as accounts
-from appliance.cli import initialise
 from appliance.clock import iso
-from appliance.config import Settings
 from appliance.db import open_db, write_transaction
 from appliance.ids import new_id
 from appliance.knowledge import service as knowledge
@@ -54,14 +56,11 @@ def timed(fn):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = bench_parser(__doc__)
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--log-rows", type=int, default=100_000)
-    parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="bench-privacy-"))
-    settings = Settings.load(data_dir=root / "data", environ={})
-    initialise(settings)
+    settings = fresh_settings("privacy")
     rows = []
 
     # Request log: one row on a fresh connection, and a whole request through the app.
@@ -193,46 +192,25 @@ def main() -> None:
     )
     db.close()
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    commit += " with uncommitted changes" if dirty else ""
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.machine(),
-    )
-    section = [
-        "## Privacy (scripts/bench/privacy.py)",
-        "",
-        "| Setup |  |",
-        "|---|---|",
-        f"| Date | {datetime.now(UTC):%Y-%m-%d %H:%M} UTC |",
-        f"| Code | {commit} |",
-        f"| Machine | {cpu}, {os.cpu_count()} logical cores, Python {sys.version.split()[0]}, "
-        f"SQLite {sqlite3.sqlite_version} |",
-        f"| Settings | privacy.purge_batch_size {settings.privacy.purge_batch_size}, "
-        "secure_delete on, WAL |",
-        "",
-        "| Measurement | Result |",
-        "|---|---|",
-        *[f"| {name} | {value} |" for name, value in rows],
-        "",
+    setup = [
+        ["Date", f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"],
+        ["Code", code_version()],
+        [
+            "Machine",
+            f"{cpu_model()}, {os.cpu_count()} logical cores, Python {sys.version.split()[0]}, "
+            f"SQLite {sqlite3.sqlite_version}",
+        ],
+        [
+            "Settings",
+            f"privacy.purge_batch_size {settings.privacy.purge_batch_size}, secure_delete on, WAL",
+        ],
     ]
-    print("\n".join(section))
-    if args.record:
-        target = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
-        with target.open("a") as out:
-            out.write("\n" + "\n".join(section))
+    blocks = (
+        "## Privacy (scripts/bench/privacy.py)",
+        setup_table(setup),
+        markdown_table(["Measurement", "Result"], rows),
+    )
+    print_and_record(args.record, *blocks)
 
 
 if __name__ == "__main__":

@@ -24,29 +24,28 @@ with the bundled models) is timed. ``--record`` appends the tables to docs/bench
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-for path in (ROOT, ROOT / "scripts" / "bench"):
-    if str(path) not in sys.path:  # run as a plain script from a checkout
-        sys.path.insert(0, str(path))
+from common import (
+    bench_parser,
+    kept_data_dir,
+    load_average,
+    machine_info,
+    print_tables,
+    record_tables,
+    wait_until_idle,
+)
 
-from batching import machine  # noqa: E402
-from common import load_average, markdown_table, text_table, wait_until_idle  # noqa: E402
+from appliance.config import Settings
+from appliance.inference import models, selftest
+from appliance.inference.base import chat_llama, physical_cores
+from appliance.inference.embedding import EmbeddingEngine
 
-from appliance.config import Settings  # noqa: E402
-from appliance.inference import models, selftest  # noqa: E402
-from appliance.inference.base import chat_llama, physical_cores  # noqa: E402
-from appliance.inference.embedding import EmbeddingEngine  # noqa: E402
-
-DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## CPU weight repacking and the model self-test (scripts/bench/repack.py)"
 PROMPT_TOKENS = 128
 DECODE_TOKENS = 32
@@ -123,8 +122,7 @@ def embed_speed(model: models.Model, path: Path, extra_bufts: bool, n_threads: i
 def main(argv: list[str] | None = None) -> int:
     import llama_cpp
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, help="data dir with the models installed")
+    parser = bench_parser(__doc__, data_dir=True)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument(
         "--threads",
@@ -135,15 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         "so a busy neighbour distorts its timings many times over; 0: physical cores)",
     )
     parser.add_argument("--idle-wait", type=float, default=30.0)
-    parser.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
 
-    data_dir = args.data_dir or Path(tempfile.gettempdir()) / "appliance-bench-repack"
-    settings = Settings.load(data_dir=data_dir, environ={})
+    settings = kept_data_dir(args.data_dir, "repack")
     registry = models.load_registry(settings)
-    if not registry.default_chat:
-        models.install_defaults(settings, log=lambda message: print(f"  {message}"))
-        registry = models.load_registry(settings)
     chat, embed = registry.default("chat"), registry.default("embedding")
     derived = [
         ("chat", chat.id + "-as-q4_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0, chat),
@@ -164,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         repacked[chat_id], repacked[embed_id] = repacked_size(settings, chat_id, embed_id)
 
     n_threads = args.threads or physical_cores()
-    info = machine()
+    info = machine_info()
     started = datetime.now(UTC)
     busy = wait_until_idle(args.idle_wait)
     load_before = load_average()
@@ -231,10 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{statistics.median(timings):.1f} s wall (median of 3; min {min(timings):.1f} s, "
         f"max {max(timings):.1f} s), bundled models, repacking off"
     )
-    print()
-    print(text_table(header, rows))
-    print()
-    print(text_table(embed_header, embed_rows))
+    tables = [("", header, rows), ("", embed_header, embed_rows)]
+    print_tables(tables)
     print(f"\nself-test: {self_test}\nload average after: {load_after}")
     if args.record:
         setup = [
@@ -253,22 +244,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{busy:.0%} / {load_before}, {load_after}",
             ],
         ]
-        section = [
-            "",
-            SECTION,
-            "",
-            markdown_table(["Setup", ""], setup),
-            "",
-            markdown_table(header, rows),
-            "",
-            markdown_table(embed_header, embed_rows),
-            "",
-            f"Model self-test (`appliance models self-test`, a child process): {self_test}.",
-            "",
-        ]
-        text = DOC.read_text(encoding="utf-8")
-        DOC.write_text(text.rstrip("\n") + "\n" + "\n".join(section), encoding="utf-8")
-        print(f"appended to {DOC.relative_to(ROOT)}")
+        notes = [f"Model self-test (`appliance models self-test`, a child process): {self_test}."]
+        record_tables(SECTION, setup, tables, notes)
     return 0
 
 

@@ -43,7 +43,6 @@ target is missed; PASS/FAIL is in the table.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import math
@@ -63,38 +62,30 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # run as a plain script from a checkout
-    sys.path.insert(0, str(ROOT))
-
-from common import (  # noqa: E402  (scripts/bench/common.py)
-    busy_fraction,
+from common import (
+    OthersLoad,
+    bench_parser,
+    busy_at_start,
     code_version,
-    cpu_busy_seconds,
     cpu_model,
     flag_noise,
-    markdown_table,
-    text_table,
-    wait_until_idle,
-)
-from inference import (  # noqa: E402  (scripts/bench/inference.py: shared helpers)
-    DOC_HEADER,
-    own_cpu_seconds,
+    models_settings,
+    print_tables,
+    record_tables,
+    report_tables,
+    run_main,
 )
 
-from appliance.accounts import service as accounts  # noqa: E402
-from appliance.cli import initialise  # noqa: E402
-from appliance.config import Settings  # noqa: E402
-from appliance.db import open_db, write_transaction  # noqa: E402
-from appliance.inference import models  # noqa: E402
-from appliance.inference.base import physical_cores  # noqa: E402
-from appliance.inference.engine import load_engine  # noqa: E402
-from appliance.knowledge import chunking  # noqa: E402
-from appliance.knowledge import search as kb_search  # noqa: E402
-from appliance.knowledge.store import Chunk, Document, KnowledgeStore  # noqa: E402
+from appliance.accounts import service as accounts
+from appliance.cli import initialise
+from appliance.config import Settings
+from appliance.db import open_db, write_transaction
+from appliance.inference.base import physical_cores
+from appliance.inference.engine import load_engine
+from appliance.knowledge import chunking
+from appliance.knowledge import search as kb_search
+from appliance.knowledge.store import Chunk, Document, KnowledgeStore
 
-DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Retrieval (scripts/bench/retrieval.py)"
 COLLECTION_SECTION = "## Retrieval on a test collection (scripts/bench/retrieval.py --collection)"
 
@@ -1321,27 +1312,11 @@ def target_rows(results: list[TierResult]) -> list[list[str]]:
     return rows
 
 
-def record(
-    setup, tables: list[tuple[str, list[str], list[list[str]]]], notes, title: str = SECTION
-) -> None:
-    existing = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
-    section = [title, "", markdown_table(["Setup", ""], setup), ""]
-    for title, header, rows in tables:
-        section += [title, "", markdown_table(header, rows), ""]
-    section += ["Notes:", "", *[f"- {note}" for note in notes], ""]
-    text = existing if existing else DOC_HEADER
-    if not text.endswith("\n"):
-        text += "\n"
-    text += "\n" + "\n".join(section)
-    DOC.write_text(text, encoding="utf-8")
-    print(f"\nappended to {DOC.relative_to(ROOT)}")
-
-
 # -- main --------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__, wait_idle=True)
     parser.add_argument(
         "--tiers",
         default=",".join(str(t) for t in TIERS),
@@ -1361,7 +1336,6 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="data dir with the models installed (default: a temporary one, set up here)",
     )
-    parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
     parser.add_argument(
         "--collection",
         choices=("cranfield",),
@@ -1386,13 +1360,6 @@ def main(argv: list[str] | None = None) -> int:
         help="inference.n_threads for the service (1 on a box shared with other work: "
         "llama.cpp's threads spin-wait for each other and slow down when oversubscribed)",
     )
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=0,
-        metavar="SECONDS",
-        help="first wait up to SECONDS for other processes to leave the CPUs (shared boxes)",
-    )
     args = parser.parse_args(argv)
     if args.collection:
         return collection_main(args)
@@ -1413,22 +1380,14 @@ def main(argv: list[str] | None = None) -> int:
         print(message, flush=True)
 
     threads = {"inference.n_threads": args.inference_threads} if args.inference_threads else None
-    busy_before = wait_until_idle(args.wait_idle) if args.wait_idle > 0 else busy_fraction(1.0)
+    busy_before = busy_at_start(args)
     if busy_before > 0.15:
         log(f"warning: the machine is {busy_before:.0%} busy before the start: noisy numbers")
-    started = time.perf_counter()
-    machine_busy0, own0 = cpu_busy_seconds(), own_cpu_seconds()
+    others = OthersLoad()
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-retrieval-")))
-        if args.data_dir:
-            model_dir = args.data_dir.expanduser().absolute()
-            settings = Settings.load(data_dir=model_dir, environ={}, overrides=threads)
-        else:
-            settings = Settings.load(data_dir=work / "models", environ={}, overrides=threads)
-            log(f"data dir {settings.paths.data_dir} (temporary: installing the models)")
-            initialise(settings)
-            models.install_defaults(settings, log=lambda message: log(f"  {message}"))
+        settings = models_settings(args.data_dir, work, threads)
         engine = load_engine(settings).embedding
         model_id = engine.model.id
 
@@ -1471,9 +1430,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         del engine
 
-    elapsed = time.perf_counter() - started
-    others = (cpu_busy_seconds() - machine_busy0) - (own_cpu_seconds() - own0)
-    others_share = max(0.0, others) / (elapsed * (os.cpu_count() or 1))
+    elapsed, others_share = others.elapsed(), others.share()
     kinds = {k: sum(q.kind == k for q in corpus.queries) for k, _ in QUERY_KINDS}
     setup = [
         ["Date", date],
@@ -1530,14 +1487,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nResults ({date}; {elapsed:.0f} s in all)\n")
     width = max(len(name) for name, _ in setup)
     print("\n".join(f"{name.ljust(width)}  {value}" for name, value in setup))
-    for title, header, rows in tables:
-        print(f"\n{title}\n")
-        print(text_table(header, rows))
+    print_tables(tables)
     notes = build_notes(results, emb, corpus)
     print("\nNotes:\n" + "\n".join(f"- {note}" for note in notes))
     flag_noise(notes, busy_before, others_share)
     if args.record:
-        record(setup, tables, notes)
+        record_tables(SECTION, setup, tables, notes)
     return 0
 
 
@@ -1548,11 +1503,7 @@ def collection_main(args) -> int:
         print(message, flush=True)
 
     setup, tables, notes = collection.run(args, log)
-    for title, header, rows in tables:
-        print(f"\n{title}\n")
-        print(text_table(header, rows))
-    if args.record:
-        record(setup, tables, notes, COLLECTION_SECTION)
+    report_tables(args.record, COLLECTION_SECTION, setup, tables, notes)
     return 0
 
 
@@ -1702,8 +1653,4 @@ def build_notes(results: list[TierResult], emb: Embedded, corpus: Corpus) -> lis
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

@@ -17,44 +17,29 @@ milliseconds per call of each part. ``--data-dir`` is a data dir with the models
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import contextlib
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-for path in (ROOT, ROOT / "scripts" / "bench"):
-    if str(path) not in sys.path:  # run as a plain script from a checkout
-        sys.path.insert(0, str(path))
+from batching import Stream, chat_request, consume, messages
+from common import bench_data_dir, bench_parser, cpu_model, load_average, text_table
 
-from batching import Stream, chat_request, consume, messages  # noqa: E402
-from common import cpu_model, load_average, text_table  # noqa: E402
-from inference import prepare_data_dir  # noqa: E402
-
-from appliance.inference import models, scheduler  # noqa: E402
-from appliance.inference.batching import BatchedChatEngine  # noqa: E402
+from appliance.inference import models, scheduler
+from appliance.inference.batching import BatchedChatEngine
 
 PARTS = ("step", "llama_decode", "_plan", "_fill", "_sample", "sampler", "detokenize", "emit")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path)
+    parser = bench_parser(__doc__, data_dir=True, record=False)
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--runs", type=int, default=2, help="alternations per stream count")
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as stack:
-        if args.data_dir:
-            data_dir, fresh = args.data_dir.expanduser().absolute(), False
-        else:
-            data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
-            fresh = True
-        settings = prepare_data_dir(data_dir, fresh=fresh)
+        settings = bench_data_dir(stack, args.data_dir)
         registry = models.load_registry(settings)
         model = registry.resolve("chat", settings.inference.chat_model)
         engine = BatchedChatEngine(

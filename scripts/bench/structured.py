@@ -16,29 +16,24 @@ distorts less. Target: JSON ≥ 80 % of free text.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
+from common import append_to_doc, bench_parser, install_models, markdown_table, run_stamp
 from litestar.testing import TestClient
 
 from appliance import vault
 from appliance.cli import initialise
 from appliance.config import Settings
-from appliance.inference import models
 from appliance.inference.engine import load_engine
 from appliance.inference.server import create_inference_app
 
-ROOT = Path(__file__).resolve().parents[2]
 QUESTION = "Describe the city of Paris: its name, its population and many facts about it."
 SCHEMA = {
     "type": "object",
@@ -89,18 +84,16 @@ def measure(http: TestClient, key: str, structured: bool, tokens: int) -> tuple[
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=96)
-    parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
 
     rows = []
     for slots, environ in (("1", {"APPLIANCE_INFERENCE__PARALLEL": "1"}), ("default", {})):
         data_dir = Path(tempfile.gettempdir()) / "appliance-bench-structured"
         settings = Settings.load(data_dir=data_dir, environ=environ)
-        if not models.load_registry(settings).default_chat:
-            models.install_defaults(settings, log=lambda message: print(f"  {message}"))
+        install_models(settings)
         initialise(settings)
         engine = load_engine(settings, with_embeddings=False)
         key = vault.read_secret(settings, "inference_key")
@@ -134,31 +127,16 @@ def main() -> int:
         "Free / JSON CPU",
         "≥ 80 %",
     ]
-    table = [
-        "| " + " | ".join(header) + " |",
-        "|" + " --- |" * len(header),
-        *["| " + " | ".join(row) + " |" for row in rows],
-    ]
-    print("\n".join(table))
+    table = markdown_table(header, rows)
+    print(table)
     if args.record:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-        ).stdout.strip()
-        lines = [
-            "",
+        append_to_doc(
             "## Structured output (scripts/bench/structured.py)",
-            "",
-            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, code {commit}, "
-            f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
-            f"load average {os.getloadavg()[0]:.1f}, Python {sys.version.split()[0]}; "
-            f"median of {args.runs} answers of up to {args.tokens} tokens, temperature 0, "
-            "the bundled chat model. JSON: `response_format` json_schema (llama.cpp grammar).",
-            "",
-            *table,
-            "",
-        ]
-        with open(ROOT / "docs" / "benchmarks.md", "a", encoding="utf-8") as handle:
-            handle.write("\n".join(lines))
+            f"{run_stamp()}, load average {os.getloadavg()[0]:.1f}; median of {args.runs} "
+            f"answers of up to {args.tokens} tokens, temperature 0, the bundled chat model. "
+            "JSON: `response_format` json_schema (llama.cpp grammar).",
+            table,
+        )
     return 0
 
 

@@ -19,8 +19,6 @@ account's codes into RAM: that time is reported apart.
 
 from __future__ import annotations
 
-import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -30,31 +28,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from common import (  # noqa: E402  (scripts/bench/common.py)
-    cpu_model,
-    markdown_table,
-    text_table,
+from common import (
+    bench_parser,
+    date_and_machine,
+    models_settings,
+    report_tables,
 )
-from retrieval import (  # noqa: E402  (scripts/bench/retrieval.py)
-    DOC,
-    SEED,
-    build_corpus,
-    embed_corpus,
-)
+from retrieval import SEED, build_corpus, embed_corpus
 
-from appliance.accounts import service as accounts  # noqa: E402
-from appliance.cli import initialise  # noqa: E402
-from appliance.config import Settings  # noqa: E402
-from appliance.db import open_db, write_transaction  # noqa: E402
-from appliance.inference import models  # noqa: E402
-from appliance.inference.engine import load_engine  # noqa: E402
-from appliance.knowledge import codes  # noqa: E402
-from appliance.knowledge.store import Chunk, Document, KnowledgeStore  # noqa: E402
+from appliance.accounts import service as accounts
+from appliance.cli import initialise
+from appliance.config import Settings
+from appliance.db import open_db, write_transaction
+from appliance.inference.engine import load_engine
+from appliance.knowledge import codes
+from appliance.knowledge.store import Chunk, Document, KnowledgeStore
 
 SECTION = "## Vector leg at scale (scripts/bench/vectors.py)"
 PER_DOC = 1000
@@ -92,13 +80,12 @@ def fill(db, account_id: str, vectors: np.ndarray, log) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--real", type=int, default=2000, help="passages embedded for real")
     parser.add_argument("--data-dir", type=Path, help="data dir with the models installed")
     parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: cores)")
-    parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     threads = {"inference.n_threads": args.threads} if args.threads else None
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -108,14 +95,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench-vectors-"))
     try:
-        if args.data_dir:
-            model_settings = Settings.load(
-                data_dir=args.data_dir.absolute(), environ={}, overrides=threads
-            )
-        else:
-            model_settings = Settings.load(data_dir=work / "models", environ={}, overrides=threads)
-            initialise(model_settings)
-            models.install_defaults(model_settings, log=lambda m: log(f"  {m}"))
+        model_settings = models_settings(args.data_dir, work, threads)
         engine = load_engine(model_settings).embedding
         corpus = build_corpus(SEED, sizes[-1], args.queries, args.real)
         log(f"embedding {args.real} passages and {args.queries} queries, deriving the rest")
@@ -175,10 +155,8 @@ def main() -> int:
         "recall@10 of exact",
         "first search ms (loads codes)",
     ]
-    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     setup = [
-        ["Date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")],
-        ["Machine", f"{cpu_model()}, {os.cpu_count()} CPUs; load average at the end {load}"],
+        *date_and_machine(),
         [
             "Vectors",
             f"{args.real:,} real all-MiniLM-L6-v2 passages, the rest calibrated variants "
@@ -190,13 +168,7 @@ def main() -> int:
             f"codes.QUANTIZED_ABOVE {codes.QUANTIZED_ABOVE:,}, codes.RESCORE {codes.RESCORE}",
         ],
     ]
-    print()
-    print(text_table(header, rows))
-    if args.record:
-        section = [SECTION, "", markdown_table(["Setup", ""], setup), ""]
-        section += [markdown_table(header, rows), ""]
-        DOC.write_text(DOC.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + "\n".join(section))
-        print(f"appended to {DOC.relative_to(ROOT)}")
+    report_tables(args.record, SECTION, setup, [("", header, rows)])
     return 0
 
 

@@ -27,42 +27,37 @@ noisy, the ratios less so because the two alternate.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import statistics
 import sys
-import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-for path in (ROOT, ROOT / "scripts" / "bench"):
-    if str(path) not in sys.path:  # run as a plain script from a checkout
-        sys.path.insert(0, str(path))
-
-import httpx  # noqa: E402
-import llama_server  # noqa: E402  (scripts/bench/llama_server.py)
-import openai  # noqa: E402
-from common import (  # noqa: E402
+import httpx
+import llama_server  # scripts/bench/llama_server.py
+import openai
+from common import (
+    append_to_doc,
+    bench_data_dir,
+    bench_parser,
     busy_fraction,
     code_version,
     cpu_busy_seconds,
     cpu_model,
     load_average,
     markdown_table,
+    percentile,
+    start_inference,
     text_table,
 )
-from inference import prepare_data_dir, start_service  # noqa: E402
 
-from appliance import vault  # noqa: E402
-from appliance.inference import models  # noqa: E402
-from appliance.inference.client import ACCOUNT_HEADER  # noqa: E402
+from appliance import vault
+from appliance.inference import models
+from appliance.inference.base import physical_cores
+from appliance.inference.client import ACCOUNT_HEADER
 
-DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## vs llama-server (scripts/bench/vs_llama_server.py)"
 LATE_PROMPT = "Summarise this text in one sentence. " + (
     "The committee met on Monday to review the budget, the contracts and the customer "
@@ -164,20 +159,35 @@ def one_stream(target: Target, tag: str, max_tokens: int) -> dict:
     return {"ttft": r.ttft, "tps": r.decode_tps, "gaps": r.gaps}
 
 
+def sampled_stories(
+    pool: ThreadPoolExecutor,
+    target: Target,
+    tag: str,
+    max_tokens: int,
+    count: int,
+    progress: list[threading.Event] | None = None,
+) -> list[Future]:
+    """``count`` stories at temperature 0.7, one seed and one account each, on ``pool``;
+    with ``progress``, stream i sets ``progress[i]`` at a quarter of its tokens."""
+    return [
+        pool.submit(
+            stream,
+            target,
+            story(f"{tag}.{i}", i),
+            max_tokens=max_tokens,
+            temperature=0.7,
+            seed=i + 1,
+            account=f"bench-{i}",
+            progress=progress[i] if progress else None,
+            quarter=max_tokens // 4,
+        )
+        for i in range(count)
+    ]
+
+
 def concurrent(target: Target, tag: str, streams: int, max_tokens: int) -> dict:
     with ThreadPoolExecutor(streams) as pool:
-        futures = [
-            pool.submit(
-                stream,
-                target,
-                story(f"{tag}.{i}", i),
-                max_tokens=max_tokens,
-                temperature=0.7,
-                seed=i + 1,
-                account=f"bench-{i}",
-            )
-            for i in range(streams)
-        ]
+        futures = sampled_stories(pool, target, tag, max_tokens, streams)
         results = [f.result() for f in futures]
     span = max(r.end for r in results) - min(r.start for r in results)
     return {
@@ -190,20 +200,15 @@ def late_arrival(target: Target, tag: str, streams: int, max_tokens: int) -> flo
     running = streams - 1
     events = [threading.Event() for _ in range(running)]
     with ThreadPoolExecutor(streams) as pool:
-        futures = [
-            pool.submit(
-                stream,
-                target,
-                story(f"{tag}.{i}", i),
-                max_tokens=max_tokens,
-                temperature=0.7,
-                seed=i + 1,
-                account=f"bench-{i}",
-                progress=events[i],
-                quarter=max_tokens // 4,
-            )
-            for i in range(running)
-        ]
+        futures = sampled_stories(
+            pool,
+            target,
+            tag,
+            running,
+            max_tokens,
+            progress=events,
+            quarter=[max_tokens // 4] * running,
+        )
         for event in events:
             event.wait(120)
         late = stream(
@@ -222,18 +227,11 @@ def prefill(target: Target, tag: str) -> tuple[float, int]:
     return r.prompt_tokens / r.ttft, r.prompt_tokens
 
 
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, help="data dir with the models installed")
+    parser = bench_parser(__doc__, data_dir=True)
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement (median)")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens per answer")
     parser.add_argument("--streams", type=int, default=8, help="concurrent streams")
-    parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
     parser.add_argument(
         "--env",
         action="append",
@@ -245,15 +243,10 @@ def main(argv: list[str] | None = None) -> int:
 
     busy_before = busy_fraction(2.0)
     with contextlib.ExitStack() as stack:
-        if args.data_dir:
-            data_dir, fresh = args.data_dir.expanduser().absolute(), False
-        else:
-            data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
-            fresh = True
-        settings = prepare_data_dir(data_dir, fresh=fresh)
+        settings = bench_data_dir(stack, args.data_dir)
         key = vault.read_secret(settings, "inference_key")
         extra = dict(item.split("=", 1) for item in args.env)
-        service = start_service(settings, APPLIANCE_INFERENCE__QUEUE_SIZE="64", **extra)
+        service = start_inference(settings, APPLIANCE_INFERENCE__QUEUE_SIZE="64", **extra)
         stack.callback(service.stop)
         health = httpx.get(service.url + "/healthz", timeout=10).json()
         registry = models.load_registry(settings)
@@ -262,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         threads = (
             int(extra.get("APPLIANCE_INFERENCE__N_THREADS", 0))
             or settings.inference.n_threads
-            or _physical_cores()
+            or physical_cores()
         )
         repack = bool(health.get("cpu_repack") in (True, "on"))
         peer = llama_server.start(
@@ -271,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             slots=slots,
             threads=threads,
             repack=repack,
-            log_path=data_dir / "llama-server.log",
+            log_path=settings.paths.data_dir / "llama-server.log",
         )
         stack.callback(peer.stop)
         targets = [
@@ -325,59 +318,34 @@ def main(argv: list[str] | None = None) -> int:
         load = (cpu_busy_seconds() - busy0) / elapsed / 2
         rss = {t.name: llama_server.rss_bytes(t.pid) / 2**20 for t in targets}
 
-    med = statistics.median
-    s, p = results["service"], results["llama-server"]
+    n = args.streams
+    # (measurement, key in the results, statistic, scale, format, unit)
+    measures = [
+        ("one stream TTFT", "ttft1", 50, 1000, ".1f", "ms"),
+        ("one stream decode", "tps1", 50, 1, ".1f", "tok/s"),
+        ("one stream inter-token p50", "gaps", 50, 1000, ".1f", "ms"),
+        ("one stream inter-token p95", "gaps", 95, 1000, ".1f", "ms"),
+        (f"{n} streams aggregate", "agg", 50, 1, ".1f", "tok/s"),
+        (f"{n} streams TTFT p50", "ttftN", 50, 1000, ".1f", "ms"),
+        (f"{n} streams TTFT p95", "ttftN", 95, 1000, ".1f", "ms"),
+        (f"late arrival TTFT ({n - 1} running)", "late", 50, 1000, ".1f", "ms"),
+        (
+            f"prefill, {results['service']['prompt_tokens'][0]}-token prompt",
+            "prefill",
+            50,
+            1,
+            ".0f",
+            "tok/s",
+        ),
+    ]
     rows = []
 
     def row(name: str, a: float, b: float, fmt: str, unit: str) -> None:
         rows.append([name, f"{a:{fmt}} {unit}", f"{b:{fmt}} {unit}", f"{a / b:.2f}"])
 
-    row("one stream TTFT", med(s["ttft1"]) * 1000, med(p["ttft1"]) * 1000, ".1f", "ms")
-    row("one stream decode", med(s["tps1"]), med(p["tps1"]), ".1f", "tok/s")
-    row(
-        "one stream inter-token p50",
-        pct(s["gaps"], 0.5) * 1000,
-        pct(p["gaps"], 0.5) * 1000,
-        ".1f",
-        "ms",
-    )
-    row(
-        "one stream inter-token p95",
-        pct(s["gaps"], 0.95) * 1000,
-        pct(p["gaps"], 0.95) * 1000,
-        ".1f",
-        "ms",
-    )
-    n = args.streams
-    row(f"{n} streams aggregate", med(s["agg"]), med(p["agg"]), ".1f", "tok/s")
-    row(
-        f"{n} streams TTFT p50",
-        pct(s["ttftN"], 0.5) * 1000,
-        pct(p["ttftN"], 0.5) * 1000,
-        ".1f",
-        "ms",
-    )
-    row(
-        f"{n} streams TTFT p95",
-        pct(s["ttftN"], 0.95) * 1000,
-        pct(p["ttftN"], 0.95) * 1000,
-        ".1f",
-        "ms",
-    )
-    row(
-        f"late arrival TTFT ({n - 1} running)",
-        med(s["late"]) * 1000,
-        med(p["late"]) * 1000,
-        ".1f",
-        "ms",
-    )
-    row(
-        f"prefill, {s['prompt_tokens'][0]}-token prompt",
-        med(s["prefill"]),
-        med(p["prefill"]),
-        ".0f",
-        "tok/s",
-    )
+    for name, key, q, scale, fmt, unit in measures:
+        ours, theirs = (percentile(results[t][key], q) * scale for t in ("service", "llama-server"))
+        row(name, ours, theirs, fmt, unit)
     row("RSS at the end", rss["service"], rss["llama-server"], ".0f", "MiB")
     header = ["measurement", "inference service", "llama-server", "ratio"]
     print()
@@ -390,15 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(notes)
     if args.record:
-        with DOC.open("a") as doc:
-            doc.write(f"\n{SECTION}\n\n{notes}\n\n{markdown_table(header, rows)}\n")
+        append_to_doc(SECTION, notes, markdown_table(header, rows))
     return 0
-
-
-def _physical_cores() -> int:
-    from appliance.inference.base import physical_cores
-
-    return physical_cores()
 
 
 if __name__ == "__main__":

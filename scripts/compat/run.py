@@ -322,14 +322,17 @@ def probe(python: Path, client: str, feature: str, env: dict[str, str], limit: f
     return lines[-1][:300] if lines else f"exit {done.returncode}"
 
 
-def start(data_dir: Path) -> tuple[subprocess.Popen, str, str, str]:
-    """A fresh ``appliance up``, an account, its instance ``compat`` and inference key."""
+def start(data_dir: Path):
+    """A fresh ``appliance up`` (scripts/bench/common.py's ``Service``), an account, its
+    instance ``compat`` and inference key."""
     sys.path.insert(0, str(ROOT / "scripts" / "bench"))
-    from load import setup_account, start_appliance  # scripts/bench/load.py
+    from common import start_up
+    from load import setup_account  # scripts/bench/load.py
 
     from appliance.config import Settings
 
-    process, url = start_appliance(data_dir)
+    appliance = start_up(data_dir)
+    url = appliance.url
     manage = setup_account(Settings.load(data_dir=data_dir, environ={}), 0)["manage"]
     headers = {"Authorization": f"Bearer {manage}"}
     created = httpx.post(
@@ -344,7 +347,7 @@ def start(data_dir: Path) -> tuple[subprocess.Popen, str, str, str]:
         headers=headers,
     )
     key.raise_for_status()
-    return process, url, key.json()["key"], "compat"
+    return appliance, key.json()["key"], "compat"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -359,11 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=180)
     args = parser.parse_args(argv)
     clients = [c for c in args.clients.split(",") if c]
-    process = None
+    appliance = None
     if args.start:
         data_dir = Path(tempfile.mkdtemp(prefix="appliance-compat-"))
         print(f"starting appliance up on {data_dir} …", flush=True)
-        process, args.url, args.key, args.model = start(data_dir)
+        appliance, args.key, args.model = start(data_dir)
+        args.url = appliance.url
     elif not (args.url and args.key and args.model):
         parser.error("give --url, --key and --model, or --start")
     try:
@@ -396,9 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(rows))
         print("\n".join(notes + [f"- {c}: not installed: {why}" for c, why in failed.items()]))
     finally:
-        if process is not None:
-            process.terminate()
-            process.wait(timeout=60)
+        if appliance is not None:
+            appliance.stop(60)
     return 0
 
 

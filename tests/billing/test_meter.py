@@ -6,7 +6,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import make_settings
+from conftest import in_threads, make_settings
 
 from appliance.accounts import service as accounts
 from appliance.billing import ledger, meter, service
@@ -109,11 +109,7 @@ def test_parallel_reservations_pass_exactly_as_many_as_covered(settings, on, clo
         finally:
             conn.close()
 
-    threads = [threading.Thread(target=one) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    in_threads([one] * 20)
     assert results.count("ok") == 5 and results.count("402") == 15
 
 
@@ -179,12 +175,20 @@ def make_instance(db, clock):
     return account, created
 
 
-def test_instance_time_per_minute_catches_up_and_stops_at_once(settings, db, clock):
+def funded_instance(settings, db, clock, price_hour: float, microusd: int):
+    """Billing on with ``price_hour`` an instance hour, and an account's running instance
+    with ``microusd`` of credit: (billing settings, account, instance)."""
     on = make_settings(
-        settings.paths.data_dir, **{"billing.enabled": True, "billing.price_instance_hour": 0.6}
+        settings.paths.data_dir,
+        **{"billing.enabled": True, "billing.price_instance_hour": price_hour},
     )
     account, created = make_instance(db, clock)
-    fund(db, account.id, 1_000_000, clock())
+    fund(db, account.id, microusd, clock())
+    return on, account, created
+
+
+def test_instance_time_per_minute_catches_up_and_stops_at_once(settings, db, clock):
+    on, account, created = funded_instance(settings, db, clock, 0.6, 1_000_000)
     running = instances.running(db)
     clock.advance(minutes=10, seconds=30)
     assert meter.charge_instance_time(db, on, running, clock()) == 10
@@ -206,11 +210,7 @@ def test_instance_time_per_minute_catches_up_and_stops_at_once(settings, db, clo
 
 
 def test_instance_time_goes_to_zero_and_records_the_shortfall(settings, db, clock):
-    on = make_settings(
-        settings.paths.data_dir, **{"billing.enabled": True, "billing.price_instance_hour": 6}
-    )
-    account, _ = make_instance(db, clock)
-    fund(db, account.id, 150_000, clock())
+    on, account, _ = funded_instance(settings, db, clock, 6, 150_000)
     clock.advance(minutes=2)
     meter.charge_instance_time(db, on, instances.running(db), clock())
     entry = ledger.entries(db, account.id, kinds=("instance_time",))[0]
@@ -267,11 +267,7 @@ def test_pseudonymize_keeps_amounts_and_stripe_ids_but_not_the_account(db, on, c
 
 
 def test_minutes_before_an_erasure_are_charged_under_the_reference(settings, db, clock):
-    on = make_settings(
-        settings.paths.data_dir, **{"billing.enabled": True, "billing.price_instance_hour": 0.6}
-    )
-    account, created = make_instance(db, clock)
-    fund(db, account.id, 1_000_000, clock())
+    on, account, created = funded_instance(settings, db, clock, 0.6, 1_000_000)
     clock.advance(minutes=3)
     instances.set_state(db, account.id, "owner", created.id, "destroyed", clock())
     pseudonymize_account(db, account.id, "erased_ref")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 from billing_support import WEBHOOK_SECRET, billed, stripe_standin  # noqa: F401 - fixtures
-from conftest import make_settings
+from conftest import in_threads, make_settings
 from litestar.testing import TestClient
 from stripe_standin import event, sign
 
@@ -178,11 +178,7 @@ def test_the_same_event_delivered_twice_at_once_credits_once(shop, stripe_standi
             barrier.wait()
             outcomes.append(deliver(shop, payload, client=client).json()["outcome"])
 
-        threads = [threading.Thread(target=post) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        in_threads([post] * 2)
     assert sorted(outcomes) == ["credited", "duplicate"]
     assert balance(shop) == 25_000_000
     invariant(shop)

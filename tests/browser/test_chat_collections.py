@@ -3,6 +3,7 @@ chat page's answer cites only that collection's documents, although another docu
 the team matches the question better."""
 
 import pytest
+from conftest import ask_with_sources, browser_sign_in
 
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth
@@ -49,23 +50,14 @@ def test_an_instance_limited_to_a_collection_never_cites_another(
         models=[DEFAULT_CHAT],
         max_tokens_cap=4096,
     )
-    token = auth.create_session(db, linked_settings, user.id, account.id, utcnow())
-    page.context.add_cookies([{"name": "session", "value": token, "url": live_kb.url}])
+    browser_sign_in(page.context, db, linked_settings, user.id, account.id, live_kb.url)
     page.goto(live_kb.url + "/knowledge")
     for name in FILES:
         page.locator("#documents tbody tr", has_text=name).locator(".status-ready").wait_for(
             timeout=60_000
         )
 
-    page.goto(live_kb.url + "/chat")
-    page.get_by_label("Message").fill("What is the launch code of Zephyr?")
-    page.get_by_role("button", name="Send").click()
-    page.wait_for_url("**/chat/conv_*")
-    answer = page.locator("article.msg-assistant").first
-    answer.locator(".msg-meta").wait_for(timeout=60_000)
-    sources = answer.locator("details.sources")
-    if sources.get_attribute("open") is None:
-        sources.locator("summary").click()
+    sources = ask_with_sources(page, live_kb.url, "What is the launch code of Zephyr?")
     shown = sources.inner_text()
     assert "leave.md" in shown  # retrieval ran and found the collection's document
     assert "zephyr.md" not in shown and "PURPLE-OTTER" not in page.inner_text("main")

@@ -5,9 +5,9 @@ a copy button; an oversized paste is refused before it is stored and the refusal
 a reload; the same at 390 px without sideways scrolling."""
 
 import pytest
+from conftest import browser_sign_in
 
 from appliance.accounts import service as accounts
-from appliance.auth import service as auth
 from appliance.chat import service as chat
 from appliance.clock import utcnow
 from appliance.db import open_db
@@ -62,8 +62,7 @@ def test_chat_feels_like_chat(live_kb, page, linked_settings, models_dir):
         for name in ("first", "second")
     ]
     long_id = long_conversation(db, account.id, user.id, made[0])
-    token = auth.create_session(db, linked_settings, user.id, account.id, utcnow())
-    page.context.add_cookies([{"name": "session", "value": token, "url": live_kb.url}])
+    browser_sign_in(page.context, db, linked_settings, user.id, account.id, live_kb.url)
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_kb.url)
 
     # A long conversation opens at its latest message, the composer in view and focused.

@@ -2,6 +2,7 @@
 and its source, follow up, stop a long answer, delete the conversation."""
 
 import pytest
+from conftest import ask_with_sources, browser_sign_in
 
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth
@@ -31,8 +32,7 @@ def test_ask_follow_up_stop_and_delete(live_kb, page, linked_settings, tmp_path,
         models=[DEFAULT_CHAT],
         max_tokens_cap=4096,
     )
-    token = auth.create_session(db, linked_settings, user.id, account.id, utcnow())
-    page.context.add_cookies([{"name": "session", "value": token, "url": live_kb.url}])
+    browser_sign_in(page.context, db, linked_settings, user.id, account.id, live_kb.url)
     fact = tmp_path / "zephyr.md"
     fact.write_text(FACT)
 
@@ -43,15 +43,7 @@ def test_ask_follow_up_stop_and_delete(live_kb, page, linked_settings, tmp_path,
     )
 
     # Ask: the answer streams in, then shows the retrieved source with its exact passage.
-    page.goto(live_kb.url + "/chat")
-    page.get_by_label("Message").fill("What is the launch code of Project Zephyr?")
-    page.get_by_role("button", name="Send").click()
-    page.wait_for_url("**/chat/conv_*")
-    answer = page.locator("article.msg-assistant").first
-    answer.locator(".msg-meta").wait_for(timeout=60_000)
-    sources = answer.locator("details.sources")
-    if sources.get_attribute("open") is None:  # opened by itself only when [n] was cited
-        sources.locator("summary").click()
+    sources = ask_with_sources(page, live_kb.url, "What is the launch code of Project Zephyr?")
     assert "zephyr.md" in sources.inner_text()
     assert "PURPLE-OTTER-42" in sources.locator("blockquote").first.inner_text()
     assert page.locator("#chat-title").inner_text().startswith("What is the launch code")

@@ -1,9 +1,9 @@
 """The Knowledge page in the real browser: upload, watch ingestion, search, remove."""
 
 import pytest
+from conftest import browser_sign_in
 
 from appliance.accounts import service as accounts
-from appliance.auth import service as auth
 from appliance.clock import utcnow
 from appliance.db import open_db
 
@@ -21,9 +21,8 @@ FILES = {
 def test_upload_search_and_remove(live_kb, page, linked_settings, tmp_path):
     db = open_db(linked_settings)
     user, account = accounts.create_user(db, "kb@example.com", utcnow(), account_name="KB")
-    token = auth.create_session(db, linked_settings, user.id, account.id, utcnow())
+    browser_sign_in(page.context, db, linked_settings, user.id, account.id, live_kb.url)
     db.close()
-    page.context.add_cookies([{"name": "session", "value": token, "url": live_kb.url}])
     paths = []
     for name, data in FILES.items():
         path = tmp_path / name
@@ -62,9 +61,8 @@ def test_a_folder_goes_up_with_one_overall_progress_bar(live_kb, page, linked_se
 
     db = open_db(linked_settings)
     user, account = accounts.create_user(db, "bulk@example.com", utcnow(), account_name="Bulk")
-    token = auth.create_session(db, linked_settings, user.id, account.id, utcnow())
+    browser_sign_in(page.context, db, linked_settings, user.id, account.id, live_kb.url)
     db.close()
-    page.context.add_cookies([{"name": "session", "value": token, "url": live_kb.url}])
     folder = tmp_path / "team-drive"
     (folder / "policies").mkdir(parents=True)
     for name, data in FILES.items():

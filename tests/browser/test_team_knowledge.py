@@ -1,39 +1,20 @@
 """The Knowledge page for a team in the real browser: who uploaded what, a member who can
 remove only their own uploads, and collections (create, file a document)."""
 
-import io
-
 import pytest
+from conftest import browser_sign_in, indexed_document
 
 from appliance.accounts import service as accounts
-from appliance.auth import service as auth
 from appliance.clock import utcnow
 from appliance.db import open_db
 from appliance.knowledge import service as knowledge
-from appliance.knowledge.store import Chunk, KnowledgeStore
 
 pytestmark = pytest.mark.browser
 
 
-def indexed(db, settings, account, user, name, text):
-    """A document as ingestion leaves it (no model runs here)."""
-    doc = knowledge.add_document(
-        db, settings, account.id, user.id, name, io.BytesIO(text.encode()), utcnow()
-    ).document
-    store = KnowledgeStore(db)
-    store.ensure_vectors(4, "test")
-    with db.conn:
-        store.add_chunks(doc.id, account.id, [Chunk(0, text, None, "", 5)], [[0.1, 0.2, 0.3, 0.4]])
-        store.set_status(
-            doc.id, "ready", "2026-11-27T09:00:00+00:00", chunks_total=1, chunks_done=1
-        )
-    return doc
-
-
 def signed_in(browser, service, settings, db, user, account):
     context = browser.new_context()
-    token = auth.create_session(db, settings, user.id, account.id, utcnow())
-    context.add_cookies([{"name": "session", "value": token, "url": service.url}])
+    browser_sign_in(context, db, settings, user.id, account.id, service.url)
     return context.new_page()
 
 
@@ -44,8 +25,8 @@ def test_a_member_removes_only_their_own_and_an_owner_files_into_a_collection(
     owner, account = accounts.create_user(db, "owner@example.com", utcnow(), account_name="Acme")
     member = accounts.ensure_user(db, "member@example.com", utcnow())
     accounts.add_member(db, account.id, member.id, "member", utcnow())
-    indexed(db, settings, account, owner, "plan.md", "the owner's plan")
-    indexed(db, settings, account, member, "notes.md", "the member's notes")
+    indexed_document(db, settings, utcnow, account, owner, "plan.md", "the owner's plan")
+    indexed_document(db, settings, utcnow, account, member, "notes.md", "the member's notes")
 
     as_owner = signed_in(browser, live_web, settings, db, owner, account)
     as_owner.goto(live_web.url + "/knowledge")

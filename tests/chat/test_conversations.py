@@ -127,17 +127,23 @@ def test_follow_up_sends_history_and_long_chats_are_trimmed(env):
     from appliance.inference.client import InferenceClient
 
     inference = InferenceClient.from_settings(env["settings"])
-    turn = chat.prepare_turn(
-        db,
-        env["settings"],
-        inference,
-        env["account"].id,
-        env["user"].id,
-        cid,
-        env["clock"](),
-        content="What is my name?",
-    )
-    chat.end_turn(db, cid)
+
+    def prepared(content: str):
+        """The turn ``content`` would start (prompt composed), ended unanswered."""
+        turn = chat.prepare_turn(
+            db,
+            env["settings"],
+            inference,
+            env["account"].id,
+            env["user"].id,
+            cid,
+            env["clock"](),
+            content=content,
+        )
+        chat.end_turn(db, cid)
+        return turn
+
+    turn = prepared("What is my name?")
     sent = turn.composed.payload["messages"]
     assert any("Bartholomew" in m["content"] for m in sent if m["role"] == "user")
     assert sent[-1] == {"role": "user", "content": "What is my name?"}
@@ -150,17 +156,7 @@ def test_follow_up_sends_history_and_long_chats_are_trimmed(env):
     for _ in range(3):
         got = ask(client, cid, long_text)
         assert got[-1]["type"] == "done", got[-1]
-    turn = chat.prepare_turn(
-        db,
-        env["settings"],
-        inference,
-        env["account"].id,
-        env["user"].id,
-        cid,
-        env["clock"](),
-        content="And now?",
-    )
-    chat.end_turn(db, cid)
+    turn = prepared("And now?")
     assert turn.composed.dropped_messages > 0
     assert turn.composed.payload["messages"][-1]["content"] == "And now?"
     assert turn.composed.prompt_tokens <= 1024

@@ -6,12 +6,11 @@ import json
 import openai
 import pydantic
 import pytest
+from conftest import managed_app
 from litestar.testing import TestClient
 
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth
-from appliance.tasks import create_queue
-from appliance.web import create_app
 
 pytestmark = pytest.mark.inference
 
@@ -20,17 +19,8 @@ FACT = b"# Project Zephyr\n\nThe launch code of Project Zephyr is PURPLE-OTTER-4
 
 @pytest.fixture
 def env(linked_settings, models_dir, db, clock):
-    from conftest import link_models
-
-    settings = linked_settings
-    link_models(settings, models_dir)  # the web reads the model registry it shares
-    app = create_app(settings, clock=clock, queue=create_queue(settings, immediate=True))
-    owner, account = accounts.create_user(db, "owner@example.com", clock(), account_name="A")
-    _, manage = auth.create_key(
-        db, user_id=owner.id, account_id=account.id, name="m", scope="manage", now=clock()
-    )
-    with TestClient(app) as client:
-        client.headers["Authorization"] = f"Bearer {manage}"
+    # The web reads the model registry it shares with the inference service.
+    with managed_app(linked_settings, models_dir, db, clock) as (app, _, client):
         created = client.post("/api/instances", json={"name": "assistant", "max_tokens": 48})
         assert created.status_code == 201, created.text
         other = client.post("/api/instances", json={"name": "other"}).json()
@@ -107,30 +97,15 @@ def test_knowledge_is_retrieved_and_cited(env):
     upload = manage.post("/api/documents", files={"file": ("zephyr.md", io.BytesIO(FACT))})
     assert upload.status_code == 202
     http = TestClient(env["app"])
-    response = http.post(
-        "/v1/chat/completions",
-        json={
-            "model": "assistant",
-            "messages": [{"role": "user", "content": "What is the launch code of Project Zephyr?"}],
-            "max_tokens": 24,
-            "temperature": 0,
-        },
-        headers={"Authorization": f"Bearer {env['free']}"},
-    )
+    http.headers["Authorization"] = f"Bearer {env['free']}"
+    question = [{"role": "user", "content": "What is the launch code of Project Zephyr?"}]
+    on = {"model": "assistant", "messages": question, "max_tokens": 24, "temperature": 0}
+    response = http.post("/v1/chat/completions", json=on)
     assert response.status_code == 200, response.text
     passages = response.json()["appliance"]["passages"]
     assert passages[0]["filename"] == "zephyr.md"
-    off = http.post(
-        "/v1/chat/completions",
-        json={
-            "model": "assistant",
-            "messages": [{"role": "user", "content": "What is the launch code of Project Zephyr?"}],
-            "max_tokens": 4,
-            "appliance": {"knowledge": False},
-        },
-        headers={"Authorization": f"Bearer {env['free']}"},
-    )
-    assert "appliance" not in off.json()
+    off = {**on, "max_tokens": 4, "appliance": {"knowledge": False}}
+    assert "appliance" not in http.post("/v1/chat/completions", json=off).json()
 
 
 def test_errors_are_openai_shaped(env):

@@ -17,7 +17,11 @@ import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
+
+import numpy as np
+from gguf import GGUFWriter
 
 
 @dataclass
@@ -184,3 +188,21 @@ def _handler(hub: HubStandIn, server: str):
             pass
 
     return Handler
+
+
+def write_gguf(
+    path: Path, architecture: str, context_length: int, shape: tuple[int, int], seed: int, **kv
+) -> Path:
+    """A valid GGUF file at ``path``: one random float32 tensor of ``shape``; ``kv`` sets
+    more metadata (``name=...`` calls ``add_name``)."""
+    writer = GGUFWriter(str(path), architecture)
+    writer.add_context_length(context_length)
+    for key, value in kv.items():
+        getattr(writer, f"add_{key}")(value)
+    weights = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+    writer.add_tensor("token_embd.weight", weights)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

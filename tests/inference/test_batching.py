@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import make_settings, wait_until
+from conftest import in_threads, make_settings, wait_until
 
 from appliance.errors import ApplianceError
 from appliance.inference import models
@@ -437,20 +437,19 @@ class NoRoomFor(DecodeFailsFor):
         return self.lib.llama_decode(ctx, batch)
 
 
-def test_a_request_that_finds_no_kv_room_even_alone_gets_400_naming_tokens_and_limit(
-    make_engine, monkeypatch
-):
-    engine = make_engine(prefix_cache_entries=0)
+def run_failing(engine, monkeypatch, count: int, failing_lib) -> tuple[list[Job], dict, Any]:
+    """Admit ``count`` questions of 6 tokens, swap in ``failing_lib(jobs)`` as the engine's
+    llama.cpp and step until every job ended; returns the jobs, how each ended and the
+    swapped-in library."""
     loop = asyncio.new_event_loop()  # events are queued on it, never delivered
     try:
         jobs = [
             Job(account=f"a{i}", payload=request(q, max_tokens=6), loop=loop)
-            for i, q in enumerate(QUESTIONS[:2])
+            for i, q in enumerate(QUESTIONS[:count])
         ]
         for job in jobs:
             engine.admit(job)
-        tokens = len(engine._running[engine.slot_of(jobs[1])].tokens)
-        failing = NoRoomFor(engine._lib, engine.slot_of(jobs[1]))
+        failing = failing_lib(jobs)
         monkeypatch.setattr(engine, "_lib", failing)
         ended: dict[Job, Any] = {}
         for _ in range(200):
@@ -459,6 +458,21 @@ def test_a_request_that_finds_no_kv_room_even_alone_gets_400_naming_tokens_and_l
                 break
     finally:
         loop.close()
+    return jobs, ended, failing
+
+
+def test_a_request_that_finds_no_kv_room_even_alone_gets_400_naming_tokens_and_limit(
+    make_engine, monkeypatch
+):
+    engine = make_engine(prefix_cache_entries=0)
+    tokens: list[int] = []
+
+    def no_room_for_the_second(jobs: list[Job]) -> NoRoomFor:
+        tokens.append(len(engine._running[engine.slot_of(jobs[1])].tokens))
+        return NoRoomFor(engine._lib, engine.slot_of(jobs[1]))
+
+    jobs, ended, _ = run_failing(engine, monkeypatch, 2, no_room_for_the_second)
+    (tokens,) = tokens
 
     # It waited while the other ran, then failed alone: a 400, not the other's failure.
     assert isinstance(ended[jobs[0]], Finish) and ended[jobs[0]].completion_tokens == 6
@@ -472,23 +486,9 @@ def test_a_request_that_finds_no_kv_room_even_alone_gets_400_naming_tokens_and_l
 
 def test_a_failed_decode_fails_only_the_request_at_fault(make_engine, monkeypatch):
     engine = make_engine(prefix_cache_entries=0)
-    loop = asyncio.new_event_loop()  # events are queued on it, never delivered
-    try:
-        jobs = [
-            Job(account=f"a{i}", payload=request(q, max_tokens=6), loop=loop)
-            for i, q in enumerate(QUESTIONS[:3])
-        ]
-        for job in jobs:
-            engine.admit(job)
-        failing = DecodeFailsFor(engine._lib, engine.slot_of(jobs[1]))
-        monkeypatch.setattr(engine, "_lib", failing)
-        ended: dict[Job, Any] = {}
-        for _ in range(200):
-            ended.update(engine.step())
-            if len(ended) == len(jobs):
-                break
-    finally:
-        loop.close()
+    jobs, ended, failing = run_failing(
+        engine, monkeypatch, 3, lambda jobs: DecodeFailsFor(engine._lib, engine.slot_of(jobs[1]))
+    )
 
     # The batch of three failed, then each was decoded alone: only the culprit ends.
     assert failing.refused == 2
@@ -649,11 +649,7 @@ def test_the_service_batches_and_reports_its_steps(inference_service, inference_
         def ask() -> None:
             answers.append(api.post("/v1/chat/completions", json=body))
 
-        threads = [threading.Thread(target=ask) for _ in range(3)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
+        in_threads([ask] * 3, 120)
         with api.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as sse:
             events = [line for line in sse.iter_lines() if line.startswith("data: ")]
         health = api.get("/healthz").json()

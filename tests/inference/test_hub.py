@@ -12,11 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import make_settings
-from gguf import GGUFWriter
-from hub_standin import HubStandIn
+from hub_standin import HubStandIn, write_gguf
 
 from appliance.inference import models
 
@@ -28,15 +26,7 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 def small_gguf(tmp_path_factory) -> bytes:
     """A valid 2 MB GGUF (llama architecture, context length 2048)."""
     path = tmp_path_factory.mktemp("gguf") / "small.gguf"
-    writer = GGUFWriter(str(path), "llama")
-    writer.add_context_length(2048)
-    weights = np.random.default_rng(1).standard_normal((500, 1000), dtype=np.float32)
-    writer.add_tensor("token_embd.weight", weights)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path.read_bytes()
+    return write_gguf(path, "llama", 2048, (500, 1000), seed=1).read_bytes()
 
 
 @pytest.fixture

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import make_settings
-from gguf import GGUFWriter
+from hub_standin import write_gguf
 
 from appliance.errors import Conflict, InvalidInput, NotFound
 from appliance.inference import models
@@ -58,16 +57,7 @@ def sha256_bytes(data: bytes) -> str:
 def tiny_gguf(tmp_path_factory) -> Path:
     """A valid 4 MB GGUF (BERT architecture, context length 384, one tensor)."""
     path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
-    writer = GGUFWriter(str(path), "bert")
-    writer.add_context_length(384)
-    writer.add_name("tiny test model")
-    weights = np.random.default_rng(0).standard_normal((1000, 1000), dtype=np.float32)
-    writer.add_tensor("token_embd.weight", weights)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return write_gguf(path, "bert", 384, (1000, 1000), seed=0, name="tiny test model")
 
 
 # -- the registry --------------------------------------------------------------------
@@ -368,18 +358,23 @@ def test_pull_resumes_a_partial_download_with_a_range_request(fresh, file_server
     assert model.sha256 == sha256_bytes(gguf_bytes)
 
 
+def pull_tiny_embed(settings, file_server, sha256: str):
+    """``appliance models pull`` of the file server's Tiny-Embed.gguf as an embedding model."""
+    return pull(
+        settings,
+        f"{file_server.url}/models/Tiny-Embed.gguf",
+        sha256=sha256,
+        kind="embedding",
+        progress=False,
+    )
+
+
 def test_pull_finishes_when_the_partial_file_is_already_complete(fresh, file_server, gguf_bytes):
     partial = fresh.paths.models / "Tiny-Embed.gguf.partial"
     partial.parent.mkdir(parents=True)
     partial.write_bytes(gguf_bytes)
 
-    model = pull(
-        fresh,
-        f"{file_server.url}/models/Tiny-Embed.gguf",
-        sha256=sha256_bytes(gguf_bytes),
-        kind="embedding",
-        progress=False,
-    )
+    model = pull_tiny_embed(fresh, file_server, sha256_bytes(gguf_bytes))
 
     assert [r.get("Range") for r in file_server.requests] == [f"bytes={len(gguf_bytes)}-"]
     assert models.verify(fresh, model)
@@ -392,13 +387,7 @@ def test_pull_starts_over_when_the_server_ignores_the_range(fresh, file_server, 
     partial.parent.mkdir(parents=True)
     partial.write_bytes(b"stale bytes from some other download")
 
-    model = pull(
-        fresh,
-        f"{file_server.url}/models/Tiny-Embed.gguf",
-        sha256=sha256_bytes(gguf_bytes),
-        kind="embedding",
-        progress=False,
-    )
+    model = pull_tiny_embed(fresh, file_server, sha256_bytes(gguf_bytes))
 
     assert file_server.requests[0]["Range"] == "bytes=36-"
     assert file_server.sent == [len(gguf_bytes)]
@@ -410,13 +399,7 @@ def test_pull_with_a_checksum_mismatch_deletes_the_download(fresh, file_server, 
     wrong = sha256_bytes(b"something else")
 
     with pytest.raises(InvalidInput, match="checksum mismatch") as caught:
-        pull(
-            fresh,
-            f"{file_server.url}/models/Tiny-Embed.gguf",
-            sha256=wrong,
-            kind="embedding",
-            progress=False,
-        )
+        pull_tiny_embed(fresh, file_server, wrong)
 
     assert wrong in str(caught.value)
     assert sha256_bytes(gguf_bytes) in str(caught.value)

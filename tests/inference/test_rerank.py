@@ -14,19 +14,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import make_settings, start_inference
-from litestar.testing import TestClient
+from conftest import make_settings, manage_client, start_inference
 from rerank_support import make_cross_encoder, reference_score
 
 from appliance import vault
-from appliance.accounts import service as accounts
-from appliance.auth import service as auth
 from appliance.cli import initialise
 from appliance.inference import models
 from appliance.inference.convert import convert_minilm
 from appliance.inference.rerank import RerankEngine
-from appliance.tasks import create_queue
-from appliance.web import create_app
 
 pytestmark = pytest.mark.inference
 
@@ -158,17 +153,6 @@ def test_a_service_without_reranker_answers_501(inference_service, inference_key
     assert "No reranker" in response.json()["error"]["message"]
 
 
-def kb_client(settings, db, clock, email: str, name: str) -> TestClient:
-    owner, account = accounts.create_user(db, email, clock(), account_name=name)
-    _, secret = auth.create_key(
-        db, user_id=owner.id, account_id=account.id, name="t", scope="manage", now=clock()
-    )
-    app = create_app(settings, clock=clock, queue=create_queue(settings, immediate=True))
-    client = TestClient(app)
-    client.headers["Authorization"] = f"Bearer {secret}"
-    return client
-
-
 def linked(settings, service, **extra):
     (settings.paths.secrets / "inference_key").write_text(
         (service.settings.paths.secrets / "inference_key").read_text()
@@ -183,7 +167,7 @@ def test_search_follows_the_reranker_not_the_fusion(settings, db, clock, rerank_
     scores, _ = engine.score(QUERY, PASSAGES)
     reranker_best = max(range(4), key=scores.__getitem__)
     assert reranker_best != 0, "the crafted case needs the reranker to disagree with BM25"
-    with kb_client(linked(settings, rerank_service), db, clock, "a@example.com", "A") as a:
+    with manage_client(linked(settings, rerank_service), db, clock, "a@example.com", "A") as a:
         for n, passage in enumerate(PASSAGES):
             response = a.post(
                 "/api/documents", files={"file": (f"p{n}.txt", io.BytesIO(passage.encode()))}
@@ -195,7 +179,7 @@ def test_search_follows_the_reranker_not_the_fusion(settings, db, clock, rerank_
         PASSAGES[i] for i in sorted(range(4), key=scores.__getitem__, reverse=True)
     ]
     off = linked(settings, rerank_service, rerank="false")
-    with kb_client(off, db, clock, "a@example.com", "A") as a:
+    with manage_client(off, db, clock, "a@example.com", "A") as a:
         fused = a.get("/api/search", params={"q": QUERY, "k": 4}).json()
     # Without the reranker the fusion puts the passage that repeats the query first:
     # both legs rank it first.
@@ -206,8 +190,8 @@ def test_search_follows_the_reranker_not_the_fusion(settings, db, clock, rerank_
 def test_reranked_search_keeps_to_the_account(settings, db, clock, rerank_service):
     settings = linked(settings, rerank_service)
     with (
-        kb_client(settings, db, clock, "a@example.com", "A") as a,
-        kb_client(settings, db, clock, "b@example.org", "B") as b,
+        manage_client(settings, db, clock, "a@example.com", "A") as a,
+        manage_client(settings, db, clock, "b@example.org", "B") as b,
     ):
         for n, passage in enumerate(PASSAGES):
             a.post("/api/documents", files={"file": (f"p{n}.txt", io.BytesIO(passage.encode()))})

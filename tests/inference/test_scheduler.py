@@ -66,6 +66,19 @@ def make_job(account: str, payload: Any, priority: str = "interactive") -> Job:
     return Job(account=account, payload=payload, loop=asyncio.get_running_loop(), priority=priority)
 
 
+async def busy_with_long(
+    schedulers, account: str, priority: str = "interactive", **options
+) -> tuple[Runner, Scheduler, Job]:
+    """A scheduler (``schedulers``' ``options``) whose runner is inside the gated job
+    ``long`` of ``account``."""
+    runner = Runner("long")
+    scheduler = schedulers(runner, **options)
+    long = make_job(account, "long", priority)
+    scheduler.submit(long)
+    await runner.wait_entered("long")
+    return runner, scheduler, long
+
+
 async def events_of(job: Job) -> list[Any]:
     """Every event of ``job`` up to (not including) DONE."""
     events = []
@@ -142,11 +155,7 @@ async def test_jobs_submitted_before_start_are_served_round_robin(schedulers):
 
 @async_test
 async def test_burst_from_one_account_does_not_starve_another(schedulers):
-    runner = Runner("long")
-    scheduler = schedulers(runner)
-    long = make_job("x", "long")
-    scheduler.submit(long)
-    await runner.wait_entered("long")
+    runner, scheduler, long = await busy_with_long(schedulers, "x")
     assert scheduler.running is long
 
     burst = [make_job("a", f"a{i}") for i in range(1, 5)]
@@ -164,11 +173,7 @@ async def test_burst_from_one_account_does_not_starve_another(schedulers):
 
 @async_test
 async def test_interactive_requests_go_before_batch_ones(schedulers):
-    runner = Runner("long")
-    scheduler = schedulers(runner)
-    long = make_job("x", "long", "batch")
-    scheduler.submit(long)
-    await runner.wait_entered("long")
+    runner, scheduler, long = await busy_with_long(schedulers, "x", "batch")
 
     jobs = [
         make_job("a", "batch-a", "batch"),
@@ -191,11 +196,7 @@ async def test_interactive_requests_go_before_batch_ones(schedulers):
 
 @async_test
 async def test_per_account_limit_counts_the_running_job_and_raises_account_busy(schedulers):
-    runner = Runner("long")
-    scheduler = schedulers(runner, per_account=2)
-    long = make_job("a", "long")
-    scheduler.submit(long)
-    await runner.wait_entered("long")
+    runner, scheduler, long = await busy_with_long(schedulers, "a", per_account=2)
     second = make_job("a", "a2")
     scheduler.submit(second)
 
@@ -219,11 +220,7 @@ async def test_per_account_limit_counts_the_running_job_and_raises_account_busy(
 
 @async_test
 async def test_full_queue_raises_unavailable_with_retry_after(schedulers):
-    runner = Runner("long")
-    scheduler = schedulers(runner, queue_size=2)
-    long = make_job("x", "long")
-    scheduler.submit(long)
-    await runner.wait_entered("long")
+    runner, scheduler, long = await busy_with_long(schedulers, "x", queue_size=2)
     waiting = [make_job("a", "a1"), make_job("b", "b1")]
     for job in waiting:
         scheduler.submit(job)
@@ -246,11 +243,7 @@ async def test_full_queue_raises_unavailable_with_retry_after(schedulers):
 
 @async_test
 async def test_cancelling_a_waiting_job_drops_it_emits_done_and_frees_its_place(schedulers):
-    runner = Runner("long")
-    scheduler = schedulers(runner, queue_size=2, per_account=1)
-    long = make_job("x", "long")
-    scheduler.submit(long)
-    await runner.wait_entered("long")
+    runner, scheduler, long = await busy_with_long(schedulers, "x", queue_size=2, per_account=1)
     dropped = make_job("a", "dropped")
     kept = make_job("b", "kept")
     scheduler.submit(dropped)
@@ -276,11 +269,7 @@ async def test_cancelling_a_waiting_job_drops_it_emits_done_and_frees_its_place(
 
 @async_test
 async def test_cancelling_the_running_job_stops_it_and_the_next_one_runs(schedulers):
-    runner = Runner("long")
-    scheduler = schedulers(runner, per_account=1)
-    long = make_job("a", "long")
-    scheduler.submit(long)
-    await runner.wait_entered("long")
+    runner, scheduler, long = await busy_with_long(schedulers, "a", per_account=1)
     after = make_job("b", "after")
     scheduler.submit(after)
 
@@ -330,11 +319,7 @@ async def test_runner_exceptions_become_failed_events_and_the_worker_carries_on(
 
 @async_test
 async def test_stop_cancels_the_running_job_and_refuses_new_ones(schedulers):
-    runner = Runner("long")
-    scheduler = schedulers(runner)
-    long = make_job("a", "long")
-    scheduler.submit(long)
-    await runner.wait_entered("long")
+    _runner, scheduler, long = await busy_with_long(schedulers, "a")
 
     await asyncio.to_thread(scheduler.stop)
 

@@ -13,13 +13,11 @@ import sys
 import zipfile
 
 import pytest
-from litestar.testing import TestClient
+from conftest import manage_client
 
 from appliance.accounts import service as accounts
-from appliance.auth import service as auth
 from appliance.knowledge import service as knowledge
 from appliance.tasks import create_queue
-from appliance.web import create_app
 
 pytestmark = pytest.mark.inference
 
@@ -38,18 +36,6 @@ def archive(members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> byte
     return buffer.getvalue()
 
 
-def client_for(settings, db, clock, email: str, name: str) -> TestClient:
-    user, account = accounts.create_user(db, email, clock(), account_name=name)
-    _, secret = auth.create_key(
-        db, user_id=user.id, account_id=account.id, name="t", scope="manage", now=clock()
-    )
-    app = create_app(settings, clock=clock, queue=create_queue(settings, immediate=True))
-    client = TestClient(app)
-    client.headers["Authorization"] = f"Bearer {secret}"
-    client.account_id = account.id
-    return client
-
-
 def upload(client, name: str, data: bytes):
     return client.post("/api/documents", files={"file": (name, io.BytesIO(data))})
 
@@ -63,8 +49,8 @@ def test_a_zip_adds_every_document_in_it(linked_settings, db, clock):
         "empty/": b"",
     }
     with (
-        client_for(linked_settings, db, clock, "a@example.com", "A") as a,
-        client_for(linked_settings, db, clock, "b@example.org", "B") as b,
+        manage_client(linked_settings, db, clock, "a@example.com", "A") as a,
+        manage_client(linked_settings, db, clock, "b@example.org", "B") as b,
     ):
         response = upload(a, "handbook.zip", archive(members))
         assert response.status_code == 202, response.text
@@ -97,7 +83,7 @@ def test_a_zip_adds_every_document_in_it(linked_settings, db, clock):
 def test_an_archive_over_the_caps_is_refused_whole(
     linked_settings, db, clock, members, compression, words
 ):
-    with client_for(linked_settings, db, clock, "a@example.com", "A") as a:
+    with manage_client(linked_settings, db, clock, "a@example.com", "A") as a:
         response = upload(a, "bad.zip", archive(members, compression))
         assert response.status_code == 400
         assert words in response.json()["error"]["message"]
@@ -148,7 +134,7 @@ def test_a_damaged_member_is_reported_and_the_rest_added(linked_settings, db, cl
     data = bytearray(archive(members, zipfile.ZIP_STORED))
     at = data.find(b"x" * 100)  # bad.txt's data (stored): its checksum no longer matches
     data[at : at + 100] = b"y" * 100
-    with client_for(linked_settings, db, clock, "a@example.com", "A") as a:
+    with manage_client(linked_settings, db, clock, "a@example.com", "A") as a:
         results = upload(a, "mixed.zip", bytes(data)).json()
     assert [r["filename"] for r in results if "id" in r] == ["good.txt"]
     assert [r for r in results if "error" in r] == [

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import stored_document
 
 from appliance.accounts import service as accounts
 from appliance.db import write_transaction
 from appliance.knowledge import codes, migrations
-from appliance.knowledge.store import Chunk, Document, KnowledgeStore
+from appliance.knowledge.store import Chunk, KnowledgeStore
 
 DIM = 384
 
@@ -24,16 +25,8 @@ def vectors(rng, n: int, centres: np.ndarray) -> np.ndarray:
 
 
 def add(db, account_id: str, doc_id: str, rows: np.ndarray) -> None:
-    store = KnowledgeStore(db)
-    store.ensure_vectors(DIM, "test")
-    now = "2026-11-27T09:00:00+00:00"
-    with write_transaction(db):
-        store.insert_document(
-            Document(doc_id, account_id, None, f"{doc_id}.txt", "txt", 1, doc_id, "ready",
-                     None, len(rows), len(rows), "test", now, now)
-        )  # fmt: skip
-        chunks = [Chunk(i, f"chunk {i} of {doc_id}", None, "", 3) for i in range(len(rows))]
-        store.add_chunks(doc_id, account_id, chunks, rows.tolist())
+    chunks = [Chunk(i, f"chunk {i} of {doc_id}", None, "", 3) for i in range(len(rows))]
+    stored_document(db, account_id, doc_id, chunks, rows.tolist())
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ with small vectors (no model: the searches here run the full-text leg)."""
 import io
 
 import pytest
+from conftest import indexed_document
 from litestar.testing import TestClient
 
 from appliance.accounts import service as accounts
@@ -14,7 +15,7 @@ from appliance.chat import compose
 from appliance.instances import service as instances
 from appliance.knowledge import collections as kb_collections
 from appliance.knowledge import service as knowledge
-from appliance.knowledge.store import Chunk, KnowledgeStore
+from appliance.knowledge.store import KnowledgeStore
 
 
 def session_client(app, db, settings, clock, user, account):
@@ -25,21 +26,6 @@ def session_client(app, db, settings, clock, user, account):
     client.cookies.set("csrf", "csrf-value")
     client.headers["X-CSRFToken"] = "csrf-value"
     return client
-
-
-def add(db, settings, clock, account, user, name, text, vector=(0.1, 0.2, 0.3, 0.4)):
-    """A document indexed as ingestion would leave it (one chunk, a 4-d vector)."""
-    doc = knowledge.add_document(
-        db, settings, account.id, user.id, name, io.BytesIO(text.encode()), clock()
-    ).document
-    store = KnowledgeStore(db)
-    store.ensure_vectors(4, "test")
-    with db.conn:
-        store.add_chunks(doc.id, account.id, [Chunk(0, text, None, "", 10)], [list(vector)])
-        store.set_status(
-            doc.id, "ready", "2026-11-27T09:00:00+00:00", chunks_total=1, chunks_done=1
-        )
-    return doc
 
 
 @pytest.fixture
@@ -65,8 +51,12 @@ def team(app, db, settings, clock):
 
 
 def test_a_member_deletes_only_their_own_uploads(team, db, settings, clock):
-    owners = add(db, settings, clock, team["account"], team["owner"], "plan.md", "owner plan")
-    mine = add(db, settings, clock, team["account"], team["member"], "notes.md", "member notes")
+    owners = indexed_document(
+        db, settings, clock, team["account"], team["owner"], "plan.md", "owner plan"
+    )
+    mine = indexed_document(
+        db, settings, clock, team["account"], team["member"], "notes.md", "member notes"
+    )
     member = team["as_member"]
     listed = {d["filename"]: d for d in member.get("/api/documents").json()}
     assert listed["plan.md"]["uploader"] == "owner@example.com"
@@ -94,8 +84,8 @@ def test_collections_over_the_api(team, db, settings, clock):
     assert owner.post("/api/collections", json={"name": ""}).status_code == 400
     assert member.post("/api/collections", json={"name": "Mine"}).status_code == 403
     sales = owner.post("/api/collections", json={"name": "Sales"}).json()
-    doc = add(db, settings, clock, team["account"], team["member"], "a.md", "alpha")
-    other = add(db, settings, clock, team["account"], team["owner"], "b.md", "beta")
+    doc = indexed_document(db, settings, clock, team["account"], team["member"], "a.md", "alpha")
+    other = indexed_document(db, settings, clock, team["account"], team["owner"], "b.md", "beta")
     filed = member.put(f"/api/documents/{doc.id}/collections", json={"collections": [hr["id"]]})
     assert filed.status_code == 200 and filed.json()["collections"] == [hr["id"]]
     # A member files only their own uploads; unknown ids are refused.
@@ -157,9 +147,15 @@ def test_an_instance_limited_to_a_collection_never_retrieves_another(team, db, s
     account, owner = team["account"], team["owner"]
     hr = kb_collections.create(db, account.id, "owner", "HR", clock())
     sales = kb_collections.create(db, account.id, "owner", "Sales", clock())
-    leave = add(db, settings, clock, account, owner, "leave.md", "holiday allowance is 25 days")
-    deals = add(db, settings, clock, account, owner, "deals.md", "holiday discount allowance 10%")
-    loose = add(db, settings, clock, account, owner, "misc.md", "holiday allowance rumours")
+    leave = indexed_document(
+        db, settings, clock, account, owner, "leave.md", "holiday allowance is 25 days"
+    )
+    deals = indexed_document(
+        db, settings, clock, account, owner, "deals.md", "holiday discount allowance 10%"
+    )
+    loose = indexed_document(
+        db, settings, clock, account, owner, "misc.md", "holiday allowance rumours"
+    )
     kb_collections.file_document(db, account.id, owner.id, "owner", leave.id, [hr.id])
     kb_collections.file_document(db, account.id, owner.id, "owner", deals.id, [sales.id])
     models = ["chat-model"]
@@ -197,10 +193,12 @@ def test_both_legs_search_inside_the_collections(team, db, settings, clock):
     account, owner = team["account"], team["owner"]
     hr = kb_collections.create(db, account.id, "owner", "HR", clock())
     for n in range(45):  # each closer to the query, by words and by vector
-        add(db, settings, clock, account, owner, f"promo{n}.md",
+        indexed_document(db, settings, clock, account, owner, f"promo{n}.md",
             f"holiday allowance holiday allowance offer {n}", (1.0, 0.0, 0.0, n / 100))  # fmt: skip
     text = "the holiday allowance is 25 days and more text here"
-    leave = add(db, settings, clock, account, owner, "leave.md", text, (0.0, 1.0, 0.0, 0.0))
+    leave = indexed_document(
+        db, settings, clock, account, owner, "leave.md", text, (0.0, 1.0, 0.0, 0.0)
+    )
     kb_collections.file_document(db, account.id, owner.id, "owner", leave.id, [hr.id])
     store = KnowledgeStore(db)
     match = '"holiday" OR "allowance"'
@@ -223,7 +221,7 @@ def test_another_accounts_collections_are_invisible(team, db, settings, clock):
     assert owner.get("/api/collections").json() == []
     assert owner.patch(f"/api/collections/{theirs['id']}", json={"name": "x"}).status_code == 404
     assert owner.delete(f"/api/collections/{theirs['id']}").status_code == 404
-    doc = add(db, settings, clock, team["account"], team["owner"], "a.md", "alpha")
+    doc = indexed_document(db, settings, clock, team["account"], team["owner"], "a.md", "alpha")
     filed = owner.put(f"/api/documents/{doc.id}/collections", json={"collections": [theirs["id"]]})
     assert filed.status_code == 400
     chosen = owner.post("/api/instances", json={"name": "spy", "collections": [theirs["id"]]})

@@ -7,28 +7,20 @@ Chunks go in through the store's own write path on a real SQLite file; the vecto
 from __future__ import annotations
 
 import pytest
+from conftest import stored_document
 
 from appliance.accounts import service as accounts
-from appliance.db import write_transaction
 from appliance.knowledge import search
-from appliance.knowledge.store import Chunk, Document, KnowledgeStore
+from appliance.knowledge.store import Chunk, KnowledgeStore
 
 FILLER = "The pump in the basement was checked by the caretaker."
 
 
 def add_document(db, account_id: str, doc_id: str, texts: list[str], headings=None) -> None:
-    store = KnowledgeStore(db)
-    store.ensure_vectors(4, "test")
-    now = "2026-11-27T09:00:00+00:00"
-    with write_transaction(db):
-        store.insert_document(
-            Document(doc_id, account_id, None, f"{doc_id}.txt", "txt", 1, doc_id, "ready",
-                     None, len(texts), len(texts), "test", now, now)
-        )  # fmt: skip
-        headings = headings or [""] * len(texts)
-        pairs = enumerate(zip(texts, headings, strict=True))
-        chunks = [Chunk(i, text, None, heading, 10) for i, (text, heading) in pairs]
-        store.add_chunks(doc_id, account_id, chunks, [[1.0, 0.0, 0.0, 0.0]] * len(chunks))
+    headings = headings or [""] * len(texts)
+    pairs = enumerate(zip(texts, headings, strict=True))
+    chunks = [Chunk(i, text, None, heading, 10) for i, (text, heading) in pairs]
+    stored_document(db, account_id, doc_id, chunks, [[1.0, 0.0, 0.0, 0.0]] * len(chunks))
 
 
 @pytest.fixture

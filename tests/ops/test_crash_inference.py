@@ -22,7 +22,14 @@ import time
 import httpx
 import psutil
 import pytest
-from conftest import free_port, link_models, make_settings, service_env, wait_until
+from conftest import (
+    free_port,
+    link_models,
+    make_settings,
+    service_env,
+    stop_process,
+    wait_until,
+)
 
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth
@@ -133,14 +140,7 @@ class Box:
 
     def stop(self) -> int:
         self.web.close()
-        if self.up.poll() is None:
-            self.up.send_signal(signal.SIGINT)
-            try:
-                self.up.wait(30)
-            except subprocess.TimeoutExpired:
-                self.up.kill()
-                self.up.wait()
-        return self.up.returncode
+        return stop_process(self.up, 30)
 
 
 class HealthWatch(threading.Thread):

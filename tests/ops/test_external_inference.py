@@ -6,11 +6,9 @@ another body. What the appliance needs from it keeps working."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import make_settings
+from conftest import JSONHandler, make_settings, serving
 from litestar.testing import TestClient
 
 from appliance.inference.client import InferenceClient
@@ -18,58 +16,43 @@ from appliance.ops import overview
 from appliance.web import create_app
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(JSONHandler):
     seen: list[str] = []
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def _send(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self) -> None:
         self.seen.append(f"GET {self.path}")
         if self.path == "/v1/models":
-            self._send(200, {"object": "list", "data": [{"id": "qwen2.5-7b", "object": "model"}]})
+            self.send_json({"object": "list", "data": [{"id": "qwen2.5-7b", "object": "model"}]})
         else:
-            self._send(404, {"detail": "Not Found"})
+            self.send_json({"detail": "Not Found"}, 404)
 
     def do_POST(self) -> None:
         self.seen.append(f"POST {self.path}")
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.path == "/tokenize":  # llama.cpp's server wants {"content": "..."}
-            self._send(400, {"error": {"message": "'content' is required"}})
+            self.send_json({"error": {"message": "'content' is required"}}, 400)
         elif self.path == "/v1/embeddings":
             data = [{"index": i, "embedding": [0.5, 0.5]} for i, _ in enumerate(body["input"])]
-            self._send(200, {"object": "list", "data": data})
+            self.send_json({"object": "list", "data": data})
         elif self.path == "/v1/chat/completions":
             message = {"role": "assistant", "content": "Hello from vLLM."}
-            self._send(
-                200,
+            self.send_json(
                 {
                     "id": "chatcmpl-1",
                     "object": "chat.completion",
                     "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
-                },
+                }
             )
         else:
-            self._send(404, {"detail": "Not Found"})
+            self.send_json({"detail": "Not Found"}, 404)
 
 
 @pytest.fixture
 def external():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     Handler.seen = []
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with serving(Handler) as url:
+        yield url + "/v1"
 
 
 def test_client_works_against_an_openai_compatible_server(external, tmp_path):

@@ -7,6 +7,7 @@ A 5xx anywhere fails the test, and so does a 429 or 503 without ``Retry-After``.
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from conftest import _live, link_models, make_settings, start_inference
+from conftest import _live, in_threads, link_models, make_settings, start_inference
 
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth
@@ -113,11 +114,7 @@ def test_a_burst_of_12_chats_from_one_account_gets_12_answers(appliance):
         with lock:
             answers.append(response)
 
-    threads = [threading.Thread(target=ask) for _ in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(240)
+    in_threads([ask] * 12, 240)
 
     refused = [r.text for r in answers if r.status_code != 200]
     assert [r.status_code for r in answers] == [200] * 12, refused
@@ -150,11 +147,7 @@ def test_8_clients_for_10_s_get_no_5xx_and_every_refusal_says_when_to_retry(appl
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=mix, args=(seed,)) for seed in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(240)
+    in_threads([functools.partial(mix, seed) for seed in range(8)], 240)
 
     assert not errors, errors
     assert seen["search", 200] and seen["list", 200] and seen["upload", 202], seen

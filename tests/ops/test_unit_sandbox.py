@@ -12,14 +12,13 @@ import contextlib
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port, link_models, service_env, wait_until
+from conftest import free_port, link_models, service_env, stop_process, wait_until
 from test_systemd_units import DATA, paths_of, service
 
 from appliance import mail
@@ -115,13 +114,7 @@ class Sandboxed:
         return True
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def answers(url: str) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import stat
 import subprocess
 import sys
@@ -18,7 +17,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port, service_env, start_service, wait_until
+from conftest import (
+    free_port,
+    run_appliance,
+    service_env,
+    start_service,
+    stop_process,
+    wait_until,
+)
 
 from appliance import mail
 from appliance.accounts import service as accounts
@@ -52,24 +58,14 @@ def services(settings, db, clock):
     accounts.create_user(db, "owner@example.com", clock(), account_name="Acme")
     previous = os.umask(0o022)
     try:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "worker"],
-            env=service_env(settings),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        worker = run_appliance(settings, "worker")
         port = free_port()
         web = start_service(["web", "--port", str(port)], settings, f"http://127.0.0.1:{port}")
     finally:
         os.umask(previous)
     yield web, worker
     web.stop()
-    worker.send_signal(signal.SIGINT)
-    try:
-        worker.wait(15)
-    except subprocess.TimeoutExpired:
-        worker.kill()
+    stop_process(worker)
 
 
 def test_every_service_runs_with_a_private_umask(services, inference_service):

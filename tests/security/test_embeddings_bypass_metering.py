@@ -3,14 +3,9 @@ a key capped (or an account out of credit) could still use the embedding model f
 Now embeddings are held and settled like chat, at ``billing.price_embedding_per_1k``."""
 
 import pytest
-from conftest import link_models, make_settings
-from litestar.testing import TestClient
+from conftest import make_settings, managed_app
 
-from appliance.accounts import service as accounts
-from appliance.auth import service as auth
 from appliance.billing import ledger, meter, service
-from appliance.tasks import create_queue
-from appliance.web import create_app
 
 pytestmark = pytest.mark.inference
 
@@ -26,19 +21,12 @@ def billed_v1(linked_settings, models_dir, db, clock):
         config.read_text() + "[billing]\nenabled = true\nprice_embedding_per_1k = 1.0\n"
     )
     settings = make_settings(linked_settings.paths.data_dir)
-    link_models(settings, models_dir)
-    app = create_app(settings, clock=clock, queue=create_queue(settings, immediate=True))
-    owner, account = accounts.create_user(db, "owner@example.com", clock(), account_name="A")
-    _, manage = auth.create_key(
-        db, user_id=owner.id, account_id=account.id, name="m", scope="manage", now=clock()
-    )
-    service.adjust(db, account.id, "1", "credit", clock())
-    with TestClient(app) as client:
-        client.headers["Authorization"] = f"Bearer {manage}"
+    with managed_app(settings, models_dir, db, clock) as (_, account_id, client):
+        service.adjust(db, account_id, "1", "credit", clock())
         created = client.post("/api/instances", json={"name": "assistant", "knowledge": False})
         assert created.status_code == 201, created.text
         key = client.post("/api/keys", json={"name": "k", "scope": "inference"}).json()
-        yield client, account, key
+        yield client, account_id, key
 
 
 def embed(client, key):
@@ -50,23 +38,23 @@ def embed(client, key):
 
 
 def test_embeddings_are_charged_at_the_embedding_price(billed_v1, db):
-    client, account, key = billed_v1
+    client, account_id, key = billed_v1
     response = embed(client, key)
     assert response.status_code == 200, response.text
     tokens = response.json()["usage"]["prompt_tokens"]
     assert tokens > len(TEXTS)
-    (entry,) = ledger.entries(db, account.id, kinds=("usage",))
+    (entry,) = ledger.entries(db, account_id, kinds=("usage",))
     assert entry.model == meter.EMBEDDINGS and entry.key_id == key["id"]
     assert entry.prompt_tokens == tokens and entry.completion_tokens == 0
     assert entry.amount_microusd == -tokens * 1000
-    assert ledger.held(db, account.id) == 0
-    assert ledger.balance(db, account.id) == 1_000_000 - tokens * 1000
+    assert ledger.held(db, account_id) == 0
+    assert ledger.balance(db, account_id) == 1_000_000 - tokens * 1000
 
 
 def test_a_key_at_its_spend_cap_gets_402_for_embeddings(billed_v1, db):
-    client, account, key = billed_v1
+    client, account_id, key = billed_v1
     assert embed(client, key).status_code == 200
-    spent = -ledger.entries(db, account.id, kinds=("usage",))[0].amount_microusd
+    spent = -ledger.entries(db, account_id, kinds=("usage",))[0].amount_microusd
     capped = client.put(
         "/api/billing/caps", json={"key_id": key["id"], "monthly_usd": ledger.usd_precise(spent)}
     )
@@ -74,4 +62,4 @@ def test_a_key_at_its_spend_cap_gets_402_for_embeddings(billed_v1, db):
     refused = embed(client, key)
     assert refused.status_code == 402, refused.text
     assert refused.json()["error"]["code"] == "insufficient_quota"
-    assert len(ledger.entries(db, account.id, kinds=("usage",))) == 1
+    assert len(ledger.entries(db, account_id, kinds=("usage",))) == 1

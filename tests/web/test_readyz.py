@@ -5,11 +5,9 @@ The probe's answer stands for ``PROBE_SECONDS`` (the injected clock moves past i
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import make_settings
+from conftest import JSONHandler, make_settings, serving
 from litestar.testing import TestClient
 
 from appliance.cli import initialise
@@ -17,7 +15,7 @@ from appliance.web import create_app
 from appliance.web.health import PROBE_SECONDS
 
 
-class Model(BaseHTTPRequestHandler):
+class Model(JSONHandler):
     """An inference service whose /healthz is fine when ``healthy``; chat works when
     ``answering``."""
 
@@ -25,42 +23,28 @@ class Model(BaseHTTPRequestHandler):
     healthy = True
     chats: list[dict] = []
 
-    def log_message(self, *args) -> None:
-        pass
-
-    def _send(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
     def do_GET(self) -> None:
         if self.healthy:
-            self._send(200, {"status": "ok"})
+            self.send_json({"status": "ok"})
         else:
-            self._send(503, {"error": {"message": "the model is loading"}})
+            self.send_json({"error": {"message": "the model is loading"}}, 503)
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).chats.append(body)
         if not self.answering:
-            self._send(500, {"error": {"message": "llama_decode failed"}})
+            self.send_json({"error": {"message": "llama_decode failed"}}, 500)
             return
         message = {"role": "assistant", "content": "OK"}
         choice = {"index": 0, "message": message, "finish_reason": "length"}
-        self._send(200, {"choices": [choice], "usage": {"completion_tokens": 1}})
+        self.send_json({"choices": [choice], "usage": {"completion_tokens": 1}})
 
 
 @pytest.fixture
 def model():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Model)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     Model.answering, Model.healthy, Model.chats = False, True, []
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(Model) as url:
+        yield url
 
 
 def test_ready_only_after_the_model_answers_one_token(tmp_path, model, clock):
