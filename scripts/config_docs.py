@@ -9,9 +9,10 @@ from appliance.config import RETIRED_SETTINGS, describe_default, env_name, secti
 
 HEADER = """# Configuration
 
-Every setting is declared once in `appliance/config.py` (the `[inference]` section in `appliance/config_inference.py`), with its default and help text;
-this page is generated from there (`python scripts/config_docs.py > docs/configuration.md`)
-and a test fails when a setting is missing from it.
+Every setting is declared once in `appliance/config.py` (the `[inference]` section in
+`appliance/config_inference.py`), with its default and help text; this page is generated
+from there (`python scripts/config_docs.py > docs/configuration.md`) and a test fails when
+a setting is missing from it.
 
 Settings are read, later sources winning, from:
 
