@@ -33,6 +33,7 @@ import tempfile
 import textwrap
 import venv
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -322,7 +323,7 @@ def probe(python: Path, client: str, feature: str, env: dict[str, str], limit: f
     return lines[-1][:300] if lines else f"exit {done.returncode}"
 
 
-def start(data_dir: Path):
+def start(data_dir: Path) -> tuple[Any, str, str]:
     """A fresh ``appliance up`` (scripts/bench/common.py's ``Service``), an account, its
     instance ``compat`` and inference key."""
     sys.path.insert(0, str(ROOT / "scripts" / "bench"))
