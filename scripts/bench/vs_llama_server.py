@@ -200,15 +200,7 @@ def late_arrival(target: Target, tag: str, streams: int, max_tokens: int) -> flo
     running = streams - 1
     events = [threading.Event() for _ in range(running)]
     with ThreadPoolExecutor(streams) as pool:
-        futures = sampled_stories(
-            pool,
-            target,
-            tag,
-            running,
-            max_tokens,
-            progress=events,
-            quarter=[max_tokens // 4] * running,
-        )
+        futures = sampled_stories(pool, target, tag, max_tokens, running, progress=events)
         for event in events:
             event.wait(120)
         late = stream(
