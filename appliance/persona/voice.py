@@ -199,7 +199,9 @@ def add_sample(
         raise TooLarge(f"Voice samples can be at most {limit:,} bytes.")
     name = clean_filename(filename)
     sample_id = new_id("vsm")
+    sha256 = hashlib.sha256(content).hexdigest()
     store = PersonaStore(db)
+    _check_room(store, settings, account_id, sha256)  # before the extractor's work
     path = sample_path(settings, account_id, sample_id)
     partial = path.with_name(f".{path.name}.part")  # hidden: backups skip it
     try:
@@ -211,7 +213,7 @@ def add_sample(
             filename=name,
             kind=kind,
             size=len(content),
-            sha256=hashlib.sha256(content).hexdigest(),
+            sha256=sha256,
             created_at=iso(now),
         )
         excerpts = [
@@ -219,13 +221,7 @@ def add_sample(
             for position, excerpt in enumerate(select_excerpts(text))
         ]
         with write_transaction(db):
-            if store.count_samples(account_id) >= settings.persona.max_samples:
-                raise Conflict(
-                    f"An account can keep at most {settings.persona.max_samples} voice "
-                    "samples: delete one first."
-                )
-            if store.sample_by_hash(account_id, sample.sha256):
-                raise Conflict("This file has already been uploaded.")
+            _check_room(store, settings, account_id, sha256)  # again: uploads can race
             os.replace(partial, path)
             try:
                 store.insert_sample(sample, excerpts)
@@ -235,6 +231,16 @@ def add_sample(
     finally:
         partial.unlink(missing_ok=True)
     return sample
+
+
+def _check_room(store: PersonaStore, settings: Settings, account_id: str, sha256: str) -> None:
+    if store.count_samples(account_id) >= settings.persona.max_samples:
+        raise Conflict(
+            f"An account can keep at most {settings.persona.max_samples} voice "
+            "samples: delete one first."
+        )
+    if store.sample_by_hash(account_id, sha256):
+        raise Conflict("This file has already been uploaded.")
 
 
 def _write_file(path: Path, content: bytes) -> None:

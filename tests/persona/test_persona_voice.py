@@ -230,6 +230,12 @@ def test_too_many_samples_and_duplicates_are_refused(tmp_path):
     add(db, settings, account, "b.txt", b"Second sample of our writing.")
     with pytest.raises(Conflict, match="at most 2"):
         add(db, settings, account, "c.txt", b"Third sample of our writing.")
+    # A full account refuses a .docx before the extraction sandbox does any work.
+    sandbox = Sandbox.for_thread(settings.knowledge.extract_memory_mb)
+    jobs = sandbox.jobs
+    with pytest.raises(Conflict, match="at most 2"):
+        add(db, settings, account, "d.docx", docx_bytes(["Fourth sample of our writing."]))
+    assert sandbox.jobs == jobs
     assert count(db, "voice_samples") == 2
     assert len(files_of(settings, account)) == 2
 
