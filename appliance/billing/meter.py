@@ -93,11 +93,6 @@ def prices_for(settings: Settings, model: str | None) -> Prices:
     )
 
 
-def month_start(now: datetime) -> datetime:
-    moment = now.astimezone(UTC)
-    return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
 def _cap(db, subject: str, subject_id: str | None) -> int | None:
     if not subject_id:
         return None
