@@ -215,13 +215,14 @@ def _jinja_env(settings: Settings) -> Environment:
         current=identity.current,
         csrf_cookie=identity.cookie_names(settings)["csrf"],
     )
-    env.filters["minute"] = _minute
+    env.filters["minute"] = lambda stamp: _stamp(stamp, 16)
+    env.filters["second"] = lambda stamp: _stamp(stamp, 19)
     return env
 
 
-def _minute(stamp: str | None) -> str:
-    """A stored timestamp as the pages show it, to the minute: ``2026-01-31 09:05``."""
-    return stamp[:16].replace("T", " ") if stamp else ""
+def _stamp(stamp: str | None, width: int) -> str:
+    """A stored timestamp as the pages show it: ``2026-01-31 09:05`` (16) or ``…:05:42`` (19)."""
+    return stamp[:width].replace("T", " ") if stamp else ""
 
 
 def _has_route(app: Litestar, path: str) -> bool:

@@ -138,9 +138,11 @@ function el(tag, text, cls) {
 
 // A JSON API call (``body``: an object, or none); throws the API's error message.
 async function apiCall(cookieName, method, url, body) {
+  const headers = { "X-CSRFToken": csrfToken(cookieName), Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(url, {
     method,
-    headers: { "X-CSRFToken": csrfToken(cookieName), Accept: "application/json", "Content-Type": "application/json" },
+    headers,
     body: body === undefined ? undefined : JSON.stringify(body),
     credentials: "same-origin",
   });
