@@ -51,44 +51,31 @@ def secret(help: str) -> Any:
     )
 
 
+class _Under:
+    """A path inside the data dir (a class attribute of ``Paths``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, paths: Paths, owner: type | None = None) -> Path:
+        return paths.data_dir / self.name
+
+
 @dataclass(frozen=True)
 class Paths:
     """Where things live inside the data dir."""
 
     data_dir: Path
 
-    @property
-    def database(self) -> Path:
-        return self.data_dir / "appliance.db"
-
-    @property
-    def queue(self) -> Path:
-        return self.data_dir / "queue.db"
-
-    @property
-    def files(self) -> Path:
-        return self.data_dir / "files"
-
-    @property
-    def models(self) -> Path:
-        return self.data_dir / "models"
-
-    @property
-    def outbox(self) -> Path:
-        return self.data_dir / "outbox"
-
-    @property
-    def secrets(self) -> Path:
-        return self.data_dir / "secrets"
-
-    @property
-    def exports(self) -> Path:
-        return self.data_dir / "exports"
-
-    @property
-    def run(self) -> Path:
-        """State of the running services (``appliance up`` writes it; nothing secret)."""
-        return self.data_dir / "run"
+    database = _Under("appliance.db")
+    queue = _Under("queue.db")
+    files = _Under("files")
+    models = _Under("models")
+    outbox = _Under("outbox")
+    secrets = _Under("secrets")
+    exports = _Under("exports")
+    #: State of the running services (``appliance up`` writes it; nothing secret).
+    run = _Under("run")
 
 
 def load(
