@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from appliance.errors import ConfigError
 
 ENV_PREFIX = "APPLIANCE_"
@@ -51,44 +53,31 @@ def secret(help: str) -> Any:
     )
 
 
+class _Under:
+    """A path inside the data dir (a class attribute of ``Paths``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, paths: Paths, owner: type | None = None) -> Path:
+        return paths.data_dir / self.name
+
+
 @dataclass(frozen=True)
 class Paths:
     """Where things live inside the data dir."""
 
     data_dir: Path
 
-    @property
-    def database(self) -> Path:
-        return self.data_dir / "appliance.db"
-
-    @property
-    def queue(self) -> Path:
-        return self.data_dir / "queue.db"
-
-    @property
-    def files(self) -> Path:
-        return self.data_dir / "files"
-
-    @property
-    def models(self) -> Path:
-        return self.data_dir / "models"
-
-    @property
-    def outbox(self) -> Path:
-        return self.data_dir / "outbox"
-
-    @property
-    def secrets(self) -> Path:
-        return self.data_dir / "secrets"
-
-    @property
-    def exports(self) -> Path:
-        return self.data_dir / "exports"
-
-    @property
-    def run(self) -> Path:
-        """State of the running services (``appliance up`` writes it; nothing secret)."""
-        return self.data_dir / "run"
+    database = _Under("appliance.db")
+    queue = _Under("queue.db")
+    files = _Under("files")
+    models = _Under("models")
+    outbox = _Under("outbox")
+    secrets = _Under("secrets")
+    exports = _Under("exports")
+    #: State of the running services (``appliance up`` writes it; nothing secret).
+    run = _Under("run")
 
 
 def load(
@@ -226,50 +215,12 @@ def _where(source: str, dotted: str, value: Any) -> str:
 def _convert(dotted: str, owner: type, f: dataclasses.Field, value: Any, where: str) -> Any:
     kind = typing.get_type_hints(owner)[f.name]
     is_env = isinstance(value, _EnvValue)
-    text = value.text if is_env else None
     try:
-        if kind is bool:
-            if is_env:
-                lowered = text.strip().lower()
-                if lowered not in _BOOLS:
-                    raise ValueError
-                result: Any = _BOOLS[lowered]
-            elif isinstance(value, bool):
-                result = value
-            else:
-                raise ValueError
-        elif kind is int:
-            if is_env:
-                result = int(text.strip())
-            elif isinstance(value, int) and not isinstance(value, bool):
-                result = value
-            else:
-                raise ValueError
-        elif kind is float:
-            if is_env:
-                result = float(text.strip())
-            elif isinstance(value, int | float) and not isinstance(value, bool):
-                result = float(value)
-            else:
-                raise ValueError
-        elif kind is str:
-            if is_env:
-                result = text
-            elif isinstance(value, str):
-                result = value
-            else:
-                raise ValueError
-        elif typing.get_origin(kind) is tuple:
-            if is_env:
-                result = tuple(item.strip() for item in text.split(",") if item.strip())
-            elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-                result = tuple(value)
-            else:
-                raise ValueError
-        else:  # pragma: no cover - a new field type without a converter is a programming error
-            raise TypeError(f"no converter for {kind}")
-    except ValueError:
-        shown = text if is_env else value
+        # A TOML or command-line value must already have the field's type (an integer serves
+        # for a float, a list for a tuple): msgspec's strict conversion checks exactly that.
+        result = _from_env(kind, value.text) if is_env else msgspec.convert(value, kind)
+    except (ValueError, KeyError, msgspec.ValidationError):
+        shown = value.text if is_env else value
         raise ConfigError(
             f"setting '{dotted}' {where} must be {_describe(kind)}, got {shown!r}"
         ) from None
@@ -286,6 +237,19 @@ def _convert(dotted: str, owner: type, f: dataclasses.Field, value: Any, where: 
 
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True}
 _BOOLS |= {"0": False, "false": False, "no": False, "off": False}
+
+
+def _from_env(kind: Any, text: str) -> Any:
+    """An environment variable's text as a ``kind``; ``ValueError`` or ``KeyError`` if not one."""
+    if kind is bool:
+        return _BOOLS[text.strip().lower()]
+    if kind is str:
+        return text
+    if typing.get_origin(kind) is tuple:
+        return tuple(item.strip() for item in text.split(",") if item.strip())
+    if kind in (int, float):
+        return kind(text.strip())
+    raise TypeError(f"no converter for {kind}")  # a new field type is a programming error
 
 
 def _describe(kind: Any) -> str:

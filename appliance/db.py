@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib
+import re
 from collections.abc import Iterator
 
 import sqlite_utils
@@ -18,21 +19,24 @@ from sqlite_utils.utils import sqlite3  # pysqlite3 when installed, else the std
 from appliance.config import Settings
 from appliance.errors import DatabaseError
 
-#: Modules that expose a ``migrations`` attribute (one ``sqlite_utils.Migrations`` set each),
-#: applied in this order. Named as strings so that ``db`` does not import the domains.
-MIGRATION_MODULES = (
-    "appliance.firstrun",
-    "appliance.heartbeat",
-    "appliance.receipts",
-    "appliance.accounts.migrations",
-    "appliance.auth.migrations",
-    "appliance.knowledge.migrations",
-    "appliance.persona.migrations",
-    "appliance.instances.migrations",
-    "appliance.chat.migrations",
-    "appliance.privacy.migrations",
-    "appliance.billing.migrations",
-)
+#: Each domain's migration set (its name in ``_sqlite_migrations``) and the module that
+#: holds its migrations, applied in this order. Named as strings so that ``db`` does not
+#: import the domains.
+MIGRATION_MODULES = {
+    "firstrun": "appliance.firstrun",
+    "heartbeat": "appliance.heartbeat",
+    "receipts": "appliance.receipts",
+    "accounts": "appliance.accounts.migrations",
+    "auth": "appliance.auth.migrations",
+    "knowledge": "appliance.knowledge.migrations",
+    "persona": "appliance.persona.migrations",
+    "instances": "appliance.instances.migrations",
+    "chat": "appliance.chat.migrations",
+    "privacy": "appliance.privacy.migrations",
+    "billing": "appliance.billing.migrations",
+}
+#: A migration is a module-level function ``mNNN_what(db)``; the number orders them.
+MIGRATION_NAME = re.compile(r"m\d{3}_\w+")
 
 _migrated: set[str] = set()
 MMAP_BYTES = 1 << 30
@@ -134,10 +138,21 @@ def apply_migrations(db: sqlite_utils.Database, settings: Settings) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             for name in MIGRATION_MODULES:
-                importlib.import_module(name).migrations.apply(db)
+                migration_set(name).apply(db)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     _migrated.add(key)
+
+
+def migration_set(name: str) -> sqlite_utils.Migrations:
+    """Domain ``name``'s migrations as a ``sqlite_utils.Migrations`` set: the functions of
+    its module (``MIGRATION_MODULES``) named ``mNNN_…``, in number order."""
+    module = importlib.import_module(MIGRATION_MODULES[name])
+    steps = sqlite_utils.Migrations(name)
+    for attribute in sorted(vars(module)):
+        if MIGRATION_NAME.fullmatch(attribute):
+            steps(name=attribute)(getattr(module, attribute))
+    return steps
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ import secrets
 from datetime import UTC, datetime
 
 import sqlite_utils
-from sqlite_utils import Migrations
 
 from appliance import personal, vault
 from appliance.accounts import service as accounts
@@ -22,10 +21,8 @@ from appliance.errors import Conflict, NotFound
 
 TOKEN_NAME = "setup_token"  # noqa: S105 - a file name, not a secret
 
-migrations = Migrations("firstrun")
 
-
-@migrations()
+# This module's migrations: each function mNNN_…, applied once in number order (appliance.db).
 def m001_create_setup_claims(db: sqlite_utils.Database) -> None:
     db["setup_claims"].create(
         {"id": int, "email": str, "claimed_at": str},

@@ -7,17 +7,14 @@ import socket
 from datetime import UTC, datetime
 
 import sqlite_utils
-from sqlite_utils import Migrations
 
 from appliance.db import write_transaction
 
 #: The worker's name in ``heartbeats``.
 WORKER_SERVICE = "worker"
 
-migrations = Migrations("heartbeat")
 
-
-@migrations()
+# This module's migrations: each function mNNN_…, applied once in number order (appliance.db).
 def m001_create_heartbeats(db: sqlite_utils.Database) -> None:
     db["heartbeats"].create(
         {"service": str, "host": str, "pid": int, "beat_at": str},

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlite_utils
-from sqlite_utils import Migrations
 
 from appliance import personal
 from appliance.clock import iso
@@ -26,10 +25,8 @@ from appliance.clock import iso
 GENESIS = "0" * 64
 TABLE = "deletion_receipts"
 
-migrations = Migrations("receipts")
 
-
-@migrations()
+# This module's migrations: each function mNNN_…, applied once in number order (appliance.db).
 def m001_create_deletion_receipts(db: sqlite_utils.Database) -> None:
     """Moved here from privacy's first migration (which created it until receipts became a
     domain of their own): databases made before already have the table."""

@@ -1,12 +1,10 @@
 """The database: pragmas, sqlite-vec, migrations and write transactions."""
 
-import importlib
-
 import pytest
 from conftest import in_threads
 from sqlite_utils.utils import sqlite3
 
-from appliance.db import MIGRATION_MODULES, open_db, write_transaction
+from appliance.db import MIGRATION_MODULES, migration_set, open_db, write_transaction
 
 
 def test_pragmas(db):
@@ -27,13 +25,37 @@ def test_sqlite_vec_is_loaded_and_works(db):
     assert rows == [(1,)]
 
 
+#: Every migration landed so far, per set, in order. Databases record these names in
+#: ``_sqlite_migrations``: a renamed or dropped one would run again, or never.
+LANDED = {
+    "firstrun": ["m001_create_setup_claims"],
+    "heartbeat": ["m001_create_heartbeats"],
+    "receipts": ["m001_create_deletion_receipts"],
+    "accounts": ["m001_create_accounts", "m002_invite_choices"],
+    "auth": ["m001_create_auth", "m002_admin_key_scope", "m003_sessions_before_an_account"],
+    "knowledge": [
+        "m001_create_documents",
+        "m002_create_chunks_vocab",
+        "m003_add_chunk_codes",
+        "m004_create_collections",
+    ],
+    "persona": ["m001_create_persona"],
+    "instances": ["m001_create_instances", "m002_add_collections"],
+    "chat": ["m001_create_conversations", "m002_message_versions"],
+    "privacy": ["m001_create_privacy", "m002_policy_text", "m003_policy_operator"],
+    "billing": ["m001_create_billing", "m002_spend_months"],
+}
+
+
+def test_landed_migrations_keep_their_sets_names_and_order(db):
+    assert list(MIGRATION_MODULES)[: len(LANDED)] == list(LANDED)
+    for name in MIGRATION_MODULES:
+        applied = [m.name for m in migration_set(name).applied(db)]
+        assert applied[: len(LANDED.get(name, []))] == LANDED.get(name, []), name
+        assert migration_set(name).pending(db) == [], name
+
+
 def test_migrations_are_applied_once(settings, db):
-    applied = db.execute(
-        "select migration_set, count(*) from _sqlite_migrations group by migration_set"
-    ).fetchall()
-    sets = {name for name, _ in applied}
-    expected = {importlib.import_module(m).migrations.name for m in MIGRATION_MODULES}
-    assert expected <= sets
     before = db.execute("select count(*) from _sqlite_migrations").fetchone()[0]
     again = open_db(settings)
     assert again.execute("select count(*) from _sqlite_migrations").fetchone()[0] == before

@@ -1,12 +1,8 @@
 """Schema of the accounts domain. Never edit a landed migration; add a new one."""
 
 import sqlite_utils
-from sqlite_utils import Migrations
-
-migrations = Migrations("accounts")
 
 
-@migrations()
 def m001_create_accounts(db: sqlite_utils.Database) -> None:
     db.executescript(
         """
@@ -61,7 +57,6 @@ def m001_create_accounts(db: sqlite_utils.Database) -> None:
     )
 
 
-@migrations()
 def m002_invite_choices(db: sqlite_utils.Database) -> None:
     """Invites are accepted or declined by the invited person (no longer at sign-in), and
     sign-in lands in the account the user used last."""

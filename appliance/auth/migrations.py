@@ -1,12 +1,8 @@
 """Schema of the auth domain. Never edit a landed migration; add a new one."""
 
 import sqlite_utils
-from sqlite_utils import Migrations
-
-migrations = Migrations("auth")
 
 
-@migrations()
 def m001_create_auth(db: sqlite_utils.Database) -> None:
     db.executescript(
         """
@@ -58,7 +54,6 @@ def m001_create_auth(db: sqlite_utils.Database) -> None:
     )
 
 
-@migrations()
 def m002_admin_key_scope(db: sqlite_utils.Database) -> None:
     """Keys may have scope ``admin`` (operator actions; created by the CLI only).
 
@@ -89,7 +84,6 @@ def m002_admin_key_scope(db: sqlite_utils.Database) -> None:
     )
 
 
-@migrations()
 def m003_sessions_before_an_account(db: sqlite_utils.Database) -> None:
     """A session may have no account yet: someone invited who has not accepted (or
     declined) any invite. SQLite cannot drop a NOT NULL, so the table is rebuilt."""

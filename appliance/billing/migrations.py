@@ -6,9 +6,6 @@ id replaced by a random reference, see ``appliance.billing.service.pseudonymize_
 """
 
 import sqlite_utils
-from sqlite_utils import Migrations
-
-migrations = Migrations("billing")
 
 #: Columns of ledger_entries that may never change once written (append-only).
 FROZEN_LEDGER_COLUMNS = (
@@ -31,7 +28,6 @@ FROZEN_LEDGER_COLUMNS = (
 )
 
 
-@migrations()
 def m001_create_billing(db: sqlite_utils.Database) -> None:
     changed = " or ".join(f"new.{c} is not old.{c}" for c in FROZEN_LEDGER_COLUMNS)
     db.executescript(
@@ -135,7 +131,6 @@ def m001_create_billing(db: sqlite_utils.Database) -> None:
     )
 
 
-@migrations()
 def m002_spend_months(db: sqlite_utils.Database) -> None:
     # Monthly usage per instance and per key, kept with each settle, so the spend-cap check
     # is one row lookup instead of a sum over the month's ledger entries (17 ms at 100k

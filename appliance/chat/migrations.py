@@ -1,12 +1,8 @@
 """Schema of the chat domain. Never edit a landed migration; add a new one."""
 
 import sqlite_utils
-from sqlite_utils import Migrations
-
-migrations = Migrations("chat")
 
 
-@migrations()
 def m001_create_conversations(db: sqlite_utils.Database) -> None:
     db.executescript(
         """
@@ -64,7 +60,6 @@ def m001_create_conversations(db: sqlite_utils.Database) -> None:
     )
 
 
-@migrations()
 def m002_message_versions(db: sqlite_utils.Database) -> None:
     """Messages form a tree: regenerating or editing adds a sibling (a version) instead of
     deleting. ``parent_id`` is the message it follows (null for the first); among siblings

@@ -1,12 +1,8 @@
 """Schema of the instances domain. Never edit a landed migration; add a new one."""
 
 import sqlite_utils
-from sqlite_utils import Migrations
-
-migrations = Migrations("instances")
 
 
-@migrations()
 def m001_create_instances(db: sqlite_utils.Database) -> None:
     db.executescript(
         """
@@ -33,7 +29,6 @@ def m001_create_instances(db: sqlite_utils.Database) -> None:
     )
 
 
-@migrations()
 def m002_add_collections(db: sqlite_utils.Database) -> None:
     """The knowledge collections an instance searches: a JSON array of collection ids,
     null for every document of the account."""

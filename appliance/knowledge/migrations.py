@@ -5,12 +5,8 @@ The vector table (vec0) is created on first use, when the embedding dimension is
 """
 
 import sqlite_utils
-from sqlite_utils import Migrations
-
-migrations = Migrations("knowledge")
 
 
-@migrations()
 def m001_create_documents(db: sqlite_utils.Database) -> None:
     db.executescript(
         """
@@ -53,14 +49,12 @@ def m001_create_documents(db: sqlite_utils.Database) -> None:
     )
 
 
-@migrations()
 def m002_create_chunks_vocab(db: sqlite_utils.Database) -> None:
     """Document frequencies of the full-text index's terms (no storage of its own): the
     search leaves the query's common words out of its BM25 leg."""
     db.execute("create virtual table chunks_vocab using fts5vocab(chunks_fts, 'row')")
 
 
-@migrations()
 def m003_add_chunk_codes(db: sqlite_utils.Database) -> None:
     """The sign bits of each chunk's vector (the vector leg's binary first pass for large
     accounts, knowledge/codes.py), filled in for the vectors already there."""
@@ -86,7 +80,6 @@ def m003_add_chunk_codes(db: sqlite_utils.Database) -> None:
         )  # fmt: skip
 
 
-@migrations()
 def m004_create_collections(db: sqlite_utils.Database) -> None:
     """Collections: named groups of an account's documents (a document may be in several);
     an instance may be limited to some of them (``instances.collections``)."""

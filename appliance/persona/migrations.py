@@ -1,12 +1,8 @@
 """Schema of the persona domain. Never edit a landed migration; add a new one."""
 
 import sqlite_utils
-from sqlite_utils import Migrations
-
-migrations = Migrations("persona")
 
 
-@migrations()
 def m001_create_persona(db: sqlite_utils.Database) -> None:
     db.executescript(
         """

@@ -6,12 +6,8 @@ before keep theirs and new ones get the same table.)
 """
 
 import sqlite_utils
-from sqlite_utils import Migrations
-
-migrations = Migrations("privacy")
 
 
-@migrations()
 def m001_create_privacy(db: sqlite_utils.Database) -> None:
     db.executescript(
         """
@@ -77,14 +73,12 @@ def m001_create_privacy(db: sqlite_utils.Database) -> None:
     )
 
 
-@migrations()
 def m002_policy_text(db: sqlite_utils.Database) -> None:
     # The published text itself, so the page shows what is in effect (not whatever the
     # settings say today) and an acceptance can be traced to the exact words.
     db.execute("alter table policy_versions add column text text not null default ''")
 
 
-@migrations()
 def m003_policy_operator(db: sqlite_utils.Database) -> None:
     """Who runs the appliance, as the privacy policy names them (first-run setup, /admin):
     one row."""

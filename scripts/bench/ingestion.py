@@ -6,13 +6,13 @@ Usage::
         [--code-root DIR] [--record]
 
 Two workloads, each on a fresh data dir: ``--docs`` one-paragraph text documents (about
-60 words each), and one PDF of ``--pages`` pages (three paragraphs a page, made here with
-a minimal PDF writer). The real inference service (``python -m appliance inference``) and
-the real worker (``python -m appliance worker``, its Huey consumer with
-``worker.workers`` threads) run as child processes; the documents are stored as an upload
-stores them (``knowledge.add_document``) and queued as the upload handler queues them
-(one ``ingest_document`` task each), as fast as this process can. The clock runs from
-the first upload to the last document ``ready``.
+60 words each), and one PDF of ``--pages`` pages (three paragraphs a page, made with the
+tests' minimal PDF writer, tests/knowledge/pdf_support.py). The real inference service
+(``python -m appliance inference``) and the real worker (``python -m appliance worker``,
+its Huey consumer with ``worker.workers`` threads) run as child processes; the documents
+are stored as an upload stores them (``knowledge.add_document``) and queued as the upload
+handler queues them (one ``ingest_document`` task each), as fast as this process can. The
+clock runs from the first upload to the last document ``ready``.
 
 ``--code-root`` runs the worker from another checkout (e.g. a ``git worktree`` of the
 commit before) on the same data, for a before/after on the same machine and hour. The
@@ -51,6 +51,7 @@ from appliance.db import open_db
 from appliance.inference import models
 from appliance.knowledge import service as knowledge
 from appliance.tasks import create_queue
+from tests.knowledge.pdf_support import pdf_bytes
 
 SECTION = "## Ingestion, upload to ready (scripts/bench/ingestion.py)"
 WORDS = [
@@ -95,42 +96,13 @@ def paragraph(rng: random.Random, n: int) -> str:
     return f"Note {n}: " + " ".join(words).capitalize() + "."
 
 
-def pdf_bytes(pages: list[str]) -> bytes:
-    """A minimal valid PDF: one page per text, Helvetica, one line per 90 characters."""
-
-    def stream(text: str) -> bytes:
-        lines = [text[i : i + 90] for i in range(0, len(text), 90)]
-        body = "BT /F1 10 Tf 40 800 Td 12 TL " + " ".join(
-            "(" + line.replace("\\", "").replace("(", "").replace(")", "") + ") '" for line in lines
-        )
-        return (body + " ET").encode("latin-1")
-
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [%s] /Count %d >>"
-        % (b" ".join(b"%d 0 R" % (4 + 2 * i) for i in range(len(pages))), len(pages)),
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    for i, text in enumerate(pages):
-        content = stream(text)
-        objects.append(
-            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 842] /Contents %d 0 R "
-            b"/Resources << /Font << /F1 3 0 R >> >> >>" % (5 + 2 * i)
-        )
-        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content))
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref,
+def page_stream(text: str) -> bytes:
+    """A PDF page's content stream: ``text`` in Helvetica, one line per 90 characters."""
+    lines = [text[i : i + 90] for i in range(0, len(text), 90)]
+    body = "BT /F1 10 Tf 40 760 Td 12 TL " + " ".join(
+        "(" + line.replace("\\", "").replace("(", "").replace(")", "") + ") '" for line in lines
     )
-    return bytes(out)
+    return (body + " ET").encode("latin-1")
 
 
 def run(files: list[tuple[str, bytes]], args, log) -> dict:
@@ -219,7 +191,7 @@ def main() -> int:
     many = run(small, args, log)
     if args.pages:
         log(f"one PDF of {args.pages} pages")
-        pdf = run([("manual.pdf", pdf_bytes(pages))], args, log)
+        pdf = run([("manual.pdf", pdf_bytes(*map(page_stream, pages)))], args, log)
     header = ["Workload", "Documents", "Chunks", "Upload → ready s", "Documents/s", "Chunks/s"]
     rows = [
         [

@@ -167,23 +167,19 @@ PROBES: dict[str, dict[str, str]] = {
         """,
     },
     "instructor": {
-        "tools": """
+        "_model": """
             import instructor
             from openai import OpenAI
-            c = instructor.from_openai(
-                OpenAI(base_url=URL, api_key=KEY), mode=instructor.Mode.TOOLS)
-            r = c.chat.completions.create(model=MODEL, response_model=City,
-                messages=[{"role": "user", "content": CITY}])
-            assert isinstance(r, City)
+            def city(mode):
+                c = instructor.from_openai(OpenAI(base_url=URL, api_key=KEY), mode=mode)
+                return c.chat.completions.create(model=MODEL, response_model=City,
+                    messages=[{"role": "user", "content": CITY}])
+        """,
+        "tools": """
+            assert isinstance(city(instructor.Mode.TOOLS), City)
         """,
         "structured": """
-            import instructor
-            from openai import OpenAI
-            c = instructor.from_openai(
-                OpenAI(base_url=URL, api_key=KEY), mode=instructor.Mode.JSON_SCHEMA)
-            r = c.chat.completions.create(model=MODEL, response_model=City,
-                messages=[{"role": "user", "content": CITY}])
-            assert isinstance(r, City)
+            assert isinstance(city(instructor.Mode.JSON_SCHEMA), City)
         """,
     },
     "llm": {

@@ -5,9 +5,9 @@ becomes the current line and selecting the old one brings back what followed it.
 import sqlite_utils
 
 from appliance.chat import service as chat
-from appliance.chat.migrations import migrations
 from appliance.chat.models import Message
 from appliance.chat.store import ChatStore
+from appliance.db import migration_set
 
 NOW = "2026-11-27T09:00:00+00:00"
 
@@ -20,6 +20,7 @@ def message(conversation_id, id_, position, role, content, parent_id=None) -> Me
 
 def test_existing_conversations_become_a_line_of_versions(tmp_path):
     db = sqlite_utils.Database(tmp_path / "old.db")  # chat's tables only: no foreign keys
+    migrations = migration_set("chat")
     migrations.apply(db, stop_before="m002_message_versions")
     db["conversations"].insert(
         {

@@ -55,28 +55,28 @@ def make_cross_encoder(directory: Path, seed: int = 7) -> dict[str, np.ndarray]:
         "bert.embeddings.word_embeddings.weight": w(vocab, HIDDEN, scale=0.5),
         "bert.embeddings.position_embeddings.weight": w(POSITIONS, HIDDEN),
         "bert.embeddings.token_type_embeddings.weight": w(2, HIDDEN),
-        "bert.embeddings.LayerNorm.weight": 1 + w(HIDDEN),
-        "bert.embeddings.LayerNorm.bias": w(HIDDEN),
-        "bert.pooler.dense.weight": w(HIDDEN, HIDDEN, scale=0.3),
-        "bert.pooler.dense.bias": w(HIDDEN),
-        "classifier.weight": w(1, HIDDEN, scale=1.0),
-        "classifier.bias": w(1),
     }
+
+    def dense(name: str, rows: int, cols: int, scale: float) -> None:
+        weights[f"{name}.weight"] = w(rows, cols, scale=scale)
+        weights[f"{name}.bias"] = w(rows)
+
+    def layer_norm(name: str) -> None:
+        weights[f"{name}.weight"] = 1 + w(HIDDEN)
+        weights[f"{name}.bias"] = w(HIDDEN)
+
+    layer_norm("bert.embeddings.LayerNorm")
+    dense("bert.pooler.dense", HIDDEN, HIDDEN, 0.3)
+    dense("classifier", 1, HIDDEN, 1.0)
     for i in range(LAYERS):
         p = f"bert.encoder.layer.{i}."
         for name in ("query", "key", "value"):
-            weights[f"{p}attention.self.{name}.weight"] = w(HIDDEN, HIDDEN, scale=0.3)
-            weights[f"{p}attention.self.{name}.bias"] = w(HIDDEN)
-        weights[f"{p}attention.output.dense.weight"] = w(HIDDEN, HIDDEN, scale=0.2)
-        weights[f"{p}attention.output.dense.bias"] = w(HIDDEN)
-        weights[f"{p}attention.output.LayerNorm.weight"] = 1 + w(HIDDEN)
-        weights[f"{p}attention.output.LayerNorm.bias"] = w(HIDDEN)
-        weights[f"{p}intermediate.dense.weight"] = w(FFN, HIDDEN, scale=0.2)
-        weights[f"{p}intermediate.dense.bias"] = w(FFN)
-        weights[f"{p}output.dense.weight"] = w(HIDDEN, FFN, scale=0.2)
-        weights[f"{p}output.dense.bias"] = w(HIDDEN)
-        weights[f"{p}output.LayerNorm.weight"] = 1 + w(HIDDEN)
-        weights[f"{p}output.LayerNorm.bias"] = w(HIDDEN)
+            dense(f"{p}attention.self.{name}", HIDDEN, HIDDEN, 0.3)
+        dense(f"{p}attention.output.dense", HIDDEN, HIDDEN, 0.2)
+        layer_norm(f"{p}attention.output.LayerNorm")
+        dense(f"{p}intermediate.dense", FFN, HIDDEN, 0.2)
+        dense(f"{p}output.dense", HIDDEN, FFN, 0.2)
+        layer_norm(f"{p}output.LayerNorm")
     save_file(weights, str(directory / "model.safetensors"))
     return weights
 

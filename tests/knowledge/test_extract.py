@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from pdf_support import pdf_bytes
 from pypdf import PdfReader, PdfWriter
 
 from appliance.errors import InvalidInput
@@ -28,38 +29,6 @@ from appliance.knowledge.extract import (
 W = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00"
 HELLO = b"BT /F1 12 Tf 72 720 Td (Hello canary) Tj ET"
-
-
-def pdf_bytes(*contents: bytes, flate: bool = False) -> bytes:
-    """A minimal valid PDF: one page per content stream, Helvetica as /F1."""
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [%s] /Count %d >>"
-        % (b" ".join(b"%d 0 R" % (4 + 2 * i) for i in range(len(contents))), len(contents)),
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    for i, content in enumerate(contents):
-        objects.append(
-            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents %d 0 R "
-            b"/Resources << /Font << /F1 3 0 R >> >> >>" % (5 + 2 * i)
-        )
-        flate_filter = b" /Filter /FlateDecode" if flate else b""
-        objects.append(
-            b"<< /Length %d%s >>\nstream\n%s\nendstream" % (len(content), flate_filter, content)
-        )
-    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref,
-    )
-    return bytes(out)
 
 
 def para(text: str, style: str | None = None) -> str:

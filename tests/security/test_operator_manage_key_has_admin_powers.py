@@ -5,7 +5,6 @@ which only the CLI creates, for operators only; any other key gets 404."""
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import pytest
@@ -111,23 +110,19 @@ def test_an_operator_session_still_works_with_csrf(client, world, settings, db, 
 def test_keys_made_before_the_upgrade_keep_working(tmp_path, clock):
     from conftest import make_settings
 
-    from appliance.auth import migrations as auth_migrations
-    from appliance.db import MIGRATION_MODULES, open_db
+    from appliance.db import MIGRATION_MODULES, migration_set, open_db
 
     settings = make_settings(tmp_path / "old")
     settings.paths.data_dir.mkdir()
     db = open_db(settings, migrate=False)
     for name in MIGRATION_MODULES:
-        migrations = importlib.import_module(name).migrations
-        if migrations is auth_migrations.migrations:
-            migrations.apply(db, stop_before="m002_admin_key_scope")
-        else:
-            migrations.apply(db)
+        stop = "m002_admin_key_scope" if name == "auth" else None
+        migration_set(name).apply(db, stop_before=stop)
     user, account = accounts.create_user(db, "old@example.com", clock(), account_name="Old")
     _, secret = auth.create_key(
         db, user_id=user.id, account_id=account.id, name="old", scope="inference", now=clock()
     )
-    auth_migrations.migrations.apply(db)
+    migration_set("auth").apply(db)
     assert auth.authenticate_key(db, secret, clock()).scope == "inference"
     admin, _ = auth.create_admin_key(
         db, user_id=user.id, account_id=account.id, name="ops", now=clock()
