@@ -59,6 +59,7 @@ def provide_ctx(
 Deps: TypeAlias = NamedDependency[Ctx]
 #: The caller: ``me``, ``manager``, ``operator`` or ``api_key`` by the parameter's name.
 Member: TypeAlias = NamedDependency[Identity]
-Invitee: TypeAlias = NamedDependency[Person]
+#: ``person``: a signed-in browser session, in an account or not yet in any.
+SignedIn: TypeAlias = NamedDependency[Person]
 Form: TypeAlias = URLEncodedBody[dict[str, str]]
 Json: TypeAlias = JSONBody[dict[str, Any]]

@@ -17,7 +17,7 @@ from litestar.response import Template
 from appliance.accounts import service as accounts
 from appliance.accounts.models import Account
 from appliance.auth import service as auth
-from appliance.web.deps import Ctx, Deps, Invitee
+from appliance.web.deps import Ctx, Deps, SignedIn
 from appliance.web.identity import Person
 
 
@@ -32,19 +32,19 @@ class InvitesApi(Controller):
     tags = ["auth"]
 
     @get("/", sync_to_thread=True)
-    def list_invites(self, person: Invitee, ctx: Deps) -> list[dict]:
+    def list_invites(self, person: SignedIn, ctx: Deps) -> list[dict]:
         """The signed-in person's open invites (accept or decline each)."""
         return [asdict(offer) for offer in accounts.invited(ctx.db, person.user, ctx.now())]
 
     @post("/{invite_id:str}/accept", status_code=200, sync_to_thread=True)
-    def accept(self, invite_id: FromPath[str], person: Invitee, ctx: Deps) -> dict:
+    def accept(self, invite_id: FromPath[str], person: SignedIn, ctx: Deps) -> dict:
         """Join the inviting account; the session moves into it. 404 if not yours/open."""
         joined = _accept(ctx, person, invite_id)
         role = accounts.role_in(ctx.db, joined.id, person.user.id)
         return {"account": {"id": joined.id, "name": joined.name, "role": role}}
 
     @post("/{invite_id:str}/decline", status_code=204, sync_to_thread=True)
-    def decline(self, invite_id: FromPath[str], person: Invitee, ctx: Deps) -> None:
+    def decline(self, invite_id: FromPath[str], person: SignedIn, ctx: Deps) -> None:
         """Say no: the invite closes and the inviting account no longer lists it."""
         accounts.decline_invite(ctx.db, person.user.id, invite_id, ctx.now())
 
@@ -53,7 +53,7 @@ class InvitesPages(Controller):
     include_in_schema = False
 
     @get("/invites", sync_to_thread=True)
-    def invites_page(self, person: Invitee, ctx: Deps) -> Template:
+    def invites_page(self, person: SignedIn, ctx: Deps) -> Template:
         return Template(
             "invites.html",
             context={
@@ -64,11 +64,11 @@ class InvitesPages(Controller):
         )
 
     @post("/invites/{invite_id:str}/accept", sync_to_thread=True)
-    def accept_form(self, invite_id: FromPath[str], person: Invitee, ctx: Deps) -> Response:
+    def accept_form(self, invite_id: FromPath[str], person: SignedIn, ctx: Deps) -> Response:
         joined = _accept(ctx, person, invite_id)
         return ctx.redirect("/", f"You joined {joined.name}.")
 
     @post("/invites/{invite_id:str}/decline", sync_to_thread=True)
-    def decline_form(self, invite_id: FromPath[str], person: Invitee, ctx: Deps) -> Response:
+    def decline_form(self, invite_id: FromPath[str], person: SignedIn, ctx: Deps) -> Response:
         accounts.decline_invite(ctx.db, person.user.id, invite_id, ctx.now())
         return ctx.redirect("/invites", "Invite declined.")

@@ -13,7 +13,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from appliance.auth import service as auth
 from appliance.errors import InvalidInput, NotFound
 from appliance.privacy import erasure, export, policy
-from appliance.web.deps import Ctx, Deps, Form, Invitee, Json, Member
+from appliance.web.deps import Ctx, Deps, Form, Json, Member, SignedIn
 from appliance.web.errors import form_error
 from appliance.web.identity import Identity, client_address, local_path
 from appliance.web.signin import clear_session_cookie
@@ -48,7 +48,7 @@ class PrivacyPages(Controller):
         return _policy_page(policy.text_of(db, version), found.effective_at[:10], found)
 
     @get("/privacy/accept", sync_to_thread=True)
-    def accept_form(self, person: Invitee, ctx: Deps, next: FromQuery[str] = "/") -> Response:
+    def accept_form(self, person: SignedIn, ctx: Deps, next: FromQuery[str] = "/") -> Response:
         """What changed in the policy now in effect, and a button to accept it."""
         version = policy.pending(ctx.db, person.user.id, ctx.now())
         if version is None:
@@ -64,7 +64,7 @@ class PrivacyPages(Controller):
         )
 
     @post("/privacy/accept", sync_to_thread=True)
-    def accept(self, data: URLEncodedBody[Acceptance], person: Invitee, ctx: Deps) -> Redirect:
+    def accept(self, data: URLEncodedBody[Acceptance], person: SignedIn, ctx: Deps) -> Redirect:
         """Record acceptance of the version in effect (400 when ``version`` is no number)."""
         policy.accept(ctx.db, person.user.id, data.version, ctx.now())
         return Redirect(local_path(data.next))
