@@ -36,6 +36,7 @@ class Ctx:
 
     @cached_property
     def inference(self) -> InferenceClient:
+        """Made on first use: it reads the service's key from the vault."""
         return InferenceClient.from_settings(self.settings)
 
     def now(self) -> datetime:
