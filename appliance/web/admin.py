@@ -16,18 +16,16 @@ from typing import Any
 import sqlite_utils
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, JSONBody, URLEncodedBody
+from litestar.params import FromPath, JSONBody
 from litestar.response import Template
 
 from appliance.auth import service as auth
-from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.errors import ApplianceError, Conflict, InvalidInput, NotFound
 from appliance.ops import overview
 from appliance.privacy import policy
-from appliance.tasks import TaskQueue
-from appliance.web import flash
 from appliance.web import identity as identities
+from appliance.web.deps import Ctx, Deps, Form, Member
 from appliance.web.errors import form_error
 from appliance.web.identity import Identity
 
@@ -54,15 +52,16 @@ def provide_operator(
 OPERATOR = {"operator": Provide(provide_operator, sync_to_thread=False)}
 
 
-def _act(db, settings: Settings, operator: Identity, account_id: str, action: str, data, now):
+def _act(ctx: Ctx, operator: Identity, account_id: str, action: str, data):
+    now = ctx.now()
     if action == "suspend":
-        return overview.suspend(db, account_id, now, actor_id=operator.user.id)
+        return overview.suspend(ctx.db, account_id, now, actor_id=operator.user.id)
     if action == "unsuspend":
-        return overview.unsuspend(db, account_id)
+        return overview.unsuspend(ctx.db, account_id)
     if action == "delete":
         if data.get("confirm") not in CONFIRMED:
             raise InvalidInput('Deleting erases all its data: confirm it with {"confirm": true}.')
-        return overview.delete(db, settings, account_id, now, "operator via admin page")
+        return overview.delete(ctx.db, ctx.settings, account_id, now, "operator via admin page")
     raise NotFound("Not found.")
 
 
@@ -72,38 +71,28 @@ class AdminApi(Controller):
     dependencies = OPERATOR
 
     @get("/overview", sync_to_thread=True)
-    def status(
-        self,
-        operator: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> dict[str, Any]:
+    def status(self, operator: Member, ctx: Deps) -> dict[str, Any]:
         """Accounts, inference and GPU state, worker heartbeat, purges, disk use, recent
         server errors and policy versions (operators only)."""
-        return overview.overview(db, settings, clock())
+        return overview.overview(ctx.db, ctx.settings, ctx.now())
 
     @get("/accounts", sync_to_thread=True)
-    def accounts(
-        self, operator: NamedDependency[Identity], db: NamedDependency[sqlite_utils.Database]
-    ) -> list[dict[str, Any]]:
+    def accounts(self, operator: Member, ctx: Deps) -> list[dict[str, Any]]:
         """Every account with members, balance, storage and last activity."""
-        return [asdict(row) for row in overview.account_rows(db)]
+        return [asdict(row) for row in overview.account_rows(ctx.db)]
 
     @post("/accounts/{account_id:str}/{action:str}", status_code=200, sync_to_thread=True)
     def act(
         self,
         account_id: FromPath[str],
         action: FromPath[str],
-        operator: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
+        operator: Member,
+        ctx: Deps,
         data: JSONBody[dict[str, Any] | None] = None,
     ) -> dict[str, Any]:
         """``suspend`` (sessions end, keys refused), ``unsuspend``, or ``delete``
         (``{"confirm": true}``: locked now, erased by the privacy purge)."""
-        result = _act(db, settings, operator, account_id, action, data or {}, clock())
+        result = _act(ctx, operator, account_id, action, data or {})
         return result if isinstance(result, dict) else asdict(result)
 
 
@@ -112,42 +101,33 @@ class AdminPages(Controller):
     dependencies = OPERATOR
 
     @get("/admin", sync_to_thread=True)
-    def page(
-        self,
-        operator: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> Template:
-        return Template("admin.html", context=_context(db, settings, clock))
+    def page(self, operator: Member, ctx: Deps) -> Template:
+        return Template("admin.html", context=_context(ctx))
 
     @post("/admin/accounts/{account_id:str}/{action:str}", sync_to_thread=True)
     def act_form(
         self,
-        request: Request,
         account_id: FromPath[str],
         action: FromPath[str],
-        data: URLEncodedBody[dict[str, str]],
-        operator: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
+        data: Form,
+        operator: Member,
+        ctx: Deps,
     ) -> Response:
         try:
-            _act(db, settings, operator, account_id, action, data, clock())
+            _act(ctx, operator, account_id, action, data)
         except ApplianceError as exc:
             if isinstance(exc, NotFound) and action not in ("suspend", "unsuspend", "delete"):
                 raise
-            return form_error("admin.html", _context(db, settings, clock), exc)
+            return form_error("admin.html", _context(ctx), exc)
         done = {"suspend": "suspended", "unsuspend": "unsuspended", "delete": "deleted"}
-        return flash.redirect(request, "/admin", f"Account {done[action]}.")
+        return ctx.redirect("/admin", f"Account {done[action]}.")
 
 
-def _context(db, settings: Settings, clock: Clock) -> dict[str, Any]:
+def _context(ctx: Ctx) -> dict[str, Any]:
     return {
-        "o": overview.overview(db, settings, clock()),
-        "settings": settings,
-        **policy_context(db, settings, clock()),
+        "o": overview.overview(ctx.db, ctx.settings, ctx.now()),
+        "settings": ctx.settings,
+        **policy_context(ctx.db, ctx.settings, ctx.now()),
     }
 
 
@@ -186,54 +166,29 @@ class PolicyAdminPages(Controller):
     path = "/admin/policy"
 
     @post("/operator", sync_to_thread=True)
-    def operator_form(
-        self,
-        request: Request,
-        data: URLEncodedBody[dict[str, str]],
-        operator: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> Response:
+    def operator_form(self, data: Form, operator: Member, ctx: Deps) -> Response:
         """Set who runs the appliance and the privacy contact (shown once published)."""
+        name, contact = data.get("operator_name", ""), data.get("contact", "")
         try:
-            policy.set_operator(db, data.get("operator_name", ""), data.get("contact", ""), clock())
+            policy.set_operator(ctx.db, name, contact, ctx.now())
         except InvalidInput as exc:
-            return _failed(db, settings, clock, exc)
-        return flash.redirect(request, "/admin#policy", "Operator and privacy contact saved.")
+            return form_error("admin.html", _context(ctx), exc)
+        return ctx.redirect("/admin#policy", "Operator and privacy contact saved.")
 
     @post("/publish", sync_to_thread=True)
-    def publish_form(
-        self,
-        request: Request,
-        data: URLEncodedBody[dict[str, str]],
-        operator: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        queue: NamedDependency[TaskQueue],
-        clock: NamedDependency[Clock],
-    ) -> Response:
+    def publish_form(self, data: Form, operator: Member, ctx: Deps) -> Response:
         """Publish the text as the configuration gives it now; every user is emailed."""
-        now = clock()
         try:
+            effective_at = _effective(data.get("effective", ""))
             version = policy.publish(
-                db,
-                settings,
-                now,
-                effective_at=_effective(data.get("effective", "")),
+                ctx.db,
+                ctx.settings,
+                ctx.now(),
+                effective_at=effective_at,
                 summary=data.get("summary", ""),
             )
         except (InvalidInput, Conflict) as exc:
-            return _failed(db, settings, clock, exc)
-        policy.announce(db, version, queue.send_mail)
-        return flash.redirect(
-            request,
-            "/admin#policy",
-            f"Policy version {version.version} published; every user is emailed.",
-        )
-
-
-def _failed(db, settings: Settings, clock: Clock, exc: Exception) -> Template:
-    page = _context(db, settings, clock)
-    page["flashes"] = [("error", str(exc))]
-    return Template("admin.html", context=page, status_code=400)
+            return form_error("admin.html", _context(ctx), exc)
+        policy.announce(ctx.db, version, ctx.queue.send_mail)
+        message = f"Policy version {version.version} published; every user is emailed."
+        return ctx.redirect("/admin#policy", message)

@@ -10,10 +10,9 @@ import logging
 from typing import Any
 
 import anyio
-import sqlite_utils
 from litestar import Controller, Request, Response, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody, URLEncodedBody
+from litestar.params import FromPath, FromQuery
 from litestar.response import Template
 
 from appliance.auth import service as auth
@@ -23,7 +22,7 @@ from appliance.config import Settings
 from appliance.db import open_db
 from appliance.errors import ApplianceError, InvalidInput
 from appliance.instances import service as instances
-from appliance.web import flash
+from appliance.web.deps import Ctx, Deps, Form, Json, Member
 from appliance.web.errors import form_error
 from appliance.web.identity import Identity
 
@@ -46,112 +45,72 @@ class BillingApi(Controller):
     tags = ["billing"]
 
     @get("/", sync_to_thread=True)
-    def summary(
-        self,
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-    ) -> dict:
+    def summary(self, me: Member, ctx: Deps) -> dict:
         """Balance (``balance_microusd``, ``balance_usd``), open holds, prices, top-up
         limits; for owners and admins also the saved card (brand and last four digits)."""
-        return service.summary(db, settings, me.account.id, me.role)
+        return service.summary(ctx.db, ctx.settings, me.account.id, me.role)
 
     @post("/checkout", status_code=201, sync_to_thread=True)
-    def checkout(
-        self,
-        data: JSONBody[dict[str, Any]],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> dict:
+    def checkout(self, data: Json, manager: Member, ctx: Deps) -> dict:
         """Start a top-up: ``{"amount_usd": 20}`` → ``{"url", "topup"}``; open ``url``
         (Stripe Checkout). The balance is credited when Stripe reports the payment."""
-        topup, url = payments.start_checkout(
-            db,
-            settings,
-            account_id=manager.account.id,
-            user_id=manager.user.id,
-            amount_usd=data.get("amount_usd"),
-            now=clock(),
-        )
+        topup, url = _checkout(ctx, manager, data.get("amount_usd"))
         return {"url": url, "topup": topup.public()}
 
     @get("/topups", sync_to_thread=True)
-    def topups(
-        self, manager: NamedDependency[Identity], db: NamedDependency[sqlite_utils.Database]
-    ) -> list[dict]:
+    def topups(self, manager: Member, ctx: Deps) -> list[dict]:
         """Top-ups, newest first."""
-        return [t.public() for t in payments.topups(db, manager.account.id)]
+        return [t.public() for t in payments.topups(ctx.db, manager.account.id)]
 
     @get("/topups/{topup_id:str}", sync_to_thread=True)
-    def topup(
-        self,
-        topup_id: FromPath[str],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-    ) -> dict:
+    def topup(self, topup_id: FromPath[str], manager: Member, ctx: Deps) -> dict:
         """One top-up (its status: pending, paid or failed)."""
-        return payments.topup(db, manager.account.id, topup_id).public()
+        return payments.topup(ctx.db, manager.account.id, topup_id).public()
 
     @get("/ledger", sync_to_thread=True)
-    def ledger_entries(
-        self, manager: NamedDependency[Identity], db: NamedDependency[sqlite_utils.Database]
-    ) -> list[dict]:
+    def ledger_entries(self, manager: Member, ctx: Deps) -> list[dict]:
         """The latest 200 ledger entries (top-ups, usage, instance time, refunds…)."""
-        return service.history(db, manager.account.id)
+        return service.history(ctx.db, manager.account.id)
 
     @get("/usage", sync_to_thread=True)
-    def usage(
-        self,
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-        days: FromQuery[int] = service.USAGE_DAYS,
-    ) -> dict:
+    def usage(self, me: Member, ctx: Deps, days: FromQuery[int] = service.USAGE_DAYS) -> dict:
         """Usage per day (``days``, default 90), per instance and per API key."""
-        return service.usage(db, me.account.id, clock(), days)
+        return service.usage(ctx.db, me.account.id, ctx.now(), days)
 
     @get("/usage.csv", sync_to_thread=True)
-    def usage_csv(
-        self,
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> Response:
+    def usage_csv(self, me: Member, ctx: Deps) -> Response:
         """Every ledger entry of the last 90 days as CSV."""
-        return _csv(service.usage_csv(db, me.account.id, clock()))
+        return _csv(ctx, me)
 
     @get("/caps", sync_to_thread=True)
-    def caps(
-        self,
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> list[dict]:
+    def caps(self, manager: Member, ctx: Deps) -> list[dict]:
         """Monthly spend caps of instances and API keys, with this month's spending."""
-        return service.caps(db, manager.account.id, clock())
+        return service.caps(ctx.db, manager.account.id, ctx.now())
 
     @put("/caps", sync_to_thread=True)
-    def set_cap(
-        self,
-        data: JSONBody[dict[str, Any]],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> list[dict]:
+    def set_cap(self, data: Json, manager: Member, ctx: Deps) -> list[dict]:
         """``{"instance_id" | "key_id", "monthly_usd": "25.00" | null}``: requests beyond
         it get 402 until the month ends (UTC)."""
-        subject, subject_id = _check_subject(db, manager.account.id, data)
-        service.set_cap(
-            db, manager.account.id, subject, subject_id, data.get("monthly_usd"), clock()
-        )
-        return service.caps(db, manager.account.id, clock())
+        subject, subject_id = _check_subject(ctx.db, manager.account.id, data)
+        account = manager.account.id
+        service.set_cap(ctx.db, account, subject, subject_id, data.get("monthly_usd"), ctx.now())
+        return service.caps(ctx.db, manager.account.id, ctx.now())
 
 
-def _csv(text: str) -> Response:
+def _checkout(ctx: Ctx, manager: Identity, amount_usd: Any) -> tuple[payments.Topup, str]:
+    return payments.start_checkout(
+        ctx.db,
+        ctx.settings,
+        account_id=manager.account.id,
+        user_id=manager.user.id,
+        amount_usd=amount_usd,
+        now=ctx.now(),
+    )
+
+
+def _csv(ctx: Ctx, me: Identity) -> Response:
     return Response(
-        text,
+        service.usage_csv(ctx.db, me.account.id, ctx.now()),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": 'attachment; filename="usage.csv"'},
     )
@@ -188,19 +147,12 @@ class BillingPages(Controller):
     include_in_schema = False
 
     @get("/billing", sync_to_thread=True)
-    def page(
-        self,
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-        topup: FromQuery[str | None] = None,
-    ) -> Template:
-        context = _context(db, settings, me, clock)
+    def page(self, me: Member, ctx: Deps, topup: FromQuery[str | None] = None) -> Template:
+        context = _context(ctx, me)
         if topup and me.is_manager:
             # Back from Stripe Checkout (its success_url names the top-up).
             try:
-                found = payments.topup(db, me.account.id, topup)
+                found = payments.topup(ctx.db, me.account.id, topup)
             except ApplianceError:
                 found = None
             if found and found.status == "paid":
@@ -213,34 +165,15 @@ class BillingPages(Controller):
         return Template("billing.html", context=context)
 
     @get("/billing/usage.csv", sync_to_thread=True)
-    def usage_csv(
-        self,
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> Response:
-        return _csv(service.usage_csv(db, me.account.id, clock()))
+    def usage_csv(self, me: Member, ctx: Deps) -> Response:
+        return _csv(ctx, me)
 
     @post("/billing/checkout", sync_to_thread=True)
-    def checkout(
-        self,
-        data: URLEncodedBody[dict[str, str]],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> Response:
+    def checkout(self, data: Form, manager: Member, ctx: Deps) -> Response:
         try:
-            topup, url = payments.start_checkout(
-                db,
-                settings,
-                account_id=manager.account.id,
-                user_id=manager.user.id,
-                amount_usd=data.get("amount_usd", ""),
-                now=clock(),
-            )
+            topup, url = _checkout(ctx, manager, data.get("amount_usd", ""))
         except ApplianceError as exc:
-            return form_error("billing.html", _context(db, settings, manager, clock), exc)
+            return form_error("billing.html", _context(ctx, manager), exc)
         # A page that moves on to Stripe rather than a redirect: the CSP's form-action
         # 'self' also covers redirects after a form is sent, and must stay as strict.
         return Template(
@@ -249,32 +182,24 @@ class BillingPages(Controller):
         )
 
     @post("/billing/caps", sync_to_thread=True)
-    def set_cap_form(
-        self,
-        request: Request,
-        data: URLEncodedBody[dict[str, str]],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> Response:
+    def set_cap_form(self, data: Form, manager: Member, ctx: Deps) -> Response:
         """The caps form: one instance or key per form; an empty amount removes the cap."""
-        subject = data.get("subject", "")
+        subject, account = data.get("subject", ""), manager.account.id
         key = "instance_id" if subject == "instance" else "key_id" if subject == "key" else ""
         try:
             if not key:
                 raise InvalidInput("A cap is set on an instance or an API key.")
-            _check_subject(db, manager.account.id, {key: data.get("subject_id")})
+            _check_subject(ctx.db, account, {key: data.get("subject_id")})
             amount = (data.get("monthly_usd") or "").strip() or None
-            service.set_cap(db, manager.account.id, subject, data["subject_id"], amount, clock())
+            service.set_cap(ctx.db, account, subject, data["subject_id"], amount, ctx.now())
         except InvalidInput as exc:
-            return form_error("billing.html", _context(db, settings, manager, clock), exc)
+            return form_error("billing.html", _context(ctx, manager), exc)
         message = f"Monthly cap set to {amount} USD." if amount else "Monthly cap removed."
-        return flash.redirect(request, "/billing#caps", message)
+        return ctx.redirect("/billing#caps", message)
 
 
-def _context(db, settings: Settings, me: Identity, clock: Clock) -> dict[str, Any]:
-    now = clock()
+def _context(ctx: Ctx, me: Identity) -> dict[str, Any]:
+    db, now = ctx.db, ctx.now()
     usage = service.usage(db, me.account.id, now)
     names = {i.id: i.name for i in instances.list_instances(db, me.account.id)}
     keys = {
@@ -283,7 +208,7 @@ def _context(db, settings: Settings, me: Identity, clock: Clock) -> dict[str, An
     }
     return {
         "me": me,
-        "summary": service.summary(db, settings, me.account.id, me.role),
+        "summary": service.summary(db, ctx.settings, me.account.id, me.role),
         "usage": usage,
         "instance_names": names,
         "key_names": keys,

@@ -13,12 +13,12 @@ from litestar.response import Stream
 from appliance.billing.metering import Metered
 from appliance.chat import render
 from appliance.chat import service as chat
-from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.db import open_db
 from appliance.errors import ApplianceError, InvalidInput
 from appliance.inference.client import InferenceClient
 from appliance.knowledge import service as knowledge
+from appliance.web.deps import Ctx
 from appliance.web.errors import stream_error
 from appliance.web.identity import Identity
 from appliance.web.sse import event_stream, sse
@@ -187,11 +187,8 @@ class _Answer:
 
 async def respond(
     stream: Any,
-    db,
-    settings: Settings,
-    client: InferenceClient,
+    ctx: Ctx,
     me: Identity,
-    clock: Clock,
     conversation_id: str,
     *,
     content: str | None = None,
@@ -200,6 +197,7 @@ async def respond(
 ) -> Response | Stream:
     if not isinstance(stream, bool):
         raise InvalidInput("'stream' must be true or false.")
+    db, settings, client, clock = ctx.db, ctx.settings, ctx.inference, ctx.clock
     turn = await anyio.to_thread.run_sync(
         lambda: chat.prepare_turn(
             db,

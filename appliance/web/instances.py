@@ -4,41 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlite_utils
-from litestar import Controller, Request, Response, get, patch, post
-from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, URLEncodedBody
+from litestar import Controller, Response, get, patch, post
+from litestar.params import FromPath, JSONBody
 from litestar.response import Template
 
 from appliance.auth import service as auth
 from appliance.chat import service as chat
-from appliance.clock import Clock
-from appliance.config import Settings
 from appliance.errors import ApplianceError, InvalidInput, NotFound
 from appliance.instances import service as instances
 from appliance.knowledge import collections as kb_collections
-from appliance.web import flash
+from appliance.web.deps import Ctx, Deps, Form, Json, Member
 from appliance.web.errors import form_error
 from appliance.web.identity import Identity
 
 ACTIONS = {"stop": "stopped", "start": "running", "destroy": "destroyed"}
 
 
-def _change_state(db, me: Identity, instance_id: str, action: str, data: dict, now):
+def _change_state(ctx: Ctx, me: Identity, instance_id: str, action: str, data: dict):
     if action not in ACTIONS:
         raise InvalidInput("Unknown action.")
     if action == "destroy" and data.get("confirm") not in (True, "true", "on", "yes"):
         raise InvalidInput('Destroying cannot be undone: confirm it with {"confirm": true}.')
     # Deleting its conversations (chat's) happens in the transaction that destroys it.
     delete = action == "destroy" and data.get("delete_conversations") in (True, "true", "on", "yes")
+    db, account = ctx.db, me.account.id
+    also = (lambda: chat.delete_for_instance(db, account, instance_id)) if delete else None
     return instances.set_state(
-        db,
-        me.account.id,
-        me.role,
-        instance_id,
-        ACTIONS[action],
-        now,
-        also=(lambda: chat.delete_for_instance(db, me.account.id, instance_id)) if delete else None,
+        db, account, me.role, instance_id, ACTIONS[action], ctx.now(), also=also
     )
 
 
@@ -47,158 +39,95 @@ class InstancesApi(Controller):
     tags = ["instances"]
 
     @get("/", sync_to_thread=True)
-    def list_all(
-        self, me: NamedDependency[Identity], db: NamedDependency[sqlite_utils.Database]
-    ) -> list[dict]:
+    def list_all(self, me: Member, ctx: Deps) -> list[dict]:
         """The account's instances (destroyed ones are not listed)."""
-        return [i.public() for i in instances.list_instances(db, me.account.id)]
+        return [i.public() for i in instances.list_instances(ctx.db, me.account.id)]
 
     @post("/", status_code=201, sync_to_thread=True)
-    def create(
-        self,
-        data: JSONBody[dict[str, Any]],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> dict:
+    def create(self, data: Json, manager: Member, ctx: Deps) -> dict:
         """Create an instance: ``{"name", "model"?, "temperature"?, "top_p"?, "max_tokens"?,
         "context_budget"?, "system_prompt"?, "voice"?, "knowledge"?, "top_k"?,
         "collections"?}`` (``collections``: the knowledge collection ids it searches; null
         or absent: every document)."""
-        created = instances.create(
-            db, manager.account.id, manager.role, data, now=clock(), **instances.limits(settings)
-        )
-        return created.public()
+        return _create(ctx, manager, data).public()
 
     @get("/{instance_id:str}", sync_to_thread=True)
-    def read(
-        self,
-        instance_id: FromPath[str],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-    ) -> dict:
+    def read(self, instance_id: FromPath[str], me: Member, ctx: Deps) -> dict:
         """One instance."""
-        found = instances.get(db, me.account.id, instance_id)
+        found = instances.get(ctx.db, me.account.id, instance_id)
         if found.state == "destroyed":
             raise NotFound("No such instance.")
         return found.public()
 
     @patch("/{instance_id:str}", sync_to_thread=True)
-    def change(
-        self,
-        instance_id: FromPath[str],
-        data: JSONBody[dict[str, Any]],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> dict:
+    def change(self, instance_id: FromPath[str], data: Json, manager: Member, ctx: Deps) -> dict:
         """Change settings (owners and admins)."""
-        return instances.update(
-            db,
-            manager.account.id,
-            manager.role,
-            instance_id,
-            data,
-            now=clock(),
-            **instances.limits(settings),
-        ).public()
+        return _update(ctx, manager, instance_id, data).public()
 
     @post("/{instance_id:str}/{action:str}", status_code=200, sync_to_thread=True)
     def act(
         self,
         instance_id: FromPath[str],
         action: FromPath[str],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
+        manager: Member,
+        ctx: Deps,
         data: JSONBody[dict[str, Any] | None] = None,
     ) -> dict:
         """``stop`` (requests get 409), ``start``, or ``destroy`` (``{"confirm": true}``:
         revokes the instance's keys at once and cannot be undone; with
         ``"delete_conversations": true`` its conversations are deleted too)."""
-        return _change_state(db, manager, instance_id, action, data or {}, clock()).public()
+        return _change_state(ctx, manager, instance_id, action, data or {}).public()
+
+
+def _create(ctx: Ctx, manager: Identity, data: dict) -> instances.Instance:
+    limits = instances.limits(ctx.settings)
+    return instances.create(ctx.db, manager.account.id, manager.role, data, now=ctx.now(), **limits)
+
+
+def _update(ctx: Ctx, manager: Identity, instance_id: str, changes: dict) -> instances.Instance:
+    account, role, limits = manager.account.id, manager.role, instances.limits(ctx.settings)
+    return instances.update(ctx.db, account, role, instance_id, changes, now=ctx.now(), **limits)
 
 
 class InstancesPages(Controller):
     include_in_schema = False
 
     @get("/instances", sync_to_thread=True)
-    def page(
-        self,
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-    ) -> Template:
-        return Template("instances.html", context=_context(db, me, settings))
+    def page(self, me: Member, ctx: Deps) -> Template:
+        return Template("instances.html", context=_context(ctx, me))
 
     @post("/instances", sync_to_thread=True)
-    def create_form(
-        self,
-        request: Request,
-        data: URLEncodedBody[dict[str, str]],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> Response:
+    def create_form(self, data: Form, manager: Member, ctx: Deps) -> Response:
         try:
-            instances.create(
-                db,
-                manager.account.id,
-                manager.role,
-                {"name": data.get("name", "")},
-                now=clock(),
-                **instances.limits(settings),
-            )
+            _create(ctx, manager, {"name": data.get("name", "")})
         except ApplianceError as exc:
-            return form_error("instances.html", _context(db, manager, settings), exc)
-        return flash.redirect(request, "/instances", "Instance created.")
+            return form_error("instances.html", _context(ctx, manager), exc)
+        return ctx.redirect("/instances", "Instance created.")
 
     @post("/instances/{instance_id:str}/settings", sync_to_thread=True)
     def settings_form(
-        self,
-        request: Request,
-        instance_id: FromPath[str],
-        data: URLEncodedBody[dict[str, str]],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
+        self, instance_id: FromPath[str], data: Form, manager: Member, ctx: Deps
     ) -> Response:
         try:
-            changes = _form_changes(data)
-            instances.update(
-                db,
-                manager.account.id,
-                manager.role,
-                instance_id,
-                changes,
-                now=clock(),
-                **instances.limits(settings),
-            )
+            _update(ctx, manager, instance_id, _form_changes(data))
         except InvalidInput as exc:
-            return form_error("instances.html", _context(db, manager, settings), exc)
-        return flash.redirect(request, f"/instances#{instance_id}", "Instance settings saved.")
+            return form_error("instances.html", _context(ctx, manager), exc)
+        return ctx.redirect(f"/instances#{instance_id}", "Instance settings saved.")
 
     @post("/instances/{instance_id:str}/{action:str}", sync_to_thread=True)
     def act_form(
         self,
-        request: Request,
         instance_id: FromPath[str],
         action: FromPath[str],
-        data: URLEncodedBody[dict[str, str]],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
+        data: Form,
+        manager: Member,
+        ctx: Deps,
     ) -> Response:
         try:
-            _change_state(db, manager, instance_id, action, data, clock())
+            _change_state(ctx, manager, instance_id, action, data)
         except InvalidInput as exc:
-            return form_error("instances.html", _context(db, manager, settings), exc)
-        return flash.redirect(request, "/instances", f"Instance {ACTIONS[action]}.")
+            return form_error("instances.html", _context(ctx, manager), exc)
+        return ctx.redirect("/instances", f"Instance {ACTIONS[action]}.")
 
 
 def _form_changes(data: dict[str, str]) -> dict[str, Any]:
@@ -230,7 +159,8 @@ def _form_changes(data: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _context(db, me: Identity, settings: Settings) -> dict[str, Any]:
+def _context(ctx: Ctx, me: Identity) -> dict[str, Any]:
+    db, settings = ctx.db, ctx.settings
     keys = auth.list_keys(db, me.account.id, None if me.is_manager else me.user.id)
     return {
         "me": me,

@@ -10,23 +10,20 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-import sqlite_utils
-from litestar import Controller, Request, Response, get, post
-from litestar.di import NamedDependency
+from litestar import Controller, Response, get, post
 from litestar.params import FromPath
 from litestar.response import Template
 
 from appliance.accounts import service as accounts
 from appliance.accounts.models import Account
 from appliance.auth import service as auth
-from appliance.clock import Clock
-from appliance.web import flash
+from appliance.web.deps import Ctx, Deps, SignedIn
 from appliance.web.identity import Person
 
 
-def _accept(db: sqlite_utils.Database, person: Person, invite_id: str, clock: Clock) -> Account:
-    joined = accounts.accept_invite(db, person.user.id, invite_id, clock())
-    auth.switch_account(db, person.session, joined.id)  # work in the account just joined
+def _accept(ctx: Ctx, person: Person, invite_id: str) -> Account:
+    joined = accounts.accept_invite(ctx.db, person.user.id, invite_id, ctx.now())
+    auth.switch_account(ctx.db, person.session, joined.id)  # work in the account just joined
     return joined
 
 
@@ -35,79 +32,43 @@ class InvitesApi(Controller):
     tags = ["auth"]
 
     @get("/", sync_to_thread=True)
-    def list_invites(
-        self,
-        person: NamedDependency[Person],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> list[dict]:
+    def list_invites(self, person: SignedIn, ctx: Deps) -> list[dict]:
         """The signed-in person's open invites (accept or decline each)."""
-        return [asdict(offer) for offer in accounts.invited(db, person.user, clock())]
+        return [asdict(offer) for offer in accounts.invited(ctx.db, person.user, ctx.now())]
 
     @post("/{invite_id:str}/accept", status_code=200, sync_to_thread=True)
-    def accept(
-        self,
-        invite_id: FromPath[str],
-        person: NamedDependency[Person],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> dict:
+    def accept(self, invite_id: FromPath[str], person: SignedIn, ctx: Deps) -> dict:
         """Join the inviting account; the session moves into it. 404 if not yours/open."""
-        joined = _accept(db, person, invite_id, clock)
-        role = accounts.role_in(db, joined.id, person.user.id)
+        joined = _accept(ctx, person, invite_id)
+        role = accounts.role_in(ctx.db, joined.id, person.user.id)
         return {"account": {"id": joined.id, "name": joined.name, "role": role}}
 
     @post("/{invite_id:str}/decline", status_code=204, sync_to_thread=True)
-    def decline(
-        self,
-        invite_id: FromPath[str],
-        person: NamedDependency[Person],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> None:
+    def decline(self, invite_id: FromPath[str], person: SignedIn, ctx: Deps) -> None:
         """Say no: the invite closes and the inviting account no longer lists it."""
-        accounts.decline_invite(db, person.user.id, invite_id, clock())
+        accounts.decline_invite(ctx.db, person.user.id, invite_id, ctx.now())
 
 
 class InvitesPages(Controller):
     include_in_schema = False
 
     @get("/invites", sync_to_thread=True)
-    def invites_page(
-        self,
-        person: NamedDependency[Person],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> Template:
+    def invites_page(self, person: SignedIn, ctx: Deps) -> Template:
         return Template(
             "invites.html",
             context={
                 "person": person,
-                "offers": accounts.invited(db, person.user, clock()),
-                "member": bool(accounts.accounts_of(db, person.user.id)),
+                "offers": accounts.invited(ctx.db, person.user, ctx.now()),
+                "member": bool(accounts.accounts_of(ctx.db, person.user.id)),
             },
         )
 
     @post("/invites/{invite_id:str}/accept", sync_to_thread=True)
-    def accept_form(
-        self,
-        request: Request,
-        invite_id: FromPath[str],
-        person: NamedDependency[Person],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> Response:
-        joined = _accept(db, person, invite_id, clock)
-        return flash.redirect(request, "/", f"You joined {joined.name}.")
+    def accept_form(self, invite_id: FromPath[str], person: SignedIn, ctx: Deps) -> Response:
+        joined = _accept(ctx, person, invite_id)
+        return ctx.redirect("/", f"You joined {joined.name}.")
 
     @post("/invites/{invite_id:str}/decline", sync_to_thread=True)
-    def decline_form(
-        self,
-        request: Request,
-        invite_id: FromPath[str],
-        person: NamedDependency[Person],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> Response:
-        accounts.decline_invite(db, person.user.id, invite_id, clock())
-        return flash.redirect(request, "/invites", "Invite declined.")
+    def decline_form(self, invite_id: FromPath[str], person: SignedIn, ctx: Deps) -> Response:
+        accounts.decline_invite(ctx.db, person.user.id, invite_id, ctx.now())
+        return ctx.redirect("/invites", "Invite declined.")

@@ -9,20 +9,17 @@ import anyio
 import sqlite_utils
 from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.datastructures import UploadFile
-from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery
 from litestar.response import Template
 
 from appliance.accounts import service as accounts
-from appliance.clock import Clock
 from appliance.config import Settings
-from appliance.inference.client import InferenceClient
 from appliance.knowledge import collections as kb_collections
 from appliance.knowledge import search as kb_search
 from appliance.knowledge import service as knowledge
 from appliance.knowledge.store import Document
-from appliance.tasks import TaskQueue
+from appliance.web.deps import Ctx, Deps, Json, Member
 from appliance.web.identity import Identity
 from appliance.web.security import BODY_LIMIT, MULTIPART_OVERHEAD
 
@@ -78,15 +75,7 @@ class KnowledgeApi(Controller):
         opt={BODY_LIMIT: upload_limit},
         request_max_body_size=None,
     )
-    async def upload(
-        self,
-        request: Request,
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        queue: NamedDependency[TaskQueue],
-        clock: NamedDependency[Clock],
-    ) -> Response:
+    async def upload(self, request: Request, me: Member, ctx: Deps) -> Response:
         """Upload one or more files (multipart field ``file`` or ``files``); a ``.zip``
         adds every document inside it.
 
@@ -96,7 +85,7 @@ class KnowledgeApi(Controller):
         """
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise HTTPException(status_code=400, detail="Send the files as multipart/form-data.")
-        form = await request.form()
+        db, form = ctx.db, await request.form()
         files = _collect(form)
         chosen = await anyio.to_thread.run_sync(
             lambda: chosen_collections(db, me, [str(v) for v in form.getall("collection", [])])
@@ -107,7 +96,7 @@ class KnowledgeApi(Controller):
             add = knowledge.add_archive if knowledge.is_archive(name) else knowledge.add_document
             outcome = await anyio.to_thread.run_sync(
                 lambda upload=upload, name=name, add=add: add(
-                    db, settings, me.account.id, me.user.id, name, upload.file, clock()
+                    db, ctx.settings, me.account.id, me.user.id, name, upload.file, ctx.now()
                 )
             )
             outcomes = outcome if isinstance(outcome, list) else [outcome]
@@ -116,7 +105,7 @@ class KnowledgeApi(Controller):
                     results.append({"filename": one.filename, "error": one.error})
                     continue
                 if not one.duplicate:
-                    queue.ingest_document(one.document.id)
+                    ctx.queue.ingest_document(one.document.id)
                 results.append(
                     {
                         "id": one.document.id,
@@ -139,122 +128,75 @@ class KnowledgeApi(Controller):
         return Response(results, status_code=202)
 
     @get("/documents", sync_to_thread=True)
-    def list_documents(
-        self, me: NamedDependency[Identity], db: NamedDependency[sqlite_utils.Database]
-    ) -> list[dict]:
+    def list_documents(self, me: Member, ctx: Deps) -> list[dict]:
         """The account's documents with status and progress, newest first; each with its
         uploader's email, its collection ids and whether you may delete it."""
-        view = Listing.of(db, me)
-        return [document_json(d, view) for d in knowledge.documents(db, me.account.id)]
+        view = Listing.of(ctx.db, me)
+        return [document_json(d, view) for d in knowledge.documents(ctx.db, me.account.id)]
 
     @get("/documents/{document_id:str}", sync_to_thread=True)
-    def get_document(
-        self,
-        document_id: FromPath[str],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-    ) -> dict:
+    def get_document(self, document_id: FromPath[str], me: Member, ctx: Deps) -> dict:
         """One document: status (queued, extracting, embedding, ready, failed), progress."""
-        return document_json(knowledge.document(db, me.account.id, document_id), Listing.of(db, me))
+        return _document(ctx, me, document_id)
 
     @delete("/documents/{document_id:str}", status_code=204, sync_to_thread=True)
-    def delete_document(
-        self,
-        document_id: FromPath[str],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> None:
+    def delete_document(self, document_id: FromPath[str], me: Member, ctx: Deps) -> None:
         """Delete the document, its file, chunks, index rows and vectors (a deletion
         receipt records it). Members delete their own uploads only (403 otherwise)."""
         knowledge.delete_document(
-            db,
-            settings,
+            ctx.db,
+            ctx.settings,
             me.account.id,
             document_id,
-            clock(),
+            ctx.now(),
             actor_id=me.user.id,
             actor_role=me.role,
         )
 
     @post("/documents/{document_id:str}/retry", status_code=202, sync_to_thread=True)
-    def retry_document(
-        self,
-        document_id: FromPath[str],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        queue: NamedDependency[TaskQueue],
-        clock: NamedDependency[Clock],
-    ) -> dict:
+    def retry_document(self, document_id: FromPath[str], me: Member, ctx: Deps) -> dict:
         """Queue a failed document again."""
-        doc = knowledge.retry(db, me.account.id, document_id, clock())
-        queue.ingest_document(doc.id)
-        return document_json(doc, Listing.of(db, me))
+        doc = knowledge.retry(ctx.db, me.account.id, document_id, ctx.now())
+        ctx.queue.ingest_document(doc.id)
+        return document_json(doc, Listing.of(ctx.db, me))
 
     @put("/documents/{document_id:str}/collections", sync_to_thread=True)
-    def file_document(
-        self,
-        document_id: FromPath[str],
-        data: JSONBody[dict[str, Any]],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-    ) -> dict:
+    def file_document(self, document_id: FromPath[str], data: Json, me: Member, ctx: Deps) -> dict:
         """Put a document in exactly these collections (``{"collections": [ids]}``); its
         uploader, owners and admins."""
-        kb_collections.file_document(
-            db, me.account.id, me.user.id, me.role, document_id, data.get("collections")
-        )
-        return document_json(knowledge.document(db, me.account.id, document_id), Listing.of(db, me))
+        ids = (me.account.id, me.user.id, me.role, document_id)
+        kb_collections.file_document(ctx.db, *ids, data.get("collections"))
+        return _document(ctx, me, document_id)
 
     @get("/collections", sync_to_thread=True)
-    def list_collections(
-        self, me: NamedDependency[Identity], db: NamedDependency[sqlite_utils.Database]
-    ) -> list[dict]:
+    def list_collections(self, me: Member, ctx: Deps) -> list[dict]:
         """The team's collections, by name, with how many documents each holds."""
-        return [asdict(c) for c in kb_collections.collections(db, me.account.id)]
+        return [asdict(c) for c in kb_collections.collections(ctx.db, me.account.id)]
 
     @post("/collections", status_code=201, sync_to_thread=True)
-    def create_collection(
-        self,
-        data: JSONBody[dict[str, Any]],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> dict:
+    def create_collection(self, data: Json, me: Member, ctx: Deps) -> dict:
         """Create a collection (``{"name"}``; owners and admins)."""
-        return asdict(kb_collections.create(db, me.account.id, me.role, data.get("name"), clock()))
+        name = data.get("name")
+        return asdict(kb_collections.create(ctx.db, me.account.id, me.role, name, ctx.now()))
 
     @patch("/collections/{collection_id:str}", sync_to_thread=True)
     def rename_collection(
-        self,
-        collection_id: FromPath[str],
-        data: JSONBody[dict[str, Any]],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
+        self, collection_id: FromPath[str], data: Json, me: Member, ctx: Deps
     ) -> dict:
         """Rename a collection (owners and admins)."""
-        return asdict(
-            kb_collections.rename(db, me.account.id, me.role, collection_id, data.get("name"))
-        )
+        ids = (me.account.id, me.role, collection_id)
+        return asdict(kb_collections.rename(ctx.db, *ids, data.get("name")))
 
     @delete("/collections/{collection_id:str}", status_code=204, sync_to_thread=True)
-    def delete_collection(
-        self,
-        collection_id: FromPath[str],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-    ) -> None:
+    def delete_collection(self, collection_id: FromPath[str], me: Member, ctx: Deps) -> None:
         """Delete a collection; its documents stay (owners and admins)."""
-        kb_collections.delete(db, me.account.id, me.role, collection_id)
+        kb_collections.delete(ctx.db, me.account.id, me.role, collection_id)
 
     @get("/search", sync_to_thread=True)
     def search(
         self,
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        inference: NamedDependency[InferenceClient],
-        settings: NamedDependency[Settings],
+        me: Member,
+        ctx: Deps,
         q: FromQuery[str] = "",
         k: FromQuery[int | None] = None,
         collection: FromQuery[list[str] | None] = None,
@@ -262,9 +204,10 @@ class KnowledgeApi(Controller):
         """Hybrid search over the account's knowledge base (``collection``, repeatable:
         only those collections); ``vector_unavailable``: the model could not embed the
         query (restarting?), so the hits are full-text only."""
+        db, settings = ctx.db, ctx.settings
         result = kb_search.search(
             db,
-            inference,
+            ctx.inference,
             me.account.id,
             q,
             k or settings.knowledge.search_k,
@@ -276,6 +219,11 @@ class KnowledgeApi(Controller):
             "legs": result.legs,
             "vector_unavailable": result.vector_unavailable,
         }
+
+
+def _document(ctx: Ctx, me: Identity, document_id: str) -> dict:
+    found = knowledge.document(ctx.db, me.account.id, document_id)
+    return document_json(found, Listing.of(ctx.db, me))
 
 
 def _collect(form) -> list[UploadFile]:
@@ -294,12 +242,8 @@ class KnowledgePages(Controller):
     include_in_schema = False
 
     @get("/knowledge", sync_to_thread=True)
-    def page(
-        self,
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-    ) -> Template:
+    def page(self, me: Member, ctx: Deps) -> Template:
+        db = ctx.db
         collections = kb_collections.collections(db, me.account.id)
         return Template(
             "knowledge.html",
@@ -310,6 +254,6 @@ class KnowledgePages(Controller):
                 "collection_names": {c.id: c.name for c in collections},
                 "view": Listing.of(db, me),
                 "may_change": knowledge.may_change,
-                "max_upload_mb": settings.knowledge.max_upload_mb,
+                "max_upload_mb": ctx.settings.knowledge.max_upload_mb,
             },
         )

@@ -5,19 +5,19 @@ from __future__ import annotations
 import sqlite_utils
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromQuery, URLEncodedBody
+from litestar.params import FromQuery
 from litestar.response import Redirect, Response, Template
 
 from appliance import firstrun
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth
 from appliance.chat import service as chat
-from appliance.clock import Clock, utcnow
-from appliance.config import Settings
+from appliance.clock import utcnow
 from appliance.errors import InvalidInput
 from appliance.knowledge import service as knowledge
 from appliance.privacy import policy
-from appliance.web import flash
+from appliance.web.deps import Deps, Form
+from appliance.web.errors import form_error
 from appliance.web.identity import Identity
 from appliance.web.signin import set_session_cookie
 
@@ -45,21 +45,17 @@ class PagesController(Controller):
 
     @get("/", sync_to_thread=True)
     def home(
-        self,
-        request: Request,
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        identity: NamedDependency[Identity | None],
-        clock: NamedDependency[Clock],
+        self, request: Request, ctx: Deps, identity: NamedDependency[Identity | None]
     ) -> Template | Redirect:
         """The dashboard when signed in; else how to finish setup or sign in (or, signed
         in with only open invites, those)."""
         if identity is None and getattr(request.state, "waiting", None) is not None:
             return Redirect("/invites")
+        db = ctx.db
         if identity is None:
             return Template("home.html", context={"claimed": firstrun.is_claimed(db)})
         account_id = identity.account.id
-        pending = identity.is_manager and accounts.profile(db, account_id, clock()).pending
+        pending = identity.is_manager and accounts.profile(db, account_id, ctx.now()).pending
         members = len(accounts.members(db, account_id))
         keys = len(auth.list_keys(db, account_id))
         return Template(
@@ -69,35 +65,23 @@ class PagesController(Controller):
                 "onboarding_pending": pending,
                 "member_count": members,
                 "key_count": keys,
-                "endpoint": f"{settings.public_url}/v1",
+                "endpoint": f"{ctx.settings.public_url}/v1",
                 "steps": next_steps(db, identity, members, keys),
             },
         )
 
     @get("/setup", sync_to_thread=True)
-    def setup_form(
-        self,
-        settings: NamedDependency[Settings],
-        db: NamedDependency[sqlite_utils.Database],
-        token: FromQuery[str] = "",
-    ) -> Template:
+    def setup_form(self, ctx: Deps, token: FromQuery[str] = "") -> Template:
         """The one-time setup page; 404 unless the token is the current setup token."""
-        firstrun.check_token(settings, db, token)
+        firstrun.check_token(ctx.settings, ctx.db, token)
         return Template("setup.html", context={"token": token, "data": {}, "flashes": []})
 
     @post("/setup", sync_to_thread=True)
-    def setup_submit(
-        self,
-        request: Request,
-        settings: NamedDependency[Settings],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-        data: URLEncodedBody[dict[str, str]],
-    ) -> Response:
+    def setup_submit(self, data: Form, ctx: Deps) -> Response:
         """Record the first operator's email, and who runs the appliance (for the privacy
         policy; optional here, editable on /admin), and sign them in: whoever holds the
         setup link is the operator, so no emailed code is needed this once."""
-        token = data.get("token", "")
+        db, settings, token = ctx.db, ctx.settings, data.get("token", "")
         email = data.get("email", "")
         name = data.get("operator_name", "").strip()
         try:
@@ -107,20 +91,14 @@ class PagesController(Controller):
             if name:
                 policy.set_operator(db, *operator, utcnow())
         except InvalidInput as exc:
-            flashes = [("error", str(exc))]
-            return Template(
-                "setup.html",
-                context={"token": token, "data": data, "flashes": flashes},
-                status_code=400,
-            )
+            return form_error("setup.html", {"token": token, "data": data}, exc)
         user = accounts.user_by_email(db, claimed)
         (account, _), *_ = accounts.accounts_of(db, user.id)
-        session = auth.create_session(db, settings, user.id, account.id, clock())
+        session = auth.create_session(db, settings, user.id, account.id, ctx.now())
         landing = "/onboarding"
-        if policy.pending(db, user.id, clock()) is not None:
+        if policy.pending(db, user.id, ctx.now()) is not None:
             landing = "/privacy/accept?next=/onboarding"
-        response = flash.redirect(
-            request,
+        response = ctx.redirect(
             landing,
             f"This appliance is yours: {claimed} is its operator and the owner of a new team.",
         )

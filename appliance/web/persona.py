@@ -7,30 +7,30 @@ Everything here is for owners and admins (``manager``); members and other accoun
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-import sqlite_utils
 from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.datastructures import UploadFile
-from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
-from litestar.params import FromPath, JSONBody, MultipartBody, URLEncodedBody
+from litestar.params import FromPath, MultipartBody
 from litestar.response import Redirect, Template
 
 from appliance.accounts import service as accounts
-from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.errors import Conflict, InvalidInput, Unavailable
 from appliance.persona import service as persona
 from appliance.persona import voice
 from appliance.persona.models import Generated, SystemPrompt, VoiceSample
 from appliance.web import flash
+from appliance.web.deps import Ctx, Deps, Form, Json, Member
 from appliance.web.identity import Identity
 from appliance.web.security import BODY_LIMIT, MULTIPART_OVERHEAD
 
 PAGE = "/settings/persona"
+Upload = MultipartBody[dict[str, Any]]
 
 
 def sample_limit(settings: Settings) -> tuple[int, str]:
@@ -92,129 +92,87 @@ class PersonaApi(Controller):
     tags = ["persona"]
 
     @get("/persona", sync_to_thread=True)
-    def get_persona(
-        self,
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> dict:
+    def get_persona(self, manager: Member, ctx: Deps) -> dict:
         """The active system prompt and its history (owners and admins).
 
         Before the first version is stored, ``text`` is the local template and
         ``version`` is null.
         """
-        account_id = manager.account.id
+        db, account_id = ctx.db, manager.account.id
         active = persona.active_prompt(db, account_id)
         return {
-            "text": persona.effective_prompt(db, account_id, clock()),
+            "text": persona.effective_prompt(db, account_id, ctx.now()),
             "version": active.version if active else None,
             "source": active.source if active else "local",
             "created_at": active.created_at if active else None,
-            "claude_enabled": persona.claude_enabled(settings),
+            "claude_enabled": persona.claude_enabled(ctx.settings),
             "history": [prompt_json(p) for p in persona.history(db, account_id, manager.role)],
         }
 
     @put("/persona", sync_to_thread=True)
-    def put_persona(
-        self,
-        data: JSONBody[dict[str, Any]],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> dict:
+    def put_persona(self, data: Json, manager: Member, ctx: Deps) -> dict:
         """Save an edited system prompt as a new version (at most 8000 characters)."""
-        prompt = persona.save_edit(
-            db, manager.account.id, manager.role, manager.user.id, data.get("text"), clock()
-        )
-        return prompt_json(prompt)
+        return prompt_json(_save(ctx, manager, data.get("text")))
 
     @post("/persona/generate", status_code=201, sync_to_thread=True)
-    def generate(
-        self,
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> dict:
+    def generate(self, manager: Member, ctx: Deps) -> dict:
         """Regenerate from the team profile: with Claude when a key is set, else locally.
 
         Claude receives only the onboarding summary; each call is in the egress log. If
         Claude fails, nothing is stored (503) and the local template remains available.
         """
-        generated = persona.generate(
-            db, settings, manager.account.id, manager.role, manager.user.id, clock()
-        )
-        return generated_json(generated)
+        return generated_json(_write(persona.generate, ctx, manager))
 
     @post("/persona/local", status_code=201, sync_to_thread=True)
-    def use_local(
-        self,
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> dict:
+    def use_local(self, manager: Member, ctx: Deps) -> dict:
         """Store the local template (built from the team profile, no network) as a version."""
-        generated = persona.use_local(
-            db, settings, manager.account.id, manager.role, manager.user.id, clock()
-        )
-        return generated_json(generated)
+        return generated_json(_write(persona.use_local, ctx, manager))
 
     @get("/persona/egress", sync_to_thread=True)
-    def egress(
-        self, manager: NamedDependency[Identity], db: NamedDependency[sqlite_utils.Database]
-    ) -> list[dict]:
+    def egress(self, manager: Member, ctx: Deps) -> list[dict]:
         """Every outbound call made for this account: when, where, why, what and how much."""
-        entries = persona.egress_log(db, manager.account.id, manager.role)
+        entries = persona.egress_log(ctx.db, manager.account.id, manager.role)
         return [{k: v for k, v in asdict(e).items() if k != "account_id"} for e in entries]
 
     @get("/voice-samples", sync_to_thread=True)
-    def list_samples(
-        self, manager: NamedDependency[Identity], db: NamedDependency[sqlite_utils.Database]
-    ) -> list[dict]:
+    def list_samples(self, manager: Member, ctx: Deps) -> list[dict]:
         """Voice-training samples with the excerpts chosen from each."""
-        return [sample_json(s, e) for s, e in samples_with_excerpts(db, manager)]
+        return [sample_json(s, e) for s, e in samples_with_excerpts(ctx.db, manager)]
 
-    @post(
-        "/voice-samples",
-        status_code=201,
-        sync_to_thread=True,
-        opt={BODY_LIMIT: sample_limit},
-    )
-    def upload_sample(
-        self,
-        data: MultipartBody[dict[str, Any]],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> dict:
+    @post("/voice-samples", status_code=201, sync_to_thread=True, opt={BODY_LIMIT: sample_limit})
+    def upload_sample(self, data: Upload, manager: Member, ctx: Deps) -> dict:
         """Upload a writing sample (.txt, .md or .docx) in the multipart field ``file``.
 
         413 when larger than ``persona.max_sample_bytes``; 400 when the content is not
         what the extension says; 409 when the account already has ``persona.max_samples``.
         """
-        sample = add_sample(db, settings, manager, data, clock())
-        excerpts = [
-            e.text for e in voice.excerpts(db, manager.account.id) if e.sample_id == sample.id
-        ]
-        return sample_json(sample, excerpts)
+        sample = add_sample(ctx.db, ctx.settings, manager, data, ctx.now())
+        excerpts = voice.excerpts(ctx.db, manager.account.id)
+        return sample_json(sample, [e.text for e in excerpts if e.sample_id == sample.id])
 
     @delete("/voice-samples/{sample_id:str}", status_code=204, sync_to_thread=True)
-    def delete_sample(
-        self,
-        sample_id: FromPath[str],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-    ) -> None:
+    def delete_sample(self, sample_id: FromPath[str], manager: Member, ctx: Deps) -> None:
         """Delete a sample, its excerpts and its stored file."""
-        voice.delete_sample(db, settings, manager.account.id, manager.role, sample_id)
+        _delete_sample(ctx, manager, sample_id)
 
 
-def persona_context(db, settings: Settings, me: Identity, now: datetime) -> dict:
-    account_id = me.account.id
+def _save(ctx: Ctx, manager: Identity, text: Any) -> SystemPrompt:
+    account, role, user = manager.account.id, manager.role, manager.user.id
+    return persona.save_edit(ctx.db, account, role, user, text, ctx.now())
+
+
+def _write(write: Callable[..., Generated], ctx: Ctx, manager: Identity) -> Generated:
+    """``persona.generate`` or ``persona.use_local`` for the manager's account."""
+    account, role, user = manager.account.id, manager.role, manager.user.id
+    return write(ctx.db, ctx.settings, account, role, user, ctx.now())
+
+
+def _delete_sample(ctx: Ctx, manager: Identity, sample_id: str) -> None:
+    voice.delete_sample(ctx.db, ctx.settings, manager.account.id, manager.role, sample_id)
+
+
+def persona_context(ctx: Ctx, me: Identity) -> dict:
+    db, settings, account_id, now = ctx.db, ctx.settings, me.account.id, ctx.now()
     emails = {m.user_id: m.email for m in accounts.members(db, account_id)}
     return {
         "me": me,
@@ -235,11 +193,10 @@ def persona_context(db, settings: Settings, me: Identity, now: datetime) -> dict
     }
 
 
-def page(
-    db, settings: Settings, me: Identity, now: datetime, status: int = 200, **extra
-) -> Template:
-    context = persona_context(db, settings, me, now)
-    context.update(extra)
+def page(ctx: Ctx, me: Identity, status: int = 200, error: str = "", **extra) -> Template:
+    context = {**persona_context(ctx, me), **extra}
+    if error:
+        context["flashes"] = [("error", error)]
     return Template("persona.html", context=context, status_code=status)
 
 
@@ -247,127 +204,63 @@ class PersonaPages(Controller):
     include_in_schema = False
 
     @get(PAGE, sync_to_thread=True)
-    def persona_page(
-        self,
-        request: Request,
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> Template:
+    def persona_page(self, request: Request, manager: Member, ctx: Deps) -> Template:
         """After a version was generated, the redirect's message names it and the page
         shows what it changed (once: a reload shows the page without it)."""
-        now = clock()
         version = flash.flash(request).get("generated")
         generated = (
-            persona.changes(db, manager.account.id, manager.role, version, now)
+            persona.changes(ctx.db, manager.account.id, manager.role, version, ctx.now())
             if isinstance(version, int)
             else None
         )
-        return page(db, settings, manager, now, generated=generated)
+        return page(ctx, manager, generated=generated)
 
     @post(PAGE, sync_to_thread=True)
-    def save_form(
-        self,
-        request: Request,
-        data: URLEncodedBody[dict[str, str]],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> Response:
-        now = clock()
-        before = persona.active_prompt(db, manager.account.id)
+    def save_form(self, data: Form, manager: Member, ctx: Deps) -> Response:
+        before = persona.active_prompt(ctx.db, manager.account.id)
         try:
-            saved = persona.save_edit(
-                db, manager.account.id, manager.role, manager.user.id, data.get("text", ""), now
-            )
+            saved = _save(ctx, manager, data.get("text", ""))
         except InvalidInput as exc:
-            return page(db, settings, manager, now, 400, flashes=[("error", str(exc))])
+            return page(ctx, manager, 400, str(exc))
         unchanged = before is not None and saved.id == before.id
         message = (
             "The text is unchanged, so no new version was made."
             if unchanged
             else "Saved as a new version."
         )
-        return flash.redirect(request, f"{PAGE}#prompt", message)
+        return ctx.redirect(f"{PAGE}#prompt", message)
 
     @post(f"{PAGE}/generate", sync_to_thread=True)
-    def generate_form(
-        self,
-        request: Request,
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> Response:
-        now = clock()
+    def generate_form(self, manager: Member, ctx: Deps) -> Response:
         try:
-            generated = persona.generate(
-                db, settings, manager.account.id, manager.role, manager.user.id, now
-            )
-        except InvalidInput as exc:
-            return page(
-                db, settings, manager, now, 400, flashes=[("error", str(exc))], offer_local=True
-            )
-        except Unavailable as exc:
-            return page(
-                db, settings, manager, now, 503, flashes=[("error", str(exc))], offer_local=True
-            )
-        return _regenerated(request, generated)
+            generated = _write(persona.generate, ctx, manager)
+        except (InvalidInput, Unavailable) as exc:
+            status = 503 if isinstance(exc, Unavailable) else 400
+            return page(ctx, manager, status, str(exc), offer_local=True)
+        return _regenerated(ctx, generated)
 
     @post(f"{PAGE}/local", sync_to_thread=True)
-    def local_form(
-        self,
-        request: Request,
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> Response:
-        now = clock()
-        generated = persona.use_local(
-            db, settings, manager.account.id, manager.role, manager.user.id, now
-        )
-        return _regenerated(request, generated)
+    def local_form(self, manager: Member, ctx: Deps) -> Response:
+        return _regenerated(ctx, _write(persona.use_local, ctx, manager))
 
     @post(f"{PAGE}/samples", sync_to_thread=True, opt={BODY_LIMIT: sample_limit})
-    def upload_form(
-        self,
-        request: Request,
-        data: MultipartBody[dict[str, Any]],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> Response:
-        now = clock()
+    def upload_form(self, data: Upload, manager: Member, ctx: Deps) -> Response:
         try:
-            add_sample(db, settings, manager, data, now)
+            add_sample(ctx.db, ctx.settings, manager, data, ctx.now())
         except HTTPException as exc:
-            return page(
-                db, settings, manager, now, exc.status_code, flashes=[("error", exc.detail)]
-            )
+            return page(ctx, manager, exc.status_code, exc.detail)
         except (InvalidInput, Conflict) as exc:
-            status = 409 if isinstance(exc, Conflict) else 400
-            return page(db, settings, manager, now, status, flashes=[("error", str(exc))])
-        return flash.redirect(request, f"{PAGE}#voice", "Voice sample added.")
+            return page(ctx, manager, 409 if isinstance(exc, Conflict) else 400, str(exc))
+        return ctx.redirect(f"{PAGE}#voice", "Voice sample added.")
 
     @post(f"{PAGE}/samples/{{sample_id:str}}/delete", sync_to_thread=True)
-    def delete_form(
-        self,
-        request: Request,
-        sample_id: FromPath[str],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-    ) -> Redirect:
-        voice.delete_sample(db, settings, manager.account.id, manager.role, sample_id)
+    def delete_form(self, sample_id: FromPath[str], manager: Member, ctx: Deps) -> Redirect:
+        _delete_sample(ctx, manager, sample_id)
         message = "Voice sample deleted, with its excerpts and its file."
-        return flash.redirect(request, f"{PAGE}#voice", message)
+        return ctx.redirect(f"{PAGE}#voice", message)
 
 
-def _regenerated(request: Request, generated: Generated) -> Response:
+def _regenerated(ctx: Ctx, generated: Generated) -> Response:
     source = "Claude" if generated.prompt.source == "claude" else "the local template"
     message = f"Version {generated.prompt.version} written by {source}."
-    return flash.redirect(request, f"{PAGE}#changes", message, generated=generated.prompt.version)
+    return ctx.redirect(f"{PAGE}#changes", message, generated=generated.prompt.version)

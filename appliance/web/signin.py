@@ -5,25 +5,24 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import asdict
-from typing import Any
 from urllib.parse import quote
 
 import sqlite_utils
 from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromQuery, JSONBody, URLEncodedBody
+from litestar.params import FromQuery
 from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from appliance.accounts import service as accounts
+from appliance.accounts.models import MANAGERS
 from appliance.auth import service as auth
 from appliance.auth import signin
-from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.errors import InvalidInput, NotFound, Throttled
 from appliance.privacy import policy
-from appliance.tasks import TaskQueue
-from appliance.web import flash
+from appliance.web.deps import Ctx, Deps, Form, Json, Member
+from appliance.web.errors import form_error
 from appliance.web.identity import Identity, client_address, cookie_names, local_path
 
 SENT_MESSAGE = (
@@ -72,18 +71,17 @@ def clear_session_cookie(response: Response, settings: Settings) -> Response:
     return response
 
 
-def _start(
-    request: Request, db, settings: Settings, queue: TaskQueue, clock: Clock, email: str
-) -> str:
+def _start(ctx: Ctx, email: str) -> str:
     """Send a code to ``email``; returns the value of the attempt's cookie (the browser
     that asked is the one that may answer)."""
+    request, settings = ctx.request, ctx.settings
     attempt = signin.start(
-        db,
+        ctx.db,
         settings,
-        queue.send_signin_code,
+        ctx.queue.send_signin_code,
         email,
         client_address(request),
-        clock(),
+        ctx.now(),
         replaces=_read_attempt(request, settings)[0],
     )
     return _attempt_cookie(attempt, accounts.normalise_email(email))
@@ -94,16 +92,17 @@ def _with_attempt(response: Response, settings: Settings, attempt: str) -> Respo
     return response
 
 
-def _finish(request: Request, db, settings: Settings, clock: Clock, email: str, code: str):
+def _finish(ctx: Ctx, email: str, code: str):
     """Check the code of the browser's attempt; returns (session token, user, account)."""
+    request, settings = ctx.request, ctx.settings
     return signin.finish(
-        db,
+        ctx.db,
         settings,
         _read_attempt(request, settings)[0],
         email,
         code,
         client_address(request),
-        clock(),
+        ctx.now(),
         replaces=request.cookies.get(cookie_names(settings)["session"]),
     )
 
@@ -114,18 +113,12 @@ def _signed_in(response: Response, settings: Settings, token: str) -> Response:
     return response
 
 
-def _sign_out(request: Request, db, settings: Settings, clock: Clock, response: Response):
+def _sign_out(ctx: Ctx, response: Response):
     """Revoke the browser's session on the server, not only forget it."""
-    token = request.cookies.get(cookie_names(settings)["session"])
+    token = ctx.request.cookies.get(cookie_names(ctx.settings)["session"])
     if token:
-        auth.revoke_session(db, token, clock())
-    return clear_session_cookie(response, settings)
-
-
-def _landing(db, me_account_id: str, role: str, clock: Clock) -> str:
-    if role in ("owner", "admin") and accounts.profile(db, me_account_id, clock()).pending:
-        return "/onboarding"
-    return "/"
+        auth.revoke_session(ctx.db, token, ctx.now())
+    return clear_session_cookie(response, ctx.settings)
 
 
 class SignInApi(Controller):
@@ -133,62 +126,39 @@ class SignInApi(Controller):
     tags = ["auth"]
 
     @post("/code", status_code=HTTP_202_ACCEPTED, sync_to_thread=True)
-    def request_code(
-        self,
-        request: Request,
-        data: JSONBody[dict[str, Any]],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        queue: NamedDependency[TaskQueue],
-        clock: NamedDependency[Clock],
-    ) -> Response:
+    def request_code(self, data: Json, ctx: Deps) -> Response:
         """Email a one-time sign-in code. 202 whether or not the address is known."""
         email = data.get("email") if isinstance(data, dict) else None
         if not isinstance(email, str):
             raise InvalidInput('Send {"email": "you@example.com"}.')
-        attempt = _start(request, db, settings, queue, clock, email)
-        message = SENT_MESSAGE.format(m=settings.auth.code_ttl_minutes)
+        attempt = _start(ctx, email)
+        message = SENT_MESSAGE.format(m=ctx.settings.auth.code_ttl_minutes)
         response = Response({"status": "sent", "message": message}, status_code=202)
-        return _with_attempt(response, settings, attempt)
+        return _with_attempt(response, ctx.settings, attempt)
 
     @post("/session", status_code=200, sync_to_thread=True)
-    def create_session(
-        self,
-        request: Request,
-        data: JSONBody[dict[str, Any]],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> Response:
+    def create_session(self, data: Json, ctx: Deps) -> Response:
         """Exchange the emailed code for a session cookie (same client that asked for it).
 
         The session is in the account the user used last. Open invites are listed, never
         accepted: the person accepts or declines each at ``/api/me/invites``."""
         if not isinstance(data, dict):
             raise auth.InvalidCode()
-        email, code = str(data.get("email", "")), str(data.get("code", ""))
-        token, user, account = _finish(request, db, settings, clock, email, code)
+        token, user, account = _finish(ctx, str(data.get("email", "")), str(data.get("code", "")))
         response = Response(
             {
                 "user": {"id": user.id, "email": user.email},
                 # None: only open invites so far (answer them at /api/me/invites).
                 "account": {"id": account.id, "name": account.name} if account else None,
-                "invites": [asdict(o) for o in accounts.invited(db, user, clock())],
+                "invites": [asdict(o) for o in accounts.invited(ctx.db, user, ctx.now())],
             }
         )
-        return _signed_in(response, settings, token)
+        return _signed_in(response, ctx.settings, token)
 
     @delete("/session", status_code=200, sync_to_thread=True)
-    def end_session(
-        self,
-        request: Request,
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> Response:
+    def end_session(self, me: Member, ctx: Deps) -> Response:
         """Sign out: the session is revoked on the server, not only forgotten."""
-        return _sign_out(request, db, settings, clock, Response({"status": "signed out"}))
+        return _sign_out(ctx, Response({"status": "signed out"}))
 
 
 class MeApi(Controller):
@@ -196,12 +166,7 @@ class MeApi(Controller):
     tags = ["auth"]
 
     @get("/", sync_to_thread=True)
-    def me(
-        self,
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> dict:
+    def me(self, me: Member, ctx: Deps) -> dict:
         """The signed-in user, the current account, every account they belong to and
         their open invites."""
         return {
@@ -209,21 +174,16 @@ class MeApi(Controller):
             "account": {"id": me.account.id, "name": me.account.name, "role": me.role},
             "accounts": [
                 {"id": account.id, "name": account.name, "role": role}
-                for account, role in accounts.accounts_of(db, me.user.id)
+                for account, role in accounts.accounts_of(ctx.db, me.user.id)
             ],
-            "invites": [asdict(o) for o in accounts.invited(db, me.user, clock())],
+            "invites": [asdict(o) for o in accounts.invited(ctx.db, me.user, ctx.now())],
         }
 
     @put("/account", sync_to_thread=True)
-    def switch(
-        self,
-        data: JSONBody[dict[str, Any]],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-    ) -> dict:
+    def switch(self, data: Json, me: Member, ctx: Deps) -> dict:
         """Switch the session to another account the user belongs to."""
         account_id = data.get("account_id") if isinstance(data, dict) else None
-        switch_account(db, me, str(account_id or ""))
+        switch_account(ctx.db, me, str(account_id or ""))
         return {"account_id": account_id}
 
 
@@ -244,26 +204,18 @@ class SignInPages(Controller):
         return Template("login.html", context={"next": local_path(next), "email": ""})
 
     @post("/login", sync_to_thread=True)
-    def login_submit(
-        self,
-        request: Request,
-        data: URLEncodedBody[dict[str, str]],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        queue: NamedDependency[TaskQueue],
-        clock: NamedDependency[Clock],
-    ) -> Response:
+    def login_submit(self, data: Form, ctx: Deps) -> Response:
         email = data.get("email", "")
         target = local_path(data.get("next"))
         try:
-            attempt = _start(request, db, settings, queue, clock, email)
+            attempt = _start(ctx, email)
         except (InvalidInput, Throttled) as exc:
             return Template(
                 "login.html",
                 context={"next": target, "email": email, "flashes": [("error", str(exc))]},
                 status_code=429 if isinstance(exc, Throttled) else 400,
             )
-        return _with_attempt(Redirect(f"/login/verify?next={target}"), settings, attempt)
+        return _with_attempt(Redirect(f"/login/verify?next={target}"), ctx.settings, attempt)
 
     @get("/login/verify", sync_to_thread=False)
     def verify_form(
@@ -272,69 +224,41 @@ class SignInPages(Controller):
         _, email = _read_attempt(request, settings)
         if not email:
             return Redirect("/login")
-        minutes = settings.auth.code_ttl_minutes
-        return Template(
-            "login_verify.html",
-            context={"email": email, "next": local_path(next), "minutes": minutes},
-        )
+        return Template("login_verify.html", context=_verify_context(settings, email, next))
 
     @post("/login/verify", sync_to_thread=True)
-    def verify_submit(
-        self,
-        request: Request,
-        data: URLEncodedBody[dict[str, str]],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> Response:
-        _, email = _read_attempt(request, settings)
+    def verify_submit(self, data: Form, ctx: Deps) -> Response:
+        db, settings, now = ctx.db, ctx.settings, ctx.now
+        _, email = _read_attempt(ctx.request, settings)
         target = local_path(data.get("next"))
         try:
-            token, user, account = _finish(
-                request, db, settings, clock, email, data.get("code", "")
-            )
+            token, user, account = _finish(ctx, email, data.get("code", ""))
         except auth.InvalidCode as exc:
-            return Template(
-                "login_verify.html",
-                context={
-                    "email": email,
-                    "next": target,
-                    "minutes": settings.auth.code_ttl_minutes,
-                    "flashes": [("error", str(exc))],
-                },
-                status_code=400,
-            )
-        if account is None or accounts.invited(db, user, clock()):
+            return form_error("login_verify.html", _verify_context(settings, email, target), exc)
+        if account is None or accounts.invited(db, user, now()):
             landing = "/invites"  # the person answers their invites first
         else:
             role = accounts.role_in(db, account.id, user.id) or "member"
-            landing = _landing(db, account.id, role, clock)
+            pending = role in MANAGERS and accounts.profile(db, account.id, now()).pending
+            landing = "/onboarding" if pending else "/"
         landing = landing if target == "/" else target
-        if policy.pending(db, user.id, clock()) is not None:
+        if policy.pending(db, user.id, now()) is not None:
             # A changed privacy policy took effect: show it and record acceptance first.
             landing = "/privacy/accept?next=" + quote(landing, safe="/")
         return _signed_in(Redirect(landing), settings, token)
 
     @post("/logout", sync_to_thread=True)
-    def logout(
-        self,
-        request: Request,
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> Response:
-        response = flash.redirect(request, "/login", "You are signed out.")
-        return _sign_out(request, db, settings, clock, response)
+    def logout(self, ctx: Deps) -> Response:
+        return _sign_out(ctx, ctx.redirect("/login", "You are signed out."))
 
     @post("/account/switch", sync_to_thread=True)
-    def switch(
-        self,
-        request: Request,
-        data: URLEncodedBody[dict[str, str]],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-    ) -> Redirect:
+    def switch(self, data: Form, me: Member, ctx: Deps) -> Redirect:
         account_id = data.get("account_id", "")
-        switch_account(db, me, account_id)
-        name = accounts.account(db, account_id).name
-        return flash.redirect(request, "/", f"You are now working in {name}.")
+        switch_account(ctx.db, me, account_id)
+        name = accounts.account(ctx.db, account_id).name
+        return ctx.redirect("/", f"You are now working in {name}.")
+
+
+def _verify_context(settings: Settings, email: str, target: str) -> dict:
+    minutes = settings.auth.code_ttl_minutes
+    return {"email": email, "next": local_path(target), "minutes": minutes}

@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-import sqlite_utils
-from litestar import Controller, Request, Response, delete, get, patch, post, put
-from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, URLEncodedBody
+from litestar import Controller, Response, delete, get, patch, post, put
+from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth
-from appliance.clock import Clock
-from appliance.config import Settings
 from appliance.db import write_transaction
 from appliance.errors import InvalidInput
 from appliance.instances import onboarding
 from appliance.instances import service as instances
-from appliance.tasks import TaskQueue
-from appliance.web import flash
+from appliance.web.deps import Ctx, Deps, Form, Json, Member
 from appliance.web.errors import form_error
 from appliance.web.identity import Identity
 
@@ -35,11 +30,7 @@ def _parse_expiry(value: Any) -> datetime | None:
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise InvalidInput("'expires_at' must be an ISO 8601 date or date-time.") from None
-    if moment.tzinfo is None:
-        from datetime import UTC
-
-        moment = moment.replace(tzinfo=UTC)
-    return moment
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _key_json(key: auth.ApiKey) -> dict:
@@ -48,16 +39,24 @@ def _key_json(key: auth.ApiKey) -> dict:
     return data
 
 
-def _invite_mail(queue: TaskQueue, settings: Settings, me: Identity, invite) -> None:
-    queue.send_mail(
+def _invite_mail(ctx: Ctx, me: Identity, invite) -> None:
+    ctx.queue.send_mail(
         "invite",
         invite.email,
         {
             "account_name": me.account.name,
             "inviter_email": me.user.email,
-            "link": f"{settings.public_url}/invites",
+            "link": f"{ctx.settings.public_url}/invites",
         },
     )
+
+
+def invite(ctx: Ctx, manager: Identity, email: str, role: str):
+    """Invite ``email`` to the manager's account and mail them the link."""
+    account = manager.account.id
+    sent = accounts.invite(ctx.db, account, manager.role, manager.user.id, email, role, ctx.now())
+    _invite_mail(ctx, manager, sent)
+    return sent
 
 
 def remove_member(db, me: Identity, user_id: str, now: datetime) -> None:
@@ -104,330 +103,174 @@ class TeamApi(Controller):
     tags = ["team"]
 
     @get("/team", sync_to_thread=True)
-    def get_team(self, me: NamedDependency[Identity]) -> dict:
+    def get_team(self, me: Member) -> dict:
         """The current team: id, name, status, and your role in it."""
         return {**asdict(me.account), "role": me.role}
 
     @patch("/team", sync_to_thread=True)
-    def rename_team(
-        self,
-        data: JSONBody[dict[str, Any]],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-    ) -> dict:
+    def rename_team(self, data: Json, me: Member, ctx: Deps) -> dict:
         """Rename the team (``{"name": ...}``, owners only: 403 for anyone else)."""
-        account = accounts.rename_account(db, me.account.id, me.role, data.get("name", ""))
+        account = accounts.rename_account(ctx.db, me.account.id, me.role, data.get("name", ""))
         return {**asdict(account), "role": me.role}
 
     @get("/members", sync_to_thread=True)
-    def list_members(
-        self, me: NamedDependency[Identity], db: NamedDependency[sqlite_utils.Database]
-    ) -> list[dict]:
+    def list_members(self, me: Member, ctx: Deps) -> list[dict]:
         """Members of the current account."""
-        return [asdict(m) for m in accounts.members(db, me.account.id)]
+        return [asdict(m) for m in accounts.members(ctx.db, me.account.id)]
 
     @patch("/members/{user_id:str}", sync_to_thread=True)
-    def change_role(
-        self,
-        user_id: FromPath[str],
-        data: JSONBody[dict[str, Any]],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-    ) -> dict:
+    def change_role(self, user_id: FromPath[str], data: Json, manager: Member, ctx: Deps) -> dict:
         """Change a member's role (owners and admins; only owners touch owners)."""
-        member = accounts.set_role(
-            db, manager.account.id, manager.role, user_id, str(data.get("role", ""))
-        )
-        return asdict(member)
+        role = str(data.get("role", ""))
+        return asdict(accounts.set_role(ctx.db, manager.account.id, manager.role, user_id, role))
 
     @delete("/members/{user_id:str}", status_code=204, sync_to_thread=True)
-    def delete_member(
-        self,
-        user_id: FromPath[str],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> None:
+    def delete_member(self, user_id: FromPath[str], me: Member, ctx: Deps) -> None:
         """Remove a member (or leave). Their sessions and keys in this account stop at once."""
-        remove_member(db, me, user_id, clock())
+        remove_member(ctx.db, me, user_id, ctx.now())
 
     @get("/invites", sync_to_thread=True)
-    def list_invites(
-        self, manager: NamedDependency[Identity], db: NamedDependency[sqlite_utils.Database]
-    ) -> list[dict]:
+    def list_invites(self, manager: Member, ctx: Deps) -> list[dict]:
         """Open invites of the current account."""
-        return [asdict(i) for i in accounts.invites(db, manager.account.id)]
+        return [asdict(i) for i in accounts.invites(ctx.db, manager.account.id)]
 
     @post("/invites", status_code=201, sync_to_thread=True)
-    def create_invite(
-        self,
-        data: JSONBody[dict[str, Any]],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        queue: NamedDependency[TaskQueue],
-        clock: NamedDependency[Clock],
-    ) -> dict:
+    def create_invite(self, data: Json, manager: Member, ctx: Deps) -> dict:
         """Invite someone by email; the mail carries a link to sign in."""
-        invite = accounts.invite(
-            db,
-            manager.account.id,
-            manager.role,
-            manager.user.id,
-            str(data.get("email", "")),
-            str(data.get("role", "member")),
-            clock(),
-        )
-        _invite_mail(queue, settings, manager, invite)
-        return asdict(invite)
+        email, role = str(data.get("email", "")), str(data.get("role", "member"))
+        return asdict(invite(ctx, manager, email, role))
 
     @delete("/invites/{invite_id:str}", status_code=204, sync_to_thread=True)
-    def delete_invite(
-        self,
-        invite_id: FromPath[str],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> None:
+    def delete_invite(self, invite_id: FromPath[str], manager: Member, ctx: Deps) -> None:
         """Withdraw an invite."""
-        accounts.revoke_invite(db, manager.account.id, manager.role, invite_id, clock())
+        accounts.revoke_invite(ctx.db, manager.account.id, manager.role, invite_id, ctx.now())
 
     @get("/keys", sync_to_thread=True)
-    def list_keys(
-        self, me: NamedDependency[Identity], db: NamedDependency[sqlite_utils.Database]
-    ) -> list[dict]:
+    def list_keys(self, me: Member, ctx: Deps) -> list[dict]:
         """API keys (metadata only: the secret is shown once, at creation)."""
-        return [_key_json(k) for k in visible_keys(db, me)]
+        return [_key_json(k) for k in visible_keys(ctx.db, me)]
 
     @post("/keys", status_code=201, sync_to_thread=True)
-    def create_api_key(
-        self,
-        data: JSONBody[dict[str, Any]],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> dict:
+    def create_api_key(self, data: Json, me: Member, ctx: Deps) -> dict:
         """Create a key. The response is the only time the secret is shown."""
-        key, secret = create_key(db, me, data, clock())
+        key, secret = create_key(ctx.db, me, data, ctx.now())
         return {**_key_json(key), "key": secret}
 
     @delete("/keys/{key_id:str}", status_code=204, sync_to_thread=True)
-    def delete_key(
-        self,
-        key_id: FromPath[str],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> None:
+    def delete_key(self, key_id: FromPath[str], me: Member, ctx: Deps) -> None:
         """Revoke a key; it stops working at once."""
-        revoke_key(db, me, key_id, clock())
+        revoke_key(ctx.db, me, key_id, ctx.now())
 
     @get("/profile", sync_to_thread=True)
-    def get_profile(
-        self,
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> dict:
+    def get_profile(self, me: Member, ctx: Deps) -> dict:
         """The account's onboarding answers."""
-        return asdict(accounts.profile(db, me.account.id, clock()))
+        return asdict(accounts.profile(ctx.db, me.account.id, ctx.now()))
 
     @put("/profile", sync_to_thread=True)
-    def put_profile(
-        self,
-        data: JSONBody[dict[str, Any]],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> dict:
+    def put_profile(self, data: Json, manager: Member, ctx: Deps) -> dict:
         """Save the onboarding answers (owners and admins); the team's first instance,
         ``assistant``, is created if it has none."""
-        saved = onboarding.save(db, settings, manager.account.id, manager.role, data, clock())
-        return asdict(saved)
+        account, role = manager.account.id, manager.role
+        return asdict(onboarding.save(ctx.db, ctx.settings, account, role, data, ctx.now()))
 
 
 class TeamPages(Controller):
     include_in_schema = False
 
     @get("/onboarding", sync_to_thread=True)
-    def onboarding(
-        self,
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> Template:
-        profile = accounts.profile(db, manager.account.id, clock())
-        return Template("onboarding.html", context={"profile": profile, "me": manager})
+    def onboarding(self, manager: Member, ctx: Deps) -> Template:
+        return Template("onboarding.html", context=_onboarding_context(ctx, manager))
 
     @post("/onboarding", sync_to_thread=True)
-    def onboarding_submit(
-        self,
-        request: Request,
-        data: URLEncodedBody[dict[str, str]],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        clock: NamedDependency[Clock],
-    ) -> Response:
+    def onboarding_submit(self, data: Form, manager: Member, ctx: Deps) -> Response:
+        account, role = manager.account.id, manager.role
         if data.get("action") == "skip":
-            onboarding.skip(db, settings, manager.account.id, manager.role, clock())
+            onboarding.skip(ctx.db, ctx.settings, account, role, ctx.now())
             message = "Onboarding skipped: you can fill in the team profile in Settings."
-            return flash.redirect(request, "/", message)
+            return ctx.redirect("/", message)
         answers = {k: v for k, v in data.items() if k not in ("_csrf_token", "action", "next")}
         try:
-            onboarding.save(db, settings, manager.account.id, manager.role, answers, clock())
+            onboarding.save(ctx.db, ctx.settings, account, role, answers, ctx.now())
         except InvalidInput as exc:
-            profile = accounts.profile(db, manager.account.id, clock())
-            return Template(
-                "onboarding.html",
-                context={
-                    "profile": profile,
-                    "me": manager,
-                    "answers": answers,
-                    "flashes": [("error", str(exc))],
-                },
-                status_code=400,
-            )
+            context = {**_onboarding_context(ctx, manager), "answers": answers}
+            return form_error("onboarding.html", context, exc)
         target = data.get("next") if data.get("next") == "/settings" else "/"
-        return flash.redirect(request, target, "Team profile saved.")
+        return ctx.redirect(target, "Team profile saved.")
 
     @get("/settings", sync_to_thread=True)
-    def settings_page(
-        self,
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> Template:
-        return Template("settings.html", context=settings_context(db, me, clock()))
+    def settings_page(self, me: Member, ctx: Deps) -> Template:
+        return Template("settings.html", context=settings_context(ctx, me))
 
     @post("/settings/team", sync_to_thread=True)
-    def rename_team_form(
-        self,
-        request: Request,
-        data: URLEncodedBody[dict[str, str]],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> Response:
+    def rename_team_form(self, data: Form, me: Member, ctx: Deps) -> Response:
         try:
-            accounts.rename_account(db, me.account.id, me.role, data.get("name", ""))
+            accounts.rename_account(ctx.db, me.account.id, me.role, data.get("name", ""))
         except InvalidInput as exc:
-            return form_error("settings.html", settings_context(db, me, clock()), exc)
-        return flash.redirect(request, "/settings#team", "Team renamed.")
+            return _settings_error(ctx, me, exc)
+        return ctx.redirect("/settings#team", "Team renamed.")
 
     @post("/settings/keys", sync_to_thread=True)
-    def create_key_form(
-        self,
-        request: Request,
-        data: URLEncodedBody[dict[str, str]],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> Response:
+    def create_key_form(self, data: Form, me: Member, ctx: Deps) -> Response:
         """Create a key, then redirect: the secret is shown once by the next page, and a
         reload of that page creates nothing."""
         try:
-            key, secret = create_key(db, me, data, clock())
+            key, secret = create_key(ctx.db, me, data, ctx.now())
         except InvalidInput as exc:
-            return form_error("settings.html", settings_context(db, me, clock()), exc)
-        return flash.redirect(
-            request,
-            "/settings#keys",
-            f"API key “{key.name}” created.",
-            new_key={"secret": secret, "scope": key.scope, "instance_id": key.instance_id},
-        )
+            return _settings_error(ctx, me, exc)
+        new_key = {"secret": secret, "scope": key.scope, "instance_id": key.instance_id}
+        return ctx.redirect("/settings#keys", f"API key “{key.name}” created.", new_key=new_key)
 
     @post("/settings/keys/{key_id:str}/revoke", sync_to_thread=True)
-    def revoke_key_form(
-        self,
-        request: Request,
-        key_id: FromPath[str],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> Redirect:
-        revoke_key(db, me, key_id, clock())
-        return flash.redirect(request, "/settings#keys", "API key revoked: it no longer works.")
+    def revoke_key_form(self, key_id: FromPath[str], me: Member, ctx: Deps) -> Redirect:
+        revoke_key(ctx.db, me, key_id, ctx.now())
+        return ctx.redirect("/settings#keys", "API key revoked: it no longer works.")
 
     @post("/settings/invites", sync_to_thread=True)
-    def invite_form(
-        self,
-        request: Request,
-        data: URLEncodedBody[dict[str, str]],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        settings: NamedDependency[Settings],
-        queue: NamedDependency[TaskQueue],
-        clock: NamedDependency[Clock],
-    ) -> Response:
+    def invite_form(self, data: Form, manager: Member, ctx: Deps) -> Response:
         try:
-            invite = accounts.invite(
-                db,
-                manager.account.id,
-                manager.role,
-                manager.user.id,
-                data.get("email", ""),
-                data.get("role", "member"),
-                clock(),
-            )
+            sent = invite(ctx, manager, data.get("email", ""), data.get("role", "member"))
         except (InvalidInput, accounts.Conflict) as exc:
-            return form_error("settings.html", settings_context(db, manager, clock()), exc)
-        _invite_mail(queue, settings, manager, invite)
-        return flash.redirect(
-            request, "/settings#members", f"Invite sent to {invite.email} ({invite.role})."
-        )
+            return _settings_error(ctx, manager, exc)
+        return ctx.redirect("/settings#members", f"Invite sent to {sent.email} ({sent.role}).")
 
     @post("/settings/invites/{invite_id:str}/revoke", sync_to_thread=True)
-    def revoke_invite_form(
-        self,
-        request: Request,
-        invite_id: FromPath[str],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> Redirect:
-        accounts.revoke_invite(db, manager.account.id, manager.role, invite_id, clock())
-        return flash.redirect(request, "/settings#members", "Invite withdrawn.")
+    def revoke_invite_form(self, invite_id: FromPath[str], manager: Member, ctx: Deps) -> Redirect:
+        accounts.revoke_invite(ctx.db, manager.account.id, manager.role, invite_id, ctx.now())
+        return ctx.redirect("/settings#members", "Invite withdrawn.")
 
     @post("/settings/members/{user_id:str}/role", sync_to_thread=True)
-    def role_form(
-        self,
-        request: Request,
-        user_id: FromPath[str],
-        data: URLEncodedBody[dict[str, str]],
-        manager: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> Response:
+    def role_form(self, user_id: FromPath[str], data: Form, manager: Member, ctx: Deps) -> Response:
+        account, role = manager.account.id, manager.role
         try:
-            accounts.set_role(db, manager.account.id, manager.role, user_id, data.get("role", ""))
+            accounts.set_role(ctx.db, account, role, user_id, data.get("role", ""))
         except (InvalidInput, accounts.Conflict) as exc:
-            return form_error("settings.html", settings_context(db, manager, clock()), exc)
-        return flash.redirect(request, "/settings#members", "Role changed.")
+            return _settings_error(ctx, manager, exc)
+        return ctx.redirect("/settings#members", "Role changed.")
 
     @post("/settings/members/{user_id:str}/remove", sync_to_thread=True)
-    def remove_form(
-        self,
-        request: Request,
-        user_id: FromPath[str],
-        me: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-        clock: NamedDependency[Clock],
-    ) -> Response:
+    def remove_form(self, user_id: FromPath[str], me: Member, ctx: Deps) -> Response:
         try:
-            remove_member(db, me, user_id, clock())
+            remove_member(ctx.db, me, user_id, ctx.now())
         except (InvalidInput, accounts.Conflict) as exc:
-            return form_error("settings.html", settings_context(db, me, clock()), exc)
+            return _settings_error(ctx, me, exc)
         if user_id == me.user.id:
-            return flash.redirect(request, "/", f"You left {me.account.name}.")
-        return flash.redirect(request, "/settings#members", "Member removed.")
+            return ctx.redirect("/", f"You left {me.account.name}.")
+        return ctx.redirect("/settings#members", "Member removed.")
 
 
-def settings_context(db, me: Identity, now: datetime) -> dict:
+def _onboarding_context(ctx: Ctx, manager: Identity) -> dict:
+    return {"profile": accounts.profile(ctx.db, manager.account.id, ctx.now()), "me": manager}
+
+
+def _settings_error(ctx: Ctx, me: Identity, exc: Exception) -> Template:
+    return form_error("settings.html", settings_context(ctx, me), exc)
+
+
+def settings_context(ctx: Ctx, me: Identity) -> dict:
+    db = ctx.db
     return {
         "me": me,
-        "profile": accounts.profile(db, me.account.id, now),
+        "profile": accounts.profile(db, me.account.id, ctx.now()),
         "members": accounts.members(db, me.account.id),
         "invites": accounts.invites(db, me.account.id) if me.is_manager else [],
         "keys": visible_keys(db, me),

@@ -33,6 +33,7 @@ from appliance.inference import openai_schema as schema
 from appliance.inference.client import InferenceClient, started
 from appliance.instances import service as instances
 from appliance.web import errors, responses
+from appliance.web.deps import Deps, Member
 from appliance.web.errors import (
     handle_domain_error,
     handle_http_exception,
@@ -157,14 +158,8 @@ class Caller:
         return _Run(metered, self.inference, payload, self.api_key.account.id, instance.name)
 
 
-def provide_caller(
-    db: NamedDependency[sqlite_utils.Database],
-    settings: NamedDependency[Settings],
-    inference: NamedDependency[InferenceClient],
-    api_key: NamedDependency[Identity],
-    clock: NamedDependency[Clock],
-) -> Caller:
-    return Caller(db, settings, inference, api_key, clock)
+def provide_caller(api_key: Member, ctx: Deps) -> Caller:
+    return Caller(ctx.db, ctx.settings, ctx.inference, api_key, ctx.clock)
 
 
 class V1Api(Controller):
@@ -174,29 +169,22 @@ class V1Api(Controller):
     dependencies = {"caller": Provide(provide_caller, sync_to_thread=False)}
 
     @get("/models", sync_to_thread=True)
-    def models(
-        self, api_key: NamedDependency[Identity], db: NamedDependency[sqlite_utils.Database]
-    ) -> dict:
+    def models(self, api_key: Member, ctx: Deps) -> dict:
         """The account's running instances, under their names (OpenAI's list shape)."""
         bound = api_key.key.instance_id if api_key.key else None
         data = [
             _model_json(instance, api_key)
-            for instance in instances.list_instances(db, api_key.account.id)
+            for instance in instances.list_instances(ctx.db, api_key.account.id)
             if instance.state == "running" and (not bound or instance.id == bound)
         ]
         return {"object": "list", "data": data}
 
     @get("/models/{model_id:str}", sync_to_thread=True)
-    def model(
-        self,
-        model_id: FromPath[str],
-        api_key: NamedDependency[Identity],
-        db: NamedDependency[sqlite_utils.Database],
-    ) -> dict:
+    def model(self, model_id: FromPath[str], api_key: Member, ctx: Deps) -> dict:
         """One running instance (404 ``model_not_found`` otherwise, or for a bound key's
         other instances)."""
         try:
-            return _model_json(_instance(db, api_key, model_id), api_key)
+            return _model_json(_instance(ctx.db, api_key, model_id), api_key)
         except Conflict:
             raise _no_model(model_id) from None
 
