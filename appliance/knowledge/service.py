@@ -52,6 +52,28 @@ def document_path(settings: Settings, doc: Document) -> Path:
     return account_dir(settings, doc.account_id) / doc.id
 
 
+def _upload_dir(settings: Settings, account_id: str) -> Path:
+    directory = account_dir(settings, account_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def _copy(settings: Settings, filename: str, stream: BinaryIO, out: BinaryIO, digest=None):
+    """Copy ``stream`` to ``out`` within ``knowledge.max_upload_mb``: its head and size."""
+    limit = settings.knowledge.max_upload_mb * 1024 * 1024
+    head, size = b"", 0
+    for block in iter(lambda: stream.read(1 << 20), b""):
+        size += len(block)
+        if size > limit:
+            raise TooLarge(f"{filename} is larger than {settings.knowledge.max_upload_mb} MB.")
+        if len(head) < extract.HEAD_BYTES:
+            head += block[: extract.HEAD_BYTES - len(head)]
+        if digest is not None:
+            digest.update(block)
+        out.write(block)
+    return head, size
+
+
 def add_document(
     db: sqlite_utils.Database,
     settings: Settings,
@@ -70,27 +92,13 @@ def add_document(
         TooLarge: over ``knowledge.max_upload_mb`` or the account's remaining quota.
         ExtractionError: the content is not a supported type, or does not match its name.
     """
-    limit = settings.knowledge.max_upload_mb * 1024 * 1024
     store = KnowledgeStore(db)
-    directory = account_dir(settings, account_id)
-    directory.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    size = 0
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".upload-")
+    fd, tmp_name = tempfile.mkstemp(dir=_upload_dir(settings, account_id), prefix=".upload-")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
-            head = b""
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                size += len(block)
-                if size > limit:
-                    raise TooLarge(
-                        f"{filename} is larger than {settings.knowledge.max_upload_mb} MB."
-                    )
-                if len(head) < extract.HEAD_BYTES:
-                    head += block[: extract.HEAD_BYTES - len(head)]
-                digest.update(block)
-                out.write(block)
+            head, size = _copy(settings, filename, stream, out, digest)
         kind = extract.detect_type(filename, head)
         sha = digest.hexdigest()
         with write_transaction(db):
@@ -157,16 +165,9 @@ def add_archive(
         TooLarge: the archive is over ``knowledge.max_upload_mb``.
         ExtractionError: the archive is not a ZIP, or fails a cap.
     """
-    limit = settings.knowledge.max_upload_mb * 1024 * 1024
-    directory = account_dir(settings, account_id)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = _upload_dir(settings, account_id)
     with tempfile.NamedTemporaryFile(dir=directory, prefix=".archive-") as copy:
-        size = 0
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            size += len(block)
-            if size > limit:
-                raise TooLarge(f"{filename} is larger than {settings.knowledge.max_upload_mb} MB.")
-            copy.write(block)
+        _copy(settings, filename, stream, copy)
         copy.flush()
         infos = extract.check_archive(Path(copy.name), "This ZIP archive")
         outcomes: list[Upload | Refusal] = []
@@ -241,9 +242,7 @@ def delete_document(
         if doc is None:
             raise NotFound("No such document.")
         require_may_change(doc, actor_id, actor_role)
-        chunks = db.execute(
-            "select count(*) from chunks where document_id = ?", [doc.id]
-        ).fetchone()[0]
+        chunks = db["chunks"].count_where("document_id = ?", [doc.id])
         store.delete_document(doc.id)
         receipts.write(
             db,
@@ -348,19 +347,13 @@ def audit(db: sqlite_utils.Database, settings: Settings) -> list[str]:
         db.execute("insert into chunks_fts (chunks_fts, rank) values ('integrity-check', 1)")
     except Exception as exc:  # the FTS index disagrees with the chunks table
         problems.append(f"full-text index out of step with the chunks: {exc}")
-    rows = {(d.account_id, d.id) for d in _all_documents(db)}
+    rows = {(d.account_id, d.id) for d in store.documents(None)}
     files = set(_stored_files(settings))
     for account_id, document_id in sorted(files - rows):
         problems.append(f"file without a document: files/{account_id}/{document_id}")
     for account_id, document_id in sorted(rows - files):
         problems.append(f"document without a file: {document_id} (account {account_id})")
     return problems
-
-
-def _all_documents(db: sqlite_utils.Database) -> Iterable[Document]:
-    from appliance.knowledge.store import _DOC_COLUMNS
-
-    return [Document(*row) for row in db.execute(f"select {_DOC_COLUMNS} from documents")]  # noqa: S608
 
 
 def _stored_files(settings: Settings) -> Iterable[tuple[str, str]]:
