@@ -238,9 +238,7 @@ def delete_document(
     """
     store = KnowledgeStore(db)
     with write_transaction(db):
-        doc = store.document(account_id, document_id)
-        if doc is None:
-            raise NotFound("No such document.")
+        doc = document(db, account_id, document_id)
         require_may_change(doc, actor_id, actor_role)
         chunks = db["chunks"].count_where("document_id = ?", [doc.id])
         store.delete_document(doc.id)
@@ -287,9 +285,7 @@ def retry(db: sqlite_utils.Database, account_id: str, document_id: str, now: dat
     """Queue a failed document again (the caller enqueues the task)."""
     store = KnowledgeStore(db)
     with write_transaction(db):
-        doc = store.document(account_id, document_id)
-        if doc is None:
-            raise NotFound("No such document.")
+        doc = document(db, account_id, document_id)
         if doc.status != "failed":
             raise InvalidInput("Only a failed document can be retried.")
         store.set_status(doc.id, "queued", iso(now), error=None, chunks_done=0, chunks_total=0)
@@ -325,24 +321,18 @@ def queued(db: sqlite_utils.Database, limit: int) -> list[str]:
 
 def audit(db: sqlite_utils.Database, settings: Settings) -> list[str]:
     """Orphans anywhere in the knowledge base, as readable lines (empty: all clean)."""
-    problems = []
     store = KnowledgeStore(db)
-    for (count,) in db.execute(
-        "select count(*) from chunks where document_id not in (select id from documents)"
-    ):
-        if count:
-            problems.append(f"{count} chunks without a document")
+    checks = [
+        ("chunks", "document_id not in (select id from documents)", "chunks without a document")
+    ]
     if store.has_vectors():
-        (count,) = db.execute(
-            "select count(*) from chunk_vectors where rowid not in (select id from chunks)"
-        ).fetchone()
-        if count:
-            problems.append(f"{count} vectors without a chunk")
-        (count,) = db.execute(
-            "select count(*) from chunks where id not in (select rowid from chunk_vectors)"
-        ).fetchone()
-        if count:
-            problems.append(f"{count} chunks without a vector")
+        checks += [
+            ("chunk_vectors", "rowid not in (select id from chunks)", "vectors without a chunk"),
+            ("chunks", "id not in (select rowid from chunk_vectors)", "chunks without a vector"),
+        ]
+    problems = [
+        f"{n} {what}" for table, where, what in checks if (n := db[table].count_where(where))
+    ]
     try:
         db.execute("insert into chunks_fts (chunks_fts, rank) values ('integrity-check', 1)")
     except Exception as exc:  # the FTS index disagrees with the chunks table
@@ -357,26 +347,16 @@ def audit(db: sqlite_utils.Database, settings: Settings) -> list[str]:
 
 
 def _stored_files(settings: Settings) -> Iterable[tuple[str, str]]:
-    root = settings.paths.files
-    if not root.exists():
-        return []
-    found = []
-    for account in root.iterdir():
-        if not account.is_dir():
-            continue
-        for item in account.iterdir():
-            if item.is_file() and item.name.startswith("doc_"):
-                found.append((account.name, item.name))
-    return found
+    """(account id, document id) of each original under ``files/``."""
+    return [(f.parent.name, f.name) for f in settings.paths.files.glob("*/doc_*") if f.is_file()]
 
 
 def index_state(db: sqlite_utils.Database) -> dict[str, Any]:
     """How many documents there are, and the embedding model and dimension of the vectors."""
     store = KnowledgeStore(db)
-    count = next(db.query("select count(*) as n from documents"))["n"]
     dimension = store.meta("embedding_dim")
     return {
-        "documents": count,
+        "documents": db["documents"].count,
         "embedding_model": store.meta("embedding_model"),
         "dimension": int(dimension) if dimension else None,
     }
