@@ -54,10 +54,14 @@ def conversation_markdown(
 ) -> str:
     """The current line, then the earlier versions (regenerated answers, edited questions
     and what followed them) that ``every`` holds besides it."""
-    lines = [f"# {conversation.title or 'Conversation'}", ""]
-    lines.append(f"- id: {conversation.id}")
-    lines.append(f"- created: {conversation.created_at}")
-    lines.append("")
+    title = conversation.title or "Conversation"
+    lines = [
+        f"# {title}",
+        "",
+        f"- id: {conversation.id}",
+        f"- created: {conversation.created_at}",
+        "",
+    ]
     for message in conversation.messages:
         lines += _message_lines(message, "##")
     shown = {m.id for m in conversation.messages}

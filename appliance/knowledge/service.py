@@ -302,13 +302,10 @@ def ingest(
     client: InferenceClient,
     document_ids: str | list[str],
 ) -> None:
-    """Extract, chunk, embed and index documents; safe to run again at any point.
-
-    Several documents are embedded and written together (see ``knowledge/ingest.py``).
+    """Extract, chunk, embed and index documents (``ingest.py``); safe to run again.
 
     Raises:
-        Unavailable: the inference service is down (the task retries later; the
-            documents stay in their current state and are resumed).
+        Unavailable: the inference service is down (the task retries later).
     """
     ids = [document_ids] if isinstance(document_ids, str) else list(document_ids)
     ingest_documents(db, settings, client, ids, document_path)
