@@ -358,9 +358,7 @@ class KnowledgeStore:
         return {word: counts[_stems.get(word, word)] for word in words}
 
     def account_chunks(self, account_id: str) -> int:
-        return self.db.execute(
-            "select count(*) from chunks where account_id = ?", [account_id]
-        ).fetchone()[0]
+        return self.db["chunks"].count_where("account_id = ?", [account_id])
 
     def chunk_ids(self, account_id: str, after: int) -> list[int]:
         """The account's chunk ids above ``after``, in order."""
