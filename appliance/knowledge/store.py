@@ -216,8 +216,9 @@ class KnowledgeStore:
         return self.meta("embedding_dim") is not None
 
     def meta(self, key: str) -> str | None:
-        row = next(self.db["kb_meta"].rows_where("key = ?", [key]), None)
-        return row["value"] if row else None
+        # Not rows_where: searches read this several times, and it checks the table first.
+        row = self.db.execute("select value from kb_meta where key = ?", [key]).fetchone()
+        return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
         self.db["kb_meta"].upsert({"key": key, "value": value}, pk="key")
