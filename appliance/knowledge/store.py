@@ -116,13 +116,10 @@ class KnowledgeStore:
         )
 
     def queued(self, limit: int) -> list[str]:
-        return [
-            row["id"]
-            for row in self.db.query(
-                "select id from documents where status = 'queued' order by created_at limit ?",
-                [limit],
-            )
-        ]
+        rows = self.db["documents"].rows_where(
+            "status = 'queued'", order_by="created_at", limit=limit, select="id"
+        )
+        return [row["id"] for row in rows]
 
     def set_status(self, document_id: str, status: str, now: str, **fields) -> None:
         """A document deleted meanwhile stays deleted."""
@@ -363,13 +360,8 @@ class KnowledgeStore:
 
     def chunk_ids(self, account_id: str, after: int) -> list[int]:
         """The account's chunk ids above ``after``, in order."""
-        return [
-            row[0]
-            for row in self.db.execute(
-                "select id from chunks where account_id = ? and id > ? order by id",
-                [account_id, after],
-            )
-        ]
+        sql = "select id from chunks where account_id = ? and id > ? order by id"
+        return [row[0] for row in self.db.execute(sql, [account_id, after])]
 
     def account_vectors(self, account_id: str) -> tuple[list[int], bytearray, int]:
         """All the account's vectors: chunk ids, the float32 rows joined, dimensions."""
