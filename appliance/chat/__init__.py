@@ -1,1 +1,1 @@
-"""Chat: prompt assembly (and, later, conversations and citations)."""
+"""Chat: conversations, their turns and versions, prompt assembly and citations."""

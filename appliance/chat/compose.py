@@ -61,16 +61,9 @@ def retrieve(
         )
     except InvalidInput:
         return []
+    fields = ("document_id", "filename", "text", "page", "heading", "chunk_id")
     return [
-        prompt.Passage(
-            number=i,
-            document_id=hit.document_id,
-            filename=hit.filename,
-            text=hit.text,
-            page=hit.page,
-            heading=hit.heading,
-            chunk_id=hit.chunk_id,
-        )
+        prompt.Passage(i, **{name: getattr(hit, name) for name in fields})
         for i, hit in enumerate(result.hits, start=1)
     ]
 

@@ -57,14 +57,8 @@ class Conversation:
     versions: dict[str, list[str]] = field(default_factory=dict)
 
     def public(self, *, with_messages: bool = False) -> dict[str, Any]:
-        data = {
-            "id": self.id,
-            "instance_id": self.instance_id,
-            "title": self.title,
-            "source": self.source,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-        }
+        shown = ("id", "instance_id", "title", "source", "created_at", "updated_at")
+        data: dict[str, Any] = {name: getattr(self, name) for name in shown}
         if with_messages:
             data["messages"] = [m.public() for m in self.messages]
         return data

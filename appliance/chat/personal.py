@@ -54,10 +54,8 @@ def conversation_markdown(
 ) -> str:
     """The current line, then the earlier versions (regenerated answers, edited questions
     and what followed them) that ``every`` holds besides it."""
-    lines = [f"# {conversation.title or 'Conversation'}", ""]
-    lines.append(f"- id: {conversation.id}")
-    lines.append(f"- created: {conversation.created_at}")
-    lines.append("")
+    lines = [f"# {conversation.title or 'Conversation'}", "", f"- id: {conversation.id}"]
+    lines += [f"- created: {conversation.created_at}", ""]
     for message in conversation.messages:
         lines += _message_lines(message, "##")
     shown = {m.id for m in conversation.messages}

@@ -79,18 +79,10 @@ def _new_message(
     conversation_id: str, position: int, role: str, content: str, now: datetime, **details: Any
 ) -> Message:
     """A message to store; ``details``: finish reason, token counts, sources, model."""
-    fields_: dict[str, Any] = {
-        "finish_reason": None,
-        "prompt_tokens": 0,
-        "completion_tokens": 0,
-        "cached_tokens": 0,
-        "sources": [],
-        "model": None,
-        **details,
-    }
-    return Message(
-        new_id("msg"), conversation_id, position, role, content, created_at=iso(now), **fields_
-    )
+    empty = {"finish_reason": None, "model": None, "sources": []}
+    counts = dict.fromkeys(("prompt_tokens", "completion_tokens", "cached_tokens"), 0)
+    fields_ = {**empty, **counts, **details, "created_at": iso(now)}
+    return Message(new_id("msg"), conversation_id, position, role, content, **fields_)
 
 
 def create(

@@ -99,11 +99,6 @@ class ChatStore:
         )
         return [_message(row) for row in rows]
 
-    def message(self, message_id: str) -> Message:
-        return _message(
-            next(self.db["messages"].rows_where("id = ?", [message_id], select=_MESSAGE))
-        )
-
     def count_messages(self, conversation_id: str) -> int:
         return self.db["messages"].count_where("conversation_id = ?", [conversation_id])
 

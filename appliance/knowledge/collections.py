@@ -31,8 +31,10 @@ def _require_manager(actor_role: str) -> None:
         raise NotAllowed("Only owners and admins can create, rename or delete collections.")
 
 
-def _free_name(store: KnowledgeStore, account_id: str, name: Any, collection_id: str = "") -> str:
-    """``name`` cleaned, once no other collection of the account has it."""
+def _free_name(db, account_id: str, actor_role: str, name: Any, collection_id: str = "") -> str:
+    """``name`` cleaned, once the actor may name collections and no other has it."""
+    _require_manager(actor_role)
+    store = KnowledgeStore(db)
     name = name.strip() if isinstance(name, str) else ""
     if not name or len(name) > MAX_NAME:
         raise InvalidInput(f"A collection's name must be 1 to {MAX_NAME} characters.")
@@ -73,27 +75,23 @@ def check(db: sqlite_utils.Database, account_id: str, collection_ids: Any) -> li
 def create(
     db: sqlite_utils.Database, account_id: str, actor_role: str, name: Any, now: datetime
 ) -> Collection:
-    _require_manager(actor_role)
-    store = KnowledgeStore(db)
     with write_transaction(db):
-        name = _free_name(store, account_id, name)
-        if len(store.collections(account_id)) >= MAX_COLLECTIONS:
+        name = _free_name(db, account_id, actor_role, name)
+        if len(collections(db, account_id)) >= MAX_COLLECTIONS:
             raise InvalidInput(f"An account may have at most {MAX_COLLECTIONS} collections.")
         created = Collection(new_id("col"), name, iso(now))
-        store.insert_collection(account_id, created)
+        KnowledgeStore(db).insert_collection(account_id, created)
     return created
 
 
 def rename(
     db: sqlite_utils.Database, account_id: str, actor_role: str, collection_id: str, name: Any
 ) -> Collection:
-    _require_manager(actor_role)
-    store = KnowledgeStore(db)
     with write_transaction(db):
-        name = _free_name(store, account_id, name, collection_id)
-        if not store.rename_collection(account_id, collection_id, name):
+        name = _free_name(db, account_id, actor_role, name, collection_id)
+        if not KnowledgeStore(db).rename_collection(account_id, collection_id, name):
             raise NotFound("No such collection.")
-    return next(c for c in store.collections(account_id) if c.id == collection_id)
+    return next(c for c in collections(db, account_id) if c.id == collection_id)
 
 
 def delete(db: sqlite_utils.Database, account_id: str, actor_role: str, collection_id: str) -> None:

@@ -127,14 +127,7 @@ _HTML_START = re.compile(
 
 
 def detect_type(filename: str, head: bytes) -> str:
-    """The document type from the file's content (magic bytes / structure) and its name.
-
-    Args:
-        filename: the name the user gave the file (only its extension is used).
-        head: the first 8 KiB of the content.
-
-    Returns:
-        One of ``SUPPORTED``.
+    """One of ``SUPPORTED``, from the file's name (its extension) and first 8 KiB.
 
     Raises:
         ExtractionError: the name is unsafe, the type is unsupported, the file is empty, or
@@ -248,11 +241,7 @@ _NOT_DOCX = (
 
 
 def extract(path: Path, kind: str, *, timeout: float = 60, memory_mb: int = 512) -> Extracted:
-    """Extract the text of ``path`` (of type ``kind``) in a child process.
-
-    The child runs with ``RLIMIT_AS`` of ``memory_mb``, an ``RLIMIT_CPU`` of about
-    ``timeout`` seconds and no core dumps; it is killed after ``timeout`` seconds of wall
-    time and always reaped.
+    """Extract the text of ``path`` (of type ``kind``), in the sandbox unless ``IN_PROCESS``.
 
     Raises:
         ExtractionError: took too long, needed too much memory, the file is malformed,

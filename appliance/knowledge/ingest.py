@@ -43,15 +43,8 @@ def ingest_documents(
     document_ids: list[str],
     document_path,
 ) -> None:
-    """Ingest ``document_ids`` (already ready ones are skipped).
-
-    Args:
-        document_path: ``service.document_path`` (where a document's file lives).
-
-    Raises:
-        Unavailable: the inference service is down (the task retries later; documents
-            not finished are started again then).
-    """
+    """Ingest ``document_ids`` (ready ones are skipped); ``document_path`` is
+    ``service.document_path``. Raises Unavailable while the inference service is down."""
     store = KnowledgeStore(db)
     pending: list[_Pending] = []
     for document_id in document_ids:

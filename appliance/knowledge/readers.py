@@ -297,8 +297,7 @@ def _read_json(path: Path, sink: Sink) -> None:
                 stack.append((f"{where}.{key}" if where else str(key), child, depth + 1))
             continue
         if isinstance(item, list) and item:
-            for i in range(len(item) - 1, -1, -1):
-                stack.append((f"{where}[{i}]", item[i], depth + 1))
+            stack += [(f"{where}[{i}]", v, depth + 1) for i, v in enumerate(item)][::-1]
             continue
         # strings with whitespace collapsed; numbers, true/false/null, {} and [] as JSON
         rendered = " ".join(item.split()) if isinstance(item, str) else json.dumps(item)
@@ -319,17 +318,11 @@ _HEADING_STYLE = re.compile(r"(?i)heading\s*([1-6])")
 
 
 def _local(tag: str) -> str | None:
-    for namespace in _W_NAMESPACES:
-        if tag.startswith(namespace):
-            return tag[len(namespace) :]
-    return None
+    return next((tag[len(ns) :] for ns in _W_NAMESPACES if tag.startswith(ns)), None)
 
 
 def _w_val(attrib: dict[str, str]) -> str:
-    for namespace in _W_NAMESPACES:
-        if namespace + "val" in attrib:
-            return attrib[namespace + "val"]
-    return ""
+    return next((attrib[ns + "val"] for ns in _W_NAMESPACES if ns + "val" in attrib), "")
 
 
 class _XmlTarget:
@@ -341,11 +334,9 @@ class _XmlTarget:
     def doctype(self, name: str, pubid: str, system: str) -> None:
         raise Refused("doctype")
 
-    def close(self) -> None:
-        return None
+    def close(self) -> None: ...
 
-    def data(self, text: str) -> None:
-        return None
+    def data(self, text: str) -> None: ...
 
 
 class _StyleNames(_XmlTarget):

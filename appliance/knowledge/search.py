@@ -18,6 +18,7 @@ service serves a reranker (``knowledge.rerank``), a cross-encoder re-scores the 
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -208,6 +209,23 @@ def _reader(path: str) -> sqlite_utils.Database:
     return readers[path]
 
 
+@dataclass
+class _Group:
+    """Neighbouring chunks of one document and section, from its best-scored one."""
+
+    best: dict
+    rows: list[dict]
+    score: float
+    legs: list[str]
+    first: int
+    last: int
+
+    def takes(self, row: dict) -> bool:
+        best = self.best
+        same = row["document_id"] == best["document_id"] and row["heading"] == best["heading"]
+        return same and self.first - 1 <= row["position"] <= self.last + 1
+
+
 def _passages(
     order: list[int],
     rows: dict[int, dict],
@@ -218,61 +236,36 @@ def _passages(
 ) -> list[Hit]:
     """Hits in fused order; with ``merge``, chunks next to a better hit of the same
     document and section join it (its text extended, its score theirs summed)."""
-    groups: list[dict] = []
+    groups: list[_Group] = []
     for cid in order:
         row = rows.get(cid)
         if row is None:
             continue
-        group = None
-        if merge:
-            group = next(
-                (
-                    g
-                    for g in groups
-                    if g["document_id"] == row["document_id"]
-                    and g["heading"] == row["heading"]
-                    and g["first"] - 1 <= row["position"] <= g["last"] + 1
-                ),
-                None,
-            )
+        group = next((g for g in groups if g.takes(row)), None) if merge else None
         if group is None:
-            if len(groups) >= limit:
-                continue
-            groups.append(
-                {
-                    "document_id": row["document_id"],
-                    "heading": row["heading"],
-                    "first": row["position"],
-                    "last": row["position"],
-                    "rows": [row],
-                    "score": scores[cid],
-                    "legs": list(seen_in[cid]),
-                    "chunk_id": cid,
-                }
-            )
+            if len(groups) < limit:
+                at = row["position"]
+                groups.append(_Group(row, [row], scores[cid], list(seen_in[cid]), at, at))
             continue
-        group["rows"].append(row)
-        group["first"] = min(group["first"], row["position"])
-        group["last"] = max(group["last"], row["position"])
-        group["score"] += scores[cid]
-        group["legs"] += [leg for leg in seen_in[cid] if leg not in group["legs"]]
+        group.rows.append(row)
+        group.first = min(group.first, row["position"])
+        group.last = max(group.last, row["position"])
+        group.score += scores[cid]
+        group.legs += [leg for leg in seen_in[cid] if leg not in group.legs]
     hits = []
     for group in groups:
-        parts = sorted(group["rows"], key=lambda r: r["position"])
-        text = parts[0]["text"]
-        for part in parts[1:]:
-            text = _join_overlapping(text, part["text"])
-        best = rows[group["chunk_id"]]
+        parts = sorted(group.rows, key=lambda r: r["position"])
+        best = group.best
         hits.append(
             Hit(
-                chunk_id=group["chunk_id"],
+                chunk_id=best["id"],
                 document_id=best["document_id"],
                 filename=best["filename"],
-                text=text,
+                text=functools.reduce(_join_overlapping, [part["text"] for part in parts]),
                 page=parts[0]["page"],
                 heading=parts[0]["heading"],
-                score=round(group["score"], 6),
-                legs=tuple(group["legs"]),
+                score=round(group.score, 6),
+                legs=tuple(group.legs),
             )
         )
     return sorted(hits, key=lambda hit: hit.score, reverse=True)

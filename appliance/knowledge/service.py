@@ -52,6 +52,28 @@ def document_path(settings: Settings, doc: Document) -> Path:
     return account_dir(settings, doc.account_id) / doc.id
 
 
+def _upload_dir(settings: Settings, account_id: str) -> Path:
+    directory = account_dir(settings, account_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def _copy(settings: Settings, filename: str, stream: BinaryIO, out: BinaryIO, digest=None):
+    """Copy ``stream`` to ``out`` within ``knowledge.max_upload_mb``: its head and size."""
+    limit = settings.knowledge.max_upload_mb * 1024 * 1024
+    head, size = b"", 0
+    for block in iter(lambda: stream.read(1 << 20), b""):
+        size += len(block)
+        if size > limit:
+            raise TooLarge(f"{filename} is larger than {settings.knowledge.max_upload_mb} MB.")
+        if len(head) < extract.HEAD_BYTES:
+            head += block[: extract.HEAD_BYTES - len(head)]
+        if digest is not None:
+            digest.update(block)
+        out.write(block)
+    return head, size
+
+
 def add_document(
     db: sqlite_utils.Database,
     settings: Settings,
@@ -70,27 +92,13 @@ def add_document(
         TooLarge: over ``knowledge.max_upload_mb`` or the account's remaining quota.
         ExtractionError: the content is not a supported type, or does not match its name.
     """
-    limit = settings.knowledge.max_upload_mb * 1024 * 1024
     store = KnowledgeStore(db)
-    directory = account_dir(settings, account_id)
-    directory.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    size = 0
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".upload-")
+    fd, tmp_name = tempfile.mkstemp(dir=_upload_dir(settings, account_id), prefix=".upload-")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
-            head = b""
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                size += len(block)
-                if size > limit:
-                    raise TooLarge(
-                        f"{filename} is larger than {settings.knowledge.max_upload_mb} MB."
-                    )
-                if len(head) < extract.HEAD_BYTES:
-                    head += block[: extract.HEAD_BYTES - len(head)]
-                digest.update(block)
-                out.write(block)
+            head, size = _copy(settings, filename, stream, out, digest)
         kind = extract.detect_type(filename, head)
         sha = digest.hexdigest()
         with write_transaction(db):
@@ -157,16 +165,9 @@ def add_archive(
         TooLarge: the archive is over ``knowledge.max_upload_mb``.
         ExtractionError: the archive is not a ZIP, or fails a cap.
     """
-    limit = settings.knowledge.max_upload_mb * 1024 * 1024
-    directory = account_dir(settings, account_id)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = _upload_dir(settings, account_id)
     with tempfile.NamedTemporaryFile(dir=directory, prefix=".archive-") as copy:
-        size = 0
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            size += len(block)
-            if size > limit:
-                raise TooLarge(f"{filename} is larger than {settings.knowledge.max_upload_mb} MB.")
-            copy.write(block)
+        _copy(settings, filename, stream, copy)
         copy.flush()
         infos = extract.check_archive(Path(copy.name), "This ZIP archive")
         outcomes: list[Upload | Refusal] = []
@@ -237,13 +238,9 @@ def delete_document(
     """
     store = KnowledgeStore(db)
     with write_transaction(db):
-        doc = store.document(account_id, document_id)
-        if doc is None:
-            raise NotFound("No such document.")
+        doc = document(db, account_id, document_id)
         require_may_change(doc, actor_id, actor_role)
-        chunks = db.execute(
-            "select count(*) from chunks where document_id = ?", [doc.id]
-        ).fetchone()[0]
+        chunks = db["chunks"].count_where("document_id = ?", [doc.id])
         store.delete_document(doc.id)
         receipts.write(
             db,
@@ -288,9 +285,7 @@ def retry(db: sqlite_utils.Database, account_id: str, document_id: str, now: dat
     """Queue a failed document again (the caller enqueues the task)."""
     store = KnowledgeStore(db)
     with write_transaction(db):
-        doc = store.document(account_id, document_id)
-        if doc is None:
-            raise NotFound("No such document.")
+        doc = document(db, account_id, document_id)
         if doc.status != "failed":
             raise InvalidInput("Only a failed document can be retried.")
         store.set_status(doc.id, "queued", iso(now), error=None, chunks_done=0, chunks_total=0)
@@ -307,13 +302,10 @@ def ingest(
     client: InferenceClient,
     document_ids: str | list[str],
 ) -> None:
-    """Extract, chunk, embed and index documents; safe to run again at any point.
-
-    Several documents are embedded and written together (see ``knowledge/ingest.py``).
+    """Extract, chunk, embed and index documents (``ingest.py``); safe to run again.
 
     Raises:
-        Unavailable: the inference service is down (the task retries later; the
-            documents stay in their current state and are resumed).
+        Unavailable: the inference service is down (the task retries later).
     """
     ids = [document_ids] if isinstance(document_ids, str) else list(document_ids)
     ingest_documents(db, settings, client, ids, document_path)
@@ -326,29 +318,23 @@ def queued(db: sqlite_utils.Database, limit: int) -> list[str]:
 
 def audit(db: sqlite_utils.Database, settings: Settings) -> list[str]:
     """Orphans anywhere in the knowledge base, as readable lines (empty: all clean)."""
-    problems = []
     store = KnowledgeStore(db)
-    for (count,) in db.execute(
-        "select count(*) from chunks where document_id not in (select id from documents)"
-    ):
-        if count:
-            problems.append(f"{count} chunks without a document")
+    checks = [
+        ("chunks", "document_id not in (select id from documents)", "chunks without a document")
+    ]
     if store.has_vectors():
-        (count,) = db.execute(
-            "select count(*) from chunk_vectors where rowid not in (select id from chunks)"
-        ).fetchone()
-        if count:
-            problems.append(f"{count} vectors without a chunk")
-        (count,) = db.execute(
-            "select count(*) from chunks where id not in (select rowid from chunk_vectors)"
-        ).fetchone()
-        if count:
-            problems.append(f"{count} chunks without a vector")
+        checks += [
+            ("chunk_vectors", "rowid not in (select id from chunks)", "vectors without a chunk"),
+            ("chunks", "id not in (select rowid from chunk_vectors)", "chunks without a vector"),
+        ]
+    problems = [
+        f"{n} {what}" for table, where, what in checks if (n := db[table].count_where(where))
+    ]
     try:
         db.execute("insert into chunks_fts (chunks_fts, rank) values ('integrity-check', 1)")
     except Exception as exc:  # the FTS index disagrees with the chunks table
         problems.append(f"full-text index out of step with the chunks: {exc}")
-    rows = {(d.account_id, d.id) for d in _all_documents(db)}
+    rows = {(d.account_id, d.id) for d in store.documents(None)}
     files = set(_stored_files(settings))
     for account_id, document_id in sorted(files - rows):
         problems.append(f"file without a document: files/{account_id}/{document_id}")
@@ -357,33 +343,17 @@ def audit(db: sqlite_utils.Database, settings: Settings) -> list[str]:
     return problems
 
 
-def _all_documents(db: sqlite_utils.Database) -> Iterable[Document]:
-    from appliance.knowledge.store import _DOC_COLUMNS
-
-    return [Document(*row) for row in db.execute(f"select {_DOC_COLUMNS} from documents")]  # noqa: S608
-
-
 def _stored_files(settings: Settings) -> Iterable[tuple[str, str]]:
-    root = settings.paths.files
-    if not root.exists():
-        return []
-    found = []
-    for account in root.iterdir():
-        if not account.is_dir():
-            continue
-        for item in account.iterdir():
-            if item.is_file() and item.name.startswith("doc_"):
-                found.append((account.name, item.name))
-    return found
+    """(account id, document id) of each original under ``files/``."""
+    return [(f.parent.name, f.name) for f in settings.paths.files.glob("*/doc_*") if f.is_file()]
 
 
 def index_state(db: sqlite_utils.Database) -> dict[str, Any]:
     """How many documents there are, and the embedding model and dimension of the vectors."""
     store = KnowledgeStore(db)
-    count = next(db.query("select count(*) as n from documents"))["n"]
     dimension = store.meta("embedding_dim")
     return {
-        "documents": count,
+        "documents": db["documents"].count,
         "embedding_model": store.meta("embedding_model"),
         "dimension": int(dimension) if dimension else None,
     }

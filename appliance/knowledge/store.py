@@ -6,17 +6,18 @@ the same transaction as the chunk. Every read of tenant data filters by account 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import sqlite_utils
+from sqlite_utils.db import NotFoundError
 from sqlite_vec import serialize_float32
 
 from appliance.db import write_transaction
 from appliance.knowledge import codes, matrix
 
-VECTOR_TABLE = "chunk_vectors"
 #: Porter stems of query words already seen (the tokenizer never changes): word -> stem.
 _stems: dict[str, str] = {}
 _MAX_STEMS = 100_000
@@ -63,7 +64,6 @@ class Collection:
     documents: int = 0
 
 
-_DOC_COLUMNS = ", ".join(Document.__dataclass_fields__)
 #: The full-text leg. The unary + keeps SQLite from driving the join with the
 #: chunks_by_account index, which would run the FTS5 match once per chunk of the account.
 BM25_SQL = """select c.id from chunks_fts f join chunks c on c.id = f.rowid
@@ -81,39 +81,29 @@ class KnowledgeStore:
 
     # documents
     def insert_document(self, doc: Document) -> None:
-        values = [getattr(doc, name) for name in Document.__dataclass_fields__]
-        marks = ", ".join("?" for _ in values)
-        self.db.execute(f"insert into documents ({_DOC_COLUMNS}) values ({marks})", values)  # noqa: S608
+        self.db["documents"].insert(asdict(doc))
+
+    def _documents(self, where: str, params: Sequence = (), **kwargs) -> list[Document]:
+        return [Document(**row) for row in self.db["documents"].rows_where(where, params, **kwargs)]
 
     def document(self, account_id: str, document_id: str) -> Document | None:
-        row = self.db.execute(
-            f"select {_DOC_COLUMNS} from documents where id = ? and account_id = ?",  # noqa: S608
-            [document_id, account_id],
-        ).fetchone()
-        return Document(*row) if row else None
+        found = self._documents("id = ? and account_id = ?", [document_id, account_id])
+        return found[0] if found else None
 
     def document_any(self, document_id: str) -> Document | None:
         """For the worker only: the task carries the id, not the account."""
-        row = self.db.execute(
-            f"select {_DOC_COLUMNS} from documents where id = ?",  # noqa: S608
-            [document_id],
-        ).fetchone()
-        return Document(*row) if row else None
+        found = self._documents("id = ?", [document_id])
+        return found[0] if found else None
 
-    def documents(self, account_id: str) -> list[Document]:
-        rows = self.db.execute(
-            f"select {_DOC_COLUMNS} from documents where account_id = ? "  # noqa: S608
-            "order by created_at desc",
-            [account_id],
-        )
-        return [Document(*row) for row in rows]
+    def documents(self, account_id: str | None) -> list[Document]:
+        """The account's documents, newest first (None: every account's)."""
+        if account_id is None:
+            return self._documents(None)
+        return self._documents("account_id = ?", [account_id], order_by="created_at desc")
 
     def by_hash(self, account_id: str, sha256: str) -> Document | None:
-        row = self.db.execute(
-            f"select {_DOC_COLUMNS} from documents where account_id = ? and sha256 = ?",  # noqa: S608
-            [account_id, sha256],
-        ).fetchone()
-        return Document(*row) if row else None
+        found = self._documents("account_id = ? and sha256 = ?", [account_id, sha256])
+        return found[0] if found else None
 
     def used_bytes(self, account_id: str) -> int:
         return self.db.execute(
@@ -121,53 +111,44 @@ class KnowledgeStore:
         ).fetchone()[0]
 
     def unfinished(self) -> list[Document]:
-        rows = self.db.execute(
-            f"select {_DOC_COLUMNS} from documents "  # noqa: S608
-            "where status in ('queued', 'extracting', 'embedding') order by created_at"
+        return self._documents(
+            "status in ('queued', 'extracting', 'embedding')", order_by="created_at"
         )
-        return [Document(*row) for row in rows]
 
     def queued(self, limit: int) -> list[str]:
-        return [
-            row["id"]
-            for row in self.db.query(
-                "select id from documents where status = 'queued' order by created_at limit ?",
-                [limit],
-            )
-        ]
+        rows = self.db["documents"].rows_where(
+            "status = 'queued'", order_by="created_at", limit=limit, select="id"
+        )
+        return [row["id"] for row in rows]
 
     def set_status(self, document_id: str, status: str, now: str, **fields) -> None:
+        """A document deleted meanwhile stays deleted."""
         allowed = {"error", "chunks_total", "chunks_done", "embedding_model"}
         extra = {k: v for k, v in fields.items() if k in allowed}
-        assignments = ", ".join(f"{k} = ?" for k in extra)
-        # Column names come from the allow-list above, never from the caller's data.
-        sql = "update documents set status = ?, updated_at = ?" + (  # noqa: S608
-            f", {assignments}" if assignments else ""
-        )
-        self.db.execute(sql + " where id = ?", [status, now, *extra.values(), document_id])
+        with contextlib.suppress(NotFoundError):
+            self.db["documents"].update(document_id, {"status": status, "updated_at": now, **extra})
 
     # collections
     def insert_collection(self, account_id: str, collection: Collection) -> None:
-        self.db.execute(
-            "insert into collections (id, account_id, name, created_at) values (?, ?, ?, ?)",
-            [collection.id, account_id, collection.name, collection.created_at],
-        )
+        row = asdict(collection)
+        del row["documents"]
+        self.db["collections"].insert({**row, "account_id": account_id})
 
     def collections(self, account_id: str) -> list[Collection]:
-        rows = self.db.execute(
-            """select c.id, c.name, c.created_at, count(m.document_id)
+        rows = self.db.query(
+            """select c.id, c.name, c.created_at, count(m.document_id) as documents
                from collections c left join collection_documents m on m.collection_id = c.id
                where c.account_id = ? group by c.id order by c.name collate nocase""",
             [account_id],
         )
-        return [Collection(*row) for row in rows]
+        return [Collection(**row) for row in rows]
 
     def collection_by_name(self, account_id: str, name: str) -> Collection | None:
-        row = self.db.execute(
-            "select id, name, created_at from collections where account_id = ? and name = ?",
-            [account_id, name],
-        ).fetchone()
-        return Collection(*row) if row else None
+        rows = self.db["collections"].rows_where(
+            "account_id = ? and name = ?", [account_id, name], select="id, name, created_at"
+        )
+        row = next(rows, None)
+        return Collection(**row) if row else None
 
     def rename_collection(self, account_id: str, collection_id: str, name: str) -> int:
         return self.db.execute(
@@ -184,11 +165,8 @@ class KnowledgeStore:
     def memberships(self, account_id: str) -> dict[str, list[str]]:
         """Each document's collection ids."""
         found: dict[str, list[str]] = {}
-        for document_id, collection_id in self.db.execute(
-            "select document_id, collection_id from collection_documents where account_id = ?",
-            [account_id],
-        ):
-            found.setdefault(document_id, []).append(collection_id)
+        for row in self.db["collection_documents"].rows_where("account_id = ?", [account_id]):
+            found.setdefault(row["document_id"], []).append(row["collection_id"])
         return found
 
     def set_memberships(
@@ -225,7 +203,7 @@ class KnowledgeStore:
         if current is None:
             with write_transaction(self.db):
                 self.db.execute(
-                    f"create virtual table if not exists {VECTOR_TABLE} using vec0("
+                    "create virtual table if not exists chunk_vectors using vec0("
                     f"account_id text partition key, embedding float[{int(dim)}])"
                 )
                 self.set_meta("embedding_dim", str(dim))
@@ -235,15 +213,12 @@ class KnowledgeStore:
         return self.meta("embedding_dim") is not None
 
     def meta(self, key: str) -> str | None:
+        # Not rows_where: searches read this several times, and it checks the table first.
         row = self.db.execute("select value from kb_meta where key = ?", [key]).fetchone()
         return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
-        self.db.execute(
-            "insert into kb_meta (key, value) values (?, ?) "
-            "on conflict (key) do update set value = excluded.value",
-            [key, value],
-        )
+        self.db["kb_meta"].upsert({"key": key, "value": value}, pk="key")
 
     def add_chunks(
         self,
@@ -274,7 +249,7 @@ class KnowledgeStore:
                 "insert into chunks_fts (rowid, text) values (?, ?)", [chunk_id, chunk.text]
             )
             self.db.execute(
-                f"insert into {VECTOR_TABLE} (rowid, account_id, embedding) values (?, ?, ?)",  # noqa: S608
+                "insert into chunk_vectors (rowid, account_id, embedding) values (?, ?, ?)",
                 [chunk_id, account_id, serialize_float32(list(vector))],
             )
 
@@ -290,7 +265,7 @@ class KnowledgeStore:
                 [chunk_id, text],
             )
             if self.has_vectors():
-                self.db.execute(f"delete from {VECTOR_TABLE} where rowid = ?", [chunk_id])  # noqa: S608
+                self.db.execute("delete from chunk_vectors where rowid = ?", [chunk_id])
         self.db.execute("delete from chunks where document_id = ?", [document_id])
         if rows:  # the in-RAM codes of searches (codes.py) reload from scratch
             self.set_meta("deletions", str(int(self.meta("deletions") or 0) + 1))
@@ -303,15 +278,13 @@ class KnowledgeStore:
     def chunk_rows(self, ids: Sequence[int], account_id: str) -> dict[int, dict]:
         if not ids:
             return {}
-        marks = ", ".join("?" for _ in ids)
-        cursor = self.db.execute(
-            f"""select c.id, c.document_id, c.text, c.page, c.heading, c.position, d.filename
-                from chunks c join documents d on d.id = c.document_id
-                where c.id in ({marks}) and c.account_id = ?""",  # noqa: S608
-            [*ids, account_id],
+        rows = self.db.query(
+            """select c.id, c.document_id, c.text, c.page, c.heading, c.position, d.filename
+               from chunks c join documents d on d.id = c.document_id
+               where c.id in (select value from json_each(?)) and c.account_id = ?""",
+            [json.dumps(list(ids)), account_id],
         )
-        names = [c[0] for c in cursor.description]
-        return {row[0]: dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
+        return {row["id"]: row for row in rows}
 
     def bm25(
         self, account_id: str, match: str, k: int, collections: Sequence[str] | None = None
@@ -383,25 +356,18 @@ class KnowledgeStore:
         return {word: counts[_stems.get(word, word)] for word in words}
 
     def account_chunks(self, account_id: str) -> int:
-        return self.db.execute(
-            "select count(*) from chunks where account_id = ?", [account_id]
-        ).fetchone()[0]
+        return self.db["chunks"].count_where("account_id = ?", [account_id])
 
     def chunk_ids(self, account_id: str, after: int) -> list[int]:
         """The account's chunk ids above ``after``, in order."""
-        return [
-            row[0]
-            for row in self.db.execute(
-                "select id from chunks where account_id = ? and id > ? order by id",
-                [account_id, after],
-            )
-        ]
+        sql = "select id from chunks where account_id = ? and id > ? order by id"
+        return [row[0] for row in self.db.execute(sql, [account_id, after])]
 
     def account_vectors(self, account_id: str) -> tuple[list[int], bytearray, int]:
         """All the account's vectors: chunk ids, the float32 rows joined, dimensions."""
         ids, rows = [], bytearray()
         for rowid, blob in self.db.execute(
-            f"select rowid, embedding from {VECTOR_TABLE} where account_id = ?",  # noqa: S608
+            "select rowid, embedding from chunk_vectors where account_id = ?",
             [account_id],
         ):
             ids.append(rowid)
@@ -441,11 +407,12 @@ class KnowledgeStore:
             return []
         if collections is not None:
             rows = self.db.execute(
-                f"""select rowid from {VECTOR_TABLE}
-                    where embedding match ? and k = ? and account_id = ?
-                    and rowid in (select c.id from chunks c
-                                  where c.account_id = ? and {IN_COLLECTIONS})
-                    order by distance""",  # noqa: S608
+                """select rowid from chunk_vectors
+                   where embedding match ? and k = ? and account_id = ?
+                   and rowid in (select c.id from chunks c where c.account_id = ?
+                                 and c.document_id in (select document_id from collection_documents
+                                 where collection_id in (select value from json_each(?))))
+                   order by distance""",
                 [
                     serialize_float32(list(vector)),
                     k,
@@ -465,9 +432,9 @@ class KnowledgeStore:
         if found is not None:
             return found
         rows = self.db.execute(
-            f"""select rowid from {VECTOR_TABLE}
-                where embedding match ? and k = ? and account_id = ?
-                order by distance""",  # noqa: S608
+            """select rowid from chunk_vectors
+               where embedding match ? and k = ? and account_id = ?
+               order by distance""",
             [serialize_float32(list(vector)), k, account_id],
         )
         return [row[0] for row in rows]

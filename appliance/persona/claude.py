@@ -13,7 +13,6 @@ An attempt that could not even connect sent nothing and is not counted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import TracebackType
 
 import anthropic
 import httpx2  # the HTTP library of the anthropic SDK (its http_client must be an httpx2.Client)
@@ -156,14 +155,3 @@ class ClaudeClient:
 
     def close(self) -> None:
         self._http.close()
-
-    def __enter__(self) -> ClaudeClient:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

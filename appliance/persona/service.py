@@ -28,7 +28,8 @@ from appliance.persona import voice
 from appliance.persona.claude import Call, ClaudeClient, ClaudeError
 from appliance.persona.models import EgressEntry, Generated, SystemPrompt
 from appliance.persona.store import PersonaStore
-from appliance.persona.template import diff, local_prompt
+from appliance.persona.template import diff as diff  # re-exported for callers
+from appliance.persona.template import local_prompt as local_prompt
 
 MAX_PROMPT_CHARS = 8000
 HISTORY_LIMIT = 50
@@ -36,22 +37,6 @@ EGRESS_LIMIT = 200
 EGRESS_SERVICE = "anthropic"
 EGRESS_PURPOSE = "system prompt generation"
 EGRESS_DATA = "onboarding summary"
-
-__all__ = [
-    "MAX_PROMPT_CHARS",
-    "active_prompt",
-    "claude_enabled",
-    "claude_summary",
-    "diff",
-    "effective_prompt",
-    "egress_log",
-    "generate",
-    "history",
-    "local_prompt",
-    "prompt_for_account",
-    "save_edit",
-    "use_local",
-]
 
 
 def _require_manager(actor_role: str) -> None:
@@ -112,8 +97,8 @@ def _store_version(
     source: str,
     actor_id: str | None,
     now: datetime,
-) -> tuple[SystemPrompt, str]:
-    """Store ``text`` as the next version; returns it and the text it replaces."""
+) -> Generated:
+    """Store ``text`` as the next version, with the text it replaces."""
     store = PersonaStore(db)
     with write_transaction(db):
         previous = store.latest_prompt(account_id)
@@ -128,7 +113,7 @@ def _store_version(
             created_by=actor_id,
         )
         store.insert_prompt(prompt)
-    return prompt, before
+    return Generated(prompt, before, diff(before, prompt.text))
 
 
 def log_egress(
@@ -211,11 +196,10 @@ def generate(
         text = _normalise(text)[:MAX_PROMPT_CHARS]
         with write_transaction(db):
             _record_egress(db, account_id, claude.calls[first:], now)
-            prompt, before = _store_version(db, account_id, text, "claude", actor_id, now)
+            return _store_version(db, account_id, text, "claude", actor_id, now)
     finally:
         if owned:
             claude.close()
-    return Generated(prompt, before, diff(before, prompt.text))
 
 
 def use_local(
@@ -229,8 +213,7 @@ def use_local(
     """A new version from the local template (no network)."""
     _require_manager(actor_role)
     text = local_prompt(accounts.profile(db, account_id, now), settings)
-    prompt, before = _store_version(db, account_id, text, "local", actor_id, now)
-    return Generated(prompt, before, diff(before, prompt.text))
+    return _store_version(db, account_id, text, "local", actor_id, now)
 
 
 def _normalise(text: str) -> str:
@@ -265,8 +248,7 @@ def save_edit(
         current = active_prompt(db, account_id)
         if current is not None and current.text == text:
             return current
-        prompt, _ = _store_version(db, account_id, text, "edited", actor_id, now)
-    return prompt
+        return _store_version(db, account_id, text, "edited", actor_id, now).prompt
 
 
 def prompt_for_account(

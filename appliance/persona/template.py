@@ -100,9 +100,6 @@ def diff(old: str, new: str) -> list[tuple[str, str]]:
     result: list[tuple[str, str]] = []
     matcher = difflib.SequenceMatcher(a=before, b=after, autojunk=False)
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal":
-            result += [(" ", line) for line in before[i1:i2]]
-            continue
-        result += [("-", line) for line in before[i1:i2]]
-        result += [("+", line) for line in after[j1:j2]]
+        result += [(" " if tag == "equal" else "-", line) for line in before[i1:i2]]
+        result += [("+", line) for line in after[j1:j2] if tag != "equal"]
     return result

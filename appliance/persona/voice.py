@@ -145,14 +145,11 @@ def _candidates(text: str) -> list[str]:
             group = f"{group} {sentence}".strip()
         if group:
             units.append(group)
-    seen: set[str] = set()
-    result = []
+    first: dict[str, str] = {}  # the first of the units alike but for case
     for unit in units:
-        key = unit.casefold()
-        if _usable(unit) and key not in seen:
-            seen.add(key)
-            result.append(unit)
-    return result
+        if _usable(unit):
+            first.setdefault(unit.casefold(), unit)
+    return list(first.values())
 
 
 def select_excerpts(text: str, limit: int = EXCERPTS_PER_SAMPLE) -> list[str]:
