@@ -90,13 +90,11 @@ def _database(settings: Settings) -> list[Check]:
         db = open_db(settings)
     except ApplianceError as exc:
         return [Check("database", "fail", str(exc))]
-    try:
+    with db:
         result = integrity_check(db)
         vec = db.execute("select vec_version()").fetchone()[0]
         journal = db.execute("pragma journal_mode").fetchone()[0]
         last = heartbeat.last_beat(db, heartbeat.WORKER_SERVICE)
-    finally:
-        db.close()
     checks = [
         Check(
             "database",
@@ -129,11 +127,9 @@ def _purges(settings: Settings) -> list[Check]:
     except ApplianceError:
         return []  # the database check above already failed
     now = datetime.now(UTC)
-    try:
+    with db:
         runs = retention.last_runs(db)
         late = retention.overdue(db, now)
-    finally:
-        db.close()
     checks = []
     for run in runs:
         if run.finished_at is None:
@@ -181,10 +177,8 @@ def _billing(settings: Settings) -> list[Check]:
         db = open_db(settings)
     except ApplianceError:
         return checks  # the database check reports it
-    try:
+    with db:
         broken = billing.invariant_violations(db)
-    finally:
-        db.close()
     if broken:
         checks.append(
             Check("ledger", "fail", f"{len(broken)} account(s) whose balance is not the ledger sum")

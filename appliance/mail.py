@@ -237,15 +237,13 @@ def purge_outbox(db, settings: Settings, now: datetime, budget, on_batch):
     cutoff = personal.log_cutoff(settings, now)
     old = [p for p in sorted(outbox.glob("*.eml")) if _written_at(p) < cutoff]
     batch = settings.privacy.purge_batch_size
-    total = 0
     for start in range(0, len(old), batch):
         if not budget.spend():
-            return total, False
+            return start, False
         for path in old[start : start + batch]:
             path.unlink(missing_ok=True)
-        total += len(old[start : start + batch])
         on_batch(len(old[start : start + batch]))
-    return total, True
+    return len(old), True
 
 
 def _written_at(path: Path) -> datetime:
@@ -368,16 +366,3 @@ def _reason(exc: BaseException, settings: Settings, mail: Mail) -> str:
     if len(text) > _MAX_REASON:
         text = text[:_MAX_REASON] + "…"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-__all__ = [
-    "BACKENDS",
-    "Mail",
-    "MailError",
-    "check_settings",
-    "compose",
-    "deliver",
-    "forget",
-    "outbox_messages",
-    "recipient_ref",
-]

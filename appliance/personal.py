@@ -78,6 +78,9 @@ KEEP = "keep"  # no content; the record of the erasure itself
 #: (``:emails``), both JSON arrays bound as parameters.
 USERS = "(select value from json_each(:users))"
 EMAILS = "(select value from json_each(:emails))"
+#: The usual conditions: the rows of the account (``account_id``), and of the people.
+BY_ACCOUNT = "account_id = :account"
+BY_USER = f"user_id in {USERS}"
 
 
 @dataclass(frozen=True)

@@ -12,16 +12,7 @@ from datetime import datetime, timedelta
 
 import sqlite_utils
 
-from appliance.accounts.models import (
-    MANAGERS,
-    ROLES,
-    Account,
-    Invite,
-    Member,
-    Offer,
-    Profile,
-    User,
-)
+from appliance.accounts.models import MANAGERS, ROLES, Account, Invite, Member, Offer, Profile, User
 from appliance.accounts.store import AccountStore
 from appliance.clock import iso
 from appliance.config import Settings

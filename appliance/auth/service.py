@@ -98,8 +98,7 @@ def _subjects(settings: Settings, email: str, client: str) -> tuple[str, str]:
 
 
 def _locked(db: sqlite_utils.Database, settings: Settings, subject: str, now: datetime) -> bool:
-    since = now - timedelta(minutes=settings.auth.lock_minutes)
-    return _count(db, "lock", subject, since) > 0
+    return _count(db, "lock", subject, now - timedelta(minutes=settings.auth.lock_minutes)) > 0
 
 
 # -- codes ------------------------------------------------------------------------------
@@ -129,9 +128,10 @@ def request_code(
     attempt_id = secrets.token_urlsafe(32)
     code = f"{secrets.randbelow(10**6):06d}"
     with write_transaction(db):
-        if _count(db, "code_sent", client_subject, hour_ago) >= cfg.codes_per_client_per_hour:
-            raise Throttled("Too many sign-in codes requested. Try again later.", 900)
-        if _count(db, "code_sent", email_subject, hour_ago) >= cfg.codes_per_address_per_hour:
+        if (
+            _count(db, "code_sent", client_subject, hour_ago) >= cfg.codes_per_client_per_hour
+            or _count(db, "code_sent", email_subject, hour_ago) >= cfg.codes_per_address_per_hour
+        ):
             raise Throttled("Too many sign-in codes requested. Try again later.", 900)
         _event(db, "code_sent", client_subject, now)
         _event(db, "code_sent", email_subject, now)
@@ -379,16 +379,7 @@ def create_admin_key(
     return _new_key(db, user_id, account_id, name, ADMIN_SCOPE, now, None, None)
 
 
-def _new_key(
-    db: sqlite_utils.Database,
-    user_id: str,
-    account_id: str,
-    name: str,
-    scope: str,
-    now: datetime,
-    instance_id: str | None,
-    expires_at: datetime | None,
-) -> tuple[ApiKey, str]:
+def _new_key(db, user_id, account_id, name, scope, now, instance_id, expires_at):
     name = (name or "").strip()
     if not name or len(name) > 100:
         raise InvalidInput("The key name must be 1 to 100 characters.")
@@ -450,17 +441,10 @@ def authenticate_key(db: sqlite_utils.Database, secret: str, now: datetime) -> A
     """The live key for ``secret``, or None (unknown, revoked or expired)."""
     if not secret.startswith(KEY_PREFIX) or len(secret) > 100:
         return None
-    row = next(
-        db.query(
-            "select id, prefix, name, scope, account_id, user_id, instance_id, created_at, "
-            "expires_at, last_used_at, revoked_at from api_keys where key_hash = :hash",
-            {"hash": _sha256(secret)},
-        ),
-        None,
-    )
-    if row is None:
+    found = _keys(db, "key_hash = ?", [_sha256(secret)])
+    if not found:
         return None
-    key = ApiKey(**row)
+    key = found[0]
     if key.revoked_at or (key.expires_at and parse(key.expires_at) <= now):
         return None
     if not key.last_used_at or now - parse(key.last_used_at) >= TOUCH_EVERY:

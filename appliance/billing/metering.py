@@ -103,8 +103,7 @@ class Metered:
             used = (self.prompt_tokens, produced) if produced else None
 
         def close() -> None:
-            db = open_db(self.settings)
-            try:
+            with open_db(self.settings) as db:
                 if used:
                     prompt, completion = used
                     meter.settle(
@@ -117,8 +116,6 @@ class Metered:
                     )
                 else:
                     meter.release(db, self.hold, now=self.clock())
-            finally:
-                db.close()
 
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(close)

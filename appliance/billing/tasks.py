@@ -30,8 +30,7 @@ def every_minute(
 ) -> dict[str, int]:
     """Expire stale holds, charge instance time, send low-balance notices and make
     automatic top-ups. Each step is idempotent, so a late or repeated run is harmless."""
-    db = open_db(settings)
-    try:
+    with open_db(settings) as db:
         expired = meter.expire_holds(db, now)
         minutes = meter.charge_instance_time(db, settings, running(db), now)
         notices = 0
@@ -43,8 +42,6 @@ def every_minute(
                 topped += payments.auto_topup(db, settings, account_ref, now) == "credited"
             except ApplianceError as exc:
                 log.warning("automatic top-up failed: %s", exc)
-    finally:
-        db.close()
     return {"expired_holds": expired, "minutes": minutes, "notices": notices, "topups": topped}
 
 
@@ -67,22 +64,16 @@ def _notify_low_balance(db, settings: Settings, account_ref: str, send: SendMail
 
 
 def reconcile(settings: Settings, now: datetime) -> int:
-    db = open_db(settings)
-    try:
+    with open_db(settings) as db:
         return webhooks.reconcile(db, settings, now)
-    finally:
-        db.close()
 
 
 def charge_storage(settings: Settings, now: datetime) -> int:
     if not settings.billing.enabled or settings.billing.price_storage_gb_month == 0:
         return 0
-    db = open_db(settings)
-    try:
+    with open_db(settings) as db:
         used = {
             account.id: sum(doc.size for doc in knowledge.documents(db, account.id))
             for account in accounts.accounts(db)
         }
         return meter.charge_storage(db, settings, used, now)
-    finally:
-        db.close()

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import sqlite_utils
+
 import appliance
 from appliance import vault
 from appliance.config import Settings
@@ -73,21 +75,8 @@ class BackupInfo:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _connect(path: Path):
-    from sqlite_utils.utils import sqlite3
-
-    from appliance.db import load_vec
-
-    conn = sqlite3.connect(str(path), isolation_level=None)
-    load_vec(conn)
-    return conn
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def check_database(path: Path) -> dict[str, int]:
@@ -96,24 +85,18 @@ def check_database(path: Path) -> dict[str, int]:
     Raises:
         InvalidInput: the check reports a problem.
     """
-    conn = _connect(path)
-    try:
-        result = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+    from appliance.db import load_vec
+
+    with sqlite_utils.Database(path) as db:
+        load_vec(db.conn)
+        result = [row[0] for row in db.execute("PRAGMA integrity_check")]
         if result != ["ok"]:
             raise InvalidInput(f"database copy failed integrity_check: {result[0]}")
-        names = [
-            row[0]
-            for row in conn.execute(
-                "select name from sqlite_master where type = 'table' and sql not like "
-                "'CREATE VIRTUAL TABLE%' and name not like 'sqlite_%' order by name"
-            )
-        ]
-        return {
-            name: conn.execute(f'select count(*) from "{name}"').fetchone()[0]  # noqa: S608
-            for name in names
-        }
-    finally:
-        conn.close()
+        names = db.query(
+            "select name from sqlite_master where type = 'table' and sql not like "
+            "'CREATE VIRTUAL TABLE%' and name not like 'sqlite_%' order by name"
+        )
+        return {row["name"]: db[row["name"]].count for row in names}
 
 
 def _data_files(settings: Settings) -> Iterator[tuple[Path, str]]:
@@ -150,11 +133,8 @@ def backup(settings: Settings, dest: Path, now: datetime) -> BackupInfo:
     work = Path(tempfile.mkdtemp(prefix=".backup-", dir=target.parent))
     try:
         copy = work / "appliance.db"
-        db = open_db(settings)
-        try:
+        with open_db(settings) as db:
             db.execute("VACUUM INTO ?", [str(copy)])
-        finally:
-            db.close()
         tables = check_database(copy)
         entries = [(copy, "appliance.db"), *_data_files(settings)]
         manifest = {
@@ -255,10 +235,7 @@ def verify(src: Path) -> dict:
             if set(by_name) - {MANIFEST} != set(listed):
                 raise InvalidInput(f"{src}: the archive's files differ from its manifest")
             for name, expected in listed.items():
-                digest = hashlib.sha256()
-                handle = tar.extractfile(by_name[name])
-                for block in iter(lambda h=handle: h.read(CHUNK), b""):
-                    digest.update(block)
+                digest = hashlib.file_digest(tar.extractfile(by_name[name]), "sha256")
                 if digest.hexdigest() != expected["sha256"]:
                     raise InvalidInput(f"{src}: {name} does not match its checksum")
     except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError) as exc:

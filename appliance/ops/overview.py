@@ -75,17 +75,9 @@ def inference_state(settings: Settings) -> dict[str, Any]:
         health = client.health()
     except ApplianceError as exc:
         return {**state, "status": "unavailable", "error": str(exc)}
-    state.update(
-        status=health.get("status", "ok"),
-        chat_model=health.get("chat_model"),
-        embedding_model=health.get("embedding_model"),
-        device=health.get("device"),
-        gpu_layers=health.get("gpu_layers"),
-        model_layers=health.get("model_layers"),
-        queue=health.get("queue"),
-        gpus=health.get("gpus"),
-        server=health.get("server", "appliance"),
-    )
+    fields = ("chat_model", "embedding_model", "device", "gpu_layers", "model_layers")
+    state.update({name: health.get(name) for name in (*fields, "queue", "gpus")})
+    state.update(status=health.get("status", "ok"), server=health.get("server", "appliance"))
     try:
         metrics = client.metrics()
     except ApplianceError:

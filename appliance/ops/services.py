@@ -27,6 +27,7 @@ STATE_FILE = "services.json"
 #: ``ExecMainCode`` of ``systemctl show``: how the main process ended (waitid's si_code).
 CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
 SYSTEMCTL_TIMEOUT = 5
+EXIT_FIELDS = ("last_exit", "last_exit_at")
 
 
 @dataclass(frozen=True)
@@ -93,11 +94,7 @@ def _from_state_file(path: Path) -> Restarts | None:
         data = json.loads(path.read_text())
         services = [
             ServiceState(
-                name=name,
-                state=str(item["state"]),
-                restarts=int(item["restarts"]),
-                last_exit=item.get("last_exit"),
-                last_exit_at=item.get("last_exit_at"),
+                name, str(item["state"]), int(item["restarts"]), *map(item.get, EXIT_FIELDS)
             )
             for name, item in data["services"].items()
         ]
@@ -113,7 +110,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # another user's process (the service user's ``appliance up``)
+        pass  # another user's process (the service user's ``appliance up``)
     return True
 
 

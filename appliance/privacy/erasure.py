@@ -17,6 +17,7 @@ so no erased page survives in the write-ahead log.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -157,7 +158,9 @@ def erase_account(
     for part in personal.parts():
         if not part.erase(db, settings, job):
             return None
-    _sweep_files(settings, account_id)
+    leftover = settings.paths.files / account_id  # interrupted uploads
+    if leftover.is_dir():
+        shutil.rmtree(leftover)
     with write_transaction(db):
         current = deletion(db, account_id)
         assert current is not None
@@ -187,19 +190,6 @@ def _count(db: sqlite_utils.Database, account_id: str, key: str, n: int) -> None
         db["account_deletions"].update(
             account_id, {"progress": json.dumps(progress, sort_keys=True)}
         )
-
-
-def _sweep_files(settings: Settings, account_id: str) -> None:
-    """Remove whatever is left of the account's directory (interrupted uploads)."""
-    root = settings.paths.files / account_id
-    if not root.is_dir():
-        return
-    for path in sorted(root.rglob("*"), reverse=True):
-        if path.is_dir():
-            path.rmdir()
-        else:
-            path.unlink()
-    root.rmdir()
 
 
 def checkpoint(db: sqlite_utils.Database) -> None:

@@ -19,7 +19,7 @@ import os
 import time
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -49,28 +49,15 @@ class Export:
     expires_at: str
 
     def public(self) -> dict:
+        ready = self.status == "ready"
         return {
-            "id": self.id,
-            "status": self.status,
-            "progress": self.progress,
-            "total": self.total,
-            "size": self.size,
-            "sha256": self.sha256,
-            "created_at": self.created_at,
-            "finished_at": self.finished_at,
-            "expires_at": self.expires_at,
-            "download_url": f"/api/me/export/{self.id}/download"
-            if self.status == "ready"
-            else None,
+            **{k: v for k, v in asdict(self).items() if k not in ("account_id", "user_id")},
+            "download_url": f"/api/me/export/{self.id}/download" if ready else None,
         }
 
 
-def export_dir(settings: Settings) -> Path:
-    return settings.paths.exports
-
-
 def export_path(settings: Settings, export_id: str) -> Path:
-    return export_dir(settings) / f"{export_id}.zip"
+    return settings.paths.exports / f"{export_id}.zip"
 
 
 def start(
@@ -186,8 +173,7 @@ def build(db: sqlite_utils.Database, settings: Settings, export_id: str, now: da
     texts = [text for h in held for text in h.texts]
     total = len(tables) + len(files) + len(texts)
     _set(db, job.id, status="building", progress=0, total=total)
-    directory = export_dir(settings)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    settings.paths.exports.mkdir(mode=0o700, parents=True, exist_ok=True)
     target = export_path(settings, job.id)
     partial = target.with_suffix(".part")
     progress = _Progress(db, job.id)
@@ -217,10 +203,8 @@ def build(db: sqlite_utils.Database, settings: Settings, export_id: str, now: da
             manifest["other_members"] = {k: v for h in held for k, v in h.others.items()}
         archive.writestr("manifest.json", json.dumps(manifest, indent=2))
     os.chmod(partial, 0o600)
-    digest = hashlib.sha256()
     with partial.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+        digest = hashlib.file_digest(handle, "sha256")
     os.replace(partial, target)
     _set(
         db,

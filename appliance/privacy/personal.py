@@ -14,23 +14,15 @@ from appliance import personal
 from appliance.clock import iso
 from appliance.config import Settings
 from appliance.db import write_transaction
-from appliance.personal import ERASE, KEEP, USERS, Table
+from appliance.personal import BY_ACCOUNT, BY_USER, ERASE, KEEP, Table
 from appliance.privacy import export as exports
 
 TABLES = (
-    Table(
-        "exports",
-        "account_id = :account",
-        f"user_id in {USERS}",
-        ERASE,
-        True,
-        note="ZIP files on disk",
-        personal=True,
-    ),
-    Table("policy_acceptances", None, f"user_id in {USERS}", ERASE, True),
+    Table("exports", BY_ACCOUNT, BY_USER, ERASE, True, note="ZIP files on disk", personal=True),
+    Table("policy_acceptances", None, BY_USER, ERASE, True),
     Table(
         "account_deletions",
-        "account_id = :account",
+        BY_ACCOUNT,
         None,
         KEEP,
         False,
