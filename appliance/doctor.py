@@ -55,12 +55,8 @@ def _permissions(settings: Settings) -> Check:
     if loose:
         shown = ", ".join(f"{path.relative_to(root.parent)} {mode:04o}" for path, mode in loose[:3])
         more = f" and {len(loose) - 3} more" if len(loose) > 3 else ""
-        return Check(
-            "permissions",
-            "fail",
-            f"readable by other users: {shown}{more} (run `appliance init` as the data "
-            "dir's owner to make them private)",
-        )
+        fix = "run `appliance init` as the data dir's owner to make them private"
+        return Check("permissions", "fail", f"readable by other users: {shown}{more} ({fix})")
     return Check("permissions", "ok", "the data dir is private (directories 0700, files 0600)")
 
 
@@ -108,13 +104,8 @@ def _database(settings: Settings) -> list[Check]:
     else:
         age = (datetime.now(UTC) - last).total_seconds()
         fresh = age <= settings.worker.heartbeat_stale_seconds
-        checks.append(
-            Check(
-                "worker",
-                "ok" if fresh else "warn",
-                f"last heartbeat {int(age)} s ago" + ("" if fresh else " (not running?)"),
-            )
-        )
+        detail = f"last heartbeat {int(age)} s ago" + ("" if fresh else " (not running?)")
+        checks.append(Check("worker", "ok" if fresh else "warn", detail))
     return checks
 
 
@@ -163,16 +154,9 @@ def _billing(settings: Settings) -> list[Check]:
     elif payments.configured(settings):
         checks.append(Check("billing", "ok", f"on; Stripe configured ({settings.stripe.api_base})"))
     else:
-        missing = [
-            name for name in ("secret_key", "webhook_secret") if not getattr(settings.stripe, name)
-        ]
-        checks.append(
-            Check(
-                "billing",
-                "warn",
-                f"on, but stripe.{' and stripe.'.join(missing)} not set: top-ups are off",
-            )
-        )
+        missing = [n for n in ("secret_key", "webhook_secret") if not getattr(settings.stripe, n)]
+        detail = f"on, but stripe.{' and stripe.'.join(missing)} not set: top-ups are off"
+        checks.append(Check("billing", "warn", detail))
     try:
         db = open_db(settings)
     except ApplianceError:
@@ -180,12 +164,9 @@ def _billing(settings: Settings) -> list[Check]:
     with db:
         broken = billing.invariant_violations(db)
     if broken:
-        checks.append(
-            Check("ledger", "fail", f"{len(broken)} account(s) whose balance is not the ledger sum")
-        )
-    else:
-        checks.append(Check("ledger", "ok", "every balance equals its ledger sum"))
-    return checks
+        detail = f"{len(broken)} account(s) whose balance is not the ledger sum"
+        return [*checks, Check("ledger", "fail", detail)]
+    return [*checks, Check("ledger", "ok", "every balance equals its ledger sum")]
 
 
 def _models(settings: Settings) -> list[Check]:
@@ -276,14 +257,9 @@ def _services(settings: Settings) -> list[Check]:
     checks = []
     try:
         health = InferenceClient.from_settings(settings).health(timeout=2)
-        checks.append(
-            Check(
-                "inference",
-                "ok",
-                f"{health.get('chat_model')} on {health.get('device')}, "
-                f"{health.get('gpu_layers')}/{health.get('model_layers')} layers on GPU",
-            )
-        )
+        model = f"{health.get('chat_model')} on {health.get('device')}"
+        layers = f"{health.get('gpu_layers')}/{health.get('model_layers')} layers on GPU"
+        checks.append(Check("inference", "ok", f"{model}, {layers}"))
     except ApplianceError:
         checks.append(_port("inference", settings.inference.host, settings.inference.port))
     scheme = "https" if settings.web.tls_cert else "http"

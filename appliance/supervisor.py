@@ -1,12 +1,8 @@
 """``appliance up``: run web, inference and worker as child processes in the foreground.
 
-Each child's output is prefixed with its name. A child that dies is started again after a
-delay that doubles from 1 s to 30 s and is back at 1 s once the child has lived a minute
-(as the systemd units' ``Restart=on-failure`` does); each death is one log line (service,
-exit code or signal, restart count, next delay). Ctrl-C (or SIGTERM) stops all of them;
-so does a child that keeps dying (5 times in 2 minutes), and ``up`` then exits 1 saying
-which and how. Every start and death is recorded in ``DATA_DIR/run/services.json``
-(``appliance.ops.services``), which doctor, ``appliance admin status`` and /admin read.
+A child that dies is started again after a delay that doubles from 1 s to 30 s, as the
+systemd units do; one that keeps dying stops everything (``RestartPolicy``,
+docs/operations.md). Starts and deaths are recorded for ``appliance.ops.services``.
 """
 
 from __future__ import annotations

@@ -1,26 +1,7 @@
 """Metering: reserve before inference, settle after; instance time; storage.
 
-Rules (docs/billing.md):
-
-- ``reserve`` holds the most a request can cost (its prompt tokens and its
-  ``max_tokens``, at the model's prices). A request runs only if the account's balance
-  minus its open holds covers the hold, so N parallel requests against a balance that
-  covers k → exactly k run; the rest get ``PaymentRequired`` (402). Monthly spend caps
-  per instance and per API key are checked the same way (settled usage this calendar
-  month, UTC, plus open holds).
-- ``settle`` charges the tokens actually used and closes the hold. It never charges more
-  than the balance left for it (balance minus the account's other holds); anything
-  beyond is recorded as the entry's ``shortfall_microusd``, so the balance never goes
-  negative. A hold the worker expired is settled the same way, so a late settle is still
-  charged exactly once.
-- ``release`` closes a hold and charges nothing: the request failed or was cancelled
-  before any token. A request cancelled after some tokens is settled with the tokens
-  produced.
-- With ``billing.enabled`` off, holds are of 0, nothing is ever refused and usage is
-  still recorded (amount 0) for the usage page.
-- ``/v1/embeddings`` goes through the same hold and settle under the model name
-  ``EMBEDDINGS``, priced at ``billing.price_embedding_per_1k`` per 1,000 input tokens
-  (unless ``billing.model_prices`` names it), and counts against the same caps.
+The rules (holds, spend caps, shortfalls, billing off, embeddings under ``EMBEDDINGS``)
+are in docs/billing.md, "Metering a request", and on each function below.
 """
 
 from __future__ import annotations
@@ -138,16 +119,10 @@ def _count_spending(db, hold: Hold, account_ref: str, charged: int, now: datetim
         if subject_id and charged:
             db.execute(
                 "insert into spend_months (subject, subject_id, month, account_ref, "
-                "spent_microusd) values (:subject, :id, :month, :ref, :charged) "
+                "spent_microusd) values (?, ?, ?, ?, ?) "
                 "on conflict (subject, subject_id, month) do update "
                 "set spent_microusd = spent_microusd + excluded.spent_microusd",
-                {
-                    "subject": subject,
-                    "id": subject_id,
-                    "month": _month(now),
-                    "ref": account_ref,
-                    "charged": charged,
-                },
+                [subject, subject_id, _month(now), account_ref, charged],
             )
 
 

@@ -1,13 +1,8 @@
 """One inference request under a hold: what /v1 and the chat page run the model through.
 
-``Metered.start`` reserves before the model runs (402 when the credit or a spend cap does
-not cover it). Used as an async context manager, leaving the block settles what the
-request used (``metered.usage``, or ``metered.produced`` completion tokens when it ended
-without a usage object) and releases the hold when nothing was produced or the block
-raised. A streaming relay gets the same through ``observe``. Settling runs shielded from
-cancellation on its own connection, so a client that hangs up is still charged for what
-it got; a hold that is never finished is released by the worker after
-``billing.hold_timeout_seconds`` (the rules are in billing/meter.py).
+Settling runs shielded from cancellation on its own connection, so a client that hangs up
+is still charged for what it got; a hold never finished is released by the worker after
+``billing.hold_timeout_seconds`` (docs/billing.md; the rules are in billing/meter.py).
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
-"""Stripe: Checkout top-ups, webhooks, reconciliation and automatic top-ups.
+"""Stripe: Checkout top-ups, saved cards and automatic top-ups (webhooks.py credits them).
 
 Nothing here makes a request to Stripe unless ``billing.enabled`` is on and both Stripe
-keys are set (``configured``). Credits come only from Stripe's word: a Checkout Session
-with ``payment_status == "paid"`` (its ``amount_total``, never the client's figure), or
-a PaymentIntent that Stripe reports ``succeeded``; each top-up row credits at most once
-(a unique index on the ledger), and each webhook event id is processed once.
+keys are set (``configured``).
 """
 
 from __future__ import annotations
@@ -43,13 +40,13 @@ class Topup:
     kind: str
     amount_microusd: int
     currency: str
-    status: str
-    stripe_session_id: str | None
-    stripe_payment_intent_id: str | None
     stripe_customer_id: str | None
     requested_by: str | None
     created_at: str
-    paid_at: str | None
+    status: str = "pending"
+    stripe_session_id: str | None = None
+    stripe_payment_intent_id: str | None = None
+    paid_at: str | None = None
 
     def public(self) -> dict[str, Any]:
         return {
@@ -235,29 +232,16 @@ def start_checkout(
     return topup(db, account_id, row.id), session.url
 
 
-def _add_pending_topup(
-    db: sqlite_utils.Database,
-    settings: Settings,
-    account_ref: str,
-    kind: str,
-    amount: int,
-    customer: str,
-    requested_by: str | None,
-    now: datetime,
-) -> Topup:
+def _add_pending_topup(db, settings, account_ref, kind, amount, customer, requested_by, now):
     row = Topup(
         id=new_id("top"),
         account_ref=account_ref,
         kind=kind,
         amount_microusd=amount,
         currency=settings.billing.currency,
-        status="pending",
-        stripe_session_id=None,
-        stripe_payment_intent_id=None,
         stripe_customer_id=customer,
         requested_by=requested_by,
         created_at=iso(now),
-        paid_at=None,
     )
     with write_transaction(db):
         ledger.ensure_account(db, account_ref, now)

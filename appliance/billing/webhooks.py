@@ -112,13 +112,7 @@ def _credit_session(db, session: dict[str, Any], now: datetime) -> tuple[str | N
         return found.account_ref, "no amount"
     amount = cents * payments.PER_CENT
     ledger.post(
-        db,
-        found.account_ref,
-        "topup",
-        amount,
-        now,
-        topup_id=found.id,
-        stripe_ref=session.get("id"),
+        db, found.account_ref, "topup", amount, now, topup_id=found.id, stripe_ref=session.get("id")
     )
     payments.set_topup(
         db,
@@ -196,14 +190,9 @@ def _dispute(db, dispute: dict[str, Any], now: datetime) -> tuple[str | None, st
     )
     if exists:
         return account_ref, "already debited"
+    due = amount * payments.PER_CENT
     ledger.post(
-        db,
-        account_ref,
-        "dispute",
-        -amount * payments.PER_CENT,
-        now,
-        shortfall_ok=True,
-        stripe_ref=dispute.get("id"),
+        db, account_ref, "dispute", -due, now, shortfall_ok=True, stripe_ref=dispute.get("id")
     )
     return account_ref, "debited"
 

@@ -1,28 +1,11 @@
 """Backups of the data dir: one ``.tar.gz`` with a manifest of SHA-256 checksums.
 
-What a backup holds, and why:
-
-- ``appliance.db``: a ``VACUUM INTO`` copy, which reads one consistent snapshot inside a
-  read transaction, so it is safe while web and worker are writing (WAL: they are not
-  blocked), and leaves no free pages behind. The copy must pass ``PRAGMA
-  integrity_check`` before it goes into the archive.
-- ``files/``: uploaded originals and voice samples.
-- ``secrets/`` (not the one-time setup token): without them a restored install would
-  sign everyone out and could not reach its own inference service. A backup is therefore
-  exactly as sensitive as the data dir; it is written with mode 0600.
-- ``appliance.toml`` of the data dir, when there is one.
-
-Left out: ``queue.db`` (pending tasks, including sign-in codes in mail tasks; interrupted
-ingestion is picked up from the documents table on the worker's start), ``outbox/``
-(sent mail, which carries sign-in codes), ``models/`` (large and reinstallable with
-``appliance models``).
-
-Restore accepts exactly the names a backup writes (``MEMBERS``), each with the SHA-256
-its manifest lists, and checks both before it writes anything: a crafted archive cannot
-plant ``queue.db`` (whose task payloads the worker unpickles) or anything else.
-
-Retention: a backup must not keep erased data past the privacy policy's erase window,
-so :func:`prune` removes backups older than ``privacy.erase_window_days``.
+What a backup holds and leaves out, and why, is in docs/operations.md ("Backups"): a
+``VACUUM INTO`` copy of the database that passed ``integrity_check``, the uploads, the
+secrets and ``appliance.toml``; never ``queue.db`` (its task payloads are unpickled) or
+the outbox. Restore accepts exactly the names a backup writes (``MEMBERS``), each with
+its manifest's SHA-256, before it writes anything; ``prune`` keeps no backup past
+``privacy.erase_window_days``.
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """Account deletion: locked at once, erased by the retention task, with a receipt.
 
-``request_deletion`` (the owner from Settings → My data, or an operator with
-``appliance accounts delete``) locks the account in one transaction, each domain through
-its service: status ``deleted`` (so no session or key works any more, see
-web/identity.py), sessions and keys revoked, instances destroyed, billing pseudonymized.
-``erase_account`` (run by the retention task, at its next run and never later than
-``privacy.erase_window_days``) then asks every part of ``appliance.personal`` to erase
-what it holds of the account and of the people who leave with it, batch by batch, each
-batch in its own transaction and counted in ``account_deletions.progress``, so an
-interrupted erasure resumes where it stopped; files go with their rows, and the
-departing people's mails leave the outbox. The last transaction overwrites the account's
-name, writes the deletion receipt and marks the request done; a WAL checkpoint follows
-so no erased page survives in the write-ahead log.
+``request_deletion`` locks the account in one transaction, each domain through its
+service. ``erase_account`` (the retention task's) asks every part of
+``appliance.personal`` to erase what it holds, batch by batch, each batch counted in
+``account_deletions.progress`` so an interrupted erasure resumes where it stopped; the
+last transaction writes the receipt, and a WAL checkpoint follows (docs/privacy.md).
 """
 
 from __future__ import annotations

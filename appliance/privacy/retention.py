@@ -1,14 +1,9 @@
-"""Retention: the purges that make the policy's time limits true.
+"""Retention: the purges that make the policy's time limits true (docs/privacy.md).
 
-Each domain purges its own tables (the ``PURGES`` of its part of ``appliance.personal``:
-sessions and codes in auth, invites in accounts, billing records in billing, the outbox
-in mail, the request log and exports here); this module runs them all, plus the erasure
-of deleted accounts. Each job deletes what is past its limit in batches
-(``privacy.purge_batch_size`` rows per transaction) until nothing is left, so a run after
-downtime catches up in one go and an interrupted run loses at most one batch of work: the
-next run simply finds the rest.
-Jobs are idempotent (a second run finds nothing). Every run of every job is recorded in
-``purge_runs``; ``doctor`` reads it.
+This module runs each domain's ``PURGES`` (its part of ``appliance.personal``) and the
+erasure of deleted accounts, in batches until nothing is left past its limit, so a run
+after downtime catches up and an interrupted one loses at most one batch. Every run is
+recorded in ``purge_runs``; ``doctor`` reads it.
 """
 
 from __future__ import annotations
