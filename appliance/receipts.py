@@ -127,11 +127,7 @@ def verify(db: sqlite_utils.Database) -> list[str]:
             body = {}
         if _digest(prev_hash, body_text) != digest or _canonical(body) != body_text:
             problems.append(f"receipt {seq}: edited (hash does not match its content)")
-        elif (body.get("account_id"), body.get("at"), body.get("request")) != (
-            account_id,
-            at,
-            request,
-        ):
+        elif [body.get(k) for k in ("account_id", "at", "request")] != [account_id, at, request]:
             problems.append(f"receipt {seq}: edited (columns differ from the hashed body)")
         prev = digest
     highest = next(db["sqlite_sequence"].rows_where("name = ?", [TABLE], select="seq"), None)

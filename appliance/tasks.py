@@ -175,18 +175,10 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
         with huey.lock_task("billing_storage"):
             return billing_tasks.charge_storage(settings, utcnow())
 
-    return TaskQueue(
-        huey=huey,
-        heartbeat=beat_task,
-        send_mail=send_mail,
-        send_signin_code=send_signin_code,
-        ingest_document=ingest_document,
-        purge=purge,
-        build_export=build_export,
-        billing_minute=billing_minute,
-        billing_reconcile=billing_reconcile,
-        billing_storage=billing_storage,
-    )
+    tasks = (beat_task, send_mail, send_signin_code, ingest_document, purge, build_export)
+    billing = (billing_minute, billing_reconcile, billing_storage)
+    # Each task's name is its field's.
+    return TaskQueue(huey, **{task.name: task for task in (*tasks, *billing)})
 
 
 def run_purges(settings: Settings, send_mail: TaskWrapper, *, max_batches: int | None = None):

@@ -449,12 +449,9 @@ def save_profile(
             f"{settings.privacy.minimum_age} years old."
         )
     current = profile(db, account_id, now)
+    completed = current.completed_at or iso(now)
     saved = replace(
-        current,
-        **clean,
-        age_confirmed=True,
-        completed_at=current.completed_at or iso(now),
-        updated_at=iso(now),
+        current, **clean, age_confirmed=True, completed_at=completed, updated_at=iso(now)
     )
     store = AccountStore(db)
     with write_transaction(db):

@@ -1,14 +1,8 @@
-"""One-time codes, sessions and API keys: the controls of SECURITY.md's sign-in table.
+"""One-time codes, sessions and API keys: the controls of docs/security.md's sign-in table.
 
-- Codes: 6 digits from ``secrets``; only an HMAC-SHA256 (server key) is stored, bound to
-  the sign-in attempt (a random id kept in a cookie) and the address; valid
-  ``auth.code_ttl_minutes``; single use; a new code voids the old; void after
-  ``auth.code_max_failures`` wrong tries.
-- Throttles and locks count events in SQLite (shared by every process), keyed by an HMAC
-  of the address and of the client address, so neither is stored in clear.
-- Sessions: 256-bit random ids, stored as SHA-256; new id at every sign-in; idle and
-  absolute expiry; revocation takes effect on the next request.
-- API keys: ``apl_`` + 192 random bits, stored as SHA-256, shown once.
+Codes and session ids are stored only as an HMAC or a SHA-256, API keys (``apl_``) only
+as a SHA-256; throttles and locks count events in SQLite, keyed by HMACs of the address
+and of the client address, so every process shares them and neither is stored in clear.
 """
 
 from __future__ import annotations

@@ -334,16 +334,9 @@ def auto_topup(
         if intent.get("status") != "succeeded" or not isinstance(received, int) or received <= 0:
             set_topup(db, pending.id, status="failed")
             return "failed"
+        paid = received * PER_CENT
         ledger.post(
-            db,
-            account_ref,
-            "topup",
-            received * PER_CENT,
-            now,
-            topup_id=pending.id,
-            stripe_ref=intent["id"],
+            db, account_ref, "topup", paid, now, topup_id=pending.id, stripe_ref=intent["id"]
         )
-        set_topup(
-            db, pending.id, status="paid", paid_at=iso(now), amount_microusd=received * PER_CENT
-        )
+        set_topup(db, pending.id, status="paid", paid_at=iso(now), amount_microusd=paid)
     return "credited"

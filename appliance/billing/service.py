@@ -83,11 +83,7 @@ _USAGE_KINDS = ("usage", "instance_time", "storage")
 
 
 #: What usage is grouped by: the day, the instance, the API key.
-_GROUPS = {
-    "day": "substr(created_at, 1, 10)",
-    "instance": "instance_id",
-    "key": "key_id",
-}
+_GROUPS = {"day": "substr(created_at, 1, 10)", "instance": "instance_id", "key": "key_id"}
 
 
 def _grouped(db, account_id: str, group: str, since: str) -> list[UsageRow]:

@@ -202,16 +202,9 @@ def ensure_first(
     it, so a new team can chat at once); ``None`` when it already has one."""
     if list_instances(db, account_id) or not models:
         return None
+    limits = {"models": models, "max_tokens_cap": max_tokens_cap}
     try:
-        return create(
-            db,
-            account_id,
-            actor_role,
-            {"name": "assistant"},
-            models=models,
-            max_tokens_cap=max_tokens_cap,
-            now=now,
-        )
+        return create(db, account_id, actor_role, {"name": "assistant"}, now=now, **limits)
     except Conflict:  # a concurrent onboarding made it first
         return None
 

@@ -1,11 +1,7 @@
 """What an operator sees on ``/admin`` and with ``appliance admin status``.
 
-Read-only, assembled from each domain's service: accounts (members, balance, storage,
-last activity), the inference service's /healthz and /metrics, the worker heartbeat,
-each service's restarts (``ops/services.py``), the last retention purges, disk use,
-recent server errors from the request log, and the published policy versions. The
-actions (suspend, unsuspend, delete) are here too, so that the web page and the CLI do
-the same thing.
+Read-only, assembled from each domain's service; the actions (suspend, unsuspend, delete)
+are here too, so that the web page and the CLI do the same thing.
 """
 
 from __future__ import annotations

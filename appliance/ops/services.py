@@ -1,11 +1,8 @@
 """How often each service died and how: what ``appliance up`` records and systemd reports.
 
-Under ``appliance up`` the supervisor rewrites ``DATA_DIR/run/services.json`` (atomically)
-whenever a service starts or dies. Under systemd, ``systemctl show`` has each unit's
-restart count and, while a unit is down, how its main process ended (systemd resets
-that when the unit starts again; ``journalctl -u appliance-inference`` keeps every exit).
-``service_states`` reads whichever applies; ``appliance doctor``, ``appliance admin
-status`` and ``/admin`` all show what it returns.
+``service_states`` reads ``DATA_DIR/run/services.json`` (which ``appliance up`` rewrites at
+every start and death) or ``systemctl show`` (docs/operations.md, "Services that heal");
+doctor, ``appliance admin status`` and ``/admin`` show what it returns.
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
 """Data export: one ZIP with everything held about a person (and, for an owner, the
 account), built in the background with progress, downloadable until it expires.
 
-What goes in is what every part of ``appliance.personal`` holds: each table it marks
-``export`` (rows as JSON, secret hashes left out), the originals of documents and voice
-samples, and each conversation also as Markdown. A table a domain registers is exported
-without touching this module.
-
-Rows marked ``personal`` (conversations and their messages, exports) belong to one
-person: they are in that person's export only, also when the person asking is the
-account's owner, whose manifest counts the other members' rows instead.
+What goes in is what every part of ``appliance.personal`` holds (docs/privacy.md): rows
+as JSON without secret hashes, original files, each conversation also as Markdown.
 """
 
 from __future__ import annotations
