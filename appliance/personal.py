@@ -1,23 +1,11 @@
 """Personal data by registration: the protocol each domain implements for its own tables.
 
-A domain whose tables hold account or user data has a *part*, a module listed in
-``PARTS`` (by name, like ``db.MIGRATION_MODULES``, so this core module imports no
-domain). A part
-
-- declares its tables (``TABLES``: how rows are found for an account and for a person,
-  whether they are exported, what deletion does with them);
-- ``export(db, settings, scope) -> Held``: what it holds for one person (and, for an
-  owner, for the account): rows per table, original files, extra texts;
-- ``erase(db, settings, job) -> bool``: erases what it holds of an erased account and
-  of the people who leave with it, batch by batch (each batch one transaction, counted
-  with ``job.count`` inside it, ``job.budget`` spent per batch); False when the budget
-  ran out, and the next call resumes. Files go after their rows' commit;
-- ``PURGES``: its retention jobs (name → ``Purge``): what is past its window goes.
-
-``appliance.privacy`` orchestrates export, erasure and retention over the parts and never
-names a domain's table. The helpers below are what a part calls *for its own tables*.
-``tests/privacy/test_registry.py`` checks that every table with a column of
-``ACCOUNT_COLUMNS`` is claimed by exactly one part, of the domain that owns it.
+A domain whose tables hold account or user data has a *part*, a module listed in ``PARTS``
+(by name, so this core module imports no domain) with ``TABLES``, ``export``, ``erase``
+and ``PURGES`` (docs/architecture.md, "Personal data by registration").
+``appliance.privacy`` runs them and never names a domain's table. The helpers below are
+what a part calls for its own tables. ``tests/privacy/test_registry.py`` checks that every
+table with a column of ``ACCOUNT_COLUMNS`` is claimed by exactly one part, its owner's.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """The credit ledger: append-only entries in integer micro-dollars, and the balance.
 
-``billing_accounts.balance_microusd`` is the sum of the account's ledger entries, kept in
-the same transaction as every entry (and checked by tests); a CHECK constraint keeps it
-from ever going below zero. Every function that writes expects to run inside
-``appliance.db.write_transaction`` (``BEGIN IMMEDIATE``) together with the read it is
-based on.
+``billing_accounts.balance_microusd`` is the sum of the account's entries (docs/billing.md,
+"The ledger"). Every function that writes expects to run inside
+``appliance.db.write_transaction`` together with the read it is based on.
 """
 
 from __future__ import annotations

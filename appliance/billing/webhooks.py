@@ -1,11 +1,8 @@
 """What Stripe reports: webhook events (verified, each processed once) and reconciliation.
 
-Credits come only from Stripe's word: a completed Checkout Session with
-``payment_status == "paid"`` credits its top-up (``amount_total``, never the client's
-figure) at most once; refunds and disputes debit what Stripe reports. Every event id is
-recorded in ``stripe_events``, so a redelivered event changes nothing. ``reconcile``
-credits paid sessions that no webhook reported (billing/payments.py starts the payments
-these report on).
+Credits come only from Stripe's word (docs/billing.md, "Top-ups with Stripe"): a paid
+Checkout Session's ``amount_total``, never the client's figure, at most once per top-up;
+every event id is recorded in ``stripe_events``, so a redelivered event changes nothing.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """The privacy policy: rendered from ``appliance/webui/templates/policy/privacy.md``, this
 appliance's configuration and its operator's details, published in versions that every
-user is told about before they take effect.
+user is told about before they take effect (docs/privacy.md).
 
-The template (Jinja) states only what this appliance does: HTTPS only when it serves
-HTTPS, Claude only when a key is set, Stripe only when billing and its keys are, the mail
-server only when mail goes out by SMTP, "no third party" when none of them is on, the
-retention windows of ``settings.privacy``. ``facts`` is the one place that reads those
-settings; docs/privacy.md maps each statement to its fact. A version records the SHA-256 of
-the text, so publishing the same text twice is refused and any change of template,
-setting or operator details makes a new version.
+``facts`` is the one place that reads the settings the text depends on. A version
+records the text's SHA-256, so publishing the same text twice is refused.
 """
 
 from __future__ import annotations
