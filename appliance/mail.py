@@ -23,7 +23,7 @@ import re
 import secrets
 import smtplib
 import ssl
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -171,36 +171,31 @@ def deliver(settings: Settings, mail: Mail, *, backends: Sequence[str] | None = 
     return delivered
 
 
+def _outbox(settings: Settings) -> Iterator[tuple[Path, EmailMessage]]:
+    """The messages the ``file`` backend wrote, oldest first, with their files."""
+    parser = email.parser.BytesParser(policy=email.policy.default)
+    for path in sorted(settings.paths.outbox.glob("*.eml")):
+        yield path, parser.parsebytes(path.read_bytes())  # type: ignore[misc]
+
+
 def outbox_messages(settings: Settings) -> list[EmailMessage]:
     """The messages the ``file`` backend wrote, oldest first."""
-    outbox = settings.paths.outbox
-    if not outbox.is_dir():
-        return []
-    parser = email.parser.BytesParser(policy=email.policy.default)
-    messages = []
-    for path in sorted(outbox.glob("*.eml")):
-        with path.open("rb") as handle:
-            messages.append(parser.parse(handle))
-    return messages  # type: ignore[return-value]  # policy.default makes EmailMessage
+    return [message for _, message in _outbox(settings)]
 
 
 def forget(settings: Settings, addresses: list[str]) -> int:
     """Delete every message in the outbox sent to, or naming, one of ``addresses`` (an
     erased person: the outbox is a delivery spool, not a record); returns how many."""
-    outbox = settings.paths.outbox
     wanted = {address.lower() for address in addresses if address}
-    if not wanted or not outbox.is_dir():
+    if not wanted:
         return 0
     # Whole addresses only: bob@example.com is not named by a mail to jimbob@example.com.
     naming = re.compile(
         r"(?<![\w.%+-])(?:" + "|".join(map(re.escape, sorted(wanted))) + r")(?![\w-]|\.\w)",
         re.IGNORECASE,
     )
-    parser = email.parser.BytesParser(policy=email.policy.default)
     removed = 0
-    for path in sorted(outbox.glob("*.eml")):
-        with path.open("rb") as handle:
-            message = parser.parse(handle)
+    for path, message in _outbox(settings):
         _, to = email.utils.parseaddr(str(message["To"] or ""))
         text = " ".join(
             part.get_content() for part in message.walk() if part.get_content_maintype() == "text"

@@ -87,24 +87,16 @@ class _Output:
             self.out.flush()
 
 
+@dataclass
 class Supervisor:
     """The children of one ``up``: started, watched, restarted, recorded, stopped."""
 
-    def __init__(
-        self,
-        services: Sequence[tuple[str, list[str]]],
-        *,
-        env: dict[str, str] | None,
-        out,
-        state_file: Path | None,
-        policy: RestartPolicy,
-    ) -> None:
-        self.children = [Child(name, list(argv), policy.first_delay) for name, argv in services]
-        self.env = env
-        self.output = _Output(out)
-        self.state_file = state_file
-        self.policy = policy
-        self.failed: Child | None = None
+    children: list[Child]
+    env: dict[str, str] | None
+    output: _Output
+    state_file: Path | None
+    policy: RestartPolicy
+    failed: Child | None = None
 
     def start(self, child: Child) -> None:
         if child.process is not None:
@@ -238,13 +230,9 @@ def supervise(
         started: optional callback run once every child has been started.
         state_file: where to record starts and deaths (``ops.services.state_path``).
     """
-    supervisor = Supervisor(
-        services,
-        env=env,
-        out=out or sys.stdout,
-        state_file=state_file,
-        policy=policy or RestartPolicy(),
-    )
+    policy = policy or RestartPolicy()
+    children = [Child(name, list(argv), policy.first_delay) for name, argv in services]
+    supervisor = Supervisor(children, env, _Output(out or sys.stdout), state_file, policy)
     stop_requested = threading.Event()
     previous = {}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -96,23 +96,13 @@ def request_deletion(
         reference = new_id("erased")
         kept = billing.pseudonymize_account(db, found.id, reference)
         progress = {"billing rows (pseudonymized)": kept, f"billing_ref:{reference}": 1}
-        due = now + timedelta(days=settings.privacy.erase_window_days)
-        db["account_deletions"].insert(
-            {
-                "account_id": found.id,
-                "requested_at": iso(now),
-                "requested_by": requested_by,
-                "request": request,
-                "notify_email": notify_email,
-                "user_ids": json.dumps(leaving),
-                "progress": json.dumps(progress, sort_keys=True),
-                "due_at": iso(due),
-                "erased_at": None,
-            }
+        due = iso(now + timedelta(days=settings.privacy.erase_window_days))
+        requested = Deletion(
+            found.id, iso(now), requested_by, request, notify_email, leaving, progress, due, None
         )
-    result = deletion(db, account_id)
-    assert result is not None
-    return result
+        row = {**asdict(requested), "user_ids": json.dumps(leaving)}
+        db["account_deletions"].insert({**row, "progress": json.dumps(progress, sort_keys=True)})
+    return requested
 
 
 def erase_account(
