@@ -379,16 +379,8 @@ def invite(
     existing = store.user_by_email(email)
     if existing and store.role(account_id, existing.id):
         raise Conflict("This person is already a member.")
-    created = Invite(
-        id=new_id("inv"),
-        account_id=account_id,
-        email=email,
-        role=role,
-        created_at=iso(now),
-        expires_at=iso(now + timedelta(days=INVITE_DAYS)),
-        accepted_at=None,
-        revoked_at=None,
-    )
+    expires = iso(now + timedelta(days=INVITE_DAYS))
+    created = Invite(new_id("inv"), account_id, email, role, iso(now), expires)
     with write_transaction(db):
         store.insert_invite(created, actor_id)
     return created

@@ -64,8 +64,8 @@ class ApiKey:
     instance_id: str | None
     created_at: str
     expires_at: str | None
-    last_used_at: str | None
-    revoked_at: str | None
+    last_used_at: str | None = None
+    revoked_at: str | None = None
 
 
 def _sha256(text: str) -> str:
@@ -220,19 +220,11 @@ def create_session(
     ``account_id`` None: the person has only open invites to answer so far."""
     token = secrets.token_urlsafe(32)
     expires = now + timedelta(hours=settings.auth.session_absolute_hours)
+    session = Session(_sha256(token), user_id, account_id, iso(now), iso(expires))
     with write_transaction(db):
         if replaces:
             revoke_session(db, replaces, now)
-        db["sessions"].insert(
-            {
-                "id_hash": _sha256(token),
-                "user_id": user_id,
-                "account_id": account_id,
-                "created_at": iso(now),
-                "last_seen_at": iso(now),
-                "expires_at": iso(expires),
-            }
-        )
+        db["sessions"].insert({**asdict(session), "last_seen_at": iso(now)})
     return token
 
 
@@ -253,10 +245,7 @@ def resolve_session(
         return None
     if now - last_seen >= TOUCH_EVERY:
         _set_session(db, id_hash, last_seen_at=iso(now))
-    return Session(**{k: row[k] for k in _SESSION_FIELDS})
-
-
-_SESSION_FIELDS = ("id_hash", "user_id", "account_id", "created_at", "expires_at")
+    return Session(**{f.name: row[f.name] for f in fields(Session)})
 
 
 def _set_session(db: sqlite_utils.Database, id_hash: str, **changes: str) -> None:
@@ -380,18 +369,9 @@ def _new_key(db, user_id, account_id, name, scope, now, instance_id, expires_at)
     if expires_at is not None and expires_at <= now:
         raise InvalidInput("The expiry must be in the future.")
     secret = KEY_PREFIX + secrets.token_urlsafe(24)
+    expires = iso(expires_at) if expires_at else None
     key = ApiKey(
-        id=new_id("key"),
-        prefix=secret[:12],
-        name=name,
-        scope=scope,
-        account_id=account_id,
-        user_id=user_id,
-        instance_id=instance_id,
-        created_at=iso(now),
-        expires_at=iso(expires_at) if expires_at else None,
-        last_used_at=None,
-        revoked_at=None,
+        new_id("key"), secret[:12], name, scope, account_id, user_id, instance_id, iso(now), expires
     )
     with write_transaction(db):
         db["api_keys"].insert({**asdict(key), "key_hash": _sha256(secret)})

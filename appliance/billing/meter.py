@@ -148,16 +148,8 @@ def reserve(
     amount = (
         prices_for(settings, model).cost(prompt_tokens, max_completion_tokens) if enabled else 0
     )
-    hold = Hold(
-        id=new_id("hold"),
-        account_id=account_id,
-        instance_id=instance_id,
-        key_id=key_id,
-        model=model,
-        amount_microusd=amount,
-        created_at=iso(now),
-        expires_at=iso(now + timedelta(seconds=settings.billing.hold_timeout_seconds)),
-    )
+    expires = iso(now + timedelta(seconds=settings.billing.hold_timeout_seconds))
+    hold = Hold(new_id("hold"), account_id, instance_id, key_id, model, amount, iso(now), expires)
     with write_transaction(db):
         if enabled:
             free = ledger.balance(db, account_id) - ledger.held(db, account_id)

@@ -49,10 +49,7 @@ def account_rows(db: sqlite_utils.Database) -> list[AccountRow]:
         members = accounts.members(db, account.id)
         rows.append(
             AccountRow(
-                id=account.id,
-                name=account.name,
-                status=account.status,
-                created_at=account.created_at,
+                **asdict(account),
                 members=len(members),
                 owners=[m.email for m in members if m.role == "owner"],
                 balance_usd=ledger.usd(ledger.balance(db, account.id)),
@@ -211,9 +208,7 @@ def _row(db: sqlite_utils.Database, account_id: str) -> AccountRow:
 
 def summary_lines(data: dict[str, Any]) -> list[str]:
     """The overview as short text lines for ``appliance admin status``."""
-    inference = data["inference"]
-    worker = data["worker"]
-    disk = data["disk"]
+    inference, worker, disk = data["inference"], data["worker"], data["disk"]
     if inference.get("status") == "unavailable":
         model = f"inference: NOT answering ({inference['error']})"
     elif inference.get("server") == "external":
