@@ -468,12 +468,7 @@ def skip_onboarding(
 
 def profile_summary(found: Profile) -> str:
     """The short text the owner wrote, as it may be sent to generate a system prompt."""
-    lines = [
-        ("Business", found.business_name),
-        ("Intended use", found.intended_use),
-        ("Tone", found.tone),
-        ("Formality", found.formality),
-        ("Answer length", found.length),
-        ("Language", found.language),
-    ]
+    labels = ("Business", "Intended use", "Tone", "Formality", "Answer length", "Language")
+    values = [getattr(found, name) for name in PROFILE_FIELDS]
+    lines = zip(labels, values, strict=True)
     return "\n".join(f"{label}: {value}" for label, value in lines if value)

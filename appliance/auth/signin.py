@@ -28,8 +28,8 @@ def start(
 
     Known and unknown addresses take the same path: ``send_code(email, code)`` (the
     worker's ``send_signin_code`` task) decides whether the address may sign in and only
-    then sends the mail. ``replaces``: the attempt id
-    the browser held before (its code is void).
+    then sends the mail. ``replaces``: the attempt id the browser held before (its code
+    is void).
 
     Raises:
         InvalidInput: not an email address.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -69,14 +69,8 @@ class UsageRow:
     shortfall_microusd: int
 
     def public(self, name: str) -> dict[str, Any]:
-        return {
-            name: self.key,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "minutes": self.minutes,
-            "cost_microusd": self.cost_microusd,
-            "cost_usd": ledger.usd_precise(self.cost_microusd),
-        }
+        data = {name: self.key, **asdict(self), "cost_usd": ledger.usd_precise(self.cost_microusd)}
+        return {k: v for k, v in data.items() if k not in ("key", "shortfall_microusd")}
 
 
 _USAGE_KINDS = ("usage", "instance_time", "storage")

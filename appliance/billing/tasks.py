@@ -55,12 +55,10 @@ def _notify_low_balance(db, settings: Settings, account_ref: str, send: SendMail
         "balance_usd": ledger.usd(ledger.balance(db, account_ref)),
         "threshold_usd": f"{settings.billing.low_balance_usd:.2f}",
     }
-    sent = 0
-    for member in accounts.members(db, account_ref):
-        if member.role in MANAGERS:
-            send("low_balance", member.email, context)
-            sent += 1
-    return sent
+    managers = [m.email for m in accounts.members(db, account_ref) if m.role in MANAGERS]
+    for email in managers:
+        send("low_balance", email, context)
+    return len(managers)
 
 
 def reconcile(settings: Settings, now: datetime) -> int:

@@ -76,14 +76,9 @@ EDITABLE = {
 
 def _instance(row: dict) -> Instance:
     chosen = row.get("collections")
-    return Instance(
-        **{
-            **row,
-            "voice": bool(row["voice"]),
-            "knowledge": bool(row["knowledge"]),
-            "collections": json.loads(chosen) if chosen is not None else None,
-        }
-    )
+    flags = {"voice": bool(row["voice"]), "knowledge": bool(row["knowledge"])}
+    collections = json.loads(chosen) if chosen is not None else None
+    return Instance(**{**row, **flags, "collections": collections})
 
 
 def _check_collections(db, account_id: str, clean: dict[str, Any]) -> None:

@@ -237,13 +237,8 @@ def publish(
                 f"A changed policy takes effect at least {notice.days} days after it is "
                 "published (privacy.policy_notice_days), so users hear of it first."
             )
-        version = PolicyVersion(
-            version=(published[-1].version + 1) if published else 1,
-            text_sha256=digest,
-            published_at=iso(now),
-            effective_at=iso(effective),
-            summary=summary.strip()[:2000],
-        )
+        number = (published[-1].version + 1) if published else 1
+        version = PolicyVersion(number, digest, iso(now), iso(effective), summary.strip()[:2000])
         db["policy_versions"].insert({**asdict(version), "text": text})
     return version
 
