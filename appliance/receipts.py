@@ -89,15 +89,8 @@ def write(
     }
     text = _canonical(body)
     digest = _digest(prev, text)
-    row = {
-        "at": body["at"],
-        "account_id": account_id,
-        "request": request,
-        "body": text,
-        "prev_hash": prev,
-        "hash": digest,
-    }
-    seq = db[TABLE].insert(row).last_rowid
+    row = {"at": body["at"], "account_id": account_id, "request": request, "body": text}
+    seq = db[TABLE].insert({**row, "prev_hash": prev, "hash": digest}).last_rowid
     return Receipt(seq, body["at"], account_id, request, body, prev, digest)
 
 

@@ -190,8 +190,7 @@ class Supervisor:
             }
         try:
             write_state(
-                self.state_file,
-                {"pid": os.getpid(), "updated_at": _now(), "services": services},
+                self.state_file, {"pid": os.getpid(), "updated_at": _now(), "services": services}
             )
         except OSError as exc:  # a full disk must not take the services down
             log.warning("could not record the services' state: %s", exc.strerror)

@@ -196,21 +196,13 @@ def set_cap(
         if cap < 0:
             raise InvalidInput("'monthly_usd' may not be negative.")
         others = db["spend_caps"].count_where(
-            "subject = ? and subject_id = ? and account_ref != ?",
-            [subject, subject_id, account_id],
+            "subject = ? and subject_id = ? and account_ref != ?", [subject, subject_id, account_id]
         )
         if others:
             raise NotFound("Not found.")
-        db["spend_caps"].upsert(
-            {
-                "subject": subject,
-                "subject_id": subject_id,
-                "account_ref": account_id,
-                "monthly_cap_microusd": cap,
-                "updated_at": iso(now),
-            },
-            pk=("subject", "subject_id"),
-        )
+        row = {"subject": subject, "subject_id": subject_id, "account_ref": account_id}
+        changes = {"monthly_cap_microusd": cap, "updated_at": iso(now)}
+        db["spend_caps"].upsert({**row, **changes}, pk=("subject", "subject_id"))
 
 
 def adjust(

@@ -69,15 +69,8 @@ def handle_event(
             account_ref, outcome = _refund(db, obj, now)
         elif kind == "charge.dispute.created":
             account_ref, outcome = _dispute(db, obj, now)
-        db["stripe_events"].insert(
-            {
-                "id": event["id"],
-                "type": kind,
-                "account_ref": account_ref,
-                "outcome": outcome,
-                "received_at": iso(now),
-            }
-        )
+        row = {"id": event["id"], "type": kind, "account_ref": account_ref, "outcome": outcome}
+        db["stripe_events"].insert({**row, "received_at": iso(now)})
     if outcome == "credited" and kind.startswith("checkout.session"):
         payments.save_card(db, settings, account_ref, obj.get("payment_intent"), now)
     return outcome

@@ -55,26 +55,14 @@ def export_path(settings: Settings, export_id: str) -> Path:
 
 
 def start(
-    db: sqlite_utils.Database,
-    settings: Settings,
-    account_id: str,
-    user_id: str,
-    now: datetime,
+    db: sqlite_utils.Database, settings: Settings, account_id: str, user_id: str, now: datetime
 ) -> Export:
     """Record a queued export (the caller enqueues ``build``)."""
-    expires = now + timedelta(hours=settings.privacy.export_ttl_hours)
+    expires = iso(now + timedelta(hours=settings.privacy.export_ttl_hours))
     export_id = new_id("exp")
+    row = {"id": export_id, "account_id": account_id, "user_id": user_id, "status": "queued"}
     with write_transaction(db):
-        db["exports"].insert(
-            {
-                "id": export_id,
-                "account_id": account_id,
-                "user_id": user_id,
-                "status": "queued",
-                "created_at": iso(now),
-                "expires_at": iso(expires),
-            }
-        )
+        db["exports"].insert({**row, "created_at": iso(now), "expires_at": expires})
     return get(db, account_id, user_id, export_id)
 
 

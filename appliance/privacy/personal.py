@@ -72,7 +72,4 @@ def purge_exports(db, settings: Settings, now: datetime, budget, on_batch):
         on_batch(len(ids))
 
 
-PURGES: dict[str, personal.Purge] = {
-    "request_log": purge_request_log,
-    "exports": purge_exports,
-}
+PURGES: dict[str, personal.Purge] = {"request_log": purge_request_log, "exports": purge_exports}
