@@ -27,16 +27,11 @@ class Check:
 
 def run_checks(settings: Settings) -> list[Check]:
     checks = [_data_dir(settings), _permissions(settings), _secrets(settings), _mail(settings)]
-    checks += _database(settings)
-    checks += _purges(settings)
-    checks += _billing(settings)
-    checks += _models(settings)
-    checks.append(_selftest(settings))
-    checks.append(_disk(settings))
-    checks.append(_gpu())
-    checks += _tls(settings)
-    checks += _services(settings)
-    checks += _restarts(settings)
+    for group in (_database, _purges, _billing, _models):
+        checks += group(settings)
+    checks += [_selftest(settings), _disk(settings), _gpu()]
+    for group in (_tls, _services, _restarts):
+        checks += group(settings)
     return checks
 
 

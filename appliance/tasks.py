@@ -105,15 +105,9 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
         with open_db(settings) as db:
             allowed = accounts.may_sign_in(db, settings, email, utcnow())
         if allowed:
-            message = mail.compose(
-                settings,
-                "signin_code",
-                email,
-                company=operator_name(),
-                code=code,
-                minutes=settings.auth.code_ttl_minutes,
-            )
-            mail.deliver(settings, message)
+            minutes = settings.auth.code_ttl_minutes
+            context = {"company": operator_name(), "code": code, "minutes": minutes}
+            mail.deliver(settings, mail.compose(settings, "signin_code", email, **context))
 
     @huey.task(retries=5, retry_delay=30, name="ingest_document")
     def ingest_document(document_id: str) -> None:
@@ -186,15 +180,9 @@ def run_purges(settings: Settings, send_mail: TaskWrapper, *, max_batches: int |
     (``appliance purge --now`` and the hourly task)."""
     with open_db(settings) as db:
         results = retention.run_all(db, settings, utcnow(), max_batches=max_batches)
+        years = settings.privacy.tax_retention_years
         for account_id, email, receipt in erasure.confirmations_due(db):
-            send_mail(
-                "account_erased",
-                email,
-                {
-                    "erased_at": receipt.at[:10],
-                    "receipt_hash": receipt.hash,
-                    "tax_years": settings.privacy.tax_retention_years,
-                },
-            )
+            done = {"erased_at": receipt.at[:10], "receipt_hash": receipt.hash, "tax_years": years}
+            send_mail("account_erased", email, done)
             erasure.confirmation_sent(db, account_id)
     return results

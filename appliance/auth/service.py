@@ -136,16 +136,10 @@ def request_code(
                 {"now": iso(now), "attempt": _sha256(replaces)},
             )
         attempt_hash = _sha256(attempt_id)
-        db["otp_codes"].insert(
-            {
-                "id": new_id("otp"),
-                "attempt_hash": attempt_hash,
-                "email": email,
-                "code_mac": _mac(settings, attempt_hash, email, code),
-                "created_at": iso(now),
-                "expires_at": iso(now + timedelta(minutes=cfg.code_ttl_minutes)),
-            }
-        )
+        mac = _mac(settings, attempt_hash, email, code)
+        row = {"id": new_id("otp"), "attempt_hash": attempt_hash, "email": email, "code_mac": mac}
+        expires = iso(now + timedelta(minutes=cfg.code_ttl_minutes))
+        db["otp_codes"].insert({**row, "created_at": iso(now), "expires_at": expires})
     return CodeRequest(attempt_id, code)
 
 
