@@ -181,13 +181,9 @@ class Supervisor:
             state = "stopped" if stopping else child.state
             if child is self.failed:
                 state = "failed"
-            services[child.name] = {
-                "state": state,
-                "pid": child.process.pid if child.process else None,
-                "restarts": child.restarts,
-                "last_exit": child.last_exit,
-                "last_exit_at": child.last_exit_at,
-            }
+            pid = child.process.pid if child.process else None
+            exits = {"last_exit": child.last_exit, "last_exit_at": child.last_exit_at}
+            services[child.name] = {"state": state, "pid": pid, "restarts": child.restarts, **exits}
         try:
             write_state(
                 self.state_file, {"pid": os.getpid(), "updated_at": _now(), "services": services}

@@ -207,11 +207,8 @@ def may_sign_in(db: sqlite_utils.Database, settings: Settings, email: str, now: 
     """Whether a code should be sent: a member, an invitee, or open sign-up."""
     store = AccountStore(db)
     found = store.user_by_email(email)
-    if found and (store.accounts_of(found.id) or found.operator):
-        return True
-    if store.offers_for(email, iso(now)):
-        return True
-    return settings.auth.signup == "open"
+    member = bool(found and (store.accounts_of(found.id) or found.operator))
+    return member or bool(store.offers_for(email, iso(now))) or settings.auth.signup == "open"
 
 
 def complete_sign_in(

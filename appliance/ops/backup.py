@@ -189,25 +189,24 @@ def _add_file(tar: tarfile.TarFile, path: Path, name: str) -> dict | None:
 def verify(src: Path) -> dict:
     """Check an archive without extracting it; returns its manifest.
 
-    Refuses (InvalidInput) an archive whose own checksum (``.sha256`` beside it) or any
-    member's checksum differs, that has members the manifest does not list (or lacks
-    listed ones), members that are not plain files with safe relative names, or names a
-    backup never writes (``MEMBERS``).
+    Raises:
+        InvalidInput: the archive's checksum (``.sha256`` beside it) or a member's differs,
+            its members are not the manifest's, not plain files with safe relative names,
+            or not names a backup writes (``MEMBERS``).
     """
     src = Path(src)
     if not src.is_file():
         raise NotFound(f"no backup at {src}")
     sidecar = src.with_name(src.name + ".sha256")
-    if sidecar.exists():
-        expected = sidecar.read_text().split()[0]
-        if sha256_file(src) != expected:
-            raise InvalidInput(f"{src}: the archive's checksum does not match {sidecar.name}")
+    if sidecar.exists() and sha256_file(src) != sidecar.read_text().split()[0]:
+        raise InvalidInput(f"{src}: the archive's checksum does not match {sidecar.name}")
     try:
         with tarfile.open(src, mode="r:gz") as tar:
-            members = tar.getmembers()
             by_name = {}
-            for member in members:
-                _check_member(member)
+            for member in tar.getmembers():
+                parts = Path(member.name).parts
+                if not member.isfile() or member.name.startswith("/") or ".." in parts or not parts:
+                    raise InvalidInput(f"unsafe or unexpected archive member: {member.name!r}")
                 if member.name != MANIFEST and not MEMBERS.fullmatch(member.name):
                     raise InvalidInput(f"{src}: {member.name!r} is not part of a backup")
                 by_name[member.name] = member
@@ -228,13 +227,6 @@ def verify(src: Path) -> dict:
     if "appliance.db" not in listed:
         raise InvalidInput(f"{src}: the archive has no database")
     return manifest
-
-
-def _check_member(member: tarfile.TarInfo) -> None:
-    name = member.name
-    parts = Path(name).parts
-    if not member.isfile() or name.startswith("/") or ".." in parts or not parts:
-        raise InvalidInput(f"unsafe or unexpected archive member: {name!r}")
 
 
 def processes_using(settings: Settings) -> list[int]:

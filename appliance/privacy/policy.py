@@ -103,12 +103,10 @@ def set_operator(db: sqlite_utils.Database, name: str, contact: str, now: dateti
     Raises:
         InvalidInput: the name is empty or too long, or the contact is not an email address.
     """
-    name, contact = check_operator(name, contact)
+    saved = Operator(*check_operator(name, contact), iso(now))
     with write_transaction(db):
-        db["policy_operator"].upsert(
-            {"id": 1, "name": name, "contact": contact, "updated_at": iso(now)}, pk="id"
-        )
-    return Operator(name, contact, iso(now))
+        db["policy_operator"].upsert({"id": 1, **asdict(saved)}, pk="id")
+    return saved
 
 
 def facts(db: sqlite_utils.Database, settings: Settings) -> dict[str, object]:
