@@ -30,8 +30,8 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from sqlite_utils import Database
 
 import appliance
 from appliance import personal
@@ -212,11 +212,11 @@ def forget(settings: Settings, addresses: list[str]) -> int:
 TABLES: tuple[personal.Table, ...] = ()
 
 
-def export(db: sqlite_utils.Database, settings: Settings, scope: personal.Scope) -> personal.Held:
+def export(db: Database, settings: Settings, scope: personal.Scope) -> personal.Held:
     return personal.Held()
 
 
-def erase(db: sqlite_utils.Database, settings: Settings, job: personal.Erasure) -> bool:
+def erase(db: Database, settings: Settings, job: personal.Erasure) -> bool:
     """The departing people's mails (addresses, codes) leave the outbox."""
     removed = forget(settings, job.emails)
     if removed:

@@ -13,7 +13,7 @@ import secrets
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance import vault
 from appliance.clock import iso, parse
@@ -77,13 +77,13 @@ def _mac(settings: Settings, *parts: str) -> str:
     return hmac.new(key, "|".join(parts).encode(), hashlib.sha256).hexdigest()
 
 
-def _count(db: sqlite_utils.Database, kind: str, subject: str, since: datetime) -> int:
+def _count(db: Database, kind: str, subject: str, since: datetime) -> int:
     return db["auth_events"].count_where(
         "kind = ? and subject = ? and at > ?", [kind, subject, iso(since)]
     )
 
 
-def _event(db: sqlite_utils.Database, kind: str, subject: str, now: datetime) -> None:
+def _event(db: Database, kind: str, subject: str, now: datetime) -> None:
     db["auth_events"].insert({"kind": kind, "subject": subject, "at": iso(now)})
 
 
@@ -91,7 +91,7 @@ def _subjects(settings: Settings, email: str, client: str) -> tuple[str, str]:
     return "email:" + _mac(settings, "email", email), "client:" + _mac(settings, "client", client)
 
 
-def _locked(db: sqlite_utils.Database, settings: Settings, subject: str, now: datetime) -> bool:
+def _locked(db: Database, settings: Settings, subject: str, now: datetime) -> bool:
     return _count(db, "lock", subject, now - timedelta(minutes=settings.auth.lock_minutes)) > 0
 
 
@@ -99,7 +99,7 @@ def _locked(db: sqlite_utils.Database, settings: Settings, subject: str, now: da
 
 
 def request_code(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     email: str,
     client: str,
@@ -144,7 +144,7 @@ def request_code(
 
 
 def verify_code(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     attempt_id: str,
     email: str,
@@ -202,7 +202,7 @@ def verify_code(
 
 
 def create_session(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     user_id: str,
     account_id: str | None,
@@ -222,9 +222,7 @@ def create_session(
     return token
 
 
-def resolve_session(
-    db: sqlite_utils.Database, settings: Settings, token: str, now: datetime
-) -> Session | None:
+def resolve_session(db: Database, settings: Settings, token: str, now: datetime) -> Session | None:
     """The live session for ``token``, touching its idle timer; None if ended."""
     if not token:
         return None
@@ -242,16 +240,16 @@ def resolve_session(
     return Session(**{f.name: row[f.name] for f in fields(Session)})
 
 
-def _set_session(db: sqlite_utils.Database, id_hash: str, **changes: str) -> None:
+def _set_session(db: Database, id_hash: str, **changes: str) -> None:
     with write_transaction(db):
         db["sessions"].update(id_hash, changes)
 
 
-def switch_account(db: sqlite_utils.Database, session: Session, account_id: str) -> None:
+def switch_account(db: Database, session: Session, account_id: str) -> None:
     _set_session(db, session.id_hash, account_id=account_id)
 
 
-def revoke_session(db: sqlite_utils.Database, token: str, now: datetime) -> None:
+def revoke_session(db: Database, token: str, now: datetime) -> None:
     with write_transaction(db):
         db.execute(
             "update sessions set revoked_at = :now where id_hash = :id and revoked_at is null",
@@ -259,9 +257,7 @@ def revoke_session(db: sqlite_utils.Database, token: str, now: datetime) -> None
         )
 
 
-def revoke_member_access(
-    db: sqlite_utils.Database, account_id: str, user_id: str, now: datetime
-) -> None:
+def revoke_member_access(db: Database, account_id: str, user_id: str, now: datetime) -> None:
     """End a user's sessions in an account and revoke their keys there."""
     params = {"now": iso(now), "user": user_id, "account": account_id}
     with write_transaction(db):
@@ -277,7 +273,7 @@ def revoke_member_access(
         )
 
 
-def revoke_account_sessions(db: sqlite_utils.Database, account_id: str, now: datetime) -> int:
+def revoke_account_sessions(db: Database, account_id: str, now: datetime) -> int:
     """End every session in an account (its suspension); returns how many were live."""
     with write_transaction(db):
         cursor = db.execute(
@@ -288,7 +284,7 @@ def revoke_account_sessions(db: sqlite_utils.Database, account_id: str, now: dat
     return cursor.rowcount
 
 
-def revoke_account_access(db: sqlite_utils.Database, account_id: str, now: datetime) -> None:
+def revoke_account_access(db: Database, account_id: str, now: datetime) -> None:
     """End every session and revoke every key of an account (its erasure was requested)."""
     with write_transaction(db):
         revoke_account_sessions(db, account_id, now)
@@ -299,7 +295,7 @@ def revoke_account_access(db: sqlite_utils.Database, account_id: str, now: datet
         )
 
 
-def last_activity(db: sqlite_utils.Database, account_id: str) -> str | None:
+def last_activity(db: Database, account_id: str) -> str | None:
     """When a session or an API key of the account was last used (ISO), or None."""
     row = next(
         db.query(
@@ -313,9 +309,7 @@ def last_activity(db: sqlite_utils.Database, account_id: str) -> str | None:
     return row["at"]
 
 
-def revoke_instance_keys(
-    db: sqlite_utils.Database, account_id: str, instance_id: str, now: datetime
-) -> None:
+def revoke_instance_keys(db: Database, account_id: str, instance_id: str, now: datetime) -> None:
     """Revoke every key bound to an instance (when it is destroyed)."""
     with write_transaction(db):
         db.execute(
@@ -329,7 +323,7 @@ def revoke_instance_keys(
 
 
 def create_key(
-    db: sqlite_utils.Database,
+    db: Database,
     *,
     user_id: str,
     account_id: str,
@@ -346,7 +340,7 @@ def create_key(
 
 
 def create_admin_key(
-    db: sqlite_utils.Database, *, user_id: str, account_id: str, name: str, now: datetime
+    db: Database, *, user_id: str, account_id: str, name: str, now: datetime
 ) -> tuple[ApiKey, str]:
     """A key for the operator API (``/api/admin``) and nothing else.
 
@@ -376,14 +370,12 @@ def _new_key(db, user_id, account_id, name, scope, now, instance_id, expires_at)
 _KEY_COLUMNS = ", ".join(f.name for f in fields(ApiKey))
 
 
-def _keys(db: sqlite_utils.Database, where: str, params: list) -> list[ApiKey]:
+def _keys(db: Database, where: str, params: list) -> list[ApiKey]:
     rows = db["api_keys"].rows_where(where, params, select=_KEY_COLUMNS, order_by="created_at desc")
     return [ApiKey(**row) for row in rows]
 
 
-def list_keys(
-    db: sqlite_utils.Database, account_id: str, user_id: str | None = None
-) -> list[ApiKey]:
+def list_keys(db: Database, account_id: str, user_id: str | None = None) -> list[ApiKey]:
     """Live keys of the account (of one user when ``user_id`` is given), newest first."""
     if user_id:
         return _keys(
@@ -392,20 +384,20 @@ def list_keys(
     return _keys(db, "account_id = ? and revoked_at is null", [account_id])
 
 
-def get_key(db: sqlite_utils.Database, account_id: str, key_id: str) -> ApiKey:
+def get_key(db: Database, account_id: str, key_id: str) -> ApiKey:
     found = _keys(db, "id = ? and account_id = ? and revoked_at is null", [key_id, account_id])
     if not found:
         raise NotFound("No such key.")
     return found[0]
 
 
-def revoke_key(db: sqlite_utils.Database, account_id: str, key_id: str, now: datetime) -> None:
+def revoke_key(db: Database, account_id: str, key_id: str, now: datetime) -> None:
     with write_transaction(db):
         get_key(db, account_id, key_id)
         db["api_keys"].update(key_id, {"revoked_at": iso(now)})
 
 
-def authenticate_key(db: sqlite_utils.Database, secret: str, now: datetime) -> ApiKey | None:
+def authenticate_key(db: Database, secret: str, now: datetime) -> ApiKey | None:
     """The live key for ``secret``, or None (unknown, revoked or expired)."""
     if not secret.startswith(KEY_PREFIX) or len(secret) > 100:
         return None

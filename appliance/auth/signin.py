@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance.accounts import service as accounts
 from appliance.accounts.models import Account, User
@@ -15,7 +15,7 @@ from appliance.errors import InvalidInput, NotFound
 
 
 def start(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     send_code: Callable[[str, str], object],
     email: str,
@@ -42,7 +42,7 @@ def start(
 
 
 def finish(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     attempt_id: str,
     email: str,

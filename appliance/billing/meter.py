@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance.billing import ledger
 from appliance.clock import iso, parse
@@ -90,7 +90,7 @@ def _month(now: datetime) -> str:
 
 
 def spent_this_month(
-    db: sqlite_utils.Database, account_ref: str, subject: str, subject_id: str, now: datetime
+    db: Database, account_ref: str, subject: str, subject_id: str, now: datetime
 ) -> int:
     """Micro-dollars of usage charged to the instance or key this calendar month (UTC),
     plus its open holds."""
@@ -127,7 +127,7 @@ def _count_spending(db, hold: Hold, account_ref: str, charged: int, now: datetim
 
 
 def reserve(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     *,
     account_id: str,
@@ -178,7 +178,7 @@ def reserve(
 
 
 def settle(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     hold: Hold,
     *,
@@ -228,7 +228,7 @@ def settle(
     return charged
 
 
-def release(db: sqlite_utils.Database, hold: Hold, *, now: datetime | None = None) -> None:
+def release(db: Database, hold: Hold, *, now: datetime | None = None) -> None:
     """Close the hold without charging: the request failed or was cancelled before any
     token was produced. (After some tokens, call ``settle`` with what was produced.)"""
     with write_transaction(db):
@@ -244,7 +244,7 @@ def release(db: sqlite_utils.Database, hold: Hold, *, now: datetime | None = Non
 CLOSED_HOLD_DAYS = 2
 
 
-def expire_holds(db: sqlite_utils.Database, now: datetime) -> int:
+def expire_holds(db: Database, now: datetime) -> int:
     """Release holds past their timeout (a request that never settled); returns how many.
 
     A later ``settle`` of such a hold still charges the tokens once (see ``settle``).
@@ -279,7 +279,7 @@ def _whole_minutes(since: str, until: datetime) -> int:
 
 
 def charge_instance_time(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     running: list[tuple[str, str, str]],
     now: datetime,
@@ -343,7 +343,7 @@ def charge_instance_time(
 
 
 def instance_state_changed(
-    db: sqlite_utils.Database,
+    db: Database,
     *,
     instance_id: str,
     account_id: str,
@@ -381,9 +381,7 @@ def instance_state_changed(
         )
 
 
-def charge_storage(
-    db: sqlite_utils.Database, settings: Settings, used: dict[str, int], now: datetime
-) -> int:
+def charge_storage(db: Database, settings: Settings, used: dict[str, int], now: datetime) -> int:
     """Charge one day of knowledge storage per account (the worker, daily); returns the
     number of accounts charged. Idempotent per account and day. Nothing is written while
     the price is 0 or billing is off (storage is shown on the Knowledge page)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance.billing import meter
 from appliance.clock import Clock
@@ -40,7 +40,7 @@ class Metered:
     @classmethod
     async def start(
         cls,
-        db: sqlite_utils.Database,
+        db: Database,
         settings: Settings,
         inference: InferenceClient,
         account_id: str,
@@ -156,7 +156,7 @@ def token_counts(inference: InferenceClient, texts: list[str], model: str) -> li
 
 
 def embed_metered(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     inference: InferenceClient,
     account_id: str,

@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import sqlite_utils
 import stripe
+from sqlite_utils import Database
 
 from appliance.accounts import service as accounts
 from appliance.billing import ledger
@@ -94,14 +94,14 @@ def topups_where(db, where: str, params: list, limit: int | None = None) -> list
     return [Topup(**row) for row in rows]
 
 
-def topup(db: sqlite_utils.Database, account_ref: str, topup_id: str) -> Topup:
+def topup(db: Database, account_ref: str, topup_id: str) -> Topup:
     found = topups_where(db, "id = ? and account_ref = ?", [topup_id, account_ref])
     if not found:
         raise NotFound("No such top-up.")
     return found[0]
 
 
-def topups(db: sqlite_utils.Database, account_ref: str, limit: int = 100) -> list[Topup]:
+def topups(db: Database, account_ref: str, limit: int = 100) -> list[Topup]:
     return topups_where(db, "account_ref = ?", [account_ref], limit)
 
 
@@ -178,7 +178,7 @@ def _customer(db, settings: Settings, account_ref: str, now: datetime) -> str:
 
 
 def start_checkout(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     *,
     account_id: str,
@@ -250,7 +250,7 @@ def _add_pending_topup(db, settings, account_ref, kind, amount, customer, reques
 
 
 def save_card(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     account_ref: str | None,
     payment_intent_id: Any,
@@ -285,9 +285,7 @@ def save_card(
         )
 
 
-def auto_topup(
-    db: sqlite_utils.Database, settings: Settings, account_ref: str, now: datetime
-) -> str:
+def auto_topup(db: Database, settings: Settings, account_ref: str, now: datetime) -> str:
     """Charge the saved card off-session when the balance is below the auto top-up
     threshold; returns the outcome. At most one automatic top-up per account per hour."""
     threshold = ledger.micro(settings.billing.auto_topup_threshold_usd)

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance.accounts import service as accounts
 from appliance.accounts.models import MANAGERS
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 SendMail = Callable[[str, str, dict], None]
 #: ``running(db)``: ``(instance_id, account_id, created_at)`` of every running instance
 #: (``instances.service.running``; instances sit above billing, which meters them).
-Running = Callable[[sqlite_utils.Database], list[tuple[str, str, str]]]
+Running = Callable[[Database], list[tuple[str, str, str]]]
 
 
 def every_minute(

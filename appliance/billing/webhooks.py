@@ -12,8 +12,8 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-import sqlite_utils
 import stripe
+from sqlite_utils import Database
 
 from appliance.billing import ledger, payments
 from appliance.clock import iso
@@ -51,9 +51,7 @@ def verify_event(settings: Settings, payload: bytes, signature: str | None) -> d
     return event
 
 
-def handle_event(
-    db: sqlite_utils.Database, settings: Settings, event: dict[str, Any], now: datetime
-) -> str:
+def handle_event(db: Database, settings: Settings, event: dict[str, Any], now: datetime) -> str:
     """Process a verified event once; returns what happened (for the log and tests)."""
     kind = str(event.get("type", ""))
     obj = (event.get("data") or {}).get("object") or {}
@@ -187,7 +185,7 @@ def _dispute(db, dispute: dict[str, Any], now: datetime) -> tuple[str | None, st
     return account_ref, "debited"
 
 
-def reconcile(db: sqlite_utils.Database, settings: Settings, now: datetime) -> int:
+def reconcile(db: Database, settings: Settings, now: datetime) -> int:
     """Credit paid Checkout Sessions of the last days that no webhook reported; returns
     how many were credited. Does nothing when Stripe is not configured."""
     if not payments.configured(settings):

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance.accounts.models import MANAGERS
 from appliance.auth import service as auth
@@ -87,7 +87,7 @@ def _check_collections(db, account_id: str, clean: dict[str, Any]) -> None:
         clean["collections"] = kb_collections.check(db, account_id, clean["collections"])
 
 
-def _instances(db: sqlite_utils.Database, where: str, params: list) -> list[Instance]:
+def _instances(db: Database, where: str, params: list) -> list[Instance]:
     rows = db["instances"].rows_where(where, params, order_by="created_at")
     return [_instance(row) for row in rows]
 
@@ -130,7 +130,7 @@ def _validate(changes: dict[str, Any], models: list[str], max_tokens_cap: int) -
 
 
 def create(
-    db: sqlite_utils.Database,
+    db: Database,
     account_id: str,
     actor_role: str,
     data: dict[str, Any],
@@ -185,7 +185,7 @@ def limits(settings: Settings) -> dict[str, Any]:
 
 
 def ensure_first(
-    db: sqlite_utils.Database,
+    db: Database,
     account_id: str,
     actor_role: str,
     *,
@@ -212,31 +212,31 @@ def _check_name_free(db, account_id: str, name: str, except_id: str | None) -> N
         raise Conflict(f"An instance named '{name}' already exists.")
 
 
-def get(db: sqlite_utils.Database, account_id: str, instance_id: str) -> Instance:
+def get(db: Database, account_id: str, instance_id: str) -> Instance:
     found = _instances(db, "id = ? and account_id = ?", [instance_id, account_id])
     if not found:
         raise NotFound("No such instance.")
     return found[0]
 
 
-def by_name(db: sqlite_utils.Database, account_id: str, name: str) -> Instance:
+def by_name(db: Database, account_id: str, name: str) -> Instance:
     found = _instances(db, _LIVE, [account_id, name])
     if not found:
         raise NotFound(f"The model '{name}' does not exist.")
     return found[0]
 
 
-def running(db: sqlite_utils.Database) -> list[tuple[str, str, str]]:
+def running(db: Database) -> list[tuple[str, str, str]]:
     """``(id, account_id, created_at)`` of every running instance (for billing)."""
     return [(i.id, i.account_id, i.created_at) for i in _instances(db, "state = 'running'", [])]
 
 
-def list_instances(db: sqlite_utils.Database, account_id: str) -> list[Instance]:
+def list_instances(db: Database, account_id: str) -> list[Instance]:
     return _instances(db, "account_id = ? and state != 'destroyed'", [account_id])
 
 
 def update(
-    db: sqlite_utils.Database,
+    db: Database,
     account_id: str,
     actor_role: str,
     instance_id: str,
@@ -261,7 +261,7 @@ def update(
 
 
 def set_state(
-    db: sqlite_utils.Database,
+    db: Database,
     account_id: str,
     actor_role: str,
     instance_id: str,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import sqlite_utils
+from sqlite_utils import Database
 
 import appliance
 from appliance import vault
@@ -70,7 +70,7 @@ def check_database(path: Path) -> dict[str, int]:
     """
     from appliance.db import load_vec
 
-    with sqlite_utils.Database(path) as db:
+    with Database(path) as db:
         load_vec(db.conn)
         result = [row[0] for row in db.execute("PRAGMA integrity_check")]
         if result != ["ok"]:

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance import heartbeat
 from appliance.accounts import service as accounts
@@ -40,7 +40,7 @@ class AccountRow:
     last_activity: str | None
 
 
-def account_rows(db: sqlite_utils.Database) -> list[AccountRow]:
+def account_rows(db: Database) -> list[AccountRow]:
     """Every account that is not deleted, oldest first."""
     rows = []
     for account in accounts.accounts(db):
@@ -83,7 +83,7 @@ def inference_state(settings: Settings) -> dict[str, Any]:
     return state
 
 
-def worker_state(db: sqlite_utils.Database, settings: Settings, now: datetime) -> dict[str, Any]:
+def worker_state(db: Database, settings: Settings, now: datetime) -> dict[str, Any]:
     beat = heartbeat.last_beat(db, heartbeat.WORKER_SERVICE)
     age = (now - beat).total_seconds() if beat else None
     alive = age is not None and age <= settings.worker.heartbeat_stale_seconds
@@ -100,7 +100,7 @@ def services_state(settings: Settings) -> dict[str, Any] | None:
     return found.public() if found else None
 
 
-def purge_state(db: sqlite_utils.Database, now: datetime) -> dict[str, Any]:
+def purge_state(db: Database, now: datetime) -> dict[str, Any]:
     from appliance.privacy import retention
 
     return {
@@ -109,13 +109,13 @@ def purge_state(db: sqlite_utils.Database, now: datetime) -> dict[str, Any]:
     }
 
 
-def recent_errors(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+def recent_errors(db: Database) -> list[dict[str, Any]]:
     from appliance.privacy import requestlog
 
     return [asdict(e) for e in requestlog.entries(db, status="5xx", limit=RECENT_ERRORS)]
 
 
-def policy_state(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+def policy_state(db: Database) -> list[dict[str, Any]]:
     from appliance.privacy import policy
 
     return [asdict(v) for v in policy.versions(db)]
@@ -145,7 +145,7 @@ def disk_state(settings: Settings) -> dict[str, Any]:
     }
 
 
-def overview(db: sqlite_utils.Database, settings: Settings, now: datetime) -> dict[str, Any]:
+def overview(db: Database, settings: Settings, now: datetime) -> dict[str, Any]:
     """Everything on the operator page, as JSON-ready data."""
     return {
         "accounts": [asdict(row) for row in account_rows(db)],
@@ -163,7 +163,7 @@ def overview(db: sqlite_utils.Database, settings: Settings, now: datetime) -> di
 
 
 def suspend(
-    db: sqlite_utils.Database, account_id: str, now: datetime, *, actor_id: str | None = None
+    db: Database, account_id: str, now: datetime, *, actor_id: str | None = None
 ) -> AccountRow:
     """Suspend an account: its sessions end now, its keys are refused until unsuspended.
 
@@ -177,13 +177,13 @@ def suspend(
     return _row(db, account_id)
 
 
-def unsuspend(db: sqlite_utils.Database, account_id: str) -> AccountRow:
+def unsuspend(db: Database, account_id: str) -> AccountRow:
     accounts.set_suspended(db, account_id, False)
     return _row(db, account_id)
 
 
 def delete(
-    db: sqlite_utils.Database, settings: Settings, account_id: str, now: datetime, request: str
+    db: Database, settings: Settings, account_id: str, now: datetime, request: str
 ) -> dict[str, Any]:
     """Lock the account now and have its data erased (the privacy domain's erasure)."""
     from appliance.privacy import erasure
@@ -202,7 +202,7 @@ def delete(
     return {"account_id": found.account_id, "due_at": found.due_at}
 
 
-def _row(db: sqlite_utils.Database, account_id: str) -> AccountRow:
+def _row(db: Database, account_id: str) -> AccountRow:
     return next(row for row in account_rows(db) if row.id == account_id)
 
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from functools import partial
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance import personal, receipts
 from appliance.accounts import service as accounts
@@ -49,18 +49,18 @@ def _deletion(row: dict) -> Deletion:
     )
 
 
-def deletion(db: sqlite_utils.Database, account_id: str) -> Deletion | None:
+def deletion(db: Database, account_id: str) -> Deletion | None:
     row = next(db["account_deletions"].rows_where("account_id = ?", [account_id]), None)
     return _deletion(row) if row else None
 
 
-def pending(db: sqlite_utils.Database) -> list[Deletion]:
+def pending(db: Database) -> list[Deletion]:
     rows = db["account_deletions"].rows_where("erased_at is null", order_by="requested_at")
     return [_deletion(row) for row in rows]
 
 
 def request_deletion(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     account_id: str,
     *,
@@ -106,7 +106,7 @@ def request_deletion(
 
 
 def erase_account(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     account_id: str,
     now: datetime,
@@ -165,7 +165,7 @@ def erase_account(
     return receipt
 
 
-def _count(db: sqlite_utils.Database, account_id: str, key: str, n: int) -> None:
+def _count(db: Database, account_id: str, key: str, n: int) -> None:
     """Add to the erasure's progress (inside the batch's transaction)."""
     with write_transaction(db):
         progress = json.loads(db["account_deletions"].get(account_id)["progress"])
@@ -175,13 +175,13 @@ def _count(db: sqlite_utils.Database, account_id: str, key: str, n: int) -> None
         )
 
 
-def checkpoint(db: sqlite_utils.Database) -> None:
+def checkpoint(db: Database) -> None:
     """Move every page into the main file and truncate the WAL (freed pages were
     overwritten by ``secure_delete``, and FTS5 tables use their secure-delete option)."""
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-def confirmations_due(db: sqlite_utils.Database) -> list[tuple[str, str, receipts.Receipt]]:
+def confirmations_due(db: Database) -> list[tuple[str, str, receipts.Receipt]]:
     """(account id, email, receipt) for erased accounts whose owner is not yet told."""
     out = []
     for row in db["account_deletions"].rows_where(
@@ -193,7 +193,7 @@ def confirmations_due(db: sqlite_utils.Database) -> list[tuple[str, str, receipt
     return out
 
 
-def confirmation_sent(db: sqlite_utils.Database, account_id: str) -> None:
+def confirmation_sent(db: Database, account_id: str) -> None:
     """Forget the address once the confirmation is queued."""
     with write_transaction(db):
         db["account_deletions"].update(account_id, {"notify_email": None})

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance import personal
 from appliance.accounts import service as accounts
@@ -54,9 +54,7 @@ def export_path(settings: Settings, export_id: str) -> Path:
     return settings.paths.exports / f"{export_id}.zip"
 
 
-def start(
-    db: sqlite_utils.Database, settings: Settings, account_id: str, user_id: str, now: datetime
-) -> Export:
+def start(db: Database, settings: Settings, account_id: str, user_id: str, now: datetime) -> Export:
     """Record a queued export (the caller enqueues ``build``)."""
     expires = iso(now + timedelta(hours=settings.privacy.export_ttl_hours))
     export_id = new_id("exp")
@@ -66,24 +64,24 @@ def start(
     return get(db, account_id, user_id, export_id)
 
 
-def _one(db: sqlite_utils.Database, where: str, params: list) -> Export | None:
+def _one(db: Database, where: str, params: list) -> Export | None:
     row = next(db["exports"].rows_where(where, params, order_by="created_at desc", limit=1), None)
     return Export(**row) if row else None
 
 
-def get(db: sqlite_utils.Database, account_id: str, user_id: str, export_id: str) -> Export:
+def get(db: Database, account_id: str, user_id: str, export_id: str) -> Export:
     found = _one(db, "id = ? and account_id = ? and user_id = ?", [export_id, account_id, user_id])
     if found is None:
         raise NotFound("No such export.")
     return found
 
 
-def latest(db: sqlite_utils.Database, account_id: str, user_id: str) -> Export | None:
+def latest(db: Database, account_id: str, user_id: str) -> Export | None:
     return _one(db, "account_id = ? and user_id = ?", [account_id, user_id])
 
 
 def download_path(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     account_id: str,
     user_id: str,
@@ -102,7 +100,7 @@ def download_path(
     return path
 
 
-def _set(db: sqlite_utils.Database, export_id: str, **fields) -> None:
+def _set(db: Database, export_id: str, **fields) -> None:
     with write_transaction(db):
         db["exports"].update(export_id, fields)
 
@@ -122,7 +120,7 @@ def _write_rows(archive: zipfile.ZipFile, name: str, rows: Iterator[dict]) -> in
 class _Progress:
     """Writes progress at most every half second (plus the last step)."""
 
-    def __init__(self, db: sqlite_utils.Database, export_id: str) -> None:
+    def __init__(self, db: Database, export_id: str) -> None:
         self.db, self.export_id, self.done, self.written_at = db, export_id, 0, 0.0
 
     def step(self) -> None:
@@ -132,7 +130,7 @@ class _Progress:
             self.written_at = time.monotonic()
 
 
-def build(db: sqlite_utils.Database, settings: Settings, export_id: str, now: datetime) -> Export:
+def build(db: Database, settings: Settings, export_id: str, now: datetime) -> Export:
     """Write the ZIP for a queued export (idempotent: a rerun starts the file again).
 
     Rows are streamed from the database into the archive table by table, so a large
@@ -200,7 +198,7 @@ def build(db: sqlite_utils.Database, settings: Settings, export_id: str, now: da
     return get(db, job.account_id, job.user_id, job.id)
 
 
-def fail(db: sqlite_utils.Database, export_id: str) -> None:
+def fail(db: Database, export_id: str) -> None:
     _set(db, export_id, status="failed")
 
 

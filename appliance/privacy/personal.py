@@ -8,7 +8,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance import personal
 from appliance.clock import iso
@@ -31,11 +31,11 @@ TABLES = (
 )
 
 
-def export(db: sqlite_utils.Database, settings: Settings, scope: personal.Scope) -> personal.Held:
+def export(db: Database, settings: Settings, scope: personal.Scope) -> personal.Held:
     return personal.held(db, TABLES, scope)
 
 
-def erase(db: sqlite_utils.Database, settings: Settings, job: personal.Erasure) -> bool:
+def erase(db: Database, settings: Settings, job: personal.Erasure) -> bool:
     def delete_one(row: dict) -> Path:
         db["exports"].delete(row["id"])
         return exports.export_path(settings, row["id"])

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import jinja2
-import sqlite_utils
+from sqlite_utils import Database
 
 import appliance
 from appliance.accounts import service as accounts
@@ -59,7 +59,7 @@ class Block:
     items: tuple[str, ...] = ()
 
 
-def operator(db: sqlite_utils.Database, settings: Settings) -> Operator:
+def operator(db: Database, settings: Settings) -> Operator:
     """The operator's name and privacy contact: as given in the first-run setup or on
     /admin, else ``privacy.company_legal_name`` and ``privacy.contact_email``; no name
     (the policy says "the operator"), and the first operator's email address."""
@@ -73,7 +73,7 @@ def operator(db: sqlite_utils.Database, settings: Settings) -> Operator:
     )
 
 
-def operator_name(db: sqlite_utils.Database, settings: Settings, row: dict | None = None) -> str:
+def operator_name(db: Database, settings: Settings, row: dict | None = None) -> str:
     """The name the page and mail footers show: the operator as named at the first-run setup
     or on /admin, else ``privacy.company_legal_name`` (empty: no name is shown)."""
     if row is None:
@@ -96,7 +96,7 @@ def check_operator(name: str, contact: str) -> tuple[str, str]:
     return name, contact
 
 
-def set_operator(db: sqlite_utils.Database, name: str, contact: str, now: datetime) -> Operator:
+def set_operator(db: Database, name: str, contact: str, now: datetime) -> Operator:
     """Record who runs the appliance (first-run setup, /admin). The policy in effect does
     not change until a new version is published.
 
@@ -109,7 +109,7 @@ def set_operator(db: sqlite_utils.Database, name: str, contact: str, now: dateti
     return saved
 
 
-def facts(db: sqlite_utils.Database, settings: Settings) -> dict[str, object]:
+def facts(db: Database, settings: Settings) -> dict[str, object]:
     """Everything the policy's text depends on: this appliance's configuration, the
     operator's details and the retention windows in effect."""
     p = settings.privacy
@@ -150,7 +150,7 @@ _ENVIRONMENT = jinja2.Environment(
 )
 
 
-def render_text(db: sqlite_utils.Database, settings: Settings) -> str:
+def render_text(db: Database, settings: Settings) -> str:
     """The policy as text for this appliance as it is configured now (an unknown value in
     the template is an error)."""
     template = _ENVIRONMENT.from_string(TEMPLATE.read_text(encoding="utf-8"))
@@ -184,7 +184,7 @@ def blocks(text: str) -> list[Block]:
 _VERSION = "version, text_sha256, published_at, effective_at, summary"
 
 
-def _version(db: sqlite_utils.Database, where: str, now: datetime) -> PolicyVersion | None:
+def _version(db: Database, where: str, now: datetime) -> PolicyVersion | None:
     found = db["policy_versions"].rows_where(
         where, [iso(now)], select=_VERSION, order_by="version desc", limit=1
     )
@@ -192,18 +192,18 @@ def _version(db: sqlite_utils.Database, where: str, now: datetime) -> PolicyVers
     return PolicyVersion(**row) if row else None
 
 
-def versions(db: sqlite_utils.Database) -> list[PolicyVersion]:
+def versions(db: Database) -> list[PolicyVersion]:
     rows = db["policy_versions"].rows_where(select=_VERSION, order_by="version")
     return [PolicyVersion(**row) for row in rows]
 
 
-def current(db: sqlite_utils.Database, now: datetime) -> PolicyVersion | None:
+def current(db: Database, now: datetime) -> PolicyVersion | None:
     """The version in effect at ``now`` (None before the first one takes effect)."""
     return _version(db, "effective_at <= ?", now)
 
 
 def publish(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     now: datetime,
     *,
@@ -241,13 +241,13 @@ def publish(
     return version
 
 
-def recipients(db: sqlite_utils.Database) -> list[str]:
+def recipients(db: Database) -> list[str]:
     """Every user who belongs to an active account (or runs the appliance)."""
     return accounts.active_people(db)
 
 
 def announce(
-    db: sqlite_utils.Database, version: PolicyVersion, send_mail: Callable[[str, str, dict], object]
+    db: Database, version: PolicyVersion, send_mail: Callable[[str, str, dict], object]
 ) -> int:
     """Email every user about a published version through ``send_mail(template, to,
     context)`` (the queue's task); how many were emailed."""
@@ -262,7 +262,7 @@ def announce(
     return len(emails)
 
 
-def pending(db: sqlite_utils.Database, user_id: str, now: datetime) -> PolicyVersion | None:
+def pending(db: Database, user_id: str, now: datetime) -> PolicyVersion | None:
     """The version in effect if this user has not accepted it yet, else None."""
     version = current(db, now)
     if version is None:
@@ -273,7 +273,7 @@ def pending(db: sqlite_utils.Database, user_id: str, now: datetime) -> PolicyVer
     return None if accepted else version
 
 
-def accept(db: sqlite_utils.Database, user_id: str, version: int, now: datetime) -> None:
+def accept(db: Database, user_id: str, version: int, now: datetime) -> None:
     """Record that the user accepted ``version`` (which must be in effect)."""
     with write_transaction(db):
         in_effect = current(db, now)
@@ -284,25 +284,25 @@ def accept(db: sqlite_utils.Database, user_id: str, version: int, now: datetime)
         )
 
 
-def text_of(db: sqlite_utils.Database, version: int) -> str:
+def text_of(db: Database, version: int) -> str:
     row = next(db["policy_versions"].rows_where("version = ?", [version], select="text"), None)
     if row is None:
         raise NotFound("No such policy version.")
     return row["text"]
 
 
-def upcoming(db: sqlite_utils.Database, now: datetime) -> PolicyVersion | None:
+def upcoming(db: Database, now: datetime) -> PolicyVersion | None:
     """A published version that has not taken effect yet."""
     return _version(db, "effective_at > ?", now)
 
 
-def shown_text(db: sqlite_utils.Database, settings: Settings, now: datetime) -> str:
+def shown_text(db: Database, settings: Settings, now: datetime) -> str:
     """What /privacy shows: the text in effect, or, before the first version takes effect,
     the text as the settings render it today."""
     version = current(db, now)
     return text_of(db, version.version) if version else render_text(db, settings)
 
 
-def last_updated(db: sqlite_utils.Database, now: datetime) -> str | None:
+def last_updated(db: Database, now: datetime) -> str | None:
     version = current(db, now)
     return parse(version.effective_at).date().isoformat() if version else None

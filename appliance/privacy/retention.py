@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance import personal
 from appliance.clock import iso, parse
@@ -71,7 +71,7 @@ JOBS: dict[str, Purge] = {
 
 
 def run_job(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     name: str,
     now: datetime,
@@ -101,7 +101,7 @@ def run_job(
 
 
 def run_all(
-    db: sqlite_utils.Database, settings: Settings, now: datetime, *, max_batches: int | None = None
+    db: Database, settings: Settings, now: datetime, *, max_batches: int | None = None
 ) -> list[RunResult]:
     """Every job once. ``max_batches`` bounds the whole run (the rest waits for the next)."""
     budget = Budget(max_batches)
@@ -118,7 +118,7 @@ def run_all(
     return results
 
 
-def last_runs(db: sqlite_utils.Database) -> list[LastRun]:
+def last_runs(db: Database) -> list[LastRun]:
     """For each job: its last complete run (or last attempt when none completed)."""
     out = []
     for name in JOBS:
@@ -134,7 +134,7 @@ def last_runs(db: sqlite_utils.Database) -> list[LastRun]:
     return out
 
 
-def overdue(db: sqlite_utils.Database, now: datetime) -> list[str]:
+def overdue(db: Database, now: datetime) -> list[str]:
     """Jobs with no complete run within ``OVERDUE``, and deletions past their window."""
     late = [
         run.job
