@@ -53,8 +53,7 @@ def _clean_name(name: str) -> str:
 
 
 def create_account(db: Database, name: str, now: datetime) -> Account:
-    name = _clean_name(name)
-    account = Account(id=new_id("acc"), name=name, status="active", created_at=iso(now))
+    account = Account(new_id("acc"), _clean_name(name), "active", iso(now))
     with write_transaction(db):
         AccountStore(db).insert_account(account)
     return account

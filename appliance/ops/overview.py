@@ -23,6 +23,7 @@ from appliance.errors import ApplianceError, InvalidInput
 from appliance.inference.client import InferenceClient
 from appliance.knowledge import service as knowledge
 from appliance.ops import services
+from appliance.privacy import erasure, policy, requestlog, retention
 
 RECENT_ERRORS = 20
 
@@ -94,33 +95,6 @@ def worker_state(db: Database, settings: Settings, now: datetime) -> dict[str, A
     }
 
 
-def services_state(settings: Settings) -> dict[str, Any] | None:
-    """Restarts per service with the last exit, from ``appliance up`` or systemd."""
-    found = services.service_states(settings)
-    return found.public() if found else None
-
-
-def purge_state(db: Database, now: datetime) -> dict[str, Any]:
-    from appliance.privacy import retention
-
-    return {
-        "runs": [asdict(run) for run in retention.last_runs(db)],
-        "overdue": retention.overdue(db, now),
-    }
-
-
-def recent_errors(db: Database) -> list[dict[str, Any]]:
-    from appliance.privacy import requestlog
-
-    return [asdict(e) for e in requestlog.entries(db, status="5xx", limit=RECENT_ERRORS)]
-
-
-def policy_state(db: Database) -> list[dict[str, Any]]:
-    from appliance.privacy import policy
-
-    return [asdict(v) for v in policy.versions(db)]
-
-
 def _size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
@@ -146,16 +120,23 @@ def disk_state(settings: Settings) -> dict[str, Any]:
 
 
 def overview(db: Database, settings: Settings, now: datetime) -> dict[str, Any]:
-    """Everything on the operator page, as JSON-ready data."""
+    """Everything on the operator page, as JSON-ready data: besides the states above, each
+    service's restarts (``appliance up`` or systemd), the last purges, recent server errors
+    and the published policy versions."""
+    restarts = services.service_states(settings)
+    errors = requestlog.entries(db, status="5xx", limit=RECENT_ERRORS)
     return {
         "accounts": [asdict(row) for row in account_rows(db)],
         "inference": inference_state(settings),
         "worker": worker_state(db, settings, now),
-        "services": services_state(settings),
-        "purges": purge_state(db, now),
+        "services": restarts.public() if restarts else None,
+        "purges": {
+            "runs": [asdict(run) for run in retention.last_runs(db)],
+            "overdue": retention.overdue(db, now),
+        },
         "disk": disk_state(settings),
-        "recent_errors": recent_errors(db),
-        "policy_versions": policy_state(db),
+        "recent_errors": [asdict(error) for error in errors],
+        "policy_versions": [asdict(version) for version in policy.versions(db)],
     }
 
 
@@ -186,8 +167,6 @@ def delete(
     db: Database, settings: Settings, account_id: str, now: datetime, request: str
 ) -> dict[str, Any]:
     """Lock the account now and have its data erased (the privacy domain's erasure)."""
-    from appliance.privacy import erasure
-
     account = accounts.account(db, account_id)
     owners = [m.email for m in accounts.members(db, account.id) if m.role == "owner"]
     found = erasure.request_deletion(

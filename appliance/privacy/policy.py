@@ -68,9 +68,8 @@ def operator(db: Database, settings: Settings) -> Operator:
     contact = (row and row["contact"]) or settings.privacy.contact_email
     if not contact:
         contact = next((u.email for u in accounts.users(db) if u.operator), "")
-    return Operator(
-        name, contact or "the operator of this appliance", row["updated_at"] if row else None
-    )
+    updated = row["updated_at"] if row else None
+    return Operator(name, contact or "the operator of this appliance", updated)
 
 
 def operator_name(db: Database, settings: Settings, row: dict | None = None) -> str:
