@@ -207,18 +207,10 @@ def settle(
             db, account_ref, except_hold=hold.id
         )
         charged = min(cost, max(0, available))
+        used = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+        subject = {"instance_id": hold.instance_id, "key_id": hold.key_id, "model": hold.model}
         ledger.post(
-            db,
-            account_ref,
-            "usage",
-            -charged,
-            now,
-            shortfall=cost - charged,
-            instance_id=hold.instance_id,
-            key_id=hold.key_id,
-            model=hold.model,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
+            db, account_ref, "usage", -charged, now, shortfall=cost - charged, **subject, **used
         )
         _count_spending(db, hold, account_ref, charged, now)
         db.execute(
@@ -319,25 +311,12 @@ def charge_instance_time(
             # Priced on the running total so that rounding per minute never adds up to
             # more (or less) than the hourly price.
             cost = (total + minutes) * per_hour // 60 - total * per_hour // 60
-            ledger.post(
-                db,
-                meter["account_ref"],
-                "instance_time",
-                -cost,
-                now,
-                shortfall_ok=True,
-                instance_id=instance_id,
-                minutes=minutes,
-                period=iso(now),
-            )
-            db["instance_meter"].update(
-                instance_id,
-                {
-                    "charged_until": iso(parse(charged_until) + timedelta(minutes=fresh)),
-                    "pending_minutes": 0,
-                    "minutes_total": total + minutes,
-                },
-            )
+            run = {"instance_id": instance_id, "minutes": minutes, "period": iso(now)}
+            ref = meter["account_ref"]
+            ledger.post(db, ref, "instance_time", -cost, now, shortfall_ok=True, **run)
+            until = iso(parse(charged_until) + timedelta(minutes=fresh))
+            changes = {"charged_until": until, "pending_minutes": 0}
+            db["instance_meter"].update(instance_id, {**changes, "minutes_total": total + minutes})
             charged += minutes
     return charged
 
@@ -370,15 +349,10 @@ def instance_state_changed(
         if not running:
             return
         minutes = _whole_minutes(meter["charged_until"], now)
-        until = parse(meter["charged_until"]) + timedelta(minutes=minutes)
-        db["instance_meter"].update(
-            instance_id,
-            {
-                "running_since": None,
-                "charged_until": iso(until),
-                "pending_minutes": meter["pending_minutes"] + minutes,
-            },
-        )
+        until = iso(parse(meter["charged_until"]) + timedelta(minutes=minutes))
+        pending = meter["pending_minutes"] + minutes
+        changes = {"running_since": None, "charged_until": until, "pending_minutes": pending}
+        db["instance_meter"].update(instance_id, changes)
 
 
 def charge_storage(db: Database, settings: Settings, used: dict[str, int], now: datetime) -> int:

@@ -144,16 +144,9 @@ def _egress(db, account_ref: str, purpose: str, params: dict, outcome: str, now)
         accounts.account(db, account_ref)
     except NotFound:
         return
-    persona.log_egress(
-        db,
-        account_ref,
-        service="stripe",
-        purpose=purpose,
-        data_categories=EGRESS_DATA,
-        bytes_sent=len(json.dumps(params).encode()),
-        outcome=outcome,
-        now=now,
-    )
+    call = {"service": "stripe", "purpose": purpose, "data_categories": EGRESS_DATA}
+    size = len(json.dumps(params).encode())
+    persona.log_egress(db, account_ref, **call, bytes_sent=size, outcome=outcome, now=now)
 
 
 def _customer(db, settings: Settings, account_ref: str, now: datetime) -> str:
