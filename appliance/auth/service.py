@@ -166,15 +166,13 @@ def verify_code(
     with write_transaction(db):
         if _locked(db, settings, email_subject, now) or _locked(db, settings, client_subject, now):
             raise InvalidCode()
-        row = next(
-            db.query(
-                """select id, code_mac, failures from otp_codes
-                   where email = :email and attempt_hash = :attempt and used_at is null
-                   and voided_at is null and expires_at > :now""",
-                {"email": email, "attempt": attempt_hash, "now": iso(now)},
-            ),
-            None,
+        found = db["otp_codes"].rows_where(
+            "email = ? and attempt_hash = ? and used_at is null and voided_at is null "
+            "and expires_at > ?",
+            [email, attempt_hash, iso(now)],
+            select="id, code_mac, failures",
         )
+        row = next(found, None)
         codes = db.table("otp_codes")
         if (
             row is not None
