@@ -11,7 +11,8 @@ import hmac
 import secrets
 from datetime import UTC, datetime
 
-from sqlite_utils import Database, Migrations
+import sqlite_utils
+from sqlite_utils import Migrations
 
 from appliance import personal, vault
 from appliance.accounts import service as accounts
@@ -25,21 +26,21 @@ migrations = Migrations("firstrun")
 
 
 @migrations()
-def m001_create_setup_claims(db: Database) -> None:
+def m001_create_setup_claims(db: sqlite_utils.Database) -> None:
     db["setup_claims"].create(
         {"id": int, "email": str, "claimed_at": str},
         pk="id",
     )
 
 
-def is_claimed(db: Database) -> bool:
+def is_claimed(db: sqlite_utils.Database) -> bool:
     """Claimed through the setup link, or an operator was created with the CLI."""
     if db["setup_claims"].count > 0:
         return True
     return any(user.operator for user in accounts.users(db))
 
 
-def setup_token(settings: Settings, db: Database) -> str | None:
+def setup_token(settings: Settings, db: sqlite_utils.Database) -> str | None:
     """The setup token while the install is unclaimed (created on first call), else None."""
     if is_claimed(db):
         vault.remove_secret(settings, TOKEN_NAME)
@@ -53,14 +54,14 @@ def setup_url(settings: Settings, token: str) -> str:
     return f"{settings.public_url}/setup?token={token}"
 
 
-def check_token(settings: Settings, db: Database, token: str) -> None:
+def check_token(settings: Settings, db: sqlite_utils.Database, token: str) -> None:
     """Raise NotFound unless ``token`` is the current setup token."""
     expected = None if is_claimed(db) else _current_token(settings)
     if not expected or not hmac.compare_digest(expected.encode(), token.encode()):
         raise NotFound("This setup link is not valid (it may have been used already).")
 
 
-def claim(settings: Settings, db: Database, token: str, email: str) -> str:
+def claim(settings: Settings, db: sqlite_utils.Database, token: str, email: str) -> str:
     """Create the first operator and their account, and destroy the token.
 
     Returns the normalised email, which can then sign in.

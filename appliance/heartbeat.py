@@ -6,7 +6,8 @@ import os
 import socket
 from datetime import UTC, datetime
 
-from sqlite_utils import Database, Migrations
+import sqlite_utils
+from sqlite_utils import Migrations
 
 from appliance.db import write_transaction
 
@@ -17,14 +18,14 @@ migrations = Migrations("heartbeat")
 
 
 @migrations()
-def m001_create_heartbeats(db: Database) -> None:
+def m001_create_heartbeats(db: sqlite_utils.Database) -> None:
     db["heartbeats"].create(
         {"service": str, "host": str, "pid": int, "beat_at": str},
         pk="service",
     )
 
 
-def beat(db: Database, service: str, now: datetime | None = None) -> None:
+def beat(db: sqlite_utils.Database, service: str, now: datetime | None = None) -> None:
     """Record that ``service`` is alive now."""
     now = now or datetime.now(UTC)
     with write_transaction(db):
@@ -32,6 +33,6 @@ def beat(db: Database, service: str, now: datetime | None = None) -> None:
         db["heartbeats"].upsert({**alive, "beat_at": now.isoformat()}, pk="service")
 
 
-def last_beat(db: Database, service: str) -> datetime | None:
+def last_beat(db: sqlite_utils.Database, service: str) -> datetime | None:
     row = next(db["heartbeats"].rows_where("service = ?", [service]), None)
     return datetime.fromisoformat(row["beat_at"]) if row else None

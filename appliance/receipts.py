@@ -17,7 +17,8 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlite_utils import Database, Migrations
+import sqlite_utils
+from sqlite_utils import Migrations
 
 from appliance import personal
 from appliance.clock import iso
@@ -29,7 +30,7 @@ migrations = Migrations("receipts")
 
 
 @migrations()
-def m001_create_deletion_receipts(db: Database) -> None:
+def m001_create_deletion_receipts(db: sqlite_utils.Database) -> None:
     """Moved here from privacy's first migration (which created it until receipts became a
     domain of their own): databases made before already have the table."""
     db.execute(
@@ -65,7 +66,7 @@ def _canonical(body: dict) -> str:
 
 
 def write(
-    db: Database,
+    db: sqlite_utils.Database,
     account_id: str,
     request: str,
     counts: dict[str, int],
@@ -93,13 +94,13 @@ def write(
     return Receipt(seq, body["at"], account_id, request, body, prev, digest)
 
 
-def receipts(db: Database, account_id: str | None = None) -> list[Receipt]:
+def receipts(db: sqlite_utils.Database, account_id: str | None = None) -> list[Receipt]:
     where = "account_id = ?" if account_id else None
     found = db[TABLE].rows_where(where, [account_id] if account_id else None, order_by="seq")
     return [Receipt(**{**row, "body": json.loads(row["body"])}) for row in found]
 
 
-def verify(db: Database) -> list[str]:
+def verify(db: sqlite_utils.Database) -> list[str]:
     """Problems with the chain, as readable lines (empty: every receipt is intact)."""
     problems: list[str] = []
     prev = GENESIS
