@@ -186,15 +186,8 @@ def build(db: Database, settings: Settings, export_id: str, now: datetime) -> Ex
     with partial.open("rb") as handle:
         digest = hashlib.file_digest(handle, "sha256")
     os.replace(partial, target)
-    _set(
-        db,
-        job.id,
-        status="ready",
-        progress=total,
-        size=target.stat().st_size,
-        sha256=digest.hexdigest(),
-        finished_at=iso(now),
-    )
+    done = {"status": "ready", "progress": total, "finished_at": iso(now)}
+    _set(db, job.id, size=target.stat().st_size, sha256=digest.hexdigest(), **done)
     return get(db, job.account_id, job.user_id, job.id)
 
 
