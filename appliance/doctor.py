@@ -27,16 +27,11 @@ class Check:
 
 def run_checks(settings: Settings) -> list[Check]:
     checks = [_data_dir(settings), _permissions(settings), _secrets(settings), _mail(settings)]
-    checks += _database(settings)
-    checks += _purges(settings)
-    checks += _billing(settings)
-    checks += _models(settings)
-    checks.append(_selftest(settings))
-    checks.append(_disk(settings))
-    checks.append(_gpu())
-    checks += _tls(settings)
-    checks += _services(settings)
-    checks += _restarts(settings)
+    for group in (_database, _purges, _billing, _models):
+        checks += group(settings)
+    checks += [_selftest(settings), _disk(settings), _gpu()]
+    for group in (_tls, _services, _restarts):
+        checks += group(settings)
     return checks
 
 
@@ -55,12 +50,8 @@ def _permissions(settings: Settings) -> Check:
     if loose:
         shown = ", ".join(f"{path.relative_to(root.parent)} {mode:04o}" for path, mode in loose[:3])
         more = f" and {len(loose) - 3} more" if len(loose) > 3 else ""
-        return Check(
-            "permissions",
-            "fail",
-            f"readable by other users: {shown}{more} (run `appliance init` as the data "
-            "dir's owner to make them private)",
-        )
+        fix = "run `appliance init` as the data dir's owner to make them private"
+        return Check("permissions", "fail", f"readable by other users: {shown}{more} ({fix})")
     return Check("permissions", "ok", "the data dir is private (directories 0700, files 0600)")
 
 
@@ -90,13 +81,11 @@ def _database(settings: Settings) -> list[Check]:
         db = open_db(settings)
     except ApplianceError as exc:
         return [Check("database", "fail", str(exc))]
-    try:
+    with db:
         result = integrity_check(db)
         vec = db.execute("select vec_version()").fetchone()[0]
         journal = db.execute("pragma journal_mode").fetchone()[0]
         last = heartbeat.last_beat(db, heartbeat.WORKER_SERVICE)
-    finally:
-        db.close()
     checks = [
         Check(
             "database",
@@ -110,13 +99,8 @@ def _database(settings: Settings) -> list[Check]:
     else:
         age = (datetime.now(UTC) - last).total_seconds()
         fresh = age <= settings.worker.heartbeat_stale_seconds
-        checks.append(
-            Check(
-                "worker",
-                "ok" if fresh else "warn",
-                f"last heartbeat {int(age)} s ago" + ("" if fresh else " (not running?)"),
-            )
-        )
+        detail = f"last heartbeat {int(age)} s ago" + ("" if fresh else " (not running?)")
+        checks.append(Check("worker", "ok" if fresh else "warn", detail))
     return checks
 
 
@@ -129,11 +113,9 @@ def _purges(settings: Settings) -> list[Check]:
     except ApplianceError:
         return []  # the database check above already failed
     now = datetime.now(UTC)
-    try:
+    with db:
         runs = retention.last_runs(db)
         late = retention.overdue(db, now)
-    finally:
-        db.close()
     checks = []
     for run in runs:
         if run.finished_at is None:
@@ -167,31 +149,19 @@ def _billing(settings: Settings) -> list[Check]:
     elif payments.configured(settings):
         checks.append(Check("billing", "ok", f"on; Stripe configured ({settings.stripe.api_base})"))
     else:
-        missing = [
-            name for name in ("secret_key", "webhook_secret") if not getattr(settings.stripe, name)
-        ]
-        checks.append(
-            Check(
-                "billing",
-                "warn",
-                f"on, but stripe.{' and stripe.'.join(missing)} not set: top-ups are off",
-            )
-        )
+        missing = [n for n in ("secret_key", "webhook_secret") if not getattr(settings.stripe, n)]
+        detail = f"on, but stripe.{' and stripe.'.join(missing)} not set: top-ups are off"
+        checks.append(Check("billing", "warn", detail))
     try:
         db = open_db(settings)
     except ApplianceError:
         return checks  # the database check reports it
-    try:
+    with db:
         broken = billing.invariant_violations(db)
-    finally:
-        db.close()
     if broken:
-        checks.append(
-            Check("ledger", "fail", f"{len(broken)} account(s) whose balance is not the ledger sum")
-        )
-    else:
-        checks.append(Check("ledger", "ok", "every balance equals its ledger sum"))
-    return checks
+        detail = f"{len(broken)} account(s) whose balance is not the ledger sum"
+        return [*checks, Check("ledger", "fail", detail)]
+    return [*checks, Check("ledger", "ok", "every balance equals its ledger sum")]
 
 
 def _models(settings: Settings) -> list[Check]:
@@ -282,14 +252,9 @@ def _services(settings: Settings) -> list[Check]:
     checks = []
     try:
         health = InferenceClient.from_settings(settings).health(timeout=2)
-        checks.append(
-            Check(
-                "inference",
-                "ok",
-                f"{health.get('chat_model')} on {health.get('device')}, "
-                f"{health.get('gpu_layers')}/{health.get('model_layers')} layers on GPU",
-            )
-        )
+        model = f"{health.get('chat_model')} on {health.get('device')}"
+        layers = f"{health.get('gpu_layers')}/{health.get('model_layers')} layers on GPU"
+        checks.append(Check("inference", "ok", f"{model}, {layers}"))
     except ApplianceError:
         checks.append(_port("inference", settings.inference.host, settings.inference.port))
     scheme = "https" if settings.web.tls_cert else "http"

@@ -26,15 +26,8 @@ def beat(db: sqlite_utils.Database, service: str, now: datetime | None = None) -
     """Record that ``service`` is alive now."""
     now = now or datetime.now(UTC)
     with write_transaction(db):
-        db["heartbeats"].upsert(
-            {
-                "service": service,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "beat_at": now.isoformat(),
-            },
-            pk="service",
-        )
+        alive = {"service": service, "host": socket.gethostname(), "pid": os.getpid()}
+        db["heartbeats"].upsert({**alive, "beat_at": now.isoformat()}, pk="service")
 
 
 def last_beat(db: sqlite_utils.Database, service: str) -> datetime | None:

@@ -23,15 +23,15 @@ import re
 import secrets
 import smtplib
 import ssl
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from sqlite_utils import Database
 
 import appliance
 from appliance import personal
@@ -171,36 +171,31 @@ def deliver(settings: Settings, mail: Mail, *, backends: Sequence[str] | None = 
     return delivered
 
 
+def _outbox(settings: Settings) -> Iterator[tuple[Path, EmailMessage]]:
+    """The messages the ``file`` backend wrote, oldest first, with their files."""
+    parser = email.parser.BytesParser(policy=email.policy.default)
+    for path in sorted(settings.paths.outbox.glob("*.eml")):
+        yield path, parser.parsebytes(path.read_bytes())  # type: ignore[misc]
+
+
 def outbox_messages(settings: Settings) -> list[EmailMessage]:
     """The messages the ``file`` backend wrote, oldest first."""
-    outbox = settings.paths.outbox
-    if not outbox.is_dir():
-        return []
-    parser = email.parser.BytesParser(policy=email.policy.default)
-    messages = []
-    for path in sorted(outbox.glob("*.eml")):
-        with path.open("rb") as handle:
-            messages.append(parser.parse(handle))
-    return messages  # type: ignore[return-value]  # policy.default makes EmailMessage
+    return [message for _, message in _outbox(settings)]
 
 
 def forget(settings: Settings, addresses: list[str]) -> int:
     """Delete every message in the outbox sent to, or naming, one of ``addresses`` (an
     erased person: the outbox is a delivery spool, not a record); returns how many."""
-    outbox = settings.paths.outbox
     wanted = {address.lower() for address in addresses if address}
-    if not wanted or not outbox.is_dir():
+    if not wanted:
         return 0
     # Whole addresses only: bob@example.com is not named by a mail to jimbob@example.com.
     naming = re.compile(
         r"(?<![\w.%+-])(?:" + "|".join(map(re.escape, sorted(wanted))) + r")(?![\w-]|\.\w)",
         re.IGNORECASE,
     )
-    parser = email.parser.BytesParser(policy=email.policy.default)
     removed = 0
-    for path in sorted(outbox.glob("*.eml")):
-        with path.open("rb") as handle:
-            message = parser.parse(handle)
+    for path, message in _outbox(settings):
         _, to = email.utils.parseaddr(str(message["To"] or ""))
         text = " ".join(
             part.get_content() for part in message.walk() if part.get_content_maintype() == "text"
@@ -217,11 +212,11 @@ def forget(settings: Settings, addresses: list[str]) -> int:
 TABLES: tuple[personal.Table, ...] = ()
 
 
-def export(db: sqlite_utils.Database, settings: Settings, scope: personal.Scope) -> personal.Held:
+def export(db: Database, settings: Settings, scope: personal.Scope) -> personal.Held:
     return personal.Held()
 
 
-def erase(db: sqlite_utils.Database, settings: Settings, job: personal.Erasure) -> bool:
+def erase(db: Database, settings: Settings, job: personal.Erasure) -> bool:
     """The departing people's mails (addresses, codes) leave the outbox."""
     removed = forget(settings, job.emails)
     if removed:
@@ -237,15 +232,13 @@ def purge_outbox(db, settings: Settings, now: datetime, budget, on_batch):
     cutoff = personal.log_cutoff(settings, now)
     old = [p for p in sorted(outbox.glob("*.eml")) if _written_at(p) < cutoff]
     batch = settings.privacy.purge_batch_size
-    total = 0
     for start in range(0, len(old), batch):
         if not budget.spend():
-            return total, False
+            return start, False
         for path in old[start : start + batch]:
             path.unlink(missing_ok=True)
-        total += len(old[start : start + batch])
         on_batch(len(old[start : start + batch]))
-    return total, True
+    return len(old), True
 
 
 def _written_at(path: Path) -> datetime:
@@ -368,16 +361,3 @@ def _reason(exc: BaseException, settings: Settings, mail: Mail) -> str:
     if len(text) > _MAX_REASON:
         text = text[:_MAX_REASON] + "…"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-__all__ = [
-    "BACKENDS",
-    "Mail",
-    "MailError",
-    "check_settings",
-    "compose",
-    "deliver",
-    "forget",
-    "outbox_messages",
-    "recipient_ref",
-]

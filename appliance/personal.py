@@ -1,23 +1,11 @@
 """Personal data by registration: the protocol each domain implements for its own tables.
 
-A domain whose tables hold account or user data has a *part*, a module listed in
-``PARTS`` (by name, like ``db.MIGRATION_MODULES``, so this core module imports no
-domain). A part
-
-- declares its tables (``TABLES``: how rows are found for an account and for a person,
-  whether they are exported, what deletion does with them);
-- ``export(db, settings, scope) -> Held``: what it holds for one person (and, for an
-  owner, for the account): rows per table, original files, extra texts;
-- ``erase(db, settings, job) -> bool``: erases what it holds of an erased account and
-  of the people who leave with it, batch by batch (each batch one transaction, counted
-  with ``job.count`` inside it, ``job.budget`` spent per batch); False when the budget
-  ran out, and the next call resumes. Files go after their rows' commit;
-- ``PURGES``: its retention jobs (name → ``Purge``): what is past its window goes.
-
-``appliance.privacy`` orchestrates export, erasure and retention over the parts and never
-names a domain's table. The helpers below are what a part calls *for its own tables*.
-``tests/privacy/test_registry.py`` checks that every table with a column of
-``ACCOUNT_COLUMNS`` is claimed by exactly one part, of the domain that owns it.
+A domain whose tables hold account or user data has a *part*, a module listed in ``PARTS``
+(by name, so this core module imports no domain) with ``TABLES``, ``export``, ``erase``
+and ``PURGES`` (docs/architecture.md, "Personal data by registration").
+``appliance.privacy`` runs them and never names a domain's table. The helpers below are
+what a part calls for its own tables. ``tests/privacy/test_registry.py`` checks that every
+table with a column of ``ACCOUNT_COLUMNS`` is claimed by exactly one part, its owner's.
 """
 
 from __future__ import annotations
@@ -31,7 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance.config import Settings
 from appliance.db import write_transaction
@@ -78,6 +66,9 @@ KEEP = "keep"  # no content; the record of the erasure itself
 #: (``:emails``), both JSON arrays bound as parameters.
 USERS = "(select value from json_each(:users))"
 EMAILS = "(select value from json_each(:emails))"
+#: The usual conditions: the rows of the account (``account_id``), and of the people.
+BY_ACCOUNT = "account_id = :account"
+BY_USER = f"user_id in {USERS}"
 
 
 @dataclass(frozen=True)
@@ -164,7 +155,7 @@ class Held:
     others: dict[str, int] = field(default_factory=dict)  # an owner's: other members' rows
 
 
-def rows(db: sqlite_utils.Database, table: Table, scope: Scope) -> Iterator[dict]:
+def rows(db: Database, table: Table, scope: Scope) -> Iterator[dict]:
     """The table's rows an export of ``scope`` holds, secret columns left out."""
     condition = scope.condition(table)
     if condition is None:
@@ -173,7 +164,7 @@ def rows(db: sqlite_utils.Database, table: Table, scope: Scope) -> Iterator[dict
         yield {k: v for k, v in row.items() if k not in table.hidden}
 
 
-def held(db: sqlite_utils.Database, own: tuple[Table, ...], scope: Scope) -> Held:
+def held(db: Database, own: tuple[Table, ...], scope: Scope) -> Held:
     """The exported tables of ``own`` for ``scope``; for an owner, the other members'
     personal rows as counts."""
     out = Held()
@@ -191,10 +182,10 @@ def plain(own: tuple[Table, ...]) -> tuple[Callable, Callable]:
     """``export`` and ``erase`` for a part whose tables need nothing but their rows: the
     exported tables' rows; the ``ERASE`` tables' rows, in order."""
 
-    def export(db: sqlite_utils.Database, settings: Settings, scope: Scope) -> Held:
+    def export(db: Database, settings: Settings, scope: Scope) -> Held:
         return held(db, own, scope)
 
-    def erase(db: sqlite_utils.Database, settings: Settings, job: Erasure) -> bool:
+    def erase(db: Database, settings: Settings, job: Erasure) -> bool:
         return erase_tables(db, own, job)
 
     return export, erase
@@ -253,7 +244,7 @@ class Erasure:
         return _any(table.account, None if table.contributed else table.user) or "0"
 
 
-def _delete_batch(db: sqlite_utils.Database, table: str, where: str, params, batch: int) -> int:
+def _delete_batch(db: Database, table: str, where: str, params, batch: int) -> int:
     """Delete up to ``batch`` of the rows ``where`` selects, in the caller's transaction."""
     # "as": a table whose integer primary key is an alias of rowid names it after itself.
     selected = db[table].rows_where(where, params, select="rowid as row_id", limit=batch)
@@ -263,7 +254,7 @@ def _delete_batch(db: sqlite_utils.Database, table: str, where: str, params, bat
     return len(found)
 
 
-def erase_rows(db: sqlite_utils.Database, table: Table, job: Erasure) -> bool:
+def erase_rows(db: Database, table: Table, job: Erasure) -> bool:
     """Delete the job's rows of one table, batch by batch; False when the budget ran out."""
     condition = job.condition(table)
     while True:
@@ -277,13 +268,13 @@ def erase_rows(db: sqlite_utils.Database, table: Table, job: Erasure) -> bool:
             return True
 
 
-def erase_tables(db: sqlite_utils.Database, own: tuple[Table, ...], job: Erasure) -> bool:
+def erase_tables(db: Database, own: tuple[Table, ...], job: Erasure) -> bool:
     """``erase_rows`` for each ``ERASE`` table of ``own``, in order."""
     return all(erase_rows(db, t, job) for t in own if t.on_delete == ERASE)
 
 
 def erase_with_files(
-    db: sqlite_utils.Database,
+    db: Database,
     table: Table,
     job: Erasure,
     delete_one: Callable[[dict], Path],
@@ -317,13 +308,11 @@ def erase_with_files(
 
 #: ``purge(db, settings, now, budget, on_batch) -> (deleted, complete)``; ``on_batch(n)``
 #: is called after each committed batch.
-Purge = Callable[
-    [sqlite_utils.Database, Settings, datetime, Budget, Callable[[int], None]], tuple[int, bool]
-]
+Purge = Callable[[Database, Settings, datetime, Budget, Callable[[int], None]], tuple[int, bool]]
 
 
 def batched_delete(
-    db: sqlite_utils.Database,
+    db: Database,
     table: str,
     where: str,
     params: list,

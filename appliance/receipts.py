@@ -86,15 +86,8 @@ def write(
     }
     text = _canonical(body)
     digest = _digest(prev, text)
-    row = {
-        "at": body["at"],
-        "account_id": account_id,
-        "request": request,
-        "body": text,
-        "prev_hash": prev,
-        "hash": digest,
-    }
-    seq = db[TABLE].insert(row).last_rowid
+    row = {"at": body["at"], "account_id": account_id, "request": request, "body": text}
+    seq = db[TABLE].insert({**row, "prev_hash": prev, "hash": digest}).last_rowid
     return Receipt(seq, body["at"], account_id, request, body, prev, digest)
 
 
@@ -124,11 +117,7 @@ def verify(db: sqlite_utils.Database) -> list[str]:
             body = {}
         if _digest(prev_hash, body_text) != digest or _canonical(body) != body_text:
             problems.append(f"receipt {seq}: edited (hash does not match its content)")
-        elif (body.get("account_id"), body.get("at"), body.get("request")) != (
-            account_id,
-            at,
-            request,
-        ):
+        elif [body.get(k) for k in ("account_id", "at", "request")] != [account_id, at, request]:
             problems.append(f"receipt {seq}: edited (columns differ from the hashed body)")
         prev = digest
     highest = next(db["sqlite_sequence"].rows_where("name = ?", [TABLE], select="seq"), None)

@@ -1,12 +1,8 @@
 """``appliance up``: run web, inference and worker as child processes in the foreground.
 
-Each child's output is prefixed with its name. A child that dies is started again after a
-delay that doubles from 1 s to 30 s and is back at 1 s once the child has lived a minute
-(as the systemd units' ``Restart=on-failure`` does); each death is one log line (service,
-exit code or signal, restart count, next delay). Ctrl-C (or SIGTERM) stops all of them;
-so does a child that keeps dying (5 times in 2 minutes), and ``up`` then exits 1 saying
-which and how. Every start and death is recorded in ``DATA_DIR/run/services.json``
-(``appliance.ops.services``), which doctor, ``appliance admin status`` and /admin read.
+A child that dies is started again after a delay that doubles from 1 s to 30 s, as the
+systemd units do; one that keeps dying stops everything (``RestartPolicy``,
+docs/operations.md). Starts and deaths are recorded for ``appliance.ops.services``.
 """
 
 from __future__ import annotations
@@ -91,24 +87,16 @@ class _Output:
             self.out.flush()
 
 
+@dataclass
 class Supervisor:
     """The children of one ``up``: started, watched, restarted, recorded, stopped."""
 
-    def __init__(
-        self,
-        services: Sequence[tuple[str, list[str]]],
-        *,
-        env: dict[str, str] | None,
-        out,
-        state_file: Path | None,
-        policy: RestartPolicy,
-    ) -> None:
-        self.children = [Child(name, list(argv), policy.first_delay) for name, argv in services]
-        self.env = env
-        self.output = _Output(out)
-        self.state_file = state_file
-        self.policy = policy
-        self.failed: Child | None = None
+    children: list[Child]
+    env: dict[str, str] | None
+    output: _Output
+    state_file: Path | None
+    policy: RestartPolicy
+    failed: Child | None = None
 
     def start(self, child: Child) -> None:
         if child.process is not None:
@@ -193,17 +181,12 @@ class Supervisor:
             state = "stopped" if stopping else child.state
             if child is self.failed:
                 state = "failed"
-            services[child.name] = {
-                "state": state,
-                "pid": child.process.pid if child.process else None,
-                "restarts": child.restarts,
-                "last_exit": child.last_exit,
-                "last_exit_at": child.last_exit_at,
-            }
+            pid = child.process.pid if child.process else None
+            exits = {"last_exit": child.last_exit, "last_exit_at": child.last_exit_at}
+            services[child.name] = {"state": state, "pid": pid, "restarts": child.restarts, **exits}
         try:
             write_state(
-                self.state_file,
-                {"pid": os.getpid(), "updated_at": _now(), "services": services},
+                self.state_file, {"pid": os.getpid(), "updated_at": _now(), "services": services}
             )
         except OSError as exc:  # a full disk must not take the services down
             log.warning("could not record the services' state: %s", exc.strerror)
@@ -242,13 +225,9 @@ def supervise(
         started: optional callback run once every child has been started.
         state_file: where to record starts and deaths (``ops.services.state_path``).
     """
-    supervisor = Supervisor(
-        services,
-        env=env,
-        out=out or sys.stdout,
-        state_file=state_file,
-        policy=policy or RestartPolicy(),
-    )
+    policy = policy or RestartPolicy()
+    children = [Child(name, list(argv), policy.first_delay) for name, argv in services]
+    supervisor = Supervisor(children, env, _Output(out or sys.stdout), state_file, policy)
     stop_requested = threading.Event()
     previous = {}
 

@@ -67,11 +67,8 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
     )
 
     def record_heartbeat() -> None:
-        db = open_db(settings)
-        try:
+        with open_db(settings) as db:
             heartbeat.beat(db, WORKER_SERVICE)
-        finally:
-            db.close()
 
     resume_once = threading.Lock()  # never released: only the first worker thread resumes
 
@@ -81,11 +78,8 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
         # Huey does not redeliver a task interrupted by a crash: documents left half-way
         # are queued again here (once per process; this hook runs in every worker thread).
         if resume_once.acquire(blocking=False):
-            db = open_db(settings)
-            try:
+            with open_db(settings) as db:
                 pending = knowledge.unfinished(db)
-            finally:
-                db.close()
             for doc in pending:
                 ingest_document(doc.id)
             # Retention catches up at once after downtime (and a fresh install has a
@@ -96,11 +90,8 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
 
     def operator_name() -> str:
         """The mail footer's name (set at setup or on /admin, else the configured one)."""
-        db = open_db(settings)
-        try:
+        with open_db(settings) as db:
             return policy.operator_name(db, settings)
-        finally:
-            db.close()
 
     @huey.task(retries=3, retry_delay=30, name="send_mail")
     def send_mail(template: str, to: str, context: dict) -> None:
@@ -111,21 +102,12 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
     def send_signin_code(email: str, code: str) -> None:
         # Decided here, not in the request, so that known and unknown addresses take
         # the same time to answer.
-        db = open_db(settings)
-        try:
+        with open_db(settings) as db:
             allowed = accounts.may_sign_in(db, settings, email, utcnow())
-        finally:
-            db.close()
         if allowed:
-            message = mail.compose(
-                settings,
-                "signin_code",
-                email,
-                company=operator_name(),
-                code=code,
-                minutes=settings.auth.code_ttl_minutes,
-            )
-            mail.deliver(settings, message)
+            minutes = settings.auth.code_ttl_minutes
+            context = {"company": operator_name(), "code": code, "minutes": minutes}
+            mail.deliver(settings, mail.compose(settings, "signin_code", email, **context))
 
     @huey.task(retries=5, retry_delay=30, name="ingest_document")
     def ingest_document(document_id: str) -> None:
@@ -137,8 +119,7 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
                 locks.enter_context(huey.lock_task(INGEST_LOCK.format(document_id)))
             except TaskLockedException:
                 return  # another task took it along with its own and is on it
-            db = open_db(settings)
-            locks.callback(db.close)
+            db = locks.enter_context(open_db(settings))
             batch = [document_id]
             for other in knowledge.queued(db, INGEST_BATCH):
                 if other == document_id or len(batch) >= INGEST_BATCH:
@@ -159,16 +140,12 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
 
     @huey.task(retries=2, retry_delay=30, name="build_export")
     def build_export(export_id: str) -> None:
-        with huey.lock_task(f"export-{export_id}"):
-            db = open_db(settings)
+        with huey.lock_task(f"export-{export_id}"), open_db(settings) as db:
             try:
-                try:
-                    export.build(db, settings, export_id, utcnow())
-                except Exception:
-                    export.fail(db, export_id)
-                    raise
-            finally:
-                db.close()
+                export.build(db, settings, export_id, utcnow())
+            except Exception:
+                export.fail(db, export_id)
+                raise
 
     @huey.periodic_task(crontab(minute="*"), name="billing_minute")
     def billing_minute() -> dict:
@@ -192,37 +169,20 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
         with huey.lock_task("billing_storage"):
             return billing_tasks.charge_storage(settings, utcnow())
 
-    return TaskQueue(
-        huey=huey,
-        heartbeat=beat_task,
-        send_mail=send_mail,
-        send_signin_code=send_signin_code,
-        ingest_document=ingest_document,
-        purge=purge,
-        build_export=build_export,
-        billing_minute=billing_minute,
-        billing_reconcile=billing_reconcile,
-        billing_storage=billing_storage,
-    )
+    tasks = (beat_task, send_mail, send_signin_code, ingest_document, purge, build_export)
+    billing = (billing_minute, billing_reconcile, billing_storage)
+    # Each task's name is its field's.
+    return TaskQueue(huey, **{task.name: task for task in (*tasks, *billing)})
 
 
 def run_purges(settings: Settings, send_mail: TaskWrapper, *, max_batches: int | None = None):
     """Every retention job once, then the confirmation email of each completed erasure
     (``appliance purge --now`` and the hourly task)."""
-    db = open_db(settings)
-    try:
+    with open_db(settings) as db:
         results = retention.run_all(db, settings, utcnow(), max_batches=max_batches)
+        years = settings.privacy.tax_retention_years
         for account_id, email, receipt in erasure.confirmations_due(db):
-            send_mail(
-                "account_erased",
-                email,
-                {
-                    "erased_at": receipt.at[:10],
-                    "receipt_hash": receipt.hash,
-                    "tax_years": settings.privacy.tax_retention_years,
-                },
-            )
+            done = {"erased_at": receipt.at[:10], "receipt_hash": receipt.hash, "tax_years": years}
+            send_mail("account_erased", email, done)
             erasure.confirmation_sent(db, account_id)
-    finally:
-        db.close()
     return results

@@ -40,8 +40,8 @@ class Invite:
     role: str
     created_at: str
     expires_at: str
-    accepted_at: str | None
-    revoked_at: str | None
+    accepted_at: str | None = None
+    revoked_at: str | None = None
     declined_at: str | None = None
 
 

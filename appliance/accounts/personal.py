@@ -7,14 +7,14 @@ from datetime import datetime
 from appliance import personal
 from appliance.clock import iso
 from appliance.config import Settings
-from appliance.personal import ERASE, TOMBSTONE, USERS, Table
+from appliance.personal import BY_ACCOUNT, BY_USER, ERASE, TOMBSTONE, USERS, Table
 
 #: In erasure order; the account row itself is overwritten last, by the erasure
 #: (``service.tombstone``), together with its receipt.
 TABLES = (
-    Table("profiles", "account_id = :account", None, ERASE, True, note="onboarding answers"),
-    Table("invites", "account_id = :account", None, ERASE, True),
-    Table("memberships", "account_id = :account", f"user_id in {USERS}", ERASE, True),
+    Table("profiles", BY_ACCOUNT, None, ERASE, True, note="onboarding answers"),
+    Table("invites", BY_ACCOUNT, None, ERASE, True),
+    Table("memberships", BY_ACCOUNT, BY_USER, ERASE, True),
     Table("users", None, f"id in {USERS}", ERASE, True, note="people with no other account"),
     Table("accounts", "id = :account", None, TOMBSTONE, True, note="name overwritten"),
 )

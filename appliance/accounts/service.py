@@ -10,18 +10,9 @@ import re
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-import sqlite_utils
+from sqlite_utils import Database
 
-from appliance.accounts.models import (
-    MANAGERS,
-    ROLES,
-    Account,
-    Invite,
-    Member,
-    Offer,
-    Profile,
-    User,
-)
+from appliance.accounts.models import MANAGERS, ROLES, Account, Invite, Member, Offer, Profile, User
 from appliance.accounts.store import AccountStore
 from appliance.clock import iso
 from appliance.config import Settings
@@ -61,17 +52,14 @@ def _clean_name(name: str) -> str:
     return name
 
 
-def create_account(db: sqlite_utils.Database, name: str, now: datetime) -> Account:
-    name = _clean_name(name)
-    account = Account(id=new_id("acc"), name=name, status="active", created_at=iso(now))
+def create_account(db: Database, name: str, now: datetime) -> Account:
+    account = Account(new_id("acc"), _clean_name(name), "active", iso(now))
     with write_transaction(db):
         AccountStore(db).insert_account(account)
     return account
 
 
-def ensure_user(
-    db: sqlite_utils.Database, email: str, now: datetime, *, operator: bool = False
-) -> User:
+def ensure_user(db: Database, email: str, now: datetime, *, operator: bool = False) -> User:
     """The user with this email, created if new; ``operator`` is only ever switched on."""
     email = normalise_email(email)
     store = AccountStore(db)
@@ -86,15 +74,13 @@ def ensure_user(
     return user
 
 
-def add_member(
-    db: sqlite_utils.Database, account_id: str, user_id: str, role: str, now: datetime
-) -> None:
+def add_member(db: Database, account_id: str, user_id: str, role: str, now: datetime) -> None:
     with write_transaction(db):
         AccountStore(db).upsert_membership(account_id, user_id, _check_role(role), iso(now))
 
 
 def create_user(
-    db: sqlite_utils.Database,
+    db: Database,
     email: str,
     now: datetime,
     *,
@@ -114,36 +100,36 @@ def create_user(
     return user, account
 
 
-def user(db: sqlite_utils.Database, user_id: str) -> User:
+def user(db: Database, user_id: str) -> User:
     found = AccountStore(db).user(user_id)
     if found is None:
         raise NotFound("No such user.")
     return found
 
 
-def user_by_email(db: sqlite_utils.Database, email: str) -> User | None:
+def user_by_email(db: Database, email: str) -> User | None:
     try:
         return AccountStore(db).user_by_email(normalise_email(email))
     except InvalidInput:
         return None
 
 
-def users(db: sqlite_utils.Database) -> list[User]:
+def users(db: Database) -> list[User]:
     return AccountStore(db).users()
 
 
-def accounts(db: sqlite_utils.Database) -> list[Account]:
+def accounts(db: Database) -> list[Account]:
     return AccountStore(db).accounts()
 
 
-def account(db: sqlite_utils.Database, account_id: str) -> Account:
+def account(db: Database, account_id: str) -> Account:
     found = AccountStore(db).account(account_id)
     if found is None or found.status == "deleted":
         raise NotFound("No such account.")
     return found
 
 
-def set_suspended(db: sqlite_utils.Database, account_id: str, suspended: bool) -> Account:
+def set_suspended(db: Database, account_id: str, suspended: bool) -> Account:
     """Suspend an active account or reactivate a suspended one (operators only).
 
     While suspended, its members' sessions and API keys are refused on every request
@@ -163,12 +149,12 @@ def set_suspended(db: sqlite_utils.Database, account_id: str, suspended: bool) -
     return replace(found, status=wanted)
 
 
-def accounts_of(db: sqlite_utils.Database, user_id: str) -> list[tuple[Account, str]]:
+def accounts_of(db: Database, user_id: str) -> list[tuple[Account, str]]:
     """The active accounts the user belongs to, with their role in each."""
     return AccountStore(db).accounts_of(user_id)
 
 
-def role_in(db: sqlite_utils.Database, account_id: str, user_id: str) -> str | None:
+def role_in(db: Database, account_id: str, user_id: str) -> str | None:
     """The user's role in an *active* account, or None."""
     store = AccountStore(db)
     found = store.account(account_id)
@@ -177,7 +163,7 @@ def role_in(db: sqlite_utils.Database, account_id: str, user_id: str) -> str | N
     return store.role(account_id, user_id)
 
 
-def lock(db: sqlite_utils.Database, account_id: str) -> Account:
+def lock(db: Database, account_id: str) -> Account:
     """Mark the account deleted (its erasure was requested): from now on no session, key
     or sign-in works for it (``role_in`` only answers for active accounts).
 
@@ -190,41 +176,38 @@ def lock(db: sqlite_utils.Database, account_id: str) -> Account:
     return replace(found, status="deleted")
 
 
-def tombstone(db: sqlite_utils.Database, account_id: str) -> None:
+def tombstone(db: Database, account_id: str) -> None:
     """Overwrite the name of an erased account (the row stays, naming nobody)."""
     with write_transaction(db):
         AccountStore(db).set_account(account_id, name=DELETED_NAME)
 
 
-def member_elsewhere(db: sqlite_utils.Database, user_id: str, account_id: str) -> bool:
+def member_elsewhere(db: Database, user_id: str, account_id: str) -> bool:
     """Whether the user belongs to another account that is not deleted."""
     return AccountStore(db).member_elsewhere(user_id, account_id)
 
 
-def emails(db: sqlite_utils.Database, user_ids: list[str]) -> list[str]:
+def emails(db: Database, user_ids: list[str]) -> list[str]:
     """The addresses of those of ``user_ids`` that still exist."""
     store = AccountStore(db)
     return [found.email for found in map(store.user, user_ids) if found]
 
 
-def active_people(db: sqlite_utils.Database) -> list[str]:
+def active_people(db: Database) -> list[str]:
     """The email of every user who belongs to an active account or runs the appliance."""
     return AccountStore(db).active_people()
 
 
-def may_sign_in(db: sqlite_utils.Database, settings: Settings, email: str, now: datetime) -> bool:
+def may_sign_in(db: Database, settings: Settings, email: str, now: datetime) -> bool:
     """Whether a code should be sent: a member, an invitee, or open sign-up."""
     store = AccountStore(db)
     found = store.user_by_email(email)
-    if found and (store.accounts_of(found.id) or found.operator):
-        return True
-    if store.offers_for(email, iso(now)):
-        return True
-    return settings.auth.signup == "open"
+    member = bool(found and (store.accounts_of(found.id) or found.operator))
+    return member or bool(store.offers_for(email, iso(now))) or settings.auth.signup == "open"
 
 
 def complete_sign_in(
-    db: sqlite_utils.Database, settings: Settings, email: str, now: datetime
+    db: Database, settings: Settings, email: str, now: datetime
 ) -> tuple[User, Account | None]:
     """After a correct code: create the user if new and pick the account to land in.
 
@@ -251,7 +234,7 @@ def complete_sign_in(
     return member, last or (joined[-1][0] if joined else None)
 
 
-def used_account(db: sqlite_utils.Database, user_id: str, account_id: str) -> None:
+def used_account(db: Database, user_id: str, account_id: str) -> None:
     """Remember the account the user works in now (sign-in lands there next time)."""
     with write_transaction(db):
         AccountStore(db).set_user(user_id, last_account_id=account_id)
@@ -260,21 +243,19 @@ def used_account(db: sqlite_utils.Database, user_id: str, account_id: str) -> No
 # -- invites, as the invited person sees them -------------------------------------------
 
 
-def invited(db: sqlite_utils.Database, member: User, now: datetime) -> list[Offer]:
+def invited(db: Database, member: User, now: datetime) -> list[Offer]:
     """The person's open invites (unexpired, to active accounts), oldest first."""
     return AccountStore(db).offers_for(member.email, iso(now))
 
 
-def _offer(db: sqlite_utils.Database, member: User, invite_id: str, now: datetime) -> Offer:
+def _offer(db: Database, member: User, invite_id: str, now: datetime) -> Offer:
     found = next((o for o in invited(db, member, now) if o.id == invite_id), None)
     if found is None:
         raise NotFound("No such invitation (it may have been withdrawn or have expired).")
     return found
 
 
-def accept_invite(
-    db: sqlite_utils.Database, user_id: str, invite_id: str, now: datetime
-) -> Account:
+def accept_invite(db: Database, user_id: str, invite_id: str, now: datetime) -> Account:
     """Join the account of one of the person's open invites, with its role (someone who
     is a member already keeps their role); returns the account.
 
@@ -292,7 +273,7 @@ def accept_invite(
     return account(db, offer.account_id)
 
 
-def decline_invite(db: sqlite_utils.Database, user_id: str, invite_id: str, now: datetime) -> None:
+def decline_invite(db: Database, user_id: str, invite_id: str, now: datetime) -> None:
     """Say no to one of the person's open invites (the inviting account sees it no more).
 
     Raises:
@@ -304,9 +285,7 @@ def decline_invite(db: sqlite_utils.Database, user_id: str, invite_id: str, now:
         store.mark_invite(offer.id, "declined_at", iso(now))
 
 
-def rename_account(
-    db: sqlite_utils.Database, account_id: str, actor_role: str, name: str
-) -> Account:
+def rename_account(db: Database, account_id: str, actor_role: str, name: str) -> Account:
     """Rename the team (owners only: else ``NotAllowed``); invites carry the new name."""
     if actor_role != "owner":
         raise NotAllowed("Only an owner can rename the team.")
@@ -319,7 +298,7 @@ def rename_account(
 # -- members ----------------------------------------------------------------------------
 
 
-def members(db: sqlite_utils.Database, account_id: str) -> list[Member]:
+def members(db: Database, account_id: str) -> list[Member]:
     return AccountStore(db).members(account_id)
 
 
@@ -335,9 +314,7 @@ def _member_role(store: AccountStore, account_id: str, user_id: str) -> str:
     return role
 
 
-def set_role(
-    db: sqlite_utils.Database, account_id: str, actor_role: str, user_id: str, role: str
-) -> Member:
+def set_role(db: Database, account_id: str, actor_role: str, user_id: str, role: str) -> Member:
     _require_manager(actor_role)
     _check_role(role)
     store = AccountStore(db)
@@ -352,7 +329,7 @@ def set_role(
 
 
 def remove_member(
-    db: sqlite_utils.Database, account_id: str, actor_role: str, actor_id: str, user_id: str
+    db: Database, account_id: str, actor_role: str, actor_id: str, user_id: str
 ) -> None:
     """Remove a member (or leave, when ``user_id`` is the actor)."""
     if user_id != actor_id:
@@ -371,7 +348,7 @@ def remove_member(
 
 
 def invite(
-    db: sqlite_utils.Database,
+    db: Database,
     account_id: str,
     actor_role: str,
     actor_id: str,
@@ -388,27 +365,19 @@ def invite(
     existing = store.user_by_email(email)
     if existing and store.role(account_id, existing.id):
         raise Conflict("This person is already a member.")
-    created = Invite(
-        id=new_id("inv"),
-        account_id=account_id,
-        email=email,
-        role=role,
-        created_at=iso(now),
-        expires_at=iso(now + timedelta(days=INVITE_DAYS)),
-        accepted_at=None,
-        revoked_at=None,
-    )
+    expires = iso(now + timedelta(days=INVITE_DAYS))
+    created = Invite(new_id("inv"), account_id, email, role, iso(now), expires)
     with write_transaction(db):
         store.insert_invite(created, actor_id)
     return created
 
 
-def invites(db: sqlite_utils.Database, account_id: str) -> list[Invite]:
+def invites(db: Database, account_id: str) -> list[Invite]:
     return AccountStore(db).invites(account_id)
 
 
 def revoke_invite(
-    db: sqlite_utils.Database, account_id: str, actor_role: str, invite_id: str, now: datetime
+    db: Database, account_id: str, actor_role: str, invite_id: str, now: datetime
 ) -> None:
     _require_manager(actor_role)
     store = AccountStore(db)
@@ -422,7 +391,7 @@ def revoke_invite(
 # -- onboarding profile -----------------------------------------------------------------
 
 
-def profile(db: sqlite_utils.Database, account_id: str, now: datetime) -> Profile:
+def profile(db: Database, account_id: str, now: datetime) -> Profile:
     found = AccountStore(db).profile(account_id)
     if found:
         return found
@@ -430,7 +399,7 @@ def profile(db: sqlite_utils.Database, account_id: str, now: datetime) -> Profil
 
 
 def save_profile(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     account_id: str,
     actor_role: str,
@@ -458,12 +427,9 @@ def save_profile(
             f"{settings.privacy.minimum_age} years old."
         )
     current = profile(db, account_id, now)
+    completed = current.completed_at or iso(now)
     saved = replace(
-        current,
-        **clean,
-        age_confirmed=True,
-        completed_at=current.completed_at or iso(now),
-        updated_at=iso(now),
+        current, **clean, age_confirmed=True, completed_at=completed, updated_at=iso(now)
     )
     store = AccountStore(db)
     with write_transaction(db):
@@ -475,9 +441,7 @@ def save_profile(
     return saved
 
 
-def skip_onboarding(
-    db: sqlite_utils.Database, account_id: str, actor_role: str, now: datetime
-) -> Profile:
+def skip_onboarding(db: Database, account_id: str, actor_role: str, now: datetime) -> Profile:
     _require_manager(actor_role)
     current = profile(db, account_id, now)
     skipped = replace(current, skipped_at=current.skipped_at or iso(now), updated_at=iso(now))
@@ -488,12 +452,7 @@ def skip_onboarding(
 
 def profile_summary(found: Profile) -> str:
     """The short text the owner wrote, as it may be sent to generate a system prompt."""
-    lines = [
-        ("Business", found.business_name),
-        ("Intended use", found.intended_use),
-        ("Tone", found.tone),
-        ("Formality", found.formality),
-        ("Answer length", found.length),
-        ("Language", found.language),
-    ]
+    labels = ("Business", "Intended use", "Tone", "Formality", "Answer length", "Language")
+    values = [getattr(found, name) for name in PROFILE_FIELDS]
+    lines = zip(labels, values, strict=True)
     return "\n".join(f"{label}: {value}" for label, value in lines if value)

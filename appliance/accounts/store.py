@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance.accounts.models import Account, Invite, Member, Offer, Profile, User
 
 
 class AccountStore:
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     def _one(self, sql: str, params: dict) -> dict | None:

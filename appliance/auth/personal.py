@@ -7,34 +7,12 @@ from datetime import datetime, timedelta
 from appliance import personal
 from appliance.clock import iso
 from appliance.config import Settings
-from appliance.personal import EMAILS, ERASE, USERS, Table
+from appliance.personal import BY_ACCOUNT, BY_USER, EMAILS, ERASE, Table
 
 TABLES = (
-    Table(
-        "api_keys",
-        "account_id = :account",
-        f"user_id in {USERS}",
-        ERASE,
-        True,
-        hidden=("key_hash",),
-        note="metadata only in exports",
-    ),
-    Table(
-        "sessions",
-        "account_id = :account",
-        f"user_id in {USERS}",
-        ERASE,
-        False,
-        hidden=("id_hash",),
-    ),
-    Table(
-        "otp_codes",
-        None,
-        f"email in {EMAILS}",
-        ERASE,
-        False,
-        hidden=("attempt_hash", "code_mac"),
-    ),
+    Table("api_keys", BY_ACCOUNT, BY_USER, ERASE, True, ("key_hash",), "metadata only in exports"),
+    Table("sessions", BY_ACCOUNT, BY_USER, ERASE, False, hidden=("id_hash",)),
+    Table("otp_codes", None, f"email in {EMAILS}", ERASE, False, ("attempt_hash", "code_mac")),
 )
 
 

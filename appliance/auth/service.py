@@ -1,14 +1,8 @@
-"""One-time codes, sessions and API keys: the controls of SECURITY.md's sign-in table.
+"""One-time codes, sessions and API keys: the controls of docs/security.md's sign-in table.
 
-- Codes: 6 digits from ``secrets``; only an HMAC-SHA256 (server key) is stored, bound to
-  the sign-in attempt (a random id kept in a cookie) and the address; valid
-  ``auth.code_ttl_minutes``; single use; a new code voids the old; void after
-  ``auth.code_max_failures`` wrong tries.
-- Throttles and locks count events in SQLite (shared by every process), keyed by an HMAC
-  of the address and of the client address, so neither is stored in clear.
-- Sessions: 256-bit random ids, stored as SHA-256; new id at every sign-in; idle and
-  absolute expiry; revocation takes effect on the next request.
-- API keys: ``apl_`` + 192 random bits, stored as SHA-256, shown once.
+Codes and session ids are stored only as an HMAC or a SHA-256, API keys (``apl_``) only
+as a SHA-256; throttles and locks count events in SQLite, keyed by HMACs of the address
+and of the client address, so every process shares them and neither is stored in clear.
 """
 
 from __future__ import annotations
@@ -19,7 +13,7 @@ import secrets
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance import vault
 from appliance.clock import iso, parse
@@ -70,8 +64,8 @@ class ApiKey:
     instance_id: str | None
     created_at: str
     expires_at: str | None
-    last_used_at: str | None
-    revoked_at: str | None
+    last_used_at: str | None = None
+    revoked_at: str | None = None
 
 
 def _sha256(text: str) -> str:
@@ -83,13 +77,13 @@ def _mac(settings: Settings, *parts: str) -> str:
     return hmac.new(key, "|".join(parts).encode(), hashlib.sha256).hexdigest()
 
 
-def _count(db: sqlite_utils.Database, kind: str, subject: str, since: datetime) -> int:
+def _count(db: Database, kind: str, subject: str, since: datetime) -> int:
     return db["auth_events"].count_where(
         "kind = ? and subject = ? and at > ?", [kind, subject, iso(since)]
     )
 
 
-def _event(db: sqlite_utils.Database, kind: str, subject: str, now: datetime) -> None:
+def _event(db: Database, kind: str, subject: str, now: datetime) -> None:
     db["auth_events"].insert({"kind": kind, "subject": subject, "at": iso(now)})
 
 
@@ -97,16 +91,15 @@ def _subjects(settings: Settings, email: str, client: str) -> tuple[str, str]:
     return "email:" + _mac(settings, "email", email), "client:" + _mac(settings, "client", client)
 
 
-def _locked(db: sqlite_utils.Database, settings: Settings, subject: str, now: datetime) -> bool:
-    since = now - timedelta(minutes=settings.auth.lock_minutes)
-    return _count(db, "lock", subject, since) > 0
+def _locked(db: Database, settings: Settings, subject: str, now: datetime) -> bool:
+    return _count(db, "lock", subject, now - timedelta(minutes=settings.auth.lock_minutes)) > 0
 
 
 # -- codes ------------------------------------------------------------------------------
 
 
 def request_code(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     email: str,
     client: str,
@@ -129,9 +122,10 @@ def request_code(
     attempt_id = secrets.token_urlsafe(32)
     code = f"{secrets.randbelow(10**6):06d}"
     with write_transaction(db):
-        if _count(db, "code_sent", client_subject, hour_ago) >= cfg.codes_per_client_per_hour:
-            raise Throttled("Too many sign-in codes requested. Try again later.", 900)
-        if _count(db, "code_sent", email_subject, hour_ago) >= cfg.codes_per_address_per_hour:
+        if (
+            _count(db, "code_sent", client_subject, hour_ago) >= cfg.codes_per_client_per_hour
+            or _count(db, "code_sent", email_subject, hour_ago) >= cfg.codes_per_address_per_hour
+        ):
             raise Throttled("Too many sign-in codes requested. Try again later.", 900)
         _event(db, "code_sent", client_subject, now)
         _event(db, "code_sent", email_subject, now)
@@ -142,21 +136,15 @@ def request_code(
                 {"now": iso(now), "attempt": _sha256(replaces)},
             )
         attempt_hash = _sha256(attempt_id)
-        db["otp_codes"].insert(
-            {
-                "id": new_id("otp"),
-                "attempt_hash": attempt_hash,
-                "email": email,
-                "code_mac": _mac(settings, attempt_hash, email, code),
-                "created_at": iso(now),
-                "expires_at": iso(now + timedelta(minutes=cfg.code_ttl_minutes)),
-            }
-        )
+        mac = _mac(settings, attempt_hash, email, code)
+        row = {"id": new_id("otp"), "attempt_hash": attempt_hash, "email": email, "code_mac": mac}
+        expires = iso(now + timedelta(minutes=cfg.code_ttl_minutes))
+        db["otp_codes"].insert({**row, "created_at": iso(now), "expires_at": expires})
     return CodeRequest(attempt_id, code)
 
 
 def verify_code(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     attempt_id: str,
     email: str,
@@ -178,15 +166,13 @@ def verify_code(
     with write_transaction(db):
         if _locked(db, settings, email_subject, now) or _locked(db, settings, client_subject, now):
             raise InvalidCode()
-        row = next(
-            db.query(
-                """select id, code_mac, failures from otp_codes
-                   where email = :email and attempt_hash = :attempt and used_at is null
-                   and voided_at is null and expires_at > :now""",
-                {"email": email, "attempt": attempt_hash, "now": iso(now)},
-            ),
-            None,
+        found = db["otp_codes"].rows_where(
+            "email = ? and attempt_hash = ? and used_at is null and voided_at is null "
+            "and expires_at > ?",
+            [email, attempt_hash, iso(now)],
+            select="id, code_mac, failures",
         )
+        row = next(found, None)
         codes = db.table("otp_codes")
         if (
             row is not None
@@ -214,7 +200,7 @@ def verify_code(
 
 
 def create_session(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     user_id: str,
     account_id: str | None,
@@ -226,25 +212,15 @@ def create_session(
     ``account_id`` None: the person has only open invites to answer so far."""
     token = secrets.token_urlsafe(32)
     expires = now + timedelta(hours=settings.auth.session_absolute_hours)
+    session = Session(_sha256(token), user_id, account_id, iso(now), iso(expires))
     with write_transaction(db):
         if replaces:
             revoke_session(db, replaces, now)
-        db["sessions"].insert(
-            {
-                "id_hash": _sha256(token),
-                "user_id": user_id,
-                "account_id": account_id,
-                "created_at": iso(now),
-                "last_seen_at": iso(now),
-                "expires_at": iso(expires),
-            }
-        )
+        db["sessions"].insert({**asdict(session), "last_seen_at": iso(now)})
     return token
 
 
-def resolve_session(
-    db: sqlite_utils.Database, settings: Settings, token: str, now: datetime
-) -> Session | None:
+def resolve_session(db: Database, settings: Settings, token: str, now: datetime) -> Session | None:
     """The live session for ``token``, touching its idle timer; None if ended."""
     if not token:
         return None
@@ -259,22 +235,19 @@ def resolve_session(
         return None
     if now - last_seen >= TOUCH_EVERY:
         _set_session(db, id_hash, last_seen_at=iso(now))
-    return Session(**{k: row[k] for k in _SESSION_FIELDS})
+    return Session(**{f.name: row[f.name] for f in fields(Session)})
 
 
-_SESSION_FIELDS = ("id_hash", "user_id", "account_id", "created_at", "expires_at")
-
-
-def _set_session(db: sqlite_utils.Database, id_hash: str, **changes: str) -> None:
+def _set_session(db: Database, id_hash: str, **changes: str) -> None:
     with write_transaction(db):
         db["sessions"].update(id_hash, changes)
 
 
-def switch_account(db: sqlite_utils.Database, session: Session, account_id: str) -> None:
+def switch_account(db: Database, session: Session, account_id: str) -> None:
     _set_session(db, session.id_hash, account_id=account_id)
 
 
-def revoke_session(db: sqlite_utils.Database, token: str, now: datetime) -> None:
+def revoke_session(db: Database, token: str, now: datetime) -> None:
     with write_transaction(db):
         db.execute(
             "update sessions set revoked_at = :now where id_hash = :id and revoked_at is null",
@@ -282,9 +255,7 @@ def revoke_session(db: sqlite_utils.Database, token: str, now: datetime) -> None
         )
 
 
-def revoke_member_access(
-    db: sqlite_utils.Database, account_id: str, user_id: str, now: datetime
-) -> None:
+def revoke_member_access(db: Database, account_id: str, user_id: str, now: datetime) -> None:
     """End a user's sessions in an account and revoke their keys there."""
     params = {"now": iso(now), "user": user_id, "account": account_id}
     with write_transaction(db):
@@ -300,7 +271,7 @@ def revoke_member_access(
         )
 
 
-def revoke_account_sessions(db: sqlite_utils.Database, account_id: str, now: datetime) -> int:
+def revoke_account_sessions(db: Database, account_id: str, now: datetime) -> int:
     """End every session in an account (its suspension); returns how many were live."""
     with write_transaction(db):
         cursor = db.execute(
@@ -311,7 +282,7 @@ def revoke_account_sessions(db: sqlite_utils.Database, account_id: str, now: dat
     return cursor.rowcount
 
 
-def revoke_account_access(db: sqlite_utils.Database, account_id: str, now: datetime) -> None:
+def revoke_account_access(db: Database, account_id: str, now: datetime) -> None:
     """End every session and revoke every key of an account (its erasure was requested)."""
     with write_transaction(db):
         revoke_account_sessions(db, account_id, now)
@@ -322,7 +293,7 @@ def revoke_account_access(db: sqlite_utils.Database, account_id: str, now: datet
         )
 
 
-def last_activity(db: sqlite_utils.Database, account_id: str) -> str | None:
+def last_activity(db: Database, account_id: str) -> str | None:
     """When a session or an API key of the account was last used (ISO), or None."""
     row = next(
         db.query(
@@ -336,9 +307,7 @@ def last_activity(db: sqlite_utils.Database, account_id: str) -> str | None:
     return row["at"]
 
 
-def revoke_instance_keys(
-    db: sqlite_utils.Database, account_id: str, instance_id: str, now: datetime
-) -> None:
+def revoke_instance_keys(db: Database, account_id: str, instance_id: str, now: datetime) -> None:
     """Revoke every key bound to an instance (when it is destroyed)."""
     with write_transaction(db):
         db.execute(
@@ -352,7 +321,7 @@ def revoke_instance_keys(
 
 
 def create_key(
-    db: sqlite_utils.Database,
+    db: Database,
     *,
     user_id: str,
     account_id: str,
@@ -369,7 +338,7 @@ def create_key(
 
 
 def create_admin_key(
-    db: sqlite_utils.Database, *, user_id: str, account_id: str, name: str, now: datetime
+    db: Database, *, user_id: str, account_id: str, name: str, now: datetime
 ) -> tuple[ApiKey, str]:
     """A key for the operator API (``/api/admin``) and nothing else.
 
@@ -379,34 +348,16 @@ def create_admin_key(
     return _new_key(db, user_id, account_id, name, ADMIN_SCOPE, now, None, None)
 
 
-def _new_key(
-    db: sqlite_utils.Database,
-    user_id: str,
-    account_id: str,
-    name: str,
-    scope: str,
-    now: datetime,
-    instance_id: str | None,
-    expires_at: datetime | None,
-) -> tuple[ApiKey, str]:
+def _new_key(db, user_id, account_id, name, scope, now, instance_id, expires_at):
     name = (name or "").strip()
     if not name or len(name) > 100:
         raise InvalidInput("The key name must be 1 to 100 characters.")
     if expires_at is not None and expires_at <= now:
         raise InvalidInput("The expiry must be in the future.")
     secret = KEY_PREFIX + secrets.token_urlsafe(24)
+    expires = iso(expires_at) if expires_at else None
     key = ApiKey(
-        id=new_id("key"),
-        prefix=secret[:12],
-        name=name,
-        scope=scope,
-        account_id=account_id,
-        user_id=user_id,
-        instance_id=instance_id,
-        created_at=iso(now),
-        expires_at=iso(expires_at) if expires_at else None,
-        last_used_at=None,
-        revoked_at=None,
+        new_id("key"), secret[:12], name, scope, account_id, user_id, instance_id, iso(now), expires
     )
     with write_transaction(db):
         db["api_keys"].insert({**asdict(key), "key_hash": _sha256(secret)})
@@ -417,14 +368,12 @@ def _new_key(
 _KEY_COLUMNS = ", ".join(f.name for f in fields(ApiKey))
 
 
-def _keys(db: sqlite_utils.Database, where: str, params: list) -> list[ApiKey]:
+def _keys(db: Database, where: str, params: list) -> list[ApiKey]:
     rows = db["api_keys"].rows_where(where, params, select=_KEY_COLUMNS, order_by="created_at desc")
     return [ApiKey(**row) for row in rows]
 
 
-def list_keys(
-    db: sqlite_utils.Database, account_id: str, user_id: str | None = None
-) -> list[ApiKey]:
+def list_keys(db: Database, account_id: str, user_id: str | None = None) -> list[ApiKey]:
     """Live keys of the account (of one user when ``user_id`` is given), newest first."""
     if user_id:
         return _keys(
@@ -433,34 +382,27 @@ def list_keys(
     return _keys(db, "account_id = ? and revoked_at is null", [account_id])
 
 
-def get_key(db: sqlite_utils.Database, account_id: str, key_id: str) -> ApiKey:
+def get_key(db: Database, account_id: str, key_id: str) -> ApiKey:
     found = _keys(db, "id = ? and account_id = ? and revoked_at is null", [key_id, account_id])
     if not found:
         raise NotFound("No such key.")
     return found[0]
 
 
-def revoke_key(db: sqlite_utils.Database, account_id: str, key_id: str, now: datetime) -> None:
+def revoke_key(db: Database, account_id: str, key_id: str, now: datetime) -> None:
     with write_transaction(db):
         get_key(db, account_id, key_id)
         db["api_keys"].update(key_id, {"revoked_at": iso(now)})
 
 
-def authenticate_key(db: sqlite_utils.Database, secret: str, now: datetime) -> ApiKey | None:
+def authenticate_key(db: Database, secret: str, now: datetime) -> ApiKey | None:
     """The live key for ``secret``, or None (unknown, revoked or expired)."""
     if not secret.startswith(KEY_PREFIX) or len(secret) > 100:
         return None
-    row = next(
-        db.query(
-            "select id, prefix, name, scope, account_id, user_id, instance_id, created_at, "
-            "expires_at, last_used_at, revoked_at from api_keys where key_hash = :hash",
-            {"hash": _sha256(secret)},
-        ),
-        None,
-    )
-    if row is None:
+    found = _keys(db, "key_hash = ?", [_sha256(secret)])
+    if not found:
         return None
-    key = ApiKey(**row)
+    key = found[0]
     if key.revoked_at or (key.expires_at and parse(key.expires_at) <= now):
         return None
     if not key.last_used_at or now - parse(key.last_used_at) >= TOUCH_EVERY:

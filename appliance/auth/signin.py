@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance.accounts import service as accounts
 from appliance.accounts.models import Account, User
@@ -15,7 +15,7 @@ from appliance.errors import InvalidInput, NotFound
 
 
 def start(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     send_code: Callable[[str, str], object],
     email: str,
@@ -28,8 +28,8 @@ def start(
 
     Known and unknown addresses take the same path: ``send_code(email, code)`` (the
     worker's ``send_signin_code`` task) decides whether the address may sign in and only
-    then sends the mail. ``replaces``: the attempt id
-    the browser held before (its code is void).
+    then sends the mail. ``replaces``: the attempt id the browser held before (its code
+    is void).
 
     Raises:
         InvalidInput: not an email address.
@@ -42,7 +42,7 @@ def start(
 
 
 def finish(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     attempt_id: str,
     email: str,

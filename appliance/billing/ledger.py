@@ -1,10 +1,8 @@
 """The credit ledger: append-only entries in integer micro-dollars, and the balance.
 
-``billing_accounts.balance_microusd`` is the sum of the account's ledger entries, kept in
-the same transaction as every entry (and checked by tests); a CHECK constraint keeps it
-from ever going below zero. Every function that writes expects to run inside
-``appliance.db.write_transaction`` (``BEGIN IMMEDIATE``) together with the read it is
-based on.
+``billing_accounts.balance_microusd`` is the sum of the account's entries (docs/billing.md,
+"The ledger"). Every function that writes expects to run inside
+``appliance.db.write_transaction`` together with the read it is based on.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance.clock import iso
 from appliance.errors import InvalidInput, PaymentRequired
@@ -81,7 +79,7 @@ def usd_precise(microusd: int) -> str:
     return f"{whole}.{fraction.ljust(2, '0')}" if whole != "-0" or fraction.strip("0") else "0.00"
 
 
-def ensure_account(db: sqlite_utils.Database, account_ref: str, now: datetime) -> None:
+def ensure_account(db: Database, account_ref: str, now: datetime) -> None:
     db.execute(
         "insert into billing_accounts (account_ref, updated_at) values (:ref, :now) "
         "on conflict (account_ref) do nothing",
@@ -89,7 +87,7 @@ def ensure_account(db: sqlite_utils.Database, account_ref: str, now: datetime) -
     )
 
 
-def billing_account(db: sqlite_utils.Database, account_ref: str) -> dict:
+def billing_account(db: Database, account_ref: str) -> dict:
     """The account's ``billing_accounts`` row (empty before its first entry)."""
     found = db.query(
         "select * from billing_accounts where account_ref = :ref", {"ref": account_ref}
@@ -97,11 +95,11 @@ def billing_account(db: sqlite_utils.Database, account_ref: str) -> dict:
     return next(found, {})
 
 
-def balance(db: sqlite_utils.Database, account_ref: str) -> int:
+def balance(db: Database, account_ref: str) -> int:
     return billing_account(db, account_ref).get("balance_microusd", 0)
 
 
-def held(db: sqlite_utils.Database, account_ref: str, *, except_hold: str | None = None) -> int:
+def held(db: Database, account_ref: str, *, except_hold: str | None = None) -> int:
     """Micro-dollars reserved by the account's open holds."""
     row = next(
         db.query(
@@ -114,7 +112,7 @@ def held(db: sqlite_utils.Database, account_ref: str, *, except_hold: str | None
 
 
 def post(
-    db: sqlite_utils.Database,
+    db: Database,
     account_ref: str,
     kind: str,
     amount: int,
@@ -173,7 +171,7 @@ def post(
 
 
 def entries(
-    db: sqlite_utils.Database,
+    db: Database,
     account_ref: str,
     *,
     kinds: tuple[str, ...] = KINDS,
@@ -190,7 +188,7 @@ def entries(
     return [Entry(**row) for row in rows]
 
 
-def ledger_sum(db: sqlite_utils.Database, account_ref: str) -> int:
+def ledger_sum(db: Database, account_ref: str) -> int:
     """The sum of the account's entries (equal to its balance: the invariant)."""
     row = next(
         db.query(

@@ -1,26 +1,7 @@
 """Metering: reserve before inference, settle after; instance time; storage.
 
-Rules (docs/billing.md):
-
-- ``reserve`` holds the most a request can cost (its prompt tokens and its
-  ``max_tokens``, at the model's prices). A request runs only if the account's balance
-  minus its open holds covers the hold, so N parallel requests against a balance that
-  covers k → exactly k run; the rest get ``PaymentRequired`` (402). Monthly spend caps
-  per instance and per API key are checked the same way (settled usage this calendar
-  month, UTC, plus open holds).
-- ``settle`` charges the tokens actually used and closes the hold. It never charges more
-  than the balance left for it (balance minus the account's other holds); anything
-  beyond is recorded as the entry's ``shortfall_microusd``, so the balance never goes
-  negative. A hold the worker expired is settled the same way, so a late settle is still
-  charged exactly once.
-- ``release`` closes a hold and charges nothing: the request failed or was cancelled
-  before any token. A request cancelled after some tokens is settled with the tokens
-  produced.
-- With ``billing.enabled`` off, holds are of 0, nothing is ever refused and usage is
-  still recorded (amount 0) for the usage page.
-- ``/v1/embeddings`` goes through the same hold and settle under the model name
-  ``EMBEDDINGS``, priced at ``billing.price_embedding_per_1k`` per 1,000 input tokens
-  (unless ``billing.model_prices`` names it), and counts against the same caps.
+The rules (holds, spend caps, shortfalls, billing off, embeddings under ``EMBEDDINGS``)
+are in docs/billing.md, "Metering a request", and on each function below.
 """
 
 from __future__ import annotations
@@ -28,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance.billing import ledger
 from appliance.clock import iso, parse
@@ -109,7 +90,7 @@ def _month(now: datetime) -> str:
 
 
 def spent_this_month(
-    db: sqlite_utils.Database, account_ref: str, subject: str, subject_id: str, now: datetime
+    db: Database, account_ref: str, subject: str, subject_id: str, now: datetime
 ) -> int:
     """Micro-dollars of usage charged to the instance or key this calendar month (UTC),
     plus its open holds."""
@@ -138,21 +119,15 @@ def _count_spending(db, hold: Hold, account_ref: str, charged: int, now: datetim
         if subject_id and charged:
             db.execute(
                 "insert into spend_months (subject, subject_id, month, account_ref, "
-                "spent_microusd) values (:subject, :id, :month, :ref, :charged) "
+                "spent_microusd) values (?, ?, ?, ?, ?) "
                 "on conflict (subject, subject_id, month) do update "
                 "set spent_microusd = spent_microusd + excluded.spent_microusd",
-                {
-                    "subject": subject,
-                    "id": subject_id,
-                    "month": _month(now),
-                    "ref": account_ref,
-                    "charged": charged,
-                },
+                [subject, subject_id, _month(now), account_ref, charged],
             )
 
 
 def reserve(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     *,
     account_id: str,
@@ -173,16 +148,8 @@ def reserve(
     amount = (
         prices_for(settings, model).cost(prompt_tokens, max_completion_tokens) if enabled else 0
     )
-    hold = Hold(
-        id=new_id("hold"),
-        account_id=account_id,
-        instance_id=instance_id,
-        key_id=key_id,
-        model=model,
-        amount_microusd=amount,
-        created_at=iso(now),
-        expires_at=iso(now + timedelta(seconds=settings.billing.hold_timeout_seconds)),
-    )
+    expires = iso(now + timedelta(seconds=settings.billing.hold_timeout_seconds))
+    hold = Hold(new_id("hold"), account_id, instance_id, key_id, model, amount, iso(now), expires)
     with write_transaction(db):
         if enabled:
             free = ledger.balance(db, account_id) - ledger.held(db, account_id)
@@ -211,7 +178,7 @@ def reserve(
 
 
 def settle(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     hold: Hold,
     *,
@@ -240,18 +207,10 @@ def settle(
             db, account_ref, except_hold=hold.id
         )
         charged = min(cost, max(0, available))
+        used = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+        subject = {"instance_id": hold.instance_id, "key_id": hold.key_id, "model": hold.model}
         ledger.post(
-            db,
-            account_ref,
-            "usage",
-            -charged,
-            now,
-            shortfall=cost - charged,
-            instance_id=hold.instance_id,
-            key_id=hold.key_id,
-            model=hold.model,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
+            db, account_ref, "usage", -charged, now, shortfall=cost - charged, **subject, **used
         )
         _count_spending(db, hold, account_ref, charged, now)
         db.execute(
@@ -261,7 +220,7 @@ def settle(
     return charged
 
 
-def release(db: sqlite_utils.Database, hold: Hold, *, now: datetime | None = None) -> None:
+def release(db: Database, hold: Hold, *, now: datetime | None = None) -> None:
     """Close the hold without charging: the request failed or was cancelled before any
     token was produced. (After some tokens, call ``settle`` with what was produced.)"""
     with write_transaction(db):
@@ -277,7 +236,7 @@ def release(db: sqlite_utils.Database, hold: Hold, *, now: datetime | None = Non
 CLOSED_HOLD_DAYS = 2
 
 
-def expire_holds(db: sqlite_utils.Database, now: datetime) -> int:
+def expire_holds(db: Database, now: datetime) -> int:
     """Release holds past their timeout (a request that never settled); returns how many.
 
     A later ``settle`` of such a hold still charges the tokens once (see ``settle``).
@@ -312,7 +271,7 @@ def _whole_minutes(since: str, until: datetime) -> int:
 
 
 def charge_instance_time(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     running: list[tuple[str, str, str]],
     now: datetime,
@@ -352,31 +311,18 @@ def charge_instance_time(
             # Priced on the running total so that rounding per minute never adds up to
             # more (or less) than the hourly price.
             cost = (total + minutes) * per_hour // 60 - total * per_hour // 60
-            ledger.post(
-                db,
-                meter["account_ref"],
-                "instance_time",
-                -cost,
-                now,
-                shortfall_ok=True,
-                instance_id=instance_id,
-                minutes=minutes,
-                period=iso(now),
-            )
-            db["instance_meter"].update(
-                instance_id,
-                {
-                    "charged_until": iso(parse(charged_until) + timedelta(minutes=fresh)),
-                    "pending_minutes": 0,
-                    "minutes_total": total + minutes,
-                },
-            )
+            run = {"instance_id": instance_id, "minutes": minutes, "period": iso(now)}
+            ref = meter["account_ref"]
+            ledger.post(db, ref, "instance_time", -cost, now, shortfall_ok=True, **run)
+            until = iso(parse(charged_until) + timedelta(minutes=fresh))
+            changes = {"charged_until": until, "pending_minutes": 0}
+            db["instance_meter"].update(instance_id, {**changes, "minutes_total": total + minutes})
             charged += minutes
     return charged
 
 
 def instance_state_changed(
-    db: sqlite_utils.Database,
+    db: Database,
     *,
     instance_id: str,
     account_id: str,
@@ -403,20 +349,13 @@ def instance_state_changed(
         if not running:
             return
         minutes = _whole_minutes(meter["charged_until"], now)
-        until = parse(meter["charged_until"]) + timedelta(minutes=minutes)
-        db["instance_meter"].update(
-            instance_id,
-            {
-                "running_since": None,
-                "charged_until": iso(until),
-                "pending_minutes": meter["pending_minutes"] + minutes,
-            },
-        )
+        until = iso(parse(meter["charged_until"]) + timedelta(minutes=minutes))
+        pending = meter["pending_minutes"] + minutes
+        changes = {"running_since": None, "charged_until": until, "pending_minutes": pending}
+        db["instance_meter"].update(instance_id, changes)
 
 
-def charge_storage(
-    db: sqlite_utils.Database, settings: Settings, used: dict[str, int], now: datetime
-) -> int:
+def charge_storage(db: Database, settings: Settings, used: dict[str, int], now: datetime) -> int:
     """Charge one day of knowledge storage per account (the worker, daily); returns the
     number of accounts charged. Idempotent per account and day. Nothing is written while
     the price is 0 or billing is off (storage is shown on the Knowledge page)."""

@@ -1,13 +1,8 @@
 """One inference request under a hold: what /v1 and the chat page run the model through.
 
-``Metered.start`` reserves before the model runs (402 when the credit or a spend cap does
-not cover it). Used as an async context manager, leaving the block settles what the
-request used (``metered.usage``, or ``metered.produced`` completion tokens when it ended
-without a usage object) and releases the hold when nothing was produced or the block
-raised. A streaming relay gets the same through ``observe``. Settling runs shielded from
-cancellation on its own connection, so a client that hangs up is still charged for what
-it got; a hold that is never finished is released by the worker after
-``billing.hold_timeout_seconds`` (the rules are in billing/meter.py).
+Settling runs shielded from cancellation on its own connection, so a client that hangs up
+is still charged for what it got; a hold never finished is released by the worker after
+``billing.hold_timeout_seconds`` (docs/billing.md; the rules are in billing/meter.py).
 """
 
 from __future__ import annotations
@@ -15,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance.billing import meter
 from appliance.clock import Clock
@@ -45,7 +40,7 @@ class Metered:
     @classmethod
     async def start(
         cls,
-        db: sqlite_utils.Database,
+        db: Database,
         settings: Settings,
         inference: InferenceClient,
         account_id: str,
@@ -103,8 +98,7 @@ class Metered:
             used = (self.prompt_tokens, produced) if produced else None
 
         def close() -> None:
-            db = open_db(self.settings)
-            try:
+            with open_db(self.settings) as db:
                 if used:
                     prompt, completion = used
                     meter.settle(
@@ -117,8 +111,6 @@ class Metered:
                     )
                 else:
                     meter.release(db, self.hold, now=self.clock())
-            finally:
-                db.close()
 
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(close)
@@ -164,7 +156,7 @@ def token_counts(inference: InferenceClient, texts: list[str], model: str) -> li
 
 
 def embed_metered(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     inference: InferenceClient,
     account_id: str,

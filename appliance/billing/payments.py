@@ -1,10 +1,7 @@
-"""Stripe: Checkout top-ups, webhooks, reconciliation and automatic top-ups.
+"""Stripe: Checkout top-ups, saved cards and automatic top-ups (webhooks.py credits them).
 
 Nothing here makes a request to Stripe unless ``billing.enabled`` is on and both Stripe
-keys are set (``configured``). Credits come only from Stripe's word: a Checkout Session
-with ``payment_status == "paid"`` (its ``amount_total``, never the client's figure), or
-a PaymentIntent that Stripe reports ``succeeded``; each top-up row credits at most once
-(a unique index on the ledger), and each webhook event id is processed once.
+keys are set (``configured``).
 """
 
 from __future__ import annotations
@@ -16,8 +13,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import sqlite_utils
 import stripe
+from sqlite_utils import Database
 
 from appliance.accounts import service as accounts
 from appliance.billing import ledger
@@ -43,13 +40,13 @@ class Topup:
     kind: str
     amount_microusd: int
     currency: str
-    status: str
-    stripe_session_id: str | None
-    stripe_payment_intent_id: str | None
     stripe_customer_id: str | None
     requested_by: str | None
     created_at: str
-    paid_at: str | None
+    status: str = "pending"
+    stripe_session_id: str | None = None
+    stripe_payment_intent_id: str | None = None
+    paid_at: str | None = None
 
     def public(self) -> dict[str, Any]:
         return {
@@ -97,14 +94,14 @@ def topups_where(db, where: str, params: list, limit: int | None = None) -> list
     return [Topup(**row) for row in rows]
 
 
-def topup(db: sqlite_utils.Database, account_ref: str, topup_id: str) -> Topup:
+def topup(db: Database, account_ref: str, topup_id: str) -> Topup:
     found = topups_where(db, "id = ? and account_ref = ?", [topup_id, account_ref])
     if not found:
         raise NotFound("No such top-up.")
     return found[0]
 
 
-def topups(db: sqlite_utils.Database, account_ref: str, limit: int = 100) -> list[Topup]:
+def topups(db: Database, account_ref: str, limit: int = 100) -> list[Topup]:
     return topups_where(db, "account_ref = ?", [account_ref], limit)
 
 
@@ -147,16 +144,9 @@ def _egress(db, account_ref: str, purpose: str, params: dict, outcome: str, now)
         accounts.account(db, account_ref)
     except NotFound:
         return
-    persona.log_egress(
-        db,
-        account_ref,
-        service="stripe",
-        purpose=purpose,
-        data_categories=EGRESS_DATA,
-        bytes_sent=len(json.dumps(params).encode()),
-        outcome=outcome,
-        now=now,
-    )
+    call = {"service": "stripe", "purpose": purpose, "data_categories": EGRESS_DATA}
+    size = len(json.dumps(params).encode())
+    persona.log_egress(db, account_ref, **call, bytes_sent=size, outcome=outcome, now=now)
 
 
 def _customer(db, settings: Settings, account_ref: str, now: datetime) -> str:
@@ -181,7 +171,7 @@ def _customer(db, settings: Settings, account_ref: str, now: datetime) -> str:
 
 
 def start_checkout(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     *,
     account_id: str,
@@ -235,29 +225,16 @@ def start_checkout(
     return topup(db, account_id, row.id), session.url
 
 
-def _add_pending_topup(
-    db: sqlite_utils.Database,
-    settings: Settings,
-    account_ref: str,
-    kind: str,
-    amount: int,
-    customer: str,
-    requested_by: str | None,
-    now: datetime,
-) -> Topup:
+def _add_pending_topup(db, settings, account_ref, kind, amount, customer, requested_by, now):
     row = Topup(
         id=new_id("top"),
         account_ref=account_ref,
         kind=kind,
         amount_microusd=amount,
         currency=settings.billing.currency,
-        status="pending",
-        stripe_session_id=None,
-        stripe_payment_intent_id=None,
         stripe_customer_id=customer,
         requested_by=requested_by,
         created_at=iso(now),
-        paid_at=None,
     )
     with write_transaction(db):
         ledger.ensure_account(db, account_ref, now)
@@ -266,7 +243,7 @@ def _add_pending_topup(
 
 
 def save_card(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     account_ref: str | None,
     payment_intent_id: Any,
@@ -301,9 +278,7 @@ def save_card(
         )
 
 
-def auto_topup(
-    db: sqlite_utils.Database, settings: Settings, account_ref: str, now: datetime
-) -> str:
+def auto_topup(db: Database, settings: Settings, account_ref: str, now: datetime) -> str:
     """Charge the saved card off-session when the balance is below the auto top-up
     threshold; returns the outcome. At most one automatic top-up per account per hour."""
     threshold = ledger.micro(settings.billing.auto_topup_threshold_usd)
@@ -350,16 +325,9 @@ def auto_topup(
         if intent.get("status") != "succeeded" or not isinstance(received, int) or received <= 0:
             set_topup(db, pending.id, status="failed")
             return "failed"
+        paid = received * PER_CENT
         ledger.post(
-            db,
-            account_ref,
-            "topup",
-            received * PER_CENT,
-            now,
-            topup_id=pending.id,
-            stripe_ref=intent["id"],
+            db, account_ref, "topup", paid, now, topup_id=pending.id, stripe_ref=intent["id"]
         )
-        set_topup(
-            db, pending.id, status="paid", paid_at=iso(now), amount_microusd=received * PER_CENT
-        )
+        set_topup(db, pending.id, status="paid", paid_at=iso(now), amount_microusd=paid)
     return "credited"

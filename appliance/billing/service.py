@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance.accounts.models import MANAGERS
 from appliance.billing import ledger, meter, payments
@@ -26,9 +26,7 @@ from appliance.errors import InvalidInput, NotFound
 USAGE_DAYS = 90
 
 
-def summary(
-    db: sqlite_utils.Database, settings: Settings, account_id: str, role: str
-) -> dict[str, Any]:
+def summary(db: Database, settings: Settings, account_id: str, role: str) -> dict[str, Any]:
     balance = ledger.balance(db, account_id)
     held = ledger.held(db, account_id)
     enabled = settings.billing.enabled
@@ -69,25 +67,15 @@ class UsageRow:
     shortfall_microusd: int
 
     def public(self, name: str) -> dict[str, Any]:
-        return {
-            name: self.key,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "minutes": self.minutes,
-            "cost_microusd": self.cost_microusd,
-            "cost_usd": ledger.usd_precise(self.cost_microusd),
-        }
+        data = {name: self.key, **asdict(self), "cost_usd": ledger.usd_precise(self.cost_microusd)}
+        return {k: v for k, v in data.items() if k not in ("key", "shortfall_microusd")}
 
 
 _USAGE_KINDS = ("usage", "instance_time", "storage")
 
 
 #: What usage is grouped by: the day, the instance, the API key.
-_GROUPS = {
-    "day": "substr(created_at, 1, 10)",
-    "instance": "instance_id",
-    "key": "key_id",
-}
+_GROUPS = {"day": "substr(created_at, 1, 10)", "instance": "instance_id", "key": "key_id"}
 
 
 def _grouped(db, account_id: str, group: str, since: str) -> list[UsageRow]:
@@ -105,9 +93,7 @@ def _grouped(db, account_id: str, group: str, since: str) -> list[UsageRow]:
     return [UsageRow(**row) for row in rows]
 
 
-def usage(
-    db: sqlite_utils.Database, account_id: str, now: datetime, days: int = USAGE_DAYS
-) -> dict[str, Any]:
+def usage(db: Database, account_id: str, now: datetime, days: int = USAGE_DAYS) -> dict[str, Any]:
     """Usage of the last ``days`` days: per day (every day, zeros included), per instance,
     per API key. Costs are what was charged (0 while billing is off)."""
     if not 1 <= days <= 366:
@@ -146,7 +132,7 @@ CSV_COLUMNS = (
 )
 
 
-def usage_csv(db: sqlite_utils.Database, account_id: str, now: datetime) -> str:
+def usage_csv(db: Database, account_id: str, now: datetime) -> str:
     """Every ledger entry of the last 90 days as CSV (newest first)."""
     first = now.astimezone(UTC) - timedelta(days=USAGE_DAYS)
     out = io.StringIO()
@@ -158,11 +144,11 @@ def usage_csv(db: sqlite_utils.Database, account_id: str, now: datetime) -> str:
     return out.getvalue()
 
 
-def history(db: sqlite_utils.Database, account_id: str, limit: int = 200) -> list[dict]:
+def history(db: Database, account_id: str, limit: int = 200) -> list[dict]:
     return [e.public() for e in ledger.entries(db, account_id, limit=limit)]
 
 
-def caps(db: sqlite_utils.Database, account_id: str, now: datetime) -> list[dict[str, Any]]:
+def caps(db: Database, account_id: str, now: datetime) -> list[dict[str, Any]]:
     rows = db["spend_caps"].rows_where(
         "account_ref = ?",
         [account_id],
@@ -182,7 +168,7 @@ def caps(db: sqlite_utils.Database, account_id: str, now: datetime) -> list[dict
 
 
 def set_cap(
-    db: sqlite_utils.Database,
+    db: Database,
     account_id: str,
     subject: str,
     subject_id: str,
@@ -206,25 +192,17 @@ def set_cap(
         if cap < 0:
             raise InvalidInput("'monthly_usd' may not be negative.")
         others = db["spend_caps"].count_where(
-            "subject = ? and subject_id = ? and account_ref != ?",
-            [subject, subject_id, account_id],
+            "subject = ? and subject_id = ? and account_ref != ?", [subject, subject_id, account_id]
         )
         if others:
             raise NotFound("Not found.")
-        db["spend_caps"].upsert(
-            {
-                "subject": subject,
-                "subject_id": subject_id,
-                "account_ref": account_id,
-                "monthly_cap_microusd": cap,
-                "updated_at": iso(now),
-            },
-            pk=("subject", "subject_id"),
-        )
+        row = {"subject": subject, "subject_id": subject_id, "account_ref": account_id}
+        changes = {"monthly_cap_microusd": cap, "updated_at": iso(now)}
+        db["spend_caps"].upsert({**row, **changes}, pk=("subject", "subject_id"))
 
 
 def adjust(
-    db: sqlite_utils.Database,
+    db: Database,
     account_id: str,
     amount_usd: Any,
     reason: str,
@@ -253,7 +231,7 @@ def adjust(
         )
 
 
-def low_balance_accounts(db: sqlite_utils.Database, settings: Settings, now: datetime) -> list[str]:
+def low_balance_accounts(db: Database, settings: Settings, now: datetime) -> list[str]:
     """Accounts that just fell below ``billing.low_balance_usd`` (each is returned once
     per crossing: the mark is cleared when the balance is back above the threshold)."""
     threshold = ledger.micro(settings.billing.low_balance_usd)
@@ -279,20 +257,20 @@ def low_balance_accounts(db: sqlite_utils.Database, settings: Settings, now: dat
     return found
 
 
-def _refs(db: sqlite_utils.Database, where: str, params: list) -> list[str]:
+def _refs(db: Database, where: str, params: list) -> list[str]:
     """The account references of the billing accounts ``where`` selects."""
     rows = db["billing_accounts"].rows_where(where, params, select="account_ref")
     return [row["account_ref"] for row in rows]
 
 
-def auto_topup_candidates(db: sqlite_utils.Database, settings: Settings) -> list[str]:
+def auto_topup_candidates(db: Database, settings: Settings) -> list[str]:
     threshold = ledger.micro(settings.billing.auto_topup_threshold_usd)
     if not payments.configured(settings) or threshold == 0:
         return []
     return _refs(db, "balance_microusd < ? and payment_method_id is not null", [threshold])
 
 
-def pseudonymize_account(db: sqlite_utils.Database, account_id: str, reference: str) -> int:
+def pseudonymize_account(db: Database, account_id: str, reference: str) -> int:
     """Replace the account id in every billing row with ``reference`` and strip what
     names a person (who asked for a top-up or made an adjustment, the saved card's
     brand and digits), keeping amounts, dates and Stripe ids for the tax-retention period.
@@ -334,7 +312,7 @@ def pseudonymize_account(db: sqlite_utils.Database, account_id: str, reference: 
     return kept
 
 
-def invariant_violations(db: sqlite_utils.Database) -> list[str]:
+def invariant_violations(db: Database) -> list[str]:
     """Accounts whose balance is not the sum of their ledger entries (should be none)."""
     rows = db.query(
         "select b.account_ref from billing_accounts b left join (select account_ref, "

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance.accounts import service as accounts
 from appliance.accounts.models import MANAGERS
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 SendMail = Callable[[str, str, dict], None]
 #: ``running(db)``: ``(instance_id, account_id, created_at)`` of every running instance
 #: (``instances.service.running``; instances sit above billing, which meters them).
-Running = Callable[[sqlite_utils.Database], list[tuple[str, str, str]]]
+Running = Callable[[Database], list[tuple[str, str, str]]]
 
 
 def every_minute(
@@ -30,8 +30,7 @@ def every_minute(
 ) -> dict[str, int]:
     """Expire stale holds, charge instance time, send low-balance notices and make
     automatic top-ups. Each step is idempotent, so a late or repeated run is harmless."""
-    db = open_db(settings)
-    try:
+    with open_db(settings) as db:
         expired = meter.expire_holds(db, now)
         minutes = meter.charge_instance_time(db, settings, running(db), now)
         notices = 0
@@ -43,8 +42,6 @@ def every_minute(
                 topped += payments.auto_topup(db, settings, account_ref, now) == "credited"
             except ApplianceError as exc:
                 log.warning("automatic top-up failed: %s", exc)
-    finally:
-        db.close()
     return {"expired_holds": expired, "minutes": minutes, "notices": notices, "topups": topped}
 
 
@@ -58,31 +55,23 @@ def _notify_low_balance(db, settings: Settings, account_ref: str, send: SendMail
         "balance_usd": ledger.usd(ledger.balance(db, account_ref)),
         "threshold_usd": f"{settings.billing.low_balance_usd:.2f}",
     }
-    sent = 0
-    for member in accounts.members(db, account_ref):
-        if member.role in MANAGERS:
-            send("low_balance", member.email, context)
-            sent += 1
-    return sent
+    managers = [m.email for m in accounts.members(db, account_ref) if m.role in MANAGERS]
+    for email in managers:
+        send("low_balance", email, context)
+    return len(managers)
 
 
 def reconcile(settings: Settings, now: datetime) -> int:
-    db = open_db(settings)
-    try:
+    with open_db(settings) as db:
         return webhooks.reconcile(db, settings, now)
-    finally:
-        db.close()
 
 
 def charge_storage(settings: Settings, now: datetime) -> int:
     if not settings.billing.enabled or settings.billing.price_storage_gb_month == 0:
         return 0
-    db = open_db(settings)
-    try:
+    with open_db(settings) as db:
         used = {
             account.id: sum(doc.size for doc in knowledge.documents(db, account.id))
             for account in accounts.accounts(db)
         }
         return meter.charge_storage(db, settings, used, now)
-    finally:
-        db.close()

@@ -1,11 +1,8 @@
 """What Stripe reports: webhook events (verified, each processed once) and reconciliation.
 
-Credits come only from Stripe's word: a completed Checkout Session with
-``payment_status == "paid"`` credits its top-up (``amount_total``, never the client's
-figure) at most once; refunds and disputes debit what Stripe reports. Every event id is
-recorded in ``stripe_events``, so a redelivered event changes nothing. ``reconcile``
-credits paid sessions that no webhook reported (billing/payments.py starts the payments
-these report on).
+Credits come only from Stripe's word (docs/billing.md, "Top-ups with Stripe"): a paid
+Checkout Session's ``amount_total``, never the client's figure, at most once per top-up;
+every event id is recorded in ``stripe_events``, so a redelivered event changes nothing.
 """
 
 from __future__ import annotations
@@ -15,8 +12,8 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-import sqlite_utils
 import stripe
+from sqlite_utils import Database
 
 from appliance.billing import ledger, payments
 from appliance.clock import iso
@@ -54,9 +51,7 @@ def verify_event(settings: Settings, payload: bytes, signature: str | None) -> d
     return event
 
 
-def handle_event(
-    db: sqlite_utils.Database, settings: Settings, event: dict[str, Any], now: datetime
-) -> str:
+def handle_event(db: Database, settings: Settings, event: dict[str, Any], now: datetime) -> str:
     """Process a verified event once; returns what happened (for the log and tests)."""
     kind = str(event.get("type", ""))
     obj = (event.get("data") or {}).get("object") or {}
@@ -72,15 +67,8 @@ def handle_event(
             account_ref, outcome = _refund(db, obj, now)
         elif kind == "charge.dispute.created":
             account_ref, outcome = _dispute(db, obj, now)
-        db["stripe_events"].insert(
-            {
-                "id": event["id"],
-                "type": kind,
-                "account_ref": account_ref,
-                "outcome": outcome,
-                "received_at": iso(now),
-            }
-        )
+        row = {"id": event["id"], "type": kind, "account_ref": account_ref, "outcome": outcome}
+        db["stripe_events"].insert({**row, "received_at": iso(now)})
     if outcome == "credited" and kind.startswith("checkout.session"):
         payments.save_card(db, settings, account_ref, obj.get("payment_intent"), now)
     return outcome
@@ -112,13 +100,7 @@ def _credit_session(db, session: dict[str, Any], now: datetime) -> tuple[str | N
         return found.account_ref, "no amount"
     amount = cents * payments.PER_CENT
     ledger.post(
-        db,
-        found.account_ref,
-        "topup",
-        amount,
-        now,
-        topup_id=found.id,
-        stripe_ref=session.get("id"),
+        db, found.account_ref, "topup", amount, now, topup_id=found.id, stripe_ref=session.get("id")
     )
     payments.set_topup(
         db,
@@ -196,19 +178,14 @@ def _dispute(db, dispute: dict[str, Any], now: datetime) -> tuple[str | None, st
     )
     if exists:
         return account_ref, "already debited"
+    due = amount * payments.PER_CENT
     ledger.post(
-        db,
-        account_ref,
-        "dispute",
-        -amount * payments.PER_CENT,
-        now,
-        shortfall_ok=True,
-        stripe_ref=dispute.get("id"),
+        db, account_ref, "dispute", -due, now, shortfall_ok=True, stripe_ref=dispute.get("id")
     )
     return account_ref, "debited"
 
 
-def reconcile(db: sqlite_utils.Database, settings: Settings, now: datetime) -> int:
+def reconcile(db: Database, settings: Settings, now: datetime) -> int:
     """Credit paid Checkout Sessions of the last days that no webhook reported; returns
     how many were credited. Does nothing when Stripe is not configured."""
     if not payments.configured(settings):

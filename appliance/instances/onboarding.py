@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance.accounts import service as accounts
 from appliance.accounts.models import Profile
@@ -18,7 +18,7 @@ from appliance.instances import service as instances
 
 
 def save(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     account_id: str,
     actor_role: str,
@@ -32,7 +32,7 @@ def save(
 
 
 def skip(
-    db: sqlite_utils.Database, settings: Settings, account_id: str, actor_role: str, now: datetime
+    db: Database, settings: Settings, account_id: str, actor_role: str, now: datetime
 ) -> Profile:
     """Skip the questions (owners and admins), then make the first instance."""
     skipped = accounts.skip_onboarding(db, account_id, actor_role, now)
@@ -41,7 +41,7 @@ def skip(
 
 
 def first_instance(
-    db: sqlite_utils.Database, settings: Settings, account_id: str, actor_role: str, now: datetime
+    db: Database, settings: Settings, account_id: str, actor_role: str, now: datetime
 ) -> instances.Instance | None:
     """The team's first instance, if it has none (``None`` otherwise)."""
     return instances.ensure_first(db, account_id, actor_role, now=now, **instances.limits(settings))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from appliance import personal
-from appliance.personal import ERASE, Table
+from appliance.personal import BY_ACCOUNT, ERASE, Table
 
-TABLES = (Table("instances", "account_id = :account", None, ERASE, True),)
+TABLES = (Table("instances", BY_ACCOUNT, None, ERASE, True),)
 PURGES: dict[str, personal.Purge] = {}
 
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance.accounts.models import MANAGERS
 from appliance.auth import service as auth
@@ -76,14 +76,9 @@ EDITABLE = {
 
 def _instance(row: dict) -> Instance:
     chosen = row.get("collections")
-    return Instance(
-        **{
-            **row,
-            "voice": bool(row["voice"]),
-            "knowledge": bool(row["knowledge"]),
-            "collections": json.loads(chosen) if chosen is not None else None,
-        }
-    )
+    flags = {"voice": bool(row["voice"]), "knowledge": bool(row["knowledge"])}
+    collections = json.loads(chosen) if chosen is not None else None
+    return Instance(**{**row, **flags, "collections": collections})
 
 
 def _check_collections(db, account_id: str, clean: dict[str, Any]) -> None:
@@ -92,7 +87,7 @@ def _check_collections(db, account_id: str, clean: dict[str, Any]) -> None:
         clean["collections"] = kb_collections.check(db, account_id, clean["collections"])
 
 
-def _instances(db: sqlite_utils.Database, where: str, params: list) -> list[Instance]:
+def _instances(db: Database, where: str, params: list) -> list[Instance]:
     rows = db["instances"].rows_where(where, params, order_by="created_at")
     return [_instance(row) for row in rows]
 
@@ -135,7 +130,7 @@ def _validate(changes: dict[str, Any], models: list[str], max_tokens_cap: int) -
 
 
 def create(
-    db: sqlite_utils.Database,
+    db: Database,
     account_id: str,
     actor_role: str,
     data: dict[str, Any],
@@ -190,7 +185,7 @@ def limits(settings: Settings) -> dict[str, Any]:
 
 
 def ensure_first(
-    db: sqlite_utils.Database,
+    db: Database,
     account_id: str,
     actor_role: str,
     *,
@@ -202,16 +197,9 @@ def ensure_first(
     it, so a new team can chat at once); ``None`` when it already has one."""
     if list_instances(db, account_id) or not models:
         return None
+    limits = {"models": models, "max_tokens_cap": max_tokens_cap}
     try:
-        return create(
-            db,
-            account_id,
-            actor_role,
-            {"name": "assistant"},
-            models=models,
-            max_tokens_cap=max_tokens_cap,
-            now=now,
-        )
+        return create(db, account_id, actor_role, {"name": "assistant"}, now=now, **limits)
     except Conflict:  # a concurrent onboarding made it first
         return None
 
@@ -224,31 +212,31 @@ def _check_name_free(db, account_id: str, name: str, except_id: str | None) -> N
         raise Conflict(f"An instance named '{name}' already exists.")
 
 
-def get(db: sqlite_utils.Database, account_id: str, instance_id: str) -> Instance:
+def get(db: Database, account_id: str, instance_id: str) -> Instance:
     found = _instances(db, "id = ? and account_id = ?", [instance_id, account_id])
     if not found:
         raise NotFound("No such instance.")
     return found[0]
 
 
-def by_name(db: sqlite_utils.Database, account_id: str, name: str) -> Instance:
+def by_name(db: Database, account_id: str, name: str) -> Instance:
     found = _instances(db, _LIVE, [account_id, name])
     if not found:
         raise NotFound(f"The model '{name}' does not exist.")
     return found[0]
 
 
-def running(db: sqlite_utils.Database) -> list[tuple[str, str, str]]:
+def running(db: Database) -> list[tuple[str, str, str]]:
     """``(id, account_id, created_at)`` of every running instance (for billing)."""
     return [(i.id, i.account_id, i.created_at) for i in _instances(db, "state = 'running'", [])]
 
 
-def list_instances(db: sqlite_utils.Database, account_id: str) -> list[Instance]:
+def list_instances(db: Database, account_id: str) -> list[Instance]:
     return _instances(db, "account_id = ? and state != 'destroyed'", [account_id])
 
 
 def update(
-    db: sqlite_utils.Database,
+    db: Database,
     account_id: str,
     actor_role: str,
     instance_id: str,
@@ -273,7 +261,7 @@ def update(
 
 
 def set_state(
-    db: sqlite_utils.Database,
+    db: Database,
     account_id: str,
     actor_role: str,
     instance_id: str,

@@ -1,28 +1,11 @@
 """Backups of the data dir: one ``.tar.gz`` with a manifest of SHA-256 checksums.
 
-What a backup holds, and why:
-
-- ``appliance.db``: a ``VACUUM INTO`` copy, which reads one consistent snapshot inside a
-  read transaction, so it is safe while web and worker are writing (WAL: they are not
-  blocked), and leaves no free pages behind. The copy must pass ``PRAGMA
-  integrity_check`` before it goes into the archive.
-- ``files/``: uploaded originals and voice samples.
-- ``secrets/`` (not the one-time setup token): without them a restored install would
-  sign everyone out and could not reach its own inference service. A backup is therefore
-  exactly as sensitive as the data dir; it is written with mode 0600.
-- ``appliance.toml`` of the data dir, when there is one.
-
-Left out: ``queue.db`` (pending tasks, including sign-in codes in mail tasks; interrupted
-ingestion is picked up from the documents table on the worker's start), ``outbox/``
-(sent mail, which carries sign-in codes), ``models/`` (large and reinstallable with
-``appliance models``).
-
-Restore accepts exactly the names a backup writes (``MEMBERS``), each with the SHA-256
-its manifest lists, and checks both before it writes anything: a crafted archive cannot
-plant ``queue.db`` (whose task payloads the worker unpickles) or anything else.
-
-Retention: a backup must not keep erased data past the privacy policy's erase window,
-so :func:`prune` removes backups older than ``privacy.erase_window_days``.
+What a backup holds and leaves out, and why, is in docs/operations.md ("Backups"): a
+``VACUUM INTO`` copy of the database that passed ``integrity_check``, the uploads, the
+secrets and ``appliance.toml``; never ``queue.db`` (its task payloads are unpickled) or
+the outbox. Restore accepts exactly the names a backup writes (``MEMBERS``), each with
+its manifest's SHA-256, before it writes anything; ``prune`` keeps no backup past
+``privacy.erase_window_days``.
 """
 
 from __future__ import annotations
@@ -40,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from sqlite_utils import Database
 
 import appliance
 from appliance import vault
@@ -73,21 +58,8 @@ class BackupInfo:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _connect(path: Path):
-    from sqlite_utils.utils import sqlite3
-
-    from appliance.db import load_vec
-
-    conn = sqlite3.connect(str(path), isolation_level=None)
-    load_vec(conn)
-    return conn
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def check_database(path: Path) -> dict[str, int]:
@@ -96,24 +68,18 @@ def check_database(path: Path) -> dict[str, int]:
     Raises:
         InvalidInput: the check reports a problem.
     """
-    conn = _connect(path)
-    try:
-        result = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+    from appliance.db import load_vec
+
+    with Database(path) as db:
+        load_vec(db.conn)
+        result = [row[0] for row in db.execute("PRAGMA integrity_check")]
         if result != ["ok"]:
             raise InvalidInput(f"database copy failed integrity_check: {result[0]}")
-        names = [
-            row[0]
-            for row in conn.execute(
-                "select name from sqlite_master where type = 'table' and sql not like "
-                "'CREATE VIRTUAL TABLE%' and name not like 'sqlite_%' order by name"
-            )
-        ]
-        return {
-            name: conn.execute(f'select count(*) from "{name}"').fetchone()[0]  # noqa: S608
-            for name in names
-        }
-    finally:
-        conn.close()
+        names = db.query(
+            "select name from sqlite_master where type = 'table' and sql not like "
+            "'CREATE VIRTUAL TABLE%' and name not like 'sqlite_%' order by name"
+        )
+        return {row["name"]: db[row["name"]].count for row in names}
 
 
 def _data_files(settings: Settings) -> Iterator[tuple[Path, str]]:
@@ -150,11 +116,8 @@ def backup(settings: Settings, dest: Path, now: datetime) -> BackupInfo:
     work = Path(tempfile.mkdtemp(prefix=".backup-", dir=target.parent))
     try:
         copy = work / "appliance.db"
-        db = open_db(settings)
-        try:
+        with open_db(settings) as db:
             db.execute("VACUUM INTO ?", [str(copy)])
-        finally:
-            db.close()
         tables = check_database(copy)
         entries = [(copy, "appliance.db"), *_data_files(settings)]
         manifest = {
@@ -226,25 +189,24 @@ def _add_file(tar: tarfile.TarFile, path: Path, name: str) -> dict | None:
 def verify(src: Path) -> dict:
     """Check an archive without extracting it; returns its manifest.
 
-    Refuses (InvalidInput) an archive whose own checksum (``.sha256`` beside it) or any
-    member's checksum differs, that has members the manifest does not list (or lacks
-    listed ones), members that are not plain files with safe relative names, or names a
-    backup never writes (``MEMBERS``).
+    Raises:
+        InvalidInput: the archive's checksum (``.sha256`` beside it) or a member's differs,
+            its members are not the manifest's, not plain files with safe relative names,
+            or not names a backup writes (``MEMBERS``).
     """
     src = Path(src)
     if not src.is_file():
         raise NotFound(f"no backup at {src}")
     sidecar = src.with_name(src.name + ".sha256")
-    if sidecar.exists():
-        expected = sidecar.read_text().split()[0]
-        if sha256_file(src) != expected:
-            raise InvalidInput(f"{src}: the archive's checksum does not match {sidecar.name}")
+    if sidecar.exists() and sha256_file(src) != sidecar.read_text().split()[0]:
+        raise InvalidInput(f"{src}: the archive's checksum does not match {sidecar.name}")
     try:
         with tarfile.open(src, mode="r:gz") as tar:
-            members = tar.getmembers()
             by_name = {}
-            for member in members:
-                _check_member(member)
+            for member in tar.getmembers():
+                parts = Path(member.name).parts
+                if not member.isfile() or member.name.startswith("/") or ".." in parts or not parts:
+                    raise InvalidInput(f"unsafe or unexpected archive member: {member.name!r}")
                 if member.name != MANIFEST and not MEMBERS.fullmatch(member.name):
                     raise InvalidInput(f"{src}: {member.name!r} is not part of a backup")
                 by_name[member.name] = member
@@ -255,10 +217,7 @@ def verify(src: Path) -> dict:
             if set(by_name) - {MANIFEST} != set(listed):
                 raise InvalidInput(f"{src}: the archive's files differ from its manifest")
             for name, expected in listed.items():
-                digest = hashlib.sha256()
-                handle = tar.extractfile(by_name[name])
-                for block in iter(lambda h=handle: h.read(CHUNK), b""):
-                    digest.update(block)
+                digest = hashlib.file_digest(tar.extractfile(by_name[name]), "sha256")
                 if digest.hexdigest() != expected["sha256"]:
                     raise InvalidInput(f"{src}: {name} does not match its checksum")
     except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError) as exc:
@@ -268,13 +227,6 @@ def verify(src: Path) -> dict:
     if "appliance.db" not in listed:
         raise InvalidInput(f"{src}: the archive has no database")
     return manifest
-
-
-def _check_member(member: tarfile.TarInfo) -> None:
-    name = member.name
-    parts = Path(name).parts
-    if not member.isfile() or name.startswith("/") or ".." in parts or not parts:
-        raise InvalidInput(f"unsafe or unexpected archive member: {name!r}")
 
 
 def processes_using(settings: Settings) -> list[int]:

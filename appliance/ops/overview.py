@@ -1,11 +1,7 @@
 """What an operator sees on ``/admin`` and with ``appliance admin status``.
 
-Read-only, assembled from each domain's service: accounts (members, balance, storage,
-last activity), the inference service's /healthz and /metrics, the worker heartbeat,
-each service's restarts (``ops/services.py``), the last retention purges, disk use,
-recent server errors from the request log, and the published policy versions. The
-actions (suspend, unsuspend, delete) are here too, so that the web page and the CLI do
-the same thing.
+Read-only, assembled from each domain's service; the actions (suspend, unsuspend, delete)
+are here too, so that the web page and the CLI do the same thing.
 """
 
 from __future__ import annotations
@@ -16,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance import heartbeat
 from appliance.accounts import service as accounts
@@ -27,6 +23,7 @@ from appliance.errors import ApplianceError, InvalidInput
 from appliance.inference.client import InferenceClient
 from appliance.knowledge import service as knowledge
 from appliance.ops import services
+from appliance.privacy import erasure, policy, requestlog, retention
 
 RECENT_ERRORS = 20
 
@@ -44,7 +41,7 @@ class AccountRow:
     last_activity: str | None
 
 
-def account_rows(db: sqlite_utils.Database) -> list[AccountRow]:
+def account_rows(db: Database) -> list[AccountRow]:
     """Every account that is not deleted, oldest first."""
     rows = []
     for account in accounts.accounts(db):
@@ -53,10 +50,7 @@ def account_rows(db: sqlite_utils.Database) -> list[AccountRow]:
         members = accounts.members(db, account.id)
         rows.append(
             AccountRow(
-                id=account.id,
-                name=account.name,
-                status=account.status,
-                created_at=account.created_at,
+                **asdict(account),
                 members=len(members),
                 owners=[m.email for m in members if m.role == "owner"],
                 balance_usd=ledger.usd(ledger.balance(db, account.id)),
@@ -75,17 +69,9 @@ def inference_state(settings: Settings) -> dict[str, Any]:
         health = client.health()
     except ApplianceError as exc:
         return {**state, "status": "unavailable", "error": str(exc)}
-    state.update(
-        status=health.get("status", "ok"),
-        chat_model=health.get("chat_model"),
-        embedding_model=health.get("embedding_model"),
-        device=health.get("device"),
-        gpu_layers=health.get("gpu_layers"),
-        model_layers=health.get("model_layers"),
-        queue=health.get("queue"),
-        gpus=health.get("gpus"),
-        server=health.get("server", "appliance"),
-    )
+    fields = ("chat_model", "embedding_model", "device", "gpu_layers", "model_layers")
+    state.update({name: health.get(name) for name in (*fields, "queue", "gpus")})
+    state.update(status=health.get("status", "ok"), server=health.get("server", "appliance"))
     try:
         metrics = client.metrics()
     except ApplianceError:
@@ -98,7 +84,7 @@ def inference_state(settings: Settings) -> dict[str, Any]:
     return state
 
 
-def worker_state(db: sqlite_utils.Database, settings: Settings, now: datetime) -> dict[str, Any]:
+def worker_state(db: Database, settings: Settings, now: datetime) -> dict[str, Any]:
     beat = heartbeat.last_beat(db, heartbeat.WORKER_SERVICE)
     age = (now - beat).total_seconds() if beat else None
     alive = age is not None and age <= settings.worker.heartbeat_stale_seconds
@@ -107,33 +93,6 @@ def worker_state(db: sqlite_utils.Database, settings: Settings, now: datetime) -
         "age_seconds": round(age) if age is not None else None,
         "alive": alive,
     }
-
-
-def services_state(settings: Settings) -> dict[str, Any] | None:
-    """Restarts per service with the last exit, from ``appliance up`` or systemd."""
-    found = services.service_states(settings)
-    return found.public() if found else None
-
-
-def purge_state(db: sqlite_utils.Database, now: datetime) -> dict[str, Any]:
-    from appliance.privacy import retention
-
-    return {
-        "runs": [asdict(run) for run in retention.last_runs(db)],
-        "overdue": retention.overdue(db, now),
-    }
-
-
-def recent_errors(db: sqlite_utils.Database) -> list[dict[str, Any]]:
-    from appliance.privacy import requestlog
-
-    return [asdict(e) for e in requestlog.entries(db, status="5xx", limit=RECENT_ERRORS)]
-
-
-def policy_state(db: sqlite_utils.Database) -> list[dict[str, Any]]:
-    from appliance.privacy import policy
-
-    return [asdict(v) for v in policy.versions(db)]
 
 
 def _size(path: Path) -> int:
@@ -160,17 +119,24 @@ def disk_state(settings: Settings) -> dict[str, Any]:
     }
 
 
-def overview(db: sqlite_utils.Database, settings: Settings, now: datetime) -> dict[str, Any]:
-    """Everything on the operator page, as JSON-ready data."""
+def overview(db: Database, settings: Settings, now: datetime) -> dict[str, Any]:
+    """Everything on the operator page, as JSON-ready data: besides the states above, each
+    service's restarts (``appliance up`` or systemd), the last purges, recent server errors
+    and the published policy versions."""
+    restarts = services.service_states(settings)
+    errors = requestlog.entries(db, status="5xx", limit=RECENT_ERRORS)
     return {
         "accounts": [asdict(row) for row in account_rows(db)],
         "inference": inference_state(settings),
         "worker": worker_state(db, settings, now),
-        "services": services_state(settings),
-        "purges": purge_state(db, now),
+        "services": restarts.public() if restarts else None,
+        "purges": {
+            "runs": [asdict(run) for run in retention.last_runs(db)],
+            "overdue": retention.overdue(db, now),
+        },
         "disk": disk_state(settings),
-        "recent_errors": recent_errors(db),
-        "policy_versions": policy_state(db),
+        "recent_errors": [asdict(error) for error in errors],
+        "policy_versions": [asdict(version) for version in policy.versions(db)],
     }
 
 
@@ -178,7 +144,7 @@ def overview(db: sqlite_utils.Database, settings: Settings, now: datetime) -> di
 
 
 def suspend(
-    db: sqlite_utils.Database, account_id: str, now: datetime, *, actor_id: str | None = None
+    db: Database, account_id: str, now: datetime, *, actor_id: str | None = None
 ) -> AccountRow:
     """Suspend an account: its sessions end now, its keys are refused until unsuspended.
 
@@ -192,17 +158,15 @@ def suspend(
     return _row(db, account_id)
 
 
-def unsuspend(db: sqlite_utils.Database, account_id: str) -> AccountRow:
+def unsuspend(db: Database, account_id: str) -> AccountRow:
     accounts.set_suspended(db, account_id, False)
     return _row(db, account_id)
 
 
 def delete(
-    db: sqlite_utils.Database, settings: Settings, account_id: str, now: datetime, request: str
+    db: Database, settings: Settings, account_id: str, now: datetime, request: str
 ) -> dict[str, Any]:
     """Lock the account now and have its data erased (the privacy domain's erasure)."""
-    from appliance.privacy import erasure
-
     account = accounts.account(db, account_id)
     owners = [m.email for m in accounts.members(db, account.id) if m.role == "owner"]
     found = erasure.request_deletion(
@@ -217,15 +181,13 @@ def delete(
     return {"account_id": found.account_id, "due_at": found.due_at}
 
 
-def _row(db: sqlite_utils.Database, account_id: str) -> AccountRow:
+def _row(db: Database, account_id: str) -> AccountRow:
     return next(row for row in account_rows(db) if row.id == account_id)
 
 
 def summary_lines(data: dict[str, Any]) -> list[str]:
     """The overview as short text lines for ``appliance admin status``."""
-    inference = data["inference"]
-    worker = data["worker"]
-    disk = data["disk"]
+    inference, worker, disk = data["inference"], data["worker"], data["disk"]
     if inference.get("status") == "unavailable":
         model = f"inference: NOT answering ({inference['error']})"
     elif inference.get("server") == "external":

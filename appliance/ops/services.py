@@ -1,11 +1,8 @@
 """How often each service died and how: what ``appliance up`` records and systemd reports.
 
-Under ``appliance up`` the supervisor rewrites ``DATA_DIR/run/services.json`` (atomically)
-whenever a service starts or dies. Under systemd, ``systemctl show`` has each unit's
-restart count and, while a unit is down, how its main process ended (systemd resets
-that when the unit starts again; ``journalctl -u appliance-inference`` keeps every exit).
-``service_states`` reads whichever applies; ``appliance doctor``, ``appliance admin
-status`` and ``/admin`` all show what it returns.
+``service_states`` reads ``DATA_DIR/run/services.json`` (which ``appliance up`` rewrites at
+every start and death) or ``systemctl show`` (docs/operations.md, "Services that heal");
+doctor, ``appliance admin status`` and ``/admin`` show what it returns.
 """
 
 from __future__ import annotations
@@ -27,6 +24,7 @@ STATE_FILE = "services.json"
 #: ``ExecMainCode`` of ``systemctl show``: how the main process ended (waitid's si_code).
 CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
 SYSTEMCTL_TIMEOUT = 5
+EXIT_FIELDS = ("last_exit", "last_exit_at")
 
 
 @dataclass(frozen=True)
@@ -93,11 +91,7 @@ def _from_state_file(path: Path) -> Restarts | None:
         data = json.loads(path.read_text())
         services = [
             ServiceState(
-                name=name,
-                state=str(item["state"]),
-                restarts=int(item["restarts"]),
-                last_exit=item.get("last_exit"),
-                last_exit_at=item.get("last_exit_at"),
+                name, str(item["state"]), int(item["restarts"]), *map(item.get, EXIT_FIELDS)
             )
             for name, item in data["services"].items()
         ]
@@ -113,7 +107,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # another user's process (the service user's ``appliance up``)
+        pass  # another user's process (the service user's ``appliance up``)
     return True
 
 

@@ -1,27 +1,21 @@
 """Account deletion: locked at once, erased by the retention task, with a receipt.
 
-``request_deletion`` (the owner from Settings → My data, or an operator with
-``appliance accounts delete``) locks the account in one transaction, each domain through
-its service: status ``deleted`` (so no session or key works any more, see
-web/identity.py), sessions and keys revoked, instances destroyed, billing pseudonymized.
-``erase_account`` (run by the retention task, at its next run and never later than
-``privacy.erase_window_days``) then asks every part of ``appliance.personal`` to erase
-what it holds of the account and of the people who leave with it, batch by batch, each
-batch in its own transaction and counted in ``account_deletions.progress``, so an
-interrupted erasure resumes where it stopped; files go with their rows, and the
-departing people's mails leave the outbox. The last transaction overwrites the account's
-name, writes the deletion receipt and marks the request done; a WAL checkpoint follows
-so no erased page survives in the write-ahead log.
+``request_deletion`` locks the account in one transaction, each domain through its
+service. ``erase_account`` (the retention task's) asks every part of
+``appliance.personal`` to erase what it holds, batch by batch, each batch counted in
+``account_deletions.progress`` so an interrupted erasure resumes where it stopped; the
+last transaction writes the receipt, and a WAL checkpoint follows (docs/privacy.md).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import shutil
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from functools import partial
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance import personal, receipts
 from appliance.accounts import service as accounts
@@ -55,18 +49,18 @@ def _deletion(row: dict) -> Deletion:
     )
 
 
-def deletion(db: sqlite_utils.Database, account_id: str) -> Deletion | None:
+def deletion(db: Database, account_id: str) -> Deletion | None:
     row = next(db["account_deletions"].rows_where("account_id = ?", [account_id]), None)
     return _deletion(row) if row else None
 
 
-def pending(db: sqlite_utils.Database) -> list[Deletion]:
+def pending(db: Database) -> list[Deletion]:
     rows = db["account_deletions"].rows_where("erased_at is null", order_by="requested_at")
     return [_deletion(row) for row in rows]
 
 
 def request_deletion(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     account_id: str,
     *,
@@ -102,27 +96,17 @@ def request_deletion(
         reference = new_id("erased")
         kept = billing.pseudonymize_account(db, found.id, reference)
         progress = {"billing rows (pseudonymized)": kept, f"billing_ref:{reference}": 1}
-        due = now + timedelta(days=settings.privacy.erase_window_days)
-        db["account_deletions"].insert(
-            {
-                "account_id": found.id,
-                "requested_at": iso(now),
-                "requested_by": requested_by,
-                "request": request,
-                "notify_email": notify_email,
-                "user_ids": json.dumps(leaving),
-                "progress": json.dumps(progress, sort_keys=True),
-                "due_at": iso(due),
-                "erased_at": None,
-            }
+        due = iso(now + timedelta(days=settings.privacy.erase_window_days))
+        requested = Deletion(
+            found.id, iso(now), requested_by, request, notify_email, leaving, progress, due, None
         )
-    result = deletion(db, account_id)
-    assert result is not None
-    return result
+        row = {**asdict(requested), "user_ids": json.dumps(leaving)}
+        db["account_deletions"].insert({**row, "progress": json.dumps(progress, sort_keys=True)})
+    return requested
 
 
 def erase_account(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     account_id: str,
     now: datetime,
@@ -157,7 +141,9 @@ def erase_account(
     for part in personal.parts():
         if not part.erase(db, settings, job):
             return None
-    _sweep_files(settings, account_id)
+    leftover = settings.paths.files / account_id  # interrupted uploads
+    if leftover.is_dir():
+        shutil.rmtree(leftover)
     with write_transaction(db):
         current = deletion(db, account_id)
         assert current is not None
@@ -179,7 +165,7 @@ def erase_account(
     return receipt
 
 
-def _count(db: sqlite_utils.Database, account_id: str, key: str, n: int) -> None:
+def _count(db: Database, account_id: str, key: str, n: int) -> None:
     """Add to the erasure's progress (inside the batch's transaction)."""
     with write_transaction(db):
         progress = json.loads(db["account_deletions"].get(account_id)["progress"])
@@ -189,26 +175,13 @@ def _count(db: sqlite_utils.Database, account_id: str, key: str, n: int) -> None
         )
 
 
-def _sweep_files(settings: Settings, account_id: str) -> None:
-    """Remove whatever is left of the account's directory (interrupted uploads)."""
-    root = settings.paths.files / account_id
-    if not root.is_dir():
-        return
-    for path in sorted(root.rglob("*"), reverse=True):
-        if path.is_dir():
-            path.rmdir()
-        else:
-            path.unlink()
-    root.rmdir()
-
-
-def checkpoint(db: sqlite_utils.Database) -> None:
+def checkpoint(db: Database) -> None:
     """Move every page into the main file and truncate the WAL (freed pages were
     overwritten by ``secure_delete``, and FTS5 tables use their secure-delete option)."""
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-def confirmations_due(db: sqlite_utils.Database) -> list[tuple[str, str, receipts.Receipt]]:
+def confirmations_due(db: Database) -> list[tuple[str, str, receipts.Receipt]]:
     """(account id, email, receipt) for erased accounts whose owner is not yet told."""
     out = []
     for row in db["account_deletions"].rows_where(
@@ -220,7 +193,7 @@ def confirmations_due(db: sqlite_utils.Database) -> list[tuple[str, str, receipt
     return out
 
 
-def confirmation_sent(db: sqlite_utils.Database, account_id: str) -> None:
+def confirmation_sent(db: Database, account_id: str) -> None:
     """Forget the address once the confirmation is queued."""
     with write_transaction(db):
         db["account_deletions"].update(account_id, {"notify_email": None})

@@ -1,14 +1,8 @@
 """Data export: one ZIP with everything held about a person (and, for an owner, the
 account), built in the background with progress, downloadable until it expires.
 
-What goes in is what every part of ``appliance.personal`` holds: each table it marks
-``export`` (rows as JSON, secret hashes left out), the originals of documents and voice
-samples, and each conversation also as Markdown. A table a domain registers is exported
-without touching this module.
-
-Rows marked ``personal`` (conversations and their messages, exports) belong to one
-person: they are in that person's export only, also when the person asking is the
-account's owner, whose manifest counts the other members' rows instead.
+What goes in is what every part of ``appliance.personal`` holds (docs/privacy.md): rows
+as JSON without secret hashes, original files, each conversation also as Markdown.
 """
 
 from __future__ import annotations
@@ -19,11 +13,11 @@ import os
 import time
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance import personal
 from appliance.accounts import service as accounts
@@ -49,72 +43,45 @@ class Export:
     expires_at: str
 
     def public(self) -> dict:
+        ready = self.status == "ready"
         return {
-            "id": self.id,
-            "status": self.status,
-            "progress": self.progress,
-            "total": self.total,
-            "size": self.size,
-            "sha256": self.sha256,
-            "created_at": self.created_at,
-            "finished_at": self.finished_at,
-            "expires_at": self.expires_at,
-            "download_url": f"/api/me/export/{self.id}/download"
-            if self.status == "ready"
-            else None,
+            **{k: v for k, v in asdict(self).items() if k not in ("account_id", "user_id")},
+            "download_url": f"/api/me/export/{self.id}/download" if ready else None,
         }
 
 
-def export_dir(settings: Settings) -> Path:
-    return settings.paths.exports
-
-
 def export_path(settings: Settings, export_id: str) -> Path:
-    return export_dir(settings) / f"{export_id}.zip"
+    return settings.paths.exports / f"{export_id}.zip"
 
 
-def start(
-    db: sqlite_utils.Database,
-    settings: Settings,
-    account_id: str,
-    user_id: str,
-    now: datetime,
-) -> Export:
+def start(db: Database, settings: Settings, account_id: str, user_id: str, now: datetime) -> Export:
     """Record a queued export (the caller enqueues ``build``)."""
-    expires = now + timedelta(hours=settings.privacy.export_ttl_hours)
+    expires = iso(now + timedelta(hours=settings.privacy.export_ttl_hours))
     export_id = new_id("exp")
+    row = {"id": export_id, "account_id": account_id, "user_id": user_id, "status": "queued"}
     with write_transaction(db):
-        db["exports"].insert(
-            {
-                "id": export_id,
-                "account_id": account_id,
-                "user_id": user_id,
-                "status": "queued",
-                "created_at": iso(now),
-                "expires_at": iso(expires),
-            }
-        )
+        db["exports"].insert({**row, "created_at": iso(now), "expires_at": expires})
     return get(db, account_id, user_id, export_id)
 
 
-def _one(db: sqlite_utils.Database, where: str, params: list) -> Export | None:
+def _one(db: Database, where: str, params: list) -> Export | None:
     row = next(db["exports"].rows_where(where, params, order_by="created_at desc", limit=1), None)
     return Export(**row) if row else None
 
 
-def get(db: sqlite_utils.Database, account_id: str, user_id: str, export_id: str) -> Export:
+def get(db: Database, account_id: str, user_id: str, export_id: str) -> Export:
     found = _one(db, "id = ? and account_id = ? and user_id = ?", [export_id, account_id, user_id])
     if found is None:
         raise NotFound("No such export.")
     return found
 
 
-def latest(db: sqlite_utils.Database, account_id: str, user_id: str) -> Export | None:
+def latest(db: Database, account_id: str, user_id: str) -> Export | None:
     return _one(db, "account_id = ? and user_id = ?", [account_id, user_id])
 
 
 def download_path(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     account_id: str,
     user_id: str,
@@ -133,7 +100,7 @@ def download_path(
     return path
 
 
-def _set(db: sqlite_utils.Database, export_id: str, **fields) -> None:
+def _set(db: Database, export_id: str, **fields) -> None:
     with write_transaction(db):
         db["exports"].update(export_id, fields)
 
@@ -153,7 +120,7 @@ def _write_rows(archive: zipfile.ZipFile, name: str, rows: Iterator[dict]) -> in
 class _Progress:
     """Writes progress at most every half second (plus the last step)."""
 
-    def __init__(self, db: sqlite_utils.Database, export_id: str) -> None:
+    def __init__(self, db: Database, export_id: str) -> None:
         self.db, self.export_id, self.done, self.written_at = db, export_id, 0, 0.0
 
     def step(self) -> None:
@@ -163,7 +130,7 @@ class _Progress:
             self.written_at = time.monotonic()
 
 
-def build(db: sqlite_utils.Database, settings: Settings, export_id: str, now: datetime) -> Export:
+def build(db: Database, settings: Settings, export_id: str, now: datetime) -> Export:
     """Write the ZIP for a queued export (idempotent: a rerun starts the file again).
 
     Rows are streamed from the database into the archive table by table, so a large
@@ -186,8 +153,7 @@ def build(db: sqlite_utils.Database, settings: Settings, export_id: str, now: da
     texts = [text for h in held for text in h.texts]
     total = len(tables) + len(files) + len(texts)
     _set(db, job.id, status="building", progress=0, total=total)
-    directory = export_dir(settings)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    settings.paths.exports.mkdir(mode=0o700, parents=True, exist_ok=True)
     target = export_path(settings, job.id)
     partial = target.with_suffix(".part")
     progress = _Progress(db, job.id)
@@ -217,24 +183,15 @@ def build(db: sqlite_utils.Database, settings: Settings, export_id: str, now: da
             manifest["other_members"] = {k: v for h in held for k, v in h.others.items()}
         archive.writestr("manifest.json", json.dumps(manifest, indent=2))
     os.chmod(partial, 0o600)
-    digest = hashlib.sha256()
     with partial.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+        digest = hashlib.file_digest(handle, "sha256")
     os.replace(partial, target)
-    _set(
-        db,
-        job.id,
-        status="ready",
-        progress=total,
-        size=target.stat().st_size,
-        sha256=digest.hexdigest(),
-        finished_at=iso(now),
-    )
+    done = {"status": "ready", "progress": total, "finished_at": iso(now)}
+    _set(db, job.id, size=target.stat().st_size, sha256=digest.hexdigest(), **done)
     return get(db, job.account_id, job.user_id, job.id)
 
 
-def fail(db: sqlite_utils.Database, export_id: str) -> None:
+def fail(db: Database, export_id: str) -> None:
     _set(db, export_id, status="failed")
 
 

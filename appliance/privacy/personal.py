@@ -8,29 +8,21 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance import personal
 from appliance.clock import iso
 from appliance.config import Settings
 from appliance.db import write_transaction
-from appliance.personal import ERASE, KEEP, USERS, Table
+from appliance.personal import BY_ACCOUNT, BY_USER, ERASE, KEEP, Table
 from appliance.privacy import export as exports
 
 TABLES = (
-    Table(
-        "exports",
-        "account_id = :account",
-        f"user_id in {USERS}",
-        ERASE,
-        True,
-        note="ZIP files on disk",
-        personal=True,
-    ),
-    Table("policy_acceptances", None, f"user_id in {USERS}", ERASE, True),
+    Table("exports", BY_ACCOUNT, BY_USER, ERASE, True, note="ZIP files on disk", personal=True),
+    Table("policy_acceptances", None, BY_USER, ERASE, True),
     Table(
         "account_deletions",
-        "account_id = :account",
+        BY_ACCOUNT,
         None,
         KEEP,
         False,
@@ -39,11 +31,11 @@ TABLES = (
 )
 
 
-def export(db: sqlite_utils.Database, settings: Settings, scope: personal.Scope) -> personal.Held:
+def export(db: Database, settings: Settings, scope: personal.Scope) -> personal.Held:
     return personal.held(db, TABLES, scope)
 
 
-def erase(db: sqlite_utils.Database, settings: Settings, job: personal.Erasure) -> bool:
+def erase(db: Database, settings: Settings, job: personal.Erasure) -> bool:
     def delete_one(row: dict) -> Path:
         db["exports"].delete(row["id"])
         return exports.export_path(settings, row["id"])
@@ -80,7 +72,4 @@ def purge_exports(db, settings: Settings, now: datetime, budget, on_batch):
         on_batch(len(ids))
 
 
-PURGES: dict[str, personal.Purge] = {
-    "request_log": purge_request_log,
-    "exports": purge_exports,
-}
+PURGES: dict[str, personal.Purge] = {"request_log": purge_request_log, "exports": purge_exports}

@@ -1,14 +1,9 @@
 """The privacy policy: rendered from ``appliance/webui/templates/policy/privacy.md``, this
 appliance's configuration and its operator's details, published in versions that every
-user is told about before they take effect.
+user is told about before they take effect (docs/privacy.md).
 
-The template (Jinja) states only what this appliance does: HTTPS only when it serves
-HTTPS, Claude only when a key is set, Stripe only when billing and its keys are, the mail
-server only when mail goes out by SMTP, "no third party" when none of them is on, the
-retention windows of ``settings.privacy``. ``facts`` is the one place that reads those
-settings; docs/privacy.md maps each statement to its fact. A version records the SHA-256 of
-the text, so publishing the same text twice is refused and any change of template,
-setting or operator details makes a new version.
+``facts`` is the one place that reads the settings the text depends on. A version
+records the text's SHA-256, so publishing the same text twice is refused.
 """
 
 from __future__ import annotations
@@ -21,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import jinja2
-import sqlite_utils
+from sqlite_utils import Database
 
 import appliance
 from appliance.accounts import service as accounts
@@ -64,7 +59,7 @@ class Block:
     items: tuple[str, ...] = ()
 
 
-def operator(db: sqlite_utils.Database, settings: Settings) -> Operator:
+def operator(db: Database, settings: Settings) -> Operator:
     """The operator's name and privacy contact: as given in the first-run setup or on
     /admin, else ``privacy.company_legal_name`` and ``privacy.contact_email``; no name
     (the policy says "the operator"), and the first operator's email address."""
@@ -73,12 +68,11 @@ def operator(db: sqlite_utils.Database, settings: Settings) -> Operator:
     contact = (row and row["contact"]) or settings.privacy.contact_email
     if not contact:
         contact = next((u.email for u in accounts.users(db) if u.operator), "")
-    return Operator(
-        name, contact or "the operator of this appliance", row["updated_at"] if row else None
-    )
+    updated = row["updated_at"] if row else None
+    return Operator(name, contact or "the operator of this appliance", updated)
 
 
-def operator_name(db: sqlite_utils.Database, settings: Settings, row: dict | None = None) -> str:
+def operator_name(db: Database, settings: Settings, row: dict | None = None) -> str:
     """The name the page and mail footers show: the operator as named at the first-run setup
     or on /admin, else ``privacy.company_legal_name`` (empty: no name is shown)."""
     if row is None:
@@ -101,22 +95,20 @@ def check_operator(name: str, contact: str) -> tuple[str, str]:
     return name, contact
 
 
-def set_operator(db: sqlite_utils.Database, name: str, contact: str, now: datetime) -> Operator:
+def set_operator(db: Database, name: str, contact: str, now: datetime) -> Operator:
     """Record who runs the appliance (first-run setup, /admin). The policy in effect does
     not change until a new version is published.
 
     Raises:
         InvalidInput: the name is empty or too long, or the contact is not an email address.
     """
-    name, contact = check_operator(name, contact)
+    saved = Operator(*check_operator(name, contact), iso(now))
     with write_transaction(db):
-        db["policy_operator"].upsert(
-            {"id": 1, "name": name, "contact": contact, "updated_at": iso(now)}, pk="id"
-        )
-    return Operator(name, contact, iso(now))
+        db["policy_operator"].upsert({"id": 1, **asdict(saved)}, pk="id")
+    return saved
 
 
-def facts(db: sqlite_utils.Database, settings: Settings) -> dict[str, object]:
+def facts(db: Database, settings: Settings) -> dict[str, object]:
     """Everything the policy's text depends on: this appliance's configuration, the
     operator's details and the retention windows in effect."""
     p = settings.privacy
@@ -157,7 +149,7 @@ _ENVIRONMENT = jinja2.Environment(
 )
 
 
-def render_text(db: sqlite_utils.Database, settings: Settings) -> str:
+def render_text(db: Database, settings: Settings) -> str:
     """The policy as text for this appliance as it is configured now (an unknown value in
     the template is an error)."""
     template = _ENVIRONMENT.from_string(TEMPLATE.read_text(encoding="utf-8"))
@@ -191,7 +183,7 @@ def blocks(text: str) -> list[Block]:
 _VERSION = "version, text_sha256, published_at, effective_at, summary"
 
 
-def _version(db: sqlite_utils.Database, where: str, now: datetime) -> PolicyVersion | None:
+def _version(db: Database, where: str, now: datetime) -> PolicyVersion | None:
     found = db["policy_versions"].rows_where(
         where, [iso(now)], select=_VERSION, order_by="version desc", limit=1
     )
@@ -199,18 +191,18 @@ def _version(db: sqlite_utils.Database, where: str, now: datetime) -> PolicyVers
     return PolicyVersion(**row) if row else None
 
 
-def versions(db: sqlite_utils.Database) -> list[PolicyVersion]:
+def versions(db: Database) -> list[PolicyVersion]:
     rows = db["policy_versions"].rows_where(select=_VERSION, order_by="version")
     return [PolicyVersion(**row) for row in rows]
 
 
-def current(db: sqlite_utils.Database, now: datetime) -> PolicyVersion | None:
+def current(db: Database, now: datetime) -> PolicyVersion | None:
     """The version in effect at ``now`` (None before the first one takes effect)."""
     return _version(db, "effective_at <= ?", now)
 
 
 def publish(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     now: datetime,
     *,
@@ -242,24 +234,19 @@ def publish(
                 f"A changed policy takes effect at least {notice.days} days after it is "
                 "published (privacy.policy_notice_days), so users hear of it first."
             )
-        version = PolicyVersion(
-            version=(published[-1].version + 1) if published else 1,
-            text_sha256=digest,
-            published_at=iso(now),
-            effective_at=iso(effective),
-            summary=summary.strip()[:2000],
-        )
+        number = (published[-1].version + 1) if published else 1
+        version = PolicyVersion(number, digest, iso(now), iso(effective), summary.strip()[:2000])
         db["policy_versions"].insert({**asdict(version), "text": text})
     return version
 
 
-def recipients(db: sqlite_utils.Database) -> list[str]:
+def recipients(db: Database) -> list[str]:
     """Every user who belongs to an active account (or runs the appliance)."""
     return accounts.active_people(db)
 
 
 def announce(
-    db: sqlite_utils.Database, version: PolicyVersion, send_mail: Callable[[str, str, dict], object]
+    db: Database, version: PolicyVersion, send_mail: Callable[[str, str, dict], object]
 ) -> int:
     """Email every user about a published version through ``send_mail(template, to,
     context)`` (the queue's task); how many were emailed."""
@@ -274,7 +261,7 @@ def announce(
     return len(emails)
 
 
-def pending(db: sqlite_utils.Database, user_id: str, now: datetime) -> PolicyVersion | None:
+def pending(db: Database, user_id: str, now: datetime) -> PolicyVersion | None:
     """The version in effect if this user has not accepted it yet, else None."""
     version = current(db, now)
     if version is None:
@@ -285,7 +272,7 @@ def pending(db: sqlite_utils.Database, user_id: str, now: datetime) -> PolicyVer
     return None if accepted else version
 
 
-def accept(db: sqlite_utils.Database, user_id: str, version: int, now: datetime) -> None:
+def accept(db: Database, user_id: str, version: int, now: datetime) -> None:
     """Record that the user accepted ``version`` (which must be in effect)."""
     with write_transaction(db):
         in_effect = current(db, now)
@@ -296,25 +283,25 @@ def accept(db: sqlite_utils.Database, user_id: str, version: int, now: datetime)
         )
 
 
-def text_of(db: sqlite_utils.Database, version: int) -> str:
+def text_of(db: Database, version: int) -> str:
     row = next(db["policy_versions"].rows_where("version = ?", [version], select="text"), None)
     if row is None:
         raise NotFound("No such policy version.")
     return row["text"]
 
 
-def upcoming(db: sqlite_utils.Database, now: datetime) -> PolicyVersion | None:
+def upcoming(db: Database, now: datetime) -> PolicyVersion | None:
     """A published version that has not taken effect yet."""
     return _version(db, "effective_at > ?", now)
 
 
-def shown_text(db: sqlite_utils.Database, settings: Settings, now: datetime) -> str:
+def shown_text(db: Database, settings: Settings, now: datetime) -> str:
     """What /privacy shows: the text in effect, or, before the first version takes effect,
     the text as the settings render it today."""
     version = current(db, now)
     return text_of(db, version.version) if version else render_text(db, settings)
 
 
-def last_updated(db: sqlite_utils.Database, now: datetime) -> str | None:
+def last_updated(db: Database, now: datetime) -> str | None:
     version = current(db, now)
     return parse(version.effective_at).date().isoformat() if version else None

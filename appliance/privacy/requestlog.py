@@ -14,7 +14,7 @@ import traceback
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 
-import sqlite_utils
+from sqlite_utils import Database
 
 import appliance
 from appliance.clock import iso
@@ -52,7 +52,7 @@ def raised_at(exc: BaseException) -> str | None:
     return f"{path}:{ours[-1].lineno}"[:MAX_ERROR]
 
 
-def record(db: sqlite_utils.Database, entry: RequestEntry) -> None:
+def record(db: Database, entry: RequestEntry) -> None:
     with write_transaction(db):
         db.execute(
             """insert into request_log (at, method, path, status, duration_ms, instance_id,
@@ -63,7 +63,7 @@ def record(db: sqlite_utils.Database, entry: RequestEntry) -> None:
 
 
 def entries(
-    db: sqlite_utils.Database,
+    db: Database,
     *,
     since: datetime | None = None,
     status: str | None = None,

@@ -1,14 +1,9 @@
-"""Retention: the purges that make the policy's time limits true.
+"""Retention: the purges that make the policy's time limits true (docs/privacy.md).
 
-Each domain purges its own tables (the ``PURGES`` of its part of ``appliance.personal``:
-sessions and codes in auth, invites in accounts, billing records in billing, the outbox
-in mail, the request log and exports here); this module runs them all, plus the erasure
-of deleted accounts. Each job deletes what is past its limit in batches
-(``privacy.purge_batch_size`` rows per transaction) until nothing is left, so a run after
-downtime catches up in one go and an interrupted run loses at most one batch of work: the
-next run simply finds the rest.
-Jobs are idempotent (a second run finds nothing). Every run of every job is recorded in
-``purge_runs``; ``doctor`` reads it.
+This module runs each domain's ``PURGES`` (its part of ``appliance.personal``) and the
+erasure of deleted accounts, in batches until nothing is left past its limit, so a run
+after downtime catches up and an interrupted one loses at most one batch. Every run is
+recorded in ``purge_runs``; ``doctor`` reads it.
 """
 
 from __future__ import annotations
@@ -17,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import sqlite_utils
+from sqlite_utils import Database
 
 from appliance import personal
 from appliance.clock import iso, parse
@@ -76,7 +71,7 @@ JOBS: dict[str, Purge] = {
 
 
 def run_job(
-    db: sqlite_utils.Database,
+    db: Database,
     settings: Settings,
     name: str,
     now: datetime,
@@ -106,7 +101,7 @@ def run_job(
 
 
 def run_all(
-    db: sqlite_utils.Database, settings: Settings, now: datetime, *, max_batches: int | None = None
+    db: Database, settings: Settings, now: datetime, *, max_batches: int | None = None
 ) -> list[RunResult]:
     """Every job once. ``max_batches`` bounds the whole run (the rest waits for the next)."""
     budget = Budget(max_batches)
@@ -123,7 +118,7 @@ def run_all(
     return results
 
 
-def last_runs(db: sqlite_utils.Database) -> list[LastRun]:
+def last_runs(db: Database) -> list[LastRun]:
     """For each job: its last complete run (or last attempt when none completed)."""
     out = []
     for name in JOBS:
@@ -139,7 +134,7 @@ def last_runs(db: sqlite_utils.Database) -> list[LastRun]:
     return out
 
 
-def overdue(db: sqlite_utils.Database, now: datetime) -> list[str]:
+def overdue(db: Database, now: datetime) -> list[str]:
     """Jobs with no complete run within ``OVERDUE``, and deletions past their window."""
     late = [
         run.job
