@@ -12,12 +12,14 @@ A client that disconnects (the page's Stop button) stops the generation; what wa
 written so far is kept. An answer the inference service breaks off (it crashed and is
 being restarted) ends with the error event and is neither kept nor charged; the question
 stays for "Answer again". With ``"stream": false`` the same routes answer with the stored
-message as JSON. Generating, relaying and storing an answer is ``web/chat_answer.py``.
+message as JSON. Generating, relaying and storing an answer is ``chat/answer.py``; this
+module maps its events.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -25,12 +27,15 @@ from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Stream, Template
 
+from appliance.chat import answer
 from appliance.chat import service as chat
+from appliance.chat.views import conversation_view
 from appliance.errors import InvalidInput
 from appliance.instances import service as instances
-from appliance.web.chat_answer import conversation_json, respond
 from appliance.web.deps import Ctx, Deps, Form, Json, Member
+from appliance.web.errors import stream_error
 from appliance.web.identity import Identity
+from appliance.web.sse import event_stream, sse
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -101,7 +106,7 @@ class ChatApi(Controller):
     def read(self, conversation_id: FromPath[str], me: Member, ctx: Deps) -> dict:
         """One conversation with its messages (answers with rendered HTML and sources)."""
         found = chat.get(ctx.db, me.account.id, me.user.id, conversation_id)
-        return conversation_json(ctx.db, me.account.id, found)
+        return conversation_view(ctx.db, me.account.id, found)
 
     @patch("/{conversation_id:str}", sync_to_thread=True)
     def change(self, conversation_id: FromPath[str], data: Json, me: Member, ctx: Deps) -> dict:
@@ -171,7 +176,7 @@ class ChatApi(Controller):
         answers with the conversation."""
         ids = (me.account.id, me.user.id, conversation_id, message_id)
         found = chat.select_version(ctx.db, *ids, ctx.now())
-        return conversation_json(ctx.db, me.account.id, found)
+        return conversation_view(ctx.db, me.account.id, found)
 
 
 class ChatPages(Controller):
@@ -239,8 +244,61 @@ def _context(db, me: Identity, conversation: chat.Conversation | None, q: str | 
         "conversations": chat.list_for_user(db, me.account.id, me.user.id, query=q),
         "conversation": conversation,
         "instance": names.get(conversation.instance_id) if conversation else None,
-        "messages": conversation_json(db, me.account.id, conversation)["messages"]
+        "messages": conversation_view(db, me.account.id, conversation)["messages"]
         if conversation
         else [],
         "instances": usable,
     }
+
+
+async def respond(
+    stream: Any,
+    ctx: Ctx,
+    me: Identity,
+    conversation_id: str,
+    *,
+    content: str | None = None,
+    edit_message_id: str | None = None,
+    request: Request | None = None,
+) -> Response | Stream:
+    """Answer the turn: its events as SSE, or with ``stream`` false, ``{"user",
+    "message"}``. A refusal raises before anything is sent (an HTTP error status)."""
+    if not isinstance(stream, bool):
+        raise InvalidInput("'stream' must be true or false.")
+    events = answer.answer(
+        ctx.db,
+        ctx.settings,
+        ctx.inference,
+        ctx.clock,
+        account_id=me.account.id,
+        user_id=me.user.id,
+        key_id=me.key_id,
+        conversation_id=conversation_id,
+        content=content,
+        edit_message_id=edit_message_id,
+        status=stream,
+    )
+    started = await anext(events)  # answer.Started, once the turn is prepared
+    if request is not None:
+        request.state.instance_id = started.instance_id  # for the request log (no content)
+    if stream:
+        return event_stream(_sse(started, events))
+    end = [e async for e in events if isinstance(e, answer.Done | answer.Failed)][-1]
+    if isinstance(end, answer.Failed):
+        raise end.error
+    return Response({"user": started.user, "message": end.message})
+
+
+async def _sse(started: answer.Started, events: AsyncIterator[answer.Event]) -> AsyncIterator[str]:
+    if started.user is not None:
+        yield sse({"type": "user", "message": started.user})
+    async for event in events:
+        match event:
+            case answer.Status(text):
+                yield sse({"type": "status", "text": text})
+            case answer.Delta(text):
+                yield sse({"type": "delta", "text": text})
+            case answer.Done(message):
+                yield sse({"type": "done", "message": message})
+            case answer.Failed(error):
+                yield sse({**stream_error(error), "type": "error"})
