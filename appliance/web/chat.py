@@ -19,7 +19,7 @@ module maps its events.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -191,6 +191,37 @@ class ChatPages(Controller):
         found = chat.get(ctx.db, me.account.id, me.user.id, conversation_id)
         return Template("chat.html", context=_context(ctx.db, me, found, None))
 
+    @get("/chat/{conversation_id:str}/messages", sync_to_thread=True)
+    def messages(
+        self, request: Request, conversation_id: FromPath[str], me: Member, ctx: Deps
+    ) -> dict:
+        """The page's reload of a conversation: ``{"id", "title", "html"}``, its messages
+        drawn as the page draws them."""
+        found = chat.get(ctx.db, me.account.id, me.user.id, conversation_id)
+        view = conversation_view(ctx.db, me.account.id, found)
+        html = "".join(_drawer(request)(m) for m in view["messages"])
+        return {"id": found.id, "title": found.title, "html": html}
+
+    @post("/chat/{conversation_id:str}/ask", status_code=200)
+    async def ask(
+        self, request: Request, conversation_id: FromPath[str], me: Member, ctx: Deps
+    ) -> Stream:
+        """The page's streamed answer: ``{"content"}`` asks, with ``"edit"`` (a message
+        id) as a new version of that question; ``{}`` answers the last question again.
+        The API's events, with each stored message drawn (``respond``)."""
+        body = await _body(request)
+        content = chat.clean_content(body["content"]) if "content" in body else None
+        return await respond(
+            True,
+            ctx,
+            me,
+            conversation_id,
+            content=content,
+            edit_message_id=body.get("edit"),
+            request=request,
+            draw=_drawer(request),
+        )
+
     @post("/chat")
     async def start(self, data: Form, me: Member, ctx: Deps) -> Response:
         """Without JavaScript: start a conversation and answer its first message (one that
@@ -235,6 +266,12 @@ def _rename(ctx: Ctx, me: Identity, conversation_id: str, title: Any) -> chat.Co
     return chat.rename(ctx.db, me.account.id, me.user.id, conversation_id, title, ctx.now())
 
 
+def _drawer(request: Request) -> Callable[[dict[str, Any]], str]:
+    """A message drawn by chat.html's own macro (templates/chat/messages.html)."""
+    macros = request.app.template_engine.engine.get_template("chat/messages.html").module
+    return lambda message: str(macros.render_message(message))
+
+
 def _context(db, me: Identity, conversation: chat.Conversation | None, q: str | None) -> dict:
     usable = [i for i in instances.list_instances(db, me.account.id) if i.state == "running"]
     names = {i.id: i for i in instances.list_instances(db, me.account.id)}
@@ -260,9 +297,12 @@ async def respond(
     content: str | None = None,
     edit_message_id: str | None = None,
     request: Request | None = None,
+    draw: Callable[[dict[str, Any]], str] | None = None,
 ) -> Response | Stream:
     """Answer the turn: its events as SSE, or with ``stream`` false, ``{"user",
-    "message"}``. A refusal raises before anything is sent (an HTTP error status)."""
+    "message"}``. A refusal raises before anything is sent (an HTTP error status).
+    ``draw``: the page's stream, whose ``user`` and ``done`` events also carry the
+    message's ``article`` as the page draws it."""
     if not isinstance(stream, bool):
         raise InvalidInput("'stream' must be true or false.")
     events = answer.answer(
@@ -282,16 +322,26 @@ async def respond(
     if request is not None:
         request.state.instance_id = started.instance_id  # for the request log (no content)
     if stream:
-        return event_stream(_sse(started, events))
+        return event_stream(_sse(started, events, draw))
     end = [e async for e in events if isinstance(e, answer.Done | answer.Failed)][-1]
     if isinstance(end, answer.Failed):
         raise end.error
     return Response({"user": started.user, "message": end.message})
 
 
-async def _sse(started: answer.Started, events: AsyncIterator[answer.Event]) -> AsyncIterator[str]:
+async def _sse(
+    started: answer.Started,
+    events: AsyncIterator[answer.Event],
+    draw: Callable[[dict[str, Any]], str] | None,
+) -> AsyncIterator[str]:
+    def with_message(kind: str, message: dict[str, Any] | None) -> str:
+        event = {"type": kind, "message": message}
+        if draw is not None and message is not None:
+            event["article"] = draw(message)
+        return sse(event)
+
     if started.user is not None:
-        yield sse({"type": "user", "message": started.user})
+        yield with_message("user", started.user)
     async for event in events:
         match event:
             case answer.Status(text):
@@ -299,6 +349,6 @@ async def _sse(started: answer.Started, events: AsyncIterator[answer.Event]) -> 
             case answer.Delta(text):
                 yield sse({"type": "delta", "text": text})
             case answer.Done(message):
-                yield sse({"type": "done", "message": message})
+                yield with_message("done", message)
             case answer.Failed(error):
                 yield sse({**stream_error(error), "type": "error"})
