@@ -35,40 +35,31 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Started:
-    """The turn is prepared and its hold reserved."""
+    """The turn is prepared and its hold reserved; ``user``: the stored question
+    (``message_view``), None when the last question is answered again."""
 
     instance_id: str
-    #: The stored question (``message_view``) when this turn asked one; None when it
-    #: answers the last question again.
     user: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
 class Status:
-    """What happens before the first token, in words."""
-
-    text: str
+    text: str  # what happens before the first token, in words
 
 
 @dataclass(frozen=True)
 class Delta:
-    """A piece of the answer, as the model wrote it."""
-
-    text: str
+    text: str  # a piece of the answer
 
 
 @dataclass(frozen=True)
 class Done:
-    """The stored answer (``message_view``); None when nothing was written."""
-
-    message: dict[str, Any] | None
+    message: dict[str, Any] | None  # the stored answer; None when nothing was written
 
 
 @dataclass(frozen=True)
 class Failed:
-    """The inference service broke the answer off: nothing is kept or charged."""
-
-    error: ApplianceError
+    error: ApplianceError  # why the inference service broke the answer off
 
 
 Event = Started | Status | Delta | Done | Failed

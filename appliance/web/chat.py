@@ -13,7 +13,9 @@ written so far is kept. An answer the inference service breaks off (it crashed a
 being restarted) ends with the error event and is neither kept nor charged; the question
 stays for "Answer again". With ``"stream": false`` the same routes answer with the stored
 message as JSON. Generating, relaying and storing an answer is ``chat/answer.py``; this
-module maps its events.
+module maps its events. The Chat page asks through its own ``/chat/{id}/ask``: the same
+events, where ``user`` and ``done`` also carry the message's ``article`` drawn by the
+page's macro (``templates/chat/messages.html``), as its reload ``/chat/{id}/messages`` does.
 """
 
 from __future__ import annotations
