@@ -3,7 +3,8 @@ events; the web layer maps them to server-sent events or a JSON body (``web/chat
 
 ``answer`` prepares the turn (the question stored, the prompt composed: ``service``) and
 reserves what it may cost (``billing.metering``) before its first event, ``Started``: a
-refusal (400, 402, 404, 409) raises there, before anything is sent. Then ``Status`` says
+refusal (bad input, out of credit, no such conversation, one already answering) raises
+there, before anything is sent. Then ``Status`` says
 what happens before the first token, a ``Delta`` carries each piece of the answer, and
 ``Done`` the stored answer (checked citations, exact usage). An answer the inference
 service breaks off (it crashed, or refused) ends with ``Failed``: what it wrote is
