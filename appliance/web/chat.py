@@ -12,12 +12,16 @@ A client that disconnects (the page's Stop button) stops the generation; what wa
 written so far is kept. An answer the inference service breaks off (it crashed and is
 being restarted) ends with the error event and is neither kept nor charged; the question
 stays for "Answer again". With ``"stream": false`` the same routes answer with the stored
-message as JSON. Generating, relaying and storing an answer is ``web/chat_answer.py``.
+message as JSON. Generating, relaying and storing an answer is ``chat/answer.py``; this
+module maps its events. The Chat page asks through its own ``/chat/{id}/ask``: the same
+events, where ``user`` and ``done`` also carry the message's ``article`` drawn by the
+page's macro (``templates/chat/messages.html``), as its reload ``/chat/{id}/messages`` does.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -25,12 +29,15 @@ from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Stream, Template
 
+from appliance.chat import answer
 from appliance.chat import service as chat
+from appliance.chat.views import conversation_view
 from appliance.errors import InvalidInput
 from appliance.instances import service as instances
-from appliance.web.chat_answer import conversation_json, respond
 from appliance.web.deps import Ctx, Deps, Form, Json, Member
+from appliance.web.errors import stream_error
 from appliance.web.identity import Identity
+from appliance.web.sse import event_stream, sse
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -101,7 +108,7 @@ class ChatApi(Controller):
     def read(self, conversation_id: FromPath[str], me: Member, ctx: Deps) -> dict:
         """One conversation with its messages (answers with rendered HTML and sources)."""
         found = chat.get(ctx.db, me.account.id, me.user.id, conversation_id)
-        return conversation_json(ctx.db, me.account.id, found)
+        return conversation_view(ctx.db, me.account.id, found)
 
     @patch("/{conversation_id:str}", sync_to_thread=True)
     def change(self, conversation_id: FromPath[str], data: Json, me: Member, ctx: Deps) -> dict:
@@ -171,7 +178,7 @@ class ChatApi(Controller):
         answers with the conversation."""
         ids = (me.account.id, me.user.id, conversation_id, message_id)
         found = chat.select_version(ctx.db, *ids, ctx.now())
-        return conversation_json(ctx.db, me.account.id, found)
+        return conversation_view(ctx.db, me.account.id, found)
 
 
 class ChatPages(Controller):
@@ -185,6 +192,37 @@ class ChatPages(Controller):
     def show(self, conversation_id: FromPath[str], me: Member, ctx: Deps) -> Template:
         found = chat.get(ctx.db, me.account.id, me.user.id, conversation_id)
         return Template("chat.html", context=_context(ctx.db, me, found, None))
+
+    @get("/chat/{conversation_id:str}/messages", sync_to_thread=True)
+    def messages(
+        self, request: Request, conversation_id: FromPath[str], me: Member, ctx: Deps
+    ) -> dict:
+        """The page's reload of a conversation: ``{"id", "title", "html"}``, its messages
+        drawn as the page draws them."""
+        found = chat.get(ctx.db, me.account.id, me.user.id, conversation_id)
+        view = conversation_view(ctx.db, me.account.id, found)
+        html = "".join(_drawer(request)(m) for m in view["messages"])
+        return {"id": found.id, "title": found.title, "html": html}
+
+    @post("/chat/{conversation_id:str}/ask", status_code=200)
+    async def ask(
+        self, request: Request, conversation_id: FromPath[str], me: Member, ctx: Deps
+    ) -> Stream:
+        """The page's streamed answer: ``{"content"}`` asks, with ``"edit"`` (a message
+        id) as a new version of that question; ``{}`` answers the last question again.
+        The API's events, with each stored message drawn (``respond``)."""
+        body = await _body(request)
+        content = chat.clean_content(body["content"]) if "content" in body else None
+        return await respond(
+            True,
+            ctx,
+            me,
+            conversation_id,
+            content=content,
+            edit_message_id=body.get("edit"),
+            request=request,
+            draw=_drawer(request),
+        )
 
     @post("/chat")
     async def start(self, data: Form, me: Member, ctx: Deps) -> Response:
@@ -230,6 +268,12 @@ def _rename(ctx: Ctx, me: Identity, conversation_id: str, title: Any) -> chat.Co
     return chat.rename(ctx.db, me.account.id, me.user.id, conversation_id, title, ctx.now())
 
 
+def _drawer(request: Request) -> Callable[[dict[str, Any]], str]:
+    """A message drawn by chat.html's own macro (templates/chat/messages.html)."""
+    macros = request.app.template_engine.engine.get_template("chat/messages.html").module
+    return lambda message: str(macros.render_message(message))
+
+
 def _context(db, me: Identity, conversation: chat.Conversation | None, q: str | None) -> dict:
     usable = [i for i in instances.list_instances(db, me.account.id) if i.state == "running"]
     names = {i.id: i for i in instances.list_instances(db, me.account.id)}
@@ -239,8 +283,74 @@ def _context(db, me: Identity, conversation: chat.Conversation | None, q: str | 
         "conversations": chat.list_for_user(db, me.account.id, me.user.id, query=q),
         "conversation": conversation,
         "instance": names.get(conversation.instance_id) if conversation else None,
-        "messages": conversation_json(db, me.account.id, conversation)["messages"]
+        "messages": conversation_view(db, me.account.id, conversation)["messages"]
         if conversation
         else [],
         "instances": usable,
     }
+
+
+async def respond(
+    stream: Any,
+    ctx: Ctx,
+    me: Identity,
+    conversation_id: str,
+    *,
+    content: str | None = None,
+    edit_message_id: str | None = None,
+    request: Request | None = None,
+    draw: Callable[[dict[str, Any]], str] | None = None,
+) -> Response | Stream:
+    """Answer the turn: its events as SSE, or with ``stream`` false, ``{"user",
+    "message"}``. A refusal raises before anything is sent (an HTTP error status).
+    ``draw``: the page's stream, whose ``user`` and ``done`` events also carry the
+    message's ``article`` as the page draws it."""
+    if not isinstance(stream, bool):
+        raise InvalidInput("'stream' must be true or false.")
+    events = answer.answer(
+        ctx.db,
+        ctx.settings,
+        ctx.inference,
+        ctx.clock,
+        account_id=me.account.id,
+        user_id=me.user.id,
+        key_id=me.key_id,
+        conversation_id=conversation_id,
+        content=content,
+        edit_message_id=edit_message_id,
+        status=stream,
+    )
+    started = await anext(events)  # answer.Started, once the turn is prepared
+    if request is not None:
+        request.state.instance_id = started.instance_id  # for the request log (no content)
+    if stream:
+        return event_stream(_sse(started, events, draw))
+    end = [e async for e in events if isinstance(e, answer.Done | answer.Failed)][-1]
+    if isinstance(end, answer.Failed):
+        raise end.error
+    return Response({"user": started.user, "message": end.message})
+
+
+async def _sse(
+    started: answer.Started,
+    events: AsyncIterator[answer.Event],
+    draw: Callable[[dict[str, Any]], str] | None,
+) -> AsyncIterator[str]:
+    def with_message(kind: str, message: dict[str, Any] | None) -> str:
+        event = {"type": kind, "message": message}
+        if draw is not None and message is not None:
+            event["article"] = draw(message)
+        return sse(event)
+
+    if started.user is not None:
+        yield with_message("user", started.user)
+    async for event in events:
+        match event:
+            case answer.Status(text):
+                yield sse({"type": "status", "text": text})
+            case answer.Delta(text):
+                yield sse({"type": "delta", "text": text})
+            case answer.Done(message):
+                yield with_message("done", message)
+            case answer.Failed(error):
+                yield sse({**stream_error(error), "type": "error"})

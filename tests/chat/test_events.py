@@ -4,9 +4,9 @@ first token, and, on an error, whether and when trying again can work."""
 import pytest
 from conftest import free_port
 
+from appliance.chat.answer import status_text
 from appliance.errors import InvalidInput, PaymentRequired, Throttled, Unavailable
 from appliance.inference.client import InferenceClient
-from appliance.web.chat_answer import status_text
 from appliance.web.errors import stream_error
 
 

@@ -52,95 +52,21 @@
   }
   function toBottom() { window.scrollTo(0, document.documentElement.scrollHeight); }
 
-  // -- rendering (mirrors chat.html's render_message) ---------------------------------
-  function actions(m) {
-    const row = el("div", undefined, "msg-actions");
-    if (m.versions) {
-      const versions = el("span", undefined, "versions");
-      for (const [label, id, name] of [["‹", m.versions.previous, "Previous version"], [null], ["›", m.versions.next, "Next version"]]) {
-        if (label === null) {
-          versions.append(el("span", m.versions.index + "/" + m.versions.count, "version-count"));
-          continue;
-        }
-        const button = el("button", label, "link");
-        button.type = "button";
-        button.dataset.select = id || "";
-        button.disabled = !id;
-        button.setAttribute("aria-label", name);
-        versions.append(button);
-      }
-      row.append(versions);
-    }
-    const copy = el("button", "Copy", "link");
-    copy.type = "button";
-    copy.dataset.copyMessage = "";
-    row.append(copy);
-    if (m.role === "user") {
-      const edit = el("button", "Edit", "link");
-      edit.type = "button";
-      edit.dataset.edit = m.id;
-      row.append(edit);
-    }
-    return row;
-  }
-
-  function article(m) {
-    const node = el("article", undefined, "msg msg-" + m.role);
-    node.dataset.id = m.id;
-    node.dataset.role = m.role;
-    node.dataset.raw = m.content;
-    return node;
-  }
-
-  function userNode(m) {
-    const node = article(m);
-    node.append(el("div", m.content, "msg-body user-text"), actions(m));
-    return node;
-  }
-
-  function assistantNode(m) {
-    const node = article(m);
-    const body = el("div", undefined, "msg-body answer");
-    body.innerHTML = m.html; // sanitized on the server: no raw HTML, no remote images
-    node.append(body);
-    if (m.sources && m.sources.length) {
-      const cited = m.sources.filter((s) => s.cited).length;
-      const details = el("details", undefined, "sources");
-      details.open = cited > 0;
-      details.append(el("summary", "Sources (" + cited + " cited of " + m.sources.length + " retrieved)"));
-      const list = el("ol");
-      for (const s of m.sources) {
-        const item = el("li", undefined, s.cited ? "cited" : "");
-        item.id = m.id + "-src-" + s.number;
-        item.value = s.number;
-        const where = el("span", undefined, "src-where");
-        const link = el("a", s.filename);
-        link.href = "/knowledge";
-        where.append(link);
-        where.append(document.createTextNode((s.page ? ", page " + s.page : "") + (s.heading ? ", " + s.heading : "")));
-        item.append(where);
-        item.append(s.text ? el("blockquote", s.text, "src-text") : el("p", "This passage is no longer in the knowledge base.", "muted"));
-        list.append(item);
-      }
-      details.append(list);
-      node.append(details);
-    }
-    let meta = "";
-    if (m.finish_reason === "cancelled") meta = "Stopped · ";
-    else if (m.finish_reason === "length") meta = "Cut off at the length limit · ";
-    meta += m.usage.prompt_tokens + " prompt + " + m.usage.completion_tokens + " answer tokens";
-    node.append(el("p", meta, "msg-meta muted"), actions(m));
-    return node;
+  // -- rendering: the server draws every message (templates/chat/messages.html) ------
+  function fragment(html) {
+    const holder = document.createElement("template");
+    holder.innerHTML = html; // the server's: escaped text, sanitized answers
+    return holder.content;
   }
 
   function render(data) {
     const follow = nearBottom();
-    messages.replaceChildren(...data.messages.map((m) => (m.role === "user" ? userNode(m) : assistantNode(m))));
+    messages.replaceChildren(fragment(data.html));
     const title = document.getElementById("chat-title");
     if (title) title.textContent = data.title;
     const listed = document.querySelector('.conv-list a[aria-current="page"]');
     if (listed) listed.textContent = data.title;
-    else if (data.messages.length) {
+    else if (messages.children.length) {
       // A conversation started on this page: add it to the list.
       const list = document.querySelector(".conv-list");
       const link = el("a", data.title);
@@ -152,16 +78,16 @@
       if (empty) empty.remove();
       if (list) list.prepend(item);
     }
-    const last = data.messages[data.messages.length - 1];
+    const last = messages.lastElementChild;
     if (regenerate) {
       regenerate.parentElement.hidden = !last;
-      regenerate.textContent = last && last.role === "user" ? "Answer again" : "Regenerate answer";
+      regenerate.textContent = last && last.dataset.role === "user" ? "Answer again" : "Regenerate answer";
     }
     if (follow) toBottom();
   }
 
   async function refresh() {
-    render(await api("GET", "/api/conversations/" + conversation));
+    render(await api("GET", "/chat/" + conversation + "/messages"));
   }
 
   // -- streaming ------------------------------------------------------------------------
@@ -212,7 +138,9 @@
     });
   }
 
-  async function stream(url, body, attempt) {
+  // The page's own route answers the API's events with each stored message drawn:
+  // {content} asks, {content, edit} asks a new version of a question, {} answers again.
+  async function stream(body, attempt) {
     attempt = attempt || 0;
     showError("");
     busy(true);
@@ -226,9 +154,9 @@
     let finished = false;
     let retry = null;
     try {
-      const response = await fetch(url, {
+      const response = await fetch("/chat/" + conversation + "/ask", {
         method: "POST",
-        headers: { "X-CSRFToken": csrf(), "Content-Type": "application/json", Accept: "text/event-stream" },
+        headers: { "X-CSRFToken": csrf(), "Content-Type": "application/json", Accept: "text/event-stream, application/json" },
         body: JSON.stringify(body),
         credentials: "same-origin",
         signal: controller.signal,
@@ -265,7 +193,7 @@
               sessionStorage.removeItem(key("draft"));
               if (input.value.trim() === event.message.content) input.value = "";
               updateCounter();
-              messages.insertBefore(userNode(event.message), pending);
+              messages.insertBefore(fragment(event.article), pending);
             } else if (event.type === "status") {
               status.textContent = event.text;
             } else if (event.type === "delta") {
@@ -273,7 +201,7 @@
               text.textContent += event.text;
             } else if (event.type === "done") {
               finished = true;
-              if (event.message) pending.replaceWith(assistantNode(event.message));
+              if (event.article) pending.replaceWith(fragment(event.article));
               else pending.remove();
             } else if (event.type === "error") {
               finished = true;
@@ -307,11 +235,7 @@
       } else if (await countdown(retry.seconds, retry.message)) {
         // A question the server already stored is answered again, not asked twice.
         const last = messages.lastElementChild;
-        if (last && last.dataset.role === "user") {
-          await stream("/api/conversations/" + conversation + "/regenerate", {}, attempt + 1);
-        } else {
-          await stream(url, body, attempt + 1);
-        }
+        await stream(last && last.dataset.role === "user" ? {} : body, attempt + 1);
         return;
       }
     }
@@ -348,7 +272,7 @@
       const hint = document.querySelector(".chat-hint");
       if (hint) hint.hidden = true;
     }
-    return stream("/api/conversations/" + conversation + "/messages", { content });
+    return stream({ content });
   }
 
   // -- the counter: characters now, tokens against the instance's budget shortly after --
@@ -431,7 +355,7 @@
       if (controller || retryTimer || !conversation) return;
       const last = messages.lastElementChild;
       if (last && last.dataset.role === "assistant") last.remove();
-      stream("/api/conversations/" + conversation + "/regenerate", {});
+      stream({});
     });
   }
 
@@ -491,14 +415,15 @@
         // old ones stay, one click away (‹ 1/2 ›).
         while (node.nextElementSibling) node.nextElementSibling.remove();
         node.remove();
-        stream("/api/conversations/" + conversation + "/messages/" + node.dataset.id + "/edit", { content });
+        stream({ content, edit: node.dataset.id });
       });
       return;
     }
     const select = target.closest("[data-select]");
     if (select && select.dataset.select && !controller && !retryTimer) {
       try {
-        render(await api("POST", "/api/conversations/" + conversation + "/messages/" + select.dataset.select + "/select"));
+        await api("POST", "/api/conversations/" + conversation + "/messages/" + select.dataset.select + "/select");
+        await refresh();
       } catch (err) {
         showError(err.message);
       }
