@@ -119,19 +119,14 @@ class BatchMetrics:
     def averages(self) -> dict[str, float]:
         """Means over the last ``WINDOW`` steps (zeros before the first step)."""
         with self.lock:
-            recent = list(self.recent)
-        if not recent:
-            keys = ("step_ms", "decode_ms", "overhead_ms", "batch_tokens", "batch_sequences")
-            return dict.fromkeys(keys, 0.0)
-        n = len(recent)
-        step = sum(r[0] for r in recent) / n
-        decode = sum(r[1] for r in recent) / n
+            recent = list(self.recent) or [(0.0,) * 4]
+        step, decode, tokens, sequences = (sum(c) / len(recent) for c in zip(*recent, strict=True))
         return {
             "step_ms": round(step * 1000, 3),
             "decode_ms": round(decode * 1000, 3),
             "overhead_ms": round((step - decode) * 1000, 3),
-            "batch_tokens": round(sum(r[2] for r in recent) / n, 2),
-            "batch_sequences": round(sum(r[3] for r in recent) / n, 2),
+            "batch_tokens": round(tokens, 2),
+            "batch_sequences": round(sequences, 2),
         }
 
     @property

@@ -197,19 +197,17 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             or not all(isinstance(t, str) and len(t) <= schema.MAX_TEXT_CHARS for t in texts)
         ):
             raise InvalidInput("'input' must be a list of strings.")
-        if body.get("model") == "chat":
-            counts = await asyncio.to_thread(engine.chat.count_tokens, texts)
-            return Response({"model": model_id, "counts": counts})
-        if engine.embedding is None:
+        chat = body.get("model") == "chat"
+        tokenizer = engine.chat if chat else engine.embedding
+        if tokenizer is None:
             raise InvalidInput("No embedding model is loaded.")
-        counts = await asyncio.to_thread(engine.embedding.count_tokens, texts)
-        return Response({"model": embed_id, "counts": counts})
+        counts = await asyncio.to_thread(tokenizer.count_tokens, texts)
+        return Response({"model": model_id if chat else embed_id, "counts": counts})
 
     @get("/v1/models")
     async def list_models(request: Request) -> Response:
         created = int(service.started)
-        rerank_id = engine.info.rerank_model
-        ids = [model_id, *([embed_id] if embed_id else []), *([rerank_id] if rerank_id else [])]
+        ids = [i for i in (model_id, embed_id, engine.info.rerank_model) if i]
         return Response(
             {
                 "object": "list",
