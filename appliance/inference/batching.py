@@ -143,30 +143,21 @@ class BatchedChatEngine(ChatModel):
         path: Path,
         *,
         n_ctx: int,
-        n_threads: int,
-        n_gpu_layers: int,
         flash_attn: bool,
-        kv_cache_type: str,
         parallel: int,
         prompt_chunk_tokens: int,
         prefix_cache_entries: int,
-        extra_bufts: bool = False,
+        **load: Any,
     ) -> None:
+        """``load``: ``chat_llama``'s ``n_threads``, ``n_gpu_layers``, ``kv_cache_type`` and
+        ``extra_bufts``."""
         import llama_cpp
         from llama_cpp import _internals
 
         self._lib = llama_cpp
         # The Llama object supplies the weights, tokenizer and chat template; its own
         # context is kept minimal because the batched context below does the work.
-        llama = chat_llama(
-            path,
-            n_ctx=64,
-            n_threads=n_threads,
-            n_gpu_layers=n_gpu_layers,
-            flash_attn=flash_attn,
-            kv_cache_type=kv_cache_type,
-            extra_bufts=extra_bufts,
-        )
+        llama = chat_llama(path, n_ctx=64, flash_attn=flash_attn, **load)
         self.slots = parallel
         self.chunk = prompt_chunk_tokens
         self.capacity = parallel + prompt_chunk_tokens
