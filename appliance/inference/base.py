@@ -16,7 +16,7 @@ from typing import Any
 
 from appliance.errors import ConfigError, InvalidInput
 from appliance.inference import models, structured
-from appliance.inference.loader import load_llama
+from appliance.inference.loader import Tokenizer, load_llama
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,6 @@ class EngineInfo:
     gpu_layers: int
     model_layers: int
     n_threads: int
-    embedding_dim: int | None = None
     parallel: int = 1
     cpu_repack: bool = False
     rerank_model: str | None = None
@@ -69,29 +68,22 @@ class EngineInfo:
         return "gpu" if self.gpu_layers >= self.model_layers else "gpu (partial)"
 
 
+def cpuinfo() -> list[dict[str, str]]:
+    """``/proc/cpuinfo``: one dict per logical CPU (none where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            blocks = handle.read().split("\n\n")
+    except OSError:
+        return []
+    return [
+        dict(map(str.strip, line.partition(":")[::2]) for line in b.splitlines()) for b in blocks
+    ]
+
+
 def physical_cores() -> int:
     """Physical cores (not hyper-threads): llama.cpp decodes fastest with one thread each."""
-    try:
-        cores = set()
-        physical = core = None
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "physical id":
-                    physical = value.strip()
-                elif key == "core id":
-                    core = value.strip()
-                elif not key and core is not None:
-                    cores.add((physical, core))
-                    physical = core = None
-        if core is not None:
-            cores.add((physical, core))
-        if cores:
-            return len(cores)
-    except OSError:
-        pass
-    return max(1, (os.cpu_count() or 2) // 2)
+    cores = {(cpu.get("physical id"), cpu["core id"]) for cpu in cpuinfo() if "core id" in cpu}
+    return len(cores) or max(1, (os.cpu_count() or 2) // 2)
 
 
 def gpu_offload_supported() -> bool:
@@ -137,7 +129,7 @@ def chat_llama(
     )
 
 
-class ChatModel:
+class ChatModel(Tokenizer):
     """A loaded chat model's chat template and tokenizer (the engine's base class)."""
 
     def __init__(self, model: models.Model, llama, n_ctx: int) -> None:
@@ -168,13 +160,6 @@ class ChatModel:
                 f"The conversation is {len(tokens)} tokens long; this model's context window "
                 f"is {self.n_ctx} tokens. Shorten it or start a new one."
             )
-
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        """Tokens of each text in the chat model's vocabulary (read-only: thread-safe)."""
-        return [
-            len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
-            for text in texts
-        ]
 
     def prompt_tokens(
         self, messages: list[dict[str, Any]] | str, tools: list[dict[str, Any]] | None = None

@@ -119,19 +119,14 @@ class BatchMetrics:
     def averages(self) -> dict[str, float]:
         """Means over the last ``WINDOW`` steps (zeros before the first step)."""
         with self.lock:
-            recent = list(self.recent)
-        if not recent:
-            keys = ("step_ms", "decode_ms", "overhead_ms", "batch_tokens", "batch_sequences")
-            return dict.fromkeys(keys, 0.0)
-        n = len(recent)
-        step = sum(r[0] for r in recent) / n
-        decode = sum(r[1] for r in recent) / n
+            recent = list(self.recent) or [(0.0,) * 4]
+        step, decode, tokens, sequences = (sum(c) / len(recent) for c in zip(*recent, strict=True))
         return {
             "step_ms": round(step * 1000, 3),
             "decode_ms": round(decode * 1000, 3),
             "overhead_ms": round((step - decode) * 1000, 3),
-            "batch_tokens": round(sum(r[2] for r in recent) / n, 2),
-            "batch_sequences": round(sum(r[3] for r in recent) / n, 2),
+            "batch_tokens": round(tokens, 2),
+            "batch_sequences": round(sequences, 2),
         }
 
     @property
@@ -148,30 +143,21 @@ class BatchedChatEngine(ChatModel):
         path: Path,
         *,
         n_ctx: int,
-        n_threads: int,
-        n_gpu_layers: int,
         flash_attn: bool,
-        kv_cache_type: str,
         parallel: int,
         prompt_chunk_tokens: int,
         prefix_cache_entries: int,
-        extra_bufts: bool = False,
+        **load: Any,
     ) -> None:
+        """``load``: ``chat_llama``'s ``n_threads``, ``n_gpu_layers``, ``kv_cache_type`` and
+        ``extra_bufts``."""
         import llama_cpp
         from llama_cpp import _internals
 
         self._lib = llama_cpp
         # The Llama object supplies the weights, tokenizer and chat template; its own
         # context is kept minimal because the batched context below does the work.
-        llama = chat_llama(
-            path,
-            n_ctx=64,
-            n_threads=n_threads,
-            n_gpu_layers=n_gpu_layers,
-            flash_attn=flash_attn,
-            kv_cache_type=kv_cache_type,
-            extra_bufts=extra_bufts,
-        )
+        llama = chat_llama(path, n_ctx=64, flash_attn=flash_attn, **load)
         self.slots = parallel
         self.chunk = prompt_chunk_tokens
         self.capacity = parallel + prompt_chunk_tokens

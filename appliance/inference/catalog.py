@@ -106,16 +106,13 @@ def _entry(path: Path, name: str, raw: dict) -> Entry:
     try:
         return Entry(
             name=name,
-            kind=fields["kind"],
-            repo=fields["repo"],
-            file=fields["file"],
+            **fields,
             revision=str(raw.get("revision") or "main"),
             sha256=sha256,
             size_bytes=int(raw.get("size_bytes", 0)),
             params_b=float(raw.get("params_b", 0)),
             context_length=int(raw.get("context_length", 0)),
             memory_gb=float(raw["memory_gb"]),
-            license=fields["license"],
             page=str(raw.get("page", "")),
         )
     except (KeyError, TypeError, ValueError) as exc:

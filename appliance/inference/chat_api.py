@@ -221,32 +221,28 @@ def completion(chat: ChatRequest, choices: list[Choice], model_id: str) -> dict[
         body = {"text": message["content"]} if legacy else {"message": message}
         logprobs = _logprobs(chat, choice.logprobs)
         out.append({"index": choice.index, **body, "finish_reason": reason, "logprobs": logprobs})
+    head = _head(chat, model_id, "text_completion" if legacy else "chat.completion")
+    return {**head, "choices": out, "usage": usage([c.finish for c in choices if c.finish])}
+
+
+def _head(chat: ChatRequest, model_id: str, kind: str) -> dict[str, Any]:
+    """A completion's (or its chunks') ``id``, ``object``, ``created`` and ``model``."""
+    prefix = "cmpl" if isinstance(chat.messages, str) else "chatcmpl"
     return {
-        "id": f"{'cmpl' if legacy else 'chatcmpl'}-{uuid.uuid4().hex}",
-        "object": "text_completion" if legacy else "chat.completion",
+        "id": f"{prefix}-{uuid.uuid4().hex}",
+        "object": kind,
         "created": int(time.time()),
         "model": model_id,
-        "choices": out,
-        "usage": usage([c.finish for c in choices if c.finish]),
     }
 
 
 async def stream(chat: ChatRequest, jobs: list[Job], model_id: str) -> AsyncIterator[str]:
     """The completion's SSE chunks (OpenAI's), ending with ``[DONE]``."""
     legacy = isinstance(chat.messages, str)
-    completion_id = f"{'cmpl' if legacy else 'chatcmpl'}-{uuid.uuid4().hex}"
-    created = int(time.time())
+    head = _head(chat, model_id, "text_completion" if legacy else "chat.completion.chunk")
 
-    def chunk(choices: list[dict[str, Any]], usage_: dict | None = None) -> str:
-        body: dict[str, Any] = {
-            "id": completion_id,
-            "object": "text_completion" if legacy else "chat.completion.chunk",
-            "created": created,
-            "model": model_id,
-            "choices": choices,
-        }
-        if usage_:
-            body["usage"] = usage_
+    def chunk(choices: list[dict[str, Any]], **usage_: Any) -> str:
+        body = {**head, "choices": choices, **usage_}
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
     def piece(
@@ -286,7 +282,7 @@ async def stream(chat: ChatRequest, jobs: list[Job], model_id: str) -> AsyncIter
         elif isinstance(event, Failed):
             yield failed_chunk(event)
     if chat.include_usage:
-        yield chunk([], usage([c.finish for c in choices if c.finish]))
+        yield chunk([], usage=usage([c.finish for c in choices if c.finish]))
     yield "data: [DONE]\n\n"
 
 

@@ -11,7 +11,7 @@ import functools
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -106,40 +106,6 @@ class InferenceClient:
         payload = {**body, "stream": False}
         return self._json(self._post("/v1/chat/completions", payload, self._headers(account_id)))
 
-    def stream_chat(
-        self, body: dict[str, Any], *, account_id: str | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """Yield the chunks of a streaming chat completion, the usage chunk included."""
-        payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
-        try:
-            with (
-                httpx.Client(timeout=self.timeout, verify=_tls()) as http,
-                http.stream(
-                    "POST",
-                    self._url("/v1/chat/completions"),
-                    json=payload,
-                    headers=self._headers(account_id),
-                ) as response,
-            ):
-                if response.status_code >= 400:
-                    response.read()
-                    self._json(response)
-                for line in response.iter_lines():
-                    chunk = _sse_data(line)
-                    if chunk is not None:
-                        yield chunk
-        except httpx.HTTPError as exc:
-            raise self._unavailable(exc) from None
-
-    async def amodels(self) -> list[dict[str, Any]]:
-        """The served models (``GET /v1/models``)."""
-        try:
-            async with httpx.AsyncClient(timeout=self.timeout, verify=_tls()) as http:
-                response = await http.get(self._url("/v1/models"), headers=self._headers(None))
-        except httpx.HTTPError as exc:
-            raise self._unavailable(exc) from None
-        return self._json(response)["data"]
-
     def count_tokens(self, texts: list[str], *, model: str = "embedding") -> list[int] | None:
         """Token counts in the embedding (or ``model="chat"``) model's tokenizer; None if
         the server can't tell (an external OpenAI-compatible server without ``/tokenize``)."""
@@ -203,8 +169,8 @@ class InferenceClient:
         account_id: str | None = None,
         path: str = "/v1/chat/completions",
     ) -> AsyncIterator[dict[str, Any]]:
-        """Async version of :meth:`stream_chat` for the web process (``path``:
-        ``/v1/completions`` for a legacy completion)."""
+        """Yield the chunks of a streaming chat completion, the usage chunk included
+        (``path``: ``/v1/completions`` for a legacy completion)."""
         payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
         answering = False
         try:

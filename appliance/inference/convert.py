@@ -20,6 +20,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import secrets
 import tempfile
 import zipfile
@@ -54,12 +55,7 @@ _PHANTOM_SPACE = "\u2581"
 
 
 def minilm_zip_path() -> Path:
-    """Locate the ``model.zip`` of the installed ``all_minilm_l6_v2`` package.
-
-    The package is imported lazily (it is only needed when converting).
-
-    Returns:
-        The path of the package's ``model.zip``.
+    """The ``model.zip`` of the installed ``all_minilm_l6_v2`` package (imported lazily).
 
     Raises:
         RuntimeError: If the package is not installed or its ``model.zip`` is missing.
@@ -119,17 +115,7 @@ def convert_minilm(source: Path, dest: Path, name: str = "all-MiniLM-L6-v2") -> 
 
 
 def _find_model_dir(root: Path) -> Path:
-    """Find the directory holding the checkpoint: ``root`` itself or one below it.
-
-    Args:
-        root: An extracted model archive or a model directory.
-
-    Returns:
-        The shallowest directory under ``root`` that holds all required files.
-
-    Raises:
-        FileNotFoundError: If no such directory exists.
-    """
+    """The shallowest directory under ``root`` (or ``root``) holding the required files."""
     candidates = [root, *sorted(p.parent for p in root.rglob("config.json"))]
     for candidate in sorted(set(candidates), key=lambda p: len(p.parts)):
         if all((candidate / name).is_file() for name in _REQUIRED_FILES):
@@ -140,7 +126,6 @@ def _find_model_dir(root: Path) -> Path:
 
 
 def _read_json(path: Path) -> Any:
-    """Read a UTF-8 JSON file."""
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -152,12 +137,7 @@ def is_cross_encoder(config: dict[str, Any]) -> bool:
 
 
 def _convert_dir(model_dir: Path, dest: Path, name: str) -> None:
-    """Convert an extracted checkpoint directory and atomically write ``dest``.
-
-    Args:
-        model_dir: Directory with ``config.json``, ``model.safetensors``, ``tokenizer.json``, ...
-        dest: The GGUF file to write.
-    """
+    """Convert an extracted checkpoint directory and atomically write ``dest``."""
     config = _read_json(model_dir / "config.json")
     _check_config(config)
 
@@ -181,14 +161,7 @@ def _convert_dir(model_dir: Path, dest: Path, name: str) -> None:
 
 
 def _check_config(config: dict[str, Any]) -> None:
-    """Reject checkpoints that are not plain BERT encoders.
-
-    Args:
-        config: The parsed ``config.json``.
-
-    Raises:
-        ValueError: If the model is not a BERT model with absolute position embeddings and GELU.
-    """
+    """A ValueError unless this is a BERT with absolute position embeddings and GELU."""
     if config.get("model_type") != "bert":
         raise ValueError(f"Expected a BERT checkpoint, got model_type={config.get('model_type')!r}")
     if config.get("position_embedding_type", "absolute") != "absolute":
@@ -198,17 +171,7 @@ def _check_config(config: dict[str, Any]) -> None:
 
 
 def _pooling_type(model_dir: Path) -> gguf.PoolingType:
-    """Read the sentence-transformers pooling mode (mean when no pooling config is present).
-
-    Args:
-        model_dir: The checkpoint directory.
-
-    Returns:
-        The llama.cpp pooling type matching the sentence-transformers pooling module.
-
-    Raises:
-        ValueError: If the pooling mode has no llama.cpp equivalent.
-    """
+    """The sentence-transformers pooling mode (mean without a pooling config)."""
     pooling_dir = "1_Pooling"
     modules_path = model_dir / "modules.json"
     if modules_path.is_file():
@@ -232,14 +195,7 @@ def _pooling_type(model_dir: Path) -> gguf.PoolingType:
 def _add_metadata(
     writer: gguf.GGUFWriter, model_dir: Path, config: dict[str, Any], name: str
 ) -> None:
-    """Write the general and hyperparameter keys.
-
-    Args:
-        writer: The GGUF writer.
-        model_dir: The checkpoint directory.
-        config: The parsed ``config.json``.
-        name: The model's name in the GGUF metadata.
-    """
+    """Write the general and hyperparameter keys."""
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
@@ -263,14 +219,6 @@ def _add_vocab(writer: gguf.GGUFWriter, model_dir: Path, config: dict[str, Any])
 
     Word-initial pieces get the U+2581 phantom-space prefix, ``##`` continuation pieces lose
     their prefix, and special tokens are kept verbatim and typed CONTROL.
-
-    Args:
-        writer: The GGUF writer.
-        model_dir: The checkpoint directory.
-        config: The parsed ``config.json``.
-
-    Raises:
-        ValueError: If ``tokenizer.json`` does not describe a WordPiece tokenizer.
     """
     tokenizer = _read_json(model_dir / "tokenizer.json")
     model = tokenizer.get("model", {})
@@ -290,20 +238,17 @@ def _add_vocab(writer: gguf.GGUFWriter, model_dir: Path, config: dict[str, Any])
     for tok_id in range(vocab_size):
         text = by_id.get(tok_id)
         if text is None:
-            tokens.append(f"[PAD{tok_id}]")
-            toktypes.append(gguf.TokenType.UNUSED)
+            token, toktype = f"[PAD{tok_id}]", gguf.TokenType.UNUSED
         elif tok_id in added and added[tok_id].get("special", False):
-            tokens.append(text)
-            toktypes.append(gguf.TokenType.CONTROL)
+            token, toktype = text, gguf.TokenType.CONTROL
         elif tok_id in added:
-            tokens.append(text)
-            toktypes.append(gguf.TokenType.USER_DEFINED)
+            token, toktype = text, gguf.TokenType.USER_DEFINED
         elif text.startswith(prefix):
-            tokens.append(text[len(prefix) :])
-            toktypes.append(gguf.TokenType.NORMAL)
+            token, toktype = text[len(prefix) :], gguf.TokenType.NORMAL
         else:
-            tokens.append(_PHANTOM_SPACE + text)
-            toktypes.append(gguf.TokenType.NORMAL)
+            token, toktype = _PHANTOM_SPACE + text, gguf.TokenType.NORMAL
+        tokens.append(token)
+        toktypes.append(toktype)
 
     writer.add_token_type_count(int(config.get("type_vocab_size", 1)))
     writer.add_tokenizer_model("bert")
@@ -323,16 +268,7 @@ def _add_vocab(writer: gguf.GGUFWriter, model_dir: Path, config: dict[str, Any])
 
 
 def _add_tensors(writer: gguf.GGUFWriter, model_dir: Path, config: dict[str, Any]) -> None:
-    """Write the weights under llama.cpp's BERT tensor names, all as F32.
-
-    Args:
-        writer: The GGUF writer.
-        model_dir: The checkpoint directory.
-        config: The parsed ``config.json``.
-
-    Raises:
-        ValueError: If a checkpoint tensor has no llama.cpp name.
-    """
+    """Write the weights under llama.cpp's BERT tensor names, all as F32."""
     n_blocks = int(config["num_hidden_layers"])
     name_map = gguf.TensorNameMap(gguf.MODEL_ARCH.BERT, n_blocks)
     weights = load_file(str(model_dir / "model.safetensors"))
@@ -340,17 +276,13 @@ def _add_tensors(writer: gguf.GGUFWriter, model_dir: Path, config: dict[str, Any
     for name in sorted(weights):
         hf_name = name.removeprefix("bert.")
         if head and hf_name in _HEAD_TENSORS:
-            data = np.ascontiguousarray(weights[name], dtype=np.float32)
-            writer.add_tensor(_HEAD_TENSORS[hf_name], data, raw_dtype=gguf.GGMLQuantizationType.F32)
+            new_name = _HEAD_TENSORS[hf_name]
+        elif hf_name in _SKIPPED_TENSORS or hf_name.startswith("cls."):
             continue
-        if hf_name in _SKIPPED_TENSORS or hf_name.startswith("cls."):
-            continue
-        if hf_name.endswith(".gamma"):
-            hf_name = hf_name.removesuffix(".gamma") + ".weight"
-        elif hf_name.endswith(".beta"):
-            hf_name = hf_name.removesuffix(".beta") + ".bias"
-        new_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if new_name is None:
-            raise ValueError(f"Cannot map checkpoint tensor {name!r} to a llama.cpp name")
+        else:
+            hf_name = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", hf_name))
+            new_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+            if new_name is None:
+                raise ValueError(f"Cannot map checkpoint tensor {name!r} to a llama.cpp name")
         data = np.ascontiguousarray(weights[name], dtype=np.float32)
         writer.add_tensor(new_name, data, raw_dtype=gguf.GGMLQuantizationType.F32)

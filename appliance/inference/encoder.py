@@ -10,25 +10,30 @@ from pathlib import Path
 import numpy as np
 
 from appliance.inference import models
-from appliance.inference.loader import load_llama
+from appliance.inference.loader import Tokenizer, load_llama
 
 
-class Encoder:
-    """One encoder GGUF with llama.cpp's ``pooling`` over each sequence."""
+class Encoder(Tokenizer):
+    """One encoder GGUF with llama.cpp's ``pooling`` (a subclass's) over each sequence of
+    at most ``max_tokens`` (or the model's context length)."""
+
+    pooling: str
 
     def __init__(
         self,
         model: models.Model,
         path: Path,
         *,
-        pooling: str,
-        size: int,
         n_threads: int,
+        max_tokens: int,
+        batch: int,
         extra_bufts: bool = False,
     ) -> None:
         import llama_cpp
 
         self.model = model
+        self.max_tokens = min(max_tokens, model.context_length or max_tokens)
+        size = max(batch, self.max_tokens)
         self._llama_cpp = llama_cpp
         # n_ubatch must equal n_batch: llama.cpp aborts on encoder models otherwise.
         self.llama = load_llama(
@@ -41,10 +46,11 @@ class Encoder:
             n_threads=n_threads,
             n_threads_batch=n_threads,
             n_gpu_layers=0,
-            pooling_type=getattr(llama_cpp, f"LLAMA_POOLING_TYPE_{pooling.upper()}"),
+            pooling_type=getattr(llama_cpp, f"LLAMA_POOLING_TYPE_{self.pooling.upper()}"),
             verbose=False,
         )
         self.batch = size
+        self.dim = self.llama.n_embd()
         self._n_seq_max = self.llama.context_params.n_seq_max
 
     def encode(self, sequences: Iterable[list[int]], width: int) -> tuple[list[np.ndarray], int]:

@@ -9,7 +9,7 @@ embeddings and reranking), never on the event loop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.config import Settings
@@ -26,7 +26,6 @@ class Engine:
     chat: BatchedChatEngine
     embedding: EmbeddingEngine | None
     info: EngineInfo
-    extra: dict = field(default_factory=dict)
     rerank: RerankEngine | None = None
 
 
@@ -99,7 +98,6 @@ def load_engine(
         gpu_layers=offloaded,
         model_layers=layers,
         n_threads=n_threads,
-        embedding_dim=embedding.dim if embedding else None,
         parallel=cfg.parallel,
         cpu_repack=extra_bufts,
         rerank_model=rerank.model.id if rerank else None,

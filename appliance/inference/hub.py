@@ -87,7 +87,8 @@ def pull(
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        _remove_if_empty(staging.parent)
+        with suppress(OSError):  # the staging folder, once empty
+            staging.parent.rmdir()
 
 
 @contextmanager
@@ -132,8 +133,3 @@ def _silent_tqdm():
             super().__init__(*args, **kwargs)
 
     return Silent
-
-
-def _remove_if_empty(path: Path) -> None:
-    with suppress(OSError):
-        path.rmdir()

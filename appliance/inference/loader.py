@@ -51,3 +51,17 @@ def load_llama(path: Path, *, extra_bufts: bool, **kwargs: Any):
             f"{extra_bufts}: appliance/inference/loader.py needs updating for it"
         )
     return llama
+
+
+class Tokenizer:
+    """What the chat and encoder models share: token counts in their vocabulary."""
+
+    llama: Any
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens of each text, without BOS or [CLS]/[SEP] (reads only the vocabulary, so
+        it is thread-safe)."""
+        return [
+            len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+            for text in texts
+        ]

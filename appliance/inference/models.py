@@ -61,7 +61,7 @@ class Registry:
         return self.directory / model.file
 
     def default(self, kind: Kind) -> Model:
-        model_id = self.default_chat if kind == "chat" else self.default_embedding
+        model_id = _default_of(self, kind)
         if not model_id:
             raise NotFound(
                 f"no default {kind} model is installed: run `appliance models install-defaults`"
@@ -242,16 +242,13 @@ def _smollm2_path() -> Path:
 
 
 def _default_of(registry: Registry, kind: Kind) -> str | None:
-    if kind == "reranker":
-        return ""  # never a default: loaded only when inference.rerank_model names it
-    return registry.default_chat if kind == "chat" else registry.default_embedding
+    # A reranker is never a default: it is loaded only when inference.rerank_model names it.
+    return "" if kind == "reranker" else getattr(registry, f"default_{kind}")
 
 
 def _set_default(registry: Registry, kind: Kind, model_id: str | None) -> None:
-    if kind == "chat":
-        registry.default_chat = model_id
-    elif kind == "embedding":
-        registry.default_embedding = model_id
+    if kind != "reranker":
+        setattr(registry, f"default_{kind}", model_id)
 
 
 def _atomic_write(path: Path, text: str) -> None:

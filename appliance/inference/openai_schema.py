@@ -45,10 +45,10 @@ class FunctionCall(msgspec.Struct):
     arguments: str
 
 
-class ToolCall(msgspec.Struct):
+class ToolCall(msgspec.Struct, kw_only=True):
     id: str
-    function: FunctionCall
     type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class Message(msgspec.Struct):
@@ -201,6 +201,16 @@ class EmbeddingRequest(msgspec.Struct):
 #: The most alternatives ``top_logprobs`` may ask for per token (OpenAI's limit).
 MAX_TOP_LOGPROBS = 20
 
+#: Numeric fields' bounds (inclusive).
+RANGES = {
+    "top_logprobs": (0, MAX_TOP_LOGPROBS, "an integer"),
+    "presence_penalty": (-2, 2, "a number"),
+    "frequency_penalty": (-2, 2, "a number"),
+    "temperature": (0, 2, "a number"),
+    "top_p": (0, 1, "a number"),
+    "seed": (0, 2**31 - 1, "an integer"),
+}
+
 #: Fields refused whenever they are set (not null), and why.
 REFUSED = {
     "audio": "audio output is not supported: the models here produce text only",
@@ -286,7 +296,7 @@ def clean_messages(messages: list[Message]) -> list[dict[str, Any]]:
                 raise InvalidParam(
                     f"{where}: only assistant messages have 'tool_calls'.", f"{where}.tool_calls"
                 )
-            out["tool_calls"] = [_call_json(call) for call in message.tool_calls]
+            out["tool_calls"] = msgspec.to_builtins(message.tool_calls)
         if message.role == "tool":
             if not message.tool_call_id:
                 raise InvalidParam(
@@ -295,11 +305,6 @@ def clean_messages(messages: list[Message]) -> list[dict[str, Any]]:
             out["tool_call_id"] = message.tool_call_id
         clean.append(out)
     return clean
-
-
-def _call_json(call: ToolCall) -> dict[str, Any]:
-    function = {"name": call.function.name, "arguments": call.function.arguments}
-    return {"id": call.id, "type": "function", "function": function}
 
 
 def check_chat(request: ChatCompletionRequest, *, max_n: int) -> None:
@@ -323,25 +328,15 @@ def check_chat(request: ChatCompletionRequest, *, max_n: int) -> None:
         or any(len(k) > 64 or len(v) > 512 for k, v in request.metadata.items())
     ):
         raise InvalidParam("'metadata' may hold 16 pairs (keys ≤ 64, values ≤ 512).", "metadata")
-    if request.top_logprobs is not None and not 0 <= request.top_logprobs <= MAX_TOP_LOGPROBS:
-        raise InvalidParam(
-            f"'top_logprobs' must be an integer from 0 to {MAX_TOP_LOGPROBS}.", "top_logprobs"
-        )
+    for name, (low, high, kind) in RANGES.items():
+        value = getattr(request, name)
+        if value is not None and not low <= value <= high:
+            raise InvalidParam(f"'{name}' must be {kind} from {low} to {high}.", name)
     if request.top_logprobs and not request.logprobs:
         raise InvalidParam("'logprobs' must be true when 'top_logprobs' is set.", "logprobs")
     n = 1 if request.n is None else request.n
     if not 1 <= n <= max_n:
         raise InvalidParam(f"'n' must be from 1 to {max_n} (inference.max_choices).", "n")
-    for name in ("presence_penalty", "frequency_penalty"):
-        value = getattr(request, name)
-        if value is not None and not -2.0 <= value <= 2.0:
-            raise InvalidParam(f"'{name}' must be a number from -2 to 2.", name)
-    if request.temperature is not None and not 0.0 <= request.temperature <= 2.0:
-        raise InvalidParam("'temperature' must be a number from 0 to 2.", "temperature")
-    if request.top_p is not None and not 0.0 <= request.top_p <= 1.0:
-        raise InvalidParam("'top_p' must be a number from 0 to 1.", "top_p")
-    if request.seed is not None and not 0 <= request.seed < 2**31:
-        raise InvalidParam("'seed' must be an integer from 0 to 2147483647.", "seed")
     stop = stops(request)
     if len(stop) > MAX_STOP or not all(0 < len(s) <= 64 for s in stop):
         raise InvalidParam(

@@ -9,9 +9,11 @@ model, and a download that does not match its checksum is deleted.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -44,22 +46,16 @@ def install(
     from appliance.inference import catalog, hub
 
     sha256 = normalise_sha256(sha256) if sha256 else ""
+    options: dict[str, Any] = {"make_default": make_default, "progress": progress}
     if "://" in spec:
         if not sha256:
             raise InvalidInput(
                 "a URL outside the Hugging Face hub needs --sha256 (the file's expected "
                 "SHA-256); for a file on the hub use hf:OWNER/REPO/FILE.gguf"
             )
-        return pull(
-            settings,
-            spec,
-            sha256=sha256,
-            model_id=model_id,
-            kind=kind or "chat",
-            license=license or "see the model card",
-            make_default=make_default,
-            progress=progress,
-        )
+        options["license"] = license or "see the model card"
+        kind = kind or "chat"
+        return pull(settings, spec, sha256=sha256, model_id=model_id, kind=kind, **options)
     if spec.startswith("hf:"):
         match = HF_RE.match(spec)
         if not match or ".." in match["file"].split("/"):
@@ -67,36 +63,20 @@ def install(
                 f"'{spec}' is not a hub file: use hf:OWNER/REPO/FILE.gguf or "
                 "hf:OWNER/REPO/FILE.gguf@REVISION"
             )
-        repo = match["repo"]
-        return hub.pull(
-            settings,
-            repo,
-            match["file"],
-            match["revision"] or "main",
-            sha256=sha256,
-            model_id=model_id,
-            kind=kind or "chat",
-            license=license or f"see the model card: https://huggingface.co/{repo}",
-            make_default=make_default,
-            progress=progress,
-        )
-    entry = catalog.get(settings, spec)
-    if kind and kind != entry.kind:
-        raise InvalidInput(f"'{entry.name}' is a {entry.kind} model, not a {kind} model")
-    if sha256 and entry.sha256 and sha256 != entry.sha256:
-        raise InvalidInput(f"--sha256 differs from the catalog's SHA-256 for '{entry.name}'")
-    return hub.pull(
-        settings,
-        entry.repo,
-        entry.file,
-        entry.revision,
-        sha256=sha256 or entry.sha256,
-        model_id=model_id or entry.name,
-        kind=entry.kind,
-        license=license or entry.license,
-        make_default=make_default,
-        progress=progress,
-    )
+        repo, file, revision = match["repo"], match["file"], match["revision"] or "main"
+        license = license or f"see the model card: https://huggingface.co/{repo}"
+        kind = kind or "chat"
+    else:
+        entry = catalog.get(settings, spec)
+        if kind and kind != entry.kind:
+            raise InvalidInput(f"'{entry.name}' is a {entry.kind} model, not a {kind} model")
+        if sha256 and entry.sha256 and sha256 != entry.sha256:
+            raise InvalidInput(f"--sha256 differs from the catalog's SHA-256 for '{entry.name}'")
+        repo, file, revision, kind = entry.repo, entry.file, entry.revision, entry.kind
+        sha256, model_id = sha256 or entry.sha256, model_id or entry.name
+        license = license or entry.license
+    options.update(sha256=sha256, model_id=model_id, kind=kind, license=license)
+    return hub.pull(settings, repo, file, revision, **options)
 
 
 def pull(
@@ -214,6 +194,14 @@ def finish(
 
 
 def _download(http: httpx.Client, url: str, partial: Path, *, progress: bool) -> None:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     have = partial.stat().st_size if partial.exists() else 0
     headers = {"Range": f"bytes={have}-"} if have else {}
     with http.stream("GET", url, headers=headers) as response:
@@ -226,38 +214,11 @@ def _download(http: httpx.Client, url: str, partial: Path, *, progress: bool) ->
             have = 0
         length = response.headers.get("content-length")
         total = have + int(length) if length and length.isdigit() else None
-        bar = _Bar(total, have) if progress else None
-        try:
-            with open(partial, "ab" if resumed else "wb") as handle:
-                for block in response.iter_bytes(CHUNK):
-                    handle.write(block)
-                    if bar is not None:
-                        bar.update(len(block))
-        finally:
-            if bar is not None:
-                bar.close()
-
-
-class _Bar:
-    """A progress bar on stderr, from rich (a Litestar dependency)."""
-
-    def __init__(self, total: int | None, done: int) -> None:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self._progress = Progress(
-            BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()
-        )
-        self._progress.start()
-        self._task = self._progress.add_task("download", total=total, completed=done)
-
-    def update(self, size: int) -> None:
-        self._progress.update(self._task, advance=size)
-
-    def close(self) -> None:
-        self._progress.stop()
+        # rich (a Litestar dependency) draws the bar only while it is started.
+        bar = Progress(BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+        shown = bar if progress else contextlib.nullcontext()
+        with shown, open(partial, "ab" if resumed else "wb") as handle:
+            task = bar.add_task("download", total=total, completed=have)
+            for block in response.iter_bytes(CHUNK):
+                handle.write(block)
+                bar.update(task, advance=len(block))

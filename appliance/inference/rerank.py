@@ -10,57 +10,42 @@ output (llama-server's convention): higher is more relevant; they are not probab
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from appliance.errors import InvalidInput
+import msgspec
+
 from appliance.inference import models
+from appliance.inference import openai_schema as schema
+from appliance.inference.chat_api import check_model
 from appliance.inference.encoder import Encoder
 
-RERANK_FIELDS = {"model", "query", "documents", "top_n", "return_documents"}
 MAX_DOCUMENTS = 1000
-MAX_TEXT_CHARS = 1_000_000
 #: Pairs are cut to this many tokens (ms-marco and bge cross-encoders were trained on 512).
 MAX_PAIR_TOKENS = 512
+Text = Annotated[str, msgspec.Meta(max_length=schema.MAX_TEXT_CHARS)]
 
 
-@dataclass(frozen=True)
-class RerankRequest:
-    query: str
-    documents: list[str]
-    top_n: int
-    return_documents: bool
+class RerankRequest(msgspec.Struct):
+    query: Text
+    documents: Annotated[list[Text], msgspec.Meta(min_length=1, max_length=MAX_DOCUMENTS)]
+    top_n: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    return_documents: bool = False
+    model: str | None = None
 
 
 def parse_rerank(body: Any, model_id: str) -> RerankRequest:
-    """Validate a rerank request; raises InvalidInput naming the bad field."""
-    if not isinstance(body, dict):
-        raise InvalidInput("The request body must be a JSON object.")
-    unknown = sorted(set(body) - RERANK_FIELDS)
-    if unknown:
-        raise InvalidInput(f"Unsupported parameter: '{unknown[0]}'.")
-    requested = body.get("model")
-    if requested is not None and requested != model_id:
-        raise InvalidInput(f"The model '{requested}' is not served here; use '{model_id}'.")
-    query = body.get("query")
-    if not isinstance(query, str) or not query.strip() or len(query) > MAX_TEXT_CHARS:
-        raise InvalidInput("'query' must be a non-empty string.")
-    documents = body.get("documents")
-    if not isinstance(documents, list) or not 1 <= len(documents) <= MAX_DOCUMENTS:
-        raise InvalidInput(f"'documents' must be a list of 1 to {MAX_DOCUMENTS} strings.")
-    for index, document in enumerate(documents):
-        if not isinstance(document, str) or len(document) > MAX_TEXT_CHARS:
-            raise InvalidInput(f"documents[{index}] must be a string.")
-    top_n = body.get("top_n")
-    if top_n is None:
-        top_n = len(documents)
-    if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
-        raise InvalidInput("'top_n' must be a positive integer.")
-    return_documents = body.get("return_documents", False)
-    if not isinstance(return_documents, bool):
-        raise InvalidInput("'return_documents' must be true or false.")
-    return RerankRequest(query, documents, min(top_n, len(documents)), return_documents)
+    """Validate a rerank request; raises InvalidParam naming the bad field."""
+    if isinstance(body, dict) and (
+        unknown := sorted(set(body) - set(RerankRequest.__struct_fields__))
+    ):
+        raise schema.InvalidParam(f"Unsupported parameter: '{unknown[0]}'.", unknown[0])
+    request = schema.decode(body, RerankRequest)
+    check_model(request.model, model_id)
+    if not request.query.strip():
+        raise schema.InvalidParam("'query' must be a non-empty string.", "query")
+    top_n = min(request.top_n or len(request.documents), len(request.documents))
+    return msgspec.structs.replace(request, top_n=top_n)
 
 
 def response(request: RerankRequest, scores: list[float], tokens: int, model_id: str) -> dict:
@@ -83,25 +68,10 @@ def response(request: RerankRequest, scores: list[float], tokens: int, model_id:
 class RerankEngine(Encoder):
     """A cross-encoder GGUF (rank pooling): one score per (query, passage) pair, batched."""
 
-    def __init__(
-        self,
-        model: models.Model,
-        path: Path,
-        *,
-        n_threads: int,
-        batch: int,
-        extra_bufts: bool = False,
-    ) -> None:
-        max_tokens = min(MAX_PAIR_TOKENS, model.context_length or MAX_PAIR_TOKENS)
-        super().__init__(
-            model,
-            path,
-            pooling="rank",
-            size=max(batch, max_tokens),
-            n_threads=n_threads,
-            extra_bufts=extra_bufts,
-        )
-        self.max_tokens = max_tokens
+    pooling = "rank"
+
+    def __init__(self, model: models.Model, path: Path, **options: Any) -> None:
+        super().__init__(model, path, max_tokens=MAX_PAIR_TOKENS, **options)
 
     def pair(self, query: str, document: str) -> list[int]:
         """``[CLS] query [SEP] document [SEP]``, the document cut to fit ``max_tokens``."""

@@ -10,11 +10,10 @@ the same queue as before.
 A running request is never interrupted by a new one; a cancelled one (client gone) is
 dropped from the queue or stopped at its next token, and frees its place at once.
 
-The worker runs a *runner*: either a function from a job to an iterator of events (one
-job at a time), or a ``BatchRunner`` that holds up to ``slots`` jobs and advances all of
-them one step at a time (continuous batching). The server only sees ``submit``,
-``cancel`` and events either way, and the queue's fairness and bounds are the same: a
-batch runner takes jobs from the same round-robin, as many as it has free slots.
+The worker runs a ``BatchRunner`` that holds up to ``slots`` jobs and advances all of
+them one step at a time (continuous batching), taking jobs from the round-robin as it has
+free slots. A function from a job to an iterator of events is run as a one-slot runner
+(``OneAtATime``). The server only sees ``submit``, ``cancel`` and events.
 """
 
 from __future__ import annotations
@@ -62,8 +61,6 @@ class Job:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     id: int = field(default_factory=lambda: next(_ids))
-    queued_at: float = field(default_factory=time.monotonic)
-    started_at: float | None = None
 
     def emit(self, event: Any) -> None:
         """Hand an event to the waiting request (called from the worker thread)."""
@@ -112,6 +109,45 @@ class BatchRunner(Protocol):
         """Forget every held job and free their slots (after ``step`` raised)."""
 
 
+class OneAtATime:
+    """A function from a job to its events as a one-slot ``BatchRunner``: a step runs the
+    job to its end; an ``ApplianceError`` fails it with a 400, anything else with a 500."""
+
+    slots = 1
+
+    def __init__(self, name: str, run: Callable[[Job], Iterator[Any]]) -> None:
+        self.name, self.run = name, run
+        self.job: Job | None = None
+
+    def admit(self, job: Job) -> None:
+        self.job = job
+
+    def step(self) -> list[tuple[Job, Any]]:
+        job, self.job = self.job, None
+        assert job is not None
+        last = None
+        try:
+            for event in self.run(job):
+                if last is not None:
+                    job.emit(last)
+                last = event
+        except Exception as exc:
+            if last is not None:
+                job.emit(last)
+            if isinstance(exc, ApplianceError):
+                last = Failed(str(exc), 400)
+            else:
+                log.exception("%s request failed", self.name)
+                last = Failed("The model failed to answer this request.")
+        return [(job, last)]
+
+    def idle(self) -> None:
+        pass
+
+    def reset(self) -> None:
+        self.job = None
+
+
 @dataclass
 class Stats:
     submitted: int = 0
@@ -139,12 +175,12 @@ class Scheduler:
         account_wait: float = 0.0,
     ) -> None:
         self.name = name
-        self.runner = runner
+        self.runner = runner if isinstance(runner, BatchRunner) else OneAtATime(name, runner)
         self.queue_size = queue_size
         self.per_account = per_account
         self.account_wait = account_wait
         self.stats = Stats()
-        #: Jobs taken from the queue and not finished yet (at most one unless batched).
+        #: Jobs taken from the queue and not finished yet (at most ``runner.slots``).
         self.active: list[Job] = []
         self._queues: dict[str, OrderedDict[str, deque[Job]]] = {
             priority: OrderedDict() for priority in PRIORITIES
@@ -156,8 +192,7 @@ class Scheduler:
         self._waiting = 0
         self._cond = threading.Condition()
         self._stopping = False
-        target = self._work_batched if isinstance(runner, BatchRunner) else self._work
-        self._thread = threading.Thread(target=target, name=f"{name}-scheduler", daemon=True)
+        self._thread = threading.Thread(target=self._work, name=f"{name}-scheduler", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -321,48 +356,8 @@ class Scheduler:
         return None
 
     def _work(self) -> None:
-        while True:
-            with self._cond:
-                job = self._next()
-                while job is None and not self._stopping:
-                    self._cond.wait()
-                    job = self._next()
-                if job is None:
-                    return
-                self.active = [job]
-            self._run(job)
-            with self._cond:
-                self.active = []
-                self._release(job.account)
-            # DONE only after the account's place is free: a caller that submits again
-            # as soon as it sees DONE must not be refused.
-            job.emit(DONE)
-
-    def _run(self, job: Job) -> None:
-        job.started_at = time.monotonic()
-        try:
-            for event in self.runner(job):
-                job.emit(event)
-                tokens = getattr(event, "completion_tokens", None)
-                if tokens:
-                    self.stats.tokens += tokens
-            if job.cancelled.is_set():
-                self.stats.cancelled += 1
-            else:
-                self.stats.completed += 1
-        except ApplianceError as exc:
-            self.stats.failed += 1
-            job.emit(Failed(str(exc), 400))
-        except Exception:
-            self.stats.failed += 1
-            log.exception("%s request failed", self.name)
-            job.emit(Failed("The model failed to answer this request."))
-        finally:
-            self.stats.busy_seconds += time.monotonic() - job.started_at
-
-    def _work_batched(self) -> None:
         """Admit jobs into free slots, in the queue's fair order, and step the batch."""
-        runner: BatchRunner = self.runner  # type: ignore[assignment]
+        runner = self.runner
         while True:
             admitted: list[Job] = []
             with self._cond:
@@ -378,7 +373,6 @@ class Scheduler:
                         break
                     admitted.append(job)
             for job in admitted:
-                job.started_at = time.monotonic()
                 try:
                     runner.admit(job)
                 except ApplianceError as exc:
@@ -406,8 +400,9 @@ class Scheduler:
                 self._end(job, last)
 
     def _end(self, job: Job, last: Any) -> None:
-        """Deliver a batched job's last event, count it, free its place, then DONE."""
-        job.emit(last)
+        """Deliver a job's last event, count it, free its place, then DONE."""
+        if last is not None:
+            job.emit(last)
         if isinstance(last, Failed):
             self.stats.failed += 1
         else:

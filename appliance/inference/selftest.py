@@ -18,7 +18,6 @@ The child is ``python -m appliance.inference.selftest_child``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -36,6 +35,7 @@ from pathlib import Path
 from appliance.config import Settings
 from appliance.errors import ConfigError, InvalidInput, NotFound
 from appliance.inference import models
+from appliance.inference.base import cpuinfo
 from appliance.inference.selftest_child import RESULT_PREFIX
 
 log = logging.getLogger(__name__)
@@ -117,14 +117,10 @@ class Verdict:
 
 def cpu_flags() -> list[str]:
     """The CPU's feature flags as the kernel lists them (x86 ``flags``, Arm ``Features``)."""
-    with (
-        contextlib.suppress(OSError),
-        open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle,
-    ):
-        for line in handle:
-            key, _, value = line.partition(":")
-            if key.strip() in ("flags", "Features"):
-                return value.split()
+    for cpu in cpuinfo():
+        for key in ("flags", "Features"):
+            if key in cpu:
+                return cpu[key].split()
     return []
 
 
@@ -234,27 +230,18 @@ def run(
     """
     registry, chat, embedding = _plan(settings, chat_model, embedding_model)
     cfg = settings.inference
-    argv = [
-        sys.executable,
-        "-m",
-        "appliance.inference.selftest_child",
-        "--chat",
-        str(registry.path(chat)),
-        "--embedding",
-        str(registry.path(embedding)),
-        "--repack",
-        "on" if repack else "off",
-        "--n-threads",
-        str(cfg.n_threads),
-        "--n-gpu-layers",
-        str(cfg.n_gpu_layers),
-        "--kv-cache-type",
-        cfg.kv_cache_type,
-        "--embedding-max-tokens",
-        str(cfg.embedding_max_tokens),
-    ]
-    if cfg.flash_attn:
-        argv.append("--flash-attn")
+    options = {
+        "--chat": registry.path(chat),
+        "--embedding": registry.path(embedding),
+        "--repack": "on" if repack else "off",
+        "--n-threads": cfg.n_threads,
+        "--n-gpu-layers": cfg.n_gpu_layers,
+        "--kv-cache-type": cfg.kv_cache_type,
+        "--embedding-max-tokens": cfg.embedding_max_tokens,
+    }
+    argv = [sys.executable, "-m", "appliance.inference.selftest_child"]
+    argv += [str(item) for pair in options.items() for item in pair]
+    argv += ["--flash-attn"] if cfg.flash_attn else []
     result = run_child(argv, timeout=timeout)
     verdict = verdict_of(result, repack=repack, chat=chat.id, embedding=embedding.id)
     remember(settings, verdict)

@@ -34,6 +34,13 @@ from appliance.inference.engine import Engine, load_engine
 from appliance.inference.scheduler import AccountBusy, Failed, Job, Scheduler
 
 log = logging.getLogger("appliance.inference")
+#: The ``Stats`` counters /metrics reports as ``requests_total{status=...}``.
+#: What /healthz says of the loaded engine (``EngineInfo``'s fields).
+HEALTH_INFO = (
+    *("chat_model", "embedding_model", "rerank_model", "n_ctx", "device"),
+    *("gpu_offload_supported", "gpu_layers", "model_layers", "cpu_repack"),
+)
+OUTCOMES = ("completed", "cancelled", "failed", "rejected_full", "rejected_account")
 
 
 def api_error(
@@ -118,20 +125,13 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
         if not service.authorized(connection):
             raise NotAuthorizedException("Missing or wrong inference key.")
 
-    @post("/v1/chat/completions", status_code=200)
-    async def chat_completions(request: Request) -> Response | Stream:
-        n_vocab = engine.chat.llama.n_vocab()
-        chat = chat_api.parse_chat(await read_json(request), settings, model_id, n_vocab)
-        return await generate(request, chat)
-
-    @post("/v1/completions", status_code=200)
+    @post(["/v1/chat/completions", "/v1/completions"], status_code=200)
     async def completions(request: Request) -> Response | Stream:
-        """A legacy completion: the prompt as it is, without the chat template."""
+        """A chat completion, or a legacy one (the prompt as it is, without the template)."""
+        legacy = request.url.path.endswith("/v1/completions")
+        parse = chat_api.parse_completion if legacy else chat_api.parse_chat
         n_vocab = engine.chat.llama.n_vocab()
-        chat = chat_api.parse_completion(await read_json(request), settings, model_id, n_vocab)
-        return await generate(request, chat)
-
-    async def generate(request: Request, chat: ChatRequest) -> Response | Stream:
+        chat = parse(await read_json(request), settings, model_id, n_vocab)
         jobs = [service.job(request, choice) for choice in chat.choices()]
         for job in jobs:
             await service.chat.enter(job)
@@ -197,19 +197,17 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             or not all(isinstance(t, str) and len(t) <= schema.MAX_TEXT_CHARS for t in texts)
         ):
             raise InvalidInput("'input' must be a list of strings.")
-        if body.get("model") == "chat":
-            counts = await asyncio.to_thread(engine.chat.count_tokens, texts)
-            return Response({"model": model_id, "counts": counts})
-        if engine.embedding is None:
+        chat = body.get("model") == "chat"
+        tokenizer = engine.chat if chat else engine.embedding
+        if tokenizer is None:
             raise InvalidInput("No embedding model is loaded.")
-        counts = await asyncio.to_thread(engine.embedding.count_tokens, texts)
-        return Response({"model": embed_id, "counts": counts})
+        counts = await asyncio.to_thread(tokenizer.count_tokens, texts)
+        return Response({"model": model_id if chat else embed_id, "counts": counts})
 
     @get("/v1/models")
     async def list_models(request: Request) -> Response:
         created = int(service.started)
-        rerank_id = engine.info.rerank_model
-        ids = [model_id, *([embed_id] if embed_id else []), *([rerank_id] if rerank_id else [])]
+        ids = [i for i in (model_id, embed_id, engine.info.rerank_model) if i]
         return Response(
             {
                 "object": "list",
@@ -222,19 +220,10 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
 
     @get("/healthz")
     async def healthz() -> dict[str, Any]:
-        info = engine.info
         return {
             "status": "ok",
             "version": appliance.__version__,
-            "chat_model": info.chat_model,
-            "embedding_model": info.embedding_model,
-            "rerank_model": info.rerank_model,
-            "n_ctx": info.n_ctx,
-            "device": info.device,
-            "gpu_offload_supported": info.gpu_offload_supported,
-            "gpu_layers": info.gpu_layers,
-            "model_layers": info.model_layers,
-            "cpu_repack": info.cpu_repack,
+            **{name: getattr(engine.info, name) for name in HEALTH_INFO},
             "queue": service.chat.waiting + service.embeddings.waiting,
             "gpus": await asyncio.to_thread(gpu.memory),
             "batching": _batching(service),
@@ -275,14 +264,7 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             Router(
                 "/",
                 guards=[require_key],
-                route_handlers=[
-                    chat_completions,
-                    completions,
-                    embeddings,
-                    rerank_documents,
-                    tokenize,
-                    list_models,
-                ],
+                route_handlers=[completions, embeddings, rerank_documents, tokenize, list_models],
             ),
             healthz,
             metrics,
@@ -356,55 +338,45 @@ async def _sse(
 
 
 def _prometheus(service: InferenceService) -> str:
-    lines = []
-    for scheduler in (service.chat, service.embeddings):
-        s = scheduler.stats
-        label = f'kind="{scheduler.name}"'
-        lines += [
-            f"appliance_inference_queue_length{{{label}}} {scheduler.waiting}",
-            f"appliance_inference_running{{{label}}} {len(scheduler.active)}",
-            f'appliance_inference_requests_total{{{label},status="completed"}} {s.completed}',
-            f'appliance_inference_requests_total{{{label},status="cancelled"}} {s.cancelled}',
-            f'appliance_inference_requests_total{{{label},status="failed"}} {s.failed}',
-            f'appliance_inference_requests_total{{{label},status="rejected_full"}} '
-            f"{s.rejected_full}",
-            f'appliance_inference_requests_total{{{label},status="rejected_account"}} '
-            f"{s.rejected_account}",
-            f"appliance_inference_account_waits_total{{{label}}} {s.held}",
-            f"appliance_inference_busy_seconds_total{{{label}}} {s.busy_seconds:.3f}",
-        ]
-    chat = service.chat.stats
-    rate = chat.tokens / chat.busy_seconds if chat.busy_seconds else 0.0
-    lines += [
-        f"appliance_inference_completion_tokens_total {chat.tokens}",
-        f"appliance_inference_tokens_per_second {rate:.2f}",
-    ]
-    header = [
+    lines = [
         "# HELP appliance_inference_queue_length Requests waiting for the model.",
         "# TYPE appliance_inference_queue_length gauge",
     ]
-    chat_engine = service.engine.chat
-    m = chat_engine.metrics
-    lines += [
-        f"appliance_inference_slots {chat_engine.slots}",
-        f"appliance_inference_slots_in_use {chat_engine.slots_in_use}",
-        f"appliance_inference_batch_steps_total {m.steps}",
-        f"appliance_inference_batch_step_seconds_total {m.step_seconds:.6f}",
-        f"appliance_inference_batch_decode_seconds_total {m.decode_seconds:.6f}",
-        f"appliance_inference_batch_overhead_seconds_total {m.step_seconds - m.decode_seconds:.6f}",
-        f"appliance_inference_batch_tokens_total {m.batch_tokens}",
-        f"appliance_inference_batch_sequences_total {m.batch_sequences}",
-        f"appliance_inference_prompt_tokens_evaluated_total {m.prompt_tokens}",
-        f"appliance_inference_prefix_cache_lookups_total {m.prefix_lookups}",
-        f"appliance_inference_prefix_cache_hits_total {m.prefix_hits}",
-        f"appliance_inference_prefix_cache_hit_rate {m.prefix_hit_rate:.4f}",
-        f"appliance_inference_prefix_cache_tokens_reused_total {m.prefix_tokens_reused}",
-        f"appliance_inference_prefix_cache_entries {chat_engine.prefix_entries}",
-        f"appliance_inference_kv_full_total {m.kv_full}",
-        f"appliance_inference_kv_waits_total {m.kv_waits}",
-        f"appliance_inference_decode_errors_total {m.decode_errors}",
-    ]
-    return "\n".join(header + lines) + "\n"
+    for scheduler in (service.chat, service.embeddings):
+        s, label = scheduler.stats, f'kind="{scheduler.name}"'
+        total = f"appliance_inference_requests_total{{{label},status="
+        lines += [
+            f"appliance_inference_queue_length{{{label}}} {scheduler.waiting}",
+            f"appliance_inference_running{{{label}}} {len(scheduler.active)}",
+            *(f'{total}"{status}"}} {getattr(s, status)}' for status in OUTCOMES),
+            f"appliance_inference_account_waits_total{{{label}}} {s.held}",
+            f"appliance_inference_busy_seconds_total{{{label}}} {s.busy_seconds:.3f}",
+        ]
+    chat, engine = service.chat.stats, service.engine.chat
+    m = engine.metrics
+    values = {
+        "completion_tokens_total": chat.tokens,
+        "tokens_per_second": f"{chat.tokens / chat.busy_seconds if chat.busy_seconds else 0:.2f}",
+        "slots": engine.slots,
+        "slots_in_use": engine.slots_in_use,
+        "batch_steps_total": m.steps,
+        "batch_step_seconds_total": f"{m.step_seconds:.6f}",
+        "batch_decode_seconds_total": f"{m.decode_seconds:.6f}",
+        "batch_overhead_seconds_total": f"{m.step_seconds - m.decode_seconds:.6f}",
+        "batch_tokens_total": m.batch_tokens,
+        "batch_sequences_total": m.batch_sequences,
+        "prompt_tokens_evaluated_total": m.prompt_tokens,
+        "prefix_cache_lookups_total": m.prefix_lookups,
+        "prefix_cache_hits_total": m.prefix_hits,
+        "prefix_cache_hit_rate": f"{m.prefix_hit_rate:.4f}",
+        "prefix_cache_tokens_reused_total": m.prefix_tokens_reused,
+        "prefix_cache_entries": engine.prefix_entries,
+        "kv_full_total": m.kv_full,
+        "kv_waits_total": m.kv_waits,
+        "decode_errors_total": m.decode_errors,
+    }
+    lines += [f"appliance_inference_{name} {value}" for name, value in values.items()]
+    return "\n".join(lines) + "\n"
 
 
 def _batching(service: InferenceService) -> dict[str, Any]:

@@ -16,17 +16,8 @@ from appliance.inference.openai_schema import ChatCompletionRequest, InvalidPara
 
 #: JSON Schema keywords llama.cpp's converter does not enforce (it would drop them).
 UNSUPPORTED_KEYWORDS = (
-    "if",
-    "then",
-    "else",
-    "not",
-    "dependentRequired",
-    "dependentSchemas",
-    "patternProperties",
-    "uniqueItems",
-    "contains",
-    "multipleOf",
-    "propertyNames",
+    *("if", "then", "else", "not", "dependentRequired", "dependentSchemas"),
+    *("patternProperties", "uniqueItems", "contains", "multipleOf", "propertyNames"),
     "unevaluatedProperties",
 )
 TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
@@ -181,17 +172,11 @@ def tool_calls(text: str, names: list[str], forced: bool) -> tuple[str, list[dic
         if not isinstance(candidate, dict) or candidate.get("name") not in names:
             return text, []
         arguments = candidate.get("arguments", candidate.get("parameters", {}))
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        function = {"name": candidate["name"], "arguments": arguments}
         calls.append(
-            {
-                "id": f"call_{uuid.uuid4().hex[:24]}",
-                "type": "function",
-                "function": {
-                    "name": candidate["name"],
-                    "arguments": arguments
-                    if isinstance(arguments, str)
-                    else json.dumps(arguments, ensure_ascii=False),
-                },
-            }
+            {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": function}
         )
     return (rest, calls) if calls else (text, [])
 
