@@ -263,17 +263,10 @@ def _from_env(kind: Any, text: str) -> Any:
 
 
 def _describe(kind: Any) -> str:
-    if kind is bool:
-        return "true or false"
-    if kind is int:
-        return "an integer"
-    if kind is float:
-        return "a number"
-    if kind is str:
-        return "a string"
     if typing.get_origin(kind) is tuple:
         return "a list of strings"
-    return str(kind)
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(kind, str(kind))
 
 
 def describe_default(f: dataclasses.Field) -> str:
