@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 import appliance
-from appliance import cli_accounts, cli_kb, cli_models
+from appliance import cli_accounts, cli_kb, cli_models, cli_parser
 from appliance.cli_parser import Group
 from appliance.config import Settings
 from appliance.datadir import initialise, open_initialised
@@ -71,9 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     def command(name: str, handler: Callable, help: str, parents=(common,)):
-        p = sub.add_parser(name, help=help, description=help, parents=list(parents))
-        p.set_defaults(handler=handler)
-        return p
+        return cli_parser.command(sub, name, handler, help, parents)
 
     command("init", cmd_init, "Create the data dir, secrets and database; print the setup link.")
     command(
