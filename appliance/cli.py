@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -16,8 +15,6 @@ from appliance.cli_parser import Group
 from appliance.config import Settings
 from appliance.datadir import initialise, open_initialised
 from appliance.errors import ApplianceError
-
-log = logging.getLogger("appliance")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,7 +150,7 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if any(r.error for r in results) else 0
 
 
-def cmd_policy_publish(settings: Settings, args: argparse.Namespace) -> int | None:
+def cmd_policy_publish(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.clock import utcnow
     from appliance.privacy import policy
     from appliance.privacy.cli import parse_since
@@ -170,7 +167,7 @@ def cmd_policy_publish(settings: Settings, args: argparse.Namespace) -> int | No
     )
 
 
-def cmd_policy_show(settings: Settings, args: argparse.Namespace) -> int | None:
+def cmd_policy_show(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.privacy import policy
 
     with open_initialised(settings) as db:
@@ -190,7 +187,7 @@ def cmd_privacy_verify(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def cmd_logs(settings: Settings, args: argparse.Namespace) -> int | None:
+def cmd_logs(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.clock import utcnow
     from appliance.privacy import requestlog
     from appliance.privacy.cli import parse_since
@@ -236,7 +233,7 @@ def cmd_backup(settings: Settings, args: argparse.Namespace) -> int | None:
     print(f"backup written to {info.path} ({info.files} files, {info.bytes} bytes, {rows} rows)")
 
 
-def cmd_restore(settings: Settings, args: argparse.Namespace) -> int | None:
+def cmd_restore(settings: Settings, args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from appliance.ops import backup
@@ -249,11 +246,11 @@ def cmd_restore(settings: Settings, args: argparse.Namespace) -> int | None:
     )
 
 
-def cmd_version(settings: Settings, args: argparse.Namespace) -> int | None:
+def cmd_version(settings: Settings, args: argparse.Namespace) -> None:
     print(appliance.__version__)
 
 
-def cmd_init(settings: Settings, args: argparse.Namespace) -> int | None:
+def cmd_init(settings: Settings, args: argparse.Namespace) -> None:
     initialise(settings)
     print(f"data dir: {settings.paths.data_dir}")
     print_setup_link(settings)
@@ -296,19 +293,19 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     return supervise(services, env=env, started=started, state_file=state_path(settings))
 
 
-def cmd_web(settings: Settings, args: argparse.Namespace) -> int | None:
+def cmd_web(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.web.serve import serve
 
     serve(settings)
 
 
-def cmd_inference(settings: Settings, args: argparse.Namespace) -> int | None:
+def cmd_inference(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.inference.server import run_server
 
     run_server(settings)
 
 
-def cmd_worker(settings: Settings, args: argparse.Namespace) -> int | None:
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.worker import run_worker
 
     run_worker(settings)

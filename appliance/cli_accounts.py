@@ -75,7 +75,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--reason", required=True, help="why (kept in the ledger)")
 
 
-def cmd_users_create(settings: Settings, args: argparse.Namespace) -> int | None:
+def cmd_users_create(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.accounts import service as accounts
     from appliance.clock import utcnow
 
@@ -91,7 +91,7 @@ def cmd_users_create(settings: Settings, args: argparse.Namespace) -> int | None
     print(json.dumps({"user_id": user.id, "email": user.email, "account_id": account.id}))
 
 
-def cmd_users_list(settings: Settings, args: argparse.Namespace) -> int | None:
+def cmd_users_list(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.accounts import service as accounts
 
     with open_initialised(settings) as db:
@@ -108,7 +108,7 @@ def cmd_users_list(settings: Settings, args: argparse.Namespace) -> int | None:
     print(json.dumps(rows, indent=2))
 
 
-def cmd_accounts_list(settings: Settings, args: argparse.Namespace) -> int | None:
+def cmd_accounts_list(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.accounts import service as accounts
 
     with open_initialised(settings) as db:
@@ -122,7 +122,7 @@ def cmd_accounts_list(settings: Settings, args: argparse.Namespace) -> int | Non
     print(json.dumps(rows, indent=2))
 
 
-def cmd_accounts_suspend(settings: Settings, args: argparse.Namespace) -> int | None:
+def cmd_accounts_suspend(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.clock import utcnow
     from appliance.ops import overview
 
@@ -134,7 +134,7 @@ def cmd_accounts_suspend(settings: Settings, args: argparse.Namespace) -> int | 
     print(f"account {row.id} ({row.name}) is now {row.status}")
 
 
-def cmd_admin_status(settings: Settings, args: argparse.Namespace) -> int | None:
+def cmd_admin_status(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.clock import utcnow
     from appliance.ops import overview
 
@@ -142,12 +142,12 @@ def cmd_admin_status(settings: Settings, args: argparse.Namespace) -> int | None
         data = overview.overview(db, settings, utcnow())
     if args.json:
         print(json.dumps(data, indent=2))
-        return 0
-    for line in overview.summary_lines(data):
-        print(line)
+    else:
+        for line in overview.summary_lines(data):
+            print(line)
 
 
-def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int | None:
+def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.accounts import service as accounts
     from appliance.auth import service as auth
     from appliance.clock import utcnow
@@ -171,7 +171,7 @@ def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int | None:
     )
 
 
-def cmd_billing_show(settings: Settings, args: argparse.Namespace) -> int | None:
+def cmd_billing_show(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.accounts import service as accounts
     from appliance.billing import ledger
 
@@ -188,7 +188,7 @@ def cmd_billing_show(settings: Settings, args: argparse.Namespace) -> int | None
         )
 
 
-def cmd_billing_adjust(settings: Settings, args: argparse.Namespace) -> int | None:
+def cmd_billing_adjust(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.accounts import service as accounts
     from appliance.billing import ledger
     from appliance.billing import service as billing

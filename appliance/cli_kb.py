@@ -41,7 +41,7 @@ def cmd_kb_audit(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def cmd_kb_reindex(settings: Settings, args: argparse.Namespace) -> int | None:
+def cmd_kb_reindex(settings: Settings, args: argparse.Namespace) -> None:
     import time
 
     from appliance.knowledge import service as knowledge

@@ -91,7 +91,7 @@ def _catalog_lines() -> str:
     )
 
 
-def cmd_list(settings: Settings, args: argparse.Namespace) -> int | None:
+def cmd_list(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.inference import catalog, models
 
     if args.catalog:
@@ -103,7 +103,7 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int | None:
     print(json.dumps(rows, indent=2))
 
 
-def cmd_defaults(settings: Settings, args: argparse.Namespace) -> int | None:
+def cmd_defaults(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.inference import models
 
     settings.paths.models.mkdir(parents=True, exist_ok=True)
@@ -168,7 +168,7 @@ def _explain_reindex(settings: Settings, model_id: str) -> None:
     )
 
 
-def cmd_remove(settings: Settings, args: argparse.Namespace) -> int | None:
+def cmd_remove(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.inference import models
 
     model = models.remove(settings, args.model_id)
