@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 import appliance
-from appliance import cli_accounts, cli_kb, cli_models
+from appliance import cli_accounts, cli_kb, cli_models, cli_parser
 from appliance.cli_parser import Group
 from appliance.config import Settings
 from appliance.datadir import initialise, open_initialised
 from appliance.errors import ApplianceError
 
-log = logging.getLogger("appliance")
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     from appliance import permissions
+    from appliance.privacy import logs  # every record of the process, redacted, as JSON
 
     # Before anything is created: the web, worker and inference services and every
     # command run through here, and what they write is private to the service user.
@@ -36,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         service = args.handler in (cmd_up, cmd_web, cmd_inference, cmd_worker)
         # Services write JSON lines to stdout (journald); other commands keep stdout for
         # their output and log to stderr.
-        configure_logging(settings.logging.level, sys.stdout if service else sys.stderr)
+        logs.configure(settings.logging.level, sys.stdout if service else sys.stderr)
         return args.handler(settings, args) or 0
     except ApplianceError as exc:
         print(f"appliance: error: {exc}", file=sys.stderr)
@@ -46,23 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
-    overrides = {}
-    if getattr(args, "host", None):
-        overrides["web.host"] = args.host
-    if getattr(args, "port", None):
-        overrides["web.port"] = args.port
+    flags = {f"web.{name}": getattr(args, name, None) for name in ("host", "port")}
     return Settings.load(
         data_dir=getattr(args, "data_dir", None),
         config_file=getattr(args, "config", None),
-        overrides=overrides,
+        overrides={key: value for key, value in flags.items() if value},
     )
-
-
-def configure_logging(level: str, stream=None) -> None:
-    """Every record of the process, redacted, as one JSON line (privacy/logs.py)."""
-    from appliance.privacy import logs
-
-    logs.configure(level, stream or sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,9 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     def command(name: str, handler: Callable, help: str, parents=(common,)):
-        p = sub.add_parser(name, help=help, description=help, parents=list(parents))
-        p.set_defaults(handler=handler)
-        return p
+        return cli_parser.command(sub, name, handler, help, parents)
 
     command("init", cmd_init, "Create the data dir, secrets and database; print the setup link.")
     command(
@@ -165,7 +150,7 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if any(r.error for r in results) else 0
 
 
-def cmd_policy_publish(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_policy_publish(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.clock import utcnow
     from appliance.privacy import policy
     from appliance.privacy.cli import parse_since
@@ -180,16 +165,14 @@ def cmd_policy_publish(settings: Settings, args: argparse.Namespace) -> int:
         f"published version {version.version} (sha256 {version.text_sha256[:12]}), in effect "
         f"from {version.effective_at[:10]}; {emailed} user(s) will be emailed"
     )
-    return 0
 
 
-def cmd_policy_show(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_policy_show(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.privacy import policy
 
     with open_initialised(settings) as db:
         rows = [asdict(v) for v in policy.versions(db)]
     print(json.dumps(rows, indent=2))
-    return 0
 
 
 def cmd_privacy_verify(settings: Settings, args: argparse.Namespace) -> int:
@@ -204,7 +187,7 @@ def cmd_privacy_verify(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_logs(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.clock import utcnow
     from appliance.privacy import requestlog
     from appliance.privacy.cli import parse_since
@@ -226,10 +209,9 @@ def cmd_logs(settings: Settings, args: argparse.Namespace) -> int:
                 f"{row.at}  {row.method:<6} {row.status}  {row.duration_ms:8.1f} ms  "
                 f"{row.path}  {extra}".rstrip()
             )
-    return 0
 
 
-def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_backup(settings: Settings, args: argparse.Namespace) -> int | None:
     from pathlib import Path
 
     from appliance.clock import utcnow
@@ -249,10 +231,9 @@ def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
     info = backup.backup(settings, Path(args.dest), utcnow())
     rows = sum(info.tables.values())
     print(f"backup written to {info.path} ({info.files} files, {info.bytes} bytes, {rows} rows)")
-    return 0
 
 
-def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_restore(settings: Settings, args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from appliance.ops import backup
@@ -263,19 +244,16 @@ def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
         f"restored the backup of {manifest['created_at']} "
         f"({len(manifest['files'])} files) into {settings.paths.data_dir}"
     )
-    return 0
 
 
-def cmd_version(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_version(settings: Settings, args: argparse.Namespace) -> None:
     print(appliance.__version__)
-    return 0
 
 
-def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_init(settings: Settings, args: argparse.Namespace) -> None:
     initialise(settings)
     print(f"data dir: {settings.paths.data_dir}")
     print_setup_link(settings)
-    return 0
 
 
 def print_setup_link(settings: Settings) -> None:
@@ -294,18 +272,17 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from appliance.supervisor import supervise
 
     initialise(settings)
-    env = dict(os.environ)
-    env["APPLIANCE_DATA_DIR"] = str(settings.paths.data_dir)
+    env = {
+        **os.environ,
+        "APPLIANCE_DATA_DIR": str(settings.paths.data_dir),
+        "APPLIANCE_WEB__HOST": settings.web.host,
+        "APPLIANCE_WEB__PORT": str(settings.web.port),
+        "PYTHONUNBUFFERED": "1",
+    }
     if settings.config_file:
         env["APPLIANCE_CONFIG"] = str(settings.config_file)
-    env["APPLIANCE_WEB__HOST"] = settings.web.host
-    env["APPLIANCE_WEB__PORT"] = str(settings.web.port)
-    env["PYTHONUNBUFFERED"] = "1"
-    python = [sys.executable, "-m", "appliance"]
     services = [
-        ("inference", [*python, "inference"]),
-        ("web", [*python, "web"]),
-        ("worker", [*python, "worker"]),
+        (name, [sys.executable, "-m", "appliance", name]) for name in ("inference", "web", "worker")
     ]
 
     def started() -> None:
@@ -316,25 +293,22 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     return supervise(services, env=env, started=started, state_file=state_path(settings))
 
 
-def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_web(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.web.serve import serve
 
     serve(settings)
-    return 0
 
 
-def cmd_inference(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_inference(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.inference.server import run_server
 
     run_server(settings)
-    return 0
 
 
-def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.worker import run_worker
 
     run_worker(settings)
-    return 0
 
 
 def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:

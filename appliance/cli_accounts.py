@@ -75,7 +75,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--reason", required=True, help="why (kept in the ledger)")
 
 
-def cmd_users_create(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_users_create(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.accounts import service as accounts
     from appliance.clock import utcnow
 
@@ -89,10 +89,9 @@ def cmd_users_create(settings: Settings, args: argparse.Namespace) -> int:
             operator=args.operator,
         )
     print(json.dumps({"user_id": user.id, "email": user.email, "account_id": account.id}))
-    return 0
 
 
-def cmd_users_list(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_users_list(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.accounts import service as accounts
 
     with open_initialised(settings) as db:
@@ -107,10 +106,9 @@ def cmd_users_list(settings: Settings, args: argparse.Namespace) -> int:
             for user in accounts.users(db)
         ]
     print(json.dumps(rows, indent=2))
-    return 0
 
 
-def cmd_accounts_list(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_accounts_list(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.accounts import service as accounts
 
     with open_initialised(settings) as db:
@@ -122,10 +120,9 @@ def cmd_accounts_list(settings: Settings, args: argparse.Namespace) -> int:
             for account in accounts.accounts(db)
         ]
     print(json.dumps(rows, indent=2))
-    return 0
 
 
-def cmd_accounts_suspend(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_accounts_suspend(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.clock import utcnow
     from appliance.ops import overview
 
@@ -135,10 +132,9 @@ def cmd_accounts_suspend(settings: Settings, args: argparse.Namespace) -> int:
         else:
             row = overview.unsuspend(db, args.account_id)
     print(f"account {row.id} ({row.name}) is now {row.status}")
-    return 0
 
 
-def cmd_admin_status(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_admin_status(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.clock import utcnow
     from appliance.ops import overview
 
@@ -146,13 +142,12 @@ def cmd_admin_status(settings: Settings, args: argparse.Namespace) -> int:
         data = overview.overview(db, settings, utcnow())
     if args.json:
         print(json.dumps(data, indent=2))
-        return 0
-    for line in overview.summary_lines(data):
-        print(line)
-    return 0
+    else:
+        for line in overview.summary_lines(data):
+            print(line)
 
 
-def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.accounts import service as accounts
     from appliance.auth import service as auth
     from appliance.clock import utcnow
@@ -162,29 +157,21 @@ def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
         user = accounts.user_by_email(db, args.email)
         if user is None or accounts.role_in(db, args.account, user.id) is None:
             raise NotFound(f"{args.email} is not a member of account {args.account}")
+        key_of = {"user_id": user.id, "account_id": args.account, "name": args.name}
         if args.scope == auth.ADMIN_SCOPE:
             if not user.operator:
                 raise InvalidInput(f"{args.email} is not a server operator")
-            key, secret = auth.create_admin_key(
-                db, user_id=user.id, account_id=args.account, name=args.name, now=utcnow()
-            )
+            key, secret = auth.create_admin_key(db, **key_of, now=utcnow())
         else:
             key, secret = auth.create_key(
-                db,
-                user_id=user.id,
-                account_id=args.account,
-                name=args.name,
-                scope=args.scope,
-                now=utcnow(),
-                instance_id=args.instance,
+                db, **key_of, scope=args.scope, now=utcnow(), instance_id=args.instance
             )
     print(
         json.dumps({"id": key.id, "key": secret, "scope": key.scope, "account_id": key.account_id})
     )
-    return 0
 
 
-def cmd_billing_show(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_billing_show(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.accounts import service as accounts
     from appliance.billing import ledger
 
@@ -199,10 +186,9 @@ def cmd_billing_show(settings: Settings, args: argparse.Namespace) -> int:
             f"{entry.created_at}  {entry.kind:<13} {ledger.usd_precise(entry.amount_microusd):>12}"
             f"  {entry.reason or entry.model or ''}"
         )
-    return 0
 
 
-def cmd_billing_adjust(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_billing_adjust(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.accounts import service as accounts
     from appliance.billing import ledger
     from appliance.billing import service as billing
@@ -215,10 +201,9 @@ def cmd_billing_adjust(settings: Settings, args: argparse.Namespace) -> int:
         f"adjusted by {ledger.usd_precise(entry.amount_microusd)} USD; "
         f"balance {ledger.usd(entry.balance_microusd)} USD"
     )
-    return 0
 
 
-def cmd_accounts_delete(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_accounts_delete(settings: Settings, args: argparse.Namespace) -> int | None:
     from appliance.accounts import service as accounts
     from appliance.clock import utcnow
     from appliance.ops import overview
@@ -235,4 +220,3 @@ def cmd_accounts_delete(settings: Settings, args: argparse.Namespace) -> int:
         f"account {found['account_id']} is locked; its data is erased by the next purge "
         f"(by {found['due_at'][:10]} at the latest; `appliance purge --now` to do it now)"
     )
-    return 0

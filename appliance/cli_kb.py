@@ -41,7 +41,7 @@ def cmd_kb_audit(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def cmd_kb_reindex(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_kb_reindex(settings: Settings, args: argparse.Namespace) -> None:
     import time
 
     from appliance.knowledge import service as knowledge
@@ -68,7 +68,6 @@ def cmd_kb_reindex(settings: Settings, args: argparse.Namespace) -> int:
             if not busy:
                 break
             time.sleep(1)
-    return 0
 
 
 def _check_embedding_model_served(settings: Settings) -> None:

@@ -6,9 +6,13 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from appliance.cli_parser import Group
 from appliance.config import Settings
+
+if TYPE_CHECKING:
+    from appliance.inference.models import Model
 
 PULL_HELP = """\
 SPEC is one of:
@@ -87,24 +91,19 @@ def _catalog_lines() -> str:
     )
 
 
-def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_list(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.inference import catalog, models
 
     if args.catalog:
         rows = [asdict(entry) for entry in catalog.load(settings).values()]
-        print(json.dumps(rows, indent=2))
-        return 0
-    registry = models.load_registry(settings)
-    rows = []
-    for model in registry.models.values():
-        row = asdict(model)
-        row["default"] = model.id in (registry.default_chat, registry.default_embedding)
-        rows.append(row)
+    else:
+        registry = models.load_registry(settings)
+        defaults = (registry.default_chat, registry.default_embedding)
+        rows = [{**asdict(m), "default": m.id in defaults} for m in registry.models.values()]
     print(json.dumps(rows, indent=2))
-    return 0
 
 
-def cmd_defaults(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_defaults(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.inference import models
 
     settings.paths.models.mkdir(parents=True, exist_ok=True)
@@ -113,15 +112,13 @@ def cmd_defaults(settings: Settings, args: argparse.Namespace) -> int:
         print("the bundled models are already installed")
     for model in installed:
         print(f"installed {model.kind} model {model.id} ({model.file})")
-    return 0
 
 
-def cmd_set_default(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_set_default(settings: Settings, args: argparse.Namespace) -> int | None:
     from appliance.inference import models
 
     model = models.load_registry(settings).get(args.model_id)
-    if not _self_test(settings, **{f"{model.kind}_model": model.id}):
-        print(f"{model.id} was NOT made the default", file=sys.stderr)
+    if not _self_test(settings, model):
         return 1
     model = models.set_default(settings, model.id)
     print(f"{model.id} is now the default {model.kind} model.")
@@ -145,7 +142,6 @@ def cmd_set_default(settings: Settings, args: argparse.Namespace) -> int:
         )
     else:
         _explain_reindex(settings, model.id)
-    return 0
 
 
 def _explain_reindex(settings: Settings, model_id: str) -> None:
@@ -172,15 +168,14 @@ def _explain_reindex(settings: Settings, model_id: str) -> None:
     )
 
 
-def cmd_remove(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_remove(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.inference import models
 
     model = models.remove(settings, args.model_id)
     print(f"removed {model.id}")
-    return 0
 
 
-def cmd_pull(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_pull(settings: Settings, args: argparse.Namespace) -> int | None:
     from appliance.inference import models, pull
 
     model = pull.install(
@@ -194,23 +189,23 @@ def cmd_pull(settings: Settings, args: argparse.Namespace) -> int:
     )
     print(f"installed {model.kind} model {model.id} ({model.file}, sha256 {model.sha256})")
     if args.default:
-        if not _self_test(settings, **{f"{model.kind}_model": model.id}):
-            print(f"{model.id} was NOT made the default", file=sys.stderr)
+        if not _self_test(settings, model):
             return 1
         models.set_default(settings, model.id)
         print(f"{model.id} is the default {model.kind} model: restart inference to load it")
-    return 0
 
 
 def cmd_self_test(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if _self_test(settings) else 1
 
 
-def _self_test(settings: Settings, chat_model: str = "", embedding_model: str = "") -> bool:
-    """Run the self-test (appliance/inference/selftest.py) and print its verdict."""
+def _self_test(settings: Settings, candidate: Model | None = None) -> bool:
+    """Run the self-test (appliance/inference/selftest.py), with ``candidate`` (a model to make
+    the default) in place of its kind's default, and print its verdict."""
     from appliance.inference import selftest
 
-    verdict, why = selftest.check(settings, chat_model=chat_model, embedding_model=embedding_model)
+    instead = {f"{candidate.kind}_model": candidate.id} if candidate else {}
+    verdict, why = selftest.check(settings, **instead)
     if verdict.crashed:
         print(f"self-test FAILED: {selftest.crash_message(verdict)}", file=sys.stderr)
     elif not verdict.ok:
@@ -221,10 +216,12 @@ def _self_test(settings: Settings, chat_model: str = "", embedding_model: str = 
             f"{verdict.detail} ({verdict.seconds:.1f} s); "
             f"CPU repacking {'on' if verdict.repack else 'off'} ({why})"
         )
+    if candidate and not verdict.ok:
+        print(f"{candidate.id} was NOT made the default", file=sys.stderr)
     return verdict.ok
 
 
-def cmd_recommend(settings: Settings, args: argparse.Namespace) -> int:
+def cmd_recommend(settings: Settings, args: argparse.Namespace) -> int | None:
     from appliance.inference import catalog
 
     choice, reason = catalog.recommend(catalog.load(settings), catalog.this_machine())
@@ -237,4 +234,3 @@ def cmd_recommend(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     print(f"recommended: {choice.name}\nwhy: {reason}")
     print(f"install it with: appliance models pull {choice.name} --default")
-    return 0

@@ -8,9 +8,13 @@ into them, and describes them for the generated docs. It is the only reader of
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import itertools
 import logging
 import os
+import textwrap
 import tomllib
 import typing
 from collections.abc import Iterator, Mapping
@@ -31,26 +35,32 @@ log = logging.getLogger("appliance.config")
 
 def setting(
     default: Any,
-    help: str,
     *,
     choices: tuple[Any, ...] | None = None,
     min: float | None = None,
     max: float | None = None,
 ) -> Any:
-    """Declare one setting: its default, its help text and optional bounds."""
-    return field(
-        default=default,
-        metadata={"help": help, "choices": choices, "min": min, "max": max},
-    )
+    """A setting's default with its bounds; its help is the string below it (``help_texts``)."""
+    return field(default=default, metadata={"choices": choices, "min": min, "max": max})
 
 
-def secret(help: str) -> Any:
+def secret() -> Any:
     """A secret setting: repr=False keeps it out of any printed Settings."""
-    return field(
-        default="",
-        repr=False,
-        metadata={"help": help, "choices": None, "min": None, "max": None},
-    )
+    return field(default="", repr=False)
+
+
+def help_texts(section: type) -> dict[str, str]:
+    """Each setting of ``section`` → its help: the string right below its field (an attribute
+    docstring, read from the source for the docs)."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(section))).body[0].body
+    return {
+        node.target.id: " ".join(doc.value.value.split())
+        for node, doc in itertools.pairwise(body)
+        if isinstance(node, ast.AnnAssign)
+        and isinstance(node.target, ast.Name)
+        and isinstance(doc, ast.Expr)
+        and isinstance(doc.value, ast.Constant)
+    }
 
 
 class _Under:
@@ -253,17 +263,10 @@ def _from_env(kind: Any, text: str) -> Any:
 
 
 def _describe(kind: Any) -> str:
-    if kind is bool:
-        return "true or false"
-    if kind is int:
-        return "an integer"
-    if kind is float:
-        return "a number"
-    if kind is str:
-        return "a string"
     if typing.get_origin(kind) is tuple:
         return "a list of strings"
-    return str(kind)
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(kind, str(kind))
 
 
 def describe_default(f: dataclasses.Field) -> str:

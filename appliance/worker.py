@@ -21,11 +21,8 @@ def flush_stale_locks(settings: Settings, queue: TaskQueue) -> set[str]:
     start-up no task of this worker is running yet, and there is one worker per data dir
     (the systemd unit, or ``appliance up``), so every such lock is stale.
     """
-    db = open_db(settings)
-    try:
+    with open_db(settings) as db:
         names = [INGEST_LOCK.format(doc.id) for doc in knowledge.unfinished(db)]
-    finally:
-        db.close()
     flushed = queue.huey.flush_locks(*names) if names else set()
     if flushed:
         log.warning("released %d ingestion lock(s) left by an interrupted worker", len(flushed))

@@ -5,7 +5,8 @@ Usage: .venv/bin/python scripts/config_docs.py > docs/configuration.md
 
 import dataclasses
 
-from appliance.config import RETIRED_SETTINGS, describe_default, env_name, sections
+from appliance.config import RETIRED_SETTINGS, sections
+from appliance.config_loader import describe_default, env_name, help_texts
 
 HEADER = """# Configuration
 
@@ -54,10 +55,11 @@ def main() -> None:
             print(cls.__doc__.strip() + "\n")
         print("| setting | environment variable | default | meaning |")
         print("| --- | --- | --- | --- |")
+        helps = help_texts(cls)
         for field in dataclasses.fields(cls):
             name = f"{section}.{field.name}"
             meta = field.metadata
-            help_text = meta["help"]
+            help_text = helps[field.name]
             if meta.get("choices"):
                 help_text += " One of: " + ", ".join(f"`{c}`" for c in meta["choices"]) + "."
             default = describe_default(field).replace("|", "\\|")

@@ -2,7 +2,8 @@
 
 import pytest
 
-from appliance.config import Settings, env_name, iter_settings
+from appliance.config import Settings, iter_settings, sections
+from appliance.config_loader import env_name, help_texts
 from appliance.errors import ConfigError
 
 
@@ -121,8 +122,11 @@ def test_settings_are_frozen(tmp_path):
 def test_every_setting_has_help_and_an_env_name():
     names = [name for name, _ in iter_settings()]
     assert len(names) == len(set(names))
-    for name, field in iter_settings():
-        assert field.metadata["help"].strip(), name
+    helps = {
+        f"{s}.{key}": text for s, cls in sections().items() for key, text in help_texts(cls).items()
+    }
+    for name, _ in iter_settings():
+        assert helps.get(name, "").strip(), name
         assert env_name(name).startswith("APPLIANCE_")
 
 

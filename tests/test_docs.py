@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from appliance.config import env_name, iter_settings
+from appliance.config import iter_settings
+from appliance.config_loader import env_name
 
 ROOT = Path(__file__).resolve().parent.parent
 
