@@ -154,7 +154,7 @@ def install_defaults(settings: Settings, log: Callable[[str], None] = print) -> 
             )
         )
 
-    embed_file = registry.directory / "all-MiniLM-L6-v2.f32.gguf"
+    embed_file = registry.directory / "all-MiniLM-L6-v2.f16.gguf"
     if DEFAULT_EMBEDDING not in registry.models or not embed_file.exists():
         log(f"converting all-MiniLM-L6-v2 to GGUF in {registry.directory}")
         convert_minilm(minilm_zip_path(), embed_file)

@@ -173,7 +173,7 @@ def two_of_each(tmp_path, models_dir):
     settings = make_settings(tmp_path / "data")
     registry = models.load_registry(settings)
     registry.directory.mkdir(parents=True)
-    for name in ("SmolLM2-135M-Instruct.Q4_1.gguf", "all-MiniLM-L6-v2.f32.gguf"):
+    for name in ("SmolLM2-135M-Instruct.Q4_1.gguf", "all-MiniLM-L6-v2.f16.gguf"):
         os.link(models_dir / name, registry.directory / name)
     models.register(
         registry,
@@ -186,14 +186,14 @@ def two_of_each(tmp_path, models_dir):
     models.register(
         registry,
         "embed-a",
-        registry.directory / "all-MiniLM-L6-v2.f32.gguf",
+        registry.directory / "all-MiniLM-L6-v2.f16.gguf",
         kind="embedding",
         license="t",
         source="t",
     )
     for kind, source, copy in (
         ("chat", "SmolLM2-135M-Instruct.Q4_1.gguf", "chat-b.gguf"),
-        ("embedding", "all-MiniLM-L6-v2.f32.gguf", "embed-b.gguf"),
+        ("embedding", "all-MiniLM-L6-v2.f16.gguf", "embed-b.gguf"),
     ):
         os.link(models_dir / source, registry.directory / copy)
         models.register(
@@ -282,7 +282,7 @@ def test_kb_reindex_refuses_while_inference_serves_another_embedding_model(
     # its own embedding model, under the id the test gives it.
     registry = models.load_registry(linked_settings)
     registry.directory.mkdir(parents=True, exist_ok=True)
-    os.link(models_dir / "all-MiniLM-L6-v2.f32.gguf", registry.directory / "e.gguf")
+    os.link(models_dir / "all-MiniLM-L6-v2.f16.gguf", registry.directory / "e.gguf")
     models.register(
         registry,
         registered,

@@ -28,7 +28,7 @@ from appliance.inference.pull import pull
 
 pytestmark = pytest.mark.inference
 
-EMBED_FILE = "all-MiniLM-L6-v2.f32.gguf"
+EMBED_FILE = "all-MiniLM-L6-v2.f16.gguf"
 CHAT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -288,7 +288,7 @@ def test_pull_downloads_verifies_and_registers_the_real_embedding_model(
 
     model = pull(fresh, url, sha256=sha256_bytes(real_bytes), kind="embedding", progress=False)
 
-    assert model.id == "all-minilm-l6-v2.f32"  # from the file name, lower-cased
+    assert model.id == "all-minilm-l6-v2.f16"  # from the file name, lower-cased
     assert model.file == EMBED_FILE
     assert model.kind == "embedding"
     assert model.sha256 == sha256_bytes(real_bytes)

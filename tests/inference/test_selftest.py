@@ -20,7 +20,7 @@ from appliance.inference import models, selftest
 pytestmark = pytest.mark.inference
 
 CHAT_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBED_FILE = "all-MiniLM-L6-v2.f32.gguf"
+EMBED_FILE = "all-MiniLM-L6-v2.f16.gguf"
 #: A child that dies by ``signal`` without leaving a core file behind.
 DIE_BY = (
     "import os, resource, signal; resource.setrlimit(resource.RLIMIT_CORE, (0, 0)); "
