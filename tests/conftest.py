@@ -7,11 +7,18 @@ every test in the session that needs one.
 
 from __future__ import annotations
 
+import os
+
+# NumPy's OpenBLAS would start a thread per core for every matrix product; the tests' are
+# small (a numpy BERT, test vectors), where those threads cost three times the CPU of one
+# (tests/inference/test_convert.py: 21 s -> 8 s) and take the cores from the inference
+# service. Set before anything imports numpy; children (services) inherit it.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import contextlib
 import io
 import json
 import logging
-import os
 import shutil
 import signal
 import socket
