@@ -383,7 +383,7 @@ def inference_service(inference_settings) -> Iterator[Service]:
     tests/inference/test_batching.py), so tests compare what is guaranteed instead."""
     service = start_inference(inference_settings)
     yield service
-    service.stop()
+    discard(service.process)
 
 
 @pytest.fixture(scope="session")

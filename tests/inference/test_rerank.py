@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import make_settings, manage_client, start_inference
+from conftest import discard, make_settings, manage_client, start_inference
 from rerank_support import make_cross_encoder, reference_score
 
 from appliance import vault
@@ -79,7 +79,7 @@ def rerank_service(tmp_path_factory, models_dir, cross_encoder):
         APPLIANCE_INFERENCE__RERANK_MODEL="tiny-ce",
     )
     yield service
-    service.stop()
+    discard(service.process)
 
 
 def post_rerank(service, body: dict, key: str | None = None) -> httpx.Response:
