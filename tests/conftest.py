@@ -423,20 +423,39 @@ def ask_with_sources(page, url: str, question: str):
     return sources
 
 
+#: The Chromium that consecutive browser tests share: {"playwright": ..., "browser": ...}.
+_chromium: dict = {}
+
+
 @pytest.fixture(scope="module")
 def browser():
-    """Chromium for one test module: Playwright's sync API keeps an event loop running
-    while it is open, which would break asyncio.run() in later, unrelated tests."""
+    """Chromium, launched once for a run of consecutive tests that use it and closed after
+    the last of them (``pytest_runtest_teardown`` below): Playwright's sync API keeps an
+    event loop running while it is open, which would break asyncio.run() in later,
+    unrelated tests. Each test opens contexts of its own (``page``)."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it as root)")
-    from playwright.sync_api import sync_playwright
+    if not _chromium:
+        from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield instance
-        instance.close()
+        playwright = sync_playwright().start()
+        try:
+            launched = playwright.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            )
+        except BaseException:
+            playwright.stop()
+            raise
+        _chromium.update(playwright=playwright, browser=launched)
+    return _chromium["browser"]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield
+    if _chromium and (nextitem is None or "browser" not in nextitem.fixturenames):
+        _chromium.pop("browser").close()
+        _chromium.pop("playwright").stop()
 
 
 @pytest.fixture
