@@ -33,21 +33,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from browser_support import CHROMIUM, close_chromium, shared_chromium
 
 from appliance import vault
 from appliance.cli import initialise
 from appliance.config import Settings
 from appliance.db import open_db
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def free_port() -> int:
@@ -400,62 +391,19 @@ def live_web(settings) -> Iterator[Service]:
     discard(service.process)
 
 
-def browser_sign_in(context, db, settings: Settings, user_id: str, account_id: str, url: str):
-    """Give the browser ``context`` a session of ``user_id`` in ``account_id`` at ``url``."""
-    from appliance.auth import service as auth
-    from appliance.clock import utcnow
-
-    token = auth.create_session(db, settings, user_id, account_id, utcnow())
-    context.add_cookies([{"name": "session", "value": token, "url": url}])
-
-
-def ask_with_sources(page, url: str, question: str):
-    """Ask ``question`` in a new chat at ``url``; once answered, its sources (opened)."""
-    page.goto(url + "/chat")
-    page.get_by_label("Message").fill(question)
-    page.get_by_role("button", name="Send").click()
-    page.wait_for_url("**/chat/conv_*")
-    answer = page.locator("article.msg-assistant").first
-    answer.locator(".msg-meta").wait_for(timeout=60_000)
-    sources = answer.locator("details.sources")
-    if sources.get_attribute("open") is None:  # opened by itself only when [n] was cited
-        sources.locator("summary").click()
-    return sources
-
-
-#: The Chromium that consecutive browser tests share: {"playwright": ..., "browser": ...}.
-_chromium: dict = {}
-
-
 @pytest.fixture(scope="module")
 def browser():
-    """Chromium, launched once for a run of consecutive tests that use it and closed after
-    the last of them (``pytest_runtest_teardown`` below): Playwright's sync API keeps an
-    event loop running while it is open, which would break asyncio.run() in later,
-    unrelated tests. Each test opens contexts of its own (``page``)."""
+    """Chromium, shared by a run of consecutive tests that use it (browser_support.py)."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it as root)")
-    if not _chromium:
-        from playwright.sync_api import sync_playwright
-
-        playwright = sync_playwright().start()
-        try:
-            launched = playwright.chromium.launch(
-                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-            )
-        except BaseException:
-            playwright.stop()
-            raise
-        _chromium.update(playwright=playwright, browser=launched)
-    return _chromium["browser"]
+    return shared_chromium()
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item, nextitem):
     yield
-    if _chromium and (nextitem is None or "browser" not in nextitem.fixturenames):
-        _chromium.pop("browser").close()
-        _chromium.pop("playwright").stop()
+    if nextitem is None or "browser" not in nextitem.fixturenames:
+        close_chromium()
 
 
 @pytest.fixture
