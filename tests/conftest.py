@@ -7,11 +7,18 @@ every test in the session that needs one.
 
 from __future__ import annotations
 
+import os
+
+# NumPy's OpenBLAS would start a thread per core for every matrix product; the tests' are
+# small (a numpy BERT, test vectors), where those threads cost three times the CPU of one
+# (tests/inference/test_convert.py: 21 s -> 8 s) and take the cores from the inference
+# service. Set before anything imports numpy; children (services) inherit it.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import contextlib
 import io
 import json
 import logging
-import os
 import shutil
 import signal
 import socket
@@ -26,21 +33,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from browser_support import CHROMIUM, close_chromium, shared_chromium
 
 from appliance import vault
 from appliance.cli import initialise
 from appliance.config import Settings
 from appliance.db import open_db
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def free_port() -> int:
@@ -227,6 +225,16 @@ def stop_process(process: subprocess.Popen, timeout: float = 15) -> int:
     return process.returncode
 
 
+def discard(process: subprocess.Popen) -> None:
+    """End a fixture's service at teardown: SIGKILL to its session (it was started in one
+    of its own), so its children go too. No teardown checks a clean stop, which costs a
+    second or two of shutdown and interpreter exit per process; its data dir is thrown
+    away. Tests that check the clean stop call ``stop_process`` / ``Service.stop``."""
+    if process.poll() is None:  # not reaped: its process group cannot be another's yet
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 def manage_client(settings: Settings, db, clock, email: str, name: str):
     """A test client of a new web app (tasks run at once) that sends the manage key of a
     new account ``name``'s owner ``email``; the account's id is ``client.account_id``."""
@@ -366,7 +374,7 @@ def inference_service(inference_settings) -> Iterator[Service]:
     tests/inference/test_batching.py), so tests compare what is guaranteed instead."""
     service = start_inference(inference_settings)
     yield service
-    service.stop()
+    discard(service.process)
 
 
 @pytest.fixture(scope="session")
@@ -380,46 +388,22 @@ def live_web(settings) -> Iterator[Service]:
     port = free_port()
     service = start_service(["web", "--port", str(port)], settings, f"http://127.0.0.1:{port}")
     yield service
-    service.stop()
-
-
-def browser_sign_in(context, db, settings: Settings, user_id: str, account_id: str, url: str):
-    """Give the browser ``context`` a session of ``user_id`` in ``account_id`` at ``url``."""
-    from appliance.auth import service as auth
-    from appliance.clock import utcnow
-
-    token = auth.create_session(db, settings, user_id, account_id, utcnow())
-    context.add_cookies([{"name": "session", "value": token, "url": url}])
-
-
-def ask_with_sources(page, url: str, question: str):
-    """Ask ``question`` in a new chat at ``url``; once answered, its sources (opened)."""
-    page.goto(url + "/chat")
-    page.get_by_label("Message").fill(question)
-    page.get_by_role("button", name="Send").click()
-    page.wait_for_url("**/chat/conv_*")
-    answer = page.locator("article.msg-assistant").first
-    answer.locator(".msg-meta").wait_for(timeout=60_000)
-    sources = answer.locator("details.sources")
-    if sources.get_attribute("open") is None:  # opened by itself only when [n] was cited
-        sources.locator("summary").click()
-    return sources
+    discard(service.process)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    """Chromium for one test module: Playwright's sync API keeps an event loop running
-    while it is open, which would break asyncio.run() in later, unrelated tests."""
+    """Chromium, shared by a run of consecutive tests that use it (browser_support.py)."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it as root)")
-    from playwright.sync_api import sync_playwright
+    return shared_chromium()
 
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield instance
-        instance.close()
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield
+    if nextitem is None or "browser" not in nextitem.fixturenames:
+        close_chromium()
 
 
 @pytest.fixture
@@ -458,9 +442,9 @@ def _live(settings: Settings) -> Iterator[Service]:
         try:
             yield web
         finally:
-            web.stop()
+            discard(web.process)
     finally:
-        stop_process(worker)
+        discard(worker)
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ chat page's answer cites only that collection's documents, although another docu
 the team matches the question better."""
 
 import pytest
-from conftest import ask_with_sources, browser_sign_in
+from browser_support import ask_with_sources, browser_sign_in
 
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth

@@ -5,7 +5,7 @@ a copy button; an oversized paste is refused before it is stored and the refusal
 a reload; the same at 390 px without sideways scrolling."""
 
 import pytest
-from conftest import browser_sign_in
+from browser_support import browser_sign_in
 
 from appliance.accounts import service as accounts
 from appliance.chat import service as chat

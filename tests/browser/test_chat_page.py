@@ -2,7 +2,7 @@
 and its source, follow up, stop a long answer, delete the conversation."""
 
 import pytest
-from conftest import ask_with_sources, browser_sign_in
+from browser_support import ask_with_sources, browser_sign_in
 
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth

@@ -1,7 +1,7 @@
 """The Knowledge page in the real browser: upload, watch ingestion, search, remove."""
 
 import pytest
-from conftest import browser_sign_in
+from browser_support import browser_sign_in
 
 from appliance.accounts import service as accounts
 from appliance.clock import utcnow

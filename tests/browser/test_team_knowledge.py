@@ -2,7 +2,8 @@
 remove only their own uploads, and collections (create, file a document)."""
 
 import pytest
-from conftest import browser_sign_in, indexed_document
+from browser_support import browser_sign_in
+from conftest import indexed_document
 
 from appliance.accounts import service as accounts
 from appliance.clock import utcnow

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import link_models, make_settings, start_inference, wait_until
+from conftest import discard, link_models, make_settings, start_inference, wait_until
 
 from appliance import vault
 from appliance.cli import initialise
@@ -95,7 +95,7 @@ def small_service(tmp_path, models_dir) -> Iterator:
 
     yield start
     for service in started:
-        service.stop()
+        discard(service.process)
 
 
 class OpenStream:

@@ -10,16 +10,17 @@ that the search follows it, not the fusion.
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import make_settings, manage_client, start_inference
+from conftest import discard, make_settings, manage_client, start_inference
 from rerank_support import make_cross_encoder, reference_score
 
 from appliance import vault
 from appliance.cli import initialise
-from appliance.inference import models
+from appliance.inference import models, selftest
 from appliance.inference.convert import convert_minilm
 from appliance.inference.rerank import RerankEngine
 
@@ -64,6 +65,10 @@ def rerank_service(tmp_path_factory, models_dir, cross_encoder):
             registry, model.id, registry.directory / model.file, kind=model.kind,
             license=model.license, source=model.source,
         )  # fmt: skip
+    # This machine's self-test verdicts for those models: no second repacking probe.
+    verdicts = models_dir / selftest.VERDICTS_FILE
+    if verdicts.exists():
+        shutil.copyfile(verdicts, registry.directory / selftest.VERDICTS_FILE)
     (registry.directory / "tiny-ce.gguf").symlink_to(cross_encoder[0])
     models.register(
         registry, "tiny-ce", registry.directory / "tiny-ce.gguf", kind="reranker",
@@ -74,7 +79,7 @@ def rerank_service(tmp_path_factory, models_dir, cross_encoder):
         APPLIANCE_INFERENCE__RERANK_MODEL="tiny-ce",
     )
     yield service
-    service.stop()
+    discard(service.process)
 
 
 def post_rerank(service, body: dict, key: str | None = None) -> httpx.Response:

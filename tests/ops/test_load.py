@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from conftest import _live, in_threads, link_models, make_settings, start_inference
+from conftest import _live, discard, in_threads, link_models, make_settings, start_inference
 
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth
@@ -86,7 +86,7 @@ def appliance(tmp_path_factory, models_dir) -> Iterator[dict]:
         for web in _live(settings):
             yield {"url": web.url, **keys}
     finally:
-        inference.stop()
+        discard(inference.process)
 
 
 def client(appliance: dict, scope: str) -> httpx.Client:

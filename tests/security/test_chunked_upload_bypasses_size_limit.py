@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import free_port, make_settings, start_service, wait_until
+from conftest import discard, free_port, make_settings, start_service, wait_until
 
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth
@@ -52,7 +52,7 @@ def server(tmp_path_factory):
     )
     service.key = key
     yield service
-    service.stop()
+    discard(service.process)
 
 
 def written_by(pid: int) -> int:
