@@ -133,16 +133,9 @@ def _content(content: Any, where: str) -> Any:
 def response(body: dict[str, Any], answer: dict[str, Any], response_id: str) -> dict[str, Any]:
     """The Responses object for a chat completion ``answer``."""
     choice = answer["choices"][0]
-    message = choice["message"]
-    return _response(
-        body,
-        response_id,
-        message.get("content") or "",
-        message.get("tool_calls") or [],
-        choice.get("finish_reason"),
-        answer.get("usage"),
-        answer.get("model"),
-    )
+    text, calls = choice["message"].get("content") or "", choice["message"].get("tool_calls") or []
+    finish, usage, model = choice.get("finish_reason"), answer.get("usage"), answer.get("model")
+    return _response(body, response_id, text, calls, finish, usage, model)
 
 
 def _response(body, response_id, text, calls, finish, usage, model) -> dict[str, Any]:

@@ -35,12 +35,7 @@ from appliance.inference.client import InferenceClient, started
 from appliance.instances import service as instances
 from appliance.web import errors, responses
 from appliance.web.deps import Deps, Member
-from appliance.web.errors import (
-    handle_domain_error,
-    handle_http_exception,
-    handle_unexpected,
-    stream_error,
-)
+from appliance.web.errors import EXCEPTION_HANDLERS, stream_error
 from appliance.web.identity import Identity
 from appliance.web.sse import event_stream, sse
 
@@ -117,12 +112,8 @@ def build_request(caller: Caller, body: Any) -> tuple[instances.Instance, chat.C
 
 def _error(request: Request, exc: Exception) -> Response:
     """OpenAI's error shape for every ``/v1`` error: message, type, param, code."""
-    if isinstance(exc, HTTPException):
-        response = handle_http_exception(request, exc)
-    elif isinstance(exc, ApplianceError):
-        response = handle_domain_error(request, exc)
-    else:
-        response = handle_unexpected(request, exc)
+    handle = next(h for kind, h in EXCEPTION_HANDLERS.items() if isinstance(exc, kind))
+    response = handle(request, exc)
     error = dict(response.content["error"])
     error["param"] = getattr(exc, "param", None)
     error["code"] = getattr(exc, "code", None) or CODES.get(response.status_code)
@@ -141,21 +132,20 @@ class Caller:
     api_key: Identity
     clock: Clock
 
+    @property
+    def payer(self) -> tuple[Any, ...]:
+        """Who pays, as metering takes it: database, settings, inference, account, key."""
+        key = self.api_key
+        return self.db, self.settings, self.inference, key.account.id, key.key_id
+
     async def run(
         self, instance, payload: dict[str, Any], prompt_tokens: int, choices: int = 1
     ) -> _Run:
         """Reserve the most the request can cost, every choice's answer included (402 when
         the credit or a spend cap does not cover it)."""
+        most = {**payload, "max_tokens": payload["max_tokens"] * choices}
         metered = await Metered.start(
-            self.db,
-            self.settings,
-            self.inference,
-            self.api_key.account.id,
-            self.api_key.key_id,
-            instance,
-            {**payload, "max_tokens": payload["max_tokens"] * choices},
-            self.clock,
-            prompt_tokens=prompt_tokens,
+            *self.payer, instance, most, self.clock, prompt_tokens=prompt_tokens
         )
         return _Run(metered, self.inference, payload, self.api_key.account.id, instance.name)
 
@@ -278,16 +268,7 @@ class V1Api(Controller):
         request.state.instance_id = instance.id  # for the request log
         if parsed.dimensions is not None and parsed.dimensions < 1:
             raise schema.InvalidParam("'dimensions' must be at least 1.", "dimensions")
-        vectors, tokens = embed_metered(
-            caller.db,
-            caller.settings,
-            caller.inference,
-            caller.api_key.account.id,
-            caller.api_key.key_id,
-            instance,
-            texts,
-            caller.clock,
-        )
+        vectors, tokens = embed_metered(*caller.payer, instance, texts, caller.clock)
         return {
             "object": "list",
             "model": instance.name,
@@ -296,15 +277,15 @@ class V1Api(Controller):
         }
 
 
+@dataclass(frozen=True)
 class _Run:
     """One request to the model under a hold: streamed or answered whole."""
 
-    def __init__(self, metered: Metered, inference: InferenceClient, payload, account_id, name):
-        self.metered = metered
-        self.inference = inference
-        self.payload = payload
-        self.account_id = account_id
-        self.name = name
+    metered: Metered
+    inference: InferenceClient
+    payload: dict[str, Any]
+    account_id: str
+    name: str
 
     async def chunks(self, **options: Any) -> AsyncIterator[dict[str, Any]]:
         """The answer's chunks, once the model has started (refused with 429 or 503 and
