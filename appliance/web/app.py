@@ -169,7 +169,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.inference_probe = health.InferenceProbe()
-    app.state.nav = [item for item in NAV if _has_route(app, item[1])]
+    app.state.nav = [item for item in NAV if any(r.path == item[1] for r in app.routes)]
     app.template_engine.engine.globals["nav"] = app.state.nav
     return app
 
@@ -214,10 +214,6 @@ def _jinja_env(settings: Settings) -> Environment:
 def _stamp(stamp: str | None, width: int) -> str:
     """A stored timestamp as the pages show it: ``2026-01-31 09:05`` (16) or ``…:05:42`` (19)."""
     return stamp[:width].replace("T", " ") if stamp else ""
-
-
-def _has_route(app: Litestar, path: str) -> bool:
-    return any(route.path == path for route in app.routes)
 
 
 __all__ = ["NAV", "create_app"]
