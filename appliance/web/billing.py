@@ -7,7 +7,6 @@ see top-ups and the saved card (others get 404 for those, like every manager rou
 from __future__ import annotations
 
 import logging
-from contextlib import closing
 from typing import Any
 
 import anyio
@@ -134,7 +133,7 @@ class StripeWebhook(Controller):
 
         def process() -> str:
             event = webhooks.verify_event(settings, payload, signature)
-            with closing(open_db(settings)) as db:
+            with open_db(settings) as db:
                 return webhooks.handle_event(db, settings, event, clock())
 
         outcome = await anyio.to_thread.run_sync(process)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -344,7 +343,7 @@ def _store_target(caller: Caller, instance, options: dict, conversation: list) -
     ]
 
     def save(text: str, usage: dict[str, int], passages) -> str:
-        with closing(open_db(settings, migrate=False)) as db:
+        with open_db(settings, migrate=False) as db:
             return chat.store_exchange(
                 db,
                 key.account.id,
