@@ -81,9 +81,6 @@ def create_app(
         raise RuntimeError(f"web assets not found in {WEBUI}: install the package editable")
     https = settings.public_url.startswith("https://")
 
-    def provide_settings() -> Settings:
-        return settings
-
     def provide_db() -> Iterator[sqlite_utils.Database]:
         db = open_db(settings)
         try:
@@ -91,17 +88,7 @@ def create_app(
         finally:
             db.close()
 
-    def provide_inference() -> InferenceClient:
-        return InferenceClient.from_settings(settings)
-
     task_queue = queue or create_queue(settings)
-
-    def provide_queue() -> TaskQueue:
-        return task_queue
-
-    def provide_clock() -> Clock:
-        return clock
-
     controllers = [
         health.HealthController,
         pages.PagesController,
@@ -137,11 +124,13 @@ def create_app(
             create_static_files_router(path="/static", directories=[WEBUI / "static"]),
         ],
         dependencies={
-            "settings": Provide(provide_settings, sync_to_thread=False),
+            "settings": Provide(lambda: settings, sync_to_thread=False),
             "db": Provide(provide_db),
-            "inference": Provide(provide_inference, sync_to_thread=False),
-            "queue": Provide(provide_queue, sync_to_thread=False),
-            "clock": Provide(provide_clock, sync_to_thread=False),
+            "inference": Provide(
+                lambda: InferenceClient.from_settings(settings), sync_to_thread=False
+            ),
+            "queue": Provide(lambda: task_queue, sync_to_thread=False),
+            "clock": Provide(lambda: clock, sync_to_thread=False),
             "ctx": Provide(deps.provide_ctx, sync_to_thread=False),
             "identity": Provide(identity.provide_identity, sync_to_thread=False),
             "me": Provide(identity.provide_me, sync_to_thread=False),
@@ -180,7 +169,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.inference_probe = health.InferenceProbe()
-    app.state.nav = [item for item in NAV if _has_route(app, item[1])]
+    app.state.nav = [item for item in NAV if any(r.path == item[1] for r in app.routes)]
     app.template_engine.engine.globals["nav"] = app.state.nav
     return app
 
@@ -225,10 +214,6 @@ def _jinja_env(settings: Settings) -> Environment:
 def _stamp(stamp: str | None, width: int) -> str:
     """A stored timestamp as the pages show it: ``2026-01-31 09:05`` (16) or ``…:05:42`` (19)."""
     return stamp[:width].replace("T", " ") if stamp else ""
-
-
-def _has_route(app: Litestar, path: str) -> bool:
-    return any(route.path == path for route in app.routes)
 
 
 __all__ = ["NAV", "create_app"]

@@ -25,6 +25,7 @@ from appliance.instances import service as instances
 from appliance.web.deps import Ctx, Deps, Form, Json, Member
 from appliance.web.errors import form_error
 from appliance.web.identity import Identity
+from appliance.web.team import visible_keys
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +133,8 @@ class StripeWebhook(Controller):
 
         def process() -> str:
             event = webhooks.verify_event(settings, payload, signature)
-            db = open_db(settings)
-            try:
+            with open_db(settings) as db:
                 return webhooks.handle_event(db, settings, event, clock())
-            finally:
-                db.close()
 
         outcome = await anyio.to_thread.run_sync(process)
         log.info("stripe webhook processed: %s", outcome)
@@ -202,10 +200,7 @@ def _context(ctx: Ctx, me: Identity) -> dict[str, Any]:
     db, now = ctx.db, ctx.now()
     usage = service.usage(db, me.account.id, now)
     names = {i.id: i.name for i in instances.list_instances(db, me.account.id)}
-    keys = {
-        k.id: f"{k.name} ({k.prefix}…)"
-        for k in auth.list_keys(db, me.account.id, None if me.is_manager else me.user.id)
-    }
+    keys = {k.id: f"{k.name} ({k.prefix}…)" for k in visible_keys(db, me)}
     return {
         "me": me,
         "summary": service.summary(db, ctx.settings, me.account.id, me.role),

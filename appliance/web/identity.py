@@ -30,8 +30,7 @@ from appliance.auth import service as auth
 from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.errors import InvalidInput, NotFound
-
-SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+from appliance.web.security import SAFE_METHODS
 
 
 @dataclass(frozen=True)

@@ -104,16 +104,11 @@ class KnowledgeApi(Controller):
                 if isinstance(one, knowledge.Refusal):
                     results.append({"filename": one.filename, "error": one.error})
                     continue
+                doc = one.document
                 if not one.duplicate:
-                    ctx.queue.ingest_document(one.document.id)
-                results.append(
-                    {
-                        "id": one.document.id,
-                        "filename": one.document.filename,
-                        "status": one.document.status,
-                        "duplicate": one.duplicate,
-                    }
-                )
+                    ctx.queue.ingest_document(doc.id)
+                entry = {"id": doc.id, "filename": doc.filename, "status": doc.status}
+                results.append({**entry, "duplicate": one.duplicate})
         await anyio.to_thread.run_sync(
             lambda: kb_collections.add_documents(
                 db,

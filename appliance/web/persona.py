@@ -60,24 +60,21 @@ def add_sample(db, settings: Settings, me: Identity, data: dict, now: datetime) 
         raise HTTPException(status_code=413, detail=str(exc)) from None
 
 
-def prompt_json(prompt: SystemPrompt) -> dict:
-    data = asdict(prompt)
-    data.pop("account_id")
-    return data
+def public(row: Any) -> dict:
+    """A stored row as the API shows it: without its account id."""
+    return {k: v for k, v in asdict(row).items() if k != "account_id"}
 
 
 def generated_json(generated: Generated) -> dict:
     return {
-        **prompt_json(generated.prompt),
+        **public(generated.prompt),
         "previous": generated.previous,
         "diff": [{"op": op, "line": line} for op, line in generated.diff],
     }
 
 
 def sample_json(sample: VoiceSample, excerpts: list[str]) -> dict:
-    data = asdict(sample)
-    data.pop("account_id")
-    return {**data, "excerpts": excerpts}
+    return {**public(sample), "excerpts": excerpts}
 
 
 def samples_with_excerpts(db, me: Identity) -> list[tuple[VoiceSample, list[str]]]:
@@ -106,13 +103,13 @@ class PersonaApi(Controller):
             "source": active.source if active else "local",
             "created_at": active.created_at if active else None,
             "claude_enabled": persona.claude_enabled(ctx.settings),
-            "history": [prompt_json(p) for p in persona.history(db, account_id, manager.role)],
+            "history": [public(p) for p in persona.history(db, account_id, manager.role)],
         }
 
     @put("/persona", sync_to_thread=True)
     def put_persona(self, data: Json, manager: Member, ctx: Deps) -> dict:
         """Save an edited system prompt as a new version (at most 8000 characters)."""
-        return prompt_json(_save(ctx, manager, data.get("text")))
+        return public(_save(ctx, manager, data.get("text")))
 
     @post("/persona/generate", status_code=201, sync_to_thread=True)
     def generate(self, manager: Member, ctx: Deps) -> dict:
@@ -131,8 +128,7 @@ class PersonaApi(Controller):
     @get("/persona/egress", sync_to_thread=True)
     def egress(self, manager: Member, ctx: Deps) -> list[dict]:
         """Every outbound call made for this account: when, where, why, what and how much."""
-        entries = persona.egress_log(ctx.db, manager.account.id, manager.role)
-        return [{k: v for k, v in asdict(e).items() if k != "account_id"} for e in entries]
+        return [public(e) for e in persona.egress_log(ctx.db, manager.account.id, manager.role)]
 
     @get("/voice-samples", sync_to_thread=True)
     def list_samples(self, manager: Member, ctx: Deps) -> list[dict]:

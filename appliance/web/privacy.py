@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import sqlite_utils
 from litestar import Controller, Response, get, post
-from litestar.di import NamedDependency
+from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, URLEncodedBody
 from litestar.response import File, Redirect, Template
 from litestar.status_codes import HTTP_202_ACCEPTED
@@ -82,10 +82,18 @@ def _policy_page(text: str, updated: str, version, upcoming=None) -> Template:
     )
 
 
-def send_deletion_code(ctx: Ctx, me: Identity) -> str:
-    """Email the owner a fresh one-time code that confirms deleting the account."""
+def provide_owner(me: Member) -> Identity:
+    """The caller, an owner of the account: only owners delete it (404 for anyone else)."""
     if not me.is_owner:
         raise NotFound("Only an owner can delete the account.")
+    return me
+
+
+OWNER = {"owner": Provide(provide_owner, sync_to_thread=False)}
+
+
+def send_deletion_code(ctx: Ctx, me: Identity) -> str:
+    """Email the owner a fresh one-time code that confirms deleting the account."""
     address = client_address(ctx.request)
     attempt = auth.request_code(ctx.db, ctx.settings, me.user.email, address, ctx.now())
     ctx.queue.send_mail(
@@ -98,8 +106,6 @@ def send_deletion_code(ctx: Ctx, me: Identity) -> str:
 
 def delete_account(ctx: Ctx, me: Identity, attempt_id: str, code: str) -> erasure.Deletion:
     """Check the code, then lock the account (erased by the next purge)."""
-    if not me.is_owner:
-        raise NotFound("Only an owner can delete the account.")
     db, settings, now = ctx.db, ctx.settings, ctx.now()
     auth.verify_code(
         db, settings, attempt_id, me.user.email, code, client_address(ctx.request), now
@@ -124,6 +130,7 @@ def start_export(ctx: Ctx, me: Identity) -> export.Export:
 class PrivacyApi(Controller):
     path = "/api/me"
     tags = ["privacy"]
+    dependencies = OWNER
 
     @post("/export", status_code=HTTP_202_ACCEPTED, sync_to_thread=True)
     def create_export(self, me: Member, ctx: Deps) -> dict:
@@ -176,19 +183,19 @@ class PrivacyApi(Controller):
         }
 
     @post("/deletion-code", status_code=HTTP_202_ACCEPTED, sync_to_thread=True)
-    def deletion_code(self, me: Member, ctx: Deps) -> dict:
+    def deletion_code(self, owner: Member, ctx: Deps) -> dict:
         """Email the owner a one-time code; send it with ``POST /api/me/deletion``."""
-        attempt_id = send_deletion_code(ctx, me)
+        attempt_id = send_deletion_code(ctx, owner)
         return {"attempt_id": attempt_id, "minutes": ctx.settings.auth.code_ttl_minutes}
 
     @post("/deletion", status_code=200, sync_to_thread=True)
-    def delete_account(self, data: Json, me: Member, ctx: Deps) -> Response:
+    def delete_account(self, data: Json, owner: Member, ctx: Deps) -> Response:
         """Delete the account (owner; ``{"attempt_id", "code"}`` from the emailed code).
         It is locked at once; its data is erased by the next purge."""
         if not isinstance(data, dict):
             raise InvalidInput('Send {"attempt_id": "...", "code": "123456"}.')
         attempt_id, code = str(data.get("attempt_id", "")), str(data.get("code", ""))
-        found = delete_account(ctx, me, attempt_id, code)
+        found = delete_account(ctx, owner, attempt_id, code)
         response = Response(
             {"status": "deleted", "erase_by": found.due_at, "account_id": found.account_id}
         )
@@ -197,6 +204,7 @@ class PrivacyApi(Controller):
 
 class MyDataPages(Controller):
     include_in_schema = False
+    dependencies = OWNER
 
     @get("/settings/data", sync_to_thread=True)
     def page(self, me: Member, ctx: Deps) -> Template:
@@ -208,18 +216,18 @@ class MyDataPages(Controller):
         return ctx.redirect("/settings/data#export", "Export started.")
 
     @post("/settings/data/delete/code", sync_to_thread=True)
-    def delete_code_form(self, me: Member, ctx: Deps) -> Redirect:
-        attempt_id = send_deletion_code(ctx, me)
-        message = f"We emailed a one-time code to {me.user.email}."
+    def delete_code_form(self, owner: Member, ctx: Deps) -> Redirect:
+        attempt_id = send_deletion_code(ctx, owner)
+        message = f"We emailed a one-time code to {owner.user.email}."
         return ctx.redirect("/settings/data#delete", message, attempt_id=attempt_id)
 
     @post("/settings/data/delete", sync_to_thread=True)
-    def delete_form(self, data: Form, me: Member, ctx: Deps) -> Response:
+    def delete_form(self, data: Form, owner: Member, ctx: Deps) -> Response:
         attempt_id = data.get("attempt_id", "")
         try:
-            found = delete_account(ctx, me, attempt_id, data.get("code", ""))
+            found = delete_account(ctx, owner, attempt_id, data.get("code", ""))
         except auth.InvalidCode as exc:
-            return form_error("my_data.html", _my_data(ctx, me, attempt_id), exc)
+            return form_error("my_data.html", _my_data(ctx, owner, attempt_id), exc)
         response = Template("account_deleted.html", context={"erase_by": found.due_at[:10]})
         return clear_session_cookie(response, ctx.settings)
 

@@ -133,16 +133,9 @@ def _content(content: Any, where: str) -> Any:
 def response(body: dict[str, Any], answer: dict[str, Any], response_id: str) -> dict[str, Any]:
     """The Responses object for a chat completion ``answer``."""
     choice = answer["choices"][0]
-    message = choice["message"]
-    return _response(
-        body,
-        response_id,
-        message.get("content") or "",
-        message.get("tool_calls") or [],
-        choice.get("finish_reason"),
-        answer.get("usage"),
-        answer.get("model"),
-    )
+    text, calls = choice["message"].get("content") or "", choice["message"].get("tool_calls") or []
+    finish, usage, model = choice.get("finish_reason"), answer.get("usage"), answer.get("model")
+    return _response(body, response_id, text, calls, finish, usage, model)
 
 
 def _response(body, response_id, text, calls, finish, usage, model) -> dict[str, Any]:
@@ -223,7 +216,8 @@ async def events(
     started.update(status="in_progress", output=[])
     yield event("response.created", response=started)
     yield event("response.in_progress", response=started)
-    message_id = f"msg_{response_id[5:]}"
+    # Where the message's text goes: its only content part, the response's first item.
+    at_text = {"item_id": f"msg_{response_id[5:]}", "output_index": 0, "content_index": 0}
     text: list[str] = []
     calls: list[dict[str, Any]] = []
     finish = usage = None
@@ -243,21 +237,9 @@ async def events(
                         item.update(status="in_progress", content=[])
                         yield event("response.output_item.added", output_index=0, item=item)
                         part = {"type": "output_text", "text": "", "annotations": []}
-                        yield event(
-                            "response.content_part.added",
-                            item_id=message_id,
-                            output_index=0,
-                            content_index=0,
-                            part=part,
-                        )
+                        yield event("response.content_part.added", **at_text, part=part)
                     text.append(delta["content"])
-                    yield event(
-                        "response.output_text.delta",
-                        item_id=message_id,
-                        output_index=0,
-                        content_index=0,
-                        delta=delta["content"],
-                    )
+                    yield event("response.output_text.delta", **at_text, delta=delta["content"])
     except Exception as exc:  # the model service broke off: say so, as OpenAI does
         failed = _response(body, response_id, "".join(text), [], None, usage, model)
         failed.update(status="failed", error={"code": "server_error", "message": str(exc)})
@@ -268,20 +250,8 @@ async def events(
     final = _response(body, response_id, full, calls, finish, usage, model)
     if opened:
         part = {"type": "output_text", "text": full, "annotations": []}
-        yield event(
-            "response.output_text.done",
-            item_id=message_id,
-            output_index=0,
-            content_index=0,
-            text=full,
-        )
-        yield event(
-            "response.content_part.done",
-            item_id=message_id,
-            output_index=0,
-            content_index=0,
-            part=part,
-        )
+        yield event("response.output_text.done", **at_text, text=full)
+        yield event("response.content_part.done", **at_text, part=part)
         yield event("response.output_item.done", output_index=0, item=final["output"][0])
     for index, item in enumerate(final["output"]):
         if item["type"] == "function_call":

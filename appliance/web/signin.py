@@ -61,13 +61,9 @@ def set_session_cookie(response: Response, settings: Settings, token: str) -> No
     _set_cookie(response, settings, "session", token, settings.auth.session_absolute_hours * 3600)
 
 
-def _clear_cookie(response: Response, settings: Settings, name: str) -> None:
-    response.delete_cookie(cookie_names(settings)[name], path="/")
-
-
 def clear_session_cookie(response: Response, settings: Settings) -> Response:
     """Forget the browser's session (revoking it on the server is the caller's part)."""
-    _clear_cookie(response, settings, "session")
+    response.delete_cookie(cookie_names(settings)["session"], path="/")
     return response
 
 
@@ -109,7 +105,7 @@ def _finish(ctx: Ctx, email: str, code: str):
 
 def _signed_in(response: Response, settings: Settings, token: str) -> Response:
     set_session_cookie(response, settings, token)
-    _clear_cookie(response, settings, "signin")
+    response.delete_cookie(cookie_names(settings)["signin"], path="/")
     return response
 
 

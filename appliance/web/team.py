@@ -39,23 +39,13 @@ def _key_json(key: auth.ApiKey) -> dict:
     return data
 
 
-def _invite_mail(ctx: Ctx, me: Identity, invite) -> None:
-    ctx.queue.send_mail(
-        "invite",
-        invite.email,
-        {
-            "account_name": me.account.name,
-            "inviter_email": me.user.email,
-            "link": f"{ctx.settings.public_url}/invites",
-        },
-    )
-
-
 def invite(ctx: Ctx, manager: Identity, email: str, role: str):
     """Invite ``email`` to the manager's account and mail them the link."""
     account = manager.account.id
     sent = accounts.invite(ctx.db, account, manager.role, manager.user.id, email, role, ctx.now())
-    _invite_mail(ctx, manager, sent)
+    link = f"{ctx.settings.public_url}/invites"
+    mail = {"account_name": manager.account.name, "inviter_email": manager.user.email, "link": link}
+    ctx.queue.send_mail("invite", sent.email, mail)
     return sent
 
 

@@ -34,12 +34,7 @@ from appliance.inference.client import InferenceClient, started
 from appliance.instances import service as instances
 from appliance.web import errors, responses
 from appliance.web.deps import Deps, Member
-from appliance.web.errors import (
-    handle_domain_error,
-    handle_http_exception,
-    handle_unexpected,
-    stream_error,
-)
+from appliance.web.errors import EXCEPTION_HANDLERS, stream_error
 from appliance.web.identity import Identity
 from appliance.web.sse import event_stream, sse
 
@@ -49,6 +44,8 @@ OWN_FIELDS = {"model", "messages", "stream", "stream_options", "appliance"}
 OWN_FIELDS |= {"max_tokens", "max_completion_tokens"}
 #: The inference service's route for legacy completions.
 LEGACY = "/v1/completions"
+#: What ``appliance.passages`` says of each passage.
+PASSAGE_FIELDS = ("number", "document_id", "filename", "page", "heading")
 #: OpenAI's error codes for our statuses (``param`` and ``code`` of InvalidParam win).
 CODES = {**errors.CODES, 401: "invalid_api_key"}
 
@@ -79,11 +76,10 @@ def _no_model(name: str) -> NotFound:
     return _ModelNotFound(f"The model '{name}' does not exist.")
 
 
-def build_request(
-    caller: Caller, body: Any
-) -> tuple[instances.Instance, chat.Composed, schema.ChatCompletionRequest]:
-    """The instance, the request for the inference service (prompt assembled) and the
-    checked request. Errors name the client's fields (``messages[i]`` as it sent them)."""
+def build_request(caller: Caller, body: Any) -> tuple[instances.Instance, chat.Composed, Any, Any]:
+    """The instance, the request for the inference service (prompt assembled), the checked
+    request and where to keep the exchange (``appliance.store``; None: nowhere). Errors
+    name the client's fields (``messages[i]`` as it sent them)."""
     db, settings, key = caller.db, caller.settings, caller.api_key
     request = schema.decode(body, schema.ChatCompletionRequest)
     schema.check_chat(request, max_n=settings.inference.max_choices)
@@ -110,17 +106,13 @@ def build_request(
         max_tokens=schema.max_tokens_of(request),
         overrides=forwarded,
     )
-    return instance, composed, request
+    return instance, composed, request, _store_target(caller, instance, options, conversation)
 
 
 def _error(request: Request, exc: Exception) -> Response:
     """OpenAI's error shape for every ``/v1`` error: message, type, param, code."""
-    if isinstance(exc, HTTPException):
-        response = handle_http_exception(request, exc)
-    elif isinstance(exc, ApplianceError):
-        response = handle_domain_error(request, exc)
-    else:
-        response = handle_unexpected(request, exc)
+    handle = next(h for kind, h in EXCEPTION_HANDLERS.items() if isinstance(exc, kind))
+    response = handle(request, exc)
     error = dict(response.content["error"])
     error["param"] = getattr(exc, "param", None)
     error["code"] = getattr(exc, "code", None) or CODES.get(response.status_code)
@@ -139,21 +131,20 @@ class Caller:
     api_key: Identity
     clock: Clock
 
+    @property
+    def payer(self) -> tuple[Any, ...]:
+        """Who pays, as metering takes it: database, settings, inference, account, key."""
+        key = self.api_key
+        return self.db, self.settings, self.inference, key.account.id, key.key_id
+
     async def run(
         self, instance, payload: dict[str, Any], prompt_tokens: int, choices: int = 1
     ) -> _Run:
         """Reserve the most the request can cost, every choice's answer included (402 when
         the credit or a spend cap does not cover it)."""
+        most = {**payload, "max_tokens": payload["max_tokens"] * choices}
         metered = await Metered.start(
-            self.db,
-            self.settings,
-            self.inference,
-            self.api_key.account.id,
-            self.api_key.key_id,
-            instance,
-            {**payload, "max_tokens": payload["max_tokens"] * choices},
-            self.clock,
-            prompt_tokens=prompt_tokens,
+            *self.payer, instance, most, self.clock, prompt_tokens=prompt_tokens
         )
         return _Run(metered, self.inference, payload, self.api_key.account.id, instance.name)
 
@@ -194,25 +185,23 @@ class V1Api(Controller):
     ) -> Response | Stream:
         """A chat completion from one of the account's instances (streaming or not)."""
         body = await _json_body(request)
-        instance, composed, checked = await anyio.to_thread.run_sync(
+        instance, composed, checked, store = await anyio.to_thread.run_sync(
             lambda: build_request(caller, body)
         )
         passages = composed.passages
         request.state.instance_id = instance.id  # for the request log
-        store = await anyio.to_thread.run_sync(lambda: _store_target(caller, instance, body))
         run = await caller.run(instance, composed.payload, composed.prompt_tokens, checked.n or 1)
         if checked.stream:
-            include_usage = bool(checked.stream_options and checked.stream_options.include_usage)
-            chunks = await run.chunks()
-            return event_stream(_relay(chunks, instance.name, include_usage, store, passages))
+            usage = _include_usage(checked)
+            return event_stream(_relay(await run.chunks(), instance.name, usage, store, passages))
         answer = await run.answer()
         extra: dict[str, Any] = {}
         if passages:
-            extra["passages"] = [_passage_json(p) for p in passages]
+            extra["passages"] = [{k: getattr(p, k) for k in PASSAGE_FIELDS} for p in passages]
         if store is not None:
             text = answer["choices"][0]["message"].get("content") or ""
             extra["conversation_id"] = await anyio.to_thread.run_sync(
-                lambda: store.save(text, chat.usage_counts(answer.get("usage")), passages)
+                lambda: store(text, chat.usage_counts(answer.get("usage")), passages)
             )
         if extra:
             answer["appliance"] = extra
@@ -226,7 +215,7 @@ class V1Api(Controller):
         chat completion (system prompt, knowledge base, metering and all)."""
         body = await _json_body(request)
         converted = responses.chat_body(body)
-        instance, composed, checked = await anyio.to_thread.run_sync(
+        instance, composed, checked, _ = await anyio.to_thread.run_sync(
             lambda: build_request(caller, converted)
         )
         request.state.instance_id = instance.id  # for the request log
@@ -260,7 +249,7 @@ class V1Api(Controller):
         tokens = counts[0] if counts else len(prompt.encode()) // 2 + 1
         run = await caller.run(instance, payload, tokens, checked.n or 1)
         if checked.stream:
-            usage = bool(checked.stream_options and checked.stream_options.include_usage)
+            usage = _include_usage(checked)
             return event_stream(_relay(await run.chunks(path=LEGACY), instance.name, usage))
         return Response(await run.answer(path=LEGACY))
 
@@ -278,16 +267,7 @@ class V1Api(Controller):
         request.state.instance_id = instance.id  # for the request log
         if parsed.dimensions is not None and parsed.dimensions < 1:
             raise schema.InvalidParam("'dimensions' must be at least 1.", "dimensions")
-        vectors, tokens = embed_metered(
-            caller.db,
-            caller.settings,
-            caller.inference,
-            caller.api_key.account.id,
-            caller.api_key.key_id,
-            instance,
-            texts,
-            caller.clock,
-        )
+        vectors, tokens = embed_metered(*caller.payer, instance, texts, caller.clock)
         return {
             "object": "list",
             "model": instance.name,
@@ -296,15 +276,15 @@ class V1Api(Controller):
         }
 
 
+@dataclass(frozen=True)
 class _Run:
     """One request to the model under a hold: streamed or answered whole."""
 
-    def __init__(self, metered: Metered, inference: InferenceClient, payload, account_id, name):
-        self.metered = metered
-        self.inference = inference
-        self.payload = payload
-        self.account_id = account_id
-        self.name = name
+    metered: Metered
+    inference: InferenceClient
+    payload: dict[str, Any]
+    account_id: str
+    name: str
 
     async def chunks(self, **options: Any) -> AsyncIterator[dict[str, Any]]:
         """The answer's chunks, once the model has started (refused with 429 or 503 and
@@ -334,49 +314,13 @@ async def _json_body(request: Request) -> Any:
         raise schema.InvalidParam("The request body is not valid JSON.") from None
 
 
-def _passage_json(passage: prompt.Passage) -> dict[str, Any]:
-    return {
-        "number": passage.number,
-        "document_id": passage.document_id,
-        "filename": passage.filename,
-        "page": passage.page,
-        "heading": passage.heading,
-    }
+def _include_usage(checked: Any) -> bool:
+    return bool(checked.stream_options and checked.stream_options.include_usage)
 
 
-class _StoreTarget:
-    """Where a ``"appliance": {"store": true}`` exchange is kept."""
-
-    def __init__(self, settings, api_key: Identity, instance, messages, conversation_id, clock):
-        self.settings = settings
-        self.api_key = api_key
-        self.instance = instance
-        self.messages = messages
-        self.conversation_id = conversation_id
-        self.clock = clock
-
-    def save(self, text: str, usage: dict[str, int], passages) -> str:
-        db = open_db(self.settings, migrate=False)
-        try:
-            return chat.store_exchange(
-                db,
-                self.api_key.account.id,
-                self.api_key.user.id,
-                self.instance,
-                self.messages,
-                text,
-                self.clock(),
-                conversation_id=self.conversation_id,
-                passages=passages,
-                usage=usage,
-            )
-        finally:
-            db.close()
-
-
-def _store_target(caller: Caller, instance, body: dict) -> _StoreTarget | None:
-    """Checked ``appliance.store`` / ``appliance.conversation_id`` of a request."""
-    options = body.get("appliance") or {}
+def _store_target(caller: Caller, instance, options: dict, conversation: list) -> Any:
+    """Checked ``appliance.store`` / ``appliance.conversation_id``: a function that keeps
+    the exchange and returns its conversation's id, or None when it is not to be kept."""
     store = options.get("store", False)
     if not isinstance(store, bool):
         raise schema.InvalidParam("'appliance.store' must be true or false.", "appliance.store")
@@ -387,24 +331,40 @@ def _store_target(caller: Caller, instance, body: dict) -> _StoreTarget | None:
         )
     if not store:
         return None
-    api_key = caller.api_key
+    key, settings, clock = caller.api_key, caller.settings, caller.clock
     if conversation_id is not None:
-        found = chat.get(caller.db, api_key.account.id, api_key.user.id, conversation_id)
+        found = chat.get(caller.db, key.account.id, key.user.id, conversation_id)
         if found.instance_id != instance.id:
             raise NotFound("No such conversation on this instance.")
     messages = [
         {"role": m["role"], "content": m["content"]}
-        for m in schema.clean_messages(schema.decode(body, schema.ChatCompletionRequest).messages)
+        for m in conversation
         if m.get("role") in ("user", "assistant")
     ]
-    return _StoreTarget(caller.settings, api_key, instance, messages, conversation_id, caller.clock)
+
+    def save(text: str, usage: dict[str, int], passages) -> str:
+        with open_db(settings, migrate=False) as db:
+            return chat.store_exchange(
+                db,
+                key.account.id,
+                key.user.id,
+                instance,
+                messages,
+                text,
+                clock(),
+                conversation_id=conversation_id,
+                passages=passages,
+                usage=usage,
+            )
+
+    return save
 
 
 async def _relay(
     chunks: AsyncIterator[dict[str, Any]],
     name: str,
     include_usage: bool,
-    store: _StoreTarget | None = None,
+    store: Any = None,
     passages: list[prompt.Passage] | None = None,
 ) -> AsyncIterator[str]:
     """Re-emit the inference service's SSE chunks under the instance's name; keep the
@@ -431,7 +391,7 @@ async def _relay(
         if store is not None:
             text = "".join(parts)
             conversation_id = await anyio.to_thread.run_sync(
-                lambda: store.save(text, chat.usage_counts(usage), passages or [])
+                lambda: store(text, chat.usage_counts(usage), passages or [])
             )
             final = {
                 "id": last.get("id", ""),
