@@ -2,19 +2,12 @@
 
 ``detect_type`` decides what an upload is from its first bytes *and* its name, and refuses
 anything whose content does not match. ``extract`` reads plain text and Markdown in this
-process (decoding and splitting at most ``MAX_TEXT_BYTES`` of text: nothing in them can
-make that take long or grow), and every other format in the sandboxed extraction worker
-(``sandbox.py``: a child interpreter, reused for many documents, with an address-space
-limit, a CPU limit per document and a wall-clock timeout), so a parser bomb (a PDF that
-decompresses to gigabytes, a file that sends a parser into a loop) kills only that
-process, which is then replaced.
+process (at most ``MAX_TEXT_BYTES``, decoded and split: nothing in them can make that take
+long or grow), every other format in the sandboxed worker (``sandbox.py``), so a parser
+bomb kills only that process. A DOCX's zip directory is checked here (``check_archive``)
+before the worker opens it.
 
-DOCX files are zip archives: the parent checks the archive's directory (entry count,
-unpacked size, compression ratio, member names) before a child is started, and the child
-refuses any DOCTYPE or entity declaration before the XML reaches the parser.
-
-Every ``ExtractionError`` message is shown to the user, so it says what is wrong in plain
-words and never contains document text or internals.
+Every ``ExtractionError`` message is shown to the user: plain words, never document text.
 """
 
 from __future__ import annotations
@@ -37,10 +30,8 @@ from appliance.knowledge.readers import (
     MAX_SECTIONS,
     MAX_TEXT_BYTES,
     MAX_ZIP_UNPACKED,
-    READERS,
-    Refused,
-    Sink,
     mostly_printable,
+    read,
 )
 from appliance.knowledge.sandbox import Sandbox
 
@@ -157,21 +148,14 @@ def detect_type(filename: str, head: bytes) -> str:
         raise ExtractionError("The file is empty.", "empty")
     looks, description = _sniff(head)
     named = f"This file is named .{suffix}"
-    if kind == "pdf":
-        if looks != "pdf":
-            raise ExtractionError(f"{named} but its content looks like {description}.", "mismatch")
-    elif kind == "docx":
-        if looks != "zip":
-            raise ExtractionError(f"{named} but its content looks like {description}.", "mismatch")
-        _check_small_docx(head)
-    elif looks != "text":
+    if looks != {"pdf": "pdf", "docx": "zip"}.get(kind, "text"):
         raise ExtractionError(f"{named} but its content looks like {description}.", "mismatch")
-    elif kind == "json":
-        start = _decode_head(head).lstrip()[:1]
-        if start not in ("{", "["):
-            raise ExtractionError(
-                f"{named} but it does not contain JSON (it should start with {{ or [).", "mismatch"
-            )
+    if kind == "docx":
+        _check_small_docx(head)
+    elif kind == "json" and _decode_head(head).lstrip()[:1] not in ("{", "["):
+        raise ExtractionError(
+            f"{named} but it does not contain JSON (it should start with {{ or [).", "mismatch"
+        )
     elif kind == "html" and not _HTML_START.search(_decode_head(head)[:4096]):
         raise ExtractionError(f"{named} but its content does not look like HTML.", "mismatch")
     return kind
@@ -258,25 +242,20 @@ def extract(path: Path, kind: str, *, timeout: float = 60, memory_mb: int = 512)
     if kind == "docx":
         _check_docx(path)
     if kind in IN_PROCESS:
-        payload = _read_here(path, kind)
+        payload = read(kind, path)
     else:
         payload = Sandbox.for_thread(memory_mb).extract(kind, path, timeout)
     if payload.get("ok") is not True:
-        reason = str(payload.get("error"))
-        try:
-            message = _message(reason, kind, timeout, memory_mb)
-        except KeyError:
-            reason, message = "malformed", _message("malformed", kind, timeout, memory_mb)
-        raise ExtractionError(message, reason)
+        raise _error(str(payload.get("error")), kind, timeout, memory_mb)
     try:
         sections = [_section(item) for item in payload["sections"]]
         pages = payload.get("pages")
         if pages is not None and not isinstance(pages, int):
             raise TypeError("pages")
     except (KeyError, TypeError, ValueError):
-        raise ExtractionError(_message("crashed", kind, timeout, memory_mb), "crashed") from None
+        raise _error("crashed", kind, timeout, memory_mb) from None
     if not sections:
-        raise ExtractionError(_message("no_text", kind, timeout, memory_mb), "no_text")
+        raise _error("no_text", kind, timeout, memory_mb)
     return Extracted(kind=kind, sections=sections, pages=pages)
 
 
@@ -293,16 +272,8 @@ def _section(item: Any) -> Section:
     return Section(text=text, kind=kind, level=level, page=page)
 
 
-def _read_here(path: Path, kind: str) -> dict:
-    sink = Sink()
-    try:
-        READERS[kind](path, sink)
-    except Refused as refused:
-        return {"ok": False, "error": refused.reason}
-    return {"ok": True, "pages": None, "sections": sink.sections}
-
-
-def _message(reason: str, kind: str, timeout: float, memory_mb: int) -> str:
+def _error(reason: str, kind: str, timeout: float, memory_mb: int) -> ExtractionError:
+    """The user's message for ``reason`` (an unknown one reads as ``malformed``)."""
     label = _LABELS[kind]
     text_mb = MAX_TEXT_BYTES // (1024 * 1024)
     messages = {
@@ -330,7 +301,9 @@ def _message(reason: str, kind: str, timeout: float, memory_mb: int) -> str:
         "no_text": f"No text was found in this {label}." + (_SCANNED if kind == "pdf" else ""),
         "malformed": f"This {label} could not be read. It may be damaged or not really a {label}.",
     }
-    return messages[reason]
+    if reason not in messages:
+        reason = "malformed"
+    return ExtractionError(messages[reason], reason)
 
 
 _SCANNED = " It may contain only scanned images; text recognition is not supported."
