@@ -178,8 +178,7 @@ def _sniff(head: bytes) -> tuple[str, str]:
 
 
 def _decode_head(head: bytes) -> str:
-    if head.startswith(codecs.BOM_UTF8):
-        head = head[3:]
+    head = head.removeprefix(codecs.BOM_UTF8)
     try:
         # final=False: the 8 KiB cut may split the last character.
         return codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
@@ -239,8 +238,8 @@ def extract(path: Path, kind: str, *, timeout: float = 60, memory_mb: int = 512)
     path = Path(path)
     if path.stat().st_size == 0:
         raise ExtractionError("The file is empty.", "empty")
-    if kind == "docx":
-        _check_docx(path)
+    if kind == "docx" and "word/document.xml" not in {i.filename for i in check_archive(path)}:
+        raise ExtractionError(_NOT_DOCX, "not_docx")
     if kind in IN_PROCESS:
         payload = read(kind, path)
     else:
@@ -309,14 +308,7 @@ def _error(reason: str, kind: str, timeout: float, memory_mb: int) -> Extraction
 _SCANNED = " It may contain only scanned images; text recognition is not supported."
 
 
-# --- the DOCX container, checked in the parent --------------------------------------------
-
-
-def _check_docx(path: Path) -> None:
-    """Refuse zip bombs and zip-slip names before any child parses the archive."""
-    names = {info.filename for info in check_archive(path)}
-    if "word/document.xml" not in names:
-        raise ExtractionError(_NOT_DOCX, "not_docx")
+# --- zip archives (DOCX files, ZIP uploads), checked in the parent -----------------------
 
 
 def check_archive(path: Path, what: str = "This Word document") -> list[zipfile.ZipInfo]:

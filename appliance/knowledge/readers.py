@@ -82,8 +82,7 @@ def _read_text(path: Path, limit: int = MAX_TEXT_BYTES, reason: str = "too_much_
         raise Refused(reason)
     if b"\x00" in data:
         raise Refused("binary")
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[3:]
+    data = data.removeprefix(codecs.BOM_UTF8)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
