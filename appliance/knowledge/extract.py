@@ -18,9 +18,10 @@ import os
 import re
 import struct
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Annotated, Literal
+
+import msgspec
 
 from appliance.errors import InvalidInput
 from appliance.knowledge.readers import (
@@ -69,16 +70,16 @@ class ExtractionError(InvalidInput):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class Section:
+class Section(msgspec.Struct, frozen=True, array_like=True):
+    """A heading or paragraph; readers send it as ``[text, kind, level, page]``."""
+
     text: str
-    kind: str  # "heading" | "paragraph"
-    level: int = 0  # 1-6 for headings
+    kind: Literal["heading", "paragraph"]
+    level: Annotated[int, msgspec.Meta(ge=0, le=6)] = 0  # 1-6 for headings
     page: int | None = None  # 1-based, PDFs only
 
 
-@dataclass(frozen=True)
-class Extracted:
+class Extracted(msgspec.Struct, frozen=True):
     kind: str
     sections: list[Section]
     pages: int | None = None
@@ -246,29 +247,13 @@ def extract(path: Path, kind: str, *, timeout: float = 60, memory_mb: int = 512)
         payload = Sandbox.for_thread(memory_mb).extract(kind, path, timeout)
     if payload.get("ok") is not True:
         raise _error(str(payload.get("error")), kind, timeout, memory_mb)
-    try:
-        sections = [_section(item) for item in payload["sections"]]
-        pages = payload.get("pages")
-        if pages is not None and not isinstance(pages, int):
-            raise TypeError("pages")
-    except (KeyError, TypeError, ValueError):
+    try:  # the sandbox's answer is checked: a hostile document may have steered the child
+        extracted = msgspec.convert({**payload, "kind": kind}, Extracted)
+    except msgspec.ValidationError:
         raise _error("crashed", kind, timeout, memory_mb) from None
-    if not sections:
+    if not extracted.sections:
         raise _error("no_text", kind, timeout, memory_mb)
-    return Extracted(kind=kind, sections=sections, pages=pages)
-
-
-def _section(item: Any) -> Section:
-    text, kind, level, page = item
-    if (
-        not isinstance(text, str)
-        or kind not in ("heading", "paragraph")
-        or not isinstance(level, int)
-        or not 0 <= level <= 6
-        or not (page is None or isinstance(page, int))
-    ):
-        raise ValueError("bad section")
-    return Section(text=text, kind=kind, level=level, page=page)
+    return extracted
 
 
 def _error(reason: str, kind: str, timeout: float, memory_mb: int) -> ExtractionError:
