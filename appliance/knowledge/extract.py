@@ -306,16 +306,15 @@ def check_archive(path: Path, what: str = "This Word document") -> list[zipfile.
     """
     bomb = "; it was refused as a possible zip bomb."
     malformed = f"{what} could not be read. It may be damaged."
-    _check_zip_directory(path, what)
+    too_many = f"{what} contains too many files (more than {MAX_ZIP_ENTRIES}){bomb}"
+    _check_zip_directory(path, malformed, too_many)
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
     except (zipfile.BadZipFile, EOFError, ValueError, struct.error, OSError):
         raise ExtractionError(malformed, "malformed") from None
     if len(infos) > MAX_ZIP_ENTRIES:
-        raise ExtractionError(
-            f"{what} contains too many files (more than {MAX_ZIP_ENTRIES}){bomb}", "zip_bomb"
-        )
+        raise ExtractionError(too_many, "zip_bomb")
     names: set[str] = set()
     total = 0
     for info in infos:
@@ -356,7 +355,7 @@ def check_archive(path: Path, what: str = "This Word document") -> list[zipfile.
     return infos
 
 
-def _check_zip_directory(path: Path, what: str) -> None:
+def _check_zip_directory(path: Path, malformed: str, too_many: str) -> None:
     """Read the end-of-central-directory record the way ``zipfile`` does, and refuse a
     directory too big to parse (``zipfile`` builds one object per entry, in the parent)."""
     with path.open("rb") as f:
@@ -369,7 +368,7 @@ def _check_zip_directory(path: Path, what: str) -> None:
     else:
         at = tail.rfind(b"PK\x05\x06")
     if at < 0 or len(tail) - at < 22:
-        raise ExtractionError(f"{what} could not be read. It may be damaged.", "malformed")
+        raise ExtractionError(malformed, "malformed")
     entries, directory_size, directory_offset = struct.unpack("<2xHLL", tail[at + 8 : at + 20])
     if (
         (at >= 20 and tail[at - 20 : at - 16] == b"PK\x06\x07")  # ZIP64: Word never needs it
@@ -377,8 +376,4 @@ def _check_zip_directory(path: Path, what: str) -> None:
         or directory_size > MAX_ZIP_DIRECTORY_BYTES
         or directory_offset == 0xFFFFFFFF
     ):
-        raise ExtractionError(
-            f"{what} contains too many files (more than {MAX_ZIP_ENTRIES}); it "
-            "was refused as a possible zip bomb.",
-            "zip_bomb",
-        )
+        raise ExtractionError(too_many, "zip_bomb")
