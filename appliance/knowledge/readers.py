@@ -1,10 +1,8 @@
 """Format readers: the text of a TXT, Markdown, HTML, CSV, JSON, DOCX or PDF file as sections.
 
-Each reader takes a path and a ``Sink`` and adds the sections it finds; ``Refused`` stops
-it with a reason code that ``extract`` turns into the user's message. The sink caps the
-text's size and section count. Readers of formats whose parsers could be driven to
-exhaust memory or time (everything but plain text and Markdown) run only inside the
-sandboxed child process of ``extract``.
+Each reader adds what it finds to a ``Sink``, which caps the text's size and section count;
+``Refused`` stops it with a reason code that ``extract`` turns into the user's message. All
+but the plain text and Markdown readers run only in the sandboxed worker (``sandbox.py``).
 """
 
 from __future__ import annotations
@@ -332,10 +330,6 @@ class _XmlTarget:
 
     def doctype(self, name: str, pubid: str, system: str) -> None:
         raise Refused("doctype")
-
-    def close(self) -> None: ...
-
-    def data(self, text: str) -> None: ...
 
 
 class _StyleNames(_XmlTarget):
