@@ -11,7 +11,6 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from appliance import tokens
 from appliance.knowledge.extract import Section
 from appliance.knowledge.store import Chunk
 
@@ -25,11 +24,6 @@ class _Unit:
     tokens: int
     page: int | None
     heading: str
-
-
-def estimate_tokens(texts: list[str]) -> list[int]:
-    """A fallback counter (about four characters a token) for servers without /tokenize."""
-    return [tokens.estimate_tokens(text) for text in texts]
 
 
 def split_sentences(text: str) -> list[str]:

@@ -2,19 +2,12 @@
 
 ``detect_type`` decides what an upload is from its first bytes *and* its name, and refuses
 anything whose content does not match. ``extract`` reads plain text and Markdown in this
-process (decoding and splitting at most ``MAX_TEXT_BYTES`` of text: nothing in them can
-make that take long or grow), and every other format in the sandboxed extraction worker
-(``sandbox.py``: a child interpreter, reused for many documents, with an address-space
-limit, a CPU limit per document and a wall-clock timeout), so a parser bomb (a PDF that
-decompresses to gigabytes, a file that sends a parser into a loop) kills only that
-process, which is then replaced.
+process (at most ``MAX_TEXT_BYTES``, decoded and split: nothing in them can make that take
+long or grow), every other format in the sandboxed worker (``sandbox.py``), so a parser
+bomb kills only that process. A DOCX's zip directory is checked here (``check_archive``)
+before the worker opens it.
 
-DOCX files are zip archives: the parent checks the archive's directory (entry count,
-unpacked size, compression ratio, member names) before a child is started, and the child
-refuses any DOCTYPE or entity declaration before the XML reaches the parser.
-
-Every ``ExtractionError`` message is shown to the user, so it says what is wrong in plain
-words and never contains document text or internals.
+Every ``ExtractionError`` message is shown to the user: plain words, never document text.
 """
 
 from __future__ import annotations
@@ -25,9 +18,10 @@ import os
 import re
 import struct
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Annotated, Literal
+
+import msgspec
 
 from appliance.errors import InvalidInput
 from appliance.knowledge.readers import (
@@ -37,10 +31,8 @@ from appliance.knowledge.readers import (
     MAX_SECTIONS,
     MAX_TEXT_BYTES,
     MAX_ZIP_UNPACKED,
-    READERS,
-    Refused,
-    Sink,
     mostly_printable,
+    read,
 )
 from appliance.knowledge.sandbox import Sandbox
 
@@ -78,16 +70,16 @@ class ExtractionError(InvalidInput):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class Section:
+class Section(msgspec.Struct, frozen=True, array_like=True):
+    """A heading or paragraph; readers send it as ``[text, kind, level, page]``."""
+
     text: str
-    kind: str  # "heading" | "paragraph"
-    level: int = 0  # 1-6 for headings
+    kind: Literal["heading", "paragraph"]
+    level: Annotated[int, msgspec.Meta(ge=0, le=6)] = 0  # 1-6 for headings
     page: int | None = None  # 1-based, PDFs only
 
 
-@dataclass(frozen=True)
-class Extracted:
+class Extracted(msgspec.Struct, frozen=True):
     kind: str
     sections: list[Section]
     pages: int | None = None
@@ -157,21 +149,14 @@ def detect_type(filename: str, head: bytes) -> str:
         raise ExtractionError("The file is empty.", "empty")
     looks, description = _sniff(head)
     named = f"This file is named .{suffix}"
-    if kind == "pdf":
-        if looks != "pdf":
-            raise ExtractionError(f"{named} but its content looks like {description}.", "mismatch")
-    elif kind == "docx":
-        if looks != "zip":
-            raise ExtractionError(f"{named} but its content looks like {description}.", "mismatch")
-        _check_small_docx(head)
-    elif looks != "text":
+    if looks != {"pdf": "pdf", "docx": "zip"}.get(kind, "text"):
         raise ExtractionError(f"{named} but its content looks like {description}.", "mismatch")
-    elif kind == "json":
-        start = _decode_head(head).lstrip()[:1]
-        if start not in ("{", "["):
-            raise ExtractionError(
-                f"{named} but it does not contain JSON (it should start with {{ or [).", "mismatch"
-            )
+    if kind == "docx":
+        _check_small_docx(head)
+    elif kind == "json" and _decode_head(head).lstrip()[:1] not in ("{", "["):
+        raise ExtractionError(
+            f"{named} but it does not contain JSON (it should start with {{ or [).", "mismatch"
+        )
     elif kind == "html" and not _HTML_START.search(_decode_head(head)[:4096]):
         raise ExtractionError(f"{named} but its content does not look like HTML.", "mismatch")
     return kind
@@ -194,8 +179,7 @@ def _sniff(head: bytes) -> tuple[str, str]:
 
 
 def _decode_head(head: bytes) -> str:
-    if head.startswith(codecs.BOM_UTF8):
-        head = head[3:]
+    head = head.removeprefix(codecs.BOM_UTF8)
     try:
         # final=False: the 8 KiB cut may split the last character.
         return codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
@@ -255,54 +239,25 @@ def extract(path: Path, kind: str, *, timeout: float = 60, memory_mb: int = 512)
     path = Path(path)
     if path.stat().st_size == 0:
         raise ExtractionError("The file is empty.", "empty")
-    if kind == "docx":
-        _check_docx(path)
+    if kind == "docx" and "word/document.xml" not in {i.filename for i in check_archive(path)}:
+        raise ExtractionError(_NOT_DOCX, "not_docx")
     if kind in IN_PROCESS:
-        payload = _read_here(path, kind)
+        payload = read(kind, path)
     else:
         payload = Sandbox.for_thread(memory_mb).extract(kind, path, timeout)
     if payload.get("ok") is not True:
-        reason = str(payload.get("error"))
-        try:
-            message = _message(reason, kind, timeout, memory_mb)
-        except KeyError:
-            reason, message = "malformed", _message("malformed", kind, timeout, memory_mb)
-        raise ExtractionError(message, reason)
-    try:
-        sections = [_section(item) for item in payload["sections"]]
-        pages = payload.get("pages")
-        if pages is not None and not isinstance(pages, int):
-            raise TypeError("pages")
-    except (KeyError, TypeError, ValueError):
-        raise ExtractionError(_message("crashed", kind, timeout, memory_mb), "crashed") from None
-    if not sections:
-        raise ExtractionError(_message("no_text", kind, timeout, memory_mb), "no_text")
-    return Extracted(kind=kind, sections=sections, pages=pages)
+        raise _error(str(payload.get("error")), kind, timeout, memory_mb)
+    try:  # the sandbox's answer is checked: a hostile document may have steered the child
+        extracted = msgspec.convert({**payload, "kind": kind}, Extracted)
+    except msgspec.ValidationError:
+        raise _error("crashed", kind, timeout, memory_mb) from None
+    if not extracted.sections:
+        raise _error("no_text", kind, timeout, memory_mb)
+    return extracted
 
 
-def _section(item: Any) -> Section:
-    text, kind, level, page = item
-    if (
-        not isinstance(text, str)
-        or kind not in ("heading", "paragraph")
-        or not isinstance(level, int)
-        or not 0 <= level <= 6
-        or not (page is None or isinstance(page, int))
-    ):
-        raise ValueError("bad section")
-    return Section(text=text, kind=kind, level=level, page=page)
-
-
-def _read_here(path: Path, kind: str) -> dict:
-    sink = Sink()
-    try:
-        READERS[kind](path, sink)
-    except Refused as refused:
-        return {"ok": False, "error": refused.reason}
-    return {"ok": True, "pages": None, "sections": sink.sections}
-
-
-def _message(reason: str, kind: str, timeout: float, memory_mb: int) -> str:
+def _error(reason: str, kind: str, timeout: float, memory_mb: int) -> ExtractionError:
+    """The user's message for ``reason`` (an unknown one reads as ``malformed``)."""
     label = _LABELS[kind]
     text_mb = MAX_TEXT_BYTES // (1024 * 1024)
     messages = {
@@ -330,20 +285,15 @@ def _message(reason: str, kind: str, timeout: float, memory_mb: int) -> str:
         "no_text": f"No text was found in this {label}." + (_SCANNED if kind == "pdf" else ""),
         "malformed": f"This {label} could not be read. It may be damaged or not really a {label}.",
     }
-    return messages[reason]
+    if reason not in messages:
+        reason = "malformed"
+    return ExtractionError(messages[reason], reason)
 
 
 _SCANNED = " It may contain only scanned images; text recognition is not supported."
 
 
-# --- the DOCX container, checked in the parent --------------------------------------------
-
-
-def _check_docx(path: Path) -> None:
-    """Refuse zip bombs and zip-slip names before any child parses the archive."""
-    names = {info.filename for info in check_archive(path)}
-    if "word/document.xml" not in names:
-        raise ExtractionError(_NOT_DOCX, "not_docx")
+# --- zip archives (DOCX files, ZIP uploads), checked in the parent -----------------------
 
 
 def check_archive(path: Path, what: str = "This Word document") -> list[zipfile.ZipInfo]:
@@ -356,16 +306,15 @@ def check_archive(path: Path, what: str = "This Word document") -> list[zipfile.
     """
     bomb = "; it was refused as a possible zip bomb."
     malformed = f"{what} could not be read. It may be damaged."
-    _check_zip_directory(path, what)
+    too_many = f"{what} contains too many files (more than {MAX_ZIP_ENTRIES}){bomb}"
+    _check_zip_directory(path, malformed, too_many)
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
     except (zipfile.BadZipFile, EOFError, ValueError, struct.error, OSError):
         raise ExtractionError(malformed, "malformed") from None
     if len(infos) > MAX_ZIP_ENTRIES:
-        raise ExtractionError(
-            f"{what} contains too many files (more than {MAX_ZIP_ENTRIES}){bomb}", "zip_bomb"
-        )
+        raise ExtractionError(too_many, "zip_bomb")
     names: set[str] = set()
     total = 0
     for info in infos:
@@ -406,7 +355,7 @@ def check_archive(path: Path, what: str = "This Word document") -> list[zipfile.
     return infos
 
 
-def _check_zip_directory(path: Path, what: str) -> None:
+def _check_zip_directory(path: Path, malformed: str, too_many: str) -> None:
     """Read the end-of-central-directory record the way ``zipfile`` does, and refuse a
     directory too big to parse (``zipfile`` builds one object per entry, in the parent)."""
     with path.open("rb") as f:
@@ -419,7 +368,7 @@ def _check_zip_directory(path: Path, what: str) -> None:
     else:
         at = tail.rfind(b"PK\x05\x06")
     if at < 0 or len(tail) - at < 22:
-        raise ExtractionError(f"{what} could not be read. It may be damaged.", "malformed")
+        raise ExtractionError(malformed, "malformed")
     entries, directory_size, directory_offset = struct.unpack("<2xHLL", tail[at + 8 : at + 20])
     if (
         (at >= 20 and tail[at - 20 : at - 16] == b"PK\x06\x07")  # ZIP64: Word never needs it
@@ -427,8 +376,4 @@ def _check_zip_directory(path: Path, what: str) -> None:
         or directory_size > MAX_ZIP_DIRECTORY_BYTES
         or directory_offset == 0xFFFFFFFF
     ):
-        raise ExtractionError(
-            f"{what} contains too many files (more than {MAX_ZIP_ENTRIES}); it "
-            "was refused as a possible zip bomb.",
-            "zip_bomb",
-        )
+        raise ExtractionError(too_many, "zip_bomb")

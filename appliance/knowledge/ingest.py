@@ -22,6 +22,7 @@ from appliance.errors import ApplianceError
 from appliance.inference.client import InferenceClient
 from appliance.knowledge import chunking, extract
 from appliance.knowledge.store import Chunk, Document, KnowledgeStore
+from appliance.tokens import estimate_tokens
 
 log = logging.getLogger(__name__)
 #: Texts per embedding request (chunks of one document or several).
@@ -144,7 +145,7 @@ def _extract_and_chunk(db, settings: Settings, client, doc: Document, path) -> l
 def _counter(client: InferenceClient):
     def count(texts: list[str]) -> list[int]:
         counts = client.count_tokens(texts)
-        return counts if counts is not None else chunking.estimate_tokens(texts)
+        return counts if counts is not None else [estimate_tokens(t) for t in texts]
 
     return count
 

@@ -1,10 +1,8 @@
 """Format readers: the text of a TXT, Markdown, HTML, CSV, JSON, DOCX or PDF file as sections.
 
-Each reader takes a path and a ``Sink`` and adds the sections it finds; ``Refused`` stops
-it with a reason code that ``extract`` turns into the user's message. The sink caps the
-text's size and section count. Readers of formats whose parsers could be driven to
-exhaust memory or time (everything but plain text and Markdown) run only inside the
-sandboxed child process of ``extract``.
+Each reader adds what it finds to a ``Sink``, which caps the text's size and section count;
+``Refused`` stops it with a reason code that ``extract`` turns into the user's message. All
+but the plain text and Markdown readers run only in the sandboxed worker (``sandbox.py``).
 """
 
 from __future__ import annotations
@@ -63,26 +61,26 @@ class Sink:
         self.sections.append([text, kind, level, page])
 
 
+def _newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _clean(text: str) -> str:
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\f", "\n")
+    text = _newlines(text).replace("\f", "\n")
     text = CONTROL.sub("", text)
     return re.sub(r"[ \t]+\n", "\n", text).strip()
 
 
-def _read_limited(path: Path, limit: int, reason: str) -> bytes:
+def _read_text(path: Path, limit: int = MAX_TEXT_BYTES, reason: str = "too_much_text") -> str:
+    """At most ``limit`` bytes, decoded: UTF-8 (BOM allowed), else cp1252/latin-1 if mostly
+    printable; never binary."""
     with path.open("rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise Refused(reason)
-    return data
-
-
-def _decode(data: bytes) -> str:
-    """UTF-8 (BOM allowed), else cp1252/latin-1 if mostly printable; never binary."""
     if b"\x00" in data:
         raise Refused("binary")
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[3:]
+    data = data.removeprefix(codecs.BOM_UTF8)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -96,8 +94,7 @@ def _decode(data: bytes) -> str:
 
 
 def _read_txt(path: Path, sink: Sink) -> None:
-    text = _decode(_read_limited(path, MAX_TEXT_BYTES, "too_much_text"))
-    for block in re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n").replace("\r", "\n")):
+    for block in re.split(r"\n[ \t]*\n", _newlines(_read_text(path))):
         sink.add(block)
 
 
@@ -109,7 +106,6 @@ _LIST_ITEM = re.compile(r"^ {0,3}(?:[-*+]|\d{1,9}[.)])(?:[ \t]|$)")
 
 
 def _read_md(path: Path, sink: Sink) -> None:
-    text = _decode(_read_limited(path, MAX_TEXT_BYTES, "too_much_text"))
     block: list[str] = []
     fence = ""
 
@@ -117,7 +113,7 @@ def _read_md(path: Path, sink: Sink) -> None:
         sink.add("\n".join(block))
         block.clear()
 
-    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+    for line in _newlines(_read_text(path)).split("\n"):
         if fence:  # inside a fenced code block: everything is text, blank lines too
             stripped = line.strip()
             if stripped.startswith(fence) and set(stripped) == {fence[0]}:
@@ -195,8 +191,7 @@ def _read_html(path: Path, sink: Sink) -> None:
             elif self.skip:
                 return
             elif tag in _HEADING_TAGS and self.heading:
-                sink.add(" ".join("".join(self.buffer).split()), "heading", self.heading)
-                self.buffer.clear()
+                sink.add(self.take(), "heading", self.heading)
                 self.heading = 0
             elif tag in ("td", "th"):
                 self.cell = max(0, self.cell - 1)
@@ -217,11 +212,15 @@ def _read_html(path: Path, sink: Sink) -> None:
             else:
                 self.flush()
 
-        def buffer_cell(self) -> None:
+        def take(self) -> str:
+            """The buffered text, whitespace collapsed; the buffer is emptied."""
             text = " ".join("".join(self.buffer).split())
-            if text:
-                self.row.append(text)
             self.buffer.clear()
+            return text
+
+        def buffer_cell(self) -> None:
+            if text := self.take():
+                self.row.append(text)
 
         def flush_row(self) -> None:
             self.buffer_cell()
@@ -236,14 +235,14 @@ def _read_html(path: Path, sink: Sink) -> None:
             sink.add(text)
 
     parser = Text()
-    parser.feed(_decode(_read_limited(path, MAX_MARKUP_BYTES, "too_large")))
+    parser.feed(_read_text(path, MAX_MARKUP_BYTES, "too_large"))
     parser.close()
     parser.flush_row()
     parser.flush()
 
 
 def _read_csv(path: Path, sink: Sink) -> None:
-    text = _decode(_read_limited(path, MAX_TEXT_BYTES, "too_much_text"))
+    text = _read_text(path)
     sample = text[:16384]
     if len(text) > len(sample) and "\n" in sample:
         sample = sample[: sample.rindex("\n")]
@@ -278,14 +277,12 @@ def _read_csv(path: Path, sink: Sink) -> None:
 
 
 def _read_json(path: Path, sink: Sink) -> None:
-    text = _decode(_read_limited(path, MAX_JSON_BYTES, "too_large"))
     try:
-        value = json.loads(text)
+        value = json.loads(_read_text(path, MAX_JSON_BYTES, "too_large"))
     except RecursionError:  # the C decoder stops deep nesting with RecursionError
         raise Refused("too_deep") from None
     except ValueError:
         raise Refused("malformed") from None
-    del text
     lines: list[str] = []
     stack: list[tuple[str, Any, int]] = [("", value, 0)]
     while stack:  # iterative: no recursion on hostile nesting
@@ -333,10 +330,6 @@ class _XmlTarget:
 
     def doctype(self, name: str, pubid: str, system: str) -> None:
         raise Refused("doctype")
-
-    def close(self) -> None: ...
-
-    def data(self, text: str) -> None: ...
 
 
 class _StyleNames(_XmlTarget):
@@ -451,9 +444,8 @@ def _parse_member(zf: zipfile.ZipFile, name: str, target: _XmlTarget) -> None:
 
 def _read_docx(path: Path, sink: Sink) -> None:
     with zipfile.ZipFile(path) as zf:
-        names = set(zf.namelist())
         styles = _StyleNames()
-        if "word/styles.xml" in names:
+        if "word/styles.xml" in zf.namelist():
             _parse_member(zf, "word/styles.xml", styles)
         _parse_member(zf, "word/document.xml", _DocumentText(sink, styles.names))
 
@@ -476,6 +468,16 @@ def _read_pdf(path: Path, sink: Sink) -> int:
         for block in re.split(r"\n[ \t]*\n", page.extract_text() or ""):
             sink.add(block, page=number)
     return pages
+
+
+def read(kind: str, path: Path) -> dict[str, Any]:
+    """``{"ok": True, "sections", "pages"}``, or ``{"ok": False, "error": reason}``."""
+    sink = Sink()
+    try:
+        pages = READERS[kind](path, sink)
+    except Refused as refused:
+        return {"ok": False, "error": refused.reason}
+    return {"ok": True, "pages": pages, "sections": sink.sections}
 
 
 READERS: dict[str, Any] = {

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import resource
 import selectors
 import signal
 import struct
@@ -30,9 +31,8 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any
 
-from appliance.knowledge.readers import MAX_SECTIONS, MAX_TEXT_BYTES, READERS, Refused, Sink
+from appliance.knowledge.readers import MAX_SECTIONS, MAX_TEXT_BYTES, read
 
 log = logging.getLogger(__name__)
 
@@ -197,39 +197,27 @@ def _child_main(argv: list[str]) -> None:
 
 def _answer(kind: str, path: Path) -> bytes:
     reserve = bytearray(1 << 20)  # freed on MemoryError, so the answer can still be sent
-    sink = Sink()
     try:
-        pages = READERS[kind](path, sink)
-        if not sink.sections:
-            raise Refused("no_text")
-        result: dict[str, Any] = {"ok": True, "pages": pages, "sections": sink.sections}
-    except Refused as refused:
-        result = {"ok": False, "error": refused.reason}
+        return json.dumps(read(kind, path), ensure_ascii=False).encode("utf-8")
     except MemoryError:
         del reserve
-        sink.sections = []
-        result = {"ok": False, "error": "memory"}
-    except Exception:  # a parser's exception on hostile input: report, never show it
-        result = {"ok": False, "error": "malformed"}
-    try:
-        return json.dumps(result, ensure_ascii=False).encode("utf-8")
-    except MemoryError:
-        result = sink = None  # type: ignore[assignment]
         return b'{"ok": false, "error": "memory"}'
+    except Exception:  # a parser's exception on hostile input: report, never show it
+        return b'{"ok": false, "error": "malformed"}'
 
 
 def _limit_memory(memory_mb: int) -> None:
-    import resource
-
+    """Address space and core dumps capped, below any hard limit already set."""
     memory = memory_mb * 1024 * 1024
-    _cap(resource.RLIMIT_AS, memory, memory)
-    _cap(resource.RLIMIT_CORE, 0, 0)
+    for which, limit in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_CORE, 0)):
+        hard = resource.getrlimit(which)[1]
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(which, (limit, limit))
 
 
 def _limit_cpu(seconds: int) -> None:
     """SIGXCPU (which ends the child) once this job has used ``seconds`` of CPU."""
-    import resource
-
     usage = resource.getrusage(resource.RUSAGE_SELF)
     used = math.ceil(usage.ru_utime + usage.ru_stime)
     hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
@@ -237,15 +225,6 @@ def _limit_cpu(seconds: int) -> None:
     if hard != resource.RLIM_INFINITY:
         soft = min(soft, hard)
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
-
-
-def _cap(which: int, soft: int, hard: int) -> None:
-    import resource
-
-    current = resource.getrlimit(which)[1]
-    if current != resource.RLIM_INFINITY:
-        soft, hard = min(soft, current), min(hard, current)
-    resource.setrlimit(which, (soft, hard))
 
 
 if __name__ == "__main__":

@@ -290,11 +290,8 @@ def voice_block(db: sqlite_utils.Database, settings: Settings, account_id: str) 
     when no excerpt fits.
     """
     budget = settings.persona.voice_token_budget
-    by_sample: dict[str, list[VoiceExcerpt]] = {}
-    for excerpt in PersonaStore(db).excerpts(account_id):
-        by_sample.setdefault(excerpt.sample_id, []).append(excerpt)
-    turns = max((len(v) for v in by_sample.values()), default=0)
-    ordered = [group[i] for i in range(turns) for group in by_sample.values() if i < len(group)]
+    # Excerpts come sample by sample; a stable sort by position makes the samples take turns.
+    ordered = sorted(PersonaStore(db).excerpts(account_id), key=lambda e: e.position)
     lines: list[str] = []
     for excerpt in ordered:
         candidate = [*lines, f"- {excerpt.text}"]

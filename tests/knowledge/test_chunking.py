@@ -2,8 +2,9 @@
 
 import itertools
 
-from appliance.knowledge.chunking import chunk_sections, estimate_tokens, split_sentences
+from appliance.knowledge.chunking import chunk_sections, split_sentences
 from appliance.knowledge.extract import Section
+from appliance.tokens import estimate_tokens
 
 
 def words(texts):
@@ -53,4 +54,4 @@ def test_a_sentence_longer_than_a_chunk_is_split():
 def test_sentence_split_and_estimate():
     assert split_sentences("One. Two! Three?\nFour") == ["One.", "Two!", "Three?", "Four"]
     assert split_sentences("e.g. this stays") == ["e.g. this stays"]
-    assert estimate_tokens(["abcd" * 10]) == [10]
+    assert estimate_tokens("abcd" * 10) == 10
