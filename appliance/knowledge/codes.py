@@ -1,12 +1,16 @@
-"""The vector leg for large accounts: a binary first pass in RAM, then exact rescoring.
+"""The vector leg for large accounts: a binary first pass in RAM, an int8 re-ranking,
+then exact rescoring.
 
 sqlite-vec compares a query with every vector of the account (no ANN index), which takes
 too long past a few hundred thousand chunks on a small CPU, and its ``bit`` vectors are no
 faster there (docs/benchmarks.md). So each chunk row also keeps its vector's sign bits
 (``chunks.code``, 48 bytes for 384 dimensions); for an account with more than
 ``QUANTIZED_ABOVE`` chunks the search loads them once into a NumPy array (kept per
-process, refreshed from the rows added since), ranks them by Hamming distance to the
-query's bits, and rescores the ``RESCORE`` closest with their exact vectors from vec0.
+process, refreshed from the rows added since) and ranks them by Hamming distance to the
+query's bits. Sign bits alone cannot order near-duplicates, so the ``CANDIDATES`` closest
+are re-ranked with the account's int8 copy (matrix.quantized, made in the background at the
+first search) and the ``RESCORE`` best of those rescored with their exact vectors from
+vec0. Until the copy is there, the ``RESCORE`` closest by Hamming distance are rescored.
 """
 
 from __future__ import annotations
@@ -18,11 +22,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from appliance.knowledge import matrix
+
 #: Accounts with at least this many chunks use the binary first pass. It is lossy: on the
 #: benchmark's near-duplicate-heavy vectors it keeps 85% of exact KNN's top 10 at 100k
 #: chunks and 48% at 1M (docs/benchmarks.md), so below this size exact KNN stays.
 QUANTIZED_ABOVE = 250_000
-#: Candidates of the first pass rescored exactly.
+#: Candidates of the first pass re-ranked with the int8 copy.
+CANDIDATES = 8_000
+#: Candidates rescored exactly (those the int8 copy ranks first, or, without a copy, those
+#: of the first pass).
 RESCORE = 400
 #: Accounts whose codes one process keeps (least recently searched dropped first).
 CACHED_ACCOUNTS = 16
@@ -44,18 +53,42 @@ def code(vector: Sequence[float]) -> bytes:
     return np.packbits(np.asarray(vector, dtype=np.float32) > 0).tobytes()
 
 
-def nearest(store, path: str, account_id: str, vector: Sequence[float], k: int) -> list[int]:
-    """The ``k`` chunks closest to ``vector`` (cosine), through the binary first pass."""
+def nearest(
+    store, path: str, account_id: str, vector: Sequence[float], k: int, *, int8: bool = True
+) -> list[int]:
+    """The ``k`` chunks closest to ``vector`` (cosine), through the binary first pass and,
+    once the account has one (and with ``int8``), its int8 copy."""
+    copy = matrix.quantized(store, path, account_id) if int8 else None
     codes = _codes(store, path, account_id)
+    if copy is None:
+        return rescored(store, first_pass(codes, vector, RESCORE), vector, k)
+    candidates = first_pass(codes, vector, CANDIDATES)
+    rows = np.minimum(np.searchsorted(copy.ids, candidates), len(copy.ids) - 1)
+    copied = copy.ids[rows] == candidates  # rows written since: rescored in any case
+    rows = rows[copied]
+    scores = copy.scores(rows, vector)
+    if len(scores) > RESCORE:
+        rows = rows[np.argpartition(-scores, RESCORE - 1)[:RESCORE]]
+    return rescored(store, np.concatenate([copy.ids[rows], candidates[~copied]]), vector, k)
+
+
+def first_pass(codes: _Codes, vector: Sequence[float], n: int) -> np.ndarray:
+    """The ids of the ``n`` codes closest to ``vector``'s by Hamming distance, in no order."""
     query = np.frombuffer(code(vector), dtype=np.uint8)
     query = np.pad(query, (0, codes.bits.shape[1] * 8 - len(query))).view(np.uint64)
     distance = np.bitwise_count(codes.bits ^ query).sum(axis=1, dtype=np.int32)
-    take = min(RESCORE, len(distance))
-    candidates = codes.ids[np.argpartition(distance, take - 1)[:take]]
+    take = min(n, len(distance))
+    if not take:
+        return codes.ids[:0]
+    return codes.ids[np.argpartition(distance, take - 1)[:take]]
+
+
+def rescored(store, candidates: np.ndarray, vector: Sequence[float], k: int) -> list[int]:
+    """The ``k`` of ``candidates`` closest to ``vector`` by their exact vectors."""
     found = store.vectors(candidates.tolist())
     ids = np.fromiter(found, dtype=np.int64, count=len(found))
-    matrix = np.frombuffer(b"".join(found.values()), dtype=np.float32).reshape(len(found), -1)
-    scores = matrix @ np.asarray(vector, dtype=np.float32)
+    rows = np.frombuffer(b"".join(found.values()), dtype=np.float32).reshape(len(found), -1)
+    scores = rows @ np.asarray(vector, dtype=np.float32)
     return ids[np.argsort(-scores, kind="stable")[:k]].tolist()
 
 

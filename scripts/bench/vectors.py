@@ -19,6 +19,7 @@ account's codes into RAM: that time is reported apart.
 
 from __future__ import annotations
 
+import json
 import shutil
 import statistics
 import sys
@@ -79,6 +80,26 @@ def fill(db, account_id: str, vectors: np.ndarray, log) -> float:
     return time.perf_counter() - started
 
 
+def load_vectors(args, size: int, work: Path, threads, keep: Path | None, log):
+    """The passage vectors, the query vectors and the cosines of the derived vectors and of
+    real variants to their originals: from ``keep`` when a run left them there."""
+    saved = keep / f"vectors-{SEED}-{size}-{args.real}-{args.queries}.npz" if keep else None
+    if saved and saved.exists():
+        log(f"reusing {saved}")
+        with np.load(saved) as data:
+            return data["vectors"], data["queries"].tolist(), data["cosines"].tolist()
+    engine = load_engine(models_settings(args.data_dir, work, threads)).embedding
+    corpus = build_corpus(SEED, size, args.queries, args.real)
+    log(f"embedding {args.real} passages and {args.queries} queries, deriving the rest")
+    emb = embed_corpus(corpus, engine, SEED, log)
+    queries = [emb.queries[q.text] for q in corpus.queries]
+    cosines = [emb.derived_cosine, emb.variant_cosine]
+    if saved:
+        keep.mkdir(parents=True, exist_ok=True)
+        np.savez(saved, vectors=emb.vectors, queries=np.asarray(queries), cosines=cosines)
+    return emb.vectors, queries, cosines
+
+
 def main() -> int:
     parser = bench_parser(__doc__)
     parser.add_argument("--sizes", default="100000,1000000")
@@ -86,6 +107,12 @@ def main() -> int:
     parser.add_argument("--real", type=int, default=2000, help="passages embedded for real")
     parser.add_argument("--data-dir", type=Path, help="data dir with the models installed")
     parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: cores)")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="keep the vectors and the filled databases in this folder and reuse them on the "
+        "next run with the same --sizes, --queries and --real (1M takes minutes to build)",
+    )
     args = parser.parse_args()
     threads = {"inference.n_threads": args.threads} if args.threads else None
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -94,36 +121,42 @@ def main() -> int:
         print(message, flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="bench-vectors-"))
+    keep = args.keep.absolute() if args.keep else None
     try:
-        model_settings = models_settings(args.data_dir, work, threads)
-        engine = load_engine(model_settings).embedding
-        corpus = build_corpus(SEED, sizes[-1], args.queries, args.real)
-        log(f"embedding {args.real} passages and {args.queries} queries, deriving the rest")
-        emb = embed_corpus(corpus, engine, SEED, log)
-        del engine
-        queries = [emb.queries[q.text] for q in corpus.queries]
+        vectors, queries, cosines = load_vectors(args, sizes[-1], work, threads, keep, log)
         rows = []
         for size in sizes:
-            settings = Settings.load(data_dir=work / f"size-{size}", environ={})
-            initialise(settings)
+            built = keep / f"size-{size}-{args.real}" if keep else work / f"size-{size}"
+            settings = Settings.load(data_dir=built, environ={})
+            if not (built / "filled.json").exists():
+                shutil.rmtree(built, ignore_errors=True)
+                initialise(settings)
             db = open_db(settings)
             try:
-                _, account = accounts.create_user(db, "a@bench.example", datetime.now(UTC))
-                log(f"size {size:,}: writing")
-                seconds = fill(db, account.id, emb.vectors[:size], log)
+                if (built / "filled.json").exists():
+                    filled = json.loads((built / "filled.json").read_text())
+                    log(f"size {size:,}: reusing {built}")
+                else:
+                    _, account = accounts.create_user(db, "a@bench.example", datetime.now(UTC))
+                    log(f"size {size:,}: writing")
+                    seconds = fill(db, account.id, vectors[:size], log)
+                    filled = {"account": account.id, "seconds": seconds}
+                    (built / "filled.json").write_text(json.dumps(filled))
+                seconds = filled["seconds"]
+                account_id = filled["account"]
                 store = KnowledgeStore(db)
                 t = time.perf_counter()
-                store.nearest(account.id, queries[0], 10)
+                store.nearest(account_id, queries[0], 10)
                 first = (time.perf_counter() - t) * 1000
                 quantized = size >= codes.QUANTIZED_ABOVE
                 times = {"exact": [], "nearest": []}
                 recall = []
                 for vector in queries:
                     t = time.perf_counter()
-                    truth = exact(db, account.id, vector, 10)
+                    truth = exact(db, account_id, vector, 10)
                     times["exact"].append((time.perf_counter() - t) * 1000)
                     t = time.perf_counter()
-                    found = store.nearest(account.id, vector, 10)
+                    found = store.nearest(account_id, vector, 10)
                     times["nearest"].append((time.perf_counter() - t) * 1000)
                     recall.append(len(set(found) & set(truth)) / 10)
                 row = [
@@ -141,7 +174,8 @@ def main() -> int:
                 log("  " + " | ".join(row))
             finally:
                 db.close()
-                shutil.rmtree(settings.paths.data_dir, ignore_errors=True)
+                if not keep:
+                    shutil.rmtree(built, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     header = [
@@ -160,8 +194,8 @@ def main() -> int:
         [
             "Vectors",
             f"{args.real:,} real all-MiniLM-L6-v2 passages, the rest calibrated variants "
-            f"(cosine to their original {emb.derived_cosine:.3f}, real variants "
-            f"{emb.variant_cosine:.3f}); {args.queries} real query embeddings",
+            f"(cosine to their original {cosines[0]:.3f}, real variants "
+            f"{cosines[1]:.3f}); {args.queries} real query embeddings",
         ],
         [
             "Settings",
