@@ -9,7 +9,7 @@ faster there (docs/benchmarks.md). So each chunk row also keeps its vector's sig
 process, refreshed from the rows added since) and ranks them by Hamming distance to the
 query's bits. Sign bits alone cannot order near-duplicates, so the ``CANDIDATES`` closest
 are re-ranked with the account's int8 copy (matrix.quantized, made in the background at the
-first search) and the ``RESCORE`` best of those rescored with their exact vectors from
+first search) and the ``RERANKED`` best of those rescored with their exact vectors from
 vec0. Until the copy is there, the ``RESCORE`` closest by Hamming distance are rescored.
 """
 
@@ -28,11 +28,12 @@ from appliance.knowledge import matrix
 #: benchmark's near-duplicate-heavy vectors it keeps 85% of exact KNN's top 10 at 100k
 #: chunks and 48% at 1M (docs/benchmarks.md), so below this size exact KNN stays.
 QUANTIZED_ABOVE = 250_000
-#: Candidates of the first pass re-ranked with the int8 copy.
-CANDIDATES = 8_000
-#: Candidates rescored exactly (those the int8 copy ranks first, or, without a copy, those
-#: of the first pass).
+#: Candidates of the first pass rescored exactly while the account has no int8 copy.
 RESCORE = 400
+#: With the copy: candidates of the first pass re-ranked by it, and how many of its best
+#: are rescored exactly (one vec0 lookup each).
+CANDIDATES = 8_000
+RERANKED = 50
 #: Accounts whose codes one process keeps (least recently searched dropped first).
 CACHED_ACCOUNTS = 16
 
@@ -67,8 +68,8 @@ def nearest(
     copied = copy.ids[rows] == candidates  # rows written since: rescored in any case
     rows = rows[copied]
     scores = copy.scores(rows, vector)
-    if len(scores) > RESCORE:
-        rows = rows[np.argpartition(-scores, RESCORE - 1)[:RESCORE]]
+    if len(scores) > RERANKED:
+        rows = rows[np.argpartition(-scores, RERANKED - 1)[:RERANKED]]
     return rescored(store, np.concatenate([copy.ids[rows], candidates[~copied]]), vector, k)
 
 

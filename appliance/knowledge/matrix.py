@@ -36,8 +36,9 @@ IN_RAM_FROM = 20_000
 BUDGET_BYTES = 512 << 20
 
 _lock = threading.Lock()
-_cache: OrderedDict[tuple[str, str], _Matrix] = OrderedDict()
-_loading: set[tuple[str, str]] = set()
+#: Copies by (database path, account id, int8 or not).
+_cache: OrderedDict[tuple[str, str, bool], _Matrix] = OrderedDict()
+_loading: set[tuple[str, str, bool]] = set()
 
 
 @dataclass
@@ -82,15 +83,11 @@ def quantized(store, path: str, account_id: str) -> _Matrix | None:
 
 
 def _copy(store, path: str, account_id: str, quantized: bool) -> _Matrix | None:
-    key = (path, account_id)
+    key = (path, account_id, quantized)
     deletions = store.meta("deletions")
     with _lock:
         matrix = _cache.get(key)
-        if (
-            matrix is not None
-            and matrix.deletions == deletions
-            and (matrix.scales is not None) == quantized
-        ):
+        if matrix is not None and matrix.deletions == deletions:
             _cache.move_to_end(key)
         else:
             _cache.pop(key, None)
@@ -99,12 +96,12 @@ def _copy(store, path: str, account_id: str, quantized: bool) -> _Matrix | None:
         chunks = store.account_chunks(account_id)
         row_bytes = (1 if quantized else 4) * int(store.meta("embedding_dim"))
         if chunks >= IN_RAM_FROM and chunks * row_bytes <= BUDGET_BYTES:
-            _start_loading(type(store), key, quantized)
+            _start_loading(type(store), key)
         return None
     return _refresh(store, key, matrix)
 
 
-def _refresh(store, key: tuple[str, str], matrix: _Matrix) -> _Matrix:
+def _refresh(store, key: tuple[str, str, bool], matrix: _Matrix) -> _Matrix:
     """``matrix`` with the account's chunks written since it was made."""
     newer = store.chunk_ids(key[1], matrix.last_id)
     if not newer:
@@ -131,20 +128,18 @@ def _refresh(store, key: tuple[str, str], matrix: _Matrix) -> _Matrix:
     return grown
 
 
-def _start_loading(store_type, key: tuple[str, str], quantized: bool) -> None:
+def _start_loading(store_type, key: tuple[str, str, bool]) -> None:
     with _lock:
         if key in _loading:
             return
         _loading.add(key)
-    threading.Thread(
-        target=_load, args=(store_type, key, quantized), name="kb-matrix", daemon=True
-    ).start()
+    threading.Thread(target=_load, args=(store_type, key), name="kb-matrix", daemon=True).start()
 
 
-def _load(store_type, key: tuple[str, str], quantized: bool) -> None:
+def _load(store_type, key: tuple[str, str, bool]) -> None:
     """Copy the account's vectors, through a ``store_type`` (the KnowledgeStore) on a read
     connection of its own, a batch at a time into arrays made once."""
-    path, account_id = key
+    path, account_id, quantized = key
     try:
         db = open_reader(path)
         try:

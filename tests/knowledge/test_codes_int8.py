@@ -47,6 +47,7 @@ def test_the_int8_stage_finds_the_nearest_chunk_the_sign_bits_rank_far(db, clock
     first."""
     monkeypatch.setattr(codes, "CANDIDATES", 400)
     monkeypatch.setattr(codes, "RESCORE", 10)
+    monkeypatch.setattr(codes, "RERANKED", 10)
     rng = np.random.default_rng(5)
     a, b = (accounts.create_user(db, f"{n}@example.com", clock())[1].id for n in "ab")
     query = unit(np.r_[1.0, np.full(DIM - 1, 0.001)])
