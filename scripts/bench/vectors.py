@@ -1,20 +1,23 @@
-"""Benchmark the vector leg at scale: vec0's exact KNN against the binary first pass.
+"""Benchmark the vector leg at scale: vec0's exact KNN against each stage of codes.py.
 
 Usage::
 
-    .venv/bin/python scripts/bench/vectors.py [--sizes 100000,1000000] [--queries 100] [--record]
+    .venv/bin/python scripts/bench/vectors.py [--sizes 100000,1000000] [--queries 100]
+        [--keep DIR] [--record]
 
 Vectors as in scripts/bench/retrieval.py: ``--real`` passages of its labelled corpus
 embedded for real with the bundled all-MiniLM-L6-v2 (in process), the rest calibrated
 near-duplicate variants of them (the original's vector plus Gaussian noise, re-normalised,
 the noise matched to real variants' cosine); the queries are the corpus's real query
 embeddings. Every chunk goes in through ``KnowledgeStore.add_chunks`` (chunk row with its
-code, FTS5 row, vec0 row), 1,000 a transaction, for one account. Measured per size: the
-exact vec0 KNN (what ``store.nearest`` did before) and ``store.nearest`` as it is (the
-binary first pass in RAM and exact rescoring of ``codes.RESCORE`` candidates above
-``codes.QUANTIZED_ABOVE`` chunks), interleaved query by query; recall@10 is the share of
-the exact top 10 the first pass returns. The first search of a size also loads the
-account's codes into RAM: that time is reported apart.
+code, FTS5 row, vec0 row), 1,000 a transaction, for one account; with ``--keep`` the
+vectors and the filled databases stay in DIR and the next run reuses them. Measured per
+size, once the in-RAM copies are made, query by query in turn: the exact vec0 KNN,
+``store.nearest`` as routed, and codes.py's paths: the binary first pass, the int8
+re-ranking of ``codes.CANDIDATES`` and exact rescoring of ``codes.RERANKED`` (or 10), and
+the binary first pass with exact rescoring of ``codes.RESCORE`` alone (what accounts past
+``codes.QUANTIZED_ABOVE`` used before the int8 stage). recall@10 is the share of the exact
+top 10 a path returns.
 """
 
 from __future__ import annotations
