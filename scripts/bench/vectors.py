@@ -48,7 +48,7 @@ from appliance.inference.engine import load_engine
 from appliance.knowledge import codes, matrix
 from appliance.knowledge.store import Chunk, Document, KnowledgeStore
 
-SECTION = "## Vector leg at scale (scripts/bench/vectors.py)"
+SECTION = "## Vector leg at scale: binary, int8, exact (scripts/bench/vectors.py)"
 PER_DOC = 1000
 
 
