@@ -24,9 +24,11 @@ import numpy as np
 
 from appliance.knowledge import matrix
 
-#: Accounts with at least this many chunks use the binary first pass. It is lossy: on the
-#: benchmark's near-duplicate-heavy vectors it keeps 85% of exact KNN's top 10 at 100k
-#: chunks and 48% at 1M (docs/benchmarks.md), so below this size exact KNN stays.
+#: Accounts with at least this many chunks use these stages. They are lossy: on the
+#: benchmark's near-duplicate-heavy vectors they keep 99.8% of exact KNN's top 10 at 100k
+#: chunks and 96.9% at 1M (with the int8 copy; the first pass alone with 400 rescored 84%
+#: and 48%, docs/benchmarks.md), so below this size exact KNN stays (matrix.py's float32
+#: copy is as fast there).
 QUANTIZED_ABOVE = 250_000
 #: Candidates of the first pass rescored exactly while the account has no int8 copy.
 RESCORE = 400

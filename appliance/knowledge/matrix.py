@@ -94,7 +94,8 @@ def _copy(store, path: str, account_id: str, quantized: bool) -> _Matrix | None:
             matrix = None
     if matrix is None:
         chunks = store.account_chunks(account_id)
-        row_bytes = (1 if quantized else 4) * int(store.meta("embedding_dim"))
+        dim = int(store.meta("embedding_dim"))
+        row_bytes = dim + 4 + 8 if quantized else 4 * dim + 8  # the vector, scale and id
         if chunks >= IN_RAM_FROM and chunks * row_bytes <= BUDGET_BYTES:
             _start_loading(type(store), key)
         return None

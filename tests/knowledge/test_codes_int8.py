@@ -113,3 +113,18 @@ def test_int8_and_float_copies_share_one_budget(world, monkeypatch):
         assert time.monotonic() < deadline, "B's copy was never made"
         time.sleep(0.05)
     assert matrix.quantized(store, path, a) is None  # A's was dropped for it: one budget
+
+
+def test_the_first_pass_takes_the_n_closest_codes(world):
+    db, a, _, path, rng, centres = world
+    store = KnowledgeStore(db)
+    ids, blobs = store.codes(a, 0)
+    bits = np.unpackbits(np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(ids), -1))
+    bits = bits.reshape(len(ids), -1)
+    for query in vectors(rng, 5, centres):
+        distance = dict(zip(ids, (bits != (query > 0)).sum(axis=1), strict=True))
+        for n in (1, 7, 400, 2999):
+            found = codes.first_pass(codes._codes(store, path, a), query, n)
+            assert len(set(found.tolist())) == n
+            assert max(distance[i] for i in found.tolist()) == sorted(distance.values())[n - 1]
+        assert len(codes.first_pass(codes._codes(store, path, a), query, 5000)) == 3000
