@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import sqlite_utils
@@ -363,16 +363,15 @@ class KnowledgeStore:
         sql = "select id from chunks where account_id = ? and id > ? order by id"
         return [row[0] for row in self.db.execute(sql, [account_id, after])]
 
-    def account_vectors(self, account_id: str) -> tuple[list[int], bytearray, int]:
-        """All the account's vectors: chunk ids, the float32 rows joined, dimensions."""
-        ids, rows = [], bytearray()
-        for rowid, blob in self.db.execute(
-            "select rowid, embedding from chunk_vectors where account_id = ?",
-            [account_id],
-        ):
-            ids.append(rowid)
-            rows += blob
-        return ids, rows, int(self.meta("embedding_dim") or 0)
+    def account_vectors(
+        self, account_id: str, batch: int = 10_000
+    ) -> Iterator[tuple[list[int], bytes]]:
+        """All the account's vectors, ``batch`` at a time: chunk ids, float32 rows joined."""
+        cursor = self.db.execute(
+            "select rowid, embedding from chunk_vectors where account_id = ?", [account_id]
+        )
+        while rows := cursor.fetchmany(batch):
+            yield [row[0] for row in rows], b"".join(row[1] for row in rows)
 
     def codes(self, account_id: str, after: int) -> tuple[list[int], list[bytes]]:
         """The account's chunk ids above ``after`` with their vectors' sign bits."""
