@@ -82,9 +82,9 @@ from appliance.config import Settings
 from appliance.db import open_db, write_transaction
 from appliance.inference.base import physical_cores
 from appliance.inference.engine import load_engine
-from appliance.knowledge import chunking
 from appliance.knowledge import search as kb_search
 from appliance.knowledge.store import Chunk, Document, KnowledgeStore
+from appliance.tokens import estimate_tokens
 
 SECTION = "## Retrieval (scripts/bench/retrieval.py)"
 COLLECTION_SECTION = "## Retrieval on a test collection (scripts/bench/retrieval.py --collection)"
@@ -807,7 +807,7 @@ def ingest_tier(
     last = t_start
     for d, passages in enumerate(docs):
         texts = [corpus.text(i) for i in passages]
-        counts = chunking.estimate_tokens(texts)  # the worker's fallback counter
+        counts = [estimate_tokens(t) for t in texts]  # the worker's fallback counter
         chunks = [
             Chunk(position=p, text=text, page=None, heading=corpus.heading(i), tokens=tokens)
             for p, (i, text, tokens) in enumerate(zip(passages, texts, counts, strict=True))
