@@ -206,6 +206,24 @@ async def measure(
     }
 
 
+def served_engine(settings: Settings, threads: int) -> BatchedChatEngine:
+    """The chat engine as the service runs it on a CPU: 8 slots, 8 cached prefixes, n_ctx 8192."""
+    registry = models.load_registry(settings)
+    model = registry.resolve("chat", settings.inference.chat_model)
+    return BatchedChatEngine(
+        model,
+        registry.path(model),
+        n_ctx=8192,
+        n_threads=threads,
+        n_gpu_layers=0,
+        flash_attn=False,
+        kv_cache_type="f16",
+        parallel=8,
+        prompt_chunk_tokens=settings.inference.prompt_chunk_tokens,
+        prefix_cache_entries=8,
+    )
+
+
 def load_engines(settings: Settings, parallel: int, chunk: int):
     cfg = settings.inference
     registry = models.load_registry(settings)

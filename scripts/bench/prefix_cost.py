@@ -21,11 +21,10 @@ import statistics
 import sys
 import time
 
-from batching import Stream, chat_request, consume, messages
+from batching import Stream, chat_request, consume, messages, served_engine
 from common import bench_data_dir, bench_parser, cpu_model, load_average, text_table
 
-from appliance.inference import models, scheduler
-from appliance.inference.batching import BatchedChatEngine
+from appliance.inference import scheduler
 
 PAIRS = [("lake", "town"), ("hill", "river"), ("road", "field"), ("tree", "wood"), ("barn", "farm")]
 FACTS = " ".join(f"Fact {i}: the {a} is near the {b}." for i, (a, b) in enumerate(PAIRS * 18))
@@ -38,20 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as stack:
         settings = bench_data_dir(stack, args.data_dir)
-        registry = models.load_registry(settings)
-        model = registry.resolve("chat", settings.inference.chat_model)
-        engine = BatchedChatEngine(
-            model,
-            registry.path(model),
-            n_ctx=8192,
-            n_threads=args.threads,
-            n_gpu_layers=0,
-            flash_attn=False,
-            kv_cache_type="f16",
-            parallel=8,
-            prompt_chunk_tokens=settings.inference.prompt_chunk_tokens,
-            prefix_cache_entries=8,
-        )
+        engine = served_engine(settings, args.threads)
         stack.callback(engine.close)
         chat = scheduler.Scheduler("chat", engine, queue_size=64, per_account=8)
         chat.start()
