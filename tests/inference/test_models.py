@@ -106,6 +106,38 @@ def test_install_defaults_again_changes_nothing(models_dir):
     assert {name: (models_dir / name).stat().st_mtime_ns for name in mtimes} == mtimes
 
 
+def test_install_defaults_replaces_an_older_conversion_of_the_embedding_model(models_dir, tmp_path):
+    """An install made before the F16 conversion gets it at its next install-defaults,
+    and its F32 file goes (nothing else in the registry names it)."""
+    settings = make_settings(tmp_path)
+    place(models_dir / CHAT_FILE, settings.paths.models / CHAT_FILE)
+    old = place(models_dir / EMBED_FILE, settings.paths.models / "all-MiniLM-L6-v2.f32.gguf")
+    registry = models.load_registry(settings)
+    models.register(
+        registry,
+        models.DEFAULT_CHAT,
+        settings.paths.models / CHAT_FILE,
+        kind="chat",
+        license="Apache-2.0",
+        source="test",
+    )
+    models.register(
+        registry,
+        models.DEFAULT_EMBEDDING,
+        old,
+        kind="embedding",
+        license="Apache-2.0",
+        source="test",
+    )
+
+    installed = models.install_defaults(settings, log=lambda message: None)
+
+    assert [m.id for m in installed] == [models.DEFAULT_EMBEDDING]
+    assert models.load_registry(settings).resolve("embedding").file == EMBED_FILE
+    assert not old.exists()
+    assert sorted(p.name for p in settings.paths.models.glob("*.gguf")) == [CHAT_FILE, EMBED_FILE]
+
+
 def test_resolve_refuses_a_model_of_the_wrong_kind(models_dir):
     registry = models.load_registry(shared_settings(models_dir))
     with pytest.raises(InvalidInput, match="embedding model, not a chat model"):
