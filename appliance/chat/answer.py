@@ -89,11 +89,14 @@ async def answer(
     content: str | None = None,
     edit_message_id: str | None = None,
     status: bool = True,
+    on_turn: Callable[[str], None] | None = None,
 ) -> AsyncIterator[Event]:
     """Ask ``content`` in the conversation (as a new version of the question
     ``edit_message_id`` when given; with neither, answer the last question again, as
     ``service.prepare_turn`` says) and answer it. ``status``: whether to say what happens
     before the first token (it asks the inference service how many requests wait).
+    ``on_turn``: told the instance's id once the turn is prepared, before the billing hold
+    (the request log names the instance of a refused turn too).
 
     ``db`` is used until ``Started``; the answer is stored on a connection of its own.
     """
@@ -110,6 +113,8 @@ async def answer(
             edit_message_id=edit_message_id,
         )
     )
+    if on_turn is not None:
+        on_turn(turn.instance.id)
     try:
         metered = await Metered.start(
             db,

@@ -319,10 +319,9 @@ async def respond(
         content=content,
         edit_message_id=edit_message_id,
         status=stream,
+        on_turn=None if request is None else lambda i: setattr(request.state, "instance_id", i),
     )
     started = await anext(events)  # answer.Started, once the turn is prepared
-    if request is not None:
-        request.state.instance_id = started.instance_id  # for the request log (no content)
     if stream:
         return event_stream(_sse(started, events, draw))
     end = [e async for e in events if isinstance(e, answer.Done | answer.Failed)][-1]

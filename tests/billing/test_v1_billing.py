@@ -100,3 +100,28 @@ def test_billing_off_chat_works_and_no_stripe_request_is_made(v1_app, stripe_sta
     assert entry.amount_microusd == 0 and entry.completion_tokens > 0  # metered, not charged
     assert ledger.balance(db, account_id) == 0
     assert stripe_standin.requests == []
+
+
+def test_a_refused_chat_turn_is_logged_with_its_instance(
+    linked_settings,
+    models_dir,
+    stripe_standin,  # noqa: F811
+    db,
+    clock,
+):
+    """Out of credit: the 402 is in the request log under the instance it was for."""
+    config = linked_settings.paths.data_dir / "appliance.toml"
+    base = config.read_text().split("[billing]")[0]
+    config.write_text(base + billing_config(stripe_standin.url, enabled=True))
+    settings = make_settings(linked_settings.paths.data_dir)
+    with managed_app(settings, models_dir, db, clock) as (_app, _account_id, client):
+        instance = client.post("/api/instances", json={"name": "a", "knowledge": False}).json()
+        conversation = client.post("/api/conversations", json={"instance_id": instance["id"]})
+        path = f"/api/conversations/{conversation.json()['id']}/messages"
+        refused = client.post(path, json={"content": "Hello?"})
+    assert refused.status_code == 402, refused.text
+    logged = db.execute(
+        "select instance_id from request_log where status = 402 and path = ?",
+        ["/api/conversations/{conversation_id}/messages"],
+    ).fetchall()
+    assert logged == [(instance["id"],)]
