@@ -37,9 +37,9 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Started:
     """The turn is prepared and its hold reserved; ``user``: the stored question
-    (``message_view``), None when the last question is answered again."""
+    (``message_view``), None when the last question is answered again. (The instance goes
+    to ``on_turn`` before the hold, so a refused turn is logged under it too.)"""
 
-    instance_id: str
     user: dict[str, Any] | None
 
 
@@ -165,7 +165,7 @@ async def answer(
 
     failed: ApplianceError | None = None
     try:
-        yield Started(turn.instance.id, user)
+        yield Started(user)
         if status:
             waiting = await _waiting(client)
             yield Status(status_text(len(turn.composed.passages), waiting))
