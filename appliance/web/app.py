@@ -22,7 +22,6 @@ from appliance import vault
 from appliance.clock import Clock, utcnow
 from appliance.config import Settings
 from appliance.db import open_db, open_reader
-from appliance.inference.client import InferenceClient
 from appliance.privacy import policy
 from appliance.tasks import TaskQueue, create_queue
 from appliance.web import (
@@ -126,9 +125,6 @@ def create_app(
         dependencies={
             "settings": Provide(lambda: settings, sync_to_thread=False),
             "db": Provide(provide_db),
-            "inference": Provide(
-                lambda: InferenceClient.from_settings(settings), sync_to_thread=False
-            ),
             "queue": Provide(lambda: task_queue, sync_to_thread=False),
             "clock": Provide(lambda: clock, sync_to_thread=False),
             "ctx": Provide(deps.provide_ctx, sync_to_thread=False),
