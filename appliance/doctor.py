@@ -8,6 +8,8 @@ import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlite_utils import Database
+
 from appliance import heartbeat, mail, permissions, vault
 from appliance.config import Settings
 from appliance.db import integrity_check, open_db
@@ -27,12 +29,15 @@ class Check:
 
 def run_checks(settings: Settings) -> list[Check]:
     checks = [_data_dir(settings), _permissions(settings), _secrets(settings), _mail(settings)]
-    for group in (_database, _purges, _billing, _models):
-        checks += group(settings)
-    checks += [_selftest(settings), _disk(settings), _gpu()]
-    for group in (_tls, _services, _restarts):
-        checks += group(settings)
-    return checks
+    try:
+        db = open_db(settings)
+    except ApplianceError as exc:
+        checks += [Check("database", "fail", str(exc)), *_billing(settings, None)]
+    else:
+        with db:
+            checks += [*_database(settings, db), *_purges(db), *_billing(settings, db)]
+    checks += [*_models(settings), _selftest(settings), _disk(settings), _gpu()]
+    return checks + _tls(settings) + _services(settings) + _restarts(settings)
 
 
 def _data_dir(settings: Settings) -> Check:
@@ -76,16 +81,11 @@ def _mail(settings: Settings) -> Check:
     return Check("mail", "ok", backends)
 
 
-def _database(settings: Settings) -> list[Check]:
-    try:
-        db = open_db(settings)
-    except ApplianceError as exc:
-        return [Check("database", "fail", str(exc))]
-    with db:
-        result = integrity_check(db)
-        vec = db.execute("select vec_version()").fetchone()[0]
-        journal = db.execute("pragma journal_mode").fetchone()[0]
-        last = heartbeat.last_beat(db, heartbeat.WORKER_SERVICE)
+def _database(settings: Settings, db: Database) -> list[Check]:
+    result = integrity_check(db)
+    vec = db.execute("select vec_version()").fetchone()[0]
+    journal = db.execute("pragma journal_mode").fetchone()[0]
+    last = heartbeat.last_beat(db, heartbeat.WORKER_SERVICE)
     checks = [
         Check(
             "database",
@@ -104,20 +104,14 @@ def _database(settings: Settings) -> list[Check]:
     return checks
 
 
-def _purges(settings: Settings) -> list[Check]:
+def _purges(db: Database) -> list[Check]:
     """When each retention purge last ran; warn when one is overdue (privacy/retention.py)."""
     from appliance.privacy import retention
 
-    try:
-        db = open_db(settings)
-    except ApplianceError:
-        return []  # the database check above already failed
     now = datetime.now(UTC)
-    with db:
-        runs = retention.last_runs(db)
-        late = retention.overdue(db, now)
+    late = retention.overdue(db, now)
     checks = []
-    for run in runs:
+    for run in retention.last_runs(db):
         if run.finished_at is None:
             checks.append(Check(f"purge {run.job}", "warn", "never ran (is the worker running?)"))
             continue
@@ -132,8 +126,9 @@ def _purges(settings: Settings) -> list[Check]:
     return checks
 
 
-def _billing(settings: Settings) -> list[Check]:
-    """Billing and Stripe (the keys are only ever reported as configured or not)."""
+def _billing(settings: Settings, db: Database | None) -> list[Check]:
+    """Billing and Stripe (the keys are only ever reported as configured or not), and the
+    ledger when the database opened."""
     from appliance.billing import meter, payments
     from appliance.billing import service as billing
 
@@ -152,12 +147,9 @@ def _billing(settings: Settings) -> list[Check]:
         missing = [n for n in ("secret_key", "webhook_secret") if not getattr(settings.stripe, n)]
         detail = f"on, but stripe.{' and stripe.'.join(missing)} not set: top-ups are off"
         checks.append(Check("billing", "warn", detail))
-    try:
-        db = open_db(settings)
-    except ApplianceError:
-        return checks  # the database check reports it
-    with db:
-        broken = billing.invariant_violations(db)
+    if db is None:
+        return checks
+    broken = billing.invariant_violations(db)
     if broken:
         detail = f"{len(broken)} account(s) whose balance is not the ledger sum"
         return [*checks, Check("ledger", "fail", detail)]
@@ -249,17 +241,15 @@ def _tls(settings: Settings) -> list[Check]:
 
 
 def _services(settings: Settings) -> list[Check]:
-    checks = []
     try:
         health = InferenceClient.from_settings(settings).health(timeout=2)
         model = f"{health.get('chat_model')} on {health.get('device')}"
         layers = f"{health.get('gpu_layers')}/{health.get('model_layers')} layers on GPU"
-        checks.append(Check("inference", "ok", f"{model}, {layers}"))
+        inference = Check("inference", "ok", f"{model}, {layers}")
     except ApplianceError:
-        checks.append(_port("inference", settings.inference.host, settings.inference.port))
-    scheme = "https" if settings.web.tls_cert else "http"
-    checks.append(_port("web", settings.web.host, settings.web.port, probe=scheme))
-    return checks
+        inference = _port("inference", settings.inference.host, settings.inference.port)
+    probe = f"{settings.local_web_url}/healthz"
+    return [inference, _port("web", settings.web.host, settings.web.port, probe=probe)]
 
 
 def _restarts(settings: Settings) -> list[Check]:
@@ -284,16 +274,14 @@ def _port(name: str, host: str, port: int, probe: str | None = None) -> Check:
     """A service that is not running is fine if its port is free for it to start on.
 
     Args:
-        probe: ``http`` or ``https``: first ask the service's /healthz with that scheme.
+        probe: the service's /healthz URL, asked first.
     """
     if probe:
         import httpx
 
-        local = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
-        url = f"{probe}://{local if ':' not in local else f'[{local}]'}:{port}/healthz"
         try:
             # Our own service on this machine: its certificate may be self-signed.
-            response = httpx.get(url, timeout=2, verify=False)  # noqa: S501
+            response = httpx.get(probe, timeout=2, verify=False)  # noqa: S501
             if response.status_code == 200 and response.json().get("status") == "ok":
                 return Check(name, "ok", f"serving on {host}:{port}")
         except (httpx.HTTPError, ValueError):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import re
@@ -137,7 +136,8 @@ def backup(settings: Settings, dest: Path, now: datetime) -> BackupInfo:
                     continue  # deleted meanwhile (a document removed while we ran)
                 manifest["files"][name] = added
                 total += added["size"]
-            _add(tar, MANIFEST, json.dumps(manifest, indent=2).encode(), 0o600)
+            (work / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            _add_file(tar, work / MANIFEST, MANIFEST)
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(partial, target)
@@ -149,16 +149,8 @@ def backup(settings: Settings, dest: Path, now: datetime) -> BackupInfo:
     return BackupInfo(target, manifest["created_at"], len(entries), total, tables)
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = mode
-    info.mtime = int(datetime.now(UTC).timestamp())
-    tar.addfile(info, io.BytesIO(data))
-
-
 class _Hashing:
-    """A file wrapper that hashes what tarfile reads through it."""
+    """A file wrapper that hashes what is read through it."""
 
     def __init__(self, handle) -> None:
         self.handle = handle
@@ -252,10 +244,7 @@ def web_answers(settings: Settings) -> bool:
     database connection between requests, so the /proc scan alone can miss it)."""
     import httpx
 
-    host = settings.web.host
-    local = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
-    scheme = "https" if settings.web.tls_cert else "http"
-    url = f"{scheme}://{local if ':' not in local else f'[{local}]'}:{settings.web.port}/healthz"
+    url = f"{settings.local_web_url}/healthz"
     try:
         # Our own service on this machine: its certificate may be self-signed.
         return httpx.get(url, timeout=1, verify=False).status_code == 200  # noqa: S501
@@ -293,15 +282,12 @@ def restore(settings: Settings, src: Path, *, replace: bool = False) -> dict:
             for name, expected in manifest["files"].items():
                 out = staging / name
                 out.parent.mkdir(parents=True, exist_ok=True)
-                source = tar.extractfile(tar.getmember(name))
-                digest = hashlib.sha256()
+                source = _Hashing(tar.extractfile(tar.getmember(name)))
                 fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "wb") as handle:
-                    for block in iter(lambda s=source: s.read(CHUNK), b""):
-                        digest.update(block)
-                        handle.write(block)
+                    shutil.copyfileobj(source, handle, CHUNK)
                 # Checked again as written: the archive may have changed since verify().
-                if digest.hexdigest() != expected["sha256"]:
+                if source.digest.hexdigest() != expected["sha256"]:
                     raise InvalidInput(f"{src}: {name} does not match its checksum")
         tables = check_database(staging / "appliance.db")
         if tables != manifest["tables"]:
