@@ -8,10 +8,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from pathlib import Path
 
 import appliance
 from appliance import cli_accounts, cli_kb, cli_models, cli_parser
 from appliance.cli_parser import Group
+from appliance.clock import utcnow
 from appliance.config import Settings
 from appliance.datadir import initialise, open_initialised
 from appliance.errors import ApplianceError
@@ -151,7 +153,6 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_policy_publish(settings: Settings, args: argparse.Namespace) -> None:
-    from appliance.clock import utcnow
     from appliance.privacy import policy
     from appliance.privacy.cli import parse_since
     from appliance.tasks import create_queue
@@ -188,7 +189,6 @@ def cmd_privacy_verify(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_logs(settings: Settings, args: argparse.Namespace) -> None:
-    from appliance.clock import utcnow
     from appliance.privacy import requestlog
     from appliance.privacy.cli import parse_since
 
@@ -212,9 +212,6 @@ def cmd_logs(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_backup(settings: Settings, args: argparse.Namespace) -> int | None:
-    from pathlib import Path
-
-    from appliance.clock import utcnow
     from appliance.ops import backup
 
     if bool(args.dest) == bool(args.prune):
@@ -234,8 +231,6 @@ def cmd_backup(settings: Settings, args: argparse.Namespace) -> int | None:
 
 
 def cmd_restore(settings: Settings, args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from appliance.ops import backup
 
     manifest = backup.restore(settings, Path(args.src), replace=args.replace)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -36,8 +37,8 @@ def run_checks(settings: Settings) -> list[Check]:
     else:
         with db:
             checks += [*_database(settings, db), *_purges(db), *_billing(settings, db)]
-    checks += [*_models(settings), _selftest(settings), _disk(settings), _gpu()]
-    return checks + _tls(settings) + _services(settings) + _restarts(settings)
+    checks += [*_models(settings), _selftest(settings), _disk(settings), _gpu(), _tls(settings)]
+    return [*checks, *_services(settings), *_restarts(settings)]
 
 
 def _data_dir(settings: Settings) -> Check:
@@ -81,99 +82,88 @@ def _mail(settings: Settings) -> Check:
     return Check("mail", "ok", backends)
 
 
-def _database(settings: Settings, db: Database) -> list[Check]:
+def _database(settings: Settings, db: Database) -> Iterator[Check]:
     result = integrity_check(db)
-    vec = db.execute("select vec_version()").fetchone()[0]
     journal = db.execute("pragma journal_mode").fetchone()[0]
+    detail = f"{settings.paths.database.name}: integrity {result}, journal {journal}"
+    yield Check("database", "ok" if result == "ok" else "fail", detail)
+    yield Check("sqlite-vec", "ok", db.execute("select vec_version()").fetchone()[0])
     last = heartbeat.last_beat(db, heartbeat.WORKER_SERVICE)
-    checks = [
-        Check(
-            "database",
-            "ok" if result == "ok" else "fail",
-            f"{settings.paths.database.name}: integrity {result}, journal {journal}",
-        ),
-        Check("sqlite-vec", "ok", vec),
-    ]
     if last is None:
-        checks.append(Check("worker", "warn", "no heartbeat yet (worker never ran)"))
+        yield Check("worker", "warn", "no heartbeat yet (worker never ran)")
     else:
         age = (datetime.now(UTC) - last).total_seconds()
         fresh = age <= settings.worker.heartbeat_stale_seconds
         detail = f"last heartbeat {int(age)} s ago" + ("" if fresh else " (not running?)")
-        checks.append(Check("worker", "ok" if fresh else "warn", detail))
-    return checks
+        yield Check("worker", "ok" if fresh else "warn", detail)
 
 
-def _purges(db: Database) -> list[Check]:
+def _purges(db: Database) -> Iterator[Check]:
     """When each retention purge last ran; warn when one is overdue (privacy/retention.py)."""
     from appliance.privacy import retention
 
     now = datetime.now(UTC)
     late = retention.overdue(db, now)
-    checks = []
     for run in retention.last_runs(db):
         if run.finished_at is None:
-            checks.append(Check(f"purge {run.job}", "warn", "never ran (is the worker running?)"))
+            yield Check(f"purge {run.job}", "warn", "never ran (is the worker running?)")
             continue
         hours = (now - datetime.fromisoformat(run.finished_at)).total_seconds() / 3600
         detail = f"last ran {hours:.1f} h ago, {run.deleted} deleted"
         if not run.complete:
             detail += ", unfinished"
-        checks.append(Check(f"purge {run.job}", "warn" if run.job in late else "ok", detail))
+        yield Check(f"purge {run.job}", "warn" if run.job in late else "ok", detail)
     for item in late:
         if item.startswith("erasure of"):
-            checks.append(Check("erasure", "warn", f"{item} is past its erase window"))
-    return checks
+            yield Check("erasure", "warn", f"{item} is past its erase window")
 
 
-def _billing(settings: Settings, db: Database | None) -> list[Check]:
+def _billing(settings: Settings, db: Database | None) -> Iterator[Check]:
     """Billing and Stripe (the keys are only ever reported as configured or not), and the
     ledger when the database opened."""
     from appliance.billing import meter, payments
     from appliance.billing import service as billing
 
-    checks = []
     try:
         meter.prices_for(settings, None)
         for item in settings.billing.model_prices:
             meter.prices_for(settings, item.partition("=")[0].strip())
     except ApplianceError as exc:
-        return [Check("billing", "fail", str(exc))]
+        yield Check("billing", "fail", str(exc))
+        return
     if not settings.billing.enabled:
-        checks.append(Check("billing", "ok", "off: usage is metered, nothing is charged"))
+        yield Check("billing", "ok", "off: usage is metered, nothing is charged")
     elif payments.configured(settings):
-        checks.append(Check("billing", "ok", f"on; Stripe configured ({settings.stripe.api_base})"))
+        yield Check("billing", "ok", f"on; Stripe configured ({settings.stripe.api_base})")
     else:
         missing = [n for n in ("secret_key", "webhook_secret") if not getattr(settings.stripe, n)]
         detail = f"on, but stripe.{' and stripe.'.join(missing)} not set: top-ups are off"
-        checks.append(Check("billing", "warn", detail))
+        yield Check("billing", "warn", detail)
     if db is None:
-        return checks
-    broken = billing.invariant_violations(db)
+        return
+    broken = len(billing.invariant_violations(db))
     if broken:
-        detail = f"{len(broken)} account(s) whose balance is not the ledger sum"
-        return [*checks, Check("ledger", "fail", detail)]
-    return [*checks, Check("ledger", "ok", "every balance equals its ledger sum")]
+        yield Check("ledger", "fail", f"{broken} account(s) whose balance is not the ledger sum")
+    else:
+        yield Check("ledger", "ok", "every balance equals its ledger sum")
 
 
-def _models(settings: Settings) -> list[Check]:
+def _models(settings: Settings) -> Iterator[Check]:
     registry = models.load_registry(settings)
-    checks = []
     for kind in ("chat", "embedding"):
         try:
             model = registry.resolve(kind, getattr(settings.inference, f"{kind}_model"))
         except ApplianceError as exc:
-            checks.append(Check(f"{kind} model", "fail", str(exc)))
+            yield Check(f"{kind} model", "fail", str(exc))
             continue
         path = registry.path(model)
         if not path.exists():
-            checks.append(Check(f"{kind} model", "fail", f"{path} is missing"))
+            yield Check(f"{kind} model", "fail", f"{path} is missing")
         elif path.stat().st_size == 0:
-            checks.append(Check(f"{kind} model", "fail", f"{path} is empty"))
+            yield Check(f"{kind} model", "fail", f"{path} is empty")
         else:
             size = path.stat().st_size / 1024**2
-            checks.append(Check(f"{kind} model", "ok", f"{model.id} ({size:.0f} MiB)"))
-    return checks
+            yield Check(f"{kind} model", "ok", f"{model.id} ({size:.0f} MiB)")
 
 
 def _selftest(settings: Settings) -> Check:
@@ -216,7 +206,7 @@ def _gpu() -> Check:
     return Check("llama.cpp", "warn", "built WITHOUT GPU support: models run on the CPU")
 
 
-def _tls(settings: Settings) -> list[Check]:
+def _tls(settings: Settings) -> Check:
     """The certificate the web service serves: readable, matching its key, not expiring."""
     import ssl
 
@@ -224,20 +214,20 @@ def _tls(settings: Settings) -> list[Check]:
     if not cert and not key:
         https = settings.public_url.startswith("https://")
         detail = "ended by a proxy (public_url is https)" if https else "off: plain HTTP"
-        return [Check("tls", "ok" if https else "warn", detail)]
+        return Check("tls", "ok" if https else "warn", detail)
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
-        return [Check("tls", "fail", f"cannot use {cert} with {key}: {exc}")]
+        return Check("tls", "fail", f"cannot use {cert} with {key}: {exc}")
     try:
         # The stdlib's only certificate parser; private, hence the guard.
         not_after = ssl._ssl._test_decode_cert(cert)["notAfter"]  # type: ignore[attr-defined]
     except (AttributeError, KeyError, ssl.SSLError):
-        return [Check("tls", "ok", f"{cert} (expiry unknown)")]
+        return Check("tls", "ok", f"{cert} (expiry unknown)")
     expires = datetime.fromtimestamp(ssl.cert_time_to_seconds(not_after), UTC)
     days = (expires - datetime.now(UTC)).days
     status = "fail" if days < 0 else "warn" if days < 30 else "ok"
-    return [Check("tls", status, f"{cert} expires {expires:%Y-%m-%d} (in {days} days)")]
+    return Check("tls", status, f"{cert} expires {expires:%Y-%m-%d} (in {days} days)")
 
 
 def _services(settings: Settings) -> list[Check]:
@@ -252,22 +242,17 @@ def _services(settings: Settings) -> list[Check]:
     return [inference, _port("web", settings.web.host, settings.web.port, probe=probe)]
 
 
-def _restarts(settings: Settings) -> list[Check]:
+def _restarts(settings: Settings) -> Iterator[Check]:
     """How often each service died (``appliance up``'s record, or systemd's count)."""
     from appliance.ops import services
 
     found = services.service_states(settings)
     if found is None:
-        return []
+        return
     where = "" if found.running else " (appliance up is not running: its last record)"
-    return [
-        Check(
-            f"{s.name} restarts",
-            "warn" if s.restarts or s.last_exit else "ok",
-            services.describe(s) + where,
-        )
-        for s in found.services
-    ]
+    for s in found.services:
+        status = "warn" if s.restarts or s.last_exit else "ok"
+        yield Check(f"{s.name} restarts", status, services.describe(s) + where)
 
 
 def _port(name: str, host: str, port: int, probe: str | None = None) -> Check:
