@@ -145,9 +145,8 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
     queue = create_queue(settings)
     results = run_purges(settings, queue.send_mail)
     for result in results:
-        state = f"FAILED ({result.error})" if result.error else "done"
-        if not result.error and not result.complete:
-            state = "to be continued"
+        done = "done" if result.complete else "to be continued"
+        state = f"FAILED ({result.error})" if result.error else done
         print(f"{result.job:<18} {result.deleted:>8} deleted  {state}")
     return 1 if any(r.error for r in results) else 0
 
@@ -263,7 +262,7 @@ def print_setup_link(settings: Settings) -> None:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    from appliance.ops.services import state_path
+    from appliance.ops.services import SERVICES, state_path
     from appliance.supervisor import supervise
 
     initialise(settings)
@@ -276,9 +275,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     }
     if settings.config_file:
         env["APPLIANCE_CONFIG"] = str(settings.config_file)
-    services = [
-        (name, [sys.executable, "-m", "appliance", name]) for name in ("inference", "web", "worker")
-    ]
+    services = [(name, [sys.executable, "-m", "appliance", name]) for name in SERVICES]
 
     def started() -> None:
         print(f"appliance {appliance.__version__} is starting at {settings.public_url}")
@@ -315,10 +312,8 @@ def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
     for check in checks:
         print(f"{marks[check.status]}  {check.name:<{width}}  {check.detail}")
     failed = [c for c in checks if c.status == "fail"]
-    print(
-        f"\n{len(checks) - len(failed)} of {len(checks)} checks passed"
-        + ("" if not failed else f"; {len(failed)} failed")
-    )
+    passed = f"{len(checks) - len(failed)} of {len(checks)} checks passed"
+    print(f"\n{passed}" + (f"; {len(failed)} failed" if failed else ""))
     return 1 if failed else 0
 
 

@@ -334,14 +334,7 @@ class Settings:
         Raises:
             ConfigError: naming the bad key, file or variable.
         """
-        return config_loader.load(
-            cls,
-            RETIRED_SETTINGS,
-            data_dir=data_dir,
-            config_file=config_file,
-            overrides=overrides,
-            environ=environ,
-        )
+        return config_loader.load(cls, RETIRED_SETTINGS, data_dir, config_file, overrides, environ)
 
 
 def sections() -> dict[str, type]:

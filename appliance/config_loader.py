@@ -93,7 +93,6 @@ class Paths:
 def load(
     root: type,
     retired: Mapping[str, str],
-    *,
     data_dir: str | Path | None,
     config_file: str | Path | None,
     overrides: Mapping[str, Any] | None,
@@ -194,27 +193,25 @@ def apply(
     changes: dict[str, Any] = {}
     for section, values in raw.items():
         if section not in known:
-            where = _where(source, section, next(iter(values.values()), None))
+            where = _where(source, next(iter(values.values()), None))
             raise ConfigError(f"unknown settings section '{section}' {where}")
         cls = known[section]
         fields = {f.name: f for f in dataclasses.fields(cls)}
         updates = {}
         for key, value in values.items():
-            where = _where(source, f"{section}.{key}", value)
-            if f"{section}.{key}" in retired and key not in fields:
-                reason = retired[f"{section}.{key}"]
-                log.warning(
-                    "setting '%s.%s' %s is gone and ignored: %s", section, key, where, reason
-                )
+            dotted, where = f"{section}.{key}", _where(source, value)
+            if dotted in retired and key not in fields:
+                reason = retired[dotted]
+                log.warning("setting '%s' %s is gone and ignored: %s", dotted, where, reason)
                 continue
             if key not in fields:
-                raise ConfigError(f"unknown setting '{section}.{key}' {where}")
-            updates[key] = _convert(f"{section}.{key}", cls, fields[key], value, where)
+                raise ConfigError(f"unknown setting '{dotted}' {where}")
+            updates[key] = _convert(dotted, cls, fields[key], value, where)
         changes[section] = dataclasses.replace(getattr(settings, section), **updates)
     return dataclasses.replace(settings, **changes)
 
 
-def _where(source: str, dotted: str, value: Any) -> str:
+def _where(source: str, value: Any) -> str:
     if isinstance(value, _EnvValue):
         return f"(environment variable {value.name})"
     if source == "override":

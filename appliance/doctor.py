@@ -37,7 +37,7 @@ def run_checks(settings: Settings) -> list[Check]:
     else:
         with db:
             checks += [*_database(settings, db), *_purges(db), *_billing(settings, db)]
-    checks += [*_models(settings), _selftest(settings), _disk(settings), _gpu(), _tls(settings)]
+    checks += [*_models(settings), _selftest(settings), _disk(settings), _gpu(), *_tls(settings)]
     return [*checks, *_services(settings), *_restarts(settings)]
 
 
@@ -206,7 +206,7 @@ def _gpu() -> Check:
     return Check("llama.cpp", "warn", "built WITHOUT GPU support: models run on the CPU")
 
 
-def _tls(settings: Settings) -> Check:
+def _tls(settings: Settings) -> list[Check]:
     """The certificate the web service serves: readable, matching its key, not expiring."""
     import ssl
 
@@ -214,20 +214,20 @@ def _tls(settings: Settings) -> Check:
     if not cert and not key:
         https = settings.public_url.startswith("https://")
         detail = "ended by a proxy (public_url is https)" if https else "off: plain HTTP"
-        return Check("tls", "ok" if https else "warn", detail)
+        return [Check("tls", "ok" if https else "warn", detail)]
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
-        return Check("tls", "fail", f"cannot use {cert} with {key}: {exc}")
+        return [Check("tls", "fail", f"cannot use {cert} with {key}: {exc}")]
     try:
         # The stdlib's only certificate parser; private, hence the guard.
         not_after = ssl._ssl._test_decode_cert(cert)["notAfter"]  # type: ignore[attr-defined]
     except (AttributeError, KeyError, ssl.SSLError):
-        return Check("tls", "ok", f"{cert} (expiry unknown)")
+        return [Check("tls", "ok", f"{cert} (expiry unknown)")]
     expires = datetime.fromtimestamp(ssl.cert_time_to_seconds(not_after), UTC)
     days = (expires - datetime.now(UTC)).days
     status = "fail" if days < 0 else "warn" if days < 30 else "ok"
-    return Check("tls", status, f"{cert} expires {expires:%Y-%m-%d} (in {days} days)")
+    return [Check("tls", status, f"{cert} expires {expires:%Y-%m-%d} (in {days} days)")]
 
 
 def _services(settings: Settings) -> list[Check]:

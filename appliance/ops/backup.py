@@ -26,7 +26,7 @@ from pathlib import Path
 from sqlite_utils import Database
 
 import appliance
-from appliance import vault
+from appliance import permissions, vault
 from appliance.config import Settings
 from appliance.errors import Conflict, InvalidInput, NotFound
 
@@ -74,11 +74,8 @@ def check_database(path: Path) -> dict[str, int]:
         result = [row[0] for row in db.execute("PRAGMA integrity_check")]
         if result != ["ok"]:
             raise InvalidInput(f"database copy failed integrity_check: {result[0]}")
-        names = db.query(
-            "select name from sqlite_master where type = 'table' and sql not like "
-            "'CREATE VIRTUAL TABLE%' and name not like 'sqlite_%' order by name"
-        )
-        return {row["name"]: db[row["name"]].count for row in names}
+        names = [t for t in db.table_names() if not db[t].virtual_table_using]
+        return {name: db[name].count for name in sorted(names) if not name.startswith("sqlite_")}
 
 
 def _data_files(settings: Settings) -> Iterator[tuple[Path, str]]:
@@ -126,10 +123,8 @@ def backup(settings: Settings, dest: Path, now: datetime) -> BackupInfo:
             "tables": tables,
             "files": {},
         }
-        partial = work / "archive.partial"
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         total = 0
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        with permissions.private_file(target) as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
             for path, name in entries:
                 added = _add_file(tar, path, name)
                 if added is None:
@@ -138,9 +133,6 @@ def backup(settings: Settings, dest: Path, now: datetime) -> BackupInfo:
                 total += added["size"]
             (work / MANIFEST).write_text(json.dumps(manifest, indent=2))
             _add_file(tar, work / MANIFEST, MANIFEST)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(partial, target)
         target.with_name(target.name + ".sha256").write_text(
             f"{sha256_file(target)}  {target.name}\n"
         )
@@ -169,10 +161,9 @@ def _add_file(tar: tarfile.TarFile, path: Path, name: str) -> dict | None:
     except FileNotFoundError:
         return None
     with handle:
+        stat = os.fstat(handle.fileno())
         info = tarfile.TarInfo(name)
-        info.size = os.fstat(handle.fileno()).st_size
-        info.mode = 0o600
-        info.mtime = int(os.fstat(handle.fileno()).st_mtime)
+        info.size, info.mode, info.mtime = stat.st_size, 0o600, int(stat.st_mtime)
         reader = _Hashing(handle)
         tar.addfile(info, reader)
     return {"sha256": reader.digest.hexdigest(), "size": info.size}

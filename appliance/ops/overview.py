@@ -201,31 +201,24 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
             f"{', VRAM ' + vram if vram else ''}), queue {inference['queue']}, "
             f"{inference['tokens_per_second'] or 0:.1f} tokens/s"
         )
+    alive = f"alive (heartbeat {worker['age_seconds']} s ago)"
+    dead = f"NOT running (last heartbeat: {worker['last_heartbeat'] or 'never'})"
     lines = [
         model,
-        "worker: "
-        + (
-            f"alive (heartbeat {worker['age_seconds']} s ago)"
-            if worker["alive"]
-            else f"NOT running (last heartbeat: {worker['last_heartbeat'] or 'never'})"
-        ),
+        f"worker: {alive if worker['alive'] else dead}",
         f"disk: {disk['free_bytes'] / 2**30:.1f} GB free of {disk['total_bytes'] / 2**30:.1f} "
         f"GB; database {disk['database_bytes'] / 2**20:.1f} MB, files "
         f"{disk['files_bytes'] / 2**20:.1f} MB",
     ]
-    restarts = data.get("services")
-    if restarts is not None:
+    if (restarts := data.get("services")) is not None:
         found = services.Restarts.from_public(restarts)
         watcher = "systemd" if found.source == "systemd" else "appliance up"
         lines.append(f"services ({watcher}{'' if found.running else ', not running now'}):")
         lines += [f"  {line}" for line in services.summary(found)]
-    purges = data.get("purges")
-    if purges is not None:
-        lines.append(
-            "purges: " + ("overdue: " + ", ".join(purges["overdue"]) if purges["overdue"] else "ok")
-        )
-    errors = data.get("recent_errors")
-    if errors is not None:
+    if (purges := data.get("purges")) is not None:
+        overdue = ", ".join(purges["overdue"])
+        lines.append(f"purges: {'overdue: ' + overdue if overdue else 'ok'}")
+    if (errors := data.get("recent_errors")) is not None:
         lines.append(f"recent server errors: {len(errors)}")
     lines.append(f"accounts: {len(data['accounts'])}")
     for row in data["accounts"]:
