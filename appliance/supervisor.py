@@ -227,7 +227,7 @@ def supervise(
     supervisor = Supervisor(children, env, _Output(out or sys.stdout), state_file, policy)
     stop_requested = threading.Event()
     previous = {
-        signum: signal.signal(signum, lambda signum, frame: stop_requested.set())
+        signum: signal.signal(signum, lambda *_: stop_requested.set())
         for signum in (signal.SIGINT, signal.SIGTERM)
     }
     try:

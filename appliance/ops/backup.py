@@ -74,8 +74,8 @@ def check_database(path: Path) -> dict[str, int]:
         result = [row[0] for row in db.execute("PRAGMA integrity_check")]
         if result != ["ok"]:
             raise InvalidInput(f"database copy failed integrity_check: {result[0]}")
-        names = [t for t in db.table_names() if not db[t].virtual_table_using]
-        return {name: db[name].count for name in sorted(names) if not name.startswith("sqlite_")}
+        names = sorted(name for name in db.table_names() if not name.startswith("sqlite_"))
+        return {name: db[name].count for name in names if not db[name].virtual_table_using}
 
 
 def _data_files(settings: Settings) -> Iterator[tuple[Path, str]]:
