@@ -162,11 +162,8 @@ def deliver(settings: Settings, mail: Mail, *, backends: Sequence[str] | None = 
         log.info("mail to recipient %s delivered via %s", ref, ", ".join(delivered))
     if failures:
         detail = "; ".join(f"{name}: {reason}" for name, reason in failures.items())
-        raise MailError(
-            f"mail to recipient {ref} failed via {', '.join(failures)} ({detail})",
-            failures=failures,
-            delivered=delivered,
-        )
+        why = f"mail to recipient {ref} failed via {', '.join(failures)} ({detail})"
+        raise MailError(why, failures, delivered)
     return delivered
 
 

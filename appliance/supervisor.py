@@ -183,10 +183,9 @@ class Supervisor:
             pid = child.process.pid if child.process else None
             exits = {"last_exit": child.last_exit, "last_exit_at": child.last_exit_at}
             services[child.name] = {"state": state, "pid": pid, "restarts": child.restarts, **exits}
+        snapshot = {"pid": os.getpid(), "updated_at": _now(), "services": services}
         try:
-            write_state(
-                self.state_file, {"pid": os.getpid(), "updated_at": _now(), "services": services}
-            )
+            write_state(self.state_file, snapshot)
         except OSError as exc:  # a full disk must not take the services down
             log.warning("could not record the services' state: %s", exc.strerror)
 
