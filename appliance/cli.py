@@ -8,10 +8,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from pathlib import Path
 
 import appliance
 from appliance import cli_accounts, cli_kb, cli_models, cli_parser
 from appliance.cli_parser import Group
+from appliance.clock import utcnow
 from appliance.config import Settings
 from appliance.datadir import initialise, open_initialised
 from appliance.errors import ApplianceError
@@ -143,15 +145,13 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
     queue = create_queue(settings)
     results = run_purges(settings, queue.send_mail)
     for result in results:
-        state = f"FAILED ({result.error})" if result.error else "done"
-        if not result.error and not result.complete:
-            state = "to be continued"
+        done = "done" if result.complete else "to be continued"
+        state = f"FAILED ({result.error})" if result.error else done
         print(f"{result.job:<18} {result.deleted:>8} deleted  {state}")
     return 1 if any(r.error for r in results) else 0
 
 
 def cmd_policy_publish(settings: Settings, args: argparse.Namespace) -> None:
-    from appliance.clock import utcnow
     from appliance.privacy import policy
     from appliance.privacy.cli import parse_since
     from appliance.tasks import create_queue
@@ -188,7 +188,6 @@ def cmd_privacy_verify(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_logs(settings: Settings, args: argparse.Namespace) -> None:
-    from appliance.clock import utcnow
     from appliance.privacy import requestlog
     from appliance.privacy.cli import parse_since
 
@@ -212,9 +211,6 @@ def cmd_logs(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_backup(settings: Settings, args: argparse.Namespace) -> int | None:
-    from pathlib import Path
-
-    from appliance.clock import utcnow
     from appliance.ops import backup
 
     if bool(args.dest) == bool(args.prune):
@@ -234,8 +230,6 @@ def cmd_backup(settings: Settings, args: argparse.Namespace) -> int | None:
 
 
 def cmd_restore(settings: Settings, args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from appliance.ops import backup
 
     manifest = backup.restore(settings, Path(args.src), replace=args.replace)
@@ -268,7 +262,7 @@ def print_setup_link(settings: Settings) -> None:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    from appliance.ops.services import state_path
+    from appliance.ops.services import SERVICES, state_path
     from appliance.supervisor import supervise
 
     initialise(settings)
@@ -281,9 +275,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     }
     if settings.config_file:
         env["APPLIANCE_CONFIG"] = str(settings.config_file)
-    services = [
-        (name, [sys.executable, "-m", "appliance", name]) for name in ("inference", "web", "worker")
-    ]
+    services = [(name, [sys.executable, "-m", "appliance", name]) for name in SERVICES]
 
     def started() -> None:
         print(f"appliance {appliance.__version__} is starting at {settings.public_url}")
@@ -320,10 +312,8 @@ def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
     for check in checks:
         print(f"{marks[check.status]}  {check.name:<{width}}  {check.detail}")
     failed = [c for c in checks if c.status == "fail"]
-    print(
-        f"\n{len(checks) - len(failed)} of {len(checks)} checks passed"
-        + ("" if not failed else f"; {len(failed)} failed")
-    )
+    passed = f"{len(checks) - len(failed)} of {len(checks)} checks passed"
+    print(f"\n{passed}" + (f"; {len(failed)} failed" if failed else ""))
     return 1 if failed else 0
 
 

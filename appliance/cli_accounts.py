@@ -7,8 +7,10 @@ import json
 from dataclasses import asdict
 
 from appliance.cli_parser import Group
+from appliance.clock import utcnow
 from appliance.config import Settings
 from appliance.datadir import open_initialised
+from appliance.errors import InvalidInput, NotFound
 
 
 def add_parsers(sub, common: argparse.ArgumentParser) -> None:
@@ -32,12 +34,6 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
         p.add_argument("account_id")
         p.set_defaults(suspend=action == "suspend")
 
-    p = Group(sub, common, "admin", "What the operator page shows.").action(
-        "status",
-        cmd_admin_status,
-        "Accounts, inference and GPU, worker, purges, disk, recent errors, policy.",
-    )
-    p.add_argument("--json", action="store_true", help="the whole overview as JSON")
     p = accounts_cmd.action(
         "delete",
         cmd_accounts_delete,
@@ -46,6 +42,13 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("account_id")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    p = Group(sub, common, "admin", "What the operator page shows.").action(
+        "status",
+        cmd_admin_status,
+        "Accounts, inference and GPU, worker, purges, disk, recent errors, policy.",
+    )
+    p.add_argument("--json", action="store_true", help="the whole overview as JSON")
 
     p = Group(sub, common, "keys", "Manage API keys.").action(
         "create", cmd_keys_create, "Create an API key (printed once)."
@@ -77,7 +80,6 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
 
 def cmd_users_create(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.accounts import service as accounts
-    from appliance.clock import utcnow
 
     with open_initialised(settings) as db:
         user, account = accounts.create_user(
@@ -123,7 +125,6 @@ def cmd_accounts_list(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_accounts_suspend(settings: Settings, args: argparse.Namespace) -> None:
-    from appliance.clock import utcnow
     from appliance.ops import overview
 
     with open_initialised(settings) as db:
@@ -135,7 +136,6 @@ def cmd_accounts_suspend(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_admin_status(settings: Settings, args: argparse.Namespace) -> None:
-    from appliance.clock import utcnow
     from appliance.ops import overview
 
     with open_initialised(settings) as db:
@@ -150,8 +150,6 @@ def cmd_admin_status(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.accounts import service as accounts
     from appliance.auth import service as auth
-    from appliance.clock import utcnow
-    from appliance.errors import InvalidInput, NotFound
 
     with open_initialised(settings) as db:
         user = accounts.user_by_email(db, args.email)
@@ -192,7 +190,6 @@ def cmd_billing_adjust(settings: Settings, args: argparse.Namespace) -> None:
     from appliance.accounts import service as accounts
     from appliance.billing import ledger
     from appliance.billing import service as billing
-    from appliance.clock import utcnow
 
     with open_initialised(settings) as db:
         accounts.account(db, args.account)
@@ -205,7 +202,6 @@ def cmd_billing_adjust(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_accounts_delete(settings: Settings, args: argparse.Namespace) -> int | None:
     from appliance.accounts import service as accounts
-    from appliance.clock import utcnow
     from appliance.ops import overview
 
     with open_initialised(settings) as db:

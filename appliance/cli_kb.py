@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
+import time
 
 from appliance.cli_parser import Group
+from appliance.clock import utcnow
 from appliance.config import Settings
 from appliance.datadir import open_initialised
+from appliance.errors import Conflict, InvalidInput, NotFound, TooLarge, Unavailable
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
@@ -42,8 +45,6 @@ def cmd_kb_audit(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_kb_reindex(settings: Settings, args: argparse.Namespace) -> None:
-    import time
-
     from appliance.knowledge import service as knowledge
     from appliance.tasks import create_queue
 
@@ -73,7 +74,6 @@ def cmd_kb_reindex(settings: Settings, args: argparse.Namespace) -> None:
 def _check_embedding_model_served(settings: Settings) -> None:
     """Refuse to re-embed while inference still serves another model than the registry's
     default (the worker would embed everything with the old one again)."""
-    from appliance.errors import Conflict, NotFound, Unavailable
     from appliance.inference import models
     from appliance.inference.client import InferenceClient
 
@@ -97,8 +97,6 @@ def _check_embedding_model_served(settings: Settings) -> None:
 
 def cmd_kb_import(settings: Settings, args: argparse.Namespace) -> int:
     from appliance.accounts import service as accounts
-    from appliance.clock import utcnow
-    from appliance.errors import InvalidInput, TooLarge
     from appliance.knowledge import service as knowledge
     from appliance.tasks import create_queue
 

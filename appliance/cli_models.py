@@ -185,7 +185,6 @@ def cmd_pull(settings: Settings, args: argparse.Namespace) -> int | None:
         model_id=args.model_id,
         kind=args.kind,
         license=args.license,
-        make_default=False,
     )
     print(f"installed {model.kind} model {model.id} ({model.file}, sha256 {model.sha256})")
     if args.default:

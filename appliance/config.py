@@ -299,6 +299,11 @@ class Settings:
     def public_url(self) -> str:
         if self.web.public_url:
             return self.web.public_url.rstrip("/")
+        return self.local_web_url
+
+    @property
+    def local_web_url(self) -> str:
+        """The web service's URL on this machine (a wildcard address reached on loopback)."""
         host = "127.0.0.1" if self.web.host in ("0.0.0.0", "::") else self.web.host  # noqa: S104
         scheme = "https" if self.web.tls_cert else "http"
         return f"{scheme}://{config_loader.url_host(host)}:{self.web.port}"
@@ -329,14 +334,7 @@ class Settings:
         Raises:
             ConfigError: naming the bad key, file or variable.
         """
-        return config_loader.load(
-            cls,
-            RETIRED_SETTINGS,
-            data_dir=data_dir,
-            config_file=config_file,
-            overrides=overrides,
-            environ=environ,
-        )
+        return config_loader.load(cls, RETIRED_SETTINGS, data_dir, config_file, overrides, environ)
 
 
 def sections() -> dict[str, type]:

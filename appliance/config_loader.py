@@ -28,6 +28,7 @@ from appliance.errors import ConfigError
 
 ENV_PREFIX = "APPLIANCE_"
 CONFIG_FILE_NAME = "appliance.toml"
+ENVIRONMENT = "environment"  # the source of values read_env found
 DEFAULT_DATA_DIR = "./data"
 
 log = logging.getLogger("appliance.config")
@@ -93,7 +94,6 @@ class Paths:
 def load(
     root: type,
     retired: Mapping[str, str],
-    *,
     data_dir: str | Path | None,
     config_file: str | Path | None,
     overrides: Mapping[str, Any] | None,
@@ -110,7 +110,7 @@ def load(
         raise ConfigError(f"config file {path} does not exist")
     if path.exists():
         settings = apply(settings, read_toml(path), str(path), retired)
-    settings = apply(settings, read_env(env), "environment", retired)
+    settings = apply(settings, read_env(env), ENVIRONMENT, retired)
     if overrides:
         settings = settings.replace(**{k: v for k, v in overrides.items() if v is not None})
     return settings
@@ -142,7 +142,7 @@ def iter_settings(root: type) -> Iterator[tuple[str, dataclasses.Field]]:
 
 
 def env_name(dotted: str) -> str:
-    section, key = dotted.split(".")
+    section, _, key = dotted.partition(".")
     return f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
 
 
@@ -165,22 +165,15 @@ def read_toml(path: Path) -> dict[str, dict[str, Any]]:
     return data
 
 
-def read_env(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    raw: dict[str, dict[str, Any]] = {}
+def read_env(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """The ``APPLIANCE_<SECTION>__<KEY>`` variables' texts, converted when applied."""
+    raw: dict[str, dict[str, str]] = {}
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         section, _, key = name[len(ENV_PREFIX) :].partition("__")
-        raw.setdefault(section.lower(), {})[key.lower()] = _EnvValue(name, value)
+        raw.setdefault(section.lower(), {})[key.lower()] = value
     return raw
-
-
-@dataclass(frozen=True)
-class _EnvValue:
-    """A string from the environment, converted to the field's type when applied."""
-
-    name: str
-    text: str
 
 
 def apply(
@@ -194,45 +187,43 @@ def apply(
     changes: dict[str, Any] = {}
     for section, values in raw.items():
         if section not in known:
-            where = _where(source, section, next(iter(values.values()), None))
+            where = _where(source, f"{section}.{next(iter(values), '')}")
             raise ConfigError(f"unknown settings section '{section}' {where}")
         cls = known[section]
         fields = {f.name: f for f in dataclasses.fields(cls)}
         updates = {}
         for key, value in values.items():
-            where = _where(source, f"{section}.{key}", value)
-            if f"{section}.{key}" in retired and key not in fields:
-                reason = retired[f"{section}.{key}"]
-                log.warning(
-                    "setting '%s.%s' %s is gone and ignored: %s", section, key, where, reason
-                )
+            dotted = f"{section}.{key}"
+            where = _where(source, dotted)
+            if dotted in retired and key not in fields:
+                reason = retired[dotted]
+                log.warning("setting '%s' %s is gone and ignored: %s", dotted, where, reason)
                 continue
             if key not in fields:
-                raise ConfigError(f"unknown setting '{section}.{key}' {where}")
-            updates[key] = _convert(f"{section}.{key}", cls, fields[key], value, where)
+                raise ConfigError(f"unknown setting '{dotted}' {where}")
+            updates[key] = _convert(dotted, cls, fields[key], value, source)
         changes[section] = dataclasses.replace(getattr(settings, section), **updates)
     return dataclasses.replace(settings, **changes)
 
 
-def _where(source: str, dotted: str, value: Any) -> str:
-    if isinstance(value, _EnvValue):
-        return f"(environment variable {value.name})"
+def _where(source: str, dotted: str) -> str:
+    if source == ENVIRONMENT:
+        return f"(environment variable {env_name(dotted)})"
     if source == "override":
         return "(command line)"
     return f"(in {source})"
 
 
-def _convert(dotted: str, owner: type, f: dataclasses.Field, value: Any, where: str) -> Any:
+def _convert(dotted: str, owner: type, f: dataclasses.Field, value: Any, source: str) -> Any:
     kind = typing.get_type_hints(owner)[f.name]
-    is_env = isinstance(value, _EnvValue)
+    where = _where(source, dotted)
     try:
         # A TOML or command-line value must already have the field's type (an integer serves
         # for a float, a list for a tuple): msgspec's strict conversion checks exactly that.
-        result = _from_env(kind, value.text) if is_env else msgspec.convert(value, kind)
+        result = _from_env(kind, value) if source == ENVIRONMENT else msgspec.convert(value, kind)
     except (ValueError, KeyError, msgspec.ValidationError):
-        shown = value.text if is_env else value
         raise ConfigError(
-            f"setting '{dotted}' {where} must be {_describe(kind)}, got {shown!r}"
+            f"setting '{dotted}' {where} must be {_describe(kind)}, got {value!r}"
         ) from None
     meta = f.metadata
     if meta.get("choices") and result not in meta["choices"]:

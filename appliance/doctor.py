@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from sqlite_utils import Database
 
 from appliance import heartbeat, mail, permissions, vault
 from appliance.config import Settings
@@ -27,12 +30,15 @@ class Check:
 
 def run_checks(settings: Settings) -> list[Check]:
     checks = [_data_dir(settings), _permissions(settings), _secrets(settings), _mail(settings)]
-    for group in (_database, _purges, _billing, _models):
-        checks += group(settings)
-    checks += [_selftest(settings), _disk(settings), _gpu()]
-    for group in (_tls, _services, _restarts):
-        checks += group(settings)
-    return checks
+    try:
+        db = open_db(settings)
+    except ApplianceError as exc:
+        checks += [Check("database", "fail", str(exc)), *_billing(settings, None)]
+    else:
+        with db:
+            checks += [*_database(settings, db), *_purges(db), *_billing(settings, db)]
+    checks += [*_models(settings), _selftest(settings), _disk(settings), _gpu(), *_tls(settings)]
+    return [*checks, *_services(settings), *_restarts(settings)]
 
 
 def _data_dir(settings: Settings) -> Check:
@@ -76,112 +82,88 @@ def _mail(settings: Settings) -> Check:
     return Check("mail", "ok", backends)
 
 
-def _database(settings: Settings) -> list[Check]:
-    try:
-        db = open_db(settings)
-    except ApplianceError as exc:
-        return [Check("database", "fail", str(exc))]
-    with db:
-        result = integrity_check(db)
-        vec = db.execute("select vec_version()").fetchone()[0]
-        journal = db.execute("pragma journal_mode").fetchone()[0]
-        last = heartbeat.last_beat(db, heartbeat.WORKER_SERVICE)
-    checks = [
-        Check(
-            "database",
-            "ok" if result == "ok" else "fail",
-            f"{settings.paths.database.name}: integrity {result}, journal {journal}",
-        ),
-        Check("sqlite-vec", "ok", vec),
-    ]
+def _database(settings: Settings, db: Database) -> Iterator[Check]:
+    result = integrity_check(db)
+    journal = db.execute("pragma journal_mode").fetchone()[0]
+    detail = f"{settings.paths.database.name}: integrity {result}, journal {journal}"
+    yield Check("database", "ok" if result == "ok" else "fail", detail)
+    yield Check("sqlite-vec", "ok", db.execute("select vec_version()").fetchone()[0])
+    last = heartbeat.last_beat(db, heartbeat.WORKER_SERVICE)
     if last is None:
-        checks.append(Check("worker", "warn", "no heartbeat yet (worker never ran)"))
+        yield Check("worker", "warn", "no heartbeat yet (worker never ran)")
     else:
         age = (datetime.now(UTC) - last).total_seconds()
         fresh = age <= settings.worker.heartbeat_stale_seconds
         detail = f"last heartbeat {int(age)} s ago" + ("" if fresh else " (not running?)")
-        checks.append(Check("worker", "ok" if fresh else "warn", detail))
-    return checks
+        yield Check("worker", "ok" if fresh else "warn", detail)
 
 
-def _purges(settings: Settings) -> list[Check]:
+def _purges(db: Database) -> Iterator[Check]:
     """When each retention purge last ran; warn when one is overdue (privacy/retention.py)."""
     from appliance.privacy import retention
 
-    try:
-        db = open_db(settings)
-    except ApplianceError:
-        return []  # the database check above already failed
     now = datetime.now(UTC)
-    with db:
-        runs = retention.last_runs(db)
-        late = retention.overdue(db, now)
-    checks = []
-    for run in runs:
+    late = retention.overdue(db, now)
+    for run in retention.last_runs(db):
         if run.finished_at is None:
-            checks.append(Check(f"purge {run.job}", "warn", "never ran (is the worker running?)"))
+            yield Check(f"purge {run.job}", "warn", "never ran (is the worker running?)")
             continue
         hours = (now - datetime.fromisoformat(run.finished_at)).total_seconds() / 3600
         detail = f"last ran {hours:.1f} h ago, {run.deleted} deleted"
         if not run.complete:
             detail += ", unfinished"
-        checks.append(Check(f"purge {run.job}", "warn" if run.job in late else "ok", detail))
+        yield Check(f"purge {run.job}", "warn" if run.job in late else "ok", detail)
     for item in late:
         if item.startswith("erasure of"):
-            checks.append(Check("erasure", "warn", f"{item} is past its erase window"))
-    return checks
+            yield Check("erasure", "warn", f"{item} is past its erase window")
 
 
-def _billing(settings: Settings) -> list[Check]:
-    """Billing and Stripe (the keys are only ever reported as configured or not)."""
+def _billing(settings: Settings, db: Database | None) -> Iterator[Check]:
+    """Billing and Stripe (the keys are only ever reported as configured or not), and the
+    ledger when the database opened."""
     from appliance.billing import meter, payments
     from appliance.billing import service as billing
 
-    checks = []
     try:
         meter.prices_for(settings, None)
         for item in settings.billing.model_prices:
             meter.prices_for(settings, item.partition("=")[0].strip())
     except ApplianceError as exc:
-        return [Check("billing", "fail", str(exc))]
+        yield Check("billing", "fail", str(exc))
+        return
     if not settings.billing.enabled:
-        checks.append(Check("billing", "ok", "off: usage is metered, nothing is charged"))
+        yield Check("billing", "ok", "off: usage is metered, nothing is charged")
     elif payments.configured(settings):
-        checks.append(Check("billing", "ok", f"on; Stripe configured ({settings.stripe.api_base})"))
+        yield Check("billing", "ok", f"on; Stripe configured ({settings.stripe.api_base})")
     else:
         missing = [n for n in ("secret_key", "webhook_secret") if not getattr(settings.stripe, n)]
         detail = f"on, but stripe.{' and stripe.'.join(missing)} not set: top-ups are off"
-        checks.append(Check("billing", "warn", detail))
-    try:
-        db = open_db(settings)
-    except ApplianceError:
-        return checks  # the database check reports it
-    with db:
-        broken = billing.invariant_violations(db)
+        yield Check("billing", "warn", detail)
+    if db is None:
+        return
+    broken = len(billing.invariant_violations(db))
     if broken:
-        detail = f"{len(broken)} account(s) whose balance is not the ledger sum"
-        return [*checks, Check("ledger", "fail", detail)]
-    return [*checks, Check("ledger", "ok", "every balance equals its ledger sum")]
+        yield Check("ledger", "fail", f"{broken} account(s) whose balance is not the ledger sum")
+    else:
+        yield Check("ledger", "ok", "every balance equals its ledger sum")
 
 
-def _models(settings: Settings) -> list[Check]:
+def _models(settings: Settings) -> Iterator[Check]:
     registry = models.load_registry(settings)
-    checks = []
     for kind in ("chat", "embedding"):
         try:
             model = registry.resolve(kind, getattr(settings.inference, f"{kind}_model"))
         except ApplianceError as exc:
-            checks.append(Check(f"{kind} model", "fail", str(exc)))
+            yield Check(f"{kind} model", "fail", str(exc))
             continue
         path = registry.path(model)
         if not path.exists():
-            checks.append(Check(f"{kind} model", "fail", f"{path} is missing"))
+            yield Check(f"{kind} model", "fail", f"{path} is missing")
         elif path.stat().st_size == 0:
-            checks.append(Check(f"{kind} model", "fail", f"{path} is empty"))
+            yield Check(f"{kind} model", "fail", f"{path} is empty")
         else:
             size = path.stat().st_size / 1024**2
-            checks.append(Check(f"{kind} model", "ok", f"{model.id} ({size:.0f} MiB)"))
-    return checks
+            yield Check(f"{kind} model", "ok", f"{model.id} ({size:.0f} MiB)")
 
 
 def _selftest(settings: Settings) -> Check:
@@ -249,51 +231,42 @@ def _tls(settings: Settings) -> list[Check]:
 
 
 def _services(settings: Settings) -> list[Check]:
-    checks = []
     try:
         health = InferenceClient.from_settings(settings).health(timeout=2)
         model = f"{health.get('chat_model')} on {health.get('device')}"
         layers = f"{health.get('gpu_layers')}/{health.get('model_layers')} layers on GPU"
-        checks.append(Check("inference", "ok", f"{model}, {layers}"))
+        inference = Check("inference", "ok", f"{model}, {layers}")
     except ApplianceError:
-        checks.append(_port("inference", settings.inference.host, settings.inference.port))
-    scheme = "https" if settings.web.tls_cert else "http"
-    checks.append(_port("web", settings.web.host, settings.web.port, probe=scheme))
-    return checks
+        inference = _port("inference", settings.inference.host, settings.inference.port)
+    probe = f"{settings.local_web_url}/healthz"
+    return [inference, _port("web", settings.web.host, settings.web.port, probe=probe)]
 
 
-def _restarts(settings: Settings) -> list[Check]:
+def _restarts(settings: Settings) -> Iterator[Check]:
     """How often each service died (``appliance up``'s record, or systemd's count)."""
     from appliance.ops import services
 
     found = services.service_states(settings)
     if found is None:
-        return []
+        return
     where = "" if found.running else " (appliance up is not running: its last record)"
-    return [
-        Check(
-            f"{s.name} restarts",
-            "warn" if s.restarts or s.last_exit else "ok",
-            services.describe(s) + where,
-        )
-        for s in found.services
-    ]
+    for s in found.services:
+        status = "warn" if s.restarts or s.last_exit else "ok"
+        yield Check(f"{s.name} restarts", status, services.describe(s) + where)
 
 
 def _port(name: str, host: str, port: int, probe: str | None = None) -> Check:
     """A service that is not running is fine if its port is free for it to start on.
 
     Args:
-        probe: ``http`` or ``https``: first ask the service's /healthz with that scheme.
+        probe: the service's /healthz URL, asked first.
     """
     if probe:
         import httpx
 
-        local = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
-        url = f"{probe}://{local if ':' not in local else f'[{local}]'}:{port}/healthz"
         try:
             # Our own service on this machine: its certificate may be self-signed.
-            response = httpx.get(url, timeout=2, verify=False)  # noqa: S501
+            response = httpx.get(probe, timeout=2, verify=False)  # noqa: S501
             if response.status_code == 200 and response.json().get("status") == "ok":
                 return Check(name, "ok", f"serving on {host}:{port}")
         except (httpx.HTTPError, ValueError):

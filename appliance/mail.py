@@ -18,7 +18,6 @@ import email.utils
 import functools
 import hashlib
 import logging
-import os
 import re
 import secrets
 import smtplib
@@ -34,7 +33,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from sqlite_utils import Database
 
 import appliance
-from appliance import personal
+from appliance import permissions, personal
 from appliance.config import Settings
 from appliance.errors import ApplianceError, ConfigError
 
@@ -163,11 +162,8 @@ def deliver(settings: Settings, mail: Mail, *, backends: Sequence[str] | None = 
         log.info("mail to recipient %s delivered via %s", ref, ", ".join(delivered))
     if failures:
         detail = "; ".join(f"{name}: {reason}" for name, reason in failures.items())
-        raise MailError(
-            f"mail to recipient {ref} failed via {', '.join(failures)} ({detail})",
-            failures=failures,
-            delivered=delivered,
-        )
+        why = f"mail to recipient {ref} failed via {', '.join(failures)} ({detail})"
+        raise MailError(why, failures, delivered)
     return delivered
 
 
@@ -256,9 +252,7 @@ PURGES: dict[str, personal.Purge] = {"outbox": purge_outbox}
 def _environment() -> Environment:
     return Environment(
         loader=FileSystemLoader(TEMPLATES),
-        autoescape=select_autoescape(
-            enabled_extensions=("html",), default_for_string=False, default=False
-        ),
+        autoescape=select_autoescape(["html"], default_for_string=False),
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -297,20 +291,9 @@ def _send_file(settings: Settings, mail: Mail, message: EmailMessage) -> None:
     outbox = settings.paths.outbox
     outbox.mkdir(mode=0o700, parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    name = f"{stamp}-{secrets.token_hex(6)}.eml"
-    # A dot-name without .eml: readers never see a half-written message.
-    temp = outbox / f".{name}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o600)  # whatever the umask: it holds sign-in codes
-            handle.write(message.as_bytes())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, outbox / name)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    # Private (it holds sign-in codes); the temporary file's name does not end in .eml.
+    with permissions.private_file(outbox / f"{stamp}-{secrets.token_hex(6)}.eml") as handle:
+        handle.write(message.as_bytes())
 
 
 def _send_console(settings: Settings, mail: Mail, message: EmailMessage) -> None:
@@ -330,13 +313,12 @@ def _send_smtp(settings: Settings, mail: Mail, message: EmailMessage) -> None:
     config = settings.mail
     timeout = config.smtp_timeout_seconds
     context = ssl.create_default_context()
+    server = (config.smtp_host, config.smtp_port)
     client: smtplib.SMTP
     if config.smtp_security == "tls":
-        client = smtplib.SMTP_SSL(
-            config.smtp_host, config.smtp_port, timeout=timeout, context=context
-        )
+        client = smtplib.SMTP_SSL(*server, timeout=timeout, context=context)
     else:
-        client = smtplib.SMTP(config.smtp_host, config.smtp_port, timeout=timeout)
+        client = smtplib.SMTP(*server, timeout=timeout)
     with client:
         if config.smtp_security == "starttls":
             client.starttls(context=context)

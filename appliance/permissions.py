@@ -9,10 +9,13 @@ data dir in line, and ``appliance doctor`` names whatever is still readable by o
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 #: No access for the group or others.
 PRIVATE_UMASK = 0o077
@@ -61,3 +64,22 @@ def make_private(root: Path) -> list[Path]:
                 continue
             changed.append(path)
     return changed
+
+
+@contextlib.contextmanager
+def private_file(path: Path) -> Iterator[BinaryIO]:
+    """Write ``path`` in one step, mode 0600 whatever the umask: the block writes a hidden
+    temporary file beside it, which replaces ``path`` once synced to disk (a reader sees
+    the old file or the whole new one), or is removed when the block fails."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise

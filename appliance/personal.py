@@ -200,11 +200,11 @@ def safe_name(name: str) -> str:
 # -- erasure ----------------------------------------------------------------------------
 
 
+@dataclass
 class Budget:
     """How many batches one run may still do (None: unlimited)."""
 
-    def __init__(self, batches: int | None) -> None:
-        self.left = batches
+    left: int | None
 
     def spend(self) -> bool:
         if self.left is None:
@@ -285,12 +285,10 @@ def erase_with_files(
     ``sha256``) and its index rows and returns its file, removed after the commit (a
     crash in between leaves a file the erasure's sweep of the account directory
     removes). With ``kind``, each file's hash goes into the receipt."""
+    where = job.condition(table)
     while True:
-        found = list(
-            db[table.name].rows_where(
-                job.condition(table), job.params, select="id, sha256", limit=job.batch
-            )
-        )
+        page = db[table.name].rows_where(where, job.params, select="id, sha256", limit=job.batch)
+        found = list(page)
         if not found:
             return True
         if not job.budget.spend():

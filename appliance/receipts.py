@@ -103,8 +103,7 @@ def verify(db: sqlite_utils.Database) -> list[str]:
     prev = GENESIS
     expected_seq = 1
     for row in db[TABLE].rows_where(order_by="seq"):
-        seq, at, account_id, request = row["seq"], row["at"], row["account_id"], row["request"]
-        body_text, prev_hash, digest = row["body"], row["prev_hash"], row["hash"]
+        seq, body_text, prev_hash = row["seq"], row["body"], row["prev_hash"]
         if seq != expected_seq:
             problems.append(f"receipt(s) {expected_seq}..{seq - 1} missing")
         expected_seq = seq + 1
@@ -115,11 +114,11 @@ def verify(db: sqlite_utils.Database) -> list[str]:
         except ValueError:
             problems.append(f"receipt {seq}: body is not JSON")
             body = {}
-        if _digest(prev_hash, body_text) != digest or _canonical(body) != body_text:
+        if _digest(prev_hash, body_text) != row["hash"] or _canonical(body) != body_text:
             problems.append(f"receipt {seq}: edited (hash does not match its content)")
-        elif [body.get(k) for k in ("account_id", "at", "request")] != [account_id, at, request]:
+        elif any(body.get(k) != row[k] for k in ("account_id", "at", "request")):
             problems.append(f"receipt {seq}: edited (columns differ from the hashed body)")
-        prev = digest
+        prev = row["hash"]
     highest = next(db["sqlite_sequence"].rows_where("name = ?", [TABLE], select="seq"), None)
     if highest and highest["seq"] >= expected_seq:
         problems.append(f"receipt(s) {expected_seq}..{highest['seq']} missing (the newest)")

@@ -156,16 +156,15 @@ class Supervisor:
                 f"{_span(policy.window)}: stopping every service",
                 fields,
             )
-            self.record()
-            return
-        child.restart_at = now + child.delay
-        self.log(
-            logging.WARNING,
-            f"{child.name} died ({child.last_exit}); restarting it in {child.delay:g} s "
-            f"(restart {child.restarts + 1})",
-            {**fields, "next_delay_s": child.delay},
-        )
-        child.delay = min(child.delay * 2, policy.max_delay)
+        else:
+            child.restart_at = now + child.delay
+            self.log(
+                logging.WARNING,
+                f"{child.name} died ({child.last_exit}); restarting it in {child.delay:g} s "
+                f"(restart {child.restarts + 1})",
+                {**fields, "next_delay_s": child.delay},
+            )
+            child.delay = min(child.delay * 2, policy.max_delay)
         self.record()
 
     def log(self, level: int, message: str, fields: dict) -> None:
@@ -184,17 +183,14 @@ class Supervisor:
             pid = child.process.pid if child.process else None
             exits = {"last_exit": child.last_exit, "last_exit_at": child.last_exit_at}
             services[child.name] = {"state": state, "pid": pid, "restarts": child.restarts, **exits}
+        snapshot = {"pid": os.getpid(), "updated_at": _now(), "services": services}
         try:
-            write_state(
-                self.state_file, {"pid": os.getpid(), "updated_at": _now(), "services": services}
-            )
+            write_state(self.state_file, snapshot)
         except OSError as exc:  # a full disk must not take the services down
             log.warning("could not record the services' state: %s", exc.strerror)
 
     def stop_all(self) -> None:
-        running = [
-            c.process for c in self.children if c.process is not None and c.process.poll() is None
-        ]
+        running = [c.process for c in self.children if c.state == "running"]
         for child in self.children:
             child.restart_at = None
         for process in running:
@@ -229,13 +225,10 @@ def supervise(
     children = [Child(name, list(argv), policy.first_delay) for name, argv in services]
     supervisor = Supervisor(children, env, _Output(out or sys.stdout), state_file, policy)
     stop_requested = threading.Event()
-    previous = {}
-
-    def request_stop(signum, frame) -> None:
-        stop_requested.set()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        previous[signum] = signal.signal(signum, request_stop)
+    previous = {
+        signum: signal.signal(signum, lambda *_: stop_requested.set())
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         for child in supervisor.children:
             supervisor.start(child)

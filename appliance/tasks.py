@@ -151,12 +151,7 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> TaskQueue:
     def billing_minute() -> dict:
         # Holds, instance time, low-balance notices, automatic top-ups: each catches up.
         with huey.lock_task("billing_minute"):
-            return billing_tasks.every_minute(
-                settings,
-                utcnow(),
-                lambda template, to, context: send_mail(template, to, context),
-                instances.running,
-            )
+            return billing_tasks.every_minute(settings, utcnow(), send_mail, instances.running)
 
     @huey.periodic_task(crontab(minute="*/15"), name="billing_reconcile")
     def billing_reconcile() -> int:

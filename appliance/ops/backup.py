@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import re
@@ -27,7 +26,7 @@ from pathlib import Path
 from sqlite_utils import Database
 
 import appliance
-from appliance import vault
+from appliance import permissions, vault
 from appliance.config import Settings
 from appliance.errors import Conflict, InvalidInput, NotFound
 
@@ -75,11 +74,8 @@ def check_database(path: Path) -> dict[str, int]:
         result = [row[0] for row in db.execute("PRAGMA integrity_check")]
         if result != ["ok"]:
             raise InvalidInput(f"database copy failed integrity_check: {result[0]}")
-        names = db.query(
-            "select name from sqlite_master where type = 'table' and sql not like "
-            "'CREATE VIRTUAL TABLE%' and name not like 'sqlite_%' order by name"
-        )
-        return {row["name"]: db[row["name"]].count for row in names}
+        names = sorted(name for name in db.table_names() if not name.startswith("sqlite_"))
+        return {name: db[name].count for name in names if not db[name].virtual_table_using}
 
 
 def _data_files(settings: Settings) -> Iterator[tuple[Path, str]]:
@@ -127,20 +123,16 @@ def backup(settings: Settings, dest: Path, now: datetime) -> BackupInfo:
             "tables": tables,
             "files": {},
         }
-        partial = work / "archive.partial"
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         total = 0
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        with permissions.private_file(target) as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
             for path, name in entries:
                 added = _add_file(tar, path, name)
                 if added is None:
                     continue  # deleted meanwhile (a document removed while we ran)
                 manifest["files"][name] = added
                 total += added["size"]
-            _add(tar, MANIFEST, json.dumps(manifest, indent=2).encode(), 0o600)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(partial, target)
+            (work / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            _add_file(tar, work / MANIFEST, MANIFEST)
         target.with_name(target.name + ".sha256").write_text(
             f"{sha256_file(target)}  {target.name}\n"
         )
@@ -149,16 +141,8 @@ def backup(settings: Settings, dest: Path, now: datetime) -> BackupInfo:
     return BackupInfo(target, manifest["created_at"], len(entries), total, tables)
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = mode
-    info.mtime = int(datetime.now(UTC).timestamp())
-    tar.addfile(info, io.BytesIO(data))
-
-
 class _Hashing:
-    """A file wrapper that hashes what tarfile reads through it."""
+    """A file wrapper that hashes what is read through it."""
 
     def __init__(self, handle) -> None:
         self.handle = handle
@@ -177,10 +161,9 @@ def _add_file(tar: tarfile.TarFile, path: Path, name: str) -> dict | None:
     except FileNotFoundError:
         return None
     with handle:
+        stat = os.fstat(handle.fileno())
         info = tarfile.TarInfo(name)
-        info.size = os.fstat(handle.fileno()).st_size
-        info.mode = 0o600
-        info.mtime = int(os.fstat(handle.fileno()).st_mtime)
+        info.size, info.mode, info.mtime = stat.st_size, 0o600, int(stat.st_mtime)
         reader = _Hashing(handle)
         tar.addfile(info, reader)
     return {"sha256": reader.digest.hexdigest(), "size": info.size}
@@ -252,10 +235,7 @@ def web_answers(settings: Settings) -> bool:
     database connection between requests, so the /proc scan alone can miss it)."""
     import httpx
 
-    host = settings.web.host
-    local = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
-    scheme = "https" if settings.web.tls_cert else "http"
-    url = f"{scheme}://{local if ':' not in local else f'[{local}]'}:{settings.web.port}/healthz"
+    url = f"{settings.local_web_url}/healthz"
     try:
         # Our own service on this machine: its certificate may be self-signed.
         return httpx.get(url, timeout=1, verify=False).status_code == 200  # noqa: S501
@@ -293,15 +273,12 @@ def restore(settings: Settings, src: Path, *, replace: bool = False) -> dict:
             for name, expected in manifest["files"].items():
                 out = staging / name
                 out.parent.mkdir(parents=True, exist_ok=True)
-                source = tar.extractfile(tar.getmember(name))
-                digest = hashlib.sha256()
+                source = _Hashing(tar.extractfile(tar.getmember(name)))
                 fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "wb") as handle:
-                    for block in iter(lambda s=source: s.read(CHUNK), b""):
-                        digest.update(block)
-                        handle.write(block)
+                    shutil.copyfileobj(source, handle, CHUNK)
                 # Checked again as written: the archive may have changed since verify().
-                if digest.hexdigest() != expected["sha256"]:
+                if source.digest.hexdigest() != expected["sha256"]:
                     raise InvalidInput(f"{src}: {name} does not match its checksum")
         tables = check_database(staging / "appliance.db")
         if tables != manifest["tables"]:

@@ -16,6 +16,7 @@ from sqlite_utils import Database
 
 from appliance import heartbeat
 from appliance.accounts import service as accounts
+from appliance.accounts.models import Account
 from appliance.auth import service as auth
 from appliance.billing import ledger
 from appliance.config import Settings
@@ -43,22 +44,19 @@ class AccountRow:
 
 def account_rows(db: Database) -> list[AccountRow]:
     """Every account that is not deleted, oldest first."""
-    rows = []
-    for account in accounts.accounts(db):
-        if account.status == "deleted":
-            continue
-        members = accounts.members(db, account.id)
-        rows.append(
-            AccountRow(
-                **asdict(account),
-                members=len(members),
-                owners=[m.email for m in members if m.role == "owner"],
-                balance_usd=ledger.usd(ledger.balance(db, account.id)),
-                storage_bytes=knowledge.used_bytes(db, account.id),
-                last_activity=auth.last_activity(db, account.id),
-            )
-        )
-    return rows
+    return [_row(db, account) for account in accounts.accounts(db) if account.status != "deleted"]
+
+
+def _row(db: Database, account: Account) -> AccountRow:
+    members = accounts.members(db, account.id)
+    return AccountRow(
+        **asdict(account),
+        members=len(members),
+        owners=[m.email for m in members if m.role == "owner"],
+        balance_usd=ledger.usd(ledger.balance(db, account.id)),
+        storage_bytes=knowledge.used_bytes(db, account.id),
+        last_activity=auth.last_activity(db, account.id),
+    )
 
 
 def inference_state(settings: Settings) -> dict[str, Any]:
@@ -153,14 +151,13 @@ def suspend(
     """
     if actor_id and accounts.role_in(db, account_id, actor_id):
         raise InvalidInput("You are a member of this account: suspending it would lock you out.")
-    accounts.set_suspended(db, account_id, True)
+    account = accounts.set_suspended(db, account_id, True)
     auth.revoke_account_sessions(db, account_id, now)
-    return _row(db, account_id)
+    return _row(db, account)
 
 
 def unsuspend(db: Database, account_id: str) -> AccountRow:
-    accounts.set_suspended(db, account_id, False)
-    return _row(db, account_id)
+    return _row(db, accounts.set_suspended(db, account_id, False))
 
 
 def delete(
@@ -181,10 +178,6 @@ def delete(
     return {"account_id": found.account_id, "due_at": found.due_at}
 
 
-def _row(db: Database, account_id: str) -> AccountRow:
-    return next(row for row in account_rows(db) if row.id == account_id)
-
-
 def summary_lines(data: dict[str, Any]) -> list[str]:
     """The overview as short text lines for ``appliance admin status``."""
     inference, worker, disk = data["inference"], data["worker"], data["disk"]
@@ -201,31 +194,24 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
             f"{', VRAM ' + vram if vram else ''}), queue {inference['queue']}, "
             f"{inference['tokens_per_second'] or 0:.1f} tokens/s"
         )
+    alive = f"alive (heartbeat {worker['age_seconds']} s ago)"
+    dead = f"NOT running (last heartbeat: {worker['last_heartbeat'] or 'never'})"
     lines = [
         model,
-        "worker: "
-        + (
-            f"alive (heartbeat {worker['age_seconds']} s ago)"
-            if worker["alive"]
-            else f"NOT running (last heartbeat: {worker['last_heartbeat'] or 'never'})"
-        ),
+        f"worker: {alive if worker['alive'] else dead}",
         f"disk: {disk['free_bytes'] / 2**30:.1f} GB free of {disk['total_bytes'] / 2**30:.1f} "
         f"GB; database {disk['database_bytes'] / 2**20:.1f} MB, files "
         f"{disk['files_bytes'] / 2**20:.1f} MB",
     ]
-    restarts = data.get("services")
-    if restarts is not None:
+    if (restarts := data.get("services")) is not None:
         found = services.Restarts.from_public(restarts)
         watcher = "systemd" if found.source == "systemd" else "appliance up"
         lines.append(f"services ({watcher}{'' if found.running else ', not running now'}):")
         lines += [f"  {line}" for line in services.summary(found)]
-    purges = data.get("purges")
-    if purges is not None:
-        lines.append(
-            "purges: " + ("overdue: " + ", ".join(purges["overdue"]) if purges["overdue"] else "ok")
-        )
-    errors = data.get("recent_errors")
-    if errors is not None:
+    if (purges := data.get("purges")) is not None:
+        overdue = ", ".join(purges["overdue"])
+        lines.append(f"purges: {'overdue: ' + overdue if overdue else 'ok'}")
+    if (errors := data.get("recent_errors")) is not None:
         lines.append(f"recent server errors: {len(errors)}")
     lines.append(f"accounts: {len(data['accounts'])}")
     for row in data["accounts"]:

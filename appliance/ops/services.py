@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance import permissions
 from appliance.config import Settings
 
 SERVICES = ("inference", "web", "worker")
@@ -72,9 +73,8 @@ def state_path(settings: Settings) -> Path:
 def write_state(path: Path, state: dict[str, Any]) -> None:
     """Replace ``path`` with ``state`` in one step: a reader sees the old or the new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.write_text(json.dumps(state, indent=2))
-    os.replace(partial, path)
+    with permissions.private_file(path) as handle:
+        handle.write(json.dumps(state, indent=2).encode())
 
 
 def service_states(settings: Settings) -> Restarts | None:
@@ -129,12 +129,8 @@ def _from_systemd() -> Restarts | None:
         return None
     if result.returncode != 0:
         return None  # no systemd here (a container), or no bus
-    services = [
-        state for state in map(_unit_state, result.stdout.split("\n\n")) if state is not None
-    ]
-    if not services:
-        return None
-    return Restarts("systemd", True, None, services)
+    services = [s for s in map(_unit_state, result.stdout.split("\n\n")) if s is not None]
+    return Restarts("systemd", True, None, services) if services else None
 
 
 def _unit_state(block: str) -> ServiceState | None:

@@ -100,7 +100,7 @@ def test_doctor_reports_last_runs_and_overdue(settings, db):
     assert set(retention.overdue(db, NOW + timedelta(hours=26))) == set(retention.JOBS)
     from appliance.doctor import _purges
 
-    checks = {c.name: c for c in _purges(settings)}
+    checks = {c.name: c for c in _purges(db)}
     assert checks["purge request_log"].status in ("ok", "warn")
     assert "last ran" in checks["purge request_log"].detail
 
