@@ -268,24 +268,23 @@ class InferenceClient:
         if response.status_code < 400:
             return data
         error = data.get("error") if isinstance(data, dict) else None
-        message = (error or {}).get("message") if isinstance(error, dict) else None
-        raise _error(response.status_code, error, message, response.headers.get("retry-after"))
+        raise _error(response.status_code, error, response.headers.get("retry-after"))
 
 
-def _error(status: int, error: Any, message: str | None, retry_after: Any) -> ApplianceError:
+def _error(status: int, error: Any, retry_after: Any) -> ApplianceError:
     """The service's error answer as the exception the caller maps to a status.
 
     A refusal stays a refusal (429 or 503 with Retry-After) all the way to the caller's
     own client: it means "busy, try again", not a fault.
     """
-    message = message or f"inference service answered {status}"
+    error = error if isinstance(error, dict) else {}
+    message = error.get("message") or f"inference service answered {status}"
     retry = str(retry_after or "")
     if status == 429:
         return Throttled(message, int(retry) if retry.isdigit() else 2)
     if status == 503:
         return Unavailable(message, int(retry) if retry.isdigit() else 5)
     if status == 400:
-        error = error if isinstance(error, dict) else {}
         return InvalidParam(message, error.get("param"), error.get("code"))
     return InferenceError(message, status)
 
@@ -329,5 +328,5 @@ def _sse_data(line: str) -> dict[str, Any] | None:
     chunk = json.loads(data)
     error = chunk.get("error") if isinstance(chunk, dict) else None
     if isinstance(error, dict):
-        raise _error(error.get("status") or 500, error.get("message"), error.get("retry_after"))
+        raise _error(error.get("status") or 500, error, error.get("retry_after"))
     return chunk
