@@ -64,9 +64,8 @@ def load(settings: Settings) -> dict[str, Entry]:
 
 
 def get(settings: Settings, name: str) -> Entry:
-    entries = load(settings)
     try:
-        return entries[name]
+        return load(settings)[name]
     except KeyError:
         raise NotFound(
             f"'{name}' is not in the model catalog (see `appliance models list --catalog`)"

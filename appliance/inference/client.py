@@ -248,16 +248,10 @@ class InferenceClient:
         if isinstance(exc, httpx.TimeoutException):
             return Unavailable("The model took too long to answer. Please try again.", 5)
         if cut:
-            return Unavailable(
-                "The model stopped in the middle of this answer (it is being restarted). "
-                "Please try again in a few seconds.",
-                5,
-            )
-        return Unavailable(
-            "The model is not answering right now (it may be restarting). "
-            "Please try again in a few seconds.",
-            5,
-        )
+            what = "stopped in the middle of this answer (it is being restarted)"
+        else:
+            what = "is not answering right now (it may be restarting)"
+        return Unavailable(f"The model {what}. Please try again in a few seconds.", 5)
 
     @staticmethod
     def _json(response: httpx.Response) -> dict[str, Any]:
