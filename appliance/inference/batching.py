@@ -454,8 +454,7 @@ class BatchedChatEngine(ChatModel):
         seq.cached = min(length, len(seq.prompt))
 
     def close(self) -> None:
-        for seq in list(self._running.values()):
-            self._release(seq)
+        self.reset()
         if self.batch is not None:
             self._lib.llama_batch_free(self.batch)
             self.batch = None

@@ -7,11 +7,12 @@ that only this client sets; the web process strips them from incoming requests.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -69,14 +70,11 @@ class InferenceClient:
         An external OpenAI-compatible server (vLLM, llama.cpp's server) has no /healthz:
         then ``GET /v1/models`` answering is what healthy means.
         """
-        try:
-            with httpx.Client(timeout=timeout, verify=_tls()) as http:
-                response = http.get(f"{self.base_url}/healthz")
-                if response.status_code == 404:
-                    response = http.get(self._url("/v1/models"), headers=self._headers(None))
-                    return _external_health(self._json(response))
-        except httpx.HTTPError as exc:
-            raise self._unavailable(exc) from None
+        with self._http_errors(), httpx.Client(timeout=timeout, verify=_tls()) as http:
+            response = http.get(f"{self.base_url}/healthz")
+            if response.status_code == 404:
+                response = http.get(self._url("/v1/models"), headers=self._headers(None))
+                return _external_health(self._json(response))
         return self._json(response)
 
     def metrics(self, timeout: float = 3.0) -> dict[str, float]:
@@ -85,10 +83,8 @@ class InferenceClient:
         Raises:
             Unavailable: the service does not answer, or has no such endpoint.
         """
-        try:
+        with self._http_errors():
             response = httpx.get(f"{self.base_url}/metrics", timeout=timeout)
-        except httpx.HTTPError as exc:
-            raise self._unavailable(exc) from None
         if response.status_code != 200:
             raise Unavailable(f"{self.base_url}/metrics answered {response.status_code}.", 5)
         values = {}
@@ -199,35 +195,33 @@ class InferenceClient:
         path: str = "/v1/chat/completions",
     ) -> dict:
         payload = {**body, "stream": False}
-        try:
+        with self._http_errors():
             async with httpx.AsyncClient(timeout=self.timeout, verify=_tls()) as http:
                 response = await http.post(
-                    self._url(path),
-                    json=payload,
-                    headers=self._headers(account_id),
+                    self._url(path), json=payload, headers=self._headers(account_id)
                 )
-        except httpx.HTTPError as exc:
-            raise self._unavailable(exc) from None
         return self._json(response)
 
     async def ahealth(self, timeout: float = 3.0) -> dict[str, Any]:
-        """Async version of :meth:`health`."""
-        try:
+        with self._http_errors():
             async with httpx.AsyncClient(timeout=timeout, verify=_tls()) as http:
                 response = await http.get(f"{self.base_url}/healthz")
                 if response.status_code == 404:
                     response = await http.get(self._url("/v1/models"), headers=self._headers(None))
                     return _external_health(self._json(response))
-        except httpx.HTTPError as exc:
-            raise self._unavailable(exc) from None
         return self._json(response)
 
     # -- helpers ---------------------------------------------------------------------
     def _post(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
         """``POST`` a JSON body to the service; Unavailable when it does not answer."""
+        with self._http_errors(), httpx.Client(timeout=self.timeout, verify=_tls()) as http:
+            return http.post(self._url(path), json=body, headers=headers)
+
+    @contextlib.contextmanager
+    def _http_errors(self) -> Iterator[None]:
+        """The service not answering (any httpx error) as ``Unavailable``."""
         try:
-            with httpx.Client(timeout=self.timeout, verify=_tls()) as http:
-                return http.post(self._url(path), json=body, headers=headers)
+            yield
         except httpx.HTTPError as exc:
             raise self._unavailable(exc) from None
 

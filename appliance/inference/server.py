@@ -364,7 +364,6 @@ def _prometheus(service: InferenceService) -> str:
 
 
 def _batching(service: InferenceService) -> dict[str, Any]:
-    """The chat engine's slots and recent step times."""
     chat = service.engine.chat
     m = chat.metrics
     return {
