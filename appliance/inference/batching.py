@@ -242,9 +242,6 @@ class BatchedChatEngine(ChatModel):
             self.metrics.record(time.perf_counter() - started, decode_seconds, tokens, len(plan))
         return ended
 
-    def idle(self) -> None:
-        """Nothing runs: nothing to tidy (prefix entries stay until they are needed)."""
-
     def reset(self) -> None:
         self.outbox.drain()  # before the scheduler fails what is running
         for seq in list(self._running.values()):
@@ -367,7 +364,8 @@ class BatchedChatEngine(ChatModel):
                 groups[:0] = [[item] for item in group]
         for seq, message, status in failures:
             seq.out = None
-            ended.append((seq.job, self._fail(seq, message, status)))
+            self._release(seq)
+            ended.append((seq.job, Failed(message, status, 2 if status == 503 else None)))
         return seconds
 
     def _park(self, seq: _Sequence) -> None:
@@ -430,14 +428,10 @@ class BatchedChatEngine(ChatModel):
             tail = seq.scanner.flush(seq.decoder.decode(b"", final=True))
             if tail and reason != "cancelled":
                 self.outbox.put(seq.job, Delta(tail, tuple(seq.logprobs)))
-        if reason != "cancelled":
-            self._remember(seq)
+        if reason != "cancelled":  # its cells serve later prompts that start the same way
+            self.prefixes.remember(seq.slot, seq.history)
         self._release(seq)
         return Finish(reason, len(seq.prompt), seq.completion, seq.cached)
-
-    def _fail(self, seq: _Sequence, message: str, status: int) -> Failed:
-        self._release(seq)
-        return Failed(message, status, 2 if status == 503 else None)
 
     def _release(self, seq: _Sequence) -> None:
         """Free the slot and its KV cells (cells shared with a cached prefix stay)."""
@@ -459,13 +453,8 @@ class BatchedChatEngine(ChatModel):
         seq.history = seq.tokens[:length]
         seq.cached = min(length, len(seq.prompt))
 
-    def _remember(self, seq: _Sequence) -> None:
-        """Keep the finished sequence's cells for later prompts that start the same way."""
-        self.prefixes.remember(seq.slot, seq.history)
-
     def close(self) -> None:
-        for seq in list(self._running.values()):
-            self._release(seq)
+        self.reset()
         if self.batch is not None:
             self._lib.llama_batch_free(self.batch)
             self.batch = None

@@ -12,13 +12,11 @@ from pathlib import Path
 
 from appliance.config import Settings
 from appliance.errors import ConfigError, NotFound
-from appliance.inference.models import Kind
+from appliance.inference.models import ID_RE, SHA256_RE, Kind
 
 BUNDLED = Path(__file__).with_name("catalog.toml")
 EXTRA_FILE = "catalog.toml"  # in the models directory
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
 REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 GB = 1_000_000_000
 
 #: RAM kept for everything but the chat model on a CPU server: the web and worker
@@ -64,9 +62,8 @@ def load(settings: Settings) -> dict[str, Entry]:
 
 
 def get(settings: Settings, name: str) -> Entry:
-    entries = load(settings)
     try:
-        return entries[name]
+        return load(settings)[name]
     except KeyError:
         raise NotFound(
             f"'{name}' is not in the model catalog (see `appliance models list --catalog`)"
@@ -88,7 +85,7 @@ def _entry(path: Path, name: str, raw: dict) -> Entry:
     def fail(problem: str) -> ConfigError:
         return ConfigError(f"{path}: model '{name}': {problem}")
 
-    if not NAME_RE.match(name):
+    if not ID_RE.match(name):
         raise fail("the name may use only a-z, 0-9, '.', '_' and '-'")
     fields = {key: raw.get(key) for key in ("kind", "repo", "file", "license")}
     missing = [key for key, value in fields.items() if not isinstance(value, str) or not value]

@@ -82,18 +82,11 @@ def parse_chat(body: Any, settings: Settings, model_id: str, n_vocab: int) -> Ch
     return _checked(request, structured.template_messages(messages), settings, model_id, n_vocab)
 
 
-#: Fields a legacy completion shares with a chat completion.
-SHARED = (
-    *("model", "frequency_penalty", "logit_bias", "max_tokens", "n", "presence_penalty"),
-    *("seed", "stop", "stream", "stream_options", "temperature", "top_p", "user"),
-)
-
-
 def parse_completion(body: Any, settings: Settings, model_id: str, n_vocab: int) -> ChatRequest:
     """A legacy completion (``prompt`` in, text out, no chat template) as a ChatRequest."""
     legacy = schema.decode(body, schema.CompletionRequest)
     prompt = schema.completion_prompt(legacy)
-    shared = {name: getattr(legacy, name) for name in SHARED}
+    shared = {name: getattr(legacy, name) for name in schema.Common.__struct_fields__}
     if shared["max_tokens"] is None:
         shared["max_tokens"] = 16  # OpenAI's default for this endpoint
     request = schema.ChatCompletionRequest(messages=[], **shared)

@@ -7,11 +7,12 @@ that only this client sets; the web process strips them from incoming requests.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -69,14 +70,11 @@ class InferenceClient:
         An external OpenAI-compatible server (vLLM, llama.cpp's server) has no /healthz:
         then ``GET /v1/models`` answering is what healthy means.
         """
-        try:
-            with httpx.Client(timeout=timeout, verify=_tls()) as http:
-                response = http.get(f"{self.base_url}/healthz")
-                if response.status_code == 404:
-                    response = http.get(self._url("/v1/models"), headers=self._headers(None))
-                    return _external_health(self._json(response))
-        except httpx.HTTPError as exc:
-            raise self._unavailable(exc) from None
+        with self._http_errors(), httpx.Client(timeout=timeout, verify=_tls()) as http:
+            response = http.get(f"{self.base_url}/healthz")
+            if response.status_code == 404:
+                response = http.get(self._url("/v1/models"), headers=self._headers(None))
+                return _external_health(self._json(response))
         return self._json(response)
 
     def metrics(self, timeout: float = 3.0) -> dict[str, float]:
@@ -85,10 +83,8 @@ class InferenceClient:
         Raises:
             Unavailable: the service does not answer, or has no such endpoint.
         """
-        try:
+        with self._http_errors():
             response = httpx.get(f"{self.base_url}/metrics", timeout=timeout)
-        except httpx.HTTPError as exc:
-            raise self._unavailable(exc) from None
         if response.status_code != 200:
             raise Unavailable(f"{self.base_url}/metrics answered {response.status_code}.", 5)
         values = {}
@@ -199,35 +195,33 @@ class InferenceClient:
         path: str = "/v1/chat/completions",
     ) -> dict:
         payload = {**body, "stream": False}
-        try:
+        with self._http_errors():
             async with httpx.AsyncClient(timeout=self.timeout, verify=_tls()) as http:
                 response = await http.post(
-                    self._url(path),
-                    json=payload,
-                    headers=self._headers(account_id),
+                    self._url(path), json=payload, headers=self._headers(account_id)
                 )
-        except httpx.HTTPError as exc:
-            raise self._unavailable(exc) from None
         return self._json(response)
 
     async def ahealth(self, timeout: float = 3.0) -> dict[str, Any]:
-        """Async version of :meth:`health`."""
-        try:
+        with self._http_errors():
             async with httpx.AsyncClient(timeout=timeout, verify=_tls()) as http:
                 response = await http.get(f"{self.base_url}/healthz")
                 if response.status_code == 404:
                     response = await http.get(self._url("/v1/models"), headers=self._headers(None))
                     return _external_health(self._json(response))
-        except httpx.HTTPError as exc:
-            raise self._unavailable(exc) from None
         return self._json(response)
 
     # -- helpers ---------------------------------------------------------------------
     def _post(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
         """``POST`` a JSON body to the service; Unavailable when it does not answer."""
+        with self._http_errors(), httpx.Client(timeout=self.timeout, verify=_tls()) as http:
+            return http.post(self._url(path), json=body, headers=headers)
+
+    @contextlib.contextmanager
+    def _http_errors(self) -> Iterator[None]:
+        """The service not answering (any httpx error) as ``Unavailable``."""
         try:
-            with httpx.Client(timeout=self.timeout, verify=_tls()) as http:
-                return http.post(self._url(path), json=body, headers=headers)
+            yield
         except httpx.HTTPError as exc:
             raise self._unavailable(exc) from None
 
@@ -248,16 +242,10 @@ class InferenceClient:
         if isinstance(exc, httpx.TimeoutException):
             return Unavailable("The model took too long to answer. Please try again.", 5)
         if cut:
-            return Unavailable(
-                "The model stopped in the middle of this answer (it is being restarted). "
-                "Please try again in a few seconds.",
-                5,
-            )
-        return Unavailable(
-            "The model is not answering right now (it may be restarting). "
-            "Please try again in a few seconds.",
-            5,
-        )
+            what = "stopped in the middle of this answer (it is being restarted)"
+        else:
+            what = "is not answering right now (it may be restarting)"
+        return Unavailable(f"The model {what}. Please try again in a few seconds.", 5)
 
     @staticmethod
     def _json(response: httpx.Response) -> dict[str, Any]:
@@ -268,24 +256,23 @@ class InferenceClient:
         if response.status_code < 400:
             return data
         error = data.get("error") if isinstance(data, dict) else None
-        message = (error or {}).get("message") if isinstance(error, dict) else None
-        raise _error(response.status_code, error, message, response.headers.get("retry-after"))
+        raise _error(response.status_code, error, response.headers.get("retry-after"))
 
 
-def _error(status: int, error: Any, message: str | None, retry_after: Any) -> ApplianceError:
+def _error(status: int, error: Any, retry_after: Any) -> ApplianceError:
     """The service's error answer as the exception the caller maps to a status.
 
     A refusal stays a refusal (429 or 503 with Retry-After) all the way to the caller's
     own client: it means "busy, try again", not a fault.
     """
-    message = message or f"inference service answered {status}"
+    error = error if isinstance(error, dict) else {}
+    message = error.get("message") or f"inference service answered {status}"
     retry = str(retry_after or "")
     if status == 429:
         return Throttled(message, int(retry) if retry.isdigit() else 2)
     if status == 503:
         return Unavailable(message, int(retry) if retry.isdigit() else 5)
     if status == 400:
-        error = error if isinstance(error, dict) else {}
         return InvalidParam(message, error.get("param"), error.get("code"))
     return InferenceError(message, status)
 
@@ -329,5 +316,5 @@ def _sse_data(line: str) -> dict[str, Any] | None:
     chunk = json.loads(data)
     error = chunk.get("error") if isinstance(chunk, dict) else None
     if isinstance(error, dict):
-        raise _error(error.get("status") or 500, error.get("message"), error.get("retry_after"))
+        raise _error(error.get("status") or 500, error, error.get("retry_after"))
     return chunk

@@ -77,23 +77,17 @@ def minilm_zip_path() -> Path:
 
 
 def convert_minilm(source: Path, dest: Path, name: str = "all-MiniLM-L6-v2") -> Path:
-    """Convert the all-MiniLM-L6-v2 checkpoint to a GGUF embedding model for llama.cpp.
+    """Convert the all-MiniLM-L6-v2 checkpoint ``source`` (the sentence-transformers
+    ``model.zip`` of :func:`minilm_zip_path`, or a directory it was extracted to) to a GGUF
+    embedding model for llama.cpp at ``dest``, and return ``dest``.
 
     Any BERT checkpoint of the same shape converts the same way; a cross-encoder
     (``BertForSequenceClassification`` with one output, e.g. ms-marco-MiniLM-L6-v2)
     becomes a reranker for llama.cpp's rank pooling, its head kept.
 
-    The output is written to a temporary file next to ``dest`` and moved into place with
-    :func:`os.replace` only once complete, so a crash never leaves a partial ``dest`` behind.
-
-    Args:
-        source: The sentence-transformers ``model.zip`` (see :func:`minilm_zip_path`) or a
-            directory it was extracted to.
-        dest: Path of the ``.gguf`` file to write; its parent directory is created if needed
-            and an existing file is replaced.
-
-    Returns:
-        ``dest``.
+    ``dest``'s directory is created if needed. The output is written to a temporary file
+    next to it and moved into place with :func:`os.replace` only once complete, so a crash
+    never leaves a partial ``dest`` behind (an existing file is replaced).
 
     Raises:
         FileNotFoundError: If ``source`` does not exist or lacks a required file.
@@ -196,7 +190,6 @@ def _pooling_type(model_dir: Path) -> gguf.PoolingType:
 def _add_metadata(
     writer: gguf.GGUFWriter, model_dir: Path, config: dict[str, Any], name: str
 ) -> None:
-    """Write the general and hyperparameter keys."""
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)

@@ -68,28 +68,19 @@ def load_engine(
         prefix_cache_entries=cfg.prefix_cache_entries,
         extra_bufts=extra_bufts,
     )
-    embedding = None
+    encoder = {
+        "n_threads": n_threads,
+        "batch": cfg.embedding_batch_tokens,
+        "extra_bufts": extra_bufts,
+    }
+    embedding = rerank = None
     if with_embeddings:
-        embedding = EmbeddingEngine(
-            *_configured(registry, "embedding", cfg.embedding_model),
-            n_threads=n_threads,
-            max_tokens=cfg.embedding_max_tokens,
-            batch=cfg.embedding_batch_tokens,
-            extra_bufts=extra_bufts,
-        )
-    rerank = None
+        model, path = _configured(registry, "embedding", cfg.embedding_model)
+        embedding = EmbeddingEngine(model, path, max_tokens=cfg.embedding_max_tokens, **encoder)
     if with_embeddings and cfg.rerank_model:
-        rerank = RerankEngine(
-            *_configured(registry, "reranker", cfg.rerank_model),
-            n_threads=n_threads,
-            batch=cfg.embedding_batch_tokens,
-            extra_bufts=extra_bufts,
-        )
+        rerank = RerankEngine(*_configured(registry, "reranker", cfg.rerank_model), **encoder)
     layers = chat.layers + 1  # llama.cpp counts the output layer too
-    if n_gpu_layers == 0:
-        offloaded = 0
-    else:
-        offloaded = layers if n_gpu_layers < 0 else min(n_gpu_layers, layers)
+    offloaded = layers if n_gpu_layers < 0 else min(n_gpu_layers, layers)
     info = EngineInfo(
         chat_model=chat_model.id,
         embedding_model=embedding.model.id if embedding else None,

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from appliance.config import Settings
 from appliance.errors import ApplianceError, InvalidInput, NotFound, Unavailable
 from appliance.inference import models
-from appliance.inference.pull import SHA256_RE, finish, prepare
+from appliance.inference.pull import finish, prepare
 
 STAGING = ".hub-download"
 
@@ -51,7 +51,7 @@ def pull(
     with _hub_errors(spec):
         meta = huggingface_hub.get_hf_file_metadata(url)
     published = (meta.etag or "").lower()
-    if not SHA256_RE.match(published):
+    if not models.SHA256_RE.match(published):
         raise InvalidInput(
             f"the hub publishes no SHA-256 for {spec} (not an LFS file), so it cannot be "
             "verified: download it yourself and pull its URL with --sha256"

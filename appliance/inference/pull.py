@@ -23,8 +23,6 @@ from appliance.errors import Conflict, InvalidInput
 from appliance.inference import models
 
 CHUNK = 1 << 20
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
 HF_RE = re.compile(
     r"^hf:(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)/(?P<file>[^@]+\.gguf)"
     r"(?:@(?P<revision>[\w./-]+))?$"
@@ -129,7 +127,7 @@ def pull(
 
 def normalise_sha256(sha256: str) -> str:
     sha256 = sha256.strip().lower()
-    if not SHA256_RE.match(sha256):
+    if not models.SHA256_RE.match(sha256):
         raise InvalidInput("--sha256 must be 64 hexadecimal characters")
     return sha256
 
@@ -140,7 +138,7 @@ def prepare(
     """The registry, the file's place in the models dir and the model id; refuses before
     any download what would overwrite an installed model."""
     model_id = (model_id or file_name.removesuffix(".gguf")).lower()
-    if not ID_RE.match(model_id):
+    if not models.ID_RE.match(model_id):
         raise InvalidInput(f"model id '{model_id}' may use only a-z, 0-9, '.', '_' and '-'")
     registry = models.load_registry(settings)
     target = registry.directory / file_name

@@ -102,9 +102,6 @@ class BatchRunner(Protocol):
         ``cancelled`` flag is set must end (and free its slot) in the next step.
         """
 
-    def idle(self) -> None:
-        """Called when the runner holds no job and none is waiting (housekeeping)."""
-
     def reset(self) -> None:
         """Forget every held job and free their slots (after ``step`` raised)."""
 
@@ -140,9 +137,6 @@ class OneAtATime:
                 log.exception("%s request failed", self.name)
                 last = Failed("The model failed to answer this request.")
         return [(job, last)]
-
-    def idle(self) -> None:
-        pass
 
     def reset(self) -> None:
         self.job = None
@@ -189,7 +183,8 @@ class Scheduler:
         #: Requests past their account's share, waiting for a place: account -> line.
         self._held: OrderedDict[str, deque[tuple[Job, asyncio.Future]]] = OrderedDict()
         self._held_total = 0
-        self._waiting = 0
+        #: Jobs in the fair queue (not held, not running).
+        self.waiting = 0
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._work, name=f"{name}-scheduler", daemon=True)
@@ -207,10 +202,6 @@ class Scheduler:
                     job.loop.call_soon_threadsafe(_settle, admitted, _shutting_down())
             self._cond.notify_all()
         self._thread.join(timeout)
-
-    @property
-    def waiting(self) -> int:
-        return self._waiting
 
     @property
     def running(self) -> Job | None:
@@ -267,7 +258,7 @@ class Scheduler:
     def _check(self) -> None:
         if self._stopping:
             raise _shutting_down()
-        if self._waiting >= self.queue_size:
+        if self.waiting >= self.queue_size:
             self.stats.rejected_full += 1
             raise Unavailable("The model is busy: too many requests are waiting.", 2)
 
@@ -287,7 +278,7 @@ class Scheduler:
         priority = job.priority if job.priority in PRIORITIES else "interactive"
         self._queues[priority].setdefault(job.account, deque()).append(job)
         self._in_flight[job.account] = self._in_flight.get(job.account, 0) + 1
-        self._waiting += 1
+        self.waiting += 1
         self.stats.submitted += 1
         self._cond.notify()
 
@@ -307,7 +298,7 @@ class Scheduler:
         """Queue held requests whose account has a place again (under the lock)."""
         for account in list(self._held):
             line = self._held[account]
-            while line and self._has_room(account) and self._waiting < self.queue_size:
+            while line and self._has_room(account) and self.waiting < self.queue_size:
                 job, admitted = line.popleft()
                 self._held_total -= 1
                 self._queue(job)
@@ -325,7 +316,7 @@ class Scheduler:
                     pending.remove(job)
                     if not pending:
                         del queues[job.account]
-                    self._waiting -= 1
+                    self.waiting -= 1
                     self._release(job.account)
                     self.stats.cancelled += 1
                     job.emit(DONE)
@@ -349,7 +340,7 @@ class Scheduler:
                 del queues[account]
                 if pending:  # round-robin: the account goes to the back of the line
                     queues[account] = pending
-                self._waiting -= 1
+                self.waiting -= 1
                 if self._held:  # a place in the queue came free
                     self._promote()
                 return job
@@ -361,10 +352,8 @@ class Scheduler:
         while True:
             admitted: list[Job] = []
             with self._cond:
-                while not self.active and not self._waiting and not self._stopping:
-                    runner.idle()
-                    if not self._waiting and not self._stopping:
-                        self._cond.wait()
+                while not self.active and not self.waiting and not self._stopping:
+                    self._cond.wait()
                 if self._stopping and not self.active:
                     return
                 while not self._stopping and len(self.active) + len(admitted) < runner.slots:

@@ -34,28 +34,23 @@ from appliance.inference.engine import Engine, load_engine
 from appliance.inference.scheduler import AccountBusy, Failed, Job, Scheduler
 
 log = logging.getLogger("appliance.inference")
-#: The ``Stats`` counters /metrics reports as ``requests_total{status=...}``.
 #: What /healthz says of the loaded engine (``EngineInfo``'s fields).
 HEALTH_INFO = (
     *("chat_model", "embedding_model", "rerank_model", "n_ctx", "device"),
     *("gpu_offload_supported", "gpu_layers", "model_layers", "cpu_repack"),
 )
+#: The ``Stats`` counters /metrics reports as ``requests_total{status=...}``.
 OUTCOMES = ("completed", "cancelled", "failed", "rejected_full", "rejected_account")
 
 
 def api_error(
-    status: int,
-    message: str,
-    kind: str,
-    *,
-    retry_after: int | None = None,
-    param: str | None = None,
-    code: str | None = None,
+    status: int, message: str, kind: str, *, retry_after: int | None = None, **fields: Any
 ) -> Response:
-    """OpenAI's error envelope; a refusal (429, 503) says when to retry."""
+    """OpenAI's error envelope (``fields``: its ``param`` and ``code``); a refusal (429,
+    503) says when to retry."""
     headers = {"Retry-After": str(retry_after or 2)} if status in chat_api.CODES else {}
     return Response(
-        {"error": chat_api.error_body(status, message, kind, param=param, code=code)},
+        {"error": chat_api.error_body(status, message, kind, **fields)},
         status_code=status,
         media_type=MediaType.JSON,
         headers=headers,
@@ -95,11 +90,6 @@ class InferenceService:
             raise InvalidInput("No embedding model is loaded.")
         yield self.engine.embedding.embed(job.payload)
 
-    def authorized(self, connection: ASGIConnection) -> bool:
-        header = connection.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), self.key.encode())
-
     def job(self, request: Request, payload: Any) -> Job:
         return Job(
             account=request.headers.get(ACCOUNT_HEADER, "") or "-",
@@ -122,7 +112,9 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             raise InvalidInput("The request body is not valid JSON.") from None
 
     def require_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-        if not service.authorized(connection):
+        scheme, _, token = connection.headers.get("authorization", "").partition(" ")
+        key = service.key.encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), key):
             raise NotAuthorizedException("Missing or wrong inference key.")
 
     @post(["/v1/chat/completions", "/v1/completions"], status_code=200)
@@ -233,10 +225,6 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
     async def metrics() -> str:
         return _prometheus(service)
 
-    def on_startup() -> None:
-        service.chat.start()
-        service.embeddings.start()
-
     def on_shutdown() -> None:
         service.chat.stop()
         service.embeddings.stop()
@@ -247,11 +235,9 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             param, code = "messages", "context_length_exceeded"
         return api_error(400, str(exc), "invalid_request_error", param=param, code=code)
 
-    def unavailable(request: Request, exc: Unavailable) -> Response:
-        return api_error(503, str(exc), "server_busy", retry_after=exc.retry_after)
-
-    def busy(request: Request, exc: AccountBusy) -> Response:
-        return api_error(429, str(exc), "rate_limit_error", retry_after=exc.retry_after)
+    def refused(request: Request, exc: Unavailable | AccountBusy) -> Response:
+        status = 429 if isinstance(exc, AccountBusy) else 503
+        return api_error(status, str(exc), chat_api.KINDS[status], retry_after=exc.retry_after)
 
     def unauthorized(request: Request, exc: NotAuthorizedException) -> Response:
         return api_error(401, str(exc.detail), "authentication_error", code="invalid_api_key")
@@ -269,12 +255,12 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             healthz,
             metrics,
         ],
-        on_startup=[on_startup],
+        on_startup=[service.chat.start, service.embeddings.start],
         on_shutdown=[on_shutdown],
         exception_handlers={
             InvalidInput: invalid,
-            Unavailable: unavailable,
-            AccountBusy: busy,
+            Unavailable: refused,
+            AccountBusy: refused,
             NotAuthorizedException: unauthorized,
             HTTPException: http_error,
         },
@@ -325,16 +311,14 @@ async def _events_until_disconnect(
 async def _sse(
     service: InferenceService, chat: ChatRequest, jobs: list[Job], model_id: str
 ) -> AsyncIterator[str]:
-    finished = False
     try:
         async for line in chat_api.stream(chat, jobs, model_id):
             yield line
-        finished = True
     finally:
-        if not finished:
-            # The client went away (Litestar cancels the stream): free the slots now.
-            for job in jobs:
-                service.chat.cancel(job)
+        # If the client went away (Litestar cancels the stream), this frees the slots now;
+        # after the last chunk there is nothing left to stop.
+        for job in jobs:
+            service.chat.cancel(job)
 
 
 def _prometheus(service: InferenceService) -> str:
@@ -380,7 +364,6 @@ def _prometheus(service: InferenceService) -> str:
 
 
 def _batching(service: InferenceService) -> dict[str, Any]:
-    """The chat engine's slots and recent step times."""
     chat = service.engine.chat
     m = chat.metrics
     return {

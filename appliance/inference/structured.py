@@ -42,11 +42,9 @@ def _refuse_keywords(schema: Any, param: str) -> None:
                     "grammar-constrained decoding here; leave it out.",
                     param,
                 )
-            if key not in ("properties", "$defs", "definitions") or not isinstance(value, dict):
-                _refuse_keywords(value, param)
-            else:
-                for sub in value.values():
-                    _refuse_keywords(sub, param)
+            if key in ("properties", "$defs", "definitions") and isinstance(value, dict):
+                value = list(value.values())  # its keys are names, not keywords
+            _refuse_keywords(value, param)
     elif isinstance(schema, list):
         for item in schema:
             _refuse_keywords(item, param)

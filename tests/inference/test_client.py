@@ -9,7 +9,7 @@ from conftest import free_port
 
 from appliance.errors import InvalidInput, Unavailable
 from appliance.inference import models
-from appliance.inference.client import InferenceClient, InferenceError
+from appliance.inference.client import InferenceClient, InferenceError, _sse_data
 
 pytestmark = pytest.mark.inference
 
@@ -167,3 +167,10 @@ def test_no_key_at_all_raises_inference_error_401(inference_service):
     with pytest.raises(InferenceError) as caught:
         InferenceClient(inference_service.url, None).chat(STORY)
     assert caught.value.status == 401
+
+
+def test_an_error_event_in_a_stream_raises_what_the_request_would_have():
+    line = 'data: {"error": {"message": "The model is busy.", "status": 503, "retry_after": 7}}'
+    with pytest.raises(Unavailable) as caught:
+        _sse_data(line)
+    assert str(caught.value) == "The model is busy." and caught.value.retry_after == 7
