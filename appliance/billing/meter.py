@@ -102,23 +102,18 @@ def spent_this_month(
     """Micro-dollars of usage charged to the instance or key this calendar month (UTC),
     plus its open holds."""
     params = {"subject": subject, "id": subject_id, "month": _month(now), "ref": account_ref}
-    row = next(
-        db.query(
-            "select spent_microusd from spend_months where subject = :subject "
-            "and subject_id = :id and month = :month and account_ref = :ref",
-            params,
-        ),
-        {"spent_microusd": 0},
+    spent = db.query(
+        "select spent_microusd from spend_months where subject = :subject "
+        "and subject_id = :id and month = :month and account_ref = :ref",
+        params,
     )
-    holding = next(
-        db.query(
-            "select coalesce(sum(amount_microusd), 0) as held from billing_holds "
-            "where account_ref = :ref and state = 'held' and (case :subject "
-            "when 'instance' then instance_id else key_id end) = :id",
-            params,
-        )
+    holding = db.query(
+        "select coalesce(sum(amount_microusd), 0) as held from billing_holds "
+        "where account_ref = :ref and state = 'held' and (case :subject "
+        "when 'instance' then instance_id else key_id end) = :id",
+        params,
     )
-    return row["spent_microusd"] + holding["held"]
+    return next(spent, {"spent_microusd": 0})["spent_microusd"] + next(holding)["held"]
 
 
 def _count_spending(db, hold: Hold, account_ref: str, charged: int, now: datetime) -> None:

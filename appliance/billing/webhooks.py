@@ -149,14 +149,12 @@ def _refund(db, charge: dict[str, Any], now: datetime) -> tuple[str | None, str]
     refunded = charge.get("amount_refunded")
     if not isinstance(refunded, int) or refunded <= 0:
         return account_ref, "no amount"
-    before = next(
-        db.query(
-            "select coalesce(sum(-amount_microusd + shortfall_microusd), 0) as debited "
-            "from ledger_entries where kind = 'refund' and stripe_ref = :charge",
-            {"charge": charge.get("id")},
-        )
+    before = db.query(
+        "select coalesce(sum(-amount_microusd + shortfall_microusd), 0) as debited "
+        "from ledger_entries where kind = 'refund' and stripe_ref = :charge",
+        {"charge": charge.get("id")},
     )
-    due = refunded * payments.PER_CENT - before["debited"]
+    due = refunded * payments.PER_CENT - next(before)["debited"]
     if due <= 0:
         return account_ref, "already debited"
     ledger.post(
