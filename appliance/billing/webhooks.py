@@ -120,10 +120,8 @@ def _fail_session(db, session: dict[str, Any]) -> tuple[str | None, str]:
     found = _topup_for_session(db, session)
     if found is None:
         return None, "unknown session"
-    db.execute(
-        "update billing_topups set status = 'failed' where id = :id and status = 'pending'",
-        {"id": found.id},
-    )
+    if found.status == "pending":
+        payments.set_topup(db, found.id, status="failed")
     return found.account_ref, "failed"
 
 
