@@ -139,13 +139,15 @@ def set_suspended(db: Database, account_id: str, suspended: bool) -> Account:
         NotFound: no such account, or it is deleted.
         Conflict: it is already in that state.
     """
-    store = AccountStore(db)
+    return _set_status(db, account_id, "suspended" if suspended else "active")
+
+
+def _set_status(db: Database, account_id: str, wanted: str) -> Account:
     with write_transaction(db):
-        found = account(db, account_id)
-        wanted = "suspended" if suspended else "active"
+        found = account(db, account_id)  # NotFound when missing or deleted
         if found.status == wanted:
             raise Conflict(f"The account is already {wanted}.")
-        store.set_account(found.id, status=wanted)
+        AccountStore(db).set_account(found.id, status=wanted)
     return replace(found, status=wanted)
 
 
@@ -170,10 +172,7 @@ def lock(db: Database, account_id: str) -> Account:
     Raises:
         NotFound: no such account, or it is deleted already.
     """
-    with write_transaction(db):
-        found = account(db, account_id)
-        AccountStore(db).set_account(found.id, status="deleted")
-    return replace(found, status="deleted")
+    return _set_status(db, account_id, "deleted")
 
 
 def tombstone(db: Database, account_id: str) -> None:

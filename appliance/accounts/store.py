@@ -96,15 +96,12 @@ class AccountStore:
 
     def member_elsewhere(self, user_id: str, account_id: str) -> bool:
         """A member of another account that is not deleted (active or suspended)."""
-        return (
-            self._one(
-                """select 1 from memberships m join accounts a on a.id = m.account_id
-                   where m.user_id = :user and m.account_id != :account
-                   and a.status != 'deleted'""",
-                {"user": user_id, "account": account_id},
-            )
-            is not None
+        found = self._one(
+            """select 1 from memberships m join accounts a on a.id = m.account_id
+               where m.user_id = :user and m.account_id != :account and a.status != 'deleted'""",
+            {"user": user_id, "account": account_id},
         )
+        return found is not None
 
     def active_people(self) -> list[str]:
         """The emails of every user of an active account, and of every operator."""

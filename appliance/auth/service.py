@@ -295,16 +295,14 @@ def revoke_account_access(db: Database, account_id: str, now: datetime) -> None:
 
 def last_activity(db: Database, account_id: str) -> str | None:
     """When a session or an API key of the account was last used (ISO), or None."""
-    row = next(
-        db.query(
-            """select max(at) as at from (
-                   select max(last_seen_at) as at from sessions where account_id = :account
-                   union all
-                   select max(last_used_at) from api_keys where account_id = :account)""",
-            {"account": account_id},
-        )
+    found = db.query(
+        """select max(at) as at from (
+               select max(last_seen_at) as at from sessions where account_id = :account
+               union all
+               select max(last_used_at) from api_keys where account_id = :account)""",
+        {"account": account_id},
     )
-    return row["at"]
+    return next(found)["at"]
 
 
 def revoke_instance_keys(db: Database, account_id: str, instance_id: str, now: datetime) -> None:

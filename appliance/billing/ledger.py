@@ -101,14 +101,12 @@ def balance(db: Database, account_ref: str) -> int:
 
 def held(db: Database, account_ref: str, *, except_hold: str | None = None) -> int:
     """Micro-dollars reserved by the account's open holds."""
-    row = next(
-        db.query(
-            "select coalesce(sum(amount_microusd), 0) as held from billing_holds "
-            "where account_ref = :ref and state = 'held' and id != :hold",
-            {"ref": account_ref, "hold": except_hold or ""},
-        )
+    found = db.query(
+        "select coalesce(sum(amount_microusd), 0) as held from billing_holds "
+        "where account_ref = :ref and state = 'held' and id != :hold",
+        {"ref": account_ref, "hold": except_hold or ""},
     )
-    return row["held"]
+    return next(found)["held"]
 
 
 def post(
@@ -190,11 +188,9 @@ def entries(
 
 def ledger_sum(db: Database, account_ref: str) -> int:
     """The sum of the account's entries (equal to its balance: the invariant)."""
-    row = next(
-        db.query(
-            "select coalesce(sum(amount_microusd), 0) as total from ledger_entries "
-            "where account_ref = :ref",
-            {"ref": account_ref},
-        )
+    found = db.query(
+        "select coalesce(sum(amount_microusd), 0) as total from ledger_entries "
+        "where account_ref = :ref",
+        {"ref": account_ref},
     )
-    return row["total"]
+    return next(found)["total"]

@@ -74,6 +74,13 @@ def prices_for(settings: Settings, model: str | None) -> Prices:
     )
 
 
+def _cost(settings: Settings, model: str | None, prompt_tokens: int, completion_tokens: int) -> int:
+    """What the tokens cost under the model's prices (0 while billing is off)."""
+    if not settings.billing.enabled:
+        return 0
+    return prices_for(settings, model).cost(prompt_tokens, completion_tokens)
+
+
 def _cap(db, subject: str, subject_id: str | None) -> int | None:
     if not subject_id:
         return None
@@ -95,23 +102,18 @@ def spent_this_month(
     """Micro-dollars of usage charged to the instance or key this calendar month (UTC),
     plus its open holds."""
     params = {"subject": subject, "id": subject_id, "month": _month(now), "ref": account_ref}
-    row = next(
-        db.query(
-            "select spent_microusd from spend_months where subject = :subject "
-            "and subject_id = :id and month = :month and account_ref = :ref",
-            params,
-        ),
-        {"spent_microusd": 0},
+    spent = db.query(
+        "select spent_microusd from spend_months where subject = :subject "
+        "and subject_id = :id and month = :month and account_ref = :ref",
+        params,
     )
-    holding = next(
-        db.query(
-            "select coalesce(sum(amount_microusd), 0) as held from billing_holds "
-            "where account_ref = :ref and state = 'held' and (case :subject "
-            "when 'instance' then instance_id else key_id end) = :id",
-            params,
-        )
+    holding = db.query(
+        "select coalesce(sum(amount_microusd), 0) as held from billing_holds "
+        "where account_ref = :ref and state = 'held' and (case :subject "
+        "when 'instance' then instance_id else key_id end) = :id",
+        params,
     )
-    return row["spent_microusd"] + holding["held"]
+    return next(spent, {"spent_microusd": 0})["spent_microusd"] + next(holding)["held"]
 
 
 def _count_spending(db, hold: Hold, account_ref: str, charged: int, now: datetime) -> None:
@@ -144,14 +146,11 @@ def reserve(
         PaymentRequired: the balance (less open holds) does not cover it, or the instance's
             or key's monthly spend cap is reached.
     """
-    enabled = settings.billing.enabled
-    amount = (
-        prices_for(settings, model).cost(prompt_tokens, max_completion_tokens) if enabled else 0
-    )
+    amount = _cost(settings, model, prompt_tokens, max_completion_tokens)
     expires = iso(now + timedelta(seconds=settings.billing.hold_timeout_seconds))
     hold = Hold(new_id("hold"), account_id, instance_id, key_id, model, amount, iso(now), expires)
     with write_transaction(db):
-        if enabled:
+        if settings.billing.enabled:
             free = ledger.balance(db, account_id) - ledger.held(db, account_id)
             if amount > free:
                 raise PaymentRequired(
@@ -191,11 +190,7 @@ def settle(
     Returns the micro-dollars charged (0 when billing is off, or when this hold was
     already settled).
     """
-    cost = (
-        prices_for(settings, hold.model).cost(prompt_tokens, completion_tokens)
-        if settings.billing.enabled
-        else 0
-    )
+    cost = _cost(settings, hold.model, prompt_tokens, completion_tokens)
     with write_transaction(db):
         row = next(db.query("select * from billing_holds where id = :id", {"id": hold.id}), None)
         if row is None or row["state"] == "settled":

@@ -264,18 +264,14 @@ def save_card(
     card = method.get("card") if isinstance(method, dict) else None
     if not isinstance(card, dict):
         return
-    with write_transaction(db):
-        db.execute(
-            "update billing_accounts set payment_method_id = :method, card_brand = :brand, "
-            "card_last4 = :last4, updated_at = :now where account_ref = :ref",
-            {
-                "method": method.get("id"),
-                "brand": str(card.get("brand", "")),
-                "last4": str(card.get("last4", ""))[-4:],
-                "now": iso(now),
-                "ref": account_ref,
-            },
-        )
+    saved = {
+        "payment_method_id": method.get("id"),
+        "card_brand": str(card.get("brand", "")),
+        "card_last4": str(card.get("last4", ""))[-4:],
+        "updated_at": iso(now),
+    }
+    with write_transaction(db):  # the row exists: the card's payment was just credited
+        db["billing_accounts"].update(account_ref, saved)
 
 
 def auto_topup(db: Database, settings: Settings, account_ref: str, now: datetime) -> str:

@@ -284,31 +284,23 @@ def pseudonymize_account(db: Database, account_id: str, reference: str) -> int:
         for table in ("billing_holds", "spend_caps", "spend_months"):
             db[table].delete_where("account_ref = ?", [account_id])
         params = {"ref": reference, "account": account_id}
-        kept = 0
-        kept += db.execute(
-            "update ledger_entries set account_ref = :ref, actor_ref = null "
-            "where account_ref = :account",
-            params,
-        ).rowcount
-        kept += db.execute(
-            "update billing_topups set account_ref = :ref, requested_by = null "
-            "where account_ref = :account",
-            params,
-        ).rowcount
         # Minutes a just-destroyed instance ran are still charged by the worker, under
         # the reference.
         db.execute(
             "update instance_meter set account_ref = :ref where account_ref = :account", params
         )
-        kept += db.execute(
-            "update stripe_events set account_ref = :ref where account_ref = :account", params
-        ).rowcount
-        kept += db.execute(
+        kept = 0
+        for statement in (
+            "update ledger_entries set account_ref = :ref, actor_ref = null "
+            "where account_ref = :account",
+            "update billing_topups set account_ref = :ref, requested_by = null "
+            "where account_ref = :account",
+            "update stripe_events set account_ref = :ref where account_ref = :account",
             "update billing_accounts set account_ref = :ref, card_brand = null, "
             "card_last4 = null, payment_method_id = null, low_balance_notified_at = null "
             "where account_ref = :account",
-            params,
-        ).rowcount
+        ):
+            kept += db.execute(statement, params).rowcount
     return kept
 
 

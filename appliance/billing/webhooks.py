@@ -120,10 +120,8 @@ def _fail_session(db, session: dict[str, Any]) -> tuple[str | None, str]:
     found = _topup_for_session(db, session)
     if found is None:
         return None, "unknown session"
-    db.execute(
-        "update billing_topups set status = 'failed' where id = :id and status = 'pending'",
-        {"id": found.id},
-    )
+    if found.status == "pending":
+        payments.set_topup(db, found.id, status="failed")
     return found.account_ref, "failed"
 
 
@@ -149,14 +147,12 @@ def _refund(db, charge: dict[str, Any], now: datetime) -> tuple[str | None, str]
     refunded = charge.get("amount_refunded")
     if not isinstance(refunded, int) or refunded <= 0:
         return account_ref, "no amount"
-    before = next(
-        db.query(
-            "select coalesce(sum(-amount_microusd + shortfall_microusd), 0) as debited "
-            "from ledger_entries where kind = 'refund' and stripe_ref = :charge",
-            {"charge": charge.get("id")},
-        )
+    before = db.query(
+        "select coalesce(sum(-amount_microusd + shortfall_microusd), 0) as debited "
+        "from ledger_entries where kind = 'refund' and stripe_ref = :charge",
+        {"charge": charge.get("id")},
     )
-    due = refunded * payments.PER_CENT - before["debited"]
+    due = refunded * payments.PER_CENT - next(before)["debited"]
     if due <= 0:
         return account_ref, "already debited"
     ledger.post(

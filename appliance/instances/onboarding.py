@@ -14,6 +14,7 @@ from sqlite_utils import Database
 from appliance.accounts import service as accounts
 from appliance.accounts.models import Profile
 from appliance.config import Settings
+from appliance.errors import Conflict
 from appliance.instances import service as instances
 
 
@@ -43,5 +44,16 @@ def skip(
 def first_instance(
     db: Database, settings: Settings, account_id: str, actor_role: str, now: datetime
 ) -> instances.Instance | None:
-    """The team's first instance, if it has none (``None`` otherwise)."""
-    return instances.ensure_first(db, account_id, actor_role, now=now, **instances.limits(settings))
+    """The team's first instance, ``assistant``, if it has none (``None`` otherwise, and
+    when no chat model is installed)."""
+    if instances.list_instances(db, account_id):
+        return None
+    limits = instances.limits(settings)
+    if not limits["models"]:
+        return None
+    try:
+        return instances.create(
+            db, account_id, actor_role, {"name": "assistant"}, now=now, **limits
+        )
+    except Conflict:  # a concurrent onboarding made it first
+        return None

@@ -179,29 +179,9 @@ def chat_models(settings: Settings) -> list[str]:
 
 
 def limits(settings: Settings) -> dict[str, Any]:
-    """What ``create``, ``update`` and ``ensure_first`` check against: the chat models that
-    may be chosen and the largest ``max_tokens``."""
+    """What ``create`` and ``update`` check against: the chat models that may be chosen
+    and the largest ``max_tokens``."""
     return {"models": chat_models(settings), "max_tokens_cap": settings.inference.max_tokens}
-
-
-def ensure_first(
-    db: Database,
-    account_id: str,
-    actor_role: str,
-    *,
-    models: list[str],
-    max_tokens_cap: int,
-    now: datetime,
-) -> Instance | None:
-    """The account's first instance, ``assistant``, when it has none (onboarding makes
-    it, so a new team can chat at once); ``None`` when it already has one."""
-    if list_instances(db, account_id) or not models:
-        return None
-    limits = {"models": models, "max_tokens_cap": max_tokens_cap}
-    try:
-        return create(db, account_id, actor_role, {"name": "assistant"}, now=now, **limits)
-    except Conflict:  # a concurrent onboarding made it first
-        return None
 
 
 _LIVE = "account_id = ? and name = ? and state != 'destroyed'"

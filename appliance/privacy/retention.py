@@ -87,14 +87,12 @@ def run_job(
             with write_transaction(db):
                 runs.update(run_id, {"deleted": runs.get(run_id)["deleted"] + deleted})
 
+    complete = False  # a job that raises is recorded as unfinished
     try:
         deleted, complete = JOBS[name](db, settings, now, budget, on_batch)
-    except Exception:
+    finally:
         with write_transaction(db):
-            runs.update(run_id, {"finished_at": iso(now), "complete": 0})
-        raise
-    with write_transaction(db):
-        runs.update(run_id, {"finished_at": iso(now), "complete": int(complete)})
+            runs.update(run_id, {"finished_at": iso(now), "complete": int(complete)})
     level = logging.INFO if deleted or not complete else logging.DEBUG
     log.log(level, "purge %s: %d deleted%s", name, deleted, "" if complete else " (unfinished)")
     return RunResult(name, deleted, complete)
