@@ -236,20 +236,13 @@ class KnowledgeStore:
     ) -> None:
         """Insert chunks with their FTS5 rows and vectors (call inside a transaction)."""
         for chunk, vector in zip(chunks, vectors, strict=True):
+            row = {**asdict(chunk), "document_id": document_id, "account_id": account_id}
             cursor = self.db.execute(
                 """insert into chunks (document_id, account_id, position, text, page, heading,
                                        tokens, code)
-                   values (?, ?, ?, ?, ?, ?, ?, ?)""",
-                [
-                    document_id,
-                    account_id,
-                    chunk.position,
-                    chunk.text,
-                    chunk.page,
-                    chunk.heading,
-                    chunk.tokens,
-                    codes.code(vector),
-                ],
+                   values (:document_id, :account_id, :position, :text, :page, :heading,
+                           :tokens, :code)""",
+                {**row, "code": codes.code(vector)},
             )
             chunk_id = cursor.lastrowid
             self.db.execute(
@@ -410,6 +403,7 @@ class KnowledgeStore:
         if not self.has_vectors():
             return []
         if collections is not None:
+            blob, chosen = serialize_float32(list(vector)), json.dumps(list(collections))
             rows = self.db.execute(
                 """select rowid from chunk_vectors
                    where embedding match ? and k = ? and account_id = ?
@@ -417,13 +411,7 @@ class KnowledgeStore:
                                  and c.document_id in (select document_id from collection_documents
                                  where collection_id in (select value from json_each(?))))
                    order by distance""",
-                [
-                    serialize_float32(list(vector)),
-                    k,
-                    account_id,
-                    account_id,
-                    json.dumps(list(collections)),
-                ],
+                [blob, k, account_id, account_id, chosen],
             )
             return [row[0] for row in rows]
         if self.indexed_rows() >= codes.QUANTIZED_ABOVE:
