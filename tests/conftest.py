@@ -284,6 +284,27 @@ def indexed_document(db, settings, clock, account, user, name, text, vector=(0.1
     return doc
 
 
+def stored_exchange(
+    db, account_id, user_id, instance, question, answer, now, conversation_id=None
+) -> str:
+    """A question and its answer kept as ``/v1`` keeps them (no model runs): in a new
+    conversation, or appended to ``conversation_id``. Returns the conversation's id."""
+    from appliance.chat import service as chat
+
+    return chat.store_exchange(
+        db,
+        account_id,
+        user_id,
+        instance,
+        [{"role": "user", "content": question}],
+        answer,
+        now,
+        conversation_id=conversation_id,
+        passages=[],
+        usage={"prompt_tokens": 5, "completion_tokens": 5},
+    )
+
+
 def stored_document(db, account_id: str, doc_id: str, chunks: list, vectors: list) -> None:
     """A ready document with these chunks and vectors, written straight into the
     knowledge store (no file, no ingestion)."""

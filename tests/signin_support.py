@@ -1,7 +1,8 @@
-"""Signing in through the real API in tests: codes read from the file backend's outbox.
+"""Signing in through the real API in tests: codes read from the file backend's outbox,
+and API keys.
 
 Imported by test modules anywhere under tests/ (pytest puts this folder on ``sys.path``
-for tests/conftest.py).
+for tests/conftest.py), and by scripts/bench/load.py as ``tests.signin_support``.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import re
 
 from appliance import mail
+from appliance.auth import service as auth
 
 CSRF = "test-csrf-token-value"
 
@@ -37,3 +39,10 @@ def sign_in(client, settings, email: str) -> dict:
     client.cookies.set("csrf", CSRF)
     client.headers["X-CSRFToken"] = CSRF
     return response.json()
+
+
+def api_key(db, user, account, scope: str, now) -> str:
+    """The secret of a new ``scope`` key of ``user`` in ``account``."""
+    return auth.create_key(
+        db, user_id=user.id, account_id=account.id, name=scope, scope=scope, now=now
+    )[1]

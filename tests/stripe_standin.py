@@ -143,6 +143,21 @@ def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:
     return f"t={t},v1={mac}"
 
 
+def session_object(topup_id: str, session_id: str, *, paid=True, cents=2500) -> dict:
+    """A Checkout Session as a webhook event carries it, for the top-up ``topup_id``."""
+    return {
+        "id": session_id,
+        "object": "checkout.session",
+        "client_reference_id": topup_id,
+        "payment_status": "paid" if paid else "unpaid",
+        "status": "complete",
+        "amount_total": cents,
+        "currency": "usd",
+        "customer": "cus_test_1",
+        "payment_intent": f"pi_for_{session_id}",
+    }
+
+
 def event(event_id: str, kind: str, obj: dict) -> bytes:
     return json.dumps(
         {

@@ -14,6 +14,7 @@ early (the page's Stop, a server stopping) keeps what was written, charged as pr
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -146,22 +147,16 @@ async def answer(
             "completion_tokens": len(parts),
             "cached_tokens": 0,
         }
-        own = open_db(settings, migrate=False)
-        try:
+        with contextlib.closing(open_db(settings, migrate=False)) as own:
             text = "".join(parts)
             message = service.finish_turn(
                 own, turn, text, clock(), finish_reason=finish_reason, **counts
             )
             return message_view(own, account_id, message) if message else None
-        finally:
-            own.close()
 
     def fail() -> None:
-        own = open_db(settings, migrate=False)
-        try:
+        with contextlib.closing(open_db(settings, migrate=False)) as own:
             service.end_turn(own, turn.conversation.id)
-        finally:
-            own.close()
 
     failed: ApplianceError | None = None
     try:

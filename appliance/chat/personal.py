@@ -7,6 +7,7 @@ import sqlite_utils
 
 from appliance import personal
 from appliance.chat import service
+from appliance.chat.store import ChatStore
 from appliance.config import Settings
 from appliance.personal import ERASE, USERS, Table
 
@@ -44,7 +45,7 @@ def export(db: sqlite_utils.Database, settings: Settings, scope: personal.Scope)
 def _markdown(db: sqlite_utils.Database, scope: personal.Scope, conversation_id: str):
     def text() -> str:
         found = service.get(db, scope.account_id, scope.user_id, conversation_id)
-        return conversation_markdown(found, service.every_message(db, conversation_id))
+        return conversation_markdown(found, ChatStore(db).messages(conversation_id))
 
     return text
 

@@ -171,11 +171,6 @@ def current_line(messages: list[Message]) -> tuple[list[Message], dict[str, list
     return line, versions
 
 
-def every_message(db: sqlite_utils.Database, conversation_id: str) -> list[Message]:
-    """All messages of a conversation, earlier versions included (for the export)."""
-    return ChatStore(db).messages(conversation_id)
-
-
 def select_version(
     db: sqlite_utils.Database,
     account_id: str,

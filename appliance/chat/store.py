@@ -35,14 +35,10 @@ class ChatStore:
 
     def conversation(self, account_id: str, user_id: str, conversation_id: str):
         """The user's own conversation (without its messages), or None."""
-        row = next(
-            self.db.query(
-                "select * from conversations where id = :id and account_id = :account "
-                "and user_id = :user",
-                {"id": conversation_id, "account": account_id, "user": user_id},
-            ),
-            None,
+        rows = self.db["conversations"].rows_where(
+            "id = ? and account_id = ? and user_id = ?", [conversation_id, account_id, user_id]
         )
+        row = next(rows, None)
         return _conversation(row) if row else None
 
     def recent(self, account_id: str, user_id: str, limit: int) -> list[Conversation]:
@@ -93,9 +89,8 @@ class ChatStore:
     # messages
     def messages(self, conversation_id: str) -> list[Message]:
         """Every message of the conversation, all versions, in the order they were written."""
-        rows = self.db.query(
-            "select * from messages where conversation_id = :conversation order by position, seq",
-            {"conversation": conversation_id},
+        rows = self.db["messages"].rows_where(
+            "conversation_id = ?", [conversation_id], order_by="position, seq"
         )
         return [_message(row) for row in rows]
 

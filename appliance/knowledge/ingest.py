@@ -117,12 +117,7 @@ def _extract_and_chunk(db, settings: Settings, client, doc: Document, path) -> l
     store = KnowledgeStore(db)
     _set(db, doc.id, "extracting", error=None, chunks_done=0, chunks_total=0)
     try:
-        extracted = extract.extract(
-            path,
-            doc.kind,
-            timeout=settings.knowledge.extract_timeout_seconds,
-            memory_mb=settings.knowledge.extract_memory_mb,
-        )
+        extracted = read_as(settings, path, doc.kind)
     except extract.ExtractionError as exc:
         _set(db, doc.id, "failed", error=str(exc))
         return []
@@ -140,6 +135,14 @@ def _extract_and_chunk(db, settings: Settings, client, doc: Document, path) -> l
     if not chunks:
         _set(db, doc.id, "failed", error="No text was found in this document.")
     return chunks
+
+
+def read_as(settings: Settings, path, kind: str) -> extract.Extracted:
+    """The text of ``path`` as a ``kind`` file, within the ``knowledge.extract_*`` limits."""
+    cfg = settings.knowledge
+    return extract.extract(
+        path, kind, timeout=cfg.extract_timeout_seconds, memory_mb=cfg.extract_memory_mb
+    )
 
 
 def _counter(client: InferenceClient):

@@ -182,7 +182,7 @@ def _start_vector_leg(
     depth: int,
     collections: list[str] | None = None,
 ) -> Future:
-    path = db.execute("select file from pragma_database_list where name = 'main'").fetchone()[0]
+    path = KnowledgeStore(db).path()
 
     def run() -> list[int]:
         vector = client.embed([query], account_id=account_id)[0]

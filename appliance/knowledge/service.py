@@ -30,7 +30,7 @@ from appliance.errors import InvalidInput, NotAllowed, NotFound, TooLarge
 from appliance.ids import new_id
 from appliance.inference.client import InferenceClient
 from appliance.knowledge import extract
-from appliance.knowledge.ingest import ingest_documents
+from appliance.knowledge.ingest import ingest_documents, read_as
 from appliance.knowledge.store import Document, KnowledgeStore
 
 log = logging.getLogger(__name__)
@@ -273,12 +273,7 @@ def read_document(settings: Settings, path: Path, filename: str) -> extract.Extr
     """
     with path.open("rb") as f:
         kind = extract.detect_type(filename, f.read(extract.HEAD_BYTES))
-    return extract.extract(
-        path,
-        kind,
-        timeout=settings.knowledge.extract_timeout_seconds,
-        memory_mb=settings.knowledge.extract_memory_mb,
-    )
+    return read_as(settings, path, kind)
 
 
 def retry(db: sqlite_utils.Database, account_id: str, document_id: str, now: datetime) -> Document:

@@ -86,14 +86,16 @@ class KnowledgeStore:
     def _documents(self, where: str, params: Sequence = (), **kwargs) -> list[Document]:
         return [Document(**row) for row in self.db["documents"].rows_where(where, params, **kwargs)]
 
-    def document(self, account_id: str, document_id: str) -> Document | None:
-        found = self._documents("id = ? and account_id = ?", [document_id, account_id])
+    def _document(self, where: str, params: Sequence) -> Document | None:
+        found = self._documents(where, params, limit=1)
         return found[0] if found else None
+
+    def document(self, account_id: str, document_id: str) -> Document | None:
+        return self._document("id = ? and account_id = ?", [document_id, account_id])
 
     def document_any(self, document_id: str) -> Document | None:
         """For the worker only: the task carries the id, not the account."""
-        found = self._documents("id = ?", [document_id])
-        return found[0] if found else None
+        return self._document("id = ?", [document_id])
 
     def documents(self, account_id: str | None) -> list[Document]:
         """The account's documents, newest first (None: every account's)."""
@@ -102,8 +104,7 @@ class KnowledgeStore:
         return self._documents("account_id = ?", [account_id], order_by="created_at desc")
 
     def by_hash(self, account_id: str, sha256: str) -> Document | None:
-        found = self._documents("account_id = ? and sha256 = ?", [account_id, sha256])
-        return found[0] if found else None
+        return self._document("account_id = ? and sha256 = ?", [account_id, sha256])
 
     def used_bytes(self, account_id: str) -> int:
         return self.db.execute(
@@ -209,6 +210,12 @@ class KnowledgeStore:
                 self.set_meta("embedding_dim", str(dim))
                 self.set_meta("embedding_model", model)
 
+    def path(self) -> str:
+        """The database's file ("" in memory): what per-file caches are keyed by."""
+        return self.db.execute(
+            "select file from pragma_database_list where name = 'main'"
+        ).fetchone()[0]
+
     def has_vectors(self) -> bool:
         return self.meta("embedding_dim") is not None
 
@@ -229,20 +236,13 @@ class KnowledgeStore:
     ) -> None:
         """Insert chunks with their FTS5 rows and vectors (call inside a transaction)."""
         for chunk, vector in zip(chunks, vectors, strict=True):
+            row = {**asdict(chunk), "document_id": document_id, "account_id": account_id}
             cursor = self.db.execute(
                 """insert into chunks (document_id, account_id, position, text, page, heading,
                                        tokens, code)
-                   values (?, ?, ?, ?, ?, ?, ?, ?)""",
-                [
-                    document_id,
-                    account_id,
-                    chunk.position,
-                    chunk.text,
-                    chunk.page,
-                    chunk.heading,
-                    chunk.tokens,
-                    codes.code(vector),
-                ],
+                   values (:document_id, :account_id, :position, :text, :page, :heading,
+                           :tokens, :code)""",
+                {**row, "code": codes.code(vector)},
             )
             chunk_id = cursor.lastrowid
             self.db.execute(
@@ -330,9 +330,7 @@ class KnowledgeStore:
                 _stems.clear()
             for row in self.db.query("select doc, term from temp.kb_query_stems"):
                 _stems[missing[row["doc"]]] = row["term"]
-        path = self.db.execute(
-            "select file from pragma_database_list where name = 'main'"
-        ).fetchone()[0]
+        path = self.path()
         rows, deletions = self.indexed_rows(), self.meta("deletions")
         known = _frequencies.get(path)
         if (
@@ -405,6 +403,7 @@ class KnowledgeStore:
         if not self.has_vectors():
             return []
         if collections is not None:
+            blob, chosen = serialize_float32(list(vector)), json.dumps(list(collections))
             rows = self.db.execute(
                 """select rowid from chunk_vectors
                    where embedding match ? and k = ? and account_id = ?
@@ -412,19 +411,11 @@ class KnowledgeStore:
                                  and c.document_id in (select document_id from collection_documents
                                  where collection_id in (select value from json_each(?))))
                    order by distance""",
-                [
-                    serialize_float32(list(vector)),
-                    k,
-                    account_id,
-                    account_id,
-                    json.dumps(list(collections)),
-                ],
+                [blob, k, account_id, account_id, chosen],
             )
             return [row[0] for row in rows]
         if self.indexed_rows() >= codes.QUANTIZED_ABOVE:
-            path = self.db.execute(
-                "select file from pragma_database_list where name = 'main'"
-            ).fetchone()[0]
+            path = self.path()
             if codes.size(self, path, account_id) >= codes.QUANTIZED_ABOVE:
                 return codes.nearest(self, path, account_id, vector, k)
         found = self._nearest_in_ram(account_id, vector, k)
@@ -443,6 +434,5 @@ class KnowledgeStore:
         (matrix.py); None when there is none (yet)."""
         if self.indexed_rows() < matrix.IN_RAM_FROM:
             return None
-        path = self.db.execute("select file from pragma_database_list where name = 'main'")
-        path = path.fetchone()[0]
+        path = self.path()
         return matrix.nearest(self, path, account_id, vector, k) if path else None

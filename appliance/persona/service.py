@@ -13,6 +13,7 @@ rather than hidden. Nothing else in this domain leaves the box.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 
 import sqlite_utils
@@ -34,9 +35,12 @@ from appliance.persona.template import local_prompt as local_prompt
 MAX_PROMPT_CHARS = 8000
 HISTORY_LIMIT = 50
 EGRESS_LIMIT = 200
-EGRESS_SERVICE = "anthropic"
-EGRESS_PURPOSE = "system prompt generation"
-EGRESS_DATA = "onboarding summary"
+#: What each request to Claude is logged as (``log_egress``).
+CLAUDE_EGRESS = {
+    "service": "anthropic",
+    "purpose": "system prompt generation",
+    "data_categories": "onboarding summary",
+}
 
 
 def _require_manager(actor_role: str) -> None:
@@ -101,8 +105,7 @@ def _store_version(
     """Store ``text`` as the next version, with the text it replaces."""
     store = PersonaStore(db)
     with write_transaction(db):
-        previous = store.latest_prompt(account_id)
-        before = previous.text if previous else local_prompt(accounts.profile(db, account_id, now))
+        before = effective_prompt(db, account_id, now)
         prompt = SystemPrompt(
             id=new_id("spr"),
             account_id=account_id,
@@ -141,16 +144,7 @@ def _record_egress(
 ) -> None:
     with write_transaction(db):
         for call in calls:
-            log_egress(
-                db,
-                account_id,
-                service=EGRESS_SERVICE,
-                purpose=EGRESS_PURPOSE,
-                data_categories=EGRESS_DATA,
-                bytes_sent=call.bytes_sent,
-                outcome=call.outcome,
-                now=now,
-            )
+            log_egress(db, account_id, **CLAUDE_EGRESS, **asdict(call), now=now)
 
 
 def generate(

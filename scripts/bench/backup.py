@@ -22,7 +22,7 @@ import textwrap
 import time
 
 from common import (
-    bench_parser,
+    bench_args,
     fresh_settings,
     markdown_table,
     print_and_record,
@@ -52,10 +52,7 @@ WRITER = textwrap.dedent(
 
 
 def main() -> None:
-    parser = bench_parser(__doc__)
-    parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--files-mb", type=int, default=50)
-    args = parser.parse_args()
+    args = bench_args(__doc__, rows=200_000, files_mb=50)
 
     settings = fresh_settings("backup")
     root = settings.paths.data_dir.parent

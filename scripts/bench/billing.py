@@ -25,7 +25,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from common import append_to_doc, bench_parser, markdown_table, run_stamp
+from common import append_to_doc, bench_args, markdown_table, run_stamp
 
 from appliance.billing import ledger, meter, service
 from appliance.cli import initialise
@@ -118,9 +118,7 @@ def parallel(settings, account: str, threads: int = 8, each: int = 50) -> float:
 
 
 def main() -> int:
-    parser = bench_parser(__doc__)
-    parser.add_argument("--entries", type=int, default=100_000)
-    args = parser.parse_args()
+    args = bench_args(__doc__, entries=100_000)
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings.load(data_dir=tmp, environ={}, overrides={"billing.enabled": True})
         initialise(settings)

@@ -73,6 +73,15 @@ def bench_parser(doc: str, *, data_dir: bool = False, record: bool = True, wait_
     return parser
 
 
+def bench_args(doc: str, **sizes: int) -> argparse.Namespace:
+    """The command line of a script that takes ``--record`` and whole-number sizes: one
+    option per keyword (``files_mb=50`` is ``--files-mb``, 50 unless given)."""
+    parser = bench_parser(doc)
+    for name, default in sizes.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+    return parser.parse_args()
+
+
 def run_main(main) -> None:
     """Exit with what ``main()`` returns; on Ctrl-C with 130, once its ``finally`` blocks
     have stopped the child services."""

@@ -55,11 +55,11 @@ from common import (
 )
 
 from appliance.accounts import service as accounts
-from appliance.auth import service as auth
 from appliance.config import Settings
 from appliance.db import open_db
 from appliance.inference.models import DEFAULT_CHAT
 from appliance.instances import service as instances
+from tests.signin_support import api_key
 
 SECTION = "## Load: the issue 21 mix (scripts/bench/load.py)"
 KINDS = ("search", "list documents", "upload", "chat (`/v1`)")
@@ -114,12 +114,7 @@ def setup_account(settings: Settings, index: int) -> dict[str, str]:
             max_tokens_cap=settings.inference.max_tokens,
             now=now,
         )
-        keys = {
-            scope: auth.create_key(
-                db, user_id=user.id, account_id=account.id, name=scope, scope=scope, now=now
-            )[1]
-            for scope in ("manage", "inference")
-        }
+        keys = {scope: api_key(db, user, account, scope, now) for scope in ("manage", "inference")}
     finally:
         db.close()
     return keys

@@ -24,7 +24,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from common import (
-    bench_parser,
+    bench_args,
     code_version,
     cpu_model,
     fresh_settings,
@@ -56,10 +56,7 @@ def timed(fn):
 
 
 def main() -> None:
-    parser = bench_parser(__doc__)
-    parser.add_argument("--messages", type=int, default=20_000)
-    parser.add_argument("--log-rows", type=int, default=100_000)
-    args = parser.parse_args()
+    args = bench_args(__doc__, messages=20_000, log_rows=100_000)
     settings = fresh_settings("privacy")
     rows = []
 

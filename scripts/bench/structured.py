@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import append_to_doc, bench_parser, install_models, markdown_table, run_stamp
+from common import append_to_doc, bench_args, install_models, markdown_table, run_stamp
 from litestar.testing import TestClient
 
 from appliance import vault
@@ -84,10 +84,7 @@ def measure(http: TestClient, key: str, structured: bool, tokens: int) -> tuple[
 
 
 def main() -> int:
-    parser = bench_parser(__doc__)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--tokens", type=int, default=96)
-    args = parser.parse_args()
+    args = bench_args(__doc__, runs=5, tokens=96)
 
     rows = []
     for slots, environ in (("1", {"APPLIANCE_INFERENCE__PARALLEL": "1"}), ("default", {})):

@@ -5,10 +5,9 @@ import re
 
 import pytest
 from litestar.testing import TestClient
-from signin_support import mails_to, sign_in
+from signin_support import api_key, mails_to, sign_in
 
 from appliance.accounts import service as accounts
-from appliance.auth import service as auth
 
 OWNER = "owner@example.com"
 MEMBER = "member@example.com"
@@ -113,14 +112,7 @@ def test_a_session_cookie_alone_never_authorises_v1(owner_client):
 
 
 def test_an_inference_key_authorises_v1(app, db, clock, team):
-    _key, secret = auth.create_key(
-        db,
-        user_id=team["member"].id,
-        account_id=team["account"].id,
-        name="k",
-        scope="inference",
-        now=clock(),
-    )
+    secret = api_key(db, team["member"], team["account"], "inference", clock())
     with TestClient(app) as client:
         response = client.get("/v1/models", headers={"Authorization": f"Bearer {secret}"})
     assert response.status_code == 200

@@ -10,7 +10,7 @@ import pytest
 from billing_support import WEBHOOK_SECRET, billed, stripe_standin  # noqa: F401 - fixtures
 from conftest import in_threads, make_settings
 from litestar.testing import TestClient
-from stripe_standin import event, sign
+from stripe_standin import event, session_object, sign
 
 from appliance import mail
 from appliance.accounts import service as accounts
@@ -51,20 +51,6 @@ def checkout(shop, amount=25) -> dict:
     )
     assert response.status_code == 201, response.text
     return response.json()
-
-
-def session_object(topup_id: str, session_id: str, *, paid=True, cents=2500) -> dict:
-    return {
-        "id": session_id,
-        "object": "checkout.session",
-        "client_reference_id": topup_id,
-        "payment_status": "paid" if paid else "unpaid",
-        "status": "complete",
-        "amount_total": cents,
-        "currency": "usd",
-        "customer": "cus_test_1",
-        "payment_intent": f"pi_for_{session_id}",
-    }
 
 
 def deliver(shop, payload: bytes, *, secret=WEBHOOK_SECRET, timestamp=None, client=None):

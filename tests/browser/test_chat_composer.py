@@ -6,6 +6,7 @@ a reload; the same at 390 px without sideways scrolling."""
 
 import pytest
 from browser_support import browser_sign_in
+from conftest import stored_exchange
 
 from appliance.accounts import service as accounts
 from appliance.chat import service as chat
@@ -27,17 +28,8 @@ def long_conversation(db, account_id, user_id, instance, turns=25):
     for n in range(turns):
         question = f"Question number {n}: what does paragraph {n} of the handbook say?"
         answer = f"Answer number {n}. " + "The handbook explains this at some length. " * 12
-        conversation_id = chat.store_exchange(
-            db,
-            account_id,
-            user_id,
-            instance,
-            [{"role": "user", "content": question}],
-            answer,
-            utcnow(),
-            conversation_id=conversation_id,
-            passages=[],
-            usage={},
+        conversation_id = stored_exchange(
+            db, account_id, user_id, instance, question, answer, utcnow(), conversation_id
         )
     return conversation_id
 
@@ -137,7 +129,7 @@ def test_chat_feels_like_chat(live_kb, page, linked_settings, models_dir):
     error = page.locator("#chat-error")
     error.wait_for(state="visible", timeout=30_000)
     assert "too long for the instance" in error.inner_text()
-    assert len(chat.every_message(db, new_id)) == 5  # nothing stored
+    assert db["messages"].count_where("conversation_id = ?", [new_id]) == 5  # nothing stored
     page.reload()
     assert "too long for the instance" in page.locator("#chat-error").inner_text()
     assert len(page.get_by_label("Message").input_value()) == len(paste)

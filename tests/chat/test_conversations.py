@@ -12,6 +12,7 @@ from appliance.accounts import service as accounts
 from appliance.auth import service as auth
 from appliance.chat import service as chat
 from appliance.chat.personal import conversation_markdown
+from appliance.chat.store import ChatStore
 from appliance.tasks import create_queue
 from appliance.web import create_app
 
@@ -201,10 +202,10 @@ def test_regenerate_and_edit_keep_the_earlier_versions(env):
     # Every version is in the user's export, and in the full-text search.
     db = env["db"]
     conversation = chat.get(db, env["account"].id, env["user"].id, cid)
-    markdown = conversation_markdown(conversation, chat.every_message(db, cid))
+    markdown = conversation_markdown(conversation, ChatStore(db).messages(cid))
     for text in ("Name a colour.", "Name a fruit.", "Name an animal.", "## Earlier versions"):
         assert text in markdown
-    assert len(chat.every_message(db, cid)) == 7
+    assert db["messages"].count_where("conversation_id = ?", [cid]) == 7
     assert [
         c["id"] for c in chat.list_for_user(db, env["account"].id, env["user"].id, query="animal")
     ] == [cid]

@@ -8,9 +8,9 @@ import pydantic
 import pytest
 from conftest import managed_app
 from litestar.testing import TestClient
+from signin_support import api_key
 
 from appliance.accounts import service as accounts
-from appliance.auth import service as auth
 
 pytestmark = pytest.mark.inference
 
@@ -150,12 +150,8 @@ def test_instances_api_validation_and_isolation(env):
     assert changed.status_code == 200 and changed.json()["top_k"] == 3
     db, clock = env["db"], env["clock"]
     stranger, account = accounts.create_user(db, "b@example.org", clock(), account_name="B")
-    _, key = auth.create_key(
-        db, user_id=stranger.id, account_id=account.id, name="b", scope="manage", now=clock()
-    )
-    _, inference_key = auth.create_key(
-        db, user_id=stranger.id, account_id=account.id, name="i", scope="inference", now=clock()
-    )
+    key = api_key(db, stranger, account, "manage", clock())
+    inference_key = api_key(db, stranger, account, "inference", clock())
     other = TestClient(env["app"])
     other.headers["Authorization"] = f"Bearer {key}"
     instance_id = env["instance"]["id"]
@@ -172,9 +168,7 @@ def test_instances_api_validation_and_isolation(env):
 def test_a_key_cannot_be_bound_to_another_accounts_instance(env):
     db, clock = env["db"], env["clock"]
     stranger, account = accounts.create_user(db, "c@example.org", clock(), account_name="C")
-    _, key = auth.create_key(
-        db, user_id=stranger.id, account_id=account.id, name="c", scope="manage", now=clock()
-    )
+    key = api_key(db, stranger, account, "manage", clock())
     other = TestClient(env["app"])
     other.headers["Authorization"] = f"Bearer {key}"
     response = other.post(

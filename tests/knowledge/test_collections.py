@@ -8,6 +8,7 @@ import io
 import pytest
 from conftest import indexed_document
 from litestar.testing import TestClient
+from signin_support import api_key
 
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth
@@ -277,12 +278,8 @@ def test_v1_on_an_instance_limited_to_a_collection_cites_only_it(
         linked_settings, clock=clock, queue=create_queue(linked_settings, immediate=True)
     )
     owner, account = accounts.create_user(db, "owner@example.com", clock(), account_name="A")
-    _, manage = auth.create_key(
-        db, user_id=owner.id, account_id=account.id, name="m", scope="manage", now=clock()
-    )
-    _, inference = auth.create_key(
-        db, user_id=owner.id, account_id=account.id, name="i", scope="inference", now=clock()
-    )
+    manage = api_key(db, owner, account, "manage", clock())
+    inference = api_key(db, owner, account, "inference", clock())
     with TestClient(app) as client:
         client.headers["Authorization"] = f"Bearer {manage}"
         hr = client.post("/api/collections", json={"name": "HR"}).json()

@@ -5,9 +5,9 @@ import io
 
 import pytest
 from litestar.testing import TestClient
+from signin_support import api_key
 
 from appliance.accounts import service as accounts
-from appliance.auth import service as auth
 from appliance.db import open_db
 from appliance.knowledge import service as knowledge
 from appliance.tasks import create_queue
@@ -37,9 +37,7 @@ def kb(linked_settings, db, clock):
     queue = create_queue(settings, immediate=True)
     app = create_app(settings, clock=clock, queue=queue)
     owner, account = accounts.create_user(db, "owner@example.com", clock(), account_name="A")
-    _, secret = auth.create_key(
-        db, user_id=owner.id, account_id=account.id, name="t", scope="manage", now=clock()
-    )
+    secret = api_key(db, owner, account, "manage", clock())
     with TestClient(app) as client:
         client.headers["Authorization"] = f"Bearer {secret}"
         client.settings = settings
@@ -54,9 +52,7 @@ def upload(client, name, data):
 
 def other_client(kb, db, clock, email="b@example.org"):
     user, account = accounts.create_user(db, email, clock(), account_name="B")
-    _, secret = auth.create_key(
-        db, user_id=user.id, account_id=account.id, name="b", scope="manage", now=clock()
-    )
+    secret = api_key(db, user, account, "manage", clock())
     client = TestClient(kb.app_)
     client.headers["Authorization"] = f"Bearer {secret}"
     return client

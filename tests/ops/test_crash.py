@@ -21,7 +21,7 @@ import httpx
 import pytest
 from billing_support import WEBHOOK_SECRET, billing_config, stripe_standin  # noqa: F401
 from conftest import free_port, link_models, make_settings, service_env, wait_until
-from stripe_standin import event, sign
+from stripe_standin import event, session_object, sign
 
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth
@@ -182,17 +182,7 @@ def new_topup(url: str, box: dict, n: int) -> dict | None:
         return None
     created = r.json()
     session_id = created["url"].rsplit("/", 1)[1]
-    obj = {
-        "id": session_id,
-        "object": "checkout.session",
-        "client_reference_id": created["topup"]["id"],
-        "payment_status": "paid",
-        "status": "complete",
-        "amount_total": 1000,
-        "currency": "usd",
-        "customer": "cus_test_1",
-        "payment_intent": f"pi_crash_{n}",
-    }
+    obj = session_object(created["topup"]["id"], session_id, cents=1000)
     return {
         "id": created["topup"]["id"],
         "event": event(f"evt_crash_{n}", "checkout.session.completed", obj),

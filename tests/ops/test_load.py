@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from conftest import _live, discard, in_threads, link_models, make_settings, start_inference
+from signin_support import api_key
 
 from appliance.accounts import service as accounts
-from appliance.auth import service as auth
 from appliance.cli import initialise
 from appliance.db import open_db
 from appliance.inference.models import DEFAULT_CHAT
@@ -75,12 +75,7 @@ def appliance(tmp_path_factory, models_dir) -> Iterator[dict]:
         max_tokens_cap=settings.inference.max_tokens,
         now=now,
     )
-    keys = {
-        scope: auth.create_key(
-            db, user_id=user.id, account_id=account.id, name=scope, scope=scope, now=now
-        )[1]
-        for scope in ("inference", "manage")
-    }
+    keys = {scope: api_key(db, user, account, scope, now) for scope in ("inference", "manage")}
     db.close()
     try:
         for web in _live(settings):

@@ -36,6 +36,13 @@ def owner(db, settings, email="owner@example.com", profile=PROFILE):
     return user, account
 
 
+def claude_owner(tmp_path, fake, **owner_args):
+    """Settings that send to ``fake`` as Claude, their database, and an owner's account."""
+    settings = claude_settings(tmp_path / "data", fake)
+    db = open_database(settings)
+    return (settings, db, *owner(db, settings, **owner_args))
+
+
 def rows(db, table):
     return db.execute(f"select count(*) from {table}").fetchone()[0]  # noqa: S608
 
@@ -91,9 +98,7 @@ def test_without_a_key_the_local_template_is_used_and_nothing_leaves(tmp_path):
 
 def test_claude_receives_only_the_summary_and_the_egress_is_measured(tmp_path):
     with fake_anthropic() as fake:
-        settings = claude_settings(tmp_path / "data", fake)
-        db = open_database(settings)
-        user, account = owner(db, settings, email=CANARY_EMAIL)
+        settings, db, user, account = claude_owner(tmp_path, fake, email=CANARY_EMAIL)
         auth.create_key(
             db, user_id=user.id, account_id=account.id, name=CANARY_KEY, scope="manage", now=NOW
         )
@@ -154,9 +159,7 @@ def test_claude_receives_only_the_summary_and_the_egress_is_measured(tmp_path):
 def test_a_failing_claude_stores_no_prompt_but_records_each_attempt(tmp_path):
     # Choice: the failed attempts are logged, since each one did carry the summary out.
     with fake_anthropic(status=500) as fake:
-        settings = claude_settings(tmp_path / "data", fake)
-        db = open_database(settings)
-        user, account = owner(db, settings)
+        settings, db, user, account = claude_owner(tmp_path, fake)
         with pytest.raises(Unavailable, match=r"HTTP 500.*local template"):
             persona.generate(db, settings, account.id, "owner", user.id, NOW)
     assert rows(db, "system_prompts") == 0
@@ -184,9 +187,7 @@ def test_an_unreachable_claude_sends_nothing_and_logs_nothing(tmp_path):
 
 def test_claude_is_not_called_with_an_empty_profile(tmp_path):
     with fake_anthropic() as fake:
-        settings = claude_settings(tmp_path / "data", fake)
-        db = open_database(settings)
-        user, account = owner(db, settings, profile=None)
+        settings, db, user, account = claude_owner(tmp_path, fake, profile=None)
         with pytest.raises(InvalidInput, match="profile is empty"):
             persona.generate(db, settings, account.id, "owner", user.id, NOW)
         assert fake.requests == []

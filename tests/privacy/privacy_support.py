@@ -10,6 +10,8 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+from conftest import stored_exchange
+
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth
 from appliance.billing import ledger
@@ -100,28 +102,19 @@ def populate(db, settings, now, canary: str, *, owner_email="owner@example.com")
         db, user_id=owner.id, account_id=account.id, name="script", scope="manage", now=now
     )
     accounts.invite(db, account.id, "owner", owner.id, "invitee@example.com", "member", now)
-    conversation_id = _conversation(db, account.id, owner.id, instance, canary, now)
+    conversation_id = stored_exchange(
+        db,
+        account.id,
+        owner.id,
+        instance,
+        f"What is {canary}?",
+        f"{canary} is the secret ingredient.",
+        now,
+    )
     with db.atomic():
         ledger.post(db, account.id, "topup", 10_000_000, now)
     return World(
         owner, member, account, instance, upload.document.id, sample.id, conversation_id, owner_key
-    )
-
-
-def _conversation(db, account_id, user_id, instance, canary, now) -> str:
-    from appliance.chat import service as chat
-
-    return chat.store_exchange(
-        db,
-        account_id,
-        user_id,
-        instance,
-        [{"role": "user", "content": f"What is {canary}?"}],
-        f"{canary} is the secret ingredient.",
-        now,
-        conversation_id=None,
-        passages=[],
-        usage={"prompt_tokens": 5, "completion_tokens": 5},
     )
 
 

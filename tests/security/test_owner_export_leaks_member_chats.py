@@ -6,30 +6,15 @@ the owner's only as counts.
 
 import json
 
+from conftest import stored_exchange
 from litestar.testing import TestClient
 from people import export_zip
 from signin_support import sign_in
 
 from appliance.accounts import service as accounts
-from appliance.chat import service as chat
 from appliance.instances import service as instances
 
 CANARY = "memberchatcanary5170"
-
-
-def say(db, account_id, user_id, instance, text, now) -> str:
-    return chat.store_exchange(
-        db,
-        account_id,
-        user_id,
-        instance,
-        [{"role": "user", "content": text}],
-        f"An answer about {text}",
-        now,
-        conversation_id=None,
-        passages=[],
-        usage={"prompt_tokens": 3, "completion_tokens": 3},
-    )
 
 
 def everything(archive) -> str:
@@ -44,8 +29,12 @@ def test_owner_export_holds_member_chats_only_as_counts(settings, db, clock, app
     instance = instances.create(
         db, team.id, "owner", {"name": "main"}, models=["tiny"], max_tokens_cap=64, now=clock()
     )
-    own = say(db, team.id, owner.id, instance, "the owner's own question", clock())
-    private = say(db, team.id, member.id, instance, f"my private {CANARY}", clock())
+    own = stored_exchange(
+        db, team.id, owner.id, instance, "the owner's own question", "An answer.", clock()
+    )
+    private = stored_exchange(
+        db, team.id, member.id, instance, f"my private {CANARY}", f"About {CANARY}.", clock()
+    )
 
     with TestClient(app) as owner_client, TestClient(app) as member_client:
         sign_in(owner_client, settings, "owner@example.com")
