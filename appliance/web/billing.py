@@ -23,7 +23,7 @@ from appliance.db import open_db
 from appliance.errors import ApplianceError, InvalidInput
 from appliance.instances import service as instances
 from appliance.web.deps import Ctx, Deps, Form, Json, Member
-from appliance.web.errors import form_error
+from appliance.web.errors import rerenders
 from appliance.web.identity import Identity
 from appliance.web.team import visible_keys
 
@@ -141,6 +141,29 @@ class StripeWebhook(Controller):
         return {"received": True, "outcome": outcome}
 
 
+def _context(ctx: Ctx, me: Identity) -> dict[str, Any]:
+    db, now = ctx.db, ctx.now()
+    usage = service.usage(db, me.account.id, now)
+    names = {i.id: i.name for i in instances.list_instances(db, me.account.id)}
+    keys = {k.id: f"{k.name} ({k.prefix}…)" for k in visible_keys(db, me)}
+    return {
+        "me": me,
+        "summary": service.summary(db, ctx.settings, me.account.id, me.role),
+        "usage": usage,
+        "instance_names": names,
+        "key_names": keys,
+        "topups": payments.topups(db, me.account.id, 20) if me.is_manager else [],
+        "usd": ledger.usd,
+        "usd_precise": ledger.usd_precise,
+        "caps": {
+            (cap["subject"], cap["subject_id"]): cap
+            for cap in (service.caps(db, me.account.id, now) if me.is_manager else [])
+        },
+        "cap_subjects": [("instance", i, f"instance {n}") for i, n in names.items()]
+        + [("key", k, f"key {label}") for k, label in keys.items()],
+    }
+
+
 class BillingPages(Controller):
     include_in_schema = False
 
@@ -167,11 +190,9 @@ class BillingPages(Controller):
         return _csv(ctx, me)
 
     @post("/billing/checkout", sync_to_thread=True)
+    @rerenders("billing.html", _context, ApplianceError)
     def checkout(self, data: Form, manager: Member, ctx: Deps) -> Response:
-        try:
-            topup, url = _checkout(ctx, manager, data.get("amount_usd", ""))
-        except ApplianceError as exc:
-            return form_error("billing.html", _context(ctx, manager), exc)
+        topup, url = _checkout(ctx, manager, data.get("amount_usd", ""))
         # A page that moves on to Stripe rather than a redirect: the CSP's form-action
         # 'self' also covers redirects after a form is sent, and must stay as strict.
         return Template(
@@ -180,40 +201,15 @@ class BillingPages(Controller):
         )
 
     @post("/billing/caps", sync_to_thread=True)
+    @rerenders("billing.html", _context)
     def set_cap_form(self, data: Form, manager: Member, ctx: Deps) -> Response:
         """The caps form: one instance or key per form; an empty amount removes the cap."""
         subject, account = data.get("subject", ""), manager.account.id
         key = "instance_id" if subject == "instance" else "key_id" if subject == "key" else ""
-        try:
-            if not key:
-                raise InvalidInput("A cap is set on an instance or an API key.")
-            _check_subject(ctx.db, account, {key: data.get("subject_id")})
-            amount = (data.get("monthly_usd") or "").strip() or None
-            service.set_cap(ctx.db, account, subject, data["subject_id"], amount, ctx.now())
-        except InvalidInput as exc:
-            return form_error("billing.html", _context(ctx, manager), exc)
+        if not key:
+            raise InvalidInput("A cap is set on an instance or an API key.")
+        _check_subject(ctx.db, account, {key: data.get("subject_id")})
+        amount = (data.get("monthly_usd") or "").strip() or None
+        service.set_cap(ctx.db, account, subject, data["subject_id"], amount, ctx.now())
         message = f"Monthly cap set to {amount} USD." if amount else "Monthly cap removed."
         return ctx.redirect("/billing#caps", message)
-
-
-def _context(ctx: Ctx, me: Identity) -> dict[str, Any]:
-    db, now = ctx.db, ctx.now()
-    usage = service.usage(db, me.account.id, now)
-    names = {i.id: i.name for i in instances.list_instances(db, me.account.id)}
-    keys = {k.id: f"{k.name} ({k.prefix}…)" for k in visible_keys(db, me)}
-    return {
-        "me": me,
-        "summary": service.summary(db, ctx.settings, me.account.id, me.role),
-        "usage": usage,
-        "instance_names": names,
-        "key_names": keys,
-        "topups": payments.topups(db, me.account.id, 20) if me.is_manager else [],
-        "usd": ledger.usd,
-        "usd_precise": ledger.usd_precise,
-        "caps": {
-            (cap["subject"], cap["subject_id"]): cap
-            for cap in (service.caps(db, me.account.id, now) if me.is_manager else [])
-        },
-        "cap_subjects": [("instance", i, f"instance {n}") for i, n in names.items()]
-        + [("key", k, f"key {label}") for k, label in keys.items()],
-    }

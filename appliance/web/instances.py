@@ -14,7 +14,7 @@ from appliance.errors import ApplianceError, InvalidInput, NotFound
 from appliance.instances import service as instances
 from appliance.knowledge import collections as kb_collections
 from appliance.web.deps import Ctx, Deps, Form, Json, Member
-from appliance.web.errors import form_error
+from appliance.web.errors import rerenders
 from appliance.web.identity import Identity
 
 ACTIONS = {"stop": "stopped", "start": "running", "destroy": "destroyed"}
@@ -89,6 +89,19 @@ def _update(ctx: Ctx, manager: Identity, instance_id: str, changes: dict) -> ins
     return instances.update(ctx.db, account, role, instance_id, changes, now=ctx.now(), **limits)
 
 
+def _context(ctx: Ctx, me: Identity) -> dict[str, Any]:
+    db, settings = ctx.db, ctx.settings
+    keys = auth.list_keys(db, me.account.id, None if me.is_manager else me.user.id)
+    return {
+        "me": me,
+        "instances": instances.list_instances(db, me.account.id),
+        "collections": kb_collections.collections(db, me.account.id),
+        "keys": keys,
+        "endpoint": f"{settings.public_url}/v1",
+        **instances.limits(settings),
+    }
+
+
 class InstancesPages(Controller):
     include_in_schema = False
 
@@ -97,24 +110,21 @@ class InstancesPages(Controller):
         return Template("instances.html", context=_context(ctx, me))
 
     @post("/instances", sync_to_thread=True)
+    @rerenders("instances.html", _context, ApplianceError)
     def create_form(self, data: Form, manager: Member, ctx: Deps) -> Response:
-        try:
-            _create(ctx, manager, {"name": data.get("name", "")})
-        except ApplianceError as exc:
-            return form_error("instances.html", _context(ctx, manager), exc)
+        _create(ctx, manager, {"name": data.get("name", "")})
         return ctx.redirect("/instances", "Instance created.")
 
     @post("/instances/{instance_id:str}/settings", sync_to_thread=True)
+    @rerenders("instances.html", _context)
     def settings_form(
         self, instance_id: FromPath[str], data: Form, manager: Member, ctx: Deps
     ) -> Response:
-        try:
-            _update(ctx, manager, instance_id, _form_changes(data))
-        except InvalidInput as exc:
-            return form_error("instances.html", _context(ctx, manager), exc)
+        _update(ctx, manager, instance_id, _form_changes(data))
         return ctx.redirect(f"/instances#{instance_id}", "Instance settings saved.")
 
     @post("/instances/{instance_id:str}/{action:str}", sync_to_thread=True)
+    @rerenders("instances.html", _context)
     def act_form(
         self,
         instance_id: FromPath[str],
@@ -123,10 +133,7 @@ class InstancesPages(Controller):
         manager: Member,
         ctx: Deps,
     ) -> Response:
-        try:
-            _change_state(ctx, manager, instance_id, action, data)
-        except InvalidInput as exc:
-            return form_error("instances.html", _context(ctx, manager), exc)
+        _change_state(ctx, manager, instance_id, action, data)
         return ctx.redirect("/instances", f"Instance {ACTIONS[action]}.")
 
 
@@ -156,17 +163,4 @@ def _form_changes(data: dict[str, str]) -> dict[str, Any]:
         "collections": None
         if data.get("collections", "all") == "all"
         else [key.removeprefix("collection:") for key in data if key.startswith("collection:")],
-    }
-
-
-def _context(ctx: Ctx, me: Identity) -> dict[str, Any]:
-    db, settings = ctx.db, ctx.settings
-    keys = auth.list_keys(db, me.account.id, None if me.is_manager else me.user.id)
-    return {
-        "me": me,
-        "instances": instances.list_instances(db, me.account.id),
-        "collections": kb_collections.collections(db, me.account.id),
-        "keys": keys,
-        "endpoint": f"{settings.public_url}/v1",
-        **instances.limits(settings),
     }
