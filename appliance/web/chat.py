@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
 from typing import Any
 
 import anyio
@@ -95,14 +96,7 @@ class ChatApi(Controller):
         room = chat.measure(
             ctx.db, ctx.settings, ctx.inference, me.account.id, instance_id, content, ctx.now()
         )
-        return {
-            "tokens": room.tokens,
-            "limit": room.limit,
-            "fits": room.fits,
-            "context_budget": room.context_budget,
-            "answer_reserve": room.answer_reserve,
-            "system_tokens": room.system_tokens,
-        }
+        return {**asdict(room), "fits": room.fits}
 
     @get("/{conversation_id:str}", sync_to_thread=True)
     def read(self, conversation_id: FromPath[str], me: Member, ctx: Deps) -> dict:
@@ -275,8 +269,8 @@ def _drawer(request: Request) -> Callable[[dict[str, Any]], str]:
 
 
 def _context(db, me: Identity, conversation: chat.Conversation | None, q: str | None) -> dict:
-    usable = [i for i in instances.list_instances(db, me.account.id) if i.state == "running"]
-    names = {i.id: i for i in instances.list_instances(db, me.account.id)}
+    every = instances.list_instances(db, me.account.id)
+    names = {i.id: i for i in every}
     return {
         "me": me,
         "q": q or "",
@@ -286,7 +280,7 @@ def _context(db, me: Identity, conversation: chat.Conversation | None, q: str | 
         "messages": conversation_view(db, me.account.id, conversation)["messages"]
         if conversation
         else [],
-        "instances": usable,
+        "instances": [i for i in every if i.state == "running"],
     }
 
 

@@ -113,12 +113,7 @@ def _member(db, user_id: str, account_id: str, **via) -> Identity | None:
     if role is None:
         return None
     try:
-        return Identity(
-            user=accounts.user(db, user_id),
-            account=accounts.account(db, account_id),
-            role=role,
-            **via,
-        )
+        return Identity(accounts.user(db, user_id), accounts.account(db, account_id), role, **via)
     except NotFound:
         return None
 

@@ -25,13 +25,10 @@ from appliance.web.signin import set_session_cookie
 def next_steps(db: sqlite_utils.Database, identity: Identity, members: int, keys: int) -> list:
     """The dashboard's first steps, each with whether it is done: (label, link, done)."""
     account_id = identity.account.id
+    asked = bool(chat.list_for_user(db, account_id, identity.user.id, limit=1))
     steps = [
         ("Upload documents", "/knowledge", bool(knowledge.documents(db, account_id))),
-        (
-            "Ask a question",
-            "/chat",
-            bool(chat.list_for_user(db, account_id, identity.user.id, limit=1)),
-        ),
+        ("Ask a question", "/chat", asked),
     ]
     if identity.is_manager:
         invited = members > 1 or bool(accounts.invites(db, account_id))

@@ -206,11 +206,9 @@ class SignInPages(Controller):
         try:
             attempt = _start(ctx, email)
         except (InvalidInput, Throttled) as exc:
-            return Template(
-                "login.html",
-                context={"next": target, "email": email, "flashes": [("error", str(exc))]},
-                status_code=429 if isinstance(exc, Throttled) else 400,
-            )
+            page = form_error("login.html", {"next": target, "email": email}, exc)
+            page.status_code = 429 if isinstance(exc, Throttled) else 400
+            return page
         return _with_attempt(Redirect(f"/login/verify?next={target}"), ctx.settings, attempt)
 
     @get("/login/verify", sync_to_thread=False)
