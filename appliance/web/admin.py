@@ -25,11 +25,10 @@ from appliance.errors import ApplianceError, Conflict, InvalidInput, NotFound
 from appliance.ops import overview
 from appliance.privacy import policy
 from appliance.web import identity as identities
-from appliance.web.deps import Ctx, Deps, Form, Member
+from appliance.web.deps import YES, Ctx, Deps, Form, Member
 from appliance.web.errors import form_error, rerenders
 from appliance.web.identity import Identity
 
-CONFIRMED = (True, "true", "on", "yes")
 #: The page's account actions, as its message names them done.
 DONE = {"suspend": "suspended", "unsuspend": "unsuspended", "delete": "deleted"}
 
@@ -61,7 +60,7 @@ def _act(ctx: Ctx, operator: Identity, account_id: str, action: str, data):
     if action == "unsuspend":
         return overview.unsuspend(ctx.db, account_id)
     if action == "delete":
-        if data.get("confirm") not in CONFIRMED:
+        if data.get("confirm") not in YES:
             raise InvalidInput('Deleting erases all its data: confirm it with {"confirm": true}.')
         return overview.delete(ctx.db, ctx.settings, account_id, now, "operator via admin page")
     raise NotFound("Not found.")

@@ -180,9 +180,8 @@ class BillingPages(Controller):
                 amount = ledger.usd(found.amount_microusd)
                 context["flashes"] = [("ok", f"Thank you: {amount} USD were added.")]
             elif found and found.status == "pending":
-                context["flashes"] = [
-                    ("info", "Stripe is confirming the payment; the balance updates shortly.")
-                ]
+                confirming = "Stripe is confirming the payment; the balance updates shortly."
+                context["flashes"] = [("info", confirming)]
         return Template("billing.html", context=context)
 
     @get("/billing/usage.csv", sync_to_thread=True)

@@ -71,7 +71,8 @@ def form_error(template: str, context: dict, error: Exception) -> Template:
 
 def rerenders(template: str, context: Callable[..., dict], *errors: type[ApplianceError]):
     """A form handler's decorator: one of ``errors`` (default ``InvalidInput``) answers the
-    form's page again (``form_error``), drawn with ``context(ctx, caller)``."""
+    form's page again (``form_error``), drawn with ``context(ctx, caller)``. It goes below
+    the route decorator, which reads the handler's signature through ``functools.wraps``."""
     caught = errors or (InvalidInput,)
 
     def decorate(handler: Callable[..., Response]) -> Callable[..., Response]:

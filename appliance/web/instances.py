@@ -13,7 +13,7 @@ from appliance.chat import service as chat
 from appliance.errors import ApplianceError, InvalidInput, NotFound
 from appliance.instances import service as instances
 from appliance.knowledge import collections as kb_collections
-from appliance.web.deps import Ctx, Deps, Form, Json, Member
+from appliance.web.deps import YES, Ctx, Deps, Form, Json, Member
 from appliance.web.errors import rerenders
 from appliance.web.identity import Identity
 
@@ -23,10 +23,10 @@ ACTIONS = {"stop": "stopped", "start": "running", "destroy": "destroyed"}
 def _change_state(ctx: Ctx, me: Identity, instance_id: str, action: str, data: dict):
     if action not in ACTIONS:
         raise InvalidInput("Unknown action.")
-    if action == "destroy" and data.get("confirm") not in (True, "true", "on", "yes"):
+    if action == "destroy" and data.get("confirm") not in YES:
         raise InvalidInput('Destroying cannot be undone: confirm it with {"confirm": true}.')
     # Deleting its conversations (chat's) happens in the transaction that destroys it.
-    delete = action == "destroy" and data.get("delete_conversations") in (True, "true", "on", "yes")
+    delete = action == "destroy" and data.get("delete_conversations") in YES
     db, account = ctx.db, me.account.id
     also = (lambda: chat.delete_for_instance(db, account, instance_id)) if delete else None
     return instances.set_state(

@@ -214,12 +214,9 @@ class PersonaPages(Controller):
             saved = _save(ctx, manager, data.get("text", ""))
         except InvalidInput as exc:
             return page(ctx, manager, 400, str(exc))
-        unchanged = before is not None and saved.id == before.id
-        message = (
-            "The text is unchanged, so no new version was made."
-            if unchanged
-            else "Saved as a new version."
-        )
+        message = "Saved as a new version."
+        if before is not None and saved.id == before.id:
+            message = "The text is unchanged, so no new version was made."
         return ctx.redirect(f"{PAGE}#prompt", message)
 
     @post(f"{PAGE}/generate", sync_to_thread=True)

@@ -24,11 +24,9 @@ from appliance.web.identity import Identity
 def _parse_expiry(value: Any) -> datetime | None:
     if value in (None, ""):
         return None
-    if not isinstance(value, str):
-        raise InvalidInput("'expires_at' must be an ISO 8601 date or date-time.")
     try:
         moment = datetime.fromisoformat(value)
-    except ValueError:
+    except (TypeError, ValueError):  # TypeError: not a string
         raise InvalidInput("'expires_at' must be an ISO 8601 date or date-time.") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
+from anyio.to_thread import run_sync
 from litestar import Controller, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath, JSONBody
@@ -160,16 +160,12 @@ class V1Api(Controller):
             raise _no_model(model_id) from None
 
     @post("/chat/completions", status_code=200)
-    async def chat_completions(
-        self, request: Request, api_key: Member, ctx: Deps
-    ) -> Response | Stream:
+    async def chat_completions(self, api_key: Member, ctx: Deps) -> Response | Stream:
         """A chat completion from one of the account's instances (streaming or not)."""
-        body = await _json_body(request)
-        instance, composed, checked, store = await anyio.to_thread.run_sync(
-            lambda: build_request(ctx, api_key, body)
-        )
+        body = await _json_body(ctx.request)
+        instance, composed, checked, store = await run_sync(build_request, ctx, api_key, body)
         passages = composed.passages
-        request.state.instance_id = instance.id  # for the request log
+        ctx.request.state.instance_id = instance.id  # for the request log
         tokens, choices = composed.prompt_tokens, checked.n or 1
         run = await _run(ctx, api_key, instance, composed.payload, tokens, choices)
         if checked.stream:
@@ -181,9 +177,8 @@ class V1Api(Controller):
             extra["passages"] = [{k: getattr(p, k) for k in PASSAGE_FIELDS} for p in passages]
         if store is not None:
             text = answer["choices"][0]["message"].get("content") or ""
-            extra["conversation_id"] = await anyio.to_thread.run_sync(
-                lambda: store(text, chat.usage_counts(answer.get("usage")), passages)
-            )
+            used = chat.usage_counts(answer.get("usage"))
+            extra["conversation_id"] = await run_sync(store, text, used, passages)
         if extra:
             answer["appliance"] = extra
         return Response(answer)
@@ -194,9 +189,7 @@ class V1Api(Controller):
         chat completion (system prompt, knowledge base, metering and all)."""
         body = await _json_body(request)
         converted = responses.chat_body(body)
-        instance, composed, checked, _ = await anyio.to_thread.run_sync(
-            lambda: build_request(ctx, api_key, converted)
-        )
+        instance, composed, checked, _ = await run_sync(build_request, ctx, api_key, converted)
         request.state.instance_id = instance.id  # for the request log
         run = await _run(ctx, api_key, instance, composed.payload, composed.prompt_tokens)
         response_id = responses.new_id()
@@ -213,14 +206,12 @@ class V1Api(Controller):
         body = await _json_body(request)
         checked = schema.decode(body, schema.CompletionRequest)
         prompt = schema.completion_prompt(checked)
-        instance = await anyio.to_thread.run_sync(lambda: _instance(ctx.db, api_key, checked.model))
+        instance = await run_sync(_instance, ctx.db, api_key, checked.model)
         request.state.instance_id = instance.id  # for the request log
         payload = {k: v for k, v in body.items() if k != "model" and v is not None}
         payload = {"temperature": instance.temperature, "top_p": instance.top_p, **payload}
         payload.setdefault("max_tokens", 16)  # OpenAI's default for this endpoint
-        counts = await anyio.to_thread.run_sync(
-            lambda: ctx.inference.count_tokens([prompt], model="chat")
-        )
+        counts = await run_sync(lambda: ctx.inference.count_tokens([prompt], model="chat"))
         tokens = counts[0] if counts else len(prompt.encode()) // 2 + 1
         run = await _run(ctx, api_key, instance, payload, tokens, checked.n or 1)
         if checked.stream:
@@ -363,9 +354,7 @@ async def _relay(
     else:
         if store is not None:
             text = "".join(parts)
-            conversation_id = await anyio.to_thread.run_sync(
-                lambda: store(text, chat.usage_counts(usage), passages or [])
-            )
+            conversation_id = await run_sync(store, text, chat.usage_counts(usage), passages or [])
             final = {
                 "id": last.get("id", ""),
                 "object": "chat.completion.chunk",
