@@ -8,7 +8,6 @@ from litestar import Controller, Response, get, patch, post
 from litestar.params import FromPath, JSONBody
 from litestar.response import Template
 
-from appliance.auth import service as auth
 from appliance.chat import service as chat
 from appliance.errors import ApplianceError, InvalidInput, NotFound
 from appliance.instances import service as instances
@@ -16,6 +15,7 @@ from appliance.knowledge import collections as kb_collections
 from appliance.web.deps import YES, Ctx, Deps, Form, Json, Member
 from appliance.web.errors import rerenders
 from appliance.web.identity import Identity
+from appliance.web.team import visible_keys
 
 ACTIONS = {"stop": "stopped", "start": "running", "destroy": "destroyed"}
 
@@ -91,12 +91,11 @@ def _update(ctx: Ctx, manager: Identity, instance_id: str, changes: dict) -> ins
 
 def _context(ctx: Ctx, me: Identity) -> dict[str, Any]:
     db, settings = ctx.db, ctx.settings
-    keys = auth.list_keys(db, me.account.id, None if me.is_manager else me.user.id)
     return {
         "me": me,
         "instances": instances.list_instances(db, me.account.id),
         "collections": kb_collections.collections(db, me.account.id),
-        "keys": keys,
+        "keys": visible_keys(db, me),
         "endpoint": f"{settings.public_url}/v1",
         **instances.limits(settings),
     }

@@ -32,9 +32,7 @@ def _parse_expiry(value: Any) -> datetime | None:
 
 
 def _key_json(key: auth.ApiKey) -> dict:
-    data = asdict(key)
-    data.pop("revoked_at", None)
-    return data
+    return {k: v for k, v in asdict(key).items() if k != "revoked_at"}
 
 
 def invite(ctx: Ctx, manager: Identity, email: str, role: str):
