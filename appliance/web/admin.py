@@ -25,11 +25,12 @@ from appliance.errors import ApplianceError, Conflict, InvalidInput, NotFound
 from appliance.ops import overview
 from appliance.privacy import policy
 from appliance.web import identity as identities
-from appliance.web.deps import Ctx, Deps, Form, Member
-from appliance.web.errors import form_error
+from appliance.web.deps import YES, Ctx, Deps, Form, Member
+from appliance.web.errors import form_error, rerenders
 from appliance.web.identity import Identity
 
-CONFIRMED = (True, "true", "on", "yes")
+#: The page's account actions, as its message names them done.
+DONE = {"suspend": "suspended", "unsuspend": "unsuspended", "delete": "deleted"}
 
 
 def provide_operator(
@@ -59,10 +60,19 @@ def _act(ctx: Ctx, operator: Identity, account_id: str, action: str, data):
     if action == "unsuspend":
         return overview.unsuspend(ctx.db, account_id)
     if action == "delete":
-        if data.get("confirm") not in CONFIRMED:
+        if data.get("confirm") not in YES:
             raise InvalidInput('Deleting erases all its data: confirm it with {"confirm": true}.')
         return overview.delete(ctx.db, ctx.settings, account_id, now, "operator via admin page")
     raise NotFound("Not found.")
+
+
+def _context(ctx: Ctx, operator: Identity | None = None) -> dict[str, Any]:
+    """The page, the same for every operator."""
+    return {
+        "o": overview.overview(ctx.db, ctx.settings, ctx.now()),
+        "settings": ctx.settings,
+        **policy_context(ctx.db, ctx.settings, ctx.now()),
+    }
 
 
 class AdminApi(Controller):
@@ -116,19 +126,10 @@ class AdminPages(Controller):
         try:
             _act(ctx, operator, account_id, action, data)
         except ApplianceError as exc:
-            if isinstance(exc, NotFound) and action not in ("suspend", "unsuspend", "delete"):
-                raise
+            if isinstance(exc, NotFound) and action not in DONE:
+                raise  # an unknown action: the page's 404, not the form's error
             return form_error("admin.html", _context(ctx), exc)
-        done = {"suspend": "suspended", "unsuspend": "unsuspended", "delete": "deleted"}
-        return ctx.redirect("/admin", f"Account {done[action]}.")
-
-
-def _context(ctx: Ctx) -> dict[str, Any]:
-    return {
-        "o": overview.overview(ctx.db, ctx.settings, ctx.now()),
-        "settings": ctx.settings,
-        **policy_context(ctx.db, ctx.settings, ctx.now()),
-    }
+        return ctx.redirect("/admin", f"Account {DONE[action]}.")
 
 
 # -- the privacy policy -----------------------------------------------------------------
@@ -166,29 +167,22 @@ class PolicyAdminPages(Controller):
     path = "/admin/policy"
 
     @post("/operator", sync_to_thread=True)
+    @rerenders("admin.html", _context)
     def operator_form(self, data: Form, operator: Member, ctx: Deps) -> Response:
         """Set who runs the appliance and the privacy contact (shown once published)."""
         name, contact = data.get("operator_name", ""), data.get("contact", "")
-        try:
-            policy.set_operator(ctx.db, name, contact, ctx.now())
-        except InvalidInput as exc:
-            return form_error("admin.html", _context(ctx), exc)
+        policy.set_operator(ctx.db, name, contact, ctx.now())
         return ctx.redirect("/admin#policy", "Operator and privacy contact saved.")
 
     @post("/publish", sync_to_thread=True)
+    @rerenders("admin.html", _context, InvalidInput, Conflict)
     def publish_form(self, data: Form, operator: Member, ctx: Deps) -> Response:
         """Publish the text as the configuration gives it now; every user is emailed."""
-        try:
-            effective_at = _effective(data.get("effective", ""))
-            version = policy.publish(
-                ctx.db,
-                ctx.settings,
-                ctx.now(),
-                effective_at=effective_at,
-                summary=data.get("summary", ""),
-            )
-        except (InvalidInput, Conflict) as exc:
-            return form_error("admin.html", _context(ctx), exc)
+        effective_at = _effective(data.get("effective", ""))
+        summary = data.get("summary", "")
+        version = policy.publish(
+            ctx.db, ctx.settings, ctx.now(), effective_at=effective_at, summary=summary
+        )
         policy.announce(ctx.db, version, ctx.queue.send_mail)
         message = f"Policy version {version.version} published; every user is emailed."
         return ctx.redirect("/admin#policy", message)

@@ -81,11 +81,8 @@ def create_app(
     https = settings.public_url.startswith("https://")
 
     def provide_db() -> Iterator[sqlite_utils.Database]:
-        db = open_db(settings)
-        try:
+        with open_db(settings) as db:
             yield db
-        finally:
-            db.close()
 
     task_queue = queue or create_queue(settings)
     controllers = [
@@ -177,11 +174,8 @@ def _operator_name(settings: Settings) -> str:
     if not settings.paths.database.exists():
         return settings.privacy.company_legal_name
     try:
-        db = open_reader(str(settings.paths.database))
-        try:
+        with open_reader(str(settings.paths.database)) as db:
             return policy.operator_name(db, settings)
-        finally:
-            db.close()
     except sqlite3.Error:
         return settings.privacy.company_legal_name
 

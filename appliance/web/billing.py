@@ -23,7 +23,7 @@ from appliance.db import open_db
 from appliance.errors import ApplianceError, InvalidInput
 from appliance.instances import service as instances
 from appliance.web.deps import Ctx, Deps, Form, Json, Member
-from appliance.web.errors import form_error
+from appliance.web.errors import rerenders
 from appliance.web.identity import Identity
 from appliance.web.team import visible_keys
 
@@ -141,61 +141,6 @@ class StripeWebhook(Controller):
         return {"received": True, "outcome": outcome}
 
 
-class BillingPages(Controller):
-    include_in_schema = False
-
-    @get("/billing", sync_to_thread=True)
-    def page(self, me: Member, ctx: Deps, topup: FromQuery[str | None] = None) -> Template:
-        context = _context(ctx, me)
-        if topup and me.is_manager:
-            # Back from Stripe Checkout (its success_url names the top-up).
-            try:
-                found = payments.topup(ctx.db, me.account.id, topup)
-            except ApplianceError:
-                found = None
-            if found and found.status == "paid":
-                amount = ledger.usd(found.amount_microusd)
-                context["flashes"] = [("ok", f"Thank you: {amount} USD were added.")]
-            elif found and found.status == "pending":
-                context["flashes"] = [
-                    ("info", "Stripe is confirming the payment; the balance updates shortly.")
-                ]
-        return Template("billing.html", context=context)
-
-    @get("/billing/usage.csv", sync_to_thread=True)
-    def usage_csv(self, me: Member, ctx: Deps) -> Response:
-        return _csv(ctx, me)
-
-    @post("/billing/checkout", sync_to_thread=True)
-    def checkout(self, data: Form, manager: Member, ctx: Deps) -> Response:
-        try:
-            topup, url = _checkout(ctx, manager, data.get("amount_usd", ""))
-        except ApplianceError as exc:
-            return form_error("billing.html", _context(ctx, manager), exc)
-        # A page that moves on to Stripe rather than a redirect: the CSP's form-action
-        # 'self' also covers redirects after a form is sent, and must stay as strict.
-        return Template(
-            "billing_redirect.html",
-            context={"url": url, "amount_usd": ledger.usd(topup.amount_microusd)},
-        )
-
-    @post("/billing/caps", sync_to_thread=True)
-    def set_cap_form(self, data: Form, manager: Member, ctx: Deps) -> Response:
-        """The caps form: one instance or key per form; an empty amount removes the cap."""
-        subject, account = data.get("subject", ""), manager.account.id
-        key = "instance_id" if subject == "instance" else "key_id" if subject == "key" else ""
-        try:
-            if not key:
-                raise InvalidInput("A cap is set on an instance or an API key.")
-            _check_subject(ctx.db, account, {key: data.get("subject_id")})
-            amount = (data.get("monthly_usd") or "").strip() or None
-            service.set_cap(ctx.db, account, subject, data["subject_id"], amount, ctx.now())
-        except InvalidInput as exc:
-            return form_error("billing.html", _context(ctx, manager), exc)
-        message = f"Monthly cap set to {amount} USD." if amount else "Monthly cap removed."
-        return ctx.redirect("/billing#caps", message)
-
-
 def _context(ctx: Ctx, me: Identity) -> dict[str, Any]:
     db, now = ctx.db, ctx.now()
     usage = service.usage(db, me.account.id, now)
@@ -217,3 +162,53 @@ def _context(ctx: Ctx, me: Identity) -> dict[str, Any]:
         "cap_subjects": [("instance", i, f"instance {n}") for i, n in names.items()]
         + [("key", k, f"key {label}") for k, label in keys.items()],
     }
+
+
+class BillingPages(Controller):
+    include_in_schema = False
+
+    @get("/billing", sync_to_thread=True)
+    def page(self, me: Member, ctx: Deps, topup: FromQuery[str | None] = None) -> Template:
+        context = _context(ctx, me)
+        if topup and me.is_manager:
+            # Back from Stripe Checkout (its success_url names the top-up).
+            try:
+                found = payments.topup(ctx.db, me.account.id, topup)
+            except ApplianceError:
+                found = None
+            if found and found.status == "paid":
+                amount = ledger.usd(found.amount_microusd)
+                context["flashes"] = [("ok", f"Thank you: {amount} USD were added.")]
+            elif found and found.status == "pending":
+                confirming = "Stripe is confirming the payment; the balance updates shortly."
+                context["flashes"] = [("info", confirming)]
+        return Template("billing.html", context=context)
+
+    @get("/billing/usage.csv", sync_to_thread=True)
+    def usage_csv(self, me: Member, ctx: Deps) -> Response:
+        return _csv(ctx, me)
+
+    @post("/billing/checkout", sync_to_thread=True)
+    @rerenders("billing.html", _context, ApplianceError)
+    def checkout(self, data: Form, manager: Member, ctx: Deps) -> Response:
+        topup, url = _checkout(ctx, manager, data.get("amount_usd", ""))
+        # A page that moves on to Stripe rather than a redirect: the CSP's form-action
+        # 'self' also covers redirects after a form is sent, and must stay as strict.
+        return Template(
+            "billing_redirect.html",
+            context={"url": url, "amount_usd": ledger.usd(topup.amount_microusd)},
+        )
+
+    @post("/billing/caps", sync_to_thread=True)
+    @rerenders("billing.html", _context)
+    def set_cap_form(self, data: Form, manager: Member, ctx: Deps) -> Response:
+        """The caps form: one instance or key per form; an empty amount removes the cap."""
+        subject, account = data.get("subject", ""), manager.account.id
+        key = "instance_id" if subject == "instance" else "key_id" if subject == "key" else ""
+        if not key:
+            raise InvalidInput("A cap is set on an instance or an API key.")
+        _check_subject(ctx.db, account, {key: data.get("subject_id")})
+        amount = (data.get("monthly_usd") or "").strip() or None
+        service.set_cap(ctx.db, account, subject, data["subject_id"], amount, ctx.now())
+        message = f"Monthly cap set to {amount} USD." if amount else "Monthly cap removed."
+        return ctx.redirect("/billing#caps", message)

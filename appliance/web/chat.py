@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
 from typing import Any
 
 import anyio
@@ -95,14 +96,7 @@ class ChatApi(Controller):
         room = chat.measure(
             ctx.db, ctx.settings, ctx.inference, me.account.id, instance_id, content, ctx.now()
         )
-        return {
-            "tokens": room.tokens,
-            "limit": room.limit,
-            "fits": room.fits,
-            "context_budget": room.context_budget,
-            "answer_reserve": room.answer_reserve,
-            "system_tokens": room.system_tokens,
-        }
+        return {**asdict(room), "fits": room.fits}
 
     @get("/{conversation_id:str}", sync_to_thread=True)
     def read(self, conversation_id: FromPath[str], me: Member, ctx: Deps) -> dict:
@@ -126,35 +120,31 @@ class ChatApi(Controller):
 
     @post("/{conversation_id:str}/messages", status_code=200)
     async def send(
-        self, request: Request, conversation_id: FromPath[str], me: Member, ctx: Deps
+        self, conversation_id: FromPath[str], me: Member, ctx: Deps
     ) -> Response | Stream:
         """Ask: ``{"content", "stream"?: true}``; the answer streams as SSE."""
-        body = await _body(request)
+        body = await _body(ctx.request)
         content = chat.clean_content(body.get("content"))
         stream = body.get("stream", True)
-        return await respond(stream, ctx, me, conversation_id, content=content, request=request)
+        return await respond(stream, ctx, me, conversation_id, content=content, request=ctx.request)
 
     @post("/{conversation_id:str}/regenerate", status_code=200)
     async def regenerate(
-        self, request: Request, conversation_id: FromPath[str], me: Member, ctx: Deps
+        self, conversation_id: FromPath[str], me: Member, ctx: Deps
     ) -> Response | Stream:
         """Answer the last question again (the previous answer is kept as a version)."""
-        body = await _body(request)
-        return await respond(body.get("stream", True), ctx, me, conversation_id, request=request)
+        body = await _body(ctx.request)
+        stream = body.get("stream", True)
+        return await respond(stream, ctx, me, conversation_id, request=ctx.request)
 
     @post("/{conversation_id:str}/messages/{message_id:str}/edit", status_code=200)
     async def edit(
-        self,
-        request: Request,
-        conversation_id: FromPath[str],
-        message_id: FromPath[str],
-        me: Member,
-        ctx: Deps,
+        self, conversation_id: FromPath[str], message_id: FromPath[str], me: Member, ctx: Deps
     ) -> Response | Stream:
         """Ask ``{"content"}`` as a new version of an earlier question; the old one and what
         followed it are kept as the other version, and the conversation continues from
         the new one."""
-        body = await _body(request)
+        body = await _body(ctx.request)
         content = chat.clean_content(body.get("content"))
         return await respond(
             body.get("stream", True),
@@ -163,7 +153,7 @@ class ChatApi(Controller):
             conversation_id,
             content=content,
             edit_message_id=message_id,
-            request=request,
+            request=ctx.request,
         )
 
     @post(
@@ -194,24 +184,20 @@ class ChatPages(Controller):
         return Template("chat.html", context=_context(ctx.db, me, found, None))
 
     @get("/chat/{conversation_id:str}/messages", sync_to_thread=True)
-    def messages(
-        self, request: Request, conversation_id: FromPath[str], me: Member, ctx: Deps
-    ) -> dict:
+    def messages(self, conversation_id: FromPath[str], me: Member, ctx: Deps) -> dict:
         """The page's reload of a conversation: ``{"id", "title", "html"}``, its messages
         drawn as the page draws them."""
         found = chat.get(ctx.db, me.account.id, me.user.id, conversation_id)
         view = conversation_view(ctx.db, me.account.id, found)
-        html = "".join(_drawer(request)(m) for m in view["messages"])
+        html = "".join(_drawer(ctx.request)(m) for m in view["messages"])
         return {"id": found.id, "title": found.title, "html": html}
 
     @post("/chat/{conversation_id:str}/ask", status_code=200)
-    async def ask(
-        self, request: Request, conversation_id: FromPath[str], me: Member, ctx: Deps
-    ) -> Stream:
+    async def ask(self, conversation_id: FromPath[str], me: Member, ctx: Deps) -> Stream:
         """The page's streamed answer: ``{"content"}`` asks, with ``"edit"`` (a message
         id) as a new version of that question; ``{}`` answers the last question again.
         The API's events, with each stored message drawn (``respond``)."""
-        body = await _body(request)
+        body = await _body(ctx.request)
         content = chat.clean_content(body["content"]) if "content" in body else None
         return await respond(
             True,
@@ -220,8 +206,8 @@ class ChatPages(Controller):
             conversation_id,
             content=content,
             edit_message_id=body.get("edit"),
-            request=request,
-            draw=_drawer(request),
+            request=ctx.request,
+            draw=_drawer(ctx.request),
         )
 
     @post("/chat")
@@ -275,8 +261,8 @@ def _drawer(request: Request) -> Callable[[dict[str, Any]], str]:
 
 
 def _context(db, me: Identity, conversation: chat.Conversation | None, q: str | None) -> dict:
-    usable = [i for i in instances.list_instances(db, me.account.id) if i.state == "running"]
-    names = {i.id: i for i in instances.list_instances(db, me.account.id)}
+    every = instances.list_instances(db, me.account.id)
+    names = {i.id: i for i in every}
     return {
         "me": me,
         "q": q or "",
@@ -286,7 +272,7 @@ def _context(db, me: Identity, conversation: chat.Conversation | None, q: str | 
         "messages": conversation_view(db, me.account.id, conversation)["messages"]
         if conversation
         else [],
-        "instances": usable,
+        "instances": [i for i in every if i.state == "running"],
     }
 
 

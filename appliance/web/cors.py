@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from litestar.datastructures import MutableScopeHeaders
+from litestar.response.base import ASGIResponse
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance.config import Settings
@@ -34,20 +35,14 @@ def cors_middleware(settings: Settings) -> Callable[[ASGIApp], ASGIApp]:
             requested = headers.get("access-control-request-method")
             if scope["method"] == "OPTIONS" and requested:
                 asked = headers.get("access-control-request-headers", "")
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 204,
-                        "headers": [
-                            (b"access-control-allow-origin", origin.encode("latin-1")),
-                            (b"access-control-allow-methods", METHODS.encode()),
-                            (b"access-control-allow-headers", asked.encode("latin-1")),
-                            (b"access-control-max-age", MAX_AGE.encode()),
-                            (b"vary", b"Origin"),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": b""})
+                preflight = {
+                    "access-control-allow-origin": origin,
+                    "access-control-allow-methods": METHODS,
+                    "access-control-allow-headers": asked,
+                    "access-control-max-age": MAX_AGE,
+                    "vary": "Origin",
+                }
+                await ASGIResponse(status_code=204, headers=preflight)(scope, receive, send)
                 return
 
             async def send_with_cors(message: Message) -> None:

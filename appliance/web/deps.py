@@ -64,3 +64,5 @@ Member: TypeAlias = NamedDependency[Identity]
 SignedIn: TypeAlias = NamedDependency[Person]
 Form: TypeAlias = URLEncodedBody[dict[str, str]]
 Json: TypeAlias = JSONBody[dict[str, Any]]
+#: "Yes" in a JSON body or a form (a ticked box sends "on").
+YES = (True, "true", "on", "yes")

@@ -5,8 +5,10 @@ API routes (``/api``, ``/v1``) get an OpenAI-shaped JSON error; pages get the er
 
 from __future__ import annotations
 
+import functools
 import logging
 import traceback
+from collections.abc import Callable
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
@@ -25,7 +27,7 @@ from appliance.errors import (
     TooLarge,
     Unavailable,
 )
-from appliance.web.identity import LoginRequired
+from appliance.web.identity import Identity, LoginRequired
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,26 @@ def form_error(template: str, context: dict, error: Exception) -> Template:
     return Template(
         template, context={**context, "flashes": [("error", str(error))]}, status_code=400
     )
+
+
+def rerenders(template: str, context: Callable[..., dict], *errors: type[ApplianceError]):
+    """A form handler's decorator: one of ``errors`` (default ``InvalidInput``) answers the
+    form's page again (``form_error``), drawn with ``context(ctx, caller)``. It goes below
+    the route decorator, which reads the handler's signature through ``functools.wraps``."""
+    caught = errors or (InvalidInput,)
+
+    def decorate(handler: Callable[..., Response]) -> Callable[..., Response]:
+        @functools.wraps(handler)
+        def form(*args, **kwargs) -> Response:
+            try:
+                return handler(*args, **kwargs)
+            except caught as exc:
+                caller = next(v for v in kwargs.values() if isinstance(v, Identity))
+                return form_error(template, context(kwargs["ctx"], caller), exc)
+
+        return form
+
+    return decorate
 
 
 def wants_json(request: Request) -> bool:

@@ -18,24 +18,17 @@ import time
 from typing import Any
 
 from litestar import Request
-from litestar.datastructures import Cookie, MutableScopeHeaders
+from litestar.datastructures import MutableScopeHeaders
 from litestar.response import Redirect
 from litestar.types import Message, Scope
 
 from appliance import vault
 from appliance.config import Settings
+from appliance.web.identity import cookie_names, set_cookie
 
 NAME = "flash"
 MAX_AGE_SECONDS = 60
 _SHOWN = "appliance.flash_shown"
-
-
-def _name(settings: Settings) -> str:
-    return ("__Host-" if _https(settings) else "") + NAME
-
-
-def _https(settings: Settings) -> bool:
-    return settings.public_url.startswith("https://")
 
 
 def _key(settings: Settings) -> bytes:
@@ -67,21 +60,9 @@ def redirect(request: Request, url: str, message: str, level: str = "ok", **extr
     """A 303 to ``url`` that shows ``message`` once on the page it lands on."""
     settings: Settings = request.app.state.settings
     payload = {"flashes": [[level, message]], "at": int(time.time()), **extra}
-    return Redirect(
-        url,
-        status_code=303,
-        cookies=[
-            Cookie(
-                key=_name(settings),
-                value=_sign(settings, payload),
-                max_age=MAX_AGE_SECONDS,
-                path="/",
-                secure=_https(settings),
-                httponly=True,
-                samesite="lax",
-            )
-        ],
-    )
+    response = Redirect(url, status_code=303)
+    set_cookie(response, settings, NAME, _sign(settings, payload), MAX_AGE_SECONDS)
+    return response
 
 
 def flash(request: Request) -> dict[str, Any]:
@@ -90,7 +71,7 @@ def flash(request: Request) -> dict[str, Any]:
     if cached is not None:
         return cached
     settings: Settings = request.app.state.settings
-    value = request.cookies.get(_name(settings))
+    value = request.cookies.get(cookie_names(settings)[NAME])
     payload = _verify(settings, value) if value else None
     request.state.flash = payload or {}
     if value:
@@ -102,8 +83,7 @@ async def clear_shown(message: Message, scope: Scope) -> None:
     """``before_send`` hook: the page that showed the cookie's message deletes it."""
     if message["type"] == "http.response.start" and scope.get(_SHOWN):
         settings: Settings = scope["app"].state.settings
-        secure = "; Secure" if _https(settings) else ""
+        secure = "; Secure" if settings.public_url.startswith("https://") else ""
+        name = cookie_names(settings)[NAME]
         headers = MutableScopeHeaders.from_message(message)
-        headers.add(
-            "set-cookie", f"{_name(settings)}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax{secure}"
-        )
+        headers.add("set-cookie", f"{name}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax{secure}")

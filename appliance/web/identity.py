@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import sqlite_utils
-from litestar import Request
+from litestar import Request, Response
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, NotAuthorizedException
 
@@ -72,7 +72,20 @@ class LoginRequired(HTTPException):
 def cookie_names(settings: Settings) -> dict[str, str]:
     """``__Host-`` cookies over HTTPS (they require Secure); plain names over HTTP."""
     prefix = "__Host-" if settings.public_url.startswith("https://") else ""
-    return {name: prefix + name for name in ("session", "signin", "csrf")}
+    return {name: prefix + name for name in ("session", "signin", "csrf", "flash")}
+
+
+def set_cookie(response: Response, settings: Settings, name: str, value: str, max_age: int):
+    """Set one of ``cookie_names``: HTTP-only, same-site lax, Secure over HTTPS."""
+    response.set_cookie(
+        cookie_names(settings)[name],
+        value,
+        max_age=max_age,
+        path="/",
+        secure=settings.public_url.startswith("https://"),
+        httponly=True,
+        samesite="lax",
+    )
 
 
 def bearer(request: Request) -> str | None:
@@ -113,12 +126,7 @@ def _member(db, user_id: str, account_id: str, **via) -> Identity | None:
     if role is None:
         return None
     try:
-        return Identity(
-            user=accounts.user(db, user_id),
-            account=accounts.account(db, account_id),
-            role=role,
-            **via,
-        )
+        return Identity(accounts.user(db, user_id), accounts.account(db, account_id), role, **via)
     except NotFound:
         return None
 

@@ -8,14 +8,14 @@ from litestar import Controller, Response, get, patch, post
 from litestar.params import FromPath, JSONBody
 from litestar.response import Template
 
-from appliance.auth import service as auth
 from appliance.chat import service as chat
 from appliance.errors import ApplianceError, InvalidInput, NotFound
 from appliance.instances import service as instances
 from appliance.knowledge import collections as kb_collections
-from appliance.web.deps import Ctx, Deps, Form, Json, Member
-from appliance.web.errors import form_error
+from appliance.web.deps import YES, Ctx, Deps, Form, Json, Member
+from appliance.web.errors import rerenders
 from appliance.web.identity import Identity
+from appliance.web.team import visible_keys
 
 ACTIONS = {"stop": "stopped", "start": "running", "destroy": "destroyed"}
 
@@ -23,10 +23,10 @@ ACTIONS = {"stop": "stopped", "start": "running", "destroy": "destroyed"}
 def _change_state(ctx: Ctx, me: Identity, instance_id: str, action: str, data: dict):
     if action not in ACTIONS:
         raise InvalidInput("Unknown action.")
-    if action == "destroy" and data.get("confirm") not in (True, "true", "on", "yes"):
+    if action == "destroy" and data.get("confirm") not in YES:
         raise InvalidInput('Destroying cannot be undone: confirm it with {"confirm": true}.')
     # Deleting its conversations (chat's) happens in the transaction that destroys it.
-    delete = action == "destroy" and data.get("delete_conversations") in (True, "true", "on", "yes")
+    delete = action == "destroy" and data.get("delete_conversations") in YES
     db, account = ctx.db, me.account.id
     also = (lambda: chat.delete_for_instance(db, account, instance_id)) if delete else None
     return instances.set_state(
@@ -89,6 +89,18 @@ def _update(ctx: Ctx, manager: Identity, instance_id: str, changes: dict) -> ins
     return instances.update(ctx.db, account, role, instance_id, changes, now=ctx.now(), **limits)
 
 
+def _context(ctx: Ctx, me: Identity) -> dict[str, Any]:
+    db, settings = ctx.db, ctx.settings
+    return {
+        "me": me,
+        "instances": instances.list_instances(db, me.account.id),
+        "collections": kb_collections.collections(db, me.account.id),
+        "keys": visible_keys(db, me),
+        "endpoint": f"{settings.public_url}/v1",
+        **instances.limits(settings),
+    }
+
+
 class InstancesPages(Controller):
     include_in_schema = False
 
@@ -97,24 +109,21 @@ class InstancesPages(Controller):
         return Template("instances.html", context=_context(ctx, me))
 
     @post("/instances", sync_to_thread=True)
+    @rerenders("instances.html", _context, ApplianceError)
     def create_form(self, data: Form, manager: Member, ctx: Deps) -> Response:
-        try:
-            _create(ctx, manager, {"name": data.get("name", "")})
-        except ApplianceError as exc:
-            return form_error("instances.html", _context(ctx, manager), exc)
+        _create(ctx, manager, {"name": data.get("name", "")})
         return ctx.redirect("/instances", "Instance created.")
 
     @post("/instances/{instance_id:str}/settings", sync_to_thread=True)
+    @rerenders("instances.html", _context)
     def settings_form(
         self, instance_id: FromPath[str], data: Form, manager: Member, ctx: Deps
     ) -> Response:
-        try:
-            _update(ctx, manager, instance_id, _form_changes(data))
-        except InvalidInput as exc:
-            return form_error("instances.html", _context(ctx, manager), exc)
+        _update(ctx, manager, instance_id, _form_changes(data))
         return ctx.redirect(f"/instances#{instance_id}", "Instance settings saved.")
 
     @post("/instances/{instance_id:str}/{action:str}", sync_to_thread=True)
+    @rerenders("instances.html", _context)
     def act_form(
         self,
         instance_id: FromPath[str],
@@ -123,10 +132,7 @@ class InstancesPages(Controller):
         manager: Member,
         ctx: Deps,
     ) -> Response:
-        try:
-            _change_state(ctx, manager, instance_id, action, data)
-        except InvalidInput as exc:
-            return form_error("instances.html", _context(ctx, manager), exc)
+        _change_state(ctx, manager, instance_id, action, data)
         return ctx.redirect("/instances", f"Instance {ACTIONS[action]}.")
 
 
@@ -156,17 +162,4 @@ def _form_changes(data: dict[str, str]) -> dict[str, Any]:
         "collections": None
         if data.get("collections", "all") == "all"
         else [key.removeprefix("collection:") for key in data if key.startswith("collection:")],
-    }
-
-
-def _context(ctx: Ctx, me: Identity) -> dict[str, Any]:
-    db, settings = ctx.db, ctx.settings
-    keys = auth.list_keys(db, me.account.id, None if me.is_manager else me.user.id)
-    return {
-        "me": me,
-        "instances": instances.list_instances(db, me.account.id),
-        "collections": kb_collections.collections(db, me.account.id),
-        "keys": keys,
-        "endpoint": f"{settings.public_url}/v1",
-        **instances.limits(settings),
     }

@@ -54,11 +54,6 @@ class Listing:
         )
 
 
-def chosen_collections(db: sqlite_utils.Database, me: Identity, values: list[str]) -> list[str]:
-    """The upload form's ``collection`` fields, checked (400 for an unknown id)."""
-    return kb_collections.check(db, me.account.id, [v for v in values if v])
-
-
 def upload_limit(settings: Settings) -> tuple[int, str]:
     """One upload request: a file of ``max_upload_mb`` (several files share it) + framing."""
     mb = settings.knowledge.max_upload_mb
@@ -85,42 +80,12 @@ class KnowledgeApi(Controller):
         """
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise HTTPException(status_code=400, detail="Send the files as multipart/form-data.")
-        db, form = ctx.db, await request.form()
+        form = await request.form()
         files = _collect(form)
-        chosen = await anyio.to_thread.run_sync(
-            lambda: chosen_collections(db, me, [str(v) for v in form.getall("collection", [])])
-        )
-        results = []
-        for upload in files:
-            name = upload.filename or "upload"
-            add = knowledge.add_archive if knowledge.is_archive(name) else knowledge.add_document
-            outcome = await anyio.to_thread.run_sync(
-                lambda upload=upload, name=name, add=add: add(
-                    db, ctx.settings, me.account.id, me.user.id, name, upload.file, ctx.now()
-                )
-            )
-            outcomes = outcome if isinstance(outcome, list) else [outcome]
-            for one in outcomes:
-                if isinstance(one, knowledge.Refusal):
-                    results.append({"filename": one.filename, "error": one.error})
-                    continue
-                doc = one.document
-                if not one.duplicate:
-                    ctx.queue.ingest_document(doc.id)
-                entry = {"id": doc.id, "filename": doc.filename, "status": doc.status}
-                results.append({**entry, "duplicate": one.duplicate})
-        await anyio.to_thread.run_sync(
-            lambda: kb_collections.add_documents(
-                db,
-                me.account.id,
-                [r["id"] for r in results if "id" in r and not r["duplicate"]],
-                chosen,
-            )
-        )
+        collection_ids = [str(v) for v in form.getall("collection", [])]
+        results = await anyio.to_thread.run_sync(lambda: _add(ctx, me, files, collection_ids))
         single = len(files) == 1 and not knowledge.is_archive(files[0].filename or "")
-        if single and len(results) == 1:
-            return Response(results[0], status_code=202)
-        return Response(results, status_code=202)
+        return Response(results[0] if single and len(results) == 1 else results, status_code=202)
 
     @get("/documents", sync_to_thread=True)
     def list_documents(self, me: Member, ctx: Deps) -> list[dict]:
@@ -219,6 +184,29 @@ class KnowledgeApi(Controller):
 def _document(ctx: Ctx, me: Identity, document_id: str) -> dict:
     found = knowledge.document(ctx.db, me.account.id, document_id)
     return document_json(found, Listing.of(ctx.db, me))
+
+
+def _add(ctx: Ctx, me: Identity, files: list[UploadFile], collection_ids: list[str]) -> list[dict]:
+    """Add each file (an archive: each document in it), queue the new ones for indexing and
+    file them in the chosen collections (checked first: 400 for an unknown id)."""
+    chosen = kb_collections.check(ctx.db, me.account.id, [c for c in collection_ids if c])
+    results = []
+    for upload in files:
+        name = upload.filename or "upload"
+        add = knowledge.add_archive if knowledge.is_archive(name) else knowledge.add_document
+        outcome = add(ctx.db, ctx.settings, me.account.id, me.user.id, name, upload.file, ctx.now())
+        for one in outcome if isinstance(outcome, list) else [outcome]:
+            if isinstance(one, knowledge.Refusal):
+                results.append({"filename": one.filename, "error": one.error})
+                continue
+            doc = one.document
+            if not one.duplicate:
+                ctx.queue.ingest_document(doc.id)
+            entry = {"id": doc.id, "filename": doc.filename, "status": doc.status}
+            results.append({**entry, "duplicate": one.duplicate})
+    added = [r["id"] for r in results if "id" in r and not r["duplicate"]]
+    kb_collections.add_documents(ctx.db, me.account.id, added, chosen)
+    return results
 
 
 def _collect(form) -> list[UploadFile]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite_utils
-from litestar import Controller, Request, get, post
+from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromQuery
 from litestar.response import Redirect, Response, Template
@@ -25,13 +25,10 @@ from appliance.web.signin import set_session_cookie
 def next_steps(db: sqlite_utils.Database, identity: Identity, members: int, keys: int) -> list:
     """The dashboard's first steps, each with whether it is done: (label, link, done)."""
     account_id = identity.account.id
+    asked = bool(chat.list_for_user(db, account_id, identity.user.id, limit=1))
     steps = [
         ("Upload documents", "/knowledge", bool(knowledge.documents(db, account_id))),
-        (
-            "Ask a question",
-            "/chat",
-            bool(chat.list_for_user(db, account_id, identity.user.id, limit=1)),
-        ),
+        ("Ask a question", "/chat", asked),
     ]
     if identity.is_manager:
         invited = members > 1 or bool(accounts.invites(db, account_id))
@@ -44,12 +41,10 @@ class PagesController(Controller):
     include_in_schema = False
 
     @get("/", sync_to_thread=True)
-    def home(
-        self, request: Request, ctx: Deps, identity: NamedDependency[Identity | None]
-    ) -> Template | Redirect:
+    def home(self, ctx: Deps, identity: NamedDependency[Identity | None]) -> Template | Redirect:
         """The dashboard when signed in; else how to finish setup or sign in (or, signed
         in with only open invites, those)."""
-        if identity is None and getattr(request.state, "waiting", None) is not None:
+        if identity is None and getattr(ctx.request.state, "waiting", None) is not None:
             return Redirect("/invites")
         db = ctx.db
         if identity is None:

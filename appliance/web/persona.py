@@ -149,7 +149,7 @@ class PersonaApi(Controller):
     @delete("/voice-samples/{sample_id:str}", status_code=204, sync_to_thread=True)
     def delete_sample(self, sample_id: FromPath[str], manager: Member, ctx: Deps) -> None:
         """Delete a sample, its excerpts and its stored file."""
-        _delete_sample(ctx, manager, sample_id)
+        voice.delete_sample(ctx.db, ctx.settings, manager.account.id, manager.role, sample_id)
 
 
 def _save(ctx: Ctx, manager: Identity, text: Any) -> SystemPrompt:
@@ -161,10 +161,6 @@ def _write(write: Callable[..., Generated], ctx: Ctx, manager: Identity) -> Gene
     """``persona.generate`` or ``persona.use_local`` for the manager's account."""
     account, role, user = manager.account.id, manager.role, manager.user.id
     return write(ctx.db, ctx.settings, account, role, user, ctx.now())
-
-
-def _delete_sample(ctx: Ctx, manager: Identity, sample_id: str) -> None:
-    voice.delete_sample(ctx.db, ctx.settings, manager.account.id, manager.role, sample_id)
 
 
 def persona_context(ctx: Ctx, me: Identity) -> dict:
@@ -218,12 +214,9 @@ class PersonaPages(Controller):
             saved = _save(ctx, manager, data.get("text", ""))
         except InvalidInput as exc:
             return page(ctx, manager, 400, str(exc))
-        unchanged = before is not None and saved.id == before.id
-        message = (
-            "The text is unchanged, so no new version was made."
-            if unchanged
-            else "Saved as a new version."
-        )
+        message = "Saved as a new version."
+        if before is not None and saved.id == before.id:
+            message = "The text is unchanged, so no new version was made."
         return ctx.redirect(f"{PAGE}#prompt", message)
 
     @post(f"{PAGE}/generate", sync_to_thread=True)
@@ -251,7 +244,7 @@ class PersonaPages(Controller):
 
     @post(f"{PAGE}/samples/{{sample_id:str}}/delete", sync_to_thread=True)
     def delete_form(self, sample_id: FromPath[str], manager: Member, ctx: Deps) -> Redirect:
-        _delete_sample(ctx, manager, sample_id)
+        voice.delete_sample(ctx.db, ctx.settings, manager.account.id, manager.role, sample_id)
         message = "Voice sample deleted, with its excerpts and its file."
         return ctx.redirect(f"{PAGE}#voice", message)
 

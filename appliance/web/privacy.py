@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import msgspec
-import sqlite_utils
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, URLEncodedBody
@@ -38,10 +37,9 @@ class PrivacyPages(Controller):
         return _policy_page(text, updated, version, policy.upcoming(db, now))
 
     @get("/privacy/versions/{version:int}", sync_to_thread=True)
-    def privacy_version(
-        self, version: FromPath[int], db: NamedDependency[sqlite_utils.Database]
-    ) -> Template:
+    def privacy_version(self, version: FromPath[int], ctx: Deps) -> Template:
         """A published version's exact text (the one coming, or an earlier one)."""
+        db = ctx.db
         found = next((v for v in policy.versions(db) if v.version == version), None)
         if found is None:
             raise NotFound("No such policy version.")
@@ -96,11 +94,8 @@ def send_deletion_code(ctx: Ctx, me: Identity) -> str:
     """Email the owner a fresh one-time code that confirms deleting the account."""
     address = client_address(ctx.request)
     attempt = auth.request_code(ctx.db, ctx.settings, me.user.email, address, ctx.now())
-    ctx.queue.send_mail(
-        "deletion_code",
-        me.user.email,
-        {"code": attempt.code, "minutes": ctx.settings.auth.code_ttl_minutes},
-    )
+    mail = {"code": attempt.code, "minutes": ctx.settings.auth.code_ttl_minutes}
+    ctx.queue.send_mail("deletion_code", me.user.email, mail)
     return attempt.attempt_id
 
 
@@ -164,7 +159,7 @@ class PrivacyApi(Controller):
     @post("/policy/accept", status_code=200, sync_to_thread=True)
     def accept_policy(self, data: Json, me: Member, ctx: Deps) -> dict:
         """Record that you accepted the policy version now in effect."""
-        version = data.get("version") if isinstance(data, dict) else None
+        version = data.get("version")
         if not isinstance(version, int):
             raise InvalidInput('Send {"version": N}.')
         policy.accept(ctx.db, me.user.id, version, ctx.now())
@@ -192,8 +187,6 @@ class PrivacyApi(Controller):
     def delete_account(self, data: Json, owner: Member, ctx: Deps) -> Response:
         """Delete the account (owner; ``{"attempt_id", "code"}`` from the emailed code).
         It is locked at once; its data is erased by the next purge."""
-        if not isinstance(data, dict):
-            raise InvalidInput('Send {"attempt_id": "...", "code": "123456"}.')
         attempt_id, code = str(data.get("attempt_id", "")), str(data.get("code", ""))
         found = delete_account(ctx, owner, attempt_id, code)
         response = Response(

@@ -88,13 +88,8 @@ def recorder(settings: Settings, clock: Clock) -> Callable[[Message, Scope], Awa
             instance_id=_instance_id(scope),
             error=scope.get(_ERROR),
         )
-        log.info(
-            "%s %s %d",
-            entry.method,
-            entry.path,
-            entry.status,
-            extra={"fields": {"request": entry.__dict__}},
-        )
+        fields = {"fields": {"request": entry.__dict__}}
+        log.info("%s %s %d", entry.method, entry.path, entry.status, extra=fields)
         await anyio.to_thread.run_sync(write, entry)
 
     return hook

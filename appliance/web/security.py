@@ -131,9 +131,8 @@ def cross_site_middleware(app: ASGIApp) -> ASGIApp:
         ):
             headers = MutableScopeHeaders(scope)
             if is_cross_site(headers.get("sec-fetch-site"), headers.get("origin"), headers):
-                await ASGIResponse(body=REFUSED, status_code=403, media_type=MediaType.JSON)(
-                    scope, receive, send
-                )
+                refused = ASGIResponse(body=REFUSED, status_code=403, media_type=MediaType.JSON)
+                await refused(scope, receive, send)
                 return
         await app(scope, receive, send)
 

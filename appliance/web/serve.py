@@ -12,6 +12,7 @@ import logging
 import threading
 from pathlib import Path
 
+from litestar.response.base import ASGIResponse
 from litestar.types import Receive, Scope, Send
 
 from appliance.config import Settings
@@ -54,19 +55,9 @@ def redirect_app(public_url: str):
         target = base + (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
-        body = b"Use HTTPS.\n"
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 308,
-                "headers": [
-                    (b"location", target.encode("latin-1")),
-                    (b"content-type", b"text/plain"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        headers = {"location": target, "content-type": "text/plain"}
+        response = ASGIResponse(body=b"Use HTTPS.\n", status_code=308, headers=headers)
+        await response(scope, receive, send)
 
     return app
 

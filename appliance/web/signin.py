@@ -23,7 +23,7 @@ from appliance.errors import InvalidInput, NotFound, Throttled
 from appliance.privacy import policy
 from appliance.web.deps import Ctx, Deps, Form, Json, Member
 from appliance.web.errors import form_error
-from appliance.web.identity import Identity, client_address, cookie_names, local_path
+from appliance.web.identity import Identity, client_address, cookie_names, local_path, set_cookie
 
 SENT_MESSAGE = (
     "If this address can sign in here, a code is on its way. It is valid for {m} minutes."
@@ -44,21 +44,9 @@ def _read_attempt(request: Request, settings: Settings) -> tuple[str, str]:
     return attempt_id, email
 
 
-def _set_cookie(response: Response, settings: Settings, name: str, value: str, max_age: int):
-    response.set_cookie(
-        cookie_names(settings)[name],
-        value,
-        max_age=max_age,
-        path="/",
-        secure=settings.public_url.startswith("https://"),
-        httponly=True,
-        samesite="lax",
-    )
-
-
 def set_session_cookie(response: Response, settings: Settings, token: str) -> None:
     """Sign the browser in with session ``token``."""
-    _set_cookie(response, settings, "session", token, settings.auth.session_absolute_hours * 3600)
+    set_cookie(response, settings, "session", token, settings.auth.session_absolute_hours * 3600)
 
 
 def clear_session_cookie(response: Response, settings: Settings) -> Response:
@@ -71,35 +59,25 @@ def _start(ctx: Ctx, email: str) -> str:
     """Send a code to ``email``; returns the value of the attempt's cookie (the browser
     that asked is the one that may answer)."""
     request, settings = ctx.request, ctx.settings
-    attempt = signin.start(
-        ctx.db,
-        settings,
-        ctx.queue.send_signin_code,
-        email,
-        client_address(request),
-        ctx.now(),
-        replaces=_read_attempt(request, settings)[0],
-    )
+    previous, _ = _read_attempt(request, settings)
+    send, address = ctx.queue.send_signin_code, client_address(request)
+    attempt = signin.start(ctx.db, settings, send, email, address, ctx.now(), replaces=previous)
     return _attempt_cookie(attempt, accounts.normalise_email(email))
 
 
 def _with_attempt(response: Response, settings: Settings, attempt: str) -> Response:
-    _set_cookie(response, settings, "signin", attempt, settings.auth.code_ttl_minutes * 60)
+    set_cookie(response, settings, "signin", attempt, settings.auth.code_ttl_minutes * 60)
     return response
 
 
 def _finish(ctx: Ctx, email: str, code: str):
     """Check the code of the browser's attempt; returns (session token, user, account)."""
     request, settings = ctx.request, ctx.settings
+    attempt, _ = _read_attempt(request, settings)
+    session = request.cookies.get(cookie_names(settings)["session"])
+    address = client_address(request)
     return signin.finish(
-        ctx.db,
-        settings,
-        _read_attempt(request, settings)[0],
-        email,
-        code,
-        client_address(request),
-        ctx.now(),
-        replaces=request.cookies.get(cookie_names(settings)["session"]),
+        ctx.db, settings, attempt, email, code, address, ctx.now(), replaces=session
     )
 
 
@@ -124,7 +102,7 @@ class SignInApi(Controller):
     @post("/code", status_code=HTTP_202_ACCEPTED, sync_to_thread=True)
     def request_code(self, data: Json, ctx: Deps) -> Response:
         """Email a one-time sign-in code. 202 whether or not the address is known."""
-        email = data.get("email") if isinstance(data, dict) else None
+        email = data.get("email")
         if not isinstance(email, str):
             raise InvalidInput('Send {"email": "you@example.com"}.')
         attempt = _start(ctx, email)
@@ -138,8 +116,6 @@ class SignInApi(Controller):
 
         The session is in the account the user used last. Open invites are listed, never
         accepted: the person accepts or declines each at ``/api/me/invites``."""
-        if not isinstance(data, dict):
-            raise auth.InvalidCode()
         token, user, account = _finish(ctx, str(data.get("email", "")), str(data.get("code", "")))
         response = Response(
             {
@@ -178,7 +154,7 @@ class MeApi(Controller):
     @put("/account", sync_to_thread=True)
     def switch(self, data: Json, me: Member, ctx: Deps) -> dict:
         """Switch the session to another account the user belongs to."""
-        account_id = data.get("account_id") if isinstance(data, dict) else None
+        account_id = data.get("account_id")
         switch_account(ctx.db, me, str(account_id or ""))
         return {"account_id": account_id}
 
@@ -206,11 +182,9 @@ class SignInPages(Controller):
         try:
             attempt = _start(ctx, email)
         except (InvalidInput, Throttled) as exc:
-            return Template(
-                "login.html",
-                context={"next": target, "email": email, "flashes": [("error", str(exc))]},
-                status_code=429 if isinstance(exc, Throttled) else 400,
-            )
+            page = form_error("login.html", {"next": target, "email": email}, exc)
+            page.status_code = 429 if isinstance(exc, Throttled) else 400
+            return page
         return _with_attempt(Redirect(f"/login/verify?next={target}"), ctx.settings, attempt)
 
     @get("/login/verify", sync_to_thread=False)

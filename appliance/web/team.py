@@ -13,30 +13,26 @@ from litestar.response import Redirect, Template
 from appliance.accounts import service as accounts
 from appliance.auth import service as auth
 from appliance.db import write_transaction
-from appliance.errors import InvalidInput
+from appliance.errors import Conflict, InvalidInput
 from appliance.instances import onboarding
 from appliance.instances import service as instances
 from appliance.web.deps import Ctx, Deps, Form, Json, Member
-from appliance.web.errors import form_error
+from appliance.web.errors import form_error, rerenders
 from appliance.web.identity import Identity
 
 
 def _parse_expiry(value: Any) -> datetime | None:
     if value in (None, ""):
         return None
-    if not isinstance(value, str):
-        raise InvalidInput("'expires_at' must be an ISO 8601 date or date-time.")
     try:
         moment = datetime.fromisoformat(value)
-    except ValueError:
+    except (TypeError, ValueError):  # TypeError: not a string
         raise InvalidInput("'expires_at' must be an ISO 8601 date or date-time.") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _key_json(key: auth.ApiKey) -> dict:
-    data = asdict(key)
-    data.pop("revoked_at", None)
-    return data
+    return {k: v for k, v in asdict(key).items() if k != "revoked_at"}
 
 
 def invite(ctx: Ctx, manager: Identity, email: str, role: str):
@@ -164,6 +160,19 @@ class TeamApi(Controller):
         return asdict(onboarding.save(ctx.db, ctx.settings, account, role, data, ctx.now()))
 
 
+def settings_context(ctx: Ctx, me: Identity) -> dict:
+    db = ctx.db
+    return {
+        "me": me,
+        "profile": accounts.profile(db, me.account.id, ctx.now()),
+        "members": accounts.members(db, me.account.id),
+        "invites": accounts.invites(db, me.account.id) if me.is_manager else [],
+        "keys": visible_keys(db, me),
+        "instances": instances.list_instances(db, me.account.id),
+        "roles": ("member", "admin", "owner"),
+    }
+
+
 class TeamPages(Controller):
     include_in_schema = False
 
@@ -192,21 +201,17 @@ class TeamPages(Controller):
         return Template("settings.html", context=settings_context(ctx, me))
 
     @post("/settings/team", sync_to_thread=True)
+    @rerenders("settings.html", settings_context)
     def rename_team_form(self, data: Form, me: Member, ctx: Deps) -> Response:
-        try:
-            accounts.rename_account(ctx.db, me.account.id, me.role, data.get("name", ""))
-        except InvalidInput as exc:
-            return _settings_error(ctx, me, exc)
+        accounts.rename_account(ctx.db, me.account.id, me.role, data.get("name", ""))
         return ctx.redirect("/settings#team", "Team renamed.")
 
     @post("/settings/keys", sync_to_thread=True)
+    @rerenders("settings.html", settings_context)
     def create_key_form(self, data: Form, me: Member, ctx: Deps) -> Response:
         """Create a key, then redirect: the secret is shown once by the next page, and a
         reload of that page creates nothing."""
-        try:
-            key, secret = create_key(ctx.db, me, data, ctx.now())
-        except InvalidInput as exc:
-            return _settings_error(ctx, me, exc)
+        key, secret = create_key(ctx.db, me, data, ctx.now())
         new_key = {"secret": secret, "scope": key.scope, "instance_id": key.instance_id}
         return ctx.redirect("/settings#keys", f"API key “{key.name}” created.", new_key=new_key)
 
@@ -216,11 +221,9 @@ class TeamPages(Controller):
         return ctx.redirect("/settings#keys", "API key revoked: it no longer works.")
 
     @post("/settings/invites", sync_to_thread=True)
+    @rerenders("settings.html", settings_context, InvalidInput, Conflict)
     def invite_form(self, data: Form, manager: Member, ctx: Deps) -> Response:
-        try:
-            sent = invite(ctx, manager, data.get("email", ""), data.get("role", "member"))
-        except (InvalidInput, accounts.Conflict) as exc:
-            return _settings_error(ctx, manager, exc)
+        sent = invite(ctx, manager, data.get("email", ""), data.get("role", "member"))
         return ctx.redirect("/settings#members", f"Invite sent to {sent.email} ({sent.role}).")
 
     @post("/settings/invites/{invite_id:str}/revoke", sync_to_thread=True)
@@ -229,20 +232,16 @@ class TeamPages(Controller):
         return ctx.redirect("/settings#members", "Invite withdrawn.")
 
     @post("/settings/members/{user_id:str}/role", sync_to_thread=True)
+    @rerenders("settings.html", settings_context, InvalidInput, Conflict)
     def role_form(self, user_id: FromPath[str], data: Form, manager: Member, ctx: Deps) -> Response:
         account, role = manager.account.id, manager.role
-        try:
-            accounts.set_role(ctx.db, account, role, user_id, data.get("role", ""))
-        except (InvalidInput, accounts.Conflict) as exc:
-            return _settings_error(ctx, manager, exc)
+        accounts.set_role(ctx.db, account, role, user_id, data.get("role", ""))
         return ctx.redirect("/settings#members", "Role changed.")
 
     @post("/settings/members/{user_id:str}/remove", sync_to_thread=True)
+    @rerenders("settings.html", settings_context, InvalidInput, Conflict)
     def remove_form(self, user_id: FromPath[str], me: Member, ctx: Deps) -> Response:
-        try:
-            remove_member(ctx.db, me, user_id, ctx.now())
-        except (InvalidInput, accounts.Conflict) as exc:
-            return _settings_error(ctx, me, exc)
+        remove_member(ctx.db, me, user_id, ctx.now())
         if user_id == me.user.id:
             return ctx.redirect("/", f"You left {me.account.name}.")
         return ctx.redirect("/settings#members", "Member removed.")
@@ -250,20 +249,3 @@ class TeamPages(Controller):
 
 def _onboarding_context(ctx: Ctx, manager: Identity) -> dict:
     return {"profile": accounts.profile(ctx.db, manager.account.id, ctx.now()), "me": manager}
-
-
-def _settings_error(ctx: Ctx, me: Identity, exc: Exception) -> Template:
-    return form_error("settings.html", settings_context(ctx, me), exc)
-
-
-def settings_context(ctx: Ctx, me: Identity) -> dict:
-    db = ctx.db
-    return {
-        "me": me,
-        "profile": accounts.profile(db, me.account.id, ctx.now()),
-        "members": accounts.members(db, me.account.id),
-        "invites": accounts.invites(db, me.account.id) if me.is_manager else [],
-        "keys": visible_keys(db, me),
-        "instances": instances.list_instances(db, me.account.id),
-        "roles": ("member", "admin", "owner"),
-    }

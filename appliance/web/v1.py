@@ -14,10 +14,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
-import sqlite_utils
+from anyio.to_thread import run_sync
 from litestar import Controller, Request, Response, get, post
-from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
@@ -25,15 +23,13 @@ from litestar.response import Stream
 from appliance.billing.metering import Metered, embed_metered
 from appliance.chat import prompt
 from appliance.chat import service as chat
-from appliance.clock import Clock
-from appliance.config import Settings
 from appliance.db import open_db
 from appliance.errors import ApplianceError, Conflict, NotFound
 from appliance.inference import openai_schema as schema
 from appliance.inference.client import InferenceClient, started
 from appliance.instances import service as instances
 from appliance.web import errors, responses
-from appliance.web.deps import Deps, Member
+from appliance.web.deps import Ctx, Deps, Member
 from appliance.web.errors import EXCEPTION_HANDLERS, stream_error
 from appliance.web.identity import Identity
 from appliance.web.sse import event_stream, sse
@@ -76,11 +72,13 @@ def _no_model(name: str) -> NotFound:
     return _ModelNotFound(f"The model '{name}' does not exist.")
 
 
-def build_request(caller: Caller, body: Any) -> tuple[instances.Instance, chat.Composed, Any, Any]:
+def build_request(
+    ctx: Ctx, key: Identity, body: Any
+) -> tuple[instances.Instance, chat.Composed, Any, Any]:
     """The instance, the request for the inference service (prompt assembled), the checked
     request and where to keep the exchange (``appliance.store``; None: nowhere). Errors
     name the client's fields (``messages[i]`` as it sent them)."""
-    db, settings, key = caller.db, caller.settings, caller.api_key
+    db, settings = ctx.db, ctx.settings
     request = schema.decode(body, schema.ChatCompletionRequest)
     schema.check_chat(request, max_n=settings.inference.max_choices)
     messages = schema.clean_messages(request.messages)
@@ -96,17 +94,17 @@ def build_request(caller: Caller, body: Any) -> tuple[instances.Instance, chat.C
     composed = chat.compose(
         db,
         settings,
-        caller.inference,
+        ctx.inference,
         key.account.id,
         instance,
         conversation,
-        caller.clock(),
+        ctx.now(),
         own_system="\n\n".join(own_system) if own_system else None,
         knowledge=options.get("knowledge", True) is not False,
         max_tokens=schema.max_tokens_of(request),
         overrides=forwarded,
     )
-    return instance, composed, request, _store_target(caller, instance, options, conversation)
+    return instance, composed, request, _store_target(ctx, key, instance, options, conversation)
 
 
 def _error(request: Request, exc: Exception) -> Response:
@@ -120,44 +118,26 @@ def _error(request: Request, exc: Exception) -> Response:
     return response
 
 
-@dataclass(frozen=True)
-class Caller:
-    """What a request to the model needs (the database, settings, inference, the API key's
-    identity and the clock) as one dependency of the controller."""
-
-    db: sqlite_utils.Database
-    settings: Settings
-    inference: InferenceClient
-    api_key: Identity
-    clock: Clock
-
-    @property
-    def payer(self) -> tuple[Any, ...]:
-        """Who pays, as metering takes it: database, settings, inference, account, key."""
-        key = self.api_key
-        return self.db, self.settings, self.inference, key.account.id, key.key_id
-
-    async def run(
-        self, instance, payload: dict[str, Any], prompt_tokens: int, choices: int = 1
-    ) -> _Run:
-        """Reserve the most the request can cost, every choice's answer included (402 when
-        the credit or a spend cap does not cover it)."""
-        most = {**payload, "max_tokens": payload["max_tokens"] * choices}
-        metered = await Metered.start(
-            *self.payer, instance, most, self.clock, prompt_tokens=prompt_tokens
-        )
-        return _Run(metered, self.inference, payload, self.api_key.account.id, instance.name)
+def _payer(ctx: Ctx, key: Identity) -> tuple[Any, ...]:
+    """Who pays, as metering takes it: database, settings, inference, account, key."""
+    return ctx.db, ctx.settings, ctx.inference, key.account.id, key.key_id
 
 
-def provide_caller(api_key: Member, ctx: Deps) -> Caller:
-    return Caller(ctx.db, ctx.settings, ctx.inference, api_key, ctx.clock)
+async def _run(
+    ctx: Ctx, key: Identity, instance, payload: dict, prompt_tokens: int, choices: int = 1
+) -> _Run:
+    """Reserve the most the request can cost, every choice's answer included (402 when the
+    credit or a spend cap does not cover it)."""
+    most = {**payload, "max_tokens": payload["max_tokens"] * choices}
+    payer = _payer(ctx, key)
+    metered = await Metered.start(*payer, instance, most, ctx.clock, prompt_tokens=prompt_tokens)
+    return _Run(metered, ctx.inference, payload, key.account.id, instance.name)
 
 
 class V1Api(Controller):
     path = "/v1"
     tags = ["v1"]
     exception_handlers = {ApplianceError: _error, HTTPException: _error, Exception: _error}
-    dependencies = {"caller": Provide(provide_caller, sync_to_thread=False)}
 
     @get("/models", sync_to_thread=True)
     def models(self, api_key: Member, ctx: Deps) -> dict:
@@ -180,17 +160,14 @@ class V1Api(Controller):
             raise _no_model(model_id) from None
 
     @post("/chat/completions", status_code=200)
-    async def chat_completions(
-        self, request: Request, caller: NamedDependency[Caller]
-    ) -> Response | Stream:
+    async def chat_completions(self, api_key: Member, ctx: Deps) -> Response | Stream:
         """A chat completion from one of the account's instances (streaming or not)."""
-        body = await _json_body(request)
-        instance, composed, checked, store = await anyio.to_thread.run_sync(
-            lambda: build_request(caller, body)
-        )
+        body = await _json_body(ctx.request)
+        instance, composed, checked, store = await run_sync(build_request, ctx, api_key, body)
         passages = composed.passages
-        request.state.instance_id = instance.id  # for the request log
-        run = await caller.run(instance, composed.payload, composed.prompt_tokens, checked.n or 1)
+        ctx.request.state.instance_id = instance.id  # for the request log
+        tokens, choices = composed.prompt_tokens, checked.n or 1
+        run = await _run(ctx, api_key, instance, composed.payload, tokens, choices)
         if checked.stream:
             usage = _include_usage(checked)
             return event_stream(_relay(await run.chunks(), instance.name, usage, store, passages))
@@ -200,26 +177,21 @@ class V1Api(Controller):
             extra["passages"] = [{k: getattr(p, k) for k in PASSAGE_FIELDS} for p in passages]
         if store is not None:
             text = answer["choices"][0]["message"].get("content") or ""
-            extra["conversation_id"] = await anyio.to_thread.run_sync(
-                lambda: store(text, chat.usage_counts(answer.get("usage")), passages)
-            )
+            used = chat.usage_counts(answer.get("usage"))
+            extra["conversation_id"] = await run_sync(store, text, used, passages)
         if extra:
             answer["appliance"] = extra
         return Response(answer)
 
     @post("/responses", status_code=200)
-    async def responses(
-        self, request: Request, caller: NamedDependency[Caller]
-    ) -> Response | Stream:
+    async def responses(self, request: Request, api_key: Member, ctx: Deps) -> Response | Stream:
         """OpenAI's Responses API, stateless (appliance/web/responses.py): answered as a
         chat completion (system prompt, knowledge base, metering and all)."""
         body = await _json_body(request)
         converted = responses.chat_body(body)
-        instance, composed, checked, _ = await anyio.to_thread.run_sync(
-            lambda: build_request(caller, converted)
-        )
+        instance, composed, checked, _ = await run_sync(build_request, ctx, api_key, converted)
         request.state.instance_id = instance.id  # for the request log
-        run = await caller.run(instance, composed.payload, composed.prompt_tokens)
+        run = await _run(ctx, api_key, instance, composed.payload, composed.prompt_tokens)
         response_id = responses.new_id()
         if checked.stream:
             chunks = await run.chunks()
@@ -227,47 +199,39 @@ class V1Api(Controller):
         return Response(responses.response(body, await run.answer(), response_id))
 
     @post("/completions", status_code=200)
-    async def completions(
-        self, request: Request, caller: NamedDependency[Caller]
-    ) -> Response | Stream:
+    async def completions(self, request: Request, api_key: Member, ctx: Deps) -> Response | Stream:
         """A legacy completion (``prompt`` in, text out) from one of the account's instances:
         the prompt as it is, without the instance's system prompt or knowledge base;
         metered like chat."""
         body = await _json_body(request)
         checked = schema.decode(body, schema.CompletionRequest)
         prompt = schema.completion_prompt(checked)
-        instance = await anyio.to_thread.run_sync(
-            lambda: _instance(caller.db, caller.api_key, checked.model)
-        )
+        instance = await run_sync(_instance, ctx.db, api_key, checked.model)
         request.state.instance_id = instance.id  # for the request log
         payload = {k: v for k, v in body.items() if k != "model" and v is not None}
         payload = {"temperature": instance.temperature, "top_p": instance.top_p, **payload}
         payload.setdefault("max_tokens", 16)  # OpenAI's default for this endpoint
-        counts = await anyio.to_thread.run_sync(
-            lambda: caller.inference.count_tokens([prompt], model="chat")
-        )
+        counts = await run_sync(lambda: ctx.inference.count_tokens([prompt], model="chat"))
         tokens = counts[0] if counts else len(prompt.encode()) // 2 + 1
-        run = await caller.run(instance, payload, tokens, checked.n or 1)
+        run = await _run(ctx, api_key, instance, payload, tokens, checked.n or 1)
         if checked.stream:
             usage = _include_usage(checked)
             return event_stream(_relay(await run.chunks(path=LEGACY), instance.name, usage))
         return Response(await run.answer(path=LEGACY))
 
     @post("/embeddings", status_code=200, sync_to_thread=True)
-    def embeddings(
-        self, request: Request, data: JSONBody[Any], caller: NamedDependency[Caller]
-    ) -> dict:
+    def embeddings(self, request: Request, data: JSONBody[Any], api_key: Member, ctx: Deps) -> dict:
         """Embeddings from the appliance's embedding model (``model``: an instance name),
         metered like chat (402 past the credit or a spend cap). ``encoding_format``
         ``base64`` is little-endian float32, as OpenAI's; ``dimensions`` keeps the first
         ones, renormalised."""
         parsed = schema.decode(data, schema.EmbeddingRequest)
         texts = schema.embedding_texts(parsed)
-        instance = _instance(caller.db, caller.api_key, parsed.model)
+        instance = _instance(ctx.db, api_key, parsed.model)
         request.state.instance_id = instance.id  # for the request log
         if parsed.dimensions is not None and parsed.dimensions < 1:
             raise schema.InvalidParam("'dimensions' must be at least 1.", "dimensions")
-        vectors, tokens = embed_metered(*caller.payer, instance, texts, caller.clock)
+        vectors, tokens = embed_metered(*_payer(ctx, api_key), instance, texts, ctx.clock)
         return {
             "object": "list",
             "model": instance.name,
@@ -318,7 +282,7 @@ def _include_usage(checked: Any) -> bool:
     return bool(checked.stream_options and checked.stream_options.include_usage)
 
 
-def _store_target(caller: Caller, instance, options: dict, conversation: list) -> Any:
+def _store_target(ctx: Ctx, key: Identity, instance, options: dict, conversation: list) -> Any:
     """Checked ``appliance.store`` / ``appliance.conversation_id``: a function that keeps
     the exchange and returns its conversation's id, or None when it is not to be kept."""
     store = options.get("store", False)
@@ -331,9 +295,9 @@ def _store_target(caller: Caller, instance, options: dict, conversation: list) -
         )
     if not store:
         return None
-    key, settings, clock = caller.api_key, caller.settings, caller.clock
+    settings, clock = ctx.settings, ctx.clock
     if conversation_id is not None:
-        found = chat.get(caller.db, key.account.id, key.user.id, conversation_id)
+        found = chat.get(ctx.db, key.account.id, key.user.id, conversation_id)
         if found.instance_id != instance.id:
             raise NotFound("No such conversation on this instance.")
     messages = [
@@ -390,9 +354,7 @@ async def _relay(
     else:
         if store is not None:
             text = "".join(parts)
-            conversation_id = await anyio.to_thread.run_sync(
-                lambda: store(text, chat.usage_counts(usage), passages or [])
-            )
+            conversation_id = await run_sync(store, text, chat.usage_counts(usage), passages or [])
             final = {
                 "id": last.get("id", ""),
                 "object": "chat.completion.chunk",
