@@ -39,9 +39,9 @@ def error_text(exc: BaseException, *, user_facing: bool) -> str:
     """``Class`` for errors shown to users, ``Class at web/x.py:12`` for unexpected ones: the
     innermost frame of our code that the error passed."""
     name = type(exc).__name__
-    frames = traceback.extract_tb(exc.__traceback__)
+    frames = [] if user_facing else traceback.extract_tb(exc.__traceback__)
     ours = [f for f in frames if f.filename.startswith(_PACKAGE)] or frames
-    if user_facing or not ours:
+    if not ours:
         return name
     where = f"{ours[-1].filename.removeprefix(_PACKAGE)}:{ours[-1].lineno}"
     return f"{name} at {where[:MAX_ERROR]}"
