@@ -142,8 +142,7 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
     from appliance.tasks import create_queue, run_purges
 
     initialise(settings)
-    queue = create_queue(settings)
-    results = run_purges(settings, queue.send_mail)
+    results = run_purges(settings, create_queue(settings).send_mail)
     for result in results:
         done = "done" if result.complete else "to be continued"
         state = f"FAILED ({result.error})" if result.error else done

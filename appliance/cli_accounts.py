@@ -6,6 +6,7 @@ import argparse
 import json
 from dataclasses import asdict
 
+from appliance.accounts import service as accounts
 from appliance.cli_parser import Group
 from appliance.clock import utcnow
 from appliance.config import Settings
@@ -79,8 +80,6 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_users_create(settings: Settings, args: argparse.Namespace) -> None:
-    from appliance.accounts import service as accounts
-
     with open_initialised(settings) as db:
         user, account = accounts.create_user(
             db,
@@ -94,8 +93,6 @@ def cmd_users_create(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_users_list(settings: Settings, args: argparse.Namespace) -> None:
-    from appliance.accounts import service as accounts
-
     with open_initialised(settings) as db:
         rows = [
             {
@@ -111,8 +108,6 @@ def cmd_users_list(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_accounts_list(settings: Settings, args: argparse.Namespace) -> None:
-    from appliance.accounts import service as accounts
-
     with open_initialised(settings) as db:
         rows = [
             {
@@ -148,7 +143,6 @@ def cmd_admin_status(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> None:
-    from appliance.accounts import service as accounts
     from appliance.auth import service as auth
 
     with open_initialised(settings) as db:
@@ -164,13 +158,11 @@ def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> None:
             key, secret = auth.create_key(
                 db, **key_of, scope=args.scope, now=utcnow(), instance_id=args.instance
             )
-    print(
-        json.dumps({"id": key.id, "key": secret, "scope": key.scope, "account_id": key.account_id})
-    )
+    shown = {"id": key.id, "key": secret, "scope": key.scope, "account_id": key.account_id}
+    print(json.dumps(shown))
 
 
 def cmd_billing_show(settings: Settings, args: argparse.Namespace) -> None:
-    from appliance.accounts import service as accounts
     from appliance.billing import ledger
 
     with open_initialised(settings) as db:
@@ -187,7 +179,6 @@ def cmd_billing_show(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_billing_adjust(settings: Settings, args: argparse.Namespace) -> None:
-    from appliance.accounts import service as accounts
     from appliance.billing import ledger
     from appliance.billing import service as billing
 
@@ -201,7 +192,6 @@ def cmd_billing_adjust(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_accounts_delete(settings: Settings, args: argparse.Namespace) -> int | None:
-    from appliance.accounts import service as accounts
     from appliance.ops import overview
 
     with open_initialised(settings) as db:

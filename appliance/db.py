@@ -53,7 +53,7 @@ def open_db(settings: Settings, *, migrate: bool = True) -> sqlite_utils.Databas
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DatabaseError(f"cannot open database {path}: {exc}") from None
-    db = _connect(str(path), settings.database.busy_timeout_ms)
+    db = open_reader(str(path), settings.database.busy_timeout_ms)
     if migrate:
         with _closed_on_error(db, path):
             apply_migrations(db, settings)
@@ -76,13 +76,9 @@ def _closed_on_error(
 
 
 def open_reader(path: str, busy_timeout_ms: int = 5000) -> sqlite_utils.Database:
-    """A second connection to an already opened and migrated database file, with the same
-    pragmas (for a search leg that runs on another thread while the first connection is
-    busy). It only reads: the caller never writes through it."""
-    return _connect(path, busy_timeout_ms)
-
-
-def _connect(path: str, busy_timeout_ms: int) -> sqlite_utils.Database:
+    """A connection with the pragmas and sqlite-vec, not migrated: ``open_db``'s, or a second
+    one to an already opened and migrated database file (for a search leg that runs on
+    another thread while the first connection is busy; it never writes through it)."""
     try:
         # isolation_level=None: no implicit transactions; writes use db.atomic() or
         # write_transaction() so each one is exactly one explicit transaction.

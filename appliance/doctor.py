@@ -179,12 +179,8 @@ def _selftest(settings: Settings) -> Check:
     if not verdict.ok:
         return Check("model self-test", "fail", f"{verdict.outcome}: {verdict.detail}")
     repack = "on" if verdict.repack else "off"
-    return Check(
-        "model self-test",
-        "ok",
-        f"{verdict.detail} ({verdict.seconds:.1f} s in a child process); "
-        f"CPU repacking {repack} ({why})",
-    )
+    detail = f"{verdict.detail} ({verdict.seconds:.1f} s in a child process); CPU repacking"
+    return Check("model self-test", "ok", f"{detail} {repack} ({why})")
 
 
 def _disk(settings: Settings) -> Check:

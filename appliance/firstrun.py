@@ -7,6 +7,7 @@ records the email of the first operator; the token is then destroyed.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import secrets
 from datetime import UTC, datetime
@@ -32,9 +33,7 @@ def m001_create_setup_claims(db: sqlite_utils.Database) -> None:
 
 def is_claimed(db: sqlite_utils.Database) -> bool:
     """Claimed through the setup link, or an operator was created with the CLI."""
-    if db["setup_claims"].count > 0:
-        return True
-    return any(user.operator for user in accounts.users(db))
+    return db["setup_claims"].count > 0 or any(user.operator for user in accounts.users(db))
 
 
 def setup_token(settings: Settings, db: sqlite_utils.Database) -> str | None:
@@ -53,7 +52,10 @@ def setup_url(settings: Settings, token: str) -> str:
 
 def check_token(settings: Settings, db: sqlite_utils.Database, token: str) -> None:
     """Raise NotFound unless ``token`` is the current setup token."""
-    expected = None if is_claimed(db) else _current_token(settings)
+    expected = None
+    if not is_claimed(db):
+        with contextlib.suppress(Exception):
+            expected = vault.read_secret(settings, TOKEN_NAME)
     if not expected or not hmac.compare_digest(expected.encode(), token.encode()):
         raise NotFound("This setup link is not valid (it may have been used already).")
 
@@ -78,13 +80,6 @@ def claim(settings: Settings, db: sqlite_utils.Database, token: str, email: str)
         accounts.create_user(db, email, now, role="owner", operator=True)
     vault.remove_secret(settings, TOKEN_NAME)
     return email
-
-
-def _current_token(settings: Settings) -> str | None:
-    try:
-        return vault.read_secret(settings, TOKEN_NAME)
-    except Exception:
-        return None
 
 
 # -- personal data (appliance.personal) -------------------------------------------------

@@ -177,9 +177,7 @@ class Supervisor:
             return
         services = {}
         for child in self.children:
-            state = "stopped" if stopping else child.state
-            if child is self.failed:
-                state = "failed"
+            state = "failed" if child is self.failed else "stopped" if stopping else child.state
             pid = child.process.pid if child.process else None
             exits = {"last_exit": child.last_exit, "last_exit_at": child.last_exit_at}
             services[child.name] = {"state": state, "pid": pid, "restarts": child.restarts, **exits}

@@ -129,20 +129,17 @@ def account(db: Database, account_id: str) -> Account:
     return found
 
 
-def set_suspended(db: Database, account_id: str, suspended: bool) -> Account:
-    """Suspend an active account or reactivate a suspended one (operators only).
+def set_status(db: Database, account_id: str, wanted: str) -> Account:
+    """Suspend an active account or reactivate a suspended one (operators only), or mark it
+    ``deleted`` (its erasure was requested).
 
-    While suspended, its members' sessions and API keys are refused on every request
-    (``role_in`` only answers for active accounts), and its members cannot sign in to it.
+    A suspended or deleted account refuses its members' sessions, API keys and sign-ins on
+    every request (``role_in`` only answers for active accounts).
 
     Raises:
         NotFound: no such account, or it is deleted.
         Conflict: it is already in that state.
     """
-    return _set_status(db, account_id, "suspended" if suspended else "active")
-
-
-def _set_status(db: Database, account_id: str, wanted: str) -> Account:
     with write_transaction(db):
         found = account(db, account_id)  # NotFound when missing or deleted
         if found.status == wanted:
@@ -163,16 +160,6 @@ def role_in(db: Database, account_id: str, user_id: str) -> str | None:
     if found is None or found.status != "active":
         return None
     return store.role(account_id, user_id)
-
-
-def lock(db: Database, account_id: str) -> Account:
-    """Mark the account deleted (its erasure was requested): from now on no session, key
-    or sign-in works for it (``role_in`` only answers for active accounts).
-
-    Raises:
-        NotFound: no such account, or it is deleted already.
-    """
-    return _set_status(db, account_id, "deleted")
 
 
 def tombstone(db: Database, account_id: str) -> None:

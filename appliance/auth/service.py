@@ -247,50 +247,40 @@ def switch_account(db: Database, session: Session, account_id: str) -> None:
     _set_session(db, session.id_hash, account_id=account_id)
 
 
-def revoke_session(db: Database, token: str, now: datetime) -> None:
+#: What ``_revoke`` completes with a condition.
+_SESSIONS = "update sessions set revoked_at = :now where"
+_KEYS = "update api_keys set revoked_at = :now where"
+
+
+def _revoke(db: Database, update: str, where: str, now: datetime, **params: str) -> int:
+    """``update`` (``_SESSIONS`` or ``_KEYS``) the live rows ``where`` selects; how many."""
     with write_transaction(db):
-        db.execute(
-            "update sessions set revoked_at = :now where id_hash = :id and revoked_at is null",
-            {"now": iso(now), "id": _sha256(token)},
-        )
+        sql = f"{update} {where} and revoked_at is null"
+        return db.execute(sql, {"now": iso(now), **params}).rowcount
+
+
+def revoke_session(db: Database, token: str, now: datetime) -> None:
+    _revoke(db, _SESSIONS, "id_hash = :id", now, id=_sha256(token))
 
 
 def revoke_member_access(db: Database, account_id: str, user_id: str, now: datetime) -> None:
     """End a user's sessions in an account and revoke their keys there."""
-    params = {"now": iso(now), "user": user_id, "account": account_id}
+    mine = "user_id = :user and account_id = :account"
     with write_transaction(db):
-        db.execute(
-            "update sessions set revoked_at = :now where user_id = :user "
-            "and account_id = :account and revoked_at is null",
-            params,
-        )
-        db.execute(
-            "update api_keys set revoked_at = :now where user_id = :user "
-            "and account_id = :account and revoked_at is null",
-            params,
-        )
+        for update in (_SESSIONS, _KEYS):
+            _revoke(db, update, mine, now, user=user_id, account=account_id)
 
 
 def revoke_account_sessions(db: Database, account_id: str, now: datetime) -> int:
     """End every session in an account (its suspension); returns how many were live."""
-    with write_transaction(db):
-        cursor = db.execute(
-            "update sessions set revoked_at = :now where account_id = :account "
-            "and revoked_at is null",
-            {"now": iso(now), "account": account_id},
-        )
-    return cursor.rowcount
+    return _revoke(db, _SESSIONS, "account_id = :account", now, account=account_id)
 
 
 def revoke_account_access(db: Database, account_id: str, now: datetime) -> None:
     """End every session and revoke every key of an account (its erasure was requested)."""
     with write_transaction(db):
-        revoke_account_sessions(db, account_id, now)
-        db.execute(
-            "update api_keys set revoked_at = :now where account_id = :account "
-            "and revoked_at is null",
-            {"now": iso(now), "account": account_id},
-        )
+        for update in (_SESSIONS, _KEYS):
+            _revoke(db, update, "account_id = :account", now, account=account_id)
 
 
 def last_activity(db: Database, account_id: str) -> str | None:
@@ -307,12 +297,8 @@ def last_activity(db: Database, account_id: str) -> str | None:
 
 def revoke_instance_keys(db: Database, account_id: str, instance_id: str, now: datetime) -> None:
     """Revoke every key bound to an instance (when it is destroyed)."""
-    with write_transaction(db):
-        db.execute(
-            "update api_keys set revoked_at = :now where instance_id = :instance "
-            "and account_id = :account and revoked_at is null",
-            {"now": iso(now), "instance": instance_id, "account": account_id},
-        )
+    where = "instance_id = :instance and account_id = :account"
+    _revoke(db, _KEYS, where, now, instance=instance_id, account=account_id)
 
 
 # -- API keys ---------------------------------------------------------------------------
@@ -373,11 +359,9 @@ def _keys(db: Database, where: str, params: list) -> list[ApiKey]:
 
 def list_keys(db: Database, account_id: str, user_id: str | None = None) -> list[ApiKey]:
     """Live keys of the account (of one user when ``user_id`` is given), newest first."""
-    if user_id:
-        return _keys(
-            db, "account_id = ? and revoked_at is null and user_id = ?", [account_id, user_id]
-        )
-    return _keys(db, "account_id = ? and revoked_at is null", [account_id])
+    mine = " and user_id = ?" if user_id else ""
+    live = "account_id = ? and revoked_at is null" + mine
+    return _keys(db, live, [account_id, user_id] if user_id else [account_id])
 
 
 def get_key(db: Database, account_id: str, key_id: str) -> ApiKey:
@@ -397,11 +381,8 @@ def authenticate_key(db: Database, secret: str, now: datetime) -> ApiKey | None:
     """The live key for ``secret``, or None (unknown, revoked or expired)."""
     if not secret.startswith(KEY_PREFIX) or len(secret) > 100:
         return None
-    found = _keys(db, "key_hash = ?", [_sha256(secret)])
-    if not found:
-        return None
-    key = found[0]
-    if key.revoked_at or (key.expires_at and parse(key.expires_at) <= now):
+    key = next(iter(_keys(db, "key_hash = ?", [_sha256(secret)])), None)
+    if key is None or key.revoked_at or (key.expires_at and parse(key.expires_at) <= now):
         return None
     if not key.last_used_at or now - parse(key.last_used_at) >= TOUCH_EVERY:
         with write_transaction(db):

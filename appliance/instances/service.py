@@ -81,12 +81,6 @@ def _instance(row: dict) -> Instance:
     return Instance(**{**row, **flags, "collections": collections})
 
 
-def _check_collections(db, account_id: str, clean: dict[str, Any]) -> None:
-    """The chosen collections must be the account's own."""
-    if clean.get("collections") is not None:
-        clean["collections"] = kb_collections.check(db, account_id, clean["collections"])
-
-
 def _instances(db: Database, where: str, params: list) -> list[Instance]:
     rows = db["instances"].rows_where(where, params, order_by="created_at")
     return [_instance(row) for row in rows]
@@ -97,7 +91,7 @@ def _require_manager(role: str) -> None:
         raise NotFound("Not found.")
 
 
-def _validate(changes: dict[str, Any], models: list[str], max_tokens_cap: int) -> dict:
+def _validate(db, account_id: str, changes: dict, models: list[str], max_tokens_cap: int) -> dict:
     unknown = sorted(set(changes) - set(EDITABLE))
     if unknown:
         raise InvalidInput(f"Unknown instance field: {unknown[0]}.")
@@ -126,6 +120,8 @@ def _validate(changes: dict[str, Any], models: list[str], max_tokens_cap: int) -
         raise InvalidInput(f"'max_tokens' may be at most {max_tokens_cap}.")
     if clean.get("system_prompt") and len(clean["system_prompt"]) > MAX_PROMPT_CHARS:
         raise InvalidInput(f"The system prompt may be at most {MAX_PROMPT_CHARS} characters.")
+    if clean.get("collections") is not None:  # the account's own only
+        clean["collections"] = kb_collections.check(db, account_id, clean["collections"])
     return clean
 
 
@@ -154,8 +150,7 @@ def create(
         "knowledge": True,
         "top_k": 5,
     }
-    clean = _validate({**defaults, **data}, models, max_tokens_cap)
-    _check_collections(db, account_id, clean)
+    clean = _validate(db, account_id, {**defaults, **data}, models, max_tokens_cap)
     instance = Instance(
         id=new_id("ins"),
         account_id=account_id,
@@ -227,8 +222,7 @@ def update(
     now: datetime,
 ) -> Instance:
     _require_manager(actor_role)
-    clean = _validate(changes, models, max_tokens_cap)
-    _check_collections(db, account_id, clean)
+    clean = _validate(db, account_id, changes, models, max_tokens_cap)
     with write_transaction(db):
         current = get(db, account_id, instance_id)
         if current.state == "destroyed":

@@ -252,14 +252,11 @@ def restore(settings: Settings, src: Path, *, replace: bool = False) -> dict:
         InvalidInput: the archive fails verification (nothing is changed then).
     """
     busy = processes_using(settings)
-    if busy:
+    if busy or web_answers(settings):
+        held = f"pids {', '.join(map(str, busy))} have its database open"
+        answers = f"its web service answers on port {settings.web.port}"
         raise Conflict(
-            f"the appliance is running (pids {', '.join(map(str, busy))} have its database "
-            "open): stop it first (systemctl stop appliance.target)"
-        )
-    if web_answers(settings):
-        raise Conflict(
-            f"the appliance is running (its web service answers on port {settings.web.port}): "
+            f"the appliance is running ({held if busy else answers}): "
             "stop it first (systemctl stop appliance.target)"
         )
     manifest = verify(src)

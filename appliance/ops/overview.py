@@ -151,13 +151,13 @@ def suspend(
     """
     if actor_id and accounts.role_in(db, account_id, actor_id):
         raise InvalidInput("You are a member of this account: suspending it would lock you out.")
-    account = accounts.set_suspended(db, account_id, True)
+    account = accounts.set_status(db, account_id, "suspended")
     auth.revoke_account_sessions(db, account_id, now)
     return _row(db, account)
 
 
 def unsuspend(db: Database, account_id: str) -> AccountRow:
-    return _row(db, accounts.set_suspended(db, account_id, False))
+    return _row(db, accounts.set_status(db, account_id, "active"))
 
 
 def delete(

@@ -54,16 +54,11 @@ class Restarts:
 
 def describe_exit(returncode: int) -> str:
     """``-11`` → ``signal SIGSEGV``; ``1`` → ``exit code 1`` (``Popen.returncode``)."""
-    if returncode < 0:
-        return f"signal {_signal_name(-returncode)}"
-    return f"exit code {returncode}"
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return str(number)
+    if returncode >= 0:
+        return f"exit code {returncode}"
+    with contextlib.suppress(ValueError):
+        return f"signal {signal.Signals(-returncode).name}"
+    return f"signal {-returncode}"
 
 
 def state_path(settings: Settings) -> Path:
@@ -142,9 +137,9 @@ def _unit_state(block: str) -> ServiceState | None:
     status = _int(values.get("ExecMainStatus"))
     last_exit = None
     if code in (CLD_KILLED, CLD_DUMPED):
-        last_exit = f"signal {_signal_name(status)}"
+        last_exit = describe_exit(-status)
     elif code == CLD_EXITED and status:
-        last_exit = f"exit code {status}"
+        last_exit = describe_exit(status)
     elif values.get("Result") not in (None, "", "success"):
         last_exit = values["Result"]  # start-limit-hit, timeout, watchdog…
     return ServiceState(

@@ -87,7 +87,7 @@ def request_deletion(
             if not any(a.id != found.id for a, _ in accounts.accounts_of(db, m.user_id))
             and not accounts.user(db, m.user_id).operator
         ]
-        accounts.lock(db, found.id)
+        accounts.set_status(db, found.id, "deleted")
         auth.revoke_account_access(db, found.id, now)
         for instance in instances.list_instances(db, found.id):
             instances.set_state(db, found.id, "owner", instance.id, "destroyed", now)

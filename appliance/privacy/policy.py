@@ -212,7 +212,7 @@ def publish(
     """Record the current text as a new version, in effect from ``effective_at``.
 
     Default effective date: ``privacy.policy_notice_days`` after ``now``. The caller emails
-    every user (``recipients``) so they hear of it before it takes effect.
+    every user (``announce``) so they hear of it before it takes effect.
 
     Raises:
         Conflict: the text is the same as the latest version's.
@@ -240,11 +240,6 @@ def publish(
     return version
 
 
-def recipients(db: Database) -> list[str]:
-    """Every user who belongs to an active account (or runs the appliance)."""
-    return accounts.active_people(db)
-
-
 def announce(
     db: Database, version: PolicyVersion, send_mail: Callable[[str, str, dict], object]
 ) -> int:
@@ -255,7 +250,7 @@ def announce(
         "effective": version.effective_at[:10],
         "summary": version.summary,
     }
-    emails = recipients(db)
+    emails = accounts.active_people(db)
     for email in emails:
         send_mail("policy_changed", email, context)
     return len(emails)

@@ -36,30 +36,20 @@ class RequestEntry:
 
 
 def error_text(exc: BaseException, *, user_facing: bool) -> str:
-    """``Class`` for errors shown to users, ``Class at web/x.py:12`` for unexpected ones."""
+    """``Class`` for errors shown to users, ``Class at web/x.py:12`` for unexpected ones: the
+    innermost frame of our code that the error passed."""
     name = type(exc).__name__
-    where = None if user_facing else raised_at(exc)
-    return f"{name} at {where}" if where else name
-
-
-def raised_at(exc: BaseException) -> str | None:
-    """``module/file.py:line`` of the innermost frame of our code that the error passed."""
-    frames = traceback.extract_tb(exc.__traceback__)
+    frames = [] if user_facing else traceback.extract_tb(exc.__traceback__)
     ours = [f for f in frames if f.filename.startswith(_PACKAGE)] or frames
     if not ours:
-        return None
-    path = ours[-1].filename.removeprefix(_PACKAGE)
-    return f"{path}:{ours[-1].lineno}"[:MAX_ERROR]
+        return name
+    where = f"{ours[-1].filename.removeprefix(_PACKAGE)}:{ours[-1].lineno}"
+    return f"{name} at {where[:MAX_ERROR]}"
 
 
 def record(db: Database, entry: RequestEntry) -> None:
     with write_transaction(db):
-        db.execute(
-            """insert into request_log (at, method, path, status, duration_ms, instance_id,
-                                        error)
-               values (:at, :method, :path, :status, :duration_ms, :instance_id, :error)""",
-            {**asdict(entry), "duration_ms": round(entry.duration_ms, 3)},
-        )
+        db["request_log"].insert({**asdict(entry), "duration_ms": round(entry.duration_ms, 3)})
 
 
 def entries(
