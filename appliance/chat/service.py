@@ -207,8 +207,7 @@ def list_for_user(
             return []
         seen: dict[str, dict[str, Any]] = {}
         for conversation, snippet in ChatStore(db).search(account_id, user_id, match):
-            if conversation.id not in seen:
-                seen[conversation.id] = {**conversation.public(), "snippet": snippet}
+            seen.setdefault(conversation.id, {**conversation.public(), "snippet": snippet})
         return list(seen.values())[:limit]
     return [c.public() for c in ChatStore(db).recent(account_id, user_id, limit)]
 
@@ -269,14 +268,6 @@ def _check_free(conversation: Conversation, now: datetime) -> None:
         raise Conflict("An answer is still being written in this conversation.")
 
 
-def _check_running(instance: instances.Instance) -> None:
-    if instance.state != "running":
-        raise Conflict(
-            f"The instance '{instance.name}' is {instance.state}; "
-            + ("start it to continue." if instance.state == "stopped" else "it cannot answer.")
-        )
-
-
 def _check_fits(db, settings, client, account_id, instance, content: str, now) -> None:
     try:
         measured = room(db, settings, client, account_id, instance, content, now)
@@ -329,7 +320,11 @@ def prepare_turn(
         content = clean_content(content)
     conversation = get(db, account_id, user_id, conversation_id)
     instance = instances.get(db, account_id, conversation.instance_id)
-    _check_running(instance)
+    if instance.state != "running":
+        raise Conflict(
+            f"The instance '{instance.name}' is {instance.state}; "
+            + ("start it to continue." if instance.state == "stopped" else "it cannot answer.")
+        )
     _check_free(conversation, now)
     line = conversation.messages
     if edit_message_id is not None:
@@ -435,9 +430,7 @@ def store_exchange(
     the request's messages, or, given ``conversation_id``, its last user message appended.
     """
     if conversation_id is None:
-        conversation = create(
-            db, account_id, user_id, instance.id, now, source="api", title="New chat"
-        )
+        conversation = create(db, account_id, user_id, instance.id, now, source="api")
         to_store = [m for m in messages if m["role"] in ("user", "assistant")]
     else:
         conversation = get(db, account_id, user_id, conversation_id, with_messages=False)
@@ -446,37 +439,27 @@ def store_exchange(
         last_user = next((m for m in reversed(messages) if m["role"] == "user"), None)
         to_store = [last_user] if last_user else []
     _, cited = check_citations(answer, {p.number for p in passages})
-    sources = cited_sources(passages, cited)
     counts = {k: usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens", "cached_tokens")}
+    reply = {"role": "assistant", "content": answer}
+    sources = cited_sources(passages, cited)
+    details = {"finish_reason": "stop", "sources": sources, "model": instance.model, **counts}
     store = ChatStore(db)
     with write_transaction(db):
         line, _ = current_line(store.messages(conversation.id))
-        top = line[-1].position if line else -1
-        parent_id = line[-1].id if line else None
-        for offset, message in enumerate(to_store, start=1):
-            question = _new_message(
+        position, parent_id = (line[-1].position, line[-1].id) if line else (-1, None)
+        for message in [*to_store, reply]:
+            position += 1
+            stored = _new_message(
                 conversation.id,
-                top + offset,
+                position,
                 message["role"],
                 message["content"],
                 now,
                 parent_id=parent_id,
+                **(details if message is reply else {}),
             )
-            store.insert_message(account_id, question)
-            parent_id = question.id
-        reply = _new_message(
-            conversation.id,
-            top + len(to_store) + 1,
-            "assistant",
-            answer,
-            now,
-            finish_reason="stop",
-            sources=sources,
-            model=instance.model,
-            parent_id=parent_id,
-            **counts,
-        )
-        store.insert_message(account_id, reply)
+            store.insert_message(account_id, stored)
+            parent_id = stored.id
         title = conversation.title
         if title == "New chat" and to_store:
             title = title_from(next((m["content"] for m in to_store if m["role"] == "user"), ""))

@@ -168,7 +168,7 @@ def _sniff(head: bytes) -> tuple[str, str]:
         return "pdf", "a PDF document"
     if head.startswith(_ZIP_SIGNATURES):
         return "zip", "a ZIP archive"
-    if _looks_like_text(head):
+    if b"\x00" not in head and mostly_printable(_decode_head(head)):
         return "text", "plain text"
     for signature, description in _BINARY_SIGNATURES:
         if head.startswith(signature):
@@ -185,10 +185,6 @@ def _decode_head(head: bytes) -> str:
         return codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
     except UnicodeDecodeError:
         return head.decode("cp1252", errors="replace")
-
-
-def _looks_like_text(head: bytes) -> bool:
-    return b"\x00" not in head and mostly_printable(_decode_head(head))
 
 
 def _check_small_docx(head: bytes) -> None:
@@ -232,10 +228,6 @@ def extract(path: Path, kind: str, *, timeout: float = 60, memory_mb: int = 512)
             encrypted, a suspected zip bomb, has too much text or none at all.
         OSError: ``path`` cannot be read (e.g. it was deleted).
     """
-    if kind not in SUPPORTED:
-        raise ExtractionError(f"Files of type .{kind} are not supported.", "unsupported")
-    if timeout <= 0 or memory_mb <= 0:
-        raise ValueError("timeout and memory_mb must be positive")
     path = Path(path)
     if path.stat().st_size == 0:
         raise ExtractionError("The file is empty.", "empty")

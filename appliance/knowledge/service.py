@@ -13,7 +13,6 @@ import os
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -330,17 +329,10 @@ def audit(db: sqlite_utils.Database, settings: Settings) -> list[str]:
     except Exception as exc:  # the FTS index disagrees with the chunks table
         problems.append(f"full-text index out of step with the chunks: {exc}")
     rows = {(d.account_id, d.id) for d in store.documents(None)}
-    files = set(_stored_files(settings))
-    for account_id, document_id in sorted(files - rows):
-        problems.append(f"file without a document: files/{account_id}/{document_id}")
-    for account_id, document_id in sorted(rows - files):
-        problems.append(f"document without a file: {document_id} (account {account_id})")
+    files = {(f.parent.name, f.name) for f in settings.paths.files.glob("*/doc_*") if f.is_file()}
+    problems += [f"file without a document: files/{a}/{d}" for a, d in sorted(files - rows)]
+    problems += [f"document without a file: {d} (account {a})" for a, d in sorted(rows - files)]
     return problems
-
-
-def _stored_files(settings: Settings) -> Iterable[tuple[str, str]]:
-    """(account id, document id) of each original under ``files/``."""
-    return [(f.parent.name, f.name) for f in settings.paths.files.glob("*/doc_*") if f.is_file()]
 
 
 def index_state(db: sqlite_utils.Database) -> dict[str, Any]:

@@ -382,14 +382,9 @@ class KnowledgeStore:
 
     def vectors(self, ids: Sequence[int]) -> dict[int, bytes]:
         """The stored float32 vectors of chunks ``ids`` (raw bytes), by id."""
-        found = {}
-        for chunk_id in ids:
-            row = self.db.execute(
-                "select embedding from chunk_vectors where rowid = ?", [chunk_id]
-            ).fetchone()
-            if row is not None:
-                found[chunk_id] = row[0]
-        return found
+        sql = "select embedding from chunk_vectors where rowid = ?"
+        rows = ((i, self.db.execute(sql, [i]).fetchone()) for i in ids)
+        return {chunk_id: row[0] for chunk_id, row in rows if row is not None}
 
     def nearest(
         self,
@@ -418,7 +413,9 @@ class KnowledgeStore:
             path = self.path()
             if codes.size(self, path, account_id) >= codes.QUANTIZED_ABOVE:
                 return codes.nearest(self, path, account_id, vector, k)
-        found = self._nearest_in_ram(account_id, vector, k)
+        # vec0's exact KNN from the in-RAM copy of a large account's vectors (matrix.py)
+        path = self.indexed_rows() >= matrix.IN_RAM_FROM and self.path()
+        found = matrix.nearest(self, path, account_id, vector, k) if path else None
         if found is not None:
             return found
         rows = self.db.execute(
@@ -428,11 +425,3 @@ class KnowledgeStore:
             [serialize_float32(list(vector)), k, account_id],
         )
         return [row[0] for row in rows]
-
-    def _nearest_in_ram(self, account_id: str, vector: Sequence[float], k: int) -> list[int] | None:
-        """vec0's exact KNN, from the in-RAM copy of a large account's vectors
-        (matrix.py); None when there is none (yet)."""
-        if self.indexed_rows() < matrix.IN_RAM_FROM:
-            return None
-        path = self.path()
-        return matrix.nearest(self, path, account_id, vector, k) if path else None
