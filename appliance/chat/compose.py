@@ -68,11 +68,6 @@ def retrieve(
     ]
 
 
-def answer_reserve(instance) -> int:
-    """Tokens of the context budget kept free for the answer."""
-    return min(instance.max_tokens, instance.context_budget // 2)
-
-
 def count_tokens(client: InferenceClient, texts: list[str]) -> list[int]:
     """Counts in the chat model's tokenizer (an estimate where the server cannot tell)."""
     counts = client.count_tokens(texts, model="chat")
@@ -110,7 +105,7 @@ def room(
     system = system_prompt(db, settings, account_id, instance, now)
     system_count, text_count = count_tokens(client, [system, text])
     system_tokens = system_count + prompt.MESSAGE_OVERHEAD if system else 0
-    reserve = answer_reserve(instance)
+    reserve = min(instance.max_tokens, instance.context_budget // 2)  # kept for the answer
     return Room(
         tokens=text_count + prompt.MESSAGE_OVERHEAD,
         limit=instance.context_budget - reserve - system_tokens,
@@ -135,11 +130,9 @@ def compose(
     overrides: dict[str, Any] | None = None,
 ) -> Composed:
     """Assemble the request for ``conversation`` (oldest first) on ``instance``."""
-    system = (
-        own_system
-        if own_system is not None
-        else system_prompt(db, settings, account_id, instance, now)
-    )
+    system = own_system
+    if system is None:
+        system = system_prompt(db, settings, account_id, instance, now)
     passages: list[prompt.Passage] = []
     last_user = next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
     if instance.knowledge and knowledge and last_user:

@@ -28,7 +28,7 @@ from appliance.chat.citations import CITATION as CITATION  # re-exported for cal
 from appliance.chat.citations import check_citations, cited_sources
 from appliance.chat.citations import usage_counts as usage_counts
 from appliance.chat.compose import Composed, Room, compose, room
-from appliance.chat.models import Conversation, Message
+from appliance.chat.models import USAGE, Conversation, Message
 from appliance.chat.store import ChatStore
 from appliance.clock import iso, parse, utcnow
 from appliance.config import Settings
@@ -80,7 +80,7 @@ def _new_message(
 ) -> Message:
     """A message to store; ``details``: finish reason, token counts, sources, model."""
     empty = {"finish_reason": None, "model": None, "sources": []}
-    counts = dict.fromkeys(("prompt_tokens", "completion_tokens", "cached_tokens"), 0)
+    counts = dict.fromkeys(USAGE, 0)
     fields_ = {**empty, **counts, **details, "created_at": iso(now)}
     return Message(new_id("msg"), conversation_id, position, role, content, **fields_)
 
@@ -233,14 +233,9 @@ def delete(
         get(db, account_id, user_id, conversation_id, with_messages=False)
         messages = store.count_messages(conversation_id)
         store.delete_conversation(conversation_id)
-        receipts.write(
-            db,
-            account_id,
-            f"conversation {conversation_id} deleted by its user",
-            {"conversations": 1, "messages": messages, "messages_fts": messages},
-            [],
-            now or utcnow(),
-        )
+        counts = {"conversations": 1, "messages": messages, "messages_fts": messages}
+        what = f"conversation {conversation_id} deleted by its user"
+        receipts.write(db, account_id, what, counts, [], now or utcnow())
 
 
 def delete_for_instance(db, account_id: str, instance_id: str) -> int:
@@ -439,7 +434,7 @@ def store_exchange(
         last_user = next((m for m in reversed(messages) if m["role"] == "user"), None)
         to_store = [last_user] if last_user else []
     _, cited = check_citations(answer, {p.number for p in passages})
-    counts = {k: usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens", "cached_tokens")}
+    counts = {k: usage.get(k, 0) for k in USAGE}
     reply = {"role": "assistant", "content": answer}
     sources = cited_sources(passages, cited)
     details = {"finish_reason": "stop", "sources": sources, "model": instance.model, **counts}

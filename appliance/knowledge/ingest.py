@@ -155,8 +155,7 @@ def _counter(client: InferenceClient):
 
 def _model_name(client: InferenceClient) -> str:
     try:
-        health = client.health()
-        return str(health.get("embedding_model") or "unknown")
+        return str(client.health().get("embedding_model") or "unknown")
     except ApplianceError:
         return "unknown"
 

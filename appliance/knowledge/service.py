@@ -241,14 +241,10 @@ def delete_document(
         require_may_change(doc, actor_id, actor_role)
         chunks = db["chunks"].count_where("document_id = ?", [doc.id])
         store.delete_document(doc.id)
-        receipts.write(
-            db,
-            account_id,
-            f"document {doc.id} deleted by its account",
-            {"documents": 1, "chunks": chunks, "chunks_fts": chunks, "chunk_vectors": chunks},
-            [{"kind": "document", "sha256": doc.sha256}],
-            now or utcnow(),
-        )
+        counts = {"documents": 1, "chunks": chunks, "chunks_fts": chunks, "chunk_vectors": chunks}
+        hashes = [{"kind": "document", "sha256": doc.sha256}]
+        what = f"document {doc.id} deleted by its account"
+        receipts.write(db, account_id, what, counts, hashes, now or utcnow())
     document_path(settings, doc).unlink(missing_ok=True)
 
 

@@ -122,10 +122,8 @@ class KnowledgeStore:
         )
         return [row["id"] for row in rows]
 
-    def set_status(self, document_id: str, status: str, now: str, **fields) -> None:
+    def set_status(self, document_id: str, status: str, now: str, **extra) -> None:
         """A document deleted meanwhile stays deleted."""
-        allowed = {"error", "chunks_total", "chunks_done", "embedding_model"}
-        extra = {k: v for k, v in fields.items() if k in allowed}
         with contextlib.suppress(NotFoundError):
             self.db["documents"].update(document_id, {"status": status, "updated_at": now, **extra})
 
