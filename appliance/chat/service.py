@@ -311,8 +311,7 @@ def prepare_turn(
         InvalidInput: empty message, or one that cannot fit the instance's context budget
             (refused before it is stored); nothing to regenerate.
     """
-    if content is not None:
-        content = clean_content(content)
+    content = clean_content(content) if content is not None else None
     conversation = get(db, account_id, user_id, conversation_id)
     instance = instances.get(db, account_id, conversation.instance_id)
     if instance.state != "running":
