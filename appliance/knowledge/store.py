@@ -87,8 +87,7 @@ class KnowledgeStore:
         return [Document(**row) for row in self.db["documents"].rows_where(where, params, **kwargs)]
 
     def _document(self, where: str, params: Sequence) -> Document | None:
-        found = self._documents(where, params, limit=1)
-        return found[0] if found else None
+        return next(iter(self._documents(where, params, limit=1)), None)
 
     def document(self, account_id: str, document_id: str) -> Document | None:
         return self._document("id = ? and account_id = ?", [document_id, account_id])

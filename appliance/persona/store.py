@@ -15,8 +15,7 @@ class PersonaStore:
 
     # system prompts
     def latest_prompt(self, account_id: str) -> SystemPrompt | None:
-        found = self.prompts(account_id, 1)
-        return found[0] if found else None
+        return next(iter(self.prompts(account_id, 1)), None)
 
     def prompts(self, account_id: str, limit: int) -> list[SystemPrompt]:
         rows = self.db["system_prompts"].rows_where(
