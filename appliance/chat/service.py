@@ -377,13 +377,11 @@ def finish_turn(
     now: datetime,
     *,
     finish_reason: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-    cached_tokens: int = 0,
+    **usage: int,
 ) -> Message | None:
-    """Store the answer (checked citations, exact usage); nothing when it is empty."""
+    """Store the answer (checked citations, exact ``usage``: the counts ``USAGE`` names,
+    0 where not given); nothing when it is empty."""
     checked, cited = check_citations(text, {p.number for p in turn.composed.passages})
-    sources = cited_sources(turn.composed.passages, cited)
     answer = _new_message(
         turn.conversation.id,
         turn.position,
@@ -391,12 +389,10 @@ def finish_turn(
         checked,
         now,
         finish_reason=finish_reason,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        cached_tokens=cached_tokens,
-        sources=sources,
+        sources=cited_sources(turn.composed.passages, cited),
         model=turn.instance.model,
         parent_id=turn.user_message.id,
+        **usage,
     )
     store = ChatStore(db)
     with write_transaction(db):
