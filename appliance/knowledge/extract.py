@@ -277,8 +277,7 @@ def _error(reason: str, kind: str, timeout: float, memory_mb: int) -> Extraction
         "no_text": f"No text was found in this {label}." + (_SCANNED if kind == "pdf" else ""),
         "malformed": f"This {label} could not be read. It may be damaged or not really a {label}.",
     }
-    if reason not in messages:
-        reason = "malformed"
+    reason = reason if reason in messages else "malformed"
     return ExtractionError(messages[reason], reason)
 
 
@@ -308,7 +307,6 @@ def check_archive(path: Path, what: str = "This Word document") -> list[zipfile.
     if len(infos) > MAX_ZIP_ENTRIES:
         raise ExtractionError(too_many, "zip_bomb")
     names: set[str] = set()
-    total = 0
     for info in infos:
         name = info.filename
         parts = re.split(r"[/\\]", name)
@@ -331,7 +329,6 @@ def check_archive(path: Path, what: str = "This Word document") -> list[zipfile.
                 f"{what} is password-protected. Remove the password and upload it again.",
                 "encrypted",
             )
-        total += info.file_size
         if info.file_size >= RATIO_EXEMPT_BYTES and (
             info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1)
         ):
@@ -339,7 +336,7 @@ def check_archive(path: Path, what: str = "This Word document") -> list[zipfile.
                 f"{what} contains a part compressed more than {MAX_ZIP_RATIO}:1{bomb}",
                 "zip_bomb",
             )
-    if total > MAX_ZIP_UNPACKED:
+    if sum(info.file_size for info in infos) > MAX_ZIP_UNPACKED:
         raise ExtractionError(
             f"{what} would unpack to more than {MAX_ZIP_UNPACKED // (1024 * 1024)} MB{bomb}",
             "zip_bomb",
