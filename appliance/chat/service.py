@@ -9,9 +9,7 @@ is stored. A turn is prepared (user message stored, prompt composed) before anyt
 generated, and finished (answer stored with its checked citations and exact token usage)
 after, so a failed or stopped generation never loses the question.
 
-``compose`` (``compose.py``) is shared with ``/v1``: the instance's system prompt (or the
-account's persona prompt and voice excerpts), retrieved passages, and as much history as
-fits the budget. SQL is in ``store.py``.
+The prompt is composed by ``compose.py`` (shared with ``/v1``); SQL is in ``store.py``.
 """
 
 from __future__ import annotations

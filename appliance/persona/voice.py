@@ -79,9 +79,8 @@ def clean_filename(filename: str) -> str:
 
 
 def read_sample(settings: Settings, path: Path, filename: str) -> tuple[str, str]:
-    """The sample's kind (``txt``, ``md``, ``docx``) and text, read as the knowledge base
-    reads a document (``knowledge.read_document``); headings come back as Markdown
-    headings, which excerpts skip.
+    """The sample's kind (``txt``, ``md``, ``docx``) and text, read as the module says;
+    headings come back as Markdown headings, which excerpts skip.
 
     Raises:
         InvalidInput: another type; ExtractionError: not what its name says, unreadable.
