@@ -49,15 +49,10 @@ def retrieve(
 ) -> list[prompt.Passage]:
     """The account's best passages for ``query`` (from ``collections`` only, when given),
     numbered from 1."""
+    tuning = kb_search.Tuning.from_settings(settings.knowledge)
     try:
         result = kb_search.search(
-            db,
-            client,
-            account_id,
-            query[: kb_search.MAX_QUERY_CHARS],
-            k,
-            kb_search.Tuning.from_settings(settings.knowledge),
-            collections,
+            db, client, account_id, query[: kb_search.MAX_QUERY_CHARS], k, tuning, collections
         )
     except InvalidInput:
         return []
