@@ -16,35 +16,23 @@ def check_citations(text: str, numbers: set[int]) -> tuple[str, list[int]]:
 
     Returns the checked text and the cited numbers in order of first use.
     """
-    cited: list[int] = []
+    cited: dict[int, None] = {}  # an ordered set
 
     def fix(match: re.Match) -> str:
         kept = [int(n) for n in re.findall(r"\d+", match.group(1)) if int(n) in numbers]
-        for n in kept:
-            if n not in cited:
-                cited.append(n)
+        cited.update(dict.fromkeys(kept))
         return "".join(f"[{n}]" for n in kept)
 
     checked = CITATION.sub(fix, text)
     checked = re.sub(r"[ \t]+([.,;:!?])", r"\1", checked) if checked != text else checked
-    return checked, cited
+    return checked, list(cited)
 
 
 def cited_sources(passages: list[prompt.Passage], cited: list[int]) -> list[dict[str, Any]]:
     """What an answer keeps of its passages: references, not their text (a deleted
     document's text must not live on in a conversation)."""
-    return [
-        {
-            "number": p.number,
-            "document_id": p.document_id,
-            "chunk_id": p.chunk_id,
-            "filename": p.filename,
-            "page": p.page,
-            "heading": p.heading,
-            "cited": p.number in cited,
-        }
-        for p in passages
-    ]
+    kept = ("number", "document_id", "chunk_id", "filename", "page", "heading")
+    return [{k: getattr(p, k) for k in kept} | {"cited": p.number in cited} for p in passages]
 
 
 def usage_counts(usage: dict[str, Any] | None) -> dict[str, int]:

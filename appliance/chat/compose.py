@@ -49,15 +49,10 @@ def retrieve(
 ) -> list[prompt.Passage]:
     """The account's best passages for ``query`` (from ``collections`` only, when given),
     numbered from 1."""
+    tuning = kb_search.Tuning.from_settings(settings.knowledge)
     try:
         result = kb_search.search(
-            db,
-            client,
-            account_id,
-            query[: kb_search.MAX_QUERY_CHARS],
-            k,
-            kb_search.Tuning.from_settings(settings.knowledge),
-            collections,
+            db, client, account_id, query[: kb_search.MAX_QUERY_CHARS], k, tuning, collections
         )
     except InvalidInput:
         return []
@@ -66,11 +61,6 @@ def retrieve(
         prompt.Passage(i, **{name: getattr(hit, name) for name in fields})
         for i, hit in enumerate(result.hits, start=1)
     ]
-
-
-def answer_reserve(instance) -> int:
-    """Tokens of the context budget kept free for the answer."""
-    return min(instance.max_tokens, instance.context_budget // 2)
 
 
 def count_tokens(client: InferenceClient, texts: list[str]) -> list[int]:
@@ -110,7 +100,7 @@ def room(
     system = system_prompt(db, settings, account_id, instance, now)
     system_count, text_count = count_tokens(client, [system, text])
     system_tokens = system_count + prompt.MESSAGE_OVERHEAD if system else 0
-    reserve = answer_reserve(instance)
+    reserve = min(instance.max_tokens, instance.context_budget // 2)  # kept for the answer
     return Room(
         tokens=text_count + prompt.MESSAGE_OVERHEAD,
         limit=instance.context_budget - reserve - system_tokens,
@@ -135,11 +125,9 @@ def compose(
     overrides: dict[str, Any] | None = None,
 ) -> Composed:
     """Assemble the request for ``conversation`` (oldest first) on ``instance``."""
-    system = (
-        own_system
-        if own_system is not None
-        else system_prompt(db, settings, account_id, instance, now)
-    )
+    system = own_system
+    if system is None:
+        system = system_prompt(db, settings, account_id, instance, now)
     passages: list[prompt.Passage] = []
     last_user = next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
     if instance.knowledge and knowledge and last_user:

@@ -24,20 +24,9 @@ class Message:
     selected: int = 1  # the version on the conversation's current line among its siblings
 
     def public(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "role": self.role,
-            "content": self.content,
-            "finish_reason": self.finish_reason,
-            "usage": {
-                "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "cached_tokens": self.cached_tokens,
-            },
-            "sources": self.sources,
-            "model": self.model,
-            "created_at": self.created_at,
-        }
+        data = {name: getattr(self, name) for name in ("id", "role", "content", "finish_reason")}
+        data["usage"] = {name: getattr(self, name) for name in USAGE}
+        return data | {name: getattr(self, name) for name in ("sources", "model", "created_at")}
 
 
 @dataclass(frozen=True)
@@ -62,3 +51,7 @@ class Conversation:
         if with_messages:
             data["messages"] = [m.public() for m in self.messages]
         return data
+
+
+#: The token counts a message stores (``usage`` in its public shape).
+USAGE = ("prompt_tokens", "completion_tokens", "cached_tokens")

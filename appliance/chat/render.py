@@ -38,11 +38,8 @@ def _render_citation(self, tokens, idx, options, env) -> str:
     source = env.get("sources", {}).get(n)
     if source is None:  # not retrieved (stored text is checked; this is belt and braces)
         return ""
-    where = source["filename"]
-    if source.get("page"):
-        where += f", page {source['page']}"
-    if source.get("heading"):
-        where += f", {source['heading']}"
+    where = source["filename"] + (f", page {source['page']}" if source.get("page") else "")
+    where += f", {source['heading']}" if source.get("heading") else ""
     text = env.get("texts", {}).get(source.get("chunk_id"))
     title = f"{where}: {text[:300]}" if text else where
     anchor = f"{env.get('prefix', 'src')}-{n}"

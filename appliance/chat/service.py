@@ -9,9 +9,7 @@ is stored. A turn is prepared (user message stored, prompt composed) before anyt
 generated, and finished (answer stored with its checked citations and exact token usage)
 after, so a failed or stopped generation never loses the question.
 
-``compose`` (``compose.py``) is shared with ``/v1``: the instance's system prompt (or the
-account's persona prompt and voice excerpts), retrieved passages, and as much history as
-fits the budget. SQL is in ``store.py``.
+The prompt is composed by ``compose.py`` (shared with ``/v1``); SQL is in ``store.py``.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ from appliance.chat.citations import CITATION as CITATION  # re-exported for cal
 from appliance.chat.citations import check_citations, cited_sources
 from appliance.chat.citations import usage_counts as usage_counts
 from appliance.chat.compose import Composed, Room, compose, room
-from appliance.chat.models import Conversation, Message
+from appliance.chat.models import USAGE, Conversation, Message
 from appliance.chat.store import ChatStore
 from appliance.clock import iso, parse, utcnow
 from appliance.config import Settings
@@ -80,7 +78,7 @@ def _new_message(
 ) -> Message:
     """A message to store; ``details``: finish reason, token counts, sources, model."""
     empty = {"finish_reason": None, "model": None, "sources": []}
-    counts = dict.fromkeys(("prompt_tokens", "completion_tokens", "cached_tokens"), 0)
+    counts = dict.fromkeys(USAGE, 0)
     fields_ = {**empty, **counts, **details, "created_at": iso(now)}
     return Message(new_id("msg"), conversation_id, position, role, content, **fields_)
 
@@ -207,8 +205,7 @@ def list_for_user(
             return []
         seen: dict[str, dict[str, Any]] = {}
         for conversation, snippet in ChatStore(db).search(account_id, user_id, match):
-            if conversation.id not in seen:
-                seen[conversation.id] = {**conversation.public(), "snippet": snippet}
+            seen.setdefault(conversation.id, {**conversation.public(), "snippet": snippet})
         return list(seen.values())[:limit]
     return [c.public() for c in ChatStore(db).recent(account_id, user_id, limit)]
 
@@ -234,14 +231,9 @@ def delete(
         get(db, account_id, user_id, conversation_id, with_messages=False)
         messages = store.count_messages(conversation_id)
         store.delete_conversation(conversation_id)
-        receipts.write(
-            db,
-            account_id,
-            f"conversation {conversation_id} deleted by its user",
-            {"conversations": 1, "messages": messages, "messages_fts": messages},
-            [],
-            now or utcnow(),
-        )
+        counts = {"conversations": 1, "messages": messages, "messages_fts": messages}
+        what = f"conversation {conversation_id} deleted by its user"
+        receipts.write(db, account_id, what, counts, [], now or utcnow())
 
 
 def delete_for_instance(db, account_id: str, instance_id: str) -> int:
@@ -267,14 +259,6 @@ class Turn:
 def _check_free(conversation: Conversation, now: datetime) -> None:
     if conversation.generating_since and now - parse(conversation.generating_since) < (STALE_TURN):
         raise Conflict("An answer is still being written in this conversation.")
-
-
-def _check_running(instance: instances.Instance) -> None:
-    if instance.state != "running":
-        raise Conflict(
-            f"The instance '{instance.name}' is {instance.state}; "
-            + ("start it to continue." if instance.state == "stopped" else "it cannot answer.")
-        )
 
 
 def _check_fits(db, settings, client, account_id, instance, content: str, now) -> None:
@@ -325,11 +309,14 @@ def prepare_turn(
         InvalidInput: empty message, or one that cannot fit the instance's context budget
             (refused before it is stored); nothing to regenerate.
     """
-    if content is not None:
-        content = clean_content(content)
+    content = clean_content(content) if content is not None else None
     conversation = get(db, account_id, user_id, conversation_id)
     instance = instances.get(db, account_id, conversation.instance_id)
-    _check_running(instance)
+    if instance.state != "running":
+        raise Conflict(
+            f"The instance '{instance.name}' is {instance.state}; "
+            + ("start it to continue." if instance.state == "stopped" else "it cannot answer.")
+        )
     _check_free(conversation, now)
     line = conversation.messages
     if edit_message_id is not None:
@@ -388,13 +375,11 @@ def finish_turn(
     now: datetime,
     *,
     finish_reason: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-    cached_tokens: int = 0,
+    **usage: int,
 ) -> Message | None:
-    """Store the answer (checked citations, exact usage); nothing when it is empty."""
+    """Store the answer (checked citations, exact ``usage``: the counts ``USAGE`` names,
+    0 where not given); nothing when it is empty."""
     checked, cited = check_citations(text, {p.number for p in turn.composed.passages})
-    sources = cited_sources(turn.composed.passages, cited)
     answer = _new_message(
         turn.conversation.id,
         turn.position,
@@ -402,12 +387,10 @@ def finish_turn(
         checked,
         now,
         finish_reason=finish_reason,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        cached_tokens=cached_tokens,
-        sources=sources,
+        sources=cited_sources(turn.composed.passages, cited),
         model=turn.instance.model,
         parent_id=turn.user_message.id,
+        **usage,
     )
     store = ChatStore(db)
     with write_transaction(db):
@@ -435,9 +418,7 @@ def store_exchange(
     the request's messages, or, given ``conversation_id``, its last user message appended.
     """
     if conversation_id is None:
-        conversation = create(
-            db, account_id, user_id, instance.id, now, source="api", title="New chat"
-        )
+        conversation = create(db, account_id, user_id, instance.id, now, source="api")
         to_store = [m for m in messages if m["role"] in ("user", "assistant")]
     else:
         conversation = get(db, account_id, user_id, conversation_id, with_messages=False)
@@ -446,37 +427,27 @@ def store_exchange(
         last_user = next((m for m in reversed(messages) if m["role"] == "user"), None)
         to_store = [last_user] if last_user else []
     _, cited = check_citations(answer, {p.number for p in passages})
+    counts = {k: usage.get(k, 0) for k in USAGE}
+    reply = {"role": "assistant", "content": answer}
     sources = cited_sources(passages, cited)
-    counts = {k: usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens", "cached_tokens")}
+    details = {"finish_reason": "stop", "sources": sources, "model": instance.model, **counts}
     store = ChatStore(db)
     with write_transaction(db):
         line, _ = current_line(store.messages(conversation.id))
-        top = line[-1].position if line else -1
-        parent_id = line[-1].id if line else None
-        for offset, message in enumerate(to_store, start=1):
-            question = _new_message(
+        position, parent_id = (line[-1].position, line[-1].id) if line else (-1, None)
+        for message in [*to_store, reply]:
+            position += 1
+            stored = _new_message(
                 conversation.id,
-                top + offset,
+                position,
                 message["role"],
                 message["content"],
                 now,
                 parent_id=parent_id,
+                **(details if message is reply else {}),
             )
-            store.insert_message(account_id, question)
-            parent_id = question.id
-        reply = _new_message(
-            conversation.id,
-            top + len(to_store) + 1,
-            "assistant",
-            answer,
-            now,
-            finish_reason="stop",
-            sources=sources,
-            model=instance.model,
-            parent_id=parent_id,
-            **counts,
-        )
-        store.insert_message(account_id, reply)
+            store.insert_message(account_id, stored)
+            parent_id = stored.id
         title = conversation.title
         if title == "New chat" and to_store:
             title = title_from(next((m["content"] for m in to_store if m["role"] == "user"), ""))

@@ -42,10 +42,9 @@ class ChatStore:
         return _conversation(row) if row else None
 
     def recent(self, account_id: str, user_id: str, limit: int) -> list[Conversation]:
-        rows = self.db.query(
-            "select * from conversations where account_id = :account and user_id = :user "
-            "order by updated_at desc limit :limit",
-            {"account": account_id, "user": user_id, "limit": limit},
+        where = "account_id = ? and user_id = ?"
+        rows = self.db["conversations"].rows_where(
+            where, [account_id, user_id], order_by="updated_at desc", limit=limit
         )
         return [_conversation(row) for row in rows]
 

@@ -34,11 +34,10 @@ def _require_manager(actor_role: str) -> None:
 def _free_name(db, account_id: str, actor_role: str, name: Any, collection_id: str = "") -> str:
     """``name`` cleaned, once the actor may name collections and no other has it."""
     _require_manager(actor_role)
-    store = KnowledgeStore(db)
     name = name.strip() if isinstance(name, str) else ""
     if not name or len(name) > MAX_NAME:
         raise InvalidInput(f"A collection's name must be 1 to {MAX_NAME} characters.")
-    same = store.collection_by_name(account_id, name)
+    same = KnowledgeStore(db).collection_by_name(account_id, name)
     if same and same.id != collection_id:
         raise Conflict(f"There is already a collection called '{name}'.")
     return name

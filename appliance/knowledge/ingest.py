@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from itertools import groupby
 
 import sqlite_utils
 
@@ -89,24 +90,17 @@ def ingest_documents(
 
 
 def _write(db, store: KnowledgeStore, batch, vectors, model: str) -> None:
-    """One request's chunks (of one or more documents) in one transaction."""
-    by_doc: dict[str, list[int]] = {}
-    for index, (item, _) in enumerate(batch):
-        by_doc.setdefault(item.doc.id, []).append(index)
+    """One request's chunks (a run of each of one or more documents) in one transaction."""
     with write_transaction(db):
-        for indexes in by_doc.values():
-            item = batch[indexes[0]][0]
+        for item, run in groupby(zip(batch, vectors, strict=True), key=lambda row: row[0][0]):
+            rows = list(run)
             if item.gone or store.document_any(item.doc.id) is None:
                 item.gone = True  # deleted while embedding: nothing of it may remain
                 store.delete_chunks(item.doc.id)
                 continue
-            store.add_chunks(
-                item.doc.id,
-                item.doc.account_id,
-                [batch[i][1] for i in indexes],
-                [vectors[i] for i in indexes],
-            )
-            item.done += len(indexes)
+            chunks = [chunk for (_, chunk), _ in rows]
+            store.add_chunks(item.doc.id, item.doc.account_id, chunks, [v for _, v in rows])
+            item.done += len(rows)
             store.set_status(
                 item.doc.id, "embedding", _now(), chunks_done=item.done, embedding_model=model
             )
@@ -155,8 +149,7 @@ def _counter(client: InferenceClient):
 
 def _model_name(client: InferenceClient) -> str:
     try:
-        health = client.health()
-        return str(health.get("embedding_model") or "unknown")
+        return str(client.health().get("embedding_model") or "unknown")
     except ApplianceError:
         return "unknown"
 

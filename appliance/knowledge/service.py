@@ -13,7 +13,6 @@ import os
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -242,14 +241,10 @@ def delete_document(
         require_may_change(doc, actor_id, actor_role)
         chunks = db["chunks"].count_where("document_id = ?", [doc.id])
         store.delete_document(doc.id)
-        receipts.write(
-            db,
-            account_id,
-            f"document {doc.id} deleted by its account",
-            {"documents": 1, "chunks": chunks, "chunks_fts": chunks, "chunk_vectors": chunks},
-            [{"kind": "document", "sha256": doc.sha256}],
-            now or utcnow(),
-        )
+        counts = {"documents": 1, "chunks": chunks, "chunks_fts": chunks, "chunk_vectors": chunks}
+        hashes = [{"kind": "document", "sha256": doc.sha256}]
+        what = f"document {doc.id} deleted by its account"
+        receipts.write(db, account_id, what, counts, hashes, now or utcnow())
     document_path(settings, doc).unlink(missing_ok=True)
 
 
@@ -330,17 +325,10 @@ def audit(db: sqlite_utils.Database, settings: Settings) -> list[str]:
     except Exception as exc:  # the FTS index disagrees with the chunks table
         problems.append(f"full-text index out of step with the chunks: {exc}")
     rows = {(d.account_id, d.id) for d in store.documents(None)}
-    files = set(_stored_files(settings))
-    for account_id, document_id in sorted(files - rows):
-        problems.append(f"file without a document: files/{account_id}/{document_id}")
-    for account_id, document_id in sorted(rows - files):
-        problems.append(f"document without a file: {document_id} (account {account_id})")
+    files = {(f.parent.name, f.name) for f in settings.paths.files.glob("*/doc_*") if f.is_file()}
+    problems += [f"file without a document: files/{a}/{d}" for a, d in sorted(files - rows)]
+    problems += [f"document without a file: {d} (account {a})" for a, d in sorted(rows - files)]
     return problems
-
-
-def _stored_files(settings: Settings) -> Iterable[tuple[str, str]]:
-    """(account id, document id) of each original under ``files/``."""
-    return [(f.parent.name, f.name) for f in settings.paths.files.glob("*/doc_*") if f.is_file()]
 
 
 def index_state(db: sqlite_utils.Database) -> dict[str, Any]:

@@ -87,8 +87,7 @@ class KnowledgeStore:
         return [Document(**row) for row in self.db["documents"].rows_where(where, params, **kwargs)]
 
     def _document(self, where: str, params: Sequence) -> Document | None:
-        found = self._documents(where, params, limit=1)
-        return found[0] if found else None
+        return next(iter(self._documents(where, params, limit=1)), None)
 
     def document(self, account_id: str, document_id: str) -> Document | None:
         return self._document("id = ? and account_id = ?", [document_id, account_id])
@@ -122,10 +121,8 @@ class KnowledgeStore:
         )
         return [row["id"] for row in rows]
 
-    def set_status(self, document_id: str, status: str, now: str, **fields) -> None:
+    def set_status(self, document_id: str, status: str, now: str, **extra) -> None:
         """A document deleted meanwhile stays deleted."""
-        allowed = {"error", "chunks_total", "chunks_done", "embedding_model"}
-        extra = {k: v for k, v in fields.items() if k in allowed}
         with contextlib.suppress(NotFoundError):
             self.db["documents"].update(document_id, {"status": status, "updated_at": now, **extra})
 
@@ -382,14 +379,9 @@ class KnowledgeStore:
 
     def vectors(self, ids: Sequence[int]) -> dict[int, bytes]:
         """The stored float32 vectors of chunks ``ids`` (raw bytes), by id."""
-        found = {}
-        for chunk_id in ids:
-            row = self.db.execute(
-                "select embedding from chunk_vectors where rowid = ?", [chunk_id]
-            ).fetchone()
-            if row is not None:
-                found[chunk_id] = row[0]
-        return found
+        sql = "select embedding from chunk_vectors where rowid = ?"
+        rows = ((i, self.db.execute(sql, [i]).fetchone()) for i in ids)
+        return {chunk_id: row[0] for chunk_id, row in rows if row is not None}
 
     def nearest(
         self,
@@ -418,7 +410,9 @@ class KnowledgeStore:
             path = self.path()
             if codes.size(self, path, account_id) >= codes.QUANTIZED_ABOVE:
                 return codes.nearest(self, path, account_id, vector, k)
-        found = self._nearest_in_ram(account_id, vector, k)
+        # vec0's exact KNN from the in-RAM copy of a large account's vectors (matrix.py)
+        path = self.indexed_rows() >= matrix.IN_RAM_FROM and self.path()
+        found = matrix.nearest(self, path, account_id, vector, k) if path else None
         if found is not None:
             return found
         rows = self.db.execute(
@@ -428,11 +422,3 @@ class KnowledgeStore:
             [serialize_float32(list(vector)), k, account_id],
         )
         return [row[0] for row in rows]
-
-    def _nearest_in_ram(self, account_id: str, vector: Sequence[float], k: int) -> list[int] | None:
-        """vec0's exact KNN, from the in-RAM copy of a large account's vectors
-        (matrix.py); None when there is none (yet)."""
-        if self.indexed_rows() < matrix.IN_RAM_FROM:
-            return None
-        path = self.path()
-        return matrix.nearest(self, path, account_id, vector, k) if path else None

@@ -206,7 +206,7 @@ def use_local(
 ) -> Generated:
     """A new version from the local template (no network)."""
     _require_manager(actor_role)
-    text = local_prompt(accounts.profile(db, account_id, now), settings)
+    text = local_prompt(accounts.profile(db, account_id, now))
     return _store_version(db, account_id, text, "local", actor_id, now)
 
 

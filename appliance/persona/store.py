@@ -15,8 +15,7 @@ class PersonaStore:
 
     # system prompts
     def latest_prompt(self, account_id: str) -> SystemPrompt | None:
-        found = self.prompts(account_id, 1)
-        return found[0] if found else None
+        return next(iter(self.prompts(account_id, 1)), None)
 
     def prompts(self, account_id: str, limit: int) -> list[SystemPrompt]:
         rows = self.db["system_prompts"].rows_where(
@@ -34,14 +33,8 @@ class PersonaStore:
         return [SystemPrompt(**r) for r in rows]
 
     def next_version(self, account_id: str) -> int:
-        row = next(
-            self.db.query(
-                "select coalesce(max(version), 0) + 1 as version from system_prompts "
-                "where account_id = :account",
-                {"account": account_id},
-            )
-        )
-        return int(row["version"])
+        sql = "select coalesce(max(version), 0) + 1 from system_prompts where account_id = ?"
+        return int(self.db.execute(sql, [account_id]).fetchone()[0])
 
     def insert_prompt(self, prompt: SystemPrompt) -> None:
         self.db["system_prompts"].insert(asdict(prompt))

@@ -9,7 +9,6 @@ import difflib
 import re
 
 from appliance.accounts.models import Profile
-from appliance.config import Settings
 
 FORMALITY = {
     "casual": "Write casually, like a friendly colleague: plain words, contractions are fine, "
@@ -48,12 +47,11 @@ def _sentence(value: str) -> str:
     return text + "." if text else ""
 
 
-def local_prompt(profile: Profile, settings: Settings | None = None) -> str:
+def local_prompt(profile: Profile) -> str:
     """A complete system prompt built from the onboarding answers, without any network.
 
     Every answer that is filled in shapes a line; empty answers fall back to sensible
-    defaults, so a skipped onboarding still gives a useful prompt. ``settings`` is
-    accepted so callers can treat this like ``service.generate``; the template needs none.
+    defaults, so a skipped onboarding still gives a useful prompt.
     """
     business = _clean(profile.business_name)
     who = f"the team at {business}" if business else "a small team"

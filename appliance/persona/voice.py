@@ -16,6 +16,7 @@ import os
 import re
 import unicodedata
 from datetime import datetime
+from itertools import groupby
 from pathlib import Path, PurePosixPath
 
 import sqlite_utils
@@ -78,9 +79,8 @@ def clean_filename(filename: str) -> str:
 
 
 def read_sample(settings: Settings, path: Path, filename: str) -> tuple[str, str]:
-    """The sample's kind (``txt``, ``md``, ``docx``) and text, read as the knowledge base
-    reads a document (``knowledge.read_document``); headings come back as Markdown
-    headings, which excerpts skip.
+    """The sample's kind (``txt``, ``md``, ``docx``) and text, read as the module says;
+    headings come back as Markdown headings, which excerpts skip.
 
     Raises:
         InvalidInput: another type; ExtractionError: not what its name says, unreadable.
@@ -99,21 +99,17 @@ def read_sample(settings: Settings, path: Path, filename: str) -> tuple[str, str
 
 def _paragraphs(text: str) -> list[str]:
     """Blank-line separated blocks; hard-wrapped lines joined; list items kept apart."""
-    result = []
+    result: list[str] = []
     for block in re.split(r"\n\s*\n", text):
         lines = [line.strip() for line in block.split("\n") if line.strip()]
-        current: list[str] = []
-        for line in lines:
-            if _BULLET.match(line) or line.startswith(("#", "|", ">")):
-                if current:
-                    result.append(" ".join(current))
-                    current = []
-                result.append(line)
-            else:
-                current.append(line)
-        if current:
-            result.append(" ".join(current))
+        for apart, group in groupby(lines, _kept_apart):
+            run = list(group)
+            result += run if apart else [" ".join(run)]
     return [re.sub(r"\s+", " ", p).strip() for p in result]
+
+
+def _kept_apart(line: str) -> bool:
+    return bool(_BULLET.match(line)) or line.startswith(("#", "|", ">"))
 
 
 def _usable(unit: str) -> bool:
@@ -159,14 +155,11 @@ def select_excerpts(text: str, limit: int = EXCERPTS_PER_SAMPLE) -> list[str]:
     stretch gives its candidate closest to a medium length.
     """
     candidates = _candidates(text)
-    if len(candidates) <= limit:
-        return candidates
-    chosen = []
     n = len(candidates)
-    for i in range(limit):
-        stretch = range(i * n // limit, (i + 1) * n // limit)
-        chosen.append(min(stretch, key=lambda j: (abs(len(candidates[j]) - EXCERPT_IDEAL), j)))
-    return [candidates[j] for j in chosen]
+    if n <= limit:
+        return candidates
+    stretches = [candidates[i * n // limit : (i + 1) * n // limit] for i in range(limit)]
+    return [min(s, key=lambda c: abs(len(c) - EXCERPT_IDEAL)) for s in stretches]
 
 
 # -- samples ----------------------------------------------------------------------------
@@ -201,8 +194,12 @@ def add_sample(
     _check_room(store, settings, account_id, sha256)  # before the extractor's work
     path = sample_path(settings, account_id, sample_id)
     partial = path.with_name(f".{path.name}.part")  # hidden: backups skip it
+    partial.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _write_file(partial, content)  # the extractor reads a file
+        with open(partial, "wb") as handle:  # the extractor reads a file
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
         kind, text = read_sample(settings, partial, name)
         sample = VoiceSample(
             id=sample_id,
@@ -238,14 +235,6 @@ def _check_room(store: PersonaStore, settings: Settings, account_id: str, sha256
         )
     if store.sample_by_hash(account_id, sha256):
         raise Conflict("This file has already been uploaded.")
-
-
-def _write_file(path: Path, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def samples(db: sqlite_utils.Database, account_id: str, actor_role: str) -> list[VoiceSample]:

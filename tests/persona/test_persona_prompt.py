@@ -59,8 +59,8 @@ def empty_profile(**answers):
 
 def test_local_prompt_turns_every_answer_into_instructions():
     profile = empty_profile(**{k: v for k, v in PROFILE.items() if k != "age_confirmed"})
-    text = persona.local_prompt(profile, None)
-    assert text == persona.local_prompt(profile, None)  # deterministic
+    text = persona.local_prompt(profile)
+    assert text == persona.local_prompt(profile)  # deterministic
     assert text.startswith("You are the private AI assistant of the team at Example Bakery.")
     assert "The team uses you for: Answering customer emails about orders and allergens." in text
     assert "- Tone: warm, direct." in text
@@ -72,7 +72,7 @@ def test_local_prompt_turns_every_answer_into_instructions():
 
 
 def test_local_prompt_without_answers_is_still_a_useful_prompt():
-    text = persona.local_prompt(empty_profile(), None)
+    text = persona.local_prompt(empty_profile())
     assert text.startswith("You are the private AI assistant of a small team.")
     assert "Answer in the language the user writes in." in text
     assert "Ground rules:" in text
