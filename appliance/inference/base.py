@@ -115,6 +115,7 @@ def chat_llama(path: Path, *, n_ctx: int, n_threads: int, kv_cache_type: str, **
         type_v=KV_TYPES[kv_cache_type],
         seed=random.randrange(2**31),  # noqa: S311 - sampling, not security
         verbose=False,
+        extra_bufts=options.pop("extra_bufts", False),
         **options,
     )
 
