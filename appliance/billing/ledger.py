@@ -138,14 +138,7 @@ def post(
         shortfall += -(current + amount)
         amount = -current
     entry = Entry(
-        id=new_id("led"),
-        account_ref=account_ref,
-        kind=kind,
-        amount_microusd=amount,
-        balance_microusd=current + amount,
-        shortfall_microusd=shortfall,
-        created_at=iso(now),
-        **details,
+        new_id("led"), account_ref, kind, amount, current + amount, shortfall, iso(now), **details
     )
     # Written out rather than table.insert: one statement on the metering path (sqlite-utils'
     # table API looks the table up in sqlite_master first).

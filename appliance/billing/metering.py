@@ -92,23 +92,16 @@ class Metered:
             return
         self.finished = True
 
+        used = None
         if usage:
-            used = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-        else:
-            used = (self.prompt_tokens, produced) if produced else None
+            used = {k: int(usage.get(k) or 0) for k in ("prompt_tokens", "completion_tokens")}
+        elif produced:
+            used = {"prompt_tokens": self.prompt_tokens, "completion_tokens": produced}
 
         def close() -> None:
             with open_db(self.settings) as db:
                 if used:
-                    prompt, completion = used
-                    meter.settle(
-                        db,
-                        self.settings,
-                        self.hold,
-                        prompt_tokens=prompt,
-                        completion_tokens=completion,
-                        now=self.clock(),
-                    )
+                    meter.settle(db, self.settings, self.hold, **used, now=self.clock())
                 else:
                     meter.release(db, self.hold, now=self.clock())
 

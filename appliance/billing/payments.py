@@ -49,16 +49,9 @@ class Topup:
     paid_at: str | None = None
 
     def public(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "amount_microusd": self.amount_microusd,
-            "amount_usd": ledger.usd(self.amount_microusd),
-            "currency": self.currency,
-            "status": self.status,
-            "created_at": self.created_at,
-            "paid_at": self.paid_at,
-        }
+        shown = ("id", "kind", "amount_microusd", "currency", "status", "created_at", "paid_at")
+        data = {name: getattr(self, name) for name in shown}
+        return {**data, "amount_usd": ledger.usd(self.amount_microusd)}
 
 
 _TOPUP_COLUMNS = ", ".join(f.name for f in fields(Topup))
@@ -226,15 +219,9 @@ def start_checkout(
 
 
 def _add_pending_topup(db, settings, account_ref, kind, amount, customer, requested_by, now):
+    currency = settings.billing.currency
     row = Topup(
-        id=new_id("top"),
-        account_ref=account_ref,
-        kind=kind,
-        amount_microusd=amount,
-        currency=settings.billing.currency,
-        stripe_customer_id=customer,
-        requested_by=requested_by,
-        created_at=iso(now),
+        new_id("top"), account_ref, kind, amount, currency, customer, requested_by, iso(now)
     )
     with write_transaction(db):
         ledger.ensure_account(db, account_ref, now)

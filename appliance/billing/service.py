@@ -101,11 +101,8 @@ def usage(db: Database, account_id: str, now: datetime, days: int = USAGE_DAYS) 
     first = now.astimezone(UTC).date() - timedelta(days=days - 1)
     since = iso(datetime(first.year, first.month, first.day, tzinfo=UTC))
     per_day = {r.key: r for r in _grouped(db, account_id, "day", since)}
-    day_rows = []
-    for offset in range(days):
-        day = (first + timedelta(days=offset)).isoformat()
-        row = per_day.get(day) or UsageRow(day, 0, 0, 0, 0, 0)
-        day_rows.append(row.public("date"))
+    dates = [(first + timedelta(days=offset)).isoformat() for offset in range(days)]
+    day_rows = [(per_day.get(d) or UsageRow(d, 0, 0, 0, 0, 0)).public("date") for d in dates]
     return {
         "since": since,
         "days": day_rows,

@@ -102,30 +102,21 @@ def gpu_layers(requested: int) -> int:
     return n_gpu_layers
 
 
-def chat_llama(
-    path: Path,
-    *,
-    n_ctx: int,
-    n_threads: int,
-    n_gpu_layers: int,
-    flash_attn: bool,
-    kv_cache_type: str,
-    extra_bufts: bool = False,
-):
-    """The chat model loaded with the engine's settings, as a ``llama_cpp.Llama``."""
+def chat_llama(path: Path, *, n_ctx: int, n_threads: int, kv_cache_type: str, **options: Any):
+    """The chat model loaded with the engine's settings, as a ``llama_cpp.Llama``
+    (``options``: ``n_gpu_layers``, ``flash_attn`` and ``extra_bufts``)."""
     return load_llama(
         path,
-        extra_bufts=extra_bufts,
         n_ctx=n_ctx,
         n_batch=min(512, n_ctx),
         n_threads=n_threads,
         n_threads_batch=n_threads,
-        n_gpu_layers=n_gpu_layers,
-        flash_attn=flash_attn,
         type_k=KV_TYPES[kv_cache_type],
         type_v=KV_TYPES[kv_cache_type],
         seed=random.randrange(2**31),  # noqa: S311 - sampling, not security
         verbose=False,
+        extra_bufts=options.pop("extra_bufts", False),
+        **options,
     )
 
 

@@ -249,10 +249,7 @@ class BatchedChatEngine(ChatModel):
 
     def slot_of(self, job: Job) -> int | None:
         """The slot ``job`` runs in, or None once it ended (for the operator and tests)."""
-        for slot, seq in list(self._running.items()):
-            if seq.job is job:
-                return slot
-        return None
+        return next((slot for slot, seq in list(self._running.items()) if seq.job is job), None)
 
     @property
     def slots_in_use(self) -> int:

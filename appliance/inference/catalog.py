@@ -75,10 +75,7 @@ def _read(path: Path) -> dict[str, Entry]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read the model catalog {path}: {exc}") from None
-    entries = {}
-    for name, raw in data.get("models", {}).items():
-        entries[name] = _entry(path, name, raw)
-    return entries
+    return {name: _entry(path, name, raw) for name, raw in data.get("models", {}).items()}
 
 
 def _entry(path: Path, name: str, raw: dict) -> Entry:

@@ -114,9 +114,7 @@ class InferenceClient:
             counts = response.json().get("counts") if response.status_code == 200 else None
         except (ValueError, AttributeError):
             counts = None
-        if not isinstance(counts, list) or len(counts) != len(texts):
-            return None
-        return counts
+        return counts if isinstance(counts, list) and len(counts) == len(texts) else None
 
     def embed(
         self, texts: list[str], *, account_id: str | None = None, priority: str | None = None
@@ -229,9 +227,7 @@ class InferenceClient:
         return f"{self.base_url}{path}"
 
     def _headers(self, account_id: str | None) -> dict[str, str]:
-        headers = {}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         if account_id:
             headers[ACCOUNT_HEADER] = account_id
         return headers

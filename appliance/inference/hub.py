@@ -29,12 +29,12 @@ def pull(
     file: str,
     revision: str,
     *,
-    sha256: str = "",
-    model_id: str | None = None,
-    kind: models.Kind = "chat",
-    license: str = "see the model card",
-    make_default: bool = False,
-    progress: bool = True,
+    sha256: str,
+    model_id: str | None,
+    kind: models.Kind,
+    license: str,
+    make_default: bool,
+    progress: bool,
 ) -> models.Model:
     """Download ``file`` of ``repo`` at ``revision``, verify and register it.
 

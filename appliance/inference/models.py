@@ -96,12 +96,7 @@ def load_registry(settings: Settings) -> Registry:
         return Registry(directory=directory, models={})
     data = json.loads(path.read_text(encoding="utf-8"))
     models = {key: Model(**value) for key, value in data.get("models", {}).items()}
-    return Registry(
-        directory=directory,
-        models=models,
-        default_chat=data.get("default_chat"),
-        default_embedding=data.get("default_embedding"),
-    )
+    return Registry(directory, models, data.get("default_chat"), data.get("default_embedding"))
 
 
 def register(

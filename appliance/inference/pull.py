@@ -87,7 +87,6 @@ def pull(
     license: str = "see the model card",
     make_default: bool = False,
     progress: bool = True,
-    client: httpx.Client | None = None,
 ) -> models.Model:
     """Download ``url`` into the models dir, verify it and register it.
 
@@ -105,13 +104,8 @@ def pull(
     registry, target, model_id = prepare(settings, name, model_id)
     partial = target.with_name(target.name + ".partial")
 
-    own_client = client is None
-    http = client or httpx.Client(follow_redirects=True, timeout=httpx.Timeout(60, connect=15))
-    try:
+    with httpx.Client(follow_redirects=True, timeout=httpx.Timeout(60, connect=15)) as http:
         _download(http, url, partial, progress=progress)
-    finally:
-        if own_client:
-            http.close()
     return finish(
         registry,
         partial,

@@ -192,7 +192,7 @@ class Scheduler:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self) -> None:
         with self._cond:
             self._stopping = True
             for job in self.active:
@@ -201,13 +201,12 @@ class Scheduler:
                 for job, admitted in line:
                     job.loop.call_soon_threadsafe(_settle, admitted, _shutting_down())
             self._cond.notify_all()
-        self._thread.join(timeout)
+        self._thread.join(5.0)
 
     @property
     def running(self) -> Job | None:
         """The oldest job being run, or None when the worker is idle."""
-        active = self.active
-        return active[0] if active else None
+        return self.active[0] if self.active else None
 
     def submit(self, job: Job) -> None:
         """Queue ``job`` now, or refuse it.

@@ -10,6 +10,7 @@ appliance/inference/selftest.py runs it and reads how it ended.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -86,11 +87,7 @@ def _exercise(args: argparse.Namespace, buffers: list[str]) -> str:
     try:
         tokens = llama.tokenize(PROMPT.encode(), add_bos=True, special=False)
         prompt = (tokens * PROMPT_TOKENS)[:PROMPT_TOKENS]
-        answer = []
-        for token in llama.generate(prompt, temp=0.0, top_k=1):
-            answer.append(token)
-            if len(answer) >= ANSWER_TOKENS:
-                break
+        answer = list(itertools.islice(llama.generate(prompt, temp=0.0, top_k=1), ANSWER_TOKENS))
     finally:
         llama.close()
     chat_seconds = time.monotonic() - started

@@ -197,18 +197,13 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
         return Response({"model": model_id if chat else embed_id, "counts": counts})
 
     @get("/v1/models")
-    async def list_models(request: Request) -> Response:
+    async def list_models(request: Request) -> dict[str, Any]:
         created = int(service.started)
         ids = [i for i in (model_id, embed_id, engine.info.rerank_model) if i]
-        return Response(
-            {
-                "object": "list",
-                "data": [
-                    {"id": i, "object": "model", "created": created, "owned_by": "appliance"}
-                    for i in ids
-                ],
-            }
-        )
+        data = [
+            {"id": i, "object": "model", "created": created, "owned_by": "appliance"} for i in ids
+        ]
+        return {"object": "list", "data": data}
 
     @get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -224,10 +219,6 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
     @get("/metrics", media_type=MediaType.TEXT)
     async def metrics() -> str:
         return _prometheus(service)
-
-    def on_shutdown() -> None:
-        service.chat.stop()
-        service.embeddings.stop()
 
     def invalid(request: Request, exc: InvalidInput) -> Response:
         param, code = getattr(exc, "param", None), getattr(exc, "code", None)
@@ -256,7 +247,7 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             metrics,
         ],
         on_startup=[service.chat.start, service.embeddings.start],
-        on_shutdown=[on_shutdown],
+        on_shutdown=[service.chat.stop, service.embeddings.stop],
         exception_handlers={
             InvalidInput: invalid,
             Unavailable: refused,
