@@ -202,14 +202,21 @@ def remembered(
 
 
 def remember(settings: Settings, verdict: Verdict) -> None:
-    """Keep a survived-or-crashed verdict (other failures say nothing about the CPU)."""
+    """Keep a survived-or-crashed verdict (other failures say nothing about the CPU).
+
+    The inference service's unit mounts the models read-only: a verdict it had to find
+    for itself (a new llama.cpp build, a changed setting) is used, not kept, and the next
+    ``appliance models self-test`` keeps it."""
     if not (verdict.ok or verdict.crashed):
         return
     _, chat, embedding = _plan(settings, verdict.chat_model, verdict.embedding_model)
     verdicts = _read_verdicts(settings)
     verdicts[_key(settings, chat, embedding, verdict.repack)] = asdict(verdict)
-    settings.paths.models.mkdir(parents=True, exist_ok=True)
-    models._atomic_write(_verdicts_path(settings), json.dumps(verdicts, indent=2) + "\n")
+    try:
+        settings.paths.models.mkdir(parents=True, exist_ok=True)
+        models._atomic_write(_verdicts_path(settings), json.dumps(verdicts, indent=2) + "\n")
+    except OSError as exc:
+        log.warning("self-test verdict %r not kept: %s", verdict.outcome, exc.strerror)
 
 
 # -- running it ----------------------------------------------------------------------------
