@@ -49,9 +49,12 @@ echo "==> ruff"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 
-echo "==> pytest"
+# Two pytest workers, each taking whole files (--dist loadfile: a file's fixtures stay in
+# one process): most tests wait on services, a browser or a subprocess, so two overlap
+# well even on two cores. TEST_WORKERS=0 runs in one process; arguments after it win.
+echo "==> pytest (${TEST_WORKERS:-2} workers)"
 set +e
-"$VENV/bin/python" -m pytest "$@"
+"$VENV/bin/python" -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

@@ -114,6 +114,11 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
     env["APPLIANCE_DATA_DIR"] = str(settings.paths.data_dir)
     env["PYTHONUNBUFFERED"] = "1"
+    # One llama.cpp thread: the services share the cores with the tests and with each
+    # other (scripts/test.sh runs two workers), and llama.cpp's threads wait for each other
+    # spinning, so one that the OS deschedules stalls every step. Measured on 2 cores: the
+    # suite in two workers took 468 s with 2 threads, 386 s with 1.
+    env["APPLIANCE_INFERENCE__N_THREADS"] = "1"
     env.update(extra)
     return env
 
