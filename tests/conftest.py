@@ -394,10 +394,11 @@ def inference_settings(tmp_path_factory, models_dir) -> Settings:
 
 @pytest.fixture(scope="session")
 def inference_service(inference_settings) -> Iterator[Service]:
-    """The one inference service (real bundled models) shared by the session, with the
-    product's engine and settings. Its greedy answers are not bit-identical between runs
-    (batch composition and reused prefixes change the arithmetic; see
-    tests/inference/test_batching.py), so tests compare what is guaranteed instead."""
+    """The one inference service (real bundled models) shared by the session (by each
+    worker), with the product's engine and settings but one llama.cpp thread (service_env).
+    Its greedy answers are not bit-identical between runs (batch composition and reused
+    prefixes change the arithmetic; see tests/inference/test_batching.py), so tests compare
+    what is guaranteed instead."""
     service = start_inference(inference_settings)
     yield service
     discard(service.process)
