@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import html
 import json
 import re
 import time
@@ -135,9 +136,29 @@ def test_a_forged_tampered_or_stale_message_is_ignored(client, owner, settings):
     assert "Stale" not in main(client.get("/settings").text)
 
 
-def test_a_failed_form_explains_on_the_same_page(client, owner):
-    refused = post_form(client, "/settings/invites", {"email": "nope", "role": "member"})
-    assert refused.status_code == 400 and "email" in refused.text
+@pytest.mark.parametrize(
+    ("page", "path", "data", "title", "message"),
+    [
+        (
+            "/settings",
+            "/settings/invites",
+            {"email": "nope", "role": "member"},
+            "Settings",
+            "email",
+        ),
+        ("/settings", "/settings/team", {"name": ""}, "Settings", "team name must be 1 to 100"),
+        ("/settings", "/settings/keys", {"name": "k", "scope": "x"}, "Settings", "The scope must"),
+        ("/instances", "/instances", {"name": "a"}, "Instances", "No chat model is installed."),
+        ("/billing", "/billing/caps", {"monthly_usd": "5"}, "Billing", "A cap is set on an"),
+        ("/billing", "/billing/checkout", {"amount_usd": "abc"}, "Billing", "an amount in USD"),
+    ],
+)
+def test_a_failed_form_explains_on_the_same_page(client, owner, page, path, data, title, message):
+    refused = post_form(client, path, data, page)
+    assert refused.status_code == 400
+    assert f"<title>{title} ·" in refused.text  # the form's own page, drawn again
+    error = re.search(r'<p class="flash flash-error">(.*?)</p>', refused.text, re.S)
+    assert error and message in html.unescape(error[1])
 
 
 def test_dashboard_lists_next_steps_until_done(client, db, owner, settings, clock):
