@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Literal
 
 from sqlite_utils import Database
 
@@ -129,7 +130,9 @@ def account(db: Database, account_id: str) -> Account:
     return found
 
 
-def set_status(db: Database, account_id: str, wanted: str) -> Account:
+def set_status(
+    db: Database, account_id: str, wanted: Literal["active", "suspended", "deleted"]
+) -> Account:
     """Suspend an active account or reactivate a suspended one (operators only), or mark it
     ``deleted`` (its erasure was requested).
 

@@ -6,6 +6,7 @@ keys are set (``configured``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import asdict, dataclass, fields
@@ -15,6 +16,7 @@ from typing import Any
 
 import stripe
 from sqlite_utils import Database
+from sqlite_utils.db import NotFoundError
 
 from appliance.accounts import service as accounts
 from appliance.billing import ledger
@@ -257,7 +259,9 @@ def save_card(
         "card_last4": str(card.get("last4", ""))[-4:],
         "updated_at": iso(now),
     }
-    with write_transaction(db):  # the row exists: the card's payment was just credited
+    # The row was there when the payment was credited; an erasure may have pseudonymized
+    # it since (this runs after a round trip to Stripe), and then there is no card to keep.
+    with write_transaction(db), contextlib.suppress(NotFoundError):
         db["billing_accounts"].update(account_ref, saved)
 
 

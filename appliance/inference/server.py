@@ -247,6 +247,7 @@ def create_inference_app(settings: Settings, engine: Engine) -> Litestar:
             metrics,
         ],
         on_startup=[service.chat.start, service.embeddings.start],
+        # Hooks without parameters: Litestar passes the app to one that takes any.
         on_shutdown=[service.chat.stop, service.embeddings.stop],
         exception_handlers={
             InvalidInput: invalid,

@@ -228,6 +228,8 @@ def extract(path: Path, kind: str, *, timeout: float = 60, memory_mb: int = 512)
             encrypted, a suspected zip bomb, has too much text or none at all.
         OSError: ``path`` cannot be read (e.g. it was deleted).
     """
+    if kind not in SUPPORTED:
+        raise ExtractionError(f"Files of type .{kind} are not supported.", "unsupported")
     path = Path(path)
     if path.stat().st_size == 0:
         raise ExtractionError("The file is empty.", "empty")

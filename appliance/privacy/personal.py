@@ -4,6 +4,7 @@ exports)."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from sqlite_utils import Database
 from appliance import personal
 from appliance.clock import iso
 from appliance.config import Settings
+from appliance.db import write_transaction
 from appliance.personal import BY_ACCOUNT, BY_USER, ERASE, KEEP, Table
 from appliance.privacy import export as exports
 
@@ -52,13 +54,22 @@ def purge_request_log(db, settings: Settings, now: datetime, budget, on_batch):
 
 
 def purge_exports(db, settings: Settings, now: datetime, budget, on_batch):
-    """Export ZIPs past their expiry: the files, then the rows (a row left by a run that
-    ran out of budget is expired, so its download is refused without the file)."""
-    for row in db["exports"].rows_where("expires_at < ?", [iso(now)], select="id"):
-        exports.export_path(settings, row["id"]).unlink(missing_ok=True)
-    return personal.batched_delete(
-        db, "exports", "expires_at < ?", [iso(now)], settings, budget, on_batch
-    )
+    """Export ZIPs past their expiry: the file, then the row."""
+    total = 0
+    batch = settings.privacy.purge_batch_size
+    while True:
+        found = db["exports"].rows_where("expires_at < ?", [iso(now)], select="id", limit=batch)
+        ids = [row["id"] for row in found]
+        if not ids:
+            return total, True
+        if not budget.spend():
+            return total, False
+        for export_id in ids:
+            exports.export_path(settings, export_id).unlink(missing_ok=True)
+        with write_transaction(db):
+            db["exports"].delete_where("id in (select value from json_each(?))", [json.dumps(ids)])
+        total += len(ids)
+        on_batch(len(ids))
 
 
 PURGES: dict[str, personal.Purge] = {"request_log": purge_request_log, "exports": purge_exports}

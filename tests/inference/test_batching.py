@@ -583,9 +583,6 @@ class FakeBatch:
                 ended.append((job, Finish(reason, 1, 2)))
         return ended
 
-    def idle(self) -> None:
-        pass
-
     def reset(self) -> None:
         self.held.clear()
 

@@ -146,6 +146,9 @@ def test_a_forged_tampered_or_stale_message_is_ignored(client, owner, settings):
             "Settings",
             "email",
         ),
+        ("/settings", "/settings/invites", {"email": "owner@example.com"}, "Settings", "already"),
+        ("/settings", "/settings/members/{me}/role", {"role": "member"}, "Settings", "one owner"),
+        ("/settings", "/settings/members/{me}/remove", {}, "Settings", "last owner cannot"),
         ("/settings", "/settings/team", {"name": ""}, "Settings", "team name must be 1 to 100"),
         ("/settings", "/settings/keys", {"name": "k", "scope": "x"}, "Settings", "The scope must"),
         ("/instances", "/instances", {"name": "a"}, "Instances", "No chat model is installed."),
@@ -154,7 +157,7 @@ def test_a_forged_tampered_or_stale_message_is_ignored(client, owner, settings):
     ],
 )
 def test_a_failed_form_explains_on_the_same_page(client, owner, page, path, data, title, message):
-    refused = post_form(client, path, data, page)
+    refused = post_form(client, path.format(me=owner[0].id), data, page)
     assert refused.status_code == 400
     assert f"<title>{title} ·" in refused.text  # the form's own page, drawn again
     error = re.search(r'<p class="flash flash-error">(.*?)</p>', refused.text, re.S)
