@@ -15,7 +15,8 @@ official ``openai`` client, streaming, alternating which goes first in each run:
   account): aggregate completion tok/s (all tokens / first request -> last end) and TTFT
   p50/p95;
 - a late arrival: a ~250-token prompt sent once ``--streams`` - 1 running streams have each
-  produced a quarter of their tokens (so a slot is free in both servers): its TTFT;
+  produced a quarter of their tokens (so a slot is free in both servers): its TTFT, and
+  the longest gap between two tokens of a running stream (the stall it costs them);
 - prefill: one ~2000-token prompt, ``max_tokens`` 1: prompt tokens / TTFT;
 - RSS of each process at the end.
 
@@ -196,7 +197,9 @@ def concurrent(target: Target, tag: str, streams: int, max_tokens: int) -> dict:
     }
 
 
-def late_arrival(target: Target, tag: str, streams: int, max_tokens: int) -> float:
+def late_arrival(target: Target, tag: str, streams: int, max_tokens: int) -> dict:
+    """The late request's TTFT, and the longest any running stream waited between two
+    tokens meanwhile (what evaluating the late prompt costs the others)."""
     running = streams - 1
     events = [threading.Event() for _ in range(running)]
     with ThreadPoolExecutor(streams) as pool:
@@ -209,9 +212,8 @@ def late_arrival(target: Target, tag: str, streams: int, max_tokens: int) -> flo
             max_tokens=8,
             account="bench-late",
         )
-        for f in futures:
-            f.result()
-    return late.ttft
+        others = [f.result() for f in futures]
+    return {"ttft": late.ttft, "stall": max(max(r.gaps, default=0.0) for r in others)}
 
 
 def prefill(target: Target, tag: str) -> tuple[float, int]:
@@ -296,9 +298,9 @@ def main(argv: list[str] | None = None) -> int:
                 many = concurrent(target, f"{tag} many", args.streams, args.max_tokens)
                 acc.setdefault("agg", []).append(many["agg"])
                 acc.setdefault("ttftN", []).extend(many["ttfts"])
-                acc.setdefault("late", []).append(
-                    late_arrival(target, f"{tag} late", args.streams, args.max_tokens)
-                )
+                late = late_arrival(target, f"{tag} late", args.streams, args.max_tokens)
+                acc.setdefault("late", []).append(late["ttft"])
+                acc.setdefault("stall", []).append(late["stall"])
                 rate, prompt_tokens = prefill(target, f"{tag} long")
                 acc.setdefault("prefill", []).append(rate)
                 acc["prompt_tokens"] = [prompt_tokens]
@@ -321,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         (f"{n} streams TTFT p50", "ttftN", 50, 1000, ".1f", "ms"),
         (f"{n} streams TTFT p95", "ttftN", 95, 1000, ".1f", "ms"),
         (f"late arrival TTFT ({n - 1} running)", "late", 50, 1000, ".1f", "ms"),
+        ("late arrival: running streams' longest gap", "stall", 50, 1000, ".1f", "ms"),
         (
             f"prefill, {results['service']['prompt_tokens'][0]}-token prompt",
             "prefill",
