@@ -70,9 +70,9 @@ class InferenceSettings:
     """Conversations the chat engine decodes at once (sequence slots; 1 answers one at a time).
     They share the KV cache of inference.n_ctx tokens; more wait in the queue."""
     prompt_chunk_tokens: int = setting(128, min=16, max=8192)
-    """Prompt tokens the chat engine evaluates per step, next to the running conversations'
-    tokens, so a long prompt does not stall everyone's answers (a step with 128 prompt tokens
-    takes ~0.25 s on 2 CPU cores; a GPU can take 512)."""
+    """Prompt tokens the chat engine evaluates per step next to running answers' tokens, so a
+    long prompt does not stall them (a step with 128 prompt tokens takes ~0.25 s on 2 CPU
+    cores; a GPU can take 512). With no answer running, prompts go 512 tokens per step."""
     prefix_cache_entries: int = setting(8, min=0, max=64)
     """Prompts (with their answers) whose KV cache the chat engine keeps for reuse by later
     requests that start the same way, least recently used dropped first. 0 turns prefix reuse

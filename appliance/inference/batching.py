@@ -3,7 +3,8 @@
 ``BatchedChatEngine`` is the chat scheduler's ``BatchRunner``. It owns one context with
 ``inference.parallel`` sequence slots over one unified KV cache of ``inference.n_ctx``
 cells. Every step builds one ``llama_batch`` holding the next token of each running
-sequence and, within ``inference.prompt_chunk_tokens``, chunks of new prompts; calls
+sequence and chunks of new prompts (within ``inference.prompt_chunk_tokens`` while any
+sequence waits for its next token, ``PREFILL_TOKENS`` when none does); calls
 ``llama_decode`` once; and samples each sequence that has logits with its own sampler
 chain (temperature, top_p, seed). With ``parallel = 1`` it answers one request at a time.
 
@@ -46,6 +47,10 @@ log = logging.getLogger(__name__)
 
 #: Steps the averages in /healthz are taken over.
 WINDOW = 256
+#: Prompt tokens per step when no sequence waits for a token, so no answer stalls: one of
+#: llama.cpp's default micro-batches (a long prompt alone prefills as fast as with
+#: llama-server; 128-token chunks gave 0.8x its rate, see docs/benchmarks.md).
+PREFILL_TOKENS = 512
 
 TOO_LARGE = (
     "This request needs {tokens} tokens of the model's memory (its prompt and answer so "
@@ -160,7 +165,7 @@ class BatchedChatEngine(ChatModel):
         llama = chat_llama(path, n_ctx=64, flash_attn=flash_attn, **load)
         self.slots = parallel
         self.chunk = prompt_chunk_tokens
-        self.capacity = parallel + prompt_chunk_tokens
+        self.capacity = parallel + max(prompt_chunk_tokens, PREFILL_TOKENS)
         params = llama_cpp.llama_context_params.from_buffer_copy(llama.context_params)
         params.n_ctx = n_ctx
         params.n_batch = self.capacity
@@ -181,6 +186,10 @@ class BatchedChatEngine(ChatModel):
         self._context = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
         self.ctx = self._context.ctx
         self.memory = llama_cpp.llama_get_memory(self.ctx)
+        # llama.cpp caps a step at n_ctx tokens (n_batch); the budgets stay within it.
+        self.capacity = int(llama_cpp.llama_n_batch(self.ctx))
+        self.chunk = max(1, min(self.chunk, self.capacity - parallel))
+        self.prefill = min(max(self.chunk, PREFILL_TOKENS), self.capacity)
         super().__init__(model, llama, int(llama_cpp.llama_n_ctx(self.ctx)))
         self.vocab = llama._model.vocab
         self.batch = llama_cpp.llama_batch_init(self.capacity, 0, 1)
@@ -264,7 +273,9 @@ class BatchedChatEngine(ChatModel):
     def _plan(self, running: list[_Sequence]) -> list[tuple[_Sequence, int, int]]:
         """(sequence, first position, token count) for this step: the last token of every
         sequence that has only that one left (the next decode token, with logits), then
-        chunks of the others' tokens in admission order within the chunk budget.
+        chunks of the others' tokens in admission order within the chunk budget: the
+        prompt chunk if the step has such a token (a bigger step would stall its answer),
+        else ``PREFILL_TOKENS``.
 
         A prompt's last token is evaluated on its own, in the step after the rest, like a
         decode token: its logits (the first answer token) then come out of the same
@@ -273,7 +284,7 @@ class BatchedChatEngine(ChatModel):
         """
         active = [seq for seq in running if not seq.parked]
         plan = [(seq, seq.n_past, 1) for seq in active if len(seq.tokens) - seq.n_past == 1]
-        budget = self.chunk
+        budget = self.chunk if plan else self.prefill
         for seq in active:
             remaining = len(seq.tokens) - seq.n_past
             if remaining > 1 and budget > 0:

@@ -34,7 +34,7 @@ from conftest import in_threads, make_settings, wait_until
 from appliance.errors import ApplianceError
 from appliance.inference import models
 from appliance.inference.base import Delta, Finish, physical_cores
-from appliance.inference.batching import BatchedChatEngine
+from appliance.inference.batching import PREFILL_TOKENS, BatchedChatEngine
 from appliance.inference.chat_api import ChatRequest
 from appliance.inference.sampling import GenerationParams
 from appliance.inference.scheduler import DONE, Failed, Job, Scheduler
@@ -204,7 +204,7 @@ def test_greedy_alone_is_llama_cpps_greedy_text(make_engine, chat_model):
     direct = lib.Llama(
         model_path=str(path),
         n_ctx=2048,
-        n_batch=64,  # the engine's prompt_chunk_tokens
+        n_batch=64,  # the engine's prompt_chunk_tokens (every prompt here is shorter)
         n_ubatch=64,
         n_threads=physical_cores(),
         flash_attn=True,
@@ -359,6 +359,36 @@ async def test_mixed_load_cancelled_slot_is_reused_by_a_late_long_prompt(engine)
     assert late_last.prompt_tokens > 4 * engine.chunk
     assert late_text
     assert engine.slots_in_use == 0
+
+
+@async_test
+async def test_a_prompt_alone_takes_micro_batches_and_beside_an_answer_prompt_chunks(engine):
+    """Prompt tokens per step: ``PREFILL_TOKENS`` while no answer waits for its next token
+    (as fast as llama-server's prefill), ``prompt_chunk_tokens`` beside a running answer
+    (so it does not stall)."""
+    long_prompt = "Summarise this text. " + "The knight rode on through the forest. " * 80
+    seen = len(engine.metrics.recent)
+
+    alone = await answer(engine, [request(long_prompt, max_tokens=2)])
+    alone_steps = list(engine.metrics.recent)[seen:]
+
+    assert isinstance(alone[0][1], Finish) and alone[0][1].prompt_tokens > PREFILL_TOKENS
+    assert max(tokens for _s, _d, tokens, _n in alone_steps) == PREFILL_TOKENS
+
+    run = Run(engine)
+    try:
+        running = run.submit(request(LONG_STORY, max_tokens=120))
+        assert isinstance(await asyncio.wait_for(running.events.get(), TIMEOUT), Delta)
+        seen = len(engine.metrics.recent)
+        late = run.submit(request("Again. " + long_prompt, max_tokens=2))
+        await run.result(late)
+        beside = [row for row in list(engine.metrics.recent)[seen:] if row[3] == 2]
+        await run.result(running)
+    finally:
+        run.stop()
+
+    assert len(beside) >= 2
+    assert max(tokens for _s, _d, tokens, _n in beside) == 1 + engine.chunk
 
 
 # -- errors stay with their request ----------------------------------------------------
