@@ -16,7 +16,7 @@ header) and (b) the web's ``/v1`` with the API key:
 - one stream, greedy, ``--max-tokens``: TTFT, decode tok/s, inter-token gap p50/p95;
 - ``--streams`` concurrent greedy streams: aggregate completion tok/s (all tokens / first
   request -> last end) and TTFT p50;
-- one short request, not streamed (8 tokens): its total latency.
+- short requests, not streamed (8 tokens, 5 a run): total latency.
 
 Both paths get the same request: it brings its own system message (so the web adds no
 instance prompt) and asks the web for no knowledge (``"appliance": {"knowledge": false}``).
@@ -30,8 +30,8 @@ inference service and relays its chunks under the instance's name, settles the h
 own database connection when the answer ends, and writes a request-log row.
 
 Differences are web - service in ms for times and web / service for rates; medians over
-``--runs`` (percentiles over all the runs' gaps and TTFTs). Both services share the CPUs with
-this client, so a busy machine makes the numbers noisy; the two paths alternate.
+``--runs`` (percentiles over all the runs' gaps, TTFTs and short requests). Both services
+share the CPUs with this client: a busy machine makes the numbers noisy (the paths alternate).
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ from appliance.inference.client import ACCOUNT_HEADER
 SECTION = "## The web's /v1 in front of the inference service (scripts/bench/web_overhead.py)"
 PATHS = ("service", "web")
 SHORT_TOKENS = 8
+#: Short requests per path and run (cheap, and the figure nearest the web's own cost).
+SHORT_REPEATS = 5
 
 
 @dataclass
@@ -86,6 +88,19 @@ def messages(tag: str, index: int) -> list[dict]:
     ]
 
 
+def ask(path: Route, tag: str, index: int, max_tokens: int, **options):
+    """One greedy chat completion on ``path``."""
+    return path.client.chat.completions.create(
+        model=path.model,
+        messages=messages(tag, index),
+        max_tokens=max_tokens,
+        temperature=0,
+        top_p=0.95,  # the instance's default, which the web would add otherwise
+        **path.extra,
+        **options,
+    )
+
+
 def stream(path: Route, tag: str, index: int, max_tokens: int) -> dict:
     """One greedy streaming completion, timed here: TTFT, gaps between chunks with text,
     completion tokens, start and end."""
@@ -93,16 +108,7 @@ def stream(path: Route, tag: str, index: int, max_tokens: int) -> dict:
     first = last = None
     gaps: list[float] = []
     tokens = 0
-    reply = path.client.chat.completions.create(
-        model=path.model,
-        messages=messages(tag, index),
-        max_tokens=max_tokens,
-        temperature=0,
-        top_p=0.95,  # the instance's default, which the web would add otherwise
-        stream=True,
-        stream_options={"include_usage": True},
-        **path.extra,
-    )
+    reply = ask(path, tag, index, max_tokens, stream=True, stream_options={"include_usage": True})
     for chunk in reply:
         if chunk.usage:
             tokens = chunk.usage.completion_tokens
@@ -124,23 +130,18 @@ def measure(path: Route, tag: str, max_tokens: int, streams: int) -> dict[str, l
         ]
         many = [f.result() for f in futures]
     end = time.perf_counter()
-    start = time.perf_counter()
-    path.client.chat.completions.create(
-        model=path.model,
-        messages=messages(f"{tag} short", 0),
-        max_tokens=SHORT_TOKENS,
-        temperature=0,
-        top_p=0.95,
-        **path.extra,
-    )
-    short = time.perf_counter() - start
+    shorts = []
+    for i in range(SHORT_REPEATS):
+        start = time.perf_counter()
+        ask(path, f"{tag} short.{i}", i, SHORT_TOKENS)
+        shorts.append(time.perf_counter() - start)
     return {
         "ttft1": [one["ttft"]],
         "tps1": [len(one["gaps"]) / sum(one["gaps"])],
         "gaps": one["gaps"],
         "agg": [sum(r["tokens"] for r in many) / (end - min(r["start"] for r in many))],
         "ttftN": [r["ttft"] for r in many],
-        "short": [short],
+        "short": shorts,
     }
 
 
@@ -155,7 +156,7 @@ def comparison_rows(results: dict[str, dict[str, list[float]]], streams: int) ->
         ("one stream inter-token p95", "gaps", 95, True),
         (f"{streams} streams aggregate", "agg", 50, False),
         (f"{streams} streams TTFT p50", "ttftN", 50, True),
-        (f"short request ({SHORT_TOKENS} tokens, not streamed)", "short", 50, True),
+        ("short request, not streamed", "short", 50, True),
     ]
     rows = []
     for name, key, pct, is_time in measures:
