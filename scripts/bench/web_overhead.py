@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python scripts/bench/web_overhead.py [--data-dir DIR] [--runs 3]
-        [--max-tokens 64] [--streams 8] [--record]
+        [--max-tokens 64] [--streams 8] [--wait-idle SECONDS] [--record]
 
 Starts one ``python -m appliance inference`` and one ``python -m appliance web`` on the same
 data dir, the web pointed at that service (``APPLIANCE_INFERENCE__PORT``) and with billing on,
@@ -50,7 +50,7 @@ from common import (
     append_to_doc,
     bench_data_dir,
     bench_parser,
-    busy_fraction,
+    busy_at_start,
     load_average,
     markdown_table,
     percentile,
@@ -170,13 +170,13 @@ def comparison_rows(results: dict[str, dict[str, list[float]]], streams: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = bench_parser(__doc__, data_dir=True)
+    parser = bench_parser(__doc__, data_dir=True, wait_idle=True)
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement (median)")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens per streamed answer")
     parser.add_argument("--streams", type=int, default=8, help="concurrent streams")
     args = parser.parse_args(argv)
 
-    busy_before = busy_fraction(2.0)
+    busy_before = busy_at_start(args)
     results: dict[str, dict[str, list[float]]] = {p: {} for p in PATHS}
     with contextlib.ExitStack() as stack:
         settings = bench_data_dir(stack, args.data_dir)
