@@ -476,10 +476,10 @@ def start_inference(settings: Settings, **extra_env: str) -> Service:
     )
 
 
-def start_web(data_dir: Path) -> Service:
-    """The web service on ``data_dir``, on a free port."""
+def start_web(data_dir: Path, **extra_env: str) -> Service:
+    """The web service on ``data_dir``, on a free port (``extra_env``: APPLIANCE_* settings)."""
     port = free_port()
-    return start_appliance(data_dir, ["web", "--port", str(port)], port=port)
+    return start_appliance(data_dir, ["web", "--port", str(port)], port=port, **extra_env)
 
 
 def start_up(data_dir: Path) -> Service:

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import httpx
 import openai
+from api_accounts import bench_account
 from common import (
     append_to_doc,
     bench_parser,
@@ -54,12 +55,7 @@ from common import (
     start_up,
 )
 
-from appliance.accounts import service as accounts
 from appliance.config import Settings
-from appliance.db import open_db
-from appliance.inference.models import DEFAULT_CHAT
-from appliance.instances import service as instances
-from tests.signin_support import api_key
 
 SECTION = "## Load: the issue 21 mix (scripts/bench/load.py)"
 KINDS = ("search", "list documents", "upload", "chat (`/v1`)")
@@ -98,26 +94,9 @@ class Tally:
 
 
 def setup_account(settings: Settings, index: int) -> dict[str, str]:
-    db = open_db(settings)
-    try:
-        now = datetime.now(UTC)
-        stamp = time.time_ns()
-        user, account = accounts.create_user(
-            db, f"load-{index}-{stamp}@bench.invalid", now, account_name=f"Load {index}-{stamp}"
-        )
-        instances.create(
-            db,
-            account.id,
-            "owner",
-            {"name": "assistant", "knowledge": True, "max_tokens": 16},
-            models=[DEFAULT_CHAT],
-            max_tokens_cap=settings.inference.max_tokens,
-            now=now,
-        )
-        keys = {scope: api_key(db, user, account, scope, now) for scope in ("manage", "inference")}
-    finally:
-        db.close()
-    return keys
+    name = f"load-{index}-{time.time_ns()}"
+    instance = {"name": "assistant", "knowledge": True, "max_tokens": 16}
+    return bench_account(settings, name, instance, scopes=("manage", "inference"))[1]
 
 
 def seed_documents(url: str, keys: dict[str, str]) -> None:
