@@ -277,18 +277,20 @@ class BatchedChatEngine(ChatModel):
         prompt chunk if the step has such a token (a bigger step would stall its answer),
         else ``PREFILL_TOKENS``.
 
-        A prompt's last token is evaluated on its own, in the step after the rest, like a
-        decode token: its logits (the first answer token) then come out of the same
-        arithmetic whether the rest of the prompt was evaluated or reused from the prefix
-        cache, so a repeated request on an idle service gets the same greedy answer.
+        In a step of its own, a prompt's last token is held back for the next step, where
+        it is evaluated alone like a decode token: its logits (the first answer token) then
+        come out of the same arithmetic whether the rest of the prompt was evaluated or
+        reused from the prefix cache, so a repeated request on an idle service gets the
+        same greedy answer. Beside other tokens the arithmetic differs anyway (docs/api.md),
+        and the last token comes with the rest of its prompt, a step sooner.
         """
         active = [seq for seq in running if not seq.parked]
         plan = [(seq, seq.n_past, 1) for seq in active if len(seq.tokens) - seq.n_past == 1]
-        budget = self.chunk if plan else self.prefill
+        budget, held_back = (self.chunk, 0) if plan else (self.prefill, 1)
         for seq in active:
             remaining = len(seq.tokens) - seq.n_past
             if remaining > 1 and budget > 0:
-                count = min(budget, remaining - 1)
+                count = min(budget, remaining - held_back)
                 plan.append((seq, seq.n_past, count))
                 budget -= count
         return plan

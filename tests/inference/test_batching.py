@@ -365,7 +365,7 @@ async def test_mixed_load_cancelled_slot_is_reused_by_a_late_long_prompt(engine)
 async def test_a_prompt_alone_takes_micro_batches_and_beside_an_answer_prompt_chunks(engine):
     """Prompt tokens per step: ``PREFILL_TOKENS`` while no answer waits for its next token
     (as fast as llama-server's prefill), ``prompt_chunk_tokens`` beside a running answer
-    (so it does not stall)."""
+    (so it does not stall), with the prompt's last token in its last chunk."""
     long_prompt = "Summarise this text. " + "The knight rode on through the forest. " * 80
     seen = len(engine.metrics.recent)
 
@@ -381,14 +381,18 @@ async def test_a_prompt_alone_takes_micro_batches_and_beside_an_answer_prompt_ch
         assert isinstance(await asyncio.wait_for(running.events.get(), TIMEOUT), Delta)
         seen = len(engine.metrics.recent)
         late = run.submit(request("Again. " + long_prompt, max_tokens=2))
-        await run.result(late)
+        _text, late_finish, _pieces = await run.result(late)
         beside = [row for row in list(engine.metrics.recent)[seen:] if row[3] == 2]
-        await run.result(running)
+        _text, running_finish, _pieces = await run.result(running)
     finally:
         run.stop()
 
-    assert len(beside) >= 2
+    assert running_finish.completion_tokens > len(beside)  # it ran beside the late prompt
     assert max(tokens for _s, _d, tokens, _n in beside) == 1 + engine.chunk
+    # Beside an answer, the prompt's last token comes with its last chunk (a step sooner):
+    # its chunks, then one step for its second token.
+    evaluated = late_finish.prompt_tokens - late_finish.cached_tokens
+    assert len(beside) == -(-evaluated // engine.chunk) + 1
 
 
 # -- errors stay with their request ----------------------------------------------------
