@@ -74,6 +74,6 @@ class InferenceSettings:
     long prompt does not stall them (a step with 128 prompt tokens takes ~0.25 s on 2 CPU
     cores; a GPU can take 512). With no answer running, prompts go 512 tokens per step."""
     prefix_cache_entries: int = setting(8, min=0, max=64)
-    """Prompts (with their answers) whose KV cache the chat engine keeps for reuse by later
-    requests that start the same way, least recently used dropped first. 0 turns prefix reuse
-    off."""
+    """Prompts (with their answers) whose KV cache the chat engine keeps in host memory for
+    reuse by later requests that start the same way (together at most inference.n_ctx tokens),
+    least recently used dropped first. 0 turns prefix reuse off."""

@@ -8,11 +8,12 @@ sequence waits for its next token, ``PREFILL_TOKENS`` when none does); calls
 ``llama_decode`` once; and samples each sequence that has logits with its own sampler
 chain (temperature, top_p, seed). With ``parallel = 1`` it answers one request at a time.
 
-Prefix reuse (``inference/prefixes.py``): a finished sequence's KV cells are kept for
-later prompts that start the same way, at most ``inference.prefix_cache_entries``.
+Prefix reuse (``inference/prefixes.py``): a finished sequence's KV state is kept in host
+memory for later prompts that start the same way, at most
+``inference.prefix_cache_entries``.
 
-KV pressure: when a step finds no room in the KV cache, cached prefixes are dropped, least
-recently used first; if that is not enough, the newest request of the step *waits*: its
+KV pressure: when a step finds no room in the KV cache, the newest request of the step
+*waits*: its
 cells are freed and it sits out (holding its slot) until a running request ends, then
 evaluates again what it had (its prompt and the answer so far) and goes on where it
 stopped. Only a request that cannot fit even alone fails (400, naming its tokens and the
@@ -170,13 +171,13 @@ class BatchedChatEngine(ChatModel):
         params.n_ctx = n_ctx
         params.n_batch = self.capacity
         params.n_ubatch = min(self.capacity, 512)
-        params.n_seq_max = parallel + prefix_cache_entries
-        params.kv_unified = True  # one pool of cells: shared prefixes are stored once
+        params.n_seq_max = parallel
+        params.kv_unified = True  # one pool of cells, shared by whichever requests need them
         # With one pool, every sequence's attention spans the cells of all of them (the
         # others' masked). Flash attention skips masked cells; without it, a step costs
-        # in proportion to all cells in use, cached prefixes included (measured on the CPU:
-        # one stream beside 2000 idle cells decodes 2x slower without it, as fast with it).
-        # AUTO enables it wherever the backend supports it.
+        # in proportion to all cells in use (measured on the CPU: one stream beside 2000
+        # idle cells decodes 2x slower without it). AUTO enables it wherever the backend
+        # supports it.
         params.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
             if flash_attn
@@ -198,9 +199,10 @@ class BatchedChatEngine(ChatModel):
         self._free = list(range(parallel - 1, -1, -1))
         self.prefixes = PrefixCache(
             llama_cpp,
+            self.ctx,
             self.memory,
-            first=parallel,
             entries=prefix_cache_entries,
+            max_tokens=self.n_ctx,
             metrics=self.metrics,
         )
         self._admitted = 0
@@ -348,9 +350,6 @@ class BatchedChatEngine(ChatModel):
                             ended.append((seq.job, last))
                 continue
             if rc == 1:  # no room in the KV cache; nothing was evaluated
-                if self.prefixes.evict_lru():
-                    groups.insert(0, group)
-                    continue
                 seq = max(group, key=lambda item: item[0].order)[0]
                 others = (o for o in self._running.values() if o is not seq)
                 if len(group) > 1 or any(other.n_past for other in others):
@@ -438,13 +437,13 @@ class BatchedChatEngine(ChatModel):
             tail = seq.scanner.flush(seq.decoder.decode(b"", final=True))
             if tail and reason != "cancelled":
                 self.outbox.put(seq.job, Delta(tail, tuple(seq.logprobs)))
-        if reason != "cancelled":  # its cells serve later prompts that start the same way
+        if reason != "cancelled":  # its KV serves later prompts that start the same way
             self.prefixes.remember(seq.slot, seq.history)
         self._release(seq)
         return Finish(reason, len(seq.prompt), seq.completion, seq.cached)
 
     def _release(self, seq: _Sequence) -> None:
-        """Free the slot and its KV cells (cells shared with a cached prefix stay)."""
+        """Free the slot and its KV cells."""
         self._lib.llama_memory_seq_rm(self.memory, seq.slot, -1, -1)
         self._lib.llama_sampler_free(seq.sampler)
         seq.sampler = None

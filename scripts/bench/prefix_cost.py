@@ -72,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         rates: dict[str, list[float]] = {"empty": [], "8 cached prompts": []}
         held = 0
         for r in range(args.rounds):
-            while engine.prefixes.evict_lru():
-                pass
+            engine.prefixes.clear()
             rates["empty"].append(decode_rate(10 + r))
             fill(100 + r)
             held = len(engine.prefixes)

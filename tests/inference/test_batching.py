@@ -166,8 +166,6 @@ def logits_of(engine: BatchedChatEngine, sequences: list[list[int]], last: int) 
     import llama_cpp as lib
 
     assert engine.slots_in_use == 0
-    while engine.prefixes.evict_lru():
-        pass
     lib.llama_memory_clear(engine.memory, True)
     batch = engine.batch
     i = 0
@@ -418,7 +416,7 @@ async def test_a_full_kv_cache_makes_the_newest_request_wait_and_every_request_i
     make_engine,
 ):
     # 256 KV cells for three prompts of about 110 tokens (the issue's "failed to find a
-    # memory slot for batch of size 131"), sharing them with two cached prefixes.
+    # memory slot for batch of size 131"); two cached prefixes take none of them.
     engine = make_engine(n_ctx=256, parallel=3, prompt_chunk_tokens=128, prefix_cache_entries=2)
     await answer(engine, [request(QUESTIONS[0], max_tokens=4), request(QUESTIONS[1], max_tokens=4)])
     assert engine.prefix_entries == 2
@@ -433,10 +431,7 @@ async def test_a_full_kv_cache_makes_the_newest_request_wait_and_every_request_i
     assert all(isinstance(last, Finish) for _t, last, _p in results), results
     assert all(text for text, _last, _p in results)
     assert engine.metrics.kv_waits > 0 and engine.metrics.kv_full == 0, engine.n_ctx
-    # The earlier requests' cached prefixes were dropped before anyone had to wait.
-    earlier = [engine.prompt_tokens([{"role": "user", "content": q}])[0] for q in QUESTIONS[:2]]
-    for held in engine.prefixes._held.values():
-        assert all(held[: len(tokens)] != tokens for tokens in earlier)
+    assert engine.prefix_entries >= 1 and engine.prefixes.tokens <= engine.n_ctx
     for payload, (_text, last, _pieces) in zip(payloads, results, strict=True):
         # Usage counts the prompt once, however often it was evaluated again.
         assert last.prompt_tokens == len(engine.prompt_tokens(payload.messages)[0])
@@ -564,6 +559,28 @@ async def test_a_shared_prefix_is_reused_and_the_cache_is_bounded(make_engine):
     assert engine.prefix_entries <= 2
     assert engine.metrics.prefix_hits >= 2
     assert 0 < engine.metrics.prefix_hit_rate < 1
+    # Cached prefixes are kept in host memory: with nothing running, no KV cell is in use
+    # (llama.cpp's attention spans every used cell, so held cells slow every answer).
+    import llama_cpp as lib
+
+    sequences = range(lib.llama_n_seq_max(engine.ctx))
+    assert all(lib.llama_memory_seq_pos_max(engine.memory, s) == -1 for s in sequences)
+
+
+@async_test
+async def test_cached_prefixes_hold_at_most_the_kv_caches_tokens(make_engine):
+    engine = make_engine(n_ctx=512, prefix_cache_entries=8)
+    prompts = [
+        f"Text {i}: " + "The quick brown fox jumps over the lazy dog. " * 14 for i in range(4)
+    ]
+
+    for prompt in prompts:
+        await answer(engine, [request(prompt, max_tokens=4)])
+
+    assert engine.prefixes.tokens <= engine.n_ctx
+    assert 1 <= engine.prefix_entries < len(prompts)
+    ((_t, again, _),) = await answer(engine, [request(prompts[-1], max_tokens=4)])
+    assert again.cached_tokens == again.prompt_tokens - 1  # the newest was kept
 
 
 @async_test
