@@ -69,10 +69,11 @@ class InferenceSettings:
     parallel: int = setting(8, min=1, max=128)
     """Conversations the chat engine decodes at once (sequence slots; 1 answers one at a time).
     They share the KV cache of inference.n_ctx tokens; more wait in the queue."""
-    prompt_chunk_tokens: int = setting(128, min=16, max=8192)
+    prompt_chunk_tokens: int = setting(0, min=0, max=8192)
     """Prompt tokens the chat engine evaluates per step next to running answers' tokens, so a
-    long prompt does not stall them (a step with 128 prompt tokens takes ~0.25 s on 2 CPU
-    cores; a GPU can take 512). With no answer running, prompts go 512 tokens per step."""
+    long prompt does not stall them. 0: 512 where the model runs on a GPU, 128 on a CPU (where
+    a step with 128 prompt tokens takes ~0.25 s on 2 cores). With no answer running, prompts
+    go 512 tokens per step."""
     prefix_cache_entries: int = setting(8, min=0, max=64)
     """Prompts (with their answers) whose KV cache the chat engine keeps in host memory for
     reuse by later requests that start the same way (together at most inference.n_ctx tokens),

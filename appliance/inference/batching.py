@@ -13,10 +13,9 @@ memory for later prompts that start the same way, at most
 ``inference.prefix_cache_entries``.
 
 KV pressure: when a step finds no room in the KV cache, the newest request of the step
-*waits*: its
-cells are freed and it sits out (holding its slot) until a running request ends, then
-evaluates again what it had (its prompt and the answer so far) and goes on where it
-stopped. Only a request that cannot fit even alone fails (400, naming its tokens and the
+*waits*: its cells are freed and it sits out (holding its slot) until a running request
+ends, then evaluates again what it had (its prompt and the answer so far) and goes on where
+it stopped. Only a request that cannot fit even alone fails (400, naming its tokens and the
 limit). Other errors stay with their request: a prompt longer than the context or a failed
 decode ends that request with a clear message; the others go on. Everything here runs on
 the chat scheduler's thread.
@@ -52,6 +51,9 @@ WINDOW = 256
 #: llama.cpp's default micro-batches (a long prompt alone prefills as fast as with
 #: llama-server; 128-token chunks gave 0.8x its rate, see docs/benchmarks.md).
 PREFILL_TOKENS = 512
+#: The prompt chunk beside running answers when ``inference.prompt_chunk_tokens`` is 0: on a
+#: CPU a 512-token step would stall them ~4x as long; a GPU evaluates it in milliseconds.
+CPU_CHUNK_TOKENS = 128
 
 TOO_LARGE = (
     "This request needs {tokens} tokens of the model's memory (its prompt and answer so "
@@ -155,8 +157,8 @@ class BatchedChatEngine(ChatModel):
         prefix_cache_entries: int,
         **load: Any,
     ) -> None:
-        """``load``: ``chat_llama``'s ``n_threads``, ``n_gpu_layers``, ``kv_cache_type`` and
-        ``extra_bufts``."""
+        """``load``: ``chat_llama``'s ``n_threads``, ``n_gpu_layers`` (0: on the CPU),
+        ``kv_cache_type`` and ``extra_bufts``. ``prompt_chunk_tokens`` 0: chosen by device."""
         import llama_cpp
         from llama_cpp import _internals
 
@@ -165,8 +167,9 @@ class BatchedChatEngine(ChatModel):
         # context is kept minimal because the batched context below does the work.
         llama = chat_llama(path, n_ctx=64, flash_attn=flash_attn, **load)
         self.slots = parallel
-        self.chunk = prompt_chunk_tokens
-        self.capacity = parallel + max(prompt_chunk_tokens, PREFILL_TOKENS)
+        on_gpu = bool(load.get("n_gpu_layers"))
+        self.chunk = prompt_chunk_tokens or (PREFILL_TOKENS if on_gpu else CPU_CHUNK_TOKENS)
+        self.capacity = parallel + max(self.chunk, PREFILL_TOKENS)
         params = llama_cpp.llama_context_params.from_buffer_copy(llama.context_params)
         params.n_ctx = n_ctx
         params.n_batch = self.capacity

@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     args.streams = [int(s) for s in args.streams.split(",")]
 
     settings = kept_data_dir(args.data_dir, "batching")
-    chunk = args.chunk or settings.inference.prompt_chunk_tokens
+    chunk = args.chunk or settings.inference.prompt_chunk_tokens  # 0: by device
     info = machine_info()
     load_before = load_average()
     started = datetime.now(UTC)
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             ["llama-cpp-python", info["llama_cpp"]],
             ["Commit", info["commit"]],
             ["Model", f"{model.id}, n_ctx {common['n_ctx']}, {common['n_threads']} threads"],
-            ["Batched engine", f"{args.parallel} slots, prompt chunk {chunk} tokens"],
+            ["Batched engine", f"{args.parallel} slots, prompt chunk {batched.chunk} tokens"],
             ["Streams", f"max_tokens {args.max_tokens}, temperature 0.7, {args.runs} run(s)"],
             ["Load average before / after", f"{load_before} / {load_after}"],
         ]

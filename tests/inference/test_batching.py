@@ -393,6 +393,11 @@ async def test_a_prompt_alone_takes_micro_batches_and_beside_an_answer_prompt_ch
     assert len(beside) == -(-evaluated // engine.chunk) + 1
 
 
+def test_the_prompt_chunk_is_chosen_by_device_unless_set(make_engine):
+    # prompt_chunk_tokens 0: 128 on the CPU (this build; make_engine loads no GPU layers).
+    assert make_engine(prompt_chunk_tokens=0, prefix_cache_entries=0).chunk == 128
+
+
 # -- errors stay with their request ----------------------------------------------------
 
 
