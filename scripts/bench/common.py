@@ -336,6 +336,16 @@ def print_and_record(record: bool, *blocks: str) -> None:
         append_to_doc(*blocks)
 
 
+def report_comparison(record: bool, section: str, header: list[str], rows, notes: str) -> None:
+    """Print the comparison table and ``notes``; with ``record``, append them to
+    docs/benchmarks.md under ``section`` (the notes first, the table in Markdown)."""
+    print()
+    print(text_table(header, rows))
+    print(notes)
+    if record:
+        append_to_doc(section, notes, markdown_table(header, rows))
+
+
 def date_and_machine() -> list[list[str]]:
     """The first rows of a setup table, taken at the end of a run."""
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())

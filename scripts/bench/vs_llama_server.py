@@ -40,7 +40,6 @@ import httpx
 import llama_server  # scripts/bench/llama_server.py
 import openai
 from common import (
-    append_to_doc,
     bench_data_dir,
     bench_parser,
     busy_fraction,
@@ -48,10 +47,9 @@ from common import (
     cpu_busy_seconds,
     cpu_model,
     load_average,
-    markdown_table,
     percentile,
+    report_comparison,
     start_inference,
-    text_table,
 )
 
 from appliance import vault
@@ -343,17 +341,13 @@ def main(argv: list[str] | None = None) -> int:
         row(name, ours, theirs, fmt, unit)
     row("RSS at the end", rss["service"], rss["llama-server"], ".0f", "MiB")
     header = ["measurement", "inference service", "llama-server", "ratio"]
-    print()
-    print(text_table(header, rows))
     notes = (
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, code {code_version()}, medians of "
         f"{args.runs} runs (percentiles over all), {args.max_tokens} tokens per answer. "
         f"{setup}. Machine {busy_before:.0%} busy before, {load:.0%} during "
         f"(both servers' work included; load average {load_average()})."
     )
-    print(notes)
-    if args.record:
-        append_to_doc(SECTION, notes, markdown_table(header, rows))
+    report_comparison(args.record, SECTION, header, rows, notes)
     return 0
 
 

@@ -47,18 +47,16 @@ import httpx
 import openai
 from api_accounts import bench_account
 from common import (
-    append_to_doc,
     bench_data_dir,
     bench_parser,
     busy_at_start,
     load_average,
-    markdown_table,
     percentile,
+    report_comparison,
     run_main,
     run_stamp,
     start_inference,
     start_web,
-    text_table,
 )
 
 from appliance import vault
@@ -233,17 +231,13 @@ def main(argv: list[str] | None = None) -> int:
 
     header = ["measurement", "inference service", "web /v1", "difference"]
     rows = comparison_rows(results, args.streams)
-    print()
-    print(text_table(header, rows))
     command = shlex.join(["python", "scripts/bench/web_overhead.py", *(argv or sys.argv[1:])])
     notes = (
         f"{run_stamp()}; load average {load_average()} at the end (machine {busy_before:.0%} "
         f"busy before). `{command}`: medians of {args.runs} runs, "
         f"{args.max_tokens} tokens per streamed answer, greedy, {model}."
     )
-    print(notes)
-    if args.record:
-        append_to_doc(SECTION, notes, markdown_table(header, rows))
+    report_comparison(args.record, SECTION, header, rows, notes)
     return 0
 
 
