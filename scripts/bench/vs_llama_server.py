@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python scripts/bench/vs_llama_server.py [--data-dir DIR] [--runs N]
-        [--max-tokens N] [--streams N] [--record]
+        [--max-tokens N] [--streams N] [--one-stream-only] [--record]
 
 Starts ``python -m appliance inference`` and ``llama-server`` (built by llama_server.py from
 the installed llama-cpp-python's vendored llama.cpp) on the same GGUF with the same n_ctx,
@@ -19,6 +19,9 @@ official ``openai`` client, streaming, alternating which goes first in each run:
   the longest gap between two tokens of a running stream (the stall it costs them);
 - prefill: one ~2000-token prompt, ``max_tokens`` 1: prompt tokens / TTFT;
 - RSS of each process at the end.
+
+``--one-stream-only`` measures the first item alone, so many runs fit in a few minutes:
+the one-stream decode ratio is the noisiest on a shared machine.
 
 Every request starts with a tag no other request has, so no prefix cache helps either
 side. Ratios are service / llama-server (above 1 is slower for times, faster for rates).
@@ -225,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens per answer")
     parser.add_argument("--streams", type=int, default=8, help="concurrent streams")
     parser.add_argument(
+        "--one-stream-only",
+        action="store_true",
+        help="measure one stream only (more runs in the time, for the decode ratio)",
+    )
+    parser.add_argument(
         "--env",
         action="append",
         default=[],
@@ -293,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
                 acc.setdefault("ttft1", []).append(one["ttft"])
                 acc.setdefault("tps1", []).append(one["tps"])
                 acc.setdefault("gaps", []).extend(one["gaps"])
+                if args.one_stream_only:
+                    print(f"run {run + 1} {target.name}: {one['tps']:.1f} tok/s one")
+                    continue
                 many = concurrent(target, f"{tag} many", args.streams, args.max_tokens)
                 acc.setdefault("agg", []).append(many["agg"])
                 acc.setdefault("ttftN", []).extend(many["ttfts"])
@@ -323,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         (f"late arrival TTFT ({n - 1} running)", "late", 50, 1000, ".1f", "ms"),
         ("late arrival: running streams' longest gap", "stall", 50, 1000, ".1f", "ms"),
         (
-            f"prefill, {results['service']['prompt_tokens'][0]}-token prompt",
+            f"prefill, {results['service'].get('prompt_tokens', [0])[0]}-token prompt",
             "prefill",
             50,
             1,
@@ -337,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([name, f"{a:{fmt}} {unit}", f"{b:{fmt}} {unit}", f"{a / b:.2f}"])
 
     for name, key, q, scale, fmt, unit in measures:
+        if key not in results["service"]:  # --one-stream-only
+            continue
         ours, theirs = (percentile(results[t][key], q) * scale for t in ("service", "llama-server"))
         row(name, ours, theirs, fmt, unit)
     row("RSS at the end", rss["service"], rss["llama-server"], ".0f", "MiB")
