@@ -93,6 +93,8 @@ class Target:
     client: openai.OpenAI
     model: str
     pid: int
+    #: What each request adds (``create``'s keyword arguments); None: the account header.
+    extra: dict | None = None
 
 
 def stream(
@@ -121,7 +123,11 @@ def stream(
         seed=seed,
         stream=True,
         stream_options={"include_usage": True},
-        extra_headers={ACCOUNT_HEADER: account},
+        **(
+            target.extra
+            if target.extra is not None
+            else {"extra_headers": {ACCOUNT_HEADER: account}}
+        ),
     )
     for chunk in reply:
         if chunk.usage:

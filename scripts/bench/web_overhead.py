@@ -41,7 +41,6 @@ import shlex
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import httpx
 import openai
@@ -58,6 +57,7 @@ from common import (
     start_inference,
     start_web,
 )
+from vs_llama_server import Target, story, stream
 
 from appliance import vault
 from appliance.inference.client import ACCOUNT_HEADER
@@ -69,76 +69,38 @@ SHORT_TOKENS = 8
 SHORT_REPEATS = 5
 
 
-@dataclass
-class Route:
-    """One way to the engine: the client, the model name and what each request adds."""
-
-    name: str
-    client: openai.OpenAI
-    model: str
-    extra: dict
-
-
-def messages(tag: str, index: int) -> list[dict]:
-    return [
-        {"role": "system", "content": f"{tag} You are a storyteller."},
-        {"role": "user", "content": f"Write a long story about creature number {index}."},
-    ]
-
-
-def ask(path: Route, tag: str, index: int, max_tokens: int, **options):
-    """One greedy chat completion on ``path``."""
-    return path.client.chat.completions.create(
-        model=path.model,
-        messages=messages(tag, index),
+def ask(target: Target, tag: str, index: int, max_tokens: int):
+    """One greedy chat completion on ``target``, not streamed."""
+    return target.client.chat.completions.create(
+        model=target.model,
+        messages=story(tag, index),
         max_tokens=max_tokens,
         temperature=0,
         top_p=0.95,  # the instance's default, which the web would add otherwise
-        **path.extra,
-        **options,
+        **target.extra,
     )
 
 
-def stream(path: Route, tag: str, index: int, max_tokens: int) -> dict:
-    """One greedy streaming completion, timed here: TTFT, gaps between chunks with text,
-    completion tokens, start and end."""
-    start = time.perf_counter()
-    first = last = None
-    gaps: list[float] = []
-    tokens = 0
-    reply = ask(path, tag, index, max_tokens, stream=True, stream_options={"include_usage": True})
-    for chunk in reply:
-        if chunk.usage:
-            tokens = chunk.usage.completion_tokens
-        if chunk.choices and chunk.choices[0].delta.content:
-            now = time.perf_counter()
-            if first is not None:
-                gaps.append(now - last)
-            first, last = first or now, now
-    if first is None:
-        raise RuntimeError(f"{path.name}: the stream produced no text")
-    return {"ttft": first - start, "gaps": gaps, "tokens": tokens, "start": start}
-
-
-def measure(path: Route, tag: str, max_tokens: int, streams: int) -> dict[str, list[float]]:
-    one = stream(path, f"{tag} one", 0, max_tokens)
+def measure(target: Target, tag: str, max_tokens: int, streams: int) -> dict[str, list[float]]:
+    one = stream(target, story(f"{tag} one", 0), max_tokens=max_tokens)
     with ThreadPoolExecutor(streams) as pool:
         futures = [
-            pool.submit(stream, path, f"{tag} many.{i}", i, max_tokens) for i in range(streams)
+            pool.submit(stream, target, story(f"{tag} many.{i}", i), max_tokens=max_tokens)
+            for i in range(streams)
         ]
         many = [f.result() for f in futures]
     end = time.perf_counter()
     shorts = []
     for i in range(SHORT_REPEATS):
         start = time.perf_counter()
-        ask(path, f"{tag} short.{i}", i, SHORT_TOKENS)
+        ask(target, f"{tag} short.{i}", i, SHORT_TOKENS)
         shorts.append(time.perf_counter() - start)
     return {
-        "ttft1": [one["ttft"]],
-        "tps1": [len(one["gaps"]) / sum(one["gaps"])],
-        "gaps": one["gaps"],
-        "agg": [sum(r["tokens"] for r in many) / (end - min(r["start"] for r in many))],
-        "ttftN": [r["ttft"] for r in many],
+        "ttft1": [one.ttft],
+        "tps1": [one.decode_tps],
+        "gaps": one.gaps,
+        "agg": [sum(r.tokens for r in many) / (end - min(r.start for r in many))],
+        "ttftN": [r.ttft for r in many],
         "short": shorts,
     }
 
@@ -199,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(web.stop)
         model = httpx.get(service.url + "/healthz", timeout=10).json()["chat_model"]
         paths = [
-            Route(
+            Target(
                 "service",
                 openai.OpenAI(
                     base_url=service.url + "/v1",
@@ -207,17 +169,19 @@ def main(argv: list[str] | None = None) -> int:
                     timeout=600,
                 ),
                 model,
+                service.process.pid,
                 {"extra_headers": {ACCOUNT_HEADER: account_id}},
             ),
-            Route(
+            Target(
                 "web",
                 openai.OpenAI(base_url=web.url + "/v1", api_key=keys["inference"], timeout=600),
                 "bench",
+                web.process.pid,
                 {"extra_body": {"appliance": {"knowledge": False}}},
             ),
         ]
         for path in paths:  # warm-up (connections, the web's first requests), discarded
-            stream(path, f"warm {path.name} {time.time_ns()}", 0, 8)
+            stream(path, story(f"warm {path.name} {time.time_ns()}", 0), max_tokens=8)
         stamp = time.time_ns() % 10**8
         for run in range(args.runs):
             for path in paths if run % 2 == 0 else paths[::-1]:
