@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import aiohttp
 import httpx
 
 from appliance import vault
@@ -166,23 +167,28 @@ class InferenceClient:
         """Yield the chunks of a streaming chat completion, the usage chunk included
         (``path``: ``/v1/completions`` for a legacy completion)."""
         payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        # aiohttp, not httpx, for the answer a web process relays token by token: its C
+        # parser reads a token for a third of httpx's CPU (scripts/bench/relay_client.py).
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.timeout.connect, sock_read=self.timeout.read
+        )
         answering = False
         try:
             async with (
-                httpx.AsyncClient(timeout=self.timeout, verify=_tls()) as http,
-                http.stream(
-                    "POST", self._url(path), json=payload, headers=self._headers(account_id)
+                aiohttp.ClientSession(timeout=timeout, trust_env=True) as http,
+                http.post(
+                    self._url(path), json=payload, headers=self._headers(account_id), ssl=_tls()
                 ) as response,
             ):
                 answering = True
-                if response.status_code >= 400:
-                    await response.aread()
-                    self._json(response)
-                async for line in response.aiter_lines():
-                    chunk = _sse_data(line)
+                if response.status >= 400:
+                    retry_after = response.headers.get("retry-after")
+                    _answer(response.status, await response.read(), retry_after)
+                async for line in response.content:
+                    chunk = _sse_data(line.decode())
                     if chunk is not None:
                         yield chunk
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._unavailable(exc, cut=answering) from None
 
     async def achat(
@@ -232,10 +238,10 @@ class InferenceClient:
             headers[ACCOUNT_HEADER] = account_id
         return headers
 
-    def _unavailable(self, exc: httpx.HTTPError, *, cut: bool = False) -> Unavailable:
+    def _unavailable(self, exc: Exception, *, cut: bool = False) -> Unavailable:
         """What the person waiting is told (operators find the service's URL in doctor and
         on /admin); ``cut``: the service went away in the middle of its answer."""
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, httpx.TimeoutException | TimeoutError):
             return Unavailable("The model took too long to answer. Please try again.", 5)
         if cut:
             what = "stopped in the middle of this answer (it is being restarted)"
@@ -245,14 +251,19 @@ class InferenceClient:
 
     @staticmethod
     def _json(response: httpx.Response) -> dict[str, Any]:
-        try:
-            data = response.json()
-        except ValueError:
-            data = {}
-        if response.status_code < 400:
-            return data
-        error = data.get("error") if isinstance(data, dict) else None
-        raise _error(response.status_code, error, response.headers.get("retry-after"))
+        return _answer(response.status_code, response.content, response.headers.get("retry-after"))
+
+
+def _answer(status: int, content: bytes, retry_after: str | None) -> dict[str, Any]:
+    """A JSON answer's body, or the exception its error status means."""
+    try:
+        data = json.loads(content)
+    except ValueError:
+        data = {}
+    if status < 400:
+        return data
+    error = data.get("error") if isinstance(data, dict) else None
+    raise _error(status, error, retry_after)
 
 
 def _error(status: int, error: Any, retry_after: Any) -> ApplianceError:

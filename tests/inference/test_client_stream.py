@@ -1,0 +1,135 @@
+"""``InferenceClient.astream_chat``, the streamed answer the web relays token by token,
+against a small loopback server that writes exactly the bytes each test gives it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from appliance.errors import Throttled, Unavailable
+from appliance.inference.client import ACCOUNT_HEADER, InferenceClient
+
+OK_CHUNKED = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+HI = {"choices": [{"index": 0, "delta": {"content": "Hi"}}]}
+
+
+def chunked(*parts: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
+def event(chunk: dict) -> bytes:
+    return b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
+
+
+async def serve(replies: list[bytes], pause: float = 0.0):
+    """A server answering each connection with ``replies`` (a pause after each write), then
+    closing it; returns the server and the requests it received."""
+    received: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(h.partition(b":")[2])
+            for h in head.split(b"\r\n")
+            if h.lower().startswith(b"content-length")
+        )
+        received.append(head + await reader.readexactly(length))
+        for reply in replies:
+            writer.write(reply)
+            await writer.drain()
+            await asyncio.sleep(pause)
+        writer.close()
+
+    return await asyncio.start_server(answer, "127.0.0.1", 0), received
+
+
+def chunks_from(replies: list[bytes], *, pause: float = 0.0, timeout: float = 5.0, **kwargs):
+    """What ``astream_chat`` yields from a server writing ``replies``, and what it was sent;
+    an exception it raises is returned beside the chunks that came before it."""
+
+    async def run():
+        server, received = await serve(replies, pause)
+        port = server.sockets[0].getsockname()[1]
+        client = InferenceClient(f"http://127.0.0.1:{port}", "key-1", timeout=timeout)
+        got: list[dict] = []
+        async with server:
+            try:
+                async for chunk in client.astream_chat({"messages": []}, **kwargs):
+                    got.append(chunk)
+            except Exception as exc:  # returned for the test to check
+                return got, received, exc
+        return got, received, None
+
+    return asyncio.run(run())
+
+
+def test_the_request_carries_the_body_key_and_account():
+    got, (request,), error = chunks_from(
+        [OK_CHUNKED + chunked(event(HI), b"data: [DONE]\n\n") + b"0\r\n\r\n"], account_id="acc-7"
+    )
+    assert error is None and got == [HI]
+    head, _, body = request.partition(b"\r\n\r\n")
+    first, *lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    assert first == "POST /v1/chat/completions HTTP/1.1"
+    assert headers["authorization"] == "Bearer key-1"
+    assert headers[ACCOUNT_HEADER.lower()] == "acc-7"
+    sent = json.loads(body)
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+
+
+def test_events_come_whole_however_the_chunks_and_reads_cut_them():
+    café = {"choices": [{"index": 0, "delta": {"content": "café"}}]}
+    body = (
+        chunked(event(café)[:20], event(café)[20:] + event(HI).replace(b"\n", b"\r\n"))
+        + b"0\r\n\r\n"
+    )
+    cut = body.index("é".encode()) + 1  # inside the UTF-8 character
+    got, _, error = chunks_from([OK_CHUNKED + body[:9], body[9:cut], body[cut:]], pause=0.01)
+    assert error is None and got == [café, HI]
+
+
+def test_an_error_status_raises_what_it_means():
+    error = json.dumps({"error": {"message": "Too many requests."}}).encode()
+    reply = b"HTTP/1.1 429 Too Many\r\nretry-after: 9\r\ncontent-length: %d\r\n\r\n%s"
+    got, _, raised = chunks_from([reply % (len(error), error)])
+    assert got == [] and isinstance(raised, Throttled)
+    assert "Too many requests" in str(raised) and raised.retry_after == 9
+
+
+def test_a_stream_cut_in_the_middle_says_the_model_stopped():
+    got, _, error = chunks_from([OK_CHUNKED + chunked(event(HI))])
+    assert got == [HI]
+    assert isinstance(error, Unavailable) and "stopped in the middle of this answer" in str(error)
+
+
+def test_a_server_that_stops_writing_times_out():
+    got, _, error = chunks_from([OK_CHUNKED + chunked(event(HI))], pause=5, timeout=0.3)
+    assert got == [HI]
+    assert isinstance(error, Unavailable) and "took too long" in str(error)
+
+
+def test_what_is_not_http_is_unavailable():
+    got, _, error = chunks_from([b"SSH-2.0-OpenSSH_9.2\r\n\r\n"])
+    assert got == [] and isinstance(error, Unavailable)
+
+
+def test_the_proxy_from_the_environment_is_used(monkeypatch):
+    """As httpx did for this request (and still does for the others): HTTP_PROXY routes it."""
+    reply = OK_CHUNKED + chunked(event(HI)) + b"0\r\n\r\n"
+
+    async def run():
+        proxy, received = await serve([reply])
+        for name in ("HTTP_PROXY", "http_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.sockets[0].getsockname()[1]}")
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        client = InferenceClient("http://inference.invalid:8001", "key-1", timeout=5)
+        async with proxy:
+            return [c async for c in client.astream_chat({"messages": []})], received
+
+    got, (request,) = asyncio.run(run())
+    assert got == [HI]
+    assert request.startswith(b"POST http://inference.invalid:8001/v1/chat/completions HTTP/1.1")
