@@ -175,7 +175,11 @@ class InferenceClient:
         answering = False
         try:
             async with (
-                aiohttp.ClientSession(timeout=timeout, trust_env=True) as http,
+                # read_bufsize: aiohttp refuses a line over twice this; one event may be long
+                # (a tool call's arguments, logprobs).
+                aiohttp.ClientSession(
+                    timeout=timeout, trust_env=True, read_bufsize=1 << 20
+                ) as http,
                 http.post(
                     self._url(path), json=payload, headers=self._headers(account_id), ssl=_tls()
                 ) as response,
@@ -185,7 +189,7 @@ class InferenceClient:
                     retry_after = response.headers.get("retry-after")
                     _answer(response.status, await response.read(), retry_after)
                 async for line in response.content:
-                    chunk = _sse_data(line.decode())
+                    chunk = _sse_data(line.decode(errors="replace"))
                     if chunk is not None:
                         yield chunk
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -91,6 +91,14 @@ def test_events_come_whole_however_the_chunks_and_reads_cut_them():
     assert error is None and got == [café, HI]
 
 
+def test_a_long_event_and_bytes_that_are_not_utf8_come_through():
+    long = {"choices": [{"index": 0, "delta": {"content": "x" * 300_000}}]}
+    broken = b'data: {"choices": [{"index": 0, "delta": {"content": "\xff"}}]}\n\n'
+    got, _, error = chunks_from([OK_CHUNKED + chunked(event(long), broken) + b"0\r\n\r\n"])
+    assert error is None
+    assert got == [long, {"choices": [{"index": 0, "delta": {"content": "\ufffd"}}]}]
+
+
 def test_an_error_status_raises_what_it_means():
     error = json.dumps({"error": {"message": "Too many requests."}}).encode()
     reply = b"HTTP/1.1 429 Too Many\r\nretry-after: 9\r\ncontent-length: %d\r\n\r\n%s"
