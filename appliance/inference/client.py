@@ -2,7 +2,8 @@
 
 Its base URL is a setting, so it may equally point at any OpenAI-compatible server the
 operator runs (llama.cpp's server, vLLM). The account id and priority travel in headers
-that only this client sets; the web process strips them from incoming requests.
+that only this client sets; the web process strips them from incoming requests. The
+synchronous calls go through httpx, the asynchronous ones (the web's) through aiohttp.
 """
 
 from __future__ import annotations
@@ -167,19 +168,10 @@ class InferenceClient:
         """Yield the chunks of a streaming chat completion, the usage chunk included
         (``path``: ``/v1/completions`` for a legacy completion)."""
         payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
-        # aiohttp, not httpx, for the answer a web process relays token by token: its C
-        # parser reads a token for a third of httpx's CPU (scripts/bench/relay_client.py).
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.timeout.connect, sock_read=self.timeout.read
-        )
         answering = False
         try:
             async with (
-                # read_bufsize: aiohttp refuses a line over twice this; one event may be long
-                # (a tool call's arguments, logprobs).
-                aiohttp.ClientSession(
-                    timeout=timeout, trust_env=True, read_bufsize=1 << 20
-                ) as http,
+                self._session(self.timeout.read) as http,
                 http.post(
                     self._url(path), json=payload, headers=self._headers(account_id), ssl=_tls()
                 ) as response,
@@ -203,23 +195,51 @@ class InferenceClient:
         path: str = "/v1/chat/completions",
     ) -> dict:
         payload = {**body, "stream": False}
-        with self._http_errors():
-            async with httpx.AsyncClient(timeout=self.timeout, verify=_tls()) as http:
-                response = await http.post(
-                    self._url(path), json=payload, headers=self._headers(account_id)
-                )
-        return self._json(response)
+        headers = self._headers(account_id)
+        return await self._afetch(self._url(path), self.timeout.read, headers, payload)
 
     async def ahealth(self, timeout: float = 3.0) -> dict[str, Any]:
-        with self._http_errors():
-            async with httpx.AsyncClient(timeout=timeout, verify=_tls()) as http:
-                response = await http.get(f"{self.base_url}/healthz")
-                if response.status_code == 404:
-                    response = await http.get(self._url("/v1/models"), headers=self._headers(None))
-                    return _external_health(self._json(response))
-        return self._json(response)
+        try:
+            return await self._afetch(f"{self.base_url}/healthz", timeout, connect=timeout)
+        except InferenceError as exc:
+            if exc.status != 404:
+                raise
+        models = self._url("/v1/models")
+        headers = self._headers(None)
+        return _external_health(await self._afetch(models, timeout, headers, connect=timeout))
 
     # -- helpers ---------------------------------------------------------------------
+    def _session(self, read: float | None, connect: float | None = None) -> aiohttp.ClientSession:
+        """A session for one async request. aiohttp, not httpx, on this side: its C parser
+        reads a streamed token for a third of httpx's CPU (scripts/bench/relay_client.py).
+        Proxy settings come from the environment, as with httpx; ``read_bufsize``: aiohttp
+        refuses a line over twice this, and one event may be long (a tool call, logprobs)."""
+        connect = connect or self.timeout.connect
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
+        return aiohttp.ClientSession(timeout=timeout, trust_env=True, read_bufsize=1 << 20)
+
+    async def _afetch(
+        self,
+        url: str,
+        read: float | None,
+        headers: dict[str, str] | None = None,
+        payload: dict[str, Any] | None = None,
+        *,
+        connect: float | None = None,
+    ) -> dict[str, Any]:
+        """``POST`` ``payload`` (``GET`` without one) and the JSON answer; an error status
+        raises what it means, and no answer is Unavailable."""
+        method = "GET" if payload is None else "POST"
+        try:
+            async with (
+                self._session(read, connect) as http,
+                http.request(method, url, json=payload, headers=headers, ssl=_tls()) as response,
+            ):
+                content = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._unavailable(exc) from None
+        return _answer(response.status, content, response.headers.get("retry-after"))
+
     def _post(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
         """``POST`` a JSON body to the service; Unavailable when it does not answer."""
         with self._http_errors(), httpx.Client(timeout=self.timeout, verify=_tls()) as http:

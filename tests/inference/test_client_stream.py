@@ -1,10 +1,12 @@
-"""``InferenceClient.astream_chat``, the streamed answer the web relays token by token,
-against a small loopback server that writes exactly the bytes each test gives it."""
+"""``InferenceClient``'s async calls (the web's): the streamed answer it relays token by
+token and whole answers, against a small loopback server that writes exactly the bytes
+each test gives it."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 from appliance.errors import Throttled, Unavailable
 from appliance.inference.client import ACCOUNT_HEADER, InferenceClient
@@ -30,11 +32,8 @@ async def serve(replies: list[bytes], pause: float = 0.0):
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(h.partition(b":")[2])
-            for h in head.split(b"\r\n")
-            if h.lower().startswith(b"content-length")
-        )
+        fields = dict(line.lower().partition(b":")[::2] for line in head.split(b"\r\n"))
+        length = int(fields.get(b"content-length", 0))
         received.append(head + await reader.readexactly(length))
         for reply in replies:
             writer.write(reply)
@@ -141,3 +140,43 @@ def test_the_proxy_from_the_environment_is_used(monkeypatch):
     got, (request,) = asyncio.run(run())
     assert got == [HI]
     assert request.startswith(b"POST http://inference.invalid:8001/v1/chat/completions HTTP/1.1")
+
+
+def answer_of(reply: bytes, call, pause: float = 0.0):
+    """What ``call(client)`` returns (or raises) against a server answering ``reply``, and
+    the request it sent."""
+
+    async def run():
+        server, received = await serve([reply], pause)
+        port = server.sockets[0].getsockname()[1]
+        client = InferenceClient(f"http://127.0.0.1:{port}", "key-1", timeout=5)
+        async with server:
+            try:
+                return await call(client), received[0]
+            except Exception as exc:  # returned for the test to check
+                return exc, received[0]
+
+    return asyncio.run(run())
+
+
+def test_a_whole_answer_and_what_its_error_statuses_mean():
+    body = json.dumps({"choices": [{"message": {"content": "Hi"}}]}).encode()
+    ok = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    got, request = answer_of(ok, lambda c: c.achat({"messages": []}, account_id="acc-7"))
+    assert got == {"choices": [{"message": {"content": "Hi"}}]}
+    head, _, sent = request.partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /v1/chat/completions HTTP/1.1")
+    assert b"acc-7" in head and json.loads(sent)["stream"] is False
+
+    busy = b"HTTP/1.1 503 Busy\r\nretry-after: 7\r\ncontent-length: 0\r\n\r\n"
+    got, _ = answer_of(busy, lambda c: c.achat({"messages": []}))
+    assert isinstance(got, Unavailable) and got.retry_after == 7
+
+
+def test_health_that_stalls_is_unavailable_within_its_timeout():
+    stalled = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n{"
+    started = time.monotonic()
+    got, request = answer_of(stalled, lambda c: c.ahealth(timeout=0.3), pause=5)
+    assert request.startswith(b"GET /healthz HTTP/1.1")
+    assert isinstance(got, Unavailable) and "took too long" in str(got)
+    assert time.monotonic() - started < 3
