@@ -13,8 +13,10 @@ import functools
 import json
 import ssl
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -173,7 +175,11 @@ class InferenceClient:
             async with (
                 self._session(self.timeout.read) as http,
                 http.post(
-                    self._url(path), json=payload, headers=self._headers(account_id), ssl=_tls()
+                    url := self._url(path),
+                    json=payload,
+                    headers=self._headers(account_id),
+                    ssl=_tls(),
+                    proxy=_env_proxy(url),
                 ) as response,
             ):
                 answering = True
@@ -212,11 +218,13 @@ class InferenceClient:
     def _session(self, read: float | None, connect: float | None = None) -> aiohttp.ClientSession:
         """A session for one async request. aiohttp, not httpx, on this side: its C parser
         reads a streamed token for a third of httpx's CPU (scripts/bench/relay_client.py).
-        Proxy settings come from the environment, as with httpx; ``read_bufsize``: aiohttp
-        refuses a line over twice this, and one event may be long (a tool call, logprobs)."""
+        Not ``trust_env``: that would also take a password from ``~/.netrc`` for the host
+        (and refuse the request beside our key) in a thread hop per request; the proxy comes
+        from ``_env_proxy``. ``read_bufsize``: aiohttp refuses a line over twice this, and
+        one event may be long (a tool call's arguments, logprobs)."""
         connect = connect or self.timeout.connect
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
-        return aiohttp.ClientSession(timeout=timeout, trust_env=True, read_bufsize=1 << 20)
+        return aiohttp.ClientSession(timeout=timeout, read_bufsize=1 << 20)
 
     async def _afetch(
         self,
@@ -233,7 +241,9 @@ class InferenceClient:
         try:
             async with (
                 self._session(read, connect) as http,
-                http.request(method, url, json=payload, headers=headers, ssl=_tls()) as response,
+                http.request(
+                    method, url, json=payload, headers=headers, ssl=_tls(), proxy=_env_proxy(url)
+                ) as response,
             ):
                 content = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -276,6 +286,15 @@ class InferenceClient:
     @staticmethod
     def _json(response: httpx.Response) -> dict[str, Any]:
         return _answer(response.status_code, response.content, response.headers.get("retry-after"))
+
+
+def _env_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTP_PROXY``, ``HTTPS_PROXY``, unless
+    ``NO_PROXY`` covers its host), as httpx takes it for the synchronous calls."""
+    target = urlsplit(url)
+    if urllib.request.proxy_bypass_environment(target.hostname or ""):
+        return None
+    return urllib.request.getproxies_environment().get(target.scheme)
 
 
 def _answer(status: int, content: bytes, retry_after: str | None) -> dict[str, Any]:

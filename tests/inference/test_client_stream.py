@@ -123,6 +123,17 @@ def test_what_is_not_http_is_unavailable():
     assert got == [] and isinstance(error, Unavailable)
 
 
+def test_a_netrc_entry_for_the_host_changes_nothing(monkeypatch, tmp_path):
+    """aiohttp's ``trust_env`` would take it, and refuse to send it beside the key."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    got, (request,), error = chunks_from([OK_CHUNKED + chunked(event(HI)) + b"0\r\n\r\n"])
+    assert error is None and got == [HI]
+    assert b"Bearer key-1" in request and b"Basic" not in request
+
+
 def test_the_proxy_from_the_environment_is_used(monkeypatch):
     """As httpx did for this request (and still does for the others): HTTP_PROXY routes it."""
     reply = OK_CHUNKED + chunked(event(HI)) + b"0\r\n\r\n"
