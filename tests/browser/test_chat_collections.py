@@ -61,4 +61,13 @@ def test_an_instance_limited_to_a_collection_never_cites_another(
     shown = sources.inner_text()
     assert "leave.md" in shown  # retrieval ran and found the collection's document
     assert "zephyr.md" not in shown and "PURPLE-OTTER" not in page.inner_text("main")
+
+    # The page draws its messages again once the next answer is stored: the sources the
+    # reader opened stay open.
+    page.get_by_label("Message").fill("And the one for leave?")
+    page.get_by_role("button", name="Send").click()
+    page.locator("article.msg-assistant").nth(1).locator(".msg-meta").wait_for(timeout=60_000)
+    page.wait_for_function("!document.querySelector('.streaming')")
+    page.wait_for_load_state("networkidle")
+    assert sources.get_attribute("open") is not None
     db.close()

@@ -59,9 +59,19 @@
     return holder.content;
   }
 
+  // A message's disclosure (its sources) that the reader opened stays open when the
+  // messages are drawn again, as they are once an answer is stored.
+  function disclosures() {
+    return [...messages.querySelectorAll("article[data-id] details")].map((details) => ({
+      details, name: details.closest("article").dataset.id + " " + details.className,
+    }));
+  }
+
   function render(data) {
     const follow = nearBottom();
+    const opened = disclosures().filter((d) => d.details.open).map((d) => d.name);
     messages.replaceChildren(fragment(data.html));
+    for (const { details, name } of disclosures()) if (opened.includes(name)) details.open = true;
     const title = document.getElementById("chat-title");
     if (title) title.textContent = data.title;
     const listed = document.querySelector('.conv-list a[aria-current="page"]');
