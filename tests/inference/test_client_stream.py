@@ -191,3 +191,13 @@ def test_health_that_stalls_is_unavailable_within_its_timeout():
     assert request.startswith(b"GET /healthz HTTP/1.1")
     assert isinstance(got, Unavailable) and "took too long" in str(got)
     assert time.monotonic() - started < 3
+
+
+def test_no_proxy_sends_the_request_straight_to_its_host(monkeypatch):
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    monkeypatch.delenv("no_proxy", raising=False)
+    got, (request,), error = chunks_from([OK_CHUNKED + chunked(event(HI)) + b"0\r\n\r\n"])
+    assert error is None and got == [HI]
+    assert request.startswith(b"POST /v1/chat/completions HTTP/1.1")
