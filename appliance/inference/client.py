@@ -173,16 +173,8 @@ class InferenceClient:
         payload = {**body, "stream": True, "stream_options": {"include_usage": True}}
         answering = False
         try:
-            async with (
-                self._session(self.timeout.read) as http,
-                http.post(
-                    url := self._url(path),
-                    json=payload,
-                    headers=self._headers(account_id),
-                    ssl=_tls(),
-                    proxy=_env_proxy(url),
-                ) as response,
-            ):
+            url, headers = self._url(path), self._headers(account_id)
+            async with self._arequest(url, self.timeout.read, headers, payload) as response:
                 answering = True
                 if response.status >= 400:
                     retry_after = response.headers.get("retry-after")
@@ -216,16 +208,33 @@ class InferenceClient:
         return _external_health(await self._afetch(models, timeout, headers, connect=timeout))
 
     # -- helpers ---------------------------------------------------------------------
-    def _session(self, read: float | None, connect: float | None = None) -> aiohttp.ClientSession:
-        """A session for one async request. aiohttp, not httpx, on this side: its C parser
-        reads a streamed token for a third of httpx's CPU (scripts/bench/relay_client.py).
+    @contextlib.asynccontextmanager
+    async def _arequest(
+        self,
+        url: str,
+        read: float | None,
+        headers: dict[str, str] | None = None,
+        payload: dict[str, Any] | None = None,
+        *,
+        connect: float | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One async request, ``POST payload`` (``GET`` without one); the response once its
+        headers are in. aiohttp, not httpx, on this side: its C parser reads a streamed
+        token for a third of httpx's CPU (scripts/bench/relay_client.py).
         Not ``trust_env``: that would also take a password from ``~/.netrc`` for the host
         (and refuse the request beside our key) in a thread hop per request; the proxy comes
         from ``_env_proxy``. ``read_bufsize``: aiohttp refuses a line over twice this, and
         one event may be long (a tool call's arguments, logprobs)."""
         connect = connect or self.timeout.connect
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
-        return aiohttp.ClientSession(timeout=timeout, read_bufsize=1 << 20)
+        method = "GET" if payload is None else "POST"
+        async with (
+            aiohttp.ClientSession(timeout=timeout, read_bufsize=1 << 20) as http,
+            http.request(
+                method, url, json=payload, headers=headers, ssl=_tls(), proxy=_env_proxy(url)
+            ) as response,
+        ):
+            yield response
 
     async def _afetch(
         self,
@@ -236,16 +245,10 @@ class InferenceClient:
         *,
         connect: float | None = None,
     ) -> dict[str, Any]:
-        """``POST`` ``payload`` (``GET`` without one) and the JSON answer; an error status
-        raises what it means, and no answer is Unavailable."""
-        method = "GET" if payload is None else "POST"
+        """``_arequest``'s JSON answer; an error status raises what it means, and no answer
+        is Unavailable."""
         try:
-            async with (
-                self._session(read, connect) as http,
-                http.request(
-                    method, url, json=payload, headers=headers, ssl=_tls(), proxy=_env_proxy(url)
-                ) as response,
-            ):
+            async with self._arequest(url, read, headers, payload, connect=connect) as response:
                 content = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._unavailable(exc) from None
