@@ -1,4 +1,5 @@
-"""The database: ``open_db(settings)`` is the only way to get a connection.
+"""The database: ``open_db(settings)`` is the only way to get a connection; the web takes
+them through ``pooled(settings)``, which keeps a few open between requests.
 
 Every connection runs in WAL mode with foreign keys on, a busy timeout of at least five
 seconds and ``secure_delete`` (deleted content is overwritten, not left in free pages),
@@ -11,6 +12,8 @@ import contextlib
 import fcntl
 import importlib
 import re
+import threading
+import weakref
 from collections.abc import Iterator
 
 import sqlite_utils
@@ -40,6 +43,11 @@ MIGRATION_NAME = re.compile(r"m\d{3}_\w+")
 
 _migrated: set[str] = set()
 MMAP_BYTES = 1 << 30
+#: Idle connections ``pooled`` keeps for the next request.
+POOL_KEEP = 8
+#: ``pooled``'s idle connections: one database's, by its path (a process serves one).
+_idle: dict[str, list[sqlite3.Connection]] = {}
+_idle_lock = threading.Lock()
 
 
 def open_db(settings: Settings, *, migrate: bool = True) -> sqlite_utils.Database:
@@ -83,7 +91,11 @@ def open_reader(path: str, busy_timeout_ms: int = 5000) -> sqlite_utils.Database
         # isolation_level=None: no implicit transactions; writes use db.atomic() or
         # write_transaction() so each one is exactly one explicit transaction.
         conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
+            path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=busy_timeout_ms / 1000,
+            factory=Connection,
         )
     except (OSError, sqlite3.Error) as exc:
         raise DatabaseError(f"cannot open database {path}: {exc}") from None
@@ -98,6 +110,84 @@ def open_reader(path: str, busy_timeout_ms: int = 5000) -> sqlite_utils.Database
         # every vector blob (49 → 29 ms at 100k chunks, docs/benchmarks.md).
         conn.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
     return sqlite_utils.Database(conn)
+
+
+class Connection(sqlite3.Connection):
+    """A connection that knows its cursors, so that a finished block can end its statements:
+    one left unfinished (a cursor not read to its end, still referenced) keeps its read
+    snapshot, and a connection reused with it would read old rows."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._cursors: weakref.WeakSet = weakref.WeakSet()
+
+    def cursor(self, *args, **kwargs) -> sqlite3.Cursor:
+        cursor = super().cursor(*args, **kwargs)
+        self._cursors.add(cursor)
+        return cursor
+
+    def execute(self, *args) -> sqlite3.Cursor:
+        return self.cursor().execute(*args)
+
+    def executemany(self, *args) -> sqlite3.Cursor:
+        return self.cursor().executemany(*args)
+
+    def end_statements(self) -> None:
+        """Close every cursor still open: their statements end, and any use of them fails."""
+        for cursor in list(self._cursors):
+            cursor.close()
+
+
+@contextlib.contextmanager
+def pooled(settings: Settings) -> Iterator[sqlite_utils.Database]:
+    """``open_db(settings)``'s connection for the block, kept open afterwards for the next
+    block (up to ``POOL_KEEP``): the web answers every request on one, and opening one costs
+    ~1.7 ms, most of it SQLite parsing the schema on its first statement.
+
+    Given back clean or not at all: a block that leaves a transaction open, or fails with a
+    database error, closes its connection. When the block ends, the ``Database`` handed out
+    and every cursor it opened stop working, as a closed connection's would: nothing can go
+    on using a connection that another request has by then, and no unfinished statement
+    keeps an old snapshot. So each block reads the newest rows, and an idle connection
+    stops no checkpoint (erasure's ``wal_checkpoint(TRUNCATE)``).
+    """
+    key = str(settings.paths.database)
+    with _idle_lock:
+        for other in [path for path in _idle if path != key]:
+            for conn in _idle.pop(other):  # another data dir's (tests switch between many)
+                conn.close()
+        idle = _idle.get(key)
+        conn = idle.pop() if idle else None
+    if conn is None:
+        conn = open_db(settings).conn
+    db = sqlite_utils.Database(conn)
+    failed = False
+    try:
+        yield db
+    except sqlite3.Error:
+        failed = True
+        raise
+    finally:
+        db.conn = _RELEASED  # type: ignore[assignment]
+        conn.end_statements()
+        reusable = not failed and not conn.in_transaction
+        with _idle_lock:
+            idle = _idle.setdefault(key, [])
+            if reusable and len(idle) < POOL_KEEP:
+                idle.append(conn)
+                conn = None
+        if conn is not None:
+            conn.close()  # an open transaction rolls back
+
+
+class _Released:
+    """What a ``pooled`` block's ``Database`` holds once the block has ended."""
+
+    def __getattr__(self, name: str):
+        raise sqlite3.ProgrammingError("Cannot operate on a connection given back to the pool.")
+
+
+_RELEASED = _Released()
 
 
 def load_vec(conn: sqlite3.Connection) -> str:

@@ -1,10 +1,14 @@
-"""The database: pragmas, sqlite-vec, migrations and write transactions."""
+"""The database: pragmas, sqlite-vec, migrations, write transactions and the connections
+the web keeps open between requests (``pooled``)."""
+
+import os
 
 import pytest
-from conftest import in_threads
+from conftest import in_threads, make_settings
 from sqlite_utils.utils import sqlite3
 
-from appliance.db import MIGRATION_MODULES, migration_set, open_db, write_transaction
+from appliance import db as database
+from appliance.db import MIGRATION_MODULES, migration_set, open_db, pooled, write_transaction
 
 
 def test_pragmas(db):
@@ -104,3 +108,77 @@ def test_unopenable_database_is_a_clear_error(tmp_path):
     settings.paths.database.mkdir(parents=True)  # a directory where the file should be
     with pytest.raises(DatabaseError, match=r"appliance\.db"):
         open_db(settings)
+
+
+@pytest.fixture
+def counted(db):
+    db.execute("create table t (x integer)")
+    db.execute("insert into t values (1), (2), (3)")
+    return db
+
+
+def test_a_pooled_connection_is_kept_and_reads_the_newest_rows(settings, counted):
+    with pooled(settings) as first:
+        kept = first.conn
+        cursor = first.execute("select x from t")
+        assert cursor.fetchone() == (1,)  # a statement left unfinished...
+        rows = first.query("select x from t")
+        assert next(rows) == {"x": 1}  # ...and a generator not run to its end
+    counted.execute("insert into t values (4)")  # another connection writes meanwhile
+    with pooled(settings) as second:
+        assert second.conn is kept
+        assert second.execute("select count(*) from t").fetchone()[0] == 4
+
+
+def test_a_pooled_database_stops_working_when_its_block_ends(settings):
+    with pooled(settings) as db:
+        cursor = db.execute("select 1 union all select 2")
+    with pytest.raises(sqlite3.ProgrammingError, match="given back"):
+        db.execute("select 1")
+    with pytest.raises(sqlite3.ProgrammingError, match="closed cursor"):
+        cursor.fetchall()
+
+
+def test_an_open_transaction_or_a_database_error_closes_the_connection(settings, counted):
+    with pooled(settings) as db:
+        left_open = db.conn
+        db.execute("begin immediate")
+        db.execute("insert into t values (9)")
+    with pytest.raises(sqlite3.OperationalError), pooled(settings) as db:
+        failed = db.conn
+        db.execute("select * from no_such_table")
+    with pooled(settings) as db:
+        assert db.conn not in (left_open, failed)
+        # Rolled back and unlocked: this write does not wait out the busy timeout.
+        with write_transaction(db):
+            db.execute("insert into t values (5)")
+        assert db.execute("select x from t order by x").fetchall() == [(1,), (2,), (3,), (5,)]
+
+
+def test_the_pool_keeps_a_few_and_only_the_last_database(settings, tmp_path):
+    blocks = [pooled(settings) for _ in range(database.POOL_KEEP + 3)]
+    held = [block.__enter__() for block in blocks]
+    assert len({db.conn for db in held}) == len(held)  # none shared while in use
+    for block in blocks:
+        block.__exit__(None, None, None)
+    assert len(database._idle[str(settings.paths.database)]) == database.POOL_KEEP
+    other = make_settings(tmp_path / "other")
+    with pooled(other):
+        pass
+    assert list(database._idle) == [str(other.paths.database)]
+
+
+def test_idle_pooled_connections_stop_no_wal_truncation(settings, counted):
+    """Erasure ends with ``wal_checkpoint(TRUNCATE)`` (deleted pages leave the WAL): the
+    connections the web keeps between requests must not hold it back."""
+    blocks = [pooled(settings) for _ in range(3)]
+    for block in blocks:
+        db = block.__enter__()
+        unfinished = db.execute("select x from t")
+        assert unfinished.fetchone() == (1,)
+    for block in blocks:
+        block.__exit__(None, None, None)
+    counted.execute("delete from t")
+    busy, _, _ = counted.execute("pragma wal_checkpoint(truncate)").fetchone()
+    assert busy == 0
+    assert os.path.getsize(f"{settings.paths.database}-wal") == 0

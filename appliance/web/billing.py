@@ -19,7 +19,7 @@ from appliance.auth import service as auth
 from appliance.billing import ledger, payments, service, webhooks
 from appliance.clock import Clock
 from appliance.config import Settings
-from appliance.db import open_db
+from appliance.db import pooled
 from appliance.errors import ApplianceError, InvalidInput
 from appliance.instances import service as instances
 from appliance.web.deps import Ctx, Deps, Form, Json, Member
@@ -133,7 +133,7 @@ class StripeWebhook(Controller):
 
         def process() -> str:
             event = webhooks.verify_event(settings, payload, signature)
-            with open_db(settings) as db:
+            with pooled(settings) as db:
                 return webhooks.handle_event(db, settings, event, clock())
 
         outcome = await anyio.to_thread.run_sync(process)

@@ -10,7 +10,6 @@ with their real status.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -20,7 +19,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance.clock import Clock, iso
 from appliance.config import Settings
-from appliance.db import open_db
+from appliance.db import pooled
 from appliance.errors import ApplianceError
 from appliance.privacy import requestlog
 from appliance.privacy.requestlog import RequestEntry
@@ -52,23 +51,14 @@ async def note_exception(exc: Exception, scope: Scope) -> None:
 def recorder(settings: Settings, clock: Clock) -> Callable[[Message, Scope], Awaitable[None]]:
     """The ``before_send`` hook that writes one request-log row per response."""
 
-    # One connection for the log, opened on first use and shared under a lock: opening a
-    # connection (sqlite-vec, pragmas) cost more than the insert itself (docs/benchmarks.md).
-    lock = threading.Lock()
-    held: list = []
-
     def write(entry: RequestEntry) -> None:
         # A request log that cannot be written (disk full, database locked too long) must
         # not fail the response: the JSON log line above has the same fields.
-        with lock:
-            try:
-                if not held:
-                    held.append(open_db(settings))
-                requestlog.record(held[0], entry)
-            except Exception as exc:
-                log.warning("request log not written: %s", type(exc).__name__)
-                if held:
-                    held.pop().close()
+        try:
+            with pooled(settings) as db:
+                requestlog.record(db, entry)
+        except Exception as exc:
+            log.warning("request log not written: %s", type(exc).__name__)
 
     async def hook(message: Message, scope: Scope) -> None:
         if scope["type"] != "http":

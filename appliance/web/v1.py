@@ -23,7 +23,7 @@ from litestar.response import Stream
 from appliance.billing.metering import Metered, embed_metered
 from appliance.chat import prompt
 from appliance.chat import service as chat
-from appliance.db import open_db
+from appliance.db import pooled
 from appliance.errors import ApplianceError, Conflict, NotFound
 from appliance.inference import openai_schema as schema
 from appliance.inference.client import InferenceClient, started
@@ -307,7 +307,7 @@ def _store_target(ctx: Ctx, key: Identity, instance, options: dict, conversation
     ]
 
     def save(text: str, usage: dict[str, int], passages) -> str:
-        with open_db(settings, migrate=False) as db:
+        with pooled(settings) as db:
             return chat.store_exchange(
                 db,
                 key.account.id,
