@@ -160,7 +160,9 @@ def pooled(settings: Settings) -> Iterator[sqlite_utils.Database]:
         conn = idle.pop() if idle else None
     if conn is None:
         conn = open_db(settings).conn
-    db = sqlite_utils.Database(conn)
+    # A new wrapper per block (the old one is cut off below); what sqlite-utils prepares on
+    # a connection (recursive triggers, its plugins) was done when it was opened.
+    db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
     failed = False
     try:
         yield db

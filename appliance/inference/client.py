@@ -8,6 +8,7 @@ synchronous calls go through httpx, the asynchronous ones (the web's) through ai
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -34,6 +35,39 @@ INTERNAL_HEADERS = (ACCOUNT_HEADER.lower(), PRIORITY_HEADER.lower())
 #: A server that said it has no reranker is not asked again for this long.
 NO_RERANKER_RECHECK_SECONDS = 60.0
 _no_reranker: dict[str, float] = {}  # base URL -> monotonic time to ask again
+#: How long ``kept_connections`` keeps an idle connection: under the keep-alive of the
+#: servers it talks to (uvicorn's, ours, closes one after 5 s), so that no request is sent
+#: on a connection the server is closing at that moment.
+KEEPALIVE_SECONDS = 2.0
+_kept: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+
+
+@contextlib.asynccontextmanager
+async def kept_connections() -> AsyncIterator[None]:
+    """While this runs (the web's lifespan), the async calls made on this event loop share
+    one aiohttp session, so their connections to the service stay open between requests (a
+    request on a new session each time cost 1.4 ms, on a kept one 0.55 ms). Outside it each
+    call has a session of its own. A streamed answer left before its end closes its
+    connection (the service then stops generating it), as before."""
+    loop = asyncio.get_running_loop()
+    session = _kept[loop] = _session(aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_SECONDS))
+    try:
+        yield
+    finally:
+        del _kept[loop]
+        await session.close()
+
+
+def _session(connector: aiohttp.BaseConnector | None = None) -> aiohttp.ClientSession:
+    """An aiohttp session for the service: no cookies kept, no timeout of its own (each
+    request sets its own). ``read_bufsize``: aiohttp refuses a line over twice this, and
+    one event may be long (a tool call's arguments, logprobs)."""
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=None),
+        read_bufsize=1 << 20,
+    )
 
 
 def _http() -> httpx.Client:
@@ -241,18 +275,24 @@ class InferenceClient:
         token for a third of httpx's CPU (scripts/bench/relay_client.py).
         Not ``trust_env``: that would also take a password from ``~/.netrc`` for the host
         (and refuse the request beside our key) in a thread hop per request; the proxy comes
-        from ``_env_proxy``. ``read_bufsize``: aiohttp refuses a line over twice this, and
-        one event may be long (a tool call's arguments, logprobs)."""
+        from ``_env_proxy``. The session is ``kept_connections``' where it runs."""
         connect = connect or self.timeout.connect
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
         method = "GET" if payload is None else "POST"
-        async with (
-            aiohttp.ClientSession(timeout=timeout, read_bufsize=1 << 20) as http,
-            http.request(
-                method, url, json=payload, headers=headers, ssl=_tls(), proxy=_env_proxy(url)
-            ) as response,
-        ):
-            yield response
+        async with contextlib.AsyncExitStack() as stack:
+            http = _kept.get(asyncio.get_running_loop())
+            if http is None:
+                http = await stack.enter_async_context(_session())
+            request = http.request(
+                method,
+                url,
+                json=payload,
+                headers=headers,
+                timeout=timeout,
+                ssl=_tls(),
+                proxy=_env_proxy(url),
+            )
+            yield await stack.enter_async_context(request)
 
     async def _afetch(
         self,

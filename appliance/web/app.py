@@ -23,6 +23,7 @@ from appliance.clock import Clock, utcnow
 from appliance.config import Settings
 from appliance.db import pooled
 from appliance.errors import DatabaseError
+from appliance.inference.client import kept_connections
 from appliance.privacy import policy
 from appliance.tasks import TaskQueue, create_queue
 from appliance.web import (
@@ -160,6 +161,7 @@ def create_app(
             render_plugins=[JsonRenderPlugin()],
         ),
         logging_config=None,  # the CLI configures logging once for every service
+        lifespan=[lambda _app: kept_connections()],
     )
     app.state.settings = settings
     app.state.inference_probe = health.InferenceProbe()

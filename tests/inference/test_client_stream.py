@@ -9,7 +9,7 @@ import json
 import time
 
 from appliance.errors import Throttled, Unavailable
-from appliance.inference.client import ACCOUNT_HEADER, InferenceClient
+from appliance.inference.client import ACCOUNT_HEADER, InferenceClient, kept_connections
 
 OK_CHUNKED = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -201,3 +201,77 @@ def test_no_proxy_sends_the_request_straight_to_its_host(monkeypatch):
     got, (request,), error = chunks_from([OK_CHUNKED + chunked(event(HI)) + b"0\r\n\r\n"])
     assert error is None and got == [HI]
     assert request.startswith(b"POST /v1/chat/completions HTTP/1.1")
+
+
+async def keep_alive_server(stream_forever: bool = False):
+    """A server that answers any number of requests on a connection (a whole JSON answer;
+    with ``stream_forever``, one event of a stream that never ends); returns it and, per
+    connection, the requests it read and whether the client closed it."""
+    connections: list[dict] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen = {"requests": 0, "closed": asyncio.Event()}
+        connections.append(seen)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                fields = dict(line.lower().partition(b":")[::2] for line in head.split(b"\r\n"))
+                await reader.readexactly(int(fields.get(b"content-length", 0)))
+                seen["requests"] += 1
+                if stream_forever:
+                    writer.write(OK_CHUNKED + chunked(event(HI)))
+                    await reader.read()  # returns once the client has closed the connection
+                    break
+                body = json.dumps({"ok": True}).encode()
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        except asyncio.IncompleteReadError:
+            pass  # the client closed the connection between requests
+        seen["closed"].set()
+        writer.close()
+
+    return await asyncio.start_server(answer, "127.0.0.1", 0), connections
+
+
+def test_kept_connections_carry_the_next_request_and_close_at_the_end():
+    async def run():
+        server, connections = await keep_alive_server()
+        client = InferenceClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", "k")
+        async with server:
+            async with kept_connections():
+                assert await client.achat({"messages": []}) == {"ok": True}
+                assert await client.achat({"messages": []}) == {"ok": True}
+                assert [c["requests"] for c in connections] == [2]  # one connection, two asks
+            await asyncio.wait_for(connections[0]["closed"].wait(), 2)
+            assert await client.achat({"messages": []}) == {"ok": True}  # a session of its own
+            assert len(connections) == 2
+
+    asyncio.run(run())
+
+
+def test_a_stream_left_before_its_end_closes_its_kept_connection():
+    """The service stops generating an answer when its connection closes: leaving a stream
+    must close it, not park it for the next request."""
+
+    async def run():
+        server, connections = await keep_alive_server(stream_forever=True)
+        client = InferenceClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", "k")
+        async with server, kept_connections():
+            stream = client.astream_chat({"messages": []})
+            assert await anext(stream) == HI
+            await stream.aclose()
+            await asyncio.wait_for(connections[0]["closed"].wait(), 2)
+
+    asyncio.run(run())
+
+
+def test_the_web_keeps_its_connections_while_it_runs(app):
+    from litestar.testing import TestClient
+
+    from appliance.inference import client as module
+
+    def kept() -> bool:
+        return asyncio.get_running_loop() in module._kept
+
+    with TestClient(app) as web:
+        assert web.blocking_portal.call(kept)
+    assert module._kept == {}  # closed with the app
