@@ -1,0 +1,174 @@
+"""What the web itself adds to a streamed ``/v1`` request, with the model taken out.
+
+Usage::
+
+    .venv/bin/python scripts/bench/web_cost.py [--data-dir DIR] [--requests 200] [--record]
+
+A child process stands in for the inference service: it counts tokens at once and answers
+every chat completion with one streamed token and the usage chunk. One ``python -m
+appliance web`` (billing on) points at it. This process then sends the same streamed chat
+completion, alternating, (a) to the stand-in directly and (b) through the web's ``/v1``
+with a bench account's key (an instance with knowledge off), each on a kept connection.
+Through the web, a request is everything it does before and after the model: the key,
+the body, the instance, the prompt (one ``/tokenize``), the billing hold, the relay, the
+settlement and the request log. Without a model in the way these are the web's own
+milliseconds, which ``web_overhead.py`` can only see through the model's run-to-run spread.
+
+Reported: time to the first token and to the end of the answer (medians and p90), and the
+web process's CPU per request (``/proc/PID/task/*/schedstat``, every thread).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+import socket
+import time
+from pathlib import Path
+
+import httpx
+from aiohttp import web
+from api_accounts import bench_account
+from common import (
+    bench_data_dir,
+    bench_parser,
+    percentile,
+    report_comparison,
+    run_main,
+    run_stamp,
+    start_web,
+)
+
+SECTION = "### The web's own cost per request (scripts/bench/web_cost.py)"
+WARM_UP = 20
+CHUNK = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+TOKEN = {**CHUNK, "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]}
+USAGE = {**CHUNK, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 1}}
+BODY = {
+    "model": "bench",
+    "stream": True,
+    "max_tokens": 16,
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Tell me a short story about a cat."},
+    ],
+    "appliance": {"knowledge": False},
+}
+
+
+def stand_in(listener: socket.socket) -> None:
+    """The inference service's answers the web needs, given at once."""
+
+    async def tokenize(request: web.Request) -> web.Response:
+        texts = (await request.json())["input"]
+        return web.json_response({"counts": [len(t.split()) + 1 for t in texts]})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "chat_model": "stand-in"})
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for chunk in (TOKEN, USAGE):
+            await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/tokenize", tokenize)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_post("/v1/chat/completions", chat)
+    web.run_app(app, sock=listener, print=None, access_log=None, handle_signals=False)
+
+
+def timed(http: httpx.Client, url: str, headers: dict[str, str]) -> tuple[float, float]:
+    """Seconds to the first token and to the end of one streamed answer."""
+    start = time.perf_counter()
+    first = None
+    with http.stream("POST", url, json=BODY, headers=headers) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"{url} answered {response.status_code}: {response.read()!r}")
+        for line in response.iter_lines():
+            if first is None and line.startswith("data:"):
+                first = time.perf_counter() - start
+    return first or float("nan"), time.perf_counter() - start
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def main() -> int:
+    parser = bench_parser(__doc__, data_dir=True)
+    parser.add_argument("--requests", type=int, default=200, help="requests per path")
+    args = parser.parse_args()
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = multiprocessing.Process(target=stand_in, args=(listener,), daemon=True)
+    server.start()
+    port = listener.getsockname()[1]
+    times: dict[str, list[tuple[float, float]]] = {"direct": [], "web": []}
+    with contextlib.ExitStack() as stack:
+        stack.callback(server.kill)
+        settings = bench_data_dir(stack, args.data_dir)
+        _, keys = bench_account(
+            settings,
+            f"web-cost-{time.time_ns()}",
+            {"name": "bench", "knowledge": False, "max_tokens": 64},
+            credit_usd=100,
+        )
+        front = start_web(
+            settings.paths.data_dir,
+            APPLIANCE_INFERENCE__PORT=str(port),
+            APPLIANCE_BILLING__ENABLED="true",
+        )
+        stack.callback(front.stop)
+        paths = {
+            "direct": (f"http://127.0.0.1:{port}/v1/chat/completions", {}),
+            "web": (
+                f"{front.url}/v1/chat/completions",
+                {"authorization": f"Bearer {keys['inference']}"},
+            ),
+        }
+        with httpx.Client(timeout=30) as http:
+            for _ in range(WARM_UP):
+                for url, headers in paths.values():
+                    timed(http, url, headers)
+            cpu_before = cpu_seconds(front.process.pid)
+            for i in range(args.requests):
+                for name in paths if i % 2 == 0 else reversed(paths):
+                    times[name].append(timed(http, *paths[name]))
+            web_cpu = (cpu_seconds(front.process.pid) - cpu_before) / args.requests
+    rows = []
+    for label, index, pct in (
+        ("time to first token, p50", 0, 50),
+        ("time to first token, p90", 0, 90),
+        ("whole answer, p50", 1, 50),
+    ):
+        direct, through = (percentile([t[index] for t in times[p]], pct) * 1000 for p in paths)
+        rows.append([label, f"{direct:.2f} ms", f"{through:.2f} ms", f"{through - direct:+.2f} ms"])
+    rows.append(["web process CPU per request", "", f"{web_cpu * 1000:.2f} ms", ""])
+    notes = (
+        f"{run_stamp()}; {args.requests} streamed requests per path, alternating, after "
+        f"{WARM_UP} each to warm up; {os.cpu_count()} CPUs shared by the stand-in, the web and "
+        "this client."
+    )
+    report_comparison(
+        args.record,
+        SECTION,
+        ["measurement", "stand-in directly", "through the web", "added"],
+        rows,
+        notes,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
