@@ -284,11 +284,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def code_version() -> str:
+def code_version(checkout: Path = ROOT) -> str:
     """The checkout's commit, and whether it has local changes (read-only git calls)."""
 
     def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            ["git", *args], cwd=checkout, capture_output=True, text=True, check=True
+        )
         return done.stdout.strip()
 
     try:
@@ -438,12 +440,13 @@ def start_appliance(
     port: int,
     ready: str = "/healthz",
     limit: float = 120,
+    checkout: Path = ROOT,
     **extra_env: str,
 ) -> Service:
     """``python -m appliance COMMAND`` on ``data_dir`` (no APPLIANCE_* variables of ours
     leak in), its output in a log file in the data dir; returns once ``ready`` answers 200
     on ``port``, raises with the log's tail if it exits or is not ready within ``limit``
-    seconds."""
+    seconds. ``checkout``: the source tree it runs from (another commit's, to compare)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
     env.update(APPLIANCE_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1", **extra_env)
     log_path = data_dir / f"bench-{command[0]}-{time.monotonic_ns()}.log"
@@ -451,7 +454,7 @@ def start_appliance(
         process = subprocess.Popen(
             [sys.executable, "-m", "appliance", *command],
             env=env,
-            cwd=ROOT,
+            cwd=checkout,
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C reaches us; we stop the child ourselves
@@ -486,10 +489,12 @@ def start_inference(settings: Settings, **extra_env: str) -> Service:
     )
 
 
-def start_web(data_dir: Path, **extra_env: str) -> Service:
-    """The web service on ``data_dir``, on a free port (``extra_env``: APPLIANCE_* settings)."""
+def start_web(data_dir: Path, checkout: Path = ROOT, **extra_env: str) -> Service:
+    """The web service on ``data_dir``, on a free port (``extra_env``: APPLIANCE_* settings),
+    from ``checkout``'s source tree."""
     port = free_port()
-    return start_appliance(data_dir, ["web", "--port", str(port)], port=port, **extra_env)
+    command = ["web", "--port", str(port)]
+    return start_appliance(data_dir, command, port=port, checkout=checkout, **extra_env)
 
 
 def start_up(data_dir: Path) -> Service:

@@ -32,8 +32,10 @@ import httpx
 from aiohttp import web
 from api_accounts import bench_account
 from common import (
+    ROOT,
     bench_data_dir,
     bench_parser,
+    code_version,
     percentile,
     report_comparison,
     run_main,
@@ -109,12 +111,17 @@ def cpu_seconds(pid: int) -> float:
 def main() -> int:
     parser = bench_parser(__doc__, data_dir=True)
     parser.add_argument("--requests", type=int, default=200, help="requests per path")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="CHECKOUT",
+        help="also a web from this source tree (another commit's), in the same rotation",
+    )
     args = parser.parse_args()
     listener = socket.create_server(("127.0.0.1", 0))
     server = multiprocessing.Process(target=stand_in, args=(listener,), daemon=True)
     server.start()
     port = listener.getsockname()[1]
-    times: dict[str, list[tuple[float, float]]] = {"direct": [], "web": []}
     with contextlib.ExitStack() as stack:
         stack.callback(server.kill)
         settings = bench_data_dir(stack, args.data_dir)
@@ -124,50 +131,73 @@ def main() -> int:
             {"name": "bench", "knowledge": False, "max_tokens": 64},
             credit_usd=100,
         )
-        front = start_web(
-            settings.paths.data_dir,
-            APPLIANCE_INFERENCE__PORT=str(port),
-            APPLIANCE_BILLING__ENABLED="true",
-        )
-        stack.callback(front.stop)
-        paths = {
-            "direct": (f"http://127.0.0.1:{port}/v1/chat/completions", {}),
-            "web": (
-                f"{front.url}/v1/chat/completions",
-                {"authorization": f"Bearer {keys['inference']}"},
-            ),
+        webs = {"this web": ROOT} | ({"baseline web": args.baseline} if args.baseline else {})
+        fronts = {}
+        for name, checkout in webs.items():
+            fronts[name] = start_web(
+                settings.paths.data_dir,
+                checkout.resolve(),
+                APPLIANCE_INFERENCE__PORT=str(port),
+                APPLIANCE_BILLING__ENABLED="true",
+            )
+            stack.callback(fronts[name].stop)
+        key = {"authorization": f"Bearer {keys['inference']}"}
+        paths = {"stand-in directly": (f"http://127.0.0.1:{port}/v1/chat/completions", {})}
+        for name, front in sorted(fronts.items()):  # the baseline first
+            paths[name] = (f"{front.url}/v1/chat/completions", key)
+        times, cpu = measure(paths, fronts, args.requests)
+    rows = comparison_rows(times, cpu)
+    notes = (
+        f"{run_stamp()}; {args.requests} streamed requests per path, in rotation, after "
+        f"{WARM_UP} each to warm up; {os.cpu_count()} CPUs shared by the stand-in, the "
+        "web(s) and this client."
+    )
+    if args.baseline:
+        notes += f" Baseline web: {args.baseline} at {code_version(args.baseline)}."
+    header = ["measurement", *paths, *(f"added by {name}" for name in list(paths)[1:])]
+    report_comparison(args.record, SECTION, header, rows, notes)
+    return 0
+
+
+def measure(
+    paths: dict[str, tuple[str, dict[str, str]]], fronts: dict, requests: int
+) -> tuple[dict[str, list[tuple[float, float]]], dict[str, float]]:
+    """Per path, (first token, end) of each request; per web, its CPU seconds a request."""
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
+    order = list(paths)
+    with httpx.Client(timeout=30) as http:
+        for _ in range(WARM_UP):
+            for url, headers in paths.values():
+                timed(http, url, headers)
+        before = {name: cpu_seconds(front.process.pid) for name, front in fronts.items()}
+        for i in range(requests):
+            for name in order[i % len(order) :] + order[: i % len(order)]:
+                times[name].append(timed(http, *paths[name]))
+        cpu = {
+            name: (cpu_seconds(front.process.pid) - before[name]) / requests
+            for name, front in fronts.items()
         }
-        with httpx.Client(timeout=30) as http:
-            for _ in range(WARM_UP):
-                for url, headers in paths.values():
-                    timed(http, url, headers)
-            cpu_before = cpu_seconds(front.process.pid)
-            for i in range(args.requests):
-                for name in paths if i % 2 == 0 else reversed(paths):
-                    times[name].append(timed(http, *paths[name]))
-            web_cpu = (cpu_seconds(front.process.pid) - cpu_before) / args.requests
+    return times, cpu
+
+
+def comparison_rows(
+    times: dict[str, list[tuple[float, float]]], cpu: dict[str, float]
+) -> list[list[str]]:
+    """One row per measurement: each path's figure in ms, then what each web adds to the
+    stand-in's."""
+    direct, *webs = times
     rows = []
     for label, index, pct in (
         ("time to first token, p50", 0, 50),
         ("time to first token, p90", 0, 90),
         ("whole answer, p50", 1, 50),
     ):
-        direct, through = (percentile([t[index] for t in times[p]], pct) * 1000 for p in paths)
-        rows.append([label, f"{direct:.2f} ms", f"{through:.2f} ms", f"{through - direct:+.2f} ms"])
-    rows.append(["web process CPU per request", "", f"{web_cpu * 1000:.2f} ms", ""])
-    notes = (
-        f"{run_stamp()}; {args.requests} streamed requests per path, alternating, after "
-        f"{WARM_UP} each to warm up; {os.cpu_count()} CPUs shared by the stand-in, the web and "
-        "this client."
-    )
-    report_comparison(
-        args.record,
-        SECTION,
-        ["measurement", "stand-in directly", "through the web", "added"],
-        rows,
-        notes,
-    )
-    return 0
+        ms = {p: percentile([t[index] for t in times[p]], pct) * 1000 for p in times}
+        added = [f"{ms[w] - ms[direct]:+.2f} ms" for w in webs]
+        rows.append([label, *(f"{v:.2f} ms" for v in ms.values()), *added])
+    cells = [f"{cpu[w] * 1000:.2f} ms" for w in webs]
+    rows.append(["web process CPU per request", "", *cells, *([""] * len(webs))])
+    return rows
 
 
 if __name__ == "__main__":
