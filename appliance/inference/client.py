@@ -40,6 +40,7 @@ _no_reranker: dict[str, float] = {}  # base URL -> monotonic time to ask again
 #: on a connection the server is closing at that moment.
 KEEPALIVE_SECONDS = 2.0
 _kept: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+_sync_client: tuple[int, httpx.Client] | None = None  # (the process it was made in, it)
 
 
 @contextlib.asynccontextmanager
@@ -81,9 +82,6 @@ def _http() -> httpx.Client:
         jar = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
         _sync_client = (pid, httpx.Client(verify=_tls(), cookies=jar))
     return _sync_client[1]
-
-
-_sync_client: tuple[int, httpx.Client] | None = None
 
 
 @functools.cache

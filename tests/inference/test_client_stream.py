@@ -203,14 +203,14 @@ def test_no_proxy_sends_the_request_straight_to_its_host(monkeypatch):
     assert request.startswith(b"POST /v1/chat/completions HTTP/1.1")
 
 
-async def keep_alive_server(stream_forever: bool = False):
+async def keep_alive_server(port: int = 0, *, stream_forever: bool = False):
     """A server that answers any number of requests on a connection (a whole JSON answer;
     with ``stream_forever``, one event of a stream that never ends); returns it and, per
     connection, the requests it read and whether the client closed it."""
     connections: list[dict] = []
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        seen = {"requests": 0, "closed": asyncio.Event()}
+        seen = {"requests": 0, "closed": asyncio.Event(), "writer": writer}
         connections.append(seen)
         try:
             while True:
@@ -229,7 +229,7 @@ async def keep_alive_server(stream_forever: bool = False):
         seen["closed"].set()
         writer.close()
 
-    return await asyncio.start_server(answer, "127.0.0.1", 0), connections
+    return await asyncio.start_server(answer, "127.0.0.1", port), connections
 
 
 def test_kept_connections_carry_the_next_request_and_close_at_the_end():
@@ -275,3 +275,25 @@ def test_the_web_keeps_its_connections_while_it_runs(app):
     with TestClient(app) as web:
         assert web.blocking_portal.call(kept)
     assert module._kept == {}  # closed with the app
+
+
+def test_a_restarted_service_is_reached_on_a_new_connection():
+    """The service restarts (a crash, an upgrade): the connections kept to the old process
+    are dead, and the next request must not be sent on one."""
+
+    async def run():
+        server, connections = await keep_alive_server()
+        port = server.sockets[0].getsockname()[1]
+        client = InferenceClient(f"http://127.0.0.1:{port}", "k")
+        async with kept_connections():
+            assert await client.achat({"messages": []}) == {"ok": True}
+            server.close()
+            for connection in connections:  # the old process goes, and its sockets with it
+                connection["writer"].close()
+            await server.wait_closed()
+            again, reconnections = await keep_alive_server(port)
+            async with again:
+                assert await client.achat({"messages": []}) == {"ok": True}
+                assert [c["requests"] for c in reconnections] == [1]
+
+    asyncio.run(run())
