@@ -25,9 +25,10 @@ Each starts with a tag no other request has, so no prefix cache helps either sid
 What the web does per request is the overhead measured: it looks up the bearer key by its
 hash (and its user and account), parses and checks the body, looks up the instance, counts
 the prompt's tokens (one ``/tokenize`` call to the inference service), reserves a billing
-hold (``BEGIN IMMEDIATE``: balance, open holds, spend caps), opens a new connection to the
-inference service and relays its chunks under the instance's name, settles the hold on its
-own database connection when the answer ends, and writes a request-log row.
+hold (``BEGIN IMMEDIATE``: balance, open holds, spend caps), relays the inference service's
+chunks under the instance's name (on a connection kept from earlier requests), settles the
+hold when the answer ends, and writes a request-log row (database connections kept too).
+``web_cost.py`` measures the same work with the model taken out.
 
 Differences are web - service in ms for times and web / service for rates; medians over
 ``--runs`` (percentiles over all the runs' gaps, TTFTs and short requests). Both services
