@@ -37,6 +37,7 @@ from common import (
     bench_parser,
     code_version,
     percentile,
+    process_cpu_seconds,
     report_comparison,
     run_main,
     run_stamp,
@@ -100,14 +101,6 @@ def timed(http: httpx.Client, url: str, headers: dict[str, str]) -> tuple[float,
     return first or float("nan"), time.perf_counter() - start
 
 
-def cpu_seconds(pid: int) -> float:
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            total += int((task / "schedstat").read_text().split()[0])
-    return total / 1e9
-
-
 def main() -> int:
     parser = bench_parser(__doc__, data_dir=True)
     parser.add_argument("--requests", type=int, default=200, help="requests per path")
@@ -169,12 +162,12 @@ def measure(
         for _ in range(WARM_UP):
             for url, headers in paths.values():
                 timed(http, url, headers)
-        before = {name: cpu_seconds(front.process.pid) for name, front in fronts.items()}
+        before = {name: process_cpu_seconds(front.process.pid) for name, front in fronts.items()}
         for i in range(requests):
             for name in order[i % len(order) :] + order[: i % len(order)]:
                 times[name].append(timed(http, *paths[name]))
         cpu = {
-            name: (cpu_seconds(front.process.pid) - before[name]) / requests
+            name: (process_cpu_seconds(front.process.pid) - before[name]) / requests
             for name, front in fronts.items()
         }
     return times, cpu
