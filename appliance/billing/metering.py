@@ -7,6 +7,9 @@ is still charged for what it got; a hold never finished is released by the worke
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -16,7 +19,7 @@ from appliance.billing import meter
 from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.db import pooled
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, PaymentRequired
 from appliance.inference.client import InferenceClient
 
 #: Tokens a chat template adds per message, on top of the content (an upper bound).
@@ -26,10 +29,19 @@ TEMPLATE_TOKENS_PER_MESSAGE = 8
 class Metered:
     """One inference request's hold (see the module's docstring)."""
 
-    def __init__(self, settings: Settings, hold: meter.Hold, prompt_tokens: int, clock: Clock):
+    def __init__(
+        self,
+        settings: Settings,
+        hold: meter.Hold,
+        prompt_tokens: int,
+        clock: Clock,
+        recount: Callable[[], int] | None = None,
+    ):
         self.settings = settings
         self.hold = hold
+        #: The prompt's tokens, or while ``recount`` is set an upper bound of them.
         self.prompt_tokens = prompt_tokens
+        self.recount = recount
         self.clock = clock
         self.finished = False
         #: OpenAI's usage object of the answer, once it is known.
@@ -49,9 +61,12 @@ class Metered:
         payload: dict[str, Any],
         clock: Clock,
         prompt_tokens: int | None = None,
+        recount: Callable[[], int] | None = None,
     ) -> Metered:
         """``prompt_tokens``: the prompt as counted when it was assembled (chat and /v1
-        already know it); counted here otherwise."""
+        already know it), or with ``recount`` an upper bound of it (``Composed.recount``):
+        the hold is taken on the bound, and on the count only when the bound is refused
+        (402). Counted here when not given."""
 
         def reserve() -> Metered:
             if prompt_tokens is not None:
@@ -62,18 +77,24 @@ class Metered:
                 texts = [str(m.get("content") or "") for m in payload["messages"]]
                 counts = token_counts(inference, texts, "chat")
                 counted = sum(counts) + TEMPLATE_TOKENS_PER_MESSAGE * (len(texts) + 1)
-            hold = meter.reserve(
+            hold_for = partial(
+                meter.reserve,
                 db,
                 settings,
                 account_id=account_id,
                 instance_id=instance.id,
                 key_id=key_id,
                 model=instance.model,
-                prompt_tokens=counted,
                 max_completion_tokens=int(payload.get("max_tokens") or 0),
                 now=clock(),
             )
-            return cls(settings, hold, counted, clock)
+            try:
+                return cls(settings, hold_for(prompt_tokens=counted), counted, clock, recount)
+            except PaymentRequired:
+                if recount is None:
+                    raise
+            counted = recount()  # the bound is refused: does the prompt itself fit?
+            return cls(settings, hold_for(prompt_tokens=counted), counted, clock)
 
         return await anyio.to_thread.run_sync(reserve)
 
@@ -92,13 +113,12 @@ class Metered:
             return
         self.finished = True
 
-        used = None
-        if usage:
-            used = {k: int(usage.get(k) or 0) for k in ("prompt_tokens", "completion_tokens")}
-        elif produced:
-            used = {"prompt_tokens": self.prompt_tokens, "completion_tokens": produced}
-
         def close() -> None:
+            used = None
+            if usage:
+                used = {k: int(usage.get(k) or 0) for k in ("prompt_tokens", "completion_tokens")}
+            elif produced:
+                used = {"prompt_tokens": self.counted_prompt(), "completion_tokens": produced}
             with pooled(self.settings) as db:
                 if used:
                     meter.settle(db, self.settings, self.hold, **used, now=self.clock())
@@ -107,6 +127,15 @@ class Metered:
 
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(close)
+
+    def counted_prompt(self) -> int:
+        """The prompt's tokens, counted now if only their bound was known (on a thread;
+        the bound stands when the inference service cannot count)."""
+        recount, self.recount = self.recount, None
+        if recount is not None:
+            with contextlib.suppress(ApplianceError):
+                self.prompt_tokens = recount()
+        return self.prompt_tokens
 
     def observe(self, inference: InferenceClient) -> _ObservedClient:
         """``inference`` for a streaming relay: the stream's usage chunk (or the count of

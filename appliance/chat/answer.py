@@ -126,6 +126,7 @@ async def answer(
             turn.composed.payload,
             clock,
             prompt_tokens=turn.composed.prompt_tokens,
+            recount=turn.composed.recount,
         )
     except BaseException:
         # Out of credit (402) or a spend cap: the question stays, "Answer again" retries it.
@@ -140,9 +141,9 @@ async def answer(
     def store() -> dict[str, Any] | None:
         """Keep what was written (also when stopped); free the conversation."""
         counts = usage or {
-            # Stopped before the final usage chunk: the prompt as counted when it was
-            # composed, one token per streamed piece (the service sends one per token).
-            "prompt_tokens": turn.composed.prompt_tokens,
+            # Stopped before the final usage chunk: the prompt as metering counts it, one
+            # token per streamed piece (the service sends one per token).
+            "prompt_tokens": metered.counted_prompt(),
             "completion_tokens": len(parts),
             "cached_tokens": 0,
         }

@@ -4,8 +4,10 @@ as fits the instance's context budget (``prompt.assemble``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import sqlite_utils
@@ -26,8 +28,12 @@ class Composed:
 
     payload: dict[str, Any]
     passages: list[prompt.Passage]
+    #: The prompt's tokens; with ``recount``, an upper bound of them.
     prompt_tokens: int
     dropped_messages: int
+    #: None: ``prompt_tokens`` was counted. Otherwise the prompt fit on byte bounds alone
+    #: and this counts it (one call to the inference service, on a thread).
+    recount: Callable[[], int] | None = None
 
 
 def system_prompt(db, settings: Settings, account_id: str, instance, now: datetime) -> str:
@@ -69,6 +75,13 @@ def count_tokens(client: InferenceClient, texts: list[str]) -> list[int]:
     return counts if counts is not None else [estimate_tokens(t) for t in texts]
 
 
+def byte_bounds(texts: list[str]) -> list[int]:
+    """The most tokens each text can take in any llama.cpp vocabulary, without asking it:
+    a token covers at least one byte of UTF-8 (byte-level BPE, or SentencePiece's byte
+    fallback), and SentencePiece may add one for the space it puts in front."""
+    return [len(text.encode()) + 1 for text in texts]
+
+
 @dataclass(frozen=True)
 class Room:
     """How a message measures against an instance's context budget."""
@@ -94,11 +107,20 @@ class Room:
 
 
 def room(
-    db, settings: Settings, client: InferenceClient, account_id: str, instance, text: str, now
+    db,
+    settings: Settings,
+    client: InferenceClient,
+    account_id: str,
+    instance,
+    text: str,
+    now,
+    count: prompt.Counter | None = None,
 ) -> Room:
-    """Measure ``text`` as the newest message, as ``prompt.assemble`` will."""
+    """Measure ``text`` as the newest message, as ``prompt.assemble`` will (in the chat
+    model's tokens, or with ``count``)."""
     system = system_prompt(db, settings, account_id, instance, now)
-    system_count, text_count = count_tokens(client, [system, text])
+    count = count or partial(count_tokens, client)
+    system_count, text_count = count([system, text])
     system_tokens = system_count + prompt.MESSAGE_OVERHEAD if system else 0
     reserve = min(instance.max_tokens, instance.context_budget // 2)  # kept for the answer
     return Room(
@@ -138,9 +160,16 @@ def compose(
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise InvalidInput("'max_tokens' must be a positive integer.")
     budget = instance.context_budget - min(max_tokens, instance.context_budget // 2)
-    assembled = prompt.assemble(
-        system, passages, conversation, budget=budget, count=lambda t: count_tokens(client, t)
-    )
+    fit = partial(prompt.assemble, system, passages, conversation, budget=budget)
+    counted = partial(fit, count=partial(count_tokens, client))
+    assembled = _fit_on_bounds(fit)
+    recount = None
+    if assembled is None:
+        assembled = counted()
+    else:
+        # Everything fits even if every byte were a token, so counting would keep the
+        # same messages: the count waits until something needs it (metering, on a thread).
+        recount = lambda: counted().tokens  # noqa: E731
     payload = {
         "messages": assembled.messages,
         "temperature": instance.temperature,
@@ -148,4 +177,16 @@ def compose(
         **(overrides or {}),
         "max_tokens": max_tokens,
     }
-    return Composed(payload, assembled.passages, assembled.tokens, assembled.dropped_messages)
+    return Composed(
+        payload, assembled.passages, assembled.tokens, assembled.dropped_messages, recount
+    )
+
+
+def _fit_on_bounds(fit: Callable[..., prompt.Assembled]) -> prompt.Assembled | None:
+    """``fit`` on ``byte_bounds``, when that keeps every message and passage (None
+    otherwise: only the model's own count can tell what to leave out)."""
+    try:
+        assembled = fit(count=byte_bounds)
+    except InvalidInput:
+        return None
+    return None if assembled.dropped_messages or assembled.dropped_passages else assembled

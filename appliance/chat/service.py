@@ -25,7 +25,7 @@ from appliance.chat import prompt
 from appliance.chat.citations import CITATION as CITATION  # re-exported for callers
 from appliance.chat.citations import check_citations, cited_sources
 from appliance.chat.citations import usage_counts as usage_counts
-from appliance.chat.compose import Composed, Room, compose, room
+from appliance.chat.compose import Composed, Room, byte_bounds, compose, room
 from appliance.chat.models import USAGE, Conversation, Message
 from appliance.chat.store import ChatStore
 from appliance.clock import iso, parse, utcnow
@@ -262,6 +262,9 @@ def _check_free(conversation: Conversation, now: datetime) -> None:
 
 
 def _check_fits(db, settings, client, account_id, instance, content: str, now) -> None:
+    bounded = room(db, settings, client, account_id, instance, content, now, byte_bounds)
+    if bounded.fits:
+        return  # it would fit even if every byte were a token
     try:
         measured = room(db, settings, client, account_id, instance, content, now)
     except Unavailable:

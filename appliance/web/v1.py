@@ -20,7 +20,7 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
-from appliance.billing.metering import Metered, embed_metered
+from appliance.billing.metering import Metered, embed_metered, token_counts
 from appliance.chat import prompt
 from appliance.chat import service as chat
 from appliance.db import pooled
@@ -124,13 +124,16 @@ def _payer(ctx: Ctx, key: Identity) -> tuple[Any, ...]:
 
 
 async def _run(
-    ctx: Ctx, key: Identity, instance, payload: dict, prompt_tokens: int, choices: int = 1
+    ctx: Ctx, key: Identity, instance, composed: chat.Composed, choices: int = 1
 ) -> _Run:
     """Reserve the most the request can cost, every choice's answer included (402 when the
     credit or a spend cap does not cover it)."""
+    payload = composed.payload
     most = {**payload, "max_tokens": payload["max_tokens"] * choices}
-    payer = _payer(ctx, key)
-    metered = await Metered.start(*payer, instance, most, ctx.clock, prompt_tokens=prompt_tokens)
+    tokens, recount = composed.prompt_tokens, composed.recount
+    metered = await Metered.start(
+        *_payer(ctx, key), instance, most, ctx.clock, prompt_tokens=tokens, recount=recount
+    )
     return _Run(metered, ctx.inference, payload, key.account.id, instance.name)
 
 
@@ -166,8 +169,7 @@ class V1Api(Controller):
         instance, composed, checked, store = await run_sync(build_request, ctx, api_key, body)
         passages = composed.passages
         ctx.request.state.instance_id = instance.id  # for the request log
-        tokens, choices = composed.prompt_tokens, checked.n or 1
-        run = await _run(ctx, api_key, instance, composed.payload, tokens, choices)
+        run = await _run(ctx, api_key, instance, composed, checked.n or 1)
         if checked.stream:
             usage = _include_usage(checked)
             return event_stream(_relay(await run.chunks(), instance.name, usage, store, passages))
@@ -191,7 +193,7 @@ class V1Api(Controller):
         converted = responses.chat_body(body)
         instance, composed, checked, _ = await run_sync(build_request, ctx, api_key, converted)
         request.state.instance_id = instance.id  # for the request log
-        run = await _run(ctx, api_key, instance, composed.payload, composed.prompt_tokens)
+        run = await _run(ctx, api_key, instance, composed)
         response_id = responses.new_id()
         if checked.stream:
             chunks = await run.chunks()
@@ -211,9 +213,10 @@ class V1Api(Controller):
         payload = {k: v for k, v in body.items() if k != "model" and v is not None}
         payload = {"temperature": instance.temperature, "top_p": instance.top_p, **payload}
         payload.setdefault("max_tokens", 16)  # OpenAI's default for this endpoint
-        counts = await run_sync(lambda: ctx.inference.count_tokens([prompt], model="chat"))
-        tokens = counts[0] if counts else len(prompt.encode()) // 2 + 1
-        run = await _run(ctx, api_key, instance, payload, tokens, checked.n or 1)
+        (bound,) = chat.byte_bounds([prompt])
+        recount = lambda: token_counts(ctx.inference, [prompt], "chat")[0]  # noqa: E731
+        composed = chat.Composed(payload, [], bound, 0, recount)
+        run = await _run(ctx, api_key, instance, composed, checked.n or 1)
         if checked.stream:
             usage = _include_usage(checked)
             return event_stream(_relay(await run.chunks(path=LEGACY), instance.name, usage))

@@ -10,7 +10,7 @@ appliance web`` (billing on) points at it. This process then sends the same stre
 completion, alternating, (a) to the stand-in directly and (b) through the web's ``/v1``
 with a bench account's key (an instance with knowledge off), each on a kept connection.
 Through the web, a request is everything it does before and after the model: the key,
-the body, the instance, the prompt (one ``/tokenize``), the billing hold, the relay, the
+the body, the instance, the prompt, the billing hold, the relay, the
 settlement and the request log. Without a model in the way these are the web's own
 milliseconds, which ``web_overhead.py`` can only see through the model's run-to-run spread.
 

@@ -14,7 +14,7 @@ from conftest import free_port, link_models, make_settings, start_inference
 from appliance.billing import ledger, service
 from appliance.billing.metering import Metered
 from appliance.db import open_db
-from appliance.errors import Unavailable
+from appliance.errors import PaymentRequired, Unavailable
 from appliance.inference.client import InferenceClient
 from appliance.web.identity import Identity
 
@@ -139,3 +139,82 @@ def test_a_stream_cut_by_an_inference_crash_is_not_charged(settings, models_dir,
     assert ledger.entries(db, who.account.id, kinds=("usage",)) == []
     states = [row["state"] for row in db.query("select state from billing_holds")]
     assert states == ["released"]
+
+
+PROMPT_PRICES = {
+    "billing.enabled": True,
+    "billing.price_prompt_per_1k": 1.0,  # 1 000 µ$ per prompt token
+    "billing.price_completion_per_1k": 0.0,
+}
+
+
+def test_a_bound_the_balance_refuses_is_held_on_the_count(settings, db, clock):
+    """A prompt that fit on byte bounds (``Composed.recount``) is held on its bound; when
+    the balance does not cover that, it is counted, and held if the count fits."""
+    priced = make_settings(settings.paths.data_dir, **PROMPT_PRICES)
+    who = identity(db, clock)
+    service.adjust(db, who.account.id, "0.05", "credit", clock())  # 50 prompt tokens
+    counts = []
+
+    def recount(tokens: int):
+        return lambda: counts.append(tokens) or tokens
+
+    def start(bound: int, count: int) -> Metered:
+        return anyio.run(
+            lambda: Metered.start(
+                db,
+                priced,
+                None,
+                who.account.id,
+                None,
+                Instance(),
+                payload(1),
+                clock,
+                prompt_tokens=bound,
+                recount=recount(count),
+            )
+        )
+
+    held = start(40, 10)  # the bound fits: nothing is counted
+    assert counts == [] and ledger.held(db, who.account.id) == 40_000
+    anyio.run(held.finish, None)
+    refused_bound = start(400, 30)
+    assert counts == [30] and ledger.held(db, who.account.id) == 30_000
+    assert refused_bound.prompt_tokens == 30 and refused_bound.recount is None
+    anyio.run(refused_bound.finish, None)
+    with pytest.raises(PaymentRequired):
+        start(400, 60)
+    assert counts == [30, 60] and ledger.held(db, who.account.id) == 0
+
+
+def test_a_stream_stopped_before_its_usage_is_charged_the_counted_prompt(settings, db, clock):
+    priced = make_settings(settings.paths.data_dir, **PROMPT_PRICES)
+    who = identity(db, clock)
+    service.adjust(db, who.account.id, "1", "credit", clock())
+
+    def stopped(recount) -> int:
+        async def run() -> None:
+            metered = await Metered.start(
+                db,
+                priced,
+                None,
+                who.account.id,
+                None,
+                Instance(),
+                payload(8),
+                clock,
+                prompt_tokens=500,
+                recount=recount,
+            )
+            await metered.finish(None, 3)  # three chunks, then the client hung up
+
+        anyio.run(run)
+        return ledger.entries(db, who.account.id, kinds=("usage",))[0].prompt_tokens
+
+    assert stopped(lambda: 12) == 12
+
+    def service_gone() -> int:
+        raise Unavailable("The inference service is not answering.")
+
+    assert stopped(service_gone) == 500  # not counted: the bound, never less
+    assert ledger.held(db, who.account.id) == 0

@@ -1,7 +1,10 @@
 """Prompt assembly: the budget is respected to the token, in the documented order."""
 
+from types import SimpleNamespace
+
 import pytest
 
+from appliance.chat.compose import byte_bounds, compose
 from appliance.chat.prompt import MESSAGE_OVERHEAD, PASSAGES_HEADER, Passage, assemble
 from appliance.errors import InvalidInput
 
@@ -73,3 +76,76 @@ def test_a_message_that_cannot_fit_is_refused_not_cut():
         assemble("sys", [], turns(1, size=500), budget=100, count=words)
     with pytest.raises(InvalidInput):
         assemble("sys", [], [], budget=100, count=words)
+
+
+class Counting:
+    """An inference client whose tokenizer counts words, and which keeps each call."""
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def count_tokens(self, texts, *, model):
+        self.calls.append(texts)
+        return words(texts)
+
+
+def composed(client, conversation, *, context_budget, max_tokens=10):
+    instance = SimpleNamespace(
+        system_prompt="sys",
+        knowledge=False,
+        max_tokens=max_tokens,
+        context_budget=context_budget,
+        temperature=0.2,
+        top_p=0.9,
+    )
+    return compose(None, None, client, "acc", instance, conversation, None)
+
+
+def test_a_prompt_that_fits_on_byte_bounds_is_not_counted_until_asked():
+    client = Counting()
+    conversation = turns(3)
+    result = composed(client, conversation, context_budget=1_000)
+    assert client.calls == []  # no round trip to the inference service
+    assert result.dropped_messages == 0
+    assert [m["content"] for m in result.payload["messages"][1:]] == [
+        t["content"] for t in conversation
+    ]
+    texts = ["sys", *(t["content"] for t in conversation)]
+    assert result.prompt_tokens == sum(byte_bounds(texts)) + 4 * MESSAGE_OVERHEAD
+    # The count, when metering needs it, is what counting first would have given.
+    exact = (1 + MESSAGE_OVERHEAD) + 3 * (10 + MESSAGE_OVERHEAD)
+    assert result.prompt_tokens > exact
+    assert result.recount() == exact
+    assert len(client.calls) == 1
+
+
+def test_a_prompt_that_may_not_fit_is_counted_and_trimmed_as_before():
+    client = Counting()
+    conversation = turns(8)
+    # 8 turns of 10 words: 8 * 14 + 5 tokens counted, far more bytes.
+    budget = 10 + (1 + MESSAGE_OVERHEAD) + 5 * (10 + MESSAGE_OVERHEAD)
+    result = composed(client, conversation, context_budget=budget)
+    assert len(client.calls) == 1 and result.recount is None
+    assert result.dropped_messages == 3
+    assert result.prompt_tokens == (1 + MESSAGE_OVERHEAD) + 5 * (10 + MESSAGE_OVERHEAD)
+
+
+@pytest.mark.inference
+def test_byte_bounds_cover_the_chat_models_count(linked_settings):
+    """The bound holds for the real tokenizer, on prose, code, other scripts and emoji."""
+    from appliance.inference.client import InferenceClient
+
+    texts = [
+        "",
+        " ",
+        "Hello, world.",
+        "def f(x):\n    return {x: [1, 2, 3]}\n",
+        "Съешь же ещё этих мягких французских булок",
+        "日本語のテキスト、句読点。",
+        "🙂🙃 emoji 👩‍👩‍👧",
+        "\x00\x01 control\tand\r\nnewlines",
+        "a" * 500,
+    ]
+    counts = InferenceClient.from_settings(linked_settings).count_tokens(texts, model="chat")
+    assert counts is not None
+    assert all(n <= bound for n, bound in zip(counts, byte_bounds(texts), strict=True))
