@@ -156,13 +156,15 @@ def accounts_of(db: Database, user_id: str) -> list[tuple[Account, str]]:
     return AccountStore(db).accounts_of(user_id)
 
 
+def membership(db: Database, account_id: str, user_id: str) -> tuple[Account, str] | None:
+    """The account, if it is *active* and the user is in it, and the user's role there."""
+    return next(iter(AccountStore(db).accounts_of(user_id, account_id)), None)
+
+
 def role_in(db: Database, account_id: str, user_id: str) -> str | None:
     """The user's role in an *active* account, or None."""
-    store = AccountStore(db)
-    found = store.account(account_id)
-    if found is None or found.status != "active":
-        return None
-    return store.role(account_id, user_id)
+    found = membership(db, account_id, user_id)
+    return found[1] if found else None
 
 
 def tombstone(db: Database, account_id: str) -> None:

@@ -86,11 +86,14 @@ class AccountStore:
     def delete_membership(self, account_id: str, user_id: str) -> None:
         self.db["memberships"].delete((account_id, user_id))
 
-    def accounts_of(self, user_id: str) -> list[tuple[Account, str]]:
+    def accounts_of(self, user_id: str, account_id: str | None = None) -> list[tuple[Account, str]]:
+        """The user's active accounts (or only ``account_id``) and their role in each."""
         rows = self.db.query(
             """select a.*, m.role from memberships m join accounts a on a.id = m.account_id
-               where m.user_id = :user and a.status = 'active' order by m.created_at""",
-            {"user": user_id},
+               where m.user_id = :user and a.status = 'active'
+                 and (:account is null or m.account_id = :account)
+               order by m.created_at""",
+            {"user": user_id, "account": account_id},
         )
         return [(Account(**{k: r[k] for k in r if k != "role"}), r["role"]) for r in rows]
 

@@ -50,7 +50,7 @@ class Metered:
         self.produced = 0
 
     @classmethod
-    async def start(
+    def reserve(
         cls,
         db: Database,
         settings: Settings,
@@ -63,40 +63,39 @@ class Metered:
         prompt_tokens: int | None = None,
         recount: Callable[[], int] | None = None,
     ) -> Metered:
-        """``prompt_tokens``: the prompt as counted when it was assembled (chat and /v1
+        """Hold the most ``payload`` can cost (on a thread: it writes the hold). 402 when
+        the balance or a spend cap does not cover it.
+
+        ``prompt_tokens``: the prompt as counted when it was assembled (chat and /v1
         already know it), or with ``recount`` an upper bound of it (``Composed.recount``):
-        the hold is taken on the bound, and on the count only when the bound is refused
-        (402). Counted here when not given."""
-
-        def reserve() -> Metered:
-            if prompt_tokens is not None:
-                counted = prompt_tokens
-            elif not settings.billing.enabled:
-                counted = 0
-            else:
-                texts = [str(m.get("content") or "") for m in payload["messages"]]
-                counts = token_counts(inference, texts, "chat")
-                counted = sum(counts) + TEMPLATE_TOKENS_PER_MESSAGE * (len(texts) + 1)
-            hold_for = partial(
-                meter.reserve,
-                db,
-                settings,
-                account_id=account_id,
-                instance_id=instance.id,
-                key_id=key_id,
-                model=instance.model,
-                max_completion_tokens=int(payload.get("max_tokens") or 0),
-                now=clock(),
-            )
-            try:
-                return cls(settings, hold_for(prompt_tokens=counted), counted, clock, recount)
-            except PaymentRequired:
-                if recount is None:
-                    raise
-            counted = recount()  # the bound is refused: does the prompt itself fit?
-            return cls(settings, hold_for(prompt_tokens=counted), counted, clock)
-
-        return await anyio.to_thread.run_sync(reserve)
+        the hold is taken on the bound, and on the count only when the bound is refused.
+        Counted here when not given."""
+        if prompt_tokens is not None:
+            counted = prompt_tokens
+        elif not settings.billing.enabled:
+            counted = 0
+        else:
+            texts = [str(m.get("content") or "") for m in payload["messages"]]
+            counts = token_counts(inference, texts, "chat")
+            counted = sum(counts) + TEMPLATE_TOKENS_PER_MESSAGE * (len(texts) + 1)
+        hold_for = partial(
+            meter.reserve,
+            db,
+            settings,
+            account_id=account_id,
+            instance_id=instance.id,
+            key_id=key_id,
+            model=instance.model,
+            max_completion_tokens=int(payload.get("max_tokens") or 0),
+            now=clock(),
+        )
+        try:
+            return cls(settings, hold_for(prompt_tokens=counted), counted, clock, recount)
+        except PaymentRequired:
+            if recount is None:
+                raise
+        counted = recount()  # the bound is refused: does the prompt itself fit?
+        return cls(settings, hold_for(prompt_tokens=counted), counted, clock)
 
     async def __aenter__(self) -> Metered:
         return self

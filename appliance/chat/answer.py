@@ -100,8 +100,9 @@ async def answer(
 
     ``db`` is used until ``Started``; the answer is stored on a connection of its own.
     """
-    turn = await anyio.to_thread.run_sync(
-        lambda: service.prepare_turn(
+
+    def prepare() -> tuple[service.Turn, Metered, dict[str, Any] | None]:
+        turn = service.prepare_turn(
             db,
             settings,
             client,
@@ -112,27 +113,30 @@ async def answer(
             content=content,
             edit_message_id=edit_message_id,
         )
-    )
-    if on_turn is not None:
-        on_turn(turn.instance.id)
-    try:
-        metered = await Metered.start(
-            db,
-            settings,
-            client,
-            account_id,
-            key_id,
-            turn.instance,
-            turn.composed.payload,
-            clock,
-            prompt_tokens=turn.composed.prompt_tokens,
-            recount=turn.composed.recount,
-        )
-    except BaseException:
-        # Out of credit (402) or a spend cap: the question stays, "Answer again" retries it.
-        await anyio.to_thread.run_sync(lambda: service.end_turn(db, turn.conversation.id))
-        raise
-    user = message_view(db, account_id, turn.user_message) if content is not None else None
+        if on_turn is not None:
+            on_turn(turn.instance.id)
+        composed = turn.composed
+        try:
+            metered = Metered.reserve(
+                db,
+                settings,
+                client,
+                account_id,
+                key_id,
+                turn.instance,
+                composed.payload,
+                clock,
+                prompt_tokens=composed.prompt_tokens,
+                recount=composed.recount,
+            )
+        except BaseException:
+            # Out of credit (402) or a spend cap: the question stays, "Answer again" retries.
+            service.end_turn(db, turn.conversation.id)
+            raise
+        user = message_view(db, account_id, turn.user_message) if content is not None else None
+        return turn, metered, user
+
+    turn, metered, user = await anyio.to_thread.run_sync(prepare)  # one hop before the model
 
     parts: list[str] = []
     usage: dict[str, int] = {}

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlite_utils
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
 from litestar.response import Template
@@ -24,8 +24,7 @@ from appliance.config import Settings
 from appliance.errors import ApplianceError, Conflict, InvalidInput, NotFound
 from appliance.ops import overview
 from appliance.privacy import policy
-from appliance.web import identity as identities
-from appliance.web.deps import YES, Ctx, Deps, Form, Member
+from appliance.web.deps import YES, Ctx, Deps, Form, Member, provide_me
 from appliance.web.errors import form_error, rerenders
 from appliance.web.identity import Identity
 
@@ -33,11 +32,7 @@ from appliance.web.identity import Identity
 DONE = {"suspend": "suspended", "unsuspend": "unsuspended", "delete": "deleted"}
 
 
-def provide_operator(
-    request: Request,
-    identity: NamedDependency[Identity | None],
-    settings: NamedDependency[Settings],
-) -> Identity:
+def provide_operator(ctx: Deps, identity: NamedDependency[Identity | None]) -> Identity:
     """The operator, signed in or with an ``admin`` key; 404 for anyone else (anonymous,
     and an operator's ordinary keys, included)."""
     if identity is None or not identity.user.operator:
@@ -47,7 +42,7 @@ def provide_operator(
             raise NotFound("Not found.")
         return identity
     # A session: the usual checks of a signed-in request (CSRF on unsafe /api calls).
-    return identities.provide_me(request, identity, settings)
+    return provide_me(ctx, identity)
 
 
 OPERATOR = {"operator": Provide(provide_operator, sync_to_thread=False)}

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import sqlite_utils
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from litestar import Litestar
+from litestar import Litestar, Request
 from litestar.config.csrf import CSRFConfig
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -86,6 +86,9 @@ def create_app(
         with pooled(settings) as db:
             yield db
 
+    def provide_ctx(request: Request, db: NamedDependency[sqlite_utils.Database]) -> deps.Ctx:
+        return deps.Ctx(request, db, settings, clock, task_queue)
+
     task_queue = queue or create_queue(settings)
     controllers = [
         health.HealthController,
@@ -126,12 +129,12 @@ def create_app(
             "db": Provide(provide_db),
             "queue": Provide(lambda: task_queue, sync_to_thread=False),
             "clock": Provide(lambda: clock, sync_to_thread=False),
-            "ctx": Provide(deps.provide_ctx, sync_to_thread=False),
-            "identity": Provide(identity.provide_identity, sync_to_thread=False),
-            "me": Provide(identity.provide_me, sync_to_thread=False),
-            "manager": Provide(identity.provide_manager, sync_to_thread=False),
-            "api_key": Provide(identity.provide_api_key, sync_to_thread=False),
-            "person": Provide(identity.provide_person, sync_to_thread=False),
+            "ctx": Provide(provide_ctx, sync_to_thread=False),
+            "identity": Provide(deps.provide_identity, sync_to_thread=False),
+            "me": Provide(deps.provide_me, sync_to_thread=False),
+            "manager": Provide(deps.provide_manager, sync_to_thread=False),
+            "api_key": Provide(deps.provide_api_key, sync_to_thread=False),
+            "person": Provide(deps.provide_person, sync_to_thread=False),
         },
         template_config=TemplateConfig(
             engine=JinjaTemplateEngine.from_environment(_jinja_env(settings)),

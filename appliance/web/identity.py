@@ -1,16 +1,5 @@
-"""Who is asking: a session cookie (browser) or a bearer API key (scripts).
-
-Handlers declare what they need as a dependency:
-
-- ``identity``: ``Identity | None`` (anonymous allowed);
-- ``me``: any signed-in member of an active account (pages redirect to /login, the JSON
-  API answers 401). A cookie-authenticated unsafe ``/api`` request must also carry the
-  CSRF cookie's value in the ``X-CSRFToken`` header; a bearer key needs scope ``manage``;
-- ``manager``: ``me`` with the owner or admin role (others get 404);
-- ``api_key``: a bearer key with scope ``inference`` (``/v1``; a cookie alone never works);
-- ``person``: a signed-in browser session, in an account or not yet in any (someone with
-  only open invites: ``/invites`` is all such a session reaches; other pages send it
-  there). Same CSRF rule as ``me``.
+"""Who is asking: a session cookie (browser) or a bearer API key (scripts), resolved into
+an ``Identity``; what handlers declare to get it is in web/deps.py.
 """
 
 from __future__ import annotations
@@ -21,8 +10,7 @@ from types import SimpleNamespace
 
 import sqlite_utils
 from litestar import Request, Response
-from litestar.di import NamedDependency
-from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.exceptions import HTTPException
 
 from appliance.accounts import service as accounts
 from appliance.accounts.models import MANAGERS, Account, User
@@ -122,26 +110,29 @@ def resolve(
 def _member(db, user_id: str, account_id: str, **via) -> Identity | None:
     # Membership and account state are checked on every request, so removing a member
     # or suspending an account ends their sessions and keys at once.
-    role = accounts.role_in(db, account_id, user_id)
-    if role is None:
+    found = accounts.membership(db, account_id, user_id)
+    if found is None:
         return None
     try:
-        return Identity(accounts.user(db, user_id), accounts.account(db, account_id), role, **via)
+        return Identity(accounts.user(db, user_id), *found, **via)
     except NotFound:
         return None
 
 
-def provide_identity(
-    request: Request,
-    db: NamedDependency[sqlite_utils.Database],
-    settings: NamedDependency[Settings],
-    clock: NamedDependency[Clock],
+def identify(
+    request: Request, db: sqlite_utils.Database, settings: Settings, clock: Clock
 ) -> Identity | None:
+    """``resolve``, and the identity noted for the base layout's header."""
     identity = resolve(request, db, settings, clock)
     if identity is not None:
         # For the base layout's header (see current()).
         request.state.identity = identity
-        request.state.accounts = accounts.accounts_of(db, identity.user.id)
+        request.state.accounts = (
+            # A key acts in its own account only; a session may switch to the others.
+            [(identity.account, identity.role)]
+            if identity.key
+            else accounts.accounts_of(db, identity.user.id)
+        )
     return identity
 
 
@@ -153,7 +144,7 @@ def current(request: Request) -> SimpleNamespace | None:
     return SimpleNamespace(identity=identity, accounts=request.state.accounts)
 
 
-def _waiting(request: Request, db: sqlite_utils.Database) -> Person | None:
+def waiting_person(request: Request, db: sqlite_utils.Database) -> Person | None:
     """The person of a live session that is in no account yet (only open invites)."""
     session = getattr(request.state, "waiting", None)
     if session is None:
@@ -164,64 +155,13 @@ def _waiting(request: Request, db: sqlite_utils.Database) -> Person | None:
         return None
 
 
-def _check_csrf(request: Request, settings: Settings) -> None:
+def check_csrf(request: Request, settings: Settings) -> None:
     """A cookie-authenticated unsafe ``/api`` call must echo the CSRF cookie in a header."""
     if request.url.path.startswith("/api/") and request.method not in SAFE_METHODS:
         expected = request.cookies.get(cookie_names(settings)["csrf"], "")
         sent = request.headers.get("x-csrftoken", "")
         if not expected or not hmac.compare_digest(expected, sent):
             raise HTTPException(status_code=403, detail="CSRF token missing or wrong.")
-
-
-def provide_me(
-    request: Request,
-    identity: NamedDependency[Identity | None],
-    settings: NamedDependency[Settings],
-) -> Identity:
-    path = request.url.path
-    is_api = path.startswith("/api/")
-    if identity is None:
-        if is_api or path.startswith("/v1/"):
-            raise NotAuthorizedException("Sign in, or send an API key with scope 'manage'.")
-        if getattr(request.state, "waiting", None) is not None:
-            raise LoginRequired(headers={"Location": "/invites"})
-        raise LoginRequired(headers={"Location": "/login?next=" + local_path(path)})
-    if identity.key is not None and identity.key.scope != "manage":
-        raise NotAuthorizedException("This API key's scope does not allow this.")
-    if identity.session is not None:
-        _check_csrf(request, settings)
-    return identity
-
-
-def provide_person(
-    request: Request,
-    identity: NamedDependency[Identity | None],
-    db: NamedDependency[sqlite_utils.Database],
-    settings: NamedDependency[Settings],
-) -> Person:
-    if identity is not None and identity.session is not None:
-        person: Person | None = Person(identity.user, identity.session)
-    else:  # an API key cannot answer invites: the person does, signed in
-        person = _waiting(request, db) if identity is None else None
-    if person is None:
-        if request.url.path.startswith("/api/"):
-            raise NotAuthorizedException("Sign in first (invites are answered in a browser).")
-        raise LoginRequired(headers={"Location": "/login?next=" + local_path(request.url.path)})
-    _check_csrf(request, settings)
-    request.state.person = person  # for the base layout's header
-    return person
-
-
-def provide_manager(me: NamedDependency[Identity]) -> Identity:
-    if not me.is_manager:
-        raise NotFound("Not found.")
-    return me
-
-
-def provide_api_key(identity: NamedDependency[Identity | None]) -> Identity:
-    if identity is None or identity.key is None or identity.key.scope != "inference":
-        raise NotAuthorizedException("Send an API key with scope 'inference' as a Bearer token.")
-    return identity
 
 
 def local_path(target: str | None) -> str:

@@ -72,17 +72,17 @@ def _no_model(name: str) -> NotFound:
     return _ModelNotFound(f"The model '{name}' does not exist.")
 
 
-def build_request(
-    ctx: Ctx, key: Identity, body: Any
-) -> tuple[instances.Instance, chat.Composed, Any, Any]:
-    """The instance, the request for the inference service (prompt assembled), the checked
-    request and where to keep the exchange (``appliance.store``; None: nowhere). Errors
-    name the client's fields (``messages[i]`` as it sent them)."""
+def prepare(ctx: Ctx, key: Identity, body: Any) -> tuple[_Run, chat.Composed, Any, Any]:
+    """The request for the inference service (prompt assembled) under its billing hold,
+    what it was composed of, the checked request and where to keep the exchange
+    (``appliance.store``; None: nowhere). On a thread: one hop for all the work before
+    the model. Errors name the client's fields (``messages[i]`` as it sent them)."""
     db, settings = ctx.db, ctx.settings
     request = schema.decode(body, schema.ChatCompletionRequest)
     schema.check_chat(request, max_n=settings.inference.max_choices)
     messages = schema.clean_messages(request.messages)
     instance = _instance(db, key, request.model)
+    ctx.request.state.instance_id = instance.id  # for the request log, a 402 included
     options = body.get("appliance") or {}
     if not isinstance(options, dict):
         raise schema.InvalidParam("'appliance' must be an object.", "appliance")
@@ -104,7 +104,8 @@ def build_request(
         max_tokens=schema.max_tokens_of(request),
         overrides=forwarded,
     )
-    return instance, composed, request, _store_target(ctx, key, instance, options, conversation)
+    store = _store_target(ctx, key, instance, options, conversation)
+    return _held(ctx, key, instance, composed, request.n or 1), composed, request, store
 
 
 def _error(request: Request, exc: Exception) -> Response:
@@ -123,18 +124,29 @@ def _payer(ctx: Ctx, key: Identity) -> tuple[Any, ...]:
     return ctx.db, ctx.settings, ctx.inference, key.account.id, key.key_id
 
 
-async def _run(
-    ctx: Ctx, key: Identity, instance, composed: chat.Composed, choices: int = 1
-) -> _Run:
+def _held(ctx: Ctx, key: Identity, instance, composed: chat.Composed, choices: int) -> _Run:
     """Reserve the most the request can cost, every choice's answer included (402 when the
     credit or a spend cap does not cover it)."""
     payload = composed.payload
     most = {**payload, "max_tokens": payload["max_tokens"] * choices}
     tokens, recount = composed.prompt_tokens, composed.recount
-    metered = await Metered.start(
+    metered = Metered.reserve(
         *_payer(ctx, key), instance, most, ctx.clock, prompt_tokens=tokens, recount=recount
     )
     return _Run(metered, ctx.inference, payload, key.account.id, instance.name)
+
+
+def _completion(ctx: Ctx, key: Identity, checked: Any, body: dict) -> _Run:
+    """A legacy completion's request under its hold (on a thread, as ``prepare``)."""
+    prompt = schema.completion_prompt(checked)
+    instance = _instance(ctx.db, key, checked.model)
+    ctx.request.state.instance_id = instance.id  # for the request log
+    payload = {k: v for k, v in body.items() if k != "model" and v is not None}
+    payload = {"temperature": instance.temperature, "top_p": instance.top_p, **payload}
+    payload.setdefault("max_tokens", 16)  # OpenAI's default for this endpoint
+    (bound,) = chat.byte_bounds([prompt])
+    recount = lambda: token_counts(ctx.inference, [prompt], "chat")[0]  # noqa: E731
+    return _held(ctx, key, instance, chat.Composed(payload, [], bound, 0, recount), checked.n or 1)
 
 
 class V1Api(Controller):
@@ -166,13 +178,11 @@ class V1Api(Controller):
     async def chat_completions(self, api_key: Member, ctx: Deps) -> Response | Stream:
         """A chat completion from one of the account's instances (streaming or not)."""
         body = await _json_body(ctx.request)
-        instance, composed, checked, store = await run_sync(build_request, ctx, api_key, body)
+        run, composed, checked, store = await run_sync(prepare, ctx, api_key, body)
         passages = composed.passages
-        ctx.request.state.instance_id = instance.id  # for the request log
-        run = await _run(ctx, api_key, instance, composed, checked.n or 1)
         if checked.stream:
             usage = _include_usage(checked)
-            return event_stream(_relay(await run.chunks(), instance.name, usage, store, passages))
+            return event_stream(_relay(await run.chunks(), run.name, usage, store, passages))
         answer = await run.answer()
         extra: dict[str, Any] = {}
         if passages:
@@ -191,13 +201,11 @@ class V1Api(Controller):
         chat completion (system prompt, knowledge base, metering and all)."""
         body = await _json_body(request)
         converted = responses.chat_body(body)
-        instance, composed, checked, _ = await run_sync(build_request, ctx, api_key, converted)
-        request.state.instance_id = instance.id  # for the request log
-        run = await _run(ctx, api_key, instance, composed)
+        run, _, checked, _ = await run_sync(prepare, ctx, api_key, converted)
         response_id = responses.new_id()
         if checked.stream:
             chunks = await run.chunks()
-            return event_stream(responses.events(body, chunks, response_id, instance.name))
+            return event_stream(responses.events(body, chunks, response_id, run.name))
         return Response(responses.response(body, await run.answer(), response_id))
 
     @post("/completions", status_code=200)
@@ -207,19 +215,10 @@ class V1Api(Controller):
         metered like chat."""
         body = await _json_body(request)
         checked = schema.decode(body, schema.CompletionRequest)
-        prompt = schema.completion_prompt(checked)
-        instance = await run_sync(_instance, ctx.db, api_key, checked.model)
-        request.state.instance_id = instance.id  # for the request log
-        payload = {k: v for k, v in body.items() if k != "model" and v is not None}
-        payload = {"temperature": instance.temperature, "top_p": instance.top_p, **payload}
-        payload.setdefault("max_tokens", 16)  # OpenAI's default for this endpoint
-        (bound,) = chat.byte_bounds([prompt])
-        recount = lambda: token_counts(ctx.inference, [prompt], "chat")[0]  # noqa: E731
-        composed = chat.Composed(payload, [], bound, 0, recount)
-        run = await _run(ctx, api_key, instance, composed, checked.n or 1)
+        run = await run_sync(_completion, ctx, api_key, checked, body)
         if checked.stream:
             usage = _include_usage(checked)
-            return event_stream(_relay(await run.chunks(path=LEGACY), instance.name, usage))
+            return event_stream(_relay(await run.chunks(path=LEGACY), run.name, usage))
         return Response(await run.answer(path=LEGACY))
 
     @post("/embeddings", status_code=200, sync_to_thread=True)

@@ -53,7 +53,7 @@ def test_an_abandoned_stream_is_charged_for_the_tokens_it_produced(linked_settin
     client = InferenceClient.from_settings(settings)
 
     async def run() -> int:
-        metered = await Metered.start(
+        metered = Metered.reserve(
             db, settings, client, who.account.id, None, Instance(), payload(32), clock
         )
         assert ledger.held(db, who.account.id) == 32_000
@@ -82,7 +82,7 @@ def test_a_request_that_fails_before_any_token_is_not_charged(settings, db, cloc
     client = InferenceClient.from_settings(dead)
 
     async def run() -> None:
-        metered = await Metered.start(
+        metered = Metered.reserve(
             db, dead, client, who.account.id, None, Instance(), payload(8), clock
         )
         try:
@@ -118,7 +118,7 @@ def test_a_stream_cut_by_an_inference_crash_is_not_charged(settings, models_dir,
         }
 
         async def run() -> int:
-            metered = await Metered.start(
+            metered = Metered.reserve(
                 db, billed, client, who.account.id, None, Instance(), story, clock
             )
             seen = 0
@@ -160,19 +160,17 @@ def test_a_bound_the_balance_refuses_is_held_on_the_count(settings, db, clock):
         return lambda: counts.append(tokens) or tokens
 
     def start(bound: int, count: int) -> Metered:
-        return anyio.run(
-            lambda: Metered.start(
-                db,
-                priced,
-                None,
-                who.account.id,
-                None,
-                Instance(),
-                payload(1),
-                clock,
-                prompt_tokens=bound,
-                recount=recount(count),
-            )
+        return Metered.reserve(
+            db,
+            priced,
+            None,
+            who.account.id,
+            None,
+            Instance(),
+            payload(1),
+            clock,
+            prompt_tokens=bound,
+            recount=recount(count),
         )
 
     held = start(40, 10)  # the bound fits: nothing is counted
@@ -194,7 +192,7 @@ def test_a_stream_stopped_before_its_usage_is_charged_the_counted_prompt(setting
 
     def stopped(recount) -> int:
         async def run() -> None:
-            metered = await Metered.start(
+            metered = Metered.reserve(
                 db,
                 priced,
                 None,
