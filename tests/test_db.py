@@ -182,3 +182,29 @@ def test_idle_pooled_connections_stop_no_wal_truncation(settings, counted):
     busy, _, _ = counted.execute("pragma wal_checkpoint(truncate)").fetchone()
     assert busy == 0
     assert os.path.getsize(f"{settings.paths.database}-wal") == 0
+
+
+def test_a_select_is_one_statement_and_other_queries_keep_the_guard(settings):
+    with pooled(settings) as db:
+        db.execute("create temp table t (n integer)")
+        statements: list[str] = []
+        db.conn.set_trace_callback(statements.append)
+        db.execute("insert into t values (1), (2)")
+        statements.clear()
+        assert list(db.query("  SELECT n, n as n from t order by n")) == [
+            {"n": 1, "n_2": 1},  # duplicate names as sqlite-utils gives them
+            {"n": 2, "n_2": 2},
+        ]
+        assert list(db.query("select n from t where n = ?", [2])) == [{"n": 2}]
+        assert statements == [
+            "  SELECT n, n as n from t order by n",
+            "select n from t where n = 2",
+        ]
+        # A statement that writes or may write still runs in sqlite-utils' savepoint.
+        statements.clear()
+        assert list(db.query("insert into t values (3) returning n")) == [{"n": 3}]
+        assert any(s.startswith("SAVEPOINT") for s in statements)
+        with pytest.raises(ValueError):
+            db.query("delete from t")  # returns no rows: refused, and undone
+        assert db.execute("select count(*) from t").fetchone()[0] == 3
+        db.conn.set_trace_callback(None)
