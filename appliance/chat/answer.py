@@ -28,7 +28,7 @@ from appliance.chat.views import message_view
 from appliance.clock import Clock
 from appliance.config import Settings
 from appliance.db import pooled
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, Unavailable
 from appliance.inference.client import InferenceClient
 
 T = TypeVar("T")
@@ -94,7 +94,8 @@ async def answer(
     """Ask ``content`` in the conversation (as a new version of the question
     ``edit_message_id`` when given; with neither, answer the last question again, as
     ``service.prepare_turn`` says) and answer it. ``status``: whether to say what happens
-    before the first token (it asks the inference service how many requests wait).
+    before the first token (it asks the inference service how many requests wait, and a
+    service that does not answer is a 503 before the stream, as it is without a stream).
     ``on_turn``: told the instance's id once the turn is prepared, before the billing hold
     (the request log names the instance of a refused turn too).
 
@@ -162,11 +163,18 @@ async def answer(
         with pooled(settings) as own:
             service.end_turn(own, turn.conversation.id)
 
+    try:
+        waiting = await _waiting(client) if status else 0
+    except Unavailable:
+        # Not answering at all: refused (503) before the stream begins, nothing held; the
+        # question stays, "Answer again" retries it.
+        await metered.finish(None)
+        await _shielded(fail)
+        raise
     failed: ApplianceError | None = None
     try:
         yield Started(user)
         if status:
-            waiting = await _waiting(client)
             yield Status(status_text(len(turn.composed.passages), waiting))
         relay = metered.observe(client).astream_chat(turn.composed.payload, account_id=account_id)
         async for chunk in relay:
@@ -201,11 +209,19 @@ async def _shielded(work: Callable[[], T]) -> T:
 
 
 async def _waiting(client: InferenceClient) -> int:
-    """Requests the inference service has waiting (0 when it cannot tell quickly)."""
+    """Requests the inference service has waiting (0 when it cannot tell quickly).
+
+    Raises:
+        Unavailable: the service is not answering at all.
+    """
     try:
-        with anyio.fail_after(0.5):
-            health = await client.ahealth(timeout=0.5)
-    except (ApplianceError, TimeoutError):
+        with anyio.fail_after(0.5):  # before the client's own timeout: busy, not down
+            health = await client.ahealth(timeout=1.0)
+    except TimeoutError:
+        return 0
+    except Unavailable:
+        raise
+    except ApplianceError:
         return 0
     queue = health.get("queue")
     return queue if isinstance(queue, int) else 0
