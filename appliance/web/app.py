@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import sqlite_utils
@@ -82,7 +82,9 @@ def create_app(
         raise RuntimeError(f"web assets not found in {WEBUI}: install the package editable")
     https = settings.public_url.startswith("https://")
 
-    def provide_db() -> Iterator[sqlite_utils.Database]:
+    async def provide_db() -> AsyncIterator[sqlite_utils.Database]:
+        # Async, so that Litestar ends it on the event loop, as it starts it: a sync
+        # generator's end runs on a thread, a hop between the handler and the response.
         with pooled(settings) as db:
             yield db
 
