@@ -2,20 +2,22 @@
 
 Usage::
 
-    .venv/bin/python scripts/bench/web_cost.py [--data-dir DIR] [--requests 200] [--record]
+    .venv/bin/python scripts/bench/web_cost.py [--data-dir DIR] [--requests 200]
+        [--tokens 1] [--baseline CHECKOUT] [--record]
 
-A child process stands in for the inference service: it counts tokens at once and answers
-every chat completion with one streamed token and the usage chunk. One ``python -m
-appliance web`` (billing on) points at it. This process then sends the same streamed chat
+A child process stands in for the inference service: it answers every chat completion at
+once with ``--tokens`` streamed tokens and the usage chunk. One ``python -m appliance
+web`` (billing on) points at it. This process then sends the same streamed chat
 completion, alternating, (a) to the stand-in directly and (b) through the web's ``/v1``
 with a bench account's key (an instance with knowledge off), each on a kept connection.
 Through the web, a request is everything it does before and after the model: the key,
-the body, the instance, the prompt, the billing hold, the relay, the
-settlement and the request log. Without a model in the way these are the web's own
-milliseconds, which ``web_overhead.py`` can only see through the model's run-to-run spread.
+the body, the instance, the prompt, the billing hold, the relay, the settlement and the
+request log. Without a model in the way these are the web's own milliseconds, which
+``web_overhead.py`` can only see through the model's run-to-run spread.
 
 Reported: time to the first token and to the end of the answer (medians and p90), and the
-web process's CPU per request (``/proc/PID/task/*/schedstat``, every thread).
+web process's CPU per request (``/proc/PID/task/*/schedstat``, every thread); with
+``--tokens`` above 1, also per token (what relaying one costs).
 """
 
 from __future__ import annotations
@@ -61,8 +63,9 @@ BODY = {
 }
 
 
-def stand_in(listener: socket.socket) -> None:
-    """The inference service's answers the web needs, given at once."""
+def stand_in(listener: socket.socket, tokens: int) -> None:
+    """The inference service's answers the web needs, given at once (``tokens`` of them
+    in each streamed answer)."""
 
     async def tokenize(request: web.Request) -> web.Response:
         texts = (await request.json())["input"]
@@ -75,7 +78,7 @@ def stand_in(listener: socket.socket) -> None:
         await request.read()
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
-        for chunk in (TOKEN, USAGE):
+        for chunk in [TOKEN] * tokens + [USAGE]:
             await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
@@ -104,6 +107,7 @@ def timed(http: httpx.Client, url: str, headers: dict[str, str]) -> tuple[float,
 def main() -> int:
     parser = bench_parser(__doc__, data_dir=True)
     parser.add_argument("--requests", type=int, default=200, help="requests per path")
+    parser.add_argument("--tokens", type=int, default=1, help="tokens in each answer")
     parser.add_argument(
         "--baseline",
         type=Path,
@@ -112,7 +116,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     listener = socket.create_server(("127.0.0.1", 0))
-    server = multiprocessing.Process(target=stand_in, args=(listener,), daemon=True)
+    server = multiprocessing.Process(target=stand_in, args=(listener, args.tokens), daemon=True)
     server.start()
     port = listener.getsockname()[1]
     with contextlib.ExitStack() as stack:
@@ -139,9 +143,10 @@ def main() -> int:
         for name, front in sorted(fronts.items()):  # the baseline first
             paths[name] = (f"{front.url}/v1/chat/completions", key)
         times, cpu = measure(paths, fronts, args.requests)
-    rows = comparison_rows(times, cpu)
+    rows = comparison_rows(times, cpu, args.tokens)
     notes = (
-        f"{run_stamp()}; {args.requests} streamed requests per path, in rotation, after "
+        f"{run_stamp()}; {args.requests} streamed requests per path of {args.tokens} "
+        f"token{'s' if args.tokens > 1 else ''} each, in rotation, after "
         f"{WARM_UP} each to warm up; {os.cpu_count()} CPUs shared by the stand-in, the "
         "web(s) and this client."
     )
@@ -174,10 +179,10 @@ def measure(
 
 
 def comparison_rows(
-    times: dict[str, list[tuple[float, float]]], cpu: dict[str, float]
+    times: dict[str, list[tuple[float, float]]], cpu: dict[str, float], tokens: int
 ) -> list[list[str]]:
     """One row per measurement: each path's figure in ms, then what each web adds to the
-    stand-in's."""
+    stand-in's (and with ``tokens`` > 1, the whole answer's per token, the relay's own)."""
     direct, *webs = times
     rows = []
     for label, index, pct in (
@@ -188,8 +193,16 @@ def comparison_rows(
         ms = {p: percentile([t[index] for t in times[p]], pct) * 1000 for p in times}
         added = [f"{ms[w] - ms[direct]:+.2f} ms" for w in webs]
         rows.append([label, *(f"{v:.2f} ms" for v in ms.values()), *added])
+    if tokens > 1:
+        ms = {p: percentile([t[1] for t in times[p]], 50) * 1000 / tokens for p in times}
+        added = [f"{(ms[w] - ms[direct]) * 1000:+.1f} µs" for w in webs]
+        row = ["whole answer per token, p50", *(f"{v * 1000:.1f} µs" for v in ms.values())]
+        rows.append([*row, *added])
     cells = [f"{cpu[w] * 1000:.2f} ms" for w in webs]
     rows.append(["web process CPU per request", "", *cells, *([""] * len(webs))])
+    if tokens > 1:
+        cells = [f"{cpu[w] * 1e6 / tokens:.1f} µs" for w in webs]
+        rows.append(["web process CPU per token", "", *cells, *([""] * len(webs))])
     return rows
 
 
