@@ -148,6 +148,22 @@ PROMPT_PRICES = {
 }
 
 
+def bounded(db, settings, who, clock, body: dict, bound: int, recount) -> Metered:
+    """A hold for ``body`` on a prompt of at most ``bound`` tokens that ``recount`` counts."""
+    return Metered.reserve(
+        db,
+        settings,
+        None,
+        who.account.id,
+        None,
+        Instance(),
+        body,
+        clock,
+        prompt_tokens=bound,
+        recount=recount,
+    )
+
+
 def test_a_bound_the_balance_refuses_is_held_on_the_count(settings, db, clock):
     """A prompt that fit on byte bounds (``Composed.recount``) is held on its bound; when
     the balance does not cover that, it is counted, and held if the count fits."""
@@ -160,18 +176,7 @@ def test_a_bound_the_balance_refuses_is_held_on_the_count(settings, db, clock):
         return lambda: counts.append(tokens) or tokens
 
     def start(bound: int, count: int) -> Metered:
-        return Metered.reserve(
-            db,
-            priced,
-            None,
-            who.account.id,
-            None,
-            Instance(),
-            payload(1),
-            clock,
-            prompt_tokens=bound,
-            recount=recount(count),
-        )
+        return bounded(db, priced, who, clock, payload(1), bound, recount(count))
 
     held = start(40, 10)  # the bound fits: nothing is counted
     assert counts == [] and ledger.held(db, who.account.id) == 40_000
@@ -192,18 +197,7 @@ def test_a_stream_stopped_before_its_usage_is_charged_the_counted_prompt(setting
 
     def stopped(recount) -> int:
         async def run() -> None:
-            metered = Metered.reserve(
-                db,
-                priced,
-                None,
-                who.account.id,
-                None,
-                Instance(),
-                payload(8),
-                clock,
-                prompt_tokens=500,
-                recount=recount,
-            )
+            metered = bounded(db, priced, who, clock, payload(8), 500, recount)
             await metered.finish(None, 3)  # three chunks, then the client hung up
 
         anyio.run(run)
