@@ -88,10 +88,11 @@ def create_app(
         with pooled(settings) as db:
             yield db
 
+    task_queue = queue or create_queue(settings)
+
     def provide_ctx(request: Request, db: NamedDependency[sqlite_utils.Database]) -> deps.Ctx:
         return deps.Ctx(request, db, settings, clock, task_queue)
 
-    task_queue = queue or create_queue(settings)
     controllers = [
         health.HealthController,
         pages.PagesController,
