@@ -2,6 +2,8 @@
 the web keeps open between requests (``pooled``)."""
 
 import os
+import threading
+import time
 
 import pytest
 from conftest import in_threads, make_settings
@@ -208,3 +210,42 @@ def test_a_select_is_one_statement_and_other_queries_keep_the_guard(settings):
             db.query("delete from t")  # returns no rows: refused, and undone
         assert db.execute("select count(*) from t").fetchone()[0] == 3
         db.conn.set_trace_callback(None)
+
+
+def test_writers_of_one_process_wait_their_turn_on_the_files_lock(settings):
+    """A second write transaction waits on the file's lock and begins once the first has
+    committed, rather than in SQLite's busy handler; past its busy timeout it fails as
+    SQLite would."""
+    held, events, errors = threading.Event(), [], []
+    insert = "insert into heartbeats (service, host, pid, beat_at) values (?, 'h', 1, 'x')"
+    with pooled(settings) as first, pooled(settings) as second:
+        assert first.conn.write_lock is second.conn.write_lock
+        second.conn.set_trace_callback(lambda sql: events.append(("second", sql)))
+
+        def write() -> None:
+            held.wait(5)
+            try:
+                with write_transaction(second):
+                    second.execute(insert, ["b"])
+            except sqlite3.OperationalError as exc:
+                errors.append(str(exc))
+
+        with write_transaction(first):
+            first.execute(insert, ["a"])
+            writer = threading.Thread(target=write)
+            writer.start()
+            held.set()
+            time.sleep(0.3)  # the second has tried by now
+            events.append(("first", "COMMIT"))
+        writer.join(5)
+        assert errors == []
+        assert events.index(("first", "COMMIT")) < events.index(("second", "BEGIN IMMEDIATE"))
+        second.conn.busy_timeout = 0.05
+        held.clear()
+        with write_transaction(first):
+            writer = threading.Thread(target=write)
+            writer.start()
+            held.set()
+            writer.join(5)
+        assert errors == ["database is locked"]
+        second.conn.set_trace_callback(None)

@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python scripts/bench/web_cost.py [--data-dir DIR] [--requests 200]
-        [--tokens 1] [--baseline CHECKOUT] [--record]
+        [--tokens 1] [--concurrency 1] [--baseline CHECKOUT] [--record]
 
 A child process stands in for the inference service: it answers every chat completion at
 once with ``--tokens`` streamed tokens and the usage chunk. One ``python -m appliance
@@ -17,7 +17,8 @@ request log. Without a model in the way these are the web's own milliseconds, wh
 
 Reported: time to the first token and to the end of the answer (medians and p90), and the
 web process's CPU per request (``/proc/PID/task/*/schedstat``, every thread); with
-``--tokens`` above 1, also per token (what relaying one costs).
+``--tokens`` above 1, also per token (what relaying one costs). ``--concurrency N`` sends
+N requests at once to a path, then N to the next (what a burst of requests costs each).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import multiprocessing
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -109,6 +111,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200, help="requests per path")
     parser.add_argument("--tokens", type=int, default=1, help="tokens in each answer")
     parser.add_argument(
+        "--concurrency", type=int, default=1, help="requests sent at once on each path"
+    )
+    parser.add_argument(
         "--baseline",
         type=Path,
         metavar="CHECKOUT",
@@ -142,11 +147,12 @@ def main() -> int:
         paths = {"stand-in directly": (f"http://127.0.0.1:{port}/v1/chat/completions", {})}
         for name, front in sorted(fronts.items()):  # the baseline first
             paths[name] = (f"{front.url}/v1/chat/completions", key)
-        times, cpu = measure(paths, fronts, args.requests)
+        times, cpu = measure(paths, fronts, args.requests, args.concurrency)
     rows = comparison_rows(times, cpu, args.tokens)
     notes = (
         f"{run_stamp()}; {args.requests} streamed requests per path of {args.tokens} "
-        f"token{'s' if args.tokens > 1 else ''} each, in rotation, after "
+        f"token{'s' if args.tokens > 1 else ''} each, {args.concurrency} at a time, in "
+        "rotation, after "
         f"{WARM_UP} each to warm up; {os.cpu_count()} CPUs shared by the stand-in, the "
         "web(s) and this client."
     )
@@ -158,21 +164,24 @@ def main() -> int:
 
 
 def measure(
-    paths: dict[str, tuple[str, dict[str, str]]], fronts: dict, requests: int
+    paths: dict[str, tuple[str, dict[str, str]]], fronts: dict, requests: int, concurrency: int
 ) -> tuple[dict[str, list[tuple[float, float]]], dict[str, float]]:
-    """Per path, (first token, end) of each request; per web, its CPU seconds a request."""
+    """Per path, (first token, end) of each request; per web, its CPU seconds a request.
+    Each round sends ``concurrency`` requests at once to one path, then to the next."""
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
     order = list(paths)
-    with httpx.Client(timeout=30) as http:
+    limits = httpx.Limits(max_keepalive_connections=concurrency, max_connections=concurrency)
+    with httpx.Client(timeout=30, limits=limits) as http, ThreadPoolExecutor(concurrency) as pool:
         for _ in range(WARM_UP):
             for url, headers in paths.values():
                 timed(http, url, headers)
         before = {name: process_cpu_seconds(front.process.pid) for name, front in fronts.items()}
-        for i in range(requests):
+        for i in range(0, requests, concurrency):
             for name in order[i % len(order) :] + order[: i % len(order)]:
-                times[name].append(timed(http, *paths[name]))
+                burst = [pool.submit(timed, http, *paths[name]) for _ in range(concurrency)]
+                times[name] += [future.result() for future in burst]
         cpu = {
-            name: (process_cpu_seconds(front.process.pid) - before[name]) / requests
+            name: (process_cpu_seconds(front.process.pid) - before[name]) / len(times[name])
             for name, front in fronts.items()
         }
     return times, cpu
