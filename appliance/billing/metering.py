@@ -22,9 +22,6 @@ from appliance.db import pooled
 from appliance.errors import ApplianceError, PaymentRequired
 from appliance.inference.client import InferenceClient
 
-#: Tokens a chat template adds per message, on top of the content (an upper bound).
-TEMPLATE_TOKENS_PER_MESSAGE = 8
-
 
 class Metered:
     """One inference request's hold (see the module's docstring)."""
@@ -54,30 +51,20 @@ class Metered:
         cls,
         db: Database,
         settings: Settings,
-        inference: InferenceClient,
         account_id: str,
         key_id: str | None,
         instance: Any,
         payload: dict[str, Any],
         clock: Clock,
-        prompt_tokens: int | None = None,
+        prompt_tokens: int,
         recount: Callable[[], int] | None = None,
     ) -> Metered:
         """Hold the most ``payload`` can cost (on a thread: it writes the hold). 402 when
         the balance or a spend cap does not cover it.
 
-        ``prompt_tokens``: the prompt as counted when it was assembled (chat and /v1
-        already know it), or with ``recount`` an upper bound of it (``Composed.recount``):
-        the hold is taken on the bound, and on the count only when the bound is refused.
-        Counted here when not given."""
-        if prompt_tokens is not None:
-            counted = prompt_tokens
-        elif not settings.billing.enabled:
-            counted = 0
-        else:
-            texts = [str(m.get("content") or "") for m in payload["messages"]]
-            counts = token_counts(inference, texts, "chat")
-            counted = sum(counts) + TEMPLATE_TOKENS_PER_MESSAGE * (len(texts) + 1)
+        ``prompt_tokens``: the prompt as counted when it was assembled, or with
+        ``recount`` an upper bound of it (``Composed.recount``): the hold is taken on the
+        bound, and on the count only when the bound is refused."""
         hold_for = partial(
             meter.reserve,
             db,
@@ -90,7 +77,8 @@ class Metered:
             now=clock(),
         )
         try:
-            return cls(settings, hold_for(prompt_tokens=counted), counted, clock, recount)
+            hold = hold_for(prompt_tokens=prompt_tokens)
+            return cls(settings, hold, prompt_tokens, clock, recount)
         except PaymentRequired:
             if recount is None:
                 raise

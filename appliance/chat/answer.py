@@ -121,7 +121,6 @@ async def answer(
             metered = Metered.reserve(
                 db,
                 settings,
-                client,
                 account_id,
                 key_id,
                 turn.instance,

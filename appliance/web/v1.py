@@ -130,8 +130,9 @@ def _held(ctx: Ctx, key: Identity, instance, composed: chat.Composed, choices: i
     payload = composed.payload
     most = {**payload, "max_tokens": payload["max_tokens"] * choices}
     tokens, recount = composed.prompt_tokens, composed.recount
+    payer = ctx.db, ctx.settings, key.account.id, key.key_id
     metered = Metered.reserve(
-        *_payer(ctx, key), instance, most, ctx.clock, prompt_tokens=tokens, recount=recount
+        *payer, instance, most, ctx.clock, prompt_tokens=tokens, recount=recount
     )
     return _Run(metered, ctx.inference, payload, key.account.id, instance.name)
 

@@ -54,7 +54,7 @@ def test_an_abandoned_stream_is_charged_for_the_tokens_it_produced(linked_settin
 
     async def run() -> int:
         metered = Metered.reserve(
-            db, settings, client, who.account.id, None, Instance(), payload(32), clock
+            db, settings, who.account.id, None, Instance(), payload(32), clock, 9
         )
         assert ledger.held(db, who.account.id) == 32_000
         seen = 0
@@ -82,9 +82,7 @@ def test_a_request_that_fails_before_any_token_is_not_charged(settings, db, cloc
     client = InferenceClient.from_settings(dead)
 
     async def run() -> None:
-        metered = Metered.reserve(
-            db, dead, client, who.account.id, None, Instance(), payload(8), clock
-        )
+        metered = Metered.reserve(db, dead, who.account.id, None, Instance(), payload(8), clock, 9)
         try:
             await client.achat(payload(8), account_id=who.account.id)
         except Exception:
@@ -119,7 +117,7 @@ def test_a_stream_cut_by_an_inference_crash_is_not_charged(settings, models_dir,
 
         async def run() -> int:
             metered = Metered.reserve(
-                db, billed, client, who.account.id, None, Instance(), story, clock
+                db, billed, who.account.id, None, Instance(), story, clock, 12
             )
             seen = 0
             stream = metered.observe(client).astream_chat(story, account_id=who.account.id)
@@ -153,7 +151,6 @@ def bounded(db, settings, who, clock, body: dict, bound: int, recount) -> Metere
     return Metered.reserve(
         db,
         settings,
-        None,
         who.account.id,
         None,
         Instance(),
