@@ -169,10 +169,12 @@ class Connection(sqlite3.Connection):
 
 
 @contextlib.contextmanager
-def pooled(settings: Settings) -> Iterator[sqlite_utils.Database]:
-    """``open_db(settings)``'s connection for the block, kept open afterwards for the next
-    block (up to ``POOL_KEEP``): the web answers every request on one, and opening one costs
-    ~1.7 ms, most of it SQLite parsing the schema on its first statement.
+def pooled(database: Settings | str) -> Iterator[sqlite_utils.Database]:
+    """A connection to ``database`` for the block, kept open afterwards for the next block
+    (up to ``POOL_KEEP``): the web answers every request on one, and opening one costs
+    ~1.7 ms, most of it SQLite parsing the schema on its first statement. ``database`` is
+    the settings (opened as ``open_db`` opens it), or the path of a file already opened
+    that way (a search's vector leg, on a thread of its own).
 
     Given back clean or not at all: a block that leaves a transaction open, or fails with a
     database error, closes its connection. When the block ends, the ``Database`` handed out
@@ -181,7 +183,7 @@ def pooled(settings: Settings) -> Iterator[sqlite_utils.Database]:
     keeps an old snapshot. So each block reads the newest rows, and an idle connection
     stops no checkpoint (erasure's ``wal_checkpoint(TRUNCATE)``).
     """
-    key = str(settings.paths.database)
+    key = database if isinstance(database, str) else str(database.paths.database)
     with _idle_lock:
         for other in [path for path in _idle if path != key]:
             for conn in _idle.pop(other):  # another data dir's (tests switch between many)
@@ -189,7 +191,7 @@ def pooled(settings: Settings) -> Iterator[sqlite_utils.Database]:
         idle = _idle.get(key)
         conn = idle.pop() if idle else None
     if conn is None:
-        conn = open_db(settings).conn
+        conn = (open_reader(key) if isinstance(database, str) else open_db(database)).conn
     # A new wrapper per block (the old one is cut off below); what sqlite-utils prepares on
     # a connection (recursive triggers, its plugins) was done when it was opened.
     db = Database(conn, recursive_triggers=False, execute_plugins=False)

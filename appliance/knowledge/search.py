@@ -5,9 +5,9 @@ so an account always gets its own top-k. Either leg alone still answers; the res
 says which legs ran, and whether the vector leg could not because the query could not be
 embedded (the inference service is down or restarting).
 
-A search starts the query embedding and the vector leg on a pool thread with its own
-read connection, runs the BM25 leg on the caller's connection meanwhile (SQLite releases
-the GIL while it works), then fuses the two rankings by weighted reciprocal rank fusion.
+A search starts the query embedding and the vector leg on a pool thread, on a connection
+from ``db.pooled``, runs the BM25 leg on the caller's connection meanwhile (SQLite
+releases the GIL while it works), then fuses the two rankings by weighted reciprocal rank fusion.
 The BM25 leg leaves out the query's common words (those in more than
 ``Tuning.common_share`` of all chunks): scoring their long posting lists is most of
 its time and adds little to the ranking; a rare word is never left out.
@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -29,7 +28,7 @@ import sqlite_utils
 from sqlite_utils.utils import sqlite3
 
 from appliance.config import KnowledgeSettings
-from appliance.db import open_reader
+from appliance.db import pooled
 from appliance.errors import ApplianceError, InvalidInput
 from appliance.inference.client import InferenceClient, InferenceError
 from appliance.knowledge.store import KnowledgeStore
@@ -48,7 +47,6 @@ MIN_OVERLAP_CHARS = 8
 KEEP_WHEN_ALL_COMMON = 3
 
 _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kb-search")
-_local = threading.local()
 
 
 @dataclass(frozen=True)
@@ -186,8 +184,10 @@ def _start_vector_leg(
 
     def run() -> list[int]:
         vector = client.embed([query], account_id=account_id)[0]
-        store = KnowledgeStore(_reader(path) if path else db)
-        return store.nearest(account_id, vector, depth, collections)
+        if not path:
+            return KnowledgeStore(db).nearest(account_id, vector, depth, collections)
+        with pooled(path) as reader:
+            return KnowledgeStore(reader).nearest(account_id, vector, depth, collections)
 
     if not path:  # an in-memory database has no second connection: run it here
         future: Future = Future()
@@ -197,16 +197,6 @@ def _start_vector_leg(
             future.set_exception(exc)
         return future
     return _pool.submit(run)
-
-
-def _reader(path: str) -> sqlite_utils.Database:
-    """This pool thread's read connection to the database at ``path``."""
-    readers = getattr(_local, "readers", None)
-    if readers is None:
-        readers = _local.readers = {}
-    if path not in readers:
-        readers[path] = open_reader(path)
-    return readers[path]
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from conftest import stored_document
 
+from appliance import db as db_module
 from appliance.accounts import service as accounts
 from appliance.knowledge import search
 from appliance.knowledge.store import Chunk, KnowledgeStore
@@ -101,3 +102,21 @@ def test_the_bm25_leg_starts_from_the_full_text_index(big_index, account):
     steps = [row[3] for row in plan.fetchall()]
     assert "VIRTUAL TABLE" in steps[0], steps
     assert not any("chunks_by_account" in step for step in steps), steps
+
+
+class Embedder:
+    """Embeds every query as the placeholder vector the chunks above hold."""
+
+    def embed(self, texts, account_id):
+        return [[1.0, 0.0, 0.0, 0.0] for _ in texts]
+
+
+def test_the_vector_leg_gives_its_connection_back_to_the_pool(db, account):
+    add_document(db, account, "doc_valve", ["The valve was replaced."])
+    path = KnowledgeStore(db).path()
+    for _ in range(6):  # more searches than the search pool has threads
+        result = search.search(db, Embedder(), account, "valve")
+        assert result.legs == ["bm25", "vector"]
+        assert [hit.document_id for hit in result.hits] == ["doc_valve"]
+    # One connection served every leg and waits in the pool, none is left on a thread.
+    assert len(db_module._idle[path]) == 1
