@@ -24,6 +24,7 @@ the chat scheduler's thread.
 from __future__ import annotations
 
 import codecs
+import functools
 import logging
 import threading
 import time
@@ -196,6 +197,10 @@ class BatchedChatEngine(ChatModel):
         self.prefill = min(max(self.chunk, PREFILL_TOKENS), self.capacity)
         super().__init__(model, llama, int(llama_cpp.llama_n_ctx(self.ctx)))
         self.vocab = llama._model.vocab
+        # A token's bytes. A vocabulary's pieces never change, so each is read from
+        # llama.cpp once (llama-cpp-python's ctypes round trip cost ~40 µs a token).
+        detokenize = llama.detokenize
+        self.piece = functools.cache(lambda token: detokenize([token]))
         self.batch = llama_cpp.llama_batch_init(self.capacity, 0, 1)
         self.metrics = BatchMetrics()
         self._running: dict[int, _Sequence] = {}
@@ -418,13 +423,11 @@ class BatchedChatEngine(ChatModel):
         if lib.llama_vocab_is_eog(self.vocab, token):
             return self._end(seq, "stop")
         seq.completion += 1
-        piece = self.llama.detokenize([token])
         top = seq.job.payload.params.top_logprobs
         if top is not None:  # only sequences that asked pay for the log-softmax
-            detokenize = self.llama.detokenize
-            entry = sampling.logprobs(lib, self.vocab, self.ctx, out, token, top, detokenize)
+            entry = sampling.logprobs(lib, self.vocab, self.ctx, out, token, top, self.piece)
             seq.logprobs.append(entry)
-        ready, hit = seq.scanner.feed(seq.decoder.decode(piece))
+        ready, hit = seq.scanner.feed(seq.decoder.decode(self.piece(token)))
         if ready:
             self.outbox.put(seq.job, Delta(ready, tuple(seq.logprobs)))
             seq.logprobs.clear()

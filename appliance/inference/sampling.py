@@ -134,12 +134,12 @@ class StopScanner:
 
 
 def logprobs(
-    lib: Any, vocab: Any, ctx: Any, out: int, token: int, top: int, detokenize: Any
+    lib: Any, vocab: Any, ctx: Any, out: int, token: int, top: int, piece: Any
 ) -> dict[str, Any]:
     """OpenAI's ``logprobs.content`` entry of ``token`` from the logits at batch index
     ``out``: its log probability under the model's distribution (the raw logits, before
     temperature, penalties and grammar) and the ``top`` most likely tokens'.
-    ``detokenize([token])`` is a token's bytes."""
+    ``piece(token)`` is a token's bytes."""
     n_vocab = lib.llama_vocab_n_tokens(vocab)
     logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, out), shape=(n_vocab,))
     x = logits.astype(np.float64)
@@ -147,7 +147,7 @@ def logprobs(
     lp = x - (peak + np.log(np.exp(x - peak).sum()))
 
     def entry(t: int) -> dict[str, Any]:
-        raw = detokenize([t])
+        raw = piece(t)
         return {
             "token": raw.decode("utf-8", "replace"),
             "logprob": float(lp[t]),

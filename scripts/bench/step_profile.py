@@ -8,11 +8,12 @@ Usage::
 Loads the configured chat model as the ``BatchedChatEngine`` (8 slots) behind the real
 ``Scheduler`` and times, with ``time.perf_counter`` wrappers, each step and its parts:
 ``llama_decode``, ``_plan``, ``_fill``, ``_sample`` and within it ``llama_sampler_sample``,
-the detokenizer and handing events to the event loop. For 1 and 8 streams it alternates
-the engine as it is (events through ``Outbox``, one wake-up per step) with events emitted
-inline, one ``Job.emit`` per token (the engine before commit 45e9688), and prints the
-milliseconds per call of each part. ``--data-dir`` is a data dir with the models installed
-(default: a temporary one, set up here).
+a token's bytes (``piece``) and handing events to the event loop. For 1 and 8 streams it
+alternates the engine as it is (each token's bytes read from llama.cpp once, then from a
+cache) with the bytes read through llama-cpp-python's ``detokenize`` for every token (the
+engine before issue 20's last change), and prints the milliseconds per call of each part.
+``--data-dir`` is a data dir with the models installed (default: a temporary one, set up
+here).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from common import bench_data_dir, bench_parser, cpu_model, load_average, text_t
 
 from appliance.inference import scheduler
 
-PARTS = ("step", "llama_decode", "_plan", "_fill", "_sample", "sampler", "detokenize", "emit")
+PARTS = ("step", "llama_decode", "_plan", "_fill", "_sample", "sampler", "piece", "emit")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,12 +62,11 @@ def main(argv: list[str] | None = None) -> int:
             timed(engine, name, name)
         timed(engine._lib, "llama_decode", "llama_decode")
         timed(engine._lib, "llama_sampler_sample", "sampler")
-        timed(engine.llama, "detokenize", "detokenize")
         timed(scheduler.Job, "emit", "emit")
-        outbox_put = engine.outbox.put
+        cached = engine.piece
 
-        def inline_put(job, event) -> None:
-            job.emit(event)
+        def per_token(token: int) -> bytes:
+            return engine.llama.detokenize([token])
 
         chat = scheduler.Scheduler("chat", engine, queue_size=64, per_account=8)
         chat.start()
@@ -87,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         tag = int(time.time()) % 1000 * 100
         for n in (1, 8):
             for attempt in range(args.runs * 2):
-                inline = attempt % 2 == 0
-                engine.outbox.put = inline_put if inline else outbox_put
+                uncached = attempt % 2 == 0
+                engine.piece = per_token if uncached else cached
+                timed(engine, "piece", "piece")
                 seconds.clear()
                 calls.clear()
                 began = time.perf_counter()
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 tokens = sum(s.finish.completion_tokens for s in streams)
                 step = seconds["step"] / calls["step"]
                 decode = seconds["llama_decode"] / calls["llama_decode"]
-                row = [n, "inline emit" if inline else "outbox", f"{tokens / elapsed:.1f}"]
+                row = [n, "per token" if uncached else "cached", f"{tokens / elapsed:.1f}"]
                 row += [f"{(step - decode) * 1000:.2f}"]
                 row += [f"{seconds[p] / calls[p] * 1000:.2f}" if calls[p] else "-" for p in PARTS]
                 rows.append(row)
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-HEADER = ["streams", "events", "tok/s", "step - decode ms", *(f"{p} ms" for p in PARTS)]
+HEADER = ["streams", "pieces", "tok/s", "step - decode ms", *(f"{p} ms" for p in PARTS)]
 
 if __name__ == "__main__":
     sys.exit(main())
