@@ -4,9 +4,13 @@
 #      through scripts/llama-build.sh --cuda, into a venv of its own;
 #   2. install the appliance and the bundled models, `appliance doctor` (the model
 #      self-test included);
-#   3. the inference and batching benchmarks with --record (docs/benchmarks.md);
-#   4. the inference tests (tests/inference).
-# Each step gets what is left of the time; results and logs go to $OUT (at most 8 files).
+#   3. llama.cpp's own llama-server, built from the same sdist against the wheel's ggml
+#      (scripts/bench/llama_server.py: C++ only, no CUDA kernels compiled again), beside
+#      the inference service (scripts/bench/vs_llama_server.py, issue 20's targets);
+#   4. the inference and batching benchmarks; every benchmark with --record
+#      (docs/benchmarks.md);
+#   5. the inference tests (tests/inference).
+# Each step gets what is left of the time; results and logs go to $OUT (7 files).
 #
 # Usage: [OUT=DIR] [GPU_CHECK_SECONDS=540] scripts/gpu-check.sh
 #
@@ -116,9 +120,13 @@ APP=$VENV/bin/appliance
 step "data dir and models" "$SETUP" 120 sh -c "'$APP' init && '$APP' models install-defaults"
 step "appliance doctor" "$OUT/doctor.txt" 120 "$APP" doctor
 cp docs/benchmarks.md "$WORK/benchmarks.before.md"
-step "inference benchmark" "$OUT/bench-inference.txt" 180 \
+step "llama-server build" "$OUT/build.log" 240 "$VENV/bin/python" scripts/bench/llama_server.py "$SDIST" &&
+  step "vs llama-server" "$OUT/benchmarks.txt" 180 \
+    "$VENV/bin/python" scripts/bench/vs_llama_server.py --data-dir "$APPLIANCE_DATA_DIR" \
+    --runs 3 --max-tokens 64 --streams 8 --sdist "$SDIST" --record
+step "inference benchmark" "$OUT/benchmarks.txt" 180 \
   "$VENV/bin/python" scripts/bench/inference.py --data-dir "$APPLIANCE_DATA_DIR" --runs 3 --record --force-record
-step "batching benchmark" "$OUT/bench-batching.txt" 120 \
+step "batching benchmark" "$OUT/benchmarks.txt" 120 \
   "$VENV/bin/python" scripts/bench/batching.py --data-dir "$APPLIANCE_DATA_DIR" --record --idle-wait 0
 diff "$WORK/benchmarks.before.md" docs/benchmarks.md | sed -n 's/^> //p' >"$OUT/benchmarks-new.md"
 step "inference tests" "$OUT/tests.txt" 600 \

@@ -17,11 +17,12 @@
 #                 scripts/gpu-check.sh in the last call: it puts the pieces together.
 #
 # The full sdist is 76 MB (73 MB of it llama.cpp's model vocabularies, docs, tests,
-# examples, tools and the other GPU backends); trimmed it is a few MB. Dropped:
-# vendor/llama.cpp/{models,docs,media,tests,benches,examples,pocs,app,tools except mtmd,
-# conversion,gguf-py,scripts,grammars,requirements,...} and ggml/src/ggml-* except
-# ggml-cpu and ggml-cuda, and the Python package's own docs, examples, tests, docker and
-# its copy of llama.cpp's git history (.git, 38 MB).
+# examples, the web UI's sources and the other GPU backends); trimmed it is 6 MB. Dropped:
+# vendor/llama.cpp/{models,docs,media,tests,benches,examples,pocs,app,conversion,gguf-py,
+# grammars,requirements,...}, scripts/ but ui-assets.cmake, tools/ui/ but its CMake files,
+# ggml/src/ggml-* except ggml-cpu and ggml-cuda, and the Python package's own docs,
+# examples, tests, docker and its copy of llama.cpp's git history (.git, 38 MB). Kept for
+# scripts/bench/llama_server.py: tools/ (llama-server and the small tools its CMake adds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,13 +62,17 @@ echo "==> trimming $NAME ($(du -m "$FROM" | cut -f1) MB)"
 rm -rf "${SRC:?}"/{docs,examples,tests,docker,.git,.github}
 LLAMA=$SRC/vendor/llama.cpp
 keep_top=" CMakeLists.txt cmake common ggml include licenses src vendor tools LICENSE README.md "
+# Of scripts/, only what the build of llama-server runs (scripts/bench/vs_llama_server.py).
+mv "$LLAMA/scripts/ui-assets.cmake" "$WORK/"
 for entry in "$LLAMA"/* "$LLAMA"/.[!.]*; do
   [ -e "$entry" ] || continue
   case "$keep_top" in *" $(basename "$entry") "*) ;; *) rm -rf "$entry" ;; esac
 done
-for entry in "$LLAMA"/tools/*; do
-  [ "$(basename "$entry")" = mtmd ] || rm -rf "$entry"
-done
+mkdir "$LLAMA/scripts" && mv "$WORK/ui-assets.cmake" "$LLAMA/scripts/"
+# tools/ stays (llama-server and the small tools its CMake file adds), but not the
+# sources of llama-server's web UI (built with npm or downloaded; the benchmark builds
+# llama-server without it).
+find "$LLAMA/tools/ui" -mindepth 1 -maxdepth 1 ! -name CMakeLists.txt ! -name '*.in' -exec rm -rf {} +
 for entry in "$LLAMA"/ggml/src/ggml-*/; do
   case "$(basename "$entry")" in ggml-cpu | ggml-cuda) ;; *) rm -rf "$entry" ;; esac
 done

@@ -1,12 +1,19 @@
 """llama.cpp's own ``llama-server``, the peer the inference service is measured against.
 
-Built once from the llama.cpp source vendored in the installed llama-cpp-python's sdist
-(same commit as the library the appliance loads), with the CPU flags scripts/llama-build.sh
-gives the wheel (``-DGGML_NATIVE=ON``; ``-DGGML_CUDA=ON`` on top when the installed build is a
-CUDA one), only the ``llama-server`` target. Cached under ``scripts/bench/.llama-server/``
-(gitignored), keyed by the version and the flags; never a product dependency.
+Built from the llama.cpp source vendored in the installed llama-cpp-python's sdist (same
+commit as the library the appliance loads), only the ``llama-server`` target, and linked
+against the installed wheel's own ggml libraries (``LLAMA_USE_SYSTEM_GGML``, through the
+``ggml-config.cmake`` the wheel installs): both servers run the very same ggml binaries,
+CPU or CUDA, with the flags scripts/llama-build.sh built them with, and the build compiles
+only llama.cpp's C++ (no CUDA kernels: minutes, not the wheel's tens of minutes of nvcc).
+Cached under ``scripts/bench/.llama-server/`` (gitignored), keyed by the version and the
+wheel's ggml files; never a product dependency.
 
-    .venv/bin/python scripts/bench/llama_server.py   # build (or find) it and print its path
+    .venv/bin/python scripts/bench/llama_server.py [SDIST]   # build (or find) it, print its path
+
+``SDIST`` (or ``--sdist`` of vs_llama_server.py): a llama-cpp-python source archive of the
+installed version, e.g. the trimmed one of scripts/gpu-sdist.sh on a machine without PyPI;
+default: a cached one, else pip downloads it.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import tarfile
 import time
 import urllib.request
 from dataclasses import dataclass
+from importlib.metadata import distribution
 from pathlib import Path
 
 import common
@@ -28,28 +36,41 @@ CACHE = Path(__file__).resolve().parent / ".llama-server"
 
 
 def installed_version() -> str:
-    from importlib.metadata import version
+    return distribution("llama-cpp-python").version
 
-    return version("llama-cpp-python")
+
+def _ggml() -> tuple[Path, Path]:
+    """The installed wheel's ggml package config directory and its libraries' directory."""
+    wheel = distribution("llama-cpp-python")
+    config = Path(wheel.locate_file("lib/cmake/ggml"))
+    libs = Path(wheel.locate_file("llama_cpp/lib"))
+    if not (config / "ggml-config.cmake").exists() or not any(libs.glob("libggml-base.*")):
+        raise RuntimeError(f"no ggml package config in {config} or libraries in {libs}")
+    return config, libs
 
 
 def cmake_args() -> list[str]:
-    """The flags scripts/llama-build.sh builds the wheel with, for this machine."""
-    mode = "--cuda" if _installed_is_cuda() else "--cpu"
-    printed = subprocess.run(
-        [str(common.ROOT / "scripts" / "llama-build.sh"), "--print-args", mode],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    return [*printed, "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"]
+    config, libs = _ggml()
+    return [
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DLLAMA_USE_SYSTEM_GGML=ON",
+        f"-Dggml_DIR={config}",
+        f"-DCMAKE_LIBRARY_PATH={libs}",
+        "-DLLAMA_CURL=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_EXAMPLES=OFF",
+        "-DLLAMA_BUILD_APP=OFF",
+        # No web UI: it would be fetched from the network or built with npm.
+        "-DLLAMA_BUILD_UI=OFF",
+        "-DLLAMA_USE_PREBUILT_UI=OFF",
+    ]
 
 
-def _installed_is_cuda() -> bool:
-    import llama_cpp
-
-    lib = Path(llama_cpp.__file__).parent / "lib"
-    return any(lib.glob("libggml-cuda*"))
+def backends() -> list[str]:
+    """The ggml backends the wheel was built with (``cpu``, ``cuda``, ...)."""
+    _config, libs = _ggml()
+    found = {p.name.split(".")[0].removeprefix("libggml-") for p in libs.glob("libggml-*.so*")}
+    return sorted(found - {"base"})
 
 
 def _sdist(version: str) -> Path:
@@ -76,49 +97,34 @@ def _sdist(version: str) -> Path:
     return CACHE / f"llama_cpp_python-{version}.tar.gz"
 
 
-def build(jobs: int = 2) -> Path:
+def build(jobs: int | None = None, sdist: Path | None = None) -> Path:
     """Path of a ``llama-server`` built from the installed version's sources (built on the
     first call: minutes; ``nice``d so neighbours keep their share)."""
     version = installed_version()
     args = cmake_args()
-    key = hashlib.sha256(" ".join([version, *args]).encode()).hexdigest()[:10]
+    _config, libs = _ggml()
+    stamps = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(libs.iterdir())]
+    key = hashlib.sha256(" ".join([version, *args, *stamps]).encode()).hexdigest()[:10]
     out = CACHE / f"{version}-{key}"
     binary = out / "build" / "bin" / "llama-server"
     if binary.exists():
         return binary
     source = out / "src"
     if not source.exists():
-        with tarfile.open(_sdist(version)) as tar:
+        with tarfile.open(sdist or _sdist(version)) as tar:
             prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
             members = [m for m in tar.getmembers() if m.name.startswith(prefix)]
+            if not members:
+                raise RuntimeError(f"{sdist} holds no llama-cpp-python {version} sources")
             for member in members:
                 member.name = member.name[len(prefix) :]
             tar.extractall(source, members=members, filter="data")
     nice = ["nice", "-n", "15"]
+    build_dir = str(out / "build")
+    subprocess.run([*nice, "cmake", "-S", str(source), "-B", build_dir, *args], check=True)
+    jobs = jobs or os.cpu_count() or 2
     subprocess.run(
-        [
-            *nice,
-            "cmake",
-            "-S",
-            str(source),
-            "-B",
-            str(out / "build"),
-            "-DCMAKE_BUILD_TYPE=Release",
-            *args,
-        ],
-        check=True,
-    )
-    subprocess.run(
-        [
-            *nice,
-            "cmake",
-            "--build",
-            str(out / "build"),
-            "--target",
-            "llama-server",
-            "-j",
-            str(jobs),
-        ],
+        [*nice, "cmake", "--build", build_dir, "--target", "llama-server", "-j", str(jobs)],
         check=True,
     )
     return binary
@@ -141,21 +147,23 @@ class LlamaServer:
 
 
 def start(
+    binary: Path,
     model: Path,
     *,
     n_ctx: int,
     slots: int,
     threads: int,
     repack: bool,
+    gpu_layers: int,
     log_path: Path,
-    batch: int | None = None,
 ) -> LlamaServer:
-    """Start ``llama-server`` on ``model`` with the inference service's settings: ``n_ctx``
-    is the whole KV cache (llama-server splits it across ``slots`` like the batched engine
-    shares it), ``threads`` for decode and batch, weights repacked only if ``repack``."""
+    """Start ``llama-server`` (``binary``, from ``build``) on ``model`` with the inference
+    service's settings: ``n_ctx`` is the whole KV cache (llama-server splits it across
+    ``slots`` like the batched engine shares it), ``threads`` for decode and batch, weights
+    repacked only if ``repack``, ``gpu_layers`` layers offloaded to the GPU."""
     port = common.free_port()
     command = [
-        str(build()),
+        str(binary),
         "-m",
         str(model),
         "--host",
@@ -170,11 +178,11 @@ def start(
         str(threads),
         "-tb",
         str(threads),
+        "-ngl",
+        str(gpu_layers),
         "--kv-unified",
         "--jinja",
     ]
-    if batch:
-        command += ["-b", str(batch)]
     if not repack:
         command.append("--no-repack")
     log = log_path.open("w")
@@ -202,5 +210,26 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def vram_mib() -> dict[int, float]:
+    """GPU memory in use by each process (MiB, by pid), as nvidia-smi reports it; empty
+    without an NVIDIA GPU."""
+    try:
+        listed = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    used: dict[int, float] = {}
+    for line in listed.splitlines():
+        pid, _, mib = line.partition(",")
+        with contextlib.suppress(ValueError):
+            used[int(pid)] = used.get(int(pid), 0.0) + float(mib)
+    return used
+
+
 if __name__ == "__main__":
-    print(build(jobs=int(os.environ.get("JOBS", "2"))))
+    print(build(sdist=Path(sys.argv[1]) if len(sys.argv) > 1 else None))

@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python scripts/bench/vs_llama_server.py [--data-dir DIR] [--runs N]
-        [--max-tokens N] [--streams N] [--one-stream-only] [--record]
+        [--max-tokens N] [--streams N] [--one-stream-only] [--sdist FILE] [--record]
 
 Starts ``python -m appliance inference`` and ``llama-server`` (built by llama_server.py from
 the installed llama-cpp-python's vendored llama.cpp) on the same GGUF with the same n_ctx,
@@ -18,7 +18,10 @@ official ``openai`` client, streaming, alternating which goes first in each run:
   produced a quarter of their tokens (so a slot is free in both servers): its TTFT, and
   the longest gap between two tokens of a running stream (the stall it costs them);
 - prefill: one ~2000-token prompt, ``max_tokens`` 1: prompt tokens / TTFT;
-- RSS of each process at the end.
+- RSS of each process at the end, and the GPU memory each uses (nvidia-smi) on a GPU.
+
+The service offloads ``inference.n_gpu_layers`` layers; llama-server gets the same count
+(``-ngl``) and links the same ggml libraries, so a CUDA build runs both on the GPU.
 
 ``--one-stream-only`` measures the first item alone, so many runs fit in a few minutes:
 the one-stream decode ratio is the noisiest on a shared machine.
@@ -32,12 +35,14 @@ noisy, the ratios less so because the two alternate.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import llama_server  # scripts/bench/llama_server.py
@@ -239,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         help="measure one stream only (more runs in the time, for the decode ratio)",
     )
     parser.add_argument(
+        "--sdist",
+        type=Path,
+        help="llama-cpp-python source archive to build llama-server from (default: from PyPI)",
+    )
+    parser.add_argument(
         "--env",
         action="append",
         default=[],
@@ -247,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    binary = llama_server.build(sdist=args.sdist)  # before the machine is measured
     busy_before = busy_fraction(2.0)
     with contextlib.ExitStack() as stack:
         settings = bench_data_dir(stack, args.data_dir)
@@ -264,12 +275,17 @@ def main(argv: list[str] | None = None) -> int:
             or physical_cores()
         )
         repack = bool(health.get("cpu_repack") in (True, "on"))
+        gpu_layers = int(health.get("gpu_layers") or 0)
+        if gpu_layers and gpu_layers >= int(health.get("model_layers") or 0):
+            gpu_layers = 999  # all of them, as the service
         peer = llama_server.start(
+            binary,
             registry.path(model),
             n_ctx=health["n_ctx"],
             slots=slots,
             threads=threads,
             repack=repack,
+            gpu_layers=gpu_layers,
             log_path=settings.paths.data_dir / "llama-server.log",
         )
         stack.callback(peer.stop)
@@ -289,8 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         ]
         setup = (
             f"{cpu_model()}; {model.id}; n_ctx {health['n_ctx']}, {slots} slots, "
-            f"{threads} threads, repack {'on' if repack else 'off'}; llama-server "
-            f"{llama_server.installed_version()} ({' '.join(llama_server.cmake_args()[:1])})"
+            f"{threads} threads, repack {'on' if repack else 'off'}, "
+            f"{health.get('gpu_layers')}/{health.get('model_layers')} layers on the GPU; "
+            f"llama-server {llama_server.installed_version()} on the wheel's ggml "
+            f"({', '.join(llama_server.backends())})"
         )
         print(setup)
         results: dict[str, dict[str, list]] = {t.name: {} for t in targets}
@@ -324,8 +342,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{many['agg']:.1f} agg, prefill {rate:.0f} tok/s"
                 )
         elapsed = time.monotonic() - t0
-        load = (cpu_busy_seconds() - busy0) / elapsed / 2
+        load = (cpu_busy_seconds() - busy0) / elapsed / (os.cpu_count() or 1)
         rss = {t.name: llama_server.rss_bytes(t.pid) / 2**20 for t in targets}
+        vram = llama_server.vram_mib()
 
     n = args.streams
     # (measurement, key in the results, statistic, scale, format, unit)
@@ -359,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
         ours, theirs = (percentile(results[t][key], q) * scale for t in ("service", "llama-server"))
         row(name, ours, theirs, fmt, unit)
     row("RSS at the end", rss["service"], rss["llama-server"], ".0f", "MiB")
+    ours, theirs = (vram.get(t.pid, 0.0) for t in targets)
+    if ours and theirs:  # on an NVIDIA GPU
+        row("GPU memory at the end", ours, theirs, ".0f", "MiB")
     header = ["measurement", "inference service", "llama-server", "ratio"]
     notes = (
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, code {code_version()}, medians of "

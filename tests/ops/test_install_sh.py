@@ -201,3 +201,58 @@ def test_the_gpu_check_stops_at_once_and_says_why_without_a_gpu(tmp_path):
     assert result.returncode == 2
     assert "no NVIDIA GPU here (nvidia-smi not found); nothing was run" in result.stderr
     assert "nvidia-smi not found" in (out / "summary.txt").read_text()
+
+
+def test_the_trimmed_sdist_keeps_what_both_builds_compile(tmp_path):
+    """scripts/gpu-sdist.sh on a stand-in sdist: the wheel's sources and llama-server's
+    (tools/, the UI's CMake files and scripts/ui-assets.cmake) stay; the rest goes."""
+    llama = tmp_path / "src" / "llama_cpp_python-9.9.9" / "vendor" / "llama.cpp"
+    kept = [
+        "CMakeLists.txt",
+        "src/llama.cpp",
+        "common/common.cpp",
+        "ggml/src/ggml-cpu/ggml-cpu.c",
+        "ggml/src/ggml-cuda/ggml-cuda.cu",
+        "tools/CMakeLists.txt",
+        "tools/mtmd/mtmd.cpp",
+        "tools/server/server.cpp",
+        "tools/quantize/quantize.cpp",
+        "tools/ui/CMakeLists.txt",
+        "tools/ui/ui.cpp.in",
+        "scripts/ui-assets.cmake",
+        "vendor/cpp-httplib/httplib.h",
+    ]
+    dropped = [
+        "models/ggml-vocab-llama.gguf",
+        "docs/build.md",
+        "tools/ui/src/app.ts",
+        "tools/ui/package-lock.json",
+        "scripts/sync-ggml.sh",
+        "ggml/src/ggml-vulkan/ggml-vulkan.cpp",
+    ]
+    for name in kept + dropped:
+        (llama / name).parent.mkdir(parents=True, exist_ok=True)
+        (llama / name).write_text(name)
+    (llama.parents[1] / "docs").mkdir()
+    sdist = tmp_path / "llama_cpp_python-9.9.9.tar.gz"
+    subprocess.run(
+        ["tar", "-C", str(tmp_path / "src"), "-czf", str(sdist), "llama_cpp_python-9.9.9"],
+        check=True,
+    )
+    out = tmp_path / "out"
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu-sdist.sh"), "--from", str(sdist), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    listing = subprocess.run(
+        ["tar", "-tzf", str(out / "llama_cpp_python-9.9.9-cuda.tar.gz")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    prefix = "llama_cpp_python-9.9.9/vendor/llama.cpp/"
+    files = {name.removeprefix(prefix) for name in listing if not name.endswith("/")}
+    assert files == set(kept)
