@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from appliance.clock import Clock, utcnow
 from appliance.config import Settings
 from appliance.db import pooled
 from appliance.errors import DatabaseError
-from appliance.inference.client import kept_connections
+from appliance.inference.client import InferenceClient, kept_connections
 from appliance.privacy import policy
 from appliance.tasks import TaskQueue, create_queue
 from appliance.web import (
@@ -90,8 +91,11 @@ def create_app(
 
     task_queue = queue or create_queue(settings)
 
+    # Made once, at its first use: its key is read from the vault, not once a request.
+    inference = functools.cache(lambda: InferenceClient.from_settings(settings))
+
     def provide_ctx(request: Request, db: NamedDependency[sqlite_utils.Database]) -> deps.Ctx:
-        return deps.Ctx(request, db, settings, clock, task_queue)
+        return deps.Ctx(request, db, settings, clock, task_queue, inference)
 
     controllers = [
         health.HealthController,

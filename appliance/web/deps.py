@@ -21,9 +21,9 @@ run as tasks of a task group, which cost a request over a millisecond on two cor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cached_property
 from typing import Any, TypeAlias
 
 import sqlite_utils
@@ -57,11 +57,12 @@ class Ctx:
     settings: Settings
     clock: Clock
     queue: TaskQueue
+    #: The app's one client of the inference service (made at its first use).
+    inference_client: Callable[[], InferenceClient]
 
-    @cached_property
+    @property
     def inference(self) -> InferenceClient:
-        """Made on first use: it reads the service's key from the vault."""
-        return InferenceClient.from_settings(self.settings)
+        return self.inference_client()
 
     def now(self) -> datetime:
         return self.clock()
