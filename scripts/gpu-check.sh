@@ -120,10 +120,13 @@ APP=$VENV/bin/appliance
 step "data dir and models" "$SETUP" 120 sh -c "'$APP' init && '$APP' models install-defaults"
 step "appliance doctor" "$OUT/doctor.txt" 120 "$APP" doctor
 cp docs/benchmarks.md "$WORK/benchmarks.before.md"
-step "llama-server build" "$OUT/build.log" 240 "$VENV/bin/python" scripts/bench/llama_server.py "$SDIST" &&
+if step "llama-server build" "$OUT/build.log" 240 "$VENV/bin/python" scripts/bench/llama_server.py "$SDIST"; then
   step "vs llama-server" "$OUT/benchmarks.txt" 180 \
     "$VENV/bin/python" scripts/bench/vs_llama_server.py --data-dir "$APPLIANCE_DATA_DIR" \
     --runs 3 --max-tokens 64 --streams 8 --sdist "$SDIST" --record
+else
+  say "SKIP  vs llama-server: no llama-server"
+fi
 step "inference benchmark" "$OUT/benchmarks.txt" 180 \
   "$VENV/bin/python" scripts/bench/inference.py --data-dir "$APPLIANCE_DATA_DIR" --runs 3 --record --force-record
 step "batching benchmark" "$OUT/benchmarks.txt" 120 \
