@@ -63,16 +63,16 @@ rm -rf "${SRC:?}"/{docs,examples,tests,docker,.git,.github}
 LLAMA=$SRC/vendor/llama.cpp
 keep_top=" CMakeLists.txt cmake common ggml include licenses src vendor tools LICENSE README.md "
 # Of scripts/, only what the build of llama-server runs (scripts/bench/vs_llama_server.py).
-mv "$LLAMA/scripts/ui-assets.cmake" "$WORK/"
+[ ! -e "$LLAMA/scripts/ui-assets.cmake" ] || mv "$LLAMA/scripts/ui-assets.cmake" "$WORK/"
 for entry in "$LLAMA"/* "$LLAMA"/.[!.]*; do
   [ -e "$entry" ] || continue
   case "$keep_top" in *" $(basename "$entry") "*) ;; *) rm -rf "$entry" ;; esac
 done
-mkdir "$LLAMA/scripts" && mv "$WORK/ui-assets.cmake" "$LLAMA/scripts/"
+[ ! -e "$WORK/ui-assets.cmake" ] || { mkdir "$LLAMA/scripts" && mv "$WORK/ui-assets.cmake" "$LLAMA/scripts/"; }
 # tools/ stays (llama-server and the small tools its CMake file adds), but not the
 # sources of llama-server's web UI (built with npm or downloaded; the benchmark builds
 # llama-server without it).
-find "$LLAMA/tools/ui" -mindepth 1 -maxdepth 1 ! -name CMakeLists.txt ! -name '*.in' -exec rm -rf {} +
+[ ! -d "$LLAMA/tools/ui" ] || find "$LLAMA/tools/ui" -mindepth 1 -maxdepth 1 ! -name CMakeLists.txt ! -name '*.in' -exec rm -rf {} +
 for entry in "$LLAMA"/ggml/src/ggml-*/; do
   case "$(basename "$entry")" in ggml-cpu | ggml-cuda) ;; *) rm -rf "$entry" ;; esac
 done

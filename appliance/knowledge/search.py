@@ -7,8 +7,8 @@ embedded (the inference service is down or restarting).
 
 A search starts the query embedding and the vector leg on a pool thread, on a connection
 from ``db.pooled``, runs the BM25 leg on the caller's connection meanwhile (SQLite
-releases the GIL while it works), then fuses the two rankings by weighted reciprocal rank fusion.
-The BM25 leg leaves out the query's common words (those in more than
+releases the GIL while it works), then fuses the two rankings by weighted reciprocal rank
+fusion. The BM25 leg leaves out the query's common words (those in more than
 ``Tuning.common_share`` of all chunks): scoring their long posting lists is most of
 its time and adds little to the ranking; a rare word is never left out.
 Hits that are neighbouring chunks of one document become one passage. When the inference
@@ -18,6 +18,7 @@ service serves a reranker (``knowledge.rerank``), a cross-encoder re-scores the 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
@@ -184,9 +185,7 @@ def _start_vector_leg(
 
     def run() -> list[int]:
         vector = client.embed([query], account_id=account_id)[0]
-        if not path:
-            return KnowledgeStore(db).nearest(account_id, vector, depth, collections)
-        with pooled(path) as reader:
+        with pooled(path) if path else contextlib.nullcontext(db) as reader:
             return KnowledgeStore(reader).nearest(account_id, vector, depth, collections)
 
     if not path:  # an in-memory database has no second connection: run it here
