@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -66,6 +68,21 @@ def cmake_args() -> list[str]:
     ]
 
 
+def _tool(name: str) -> str | None:
+    """``name`` (cmake, ninja) on PATH, else the one of its Python package (pip's build of
+    the wheel finds them so: a GPU image may have them only as packages)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    try:
+        package = importlib.import_module(name)
+    except ImportError:
+        return None
+    directory = getattr(package, "CMAKE_BIN_DIR" if name == "cmake" else "BIN_DIR", "")
+    binary = Path(directory) / name
+    return str(binary) if binary.exists() else None
+
+
 def backends() -> list[str]:
     """The ggml backends the wheel was built with (``cpu``, ``cuda``, ...)."""
     _config, libs = _ggml()
@@ -100,8 +117,12 @@ def _sdist(version: str) -> Path:
 def build(jobs: int | None = None, sdist: Path | None = None) -> Path:
     """Path of a ``llama-server`` built from the installed version's sources (built on the
     first call: minutes; ``nice``d so neighbours keep their share)."""
+    cmake, ninja = _tool("cmake"), _tool("ninja")
+    if cmake is None:
+        raise RuntimeError("cmake not found (on PATH or as the cmake Python package)")
+    generator = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja else []
     version = installed_version()
-    args = cmake_args()
+    args = [*generator, *cmake_args()]
     _config, libs = _ggml()
     stamps = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(libs.iterdir())]
     key = hashlib.sha256(" ".join([version, *args, *stamps]).encode()).hexdigest()[:10]
@@ -121,10 +142,10 @@ def build(jobs: int | None = None, sdist: Path | None = None) -> Path:
             tar.extractall(source, members=members, filter="data")
     nice = ["nice", "-n", "15"]
     build_dir = str(out / "build")
-    subprocess.run([*nice, "cmake", "-S", str(source), "-B", build_dir, *args], check=True)
+    subprocess.run([*nice, cmake, "-S", str(source), "-B", build_dir, *args], check=True)
     jobs = jobs or os.cpu_count() or 2
     subprocess.run(
-        [*nice, "cmake", "--build", build_dir, "--target", "llama-server", "-j", str(jobs)],
+        [*nice, cmake, "--build", build_dir, "--target", "llama-server", "-j", str(jobs)],
         check=True,
     )
     return binary
