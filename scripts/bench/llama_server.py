@@ -5,7 +5,7 @@ commit as the library the appliance loads), only the ``llama-server`` target, an
 against the installed wheel's own ggml libraries (``LLAMA_USE_SYSTEM_GGML``, through the
 ``ggml-config.cmake`` the wheel installs): both servers run the very same ggml binaries,
 CPU or CUDA, with the flags scripts/llama-build.sh built them with, and the build compiles
-only llama.cpp's C++ (no CUDA kernels: minutes, not the wheel's tens of minutes of nvcc).
+only llama.cpp's C++ (no CUDA kernel a second time; 10 minutes on 2 cores).
 Cached under ``scripts/bench/.llama-server/`` (gitignored), keyed by the version and the
 wheel's ggml files; never a product dependency.
 
@@ -51,7 +51,7 @@ def _ggml() -> tuple[Path, Path]:
     return config, libs
 
 
-def cmake_args() -> list[str]:
+def _cmake_args() -> list[str]:
     config, libs = _ggml()
     return [
         "-DCMAKE_BUILD_TYPE=Release",
@@ -122,7 +122,7 @@ def build(jobs: int | None = None, sdist: Path | None = None) -> Path:
         raise RuntimeError("cmake not found (on PATH or as the cmake Python package)")
     generator = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja else []
     version = installed_version()
-    args = [*generator, *cmake_args()]
+    args = [*generator, *_cmake_args()]
     _config, libs = _ggml()
     stamps = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(libs.iterdir())]
     key = hashlib.sha256(" ".join([version, *args, *stamps]).encode()).hexdigest()[:10]
