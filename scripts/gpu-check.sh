@@ -123,7 +123,7 @@ cp docs/benchmarks.md "$WORK/benchmarks.before.md"
 if step "llama-server build" "$OUT/build.log" 240 "$VENV/bin/python" scripts/bench/llama_server.py "$SDIST"; then
   step "vs llama-server" "$OUT/benchmarks.txt" 180 \
     "$VENV/bin/python" scripts/bench/vs_llama_server.py --data-dir "$APPLIANCE_DATA_DIR" \
-    --runs 3 --max-tokens 64 --streams 8 --sdist "$SDIST" --record
+    --runs 3 --max-tokens 64 --streams 8 16 --sdist "$SDIST" --record
 else
   say "SKIP  vs llama-server: no llama-server"
 fi

@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python scripts/bench/vs_llama_server.py [--data-dir DIR] [--runs N]
-        [--max-tokens N] [--streams N] [--one-stream-only] [--sdist FILE] [--record]
+        [--max-tokens N] [--streams N [N ...]] [--one-stream-only] [--sdist FILE] [--record]
 
 Starts ``python -m appliance inference`` and ``llama-server`` (built by llama_server.py from
 the installed llama-cpp-python's vendored llama.cpp) on the same GGUF with the same n_ctx,
@@ -11,12 +11,13 @@ slots (``inference.parallel``), threads and weight repacking, and measures both 
 official ``openai`` client, streaming, alternating which goes first in each run:
 
 - one stream (greedy, ``--max-tokens``): TTFT, decode tok/s, inter-token gap p50/p95;
-- ``--streams`` concurrent streams (temperature 0.7, one seed each, each from its own
-  account): aggregate completion tok/s (all tokens / first request -> last end) and TTFT
-  p50/p95;
-- a late arrival: a ~250-token prompt sent once ``--streams`` - 1 running streams have each
-  produced a quarter of their tokens (so a slot is free in both servers): its TTFT, and
-  the longest gap between two tokens of a running stream (the stall it costs them);
+- for each count N of ``--streams`` (default 8), N concurrent streams (temperature 0.7,
+  one seed each, each from its own account): aggregate completion tok/s (all tokens /
+  first request -> last end) and TTFT p50/p95;
+- and a late arrival: a ~250-token prompt sent once N - 1 running streams have each
+  produced a quarter of their tokens (with N up to the slots, a slot is free in both
+  servers): its TTFT, and the longest gap between two tokens of a running stream (the
+  stall it costs them);
 - prefill: one ~2000-token prompt, ``max_tokens`` 1: prompt tokens / TTFT;
 - RSS of each process at the end, and the GPU memory each uses (nvidia-smi) on a GPU.
 
@@ -237,7 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__, data_dir=True)
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement (median)")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens per answer")
-    parser.add_argument("--streams", type=int, default=8, help="concurrent streams")
+    parser.add_argument(
+        "--streams",
+        type=int,
+        nargs="+",
+        default=[8],
+        help="concurrent streams (several: each count measured in turn)",
+    )
     parser.add_argument(
         "--one-stream-only",
         action="store_true",
@@ -328,36 +335,50 @@ def main(argv: list[str] | None = None) -> int:
                 if args.one_stream_only:
                     print(f"run {run + 1} {target.name}: {one['tps']:.1f} tok/s one")
                     continue
-                many = concurrent(target, f"{tag} many", args.streams, args.max_tokens)
-                acc.setdefault("agg", []).append(many["agg"])
-                acc.setdefault("ttftN", []).extend(many["ttfts"])
-                late = late_arrival(target, f"{tag} late", args.streams, args.max_tokens)
-                acc.setdefault("late", []).append(late["ttft"])
-                acc.setdefault("stall", []).append(late["stall"])
+                aggregates = []
+                for n in args.streams:
+                    many = concurrent(target, f"{tag} many{n}", n, args.max_tokens)
+                    acc.setdefault(f"agg{n}", []).append(many["agg"])
+                    acc.setdefault(f"ttft{n}", []).extend(many["ttfts"])
+                    late = late_arrival(target, f"{tag} late{n}", n, args.max_tokens)
+                    acc.setdefault(f"late{n}", []).append(late["ttft"])
+                    acc.setdefault(f"stall{n}", []).append(late["stall"])
+                    aggregates.append(f"{many['agg']:.1f} agg at {n}")
                 rate, prompt_tokens = prefill(target, f"{tag} long")
                 acc.setdefault("prefill", []).append(rate)
                 acc["prompt_tokens"] = [prompt_tokens]
                 print(
                     f"run {run + 1} {target.name}: {one['tps']:.1f} tok/s one, "
-                    f"{many['agg']:.1f} agg, prefill {rate:.0f} tok/s"
+                    f"{', '.join(aggregates)}, prefill {rate:.0f} tok/s"
                 )
         elapsed = time.monotonic() - t0
         load = (cpu_busy_seconds() - busy0) / elapsed / (os.cpu_count() or 1)
         rss = {t.name: llama_server.rss_bytes(t.pid) / 2**20 for t in targets}
         vram = llama_server.vram_mib()
 
-    n = args.streams
     # (measurement, key in the results, statistic, scale, format, unit)
     measures = [
         ("one stream TTFT", "ttft1", 50, 1000, ".1f", "ms"),
         ("one stream decode", "tps1", 50, 1, ".1f", "tok/s"),
         ("one stream inter-token p50", "gaps", 50, 1000, ".1f", "ms"),
         ("one stream inter-token p95", "gaps", 95, 1000, ".1f", "ms"),
-        (f"{n} streams aggregate", "agg", 50, 1, ".1f", "tok/s"),
-        (f"{n} streams TTFT p50", "ttftN", 50, 1000, ".1f", "ms"),
-        (f"{n} streams TTFT p95", "ttftN", 95, 1000, ".1f", "ms"),
-        (f"late arrival TTFT ({n - 1} running)", "late", 50, 1000, ".1f", "ms"),
-        ("late arrival: running streams' longest gap", "stall", 50, 1000, ".1f", "ms"),
+    ]
+    for n in args.streams:
+        measures += [
+            (f"{n} streams aggregate", f"agg{n}", 50, 1, ".1f", "tok/s"),
+            (f"{n} streams TTFT p50", f"ttft{n}", 50, 1000, ".1f", "ms"),
+            (f"{n} streams TTFT p95", f"ttft{n}", 95, 1000, ".1f", "ms"),
+            (f"late arrival TTFT ({n - 1} running)", f"late{n}", 50, 1000, ".1f", "ms"),
+            (
+                f"late arrival ({n - 1} running): their longest gap",
+                f"stall{n}",
+                50,
+                1000,
+                ".1f",
+                "ms",
+            ),
+        ]
+    measures += [
         (
             f"prefill, {results['service'].get('prompt_tokens', [0])[0]}-token prompt",
             "prefill",
