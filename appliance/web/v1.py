@@ -119,11 +119,6 @@ def _error(request: Request, exc: Exception) -> Response:
     return response
 
 
-def _payer(ctx: Ctx, key: Identity) -> tuple[Any, ...]:
-    """Who pays, as metering takes it: database, settings, inference, account, key."""
-    return ctx.db, ctx.settings, ctx.inference, key.account.id, key.key_id
-
-
 def _held(ctx: Ctx, key: Identity, instance, composed: chat.Composed, choices: int) -> _Run:
     """Reserve the most the request can cost, every choice's answer included (402 when the
     credit or a spend cap does not cover it)."""
@@ -234,7 +229,8 @@ class V1Api(Controller):
         request.state.instance_id = instance.id  # for the request log
         if parsed.dimensions is not None and parsed.dimensions < 1:
             raise schema.InvalidParam("'dimensions' must be at least 1.", "dimensions")
-        vectors, tokens = embed_metered(*_payer(ctx, api_key), instance, texts, ctx.clock)
+        payer = ctx.db, ctx.settings, ctx.inference, api_key.account.id, api_key.key_id
+        vectors, tokens = embed_metered(*payer, instance, texts, ctx.clock)
         return {
             "object": "list",
             "model": instance.name,
