@@ -8,6 +8,13 @@ sequence waits for its next token, ``PREFILL_TOKENS`` when none does); calls
 ``llama_decode`` once; and samples each sequence that has logits with its own sampler
 chain (temperature, top_p, seed). With ``parallel = 1`` it answers one request at a time.
 
+On a GPU, ``llama_decode`` returns once the step is queued on the device; llama.cpp waits
+for it only when the logits are read. The engine uses that wait (``overlap``): the text of
+the tokens sampled in one step (their bytes, stop strings, the events to the requests) is
+handed on while the device evaluates the next, so the only Python between two evaluations
+is sampling and building the batch. On the CPU ``llama_decode`` returns when it is done,
+so the text is handed on at once (deferred, it would reach the client a step later).
+
 Prefix reuse (``inference/prefixes.py``): a finished sequence's KV state is kept in host
 memory for later prompts that start the same way, at most
 ``inference.prefix_cache_entries``.
@@ -156,10 +163,12 @@ class BatchedChatEngine(ChatModel):
         parallel: int,
         prompt_chunk_tokens: int,
         prefix_cache_entries: int,
+        overlap: bool | None = None,
         **load: Any,
     ) -> None:
         """``load``: ``chat_llama``'s ``n_threads``, ``n_gpu_layers`` (0: on the CPU),
-        ``kv_cache_type`` and ``extra_bufts``. ``prompt_chunk_tokens`` 0: chosen by device."""
+        ``kv_cache_type`` and ``extra_bufts``. ``prompt_chunk_tokens`` 0: chosen by device;
+        ``overlap`` None: on wherever layers are on a GPU (see the module docstring)."""
         import llama_cpp
         from llama_cpp import _internals
 
@@ -169,6 +178,7 @@ class BatchedChatEngine(ChatModel):
         llama = chat_llama(path, n_ctx=64, flash_attn=flash_attn, **load)
         self.slots = parallel
         on_gpu = bool(load.get("n_gpu_layers"))
+        self.overlap = on_gpu if overlap is None else overlap
         self.chunk = prompt_chunk_tokens or (PREFILL_TOKENS if on_gpu else CPU_CHUNK_TOKENS)
         self.capacity = parallel + max(self.chunk, PREFILL_TOKENS)
         params = llama_cpp.llama_context_params.from_buffer_copy(llama.context_params)
@@ -214,6 +224,7 @@ class BatchedChatEngine(ChatModel):
             metrics=self.metrics,
         )
         self._admitted = 0
+        self._pending: list[_Sequence] = []  # sequences whose newest token's text waits
         self.outbox = Outbox()
 
     # -- BatchRunner -------------------------------------------------------------------
@@ -251,6 +262,8 @@ class BatchedChatEngine(ChatModel):
             self._unpark()  # nothing holds cells that could be waited for
         plan = self._plan(sorted(self._running.values(), key=lambda s: s.order))
         decode_seconds = self._decode(plan, ended) if plan else 0.0
+        if not plan:  # nothing was evaluated to hand the text on beside
+            self._hand_on(ended)
         # Ended requests' text is handed over now, before the scheduler's last events.
         if ended:
             self.outbox.drain()
@@ -262,6 +275,8 @@ class BatchedChatEngine(ChatModel):
         return ended
 
     def reset(self) -> None:
+        self._lib.llama_synchronize(self.ctx)
+        self._pending.clear()
         self.outbox.drain()  # before the scheduler fails what is running
         for seq in list(self._running.values()):
             self._release(seq)
@@ -331,8 +346,9 @@ class BatchedChatEngine(ChatModel):
         """Decode the plan and sample; on failure retry without the request(s) at fault.
 
         Sequences that end (finished or failed) are appended to ``ended``; ``plan`` is left
-        holding what was decoded. Returns the seconds spent in ``llama_decode``. Sampling
-        follows each successful ``llama_decode`` at once: the next call overwrites the
+        holding what was decoded. Returns the seconds from each successful ``llama_decode``
+        to the end of its evaluation (with ``overlap``, the text handed on meanwhile
+        included). Sampling follows each evaluation at once: the next one overwrites the
         logits.
         """
         lib = self._lib
@@ -347,10 +363,12 @@ class BatchedChatEngine(ChatModel):
             self._fill(group)
             began = time.perf_counter()
             rc = lib.llama_decode(self.ctx, self.batch)
-            seconds += time.perf_counter() - began
             if rc == 0:
                 self._advance(group)
                 plan.extend(group)
+                self._hand_on(ended)  # while a GPU evaluates
+                lib.llama_synchronize(self.ctx)
+                seconds += time.perf_counter() - began
                 for seq, _start, _count in group:
                     if seq.out is not None:
                         last = self._sample(seq)
@@ -407,7 +425,8 @@ class BatchedChatEngine(ChatModel):
             self.metrics.prompt_tokens += max(0, min(start + count, len(seq.prompt)) - start)
 
     def _sample(self, seq: _Sequence) -> Finish | None:
-        """Sample the next token of ``seq``; returns its ``Finish`` if it ended."""
+        """Sample the next token of ``seq``; returns its ``Finish`` if it ended. Its text is
+        handed on now, or with ``overlap`` during the next step (unless it is the last)."""
         lib = self._lib
         token = lib.llama_sampler_sample(seq.sampler, self.ctx, seq.out)
         if seq.grammar is not None:
@@ -423,11 +442,20 @@ class BatchedChatEngine(ChatModel):
         if lib.llama_vocab_is_eog(self.vocab, token):
             return self._end(seq, "stop")
         seq.completion += 1
+        seq.tokens.append(token)  # the next step evaluates it, unless the answer ends here
         top = seq.job.payload.params.top_logprobs
         if top is not None:  # only sequences that asked pay for the log-softmax
             entry = sampling.logprobs(lib, self.vocab, self.ctx, out, token, top, self.piece)
             seq.logprobs.append(entry)
-        ready, hit = seq.scanner.feed(seq.decoder.decode(self.piece(token)))
+        if self.overlap and seq.completion < seq.limit:
+            self._pending.append(seq)
+            return None
+        return self._text(seq)
+
+    def _text(self, seq: _Sequence) -> Finish | None:
+        """Hand on the text of ``seq``'s newest token; its ``Finish`` at a stop string or
+        its token limit."""
+        ready, hit = seq.scanner.feed(seq.decoder.decode(self.piece(seq.tokens[-1])))
         if ready:
             self.outbox.put(seq.job, Delta(ready, tuple(seq.logprobs)))
             seq.logprobs.clear()
@@ -435,10 +463,26 @@ class BatchedChatEngine(ChatModel):
             return self._end(seq, "stop")
         if seq.completion >= seq.limit:
             return self._end(seq, "length")
-        seq.tokens.append(token)
         return None
 
+    def _hand_on(self, ended: list[tuple[Job, Any]]) -> None:
+        """The text of the tokens sampled last step (``overlap``); a sequence that reaches
+        a stop string ends, and what this step evaluates for it is not sampled."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        for seq in pending:
+            if seq.sampler is not None:  # not ended since (cancelled)
+                last = self._text(seq)
+                if last is not None:
+                    seq.out = None
+                    ended.append((seq.job, last))
+        self.outbox.flush()
+
     def _end(self, seq: _Sequence, reason: str) -> Finish:
+        # With ``overlap`` a step may still be evaluating this sequence's last token; its
+        # cells are read (the prefix cache) and freed once it is done.
+        self._lib.llama_synchronize(self.ctx)
         if reason != "stop" or not seq.scanner.hit:
             tail = seq.scanner.flush(seq.decoder.decode(b"", final=True))
             if tail and reason != "cancelled":

@@ -393,9 +393,84 @@ async def test_a_prompt_alone_takes_micro_batches_and_beside_an_answer_prompt_ch
     assert len(beside) == -(-evaluated // engine.chunk) + 1
 
 
-def test_the_prompt_chunk_is_chosen_by_device_unless_set(make_engine):
-    # prompt_chunk_tokens 0: 128 on the CPU (this build; make_engine loads no GPU layers).
-    assert make_engine(prompt_chunk_tokens=0, prefix_cache_entries=0).chunk == 128
+def test_the_prompt_chunk_and_overlap_are_chosen_by_device_unless_set(make_engine):
+    # prompt_chunk_tokens 0: 128 on the CPU (this build; make_engine loads no GPU layers),
+    # where llama_decode returns only when it is done: text is handed on at once.
+    engine = make_engine(prompt_chunk_tokens=0, prefix_cache_entries=0)
+    assert engine.chunk == 128
+    assert engine.overlap is False
+
+
+class Evaluating:
+    """llama_cpp noting whether a step is being evaluated: from a successful
+    ``llama_decode`` to ``llama_synchronize`` (on a GPU, while the device works)."""
+
+    def __init__(self, lib: Any) -> None:
+        self.lib = lib
+        self.now = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.lib, name)
+
+    def llama_decode(self, ctx: Any, batch: Any) -> int:
+        rc = self.lib.llama_decode(ctx, batch)
+        self.now = rc == 0
+        return rc
+
+    def llama_synchronize(self, ctx: Any) -> None:
+        self.now = False
+        self.lib.llama_synchronize(ctx)
+
+
+@async_test
+async def test_with_overlap_text_is_handed_on_during_the_next_step_and_answers_are_the_same(
+    make_engine, monkeypatch
+):
+    """``overlap`` (on a GPU: the text of one step's tokens is handed on while the device
+    evaluates the next) run here, where llama_decode is synchronous: each request gets the
+    same events as with the text handed on at once, and the text goes out mid-step."""
+    payloads = [
+        request(QUESTIONS[2], stop=(", 4",)),
+        request(QUESTIONS[0], max_tokens=5),
+        request(QUESTIONS[3], max_tokens=12, top_logprobs=2),
+        request(QUESTIONS[6], max_tokens=64),
+    ]
+    answers, mid_step = {}, {}
+    for overlap in (False, True):
+        engine = make_engine(prefix_cache_entries=0, overlap=overlap)
+        lib = Evaluating(engine._lib)
+        monkeypatch.setattr(engine, "_lib", lib)
+        puts: list[bool] = []
+        put = engine.outbox.put
+        monkeypatch.setattr(
+            engine.outbox, "put", lambda *a, p=put, n=puts, lib=lib: (n.append(lib.now), p(*a))
+        )
+        run = Run(engine)
+        answers[overlap] = []
+        try:
+            for payload in payloads:
+                job, events = run.submit(payload), []
+                while (event := await asyncio.wait_for(job.events.get(), TIMEOUT)) is not DONE:
+                    events.append(event)
+                answers[overlap].append(events)
+        finally:
+            run.stop()
+        mid_step[overlap] = puts
+
+    assert answers[True] == answers[False]
+    ends = [events[-1] for events in answers[True]]
+    text = "".join(event.text for event in answers[True][0][:-1])
+    assert ends[0].reason == "stop" and ends[0].completion_tokens < 24  # the stop string
+    assert "1, 2, 3" in text and ", 4" not in text
+    assert (ends[1].reason, ends[1].completion_tokens) == ("length", 5)
+    assert ends[3].reason == "stop" and ends[3].completion_tokens < 64  # the end token
+    logprobs = [entry for event in answers[True][2][:-1] for entry in event.logprobs]
+    assert len(logprobs) == 12 and all(len(e["top_logprobs"]) == 2 for e in logprobs)
+    # Handed on at once: never during an evaluation. With overlap: all but each answer's
+    # last token (at its limit) and its held-back tail, during the next step's evaluation.
+    assert not any(mid_step[False])
+    assert len(mid_step[True]) == len(mid_step[False])
+    assert sum(mid_step[True]) >= len(mid_step[True]) - 2 * len(payloads)
 
 
 # -- errors stay with their request ----------------------------------------------------
@@ -495,10 +570,11 @@ def run_failing(engine, monkeypatch, count: int, failing_lib) -> tuple[list[Job]
     return jobs, ended, failing
 
 
+@pytest.mark.parametrize("overlap", [False, True])
 def test_a_request_that_finds_no_kv_room_even_alone_gets_400_naming_tokens_and_limit(
-    make_engine, monkeypatch
+    make_engine, monkeypatch, overlap
 ):
-    engine = make_engine(prefix_cache_entries=0)
+    engine = make_engine(prefix_cache_entries=0, overlap=overlap)
     tokens: list[int] = []
 
     def no_room_for_the_second(jobs: list[Job]) -> NoRoomFor:
@@ -518,8 +594,9 @@ def test_a_request_that_finds_no_kv_room_even_alone_gets_400_naming_tokens_and_l
     assert engine.slots_in_use == 0
 
 
-def test_a_failed_decode_fails_only_the_request_at_fault(make_engine, monkeypatch):
-    engine = make_engine(prefix_cache_entries=0)
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_failed_decode_fails_only_the_request_at_fault(make_engine, monkeypatch, overlap):
+    engine = make_engine(prefix_cache_entries=0, overlap=overlap)
     jobs, ended, failing = run_failing(
         engine, monkeypatch, 3, lambda jobs: DecodeFailsFor(engine._lib, engine.slot_of(jobs[1]))
     )
