@@ -96,6 +96,8 @@ class _Sequence:
     out: int | None = None
     #: The grammar sampler of a constrained answer (kept out of the chain, see _sample).
     grammar: Any = None
+    #: The chain is llama.cpp's greedy sampler alone: the token is the logits' argmax.
+    greedy: bool = False
     #: Log probabilities (``logprobs.content`` entries) of tokens whose text is not out yet.
     logprobs: list[dict[str, Any]] = field(default_factory=list)
 
@@ -242,6 +244,7 @@ class BatchedChatEngine(ChatModel):
             tokens=list(tokens),
             limit=min(params.max_tokens, self.n_ctx - len(tokens)),
             sampler=sampling.chain(self._lib, self.vocab, params),
+            greedy=sampling.greedy(params),
             grammar=sampling.grammar(self._lib, self.vocab, params),
             scanner=sampling.StopScanner(stops),
             order=self._admitted,
@@ -428,7 +431,10 @@ class BatchedChatEngine(ChatModel):
         """Sample the next token of ``seq``; returns its ``Finish`` if it ended. Its text is
         handed on now, or with ``overlap`` during the next step (unless it is the last)."""
         lib = self._lib
-        token = lib.llama_sampler_sample(seq.sampler, self.ctx, seq.out)
+        if seq.greedy:
+            token = int(sampling.logits(lib, self.vocab, self.ctx, seq.out).argmax())
+        else:
+            token = lib.llama_sampler_sample(seq.sampler, self.ctx, seq.out)
         if seq.grammar is not None:
             # As llama.cpp's common sampler does: check the freely sampled token against the
             # grammar, and only when it is refused apply the grammar to the whole vocabulary

@@ -41,6 +41,22 @@ class GenerationParams:
 PENALTY_LAST_N = 64
 
 
+def greedy(params: GenerationParams) -> bool:
+    """Whether the chain of ``params`` is llama.cpp's greedy sampler alone. Its token is then
+    the first of the largest logits, taken here without the chain's copy of every logit
+    into a candidate array (~0.1 ms a token against ~0.01)."""
+    return params.temperature == 0 and not (
+        params.logit_bias or params.presence_penalty or params.frequency_penalty
+    )
+
+
+def logits(lib: Any, vocab: Any, ctx: Any, out: int) -> np.ndarray:
+    """The logits at batch index ``out`` (a view of llama.cpp's buffer, valid until the
+    next ``llama_decode``)."""
+    n_vocab = lib.llama_vocab_n_tokens(vocab)
+    return np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, out), shape=(n_vocab,))
+
+
 def chain(lib: Any, vocab: Any, params: GenerationParams) -> Any:
     """A sampler chain like ``Llama.generate``'s for the same parameters (no grammar)."""
     sampler = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
@@ -90,10 +106,11 @@ def constrained(
     lib: Any, vocab: Any, ctx: Any, out: int, grammar_sampler: Any, sampler: Any
 ) -> int:
     """The next token sampled by ``sampler`` among those the grammar allows."""
-    n_vocab = lib.llama_vocab_n_tokens(vocab)
+    row = logits(lib, vocab, ctx, out)
+    n_vocab = len(row)
     data = np.empty(n_vocab, dtype=[("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
     data["id"] = np.arange(n_vocab, dtype=np.int32)
-    data["logit"] = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, out), shape=(n_vocab,))
+    data["logit"] = row
     data["p"] = 0.0
     candidates = lib.llama_token_data_array(
         data.ctypes.data_as(lib.llama_token_data_p), n_vocab, -1, False
@@ -140,9 +157,7 @@ def logprobs(
     ``out``: its log probability under the model's distribution (the raw logits, before
     temperature, penalties and grammar) and the ``top`` most likely tokens'.
     ``piece(token)`` is a token's bytes."""
-    n_vocab = lib.llama_vocab_n_tokens(vocab)
-    logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, out), shape=(n_vocab,))
-    x = logits.astype(np.float64)
+    x = logits(lib, vocab, ctx, out).astype(np.float64)
     peak = x.max()
     lp = x - (peak + np.log(np.exp(x - peak).sum()))
 

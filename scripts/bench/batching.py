@@ -135,8 +135,10 @@ def messages(index: int, run: int, streams: int) -> list[dict[str, str]]:
     ]
 
 
-def chat_request(msgs: list[dict[str, str]], max_tokens: int, seed: int) -> ChatRequest:
-    params = GenerationParams(max_tokens=max_tokens, temperature=0.7, top_p=0.95, seed=seed)
+def chat_request(
+    msgs: list[dict[str, str]], max_tokens: int, seed: int, temperature: float = 0.7
+) -> ChatRequest:
+    params = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=0.95, seed=seed)
     return ChatRequest(messages=msgs, params=params, stream=True, include_usage=True)
 
 

@@ -4,7 +4,7 @@
 Usage::
 
     .venv/bin/python scripts/bench/step_profile.py [--data-dir DIR] [--threads N]
-        [--max-tokens N] [--runs N]
+        [--max-tokens N] [--runs N] [--temperature T]
 
 Loads the configured chat model as the ``BatchedChatEngine`` (8 slots) behind the real
 ``Scheduler``. On a GPU ``llama_decode`` returns once the step is queued on the device and
@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__, data_dir=True, record=False)
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--temperature", type=float, default=0.7, help="0: greedy (the logits' argmax)"
+    )
     parser.add_argument("--runs", type=int, default=2, help="alternations per stream count")
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as stack:
@@ -113,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             loop = asyncio.get_running_loop()
             streams = []
             for i in range(n):
-                payload = chat_request(messages(i, tag, n), args.max_tokens, seed=i)
+                payload = chat_request(
+                    messages(i, tag, n), args.max_tokens, seed=i, temperature=args.temperature
+                )
                 job = scheduler.Job(account=f"profile-{i}", payload=payload, loop=loop)
                 chat.submit(job)
                 streams.append(Stream(job, time.perf_counter()))
@@ -145,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(
             f"{cpu_model()}, {args.threads} llama.cpp thread(s) on a queued device, "
-            f"load average {load_average()}"
+            f"temperature {args.temperature}, load average {load_average()}"
         )
         print(text_table(HEADER, rows))
     return 0

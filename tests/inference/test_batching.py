@@ -228,6 +228,41 @@ def test_greedy_alone_is_llama_cpps_greedy_text(make_engine, chat_model):
         direct.close()
 
 
+class CountsSampling:
+    """llama_cpp counting its sampler chains' draws (``llama_sampler_sample``)."""
+
+    def __init__(self, lib: Any) -> None:
+        self.lib = lib
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.lib, name)
+
+    def llama_sampler_sample(self, *args: Any) -> int:
+        self.calls += 1
+        return self.lib.llama_sampler_sample(*args)
+
+
+@async_test
+async def test_plain_greedy_takes_the_largest_logit_and_a_biased_one_goes_through_its_chain(
+    engine, monkeypatch
+):
+    payload = request(QUESTIONS[0], max_tokens=6)
+    prompt, _stops = engine.prompt_tokens(payload.messages)
+    first = int(logits_of(engine, [prompt], 1)[0][0].argmax())
+    counting = CountsSampling(engine._lib)
+    monkeypatch.setattr(engine, "_lib", counting)
+
+    text, last, _ = (await answer(engine, [payload]))[0]
+    assert counting.calls == 0  # the argmax, without the chain's copy of every logit
+    assert last.completion_tokens == 6 and text.startswith(engine.piece(first).decode())
+
+    banned = request(QUESTIONS[0], max_tokens=6, logit_bias=((first, -100.0),))
+    banned_text, last, _ = (await answer(engine, [banned]))[0]
+    assert counting.calls == last.completion_tokens == 6
+    assert banned_text != text
+
+
 def test_a_batch_of_8_gives_every_sequence_the_logits_it_gets_alone_within_a_bound(
     make_engine,
 ):
