@@ -362,6 +362,7 @@ def _batching(service: InferenceService) -> dict[str, Any]:
         "slots": chat.slots,
         "slots_in_use": chat.slots_in_use,
         "prompt_chunk_tokens": chat.chunk,
+        "overlap": chat.overlap,
         "steps": m.steps,
         **m.averages(),
         "prefix_cache_entries": chat.prefix_entries,

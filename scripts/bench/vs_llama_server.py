@@ -19,7 +19,10 @@ official ``openai`` client, streaming, alternating which goes first in each run:
   servers): its TTFT, and the longest gap between two tokens of a running stream (the
   stall it costs them);
 - prefill: one ~2000-token prompt, ``max_tokens`` 1: prompt tokens / TTFT;
-- RSS of each process at the end, and the GPU memory each uses (nvidia-smi) on a GPU.
+- RSS of each process at the end, and the GPU memory each uses (nvidia-smi) on a GPU;
+- from the service's ``/metrics``, its engine's steps during the one-stream runs: the
+  milliseconds a step evaluates (from ``llama_decode`` to the end of its wait) and what is
+  left between two evaluations (on a GPU, the time the device waits for Python).
 
 The service offloads ``inference.n_gpu_layers`` layers; llama-server gets the same count
 (``-ngl``) and links the same ggml libraries, so a CUDA build runs both on the GPU.
@@ -166,6 +169,20 @@ def story(tag: str, index: int) -> list[dict]:
         {"role": "system", "content": f"{tag} You are a storyteller."},
         {"role": "user", "content": f"Write a long story about creature number {index}."},
     ]
+
+
+ENGINE_COUNTERS = (
+    "appliance_inference_batch_steps_total",
+    "appliance_inference_batch_step_seconds_total",
+    "appliance_inference_batch_decode_seconds_total",
+)
+
+
+def engine_counters(url: str, key: str) -> list[float]:
+    """The service engine's steps, step seconds and evaluation seconds so far."""
+    text = httpx.get(f"{url}/metrics", headers={"authorization": f"Bearer {key}"}).text
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line[:1] != "#")
+    return [float(values[name]) for name in ENGINE_COUNTERS]
 
 
 def one_stream(target: Target, tag: str, max_tokens: int) -> dict:
@@ -319,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(setup)
         results: dict[str, dict[str, list]] = {t.name: {} for t in targets}
+        steps = [0.0, 0.0, 0.0]  # the service's one-stream steps, their seconds, evaluating
         for target in targets:  # warm-up, discarded
             stream(target, story(f"warm {target.name}", 0), max_tokens=8)
         busy0, t0 = cpu_busy_seconds(), time.monotonic()
@@ -328,7 +346,11 @@ def main(argv: list[str] | None = None) -> int:
             for target in order:
                 tag = f"[{stamp}.{run}.{target.name}]"
                 acc = results[target.name]
+                counted = engine_counters(service.url, key)
                 one = one_stream(target, f"{tag} one", args.max_tokens)
+                if target.name == "service":
+                    now = engine_counters(service.url, key)
+                    steps[:] = [a + b - c for a, b, c in zip(steps, now, counted, strict=True)]
                 acc.setdefault("ttft1", []).append(one["ttft"])
                 acc.setdefault("tps1", []).append(one["tps"])
                 acc.setdefault("gaps", []).extend(one["gaps"])
@@ -403,11 +425,15 @@ def main(argv: list[str] | None = None) -> int:
     if ours and theirs:  # on an NVIDIA GPU
         row("GPU memory at the end", ours, theirs, ".0f", "MiB")
     header = ["measurement", "inference service", "llama-server", "ratio"]
+    count, step_seconds, evaluating = steps
     notes = (
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, code {code_version()}, medians of "
         f"{args.runs} runs (percentiles over all), {args.max_tokens} tokens per answer. "
         f"{setup}. Machine {busy_before:.0%} busy before, {load:.0%} during "
-        f"(both servers' work included; load average {load_average()})."
+        f"(both servers' work included; load average {load_average()}). The service's "
+        f"engine in its one-stream runs (overlap {health['batching']['overlap']}): "
+        f"{evaluating / count * 1000:.2f} ms evaluating and "
+        f"{(step_seconds - evaluating) / count * 1000:.2f} ms between evaluations a step."
     )
     report_comparison(args.record, SECTION, header, rows, notes)
     return 0
