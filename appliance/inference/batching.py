@@ -12,7 +12,8 @@ On a GPU, ``llama_decode`` returns once the step is queued on the device; llama.
 for it only when the logits are read. The engine uses that wait (``overlap``): the text of
 the tokens sampled in one step (their bytes, stop strings, the events to the requests) is
 handed on while the device evaluates the next, so the only Python between two evaluations
-is sampling and building the batch. On the CPU ``llama_decode`` returns when it is done,
+is sampling and building the batch (a request's first token still goes at once: queuing a
+step would add to its time to first token). On the CPU ``llama_decode`` returns when it is done,
 so the text is handed on at once (deferred, it would reach the client a step later).
 
 Prefix reuse (``inference/prefixes.py``): a finished sequence's KV state is kept in host
@@ -429,7 +430,8 @@ class BatchedChatEngine(ChatModel):
 
     def _sample(self, seq: _Sequence) -> Finish | None:
         """Sample the next token of ``seq``; returns its ``Finish`` if it ended. Its text is
-        handed on now, or with ``overlap`` during the next step (unless it is the last)."""
+        handed on now, or with ``overlap`` during the next step (unless it is the first or
+        the last)."""
         lib = self._lib
         if seq.greedy:
             token = int(sampling.logits(lib, self.vocab, self.ctx, seq.out).argmax())
@@ -453,7 +455,9 @@ class BatchedChatEngine(ChatModel):
         if top is not None:  # only sequences that asked pay for the log-softmax
             entry = sampling.logprobs(lib, self.vocab, self.ctx, out, token, top, self.piece)
             seq.logprobs.append(entry)
-        if self.overlap and seq.completion < seq.limit:
+        # With overlap, the first token still goes at once: it is the request's time to
+        # first token, which a step's queuing would add to.
+        if self.overlap and 1 < seq.completion < seq.limit:
             self._pending.append(seq)
             return None
         return self._text(seq)
