@@ -34,9 +34,7 @@ from __future__ import annotations
 import codecs
 import functools
 import logging
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,11 +49,10 @@ from appliance.inference.base import (
 from appliance.inference.outbox import Outbox
 from appliance.inference.prefixes import PrefixCache
 from appliance.inference.scheduler import Failed, Job
+from appliance.inference.stepmetrics import BatchMetrics
 
 log = logging.getLogger(__name__)
 
-#: Steps the averages in /healthz are taken over.
-WINDOW = 256
 #: Prompt tokens per step when no sequence waits for a token, so no answer stalls: one of
 #: llama.cpp's default micro-batches (a long prompt alone prefills as fast as with
 #: llama-server; 128-token chunks gave 0.8x its rate, see docs/benchmarks.md).
@@ -105,52 +102,6 @@ class _Sequence:
     @property
     def n_past(self) -> int:
         return len(self.history)
-
-
-@dataclass
-class BatchMetrics:
-    """Counters since start (for /metrics) and a window of recent steps (for /healthz)."""
-
-    steps: int = 0
-    step_seconds: float = 0.0
-    decode_seconds: float = 0.0
-    batch_tokens: int = 0
-    batch_sequences: int = 0
-    prompt_tokens: int = 0
-    prefix_lookups: int = 0
-    prefix_hits: int = 0
-    prefix_tokens_reused: int = 0
-    kv_full: int = 0
-    kv_waits: int = 0
-    decode_errors: int = 0
-    recent: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def record(self, step: float, decode: float, tokens: int, sequences: int) -> None:
-        with self.lock:
-            self.steps += 1
-            self.step_seconds += step
-            self.decode_seconds += decode
-            self.batch_tokens += tokens
-            self.batch_sequences += sequences
-            self.recent.append((step, decode, tokens, sequences))
-
-    def averages(self) -> dict[str, float]:
-        """Means over the last ``WINDOW`` steps (zeros before the first step)."""
-        with self.lock:
-            recent = list(self.recent) or [(0.0,) * 4]
-        step, decode, tokens, sequences = (sum(c) / len(recent) for c in zip(*recent, strict=True))
-        return {
-            "step_ms": round(step * 1000, 3),
-            "decode_ms": round(decode * 1000, 3),
-            "overhead_ms": round((step - decode) * 1000, 3),
-            "batch_tokens": round(tokens, 2),
-            "batch_sequences": round(sequences, 2),
-        }
-
-    @property
-    def prefix_hit_rate(self) -> float:
-        return self.prefix_hits / self.prefix_lookups if self.prefix_lookups else 0.0
 
 
 class BatchedChatEngine(ChatModel):

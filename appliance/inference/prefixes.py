@@ -20,6 +20,8 @@ import ctypes
 from collections import OrderedDict
 from typing import Any
 
+from appliance.inference.stepmetrics import BatchMetrics
+
 #: Shorter common prefixes are not worth a cache lookup's bookkeeping.
 MIN_REUSED_TOKENS = 8
 
@@ -28,7 +30,14 @@ class PrefixCache:
     """Up to ``entries`` finished sequences' tokens and KV state, least recently used first."""
 
     def __init__(
-        self, lib: Any, ctx: Any, memory: Any, *, entries: int, max_tokens: int, metrics: Any
+        self,
+        lib: Any,
+        ctx: Any,
+        memory: Any,
+        *,
+        entries: int,
+        max_tokens: int,
+        metrics: BatchMetrics,
     ):
         self._lib = lib
         self._ctx = ctx
