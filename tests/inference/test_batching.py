@@ -228,15 +228,20 @@ def test_greedy_alone_is_llama_cpps_greedy_text(make_engine, chat_model):
         direct.close()
 
 
-class CountsSampling:
-    """llama_cpp counting its sampler chains' draws (``llama_sampler_sample``)."""
+class LlamaCalls:
+    """llama_cpp, with the calls a subclass defines in its place."""
 
     def __init__(self, lib: Any) -> None:
         self.lib = lib
-        self.calls = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.lib, name)
+
+
+class CountsSampling(LlamaCalls):
+    """llama_cpp counting its sampler chains' draws (``llama_sampler_sample``)."""
+
+    calls = 0
 
     def llama_sampler_sample(self, *args: Any) -> int:
         self.calls += 1
@@ -436,16 +441,11 @@ def test_the_prompt_chunk_and_overlap_are_chosen_by_device_unless_set(make_engin
     assert engine.overlap is False
 
 
-class Evaluating:
+class Evaluating(LlamaCalls):
     """llama_cpp noting whether a step is being evaluated: from a successful
     ``llama_decode`` to ``llama_synchronize`` (on a GPU, while the device works)."""
 
-    def __init__(self, lib: Any) -> None:
-        self.lib = lib
-        self.now = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.lib, name)
+    now = False
 
     def llama_decode(self, ctx: Any, batch: Any) -> int:
         rc = self.lib.llama_decode(ctx, batch)
@@ -554,16 +554,13 @@ async def test_a_full_kv_cache_makes_the_newest_request_wait_and_every_request_i
     assert engine.slots_in_use == 0
 
 
-class DecodeFailsFor:
+class DecodeFailsFor(LlamaCalls):
     """llama_cpp with a ``llama_decode`` that fails (-1) any batch holding one slot."""
 
     def __init__(self, lib: Any, slot: int) -> None:
-        self.lib = lib
+        super().__init__(lib)
         self.slot = slot
         self.refused = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.lib, name)
 
     def llama_decode(self, ctx: Any, batch: Any) -> int:
         if any(batch.seq_id[i][0] == self.slot for i in range(batch.n_tokens)):
