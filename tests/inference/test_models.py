@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import make_settings
+from gguf import GGUFEndian, GGUFReader, GGUFValueType, GGUFWriter
 from hub_standin import write_gguf
 
 from appliance.errors import Conflict, InvalidInput, NotFound
@@ -218,6 +220,58 @@ def test_verify_notices_a_changed_file(two_embedders):
     assert not models.verify(two_embedders, model)
     path.unlink()
     assert not models.verify(two_embedders, model)
+
+
+@pytest.mark.parametrize("endian", [GGUFEndian.LITTLE, GGUFEndian.BIG])
+def test_gguf_metadata_is_what_the_gguf_package_reads_without_the_arrays(tmp_path, endian):
+    path = tmp_path / "m.gguf"
+    writer = GGUFWriter(str(path), "llama", endianess=endian)
+    writer.add_name("a test model")
+    writer.add_context_length(4096)
+    writer.add_float32("llama.rope.freq_base", 10000.0)
+    writer.add_bool("tokenizer.ggml.add_bos_token", True)
+    writer.add_uint64("test.big", 2**40)
+    writer.add_int8("test.small", -3)
+    writer.add_token_list(["<s>", "héllo", "wörld", ""] * 500)
+    writer.add_token_scores([0.5] * 2000)
+    writer.add_array("test.nested", [[1, 2], [3]])
+    writer.add_string("general.after_the_arrays", "still read")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    metadata = models.gguf_metadata(path)
+
+    reader = GGUFReader(str(path))
+    scalars = {
+        key: field.contents()
+        for key, field in reader.fields.items()
+        if not key.startswith("GGUF.") and field.types[0] != GGUFValueType.ARRAY
+    }
+    assert metadata == pytest.approx(scalars)
+    assert metadata["general.after_the_arrays"] == "still read"
+    assert metadata["test.big"] == 2**40 and metadata["test.small"] == -3
+    assert "tokenizer.ggml.tokens" not in metadata
+    assert models.gguf_context_length(path) == 4096
+
+
+def test_a_file_that_is_not_a_whole_gguf_v2_or_v3_header_is_invalid_input(models_dir, tmp_path):
+    real = (models_dir / CHAT_FILE).read_bytes()[:4_000_000]
+    files = {
+        "empty": b"",
+        "text": b"this is not a GGUF file\n" * 100,
+        "version 1": b"GGUF" + (1).to_bytes(4, "little") + real[8:],
+        "cut inside the vocabulary": real[:300_000],
+        "cut inside the header": real[:20],
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(InvalidInput, match="is not a GGUF model file"):
+            models.gguf_metadata(tmp_path / name)
+    (tmp_path / "whole header").write_bytes(real)  # the tensors' data are not read
+    assert models.gguf_context_length(tmp_path / "whole header") == 8192
 
 
 # -- pull ----------------------------------------------------------------------------
