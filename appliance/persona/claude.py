@@ -8,13 +8,16 @@ Every HTTP request that leaves the box is counted at the transport, after the SD
 encoded it: ``calls`` holds the body size of each attempt that reached a server
 (retries included, whatever the answer), so the egress log shows what was really sent.
 An attempt that could not even connect sent nothing and is not counted.
+
+The SDK is imported by the client, not by this module: importing it takes seconds (4.5 s
+of the web's 6 s start on a 2-core box), and every service and CLI command that reaches
+this module would pay for it while Claude is off or never called.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import anthropic
 import httpx2  # the HTTP library of the anthropic SDK (its http_client must be an httpx2.Client)
 
 from appliance.config import Settings
@@ -87,6 +90,8 @@ class ClaudeClient:
     """The official ``anthropic`` SDK, bounded (one retry, 30 s) and counted."""
 
     def __init__(self, api_key: str, model: str, base_url: str = "") -> None:
+        import anthropic
+
         self.model = model
         self.calls: list[Call] = []
         # A transport of our own: counts bytes; no redirects, so the summary only ever goes
@@ -122,6 +127,8 @@ class ClaudeClient:
         Raises:
             ClaudeError: Anthropic could not be reached, refused, or gave no usable answer.
         """
+        import anthropic  # already imported by __init__: a lookup
+
         try:
             message = self._sdk.messages.create(
                 model=self.model,
