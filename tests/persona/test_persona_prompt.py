@@ -1,6 +1,8 @@
 """System prompts: the local template, Claude with only the summary, egress, edits, history."""
 
 import json
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -278,3 +280,18 @@ def test_the_api_key_never_prints(tmp_path):
     settings = new_settings(tmp_path / "data", **{"persona.anthropic_api_key": API_KEY})
     assert settings.persona.anthropic_api_key == API_KEY
     assert API_KEY not in repr(settings) and API_KEY not in str(settings.persona)
+
+
+def test_the_services_start_without_the_anthropic_sdk_which_a_claude_client_imports():
+    """The SDK takes seconds to import (4.5 s on 2 cores): it is loaded for a Claude call,
+    not by every web, worker or CLI start that merely reaches the persona module."""
+    check = (
+        "import sys\n"
+        "import appliance.cli, appliance.web.app, appliance.worker\n"
+        "assert 'anthropic' not in sys.modules, 'imported at start'\n"
+        "from appliance.persona.claude import ClaudeClient\n"
+        "ClaudeClient('sk-test', 'claude-test', 'http://127.0.0.1:9').close()\n"
+        "assert 'anthropic' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
