@@ -43,11 +43,15 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift ;;
     --cuda-wheel) CUDA_WHEEL=$2; shift ;;
     --bundle) BUNDLE=1 ;;
-    -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu-sdist.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
+if [ -n "$CUDA_WHEEL" ] && [ ! -f "$CUDA_WHEEL" ]; then
+  echo "gpu-sdist.sh: no such wheel: $CUDA_WHEEL" >&2
+  exit 2
+fi
 
 PY=${PYTHON:-.venv/bin/python}
 mkdir -p "$OUT"
