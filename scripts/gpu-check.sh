@@ -18,7 +18,8 @@
 #   5. the inference tests (tests/inference).
 # Each step gets what is left of the time; results and logs go to $OUT (7 files).
 #
-# Usage: [OUT=DIR] [GPU_CHECK_SECONDS=540] scripts/gpu-check.sh
+# Usage: [OUT=DIR] [GPU_CHECK_SECONDS=540] [GPU_CHECK_FLASH_ATTN=1]
+#        [GPU_CHECK_CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=90"] scripts/gpu-check.sh
 #
 # Inputs, made beforehand by scripts/gpu-sdist.sh: build/gpu/llama_cpp_python-*-cuda.tar.gz
 # (or in build/gpu/carry-*/). Without internet, also the wheels it bundles
@@ -121,6 +122,25 @@ if [ ${#parts[@]} -gt 0 ]; then
   export PIP_NO_INDEX=1 PIP_FIND_LINKS=$WORK/wheels PIP_NO_BUILD_ISOLATION=0
   say "offline: $(find "$WORK/wheels" -name '*.whl' | wc -l) wheels from ${#parts[@]} part(s)"
 fi
+# What CMake's FindCUDAToolkit looks for and a toolkit assembled from NVIDIA's pip
+# packages may lack (as this workplace's CPU machines' /usr/local/cuda does): link names
+# for cuBLAS (the nvidia-cublas package's) and the driver (its libcuda.so.1), and the
+# folder of cublas_v2.h. Prints the CMake arguments that point the build at them.
+cuda_build_hints() {
+  local links=$WORK/cuda-link name found include
+  local -a dirs
+  mapfile -t dirs < <(cuda_lib_dirs)
+  mkdir -p "$links"
+  for name in cublas cublasLt; do
+    found=$(find "${dirs[@]}" -maxdepth 1 -name "lib$name.so*" 2>/dev/null | sort | head -n 1)
+    [ -z "$found" ] || ln -sfn "$found" "$links/lib$name.so"
+  done
+  found=$(ldconfig -p 2>/dev/null | awk '/libcuda\.so\.1 / {print $NF; exit}')
+  [ -n "$found" ] || found=$(find /usr/local/nvidia /usr/lib/x86_64-linux-gnu /usr/lib64 -maxdepth 2 -name libcuda.so.1 2>/dev/null | head -n 1)
+  [ -z "$found" ] || ln -sfn "$found" "$links/libcuda.so"
+  include=$(for dir in "${dirs[@]}"; do find "${dir%/lib*}/include" -maxdepth 1 -name cublas_v2.h 2>/dev/null; done | head -n 1)
+  echo "-DCMAKE_LIBRARY_PATH=$links${include:+ -DCMAKE_CUDA_FLAGS=-I${include%/*}}"
+}
 has_gpu_offload() {
   "$VENV/bin/python" -c 'import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())'
 }
@@ -143,6 +163,7 @@ if [ -z "$WHEEL" ]; then
   fi
   CMAKE_ARGS=$(scripts/llama-build.sh --print-args --cuda)
   [ "${GPU_CHECK_FLASH_ATTN:-0}" = 1 ] || CMAKE_ARGS="$CMAKE_ARGS -DGGML_CUDA_FA=OFF"
+  CMAKE_ARGS="$CMAKE_ARGS $(cuda_build_hints) ${GPU_CHECK_CMAKE_ARGS:-}"
   export CMAKE_ARGS CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
   step "build llama-cpp-python (CUDA: $CMAKE_ARGS)" "$OUT/build.log" 420 \
     scripts/llama-build.sh --cuda --sdist "$SDIST" "$VENV/bin/python" || {
