@@ -76,6 +76,7 @@ if ! nvidia-smi -L >>"$SUMMARY" 2>&1; then
   echo "gpu-check.sh: nvidia-smi sees no GPU (driver not loaded?); nothing was run" | tee -a "$SUMMARY" >&2
   exit 2
 fi
+PY=${PYTHON:-python3} # the machine's Python: the venv's base, and where nvidia-* packages are
 NVCC=$(command -v nvcc || { [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc; } || true)
 [ -z "$NVCC" ] || PATH="$(dirname "$NVCC"):$PATH"
 export PATH
@@ -88,7 +89,7 @@ cuda_lib_dirs() {
       [ ! -d "$dir" ] || (cd "$dir" && pwd)
     done
   fi
-  "${PYTHON:-python3}" -c 'import glob, site
+  "$PY" -c 'import glob, site
 for p in site.getsitepackages(): print("\n".join(sorted(glob.glob(p + "/nvidia/*/lib"))))' 2>/dev/null
 }
 LD_LIBRARY_PATH=$(cuda_lib_dirs | paste -sd: -)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -106,7 +107,6 @@ fi
 } >>"$SUMMARY" 2>&1
 
 SETUP=$OUT/setup.log
-PY=${PYTHON:-python3}
 VENV=$WORK/venv
 step "venv" "$SETUP" 120 "$PY" -m venv "$VENV" || exit 1
 # The packages of the Python it was made from (numpy, the build tools) stay visible, after
