@@ -18,6 +18,7 @@ from appliance.inference import models
 from appliance.inference.base import EngineInfo, gpu_layers, gpu_offload_supported, physical_cores
 from appliance.inference.batching import BatchedChatEngine
 from appliance.inference.embedding import EmbeddingEngine
+from appliance.inference.loader import route_llama_log
 from appliance.inference.rerank import RerankEngine
 
 
@@ -42,6 +43,7 @@ def load_engine(
     Raises:
         ConfigError: a model is missing or the settings do not fit this build.
     """
+    route_llama_log()  # before the first call into llama.cpp (gpu_offload_supported)
     cfg = settings.inference
     registry = models.load_registry(settings)
     chat_model, chat_path = _configured(registry, "chat", cfg.chat_model)

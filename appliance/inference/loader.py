@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,49 @@ from typing import Any
 from appliance.errors import ConfigError
 
 _lock = threading.Lock()
+llama_log = logging.getLogger("llama.cpp")
+# ggml's log levels (ggml.h): 1 debug, 2 info, 3 warn, 4 error, 5 the continuation of the
+# previous line (llama-cpp-python's _logger.py maps an older numbering, one lower).
+_LOG_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
+_routed: list = []  # the ctypes callback, alive as long as llama.cpp holds its address
+
+
+def _emit(level: int, text: str) -> str:
+    """Log each whole line of ``text`` at ``level`` (none at 0); returns the unfinished rest."""
+    *lines, rest = text.split("\n")
+    if level:
+        for line in filter(None, map(str.strip, lines)):
+            llama_log.log(level, "%s", line)
+    return rest
+
+
+def route_llama_log() -> None:
+    """llama.cpp's warnings and errors into the ``llama.cpp`` logger, one record per line,
+    so that they leave the process as the JSON lines everything else does; its info and
+    debug lines (hundreds per model load) are dropped.
+
+    Without it llama-cpp-python prints every line raw to stderr until the first
+    ``Llama(verbose=False)``: on a CUDA build, ggml_cuda_init's "found 1 CUDA devices"
+    (or "failed to initialize CUDA") on the first call that touches the backends,
+    ``gpu_offload_supported`` at the service's start, broke the JSON log.
+    """
+    import ctypes
+
+    import llama_cpp
+
+    if _routed:
+        return
+    pending = {"level": 0, "text": ""}
+
+    @llama_cpp.llama_log_callback
+    def forward(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        if level != 5:  # a new message: the last one's unfinished line ends here
+            _emit(pending["level"], pending["text"] + "\n")
+            pending.update(level=_LOG_LEVELS.get(level, 0), text="")
+        pending["text"] = _emit(pending["level"], pending["text"] + text.decode("utf-8", "replace"))
+
+    llama_cpp.llama_log_set(forward, ctypes.c_void_p(0))
+    _routed.append(forward)
 
 
 def load_llama(path: Path, *, extra_bufts: bool, **kwargs: Any):

@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -643,3 +645,33 @@ def test_the_service_logs_json_lines_only(inference_service):
     assert any("Uvicorn running" in line for line in lines)
     for line in lines:
         assert isinstance(json.loads(line), dict), line
+
+
+LLAMA_LOG = """
+import sys
+import llama_cpp
+from appliance.inference.loader import route_llama_log
+from appliance.privacy import logs
+
+logs.configure("info", sys.stdout)
+route_llama_log()
+params = llama_cpp.llama_model_default_params()
+assert not llama_cpp.llama_model_load_from_file(b"/nowhere/model.gguf", params)
+llama_cpp.llama_model_free(llama_cpp.llama_model_load_from_file(sys.argv[1].encode(), params))
+"""
+
+
+def test_llama_cpps_own_log_leaves_the_service_as_json_warnings_and_errors_only(models_dir):
+    # Unrouted, llama-cpp-python prints each of llama.cpp's lines raw to stderr until the
+    # first Llama(verbose=False): a CUDA build's ggml_cuda_init at the service's start,
+    # and here a failed load and a model load's hundred-line metadata dump.
+    (chat,) = models_dir.glob("SmolLM2*.gguf")
+    run = subprocess.run(
+        [sys.executable, "-c", LLAMA_LOG, str(chat)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    records = [json.loads(line) for line in (run.stdout + run.stderr).splitlines()]
+    assert {(r["logger"], r["level"]) for r in records} == {("llama.cpp", "error")}
+    messages = [r["msg"] for r in records]
+    assert any("failed to open GGUF file '/nowhere/model.gguf'" in m for m in messages)
+    assert not any("general.architecture" in m for m in messages)  # the info dump: dropped
