@@ -14,8 +14,9 @@ driver are 13.0), unpacks them into one toolkit folder, makes a stand-in
 error: the GPU machine's driver is what runs), and builds the trimmed sdist
 (scripts/gpu-sdist.sh) with the CUDA backend for GPU architecture ``--arch`` (90: H100
 and H200) and a CPU part any x86-64 with AVX2 runs (no ``-march=native``). 85
-CPU-minutes for sm_90 with nvcc 13.0 (docs/benchmarks.md); the build folder under
-``--work`` is kept, so a second run only relinks. Then it slims the wheel.
+CPU-minutes for sm_90 with nvcc 13.0 (docs/benchmarks.md); the sources and the build
+folder under ``--work`` are kept, so a second run compiles only what changed. Then it
+slims the wheel.
 
 ``slim``: llama-cpp-python's wheel holds each library six times (``libX.so``,
 ``.so.0`` and ``.so.0.x.y``, in ``llama_cpp/lib`` and again in ``lib/``), zip having no
@@ -37,7 +38,10 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
+import tomllib
+import venv
 import zipfile
 from pathlib import Path
 
@@ -169,6 +173,11 @@ def _toolkit(work: Path, cuda: str, dry_run: bool) -> Path:
         tool.chmod(0o755)
     if not (root / "lib64").exists():
         (root / "lib64").symlink_to("lib")
+    # The wheels hold the runtime names (libcudart.so.13); CMake links by libcudart.so.
+    for library in (root / "lib").glob("lib*.so.*"):
+        link = library.with_name(library.name.split(".so.")[0] + ".so")
+        if not link.exists():
+            link.symlink_to(library.name)
     _stub_libcuda(root)
     return root
 
@@ -203,14 +212,36 @@ def _stub_libcuda(root: Path) -> None:
     print(f"stand-in libcuda.so.1: {len(names)} functions of cuda.h")
 
 
+def _unpacked(sdist: Path, work: Path) -> Path:
+    """The sdist unpacked once into ``work/src``: pip builds a folder in place, so the build
+    folder's CMake cache stays valid for it (an archive it would unpack anew, into another
+    temporary folder each time, and build everything again)."""
+    src = work / "src"
+    if not any(src.glob("llama_cpp_python-*")):
+        with tarfile.open(sdist) as archive:
+            archive.extractall(src, filter="data")
+    return max(src.glob("llama_cpp_python-*"))
+
+
+def _build_python(work: Path, sources: Path) -> Path:
+    """A venv in ``work`` with llama-cpp-python's build requirements, for a build without
+    isolation: an isolated one gets a new temporary environment each time, CMake is
+    configured anew for it, and every CUDA file is compiled again."""
+    python = work / "build-venv" / "bin" / "python"
+    if not python.exists():
+        venv.create(python.parents[1], with_pip=True)
+    project = tomllib.loads((sources / "pyproject.toml").read_text())
+    wanted = project["build-system"]["requires"]
+    wanted += [tool for tool in ("cmake", "ninja") if shutil.which(tool) is None]
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", *wanted], check=True)
+    return python
+
+
 def build(args: argparse.Namespace) -> None:
-    sdist = args.sdist or max(
-        ROOT.glob("build/gpu/**/llama_cpp_python-*-cuda.tar.gz"), default=None
-    )
+    found = sorted(ROOT.glob("build/gpu/**/llama_cpp_python-*-cuda.tar.gz"))
+    sdist = args.sdist or (found[-1] if found else None)
     if sdist is None:
-        raise SystemExit(
-            "cuda_wheel.py: no trimmed sdist in build/gpu: run scripts/gpu-sdist.sh first"
-        )
+        raise SystemExit("cuda_wheel.py: no trimmed sdist in build/gpu: run gpu-sdist.sh first")
     work = args.work.resolve()
     root = _toolkit(work, args.cuda, args.dry_run)
     cmake_args = [
@@ -220,34 +251,31 @@ def build(args: argparse.Namespace) -> None:
         f"-DCMAKE_CUDA_COMPILER={root / 'bin' / 'nvcc'}",
         f"-DCUDAToolkit_ROOT={root}",
     ]
-    env = {
-        **os.environ,
-        "CMAKE_ARGS": " ".join(cmake_args),
-        "CMAKE_BUILD_PARALLEL_LEVEL": str(args.jobs),
-        "PATH": f"{root / 'bin'}{os.pathsep}{os.environ['PATH']}",
-    }
-    raw = work / "wheel"
-    command = [
-        sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-w", str(raw),
-        "-C", f"build-dir={work / 'build'}", str(sdist),
-    ]  # fmt: skip
-    print(f"CMAKE_ARGS={env['CMAKE_ARGS']}")
+    print(f"CMAKE_ARGS={' '.join(cmake_args)}")
+    print(f"sources: {sdist}, build folder: {work / 'build'}")
     if args.dry_run:
-        print("would run:", " ".join(command))
         return
+    sources = _unpacked(sdist, work)
+    raw = work / "wheel"
     shutil.rmtree(raw, ignore_errors=True)
-    subprocess.run(command, env=env, check=True)
+    subprocess.run(
+        [str(_build_python(work, sources)), "-m", "pip", "wheel", "--no-deps",
+         "--no-build-isolation", "--no-cache-dir", "-w", str(raw),
+         "-C", f"build-dir={work / 'build'}", str(sources)],
+        env={
+            **os.environ,
+            "CMAKE_ARGS": " ".join(cmake_args),
+            "CMAKE_BUILD_PARALLEL_LEVEL": str(args.jobs),
+            "PATH": f"{root / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        },
+        check=True,
+    )  # fmt: skip
     wheel = slim(next(raw.glob("llama_cpp_python-*.whl")), args.out)
-    cuda_lib = wheel.parent / "check"
-    shutil.rmtree(cuda_lib, ignore_errors=True)
     with zipfile.ZipFile(wheel) as archive:
-        archive.extract("llama_cpp/lib/libggml-cuda.so", cuda_lib)
-    needed = _dynamic(cuda_lib / "llama_cpp/lib/libggml-cuda.so", "NEEDED")
-    shutil.rmtree(cuda_lib)
+        archive.extract("llama_cpp/lib/libggml-cuda.so", raw)
+    needed = _dynamic(raw / "llama_cpp" / "lib" / "libggml-cuda.so", "NEEDED")
     if "libcuda.so.1" not in needed:
-        raise SystemExit(
-            f"cuda_wheel.py: libggml-cuda.so does not link the driver: NEEDED {needed}"
-        )
+        raise SystemExit(f"cuda_wheel.py: libggml-cuda.so links no driver: NEEDED {needed}")
     print(f"libggml-cuda.so needs {', '.join(needed)}")
 
 

@@ -170,12 +170,15 @@ if [ -z "$WHEEL" ]; then
   CMAKE_ARGS=$(scripts/llama-build.sh --print-args --cuda)
   [ "${GPU_CHECK_FLASH_ATTN:-0}" = 1 ] || CMAKE_ARGS="$CMAKE_ARGS -DGGML_CUDA_FA=OFF"
   CMAKE_ARGS="$CMAKE_ARGS $(cuda_build_hints) ${GPU_CHECK_CMAKE_ARGS:-}"
-  # A build folder that outlives the call (pip's --config-settings): a build cut short by
-  # the time limit goes on from where it stopped when the check is run again.
+  # Sources and a build folder that outlive the call (pip builds a folder in place; the
+  # build folder through --config-settings): offline, without build isolation, a build
+  # cut short by the time limit goes on from where it stopped when the check is run again.
+  [ -d "$WORK/llama-src" ] || { mkdir -p "$WORK/llama-src" && tar -xzf "$SDIST" -C "$WORK/llama-src"; }
+  SOURCES=$(find "$WORK/llama-src" -mindepth 1 -maxdepth 1 -name 'llama_cpp_python-*' | head -n 1)
   export CMAKE_ARGS CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
     PIP_CONFIG_SETTINGS="build-dir=$WORK/llama-cpp-build"
   step "build llama-cpp-python (CUDA: $CMAKE_ARGS)" "$OUT/build.log" 420 \
-    scripts/llama-build.sh --cuda --sdist "$SDIST" "$VENV/bin/python" || {
+    scripts/llama-build.sh --cuda --sdist "$SOURCES" "$VENV/bin/python" || {
     say "stopping: no CUDA build (run the check again to go on with it)"
     exit 1
   }

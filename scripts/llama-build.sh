@@ -10,8 +10,8 @@
 #   --cpu/--cuda  what to build for; default: CUDA when nvcc is found and nvidia-smi
 #                 lists a GPU, else CPU
 #   --rebuild     build even when the installed one was built on this machine
-#   --sdist FILE  build from this source archive (default: the installed version from
-#                 PyPI, or the newest one pyproject.toml allows)
+#   --sdist FILE  build from this source archive or unpacked source folder (default: the
+#                 installed version from PyPI, or the newest one pyproject.toml allows)
 #   --dry-run     print what would be done
 #   --print-args  print the CMAKE_ARGS and exit
 #   CMAKE_ARGS    in the environment: used instead of the flags below
