@@ -213,9 +213,12 @@ def test_models_load_without_repacking_unless_it_is_turned_on(tmp_path, models_d
     target.symlink_to(q4_0_model)
     models.register(registry, "q4-0", target, kind="chat", license="test", source="test")
     # What the service loads by default (load_engine, no setting given), in a child
-    # process that reports the buffers llama.cpp allocated for the weights.
+    # process that reports the buffers llama.cpp allocated for the weights (its log's
+    # info lines, which the service's own routing of that log, done first here, drops).
     code = (
         "import ctypes, llama_cpp\n"
+        "from appliance.inference.loader import route_llama_log\n"
+        "route_llama_log()\n"
         "lines = []\n"
         "@llama_cpp.llama_log_callback\n"
         "def keep(level, text, user):\n"
