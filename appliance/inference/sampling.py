@@ -11,8 +11,11 @@ token of the vocabulary at every step costs far more than decoding on a small mo
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,11 +87,30 @@ def chain(lib: Any, vocab: Any, params: GenerationParams) -> Any:
     return sampler
 
 
+@contextlib.contextmanager
+def _stderr_discarded() -> Iterator[None]:
+    """File descriptor 2 on /dev/null for the block (the services log to stdout)."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def grammar(lib: Any, vocab: Any, params: GenerationParams) -> Any:
-    """The grammar sampler of ``params.grammar`` (None without one)."""
+    """The grammar sampler of ``params.grammar`` (None without one).
+
+    llama.cpp prints a grammar it cannot parse, whole, to stderr (``fprintf``, not its
+    log): the grammar is built from the request's JSON schema, whose names and values must
+    not reach the service's log, so stderr is discarded while it parses.
+    """
     if not params.grammar:
         return None
-    sampler = lib.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
+    with _stderr_discarded():
+        sampler = lib.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
     if not sampler:
         raise InvalidInput("The grammar for this request could not be built.")
     return sampler

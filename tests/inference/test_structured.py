@@ -10,7 +10,8 @@ import json
 import pytest
 from conftest import make_settings
 
-from appliance.inference import models, structured
+from appliance.errors import InvalidInput
+from appliance.inference import models, sampling, structured
 from appliance.inference import openai_schema as schema
 from appliance.inference.base import Delta, Finish, physical_cores
 from appliance.inference.batching import BatchedChatEngine
@@ -126,6 +127,21 @@ def test_schema_output_and_forced_calls_are_valid_side_by_side(engine):
     _, calls = structured.tool_calls(text, ["get_weather"], forced=True)
     arguments = json.loads(calls[0]["function"]["arguments"])
     assert isinstance(arguments["city"], str) and isinstance(arguments["days"], int)
+
+
+def test_a_grammar_llama_cpp_cannot_parse_is_refused_without_printing_the_schema(engine, capfd):
+    # A quote in a property name gives a grammar llama.cpp cannot parse; it then prints the
+    # grammar, the schema's names in it, to stderr: the service's log.
+    body = {
+        "messages": user("Hi"),
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "c", "schema": {"properties": {'private"field': {}}}},
+        },
+    }
+    with pytest.raises(InvalidInput, match="could not be built"):
+        sampling.grammar(engine._lib, engine.vocab, chat_request(body).params)
+    assert "private" not in capfd.readouterr().err
 
 
 def test_logit_bias_and_penalties_change_the_answer(engine):
