@@ -14,10 +14,18 @@ import sys
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
+import pytest
 
-import cuda_wheel  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def cuda_wheel(monkeypatch):
+    """scripts/cuda_wheel.py as a module (scripts/ on sys.path for the test only)."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import cuda_wheel
+
+    return cuda_wheel
 
 
 def shared_library(folder: Path, name: str, soname: str, source: str, *links: str) -> bytes:
@@ -69,7 +77,9 @@ def wheel_like_llama_cpp_python(tmp_path: Path) -> Path:
     return wheel
 
 
-def test_the_slimmed_wheel_has_each_library_once_and_it_loads_under_its_one_name(tmp_path):
+def test_the_slimmed_wheel_has_each_library_once_and_it_loads_under_its_one_name(
+    tmp_path, cuda_wheel
+):
     slimmed = cuda_wheel.slim(wheel_like_llama_cpp_python(tmp_path), tmp_path / "slim")
     with zipfile.ZipFile(slimmed) as archive:
         names = set(archive.namelist())
@@ -98,7 +108,9 @@ def test_the_slimmed_wheel_has_each_library_once_and_it_loads_under_its_one_name
     assert ctypes.CDLL(str(libs / "libllama.so")).llama_answer() == 43
 
 
-def test_the_stand_in_libcuda_defines_what_cuda_h_declares_under_its_versioned_names(tmp_path):
+def test_the_stand_in_libcuda_defines_what_cuda_h_declares_under_its_versioned_names(
+    tmp_path, cuda_wheel
+):
     (tmp_path / "include").mkdir()
     (tmp_path / "include" / "cuda.h").write_text(
         "typedef int CUresult;\n"
@@ -117,7 +129,7 @@ def test_the_stand_in_libcuda_defines_what_cuda_h_declares_under_its_versioned_n
     assert ctypes.CDLL(str(stub)).cuInit(0) == 999
 
 
-def test_the_build_is_for_the_gpu_asked_with_a_portable_cpu_part(tmp_path, capsys):
+def test_the_build_is_for_the_gpu_asked_with_a_portable_cpu_part(tmp_path, capsys, cuda_wheel):
     sdist = tmp_path / "llama_cpp_python-9.9.9-cuda.tar.gz"
     sdist.write_bytes(b"")
     cuda_wheel.main(
