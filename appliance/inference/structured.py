@@ -7,6 +7,7 @@ Grammar-constrained decoding makes a ``json_schema`` answer, and the arguments o
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -24,13 +25,89 @@ TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 
 def _gbnf(schema: dict[str, Any], param: str) -> str:
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
     _refuse_keywords(schema, param)
     try:
-        return json_schema_to_gbnf(json.dumps(schema))
+        converter = _converter()(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+        copy = json.loads(json.dumps(schema))  # resolve_refs rewrites the $refs it meets
+        converter.visit(converter.resolve_refs(copy, "schema"), "")
+        return converter.format_grammar()
     except Exception as exc:  # the converter raises plain exceptions on what it can't do
         raise InvalidParam(f"{param}: this schema cannot be enforced ({exc}).", param) from None
+
+
+@functools.cache
+def _converter() -> type:
+    """llama-cpp-python's JSON-schema-to-GBNF converter, with its literals (property names,
+    ``const`` and ``enum`` values) escaped as llama.cpp's own converter escapes them.
+
+    It leaves a backslash as it is: a name or value holding a quote made a grammar llama.cpp
+    could not parse, and one holding a backslash a grammar that asks for another name
+    (``"a\\b"`` became a, backspace). Names and values arrive as ``json.dumps`` text, with
+    non-ASCII as ``\\u`` escapes: written back with those characters as they are, as a
+    model writes them, rather than making the model spell out the escapes.
+    """
+    from llama_cpp.llama_grammar import SchemaConverter
+
+    class Converter(SchemaConverter):
+        def _format_literal(self, literal: str) -> str:
+            if len(literal) > 1:  # JSON text; a single character is one of not_literal's
+                literal = json.dumps(json.loads(literal), ensure_ascii=False)
+            return '"' + literal.translate(_GBNF_LITERAL_ESCAPES) + '"'
+
+        def _visit_pattern(self, pattern: str, name: str) -> str:
+            return super()._visit_pattern(_gbnf_pattern(pattern), name)
+
+    return Converter
+
+
+_GBNF_LITERAL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\r": "\\r", "\n": "\\n"})
+#: What a JSON string cannot hold as it is: a quote, a backslash, control characters.
+_NOT_IN_JSON = r"\x22\x5C\x00-\x1F"
+#: Shorthand classes: their ranges inside a class, the class outside one.
+_SHORTHANDS = {"d": "0-9", "w": "a-zA-Z0-9_"}
+_NEGATED = {"D": "0-9", "W": "a-zA-Z0-9_", "S": r"\x20\x09\x0A\x0D"}
+
+
+def _gbnf_pattern(pattern: str) -> str:
+    """A ``pattern`` rewritten so that llama.cpp's grammar parser takes what the converter
+    makes of it, and the string it allows is valid JSON.
+
+    The converter passes ``\\d``, ``\\.``, ``\\/`` … through, which the parser refuses: the
+    shorthands become classes, escaped punctuation the class of its code (``[\\x2E]``, one
+    unit for a quantifier). ``.`` and negated classes would let the model write a quote, a
+    backslash or a control character into the string: they exclude those. A quote or a
+    backslash the pattern asks for, and the escapes with no such form (``\\s`` outside a
+    negated class, ``\\b``, back-references), are refused by name.
+    """
+    out: list[str] = []
+    negated, in_class, i = False, False, 0
+    while i < len(pattern):
+        char, i = pattern[i], i + 1
+        if char == '"':
+            raise ValueError("a quote in a pattern is not supported")
+        if char == "\\" and i < len(pattern):
+            escaped, i = pattern[i], i + 1
+            if escaped in _SHORTHANDS:
+                out.append(_SHORTHANDS[escaped] if in_class else f"[{_SHORTHANDS[escaped]}]")
+            elif escaped in _NEGATED and not in_class:
+                out.append(f"[^{_NEGATED[escaped]}{_NOT_IN_JSON}]")
+            elif escaped == "s" and in_class and negated:
+                out.append(_NEGATED["S"])
+            elif escaped.isascii() and not escaped.isalnum() and escaped not in '"\\':
+                out.append(f"\\x{ord(escaped):02X}" if in_class else f"[\\x{ord(escaped):02X}]")
+            else:
+                raise ValueError(f"the pattern escape \\{escaped} is not supported here")
+        elif char == "." and not in_class:
+            out.append(f"[^{_NOT_IN_JSON}]")
+        elif char == "[" and not in_class:
+            in_class, negated = True, pattern.startswith("^", i)
+            out.append(char)
+        elif char == "]" and in_class:
+            out.append((_NOT_IN_JSON if negated else "") + char)
+            in_class = False
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def _refuse_keywords(schema: Any, param: str) -> None:

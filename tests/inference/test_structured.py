@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import pytest
 from conftest import make_settings
@@ -129,18 +130,57 @@ def test_schema_output_and_forced_calls_are_valid_side_by_side(engine):
     assert isinstance(arguments["city"], str) and isinstance(arguments["days"], int)
 
 
-def test_a_grammar_llama_cpp_cannot_parse_is_refused_without_printing_the_schema(engine, capfd):
-    # A quote in a property name gives a grammar llama.cpp cannot parse; it then prints the
-    # grammar, the schema's names in it, to stderr: the service's log.
+def test_names_values_and_patterns_with_escapes_come_back_as_the_schema_asks(engine):
+    # llama-cpp-python's converter left backslashes as they were: the quote made a grammar
+    # llama.cpp refused (a 400), the backslash one that asked for another name, and \d,
+    # \. a grammar it refused.
+    code, word = r"^\d{3}-\d{2}\.[a-z]{2,4}$", r"^[^\s,]{1,12}$"
+    schema = {
+        "type": "object",
+        "properties": {
+            'say "hi"': {"enum": ['a "quoted" word', "C:\\temp"]},
+            "C:\\temp": {"const": "back\\slash"},
+            "café ☕": {"type": "string", "pattern": code},
+            "word": {"type": "string", "pattern": word},
+        },
+        "required": ['say "hi"', "C:\\temp", "café ☕", "word"],
+    }
+    body = {
+        "messages": user("Fill in the form."),
+        "response_format": {"type": "json_schema", "json_schema": {"name": "f", "schema": schema}},
+    }
+    ((text, finish),) = asyncio.run(run(engine, [chat_request(body, 120)]))
+    assert finish.reason == "stop", text
+    value = json.loads(text)
+    assert list(value) == schema["required"]
+    assert value['say "hi"'] in ('a "quoted" word', "C:\\temp")
+    assert value["C:\\temp"] == "back\\slash"
+    assert re.fullmatch(code, value["café ☕"]) and re.fullmatch(word, value["word"]), text
+    assert "café ☕" in text  # as a model writes it, not as \u escapes
+
+
+@pytest.mark.parametrize(
+    ("pattern", "named"),
+    [(r"^a\sb$", r"\s"), (r"^a\\b$", r"\\"), ('^say "hi"$', "quote"), (r"^(a)\1$", r"\1")],
+)
+def test_patterns_a_grammar_cannot_keep_are_refused_by_name(pattern, named):
     body = {
         "messages": user("Hi"),
         "response_format": {
             "type": "json_schema",
-            "json_schema": {"name": "c", "schema": {"properties": {'private"field': {}}}},
+            "json_schema": {"name": "p", "schema": {"type": "string", "pattern": pattern}},
         },
     }
+    with pytest.raises(schema.InvalidParam, match=re.escape(named)):
+        chat_request(body)
+
+
+def test_a_grammar_llama_cpp_cannot_parse_is_refused_without_printing_it(engine, capfd):
+    # llama.cpp prints a grammar it cannot parse, whole, to stderr (the service's log); a
+    # grammar holds the names and values of the request's schema.
+    params = GenerationParams(max_tokens=8, grammar='root ::= "private" \\q')
     with pytest.raises(InvalidInput, match="could not be built"):
-        sampling.grammar(engine._lib, engine.vocab, chat_request(body).params)
+        sampling.grammar(engine._lib, engine.vocab, params)
     assert "private" not in capfd.readouterr().err
 
 
