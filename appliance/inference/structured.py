@@ -40,11 +40,11 @@ def _converter() -> type:
     """llama-cpp-python's JSON-schema-to-GBNF converter, with its literals (property names,
     ``const`` and ``enum`` values) escaped as llama.cpp's own converter escapes them.
 
-    It leaves a backslash as it is: a name or value holding a quote made a grammar llama.cpp
-    could not parse, and one holding a backslash a grammar that asks for another name
-    (``"a\\b"`` became a, backspace). Names and values arrive as ``json.dumps`` text, with
-    non-ASCII as ``\\u`` escapes: written back with those characters as they are, as a
-    model writes them, rather than making the model spell out the escapes.
+    The library's own leaves a backslash as it is: a name or value holding a quote made a
+    grammar llama.cpp could not parse, and one holding a backslash a grammar that asks for
+    another name (``"a\\b"`` became a, backspace). Names and values arrive as ``json.dumps``
+    text, with non-ASCII as ``\\u`` escapes: written back with those characters as they
+    are, as a model writes them, rather than making the model spell out the escapes.
     """
     from llama_cpp.llama_grammar import SchemaConverter
 
@@ -65,7 +65,8 @@ _GBNF_LITERAL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\r": "\\r", "\
 _NOT_IN_JSON = r"\x22\x5C\x00-\x1F"
 #: Shorthand classes: their ranges inside a class, the class outside one.
 _SHORTHANDS = {"d": "0-9", "w": "a-zA-Z0-9_"}
-_NEGATED = {"D": "0-9", "W": "a-zA-Z0-9_", "S": r"\x20\x09\x0A\x0D"}
+_SPACE = r"\x20\x09\x0A\x0D"
+_NEGATED = {"D": "0-9", "W": "a-zA-Z0-9_", "S": _SPACE}
 
 
 def _gbnf_pattern(pattern: str) -> str:
@@ -92,7 +93,7 @@ def _gbnf_pattern(pattern: str) -> str:
             elif escaped in _NEGATED and not in_class:
                 out.append(f"[^{_NEGATED[escaped]}{_NOT_IN_JSON}]")
             elif escaped == "s" and in_class and negated:
-                out.append(_NEGATED["S"])
+                out.append(_SPACE)
             elif escaped.isascii() and not escaped.isalnum() and escaped not in '"\\':
                 out.append(f"\\x{ord(escaped):02X}" if in_class else f"[\\x{ord(escaped):02X}]")
             else:
