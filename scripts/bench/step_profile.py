@@ -22,6 +22,13 @@ that is left between two evaluations (the step less the evaluation); and per cal
 ``_hand_on`` (the text handed on during an evaluation), ``_sample`` and within it
 ``llama_sampler_sample``. ``--data-dir`` is a data dir with the models installed (default:
 a temporary one, set up here).
+
+``--stand-in-ms MS``: a step whose every token is a decode token (with logits) is not
+evaluated; the device thread waits MS milliseconds instead, and the step reads the logits
+of the last evaluated one again. On the CPU, an evaluation streams the model's weights
+through the caches, and the engine's Python after it runs on cold caches, several times
+slower than it would beside a GPU, whose evaluation leaves the CPU's caches alone; the
+stand-in leaves them alone too. Its text is nonsense; what it measures is the Python.
 """
 
 from __future__ import annotations
@@ -42,19 +49,33 @@ from appliance.inference import scheduler
 PARTS = ("_hand_on", "_sample", "sampler")
 
 
+def _wait(seconds: float) -> int:
+    time.sleep(seconds)
+    return 0
+
+
 class QueuedDevice:
     """llama_cpp whose ``llama_decode`` returns at once while the evaluation goes on in a
     thread of its own; any other call waits for it first (the benchmark fills no KV cache,
     so the step is taken to succeed, and its result is checked when waited for)."""
 
-    def __init__(self, lib: Any) -> None:
+    def __init__(self, lib: Any, stand_in_ms: float = 0.0) -> None:
         self.lib = lib
         self.device = ThreadPoolExecutor(1, thread_name_prefix="device")
         self.queued: Future | None = None
+        self.stand_in = stand_in_ms / 1000
+        self.outputs = 0  # the last evaluated step's tokens, if each had logits, else 0
 
     def llama_decode(self, ctx: Any, batch: Any) -> int:
         self.wait()
-        self.queued = self.device.submit(self.lib.llama_decode, ctx, batch)
+        n = batch.n_tokens
+        every_token_out = all(batch.logits[i] for i in range(n))
+        if self.stand_in and every_token_out and n <= self.outputs:
+            # Logits at indices 0..n-1 are the last evaluated step's: read again, as if new.
+            self.queued = self.device.submit(_wait, self.stand_in)
+        else:
+            self.outputs = n if every_token_out else 0
+            self.queued = self.device.submit(self.lib.llama_decode, ctx, batch)
         return 0
 
     def wait(self) -> None:
@@ -82,12 +103,18 @@ def main(argv: list[str] | None = None) -> int:
         "--temperature", type=float, default=0.7, help="0: greedy (the logits' argmax)"
     )
     parser.add_argument("--runs", type=int, default=2, help="alternations per stream count")
+    parser.add_argument(
+        "--stand-in-ms",
+        type=float,
+        default=0.0,
+        help="a device that evaluates a decode step in this many ms and leaves the CPU alone",
+    )
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as stack:
         settings = bench_data_dir(stack, args.data_dir)
         engine = served_engine(settings, args.threads)
         stack.callback(engine.close)
-        engine._lib = QueuedDevice(engine._lib)
+        engine._lib = QueuedDevice(engine._lib, args.stand_in_ms)
         stack.callback(engine._lib.device.shutdown)
         seconds: collections.Counter = collections.Counter()
         calls: collections.Counter = collections.Counter()
@@ -149,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(text_table(HEADER, rows[-1:]).splitlines()[-1])
         print()
         print(
-            f"{cpu_model()}, {args.threads} llama.cpp thread(s) on a queued device, "
+            f"{cpu_model()}, {args.threads} llama.cpp thread(s) on a queued device"
+            + (f" (decode steps: a {args.stand_in_ms:g} ms stand-in)" if args.stand_in_ms else "")
+            + ", "
             f"temperature {args.temperature}, load average {load_average()}"
         )
         print(text_table(HEADER, rows))
