@@ -191,14 +191,21 @@ def _disk(settings: Settings) -> Check:
 
 
 def _gpu() -> Check:
-    from appliance.inference.base import gpu_offload_supported
+    from appliance.inference.base import gpu_backends, gpu_offload_supported
+    from appliance.inference.loader import llama_errors
 
     try:
-        gpu = gpu_offload_supported()
+        with llama_errors() as errors:
+            gpu = gpu_offload_supported()
+        built = gpu_backends()
     except Exception as exc:  # llama-cpp-python missing or broken
         return Check("llama.cpp", "fail", f"cannot load llama-cpp-python: {exc}")
     if gpu:
-        return Check("llama.cpp", "ok", "built with GPU offload")
+        return Check("llama.cpp", "ok", f"built with GPU offload ({', '.join(built)})")
+    if built:  # a GPU build that found no device: a driver, or no GPU at all
+        why = f" ({'; '.join(errors)})" if errors else ""
+        detail = f"built for {', '.join(built)} but found no GPU{why}: models run on the CPU"
+        return Check("llama.cpp", "warn", detail)
     return Check("llama.cpp", "warn", "built WITHOUT GPU support: models run on the CPU")
 
 

@@ -213,8 +213,10 @@ install_code() {
   if [ "$CPU" = 0 ]; then
     printf '  + verify that llama.cpp has GPU offload (llama_supports_gpu_offload)\n'
     if [ "$DRY_RUN" = 0 ] && ! gpu_build_ok; then
-      echo "install.sh: FAILED: llama-cpp-python was built WITHOUT GPU offload." >&2
-      echo "  The model would run on the CPU. Check that nvcc matches the driver" >&2
+      echo "install.sh: FAILED: llama.cpp finds no GPU to offload to." >&2
+      echo "  The model would run on the CPU. The llama.cpp line of" >&2
+      echo "  \`$VENV_DIR/bin/appliance doctor\` says whether the build has no GPU support" >&2
+      echo "  or found no GPU, and why. Check that nvcc matches the driver" >&2
       echo "  (nvidia-smi shows the highest CUDA version it supports), then re-run;" >&2
       echo "  or install for the CPU on purpose with --cpu." >&2
       exit 1

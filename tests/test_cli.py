@@ -5,6 +5,8 @@ import stat
 import subprocess
 import sys
 
+import pytest
+
 from appliance import firstrun, vault
 from appliance.cli import main
 from appliance.db import open_db
@@ -116,3 +118,32 @@ def test_doctor_fails_when_a_model_or_secret_is_missing(settings):
     result = run_cli("doctor", "--data-dir", str(settings.paths.data_dir))
     assert "FAIL  secrets" in result.stdout
     assert "otp_key" in result.stdout
+
+
+def test_doctor_tells_a_gpu_build_that_found_no_gpu_from_a_cpu_build(monkeypatch, capfd):
+    import llama_cpp
+
+    from appliance import doctor
+    from appliance.inference import base
+    from appliance.inference.loader import llama_log
+
+    if base.gpu_backends():
+        pytest.skip("this machine's llama.cpp is not a CPU build")
+    assert doctor._gpu().detail == "built WITHOUT GPU support: models run on the CPU"
+
+    # A CUDA build on a server whose driver is too old: llama.cpp logs why and finds no GPU.
+    info = b"CUDA : ARCHS = 900 | USE_GRAPHS = 1 | CPU : SSE3 = 1 | AVX2 = 1 | "
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: info)
+    why = "ggml_cuda_init: failed to initialize CUDA: CUDA driver version is insufficient"
+
+    def no_device() -> bool:
+        llama_log.error("%s", why)
+        return False
+
+    monkeypatch.setattr(base, "gpu_offload_supported", no_device)
+    check = doctor._gpu()
+    assert check.status == "warn"
+    assert check.detail == f"built for CUDA but found no GPU ({why}): models run on the CPU"
+    assert why not in capfd.readouterr().err  # said once, in the doctor's line
+    monkeypatch.setattr(base, "gpu_offload_supported", lambda: True)
+    assert doctor._gpu() == doctor.Check("llama.cpp", "ok", "built with GPU offload (CUDA)")

@@ -87,9 +87,21 @@ def physical_cores() -> int:
 
 
 def gpu_offload_supported() -> bool:
+    """Whether llama.cpp has a GPU to offload to: a GPU backend built in and a device found."""
     import llama_cpp
 
     return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def gpu_backends() -> list[str]:
+    """The GPU backends llama.cpp was built with ("CUDA", "Vulkan", ...), whether or not
+    they found a device: the ggml backends its system info lists ("CUDA : ARCHS = 900 |
+    ... | CPU : SSE3 = 1 | ..."), less those that run on the CPU."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode()
+    names = [part.split(" : ")[0].strip() for part in info.split("|") if " : " in part]
+    return [name for name in names if name not in ("CPU", "BLAS", "RPC")]
 
 
 def gpu_layers(requested: int) -> int:

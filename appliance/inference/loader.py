@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,30 @@ def route_llama_log() -> None:
 
     llama_cpp.llama_log_set(forward, ctypes.c_void_p(0))
     _routed.append(forward)
+
+
+@contextlib.contextmanager
+def llama_errors() -> Iterator[list[str]]:
+    """The lines llama.cpp logs as errors meanwhile, kept out of the log: for a caller that
+    reports them itself (``appliance doctor``)."""
+    route_llama_log()
+    keep = _Kept(logging.ERROR)
+    propagate, llama_log.propagate = llama_log.propagate, False
+    llama_log.addHandler(keep)
+    try:
+        yield keep.lines
+    finally:
+        llama_log.removeHandler(keep)
+        llama_log.propagate = propagate
+
+
+class _Kept(logging.Handler):
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 def load_llama(path: Path, *, extra_bufts: bool, **kwargs: Any):

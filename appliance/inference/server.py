@@ -27,7 +27,7 @@ from appliance.config import Settings
 from appliance.errors import InvalidInput, Unavailable
 from appliance.inference import chat_api, gpu, rerank
 from appliance.inference import openai_schema as schema
-from appliance.inference.base import ContextOverflow, Delta, Finish
+from appliance.inference.base import ContextOverflow, Delta, Finish, gpu_backends
 from appliance.inference.chat_api import ChatRequest
 from appliance.inference.client import ACCOUNT_HEADER, PRIORITY_HEADER
 from appliance.inference.engine import Engine, load_engine
@@ -392,6 +392,11 @@ def run_server(settings: Settings) -> None:
             info.gpu_layers,
             info.model_layers,
             info.device,
+        )
+    elif built := gpu_backends():  # why is in llama.cpp's own error just before
+        log.warning(
+            "llama.cpp was built for %s but found no GPU: the model runs on the CPU",
+            ", ".join(built),
         )
     else:
         log.warning("llama.cpp was built WITHOUT GPU support: the model runs on the CPU")
