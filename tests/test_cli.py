@@ -124,26 +124,28 @@ def test_doctor_tells_a_gpu_build_that_found_no_gpu_from_a_cpu_build(monkeypatch
     import llama_cpp
 
     from appliance import doctor
-    from appliance.inference import base
-    from appliance.inference.loader import llama_log
+    from appliance.inference import base, loader
 
     if base.gpu_backends():
         pytest.skip("this machine's llama.cpp is not a CPU build")
     assert doctor._gpu().detail == "built WITHOUT GPU support: models run on the CPU"
 
-    # A CUDA build on a server whose driver is too old: llama.cpp logs why and finds no GPU.
+    # The GPU is the edge of this box: llama.cpp as a CUDA build on a server whose driver is
+    # too old, which logs why (through the routed log callback, as llama.cpp calls it) and
+    # finds no GPU.
     info = b"CUDA : ARCHS = 900 | USE_GRAPHS = 1 | CPU : SSE3 = 1 | AVX2 = 1 | "
     monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: info)
     why = "ggml_cuda_init: failed to initialize CUDA: CUDA driver version is insufficient"
 
     def no_device() -> bool:
-        llama_log.error("%s", why)
+        loader.route_llama_log()
+        loader._routed[0](4, f"{why}\n".encode(), None)  # GGML_LOG_LEVEL_ERROR
         return False
 
-    monkeypatch.setattr(base, "gpu_offload_supported", no_device)
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", no_device)
     check = doctor._gpu()
     assert check.status == "warn"
     assert check.detail == f"built for CUDA but found no GPU ({why}): models run on the CPU"
     assert why not in capfd.readouterr().err  # said once, in the doctor's line
-    monkeypatch.setattr(base, "gpu_offload_supported", lambda: True)
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: True)
     assert doctor._gpu() == doctor.Check("llama.cpp", "ok", "built with GPU offload (CUDA)")
