@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 
 import pytest
@@ -173,6 +174,39 @@ def test_patterns_a_grammar_cannot_keep_are_refused_by_name(pattern, named):
     }
     with pytest.raises(schema.InvalidParam, match=re.escape(named)):
         chat_request(body)
+
+
+#: Pieces of patterns: literals, escapes, classes (negated too), the wildcard.
+ATOMS = [
+    *("a", "xy", "7", "-", " ", "é", ".", r"\d", r"\w", r"\D", r"\W", r"\S", r"\.", r"\-"),
+    *(r"\/", r"\(", r"\)", r"\+", r"\?", r"\[", r"\]", r"\{", r"\}", r"\|", r"\^", r"\$"),
+    *("[a-z]", "[A-Z0-9]", r"[\w.-]", "[^,]", r"[^\s]", r"[^\d\-]", "[.]", r"[\]a]", "[-a]"),
+]
+
+
+def random_pattern(rng: random.Random, depth: int = 0) -> str:
+    quantifier = rng.choice(["", "", "", "+", "*", "?", "{2}", "{1,3}", "{2,}"])
+    if depth < 2 and rng.random() < 0.2:
+        alternatives = [
+            "".join(random_pattern(rng, depth + 1) for _ in range(rng.randint(1, 3)))
+            for _ in range(rng.randint(1, 3))
+        ]
+        return "(" + "|".join(alternatives) + ")" + quantifier
+    return rng.choice(ATOMS) + quantifier
+
+
+def test_every_pattern_made_of_supported_pieces_gives_a_grammar_llama_cpp_parses(engine):
+    # 300 patterns from a fixed seed; with the library's converter alone, 3 in 4 of such
+    # patterns gave a grammar llama.cpp refused (a 400 that could not say why).
+    rng = random.Random(7)  # noqa: S311 - test data, not a secret
+    lib = engine._lib
+    for _ in range(300):
+        pattern = "^" + "".join(random_pattern(rng) for _ in range(rng.randint(1, 5))) + "$"
+        re.compile(pattern)
+        grammar = structured._gbnf({"type": "string", "pattern": pattern}, "p")
+        sampler = lib.llama_sampler_init_grammar(engine.vocab, grammar.encode(), b"root")
+        assert sampler, pattern
+        lib.llama_sampler_free(sampler)
 
 
 def test_a_grammar_llama_cpp_cannot_parse_is_refused_without_printing_it(engine, capfd):
