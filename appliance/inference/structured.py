@@ -78,10 +78,11 @@ def _gbnf_pattern(pattern: str) -> str:
     unit for a quantifier). ``.`` and negated classes would let the model write a quote, a
     backslash or a control character into the string: they exclude those. A quote or a
     backslash the pattern asks for, and the escapes with no such form (``\\s`` outside a
-    negated class, ``\\b``, back-references), are refused by name.
+    negated class, ``\\b``, back-references), are refused by name. A ``]`` or ``}`` that
+    closes nothing, on which the converter looped forever, is a class of its code too.
     """
     out: list[str] = []
-    negated, in_class, i = False, False, 0
+    negated, in_class, in_braces, opened, i = False, False, False, 0, 0
     while i < len(pattern):
         char, i = pattern[i], i + 1
         if char == '"':
@@ -98,15 +99,27 @@ def _gbnf_pattern(pattern: str) -> str:
                 out.append(f"\\x{ord(escaped):02X}" if in_class else f"[\\x{ord(escaped):02X}]")
             else:
                 raise ValueError(f"the pattern escape \\{escaped} is not supported here")
-        elif char == "." and not in_class:
+        elif in_class:
+            if char == "]" and "".join(out[opened:]) in ("", "^"):
+                char = "\\x5D"  # first in its class: a literal
+            elif char == "]":
+                out.append(_NOT_IN_JSON if negated else "")
+                in_class = False
+            out.append(char)
+        elif char == ".":
             out.append(f"[^{_NOT_IN_JSON}]")
-        elif char == "[" and not in_class:
+        elif char == "[":
             in_class, negated = True, pattern.startswith("^", i)
             out.append(char)
-        elif char == "]" and in_class:
-            out.append((_NOT_IN_JSON if negated else "") + char)
-            in_class = False
+            opened = len(out)
+        elif char == "{":
+            in_braces = True
+            out.append(char)
+        elif char == "]" or (char == "}" and not in_braces):
+            # A literal in a regular expression; the converter loops forever on it.
+            out.append(f"[\\x{ord(char):02X}]")
         else:
+            in_braces = in_braces and char != "}"
             out.append(char)
     return "".join(out)
 

@@ -181,6 +181,7 @@ ATOMS = [
     *("a", "xy", "7", "-", " ", "é", ".", r"\d", r"\w", r"\D", r"\W", r"\S", r"\.", r"\-"),
     *(r"\/", r"\(", r"\)", r"\+", r"\?", r"\[", r"\]", r"\{", r"\}", r"\|", r"\^", r"\$"),
     *("[a-z]", "[A-Z0-9]", r"[\w.-]", "[^,]", r"[^\s]", r"[^\d\-]", "[.]", r"[\]a]", "[-a]"),
+    *("]", "}", "[]a]", "[^]a]"),  # closing nothing, or first in a class: literals
 ]
 
 
@@ -195,9 +196,12 @@ def random_pattern(rng: random.Random, depth: int = 0) -> str:
     return rng.choice(ATOMS) + quantifier
 
 
+@pytest.mark.timeout(60)
 def test_every_pattern_made_of_supported_pieces_gives_a_grammar_llama_cpp_parses(engine):
-    # 300 patterns from a fixed seed; with the library's converter alone, 3 in 4 of such
-    # patterns gave a grammar llama.cpp refused (a 400 that could not say why).
+    # 300 patterns from a fixed seed. With the library's converter alone, 3 in 4 of such
+    # patterns gave a grammar llama.cpp refused (a 400 that could not say why), and one
+    # with a "]" or "}" that closes nothing never came back: the inference service's event
+    # loop turned in the converter for good.
     rng = random.Random(7)  # noqa: S311 - test data, not a secret
     lib = engine._lib
     for _ in range(300):
