@@ -94,14 +94,15 @@ def gpu_offload_supported() -> bool:
 
 
 def gpu_backends() -> list[str]:
-    """The GPU backends llama.cpp was built with ("CUDA", "Vulkan", ...), whether or not
-    they found a device: the ggml backends its system info lists ("CUDA : ARCHS = 900 |
-    ... | CPU : SSE3 = 1 | ..."), less those that run on the CPU."""
+    """The GPU backends llama.cpp was built with, whether or not they found a device: the
+    backends its system info lists ("CUDA : ARCHS = 900 | ... | CPU : SSE3 = 1 | ..."),
+    but the CPU. It lists those that report their build features (CPU, CUDA and HIP,
+    Metal): a Vulkan or SYCL build that finds no GPU still reads as one without."""
     import llama_cpp
 
     info = llama_cpp.llama_print_system_info().decode()
     names = [part.split(" : ")[0].strip() for part in info.split("|") if " : " in part]
-    return [name for name in names if name not in ("CPU", "BLAS", "RPC")]
+    return [name for name in names if name != "CPU"]
 
 
 def gpu_layers(requested: int) -> int:

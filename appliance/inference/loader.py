@@ -59,26 +59,22 @@ def route_llama_log() -> None:
 
 @contextlib.contextmanager
 def llama_errors() -> Iterator[list[str]]:
-    """The lines llama.cpp logs as errors meanwhile, kept out of the log: for a caller that
-    reports them itself (``appliance doctor``)."""
+    """The lines llama.cpp logs as errors meanwhile, kept out of the log (its warnings go
+    on as before): for a caller that reports them itself (``appliance doctor``)."""
     route_llama_log()
-    keep = _Kept(logging.ERROR)
-    propagate, llama_log.propagate = llama_log.propagate, False
-    llama_log.addHandler(keep)
+    errors: list[str] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        errors.append(record.getMessage())
+        return False
+
+    llama_log.addFilter(keep)
     try:
-        yield keep.lines
+        yield errors
     finally:
-        llama_log.removeHandler(keep)
-        llama_log.propagate = propagate
-
-
-class _Kept(logging.Handler):
-    def __init__(self, level: int) -> None:
-        super().__init__(level)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
+        llama_log.removeFilter(keep)
 
 
 def load_llama(path: Path, *, extra_bufts: bool, **kwargs: Any):

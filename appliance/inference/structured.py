@@ -21,6 +21,8 @@ UNSUPPORTED_KEYWORDS = (
     *("patternProperties", "uniqueItems", "contains", "multipleOf", "propertyNames"),
     "unevaluatedProperties",
 )
+#: Keywords whose number a grammar spells out as that many repetitions (see MAX_REPEAT).
+COUNTS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
 TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 
@@ -50,7 +52,7 @@ def _converter() -> type:
 
     class Converter(SchemaConverter):
         def _format_literal(self, literal: str) -> str:
-            if len(literal) > 1:  # JSON text; a single character is one of not_literal's
+            if len(literal) > 1:  # JSON text (one character needs no round trip)
                 literal = json.dumps(json.loads(literal), ensure_ascii=False)
             return '"' + literal.translate(_GBNF_LITERAL_ESCAPES) + '"'
 
@@ -61,67 +63,153 @@ def _converter() -> type:
 
 
 _GBNF_LITERAL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\r": "\\r", "\n": "\\n"})
-#: What a JSON string cannot hold as it is: a quote, a backslash, control characters.
-_NOT_IN_JSON = r"\x22\x5C\x00-\x1F"
-#: Shorthand classes: their ranges inside a class, the class outside one.
-_SHORTHANDS = {"d": "0-9", "w": "a-zA-Z0-9_"}
-_SPACE = r"\x20\x09\x0A\x0D"
-_NEGATED = {"D": "0-9", "W": "a-zA-Z0-9_", "S": _SPACE}
+#: What a JSON string cannot hold as it is: control characters, a quote, a backslash.
+_NOT_IN_JSON = ((0x00, 0x1F), (0x22, 0x22), (0x5C, 0x5C))
+_DIGITS = ((0x30, 0x39),)
+_WORD = ((0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A))
+_SPACE = ((0x09, 0x0A), (0x0D, 0x0D), (0x20, 0x20))
+#: Escapes that stand for a class: (its ranges, whether it is their complement).
+_SHORTHANDS = {
+    "d": (_DIGITS, False),
+    "w": (_WORD, False),
+    "D": (_DIGITS, True),
+    "W": (_WORD, True),
+    "S": (_SPACE, True),
+}
+#: The most repetitions a grammar may ask for: llama.cpp refuses more ("exceeds sane
+#: defaults"), and a schema with tens of thousands nested deep enough to overflow its
+#: parser's stack crashed the inference service.
+MAX_REPEAT = 1000
 
 
 def _gbnf_pattern(pattern: str) -> str:
-    """A ``pattern`` rewritten so that llama.cpp's grammar parser takes what the converter
-    makes of it, and the string it allows is valid JSON.
+    """A ``pattern`` rewritten so that what llama.cpp's grammar allows matches it and is
+    valid JSON string content, or a ``ValueError`` naming what cannot be kept so.
 
-    The converter passes ``\\d``, ``\\.``, ``\\/`` … through, which the parser refuses: the
-    shorthands become classes, escaped punctuation the class of its code (``[\\x2E]``, one
-    unit for a quantifier). ``.`` and negated classes would let the model write a quote, a
-    backslash or a control character into the string: they exclude those. A quote or a
-    backslash the pattern asks for, and the escapes with no such form (``\\s`` outside a
-    negated class, ``\\b``, back-references), are refused by name. A ``]`` or ``}`` that
-    closes nothing, on which the converter looped forever, is a class of its code too.
+    llama-cpp-python's converter passes ``\\d``, ``\\.`` … through (llama.cpp's parser
+    refuses them), reads ``^a|b$`` as ``"a`` or ``b"``, lazy ``+?`` as "optional", and loops
+    forever on a ``]`` or ``}`` that closes nothing. Here every class (``[...]``, the
+    shorthands, escaped punctuation, ``.``) becomes a class of code points without those a
+    JSON string cannot hold as they are (quotes, backslashes, control characters), the body
+    is one group between the anchors, and lazy quantifiers are greedy ones (the same strings
+    match in full). A quote or backslash the pattern asks for outside a class, ``\\s``
+    outside a negated class, ``\\b``, back-references, inner anchors and repetitions above
+    ``MAX_REPEAT`` are refused by name.
     """
-    out: list[str] = []
-    negated, in_class, in_braces, opened, i = False, False, False, 0, 0
-    while i < len(pattern):
-        char, i = pattern[i], i + 1
-        if char == '"':
-            raise ValueError("a quote in a pattern is not supported")
-        if char == "\\" and i < len(pattern):
-            escaped, i = pattern[i], i + 1
+    if len(pattern) < 2 or pattern[0] != "^" or pattern[-1] != "$" or _escaped(pattern, -1):
+        raise ValueError('a pattern must start with "^" and end with "$"')
+    body, out, i = pattern[1:-1], [], 0
+    while i < len(body):
+        char, i = body[i], i + 1
+        if char == "\\" and i < len(body):
+            escaped, i = body[i], i + 1
             if escaped in _SHORTHANDS:
-                out.append(_SHORTHANDS[escaped] if in_class else f"[{_SHORTHANDS[escaped]}]")
-            elif escaped in _NEGATED and not in_class:
-                out.append(f"[^{_NEGATED[escaped]}{_NOT_IN_JSON}]")
-            elif escaped == "s" and in_class and negated:
-                out.append(_SPACE)
-            elif escaped.isascii() and not escaped.isalnum() and escaped not in '"\\':
-                out.append(f"\\x{ord(escaped):02X}" if in_class else f"[\\x{ord(escaped):02X}]")
+                out.append(_class(*_SHORTHANDS[escaped]))
             else:
-                raise ValueError(f"the pattern escape \\{escaped} is not supported here")
-        elif in_class:
-            if char == "]" and "".join(out[opened:]) in ("", "^"):
-                char = "\\x5D"  # first in its class: a literal
-            elif char == "]":
-                out.append(_NOT_IN_JSON if negated else "")
-                in_class = False
-            out.append(char)
-        elif char == ".":
-            out.append(f"[^{_NOT_IN_JSON}]")
+                out.append(_class(((ord(_punctuation(escaped)),) * 2,), False))
         elif char == "[":
-            in_class, negated = True, pattern.startswith("^", i)
+            ranges, negated, i = _parse_class(body, i)
+            out.append(_class(ranges, negated))
+        elif char == ".":
+            out.append(_class((), True))
+        elif char == "(" and body.startswith("?:", i):  # a group that captures nothing
             out.append(char)
-            opened = len(out)
-        elif char == "{":
-            in_braces = True
+            i += 2
+        elif char in "*+?" or (char == "{" and "}" in body[i:]):
+            if char == "{":
+                close = body.index("}", i)
+                bounds = [b.strip() for b in body[i:close].split(",")]
+                if any(b.isdigit() and int(b) > MAX_REPEAT for b in bounds):
+                    raise ValueError(f"repetitions above {MAX_REPEAT} are not supported")
+                char, i = body[i - 1 : close + 1], close + 1
             out.append(char)
-        elif char == "]" or (char == "}" and not in_braces):
-            # A literal in a regular expression; the converter loops forever on it.
-            out.append(f"[\\x{ord(char):02X}]")
+            if body.startswith("?", i):  # lazy: the same strings match in full
+                i += 1
+        elif char in "]}":  # closes nothing: a literal
+            out.append(_class(((ord(char),) * 2,), False))
+        elif char in "^$":
+            raise ValueError(f"'{char}' inside a pattern is not supported")
+        elif char == '"' or char == "\\" or ord(char) < 0x20:
+            raise ValueError(f"the character {char!r} in a pattern is not supported")
         else:
-            in_braces = in_braces and char != "}"
             out.append(char)
-    return "".join(out)
+    return "^(" + "".join(out) + ")$"
+
+
+def _escaped(text: str, index: int) -> bool:
+    """Whether the character at ``index`` follows an odd run of backslashes."""
+    index %= len(text)
+    run = len(text[:index]) - len(text[:index].rstrip("\\"))
+    return run % 2 == 1
+
+
+def _punctuation(escaped: str) -> str:
+    """The character an escape such as ``\\.`` stands for; other escapes are refused."""
+    if escaped.isascii() and not escaped.isalnum() and escaped not in '"\\':
+        return escaped
+    raise ValueError(f"the pattern escape \\{escaped} is not supported here")
+
+
+def _parse_class(body: str, i: int) -> tuple[list[tuple[int, int]], bool, int]:
+    """The code point ranges of the class whose ``[`` ends at ``i``, whether it is negated,
+    and the index after its ``]``."""
+    negated = body.startswith("^", i)
+    i += negated
+    ranges: list[tuple[int, int]] = []
+    first = True
+    while i < len(body) and (body[i] != "]" or first):
+        first = False
+        char, i = body[i], i + 1
+        if char == "\\" and i < len(body):
+            escaped, i = body[i], i + 1
+            if escaped in ("d", "w"):
+                ranges += _SHORTHANDS[escaped][0]
+                continue
+            if escaped == "s" and negated:
+                ranges += _SPACE
+                continue
+            char = _punctuation(escaped)
+        low = ord(char)
+        if body.startswith("-", i) and i + 1 < len(body) and body[i + 1] != "]":
+            high, i = body[i + 1], i + 2
+            if high == "\\":
+                raise ValueError("an escape closing a range in a pattern is not supported")
+            if ord(high) < low:
+                raise ValueError(f"the range {char}-{high} in a pattern is reversed")
+            ranges.append((low, ord(high)))
+        else:
+            ranges.append((low, low))
+    if i >= len(body):
+        raise ValueError("a '[' in the pattern is not closed")
+    return ranges, negated, i + 1
+
+
+def _class(ranges: tuple | list, negated: bool) -> str:
+    """A GBNF class of ``ranges`` (or of their complement), without what a JSON string
+    cannot hold as it is."""
+    if negated:
+        return "[^" + "".join(map(_code_range, [*ranges, *_NOT_IN_JSON])) + "]"
+    kept = []
+    for low, high in sorted(ranges):
+        for bad_low, bad_high in _NOT_IN_JSON:  # cut the range around each
+            if low <= bad_high and high >= bad_low:
+                if low < bad_low:
+                    kept.append((low, bad_low - 1))
+                low = max(low, bad_high + 1)
+        if low <= high:
+            kept.append((low, high))
+    if not kept:
+        raise ValueError("a class of the pattern holds nothing a JSON string can")
+    return "[" + "".join(map(_code_range, kept)) + "]"
+
+
+def _code_range(bounds: tuple[int, int]) -> str:
+    low, high = (_code(c) for c in bounds)
+    return low if low == high else f"{low}-{high}"
+
+
+def _code(point: int) -> str:
+    return f"\\x{point:02X}" if point < 0x100 else f"\\U{point:08X}"
 
 
 def _refuse_keywords(schema: Any, param: str) -> None:
@@ -131,6 +219,12 @@ def _refuse_keywords(schema: Any, param: str) -> None:
                 raise InvalidParam(
                     f"{param}: the JSON Schema keyword '{key}' cannot be enforced by "
                     "grammar-constrained decoding here; leave it out.",
+                    param,
+                )
+            if key in COUNTS and isinstance(value, int) and value > MAX_REPEAT:
+                raise InvalidParam(
+                    f"{param}: '{key}' above {MAX_REPEAT} cannot be enforced by "
+                    "grammar-constrained decoding here.",
                     param,
                 )
             if key in ("properties", "$defs", "definitions") and isinstance(value, dict):

@@ -162,7 +162,7 @@ def test_names_values_and_patterns_with_escapes_come_back_as_the_schema_asks(eng
 
 @pytest.mark.parametrize(
     ("pattern", "named"),
-    [(r"^a\sb$", r"\s"), (r"^a\\b$", r"\\"), ('^say "hi"$', "quote"), (r"^(a)\1$", r"\1")],
+    [(r"^a\sb$", r"\s"), (r"^a\\b$", r"\\"), ('^say "hi"$', "'\"'"), (r"^(a)\1$", r"\1")],
 )
 def test_patterns_a_grammar_cannot_keep_are_refused_by_name(pattern, named):
     body = {
@@ -211,6 +211,46 @@ def test_every_pattern_made_of_supported_pieces_gives_a_grammar_llama_cpp_parses
         sampler = lib.llama_sampler_init_grammar(engine.vocab, grammar.encode(), b"root")
         assert sampler, pattern
         lib.llama_sampler_free(sampler)
+
+
+def grammar_allows(engine, grammar: str, text: str) -> bool:
+    """Whether ``grammar`` takes ``text`` whole, one character's tokens at a time, and then
+    lets the answer end."""
+    lib, vocab = engine._lib, engine.vocab
+    sampler = lib.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    assert sampler, grammar
+    try:
+        for char in text:
+            for token in engine.llama.tokenize(char.encode(), add_bos=False, special=False):
+                if not sampling.allowed(lib, sampler, token):
+                    return False
+                lib.llama_sampler_accept(sampler, token)
+        return sampling.allowed(lib, sampler, lib.llama_vocab_eos(vocab))
+    finally:
+        lib.llama_sampler_free(sampler)
+
+
+@pytest.mark.timeout(120)
+def test_what_a_pattern_grammar_allows_is_json_that_matches_the_pattern(engine):
+    # The library's converter let ^a|b$ write "a (no closing quote), [ -~] and negated
+    # classes a raw quote or backslash, and lazy +? nothing at all.
+    patterns = [
+        *(r"^a|b$", r"^(a|b)c$", r"^[ -~]{1,3}$", r"^[A-z]+$", r"^[^\w-]+$", r"^[^a-]$"),
+        *(r"^a+?$", r"^\d{2}?x$", r"^.{2}$", r"^[^\s]+$", r"^\S\W\D$", r"^(?:ab)+$"),
+        *(r"^[\]a]+$", r"^[]a]$", r"^a]}$", r"^[é-ë]+$", r"^[^\d\-]$", r"^\(\d\)$"),
+    ]
+    rng = random.Random(3)  # noqa: S311 - test data, not a secret
+    alphabet = 'ab-_ 7"\\\t]}(é.'
+    values = ["", "a", "b", "c", "ab", "ac", "aa", "7x", "77x", "(7)", "]", "a]}", '"', "\\"]
+    values += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 4))) for _ in range(40)]
+    for pattern in patterns:
+        grammar = structured._gbnf({"type": "string", "pattern": pattern}, "p")
+        for value in values:
+            for text in (json.dumps(value, ensure_ascii=False), f'"{value}"'):
+                if grammar_allows(engine, grammar, text):
+                    assert re.fullmatch(pattern[1:-1], json.loads(text)), (pattern, text)
+    allowed = structured._gbnf({"type": "string", "pattern": r"^[a-z]{2}\d]}$"}, "p")
+    assert grammar_allows(engine, allowed, '"ab1]}"')
 
 
 def test_a_grammar_llama_cpp_cannot_parse_is_refused_without_printing_it(engine, capfd):
